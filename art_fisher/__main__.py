@@ -1,0 +1,4 @@
+from art_fisher.cli import main
+import sys
+
+sys.exit(main())

@@ -1,0 +1,4 @@
+from nni_lease.cli import main
+import sys
+
+sys.exit(main())
