@@ -23,6 +23,8 @@ from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from art_fisher import _features
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["ThresholdClassifier", "FisherFeatures"]
@@ -280,3 +282,141 @@ class ThresholdClassifier(ClassifierMixin, BaseEstimator):
         """
         p = expit(self.decision_function(X) / self._proba_scale)
         return np.column_stack([1.0 - p, p])
+
+
+class FisherFeatures(TransformerMixin, BaseEstimator):
+    """Transform inputs of an ART ``PyTorchClassifier`` into their Fisher metric features.
+
+    Column :math:`j` of the output is one metric of the classifier's predictive distribution at the
+    input (e.g. :math:`\\operatorname{tr} F(x)`), computed exactly as
+    :class:`~art_fisher.detectors.FisherInformationDetector` does (same preprocessing, eval mode,
+    metric options; see there). A sensitivity map gives four columns (``l1``, ``l2``, ``max``,
+    ``top_mass``). The transformer is stateless: ``fit`` only checks the settings.
+
+    Parameters
+    ----------
+    classifier : art.estimators.classification.PyTorchClassifier
+        The trained classifier; never modified. ``clone`` shares it rather than copying it (it is a
+        fixed feature extractor), so ``GridSearchCV`` does not copy the model.
+    metrics : sequence of str, default=("trace", "quadratic_form")
+        Metric names (see :class:`~art_fisher.detectors.FisherInformationDetector`).
+    output, direction, blockwise, params, method, epsilon
+        Metric options, as in :class:`~art_fisher.detectors.FisherInformationDetector`.
+    batch_size : int, default=128
+        Samples per metric computation.
+
+    Attributes
+    ----------
+    feature_names_ : list of str
+        Names of the output columns (set by ``fit``; also :meth:`get_feature_names_out`).
+
+    Examples
+    --------
+    >>> from sklearn.pipeline import make_pipeline                                     # doctest: +SKIP
+    >>> from sklearn.preprocessing import StandardScaler                               # doctest: +SKIP
+    >>> from sklearn.linear_model import LogisticRegression                            # doctest: +SKIP
+    >>> pipe = make_pipeline(FisherFeatures(classifier), StandardScaler(), LogisticRegression())  # doctest: +SKIP
+    >>> pipe.fit(x, is_adversarial).predict(x_new)                                     # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        classifier: Any,
+        metrics: Sequence[str] = ("trace", "quadratic_form"),
+        *,
+        output: str = "logits",
+        direction: str = "predicted",
+        blockwise: bool | None = None,
+        params: Sequence[str] | None = None,
+        method: str = "exact",
+        epsilon: float = 1e-3,
+        batch_size: int = 128,
+    ) -> None:
+        self.classifier = classifier
+        self.metrics = metrics
+        self.output = output
+        self.direction = direction
+        self.blockwise = blockwise
+        self.params = params
+        self.method = method
+        self.epsilon = epsilon
+        self.batch_size = batch_size
+
+    def __sklearn_clone__(self) -> FisherFeatures:
+        # Share the (read-only) ART classifier instead of deep-copying its model; the other
+        # parameters are plain values.
+        params = self.get_params(deep=False)
+        return type(self)(**params)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.requires_fit = False
+        tags.input_tags.two_d_array = False
+        tags.input_tags.three_d_array = True
+        return tags
+
+    def _metric_names(self) -> tuple[str, ...]:
+        return _features.check_metric_settings(
+            self.classifier,
+            metrics=self.metrics,
+            output=self.output,
+            direction=self.direction,
+            blockwise=self.blockwise,
+            params=self.params,
+            method=self.method,
+            epsilon=self.epsilon,
+            batch_size=self.batch_size,
+        )
+
+    def fit(self, X: Any, y: Any = None) -> FisherFeatures:
+        """Check the settings and ``X``; learn nothing.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, *classifier.input_shape)
+        y : ignored
+
+        Returns
+        -------
+        self : FisherFeatures
+
+        Raises
+        ------
+        TypeError
+            If ``classifier`` is not an ART ``PyTorchClassifier``.
+        ValueError
+            If a setting is invalid, or ``X`` has the wrong shape or is not finite.
+        """
+        names = self._metric_names()
+        _features.check_inputs(self.classifier, X, name="X")
+        self.feature_names_ = _features.feature_names(names)
+        return self
+
+    def transform(self, X: Any) -> np.ndarray:
+        """Metric features of ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, *classifier.input_shape)
+            Raw inputs (before the classifier's preprocessing).
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_features)
+            float64 metric values, columns as :meth:`get_feature_names_out`.
+        """
+        names = self._metric_names()
+        X = _features.check_inputs(self.classifier, X, name="X")
+        values = _features.compute(
+            self.classifier, X, metrics=names, settings=_features.settings_of(self), batch_size=int(self.batch_size)
+        )
+        return _features.feature_matrix(values, names)
+
+    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+        """Names of the output columns, e.g. ``["trace", "quadratic_form"]``.
+
+        Returns
+        -------
+        ndarray of str
+        """
+        return np.asarray(_features.feature_names(self._metric_names()), dtype=object)
