@@ -28,7 +28,7 @@ from art_fisher.estimators import ThresholdClassifier
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FisherInformationDetector", "DETECTOR_FORMAT", "DETECTOR_FORMAT_VERSION"]
+__all__ = ["FisherInformationDetector", "default_estimator", "DETECTOR_FORMAT", "DETECTOR_FORMAT_VERSION"]
 
 #: Identifies files written by :meth:`FisherInformationDetector.save`.
 DETECTOR_FORMAT = "art_fisher.FisherInformationDetector"

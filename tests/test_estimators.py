@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sklearn.base import clone
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score, roc_curve
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from art_fisher.estimators import ThresholdClassifier
+from art_fisher import _features
+from art_fisher.estimators import FisherFeatures, ThresholdClassifier
 
 
 @parametrize_with_checks(
@@ -127,3 +133,38 @@ def test_multiclass_and_single_class_targets_raise():
         ThresholdClassifier().fit(X, np.arange(30) % 3)
     with pytest.raises(ValueError, match="one class"):
         ThresholdClassifier().fit(X, np.ones(30))
+
+
+# ------------------------------------------------------------------------------------ FisherFeatures
+def test_fisher_features_in_pipeline_and_grid_search(digits_cnn, digits_attacks):
+    clean, adv = digits_attacks["fgsm"]
+    n = min(40, len(clean))
+    x = np.concatenate([clean[:n], adv[:n]])
+    y = np.r_[np.zeros(n, dtype=int), np.ones(n, dtype=int)]
+    features = FisherFeatures(digits_cnn.classifier, batch_size=32)
+    pipe = Pipeline([("fisher", features), ("scale", StandardScaler()), ("lr", LogisticRegression())])
+    search = GridSearchCV(pipe, {"lr__C": [0.1, 10.0]}, cv=2, scoring="roc_auc").fit(x, y)
+    assert search.best_estimator_.named_steps["fisher"].classifier is digits_cnn.classifier  # shared, not copied
+    assert search.predict(x).shape == (len(x),)
+    assert search.best_score_ > 0.6
+    assert clone(features).classifier is digits_cnn.classifier
+    np.testing.assert_array_equal(features.get_feature_names_out(), ["trace", "quadratic_form"])
+    values = _features.compute(
+        digits_cnn.classifier,
+        x[:5],
+        metrics=("trace", "quadratic_form"),
+        settings=_features.settings_of(features),
+        batch_size=5,
+    )
+    np.testing.assert_allclose(
+        features.fit_transform(x[:5]), np.column_stack([values["trace"], values["quadratic_form"]]), rtol=1e-6
+    )
+
+
+def test_fisher_features_bad_input(digits_cnn):
+    with pytest.raises(TypeError, match="PyTorchClassifier"):
+        FisherFeatures(digits_cnn.classifier.model).fit(digits_cnn.x_test[:2])
+    with pytest.raises(ValueError, match="X must have shape"):
+        FisherFeatures(digits_cnn.classifier).transform(digits_cnn.x_test[:2, 0])
+    with pytest.raises(ValueError, match="metrics must be names"):
+        FisherFeatures(digits_cnn.classifier, metrics=("hessian",)).fit(digits_cnn.x_test[:2])
