@@ -65,15 +65,16 @@ def plan(net: FunctionalNet) -> tuple[dict[str, tuple[str, str]], list[str]]:
 
 
 def _gram(g: torch.Tensor) -> torch.Tensor:
-    """``(C, n, M)`` per-class, per-sample vectors → ``(n, C, C)`` Gram matrices."""
-    g = g.transpose(0, 1)
-    return g @ g.transpose(1, 2)
+    """``(n, C, M)`` per-sample, per-class vectors → ``(n, C, C)`` Gram matrices."""
+    g = g.flatten(2)
+    return torch.bmm(g, g.transpose(1, 2))
 
 
 def _linear_blocks(
     a: torch.Tensor, b: torch.Tensor, want: set[str], mode: str = "auto"
 ) -> dict[str, torch.Tensor]:
-    n = a.shape[0]
+    """Blocks of ``nn.Linear``: input ``a`` (n, *, in), output-gradients ``b`` (n, C, *, out)."""
+    n, n_cls = b.shape[0], b.shape[1]
     out = {}
     if a.dim() == 2:
         bb = _gram(b)
@@ -83,17 +84,16 @@ def _linear_blocks(
             out["bias"] = bb
         return out
     a = a.reshape(n, -1, a.shape[-1])  # (n, T, in)
-    b = b.reshape(b.shape[0], n, -1, b.shape[-1])  # (C, n, T, out)
-    n_cls, _, t, o = b.shape
-    i = a.shape[-1]
+    b = b.reshape(n, n_cls, -1, b.shape[-1])  # (n, C, T, out)
+    t, o, i = b.shape[2], b.shape[3], a.shape[-1]
     if "weight" in want:
         cheaper = n_cls * o * i <= t * t * (i + n_cls * o)
         if mode == "materialise" or (mode == "auto" and cheaper):
-            out["weight"] = _gram(torch.einsum("cnto,nti->cnoi", b, a).flatten(2))
+            out["weight"] = _gram(torch.einsum("ncto,nti->ncoi", b, a))
         else:
-            aa = a @ a.transpose(1, 2)  # (n, T, T)
-            bw = torch.einsum("cnto,nts->cnso", b, aa)
-            out["weight"] = torch.einsum("cnso,dnso->ncd", bw, b)
+            aa = torch.bmm(a, a.transpose(1, 2))  # (n, T, T)
+            bw = torch.einsum("ncto,nts->ncso", b, aa)
+            out["weight"] = torch.bmm(bw.flatten(2), b.flatten(2).transpose(1, 2))
     if "bias" in want:
         out["bias"] = _gram(b.sum(2))
     return out
@@ -102,52 +102,145 @@ def _linear_blocks(
 def _conv_blocks(
     module: nn.Conv2d, a: torch.Tensor, b: torch.Tensor, want: set[str], mode: str = "auto"
 ) -> dict[str, torch.Tensor]:
-    n = a.shape[0]
-    n_cls = b.shape[0]
-    b = b.flatten(3)  # (C, n, out, L)
+    """Blocks of ``nn.Conv2d``: input ``a`` (n, in, H, W), output-gradients ``b`` (n, C, out, H', W')."""
+    n, n_cls, o = b.shape[0], b.shape[1], b.shape[2]
+    b = b.reshape(n, n_cls * o, -1)  # (n, C·out, L)
+    length = b.shape[2]
     out = {}
     if "weight" in want:
         u = F.unfold(a, module.kernel_size, dilation=module.dilation, padding=module.padding, stride=module.stride)
-        k, length = u.shape[1], u.shape[2]
-        o = b.shape[2]
+        k = u.shape[1]
         cost_materialise = n_cls * o * k * length + n_cls * n_cls * o * k
         cost_ghost = length * length * (k + n_cls * o) + n_cls * n_cls * o * length
         if mode == "materialise" or (mode == "auto" and cost_materialise <= cost_ghost):
-            g = torch.einsum("cnol,nkl->cnok", b, u).flatten(2)
-            out["weight"] = _gram(g)
+            g = torch.bmm(b, u.transpose(1, 2))  # (n, C·out, k): per-sample, per-class weight gradients
+            out["weight"] = _gram(g.view(n, n_cls, o * k))
         else:
-            uu = u.transpose(1, 2) @ u  # (n, L, L)
-            bw = (b.reshape(n_cls, n, o, length) @ uu.unsqueeze(0))  # (C, n, out, L)
-            out["weight"] = torch.einsum("cnol,dnol->ncd", bw, b)
+            uu = torch.bmm(u.transpose(1, 2), u)  # (n, L, L)
+            bw = torch.bmm(b, uu).view(n, n_cls, o * length)
+            out["weight"] = torch.bmm(bw, b.view(n, n_cls, o * length).transpose(1, 2))
         del u
     if "bias" in want:
-        out["bias"] = _gram(b.sum(3))
+        out["bias"] = _gram(b.sum(2).view(n, n_cls, o))
     return out
 
 
 def _bn_blocks(module: nn.Module, a: torch.Tensor, b: torch.Tensor, want: set[str]) -> dict[str, torch.Tensor]:
+    """Blocks of eval-mode BatchNorm: input ``a`` (n, ch, *), output-gradients ``b`` (n, C, ch, *)."""
     shape = [1, -1] + [1] * (a.dim() - 2)
     xhat = (a - module.running_mean.view(shape)) * torch.rsqrt(module.running_var.view(shape) + module.eps)
-    n_cls, n = b.shape[0], b.shape[1]
-    ch = a.shape[1]
-    b = b.reshape(n_cls, n, ch, -1)
+    n, n_cls, ch = b.shape[0], b.shape[1], a.shape[1]
+    b = b.reshape(n, n_cls, ch, -1)
     out = {}
     if "weight" in want:
-        out["weight"] = _gram((b * xhat.reshape(1, n, ch, -1)).sum(3))
+        out["weight"] = _gram((b * xhat.reshape(n, 1, ch, -1)).sum(3))
     if "bias" in want:
         out["bias"] = _gram(b.sum(3))
     return out
 
 
-def hook_grams(
-    net: FunctionalNet, x: torch.Tensor, covered: dict[str, tuple[str, str]]
+def _directional_linear(a, b, want, r, v):
+    n = b.shape[0]
+    if a.dim() == 2:
+        a3, b4 = a.unsqueeze(1), b.unsqueeze(2)  # (n, 1, in), (n, C, 1, out)
+    else:
+        a3, b4 = a.reshape(n, -1, a.shape[-1]), b.reshape(n, b.shape[1], -1, b.shape[-1])
+    out = {}
+    br = None if r is None else torch.einsum("nc,ncto->nto", r, b4)
+    if "weight" in want:
+        if r is not None:
+            vw = torch.einsum("nto,nti->noi", br, a3)
+            delta = torch.einsum("nti,noi->nto", a3, vw)
+        else:
+            delta = a3 @ v["weight"].transpose(0, 1)
+        out["weight"] = torch.einsum("ncto,nto->nc", b4, delta)
+    if "bias" in want:
+        vb = br.sum(1) if r is not None else v["bias"].expand(n, -1)  # (n, out)
+        out["bias"] = torch.einsum("ncto,no->nc", b4, vb)
+    return out
+
+
+def _directional_conv(module, a, b, want, r, v):
+    n, n_cls, o = b.shape[0], b.shape[1], b.shape[2]
+    b = b.reshape(n, n_cls, o, -1)  # (n, C, out, L)
+    out = {}
+    br = None if r is None else torch.einsum("nc,ncol->nol", r, b)
+    if "weight" in want:
+        u = F.unfold(a, module.kernel_size, dilation=module.dilation, padding=module.padding, stride=module.stride)
+        vw = torch.bmm(br, u.transpose(1, 2)) if r is not None else v["weight"].reshape(1, o, -1).expand(n, -1, -1)
+        delta = torch.bmm(vw, u)  # (n, out, L): the output change along the weight direction
+        out["weight"] = torch.bmm(b.flatten(2), delta.flatten(1).unsqueeze(-1)).squeeze(-1)
+    if "bias" in want:
+        vb = br.sum(-1) if r is not None else v["bias"].expand(n, -1)  # (n, out)
+        out["bias"] = torch.einsum("ncol,no->nc", b, vb)
+    return out
+
+
+def _directional_bn(module, a, b, want, r, v):
+    shape = [1, -1] + [1] * (a.dim() - 2)
+    xhat = (a - module.running_mean.view(shape)) * torch.rsqrt(module.running_var.view(shape) + module.eps)
+    n, n_cls, ch = b.shape[0], b.shape[1], a.shape[1]
+    b = b.reshape(n, n_cls, ch, -1)
+    xhat = xhat.reshape(n, ch, -1)
+    br = None if r is None else torch.einsum("nc,ncht->nht", r, b)
+    out = {}
+    if "weight" in want:
+        vg = (br * xhat).sum(-1) if r is not None else v["weight"].expand(n, -1)  # (n, ch)
+        out["weight"] = torch.einsum("ncht,nht->nc", b, vg.unsqueeze(-1) * xhat)
+    if "bias" in want:
+        vb = br.sum(-1) if r is not None else v["bias"].expand(n, -1)
+        out["bias"] = torch.einsum("ncht,nh->nc", b, vb)
+    return out
+
+
+def grams_consumer(_z: torch.Tensor):
+    """Consumer for :func:`hook_pass` that returns the Gram blocks ``K_k`` (n, C, C)."""
+
+    def consume(module, a, b, want):
+        if isinstance(module, nn.Linear):
+            return _linear_blocks(a, b, want)
+        if isinstance(module, nn.Conv2d):
+            return _conv_blocks(module, a, b, want)
+        return _bn_blocks(module, a, b, want)
+
+    return consume
+
+
+def directional_consumer(r: torch.Tensor | None, v: dict[str, torch.Tensor] | None):
+    """Consumer for :func:`hook_pass` returning ``t_k = J_k v_k`` (n, C) per block.
+
+    Either ``r`` (n, C): per-sample directions ``v = Jᵀ r`` (``K_k r`` without forming ``K_k``), or
+    ``v``: one fixed direction per parameter name.
+    """
+
+    def consume(module, a, b, want, prefix):
+        vv = None if v is None else {k: v[f"{prefix}.{k}" if prefix else k] for k in want}
+        if isinstance(module, nn.Linear):
+            return _directional_linear(a, b, want, r, vv)
+        if isinstance(module, nn.Conv2d):
+            return _directional_conv(module, a, b, want, r, vv)
+        return _directional_bn(module, a, b, want, r, vv)
+
+    return consume
+
+
+def hook_pass(
+    net: FunctionalNet, x: torch.Tensor, covered: dict[str, tuple[str, str]], make_consumer
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[str]]:
-    """Logits (n, C) and Gram blocks (n, C, C) of the hook-covered parameters of one chunk.
+    """One forward pass with hooks and one backward pass per class, then ``consumer`` per layer.
+
+    Parameters
+    ----------
+    make_consumer : callable
+        Called with the logits ``z`` (n, C); returns ``consumer(module, a, b, want, prefix) ->
+        {kind: Tensor}`` that gets the layer input ``a`` (n, ...), the per-class output-gradients
+        ``b`` (n, C, ...), the wanted kinds and the module's name.
 
     Returns
     -------
     z : Tensor (n, C)
-    blocks : dict of str to Tensor (n, C, C)
+    blocks : dict of str to Tensor
+        The consumer's results by parameter name.
     uncovered : list of str
         Covered-by-type parameters whose module turned out not to run exactly once (weight sharing,
         unused modules); the caller computes them with ``torch.func``.
@@ -176,6 +269,7 @@ def hook_grams(
     uncovered = [p for p, (m, _k) in covered.items() if m not in good]
     blocks: dict[str, torch.Tensor] = {}
     if good:
+        consumer = make_consumer(z.detach())
         outputs = [records[m][0][1] for m in good]
         n_cls = z.shape[1]
         per_class = []
@@ -184,18 +278,19 @@ def hook_grams(
                 grads = torch.autograd.grad(z[:, c].sum(), outputs, retain_graph=c < n_cls - 1)
                 per_class.append([g.detach() for g in grads])
         for j, m in enumerate(good):
-            b = torch.stack([per_class[c][j] for c in range(n_cls)])  # (C, n, *out)
+            b = torch.stack([per_class[c][j] for c in range(n_cls)], dim=1)  # (n, C, *out)
             for c in range(n_cls):
                 per_class[c][j] = None
-            a = records[m][0][0]
-            module = modules[m]
-            if isinstance(module, nn.Linear):
-                res = _linear_blocks(a, b, wanted[m])
-            elif isinstance(module, nn.Conv2d):
-                res = _conv_blocks(module, a, b, wanted[m])
-            else:
-                res = _bn_blocks(module, a, b, wanted[m])
+            res = consumer(modules[m], records[m][0][0], b, wanted[m], m)
             del b
             for kind, k in res.items():
                 blocks[f"{m}.{kind}" if m else kind] = k
     return z.detach(), blocks, uncovered
+
+
+def hook_grams(
+    net: FunctionalNet, x: torch.Tensor, covered: dict[str, tuple[str, str]]
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[str]]:
+    """Logits (n, C) and Gram blocks (n, C, C) of the hook-covered parameters of one chunk."""
+    consume = grams_consumer(None)
+    return hook_pass(net, x, covered, lambda _z: lambda mod, a, b, want, _prefix: consume(mod, a, b, want))
