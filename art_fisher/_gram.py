@@ -23,7 +23,7 @@ import torch
 from torch.func import jacrev, jvp, vmap
 
 from art_fisher._functional import FunctionalNet
-from art_fisher._layer_grams import directional_consumer, hook_grams, hook_pass, plan
+from art_fisher._layer_grams import hook_directional, hook_grams, plan
 
 # Bytes of per-sample Jacobians held at once by the "func" engine when no batch size is given.
 _FUNC_BUDGET = 256 * 2**20
@@ -125,14 +125,7 @@ def block_directional(
         todo = list(rest)
         z, r = None, None
         if covered:
-            holder = {}
-
-            def make(zz, holder=holder):
-                holder["r"] = None if r_of_z is None else r_of_z(zz)
-                return directional_consumer(holder["r"], v)
-
-            z, blocks, uncovered = hook_pass(net, xb, covered, make)
-            r = holder.get("r")
+            z, blocks, uncovered, r = hook_directional(net, xb, covered, r_of_z, v)
             todo += uncovered
         if todo and r_of_z is not None:
             inner = batch_size or func_chunk(net, n_classes, todo, x.element_size())

@@ -139,58 +139,111 @@ def _bn_blocks(module: nn.Module, a: torch.Tensor, b: torch.Tensor, want: set[st
     return out
 
 
-def _directional_linear(a, b, want, r, v):
-    n = b.shape[0]
-    if a.dim() == 2:
-        a3, b4 = a.unsqueeze(1), b.unsqueeze(2)  # (n, 1, in), (n, C, 1, out)
-    else:
-        a3, b4 = a.reshape(n, -1, a.shape[-1]), b.reshape(n, b.shape[1], -1, b.shape[-1])
-    out = {}
-    br = None if r is None else torch.einsum("nc,ncto->nto", r, b4)
-    if "weight" in want:
-        if r is not None:
-            vw = torch.einsum("nto,nti->noi", br, a3)
-            delta = torch.einsum("nti,noi->nto", a3, vw)
-        else:
-            delta = a3 @ v["weight"].transpose(0, 1)
-        out["weight"] = torch.einsum("ncto,nto->nc", b4, delta)
-    if "bias" in want:
-        vb = br.sum(1) if r is not None else v["bias"].expand(n, -1)  # (n, out)
-        out["bias"] = torch.einsum("ncto,no->nc", b4, vb)
-    return out
+def _output_change(module: nn.Module, a: torch.Tensor, kind: str, br: torch.Tensor | None, v: torch.Tensor | None):
+    """Output change (n, *out) of a layer along a parameter direction.
 
-
-def _directional_conv(module, a, b, want, r, v):
-    n, n_cls, o = b.shape[0], b.shape[1], b.shape[2]
-    b = b.reshape(n, n_cls, o, -1)  # (n, C, out, L)
-    out = {}
-    br = None if r is None else torch.einsum("nc,ncol->nol", r, b)
-    if "weight" in want:
+    The direction is either per sample, ``v = Jᵀ r`` restricted to this parameter, given through
+    ``br = Σ_c r_c ∂z_c/∂output`` (n, *out), or one fixed tensor ``v`` of the parameter's shape.
+    """
+    n = a.shape[0]
+    if isinstance(module, nn.Linear):
+        if kind == "bias":
+            vb = v.expand(n, -1) if br is None else br.reshape(n, -1, br.shape[-1]).sum(1)
+            return vb.view(n, *([1] * (a.dim() - 2)), -1).expand(*a.shape[:-1], vb.shape[-1])
+        if br is None:
+            return a @ v.transpose(0, 1)
+        if a.dim() == 2:
+            return br * (a * a).sum(1, keepdim=True)
+        a3, b3 = a.reshape(n, -1, a.shape[-1]), br.reshape(n, -1, br.shape[-1])
+        vw = torch.bmm(b3.transpose(1, 2), a3)  # (n, out, in)
+        return torch.bmm(a3, vw.transpose(1, 2)).view_as(br)
+    if isinstance(module, nn.Conv2d):
+        if kind == "bias":
+            if br is None:
+                return v.view(1, -1, 1, 1).expand(n, -1, 1, 1)
+            return br.sum((2, 3), keepdim=True)
+        if br is None:
+            return F.conv2d(a, v, None, module.stride, module.padding, module.dilation)
         u = F.unfold(a, module.kernel_size, dilation=module.dilation, padding=module.padding, stride=module.stride)
-        vw = torch.bmm(br, u.transpose(1, 2)) if r is not None else v["weight"].reshape(1, o, -1).expand(n, -1, -1)
-        delta = torch.bmm(vw, u)  # (n, out, L): the output change along the weight direction
-        out["weight"] = torch.bmm(b.flatten(2), delta.flatten(1).unsqueeze(-1)).squeeze(-1)
-    if "bias" in want:
-        vb = br.sum(-1) if r is not None else v["bias"].expand(n, -1)  # (n, out)
-        out["bias"] = torch.einsum("ncol,no->nc", b, vb)
-    return out
-
-
-def _directional_bn(module, a, b, want, r, v):
+        b2 = br.flatten(2)  # (n, out, L)
+        vw = torch.bmm(b2, u.transpose(1, 2))  # (n, out, k): per-sample weight direction
+        return torch.bmm(vw, u).view_as(br)
+    # eval-mode BatchNorm
     shape = [1, -1] + [1] * (a.dim() - 2)
     xhat = (a - module.running_mean.view(shape)) * torch.rsqrt(module.running_var.view(shape) + module.eps)
-    n, n_cls, ch = b.shape[0], b.shape[1], a.shape[1]
-    b = b.reshape(n, n_cls, ch, -1)
-    xhat = xhat.reshape(n, ch, -1)
-    br = None if r is None else torch.einsum("nc,ncht->nht", r, b)
-    out = {}
-    if "weight" in want:
-        vg = (br * xhat).sum(-1) if r is not None else v["weight"].expand(n, -1)  # (n, ch)
-        out["weight"] = torch.einsum("ncht,nht->nc", b, vg.unsqueeze(-1) * xhat)
-    if "bias" in want:
-        vb = br.sum(-1) if r is not None else v["bias"].expand(n, -1)
-        out["bias"] = torch.einsum("ncht,nh->nc", b, vb)
-    return out
+    if kind == "weight":
+        g = v.view(shape) if br is None else (br * xhat).flatten(2).sum(2).view(n, *shape[1:])
+        return g * xhat
+    return v.view(shape).expand_as(a) if br is None else br.flatten(2).sum(2).view(n, *shape[1:]).expand_as(a)
+
+
+def hook_directional(
+    net: FunctionalNet,
+    x: torch.Tensor,
+    covered: dict[str, tuple[str, str]],
+    r_of_z=None,
+    v: dict[str, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[str], torch.Tensor | None]:
+    """``t_k = J_k v_k`` (n, C) for the hook-covered parameters of one chunk.
+
+    One forward pass with hooks; for per-sample directions ``v = Jᵀ r`` one backward pass with the
+    cotangent ``r`` gives each layer's ``Σ_c r_c ∂z_c/∂output``, hence the layer's output change
+    ``δo_k`` along ``v_k``; then one backward pass per class gives ``t_k[c] = ⟨∂z_c/∂output, δo_k⟩``.
+    Nothing of size C × output is kept.
+
+    Returns
+    -------
+    z : Tensor (n, C)
+    t : dict of str to Tensor (n, C)
+    uncovered : list of str
+    r : Tensor (n, C) or None
+    """
+    modules = dict(net.model.named_modules())
+    wanted: dict[str, set[str]] = {}
+    for mod_name, kind in covered.values():
+        wanted.setdefault(mod_name, set()).add(kind)
+    records: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {m: [] for m in wanted}
+
+    def make_hook(mod_name: str):
+        def hook(_module, inputs, output):
+            records[mod_name].append((inputs[0].detach(), output))
+
+        return hook
+
+    handles = [modules[m].register_forward_hook(make_hook(m)) for m in wanted]
+    try:
+        with torch.enable_grad():
+            xr = x.detach().requires_grad_(True)
+            z = net.logits(net.selected(), xr)
+    finally:
+        for h in handles:
+            h.remove()
+    good = [m for m, rec in records.items() if len(rec) == 1 and rec[0][1].requires_grad]
+    uncovered = [p for p, (m, _k) in covered.items() if m not in good]
+    r = None if r_of_z is None else r_of_z(z.detach())
+    t: dict[str, torch.Tensor] = {}
+    if not good:
+        return z.detach(), t, uncovered, r
+    outputs = [records[m][0][1] for m in good]
+    n_cls = z.shape[1]
+    with torch.enable_grad():
+        brs = torch.autograd.grad(z, outputs, r, retain_graph=True) if r is not None else [None] * len(good)
+    deltas = []
+    for m, br in zip(good, brs, strict=True):
+        prefix = f"{m}." if m else ""
+        for kind in sorted(wanted[m]):
+            vk = None if v is None else v[prefix + kind]
+            deltas.append((prefix + kind, len(deltas), good.index(m), _output_change(modules[m], records[m][0][0], kind, br, vk)))
+    del brs
+    cols: dict[str, list[torch.Tensor]] = {name: [] for name, _i, _j, _d in deltas}
+    with torch.enable_grad():
+        for c in range(n_cls):
+            grads = torch.autograd.grad(z[:, c].sum(), outputs, retain_graph=c < n_cls - 1)
+            for name, _i, j, delta in deltas:
+                cols[name].append((grads[j] * delta).flatten(1).sum(1))
+    for name, col in cols.items():
+        t[name] = torch.stack(col, dim=1)
+    return z.detach(), t, uncovered, r
 
 
 def grams_consumer(_z: torch.Tensor):
@@ -202,24 +255,6 @@ def grams_consumer(_z: torch.Tensor):
         if isinstance(module, nn.Conv2d):
             return _conv_blocks(module, a, b, want)
         return _bn_blocks(module, a, b, want)
-
-    return consume
-
-
-def directional_consumer(r: torch.Tensor | None, v: dict[str, torch.Tensor] | None):
-    """Consumer for :func:`hook_pass` returning ``t_k = J_k v_k`` (n, C) per block.
-
-    Either ``r`` (n, C): per-sample directions ``v = Jᵀ r`` (``K_k r`` without forming ``K_k``), or
-    ``v``: one fixed direction per parameter name.
-    """
-
-    def consume(module, a, b, want, prefix):
-        vv = None if v is None else {k: v[f"{prefix}.{k}" if prefix else k] for k in want}
-        if isinstance(module, nn.Linear):
-            return _directional_linear(a, b, want, r, vv)
-        if isinstance(module, nn.Conv2d):
-            return _directional_conv(module, a, b, want, r, vv)
-        return _directional_bn(module, a, b, want, r, vv)
 
     return consume
 
