@@ -39,7 +39,9 @@ from torch.func import jacrev, jvp, vmap
 from art_fisher import _checks
 from art_fisher._finite_difference import fd_quadratic_form, fd_sensitivity, per_class_trace
 from art_fisher._functional import FunctionalNet, predicted_vs_rest
+from art_fisher._fast_sensitivity import fast_sensitivity
 from art_fisher._gram import block_directional, block_grams
+from art_fisher._layer_grams import plan
 from art_fisher._sensitivity import exact_sensitivity, sample_directions
 
 logger = logging.getLogger(__name__)
@@ -50,6 +52,8 @@ Direction = str | Sequence[torch.Tensor]
 
 # Default chunk sizes (samples) where the caller gives no batch_size.
 _SENSITIVITY_CHUNK = 32
+# Rows (samples × replicas) of one chunk of the fast exact sensitivity.
+_FIS_ROWS = 128
 _FD_CHUNK = 64
 _QUAD_CHUNK = 256
 
@@ -524,12 +528,32 @@ def fisher_sensitivity(
     if method == "exact":
         _checks.check_second_order(model)
     x = x.detach()
+    covered, rest = plan(net)
+    fast = method == "exact" and not rest
+    if bs is not None:
+        size = bs
+    elif method == "exact":
+        size = max(1, _FIS_ROWS // (len(net.names) if blockwise else 1)) if fast else _SENSITIVITY_CHUNK
+    else:
+        size = _FD_CHUNK
     out = []
     with torch.no_grad():
-        for sl in _chunks(x.shape[0], bs or (_SENSITIVITY_CHUNK if method == "exact" else _FD_CHUNK)):
+        for sl in _chunks(x.shape[0], size):
             xb = x[sl]
             z = net.logits(net.selected(), xb)
             cls = _class_of(direction, z, None if yt is None else yt[sl])
+            if fast:
+                if isinstance(direction, str):
+                    r = torch.nn.functional.one_hot(cls, z.shape[-1]).to(z.dtype) - torch.softmax(z, -1)
+                    v = None
+                else:
+                    r, v = None, _directions(net, xb, z, cls, direction, normalize)[0]
+                res = fast_sensitivity(
+                    net, xb, covered, r=r, v=v, y=cls, blockwise=blockwise, normalize=normalize, classes=classes
+                )
+                if res is not None:
+                    out.append(res)
+                    continue
             v, shared = _directions(net, xb, z, cls, direction, normalize)
             fn = exact_sensitivity if method == "exact" else fd_sensitivity
             kwargs = {} if method == "exact" else {"epsilon": eps}
