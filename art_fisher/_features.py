@@ -335,7 +335,10 @@ def compute(
         for start in tqdm(starts, desc="Fisher metrics", disable=not progress, leave=False):
             batch = x[start : start + batch_size]
             batch, _ = classifier._apply_preprocessing(batch, y=None, fit=False)
+            # A fresh tensor with canonical strides: numpy slices of (N, 1, H, W) arrays can carry
+            # unusual strides on size-1 axes, which the metrics' internal ``view`` calls reject.
             xt = torch.as_tensor(np.asarray(batch), dtype=dtype, device=device)
+            xt = xt.clone(memory_format=torch.contiguous_format)
             for name in metrics:
                 spec = METRICS[name]
                 values = getattr(metrics_module, spec.function)(model, xt, **kwargs[name])
