@@ -423,3 +423,17 @@ class _Exploit:
 
 class _Unknown:
     pass
+
+
+@pytest.mark.slow
+def test_example_walkthrough_runs():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "detector_in_art_workflow.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "identical decisions" in proc.stdout and "held-out ROC-AUC" in proc.stdout
