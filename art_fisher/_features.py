@@ -155,7 +155,9 @@ def check_metric_settings(
             f"time); got {direction!r}."
         )
     if direction == "top_eigenvector" and "sensitivity" in names:
-        raise ValueError('direction="top_eigenvector" applies to the quadratic form only; drop "sensitivity" from metrics.')
+        raise ValueError(
+            'direction="top_eigenvector" applies to the quadratic form only; drop "sensitivity" from metrics.'
+        )
     if direction == "top_eigenvector" and method == "finite_difference":
         raise ValueError('direction="top_eigenvector" needs method="exact"; got method="finite_difference".')
     if blockwise is not None and not isinstance(blockwise, bool):

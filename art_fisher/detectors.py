@@ -561,7 +561,9 @@ def _detection_labels(y: Any, n: int) -> np.ndarray:
     if len(arr) != n:
         raise ValueError(f"y must have one label per sample of x: x has {n} samples, y has {len(arr)}.")
     if arr.dtype.kind not in "biuf" or not np.isin(arr, (0, 1)).all():
-        raise ValueError(f"y must hold detection labels 0 (clean) and 1 (adversarial); got values {np.unique(arr)[:5]}.")
+        raise ValueError(
+            f"y must hold detection labels 0 (clean) and 1 (adversarial); got values {np.unique(arr)[:5]}."
+        )
     labels = arr.astype(np.int64)
     if len(np.unique(labels)) != 2:
         raise ValueError("y must contain both clean (0) and adversarial (1) examples to fit a detector.")
