@@ -40,7 +40,7 @@ from art_fisher import _checks
 from art_fisher._finite_difference import fd_quadratic_form, fd_sensitivity, per_class_trace
 from art_fisher._functional import FunctionalNet, predicted_vs_rest
 from art_fisher._fast_sensitivity import fast_sensitivity
-from art_fisher._gram import block_directional, block_grams
+from art_fisher._gram import block_directional, block_grams, func_chunk
 from art_fisher._layer_grams import plan
 from art_fisher._sensitivity import exact_sensitivity, sample_directions
 
@@ -182,7 +182,8 @@ def fisher_trace(
     x = x.detach()
     with torch.no_grad():
         if method == "finite_difference":
-            size = bs or _FD_CHUNK
+            # per-sample Jacobians of logits and probabilities: twice the "func" engine's memory
+            size = bs or max(1, func_chunk(net, n_classes, net.names, x.element_size()) // 2)
             return torch.cat([per_class_trace(net, x[sl]) for sl in _chunks(x.shape[0], size)])
         z, k = _grams(net, x, n_classes, bs)
         p = torch.softmax(z, -1)
