@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -16,28 +15,6 @@ CLASSES = ("all", "predicted_vs_rest")
 
 # Modules whose output depends on the whole batch (or on chance) while in training mode.
 _MODE_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
-
-
-@dataclass
-class Problem:
-    """Validated arguments shared by every metric.
-
-    Attributes
-    ----------
-    names : list of str
-        Selected parameter names, in ``model.named_parameters()`` order (one block per tensor).
-    n_classes : int
-        Size of the model's output.
-    y : Tensor of shape (N,) or None
-        Labels (direction ``"label"`` only), long, on ``x``'s device.
-    direction : str or list of Tensor
-        A direction name or one tensor per selected parameter (same order as ``names``).
-    """
-
-    names: list[str]
-    n_classes: int
-    y: torch.Tensor | None = None
-    direction: str | list[torch.Tensor] = "predicted"
 
 
 def _type_name(value: object) -> str:

@@ -144,25 +144,48 @@ def fast_sensitivity(
             shared = True
     z = z.detach()
 
-    # 2. replicated forward with one tangent group per replica
-    groups = [[name] for name in net.names] if blockwise else [list(net.names)]
-    n_rep = len(groups)
-    group_of = {name: g for g, names in enumerate(groups) for name in names}
+    # 2. replicated forward passes, one replica per group of tangents; blockwise, the replicas of
+    #    one module's tensors share a pass, so no tangent exists before that module
+    if blockwise:
+        by_mod: dict[str, list[str]] = {}
+        for name in net.names:
+            by_mod.setdefault(covered[name][0], []).append(name)
+        passes = [[[name] for name in names] for names in by_mod.values()]
+    else:
+        passes = [[list(net.names)]]
+    ts, jts = [], []
+    for replicas in passes:
+        t, jt = _tangent_jacobians(net, x, modules, covered, replicas, directions, shared, reduce, y)
+        ts.append(t)
+        jts.append(jt)
+    t = torch.cat(ts, dim=1)
+    jt = torch.cat(jts, dim=1)
+    return fis_from_jacobians(z, t, jz, jt).view_as(x)
+
+
+def _tangent_jacobians(net, x, modules, covered, replicas, directions, shared, reduce, y):
+    """``t`` (n, R, C') and ``∂x t`` (n, R, C', D) for ``R`` replicas, each with its own tangent group."""
+    n, n_rep = x.shape[0], len(replicas)
+    replica_of = {name: g for g, names in enumerate(replicas) for name in names}
     by_module: dict[str, list[tuple[str, str]]] = {}
-    for name, (m, kind) in covered.items():
+    for name in replica_of:
+        m, kind = covered[name]
         by_module.setdefault(m, []).append((name, kind))
 
     def hook(module, inputs, output, m):
         a = fwad.unpack_dual(inputs[0]).primal
         pieces = [None] * n_rep
         for name, kind in by_module[m]:
-            g = group_of[name]
+            g = replica_of[name]
             delta = _apply_direction(module, kind, a[g * n : (g + 1) * n], directions[name], shared)
             delta = delta.expand(n, *output.shape[1:])
             pieces[g] = delta if pieces[g] is None else pieces[g] + delta
         primal = fwad.unpack_dual(output).primal
-        zeros = torch.zeros((n, *primal.shape[1:]), dtype=primal.dtype, device=primal.device)
-        tangent = torch.cat([p if p is not None else zeros for p in pieces])
+        if all(p is not None for p in pieces):
+            tangent = torch.cat(pieces) if n_rep > 1 else pieces[0]
+        else:
+            zeros = torch.zeros((n, *primal.shape[1:]), dtype=primal.dtype, device=primal.device)
+            tangent = torch.cat([p if p is not None else zeros for p in pieces])
         return output + fwad.make_dual(torch.zeros_like(primal), tangent)
 
     with torch.enable_grad(), fwad.dual_level():
@@ -174,10 +197,11 @@ def fast_sensitivity(
             for h in handles:
                 h.remove()
         t = fwad.unpack_dual(zr).tangent  # (R·n, C')
+        n_out = t.shape[1]
         jt = torch.stack(
-            [torch.autograd.grad(t[:, c].sum(), xr, retain_graph=c < t.shape[1] - 1)[0].flatten(1) for c in range(t.shape[1])],
+            [torch.autograd.grad(t[:, c].sum(), xr, retain_graph=c < n_out - 1)[0].flatten(1) for c in range(n_out)],
             dim=1,
         )  # (R·n, C', D)
     t = t.detach().view(n_rep, n, -1).transpose(0, 1)
     jt = jt.view(n_rep, n, *jt.shape[1:]).transpose(0, 1)
-    return fis_from_jacobians(z, t, jz, jt).view_as(x)
+    return t, jt

@@ -34,13 +34,13 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
-from torch.func import jacrev, jvp, vmap
+from torch.func import jacrev, vmap
 
 from art_fisher import _checks
 from art_fisher._finite_difference import fd_quadratic_form, fd_sensitivity, per_class_trace
 from art_fisher._functional import FunctionalNet, predicted_vs_rest
 from art_fisher._fast_sensitivity import fast_sensitivity
-from art_fisher._gram import block_directional, block_grams
+from art_fisher._gram import block_directional, block_grams, func_chunk
 from art_fisher._layer_grams import plan
 from art_fisher._sensitivity import exact_sensitivity, sample_directions
 
@@ -52,8 +52,8 @@ Direction = str | Sequence[torch.Tensor]
 
 # Default chunk sizes (samples) where the caller gives no batch_size.
 _SENSITIVITY_CHUNK = 32
-# Rows (samples × replicas) of one chunk of the fast exact sensitivity.
-_FIS_ROWS = 128
+# Rows (samples × replicas of one module's tensors) of one pass of the fast exact sensitivity.
+_FIS_ROWS = 64
 _FD_CHUNK = 64
 _QUAD_CHUNK = 256
 
@@ -182,7 +182,8 @@ def fisher_trace(
     x = x.detach()
     with torch.no_grad():
         if method == "finite_difference":
-            size = bs or _FD_CHUNK
+            # per-sample Jacobians of logits and probabilities: twice the "func" engine's memory
+            size = bs or max(1, func_chunk(net, n_classes, net.names, x.element_size()) // 2)
             return torch.cat([per_class_trace(net, x[sl]) for sl in _chunks(x.shape[0], size)])
         z, k = _grams(net, x, n_classes, bs)
         p = torch.softmax(z, -1)
@@ -317,8 +318,9 @@ def fisher_quadratic_form(
         out = []
         for sl in _chunks(x.shape[0], bs or _FD_CHUNK):
             out.append(
-                _quadratic_direct(net, x[sl], direction, None if yt is None else yt[sl], blockwise, normalize,
-                                  classes, method, eps)
+                _quadratic_finite_difference(
+                    net, x[sl], direction, None if yt is None else yt[sl], blockwise, normalize, classes, eps
+                )
             )
         return torch.cat(out)
 
@@ -418,7 +420,7 @@ def _quadratic_from_grams(
     return num
 
 
-def _quadratic_direct(
+def _quadratic_finite_difference(
     net: FunctionalNet,
     x: torch.Tensor,
     direction: Direction,
@@ -426,22 +428,13 @@ def _quadratic_direct(
     blockwise: bool,
     normalize: bool,
     classes: str,
-    method: str,
     eps: float,
 ) -> torch.Tensor:
-    """Quadratic form of one chunk by JVPs (exact, given direction) or finite differences."""
+    """Quadratic form of one chunk by the original's central differences."""
     z = net.logits(net.selected(), x)
     cls = _class_of(direction, z, y)
     v, shared = _directions(net, x, z, cls, direction, normalize)
-    if method == "finite_difference":
-        return fd_quadratic_form(net, x, v, cls, shared=shared, blockwise=blockwise, classes=classes, epsilon=eps)
-    reduce = predicted_vs_rest if classes == "predicted_vs_rest" else (lambda zz, _y: zz)
-    groups = [[k] for k in net.names] if blockwise else [net.names]
-    total = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-    for g in groups:
-        zz, t = jvp(lambda s: reduce(net.logits(s, x), cls), ({k: net.base[k] for k in g},), ({k: v[k] for k in g},))
-        total = total + _quad(t, _covariance(torch.softmax(zz, -1)))
-    return total
+    return fd_quadratic_form(net, x, v, cls, shared=shared, blockwise=blockwise, classes=classes, epsilon=eps)
 
 
 def _directions(
@@ -533,7 +526,11 @@ def fisher_sensitivity(
     if bs is not None:
         size = bs
     elif method == "exact":
-        size = max(1, _FIS_ROWS // (len(net.names) if blockwise else 1)) if fast else _SENSITIVITY_CHUNK
+        per_module: dict[str, int] = {}
+        for m, _kind in covered.values():
+            per_module[m] = per_module.get(m, 0) + 1
+        replicas = max(per_module.values(), default=1) if blockwise else 1
+        size = max(1, _FIS_ROWS // replicas) if fast else _SENSITIVITY_CHUNK
     else:
         size = _FD_CHUNK
     out = []
@@ -548,9 +545,17 @@ def fisher_sensitivity(
                     v = None
                 else:
                     r, v = None, _directions(net, xb, z, cls, direction, normalize)[0]
-                res = fast_sensitivity(
-                    net, xb, covered, r=r, v=v, y=cls, blockwise=blockwise, normalize=normalize, classes=classes
-                )
+                try:
+                    res = fast_sensitivity(
+                        net, xb, covered, r=r, v=v, y=cls, blockwise=blockwise, normalize=normalize, classes=classes
+                    )
+                except RuntimeError as err:
+                    # Some forward-mode formulas (log_softmax, softmax, logsumexp in torch 2.13) work in
+                    # place and cannot be differentiated again; torch.func's path handles those models.
+                    if "modified by an inplace operation" not in str(err):
+                        raise
+                    logger.debug("fast sensitivity not applicable (%s); using torch.func", err)
+                    fast, res = False, None
                 if res is not None:
                     out.append(res)
                     continue

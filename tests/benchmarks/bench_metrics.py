@@ -11,8 +11,8 @@ BatchNorm in eval mode) it measures, side by side in one run (median over repeat
   on the quantity the original computes (blockwise quadratic form and sensitivity);
 - one batched forward+backward pass (``z.sum().backward()``) per sample: the "unit";
 - peak memory of one exact call at batch 256 on each model, measured in a fresh subprocess as the
-  growth of ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (peak resident set size) over the
-  resident size right before the call (model built, inputs made, everything imported).
+  peak resident set size during the call (Linux ``VmHWM``, reset just before it), in total and as
+  growth over the resident size right before the call (model built, inputs made, all imported).
 
 Prints a table and JSON (``--json PATH`` also writes it). ``--smoke`` runs tiny sizes (a narrow
 SmallCNN only) in seconds.
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -96,18 +95,33 @@ EXACT = {
 }
 
 
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
 def measure_memory(model_name: str, metric: str, batch: int, smoke: bool, threads: int) -> dict:
-    """Run in a fresh process: peak-RSS growth of one exact call."""
+    """Run in a fresh process: peak resident set size during one exact call.
+
+    The peak is Linux's ``VmHWM`` of this process, reset right before the call by writing ``5`` to
+    ``/proc/self/clear_refs`` (``ru_maxrss`` is not used: it keeps the parent's peak across exec).
+    """
     torch.set_num_threads(threads)
     model, shape = build(model_name, smoke)
     x = torch.rand(batch, *shape)
     EXACT[metric](model, x[:2])  # warm up (lazy initialisations)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    with open("/proc/self/statm") as fh:
-        rss_now = int(fh.read().split()[1]) * resource.getpagesize() // 1024
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:  # not resettable here: VmHWM is then this process's peak since it started
+        pass
+    rss_before = _status_kib("VmRSS")
     EXACT[metric](model, x)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"peak_rss_mib": after / 1024, "growth_mib": (after - max(rss_now, 0)) / 1024, "peak_before_mib": before / 1024}
+    peak = _status_kib("VmHWM")
+    return {"peak_rss_mib": peak / 1024, "growth_mib": (peak - rss_before) / 1024, "rss_before_mib": rss_before / 1024}
 
 
 def run(args) -> dict:
@@ -175,7 +189,7 @@ def run(args) -> dict:
 
 def table(results: dict) -> str:
     lines = [
-        "| model | params | metric | original ms/sample | exact ms/sample (batch) | speed-up | units/sample | peak RSS growth MiB |",
+        "| model | params | metric | original ms/sample | exact ms/sample (batch) | speed-up | units/sample | peak RSS MiB (growth) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, row in results["models"].items():
@@ -189,17 +203,18 @@ def table(results: dict) -> str:
         ):
             key = {"trace": "trace", "quad_blockwise": "quad", "fis_blockwise": "fis", "max_eig": "max_eig"}[un]
             b = row["fis_batch"] if key == "fis" else row["batch"]
-            growth = mem.get(key, {}).get("growth_mib")
+            info = mem.get(key)
+            growth = None if info is None else f"{info['peak_rss_mib']:.0f} ({info['growth_mib']:.0f})"
             lines.append(
                 f"| {name} | {row['params']} | {metric} | {ms[orig]:.2f} | {ms[key]:.3f} ({b}) | "
                 + (f"{row['speedup_vs_original'][sp]:.1f}x" if sp else "-")
                 + f" | {row['units_per_sample'][un]:.1f} | "
-                + ("-" if growth is None else f"{growth:.0f}")
+                + ("-" if growth is None else growth)
                 + " |"
                 if orig
                 else f"| {name} | {row['params']} | {metric} | - | {ms[key]:.3f} ({b}) | "
                 f"{row['max_eig_over_trace']:.2f}x trace | {row['units_per_sample'][un]:.1f} | "
-                + ("-" if growth is None else f"{growth:.0f}")
+                + ("-" if growth is None else growth)
                 + " |"
             )
         lines.append(
