@@ -157,7 +157,7 @@ def test_fisher_features_in_pipeline_and_grid_search(digits_cnn, digits_attacks)
         batch_size=5,
     )
     np.testing.assert_allclose(
-        features.fit_transform(x[:5]), np.column_stack([values["trace"], values["max_eigenvalue"]]), rtol=1e-6
+        features.fit_transform(x[:5]), np.column_stack([values["trace"], values["max_eigenvalue"]]), rtol=1e-4
     )
 
 
