@@ -149,8 +149,8 @@ class FisherInformationDetector(EvasionDetector):
     ART's ``DetectorClassifier(classifier, detector)`` does not accept this detector: it needs a
     ``ClassifierNeuralNetwork`` detector (``predict`` returning one detection logit per sample and
     ``class_gradient`` with respect to the input, used by attacks on the combined model), while an
-    ``EvasionDetector`` exposes ``detect``; input gradients of Fisher metrics are third-order
-    derivatives of the model and are not provided. Use ``detect`` in front of the classifier instead.
+    ``EvasionDetector`` exposes ``detect``; input gradients of the Fisher metrics (mixed
+    :math:`\partial_x \partial_\theta` derivatives of the model) are not provided. Use ``detect`` in front of the classifier instead.
 
     Examples
     --------
