@@ -9,9 +9,22 @@ how well they catch ART's attacks.
 
 from importlib.metadata import PackageNotFoundError, version
 
+from art_fisher.metrics import (
+    fisher_max_eigenvalue,
+    fisher_quadratic_form,
+    fisher_sensitivity,
+    fisher_trace,
+)
+
 try:
     __version__ = version("art-fisher-lease")
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__"]
+__all__ = [
+    "__version__",
+    "fisher_max_eigenvalue",
+    "fisher_quadratic_form",
+    "fisher_sensitivity",
+    "fisher_trace",
+]

@@ -1,0 +1,263 @@
+"""Argument validation for :mod:`art_fisher.metrics` (everything is checked before any work)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+OUTPUTS = ("logits", "log_probs", "probs")
+METHODS = ("exact", "finite_difference")
+DIRECTIONS = ("predicted", "label", "top_eigenvector")
+CLASSES = ("all", "predicted_vs_rest")
+
+# Modules whose output depends on the whole batch (or on chance) while in training mode.
+_MODE_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+
+
+@dataclass
+class Problem:
+    """Validated arguments shared by every metric.
+
+    Attributes
+    ----------
+    names : list of str
+        Selected parameter names, in ``model.named_parameters()`` order (one block per tensor).
+    n_classes : int
+        Size of the model's output.
+    y : Tensor of shape (N,) or None
+        Labels (direction ``"label"`` only), long, on ``x``'s device.
+    direction : str or list of Tensor
+        A direction name or one tensor per selected parameter (same order as ``names``).
+    """
+
+    names: list[str]
+    n_classes: int
+    y: torch.Tensor | None = None
+    direction: str | list[torch.Tensor] = "predicted"
+
+
+def _type_name(value: object) -> str:
+    return type(value).__name__
+
+
+def check_choice(name: str, value: object, choices: Sequence[str]) -> None:
+    """Raise ``ValueError`` unless ``value`` is one of ``choices``."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}; got {value!r}.")
+
+
+def check_model(model: object) -> None:
+    """``model`` is an ``nn.Module`` without batch-dependent modules in training mode."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module; got {_type_name(model)}.")
+    for mod_name, module in model.named_modules():
+        if isinstance(module, _MODE_DEPENDENT) and module.training:
+            raise ValueError(
+                f"model: module {mod_name or '<root>'!r} ({type(module).__name__}) is in training mode, "
+                "where its output depends on the whole batch (BatchNorm) or on chance (Dropout), so the "
+                "Fisher information of one input is not defined. Call model.eval() first (the metrics "
+                "never change the model's mode)."
+            )
+
+
+# torch.func's mixed second derivatives through these are wrong in torch 2.13 (checked against plain
+# autograd and finite differences), so the exact sensitivity refuses them.
+_NO_SECOND_ORDER = (nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
+
+
+def check_second_order(model: nn.Module) -> None:
+    """Raise ``NotImplementedError`` for modules whose mixed second derivatives torch.func gets wrong."""
+    for mod_name, module in model.named_modules():
+        if isinstance(module, _NO_SECOND_ORDER):
+            raise NotImplementedError(
+                f"model: module {mod_name or '<root>'!r} ({type(module).__name__}) is not supported by the "
+                "exact sensitivity: torch.func's mixed second derivatives through it are wrong in this torch "
+                "release. Use method='finite_difference' or a model without it."
+            )
+
+
+def check_x(x: object) -> torch.Tensor:
+    """``x`` is a finite float tensor of shape (N, ...) with N >= 1."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor of shape (N, ...); got {_type_name(x)}.")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor (float32 or float64); got dtype {x.dtype}.")
+    if x.dim() < 2:
+        raise ValueError(
+            f"x must have a batch dimension: shape (N, ...) with at least 2 dimensions; "
+            f"got shape {tuple(x.shape)}."
+        )
+    if x.shape[0] == 0:
+        raise ValueError(f"x must hold at least one sample; got shape {tuple(x.shape)}.")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x must be finite; got NaN or infinite values.")
+    return x
+
+
+def check_params(model: nn.Module, params: Iterable[str] | None) -> list[str]:
+    """Resolve ``params`` to a non-empty list of parameter names in ``model.named_parameters()`` order."""
+    available = dict(model.named_parameters())
+    if params is None:
+        names = [n for n, p in available.items() if p.requires_grad]
+        if not names:
+            raise ValueError(
+                "params=None selects the model's parameters with requires_grad=True, but the model has "
+                f"none ({len(available)} parameters in total); pass their names explicitly."
+            )
+        return names
+    if isinstance(params, (str, bytes)) or not isinstance(params, Iterable):
+        raise TypeError(
+            "params must be None or an iterable of parameter names (str); "
+            f"got {_type_name(params)} {params!r}."
+        )
+    wanted = list(params)
+    bad_types = [w for w in wanted if not isinstance(w, str)]
+    if bad_types:
+        raise TypeError(f"params must hold parameter names (str); got {_type_name(bad_types[0])}.")
+    unknown = [w for w in wanted if w not in available]
+    if unknown:
+        shown = list(available)[:20]
+        raise ValueError(
+            f"params: unknown parameter names {unknown}; the model has {shown}"
+            + (" ..." if len(available) > 20 else "")
+            + "."
+        )
+    if not wanted:
+        raise ValueError("params must name at least one parameter; got an empty iterable.")
+    chosen = set(wanted)
+    return [n for n in available if n in chosen]
+
+
+def check_model_matches_x(model: nn.Module, names: list[str], x: torch.Tensor) -> None:
+    """The selected parameters have ``x``'s dtype and device."""
+    available = dict(model.named_parameters())
+    for n in names:
+        p = available[n]
+        if p.dtype != x.dtype or p.device != x.device:
+            raise ValueError(
+                f"x must have the model's dtype and device: parameter {n!r} is {p.dtype} on {p.device}, "
+                f"x is {x.dtype} on {x.device}. Convert x (or the model) first."
+            )
+
+
+def check_epsilon(epsilon: object) -> float:
+    """``epsilon`` is a finite float > 0."""
+    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)):
+        raise TypeError(f"epsilon must be a positive float; got {_type_name(epsilon)}.")
+    if not math.isfinite(epsilon) or epsilon <= 0:
+        raise ValueError(f"epsilon must be a finite float > 0; got {epsilon!r}.")
+    return float(epsilon)
+
+
+def check_batch_size(batch_size: object) -> int | None:
+    """``batch_size`` is None or an int > 0."""
+    if batch_size is None:
+        return None
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int):
+        raise TypeError(f"batch_size must be None or a positive int; got {_type_name(batch_size)}.")
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be None or a positive int; got {batch_size}.")
+    return batch_size
+
+
+def check_bool(name: str, value: object) -> bool:
+    """``value`` is a bool."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False; got {_type_name(value)} {value!r}.")
+    return value
+
+
+def probe_output(model: nn.Module, x: torch.Tensor, output: str) -> int:
+    """Run the model on one sample and check its output; return the number of classes."""
+    with torch.no_grad():
+        out = model(x[:1])
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != 1:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else _type_name(out)
+        raise ValueError(
+            f"model must map x of shape (N, ...) to a tensor of shape (N, C); for one sample it returned "
+            f"{shape}."
+        )
+    n_classes = out.shape[1]
+    if n_classes < 2:
+        raise ValueError(f"model must return at least 2 classes; got output shape {tuple(out.shape)}.")
+    if not bool(torch.isfinite(out).all()) and output != "probs":
+        raise ValueError(f"model returned non-finite {output} for x[0].")
+    tol = 1e-3 if out.dtype != torch.float64 else 1e-6
+    if output == "probs":
+        total = float(out.sum())
+        if bool((out < 0).any()) or abs(total - 1.0) > tol:
+            raise ValueError(
+                f"output='probs' but the model's output for x[0] is not a probability vector "
+                f"(sum {total:.6g}, min {float(out.min()):.6g}); use output='logits' for unnormalised scores."
+            )
+    elif output == "log_probs":
+        lse = float(torch.logsumexp(out, dim=1))
+        if abs(lse) > tol:
+            raise ValueError(
+                f"output='log_probs' but logsumexp of the model's output for x[0] is {lse:.6g}, not 0; "
+                "use output='logits' for unnormalised scores."
+            )
+    return n_classes
+
+
+def check_y(y: object, n: int, n_classes: int, device: torch.device) -> torch.Tensor:
+    """Labels of shape (n,) with values in [0, n_classes)."""
+    if isinstance(y, torch.Tensor):
+        yt = y
+    else:
+        try:
+            yt = torch.as_tensor(y)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise TypeError(f"y must be a tensor or array of integer labels; got {_type_name(y)}.") from err
+    if yt.is_floating_point() or yt.is_complex() or yt.dtype == torch.bool:
+        raise TypeError(f"y must hold integer class labels; got dtype {yt.dtype}.")
+    if yt.dim() != 1 or yt.shape[0] != n:
+        raise ValueError(f"y must have shape ({n},) (one label per sample of x); got {tuple(yt.shape)}.")
+    if bool(((yt < 0) | (yt >= n_classes)).any()):
+        raise ValueError(
+            f"y must hold labels in [0, {n_classes - 1}] for a model with {n_classes} classes; "
+            f"got values in [{int(yt.min())}, {int(yt.max())}]."
+        )
+    return yt.to(device=device, dtype=torch.long)
+
+
+def check_direction(
+    direction: object, model: nn.Module, names: list[str], x: torch.Tensor, *, allow_top: bool
+) -> str | list[torch.Tensor]:
+    """A direction name or one finite tensor per selected parameter with its shape."""
+    if isinstance(direction, str):
+        choices = DIRECTIONS if allow_top else DIRECTIONS[:2]
+        if direction not in choices:
+            raise ValueError(
+                f"direction must be one of {list(choices)} or a sequence of parameter-shaped tensors; "
+                f"got {direction!r}."
+            )
+        return direction
+    if not isinstance(direction, Sequence) or not all(isinstance(d, torch.Tensor) for d in direction):
+        raise TypeError(
+            "direction must be a name or a sequence of tensors, one per selected parameter; "
+            f"got {_type_name(direction)}."
+        )
+    available = dict(model.named_parameters())
+    if len(direction) != len(names):
+        raise ValueError(
+            f"direction must hold one tensor per selected parameter ({len(names)}: {names}); "
+            f"got {len(direction)} tensors."
+        )
+    out = []
+    for n, d in zip(names, direction, strict=True):
+        if tuple(d.shape) != tuple(available[n].shape):
+            raise ValueError(
+                f"direction: the tensor for parameter {n!r} must have shape {tuple(available[n].shape)}; "
+                f"got {tuple(d.shape)}."
+            )
+        if not d.is_floating_point() or not bool(torch.isfinite(d).all()):
+            raise ValueError(f"direction: the tensor for parameter {n!r} must be finite floats.")
+        out.append(d.detach().to(device=x.device, dtype=x.dtype))
+    if all(float(d.abs().max()) == 0 for d in out):
+        raise ValueError("direction must not be zero in every selected parameter.")
+    return out

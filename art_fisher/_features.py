@@ -1,0 +1,342 @@
+"""Fisher metric features of an ART ``PyTorchClassifier`` for numpy inputs (shared by detector and sklearn).
+
+This module turns ``(classifier, x)`` into the per-sample metric values that
+:class:`art_fisher.detectors.FisherInformationDetector` and :class:`art_fisher.estimators.FisherFeatures`
+learn from. It is written once here so both see exactly the same numbers:
+
+- the inputs go through the classifier's own preprocessing (``classifier._apply_preprocessing``, as
+  ``classifier.predict`` does), so the metrics see what the classifier sees;
+- the model runs in eval mode (as in ``classifier.predict``) and its mode is restored afterwards;
+- scalar metrics give one feature each; the per-input-dimension sensitivity map is reduced to a few
+  summary features (:data:`SENSITIVITY_REDUCTIONS`).
+
+The registry :data:`METRICS` maps a metric name to the function of :mod:`art_fisher.metrics` that
+computes it and the options it takes; a new metric is one entry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from numbers import Integral, Real
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
+
+#: Options every metric takes; values come from the detector / transformer settings.
+COMMON_OPTIONS = ("output", "params", "method", "epsilon")
+OUTPUTS = ("logits", "log_probs", "probs")
+METHODS = ("exact", "finite_difference")
+#: Directions a detector can use: it has no true labels at detection time, so ``"label"`` is out,
+#: and user-given direction tensors would not survive ``save``/``load``.
+DIRECTIONS = ("predicted",)
+#: Fraction of input dimensions whose share of the absolute sensitivity is the ``top_mass`` feature.
+TOP_FRACTION = 0.1
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """How to compute one metric.
+
+    Attributes
+    ----------
+    function : str
+        Name of the function in :mod:`art_fisher.metrics`.
+    options : tuple of str
+        Options beyond :data:`COMMON_OPTIONS` that the function takes (``"direction"``, ``"blockwise"``).
+    is_map : bool
+        True if the metric is a map of the input's shape that is reduced to
+        :data:`SENSITIVITY_REDUCTIONS` features; False for one scalar per sample.
+    """
+
+    function: str
+    options: tuple[str, ...] = ()
+    is_map: bool = False
+
+
+#: Metric name -> how to compute it. Extend here when :mod:`art_fisher.metrics` gains a metric.
+METRICS: dict[str, MetricSpec] = {
+    "trace": MetricSpec("fisher_trace"),
+    "quadratic_form": MetricSpec("fisher_quadratic_form", ("direction", "blockwise")),
+    "sensitivity": MetricSpec("fisher_sensitivity", ("direction", "blockwise"), is_map=True),
+    "max_eigenvalue": MetricSpec("fisher_max_eigenvalue"),
+}
+
+#: Reductions of a sensitivity map :math:`s` (flattened to :math:`D` entries) to features:
+#: ``l1`` :math:`\sum_i |s_i|`, ``l2`` :math:`(\sum_i s_i^2)^{1/2}`, ``max`` :math:`\max_i |s_i|`,
+#: ``top_mass`` the share of :math:`\sum_i |s_i|` held by the :math:`\lceil 0.1 D \rceil` largest
+#: :math:`|s_i|` (1 when concentrated on few pixels, 0.1 when spread evenly; 0 for an all-zero map).
+SENSITIVITY_REDUCTIONS = ("l1", "l2", "max", "top_mass")
+
+
+def available_metrics() -> tuple[str, ...]:
+    """Names in :data:`METRICS` whose function exists in the installed :mod:`art_fisher.metrics`."""
+    from art_fisher import metrics as metrics_module
+
+    return tuple(name for name, spec in METRICS.items() if hasattr(metrics_module, spec.function))
+
+
+def feature_names(metrics: Sequence[str]) -> list[str]:
+    """Column names of the feature matrix for ``metrics``, in order (a map gives one per reduction)."""
+    names: list[str] = []
+    for name in metrics:
+        if METRICS[name].is_map:
+            names.extend(f"{name}_{r}" for r in SENSITIVITY_REDUCTIONS)
+        else:
+            names.append(name)
+    return names
+
+
+def check_classifier(classifier: Any) -> None:
+    """Raise TypeError unless ``classifier`` is an ART ``PyTorchClassifier`` (or a subclass)."""
+    from art.estimators.classification import PyTorchClassifier
+
+    if not isinstance(classifier, PyTorchClassifier):
+        raise TypeError(
+            "classifier must be an ART art.estimators.classification.PyTorchClassifier (the Fisher "
+            f"metrics differentiate a PyTorch model); got {type(classifier).__module__}."
+            f"{type(classifier).__qualname__}."
+        )
+
+
+def check_metric_settings(
+    classifier: Any,
+    *,
+    metrics: Any,
+    output: Any,
+    direction: Any,
+    blockwise: Any,
+    params: Any,
+    method: Any,
+    epsilon: Any,
+    batch_size: Any,
+) -> tuple[str, ...]:
+    """Validate the metric settings shared by the detector and the transformer.
+
+    Returns
+    -------
+    tuple of str
+        ``metrics`` as a tuple (a single name is accepted as a one-metric tuple).
+
+    Raises
+    ------
+    TypeError
+        If ``classifier`` is not an ART ``PyTorchClassifier``.
+    ValueError
+        If a setting is outside its allowed values, naming the setting, what is allowed and what came.
+    """
+    check_classifier(classifier)
+    names = (metrics,) if isinstance(metrics, str) else metrics
+    if not isinstance(names, Sequence) or len(names) == 0:
+        raise ValueError(f"metrics must be a non-empty sequence of metric names; got {metrics!r}.")
+    known = available_metrics()
+    for name in names:
+        if name not in known:
+            raise ValueError(f"metrics must be names from {known}; got {name!r} in {metrics!r}.")
+    if len(set(names)) != len(names):
+        raise ValueError(f"metrics must not repeat a name; got {metrics!r}.")
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {OUTPUTS}; got {output!r}.")
+    if direction not in DIRECTIONS:
+        raise ValueError(
+            f"direction must be one of {DIRECTIONS} (a detector has no true labels at detection "
+            f"time); got {direction!r}."
+        )
+    if blockwise is not None and not isinstance(blockwise, bool):
+        raise ValueError(f"blockwise must be None (each metric's default), True or False; got {blockwise!r}.")
+    if params is not None:
+        if isinstance(params, str) or not isinstance(params, Sequence) or len(params) == 0:
+            raise ValueError(f"params must be None or a non-empty sequence of parameter names; got {params!r}.")
+        trainable = {n for n, p in classifier.model.named_parameters() if p.requires_grad}
+        unknown = [p for p in params if p not in trainable]
+        if unknown:
+            raise ValueError(
+                f"params must name parameters of the classifier's model that require grad; {unknown} "
+                f"are not among {sorted(trainable)}."
+            )
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}; got {method!r}.")
+    if not isinstance(epsilon, Real) or isinstance(epsilon, bool) or not epsilon > 0:
+        raise ValueError(f"epsilon must be a positive number; got {epsilon!r}.")
+    check_batch_size(batch_size)
+    return tuple(names)
+
+
+def check_batch_size(batch_size: Any, name: str = "batch_size") -> None:
+    """Raise ValueError unless ``batch_size`` is a positive integer."""
+    if not isinstance(batch_size, Integral) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"{name} must be a positive integer; got {batch_size!r}.")
+
+
+def check_inputs(classifier: Any, x: Any, name: str = "x") -> np.ndarray:
+    """Return ``x`` as a float32 array after checking its shape against the classifier and finiteness.
+
+    Raises
+    ------
+    ValueError
+        If ``x`` is empty, not numeric, does not have shape ``(N, *classifier.input_shape)``, or holds
+        NaN or infinite values.
+    """
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"{name} must be a numeric array; got dtype {arr.dtype}.")
+    expected = tuple(classifier.input_shape)
+    if arr.ndim != len(expected) + 1 or tuple(arr.shape[1:]) != expected:
+        raise ValueError(
+            f"{name} must have shape (N, *classifier.input_shape) = (N, {', '.join(map(str, expected))}); "
+            f"got {arr.shape}."
+        )
+    if arr.shape[0] == 0:
+        raise ValueError(f"{name} must hold at least one sample; got shape {arr.shape}.")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be finite; it holds {int(np.sum(~np.isfinite(arr)))} NaN or inf values.")
+    return arr.astype(np.float32, copy=False)
+
+
+@contextlib.contextmanager
+def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Run in eval mode (as ``PyTorchClassifier.predict`` does); restore every module's mode after."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def _standardisation_scale(classifier: Any, x_shape: tuple[int, ...]) -> np.ndarray | None:
+    """Per-dimension :math:`1/\\sigma^2` if the classifier's preprocessing is exactly ``(x - mean) / std``.
+
+    The sensitivity is a product of two input derivatives, so by the chain rule the map with respect
+    to the raw input is the map with respect to the standardised input times :math:`1/\\sigma_i^2`.
+    Returns None when there is no preprocessing, and logs when the map stays in the preprocessed space.
+    """
+    from art.preprocessing.standardisation_mean_std.numpy import StandardisationMeanStd
+    from art.preprocessing.standardisation_mean_std.pytorch import StandardisationMeanStdPyTorch
+    from art.preprocessing.standardisation_mean_std.utils import broadcastable_mean_std
+
+    ops = classifier.preprocessing_operations
+    if not ops:
+        return None
+    if len(ops) == 1 and isinstance(ops[0], (StandardisationMeanStd, StandardisationMeanStdPyTorch)):
+        mean = np.asarray(ops[0].mean, dtype=np.float64)
+        std = np.asarray(ops[0].std, dtype=np.float64)
+        _, std = broadcastable_mean_std(np.empty(x_shape), mean, std)
+        return np.broadcast_to(1.0 / std**2, x_shape).astype(np.float32)
+    logger.info(
+        "The classifier's preprocessing %s is not a plain standardisation: sensitivity maps are with "
+        "respect to the preprocessed input.",
+        [type(op).__name__ for op in ops],
+    )
+    return None
+
+
+def settings_of(obj: Any) -> dict[str, Any]:
+    """The metric options held by a detector or transformer, as :func:`compute` takes them."""
+    return {
+        "output": obj.output,
+        "direction": obj.direction,
+        "blockwise": obj.blockwise,
+        "params": None if obj.params is None else tuple(obj.params),
+        "method": obj.method,
+        "epsilon": float(obj.epsilon),
+    }
+
+
+def _metric_kwargs(name: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments of the metric function for ``name`` from the shared settings."""
+    spec = METRICS[name]
+    kwargs = {key: settings[key] for key in COMMON_OPTIONS}
+    if kwargs["params"] is not None:
+        kwargs["params"] = list(kwargs["params"])
+    if "direction" in spec.options:
+        kwargs["direction"] = settings["direction"]
+    if "blockwise" in spec.options and settings["blockwise"] is not None:
+        kwargs["blockwise"] = settings["blockwise"]
+    return kwargs
+
+
+def _reduce_map(maps: np.ndarray) -> np.ndarray:
+    """Features of :data:`SENSITIVITY_REDUCTIONS` for maps of shape (N, ...); returns (N, 4)."""
+    flat = np.abs(maps.reshape(len(maps), -1)).astype(np.float64)
+    l1 = flat.sum(axis=1)
+    l2 = np.sqrt((flat**2).sum(axis=1))
+    k = max(1, math.ceil(TOP_FRACTION * flat.shape[1]))
+    top = -np.sort(-flat, axis=1)[:, :k].sum(axis=1)
+    top_mass = np.divide(top, l1, out=np.zeros_like(l1), where=l1 > 0)
+    return np.column_stack([l1, l2, flat.max(axis=1), top_mass])
+
+
+def compute(
+    classifier: Any,
+    x: np.ndarray,
+    *,
+    metrics: Sequence[str],
+    settings: dict[str, Any],
+    batch_size: int,
+    reduce_maps: bool = True,
+    progress: bool = False,
+) -> dict[str, np.ndarray]:
+    """Per-sample metric values of checked inputs ``x`` (see :func:`check_inputs`).
+
+    Parameters
+    ----------
+    classifier : art.estimators.classification.PyTorchClassifier
+    x : ndarray of shape (N, *classifier.input_shape)
+        Raw inputs (before the classifier's preprocessing).
+    metrics : sequence of str
+        Names from :data:`METRICS`.
+    settings : dict
+        ``output``, ``direction``, ``blockwise``, ``params``, ``method``, ``epsilon``.
+    batch_size : int
+        Samples per metric call.
+    reduce_maps : bool
+        If True, a map metric gives its :data:`SENSITIVITY_REDUCTIONS` features, shape (N, 4);
+        if False, the map itself, of the shape of ``x`` (w.r.t. the raw input for a plain
+        standardisation, see :func:`_standardisation_scale`).
+    progress : bool
+        Show a tqdm bar over batches.
+
+    Returns
+    -------
+    dict of str to ndarray
+        Metric name -> float64 values, shape (N,) for a scalar metric.
+    """
+    from art_fisher import metrics as metrics_module
+
+    model = classifier.model
+    dtype = next(model.parameters()).dtype
+    device = classifier.device
+    scale = _standardisation_scale(classifier, x.shape[1:]) if any(METRICS[m].is_map for m in metrics) else None
+    kwargs = {name: _metric_kwargs(name, settings) for name in metrics}
+    chunks: dict[str, list[np.ndarray]] = {name: [] for name in metrics}
+    starts = range(0, len(x), batch_size)
+    with _eval_mode(model):
+        for start in tqdm(starts, desc="Fisher metrics", disable=not progress, leave=False):
+            batch = x[start : start + batch_size]
+            batch, _ = classifier._apply_preprocessing(batch, y=None, fit=False)
+            xt = torch.as_tensor(np.asarray(batch), dtype=dtype, device=device)
+            for name in metrics:
+                spec = METRICS[name]
+                values = getattr(metrics_module, spec.function)(model, xt, **kwargs[name])
+                values = values.detach().cpu().numpy().astype(np.float64)
+                if spec.is_map:
+                    if scale is not None and values.shape[1:] == scale.shape:
+                        values = values * scale
+                    if reduce_maps:
+                        values = _reduce_map(values)
+                chunks[name].append(values)
+    return {name: np.concatenate(parts) for name, parts in chunks.items()}
+
+
+def feature_matrix(values: dict[str, np.ndarray], metrics: Sequence[str]) -> np.ndarray:
+    """Stack reduced metric values (from :func:`compute`) into the (N, n_features) feature matrix."""
+    return np.column_stack([values[name].reshape(len(values[name]), -1) for name in metrics])

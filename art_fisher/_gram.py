@@ -1,0 +1,71 @@
+"""Per-sample, per-parameter-tensor Gram matrices of the logits' Jacobian.
+
+For one sample with logits ``z`` (C,) and a parameter tensor ``θ_k``, ``J_k = ∂z/∂θ_k`` (C × P_k) and
+its Gram matrix ``K_k = J_k J_kᵀ`` (C × C). Every exact metric in :mod:`art_fisher.metrics` is a
+closed-form function of the logits and these C × C blocks, so the parameter space is never stored
+whole.
+
+Two engines compute the blocks:
+
+- ``"func"``: per-sample Jacobians with ``torch.func`` (``vmap`` over samples of ``jacrev``); works for
+  any module ``torch.func`` can differentiate. Memory C × P_k per sample and tensor.
+- ``"hooks"`` (see :mod:`art_fisher._layer_grams`): forward hooks keep each Linear / Conv / BatchNorm
+  layer's input, one batched backward per class gives the layer's output-gradients, and the per-sample
+  Gram follows from them without materialising per-sample gradients where that is cheaper (the
+  "ghost norm" trick). Parameters it cannot handle go to the ``"func"`` engine.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.func import jacrev, vmap
+
+from art_fisher._functional import FunctionalNet
+
+# Bytes of per-sample Jacobians held at once by the "func" engine when no batch size is given.
+_FUNC_BUDGET = 256 * 2**20
+
+
+def func_chunk(net: FunctionalNet, n_classes: int, names: list[str], itemsize: int) -> int:
+    """A chunk size that keeps the ``"func"`` engine's per-sample Jacobians within its budget."""
+    sizes = sum(net.base[n].numel() for n in names)
+    per_sample = max(1, 3 * n_classes * sizes * itemsize)
+    return int(max(1, min(256, _FUNC_BUDGET // per_sample)))
+
+
+def func_grams(net: FunctionalNet, x: torch.Tensor, names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (n, C) and blocks (n, len(names), C, C) of one chunk with ``torch.func``."""
+    sel = {k: net.base[k] for k in names}
+
+    def one(s: dict[str, torch.Tensor], xi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = net.logits_one(s, xi)
+        return z, z
+
+    jac, z = vmap(jacrev(one, has_aux=True), in_dims=(None, 0))(sel, x)
+    blocks = []
+    for k in names:
+        jk = jac[k].flatten(2)  # (n, C, P_k)
+        blocks.append(torch.bmm(jk, jk.transpose(1, 2)))
+    return z, torch.stack(blocks, dim=1)
+
+
+def block_grams(
+    net: FunctionalNet, x: torch.Tensor, n_classes: int, *, batch_size: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (N, C) and per-tensor Gram blocks (N, B, C, C) of all samples, chunk by chunk.
+
+    Parameters
+    ----------
+    net : FunctionalNet
+    x : Tensor (N, ...)
+    n_classes : int
+    batch_size : int, optional
+        Samples per chunk; default: chosen from a memory budget.
+    """
+    size = batch_size or func_chunk(net, n_classes, net.names, x.element_size())
+    zs, ks = [], []
+    for start in range(0, x.shape[0], size):
+        z, k = func_grams(net, x[start : start + size], net.names)
+        zs.append(z)
+        ks.append(k)
+    return torch.cat(zs), torch.cat(ks)
