@@ -21,9 +21,12 @@ import torch
 from torch.func import jacrev, vmap
 
 from art_fisher._functional import FunctionalNet
+from art_fisher._layer_grams import hook_grams, plan
 
 # Bytes of per-sample Jacobians held at once by the "func" engine when no batch size is given.
 _FUNC_BUDGET = 256 * 2**20
+# Samples per chunk of the hook engine when no batch size is given.
+_HOOK_CHUNK = 64
 
 
 def func_chunk(net: FunctionalNet, n_classes: int, names: list[str], itemsize: int) -> int:
@@ -50,7 +53,12 @@ def func_grams(net: FunctionalNet, x: torch.Tensor, names: list[str]) -> tuple[t
 
 
 def block_grams(
-    net: FunctionalNet, x: torch.Tensor, n_classes: int, *, batch_size: int | None = None
+    net: FunctionalNet,
+    x: torch.Tensor,
+    n_classes: int,
+    *,
+    batch_size: int | None = None,
+    engine: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits (N, C) and per-tensor Gram blocks (N, B, C, C) of all samples, chunk by chunk.
 
@@ -60,12 +68,31 @@ def block_grams(
     x : Tensor (N, ...)
     n_classes : int
     batch_size : int, optional
-        Samples per chunk; default: chosen from a memory budget.
+        Samples per chunk; default: ``_HOOK_CHUNK`` for the hook engine, a memory budget for
+        ``torch.func``.
+    engine : {"auto", "func"}
+        ``"auto"``: hooks where they apply, ``torch.func`` for the rest; ``"func"``: ``torch.func`` only.
     """
-    size = batch_size or func_chunk(net, n_classes, net.names, x.element_size())
+    covered, rest = plan(net) if engine == "auto" else ({}, list(net.names))
+    if covered:
+        size = batch_size or _HOOK_CHUNK
+    else:
+        size = batch_size or func_chunk(net, n_classes, rest, x.element_size())
     zs, ks = [], []
     for start in range(0, x.shape[0], size):
-        z, k = func_grams(net, x[start : start + size], net.names)
+        xb = x[start : start + size]
+        blocks: dict[str, torch.Tensor] = {}
+        todo = list(rest)
+        z = None
+        if covered:
+            z, blocks, uncovered = hook_grams(net, xb, covered)
+            todo += uncovered
+        if todo:
+            inner = batch_size or func_chunk(net, n_classes, todo, x.element_size())
+            parts = [func_grams(net, xb[i : i + inner], todo) for i in range(0, xb.shape[0], inner)]
+            z = torch.cat([p[0] for p in parts])
+            k = torch.cat([p[1] for p in parts])
+            blocks.update({name: k[:, j] for j, name in enumerate(todo)})
         zs.append(z)
-        ks.append(k)
+        ks.append(torch.stack([blocks[name] for name in net.names], dim=1))
     return torch.cat(zs), torch.cat(ks)
