@@ -19,11 +19,11 @@ def _names(text: str) -> list[str]:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from art_fisher.evaluation import evaluate
+    from art_fisher import evaluation
 
     progress = not args.quiet and sys.stderr.isatty()
-    try:
-        result = evaluate(
+    try:  # argument checks and data / model loading: a user error gets one line, not a traceback
+        plan = evaluation._prepare(
             dataset=args.dataset,
             data_dir=args.data_dir,
             model=args.model,
@@ -36,11 +36,13 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             device=args.device,
             output_dir=args.output,
             epochs=args.epochs,
+            batch_size=args.batch_size,
             progress=progress,
         )
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"art-fisher evaluate: error: {exc}", file=sys.stderr)
         return 2
+    result = evaluation._run(plan)
     settings = result.settings
     print(
         f"{settings['dataset']} / {settings['arch']}: clean test accuracy {settings['clean_test_accuracy']:.4f}, "
@@ -99,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0, help="seed of everything (default: %(default)s)")
     ev.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: %(default)s)")
     ev.add_argument("--epochs", type=int, default=None, help="epochs when the model is trained here")
+    ev.add_argument("--batch-size", type=int, default=128, help="batch size of attacks and detectors (default: %(default)s)")
     ev.add_argument("--output", default=_DEFAULT_OUTPUT, help="output folder (default: ./%(default)s)")
     ev.add_argument("--quiet", action="store_true", help="no progress bars and no log lines; only the table")
     ev.set_defaults(func=_run_evaluate)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import pickle
 import platform
 import random
 import time
@@ -250,14 +251,71 @@ class _SubsetScanningRun(_DetectorRun):
         return _Scored(score=np.asarray(report["scores"], np.float64), is_adversarial=np.asarray(is_adv, bool))
 
 
+class _FisherRun(_DetectorRun):
+    """:class:`art_fisher.detectors.FisherInformationDetector` with the given metrics (default estimator)."""
+
+    def __init__(self, ctx: _Context, metrics: tuple[str, ...]) -> None:
+        from art_fisher.detectors import FisherInformationDetector
+
+        self.detector = FisherInformationDetector(
+            ctx.classifier, metrics=metrics, batch_size=ctx.batch_size, progress=ctx.progress
+        )
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> None:
+        self.detector.fit(x, y)
+
+    def detect(self, x: np.ndarray) -> _Scored:
+        report, is_adv = self.detector.detect(x)
+        return _Scored(
+            score=np.asarray(report["decision_scores"], np.float64),
+            is_adversarial=np.asarray(is_adv, bool),
+            metric_scores={k: np.asarray(v, np.float64) for k, v in report["scores"].items()},
+        )
+
+
+def _fisher_specs() -> dict[str, DetectorSpec]:
+    """One detector per scalar Fisher metric that :mod:`art_fisher.metrics` provides, and their combination.
+
+    New scalar metrics (registered in :mod:`art_fisher._features`) appear here without further edits.
+    The sensitivity (a per-pixel map, reduced to four statistics) is offered alone, outside the defaults.
+    """
+    from art_fisher._features import METRICS as _METRIC_SPECS
+    from art_fisher._features import available_metrics
+
+    available = available_metrics()
+    scalar = tuple(m for m in available if not _METRIC_SPECS[m].is_map)
+    specs: dict[str, DetectorSpec] = {}
+    for metric in scalar:
+        specs[f"fisher_{metric}"] = DetectorSpec(
+            f"Fisher {metric.replace('_', ' ')}", lambda ctx, m=(metric,): _FisherRun(ctx, m), "fisher"
+        )
+    if len(scalar) > 1:
+        specs["fisher_combined"] = DetectorSpec(
+            f"Fisher {' + '.join(scalar)}", lambda ctx, m=scalar: _FisherRun(ctx, m), "fisher"
+        )
+    for metric in available:
+        if _METRIC_SPECS[metric].is_map:
+            specs[f"fisher_{metric}"] = DetectorSpec(
+                f"Fisher {metric} (map statistics)", lambda ctx, m=(metric,): _FisherRun(ctx, m), "fisher"
+            )
+    return specs
+
+
+_FISHER_SPECS = _fisher_specs()
 DETECTORS: dict[str, DetectorSpec] = {
+    **_FISHER_SPECS,
     "binary_input": DetectorSpec("ART BinaryInput", lambda ctx: _ArtBinaryRun(ctx, on_activations=False), "baseline"),
     "binary_activation": DetectorSpec(
         "ART BinaryActivation", lambda ctx: _ArtBinaryRun(ctx, on_activations=True), "baseline"
     ),
     "subset_scanning": DetectorSpec("ART SubsetScanning", _SubsetScanningRun, "baseline"),
 }
-DEFAULT_DETECTORS: tuple[str, ...] = ("binary_input", "binary_activation")
+DEFAULT_DETECTORS: tuple[str, ...] = (
+    *(name for name in _FISHER_SPECS if name != "fisher_sensitivity"),
+    "binary_input",
+    "binary_activation",
+    "subset_scanning",
+)
 
 
 # -------------------------------------------------------------------------------------------- result
@@ -343,22 +401,25 @@ def _fingerprint(*arrays: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def _get_model(
-    *, arch: str, data: Dataset, model_path: Path | None, epochs: int, seed: int, device: torch.device,
-    output_dir: Path, progress: bool,
-) -> tuple[nn.Module, Path | None, float, bool]:  # fmt: skip
-    """The classifier, the state-dict path, the seconds spent training (0 if loaded) and whether cached."""
+def _load_model(arch: str, data: Dataset, model_path: Path, device: torch.device) -> nn.Module:
+    """Build ``arch`` and load the state dict at ``model_path`` (``weights_only=True``)."""
     model = build_model(arch, in_channels=data.input_shape[0], n_classes=data.n_classes)
-    if model_path is not None:
+    try:
         state = torch.load(model_path, map_location="cpu", weights_only=True)
-        try:
-            model.load_state_dict(state)
-        except (RuntimeError, TypeError, AttributeError) as exc:
-            raise ValueError(
-                f"model {model_path}: expected a state dict of architecture {arch!r} for inputs "
-                f"{data.input_shape} and {data.n_classes} classes; loading failed: {exc}"
-            ) from exc
-        return model.to(device).eval(), model_path, 0.0, False
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError, EOFError, pickle.UnpicklingError) as exc:
+        raise ValueError(
+            f"model {model_path}: expected a state dict (torch.save(model.state_dict(), path)) of architecture "
+            f"{arch!r} for inputs {data.input_shape} and {data.n_classes} classes; loading failed: {exc}"
+        ) from exc
+    return model.to(device).eval()
+
+
+def _train_or_load_cached(
+    *, arch: str, data: Dataset, epochs: int, seed: int, device: torch.device, output_dir: Path, progress: bool
+) -> tuple[nn.Module, Path, float, bool]:
+    """The trained classifier, its cached state-dict path, the seconds spent training and whether cached."""
+    model = build_model(arch, in_channels=data.input_shape[0], n_classes=data.n_classes)
     key = json.dumps(
         {"dataset": data.name, "arch": arch, "epochs": epochs, "seed": seed, "batch": _TRAIN_BATCH,
          "lr": _TRAIN_LR, "data": _fingerprint(data.x, data.y), "torch": torch.__version__},
@@ -410,6 +471,29 @@ def _versions() -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------------- public
+
+
+@dataclass
+class _Plan:
+    """Checked arguments, loaded data and (if given) the loaded model: everything :func:`_run` needs."""
+
+    dataset: str
+    data_dir: str | Path | None
+    arch: str
+    model_path: Path | None
+    net: nn.Module | None
+    train: Dataset
+    test: Dataset
+    attacks: tuple[str, ...]
+    detectors: tuple[str, ...]
+    eps: float
+    n_samples: int
+    seed: int
+    device: torch.device
+    output_dir: Path
+    epochs: int
+    batch_size: int
+    progress: bool
 
 
 def evaluate(
@@ -480,6 +564,21 @@ def evaluate(
     FileNotFoundError
         If ``model`` or the data files are missing.
     """
+    return _run(
+        _prepare(
+            dataset=dataset, data_dir=data_dir, model=model, arch=arch, attacks=attacks, eps=eps,
+            detectors=detectors, n_samples=n_samples, seed=seed, device=device, output_dir=output_dir,
+            epochs=epochs, batch_size=batch_size, progress=progress,
+        )
+    )  # fmt: skip
+
+
+def _prepare(
+    *, dataset: str, data_dir: str | Path | None, model: str | Path | None, arch: str | None,
+    attacks: Sequence[str], eps: float | None, detectors: Sequence[str] | None, n_samples: int, seed: int,
+    device: str | torch.device, output_dir: str | Path, epochs: int | None, batch_size: int, progress: bool,
+) -> _Plan:  # fmt: skip
+    """Check every argument, load the data and a given model; nothing is written. Raises as :func:`evaluate`."""
     # ---- validate everything before any work
     if dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {DATASETS}; got {dataset!r}.")
@@ -509,17 +608,33 @@ def evaluate(
     if output_dir.exists() and not output_dir.is_dir():
         raise ValueError(f"output_dir must be a folder; {output_dir} is a file.")
 
+    train = load_dataset(dataset, data_dir=data_dir, split="train")
+    test = load_dataset(dataset, data_dir=data_dir, split="test")
+    net = None if model_path is None else _load_model(arch, train, model_path, dev)
+    return _Plan(
+        dataset=dataset, data_dir=data_dir, arch=arch, model_path=model_path, net=net, train=train, test=test,
+        attacks=attack_names, detectors=detector_names, eps=float(eps), n_samples=int(n_samples), seed=int(seed),
+        device=dev, output_dir=output_dir, epochs=int(epochs), batch_size=int(batch_size), progress=bool(progress),
+    )  # fmt: skip
+
+
+def _run(plan: _Plan) -> EvaluationResult:
+    """Run a checked plan (see the module docstring for the protocol)."""
+    p = plan
+    dataset, data_dir, arch, dev, output_dir = p.dataset, p.data_dir, p.arch, p.device, p.output_dir
+    attack_names, detector_names, eps, n_samples, seed = p.attacks, p.detectors, p.eps, p.n_samples, p.seed
+    epochs, batch_size, progress, train, test = p.epochs, p.batch_size, p.progress, p.train, p.test
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
     output_dir.mkdir(parents=True, exist_ok=True)
 
-    # ---- data and model
-    train = load_dataset(dataset, data_dir=data_dir, split="train")
-    test = load_dataset(dataset, data_dir=data_dir, split="test")
-    net, model_file, timings["training"], cached = _get_model(
-        arch=arch, data=train, model_path=model_path, epochs=epochs, seed=seed, device=dev,
-        output_dir=output_dir, progress=progress,
-    )  # fmt: skip
+    # ---- model
+    if p.net is not None:
+        net, model_file, timings["training"], cached = p.net, p.model_path, 0.0, False
+    else:
+        net, model_file, timings["training"], cached = _train_or_load_cached(
+            arch=arch, data=train, epochs=epochs, seed=seed, device=dev, output_dir=output_dir, progress=progress
+        )
     from art.estimators.classification import PyTorchClassifier
 
     classifier = PyTorchClassifier(
@@ -631,7 +746,7 @@ def evaluate(
     }  # fmt: skip
     paths = _report.write_report(
         output_dir, table=rows, attacks=attack_rows, settings=settings, timings=timings, curves=curves,
-        metric_scores=metric_scores, sensitivity=_sensitivity_examples(net, examples, dev),
+        metric_scores=metric_scores, sensitivity=_sensitivity_examples(classifier, examples, batch_size),
     )  # fmt: skip
     if model_file is not None:
         paths["model"] = Path(model_file)
@@ -648,19 +763,17 @@ def _empty_row(attack: str, detector: str, n_train: int, n_test: int) -> dict[st
 
 
 def _sensitivity_examples(
-    model: nn.Module, examples: dict[str, tuple[np.ndarray, np.ndarray]], device: torch.device, n: int = 6
-) -> dict[str, np.ndarray] | None:
-    """Clean / adversarial images of the first attack and their Fisher sensitivity maps, for the plot."""
+    classifier: Any, examples: dict[str, tuple[np.ndarray, np.ndarray]], batch_size: int, n: int = 6
+) -> dict[str, Any] | None:
+    """Clean / adversarial test images of the first attack and their Fisher sensitivity maps, for the plot."""
     if not examples:
         return None
-    try:
-        from art_fisher.metrics import fisher_sensitivity
-    except ImportError:
-        logger.info("art_fisher.metrics.fisher_sensitivity is not available; no sensitivity-map plot")
-        return None
+    from art_fisher.detectors import FisherInformationDetector
+
     attack, (clean, adv) = next(iter(examples.items()))
     clean, adv = clean[:n], adv[:n]
-    maps = [
-        fisher_sensitivity(model, torch.as_tensor(x, device=device)).cpu().numpy() for x in (clean, adv)
-    ]
-    return {"attack": attack, "clean": clean, "adversarial": adv, "clean_map": maps[0], "adversarial_map": maps[1]}
+    maps = FisherInformationDetector(classifier, metrics=("sensitivity",), batch_size=batch_size)
+    return {
+        "attack": attack, "clean": clean, "adversarial": adv,
+        "clean_map": maps.sensitivity_maps(clean), "adversarial_map": maps.sensitivity_maps(adv),
+    }  # fmt: skip
