@@ -28,3 +28,20 @@ __all__ = [
     "fisher_sensitivity",
     "fisher_trace",
 ]
+
+# Detectors and scikit-learn estimators (issue 5), imported on first use: ART's import is slow and
+# metric-only users should not pay for it.
+_LAZY_EXPORTS = {
+    "FisherInformationDetector": "art_fisher.detectors",
+    "FisherFeatures": "art_fisher.estimators",
+    "ThresholdClassifier": "art_fisher.estimators",
+}
+__all__ += list(_LAZY_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _LAZY_EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY_EXPORTS[name]), name)
+    raise AttributeError(f"module 'art_fisher' has no attribute {name!r}")

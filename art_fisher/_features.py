@@ -30,15 +30,18 @@ from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 
-#: Options every metric takes; values come from the detector / transformer settings.
-COMMON_OPTIONS = ("output", "params", "method", "epsilon")
 OUTPUTS = ("logits", "log_probs", "probs")
 METHODS = ("exact", "finite_difference")
 #: Directions a detector can use: it has no true labels at detection time, so ``"label"`` is out,
-#: and user-given direction tensors would not survive ``save``/``load``.
-DIRECTIONS = ("predicted",)
+#: and user-given direction tensors would not survive ``save``/``load``. ``"top_eigenvector"`` is
+#: for the quadratic form only.
+DIRECTIONS = ("predicted", "top_eigenvector")
+CLASSES = ("all", "predicted_vs_rest")
 #: Fraction of input dimensions whose share of the absolute sensitivity is the ``top_mass`` feature.
 TOP_FRACTION = 0.1
+
+_SCALAR_OPTIONS = ("output", "params", "method", "epsilon")
+_DIRECTIONAL_OPTIONS = (*_SCALAR_OPTIONS, "direction", "blockwise", "normalize", "classes")
 
 
 @dataclass(frozen=True)
@@ -50,23 +53,23 @@ class MetricSpec:
     function : str
         Name of the function in :mod:`art_fisher.metrics`.
     options : tuple of str
-        Options beyond :data:`COMMON_OPTIONS` that the function takes (``"direction"``, ``"blockwise"``).
+        The settings (names as in :func:`settings_of`) that the function takes as keyword arguments.
     is_map : bool
         True if the metric is a map of the input's shape that is reduced to
         :data:`SENSITIVITY_REDUCTIONS` features; False for one scalar per sample.
     """
 
     function: str
-    options: tuple[str, ...] = ()
+    options: tuple[str, ...]
     is_map: bool = False
 
 
 #: Metric name -> how to compute it. Extend here when :mod:`art_fisher.metrics` gains a metric.
 METRICS: dict[str, MetricSpec] = {
-    "trace": MetricSpec("fisher_trace"),
-    "quadratic_form": MetricSpec("fisher_quadratic_form", ("direction", "blockwise")),
-    "sensitivity": MetricSpec("fisher_sensitivity", ("direction", "blockwise"), is_map=True),
-    "max_eigenvalue": MetricSpec("fisher_max_eigenvalue"),
+    "trace": MetricSpec("fisher_trace", _SCALAR_OPTIONS),
+    "quadratic_form": MetricSpec("fisher_quadratic_form", _DIRECTIONAL_OPTIONS),
+    "max_eigenvalue": MetricSpec("fisher_max_eigenvalue", ("output", "params")),  # always exact
+    "sensitivity": MetricSpec("fisher_sensitivity", _DIRECTIONAL_OPTIONS, is_map=True),
 }
 
 #: Reductions of a sensitivity map :math:`s` (flattened to :math:`D` entries) to features:
@@ -113,6 +116,8 @@ def check_metric_settings(
     output: Any,
     direction: Any,
     blockwise: Any,
+    normalize: Any,
+    classes: Any,
     params: Any,
     method: Any,
     epsilon: Any,
@@ -144,13 +149,21 @@ def check_metric_settings(
         raise ValueError(f"metrics must not repeat a name; got {metrics!r}.")
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}; got {output!r}.")
-    if direction not in DIRECTIONS:
+    if not isinstance(direction, str) or direction not in DIRECTIONS:
         raise ValueError(
             f"direction must be one of {DIRECTIONS} (a detector has no true labels at detection "
             f"time); got {direction!r}."
         )
+    if direction == "top_eigenvector" and "sensitivity" in names:
+        raise ValueError('direction="top_eigenvector" applies to the quadratic form only; drop "sensitivity" from metrics.')
+    if direction == "top_eigenvector" and method == "finite_difference":
+        raise ValueError('direction="top_eigenvector" needs method="exact"; got method="finite_difference".')
     if blockwise is not None and not isinstance(blockwise, bool):
         raise ValueError(f"blockwise must be None (each metric's default), True or False; got {blockwise!r}.")
+    if not isinstance(normalize, bool):
+        raise ValueError(f"normalize must be True or False; got {normalize!r}.")
+    if not isinstance(classes, str) or classes not in CLASSES:
+        raise ValueError(f"classes must be one of {CLASSES}; got {classes!r}.")
     if params is not None:
         if isinstance(params, str) or not isinstance(params, Sequence) or len(params) == 0:
             raise ValueError(f"params must be None or a non-empty sequence of parameter names; got {params!r}.")
@@ -245,6 +258,8 @@ def settings_of(obj: Any) -> dict[str, Any]:
         "output": obj.output,
         "direction": obj.direction,
         "blockwise": obj.blockwise,
+        "normalize": obj.normalize,
+        "classes": obj.classes,
         "params": None if obj.params is None else tuple(obj.params),
         "method": obj.method,
         "epsilon": float(obj.epsilon),
@@ -253,14 +268,11 @@ def settings_of(obj: Any) -> dict[str, Any]:
 
 def _metric_kwargs(name: str, settings: dict[str, Any]) -> dict[str, Any]:
     """Keyword arguments of the metric function for ``name`` from the shared settings."""
-    spec = METRICS[name]
-    kwargs = {key: settings[key] for key in COMMON_OPTIONS}
-    if kwargs["params"] is not None:
+    kwargs = {key: settings[key] for key in METRICS[name].options}
+    if kwargs.get("params") is not None:
         kwargs["params"] = list(kwargs["params"])
-    if "direction" in spec.options:
-        kwargs["direction"] = settings["direction"]
-    if "blockwise" in spec.options and settings["blockwise"] is not None:
-        kwargs["blockwise"] = settings["blockwise"]
+    if kwargs.get("blockwise", True) is None:  # None: the metric's own default
+        del kwargs["blockwise"]
     return kwargs
 
 
@@ -295,7 +307,7 @@ def compute(
     metrics : sequence of str
         Names from :data:`METRICS`.
     settings : dict
-        ``output``, ``direction``, ``blockwise``, ``params``, ``method``, ``epsilon``.
+        The options of :func:`settings_of`.
     batch_size : int
         Samples per metric call.
     reduce_maps : bool

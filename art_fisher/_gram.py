@@ -17,11 +17,13 @@ Two engines compute the blocks:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
-from torch.func import jacrev, vmap
+from torch.func import jacrev, jvp, vmap
 
 from art_fisher._functional import FunctionalNet
-from art_fisher._layer_grams import hook_grams, plan
+from art_fisher._layer_grams import hook_directional, hook_grams, plan
 
 # Bytes of per-sample Jacobians held at once by the "func" engine when no batch size is given.
 _FUNC_BUDGET = 256 * 2**20
@@ -96,3 +98,51 @@ def block_grams(
         zs.append(z)
         ks.append(torch.stack([blocks[name] for name in net.names], dim=1))
     return torch.cat(zs), torch.cat(ks)
+
+
+def block_directional(
+    net: FunctionalNet,
+    x: torch.Tensor,
+    n_classes: int,
+    *,
+    r_of_z: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    v: dict[str, torch.Tensor] | None = None,
+    batch_size: int | None = None,
+    engine: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Logits (N, C) and ``t_k = J_k v_k`` (N, B, C) for every parameter tensor ``k``.
+
+    Either ``r_of_z`` maps the logits (n, C) to coefficients ``r`` (n, C) of per-sample directions
+    ``v = Jᵀ r`` (then ``t_k = K_k r``, obtained without forming ``K_k`` where hooks apply), or ``v``
+    is one fixed direction (parameter name → tensor). Also returns ``r`` (N, C) (or None).
+    """
+    covered, rest = plan(net) if engine == "auto" else ({}, list(net.names))
+    size = batch_size or (_HOOK_CHUNK if covered else func_chunk(net, n_classes, rest, x.element_size()))
+    zs, ts, rs = [], [], []
+    for start in range(0, x.shape[0], size):
+        xb = x[start : start + size]
+        blocks: dict[str, torch.Tensor] = {}
+        todo = list(rest)
+        z, r = None, None
+        if covered:
+            z, blocks, uncovered, r = hook_directional(net, xb, covered, r_of_z, v)
+            todo += uncovered
+        if todo and r_of_z is not None:
+            inner = batch_size or func_chunk(net, n_classes, todo, x.element_size())
+            parts = [func_grams(net, xb[i : i + inner], todo) for i in range(0, xb.shape[0], inner)]
+            z = torch.cat([p[0] for p in parts])
+            k = torch.cat([p[1] for p in parts])
+            r = r_of_z(z) if r is None else r
+            blocks.update({name: k[:, j] @ r.unsqueeze(-1) for j, name in enumerate(todo)})
+            blocks = {name: t.squeeze(-1) if t.dim() == 3 else t for name, t in blocks.items()}
+        elif todo:
+            for name in todo:
+                z, blocks[name] = jvp(lambda s: net.logits(s, xb), ({name: net.base[name]},), ({name: v[name]},))
+        if z is None:
+            z = net.logits(net.selected(), xb)
+        if r is None and r_of_z is not None:
+            r = r_of_z(z)
+        zs.append(z)
+        ts.append(torch.stack([blocks[name] for name in net.names], dim=1))
+        rs.append(r)
+    return torch.cat(zs), torch.cat(ts), None if r_of_z is None else torch.cat(rs)

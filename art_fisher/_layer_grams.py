@@ -65,15 +65,16 @@ def plan(net: FunctionalNet) -> tuple[dict[str, tuple[str, str]], list[str]]:
 
 
 def _gram(g: torch.Tensor) -> torch.Tensor:
-    """``(C, n, M)`` per-class, per-sample vectors → ``(n, C, C)`` Gram matrices."""
-    g = g.transpose(0, 1)
-    return g @ g.transpose(1, 2)
+    """``(n, C, M)`` per-sample, per-class vectors → ``(n, C, C)`` Gram matrices."""
+    g = g.flatten(2)
+    return torch.bmm(g, g.transpose(1, 2))
 
 
 def _linear_blocks(
     a: torch.Tensor, b: torch.Tensor, want: set[str], mode: str = "auto"
 ) -> dict[str, torch.Tensor]:
-    n = a.shape[0]
+    """Blocks of ``nn.Linear``: input ``a`` (n, *, in), output-gradients ``b`` (n, C, *, out)."""
+    n, n_cls = b.shape[0], b.shape[1]
     out = {}
     if a.dim() == 2:
         bb = _gram(b)
@@ -83,17 +84,16 @@ def _linear_blocks(
             out["bias"] = bb
         return out
     a = a.reshape(n, -1, a.shape[-1])  # (n, T, in)
-    b = b.reshape(b.shape[0], n, -1, b.shape[-1])  # (C, n, T, out)
-    n_cls, _, t, o = b.shape
-    i = a.shape[-1]
+    b = b.reshape(n, n_cls, -1, b.shape[-1])  # (n, C, T, out)
+    t, o, i = b.shape[2], b.shape[3], a.shape[-1]
     if "weight" in want:
         cheaper = n_cls * o * i <= t * t * (i + n_cls * o)
         if mode == "materialise" or (mode == "auto" and cheaper):
-            out["weight"] = _gram(torch.einsum("cnto,nti->cnoi", b, a).flatten(2))
+            out["weight"] = _gram(torch.einsum("ncto,nti->ncoi", b, a))
         else:
-            aa = a @ a.transpose(1, 2)  # (n, T, T)
-            bw = torch.einsum("cnto,nts->cnso", b, aa)
-            out["weight"] = torch.einsum("cnso,dnso->ncd", bw, b)
+            aa = torch.bmm(a, a.transpose(1, 2))  # (n, T, T)
+            bw = torch.einsum("ncto,nts->ncso", b, aa)
+            out["weight"] = torch.bmm(bw.flatten(2), b.flatten(2).transpose(1, 2))
     if "bias" in want:
         out["bias"] = _gram(b.sum(2))
     return out
@@ -102,52 +102,180 @@ def _linear_blocks(
 def _conv_blocks(
     module: nn.Conv2d, a: torch.Tensor, b: torch.Tensor, want: set[str], mode: str = "auto"
 ) -> dict[str, torch.Tensor]:
-    n = a.shape[0]
-    n_cls = b.shape[0]
-    b = b.flatten(3)  # (C, n, out, L)
+    """Blocks of ``nn.Conv2d``: input ``a`` (n, in, H, W), output-gradients ``b`` (n, C, out, H', W')."""
+    n, n_cls, o = b.shape[0], b.shape[1], b.shape[2]
+    b = b.reshape(n, n_cls * o, -1)  # (n, C·out, L)
+    length = b.shape[2]
     out = {}
     if "weight" in want:
         u = F.unfold(a, module.kernel_size, dilation=module.dilation, padding=module.padding, stride=module.stride)
-        k, length = u.shape[1], u.shape[2]
-        o = b.shape[2]
+        k = u.shape[1]
         cost_materialise = n_cls * o * k * length + n_cls * n_cls * o * k
         cost_ghost = length * length * (k + n_cls * o) + n_cls * n_cls * o * length
         if mode == "materialise" or (mode == "auto" and cost_materialise <= cost_ghost):
-            g = torch.einsum("cnol,nkl->cnok", b, u).flatten(2)
-            out["weight"] = _gram(g)
+            g = torch.bmm(b, u.transpose(1, 2))  # (n, C·out, k): per-sample, per-class weight gradients
+            out["weight"] = _gram(g.view(n, n_cls, o * k))
         else:
-            uu = u.transpose(1, 2) @ u  # (n, L, L)
-            bw = (b.reshape(n_cls, n, o, length) @ uu.unsqueeze(0))  # (C, n, out, L)
-            out["weight"] = torch.einsum("cnol,dnol->ncd", bw, b)
+            uu = torch.bmm(u.transpose(1, 2), u)  # (n, L, L)
+            bw = torch.bmm(b, uu).view(n, n_cls, o * length)
+            out["weight"] = torch.bmm(bw, b.view(n, n_cls, o * length).transpose(1, 2))
         del u
     if "bias" in want:
-        out["bias"] = _gram(b.sum(3))
+        out["bias"] = _gram(b.sum(2).view(n, n_cls, o))
     return out
 
 
 def _bn_blocks(module: nn.Module, a: torch.Tensor, b: torch.Tensor, want: set[str]) -> dict[str, torch.Tensor]:
+    """Blocks of eval-mode BatchNorm: input ``a`` (n, ch, *), output-gradients ``b`` (n, C, ch, *)."""
     shape = [1, -1] + [1] * (a.dim() - 2)
     xhat = (a - module.running_mean.view(shape)) * torch.rsqrt(module.running_var.view(shape) + module.eps)
-    n_cls, n = b.shape[0], b.shape[1]
-    ch = a.shape[1]
-    b = b.reshape(n_cls, n, ch, -1)
+    n, n_cls, ch = b.shape[0], b.shape[1], a.shape[1]
+    b = b.reshape(n, n_cls, ch, -1)
     out = {}
     if "weight" in want:
-        out["weight"] = _gram((b * xhat.reshape(1, n, ch, -1)).sum(3))
+        out["weight"] = _gram((b * xhat.reshape(n, 1, ch, -1)).sum(3))
     if "bias" in want:
         out["bias"] = _gram(b.sum(3))
     return out
 
 
-def hook_grams(
-    net: FunctionalNet, x: torch.Tensor, covered: dict[str, tuple[str, str]]
-) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[str]]:
-    """Logits (n, C) and Gram blocks (n, C, C) of the hook-covered parameters of one chunk.
+def _output_change(module: nn.Module, a: torch.Tensor, kind: str, br: torch.Tensor | None, v: torch.Tensor | None):
+    """Output change (n, *out) of a layer along a parameter direction.
+
+    The direction is either per sample, ``v = Jᵀ r`` restricted to this parameter, given through
+    ``br = Σ_c r_c ∂z_c/∂output`` (n, *out), or one fixed tensor ``v`` of the parameter's shape.
+    """
+    n = a.shape[0]
+    if isinstance(module, nn.Linear):
+        if kind == "bias":
+            vb = v.expand(n, -1) if br is None else br.reshape(n, -1, br.shape[-1]).sum(1)
+            return vb.view(n, *([1] * (a.dim() - 2)), -1).expand(*a.shape[:-1], vb.shape[-1])
+        if br is None:
+            return a @ v.transpose(0, 1)
+        if a.dim() == 2:
+            return br * (a * a).sum(1, keepdim=True)
+        a3, b3 = a.reshape(n, -1, a.shape[-1]), br.reshape(n, -1, br.shape[-1])
+        vw = torch.bmm(b3.transpose(1, 2), a3)  # (n, out, in)
+        return torch.bmm(a3, vw.transpose(1, 2)).view_as(br)
+    if isinstance(module, nn.Conv2d):
+        if kind == "bias":
+            if br is None:
+                return v.view(1, -1, 1, 1).expand(n, -1, 1, 1)
+            return br.sum((2, 3), keepdim=True)
+        if br is None:
+            return F.conv2d(a, v, None, module.stride, module.padding, module.dilation)
+        u = F.unfold(a, module.kernel_size, dilation=module.dilation, padding=module.padding, stride=module.stride)
+        b2 = br.flatten(2)  # (n, out, L)
+        vw = torch.bmm(b2, u.transpose(1, 2))  # (n, out, k): per-sample weight direction
+        return torch.bmm(vw, u).view_as(br)
+    # eval-mode BatchNorm
+    shape = [1, -1] + [1] * (a.dim() - 2)
+    xhat = (a - module.running_mean.view(shape)) * torch.rsqrt(module.running_var.view(shape) + module.eps)
+    if kind == "weight":
+        g = v.view(shape) if br is None else (br * xhat).flatten(2).sum(2).view(n, *shape[1:])
+        return g * xhat
+    return v.view(shape).expand_as(a) if br is None else br.flatten(2).sum(2).view(n, *shape[1:]).expand_as(a)
+
+
+def hook_directional(
+    net: FunctionalNet,
+    x: torch.Tensor,
+    covered: dict[str, tuple[str, str]],
+    r_of_z=None,
+    v: dict[str, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[str], torch.Tensor | None]:
+    """``t_k = J_k v_k`` (n, C) for the hook-covered parameters of one chunk.
+
+    One forward pass with hooks; for per-sample directions ``v = Jᵀ r`` one backward pass with the
+    cotangent ``r`` gives each layer's ``Σ_c r_c ∂z_c/∂output``, hence the layer's output change
+    ``δo_k`` along ``v_k``; then one backward pass per class gives ``t_k[c] = ⟨∂z_c/∂output, δo_k⟩``.
+    Nothing of size C × output is kept.
 
     Returns
     -------
     z : Tensor (n, C)
-    blocks : dict of str to Tensor (n, C, C)
+    t : dict of str to Tensor (n, C)
+    uncovered : list of str
+    r : Tensor (n, C) or None
+    """
+    modules = dict(net.model.named_modules())
+    wanted: dict[str, set[str]] = {}
+    for mod_name, kind in covered.values():
+        wanted.setdefault(mod_name, set()).add(kind)
+    records: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {m: [] for m in wanted}
+
+    def make_hook(mod_name: str):
+        def hook(_module, inputs, output):
+            records[mod_name].append((inputs[0].detach(), output))
+
+        return hook
+
+    handles = [modules[m].register_forward_hook(make_hook(m)) for m in wanted]
+    try:
+        with torch.enable_grad():
+            xr = x.detach().requires_grad_(True)
+            z = net.logits(net.selected(), xr)
+    finally:
+        for h in handles:
+            h.remove()
+    good = [m for m, rec in records.items() if len(rec) == 1 and rec[0][1].requires_grad]
+    uncovered = [p for p, (m, _k) in covered.items() if m not in good]
+    r = None if r_of_z is None else r_of_z(z.detach())
+    t: dict[str, torch.Tensor] = {}
+    if not good:
+        return z.detach(), t, uncovered, r
+    outputs = [records[m][0][1] for m in good]
+    n_cls = z.shape[1]
+    with torch.enable_grad():
+        brs = torch.autograd.grad(z, outputs, r, retain_graph=True) if r is not None else [None] * len(good)
+    deltas = []
+    for m, br in zip(good, brs, strict=True):
+        prefix = f"{m}." if m else ""
+        for kind in sorted(wanted[m]):
+            vk = None if v is None else v[prefix + kind]
+            deltas.append((prefix + kind, len(deltas), good.index(m), _output_change(modules[m], records[m][0][0], kind, br, vk)))
+    del brs
+    cols: dict[str, list[torch.Tensor]] = {name: [] for name, _i, _j, _d in deltas}
+    with torch.enable_grad():
+        for c in range(n_cls):
+            grads = torch.autograd.grad(z[:, c].sum(), outputs, retain_graph=c < n_cls - 1)
+            for name, _i, j, delta in deltas:
+                cols[name].append((grads[j] * delta).flatten(1).sum(1))
+    for name, col in cols.items():
+        t[name] = torch.stack(col, dim=1)
+    return z.detach(), t, uncovered, r
+
+
+def grams_consumer(_z: torch.Tensor):
+    """Consumer for :func:`hook_pass` that returns the Gram blocks ``K_k`` (n, C, C)."""
+
+    def consume(module, a, b, want):
+        if isinstance(module, nn.Linear):
+            return _linear_blocks(a, b, want)
+        if isinstance(module, nn.Conv2d):
+            return _conv_blocks(module, a, b, want)
+        return _bn_blocks(module, a, b, want)
+
+    return consume
+
+
+def hook_pass(
+    net: FunctionalNet, x: torch.Tensor, covered: dict[str, tuple[str, str]], make_consumer
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[str]]:
+    """One forward pass with hooks and one backward pass per class, then ``consumer`` per layer.
+
+    Parameters
+    ----------
+    make_consumer : callable
+        Called with the logits ``z`` (n, C); returns ``consumer(module, a, b, want, prefix) ->
+        {kind: Tensor}`` that gets the layer input ``a`` (n, ...), the per-class output-gradients
+        ``b`` (n, C, ...), the wanted kinds and the module's name.
+
+    Returns
+    -------
+    z : Tensor (n, C)
+    blocks : dict of str to Tensor
+        The consumer's results by parameter name.
     uncovered : list of str
         Covered-by-type parameters whose module turned out not to run exactly once (weight sharing,
         unused modules); the caller computes them with ``torch.func``.
@@ -176,6 +304,7 @@ def hook_grams(
     uncovered = [p for p, (m, _k) in covered.items() if m not in good]
     blocks: dict[str, torch.Tensor] = {}
     if good:
+        consumer = make_consumer(z.detach())
         outputs = [records[m][0][1] for m in good]
         n_cls = z.shape[1]
         per_class = []
@@ -184,18 +313,19 @@ def hook_grams(
                 grads = torch.autograd.grad(z[:, c].sum(), outputs, retain_graph=c < n_cls - 1)
                 per_class.append([g.detach() for g in grads])
         for j, m in enumerate(good):
-            b = torch.stack([per_class[c][j] for c in range(n_cls)])  # (C, n, *out)
+            b = torch.stack([per_class[c][j] for c in range(n_cls)], dim=1)  # (n, C, *out)
             for c in range(n_cls):
                 per_class[c][j] = None
-            a = records[m][0][0]
-            module = modules[m]
-            if isinstance(module, nn.Linear):
-                res = _linear_blocks(a, b, wanted[m])
-            elif isinstance(module, nn.Conv2d):
-                res = _conv_blocks(module, a, b, wanted[m])
-            else:
-                res = _bn_blocks(module, a, b, wanted[m])
+            res = consumer(modules[m], records[m][0][0], b, wanted[m], m)
             del b
             for kind, k in res.items():
                 blocks[f"{m}.{kind}" if m else kind] = k
     return z.detach(), blocks, uncovered
+
+
+def hook_grams(
+    net: FunctionalNet, x: torch.Tensor, covered: dict[str, tuple[str, str]]
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[str]]:
+    """Logits (n, C) and Gram blocks (n, C, C) of the hook-covered parameters of one chunk."""
+    consume = grams_consumer(None)
+    return hook_pass(net, x, covered, lambda _z: lambda mod, a, b, want, _prefix: consume(mod, a, b, want))

@@ -105,17 +105,25 @@ class FisherInformationDetector(EvasionDetector):
     output : {"logits", "log_probs", "probs"}, default="logits"
         What the classifier's model returns (``"logits"`` and ``"log_probs"`` give the same metrics,
         since the softmax of log-probabilities is the probabilities).
-    direction : {"predicted"}, default="predicted"
+    direction : {"predicted", "top_eigenvector"}, default="predicted"
         Direction of the quadratic form and sensitivity: the gradient of the predicted class's
-        log-probability. (``"label"`` needs true labels, which a detector does not have.)
+        log-probability, or (quadratic form only) the top eigenvector of :math:`F(x)`. (``"label"``
+        needs true labels, which a detector does not have at detection time.)
     blockwise : bool or None, default=None
         Layer-wise (block-diagonal) Fisher for the quadratic form and sensitivity; None keeps each
         metric's own default (full for the quadratic form, blockwise for the sensitivity).
+    normalize : bool, default=True
+        Quadratic form and sensitivity along the unit direction :math:`\bar v = v / \|v\|`; False
+        uses the raw gradient :math:`v` (the authors' package), :math:`\|v\|^2` times the value.
+    classes : {"all", "predicted_vs_rest"}, default="all"
+        Sum of the quadratic form and sensitivity over all classes, or over the two classes
+        (predicted, rest) as the authors' package does.
     params : sequence of str or None, default=None
         Names of the model's parameters the Fisher information is taken over; None: all that require
         grad.
     method : {"exact", "finite_difference"}, default="exact"
-        Autodiff, or the original paper's central finite differences.
+        Autodiff, or the original paper's central finite differences (``"max_eigenvalue"`` is always
+        exact).
     epsilon : float, default=1e-3
         Finite-difference step (only used with ``method="finite_difference"``).
     progress : bool, default=False
@@ -159,6 +167,8 @@ class FisherInformationDetector(EvasionDetector):
         "output",
         "direction",
         "blockwise",
+        "normalize",
+        "classes",
         "params",
         "method",
         "epsilon",
@@ -175,6 +185,8 @@ class FisherInformationDetector(EvasionDetector):
         output: str = "logits",
         direction: str = "predicted",
         blockwise: bool | None = None,
+        normalize: bool = True,
+        classes: str = "all",
         params: Sequence[str] | None = None,
         method: str = "exact",
         epsilon: float = 1e-3,
@@ -188,6 +200,8 @@ class FisherInformationDetector(EvasionDetector):
         self.output = output
         self.direction = direction
         self.blockwise = blockwise
+        self.normalize = normalize
+        self.classes = classes
         self.params = params
         self.method = method
         self.epsilon = epsilon
@@ -202,6 +216,8 @@ class FisherInformationDetector(EvasionDetector):
             output=self.output,
             direction=self.direction,
             blockwise=self.blockwise,
+            normalize=self.normalize,
+            classes=self.classes,
             params=self.params,
             method=self.method,
             epsilon=self.epsilon,
@@ -420,6 +436,8 @@ class FisherInformationDetector(EvasionDetector):
                 "output": self.output,
                 "direction": self.direction,
                 "blockwise": self.blockwise,
+                "normalize": self.normalize,
+                "classes": self.classes,
                 "params": None if self.params is None else list(self.params),
                 "method": self.method,
                 "epsilon": float(self.epsilon),

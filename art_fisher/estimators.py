@@ -300,7 +300,7 @@ class FisherFeatures(TransformerMixin, BaseEstimator):
         fixed feature extractor), so ``GridSearchCV`` does not copy the model.
     metrics : sequence of str, default=("trace", "quadratic_form")
         Metric names (see :class:`~art_fisher.detectors.FisherInformationDetector`).
-    output, direction, blockwise, params, method, epsilon
+    output, direction, blockwise, normalize, classes, params, method, epsilon
         Metric options, as in :class:`~art_fisher.detectors.FisherInformationDetector`.
     batch_size : int, default=128
         Samples per metric computation.
@@ -327,6 +327,8 @@ class FisherFeatures(TransformerMixin, BaseEstimator):
         output: str = "logits",
         direction: str = "predicted",
         blockwise: bool | None = None,
+        normalize: bool = True,
+        classes: str = "all",
         params: Sequence[str] | None = None,
         method: str = "exact",
         epsilon: float = 1e-3,
@@ -337,6 +339,8 @@ class FisherFeatures(TransformerMixin, BaseEstimator):
         self.output = output
         self.direction = direction
         self.blockwise = blockwise
+        self.normalize = normalize
+        self.classes = classes
         self.params = params
         self.method = method
         self.epsilon = epsilon
@@ -362,6 +366,8 @@ class FisherFeatures(TransformerMixin, BaseEstimator):
             output=self.output,
             direction=self.direction,
             blockwise=self.blockwise,
+            normalize=self.normalize,
+            classes=self.classes,
             params=self.params,
             method=self.method,
             epsilon=self.epsilon,

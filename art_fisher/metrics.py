@@ -39,7 +39,9 @@ from torch.func import jacrev, jvp, vmap
 from art_fisher import _checks
 from art_fisher._finite_difference import fd_quadratic_form, fd_sensitivity, per_class_trace
 from art_fisher._functional import FunctionalNet, predicted_vs_rest
-from art_fisher._gram import block_grams
+from art_fisher._fast_sensitivity import fast_sensitivity
+from art_fisher._gram import block_directional, block_grams
+from art_fisher._layer_grams import plan
 from art_fisher._sensitivity import exact_sensitivity, sample_directions
 
 logger = logging.getLogger(__name__)
@@ -50,7 +52,10 @@ Direction = str | Sequence[torch.Tensor]
 
 # Default chunk sizes (samples) where the caller gives no batch_size.
 _SENSITIVITY_CHUNK = 32
+# Rows (samples × replicas) of one chunk of the fast exact sensitivity.
+_FIS_ROWS = 128
 _FD_CHUNK = 64
+_QUAD_CHUNK = 256
 
 
 def _chunks(n: int, size: int) -> Iterator[slice]:
@@ -296,8 +301,19 @@ def fisher_quadratic_form(
         raise ValueError('method="finite_difference" does not support direction="top_eigenvector".')
     x = x.detach()
     with torch.no_grad():
-        if method == "exact" and isinstance(direction, str):
+        if method == "exact" and isinstance(direction, str) and direction == "top_eigenvector":
             return _quadratic_from_grams(net, x, n_classes, bs, direction, yt, blockwise, normalize, classes)
+        if method == "exact":
+            size = bs or _QUAD_CHUNK
+            parts = []
+            for sl in _chunks(x.shape[0], size):
+                parts.append(
+                    _quadratic_directional(
+                        net, x[sl], n_classes, direction, None if yt is None else yt[sl], blockwise, normalize,
+                        classes, bs,
+                    )
+                )
+            return torch.cat(parts)
         out = []
         for sl in _chunks(x.shape[0], bs or _FD_CHUNK):
             out.append(
@@ -305,6 +321,40 @@ def fisher_quadratic_form(
                                   classes, method, eps)
             )
         return torch.cat(out)
+
+
+def _quadratic_directional(
+    net: FunctionalNet,
+    x: torch.Tensor,
+    n_classes: int,
+    direction: Direction,
+    y: torch.Tensor | None,
+    blockwise: bool,
+    normalize: bool,
+    classes: str,
+    bs: int | None,
+) -> torch.Tensor:
+    """Exact quadratic form of one chunk from ``t_k = J_k v_k`` (``= K_k r`` for ``v = Jᵀ r``)."""
+    if isinstance(direction, str):
+
+        def r_of_z(z: torch.Tensor) -> torch.Tensor:
+            cls = _class_of(direction, z, y)
+            return torch.nn.functional.one_hot(cls, z.shape[-1]).to(z.dtype) - torch.softmax(z, -1)
+
+        z, t, r = block_directional(net, x, n_classes, r_of_z=r_of_z, batch_size=bs)
+        sq = torch.einsum("nc,nc->n", r, t.sum(1))
+    else:
+        v = dict(zip(net.names, direction, strict=True))
+        z, t, _r = block_directional(net, x, n_classes, v=v, batch_size=bs)
+        sq = sum(d.pow(2).sum() for d in direction) * torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
+    if classes == "predicted_vs_rest":
+        cls = _class_of(direction, z, y)
+        lmat = vmap(jacrev(predicted_vs_rest))(z, cls)  # (n, 2, C)
+        t = torch.einsum("nac,nbc->nba", lmat, t)
+        z = predicted_vs_rest(z, cls)
+    s = _covariance(torch.softmax(z, -1))
+    num = _quad(t, s.unsqueeze(1)).sum(1) if blockwise else _quad(t.sum(1), s)
+    return _safe_divide(num, sq) if normalize else num
 
 
 def _check_direction_args(
@@ -478,12 +528,32 @@ def fisher_sensitivity(
     if method == "exact":
         _checks.check_second_order(model)
     x = x.detach()
+    covered, rest = plan(net)
+    fast = method == "exact" and not rest
+    if bs is not None:
+        size = bs
+    elif method == "exact":
+        size = max(1, _FIS_ROWS // (len(net.names) if blockwise else 1)) if fast else _SENSITIVITY_CHUNK
+    else:
+        size = _FD_CHUNK
     out = []
     with torch.no_grad():
-        for sl in _chunks(x.shape[0], bs or (_SENSITIVITY_CHUNK if method == "exact" else _FD_CHUNK)):
+        for sl in _chunks(x.shape[0], size):
             xb = x[sl]
             z = net.logits(net.selected(), xb)
             cls = _class_of(direction, z, None if yt is None else yt[sl])
+            if fast:
+                if isinstance(direction, str):
+                    r = torch.nn.functional.one_hot(cls, z.shape[-1]).to(z.dtype) - torch.softmax(z, -1)
+                    v = None
+                else:
+                    r, v = None, _directions(net, xb, z, cls, direction, normalize)[0]
+                res = fast_sensitivity(
+                    net, xb, covered, r=r, v=v, y=cls, blockwise=blockwise, normalize=normalize, classes=classes
+                )
+                if res is not None:
+                    out.append(res)
+                    continue
             v, shared = _directions(net, xb, z, cls, direction, normalize)
             fn = exact_sensitivity if method == "exact" else fd_sensitivity
             kwargs = {} if method == "exact" else {"epsilon": eps}

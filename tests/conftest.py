@@ -46,7 +46,7 @@ def digits_cnn() -> DigitsCNN:
 
 @pytest.fixture(scope="session")
 def digits_attacks(digits_cnn) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Attack name -> (clean, adversarial) pairs on 200 held-out digits; successful attacks only.
+    """Attack name -> (clean, adversarial) pairs on 160 held-out digits; successful attacks only.
 
     Only correctly classified clean inputs are attacked, and a pair is kept only when the attack
     changed the prediction, so row i of both arrays is the same digit.
@@ -54,7 +54,7 @@ def digits_attacks(digits_cnn) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     from art.attacks.evasion import DeepFool, FastGradientMethod, ProjectedGradientDescent
 
     clf = digits_cnn.classifier
-    x, y = digits_cnn.x_test[:200], digits_cnn.y_test[:200]
+    x, y = digits_cnn.x_test[:160], digits_cnn.y_test[:160]
     correct = clf.predict(x).argmax(1) == y
     x, y = x[correct], y[correct]
     attacks = {

@@ -59,7 +59,9 @@ def test_conv_and_sequence_linear_branches(mode):
         xr = x.clone().requires_grad_(True)
         z = model(xr)
         handle.remove()
-        b = torch.stack([torch.autograd.grad(z[:, c].sum(), records["o"], retain_graph=True)[0] for c in range(4)])
+        b = torch.stack(
+            [torch.autograd.grad(z[:, c].sum(), records["o"], retain_graph=True)[0] for c in range(4)], dim=1
+        )
         want = {"weight", "bias"}
         if module is conv:
             got = _layer_grams._conv_blocks(conv, records["a"].detach(), b, want, mode)

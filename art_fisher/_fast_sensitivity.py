@@ -1,0 +1,183 @@
+"""Fast exact sensitivity for models whose selected parameters all sit in Linear / Conv2d / eval BatchNorm.
+
+The sensitivity needs ``∂x z`` and ``∂x t_g`` with ``t_g = J_g v_g`` for each group ``g`` of parameter
+tensors (one group per tensor when blockwise, one group otherwise), see :mod:`art_fisher._sensitivity`.
+Here ``t_g`` comes from PyTorch's forward-mode AD without ``torch.func``: the batch is replicated once
+per group, and a forward hook on each layer adds, on its group's replica only, the tangent
+``δo = (direction of the layer's parameter) applied to the layer's input`` (for a weight direction
+``V``: ``V a`` for Linear, ``conv(a, V)`` for Conv2d, ``V ⊙ x̂`` for BatchNorm; for a bias: the bias
+direction). The input-derivatives then follow by ordinary backward passes through that
+forward-mode graph (reverse over forward): one per class for all groups and samples at once.
+
+Per-sample directions ``v = Jᵀ r`` (e.g. ``∇θ log p_ŷ``) are formed per layer from one backward pass
+with the cotangent ``r``: ``V = Σ_t (Σ_c r_c ∂z_c/∂o_t) a_tᵀ`` (per-sample weight gradient).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.autograd.forward_ad as fwad
+import torch.nn.functional as F
+from torch import nn
+
+from art_fisher._functional import FunctionalNet, predicted_vs_rest
+from art_fisher._sensitivity import fis_from_jacobians
+
+
+def _xhat(module: nn.Module, a: torch.Tensor) -> torch.Tensor:
+    shape = [1, -1] + [1] * (a.dim() - 2)
+    return (a - module.running_mean.view(shape)) * torch.rsqrt(module.running_var.view(shape) + module.eps)
+
+
+def _per_sample_direction(module: nn.Module, kind: str, a: torch.Tensor, br: torch.Tensor) -> torch.Tensor:
+    """Gradient of ``Σ_c r_c z_c`` w.r.t. the parameter, per sample: (n, *param.shape)."""
+    n = a.shape[0]
+    if isinstance(module, nn.Linear):
+        b3 = br.reshape(n, -1, br.shape[-1])
+        if kind == "bias":
+            return b3.sum(1)
+        return torch.bmm(b3.transpose(1, 2), a.reshape(n, -1, a.shape[-1]))
+    if isinstance(module, nn.Conv2d):
+        if kind == "bias":
+            return br.sum((2, 3))
+        u = F.unfold(a, module.kernel_size, dilation=module.dilation, padding=module.padding, stride=module.stride)
+        return torch.bmm(br.flatten(2), u.transpose(1, 2)).view(n, *module.weight.shape)
+    if kind == "bias":
+        return br.flatten(2).sum(2)
+    return (br * _xhat(module, a)).flatten(2).sum(2)
+
+
+def _apply_direction(module: nn.Module, kind: str, a: torch.Tensor, d: torch.Tensor, shared: bool) -> torch.Tensor:
+    """Output change of the layer at input ``a`` (n, ...) along direction ``d`` (per sample or shared)."""
+    n = a.shape[0]
+    if isinstance(module, nn.Linear):
+        if kind == "bias":
+            vb = d.expand(n, -1) if shared else d
+            return vb.view(n, *([1] * (a.dim() - 2)), -1).expand(*a.shape[:-1], vb.shape[-1])
+        if shared:
+            return a @ d.transpose(0, 1)
+        return torch.bmm(a.reshape(n, -1, a.shape[-1]), d.transpose(1, 2)).view(*a.shape[:-1], d.shape[1])
+    if isinstance(module, nn.Conv2d):
+        if kind == "bias":
+            return (d.view(1, -1, 1, 1) if shared else d.view(n, -1, 1, 1))
+        if shared:
+            return F.conv2d(a, d, None, module.stride, module.padding, module.dilation)
+        u = F.unfold(a, module.kernel_size, dilation=module.dilation, padding=module.padding, stride=module.stride)
+        out = torch.bmm(d.flatten(2), u)  # (n, out, L)
+        h = (a.shape[2] + 2 * module.padding[0] - module.dilation[0] * (module.kernel_size[0] - 1) - 1) // module.stride[0] + 1
+        return out.view(n, out.shape[1], h, -1)
+    shape = [1 if shared else n, -1] + [1] * (a.dim() - 2)
+    if kind == "bias":
+        return d.view(shape)
+    return d.view(shape) * _xhat(module, a)
+
+
+def _record_inputs(net: FunctionalNet, x: torch.Tensor, modules: dict[str, nn.Module], names: list[str]):
+    records: dict[str, list] = {m: [] for m in names}
+    handles = [
+        modules[m].register_forward_hook(lambda _mod, inp, out, m=m: records[m].append((inp[0], out)))
+        for m in names
+    ]
+    try:
+        z = net.logits(net.selected(), x)
+    finally:
+        for h in handles:
+            h.remove()
+    return z, records
+
+
+def fast_sensitivity(
+    net: FunctionalNet,
+    x: torch.Tensor,
+    covered: dict[str, tuple[str, str]],
+    *,
+    r: torch.Tensor | None,
+    v: dict[str, torch.Tensor] | None,
+    y: torch.Tensor,
+    blockwise: bool,
+    normalize: bool,
+    classes: str,
+) -> torch.Tensor | None:
+    """Exact FIS of one chunk (shape of ``x``), or None when a covered module does not run exactly once.
+
+    Parameters
+    ----------
+    r : Tensor (n, C) or None
+        Per-sample direction coefficients (``v = Jᵀ r``); None when ``v`` is given.
+    v : dict of str to Tensor or None
+        One fixed direction per selected parameter.
+    y : Tensor (n,)
+        Class of the ``"predicted_vs_rest"`` reduction.
+    """
+    modules = dict(net.model.named_modules())
+    mod_names = sorted({m for m, _k in covered.values()})
+    n = x.shape[0]
+    reduce = (lambda z, yy: predicted_vs_rest(z, yy)) if classes == "predicted_vs_rest" else (lambda z, _y: z)
+
+    # 1. input-Jacobian of the (reduced) logits, and per-sample directions from one backward pass
+    with torch.enable_grad():
+        x0 = x.detach().requires_grad_(True)
+        z_full, records = _record_inputs(net, x0, modules, mod_names)
+        if any(len(rec) != 1 for rec in records.values()):
+            return None
+        z = reduce(z_full, y)
+        jz = torch.stack(
+            [torch.autograd.grad(z[:, c].sum(), x0, retain_graph=True)[0].flatten(1) for c in range(z.shape[1])],
+            dim=1,
+        )  # (n, C', D)
+        directions: dict[str, torch.Tensor] = {}
+        if r is not None:
+            outs = [records[m][0][1] for m in mod_names]
+            brs = torch.autograd.grad(z_full, outs, r)
+            for m, br in zip(mod_names, brs, strict=True):
+                a = records[m][0][0].detach()
+                for name, (mm, kind) in covered.items():
+                    if mm == m:
+                        directions[name] = _per_sample_direction(modules[m], kind, a, br.detach())
+            sq = sum(d.flatten(1).pow(2).sum(1) for d in directions.values())
+            if normalize:
+                scale = torch.where(sq > 0, sq.rsqrt(), torch.zeros_like(sq))
+                directions = {k: d * scale.view(-1, *([1] * (d.dim() - 1))) for k, d in directions.items()}
+            shared = False
+        else:
+            directions = dict(v)
+            shared = True
+    z = z.detach()
+
+    # 2. replicated forward with one tangent group per replica
+    groups = [[name] for name in net.names] if blockwise else [list(net.names)]
+    n_rep = len(groups)
+    group_of = {name: g for g, names in enumerate(groups) for name in names}
+    by_module: dict[str, list[tuple[str, str]]] = {}
+    for name, (m, kind) in covered.items():
+        by_module.setdefault(m, []).append((name, kind))
+
+    def hook(module, inputs, output, m):
+        a = fwad.unpack_dual(inputs[0]).primal
+        pieces = [None] * n_rep
+        for name, kind in by_module[m]:
+            g = group_of[name]
+            delta = _apply_direction(module, kind, a[g * n : (g + 1) * n], directions[name], shared)
+            delta = delta.expand(n, *output.shape[1:])
+            pieces[g] = delta if pieces[g] is None else pieces[g] + delta
+        primal = fwad.unpack_dual(output).primal
+        zeros = torch.zeros((n, *primal.shape[1:]), dtype=primal.dtype, device=primal.device)
+        tangent = torch.cat([p if p is not None else zeros for p in pieces])
+        return output + fwad.make_dual(torch.zeros_like(primal), tangent)
+
+    with torch.enable_grad(), fwad.dual_level():
+        xr = x.detach().repeat(n_rep, *([1] * (x.dim() - 1))).requires_grad_(True)
+        handles = [modules[m].register_forward_hook(lambda mod, i, o, m=m: hook(mod, i, o, m)) for m in by_module]
+        try:
+            zr = reduce(net.logits(net.selected(), xr), y.repeat(n_rep))
+        finally:
+            for h in handles:
+                h.remove()
+        t = fwad.unpack_dual(zr).tangent  # (R·n, C')
+        jt = torch.stack(
+            [torch.autograd.grad(t[:, c].sum(), xr, retain_graph=c < t.shape[1] - 1)[0].flatten(1) for c in range(t.shape[1])],
+            dim=1,
+        )  # (R·n, C', D)
+    t = t.detach().view(n_rep, n, -1).transpose(0, 1)
+    jt = jt.view(n_rep, n, *jt.shape[1:]).transpose(0, 1)
+    return fis_from_jacobians(z, t, jz, jt).view_as(x)
