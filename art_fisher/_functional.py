@@ -58,8 +58,13 @@ def predicted_vs_rest(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     ``log(1 − p_y)`` is computed as the log-sum-exp of the other classes' log-probabilities, which
     stays finite when ``p_y`` rounds to 1.
     """
-    logp = torch.log_softmax(z, dim=-1)
-    mask = torch.nn.functional.one_hot(y, z.shape[-1]).to(torch.bool)
-    own = logp.gather(-1, y.unsqueeze(-1)).squeeze(-1)
-    rest = torch.logsumexp(logp.masked_fill(mask, float("-inf")), dim=-1)
+    # Explicit exp / sum / log: the forward-mode formulas of log_softmax and logsumexp are not
+    # differentiable again in reverse mode (they work in place), and the sensitivity needs that.
+    mask = torch.arange(z.shape[-1], device=z.device) == y.unsqueeze(-1)  # one_hot fails under vmap
+    shift = z.amax(-1, keepdim=True).detach()
+    e = torch.exp(z - shift)
+    total = torch.log(e.sum(-1))
+    own = (z - shift).gather(-1, y.unsqueeze(-1)).squeeze(-1) - total
+    rest_shift = z.masked_fill(mask, float("-inf")).amax(-1, keepdim=True).detach()
+    rest = torch.log((torch.exp(z - rest_shift) * (~mask)).sum(-1)) + (rest_shift - shift).squeeze(-1) - total
     return torch.stack([own, rest], dim=-1)

@@ -28,7 +28,7 @@ from art_fisher._layer_grams import hook_directional, hook_grams, plan
 # Bytes of per-sample Jacobians held at once by the "func" engine when no batch size is given.
 _FUNC_BUDGET = 256 * 2**20
 # Samples per chunk of the hook engine when no batch size is given.
-_HOOK_CHUNK = 64
+_HOOK_CHUNK = 32
 
 
 def func_chunk(net: FunctionalNet, n_classes: int, names: list[str], itemsize: int) -> int:
