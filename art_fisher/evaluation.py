@@ -665,7 +665,7 @@ def _run(plan: _Plan) -> EvaluationResult:
     curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray, float]]] = {}
     metric_scores: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     examples: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    from sklearn.metrics import accuracy_score, roc_auc_score, roc_curve
+    from sklearn.metrics import roc_curve
 
     for a_i, attack_name in enumerate(attack_names):
         spec = ATTACKS[attack_name]
@@ -702,34 +702,13 @@ def _run(plan: _Plan) -> EvaluationResult:
         curves[attack_name] = {}
         bar = tqdm(detector_names, desc=f"detectors on {spec.label}", disable=not progress, leave=False)
         for det_name in bar:
-            det_spec = DETECTORS[det_name]
             _seed_everything(seed)
-            t0 = time.perf_counter()
-            run = det_spec.build(ctx)
-            run.fit(x_tr, y_tr)
-            t_fit = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            scored = run.detect(x_te)
-            t_detect = time.perf_counter() - t0
-            timings[f"{attack_name} / {det_name}"] = t_fit + t_detect
-            fpr, tpr, _ = roc_curve(y_te, scored.score)
-            auc = float(roc_auc_score(y_te, scored.score))
-            curves[attack_name][det_name] = (fpr, tpr, auc)
+            row, scored = _fit_and_score(DETECTORS[det_name], ctx, x_tr, y_tr, x_te, y_te)
+            rows.append({"attack": attack_name, "detector": det_name, **row})
+            timings[f"{attack_name} / {det_name}"] = row["fit_seconds"] + row["seconds_per_sample"] * len(x_te)
+            curves[attack_name][det_name] = (*roc_curve(y_te, scored.score)[:2], row["roc_auc"])
             for metric, values in scored.metric_scores.items():
                 metric_scores.setdefault(metric, {}).setdefault(attack_name, (values[y_te == 0], values[y_te == 1]))
-            rows.append(
-                {
-                    "attack": attack_name,
-                    "detector": det_name,
-                    "roc_auc": auc,
-                    "tpr_at_5pct_fpr": float(tpr[fpr <= _FPR_LEVEL].max()),
-                    "detection_accuracy": float(accuracy_score(y_te, scored.is_adversarial)),
-                    "seconds_per_sample": t_detect / len(x_te),
-                    "fit_seconds": t_fit,
-                    "n_train": int(len(x_tr)),
-                    "n_test": int(len(x_te)),
-                }
-            )
 
     timings["total"] = time.perf_counter() - t_all
     settings = {
@@ -751,6 +730,32 @@ def _run(plan: _Plan) -> EvaluationResult:
     if model_file is not None:
         paths["model"] = Path(model_file)
     return EvaluationResult(table=rows, attacks=attack_rows, settings=settings, paths=paths, timings=timings)
+
+
+def _fit_and_score(
+    spec: DetectorSpec, ctx: _Context, x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.ndarray
+) -> tuple[dict[str, Any], _Scored]:
+    """Build a fresh detector, fit it on the detector-train side, score the detector-test side."""
+    from sklearn.metrics import accuracy_score, roc_auc_score, roc_curve
+
+    t0 = time.perf_counter()
+    run = spec.build(ctx)
+    run.fit(x_tr, y_tr)
+    t_fit = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    scored = run.detect(x_te)
+    t_detect = time.perf_counter() - t0
+    fpr, tpr, _ = roc_curve(y_te, scored.score)
+    row = {
+        "roc_auc": float(roc_auc_score(y_te, scored.score)),
+        "tpr_at_5pct_fpr": float(tpr[fpr <= _FPR_LEVEL].max()),
+        "detection_accuracy": float(accuracy_score(y_te, scored.is_adversarial)),
+        "seconds_per_sample": t_detect / len(x_te),
+        "fit_seconds": t_fit,
+        "n_train": int(len(x_tr)),
+        "n_test": int(len(x_te)),
+    }
+    return row, scored
 
 
 def _empty_row(attack: str, detector: str, n_train: int, n_test: int) -> dict[str, Any]:

@@ -22,6 +22,15 @@ FISHER = [name for name, spec in DETECTORS.items() if spec.kind == "fisher"]
 ALL_DETECTORS = [*FISHER, "binary_input", "binary_activation", "subset_scanning"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny runs: one torch thread is faster than two on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _numbers(result: EvaluationResult) -> list[tuple]:
     """Everything in the table except the timings."""
     keys = ("attack", "detector", "roc_auc", "tpr_at_5pct_fpr", "detection_accuracy", "n_train", "n_test")
