@@ -74,6 +74,16 @@ class Dataset:
         return tuple(self.x.shape[1:])
 
 
+def _canonical(x: np.ndarray) -> np.ndarray:
+    """A C-ordered copy whose strides are the canonical ones for its shape, also on size-1 axes.
+
+    ``a[:, None]`` gives the channel axis a stride of 0, which numpy still calls C-contiguous; torch
+    then guesses a channels-last memory format for such tensors and convolution gradients come back in
+    that layout. Rebuilding from a flat buffer gives every consumer ordinary ``(N, C, H, W)`` strides.
+    """
+    return np.ascontiguousarray(x).reshape(-1).copy().reshape(x.shape)
+
+
 def _check_split(split: str | None) -> None:
     if split is not None and split not in _SPLITS:
         raise ValueError(f"split must be one of {_SPLITS} or None; got {split!r}.")
@@ -93,7 +103,7 @@ def load_digits(*, split: str | None = None) -> Dataset:
 
     _check_split(split)
     bunch = _sk_load_digits()
-    x = (bunch.images.astype(np.float32) / 16.0)[:, None, :, :]
+    x = _canonical((bunch.images.astype(np.float32) / 16.0)[:, None, :, :])
     y = bunch.target.astype(np.int64)
     if split is not None:
         from sklearn.model_selection import train_test_split
@@ -102,7 +112,7 @@ def load_digits(*, split: str | None = None) -> Dataset:
             np.arange(len(y)), test_size=_DIGITS_TEST_FRACTION, random_state=0, stratify=y
         )
         idx = np.sort(idx_train if split == "train" else idx_test)
-        x, y = x[idx], y[idx]
+        x, y = _canonical(x[idx]), y[idx]
     return Dataset(x=x, y=y, name="digits", n_classes=10)
 
 
@@ -222,7 +232,7 @@ def load_mnist(data_dir: str | Path, *, split: str = "train") -> Dataset:
     else:
         images, labels = _mnist_from_idx(data_dir, split)
     _check_labels(labels, n_classes=10, where=str(data_dir))
-    x = (images.astype(np.float32) / 255.0)[:, None, :, :]
+    x = _canonical((images.astype(np.float32) / 255.0)[:, None, :, :])
     return Dataset(x=x, y=labels.astype(np.int64), name="mnist", n_classes=10)
 
 
@@ -330,7 +340,7 @@ def load_cifar10(data_dir: str | Path, *, split: str = "train") -> Dataset:
         ys.append(labels)
     labels = np.concatenate(ys)
     _check_labels(labels, n_classes=10, where=str(data_dir))
-    x = (np.concatenate(xs).reshape(-1, 3, 32, 32).astype(np.float32)) / 255.0
+    x = _canonical(np.concatenate(xs).reshape(-1, 3, 32, 32).astype(np.float32) / 255.0)
     return Dataset(x=x, y=labels.astype(np.int64), name="cifar10", n_classes=10)
 
 

@@ -240,3 +240,12 @@ def test_load_dataset_bad_arguments(kwargs, error, match):
 def test_load_dataset_digits():
     assert load_dataset("digits").x.shape == (1797, 1, 8, 8)
     assert load_dataset("digits", split="test").x.shape == (450, 1, 8, 8)
+
+
+def test_arrays_have_canonical_strides(tmp_path):
+    """Ordinary (N, C, H, W) strides also on the size-1 channel axis (torch infers memory formats from them)."""
+    _write_mnist_idx(tmp_path, _mnist_arrays(), compress=False)
+    _write_cifar(tmp_path)
+    for ds in (load_digits(), load_digits(split="test"), load_mnist(tmp_path), load_cifar10(tmp_path)):
+        n, c, h, w = ds.x.shape
+        assert ds.x.strides == (4 * c * h * w, 4 * h * w, 4 * w, 4)
