@@ -35,6 +35,8 @@ _LAZY_EXPORTS = {
     "FisherInformationDetector": "art_fisher.detectors",
     "FisherFeatures": "art_fisher.estimators",
     "ThresholdClassifier": "art_fisher.estimators",
+    # The evaluation workflow (issue 6): ``art_fisher.evaluate(...)`` is ``art-fisher evaluate``.
+    "evaluate": "art_fisher.evaluation",
 }
 __all__ += list(_LAZY_EXPORTS)
 
