@@ -15,6 +15,7 @@ from nni.nas.strategy import DARTS
 from torch import nn
 
 from nni_lease import LeaSE
+from nni_lease.strategy import LeaseLightningModule
 from nni_lease.data import Cifar10Dataset, DigitsDataset
 from nni_lease.spaces import LeaseCellSpace
 
@@ -136,7 +137,7 @@ def _supernet_state(strategy):
     return {k: v.detach().clone() for k, v in strategy.supernet.state_dict().items()}
 
 
-def test_gamma_zero_is_darts_step_for_step_and_gamma_one_is_not():
+def test_gamma_zero_is_darts_step_for_step_and_gamma_one_is_not(monkeypatch):
     """Same seed, same batches (shuffled by the global RNG): LeaSE(gamma=0) reproduces NNI's DARTS."""
     def run(strategy):
         torch.manual_seed(0)
@@ -144,7 +145,12 @@ def test_gamma_zero_is_darts_step_for_step_and_gamma_one_is_not():
         return _supernet_state(_run(strategy, space, _digits_evaluator(batches=4, shuffle=True)))
 
     darts = run(DARTS())
-    lease0 = run(LeaSE(gamma=0.0))
+    with monkeypatch.context() as patch:  # gamma=0: the listener's loss is never even built for alpha
+        def _forbidden(*args, **kwargs):
+            raise AssertionError("listener_validation_loss must not run with gamma=0")
+
+        patch.setattr(LeaseLightningModule, "listener_validation_loss", _forbidden)
+        lease0 = run(LeaSE(gamma=0.0))
     lease1 = run(LeaSE(gamma=1.0, pgd_epsilon=0.2))
     assert darts.keys() == lease0.keys()
     alpha_keys = [k for k in darts if "_arch_alpha" in k]
