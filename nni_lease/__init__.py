@@ -3,8 +3,18 @@
 An explainer whose architecture is searched explains its predictions by adversarial perturbations;
 a listener with a fixed architecture learns from those explanations, and the architecture is chosen
 to make both learn well.
+
+Public names (imported lazily, so that ``import nni_lease`` stays light):
+
+- :class:`LeaSE` (:mod:`nni_lease.strategy`): the one-shot strategy, a drop-in for NNI's ``DARTS``;
+- :func:`pgd_explain` (:mod:`nni_lease.explain`): PGD explanations ``δ`` and ``δ ⊙ x``;
+- :func:`default_listener` (:mod:`nni_lease.listener`): the default listener CNN;
+- :class:`LeaseCellSpace` (:mod:`nni_lease.spaces`): a small cell space for digits / CIFAR-10;
+- :class:`DigitsDataset`, :class:`Cifar10Dataset` (:mod:`nni_lease.data`): trace-safe data sets;
+- :func:`retrain` (:mod:`nni_lease.retrain`): train an exported architecture from scratch.
 """
 
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 
 try:
@@ -12,4 +22,22 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__"]
+_LAZY = {
+    "LeaSE": "nni_lease.strategy",
+    "LeaseLightningModule": "nni_lease.strategy",
+    "pgd_explain": "nni_lease.explain",
+    "Explanation": "nni_lease.explain",
+    "default_listener": "nni_lease.listener",
+    "LeaseCellSpace": "nni_lease.spaces",
+    "DigitsDataset": "nni_lease.data",
+    "Cifar10Dataset": "nni_lease.data",
+    "retrain": "nni_lease.retrain",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'nni_lease' has no attribute {name!r}")

@@ -1,0 +1,256 @@
+"""Trace-safe data sets for NNI evaluators: scikit-learn digits (default) and local CIFAR-10 batches.
+
+NNI serialises every argument of a traced evaluator / ``DataLoader`` and refuses anything over 64 KB,
+so a data set must be rebuilt from small constructor arguments, never passed as tensors. The classes
+here are wrapped with :func:`nni.trace`: NNI records ``DigitsDataset("train", seed=0)`` and rebuilds it
+in a trial. Each yields ``(x, y)`` with ``x`` a float32 tensor of shape ``(C, H, W)`` in ``[0, 1]`` and
+``y`` an int64 scalar tensor.
+
+Splits are deterministic: a fixed permutation drawn from ``seed`` cuts the pool into train / val / test
+(fractions ``0.6 / 0.2 / 0.2`` for digits; for CIFAR-10 the official test batch is ``"test"`` and
+``val_fraction`` of the five training batches is ``"val"``). Nothing is ever downloaded.
+
+CIFAR-10 files are the official "python version" pickle batches (``data_batch_1`` … ``data_batch_5``,
+``test_batch``). They are read with a restricted unpickler that only rebuilds dicts, lists, strings,
+numbers and plain numpy arrays; any other object in the file raises :class:`pickle.UnpicklingError`.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import pickle
+from pathlib import Path
+from typing import Literal
+
+import nni
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SPLITS", "DigitsDataset", "Cifar10Dataset", "load_cifar10_batch", "make_dataset"]
+
+#: Names of the splits every data set here accepts.
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+Split = Literal["train", "val", "test"]
+
+CIFAR10_TRAIN_FILES: tuple[str, ...] = tuple(f"data_batch_{i}" for i in range(1, 6))
+CIFAR10_TEST_FILE = "test_batch"
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {list(SPLITS)}; got {split!r}.")
+
+
+def _check_limit(limit: int | None) -> None:
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise ValueError(f"limit must be None or a positive int; got {limit!r}.")
+
+
+class _ArrayDataset(Dataset):
+    """Common part: holds ``x`` (N, C, H, W) float32 and ``y`` (N,) int64 tensors."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    n_classes: int
+
+    def _set(self, x: np.ndarray, y: np.ndarray, limit: int | None) -> None:
+        if limit is not None:
+            x, y = x[:limit], y[:limit]
+        self.x = torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32)
+        self.y = torch.as_tensor(np.asarray(y), dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[index], self.y[index]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """Shape of one input, ``(C, H, W)``."""
+        return tuple(self.x.shape[1:])  # type: ignore[return-value]
+
+
+@nni.trace
+class DigitsDataset(_ArrayDataset):
+    """scikit-learn's embedded 8×8 digits (1797 images, 10 classes), one deterministic split.
+
+    Parameters
+    ----------
+    split : {"train", "val", "test"}
+        Which part: 60 % / 20 % / 20 % of a permutation drawn from ``seed``.
+    seed : int
+        Seed of the split permutation (the same seed gives disjoint train / val / test).
+    limit : int or None
+        Keep only the first ``limit`` samples of the split (for quick tests).
+
+    Attributes
+    ----------
+    x : Tensor of shape (N, 1, 8, 8), float32 in [0, 1]
+    y : Tensor of shape (N,), int64
+    n_classes : int
+        Always 10.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``split`` or a non-positive ``limit``.
+    """
+
+    def __init__(self, split: Split = "train", *, seed: int = 0, limit: int | None = None) -> None:
+        _check_split(split)
+        _check_limit(limit)
+        from art_fisher.data import load_digits
+
+        data = load_digits()
+        perm = np.random.default_rng(seed).permutation(len(data.y))
+        n_train, n_val = int(0.6 * len(perm)), int(0.2 * len(perm))
+        parts = {"train": perm[:n_train], "val": perm[n_train : n_train + n_val], "test": perm[n_train + n_val :]}
+        idx = parts[split]
+        self.n_classes = data.n_classes
+        self._set(data.x[idx], data.y[idx], limit)
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Unpickler that rebuilds only plain containers, numbers, strings and numpy arrays."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str):  # noqa: D102 - pickle API
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR-10 batch file.")
+
+
+def load_cifar10_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read one CIFAR-10 python batch file safely.
+
+    Parameters
+    ----------
+    path : str or Path
+        A ``data_batch_*`` or ``test_batch`` file (a pickled dict with ``data``: uint8 (N, 3072) and
+        ``labels``: N ints).
+
+    Returns
+    -------
+    x : ndarray of shape (N, 3, 32, 32), float32 in [0, 1]
+    y : ndarray of shape (N,), int64
+
+    Raises
+    ------
+    pickle.UnpicklingError
+        If the file holds anything other than plain data (e.g. a callable).
+    ValueError
+        If the dict lacks ``data`` / ``labels`` or their shapes disagree.
+    """
+    with open(path, "rb") as fh:
+        raw = _RestrictedUnpickler(io.BytesIO(fh.read()), encoding="bytes").load()
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a pickled dict; got {type(raw).__name__}.")
+    batch = {(k.decode() if isinstance(k, bytes) else k): v for k, v in raw.items()}
+    if "data" not in batch or "labels" not in batch:
+        raise ValueError(f"{path}: expected keys 'data' and 'labels'; got {sorted(map(str, batch))}.")
+    data = np.asarray(batch["data"])
+    labels = np.asarray(batch["labels"], dtype=np.int64)
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(labels):
+        raise ValueError(
+            f"{path}: expected data of shape (N, 3072) and N labels; got {data.shape} and {labels.shape}."
+        )
+    x = data.reshape(-1, 3, 32, 32).astype(np.float32) / 255.0
+    return x, labels
+
+
+@nni.trace
+class Cifar10Dataset(_ArrayDataset):
+    """CIFAR-10 from the local python batches in ``root`` (never downloaded).
+
+    Parameters
+    ----------
+    root : str
+        Folder holding ``data_batch_1`` … ``data_batch_5`` and ``test_batch`` (the extracted
+        ``cifar-10-batches-py``). Missing training batches are skipped with a warning; at least one is
+        needed for ``"train"`` / ``"val"``.
+    split : {"train", "val", "test"}
+        ``"test"`` is ``test_batch``; ``"train"`` / ``"val"`` split the training batches.
+    seed : int
+        Seed of the train / val permutation.
+    val_fraction : float
+        Share of the training batches that goes to ``"val"``, in ``(0, 1)``.
+    limit : int or None
+        Keep only the first ``limit`` samples of the split.
+
+    Raises
+    ------
+    ValueError
+        For a bad argument.
+    FileNotFoundError
+        If the needed batch files are absent.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        split: Split = "train",
+        *,
+        seed: int = 0,
+        val_fraction: float = 0.1,
+        limit: int | None = None,
+    ) -> None:
+        _check_split(split)
+        _check_limit(limit)
+        if not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1); got {val_fraction!r}.")
+        folder = Path(root)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"root must be a folder with CIFAR-10 python batches; got {root!r}.")
+        self.n_classes = 10
+        if split == "test":
+            if not (folder / CIFAR10_TEST_FILE).is_file():
+                raise FileNotFoundError(f"{folder / CIFAR10_TEST_FILE} not found.")
+            x, y = load_cifar10_batch(folder / CIFAR10_TEST_FILE)
+            self._set(x, y, limit)
+            return
+        present = [folder / name for name in CIFAR10_TRAIN_FILES if (folder / name).is_file()]
+        if not present:
+            raise FileNotFoundError(f"no CIFAR-10 training batch (data_batch_1..5) in {folder}.")
+        if len(present) < len(CIFAR10_TRAIN_FILES):
+            logger.warning("Only %d of 5 CIFAR-10 training batches found in %s.", len(present), folder)
+        parts = [load_cifar10_batch(p) for p in present]
+        x = np.concatenate([p[0] for p in parts])
+        y = np.concatenate([p[1] for p in parts])
+        perm = np.random.default_rng(seed).permutation(len(y))
+        n_val = max(1, int(round(val_fraction * len(y))))
+        idx = perm[n_val:] if split == "train" else perm[:n_val]
+        self._set(x[idx], y[idx], limit)
+
+
+def make_dataset(
+    name: str, split: Split, *, root: str | None = None, seed: int = 0, limit: int | None = None
+) -> DigitsDataset | Cifar10Dataset:
+    """Build a data set by name: ``"digits"`` (embedded) or ``"cifar10"`` (needs ``root``).
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``name``, or ``"cifar10"`` without ``root``.
+    """
+    if name == "digits":
+        return DigitsDataset(split, seed=seed, limit=limit)
+    if name == "cifar10":
+        if root is None:
+            raise ValueError("root must be given for dataset 'cifar10' (a folder of python batches).")
+        return Cifar10Dataset(root, split, seed=seed, limit=limit)
+    raise ValueError(f"dataset must be one of ['digits', 'cifar10']; got {name!r}.")

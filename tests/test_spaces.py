@@ -1,0 +1,69 @@
+"""The small LeaSE cell space: its choices, shapes, frozen models and one-shot supernet."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from nni.nas.strategy import DARTS
+
+from nni_lease.spaces import OPERATIONS, LeaseCellSpace, build_operation
+
+
+def test_choices_and_labels():
+    space = LeaseCellSpace(width=4, n_cells=2, n_nodes=3)
+    choices = space.simplify()
+    assert sorted(choices) == ["input1", "input2", "op0", "op1", "op2"]
+    assert list(choices["op0"].values) == list(OPERATIONS)
+    assert list(choices["input2"].values) == [0, 1, 2]
+    unshared = LeaseCellSpace(width=4, n_cells=2, n_nodes=2, shared_cells=False)
+    assert sorted(unshared.simplify()) == [
+        "cell0_input1", "cell0_op0", "cell0_op1", "cell1_input1", "cell1_op0", "cell1_op1"
+    ]
+
+
+@pytest.mark.parametrize(("channels", "side"), [(1, 8), (3, 32)])
+def test_space_and_frozen_models_return_logits(channels, side):
+    torch.manual_seed(0)
+    space = LeaseCellSpace(in_channels=channels, n_classes=7, width=4, n_cells=3, n_nodes=2, image_size=side)
+    x = torch.rand(2, channels, side, side)
+    assert space(x).shape == (2, 7)
+    for op in OPERATIONS:
+        model = space.freeze({"op0": op, "op1": "skip_connect", "input1": [1]})
+        assert model(x).shape == (2, 7)
+
+
+@pytest.mark.parametrize("name", OPERATIONS)
+def test_operations_keep_the_shape(name):
+    assert build_operation(name, 3)(torch.rand(2, 3, 5, 5)).shape == (2, 3, 5, 5)
+
+
+def test_darts_supernet_of_the_space_runs_and_has_architecture_weights():
+    torch.manual_seed(0)
+    space = LeaseCellSpace(width=4, n_cells=2, n_nodes=2)
+    supernet = DARTS().mutate_model(space)
+    out = supernet(torch.rand(3, 1, 8, 8))
+    assert out.shape == (3, 10)
+    out.sum().backward()
+    alphas = [p for name, p in supernet.named_parameters() if "arch" in name or name.endswith("_alpha")]
+    assert alphas and any(p.grad is not None and p.grad.abs().sum() > 0 for p in alphas)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(width=0), "width must be a positive int"),
+        (dict(n_cells=-1), "n_cells must be a positive int"),
+        (dict(operations=[]), "operations must not be empty"),
+        (dict(operations=["conv_9x9"]), "unknown"),
+        (dict(operations=["conv_3x3", "conv_3x3"]), "must not repeat"),
+        (dict(operations=["conv_3x3"], n_nodes=1), "nothing to search"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        LeaseCellSpace(**kwargs)
+
+
+def test_unknown_operation_name():
+    with pytest.raises(ValueError, match="operation name must be one of"):
+        build_operation("conv_9x9", 2)
