@@ -36,3 +36,27 @@ def evaluate_toy(model: torch.nn.Module, fail_op: str = "") -> None:
     x = torch.ones(1)
     extra = 0.0 if float(model(x)[0]) == float(model.op(x)[0]) else 0.5  # input 1 (-x) costs 0.5
     nni.report_final_result({"default": OBJECTIVES[name] + extra})
+
+
+class _Dead(torch.nn.Module):
+    """Constant zero logits: an explainer that cannot learn (it still has parameters for the optimiser)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.flatten(1)) * 0.0
+
+
+class DigitsToySpace(ModelSpace):
+    """Explainers for 8×8 digits: ``op`` is a dead constant classifier or a linear one (clearly better)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.op = LayerChoice({"dead": _Dead(),
+                               "linear": torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))},
+                              label="op")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op(x)
