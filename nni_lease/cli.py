@@ -1,20 +1,243 @@
-"""Command line interface: ``nni-lease``."""
+"""Command line interface: ``nni-lease search`` and ``nni-lease retrain``.
+
+``nni-lease search --mode oneshot`` runs ``NasExperiment(space, evaluator, LeaSE(...)).run()`` on the
+small cell space and writes, into ``--output``:
+
+- ``architecture.json``: the exported architecture plus what is needed to rebuild it (data set, space);
+- ``metrics.csv``: one row per epoch with the metrics LeaSE logs (explainer / listener losses and
+  accuracies, mean |δ|, the LeaSE objective);
+- ``curves.png``: those curves.
+
+``nni-lease retrain ARCHITECTURE_JSON`` trains the exported architecture from scratch and writes
+``retrain.json`` (test accuracy and more) next to it.
+
+Search modes live in :data:`SEARCH_MODES` (mode name → function taking the parsed arguments and returning
+an exit code); other modes register there and may add their own options in :func:`build_parser`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import logging
+import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 from nni_lease import __version__
 
 logger = logging.getLogger(__name__)
 
+ARCHITECTURE_FILE = "architecture.json"
+METRICS_FILE = "metrics.csv"
+CURVES_FILE = "curves.png"
+RETRAIN_FILE = "retrain.json"
 
-def _not_implemented(args: argparse.Namespace) -> int:
-    print(f"nni-lease {args.command}: not implemented yet", file=sys.stderr)
-    return 2
+
+# ------------------------------------------------------------------------------------------- helpers
+def _datasets(name: str, root: str | None, seed: int, limit: int | None) -> tuple[Any, Any, Any]:
+    from nni_lease.data import make_dataset
+
+    return tuple(make_dataset(name, split, root=root, seed=seed, limit=limit) for split in ("train", "val", "test"))
+
+
+def _space_kwargs(args: argparse.Namespace, train: Any) -> dict[str, Any]:
+    channels, side, _ = train.input_shape
+    return {
+        "in_channels": int(channels),
+        "n_classes": int(train.n_classes),
+        "width": args.width,
+        "n_cells": args.cells,
+        "n_nodes": args.nodes,
+        "image_size": int(side),
+    }
+
+
+def _epoch_rows(lightning_csv: Path) -> list[dict[str, str]]:
+    """Collapse Lightning's CSV (one row per logging call) into one row per epoch of LeaSE's metrics."""
+    from nni_lease.strategy import METRICS
+
+    rows: dict[int, dict[str, str]] = {}
+    with lightning_csv.open() as fh:
+        for row in csv.DictReader(fh):
+            if row.get("epoch", "") == "":
+                continue
+            epoch = int(float(row["epoch"]))
+            out = rows.setdefault(epoch, {"epoch": str(epoch)})
+            for name in METRICS:
+                if row.get(name, "") != "":
+                    out[name] = row[name]
+    return [rows[e] for e in sorted(rows)]
+
+
+def _write_metrics(rows: list[dict[str, str]], path: Path) -> None:
+    from nni_lease.strategy import METRICS
+
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["epoch", *METRICS], restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _plot_curves(rows: list[dict[str, str]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [int(r["epoch"]) + 1 for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    panels = [
+        ("loss (nats)", ["explainer/train_loss", "explainer/val_loss", "listener/train_loss",
+                         "listener/val_loss", "lease/objective"]),
+        ("accuracy", ["explainer/train_acc", "explainer/val_acc", "listener/train_acc", "listener/val_acc"]),
+        ("mean |δ| (input units)", ["explanation/mean_abs_delta"]),
+    ]
+    for ax, (ylabel, names) in zip(axes, panels):
+        for name in names:
+            values = [float(r[name]) if r.get(name) else float("nan") for r in rows]
+            ax.plot(epochs, values, marker="o", label=name)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------- search
+def _search_oneshot(args: argparse.Namespace) -> int:
+    import torch
+    from nni.nas.evaluator.pytorch import Classification, DataLoader
+    from nni.nas.experiment import NasExperiment
+    from pytorch_lightning.loggers import CSVLogger
+
+    from nni_lease.spaces import LeaseCellSpace
+    from nni_lease.strategy import LeaSE
+
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    train, val, _ = _datasets(args.dataset, args.data_root, args.seed, args.limit)
+    space_kwargs = _space_kwargs(args, train)
+    strategy = LeaSE(
+        gamma=args.gamma,
+        pgd_steps=args.pgd_steps,
+        pgd_epsilon=args.pgd_epsilon,
+        pgd_step_size=args.pgd_step_size,
+        hypergradient=args.hypergradient,
+        arc_learning_rate=args.arc_learning_rate,
+        listener_learning_rate=args.listener_learning_rate,
+        seed=args.seed,
+    )
+    torch.manual_seed(args.seed)
+    space = LeaseCellSpace(**space_kwargs)
+    evaluator = Classification(
+        learning_rate=args.learning_rate,
+        train_dataloaders=DataLoader(train, batch_size=args.batch_size, shuffle=True),
+        val_dataloaders=DataLoader(val, batch_size=args.batch_size, shuffle=True),
+        num_classes=train.n_classes,
+        max_epochs=args.epochs,
+        limit_train_batches=args.limit_batches if args.limit_batches else 1.0,
+        logger=CSVLogger(save_dir=str(out), name="lightning_logs", version=0),
+        enable_checkpointing=False,
+        enable_progress_bar=args.progress,
+        enable_model_summary=False,
+    )
+    experiment = NasExperiment(space, evaluator, strategy)
+    experiment.config.experiment_working_directory = str(out / "nni-experiments")
+    start = time.perf_counter()
+    experiment.run()
+    seconds = time.perf_counter() - start
+    architecture = experiment.export_top_models(formatter="dict")[0]
+
+    record = {
+        "architecture": architecture,
+        "mode": "oneshot",
+        "dataset": args.dataset,
+        "data_root": args.data_root,
+        "seed": args.seed,
+        "space": {"name": "LeaseCellSpace", "kwargs": space_kwargs},
+        "strategy": {
+            "name": "LeaSE", "gamma": strategy.gamma, "hypergradient": strategy.hypergradient,
+            "pgd_steps": strategy.pgd_steps, "pgd_epsilon": strategy.pgd_epsilon,
+            "pgd_step_size": strategy.pgd_step_size, "epochs": args.epochs,
+        },
+        "search_seconds": seconds,
+    }
+    (out / ARCHITECTURE_FILE).write_text(json.dumps(record, indent=2))
+    rows = _epoch_rows(out / "lightning_logs" / "version_0" / "metrics.csv")
+    _write_metrics(rows, out / METRICS_FILE)
+    _plot_curves(rows, out / CURVES_FILE, f"LeaSE search on {args.dataset} (gamma={strategy.gamma})")
+    print(f"architecture: {json.dumps(architecture)}")
+    if rows:
+        last = rows[-1]
+        print("last epoch: " + ", ".join(f"{k}={float(v):.4f}" for k, v in last.items() if k != "epoch" and v))
+    print(f"search took {seconds:.1f} s; wrote {out / ARCHITECTURE_FILE}, {out / METRICS_FILE}, {out / CURVES_FILE}")
+    return 0
+
+
+#: Search modes of ``nni-lease search --mode``: name -> function(args) -> exit code.
+SEARCH_MODES: dict[str, Callable[[argparse.Namespace], int]] = {
+    "oneshot": _search_oneshot,
+}
+
+
+def _search(args: argparse.Namespace) -> int:
+    return SEARCH_MODES[args.mode](args)
+
+
+# ------------------------------------------------------------------------------------------- retrain
+def _retrain(args: argparse.Namespace) -> int:
+    import torch
+
+    from nni_lease.retrain import retrain
+    from nni_lease.spaces import LeaseCellSpace
+
+    path = Path(args.architecture)
+    if not path.is_file():
+        print(f"nni-lease retrain: architecture file {path} not found", file=sys.stderr)
+        return 2
+    record = json.loads(path.read_text())
+    if record.get("space", {}).get("name") != "LeaseCellSpace" or "architecture" not in record:
+        print(f"nni-lease retrain: {path} is not an architecture written by `nni-lease search`", file=sys.stderr)
+        return 2
+    dataset = record.get("dataset", "digits")
+    root = args.data_root or record.get("data_root")
+    train, val, test = _datasets(dataset, root, record.get("seed", 0), None)
+    torch.manual_seed(args.seed)
+    space = LeaseCellSpace(**record["space"]["kwargs"])
+    result = retrain(space, record["architecture"], train, test, val=val, epochs=args.epochs,
+                     batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,
+                     progress=args.progress)
+    output = Path(args.output) if args.output else path.with_name(RETRAIN_FILE)
+    output.write_text(json.dumps({"architecture": record["architecture"], "dataset": dataset,
+                                  "epochs": args.epochs, "seed": args.seed, **result.as_dict()}, indent=2))
+    print(f"test accuracy {result.test_accuracy:.4f} (val {result.val_accuracy:.4f}, "
+          f"{result.n_parameters} parameters, {result.seconds:.1f} s); wrote {output}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- parser
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text}")
+    return value
+
+
+def _add_data_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", choices=["digits", "cifar10"], default="digits",
+                        help="data set (default: scikit-learn's embedded 8x8 digits)")
+    parser.add_argument("--data-root", default=None,
+                        help="folder with CIFAR-10 python batches (data_batch_1..5, test_batch); nothing is downloaded")
+    parser.add_argument("--seed", type=int, default=0, help="seed of splits, initialisation and shuffling")
+    parser.add_argument("--progress", action="store_true", help="show progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,10 +248,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    search = sub.add_parser("search", help="run a LeaSE architecture search")
-    search.set_defaults(func=_not_implemented)
-    retrain = sub.add_parser("retrain", help="train an exported architecture from scratch")
-    retrain.set_defaults(func=_not_implemented)
+
+    search = sub.add_parser("search", help="run a LeaSE architecture search",
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    search.add_argument("--mode", choices=sorted(SEARCH_MODES), default="oneshot", help="search mode")
+    search.add_argument("--output", default="lease-search", help="output folder")
+    _add_data_args(search)
+    search.add_argument("--limit", type=_positive_int, default=None, help="use only this many samples per split")
+    search.add_argument("--epochs", type=_positive_int, default=5, help="search epochs")
+    search.add_argument("--limit-batches", type=_positive_int, default=None,
+                        help="training batches per epoch (default: all)")
+    search.add_argument("--batch-size", type=_positive_int, default=64)
+    search.add_argument("--learning-rate", type=float, default=3e-3, help="explainer weights (Adam)")
+    search.add_argument("--width", type=_positive_int, default=8, help="channels in the cells")
+    search.add_argument("--cells", type=_positive_int, default=2, help="number of cells")
+    search.add_argument("--nodes", type=_positive_int, default=2, help="nodes per cell")
+    lease = search.add_argument_group("LeaSE")
+    lease.add_argument("--gamma", type=float, default=1.0, help="weight of the listener's loss (0: DARTS)")
+    lease.add_argument("--hypergradient", choices=["first_order", "unrolled"], default="first_order")
+    lease.add_argument("--pgd-steps", type=int, default=3)
+    lease.add_argument("--pgd-epsilon", type=float, default=8 / 255, help="L-inf radius, input units")
+    lease.add_argument("--pgd-step-size", type=float, default=None, help="default 2.5 * epsilon / steps")
+    lease.add_argument("--arc-learning-rate", type=float, default=3e-4)
+    lease.add_argument("--listener-learning-rate", type=float, default=1e-3)
+    search.set_defaults(func=_search)
+
+    retrain = sub.add_parser("retrain", help="train an exported architecture from scratch",
+                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    retrain.add_argument("architecture", help=f"the {ARCHITECTURE_FILE} written by `nni-lease search`")
+    retrain.add_argument("--output", default=None, help=f"result JSON (default: {RETRAIN_FILE} beside the input)")
+    retrain.add_argument("--data-root", default=None, help="CIFAR-10 folder (default: the one used in the search)")
+    retrain.add_argument("--seed", type=int, default=0, help="seed of the initialisation and shuffling")
+    retrain.add_argument("--epochs", type=_positive_int, default=20)
+    retrain.add_argument("--batch-size", type=_positive_int, default=64)
+    retrain.add_argument("--learning-rate", type=float, default=3e-3)
+    retrain.add_argument("--progress", action="store_true", help="show a progress bar")
+    retrain.set_defaults(func=_retrain)
     return parser
 
 
@@ -36,8 +291,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``nni-lease`` command line; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return int(args.func(args))
+    # NNI configures its own log handlers; only nni_lease's messages get one here (no duplicates).
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    package_logger = logging.getLogger("nni_lease")
+    package_logger.addHandler(handler)
+    package_logger.setLevel(logging.INFO)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    try:
+        return int(args.func(args))
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"nni-lease {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -118,16 +118,27 @@ def explanation_loss(
     return -(clean_probs * log_probs).sum(dim=-1)
 
 
-def _snapshot_buffers(model: object) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _swap_in_buffer_copies(model: object) -> list[tuple[nn.Module, str, torch.Tensor]]:
+    """Give every buffer of ``model`` a private copy; return what to put back.
+
+    PGD's forward passes then update (e.g. BatchNorm running statistics in train mode) only the copies.
+    Putting the original tensor objects back afterwards, instead of copying values into them in place,
+    keeps any autograd graph that saved them (double backward through BatchNorm does) valid.
+    """
     if not isinstance(model, nn.Module):
         return []
-    return [(buf, buf.detach().clone()) for buf in model.buffers()]
+    swapped = []
+    for module in model.modules():
+        for name, buf in list(module._buffers.items()):
+            if buf is not None:
+                module._buffers[name] = buf.detach().clone()
+                swapped.append((module, name, buf))
+    return swapped
 
 
-def _restore_buffers(snapshot: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-    with torch.no_grad():
-        for buf, saved in snapshot:
-            buf.copy_(saved)
+def _put_back_buffers(swapped: list[tuple[nn.Module, str, torch.Tensor]]) -> None:
+    for module, name, original in swapped:
+        module._buffers[name] = original
 
 
 def pgd_explain(
@@ -183,7 +194,7 @@ def pgd_explain(
     if generator is None:
         generator = torch.Generator().manual_seed(0)
     x = x.detach()
-    snapshot = _snapshot_buffers(model)
+    swapped = _swap_in_buffer_copies(model)
     try:
         with torch.enable_grad():
             if differentiable:
@@ -212,5 +223,5 @@ def pgd_explain(
                 scale = grad.abs().flatten(1).mean(dim=1).view(shape) + 1e-12
                 delta = (start.detach() + step_size * torch.tanh(grad / scale)).clamp(-epsilon, epsilon)
     finally:
-        _restore_buffers(snapshot)
+        _put_back_buffers(swapped)
     return Explanation(delta=delta, explained=delta * x)
