@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from nni.experiment import Experiment
 from nni.experiment.config import utils as config_utils
 from nni.nas.evaluator import Evaluator
 from nni.nas.execution import ExecutionEngine, TrainingServiceExecutionEngine
@@ -52,6 +53,8 @@ __all__ = [
     "check_port_free",
     "load_training_service",
     "build_config",
+    "check_experiment_ports",
+    "run_experiment",
     "run_multitrial",
     "sigterm_as_interrupt",
 ]
@@ -307,6 +310,79 @@ class _LeaseNasExperiment(NasExperiment):
                                self.config.max_trial_number, n_done)
 
 
+def check_experiment_ports(config: Any, port: int) -> None:
+    """Check the ports an experiment with this config needs (``port``, and ``port + 1`` for remote-like).
+
+    Raises
+    ------
+    ValueError
+        If ``port`` is not an int in ``[1, 65535]`` (or is 65535 where ``port + 1`` is needed).
+    PortInUseError
+        If one of them is taken.
+    """
+    _check_port_number(port)
+    platform = getattr(config.training_service, "platform", "local")
+    check_port_free(port)
+    if platform in _WEBSOCKET_PLATFORMS:
+        if port == 65535:
+            raise ValueError(f"port must be below 65535 for the {platform!r} training service (it also uses port + 1).")
+        check_port_free(port + 1)
+
+
+def run_experiment(
+    exp: Experiment,
+    *,
+    port: int,
+    resume: bool = False,
+    keep_open: bool = False,
+    on_started: Callable[[str, str], None] | None = None,
+    check_port: bool = True,
+) -> bool:
+    """Run an NNI experiment (HPO or NAS) to completion and always stop it; returns whether interrupted.
+
+    Checks the ports (unless ``check_port`` is false because the caller just did), logs
+    :data:`ALL_INTERFACES_WARNING`, calls ``on_started(url, experiment_id)``, runs (or resumes) the
+    experiment until it is done, then, with ``keep_open``, keeps the web UI until Ctrl-C / SIGTERM
+    (use :func:`sigterm_as_interrupt`). Whatever happens (Ctrl-C, an exception), the experiment is
+    stopped and the NNI manager's port is closed before this returns or raises.
+
+    Raises
+    ------
+    PortInUseError, ValueError
+        From the port check, before anything starts.
+    """
+    if check_port:
+        check_experiment_ports(exp.config, port)
+    url = f"http://127.0.0.1:{port}"
+    logger.warning(ALL_INTERFACES_WARNING.format(port=port))
+    if on_started is not None:
+        on_started(url, exp.id)
+    interrupted = False
+    try:
+        if resume:
+            exp.resume(port=port, wait_completion=True)
+        else:
+            exp.run(port=port, wait_completion=True)
+        # NNI catches Ctrl-C itself, stops the experiment and returns; a stopped experiment has no port.
+        interrupted = exp.port is None
+        if keep_open and not interrupted:
+            logger.warning("Search finished; the web UI stays at %s until Ctrl-C.", url)
+            try:
+                while True:
+                    time.sleep(1.0)
+            except KeyboardInterrupt:
+                logger.info("Ctrl-C: stopping the experiment.")
+    except KeyboardInterrupt:
+        interrupted = True
+        logger.warning("Interrupted: stopping the experiment.")
+    finally:
+        if exp.port is not None:
+            exp.stop()
+        if not _wait_port_closed(port):
+            logger.error("port %d still answers after the experiment stopped.", port)
+    return interrupted
+
+
 def _wait_port_closed(port: int, timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -381,45 +457,19 @@ def run_multitrial(
     _check_port_number(port)
     config = build_config(max_trials=max_trials, concurrency=concurrency, training_service=training_service,
                           experiment_dir=experiment_dir)
-    platform = getattr(config.training_service, "platform", "local")
-    check_port_free(port)
-    if platform in _WEBSOCKET_PLATFORMS:
-        if port == 65535:
-            raise ValueError(f"port must be below 65535 for the {platform!r} training service (it also uses port + 1).")
-        check_port_free(port + 1)
+    check_experiment_ports(config, port)
 
     exp = _LeaseNasExperiment(model_space, evaluator, strategy, config=config, id=experiment_id)
     if resume and not exp.has_checkpoint():
         raise ValueError(f"no experiment {experiment_id!r} to resume in NNI's list "
                          f"({Path('~/nni-experiments/.experiment').expanduser()}); check HOME and the id.")
-    url = f"http://127.0.0.1:{port}"
     record_dir = Path(config.canonical_copy().experiment_working_directory) / exp.id
-    logger.warning(ALL_INTERFACES_WARNING.format(port=port))
-    if on_started is not None:
-        on_started(url, exp.id)
-    interrupted = False
+    url, state, best = f"http://127.0.0.1:{port}", {}, {}
+    interrupted = True
     try:
-        if resume:
-            exp.resume(port=port, wait_completion=True)
-        else:
-            exp.run(port=port, wait_completion=True)
-        # NasExperiment catches Ctrl-C itself, stops, and returns; a stopped experiment has no port.
-        interrupted = exp.port is None
-        if keep_open and not interrupted:
-            logger.warning("Search finished; the web UI stays at %s until Ctrl-C.", url)
-            try:
-                while True:
-                    time.sleep(1.0)
-            except KeyboardInterrupt:
-                logger.info("Ctrl-C: stopping the experiment.")
-    except KeyboardInterrupt:
-        interrupted = True
-        logger.warning("Interrupted: stopping the experiment.")
+        interrupted = run_experiment(exp, port=port, resume=resume, keep_open=keep_open, on_started=on_started,
+                                     check_port=False)
     finally:
-        if exp.port is not None:
-            exp.stop()
-        if not _wait_port_closed(port):
-            logger.error("port %d still answers after the experiment stopped.", port)
         state = strategy.state_dict() if strategy.logits else {}
         best = strategy.best_sample() if strategy.logits else {}
         if record_dir.is_dir():

@@ -55,7 +55,7 @@ def check_trial_arguments(
     train_limit: int | None = None,
     val_limit: int | None = None,
     learning_rate: float = 0.01,
-    pgd_epsilon: float = 0.1,
+    pgd_epsilon: float = 8 / 255,
     pgd_step_size: float | None = None,
     pgd_steps: int = 3,
     listener_width: int | None = None,
@@ -118,7 +118,7 @@ def evaluate_lease(
     train_limit: int | None = None,
     val_limit: int | None = None,
     learning_rate: float = 0.01,
-    pgd_epsilon: float = 0.1,
+    pgd_epsilon: float = 8 / 255,
     pgd_step_size: float | None = None,
     pgd_steps: int = 3,
     listener_width: int | None = None,
@@ -151,7 +151,7 @@ def evaluate_lease(
     pgd_epsilon : float
         L∞ radius ``ε`` of the explanation, in input units (inputs are in ``[0, 1]``).
     pgd_step_size : float or None
-        PGD step; ``None`` uses ``ε / 2``.
+        PGD step; ``None`` uses ``2.5 ε / steps`` (as the one-shot :class:`nni_lease.strategy.LeaSE`).
     pgd_steps : int
         Number of PGD steps.
     listener_width : int or None
@@ -182,7 +182,7 @@ def evaluate_lease(
                           pgd_steps=pgd_steps, listener_width=listener_width, seed=seed, device=device)
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
-    step_size = pgd_epsilon / 2 if pgd_step_size is None else pgd_step_size
+    step_size = 2.5 * pgd_epsilon / pgd_steps if pgd_step_size is None else pgd_step_size
     pgd = {"epsilon": pgd_epsilon, "step_size": step_size, "steps": pgd_steps}
     train = make_dataset(dataset, "train", root=data_root, seed=seed, limit=train_limit)
     val = make_dataset(dataset, "val", root=data_root, seed=seed, limit=val_limit)

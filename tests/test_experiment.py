@@ -273,3 +273,17 @@ def test_remote_service_needs_the_next_port_too(tmp_path, monkeypatch):
             run_multitrial(DigitsToySpace(), lease_evaluator(), LeaseMultiTrial(), port=port, max_trials=1,
                            training_service=EXAMPLES / "remote_training_service.yml",
                            experiment_dir=tmp_path / "records")
+
+
+def test_cli_multitrial_port_in_use_exits_2_before_starting(tmp_path, capsys):
+    from nni_lease.cli import main
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code = main(["search", "--mode", "multi-trial", "--port", str(port), "--max-trials", "1",
+                     "--experiment-dir", str(tmp_path / "records")])
+    assert code == 2
+    assert f"port {port} is not free" in capsys.readouterr().err
+    assert not (tmp_path / "records").exists()
