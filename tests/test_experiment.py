@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -158,7 +159,7 @@ def _final(metrics: list, trial: str) -> dict:
 @pytest.mark.slow
 def test_multitrial_experiment_web_ui_stop_and_resume(launch, tmp_path):
     port = _free_port()
-    first = launch(port, max_trials=3)
+    first = launch(port, max_trials=8)  # more than will run: the search is stopped by Ctrl-C midway
     exp_id = first.experiment_id()
     jobs, metrics = first.wait_succeeded(3)
 
@@ -172,7 +173,9 @@ def test_multitrial_experiment_web_ui_stop_and_resume(launch, tmp_path):
         assert final["default"] == pytest.approx(final["explainer_val_loss"] + final["listener_val_loss"])
         assert sum(m["trialJobId"] == trial and m["type"] == "PERIODICAL" for m in metrics) == 2  # 2 epochs
 
+    # Ctrl-C in the middle of the search stops the experiment and closes the port.
     assert first.stop() == 0, first.output()[-3000:]
+    assert "interrupted=True" in first.output()
     assert not _port_open(port)
     manifest = json.loads((tmp_path / "nni-experiments" / ".experiment").read_text())
     assert manifest[exp_id]["status"] == "STOPPED"
@@ -181,30 +184,42 @@ def test_multitrial_experiment_web_ui_stop_and_resume(launch, tmp_path):
     # The policy moved toward the clearly better choice ("linear" beats the constant "dead" explainer).
     state = _summary(tmp_path, exp_id)["strategy_state"]
     history = [r for r in state["history"] if r["objective"] is not None]
-    assert len(history) == 3 and {r["sample"]["op"] for r in history} == {"dead", "linear"}
+    assert len(history) >= 3 and {r["sample"]["op"] for r in history} == {"dead", "linear"}
     mean = {op: np.mean([r["objective"] for r in history if r["sample"]["op"] == op]) for op in ("dead", "linear")}
     assert mean["linear"] < mean["dead"] - 0.5
     dead, linear = state["logits"]["op"]
     assert linear > dead
 
-    # Resume with a larger budget: the trial count and the strategy's state continue.
-    second = launch(port, max_trials=4, resume_id=exp_id)
+    # Resume with room for one more trial: the trial count and the strategy's state continue.
+    n_before = len(jobs_at_stop := _jobs_in_db(tmp_path, exp_id))
+    second = launch(port, max_trials=n_before + 1, resume_id=exp_id)
     assert second.experiment_id() == exp_id
-    jobs, _ = second.wait_succeeded(4)
-    assert len(jobs) == 4
+    jobs, _ = second.wait_succeeded(len([j for j in jobs_at_stop if j == "SUCCEEDED"]) + 1)
+    assert len(jobs) == n_before + 1
     assert second.stop() == 0, second.output()[-3000:]
     assert not _port_open(port)
     resumed = _summary(tmp_path, exp_id)["strategy_state"]
-    assert resumed["history"][:3] == state["history"] and len(resumed["history"]) == 4
+    n = len(state["history"])
+    assert resumed["history"][:n] == state["history"] and len(resumed["history"]) == n + 1
     assert resumed["n_submitted"] > state["n_submitted"]
-    # The fourth result moved the logits from where the first run left them (REINFORCE step, baseline b).
-    new = resumed["history"][3]
+    # The new result moved the logits from where the first run left them (REINFORCE step, baseline b).
+    new = resumed["history"][n]
     logits = np.array(state["logits"]["op"])
     p = np.exp(logits - logits.max())
     p /= p.sum()
     onehot = np.eye(2)[["dead", "linear"].index(new["sample"]["op"])]
     expected = logits + 0.5 * (-new["objective"] - state["baseline"]) * (onehot - p)
     np.testing.assert_allclose(resumed["logits"]["op"], expected, rtol=1e-12)
+
+
+def _jobs_in_db(home: Path, experiment_id: str) -> list[str]:
+    """Final status of every trial, read from the stopped experiment's NNI database."""
+    with sqlite3.connect(home / "records" / experiment_id / "db" / "nni.sqlite") as db:
+        rows = db.execute("SELECT trialJobId, event FROM TrialJobEvent ORDER BY timestamp").fetchall()
+    last: dict[str, str] = {}
+    for trial, event in rows:
+        last[trial] = event
+    return list(last.values())
 
 
 def test_port_in_use_is_a_clear_error_before_anything_starts(tmp_path):
