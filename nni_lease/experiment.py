@@ -1,6 +1,7 @@
 """Launch LeaSE searches as NNI experiments (trials managed by the NNI manager, shown in its web UI).
 
-:func:`run_multitrial` wraps :class:`nni.nas.experiment.NasExperiment` with the checks NNI 3.0 leaves
+:func:`run_multitrial` wraps :class:`nni.nas.experiment.NasExperiment` (and :func:`run_experiment` any
+NNI experiment, e.g. the HPO one of :mod:`nni_lease.hpo`) with the checks NNI 3.0 leaves
 out: the port is checked (and a clear error raised) before anything starts, a warning says that the NNI
 manager listens on **all** network interfaces, the experiment's records go to a folder the caller
 chooses, and the experiment is stopped on every way out — normal end, exception, Ctrl-C (SIGINT) or

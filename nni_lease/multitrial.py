@@ -37,7 +37,7 @@ from nni.mutable import Categorical, CategoricalMultiple, MutableAnnotation
 from nni.nas.execution import ExecutionEngine
 from nni.nas.execution.event import ModelEvent, ModelEventType
 from nni.nas.space import ExecutableModelSpace, ModelStatus
-from nni.nas.strategy.base import Strategy
+from nni.nas.strategy.base import Strategy, StrategyStatus
 
 logger = logging.getLogger(__name__)
 
@@ -223,6 +223,8 @@ class LeaseMultiTrial(Strategy):
     # ------------------------------------------------------------------ results
     def list_models(self, sort: bool = True, limit: int | None = None) -> Iterator[ExecutableModelSpace]:
         """Models searched so far; with ``sort=True`` the trained ones by objective, **lowest first**."""
+        if self._status in (StrategyStatus.INITIALIZED, StrategyStatus.EMPTY):
+            raise RuntimeError("Strategy has not been run.")
         if not sort:
             yield from super().list_models(sort=False, limit=limit)
             return
@@ -234,7 +236,9 @@ class LeaseMultiTrial(Strategy):
         """Plain-Python state (loads with ``torch.load(weights_only=True)``, which NNI's checkpoint uses).
 
         Running trials are not part of the state: their results are lost if the experiment stops
-        before they end (NNI 3.0 behaves the same for its built-in strategies).
+        before they end (NNI 3.0 behaves the same for its built-in strategies). ``n_submitted`` counts
+        every model sent to NNI, which can exceed the trials NNI ran: when the budget runs out, NNI may
+        still ask for one more model before it reports that no trial is left.
         """
         with self._lock:
             return {
