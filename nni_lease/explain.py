@@ -151,6 +151,7 @@ def pgd_explain(
     random_start: bool = True,
     differentiable: bool = False,
     generator: torch.Generator | None = None,
+    clean_logits: torch.Tensor | None = None,
 ) -> Explanation:
     r"""Explain the model's predictions at ``x`` by L∞ projected gradient ascent (see module docstring).
 
@@ -177,6 +178,9 @@ def pgd_explain(
     generator : torch.Generator or None
         Source of the random start (a CPU generator); ``None`` uses a fresh generator seeded with 0, so the
         global RNG is never consumed.
+    clean_logits : Tensor of shape (N, K) or None
+        The model's logits at ``x`` if the caller already has them (saves one forward pass); with
+        ``differentiable=True`` they should carry their graph. ``None``: computed here.
 
     Returns
     -------
@@ -195,14 +199,21 @@ def pgd_explain(
         generator = torch.Generator().manual_seed(0)
     x = x.detach()
     swapped = _swap_in_buffer_copies(model)
+    # The signed steps need gradients with respect to delta only: switching the parameters' gradients
+    # off meanwhile spares autograd from recording what weight gradients would need.
+    params = [p for p in model.parameters() if p.requires_grad] if isinstance(model, nn.Module) else []
     try:
         with torch.enable_grad():
-            if differentiable:
+            if clean_logits is not None:
+                clean_probs = F.softmax(clean_logits if differentiable else clean_logits.detach(), dim=-1)
+            elif differentiable:
                 clean_probs = F.softmax(model(x), dim=-1)
             else:
                 with torch.no_grad():
                     clean_probs = F.softmax(model(x), dim=-1)
             target = clean_probs.detach()
+            for p in params:
+                p.requires_grad_(False)
             if random_start:
                 noise = torch.rand(x.shape, generator=generator, dtype=x.dtype)
                 delta = ((2.0 * noise - 1.0) * epsilon).to(x.device)
@@ -215,6 +226,8 @@ def pgd_explain(
                 (grad,) = torch.autograd.grad(loss, delta)
                 delta = (delta + step_size * grad.sign()).clamp(-epsilon, epsilon)
             delta = delta.detach()
+            for p in params:
+                p.requires_grad_(True)
             if differentiable:
                 start = delta.requires_grad_(True)
                 loss = explanation_loss(model, x, start, clean_probs=clean_probs).sum()
@@ -223,5 +236,7 @@ def pgd_explain(
                 scale = grad.abs().flatten(1).mean(dim=1).view(shape) + 1e-12
                 delta = (start.detach() + step_size * torch.tanh(grad / scale)).clamp(-epsilon, epsilon)
     finally:
+        for p in params:
+            p.requires_grad_(True)
         _put_back_buffers(swapped)
     return Explanation(delta=delta, explained=delta * x)

@@ -183,7 +183,9 @@ class LeaseLightningModule(DartsLightningModule):
         return [arch_optim, listener_optim]
 
     # ----------------------------------------------------------------------------- the pieces
-    def explain(self, x: torch.Tensor, *, differentiable: bool = False) -> Explanation:
+    def explain(
+        self, x: torch.Tensor, *, differentiable: bool = False, clean_logits: torch.Tensor | None = None
+    ) -> Explanation:
         """PGD explanation of the explainer's (supernet's) predictions at ``x`` (see :mod:`nni_lease.explain`)."""
         return pgd_explain(
             self.training_module,
@@ -193,10 +195,11 @@ class LeaseLightningModule(DartsLightningModule):
             steps=self.pgd_steps,
             differentiable=differentiable,
             generator=self.generator,
+            clean_logits=clean_logits,
         )
 
     def listener_validation_loss(
-        self, train_batch: Any, val_batch: Any
+        self, train_batch: Any, val_batch: Any, *, val_logits: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, Explanation]:
         """The listener's validation loss :math:`L_a^{val}` as a differentiable function of the architecture.
 
@@ -204,6 +207,8 @@ class LeaseLightningModule(DartsLightningModule):
         ----------
         train_batch, val_batch : (x, y) pairs
             ``train_batch`` is only used by ``hypergradient="unrolled"``.
+        val_logits : Tensor of shape (N, n_classes) or None
+            The explainer's logits on ``val_batch`` (with graph) if already computed; saves a forward pass.
 
         Returns
         -------
@@ -216,7 +221,7 @@ class LeaseLightningModule(DartsLightningModule):
         """
         listener = cast(nn.Module, self.listener)
         x_val, y_val = val_batch[0], val_batch[1]
-        val_expl = self.explain(x_val, differentiable=True)
+        val_expl = self.explain(x_val, differentiable=True, clean_logits=val_logits)
         if self.hypergradient == "first_order":
             logits = listener(val_expl.explained)
         else:
@@ -257,7 +262,10 @@ class LeaseLightningModule(DartsLightningModule):
                 arc_step_loss, details = self.penalty(arc_step_loss, self.export_probs())
                 self.log_dict({f"penalty/{k}": v for k, v in details.items()})
             if self.gamma > 0:
-                listener_val_loss, listener_logits, _ = self.listener_validation_loss(trn_batch, val_batch)
+                val_logits = outputs[0] if len(outputs) == 1 else None  # the explainer's, with graph
+                listener_val_loss, listener_logits, _ = self.listener_validation_loss(
+                    trn_batch, val_batch, val_logits=val_logits
+                )
                 objective = arc_step_loss + self.gamma * listener_val_loss
             else:
                 objective = arc_step_loss

@@ -84,6 +84,20 @@ def test_same_generator_seed_same_explanation(x64):
     assert not torch.equal(a.delta, c.delta)
 
 
+@pytest.mark.parametrize("differentiable", [False, True])
+def test_given_clean_logits_give_the_same_explanation(x64, differentiable):
+    model = _smooth_model()
+    kwargs = dict(epsilon=0.2, step_size=0.05, steps=3, differentiable=differentiable)
+    a = pgd_explain(model, x64, generator=torch.Generator().manual_seed(1), **kwargs)
+    b = pgd_explain(model, x64, generator=torch.Generator().manual_seed(1), clean_logits=model(x64), **kwargs)
+    torch.testing.assert_close(a.delta, b.delta, rtol=0, atol=0)
+    if differentiable:  # the graph through the given logits is kept
+        w = model[1].weight
+        ga = torch.autograd.grad(a.explained.sum(), w)[0]
+        gb = torch.autograd.grad(b.explained.sum(), w)[0]
+        torch.testing.assert_close(ga, gb)
+
+
 def test_differentiable_delta_matches_finite_differences_in_float64(x64):
     """d/dθ of <r, δ(θ)> by autograd equals a central difference along a random parameter direction."""
     model = _smooth_model()

@@ -208,3 +208,19 @@ def test_hub_darts_space_at_tiny_size(tmp_path):
     sample = next(strategy.list_models()).sample
     assert "normal/op_2_0" in sample and "reduce/op_2_0" in sample
     assert torch.isfinite(strategy.oneshot_module.trainer.callback_metrics["lease/objective"])
+
+
+def test_benchmark_script_smoke(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent / "benchmarks" / "bench_lease.py"
+    spec = importlib.util.spec_from_file_location("bench_lease", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--smoke"]) == 0
+    out = capsys.readouterr().out
+    assert "time ratio LeaSE / DARTS" in out
+    result = __import__("json").loads(out[out.index("\n{\n") + 1:])
+    assert result["summary"]["time_ratio_lease_over_darts"] > 0
+    assert {r["strategy"] for r in result["runs"]} == {"darts", "lease"}
