@@ -99,3 +99,23 @@ def test_evaluator_is_trace_safe():
     assert len(dumped) < 2000
     loaded = nni.load(dumped)
     assert loaded.function is evaluate_lease and loaded.arguments == evaluator.arguments
+
+
+def test_stages_explain_with_the_trained_explainer_in_eval_mode(reports, monkeypatch):
+    """Stage 2 runs PGD on every training batch (then on validation) with the explainer in eval mode."""
+    import nni_lease.trial as trial_module
+
+    calls = []
+    real = trial_module.pgd_explain
+
+    def spy(model, x, **kwargs):
+        calls.append((model.training, x.shape[0], kwargs["epsilon"], kwargs["step_size"], kwargs["steps"]))
+        return real(model, x, **kwargs)
+
+    monkeypatch.setattr(trial_module, "pgd_explain", spy)
+    evaluate_lease(_cell_model(), pgd_epsilon=0.1, **TINY)
+    per_epoch = TINY["max_batches"] + 1  # training batches, then the validation set (64 < 256: one batch)
+    assert len(calls) == TINY["epochs"] * per_epoch
+    assert all(not training for training, *_ in calls)
+    assert [n for _, n, *_ in calls[:per_epoch]] == [TINY["batch_size"]] * TINY["max_batches"] + [TINY["val_limit"]]
+    assert {c[2:] for c in calls} == {(0.1, 2.5 * 0.1 / TINY["pgd_steps"], TINY["pgd_steps"])}
