@@ -302,3 +302,29 @@ def test_cli_multitrial_port_in_use_exits_2_before_starting(tmp_path, capsys):
     assert code == 2
     assert f"port {port} is not free" in capsys.readouterr().err
     assert not (tmp_path / "records").exists()
+
+
+def test_resumable_channel_skips_the_resume_data_nni_3_cannot_parse():
+    """NNI 3.0's NAS tuner channel raises on ImportData (sent on resume); ours skips it and goes on."""
+    from nni.runtime.tuner_command_channel import TunerCommandChannel
+    from nni.runtime.tuner_command_channel.command_type import RequestTrialJobs
+
+    from nni_lease.experiment import _ResumableChannel
+
+    class _FakeWire:
+        def __init__(self, commands):
+            self.commands = list(commands)
+
+        def receive(self):
+            return self.commands.pop(0)
+
+    resume_traffic = [{"type": "FD", "content": json.dumps([{"parameter_id": 0, "value": 1.0}])},
+                      {"type": "AD", "content": json.dumps([])},
+                      {"type": "GE", "content": "2"}]
+    plain = TunerCommandChannel("ws://localhost:1/tuner")
+    plain._channel = _FakeWire(resume_traffic)
+    with pytest.raises(ValueError, match="Unknown command type: CommandType.ImportData"):
+        plain.receive()
+    ours = _ResumableChannel("ws://localhost:1/tuner")
+    ours._channel = _FakeWire(resume_traffic)
+    assert ours.receive() == RequestTrialJobs(2)
