@@ -105,6 +105,19 @@ class _Driver:
             time.sleep(2)
         raise AssertionError(f"fewer than {n} trials succeeded in time:\n" + self.output()[-3000:])
 
+    def wait_done(self, timeout: float = 300) -> list:
+        """Poll until the NNI manager reports DONE (budget used, every trial ended); returns the trials."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.output()[-3000:]
+            try:
+                if self.api("/check-status")["status"] == "DONE":
+                    return self.api("/trial-jobs")
+            except requests.ConnectionError:
+                pass
+            time.sleep(2)
+        raise AssertionError("the experiment did not finish in time:\n" + self.output()[-3000:])
+
     def stop(self, timeout: float = 90) -> int:
         """Ctrl-C the driver; it must stop the experiment and exit 0."""
         if self.proc.poll() is None:
@@ -190,11 +203,13 @@ def test_multitrial_experiment_web_ui_stop_and_resume(launch, tmp_path):
     dead, linear = state["logits"]["op"]
     assert linear > dead
 
-    # Resume with room for one more trial: the trial count and the strategy's state continue.
-    n_before = len(jobs_at_stop := _jobs_in_db(tmp_path, exp_id))
+    # Resume with room for one more trial: the trial count and the strategy's state continue. (NNI also
+    # re-runs the trials the stop interrupted, under their old ids; their results do not reach the new
+    # strategy object, see README.)
+    n_before = len(_jobs_in_db(tmp_path, exp_id))
     second = launch(port, max_trials=n_before + 1, resume_id=exp_id)
     assert second.experiment_id() == exp_id
-    jobs, _ = second.wait_succeeded(len([j for j in jobs_at_stop if j == "SUCCEEDED"]) + 1)
+    jobs = second.wait_done()
     assert len(jobs) == n_before + 1
     assert second.stop() == 0, second.output()[-3000:]
     assert not _port_open(port)
