@@ -182,9 +182,78 @@ def _search_oneshot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_nni_experiment(args: argparse.Namespace, start: Callable[..., Any]) -> int:
+    """Shared part of the modes that run under the NNI manager: messages, Ctrl-C / SIGTERM, exit code."""
+    from nni_lease.experiment import PortInUseError, sigterm_as_interrupt
+
+    def started(url: str, experiment_id: str) -> None:  # the all-interfaces warning is logged just before
+        print(f"experiment {experiment_id}: web UI at {url}  (Ctrl-C stops the experiment)", flush=True)
+
+    try:
+        with sigterm_as_interrupt():
+            result = start(on_started=started)
+    except PortInUseError as exc:
+        print(f"nni-lease search: error: {exc}", file=sys.stderr)
+        return 2
+    if isinstance(result, tuple):  # (interrupted, lines to print)
+        interrupted, lines = result
+    else:
+        scored = [r for r in result.strategy_state.get("history", []) if r["objective"] is not None]
+        best = min(scored, key=lambda r: r["objective"], default=None)
+        interrupted, lines = result.interrupted, [
+            f"trials with a result: {len(scored)}; best: "
+            + (f"{json.dumps(best['sample'])} (objective {best['objective']:.4f})" if best else "none"),
+            f"most probable architecture under the learnt policy: {json.dumps(result.best_sample)}",
+            f"records: {result.record_dir}"]
+    print("\n".join(lines) + ("\nstopped by Ctrl-C" if interrupted else "\nexperiment stopped"))
+    return 130 if interrupted else 0
+
+
+def _search_multitrial(args: argparse.Namespace) -> int:
+    from nni_lease.experiment import run_multitrial
+    from nni_lease.multitrial import LeaseMultiTrial
+    from nni_lease.spaces import LeaseCellSpace
+    from nni_lease.trial import lease_evaluator
+
+    train, _, _ = _datasets(args.dataset, args.data_root, args.seed, args.limit)
+    space = LeaseCellSpace(**_space_kwargs(args, train))
+    evaluator = lease_evaluator(
+        dataset=args.dataset, data_root=args.data_root, gamma=args.gamma, epochs=args.epochs,
+        batch_size=args.batch_size, max_batches=args.limit_batches, train_limit=args.limit, val_limit=args.limit,
+        learning_rate=args.learning_rate, pgd_epsilon=args.pgd_epsilon, pgd_step_size=args.pgd_step_size,
+        pgd_steps=args.pgd_steps, seed=args.seed,
+    )
+    strategy = LeaseMultiTrial(learning_rate=args.policy_learning_rate, seed=args.seed)
+    return _run_nni_experiment(args, lambda on_started: run_multitrial(
+        space, evaluator, strategy, port=args.port, max_trials=args.max_trials, concurrency=args.concurrency,
+        training_service=args.training_service, experiment_dir=args.experiment_dir, experiment_id=args.resume,
+        resume=args.resume is not None, keep_open=args.keep_open, on_started=on_started))
+
+
+def _search_hpo(args: argparse.Namespace) -> int:
+    from nni_lease.experiment import run_experiment
+    from nni_lease.hpo import build_hpo_experiment
+
+    search_args = ["--dataset", args.dataset, "--seed", str(args.seed), "--epochs", str(args.epochs),
+                   "--width", str(args.width), "--cells", str(args.cells), "--nodes", str(args.nodes)]
+    for flag, value in [("--data-root", args.data_root), ("--limit", args.limit), ("--limit-batches", args.limit_batches)]:
+        if value is not None:
+            search_args += [flag, str(value)]
+    exp = build_hpo_experiment(max_trials=args.max_trials, concurrency=args.concurrency, search_args=search_args,
+                               retrain_args=["--epochs", str(args.retrain_epochs)],
+                               training_service=args.training_service, experiment_dir=args.experiment_dir)
+    if args.resume is not None:
+        exp.id = args.resume
+    return _run_nni_experiment(args, lambda on_started: (run_experiment(
+        exp, port=args.port, resume=args.resume is not None, keep_open=args.keep_open, on_started=on_started),
+        [f"records: {Path(exp.config.canonical_copy().experiment_working_directory) / exp.id}"]))
+
+
 #: Search modes of ``nni-lease search --mode``: name -> function(args) -> exit code.
 SEARCH_MODES: dict[str, Callable[[argparse.Namespace], int]] = {
     "oneshot": _search_oneshot,
+    "multi-trial": _search_multitrial,
+    "hpo": _search_hpo,
 }
 
 
@@ -271,6 +340,16 @@ def build_parser() -> argparse.ArgumentParser:
     lease.add_argument("--pgd-step-size", type=float, default=None, help="default 2.5 * epsilon / steps")
     lease.add_argument("--arc-learning-rate", type=float, default=3e-4)
     lease.add_argument("--listener-learning-rate", type=float, default=1e-3)
+    nni_exp = search.add_argument_group("NNI experiment (--mode multi-trial / hpo; web UI on --port)")
+    nni_exp.add_argument("--max-trials", type=_positive_int, default=10, help="trials in the experiment")
+    nni_exp.add_argument("--concurrency", type=_positive_int, default=1, help="trials at the same time")
+    nni_exp.add_argument("--port", type=int, default=8080, help="NNI manager port (listens on ALL interfaces)")
+    nni_exp.add_argument("--experiment-dir", default=None, help="experiment records (default ~/nni-experiments)")
+    nni_exp.add_argument("--training-service", default="local", help="'local' or a YAML/JSON training-service file")
+    nni_exp.add_argument("--resume", default=None, metavar="EXPERIMENT_ID", help="continue a stopped experiment")
+    nni_exp.add_argument("--keep-open", action="store_true", help="keep the web UI up after the search, until Ctrl-C")
+    nni_exp.add_argument("--policy-learning-rate", type=float, default=0.5, help="multi-trial policy step size")
+    nni_exp.add_argument("--retrain-epochs", type=_positive_int, default=3, help="hpo: retraining epochs per trial")
     search.set_defaults(func=_search)
 
     retrain = sub.add_parser("retrain", help="train an exported architecture from scratch",

@@ -1,0 +1,48 @@
+"""Tune LeaSE's gamma, PGD epsilon and PGD steps with NNI's Python ``Experiment`` API.
+
+The same experiment as ``examples/hpo_config.yml`` (nnictl) and ``nni-lease search --mode hpo``.
+Run from the repository root::
+
+    python examples/hpo_experiment.py --port 8080 --max-trials 8
+
+The NNI manager listens on ALL network interfaces (README, "Security notes"): firewall the port or use an
+SSH tunnel. The experiment is stopped when the script ends or on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from nni_lease.experiment import run_experiment, sigterm_as_interrupt
+from nni_lease.hpo import build_hpo_experiment
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--max-trials", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--experiment-dir", default=None, help="experiment records (default ~/nni-experiments)")
+    parser.add_argument("--keep-open", action="store_true", help="keep the web UI after the last trial")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO)
+
+    # An nni.experiment.Experiment: search space nni_lease.hpo.SEARCH_SPACE, TPE maximising the retrained
+    # validation accuracy, trial command `python -m nni_lease.hpo trial ...`.
+    experiment = build_hpo_experiment(
+        max_trials=args.max_trials,
+        concurrency=args.concurrency,
+        search_args=["--epochs", "2", "--limit-batches", "10"],
+        retrain_args=["--epochs", "3"],
+        experiment_dir=args.experiment_dir,
+    )
+    print(experiment.config.json())
+    with sigterm_as_interrupt():
+        # Checks the port, warns about all interfaces, runs to completion, always stops the experiment.
+        run_experiment(experiment, port=args.port, keep_open=args.keep_open,
+                       on_started=lambda url, exp_id: print(f"experiment {exp_id}: web UI at {url}"))
+
+
+if __name__ == "__main__":
+    main()
