@@ -7,8 +7,8 @@ import functools
 
 import pytest
 import torch
-from metrics_cases import EXACT_CASES, Dense, make_case
-from reference_fisher import OriginalFisher
+from tests.metrics_cases import EXACT_CASES, Dense, make_case
+from tests.reference_fisher import OriginalFisher
 from torch import nn
 
 from art_fisher import fisher_max_eigenvalue, fisher_quadratic_form, fisher_sensitivity, fisher_trace

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from metrics_cases import EXACT_CASES, make_case
+from tests.metrics_cases import EXACT_CASES, make_case
 from torch import nn
 
 from art_fisher import _layer_grams

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from metrics_cases import Dense, make_case
+from tests.metrics_cases import Dense, make_case
 from torch.func import jacrev
 
 import art_fisher.metrics as metrics_module
