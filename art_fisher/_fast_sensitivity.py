@@ -26,7 +26,7 @@ from art_fisher._sensitivity import fis_from_jacobians
 
 def _xhat(module: nn.Module, a: torch.Tensor) -> torch.Tensor:
     shape = [1, -1] + [1] * (a.dim() - 2)
-    return (a - module.running_mean.view(shape)) * torch.rsqrt(module.running_var.view(shape) + module.eps)
+    return (a - module.running_mean.reshape(shape)) * torch.rsqrt(module.running_var.reshape(shape) + module.eps)
 
 
 def _per_sample_direction(module: nn.Module, kind: str, a: torch.Tensor, br: torch.Tensor) -> torch.Tensor:
@@ -41,7 +41,7 @@ def _per_sample_direction(module: nn.Module, kind: str, a: torch.Tensor, br: tor
         if kind == "bias":
             return br.sum((2, 3))
         u = F.unfold(a, module.kernel_size, dilation=module.dilation, padding=module.padding, stride=module.stride)
-        return torch.bmm(br.flatten(2), u.transpose(1, 2)).view(n, *module.weight.shape)
+        return torch.bmm(br.flatten(2), u.transpose(1, 2)).reshape(n, *module.weight.shape)
     if kind == "bias":
         return br.flatten(2).sum(2)
     return (br * _xhat(module, a)).flatten(2).sum(2)
@@ -53,23 +53,23 @@ def _apply_direction(module: nn.Module, kind: str, a: torch.Tensor, d: torch.Ten
     if isinstance(module, nn.Linear):
         if kind == "bias":
             vb = d.expand(n, -1) if shared else d
-            return vb.view(n, *([1] * (a.dim() - 2)), -1).expand(*a.shape[:-1], vb.shape[-1])
+            return vb.reshape(n, *([1] * (a.dim() - 2)), -1).expand(*a.shape[:-1], vb.shape[-1])
         if shared:
             return a @ d.transpose(0, 1)
-        return torch.bmm(a.reshape(n, -1, a.shape[-1]), d.transpose(1, 2)).view(*a.shape[:-1], d.shape[1])
+        return torch.bmm(a.reshape(n, -1, a.shape[-1]), d.transpose(1, 2)).reshape(*a.shape[:-1], d.shape[1])
     if isinstance(module, nn.Conv2d):
         if kind == "bias":
-            return (d.view(1, -1, 1, 1) if shared else d.view(n, -1, 1, 1))
+            return (d.reshape(1, -1, 1, 1) if shared else d.reshape(n, -1, 1, 1))
         if shared:
             return F.conv2d(a, d, None, module.stride, module.padding, module.dilation)
         u = F.unfold(a, module.kernel_size, dilation=module.dilation, padding=module.padding, stride=module.stride)
         out = torch.bmm(d.flatten(2), u)  # (n, out, L)
         h = (a.shape[2] + 2 * module.padding[0] - module.dilation[0] * (module.kernel_size[0] - 1) - 1) // module.stride[0] + 1
-        return out.view(n, out.shape[1], h, -1)
+        return out.reshape(n, out.shape[1], h, -1)
     shape = [1 if shared else n, -1] + [1] * (a.dim() - 2)
     if kind == "bias":
-        return d.view(shape)
-    return d.view(shape) * _xhat(module, a)
+        return d.reshape(shape)
+    return d.reshape(shape) * _xhat(module, a)
 
 
 def _record_inputs(net: FunctionalNet, x: torch.Tensor, modules: dict[str, nn.Module], names: list[str]):
@@ -137,7 +137,7 @@ def fast_sensitivity(
             sq = sum(d.flatten(1).pow(2).sum(1) for d in directions.values())
             if normalize:
                 scale = torch.where(sq > 0, sq.rsqrt(), torch.zeros_like(sq))
-                directions = {k: d * scale.view(-1, *([1] * (d.dim() - 1))) for k, d in directions.items()}
+                directions = {k: d * scale.reshape(-1, *([1] * (d.dim() - 1))) for k, d in directions.items()}
             shared = False
         else:
             directions = dict(v)
@@ -202,6 +202,6 @@ def _tangent_jacobians(net, x, modules, covered, replicas, directions, shared, r
             [torch.autograd.grad(t[:, c].sum(), xr, retain_graph=c < n_out - 1)[0].flatten(1) for c in range(n_out)],
             dim=1,
         )  # (R·n, C', D)
-    t = t.detach().view(n_rep, n, -1).transpose(0, 1)
-    jt = jt.view(n_rep, n, *jt.shape[1:]).transpose(0, 1)
+    t = t.detach().reshape(n_rep, n, -1).transpose(0, 1)
+    jt = jt.reshape(n_rep, n, *jt.shape[1:]).transpose(0, 1)
     return t, jt

@@ -79,7 +79,7 @@ def _linear_blocks(
     if a.dim() == 2:
         bb = _gram(b)
         if "weight" in want:
-            out["weight"] = (a * a).sum(1).view(n, 1, 1) * bb
+            out["weight"] = (a * a).sum(1).reshape(n, 1, 1) * bb
         if "bias" in want:
             out["bias"] = bb
         return out
@@ -114,21 +114,21 @@ def _conv_blocks(
         cost_ghost = length * length * (k + n_cls * o) + n_cls * n_cls * o * length
         if mode == "materialise" or (mode == "auto" and cost_materialise <= cost_ghost):
             g = torch.bmm(b, u.transpose(1, 2))  # (n, C·out, k): per-sample, per-class weight gradients
-            out["weight"] = _gram(g.view(n, n_cls, o * k))
+            out["weight"] = _gram(g.reshape(n, n_cls, o * k))
         else:
             uu = torch.bmm(u.transpose(1, 2), u)  # (n, L, L)
-            bw = torch.bmm(b, uu).view(n, n_cls, o * length)
-            out["weight"] = torch.bmm(bw, b.view(n, n_cls, o * length).transpose(1, 2))
+            bw = torch.bmm(b, uu).reshape(n, n_cls, o * length)
+            out["weight"] = torch.bmm(bw, b.reshape(n, n_cls, o * length).transpose(1, 2))
         del u
     if "bias" in want:
-        out["bias"] = _gram(b.sum(2).view(n, n_cls, o))
+        out["bias"] = _gram(b.sum(2).reshape(n, n_cls, o))
     return out
 
 
 def _bn_blocks(module: nn.Module, a: torch.Tensor, b: torch.Tensor, want: set[str]) -> dict[str, torch.Tensor]:
     """Blocks of eval-mode BatchNorm: input ``a`` (n, ch, *), output-gradients ``b`` (n, C, ch, *)."""
     shape = [1, -1] + [1] * (a.dim() - 2)
-    xhat = (a - module.running_mean.view(shape)) * torch.rsqrt(module.running_var.view(shape) + module.eps)
+    xhat = (a - module.running_mean.reshape(shape)) * torch.rsqrt(module.running_var.reshape(shape) + module.eps)
     n, n_cls, ch = b.shape[0], b.shape[1], a.shape[1]
     b = b.reshape(n, n_cls, ch, -1)
     out = {}
@@ -149,7 +149,7 @@ def _output_change(module: nn.Module, a: torch.Tensor, kind: str, br: torch.Tens
     if isinstance(module, nn.Linear):
         if kind == "bias":
             vb = v.expand(n, -1) if br is None else br.reshape(n, -1, br.shape[-1]).sum(1)
-            return vb.view(n, *([1] * (a.dim() - 2)), -1).expand(*a.shape[:-1], vb.shape[-1])
+            return vb.reshape(n, *([1] * (a.dim() - 2)), -1).expand(*a.shape[:-1], vb.shape[-1])
         if br is None:
             return a @ v.transpose(0, 1)
         if a.dim() == 2:
@@ -160,7 +160,7 @@ def _output_change(module: nn.Module, a: torch.Tensor, kind: str, br: torch.Tens
     if isinstance(module, nn.Conv2d):
         if kind == "bias":
             if br is None:
-                return v.view(1, -1, 1, 1).expand(n, -1, 1, 1)
+                return v.reshape(1, -1, 1, 1).expand(n, -1, 1, 1)
             return br.sum((2, 3), keepdim=True)
         if br is None:
             return F.conv2d(a, v, None, module.stride, module.padding, module.dilation)
@@ -170,11 +170,11 @@ def _output_change(module: nn.Module, a: torch.Tensor, kind: str, br: torch.Tens
         return torch.bmm(vw, u).view_as(br)
     # eval-mode BatchNorm
     shape = [1, -1] + [1] * (a.dim() - 2)
-    xhat = (a - module.running_mean.view(shape)) * torch.rsqrt(module.running_var.view(shape) + module.eps)
+    xhat = (a - module.running_mean.reshape(shape)) * torch.rsqrt(module.running_var.reshape(shape) + module.eps)
     if kind == "weight":
-        g = v.view(shape) if br is None else (br * xhat).flatten(2).sum(2).view(n, *shape[1:])
+        g = v.reshape(shape) if br is None else (br * xhat).flatten(2).sum(2).reshape(n, *shape[1:])
         return g * xhat
-    return v.view(shape).expand_as(a) if br is None else br.flatten(2).sum(2).view(n, *shape[1:]).expand_as(a)
+    return v.reshape(shape).expand_as(a) if br is None else br.flatten(2).sum(2).reshape(n, *shape[1:]).expand_as(a)
 
 
 def hook_directional(

@@ -162,3 +162,21 @@ def test_output_kind_mismatch(mlp, output, match):
     model, x = mlp
     with pytest.raises(ValueError, match=match):
         fisher_trace(model, x, output=output)
+
+
+def test_inputs_with_unusual_strides_give_the_same_numbers():
+    """A numpy slice with a stride-0 / odd-stride size-1 axis used to break the Gram code's views."""
+    import numpy as np
+
+    from art_fisher.models import SmallCNN
+
+    torch.manual_seed(0)
+    model = SmallCNN().eval()
+    base = np.random.default_rng(0).random((6, 8, 8), dtype=np.float32)
+    odd = torch.from_numpy(np.broadcast_to(base[:, None], (6, 1, 8, 8)))  # stride 0 on the channel axis
+    fortran = torch.from_numpy(np.asfortranarray(base[:, None]))
+    canonical = odd.clone(memory_format=torch.contiguous_format)
+    for fn in (fisher_trace, fisher_quadratic_form, fisher_max_eigenvalue, fisher_sensitivity):
+        expected = fn(model, canonical[:4])
+        for x in (odd[:4], fortran[:4]):
+            torch.testing.assert_close(fn(model, x), expected, rtol=1e-5, atol=1e-7)
