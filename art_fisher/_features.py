@@ -184,6 +184,23 @@ def check_metric_settings(
     return tuple(names)
 
 
+def check_settings_of(obj: Any) -> tuple[str, ...]:
+    """:func:`check_metric_settings` on the raw settings held by a detector or transformer."""
+    return check_metric_settings(
+        obj.classifier,
+        metrics=obj.metrics,
+        output=obj.output,
+        direction=obj.direction,
+        blockwise=obj.blockwise,
+        normalize=obj.normalize,
+        classes=obj.classes,
+        params=obj.params,
+        method=obj.method,
+        epsilon=obj.epsilon,
+        batch_size=obj.batch_size,
+    )
+
+
 def check_batch_size(batch_size: Any, name: str = "batch_size") -> None:
     """Raise ValueError unless ``batch_size`` is a positive integer."""
     if not isinstance(batch_size, Integral) or isinstance(batch_size, bool) or batch_size < 1:

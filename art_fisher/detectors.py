@@ -210,19 +210,7 @@ class FisherInformationDetector(EvasionDetector):
 
     # ----------------------------------------------------------------------------------------- checks
     def _check_params(self) -> None:
-        self._metric_names = _features.check_metric_settings(
-            self.classifier,
-            metrics=self.metrics,
-            output=self.output,
-            direction=self.direction,
-            blockwise=self.blockwise,
-            normalize=self.normalize,
-            classes=self.classes,
-            params=self.params,
-            method=self.method,
-            epsilon=self.epsilon,
-            batch_size=self.batch_size,
-        )
+        self._metric_names = _features.check_settings_of(self)
         if self.estimator is not None and not (
             callable(getattr(self.estimator, "fit", None)) and callable(getattr(self.estimator, "predict", None))
         ):

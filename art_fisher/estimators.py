@@ -360,19 +360,7 @@ class FisherFeatures(TransformerMixin, BaseEstimator):
         return tags
 
     def _metric_names(self) -> tuple[str, ...]:
-        return _features.check_metric_settings(
-            self.classifier,
-            metrics=self.metrics,
-            output=self.output,
-            direction=self.direction,
-            blockwise=self.blockwise,
-            normalize=self.normalize,
-            classes=self.classes,
-            params=self.params,
-            method=self.method,
-            epsilon=self.epsilon,
-            batch_size=self.batch_size,
-        )
+        return _features.check_settings_of(self)
 
     def fit(self, X: Any, y: Any = None) -> FisherFeatures:
         """Check the settings and ``X``; learn nothing.
