@@ -11,7 +11,10 @@ Public names (imported lazily, so that ``import nni_lease`` stays light):
 - :func:`default_listener` (:mod:`nni_lease.listener`): the default listener CNN;
 - :class:`LeaseCellSpace` (:mod:`nni_lease.spaces`): a small cell space for digits / CIFAR-10;
 - :class:`DigitsDataset`, :class:`Cifar10Dataset` (:mod:`nni_lease.data`): trace-safe data sets;
-- :func:`retrain` (:mod:`nni_lease.retrain`): train an exported architecture from scratch.
+- :func:`retrain` (:mod:`nni_lease.retrain`): train an exported architecture from scratch;
+- :class:`LeaseMultiTrial` (:mod:`nni_lease.multitrial`): the multi-trial strategy for NNI experiments;
+- :func:`lease_evaluator`, :func:`evaluate_lease` (:mod:`nni_lease.trial`): the explainer/listener trial;
+- :func:`run_multitrial` (:mod:`nni_lease.experiment`): start a multi-trial experiment with the web UI.
 """
 
 from importlib import import_module
@@ -32,6 +35,10 @@ _LAZY = {
     "DigitsDataset": "nni_lease.data",
     "Cifar10Dataset": "nni_lease.data",
     "retrain": "nni_lease.retrain",
+    "LeaseMultiTrial": "nni_lease.multitrial",
+    "lease_evaluator": "nni_lease.trial",
+    "evaluate_lease": "nni_lease.trial",
+    "run_multitrial": "nni_lease.experiment",
 }
 
 __all__ = ["__version__", *_LAZY]

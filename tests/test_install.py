@@ -64,3 +64,12 @@ def test_ci_runs_the_readme_test_command():
     assert match, "README.md must mark its test command with <!-- test-command -->"
     ci = (ROOT / ".ci" / "run").read_text()
     assert "test-command" in ci  # .ci/run extracts and runs that very block
+
+
+@pytest.mark.parametrize("module", ["art_fisher", "nni_lease"])
+def test_every_public_name_resolves(module):
+    import importlib
+
+    mod = importlib.import_module(module)
+    for name in mod.__all__:
+        assert getattr(mod, name) is not None, f"{module}.{name}"
