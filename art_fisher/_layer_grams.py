@@ -177,26 +177,13 @@ def _output_change(module: nn.Module, a: torch.Tensor, kind: str, br: torch.Tens
     return v.reshape(shape).expand_as(a) if br is None else br.flatten(2).sum(2).reshape(n, *shape[1:]).expand_as(a)
 
 
-def hook_directional(
-    net: FunctionalNet,
-    x: torch.Tensor,
-    covered: dict[str, tuple[str, str]],
-    r_of_z=None,
-    v: dict[str, torch.Tensor] | None = None,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[str], torch.Tensor | None]:
-    """``t_k = J_k v_k`` (n, C) for the hook-covered parameters of one chunk.
+def _recorded_forward(net, x: torch.Tensor, covered: dict) -> tuple:
+    """One forward pass with hooks on the covered modules.
 
-    One forward pass with hooks; for per-sample directions ``v = Jᵀ r`` one backward pass with the
-    cotangent ``r`` gives each layer's ``Σ_c r_c ∂z_c/∂output``, hence the layer's output change
-    ``δo_k`` along ``v_k``; then one backward pass per class gives ``t_k[c] = ⟨∂z_c/∂output, δo_k⟩``.
-    Nothing of size C × output is kept.
-
-    Returns
-    -------
-    z : Tensor (n, C)
-    t : dict of str to Tensor (n, C)
-    uncovered : list of str
-    r : Tensor (n, C) or None
+    Returns the logits ``z`` (with graph), the model's modules by name, the parameter kinds wanted of
+    each covered module, each module's recorded ``(input, output)`` pairs, the modules
+    that ran exactly once with a differentiable output (``good``), and the covered parameters whose
+    module did not (``uncovered``; weight sharing or unused modules).
     """
     modules = dict(net.model.named_modules())
     wanted: dict[str, set[str]] = {}
@@ -220,6 +207,31 @@ def hook_directional(
             h.remove()
     good = [m for m, rec in records.items() if len(rec) == 1 and rec[0][1].requires_grad]
     uncovered = [p for p, (m, _k) in covered.items() if m not in good]
+    return z, modules, wanted, records, good, uncovered
+
+
+def hook_directional(
+    net: FunctionalNet,
+    x: torch.Tensor,
+    covered: dict[str, tuple[str, str]],
+    r_of_z=None,
+    v: dict[str, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[str], torch.Tensor | None]:
+    """``t_k = J_k v_k`` (n, C) for the hook-covered parameters of one chunk.
+
+    One forward pass with hooks; for per-sample directions ``v = Jᵀ r`` one backward pass with the
+    cotangent ``r`` gives each layer's ``Σ_c r_c ∂z_c/∂output``, hence the layer's output change
+    ``δo_k`` along ``v_k``; then one backward pass per class gives ``t_k[c] = ⟨∂z_c/∂output, δo_k⟩``.
+    Nothing of size C × output is kept.
+
+    Returns
+    -------
+    z : Tensor (n, C)
+    t : dict of str to Tensor (n, C)
+    uncovered : list of str
+    r : Tensor (n, C) or None
+    """
+    z, modules, wanted, records, good, uncovered = _recorded_forward(net, x, covered)
     r = None if r_of_z is None else r_of_z(z.detach())
     t: dict[str, torch.Tensor] = {}
     if not good:
@@ -280,28 +292,7 @@ def hook_pass(
         Covered-by-type parameters whose module turned out not to run exactly once (weight sharing,
         unused modules); the caller computes them with ``torch.func``.
     """
-    modules = dict(net.model.named_modules())
-    wanted: dict[str, set[str]] = {}
-    for mod_name, kind in covered.values():
-        wanted.setdefault(mod_name, set()).add(kind)
-    records: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {m: [] for m in wanted}
-
-    def make_hook(mod_name: str):
-        def hook(_module, inputs, output):
-            records[mod_name].append((inputs[0].detach(), output))
-
-        return hook
-
-    handles = [modules[m].register_forward_hook(make_hook(m)) for m in wanted]
-    try:
-        with torch.enable_grad():
-            xr = x.detach().requires_grad_(True)
-            z = net.logits(net.selected(), xr)
-    finally:
-        for h in handles:
-            h.remove()
-    good = [m for m, rec in records.items() if len(rec) == 1 and rec[0][1].requires_grad]
-    uncovered = [p for p, (m, _k) in covered.items() if m not in good]
+    z, modules, wanted, records, good, uncovered = _recorded_forward(net, x, covered)
     blocks: dict[str, torch.Tensor] = {}
     if good:
         consumer = make_consumer(z.detach())
