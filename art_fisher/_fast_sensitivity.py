@@ -19,6 +19,7 @@ import torch
 import torch.autograd.forward_ad as fwad
 import torch.nn.functional as F
 from torch import nn
+from torch.func import jacrev, jvp, vmap
 
 from art_fisher._functional import FunctionalNet, predicted_vs_rest
 from art_fisher._sensitivity import fis_from_jacobians
@@ -205,3 +206,103 @@ def _tangent_jacobians(net, x, modules, covered, replicas, directions, shared, r
     t = t.detach().reshape(n_rep, n, -1).transpose(0, 1)
     jt = jt.reshape(n_rep, n, *jt.shape[1:]).transpose(0, 1)
     return t, jt
+
+
+def _reduce_to_two(z, t, jz, jt, y):
+    """``(z, t, ∂x z, ∂x t)`` of the logits → those of ``z₂ = (log p_y, log(1 − p_y))``.
+
+    ``t₂ = A t`` with ``A = ∂z₂/∂z`` (n, 2, C), so ``∂x t₂ = A ∂x t + ∂z(A t)|_t ∂x z`` and
+    ``∂x z₂ = A ∂x z``.
+    """
+    amat = vmap(jacrev(predicted_vs_rest))(z, y)  # (n, 2, C)
+
+    def a_times(zi: torch.Tensor, ti: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        return jvp(lambda zz: predicted_vs_rest(zz, yi), (zi,), (ti,))[1]
+
+    du = vmap(vmap(jacrev(a_times), in_dims=(None, 0, None)))(z, t, y)  # (n, G, 2, C)
+    t2 = torch.einsum("nac,ngc->nga", amat, t)
+    jt2 = torch.einsum("nac,ngcd->ngad", amat, jt) + torch.einsum("ngac,ncd->ngad", du, jz)
+    return predicted_vs_rest(z, y), t2, torch.einsum("nac,ncd->nad", amat, jz), jt2
+
+
+def piecewise_sensitivity(
+    net: FunctionalNet,
+    x: torch.Tensor,
+    covered: dict[str, tuple[str, str]],
+    *,
+    r: torch.Tensor | None,
+    v: dict[str, torch.Tensor] | None,
+    y: torch.Tensor,
+    blockwise: bool,
+    normalize: bool,
+    classes: str,
+) -> torch.Tensor | None:
+    """Exact FIS of one chunk for a model piecewise linear in ``x`` (see :mod:`art_fisher._piecewise`).
+
+    With ``B_c = ∂z_c/∂o_k`` at a layer's output ``o_k`` and ``δo_k`` the layer's output change along
+    its parameter direction, ``t_k,c = ⟨B_c, δo_k⟩``. ``B_c`` is locally constant in ``x`` here, so
+    ``∂x t_k,c`` is the gradient of ``⟨B_c, δo_k(x)⟩`` with ``B_c`` held fixed: a first-order backward
+    pass from layer ``k`` down to ``x`` only (batched over the ``C`` classes), instead of a
+    reverse-over-forward pass through the whole network. A bias direction gives ``∂x t = 0``.
+
+    Same parameters and result as :func:`fast_sensitivity` (None when a covered module does not run
+    exactly once).
+    """
+    modules = dict(net.model.named_modules())
+    mod_names = sorted({m for m, _k in covered.values()})
+    n = x.shape[0]
+    with torch.enable_grad():
+        x0 = x.detach().requires_grad_(True)
+        z, records = _record_inputs(net, x0, modules, mod_names)
+        if any(len(rec) != 1 for rec in records.values()):
+            return None
+        outs = [records[m][0][1] for m in mod_names]
+        if r is not None:
+            brs = torch.autograd.grad(z, outs, r, retain_graph=True)
+            directions: dict[str, torch.Tensor] = {}
+            for m, br in zip(mod_names, brs, strict=True):
+                a = records[m][0][0].detach()
+                for name, (mm, kind) in covered.items():
+                    if mm == m:
+                        directions[name] = _per_sample_direction(modules[m], kind, a, br.detach())
+            del brs
+            sq = sum(d.flatten(1).pow(2).sum(1) for d in directions.values())
+            if normalize:
+                scale = torch.where(sq > 0, sq.rsqrt(), torch.zeros_like(sq))
+                directions = {k: d * scale.reshape(-1, *([1] * (d.dim() - 1))) for k, d in directions.items()}
+            shared = False
+        else:
+            directions, shared = dict(v), True
+        n_cls = z.shape[1]
+        eye = torch.eye(n_cls, dtype=z.dtype, device=z.device).unsqueeze(1).expand(n_cls, n, n_cls)
+        grads = torch.autograd.grad(z, [*outs, x0], eye, retain_graph=True, is_grads_batched=True)
+        b_of = {m: g.detach() for m, g in zip(mod_names, grads[:-1], strict=True)}  # (C, n, *out)
+        jz = grads[-1].detach().flatten(2).transpose(0, 1)  # (n, C, D)
+        del grads
+        groups = [[name] for name in net.names] if blockwise else [list(net.names)]
+        ts, jts = [], []
+        for group in groups:
+            t = torch.zeros(n_cls, n, dtype=z.dtype, device=z.device)
+            deltas, cots = [], []
+            for name in group:
+                m, kind = covered[name]
+                out = records[m][0][1]
+                delta = _apply_direction(modules[m], kind, records[m][0][0], directions[name], shared)
+                delta = delta.expand_as(out)
+                t = t + (b_of[m] * delta.detach()).flatten(2).sum(2)
+                if delta.requires_grad:
+                    deltas.append(delta)
+                    cots.append(b_of[m])
+            if deltas:
+                (jt,) = torch.autograd.grad(deltas, x0, cots, retain_graph=True, is_grads_batched=True)
+                jt = jt.flatten(2).transpose(0, 1)  # (n, C, D)
+            else:
+                jt = torch.zeros_like(jz)
+            ts.append(t.transpose(0, 1))
+            jts.append(jt)
+    z = z.detach()
+    t = torch.stack(ts, dim=1)  # (n, G, C)
+    jt = torch.stack(jts, dim=1)  # (n, G, C, D)
+    if classes == "predicted_vs_rest":
+        z, t, jz, jt = _reduce_to_two(z, t, jz, jt, y)
+    return fis_from_jacobians(z, t, jz, jt).view_as(x)

@@ -210,34 +210,48 @@ def _recorded_forward(net, x: torch.Tensor, covered: dict) -> tuple:
     return z, modules, wanted, records, good, uncovered
 
 
+def _cotangents(z: torch.Tensor, basis: torch.Tensor | None):
+    """Cotangents of the per-column backward passes: ``basis[:, :, j]`` (n, C) or the unit vectors."""
+    if basis is None:
+        eye = torch.eye(z.shape[1], dtype=z.dtype, device=z.device)
+        return [eye[c].expand_as(z) for c in range(z.shape[1])]
+    return [basis[:, :, j] for j in range(basis.shape[2])]
+
+
 def hook_directional(
     net: FunctionalNet,
     x: torch.Tensor,
     covered: dict[str, tuple[str, str]],
     r_of_z=None,
     v: dict[str, torch.Tensor] | None = None,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[str], torch.Tensor | None]:
-    """``t_k = J_k v_k`` (n, C) for the hook-covered parameters of one chunk.
+    basis_of_z=None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[str], torch.Tensor | None, dict[str, torch.Tensor]]:
+    """``Wᵀ t_k`` with ``t_k = J_k v_k`` (n, C) for the hook-covered parameters of one chunk.
 
     One forward pass with hooks; for per-sample directions ``v = Jᵀ r`` one backward pass with the
     cotangent ``r`` gives each layer's ``Σ_c r_c ∂z_c/∂output``, hence the layer's output change
-    ``δo_k`` along ``v_k``; then one backward pass per class gives ``t_k[c] = ⟨∂z_c/∂output, δo_k⟩``.
-    Nothing of size C × output is kept.
+    ``δo_k`` along ``v_k`` and ``rᵀ t_k = ⟨Σ_c r_c ∂z_c/∂output, δo_k⟩``; then one backward pass per
+    column ``w_j`` of the basis ``W = basis_of_z(z)`` (n, C, C'; default the identity) gives
+    ``(Wᵀ t_k)_j = ⟨Σ_c W_cj ∂z_c/∂output, δo_k⟩``. Nothing of size C × output is kept.
 
     Returns
     -------
     z : Tensor (n, C)
-    t : dict of str to Tensor (n, C)
+    t : dict of str to Tensor (n, C')
     uncovered : list of str
     r : Tensor (n, C) or None
+    rt : dict of str to Tensor (n,)
+        ``rᵀ t_k`` (empty when ``r_of_z`` is None).
     """
     z, modules, wanted, records, good, uncovered = _recorded_forward(net, x, covered)
-    r = None if r_of_z is None else r_of_z(z.detach())
+    zd = z.detach()
+    r = None if r_of_z is None else r_of_z(zd)
+    basis = None if basis_of_z is None else basis_of_z(zd)
     t: dict[str, torch.Tensor] = {}
+    rt: dict[str, torch.Tensor] = {}
     if not good:
-        return z.detach(), t, uncovered, r
+        return zd, t, uncovered, r, rt
     outputs = [records[m][0][1] for m in good]
-    n_cls = z.shape[1]
     with torch.enable_grad():
         brs = torch.autograd.grad(z, outputs, r, retain_graph=True) if r is not None else [None] * len(good)
     deltas = []
@@ -245,17 +259,21 @@ def hook_directional(
         prefix = f"{m}." if m else ""
         for kind in sorted(wanted[m]):
             vk = None if v is None else v[prefix + kind]
-            deltas.append((prefix + kind, len(deltas), good.index(m), _output_change(modules[m], records[m][0][0], kind, br, vk)))
+            delta = _output_change(modules[m], records[m][0][0], kind, br, vk)
+            if br is not None:
+                rt[prefix + kind] = (br * delta).flatten(1).sum(1)
+            deltas.append((prefix + kind, good.index(m), delta))
     del brs
-    cols: dict[str, list[torch.Tensor]] = {name: [] for name, _i, _j, _d in deltas}
+    cols: dict[str, list[torch.Tensor]] = {name: [] for name, _j, _d in deltas}
+    cots = _cotangents(zd, basis)
     with torch.enable_grad():
-        for c in range(n_cls):
-            grads = torch.autograd.grad(z[:, c].sum(), outputs, retain_graph=c < n_cls - 1)
-            for name, _i, j, delta in deltas:
+        for i, cot in enumerate(cots):
+            grads = torch.autograd.grad(z, outputs, cot, retain_graph=i < len(cots) - 1)
+            for name, j, delta in deltas:
                 cols[name].append((grads[j] * delta).flatten(1).sum(1))
     for name, col in cols.items():
         t[name] = torch.stack(col, dim=1)
-    return z.detach(), t, uncovered, r
+    return zd, t, uncovered, r, rt
 
 
 def grams_consumer(_z: torch.Tensor):
@@ -272,16 +290,20 @@ def grams_consumer(_z: torch.Tensor):
 
 
 def hook_pass(
-    net: FunctionalNet, x: torch.Tensor, covered: dict[str, tuple[str, str]], make_consumer
+    net: FunctionalNet, x: torch.Tensor, covered: dict[str, tuple[str, str]], make_consumer, basis_of_z=None
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[str]]:
-    """One forward pass with hooks and one backward pass per class, then ``consumer`` per layer.
+    """One forward pass with hooks and one backward pass per basis column, then ``consumer`` per layer.
 
     Parameters
     ----------
     make_consumer : callable
         Called with the logits ``z`` (n, C); returns ``consumer(module, a, b, want, prefix) ->
-        {kind: Tensor}`` that gets the layer input ``a`` (n, ...), the per-class output-gradients
-        ``b`` (n, C, ...), the wanted kinds and the module's name.
+        {kind: Tensor}`` that gets the layer input ``a`` (n, ...), the per-column output-gradients
+        ``b`` (n, C', ...), the wanted kinds and the module's name.
+    basis_of_z : callable, optional
+        Maps the logits (n, C) to a basis ``W`` (n, C, C'); the backward pass ``j`` uses the cotangent
+        ``W[:, :, j]``, so ``b[:, j] = Σ_c W_cj ∂z_c/∂output`` and the Gram blocks come out as
+        ``Wᵀ K_k W``. Default: the identity (``C' = C``, ``b[:, c] = ∂z_c/∂output``).
 
     Returns
     -------
@@ -293,30 +315,33 @@ def hook_pass(
         unused modules); the caller computes them with ``torch.func``.
     """
     z, modules, wanted, records, good, uncovered = _recorded_forward(net, x, covered)
+    zd = z.detach()
     blocks: dict[str, torch.Tensor] = {}
     if good:
-        consumer = make_consumer(z.detach())
+        consumer = make_consumer(zd)
         outputs = [records[m][0][1] for m in good]
-        n_cls = z.shape[1]
-        per_class = []
+        cots = _cotangents(zd, None if basis_of_z is None else basis_of_z(zd))
+        per_col = []
         with torch.enable_grad():
-            for c in range(n_cls):
-                grads = torch.autograd.grad(z[:, c].sum(), outputs, retain_graph=c < n_cls - 1)
-                per_class.append([g.detach() for g in grads])
+            for i, cot in enumerate(cots):
+                grads = torch.autograd.grad(z, outputs, cot, retain_graph=i < len(cots) - 1)
+                per_col.append([g.detach() for g in grads])
         for j, m in enumerate(good):
-            b = torch.stack([per_class[c][j] for c in range(n_cls)], dim=1)  # (n, C, *out)
-            for c in range(n_cls):
-                per_class[c][j] = None
+            b = torch.stack([per_col[c][j] for c in range(len(cots))], dim=1)  # (n, C', *out)
+            for c in range(len(cots)):
+                per_col[c][j] = None
             res = consumer(modules[m], records[m][0][0], b, wanted[m], m)
             del b
             for kind, k in res.items():
                 blocks[f"{m}.{kind}" if m else kind] = k
-    return z.detach(), blocks, uncovered
+    return zd, blocks, uncovered
 
 
 def hook_grams(
-    net: FunctionalNet, x: torch.Tensor, covered: dict[str, tuple[str, str]]
+    net: FunctionalNet, x: torch.Tensor, covered: dict[str, tuple[str, str]], basis_of_z=None
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[str]]:
-    """Logits (n, C) and Gram blocks (n, C, C) of the hook-covered parameters of one chunk."""
+    """Logits (n, C) and Gram blocks (n, C', C') (``Wᵀ K_k W``) of the hook-covered parameters of one chunk."""
     consume = grams_consumer(None)
-    return hook_pass(net, x, covered, lambda _z: lambda mod, a, b, want, _prefix: consume(mod, a, b, want))
+    return hook_pass(
+        net, x, covered, lambda _z: lambda mod, a, b, want, _prefix: consume(mod, a, b, want), basis_of_z
+    )

@@ -12,7 +12,8 @@ distribution is
 ``F`` is never formed. With the C × C Gram matrices ``K_k = J_k J_kᵀ`` of each parameter tensor ``k``
 (``K = Σ_k K_k``) and a direction ``v = Jᵀ r`` (``r = e_y − p`` gives ``v = ∇θ log p_y``):
 
-- trace: ``tr F = tr(S K) = Σ_c p_c K_cc − pᵀ K p``;
+- trace: ``tr F = tr(S K) = Σ_c p_c K_cc − pᵀ K p = tr(Wᵀ K W)`` with ``W Wᵀ = S`` (C × (C − 1): the
+  backward passes run along the C − 1 columns of ``W``, not the C classes);
 - quadratic form: ``vᵀ F v = (K r)ᵀ S (K r)``, normalised by ``‖v‖² = rᵀ K r``; blockwise (the layer-wise
   sum the original code computes, ``v`` still normalised over all selected parameters together):
   ``Σ_k (K_k r)ᵀ S (K_k r) / (rᵀ K r)``;
@@ -39,9 +40,10 @@ from torch.func import jacrev, vmap
 from art_fisher import _checks
 from art_fisher._finite_difference import fd_quadratic_form, fd_sensitivity, per_class_trace
 from art_fisher._functional import FunctionalNet, predicted_vs_rest
-from art_fisher._fast_sensitivity import fast_sensitivity
-from art_fisher._gram import block_directional, block_grams, func_chunk
+from art_fisher._fast_sensitivity import fast_sensitivity, piecewise_sensitivity
+from art_fisher._gram import block_directional, block_grams, func_chunk, hook_chunk
 from art_fisher._layer_grams import plan
+from art_fisher._piecewise import is_piecewise_linear
 from art_fisher._sensitivity import exact_sensitivity, sample_directions
 
 logger = logging.getLogger(__name__)
@@ -90,41 +92,55 @@ def _covariance(p: torch.Tensor) -> torch.Tensor:
     return torch.diag_embed(p) - p.unsqueeze(-1) * p.unsqueeze(-2)
 
 
-def _sqrt_factor(p: torch.Tensor) -> torch.Tensor:
-    """``L`` (..., C, C) with ``L Lᵀ = diag(p) − p pᵀ``: ``L = (I − p 1ᵀ) diag(√p)``."""
-    eye = torch.eye(p.shape[-1], dtype=p.dtype, device=p.device)
-    return (eye - p.unsqueeze(-1)) * p.clamp_min(0).sqrt().unsqueeze(-2)
+def _factor(p: torch.Tensor) -> torch.Tensor:
+    """``W`` (..., C, C − 1) with ``W Wᵀ = diag(p) − p pᵀ``.
+
+    ``S = diag(p) − p pᵀ`` is positive semi-definite with ``S 1 = 0``, so its smallest eigenvalue is 0
+    (up to rounding) and ``W = V diag(√λ)`` over the other ``C − 1`` eigenpairs is exact: one backward
+    pass fewer than the ``C`` unit vectors, for the trace, λ_max and the quadratic form alike.
+    """
+    evals, evecs = torch.linalg.eigh(_covariance(p))
+    return evecs[..., 1:] * evals[..., 1:].clamp_min(0).sqrt().unsqueeze(-2)
 
 
-def _quad(kr: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """``(K r)ᵀ S (K r)`` for ``kr`` (..., C) and ``s`` (..., C, C) broadcast over leading dims."""
-    return torch.einsum("...c,...cd,...d->...", kr, s, kr)
+def _basis(classes: str, cls_of_z=None):
+    """``z ↦ W`` (n, C, C') with ``W Wᵀ`` the output covariance in logit coordinates.
+
+    ``classes="all"``: ``W Wᵀ = S`` (``C' = C − 1``). ``"predicted_vs_rest"``: the two-class reduction
+    ``z₂ = (log p_ŷ, log(1 − p_ŷ))`` has ``F = Jᵀ Aᵀ S₂ A J`` with ``A = ∂z₂/∂z`` (2 × C) and ``S₂`` of
+    rank 1, so ``W = Aᵀ W₂`` (``C' = 1``); ``cls_of_z`` gives ``ŷ``.
+    """
+
+    def basis(z: torch.Tensor) -> torch.Tensor:
+        if classes == "all":
+            return _factor(torch.softmax(z, -1))
+        cls = cls_of_z(z)
+        amat = vmap(jacrev(predicted_vs_rest))(z, cls)  # (n, 2, C)
+        return amat.transpose(1, 2) @ _factor(torch.softmax(predicted_vs_rest(z, cls), -1))
+
+    return basis
 
 
 def _safe_divide(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
     return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(num))
 
 
-def _grams(net: FunctionalNet, x: torch.Tensor, n_classes: int, bs: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    return block_grams(net, x, n_classes, batch_size=bs)
+def _grams(
+    net: FunctionalNet, x: torch.Tensor, n_classes: int, bs: int | None, classes: str = "all", cls_of_z=None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (N, C) and blocks ``K̃_k = Wᵀ K_k W`` (N, B, C', C') in the basis of :func:`_basis`."""
+    return block_grams(net, x, n_classes, batch_size=bs, basis_of_z=_basis(classes, cls_of_z))
 
 
-def _reduce_grams(z: torch.Tensor, k: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and blocks of the two-class reduction ``(log p_y, log(1 − p_y))``."""
-    lmat = vmap(jacrev(predicted_vs_rest))(z, y)  # (N, 2, C)
-    k2 = torch.einsum("nac,nbcd,ned->nbae", lmat, k, lmat)
-    return predicted_vs_rest(z, y), k2
+def _top_eigen(k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``λ_max(F)`` (N,) and its unit eigenvector ``w`` (N, C') of ``K̃ = Σ_k K̃_k``.
 
-
-def _top_eigen(z: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``λ_max(F)`` (N,) and the coefficients ``r = L w`` (N, C) of its eigenvector ``Jᵀ r``."""
-    p = torch.softmax(z, -1)
-    lf = _sqrt_factor(p)
-    m = lf.transpose(-1, -2) @ k.sum(1) @ lf
+    With ``F = Jᵀ W Wᵀ J`` the non-zero eigenvalues of ``F`` are those of ``K̃ = Wᵀ J Jᵀ W``; the
+    eigenvector of ``F`` is ``Jᵀ W w``, i.e. ``v = Jᵀ r`` with ``r = W w``.
+    """
+    m = k.sum(1)
     evals, evecs = torch.linalg.eigh((m + m.transpose(-1, -2)) / 2)
-    lam = evals[..., -1].clamp_min(0)
-    r = (lf @ evecs[..., -1:]).squeeze(-1)
-    return lam, r
+    return evals[..., -1].clamp_min(0), evecs[..., -1]
 
 
 def _class_of(direction: Direction, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
@@ -143,8 +159,8 @@ def fisher_trace(
 ) -> torch.Tensor:
     r"""Trace of each sample's Fisher matrix, ``tr F(x) = Σ_c p_c ‖∇θ log p_c‖²``.
 
-    Computed as ``tr(S K) = Σ_c p_c K_cc − pᵀ K p`` from the C × C Gram matrix ``K = J Jᵀ`` of the
-    logits' Jacobian over the selected parameters.
+    Computed as ``tr(S K) = tr(Wᵀ K W)`` (``W Wᵀ = S``, C − 1 columns) from the Gram matrix
+    ``K = J Jᵀ`` of the logits' Jacobian over the selected parameters.
 
     Parameters
     ----------
@@ -185,10 +201,8 @@ def fisher_trace(
             # per-sample Jacobians of logits and probabilities: twice the "func" engine's memory
             size = bs or max(1, func_chunk(net, n_classes, net.names, x.element_size()) // 2)
             return torch.cat([per_class_trace(net, x[sl]) for sl in _chunks(x.shape[0], size)])
-        z, k = _grams(net, x, n_classes, bs)
-        p = torch.softmax(z, -1)
-        diag = k.diagonal(dim1=-2, dim2=-1).sum(1)  # (N, C)
-        return (p * diag).sum(-1) - torch.einsum("nc,nbcd,nd->n", p, k, p)
+        _z, k = _grams(net, x, n_classes, bs)
+        return k.diagonal(dim1=-2, dim2=-1).sum((1, 2))  # tr F = tr(S K) = tr(Wᵀ K W)
 
 
 def fisher_max_eigenvalue(
@@ -224,8 +238,8 @@ def fisher_max_eigenvalue(
     net, n_classes, _eps, bs = _setup(model, x, output=output, params=params, batch_size=batch_size)
     x = x.detach()
     with torch.no_grad():
-        z, k = _grams(net, x, n_classes, bs)
-        return _top_eigen(z, k)[0]
+        _z, k = _grams(net, x, n_classes, bs)
+        return _top_eigen(k)[0]
 
 
 def fisher_quadratic_form(
@@ -336,26 +350,24 @@ def _quadratic_directional(
     classes: str,
     bs: int | None,
 ) -> torch.Tensor:
-    """Exact quadratic form of one chunk from ``t_k = J_k v_k`` (``= K_k r`` for ``v = Jᵀ r``)."""
+    """Exact quadratic form of one chunk from ``Wᵀ t_k``, ``t_k = J_k v_k`` (``= K_k r`` for ``v = Jᵀ r``).
+
+    ``(t_k)ᵀ S t_k = ‖Wᵀ t_k‖²`` with ``W Wᵀ = S`` (:func:`_basis`), so ``C'`` backward passes suffice.
+    """
+    basis = _basis(classes, lambda z: _class_of(direction, z, y))
     if isinstance(direction, str):
 
         def r_of_z(z: torch.Tensor) -> torch.Tensor:
             cls = _class_of(direction, z, y)
             return torch.nn.functional.one_hot(cls, z.shape[-1]).to(z.dtype) - torch.softmax(z, -1)
 
-        z, t, r = block_directional(net, x, n_classes, r_of_z=r_of_z, batch_size=bs)
-        sq = torch.einsum("nc,nc->n", r, t.sum(1))
+        _z, t, _r, rt = block_directional(net, x, n_classes, r_of_z=r_of_z, basis_of_z=basis, batch_size=bs)
+        sq = rt.sum(1)  # ‖v‖² = rᵀ K r
     else:
         v = dict(zip(net.names, direction, strict=True))
-        z, t, _r = block_directional(net, x, n_classes, v=v, batch_size=bs)
+        _z, t, _r, _rt = block_directional(net, x, n_classes, v=v, basis_of_z=basis, batch_size=bs)
         sq = sum(d.pow(2).sum() for d in direction) * torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
-    if classes == "predicted_vs_rest":
-        cls = _class_of(direction, z, y)
-        lmat = vmap(jacrev(predicted_vs_rest))(z, cls)  # (n, 2, C)
-        t = torch.einsum("nac,nbc->nba", lmat, t)
-        z = predicted_vs_rest(z, cls)
-    s = _covariance(torch.softmax(z, -1))
-    num = _quad(t, s.unsqueeze(1)).sum(1) if blockwise else _quad(t.sum(1), s)
+    num = t.pow(2).sum((1, 2)) if blockwise else t.sum(1).pow(2).sum(-1)
     return _safe_divide(num, sq) if normalize else num
 
 
@@ -399,25 +411,15 @@ def _quadratic_from_grams(
     normalize: bool,
     classes: str,
 ) -> torch.Tensor:
-    z, k = _grams(net, x, n_classes, bs)
-    if classes == "predicted_vs_rest":
-        z, k = _reduce_grams(z, k, _class_of(direction, z, y))
-        cls = torch.zeros(z.shape[0], dtype=torch.long, device=z.device)  # class 0 = ŷ after reduction
-    else:
-        cls = _class_of(direction, z, y)
-    p = torch.softmax(z, -1)
-    if direction == "top_eigenvector":
-        _lam, r = _top_eigen(z, k)
-    else:
-        r = torch.nn.functional.one_hot(cls, z.shape[-1]).to(z.dtype) - p
-    s = _covariance(p)
-    kr = k @ r.unsqueeze(1).unsqueeze(-1)  # (N, B, C, 1)
-    kr = kr.squeeze(-1)
-    num = _quad(kr, s.unsqueeze(1)).sum(1) if blockwise else _quad(kr.sum(1), s)
-    if direction == "top_eigenvector" or normalize:
-        sq = torch.einsum("nc,nc->n", r, kr.sum(1))
-        return _safe_divide(num, sq)
-    return num
+    """Quadratic form along the top eigenvector ``v = Jᵀ W w`` from the blocks ``K̃_k = Wᵀ K_k W``.
+
+    ``(K_k r)ᵀ S (K_k r) = ‖K̃_k w‖²`` and ``‖v‖² = wᵀ K̃ w`` for ``r = W w``.
+    """
+    _z, k = _grams(net, x, n_classes, bs, classes, lambda z: _class_of(direction, z, y))
+    _lam, w = _top_eigen(k)
+    kw = (k @ w.unsqueeze(1).unsqueeze(-1)).squeeze(-1)  # (N, B, C')
+    num = kw.pow(2).sum((1, 2)) if blockwise else kw.sum(1).pow(2).sum(-1)
+    return _safe_divide(num, torch.einsum("nc,nc->n", w, kw.sum(1)))
 
 
 def _quadratic_finite_difference(
@@ -523,8 +525,11 @@ def fisher_sensitivity(
     x = x.detach()
     covered, rest = plan(net)
     fast = method == "exact" and not rest
+    piecewise = fast and is_piecewise_linear(net, x)
     if bs is not None:
         size = bs
+    elif piecewise:
+        size = hook_chunk(net, x, covered, n_classes)
     elif method == "exact":
         per_module: dict[str, int] = {}
         for m, _kind in covered.values():
@@ -546,7 +551,7 @@ def fisher_sensitivity(
                 else:
                     r, v = None, _directions(net, xb, z, cls, direction, normalize)[0]
                 try:
-                    res = fast_sensitivity(
+                    res = (piecewise_sensitivity if piecewise else fast_sensitivity)(
                         net, xb, covered, r=r, v=v, y=cls, blockwise=blockwise, normalize=normalize, classes=classes
                     )
                 except RuntimeError as err:

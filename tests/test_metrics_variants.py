@@ -93,22 +93,42 @@ def test_unnormalised_user_direction_scales_quadratically():
         assert rel_err(raw, ref) < TOL
 
 
-@pytest.mark.parametrize(("name", "fast"), [("cnn", True), ("mlp", True), ("shared", False), ("unknown_module", False)])
-def test_sensitivity_takes_the_fast_path_where_it_applies(monkeypatch, name, fast):
+@pytest.mark.parametrize(
+    ("name", "path"),
+    [("cnn", "piecewise"), ("mlp", "piecewise"), ("tanh", "fast"), ("shared", "func"), ("unknown_module", "func")],
+)
+def test_sensitivity_takes_the_fastest_path_that_applies(monkeypatch, name, path):
     model, x = make_case(name)
-    calls = {"fast": 0, "func": 0}
-    real_fast, real_func = metrics_module.fast_sensitivity, metrics_module.exact_sensitivity
+    calls = {"piecewise": 0, "fast": 0, "func": 0}
 
-    def count_fast(*args, **kwargs):
-        out = real_fast(*args, **kwargs)
-        calls["fast"] += out is not None
-        return out
+    def counting(key, real, none_means_declined=True):
+        def wrapped(*args, **kwargs):
+            out = real(*args, **kwargs)
+            calls[key] += (out is not None) if none_means_declined else 1
+            return out
 
-    def count_func(*args, **kwargs):
-        calls["func"] += 1
-        return real_func(*args, **kwargs)
+        return wrapped
 
-    monkeypatch.setattr(metrics_module, "fast_sensitivity", count_fast)
-    monkeypatch.setattr(metrics_module, "exact_sensitivity", count_func)
+    monkeypatch.setattr(metrics_module, "piecewise_sensitivity", counting("piecewise", metrics_module.piecewise_sensitivity))
+    monkeypatch.setattr(metrics_module, "fast_sensitivity", counting("fast", metrics_module.fast_sensitivity))
+    monkeypatch.setattr(metrics_module, "exact_sensitivity", counting("func", metrics_module.exact_sensitivity, False))
     fisher_sensitivity(model, x[:2])
-    assert (calls["fast"] > 0, calls["func"] > 0) == (fast, not fast)
+    assert {k for k, n in calls.items() if n} == {path}
+
+
+@pytest.mark.parametrize("name", ["cnn", "mlp"])
+@pytest.mark.parametrize("classes", ["all", "predicted_vs_rest"])
+@pytest.mark.parametrize("blockwise", [True, False])
+def test_piecewise_sensitivity_equals_reverse_over_forward(monkeypatch, name, classes, blockwise):
+    """The first-order path for piecewise-linear models against the general second-order one."""
+    model, x = make_case(name)
+    torch.manual_seed(3)
+    user = [torch.randn_like(p) for p in model.parameters()]
+    for direction, y in (("predicted", None), ("label", torch.tensor([0, 1, 2, 3])), (user, None)):
+        kwargs = {"direction": direction, "y": y, "blockwise": blockwise, "classes": classes}
+        got = fisher_sensitivity(model, x, **kwargs)
+        with monkeypatch.context() as mp:
+            mp.setattr(metrics_module, "is_piecewise_linear", lambda *_a: False)
+            ref = fisher_sensitivity(model, x, **kwargs)
+        assert rel_err(got, ref) < TOL
+        assert float(ref.abs().max()) > 0
