@@ -87,6 +87,28 @@ def _record_inputs(net: FunctionalNet, x: torch.Tensor, modules: dict[str, nn.Mo
     return z, records
 
 
+def _layer_directions(modules, mod_names, covered, records, z, r, v, normalize):
+    """Directions per parameter: per sample from one backward pass with the cotangent ``r``, or ``v``.
+
+    Returns the directions (name → (n, *shape), or *shape when shared) and whether they are shared.
+    """
+    if r is None:
+        return dict(v), True
+    outs = [records[m][0][1] for m in mod_names]
+    brs = torch.autograd.grad(z, outs, r, retain_graph=True)
+    directions: dict[str, torch.Tensor] = {}
+    for m, br in zip(mod_names, brs, strict=True):
+        a = records[m][0][0].detach()
+        for name, (mm, kind) in covered.items():
+            if mm == m:
+                directions[name] = _per_sample_direction(modules[m], kind, a, br.detach())
+    sq = sum(d.flatten(1).pow(2).sum(1) for d in directions.values())
+    if normalize:
+        scale = torch.where(sq > 0, sq.rsqrt(), torch.zeros_like(sq))
+        directions = {k: d * scale.reshape(-1, *([1] * (d.dim() - 1))) for k, d in directions.items()}
+    return directions, False
+
+
 def fast_sensitivity(
     net: FunctionalNet,
     x: torch.Tensor,
@@ -98,6 +120,7 @@ def fast_sensitivity(
     blockwise: bool,
     normalize: bool,
     classes: str,
+    piecewise: bool = False,
 ) -> torch.Tensor | None:
     """Exact FIS of one chunk (shape of ``x``), or None when a covered module does not run exactly once.
 
@@ -109,44 +132,33 @@ def fast_sensitivity(
         One fixed direction per selected parameter.
     y : Tensor (n,)
         Class of the ``"predicted_vs_rest"`` reduction.
+    piecewise : bool
+        The model's logits are piecewise linear in ``x`` (:func:`art_fisher._piecewise.is_piecewise_linear`):
+        use the first-order path (:func:`_piecewise_tail`) instead of reverse over forward.
     """
     modules = dict(net.model.named_modules())
     mod_names = sorted({m for m, _k in covered.values()})
-    n = x.shape[0]
-    reduce = (lambda z, yy: predicted_vs_rest(z, yy)) if classes == "predicted_vs_rest" else (lambda z, _y: z)
-
-    # 1. input-Jacobian of the (reduced) logits, and per-sample directions from one backward pass
     with torch.enable_grad():
         x0 = x.detach().requires_grad_(True)
         z_full, records = _record_inputs(net, x0, modules, mod_names)
         if any(len(rec) != 1 for rec in records.values()):
             return None
+        directions, shared = _layer_directions(modules, mod_names, covered, records, z_full, r, v, normalize)
+        if piecewise:
+            return _piecewise_tail(net, x0, z_full, records, modules, mod_names, covered, directions, shared,
+                                   blockwise, classes, y)
+        # input-Jacobian of the (reduced) logits
+        reduce = (lambda z, yy: predicted_vs_rest(z, yy)) if classes == "predicted_vs_rest" else (lambda z, _y: z)
         z = reduce(z_full, y)
         jz = torch.stack(
-            [torch.autograd.grad(z[:, c].sum(), x0, retain_graph=True)[0].flatten(1) for c in range(z.shape[1])],
+            [torch.autograd.grad(z[:, c].sum(), x0, retain_graph=c < z.shape[1] - 1)[0].flatten(1)
+             for c in range(z.shape[1])],
             dim=1,
         )  # (n, C', D)
-        directions: dict[str, torch.Tensor] = {}
-        if r is not None:
-            outs = [records[m][0][1] for m in mod_names]
-            brs = torch.autograd.grad(z_full, outs, r)
-            for m, br in zip(mod_names, brs, strict=True):
-                a = records[m][0][0].detach()
-                for name, (mm, kind) in covered.items():
-                    if mm == m:
-                        directions[name] = _per_sample_direction(modules[m], kind, a, br.detach())
-            sq = sum(d.flatten(1).pow(2).sum(1) for d in directions.values())
-            if normalize:
-                scale = torch.where(sq > 0, sq.rsqrt(), torch.zeros_like(sq))
-                directions = {k: d * scale.reshape(-1, *([1] * (d.dim() - 1))) for k, d in directions.items()}
-            shared = False
-        else:
-            directions = dict(v)
-            shared = True
     z = z.detach()
 
-    # 2. replicated forward passes, one replica per group of tangents; blockwise, the replicas of
-    #    one module's tensors share a pass, so no tangent exists before that module
+    # replicated forward passes, one replica per group of tangents; blockwise, the replicas of one
+    # module's tensors share a pass, so no tangent exists before that module
     if blockwise:
         by_mod: dict[str, list[str]] = {}
         for name in net.names:
@@ -225,84 +237,45 @@ def _reduce_to_two(z, t, jz, jt, y):
     return predicted_vs_rest(z, y), t2, torch.einsum("nac,ncd->nad", amat, jz), jt2
 
 
-def piecewise_sensitivity(
-    net: FunctionalNet,
-    x: torch.Tensor,
-    covered: dict[str, tuple[str, str]],
-    *,
-    r: torch.Tensor | None,
-    v: dict[str, torch.Tensor] | None,
-    y: torch.Tensor,
-    blockwise: bool,
-    normalize: bool,
-    classes: str,
-) -> torch.Tensor | None:
-    """Exact FIS of one chunk for a model piecewise linear in ``x`` (see :mod:`art_fisher._piecewise`).
+def _piecewise_tail(net, x0, z, records, modules, mod_names, covered, directions, shared, blockwise, classes, y):
+    """FIS of one chunk for a model piecewise linear in ``x`` (see :mod:`art_fisher._piecewise`).
 
     With ``B_c = ∂z_c/∂o_k`` at a layer's output ``o_k`` and ``δo_k`` the layer's output change along
     its parameter direction, ``t_k,c = ⟨B_c, δo_k⟩``. ``B_c`` is locally constant in ``x`` here, so
     ``∂x t_k,c`` is the gradient of ``⟨B_c, δo_k(x)⟩`` with ``B_c`` held fixed: a first-order backward
     pass from layer ``k`` down to ``x`` only (batched over the ``C`` classes), instead of a
     reverse-over-forward pass through the whole network. A bias direction gives ``∂x t = 0``.
-
-    Same parameters and result as :func:`fast_sensitivity` (None when a covered module does not run
-    exactly once).
     """
-    modules = dict(net.model.named_modules())
-    mod_names = sorted({m for m, _k in covered.values()})
-    n = x.shape[0]
-    with torch.enable_grad():
-        x0 = x.detach().requires_grad_(True)
-        z, records = _record_inputs(net, x0, modules, mod_names)
-        if any(len(rec) != 1 for rec in records.values()):
-            return None
-        outs = [records[m][0][1] for m in mod_names]
-        if r is not None:
-            brs = torch.autograd.grad(z, outs, r, retain_graph=True)
-            directions: dict[str, torch.Tensor] = {}
-            for m, br in zip(mod_names, brs, strict=True):
-                a = records[m][0][0].detach()
-                for name, (mm, kind) in covered.items():
-                    if mm == m:
-                        directions[name] = _per_sample_direction(modules[m], kind, a, br.detach())
-            del brs
-            sq = sum(d.flatten(1).pow(2).sum(1) for d in directions.values())
-            if normalize:
-                scale = torch.where(sq > 0, sq.rsqrt(), torch.zeros_like(sq))
-                directions = {k: d * scale.reshape(-1, *([1] * (d.dim() - 1))) for k, d in directions.items()}
-            shared = False
+    n, n_cls = x0.shape[0], z.shape[1]
+    outs = [records[m][0][1] for m in mod_names]
+    eye = torch.eye(n_cls, dtype=z.dtype, device=z.device).unsqueeze(1).expand(n_cls, n, n_cls)
+    grads = torch.autograd.grad(z, [*outs, x0], eye, retain_graph=True, is_grads_batched=True)
+    b_of = {m: g.detach() for m, g in zip(mod_names, grads[:-1], strict=True)}  # (C, n, *out)
+    jz = grads[-1].detach().flatten(2).transpose(0, 1)  # (n, C, D)
+    del grads
+    groups = [[name] for name in net.names] if blockwise else [list(net.names)]
+    ts, jts = [], []
+    for group in groups:
+        t = torch.zeros(n_cls, n, dtype=z.dtype, device=z.device)
+        deltas, cots = [], []
+        for name in group:
+            m, kind = covered[name]
+            out = records[m][0][1]
+            delta = _apply_direction(modules[m], kind, records[m][0][0], directions[name], shared).expand_as(out)
+            t = t + (b_of[m] * delta.detach()).flatten(2).sum(2)
+            if delta.requires_grad:
+                deltas.append(delta)
+                cots.append(b_of[m])
+        if deltas:
+            (jt,) = torch.autograd.grad(deltas, x0, cots, retain_graph=True, is_grads_batched=True)
+            jt = jt.flatten(2).transpose(0, 1)  # (n, C, D)
         else:
-            directions, shared = dict(v), True
-        n_cls = z.shape[1]
-        eye = torch.eye(n_cls, dtype=z.dtype, device=z.device).unsqueeze(1).expand(n_cls, n, n_cls)
-        grads = torch.autograd.grad(z, [*outs, x0], eye, retain_graph=True, is_grads_batched=True)
-        b_of = {m: g.detach() for m, g in zip(mod_names, grads[:-1], strict=True)}  # (C, n, *out)
-        jz = grads[-1].detach().flatten(2).transpose(0, 1)  # (n, C, D)
-        del grads
-        groups = [[name] for name in net.names] if blockwise else [list(net.names)]
-        ts, jts = [], []
-        for group in groups:
-            t = torch.zeros(n_cls, n, dtype=z.dtype, device=z.device)
-            deltas, cots = [], []
-            for name in group:
-                m, kind = covered[name]
-                out = records[m][0][1]
-                delta = _apply_direction(modules[m], kind, records[m][0][0], directions[name], shared)
-                delta = delta.expand_as(out)
-                t = t + (b_of[m] * delta.detach()).flatten(2).sum(2)
-                if delta.requires_grad:
-                    deltas.append(delta)
-                    cots.append(b_of[m])
-            if deltas:
-                (jt,) = torch.autograd.grad(deltas, x0, cots, retain_graph=True, is_grads_batched=True)
-                jt = jt.flatten(2).transpose(0, 1)  # (n, C, D)
-            else:
-                jt = torch.zeros_like(jz)
-            ts.append(t.transpose(0, 1))
-            jts.append(jt)
+            jt = torch.zeros_like(jz)
+        ts.append(t.transpose(0, 1))
+        jts.append(jt)
     z = z.detach()
     t = torch.stack(ts, dim=1)  # (n, G, C)
     jt = torch.stack(jts, dim=1)  # (n, G, C, D)
     if classes == "predicted_vs_rest":
         z, t, jz, jt = _reduce_to_two(z, t, jz, jt, y)
-    return fis_from_jacobians(z, t, jz, jt).view_as(x)
+    return fis_from_jacobians(z, t, jz, jt).view_as(x0)

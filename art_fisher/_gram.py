@@ -34,8 +34,10 @@ _HOOK_BUDGET = 48 * 2**20
 _HOOK_MAX_CHUNK = 256
 
 
-def hook_chunk(net: FunctionalNet, x: torch.Tensor, covered: dict[str, tuple[str, str]], n_cols: int) -> int:
-    """Samples per chunk of the hook engine: ``_HOOK_BUDGET`` over the per-sample output-gradients.
+def hook_chunk(
+    net: FunctionalNet, x: torch.Tensor, covered: dict[str, tuple[str, str]], n_cols: int, budget: int = _HOOK_BUDGET
+) -> int:
+    """Samples per chunk of the hook engine: ``budget`` bytes over the per-sample output-gradients.
 
     The covered layers' output sizes come from one forward pass of the first sample.
     """
@@ -52,7 +54,7 @@ def hook_chunk(net: FunctionalNet, x: torch.Tensor, covered: dict[str, tuple[str
         for h in handles:
             h.remove()
     per_sample = max(1, n_cols * sum(sizes) * x.element_size())
-    return int(max(1, min(_HOOK_MAX_CHUNK, _HOOK_BUDGET // per_sample)))
+    return int(max(1, min(_HOOK_MAX_CHUNK, budget // per_sample)))
 
 
 def func_chunk(net: FunctionalNet, n_classes: int, names: list[str], itemsize: int) -> int:

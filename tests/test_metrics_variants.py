@@ -100,18 +100,19 @@ def test_unnormalised_user_direction_scales_quadratically():
 def test_sensitivity_takes_the_fastest_path_that_applies(monkeypatch, name, path):
     model, x = make_case(name)
     calls = {"piecewise": 0, "fast": 0, "func": 0}
+    real_fast, real_func = metrics_module.fast_sensitivity, metrics_module.exact_sensitivity
 
-    def counting(key, real, none_means_declined=True):
-        def wrapped(*args, **kwargs):
-            out = real(*args, **kwargs)
-            calls[key] += (out is not None) if none_means_declined else 1
-            return out
+    def count_fast(*args, **kwargs):
+        out = real_fast(*args, **kwargs)
+        calls["piecewise" if kwargs["piecewise"] else "fast"] += out is not None
+        return out
 
-        return wrapped
+    def count_func(*args, **kwargs):
+        calls["func"] += 1
+        return real_func(*args, **kwargs)
 
-    monkeypatch.setattr(metrics_module, "piecewise_sensitivity", counting("piecewise", metrics_module.piecewise_sensitivity))
-    monkeypatch.setattr(metrics_module, "fast_sensitivity", counting("fast", metrics_module.fast_sensitivity))
-    monkeypatch.setattr(metrics_module, "exact_sensitivity", counting("func", metrics_module.exact_sensitivity, False))
+    monkeypatch.setattr(metrics_module, "fast_sensitivity", count_fast)
+    monkeypatch.setattr(metrics_module, "exact_sensitivity", count_func)
     fisher_sensitivity(model, x[:2])
     assert {k for k, n in calls.items() if n} == {path}
 
