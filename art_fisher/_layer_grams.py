@@ -99,6 +99,18 @@ def _linear_blocks(
     return out
 
 
+def _unfold(module: nn.Conv2d, a: torch.Tensor) -> torch.Tensor:
+    """Patches (n, in·kh·kw, L) of the layer input ``a``."""
+    return F.unfold(a, module.kernel_size, dilation=module.dilation, padding=module.padding, stride=module.stride)
+
+
+def _materialise(n_cls: int, o: int, k: int, length: int, mode: str = "auto") -> bool:
+    """Whether per-sample conv weight gradients (C·o × k) are cheaper than the ghost (L × L) route."""
+    cost_materialise = n_cls * o * k * length + n_cls * n_cls * o * k
+    cost_ghost = length * length * (k + n_cls * o) + n_cls * n_cls * o * length
+    return mode == "materialise" or (mode == "auto" and cost_materialise <= cost_ghost)
+
+
 def _conv_blocks(
     module: nn.Conv2d, a: torch.Tensor, b: torch.Tensor, want: set[str], mode: str = "auto"
 ) -> dict[str, torch.Tensor]:
@@ -108,13 +120,10 @@ def _conv_blocks(
     length = b.shape[2]
     out = {}
     if "weight" in want:
-        u = F.unfold(a, module.kernel_size, dilation=module.dilation, padding=module.padding, stride=module.stride)
-        k = u.shape[1]
-        cost_materialise = n_cls * o * k * length + n_cls * n_cls * o * k
-        cost_ghost = length * length * (k + n_cls * o) + n_cls * n_cls * o * length
-        if mode == "materialise" or (mode == "auto" and cost_materialise <= cost_ghost):
+        u = _unfold(module, a)
+        if _materialise(n_cls, o, u.shape[1], length, mode):
             g = torch.bmm(b, u.transpose(1, 2))  # (n, C·out, k): per-sample, per-class weight gradients
-            out["weight"] = _gram(g.reshape(n, n_cls, o * k))
+            out["weight"] = _gram(g.reshape(n, n_cls, -1))
         else:
             uu = torch.bmm(u.transpose(1, 2), u)  # (n, L, L)
             bw = torch.bmm(b, uu).reshape(n, n_cls, o * length)
@@ -122,20 +131,6 @@ def _conv_blocks(
         del u
     if "bias" in want:
         out["bias"] = _gram(b.sum(2).reshape(n, n_cls, o))
-    return out
-
-
-def _bn_blocks(module: nn.Module, a: torch.Tensor, b: torch.Tensor, want: set[str]) -> dict[str, torch.Tensor]:
-    """Blocks of eval-mode BatchNorm: input ``a`` (n, ch, *), output-gradients ``b`` (n, C, ch, *)."""
-    shape = [1, -1] + [1] * (a.dim() - 2)
-    xhat = (a - module.running_mean.reshape(shape)) * torch.rsqrt(module.running_var.reshape(shape) + module.eps)
-    n, n_cls, ch = b.shape[0], b.shape[1], a.shape[1]
-    b = b.reshape(n, n_cls, ch, -1)
-    out = {}
-    if "weight" in want:
-        out["weight"] = _gram((b * xhat.reshape(n, 1, ch, -1)).sum(3))
-    if "bias" in want:
-        out["bias"] = _gram(b.sum(3))
     return out
 
 
@@ -276,40 +271,57 @@ def hook_directional(
     return zd, t, uncovered, r, rt
 
 
-def grams_consumer(_z: torch.Tensor):
-    """Consumer for :func:`hook_pass` that returns the Gram blocks ``K_k`` (n, C, C)."""
+def _column_plan(module: nn.Module, a: torch.Tensor, out: torch.Tensor, want: set[str], n_cols: int):
+    """How each wanted block of a layer is formed from the per-column output-gradients ``b_j``.
 
-    def consume(module, a, b, want):
-        if isinstance(module, nn.Linear):
-            return _linear_blocks(a, b, want)
-        if isinstance(module, nn.Conv2d):
-            return _conv_blocks(module, a, b, want)
-        return _bn_blocks(module, a, b, want)
+    Returns ``reducers`` (kind → ``f(b_j) -> (n, M)``, the block being the Gram matrix of the stacked
+    ``f(b_j)``: per-sample gradients, applied to each column as soon as its backward pass is done, so
+    the large ``b_j`` is dropped at once) and ``keep`` (kinds whose block needs all columns at once:
+    the ghost contractions of :func:`_linear_blocks` / :func:`_conv_blocks`).
+    """
+    n = out.shape[0]
+    if isinstance(module, nn.Linear):
+        return {}, set(want)
+    reducers = {}
+    if isinstance(module, nn.Conv2d):
+        o = out.shape[1]
+        length = out[0, 0].numel()
+        keep = set()
+        if "weight" in want:
+            k = module.in_channels * module.kernel_size[0] * module.kernel_size[1]
+            if _materialise(n_cols, o, k, length):
+                ut = _unfold(module, a).transpose(1, 2)  # (n, L, k)
+                reducers["weight"] = lambda g: torch.bmm(g.reshape(n, o, length), ut).reshape(n, -1)
+            else:
+                keep.add("weight")
+        if "bias" in want:
+            reducers["bias"] = lambda g: g.reshape(n, o, length).sum(2)
+        return reducers, keep
+    ch = a.shape[1]  # eval-mode BatchNorm
+    if "weight" in want:
+        shape = [1, -1] + [1] * (a.dim() - 2)
+        xhat = (a - module.running_mean.reshape(shape)) * torch.rsqrt(module.running_var.reshape(shape) + module.eps)
+        xhat = xhat.reshape(n * ch, -1, 1)
+        reducers["weight"] = lambda g: torch.bmm(g.reshape(n * ch, 1, -1), xhat).reshape(n, ch)
+    if "bias" in want:
+        reducers["bias"] = lambda g: g.reshape(n, ch, -1).sum(2)
+    return reducers, set()
 
-    return consume
 
-
-def hook_pass(
-    net: FunctionalNet, x: torch.Tensor, covered: dict[str, tuple[str, str]], make_consumer, basis_of_z=None
+def hook_grams(
+    net: FunctionalNet, x: torch.Tensor, covered: dict[str, tuple[str, str]], basis_of_z=None
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[str]]:
-    """One forward pass with hooks and one backward pass per basis column, then ``consumer`` per layer.
+    """Logits (n, C) and Gram blocks ``Wᵀ K_k W`` (n, C', C') of the hook-covered parameters of one chunk.
 
-    Parameters
-    ----------
-    make_consumer : callable
-        Called with the logits ``z`` (n, C); returns ``consumer(module, a, b, want, prefix) ->
-        {kind: Tensor}`` that gets the layer input ``a`` (n, ...), the per-column output-gradients
-        ``b`` (n, C', ...), the wanted kinds and the module's name.
-    basis_of_z : callable, optional
-        Maps the logits (n, C) to a basis ``W`` (n, C, C'); the backward pass ``j`` uses the cotangent
-        ``W[:, :, j]``, so ``b[:, j] = Σ_c W_cj ∂z_c/∂output`` and the Gram blocks come out as
-        ``Wᵀ K_k W``. Default: the identity (``C' = C``, ``b[:, c] = ∂z_c/∂output``).
+    One forward pass with hooks, then one backward pass per basis column ``w_j`` (cotangent
+    ``W[:, :, j]``; ``W = basis_of_z(z)`` (n, C, C'), default the identity) giving each layer's
+    ``b_j = Σ_c W_cj ∂z_c/∂output``; each ``b_j`` is reduced to per-sample gradients at once where that
+    is the chosen route (:func:`_column_plan`), and kept for a ghost contraction otherwise.
 
     Returns
     -------
     z : Tensor (n, C)
-    blocks : dict of str to Tensor
-        The consumer's results by parameter name.
+    blocks : dict of str to Tensor (n, C', C')
     uncovered : list of str
         Covered-by-type parameters whose module turned out not to run exactly once (weight sharing,
         unused modules); the caller computes them with ``torch.func``.
@@ -317,31 +329,34 @@ def hook_pass(
     z, modules, wanted, records, good, uncovered = _recorded_forward(net, x, covered)
     zd = z.detach()
     blocks: dict[str, torch.Tensor] = {}
-    if good:
-        consumer = make_consumer(zd)
-        outputs = [records[m][0][1] for m in good]
-        cots = _cotangents(zd, None if basis_of_z is None else basis_of_z(zd))
-        per_col = []
-        with torch.enable_grad():
-            for i, cot in enumerate(cots):
-                grads = torch.autograd.grad(z, outputs, cot, retain_graph=i < len(cots) - 1)
-                per_col.append([g.detach() for g in grads])
-        for j, m in enumerate(good):
-            b = torch.stack([per_col[c][j] for c in range(len(cots))], dim=1)  # (n, C', *out)
-            for c in range(len(cots)):
-                per_col[c][j] = None
-            res = consumer(modules[m], records[m][0][0], b, wanted[m], m)
+    if not good:
+        return zd, blocks, uncovered
+    outputs = [records[m][0][1] for m in good]
+    cots = _cotangents(zd, None if basis_of_z is None else basis_of_z(zd))
+    plans = {m: _column_plan(modules[m], records[m][0][0], records[m][0][1], wanted[m], len(cots)) for m in good}
+    reduced: dict[str, dict[str, list[torch.Tensor]]] = {m: {kind: [] for kind in plans[m][0]} for m in good}
+    kept: dict[str, list[torch.Tensor]] = {m: [] for m in good}
+    with torch.enable_grad():
+        for i, cot in enumerate(cots):
+            grads = torch.autograd.grad(z, outputs, cot, retain_graph=i < len(cots) - 1)
+            for m, g in zip(good, grads, strict=True):
+                g = g.detach()
+                for kind, reduce in plans[m][0].items():
+                    reduced[m][kind].append(reduce(g))
+                if plans[m][1]:
+                    kept[m].append(g)
+            del grads
+    for m in good:
+        prefix = f"{m}." if m else ""
+        for kind, parts in reduced[m].items():
+            blocks[prefix + kind] = _gram(torch.stack(parts, dim=1))
+        keep = plans[m][1]
+        if keep:
+            b = torch.stack(kept[m], dim=1)  # (n, C', *out)
+            kept[m] = []
+            a = records[m][0][0]
+            res = _linear_blocks(a, b, keep) if isinstance(modules[m], nn.Linear) else _conv_blocks(modules[m], a, b, keep)
             del b
             for kind, k in res.items():
-                blocks[f"{m}.{kind}" if m else kind] = k
+                blocks[prefix + kind] = k
     return zd, blocks, uncovered
-
-
-def hook_grams(
-    net: FunctionalNet, x: torch.Tensor, covered: dict[str, tuple[str, str]], basis_of_z=None
-) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[str]]:
-    """Logits (n, C) and Gram blocks (n, C', C') (``Wᵀ K_k W``) of the hook-covered parameters of one chunk."""
-    consume = grams_consumer(None)
-    return hook_pass(
-        net, x, covered, lambda _z: lambda mod, a, b, want, _prefix: consume(mod, a, b, want), basis_of_z
-    )
