@@ -443,6 +443,19 @@ def _quadratic_finite_difference(
     return fd_quadratic_form(net, x, v, cls, shared=shared, blockwise=blockwise, classes=classes, epsilon=eps)
 
 
+def _replica_sensitivity(net: FunctionalNet, x: torch.Tensor, covered: dict, fis_args: dict) -> torch.Tensor | None:
+    """The reverse-over-forward hook path of :func:`fast_sensitivity`, or None where it does not apply."""
+    try:
+        return fast_sensitivity(net, x, covered, piecewise=False, **fis_args)
+    except RuntimeError as err:
+        # Some forward-mode formulas (log_softmax, softmax, logsumexp in torch 2.13) work in place and
+        # cannot be differentiated again; torch.func's path handles those models.
+        if "modified by an inplace operation" not in str(err):
+            raise
+        logger.debug("fast sensitivity not applicable (%s); using torch.func", err)
+        return None
+
+
 def _directions(
     net: FunctionalNet, x: torch.Tensor, z: torch.Tensor, cls: torch.Tensor, direction: Direction, normalize: bool
 ) -> tuple[dict[str, torch.Tensor], bool]:
@@ -557,21 +570,21 @@ def fisher_sensitivity(
                     v = None
                 else:
                     r, v = None, _directions(net, xb, z, cls, direction, normalize)[0]
-                try:
-                    res = fast_sensitivity(
-                        net, xb, covered, r=r, v=v, y=cls, blockwise=blockwise, normalize=normalize, classes=classes,
-                        piecewise=piecewise,
-                    )
-                except RuntimeError as err:
-                    # Some forward-mode formulas (log_softmax, softmax, logsumexp in torch 2.13) work in
-                    # place and cannot be differentiated again; torch.func's path handles those models.
-                    if "modified by an inplace operation" not in str(err):
-                        raise
-                    logger.debug("fast sensitivity not applicable (%s); using torch.func", err)
-                    fast, res = False, None
+                fis_args = {"r": r, "v": v, "y": cls, "blockwise": blockwise, "normalize": normalize, "classes": classes}
+                res = None
+                if piecewise:
+                    try:
+                        res = fast_sensitivity(net, xb, covered, piecewise=True, **fis_args)
+                    except RuntimeError as err:
+                        # e.g. an operation without a batching rule for the class-batched backward passes
+                        logger.debug("piecewise-linear sensitivity path failed (%s); using reverse over forward", err)
+                        piecewise = False
+                if not piecewise:
+                    res = _replica_sensitivity(net, xb, covered, fis_args)
                 if res is not None:
                     out.append(res)
                     continue
+                fast = False  # the hook paths do not apply to this model: torch.func from here on
             v, shared = _directions(net, xb, z, cls, direction, normalize)
             fn = exact_sensitivity if method == "exact" else fd_sensitivity
             kwargs = {} if method == "exact" else {"epsilon": eps}

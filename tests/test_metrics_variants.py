@@ -117,6 +117,24 @@ def test_sensitivity_takes_the_fastest_path_that_applies(monkeypatch, name, path
     assert {k for k, n in calls.items() if n} == {path}
 
 
+def test_piecewise_path_failure_falls_back_to_reverse_over_forward(monkeypatch):
+    model, x = make_case("cnn")
+    ref = fisher_sensitivity(model, x)
+    real_fast = metrics_module.fast_sensitivity
+    seen = []
+
+    def failing(*args, piecewise, **kwargs):
+        seen.append(piecewise)
+        if piecewise:
+            raise RuntimeError("Batching rule not implemented for some_op")
+        return real_fast(*args, piecewise=piecewise, **kwargs)
+
+    monkeypatch.setattr(metrics_module, "fast_sensitivity", failing)
+    got = fisher_sensitivity(model, x, batch_size=2)
+    assert seen == [True, False, False]  # tried once, then the replica path for every chunk
+    assert rel_err(got, ref) < TOL
+
+
 @pytest.mark.parametrize("name", ["cnn", "mlp"])
 @pytest.mark.parametrize("classes", ["all", "predicted_vs_rest"])
 @pytest.mark.parametrize("blockwise", [True, False])
