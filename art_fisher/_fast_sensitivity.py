@@ -11,6 +11,10 @@ forward-mode graph (reverse over forward): one per class for all groups and samp
 
 Per-sample directions ``v = Jᵀ r`` (e.g. ``∇θ log p_ŷ``) are formed per layer from one backward pass
 with the cotangent ``r``: ``V = Σ_t (Σ_c r_c ∂z_c/∂o_t) a_tᵀ`` (per-sample weight gradient).
+
+When the model's logits are piecewise linear in ``x`` (:mod:`art_fisher._piecewise`) no forward mode
+is needed: ``t_g = Σ_k ⟨∂z/∂o_k, δo_k⟩`` with ``∂z/∂o_k`` locally constant in ``x``, so ``∂x t_g`` is a
+first-order backward pass from the layers of group ``g`` down to ``x`` (:func:`_piecewise_tail`).
 """
 
 from __future__ import annotations

@@ -10,9 +10,10 @@ Two engines compute the blocks:
 - ``"func"``: per-sample Jacobians with ``torch.func`` (``vmap`` over samples of ``jacrev``); works for
   any module ``torch.func`` can differentiate. Memory C × P_k per sample and tensor.
 - ``"hooks"`` (see :mod:`art_fisher._layer_grams`): forward hooks keep each Linear / Conv / BatchNorm
-  layer's input, one batched backward per class gives the layer's output-gradients, and the per-sample
-  Gram follows from them without materialising per-sample gradients where that is cheaper (the
-  "ghost norm" trick). Parameters it cannot handle go to the ``"func"`` engine.
+  layer's input, one batched backward per class (or per basis column) gives the layer's
+  output-gradients, and the per-sample Gram follows from them without materialising per-sample
+  gradients where that is cheaper (the "ghost norm" trick). Parameters it cannot handle go to the
+  ``"func"`` engine.
 """
 
 from __future__ import annotations

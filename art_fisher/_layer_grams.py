@@ -1,7 +1,9 @@
 """Fast per-sample Gram blocks from layer inputs and output-gradients (the "ghost norm" idea).
 
 For a layer with input ``A`` and output ``o``, one backward pass per class ``c`` of the batch logits
-``z[:, c]`` gives the output-gradients ``B_c = ∂z_c/∂o`` of every sample at once. The per-sample
+``z[:, c]`` gives the output-gradients ``B_c = ∂z_c/∂o`` of every sample at once (or, with a basis
+``W`` (C × C'), one pass per column ``w_j`` with the cotangent ``w_j``, giving ``Σ_c W_cj B_c`` and the
+blocks ``Wᵀ K W``; the metrics use ``W Wᵀ = diag p − p pᵀ``, C − 1 columns). The per-sample
 gradient of a weight is then a contraction of ``B_c`` with ``A``, and the Gram block
 ``K[c, d] = ⟨G_c, G_d⟩`` follows:
 
@@ -355,7 +357,10 @@ def hook_grams(
             b = torch.stack(kept[m], dim=1)  # (n, C', *out)
             kept[m] = []
             a = records[m][0][0]
-            res = _linear_blocks(a, b, keep) if isinstance(modules[m], nn.Linear) else _conv_blocks(modules[m], a, b, keep)
+            if isinstance(modules[m], nn.Linear):
+                res = _linear_blocks(a, b, keep)
+            else:
+                res = _conv_blocks(modules[m], a, b, keep)
             del b
             for kind, k in res.items():
                 blocks[prefix + kind] = k

@@ -111,8 +111,8 @@ def _basis(classes: str, cls_of_z=None):
     """``z ↦ W`` (n, C, C') with ``W Wᵀ`` the output covariance in logit coordinates.
 
     ``classes="all"``: ``W Wᵀ = S`` (``C' = C − 1``). ``"predicted_vs_rest"``: the two-class reduction
-    ``z₂ = (log p_ŷ, log(1 − p_ŷ))`` has ``F = Jᵀ Aᵀ S₂ A J`` with ``A = ∂z₂/∂z`` (2 × C) and ``S₂`` of
-    rank 1, so ``W = Aᵀ W₂`` (``C' = 1``); ``cls_of_z`` gives ``ŷ``.
+    ``z₂ = (log p_ŷ, log(1 − p_ŷ))`` has ``F = Jᵀ Aᵀ S₂ A J`` with ``A = ∂z₂/∂z`` (2 × C) and
+    ``S₂`` of rank 1, so ``W = Aᵀ W₂`` (``C' = 1``); ``cls_of_z`` gives ``ŷ``.
     """
 
     def basis(z: torch.Tensor) -> torch.Tensor:
@@ -570,7 +570,9 @@ def fisher_sensitivity(
                     v = None
                 else:
                     r, v = None, _directions(net, xb, z, cls, direction, normalize)[0]
-                fis_args = {"r": r, "v": v, "y": cls, "blockwise": blockwise, "normalize": normalize, "classes": classes}
+                fis_args = {
+                    "r": r, "v": v, "y": cls, "blockwise": blockwise, "normalize": normalize, "classes": classes
+                }
                 res = None
                 if piecewise:
                     try:
