@@ -19,8 +19,8 @@ SMALL = {"attacks": ["fgsm", "pgd"], "n_samples": 30, "seed": 3}
 # In-process training kept tiny where the cache is what is tested.
 TINY = {"attacks": ["fgsm"], "detectors": ["binary_input"], "n_samples": 12, "epochs": 2, "seed": 1}
 FISHER = [name for name in DEFAULT_DETECTORS if DETECTORS[name].kind == "fisher"]
-# The default set (every scalar Fisher metric alone and combined, ART's baselines); the sensitivity-map
-# detector is opt-in because it is slow, and gets its own smaller test below.
+# The default set: every scalar Fisher metric alone and combined, the sensitivity-map detector and ART's
+# baselines.
 ALL_DETECTORS = list(DEFAULT_DETECTORS)
 
 
