@@ -26,12 +26,8 @@ from torch import nn
 from torch.func import jacrev, jvp, vmap
 
 from art_fisher._functional import FunctionalNet, predicted_vs_rest
-from art_fisher._sensitivity import fis_from_jacobians
-
-
-def _xhat(module: nn.Module, a: torch.Tensor) -> torch.Tensor:
-    shape = [1, -1] + [1] * (a.dim() - 2)
-    return (a - module.running_mean.reshape(shape)) * torch.rsqrt(module.running_var.reshape(shape) + module.eps)
+from art_fisher._layer_grams import xhat
+from art_fisher._sensitivity import fis_from_jacobians, unit_length
 
 
 def _per_sample_direction(module: nn.Module, kind: str, a: torch.Tensor, br: torch.Tensor) -> torch.Tensor:
@@ -49,7 +45,7 @@ def _per_sample_direction(module: nn.Module, kind: str, a: torch.Tensor, br: tor
         return torch.bmm(br.flatten(2), u.transpose(1, 2)).reshape(n, *module.weight.shape)
     if kind == "bias":
         return br.flatten(2).sum(2)
-    return (br * _xhat(module, a)).flatten(2).sum(2)
+    return (br * xhat(module, a)).flatten(2).sum(2)
 
 
 def _apply_direction(module: nn.Module, kind: str, a: torch.Tensor, d: torch.Tensor, shared: bool) -> torch.Tensor:
@@ -74,7 +70,7 @@ def _apply_direction(module: nn.Module, kind: str, a: torch.Tensor, d: torch.Ten
     shape = [1 if shared else n, -1] + [1] * (a.dim() - 2)
     if kind == "bias":
         return d.reshape(shape)
-    return d.reshape(shape) * _xhat(module, a)
+    return d.reshape(shape) * xhat(module, a)
 
 
 def _record_inputs(net: FunctionalNet, x: torch.Tensor, modules: dict[str, nn.Module], names: list[str]):
@@ -106,10 +102,8 @@ def _layer_directions(modules, mod_names, covered, records, z, r, v, normalize):
         for name, (mm, kind) in covered.items():
             if mm == m:
                 directions[name] = _per_sample_direction(modules[m], kind, a, br.detach())
-    sq = sum(d.flatten(1).pow(2).sum(1) for d in directions.values())
     if normalize:
-        scale = torch.where(sq > 0, sq.rsqrt(), torch.zeros_like(sq))
-        directions = {k: d * scale.reshape(-1, *([1] * (d.dim() - 1))) for k, d in directions.items()}
+        directions = unit_length(directions)[0]
     return directions, False
 
 

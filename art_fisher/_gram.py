@@ -81,9 +81,41 @@ def func_grams(net: FunctionalNet, x: torch.Tensor, names: list[str]) -> tuple[t
     return z, torch.stack(blocks, dim=1)
 
 
-def _in_basis(k: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
-    """``Wᵀ K W`` for blocks ``k`` (n, B, C, C) and a basis ``w`` (n, C, C') (None: ``k`` itself)."""
-    return k if w is None else torch.einsum("nca,nbcd,ndf->nbaf", w, k, w)
+class _ChunkBasis:
+    """``basis_of_z`` evaluated once per chunk, so the hook and ``torch.func`` parts use the same ``W``."""
+
+    def __init__(self, basis_of_z: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
+        self.basis_of_z = basis_of_z
+        self.w: torch.Tensor | None = None
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        if self.w is None:
+            self.w = self.basis_of_z(z)
+        return self.w
+
+    @property
+    def hook_arg(self):
+        """What the hook engine takes: this object, or None for the identity basis."""
+        return None if self.basis_of_z is None else self
+
+    def grams(self, k: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """``Wᵀ K W`` for blocks ``k`` (n, B, C, C)."""
+        if self.basis_of_z is None:
+            return k
+        w = self(z)
+        return torch.einsum("nca,nbcd,ndf->nbaf", w, k, w)
+
+    def vector(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """``Wᵀ t`` for ``t`` (n, C)."""
+        return t if self.basis_of_z is None else (self(z).transpose(1, 2) @ t.unsqueeze(-1)).squeeze(-1)
+
+
+def _chunk_size(net, x, covered, rest, n_classes: int, batch_size: int | None) -> int:
+    if batch_size:
+        return batch_size
+    if covered:
+        return hook_chunk(net, x, covered, n_classes)
+    return func_chunk(net, n_classes, rest, x.element_size())
 
 
 def block_grams(
@@ -112,33 +144,22 @@ def block_grams(
         the hook engine needs ``C'`` backward passes instead of ``C``. Default: the identity.
     """
     covered, rest = plan(net) if engine == "auto" else ({}, list(net.names))
-    if covered:
-        size = batch_size or hook_chunk(net, x, covered, n_classes)
-    else:
-        size = batch_size or func_chunk(net, n_classes, rest, x.element_size())
+    size = _chunk_size(net, x, covered, rest, n_classes, batch_size)
     zs, ks = [], []
     for start in range(0, x.shape[0], size):
         xb = x[start : start + size]
+        basis = _ChunkBasis(basis_of_z)
         blocks: dict[str, torch.Tensor] = {}
         todo = list(rest)
-        z, w = None, None
+        z = None
         if covered:
-            bases: list[torch.Tensor] = []
-
-            def basis_once(zz: torch.Tensor) -> torch.Tensor:
-                bases.append(basis_of_z(zz))
-                return bases[-1]
-
-            z, blocks, uncovered = hook_grams(net, xb, covered, None if basis_of_z is None else basis_once)
-            w = bases[0] if bases else None
+            z, blocks, uncovered = hook_grams(net, xb, covered, basis.hook_arg)
             todo += uncovered
         if todo:
             inner = batch_size or func_chunk(net, n_classes, todo, x.element_size())
             parts = [func_grams(net, xb[i : i + inner], todo) for i in range(0, xb.shape[0], inner)]
             z = torch.cat([p[0] for p in parts]) if z is None else z
-            if basis_of_z is not None and w is None:
-                w = basis_of_z(z)
-            k = _in_basis(torch.cat([p[1] for p in parts]), w)
+            k = basis.grams(torch.cat([p[1] for p in parts]), z)
             blocks.update({name: k[:, j] for j, name in enumerate(todo)})
         zs.append(z)
         ks.append(torch.stack([blocks[name] for name in net.names], dim=1))
@@ -165,28 +186,17 @@ def block_directional(
     without ``r_of_z``).
     """
     covered, rest = plan(net) if engine == "auto" else ({}, list(net.names))
-    if covered:
-        size = batch_size or hook_chunk(net, x, covered, n_classes)
-    else:
-        size = batch_size or func_chunk(net, n_classes, rest, x.element_size())
+    size = _chunk_size(net, x, covered, rest, n_classes, batch_size)
     zs, ts, rs, rts = [], [], [], []
     for start in range(0, x.shape[0], size):
         xb = x[start : start + size]
+        basis = _ChunkBasis(basis_of_z)
         blocks: dict[str, torch.Tensor] = {}
         rt: dict[str, torch.Tensor] = {}
         todo = list(rest)
-        z, r, w = None, None, None
+        z, r = None, None
         if covered:
-            bases: list[torch.Tensor] = []
-
-            def basis_once(zz: torch.Tensor) -> torch.Tensor:
-                bases.append(basis_of_z(zz))
-                return bases[-1]
-
-            z, blocks, uncovered, r, rt = hook_directional(
-                net, xb, covered, r_of_z, v, None if basis_of_z is None else basis_once
-            )
-            w = bases[0] if bases else None
+            z, blocks, uncovered, r, rt = hook_directional(net, xb, covered, r_of_z, v, basis.hook_arg)
             todo += uncovered
         if todo and r_of_z is not None:
             inner = batch_size or func_chunk(net, n_classes, todo, x.element_size())
@@ -197,17 +207,11 @@ def block_directional(
             for j, name in enumerate(todo):
                 t_k = (k[:, j] @ r.unsqueeze(-1)).squeeze(-1)  # (n, C)
                 rt[name] = (r * t_k).sum(-1)
-                blocks[name] = t_k if basis_of_z is None else None
-                if basis_of_z is not None:
-                    w = basis_of_z(z) if w is None else w
-                    blocks[name] = (w.transpose(1, 2) @ t_k.unsqueeze(-1)).squeeze(-1)
+                blocks[name] = basis.vector(t_k, z)
         elif todo:
             for name in todo:
                 z, t_k = jvp(lambda s: net.logits(s, xb), ({name: net.base[name]},), ({name: v[name]},))
-                if basis_of_z is not None:
-                    w = basis_of_z(z.detach()) if w is None else w
-                    t_k = (w.transpose(1, 2) @ t_k.unsqueeze(-1)).squeeze(-1)
-                blocks[name] = t_k
+                blocks[name] = basis.vector(t_k, z.detach())
         if z is None:
             z = net.logits(net.selected(), xb)
         if r is None and r_of_z is not None:

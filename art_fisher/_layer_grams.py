@@ -101,6 +101,12 @@ def _linear_blocks(
     return out
 
 
+def xhat(module: nn.Module, a: torch.Tensor) -> torch.Tensor:
+    """Input ``a`` (n, ch, *) of an eval-mode BatchNorm, normalised by its running statistics."""
+    shape = [1, -1] + [1] * (a.dim() - 2)
+    return (a - module.running_mean.reshape(shape)) * torch.rsqrt(module.running_var.reshape(shape) + module.eps)
+
+
 def _unfold(module: nn.Conv2d, a: torch.Tensor) -> torch.Tensor:
     """Patches (n, in·kh·kw, L) of the layer input ``a``."""
     return F.unfold(a, module.kernel_size, dilation=module.dilation, padding=module.padding, stride=module.stride)
@@ -167,10 +173,10 @@ def _output_change(module: nn.Module, a: torch.Tensor, kind: str, br: torch.Tens
         return torch.bmm(vw, u).view_as(br)
     # eval-mode BatchNorm
     shape = [1, -1] + [1] * (a.dim() - 2)
-    xhat = (a - module.running_mean.reshape(shape)) * torch.rsqrt(module.running_var.reshape(shape) + module.eps)
+    normed = xhat(module, a)
     if kind == "weight":
-        g = v.reshape(shape) if br is None else (br * xhat).flatten(2).sum(2).reshape(n, *shape[1:])
-        return g * xhat
+        g = v.reshape(shape) if br is None else (br * normed).flatten(2).sum(2).reshape(n, *shape[1:])
+        return g * normed
     return v.reshape(shape).expand_as(a) if br is None else br.flatten(2).sum(2).reshape(n, *shape[1:]).expand_as(a)
 
 
@@ -301,10 +307,8 @@ def _column_plan(module: nn.Module, a: torch.Tensor, out: torch.Tensor, want: se
         return reducers, keep
     ch = a.shape[1]  # eval-mode BatchNorm
     if "weight" in want:
-        shape = [1, -1] + [1] * (a.dim() - 2)
-        xhat = (a - module.running_mean.reshape(shape)) * torch.rsqrt(module.running_var.reshape(shape) + module.eps)
-        xhat = xhat.reshape(n * ch, -1, 1)
-        reducers["weight"] = lambda g: torch.bmm(g.reshape(n * ch, 1, -1), xhat).reshape(n, ch)
+        normed = xhat(module, a).reshape(n * ch, -1, 1)
+        reducers["weight"] = lambda g: torch.bmm(g.reshape(n * ch, 1, -1), normed).reshape(n, ch)
     if "bias" in want:
         reducers["bias"] = lambda g: g.reshape(n, ch, -1).sum(2)
     return reducers, set()

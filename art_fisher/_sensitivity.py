@@ -49,11 +49,19 @@ def sample_directions(
         return (net.logits_one(s, xi) * ri).sum()
 
     v = vmap(grad(score), in_dims=(None, 0, 0))(net.selected(), x, r)
-    sq = sum(t.flatten(1).pow(2).sum(1) for t in v.values())
-    if normalize:
-        scale = torch.where(sq > 0, sq.rsqrt(), torch.zeros_like(sq))
-        v = {k: t * scale.view(-1, *([1] * (t.dim() - 1))) for k, t in v.items()}
-    return v, sq
+    return unit_length(v) if normalize else (v, squared_norm(v))
+
+
+def squared_norm(v: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``‖v_n‖²`` (n,) over all tensors of per-sample directions (name → (n, *shape))."""
+    return sum(t.flatten(1).pow(2).sum(1) for t in v.values())
+
+
+def unit_length(v: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Per-sample directions scaled to unit length over all tensors (zero stays zero), and ``‖v_n‖²``."""
+    sq = squared_norm(v)
+    scale = torch.where(sq > 0, sq.rsqrt(), torch.zeros_like(sq))
+    return {k: t * scale.view(-1, *([1] * (t.dim() - 1))) for k, t in v.items()}, sq
 
 
 def _reducer(classes: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
