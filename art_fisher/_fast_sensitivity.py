@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import jacrev, jvp, vmap
 
-from art_fisher._functional import FunctionalNet, predicted_vs_rest
+from art_fisher._functional import FunctionalNet, predicted_vs_rest, predicted_vs_rest_jacobian
 from art_fisher._layer_grams import xhat
 from art_fisher._sensitivity import fis_from_jacobians, unit_length
 
@@ -224,7 +224,7 @@ def _reduce_to_two(z, t, jz, jt, y):
     ``t₂ = A t`` with ``A = ∂z₂/∂z`` (n, 2, C), so ``∂x t₂ = A ∂x t + ∂z(A t)|_t ∂x z`` and
     ``∂x z₂ = A ∂x z``.
     """
-    amat = vmap(jacrev(predicted_vs_rest))(z, y)  # (n, 2, C)
+    amat = predicted_vs_rest_jacobian(z, y)  # (n, 2, C)
 
     def a_times(zi: torch.Tensor, ti: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
         return jvp(lambda zz: predicted_vs_rest(zz, yi), (zi,), (ti,))[1]

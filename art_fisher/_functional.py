@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.func import functional_call
+from torch.func import functional_call, jacrev, vmap
 
 
 class FunctionalNet:
@@ -68,3 +68,8 @@ def predicted_vs_rest(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     rest_shift = z.masked_fill(mask, float("-inf")).amax(-1, keepdim=True).detach()
     rest = torch.log((torch.exp(z - rest_shift) * (~mask)).sum(-1)) + (rest_shift - shift).squeeze(-1) - total
     return torch.stack([own, rest], dim=-1)
+
+
+def predicted_vs_rest_jacobian(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``A = ∂z₂/∂z`` (n, 2, C) of :func:`predicted_vs_rest` at logits ``z`` (n, C) and classes ``y`` (n,)."""
+    return vmap(jacrev(predicted_vs_rest))(z, y)

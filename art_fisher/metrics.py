@@ -35,11 +35,10 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
-from torch.func import jacrev, vmap
 
 from art_fisher import _checks
 from art_fisher._finite_difference import fd_quadratic_form, fd_sensitivity, per_class_trace
-from art_fisher._functional import FunctionalNet, predicted_vs_rest
+from art_fisher._functional import FunctionalNet, predicted_vs_rest, predicted_vs_rest_jacobian
 from art_fisher._fast_sensitivity import fast_sensitivity
 from art_fisher._gram import block_directional, block_grams, func_chunk, hook_chunk
 from art_fisher._layer_grams import plan
@@ -119,7 +118,7 @@ def _basis(classes: str, cls_of_z=None):
         if classes == "all":
             return _factor(torch.softmax(z, -1))
         cls = cls_of_z(z)
-        amat = vmap(jacrev(predicted_vs_rest))(z, cls)  # (n, 2, C)
+        amat = predicted_vs_rest_jacobian(z, cls)  # (n, 2, C)
         return amat.transpose(1, 2) @ _factor(torch.softmax(predicted_vs_rest(z, cls), -1))
 
     return basis
