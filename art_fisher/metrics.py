@@ -320,7 +320,7 @@ def fisher_quadratic_form(
     x = x.detach()
     with torch.no_grad():
         if method == "exact" and isinstance(direction, str) and direction == "top_eigenvector":
-            return _quadratic_from_grams(net, x, n_classes, bs, direction, yt, blockwise, normalize, classes)
+            return _quadratic_top_eigenvector(net, x, n_classes, bs, blockwise, classes)
         if method == "exact":
             size = bs or _QUAD_CHUNK
             parts = []
@@ -403,22 +403,15 @@ def _check_direction_args(
     return direction, None
 
 
-def _quadratic_from_grams(
-    net: FunctionalNet,
-    x: torch.Tensor,
-    n_classes: int,
-    bs: int | None,
-    direction: str,
-    y: torch.Tensor | None,
-    blockwise: bool,
-    normalize: bool,
-    classes: str,
+def _quadratic_top_eigenvector(
+    net: FunctionalNet, x: torch.Tensor, n_classes: int, bs: int | None, blockwise: bool, classes: str
 ) -> torch.Tensor:
     """Quadratic form along the top eigenvector ``v = Jᵀ W w`` from the blocks ``K̃_k = Wᵀ K_k W``.
 
-    ``(K_k r)ᵀ S (K_k r) = ‖K̃_k w‖²`` and ``‖v‖² = wᵀ K̃ w`` for ``r = W w``.
+    ``(K_k r)ᵀ S (K_k r) = ‖K̃_k w‖²`` and ``‖v‖² = wᵀ K̃ w`` for ``r = W w``; always normalised (an
+    eigenvector has no natural length). ``"predicted_vs_rest"`` reduces at the predicted class.
     """
-    _z, k = _grams(net, x, n_classes, bs, classes, lambda z: _class_of(direction, z, y))
+    _z, k = _grams(net, x, n_classes, bs, classes, lambda z: z.argmax(-1))
     _lam, w = _top_eigen(k)
     kw = (k @ w.unsqueeze(1).unsqueeze(-1)).squeeze(-1)  # (N, B, C')
     num = kw.pow(2).sum((1, 2)) if blockwise else kw.sum(1).pow(2).sum(-1)
