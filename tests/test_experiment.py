@@ -430,6 +430,28 @@ def test_cli_port_plus_one_held_on_ipv6_exits_2(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "records").exists()
 
 
+def test_cli_reports_an_experiment_an_earlier_run_left_behind(tmp_path, capsys, monkeypatch):
+    """A record still marked RUNNING whose manager is gone (e.g. the manager was killed with -9)."""
+    from nni_lease.cli import main
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    manifest = tmp_path / "nni-experiments" / ".experiment"
+    manifest.parent.mkdir()
+    manifest.write_text(json.dumps({"old1": {"id": "old1", "port": 8080, "status": "RUNNING", "pid": dead.pid}}))
+    with socket.socket() as busy:  # the search itself stops at the port check: nothing starts
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        code = main(["search", "--mode", "multi-trial", "--port", str(busy.getsockname()[1]), "--max-trials", "1",
+                     "--experiment-dir", str(tmp_path / "records")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"experiment old1 (port 8080) was not stopped cleanly: NNI's list says RUNNING but its manager (pid " \
+           f"{dead.pid}) is gone; marked STOPPED" in err
+    assert json.loads(manifest.read_text())["old1"]["status"] == "STOPPED"
+
+
 def test_resumable_channel_skips_the_resume_data_nni_3_cannot_parse():
     """NNI 3.0's NAS tuner channel raises on ImportData (sent on resume); ours skips it and goes on."""
     from nni.runtime.tuner_command_channel import TunerCommandChannel
