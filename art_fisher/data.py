@@ -16,23 +16,28 @@ CIFAR-10
     in ``data_dir`` or in its ``cifar-10-batches-py`` sub-folder. Each batch is a pickled dict with
     ``b"data"`` (uint8, 10000 × 3072, channel-major rows) and ``b"labels"``.
 
-Security: a pickle can run arbitrary code when loaded. The CIFAR batches are therefore read with a
-restricted unpickler (:class:`_CifarUnpickler`) that resolves only the handful of globals a CIFAR batch
-needs to rebuild its numpy arrays (``numpy`` array reconstruction, ``numpy.ndarray``, ``numpy.dtype``, and
-``_codecs.encode`` which Python 3 uses for ``bytes`` in protocol-2 pickles); any other global
-(``os.system``, ``builtins.eval``, a class, …) raises :class:`pickle.UnpicklingError` before anything runs.
-Plain :func:`pickle.load` is never used.
+Security: nothing in these files is trusted. Declared sizes are checked against the format before
+anything is allocated (idx headers: 28×28 images, at most 60000 / 10000 per split, read as a stream of
+exactly the announced length, so a small ``.gz`` cannot inflate to gigabytes; npz: each array's ``.npy``
+header is read from the archive and checked before its data; CIFAR-10: see
+:mod:`art_fisher.cifar_batch`, which reads the pickles with a restricted unpickler, shared with
+``nni_lease``, that runs no foreign code and refuses arrays larger than the file). Plain
+:func:`pickle.load` is never used.
 """
 
 from __future__ import annotations
 
 import gzip
 import logging
-import pickle
+import math
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from art_fisher.cifar_batch import read_cifar10_batch
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +128,11 @@ _MNIST_IDX = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 _IDX_MAGIC_UBYTE = 0x08
+#: The MNIST format: 28×28 images, at most 60000 (train) / 10000 (test) per split.
+MNIST_SIDE = 28
+MNIST_MAX_IMAGES = {"train": 60_000, "test": 10_000}
+# Deflate expands at most 1032:1, so a .gz cannot hold more than this many bytes per byte of file.
+_DEFLATE_MAX_RATIO = 1032
 
 
 def _find_file(data_dir: Path, stem: str) -> Path | None:
@@ -132,33 +142,51 @@ def _find_file(data_dir: Path, stem: str) -> Path | None:
     return None
 
 
-def _read_idx(path: Path, *, ndim: int) -> np.ndarray:
-    """Read one idx file (plain or gzip) holding unsigned bytes with ``ndim`` dimensions."""
-    opener = gzip.open if path.suffix == ".gz" else open
+def _read_idx(path: Path, *, shape_limits: tuple[int, ...], exact: tuple[bool, ...]) -> np.ndarray:
+    """Read one idx file of unsigned bytes (plain or gzip), checking its header before reading the data.
+
+    ``shape_limits[i]`` bounds dimension ``i`` (``exact[i]``: it must equal it). The data are read as a
+    stream of exactly the announced length (a ``.gz`` is decompressed no further than that, plus one
+    byte to detect trailing data), so memory never exceeds what a valid file of that header needs.
+    """
+    ndim = len(shape_limits)
+    compressed = path.suffix == ".gz"
     try:
-        with opener(path, "rb") as fh:
-            raw = fh.read()
-    except (OSError, EOFError) as exc:
+        file_size = path.stat().st_size
+        with (gzip.open(path, "rb") if compressed else open(path, "rb")) as fh:
+            magic = fh.read(4)
+            if len(magic) < 4:
+                raise ValueError(f"{path}: expected an idx file with a 4-byte magic number; got {len(magic)} bytes.")
+            if magic[0] | magic[1] or magic[2] != _IDX_MAGIC_UBYTE or magic[3] != ndim:
+                raise ValueError(
+                    f"{path}: expected an idx magic number 0x0000{_IDX_MAGIC_UBYTE:02x}{ndim:02x} (unsigned bytes, "
+                    f"{ndim} dimensions); got 0x{magic.hex()}."
+                )
+            dims = fh.read(4 * ndim)
+            if len(dims) < 4 * ndim:
+                raise ValueError(f"{path}: truncated idx header (expected {4 + 4 * ndim} bytes, got {4 + len(dims)}).")
+            shape = tuple(int.from_bytes(dims[4 * i : 4 * i + 4], "big") for i in range(ndim))
+            for axis, (size, limit, equal) in enumerate(zip(shape, shape_limits, exact)):
+                if (size != limit) if equal else (size > limit):
+                    want = f"= {limit}" if equal else f"<= {limit}"
+                    raise ValueError(f"{path}: the header announces shape {shape}; the MNIST format needs "
+                                     f"dimension {axis} {want}.")
+            header, expected = 4 + 4 * ndim, math.prod(shape)
+            if not compressed and file_size != header + expected:
+                raise ValueError(f"{path}: the header announces shape {shape}, i.e. {header + expected} bytes in "
+                                 f"total; the file has {file_size} bytes.")
+            if compressed and expected > _DEFLATE_MAX_RATIO * file_size:
+                raise ValueError(f"{path}: the header announces shape {shape} ({expected} bytes), more than a "
+                                 f"{file_size}-byte gzip file can hold.")
+            payload = fh.read(expected)
+            trailing = fh.read(1)
+    except (OSError, EOFError, zlib.error) as exc:
         raise ValueError(f"{path}: cannot read it as an idx file ({exc}).") from exc
-    if len(raw) < 4:
-        raise ValueError(f"{path}: expected an idx file with a 4-byte magic number; got {len(raw)} bytes.")
-    zero, dtype_code, file_ndim = raw[0] | raw[1], raw[2], raw[3]
-    if zero != 0 or dtype_code != _IDX_MAGIC_UBYTE or file_ndim != ndim:
-        raise ValueError(
-            f"{path}: expected an idx magic number 0x0000{_IDX_MAGIC_UBYTE:02x}{ndim:02x} (unsigned bytes, "
-            f"{ndim} dimensions); got 0x{raw[:4].hex()}."
-        )
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise ValueError(f"{path}: truncated idx header (expected {header} bytes, got {len(raw)}).")
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected = header + int(np.prod(shape))
-    if len(raw) != expected:
-        raise ValueError(
-            f"{path}: the header announces shape {shape}, i.e. {expected} bytes in total; the file has "
-            f"{len(raw)} bytes."
-        )
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+    if len(payload) != expected or trailing:
+        held = f"only {header + len(payload)}" if len(payload) != expected else "more"
+        raise ValueError(f"{path}: the header announces shape {shape}, i.e. {header + expected} bytes in total; "
+                         f"the {'decompressed ' if compressed else ''}file holds {held} bytes.")
+    return np.frombuffer(payload, dtype=np.uint8).reshape(shape)
 
 
 def _mnist_from_idx(data_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -170,35 +198,56 @@ def _mnist_from_idx(data_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]
                 f"MNIST {split} split: expected {data_dir / stem} (or {stem}.gz), or a mnist.npz with "
                 f"x_{split}/y_{split}, in {data_dir}; none found."
             )
-    images = _read_idx(paths[0], ndim=3)
-    labels = _read_idx(paths[1], ndim=1)
+    n_max = MNIST_MAX_IMAGES[split]
+    images = _read_idx(paths[0], shape_limits=(n_max, MNIST_SIDE, MNIST_SIDE), exact=(False, True, True))
+    labels = _read_idx(paths[1], shape_limits=(n_max,), exact=(False,))
     if len(images) != len(labels):
         raise ValueError(
             f"{paths[0]} holds {len(images)} images but {paths[1]} holds {len(labels)} labels; expected the same."
         )
+    _check_labels(labels, n_classes=10, where=str(paths[1]))
     return images, labels
+
+
+def _npz_header(archive: zipfile.ZipFile, key: str, path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of ``key`` in an npz archive, read from its ``.npy`` header (no data read)."""
+    try:
+        with archive.open(f"{key}.npy") as member:
+            version = np.lib.format.read_magic(member)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(member)
+    except (KeyError, ValueError, OSError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path}: cannot read the header of array {key!r} ({exc}).") from exc
+    return shape, dtype
 
 
 def _mnist_from_npz(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     keys = (f"x_{split}", f"y_{split}")
+    n_max = MNIST_MAX_IMAGES[split]
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            missing = [k for k in keys if k not in npz.files]
+        with zipfile.ZipFile(path) as archive:
+            names = sorted(name.removesuffix(".npy") for name in archive.namelist())
+            missing = [k for k in keys if k not in names]
             if missing:
                 raise ValueError(
                     f"{path}: expected arrays {list(keys)} (Keras mnist.npz layout); missing {missing}, "
-                    f"found {sorted(npz.files)}."
+                    f"found {names}."
                 )
-            images, labels = npz[keys[0]], npz[keys[1]]
-    except (OSError, EOFError, ValueError) as exc:
-        if isinstance(exc, ValueError) and str(exc).startswith(str(path)):
-            raise
+            (x_shape, x_dtype), (y_shape, y_dtype) = (_npz_header(archive, k, path) for k in keys)
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
         raise ValueError(f"{path}: cannot read it as a numpy .npz archive ({exc}).") from exc
-    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise ValueError(
-            f"{path}: expected {keys[0]} of shape (N, H, W) and {keys[1]} of shape (N,); got "
-            f"{images.shape} and {labels.shape}."
-        )
+    if x_dtype != np.uint8 or len(x_shape) != 3 or x_shape[1:] != (MNIST_SIDE, MNIST_SIDE) or x_shape[0] > n_max:
+        raise ValueError(f"{path}: expected {keys[0]} as uint8 of shape (N, {MNIST_SIDE}, {MNIST_SIDE}) with "
+                         f"N <= {n_max}; its header says {x_dtype} {x_shape}.")
+    if y_dtype.kind not in "iu" or y_shape != x_shape[:1]:
+        raise ValueError(f"{path}: expected {keys[1]} as {x_shape[0]} integers; its header says {y_dtype} {y_shape}.")
+    try:  # sizes checked: loading allocates at most what the headers announce
+        with np.load(path, allow_pickle=False) as npz:
+            images, labels = npz[keys[0]], npz[keys[1]]
+    except (OSError, EOFError, ValueError, zlib.error, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path}: cannot read it as a numpy .npz archive ({exc}).") from exc
+    _check_labels(labels, n_classes=10, where=f"{path} ({keys[1]})")
     return images, labels
 
 
@@ -218,7 +267,8 @@ def load_mnist(data_dir: str | Path, *, split: str = "train") -> Dataset:
     FileNotFoundError
         If neither the idx files nor an npz file is found; the message names the files looked for.
     ValueError
-        If a file is malformed (wrong magic number, truncated, wrong arrays); the message names the file.
+        If a file is malformed (wrong magic number, truncated, wrong arrays, a header announcing sizes beyond
+        the MNIST format or the file); the message names the file.
     """
     if split not in _SPLITS:
         raise ValueError(f"split must be one of {_SPLITS}; got {split!r}.")
@@ -231,7 +281,6 @@ def load_mnist(data_dir: str | Path, *, split: str = "train") -> Dataset:
         images, labels = _mnist_from_npz(data_dir / "mnist.npz", split)
     else:
         images, labels = _mnist_from_idx(data_dir, split)
-    _check_labels(labels, n_classes=10, where=str(data_dir))
     x = _canonical((images.astype(np.float32) / 255.0)[:, None, :, :])
     return Dataset(x=x, y=labels.astype(np.int64), name="mnist", n_classes=10)
 
@@ -239,73 +288,12 @@ def load_mnist(data_dir: str | Path, *, split: str = "train") -> Dataset:
 # -------------------------------------------------------------------------------------- CIFAR-10
 
 _CIFAR_FILES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
-_CIFAR_ROW = 3 * 32 * 32
-
-
-def _numpy_reconstruct():
-    from numpy._core.multiarray import _reconstruct
-
-    return _reconstruct
-
-
-def _numpy_frombuffer():
-    from numpy._core.numeric import _frombuffer
-
-    return _frombuffer
-
-
-class _CifarUnpickler(pickle.Unpickler):
-    """Unpickler that resolves only the globals a CIFAR-10 batch needs; everything else is refused."""
-
-    _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
-        ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
-        ("numpy.core.numeric", "_frombuffer"): _numpy_frombuffer,
-        ("numpy._core.numeric", "_frombuffer"): _numpy_frombuffer,
-        ("numpy", "ndarray"): lambda: np.ndarray,
-        ("numpy", "dtype"): lambda: np.dtype,
-        ("_codecs", "encode"): lambda: __import__("codecs").encode,
-    }
-
-    def find_class(self, module: str, name: str):  # noqa: D102 (pickle API)
-        resolver = self._ALLOWED.get((module, name))
-        if resolver is None:
-            raise pickle.UnpicklingError(
-                f"refusing to load global {module}.{name}: a CIFAR-10 batch only needs numpy arrays"
-            )
-        return resolver()
-
-
-def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        with open(path, "rb") as fh:
-            batch = _CifarUnpickler(fh, encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
-        raise ValueError(f"{path}: not a CIFAR-10 python batch ({exc}).") from exc
-    if not isinstance(batch, dict):
-        raise ValueError(f"{path}: expected a pickled dict with b'data' and b'labels'; got {type(batch).__name__}.")
-    data = batch.get(b"data", batch.get("data"))
-    labels = batch.get(b"labels", batch.get("labels"))
-    if data is None or labels is None:
-        raise ValueError(f"{path}: expected keys b'data' and b'labels'; found {sorted(map(repr, batch))}.")
-    data = np.asarray(data)
-    labels = np.asarray(labels)
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != _CIFAR_ROW:
-        raise ValueError(
-            f"{path}: expected b'data' as uint8 of shape (N, {_CIFAR_ROW}); got {data.dtype} {data.shape}."
-        )
-    if labels.ndim != 1 or len(labels) != len(data) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(
-            f"{path}: expected {len(data)} integer labels in b'labels'; got {labels.dtype} {labels.shape}."
-        )
-    return data, labels
-
-
 def load_cifar10(data_dir: str | Path, *, split: str = "train") -> Dataset:
     """CIFAR-10 from the local python-pickle batches, shape ``(N, 3, 32, 32)`` scaled to ``[0, 1]``.
 
-    The batches are read with a restricted unpickler that only rebuilds numpy arrays (see the module
-    docstring); a batch that asks for any other Python object is rejected.
+    The batches are read with :func:`art_fisher.cifar_batch.read_cifar10_batch`: a restricted unpickler
+    that only rebuilds numpy arrays and checks every declared size against the file and the format
+    (uint8 (N, 3072), N <= 10000, labels 0..9) before allocating; anything else is rejected.
 
     Parameters
     ----------
@@ -320,7 +308,8 @@ def load_cifar10(data_dir: str | Path, *, split: str = "train") -> Dataset:
     FileNotFoundError
         If a batch file is missing; the message names it.
     ValueError
-        If a batch is not a CIFAR-10 batch (wrong content, foreign globals); the message names it.
+        If a batch is not a CIFAR-10 batch (wrong content, foreign globals, declared sizes beyond the format
+        or the file); the message names it.
     """
     if split not in _SPLITS:
         raise ValueError(f"split must be one of {_SPLITS}; got {split!r}.")
@@ -335,11 +324,10 @@ def load_cifar10(data_dir: str | Path, *, split: str = "train") -> Dataset:
                 f"CIFAR-10 {split} split: expected the python batch {path} "
                 f"(files {list(_CIFAR_FILES[split])} from cifar-10-python.tar.gz); not found."
             )
-        data, labels = _read_cifar_batch(path)
+        data, labels = read_cifar10_batch(path)
         xs.append(data)
         ys.append(labels)
     labels = np.concatenate(ys)
-    _check_labels(labels, n_classes=10, where=str(data_dir))
     x = _canonical(np.concatenate(xs).reshape(-1, 3, 32, 32).astype(np.float32) / 255.0)
     return Dataset(x=x, y=labels.astype(np.int64), name="cifar10", n_classes=10)
 

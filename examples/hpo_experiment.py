@@ -5,8 +5,9 @@ Run from the repository root::
 
     python examples/hpo_experiment.py --port 8080 --max-trials 8
 
-The NNI manager listens on ALL network interfaces (README, "Security notes"): firewall the port or use an
-SSH tunnel. The experiment is stopped when the script ends or on Ctrl-C.
+The NNI manager listens on 127.0.0.1 only and stops with this script, even if it is killed (README,
+"Security notes"); from another machine, use an SSH tunnel. The experiment is stopped when the script
+ends or on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def main() -> None:
     )
     print(experiment.config.json())
     with sigterm_as_interrupt():
-        # Checks the port, warns about all interfaces, runs to completion, always stops the experiment.
+        # Checks the port, keeps the manager on 127.0.0.1, runs to completion, always stops the experiment.
         run_experiment(experiment, port=args.port, keep_open=args.keep_open,
                        on_started=lambda url, exp_id: print(f"experiment {exp_id}: web UI at {url}"))
 

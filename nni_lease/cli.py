@@ -186,7 +186,7 @@ def _run_nni_experiment(args: argparse.Namespace, start: Callable[..., Any]) -> 
     """Shared part of the modes that run under the NNI manager: messages, Ctrl-C / SIGTERM, exit code."""
     from nni_lease.experiment import PortInUseError, sigterm_as_interrupt
 
-    def started(url: str, experiment_id: str) -> None:  # the all-interfaces warning is logged just before
+    def started(url: str, experiment_id: str) -> None:  # an exposure warning (--host) is logged just before
         print(f"experiment {experiment_id}: web UI at {url}  (Ctrl-C stops the experiment)", flush=True)
 
     try:
@@ -225,9 +225,9 @@ def _search_multitrial(args: argparse.Namespace) -> int:
     )
     strategy = LeaseMultiTrial(learning_rate=args.policy_learning_rate, seed=args.seed)
     return _run_nni_experiment(args, lambda on_started: run_multitrial(
-        space, evaluator, strategy, port=args.port, max_trials=args.max_trials, concurrency=args.concurrency,
-        training_service=args.training_service, experiment_dir=args.experiment_dir, experiment_id=args.resume,
-        resume=args.resume is not None, keep_open=args.keep_open, on_started=on_started))
+        space, evaluator, strategy, port=args.port, host=args.host, max_trials=args.max_trials,
+        concurrency=args.concurrency, training_service=args.training_service, experiment_dir=args.experiment_dir,
+        experiment_id=args.resume, resume=args.resume is not None, keep_open=args.keep_open, on_started=on_started))
 
 
 def _search_hpo(args: argparse.Namespace) -> int:
@@ -245,7 +245,8 @@ def _search_hpo(args: argparse.Namespace) -> int:
     if args.resume is not None:
         exp.id = args.resume
     return _run_nni_experiment(args, lambda on_started: (run_experiment(
-        exp, port=args.port, resume=args.resume is not None, keep_open=args.keep_open, on_started=on_started),
+        exp, port=args.port, host=args.host, resume=args.resume is not None, keep_open=args.keep_open,
+        on_started=on_started),
         [f"records: {Path(exp.config.canonical_copy().experiment_working_directory) / exp.id}"]))
 
 
@@ -343,7 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
     nni_exp = search.add_argument_group("NNI experiment (--mode multi-trial / hpo; web UI on --port)")
     nni_exp.add_argument("--max-trials", type=_positive_int, default=10, help="trials in the experiment")
     nni_exp.add_argument("--concurrency", type=_positive_int, default=1, help="trials at the same time")
-    nni_exp.add_argument("--port", type=int, default=8080, help="NNI manager port (listens on ALL interfaces)")
+    nni_exp.add_argument("--port", type=int, default=8080, help="NNI manager port (web UI and REST API)")
+    nni_exp.add_argument("--host", default="127.0.0.1", choices=["127.0.0.1", "0.0.0.0", "::"],
+                         help="where the NNI manager listens; 0.0.0.0 / :: expose it to the network, where anyone "
+                              "who reaches the port can run code as you (README, Security notes)")
     nni_exp.add_argument("--experiment-dir", default=None, help="experiment records (default ~/nni-experiments)")
     nni_exp.add_argument("--training-service", default="local", help="'local' or a YAML/JSON training-service file")
     nni_exp.add_argument("--resume", default=None, metavar="EXPERIMENT_ID", help="continue a stopped experiment")

@@ -11,15 +11,16 @@ Splits are deterministic: a fixed permutation drawn from ``seed`` cuts the pool 
 ``val_fraction`` of the five training batches is ``"val"``). Nothing is ever downloaded.
 
 CIFAR-10 files are the official "python version" pickle batches (``data_batch_1`` … ``data_batch_5``,
-``test_batch``). They are read with a restricted unpickler that only rebuilds dicts, lists, strings,
-numbers and plain numpy arrays; any other object in the file raises :class:`pickle.UnpicklingError`.
+``test_batch``). They are read with :func:`art_fisher.cifar_batch.read_cifar10_batch`, the restricted
+unpickler both packages share: it runs no foreign code (a foreign global raises
+:class:`~art_fisher.cifar_batch.UnsafeCifarBatchError`, a :class:`pickle.UnpicklingError`) and checks
+every declared size against the file and the format (uint8 (N, 3072), N <= 10000, labels 0..9) before
+allocating (anything else raises :class:`~art_fisher.cifar_batch.CifarBatchError`, a ValueError).
 """
 
 from __future__ import annotations
 
-import io
 import logging
-import pickle
 from pathlib import Path
 from typing import Literal
 
@@ -27,6 +28,8 @@ import nni
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from art_fisher.cifar_batch import read_cifar10_batch
 
 logger = logging.getLogger(__name__)
 
@@ -116,25 +119,6 @@ class DigitsDataset(_ArrayDataset):
         self._set(data.x[idx], data.y[idx], limit)
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler that rebuilds only plain containers, numbers, strings and numpy arrays."""
-
-    _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-        ("_codecs", "encode"),
-    }
-
-    def find_class(self, module: str, name: str):  # noqa: D102 - pickle API
-        if (module, name) in self._ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR-10 batch file.")
-
-
 def load_cifar10_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Read one CIFAR-10 python batch file safely.
 
@@ -151,24 +135,16 @@ def load_cifar10_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
     Raises
     ------
-    pickle.UnpicklingError
-        If the file holds anything other than plain data (e.g. a callable).
-    ValueError
-        If the dict lacks ``data`` / ``labels`` or their shapes disagree.
+    FileNotFoundError
+        If ``path`` is not a file.
+    art_fisher.cifar_batch.UnsafeCifarBatchError
+        (a ValueError and a :class:`pickle.UnpicklingError`) If the file asks for code to run (a global, an
+        opcode or a call a CIFAR-10 batch never needs); nothing was run.
+    art_fisher.cifar_batch.CifarBatchError
+        (a ValueError) For any other malformed batch: too large, not a pickle, missing keys, pixels that
+        are not uint8 of shape (N, 3072) with N <= 10000, labels that are not N ints in 0..9.
     """
-    with open(path, "rb") as fh:
-        raw = _RestrictedUnpickler(io.BytesIO(fh.read()), encoding="bytes").load()
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a pickled dict; got {type(raw).__name__}.")
-    batch = {(k.decode() if isinstance(k, bytes) else k): v for k, v in raw.items()}
-    if "data" not in batch or "labels" not in batch:
-        raise ValueError(f"{path}: expected keys 'data' and 'labels'; got {sorted(map(str, batch))}.")
-    data = np.asarray(batch["data"])
-    labels = np.asarray(batch["labels"], dtype=np.int64)
-    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(labels):
-        raise ValueError(
-            f"{path}: expected data of shape (N, 3072) and N labels; got {data.shape} and {labels.shape}."
-        )
+    data, labels = read_cifar10_batch(path)
     x = data.reshape(-1, 3, 32, 32).astype(np.float32) / 255.0
     return x, labels
 

@@ -1,11 +1,13 @@
 """Launch LeaSE searches as NNI experiments (trials managed by the NNI manager, shown in its web UI).
 
 :func:`run_multitrial` wraps :class:`nni.nas.experiment.NasExperiment` (and :func:`run_experiment` any
-NNI experiment, e.g. the HPO one of :mod:`nni_lease.hpo`) with the checks NNI 3.0 leaves
-out: the port is checked (and a clear error raised) before anything starts, a warning says that the NNI
-manager listens on **all** network interfaces, the experiment's records go to a folder the caller
-chooses, and the experiment is stopped on every way out — normal end, exception, Ctrl-C (SIGINT) or
-SIGTERM in the command line — so no NNI manager is left running.
+NNI experiment, e.g. the HPO one of :mod:`nni_lease.hpo`) with the checks NNI 3.0 leaves out: the ports
+are checked (IPv4 and IPv6, a clear error) before anything starts; the NNI manager listens on
+``127.0.0.1`` unless the caller chooses another ``host`` (with a warning: anyone who reaches the port
+can run code as the user), and dies with the launching process even on SIGKILL (see
+:mod:`nni_lease.manager`); experiments an earlier run left behind are reported; the experiment's records
+go to a folder the caller chooses, and the experiment is stopped on every way out — normal end,
+exception, Ctrl-C (SIGINT) or SIGTERM in the command line — so no NNI manager is left running.
 
 Where things live
 -----------------
@@ -20,11 +22,9 @@ Where things live
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -43,12 +43,26 @@ from nni.nas.nn.pytorch import ModelSpace
 from nni.runtime.tuner_command_channel import TunerCommandChannel
 from nni.runtime.tuner_command_channel.command_type import CommandType
 
+from nni_lease.manager import (
+    DEFAULT_HOST,
+    EXPOSED_WARNING,
+    BindingGuard,
+    PortInUseError,
+    check_host,
+    check_port_free,
+    is_loopback,
+    kill_listeners,
+    manager_environment,
+    manager_url,
+    report_stale_experiments,
+    wait_port_closed,
+)
 from nni_lease.multitrial import LeaseMultiTrial
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "ALL_INTERFACES_WARNING",
+    "DEFAULT_HOST",
     "PortInUseError",
     "MultiTrialResult",
     "check_port_free",
@@ -60,22 +74,10 @@ __all__ = [
     "sigterm_as_interrupt",
 ]
 
-#: Printed (logged at WARNING) every time an experiment starts; ``{port}`` is filled in.
-ALL_INTERFACES_WARNING = (
-    "The NNI manager (web UI and REST API) listens on ALL network interfaces on port {port}: NNI 3.0 "
-    "has no option to bind it to localhost only, and the REST API can stop the experiment and read "
-    "everything in it. Run it on a trusted network or firewall the port (e.g. `sudo ufw deny {port}`), "
-    "and from another machine reach it through an SSH tunnel: `ssh -N -L {port}:localhost:{port} <host>`."
-)
-
 #: Training-service platforms whose NNI manager also needs ``port + 1`` (a websocket for the workers).
 _WEBSOCKET_PLATFORMS = ("hybrid", "remote", "openpai", "kubeflow", "frameworkcontroller", "adl")
 
 SUMMARY_FILE = "lease_multitrial.json"
-
-
-class PortInUseError(RuntimeError):
-    """The port asked for the NNI manager is already taken (raised before anything starts)."""
 
 
 @dataclass
@@ -110,41 +112,6 @@ def _check_port_number(port: Any, name: str = "port") -> int:
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise ValueError(f"{name} must be an int in [1, 65535]; got {port!r}.")
     return port
-
-
-def check_port_free(port: int) -> None:
-    """Raise :class:`PortInUseError` if something already listens on ``port`` (any interface).
-
-    Two probes: a connection to ``127.0.0.1:port`` (something answering), and a bind of all interfaces
-    with ``SO_REUSEADDR`` (the way the NNI manager binds, so connections in TIME_WAIT do not count).
-
-    Raises
-    ------
-    ValueError
-        If ``port`` is not an int in ``[1, 65535]``.
-    PortInUseError
-        If the port is taken.
-    """
-    _check_port_number(port)
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.settimeout(1.0)
-        answered = probe.connect_ex(("127.0.0.1", port)) == 0
-    bind_error: OSError | None = None
-    if not answered:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind(("0.0.0.0", port))
-            except OSError as exc:
-                bind_error = exc
-    if answered or bind_error is not None:
-        why = "something answers on 127.0.0.1" if answered else f"binding it failed: {bind_error}"
-        hint = " (ports below 1024 need root)" if bind_error is not None and bind_error.errno == errno.EACCES else ""
-        raise PortInUseError(
-            f"port {port} is not free for the NNI manager: {why}{hint}. Choose another port "
-            f"(e.g. --port {port + 2 if port < 65533 else 8080}) or stop what uses it "
-            f"(`nnictl stop --all` stops NNI experiments)."
-        )
 
 
 def load_training_service(spec: str | Path | dict | None) -> dict:
@@ -311,18 +278,33 @@ class _LeaseNasExperiment(NasExperiment):
                                self.config.max_trial_number, n_done)
 
 
-def check_experiment_ports(config: Any, port: int) -> None:
-    """Check the ports an experiment with this config needs (``port``, and ``port + 1`` for remote-like).
+def check_experiment_ports(config: Any, port: int, host: str = DEFAULT_HOST) -> None:
+    """Check the ports an experiment with this config needs (``port``, and ``port + 1`` for remote-like),
+    and that its training service can reach a manager listening on ``host``.
 
     Raises
     ------
     ValueError
-        If ``port`` is not an int in ``[1, 65535]`` (or is 65535 where ``port + 1`` is needed).
+        If ``port`` is not an int in ``[1, 65535]`` (or is 65535 where ``port + 1`` is needed), ``host`` is
+        not allowed, or the training service's workers connect back to an address a manager on loopback
+        does not serve.
     PortInUseError
-        If one of them is taken.
+        If one of the ports is taken (on any address, IPv4 or IPv6).
     """
     _check_port_number(port)
-    platform = getattr(config.training_service, "platform", "local")
+    check_host(host)
+    training_service = config.training_service
+    platform = getattr(training_service, "platform", "local")
+    if platform != "local" and is_loopback(host):
+        manager_ip = getattr(training_service, "nni_manager_ip", None) or getattr(config, "nni_manager_ip", None)
+        if not isinstance(manager_ip, str) or not is_loopback(manager_ip):
+            raise ValueError(
+                f"the {platform!r} training service's workers connect back to the NNI manager "
+                f"(nniManagerIp {manager_ip!r}, port {port}), but host {host!r} keeps the manager on this "
+                "machine's loopback only. Pass --host 0.0.0.0 (host='0.0.0.0') and firewall the port to the "
+                "worker machines (README, Security notes), or reach the workers through SSH tunnels and set "
+                "nniManagerIp: 127.0.0.1."
+            )
     check_port_free(port)
     if platform in _WEBSOCKET_PLATFORMS:
         if port == 65535:
@@ -330,10 +312,16 @@ def check_experiment_ports(config: Any, port: int) -> None:
         check_port_free(port + 1)
 
 
+def _experiment_ports(config: Any, port: int) -> list[int]:
+    platform = getattr(config.training_service, "platform", "local")
+    return [port, port + 1] if platform in _WEBSOCKET_PLATFORMS else [port]
+
+
 def run_experiment(
     exp: Experiment,
     *,
     port: int,
+    host: str = DEFAULT_HOST,
     resume: bool = False,
     keep_open: bool = False,
     on_started: Callable[[str, str], None] | None = None,
@@ -341,32 +329,60 @@ def run_experiment(
 ) -> bool:
     """Run an NNI experiment (HPO or NAS) to completion and always stop it; returns whether interrupted.
 
-    Checks the ports (unless ``check_port`` is false because the caller just did), logs
-    :data:`ALL_INTERFACES_WARNING`, calls ``on_started(url, experiment_id)``, runs (or resumes) the
-    experiment until it is done, then, with ``keep_open``, keeps the web UI until Ctrl-C / SIGTERM
-    (use :func:`sigterm_as_interrupt`). Whatever happens (Ctrl-C, an exception), the experiment is
-    stopped and the NNI manager's port is closed before this returns or raises.
+    Reports experiments earlier runs left behind and checks ``host`` and the ports (unless
+    ``check_port`` is false because the caller just did both), warns if ``host`` is not loopback, calls
+    ``on_started(url, experiment_id)``, then runs (or resumes) the experiment until it is done under
+    :func:`nni_lease.manager.manager_environment` (the manager listens on ``host`` only and dies with
+    this process) and a :class:`nni_lease.manager.BindingGuard` (if the ports listen anywhere else, the
+    manager is killed and RuntimeError raised); with ``keep_open`` it then keeps the web UI until
+    Ctrl-C / SIGTERM (use :func:`sigterm_as_interrupt`). Whatever happens (Ctrl-C, an exception), the
+    experiment is stopped and the NNI manager's port is closed before this returns or raises.
+
+    Parameters
+    ----------
+    host : str
+        Where the manager listens: ``"127.0.0.1"`` (default, this machine only), ``"0.0.0.0"`` or ``"::"``
+        (every interface: anyone who reaches the port can run code as this user).
 
     Raises
     ------
     PortInUseError, ValueError
-        From the port check, before anything starts.
+        From the host and port checks, before anything starts.
+    RuntimeError
+        If the manager listened beyond ``host`` (it is killed at once).
     """
     if check_port:
-        check_experiment_ports(exp.config, port)
-    url = f"http://127.0.0.1:{port}"
-    logger.warning(ALL_INTERFACES_WARNING.format(port=port))
+        report_stale_experiments()
+        check_experiment_ports(exp.config, port, host)
+    else:
+        check_host(host)
+    url = manager_url(host, port)
+    if is_loopback(host):
+        logger.info("The NNI manager listens on %s port %d only (this machine).", host, port)
+    else:
+        logger.warning(EXPOSED_WARNING.format(host=host, port=port))
     if on_started is not None:
         on_started(url, exp.id)
+    ports = _experiment_ports(exp.config, port)
+    exposure: list[str] = []
+
+    def stop_exposed(message: str) -> None:  # from the guard's thread
+        exposure.append(message)
+        logger.error("%s: killing the NNI manager now.", message)
+        kill_listeners(ports)
+
+    guard = BindingGuard(ports, host, stop_exposed)
     interrupted = False
     try:
-        if resume:
-            exp.resume(port=port, wait_completion=True)
-        else:
-            exp.run(port=port, wait_completion=True)
+        with manager_environment(host):
+            guard.start()
+            if resume:
+                exp.resume(port=port, wait_completion=True)
+            else:
+                exp.run(port=port, wait_completion=True)
         # NNI catches Ctrl-C itself, stops the experiment and returns; a stopped experiment has no port.
         interrupted = exp.port is None
-        if keep_open and not interrupted:
+        if keep_open and not interrupted and not exposure:
             logger.warning("Search finished; the web UI stays at %s until Ctrl-C.", url)
             try:
                 while True:
@@ -376,23 +392,19 @@ def run_experiment(
     except KeyboardInterrupt:
         interrupted = True
         logger.warning("Interrupted: stopping the experiment.")
+    except Exception as exc:
+        if exposure:
+            raise RuntimeError(f"{exposure[0]}; the NNI manager was killed.") from exc
+        raise
     finally:
+        guard.stop()
         if exp.port is not None:
             exp.stop()
-        if not _wait_port_closed(port):
+        if not wait_port_closed(port):
             logger.error("port %d still answers after the experiment stopped.", port)
+    if exposure:
+        raise RuntimeError(f"{exposure[0]}; the NNI manager was killed.")
     return interrupted
-
-
-def _wait_port_closed(port: int, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.settimeout(0.5)
-            if probe.connect_ex(("127.0.0.1", port)) != 0:
-                return True
-        time.sleep(0.2)
-    return False
 
 
 def run_multitrial(
@@ -401,6 +413,7 @@ def run_multitrial(
     strategy: LeaseMultiTrial,
     *,
     port: int = 8080,
+    host: str = DEFAULT_HOST,
     max_trials: int = 10,
     concurrency: int = 1,
     training_service: str | Path | dict | None = "local",
@@ -425,6 +438,9 @@ def run_multitrial(
         A fresh strategy (its state is restored from NNI's checkpoint when ``resume`` is true).
     port : int
         Port of the NNI manager (web UI + REST API); checked free before anything starts.
+    host : str
+        Where the manager listens (see :func:`run_experiment`): ``"127.0.0.1"`` by default; ``"0.0.0.0"``
+        or ``"::"`` expose it to the network (anyone who reaches the port can run code as this user).
     max_trials, concurrency, training_service, experiment_dir
         See :func:`build_config`.
     experiment_id : str or None
@@ -458,18 +474,19 @@ def run_multitrial(
     _check_port_number(port)
     config = build_config(max_trials=max_trials, concurrency=concurrency, training_service=training_service,
                           experiment_dir=experiment_dir)
-    check_experiment_ports(config, port)
+    report_stale_experiments()
+    check_experiment_ports(config, port, host)
 
     exp = _LeaseNasExperiment(model_space, evaluator, strategy, config=config, id=experiment_id)
     if resume and not exp.has_checkpoint():
         raise ValueError(f"no experiment {experiment_id!r} to resume in NNI's list "
                          f"({Path('~/nni-experiments/.experiment').expanduser()}); check HOME and the id.")
     record_dir = Path(config.canonical_copy().experiment_working_directory) / exp.id
-    url, state, best = f"http://127.0.0.1:{port}", {}, {}
+    url, state, best = manager_url(host, port), {}, {}
     interrupted = True
     try:
-        interrupted = run_experiment(exp, port=port, resume=resume, keep_open=keep_open, on_started=on_started,
-                                     check_port=False)
+        interrupted = run_experiment(exp, port=port, host=host, resume=resume, keep_open=keep_open,
+                                     on_started=on_started, check_port=False)
     finally:
         state = strategy.state_dict() if strategy.logits else {}
         best = strategy.best_sample() if strategy.logits else {}

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import pickle
+import re
 import struct
+import subprocess
+import sys
+import tracemalloc
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -144,6 +151,17 @@ def test_mnist_count_mismatch(tmp_path):
         load_mnist(tmp_path)
 
 
+def test_mnist_labels_out_of_range_name_the_file(tmp_path):
+    arrays = _mnist_arrays()
+    arrays["train"][1][3] = 12
+    _write_mnist_idx(tmp_path, arrays, compress=False)
+    with pytest.raises(ValueError, match=r"train-labels-idx1-ubyte: expected labels in 0\.\.9; got values from 0 to 12"):
+        load_mnist(tmp_path)
+    np.savez(tmp_path / "mnist.npz", x_train=arrays["train"][0], y_train=arrays["train"][1])
+    with pytest.raises(ValueError, match=r"mnist.npz \(y_train\): expected labels in 0\.\.9"):
+        load_mnist(tmp_path / "mnist.npz")
+
+
 def test_mnist_npz_missing_arrays(tmp_path):
     np.savez(tmp_path / "mnist.npz", x_train=np.zeros((2, 28, 28), np.uint8))
     with pytest.raises(ValueError, match=r"mnist.npz.*y_train"):
@@ -154,6 +172,158 @@ def test_mnist_npz_refuses_object_arrays(tmp_path):
     np.savez(tmp_path / "mnist.npz", x_train=np.array([object()], dtype=object), y_train=np.zeros(1, np.uint8))
     with pytest.raises(ValueError, match="mnist.npz"):
         load_mnist(tmp_path)
+
+
+# ------------------------------------------------------------------------ MNIST: hostile headers
+def _traced_peak(fn):
+    """Run fn; return what it raised and the peak of traced Python / numpy allocations (bytes) meanwhile."""
+    tracemalloc.start()
+    tracemalloc.reset_peak()
+    error = None
+    try:
+        fn()
+    except Exception as exc:  # noqa: BLE001 - returned to the test
+        error = exc
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return error, peak
+
+
+def _idx_header(shape) -> bytes:
+    return bytes([0, 0, 0x08, len(shape)]) + b"".join(struct.pack(">I", s) for s in shape)
+
+
+def _gzip_bomb(path, shape, inflated_mib):
+    """A gzip of a few MB that inflates to ``inflated_mib`` MiB: an idx header, then zeros (repeated members)."""
+    zeros = bytes(2**20)
+    member = gzip.compress(zeros, compresslevel=9)
+    with open(path, "wb") as fh:
+        fh.write(gzip.compress(_idx_header(shape) + zeros, compresslevel=9))
+        for _ in range(inflated_mib - 1):
+            fh.write(member)
+
+
+def test_mnist_gzip_bomb_is_read_no_further_than_its_header_announces(tmp_path):
+    _write_mnist_idx(tmp_path, _mnist_arrays(), compress=True)
+    bomb = tmp_path / "t10k-images-idx3-ubyte.gz"
+    _gzip_bomb(bomb, (10_000, 28, 28), inflated_mib=2300)  # 2.3 GB inflated, like the probe's file
+    assert bomb.stat().st_size < 3 * 2**20
+    error, peak = _traced_peak(lambda: load_mnist(tmp_path, split="test"))
+    assert isinstance(error, ValueError)
+    assert str(error).startswith(f"{bomb}: the header announces shape (10000, 28, 28), i.e. 7840016 bytes in total; "
+                                 "the decompressed file holds more bytes")
+    assert peak < 24 * 2**20  # the announced 7.8 MB (and gzip's buffers), not 2.3 GB
+
+
+@pytest.mark.parametrize(
+    ("shape", "match"),
+    [((2**32 - 1, 2**32 - 1, 2**32 - 1), r"shape \(4294967295, 4294967295, 4294967295\).*dimension 0 <= 60000"),
+     ((60_001, 28, 28), r"dimension 0 <= 60000"),
+     ((10, 32, 32), r"dimension 1 = 28"),
+     ((10, 28, 2**31), r"dimension 2 = 28")],
+)
+@pytest.mark.parametrize("compress", [False, True])
+def test_mnist_header_beyond_the_format_names_the_file(tmp_path, shape, match, compress):
+    """Dimensions whose product overflows int64 used to give `cannot reshape array of size 0`."""
+    _write_mnist_idx(tmp_path, _mnist_arrays(), compress=compress)
+    name = "train-images-idx3-ubyte" + (".gz" if compress else "")
+    raw = _idx_header(shape) + bytes(100)
+    (tmp_path / name).write_bytes(gzip.compress(raw) if compress else raw)
+    error, peak = _traced_peak(lambda: load_mnist(tmp_path))
+    assert isinstance(error, ValueError) and re.search(rf"{re.escape(str(tmp_path / name))}: .*{match}", str(error))
+    assert peak < 2**20
+
+
+def test_mnist_gzip_announcing_more_than_it_can_hold(tmp_path):
+    _write_mnist_idx(tmp_path, _mnist_arrays(), compress=True)
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(_idx_header((60_000, 28, 28)) + bytes(10)))
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte.gz: the header announces shape \(60000, 28, 28\) "
+                                         r"\(47040000 bytes\), more than a \d+-byte gzip file can hold"):
+        load_mnist(tmp_path)
+
+
+def _npz_with_header(path, arrays: dict[str, tuple[tuple[int, ...], str, bytes]]):
+    """An npz whose members carry the given .npy headers (shape, dtype) followed by the given bytes."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for key, (shape, dtype, body) in arrays.items():
+            member = io.BytesIO()
+            np.lib.format.write_array_header_1_0(member, {"descr": dtype, "fortran_order": False, "shape": shape})
+            archive.writestr(f"{key}.npy", member.getvalue() + body)
+
+
+def test_mnist_npz_headers_are_checked_before_loading(tmp_path):
+    path = tmp_path / "mnist.npz"
+    _npz_with_header(path, {"x_train": ((10**9, 28, 28), "|u1", bytes(64)), "y_train": ((10**9,), "|u1", bytes(8))})
+    error, peak = _traced_peak(lambda: load_mnist(path))
+    assert isinstance(error, ValueError)
+    assert str(error) == (f"{path}: expected x_train as uint8 of shape (N, 28, 28) with N <= 60000; its header says "
+                          "uint8 (1000000000, 28, 28).")
+    assert peak < 2**20  # np.load would have allocated the 784 GB the header declares before reading
+
+
+@pytest.mark.parametrize(
+    ("arrays", "match"),
+    [({"x_train": np.zeros((2, 28, 28), np.float32), "y_train": np.zeros(2, np.uint8)}, r"x_train as uint8.*float32"),
+     ({"x_train": np.zeros((2, 28, 28), np.uint8), "y_train": np.zeros(2, np.float64)}, r"y_train as 2 integers"),
+     ({"x_train": np.zeros((2, 28, 28), np.uint8), "y_train": np.zeros(3, np.uint8)}, r"y_train as 2 integers"),
+     ({"x_train": np.zeros((2, 32, 32), np.uint8), "y_train": np.zeros(2, np.uint8)}, r"x_train as uint8 of shape \(N, 28, 28\).*\(2, 32, 32\)")],
+)
+def test_mnist_npz_wrong_dtypes_and_shapes(tmp_path, arrays, match):
+    np.savez(tmp_path / "mnist.npz", **arrays)
+    with pytest.raises(ValueError, match=rf"mnist.npz: expected {match}"):
+        load_mnist(tmp_path)
+
+
+def test_mnist_npz_that_is_not_a_zip(tmp_path):
+    np.save(tmp_path / "plain.npy", np.zeros((2, 28, 28), np.uint8))
+    (tmp_path / "plain.npy").rename(tmp_path / "mnist.npz")
+    with pytest.raises(ValueError, match="mnist.npz: cannot read it as a numpy .npz archive"):
+        load_mnist(tmp_path)
+
+
+_RSS_PROBE = """
+import gzip, pickle, resource, sys
+from pathlib import Path
+import numpy as np
+from art_fisher.data import load_cifar10, load_mnist
+
+root = Path(sys.argv[1])
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+for load in (lambda: load_cifar10(root / "cifar", split="test"), lambda: load_mnist(root / "mnist", split="test"),
+             lambda: load_mnist(root / "mnist.npz")):
+    try:
+        load()
+        print("ACCEPTED")
+    except ValueError as exc:
+        print(str(exc)[:200])
+print("GROWTH_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+"""
+
+
+class _ZeroStride:
+    def __reduce__(self):
+        return (np.ndarray, ((10**6, 3072), np.dtype("u1"), b"\0", 0, (0, 0)))
+
+
+def test_hostile_files_do_not_grow_the_process(tmp_path):
+    """Peak RSS of a fresh process loading the hostile files above (nni_lease reads CIFAR through the same
+    art_fisher.cifar_batch; its own test measures the traced peak)."""
+    (tmp_path / "cifar").mkdir()
+    with open(tmp_path / "cifar" / "test_batch", "wb") as fh:
+        pickle.dump({b"data": _ZeroStride(), b"labels": [0]}, fh, protocol=2)
+    (tmp_path / "mnist").mkdir()
+    _write_mnist_idx(tmp_path / "mnist", _mnist_arrays(), compress=True)
+    _gzip_bomb(tmp_path / "mnist" / "t10k-images-idx3-ubyte.gz", (10_000, 28, 28), inflated_mib=2300)
+    _npz_with_header(tmp_path / "mnist.npz", {"x_train": ((10**9, 28, 28), "|u1", b""), "y_train": ((10**9,), "|u1", b"")})
+    out = subprocess.run([sys.executable, "-c", _RSS_PROBE, str(tmp_path)], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}, timeout=300)
+    lines = out.stdout.splitlines()
+    assert "ACCEPTED" not in lines and len(lines) == 4, out.stdout + out.stderr[-2000:]
+    for line, name in zip(lines, ["test_batch", "t10k-images-idx3-ubyte.gz", "mnist.npz"]):
+        assert name in line
+    growth_mb = int(lines[-1].split()[1]) / 1024
+    assert growth_mb < 64, lines  # declared: 3 GB (CIFAR), 2.3 GB inflated (gzip), 784 GB (npz)
 
 
 # ------------------------------------------------------------------------------------ CIFAR-10

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -13,37 +15,29 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import requests
+import yaml
 
 from nni_lease.experiment import (
     SUMMARY_FILE,
     PortInUseError,
     build_config,
+    check_experiment_ports,
     check_port_free,
     load_training_service,
     run_multitrial,
 )
+from nni_lease.manager import listening_addresses, report_stale_experiments
 from nni_lease.multitrial import LeaseMultiTrial
 from nni_lease.trial import lease_evaluator
 from tests._toy_space import DigitsToySpace
+from tests._loopback import free_port as _free_port
+from tests._loopback import has_ipv6, needs_ipv6
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
-
-
-def _free_port() -> int:
-    """A port free on 127.0.0.1 whose successor is free too (remote-like services use port + 1)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        try:
-            check_port_free(port)
-            return port
-        except PortInUseError:
-            continue
-    raise RuntimeError("no free port found")
 
 
 def _port_open(port: int) -> bool:
@@ -176,6 +170,9 @@ def test_multitrial_experiment_web_ui_stop_and_resume(launch, tmp_path):
     exp_id = first.experiment_id()
     jobs, metrics = first.wait_succeeded(3)
 
+    # The manager, and everything in its process group (the trials), listens on 127.0.0.1 only.
+    _assert_loopback_only(tmp_path, exp_id, port)
+
     # The web UI's index page is served while the experiment runs.
     index = requests.get(f"http://127.0.0.1:{port}/", timeout=10)
     assert index.status_code == 200 and "<title>Neural Network Intelligence</title>" in index.text
@@ -192,7 +189,7 @@ def test_multitrial_experiment_web_ui_stop_and_resume(launch, tmp_path):
     assert not _port_open(port)
     manifest = json.loads((tmp_path / "nni-experiments" / ".experiment").read_text())
     assert manifest[exp_id]["status"] == "STOPPED"
-    assert "listens on ALL network interfaces" in first.output()
+    assert f"The NNI manager listens on 127.0.0.1 port {port} only" in first.output()
 
     # The policy moved toward the clearly better choice ("linear" beats the constant "dead" explainer).
     state = _summary(tmp_path, exp_id)["strategy_state"]
@@ -227,6 +224,39 @@ def test_multitrial_experiment_web_ui_stop_and_resume(launch, tmp_path):
     np.testing.assert_allclose(resumed["logits"]["op"], expected, rtol=1e-12)
 
 
+def _manager_pid(home: Path, experiment_id: str) -> int:
+    return json.loads((home / "nni-experiments" / ".experiment").read_text())[experiment_id]["pid"]
+
+
+def _process_group(pgid: int) -> list[psutil.Process]:
+    group = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                group.append(proc)
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            continue
+    return group
+
+
+def _assert_loopback_only(home: Path, experiment_id: str, port: int) -> None:
+    """psutil and `ss`: the port listens on 127.0.0.1 only, and so does every socket of the manager's group."""
+    assert listening_addresses(port) == ["127.0.0.1"]
+    manager = _manager_pid(home, experiment_id)
+    group = _process_group(manager)
+    assert manager in {p.pid for p in group}
+    for proc in group:
+        for conn in proc.net_connections(kind="inet"):
+            if conn.status == psutil.CONN_LISTEN:
+                assert conn.laddr.ip == "127.0.0.1", (proc.cmdline(), conn)
+    if shutil.which("ss"):
+        out = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, check=True).stdout
+        assert [line.split()[3] for line in out.splitlines()] == [f"127.0.0.1:{port}"]
+    if has_ipv6():
+        with socket.socket(socket.AF_INET6) as probe:
+            assert probe.connect_ex(("::1", port)) != 0
+
+
 def _jobs_in_db(home: Path, experiment_id: str) -> list[str]:
     """Final status of every trial, read from the stopped experiment's NNI database."""
     with sqlite3.connect(home / "records" / experiment_id / "db" / "nni.sqlite") as db:
@@ -235,6 +265,33 @@ def _jobs_in_db(home: Path, experiment_id: str) -> list[str]:
     for trial, event in rows:
         last[trial] = event
     return list(last.values())
+
+
+@pytest.mark.slow
+def test_sigkill_of_the_launcher_ends_the_manager_and_its_trials(launch, tmp_path):
+    port = _free_port()
+    driver = launch(port, max_trials=8)
+    exp_id = driver.experiment_id()
+    deadline = time.monotonic() + 240
+    trials: list[psutil.Process] = []
+    while not trials and time.monotonic() < deadline:
+        assert driver.proc.poll() is None, driver.output()[-3000:]
+        with contextlib.suppress(FileNotFoundError, KeyError, json.JSONDecodeError):
+            manager = _manager_pid(tmp_path, exp_id)
+            trials = [p for p in _process_group(manager) if p.pid != manager]
+        time.sleep(0.5)
+    assert trials, "no trial started:\n" + driver.output()[-3000:]
+    group = [psutil.Process(manager), *trials]
+
+    driver.proc.kill()  # SIGKILL: none of the launcher's cleanup runs
+    driver.proc.wait()
+    gone, alive = psutil.wait_procs(group, timeout=30)
+    assert not alive, [p.cmdline() for p in alive]
+    assert not _port_open(port) and listening_addresses(port) == []
+    assert "is gone; stopping the experiment and its trials" in driver.output()
+    # The watchdog let NNI shut down properly: the record says STOPPED, nothing is stale for a later run.
+    assert json.loads((tmp_path / "nni-experiments" / ".experiment").read_text())[exp_id]["status"] == "STOPPED"
+    assert report_stale_experiments(tmp_path) == []
 
 
 def test_port_in_use_is_a_clear_error_before_anything_starts(tmp_path):
@@ -289,10 +346,14 @@ def test_training_service_files(tmp_path, monkeypatch):
     assert config.experiment_working_directory == str((tmp_path / "r").resolve())
 
 
+def _fake_ssh_key(home: Path) -> None:
+    (home / ".ssh").mkdir()
+    (home / ".ssh" / "id_ed25519").write_text("not a real key\n")
+
+
 def test_remote_service_needs_the_next_port_too(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
-    (tmp_path / ".ssh").mkdir()
-    (tmp_path / ".ssh" / "id_ed25519").write_text("not a real key\n")
+    _fake_ssh_key(tmp_path)
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -300,23 +361,95 @@ def test_remote_service_needs_the_next_port_too(tmp_path, monkeypatch):
         if _port_open(port):
             pytest.skip("port - 1 happens to be in use")
         with pytest.raises(PortInUseError, match=f"port {port + 1}"):
-            run_multitrial(DigitsToySpace(), lease_evaluator(), LeaseMultiTrial(), port=port, max_trials=1,
-                           training_service=EXAMPLES / "remote_training_service.yml",
+            run_multitrial(DigitsToySpace(), lease_evaluator(), LeaseMultiTrial(), port=port, host="0.0.0.0",
+                           max_trials=1, training_service=EXAMPLES / "remote_training_service.yml",
                            experiment_dir=tmp_path / "records")
+    assert not (tmp_path / "records").exists()
 
 
-def test_cli_multitrial_port_in_use_exits_2_before_starting(tmp_path, capsys):
+def test_remote_workers_cannot_reach_a_loopback_manager(tmp_path, monkeypatch):
+    """Remote workers connect back to nniManagerIp:PORT: with the default host that is refused up front."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    _fake_ssh_key(tmp_path)
+    remote = EXAMPLES / "remote_training_service.yml"
+    args = {"max_trials": 1, "experiment_dir": tmp_path / "records", "port": _free_port()}
+    with pytest.raises(ValueError, match=r"nniManagerIp '192\.0\.2\.1'.*Pass --host 0\.0\.0\.0"):
+        run_multitrial(DigitsToySpace(), lease_evaluator(), LeaseMultiTrial(), training_service=remote, **args)
+    config = build_config(max_trials=1, concurrency=1, training_service=remote)
+    check_experiment_ports(config, args["port"], "0.0.0.0")  # explicit exposure: accepted
+    local_workers = yaml.safe_load(remote.read_text()) | {"nniManagerIp": "127.0.0.1"}
+    config = build_config(max_trials=1, concurrency=1, training_service=local_workers)
+    check_experiment_ports(config, args["port"], "127.0.0.1")  # workers on this machine / SSH tunnels
+    assert not (tmp_path / "records").exists()
+
+
+@pytest.mark.parametrize("host", ["10.0.0.1", "localhost"])
+def test_bad_host_fails_before_anything_starts(host, tmp_path):
+    with pytest.raises(ValueError, match="host must be one of"):
+        run_multitrial(DigitsToySpace(), lease_evaluator(), LeaseMultiTrial(), port=_free_port(), host=host,
+                       max_trials=1, experiment_dir=tmp_path / "records")
+    assert not (tmp_path / "records").exists()
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", pytest.param("::1", marks=needs_ipv6)])
+def test_cli_multitrial_port_in_use_exits_2_before_starting(address, tmp_path, capsys):
+    """Also a port held only by an IPv6 [::1] listener (NNI's own check misses it, then fails deep inside)."""
     from nni_lease.cli import main
 
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family) as busy:
+        busy.bind((address, 0))
         busy.listen()
         port = busy.getsockname()[1]
         code = main(["search", "--mode", "multi-trial", "--port", str(port), "--max-trials", "1",
                      "--experiment-dir", str(tmp_path / "records")])
     assert code == 2
-    assert f"port {port} is not free" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"port {port} is not free for the NNI manager" in err and "Traceback" not in err
     assert not (tmp_path / "records").exists()
+
+
+@needs_ipv6
+def test_cli_port_plus_one_held_on_ipv6_exits_2(tmp_path, capsys, monkeypatch):
+    from nni_lease.cli import main
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    _fake_ssh_key(tmp_path)
+    with socket.socket(socket.AF_INET6) as busy:
+        busy.bind(("::1", 0))
+        busy.listen()
+        port = busy.getsockname()[1] - 1
+        if _port_open(port):
+            pytest.skip("port - 1 happens to be in use")
+        code = main(["search", "--mode", "hpo", "--port", str(port), "--host", "0.0.0.0", "--max-trials", "1",
+                     "--training-service", str(EXAMPLES / "remote_training_service.yml"),
+                     "--experiment-dir", str(tmp_path / "records")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"port {port + 1} is not free for the NNI manager: something answers on [::1]:{port + 1}" in err
+    assert not (tmp_path / "records").exists()
+
+
+def test_cli_reports_an_experiment_an_earlier_run_left_behind(tmp_path, capsys, monkeypatch):
+    """A record still marked RUNNING whose manager is gone (e.g. the manager was killed with -9)."""
+    from nni_lease.cli import main
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    manifest = tmp_path / "nni-experiments" / ".experiment"
+    manifest.parent.mkdir()
+    manifest.write_text(json.dumps({"old1": {"id": "old1", "port": 8080, "status": "RUNNING", "pid": dead.pid}}))
+    with socket.socket() as busy:  # the search itself stops at the port check: nothing starts
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        code = main(["search", "--mode", "multi-trial", "--port", str(busy.getsockname()[1]), "--max-trials", "1",
+                     "--experiment-dir", str(tmp_path / "records")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"experiment old1 (port 8080) was not stopped cleanly: NNI's list says RUNNING but its manager (pid " \
+           f"{dead.pid}) is gone; marked STOPPED" in err
+    assert json.loads(manifest.read_text())["old1"]["status"] == "STOPPED"
 
 
 def test_resumable_channel_skips_the_resume_data_nni_3_cannot_parse():

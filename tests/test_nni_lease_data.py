@@ -70,7 +70,7 @@ class _Evil:
 def test_cifar10_loader_refuses_code_in_the_pickle(tmp_path):
     with open(tmp_path / "test_batch", "wb") as fh:
         pickle.dump({b"data": _Evil(), b"labels": [0]}, fh, protocol=2)
-    with pytest.raises(pickle.UnpicklingError, match="refusing to load"):
+    with pytest.raises(pickle.UnpicklingError, match=r"test_batch: .*refusing to load global (posix|os)\.system"):
         load_cifar10_batch(tmp_path / "test_batch")
 
 
@@ -89,5 +89,50 @@ def test_bad_arguments(tmp_path):
         make_dataset("mnist", "train")
     with open(tmp_path / "test_batch", "wb") as fh:
         pickle.dump({b"data": np.zeros((2, 10), dtype=np.uint8), b"labels": [0, 1]}, fh, protocol=2)
-    with pytest.raises(ValueError, match=r"expected data of shape \(N, 3072\)"):
+    with pytest.raises(ValueError, match=r"test_batch: expected b'data' as uint8 of shape \(N, 3072\)"):
         load_cifar10_batch(tmp_path / "test_batch")
+
+
+def test_one_cifar_unpickler_for_both_packages():
+    import art_fisher.data
+    from art_fisher.cifar_batch import read_cifar10_batch
+    from nni_lease import data
+
+    assert data.read_cifar10_batch is read_cifar10_batch is art_fisher.data.read_cifar10_batch
+    assert not [name for name in vars(data) if "Unpickler" in name]
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [({b"labels": [0, 57]}, r"labels in 0\.\.9; got values from 0 to 57"),
+     ({b"labels": [-3, 1]}, r"labels in 0\.\.9; got values from -3 to 1"),
+     ({b"data": np.full((2, 3072), 0.5)}, r"uint8 of shape \(N, 3072\).*got float64"),
+     ({b"data": np.full((2, 3072), 0.5, np.float32)}, r"uint8 of shape \(N, 3072\).*got float32")],
+)
+def test_cifar10_loader_refuses_bad_labels_and_float_pixels(tmp_path, change, match):
+    batch = {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1], **change}
+    for name in ("data_batch_1", "test_batch"):
+        with open(tmp_path / name, "wb") as fh:
+            pickle.dump(batch, fh, protocol=2)
+    with pytest.raises(ValueError, match=rf"test_batch: .*{match}"):
+        load_cifar10_batch(tmp_path / "test_batch")
+    with pytest.raises(ValueError, match=rf"data_batch_1: .*{match}"):
+        Cifar10Dataset(str(tmp_path), "train")
+
+
+class _ZeroStride:
+    def __reduce__(self):
+        return (np.ndarray, ((10**6, 3072), np.dtype("u1"), b"\0", 0, (0, 0)))
+
+
+def test_cifar10_loader_refuses_a_tiny_file_declaring_a_million_images(tmp_path):
+    import tracemalloc
+
+    with open(tmp_path / "test_batch", "wb") as fh:
+        pickle.dump({b"data": _ZeroStride(), b"labels": [0]}, fh, protocol=2)
+    tracemalloc.start()
+    with pytest.raises(ValueError, match="test_batch: not a CIFAR-10 python batch: refusing to call numpy.ndarray"):
+        Cifar10Dataset(str(tmp_path), "test")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 2**20  # the old loader made (10^6, 3, 32, 32) float32: 12 GB
