@@ -37,15 +37,15 @@ import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nni
-from nni.experiment import Experiment, ExperimentConfig
-from nni.experiment.config import AlgorithmConfig
 
-from nni_lease.experiment import load_training_service
 from nni_lease.oneshot import RETRAIN_FILE, RetrainConfig, SearchConfig, retrain_architecture, search_oneshot
 from nni_lease.settings import LeaseSettings
+
+if TYPE_CHECKING:  # the trial process does not need NNI's experiment machinery (seconds of imports)
+    from nni.experiment import Experiment
 
 logger = logging.getLogger(__name__)
 
@@ -233,6 +233,11 @@ def build_hpo_experiment(
     ValueError
         For a bad argument or a config NNI rejects.
     """
+    from nni.experiment import Experiment, ExperimentConfig
+    from nni.experiment.config import AlgorithmConfig
+
+    from nni_lease.experiment import load_training_service
+
     for name, value in [("max_trials", max_trials), ("concurrency", concurrency)]:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int; got {value!r}.")

@@ -402,9 +402,12 @@ def search_oneshot(
     experiment = NasExperiment(space, evaluator, strategy)
     experiment.config.experiment_working_directory = str(out / "nni-experiments")
     start = time.perf_counter()
-    experiment.run()
-    seconds = time.perf_counter() - start
-    architecture = experiment.export_top_models(formatter="dict")[0]
+    try:
+        experiment.run()
+        seconds = time.perf_counter() - start
+        architecture = experiment.export_top_models(formatter="dict")[0]
+    finally:
+        experiment.stop()  # otherwise NNI stops it (and logs) at interpreter exit
     record = {
         "architecture": architecture,
         "mode": "oneshot",
