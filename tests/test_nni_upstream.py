@@ -108,8 +108,8 @@ def engine():
 
 def test_lease_multitrial(named_model_space, engine):
     name, model_space = named_model_space
-    strategy = LeaseMultiTrial(learning_rate=2.0, seed=0)
-    assert repr(strategy) == "LeaseMultiTrial(learning_rate=2.0, baseline_decay=0.7, seed=0)"
+    strategy = LeaseMultiTrial(seed=0)
+    assert repr(strategy) == "LeaseMultiTrial(learning_rate=0.5, baseline_decay=0.7, seed=0)"
     if name == "numerical":
         with pytest.raises(ValueError, match="categorical"):
             strategy(model_space, engine)
@@ -129,7 +129,7 @@ def test_lease_multitrial(named_model_space, engine):
 
     # Strategy resume, in the upstream order: load_state_dict before initialize.
     state_dict = strategy.state_dict()
-    strategy2 = LeaseMultiTrial(learning_rate=2.0, seed=0)
+    strategy2 = LeaseMultiTrial(seed=0)
     strategy2.load_state_dict(state_dict)
     engine.max_model_count += 10
     strategy2(model_space, engine)

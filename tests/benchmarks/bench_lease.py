@@ -216,6 +216,9 @@ def run_explanations(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    values = [float(v) for v in values]
+    if any(v != v for v in values):  # NaN (a metric the strategy does not log, e.g. DARTS's listener)
+        return float("nan"), float("nan")
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
