@@ -1,4 +1,4 @@
-"""Tune LeaSE's gamma, PGD epsilon and PGD steps with NNI's Python ``Experiment`` API.
+"""Tune LeaSE's gamma, explanation epsilon and steps with NNI's Python ``Experiment`` API.
 
 The same experiment as ``examples/hpo_config.yml`` (nnictl) and ``nni-lease search --mode hpo``.
 Run from the repository root::
@@ -16,7 +16,8 @@ import argparse
 import logging
 
 from nni_lease.experiment import run_experiment, sigterm_as_interrupt
-from nni_lease.hpo import build_hpo_experiment
+from nni_lease.hpo import TrialConfig, build_hpo_experiment
+from nni_lease.oneshot import RetrainConfig, SearchConfig
 
 
 def main() -> None:
@@ -30,12 +31,12 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO)
 
     # An nni.experiment.Experiment: search space nni_lease.hpo.SEARCH_SPACE, TPE maximising the retrained
-    # validation accuracy, trial command `python -m nni_lease.hpo trial ...`.
+    # validation accuracy, trial command `python -m nni_lease.hpo trial --config '<JSON>'` (shell-quoted).
     experiment = build_hpo_experiment(
         max_trials=args.max_trials,
         concurrency=args.concurrency,
-        search_args=["--epochs", "2", "--limit-batches", "10"],
-        retrain_args=["--epochs", "3"],
+        config=TrialConfig(search=SearchConfig(epochs=2, limit_batches=10), lease={"hypergradient": "first_order"},
+                           retrain=RetrainConfig(epochs=3)),
         experiment_dir=args.experiment_dir,
     )
     print(experiment.config.json())

@@ -5,7 +5,8 @@ Run from the repository root (about a minute on a laptop CPU)::
     python examples/lease_oneshot_digits.py
 
 It is the NNI idiom ``NasExperiment(model_space, evaluator, strategy).run()`` with ``LeaSE`` where one
-would write ``DARTS``. NNI writes its experiment records under ``~/nni-experiments`` (set ``HOME`` or
+would write ``DARTS``. (``nni_lease.oneshot.search_oneshot`` and ``retrain_architecture`` do the same with
+files written, as ``nni-lease search`` / ``nni-lease retrain`` do.) NNI writes its experiment records under ``~/nni-experiments`` (set ``HOME`` or
 ``experiment.config.experiment_working_directory`` to put them elsewhere).
 """
 
@@ -36,8 +37,9 @@ evaluator = Classification(
     logger=False,
 )
 
-# gamma weighs the listener's validation loss; gamma=0 is exactly NNI's DARTS.
-strategy = LeaSE(gamma=1.0, pgd_steps=3, hypergradient="first_order", arc_learning_rate=3e-3)
+# gamma weighs the listener's validation loss; gamma=0 is exactly NNI's DARTS. Every other LeaSE option
+# (explanation ball, steps, weighting, hypergradient ...) is a field of nni_lease.LeaseSettings.
+strategy = LeaSE(gamma=1.0, hypergradient="first_order", arc_learning_rate=3e-3)
 experiment = NasExperiment(space, evaluator, strategy)
 experiment.run()
 

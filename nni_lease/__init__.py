@@ -7,7 +7,10 @@ to make both learn well.
 Public names (imported lazily, so that ``import nni_lease`` stays light):
 
 - :class:`LeaSE` (:mod:`nni_lease.strategy`): the one-shot strategy, a drop-in for NNI's ``DARTS``;
-- :func:`pgd_explain` (:mod:`nni_lease.explain`): PGD explanations ``δ`` and ``δ ⊙ x``;
+- :class:`LeaseSettings` (:mod:`nni_lease.settings`): every LeaSE option, in one object;
+- :class:`LeaseStep` (:mod:`nni_lease.step`): the LeaSE step shared by the strategy and the trial;
+- :func:`pgd_explain` (:mod:`nni_lease.explain`): explanations ``δ`` and the listener's input;
+- :func:`search_oneshot`, :func:`retrain_architecture` (:mod:`nni_lease.oneshot`): the one-shot workflow;
 - :func:`default_listener` (:mod:`nni_lease.listener`): the default listener CNN;
 - :class:`LeaseCellSpace` (:mod:`nni_lease.spaces`): a small cell space for digits / CIFAR-10;
 - :class:`DigitsDataset`, :class:`Cifar10Dataset` (:mod:`nni_lease.data`): trace-safe data sets;
@@ -28,6 +31,12 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 _LAZY = {
     "LeaSE": "nni_lease.strategy",
     "LeaseLightningModule": "nni_lease.strategy",
+    "LeaseSettings": "nni_lease.settings",
+    "LeaseStep": "nni_lease.step",
+    "search_oneshot": "nni_lease.oneshot",
+    "retrain_architecture": "nni_lease.oneshot",
+    "SearchConfig": "nni_lease.oneshot",
+    "RetrainConfig": "nni_lease.oneshot",
     "pgd_explain": "nni_lease.explain",
     "Explanation": "nni_lease.explain",
     "default_listener": "nni_lease.listener",

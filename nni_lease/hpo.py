@@ -1,19 +1,23 @@
-"""Tune LeaSE's hyper-parameters (γ, PGD ε and steps) in an NNI HPO experiment, one trial per setting.
+"""Tune LeaSE's hyper-parameters (γ, the explanation's ε and steps) in an NNI HPO experiment.
 
-Each trial (``python -m nni_lease.hpo trial ...``, the experiment's ``trialCommand``) takes its
-parameters from ``nni.get_next_parameter()``, runs the one-shot LeaSE search
-(``nni-lease search --mode oneshot``) and retrains the exported architecture from scratch
-(``nni-lease retrain``), and reports to NNI:
+Each trial (``python -m nni_lease.hpo trial --config JSON``, the experiment's ``trialCommand``) takes
+its tuned parameters from ``nni.get_next_parameter()``, runs the one-shot LeaSE search
+(:func:`nni_lease.oneshot.search_oneshot`), retrains the exported architecture from scratch
+(:func:`nni_lease.oneshot.retrain_architecture`), and reports to NNI (larger is better, NNI's convention):
 
-* one intermediate result per search epoch (sent when the search has finished, read from its metrics
-  file): ``default`` = the explainer's validation accuracy at that epoch, plus every logged metric;
+* one intermediate result per search epoch (sent when the search has finished, read from its metrics):
+  ``default`` = the explainer's validation accuracy at that epoch, plus every logged metric;
 * the final result: ``default`` = the retrained architecture's **validation** accuracy (the tuner
   maximises it; the test accuracy is reported alongside but is not what is tuned), plus the test
   accuracy and the search's last LeaSE objective.
 
 Accuracy, not the LeaSE objective, is the tuned metric here because the objective
-``L_e^val + γ·L_a^val`` changes meaning with γ, one of the tuned parameters. The one-shot search never
-starts an NNI manager itself; run inside this experiment it shows in the web UI like any trial.
+``L_e^val + γ·L_a^val`` changes meaning with γ, one of the tuned parameters.
+
+The fixed settings of every trial (:class:`~nni_lease.oneshot.SearchConfig`, the LeaSE options that are
+not tuned, :class:`~nni_lease.oneshot.RetrainConfig`) travel as one JSON argument. NNI runs the trial
+command through ``bash`` (``eval``), so every part of it is quoted with :func:`shlex.quote`: paths with
+quotes, spaces or ``$(...)`` reach the trial as they were written, never as shell code.
 
 :data:`SEARCH_SPACE` is the space tuned; :func:`build_hpo_experiment` returns the
 :class:`nni.experiment.Experiment` (``examples/hpo_experiment.py`` and ``examples/hpo_config.yml`` are
@@ -24,35 +28,100 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
+import dataclasses
 import json
 import logging
 import os
+import shlex
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nni
-from nni.experiment import Experiment, ExperimentConfig
-from nni.experiment.config import AlgorithmConfig
 
-from nni_lease.experiment import load_training_service
+from nni_lease.oneshot import RETRAIN_FILE, RetrainConfig, SearchConfig, retrain_architecture, search_oneshot
+from nni_lease.settings import LeaseSettings
+
+if TYPE_CHECKING:  # the trial process does not need NNI's experiment machinery (seconds of imports)
+    from nni.experiment import Experiment
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SEARCH_SPACE", "DEFAULT_PARAMETERS", "build_hpo_experiment", "run_trial", "main"]
+__all__ = ["SEARCH_SPACE", "DEFAULT_PARAMETERS", "TrialConfig", "build_hpo_experiment", "run_trial", "main"]
 
-#: NNI search space of the tuned LeaSE hyper-parameters (NNI's ``_type`` / ``_value`` format).
+#: NNI search space of the tuned LeaSE options (NNI's ``_type`` / ``_value`` format; ε is the L2 radius).
 SEARCH_SPACE: dict[str, dict[str, Any]] = {
     "gamma": {"_type": "uniform", "_value": [0.0, 2.0]},
-    "pgd_epsilon": {"_type": "loguniform", "_value": [0.01, 0.3]},
-    "pgd_steps": {"_type": "choice", "_value": [1, 3, 5, 7]},
+    "pgd_epsilon": {"_type": "loguniform", "_value": [0.1, 2.0]},
+    "pgd_steps": {"_type": "choice", "_value": [1, 2, 3, 5]},
 }
 
-#: Used for parameters the tuner did not send (e.g. when the trial runs outside NNI).
-DEFAULT_PARAMETERS: dict[str, Any] = {"gamma": 1.0, "pgd_epsilon": 8 / 255, "pgd_steps": 3}
+#: Used for parameters the tuner did not send (e.g. when the trial runs outside NNI): LeaSE's defaults.
+DEFAULT_PARAMETERS: dict[str, Any] = {name: getattr(LeaseSettings(), name) for name in SEARCH_SPACE}
+
+#: Options that the tuner sets, so an HPO run cannot fix them (``pgd_step_size`` follows ε and steps).
+TUNED_OPTIONS: tuple[str, ...] = (*SEARCH_SPACE, "pgd_step_size")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialConfig:
+    """The fixed settings of every HPO trial (one JSON argument of the trial command).
+
+    Parameters
+    ----------
+    search : SearchConfig
+        The one-shot search's data, space and training settings.
+    lease : dict
+        LeaSE options that are not tuned (any :class:`~nni_lease.settings.LeaseSettings` option except
+        :data:`TUNED_OPTIONS` and ``listener_optimizer``), e.g. ``{"hypergradient": "unrolled"}``.
+    retrain : RetrainConfig
+        How the searched architecture is retrained.
+
+    Raises
+    ------
+    ValueError
+        For a tuned, unknown or bad option.
+    """
+
+    search: SearchConfig = SearchConfig(epochs=2, limit_batches=10)
+    lease: dict = dataclasses.field(default_factory=dict)
+    retrain: RetrainConfig = RetrainConfig(epochs=3)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.search, SearchConfig) or not isinstance(self.retrain, RetrainConfig):
+            raise ValueError("search must be a SearchConfig and retrain a RetrainConfig.")
+        if not isinstance(self.lease, dict):
+            raise ValueError(f"lease must be a dict of LeaSE options; got {type(self.lease).__name__}.")
+        tuned = sorted(set(self.lease) & {*TUNED_OPTIONS, "listener_optimizer"})
+        if tuned:
+            raise ValueError(f"LeaSE option(s) {tuned} cannot be fixed in an HPO run: the tuner sets "
+                             f"{list(SEARCH_SPACE)} (and the listener's optimiser is Adam).")
+        LeaseSettings.from_options(**self.lease)  # checks names and values
+
+    def to_json(self) -> str:
+        """One line of JSON (what the trial command carries)."""
+        return json.dumps({"search": dataclasses.asdict(self.search), "lease": self.lease,
+                           "retrain": dataclasses.asdict(self.retrain)}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> TrialConfig:
+        """Parse :meth:`to_json`'s output.
+
+        Raises
+        ------
+        ValueError
+            If ``text`` is not such a JSON object or a setting is bad.
+        """
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--config is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict) or set(data) - {"search", "lease", "retrain"}:
+            raise ValueError("--config must be a JSON object with the keys 'search', 'lease' and 'retrain'.")
+        return cls(search=SearchConfig.from_dict(data.get("search", {})), lease=dict(data.get("lease", {})),
+                   retrain=RetrainConfig(**data.get("retrain", {})))
 
 
 def _check_parameters(params: dict[str, Any]) -> dict[str, Any]:
@@ -60,14 +129,9 @@ def _check_parameters(params: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"HPO parameters must be among {sorted(DEFAULT_PARAMETERS)}; got unknown {unknown}.")
     merged = {**DEFAULT_PARAMETERS, **params}
-    if not isinstance(merged["gamma"], (int, float)) or merged["gamma"] < 0:
-        raise ValueError(f"gamma must be a number >= 0; got {merged['gamma']!r}.")
-    if not isinstance(merged["pgd_epsilon"], (int, float)) or merged["pgd_epsilon"] <= 0:
-        raise ValueError(f"pgd_epsilon must be a number > 0; got {merged['pgd_epsilon']!r}.")
     if isinstance(merged["pgd_steps"], float) and merged["pgd_steps"].is_integer():
         merged["pgd_steps"] = int(merged["pgd_steps"])
-    if not isinstance(merged["pgd_steps"], int) or merged["pgd_steps"] < 1:
-        raise ValueError(f"pgd_steps must be an int >= 1; got {merged['pgd_steps']!r}.")
+    LeaseSettings(**merged)  # checks the values
     return merged
 
 
@@ -88,13 +152,7 @@ def _without_nni_reports() -> Iterator[None]:
         nni.report_intermediate_result, nni.report_final_result = saved
 
 
-def run_trial(
-    params: dict[str, Any],
-    *,
-    output: str | Path,
-    search_args: Sequence[str] = (),
-    retrain_args: Sequence[str] = (),
-) -> dict[str, Any]:
+def run_trial(params: dict[str, Any], *, output: str | Path, config: TrialConfig = TrialConfig()) -> dict[str, Any]:
     """One HPO trial: one-shot LeaSE search with ``params``, retrain, report to NNI.
 
     Parameters
@@ -103,9 +161,8 @@ def run_trial(
         ``gamma``, ``pgd_epsilon``, ``pgd_steps`` (missing ones take :data:`DEFAULT_PARAMETERS`).
     output : str or Path
         Folder for the search's and the retraining's files.
-    search_args, retrain_args : sequence of str
-        Extra options of ``nni-lease search --mode oneshot`` / ``nni-lease retrain`` (e.g.
-        ``["--epochs", "2", "--limit-batches", "5"]``).
+    config : TrialConfig
+        The fixed settings.
 
     Returns
     -------
@@ -115,34 +172,22 @@ def run_trial(
     Raises
     ------
     ValueError
-        For bad ``params``; RuntimeError if the search or the retraining fails.
+        For bad ``params`` (before any work).
     """
-    from nni_lease import cli
-
     merged = _check_parameters(dict(params))
+    settings = LeaseSettings.from_options(**config.lease, **merged)
     out = Path(output)
-    search_dir = out / "search"
     with _without_nni_reports():
-        code = cli.main(["search", "--mode", "oneshot", "--output", str(search_dir),
-                         "--gamma", repr(float(merged["gamma"])), "--pgd-epsilon", repr(float(merged["pgd_epsilon"])),
-                         "--pgd-steps", str(merged["pgd_steps"]), *search_args])
-    if code != 0:
-        raise RuntimeError(f"the one-shot LeaSE search failed (exit code {code}).")
-    rows = list(csv.DictReader((search_dir / cli.METRICS_FILE).open()))
+        result = search_oneshot(out / "search", config=config.search, settings=settings)
     last: dict[str, float] = {}
-    for row in rows:
+    for row in result.rows:
         metrics = {k: float(v) for k, v in row.items() if v not in ("", None) and k != "epoch"}
         metrics["epoch"] = int(row["epoch"]) + 1
         metrics["default"] = metrics.get("explainer/val_acc", float("nan"))
         nni.report_intermediate_result(metrics)
         last = metrics
-    retrain_file = out / cli.RETRAIN_FILE
     with _without_nni_reports():
-        code = cli.main(["retrain", str(search_dir / cli.ARCHITECTURE_FILE), "--output", str(retrain_file),
-                         *retrain_args])
-    if code != 0:
-        raise RuntimeError(f"retraining the searched architecture failed (exit code {code}).")
-    retrained = json.loads(retrain_file.read_text())
+        retrained = retrain_architecture(result.record, config=config.retrain, output=out / RETRAIN_FILE)
     final = {
         "default": float(retrained["val_accuracy"]),
         "test_accuracy": float(retrained["test_accuracy"]),
@@ -154,13 +199,18 @@ def run_trial(
     return final
 
 
+def trial_command(config: TrialConfig, *, python: str | None = None) -> str:
+    """The trial command line, every part quoted with :func:`shlex.quote` (NNI runs it with ``bash``)."""
+    parts = [python or Path(sys.executable).as_posix(), "-m", "nni_lease.hpo", "trial", "--config", config.to_json()]
+    return " ".join(shlex.quote(part) for part in parts)
+
+
 def build_hpo_experiment(
     *,
     max_trials: int = 8,
     concurrency: int = 1,
     tuner: str = "TPE",
-    search_args: Sequence[str] = ("--epochs", "2", "--limit-batches", "10"),
-    retrain_args: Sequence[str] = ("--epochs", "3"),
+    config: TrialConfig = TrialConfig(),
     training_service: str | Path | dict | None = "local",
     experiment_dir: str | Path | None = None,
 ) -> Experiment:
@@ -173,8 +223,8 @@ def build_hpo_experiment(
     tuner : str
         A built-in NNI tuner that handles uniform / loguniform / choice (``"TPE"``, ``"Random"``,
         ``"Anneal"``, ``"Evolution"``).
-    search_args, retrain_args : sequence of str
-        Passed to every trial's ``nni-lease search --mode oneshot`` / ``nni-lease retrain``.
+    config : TrialConfig
+        The fixed settings of every trial.
     training_service, experiment_dir
         As in :func:`nni_lease.experiment.build_config`.
 
@@ -183,21 +233,23 @@ def build_hpo_experiment(
     ValueError
         For a bad argument or a config NNI rejects.
     """
+    from nni.experiment import Experiment, ExperimentConfig
+    from nni.experiment.config import AlgorithmConfig
+
+    from nni_lease.experiment import load_training_service
+
     for name, value in [("max_trials", max_trials), ("concurrency", concurrency)]:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int; got {value!r}.")
+    if not isinstance(config, TrialConfig):
+        raise ValueError(f"config must be a TrialConfig; got {type(config).__name__}.")
     ts = load_training_service(training_service)
     # Locally the trials use this interpreter; on other machines the `python3` found through NNI's
     # `pythonPath` for that machine (see examples/remote_training_service.yml).
     python = Path(sys.executable).as_posix() if ts["platform"] == "local" else "python3"
-    command = [python, "-m", "nni_lease.hpo", "trial"]
-    if search_args:
-        command += ["--search-args=" + " ".join(search_args)]
-    if retrain_args:
-        command += ["--retrain-args=" + " ".join(retrain_args)]
     exp = Experiment(ExperimentConfig(training_service=ts))
     exp.config.experiment_name = "lease-hpo"
-    exp.config.trial_command = " ".join(f"'{part}'" if " " in part else part for part in command)
+    exp.config.trial_command = trial_command(config, python=python)
     exp.config.trial_code_directory = "."
     exp.config.search_space = SEARCH_SPACE
     exp.config.tuner = AlgorithmConfig(name=tuner, class_args={"optimize_mode": "maximize"})
@@ -212,18 +264,39 @@ def build_hpo_experiment(
     return exp
 
 
+def check_resumable(exp: Experiment, experiment_id: str) -> None:
+    """Point ``exp`` at the stopped experiment ``experiment_id``, or raise if NNI does not know it.
+
+    Raises
+    ------
+    ValueError
+        If ``experiment_id`` is not in NNI's list of experiments (``$HOME/nni-experiments/.experiment``).
+    """
+    exp.id = experiment_id
+    if not exp.has_checkpoint():
+        raise ValueError(f"no experiment {experiment_id!r} to resume in NNI's list "
+                         f"({Path('~/nni-experiments/.experiment').expanduser()}); check HOME and the id.")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m nni_lease.hpo trial [--search-args "..."] [--retrain-args "..."]``: one HPO trial."""
+    """``python -m nni_lease.hpo trial --config JSON [--output DIR] [--dry-run]``: one HPO trial."""
     parser = argparse.ArgumentParser(prog="python -m nni_lease.hpo", description="One LeaSE HPO trial (NNI).")
     sub = parser.add_subparsers(dest="command", required=True)
     trial = sub.add_parser("trial", help="run one trial with the parameters NNI sends")
-    trial.add_argument("--search-args", default="", help="options for `nni-lease search --mode oneshot`")
-    trial.add_argument("--retrain-args", default="", help="options for `nni-lease retrain`")
+    trial.add_argument("--config", default=None, help="the trial's fixed settings as JSON (TrialConfig.to_json)")
     trial.add_argument("--output", default=None, help="folder for the files (default: $NNI_OUTPUT_DIR)")
+    trial.add_argument("--dry-run", action="store_true", help="check and print the settings as JSON, run nothing")
     args = parser.parse_args(argv)
+    try:
+        config = TrialConfig() if args.config is None else TrialConfig.from_json(args.config)
+    except (ValueError, TypeError) as exc:
+        parser.error(str(exc))
+    if args.dry_run:
+        print(config.to_json())
+        return 0
     params = nni.get_next_parameter() or {}
     output = args.output or os.environ.get("NNI_OUTPUT_DIR") or tempfile.mkdtemp(prefix="lease-hpo-")
-    run_trial(params, output=output, search_args=args.search_args.split(), retrain_args=args.retrain_args.split())
+    run_trial(params, output=output, config=config)
     return 0
 
 

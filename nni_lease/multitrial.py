@@ -3,25 +3,31 @@
 The one-shot LeaSE strategy (:mod:`nni_lease.strategy`) trains a supernet and learns the architecture
 ``A`` by gradient descent inside one process, so NNI's web UI never sees it. Here the architecture is
 instead a categorical *policy* over every choice of the model space, and each architecture sampled from
-it is trained as one NNI trial (:func:`nni_lease.trial.evaluate_lease`: explainer, PGD explanation,
-listener). The trial reports the LeaSE objective
+it is trained as one NNI trial (:func:`nni_lease.trial.evaluate_lease`: explainer, explanation,
+listener). Like every NNI strategy and the web UI, this strategy reads a trial's ``default`` metric as
+**higher is better**; the LeaSE trial reports the negated objective
 
 .. math::
 
-    J(A) = L\\big(E^*(A), D_e^{val}\\big) + \\gamma \\, L\\big(W^*(\\delta^*(E^*(A))), D_a^{val}\\big)
+    r(A) = -J(A), \\qquad J(A) = L\\big(E^*(A), D_e^{val}\\big) + \\gamma \\,
+    L\\big(W^*(\\delta^*(E^*(A))), D_a^{val}\\big),
 
-(lower is better) as its ``default`` metric, and the policy moves toward architectures with a low
-objective by the score-function (REINFORCE) estimator of :math:`\\nabla_\\theta \\, \\mathbb{E}_{A \\sim
-p_\\theta}[-J(A)]` with a moving-average baseline ``b``: for every choice ``k`` with logits
-:math:`\\theta_k` and sampled value ``a_k``,
+(any evaluator whose ``default`` is higher-is-better, e.g. a validation accuracy, works the same), and
+the policy moves toward architectures with a high metric by the score-function (REINFORCE) estimator of
+:math:`\\nabla_\\theta \\, \\mathbb{E}_{A \\sim p_\\theta}[r(A)]` with a moving-average baseline ``b``: for
+every choice ``k`` with logits :math:`\\theta_k` and sampled value ``a_k``,
 
 .. math::
 
     \\theta_k \\leftarrow \\theta_k + \\eta \\, (r - b) \\, (\\mathrm{onehot}(a_k) - \\mathrm{softmax}(\\theta_k)),
-    \\qquad r = -J(A), \\qquad b \\leftarrow \\beta b + (1 - \\beta) r.
+    \\qquad b \\leftarrow \\beta b + (1 - \\beta) r.
 
 The baseline starts at the first reward received, so the first result only sets the baseline.
 This is the same estimator NNI's ``PolicyBasedRL`` uses, without its tianshou dependency.
+
+Spaces with constraints (e.g. ``nni.mutable.ExpressionConstraint``): a sample that violates one is
+skipped and another is drawn, as NNI's ``Random`` does (up to 500 draws in a row; then the search ends
+with a message). Skipped samples are never trained and leave the policy unchanged.
 """
 
 from __future__ import annotations
@@ -29,21 +35,23 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-from nni.mutable import Categorical, CategoricalMultiple, MutableAnnotation
+from nni.mutable import Categorical, CategoricalMultiple, MutableAnnotation, SampleValidationError
 from nni.nas.execution import ExecutionEngine
 from nni.nas.execution.event import ModelEvent, ModelEventType
 from nni.nas.space import ExecutableModelSpace, ModelStatus
-from nni.nas.strategy.base import Strategy, StrategyStatus
+from nni.nas.strategy.base import Strategy
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["LeaseMultiTrial"]
 
-_STATE_VERSION = 1
+_STATE_VERSION = 2  # 1: lower-is-better "objective" records, not loadable (the policy learnt the other way)
+
+#: Draws in a row that may violate the space's constraints before the search gives up (NNI's ``Random``: 500).
+MAX_INVALID_DRAWS = 500
 
 
 def _softmax(logits: list[float]) -> np.ndarray:
@@ -53,11 +61,12 @@ def _softmax(logits: list[float]) -> np.ndarray:
 
 
 class LeaseMultiTrial(Strategy):
-    """Multi-trial LeaSE strategy: REINFORCE over categorical choices, lower objective is better.
+    """Multi-trial LeaSE strategy: REINFORCE over categorical choices; a larger ``default`` metric is better.
 
-    Every trial's ``default`` metric is read as the LeaSE objective ``L_e^val + γ·L_a^val`` and
-    **minimised** (NNI 3.0 NAS has no optimise-mode setting; this strategy is where the direction is
-    decided, and :meth:`list_models` sorts ascending accordingly).
+    Every trial's ``default`` metric is the reward and is **maximised**, as by every NNI 3.0 strategy and
+    NNI's web UI ("Best metric", "Top trials"); :meth:`list_models` (and so ``export_top_models``)
+    returns the best first. The LeaSE trial (:func:`nni_lease.trial.evaluate_lease`) reports the negated
+    objective ``-(L_e^val + γ·L_a^val)`` as ``default``.
 
     Parameters
     ----------
@@ -75,15 +84,18 @@ class LeaseMultiTrial(Strategy):
     baseline : float or None
         Current baseline ``b`` (``None`` until the first result arrives).
     history : list of dict
-        ``{"trial": k, "sample": {label: value}, "objective": J or None, "status": ...}`` per finished
-        trial, in the order results arrived.
+        ``{"trial": k, "sample": {label: value}, "metric": m or None, "status": ...}`` per finished
+        trial, in the order results arrived (``metric``: the trial's ``default``, higher is better).
 
     Notes
     -----
     Supported choices: :class:`nni.mutable.Categorical` (``LayerChoice``, ``nni.choice``) and
     :class:`nni.mutable.CategoricalMultiple` with ``n_chosen=1`` (``InputChoice(n_chosen=1)``).
+    Other mutables (numerical choices) are refused at :meth:`initialize` with a ValueError.
     A trial that fails or reports no final metric leaves the policy unchanged; the search goes on.
     Metric callbacks arrive on NNI's listener thread, so updates are guarded by a lock.
+    :meth:`load_state_dict` may be called before :meth:`initialize` (the order NNI's ``Random`` and
+    ``RegularizedEvolution`` accept): the state is checked and applied when the space is known.
 
     Examples
     --------
@@ -114,7 +126,9 @@ class LeaseMultiTrial(Strategy):
         self._n_submitted = 0
         self._n_updates = 0
         self._n_failed = 0
+        self._n_invalid = 0
         self._running: dict[int, tuple[int, ExecutableModelSpace, dict[str, int]]] = {}
+        self._pending_state: dict | None = None
 
     def extra_repr(self) -> str:
         return f"learning_rate={self.learning_rate}, baseline_decay={self.baseline_decay}, seed={self.seed}"
@@ -127,13 +141,13 @@ class LeaseMultiTrial(Strategy):
                 continue
             if isinstance(mutable, CategoricalMultiple):
                 if mutable.n_chosen != 1:
-                    raise TypeError(
+                    raise ValueError(
                         f"LeaseMultiTrial supports CategoricalMultiple only with n_chosen=1; choice {label!r} "
                         f"has n_chosen={mutable.n_chosen!r}."
                     )
             elif not isinstance(mutable, Categorical):
-                raise TypeError(
-                    f"LeaseMultiTrial supports categorical choices (LayerChoice, InputChoice(n_chosen=1), "
+                raise ValueError(
+                    f"LeaseMultiTrial supports only categorical choices (LayerChoice, InputChoice(n_chosen=1), "
                     f"nni.choice); choice {label!r} is a {type(mutable).__name__}."
                 )
             choices[str(label)] = mutable  # a plain str: NNI labels are a str subclass torch.load rejects
@@ -141,6 +155,9 @@ class LeaseMultiTrial(Strategy):
             raise ValueError("the model space has no categorical choice to search.")
         self._choices = choices
         self.logits = {label: [0.0] * len(mutable.values) for label, mutable in choices.items()}
+        if self._pending_state is not None:
+            pending, self._pending_state = self._pending_state, None
+            self.load_state_dict(pending)
         engine.register_model_event_callback(ModelEventType.TrainingEnd, self._on_training_end)
         return model_space
 
@@ -151,7 +168,12 @@ class LeaseMultiTrial(Strategy):
         logger.info("LeaSE multi-trial search over %d choices: %s", len(self._choices), list(self._choices))
         while self.wait_for_resource():
             with self._lock:
-                model, indices = self._sample_model()
+                drawn = self._sample_valid_model()
+                if drawn is None:
+                    logger.warning("%d samples in a row violated the space's constraints; ending the search.",
+                                   MAX_INVALID_DRAWS)
+                    break
+                model, indices = drawn
                 self._n_submitted += 1
                 self._running[id(model)] = (self._n_submitted, model, indices)
             logger.info("[trial %d] submitting %s", self._n_submitted, model.sample)
@@ -185,8 +207,17 @@ class LeaseMultiTrial(Strategy):
         sample = {label: self._value(label, i) for label, i in indices.items()}
         return self.model_space.freeze(sample), indices
 
-    def _update(self, indices: dict[str, int], objective: float) -> None:
-        reward = -objective
+    def _sample_valid_model(self) -> tuple[ExecutableModelSpace, dict[str, int]] | None:
+        """Draw until a sample satisfies the space's constraints (as NNI's ``Random``); ``None`` if none did."""
+        for _ in range(MAX_INVALID_DRAWS):
+            try:
+                return self._sample_model()
+            except SampleValidationError as exc:
+                self._n_invalid += 1
+                logger.debug("Skipping a sample that violates the space's constraints: %s", exc)
+        return None
+
+    def _update(self, indices: dict[str, int], reward: float) -> None:
         if self.baseline is None:
             self.baseline = reward
             return
@@ -209,27 +240,22 @@ class LeaseMultiTrial(Strategy):
             metric = model.metric
             status = getattr(event, "status", model.status)
             record = {"trial": trial, "sample": {k: self._value(k, i) for k, i in indices.items()},
-                      "objective": None, "status": str(getattr(status, "value", status))}
+                      "metric": None, "status": str(getattr(status, "value", status))}
             if status != ModelStatus.Trained or metric is None or not math.isfinite(float(metric)):
                 self._n_failed += 1
                 logger.warning("[trial %d] ended with status %s and metric %r: the policy is not updated.",
                                trial, record["status"], metric)
             else:
-                record["objective"] = float(metric)
+                record["metric"] = float(metric)
                 self._update(indices, float(metric))
-                logger.info("[trial %d] objective %.4f, baseline %s", trial, float(metric), self.baseline)
+                logger.info("[trial %d] metric %.4f, baseline %s", trial, float(metric), self.baseline)
             self.history.append(record)
 
-    # ------------------------------------------------------------------ results
-    def list_models(self, sort: bool = True, limit: int | None = None) -> Iterator[ExecutableModelSpace]:
-        """Models searched so far; with ``sort=True`` the trained ones by objective, **lowest first**."""
-        if self._status in (StrategyStatus.INITIALIZED, StrategyStatus.EMPTY):
-            raise RuntimeError("Strategy has not been run.")
-        if not sort:
-            yield from super().list_models(sort=False, limit=limit)
-            return
-        models = [m for m in self.engine.list_models(status=ModelStatus.Trained) if m.metric is not None]
-        yield from sorted(models, key=lambda m: float(m.metric))[:limit]
+    def best_trial(self) -> dict[str, Any] | None:
+        """The history record with the largest metric (``None`` before any trial gave one)."""
+        with self._lock:
+            scored = [r for r in self.history if r["metric"] is not None]
+            return max(scored, key=lambda r: r["metric"], default=None)
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict:
@@ -249,17 +275,30 @@ class LeaseMultiTrial(Strategy):
                 "n_submitted": self._n_submitted,
                 "n_updates": self._n_updates,
                 "n_failed": self._n_failed,
+                "n_invalid": self._n_invalid,
                 "rng_state": self._rng.bit_generator.state,
             }
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """Restore :meth:`state_dict` (call after :meth:`initialize`, before :meth:`run`)."""
+        """Restore :meth:`state_dict` before :meth:`run`.
+
+        After :meth:`initialize` it is checked against the space and applied at once; before it, it is
+        kept and applied (and checked) at the end of :meth:`initialize`.
+
+        Raises
+        ------
+        ValueError
+            If the state is not one of this class's, or does not match the model space's choices.
+        """
         if not isinstance(state_dict, dict) or state_dict.get("version") != _STATE_VERSION:
             raise ValueError(f"state_dict must come from LeaseMultiTrial.state_dict() (version {_STATE_VERSION}); "
                              f"got {type(state_dict).__name__} with version "
                              f"{state_dict.get('version') if isinstance(state_dict, dict) else None!r}.")
+        if not self._choices:
+            self._pending_state = dict(state_dict)
+            return
         logits = state_dict["logits"]
-        if self.logits and {k: len(v) for k, v in logits.items()} != {k: len(v) for k, v in self.logits.items()}:
+        if {k: len(v) for k, v in logits.items()} != {k: len(v) for k, v in self.logits.items()}:
             raise ValueError("state_dict['logits'] does not match the model space's choices: expected "
                              f"{ {k: len(v) for k, v in self.logits.items()} }, got "
                              f"{ {k: len(v) for k, v in logits.items()} }.")
@@ -270,4 +309,5 @@ class LeaseMultiTrial(Strategy):
             self._n_submitted = int(state_dict["n_submitted"])
             self._n_updates = int(state_dict["n_updates"])
             self._n_failed = int(state_dict["n_failed"])
+            self._n_invalid = int(state_dict.get("n_invalid", 0))
             self._rng.bit_generator.state = state_dict["rng_state"]

@@ -6,7 +6,8 @@ import nni
 import torch
 from nni.nas.nn.pytorch import InputChoice, LayerChoice, ModelSpace
 
-#: LeaSE-style objective (lower is better) of each candidate of the ``op`` choice.
+#: LeaSE-style objective (lower is better) of each candidate of the ``op`` choice; trials report its
+#: negation as ``default`` (NNI's convention: a larger metric is better).
 OBJECTIVES = {"identity": 1.0, "relu": 0.2, "tanh": 0.6}
 
 
@@ -28,14 +29,14 @@ def op_name(model: torch.nn.Module) -> str:
 
 
 def evaluate_toy(model: torch.nn.Module, fail_op: str = "") -> None:
-    """Report the fixed objective of the chosen op (+0.5 for input 1); raise for ``fail_op``."""
+    """Report minus the fixed objective of the chosen op (+0.5 objective for input 1); raise for ``fail_op``."""
     name = op_name(model)
     if name == fail_op:
         raise RuntimeError(f"simulated crash for {name}")
-    nni.report_intermediate_result({"default": OBJECTIVES[name] + 1.0})
+    nni.report_intermediate_result({"default": -(OBJECTIVES[name] + 1.0)})
     x = torch.ones(1)
     extra = 0.0 if float(model(x)[0]) == float(model.op(x)[0]) else 0.5  # input 1 (-x) costs 0.5
-    nni.report_final_result({"default": OBJECTIVES[name] + extra})
+    nni.report_final_result({"default": -(OBJECTIVES[name] + extra), "objective": OBJECTIVES[name] + extra})
 
 
 class _Dead(torch.nn.Module):

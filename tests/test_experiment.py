@@ -180,7 +180,7 @@ def test_multitrial_experiment_web_ui_stop_and_resume(launch, tmp_path):
     for trial in succeeded:
         final = _final(metrics, trial)
         assert set(final) >= {"default", "explainer_accuracy", "listener_accuracy"}
-        assert final["default"] == pytest.approx(final["explainer_val_loss"] + final["listener_val_loss"])
+        assert final["default"] == pytest.approx(-(final["explainer_val_loss"] + final["listener_val_loss"]))
         assert sum(m["trialJobId"] == trial and m["type"] == "PERIODICAL" for m in metrics) == 2  # 2 epochs
 
     # Ctrl-C in the middle of the search stops the experiment and closes the port.
@@ -193,10 +193,10 @@ def test_multitrial_experiment_web_ui_stop_and_resume(launch, tmp_path):
 
     # The policy moved toward the clearly better choice ("linear" beats the constant "dead" explainer).
     state = _summary(tmp_path, exp_id)["strategy_state"]
-    history = [r for r in state["history"] if r["objective"] is not None]
+    history = [r for r in state["history"] if r["metric"] is not None]
     assert len(history) >= 3 and {r["sample"]["op"] for r in history} == {"dead", "linear"}
-    mean = {op: np.mean([r["objective"] for r in history if r["sample"]["op"] == op]) for op in ("dead", "linear")}
-    assert mean["linear"] < mean["dead"] - 0.5
+    mean = {op: np.mean([r["metric"] for r in history if r["sample"]["op"] == op]) for op in ("dead", "linear")}
+    assert mean["linear"] > mean["dead"] + 0.5  # the metric is the negated objective: higher is better
     dead, linear = state["logits"]["op"]
     assert linear > dead
 
@@ -220,7 +220,7 @@ def test_multitrial_experiment_web_ui_stop_and_resume(launch, tmp_path):
     p = np.exp(logits - logits.max())
     p /= p.sum()
     onehot = np.eye(2)[["dead", "linear"].index(new["sample"]["op"])]
-    expected = logits + 0.5 * (-new["objective"] - state["baseline"]) * (onehot - p)
+    expected = logits + 0.5 * (new["metric"] - state["baseline"]) * (onehot - p)
     np.testing.assert_allclose(resumed["logits"]["op"], expected, rtol=1e-12)
 
 

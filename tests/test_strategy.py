@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 
 import numpy as np
+import pytorch_lightning as pl
 import pytest
 import torch
 from nni.nas.evaluator.pytorch import Classification, DataLoader
@@ -15,7 +16,7 @@ from nni.nas.strategy import DARTS
 from torch import nn
 
 from nni_lease import LeaSE
-from nni_lease.strategy import LeaseLightningModule
+from nni_lease.step import LeaseStep
 from nni_lease.data import Cifar10Dataset, DigitsDataset
 from nni_lease.spaces import LeaseCellSpace
 
@@ -63,10 +64,14 @@ def _batches(n=16):
         (dict(pgd_steps=0), "pgd_steps must be a positive int"),
         (dict(pgd_epsilon=0.0), "pgd_epsilon must be a positive"),
         (dict(pgd_step_size=-1e-3), "pgd_step_size must be a positive"),
+        (dict(pgd_norm="l1"), "pgd_norm must be one of"),
         (dict(hypergradient="second_order"), "hypergradient must be one of"),
         (dict(listener="cnn"), "listener must be None or a torch.nn.Module"),
         (dict(listener_learning_rate=0.0), "listener_learning_rate must be"),
         (dict(listener_optimizer="adam"), "listener_optimizer must be"),
+        (dict(pdg_steps=3), r"unknown LeaSE option\(s\) \['pdg_steps'\]"),
+        (dict(settings={"gamma": 1}), "settings must be None or a LeaseSettings"),
+        (dict(arc_learning_rate=float("nan")), "arc_learning_rate must be"),
     ],
 )
 def test_bad_arguments_fail_at_construction(kwargs, match):
@@ -106,31 +111,25 @@ def test_user_listener_is_copied_not_trained():
     assert not all(torch.equal(a, b) for a, b in zip(before, trained.parameters()))
 
 
-@pytest.mark.parametrize("hypergradient", ["first_order", "unrolled"])
-def test_listener_loss_sends_gradient_to_the_architecture(hypergradient):
-    strategy = _initialize(LeaSE(gamma=1.0, hypergradient=hypergradient, listener_optimizer=torch.optim.SGD,
-                                 listener_learning_rate=0.5), _space(), _digits_evaluator())
+def test_listener_loss_sends_gradient_to_the_architecture_both_ways():
+    strategy = _initialize(LeaSE(gamma=1.0, listener_optimizer=torch.optim.SGD, listener_learning_rate=0.5),
+                           _space(), _digits_evaluator())
     module = strategy.oneshot_module
     module.training_module.set_model(strategy.supernet)
+    module.configure_architecture_optimizers()
+    step = module.lease_step
     alphas = module.arch_parameters()
     assert alphas
     trn, val = _batches()
-    loss, logits, expl = module.listener_validation_loss(trn, val)
-    assert logits.shape == (16, 10) and expl.delta.abs().max() <= strategy.pgd_epsilon + 1e-7
-    grads = torch.autograd.grad(loss, alphas, allow_unused=True)
-    total = sum(float(g.abs().sum()) for g in grads if g is not None)
-    assert total > 0.0
-    if hypergradient == "unrolled":  # the unrolled step adds a term: differs from first-order
-        module.hypergradient = "first_order"
-        module.generator.manual_seed(0)
-        fo_loss, _, _ = module.listener_validation_loss(trn, val)
-        module.hypergradient = "unrolled"
-        module.generator.manual_seed(0)
-        un_loss, _, _ = module.listener_validation_loss(trn, val)
-        fo = torch.autograd.grad(fo_loss, alphas, allow_unused=True)
-        un = torch.autograd.grad(un_loss, alphas, allow_unused=True)
-        diffs = [float((a - b).abs().max()) for a, b in zip(fo, un) if a is not None and b is not None]
-        assert max(diffs) > 0.0
+    loss, logits, expl = step.listener_validation_loss(module.training_module, *val, differentiable="last_step")
+    assert logits.shape == (16, 10) and expl.delta.flatten(1).norm(dim=1).max() <= strategy.settings.pgd_epsilon + 1e-6
+    first_order = torch.autograd.grad(loss, alphas, allow_unused=True)
+    assert sum(float(g.abs().sum()) for g in first_order if g is not None) > 0.0
+    terms = step.unrolled_objective(module.training_module, alphas, trn, val, explainer_step_size=3e-3)
+    unrolled = torch.autograd.grad(terms.listener_val_loss, alphas, allow_unused=True)
+    assert sum(float(g.abs().sum()) for g in unrolled if g is not None) > 0.0
+    diffs = [float((a - b).abs().max()) for a, b in zip(first_order, unrolled) if a is not None and b is not None]
+    assert max(diffs) > 0.0  # the whole chain is not the first-order approximation
 
 
 def _supernet_state(strategy):
@@ -145,13 +144,17 @@ def test_gamma_zero_is_darts_step_for_step_and_gamma_one_is_not(monkeypatch):
         return _supernet_state(_run(strategy, space, _digits_evaluator(batches=4, shuffle=True)))
 
     darts = run(DARTS())
-    with monkeypatch.context() as patch:  # gamma=0: the listener's loss is never even built for alpha
-        def _forbidden(*args, **kwargs):
-            raise AssertionError("listener_validation_loss must not run with gamma=0")
+    with monkeypatch.context() as patch:  # gamma=0: the listener's loss is never built for alpha
+        real = LeaseStep.listener_validation_loss
 
-        patch.setattr(LeaseLightningModule, "listener_validation_loss", _forbidden)
-        lease0 = run(LeaSE(gamma=0.0))
-    lease1 = run(LeaSE(gamma=1.0, pgd_epsilon=0.2))
+        def _diagnostics_only(self, *args, differentiable="none", **kwargs):
+            assert differentiable == "none", "no differentiable listener loss with gamma=0"
+            return real(self, *args, differentiable=differentiable, **kwargs)
+
+        patch.setattr(LeaseStep, "listener_validation_loss", _diagnostics_only)
+        patch.setattr(LeaseStep, "unrolled_objective", None)
+        lease0 = run(LeaSE(gamma=0.0, hypergradient="unrolled"))
+    lease1 = run(LeaSE(gamma=1.0))
     assert darts.keys() == lease0.keys()
     alpha_keys = [k for k in darts if "_arch_alpha" in k]
     assert alpha_keys
@@ -185,7 +188,7 @@ def test_logged_metrics_cover_both_networks():
                  "listener/train_loss", "listener/train_acc", "listener/val_loss", "listener/val_acc",
                  "explanation/mean_abs_delta", "lease/objective"]:
         assert name in metrics and torch.isfinite(metrics[name]), name
-    assert 0 < float(metrics["explanation/mean_abs_delta"]) <= strategy.pgd_epsilon
+    assert 0 < float(metrics["explanation/mean_abs_delta"]) <= strategy.settings.pgd_epsilon
     torch.testing.assert_close(
         metrics["lease/objective"], metrics["explainer/val_loss"] + metrics["listener/val_loss"]
     )
@@ -216,17 +219,88 @@ def test_hub_darts_space_at_tiny_size(tmp_path):
     assert torch.isfinite(strategy.oneshot_module.trainer.callback_metrics["lease/objective"])
 
 
-def test_benchmark_script_smoke(capsys):
-    import importlib.util
-    from pathlib import Path
+def test_unrolled_search_runs_and_moves_the_architecture_differently():
+    def alphas(strategy):
+        return {k: v.detach().clone() for k, v in strategy.supernet.state_dict().items() if "_arch_alpha" in k}
 
-    path = Path(__file__).parent / "benchmarks" / "bench_lease.py"
-    spec = importlib.util.spec_from_file_location("bench_lease", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    assert bench.main(["--smoke"]) == 0
-    out = capsys.readouterr().out
-    assert "time ratio LeaSE / DARTS" in out
-    result = __import__("json").loads(out[out.index("\n{\n") + 1:])
-    assert result["summary"]["time_ratio_lease_over_darts"] > 0
-    assert {r["strategy"] for r in result["runs"]} == {"darts", "lease"}
+    first = _run(LeaSE(gamma=1.0), _space(seed=0), _digits_evaluator(batches=2))
+    unrolled = _run(LeaSE(gamma=1.0, hypergradient="unrolled"), _space(seed=0), _digits_evaluator(batches=2))
+    metrics = unrolled.oneshot_module.trainer.callback_metrics
+    assert torch.isfinite(metrics["lease/objective"])
+    a, b = alphas(first), alphas(unrolled)
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) > 1e-7
+
+
+class _SetupDataModule(pl.LightningDataModule):
+    """Builds its data sets in setup(), as Lightning recommends (and NNI's own one-shot tests do)."""
+
+    def __init__(self):
+        super().__init__()
+        self.train = self.val = None
+
+    def setup(self, stage=None):
+        self.train, self.val = DigitsDataset("train", limit=48), DigitsDataset("val", limit=48)
+
+    def train_dataloader(self):
+        return DataLoader(self.train, batch_size=16)
+
+    def val_dataloader(self):
+        return DataLoader(self.val, batch_size=16)
+
+
+def test_datamodule_that_builds_its_data_in_setup():
+    evaluator = Classification(datamodule=_SetupDataModule(), num_classes=10, max_epochs=1, limit_train_batches=2,
+                               enable_progress_bar=False, logger=False, enable_checkpointing=False,
+                               enable_model_summary=False)
+    strategy = _run(LeaSE(gamma=1.0), _space(), evaluator)
+    assert strategy.oneshot_module.listener is not None
+    assert torch.isfinite(strategy.oneshot_module.trainer.callback_metrics["listener/val_loss"])
+    assert sorted(next(strategy.list_models()).sample) == ["input1", "op0", "op1"]
+
+
+class _TupleInputs(torch.utils.data.Dataset):
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return (torch.rand(1, 8, 8), torch.rand(1, 8, 8)), torch.tensor(i % 10)
+
+
+def test_regression_evaluator_and_tuple_inputs_get_a_clear_error_at_start():
+    from nni.nas.evaluator.pytorch import Regression
+
+    regression = Regression(train_dataloaders=DataLoader(DigitsDataset("train", limit=8), batch_size=4),
+                            val_dataloaders=DataLoader(DigitsDataset("val", limit=8), batch_size=4), max_epochs=1)
+    with pytest.raises(ValueError, match="classification evaluator"):
+        _initialize(LeaSE(), _space(), regression)
+    tuples = _evaluator(_TupleInputs(), _TupleInputs(), batch_size=4)
+    with pytest.raises(ValueError, match="x one floating-point tensor"):
+        _initialize(LeaSE(), _space(), tuples)
+
+
+def test_load_state_dict_before_initialize_is_applied_at_initialize():
+    strategy = _run(LeaSE(gamma=1.0), _space(seed=0), _digits_evaluator(batches=2))
+    state = strategy.state_dict()
+    fresh = LeaSE(gamma=1.0)
+    fresh.load_state_dict(state)  # NNI's Random / Evolution resume order
+    _initialize(fresh, _space(seed=1), _digits_evaluator(batches=2))
+    for key, value in fresh.supernet.state_dict().items():
+        assert torch.equal(value, state["lease"]["supernet"][key]), key
+    for key, value in fresh.oneshot_module.listener.state_dict().items():
+        assert torch.equal(value, state["lease"]["listener"][key]), key
+    with pytest.raises(ValueError, match="state_dict must be a dict"):
+        LeaSE().load_state_dict([1, 2])
+
+
+def test_the_strategy_runs_the_shared_lease_step(monkeypatch):
+    """One LeaseStep.train_listener per training batch: the same code as the multi-trial trial."""
+    sizes = []
+    real = LeaseStep.train_listener
+
+    def spy(self, explainer, x, y, **kwargs):
+        sizes.append(len(y))
+        return real(self, explainer, x, y, **kwargs)
+
+    monkeypatch.setattr(LeaseStep, "train_listener", spy)
+    _run(LeaSE(gamma=1.0), _space(), _digits_evaluator(batches=3))
+    assert sizes == [16, 16, 16]

@@ -35,7 +35,9 @@ def test_reports_every_epoch_and_the_objective(reports):
     assert [m["epoch"] for m in reports["intermediate"]] == [1, 2]
     assert reports["final"] == [result] and reports["intermediate"][-1] == result
     for m in reports["intermediate"]:
-        assert m["default"] == pytest.approx(m["explainer_val_loss"] + 0.5 * m["listener_val_loss"], rel=1e-12)
+        # NNI's convention: larger is better, so default is the negated objective
+        assert m["lease_objective"] == pytest.approx(m["explainer_val_loss"] + 0.5 * m["listener_val_loss"], rel=1e-12)
+        assert m["default"] == -m["lease_objective"]
         assert 0.0 <= m["explainer_accuracy"] <= 1.0 and 0.0 <= m["listener_accuracy"] <= 1.0
         assert m["explainer_val_loss"] > 0 and m["listener_val_loss"] > 0
 
@@ -52,7 +54,7 @@ def test_explainer_loss_matches_a_direct_computation(reports):
         acc = (logits.argmax(1) == val.y).double().mean().item()
     assert result["explainer_val_loss"] == pytest.approx(loss, rel=1e-5)
     assert result["explainer_accuracy"] == pytest.approx(acc)
-    assert result["default"] == result["explainer_val_loss"]  # gamma = 0: plain explainer objective
+    assert result["default"] == -result["explainer_val_loss"]  # gamma = 0: plain explainer objective
 
 
 def test_a_useless_explainer_scores_clearly_worse(reports):
@@ -60,7 +62,7 @@ def test_a_useless_explainer_scores_clearly_worse(reports):
     dead = evaluate_lease(DigitsToySpace().freeze({"op": "dead"}), learning_rate=0.05, **TINY)
     linear = evaluate_lease(DigitsToySpace().freeze({"op": "linear"}), learning_rate=0.05, **TINY)
     assert dead["explainer_val_loss"] == pytest.approx(torch.log(torch.tensor(10.0)).item(), rel=1e-6)
-    assert linear["default"] < dead["default"] - 0.5
+    assert linear["default"] > dead["default"] + 0.5  # higher is better
 
 
 def test_seeded_and_leaves_the_global_rng_alone(reports):
@@ -77,7 +79,8 @@ def test_seeded_and_leaves_the_global_rng_alone(reports):
     [({"gamma": -1.0}, "gamma"), ({"epochs": 0}, "epochs"), ({"pgd_steps": 0}, "pgd_steps"),
      ({"pgd_epsilon": 0.0}, "pgd_epsilon"), ({"dataset": "mnist"}, "dataset"), ({"dataset": "cifar10"}, "data_root"),
      ({"max_batches": 0}, "max_batches"), ({"learning_rate": float("inf")}, "learning_rate"),
-     ({"device": "tpu"}, "device"), ({"seed": -1}, "seed")],
+     ({"device": "tpu"}, "device"), ({"seed": -1}, "seed"), ({"pgd_norm": "l3"}, "pgd_norm"),
+     ({"hypergradient": "unrolled"}, "takes the LeaSE options")],
 )
 def test_bad_arguments_fail_before_any_work(kwargs, match, reports):
     with pytest.raises(ValueError, match=match):
@@ -101,21 +104,28 @@ def test_evaluator_is_trace_safe():
     assert loaded.function is evaluate_lease and loaded.arguments == evaluator.arguments
 
 
-def test_stages_explain_with_the_trained_explainer_in_eval_mode(reports, monkeypatch):
-    """Stage 2 runs PGD on every training batch (then on validation) with the explainer in eval mode."""
-    import nni_lease.trial as trial_module
+def test_the_trial_runs_the_shared_lease_step(reports, monkeypatch):
+    """Every training batch goes through LeaseStep.train_listener (the strategy's code); validation is scored
+    on explanations by the trained explainer in eval mode."""
+    import nni_lease.step as step_module
 
-    calls = []
-    real = trial_module.pgd_explain
+    calls, steps = [], []
+    real_explain, real_train = step_module.pgd_explain, step_module.LeaseStep.train_listener
 
     def spy(model, x, **kwargs):
         calls.append((model.training, x.shape[0], kwargs["epsilon"], kwargs["step_size"], kwargs["steps"]))
-        return real(model, x, **kwargs)
+        return real_explain(model, x, **kwargs)
 
-    monkeypatch.setattr(trial_module, "pgd_explain", spy)
+    def train_spy(self, explainer, x, y, **kwargs):
+        steps.append(len(y))
+        return real_train(self, explainer, x, y, **kwargs)
+
+    monkeypatch.setattr(step_module, "pgd_explain", spy)
+    monkeypatch.setattr(step_module.LeaseStep, "train_listener", train_spy)
     evaluate_lease(_cell_model(), pgd_epsilon=0.1, **TINY)
     per_epoch = TINY["max_batches"] + 1  # training batches, then the validation set (64 < 256: one batch)
+    assert steps == [TINY["batch_size"]] * (TINY["max_batches"] * TINY["epochs"])
     assert len(calls) == TINY["epochs"] * per_epoch
-    assert all(not training for training, *_ in calls)
+    assert [training for training, *_ in calls[:per_epoch]] == [True] * TINY["max_batches"] + [False]
     assert [n for _, n, *_ in calls[:per_epoch]] == [TINY["batch_size"]] * TINY["max_batches"] + [TINY["val_limit"]]
     assert {c[2:] for c in calls} == {(0.1, 2.5 * 0.1 / TINY["pgd_steps"], TINY["pgd_steps"])}
