@@ -133,6 +133,20 @@ class LeaseLightningModule(DartsLightningModule):
         if self.listener is None and self.listener_builder is not None:
             self.set_listener(self.listener_builder())
 
+    def arch_parameters(self) -> list[nn.Parameter]:
+        """The architecture logits (α), each once, in the supernet's module order.
+
+        NNI 3.0's ``DartsLightningModule`` returns ``list(set(...))``, whose order follows object ids and
+        changes from run to run; Adam's checkpointed state is matched to parameters by position, so a
+        resumed search could pair a 3-way α with a 2-way α's moments and fail. A fixed order keeps
+        checkpoints resumable.
+        """
+        params: list[nn.Parameter] = []
+        for module in self.supernet_modules():
+            if hasattr(module, "arch_parameters"):
+                params += list(module.arch_parameters())
+        return list(dict.fromkeys(params))
+
     def configure_architecture_optimizers(self) -> list[torch.optim.Optimizer]:
         """The DARTS architecture optimiser (Adam) and the listener's optimiser, in this order.
 
