@@ -253,7 +253,7 @@ def test_bad_constructor_arguments(digits_cnn):
         FisherInformationDetector(clf, params=("classifier.3.weight", "nope"))
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):
         FisherInformationDetector(clf, batch_size=0)
-    with pytest.raises(TypeError, match="estimator must be None or a scikit-learn classifier"):
+    with pytest.raises(TypeError, match="estimator must be None, a scikit-learn classifier"):
         FisherInformationDetector(clf, estimator=StandardScaler())
     with pytest.raises(ValueError, match="top_eigenvector.*quadratic form only"):
         FisherInformationDetector(clf, metrics=("sensitivity",), direction="top_eigenvector")
