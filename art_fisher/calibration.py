@@ -13,7 +13,9 @@ Each column :math:`j` is put on a common scale with statistics of the clean cali
 where :math:`g` is :math:`\\log` (``log=True``; Fisher metrics are positive and span orders of magnitude)
 or the identity, the median and the median absolute deviation are taken over the clean data (robust to a
 few odd calibration inputs), and :math:`\\sigma_j = +1` if high values are suspicious (``"higher"``),
-:math:`-1` if low values are (``"lower"``); ``"two-sided"`` uses :math:`|z_j|`. The combined score is
+:math:`-1` if low values are (``"lower"``); ``"two-sided"`` uses :math:`|z_j|`, and ``"none"`` leaves
+the column out (a statistic with no prior direction would only raise the threshold: every column added
+to a maximum widens the clean tail the threshold has to clear). The combined score is
 :math:`s(x) = \\max_j z_j(x)` (``combine="max"``: an input is as suspicious as its most extreme
 column, so a column that reacts to one attack is not averaged away by the others) or the mean
 (``combine="mean"``: more power when every column shifts a little). The threshold is then set on the
@@ -29,6 +31,7 @@ same data, which makes the guarantee approximate; it is close for a few hundred 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from numbers import Real
 from typing import Any
@@ -39,7 +42,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 __all__ = ["QuantileOutlierDetector"]
 
-_DIRECTIONS = ("higher", "lower", "two-sided")
+_DIRECTIONS = ("higher", "lower", "two-sided", "none")
 _COMBINE = ("max", "mean")
 #: Normal-consistency factor of the median absolute deviation.
 _MAD_TO_STD = 1.4826
@@ -57,8 +60,9 @@ class QuantileOutlierDetector(OutlierMixin, BaseEstimator):
     ----------
     target_fpr : float in (0, 1), default=0.05
         Fraction of clean inputs to flag (the false-positive rate aimed at).
-    direction : {"higher", "lower", "two-sided"} or sequence of them, default="higher"
-        Which values of a column are suspicious; one string for every column, or one per column.
+    direction : {"higher", "lower", "two-sided", "none"} or sequence of them, default="higher"
+        Which values of a column are suspicious; one string for every column, or one per column
+        (``"none"``: the column is not used; at least one must be used).
     combine : {"max", "mean"}, default="max"
         How the standardised columns are combined into one score.
     log : bool, default=False
@@ -74,8 +78,8 @@ class QuantileOutlierDetector(OutlierMixin, BaseEstimator):
     floor_ : ndarray of shape (n_features,)
         Smallest value a column is raised to before the log (``log=True``), else zeros.
     threshold_ : float
-        Flag when the combined score exceeds it (``inf`` when too few clean samples reach
-        ``target_fpr``: nothing is flagged).
+        Flag when the combined score exceeds it: the :math:`\lceil (1 - \alpha)(n + 1) \rceil`-th
+        smallest clean score, or the largest one (with a warning) when :math:`n` is too small for that.
     offset_ : float
         ``-threshold_`` (``decision_function = score_samples - offset_``, as scikit-learn defines it).
     train_fpr_ : float
@@ -107,8 +111,8 @@ class QuantileOutlierDetector(OutlierMixin, BaseEstimator):
         self.combine = combine
         self.log = log
 
-    def _signs(self, n_features: int) -> tuple[np.ndarray, np.ndarray]:
-        """Per-column sign (+1 / -1) and whether the column is two-sided, after checking ``direction``."""
+    def _signs(self, n_features: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per-column sign (+1 / -1), whether it is two-sided and whether it is used; checks ``direction``."""
         given = [self.direction] * n_features if isinstance(self.direction, str) else list(self.direction)
         if len(given) != n_features:
             raise ValueError(
@@ -118,8 +122,11 @@ class QuantileOutlierDetector(OutlierMixin, BaseEstimator):
         bad = [d for d in given if d not in _DIRECTIONS]
         if bad:
             raise ValueError(f"direction must be one of {_DIRECTIONS} (per column); got {bad[0]!r}.")
+        used = np.array([d != "none" for d in given])
+        if not used.any():
+            raise ValueError(f"direction must use at least one column; got {self.direction!r}.")
         signs = np.array([-1.0 if d == "lower" else 1.0 for d in given])
-        return signs, np.array([d == "two-sided" for d in given])
+        return signs, np.array([d == "two-sided" for d in given]), used
 
     def _check_params(self) -> None:
         if (
@@ -177,15 +184,24 @@ class QuantileOutlierDetector(OutlierMixin, BaseEstimator):
         scores = self._combined(G)
         n = len(scores)
         k = math.ceil((1.0 - float(self.target_fpr)) * (n + 1))
-        self.threshold_ = float(np.sort(scores)[k - 1]) if k <= n else math.inf
+        if k > n:
+            warnings.warn(
+                f"QuantileOutlierDetector: {n} clean samples are too few for target_fpr={self.target_fpr} "
+                f"(the conformal quantile needs at least {math.ceil((1 - self.target_fpr) / self.target_fpr)}); "
+                "the threshold is the largest clean score, so the false-positive rate is not controlled.",
+                UserWarning,
+                stacklevel=2,
+            )
+            k = n
+        self.threshold_ = float(np.sort(scores)[k - 1])
         self.offset_ = -self.threshold_
         self.train_fpr_ = float(np.mean(scores > self.threshold_))
         return self
 
     def _combined(self, G: np.ndarray) -> np.ndarray:
-        signs, two_sided = self._signs(G.shape[1])
+        signs, two_sided, used = self._signs(G.shape[1])
         z = (G - self.center_) / self.scale_ * signs
-        z = np.where(two_sided, np.abs(z), z)
+        z = np.where(two_sided, np.abs(z), z)[:, used]
         return z.max(axis=1) if self.combine == "max" else z.mean(axis=1)
 
     def score_samples(self, X: Any) -> np.ndarray:
