@@ -60,8 +60,10 @@ class FisherInformationDetector(EvasionDetector):
     along the normalised gradient :math:`\\bar v` of the predicted class's log-probability (see
     :mod:`art_fisher.metrics`). A sensitivity map (one value per input dimension) is reduced to the
     features ``l1``, ``l2``, ``max`` and ``top_mass`` (:data:`art_fisher._features.SENSITIVITY_REDUCTIONS`);
-    the full maps come from :meth:`sensitivity_maps`. A scikit-learn classifier (``estimator``) then
-    learns from these features which inputs are adversarial.
+    the full maps come from :meth:`sensitivity_maps`. A scikit-learn estimator (``estimator``) then
+    decides from these features which inputs are adversarial: a classifier fitted on clean and
+    adversarial examples (``fit(x, y)``), or an outlier detector calibrated on clean inputs alone
+    (``fit(x)``, see below).
 
     The metrics see what the classifier sees: inputs pass through the classifier's preprocessing
     (``preprocessing`` and preprocessing defences, as in ``classifier.predict``), the model runs in
@@ -241,6 +243,8 @@ class FisherInformationDetector(EvasionDetector):
         ------
         ValueError
             If a name is not a parameter of this detector, or a value is invalid (then nothing changes).
+        TypeError
+            If ``classifier`` or ``estimator`` is of an unusable type (then nothing changes).
         """
         unknown = sorted(set(kwargs) - set(self.defence_params))
         if unknown:

@@ -359,3 +359,38 @@ def test_sensitivity_detector_and_summary_helpers(digits_model, tmp_path):
     summary = unseen_summary(result.table, result.fits)[0]
     assert math.isnan(summary["unseen_auc"]) and summary["n_unseen"] == 0
     assert transfer_matrix(result.table, "fisher_sensitivity", ["fgsm"]).shape == (1, 1)
+
+
+def test_fisher_values_are_computed_once_per_input_and_metric(digits_cnn, monkeypatch):
+    """Every Fisher detector and fit of a run shares one cache; values and decisions are unchanged by it."""
+    from art_fisher import _features
+    from art_fisher.detectors import FisherInformationDetector
+    from art_fisher.evaluation.base import RunContext
+    from art_fisher.evaluation.fisher_runs import FisherRun
+
+    clf = digits_cnn.classifier
+    ctx = RunContext(classifier=clf, model=clf.model, x_background=digits_cnn.x_train[:4], seed=0,
+                     device=torch.device("cpu"), batch_size=16, target_fpr=0.1, progress=False)  # fmt: skip
+    computed: list[tuple[str, int]] = []
+    original = _features.compute
+
+    def counting(classifier, x, *, metrics, **kwargs):
+        computed.extend((m, len(x)) for m in metrics)
+        return original(classifier, x, metrics=metrics, **kwargs)
+
+    monkeypatch.setattr(_features, "compute", counting)
+    x = digits_cnn.x_test[:60]
+    y = np.r_[np.zeros(30, int), np.ones(30, int)]
+    trace, both = FisherRun(ctx, ("trace",)), FisherRun(ctx, ("trace", "quadratic_form"))
+    trace.fit(x[:40], y[10:50])
+    both.fit(x[:40], y[10:50])
+    scored = both.detect(x)  # 20 new rows
+    clean = FisherRun(ctx, ("trace",))
+    clean.fit(x[:40], None)
+    assert computed == [("trace", 40), ("quadratic_form", 40), ("trace", 20), ("quadratic_form", 20)]
+    plain = FisherInformationDetector(clf, metrics=("trace", "quadratic_form"), batch_size=16)
+    plain.fit(x[:40], y[10:50])
+    report, flagged = plain.detect(x)
+    np.testing.assert_allclose(scored.score, report["decision_scores"], rtol=1e-5, atol=1e-8)
+    np.testing.assert_array_equal(scored.is_adversarial, flagged)
+    assert scored.seconds > 0

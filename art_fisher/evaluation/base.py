@@ -41,6 +41,9 @@ class RunContext:
         False-positive rate that clean-calibrated detectors aim at.
     progress : bool
         Whether inner loops may show progress bars.
+    shared : dict
+        Per-run state that adapters may share (e.g. Fisher metric values computed once per input for
+        every Fisher detector and fit); keyed by the adapter module.
     """
 
     classifier: Any
@@ -51,6 +54,7 @@ class RunContext:
     batch_size: int
     target_fpr: float
     progress: bool
+    shared: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -65,11 +69,16 @@ class Scored:
         The detector's own decision.
     metric_scores : dict of str to ndarray of shape (N,)
         Raw Fisher metric values, for the histograms (Fisher detectors only).
+    seconds : float or None
+        The adapter's own account of what ``detect`` costs, when its wall time would mislead (features
+        taken from a per-run cache count at the cost measured when they were computed); None: the
+        protocol times the call.
     """
 
     score: np.ndarray
     is_adversarial: np.ndarray
     metric_scores: dict[str, np.ndarray] = field(default_factory=dict)
+    seconds: float | None = None
 
 
 class DetectorRun:

@@ -172,7 +172,7 @@ def score_detectors(
             fit_seconds = time.perf_counter() - start
             start = time.perf_counter()
             scored: Scored = run.detect(pool.x)
-            detect_seconds = time.perf_counter() - start
+            detect_seconds = time.perf_counter() - start if scored.seconds is None else scored.seconds
             per_sample = detect_seconds / len(pool.x)
             result.fitted[(name, fit_attack)] = run
             result.fits.append({
