@@ -73,12 +73,13 @@ class ProtocolResult:
     ----------
     rows : list of dict
         One per detector × fit attack × test attack: ``detector``, ``fit_attack``, ``attack`` (the test
-        attack), the :func:`detection_metrics`, ``seconds_per_sample`` (``detect``), ``fit_seconds``,
+        attack), the :func:`detection_metrics`, ``seconds_per_sample`` (as in ``fits``), ``fit_seconds``,
         ``n_train``, ``n_test``. NaN metrics where a side had fewer than two successful examples.
     fits : list of dict
         One per detector × fit attack: ``detector``, ``fit_attack``, ``n_train``, ``fit_seconds``,
-        ``detect_seconds`` and ``n_detect`` (one ``detect`` call on the whole detector-test side),
-        ``seconds_per_sample``, ``clean_fpr`` (share of all clean detector-test images flagged) and
+        ``detect_seconds`` and ``n_detect`` (wall clock of one ``detect`` call on the whole detector-test
+        side), ``seconds_per_sample`` (the detector's cost per sample: its own account when it gives one,
+        see :attr:`~art_fisher.evaluation.base.Scored.seconds`, else the wall clock), ``clean_fpr`` (share of all clean detector-test images flagged) and
         ``n_clean_test``.
     curves : dict
         ``curves[attack][detector] = (fpr, tpr, auc)`` for the same-attack or clean fit.
@@ -172,13 +173,13 @@ def score_detectors(
             fit_seconds = time.perf_counter() - start
             start = time.perf_counter()
             scored: Scored = run.detect(pool.x)
-            detect_seconds = time.perf_counter() - start if scored.seconds is None else scored.seconds
-            per_sample = detect_seconds / len(pool.x)
+            detect_seconds = time.perf_counter() - start
+            per_sample = (detect_seconds if scored.seconds is None else scored.seconds) / len(pool.x)
             result.fitted[(name, fit_attack)] = run
             result.fits.append({
                 "detector": name, "fit_attack": fit_attack, "n_train": n_train, "fit_seconds": fit_seconds,
-                "detect_seconds": detect_seconds, "n_detect": len(pool.x), "seconds_per_sample": per_sample, "clean_fpr": float(np.mean(scored.is_adversarial[: pool.n_clean])),
-                "n_clean_test": pool.n_clean,
+                "detect_seconds": detect_seconds, "n_detect": len(pool.x), "seconds_per_sample": per_sample,
+                "clean_fpr": float(np.mean(scored.is_adversarial[: pool.n_clean])), "n_clean_test": pool.n_clean,
             })  # fmt: skip
             for attack in attacks:
                 if attack not in pool.rows:

@@ -228,7 +228,9 @@ def _markdown_report(
     lines += [markdown_table(table, attacks), ""]
     lines += [
         "ROC-AUC of each detector's continuous score; TPR at 5 % FPR; TPR and FPR of the detector's own "
-        "yes/no decision; wall-clock milliseconds of `detect` per sample. Supervised detectors are fitted on "
+        "yes/no decision; milliseconds of `detect` per sample (wall clock; for the Fisher detectors, whose "
+        "metric values are computed once per input and shared, the measured cost of computing their "
+        "metrics plus the rest of `detect`). Supervised detectors are fitted on "
         "the attack they are scored on; `*_clean` and `subset_scanning` never see an adversarial example. "
         "Only successful adversarial examples count; the clean and adversarial versions of a source image "
         "are on the same side, for every attack.",

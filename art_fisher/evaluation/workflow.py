@@ -69,8 +69,8 @@ class EvaluationResult:
         ``mean_linf`` (of the successful perturbations), ``seconds``.
     fits : list of dict
         One row per detector × fit: ``detector``, ``fit_attack``, ``n_train``, ``fit_seconds``,
-        ``seconds_per_sample``, ``clean_fpr`` (share of all clean detector-test images flagged),
-        ``n_clean_test``.
+        ``detect_seconds``, ``n_detect``, ``seconds_per_sample``, ``clean_fpr`` (share of all clean
+        detector-test images flagged), ``n_clean_test`` (see :class:`~.protocol.ProtocolResult`).
     settings : dict
         The arguments, the resolved defaults, the clean test accuracy, the model's path and origin, and
         the package versions.
@@ -78,7 +78,8 @@ class EvaluationResult:
         Artefacts: ``results_json``, ``results_csv``, ``report_md``, the plots that could be drawn
         (``roc_curves``, ``transfer_auc``, ``score_histograms``, ``sensitivity_maps``) and ``model``.
     timings : dict of str to float
-        Wall-clock seconds of the stages.
+        Wall-clock seconds of the stages; ``detector <name>`` sums that detector's fits and ``detect``
+        calls (the Fisher ones share metric values, so the first to need a value pays for it).
     """
 
     table: list[dict[str, Any]]
