@@ -81,8 +81,10 @@ def estimator_kind(estimator: Any, name: str = "estimator") -> str:
     TypeError
         For a regressor, a transformer or anything else that cannot score inputs as adversarial.
     """
+    from sklearn.utils import get_tags
+
     try:
-        estimator_type = sklearn.utils.get_tags(estimator).estimator_type
+        estimator_type = get_tags(estimator).estimator_type
     except (AttributeError, TypeError):  # duck-typed objects without scikit-learn tags
         estimator_type = None
     has = {m: callable(getattr(estimator, m, None)) for m in ("fit", "predict", "decision_function", "predict_proba")}

@@ -67,7 +67,8 @@ def plot_transfer(path: Path, matrices: Mapping[str, np.ndarray], attacks: Seque
     size = 1.0 + 0.75 * len(attacks)
     fig, axes = plt.subplots(rows, cols, figsize=(size * cols + 1.0, size * rows + 0.4), squeeze=False)
     image = None
-    for ax, (det, matrix) in zip(axes.flat, matrices.items()):
+    fig.subplots_adjust(wspace=0.45, hspace=0.6)
+    for k, (ax, (det, matrix)) in enumerate(zip(axes.flat, matrices.items())):
         image = ax.imshow(matrix, vmin=0.5, vmax=1.0, cmap="viridis")
         for (i, j), value in np.ndenumerate(matrix):
             if not math.isnan(value):
@@ -77,7 +78,8 @@ def plot_transfer(path: Path, matrices: Mapping[str, np.ndarray], attacks: Seque
         ax.set_yticks(range(len(attacks)), names, fontsize=7)
         ax.set_title(det, fontsize=8)
         ax.set_xlabel("test attack", fontsize=7)
-        ax.set_ylabel("fitted on", fontsize=7)
+        if k % cols == 0:
+            ax.set_ylabel("fitted on", fontsize=7)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     if image is not None:

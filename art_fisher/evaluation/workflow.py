@@ -9,7 +9,10 @@ Stages of :func:`run`, in order:
 4. every detector fitted and scored as :mod:`.protocol` says (same attack, unseen attacks, clean-only);
 5. the report (:mod:`.report`, :mod:`.plots`), written atomically.
 
-Everything is seeded: the same arguments give the same numbers.
+Everything is seeded: the same arguments give the same numbers. Extension points: an attack is an entry
+of :data:`~.attacks.ATTACKS`, a detector an entry of :data:`~.registry.DETECTORS` (a new Fisher feature
+set registered in :mod:`art_fisher._features` appears there by itself), and a later stage (e.g. attacks
+that know the detector) finds every fitted detector in the protocol's ``fitted`` mapping.
 """
 
 from __future__ import annotations
