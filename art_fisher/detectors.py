@@ -378,7 +378,8 @@ class FisherInformationDetector(EvasionDetector):
             else:
                 estimator.fit(features, labels, **fit_kwargs)
         if kind == "classifier" and len(getattr(estimator, "classes_", ())) != 2:
-            raise ValueError(f"estimator must be a binary classifier; its classes_ are {getattr(estimator, 'classes_', None)}.")
+            classes = getattr(estimator, "classes_", None)
+            raise ValueError(f"estimator must be a binary classifier; its classes_ are {classes}.")
         self.estimator_ = estimator
         self.feature_names_ = names
         self.calibration_ = "labels" if labels is not None else "clean"

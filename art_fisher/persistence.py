@@ -195,8 +195,7 @@ def _read_state(path: Path, trusted: Sequence[str]) -> dict[str, Any]:
         state = sio.load(path, trusted=sorted(set(untrusted)))
     except (zipfile.BadZipFile, KeyError, ValueError, TypeError, AttributeError, OSError, RecursionError) as err:
         raise ValueError(
-            f"{path} is not a saved FisherInformationDetector (loading failed: {type(err).__name__}: "
-            f"{str(err)[:200]})."
+            f"{path} is not a saved FisherInformationDetector (loading failed: {type(err).__name__}: {str(err)[:200]})."
         ) from err
     if not isinstance(state, dict) or state.get("format") != DETECTOR_FORMAT:
         raise ValueError(f"{path} is not a saved FisherInformationDetector (format {DETECTOR_FORMAT!r}).")

@@ -98,7 +98,11 @@ def test_bad_options_exit_2_with_one_line(tmp_path, capsys, args, message):
     (tmp_path / "notes.txt").write_text("not a model")
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     before = sorted(p.name for p in tmp_path.iterdir())
-    full = ["evaluate", *args, "--quiet"] if "--output" in args else ["evaluate", *args, "--output", str(tmp_path / "out"), "--quiet"]
+    full = (
+        ["evaluate", *args, "--quiet"]
+        if "--output" in args
+        else ["evaluate", *args, "--output", str(tmp_path / "out"), "--quiet"]
+    )
     rc = main(full)
     err = capsys.readouterr().err
     assert rc == 2
@@ -119,5 +123,14 @@ def test_evaluate_help_lists_every_option():
     for option in ("--dataset", "--data-dir", "--model", "--arch", "--attacks", "--eps", "--detectors",
                    "--n-samples", "--seed", "--device", "--output", "--target-fpr", "--quiet"):  # fmt: skip
         assert option in out
-    for name in ("fgsm", "pgd", "deepfool", "cw_l2", "fisher_trace", "fisher_trace_clean", "max_softmax", "binary_input"):
+    for name in (
+        "fgsm",
+        "pgd",
+        "deepfool",
+        "cw_l2",
+        "fisher_trace",
+        "fisher_trace_clean",
+        "max_softmax",
+        "binary_input",
+    ):
         assert name in out

@@ -21,9 +21,9 @@ from art_fisher.evaluation import (
     EvaluationResult,
     Scored,
     evaluate,
+    model_cache,
     prepare,
 )
-from art_fisher.evaluation import model_cache
 from art_fisher.evaluation.report import transfer_matrix, unseen_summary
 from art_fisher.models import SmallCNN, train_model
 
@@ -245,7 +245,7 @@ def test_unusable_model_cache_is_rebuilt_with_a_warning(tmp_path, caplog, kind):
     assert rebuilt.status == "rebuilt" and str(first.path) in caplog.text and "unusable" in caplog.text
     again = model_cache.cached_model(**kwargs)  # the replaced file is good again
     assert again.status == "cached"
-    for a, b in zip(again.model.state_dict().values(), rebuilt.model.state_dict().values()):
+    for a, b in zip(again.model.state_dict().values(), rebuilt.model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     assert sorted(p.name for p in first.path.parent.iterdir()) == [first.path.name]  # no temp files
 

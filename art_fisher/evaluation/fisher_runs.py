@@ -61,12 +61,16 @@ class FisherFeatureCache:
             if todo:
                 start = time.perf_counter()
                 computed = _features.compute(
-                    detector.classifier, x[list(todo.values())], metrics=(metric,), settings=settings,
-                    batch_size=batch_size, progress=detector.progress,
+                    detector.classifier,
+                    x[list(todo.values())],
+                    metrics=(metric,),
+                    settings=settings,
+                    batch_size=batch_size,
+                    progress=detector.progress,
                 )[metric]
                 seconds = time.perf_counter() - start
                 spent += seconds
-                for key, value in zip(todo, computed):
+                for key, value in zip(todo, computed, strict=True):
                     store[key] = (value, seconds / len(todo))
             out[metric] = np.stack([store[key][0] for key in rows])
             cost += sum(store[key][1] for key in rows)

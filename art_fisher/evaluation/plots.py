@@ -46,7 +46,7 @@ def plot_roc(path: Path, curves: Mapping[str, Mapping[str, tuple]], labels: Mapp
     plt = _pyplot()
     n = len(curves)
     fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4.2), squeeze=False)
-    for ax, (attack, by_det) in zip(axes[0], curves.items()):
+    for ax, (attack, by_det) in zip(axes[0], curves.items(), strict=True):
         for det, (fpr, tpr, auc) in by_det.items():
             ax.plot(fpr, tpr, label=f"{labels.get('detectors', {}).get(det, det)} ({auc:.3f})")
         ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
@@ -57,7 +57,9 @@ def plot_roc(path: Path, curves: Mapping[str, Mapping[str, tuple]], labels: Mapp
     _save(fig, path, 110)
 
 
-def plot_transfer(path: Path, matrices: Mapping[str, np.ndarray], attacks: Sequence[str], labels: Mapping[str, Any]) -> None:
+def plot_transfer(
+    path: Path, matrices: Mapping[str, np.ndarray], attacks: Sequence[str], labels: Mapping[str, Any]
+) -> None:
     """``matrices[detector]``: ROC-AUC of shape (fit attacks, test attacks), NaN where not measured."""
     plt = _pyplot()
     names = [labels.get("attacks", {}).get(a, a) for a in attacks]
@@ -68,12 +70,13 @@ def plot_transfer(path: Path, matrices: Mapping[str, np.ndarray], attacks: Seque
     fig, axes = plt.subplots(rows, cols, figsize=(size * cols + 1.0, size * rows + 0.4), squeeze=False)
     image = None
     fig.subplots_adjust(wspace=0.45, hspace=0.6)
-    for k, (ax, (det, matrix)) in enumerate(zip(axes.flat, matrices.items())):
+    for k, (ax, (det, matrix)) in enumerate(zip(axes.flat, matrices.items(), strict=False)):
         image = ax.imshow(matrix, vmin=0.5, vmax=1.0, cmap="viridis")
         for (i, j), value in np.ndenumerate(matrix):
             if not math.isnan(value):
-                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
-                        color="black" if value > 0.8 else "white", fontweight="bold" if i == j else "normal")  # fmt: skip
+                color = "black" if value > 0.8 else "white"
+                weight = "bold" if i == j else "normal"
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color=color, fontweight=weight)
         ax.set_xticks(range(len(attacks)), names, rotation=45, ha="right", fontsize=7)
         ax.set_yticks(range(len(attacks)), names, fontsize=7)
         ax.set_title(det, fontsize=8)

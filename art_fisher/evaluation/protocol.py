@@ -79,7 +79,8 @@ class ProtocolResult:
         One per detector × fit attack: ``detector``, ``fit_attack``, ``n_train``, ``fit_seconds``,
         ``detect_seconds`` and ``n_detect`` (wall clock of one ``detect`` call on the whole detector-test
         side), ``seconds_per_sample`` (the detector's cost per sample: its own account when it gives one,
-        see :attr:`~art_fisher.evaluation.base.Scored.seconds`, else the wall clock), ``clean_fpr`` (share of all clean detector-test images flagged) and
+        see :attr:`~art_fisher.evaluation.base.Scored.seconds`, else the wall clock), ``clean_fpr``
+        (share of all clean detector-test images flagged) and
         ``n_clean_test``.
     curves : dict
         ``curves[attack][detector] = (fpr, tpr, auc)`` for the same-attack or clean fit.
@@ -146,7 +147,7 @@ def score_detectors(
     result = ProtocolResult()
     attacks = [o.name for o in outcomes]
     n_test = {a: 2 * len(pool.rows[a][0]) if a in pool.rows else 2 * int(o.success[~side].sum())
-              for a, o in zip(attacks, outcomes)}  # fmt: skip
+              for a, o in zip(attacks, outcomes, strict=True)}  # fmt: skip
     for name in detector_names:
         spec = DETECTORS[name]
         fit_sets: list[tuple[str, np.ndarray | None, np.ndarray | None]] = []
@@ -163,7 +164,9 @@ def score_detectors(
             on_step(f"{name} fitted on {fit_attack}")
             n_train = 0 if x_fit is None else len(x_fit)
             if x_fit is None:
-                logger.info("%s: too few successful %s examples on the detector-train side; not fitted", name, fit_attack)
+                logger.info(
+                    "%s: too few successful %s examples on the detector-train side; not fitted", name, fit_attack
+                )
                 result.rows += [_nan_row(name, fit_attack, a, n_train, n_test[a]) for a in attacks]
                 continue
             seed_everything(ctx.seed)
@@ -195,7 +198,10 @@ def score_detectors(
                     "n_test": len(idx),
                 })  # fmt: skip
                 if fit_attack in (attack, CLEAN_FIT):
-                    result.curves.setdefault(attack, {})[name] = (*roc_curve(y, scored.score[idx])[:2], metrics["roc_auc"])
+                    result.curves.setdefault(attack, {})[name] = (
+                        *roc_curve(y, scored.score[idx])[:2],
+                        metrics["roc_auc"],
+                    )
                 for metric, values in scored.metric_scores.items():
                     result.metric_scores.setdefault(metric, {}).setdefault(attack, (values[clean], values[adv]))
     return result

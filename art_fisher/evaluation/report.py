@@ -126,7 +126,9 @@ def _fmt(value: Any, fmt: str, key: str) -> str:
     return fmt.format(value)
 
 
-def _cells(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple], extra: Mapping[str, Mapping]) -> list[list[str]]:
+def _cells(
+    rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple], extra: Mapping[str, Mapping]
+) -> list[list[str]]:
     return [[_fmt(extra[k].get(r["attack"]) if k in extra else r.get(k), f, k) for k, _, f in columns] for r in rows]
 
 
@@ -134,7 +136,9 @@ def _text(headers: Sequence[str], cells: Sequence[Sequence[str]], numeric: Seque
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
 
     def line(values: Sequence[str]) -> str:
-        return "  ".join(v.rjust(w) if n else v.ljust(w) for v, w, n in zip(values, widths, numeric)).rstrip()
+        return "  ".join(
+            v.rjust(w) if n else v.ljust(w) for v, w, n in zip(values, widths, numeric, strict=True)
+        ).rstrip()
 
     return "\n".join([line(headers), "  ".join("-" * w for w in widths), *(line(r) for r in cells)])
 
@@ -209,7 +213,7 @@ def _csv_text(table: Sequence[Mapping[str, Any]], attacks: Sequence[Mapping[str,
 
 def _matrix_markdown(matrix: np.ndarray, fit_names: Sequence[str], test_names: Sequence[str]) -> str:
     headers = ["fitted on \\ test", *test_names]
-    cells = [[fit, *(_fmt(float(v), "{:.3f}", "") for v in row)] for fit, row in zip(fit_names, matrix)]
+    cells = [[fit, *(_fmt(float(v), "{:.3f}", "") for v in row)] for fit, row in zip(fit_names, matrix, strict=True)]
     return _markdown(headers, cells, [False, *([True] * len(test_names))])
 
 
@@ -276,7 +280,10 @@ def _markdown_report(
 
 
 def _clean_section(
-    table: Sequence[Mapping[str, Any]], fits: Sequence[Mapping[str, Any]], settings: Mapping[str, Any], names: Sequence[str]
+    table: Sequence[Mapping[str, Any]],
+    fits: Sequence[Mapping[str, Any]],
+    settings: Mapping[str, Any],
+    names: Sequence[str],
 ) -> list[str]:
     clean_fits = [f for f in fits if f["fit_attack"] == _CLEAN]
     if not clean_fits:
@@ -294,7 +301,9 @@ def _clean_section(
     cells = []
     for fit in clean_fits:
         tpr = {r["attack"]: r["tpr"] for r in table if r["detector"] == fit["detector"]}
-        cells.append([fit["detector"], _fmt(fit["clean_fpr"], "{:.3f}", ""), *(_fmt(tpr.get(a), "{:.3f}", "") for a in names)])
+        cells.append(
+            [fit["detector"], _fmt(fit["clean_fpr"], "{:.3f}", ""), *(_fmt(tpr.get(a), "{:.3f}", "") for a in names)]
+        )
     return lines + [_markdown(headers, cells, [False, *([True] * (len(headers) - 1))]), ""]
 
 
