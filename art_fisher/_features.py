@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from numbers import Integral, Real
@@ -77,6 +78,23 @@ METRICS: dict[str, MetricSpec] = {
 #: ``top_mass`` the share of :math:`\sum_i |s_i|` held by the :math:`\lceil 0.1 D \rceil` largest
 #: :math:`|s_i|` (1 when concentrated on few pixels, 0.1 when spread evenly; 0 for an all-zero map).
 SENSITIVITY_REDUCTIONS = ("l1", "l2", "max", "top_mass")
+
+
+def feature_directions(metrics: Sequence[str]) -> list[str]:
+    """Which values of each feature column (:func:`feature_names` order) suggest an adversarial input.
+
+    ``"higher"`` for every Fisher magnitude (the scalar metrics and the ``l1``, ``l2``, ``max``
+    reductions of a map): more Fisher information means a less settled prediction. ``"none"`` for
+    ``top_mass``, a shape statistic of the map with no such prior (measured on digits, its ROC-AUC is
+    above 0.5 for some attacks and below for others), which clean-only calibration leaves out.
+    """
+    directions: list[str] = []
+    for name in metrics:
+        if METRICS[name].is_map:
+            directions.extend("none" if r == "top_mass" else "higher" for r in SENSITIVITY_REDUCTIONS)
+        else:
+            directions.append("higher")
+    return directions
 
 
 def available_metrics() -> tuple[str, ...]:
@@ -169,12 +187,14 @@ def check_metric_settings(
     if params is not None:
         if isinstance(params, str) or not isinstance(params, Sequence) or len(params) == 0:
             raise ValueError(f"params must be None or a non-empty sequence of parameter names; got {params!r}.")
-        trainable = {n for n, p in classifier.model.named_parameters() if p.requires_grad}
-        unknown = [p for p in params if p not in trainable]
+        # Any parameter, trained or frozen: the Fisher information is defined by the parameters
+        # whether or not anyone trains them (a pretrained model under screening is usually frozen).
+        known = {n for n, _ in classifier.model.named_parameters()}
+        unknown = [p for p in params if p not in known]
         if unknown:
             raise ValueError(
-                f"params must name parameters of the classifier's model that require grad; {unknown} "
-                f"are not among {sorted(trainable)}."
+                f"params must name parameters of the classifier's model; {unknown} are not among "
+                f"{sorted(known)}."
             )
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}; got {method!r}.")
@@ -229,7 +249,28 @@ def check_inputs(classifier: Any, x: Any, name: str = "x") -> np.ndarray:
         raise ValueError(f"{name} must hold at least one sample; got shape {arr.shape}.")
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} must be finite; it holds {int(np.sum(~np.isfinite(arr)))} NaN or inf values.")
+    _warn_if_uint8_range(classifier, arr, name)
     return arr.astype(np.float32, copy=False)
+
+
+def _warn_if_uint8_range(classifier: Any, arr: np.ndarray, name: str) -> None:
+    """Warn when ``arr`` looks like 8-bit images (whole numbers 0..255, max > 1) for a [0, 1] classifier.
+
+    No warning when the classifier's ``clip_values`` declare a range beyond 1 (the model expects it).
+    """
+    clip = getattr(classifier, "clip_values", None)
+    if clip is not None and float(np.max(clip)) > 1.0:
+        return
+    high = float(arr.max())
+    if high <= 1.0 or high > 255.0 or float(arr.min()) < 0.0 or not np.all(arr == np.round(arr)):
+        return
+    warnings.warn(
+        f"{name} looks like 8-bit images (whole numbers from {float(arr.min()):g} to {high:g}), while the "
+        f"classifier's clip_values are {None if clip is None else tuple(float(c) for c in clip)}. If the "
+        "model was trained on [0, 1] pixels, pass x / 255; the Fisher metrics of unscaled inputs mean little.",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 @contextlib.contextmanager
@@ -285,11 +326,20 @@ def settings_of(obj: Any) -> dict[str, Any]:
     }
 
 
-def _metric_kwargs(name: str, settings: dict[str, Any]) -> dict[str, Any]:
+def _resolved_params(model: torch.nn.Module, params: Sequence[str] | None) -> list[str] | None:
+    """``params`` as a list; None stays None unless no parameter requires grad (a frozen model): then all."""
+    if params is not None:
+        return list(params)
+    if any(p.requires_grad for p in model.parameters()):
+        return None
+    return [n for n, _ in model.named_parameters()]
+
+
+def _metric_kwargs(name: str, settings: dict[str, Any], model: torch.nn.Module) -> dict[str, Any]:
     """Keyword arguments of the metric function for ``name`` from the shared settings."""
     kwargs = {key: settings[key] for key in METRICS[name].options}
-    if kwargs.get("params") is not None:
-        kwargs["params"] = list(kwargs["params"])
+    if "params" in kwargs:
+        kwargs["params"] = _resolved_params(model, kwargs["params"])
     if kwargs.get("blockwise", True) is None:  # None: the metric's own default
         del kwargs["blockwise"]
     return kwargs
@@ -347,7 +397,7 @@ def compute(
     dtype = next(model.parameters()).dtype
     device = classifier.device
     scale = _standardisation_scale(classifier, x.shape[1:]) if any(METRICS[m].is_map for m in metrics) else None
-    kwargs = {name: _metric_kwargs(name, settings) for name in metrics}
+    kwargs = {name: _metric_kwargs(name, settings, model) for name in metrics}
     chunks: dict[str, list[np.ndarray]] = {name: [] for name in metrics}
     starts = range(0, len(x), batch_size)
     with _eval_mode(model):

@@ -18,12 +18,21 @@ def _names(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+_MODEL_STATUS = {
+    "given": "given with --model",
+    "cached": "loaded from the cache",
+    "trained": "trained here and cached",
+    "rebuilt": "trained again: the cache file was unusable, now replaced",
+    "uncached": "trained here; the cache could not be written",
+}
+
+
 def _run_evaluate(args: argparse.Namespace) -> int:
     from art_fisher import evaluation
 
     progress = not args.quiet and sys.stderr.isatty()
     try:  # argument checks and data / model loading: a user error gets one line, not a traceback
-        plan = evaluation._prepare(
+        plan = evaluation.prepare(
             dataset=args.dataset,
             data_dir=args.data_dir,
             model=args.model,
@@ -37,12 +46,13 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             output_dir=args.output,
             epochs=args.epochs,
             batch_size=args.batch_size,
+            target_fpr=args.target_fpr,
             progress=progress,
         )
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"art-fisher evaluate: error: {exc}", file=sys.stderr)
         return 2
-    result = evaluation._run(plan)
+    result = evaluation.run(plan)
     settings = result.settings
     print(
         f"{settings['dataset']} / {settings['arch']}: clean test accuracy {settings['clean_test_accuracy']:.4f}, "
@@ -50,6 +60,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         f"{result.timings['total']:.1f} s"
     )
     print(result.format_table())
+    print(f"model: {result.paths['model']} ({_MODEL_STATUS.get(settings['model_status'], settings['model_status'])})")
     print(f"report: {result.paths['report_md']}")
     return 0
 
@@ -71,8 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="attack a model with ART and report how well each detector catches each attack",
         description=(
             "Attack a classifier with ART, keep the successful adversarial examples, fit every detector on "
-            "half of the source images and report ROC-AUC, TPR at 5%% FPR, detection accuracy and time per "
-            "sample on the other half. Writes results.json, results.csv, report.md and plots to --output."
+            "half of the source images (each supervised detector once per attack; *_clean detectors on clean "
+            "images only) and report, on the other half and for every attack, ROC-AUC, TPR at 5%% FPR, the "
+            "detector's own TPR / FPR and time per sample; then the mean ROC-AUC on attacks a detector was not "
+            "fitted on. Writes results.json, results.csv, report.md and plots to --output."
         ),
     )
     ev.add_argument("--dataset", choices=DATASETS, default="digits", help="data set (default: %(default)s)")
@@ -101,9 +114,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0, help="seed of everything (default: %(default)s)")
     ev.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: %(default)s)")
     ev.add_argument("--epochs", type=int, default=None, help="epochs when the model is trained here")
-    ev.add_argument("--batch-size", type=int, default=128, help="batch size of attacks and detectors (default: %(default)s)")
+    ev.add_argument(
+        "--batch-size", type=int, default=128,
+        help="batch size of attacks and detectors, 1 to 65536 (default: %(default)s)",
+    )  # fmt: skip
+    ev.add_argument(
+        "--target-fpr", type=float, default=0.05,
+        help="false-positive rate the clean-calibrated detectors (*_clean) aim at (default: %(default)s)",
+    )  # fmt: skip
     ev.add_argument("--output", default=_DEFAULT_OUTPUT, help="output folder (default: ./%(default)s)")
-    ev.add_argument("--quiet", action="store_true", help="no progress bars and no log lines; only the table")
+    ev.add_argument(
+        "--quiet", action="store_true",
+        help="no progress bar and no log lines below warnings; the tables, the model path and the report path",
+    )  # fmt: skip
     ev.set_defaults(func=_run_evaluate)
     return parser
 

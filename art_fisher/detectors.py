@@ -1,70 +1,51 @@
 """An ART evasion detector built on the Fisher information of the classifier's prediction.
 
 :class:`FisherInformationDetector` computes Fisher metrics (:mod:`art_fisher.metrics`) of an ART
-``PyTorchClassifier`` at each input, and a scikit-learn classifier learns from clean (0) and
-adversarial (1) examples which metric values mean "adversarial". It follows ART's
-``EvasionDetector`` contract: ``fit(x, y)``, ``detect(x) -> (report, is_adversarial)``,
-``defence_params``, ``set_params``, ``get_params``.
+``PyTorchClassifier`` at each input, and a scikit-learn estimator decides from these values which inputs
+are adversarial: a classifier fitted on clean (0) and adversarial (1) examples, or, with no labels, an
+outlier detector calibrated on clean inputs alone (:mod:`art_fisher.calibration`). It follows ART's
+``EvasionDetector`` contract: ``fit(x, y, batch_size, nb_epochs)``, ``detect(x, batch_size) ->
+(report, is_adversarial)``, ``defence_params``, ``set_params``, ``get_params``. Files: :mod:`art_fisher.persistence`.
 """
 
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Sequence
+from numbers import Real
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import sklearn
 from art.defences.detector.evasion import EvasionDetector
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
 
-from art_fisher import _features
-from art_fisher.estimators import ThresholdClassifier
+from art_fisher import _features, persistence
+from art_fisher.decision import (
+    check_fit_kwargs,
+    decide,
+    default_clean_estimator,
+    default_estimator,
+    detection_labels,
+    estimator_kind,
+    routes_metadata,
+)
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FisherInformationDetector", "default_estimator", "DETECTOR_FORMAT", "DETECTOR_FORMAT_VERSION"]
+__all__ = [
+    "DETECTOR_FORMAT",
+    "DETECTOR_FORMAT_VERSION",
+    "FisherInformationDetector",
+    "default_clean_estimator",
+    "default_estimator",
+    "estimator_kind",
+]
 
-#: Identifies files written by :meth:`FisherInformationDetector.save`.
-DETECTOR_FORMAT = "art_fisher.FisherInformationDetector"
-#: Bumped whenever the saved layout changes; :meth:`FisherInformationDetector.load` refuses others.
-DETECTOR_FORMAT_VERSION = 1
-#: Types a saved detector may hold beyond skops' own defaults (sklearn estimators, numpy, builtins).
-_TRUSTED_TYPES = ["art_fisher.estimators.ThresholdClassifier"]
-
-
-def default_estimator(n_features: int) -> Any:
-    """The estimator a detector uses when none is given.
-
-    A :class:`~art_fisher.estimators.ThresholdClassifier` (Youden's J) for one feature column, a
-    ``Pipeline([StandardScaler(), LogisticRegression()])`` for several.
-    """
-    if n_features == 1:
-        return ThresholdClassifier()
-    return Pipeline([("scale", StandardScaler()), ("logistic", LogisticRegression(max_iter=1000))])
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import version
-
-    import art
-    import sklearn
-    import torch
-
-    import art_fisher
-
-    return {
-        "art_fisher": art_fisher.__version__,
-        "scikit-learn": sklearn.__version__,
-        "adversarial-robustness-toolbox": art.__version__,
-        "torch": torch.__version__,
-        "skops": version("skops"),
-    }
+DETECTOR_FORMAT = persistence.DETECTOR_FORMAT
+DETECTOR_FORMAT_VERSION = persistence.DETECTOR_FORMAT_VERSION
 
 
 class FisherInformationDetector(EvasionDetector):
@@ -79,8 +60,10 @@ class FisherInformationDetector(EvasionDetector):
     along the normalised gradient :math:`\\bar v` of the predicted class's log-probability (see
     :mod:`art_fisher.metrics`). A sensitivity map (one value per input dimension) is reduced to the
     features ``l1``, ``l2``, ``max`` and ``top_mass`` (:data:`art_fisher._features.SENSITIVITY_REDUCTIONS`);
-    the full maps come from :meth:`sensitivity_maps`. A scikit-learn classifier (``estimator``) then
-    learns from these features which inputs are adversarial.
+    the full maps come from :meth:`sensitivity_maps`. A scikit-learn estimator (``estimator``) then
+    decides from these features which inputs are adversarial: a classifier fitted on clean and
+    adversarial examples (``fit(x, y)``), or an outlier detector calibrated on clean inputs alone
+    (``fit(x)``, see below).
 
     The metrics see what the classifier sees: inputs pass through the classifier's preprocessing
     (``preprocessing`` and preprocessing defences, as in ``classifier.predict``), the model runs in
@@ -96,10 +79,16 @@ class FisherInformationDetector(EvasionDetector):
         Metric names: ``"trace"``, ``"quadratic_form"``, ``"sensitivity"`` and ``"max_eigenvalue"``
         (where :mod:`art_fisher.metrics` provides it). One feature column per scalar metric, four for
         ``"sensitivity"``.
-    estimator : sklearn classifier, default=None
-        Any scikit-learn classifier over the feature columns (cloned in :meth:`fit`). None: a
-        :class:`~art_fisher.estimators.ThresholdClassifier` for one feature column, and
-        ``StandardScaler`` + ``LogisticRegression`` for several (see :func:`default_estimator`).
+    estimator : sklearn classifier or outlier detector, default=None
+        Decides from the feature columns (cloned in :meth:`fit`). A classifier (with ``predict_proba``
+        or ``decision_function``) is fitted on labelled clean / adversarial inputs; an outlier detector
+        (e.g. ``IsolationForest``) on clean inputs alone, ``fit(x)``. None: with labels, a
+        :class:`~art_fisher.estimators.ThresholdClassifier` for one feature column and
+        ``StandardScaler`` + ``LogisticRegression`` for several (:func:`default_estimator`); without
+        labels, :func:`default_clean_estimator`.
+    target_fpr : float in (0, 1), default=0.05
+        Fraction of clean inputs that ``fit(x)`` without labels calibrates the default estimator to flag
+        (unused when fitting with labels or with your own estimator).
     batch_size : int, default=128
         Samples per metric computation when ``fit``/``detect`` get no ``batch_size``.
     output : {"logits", "log_probs", "probs"}, default="logits"
@@ -131,16 +120,21 @@ class FisherInformationDetector(EvasionDetector):
 
     Attributes
     ----------
-    estimator_ : sklearn classifier
+    estimator_ : sklearn classifier or outlier detector
         The fitted estimator (set by :meth:`fit`).
     feature_names_ : list of str
         Names of the feature columns the estimator was fitted on.
+    calibration_ : {"labels", "clean"}
+        Whether the fit used clean / adversarial labels or clean inputs only.
+    model_fingerprint_ : str
+        :func:`art_fisher.persistence.model_fingerprint` of the classifier at fit time (saved with the
+        detector; :meth:`load` checks it).
 
     Raises
     ------
     TypeError
-        If ``classifier`` is not an ART ``PyTorchClassifier`` or ``estimator`` is not a
-        scikit-learn-style classifier.
+        If ``classifier`` is not an ART ``PyTorchClassifier`` or ``estimator`` is neither a classifier
+        with ``predict_proba`` / ``decision_function`` nor an outlier detector (e.g. a regressor).
     ValueError
         If another setting is invalid.
 
@@ -152,17 +146,32 @@ class FisherInformationDetector(EvasionDetector):
     ``EvasionDetector`` exposes ``detect``; input gradients of the Fisher metrics (mixed
     :math:`\partial_x \partial_\theta` derivatives of the model) are not provided. Use ``detect`` in front of the classifier instead.
 
+    Clean-only calibration (``fit(x)`` without ``y``) flags inputs whose Fisher information is
+    *higher* than that of the clean inputs: the Fisher information
+    :math:`\operatorname{tr} F(x) = \sum_c p_c \|\nabla_\theta \log p_c\|^2` vanishes for a
+    prediction the model is sure of (:math:`p_y \to 1` makes every term go to zero) and grows where the
+    predictive distribution is spread or the parameters move it strongly, which is where adversarial
+    examples end up (just across a decision boundary, or in the low-confidence regions an attack
+    passes through); adversarial inputs score higher on every attack measured in this project. An
+    attack that pushes inputs to *high* confidence lowers the Fisher information and evades this rule.
+    Several metrics are standardised on the clean inputs (log scale, median and MAD) and combined by
+    their maximum; the threshold is the clean split-conformal quantile of the combined score, so the
+    false-positive rate holds for the combination (:mod:`art_fisher.calibration`).
+
     Examples
     --------
     >>> detector = FisherInformationDetector(classifier)            # doctest: +SKIP
     >>> detector.fit(np.concatenate([x_clean, x_adv]), np.r_[np.zeros(n), np.ones(n)])  # doctest: +SKIP
     >>> report, is_adversarial = detector.detect(x_test)            # doctest: +SKIP
+    >>> clean_only = FisherInformationDetector(classifier, target_fpr=0.05)  # doctest: +SKIP
+    >>> clean_only.fit(x_clean)                      # no adversarial example needed  # doctest: +SKIP
     """
 
     defence_params = [
         "classifier",
         "metrics",
         "estimator",
+        "target_fpr",
         "batch_size",
         "output",
         "direction",
@@ -181,6 +190,7 @@ class FisherInformationDetector(EvasionDetector):
         *,
         metrics: Sequence[str] = ("trace", "quadratic_form"),
         estimator: Any = None,
+        target_fpr: float = 0.05,
         batch_size: int = 128,
         output: str = "logits",
         direction: str = "predicted",
@@ -196,6 +206,7 @@ class FisherInformationDetector(EvasionDetector):
         self.classifier = classifier
         self.metrics = metrics
         self.estimator = estimator
+        self.target_fpr = target_fpr
         self.batch_size = batch_size
         self.output = output
         self.direction = direction
@@ -211,26 +222,29 @@ class FisherInformationDetector(EvasionDetector):
     # ----------------------------------------------------------------------------------------- checks
     def _check_params(self) -> None:
         self._metric_names = _features.check_settings_of(self)
-        if self.estimator is not None and not (
-            callable(getattr(self.estimator, "fit", None)) and callable(getattr(self.estimator, "predict", None))
+        if self.estimator is not None:
+            estimator_kind(self.estimator)
+        if (
+            not isinstance(self.target_fpr, Real)
+            or isinstance(self.target_fpr, bool)
+            or not 0.0 < float(self.target_fpr) < 1.0
         ):
-            raise TypeError(
-                "estimator must be None or a scikit-learn classifier with fit and predict; got "
-                f"{type(self.estimator).__qualname__}."
-            )
+            raise ValueError(f"target_fpr must be a number in (0, 1); got {self.target_fpr!r}.")
         if not isinstance(self.progress, bool):
             raise ValueError(f"progress must be True or False; got {self.progress!r}.")
 
     def set_params(self, **kwargs: Any) -> None:
         """Set constructor parameters (names in :attr:`defence_params`) and check them.
 
-        Changing a parameter that alters the features (anything but ``batch_size`` and ``progress``)
-        discards a previous fit.
+        Changing a parameter that alters the features or the decision (anything but ``batch_size`` and
+        ``progress``, and ``target_fpr`` after a fit with labels) discards a previous fit.
 
         Raises
         ------
         ValueError
             If a name is not a parameter of this detector, or a value is invalid (then nothing changes).
+        TypeError
+            If ``classifier`` or ``estimator`` is of an unusable type (then nothing changes).
         """
         unknown = sorted(set(kwargs) - set(self.defence_params))
         if unknown:
@@ -244,9 +258,12 @@ class FisherInformationDetector(EvasionDetector):
             self._check_params()
             raise
         changed = [key for key, value in kwargs.items() if not _same(old[key], value)]
-        if any(key not in ("batch_size", "progress") for key in changed) and hasattr(self, "estimator_"):
+        keeps = {"batch_size", "progress"}
+        if getattr(self, "calibration_", None) == "labels":
+            keeps.add("target_fpr")
+        if any(key not in keeps for key in changed) and hasattr(self, "estimator_"):
             logger.info("Parameters %s changed: the previous fit is discarded.", changed)
-            del self.estimator_, self.feature_names_
+            del self.estimator_, self.feature_names_, self.calibration_, self.model_fingerprint_
 
     def _batch(self, batch_size: int | None) -> int:
         if batch_size is None:
@@ -258,7 +275,7 @@ class FisherInformationDetector(EvasionDetector):
         if not hasattr(self, "estimator_"):
             raise NotFittedError(
                 "This FisherInformationDetector is not fitted yet; call fit(x, y) with clean (0) and "
-                "adversarial (1) examples first, or load a saved detector."
+                "adversarial (1) examples, or fit(x) with clean inputs only, or load a saved detector."
             )
 
     # -------------------------------------------------------------------------------------- features
@@ -308,43 +325,87 @@ class FisherInformationDetector(EvasionDetector):
         return values["sensitivity"]
 
     # ------------------------------------------------------------------------------------ fit/detect
-    def fit(self, x: np.ndarray, y: np.ndarray, batch_size: int | None = None, **kwargs: Any) -> None:
-        """Fit the estimator on the metric features of clean and adversarial examples.
+    def fit(
+        self,
+        x: np.ndarray,
+        y: np.ndarray | None = None,
+        batch_size: int | None = None,
+        nb_epochs: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Fit the estimator on the metric features of labelled inputs, or calibrate it on clean inputs.
 
         Parameters
         ----------
         x : ndarray of shape (N, *classifier.input_shape)
-            Clean and adversarial inputs, raw (before the classifier's preprocessing).
-        y : ndarray of shape (N,) or (N, 2)
+            Inputs, raw (before the classifier's preprocessing): clean and adversarial with ``y``, clean
+            only without.
+        y : ndarray of shape (N,) or (N, 2), optional
             Detection labels: 0 clean / 1 adversarial, or ART's one-hot form (column 1 = adversarial)
-            as ``BinaryInputDetector`` takes.
+            as ``BinaryInputDetector`` takes. None: clean-only calibration (the estimator must be None,
+            then :func:`default_clean_estimator` flags ``target_fpr`` of clean inputs, or an outlier
+            detector).
         batch_size : int, optional
             Samples per metric computation (default: the detector's ``batch_size``).
+        nb_epochs : int, optional
+            ART's argument, accepted and ignored (nothing here trains in epochs).
         **kwargs
-            Passed to the estimator's ``fit`` (e.g. ``sample_weight``); ART's ``nb_epochs`` is
-            accepted and ignored (nothing here trains in epochs).
+            Passed to the estimator's ``fit``. ``sample_weight`` (shape (N,), non-negative) reaches the
+            default estimators (the pipeline through scikit-learn's metadata routing) and any estimator
+            whose ``fit`` takes it.
 
         Raises
         ------
         ValueError
-            If ``x`` has the wrong shape or is not finite, or ``y`` is not binary, lacks one of the
-            two classes, or does not match ``x``'s length.
+            Before any metric is computed: if ``x`` has the wrong shape or is not finite; ``y`` is not
+            binary, lacks one of the two classes or does not match ``x``'s length; ``y`` is None while
+            ``estimator`` is a classifier (it needs labels), or ``y`` is given for an outlier detector;
+            ``sample_weight`` is malformed or the estimator cannot take it.
+        TypeError
+            If ``estimator`` cannot serve as a detector's estimator (e.g. a regressor).
         """
+        del nb_epochs
         batch_size = self._batch(batch_size)
         x = _features.check_inputs(self.classifier, x)
-        labels = _detection_labels(y, len(x))
-        kwargs.pop("nb_epochs", None)
-        values = self._values(x, batch_size)
-        features = _features.feature_matrix(values, self._metric_names)
         names = _features.feature_names(self._metric_names)
-        if self.estimator is None:
-            estimator = default_estimator(len(names))
-        else:
-            estimator = clone(self.estimator)
-        estimator.fit(features, labels, **kwargs)
+        estimator, kind = self._new_estimator(labelled=y is not None, n_features=len(names))
+        labels = None if y is None else detection_labels(y, len(x))
+        fit_kwargs = check_fit_kwargs(estimator, kwargs, len(x))
+        features = _features.feature_matrix(self._values(x, batch_size), self._metric_names)
+        with sklearn.config_context(enable_metadata_routing=routes_metadata(estimator, fit_kwargs)):
+            if labels is None:
+                estimator.fit(features, **fit_kwargs)
+            else:
+                estimator.fit(features, labels, **fit_kwargs)
+        if kind == "classifier" and len(getattr(estimator, "classes_", ())) != 2:
+            classes = getattr(estimator, "classes_", None)
+            raise ValueError(f"estimator must be a binary classifier; its classes_ are {classes}.")
         self.estimator_ = estimator
         self.feature_names_ = names
+        self.calibration_ = "labels" if labels is not None else "clean"
+        self.model_fingerprint_ = persistence.model_fingerprint(self.classifier)
         logger.debug("Fitted %s on %d samples and features %s.", type(estimator).__name__, len(x), names)
+
+    def _new_estimator(self, *, labelled: bool, n_features: int) -> tuple[Any, str]:
+        """A fresh estimator for this fit and its kind; ValueError / TypeError before any work."""
+        if self.estimator is None:
+            if labelled:
+                return default_estimator(n_features), "classifier"
+            return default_clean_estimator(self._metric_names, float(self.target_fpr)), "outlier_detector"
+        kind = estimator_kind(self.estimator)
+        if kind == "classifier" and not labelled:
+            raise ValueError(
+                f"fit(x) without labels calibrates on clean inputs only, but estimator "
+                f"{type(self.estimator).__qualname__} is a classifier that needs clean (0) / adversarial (1) "
+                "labels: pass y, or use estimator=None (clean quantile calibration at target_fpr) or an "
+                "outlier detector."
+            )
+        if kind == "outlier_detector" and labelled:
+            raise ValueError(
+                f"estimator {type(self.estimator).__qualname__} is an outlier detector, fitted on clean inputs "
+                "only: call fit(x_clean) without y."
+            )
+        return clone(self.estimator), kind
 
     def detect(self, x: np.ndarray, batch_size: int | None = None, **kwargs: Any) -> tuple[dict, np.ndarray]:
         """Flag adversarial inputs.
@@ -355,17 +416,19 @@ class FisherInformationDetector(EvasionDetector):
             Raw inputs.
         batch_size : int, optional
             Samples per metric computation (default: the detector's ``batch_size``).
+        **kwargs
+            Accepted and ignored, as ART's own detectors do (e.g. ``verbose=False``).
 
         Returns
         -------
         report : dict
             ``"scores"``: dict feature name -> ndarray (N,) of metric values (units of the metric);
-            ``"decision_scores"``: ndarray (N,), the estimator's ``decision_function`` (or the
-            probability of "adversarial" if it has none), higher = more adversarial;
-            ``"threshold"``: float, the decision score above which an input is flagged
-            (0.0, or 0.5 for probabilities); ``"feature_names"``: list of str.
+            ``"decision_scores"``: ndarray (N,), higher = more adversarial: a classifier's
+            ``decision_function`` (or its probability of "adversarial" if it has none), an outlier
+            detector's ``-decision_function``; ``"threshold"``: float, the decision score above which an
+            input is flagged (0.0, or 0.5 for probabilities); ``"feature_names"``: list of str.
         is_adversarial : ndarray of shape (N,), bool
-            The estimator's prediction (True = adversarial).
+            The estimator's decision (True = adversarial).
 
         Raises
         ------
@@ -373,26 +436,17 @@ class FisherInformationDetector(EvasionDetector):
             If the detector is not fitted.
         ValueError
             If ``x`` has the wrong shape or is not finite.
-        TypeError
-            If unknown keyword arguments are given.
         """
         if kwargs:
-            raise TypeError(f"detect got unexpected keyword arguments {sorted(kwargs)}.")
+            logger.debug("detect ignores the keyword arguments %s (accepted as ART's detectors do).", sorted(kwargs))
         self._check_fitted()
         batch_size = self._batch(batch_size)
         x = _features.check_inputs(self.classifier, x)
-        values = self._values(x, batch_size)
-        features = _features.feature_matrix(values, self._metric_names)
-        estimator = self.estimator_
-        if hasattr(estimator, "decision_function"):
-            decision, threshold = np.asarray(estimator.decision_function(features), dtype=np.float64), 0.0
-        else:
-            decision, threshold = np.asarray(estimator.predict_proba(features))[:, 1].astype(np.float64), 0.5
-        positive = estimator.classes_[1]
-        is_adversarial = np.asarray(estimator.predict(features)) == positive
+        features = _features.feature_matrix(self._values(x, batch_size), self._metric_names)
+        decision, threshold, is_adversarial = decide(self.estimator_, features)
         report = {
             "scores": dict(zip(self.feature_names_, features.T.copy(), strict=True)),
-            "decision_scores": decision.reshape(-1),
+            "decision_scores": decision,
             "threshold": threshold,
             "feature_names": list(self.feature_names_),
         }
@@ -400,10 +454,11 @@ class FisherInformationDetector(EvasionDetector):
 
     # ----------------------------------------------------------------------------------- persistence
     def save(self, path: str | Path) -> None:
-        """Write the learned state to ``path`` (a skops file, conventionally ``*.skops``).
+        """Write the learned state to ``path`` (a skops file, conventionally ``*.skops``), atomically.
 
-        Stored: the metric settings, the fitted estimator (through ``skops.io``, never bare pickle),
-        the feature names, the classifier's input shape and class count (checked on load), and the
+        Stored: the settings, the fitted estimator (through ``skops.io``, never bare pickle), the feature
+        names, the classifier's input shape and class count, a fingerprint of the classifier's weights
+        and preprocessing (:func:`art_fisher.persistence.model_fingerprint`, taken at fit time) and the
         package versions. Not stored: the classifier or its weights.
 
         Raises
@@ -411,54 +466,38 @@ class FisherInformationDetector(EvasionDetector):
         sklearn.exceptions.NotFittedError
             If the detector is not fitted.
         """
-        import skops.io as sio
-
         self._check_fitted()
-        state = {
-            "format": DETECTOR_FORMAT,
-            "format_version": DETECTOR_FORMAT_VERSION,
-            "versions": _versions(),
-            "settings": {
-                "metrics": list(self._metric_names),
-                "batch_size": int(self.batch_size),
-                "output": self.output,
-                "direction": self.direction,
-                "blockwise": self.blockwise,
-                "normalize": self.normalize,
-                "classes": self.classes,
-                "params": None if self.params is None else list(self.params),
-                "method": self.method,
-                "epsilon": float(self.epsilon),
-                "progress": bool(self.progress),
-            },
-            "estimator": self.estimator,
-            "estimator_": self.estimator_,
-            "feature_names": list(self.feature_names_),
-            "input_shape": [int(d) for d in self.classifier.input_shape],
-            "nb_classes": int(self.classifier.nb_classes),
-        }
-        sio.dump(state, Path(path))
+        persistence.save_detector(self, path)
 
     @classmethod
     def load(
-        cls, path: str | Path, classifier: Any, *, trusted: Sequence[str] = ()
+        cls,
+        path: str | Path,
+        classifier: Any,
+        *,
+        trusted: Sequence[str] = (),
+        allow_other_model: bool = False,
     ) -> FisherInformationDetector:
         """Load a detector written by :meth:`save` and attach it to ``classifier``.
 
-        Nothing in the file is executed: it is read with ``skops.io.load`` and only skops' default
-        trusted types (scikit-learn estimators, numpy, builtins),
-        :class:`~art_fisher.estimators.ThresholdClassifier` and the ``trusted`` type names you add are
-        accepted.
+        Nothing in the file is executed: it is read with ``skops.io.load``, and only skops' default
+        trusted types (scikit-learn estimators, numpy, builtins), the package's own estimators and the
+        ``trusted`` type names you add are accepted.
 
         Parameters
         ----------
         path : str or Path
             A file written by :meth:`save`.
         classifier : art.estimators.classification.PyTorchClassifier
-            The classifier the detector was fitted for (same input shape and number of classes).
+            The classifier the detector was fitted for: same weights and preprocessing (checked through
+            the saved fingerprint), input shape and number of classes.
         trusted : sequence of str
             Further type names to trust, for a custom ``estimator`` (review
             ``skops.io.get_untrusted_types(file=path)`` first).
+        allow_other_model : bool, default=False
+            Load even when the classifier's weights or preprocessing differ from those the detector was
+            fitted for (or the file predates fingerprints); a warning says so. The decisions of such a
+            detector are not calibrated for this model.
 
         Returns
         -------
@@ -468,62 +507,17 @@ class FisherInformationDetector(EvasionDetector):
         Raises
         ------
         ValueError
-            If the file is not a skops file, is of another format or format version, holds types that
-            are not trusted, or was fitted for a classifier of another input shape or class count.
+            If the path is missing or a folder; the file is not a skops file, is of another format or
+            format version, holds types that are not trusted, lacks a key, holds a value of the wrong
+            type (e.g. ``estimator_`` that is not a fitted estimator) or is nested too deeply; or it was
+            fitted for a classifier of another input shape, class count or (without
+            ``allow_other_model``) fingerprint.
         TypeError
             If ``classifier`` is not an ART ``PyTorchClassifier``.
         """
-        import zipfile
-
-        import skops.io as sio
-
-        _features.check_classifier(classifier)
-        path = Path(path)
-        try:
-            untrusted = sio.get_untrusted_types(file=path)
-        except (zipfile.BadZipFile, KeyError, ValueError) as err:
-            raise ValueError(f"{path} is not a saved FisherInformationDetector (not a skops file: {err}).") from err
-        allowed = set(_TRUSTED_TYPES) | set(trusted)
-        refused = sorted(t for t in untrusted if t not in allowed)
-        if refused:
-            raise ValueError(
-                f"{path} holds types that are not trusted: {refused}. If you created the file and trust "
-                "them, pass their names in trusted=."
-            )
-        state = sio.load(path, trusted=sorted(set(untrusted)))
-        if not isinstance(state, dict) or state.get("format") != DETECTOR_FORMAT:
-            raise ValueError(f"{path} is not a saved FisherInformationDetector (format {DETECTOR_FORMAT!r}).")
-        if state.get("format_version") != DETECTOR_FORMAT_VERSION:
-            raise ValueError(
-                f"{path} has detector format version {state.get('format_version')!r}; this art_fisher reads "
-                f"version {DETECTOR_FORMAT_VERSION}."
-            )
-        saved_shape = tuple(state["input_shape"])
-        if tuple(classifier.input_shape) != saved_shape or classifier.nb_classes != state["nb_classes"]:
-            raise ValueError(
-                f"{path} was fitted for a classifier with input_shape {saved_shape} and "
-                f"{state['nb_classes']} classes; got input_shape {tuple(classifier.input_shape)} and "
-                f"{classifier.nb_classes} classes."
-            )
-        now = _versions()
-        for package in ("art_fisher", "scikit-learn"):
-            if state["versions"].get(package) != now[package]:
-                warnings.warn(
-                    f"{path} was saved with {package} {state['versions'].get(package)}; running "
-                    f"{now[package]}. Check its decisions before relying on them.",
-                    UserWarning,
-                    stacklevel=2,
-                )
-        settings = dict(state["settings"])
-        settings["metrics"] = tuple(settings["metrics"])
-        if settings["params"] is not None:
-            settings["params"] = tuple(settings["params"])
-        detector = cls(classifier, estimator=state["estimator"], **settings)
-        detector.estimator_ = state["estimator_"]
-        detector.feature_names_ = list(state["feature_names"])
-        if detector.feature_names_ != _features.feature_names(detector._metric_names):
-            raise ValueError(f"{path} is inconsistent: its feature names do not match its metrics.")
-        return detector
+        return persistence.load_detector(
+            cls, path, classifier, trusted=trusted, allow_other_model=allow_other_model
+        )
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -535,24 +529,3 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, str | bool | int | float | type(None)) and isinstance(b, str | bool | int | float | type(None)):
         return type(a) is type(b) and a == b
     return False
-
-
-def _detection_labels(y: Any, n: int) -> np.ndarray:
-    """0/1 labels from ``y`` of shape (n,) or ART's one-hot (n, 2); ValueError if not binary 0/1."""
-    arr = np.asarray(y)
-    if arr.ndim == 2 and arr.shape[1] == 2:
-        if not (np.isin(arr, (0, 1)).all() and np.all(arr.sum(axis=1) == 1)):
-            raise ValueError("y of shape (N, 2) must be one-hot rows ([1, 0] clean, [0, 1] adversarial).")
-        arr = arr[:, 1]
-    if arr.ndim != 1:
-        raise ValueError(f"y must have shape (N,) or (N, 2); got {arr.shape}.")
-    if len(arr) != n:
-        raise ValueError(f"y must have one label per sample of x: x has {n} samples, y has {len(arr)}.")
-    if arr.dtype.kind not in "biuf" or not np.isin(arr, (0, 1)).all():
-        raise ValueError(
-            f"y must hold detection labels 0 (clean) and 1 (adversarial); got values {np.unique(arr)[:5]}."
-        )
-    labels = arr.astype(np.int64)
-    if len(np.unique(labels)) != 2:
-        raise ValueError("y must contain both clean (0) and adversarial (1) examples to fit a detector.")
-    return labels

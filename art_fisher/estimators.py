@@ -33,29 +33,27 @@ _STRATEGIES = ("youden", "balanced_accuracy", "accuracy", "target_fpr")
 _DIRECTIONS = ("auto", "higher", "lower")
 
 
-def _rank_auc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """ROC-AUC of ``scores`` for the boolean labels ``positive`` (Mann-Whitney U, ties count 1/2)."""
-    from scipy.stats import rankdata
+def _rank_auc(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> float:
+    """Weighted ROC-AUC of ``scores`` for the boolean labels ``positive`` (ties count 1/2)."""
+    from sklearn.metrics import roc_auc_score
 
-    n_pos = int(positive.sum())
-    n_neg = len(positive) - n_pos
-    ranks = rankdata(scores)
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(roc_auc_score(positive, scores, sample_weight=weights))
 
 
 def _threshold_search(
-    scores: np.ndarray, positive: np.ndarray, strategy: str, target_fpr: float | None
+    scores: np.ndarray, positive: np.ndarray, weights: np.ndarray, strategy: str, target_fpr: float | None
 ) -> tuple[float, float]:
     """Best threshold for the rule ``score > threshold`` -> positive, and the criterion's value there.
 
     Candidate thresholds are the midpoints between consecutive distinct scores, plus one value below
-    the smallest and one above the largest score (all positive / all negative).
+    the smallest and one above the largest score (all positive / all negative). Rates are weighted by
+    ``weights`` (samples of weight 0 must have been removed: they would add candidates).
     """
     values, inverse = np.unique(scores, return_inverse=True)
-    n_pos = int(positive.sum())
-    n_neg = len(positive) - n_pos
-    pos_at = np.bincount(inverse, weights=positive, minlength=len(values))
-    neg_at = np.bincount(inverse, weights=~positive, minlength=len(values))
+    n_pos = float(weights[positive].sum())
+    n_neg = float(weights[~positive].sum())
+    pos_at = np.bincount(inverse, weights=weights * positive, minlength=len(values))
+    neg_at = np.bincount(inverse, weights=weights * ~positive, minlength=len(values))
     # Candidate k (k = 0..m) lies just below values[k] (k = m: above the largest value); the rule then
     # calls positive exactly the samples with a value index >= k.
     tp = n_pos - np.concatenate([[0.0], np.cumsum(pos_at)])
@@ -77,6 +75,22 @@ def _threshold_search(
         margin = 0.5 * max(1.0, abs(float(values[0])))
     edges = np.concatenate([[values[0] - margin], (values[:-1] + values[1:]) / 2, [values[-1] + margin]])
     return float(edges[best]), float(criterion[best])
+
+
+def _check_sample_weight(sample_weight: Any, X: np.ndarray) -> np.ndarray:
+    """float64 weights of shape (n_samples,): ones for None; ValueError unless finite and non-negative."""
+    if sample_weight is None:
+        return np.ones(len(X))
+    weights = np.asarray(sample_weight, dtype=np.float64)
+    if weights.ndim == 0:
+        weights = np.full(len(X), float(weights))
+    if weights.shape != (len(X),):
+        raise ValueError(f"sample_weight must have shape ({len(X)},); got {weights.shape}.")
+    if not np.all(np.isfinite(weights)) or np.any(weights < 0):
+        raise ValueError("sample_weight must be finite and non-negative.")
+    if not np.any(weights > 0):
+        raise ValueError("sample_weight must hold at least one non-zero weight; got all zero.")
+    return weights
 
 
 class ThresholdClassifier(ClassifierMixin, BaseEstimator):
@@ -181,7 +195,7 @@ class ThresholdClassifier(ClassifierMixin, BaseEstimator):
                 f"with strategy={self.strategy!r}."
             )
 
-    def fit(self, X: Any, y: Any) -> ThresholdClassifier:
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> ThresholdClassifier:
         """Learn the threshold.
 
         Parameters
@@ -190,6 +204,10 @@ class ThresholdClassifier(ClassifierMixin, BaseEstimator):
             Scores; usually one column.
         y : array-like of shape (n_samples,)
             Two class labels; the larger one (``classes_[1]``) is the positive class.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weights: the rates (TPR, FPR, accuracy), the ROC-AUC behind
+            ``direction="auto"`` and the scale of ``predict_proba`` are weighted; a weight of 2 counts a
+            sample twice, a weight of 0 removes it.
 
         Returns
         -------
@@ -215,15 +233,21 @@ class ThresholdClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(
                 f"ThresholdClassifier needs samples of two classes in y; got one class: {self.classes_}."
             )
-        positive = y == self.classes_[1]
+        weights = _check_sample_weight(sample_weight, X)
+        keep = weights > 0
+        X_kept, positive, weights = X[keep], y[keep] == self.classes_[1], weights[keep]
+        if positive.all() or not positive.any():
+            raise ValueError("ThresholdClassifier needs a positive weight on samples of both classes in y.")
         best: tuple[float, int, float, int] | None = None  # (criterion, -column, threshold, sign)
         for j in range(X.shape[1]):
-            column = X[:, j]
+            column = X_kept[:, j]
             if self.direction == "auto":
-                sign = 1 if _rank_auc(column, positive) >= 0.5 else -1
+                sign = 1 if _rank_auc(column, positive, weights) >= 0.5 else -1
             else:
                 sign = 1 if self.direction == "higher" else -1
-            threshold, criterion = _threshold_search(sign * column, positive, self.strategy, self.target_fpr)
+            threshold, criterion = _threshold_search(
+                sign * column, positive, weights, self.strategy, self.target_fpr
+            )
             candidate = (criterion, -j, sign * threshold, sign)
             if best is None or candidate[:2] > best[:2]:
                 best = candidate
@@ -232,7 +256,9 @@ class ThresholdClassifier(ClassifierMixin, BaseEstimator):
         self.threshold_ = threshold
         self.direction_ = "higher" if sign == 1 else "lower"
         self.criterion_ = criterion
-        scale = float(np.std(X[:, self.feature_index_]))
+        column = X_kept[:, self.feature_index_]
+        mean = np.average(column, weights=weights)
+        scale = float(np.sqrt(np.average((column - mean) ** 2, weights=weights)))
         self._proba_scale = scale if scale > 0 else 1.0
         return self
 

@@ -22,21 +22,46 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-def test_evaluate_prints_the_table_and_writes_the_report(tmp_path, capsys):
+def test_evaluate_prints_the_tables_and_writes_the_report(tmp_path, capsys):
     out = tmp_path / "out"
-    rc = main(["evaluate", "--attacks", "fgsm", "--detectors", "fisher_trace,binary_input", "--n-samples", "16",
-               "--epochs", "2", "--seed", "1", "--eps", "0.25", "--output", str(out), "--quiet"])  # fmt: skip
+    rc = main(["evaluate", "--attacks", "fgsm,pgd", "--detectors", "fisher_trace,max_softmax,fisher_trace_clean",
+               "--n-samples", "20", "--epochs", "2", "--seed", "1", "--eps", "0.25", "--target-fpr", "0.1",
+               "--output", str(out), "--quiet"])  # fmt: skip
     printed = capsys.readouterr()
     assert rc == 0
     lines = printed.out.splitlines()
     assert lines[1].split()[:4] == ["attack", "success", "detector", "ROC-AUC"]
-    assert sum(line.startswith("fgsm ") for line in lines) == 2
+    assert sum(line.startswith("fgsm ") for line in lines) == 3  # same-attack and clean-fit rows
+    summary = lines[lines.index(next(line for line in lines if line.startswith("Unseen attacks"))) + 1 :]
+    assert summary[0].split()[:3] == ["detector", "fitted", "on"]
+    assert [line.split()[0] for line in summary[2:5]] == ["fisher_trace", "max_softmax", "fisher_trace_clean"]
+    model_line = next(line for line in lines if line.startswith("model: "))
+    assert str(out / "models") in model_line and "(trained here and cached)" in model_line
     assert "report: " in lines[-1]
     data = json.loads((out / "results.json").read_text())
-    assert data["settings"]["eps"] == 0.25 and data["settings"]["seed"] == 1
-    assert {(r["attack"], r["detector"]) for r in data["table"]} == {("fgsm", "fisher_trace"), ("fgsm", "binary_input")}
+    assert data["settings"]["eps"] == 0.25 and data["settings"]["seed"] == 1 and data["settings"]["target_fpr"] == 0.1
+    assert {(r["detector"], r["fit_attack"], r["attack"]) for r in data["table"]} == {
+        *((d, f, a) for d in ("fisher_trace", "max_softmax") for f in ("fgsm", "pgd") for a in ("fgsm", "pgd")),
+        ("fisher_trace_clean", "clean", "fgsm"), ("fisher_trace_clean", "clean", "pgd"),
+    }  # fmt: skip
     assert (out / "report.md").is_file() and (out / "results.csv").is_file()
-    assert printed.err == ""  # --quiet: no progress bars, no log lines
+    assert printed.err == ""  # --quiet: no progress bar, no log lines
+    # Again: the model comes from the cache, and --quiet still says where it is.
+    assert main(["evaluate", "--attacks", "fgsm", "--detectors", "max_softmax", "--n-samples", "16", "--epochs",
+                 "2", "--seed", "1", "--output", str(out), "--quiet"]) == 0  # fmt: skip
+    assert f"model: {model_line.split()[1]} (loaded from the cache)" in capsys.readouterr().out
+
+
+def test_corrupt_cache_is_rebuilt_and_reported_with_quiet(tmp_path, capsys, caplog):
+    args = ["evaluate", "--attacks", "fgsm", "--detectors", "max_softmax", "--n-samples", "8", "--epochs", "1",
+            "--output", str(tmp_path), "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    cache = next((tmp_path / "models").iterdir())
+    cache.write_bytes(cache.read_bytes()[:100])
+    with caplog.at_level("WARNING"):
+        assert main(args) == 0
+    assert f"model: {cache} (trained again" in capsys.readouterr().out
+    assert "unusable" in caplog.text and str(cache) in caplog.text  # a warning: shown under --quiet
 
 
 def test_evaluate_with_a_state_dict(tmp_path, capsys):
@@ -58,18 +83,37 @@ def test_evaluate_with_a_state_dict(tmp_path, capsys):
         (["--dataset", "mnist"], "data_dir is required"),
         (["--dataset", "mnist", "--data-dir", "{tmp}"], "train-images-idx3-ubyte"),
         (["--model", "{tmp}/missing.pt"], "missing.pt does not exist"),
+        (["--model", "{tmp}/notes.txt"], "notes.txt: expected a state dict"),
         (["--n-samples", "1"], "n_samples must be an integer >= 4"),
+        (["--batch-size", "100000000000000000000"], "batch_size must be an integer from 1 to 65536"),
+        (["--epochs", "0"], "epochs must be"),
+        (["--target-fpr", "0"], "target_fpr must be"),
         (["--eps", "-0.1"], "eps must be"),
         (["--device", "quantum"], "device"),
+        (["--output", "{tmp}/notes.txt/out"], "lies under the file"),
+        (["--output", "/proc/art_fisher_out"], "not writable"),
     ],
 )
 def test_bad_options_exit_2_with_one_line(tmp_path, capsys, args, message):
+    (tmp_path / "notes.txt").write_text("not a model")
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
-    rc = main(["evaluate", *args, "--output", str(tmp_path / "out"), "--quiet"])
+    before = sorted(p.name for p in tmp_path.iterdir())
+    full = (
+        ["evaluate", *args, "--quiet"]
+        if "--output" in args
+        else ["evaluate", *args, "--output", str(tmp_path / "out"), "--quiet"]
+    )
+    rc = main(full)
     err = capsys.readouterr().err
     assert rc == 2
-    assert err.startswith("art-fisher evaluate: error: ") and message in err
-    assert not (tmp_path / "out").exists()
+    assert err.startswith("art-fisher evaluate: error: ") and message in err and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing left behind
+
+
+def test_argparse_refuses_a_float_batch_size(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--batch-size", "1e20"])
+    assert exit_info.value.code == 2 and "invalid int value: '1e20'" in capsys.readouterr().err
 
 
 def test_evaluate_help_lists_every_option():
@@ -77,7 +121,16 @@ def test_evaluate_help_lists_every_option():
         [sys.executable, "-m", "art_fisher", "evaluate", "--help"], capture_output=True, text=True, check=True
     ).stdout
     for option in ("--dataset", "--data-dir", "--model", "--arch", "--attacks", "--eps", "--detectors",
-                   "--n-samples", "--seed", "--device", "--output", "--quiet"):  # fmt: skip
+                   "--n-samples", "--seed", "--device", "--output", "--target-fpr", "--quiet"):  # fmt: skip
         assert option in out
-    for name in ("fgsm", "pgd", "deepfool", "cw_l2", "fisher_trace", "binary_input"):
+    for name in (
+        "fgsm",
+        "pgd",
+        "deepfool",
+        "cw_l2",
+        "fisher_trace",
+        "fisher_trace_clean",
+        "max_softmax",
+        "binary_input",
+    ):
         assert name in out

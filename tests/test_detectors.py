@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import pickle
-import zipfile
+import copy
+import math
+import warnings
 
 import numpy as np
 import pytest
@@ -15,7 +16,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from art_fisher import _features
-from art_fisher.detectors import DETECTOR_FORMAT, FisherInformationDetector, default_estimator
+from art_fisher.calibration import QuantileOutlierDetector
+from art_fisher.detectors import FisherInformationDetector, default_estimator
 from art_fisher.estimators import FisherFeatures, ThresholdClassifier
 
 SCALAR_METRICS = tuple(m for m in ("trace", "quadratic_form", "max_eigenvalue") if m in _features.METRICS)
@@ -126,11 +128,14 @@ def test_one_hot_labels_and_threshold_default(digits_cnn, digits_attacks):
     a = FisherInformationDetector(digits_cnn.classifier, metrics=("trace",))
     a.fit(x, y)
     b = FisherInformationDetector(digits_cnn.classifier, metrics=["trace"])
-    b.fit(x, np.eye(2)[y], nb_epochs=5)  # ART's one-hot form; nb_epochs is accepted and ignored
+    b.fit(x, np.eye(2)[y], 16, 5)  # ART's one-hot form and positional (batch_size, nb_epochs)
     assert isinstance(a.estimator_, ThresholdClassifier)
     assert a.estimator_.threshold_ == b.estimator_.threshold_
     report, is_adv = a.detect(x)
     np.testing.assert_array_equal(is_adv, a.estimator_.predict(report["scores"]["trace"][:, None]) == 1)
+    # What ART's own detectors accept in detect: a positional batch size and ignored keywords.
+    report_b, is_adv_b = b.detect(x, 7, verbose=False)
+    np.testing.assert_array_equal(is_adv_b, is_adv)
 
 
 def test_sensitivity_maps_and_their_features(digits_cnn):
@@ -253,7 +258,7 @@ def test_bad_constructor_arguments(digits_cnn):
         FisherInformationDetector(clf, params=("classifier.3.weight", "nope"))
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):
         FisherInformationDetector(clf, batch_size=0)
-    with pytest.raises(TypeError, match="estimator must be None or a scikit-learn classifier"):
+    with pytest.raises(TypeError, match="estimator must be None, a scikit-learn classifier"):
         FisherInformationDetector(clf, estimator=StandardScaler())
     with pytest.raises(ValueError, match="top_eigenvector.*quadratic form only"):
         FisherInformationDetector(clf, metrics=("sensitivity",), direction="top_eigenvector")
@@ -324,101 +329,6 @@ def test_bad_inputs_raise_before_any_metric_is_computed(digits_cnn, monkeypatch)
         detector.fit(x, y, batch_size=-1)
 
 
-# ------------------------------------------------------------------------------------ persistence
-@pytest.fixture(scope="module")
-def fitted_detector(digits_cnn, digits_attacks):
-    clean, adv = digits_attacks["deepfool"]
-    x, y = _detection_set(clean, adv, np.arange(16))
-    detector = FisherInformationDetector(digits_cnn.classifier, metrics=("trace", "quadratic_form"))
-    detector.fit(x, y)
-    return detector, x
-
-
-@pytest.mark.parametrize("estimator", [None, ThresholdClassifier(strategy="target_fpr", target_fpr=0.1)])
-def test_save_load_round_trip_gives_identical_decisions(digits_cnn, digits_attacks, tmp_path, estimator):
-    clean, adv = digits_attacks["deepfool"]
-    x, y = _detection_set(clean, adv, np.arange(16))
-    detector = FisherInformationDetector(digits_cnn.classifier, estimator=estimator, batch_size=16)
-    detector.fit(x, y)
-    path = tmp_path / "detector.skops"
-    detector.save(path)
-    loaded = FisherInformationDetector.load(path, digits_cnn.classifier)
-    assert loaded.get_params().keys() == detector.get_params().keys()
-    for key, value in detector.get_params().items():
-        if key != "estimator":
-            assert loaded.get_params()[key] == value, key
-    (r1, d1), (r2, d2) = detector.detect(x), loaded.detect(x)
-    np.testing.assert_array_equal(d1, d2)
-    np.testing.assert_array_equal(r1["decision_scores"], r2["decision_scores"])
-    with zipfile.ZipFile(path) as archive:  # the learned state only: no weights, no pickle
-        assert not any(name.endswith((".pkl", ".pt", ".model")) for name in archive.namelist())
-        assert sum(info.file_size for info in archive.infolist()) < 200_000
-
-
-def test_load_refuses_other_files_without_running_them(digits_cnn, fitted_detector, tmp_path):
-    import skops.io as sio
-
-    clf = digits_cnn.classifier
-    marker = tmp_path / "executed"
-    payload = tmp_path / "evil.skops"
-    payload.write_bytes(pickle.dumps(_Exploit(str(marker))))
-    with pytest.raises(ValueError, match="not a saved FisherInformationDetector"):
-        FisherInformationDetector.load(payload, clf)
-    assert not marker.exists()
-
-    other = tmp_path / "other.skops"
-    sio.dump({"format": "something else", "format_version": 1}, other)
-    with pytest.raises(ValueError, match="not a saved FisherInformationDetector"):
-        FisherInformationDetector.load(other, clf)
-
-    detector, _ = fitted_detector
-    good = tmp_path / "good.skops"
-    detector.save(good)
-    state = sio.load(good, trusted=sio.get_untrusted_types(file=good))
-    assert state["format"] == DETECTOR_FORMAT
-    state["format_version"] = 99
-    newer = tmp_path / "newer.skops"
-    sio.dump(state, newer)
-    with pytest.raises(ValueError, match="format version 99"):
-        FisherInformationDetector.load(newer, clf)
-
-    state["format_version"] = 1
-    state["estimator_"] = _Unknown()
-    untrusted = tmp_path / "untrusted.skops"
-    sio.dump(state, untrusted)
-    with pytest.raises(ValueError, match="not trusted.*_Unknown"):
-        FisherInformationDetector.load(untrusted, clf)
-
-
-def test_load_checks_the_classifier(fitted_detector, tmp_path):
-    from art.estimators.classification import PyTorchClassifier
-
-    from art_fisher.models import SmallCNN
-
-    detector, _ = fitted_detector
-    path = tmp_path / "d.skops"
-    detector.save(path)
-    with pytest.raises(TypeError, match="PyTorchClassifier"):
-        FisherInformationDetector.load(path, object())
-    other = PyTorchClassifier(SmallCNN(n_classes=3), torch.nn.CrossEntropyLoss(), (1, 8, 8), 3, device_type="cpu")
-    with pytest.raises(ValueError, match="3 classes"):
-        FisherInformationDetector.load(path, other)
-    with pytest.raises(NotFittedError):
-        FisherInformationDetector(detector.classifier).save(tmp_path / "unfitted.skops")
-
-
-class _Exploit:
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
-
-class _Unknown:
-    pass
-
-
 @pytest.mark.slow
 def test_example_walkthrough_runs():
     import os
@@ -431,3 +341,189 @@ def test_example_walkthrough_runs():
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "identical decisions" in proc.stdout and "held-out ROC-AUC" in proc.stdout
+
+
+# --------------------------------------------------------------------------- clean-only calibration
+def test_clean_only_fit_flags_the_target_rate_of_clean_inputs(digits_cnn, digits_attacks):
+    """fit(x) without labels: the threshold is the clean conformal quantile of the metric (brute force)."""
+    clf = digits_cnn.classifier
+    x_cal, x_new = digits_cnn.x_test[:300], digits_cnn.x_test[300:]
+    detector = FisherInformationDetector(clf, metrics=("trace",), target_fpr=0.1)
+    detector.fit(x_cal)
+    assert detector.calibration_ == "clean" and isinstance(detector.estimator_, QuantileOutlierDetector)
+    trace = lambda x: _features.compute(  # noqa: E731
+        clf, x, metrics=("trace",), settings=_features.settings_of(detector), batch_size=128
+    )["trace"]
+    threshold = np.sort(trace(x_cal))[math.ceil(0.9 * 301) - 1]
+    report, flagged = detector.detect(x_new)
+    np.testing.assert_array_equal(flagged, report["scores"]["trace"] > threshold)
+    np.testing.assert_array_equal(flagged, report["decision_scores"] > report["threshold"])
+    assert abs(flagged.mean() - 0.1) < 0.05  # 497 fresh clean digits
+    _, adv = digits_attacks["deepfool"]
+    assert detector.detect(adv)[1].mean() > 0.5  # higher Fisher information = adversarial
+
+
+def test_clean_only_combines_metrics_and_accepts_an_outlier_detector(digits_cnn, digits_attacks):
+    from sklearn.ensemble import IsolationForest
+
+    clf = digits_cnn.classifier
+    clean = digits_cnn.x_test[:200]
+    detector = FisherInformationDetector(clf, metrics=("trace", "quadratic_form", "max_eigenvalue"))
+    detector.fit(clean)
+    assert detector.estimator_.direction == ["higher", "higher", "higher"] and detector.estimator_.log
+    assert detector.estimator_.train_fpr_ <= 0.05
+    with_map = FisherInformationDetector(clf, metrics=("trace", "sensitivity"))
+    with_map.fit(clean[:40])
+    assert with_map.estimator_.direction == ["higher", "higher", "higher", "higher", "none"]  # top_mass left out
+    _, adv = digits_attacks["deepfool"]
+    report, flagged = detector.detect(adv)
+    assert flagged.mean() > 0.5 and np.all(np.isfinite(report["decision_scores"]))
+    forest = FisherInformationDetector(clf, estimator=IsolationForest(contamination=0.1, random_state=0))
+    forest.fit(clean)
+    assert forest.calibration_ == "clean"
+    assert 0.05 <= forest.detect(clean)[1].mean() <= 0.15
+
+
+def test_label_mismatches_fail_before_any_metric_is_computed(digits_cnn, monkeypatch):
+    from sklearn.ensemble import IsolationForest
+    from sklearn.linear_model import LinearRegression
+
+    clf = digits_cnn.classifier
+    x = digits_cnn.x_test[:8]
+    y = np.r_[np.zeros(4), np.ones(4)]
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("metrics computed before the arguments were checked")
+
+    monkeypatch.setattr(_features, "compute", forbidden)
+    from sklearn.linear_model import LogisticRegression
+
+    for classifier_estimator in (LogisticRegression(), _DuckClassifier()):
+        name = type(classifier_estimator).__qualname__
+        with pytest.raises(ValueError, match=f"without labels.*{name} is a classifier that needs"):
+            FisherInformationDetector(clf, estimator=classifier_estimator).fit(x)
+    with pytest.raises(ValueError, match="outlier detector, fitted on clean inputs only"):
+        FisherInformationDetector(clf, estimator=IsolationForest()).fit(x, y)
+    with pytest.raises(TypeError, match="got LinearRegression, a regressor"):
+        FisherInformationDetector(clf, estimator=LinearRegression())
+    detector = FisherInformationDetector(clf)
+    with pytest.raises(TypeError, match="got LinearRegression"):
+        detector.set_params(estimator=LinearRegression())
+    assert detector.estimator is None
+    detector.estimator = LinearRegression()  # set behind the checks' back: fit refuses it before any work
+    with pytest.raises(TypeError, match="got LinearRegression"):
+        detector.fit(x, y)
+    with pytest.raises(ValueError, match="target_fpr must be a number in"):
+        FisherInformationDetector(clf, target_fpr=0.0)
+
+
+class _DuckClassifier:  # a classifier without scikit-learn's base classes or tags
+    def fit(self, X, y):
+        from sklearn.linear_model import LogisticRegression
+
+        self.inner_ = LogisticRegression().fit(X, y)
+        self.classes_ = self.inner_.classes_
+        return self
+
+    def predict(self, X):
+        return self.inner_.predict(X)
+
+    def decision_function(self, X):
+        return self.inner_.decision_function(X)
+
+
+
+def test_set_params_target_fpr_keeps_a_labelled_fit_and_discards_a_clean_one(digits_cnn, digits_attacks):
+    clean, adv = digits_attacks["fgsm"]
+    x, y = _detection_set(clean, adv, np.arange(10))
+    labelled = FisherInformationDetector(digits_cnn.classifier, metrics=("trace",))
+    labelled.fit(x, y)
+    labelled.set_params(target_fpr=0.2)
+    assert hasattr(labelled, "estimator_")
+    calibrated = FisherInformationDetector(digits_cnn.classifier, metrics=("trace",))
+    calibrated.fit(digits_cnn.x_test[:40])
+    calibrated.set_params(target_fpr=0.2)
+    assert not hasattr(calibrated, "estimator_")
+
+
+# ------------------------------------------------------------------------------------ sample_weight
+def test_sample_weight_reaches_both_default_estimators(digits_cnn, digits_attacks):
+    """Integer weights fit the same detector as repeated samples (threshold and routed pipeline alike)."""
+    clean, adv = digits_attacks["deepfool"]
+    x, y = _detection_set(clean, adv, np.arange(20))
+    weights = np.random.default_rng(0).integers(0, 4, size=len(x))
+    weights[[0, -1]] = 1  # both classes keep weight
+    for metrics in (("trace",), ("trace", "quadratic_form")):
+        weighted = FisherInformationDetector(digits_cnn.classifier, metrics=metrics)
+        weighted.fit(x, y, sample_weight=weights)
+        repeated = FisherInformationDetector(digits_cnn.classifier, metrics=metrics)
+        repeated.fit(np.repeat(x, weights, axis=0), np.repeat(y, weights))
+        unweighted = FisherInformationDetector(digits_cnn.classifier, metrics=metrics)
+        unweighted.fit(x, y)
+        scores = [d.detect(x)[0]["decision_scores"] for d in (weighted, repeated, unweighted)]
+        np.testing.assert_allclose(scores[0], scores[1], rtol=1e-4, atol=1e-6)
+        assert not np.allclose(scores[0], scores[2]), metrics
+
+
+def test_sample_weight_errors_come_before_any_metric(digits_cnn, monkeypatch):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    clf = digits_cnn.classifier
+    x = digits_cnn.x_test[:8]
+    y = np.r_[np.zeros(4), np.ones(4)]
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("metrics computed before the arguments were checked")
+
+    monkeypatch.setattr(_features, "compute", forbidden)
+    with pytest.raises(ValueError, match=r"sample_weight must be numbers of shape \(8,\)"):
+        FisherInformationDetector(clf).fit(x, y, sample_weight=np.ones(7))
+    with pytest.raises(ValueError, match="finite and non-negative"):
+        FisherInformationDetector(clf).fit(x, y, sample_weight=-np.ones(8))
+    with pytest.raises(ValueError, match="sample_weight cannot reach estimator Pipeline.*metadata routing"):
+        FisherInformationDetector(clf, estimator=make_pipeline(StandardScaler(), LogisticRegression())).fit(
+            x, y, sample_weight=np.ones(8)
+        )
+    with pytest.raises(ValueError, match="sample_weight cannot reach estimator QuantileOutlierDetector"):
+        FisherInformationDetector(clf).fit(x, sample_weight=np.ones(8))
+    with pytest.raises(ValueError, match="does not take the keyword argument 'epochs'"):
+        FisherInformationDetector(clf, estimator=LogisticRegression()).fit(x, y, epochs=3)
+
+
+# -------------------------------------------------------------------------------- frozen, uint8
+def test_frozen_model_works_by_default_and_by_name(digits_cnn):
+    """A pretrained model under screening is often frozen: same metrics, and its flags stay frozen."""
+    from art.estimators.classification import PyTorchClassifier
+
+    x = digits_cnn.x_test[:24]
+    frozen_model = copy.deepcopy(digits_cnn.classifier.model).requires_grad_(False)
+    frozen = PyTorchClassifier(frozen_model, torch.nn.CrossEntropyLoss(), (1, 8, 8), 10, clip_values=(0.0, 1.0))
+    names = [n for n, _ in frozen_model.named_parameters()]
+    reference = FisherFeatures(digits_cnn.classifier, metrics=("trace", "quadratic_form")).fit_transform(x)
+    for params in (None, names, names[-2:]):
+        values = FisherFeatures(frozen, metrics=("trace", "quadratic_form"), params=params).fit_transform(x)
+        if params is None or params == names:
+            np.testing.assert_allclose(values, reference, rtol=1e-5)
+        else:
+            assert np.all(values <= reference * (1 + 1e-5))  # a sub-block of F: smaller trace
+    detector = FisherInformationDetector(frozen, metrics=("trace",))
+    detector.fit(x)
+    assert not any(p.requires_grad for p in frozen_model.parameters())
+    assert all(p.grad is None for p in frozen_model.parameters())
+
+
+def test_uint8_range_images_are_warned_about(digits_cnn):
+    from art.estimators.classification import PyTorchClassifier
+
+    clf = digits_cnn.classifier
+    detector = FisherInformationDetector(clf, metrics=("trace",))
+    pixels = np.round(digits_cnn.x_test[:6] * 255)
+    with pytest.warns(UserWarning, match=r"looks like 8-bit images.*x / 255"):
+        detector.sensitivity_maps(pixels)
+    wide = PyTorchClassifier(clf.model, torch.nn.CrossEntropyLoss(), (1, 8, 8), 10, clip_values=(0.0, 255.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        FisherInformationDetector(wide, metrics=("trace",)).sensitivity_maps(pixels)  # the model expects 0..255
+        detector.sensitivity_maps(digits_cnn.x_test[:6])  # [0, 1] inputs
+

@@ -135,6 +135,27 @@ def test_multiclass_and_single_class_targets_raise():
         ThresholdClassifier().fit(X, np.ones(30))
 
 
+def test_sample_weight_is_a_count_of_samples():
+    X, y = _scores(7, 60)
+    weights = np.random.default_rng(1).integers(0, 4, size=len(y))
+    for strategy in ("youden", "accuracy"):
+        weighted = ThresholdClassifier(strategy=strategy).fit(X, y, sample_weight=weights)
+        repeated = ThresholdClassifier(strategy=strategy).fit(np.repeat(X, weights, axis=0), np.repeat(y, weights))
+        assert weighted.threshold_ == repeated.threshold_ and weighted.criterion_ == pytest.approx(repeated.criterion_)
+        np.testing.assert_allclose(weighted.predict_proba(X), repeated.predict_proba(X))
+    # Weighting the clean (0) class up makes the accuracy-optimal threshold stricter.
+    heavy = np.where(y == 0, 10.0, 1.0)
+    assert ThresholdClassifier(strategy="accuracy").fit(X, y, sample_weight=heavy).threshold_ > (
+        ThresholdClassifier(strategy="accuracy").fit(X, y).threshold_
+    )
+    with pytest.raises(ValueError, match="sample_weight must have shape"):
+        ThresholdClassifier().fit(X, y, sample_weight=np.ones(3))
+    with pytest.raises(ValueError, match="non-negative"):
+        ThresholdClassifier().fit(X, y, sample_weight=-np.ones(len(y)))
+    with pytest.raises(ValueError, match="positive weight on samples of both classes"):
+        ThresholdClassifier().fit(X, y, sample_weight=(y == 1).astype(float))
+
+
 # ------------------------------------------------------------------------------------ FisherFeatures
 def test_fisher_features_in_pipeline_and_grid_search(digits_cnn, digits_attacks):
     clean, adv = digits_attacks["fgsm"]

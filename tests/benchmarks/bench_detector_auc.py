@@ -9,7 +9,9 @@ adversarial twin stay in the same half), fit on one half and report ROC-AUC on t
   the direction learned on the fit half);
 - ``sensitivity``: StandardScaler + LogisticRegression on its four map reductions (fewer pairs: slow);
 - ``default``: the detector's default, StandardScaler + LogisticRegression on (trace, quadratic_form);
-- ``default_log``: the same on log-features (for comparison only).
+- ``default_log``: the same on log-features (for comparison only);
+- ``max_softmax``: the free baseline, StandardScaler + LogisticRegression on the classifier's maximum
+  softmax probability and prediction entropy (Hendrycks & Gimpel 2017).
 
 Prints a table and a JSON line. ``--smoke`` runs a tiny configuration in seconds.
 
@@ -48,6 +50,7 @@ def run_seed(seed: int, *, n_attack: int, sens_pairs: int, epochs: int, n_train:
     from art_fisher.data import load_digits
     from art_fisher.detectors import default_estimator
     from art_fisher.estimators import FisherFeatures, ThresholdClassifier
+    from art_fisher.evaluation.baselines import softmax_features
     from art_fisher.models import SmallCNN, train_model
 
     data = load_digits()
@@ -64,6 +67,7 @@ def run_seed(seed: int, *, n_attack: int, sens_pairs: int, epochs: int, n_train:
     features = FisherFeatures(clf, metrics=scalars)
     sens = FisherFeatures(clf, metrics=("sensitivity",))
     f_clean = features.transform(x)
+    p_clean = softmax_features(clf, x, 128)
     attacks = {
         "fgsm": FastGradientMethod(clf, eps=0.15),
         "pgd": ProjectedGradientDescent(clf, eps=0.15, eps_step=0.03, max_iter=10, verbose=False),
@@ -85,6 +89,9 @@ def run_seed(seed: int, *, n_attack: int, sens_pairs: int, epochs: int, n_train:
         cols = [scalars.index("trace"), scalars.index("quadratic_form")]
         row["default"] = _auc(f_clean[:, cols], f_adv[:, cols], fit, test, default_estimator(2))
         row["default_log"] = _auc(np.maximum(f_clean[:, cols], 1e-30), np.maximum(f_adv[:, cols], 1e-30), fit, test, log_lr)
+        p_adv = np.full_like(p_clean, np.nan)
+        p_adv[idx] = softmax_features(clf, x_adv[idx], 128)
+        row["max_softmax"] = _auc(p_clean, p_adv, fit, test, default_estimator(2))
         if sens_pairs > 0:
             sub = np.random.default_rng(seed + 200).permutation(len(idx))[:sens_pairs]
             sel = idx[sub]
@@ -118,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
         res = run_seed(seed, **kw)
         res["seconds"] = round(time.perf_counter() - t0, 1)
         results.append(res)
-    cols = ["trace", "quadratic_form", "max_eigenvalue", "sensitivity", "default", "default_log"]
+    cols = ["trace", "quadratic_form", "max_eigenvalue", "sensitivity", "default", "default_log", "max_softmax"]
     print(f"{'seed':>4} {'attack':>8} {'pairs':>5} " + " ".join(f"{c:>14}" for c in cols))
     for res in results:
         for attack, row in res["attacks"].items():

@@ -1,0 +1,207 @@
+"""The evaluation protocol: which examples each detector is fitted on and scored on, and the numbers kept.
+
+Source images are split once, half and half, into a detector-train and a detector-test side
+(:func:`split_sources`); the same split serves every attack, so no source image, clean or attacked, is
+ever on both sides, even when a detector is fitted on one attack and scored on another.
+
+For each detector (:func:`score_detectors`):
+
+- a **supervised** detector is fitted once per attack ``a`` (the ``fit_attack``), on the detector-train
+  side's clean images and their successful ``a``-adversarial versions (balanced, label 1 = adversarial);
+- a detector that needs **no adversarial example** is fitted once, on the clean images of the
+  detector-train side alone (``fit_attack`` ``"clean"``);
+- each fitted detector scores the detector-test side once (its clean images and every attack's
+  successful adversarial versions), and is then measured on every test attack ``b``: the clean images
+  whose ``b`` attack succeeded and those adversarial versions (balanced).
+
+So ``fit_attack == attack`` is the classic same-attack number, ``fit_attack != attack`` an attack the
+detector never saw. Per row: ROC-AUC of the continuous score, TPR at 5 % FPR, and the TPR, FPR and
+accuracy of the detector's own decision.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from art_fisher.evaluation.attacks import AttackOutcome
+from art_fisher.evaluation.base import RunContext, Scored, seed_everything
+from art_fisher.evaluation.registry import DETECTORS
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CLEAN_FIT", "FPR_LEVEL", "ProtocolResult", "detection_metrics", "score_detectors", "split_sources"]
+
+#: ``fit_attack`` of a detector fitted on clean inputs only.
+CLEAN_FIT = "clean"
+#: False-positive rate of the ``tpr_at_5pct_fpr`` column.
+FPR_LEVEL = 0.05
+_METRIC_KEYS = ("roc_auc", "tpr_at_5pct_fpr", "detection_accuracy", "tpr", "fpr")
+
+
+def split_sources(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Boolean mask of length ``n``: True for the detector-train side (``n // 2`` images, drawn by ``rng``)."""
+    side = np.zeros(n, dtype=bool)
+    side[rng.permutation(n)[: n // 2]] = True
+    return side
+
+
+def detection_metrics(y: np.ndarray, score: np.ndarray, flagged: np.ndarray) -> dict[str, float]:
+    """ROC-AUC and TPR at :data:`FPR_LEVEL` FPR of ``score``; accuracy, TPR and FPR of the decision ``flagged``."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    fpr, tpr, _ = roc_curve(y, score)
+    return {
+        "roc_auc": float(roc_auc_score(y, score)),
+        "tpr_at_5pct_fpr": float(tpr[fpr <= FPR_LEVEL].max()),
+        "detection_accuracy": float(np.mean(flagged == (y == 1))),
+        "tpr": float(np.mean(flagged[y == 1])),
+        "fpr": float(np.mean(flagged[y == 0])),
+    }
+
+
+@dataclass
+class ProtocolResult:
+    """What :func:`score_detectors` measured.
+
+    Attributes
+    ----------
+    rows : list of dict
+        One per detector × fit attack × test attack: ``detector``, ``fit_attack``, ``attack`` (the test
+        attack), the :func:`detection_metrics`, ``seconds_per_sample`` (as in ``fits``), ``fit_seconds``,
+        ``n_train``, ``n_test``. NaN metrics where a side had fewer than two successful examples.
+    fits : list of dict
+        One per detector × fit attack: ``detector``, ``fit_attack``, ``n_train``, ``fit_seconds``,
+        ``detect_seconds`` and ``n_detect`` (wall clock of one ``detect`` call on the whole detector-test
+        side), ``seconds_per_sample`` (the detector's cost per sample: its own account when it gives one,
+        see :attr:`~art_fisher.evaluation.base.Scored.seconds`, else the wall clock), ``clean_fpr``
+        (share of all clean detector-test images flagged) and
+        ``n_clean_test``.
+    curves : dict
+        ``curves[attack][detector] = (fpr, tpr, auc)`` for the same-attack or clean fit.
+    metric_scores : dict
+        ``metric_scores[metric][attack] = (clean, adversarial)`` raw Fisher metric values on the test side.
+    fitted : dict
+        ``fitted[(detector, fit_attack)]``: the fitted :class:`~art_fisher.evaluation.base.DetectorRun`,
+        for later stages (e.g. attacks that know the detector).
+    """
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    fits: list[dict[str, Any]] = field(default_factory=list)
+    curves: dict[str, dict[str, tuple]] = field(default_factory=dict)
+    metric_scores: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
+    fitted: dict[tuple[str, str], Any] = field(default_factory=dict)
+
+
+@dataclass
+class _TestPool:
+    """The detector-test side as one array: its clean images, then each attack's successful versions."""
+
+    x: np.ndarray
+    n_clean: int
+    rows: dict[str, tuple[np.ndarray, np.ndarray]]  # attack -> (clean rows, adversarial rows) into x
+
+    @classmethod
+    def build(cls, x_src: np.ndarray, side: np.ndarray, outcomes: Sequence[AttackOutcome]) -> _TestPool:
+        test = np.flatnonzero(~side)
+        parts, rows, offset = [x_src[test]], {}, len(test)
+        for o in outcomes:
+            ok = o.success[test]
+            if ok.sum() < 2:
+                continue
+            parts.append(o.x_adv[test[ok]])
+            rows[o.name] = (np.flatnonzero(ok), offset + np.arange(int(ok.sum())))
+            offset += int(ok.sum())
+        return cls(np.concatenate(parts), len(test), rows)
+
+
+def _nan_row(detector: str, fit_attack: str, attack: str, n_train: int, n_test: int) -> dict[str, Any]:
+    nan = float("nan")
+    return {
+        "detector": detector, "fit_attack": fit_attack, "attack": attack, **dict.fromkeys(_METRIC_KEYS, nan),
+        "seconds_per_sample": nan, "fit_seconds": nan, "n_train": n_train, "n_test": n_test,
+    }  # fmt: skip
+
+
+def score_detectors(
+    ctx: RunContext,
+    x_src: np.ndarray,
+    side: np.ndarray,
+    outcomes: Sequence[AttackOutcome],
+    detector_names: Sequence[str],
+    *,
+    on_step: Callable[[str], None] = lambda _: None,
+) -> ProtocolResult:
+    """Fit every detector as the module docstring says and measure it on every attack.
+
+    ``on_step(description)`` is called before each fit (for a progress bar).
+    """
+    from sklearn.metrics import roc_curve
+
+    pool = _TestPool.build(x_src, side, outcomes)
+    result = ProtocolResult()
+    attacks = [o.name for o in outcomes]
+    n_test = {a: 2 * len(pool.rows[a][0]) if a in pool.rows else 2 * int(o.success[~side].sum())
+              for a, o in zip(attacks, outcomes, strict=True)}  # fmt: skip
+    for name in detector_names:
+        spec = DETECTORS[name]
+        fit_sets: list[tuple[str, np.ndarray | None, np.ndarray | None]] = []
+        if spec.supervised:
+            for o in outcomes:
+                tr = side & o.success
+                if tr.sum() < 2:
+                    fit_sets.append((o.name, None, None))
+                else:
+                    fit_sets.append((o.name, np.concatenate([x_src[tr], o.x_adv[tr]]), np.repeat([0, 1], tr.sum())))
+        else:
+            fit_sets.append((CLEAN_FIT, x_src[side], None))
+        for fit_attack, x_fit, y_fit in fit_sets:
+            on_step(f"{name} fitted on {fit_attack}")
+            n_train = 0 if x_fit is None else len(x_fit)
+            if x_fit is None:
+                logger.info(
+                    "%s: too few successful %s examples on the detector-train side; not fitted", name, fit_attack
+                )
+                result.rows += [_nan_row(name, fit_attack, a, n_train, n_test[a]) for a in attacks]
+                continue
+            seed_everything(ctx.seed)
+            start = time.perf_counter()
+            run = spec.build(ctx)
+            run.fit(x_fit, y_fit)
+            fit_seconds = time.perf_counter() - start
+            start = time.perf_counter()
+            scored: Scored = run.detect(pool.x)
+            detect_seconds = time.perf_counter() - start
+            per_sample = (detect_seconds if scored.seconds is None else scored.seconds) / len(pool.x)
+            result.fitted[(name, fit_attack)] = run
+            result.fits.append({
+                "detector": name, "fit_attack": fit_attack, "n_train": n_train, "fit_seconds": fit_seconds,
+                "detect_seconds": detect_seconds, "n_detect": len(pool.x), "seconds_per_sample": per_sample,
+                "clean_fpr": float(np.mean(scored.is_adversarial[: pool.n_clean])), "n_clean_test": pool.n_clean,
+            })  # fmt: skip
+            for attack in attacks:
+                if attack not in pool.rows:
+                    result.rows.append(_nan_row(name, fit_attack, attack, n_train, n_test[attack]))
+                    continue
+                clean, adv = pool.rows[attack]
+                idx = np.concatenate([clean, adv])
+                y = np.repeat([0, 1], len(clean))
+                metrics = detection_metrics(y, scored.score[idx], scored.is_adversarial[idx])
+                result.rows.append({
+                    "detector": name, "fit_attack": fit_attack, "attack": attack, **metrics,
+                    "seconds_per_sample": per_sample, "fit_seconds": fit_seconds, "n_train": n_train,
+                    "n_test": len(idx),
+                })  # fmt: skip
+                if fit_attack in (attack, CLEAN_FIT):
+                    result.curves.setdefault(attack, {})[name] = (
+                        *roc_curve(y, scored.score[idx])[:2],
+                        metrics["roc_auc"],
+                    )
+                for metric, values in scored.metric_scores.items():
+                    result.metric_scores.setdefault(metric, {}).setdefault(attack, (values[clean], values[adv]))
+    return result

@@ -1,0 +1,22 @@
+"""The detector registry of the evaluation: every name ``--detectors`` accepts and the default set.
+
+Add an entry to :data:`DETECTORS` (a :class:`~art_fisher.evaluation.base.DetectorSpec`) to evaluate
+another detector; the protocol fits supervised entries on every attack and the others once on clean
+inputs.
+"""
+
+from __future__ import annotations
+
+from art_fisher.evaluation.base import DetectorSpec
+from art_fisher.evaluation.baselines import baseline_specs
+from art_fisher.evaluation.fisher_runs import fisher_specs
+
+__all__ = ["DEFAULT_DETECTORS", "DETECTORS"]
+
+DETECTORS: dict[str, DetectorSpec] = {**fisher_specs(), **baseline_specs()}
+#: Every registered detector, the supervised ones first (Fisher, the free baseline, ART's), then those
+#: fitted without adversarial examples (clean-calibrated Fisher and softmax, ART's subset scanning).
+DEFAULT_DETECTORS: tuple[str, ...] = (
+    *(name for name, spec in DETECTORS.items() if spec.supervised),
+    *(name for name, spec in DETECTORS.items() if not spec.supervised),
+)

@@ -1,0 +1,378 @@
+"""The evaluation report: tables as text / Markdown / CSV / JSON, the unseen-attack summary, and writing it all.
+
+Rows are those of :attr:`art_fisher.evaluation.EvaluationResult.table` (one per detector × fit attack
+× test attack). Three views of them:
+
+- the **same-attack** table: rows whose detector was fitted on the attack it is scored on, or on clean
+  inputs only (``fit_attack == "clean"``);
+- the **unseen-attack summary** (:func:`unseen_summary`): per detector, the mean same-attack ROC-AUC and
+  the mean (and minimum) ROC-AUC on attacks it was not fitted on; a detector fitted on clean inputs has
+  seen no attack, so all its rows count as unseen;
+- the **transfer matrix** of one detector (:func:`transfer_matrix`): ROC-AUC by fit and test attack.
+
+:func:`write_report` writes ``results.json``, ``results.csv``, ``report.md`` and the plots
+(:mod:`art_fisher.evaluation.plots`), each atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from art_fisher._atomic import atomic_write
+from art_fisher.evaluation import plots
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "format_console",
+    "format_table",
+    "markdown_table",
+    "same_attack_rows",
+    "transfer_matrix",
+    "unseen_summary",
+    "write_report",
+]
+
+_CLEAN = "clean"
+_COLUMNS = (  # (key, header, format) of the same-attack table
+    ("attack", "attack", "{}"),
+    ("success_rate", "success", "{:.3f}"),
+    ("detector", "detector", "{}"),
+    ("roc_auc", "ROC-AUC", "{:.3f}"),
+    ("tpr_at_5pct_fpr", "TPR@5%FPR", "{:.3f}"),
+    ("tpr", "TPR", "{:.3f}"),
+    ("fpr", "FPR", "{:.3f}"),
+    ("seconds_per_sample", "ms/sample", "{:.3f}"),
+    ("n_test", "n_test", "{}"),
+)
+_SUMMARY_COLUMNS = (
+    ("detector", "detector", "{}"),
+    ("fitted_on", "fitted on", "{}"),
+    ("same_attack_auc", "same-attack AUC", "{:.3f}"),
+    ("unseen_auc", "unseen AUC", "{:.3f}"),
+    ("min_unseen_auc", "min unseen", "{:.3f}"),
+    ("clean_fpr", "clean FPR", "{:.3f}"),
+)
+_CSV_KEYS = ("attack", "fit_attack", "attack_success_rate", "detector", "roc_auc", "tpr_at_5pct_fpr",
+             "detection_accuracy", "tpr", "fpr", "seconds_per_sample", "fit_seconds", "n_train", "n_test")  # fmt: skip
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def same_attack_rows(table: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Rows fitted on the attack they are scored on, or on clean inputs; grouped by test attack."""
+    attacks = list(dict.fromkeys(r["attack"] for r in table))
+    keep = [r for r in table if r.get("fit_attack") in (r["attack"], _CLEAN, None)]
+    return sorted(keep, key=lambda r: attacks.index(r["attack"]))
+
+
+def unseen_summary(table: Sequence[Mapping[str, Any]], fits: Sequence[Mapping[str, Any]] = ()) -> list[dict[str, Any]]:
+    """Per detector (in table order): ``detector``, ``fitted_on`` (``"each attack"`` or ``"clean"``),
+    ``same_attack_auc`` (mean of the diagonal), ``unseen_auc`` and ``min_unseen_auc`` (over rows whose fit
+    attack differs from the test attack; for a clean fit, every row), ``clean_fpr`` (mean share of the clean
+    detector-test images the detector flags, over its fits) and ``n_unseen`` (rows averaged)."""
+    out = []
+    for det in dict.fromkeys(r["detector"] for r in table):
+        rows = [r for r in table if r["detector"] == det]
+        clean_fit = all(r["fit_attack"] == _CLEAN for r in rows)
+        same = [r["roc_auc"] for r in rows if r["fit_attack"] == r["attack"]]
+        unseen = [r["roc_auc"] for r in rows if r["fit_attack"] != r["attack"]]
+        finite_unseen = [v for v in unseen if not math.isnan(v)]
+        out.append({
+            "detector": det,
+            "fitted_on": _CLEAN if clean_fit else "each attack",
+            "same_attack_auc": _nanmean(same),
+            "unseen_auc": _nanmean(unseen),
+            "min_unseen_auc": float(min(finite_unseen)) if finite_unseen else float("nan"),
+            "clean_fpr": _nanmean([f["clean_fpr"] for f in fits if f["detector"] == det]),
+            "n_unseen": len(finite_unseen),
+        })  # fmt: skip
+    return out
+
+
+def transfer_matrix(table: Sequence[Mapping[str, Any]], detector: str, attacks: Sequence[str]) -> np.ndarray:
+    """ROC-AUC of ``detector``: shape (len(attacks), len(attacks)), rows = fit attack, columns = test attack.
+
+    A detector fitted on clean inputs gives one row, shape (1, len(attacks)). NaN where not measured.
+    """
+    rows = [r for r in table if r["detector"] == detector]
+    if not rows:
+        raise ValueError(f"detector {detector!r} is not in the table.")
+    fit_attacks = [_CLEAN] if all(r["fit_attack"] == _CLEAN for r in rows) else list(attacks)
+    out = np.full((len(fit_attacks), len(attacks)), np.nan)
+    for r in rows:
+        if r["fit_attack"] in fit_attacks and r["attack"] in attacks:
+            out[fit_attacks.index(r["fit_attack"]), list(attacks).index(r["attack"])] = r["roc_auc"]
+    return out
+
+
+def _fmt(value: Any, fmt: str, key: str) -> str:
+    if key == "seconds_per_sample" and value is not None:
+        value = 1000.0 * value
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return fmt.format(value)
+
+
+def _cells(
+    rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple], extra: Mapping[str, Mapping]
+) -> list[list[str]]:
+    return [[_fmt(extra[k].get(r["attack"]) if k in extra else r.get(k), f, k) for k, _, f in columns] for r in rows]
+
+
+def _text(headers: Sequence[str], cells: Sequence[Sequence[str]], numeric: Sequence[bool]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(
+            v.rjust(w) if n else v.ljust(w) for v, w, n in zip(values, widths, numeric, strict=True)
+        ).rstrip()
+
+    return "\n".join([line(headers), "  ".join("-" * w for w in widths), *(line(r) for r in cells)])
+
+
+def _markdown(headers: Sequence[str], cells: Sequence[Sequence[str]], numeric: Sequence[bool]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in cells])
+
+
+def _same_attack(table: Sequence[Mapping[str, Any]], attacks: Sequence[Mapping[str, Any]]):
+    success = {"success_rate": {a["attack"]: a["success_rate"] for a in attacks}}
+    headers = [h for _, h, _ in _COLUMNS]
+    numeric = [k not in ("attack", "detector") for k, _, _ in _COLUMNS]
+    return headers, _cells(same_attack_rows(table), _COLUMNS, success), numeric
+
+
+def _summary(table: Sequence[Mapping[str, Any]], fits: Sequence[Mapping[str, Any]]):
+    rows = unseen_summary(table, fits)
+    for r in rows:
+        if r["fitted_on"] == _CLEAN:
+            r["same_attack_auc"] = None  # it has seen no attack
+    headers = [h for _, h, _ in _SUMMARY_COLUMNS]
+    numeric = [k not in ("detector", "fitted_on") for k, _, _ in _SUMMARY_COLUMNS]
+    cells = [[_fmt(r[k], f, k) if r[k] is not None else "-" for k, _, f in _SUMMARY_COLUMNS] for r in rows]
+    return headers, cells, numeric
+
+
+def format_table(table: Sequence[Mapping[str, Any]], attacks: Sequence[Mapping[str, Any]]) -> str:
+    """The same-attack table as fixed-width text: one line per test attack × detector."""
+    return _text(*_same_attack(table, attacks))
+
+
+def markdown_table(table: Sequence[Mapping[str, Any]], attacks: Sequence[Mapping[str, Any]]) -> str:
+    """The same-attack table in GitHub Markdown."""
+    return _markdown(*_same_attack(table, attacks))
+
+
+def format_console(
+    table: Sequence[Mapping[str, Any]], attacks: Sequence[Mapping[str, Any]], fits: Sequence[Mapping[str, Any]]
+) -> str:
+    """What ``art-fisher evaluate`` prints: the same-attack table, then the unseen-attack summary."""
+    return "\n".join([
+        format_table(table, attacks), "",
+        "Unseen attacks: mean ROC-AUC where the fit attack differs from the test attack (clean fits: every attack)",
+        _text(*_summary(table, fits)),
+    ])  # fmt: skip
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return None if math.isnan(obj) else float(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _csv_text(table: Sequence[Mapping[str, Any]], attacks: Sequence[Mapping[str, Any]]) -> str:
+    success = {a["attack"]: a["success_rate"] for a in attacks}
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(_CSV_KEYS), extrasaction="ignore")
+    writer.writeheader()
+    for row in table:
+        writer.writerow({**row, "attack_success_rate": success.get(row["attack"])})
+    return buffer.getvalue()
+
+
+def _matrix_markdown(matrix: np.ndarray, fit_names: Sequence[str], test_names: Sequence[str]) -> str:
+    headers = ["fitted on \\ test", *test_names]
+    cells = [[fit, *(_fmt(float(v), "{:.3f}", "") for v in row)] for fit, row in zip(fit_names, matrix, strict=True)]
+    return _markdown(headers, cells, [False, *([True] * len(test_names))])
+
+
+def _markdown_report(
+    *,
+    table: Sequence[Mapping[str, Any]],
+    attacks: Sequence[Mapping[str, Any]],
+    fits: Sequence[Mapping[str, Any]],
+    settings: Mapping[str, Any],
+    timings: Mapping[str, float],
+    plots_written: Mapping[str, Path],
+) -> str:
+    labels = settings.get("labels", {})
+    names = [a["attack"] for a in attacks]
+    lines = ["# art-fisher evaluation report", "", "## Same-attack detection (detector-test side)", ""]
+    lines += [markdown_table(table, attacks), ""]
+    lines += [
+        "ROC-AUC of each detector's continuous score; TPR at 5 % FPR; TPR and FPR of the detector's own "
+        "yes/no decision; milliseconds of `detect` per sample (wall clock; for the Fisher detectors, whose "
+        "metric values are computed once per input and shared, the measured cost of computing their "
+        "metrics plus the rest of `detect`). Supervised detectors are fitted on "
+        "the attack they are scored on; `*_clean` and `subset_scanning` never see an adversarial example. "
+        "Only successful adversarial examples count; the clean and adversarial versions of a source image "
+        "are on the same side, for every attack.",
+        "",
+        "## Unseen attacks",
+        "",
+        "Every supervised detector is fitted on each attack and scored on every attack. *Unseen AUC* is the "
+        "mean ROC-AUC where the fit attack differs from the test attack; for detectors fitted on clean "
+        "inputs every attack is unseen. *Clean FPR*: share of the clean detector-test images flagged by the "
+        "detector's own decision (mean over its fits).",
+        "",
+        _markdown(*_summary(table, fits)),
+        "",
+    ]
+    for det in dict.fromkeys(r["detector"] for r in table):
+        matrix = transfer_matrix(table, det, names)
+        if matrix.shape[0] > 1:
+            lines += [f"### {labels.get('detectors', {}).get(det, det)} (`{det}`)", ""]
+            lines += [_matrix_markdown(matrix, names, names), ""]
+    lines += _clean_section(table, fits, settings, names)
+    lines += [
+        "## Attacks",
+        "",
+        "| attack | success rate | successful / attacked | mean L2 | mean L∞ | seconds |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for a in attacks:
+        name = labels.get("attacks", {}).get(a["attack"], a["attack"])
+        lines.append(
+            f"| {name} (`{a['attack']}`) | {a['success_rate']:.3f} | {a['n_successful']} / {a['n_attacked']} | "
+            f"{a['mean_l2']:.3f} | {a['mean_linf']:.3f} | {a['seconds']:.1f} |"
+        )
+    lines += ["", "## Settings", ""]
+    lines += [f"- {k}: `{v}`" for k, v in settings.items() if k not in ("versions", "labels")]
+    lines += ["", "## Versions", ""]
+    lines += [f"- {k}: {v}" for k, v in settings.get("versions", {}).items()]
+    lines += ["", "## Timings (seconds, wall clock)", ""]
+    lines += [f"- {k}: {v:.2f}" for k, v in timings.items()]
+    if plots_written:
+        lines += ["", "## Plots", ""]
+        lines += [f"![{name}]({p.name})" for name, p in plots_written.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _clean_section(
+    table: Sequence[Mapping[str, Any]],
+    fits: Sequence[Mapping[str, Any]],
+    settings: Mapping[str, Any],
+    names: Sequence[str],
+) -> list[str]:
+    clean_fits = [f for f in fits if f["fit_attack"] == _CLEAN]
+    if not clean_fits:
+        return []
+    lines = [
+        "## Clean-only calibration",
+        "",
+        f"Detectors fitted on the {clean_fits[0]['n_train']} clean detector-train images alone (no adversarial "
+        f"example); the `*_clean` ones aim at flagging `target_fpr` = {settings.get('target_fpr')} of clean "
+        f"inputs. FPR on the {clean_fits[0]['n_clean_test']} clean detector-test images; TPR on each attack's "
+        "successful adversarial detector-test images (the detector's own decision).",
+        "",
+    ]
+    headers = ["detector", "clean FPR", *(f"TPR {a}" for a in names)]
+    cells = []
+    for fit in clean_fits:
+        tpr = {r["attack"]: r["tpr"] for r in table if r["detector"] == fit["detector"]}
+        cells.append(
+            [fit["detector"], _fmt(fit["clean_fpr"], "{:.3f}", ""), *(_fmt(tpr.get(a), "{:.3f}", "") for a in names)]
+        )
+    return lines + [_markdown(headers, cells, [False, *([True] * (len(headers) - 1))]), ""]
+
+
+def write_report(
+    output_dir: str | Path,
+    *,
+    table: Sequence[Mapping[str, Any]],
+    attacks: Sequence[Mapping[str, Any]],
+    fits: Sequence[Mapping[str, Any]] = (),
+    settings: Mapping[str, Any],
+    timings: Mapping[str, float],
+    curves: Mapping[str, Mapping[str, tuple]] | None = None,
+    metric_scores: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]] | None = None,
+    sensitivity: Mapping[str, Any] | None = None,
+) -> dict[str, Path]:
+    """Write ``results.json``, ``results.csv``, ``report.md`` and the plots into ``output_dir``, atomically.
+
+    Parameters
+    ----------
+    output_dir : str or Path
+        Existing or new folder.
+    table, attacks, fits, settings, timings
+        As in :class:`art_fisher.evaluation.EvaluationResult`.
+    curves : dict, optional
+        ``curves[attack][detector] = (fpr, tpr, auc)``; ROC plot when given and non-empty.
+    metric_scores : dict, optional
+        ``metric_scores[metric][attack] = (clean_scores, adversarial_scores)``; histogram plot when given.
+    sensitivity : dict, optional
+        ``attack``, ``clean``, ``adversarial`` (N, C, H, W) and ``clean_map``, ``adversarial_map`` (same
+        shape); sensitivity-map grid when given.
+
+    Returns
+    -------
+    dict of str to Path
+        ``results_json``, ``results_csv``, ``report_md`` and the plots that were drawn.
+    """
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    labels = settings.get("labels", {})
+    names = [a["attack"] for a in attacks]
+    written: dict[str, Path] = {}
+    if curves:
+        written["roc_curves"] = out / "roc_curves.png"
+        plots.plot_roc(written["roc_curves"], curves, labels)
+    matrices = {d: m for d in dict.fromkeys(r["detector"] for r in table)
+                if (m := transfer_matrix(table, d, names)).shape[0] > 1 and not np.all(np.isnan(m))}  # fmt: skip
+    if matrices and len(names) > 1:
+        written["transfer_auc"] = out / "transfer_auc.png"
+        plots.plot_transfer(written["transfer_auc"], matrices, names, labels)
+    if metric_scores:
+        written["score_histograms"] = out / "score_histograms.png"
+        plots.plot_histograms(written["score_histograms"], metric_scores, labels)
+    if sensitivity:
+        written["sensitivity_maps"] = out / "sensitivity_maps.png"
+        plots.plot_sensitivity(written["sensitivity_maps"], sensitivity, labels)
+    paths = {"results_json": out / "results.json", "results_csv": out / "results.csv", "report_md": out / "report.md"}
+    payload = {
+        "settings": settings, "attacks": attacks, "table": table, "fits": fits,
+        "unseen_summary": unseen_summary(table, fits), "timings": timings,
+    }  # fmt: skip
+    texts = {
+        "results_json": json.dumps(_jsonable(payload), indent=2) + "\n",
+        "results_csv": _csv_text(table, attacks),
+        "report_md": _markdown_report(
+            table=table, attacks=attacks, fits=fits, settings=settings, timings=timings, plots_written=written
+        ),
+    }
+    for key, text in texts.items():
+        with atomic_write(paths[key], text=True) as fh:
+            fh.write(text)
+    logger.info("report written to %s", out)
+    return {**paths, **written}
