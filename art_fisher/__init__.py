@@ -29,13 +29,13 @@ __all__ = [
     "fisher_trace",
 ]
 
-# Detectors and scikit-learn estimators (issue 5), imported on first use: ART's import is slow and
+# Detectors and scikit-learn estimators, imported on first use: ART's import is slow and
 # metric-only users should not pay for it.
 _LAZY_EXPORTS = {
     "FisherInformationDetector": "art_fisher.detectors",
     "FisherFeatures": "art_fisher.estimators",
     "ThresholdClassifier": "art_fisher.estimators",
-    # The evaluation workflow (issue 6): ``art_fisher.evaluate(...)`` is ``art-fisher evaluate``.
+    # The evaluation workflow: ``art_fisher.evaluate(...)`` is ``art-fisher evaluate``.
     "evaluate": "art_fisher.evaluation",
 }
 __all__ += list(_LAZY_EXPORTS)
