@@ -280,3 +280,18 @@ def check_finite_result(values: torch.Tensor, what: str) -> torch.Tensor:
 
 def _shown(indices: list[int], limit: int = 20) -> str:
     return str(indices[:limit])[:-1] + (f", ... ({len(indices)} in all)]" if len(indices) > limit else "]")
+
+
+def check_label_probabilities(net, x: torch.Tensor, y: torch.Tensor) -> None:
+    """Raise ``ValueError`` naming the samples whose label has probability exactly 0 (``∇θ log p_y`` undefined)."""
+    bad = []
+    with torch.no_grad():
+        for start in range(0, x.shape[0], 256):
+            z = net.logits(net.selected(), x[start : start + 256])
+            zy = z.gather(1, y[start : start + 256].unsqueeze(1)).squeeze(1)
+            bad += (torch.nonzero(zy == float("-inf")).flatten() + start).tolist()
+    if bad:
+        raise ValueError(
+            f'y: direction="label" needs ∇θ log p_y, which is undefined where the label\'s probability is '
+            f"exactly 0: samples {_shown(bad)}."
+        )

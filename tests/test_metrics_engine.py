@@ -34,14 +34,14 @@ def test_hook_engine_matches_func_engine(name):
     assert torch.allclose(z1, z2, rtol=0, atol=1e-13)
     assert rel(k1, k2) < 1e-12
     basis = make_basis("all")
-    _z, d = gram_blocks(net, plan, x, basis_of_z=basis, diagonal=True)
-    _z, full = gram_blocks(net, plan.without_hooks(), x, basis_of_z=basis)
+    _z, d = gram_blocks(net, plan, x, basis=basis, diagonal=True)
+    _z, full = gram_blocks(net, plan.without_hooks(), x, basis=basis)
     assert rel(d, full.diagonal(dim1=-2, dim2=-1)) < 1e-12
     torch.manual_seed(0)
     v = {n: torch.randn_like(p) for n, p in net.base.items()}
-    for kwargs in ({"r_of_z": lambda z: torch.softmax(z, -1) - 0.25}, {"v": v}):
-        t1 = directional(net, plan, x, basis_of_z=basis, **kwargs)[1]
-        t2 = directional(net, plan.without_hooks(), x, basis_of_z=basis, **kwargs)[1]
+    for kwargs in ({"coefficients": lambda z, _y: torch.softmax(z, -1) - 0.25}, {"v": v}):
+        t1 = directional(net, plan, x, basis=basis, **kwargs)[1]
+        t2 = directional(net, plan.without_hooks(), x, basis=basis, **kwargs)[1]
         assert rel(t1, t2) < 1e-12
 
 

@@ -364,7 +364,10 @@ def _check_direction_args(
     if isinstance(direction, str) and direction == "label":
         if y is None:
             raise ValueError('direction="label" needs y (integer labels of shape (N,)); got y=None.')
-        return direction, _checks.check_y(y, x.shape[0], n_classes, x.device)
+        yt = _checks.check_y(y, x.shape[0], n_classes, x.device)
+        if net.output != "logits":  # a zero probability is an exact -inf logit only through log p
+            _checks.check_label_probabilities(net, x.detach(), yt)
+        return direction, yt
     if y is not None:
         raise ValueError(
             f"y is only used with direction='label'; got y together with direction={direction!r}"

@@ -80,41 +80,41 @@ def reduction_jacobian(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.nan_to_num(vmap(jacrev(predicted_vs_rest))(z, y), nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def make_basis(
-    classes: str, cls_of_z: Callable[[torch.Tensor], torch.Tensor] | None = None, *, smooth: bool = False
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``z ↦ W`` (n, C, C') with ``W Wᵀ`` the output covariance in logit coordinates.
+Basis = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def make_basis(classes: str, *, smooth: bool = False) -> Basis:
+    """``(z, y) ↦ W`` (n, C, C') with ``W Wᵀ`` the output covariance in logit coordinates.
 
     Parameters
     ----------
     classes : {"all", "predicted_vs_rest"}
-        ``"all"``: ``W Wᵀ = S``; ``"predicted_vs_rest"``: ``W Wᵀ = Aᵀ S₂ A`` (two-class reduction).
-    cls_of_z : callable, optional
-        Logits (n, C) → the class ``ŷ`` (n,) of the reduction (needed for ``"predicted_vs_rest"``).
+        ``"all"``: ``W Wᵀ = S``; ``"predicted_vs_rest"``: ``W Wᵀ = Aᵀ S₂ A``, the two-class reduction at
+        the class ``y`` (n,) of each sample.
     smooth : bool
         Use :func:`smooth_factor` (``C'`` = C, or 2), differentiable in ``z``, instead of :func:`factor`
         (``C'`` = C − 1, or 1).
     """
     fac = smooth_factor if smooth else factor
 
-    def basis(z: torch.Tensor) -> torch.Tensor:
+    def basis(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if classes == "all":
             return fac(torch.softmax(z, -1))
-        cls = cls_of_z(z)
-        amat = reduction_jacobian(z, cls)  # (n, 2, C)
-        return amat.transpose(1, 2) @ fac(torch.softmax(predicted_vs_rest(z, cls), -1))
+        amat = reduction_jacobian(z, y)  # (n, 2, C)
+        return amat.transpose(1, 2) @ fac(torch.softmax(predicted_vs_rest(z, y), -1))
 
     return basis
 
 
 class ChunkBasis:
-    """``basis_of_z`` evaluated once per chunk, so that the hook and ``torch.func`` parts use the same ``W``.
+    """A :data:`Basis` evaluated once per chunk, so that the hook and ``torch.func`` parts use the same ``W``.
 
-    ``basis_of_z=None`` is the identity (the unit vectors of the ``C`` classes).
+    ``basis=None`` is the identity (the unit vectors of the ``C`` classes); ``y`` (n,) are the chunk's classes.
     """
 
-    def __init__(self, basis_of_z: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
-        self.basis_of_z = basis_of_z
+    def __init__(self, basis: Basis | None, y: torch.Tensor | None) -> None:
+        self.basis_of_z = basis
+        self.y = y
         self.w: torch.Tensor | None = None
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
@@ -124,7 +124,7 @@ class ChunkBasis:
                 eye = torch.eye(z.shape[1], dtype=z.dtype, device=z.device)
                 self.w = eye.expand(z.shape[0], -1, -1)
             else:
-                self.w = self.basis_of_z(z)
+                self.w = self.basis_of_z(z, z.argmax(-1) if self.y is None else self.y)
         return self.w
 
     def grams(self, k: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

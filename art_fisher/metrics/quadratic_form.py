@@ -27,9 +27,10 @@ from art_fisher.metrics.trace import blocks, top_eigen
 
 
 def safe_divide(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
-    """``num / den`` with 0 where ``den`` is 0 (a zero direction)."""
+    """``num / den`` with 0 where ``den`` is 0 (a zero direction); NaN where either is not finite."""
     ok = den > 0
-    return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(num))
+    out = torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(num))
+    return torch.where(torch.isfinite(num) & torch.isfinite(den), out, torch.full_like(out, float("nan")))
 
 
 def quadratic_form(
@@ -46,29 +47,21 @@ def quadratic_form(
     create_graph: bool = False,
 ) -> torch.Tensor:
     """Exact quadratic form (N,) for a named or fixed direction."""
-    parts = []
-    for sl in chunking.chunks(x.shape[0], batch_size or chunking.QUADRATIC_CHUNK):
-        yb = None if y is None else y[sl]
-
-        def cls_of(z: torch.Tensor, yb=yb) -> torch.Tensor:
-            return directions.class_of(direction, z, yb)
-
-        basis = make_basis(classes, cls_of, smooth=create_graph)
-        if isinstance(direction, str):
-            _z, t, _r, rt = directional(
-                net, plan, x[sl], r_of_z=lambda z, cls_of=cls_of: directions.coefficients(z, cls_of(z)),
-                basis_of_z=basis, batch_size=batch_size, create_graph=create_graph,
-            )
-            sq = rt.sum(1)  # ‖v‖² = rᵀ K r
-        else:
-            v = dict(zip(net.names, direction, strict=True))
-            _z, t, _r, _rt = directional(
-                net, plan, x[sl], v=v, basis_of_z=basis, batch_size=batch_size, create_graph=create_graph
-            )
-            sq = sum(d.pow(2).sum() for d in direction) * torch.ones(t.shape[0], dtype=x.dtype, device=x.device)
-        num = t.pow(2).sum((1, 2)) if blockwise else t.sum(1).pow(2).sum(-1)
-        parts.append(safe_divide(num, sq) if normalize else num)
-    return torch.cat(parts)
+    basis = make_basis(classes, smooth=create_graph)
+    if isinstance(direction, str):
+        _z, t, _r, rt = directional(
+            net, plan, x, coefficients=directions.coefficients, basis=basis, y=y, batch_size=batch_size,
+            create_graph=create_graph,
+        )
+        sq = rt.sum(1)  # ‖v‖² = rᵀ K r
+    else:
+        v = dict(zip(net.names, direction, strict=True))
+        _z, t, _r, _rt = directional(
+            net, plan, x, v=v, basis=basis, batch_size=batch_size, create_graph=create_graph
+        )
+        sq = sum(d.pow(2).sum() for d in direction) * torch.ones(t.shape[0], dtype=x.dtype, device=x.device)
+    num = t.pow(2).sum((1, 2)) if blockwise else t.sum(1).pow(2).sum(-1)
+    return safe_divide(num, sq) if normalize else num
 
 
 def along_top_eigenvector(

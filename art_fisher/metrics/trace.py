@@ -26,7 +26,7 @@ def block_traces(
 ) -> torch.Tensor:
     """``tr F_kk`` (N, B) for each selected parameter tensor ``k`` (in ``net.names`` order)."""
     _z, diag = gram_blocks(
-        net, plan, x, basis_of_z=make_basis("all", smooth=create_graph), batch_size=batch_size, diagonal=True,
+        net, plan, x, basis=make_basis("all", smooth=create_graph), batch_size=batch_size, diagonal=True,
         create_graph=create_graph,
     )
     return diag.sum(-1)
@@ -42,8 +42,8 @@ def blocks(
     create_graph: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits (N, C) and the blocks ``Wᵀ K_k W`` (N, B, C', C'); ``"predicted_vs_rest"`` reduces at the predicted class."""
-    basis = make_basis(classes, lambda z: z.argmax(-1), smooth=create_graph)
-    return gram_blocks(net, plan, x, basis_of_z=basis, batch_size=batch_size, create_graph=create_graph)
+    basis = make_basis(classes, smooth=create_graph)
+    return gram_blocks(net, plan, x, basis=basis, batch_size=batch_size, create_graph=create_graph)
 
 
 def top_eigen(k: torch.Tensor, *, vectors: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -22,8 +22,6 @@ FUNC_BUDGET = 256 * 2**20
 #: Samples per chunk of the ``torch.func`` sensitivity and of ``method="finite_difference"``.
 FUNC_SENSITIVITY_CHUNK = 32
 FINITE_DIFFERENCE_CHUNK = 64
-#: Samples per chunk of the quadratic form's outer loop (the inner passes use the hook budget).
-QUADRATIC_CHUNK = 256
 #: Upper bound of every chunk.
 MAX_CHUNK = 256
 

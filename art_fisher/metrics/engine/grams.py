@@ -26,13 +26,13 @@ import torch
 from torch.func import jacrev, jvp, vmap
 
 from art_fisher import _checks
-from art_fisher.metrics.basis import ChunkBasis
+from art_fisher.metrics.basis import Basis, ChunkBasis
 from art_fisher.metrics.engine import chunking
 from art_fisher.metrics.engine.layers import gram
 from art_fisher.metrics.engine.network import FunctionalNet
 from art_fisher.metrics.engine.recorder import Plan, Recorded, recorded_forward
 
-BasisOfZ = Callable[[torch.Tensor], torch.Tensor] | None
+Coefficients = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def func_grams(net: FunctionalNet, x: torch.Tensor, names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,7 +118,8 @@ def gram_blocks(
     plan: Plan,
     x: torch.Tensor,
     *,
-    basis_of_z: BasisOfZ = None,
+    basis: Basis | None = None,
+    y: torch.Tensor | None = None,
     batch_size: int | None = None,
     diagonal: bool = False,
     create_graph: bool = False,
@@ -131,8 +132,10 @@ def gram_blocks(
     plan : Plan
         Which parameters the hooks compute (the rest go through ``torch.func``).
     x : Tensor (N, ...)
-    basis_of_z : callable, optional
-        Logits (n, C) of a chunk → ``W`` (n, C, C'); default the identity (``C' = C``).
+    basis : callable, optional
+        ``(z, y) ↦ W`` (n, C, C') from a chunk's logits and classes; default the identity (``C' = C``).
+    y : Tensor (N,), optional
+        The class of each sample passed to ``basis``; default the predicted class.
     batch_size : int, optional
         Samples per chunk; default :mod:`~art_fisher.metrics.engine.chunking`'s policy.
     diagonal : bool
@@ -144,7 +147,7 @@ def gram_blocks(
     zs, ks = [], []
     for sl in chunking.chunks(x.shape[0], size):
         xb = x[sl]
-        basis = ChunkBasis(basis_of_z)
+        w_of = ChunkBasis(basis, None if y is None else y[sl])
         blocks: dict[str, torch.Tensor] = {}
         todo = list(plan.rest)
         z = None
@@ -153,14 +156,14 @@ def gram_blocks(
             z = rec.z if create_graph else rec.z.detach()
             _checks.check_finite_output(z, sl.start, net, x)
             if rec.modules:
-                blocks = _hook_grams(rec, plan, basis(z), diagonal, create_graph)
+                blocks = _hook_grams(rec, plan, w_of(z), diagonal, create_graph)
             todo += rec.missing
             del rec
         if todo:
             zf, k = _func_parts(net, plan, xb, todo, batch_size)
             z = zf if z is None else z
             _checks.check_finite_output(z, sl.start, net, x)
-            k = basis.grams(k, z)
+            k = w_of.grams(k, z)
             if diagonal:
                 k = k.diagonal(dim1=-2, dim2=-1)
             blocks.update({name: k[:, j] for j, name in enumerate(todo)})
@@ -174,17 +177,19 @@ def directional(
     plan: Plan,
     x: torch.Tensor,
     *,
-    r_of_z: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    coefficients: Coefficients | None = None,
     v: dict[str, torch.Tensor] | None = None,
-    basis_of_z: BasisOfZ = None,
+    basis: Basis | None = None,
+    y: torch.Tensor | None = None,
     batch_size: int | None = None,
     create_graph: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Logits (N, C) and ``Wᵀ t_k`` with ``t_k = J_k v_k`` (N, B, C') for every parameter tensor ``k``.
 
-    Either ``r_of_z`` maps a chunk's logits (n, C) to coefficients ``r`` (n, C) of per-sample directions
-    ``v = Jᵀ r`` (then ``t_k = K_k r``), or ``v`` is one fixed direction (parameter name → tensor).
-    Also returns ``r`` (N, C) and ``rᵀ t_k`` (N, B) (both None for a fixed ``v``).
+    Either ``coefficients`` maps a chunk's logits (n, C) and classes (n,) (``y``, default the predicted
+    class) to coefficients ``r`` (n, C) of per-sample directions ``v = Jᵀ r`` (then ``t_k = K_k r``), or
+    ``v`` is one fixed direction (parameter name → tensor). ``basis`` is as in :func:`gram_blocks`. Also
+    returns ``r`` (N, C) and ``rᵀ t_k`` (N, B) (both None for a fixed ``v``).
 
     On the hook path, one backward pass with the cotangent ``r`` gives each layer's ``b_r = Σ_c r_c
     ∂z_c/∂o``, hence the layer's output change ``δo_k`` along ``v_k`` and ``rᵀ t_k = ⟨b_r, δo_k⟩``; then
@@ -194,7 +199,8 @@ def directional(
     zs, ts, rs, rts = [], [], [], []
     for sl in chunking.chunks(x.shape[0], size):
         xb = x[sl]
-        basis = ChunkBasis(basis_of_z)
+        yb = None if y is None else y[sl]
+        w_of = ChunkBasis(basis, yb)
         t: dict[str, torch.Tensor] = {}
         rt: dict[str, torch.Tensor] = {}
         todo = list(plan.rest)
@@ -203,35 +209,39 @@ def directional(
             rec = recorded_forward(net, plan, xb, create_graph=create_graph)
             z = rec.z if create_graph else rec.z.detach()
             _checks.check_finite_output(z, sl.start, net, x)
-            r = None if r_of_z is None else r_of_z(z)
+            r = None if coefficients is None else coefficients(z, _classes(z, yb))
             if rec.modules:
-                _hook_directional(rec, plan, basis(z), r, v, t, rt, create_graph)
+                _hook_directional(rec, plan, w_of(z), r, v, t, rt, create_graph)
             todo += rec.missing
             del rec
-        if todo and r_of_z is not None:
+        if todo and coefficients is not None:
             zf, k = _func_parts(net, plan, xb, todo, batch_size)
             z = zf if z is None else z
             _checks.check_finite_output(z, sl.start, net, x)
-            r = r_of_z(z) if r is None else r
+            r = coefficients(z, _classes(z, yb)) if r is None else r
             for j, name in enumerate(todo):
                 t_k = (k[:, j] @ r.unsqueeze(-1)).squeeze(-1)  # (n, C)
                 rt[name] = (r * t_k).sum(-1)
-                t[name] = basis.vector(t_k, z)
+                t[name] = w_of.vector(t_k, z)
         elif todo:
             if z is None:
                 z = net.logits(net.selected(), xb)
                 _checks.check_finite_output(z, sl.start, net, x)
             for name in todo:
                 _z, t_k = jvp(lambda s: net.logits(s, xb), ({name: net.base[name]},), ({name: v[name]},))
-                t[name] = basis.vector(t_k, z)
+                t[name] = w_of.vector(t_k, z)
         zs.append(z)
         ts.append(torch.stack([t[name] for name in net.names], dim=1))
         rs.append(r)
-        if r_of_z is not None:
+        if coefficients is not None:
             rts.append(torch.stack([rt[name] for name in net.names], dim=1))
-    if r_of_z is None:
+    if coefficients is None:
         return torch.cat(zs), torch.cat(ts), None, None
     return torch.cat(zs), torch.cat(ts), torch.cat(rs), torch.cat(rts)
+
+
+def _classes(z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    return z.detach().argmax(-1) if y is None else y
 
 
 def _hook_directional(
