@@ -29,13 +29,13 @@ def test_hook_engine_matches_func_engine(name):
     model, x = make_case(name)
     net = _net(model)
     plan = make_plan(net, x)
-    z1, k1 = gram_blocks(net, plan, x, batch_size=3)
-    z2, k2 = gram_blocks(net, plan.without_hooks(), x)
+    z1, k1, _w = gram_blocks(net, plan, x, batch_size=3)
+    z2, k2, _w = gram_blocks(net, plan.without_hooks(), x)
     assert torch.allclose(z1, z2, rtol=0, atol=1e-13)
     assert rel(k1, k2) < 1e-12
     basis = make_basis("all")
-    _z, d = gram_blocks(net, plan, x, basis=basis, diagonal=True)
-    _z, full = gram_blocks(net, plan.without_hooks(), x, basis=basis)
+    _z, d, _w = gram_blocks(net, plan, x, basis=basis, diagonal=True)
+    _z, full, _w = gram_blocks(net, plan.without_hooks(), x, basis=basis)
     assert rel(d, full.diagonal(dim1=-2, dim2=-1)) < 1e-12
     torch.manual_seed(0)
     v = {n: torch.randn_like(p) for n, p in net.base.items()}

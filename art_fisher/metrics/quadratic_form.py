@@ -19,7 +19,7 @@ from art_fisher.metrics import directions
 from art_fisher.metrics.basis import make_basis
 from art_fisher.metrics.directions import Direction
 from art_fisher.metrics.engine import chunking
-from art_fisher.metrics.engine.grams import directional
+from art_fisher.metrics.engine.grams import directional, gram_blocks
 from art_fisher.metrics.engine.network import FunctionalNet
 from art_fisher.metrics.engine.recorder import Plan
 from art_fisher.metrics.finite_difference import fd_quadratic_form
@@ -47,21 +47,50 @@ def quadratic_form(
     create_graph: bool = False,
 ) -> torch.Tensor:
     """Exact quadratic form (N,) for a named or fixed direction."""
-    basis = make_basis(classes, smooth=create_graph)
     if isinstance(direction, str):
-        _z, t, _r, rt = directional(
-            net, plan, x, coefficients=directions.coefficients, basis=basis, y=y, batch_size=batch_size,
-            create_graph=create_graph,
-        )
-        sq = rt.sum(1)  # ‖v‖² = rᵀ K r
+        t, sq = _named_direction(net, plan, x, y=y, classes=classes, batch_size=batch_size, create_graph=create_graph)
     else:
         v = dict(zip(net.names, direction, strict=True))
         _z, t, _r, _rt = directional(
-            net, plan, x, v=v, basis=basis, batch_size=batch_size, create_graph=create_graph
+            net, plan, x, v=v, basis=make_basis(classes, smooth=create_graph), batch_size=batch_size,
+            create_graph=create_graph,
         )
         sq = sum(d.pow(2).sum() for d in direction) * torch.ones(t.shape[0], dtype=x.dtype, device=x.device)
     num = t.pow(2).sum((1, 2)) if blockwise else t.sum(1).pow(2).sum(-1)
     return safe_divide(num, sq) if normalize else num
+
+
+def _named_direction(
+    net: FunctionalNet,
+    plan: Plan,
+    x: torch.Tensor,
+    *,
+    y: torch.Tensor | None,
+    classes: str,
+    batch_size: int | None,
+    create_graph: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``Wᵀ t_k`` (N, B, C') and ``‖v‖²`` (N,) for ``v = Jᵀ r``, ``r = e_y − p``, from Gram blocks.
+
+    With the eigen-factor ``W`` (orthogonal columns, ``WᵀW = diag λ``) and ``r`` in the range of ``S``
+    (``1ᵀ r = 0``), ``r = W a`` with ``a = Wᵀ r / λ``, so ``Wᵀ K_k r = K̃_k a`` and ``rᵀ K_k r = aᵀ K̃_k a``
+    from the blocks ``K̃_k = Wᵀ K_k W`` alone: no backward pass beyond the trace's ``C − 1``. Otherwise
+    (the two-class reduction, or the smooth factor) ``r`` is appended to ``W`` as one more column.
+    """
+    basis = make_basis(classes, smooth=create_graph)
+    if classes == "all" and not create_graph:
+        z, k, w = gram_blocks(net, plan, x, basis=basis, y=y, batch_size=batch_size)
+        r = directions.coefficients(z, directions.class_of("label" if y is not None else "predicted", z, y))
+        lam = w.pow(2).sum(1)  # (N, C')
+        a = safe_divide((w * r.unsqueeze(-1)).sum(1), lam)
+        t = (k @ a[:, None, :, None]).squeeze(-1)  # (N, B, C')
+        return t, (t * a.unsqueeze(1)).sum((1, 2))
+
+    def augmented(z: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
+        return torch.cat([basis(z, cls), directions.coefficients(z, cls).unsqueeze(-1)], dim=-1)
+
+    _z, k, _w = gram_blocks(net, plan, x, basis=augmented, y=y, batch_size=batch_size, create_graph=create_graph)
+    return k[..., :-1, -1], k[..., -1, -1].sum(1)
 
 
 def along_top_eigenvector(
@@ -79,7 +108,7 @@ def along_top_eigenvector(
     ``(K_k r)ᵀ S (K_k r) = ‖K̃_k w‖²`` and ``‖v‖² = wᵀ K̃ w`` for ``r = W w``; always normalised (an
     eigenvector has no natural length). ``"predicted_vs_rest"`` reduces at the predicted class.
     """
-    _z, k = blocks(net, plan, x, batch_size=batch_size, classes=classes, create_graph=create_graph)
+    k = blocks(net, plan, x, batch_size=batch_size, classes=classes, create_graph=create_graph)
     _lam, w = top_eigen(k)
     kw = (k @ w.unsqueeze(1).unsqueeze(-1)).squeeze(-1)  # (N, B, C')
     num = kw.pow(2).sum((1, 2)) if blockwise else kw.sum(1).pow(2).sum(-1)

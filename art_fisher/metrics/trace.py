@@ -25,7 +25,7 @@ def block_traces(
     net: FunctionalNet, plan: Plan, x: torch.Tensor, *, batch_size: int | None, create_graph: bool = False
 ) -> torch.Tensor:
     """``tr F_kk`` (N, B) for each selected parameter tensor ``k`` (in ``net.names`` order)."""
-    _z, diag = gram_blocks(
+    _z, diag, _w = gram_blocks(
         net, plan, x, basis=make_basis("all", smooth=create_graph), batch_size=batch_size, diagonal=True,
         create_graph=create_graph,
     )
@@ -40,10 +40,10 @@ def blocks(
     batch_size: int | None,
     classes: str = "all",
     create_graph: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (N, C) and the blocks ``Wᵀ K_k W`` (N, B, C', C'); ``"predicted_vs_rest"`` reduces at the predicted class."""
+) -> torch.Tensor:
+    """The blocks ``Wᵀ K_k W`` (N, B, C', C'); ``"predicted_vs_rest"`` reduces at the predicted class."""
     basis = make_basis(classes, smooth=create_graph)
-    return gram_blocks(net, plan, x, basis=basis, batch_size=batch_size, create_graph=create_graph)
+    return gram_blocks(net, plan, x, basis=basis, batch_size=batch_size, create_graph=create_graph)[1]
 
 
 def top_eigen(k: torch.Tensor, *, vectors: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -64,5 +64,5 @@ def max_eigenvalue(
     net: FunctionalNet, plan: Plan, x: torch.Tensor, *, batch_size: int | None, create_graph: bool = False
 ) -> torch.Tensor:
     """``λ_max(F(x))`` (N,)."""
-    _z, k = blocks(net, plan, x, batch_size=batch_size, create_graph=create_graph)
+    k = blocks(net, plan, x, batch_size=batch_size, create_graph=create_graph)
     return top_eigen(k, vectors=False)[0]

@@ -123,8 +123,8 @@ def gram_blocks(
     batch_size: int | None = None,
     diagonal: bool = False,
     create_graph: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (N, C) and blocks ``Wᵀ K_k W`` (N, B, C', C') of all samples, or their diagonals (N, B, C').
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits (N, C), blocks ``Wᵀ K_k W`` (N, B, C', C') of all samples (or their diagonals (N, B, C')), and ``W`` (N, C, C').
 
     Parameters
     ----------
@@ -144,7 +144,7 @@ def gram_blocks(
         Keep the graph: the results are differentiable in ``x``.
     """
     size = _chunk_size(plan, x, plan.n_classes, batch_size)  # C' ≤ C columns
-    zs, ks = [], []
+    zs, ks, ws = [], [], []
     for sl in chunking.chunks(x.shape[0], size):
         xb = x[sl]
         w_of = ChunkBasis(basis, None if y is None else y[sl])
@@ -169,7 +169,8 @@ def gram_blocks(
             blocks.update({name: k[:, j] for j, name in enumerate(todo)})
         zs.append(z)
         ks.append(torch.stack([blocks[name] for name in net.names], dim=1))
-    return torch.cat(zs), torch.cat(ks)
+        ws.append(w_of(z))
+    return torch.cat(zs), torch.cat(ks), torch.cat(ws)
 
 
 def directional(

@@ -34,10 +34,23 @@ class Conv2dRule(LayerRule):
 
     @property
     def unfolded(self) -> torch.Tensor:
-        """Patches ``U`` (n, in·kh·kw, L) of the input (computed once per call)."""
+        """Patches ``U`` (n, in·kh·kw, L) of the input (computed once per call), as ``F.unfold`` gives them.
+
+        Built from a strided view of the (zero-padded) input and one copy, which is several times
+        faster than ``F.unfold`` on CPU.
+        """
         if self._u is None:
             m = self.module
-            self._u = F.unfold(self.a, m.kernel_size, dilation=m.dilation, padding=m.padding, stride=m.stride)
+            a = self.a
+            if any(m.padding):
+                ph, pw = m.padding
+                a = F.pad(a, (pw, pw, ph, ph))
+            n, c, h, w = a.shape
+            (kh, kw), (sh, sw), (dh, dw) = m.kernel_size, m.stride, m.dilation
+            ho, wo = (h - dh * (kh - 1) - 1) // sh + 1, (w - dw * (kw - 1) - 1) // sw + 1
+            s0, s1, s2, s3 = a.stride()
+            patches = a.as_strided((n, c, kh, kw, ho, wo), (s0, s1, s2 * dh, s3 * dw, s2 * sh, s3 * sw))
+            self._u = patches.reshape(n, c * kh * kw, ho * wo)
         return self._u
 
     def _out_height(self) -> int:
