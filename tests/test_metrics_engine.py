@@ -164,3 +164,13 @@ def test_every_rule_gives_output_changes_that_match_a_jvp():
             ref = torch.func.vmap(torch.func.grad(lambda w, ai, bi, kind=kind: (torch.func.functional_call(
                 module, {kind: w}, (ai[None],))[0] * bi).sum()), in_dims=(None, 0, 0))(p.detach(), a, b)
             assert rel(rule.grad(b, kind), ref) < 1e-12
+
+
+@pytest.mark.parametrize(
+    ("stride", "padding", "dilation", "kernel"), [(1, 0, 1, 3), (2, 1, 1, 3), (1, (2, 1), 2, (3, 2)), (3, 0, 1, 2)]
+)
+def test_conv_patches_equal_unfold(stride, padding, dilation, kernel):
+    conv = nn.Conv2d(2, 3, kernel, stride=stride, padding=padding, dilation=dilation).double()
+    a = torch.randn(3, 2, 9, 8, dtype=torch.float64).transpose(2, 3)  # a non-contiguous input
+    want = torch.nn.functional.unfold(a, conv.kernel_size, conv.dilation, conv.padding, conv.stride)
+    assert torch.equal(Conv2dRule(conv, a).unfolded, want)

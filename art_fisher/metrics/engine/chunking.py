@@ -24,6 +24,10 @@ FUNC_SENSITIVITY_CHUNK = 32
 FINITE_DIFFERENCE_CHUNK = 64
 #: Upper bound of every chunk.
 MAX_CHUNK = 256
+#: Output-sized tensors per sample alive at once when the columns are streamed (one column's
+#: output-gradients, the backward pass's temporaries and the rule's working copies), which the hook
+#: engine uses in place of the number of columns when only the diagonals of the blocks are wanted.
+STREAMED_COPIES = 5
 
 
 def chunks(n: int, size: int) -> Iterator[slice]:

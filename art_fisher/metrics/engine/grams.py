@@ -83,6 +83,14 @@ def _hook_grams(
     """
     wanted = {m: [kind for p, (mm, kind) in plan.covered.items() if mm == m] for m in rec.modules}
     n_cols = w.shape[2]
+    if diagonal:  # one squared norm per column and tensor, nothing kept
+        norms: dict[tuple[str, str], list[torch.Tensor]] = {(m, k): [] for m in rec.modules for k in wanted[m]}
+        for _j, grads in _columns(rec, w, create_graph):
+            for m, g in grads.items():
+                for kind in wanted[m]:
+                    norms[(m, kind)].append(rec.rules[m].sq_norm(g, kind, n_cols))
+            del grads
+        return {_name(m, kind): torch.stack(parts, dim=1) for (m, kind), parts in norms.items()}
     reducers = {
         (m, kind): rec.rules[m].reducer(kind, n_cols) for m in rec.modules for kind in wanted[m]
     }
@@ -143,7 +151,8 @@ def gram_blocks(
     create_graph : bool
         Keep the graph: the results are differentiable in ``x``.
     """
-    size = _chunk_size(plan, x, plan.n_classes, batch_size)  # C' ≤ C columns
+    # C' ≤ C columns kept, or the streamed columns' working set for diagonals
+    size = _chunk_size(plan, x, chunking.STREAMED_COPIES if diagonal else plan.n_classes, batch_size)
     zs, ks, ws = [], [], []
     for sl in chunking.chunks(x.shape[0], size):
         xb = x[sl]

@@ -8,7 +8,8 @@ enter its output ``o``:
 - :meth:`LayerRule.reducer` / :meth:`LayerRule.ghost_gram`: the Gram matrix of the per-sample
   gradients of several output-gradients ``b_j`` (the columns), either by reducing every ``b_j`` to its
   per-sample gradient at once, or, where that is cheaper, by a "ghost" contraction of all ``b_j`` with
-  ``a`` that never forms the per-sample gradients;
+  ``a`` that never forms the per-sample gradients; :meth:`LayerRule.sq_norm`: only the diagonal, one
+  column at a time;
 - :meth:`LayerRule.change`: the change of ``o`` along a parameter direction (shared, or per sample).
 
 Every formula is made of differentiable torch operations, so with a recorded input that carries an
@@ -60,6 +61,14 @@ class LayerRule:
     def reducer(self, kind: str, n_cols: int) -> Reducer | None:
         """``b_j ↦`` flattened per-sample gradient (n, M), or None where :meth:`ghost_gram` is cheaper."""
         return lambda b: self.grad(b, kind).flatten(1)
+
+    def sq_norm(self, b: torch.Tensor, kind: str, n_cols: int) -> torch.Tensor:
+        """Squared norm (n,) of the per-sample gradient of ``b`` (n, *out), by the layer's cheaper route.
+
+        ``n_cols`` is the number of columns the caller will pass one after the other (a ghost route
+        may prepare something once for all of them).
+        """
+        return self.grad(b, kind).flatten(1).pow(2).sum(1)
 
     def materialised_gram(self, b: torch.Tensor, kind: str, diagonal: bool) -> torch.Tensor:
         """Gram matrices (n, C', C') of the per-sample gradients of ``b`` (n, C', *out), or their diagonals (n, C')."""

@@ -21,6 +21,7 @@ class Conv2dRule(LayerRule):
     def __init__(self, module: nn.Module, a: torch.Tensor) -> None:
         super().__init__(module, a)
         self._u: torch.Tensor | None = None
+        self._uu: torch.Tensor | None = None
 
     @staticmethod
     def supports(module: nn.Module, a: torch.Tensor) -> bool:
@@ -34,7 +35,12 @@ class Conv2dRule(LayerRule):
 
     @property
     def unfolded(self) -> torch.Tensor:
-        """Patches ``U`` (n, in·kh·kw, L) of the input (computed once per call), as ``F.unfold`` gives them.
+        """Patches ``U`` (n, in·kh·kw, L) of the input, as ``F.unfold`` gives them (a view of :attr:`patches`)."""
+        return self.patches.transpose(1, 2)
+
+    @property
+    def patches(self) -> torch.Tensor:
+        """Patches ``Uᵀ`` (n, L, in·kh·kw), contiguous, computed once per call.
 
         Built from a strided view of the (zero-padded) input and one copy, which is several times
         faster than ``F.unfold`` on CPU.
@@ -49,8 +55,8 @@ class Conv2dRule(LayerRule):
             (kh, kw), (sh, sw), (dh, dw) = m.kernel_size, m.stride, m.dilation
             ho, wo = (h - dh * (kh - 1) - 1) // sh + 1, (w - dw * (kw - 1) - 1) // sw + 1
             s0, s1, s2, s3 = a.stride()
-            patches = a.as_strided((n, c, kh, kw, ho, wo), (s0, s1, s2 * dh, s3 * dw, s2 * sh, s3 * sw))
-            self._u = patches.reshape(n, c * kh * kw, ho * wo)
+            view = a.as_strided((n, ho, wo, c, kh, kw), (s0, s2 * sh, s3 * sw, s1, s2 * dh, s3 * dw))
+            self._u = view.reshape(n, ho * wo, c * kh * kw)
         return self._u
 
     def _out_height(self) -> int:
@@ -62,23 +68,41 @@ class Conv2dRule(LayerRule):
         if kind == "bias":
             return b.sum((2, 3))
         n = b.shape[0]
-        return torch.bmm(b.reshape(n, b.shape[1], -1), self.unfolded.transpose(1, 2)).reshape(n, *self.module.weight.shape)
+        return torch.bmm(b.reshape(n, b.shape[1], -1), self.patches).reshape(n, *self.module.weight.shape)
 
-    def materialise_cheaper(self, n_cols: int) -> bool:
+    def materialise_cheaper(self, n_cols: int, diagonal: bool = False) -> bool:
         """Per-column weight gradients (C'·out × k) against the ghost route (L × L), by multiply-adds."""
         m = self.module
         o = m.out_channels
         k = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
-        length = self.unfolded.shape[2]
-        cost_materialise = n_cols * o * k * length + n_cols * n_cols * o * k
-        cost_ghost = length * length * (k + n_cols * o) + n_cols * n_cols * o * length
+        length = self.patches.shape[1]
+        pairs = n_cols if diagonal else n_cols * n_cols
+        cost_materialise = n_cols * o * k * length + pairs * o * k
+        cost_ghost = length * length * (k + n_cols * o) + pairs * o * length
         return cost_materialise <= cost_ghost
+
+    @property
+    def patch_gram(self) -> torch.Tensor:
+        """``UᵀU`` (n, L, L): inner products of the input patches (computed once per call)."""
+        if self._uu is None:
+            ut = self.patches
+            self._uu = torch.bmm(ut, ut.transpose(1, 2))
+        return self._uu
+
+    def sq_norm(self, b: torch.Tensor, kind: str, n_cols: int) -> torch.Tensor:
+        if kind == "bias":
+            return b.sum((2, 3)).pow(2).sum(1)
+        n = b.shape[0]
+        b3 = b.reshape(n, b.shape[1], -1)  # (n, out, L)
+        if self.materialise_cheaper(n_cols, diagonal=True):
+            return torch.bmm(b3, self.patches).pow(2).sum((1, 2))
+        return (torch.bmm(b3, self.patch_gram) * b3).sum((1, 2))  # ⟨B (UᵀU), B⟩
 
     def reducer(self, kind: str, n_cols: int) -> Reducer | None:
         if kind == "weight":
             if not self.materialise_cheaper(n_cols):
                 return None
-            ut = self.unfolded.transpose(1, 2)  # (n, L, k)
+            ut = self.patches  # (n, L, k)
             return lambda b: torch.bmm(b.reshape(b.shape[0], b.shape[1], -1), ut).flatten(1)
         return lambda b: b.sum((2, 3))
 
@@ -86,9 +110,8 @@ class Conv2dRule(LayerRule):
         if kind != "weight":
             return self.materialised_gram(b, kind, diagonal)
         n, n_cols = b.shape[0], b.shape[1]
-        u = self.unfolded
         b3 = b.reshape(n, n_cols * b.shape[2], -1)  # (n, C'·out, L)
-        bw = torch.bmm(b3, torch.bmm(u.transpose(1, 2), u)).reshape(n, n_cols, -1)
+        bw = torch.bmm(b3, self.patch_gram).reshape(n, n_cols, -1)
         b3 = b3.reshape(n, n_cols, -1)
         if diagonal:
             return (bw * b3).sum(2)

@@ -58,6 +58,13 @@ class LinearRule(LayerRule):
             return (bw * b4).flatten(2).sum(2)
         return torch.bmm(bw.flatten(2), b4.flatten(2).transpose(1, 2))
 
+    def sq_norm(self, b: torch.Tensor, kind: str, n_cols: int) -> torch.Tensor:
+        if kind == "weight" and self.a.dim() == 2:  # ‖b aᵀ‖² = ‖a‖² ‖b‖²
+            return (self.a * self.a).sum(1) * (b * b).sum(1)
+        if kind == "weight" and not self.materialise_cheaper(1, self.module.out_features):
+            return self.ghost_gram(b.unsqueeze(1), kind, diagonal=True)[:, 0]
+        return super().sq_norm(b, kind, n_cols)
+
     def change(self, kind: str, d: torch.Tensor, shared: bool) -> torch.Tensor:
         a = self.a
         n = a.shape[0]
