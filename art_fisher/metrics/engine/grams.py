@@ -78,8 +78,10 @@ def _hook_grams(
 ) -> dict[str, torch.Tensor]:
     """Blocks ``Wᵀ K_k W`` (n, C', C'), or their diagonals (n, C'), of the recorded layers' parameters.
 
-    Each ``b_j`` is reduced to per-sample gradients as soon as its pass is done where that is the
-    cheaper route, and kept for the layer's ghost contraction otherwise.
+    Diagonals: each ``b_j`` is turned into squared norms of per-sample gradients (by the layer's
+    cheaper route) as soon as its pass is done, and dropped. Full blocks: each ``b_j`` is reduced to
+    per-sample gradients at once where that is the cheaper route, and kept for the layer's ghost
+    contraction otherwise.
     """
     wanted = {m: [kind for p, (mm, kind) in plan.covered.items() if mm == m] for m in rec.modules}
     n_cols = w.shape[2]
@@ -106,13 +108,13 @@ def _hook_grams(
         del grads
     blocks: dict[str, torch.Tensor] = {}
     for (m, kind), parts in reduced.items():
-        blocks[_name(m, kind)] = gram(torch.stack(parts, dim=1), diagonal)
+        blocks[_name(m, kind)] = gram(torch.stack(parts, dim=1))
     for m, parts in kept.items():
         b = torch.stack(parts, dim=1)  # (n, C', *out)
         kept[m] = []
         for kind in wanted[m]:
             if reducers[(m, kind)] is None:
-                blocks[_name(m, kind)] = rec.rules[m].ghost_gram(b, kind, diagonal)
+                blocks[_name(m, kind)] = rec.rules[m].ghost_gram(b, kind, diagonal=False)
         del b
     return blocks
 
@@ -250,6 +252,21 @@ def directional(
     return torch.cat(zs), torch.cat(ts), torch.cat(rs), torch.cat(rts)
 
 
+def inner(g: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """Per-sample inner product (n,) of ``g`` (n, *out) with ``delta`` broadcastable to it.
+
+    ``g`` is first summed over the dimensions ``delta`` broadcasts (a bias's output change is constant
+    there), then the product is a batched dot product, never an elementwise product of ``g``'s size.
+    """
+    n = g.shape[0]
+    if delta.shape[0] != n:
+        delta = delta.expand(n, *delta.shape[1:])
+    dims = tuple(i for i in range(1, g.dim()) if delta.shape[i] == 1 and g.shape[i] != 1)
+    if dims:
+        g = g.sum(dims, keepdim=True)
+    return torch.bmm(g.reshape(n, 1, -1), delta.expand_as(g).reshape(n, -1, 1)).reshape(n)
+
+
 def _classes(z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
     return z.detach().argmax(-1) if y is None else y
 
@@ -276,15 +293,15 @@ def _hook_directional(
         rule = rec.rules[m]
         if r is not None:
             delta = rule.change_along_grad(brs[m], kind)
-            rt[name] = (brs[m] * delta).flatten(1).sum(1)
+            rt[name] = inner(brs[m], delta)
         else:
-            delta = rule.change(kind, v[name], shared=True).expand(rec.shapes[m])
+            delta = rule.change(kind, v[name], shared=True)
         deltas.append((name, m, delta))
     if r is not None:
         del brs
     cols: dict[str, list[torch.Tensor]] = {name: [] for name, _m, _d in deltas}
     for _j, grads in _columns(rec, w, create_graph):
         for name, m, delta in deltas:
-            cols[name].append((grads[m] * delta).flatten(1).sum(1))
+            cols[name].append(inner(grads[m], delta))
     for name, col in cols.items():
         t[name] = torch.stack(col, dim=1)
