@@ -19,7 +19,7 @@ from art_fisher.metrics import directions
 from art_fisher.metrics.basis import make_basis
 from art_fisher.metrics.directions import Direction
 from art_fisher.metrics.engine import chunking
-from art_fisher.metrics.engine.grams import directional, gram_blocks
+from art_fisher.metrics.engine.grams import directional
 from art_fisher.metrics.engine.network import FunctionalNet
 from art_fisher.metrics.engine.recorder import Plan
 from art_fisher.metrics.finite_difference import fd_quadratic_form
@@ -70,27 +70,17 @@ def _named_direction(
     batch_size: int | None,
     create_graph: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``Wᵀ t_k`` (N, B, C') and ``‖v‖²`` (N,) for ``v = Jᵀ r``, ``r = e_y − p``, from Gram blocks.
+    """``Wᵀ t_k`` (N, B, C') and ``‖v‖²`` (N,) for ``v = Jᵀ r``, ``r = e_y − p`` (``y`` default the prediction).
 
-    With the eigen-factor ``W`` (orthogonal columns, ``WᵀW = diag λ``) and ``r`` in the range of ``S``
-    (``1ᵀ r = 0``), ``r = W a`` with ``a = Wᵀ r / λ``, so ``Wᵀ K_k r = K̃_k a`` and ``rᵀ K_k r = aᵀ K̃_k a``
-    from the blocks ``K̃_k = Wᵀ K_k W`` alone: no backward pass beyond the trace's ``C − 1``. Otherwise
-    (the two-class reduction, or the smooth factor) ``r`` is appended to ``W`` as one more column.
+    One backward pass with the cotangent ``r`` gives each layer's output change ``δo_k`` along ``v_k``,
+    then each column of ``W`` costs one backward pass and an inner product with ``δo_k`` per tensor
+    (:func:`~art_fisher.metrics.engine.grams.directional`).
     """
-    basis = make_basis(classes, smooth=create_graph)
-    if classes == "all" and not create_graph:
-        z, k, w = gram_blocks(net, plan, x, basis=basis, y=y, batch_size=batch_size)
-        r = directions.coefficients(z, directions.class_of("label" if y is not None else "predicted", z, y))
-        lam = w.pow(2).sum(1)  # (N, C')
-        a = safe_divide((w * r.unsqueeze(-1)).sum(1), lam)
-        t = (k @ a[:, None, :, None]).squeeze(-1)  # (N, B, C')
-        return t, (t * a.unsqueeze(1)).sum((1, 2))
-
-    def augmented(z: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
-        return torch.cat([basis(z, cls), directions.coefficients(z, cls).unsqueeze(-1)], dim=-1)
-
-    _z, k, _w = gram_blocks(net, plan, x, basis=augmented, y=y, batch_size=batch_size, create_graph=create_graph)
-    return k[..., :-1, -1], k[..., -1, -1].sum(1)
+    _z, t, _r, rt = directional(
+        net, plan, x, coefficients=directions.coefficients, basis=make_basis(classes, smooth=create_graph), y=y,
+        batch_size=batch_size, create_graph=create_graph,
+    )
+    return t, rt.sum(1)
 
 
 def along_top_eigenvector(
