@@ -24,7 +24,7 @@ head and with a ``log_softmax`` head. For each, side by side in one run:
   output-gradients for the C − 1 directions of ``S``: one forward pass and C − 1 backward passes down to
   the first layer's output, with nothing else computed (each at its fastest chunk of ``--floor-chunks``);
 - one batched forward+backward pass (``z.sum().backward()``) per sample: the "unit";
-- on CifarCNN, measured lower bounds of any exact blockwise quadratic form
+- with the logits heads, measured lower bounds of any exact blockwise quadratic form
   (:func:`quad_floor_per_sample`), next to the 10x target (original time / 10);
 - peak memory of one exact call at batch 256 (digits and CIFAR models), in a fresh subprocess: the peak
   resident set size during the call (Linux ``VmHWM``, reset just before it), in total and as growth
@@ -182,22 +182,25 @@ def trace_floor(model, x, clock: int, chunks=(16, 64, 256)) -> tuple[float, floa
     return best
 
 
-def quad_floor_per_sample(model, x, clock: int, chunks=(4, 16, 64)) -> dict:
-    """Measured lower bounds of any exact blockwise quadratic form on ``CifarCNN`` (ms per sample).
+def quad_floor_per_sample(model, shape, x, clock: int, chunks=(4, 16, 64)) -> dict:
+    """Measured lower bounds of any exact blockwise quadratic form (ms per sample), for Sequential-like models.
 
     Every exact method needs ``v = ∇θ log p_ŷ`` (one forward + backward: the unit) and, per parameter
     tensor ``k``, ``t_k = J_k v_k``: either one forward-mode push of a tangent from tensor ``k``'s layer
-    to the logits (at least the forward cost of the layers after it; the first block has 3 tensors —
-    conv weight, BatchNorm weight and bias — and so does the second), or ``C − 1`` reverse passes from the
-    logits down to the first block's output. Only the first two blocks are counted and each piece is
-    timed at its fastest chunk size among ``chunks``, so both figures are under-estimates. ``clock``
-    indexes :func:`timed`'s result (0 wall, 1 CPU).
+    to the logits (counted as the plain forward of the layers after it, tangent arithmetic not
+    counted), or ``C − 1`` reverse passes from the logits down to the first parameterised layer's output
+    (counted as the backward passes alone, without the forward). Every tensor is counted; each piece
+    is timed at its fastest chunk size among ``chunks``, so both figures are under-estimates.
+    ``clock`` indexes :func:`timed`'s result (0 wall, 1 CPU). The model is flattened into its
+    sequence of layers (:func:`backpack_twin`).
     """
-    feats, head = model.features, model.classifier
+    layers = list(backpack_twin(model, shape))
     with torch.no_grad():
-        h1 = feats[:3](x)
-        h2 = feats[3:7](h1)
-        n_cls = head(feats[3:](h1[:1])).shape[1]
+        inputs = [x]
+        for layer in layers:
+            inputs.append(layer(inputs[-1]))
+    n_cls = inputs[-1].shape[1]
+    owners = [i for i, layer in enumerate(layers) for _p in layer.parameters(recurse=False)]  # one per tensor
 
     def best(fn, inp) -> float:
         return min(timed(lambda s=size: [fn(inp[i : i + s]) for i in range(0, len(inp), s)], inp.device)[clock]
@@ -206,22 +209,33 @@ def quad_floor_per_sample(model, x, clock: int, chunks=(4, 16, 64)) -> dict:
     def unit(xb):
         torch.autograd.grad(model(xb).sum(), list(model.parameters()))
 
-    def tail1(hb):
-        with torch.no_grad():
-            head(feats[3:](hb))
+    tails: dict[int, float] = {}
+    for i in set(owners):
+        tail = nn.Sequential(*layers[i + 1 :])
 
-    def tail2(hb):
-        with torch.no_grad():
-            head(feats[7:](hb))
+        def run(hb, tail=tail):
+            with torch.no_grad():
+                tail(hb)
 
-    def backward_only(hb):  # the backward pass alone, the forward excluded
+        tails[i] = best(run, inputs[i + 1]) if i + 1 < len(layers) else 0.0
+    first = min(owners)
+    rest = nn.Sequential(*layers[first + 1 :])
+
+    def backward_only(hb) -> float:  # the backward passes alone, the forward excluded
         hg = hb.detach().requires_grad_(True)
-        z = head(feats[3:](hg))
-        return timed(lambda: torch.autograd.grad(z.sum(), hg), hb.device)[clock]
+        z = rest(hg)
+        cot = torch.randn(z.shape[0], n_cls, n_cls - 1, device=z.device)
 
-    u, t1, t2 = best(unit, x), best(tail1, h1), best(tail2, h2)
-    bwd = min(sum(backward_only(h1[i : i + size]) for i in range(0, len(h1), size)) / len(h1) for size in chunks)
-    return {"forward_mode_floor": 1e3 * (u + 3 * t1 + 3 * t2), "reverse_mode_floor": 1e3 * (u + (n_cls - 1) * bwd)}
+        def passes():
+            for j in range(n_cls - 1):
+                torch.autograd.grad(z, hg, cot[:, :, j], retain_graph=True)
+
+        return timed(passes, hb.device)[clock]
+
+    h = inputs[first + 1]
+    bwd = min(sum(backward_only(h[i : i + size]) for i in range(0, len(h), size)) for size in chunks) / len(h)
+    u = best(unit, x)
+    return {"forward_mode_floor": 1e3 * (u + sum(tails[i] for i in owners)), "reverse_mode_floor": 1e3 * (u + bwd)}
 
 
 # --- peers ---------------------------------------------------------------------------------------------
@@ -441,8 +455,8 @@ def measure_row(args, name: str, head: str, device: torch.device) -> dict:
             orig = original_per_sample(model, x_orig, key, output)
             samples[f"orig_{key}"].append(orig)
             ratios[key].append(orig[clock] / samples[key][-1][clock])
-        if isinstance(model, CifarCNN):
-            for k, value in quad_floor_per_sample(model, x[:64], clock).items():
+        if head == "logits":
+            for k, value in quad_floor_per_sample(model, shape, x[:64], clock).items():
                 floors[k].append(value)
     med = {k: _median_pair(v) for k, v in samples.items()}
     unit = med["unit"][clock]
