@@ -10,6 +10,7 @@ how well they catch ART's attacks.
 from importlib.metadata import PackageNotFoundError, version
 
 from art_fisher.metrics import (
+    fisher_block_traces,
     fisher_max_eigenvalue,
     fisher_quadratic_form,
     fisher_sensitivity,
@@ -23,6 +24,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 __all__ = [
     "__version__",
+    "fisher_block_traces",
     "fisher_max_eigenvalue",
     "fisher_quadratic_form",
     "fisher_sensitivity",

@@ -79,13 +79,11 @@ def check_params(model: nn.Module, params: Iterable[str] | None) -> list[str]:
     """Resolve ``params`` to a non-empty list of parameter names in ``model.named_parameters()`` order."""
     available = dict(model.named_parameters())
     if params is None:
+        if not available:
+            raise ValueError("model has no parameters, so its Fisher information is not defined.")
         names = [n for n, p in available.items() if p.requires_grad]
-        if not names:
-            raise ValueError(
-                "params=None selects the model's parameters with requires_grad=True, but the model has "
-                f"none ({len(available)} parameters in total); pass their names explicitly."
-            )
-        return names
+        # A frozen model still has a Fisher information: with no parameter requiring grad, all count.
+        return names or list(available)
     if isinstance(params, (str, bytes)) or not isinstance(params, Iterable):
         raise TypeError(
             "params must be None or an iterable of parameter names (str); "
@@ -161,8 +159,6 @@ def probe_output(model: nn.Module, x: torch.Tensor, output: str) -> int:
     n_classes = out.shape[1]
     if n_classes < 2:
         raise ValueError(f"model must return at least 2 classes; got output shape {tuple(out.shape)}.")
-    if not bool(torch.isfinite(out).all()) and output != "probs":
-        raise ValueError(f"model returned non-finite {output} for x[0].")
     tol = 1e-3 if out.dtype != torch.float64 else 1e-6
     if output == "probs":
         total = float(out.sum())
@@ -238,3 +234,64 @@ def check_direction(
     if all(float(d.abs().max()) == 0 for d in out):
         raise ValueError("direction must not be zero in every selected parameter.")
     return out
+
+
+def non_finite_rows(z: torch.Tensor) -> torch.Tensor:
+    """Rows of logits ``z`` (n, C) that define no distribution: a NaN or ``+∞``, or every class at ``−∞``.
+
+    A ``−∞`` logit (an exact zero probability) is allowed: that class carries no probability mass.
+    """
+    z = z.detach()
+    return torch.isnan(z).any(1) | (z == float("inf")).any(1) | (z == float("-inf")).all(1)
+
+
+def check_finite_output(z: torch.Tensor, offset: int, net, x: torch.Tensor) -> None:
+    """Raise ``ValueError`` naming every sample of ``x`` whose output is not finite, if ``z`` has one.
+
+    ``z`` (n, C) are the logits of ``x[offset : offset + n]``; on failure all of ``x`` is scanned (one
+    forward pass without gradients) so that the message lists every such sample.
+    """
+    if not bool(non_finite_rows(z).any()):
+        return
+    bad = []
+    with torch.no_grad():
+        for start in range(0, x.shape[0], 256):
+            rows = non_finite_rows(net.logits(net.selected(), x[start : start + 256]))
+            bad += (torch.nonzero(rows).flatten() + start).tolist()
+    if not bad:  # the chunked pass disagrees (a batch-dependent model): name what this chunk saw
+        bad = (torch.nonzero(non_finite_rows(z)).flatten() + offset).tolist()
+    raise ValueError(
+        f"x: the model's output is not finite (NaN or +inf, or every class at -inf) for samples "
+        f"{_shown(bad)}, so their Fisher information is not defined; check those inputs (e.g. overflow in "
+        f"{x.dtype})."
+    )
+
+
+def check_finite_result(values: torch.Tensor, what: str) -> torch.Tensor:
+    """Return ``values`` (N, ...) or raise ``ValueError`` naming the samples with a non-finite value."""
+    bad = ~torch.isfinite(values.detach()).reshape(values.shape[0], -1).all(1)
+    if bool(bad.any()):
+        raise ValueError(
+            f"{what} is not finite for samples {_shown(torch.nonzero(bad).flatten().tolist())} (the model's "
+            "derivatives overflow there, or a zero probability meets a direction that needs its logarithm)."
+        )
+    return values
+
+
+def _shown(indices: list[int], limit: int = 20) -> str:
+    return str(indices[:limit])[:-1] + (f", ... ({len(indices)} in all)]" if len(indices) > limit else "]")
+
+
+def check_label_probabilities(net, x: torch.Tensor, y: torch.Tensor) -> None:
+    """Raise ``ValueError`` naming the samples whose label has probability exactly 0 (``∇θ log p_y`` undefined)."""
+    bad = []
+    with torch.no_grad():
+        for start in range(0, x.shape[0], 256):
+            z = net.logits(net.selected(), x[start : start + 256])
+            zy = z.gather(1, y[start : start + 256].unsqueeze(1)).squeeze(1)
+            bad += (torch.nonzero(zy == float("-inf")).flatten() + start).tolist()
+    if bad:
+        raise ValueError(
+            f'y: direction="label" needs ∇θ log p_y, which is undefined where the label\'s probability is '
+            f"exactly 0: samples {_shown(bad)}."
+        )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, jacrev
 
@@ -51,6 +52,52 @@ class Residual(nn.Module):
         return self.head(h.flatten(1))
 
 
+class TiedHead(nn.Module):
+    """A Linear layer used as a module and its weight again directly, ``F.linear(h, self.mid.weight)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(5, 6)
+        self.mid = nn.Linear(6, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.inp(x))
+        return self.mid(h) + F.linear(torch.tanh(2 * h), self.mid.weight)
+
+
+class TransposedTie(nn.Module):
+    """An autoencoder-style tie: the input layer's weight, transposed, is the output head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.Linear(4, 6)
+        self.hidden = nn.Linear(6, 6)
+        self.bias = nn.Parameter(torch.linspace(-0.2, 0.2, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.enc(x))
+        h = torch.relu(self.hidden(h))
+        return F.linear(h, self.enc.weight.t(), self.bias)
+
+
+def gate(h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """A custom function that reads a layer's weight."""
+    return h * torch.sigmoid(w.sum(1))
+
+
+class WeightInFunction(nn.Module):
+    """A layer's weight read a second time inside a custom function."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(5, 6)
+        self.out = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        return self.out(torch.tanh(gate(h, self.inp.weight)))
+
+
 def _bn_eval(bn: nn.modules.batchnorm._BatchNorm, gen: torch.Generator) -> None:
     with torch.no_grad():
         bn.running_mean.copy_(0.3 * torch.randn(bn.num_features, generator=gen, dtype=torch.float64))
@@ -91,6 +138,31 @@ def make_case(name: str, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
     elif name == "residual":
         model = Residual()
         shape = (12,)
+    elif name == "tied_head":
+        model = TiedHead()
+        shape = (5,)
+    elif name == "transposed_tie":
+        model = TransposedTie()
+        shape = (4,)
+    elif name == "weight_in_function":
+        model = WeightInFunction()
+        shape = (5,)
+    elif name == "inplace_cnn":  # ReLU(inplace=True) rewrites the convolution's output in place
+        model = nn.Sequential(
+            nn.Conv2d(1, 3, 3, padding=1),
+            nn.BatchNorm2d(3),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(3, 2, 3, stride=2),
+            nn.ReLU(inplace=True),
+            nn.Flatten(),
+            nn.Linear(8, 4),
+        )
+        _bn_eval(model[1], gen)
+        shape = (1, 6, 6)
+    elif name in ("silu", "mish"):  # no forward-mode formula for reverse over forward
+        act = nn.SiLU() if name == "silu" else nn.Mish()
+        model = nn.Sequential(nn.Linear(5, 6), act, nn.Linear(6, 6), act, nn.Linear(6, 3))
+        shape = (5,)
     elif name == "single_tensor":
         model = nn.Sequential(nn.Linear(5, 3, bias=False))
         shape = (5,)
@@ -101,7 +173,10 @@ def make_case(name: str, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
     return model, x
 
 
-EXACT_CASES = ["mlp", "tanh", "cnn", "unknown_module", "shared", "residual"]
+EXACT_CASES = [
+    "mlp", "tanh", "cnn", "unknown_module", "shared", "residual", "tied_head", "transposed_tie",
+    "weight_in_function", "inplace_cnn", "silu", "mish",
+]
 
 
 class Dense:

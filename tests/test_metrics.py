@@ -11,7 +11,13 @@ from tests.metrics_cases import EXACT_CASES, Dense, make_case
 from tests.reference_fisher import OriginalFisher
 from torch import nn
 
-from art_fisher import fisher_max_eigenvalue, fisher_quadratic_form, fisher_sensitivity, fisher_trace
+from art_fisher import (
+    fisher_block_traces,
+    fisher_max_eigenvalue,
+    fisher_quadratic_form,
+    fisher_sensitivity,
+    fisher_trace,
+)
 
 TOL = 1e-8
 
@@ -53,6 +59,17 @@ def test_trace_and_eigenvalue_match_dense(case):
     name, model, x, ref = case
     assert rel_err(fisher_trace(model, x), ref["trace"]) < TOL
     assert rel_err(fisher_max_eigenvalue(model, x), ref["lam"]) < TOL
+
+
+def test_block_traces_match_dense(case):
+    name, model, x, ref = case
+    values, names = fisher_block_traces(model, x)
+    assert names == tuple(n for n, _ in model.named_parameters())
+    d = Dense(model)
+    want = torch.stack([torch.stack([d.fisher(xi).diagonal()[m].sum() for m in d.block_masks()]) for xi in x])
+    assert values.shape == (x.shape[0], len(names))
+    assert rel_err(values, want) < TOL
+    assert rel_err(values.sum(1), ref["trace"]) < TOL
 
 
 @pytest.mark.parametrize("blockwise", [False, True])
@@ -120,6 +137,18 @@ def test_params_subset_is_dense_restricted():
     assert rel_err(fisher_max_eigenvalue(model, x, params=names), ref["lam"]) < TOL
     # restricting really changes the numbers
     assert rel_err(fisher_trace(model, x), ref["trace"]) > 1e-3
+
+
+def test_frozen_model_is_all_parameters_and_names_are_accepted():
+    model, x = make_case("cnn")
+    model.requires_grad_(False)
+    ref = cached_refs("cnn")
+    assert rel_err(fisher_trace(model, x), ref["trace"]) < TOL
+    assert rel_err(fisher_quadratic_form(model, x, blockwise=True), ref["block"]) < TOL
+    names = ["7.weight", "7.bias"]
+    sub = cached_refs("cnn", names=tuple(names))
+    assert rel_err(fisher_block_traces(model, x, params=names).values.sum(1), sub["trace"]) < TOL
+    assert not any(p.requires_grad for p in model.parameters())
 
 
 def test_params_default_skips_frozen_parameters():

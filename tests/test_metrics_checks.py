@@ -132,12 +132,8 @@ def test_bad_model():
     x = torch.randn(2, 3, dtype=torch.float64)
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         fisher_trace(lambda t: t, x)
-    with pytest.raises(ValueError, match="model has none"):
+    with pytest.raises(ValueError, match="model has no parameters"):
         fisher_trace(nn.Softmax(dim=1), x)
-    frozen = nn.Linear(3, 2).double().requires_grad_(False)
-    with pytest.raises(ValueError, match="requires_grad=True, but the model has none"):
-        fisher_trace(frozen, x)
-    assert fisher_trace(frozen, x, params=["weight"]).shape == (2,)  # named frozen parameters are allowed
     one_class = nn.Linear(3, 1).double()
     with pytest.raises(ValueError, match="at least 2 classes"):
         fisher_trace(one_class, x)
@@ -180,3 +176,106 @@ def test_inputs_with_unusual_strides_give_the_same_numbers():
         expected = fn(model, canonical[:4])
         for x in (odd[:4], fortran[:4]):
             torch.testing.assert_close(fn(model, x), expected, rtol=1e-5, atol=1e-7)
+
+
+# --- Every sample's output and result is checked -----------------------------------------------------
+
+
+def _linear32():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 3)).eval(), torch.randn(5, 4)
+
+
+@pytest.mark.parametrize("fn", METRICS)
+def test_non_finite_output_in_any_sample_names_the_samples(fn):
+    model, x = _linear32()
+    x = x.clone()
+    x[1] *= 1e38  # huge but finite logits: the derivatives overflow in float32
+    x[3] *= -1e38
+    if fn is fisher_sensitivity:  # its direction ∇θ log p_ŷ is exactly 0 at a one-hot softmax: nothing overflows
+        assert float(fn(model, x)[[1, 3]].abs().max()) == 0
+    else:
+        with pytest.raises(ValueError, match=r"is not finite for samples \[1, 3\]"):
+            fn(model, x)
+    x = x / 1e8  # now the logits themselves overflow to inf in samples 1 and 3
+    with torch.no_grad():
+        model[0].weight.mul_(1e12)
+    with pytest.raises(ValueError, match=r"the model's output is not finite .* for samples \[1, 3\]"):
+        fn(model, x)
+    with pytest.raises(ValueError, match=r"for samples \[1, 3\]"):
+        fn(model, x, batch_size=2)  # found in the first chunk, every such sample named
+    if fn is not fisher_max_eigenvalue:
+        with pytest.raises(ValueError, match=r"samples \[1, 3\]"):
+            fn(model, x, method="finite_difference")
+
+
+def test_non_finite_results_name_the_samples():
+    from art_fisher._checks import check_finite_result
+
+    values = torch.tensor([1.0, float("nan"), 2.0, float("inf")])
+    with pytest.raises(ValueError, match=r"fisher_trace is not finite for samples \[1, 3\]"):
+        check_finite_result(values, "fisher_trace")
+    maps = torch.zeros(3, 1, 2, 2)
+    maps[2, 0, 1, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"samples \[2\]"):
+        check_finite_result(maps, "fisher_sensitivity")
+
+
+class ProbsByHand(nn.Module):
+    """Probabilities computed without a softmax call (the metrics cannot read through to logits)."""
+
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.body(x)
+        e = torch.exp(z - z.amax(1, keepdim=True))
+        return e / e.sum(1, keepdim=True)
+
+
+@pytest.mark.parametrize("wrap", ["softmax", "by_hand"])
+def test_zero_probability_under_probs_output(wrap):
+    model, x = make_case("tanh")
+    with torch.no_grad():
+        model[2].bias[2] = -1000.0  # p_2 underflows to exactly 0 in float64
+    probs = nn.Sequential(model, nn.Softmax(dim=1)) if wrap == "softmax" else ProbsByHand(model)
+    assert bool((probs(x)[:, 2] == 0).all())
+    for fn in METRICS:
+        got = fn(probs, x, output="probs")
+        want = fn(model, x)  # logits: the zero class's term p_c ‖∇ log p_c‖² is below rounding
+        assert bool(torch.isfinite(got).all())
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-300)
+    label = torch.tensor([2, 2, 0, 2])
+    if wrap == "by_hand":  # only probabilities are known: ∇θ log p_2 does not exist
+        with pytest.raises(ValueError, match=r"probability is exactly 0: samples \[0, 1, 3\]"):
+            fisher_quadratic_form(probs, x, output="probs", direction="label", y=label)
+    else:  # read through to the logits: log p_2 is a smooth function of them
+        got = fisher_quadratic_form(probs, x, output="probs", direction="label", y=label)
+        torch.testing.assert_close(got, fisher_quadratic_form(model, x, direction="label", y=label), rtol=1e-9, atol=0)
+
+
+def test_frozen_model_uses_every_parameter_and_stays_frozen():
+    model, x = make_case("tanh")
+    all_params = fisher_trace(model, x)
+    model.requires_grad_(False)
+    for fn in METRICS:
+        assert bool(torch.isfinite(fn(model, x)).all())
+    torch.testing.assert_close(fisher_trace(model, x), all_params, rtol=1e-12, atol=0)
+    torch.testing.assert_close(fisher_trace(model, x, params=["2.weight"]),
+                               fisher_trace(model.requires_grad_(True), x, params=["2.weight"]), rtol=1e-12, atol=0)
+    model.requires_grad_(False)
+    fisher_sensitivity(model, x)
+    assert not any(p.requires_grad for p in model.parameters())
+    assert all(p.grad is None for p in model.parameters())
+    model[0].weight.requires_grad_(True)  # some require grad: only those are selected by default
+    torch.testing.assert_close(fisher_trace(model, x), fisher_trace(model, x, params=["0.weight"]), rtol=0, atol=0)
+    assert [p.requires_grad for p in model.parameters()] == [True, False, False, False]
+
+
+def test_create_graph_arguments():
+    model, x = make_case("tanh")
+    with pytest.raises(TypeError, match="create_graph must be True or False"):
+        fisher_trace(model, x, create_graph=1)
+    with pytest.raises(ValueError, match="create_graph=True needs method='exact'"):
+        fisher_quadratic_form(model, x, create_graph=True, method="finite_difference")

@@ -1,4 +1,4 @@
-"""Issue-9 variants (two-class reduction, top eigenvector, raw directions) and engine dispatch."""
+"""Variants: the two-class reduction, the top eigenvector, raw (unnormalised) directions."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import torch
 from tests.metrics_cases import Dense, make_case
 from torch.func import jacrev
 
-import art_fisher.metrics as metrics_module
 from art_fisher import fisher_max_eigenvalue, fisher_quadratic_form, fisher_sensitivity, fisher_trace
 
 TOL = 1e-8
@@ -91,63 +90,3 @@ def test_unnormalised_user_direction_scales_quadratically():
         v = torch.cat([t.flatten() for t in direction])
         ref = torch.stack([d.quad(xi, v, blockwise) for xi in x])
         assert rel_err(raw, ref) < TOL
-
-
-@pytest.mark.parametrize(
-    ("name", "path"),
-    [("cnn", "piecewise"), ("mlp", "piecewise"), ("tanh", "fast"), ("shared", "func"), ("unknown_module", "func")],
-)
-def test_sensitivity_takes_the_fastest_path_that_applies(monkeypatch, name, path):
-    model, x = make_case(name)
-    calls = {"piecewise": 0, "fast": 0, "func": 0}
-    real_fast, real_func = metrics_module.fast_sensitivity, metrics_module.exact_sensitivity
-
-    def count_fast(*args, **kwargs):
-        out = real_fast(*args, **kwargs)
-        calls["piecewise" if kwargs["piecewise"] else "fast"] += out is not None
-        return out
-
-    def count_func(*args, **kwargs):
-        calls["func"] += 1
-        return real_func(*args, **kwargs)
-
-    monkeypatch.setattr(metrics_module, "fast_sensitivity", count_fast)
-    monkeypatch.setattr(metrics_module, "exact_sensitivity", count_func)
-    fisher_sensitivity(model, x[:2])
-    assert {k for k, n in calls.items() if n} == {path}
-
-
-def test_piecewise_path_failure_falls_back_to_reverse_over_forward(monkeypatch):
-    model, x = make_case("cnn")
-    ref = fisher_sensitivity(model, x)
-    real_fast = metrics_module.fast_sensitivity
-    seen = []
-
-    def failing(*args, piecewise, **kwargs):
-        seen.append(piecewise)
-        if piecewise:
-            raise RuntimeError("Batching rule not implemented for some_op")
-        return real_fast(*args, piecewise=piecewise, **kwargs)
-
-    monkeypatch.setattr(metrics_module, "fast_sensitivity", failing)
-    got = fisher_sensitivity(model, x, batch_size=2)
-    assert seen == [True, False, False]  # tried once, then the replica path for every chunk
-    assert rel_err(got, ref) < TOL
-
-
-@pytest.mark.parametrize("name", ["cnn", "mlp"])
-@pytest.mark.parametrize("classes", ["all", "predicted_vs_rest"])
-@pytest.mark.parametrize("blockwise", [True, False])
-def test_piecewise_sensitivity_equals_reverse_over_forward(monkeypatch, name, classes, blockwise):
-    """The first-order path for piecewise-linear models against the general second-order one."""
-    model, x = make_case(name)
-    torch.manual_seed(3)
-    user = [torch.randn_like(p) for p in model.parameters()]
-    for direction, y in (("predicted", None), ("label", torch.tensor([0, 1, 2, 3])), (user, None)):
-        kwargs = {"direction": direction, "y": y, "blockwise": blockwise, "classes": classes}
-        got = fisher_sensitivity(model, x, **kwargs)
-        with monkeypatch.context() as mp:
-            mp.setattr(metrics_module, "is_piecewise_linear", lambda *_a: False)
-            ref = fisher_sensitivity(model, x, **kwargs)
-        assert rel_err(got, ref) < TOL
-        assert float(ref.abs().max()) > 0

@@ -1,41 +1,65 @@
-"""Benchmark: exact batched Fisher metrics vs the original per-sample algorithm.
+"""Benchmark: exact batched Fisher metrics vs the original per-sample algorithm and vs BackPACK (and opacus).
 
-For each model (digits SmallCNN 1×8×8, ~55k parameters; CifarCNN 3×32×32, ~0.5M parameters with
-BatchNorm in eval mode) it measures, side by side in one run (median over repeats):
+Models (``build``): the digits SmallCNN (1×8×8, ~55k parameters); an MNIST-size CNN (1×28×28, ~47k
+parameters, two 5×5 convolutions, max pooling, two linear layers) whose forward ends in
+``log_softmax``, measured with that head (``output="log_probs"``) and, with the same weights, without it
+(logits); and the CIFAR-size CifarCNN (3×32×32, ~0.5M parameters, BatchNorm in eval mode) with a logits
+head and with a ``log_softmax`` head. For each, side by side in one run:
 
 - the original algorithm (``tests/reference_fisher.py``), looped over samples, per sample (the
   quadratic form and the sensitivity include computing the predicted-class direction, as the
   original's usage does);
-- the exact batched metrics (``art_fisher``) at batch 256 (sensitivity: ``--fis-batch`` / ``--fis-batch-cifar``,
-  default 256 / 32), per sample, on the quantity the original computes (blockwise quadratic form and
-  sensitivity);
+- the exact batched metrics (``art_fisher``) at batch 256 (sensitivity: ``--fis-batch`` /
+  ``--fis-batch-cifar``, default 256 / 32), on the quantity the original computes (blockwise quadratic
+  form and sensitivity), and λ_max;
+- peers for the per-sample trace, interleaved with ``fisher_trace`` at ``--peer-batch`` (default 64)
+  and compared with it: BackPACK's ``BatchDiagGGNExact`` with ``CrossEntropyLoss(reduction="sum")``
+  (its per-sample GGN diagonal sums to ``tr F``) on a twin of the model that BackPACK supports (a
+  terminal ``LogSoftmax`` dropped, which ``CrossEntropyLoss`` applies itself; ``AdaptiveMaxPool2d``
+  replaced by the equal ``MaxPool2d``), and opacus' ghost-clipping per-sample gradient norms, one
+  forward + backward per column of a factor of ``S`` (models without BatchNorm; opacus records
+  activations in training mode only). Each peer's largest relative difference from ``fisher_trace``
+  is recorded. Installed with ``pip install -e ".[bench]"``; skipped when missing;
+- the floor of any exact per-sample trace that, like every method here, needs each layer's
+  output-gradients for the C − 1 directions of ``S``: one forward pass and C − 1 backward passes down to
+  the first layer's output, with nothing else computed (each at its fastest chunk of ``--floor-chunks``);
 - one batched forward+backward pass (``z.sum().backward()``) per sample: the "unit";
-- on CifarCNN, measured lower bounds of any exact blockwise quadratic form (see
-  :func:`quad_floor_per_sample`), next to the 10x target (original time / 10);
-- peak memory of one exact call at batch 256 on each model, measured in a fresh subprocess as the
-  peak resident set size during the call (Linux ``VmHWM``, reset just before it), in total and as
-  growth over the resident size right before the call (model built, inputs made, all imported).
+- with the logits heads, measured lower bounds of any exact blockwise quadratic form
+  (:func:`quad_floor_per_sample`), next to the 10x target (original time / 10);
+- peak memory of one exact call at batch 256 (digits and CIFAR models), in a fresh subprocess: the peak
+  resident set size during the call (Linux ``VmHWM``, reset just before it), in total and as growth
+  over the resident size right before the call.
 
-Prints a table and JSON (``--json PATH`` also writes it). ``--smoke`` runs tiny sizes (a narrow
-SmallCNN and CifarCNN on 3×16×16 inputs, batch 4) in about half a minute.
-Threads: ``--threads 1,2`` measures everything once per listed ``torch.set_num_threads`` setting
-(default 1), one setting after the other in the same run. ``--device cuda`` (default: ``cuda`` when
-available, in addition to the CPU) also times both algorithms with model and inputs on the GPU
+Times: every timing is taken both as wall-clock and as the CPU time of this process (``process_time``).
+Each row reports one clock (``"clock"`` in the JSON, in brackets in the table): the CPU time on the CPU
+at one thread (equal to the wall-clock on an idle machine and far less disturbed by other jobs on a
+shared one) and the wall-clock otherwise (CPU time then also counts the threads' waiting); the other
+clock is kept in the JSON. Each figure is the median over ``--repeats``; a ratio is the median over the
+repeats of the ratio of the two timings taken next to each other.
+
+Prints a table and JSON (``--json PATH`` also writes it). ``--smoke`` runs tiny sizes of three rows in about
+a minute and exits with an error if a peer disagrees with ``fisher_trace``. ``--threads 1,2`` measures everything once
+per listed ``torch.set_num_threads`` setting, one after the other in the same run. ``--device cuda``
+(default: ``cuda`` when available, in addition to the CPU) also times everything on the GPU
 (``torch.cuda.synchronize`` around each timing; memory = ``torch.cuda.max_memory_allocated``).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import os
 import platform
 import statistics
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ (reference_fisher)
 
@@ -49,19 +73,45 @@ from art_fisher import (  # noqa: E402
 )
 from art_fisher.models import CifarCNN, SmallCNN  # noqa: E402
 
+# (model, head): the rows of the benchmark.
+ROWS = [("digits_cnn", "logits"), ("mnist_cnn", "log_softmax"), ("mnist_cnn", "logits"), ("cifar_cnn", "logits"),
+        ("cifar_cnn", "log_softmax")]
+SMOKE_ROWS = [("digits_cnn", "logits"), ("mnist_cnn", "log_softmax"), ("cifar_cnn", "logits")]
 
-def build(name: str, smoke: bool) -> tuple[torch.nn.Module, tuple[int, ...]]:
+
+def mnist_cnn(width: int = 16) -> nn.Sequential:
+    """An MNIST-style classifier ending in ``LogSoftmax`` (the usual PyTorch MNIST example's shape)."""
+    return nn.Sequential(
+        nn.Conv2d(1, width, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(width, 2 * width, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(2 * width * 16, 64), nn.ReLU(), nn.Linear(64, 10), nn.LogSoftmax(dim=1),
+    )
+
+
+def build(name: str, head: str, smoke: bool) -> tuple[nn.Module, tuple[int, ...]]:
+    """The model (eval mode, fixed weights) with the given head, and its input shape."""
     torch.manual_seed(0)
-    if name == "small_cnn":
+    if name == "digits_cnn":
         model, shape = SmallCNN(1, 10, width=4 if smoke else 16), (1, 8, 8)
+    elif name == "mnist_cnn":
+        model, shape = mnist_cnn(4 if smoke else 16), (1, 28, 28)
+        if head == "logits":
+            model = model[:-1]
+        return model.eval(), shape
     else:
         model, shape = CifarCNN(3, 10), (3, 16, 16) if smoke else (3, 32, 32)
         with torch.no_grad():  # non-trivial BatchNorm statistics
             for m in model.modules():
-                if isinstance(m, torch.nn.BatchNorm2d):
+                if isinstance(m, nn.BatchNorm2d):
                     m.running_mean.uniform_(-0.2, 0.2)
                     m.running_var.uniform_(0.5, 1.5)
+    if head == "log_softmax":
+        model = nn.Sequential(model, nn.LogSoftmax(dim=1))
     return model.eval(), shape
+
+
+def output_of(head: str) -> str:
+    return "log_probs" if head == "log_softmax" else "logits"
 
 
 def _sync(device: torch.device) -> None:
@@ -69,100 +119,260 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn, *args, **kwargs) -> float:
-    _sync(args[1].device)
-    start = time.perf_counter()
-    fn(*args, **kwargs)
-    _sync(args[1].device)
-    return time.perf_counter() - start
+def timed(fn, device: torch.device) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of one call of ``fn``."""
+    _sync(device)
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    _sync(device)
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def original_per_sample(model, x, which: str) -> float:
-    ref = OriginalFisher(model)
-    _sync(x.device)
-    start = time.perf_counter()
-    for xi in x:
-        xi = xi[None]
-        if which == "trace":
-            ref.trace(xi)
-        else:
-            vec = ref.predicted_direction(xi)
-            (ref.quadratic_form if which == "quad" else ref.sensitivity)(xi, vec, 1e-3)
-    _sync(x.device)
-    return (time.perf_counter() - start) / len(x)
+def original_per_sample(model, x, which: str, output: str) -> tuple[float, float]:
+    ref = OriginalFisher(model, output=output)
+
+    def run():
+        for xi in x:
+            xi = xi[None]
+            if which == "trace":
+                ref.trace(xi)
+            else:
+                vec = ref.predicted_direction(xi)
+                (ref.quadratic_form if which == "quad" else ref.sensitivity)(xi, vec, 1e-3)
+
+    wall, cpu = timed(run, x.device)
+    return wall / len(x), cpu / len(x)
 
 
-def unit_per_sample(model, x) -> float:
+def unit_per_sample(model, x) -> tuple[float, float]:
     params = list(model.parameters())
-    _sync(x.device)
-    start = time.perf_counter()
-    z = model(x)
-    grads = torch.autograd.grad(z.sum(), params)
-    _sync(x.device)
-    del grads
-    return (time.perf_counter() - start) / len(x)
+
+    def run():
+        torch.autograd.grad(model(x).sum(), params)
+
+    wall, cpu = timed(run, x.device)
+    return wall / len(x), cpu / len(x)
 
 
-def quad_floor_per_sample(model, x, chunks=(4, 16, 64)) -> dict:
-    """Measured lower bounds of any exact blockwise quadratic form on ``CifarCNN`` (ms per sample).
+def _layers(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d))]
+
+
+def trace_floor(model, x, clock: int, chunks=(16, 64, 256)) -> tuple[float, float]:
+    """Forward + (C − 1) backward passes to every layer's output, per sample, at the fastest chunk (wall, CPU)."""
+    model = copy.deepcopy(model).requires_grad_(False)
+    layers = _layers(model)
+    best = None
+    for size in chunks:
+        def run(size=size):
+            for start in range(0, len(x), size):
+                outs = []
+                hooks = [layer.register_forward_hook(lambda _m, _i, o: outs.append(o)) for layer in layers]
+                z = model(x[start : start + size].detach().requires_grad_(True))
+                for h in hooks:
+                    h.remove()
+                n_cols = z.shape[1] - 1
+                cot = torch.randn(len(z), z.shape[1], n_cols, device=x.device)
+                for j in range(n_cols):
+                    torch.autograd.grad(z, outs, cot[:, :, j], retain_graph=j < n_cols - 1)
+
+        wall, cpu = timed(run, x.device)
+        if best is None or (wall, cpu)[clock] < best[clock] * len(x):
+            best = (wall / len(x), cpu / len(x))
+    return best
+
+
+def quad_floor_per_sample(model, shape, x, clock: int, chunks=(4, 16, 64)) -> dict:
+    """Measured lower bounds of any exact blockwise quadratic form (ms per sample), for Sequential-like models.
 
     Every exact method needs ``v = ∇θ log p_ŷ`` (one forward + backward: the unit) and, per parameter
     tensor ``k``, ``t_k = J_k v_k``: either one forward-mode push of a tangent from tensor ``k``'s layer
-    to the logits (at least the forward cost of the layers after it; the first block has 3 tensors —
-    conv weight, BatchNorm weight and bias — and so does the second), or ``C − 1`` reverse passes from the
-    logits down to the first block's output. Only the first two blocks are counted and each piece is
-    timed at its fastest chunk size among ``chunks``, so both figures are under-estimates.
+    to the logits (counted as the plain forward of the layers after it, tangent arithmetic not
+    counted), or ``C − 1`` reverse passes from the logits down to the first parameterised layer's output
+    (counted as the backward passes alone, without the forward). Every tensor is counted; each piece
+    is timed at its fastest chunk size among ``chunks``, so both figures are under-estimates.
+    ``clock`` indexes :func:`timed`'s result (0 wall, 1 CPU). The model is flattened into its
+    sequence of layers (:func:`backpack_twin`).
     """
-    feats, head = model.features, model.classifier
+    layers = list(backpack_twin(model, shape))
     with torch.no_grad():
-        h1 = feats[:3](x)
-        h2 = feats[3:7](h1)
-        n_cls = head(feats[3:](h1[:1])).shape[1]
+        inputs = [x]
+        for layer in layers:
+            inputs.append(layer(inputs[-1]))
+    n_cls = inputs[-1].shape[1]
+    owners = [i for i, layer in enumerate(layers) for _p in layer.parameters(recurse=False)]  # one per tensor
 
     def best(fn, inp) -> float:
-        times = []
-        for size in chunks:
-            _sync(inp.device)
-            start = time.perf_counter()
-            for i in range(0, len(inp), size):
-                fn(inp[i : i + size])
-            _sync(inp.device)
-            times.append((time.perf_counter() - start) / len(inp))
-        return min(times)
+        return min(timed(lambda s=size: [fn(inp[i : i + s]) for i in range(0, len(inp), s)], inp.device)[clock]
+                   for size in chunks) / len(inp)
 
     def unit(xb):
         torch.autograd.grad(model(xb).sum(), list(model.parameters()))
 
-    def tail1(hb):
-        with torch.no_grad():
-            head(feats[3:](hb))
+    tails: dict[int, float] = {}
+    for i in set(owners):
+        tail = nn.Sequential(*layers[i + 1 :])
 
-    def tail2(hb):
-        with torch.no_grad():
-            head(feats[7:](hb))
+        def run(hb, tail=tail):
+            with torch.no_grad():
+                tail(hb)
 
-    def backward_only(hb):  # the backward pass alone, the forward excluded
+        tails[i] = best(run, inputs[i + 1]) if i + 1 < len(layers) else 0.0
+    first = min(owners)
+    rest = nn.Sequential(*layers[first + 1 :])
+
+    def backward_only(hb) -> float:  # the backward passes alone, the forward excluded
         hg = hb.detach().requires_grad_(True)
-        z = head(feats[3:](hg))
-        _sync(hb.device)
-        start = time.perf_counter()
-        torch.autograd.grad(z.sum(), hg)
-        _sync(hb.device)
-        return time.perf_counter() - start
+        z = rest(hg)
+        cot = torch.randn(z.shape[0], n_cls, n_cls - 1, device=z.device)
 
-    u, t1, t2 = best(unit, x), best(tail1, h1), best(tail2, h2)
-    bwd = min(sum(backward_only(h1[i : i + size]) for i in range(0, len(h1), size)) / len(h1) for size in chunks)
-    return {
-        "forward_mode_floor": 1e3 * (u + 3 * t1 + 3 * t2),
-        "reverse_mode_floor": 1e3 * (u + (n_cls - 1) * bwd),
-    }
+        def passes():
+            for j in range(n_cls - 1):
+                torch.autograd.grad(z, hg, cot[:, :, j], retain_graph=True)
 
+        return timed(passes, hb.device)[clock]
+
+    h = inputs[first + 1]
+    bwd = min(sum(backward_only(h[i : i + size]) for i in range(0, len(h), size)) for size in chunks) / len(h)
+    u = best(unit, x)
+    return {"forward_mode_floor": 1e3 * (u + sum(tails[i] for i in owners)), "reverse_mode_floor": 1e3 * (u + bwd)}
+
+
+# --- peers ---------------------------------------------------------------------------------------------
+
+
+def backpack_twin(model: nn.Module, shape: tuple[int, ...]) -> nn.Module:
+    """A copy BackPACK can extend: one flat Sequential (``features`` then ``classifier`` for the project's
+    CNNs), the terminal LogSoftmax dropped, AdaptiveMaxPool2d as the equal MaxPool2d."""
+    twin = copy.deepcopy(model)
+    if isinstance(twin, nn.Sequential) and isinstance(twin[-1], nn.LogSoftmax):
+        twin = twin[:-1]
+    if isinstance(twin, nn.Sequential) and len(twin) == 1:
+        twin = twin[0]
+    if isinstance(twin, (SmallCNN, CifarCNN)):
+        twin = nn.Sequential(*twin.features, *twin.classifier)
+    sizes = {}
+
+    def remember(module, inputs, _output) -> None:
+        sizes[module] = inputs[0].shape[-2:]
+
+    hooks = [m.register_forward_hook(remember) for m in twin.modules() if isinstance(m, nn.AdaptiveMaxPool2d)]
+    with torch.no_grad():
+        twin(torch.zeros(1, *shape))
+    for h in hooks:
+        h.remove()
+
+    def replace(parent: nn.Module) -> None:
+        for name, child in parent.named_children():
+            if isinstance(child, nn.AdaptiveMaxPool2d):
+                out = child.output_size if isinstance(child.output_size, tuple) else (child.output_size,) * 2
+                h, w = sizes[child]
+                if h % out[0] or w % out[1]:
+                    raise ValueError("AdaptiveMaxPool2d with uneven windows has no MaxPool2d twin")
+                setattr(parent, name, nn.MaxPool2d((h // out[0], w // out[1])))
+            else:
+                replace(child)
+
+    replace(twin)
+    return twin.eval()
+
+
+def backpack_trace(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Per-sample ``tr F`` from BackPACK's ``BatchDiagGGNExact`` (CrossEntropyLoss, sum reduction)."""
+    from backpack import backpack, extend
+    from backpack.extensions import BatchDiagGGNExact
+
+    model = extend(model)
+    loss_fn = extend(nn.CrossEntropyLoss(reduction="sum"))
+    out = model(x)
+    loss = loss_fn(out, out.argmax(1))  # the exact GGN does not depend on the labels
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # full backward hooks fire on outputs only (inputs need no grad)
+        with backpack(BatchDiagGGNExact()):
+            loss.backward()
+    values = sum(p.diag_ggn_exact_batch.flatten(1).sum(1) for p in model.parameters())
+    for p in model.parameters():
+        p.grad = None
+        del p.diag_ggn_exact_batch
+    return values.detach()
+
+
+def opacus_trace(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Per-sample ``tr F`` from opacus' ghost-clipping per-sample gradient norms, one pass per column of ``L``.
+
+    ``L = (I − p 1ᵀ) diag(√p)`` has ``L Lᵀ = S``; ``tr F = Σ_j ‖∇θ (L[:, j]ᵀ z)‖²`` per sample.
+    """
+    from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import GradSampleModuleFastGradientClipping
+
+    model = copy.deepcopy(model).train()  # opacus records activations in training mode (no BatchNorm here)
+    gsm = GradSampleModuleFastGradientClipping(model, batch_first=True, loss_reduction="sum", use_ghost_clipping=True)
+    with torch.no_grad():
+        p = torch.softmax(model(x), -1)
+    n_cls = p.shape[1]
+    factor = (torch.eye(n_cls, dtype=p.dtype, device=p.device) - p.unsqueeze(-1)) * p.sqrt().unsqueeze(-2)
+    total = torch.zeros(len(x), dtype=x.dtype, device=x.device)
+    for j in range(n_cls):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # full backward hooks fire on outputs only (inputs need no grad)
+            (gsm(x) * factor[:, :, j]).sum().backward()
+        total += gsm.get_norm_sample().detach() ** 2
+        for q in model.parameters():
+            q.grad = None
+    gsm._close()
+    return total
+
+
+def available_peers(model: nn.Module) -> dict:
+    peers = {}
+    try:
+        import backpack  # noqa: F401
+
+        peers["backpack"] = backpack_trace
+    except ImportError:
+        pass
+    try:
+        import opacus  # noqa: F401
+
+        if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            peers["opacus"] = opacus_trace
+    except ImportError:
+        pass
+    return peers
+
+
+def measure_peers(model, shape, x, output: str, repeats: int, clock: int) -> dict:
+    """Peers' per-sample trace next to ``fisher_trace`` on the same inputs (ms per sample, ratios, agreement)."""
+    twin = backpack_twin(model, shape).to(x.device)
+    ours = fisher_trace(model, x, output=output)
+    out = {}
+    for name, fn in available_peers(twin).items():
+        theirs = fn(copy.deepcopy(twin), x)  # warm up; agreement
+        rows = []
+        for _ in range(repeats):
+            peer_model = copy.deepcopy(twin)
+            mine = timed(lambda: fisher_trace(model, x, output=output), x.device)
+            peer = timed(lambda m=peer_model: fn(m, x), x.device)
+            rows.append((mine, peer))
+        other = 1 - clock
+        out[name] = {
+            "batch": len(x),
+            "ms_per_sample": {"art_fisher": 1e3 * statistics.median(r[0][clock] for r in rows) / len(x),
+                              name: 1e3 * statistics.median(r[1][clock] for r in rows) / len(x)},
+            "other_clock_ms_per_sample": {"art_fisher": 1e3 * statistics.median(r[0][other] for r in rows) / len(x),
+                                          name: 1e3 * statistics.median(r[1][other] for r in rows) / len(x)},
+            "speedup": statistics.median(r[1][clock] / r[0][clock] for r in rows),
+            "max_rel_diff": float(((theirs - ours).abs() / ours.abs().clamp_min(1e-30)).max()),
+        }
+    return out
+
+
+# --- the exact metrics -----------------------------------------------------------------------------------
 
 EXACT = {
-    "trace": lambda m, x: fisher_trace(m, x),
-    "quad": lambda m, x: fisher_quadratic_form(m, x, blockwise=True),
-    "fis": lambda m, x: fisher_sensitivity(m, x, blockwise=True),
-    "max_eig": lambda m, x: fisher_max_eigenvalue(m, x),
+    "trace": lambda m, x, o: fisher_trace(m, x, output=o),
+    "quad": lambda m, x, o: fisher_quadratic_form(m, x, blockwise=True, output=o),
+    "fis": lambda m, x, o: fisher_sensitivity(m, x, blockwise=True, output=o),
+    "max_eig": lambda m, x, o: fisher_max_eigenvalue(m, x, output=o),
 }
 
 
@@ -181,164 +391,198 @@ def measure_memory(model_name: str, metric: str, batch: int, smoke: bool, thread
     ``/proc/self/clear_refs`` (``ru_maxrss`` is not used: it keeps the parent's peak across exec).
     """
     torch.set_num_threads(threads)
-    model, shape = build(model_name, smoke)
+    model, shape = build(model_name, "logits", smoke)
     x = torch.rand(batch, *shape)
-    EXACT[metric](model, x[:2])  # warm up (lazy initialisations)
+    EXACT[metric](model, x[:2], "logits")  # warm up (lazy initialisations)
     try:
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")
     except OSError:  # not resettable here: VmHWM is then this process's peak since it started
         pass
     rss_before = _status_kib("VmRSS")
-    EXACT[metric](model, x)
+    EXACT[metric](model, x, "logits")
     peak = _status_kib("VmHWM")
     return {"peak_rss_mib": peak / 1024, "growth_mib": (peak - rss_before) / 1024, "rss_before_mib": rss_before / 1024}
 
 
-def cuda_memory(model, x, metric: str) -> dict:
+def cuda_memory(model, x, metric: str, output: str) -> dict:
     """Peak CUDA memory allocated during one exact call."""
     torch.cuda.synchronize(x.device)
     torch.cuda.reset_peak_memory_stats(x.device)
     before = torch.cuda.memory_allocated(x.device)
-    EXACT[metric](model, x)
+    EXACT[metric](model, x, output)
     torch.cuda.synchronize(x.device)
     peak = torch.cuda.max_memory_allocated(x.device)
     return {"peak_cuda_mib": peak / 2**20, "growth_mib": (peak - before) / 2**20}
 
 
-def measure_model(args, name: str, device: torch.device) -> dict:
-    """One model's row: medians over ``args.repeats`` of every timing, side by side."""
-    model, shape = build(name, args.smoke)
+def _median_pair(rows: list[tuple[float, float]]) -> tuple[float, float]:
+    return statistics.median(r[0] for r in rows), statistics.median(r[1] for r in rows)
+
+
+def measure_row(args, name: str, head: str, device: torch.device) -> dict:
+    """One (model, head) row: medians over ``args.repeats`` of every timing, side by side.
+
+    The clock is the process's CPU time on the CPU at one thread (other jobs on a shared machine barely
+    change it) and the wall-clock otherwise (CPU time then also counts the threads' waiting).
+    """
+    clock = 1 if device.type == "cpu" and torch.get_num_threads() == 1 else 0
+    other = 1 - clock
+    model, shape = build(name, head, args.smoke)
     model = model.to(device)
-    n_params = sum(p.numel() for p in model.parameters())
+    output = output_of(head)
     gen = torch.Generator().manual_seed(1)
     batch = args.batch
     x = torch.rand(batch, *shape, generator=gen).to(device)
-    x_orig = x[: args.n_orig]
-    fis_batch = min(batch, args.fis_batch if name == "small_cnn" else args.fis_batch_cifar)
-    samples = {k: [] for k in ("unit", "trace", "quad", "fis", "max_eig", "orig_trace", "orig_quad", "orig_fis")}
+    n_orig = args.n_orig_cifar if name == "cifar_cnn" else args.n_orig
+    x_orig = x[:n_orig]
+    fis_batch = min(batch, args.fis_batch_cifar if name == "cifar_cnn" else args.fis_batch)
+    keys = ("unit", "trace", "quad", "fis", "max_eig", "orig_trace", "orig_quad", "orig_fis")
+    samples: dict[str, list[tuple[float, float]]] = {k: [] for k in keys}
+    ratios: dict[str, list[tuple[float, float]]] = {k: [] for k in ("trace", "quad", "fis")}
     floors: dict[str, list[float]] = {"forward_mode_floor": [], "reverse_mode_floor": []}
     for key in EXACT:  # warm up
-        EXACT[key](model, x[:2])
+        EXACT[key](model, x[:2], output)
     for rep in range(args.repeats):
-        samples["unit"].append(unit_per_sample(model, x))
-        samples["trace"].append(timed(EXACT["trace"], model, x) / batch)
-        samples["max_eig"].append(timed(EXACT["max_eig"], model, x) / batch)
-        samples["quad"].append(timed(EXACT["quad"], model, x) / batch)
-        samples["fis"].append(timed(EXACT["fis"], model, x[:fis_batch]) / fis_batch)
-        samples["orig_trace"].append(original_per_sample(model, x_orig, "trace"))
-        samples["orig_quad"].append(original_per_sample(model, x_orig, "quad"))
-        if rep < args.orig_fis_repeats:
-            samples["orig_fis"].append(original_per_sample(model, x_orig, "fis"))
-        if isinstance(model, CifarCNN):
-            for key, value in quad_floor_per_sample(model, x[:64]).items():
-                floors[key].append(value)
-    med = {k: statistics.median(v) for k, v in samples.items()}
-    unit = med["unit"]
+        wall, cpu = unit_per_sample(model, x)
+        samples["unit"].append((wall, cpu))
+        for key in ("trace", "quad", "max_eig", "fis"):
+            xb = x[:fis_batch] if key == "fis" else x
+            wall, cpu = timed(lambda key=key, xb=xb: EXACT[key](model, xb, output), device)
+            samples[key].append((wall / len(xb), cpu / len(xb)))
+            if key == "max_eig" or (key == "fis" and rep >= args.orig_fis_repeats):
+                continue
+            orig = original_per_sample(model, x_orig, key, output)
+            samples[f"orig_{key}"].append(orig)
+            ratios[key].append(orig[clock] / samples[key][-1][clock])
+        if head == "logits":
+            for k, value in quad_floor_per_sample(model, shape, x[:64], clock).items():
+                floors[k].append(value)
+    med = {k: _median_pair(v) for k, v in samples.items()}
+    unit = med["unit"][clock]
     row = {
-        "params": n_params,
+        "model": name,
+        "head": head,
+        "output": output,
+        "params": sum(p.numel() for p in model.parameters()),
         "input_shape": list(shape),
         "batch": batch,
         "fis_batch": fis_batch,
-        "n_original_samples": len(x_orig),
+        "n_original_samples": n_orig,
         "repeats": args.repeats,
-        "ms_per_sample": {k: 1e3 * v for k, v in med.items()},
-        "speedup_vs_original": {
-            "trace": med["orig_trace"] / med["trace"],
-            "quad_blockwise": med["orig_quad"] / med["quad"],
-            "fis_blockwise": med["orig_fis"] / med["fis"],
-        },
+        "clock": "cpu" if clock else "wall",
+        "ms_per_sample": {k: 1e3 * v[clock] for k, v in med.items()},
+        "other_clock_ms_per_sample": {k: 1e3 * v[other] for k, v in med.items()},
+        "speedup_vs_original": {f"{k}{'' if k == 'trace' else '_blockwise'}": statistics.median(v)
+                                for k, v in ratios.items()},
         "units_per_sample": {
-            "trace": med["trace"] / unit,
-            "quad_blockwise": med["quad"] / unit,
-            "trace_plus_quad": (med["trace"] + med["quad"]) / unit,
-            "max_eig": med["max_eig"] / unit,
-            "fis_blockwise": med["fis"] / unit,
+            "trace": med["trace"][clock] / unit,
+            "quad_blockwise": med["quad"][clock] / unit,
+            "trace_plus_quad": (med["trace"][clock] + med["quad"][clock]) / unit,
+            "max_eig": med["max_eig"][clock] / unit,
+            "fis_blockwise": med["fis"][clock] / unit,
         },
-        "max_eig_over_trace": med["max_eig"] / med["trace"],
+        "max_eig_over_trace": med["max_eig"][clock] / med["trace"][clock],
     }
     if floors["forward_mode_floor"]:
         row["quad_blockwise_floor_ms"] = {k: statistics.median(v) for k, v in floors.items()}
-        row["quad_blockwise_target_ms"] = 1e3 * med["orig_quad"] / 10
-    if args.no_memory:
-        return row
-    row["memory"] = {}
-    for metric in ("trace", "quad", "max_eig", "fis"):
-        b = batch if metric != "fis" else fis_batch
-        if device.type == "cuda":
-            row["memory"][metric] = {"batch": b, **cuda_memory(model, x[:b], metric)}
-            continue
-        cmd = [sys.executable, __file__, "--measure-memory", name, metric, str(b), "--threads", str(args.threads_now)]
-        if args.smoke:
-            cmd.append("--smoke")
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-        row["memory"][metric] = {"batch": b, **json.loads(out.strip().splitlines()[-1])}
+        row["quad_blockwise_target_ms"] = 1e3 * med["orig_quad"][clock] / 10
+    xp = x[: args.peer_batch]
+    row["peers"] = measure_peers(model, shape, xp, output, args.repeats, clock)
+    floor = trace_floor(model, xp, clock)
+    row["trace_floor_ms_per_sample"] = {"value": 1e3 * floor[clock], "batch": len(xp)}
+    if not args.no_memory and head == "logits" and name != "mnist_cnn" and not (args.smoke and name == "cifar_cnn"):
+        row["memory"] = {}
+        for metric in ("trace", "quad", "max_eig", "fis"):
+            b = batch if metric != "fis" else fis_batch
+            if device.type == "cuda":
+                row["memory"][metric] = {"batch": b, **cuda_memory(model, x[:b], metric, output)}
+                continue
+            cmd = [sys.executable, __file__, "--measure-memory", name, metric, str(b), "--threads",
+                   str(args.threads_now)]
+            if args.smoke:
+                cmd.append("--smoke")
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            row["memory"][metric] = {"batch": b, **json.loads(out.strip().splitlines()[-1])}
     return row
 
 
 def run(args) -> dict:
-    results = {"machine": {"cpu_count": __import__("os").cpu_count(), "platform": platform.platform(),
-                           "torch": torch.__version__}, "runs": []}
-    models = ["small_cnn", "cifar_cnn"]
+    results = {
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
+        "timing": "ms_per_sample: medians by each row's clock (CPU time of the process on the CPU at one thread, "
+                  "wall-clock otherwise); other_clock_ms_per_sample: the other clock",
+        "runs": [],
+    }
     for threads in args.threads:
         torch.set_num_threads(threads)
         args.threads_now = threads
-        run_ = {"device": "cpu", "threads": threads, "models": {}}
-        for name in models:
-            run_["models"][name] = measure_model(args, name, torch.device("cpu"))
+        run_ = {"device": "cpu", "threads": threads, "rows": []}
+        for name, head in SMOKE_ROWS if args.smoke else ROWS:
+            run_["rows"].append(measure_row(args, name, head, torch.device("cpu")))
         results["runs"].append(run_)
     for dev in args.devices:
-        run_ = {"device": dev, "device_name": torch.cuda.get_device_name(dev), "models": {}}
-        for name in models:
-            run_["models"][name] = measure_model(args, name, torch.device(dev))
+        run_ = {"device": dev, "device_name": torch.cuda.get_device_name(dev), "rows": []}
+        for name, head in SMOKE_ROWS if args.smoke else ROWS:
+            run_["rows"].append(measure_row(args, name, head, torch.device(dev)))
         results["runs"].append(run_)
     return results
 
 
 def table(results: dict) -> str:
     lines = [
-        "| device | model | params | metric | original ms/sample | exact ms/sample (batch) | speed-up "
+        "| device | model (head) | params | metric | original ms/sample | exact ms/sample (batch) | speed-up "
         "| units/sample | peak MiB (growth) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for run_ in results["runs"]:
         where = f"cpu, {run_['threads']} thread(s)" if run_["device"] == "cpu" else run_["device_name"]
-        for name, row in run_["models"].items():
+        clock = run_["rows"][0]["clock"] if run_["rows"] else ""
+        where = f"{where} [{clock}]"
+        for row in run_["rows"]:
             ms = row["ms_per_sample"]
             mem = row.get("memory", {})
+            label = f"{row['model']} ({row['head']})"
 
-            def memory(key: str) -> str:
+            def memory(key: str, mem=mem) -> str:
                 info = mem.get(key)
                 if info is None:
                     return "-"
                 peak = info.get("peak_rss_mib", info.get("peak_cuda_mib"))
                 return f"{peak:.0f} ({info['growth_mib']:.0f})"
 
-            for metric, orig, key, sp in (
-                ("trace", "orig_trace", "trace", "trace"),
-                ("quadratic form (blockwise)", "orig_quad", "quad", "quad_blockwise"),
-                ("sensitivity (blockwise)", "orig_fis", "fis", "fis_blockwise"),
+            for metric, key, sp in (
+                ("trace", "trace", "trace"),
+                ("quadratic form (blockwise)", "quad", "quad_blockwise"),
+                ("sensitivity (blockwise)", "fis", "fis_blockwise"),
             ):
                 b = row["fis_batch"] if key == "fis" else row["batch"]
                 lines.append(
-                    f"| {where} | {name} | {row['params']} | {metric} | {ms[orig]:.2f} | {ms[key]:.3f} ({b}) | "
-                    f"{row['speedup_vs_original'][sp]:.1f}x | {row['units_per_sample'][sp]:.1f} | {memory(key)} |"
+                    f"| {where} | {label} | {row['params']} | {metric} | {ms['orig_' + key]:.2f} | {ms[key]:.3f} ({b}) "
+                    f"| {row['speedup_vs_original'][sp]:.1f}x | {row['units_per_sample'][sp]:.1f} | {memory(key)} |"
                 )
             lines.append(
-                f"| {where} | {name} | {row['params']} | max eigenvalue | - | {ms['max_eig']:.3f} ({row['batch']}) | "
+                f"| {where} | {label} | | max eigenvalue | - | {ms['max_eig']:.3f} ({row['batch']}) | "
                 f"{row['max_eig_over_trace']:.2f}x trace | {row['units_per_sample']['max_eig']:.1f} | "
                 f"{memory('max_eig')} |"
             )
-            lines.append(
-                f"| {where} | {name} | | trace + quadratic form | | {ms['trace'] + ms['quad']:.3f} | | "
-                f"{row['units_per_sample']['trace_plus_quad']:.1f} | |"
-            )
-            lines.append(f"| {where} | {name} | | unit: batched forward+backward | | {ms['unit']:.3f} | | 1 | |")
-            if "quad_blockwise_floor_ms" in row:
-                fl = row["quad_blockwise_floor_ms"]
+            lines.append(f"| {where} | {label} | | unit: batched forward+backward | | {ms['unit']:.3f} | | 1 | |")
+            for peer, info in row["peers"].items():
                 lines.append(
-                    f"| {where} | {name} | | quadratic form: lower bound of any exact method (forward / reverse "
-                    f"mode), vs the 10x target | | {fl['forward_mode_floor']:.2f} / {fl['reverse_mode_floor']:.2f} "
+                    f"| {where} | {label} | | trace: {peer} vs art_fisher (batch {info['batch']}; max rel. diff "
+                    f"{info['max_rel_diff']:.1e}) | {info['ms_per_sample'][peer]:.3f} | "
+                    f"{info['ms_per_sample']['art_fisher']:.3f} | {info['speedup']:.2f}x | | |"
+                )
+            fl = row["trace_floor_ms_per_sample"]
+            lines.append(
+                f"| {where} | {label} | | trace floor: forward + C−1 backward passes (batch {fl['batch']}) | | "
+                f"{fl['value']:.3f} | | | |"
+            )
+            if "quad_blockwise_floor_ms" in row:
+                fq = row["quad_blockwise_floor_ms"]
+                lines.append(
+                    f"| {where} | {label} | | quadratic form: lower bound of any exact method (forward / reverse "
+                    f"mode), vs the 10x target | | {fq['forward_mode_floor']:.2f} / {fq['reverse_mode_floor']:.2f} "
                     f"vs {row['quad_blockwise_target_ms']:.2f} | | | |"
                 )
     return "\n".join(lines)
@@ -346,13 +590,13 @@ def table(results: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes, runs in seconds")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, runs in under a minute")
     parser.add_argument("--batch", type=int, default=None, help="batch of the exact metrics (default 256)")
-    parser.add_argument("--fis-batch", type=int, default=None, help="batch of the exact sensitivity (SmallCNN)")
-    parser.add_argument(
-        "--fis-batch-cifar", type=int, default=None, help="batch of the exact sensitivity on CifarCNN (default 32)"
-    )
+    parser.add_argument("--fis-batch", type=int, default=None, help="batch of the exact sensitivity (default 256)")
+    parser.add_argument("--fis-batch-cifar", type=int, default=None, help="... on CifarCNN (default 32)")
+    parser.add_argument("--peer-batch", type=int, default=None, help="batch of the peer comparison (default 64)")
     parser.add_argument("--n-orig", type=int, default=None, help="samples for the original (default 8)")
+    parser.add_argument("--n-orig-cifar", type=int, default=None, help="... on CifarCNN (default 4)")
     parser.add_argument("--repeats", type=int, default=None, help="repeats, median reported (default 3)")
     parser.add_argument("--orig-fis-repeats", type=int, default=1, help="repeats of the (slow) original FIS")
     parser.add_argument("--threads", default="1", help="comma-separated torch thread counts, e.g. 1,2 (default 1)")
@@ -376,14 +620,22 @@ def main() -> None:
     args.batch = args.batch or (4 if args.smoke else 256)
     args.fis_batch = args.fis_batch or (4 if args.smoke else 256)
     args.fis_batch_cifar = args.fis_batch_cifar or (2 if args.smoke else 32)
+    args.peer_batch = args.peer_batch or (4 if args.smoke else 64)
     args.n_orig = args.n_orig or (1 if args.smoke else 8)
+    args.n_orig_cifar = args.n_orig_cifar or (1 if args.smoke else 4)
     args.repeats = args.repeats or (1 if args.smoke else 3)
     results = run(args)
     print(table(results))
     text = json.dumps(results, indent=2)
     print(text)
     if args.json:
-        args.json.write_text(text + "\n")
+        tmp = args.json.with_suffix(args.json.suffix + ".tmp")
+        tmp.write_text(text + "\n")
+        tmp.replace(args.json)
+    disagree = [(row["model"], row["head"], peer, info["max_rel_diff"]) for run_ in results["runs"]
+                for row in run_["rows"] for peer, info in row["peers"].items() if info["max_rel_diff"] > 1e-3]
+    if disagree:
+        sys.exit(f"peers disagree with fisher_trace (max relative difference > 1e-3): {disagree}")
 
 
 if __name__ == "__main__":

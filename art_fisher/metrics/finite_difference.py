@@ -22,8 +22,8 @@ from __future__ import annotations
 import torch
 from torch.func import jacrev, vmap
 
-from art_fisher._functional import FunctionalNet
-from art_fisher._sensitivity import _reducer
+from art_fisher.metrics.basis import reducer
+from art_fisher.metrics.engine.network import FunctionalNet
 
 
 def _groups(net: FunctionalNet, blockwise: bool) -> list[list[str]]:
@@ -42,7 +42,7 @@ def fd_quadratic_form(
     epsilon: float,
 ) -> torch.Tensor:
     """``Σ_groups Σ_c (Δz_c / 2ε)(Δp_c / 2ε)`` per sample, shape (n,)."""
-    reduce = _reducer(classes)
+    reduce = reducer(classes)
 
     def shifted(xi, vi, yi, group, sign):
         s = {k: net.base[k] + sign * epsilon * vi[k] for k in group}
@@ -71,7 +71,7 @@ def fd_sensitivity(
     epsilon: float,
 ) -> torch.Tensor:
     """``Σ_groups Σ_c (Δ∂x z_c / 2ε)(Δ∂x p_c / 2ε)`` per input entry, shape of ``x``."""
-    reduce = _reducer(classes)
+    reduce = reducer(classes)
 
     def outputs(xi, vi, yi, group, sign):
         s = {k: net.base[k] + sign * epsilon * vi[k] for k in group}

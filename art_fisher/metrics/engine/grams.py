@@ -1,0 +1,307 @@
+"""Per-sample, per-parameter-tensor Gram blocks of the logits' Jacobian, and its directional products.
+
+For one sample with logits ``z`` (C,) and a parameter tensor ``θ_k``, ``J_k = ∂z/∂θ_k`` (C × P_k). In a
+basis ``W`` (C × C', :mod:`art_fisher.metrics.basis`) the engine gives
+
+- :func:`gram_blocks`: ``Wᵀ K_k W`` with ``K_k = J_k J_kᵀ`` (or only its diagonal, all a trace needs);
+- :func:`directional`: ``Wᵀ J_k v_k`` for a direction ``v`` that is either fixed or per sample
+  ``v = Jᵀ r`` (then ``J_k v_k = K_k r``, without forming ``K_k``).
+
+Parameters of layers with a rule (:mod:`art_fisher.metrics.engine.layers`, as planned by
+:func:`~art_fisher.metrics.engine.recorder.make_plan`) come from one recorded forward pass and one
+batched backward pass per column of ``W``, which gives each layer's output-gradients ``b_j = Σ_c W_cj
+∂z_c/∂o``; the layer's rule turns them and its recorded input into per-sample gradients or a ghost
+contraction. Every other parameter goes through ``torch.func`` (``vmap`` over samples of ``jacrev``),
+so any module ``torch.func`` can differentiate works.
+
+With ``create_graph=True`` every step keeps its autograd graph, so the results are differentiable
+in the input ``x``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch.func import jacrev, jvp, vmap
+
+from art_fisher import _checks
+from art_fisher.metrics.basis import Basis, ChunkBasis
+from art_fisher.metrics.engine import chunking
+from art_fisher.metrics.engine.layers import gram
+from art_fisher.metrics.engine.network import FunctionalNet
+from art_fisher.metrics.engine.recorder import Plan, Recorded, recorded_forward
+
+Coefficients = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def func_grams(net: FunctionalNet, x: torch.Tensor, names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (n, C) and blocks ``K_k`` (n, len(names), C, C) of one chunk with ``torch.func``."""
+    sel = {k: net.base[k] for k in names}
+
+    def one(s: dict[str, torch.Tensor], xi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = net.logits_one(s, xi)
+        return z, z
+
+    jac, z = vmap(jacrev(one, has_aux=True), in_dims=(None, 0))(sel, x)
+    blocks = [gram(jac[k].flatten(2)) for k in names]  # (n, C, C) each
+    return z, torch.stack(blocks, dim=1)
+
+
+def _func_parts(net: FunctionalNet, plan: Plan, x: torch.Tensor, names: list[str], batch_size: int | None):
+    """:func:`func_grams` over sub-chunks that keep the Jacobians within the ``torch.func`` budget."""
+    n_params = sum(net.base[k].numel() for k in names)
+    inner = chunking.func_chunk(n_params, plan.n_classes, x.element_size(), batch_size)
+    parts = [func_grams(net, x[sl], names) for sl in chunking.chunks(x.shape[0], inner)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def _chunk_size(plan: Plan, x: torch.Tensor, n_cols: int, batch_size: int | None) -> int:
+    if plan.rules:
+        return chunking.hook_chunk(plan.out_numel, n_cols, x.element_size(), batch_size)
+    return batch_size or chunking.MAX_CHUNK  # the torch.func parts size their own sub-chunks
+
+
+def _columns(rec: Recorded, w: torch.Tensor, create_graph: bool):
+    """Output-gradients ``b_j`` of every recorded layer for each column ``w_j`` of ``W`` (n, C, C'), one pass each."""
+    edges = [rec.edges[m] for m in rec.modules]
+    n_cols = w.shape[2]
+    for j in range(n_cols):
+        grads = torch.autograd.grad(
+            rec.z, edges, w[:, :, j], retain_graph=create_graph or j < n_cols - 1, create_graph=create_graph
+        )
+        yield j, dict(zip(rec.modules, grads, strict=True))
+
+
+def _hook_grams(
+    rec: Recorded, plan: Plan, w: torch.Tensor, diagonal: bool, create_graph: bool
+) -> dict[str, torch.Tensor]:
+    """Blocks ``Wᵀ K_k W`` (n, C', C'), or their diagonals (n, C'), of the recorded layers' parameters.
+
+    Diagonals: each ``b_j`` is turned into squared norms of per-sample gradients (by the layer's
+    cheaper route) as soon as its pass is done, and dropped. Full blocks: each ``b_j`` is reduced to
+    per-sample gradients at once where that is the cheaper route, and kept for the layer's ghost
+    contraction otherwise.
+    """
+    wanted = {m: [kind for p, (mm, kind) in plan.covered.items() if mm == m] for m in rec.modules}
+    n_cols = w.shape[2]
+    if diagonal:  # one squared norm per column and tensor, nothing kept
+        norms: dict[tuple[str, str], list[torch.Tensor]] = {(m, k): [] for m in rec.modules for k in wanted[m]}
+        for _j, grads in _columns(rec, w, create_graph):
+            for m, g in grads.items():
+                for kind in wanted[m]:
+                    norms[(m, kind)].append(rec.rules[m].sq_norm(g, kind, n_cols))
+            del grads
+        return {_name(m, kind): torch.stack(parts, dim=1) for (m, kind), parts in norms.items()}
+    reducers = {
+        (m, kind): rec.rules[m].reducer(kind, n_cols) for m in rec.modules for kind in wanted[m]
+    }
+    reduced: dict[tuple[str, str], list[torch.Tensor]] = {key: [] for key, f in reducers.items() if f is not None}
+    kept: dict[str, list[torch.Tensor]] = {m: [] for m in rec.modules if any(reducers[(m, k)] is None for k in wanted[m])}
+    for _j, grads in _columns(rec, w, create_graph):
+        for m, g in grads.items():
+            for kind in wanted[m]:
+                if reducers[(m, kind)] is not None:
+                    reduced[(m, kind)].append(reducers[(m, kind)](g))
+            if m in kept:
+                kept[m].append(g)
+        del grads
+    blocks: dict[str, torch.Tensor] = {}
+    for (m, kind), parts in reduced.items():
+        blocks[_name(m, kind)] = gram(torch.stack(parts, dim=1))
+    for m, parts in kept.items():
+        b = torch.stack(parts, dim=1)  # (n, C', *out)
+        kept[m] = []
+        for kind in wanted[m]:
+            if reducers[(m, kind)] is None:
+                blocks[_name(m, kind)] = rec.rules[m].ghost_gram(b, kind, diagonal=False)
+        del b
+    return blocks
+
+
+def _name(module: str, kind: str) -> str:
+    return f"{module}.{kind}" if module else kind
+
+
+def gram_blocks(
+    net: FunctionalNet,
+    plan: Plan,
+    x: torch.Tensor,
+    *,
+    basis: Basis | None = None,
+    y: torch.Tensor | None = None,
+    batch_size: int | None = None,
+    diagonal: bool = False,
+    create_graph: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits (N, C), blocks ``Wᵀ K_k W`` (N, B, C', C') of all samples (or their diagonals (N, B, C')), and ``W`` (N, C, C').
+
+    Parameters
+    ----------
+    net : FunctionalNet
+    plan : Plan
+        Which parameters the hooks compute (the rest go through ``torch.func``).
+    x : Tensor (N, ...)
+    basis : callable, optional
+        ``(z, y) ↦ W`` (n, C, C') from a chunk's logits and classes; default the identity (``C' = C``).
+    y : Tensor (N,), optional
+        The class of each sample passed to ``basis``; default the predicted class.
+    batch_size : int, optional
+        Samples per chunk; default :mod:`~art_fisher.metrics.engine.chunking`'s policy.
+    diagonal : bool
+        Only the diagonals (what a trace needs; cheaper).
+    create_graph : bool
+        Keep the graph: the results are differentiable in ``x``.
+    """
+    # C' ≤ C columns kept, or the streamed columns' working set for diagonals
+    size = _chunk_size(plan, x, chunking.STREAMED_COPIES if diagonal else plan.n_classes, batch_size)
+    zs, ks, ws = [], [], []
+    for sl in chunking.chunks(x.shape[0], size):
+        xb = x[sl]
+        w_of = ChunkBasis(basis, None if y is None else y[sl])
+        blocks: dict[str, torch.Tensor] = {}
+        todo = list(plan.rest)
+        z = None
+        if plan.rules:
+            rec = recorded_forward(net, plan, xb, create_graph=create_graph)
+            z = rec.z if create_graph else rec.z.detach()
+            _checks.check_finite_output(z, sl.start, net, x)
+            if rec.modules:
+                blocks = _hook_grams(rec, plan, w_of(z), diagonal, create_graph)
+            todo += rec.missing
+            del rec
+        if todo:
+            zf, k = _func_parts(net, plan, xb, todo, batch_size)
+            z = zf if z is None else z
+            _checks.check_finite_output(z, sl.start, net, x)
+            k = w_of.grams(k, z)
+            if diagonal:
+                k = k.diagonal(dim1=-2, dim2=-1)
+            blocks.update({name: k[:, j] for j, name in enumerate(todo)})
+        zs.append(z)
+        ks.append(torch.stack([blocks[name] for name in net.names], dim=1))
+        ws.append(w_of(z))
+    return torch.cat(zs), torch.cat(ks), torch.cat(ws)
+
+
+def directional(
+    net: FunctionalNet,
+    plan: Plan,
+    x: torch.Tensor,
+    *,
+    coefficients: Coefficients | None = None,
+    v: dict[str, torch.Tensor] | None = None,
+    basis: Basis | None = None,
+    y: torch.Tensor | None = None,
+    batch_size: int | None = None,
+    create_graph: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Logits (N, C) and ``Wᵀ t_k`` with ``t_k = J_k v_k`` (N, B, C') for every parameter tensor ``k``.
+
+    Either ``coefficients`` maps a chunk's logits (n, C) and classes (n,) (``y``, default the predicted
+    class) to coefficients ``r`` (n, C) of per-sample directions ``v = Jᵀ r`` (then ``t_k = K_k r``), or
+    ``v`` is one fixed direction (parameter name → tensor). ``basis`` is as in :func:`gram_blocks`. Also
+    returns ``r`` (N, C) and ``rᵀ t_k`` (N, B) (both None for a fixed ``v``).
+
+    On the hook path, one backward pass with the cotangent ``r`` gives each layer's ``b_r = Σ_c r_c
+    ∂z_c/∂o``, hence the layer's output change ``δo_k`` along ``v_k`` and ``rᵀ t_k = ⟨b_r, δo_k⟩``; then
+    one backward pass per column ``w_j`` of ``W`` gives ``(Wᵀ t_k)_j = ⟨b_j, δo_k⟩``.
+    """
+    size = _chunk_size(plan, x, plan.n_classes + 1, batch_size)
+    zs, ts, rs, rts = [], [], [], []
+    for sl in chunking.chunks(x.shape[0], size):
+        xb = x[sl]
+        yb = None if y is None else y[sl]
+        w_of = ChunkBasis(basis, yb)
+        t: dict[str, torch.Tensor] = {}
+        rt: dict[str, torch.Tensor] = {}
+        todo = list(plan.rest)
+        z, r = None, None
+        if plan.rules:
+            rec = recorded_forward(net, plan, xb, create_graph=create_graph)
+            z = rec.z if create_graph else rec.z.detach()
+            _checks.check_finite_output(z, sl.start, net, x)
+            r = None if coefficients is None else coefficients(z, _classes(z, yb))
+            if rec.modules:
+                _hook_directional(rec, plan, w_of(z), r, v, t, rt, create_graph)
+            todo += rec.missing
+            del rec
+        if todo and coefficients is not None:
+            zf, k = _func_parts(net, plan, xb, todo, batch_size)
+            z = zf if z is None else z
+            _checks.check_finite_output(z, sl.start, net, x)
+            r = coefficients(z, _classes(z, yb)) if r is None else r
+            for j, name in enumerate(todo):
+                t_k = (k[:, j] @ r.unsqueeze(-1)).squeeze(-1)  # (n, C)
+                rt[name] = (r * t_k).sum(-1)
+                t[name] = w_of.vector(t_k, z)
+        elif todo:
+            if z is None:
+                z = net.logits(net.selected(), xb)
+                _checks.check_finite_output(z, sl.start, net, x)
+            for name in todo:
+                _z, t_k = jvp(lambda s: net.logits(s, xb), ({name: net.base[name]},), ({name: v[name]},))
+                t[name] = w_of.vector(t_k, z)
+        zs.append(z)
+        ts.append(torch.stack([t[name] for name in net.names], dim=1))
+        rs.append(r)
+        if coefficients is not None:
+            rts.append(torch.stack([rt[name] for name in net.names], dim=1))
+    if coefficients is None:
+        return torch.cat(zs), torch.cat(ts), None, None
+    return torch.cat(zs), torch.cat(ts), torch.cat(rs), torch.cat(rts)
+
+
+def inner(g: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """Per-sample inner product (n,) of ``g`` (n, *out) with ``delta`` broadcastable to it.
+
+    ``g`` is first summed over the dimensions ``delta`` broadcasts (a bias's output change is constant
+    there), then the product is a batched dot product, never an elementwise product of ``g``'s size.
+    """
+    n = g.shape[0]
+    if delta.shape[0] != n:
+        delta = delta.expand(n, *delta.shape[1:])
+    dims = tuple(i for i in range(1, g.dim()) if delta.shape[i] == 1 and g.shape[i] != 1)
+    if dims:
+        g = g.sum(dims, keepdim=True)
+    return torch.bmm(g.reshape(n, 1, -1), delta.expand_as(g).reshape(n, -1, 1)).reshape(n)
+
+
+def _classes(z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    return z.detach().argmax(-1) if y is None else y
+
+
+def _hook_directional(
+    rec: Recorded,
+    plan: Plan,
+    w: torch.Tensor,
+    r: torch.Tensor | None,
+    v: dict[str, torch.Tensor] | None,
+    t: dict[str, torch.Tensor],
+    rt: dict[str, torch.Tensor],
+    create_graph: bool,
+) -> None:
+    """Fill ``t`` (name → (n, C')) and ``rt`` (name → (n,)) for the recorded layers' parameters."""
+    edges = [rec.edges[m] for m in rec.modules]
+    if r is not None:
+        brs = dict(zip(rec.modules, torch.autograd.grad(rec.z, edges, r, retain_graph=True, create_graph=create_graph),
+                       strict=True))
+    deltas = []
+    for name, (m, kind) in plan.covered.items():
+        if m not in rec.rules:
+            continue
+        rule = rec.rules[m]
+        if r is not None:
+            delta = rule.change_along_grad(brs[m], kind)
+            rt[name] = inner(brs[m], delta)
+        else:
+            delta = rule.change(kind, v[name], shared=True)
+        deltas.append((name, m, delta))
+    if r is not None:
+        del brs
+    cols: dict[str, list[torch.Tensor]] = {name: [] for name, _m, _d in deltas}
+    for _j, grads in _columns(rec, w, create_graph):
+        for name, m, delta in deltas:
+            cols[name].append(inner(grads[m], delta))
+    for name, col in cols.items():
+        t[name] = torch.stack(col, dim=1)

@@ -1,0 +1,195 @@
+"""The forward-hook recorder of the hook engine, and the plan that decides which parameters it handles.
+
+:func:`recorded_forward` runs the model once with forward hooks on the planned layers and keeps each
+layer's input ``a`` and the gradient edge of its output ``o`` (the autograd node that produced ``o``,
+taken before any in-place operation such as ``ReLU(inplace=True)`` rewrites ``o``'s history), so that
+backward passes can stop at ``o``.
+
+:func:`make_plan` decides, from one probe forward pass of one sample in which the selected parameters
+are autograd leaves, which parameters the hook engine computes: a parameter is covered when its layer
+has a rule (:mod:`art_fisher.metrics.engine.layers`), carries no user hooks, ran exactly once with an
+output that reaches the logits, and the parameter enters the autograd graph through exactly one edge.
+A weight that is tied to another module, used transposed or read directly in the forward (``F.linear(h,
+self.emb.weight)``), or a module called twice, fails one of these and goes to ``torch.func``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.autograd.graph import GradientEdge, get_gradient_edge
+
+from art_fisher.metrics.engine.layers import LayerRule, is_candidate, rule_for
+from art_fisher.metrics.engine.network import FunctionalNet
+
+
+@contextmanager
+def recording(modules: dict[str, nn.Module]) -> Iterator[dict[str, list[tuple[object, object, object]]]]:
+    """Forward hooks that append ``(first input, output, output's gradient edge)`` of every call of ``modules``."""
+    records: dict[str, list[tuple[object, object, object]]] = {m: [] for m in modules}
+
+    def make_hook(store: list):
+        def hook(_module, inputs, output):
+            edge = get_gradient_edge(output) if isinstance(output, torch.Tensor) and output.requires_grad else None
+            store.append((inputs[0] if inputs else None, output, edge))
+
+        return hook
+
+    handles = [module.register_forward_hook(make_hook(records[m])) for m, module in modules.items()]
+    try:
+        yield records
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@dataclass
+class Plan:
+    """Which selected parameters the hook engine computes, from a probe pass of one sample.
+
+    Attributes
+    ----------
+    covered : dict of str to (str, str)
+        Parameter name → (module name, ``"weight"`` | ``"bias"``).
+    rules : dict of str to LayerRule subclass
+        Module name → its rule, for the modules of ``covered``.
+    rest : list of str
+        Selected parameters for ``torch.func``.
+    out_numel : int
+        Output entries per sample of the covered modules together (sizes the hook engine's chunks).
+    n_classes : int
+    probe : tuple of (Tensor, Tensor)
+        The probe's logits (with their graph; parameters are leaves) and its input leaf.
+    """
+
+    covered: dict[str, tuple[str, str]]
+    rules: dict[str, type[LayerRule]]
+    rest: list[str]
+    out_numel: int
+    n_classes: int
+    probe: tuple[torch.Tensor, torch.Tensor] = field(repr=False)
+
+    def without_hooks(self) -> Plan:
+        """The same plan with every parameter sent to ``torch.func`` (tests compare the two)."""
+        names = list(self.covered) + self.rest
+        return Plan({}, {}, names, 0, self.n_classes, self.probe)
+
+
+def _has_user_hooks(module: nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks)
+
+
+def graph_nodes(z: torch.Tensor) -> list:
+    """Every autograd node reachable from ``z`` (depth first, each once)."""
+    seen: set[int] = set()
+    nodes = []
+    stack = [z.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        nodes.append(node)
+        stack.extend(fn for fn, _i in node.next_functions)
+    return nodes
+
+
+def make_plan(net: FunctionalNet, x: torch.Tensor) -> Plan:
+    """Probe the model on ``x[:1]`` and split the selected parameters between hooks and ``torch.func``."""
+    modules = dict(net.model.named_modules())
+    candidates = {m: mod for m, mod in modules.items() if is_candidate(mod) and not _has_user_hooks(mod)}
+    leaves = {n: net.base[n].detach().requires_grad_(True) for n in net.names}
+    xr = x[:1].detach().requires_grad_(True)
+    with torch.enable_grad(), recording(candidates) as records:
+        z = net.logits(leaves, xr)
+    nodes = graph_nodes(z)
+    node_ids = {id(node) for node in nodes}
+    name_of_leaf = {id(t): n for n, t in leaves.items()}
+    uses: Counter[str] = Counter()
+    for node in nodes:
+        for child, _i in node.next_functions:
+            if child is not None and type(child).__name__ == "AccumulateGrad" and id(child.variable) in name_of_leaf:
+                uses[name_of_leaf[id(child.variable)]] += 1
+    selected = set(net.names)
+    covered: dict[str, tuple[str, str]] = {}
+    rules: dict[str, type[LayerRule]] = {}
+    out_numel = 0
+    for m, recs in records.items():
+        if len(recs) != 1:
+            continue
+        a, out, edge = recs[0]
+        if not isinstance(a, torch.Tensor) or edge is None or id(edge.node) not in node_ids:
+            continue
+        rule = rule_for(modules[m], a)
+        if rule is None:
+            continue
+        for kind in rule.kinds:
+            full = f"{m}.{kind}" if m else kind
+            if modules[m]._parameters.get(kind) is not None and full in selected and uses[full] == 1:
+                covered[full] = (m, kind)
+                rules[m] = rule
+        if m in rules:
+            out_numel += out[0].numel()
+    rest = [n for n in net.names if n not in covered]
+    return Plan(covered, rules, rest, out_numel, z.shape[1], (z, xr))
+
+
+@dataclass
+class Recorded:
+    """One recorded forward pass of a chunk.
+
+    Attributes
+    ----------
+    z : Tensor (n, C)
+        Logits, with their graph.
+    x : Tensor (n, ...)
+        The input the graph starts from (requires grad).
+    rules : dict of str to LayerRule
+        Planned module → its rule instance on the recorded input (modules that ran exactly once).
+    edges : dict of str to GradientEdge
+        Planned module → the gradient edge of its output.
+    shapes : dict of str to torch.Size
+        Planned module → its output shape.
+    missing : list of str
+        Covered parameters whose module did not run exactly once here (computed with ``torch.func``).
+    """
+
+    z: torch.Tensor
+    x: torch.Tensor
+    rules: dict[str, LayerRule]
+    edges: dict[str, GradientEdge]
+    shapes: dict[str, torch.Size]
+    missing: list[str]
+
+    @property
+    def modules(self) -> list[str]:
+        return list(self.rules)
+
+
+def recorded_forward(net: FunctionalNet, plan: Plan, x: torch.Tensor, *, create_graph: bool = False) -> Recorded:
+    """One forward pass of ``x`` with hooks on the planned modules.
+
+    With ``create_graph`` the layer inputs keep their graph (and ``x`` is used as given when it
+    requires grad), so that everything computed from them is differentiable in ``x``.
+    """
+    modules = dict(net.model.named_modules())
+    planned = {m: modules[m] for m in plan.rules}
+    xr = x if create_graph and x.requires_grad else x.detach().requires_grad_(True)
+    with torch.enable_grad(), recording(planned) as records:
+        z = net.logits(net.selected(), xr)
+    rules: dict[str, LayerRule] = {}
+    edges: dict[str, GradientEdge] = {}
+    shapes: dict[str, torch.Size] = {}
+    for m, recs in records.items():
+        if len(recs) == 1 and recs[0][2] is not None:
+            a, out, edge = recs[0]
+            rules[m] = plan.rules[m](modules[m], a if create_graph else a.detach())
+            edges[m] = edge
+            shapes[m] = out.shape
+    missing = [p for p, (m, _k) in plan.covered.items() if m not in rules]
+    return Recorded(z, xr, rules, edges, shapes, missing)

@@ -1,0 +1,377 @@
+r"""Fisher information sensitivity (FIS): its exact paths and the piecewise-linearity test that picks one.
+
+For one sample with logits ``z(x)`` (C,), ``p = softmax(z)`` and a parameter direction ``v`` held fixed,
+let ``t(x) = J(x) v``. Then ``vᵀ∇θ log p = b = t − (pᵀt) 1`` and ``vᵀ∇θ p = a = p ⊙ b``, and
+
+    FIS_i = Σ_c ∂x_i a_c · ∂x_i b_c,
+
+which needs only ``∂x z`` and ``∂x t`` (C × D each); blockwise, the same is summed over parameter
+tensors ``k`` with ``t_k = J_k v_k`` (:func:`fis_from_jacobians`). Three exact paths:
+
+- **hook, first order** — for models whose logits are piecewise linear in ``x``
+  (:func:`is_piecewise_linear`): with ``B_c = ∂z_c/∂o_k`` at a layer's output and ``δo_k`` the layer's
+  output change along ``v_k``, ``t_k,c = ⟨B_c, δo_k⟩``. ``B_c`` is locally constant in ``x`` there, so
+  ``∂x t_k`` is a first-order backward pass from layer ``k`` down to ``x``, batched over the classes;
+- **hook, second order** — any other model whose selected parameters all sit in layers with a rule:
+  the same with ``B_c`` differentiated too (reverse over reverse; works for every activation with a
+  double-backward formula, e.g. SiLU and Mish, which have no forward-mode formula for the reverse-over-
+  forward route);
+- **torch.func** — the rest (unknown modules, tied or directly used weights): ``vmap`` over samples of
+  ``jacrev`` in ``x`` of a JVP in the parameters, the JVP taken as a double VJP where forward mode has
+  no formula.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch.autograd.graph import get_gradient_edge
+from torch.func import grad, jacrev, jvp, vjp, vmap
+
+from art_fisher import _checks
+from art_fisher.metrics import directions
+from art_fisher.metrics.basis import predicted_vs_rest, reducer, reduction_jacobian
+from art_fisher.metrics.directions import Direction
+from art_fisher.metrics.engine import chunking
+from art_fisher.metrics.engine.network import FunctionalNet
+from art_fisher.metrics.engine.recorder import Plan, recorded_forward
+from art_fisher.metrics.finite_difference import fd_sensitivity
+
+logger = logging.getLogger(__name__)
+
+# --- Piecewise linearity in x, read off the probe's autograd graph ------------------------------------
+
+# Nodes linear or piecewise linear in every input, whatever depends on x.
+_ANY = frozenset(
+    """AccumulateGrad AddBackward0 AddBackward1 SubBackward0 SubBackward1 RsubBackward0 RsubBackward1
+    NegBackward0 SumBackward0 SumBackward1 MeanBackward0 MeanBackward1 CatBackward0 StackBackward0
+    ViewBackward0 UnsafeViewBackward0 ReshapeAliasBackward0 PermuteBackward0 TransposeBackward0
+    TransposeBackward1 TBackward0 SqueezeBackward0 SqueezeBackward1 SqueezeBackward2 SqueezeBackward3
+    UnsqueezeBackward0 ExpandBackward0 RepeatBackward0 CloneBackward0 ToCopyBackward0 SelectBackward0
+    SliceBackward0 IndexBackward0 GatherBackward0 NarrowBackward0 SplitBackward0 SplitWithSizesBackward0
+    UnbindBackward0 AliasBackward0 CopySlices ConstantPadNdBackward0 MaskedFillBackward0 WhereBackward0
+    AvgPool1DBackward0 AvgPool2DBackward0 AvgPool3DBackward0 AdaptiveAvgPool1DBackward0
+    AdaptiveAvgPool2DBackward0 AdaptiveAvgPool3DBackward0 ReluBackward0 ThresholdBackward0
+    HardtanhBackward0 LeakyReluBackward0 ClampBackward0 ClampBackward1 ClampMinBackward0 ClampMaxBackward0
+    AbsBackward0 MaxBackward0 MaxBackward1 MinBackward0 MinBackward1 MaximumBackward0 MinimumBackward0
+    AmaxBackward0 AminBackward0 MaxPool2DWithIndicesBackward0 MaxPool3DWithIndicesBackward0
+    AdaptiveMaxPool1DBackward0 AdaptiveMaxPool2DBackward0 AdaptiveMaxPool3DBackward0
+    MulBackward1 DivBackward1""".split()  # the last two: by a Python number
+)
+# Product-like nodes: of the inputs at these positions at most one may depend on x.
+_AT_MOST_ONE = {
+    "MulBackward0": (0, 1),
+    "MmBackward0": (0, 1),
+    "BmmBackward0": (0, 1),
+    "MvBackward0": (0, 1),
+    "DotBackward0": (0, 1),
+    "AddmmBackward0": (1, 2),
+    "AddmvBackward0": (1, 2),
+    "BaddbmmBackward0": (1, 2),
+    "LinearBackward0": (0, 1, 2),
+}
+# Nodes in which only the first input (the data) may depend on x: convolutions, eval-mode
+# normalisation with constant statistics, division by a tensor that does not depend on x.
+_FIRST_ONLY = frozenset(
+    {"ConvolutionBackward0", "NativeBatchNormBackward0", "CudnnBatchNormBackward0", "MiopenBatchNormBackward0",
+     "DivBackward0"}
+)
+
+
+def _x_dependence(root, x_node) -> dict[int, bool]:
+    """Node id → whether the node's value depends on ``x`` (iterative post-order over the graph)."""
+    dep: dict[int, bool] = {}
+    stack = [root]
+    while stack:
+        node = stack[-1]
+        if id(node) in dep:
+            stack.pop()
+            continue
+        children = [fn for fn, _i in node.next_functions if fn is not None]
+        pending = [c for c in children if id(c) not in dep]
+        if pending:
+            stack.extend(pending)
+            continue
+        stack.pop()
+        dep[id(node)] = node is x_node or any(dep[id(c)] for c in children)
+    return dep
+
+
+def _node_ok(node, dep: dict[int, bool]) -> bool:
+    name = type(node).__name__
+    depends = [fn is not None and dep[id(fn)] for fn, _i in node.next_functions]
+    if name in _ANY:
+        return True
+    if name in _AT_MOST_ONE:
+        return sum(depends[i] for i in _AT_MOST_ONE[name] if i < len(depends)) <= 1
+    if name in _FIRST_ONLY:
+        if getattr(node, "_saved_training", False):  # batch statistics: not affine per sample
+            return False
+        return not any(depends[1:])
+    return False
+
+
+def is_piecewise_linear(plan: Plan) -> bool:
+    """True if the logits are piecewise linear in the input, judged on the plan's probe graph.
+
+    Every node that depends on ``x`` must be linear or piecewise linear in its inputs, and a
+    product-like node (multiplication, matrix product, convolution, normalisation) may have at most
+    one input that depends on ``x``. Anything else — a smooth activation, a softmax that is not the
+    declared head, a LayerNorm, batch statistics, a custom ``autograd.Function`` — says no.
+    """
+    z, xr = plan.probe
+    if z.grad_fn is None:
+        return True  # constant in x
+    dep = _x_dependence(z.grad_fn, get_gradient_edge(xr).node)
+    seen: set[int] = set()
+    stack = [z.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen or not dep[id(node)]:
+            continue
+        seen.add(id(node))
+        if not _node_ok(node, dep):
+            return False
+        stack.extend(fn for fn, _i in node.next_functions)
+    return True
+
+
+# --- From the input-Jacobians to the sensitivity --------------------------------------------------------
+
+
+def fis_from_jacobians(z: torch.Tensor, t: torch.Tensor, jz: torch.Tensor, jt: torch.Tensor) -> torch.Tensor:
+    """``Σ_g Σ_c ∂x a_c ∂x b_c`` (n, D) from ``z`` (n, C), ``t`` (n, G, C), ``∂x z`` (n, C, D), ``∂x t`` (n, G, C, D)."""
+    p = torch.softmax(z, dim=-1)  # (n, C)
+    dp = p.unsqueeze(-1) * (jz - torch.einsum("nc,ncd->nd", p, jz).unsqueeze(1))  # (n, C, D)
+    b = t - torch.einsum("ngc,nc->ng", t, p).unsqueeze(-1)  # (n, G, C)
+    dpt = torch.einsum("ngcd,nc->ngd", jt, p) + torch.einsum("ngc,ncd->ngd", t, dp)
+    db = jt - dpt.unsqueeze(2)  # (n, G, C, D)
+    da = dp.unsqueeze(1) * b.unsqueeze(-1) + p[:, None, :, None] * db
+    return (da * db).sum(dim=(1, 2))
+
+
+def _reduce_to_two(z, t, jz, jt, y):
+    """``(z, t, ∂x z, ∂x t)`` of the logits → those of ``z₂ = (log p_y, log(1 − p_y))``.
+
+    ``t₂ = A t`` with ``A = ∂z₂/∂z`` (n, 2, C), so ``∂x t₂ = A ∂x t + ∂z(A t)|_t ∂x z`` and ``∂x z₂ = A ∂x z``.
+    """
+    amat = reduction_jacobian(z, y)  # (n, 2, C)
+
+    def a_times(zi: torch.Tensor, ti: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        return jvp(lambda zz: predicted_vs_rest(zz, yi), (zi,), (ti,))[1]
+
+    du = vmap(vmap(jacrev(a_times), in_dims=(None, 0, None)))(z, t, y)  # (n, G, 2, C)
+    t2 = torch.einsum("nac,ngc->nga", amat, t)
+    jt2 = torch.einsum("nac,ngcd->ngad", amat, jt) + torch.einsum("ngac,ncd->ngad", du, jz)
+    return predicted_vs_rest(z, y), t2, torch.einsum("nac,ncd->nad", amat, jz), jt2
+
+
+# --- Hook paths -----------------------------------------------------------------------------------------
+
+
+def hook_sensitivity(
+    net: FunctionalNet,
+    plan: Plan,
+    x: torch.Tensor,
+    *,
+    r: torch.Tensor | None,
+    v: dict[str, torch.Tensor] | None,
+    y: torch.Tensor,
+    blockwise: bool,
+    normalize: bool,
+    classes: str,
+    first_order: bool,
+) -> torch.Tensor | None:
+    """Exact FIS of one chunk (shape of ``x``), or None when a planned module did not run exactly once.
+
+    Parameters
+    ----------
+    r : Tensor (n, C) or None
+        Per-sample direction coefficients (``v = Jᵀ r``); None when ``v`` is given.
+    v : dict of str to Tensor or None
+        One fixed direction per selected parameter.
+    y : Tensor (n,)
+        Class of the ``"predicted_vs_rest"`` reduction.
+    first_order : bool
+        The logits are piecewise linear in ``x``: hold the output-gradients ``B_c`` constant.
+    """
+    rec = recorded_forward(net, plan, x, create_graph=True)
+    if rec.missing:
+        return None
+    z, x0 = rec.z, rec.x
+    edges = [rec.edges[m] for m in rec.modules]
+    with torch.enable_grad():
+        if r is not None:  # per-sample directions v = Jᵀ r, held fixed (not differentiated in x)
+            brs = torch.autograd.grad(z, edges, r, retain_graph=True)
+            d = {
+                name: rec.rules[m].grad(brs[rec.modules.index(m)], kind).detach()
+                for name, (m, kind) in plan.covered.items()
+            }
+            del brs
+            if normalize:
+                d = directions.unit_length(d)[0]
+            shared = False
+        else:
+            d, shared = dict(v), True
+        n, n_cls = z.shape
+        eye = torch.eye(n_cls, dtype=z.dtype, device=z.device).unsqueeze(1).expand(n_cls, n, n_cls)
+        grads = torch.autograd.grad(
+            z, [*edges, x0], eye, retain_graph=True, is_grads_batched=True, create_graph=not first_order
+        )
+        b_of = dict(zip(rec.modules, grads[:-1], strict=True))  # (C, n, *out)
+        if first_order:
+            b_of = {m: b.detach() for m, b in b_of.items()}
+        jz = grads[-1].detach().flatten(2).transpose(0, 1)  # (n, C, D)
+        del grads
+        groups = [[name] for name in net.names] if blockwise else [list(net.names)]
+        cot = torch.eye(n_cls, dtype=z.dtype, device=z.device).unsqueeze(-1).expand(n_cls, n_cls, n)
+        ts, jts = [], []
+        for group in groups:
+            t = torch.zeros(n_cls, n, dtype=z.dtype, device=z.device)
+            for name in group:
+                m, kind = plan.covered[name]
+                delta = rec.rules[m].change(kind, d[name], shared).expand(rec.shapes[m])
+                t = t + (b_of[m] * delta).flatten(2).sum(2)
+            if t.requires_grad:
+                (jt,) = torch.autograd.grad(t, x0, cot, retain_graph=True, is_grads_batched=True, allow_unused=True)
+            else:
+                jt = None
+            jt = torch.zeros_like(jz) if jt is None else jt.flatten(2).transpose(0, 1)  # (n, C, D)
+            ts.append(t.detach().transpose(0, 1))
+            jts.append(jt.detach())
+    z = z.detach()
+    t = torch.stack(ts, dim=1)  # (n, G, C)
+    jt = torch.stack(jts, dim=1)  # (n, G, C, D)
+    if classes == "predicted_vs_rest":
+        z, t, jz, jt = _reduce_to_two(z, t, jz, jt, y)
+    return fis_from_jacobians(z, t, jz, jt).view_as(x)
+
+
+# --- torch.func path ------------------------------------------------------------------------------------
+
+
+def _jvp_by_double_vjp(f, primals: dict, tangents: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(f(θ), J v)`` as the gradient in ``u`` of ``⟨vjp(u), v⟩`` (linear in ``u``): no forward-mode formula needed."""
+    z, vjp_fn = vjp(f, primals)
+
+    def pulled(u: torch.Tensor) -> torch.Tensor:
+        (g,) = vjp_fn(u)
+        return sum((g[k] * tangents[k]).sum() for k in tangents)
+
+    return z, grad(pulled)(torch.zeros_like(z))
+
+
+def func_sensitivity(
+    net: FunctionalNet,
+    x: torch.Tensor,
+    v: dict[str, torch.Tensor],
+    y: torch.Tensor,
+    *,
+    shared: bool,
+    blockwise: bool,
+    classes: str,
+    forward_mode: bool = True,
+) -> torch.Tensor:
+    """Exact FIS of one chunk with ``torch.func``: ``v`` (n, *shape) per parameter, or (*shape) when ``shared``."""
+    reduce = reducer(classes)
+    groups = [[k] for k in net.names] if blockwise else [net.names]
+    push = jvp if forward_mode else _jvp_by_double_vjp
+
+    def outs(xi: torch.Tensor, vi: dict[str, torch.Tensor], yi: torch.Tensor):
+        def zf(s: dict[str, torch.Tensor]) -> torch.Tensor:
+            return reduce(net.logits_one(s, xi), yi)
+
+        ts = []
+        for g in groups:
+            if forward_mode:
+                z, t = push(zf, ({k: net.base[k] for k in g},), ({k: vi[k] for k in g},))
+            else:
+                z, t = push(zf, {k: net.base[k] for k in g}, {k: vi[k] for k in g})
+            ts.append(t)
+        tt = torch.stack(ts)
+        return (z, tt), (z, tt)
+
+    def one(xi, vi, yi):
+        (jz, jt), (z, t) = jacrev(outs, has_aux=True)(xi, vi, yi)
+        return z, t, jz.flatten(1), jt.flatten(2)
+
+    z, t, jz, jt = vmap(one, in_dims=(0, None if shared else 0, 0))(x, v, y)
+    return fis_from_jacobians(z, t, jz, jt).view_as(x)
+
+
+# --- Dispatch -------------------------------------------------------------------------------------------
+
+
+def sensitivity(
+    net: FunctionalNet,
+    plan: Plan,
+    x: torch.Tensor,
+    *,
+    direction: Direction,
+    y: torch.Tensor | None,
+    blockwise: bool,
+    normalize: bool,
+    classes: str,
+    method: str,
+    epsilon: float,
+    batch_size: int | None,
+) -> torch.Tensor:
+    """FIS of all samples (shape of ``x``): the fastest exact path that applies, or finite differences."""
+    path = "finite_difference"
+    if method == "exact":
+        path = "func" if plan.rest else ("first_order" if is_piecewise_linear(plan) else "second_order")
+    itemsize = x.element_size()
+    if batch_size:
+        size = batch_size
+    elif path == "first_order":
+        size = chunking.hook_chunk(plan.out_numel, plan.n_classes, itemsize, budget=chunking.FIRST_ORDER_BUDGET)
+    elif path == "second_order":
+        size = chunking.hook_chunk(plan.out_numel, plan.n_classes, itemsize, budget=chunking.SECOND_ORDER_BUDGET)
+    elif path == "func":
+        size = chunking.FUNC_SENSITIVITY_CHUNK
+    else:
+        size = chunking.FINITE_DIFFERENCE_CHUNK
+    forward_mode = True
+    out = []
+    for sl in chunking.chunks(x.shape[0], size):
+        xb = x[sl]
+        with torch.no_grad():
+            z = net.logits(net.selected(), xb)
+        _checks.check_finite_output(z, sl.start, net, x)
+        cls = directions.class_of(direction, z, None if y is None else y[sl])
+        res = None
+        while res is None and path in ("first_order", "second_order"):
+            if isinstance(direction, str):
+                r, v = directions.coefficients(z, cls), None
+            else:
+                r, v = None, directions.fixed_direction(net.names, direction, normalize)
+            try:
+                res = hook_sensitivity(
+                    net, plan, xb, r=r, v=v, y=cls, blockwise=blockwise, normalize=normalize, classes=classes,
+                    first_order=path == "first_order",
+                )
+            except (RuntimeError, NotImplementedError) as err:  # e.g. an op without a batching rule
+                logger.debug("%s hook sensitivity failed (%s); trying the next path", path, err)
+                res = None
+            if res is None:
+                path = "second_order" if path == "first_order" else "func"
+        if res is not None:
+            out.append(res)
+            continue
+        with torch.no_grad():
+            v, shared = directions.directions_of(net, xb, z, cls, direction, normalize)
+            if path == "finite_difference":
+                out.append(fd_sensitivity(net, xb, v, cls, shared=shared, blockwise=blockwise, classes=classes,
+                                          epsilon=epsilon))
+                continue
+            if forward_mode:
+                try:
+                    out.append(func_sensitivity(net, xb, v, cls, shared=shared, blockwise=blockwise, classes=classes))
+                    continue
+                except NotImplementedError as err:  # no forward-mode formula (reverse over forward)
+                    logger.debug("forward-mode JVP failed (%s); using a double VJP", err)
+                    forward_mode = False
+            out.append(func_sensitivity(net, xb, v, cls, shared=shared, blockwise=blockwise, classes=classes,
+                                        forward_mode=False))
+    return torch.cat(out)
