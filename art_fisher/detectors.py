@@ -188,18 +188,18 @@ class FisherInformationDetector(EvasionDetector):
         self,
         classifier: Any,
         *,
-        metrics: Sequence[str] = ("trace", "quadratic_form"),
+        metrics: Sequence[str] = _features.DEFAULT_OPTIONS.metrics,
         estimator: Any = None,
         target_fpr: float = 0.05,
         batch_size: int = 128,
-        output: str = "logits",
-        direction: str = "predicted",
-        blockwise: bool | None = None,
-        normalize: bool = True,
-        classes: str = "all",
-        params: Sequence[str] | None = None,
-        method: str = "exact",
-        epsilon: float = 1e-3,
+        output: str = _features.DEFAULT_OPTIONS.output,
+        direction: str = _features.DEFAULT_OPTIONS.direction,
+        blockwise: bool | None = _features.DEFAULT_OPTIONS.blockwise,
+        normalize: bool = _features.DEFAULT_OPTIONS.normalize,
+        classes: str = _features.DEFAULT_OPTIONS.classes,
+        params: Sequence[str] | None = _features.DEFAULT_OPTIONS.params,
+        method: str = _features.DEFAULT_OPTIONS.method,
+        epsilon: float = _features.DEFAULT_OPTIONS.epsilon,
         progress: bool = False,
     ) -> None:
         super().__init__()
@@ -221,7 +221,9 @@ class FisherInformationDetector(EvasionDetector):
 
     # ----------------------------------------------------------------------------------------- checks
     def _check_params(self) -> None:
-        self._metric_names = _features.check_settings_of(self)
+        self._options = _features.options_of(self)
+        self._metric_names = self._options.metrics
+        _features.check_batch_size(self.batch_size)
         if self.estimator is not None:
             estimator_kind(self.estimator)
         if (
@@ -268,8 +270,7 @@ class FisherInformationDetector(EvasionDetector):
     def _batch(self, batch_size: int | None) -> int:
         if batch_size is None:
             return self.batch_size
-        _features.check_batch_size(batch_size)
-        return int(batch_size)
+        return _features.check_batch_size(batch_size)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "estimator_"):
@@ -284,7 +285,7 @@ class FisherInformationDetector(EvasionDetector):
             self.classifier,
             x,
             metrics=self._metric_names,
-            settings=_features.settings_of(self),
+            settings=self._options,
             batch_size=batch_size,
             progress=self.progress,
         )
@@ -317,7 +318,7 @@ class FisherInformationDetector(EvasionDetector):
             self.classifier,
             x,
             metrics=("sensitivity",),
-            settings=_features.settings_of(self),
+            settings=self._options,
             batch_size=self._batch(batch_size),
             reduce_maps=False,
             progress=self.progress,
