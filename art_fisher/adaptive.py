@@ -14,17 +14,26 @@ e.g. ``FisherInformationDetector.as_art_classifier()``):
 - ``loss_gradient`` / ``compute_loss`` are the **attacker's loss** of an adaptive attack (Tramèr et al.
   2020, "On adaptive attacks to adversarial example defenses"): for a label :math:`y < C`
 
-  .. math:: L(x, y) = \operatorname{CE}(z(x), y) - w \operatorname{softplus}(d(x))
-            = -\log p(y \mid x) + w \log(1 - \sigma(d(x))),
+  .. math:: L(x, y) = \ell(z(x), y) - w\, [m(x) > 0] \operatorname{softplus}(d(x)),
+     \qquad m = \max_{j \ne y} z_j - z_y, \qquad \ell = \min(m, \kappa),
 
-  the classifier's cross entropy plus :math:`w` times the detector's log-probability of "clean" (taking
-  :math:`d` as a logit). An untargeted attack that *ascends* :math:`L` (ART's PGD, AutoPGD) pushes the
-  input away from class :math:`y` *and* below the detector's threshold; ascending the cross entropy of the
-  C + 1 combined logits instead would push inputs into the detector's class, which is no evasion. With
-  ``targeted=True`` the sign of the detector term flips (:math:`\operatorname{CE}(z, t) + w
-  \operatorname{softplus}(d)`), since targeted attacks *descend* the loss. A label equal to :math:`C`
-  (the detector's class, e.g. when ART takes ``y`` from ``predict`` of a flagged input) is replaced by
-  the classifier's own prediction; pass true labels to avoid that.
+  the classifier's logit margin (C&W's loss; ``classifier_loss="margin"``, default), capped at a
+  confidence :math:`\kappa` (``confidence``), plus, once the classifier is fooled (:math:`m > 0`),
+  :math:`w` times the detector's log-probability of "clean" (:math:`-\operatorname{softplus}(d) =
+  \log(1 - \sigma(d))`, taking :math:`d` as a logit). An untargeted attack that *ascends* :math:`L` (ART's
+  PGD) first crosses the decision boundary, then pushes the input below the detector's threshold while
+  keeping it misclassified. Both choices were measured on the digits CNN of the evaluation (40 inputs, PGD
+  L∞ ε = 0.2, 40 steps, against ``fisher_trace`` fitted on PGD): crossing the boundary passes through
+  low-confidence inputs that confidence-type detectors score very high, and without the gate the
+  detector term holds the attack before the boundary (10 % success, 10 % evasion; with the gate 100 % and
+  77.5 %; the plain margin attack, :math:`w = 0`, 100 % and 42.5 %). The cross entropy
+  (``classifier_loss="cross_entropy"``) has a vanishing gradient at confidently classified inputs.
+  Ascending the cross entropy of the C + 1 combined logits instead would push inputs into the detector's
+  class, which is no evasion. With ``targeted=True`` the attack *descends*
+  :math:`\max(m_t, -\kappa) + w\, [m_t < 0] \operatorname{softplus}(d)` with :math:`m_t = \max_{j \ne t}
+  z_j - z_t`. A label equal to :math:`C` (the detector's class, e.g. when ART takes ``y`` from ``predict``
+  of a flagged input) is replaced by the classifier's own prediction; pass true labels to avoid that.
+  The gate makes :math:`L` discontinuous where :math:`m = 0`; elsewhere its gradient is exact.
 
 Which attacks and how: ART's PGD (L∞ or L2) ascends ``loss_gradient`` and returns its last iterate, so it
 runs untargeted as it is (pass the true labels as ``y``). AutoPGD and C&W judge success by the argmax of the
@@ -43,7 +52,7 @@ import numpy as np
 import torch
 from art.estimators.classification import DetectorClassifier
 
-from art_fisher.art_classifier import DetectionLogitClassifier
+from art_fisher.art_classifier import DetectionLogitClassifier, classifier_logits
 
 __all__ = ["AdaptiveDetectorClassifier"]
 
@@ -60,6 +69,10 @@ class AdaptiveDetectorClassifier(DetectorClassifier):
         into one with ``as_art_classifier()`` (which raises for a non-differentiable estimator).
     detector_weight : float, default=1.0
         :math:`w \\ge 0` in the attacker's loss (module docstring); 0 ignores the detector.
+    classifier_loss : {"margin", "cross_entropy"}, default="margin"
+        The classifier's term :math:`\\ell` of the attacker's loss (module docstring).
+    confidence : float, default=5.0
+        :math:`\\kappa \\ge 0`, the cap of the margin (logit units).
     targeted : bool, default=False
         Set True when a targeted attack uses ``loss_gradient`` (it descends the loss).
 
@@ -71,7 +84,16 @@ class AdaptiveDetectorClassifier(DetectorClassifier):
         If ``detector_weight`` is negative or not a number, or the input shapes differ.
     """
 
-    def __init__(self, classifier: Any, detector: Any, *, detector_weight: float = 1.0, targeted: bool = False) -> None:
+    def __init__(
+        self,
+        classifier: Any,
+        detector: Any,
+        *,
+        detector_weight: float = 1.0,
+        classifier_loss: str = "margin",
+        confidence: float = 5.0,
+        targeted: bool = False,
+    ) -> None:
         from art.estimators.classification import PyTorchClassifier
 
         from art_fisher.detectors import FisherInformationDetector
@@ -88,6 +110,10 @@ class AdaptiveDetectorClassifier(DetectorClassifier):
             )
         if isinstance(detector_weight, bool) or not isinstance(detector_weight, Real) or not detector_weight >= 0:
             raise ValueError(f"detector_weight must be a number >= 0; got {detector_weight!r}.")
+        if classifier_loss not in ("margin", "cross_entropy"):
+            raise ValueError(f"classifier_loss must be 'margin' or 'cross_entropy'; got {classifier_loss!r}.")
+        if isinstance(confidence, bool) or not isinstance(confidence, Real) or not confidence >= 0:
+            raise ValueError(f"confidence must be a number >= 0; got {confidence!r}.")
         if not isinstance(targeted, bool):
             raise ValueError(f"targeted must be True or False; got {targeted!r}.")
         if tuple(detector.input_shape) != tuple(classifier.input_shape):
@@ -96,21 +122,18 @@ class AdaptiveDetectorClassifier(DetectorClassifier):
             )
         super().__init__(classifier, detector)
         self.detector_weight = float(detector_weight)
+        self.classifier_loss = classifier_loss
+        self.confidence = float(confidence)
         self.targeted = targeted
+        #: Set to a list to record the per-sample loss at every ``loss_gradient`` call (an attack's trajectory).
+        self.loss_history: list[np.ndarray] | None = None
 
     # ------------------------------------------------------------------------------------ torch parts
     def _tensor(self, x: np.ndarray) -> torch.Tensor:
         return self.detector._tensor(x)
 
     def _classifier_logits(self, x: torch.Tensor) -> torch.Tensor:
-        clf = self.classifier
-        xp = x
-        if clf.preprocessing_operations:
-            xp, _ = clf._apply_preprocessing(x, y=None, fit=False, no_grad=False)
-        from art_fisher._features import _eval_mode
-
-        with _eval_mode(clf.model):
-            return clf.model(xp.to(next(clf.model.parameters()).dtype))
+        return classifier_logits(self.classifier, x)
 
     def combined_logits(self, x: torch.Tensor) -> torch.Tensor:
         """The C + 1 logits of ``predict`` as a differentiable tensor (N, C + 1)."""
@@ -137,12 +160,20 @@ class AdaptiveDetectorClassifier(DetectorClassifier):
     def _loss(self, xt: torch.Tensor, y: Any) -> torch.Tensor:
         labels = self._class_labels(xt.detach(), y)
         z = self._classifier_logits(xt)
-        ce = torch.nn.functional.cross_entropy(z, labels, reduction="none")
+        z_label = z.gather(1, labels[:, None])[:, 0]
+        margin = z.scatter(1, labels[:, None], float("-inf")).max(dim=1).values - z_label  # > 0: not the label
+        if self.classifier_loss == "cross_entropy":
+            term = torch.nn.functional.cross_entropy(z, labels, reduction="none")
+        elif self.targeted:
+            term = torch.clamp(margin, min=-self.confidence)
+        else:
+            term = torch.clamp(margin, max=self.confidence)
         if self.detector_weight == 0:
-            return ce
-        evade = torch.nn.functional.softplus(self.detector.logits(xt))
-        sign = 1.0 if self.targeted else -1.0
-        return ce + sign * self.detector_weight * evade
+            return term
+        # The detector term counts once the classifier says what the attacker wants (the gate).
+        gate = (margin < 0) if self.targeted else (margin > 0)
+        evade = gate.to(z.dtype).detach() * torch.nn.functional.softplus(self.detector.logits(xt))
+        return term + (1.0 if self.targeted else -1.0) * self.detector_weight * evade
 
     # ----------------------------------------------------------------------------------- ART methods
     def compute_loss(self, x: np.ndarray, y: np.ndarray, reduction: str = "none", **kwargs: Any) -> np.ndarray:
@@ -159,7 +190,10 @@ class AdaptiveDetectorClassifier(DetectorClassifier):
         if training_mode:
             raise ValueError("training_mode=True is not supported: both models run in eval mode.")
         xt = self._tensor(x).requires_grad_(True)
-        (g,) = torch.autograd.grad(self._loss(xt, y).sum(), xt)
+        loss = self._loss(xt, y)
+        (g,) = torch.autograd.grad(loss.sum(), xt)
+        if self.loss_history is not None:
+            self.loss_history.append(loss.detach().cpu().numpy())
         return g.detach().cpu().numpy().astype(np.asarray(x).dtype, copy=False)
 
     def class_gradient(

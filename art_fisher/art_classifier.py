@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from art.estimators.classification.classifier import ClassifierNeuralNetwork
 
-__all__ = ["DetectionLogitClassifier", "art_detector_logit"]
+__all__ = ["DetectionLogitClassifier", "art_detector_logit", "classifier_logits"]
 
 
 class DetectionLogitClassifier(ClassifierNeuralNetwork):
@@ -253,3 +253,18 @@ def _in_eval_mode(fn: Callable[[torch.Tensor], torch.Tensor], models: list[torch
             return fn(x)
 
     return wrapped
+
+
+def classifier_logits(classifier: Any, x: torch.Tensor) -> torch.Tensor:
+    """An ART ``PyTorchClassifier``'s outputs (N, C) for raw inputs ``x``, differentiable, in eval mode.
+
+    The classifier's preprocessing is applied in PyTorch (as ART does for its standardisation); the
+    model's modes come back as they were.
+    """
+    from art_fisher._features import _eval_mode
+
+    xp = x
+    if classifier.preprocessing_operations:
+        xp, _ = classifier._apply_preprocessing(x, y=None, fit=False, no_grad=False)
+    with _eval_mode(classifier.model):
+        return classifier.model(xp.to(next(classifier.model.parameters()).dtype))

@@ -16,13 +16,16 @@ def _torch_logits(combo, x):
         return combo.combined_logits(torch.as_tensor(x)).detach().numpy()
 
 
-@pytest.mark.parametrize("kind, estimator", [("mlp", "threshold"), ("cnn", "logistic"), ("cnn", "quantile")])
-def test_gradients_of_the_combined_model_match_central_differences(kind, estimator):
+@pytest.mark.parametrize(
+    "kind, estimator, loss", [("mlp", "threshold", "margin"), ("cnn", "logistic", "cross_entropy"), ("cnn", "quantile", "margin")]
+)
+def test_gradients_of_the_combined_model_match_central_differences(kind, estimator, loss):
     clf, x = smooth_classifier(kind)
-    combo = AdaptiveDetectorClassifier(clf, fitted_detector(clf, x, estimator))
+    combo = AdaptiveDetectorClassifier(clf, fitted_detector(clf, x, estimator), classifier_loss=loss)
     xs = np.random.default_rng(4).uniform(0.1, 0.9, size=(4, *x.shape[1:]))
     np.testing.assert_allclose(combo.predict(xs), _torch_logits(combo, xs), rtol=1e-6, atol=1e-7)  # ART's predict
     y = clf.predict(xs).argmax(1)
+    y[:2] = (y[:2] + 1) % 4  # misclassified: the detector term is on (the gate)
     g = combo.loss_gradient(xs, y)
     central_difference_check(lambda xx: combo.compute_loss(xx, y), g, xs)
     every = combo.class_gradient(xs)
@@ -38,21 +41,30 @@ def test_attacker_loss_terms_and_label_handling():
     clf, x = smooth_classifier("mlp")
     detector = fitted_detector(clf, x, "logistic")
     xs, y = x[:6], clf.predict(x[:6]).argmax(1)
+    y[:3] = (y[:3] + 1) % 4  # misclassified: the detector term is on
     z = clf.predict(xs).astype(np.float64)
     ce = -(z[np.arange(6), y] - np.log(np.exp(z).sum(1)))
+    others = np.where(np.eye(4)[y] == 1, -np.inf, z).max(1)
+    margin = others - z[np.arange(6), y]
     d = detector.as_art_classifier().predict(xs)[:, 0]
-    untargeted = AdaptiveDetectorClassifier(clf, detector).compute_loss(xs, y)
-    np.testing.assert_allclose(untargeted, ce - np.logaddexp(0, d), rtol=1e-6)
+    untargeted = AdaptiveDetectorClassifier(clf, detector, confidence=0.05).compute_loss(xs, y)
+    assert np.all(margin[:3] > 0) and np.all(margin[3:] < 0)
+    gate = margin > 0
+    np.testing.assert_allclose(untargeted, np.minimum(margin, 0.05) - gate * np.logaddexp(0, d), rtol=1e-6)
     targeted = AdaptiveDetectorClassifier(clf, detector, targeted=True, detector_weight=2.0).compute_loss(xs, y)
-    np.testing.assert_allclose(targeted, ce + 2 * np.logaddexp(0, d), rtol=1e-6)
-    one_hot = np.eye(5)[y]
+    np.testing.assert_allclose(targeted, np.maximum(margin, -5.0) + 2 * ~gate * np.logaddexp(0, d), rtol=1e-6)
+    with_ce = AdaptiveDetectorClassifier(clf, detector, classifier_loss="cross_entropy").compute_loss(xs, y)
+    np.testing.assert_allclose(with_ce, ce - gate * np.logaddexp(0, d), rtol=1e-6)
     combo = AdaptiveDetectorClassifier(clf, detector)
-    np.testing.assert_allclose(combo.loss_gradient(xs, one_hot), combo.loss_gradient(xs, y))
-    np.testing.assert_allclose(combo.compute_loss(xs, np.full(6, 4)), untargeted)  # detector's class -> prediction
+    np.testing.assert_allclose(combo.loss_gradient(xs, np.eye(5)[y]), combo.loss_gradient(xs, y))
+    predicted = clf.predict(xs).argmax(1)  # the detector's class stands for the prediction
+    np.testing.assert_allclose(combo.compute_loss(xs, np.full(6, 4)), combo.compute_loss(xs, predicted))
     with pytest.raises(ValueError, match=r"y must be labels in \[0, 4\]"):
         combo.loss_gradient(xs, np.full(6, 5))
     with pytest.raises(ValueError, match="detector_weight must be a number >= 0"):
         AdaptiveDetectorClassifier(clf, detector, detector_weight=-1)
+    with pytest.raises(ValueError, match="classifier_loss must be"):
+        AdaptiveDetectorClassifier(clf, detector, classifier_loss="hinge")
     with pytest.raises(TypeError, match="detector must be a DetectionLogitClassifier"):
         AdaptiveDetectorClassifier(clf, object())
 
@@ -72,10 +84,7 @@ def test_art_attacks_run_on_the_combined_model(digits_cnn, digits_attacks):
     y = clf.predict(x).argmax(1)
     pgd = ProjectedGradientDescent(combo, eps=0.2, eps_step=0.05, max_iter=4, verbose=False).generate(x, y=y)
     assert np.abs(pgd - x).max() <= 0.2 + 1e-6
-    # ascending the attacker's loss: the classifier's cross entropy up, the detector's logit down
-    assert np.all(combo.compute_loss(pgd, y) > combo.compute_loss(x, y))
-    logit = detector.as_art_classifier()
-    assert logit.predict(pgd).mean() < logit.predict(x).mean()
+    assert np.all(combo.compute_loss(pgd, y) > combo.compute_loss(x, y))  # PGD ascends the attacker's loss
     # AutoPGD and C&W judge success by the argmax of the C + 1 logits: run them targeted at a classifier class
     target = np.argsort(clf.predict(x), axis=1)[:, -2]  # the runner-up class, never the detector's
     targeted = AdaptiveDetectorClassifier(clf, detector, targeted=True)

@@ -124,13 +124,20 @@ class FisherRun(DetectorRun):
             seconds=wall - self.detector.last_spent + self.detector.last_cost,
         )
 
+    def detection_logit(self) -> Any:
+        return self.detector.as_art_classifier()
+
 
 def _spec(label: str, metrics: tuple[str, ...], *, clean: bool) -> DetectorSpec:
+    from art_fisher._features import METRICS
+
+    maps = [m for m in metrics if METRICS[m].is_map]
     return DetectorSpec(
         f"{label}, clean-calibrated" if clean else label,
         lambda ctx, m=metrics: FisherRun(ctx, m),
         "fisher",
         supervised=not clean,
+        no_gradient=f"no input gradient through the statistics of the map {maps}" if maps else None,
     )
 
 
