@@ -191,6 +191,7 @@ def detection_logit_function(detector: Any) -> Callable[[torch.Tensor], torch.Te
         xp = xp.contiguous()
         with _features._eval_mode(model):
             columns = [fn(model, xp, create_graph=True, **kwargs) for fn, kwargs in functions]
-        return to_logit(torch.stack(columns, dim=1))
+        # the same column layout as _features.feature_matrix: each metric's values flattened per sample
+        return to_logit(torch.cat([c.reshape(c.shape[0], -1) for c in columns], dim=1))
 
     return logit
