@@ -95,3 +95,16 @@ def test_art_attacks_run_on_the_combined_model(digits_cnn, digits_attacks):
     assert np.all(targeted.compute_loss(x_apgd, target) <= targeted.compute_loss(x, target) + 1e-6)
     cw = CarliniL2Method(targeted, targeted=True, max_iter=2, binary_search_steps=1, verbose=False)
     assert cw.generate(x[:2], y=target[:2]).shape == (2, *x.shape[1:])
+
+
+def test_arts_own_detector_classifier_accepts_the_detection_logit():
+    """ART's unmodified DetectorClassifier predicts and differentiates with ``as_art_classifier()``."""
+    from art.estimators.classification import DetectorClassifier
+
+    clf, x = smooth_classifier("cnn")
+    detector = fitted_detector(clf, x, "logistic")
+    ours, arts = AdaptiveDetectorClassifier(clf, detector), DetectorClassifier(clf, detector.as_art_classifier())
+    xs = x[:3]
+    np.testing.assert_allclose(arts.predict(xs), ours.predict(xs), rtol=1e-6)
+    np.testing.assert_allclose(arts.class_gradient(xs), ours.class_gradient(xs), rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(arts.class_gradient(xs, label=4), ours.class_gradient(xs, label=4), rtol=1e-5, atol=1e-8)
