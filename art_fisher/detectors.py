@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import sklearn
 from art.defences.detector.evasion import EvasionDetector
-from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
 from art_fisher import _features, persistence
@@ -30,6 +29,7 @@ from art_fisher.decision import (
     default_estimator,
     detection_labels,
     estimator_kind,
+    new_estimator,
     routes_metadata,
 )
 
@@ -91,30 +91,10 @@ class FisherInformationDetector(EvasionDetector):
         (unused when fitting with labels or with your own estimator).
     batch_size : int, default=128
         Samples per metric computation when ``fit``/``detect`` get no ``batch_size``.
-    output : {"logits", "log_probs", "probs"}, default="logits"
-        What the classifier's model returns (``"logits"`` and ``"log_probs"`` give the same metrics,
-        since the softmax of log-probabilities is the probabilities).
-    direction : {"predicted", "top_eigenvector"}, default="predicted"
-        Direction of the quadratic form and sensitivity: the gradient of the predicted class's
-        log-probability, or (quadratic form only) the top eigenvector of :math:`F(x)`. (``"label"``
-        needs true labels, which a detector does not have at detection time.)
-    blockwise : bool or None, default=None
-        Layer-wise (block-diagonal) Fisher for the quadratic form and sensitivity; None keeps each
-        metric's own default (full for the quadratic form, blockwise for the sensitivity).
-    normalize : bool, default=True
-        Quadratic form and sensitivity along the unit direction :math:`\bar v = v / \|v\|`; False
-        uses the raw gradient :math:`v` (the authors' package), :math:`\|v\|^2` times the value.
-    classes : {"all", "predicted_vs_rest"}, default="all"
-        Sum of the quadratic form and sensitivity over all classes, or over the two classes
-        (predicted, rest) as the authors' package does.
-    params : sequence of str or None, default=None
-        Names of the model's parameters the Fisher information is taken over; None: all that require
-        grad.
-    method : {"exact", "finite_difference"}, default="exact"
-        Autodiff, or the original paper's central finite differences (``"max_eigenvalue"`` is always
-        exact).
-    epsilon : float, default=1e-3
-        Finite-difference step (only used with ``method="finite_difference"``).
+    output, direction, blockwise, normalize, classes, params, method, epsilon
+        The metric options, one object shared with :class:`~art_fisher.estimators.FisherFeatures`
+        (meanings and defaults: :class:`art_fisher._features.MetricOptions`). ``direction`` is
+        ``"predicted"`` or ``"top_eigenvector"`` (a detector has no true labels at detection time).
     progress : bool, default=False
         Show a progress bar over batches.
 
@@ -140,11 +120,14 @@ class FisherInformationDetector(EvasionDetector):
 
     Notes
     -----
-    ART's ``DetectorClassifier(classifier, detector)`` does not accept this detector: it needs a
-    ``ClassifierNeuralNetwork`` detector (``predict`` returning one detection logit per sample and
-    ``class_gradient`` with respect to the input, used by attacks on the combined model), while an
-    ``EvasionDetector`` exposes ``detect``; input gradients of the Fisher metrics (mixed
-    :math:`\partial_x \partial_\theta` derivatives of the model) are not provided. Use ``detect`` in front of the classifier instead.
+    Attacks that know the detector: :meth:`as_art_classifier` is the detector as ART's
+    ``DetectorClassifier`` needs it (``predict`` = one detection logit per sample, ``class_gradient`` its
+    exact input gradient, by autodiff through the Fisher metrics), and
+    :class:`art_fisher.adaptive.AdaptiveDetectorClassifier` the pair with an attacker's loss, on which
+    ART's PGD, AutoPGD and C&W run. Differentiable: the scalar metrics with ``method="exact"`` and the
+    estimators ``ThresholdClassifier``, a linear classifier (alone or after ``StandardScaler``, the
+    default with labels) and ``QuantileOutlierDetector`` (the default without labels, piecewise);
+    see :mod:`art_fisher.gradients`.
 
     Clean-only calibration (``fit(x)`` without ``y``) flags inputs whose Fisher information is
     *higher* than that of the clean inputs: the Fisher information
@@ -168,38 +151,26 @@ class FisherInformationDetector(EvasionDetector):
     """
 
     defence_params = [
-        "classifier",
-        "metrics",
-        "estimator",
-        "target_fpr",
-        "batch_size",
-        "output",
-        "direction",
-        "blockwise",
-        "normalize",
-        "classes",
-        "params",
-        "method",
-        "epsilon",
-        "progress",
-    ]
+        "classifier", "metrics", "estimator", "target_fpr", "batch_size",
+        *(name for name in _features.OPTION_NAMES if name != "metrics"), "progress",
+    ]  # fmt: skip
 
     def __init__(
         self,
         classifier: Any,
         *,
-        metrics: Sequence[str] = ("trace", "quadratic_form"),
+        metrics: Sequence[str] = _features.DEFAULT_OPTIONS.metrics,
         estimator: Any = None,
         target_fpr: float = 0.05,
         batch_size: int = 128,
-        output: str = "logits",
-        direction: str = "predicted",
-        blockwise: bool | None = None,
-        normalize: bool = True,
-        classes: str = "all",
-        params: Sequence[str] | None = None,
-        method: str = "exact",
-        epsilon: float = 1e-3,
+        output: str = _features.DEFAULT_OPTIONS.output,
+        direction: str = _features.DEFAULT_OPTIONS.direction,
+        blockwise: bool | None = _features.DEFAULT_OPTIONS.blockwise,
+        normalize: bool = _features.DEFAULT_OPTIONS.normalize,
+        classes: str = _features.DEFAULT_OPTIONS.classes,
+        params: Sequence[str] | None = _features.DEFAULT_OPTIONS.params,
+        method: str = _features.DEFAULT_OPTIONS.method,
+        epsilon: float = _features.DEFAULT_OPTIONS.epsilon,
         progress: bool = False,
     ) -> None:
         super().__init__()
@@ -221,7 +192,9 @@ class FisherInformationDetector(EvasionDetector):
 
     # ----------------------------------------------------------------------------------------- checks
     def _check_params(self) -> None:
-        self._metric_names = _features.check_settings_of(self)
+        self._options = _features.options_of(self)
+        self._metric_names = self._options.metrics
+        _features.check_batch_size(self.batch_size)
         if self.estimator is not None:
             estimator_kind(self.estimator)
         if (
@@ -268,8 +241,7 @@ class FisherInformationDetector(EvasionDetector):
     def _batch(self, batch_size: int | None) -> int:
         if batch_size is None:
             return self.batch_size
-        _features.check_batch_size(batch_size)
-        return int(batch_size)
+        return _features.check_batch_size(batch_size)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "estimator_"):
@@ -284,7 +256,7 @@ class FisherInformationDetector(EvasionDetector):
             self.classifier,
             x,
             metrics=self._metric_names,
-            settings=_features.settings_of(self),
+            settings=self._options,
             batch_size=batch_size,
             progress=self.progress,
         )
@@ -317,7 +289,7 @@ class FisherInformationDetector(EvasionDetector):
             self.classifier,
             x,
             metrics=("sensitivity",),
-            settings=_features.settings_of(self),
+            settings=self._options,
             batch_size=self._batch(batch_size),
             reduce_maps=False,
             progress=self.progress,
@@ -387,25 +359,10 @@ class FisherInformationDetector(EvasionDetector):
         logger.debug("Fitted %s on %d samples and features %s.", type(estimator).__name__, len(x), names)
 
     def _new_estimator(self, *, labelled: bool, n_features: int) -> tuple[Any, str]:
-        """A fresh estimator for this fit and its kind; ValueError / TypeError before any work."""
-        if self.estimator is None:
-            if labelled:
-                return default_estimator(n_features), "classifier"
-            return default_clean_estimator(self._metric_names, float(self.target_fpr)), "outlier_detector"
-        kind = estimator_kind(self.estimator)
-        if kind == "classifier" and not labelled:
-            raise ValueError(
-                f"fit(x) without labels calibrates on clean inputs only, but estimator "
-                f"{type(self.estimator).__qualname__} is a classifier that needs clean (0) / adversarial (1) "
-                "labels: pass y, or use estimator=None (clean quantile calibration at target_fpr) or an "
-                "outlier detector."
-            )
-        if kind == "outlier_detector" and labelled:
-            raise ValueError(
-                f"estimator {type(self.estimator).__qualname__} is an outlier detector, fitted on clean inputs "
-                "only: call fit(x_clean) without y."
-            )
-        return clone(self.estimator), kind
+        return new_estimator(
+            self.estimator, labelled=labelled, n_features=n_features, metrics=self._metric_names,
+            target_fpr=float(self.target_fpr),
+        )  # fmt: skip
 
     def detect(self, x: np.ndarray, batch_size: int | None = None, **kwargs: Any) -> tuple[dict, np.ndarray]:
         """Flag adversarial inputs.
@@ -452,6 +409,37 @@ class FisherInformationDetector(EvasionDetector):
         }
         return report, is_adversarial
 
+    def as_art_classifier(self) -> Any:
+        """The fitted detector as an ART classifier with one output: the detection logit, with input gradients.
+
+        ``predict(x)`` gives shape (N, 1): the log-odds of the estimator's probability of "adversarial" for a
+        classifier (its ``decision_function`` for a linear one, ``decision_function / std`` for
+        ``ThresholdClassifier``), ``-decision_function`` for ``QuantileOutlierDetector``; positive exactly
+        where :meth:`detect` flags the input. ``class_gradient(x)`` gives its exact input gradient, shape
+        (N, 1, *input_shape), through the Fisher metrics' mixed second derivatives. Pass it (or the
+        detector) to :class:`art_fisher.adaptive.AdaptiveDetectorClassifier` or ART's ``DetectorClassifier``.
+
+        Returns
+        -------
+        art_fisher.art_classifier.DetectionLogitClassifier
+
+        Raises
+        ------
+        sklearn.exceptions.NotFittedError
+            If the detector is not fitted.
+        art_fisher.gradients.NotDifferentiableError
+            Before any work, naming the estimator, metric or method that has no input gradient.
+        """
+        from art_fisher.art_classifier import DetectionLogitClassifier
+        from art_fisher.gradients import detection_logit_function
+
+        parameter = next(self.classifier.model.parameters())
+        return DetectionLogitClassifier(
+            detection_logit_function(self), input_shape=tuple(self.classifier.input_shape),
+            clip_values=self.classifier.clip_values, dtype=parameter.dtype, device=parameter.device,
+            name=f"FisherInformationDetector({', '.join(self._metric_names)})",
+        )  # fmt: skip
+
     # ----------------------------------------------------------------------------------- persistence
     def save(self, path: str | Path) -> None:
         """Write the learned state to ``path`` (a skops file, conventionally ``*.skops``), atomically.
@@ -480,24 +468,21 @@ class FisherInformationDetector(EvasionDetector):
     ) -> FisherInformationDetector:
         """Load a detector written by :meth:`save` and attach it to ``classifier``.
 
-        Nothing in the file is executed: it is read with ``skops.io.load``, and only skops' default
-        trusted types (scikit-learn estimators, numpy, builtins), the package's own estimators and the
-        ``trusted`` type names you add are accepted.
+        Nothing in the file is executed (``skops.io`` with a trusted-type list); see
+        :func:`art_fisher.persistence.load_detector` for every check.
 
         Parameters
         ----------
         path : str or Path
             A file written by :meth:`save`.
         classifier : art.estimators.classification.PyTorchClassifier
-            The classifier the detector was fitted for: same weights and preprocessing (checked through
-            the saved fingerprint), input shape and number of classes.
+            The classifier the detector was fitted for (same weights and preprocessing, checked through
+            the saved fingerprint; same input shape and number of classes).
         trusted : sequence of str
-            Further type names to trust, for a custom ``estimator`` (review
-            ``skops.io.get_untrusted_types(file=path)`` first).
+            Further type names to trust, for a custom ``estimator``.
         allow_other_model : bool, default=False
-            Load even when the classifier's weights or preprocessing differ from those the detector was
-            fitted for (or the file predates fingerprints); a warning says so. The decisions of such a
-            detector are not calibrated for this model.
+            Load even when the fingerprint differs (with a warning): the decisions are then not
+            calibrated for this model.
 
         Returns
         -------
@@ -507,11 +492,8 @@ class FisherInformationDetector(EvasionDetector):
         Raises
         ------
         ValueError
-            If the path is missing or a folder; the file is not a skops file, is of another format or
-            format version, holds types that are not trusted, lacks a key, holds a value of the wrong
-            type (e.g. ``estimator_`` that is not a fitted estimator) or is nested too deeply; or it was
-            fitted for a classifier of another input shape, class count or (without
-            ``allow_other_model``) fingerprint.
+            If the file is missing, malformed, untrusted or of another format, or fitted for another
+            classifier (see :func:`art_fisher.persistence.load_detector`).
         TypeError
             If ``classifier`` is not an ART ``PyTorchClassifier``.
         """
