@@ -118,30 +118,93 @@ def _log(v: np.ndarray) -> np.ndarray:
     return np.log(np.maximum(v, _TINY))
 
 
-#: Candidate name -> columns from a bank (dict of arrays for the same rows).
-CANDIDATES: dict[str, Callable[[dict[str, np.ndarray]], np.ndarray]] = {
-    "log_scalars": lambda b: _log(np.column_stack([b["trace"], b["qf"], b["lmax"]])),
-    "block_profile": lambda b: _log(np.column_stack([b["blocks"], b["trace"]])),
-    "eig_ratio": lambda b: np.column_stack([_log(b["trace"]), _log(b["lmax"]) - _log(b["trace"])]),
-    "class_contrast": lambda b: _log(b["contrast"]),
-    "sens_stats": lambda b: b["sens"],
-    "sm+margin": lambda b: np.column_stack([b["softmax"], b["margin"]]),
-    "sm+log_scalars": lambda b: np.column_stack([b["softmax"], CANDIDATES["log_scalars"](b)]),
-    "sm+block_profile": lambda b: np.column_stack([b["softmax"], CANDIDATES["block_profile"](b)]),
-    "sm+eig_ratio": lambda b: np.column_stack([b["softmax"], CANDIDATES["eig_ratio"](b)]),
-    "sm+class_contrast": lambda b: np.column_stack([b["softmax"], CANDIDATES["class_contrast"](b)]),
-    "sm+sens_stats": lambda b: np.column_stack([b["softmax"], b["sens"]]),
-    "block_profile+eig_ratio": lambda b: np.column_stack(
-        [CANDIDATES["block_profile"](b), _log(b["lmax"]) - _log(b["trace"])]
-    ),
-    "sm+block+ratio+contrast": lambda b: np.column_stack(
-        [b["softmax"], CANDIDATES["block_profile"](b), _log(b["lmax"]) - _log(b["trace"]), _log(b["contrast"])]
-    ),
-    "sm+all": lambda b: np.column_stack(
-        [b["softmax"], CANDIDATES["block_profile"](b), _log(b["lmax"]) - _log(b["trace"]), _log(b["contrast"]),
-         b["sens"]]
-    ),  # fmt: skip
+#: Feature groups: name -> (columns from a bank, prior direction per column: +1 higher = adversarial,
+#: -1 lower = adversarial, 0 no prior). The priors are used only by the sign-constrained estimator.
+GROUPS: dict[str, tuple[Callable[[dict[str, np.ndarray]], np.ndarray], tuple[int, ...]]] = {
+    "softmax": (lambda b: b["softmax"], (-1, +1)),
+    "margin": (lambda b: b["margin"], (-1,)),
+    "log_scalars": (lambda b: _log(np.column_stack([b["trace"], b["qf"], b["lmax"]])), (+1, +1, +1)),
+    "block_profile": (lambda b: _log(np.column_stack([b["blocks"], b["trace"]])), None),  # +1 each
+    "block_traces": (lambda b: _log(b["blocks"]), None),
+    "block_traces_raw": (lambda b: b["blocks"], None),
+    "eig_ratio": (lambda b: _log(b["lmax"]) - _log(b["trace"]), (0,)),
+    "log_trace": (lambda b: _log(b["trace"]), (+1,)),
+    "class_contrast": (lambda b: _log(b["contrast"]), (+1, 0, +1, 0)),
+    "sens_stats": (lambda b: b["sens"], (+1, +1, +1, 0, 0, 0)),
 }
+
+
+def _columns(groups: tuple[str, ...], bank: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    cols, signs = [], []
+    for g in groups:
+        fn, sg = GROUPS[g]
+        c = fn(bank)
+        c = c.reshape(len(c), -1)
+        cols.append(c)
+        signs.extend(sg if sg is not None else (+1,) * c.shape[1])
+    return np.column_stack(cols), np.asarray(signs)
+
+
+#: Candidate name -> (feature groups, estimator): "lr" the detector's default (standardised logistic
+#: regression), "signed" the same with each weight held to its column's prior direction.
+CANDIDATES: dict[str, tuple[tuple[str, ...], str]] = {
+    "log_scalars": (("log_scalars",), "lr"),
+    "block_profile": (("block_profile",), "lr"),
+    "block_traces": (("block_traces",), "lr"),
+    "block_traces_raw": (("block_traces_raw",), "lr"),
+    "eig_ratio": (("log_trace", "eig_ratio"), "lr"),
+    "class_contrast": (("class_contrast",), "lr"),
+    "sens_stats": (("sens_stats",), "lr"),
+    "block_profile+eig_ratio": (("block_profile", "eig_ratio"), "lr"),
+    "block_profile+class_contrast": (("block_profile", "class_contrast"), "lr"),
+    "block_profile+sens_stats": (("block_profile", "sens_stats"), "lr"),
+    "fisher_all": (("block_profile", "eig_ratio", "class_contrast", "sens_stats"), "lr"),
+    "sm+margin": (("softmax", "margin"), "lr"),
+    "sm+log_scalars": (("softmax", "log_scalars"), "lr"),
+    "sm+block_profile": (("softmax", "block_profile"), "lr"),
+    "sm+eig_ratio": (("softmax", "log_trace", "eig_ratio"), "lr"),
+    "sm+class_contrast": (("softmax", "class_contrast"), "lr"),
+    "sm+sens_stats": (("softmax", "sens_stats"), "lr"),
+    "sm+all": (("softmax", "block_profile", "eig_ratio", "class_contrast", "sens_stats"), "lr"),
+    "signed:block_profile": (("block_profile",), "signed"),
+    "signed:sm+log_scalars": (("softmax", "log_scalars"), "signed"),
+    "signed:sm+block_profile": (("softmax", "block_profile"), "signed"),
+    "signed:sm+sens_stats": (("softmax", "sens_stats"), "signed"),
+    "signed:sm+all": (("softmax", "block_profile", "eig_ratio", "class_contrast", "sens_stats"), "signed"),
+}
+
+
+class SignedLogistic:
+    """Standardised L2 logistic regression (C = 1, as scikit-learn's default) whose weights keep the sign
+    of their column's prior direction (0: free), fitted with L-BFGS-B."""
+
+    def __init__(self, signs: np.ndarray) -> None:
+        self.signs = np.asarray(signs, dtype=float)
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> SignedLogistic:
+        from scipy.optimize import minimize
+        from scipy.special import expit
+
+        self.mean_, self.scale_ = X.mean(0), X.std(0)
+        self.scale_[self.scale_ == 0] = 1.0
+        Z = (X - self.mean_) / self.scale_
+        s = 2.0 * np.asarray(y, float) - 1.0
+
+        def loss(w):
+            m = s * (Z @ w[:-1] + w[-1])
+            g = -s * expit(-m)
+            return np.logaddexp(0, -m).sum() + 0.5 * w[:-1] @ w[:-1], np.r_[Z.T @ g + w[:-1], g.sum()]
+
+        bounds = [(0, None) if v > 0 else (None, 0) if v < 0 else (None, None) for v in self.signs] + [(None, None)]
+        res = minimize(loss, np.zeros(Z.shape[1] + 1), jac=True, method="L-BFGS-B", bounds=bounds)
+        self.coef_, self.intercept_ = res.x[:-1], res.x[-1]
+        return self
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        return ((X - self.mean_) / self.scale_) @ self.coef_ + self.intercept_
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return (self.decision_function(X) > 0).astype(int)
 
 
 # ------------------------------------------------------------------------------------------ protocol
@@ -175,15 +238,15 @@ def _candidate_spec(name: str, bank: _Bank):
     from art_fisher.detectors import default_estimator
     from art_fisher.evaluation.base import DetectorRun, DetectorSpec, Scored
 
-    columns = CANDIDATES[name]
+    groups, kind = CANDIDATES[name]
 
     class CandidateRun(DetectorRun):
         def fit(self, x, y):
-            f = columns(bank.get(x))
-            self.est = default_estimator(f.shape[1]).fit(f, y)
+            f, signs = _columns(groups, bank.get(x))
+            self.est = (default_estimator(f.shape[1]) if kind == "lr" else SignedLogistic(signs)).fit(f, y)
 
         def detect(self, x):
-            f = columns(bank.get(x))
+            f, _ = _columns(groups, bank.get(x))
             return Scored(score=self.est.decision_function(f), is_adversarial=self.est.predict(f) == 1)
 
     return DetectorSpec(name, lambda ctx: CandidateRun(), "fisher")
@@ -261,6 +324,7 @@ def run_seed(seed: int, *, n_samples: int, epochs: int, cache: Path, batch_size:
             "same_attack_auc": float(np.nanmean(same)),
             "unseen_auc": float(np.nanmean(unseen)),
             "same_by_attack": {r["attack"]: r["roc_auc"] for r in rows if r["fit_attack"] == r["attack"]},
+            "matrix": {f"{r['fit_attack']}->{r['attack']}": r["roc_auc"] for r in rows},
         }
     out["seconds"] = {"model_and_attacks": t_attacks, "feature_bank": t_features, "n_bank_inputs": n_bank,
                       "bank_ms_per_input": 1e3 * t_features / max(n_bank, 1),
