@@ -37,6 +37,9 @@ _LAZY_EXPORTS = {
     "FisherInformationDetector": "art_fisher.detectors",
     "FisherFeatures": "art_fisher.estimators",
     "ThresholdClassifier": "art_fisher.estimators",
+    # Attacks that know the detector: classifier + detector as one ART model with an attacker's loss.
+    "AdaptiveDetectorClassifier": "art_fisher.adaptive",
+    "NotDifferentiableError": "art_fisher.gradients",
     # The evaluation workflow (issue 6): ``art_fisher.evaluate(...)`` is ``art-fisher evaluate``.
     "evaluate": "art_fisher.evaluation",
 }

@@ -10,6 +10,8 @@ learn from. It is written once here so both see exactly the same numbers:
 - scalar metrics give one feature each; the per-input-dimension sensitivity map is reduced to a few
   summary features (:data:`SENSITIVITY_REDUCTIONS`).
 
+The options every metric computation takes are one object, :class:`MetricOptions` (defaults, checks
+in the words of :mod:`art_fisher._checks`), made from a detector or transformer by :func:`options_of`.
 The registry :data:`METRICS` maps a metric name to the function of :mod:`art_fisher.metrics` that
 computes it and the options it takes; a new metric is one entry.
 """
@@ -21,23 +23,21 @@ import logging
 import math
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from numbers import Integral, Real
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from art_fisher import _checks
+
 logger = logging.getLogger(__name__)
 
-OUTPUTS = ("logits", "log_probs", "probs")
-METHODS = ("exact", "finite_difference")
-#: Directions a detector can use: it has no true labels at detection time, so ``"label"`` is out,
-#: and user-given direction tensors would not survive ``save``/``load``. ``"top_eigenvector"`` is
-#: for the quadratic form only.
-DIRECTIONS = ("predicted", "top_eigenvector")
-CLASSES = ("all", "predicted_vs_rest")
+#: Directions a detector can use (a subset of the metrics' own, :data:`art_fisher._checks.DIRECTIONS`):
+#: it has no true labels at detection time, so ``"label"`` is out, and user-given direction tensors
+#: would not survive ``save``/``load``. ``"top_eigenvector"`` is for the quadratic form only.
+DIRECTIONS = tuple(d for d in _checks.DIRECTIONS if d != "label")
 #: Fraction of input dimensions whose share of the absolute sensitivity is the ``top_mass`` feature.
 TOP_FRACTION = 0.1
 
@@ -54,7 +54,7 @@ class MetricSpec:
     function : str
         Name of the function in :mod:`art_fisher.metrics`.
     options : tuple of str
-        The settings (names as in :func:`settings_of`) that the function takes as keyword arguments.
+        The options (fields of :class:`MetricOptions`) that the function takes as keyword arguments.
     is_map : bool
         True if the metric is a map of the input's shape that is reduced to
         :data:`SENSITIVITY_REDUCTIONS` features; False for one scalar per sample.
@@ -127,104 +127,109 @@ def check_classifier(classifier: Any) -> None:
         )
 
 
-def check_metric_settings(
-    classifier: Any,
-    *,
-    metrics: Any,
-    output: Any,
-    direction: Any,
-    blockwise: Any,
-    normalize: Any,
-    classes: Any,
-    params: Any,
-    method: Any,
-    epsilon: Any,
-    batch_size: Any,
-) -> tuple[str, ...]:
-    """Validate the metric settings shared by the detector and the transformer.
+@dataclass(frozen=True)
+class MetricOptions:
+    """The metric options that :class:`~art_fisher.detectors.FisherInformationDetector` and
+    :class:`~art_fisher.estimators.FisherFeatures` share: defined, defaulted and checked here only.
 
-    Returns
-    -------
-    tuple of str
-        ``metrics`` as a tuple (a single name is accepted as a one-metric tuple).
-
-    Raises
-    ------
-    TypeError
-        If ``classifier`` is not an ART ``PyTorchClassifier``.
-    ValueError
-        If a setting is outside its allowed values, naming the setting, what is allowed and what came.
+    Both classes keep these as flat constructor arguments (scikit-learn's ``get_params`` / ART's
+    ``defence_params`` need them by name), take their defaults from :data:`DEFAULT_OPTIONS` and turn them
+    into one checked object with :func:`options_of`. The checks are those of the metric functions
+    themselves (:mod:`art_fisher._checks`), so an option is refused with the same words whether it
+    reaches a metric directly or through a detector. Meanings: see
+    :class:`~art_fisher.detectors.FisherInformationDetector`.
     """
-    check_classifier(classifier)
-    names = (metrics,) if isinstance(metrics, str) else metrics
-    if not isinstance(names, Sequence) or len(names) == 0:
-        raise ValueError(f"metrics must be a non-empty sequence of metric names; got {metrics!r}.")
-    known = available_metrics()
-    for name in names:
-        if name not in known:
-            raise ValueError(f"metrics must be names from {known}; got {name!r} in {metrics!r}.")
-    if len(set(names)) != len(names):
-        raise ValueError(f"metrics must not repeat a name; got {metrics!r}.")
-    if output not in OUTPUTS:
-        raise ValueError(f"output must be one of {OUTPUTS}; got {output!r}.")
-    if not isinstance(direction, str) or direction not in DIRECTIONS:
-        raise ValueError(
-            f"direction must be one of {DIRECTIONS} (a detector has no true labels at detection "
-            f"time); got {direction!r}."
-        )
-    if direction == "top_eigenvector" and "sensitivity" in names:
-        raise ValueError(
-            'direction="top_eigenvector" applies to the quadratic form only; drop "sensitivity" from metrics.'
-        )
-    if direction == "top_eigenvector" and method == "finite_difference":
-        raise ValueError('direction="top_eigenvector" needs method="exact"; got method="finite_difference".')
-    if blockwise is not None and not isinstance(blockwise, bool):
-        raise ValueError(f"blockwise must be None (each metric's default), True or False; got {blockwise!r}.")
-    if not isinstance(normalize, bool):
-        raise ValueError(f"normalize must be True or False; got {normalize!r}.")
-    if not isinstance(classes, str) or classes not in CLASSES:
-        raise ValueError(f"classes must be one of {CLASSES}; got {classes!r}.")
-    if params is not None:
-        if isinstance(params, str) or not isinstance(params, Sequence) or len(params) == 0:
-            raise ValueError(f"params must be None or a non-empty sequence of parameter names; got {params!r}.")
-        # Any parameter, trained or frozen: the Fisher information is defined by the parameters
-        # whether or not anyone trains them (a pretrained model under screening is usually frozen).
-        known = {n for n, _ in classifier.model.named_parameters()}
-        unknown = [p for p in params if p not in known]
-        if unknown:
+
+    metrics: tuple[str, ...] = ("trace", "quadratic_form")
+    output: str = "logits"
+    direction: str = "predicted"
+    blockwise: bool | None = None
+    normalize: bool = True
+    classes: str = "all"
+    params: tuple[str, ...] | None = None
+    method: str = "exact"
+    epsilon: float = 1e-3
+
+    def checked(self, classifier: Any) -> MetricOptions:
+        """These options validated for ``classifier``, with sequences as tuples (hashable).
+
+        Raises
+        ------
+        TypeError
+            If ``classifier`` is not an ART ``PyTorchClassifier``, or an option has the wrong type.
+        ValueError
+            If an option is outside its allowed values, naming it, what is allowed and what came.
+        """
+        check_classifier(classifier)
+        names = (self.metrics,) if isinstance(self.metrics, str) else self.metrics
+        if not isinstance(names, Sequence) or len(names) == 0:
+            raise ValueError(f"metrics must be a non-empty sequence of metric names; got {self.metrics!r}.")
+        known = available_metrics()
+        for name in names:
+            if name not in known:
+                raise ValueError(f"metrics must be names from {known}; got {name!r} in {self.metrics!r}.")
+        if len(set(names)) != len(names):
+            raise ValueError(f"metrics must not repeat a name; got {self.metrics!r}.")
+        _checks.check_choice("output", self.output, _checks.OUTPUTS)
+        if not isinstance(self.direction, str) or self.direction not in DIRECTIONS:
             raise ValueError(
-                f"params must name parameters of the classifier's model; {unknown} are not among "
-                f"{sorted(known)}."
+                f"direction must be one of {list(DIRECTIONS)} (a detector has no true labels at detection "
+                f"time); got {self.direction!r}."
             )
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}; got {method!r}.")
-    if not isinstance(epsilon, Real) or isinstance(epsilon, bool) or not epsilon > 0:
-        raise ValueError(f"epsilon must be a positive number; got {epsilon!r}.")
-    check_batch_size(batch_size)
-    return tuple(names)
+        _checks.check_choice("method", self.method, _checks.METHODS)
+        if self.direction == "top_eigenvector" and "sensitivity" in names:
+            raise ValueError(
+                'direction="top_eigenvector" applies to the quadratic form only; drop "sensitivity" from metrics.'
+            )
+        if self.direction == "top_eigenvector" and self.method == "finite_difference":
+            raise ValueError('direction="top_eigenvector" needs method="exact"; got method="finite_difference".')
+        if self.blockwise is not None:
+            _checks.check_bool("blockwise", self.blockwise)
+        _checks.check_bool("normalize", self.normalize)
+        _checks.check_choice("classes", self.classes, _checks.CLASSES)
+        params = self.params
+        if params is not None:
+            # Any parameter, trained or frozen: the Fisher information is defined by the parameters
+            # whether or not anyone trains them (a pretrained model under screening is usually frozen).
+            params = tuple(_checks.check_params(classifier.model, params))
+        return MetricOptions(
+            metrics=tuple(names), output=self.output, direction=self.direction, blockwise=self.blockwise,
+            normalize=self.normalize, classes=self.classes, params=params, method=self.method,
+            epsilon=_checks.check_epsilon(self.epsilon),
+        )  # fmt: skip
+
+    def kwargs_for(self, metric: str) -> dict[str, Any]:
+        """Keyword arguments of the metric function of ``metric`` (None ``blockwise``: its own default)."""
+        kwargs = {key: getattr(self, key) for key in METRICS[metric].options}
+        if kwargs.get("params") is not None:
+            kwargs["params"] = list(kwargs["params"])
+        if kwargs.get("blockwise", True) is None:
+            del kwargs["blockwise"]
+        return kwargs
 
 
-def check_settings_of(obj: Any) -> tuple[str, ...]:
-    """:func:`check_metric_settings` on the raw settings held by a detector or transformer."""
-    return check_metric_settings(
-        obj.classifier,
-        metrics=obj.metrics,
-        output=obj.output,
-        direction=obj.direction,
-        blockwise=obj.blockwise,
-        normalize=obj.normalize,
-        classes=obj.classes,
-        params=obj.params,
-        method=obj.method,
-        epsilon=obj.epsilon,
-        batch_size=obj.batch_size,
-    )
+#: The defaults of every option, for the constructors that expose them.
+DEFAULT_OPTIONS = MetricOptions()
+#: Names of the options, as constructor arguments and attributes.
+OPTION_NAMES = tuple(f.name for f in fields(MetricOptions))
 
 
-def check_batch_size(batch_size: Any, name: str = "batch_size") -> None:
-    """Raise ValueError unless ``batch_size`` is a positive integer."""
-    if not isinstance(batch_size, Integral) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"{name} must be a positive integer; got {batch_size!r}.")
+def options_of(owner: Any) -> MetricOptions:
+    """The checked :class:`MetricOptions` held (as attributes of the same names) by a detector or transformer."""
+    raw = MetricOptions(**{name: getattr(owner, name) for name in OPTION_NAMES})
+    return raw.checked(owner.classifier)
+
+
+def check_batch_size(batch_size: Any, name: str = "batch_size") -> int:
+    """``batch_size`` as an int; TypeError / ValueError unless it is a positive integer."""
+    if batch_size is None:
+        raise ValueError(f"{name} must be a positive int; got None.")
+    if isinstance(batch_size, np.integer):
+        batch_size = int(batch_size)
+    try:
+        return _checks.check_batch_size(batch_size)
+    except (TypeError, ValueError) as err:
+        raise type(err)(str(err).replace("batch_size", name, 1).replace("None or ", "")) from None
 
 
 def check_inputs(classifier: Any, x: Any, name: str = "x") -> np.ndarray:
@@ -312,39 +317,6 @@ def _standardisation_scale(classifier: Any, x_shape: tuple[int, ...]) -> np.ndar
     return None
 
 
-def settings_of(obj: Any) -> dict[str, Any]:
-    """The metric options held by a detector or transformer, as :func:`compute` takes them."""
-    return {
-        "output": obj.output,
-        "direction": obj.direction,
-        "blockwise": obj.blockwise,
-        "normalize": obj.normalize,
-        "classes": obj.classes,
-        "params": None if obj.params is None else tuple(obj.params),
-        "method": obj.method,
-        "epsilon": float(obj.epsilon),
-    }
-
-
-def _resolved_params(model: torch.nn.Module, params: Sequence[str] | None) -> list[str] | None:
-    """``params`` as a list; None stays None unless no parameter requires grad (a frozen model): then all."""
-    if params is not None:
-        return list(params)
-    if any(p.requires_grad for p in model.parameters()):
-        return None
-    return [n for n, _ in model.named_parameters()]
-
-
-def _metric_kwargs(name: str, settings: dict[str, Any], model: torch.nn.Module) -> dict[str, Any]:
-    """Keyword arguments of the metric function for ``name`` from the shared settings."""
-    kwargs = {key: settings[key] for key in METRICS[name].options}
-    if "params" in kwargs:
-        kwargs["params"] = _resolved_params(model, kwargs["params"])
-    if kwargs.get("blockwise", True) is None:  # None: the metric's own default
-        del kwargs["blockwise"]
-    return kwargs
-
-
 def _reduce_map(maps: np.ndarray) -> np.ndarray:
     """Features of :data:`SENSITIVITY_REDUCTIONS` for maps of shape (N, ...); returns (N, 4)."""
     flat = np.abs(maps.reshape(len(maps), -1)).astype(np.float64)
@@ -361,7 +333,7 @@ def compute(
     x: np.ndarray,
     *,
     metrics: Sequence[str],
-    settings: dict[str, Any],
+    settings: MetricOptions,
     batch_size: int,
     reduce_maps: bool = True,
     progress: bool = False,
@@ -375,8 +347,8 @@ def compute(
         Raw inputs (before the classifier's preprocessing).
     metrics : sequence of str
         Names from :data:`METRICS`.
-    settings : dict
-        The options of :func:`settings_of`.
+    settings : MetricOptions
+        Checked options (:func:`options_of`); its ``metrics`` are not used (``metrics`` says which).
     batch_size : int
         Samples per metric call.
     reduce_maps : bool
@@ -397,7 +369,7 @@ def compute(
     dtype = next(model.parameters()).dtype
     device = classifier.device
     scale = _standardisation_scale(classifier, x.shape[1:]) if any(METRICS[m].is_map for m in metrics) else None
-    kwargs = {name: _metric_kwargs(name, settings, model) for name in metrics}
+    kwargs = {name: settings.kwargs_for(name) for name in metrics}
     chunks: dict[str, list[np.ndarray]] = {name: [] for name in metrics}
     starts = range(0, len(x), batch_size)
     with _eval_mode(model):

@@ -48,6 +48,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             target_fpr=args.target_fpr,
             progress=progress,
+            adaptive=args.adaptive,
         )
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"art-fisher evaluate: error: {exc}", file=sys.stderr)
@@ -121,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--target-fpr", type=float, default=0.05,
         help="false-positive rate the clean-calibrated detectors (*_clean) aim at (default: %(default)s)",
+    )  # fmt: skip
+    ev.add_argument(
+        "--adaptive", action="store_true",
+        help="also attack classifier + detector together (ART's PGD L-inf at --eps and L2 on DetectorClassifier) "
+        "for every detector with input gradients; several minutes",
     )  # fmt: skip
     ev.add_argument("--output", default=_DEFAULT_OUTPUT, help="output folder (default: ./%(default)s)")
     ev.add_argument(

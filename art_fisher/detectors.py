@@ -140,11 +140,14 @@ class FisherInformationDetector(EvasionDetector):
 
     Notes
     -----
-    ART's ``DetectorClassifier(classifier, detector)`` does not accept this detector: it needs a
-    ``ClassifierNeuralNetwork`` detector (``predict`` returning one detection logit per sample and
-    ``class_gradient`` with respect to the input, used by attacks on the combined model), while an
-    ``EvasionDetector`` exposes ``detect``; input gradients of the Fisher metrics (mixed
-    :math:`\partial_x \partial_\theta` derivatives of the model) are not provided. Use ``detect`` in front of the classifier instead.
+    Attacks that know the detector: :meth:`as_art_classifier` is the detector as ART's
+    ``DetectorClassifier`` needs it (``predict`` = one detection logit per sample, ``class_gradient`` its
+    exact input gradient, by autodiff through the Fisher metrics), and
+    :class:`art_fisher.adaptive.AdaptiveDetectorClassifier` the pair with an attacker's loss, on which
+    ART's PGD, AutoPGD and C&W run. Differentiable: the scalar metrics with ``method="exact"`` and the
+    estimators ``ThresholdClassifier``, a linear classifier (alone or after ``StandardScaler``, the
+    default with labels) and ``QuantileOutlierDetector`` (the default without labels, piecewise);
+    see :mod:`art_fisher.gradients`.
 
     Clean-only calibration (``fit(x)`` without ``y``) flags inputs whose Fisher information is
     *higher* than that of the clean inputs: the Fisher information
@@ -188,18 +191,18 @@ class FisherInformationDetector(EvasionDetector):
         self,
         classifier: Any,
         *,
-        metrics: Sequence[str] = ("trace", "quadratic_form"),
+        metrics: Sequence[str] = _features.DEFAULT_OPTIONS.metrics,
         estimator: Any = None,
         target_fpr: float = 0.05,
         batch_size: int = 128,
-        output: str = "logits",
-        direction: str = "predicted",
-        blockwise: bool | None = None,
-        normalize: bool = True,
-        classes: str = "all",
-        params: Sequence[str] | None = None,
-        method: str = "exact",
-        epsilon: float = 1e-3,
+        output: str = _features.DEFAULT_OPTIONS.output,
+        direction: str = _features.DEFAULT_OPTIONS.direction,
+        blockwise: bool | None = _features.DEFAULT_OPTIONS.blockwise,
+        normalize: bool = _features.DEFAULT_OPTIONS.normalize,
+        classes: str = _features.DEFAULT_OPTIONS.classes,
+        params: Sequence[str] | None = _features.DEFAULT_OPTIONS.params,
+        method: str = _features.DEFAULT_OPTIONS.method,
+        epsilon: float = _features.DEFAULT_OPTIONS.epsilon,
         progress: bool = False,
     ) -> None:
         super().__init__()
@@ -221,7 +224,9 @@ class FisherInformationDetector(EvasionDetector):
 
     # ----------------------------------------------------------------------------------------- checks
     def _check_params(self) -> None:
-        self._metric_names = _features.check_settings_of(self)
+        self._options = _features.options_of(self)
+        self._metric_names = self._options.metrics
+        _features.check_batch_size(self.batch_size)
         if self.estimator is not None:
             estimator_kind(self.estimator)
         if (
@@ -268,8 +273,7 @@ class FisherInformationDetector(EvasionDetector):
     def _batch(self, batch_size: int | None) -> int:
         if batch_size is None:
             return self.batch_size
-        _features.check_batch_size(batch_size)
-        return int(batch_size)
+        return _features.check_batch_size(batch_size)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "estimator_"):
@@ -284,7 +288,7 @@ class FisherInformationDetector(EvasionDetector):
             self.classifier,
             x,
             metrics=self._metric_names,
-            settings=_features.settings_of(self),
+            settings=self._options,
             batch_size=batch_size,
             progress=self.progress,
         )
@@ -317,7 +321,7 @@ class FisherInformationDetector(EvasionDetector):
             self.classifier,
             x,
             metrics=("sensitivity",),
-            settings=_features.settings_of(self),
+            settings=self._options,
             batch_size=self._batch(batch_size),
             reduce_maps=False,
             progress=self.progress,
@@ -451,6 +455,37 @@ class FisherInformationDetector(EvasionDetector):
             "feature_names": list(self.feature_names_),
         }
         return report, is_adversarial
+
+    def as_art_classifier(self) -> Any:
+        """The fitted detector as an ART classifier with one output: the detection logit, with input gradients.
+
+        ``predict(x)`` gives shape (N, 1): the log-odds of the estimator's probability of "adversarial" for a
+        classifier (its ``decision_function`` for a linear one, ``decision_function / std`` for
+        ``ThresholdClassifier``), ``-decision_function`` for ``QuantileOutlierDetector``; positive exactly
+        where :meth:`detect` flags the input. ``class_gradient(x)`` gives its exact input gradient, shape
+        (N, 1, *input_shape), through the Fisher metrics' mixed second derivatives. Pass it (or the
+        detector) to :class:`art_fisher.adaptive.AdaptiveDetectorClassifier` or ART's ``DetectorClassifier``.
+
+        Returns
+        -------
+        art_fisher.art_classifier.DetectionLogitClassifier
+
+        Raises
+        ------
+        sklearn.exceptions.NotFittedError
+            If the detector is not fitted.
+        art_fisher.gradients.NotDifferentiableError
+            Before any work, naming the estimator, metric or method that has no input gradient.
+        """
+        from art_fisher.art_classifier import DetectionLogitClassifier
+        from art_fisher.gradients import detection_logit_function
+
+        parameter = next(self.classifier.model.parameters())
+        return DetectionLogitClassifier(
+            detection_logit_function(self), input_shape=tuple(self.classifier.input_shape),
+            clip_values=self.classifier.clip_values, dtype=parameter.dtype, device=parameter.device,
+            name=f"FisherInformationDetector({', '.join(self._metric_names)})",
+        )  # fmt: skip
 
     # ----------------------------------------------------------------------------------- persistence
     def save(self, path: str | Path) -> None:

@@ -348,16 +348,16 @@ class FisherFeatures(TransformerMixin, BaseEstimator):
     def __init__(
         self,
         classifier: Any,
-        metrics: Sequence[str] = ("trace", "quadratic_form"),
+        metrics: Sequence[str] = _features.DEFAULT_OPTIONS.metrics,
         *,
-        output: str = "logits",
-        direction: str = "predicted",
-        blockwise: bool | None = None,
-        normalize: bool = True,
-        classes: str = "all",
-        params: Sequence[str] | None = None,
-        method: str = "exact",
-        epsilon: float = 1e-3,
+        output: str = _features.DEFAULT_OPTIONS.output,
+        direction: str = _features.DEFAULT_OPTIONS.direction,
+        blockwise: bool | None = _features.DEFAULT_OPTIONS.blockwise,
+        normalize: bool = _features.DEFAULT_OPTIONS.normalize,
+        classes: str = _features.DEFAULT_OPTIONS.classes,
+        params: Sequence[str] | None = _features.DEFAULT_OPTIONS.params,
+        method: str = _features.DEFAULT_OPTIONS.method,
+        epsilon: float = _features.DEFAULT_OPTIONS.epsilon,
         batch_size: int = 128,
     ) -> None:
         self.classifier = classifier
@@ -385,8 +385,10 @@ class FisherFeatures(TransformerMixin, BaseEstimator):
         tags.input_tags.three_d_array = True
         return tags
 
-    def _metric_names(self) -> tuple[str, ...]:
-        return _features.check_settings_of(self)
+    def _options(self) -> _features.MetricOptions:
+        options = _features.options_of(self)
+        _features.check_batch_size(self.batch_size)
+        return options
 
     def fit(self, X: Any, y: Any = None) -> FisherFeatures:
         """Check the settings and ``X``; learn nothing.
@@ -407,9 +409,9 @@ class FisherFeatures(TransformerMixin, BaseEstimator):
         ValueError
             If a setting is invalid, or ``X`` has the wrong shape or is not finite.
         """
-        names = self._metric_names()
+        options = self._options()
         _features.check_inputs(self.classifier, X, name="X")
-        self.feature_names_ = _features.feature_names(names)
+        self.feature_names_ = _features.feature_names(options.metrics)
         return self
 
     def transform(self, X: Any) -> np.ndarray:
@@ -425,12 +427,12 @@ class FisherFeatures(TransformerMixin, BaseEstimator):
         ndarray of shape (n_samples, n_features)
             float64 metric values, columns as :meth:`get_feature_names_out`.
         """
-        names = self._metric_names()
+        options = self._options()
         X = _features.check_inputs(self.classifier, X, name="X")
         values = _features.compute(
-            self.classifier, X, metrics=names, settings=_features.settings_of(self), batch_size=int(self.batch_size)
+            self.classifier, X, metrics=options.metrics, settings=options, batch_size=int(self.batch_size)
         )
-        return _features.feature_matrix(values, names)
+        return _features.feature_matrix(values, options.metrics)
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         """Names of the output columns, e.g. ``["trace", "quadratic_form"]``.
@@ -439,4 +441,4 @@ class FisherFeatures(TransformerMixin, BaseEstimator):
         -------
         ndarray of str
         """
-        return np.asarray(_features.feature_names(self._metric_names()), dtype=object)
+        return np.asarray(_features.feature_names(self._options().metrics), dtype=object)

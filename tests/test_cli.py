@@ -92,6 +92,7 @@ def test_evaluate_with_a_state_dict(tmp_path, capsys):
         (["--device", "quantum"], "device"),
         (["--output", "{tmp}/notes.txt/out"], "lies under the file"),
         (["--output", "/proc/art_fisher_out"], "not writable"),
+        (["--adaptive", "--detectors", "fisher_trace,fisher_sensitivity"], "adaptive attacks need detectors with input"),
     ],
 )
 def test_bad_options_exit_2_with_one_line(tmp_path, capsys, args, message):
@@ -121,7 +122,7 @@ def test_evaluate_help_lists_every_option():
         [sys.executable, "-m", "art_fisher", "evaluate", "--help"], capture_output=True, text=True, check=True
     ).stdout
     for option in ("--dataset", "--data-dir", "--model", "--arch", "--attacks", "--eps", "--detectors",
-                   "--n-samples", "--seed", "--device", "--output", "--target-fpr", "--quiet"):  # fmt: skip
+                   "--n-samples", "--seed", "--device", "--output", "--target-fpr", "--quiet", "--adaptive"):  # fmt: skip
         assert option in out
     for name in (
         "fgsm",

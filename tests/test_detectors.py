@@ -146,7 +146,7 @@ def test_sensitivity_maps_and_their_features(digits_cnn):
     maps = detector.sensitivity_maps(x, batch_size=4)
     assert maps.shape == x.shape
     values = _features.compute(
-        digits_cnn.classifier, x, metrics=("sensitivity",), settings=_features.settings_of(detector), batch_size=6
+        digits_cnn.classifier, x, metrics=("sensitivity",), settings=_features.options_of(detector), batch_size=6
     )["sensitivity"]
     flat = np.abs(maps.reshape(len(x), -1))
     np.testing.assert_allclose(values[:, 0], flat.sum(1), rtol=1e-4)
@@ -174,7 +174,7 @@ def test_classifier_preprocessing_is_applied(digits_cnn):
     )
     x = digits_cnn.x_test[:5]
     metrics = ("trace", "sensitivity") if "sensitivity" in _features.available_metrics() else ("trace",)
-    settings = _features.settings_of(FisherInformationDetector(with_prep))
+    settings = _features.options_of(FisherInformationDetector(with_prep))
     a = _features.compute(with_prep, x, metrics=metrics, settings=settings, batch_size=5, reduce_maps=False)
     b = _features.compute(
         digits_cnn.classifier, (x - mean) / std, metrics=metrics, settings=settings, batch_size=5, reduce_maps=False
@@ -254,9 +254,9 @@ def test_bad_constructor_arguments(digits_cnn):
         FisherInformationDetector(clf, output="softmax")
     with pytest.raises(ValueError, match="direction must be one of"):
         FisherInformationDetector(clf, direction="label")
-    with pytest.raises(ValueError, match="params must name parameters"):
+    with pytest.raises(ValueError, match="params: unknown parameter names"):
         FisherInformationDetector(clf, params=("classifier.3.weight", "nope"))
-    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
         FisherInformationDetector(clf, batch_size=0)
     with pytest.raises(TypeError, match="estimator must be None, a scikit-learn classifier"):
         FisherInformationDetector(clf, estimator=StandardScaler())
@@ -264,8 +264,10 @@ def test_bad_constructor_arguments(digits_cnn):
         FisherInformationDetector(clf, metrics=("sensitivity",), direction="top_eigenvector")
     with pytest.raises(ValueError, match="classes must be one of"):
         FisherInformationDetector(clf, classes="rest")
-    with pytest.raises(ValueError, match="normalize must be True or False"):
+    with pytest.raises(TypeError, match="normalize must be True or False"):
         FisherInformationDetector(clf, normalize=1)
+    with pytest.raises(TypeError, match="epsilon must be a positive float"):
+        FisherInformationDetector(clf, epsilon="small")
     FisherInformationDetector(clf, params=("classifier.3.weight",), blockwise=False)  # valid
 
 
@@ -285,7 +287,7 @@ def test_metric_options_pass_through(digits_cnn, options):
     x = digits_cnn.x_test[:6]
     detector = FisherInformationDetector(clf, **options)
     values = _features.compute(
-        clf, x, metrics=detector.metrics, settings=_features.settings_of(detector), batch_size=4
+        clf, x, metrics=detector.metrics, settings=_features.options_of(detector), batch_size=4
     )
     xt = torch.as_tensor(x).clone(memory_format=torch.contiguous_format)  # canonical strides (see _features)
     kwargs = {k: (list(v) if k == "params" else v) for k, v in options.items()}
@@ -352,7 +354,7 @@ def test_clean_only_fit_flags_the_target_rate_of_clean_inputs(digits_cnn, digits
     detector.fit(x_cal)
     assert detector.calibration_ == "clean" and isinstance(detector.estimator_, QuantileOutlierDetector)
     trace = lambda x: _features.compute(  # noqa: E731
-        clf, x, metrics=("trace",), settings=_features.settings_of(detector), batch_size=128
+        clf, x, metrics=("trace",), settings=_features.options_of(detector), batch_size=128
     )["trace"]
     threshold = np.sort(trace(x_cal))[math.ceil(0.9 * 301) - 1]
     report, flagged = detector.detect(x_new)

@@ -174,7 +174,7 @@ def test_fisher_features_in_pipeline_and_grid_search(digits_cnn, digits_attacks)
         digits_cnn.classifier,
         x[:5],
         metrics=("trace", "max_eigenvalue"),
-        settings=_features.settings_of(features),
+        settings=_features.options_of(features),
         batch_size=5,
     )
     np.testing.assert_allclose(
@@ -189,3 +189,27 @@ def test_fisher_features_bad_input(digits_cnn):
         FisherFeatures(digits_cnn.classifier).transform(digits_cnn.x_test[:2, 0])
     with pytest.raises(ValueError, match="metrics must be names"):
         FisherFeatures(digits_cnn.classifier, metrics=("hessian",)).fit(digits_cnn.x_test[:2])
+
+
+def test_detector_and_transformer_share_one_options_object(digits_cnn):
+    """Same option names, defaults, checks and messages for FisherFeatures and the detector."""
+    import inspect
+
+    from art_fisher.detectors import FisherInformationDetector
+
+    for cls in (FisherFeatures, FisherInformationDetector):
+        signature = inspect.signature(cls.__init__).parameters
+        for name in _features.OPTION_NAMES:
+            assert signature[name].default == getattr(_features.DEFAULT_OPTIONS, name), (cls, name)
+    clf = digits_cnn.classifier
+    for bad, error in (({"classes": "rest"}, ValueError), ({"normalize": 1}, TypeError), ({"epsilon": 0.0}, ValueError)):
+        messages = []
+        for build in (lambda: FisherFeatures(clf, **bad).fit(digits_cnn.x_test[:2]),
+                      lambda: FisherInformationDetector(clf, **bad)):  # fmt: skip
+            with pytest.raises(error) as info:
+                build()
+            messages.append(str(info.value))
+        assert messages[0] == messages[1]
+    options = _features.options_of(FisherFeatures(clf, metrics=["trace"], params=["classifier.3.weight"]))
+    assert options.metrics == ("trace",) and options.params == ("classifier.3.weight",)
+    assert hash(options) == hash(_features.options_of(FisherInformationDetector(clf, metrics=("trace",), params=("classifier.3.weight",))))

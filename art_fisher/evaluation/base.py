@@ -94,6 +94,18 @@ class DetectorRun:
     def detect(self, x: np.ndarray) -> Scored:
         raise NotImplementedError
 
+    def detection_logit(self) -> Any:
+        """The fitted detector as a :class:`~art_fisher.art_classifier.DetectionLogitClassifier` (adaptive attacks).
+
+        Raises
+        ------
+        art_fisher.gradients.NotDifferentiableError
+            For a detector without input gradients (the default).
+        """
+        from art_fisher.gradients import NotDifferentiableError
+
+        raise NotDifferentiableError(f"{type(self).__name__} has no input gradient.")
+
 
 @dataclass(frozen=True)
 class DetectorSpec:
@@ -111,12 +123,16 @@ class DetectorSpec:
         True: fitted on clean and adversarial examples of each attack in turn (one fit per attack, each
         scored on every attack). False: fitted once without adversarial examples (``fit_attack`` is
         ``"clean"`` in the results) and scored on every attack.
+    no_gradient : str or None
+        None if the fitted detector has input gradients (``DetectorRun.detection_logit``), so that
+        adaptive attacks can attack it; else why not (shown in errors and the report).
     """
 
     label: str
     build: Callable[[RunContext], DetectorRun]
     kind: str
     supervised: bool = True
+    no_gradient: str | None = "no input gradient"
 
 
 def seed_everything(seed: int) -> None:

@@ -72,6 +72,11 @@ class ArtBinaryRun(DetectorRun):
         logits = np.asarray(report["predictions"], dtype=np.float64)
         return Scored(score=logits[:, 1] - logits[:, 0], is_adversarial=np.asarray(is_adv, bool))
 
+    def detection_logit(self) -> Any:
+        from art_fisher.art_classifier import art_detector_logit
+
+        return art_detector_logit(self.detector)
+
 
 class SubsetScanningRun(DetectorRun):
     """ART's SubsetScanningDetector; unsupervised: its null model is built from clean training images.
@@ -144,19 +149,45 @@ class MaxSoftmaxRun(DetectorRun):
             score=self.estimator.decision_function(features), is_adversarial=self.estimator.predict(features) == 1
         )
 
+    def detection_logit(self) -> Any:
+        """Logistic regression (or clean quantile rule) on the softmax features, in torch."""
+        from art_fisher.art_classifier import DetectionLogitClassifier, classifier_logits
+        from art_fisher.gradients import estimator_logit
+
+        clf = self.ctx.classifier
+        parameter = next(clf.model.parameters())
+        to_logit = estimator_logit(self.estimator, dtype=parameter.dtype, device=parameter.device)
+
+        def logit(x: torch.Tensor) -> torch.Tensor:
+            log_p = torch.log_softmax(classifier_logits(clf, x), dim=1)
+            p = log_p.exp()
+            return to_logit(torch.stack([p.max(dim=1).values, -(p * log_p).sum(dim=1)], dim=1))
+
+        return DetectionLogitClassifier(
+            logit, input_shape=tuple(clf.input_shape), clip_values=clf.clip_values, dtype=parameter.dtype,
+            device=parameter.device, name="max_softmax",
+        )  # fmt: skip
+
 
 def baseline_specs() -> dict[str, DetectorSpec]:
     """The baseline registry entries."""
     return {
-        "max_softmax": DetectorSpec("Max softmax + entropy (Hendrycks & Gimpel)", MaxSoftmaxRun, "baseline"),
+        "max_softmax": DetectorSpec(
+            "Max softmax + entropy (Hendrycks & Gimpel)", MaxSoftmaxRun, "baseline", no_gradient=None
+        ),
         "max_softmax_clean": DetectorSpec(
-            "Max softmax + entropy, clean-calibrated", MaxSoftmaxRun, "baseline", supervised=False
+            "Max softmax + entropy, clean-calibrated", MaxSoftmaxRun, "baseline", supervised=False,
+            no_gradient=None,
         ),
         "binary_input": DetectorSpec(
-            "ART BinaryInput", lambda ctx: ArtBinaryRun(ctx, on_activations=False), "baseline"
+            "ART BinaryInput", lambda ctx: ArtBinaryRun(ctx, on_activations=False), "baseline", no_gradient=None
         ),
         "binary_activation": DetectorSpec(
-            "ART BinaryActivation", lambda ctx: ArtBinaryRun(ctx, on_activations=True), "baseline"
+            "ART BinaryActivation", lambda ctx: ArtBinaryRun(ctx, on_activations=True), "baseline",
+            no_gradient=None,
         ),
-        "subset_scanning": DetectorSpec("ART SubsetScanning", SubsetScanningRun, "baseline", supervised=False),
+        "subset_scanning": DetectorSpec(
+            "ART SubsetScanning", SubsetScanningRun, "baseline", supervised=False,
+            no_gradient="no input gradient (a scan over subsets of activations)",
+        ),
     }

@@ -9,6 +9,7 @@ without labels, flagging ``target_fpr`` of clean inputs). New metrics registered
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from typing import Any
@@ -48,12 +49,12 @@ class FisherFeatureCache:
         """
         from art_fisher import _features
 
-        settings = _features.settings_of(detector)
+        settings = detector._options
         rows = [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in x]
         out: dict[str, np.ndarray] = {}
         cost = spent = 0.0
         for metric in detector._metric_names:
-            store = self._store.setdefault((metric, tuple(sorted(settings.items()))), {})
+            store = self._store.setdefault((metric, dataclasses.replace(settings, metrics=())), {})
             todo: dict[bytes, int] = {}
             for i, key in enumerate(rows):
                 if key not in store and key not in todo:
@@ -123,13 +124,20 @@ class FisherRun(DetectorRun):
             seconds=wall - self.detector.last_spent + self.detector.last_cost,
         )
 
+    def detection_logit(self) -> Any:
+        return self.detector.as_art_classifier()
+
 
 def _spec(label: str, metrics: tuple[str, ...], *, clean: bool) -> DetectorSpec:
+    from art_fisher._features import METRICS
+
+    maps = [m for m in metrics if METRICS[m].is_map]
     return DetectorSpec(
         f"{label}, clean-calibrated" if clean else label,
         lambda ctx, m=metrics: FisherRun(ctx, m),
         "fisher",
         supervised=not clean,
+        no_gradient=f"no input gradient through the statistics of the map {maps}" if maps else None,
     )
 
 

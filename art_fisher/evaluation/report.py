@@ -177,14 +177,64 @@ def markdown_table(table: Sequence[Mapping[str, Any]], attacks: Sequence[Mapping
 
 
 def format_console(
-    table: Sequence[Mapping[str, Any]], attacks: Sequence[Mapping[str, Any]], fits: Sequence[Mapping[str, Any]]
+    table: Sequence[Mapping[str, Any]],
+    attacks: Sequence[Mapping[str, Any]],
+    fits: Sequence[Mapping[str, Any]],
+    adaptive: Sequence[Mapping[str, Any]] = (),
 ) -> str:
-    """What ``art-fisher evaluate`` prints: the same-attack table, then the unseen-attack summary."""
-    return "\n".join([
+    """What ``art-fisher evaluate`` prints: the same-attack table, the unseen-attack summary, the adaptive attacks."""
+    parts = [
         format_table(table, attacks), "",
         "Unseen attacks: mean ROC-AUC where the fit attack differs from the test attack (clean fits: every attack)",
         _text(*_summary(table, fits)),
-    ])  # fmt: skip
+    ]  # fmt: skip
+    if adaptive:
+        parts += ["", "Adaptive attacks (classifier + detector attacked together; evasion = misclassified and not flagged)"]
+        parts.append(_text(*_adaptive(adaptive)))
+    return "\n".join(parts)
+
+
+_ADAPTIVE_COLUMNS = (
+    ("detector", "detector", "{}"),
+    ("fit_attack", "fitted on", "{}"),
+    ("attack", "attack", "{}"),
+    ("eps", "eps", "{:.3g}"),
+    ("success_rate", "success", "{:.3f}"),
+    ("evasion_rate", "evasion", "{:.3f}"),
+    ("flagged_successful", "flagged", "{:.3f}"),
+    ("roc_auc", "ROC-AUC", "{:.3f}"),
+    ("steps", "steps", "{}"),
+    ("loss_start", "loss 0", "{:.3f}"),
+    ("loss_half", "loss 1/2", "{:.3f}"),
+    ("loss_final", "loss end", "{:.3f}"),
+    ("seconds", "s", "{:.1f}"),
+)
+
+
+def _adaptive(rows: Sequence[Mapping[str, Any]]):
+    headers = [h for _, h, _ in _ADAPTIVE_COLUMNS]
+    numeric = [k not in ("detector", "fit_attack", "attack") for k, _, _ in _ADAPTIVE_COLUMNS]
+    return headers, [[_fmt(r.get(k), f, k) for k, _, f in _ADAPTIVE_COLUMNS] for r in rows], numeric
+
+
+def _adaptive_section(rows: Sequence[Mapping[str, Any]], settings: Mapping[str, Any]) -> list[str]:
+    from art_fisher.evaluation.adaptive import THREAT_MODEL
+
+    skipped = [d for d in settings.get("detectors", ()) if d not in settings.get("adaptive_detectors", ())]
+    lines = ["## Adaptive attacks", "", f"Threat model: {THREAT_MODEL}", ""]
+    lines += [
+        "*success*: share of attacked images the classifier misclassifies; *evasion*: misclassified and not "
+        "flagged by the detector's own decision; *flagged*: share of the successful examples flagged; "
+        "*ROC-AUC*: detector score, clean versions of the attacked images against the successful adaptive "
+        "examples; *loss 0 / 1/2 / end*: the attacker's mean loss at the start, after half the steps and at "
+        "the end (flat from 1/2 to end: converged).",
+        "",
+        _markdown(*_adaptive(rows)),
+        "",
+    ]
+    if skipped:
+        lines += [f"Not attacked (no input gradient): {', '.join(f'`{d}`' for d in skipped)}.", ""]
+    return lines
 
 
 def _jsonable(obj: Any) -> Any:
@@ -225,6 +275,7 @@ def _markdown_report(
     settings: Mapping[str, Any],
     timings: Mapping[str, float],
     plots_written: Mapping[str, Path],
+    adaptive: Sequence[Mapping[str, Any]] = (),
 ) -> str:
     labels = settings.get("labels", {})
     names = [a["attack"] for a in attacks]
@@ -255,6 +306,8 @@ def _markdown_report(
             lines += [f"### {labels.get('detectors', {}).get(det, det)} (`{det}`)", ""]
             lines += [_matrix_markdown(matrix, names, names), ""]
     lines += _clean_section(table, fits, settings, names)
+    if adaptive:
+        lines += _adaptive_section(adaptive, settings)
     lines += [
         "## Attacks",
         "",
@@ -318,6 +371,7 @@ def write_report(
     curves: Mapping[str, Mapping[str, tuple]] | None = None,
     metric_scores: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]] | None = None,
     sensitivity: Mapping[str, Any] | None = None,
+    adaptive: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Path]:
     """Write ``results.json``, ``results.csv``, ``report.md`` and the plots into ``output_dir``, atomically.
 
@@ -334,11 +388,15 @@ def write_report(
     sensitivity : dict, optional
         ``attack``, ``clean``, ``adversarial`` (N, C, H, W) and ``clean_map``, ``adversarial_map`` (same
         shape); sensitivity-map grid when given.
+    adaptive : sequence of dict, optional
+        Adaptive-attack rows (:attr:`art_fisher.evaluation.EvaluationResult.adaptive`); when given, also
+        ``adaptive.csv``, a section of ``report.md`` and the key ``adaptive`` of ``results.json``.
 
     Returns
     -------
     dict of str to Path
-        ``results_json``, ``results_csv``, ``report_md`` and the plots that were drawn.
+        ``results_json``, ``results_csv``, ``report_md``, ``adaptive_csv`` (with adaptive rows) and the plots
+        that were drawn.
     """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -364,13 +422,25 @@ def write_report(
         "settings": settings, "attacks": attacks, "table": table, "fits": fits,
         "unseen_summary": unseen_summary(table, fits), "timings": timings,
     }  # fmt: skip
+    if adaptive:
+        payload["adaptive"] = list(adaptive)
     texts = {
         "results_json": json.dumps(_jsonable(payload), indent=2) + "\n",
         "results_csv": _csv_text(table, attacks),
         "report_md": _markdown_report(
-            table=table, attacks=attacks, fits=fits, settings=settings, timings=timings, plots_written=written
+            table=table, attacks=attacks, fits=fits, settings=settings, timings=timings, plots_written=written,
+            adaptive=adaptive,
         ),
     }
+    if adaptive:
+        from art_fisher.evaluation.adaptive import ROW_KEYS
+
+        paths["adaptive_csv"] = out / "adaptive.csv"
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(ROW_KEYS), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(adaptive)
+        texts["adaptive_csv"] = buffer.getvalue()
     for key, text in texts.items():
         with atomic_write(paths[key], text=True) as fh:
             fh.write(text)

@@ -23,7 +23,7 @@ import platform
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from art_fisher.data import DATASETS, Dataset, load_dataset
 from art_fisher.evaluation import report as _report
+from art_fisher.evaluation.adaptive import ADAPTIVE_ATTACKS, adaptive_detectors, run_adaptive
 from art_fisher.evaluation.attacks import ATTACKS, DEFAULT_ATTACKS, DEFAULT_EPS, predict_labels, run_attack
 from art_fisher.evaluation.base import RunContext, seed_everything
 from art_fisher.evaluation.model_cache import ModelSource, cached_model, load_state_dict_file
@@ -83,6 +84,12 @@ class EvaluationResult:
     timings : dict of str to float
         Wall-clock seconds of the stages; ``detector <name>`` sums that detector's fits and ``detect``
         calls (the Fisher ones share metric values, so the first to need a value pays for it).
+    adaptive : list of dict
+        With ``adaptive=True``: one row per differentiable detector × adaptive attack
+        (:mod:`.adaptive`): ``detector``, ``fit_attack``, ``attack``, ``norm``, ``eps``, ``steps``,
+        ``n_attacked``, ``success_rate`` (against the classifier alone), ``evasion_rate`` (misclassified and
+        not flagged), ``flagged_successful``, ``clean_fpr``, ``roc_auc``, ``loss_start``, ``loss_half``,
+        ``loss_final``, ``seconds``. Empty otherwise.
     """
 
     table: list[dict[str, Any]]
@@ -91,10 +98,11 @@ class EvaluationResult:
     settings: dict[str, Any]
     paths: dict[str, Path]
     timings: dict[str, float]
+    adaptive: list[dict[str, Any]] = field(default_factory=list)
 
     def format_table(self) -> str:
-        """Same-attack and clean-fit rows as fixed-width text, then the unseen-attack summary per detector."""
-        return _report.format_console(self.table, self.attacks, self.fits)
+        """Same-attack and clean-fit rows as fixed-width text, the unseen-attack summary, the adaptive attacks."""
+        return _report.format_console(self.table, self.attacks, self.fits, self.adaptive)
 
     def unseen_summary(self) -> list[dict[str, Any]]:
         """Per detector: mean same-attack ROC-AUC, mean and minimum ROC-AUC on unseen attacks, clean FPR."""
@@ -130,6 +138,7 @@ class EvaluationPlan:
     batch_size: int
     target_fpr: float
     progress: bool
+    adaptive: tuple[str, ...] = ()
 
 
 def _check_names(arg: str, given: Sequence[str], registry: dict[str, Any]) -> tuple[str, ...]:
@@ -196,6 +205,7 @@ def prepare(
     batch_size: int = 128,
     target_fpr: float = 0.05,
     progress: bool = False,
+    adaptive: bool = False,
 ) -> EvaluationPlan:
     """Check every argument, load the data and a given model; write nothing.
 
@@ -218,6 +228,9 @@ def prepare(
     epochs = _check_int("epochs", DEFAULT_EPOCHS[dataset] if epochs is None else epochs, 1, MAX_EPOCHS)
     if isinstance(target_fpr, bool) or not isinstance(target_fpr, Real) or not 0 < target_fpr < 1:
         raise ValueError(f"target_fpr must be a number in (0, 1); got {target_fpr!r}.")
+    if not isinstance(adaptive, bool):
+        raise ValueError(f"adaptive must be True or False; got {adaptive!r}.")
+    adaptive_names = tuple(adaptive_detectors(detector_names, explicit=detectors is not None)) if adaptive else ()
     dev = _resolve_device(device)
     model_path = None if model is None else Path(model)
     if model_path is not None and not model_path.is_file():
@@ -235,7 +248,7 @@ def prepare(
         dataset=dataset, data_dir=data_dir, arch=arch, model_path=model_path, net=net, train=train, test=test,
         attacks=attack_names, detectors=detector_names, eps=float(eps), n_samples=n_samples, seed=seed,
         device=dev, output_dir=output_dir, epochs=epochs, batch_size=batch_size, target_fpr=float(target_fpr),
-        progress=bool(progress),
+        progress=bool(progress), adaptive=adaptive_names,
     )  # fmt: skip
 
 
@@ -260,7 +273,7 @@ class _StepBar:
 
 def _n_steps(plan: EvaluationPlan) -> int:
     fits = sum(len(plan.attacks) if DETECTORS[d].supervised else 1 for d in plan.detectors)
-    return len(plan.attacks) + fits
+    return len(plan.attacks) + fits + len(ADAPTIVE_ATTACKS) * len(plan.adaptive)
 
 
 def run(plan: EvaluationPlan) -> EvaluationResult:
@@ -321,6 +334,14 @@ def run(plan: EvaluationPlan) -> EvaluationResult:
         start = time.perf_counter()
         scored = score_detectors(ctx, x_src, side, outcomes, p.detectors, on_step=steps)
         timings["detectors"] = time.perf_counter() - start
+        adaptive_rows: list[dict[str, Any]] = []
+        if p.adaptive:
+            start = time.perf_counter()
+            adaptive_rows = run_adaptive(
+                ctx, x_src, y_src, side, scored.fitted, p.adaptive, eps=p.eps,
+                fit_attack="pgd" if "pgd" in p.attacks else p.attacks[0], on_step=steps,
+            )  # fmt: skip
+            timings["adaptive attacks"] = time.perf_counter() - start
     finally:
         steps.close()
     for fit in scored.fits:
@@ -340,15 +361,18 @@ def run(plan: EvaluationPlan) -> EvaluationResult:
             "detectors": {n: DETECTORS[n].label for n in p.detectors},
         },
     }  # fmt: skip
+    if p.adaptive:
+        settings["adaptive_detectors"] = list(p.adaptive)
     attack_rows = [o.stats for o in outcomes]
     paths = _report.write_report(
         p.output_dir, table=scored.rows, attacks=attack_rows, fits=scored.fits, settings=settings,
-        timings=timings, curves=scored.curves, metric_scores=scored.metric_scores,
+        timings=timings, curves=scored.curves, metric_scores=scored.metric_scores, adaptive=adaptive_rows,
         sensitivity=_sensitivity_examples(classifier, x_src, side, outcomes, p.batch_size),
     )  # fmt: skip
     paths["model"] = source.path
     return EvaluationResult(
-        table=scored.rows, attacks=attack_rows, fits=scored.fits, settings=settings, paths=paths, timings=timings
+        table=scored.rows, attacks=attack_rows, fits=scored.fits, settings=settings, paths=paths, timings=timings,
+        adaptive=adaptive_rows,
     )
 
 
@@ -369,6 +393,7 @@ def evaluate(
     batch_size: int = 128,
     target_fpr: float = 0.05,
     progress: bool = False,
+    adaptive: bool = False,
 ) -> EvaluationResult:
     """Attack a classifier with ART and measure how well each detector catches each attack, seen or unseen.
 
@@ -414,6 +439,10 @@ def evaluate(
         False-positive rate the clean-calibrated detectors (``*_clean``) aim at, in (0, 1).
     progress : bool
         Show tqdm bars: one over attacks and detector fits, inner ones over batches.
+    adaptive : bool
+        Also attack classifier and detector together (:mod:`.adaptive`: ART's PGD L∞ at ``eps`` and L2) for
+        every detector with input gradients; the others are skipped when ``detectors`` is None, and refused
+        (ValueError, before any work) when named in ``detectors``. Opt-in: it takes several minutes.
 
     Returns
     -------
@@ -433,7 +462,7 @@ def evaluate(
         prepare(
             dataset=dataset, data_dir=data_dir, model=model, arch=arch, attacks=attacks, eps=eps,
             detectors=detectors, n_samples=n_samples, seed=seed, device=device, output_dir=output_dir,
-            epochs=epochs, batch_size=batch_size, target_fpr=target_fpr, progress=progress,
+            epochs=epochs, batch_size=batch_size, target_fpr=target_fpr, progress=progress, adaptive=adaptive,
         )
     )  # fmt: skip
 
