@@ -7,19 +7,25 @@ C&W L2 at the default settings), then fits and scores every candidate feature se
 own protocol (:func:`art_fisher.evaluation.protocol.score_detectors`: fitted on each attack, scored on
 every attack; same-attack = the diagonal, unseen = the 12 off-diagonal cells). Seed 0 is the default run.
 
-Every candidate is a standardised logistic regression (the detector's default estimator) on:
+Every candidate is a logistic regression on standardised features (``StandardScaler`` +
+``LogisticRegression``, the logs below taken first) on:
 
-- ``max_softmax``, ``fisher_combined``: the evaluation's own registry entries (the baseline and the
-  current default combination of trace, quadratic form and λ_max), run through their real adapters;
+- ``max_softmax``, ``fisher_combined``: the evaluation's own registry entries, run through their real
+  adapters (the baseline, and the combined Fisher detector of the code under test);
+- ``raw_scalars``: trace, quadratic form and λ_max, not logged (the combined detector before the
+  per-tensor traces replaced it);
 - ``log_scalars``: log trace, log quadratic form, log λ_max;
-- ``block_profile``: log of each parameter tensor's trace (``fisher_block_traces``) and log trace;
+- ``block_traces``: log of each parameter tensor's trace (``fisher_block_traces``); ``block_traces_raw``
+  the same not logged; ``block_profile`` with the log trace as one more column;
 - ``eig_ratio``: log trace and log(λ_max / trace);
 - ``class_contrast``: the Fisher information along the predicted class's and the runner-up class's
   log-probability gradients (Rayleigh quotients ``v̄ᵀFv̄`` and squared gradient norms ``‖v‖²``, logs);
 - ``sens_stats``: the sensitivity map's log l1, log l2, log max, top-10 % mass, entropy of ``|s|/Σ|s|``
   (divided by log D) and spatial spread (the ``|s|``-weighted standard deviation of pixel coordinates);
-- combinations with the two confidence features (``sm+…``), and ``sm+margin`` (confidence plus the
-  logit margin between the two top classes: a non-Fisher control for what the Fisher features add).
+- combinations of these, with each other and with the two confidence features (``sm+…``), and
+  ``sm+margin`` (confidence plus the logit margin between the two top classes: a non-Fisher control);
+- ``signed:…``: the same logistic regression with each weight held to the sign of its column's prior
+  direction (higher Fisher information, lower confidence = adversarial; shape statistics free).
 
 Each feature is computed once per input (a per-seed bank); the protocol's fits look them up.
 Reports per candidate the mean ± sd over seeds of the mean same-attack and mean unseen ROC-AUC, and of
@@ -124,6 +130,7 @@ GROUPS: dict[str, tuple[Callable[[dict[str, np.ndarray]], np.ndarray], tuple[int
     "softmax": (lambda b: b["softmax"], (-1, +1)),
     "margin": (lambda b: b["margin"], (-1,)),
     "log_scalars": (lambda b: _log(np.column_stack([b["trace"], b["qf"], b["lmax"]])), (+1, +1, +1)),
+    "raw_scalars": (lambda b: np.column_stack([b["trace"], b["qf"], b["lmax"]]), (+1, +1, +1)),
     "block_profile": (lambda b: _log(np.column_stack([b["blocks"], b["trace"]])), None),  # +1 each
     "block_traces": (lambda b: _log(b["blocks"]), None),
     "block_traces_raw": (lambda b: b["blocks"], None),
@@ -148,6 +155,7 @@ def _columns(groups: tuple[str, ...], bank: dict[str, np.ndarray]) -> tuple[np.n
 #: Candidate name -> (feature groups, estimator): "lr" the detector's default (standardised logistic
 #: regression), "signed" the same with each weight held to its column's prior direction.
 CANDIDATES: dict[str, tuple[tuple[str, ...], str]] = {
+    "raw_scalars": (("raw_scalars",), "lr"),
     "log_scalars": (("log_scalars",), "lr"),
     "block_profile": (("block_profile",), "lr"),
     "block_traces": (("block_traces",), "lr"),
@@ -235,7 +243,10 @@ class _Bank:
 
 
 def _candidate_spec(name: str, bank: _Bank):
-    from art_fisher.detectors import default_estimator
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     from art_fisher.evaluation.base import DetectorRun, DetectorSpec, Scored
 
     groups, kind = CANDIDATES[name]
@@ -243,7 +254,8 @@ def _candidate_spec(name: str, bank: _Bank):
     class CandidateRun(DetectorRun):
         def fit(self, x, y):
             f, signs = _columns(groups, bank.get(x))
-            self.est = (default_estimator(f.shape[1]) if kind == "lr" else SignedLogistic(signs)).fit(f, y)
+            lr = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))  # the logs are taken above
+            self.est = (lr if kind == "lr" else SignedLogistic(signs)).fit(f, y)
 
         def detect(self, x):
             f, _ = _columns(groups, bank.get(x))
