@@ -174,8 +174,37 @@ class MetricOptions:
     ``defence_params`` need them by name), take their defaults from :data:`DEFAULT_OPTIONS` and turn them
     into one checked object with :func:`options_of`. The checks are those of the metric functions
     themselves (:mod:`art_fisher._checks`), so an option is refused with the same words whether it
-    reaches a metric directly or through a detector. Meanings: see
-    :class:`~art_fisher.detectors.FisherInformationDetector`.
+    reaches a metric directly or through a detector.
+
+    Parameters
+    ----------
+    metrics : sequence of str, default=("trace", "quadratic_form")
+        Metric names from :data:`METRICS` (where :mod:`art_fisher.metrics` provides them). One feature
+        column per scalar metric, four for ``"sensitivity"`` (:data:`SENSITIVITY_REDUCTIONS`).
+    output : {"logits", "log_probs", "probs"}, default="logits"
+        What the classifier's model returns (``"logits"`` and ``"log_probs"`` give the same metrics,
+        since the softmax of log-probabilities is the probabilities).
+    direction : {"predicted", "top_eigenvector"}, default="predicted"
+        Direction of the quadratic form and sensitivity: the gradient of the predicted class's
+        log-probability, or (quadratic form only) the top eigenvector of :math:`F(x)`. (``"label"``
+        needs true labels, which a detector does not have at detection time.)
+    blockwise : bool or None, default=None
+        Layer-wise (block-diagonal) Fisher for the quadratic form and sensitivity; None keeps each
+        metric's own default (full for the quadratic form, blockwise for the sensitivity).
+    normalize : bool, default=True
+        Quadratic form and sensitivity along the unit direction :math:`\\bar v = v / \\|v\\|`; False
+        uses the raw gradient :math:`v` (the authors' package), :math:`\\|v\\|^2` times the value.
+    classes : {"all", "predicted_vs_rest"}, default="all"
+        Sum of the quadratic form and sensitivity over all classes, or over the two classes
+        (predicted, rest) as the authors' package does.
+    params : sequence of str or None, default=None
+        Names of the model's parameters the Fisher information is taken over, trained or frozen; None:
+        all that require grad, or all of them when none does (a frozen model).
+    method : {"exact", "finite_difference"}, default="exact"
+        Autodiff, or the original paper's central finite differences (``"max_eigenvalue"`` is always
+        exact).
+    epsilon : float, default=1e-3
+        Finite-difference step (only used with ``method="finite_difference"``).
     """
 
     metrics: tuple[str, ...] = ("trace", "quadratic_form")

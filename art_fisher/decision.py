@@ -36,6 +36,7 @@ __all__ = [
     "default_estimator",
     "detection_labels",
     "estimator_kind",
+    "new_estimator",
     "routes_metadata",
 ]
 
@@ -113,6 +114,43 @@ def estimator_kind(estimator: Any, name: str = "estimator") -> str:
         + (f", a {estimator_type}" if estimator_type not in (None, "classifier") else "")
         + "."
     )
+
+
+def new_estimator(
+    estimator: Any,
+    *,
+    labelled: bool,
+    n_features: int,
+    metrics: Sequence[str],
+    target_fpr: float,
+    blocks: Sequence[str] = (),
+) -> tuple[Any, str]:
+    """A fresh estimator for a detector's fit and its kind; ValueError / TypeError before any work.
+
+    ``estimator`` None gives :func:`default_estimator` with labels and :func:`default_clean_estimator`
+    without (``blocks``: the parameter tensors of a per-block metric); a given one is cloned after
+    checking that its kind suits the fit (labels for a classifier, none for an outlier detector).
+    """
+    from sklearn.base import clone
+
+    if estimator is None:
+        if labelled:
+            return default_estimator(n_features), "classifier"
+        return default_clean_estimator(metrics, target_fpr, blocks), "outlier_detector"
+    kind = estimator_kind(estimator)
+    if kind == "classifier" and not labelled:
+        raise ValueError(
+            f"fit(x) without labels calibrates on clean inputs only, but estimator "
+            f"{type(estimator).__qualname__} is a classifier that needs clean (0) / adversarial (1) "
+            "labels: pass y, or use estimator=None (clean quantile calibration at target_fpr) or an "
+            "outlier detector."
+        )
+    if kind == "outlier_detector" and labelled:
+        raise ValueError(
+            f"estimator {type(estimator).__qualname__} is an outlier detector, fitted on clean inputs "
+            "only: call fit(x_clean) without y."
+        )
+    return clone(estimator), kind
 
 
 def check_fit_kwargs(estimator: Any, kwargs: dict[str, Any], n: int) -> dict[str, Any]:

@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import sklearn
 from art.defences.detector.evasion import EvasionDetector
-from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
 from art_fisher import _features, persistence
@@ -30,6 +29,7 @@ from art_fisher.decision import (
     default_estimator,
     detection_labels,
     estimator_kind,
+    new_estimator,
     routes_metadata,
 )
 
@@ -92,30 +92,10 @@ class FisherInformationDetector(EvasionDetector):
         (unused when fitting with labels or with your own estimator).
     batch_size : int, default=128
         Samples per metric computation when ``fit``/``detect`` get no ``batch_size``.
-    output : {"logits", "log_probs", "probs"}, default="logits"
-        What the classifier's model returns (``"logits"`` and ``"log_probs"`` give the same metrics,
-        since the softmax of log-probabilities is the probabilities).
-    direction : {"predicted", "top_eigenvector"}, default="predicted"
-        Direction of the quadratic form and sensitivity: the gradient of the predicted class's
-        log-probability, or (quadratic form only) the top eigenvector of :math:`F(x)`. (``"label"``
-        needs true labels, which a detector does not have at detection time.)
-    blockwise : bool or None, default=None
-        Layer-wise (block-diagonal) Fisher for the quadratic form and sensitivity; None keeps each
-        metric's own default (full for the quadratic form, blockwise for the sensitivity).
-    normalize : bool, default=True
-        Quadratic form and sensitivity along the unit direction :math:`\bar v = v / \|v\|`; False
-        uses the raw gradient :math:`v` (the authors' package), :math:`\|v\|^2` times the value.
-    classes : {"all", "predicted_vs_rest"}, default="all"
-        Sum of the quadratic form and sensitivity over all classes, or over the two classes
-        (predicted, rest) as the authors' package does.
-    params : sequence of str or None, default=None
-        Names of the model's parameters the Fisher information is taken over; None: all that require
-        grad.
-    method : {"exact", "finite_difference"}, default="exact"
-        Autodiff, or the original paper's central finite differences (``"max_eigenvalue"`` is always
-        exact).
-    epsilon : float, default=1e-3
-        Finite-difference step (only used with ``method="finite_difference"``).
+    output, direction, blockwise, normalize, classes, params, method, epsilon
+        The metric options, one object shared with :class:`~art_fisher.estimators.FisherFeatures`
+        (meanings and defaults: :class:`art_fisher._features.MetricOptions`). ``direction`` is
+        ``"predicted"`` or ``"top_eigenvector"`` (a detector has no true labels at detection time).
     progress : bool, default=False
         Show a progress bar over batches.
 
@@ -172,21 +152,9 @@ class FisherInformationDetector(EvasionDetector):
     """
 
     defence_params = [
-        "classifier",
-        "metrics",
-        "estimator",
-        "target_fpr",
-        "batch_size",
-        "output",
-        "direction",
-        "blockwise",
-        "normalize",
-        "classes",
-        "params",
-        "method",
-        "epsilon",
-        "progress",
-    ]
+        "classifier", "metrics", "estimator", "target_fpr", "batch_size",
+        *(name for name in _features.OPTION_NAMES if name != "metrics"), "progress",
+    ]  # fmt: skip
 
     def __init__(
         self,
@@ -392,26 +360,10 @@ class FisherInformationDetector(EvasionDetector):
         logger.debug("Fitted %s on %d samples and features %s.", type(estimator).__name__, len(x), names)
 
     def _new_estimator(self, *, labelled: bool, n_features: int) -> tuple[Any, str]:
-        """A fresh estimator for this fit and its kind; ValueError / TypeError before any work."""
-        if self.estimator is None:
-            if labelled:
-                return default_estimator(n_features), "classifier"
-            blocks = _features.block_names(self.classifier, self._options)
-            return default_clean_estimator(self._metric_names, float(self.target_fpr), blocks), "outlier_detector"
-        kind = estimator_kind(self.estimator)
-        if kind == "classifier" and not labelled:
-            raise ValueError(
-                f"fit(x) without labels calibrates on clean inputs only, but estimator "
-                f"{type(self.estimator).__qualname__} is a classifier that needs clean (0) / adversarial (1) "
-                "labels: pass y, or use estimator=None (clean quantile calibration at target_fpr) or an "
-                "outlier detector."
-            )
-        if kind == "outlier_detector" and labelled:
-            raise ValueError(
-                f"estimator {type(self.estimator).__qualname__} is an outlier detector, fitted on clean inputs "
-                "only: call fit(x_clean) without y."
-            )
-        return clone(self.estimator), kind
+        return new_estimator(
+            self.estimator, labelled=labelled, n_features=n_features, metrics=self._metric_names,
+            target_fpr=float(self.target_fpr), blocks=_features.block_names(self.classifier, self._options),
+        )  # fmt: skip
 
     def detect(self, x: np.ndarray, batch_size: int | None = None, **kwargs: Any) -> tuple[dict, np.ndarray]:
         """Flag adversarial inputs.
@@ -517,24 +469,21 @@ class FisherInformationDetector(EvasionDetector):
     ) -> FisherInformationDetector:
         """Load a detector written by :meth:`save` and attach it to ``classifier``.
 
-        Nothing in the file is executed: it is read with ``skops.io.load``, and only skops' default
-        trusted types (scikit-learn estimators, numpy, builtins), the package's own estimators and the
-        ``trusted`` type names you add are accepted.
+        Nothing in the file is executed (``skops.io`` with a trusted-type list); see
+        :func:`art_fisher.persistence.load_detector` for every check.
 
         Parameters
         ----------
         path : str or Path
             A file written by :meth:`save`.
         classifier : art.estimators.classification.PyTorchClassifier
-            The classifier the detector was fitted for: same weights and preprocessing (checked through
-            the saved fingerprint), input shape and number of classes.
+            The classifier the detector was fitted for (same weights and preprocessing, checked through
+            the saved fingerprint; same input shape and number of classes).
         trusted : sequence of str
-            Further type names to trust, for a custom ``estimator`` (review
-            ``skops.io.get_untrusted_types(file=path)`` first).
+            Further type names to trust, for a custom ``estimator``.
         allow_other_model : bool, default=False
-            Load even when the classifier's weights or preprocessing differ from those the detector was
-            fitted for (or the file predates fingerprints); a warning says so. The decisions of such a
-            detector are not calibrated for this model.
+            Load even when the fingerprint differs (with a warning): the decisions are then not
+            calibrated for this model.
 
         Returns
         -------
@@ -544,11 +493,8 @@ class FisherInformationDetector(EvasionDetector):
         Raises
         ------
         ValueError
-            If the path is missing or a folder; the file is not a skops file, is of another format or
-            format version, holds types that are not trusted, lacks a key, holds a value of the wrong
-            type (e.g. ``estimator_`` that is not a fitted estimator) or is nested too deeply; or it was
-            fitted for a classifier of another input shape, class count or (without
-            ``allow_other_model``) fingerprint.
+            If the file is missing, malformed, untrusted or of another format, or fitted for another
+            classifier (see :func:`art_fisher.persistence.load_detector`).
         TypeError
             If ``classifier`` is not an ART ``PyTorchClassifier``.
         """

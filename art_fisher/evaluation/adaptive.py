@@ -6,8 +6,9 @@ differentiable detector of the run (:attr:`~art_fisher.evaluation.base.DetectorS
 None), its fit on PGD examples (or its clean-only fit) becomes an
 :class:`~art_fisher.adaptive.AdaptiveDetectorClassifier` with the classifier, and ART's
 ``ProjectedGradientDescent`` ascends the attacker's loss
-:math:`\min(\max_{j \ne y} z_j - z_y, \kappa) - \operatorname{softplus}(d(x))` (logit margin capped at
-:math:`\kappa = 5`, see :mod:`art_fisher.adaptive`) from the clean image (no random start),
+:math:`\min(m, \kappa) - [m > 0] \operatorname{softplus}(d(x))`, :math:`m = \max_{j \ne y} z_j - z_y` (logit
+margin capped at :math:`\kappa = 5`; the detector term once the classifier is fooled; see
+:mod:`art_fisher.adaptive`) from the clean image (no random start),
 with exact input gradients (for the Fisher detectors: through the metrics' mixed second derivatives):
 
 - ``pgd_linf``: L∞ ball of the run's ``eps``, :data:`STEPS` steps of ``eps / 8``;
@@ -50,8 +51,9 @@ THREAT_MODEL = (
     "White-box adaptive attacker (Carlini & Wagner 2017; Tramèr et al. 2020): knows the classifier and the "
     "fitted detector (features, estimator, threshold) and attacks both together with ART's "
     "ProjectedGradientDescent on DetectorClassifier(classifier, detector) (art_fisher.adaptive."
-    "AdaptiveDetectorClassifier), ascending min(max_{j != y} z_j - z_y, 5) - softplus(detection logit) (the "
-    "classifier's logit margin capped at 5, and the detector's log-probability of 'clean') with exact "
+    "AdaptiveDetectorClassifier), ascending min(m, 5) - [m > 0] softplus(d) with m = max_{j != y} z_j - z_y "
+    "(the classifier's logit margin capped at 5; once the classifier is fooled, the detector's "
+    "log-probability of 'clean', d being the detection logit) with exact "
     f"input gradients; untargeted, true labels, no random start, {STEPS} steps: L∞ at the run's eps (step "
     "eps/8) and L2 at eps2 = eps * sqrt(D) / 4 (step eps2/8). Detectors: each fitted non-adaptively on PGD "
     "examples of the detector-train side (clean-calibrated ones on clean images), then frozen. Attacked: up "

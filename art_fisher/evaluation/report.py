@@ -202,6 +202,7 @@ _ADAPTIVE_COLUMNS = (
     ("success_rate", "success", "{:.3f}"),
     ("evasion_rate", "evasion", "{:.3f}"),
     ("flagged_successful", "flagged", "{:.3f}"),
+    ("clean_fpr", "clean FPR", "{:.3f}"),
     ("roc_auc", "ROC-AUC", "{:.3f}"),
     ("steps", "steps", "{}"),
     ("loss_start", "loss 0", "{:.3f}"),
@@ -224,7 +225,8 @@ def _adaptive_section(rows: Sequence[Mapping[str, Any]], settings: Mapping[str, 
     lines = ["## Adaptive attacks", "", f"Threat model: {THREAT_MODEL}", ""]
     lines += [
         "*success*: share of attacked images the classifier misclassifies; *evasion*: misclassified and not "
-        "flagged by the detector's own decision; *flagged*: share of the successful examples flagged; "
+        "flagged by the detector's own decision; *flagged*: share of the successful examples flagged; *clean "
+        "FPR*: share of the clean versions of the attacked images flagged (the price of the threshold); "
         "*ROC-AUC*: detector score, clean versions of the attacked images against the successful adaptive "
         "examples; *loss 0 / 1/2 / end*: the attacker's mean loss at the start, after half the steps and at "
         "the end (flat from 1/2 to end: converged).",
