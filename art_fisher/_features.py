@@ -180,7 +180,8 @@ class MetricOptions:
     ----------
     metrics : sequence of str, default=("trace", "quadratic_form")
         Metric names from :data:`METRICS` (where :mod:`art_fisher.metrics` provides them). One feature
-        column per scalar metric, four for ``"sensitivity"`` (:data:`SENSITIVITY_REDUCTIONS`).
+        column per scalar metric, one per selected parameter tensor for ``"block_traces"`` (the trace of
+        that tensor's own block of :math:`F(x)`), four for ``"sensitivity"`` (:data:`SENSITIVITY_REDUCTIONS`).
     output : {"logits", "log_probs", "probs"}, default="logits"
         What the classifier's model returns (``"logits"`` and ``"log_probs"`` give the same metrics,
         since the softmax of log-probabilities is the probabilities).
