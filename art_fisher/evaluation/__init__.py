@@ -11,6 +11,7 @@ work. One module per part:
 - :mod:`.model_cache`: the classifier, given or trained here and cached;
 - :mod:`.protocol`: the detector-train / detector-test split and the fit-on-one, score-on-every-attack
   measurement;
+- :mod:`.adaptive`: attacks that know the detector (``adaptive=True``), on every differentiable detector;
 - :mod:`.workflow`: the run; :mod:`.report` and :mod:`.plots`: what it writes.
 """
 

@@ -7,7 +7,8 @@ Stages of :func:`run`, in order:
    detector-test side (:func:`.protocol.split_sources`);
 3. each attack on every drawn image (:mod:`.attacks`);
 4. every detector fitted and scored as :mod:`.protocol` says (same attack, unseen attacks, clean-only);
-5. the report (:mod:`.report`, :mod:`.plots`), written atomically.
+5. with ``adaptive=True``, adaptive attacks on classifier and detector together (:mod:`.adaptive`);
+6. the report (:mod:`.report`, :mod:`.plots`), written atomically.
 
 Everything is seeded: the same arguments give the same numbers. Extension points: an attack is an entry
 of :data:`~.attacks.ATTACKS`, a detector an entry of :data:`~.registry.DETECTORS` (a new Fisher feature
