@@ -7,8 +7,8 @@ learn from. It is written once here so both see exactly the same numbers:
 - the inputs go through the classifier's own preprocessing (``classifier._apply_preprocessing``, as
   ``classifier.predict`` does), so the metrics see what the classifier sees;
 - the model runs in eval mode (as in ``classifier.predict``) and its mode is restored afterwards;
-- scalar metrics give one feature each; the per-input-dimension sensitivity map is reduced to a few
-  summary features (:data:`SENSITIVITY_REDUCTIONS`).
+- scalar metrics give one feature each, ``block_traces`` one per parameter tensor; the per-input-dimension
+  sensitivity map is reduced to a few summary features (:data:`SENSITIVITY_REDUCTIONS`).
 
 The options every metric computation takes are one object, :class:`MetricOptions` (defaults, checks
 in the words of :mod:`art_fisher._checks`), made from a detector or transformer by :func:`options_of`.
@@ -58,11 +58,16 @@ class MetricSpec:
     is_map : bool
         True if the metric is a map of the input's shape that is reduced to
         :data:`SENSITIVITY_REDUCTIONS` features; False for one scalar per sample.
+    per_block : bool
+        True if the metric gives one value per selected parameter tensor (the function returns
+        :class:`~art_fisher.metrics.BlockTraces`): one feature column per tensor, named
+        ``"<metric>[<parameter name>]"`` (:func:`block_names`).
     """
 
     function: str
     options: tuple[str, ...]
     is_map: bool = False
+    per_block: bool = False
 
 
 #: Metric name -> how to compute it. Extend here when :mod:`art_fisher.metrics` gains a metric.
@@ -70,6 +75,8 @@ METRICS: dict[str, MetricSpec] = {
     "trace": MetricSpec("fisher_trace", _SCALAR_OPTIONS),
     "quadratic_form": MetricSpec("fisher_quadratic_form", _DIRECTIONAL_OPTIONS),
     "max_eigenvalue": MetricSpec("fisher_max_eigenvalue", ("output", "params")),  # always exact
+    # tr F_kk of each parameter tensor k: the per-layer profile of the trace, at the trace's cost.
+    "block_traces": MetricSpec("fisher_block_traces", ("output", "params"), per_block=True),  # always exact
     "sensitivity": MetricSpec("fisher_sensitivity", _DIRECTIONAL_OPTIONS, is_map=True),
 }
 
@@ -80,21 +87,41 @@ METRICS: dict[str, MetricSpec] = {
 SENSITIVITY_REDUCTIONS = ("l1", "l2", "max", "top_mass")
 
 
-def feature_directions(metrics: Sequence[str]) -> list[str]:
+def feature_directions(metrics: Sequence[str], blocks: Sequence[str] = ()) -> list[str]:
     """Which values of each feature column (:func:`feature_names` order) suggest an adversarial input.
 
-    ``"higher"`` for every Fisher magnitude (the scalar metrics and the ``l1``, ``l2``, ``max``
-    reductions of a map): more Fisher information means a less settled prediction. ``"none"`` for
-    ``top_mass``, a shape statistic of the map with no such prior (measured on digits, its ROC-AUC is
-    above 0.5 for some attacks and below for others), which clean-only calibration leaves out.
+    ``"higher"`` for every Fisher magnitude (the scalar metrics, each parameter tensor's trace and the
+    ``l1``, ``l2``, ``max`` reductions of a map): more Fisher information means a less settled
+    prediction. ``"none"`` for ``top_mass``, a shape statistic of the map with no such prior (measured
+    on digits, its ROC-AUC is above 0.5 for some attacks and below for others), which clean-only
+    calibration leaves out. ``blocks``: as in :func:`feature_names`.
     """
     directions: list[str] = []
     for name in metrics:
         if METRICS[name].is_map:
             directions.extend("none" if r == "top_mass" else "higher" for r in SENSITIVITY_REDUCTIONS)
+        elif METRICS[name].per_block:
+            directions.extend("higher" for _ in _blocks_for(name, blocks))
         else:
             directions.append("higher")
     return directions
+
+
+def _blocks_for(metric: str, blocks: Sequence[str]) -> Sequence[str]:
+    if not blocks:
+        raise ValueError(f"metric {metric!r} gives one column per parameter tensor: pass their names as blocks.")
+    return blocks
+
+
+def block_names(classifier: Any, options: MetricOptions) -> tuple[str, ...]:
+    """The parameter tensors a per-block metric of checked ``options`` gives columns for; () if none is used.
+
+    The tensors the metrics select (:func:`art_fisher._checks.check_params`): ``options.params``, or
+    every parameter that requires grad, or every parameter of a frozen model; in model order.
+    """
+    if not any(METRICS[m].per_block for m in options.metrics):
+        return ()
+    return tuple(_checks.check_params(classifier.model, options.params))
 
 
 def available_metrics() -> tuple[str, ...]:
@@ -104,12 +131,23 @@ def available_metrics() -> tuple[str, ...]:
     return tuple(name for name, spec in METRICS.items() if hasattr(metrics_module, spec.function))
 
 
-def feature_names(metrics: Sequence[str]) -> list[str]:
-    """Column names of the feature matrix for ``metrics``, in order (a map gives one per reduction)."""
+def feature_names(metrics: Sequence[str], blocks: Sequence[str] = ()) -> list[str]:
+    """Column names of the feature matrix for ``metrics``, in order.
+
+    A map gives one column per reduction (``"sensitivity_l1"``), a per-block metric one per parameter
+    tensor in ``blocks`` (``"block_traces[features.0.weight]"``; :func:`block_names` gives them).
+
+    Raises
+    ------
+    ValueError
+        If ``metrics`` holds a per-block metric and ``blocks`` is empty.
+    """
     names: list[str] = []
     for name in metrics:
         if METRICS[name].is_map:
             names.extend(f"{name}_{r}" for r in SENSITIVITY_REDUCTIONS)
+        elif METRICS[name].per_block:
+            names.extend(f"{name}[{b}]" for b in _blocks_for(name, blocks))
         else:
             names.append(name)
     return names
@@ -142,7 +180,8 @@ class MetricOptions:
     ----------
     metrics : sequence of str, default=("trace", "quadratic_form")
         Metric names from :data:`METRICS` (where :mod:`art_fisher.metrics` provides them). One feature
-        column per scalar metric, four for ``"sensitivity"`` (:data:`SENSITIVITY_REDUCTIONS`).
+        column per scalar metric, one per selected parameter tensor for ``"block_traces"`` (the trace of
+        that tensor's own block of :math:`F(x)`), four for ``"sensitivity"`` (:data:`SENSITIVITY_REDUCTIONS`).
     output : {"logits", "log_probs", "probs"}, default="logits"
         What the classifier's model returns (``"logits"`` and ``"log_probs"`` give the same metrics,
         since the softmax of log-probabilities is the probabilities).
@@ -390,7 +429,8 @@ def compute(
     Returns
     -------
     dict of str to ndarray
-        Metric name -> float64 values, shape (N,) for a scalar metric.
+        Metric name -> float64 values, shape (N,) for a scalar metric, (N, K) for a per-block one (K
+        parameter tensors, :func:`block_names` order).
     """
     from art_fisher import metrics as metrics_module
 
@@ -412,6 +452,7 @@ def compute(
             for name in metrics:
                 spec = METRICS[name]
                 values = getattr(metrics_module, spec.function)(model, xt, **kwargs[name])
+                values = metric_columns(values, spec) if spec.per_block else values
                 values = values.detach().cpu().numpy().astype(np.float64)
                 if spec.is_map:
                     if scale is not None and values.shape[1:] == scale.shape:
@@ -420,6 +461,13 @@ def compute(
                         values = _reduce_map(values)
                 chunks[name].append(values)
     return {name: np.concatenate(parts) for name, parts in chunks.items()}
+
+
+def metric_columns(values: Any, spec: MetricSpec) -> torch.Tensor:
+    """A scalar or per-block metric function's result as feature columns, shape (N, 1) or (N, K), autograd kept."""
+    if spec.per_block:
+        return values.values
+    return values[:, None]
 
 
 def feature_matrix(values: dict[str, np.ndarray], metrics: Sequence[str]) -> np.ndarray:

@@ -76,15 +76,16 @@ class FisherInformationDetector(EvasionDetector):
     classifier : art.estimators.classification.PyTorchClassifier
         The (trained) classifier whose inputs are screened. Never modified; not saved by :meth:`save`.
     metrics : sequence of str, default=("trace", "quadratic_form")
-        Metric names: ``"trace"``, ``"quadratic_form"``, ``"sensitivity"`` and ``"max_eigenvalue"``
-        (where :mod:`art_fisher.metrics` provides it). One feature column per scalar metric, four for
-        ``"sensitivity"``.
+        Metric names: ``"trace"``, ``"quadratic_form"``, ``"sensitivity"``, ``"max_eigenvalue"`` and
+        ``"block_traces"`` (where :mod:`art_fisher.metrics` provides it). One feature column per scalar
+        metric, one per selected parameter tensor for ``"block_traces"`` (the trace of its own block of
+        :math:`F(x)`), four for ``"sensitivity"``.
     estimator : sklearn classifier or outlier detector, default=None
         Decides from the feature columns (cloned in :meth:`fit`). A classifier (with ``predict_proba``
         or ``decision_function``) is fitted on labelled clean / adversarial inputs; an outlier detector
         (e.g. ``IsolationForest``) on clean inputs alone, ``fit(x)``. None: with labels, a
-        :class:`~art_fisher.estimators.ThresholdClassifier` for one feature column and
-        ``StandardScaler`` + ``LogisticRegression`` for several (:func:`default_estimator`); without
+        :class:`~art_fisher.estimators.ThresholdClassifier` for one feature column and a logistic
+        regression on the standardised logs of the columns for several (:func:`default_estimator`); without
         labels, :func:`default_clean_estimator`.
     target_fpr : float in (0, 1), default=0.05
         Fraction of clean inputs that ``fit(x)`` without labels calibrates the default estimator to flag
@@ -339,7 +340,7 @@ class FisherInformationDetector(EvasionDetector):
         del nb_epochs
         batch_size = self._batch(batch_size)
         x = _features.check_inputs(self.classifier, x)
-        names = _features.feature_names(self._metric_names)
+        names = _features.feature_names(self._metric_names, _features.block_names(self.classifier, self._options))
         estimator, kind = self._new_estimator(labelled=y is not None, n_features=len(names))
         labels = None if y is None else detection_labels(y, len(x))
         fit_kwargs = check_fit_kwargs(estimator, kwargs, len(x))
@@ -361,7 +362,7 @@ class FisherInformationDetector(EvasionDetector):
     def _new_estimator(self, *, labelled: bool, n_features: int) -> tuple[Any, str]:
         return new_estimator(
             self.estimator, labelled=labelled, n_features=n_features, metrics=self._metric_names,
-            target_fpr=float(self.target_fpr),
+            target_fpr=float(self.target_fpr), blocks=_features.block_names(self.classifier, self._options),
         )  # fmt: skip
 
     def detect(self, x: np.ndarray, batch_size: int | None = None, **kwargs: Any) -> tuple[dict, np.ndarray]:

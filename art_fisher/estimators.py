@@ -411,7 +411,7 @@ class FisherFeatures(TransformerMixin, BaseEstimator):
         """
         options = self._options()
         _features.check_inputs(self.classifier, X, name="X")
-        self.feature_names_ = _features.feature_names(options.metrics)
+        self.feature_names_ = _features.feature_names(options.metrics, _features.block_names(self.classifier, options))
         return self
 
     def transform(self, X: Any) -> np.ndarray:
@@ -441,4 +441,6 @@ class FisherFeatures(TransformerMixin, BaseEstimator):
         -------
         ndarray of str
         """
-        return np.asarray(_features.feature_names(self._options().metrics), dtype=object)
+        options = self._options()
+        blocks = _features.block_names(self.classifier, options)
+        return np.asarray(_features.feature_names(options.metrics, blocks), dtype=object)

@@ -9,16 +9,16 @@ and the fitted estimator is rewritten as torch operations with its fitted number
 
 Differentiable choices (:func:`check_differentiable` names the culprit otherwise):
 
-- metrics ``"trace"``, ``"quadratic_form"`` (any direction, blockwise or not, either ``classes``) and
-  ``"max_eigenvalue"`` with ``method="exact"``; not ``"sensitivity"`` (its map statistics ``max`` and
+- metrics ``"trace"``, ``"quadratic_form"`` (any direction, blockwise or not, either ``classes``),
+  ``"max_eigenvalue"`` and ``"block_traces"`` with ``method="exact"``; not ``"sensitivity"`` (its map statistics ``max`` and
   ``top_mass`` are sorts, and the map has no ``create_graph``), not ``method="finite_difference"``;
 - estimators (fitted, binary):
 
   * :class:`~art_fisher.estimators.ThresholdClassifier`: logit :math:`\sigma(s_j - t) / \mathrm{std}`,
     the log-odds of its ``predict_proba``; linear in the chosen column;
   * a linear classifier (``LogisticRegression``, ``LinearSVC``, ``SGDClassifier``, ``RidgeClassifier``:
-    scikit-learn's ``LinearClassifierMixin``), alone or after ``StandardScaler`` steps in a ``Pipeline``
-    (the default with labels): logit = its ``decision_function``;
+    scikit-learn's ``LinearClassifierMixin``), alone or after ``LogTransformer`` / ``StandardScaler``
+    steps in a ``Pipeline`` (the default with labels): logit = its ``decision_function``;
   * :class:`~art_fisher.calibration.QuantileOutlierDetector` (the clean-only default): logit =
     :math:`\max_j z_j(x) - t` (or the mean). Piecewise differentiable: the maximum passes the gradient
     of its largest column, and a log-feature below its clean floor is constant. The gradient is exact
@@ -47,14 +47,16 @@ class NotDifferentiableError(ValueError):
 
 
 def _linear_steps(estimator: Any) -> list[Any] | None:
-    """The steps of ``estimator`` if it is (a Pipeline of StandardScalers ending in) a binary linear classifier."""
+    """The steps of ``estimator`` if it is (a Pipeline of log / StandardScaler steps ending in) a binary linear classifier."""
     from sklearn.linear_model._base import LinearClassifierMixin
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
 
+    from art_fisher.transforms import LogTransformer
+
     steps = [step for _, step in estimator.steps] if isinstance(estimator, Pipeline) else [estimator]
     steps = [s for s in steps if s not in (None, "passthrough")]
-    if not steps or not all(isinstance(s, StandardScaler) for s in steps[:-1]):
+    if not steps or not all(isinstance(s, (LogTransformer, StandardScaler)) for s in steps[:-1]):
         return None
     last = steps[-1]
     if not isinstance(last, LinearClassifierMixin) or np.shape(getattr(last, "coef_", None))[:1] != (1,):
@@ -141,17 +143,21 @@ def estimator_logit(estimator: Any, *, dtype: torch.dtype, device: torch.device)
     steps = _linear_steps(estimator)
     if steps is None:
         raise NotDifferentiableError(f"estimator {_describe(estimator)} has no input gradient (see check_differentiable).")
-    maps = []
-    for scaler in steps[:-1]:
-        mean = t(scaler.mean_) if scaler.with_mean and scaler.mean_ is not None else None
-        std = t(scaler.scale_) if scaler.with_std and scaler.scale_ is not None else None
-        maps.append((mean, std))
+    from art_fisher.transforms import LogTransformer
+
+    maps: list[Callable[[torch.Tensor], torch.Tensor]] = []
+    for step in steps[:-1]:
+        if isinstance(step, LogTransformer):
+            maps.append(lambda f, floor=t(step.floor_): torch.log(torch.maximum(f, floor)))
+            continue
+        mean = t(step.mean_) if step.with_mean and step.mean_ is not None else None
+        std = t(step.scale_) if step.with_std and step.scale_ is not None else None
+        maps.append(lambda f, mean=mean, std=std: (f if mean is None else f - mean) / (1.0 if std is None else std))
     coef, intercept = t(steps[-1].coef_[0]), float(np.ravel(steps[-1].intercept_)[0])
 
     def linear(f: torch.Tensor) -> torch.Tensor:
-        for mean, std in maps:
-            f = f if mean is None else f - mean
-            f = f if std is None else f / std
+        for step_map in maps:
+            f = step_map(f)
         return f @ coef + intercept
 
     return linear
@@ -182,7 +188,10 @@ def detection_logit_function(detector: Any) -> Callable[[torch.Tensor], torch.Te
     model = classifier.model
     parameter = next(model.parameters())
     to_logit = estimator_logit(detector.estimator_, dtype=parameter.dtype, device=parameter.device)
-    functions = [(getattr(metrics_module, _features.METRICS[m].function), options.kwargs_for(m)) for m in options.metrics]
+    functions = [
+        (getattr(metrics_module, _features.METRICS[m].function), _features.METRICS[m], options.kwargs_for(m))
+        for m in options.metrics
+    ]
 
     def logit(x: torch.Tensor) -> torch.Tensor:
         xp = x
@@ -190,8 +199,8 @@ def detection_logit_function(detector: Any) -> Callable[[torch.Tensor], torch.Te
             xp, _ = classifier._apply_preprocessing(x, y=None, fit=False, no_grad=False)
         xp = xp.contiguous()
         with _features._eval_mode(model):
-            columns = [fn(model, xp, create_graph=True, **kwargs) for fn, kwargs in functions]
-        # the same column layout as _features.feature_matrix: each metric's values flattened per sample
-        return to_logit(torch.cat([c.reshape(c.shape[0], -1) for c in columns], dim=1))
+            columns = [_features.metric_columns(fn(model, xp, create_graph=True, **kwargs), spec)
+                       for fn, spec, kwargs in functions]  # fmt: skip
+        return to_logit(torch.cat(columns, dim=1))
 
     return logit

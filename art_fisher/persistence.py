@@ -44,7 +44,11 @@ DETECTOR_FORMAT = "art_fisher.FisherInformationDetector"
 DETECTOR_FORMAT_VERSION = 2
 _READABLE_VERSIONS = (1, 2)
 #: Types a saved detector may hold beyond skops' own defaults (sklearn estimators, numpy, builtins).
-TRUSTED_TYPES = ("art_fisher.estimators.ThresholdClassifier", "art_fisher.calibration.QuantileOutlierDetector")
+TRUSTED_TYPES = (
+    "art_fisher.estimators.ThresholdClassifier",
+    "art_fisher.calibration.QuantileOutlierDetector",
+    "art_fisher.transforms.LogTransformer",
+)
 _KEYS = ("format", "format_version", "versions", "settings", "estimator", "estimator_", "feature_names",
          "input_shape", "nb_classes")  # fmt: skip
 
@@ -302,7 +306,8 @@ def load_detector(
         raise _refuse(path, f"'estimator_' is not a fitted estimator ({err})") from err
     if kind == "classifier" and len(getattr(fitted, "classes_", ())) != 2:
         raise _refuse(path, "'estimator_' is not a binary classifier")
-    if state["feature_names"] != _features.feature_names(detector._metric_names):
+    blocks = _features.block_names(classifier, detector._options)
+    if state["feature_names"] != _features.feature_names(detector._metric_names, blocks):
         raise ValueError(f"{path} is inconsistent: its feature names do not match its metrics.")
     detector.estimator_ = fitted
     detector.feature_names_ = list(state["feature_names"])

@@ -1,7 +1,7 @@
 """The Fisher detectors of the evaluation: :class:`~art_fisher.detectors.FisherInformationDetector` adapters.
 
-One detector per scalar Fisher metric that :mod:`art_fisher.metrics` provides, their combination and the
-sensitivity map's statistics, each twice: fitted on clean and adversarial examples of an attack
+One detector per scalar Fisher metric that :mod:`art_fisher.metrics` provides, the combined detector
+(the per-parameter-tensor traces, :data:`COMBINED`) and the sensitivity map's statistics, each twice: fitted on clean and adversarial examples of an attack
 (``fisher_<metric>``), and calibrated on clean inputs alone (``fisher_<metric>_clean``, ``fit(x)``
 without labels, flagging ``target_fpr`` of clean inputs). New metrics registered in
 :mod:`art_fisher._features` appear here without further edits.
@@ -141,21 +141,33 @@ def _spec(label: str, metrics: tuple[str, ...], *, clean: bool) -> DetectorSpec:
     )
 
 
+#: The metrics of ``fisher_combined``: the trace of each parameter tensor's block of :math:`F(x)` (one
+#: feature per tensor, at the cost of the trace), logged and standardised by the default estimator.
+#: Chosen in ``tests/benchmarks/bench_fisher_features.py`` over the three scalar metrics together, the
+#: sensitivity map's statistics, λ_max against the trace, the predicted class against the runner-up,
+#: and combinations with the classifier's confidence (README, "Which Fisher features").
+COMBINED = ("block_traces",)
+
+
 def fisher_specs() -> dict[str, DetectorSpec]:
     """The Fisher registry entries: supervised ones first, then their clean-calibrated twins.
 
-    The sensitivity (a per-pixel map, reduced to four statistics) is a detector of its own and not part
-    of the combination; at about 3 ms per sample on the digits CNN it is in the default set.
+    One detector per scalar metric, ``fisher_combined`` on :data:`COMBINED` (the scalar metrics together
+    where ``block_traces`` is not available), and the sensitivity (a per-pixel map, reduced to four
+    statistics) as a detector of its own; at about 3 ms per sample on the digits CNN it is in the
+    default set.
     """
     from art_fisher._features import METRICS as _METRIC_SPECS
     from art_fisher._features import available_metrics
 
     available = available_metrics()
-    scalar = tuple(m for m in available if not _METRIC_SPECS[m].is_map)
+    scalar = tuple(m for m in available if not _METRIC_SPECS[m].is_map and not _METRIC_SPECS[m].per_block)
     entries: list[tuple[str, str, tuple[str, ...]]] = [
         (f"fisher_{m}", f"Fisher {m.replace('_', ' ')}", (m,)) for m in scalar
     ]
-    if len(scalar) > 1:
+    if all(m in available for m in COMBINED):
+        entries.append(("fisher_combined", "Fisher trace of each parameter tensor", COMBINED))
+    elif len(scalar) > 1:
         entries.append(("fisher_combined", f"Fisher {' + '.join(scalar)}", scalar))
     entries += [(f"fisher_{m}", f"Fisher {m} (map statistics)", (m,)) for m in available if _METRIC_SPECS[m].is_map]
     specs = {name: _spec(label, metrics, clean=False) for name, label, metrics in entries}

@@ -91,7 +91,8 @@ def run_seed(seed: int, *, n_attack: int, sens_pairs: int, epochs: int, n_train:
         row["default_log"] = _auc(np.maximum(f_clean[:, cols], 1e-30), np.maximum(f_adv[:, cols], 1e-30), fit, test, log_lr)
         p_adv = np.full_like(p_clean, np.nan)
         p_adv[idx] = softmax_features(clf, x_adv[idx], 128)
-        row["max_softmax"] = _auc(p_clean, p_adv, fit, test, default_estimator(2))
+        # the baseline's own estimator (as the evaluation's MaxSoftmaxRun), not the Fisher default with its log step
+        row["max_softmax"] = _auc(p_clean, p_adv, fit, test, make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)))
         if sens_pairs > 0:
             sub = np.random.default_rng(seed + 200).permutation(len(idx))[:sens_pairs]
             sel = idx[sub]
