@@ -26,10 +26,6 @@ from art_fisher.metrics.basis import reducer
 from art_fisher.metrics.engine.network import FunctionalNet
 
 
-def _groups(net: FunctionalNet, blockwise: bool) -> list[list[str]]:
-    return [[k] for k in net.names] if blockwise else [net.names]
-
-
 def fd_quadratic_form(
     net: FunctionalNet,
     x: torch.Tensor,
@@ -50,7 +46,7 @@ def fd_quadratic_form(
 
     total = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     dims = (0, None if shared else 0, 0)
-    for g in _groups(net, blockwise):
+    for g in net.groups(blockwise):
         zp = vmap(lambda xi, vi, yi, g=g: shifted(xi, vi, yi, g, 1.0), in_dims=dims)(x, v, y)
         zm = vmap(lambda xi, vi, yi, g=g: shifted(xi, vi, yi, g, -1.0), in_dims=dims)(x, v, y)
         dz = (zp - zm) / (2 * epsilon)
@@ -80,7 +76,7 @@ def fd_sensitivity(
 
     total = torch.zeros_like(x)
     dims = (0, None if shared else 0, 0)
-    for g in _groups(net, blockwise):
+    for g in net.groups(blockwise):
         jac = []
         for sign in (1.0, -1.0):
             f = jacrev(lambda xi, vi, yi, g=g, sign=sign: outputs(xi, vi, yi, g, sign))

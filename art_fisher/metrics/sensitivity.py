@@ -224,7 +224,7 @@ def hook_sensitivity(
             b_of = {m: b.detach() for m, b in b_of.items()}
         jz = grads[-1].detach().flatten(2).transpose(0, 1)  # (n, C, D)
         del grads
-        groups = [[name] for name in net.names] if blockwise else [list(net.names)]
+        groups = net.groups(blockwise)
         cot = torch.eye(n_cls, dtype=z.dtype, device=z.device).unsqueeze(-1).expand(n_cls, n_cls, n)
         ts, jts = [], []
         for group in groups:
@@ -275,7 +275,7 @@ def func_sensitivity(
 ) -> torch.Tensor:
     """Exact FIS of one chunk with ``torch.func``: ``v`` (n, *shape) per parameter, or (*shape) when ``shared``."""
     reduce = reducer(classes)
-    groups = [[k] for k in net.names] if blockwise else [net.names]
+    groups = net.groups(blockwise)
     push = jvp if forward_mode else _jvp_by_double_vjp
 
     def outs(xi: torch.Tensor, vi: dict[str, torch.Tensor], yi: torch.Tensor):

@@ -83,6 +83,10 @@ class FunctionalNet:
         #: Whether the last forward pass read the logits under a terminal (log_)softmax.
         self.head_stripped = False
 
+    def groups(self, blockwise: bool) -> list[list[str]]:
+        """The parameter groups of the Fisher blocks: one per selected tensor, or all of them as one."""
+        return [[name] for name in self.names] if blockwise else [list(self.names)]
+
     def selected(self) -> dict[str, torch.Tensor]:
         """Detached current values of the selected parameters."""
         return {n: self.base[n] for n in self.names}
