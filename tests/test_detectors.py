@@ -298,18 +298,23 @@ def test_metric_options_pass_through(digits_cnn, options):
     )
 
 
-def test_bad_inputs_raise_before_any_metric_is_computed(digits_cnn, monkeypatch):
+@pytest.fixture
+def metrics_forbidden(monkeypatch):
+    """Fail the test if any Fisher metric is computed: argument errors must come before that work."""
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("metrics computed before the arguments were checked")
+
+    monkeypatch.setattr(_features, "compute", forbidden)
+
+
+def test_bad_inputs_raise_before_any_metric_is_computed(digits_cnn, metrics_forbidden):
     clf = digits_cnn.classifier
     x = digits_cnn.x_test[:8]
     y = np.r_[np.zeros(4), np.ones(4)]
     detector = FisherInformationDetector(clf)
     with pytest.raises(NotFittedError):
         detector.detect(x)
-
-    def forbidden(*args, **kwargs):
-        raise AssertionError("metrics computed before the inputs were checked")
-
-    monkeypatch.setattr(_features, "compute", forbidden)
     with pytest.raises(ValueError, match=r"\(N, 1, 8, 8\).*got \(8, 8, 8\)"):
         detector.fit(x[:, 0], y)
     bad = x.copy()
@@ -386,18 +391,13 @@ def test_clean_only_combines_metrics_and_accepts_an_outlier_detector(digits_cnn,
     assert 0.05 <= forest.detect(clean)[1].mean() <= 0.15
 
 
-def test_label_mismatches_fail_before_any_metric_is_computed(digits_cnn, monkeypatch):
+def test_label_mismatches_fail_before_any_metric_is_computed(digits_cnn, metrics_forbidden):
     from sklearn.ensemble import IsolationForest
     from sklearn.linear_model import LinearRegression
 
     clf = digits_cnn.classifier
     x = digits_cnn.x_test[:8]
     y = np.r_[np.zeros(4), np.ones(4)]
-
-    def forbidden(*args, **kwargs):
-        raise AssertionError("metrics computed before the arguments were checked")
-
-    monkeypatch.setattr(_features, "compute", forbidden)
     from sklearn.linear_model import LogisticRegression
 
     for classifier_estimator in (LogisticRegression(), _DuckClassifier()):
@@ -467,18 +467,13 @@ def test_sample_weight_reaches_both_default_estimators(digits_cnn, digits_attack
         assert not np.allclose(scores[0], scores[2]), metrics
 
 
-def test_sample_weight_errors_come_before_any_metric(digits_cnn, monkeypatch):
+def test_sample_weight_errors_come_before_any_metric(digits_cnn, metrics_forbidden):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
     clf = digits_cnn.classifier
     x = digits_cnn.x_test[:8]
     y = np.r_[np.zeros(4), np.ones(4)]
-
-    def forbidden(*args, **kwargs):
-        raise AssertionError("metrics computed before the arguments were checked")
-
-    monkeypatch.setattr(_features, "compute", forbidden)
     with pytest.raises(ValueError, match=r"sample_weight must be numbers of shape \(8,\)"):
         FisherInformationDetector(clf).fit(x, y, sample_weight=np.ones(7))
     with pytest.raises(ValueError, match="finite and non-negative"):
