@@ -16,7 +16,9 @@ from tests._toy_space import DigitsToySpace
 
 #: Seed whose first two samples (drawn before any result) are different choices.
 STRATEGY_SEED = 0
-TRIAL_ARGS = {"epochs": 2, "max_batches": 5, "val_limit": 128, "pgd_steps": 2, "learning_rate": 0.05}
+#: 10 batches per epoch: at 5, a linear explainer from an unlucky initialisation scored within the
+#: test's 0.5 margin of the dead one (-3.09 vs -3.58; at 10 the worst of 8 initialisations is -1.65 vs -2.97).
+TRIAL_ARGS = {"epochs": 2, "max_batches": 10, "val_limit": 128, "pgd_steps": 2, "learning_rate": 0.05}
 
 
 def main(argv: list[str]) -> int:
