@@ -34,12 +34,12 @@ __all__ = [
 # Detectors and scikit-learn estimators, imported on first use: ART's import is slow and
 # metric-only users should not pay for it.
 _LAZY_EXPORTS = {
-    "FisherInformationDetector": "art_fisher.detectors",
-    "FisherFeatures": "art_fisher.estimators",
-    "ThresholdClassifier": "art_fisher.estimators",
+    "FisherInformationDetector": "art_fisher.detection.detector",
+    "FisherFeatures": "art_fisher.detection.estimators",
+    "ThresholdClassifier": "art_fisher.detection.estimators",
     # Attacks that know the detector: classifier + detector as one ART model with an attacker's loss.
-    "AdaptiveDetectorClassifier": "art_fisher.adaptive",
-    "NotDifferentiableError": "art_fisher.gradients",
+    "AdaptiveDetectorClassifier": "art_fisher.adversarial.adaptive_classifier",
+    "NotDifferentiableError": "art_fisher.adversarial.gradients",
     # The evaluation workflow: ``art_fisher.evaluate(...)`` is ``art-fisher evaluate``.
     "evaluate": "art_fisher.evaluation",
 }

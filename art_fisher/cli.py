@@ -68,7 +68,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the ``art-fisher`` argument parser."""
-    from art_fisher.data import DATASETS
+    from art_fisher.data.loaders import DATASETS
     from art_fisher.evaluation import ATTACKS, DEFAULT_ATTACKS, DEFAULT_DETECTORS, DETECTORS
     from art_fisher.models import ARCHITECTURES
 

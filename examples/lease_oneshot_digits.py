@@ -5,7 +5,7 @@ Run from the repository root (about a minute on a laptop CPU)::
     python examples/lease_oneshot_digits.py
 
 It is the NNI idiom ``NasExperiment(model_space, evaluator, strategy).run()`` with ``LeaSE`` where one
-would write ``DARTS``. (``nni_lease.oneshot.search_oneshot`` and ``retrain_architecture`` do the same with
+would write ``DARTS``. (``nni_lease.oneshot.workflow.search_oneshot`` and ``retrain_architecture`` do the same with
 files written, as ``nni-lease search`` / ``nni-lease retrain`` do.) NNI writes its experiment records under ``~/nni-experiments`` (set ``HOME`` or
 ``experiment.config.experiment_working_directory`` to put them elsewhere).
 """
@@ -16,7 +16,7 @@ from nni.nas.experiment import NasExperiment
 
 from nni_lease import LeaSE
 from nni_lease.data import DigitsDataset
-from nni_lease.retrain import retrain
+from nni_lease.oneshot.retrain import retrain
 from nni_lease.spaces import LeaseCellSpace
 
 torch.set_num_threads(1)

@@ -1,10 +1,10 @@
 """Command line interface: ``nni-lease search`` and ``nni-lease retrain``.
 
-``nni-lease search --mode oneshot`` calls :func:`nni_lease.oneshot.search_oneshot` (files:
+``nni-lease search --mode oneshot`` calls :func:`nni_lease.oneshot.workflow.search_oneshot` (files:
 ``architecture.json``, ``metrics.csv``, ``curves.png`` in ``--output``); ``--mode multi-trial`` runs
-:class:`nni_lease.multitrial.LeaseMultiTrial` under the NNI manager (web UI); ``--mode hpo`` tunes LeaSE's
-γ, ε and steps in an NNI HPO experiment (:mod:`nni_lease.hpo`). ``nni-lease retrain ARCHITECTURE_JSON``
-calls :func:`nni_lease.oneshot.retrain_architecture` and writes ``retrain.json``.
+:class:`nni_lease.multitrial.strategy.LeaseMultiTrial` under the NNI manager (web UI); ``--mode hpo`` tunes LeaSE's
+γ, ε and steps in an NNI HPO experiment (:mod:`nni_lease.runtime.hpo`). ``nni-lease retrain ARCHITECTURE_JSON``
+calls :func:`nni_lease.oneshot.workflow.retrain_architecture` and writes ``retrain.json``.
 
 Every option belongs to the modes that use it (:data:`SEARCH_OPTIONS`); an option given to a mode that
 would ignore it is an error, as is any bad value, and all of this is checked before any folder, file
@@ -119,7 +119,7 @@ SEARCH_OPTIONS: dict[str, list[_Option]] = {
              help="architecture weights (DARTS's Adam)"),
         _opt("--progress", default=False, modes=_ONESHOT, action="store_true", help="show progress bars"),
     ],
-    "LeaSE (nni_lease.settings.LeaseSettings)": [
+    "LeaSE (nni_lease.core.settings.LeaseSettings)": [
         _opt("--gamma", default=1.0, modes=_ONESHOT | _MULTI, type=_nonnegative_float,
              help="weight of the listener's loss (0: DARTS); hpo tunes it"),
         _opt("--hypergradient", default="first_order", modes=_ONESHOT | _HPO, choices=["first_order", "unrolled"],
@@ -177,13 +177,13 @@ def _modes_text(modes: frozenset[str]) -> str:
 
 # ------------------------------------------------------------------------------------------- search modes
 def _lease_settings(args: argparse.Namespace, names: Sequence[str]) -> Any:
-    from nni_lease.settings import LeaseSettings
+    from nni_lease.core.settings import LeaseSettings
 
     return LeaseSettings.from_options(**{n: getattr(args, n) for n in names}, seed=args.seed)
 
 
 def _search_config(args: argparse.Namespace) -> Any:
-    from nni_lease.oneshot import SearchConfig
+    from nni_lease.oneshot.workflow import SearchConfig
 
     return SearchConfig(dataset=args.dataset, data_root=args.data_root, seed=args.seed, limit=args.limit,
                         epochs=args.epochs, limit_batches=args.limit_batches, batch_size=args.batch_size,
@@ -192,7 +192,7 @@ def _search_config(args: argparse.Namespace) -> Any:
 
 
 def _search_oneshot(args: argparse.Namespace) -> int:
-    from nni_lease.oneshot import ARCHITECTURE_FILE, CURVES_FILE, METRICS_FILE, search_oneshot
+    from nni_lease.oneshot.workflow import ARCHITECTURE_FILE, CURVES_FILE, METRICS_FILE, search_oneshot
 
     config, settings = _search_config(args), _lease_settings(args, _LEASE_DESTS)
     result = search_oneshot(args.output, config=config, settings=settings)
@@ -208,7 +208,7 @@ def _search_oneshot(args: argparse.Namespace) -> int:
 
 def _run_nni_experiment(args: argparse.Namespace, start: Callable[..., Any]) -> int:
     """Shared part of the modes that run under the NNI manager: messages, Ctrl-C / SIGTERM, exit code."""
-    from nni_lease.experiment import PortInUseError, sigterm_as_interrupt
+    from nni_lease.runtime.experiment import PortInUseError, sigterm_as_interrupt
 
     def started(url: str, experiment_id: str) -> None:  # an exposure warning (--host) is logged just before
         print(f"experiment {experiment_id}: web UI at {url}  (Ctrl-C stops the experiment)", flush=True)
@@ -234,11 +234,11 @@ def _run_nni_experiment(args: argparse.Namespace, start: Callable[..., Any]) -> 
 
 
 def _search_multitrial(args: argparse.Namespace) -> int:
-    from nni_lease.experiment import build_config, run_multitrial
-    from nni_lease.multitrial import LeaseMultiTrial
-    from nni_lease.oneshot import SearchConfig, load_splits, space_kwargs
+    from nni_lease.runtime.experiment import build_config, run_multitrial
+    from nni_lease.multitrial.strategy import LeaseMultiTrial
+    from nni_lease.oneshot.workflow import SearchConfig, load_splits, space_kwargs
     from nni_lease.spaces import LeaseCellSpace
-    from nni_lease.trial import TRIAL_LEASE_OPTIONS, lease_evaluator
+    from nni_lease.multitrial.trial import TRIAL_LEASE_OPTIONS, lease_evaluator
 
     config = SearchConfig(dataset=args.dataset, data_root=args.data_root, seed=args.seed, limit=args.limit,
                           epochs=args.epochs, limit_batches=args.limit_batches, batch_size=args.batch_size,
@@ -260,9 +260,9 @@ def _search_multitrial(args: argparse.Namespace) -> int:
 
 
 def _search_hpo(args: argparse.Namespace) -> int:
-    from nni_lease.experiment import run_experiment
-    from nni_lease.hpo import TUNED_OPTIONS, TrialConfig, build_hpo_experiment, check_resumable
-    from nni_lease.oneshot import RetrainConfig
+    from nni_lease.runtime.experiment import run_experiment
+    from nni_lease.runtime.hpo import TUNED_OPTIONS, TrialConfig, build_hpo_experiment, check_resumable
+    from nni_lease.oneshot.workflow import RetrainConfig
 
     fixed = [n for n in _LEASE_DESTS if n not in TUNED_OPTIONS and n in args.given]
     config = TrialConfig(search=_search_config(args), lease={n: getattr(args, n) for n in fixed},
@@ -310,7 +310,7 @@ def _search(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------- retrain
 def _retrain(args: argparse.Namespace) -> int:
-    from nni_lease.oneshot import RetrainConfig, retrain_architecture
+    from nni_lease.oneshot.workflow import RetrainConfig, retrain_architecture
 
     config = RetrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
                            seed=args.seed, data_root=args.data_root, progress=args.progress)

@@ -11,11 +11,11 @@ Splits are deterministic: a fixed permutation drawn from ``seed`` cuts the pool 
 ``val_fraction`` of the five training batches is ``"val"``). Nothing is ever downloaded.
 
 CIFAR-10 files are the official "python version" pickle batches (``data_batch_1`` … ``data_batch_5``,
-``test_batch``). They are read with :func:`art_fisher.cifar_batch.read_cifar10_batch`, the restricted
+``test_batch``). They are read with :func:`art_fisher.data.cifar_batch.read_cifar10_batch`, the restricted
 unpickler both packages share: it runs no foreign code (a foreign global raises
-:class:`~art_fisher.cifar_batch.UnsafeCifarBatchError`, a :class:`pickle.UnpicklingError`) and checks
+:class:`~art_fisher.data.cifar_batch.UnsafeCifarBatchError`, a :class:`pickle.UnpicklingError`) and checks
 every declared size against the file and the format (uint8 (N, 3072), N <= 10000, labels 0..9) before
-allocating (anything else raises :class:`~art_fisher.cifar_batch.CifarBatchError`, a ValueError).
+allocating (anything else raises :class:`~art_fisher.data.cifar_batch.CifarBatchError`, a ValueError).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from art_fisher.cifar_batch import read_cifar10_batch
+from art_fisher.data.cifar_batch import read_cifar10_batch
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class DigitsDataset(_ArrayDataset):
     def __init__(self, split: Split = "train", *, seed: int = 0, limit: int | None = None) -> None:
         _check_split(split)
         _check_limit(limit)
-        from art_fisher.data import load_digits
+        from art_fisher.data.loaders import load_digits
 
         data = load_digits()
         perm = np.random.default_rng(seed).permutation(len(data.y))
@@ -137,10 +137,10 @@ def load_cifar10_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     ------
     FileNotFoundError
         If ``path`` is not a file.
-    art_fisher.cifar_batch.UnsafeCifarBatchError
+    art_fisher.data.cifar_batch.UnsafeCifarBatchError
         (a ValueError and a :class:`pickle.UnpicklingError`) If the file asks for code to run (a global, an
         opcode or a call a CIFAR-10 batch never needs); nothing was run.
-    art_fisher.cifar_batch.CifarBatchError
+    art_fisher.data.cifar_batch.CifarBatchError
         (a ValueError) For any other malformed batch: too large, not a pickle, missing keys, pixels that
         are not uint8 of shape (N, 3072) with N <= 10000, labels that are not N ints in 0..9.
     """

@@ -95,14 +95,14 @@ class DetectorRun:
         raise NotImplementedError
 
     def detection_logit(self) -> Any:
-        """The fitted detector as a :class:`~art_fisher.art_classifier.DetectionLogitClassifier` (adaptive attacks).
+        """The fitted detector as a :class:`~art_fisher.adversarial.art_classifier.DetectionLogitClassifier` (adaptive attacks).
 
         Raises
         ------
-        art_fisher.gradients.NotDifferentiableError
+        art_fisher.adversarial.gradients.NotDifferentiableError
             For a detector without input gradients (the default).
         """
-        from art_fisher.gradients import NotDifferentiableError
+        from art_fisher.adversarial.gradients import NotDifferentiableError
 
         raise NotDifferentiableError(f"{type(self).__name__} has no input gradient.")
 

@@ -73,7 +73,7 @@ class ArtBinaryRun(DetectorRun):
         return Scored(score=logits[:, 1] - logits[:, 0], is_adversarial=np.asarray(is_adv, bool))
 
     def detection_logit(self) -> Any:
-        from art_fisher.art_classifier import art_detector_logit
+        from art_fisher.adversarial.art_classifier import art_detector_logit
 
         return art_detector_logit(self.detector)
 
@@ -115,7 +115,7 @@ class MaxSoftmaxRun(DetectorRun):
     """Hendrycks & Gimpel's baseline on (max softmax probability, entropy).
 
     With labels: ``StandardScaler`` + ``LogisticRegression``. Without (``fit(x, None)``): a
-    :class:`~art_fisher.calibration.QuantileOutlierDetector` flagging ``target_fpr`` of clean inputs,
+    :class:`~art_fisher.detection.calibration.QuantileOutlierDetector` flagging ``target_fpr`` of clean inputs,
     low probability and high entropy being suspicious.
     """
 
@@ -127,7 +127,7 @@ class MaxSoftmaxRun(DetectorRun):
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
 
-        from art_fisher.calibration import QuantileOutlierDetector
+        from art_fisher.detection.calibration import QuantileOutlierDetector
 
         features = softmax_features(self.ctx.classifier, x, self.ctx.batch_size)
         if y is None:
@@ -151,8 +151,8 @@ class MaxSoftmaxRun(DetectorRun):
 
     def detection_logit(self) -> Any:
         """Logistic regression (or clean quantile rule) on the softmax features, in torch."""
-        from art_fisher.art_classifier import DetectionLogitClassifier, classifier_logits
-        from art_fisher.gradients import estimator_logit
+        from art_fisher.adversarial.art_classifier import DetectionLogitClassifier, classifier_logits
+        from art_fisher.adversarial.gradients import estimator_logit
 
         clf = self.ctx.classifier
         parameter = next(clf.model.parameters())

@@ -1,10 +1,10 @@
-"""The Fisher detectors of the evaluation: :class:`~art_fisher.detectors.FisherInformationDetector` adapters.
+"""The Fisher detectors of the evaluation: :class:`~art_fisher.detection.detector.FisherInformationDetector` adapters.
 
 One detector per scalar Fisher metric that :mod:`art_fisher.metrics` provides, the combined detector
 (the per-parameter-tensor traces, :data:`COMBINED`) and the sensitivity map's statistics, each twice: fitted on clean and adversarial examples of an attack
 (``fisher_<metric>``), and calibrated on clean inputs alone (``fisher_<metric>_clean``, ``fit(x)``
 without labels, flagging ``target_fpr`` of clean inputs). New metrics registered in
-:mod:`art_fisher._features` appear here without further edits.
+:mod:`art_fisher.detection.features` appear here without further edits.
 """
 
 from __future__ import annotations
@@ -41,13 +41,13 @@ class FisherFeatureCache:
         Returns
         -------
         values : dict of str to ndarray
-            As :func:`art_fisher._features.compute` gives them (maps reduced).
+            As :func:`art_fisher.detection.features.compute` gives them (maps reduced).
         cost : float
             Seconds these values took to compute, each row counted at its measured share of its batch.
         spent : float
             Seconds spent computing in this call (rows not cached yet).
         """
-        from art_fisher import _features
+        from art_fisher.detection import features as _features
 
         settings = detector._options
         rows = [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in x]
@@ -79,13 +79,13 @@ class FisherFeatureCache:
 
 
 def _cached_detector(cache: FisherFeatureCache, classifier: Any, **settings: Any) -> Any:
-    """A :class:`~art_fisher.detectors.FisherInformationDetector` whose metric values come from ``cache``.
+    """A :class:`~art_fisher.detection.detector.FisherInformationDetector` whose metric values come from ``cache``.
 
     Only the feature computation is replaced; input checks, fitting and decisions are the detector's own.
     After each ``fit`` / ``detect``, ``last_cost`` and ``last_spent`` hold :meth:`FisherFeatureCache.values`'
     two timings.
     """
-    from art_fisher.detectors import FisherInformationDetector
+    from art_fisher.detection.detector import FisherInformationDetector
 
     class CachedFisherDetector(FisherInformationDetector):
         def _values(self, x: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
@@ -96,7 +96,7 @@ def _cached_detector(cache: FisherFeatureCache, classifier: Any, **settings: Any
 
 
 class FisherRun(DetectorRun):
-    """A :class:`~art_fisher.detectors.FisherInformationDetector` on ``metrics`` with its default estimator.
+    """A :class:`~art_fisher.detection.detector.FisherInformationDetector` on ``metrics`` with its default estimator.
 
     ``fit(x, y)`` with labels fits the supervised default (threshold or logistic regression);
     ``fit(x, None)`` calibrates on clean inputs at the context's ``target_fpr``. Metric values come from
@@ -129,7 +129,7 @@ class FisherRun(DetectorRun):
 
 
 def _spec(label: str, metrics: tuple[str, ...], *, clean: bool) -> DetectorSpec:
-    from art_fisher._features import METRICS
+    from art_fisher.detection.features import METRICS
 
     maps = [m for m in metrics if METRICS[m].is_map]
     return DetectorSpec(
@@ -157,8 +157,8 @@ def fisher_specs() -> dict[str, DetectorSpec]:
     statistics) as a detector of its own; at about 3 ms per sample on the digits CNN it is in the
     default set.
     """
-    from art_fisher._features import METRICS as _METRIC_SPECS
-    from art_fisher._features import available_metrics
+    from art_fisher.detection.features import METRICS as _METRIC_SPECS
+    from art_fisher.detection.features import available_metrics
 
     available = available_metrics()
     scalar = tuple(m for m in available if not _METRIC_SPECS[m].is_map and not _METRIC_SPECS[m].per_block)

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from art_fisher._atomic import atomic_write
-from art_fisher.data import Dataset
+from art_fisher.data.loaders import Dataset
 from art_fisher.models import build_model, train_model
 
 logger = logging.getLogger(__name__)

@@ -219,7 +219,7 @@ def _adaptive(rows: Sequence[Mapping[str, Any]]):
 
 
 def _adaptive_section(rows: Sequence[Mapping[str, Any]], settings: Mapping[str, Any]) -> list[str]:
-    from art_fisher.evaluation.adaptive import THREAT_MODEL
+    from art_fisher.evaluation.adaptive_attacks import THREAT_MODEL
 
     skipped = [d for d in settings.get("detectors", ()) if d not in settings.get("adaptive_detectors", ())]
     lines = ["## Adaptive attacks", "", f"Threat model: {THREAT_MODEL}", ""]
@@ -435,7 +435,7 @@ def write_report(
         ),
     }
     if adaptive:
-        from art_fisher.evaluation.adaptive import ROW_KEYS
+        from art_fisher.evaluation.adaptive_attacks import ROW_KEYS
 
         paths["adaptive_csv"] = out / "adaptive.csv"
         buffer = io.StringIO()

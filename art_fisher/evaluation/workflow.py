@@ -12,7 +12,7 @@ Stages of :func:`run`, in order:
 
 Everything is seeded: the same arguments give the same numbers. Extension points: an attack is an entry
 of :data:`~.attacks.ATTACKS`, a detector an entry of :data:`~.registry.DETECTORS` (a new Fisher feature
-set registered in :mod:`art_fisher._features` appears there by itself), and a later stage (e.g. attacks
+set registered in :mod:`art_fisher.detection.features` appears there by itself), and a later stage (e.g. attacks
 that know the detector) finds every fitted detector in the protocol's ``fitted`` mapping.
 """
 
@@ -34,9 +34,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from art_fisher.data import DATASETS, Dataset, load_dataset
+from art_fisher.data.loaders import DATASETS, Dataset, load_dataset
 from art_fisher.evaluation import report as _report
-from art_fisher.evaluation.adaptive import ADAPTIVE_ATTACKS, adaptive_detectors, run_adaptive
+from art_fisher.evaluation.adaptive_attacks import ADAPTIVE_ATTACKS, adaptive_detectors, run_adaptive
 from art_fisher.evaluation.attacks import ATTACKS, DEFAULT_ATTACKS, DEFAULT_EPS, predict_labels, run_attack
 from art_fisher.evaluation.base import RunContext, seed_everything
 from art_fisher.evaluation.model_cache import ModelSource, cached_model, load_state_dict_file
@@ -407,7 +407,7 @@ def evaluate(
     dataset : {"digits", "mnist", "cifar10"}
         ``"digits"`` (8×8, embedded in scikit-learn) needs no files; the others read ``data_dir``.
     data_dir : str or Path, optional
-        Folder with the local MNIST / CIFAR-10 files (see :mod:`art_fisher.data`).
+        Folder with the local MNIST / CIFAR-10 files (see :mod:`art_fisher.data.loaders`).
     model : str or Path, optional
         A state dict of ``arch`` saved with ``torch.save(model.state_dict(), path)``; loaded with
         ``weights_only=True``. Without it, ``arch`` is trained in-process on the train split (cached under
@@ -484,7 +484,7 @@ def _sensitivity_examples(
     classifier: Any, x_src: np.ndarray, side: np.ndarray, outcomes: Sequence[Any], batch_size: int, n: int = 6
 ) -> dict[str, Any] | None:
     """Clean / adversarial test images of the first usable attack and their Fisher sensitivity maps."""
-    from art_fisher._features import available_metrics
+    from art_fisher.detection.features import available_metrics
 
     if "sensitivity" not in available_metrics():
         return None
@@ -494,7 +494,7 @@ def _sensitivity_examples(
             break
     else:
         return None
-    from art_fisher.detectors import FisherInformationDetector
+    from art_fisher.detection.detector import FisherInformationDetector
 
     clean, adv = x_src[te[:n]], outcome.x_adv[te[:n]]
     maps = FisherInformationDetector(classifier, metrics=("sensitivity",), batch_size=batch_size)

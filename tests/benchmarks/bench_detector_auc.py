@@ -46,10 +46,10 @@ def run_seed(seed: int, *, n_attack: int, sens_pairs: int, epochs: int, n_train:
     from art.attacks.evasion import DeepFool, FastGradientMethod, ProjectedGradientDescent
     from art.estimators.classification import PyTorchClassifier
 
-    from art_fisher._features import available_metrics
-    from art_fisher.data import load_digits
-    from art_fisher.detectors import default_estimator
-    from art_fisher.estimators import FisherFeatures, ThresholdClassifier
+    from art_fisher.detection.features import available_metrics
+    from art_fisher.data.loaders import load_digits
+    from art_fisher.detection.detector import default_estimator
+    from art_fisher.detection.estimators import FisherFeatures, ThresholdClassifier
     from art_fisher.evaluation.baselines import softmax_features
     from art_fisher.models import SmallCNN, train_model
 

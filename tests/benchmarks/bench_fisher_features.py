@@ -280,7 +280,7 @@ def run_seed(seed: int, *, n_samples: int, epochs: int, cache: Path, batch_size:
     """One evaluation seed: the default run's model, draw, split and attacks; every candidate scored."""
     from art.estimators.classification import PyTorchClassifier
 
-    from art_fisher.data import load_dataset
+    from art_fisher.data.loaders import load_dataset
     from art_fisher.evaluation.attacks import DEFAULT_ATTACKS, DEFAULT_EPS, predict_labels, run_attack
     from art_fisher.evaluation.base import RunContext, seed_everything
     from art_fisher.evaluation.model_cache import cached_model

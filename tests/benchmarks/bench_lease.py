@@ -58,13 +58,13 @@ from nni.nas.strategy import DARTS  # noqa: E402
 
 from art_fisher.models import train_model  # noqa: E402
 from nni_lease.data import DigitsDataset  # noqa: E402
-from nni_lease.explain import Explanation, listener_input, pgd_explain  # noqa: E402
-from nni_lease.listener import default_listener  # noqa: E402
-from nni_lease.retrain import retrain  # noqa: E402
-from nni_lease.settings import LeaseSettings  # noqa: E402
+from nni_lease.core.explain import Explanation, listener_input, pgd_explain  # noqa: E402
+from nni_lease.core.listener import default_listener  # noqa: E402
+from nni_lease.oneshot.retrain import retrain  # noqa: E402
+from nni_lease.core.settings import LeaseSettings  # noqa: E402
 from nni_lease.spaces import LeaseCellSpace  # noqa: E402
-from nni_lease.step import LeaseStep  # noqa: E402
-from nni_lease.strategy import LeaSE  # noqa: E402
+from nni_lease.core.step import LeaseStep  # noqa: E402
+from nni_lease.oneshot.strategy import LeaSE  # noqa: E402
 
 #: The explanation settings compared: this package's defaults and the earlier ones.
 VARIANTS: dict[str, dict[str, Any]] = {

@@ -6,7 +6,7 @@ parameters, two 5×5 convolutions, max pooling, two linear layers) whose forward
 (logits); and the CIFAR-size CifarCNN (3×32×32, ~0.5M parameters, BatchNorm in eval mode) with a logits
 head and with a ``log_softmax`` head. For each, side by side in one run:
 
-- the original algorithm (``tests/reference_fisher.py``), looped over samples, per sample (the
+- the original algorithm (``tests/art_fisher/reference_fisher.py``), looped over samples, per sample (the
   quadratic form and the sensitivity include computing the predicted-class direction, as the
   original's usage does);
 - the exact batched metrics (``art_fisher``) at batch 256 (sensitivity: ``--fis-batch`` /
@@ -61,9 +61,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ (reference_fisher)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root (tests.art_fisher.reference_fisher)
 
-from reference_fisher import OriginalFisher  # noqa: E402
+from tests.art_fisher.reference_fisher import OriginalFisher  # noqa: E402
 
 from art_fisher import (  # noqa: E402
     fisher_max_eigenvalue,

@@ -1,0 +1,13 @@
+"""Attacks that know the detector: exact input gradients and ART models built on them.
+
+- :mod:`~art_fisher.adversarial.gradients`: which detectors are differentiable, and the torch
+  rewrite of their estimators (:class:`NotDifferentiableError` otherwise);
+- :mod:`~art_fisher.adversarial.art_classifier`: the detection logit as a one-output ART classifier;
+- :mod:`~art_fisher.adversarial.adaptive_classifier`: :class:`AdaptiveDetectorClassifier`, classifier and
+  detector as one ART model with an attacker's loss.
+"""
+
+from art_fisher.adversarial.adaptive_classifier import AdaptiveDetectorClassifier
+from art_fisher.adversarial.gradients import NotDifferentiableError
+
+__all__ = ["AdaptiveDetectorClassifier", "NotDifferentiableError"]

@@ -1,0 +1,270 @@
+"""A detector as an ART classifier with one output: the detection logit, with exact input gradients.
+
+ART's ``DetectorClassifier(classifier, detector)`` (and the attacks that run on it) wants the detector as
+an ART ``ClassifierNeuralNetwork`` whose ``predict`` gives one detection logit per sample and whose
+``class_gradient`` gives its input gradient. :class:`DetectionLogitClassifier` is that object for any
+detector whose logit is a torch function of the raw input:
+
+- :meth:`FisherInformationDetector.as_art_classifier() <art_fisher.detection.detector.FisherInformationDetector.as_art_classifier>`
+  (autodiff through the Fisher metrics, :mod:`art_fisher.adversarial.gradients`);
+- :func:`art_detector_logit` for ART's own ``BinaryInputDetector`` and ``BinaryActivationDetector``
+  (their two-class network's log-odds of "adversarial").
+
+Use it inside :class:`art_fisher.adversarial.adaptive_classifier.AdaptiveDetectorClassifier` to attack classifier and detector
+together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from art.estimators.classification.classifier import ClassifierNeuralNetwork
+
+__all__ = ["DetectionLogitClassifier", "art_detector_logit", "classifier_logits"]
+
+
+class DetectionLogitClassifier(ClassifierNeuralNetwork):
+    """An ART classifier with one output, the detection logit ``d(x)``: positive exactly where the detector flags ``x``.
+
+    Parameters
+    ----------
+    logit_function : callable
+        ``logit_function(x) -> Tensor (N,)`` for raw inputs ``x`` (a tensor of shape (N, *input_shape)),
+        differentiable in ``x``.
+    input_shape : tuple of int
+        Shape of one input (as the attacked classifier's).
+    clip_values : tuple of float, optional
+        Input range (as the attacked classifier's).
+    dtype, device
+        Dtype and device of the tensors handed to ``logit_function`` (those of the model behind it).
+    name : str
+        What the logit belongs to, for messages and ``repr``.
+    channels_first : bool
+
+    Notes
+    -----
+    ``predict`` returns shape (N, 1); ``class_gradient`` (label None or 0) shape (N, 1, *input_shape), the
+    exact gradient of ``d`` by autodiff; ``loss_gradient(x, y)`` and ``compute_loss`` use the binary cross
+    entropy of ``d`` against detection labels ``y`` (0 clean, 1 adversarial; shape (N,) or (N, 1)).
+    ``fit``, ``save`` and ``get_activations`` are not available: fit and save the detector itself.
+    """
+
+    estimator_params = ClassifierNeuralNetwork.estimator_params + ["logit_function", "name"]
+
+    def __init__(
+        self,
+        logit_function: Callable[[torch.Tensor], torch.Tensor],
+        *,
+        input_shape: tuple[int, ...],
+        clip_values: Any = None,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+        name: str = "detector",
+        channels_first: bool = True,
+    ) -> None:
+        super().__init__(model=None, clip_values=clip_values, channels_first=channels_first)
+        if not callable(logit_function):
+            raise TypeError(f"logit_function must be callable; got {type(logit_function).__name__}.")
+        self.logit_function = logit_function
+        self._input_shape = tuple(int(s) for s in input_shape)
+        self._nb_classes = 1  # ART's setter refuses one class; a detection logit is one output
+        self.dtype = dtype
+        self.device = torch.device(device)
+        self.name = name
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one input sample."""
+        return self._input_shape
+
+    def _tensor(self, x: np.ndarray) -> torch.Tensor:
+        arr = np.asarray(x)
+        if arr.ndim != len(self._input_shape) + 1 or tuple(arr.shape[1:]) != self._input_shape:
+            raise ValueError(f"x must have shape (N, {', '.join(map(str, self._input_shape))}); got {arr.shape}.")
+        return torch.as_tensor(arr, dtype=self.dtype, device=self.device).clone()
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Detection logits (N,) of a tensor batch, with a graph to ``x`` if it requires grad."""
+        return self.logit_function(x)
+
+    def predict(self, x: np.ndarray, batch_size: int = 128, training_mode: bool = False, **kwargs: Any) -> np.ndarray:
+        """Detection logits, shape (N, 1); positive = flagged.
+
+        Parameters
+        ----------
+        x : ndarray of shape (N, *input_shape)
+        batch_size : int
+        training_mode : bool
+            Must be False (the detector's model runs in eval mode).
+        """
+        if training_mode:
+            raise ValueError("training_mode=True is not supported: the detector's model runs in eval mode.")
+        out = []
+        for start in range(0, len(x), batch_size):
+            xt = self._tensor(x[start : start + batch_size])
+            with torch.enable_grad():  # the Fisher metrics differentiate in the parameters
+                out.append(self.logit_function(xt).detach().cpu().numpy().astype(np.float64))
+        return np.concatenate(out).reshape(-1, 1).astype(np.float32 if self.dtype == torch.float32 else np.float64)
+
+    def _gradient(self, x: np.ndarray, weights: Callable[[torch.Tensor], torch.Tensor]) -> np.ndarray:
+        xt = self._tensor(x).requires_grad_(True)
+        d = self.logit_function(xt)
+        (g,) = torch.autograd.grad(weights(d).sum(), xt)
+        return g.detach().cpu().numpy()
+
+    def class_gradient(
+        self, x: np.ndarray, label: int | list[int] | np.ndarray | None = None, training_mode: bool = False, **kwargs: Any
+    ) -> np.ndarray:
+        """Input gradient of the detection logit, shape (N, 1, *input_shape).
+
+        Parameters
+        ----------
+        x : ndarray of shape (N, *input_shape)
+        label : None, 0 or an array of zeros
+            The only class is 0.
+        """
+        labels = np.atleast_1d(np.asarray(0 if label is None else label))
+        if np.any(labels != 0):
+            raise ValueError(f"label must be None or 0 (the detection logit is the only output); got {label!r}.")
+        if training_mode:
+            raise ValueError("training_mode=True is not supported: the detector's model runs in eval mode.")
+        return self._gradient(x, lambda d: d)[:, None]
+
+    @staticmethod
+    def _labels(y: Any, n: int) -> np.ndarray:
+        arr = np.asarray(y, dtype=np.float64).reshape(n, -1)
+        if arr.shape[1] == 2:  # ART's one-hot form
+            arr = arr[:, 1:]
+        if arr.shape[1] != 1 or not np.isin(arr, (0.0, 1.0)).all():
+            raise ValueError("y must be detection labels 0 (clean) / 1 (adversarial) of shape (N,), (N, 1) or (N, 2).")
+        return arr[:, 0]
+
+    def compute_loss(self, x: np.ndarray, y: np.ndarray, reduction: str = "none", **kwargs: Any) -> np.ndarray:
+        """Binary cross entropy (nats) of the detection logit against detection labels ``y``."""
+        yt = torch.as_tensor(self._labels(y, len(x)), dtype=self.dtype, device=self.device)
+        with torch.enable_grad():
+            d = self.logit_function(self._tensor(x)).detach()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(d, yt, reduction=reduction)
+        return loss.cpu().numpy()
+
+    def loss_gradient(self, x: np.ndarray, y: np.ndarray, training_mode: bool = False, **kwargs: Any) -> np.ndarray:
+        """Input gradient of :meth:`compute_loss` (per sample), shape of ``x``."""
+        yt = torch.as_tensor(self._labels(y, len(x)), dtype=self.dtype, device=self.device)
+        return self._gradient(
+            x, lambda d: torch.nn.functional.binary_cross_entropy_with_logits(d, yt, reduction="none")
+        )
+
+    def fit(self, x: np.ndarray, y: np.ndarray, batch_size: int = 128, nb_epochs: int = 20, **kwargs: Any) -> None:
+        raise NotImplementedError(f"{self.name}: fit the detector itself; this object only exposes its logit.")
+
+    def get_activations(self, x: np.ndarray, layer: int | str, batch_size: int = 128, framework: bool = False) -> np.ndarray:
+        raise NotImplementedError(f"{self.name}: a detection logit has no layers to read.")
+
+    @property
+    def layer_names(self) -> list[str]:
+        """No layers are exposed."""
+        return []
+
+    def save(self, filename: str, path: str | None = None) -> None:
+        raise NotImplementedError(f"{self.name}: save the detector itself (e.g. FisherInformationDetector.save).")
+
+    def clone_for_refitting(self) -> DetectionLogitClassifier:
+        raise NotImplementedError(f"{self.name}: nothing to refit here.")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, input_shape={self._input_shape})"
+
+
+def art_detector_logit(detector: Any, classifier: Any = None) -> DetectionLogitClassifier:
+    """ART's ``BinaryInputDetector`` / ``BinaryActivationDetector`` as a :class:`DetectionLogitClassifier`.
+
+    The logit is ``z_1 - z_0`` of the detector's two-class PyTorch network (the log-odds of "adversarial"
+    under its softmax): ART's detectors flag ``argmax = 1``, i.e. a positive logit. For the activation
+    detector the network reads the attacked classifier's activations at its layer, so the gradient
+    passes through the classifier's first layers too.
+
+    Parameters
+    ----------
+    detector : art.defences.detector.evasion.BinaryInputDetector or BinaryActivationDetector
+        Fitted, with an ART ``PyTorchClassifier`` of two classes as its ``detector``.
+    classifier : PyTorchClassifier, optional
+        Unused for ``BinaryInputDetector``; for ``BinaryActivationDetector`` its own ``classifier`` is used.
+
+    Raises
+    ------
+    TypeError
+        For another detector type or a detector network that is not an ART ``PyTorchClassifier`` of 2 classes.
+    """
+    from art.defences.detector.evasion import BinaryActivationDetector, BinaryInputDetector
+    from art.estimators.classification import PyTorchClassifier
+
+    net = getattr(detector, "detector", None)
+    if not isinstance(detector, (BinaryInputDetector, BinaryActivationDetector)) or not (
+        isinstance(net, PyTorchClassifier) and net.nb_classes == 2
+    ):
+        raise TypeError(
+            "detector must be an ART BinaryInputDetector or BinaryActivationDetector whose detector is a "
+            f"PyTorchClassifier of 2 classes; got {type(detector).__qualname__}."
+        )
+    parameter = next(net.model.parameters())
+
+    def two_class_logit(features: torch.Tensor) -> torch.Tensor:
+        if net.preprocessing_operations:
+            features, _ = net._apply_preprocessing(features, y=None, fit=False, no_grad=False)
+        z = net._model(features)[-1]  # ART's ModelWrapper returns every layer's output
+        return z[:, 1] - z[:, 0]
+
+    if isinstance(detector, BinaryInputDetector):
+        source, fn = net, two_class_logit
+    else:
+        source = detector.classifier
+        module = dict(source.model.named_modules())[detector._layer_name]
+
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            xp = x
+            if source.preprocessing_operations:
+                xp, _ = source._apply_preprocessing(x, y=None, fit=False, no_grad=False)
+            captured: list[torch.Tensor] = []
+            handle = module.register_forward_hook(lambda _m, _i, out: captured.append(out))
+            try:
+                source.model(xp)
+            finally:
+                handle.remove()
+            return two_class_logit(captured[0])
+
+    return DetectionLogitClassifier(
+        _in_eval_mode(fn, [net.model] + ([] if source is net else [source.model])),
+        input_shape=tuple(source.input_shape), clip_values=source.clip_values, dtype=parameter.dtype,
+        device=parameter.device, name=type(detector).__name__,
+    )  # fmt: skip
+
+
+def _in_eval_mode(fn: Callable[[torch.Tensor], torch.Tensor], models: list[torch.nn.Module]) -> Callable:
+    from art_fisher.detection.features import _eval_mode
+
+    def wrapped(x: torch.Tensor) -> torch.Tensor:
+        with _eval_mode(models[0]):
+            if len(models) > 1:
+                with _eval_mode(models[1]):
+                    return fn(x)
+            return fn(x)
+
+    return wrapped
+
+
+def classifier_logits(classifier: Any, x: torch.Tensor) -> torch.Tensor:
+    """An ART ``PyTorchClassifier``'s outputs (N, C) for raw inputs ``x``, differentiable, in eval mode.
+
+    The classifier's preprocessing is applied in PyTorch (as ART does for its standardisation); the
+    model's modes come back as they were.
+    """
+    from art_fisher.detection.features import _eval_mode
+
+    xp = x
+    if classifier.preprocessing_operations:
+        xp, _ = classifier._apply_preprocessing(x, y=None, fit=False, no_grad=False)
+    with _eval_mode(classifier.model):
+        return classifier.model(xp.to(next(classifier.model.parameters()).dtype))

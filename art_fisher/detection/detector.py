@@ -1,0 +1,515 @@
+"""An ART evasion detector built on the Fisher information of the classifier's prediction.
+
+:class:`FisherInformationDetector` computes Fisher metrics (:mod:`art_fisher.metrics`) of an ART
+``PyTorchClassifier`` at each input, and a scikit-learn estimator decides from these values which inputs
+are adversarial: a classifier fitted on clean (0) and adversarial (1) examples, or, with no labels, an
+outlier detector calibrated on clean inputs alone (:mod:`art_fisher.detection.calibration`). It follows ART's
+``EvasionDetector`` contract: ``fit(x, y, batch_size, nb_epochs)``, ``detect(x, batch_size) ->
+(report, is_adversarial)``, ``defence_params``, ``set_params``, ``get_params``. Files: :mod:`art_fisher.detection.persistence`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from numbers import Real
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sklearn
+from art.defences.detector.evasion import EvasionDetector
+from sklearn.exceptions import NotFittedError
+
+from art_fisher.detection import features as _features
+from art_fisher.detection import persistence
+from art_fisher.detection.decision import (
+    check_fit_kwargs,
+    decide,
+    default_clean_estimator,
+    default_estimator,
+    detection_labels,
+    estimator_kind,
+    new_estimator,
+    routes_metadata,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DETECTOR_FORMAT",
+    "DETECTOR_FORMAT_VERSION",
+    "FisherInformationDetector",
+    "default_clean_estimator",
+    "default_estimator",
+    "estimator_kind",
+]
+
+DETECTOR_FORMAT = persistence.DETECTOR_FORMAT
+DETECTOR_FORMAT_VERSION = persistence.DETECTOR_FORMAT_VERSION
+
+
+class FisherInformationDetector(EvasionDetector):
+    """Detect adversarial inputs from the Fisher information of the classifier's prediction.
+
+    For each input :math:`x` the detector computes the chosen metrics of the classifier's predictive
+    distribution :math:`p(c \\mid x; \\theta)`, whose Fisher matrix is
+
+    .. math:: F(x) = \\sum_c p_c \\, \\nabla_\\theta \\log p_c \\, \\nabla_\\theta \\log p_c^\\top,
+
+    e.g. its trace :math:`\\operatorname{tr} F(x)` and the quadratic form :math:`\\bar v^\\top F(x) \\bar v`
+    along the normalised gradient :math:`\\bar v` of the predicted class's log-probability (see
+    :mod:`art_fisher.metrics`). A sensitivity map (one value per input dimension) is reduced to the
+    features ``l1``, ``l2``, ``max`` and ``top_mass`` (:data:`art_fisher.detection.features.SENSITIVITY_REDUCTIONS`);
+    the full maps come from :meth:`sensitivity_maps`. A scikit-learn estimator (``estimator``) then
+    decides from these features which inputs are adversarial: a classifier fitted on clean and
+    adversarial examples (``fit(x, y)``), or an outlier detector calibrated on clean inputs alone
+    (``fit(x)``, see below).
+
+    The metrics see what the classifier sees: inputs pass through the classifier's preprocessing
+    (``preprocessing`` and preprocessing defences, as in ``classifier.predict``), the model runs in
+    eval mode on the classifier's device, and the model's parameters, gradients and train/eval
+    modes are left as they were. Postprocessing defences act on the classifier's outputs only and
+    do not enter the metrics.
+
+    Parameters
+    ----------
+    classifier : art.estimators.classification.PyTorchClassifier
+        The (trained) classifier whose inputs are screened. Never modified; not saved by :meth:`save`.
+    metrics : sequence of str, default=("trace", "quadratic_form")
+        Metric names: ``"trace"``, ``"quadratic_form"``, ``"sensitivity"``, ``"max_eigenvalue"`` and
+        ``"block_traces"`` (where :mod:`art_fisher.metrics` provides it). One feature column per scalar
+        metric, one per selected parameter tensor for ``"block_traces"`` (the trace of its own block of
+        :math:`F(x)`), four for ``"sensitivity"``.
+    estimator : sklearn classifier or outlier detector, default=None
+        Decides from the feature columns (cloned in :meth:`fit`). A classifier (with ``predict_proba``
+        or ``decision_function``) is fitted on labelled clean / adversarial inputs; an outlier detector
+        (e.g. ``IsolationForest``) on clean inputs alone, ``fit(x)``. None: with labels, a
+        :class:`~art_fisher.detection.estimators.ThresholdClassifier` for one feature column and a logistic
+        regression on the standardised logs of the columns for several (:func:`default_estimator`); without
+        labels, :func:`default_clean_estimator`.
+    target_fpr : float in (0, 1), default=0.05
+        Fraction of clean inputs that ``fit(x)`` without labels calibrates the default estimator to flag
+        (unused when fitting with labels or with your own estimator).
+    batch_size : int, default=128
+        Samples per metric computation when ``fit``/``detect`` get no ``batch_size``.
+    output, direction, blockwise, normalize, classes, params, method, epsilon
+        The metric options, one object shared with :class:`~art_fisher.detection.estimators.FisherFeatures`
+        (meanings and defaults: :class:`art_fisher.detection.features.MetricOptions`). ``direction`` is
+        ``"predicted"`` or ``"top_eigenvector"`` (a detector has no true labels at detection time).
+    progress : bool, default=False
+        Show a progress bar over batches.
+
+    Attributes
+    ----------
+    estimator_ : sklearn classifier or outlier detector
+        The fitted estimator (set by :meth:`fit`).
+    feature_names_ : list of str
+        Names of the feature columns the estimator was fitted on.
+    calibration_ : {"labels", "clean"}
+        Whether the fit used clean / adversarial labels or clean inputs only.
+    model_fingerprint_ : str
+        :func:`art_fisher.detection.persistence.model_fingerprint` of the classifier at fit time (saved with the
+        detector; :meth:`load` checks it).
+
+    Raises
+    ------
+    TypeError
+        If ``classifier`` is not an ART ``PyTorchClassifier`` or ``estimator`` is neither a classifier
+        with ``predict_proba`` / ``decision_function`` nor an outlier detector (e.g. a regressor).
+    ValueError
+        If another setting is invalid.
+
+    Notes
+    -----
+    Attacks that know the detector: :meth:`as_art_classifier` is the detector as ART's
+    ``DetectorClassifier`` needs it (``predict`` = one detection logit per sample, ``class_gradient`` its
+    exact input gradient, by autodiff through the Fisher metrics), and
+    :class:`art_fisher.adversarial.adaptive_classifier.AdaptiveDetectorClassifier` the pair with an attacker's loss, on which
+    ART's PGD, AutoPGD and C&W run. Differentiable: the scalar metrics with ``method="exact"`` and the
+    estimators ``ThresholdClassifier``, a linear classifier (alone or after ``StandardScaler``, the
+    default with labels) and ``QuantileOutlierDetector`` (the default without labels, piecewise);
+    see :mod:`art_fisher.adversarial.gradients`.
+
+    Clean-only calibration (``fit(x)`` without ``y``) flags inputs whose Fisher information is
+    *higher* than that of the clean inputs: the Fisher information
+    :math:`\operatorname{tr} F(x) = \sum_c p_c \|\nabla_\theta \log p_c\|^2` vanishes for a
+    prediction the model is sure of (:math:`p_y \to 1` makes every term go to zero) and grows where the
+    predictive distribution is spread or the parameters move it strongly, which is where adversarial
+    examples end up (just across a decision boundary, or in the low-confidence regions an attack
+    passes through); adversarial inputs score higher on every attack measured in this project. An
+    attack that pushes inputs to *high* confidence lowers the Fisher information and evades this rule.
+    Several metrics are standardised on the clean inputs (log scale, median and MAD) and combined by
+    their maximum; the threshold is the clean split-conformal quantile of the combined score, so the
+    false-positive rate holds for the combination (:mod:`art_fisher.detection.calibration`).
+
+    Examples
+    --------
+    >>> detector = FisherInformationDetector(classifier)            # doctest: +SKIP
+    >>> detector.fit(np.concatenate([x_clean, x_adv]), np.r_[np.zeros(n), np.ones(n)])  # doctest: +SKIP
+    >>> report, is_adversarial = detector.detect(x_test)            # doctest: +SKIP
+    >>> clean_only = FisherInformationDetector(classifier, target_fpr=0.05)  # doctest: +SKIP
+    >>> clean_only.fit(x_clean)                      # no adversarial example needed  # doctest: +SKIP
+    """
+
+    defence_params = [
+        "classifier", "metrics", "estimator", "target_fpr", "batch_size",
+        *(name for name in _features.OPTION_NAMES if name != "metrics"), "progress",
+    ]  # fmt: skip
+
+    def __init__(
+        self,
+        classifier: Any,
+        *,
+        metrics: Sequence[str] = _features.DEFAULT_OPTIONS.metrics,
+        estimator: Any = None,
+        target_fpr: float = 0.05,
+        batch_size: int = 128,
+        output: str = _features.DEFAULT_OPTIONS.output,
+        direction: str = _features.DEFAULT_OPTIONS.direction,
+        blockwise: bool | None = _features.DEFAULT_OPTIONS.blockwise,
+        normalize: bool = _features.DEFAULT_OPTIONS.normalize,
+        classes: str = _features.DEFAULT_OPTIONS.classes,
+        params: Sequence[str] | None = _features.DEFAULT_OPTIONS.params,
+        method: str = _features.DEFAULT_OPTIONS.method,
+        epsilon: float = _features.DEFAULT_OPTIONS.epsilon,
+        progress: bool = False,
+    ) -> None:
+        super().__init__()
+        self.classifier = classifier
+        self.metrics = metrics
+        self.estimator = estimator
+        self.target_fpr = target_fpr
+        self.batch_size = batch_size
+        self.output = output
+        self.direction = direction
+        self.blockwise = blockwise
+        self.normalize = normalize
+        self.classes = classes
+        self.params = params
+        self.method = method
+        self.epsilon = epsilon
+        self.progress = progress
+        self._check_params()
+
+    # ----------------------------------------------------------------------------------------- checks
+    def _check_params(self) -> None:
+        self._options = _features.options_of(self)
+        self._metric_names = self._options.metrics
+        _features.check_batch_size(self.batch_size)
+        if self.estimator is not None:
+            estimator_kind(self.estimator)
+        if (
+            not isinstance(self.target_fpr, Real)
+            or isinstance(self.target_fpr, bool)
+            or not 0.0 < float(self.target_fpr) < 1.0
+        ):
+            raise ValueError(f"target_fpr must be a number in (0, 1); got {self.target_fpr!r}.")
+        if not isinstance(self.progress, bool):
+            raise ValueError(f"progress must be True or False; got {self.progress!r}.")
+
+    def set_params(self, **kwargs: Any) -> None:
+        """Set constructor parameters (names in :attr:`defence_params`) and check them.
+
+        Changing a parameter that alters the features or the decision (anything but ``batch_size`` and
+        ``progress``, and ``target_fpr`` after a fit with labels) discards a previous fit.
+
+        Raises
+        ------
+        ValueError
+            If a name is not a parameter of this detector, or a value is invalid (then nothing changes).
+        TypeError
+            If ``classifier`` or ``estimator`` is of an unusable type (then nothing changes).
+        """
+        unknown = sorted(set(kwargs) - set(self.defence_params))
+        if unknown:
+            raise ValueError(f"Unknown parameters {unknown}; valid ones are {self.defence_params}.")
+        old = self.get_params()
+        try:
+            super().set_params(**kwargs)
+        except (TypeError, ValueError):
+            for key, value in old.items():
+                setattr(self, key, value)
+            self._check_params()
+            raise
+        changed = [key for key, value in kwargs.items() if not _same(old[key], value)]
+        keeps = {"batch_size", "progress"}
+        if getattr(self, "calibration_", None) == "labels":
+            keeps.add("target_fpr")
+        if any(key not in keeps for key in changed) and hasattr(self, "estimator_"):
+            logger.info("Parameters %s changed: the previous fit is discarded.", changed)
+            del self.estimator_, self.feature_names_, self.calibration_, self.model_fingerprint_
+
+    def _batch(self, batch_size: int | None) -> int:
+        if batch_size is None:
+            return self.batch_size
+        return _features.check_batch_size(batch_size)
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "estimator_"):
+            raise NotFittedError(
+                "This FisherInformationDetector is not fitted yet; call fit(x, y) with clean (0) and "
+                "adversarial (1) examples, or fit(x) with clean inputs only, or load a saved detector."
+            )
+
+    # -------------------------------------------------------------------------------------- features
+    def _values(self, x: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
+        return _features.compute(
+            self.classifier,
+            x,
+            metrics=self._metric_names,
+            settings=self._options,
+            batch_size=batch_size,
+            progress=self.progress,
+        )
+
+    def sensitivity_maps(self, x: np.ndarray, *, batch_size: int | None = None) -> np.ndarray:
+        """Fisher information sensitivity of every input dimension, for plotting.
+
+        Uses the detector's metric settings; needs no fit.
+
+        Parameters
+        ----------
+        x : ndarray of shape (N, *classifier.input_shape)
+        batch_size : int, optional
+            Samples per computation (default: the detector's ``batch_size``).
+
+        Returns
+        -------
+        ndarray of shape (N, *classifier.input_shape)
+            The maps, with respect to the raw input when the classifier's preprocessing is a plain
+            standardisation (chain rule: times :math:`1/\\sigma_i^2`), else with respect to the
+            preprocessed input.
+
+        Raises
+        ------
+        ValueError
+            If ``x`` has the wrong shape or is not finite, or ``batch_size`` is not a positive integer.
+        """
+        x = _features.check_inputs(self.classifier, x)
+        values = _features.compute(
+            self.classifier,
+            x,
+            metrics=("sensitivity",),
+            settings=self._options,
+            batch_size=self._batch(batch_size),
+            reduce_maps=False,
+            progress=self.progress,
+        )
+        return values["sensitivity"]
+
+    # ------------------------------------------------------------------------------------ fit/detect
+    def fit(
+        self,
+        x: np.ndarray,
+        y: np.ndarray | None = None,
+        batch_size: int | None = None,
+        nb_epochs: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Fit the estimator on the metric features of labelled inputs, or calibrate it on clean inputs.
+
+        Parameters
+        ----------
+        x : ndarray of shape (N, *classifier.input_shape)
+            Inputs, raw (before the classifier's preprocessing): clean and adversarial with ``y``, clean
+            only without.
+        y : ndarray of shape (N,) or (N, 2), optional
+            Detection labels: 0 clean / 1 adversarial, or ART's one-hot form (column 1 = adversarial)
+            as ``BinaryInputDetector`` takes. None: clean-only calibration (the estimator must be None,
+            then :func:`default_clean_estimator` flags ``target_fpr`` of clean inputs, or an outlier
+            detector).
+        batch_size : int, optional
+            Samples per metric computation (default: the detector's ``batch_size``).
+        nb_epochs : int, optional
+            ART's argument, accepted and ignored (nothing here trains in epochs).
+        **kwargs
+            Passed to the estimator's ``fit``. ``sample_weight`` (shape (N,), non-negative) reaches the
+            default estimators (the pipeline through scikit-learn's metadata routing) and any estimator
+            whose ``fit`` takes it.
+
+        Raises
+        ------
+        ValueError
+            Before any metric is computed: if ``x`` has the wrong shape or is not finite; ``y`` is not
+            binary, lacks one of the two classes or does not match ``x``'s length; ``y`` is None while
+            ``estimator`` is a classifier (it needs labels), or ``y`` is given for an outlier detector;
+            ``sample_weight`` is malformed or the estimator cannot take it.
+        TypeError
+            If ``estimator`` cannot serve as a detector's estimator (e.g. a regressor).
+        """
+        del nb_epochs
+        batch_size = self._batch(batch_size)
+        x = _features.check_inputs(self.classifier, x)
+        names = _features.feature_names(self._metric_names, _features.block_names(self.classifier, self._options))
+        estimator, kind = self._new_estimator(labelled=y is not None, n_features=len(names))
+        labels = None if y is None else detection_labels(y, len(x))
+        fit_kwargs = check_fit_kwargs(estimator, kwargs, len(x))
+        features = _features.feature_matrix(self._values(x, batch_size), self._metric_names)
+        with sklearn.config_context(enable_metadata_routing=routes_metadata(estimator, fit_kwargs)):
+            if labels is None:
+                estimator.fit(features, **fit_kwargs)
+            else:
+                estimator.fit(features, labels, **fit_kwargs)
+        if kind == "classifier" and len(getattr(estimator, "classes_", ())) != 2:
+            classes = getattr(estimator, "classes_", None)
+            raise ValueError(f"estimator must be a binary classifier; its classes_ are {classes}.")
+        self.estimator_ = estimator
+        self.feature_names_ = names
+        self.calibration_ = "labels" if labels is not None else "clean"
+        self.model_fingerprint_ = persistence.model_fingerprint(self.classifier)
+        logger.debug("Fitted %s on %d samples and features %s.", type(estimator).__name__, len(x), names)
+
+    def _new_estimator(self, *, labelled: bool, n_features: int) -> tuple[Any, str]:
+        return new_estimator(
+            self.estimator, labelled=labelled, n_features=n_features, metrics=self._metric_names,
+            target_fpr=float(self.target_fpr), blocks=_features.block_names(self.classifier, self._options),
+        )  # fmt: skip
+
+    def detect(self, x: np.ndarray, batch_size: int | None = None, **kwargs: Any) -> tuple[dict, np.ndarray]:
+        """Flag adversarial inputs.
+
+        Parameters
+        ----------
+        x : ndarray of shape (N, *classifier.input_shape)
+            Raw inputs.
+        batch_size : int, optional
+            Samples per metric computation (default: the detector's ``batch_size``).
+        **kwargs
+            Accepted and ignored, as ART's own detectors do (e.g. ``verbose=False``).
+
+        Returns
+        -------
+        report : dict
+            ``"scores"``: dict feature name -> ndarray (N,) of metric values (units of the metric);
+            ``"decision_scores"``: ndarray (N,), higher = more adversarial: a classifier's
+            ``decision_function`` (or its probability of "adversarial" if it has none), an outlier
+            detector's ``-decision_function``; ``"threshold"``: float, the decision score above which an
+            input is flagged (0.0, or 0.5 for probabilities); ``"feature_names"``: list of str.
+        is_adversarial : ndarray of shape (N,), bool
+            The estimator's decision (True = adversarial).
+
+        Raises
+        ------
+        sklearn.exceptions.NotFittedError
+            If the detector is not fitted.
+        ValueError
+            If ``x`` has the wrong shape or is not finite.
+        """
+        if kwargs:
+            logger.debug("detect ignores the keyword arguments %s (accepted as ART's detectors do).", sorted(kwargs))
+        self._check_fitted()
+        batch_size = self._batch(batch_size)
+        x = _features.check_inputs(self.classifier, x)
+        features = _features.feature_matrix(self._values(x, batch_size), self._metric_names)
+        decision, threshold, is_adversarial = decide(self.estimator_, features)
+        report = {
+            "scores": dict(zip(self.feature_names_, features.T.copy(), strict=True)),
+            "decision_scores": decision,
+            "threshold": threshold,
+            "feature_names": list(self.feature_names_),
+        }
+        return report, is_adversarial
+
+    def as_art_classifier(self) -> Any:
+        """The fitted detector as an ART classifier with one output: the detection logit, with input gradients.
+
+        ``predict(x)`` gives shape (N, 1): the log-odds of the estimator's probability of "adversarial" for a
+        classifier (its ``decision_function`` for a linear one, ``decision_function / std`` for
+        ``ThresholdClassifier``), ``-decision_function`` for ``QuantileOutlierDetector``; positive exactly
+        where :meth:`detect` flags the input. ``class_gradient(x)`` gives its exact input gradient, shape
+        (N, 1, *input_shape), through the Fisher metrics' mixed second derivatives. Pass it (or the
+        detector) to :class:`art_fisher.adversarial.adaptive_classifier.AdaptiveDetectorClassifier` or ART's ``DetectorClassifier``.
+
+        Returns
+        -------
+        art_fisher.adversarial.art_classifier.DetectionLogitClassifier
+
+        Raises
+        ------
+        sklearn.exceptions.NotFittedError
+            If the detector is not fitted.
+        art_fisher.adversarial.gradients.NotDifferentiableError
+            Before any work, naming the estimator, metric or method that has no input gradient.
+        """
+        from art_fisher.adversarial.art_classifier import DetectionLogitClassifier
+        from art_fisher.adversarial.gradients import detection_logit_function
+
+        parameter = next(self.classifier.model.parameters())
+        return DetectionLogitClassifier(
+            detection_logit_function(self), input_shape=tuple(self.classifier.input_shape),
+            clip_values=self.classifier.clip_values, dtype=parameter.dtype, device=parameter.device,
+            name=f"FisherInformationDetector({', '.join(self._metric_names)})",
+        )  # fmt: skip
+
+    # ----------------------------------------------------------------------------------- persistence
+    def save(self, path: str | Path) -> None:
+        """Write the learned state to ``path`` (a skops file, conventionally ``*.skops``), atomically.
+
+        Stored: the settings, the fitted estimator (through ``skops.io``, never bare pickle), the feature
+        names, the classifier's input shape and class count, a fingerprint of the classifier's weights
+        and preprocessing (:func:`art_fisher.detection.persistence.model_fingerprint`, taken at fit time) and the
+        package versions. Not stored: the classifier or its weights.
+
+        Raises
+        ------
+        sklearn.exceptions.NotFittedError
+            If the detector is not fitted.
+        """
+        self._check_fitted()
+        persistence.save_detector(self, path)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        classifier: Any,
+        *,
+        trusted: Sequence[str] = (),
+        allow_other_model: bool = False,
+    ) -> FisherInformationDetector:
+        """Load a detector written by :meth:`save` and attach it to ``classifier``.
+
+        Nothing in the file is executed (``skops.io`` with a trusted-type list); see
+        :func:`art_fisher.detection.persistence.load_detector` for every check.
+
+        Parameters
+        ----------
+        path : str or Path
+            A file written by :meth:`save`.
+        classifier : art.estimators.classification.PyTorchClassifier
+            The classifier the detector was fitted for (same weights and preprocessing, checked through
+            the saved fingerprint; same input shape and number of classes).
+        trusted : sequence of str
+            Further type names to trust, for a custom ``estimator``.
+        allow_other_model : bool, default=False
+            Load even when the fingerprint differs (with a warning): the decisions are then not
+            calibrated for this model.
+
+        Returns
+        -------
+        FisherInformationDetector
+            Fitted, with the saved settings.
+
+        Raises
+        ------
+        ValueError
+            If the file is missing, malformed, untrusted or of another format, or fitted for another
+            classifier (see :func:`art_fisher.detection.persistence.load_detector`).
+        TypeError
+            If ``classifier`` is not an ART ``PyTorchClassifier``.
+        """
+        return persistence.load_detector(
+            cls, path, classifier, trusted=trusted, allow_other_model=allow_other_model
+        )
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether two parameter values are the same (sequences compared as tuples, objects by identity)."""
+    if a is b:
+        return True
+    if isinstance(a, Sequence) and isinstance(b, Sequence) and not isinstance(a, str | bytes):
+        return tuple(a) == tuple(b)
+    if isinstance(a, str | bool | int | float | type(None)) and isinstance(b, str | bool | int | float | type(None)):
+        return type(a) is type(b) and a == b
+    return False

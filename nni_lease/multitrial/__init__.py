@@ -1,0 +1,5 @@
+"""Multi-trial LeaSE: the strategy that proposes architectures and the explainer/listener trial.
+
+- :mod:`~nni_lease.multitrial.strategy`: :class:`LeaseMultiTrial`;
+- :mod:`~nni_lease.multitrial.trial`: :func:`lease_evaluator`, :func:`evaluate_lease`.
+"""

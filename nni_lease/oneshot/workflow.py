@@ -1,0 +1,520 @@
+"""The one-shot workflow as a typed Python API: search with :class:`~nni_lease.oneshot.strategy.LeaSE`, then retrain.
+
+:func:`search_oneshot` runs ``NasExperiment(LeaseCellSpace(...), Classification(...), LeaSE(...)).run()``
+and writes, into its output folder:
+
+- ``architecture.json`` (:data:`ARCHITECTURE_FILE`): the exported architecture plus what is needed to
+  rebuild it (data set, space, LeaSE settings);
+- ``metrics.csv`` (:data:`METRICS_FILE`): one row per epoch of the metrics LeaSE logs;
+- ``curves.png`` (:data:`CURVES_FILE`): those curves.
+
+:func:`retrain_architecture` trains an exported architecture from scratch and writes ``retrain.json``
+(:data:`RETRAIN_FILE`). Every setting is checked (:class:`SearchConfig`, :class:`RetrainConfig`,
+:class:`~nni_lease.core.settings.LeaseSettings`, the output path, the data) before any folder is created or
+any training starts. ``nni-lease search --mode oneshot`` / ``nni-lease retrain`` and the HPO trials of
+:mod:`nni_lease.runtime.hpo` are thin callers of these functions.
+
+Examples
+--------
+>>> from nni_lease.oneshot.workflow import SearchConfig, search_oneshot, retrain_architecture   # doctest: +SKIP
+>>> result = search_oneshot("runs/lease", config=SearchConfig(epochs=5))               # doctest: +SKIP
+>>> retrain_architecture(result.record, config=RetrainConfig(epochs=20))               # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nni_lease.core.settings import LeaseSettings
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ARCHITECTURE_FILE", "CURVES_FILE", "METRICS_FILE", "RETRAIN_FILE",
+    "RetrainConfig", "SearchConfig", "SearchResult",
+    "check_output_dir", "check_output_file", "load_architecture", "load_splits", "retrain_architecture",
+    "search_oneshot", "space_kwargs",
+]
+
+ARCHITECTURE_FILE = "architecture.json"
+METRICS_FILE = "metrics.csv"
+CURVES_FILE = "curves.png"
+RETRAIN_FILE = "retrain.json"
+
+DATASETS: tuple[str, ...] = ("digits", "cifar10")
+
+
+def _check_int(name: str, value: Any, *, optional: bool = False, minimum: int = 1) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        what = "None or an int" if optional else "an int"
+        raise ValueError(f"{name} must be {what} >= {minimum}; got {value!r}.")
+
+
+def _check_positive(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) < math.inf:
+        raise ValueError(f"{name} must be a positive finite number; got {value!r}.")
+
+
+def _check_data(dataset: str, data_root: str | None) -> None:
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {list(DATASETS)}; got {dataset!r}.")
+    if data_root is not None and not isinstance(data_root, str):
+        raise ValueError(f"data_root must be None or a str path; got {type(data_root).__name__}.")
+    if dataset == "cifar10":
+        if data_root is None:
+            raise ValueError("data_root must name a folder of CIFAR-10 python batches for dataset 'cifar10'.")
+        if not Path(data_root).expanduser().is_dir():
+            raise ValueError(f"data_root {data_root!r} is not a folder (expected CIFAR-10 python batches).")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Data, space and training settings of a one-shot search (LeaSE's own options: :class:`LeaseSettings`).
+
+    Parameters
+    ----------
+    dataset : {"digits", "cifar10"}
+        Data set (``"digits"``: scikit-learn's embedded 8×8 digits; nothing is downloaded).
+    data_root : str or None
+        Folder of the CIFAR-10 python batches (needed for ``"cifar10"``).
+    seed : int
+        Seed of the splits, the space's initialisation and the shuffling.
+    limit : int or None
+        Use only this many samples per split.
+    epochs : int
+        Search epochs.
+    limit_batches : int or None
+        Training batches per epoch (``None``: all).
+    batch_size : int
+        Batch size of both loaders.
+    learning_rate : float
+        The explainer's weights (the evaluator's Adam).
+    arc_learning_rate : float
+        The architecture weights (DARTS's Adam).
+    width, cells, nodes : int
+        :class:`~nni_lease.spaces.LeaseCellSpace`'s ``width``, ``n_cells``, ``n_nodes``.
+    progress : bool
+        Show Lightning's progress bar.
+
+    Raises
+    ------
+    ValueError
+        For a bad value, naming the field.
+    """
+
+    dataset: str = "digits"
+    data_root: str | None = None
+    seed: int = 0
+    limit: int | None = None
+    epochs: int = 5
+    limit_batches: int | None = None
+    batch_size: int = 64
+    learning_rate: float = 3e-3
+    arc_learning_rate: float = 3e-4
+    width: int = 8
+    cells: int = 2
+    nodes: int = 2
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        _check_data(self.dataset, self.data_root)
+        _check_int("seed", self.seed, minimum=0)
+        for name in ("epochs", "batch_size", "width", "cells", "nodes"):
+            _check_int(name, getattr(self, name))
+        for name in ("limit", "limit_batches"):
+            _check_int(name, getattr(self, name), optional=True)
+        _check_positive("learning_rate", self.learning_rate)
+        _check_positive("arc_learning_rate", self.arc_learning_rate)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> SearchConfig:
+        """Build from a mapping of field names (e.g. read from JSON); unknown names are a ValueError."""
+        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown search setting(s) {unknown}.")
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    """Settings of :func:`retrain_architecture` (Adam on cross entropy, from scratch).
+
+    Parameters
+    ----------
+    epochs, batch_size : int
+        Training length and batch size.
+    learning_rate : float
+        Adam's learning rate.
+    seed : int
+        Seed of the initialisation and the shuffling.
+    data_root : str or None
+        CIFAR-10 folder (``None``: the one recorded by the search).
+    progress : bool
+        Show a progress bar.
+    """
+
+    epochs: int = 20
+    batch_size: int = 64
+    learning_rate: float = 3e-3
+    seed: int = 0
+    data_root: str | None = None
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        _check_int("epochs", self.epochs)
+        _check_int("batch_size", self.batch_size)
+        _check_int("seed", self.seed, minimum=0)
+        _check_positive("learning_rate", self.learning_rate)
+        if self.data_root is not None and not isinstance(self.data_root, str):
+            raise ValueError(f"data_root must be None or a str path; got {type(self.data_root).__name__}.")
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """What :func:`search_oneshot` returns.
+
+    Attributes
+    ----------
+    architecture : dict
+        Choice label → chosen value (``export_top_models(formatter="dict")[0]``).
+    record : dict
+        The content of ``architecture.json``.
+    rows : list of dict
+        One row per epoch of the logged metrics (strings, as in ``metrics.csv``).
+    seconds : float
+        Wall-clock time of the search.
+    output : Path
+        The output folder.
+    """
+
+    architecture: dict
+    record: dict
+    rows: list = field(default_factory=list)
+    seconds: float = 0.0
+    output: Path = Path(".")
+
+
+def check_output_dir(path: str | Path) -> Path:
+    """Check (without creating anything) that ``path`` is or can become a folder; returns it.
+
+    Raises
+    ------
+    ValueError
+        If ``path`` or one of its parents is an existing non-folder.
+    """
+    out = Path(path).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output {str(out)!r} exists and is not a folder.")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"output {str(out)!r} cannot be created: {str(parent)!r} is not a folder.")
+            if not os.access(parent, os.W_OK | os.X_OK) and not out.exists():
+                raise ValueError(f"output {str(out)!r} cannot be created: {str(parent)!r} is not writable.")
+            break
+    return out
+
+
+def check_output_file(path: str | Path) -> Path:
+    """Check (without creating anything) that a file can be written at ``path``; returns it.
+
+    Raises
+    ------
+    ValueError
+        If ``path`` is a folder, or its folder does not exist or is not writable.
+    """
+    out = Path(path).expanduser()
+    if out.is_dir():
+        raise ValueError(f"output {str(out)!r} is a folder; give a file name.")
+    parent = out.parent
+    if not parent.is_dir():
+        raise ValueError(f"output {str(out)!r} cannot be written: folder {str(parent)!r} does not exist.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"output {str(out)!r} cannot be written: folder {str(parent)!r} is not writable.")
+    return out
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file in the same folder, then rename it over ``path``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def space_kwargs(config: SearchConfig, train: Any) -> dict[str, Any]:
+    """:class:`~nni_lease.spaces.LeaseCellSpace` keyword arguments for ``config`` and the training split."""
+    channels, side, _ = train.input_shape
+    return {"in_channels": int(channels), "n_classes": int(train.n_classes), "width": config.width,
+            "n_cells": config.cells, "n_nodes": config.nodes, "image_size": int(side)}
+
+
+def _epoch_rows(lightning_csv: Path) -> list[dict[str, str]]:
+    """Collapse Lightning's CSV (one row per logging call) into one row per epoch of LeaSE's metrics."""
+    from nni_lease.oneshot.strategy import METRICS
+
+    rows: dict[int, dict[str, str]] = {}
+    if not lightning_csv.is_file():
+        return []
+    with lightning_csv.open() as fh:
+        for row in csv.DictReader(fh):
+            if row.get("epoch", "") == "":
+                continue
+            epoch = int(float(row["epoch"]))
+            out = rows.setdefault(epoch, {"epoch": str(epoch)})
+            for name in METRICS:
+                if row.get(name, "") != "":
+                    out[name] = row[name]
+    return [rows[e] for e in sorted(rows)]
+
+
+def _write_metrics(rows: list[dict[str, str]], path: Path) -> None:
+    import io
+
+    from nni_lease.oneshot.strategy import METRICS
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["epoch", *METRICS], restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    _atomic_write_text(path, buffer.getvalue())
+
+
+def _plot_curves(rows: list[dict[str, str]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [int(r["epoch"]) + 1 for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    panels = [
+        ("loss (nats)", ["explainer/train_loss", "explainer/val_loss", "listener/train_loss",
+                         "listener/val_loss", "lease/objective"]),
+        ("accuracy", ["explainer/train_acc", "explainer/val_acc", "listener/train_acc", "listener/val_acc"]),
+        ("mean |δ| (input units)", ["explanation/mean_abs_delta"]),
+    ]
+    for ax, (ylabel, names) in zip(axes, panels):
+        for name in names:
+            values = [float(r[name]) if r.get(name) else float("nan") for r in rows]
+            ax.plot(epochs, values, marker="o", label=name)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _datasets(dataset: str, root: str | None, seed: int, limit: int | None) -> tuple[Any, Any, Any]:
+    from nni_lease.data import make_dataset
+
+    return tuple(make_dataset(dataset, split, root=root, seed=seed, limit=limit)  # type: ignore[return-value]
+                 for split in ("train", "val", "test"))
+
+
+def load_splits(config: SearchConfig) -> tuple[Any, Any, Any]:
+    """The train / val / test splits of ``config``'s data set (:func:`nni_lease.data.make_dataset`)."""
+    return _datasets(config.dataset, config.data_root, config.seed, config.limit)
+
+
+def search_oneshot(
+    output: str | Path,
+    *,
+    config: SearchConfig = SearchConfig(),
+    settings: LeaseSettings = LeaseSettings(),
+    plot: bool = True,
+) -> SearchResult:
+    """One-shot LeaSE search on :class:`~nni_lease.spaces.LeaseCellSpace`; writes the files listed above.
+
+    Parameters
+    ----------
+    output : str or Path
+        Output folder (created after every check passed).
+    config : SearchConfig
+        Data, space and training settings.
+    settings : LeaseSettings
+        LeaSE's options.
+    plot : bool
+        Also draw ``curves.png``.
+
+    Returns
+    -------
+    SearchResult
+
+    Raises
+    ------
+    ValueError
+        For a bad argument, output path or data file (nothing created).
+    """
+    if not isinstance(config, SearchConfig):
+        raise ValueError(f"config must be a SearchConfig; got {type(config).__name__}.")
+    if not isinstance(settings, LeaseSettings):
+        raise ValueError(f"settings must be a LeaseSettings; got {type(settings).__name__}.")
+    out = check_output_dir(output)
+    train, val, _ = load_splits(config)
+
+    import torch
+    from nni.nas.evaluator.pytorch import Classification, DataLoader
+    from nni.nas.experiment import NasExperiment
+    from pytorch_lightning.loggers import CSVLogger
+
+    from nni_lease.spaces import LeaseCellSpace
+    from nni_lease.oneshot.strategy import LeaSE
+
+    kwargs = space_kwargs(config, train)
+    strategy = LeaSE(settings=settings, arc_learning_rate=config.arc_learning_rate)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    space = LeaseCellSpace(**kwargs)
+    evaluator = Classification(
+        learning_rate=config.learning_rate,
+        train_dataloaders=DataLoader(train, batch_size=config.batch_size, shuffle=True),
+        val_dataloaders=DataLoader(val, batch_size=config.batch_size, shuffle=True),
+        num_classes=train.n_classes,
+        max_epochs=config.epochs,
+        limit_train_batches=config.limit_batches if config.limit_batches else 1.0,
+        logger=CSVLogger(save_dir=str(out), name="lightning_logs", version=0),
+        enable_checkpointing=False,
+        enable_progress_bar=config.progress,
+        enable_model_summary=False,
+    )
+    experiment = NasExperiment(space, evaluator, strategy)
+    experiment.config.experiment_working_directory = str(out / "nni-experiments")
+    start = time.perf_counter()
+    try:
+        experiment.run()
+        seconds = time.perf_counter() - start
+        architecture = experiment.export_top_models(formatter="dict")[0]
+    finally:
+        experiment.stop()  # otherwise NNI stops it (and logs) at interpreter exit
+    record = {
+        "architecture": architecture,
+        "mode": "oneshot",
+        "dataset": config.dataset,
+        "data_root": config.data_root,
+        "seed": config.seed,
+        "space": {"name": "LeaseCellSpace", "kwargs": kwargs},
+        "strategy": {"name": "LeaSE", "epochs": config.epochs, "arc_learning_rate": config.arc_learning_rate,
+                     **settings.as_dict()},
+        "search": dataclasses.asdict(config),
+        "search_seconds": seconds,
+    }
+    _atomic_write_text(out / ARCHITECTURE_FILE, json.dumps(record, indent=2))
+    rows = _epoch_rows(out / "lightning_logs" / "version_0" / "metrics.csv")
+    _write_metrics(rows, out / METRICS_FILE)
+    if plot:
+        _plot_curves(rows, out / CURVES_FILE, f"LeaSE search on {config.dataset} (gamma={settings.gamma})")
+    logger.info("One-shot search took %.1f s; architecture %s.", seconds, architecture)
+    return SearchResult(architecture=architecture, record=record, rows=rows, seconds=seconds, output=out)
+
+
+def load_architecture(path: str | Path) -> dict[str, Any]:
+    """Read and check an ``architecture.json`` written by :func:`search_oneshot`.
+
+    Raises
+    ------
+    ValueError
+        If the file is missing, is not JSON, or is not such a record (e.g. a JSON list).
+    """
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ValueError(f"architecture file {str(p)!r} not found.")
+    try:
+        record = json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"architecture file {str(p)!r} is not valid JSON: {exc}") from exc
+    _check_record(record, str(p))
+    return record
+
+
+def _check_record(record: Any, source: str) -> None:
+    expected = "a JSON object with 'architecture' and 'space' written by `nni-lease search`"
+    if not isinstance(record, dict):
+        raise ValueError(f"{source} is not an architecture record ({expected}); got a JSON {type(record).__name__}.")
+    space = record.get("space")
+    if not isinstance(space, dict) or space.get("name") != "LeaseCellSpace" or not isinstance(space.get("kwargs"), dict) \
+            or not isinstance(record.get("architecture"), dict):
+        raise ValueError(f"{source} is not an architecture record ({expected}).")
+
+
+def retrain_architecture(
+    architecture: str | Path | dict[str, Any],
+    *,
+    config: RetrainConfig = RetrainConfig(),
+    output: str | Path | None = None,
+) -> dict[str, Any]:
+    """Train a searched architecture from scratch, write the result JSON, return it.
+
+    Parameters
+    ----------
+    architecture : str, Path or dict
+        An ``architecture.json`` path or its content (:func:`search_oneshot`'s ``record``).
+    config : RetrainConfig
+        Training settings.
+    output : str, Path or None
+        The result file; default: ``retrain.json`` beside the architecture file (required for a dict).
+
+    Returns
+    -------
+    dict
+        ``architecture``, ``dataset``, ``epochs``, ``seed``, ``test_accuracy``, ``test_loss``,
+        ``val_accuracy``, ``n_parameters``, ``seconds``.
+
+    Raises
+    ------
+    ValueError
+        For a bad record, output path, setting or architecture (before training).
+    """
+    if not isinstance(config, RetrainConfig):
+        raise ValueError(f"config must be a RetrainConfig; got {type(config).__name__}.")
+    if isinstance(architecture, dict):
+        record = architecture
+        _check_record(record, "architecture")
+        if output is None:
+            raise ValueError("output must name the result file when architecture is given as a dict.")
+    else:
+        record = load_architecture(architecture)
+        if output is None:
+            output = Path(architecture).expanduser().with_name(RETRAIN_FILE)
+    out = check_output_file(output)
+    dataset = record.get("dataset", "digits")
+    root = config.data_root or record.get("data_root")
+    _check_data(dataset, root)
+    train, val, test = _datasets(dataset, root, int(record.get("seed", 0)), None)
+
+    import torch
+
+    from nni_lease.oneshot.retrain import build_architecture, retrain
+    from nni_lease.spaces import LeaseCellSpace
+
+    torch.manual_seed(config.seed)
+    space = LeaseCellSpace(**record["space"]["kwargs"])
+    build_architecture(space, record["architecture"], seed=config.seed)  # checks the architecture first
+    result = retrain(space, record["architecture"], train, test, val=val, epochs=config.epochs,
+                     batch_size=config.batch_size, learning_rate=config.learning_rate, seed=config.seed,
+                     progress=config.progress)
+    summary = {"architecture": record["architecture"], "dataset": dataset, "epochs": config.epochs,
+               "seed": config.seed, **result.as_dict()}
+    _atomic_write_text(out, json.dumps(summary, indent=2))
+    return summary

@@ -1,0 +1,137 @@
+"""``nni-lease search --mode oneshot`` and ``nni-lease retrain`` end to end, and their error paths."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from nni_lease.cli import SEARCH_MODES, main
+from nni_lease.oneshot.strategy import METRICS
+
+
+def _run_cli(args, home):
+    env = {**os.environ, "HOME": str(home), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "nni_lease", *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+@pytest.mark.slow
+def test_search_export_retrain_on_digits(tmp_path, capsys):
+    out = tmp_path / "search"
+    proc = _run_cli(["search", "--mode", "oneshot", "--output", str(out), "--epochs", "2", "--limit", "96",
+                     "--limit-batches", "3", "--batch-size", "32", "--width", "4"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((out / "architecture.json").read_text())
+    assert sorted(record["architecture"]) == ["input1", "op0", "op1"]
+    assert record["space"]["kwargs"]["in_channels"] == 1 and record["strategy"]["gamma"] == 1.0
+    with (out / "metrics.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["epoch"] for r in rows] == ["0", "1"]
+    for row in rows:
+        for name in METRICS:
+            assert math.isfinite(float(row[name])), (name, row)
+    assert (out / "curves.png").stat().st_size > 10_000
+    assert "architecture:" in proc.stdout
+
+    assert main(["retrain", str(out / "architecture.json"), "--epochs", "2"]) == 0  # in-process: no NNI state
+    result = json.loads((out / "retrain.json").read_text())
+    assert result["architecture"] == record["architecture"]
+    assert 0.0 <= result["test_accuracy"] <= 1.0 and result["n_parameters"] > 0
+    assert "test accuracy" in capsys.readouterr().out
+
+
+def _exit_code(argv) -> int:
+    """main's return value, or the code of argparse's SystemExit (usage errors)."""
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return int(exc.code)
+
+
+@pytest.fixture
+def nni_home(tmp_path, monkeypatch):
+    """NNI's experiment list (``~/nni-experiments/.experiment``) in a temporary folder."""
+    from nni.tools.nnictl import config_utils
+
+    home = tmp_path / "nni-home"
+    monkeypatch.setattr(config_utils.Experiments.__init__, "__defaults__", (str(home),))
+    return home
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--gamma", "-1"], "--gamma: must be a finite number >= 0"),
+    (["--pgd-epsilon", "nan"], "--pgd-epsilon: must be a positive finite number"),
+    (["--learning-rate", "-1"], "--learning-rate: must be a positive finite number"),
+    (["--limit", "0"], "--limit: must be a positive integer"),
+    (["--pgd-random-start", "2"], "--pgd-random-start: must be a number in [0, 1]"),
+    (["--hypergradient", "second_order"], "invalid choice"),
+    (["--dataset", "cifar10"], "data_root must name a folder"),
+    (["--dataset", "cifar10", "--data-root", "/nonexistent/cifar"], "is not a folder"),
+    (["--max-trials", "3"], "--max-trials is not used by --mode oneshot"),
+    (["--retrain-epochs", "3"], "--retrain-epochs is not used by --mode oneshot"),
+])
+def test_oneshot_argument_errors_leave_nothing_behind(args, message, tmp_path, capsys):
+    out = tmp_path / "search"
+    assert _exit_code(["search", "--output", str(out), *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_output_at_an_existing_file_is_refused(tmp_path, capsys):
+    target = tmp_path / "taken"
+    target.write_text("keep me")
+    assert main(["search", "--output", str(target), "--limit", "20"]) == 2
+    assert "exists and is not a folder" in capsys.readouterr().err
+    assert target.read_text() == "keep me"
+    assert main(["search", "--output", str(target / "sub"), "--limit", "20"]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("mode", "args", "message"), [
+    ("multi-trial", ["--learning-rate", "-1"], "--learning-rate: must be a positive finite number"),
+    ("multi-trial", ["--learning-rate", "nan"], "--learning-rate: must be a positive finite number"),
+    ("multi-trial", ["--hypergradient", "unrolled"], "--hypergradient is not used by --mode multi-trial"),
+    ("multi-trial", ["--output", "x"], "--output is not used by --mode multi-trial"),
+    ("hpo", ["--gamma", "0.5"], "--gamma is not used by --mode hpo (the HPO experiment tunes it)"),
+    ("hpo", ["--pgd-steps", "3"], "--pgd-steps is not used by --mode hpo (the HPO experiment tunes it)"),
+    ("hpo", ["--policy-learning-rate", "1"], "--policy-learning-rate is not used by --mode hpo"),
+    ("hpo", ["--port", "70000"], "--port: must be a port number"),
+    ("hpo", ["--resume", "nosuchexp"], "no experiment 'nosuchexp' to resume"),
+    ("multi-trial", ["--resume", "nosuchexp", "--port", "FREE"], "no experiment 'nosuchexp' to resume"),
+])
+def test_nni_mode_errors_come_before_any_experiment(mode, args, message, tmp_path, capsys, nni_home):
+    records = tmp_path / "records"
+    if "FREE" in args:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            args = [str(probe.getsockname()[1]) if a == "FREE" else a for a in args]
+    code = _exit_code(["search", "--mode", mode, "--experiment-dir", str(records), *args])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not records.exists() and not (nni_home / ".experiment").exists()
+
+
+def test_retrain_rejects_missing_list_and_foreign_files(tmp_path, capsys):
+    assert main(["retrain", str(tmp_path / "missing.json")]) == 2
+    assert "not found" in capsys.readouterr().err
+    (tmp_path / "list.json").write_text(json.dumps([{"architecture": {}}]))
+    assert main(["retrain", str(tmp_path / "list.json")]) == 2
+    assert "got a JSON list" in capsys.readouterr().err
+    (tmp_path / "broken.json").write_text("{")
+    assert main(["retrain", str(tmp_path / "broken.json")]) == 2
+    assert "is not valid JSON" in capsys.readouterr().err
+    (tmp_path / "other.json").write_text(json.dumps({"hello": 1}))
+    assert main(["retrain", str(tmp_path / "other.json")]) == 2
+    assert "is not an architecture record" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.json", "list.json", "other.json"]
+
+
+def test_search_modes_registry():
+    assert set(SEARCH_MODES) == {"oneshot", "multi-trial", "hpo"}
