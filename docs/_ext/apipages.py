@@ -140,7 +140,25 @@ def skip_foreign_member(app: Sphinx, what: str, name: str, obj: object, skip: bo
     return None
 
 
+def doctest_namespace(app: Sphinx, what: str, name: str, obj: object, options, lines: list[str]) -> None:
+    """Run a docstring's examples in its module's namespace, as ``pytest --doctest-modules`` does.
+
+    Appends an (invisible) ``testsetup`` that imports the defining module's globals, so that the
+    examples of ``sphinx-build -b doctest`` can use the names the module defines without importing them.
+    """
+    if not any(line.lstrip().startswith(">>>") for line in lines):
+        return
+    module = getattr(obj, "__module__", None) if what != "module" else name
+    if not module:
+        return
+    lines += ["", ".. testsetup::", "",
+              "   import importlib as _importlib",
+              f"   globals().update({{k: v for k, v in vars(_importlib.import_module({module!r})).items()"
+              " if not k.startswith('__')})", ""]
+
+
 def setup(app: Sphinx) -> dict:
+    app.connect("autodoc-process-docstring", doctest_namespace, priority=600)
     app.add_config_value("api_packages", ["art_fisher", "nni_lease"], "env")
     app.connect("autodoc-skip-member", skip_foreign_member)
     app.add_config_value("api_modules", [], "env")
