@@ -203,10 +203,29 @@ def _lease(doc: dict, part: str | None) -> list[Table]:
     return tables
 
 
+def _detector_auc(doc: dict, part: str | None) -> list[Table]:
+    results, summary = doc["results"], doc["summary_min_mean"]
+    columns = list(dict.fromkeys(c for row in summary.values() for c in row))
+    tables: list[Table] = [(
+        f"Held-out ROC-AUC, minimum / mean over seeds {', '.join(str(r['seed']) for r in results)}",
+        ["attack", *columns],
+        [[attack, *(" / ".join(f"{v:.3f}" for v in row[c]) if c in row else "–" for c in columns)]
+         for attack, row in summary.items()])]
+    per_seed = []
+    for r in results:
+        for attack, row in r["attacks"].items():
+            per_seed.append([r["seed"], attack, row.get("n_pairs"), *(_num(row.get(c)) for c in columns)])
+    tables.append(("Per seed (pairs: successful attacks kept)", ["seed", "attack", "pairs", *columns], per_seed))
+    tables.append(("Classifier and run time per seed", ["seed", "clean test accuracy", "seconds"],
+                   [[r["seed"], _num(r.get("test_accuracy")), _num(r.get("seconds"), 1)] for r in results]))
+    return tables
+
+
 RENDERERS: dict[str, Callable[[dict, str | None], list[Table]]] = {
     "bench_metrics": _metrics,
     "bench_fisher_features": _features,
     "bench_lease": _lease,
+    "bench_detector_auc": _detector_auc,
 }
 
 
