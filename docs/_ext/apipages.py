@@ -1,9 +1,10 @@
 """Generate the API reference from the packages' ``__all__`` at build time.
 
 For every module listed in ``api_modules`` (``conf.py``) this writes ``api/<module>.rst``: the module's
-docstring, then an autosummary table of its public names (``__all__``; for a package without one, its
-public submodules). Each object is documented once, under the first listed module that exports it
-(packages before the modules that define their names); the other modules list it as a link. A
+docstring, then autosummary tables of its public names (``__all__``). Each object is documented once:
+under the first listed subpackage that exports it (where users import it from), else under the module
+that defines it, else under the first listed module that exports it; the other modules, and the
+top-level ``art_fisher`` and ``nni_lease``, list it as a link. A
 ``missing-reference`` handler sends every other path of a documented object (e.g. the defining module's
 ``art_fisher.detection.calibration.QuantileOutlierDetector``) to that page. The pages therefore follow the
 code: a name added to ``__all__`` appears, a name removed disappears, and nothing is copied by hand.
@@ -55,8 +56,8 @@ def generate(app: Sphinx, config) -> None:
     outdir.mkdir(exist_ok=True)
     groups: list[tuple[str, list[str]]] = config.api_modules
     order = config.api_canonical_order or [m for _, mods in groups for m in mods]
-    canonical: dict[tuple, str] = {}
-    aliases: dict[str, str] = {}
+    exporters: dict[tuple, list[tuple[str, str]]] = {}
+    objects: dict[tuple, object] = {}
     modules = {}
     for modname in order:
         module = importlib.import_module(modname)
@@ -64,11 +65,24 @@ def generate(app: Sphinx, config) -> None:
         for name in _public_names(module):
             obj = getattr(module, name)
             key = _identity(name, obj)
-            canonical.setdefault(key, f"{modname}.{name}")
-            aliases[f"{modname}.{name}"] = canonical[key]
-            own = getattr(obj, "__module__", None)
-            if own and (inspect.isclass(obj) or inspect.isroutine(obj)):
-                aliases.setdefault(f"{own}.{getattr(obj, '__qualname__', name)}", canonical[key])
+            exporters.setdefault(key, []).append((modname, name))
+            objects[key] = obj
+    # Where each object is documented: the first subpackage that exports it (users import from there), else
+    # the module that defines it, else the first module that exports it. The top-level packages re-export
+    # names from all over (lazily) and only link to them.
+    canonical: dict[tuple, str] = {}
+    aliases: dict[str, str] = {}
+    for key, where in exporters.items():
+        obj = objects[key]
+        packages = [w for w in where if hasattr(modules[w[0]], "__path__") and "." in w[0]]
+        defining = [w for w in where if w[0] == getattr(obj, "__module__", None)]
+        modname, name = (packages or defining or where)[0]
+        canonical[key] = f"{modname}.{name}"
+        for m, n in where:
+            aliases[f"{m}.{n}"] = canonical[key]
+        own = getattr(obj, "__module__", None)
+        if own and (inspect.isclass(obj) or inspect.isroutine(obj)):
+            aliases.setdefault(f"{own}.{getattr(obj, '__qualname__', name)}", canonical[key])
     _ALIASES.clear()
     _ALIASES.update(aliases)
 
@@ -106,6 +120,11 @@ def generate(app: Sphinx, config) -> None:
             path = outdir / f"{modname}.rst"
             if not path.exists() or path.read_text() != text:
                 path.write_text(text)
+    # Stubs of names that are no longer public (autosummary only adds stubs) would be orphan pages.
+    expected = set(canonical.values())
+    for stub in (outdir / "generated").glob("*.rst"):
+        if stub.stem not in expected:
+            stub.unlink()
     index = _HEADER + "API reference\n=============\n\n" + config.api_intro + "\n\n" + "".join(toc)
     path = outdir / "index.rst"
     if not path.exists() or path.read_text() != index:
