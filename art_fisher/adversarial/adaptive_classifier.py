@@ -204,7 +204,7 @@ class AdaptiveDetectorClassifier(DetectorClassifier):
         Returns
         -------
         ndarray
-            Shape (N, C + 1, \\*input_shape) for ``label=None``, else (N, 1, \\*input_shape): class ``label``
+            Shape (N, C + 1, *input_shape) for ``label=None``, else (N, 1, *input_shape): class ``label``
             (an int) or ``label[i]`` for sample ``i`` (an array of N labels).
         """
         if training_mode:

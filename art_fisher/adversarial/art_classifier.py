@@ -32,7 +32,7 @@ class DetectionLogitClassifier(ClassifierNeuralNetwork):
     Parameters
     ----------
     logit_function : callable
-        ``logit_function(x) -> Tensor (N,)`` for raw inputs ``x`` (a tensor of shape (N, \\*input_shape)),
+        ``logit_function(x) -> Tensor (N,)`` for raw inputs ``x`` (a tensor of shape (N, *input_shape)),
         differentiable in ``x``.
     input_shape : tuple of int
         Shape of one input (as the attacked classifier's).
@@ -46,7 +46,7 @@ class DetectionLogitClassifier(ClassifierNeuralNetwork):
 
     Notes
     -----
-    ``predict`` returns shape (N, 1); ``class_gradient`` (label None or 0) shape (N, 1, \\*input_shape), the
+    ``predict`` returns shape (N, 1); ``class_gradient`` (label None or 0) shape (N, 1, *input_shape), the
     exact gradient of ``d`` by autodiff; ``loss_gradient(x, y)`` and ``compute_loss`` use the binary cross
     entropy of ``d`` against detection labels ``y`` (0 clean, 1 adversarial; shape (N,) or (N, 1)).
     ``fit``, ``save`` and ``get_activations`` are not available: fit and save the detector itself.
@@ -95,7 +95,7 @@ class DetectionLogitClassifier(ClassifierNeuralNetwork):
 
         Parameters
         ----------
-        x : ndarray of shape (N, \\*input_shape)
+        x : ndarray of shape (N, *input_shape)
         batch_size : int
         training_mode : bool
             Must be False (the detector's model runs in eval mode).
@@ -118,11 +118,11 @@ class DetectionLogitClassifier(ClassifierNeuralNetwork):
     def class_gradient(
         self, x: np.ndarray, label: int | list[int] | np.ndarray | None = None, training_mode: bool = False, **kwargs: Any
     ) -> np.ndarray:
-        """Input gradient of the detection logit, shape (N, 1, \\*input_shape).
+        """Input gradient of the detection logit, shape (N, 1, *input_shape).
 
         Parameters
         ----------
-        x : ndarray of shape (N, \\*input_shape)
+        x : ndarray of shape (N, *input_shape)
         label : None, 0 or an array of zeros
             The only class is 0.
         """

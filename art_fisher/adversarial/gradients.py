@@ -166,7 +166,7 @@ def estimator_logit(estimator: Any, *, dtype: torch.dtype, device: torch.device)
 def detection_logit_function(detector: Any) -> Callable[[torch.Tensor], torch.Tensor]:
     """``f(x) -> logits (N,)``: the fitted detector's detection logit of raw inputs ``x``, differentiable in ``x``.
 
-    ``x`` is a tensor of shape (N, \\*input_shape) in the classifier's model dtype and device, before the
+    ``x`` is a tensor of shape (N, *input_shape) in the classifier's model dtype and device, before the
     classifier's preprocessing (which must be one that ART runs in PyTorch, as its standardisation is).
     The model runs in eval mode; its parameters, gradients and modes come back as they were.
 

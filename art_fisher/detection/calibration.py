@@ -209,7 +209,7 @@ class QuantileOutlierDetector(OutlierMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : array-like of shape (n_samples, n_features_in_)
 
         Returns
         -------
@@ -224,7 +224,7 @@ class QuantileOutlierDetector(OutlierMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : array-like of shape (n_samples, n_features_in_)
 
         Returns
         -------
@@ -238,7 +238,7 @@ class QuantileOutlierDetector(OutlierMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : array-like of shape (n_samples, n_features_in_)
 
         Returns
         -------

@@ -270,13 +270,13 @@ class FisherInformationDetector(EvasionDetector):
 
         Parameters
         ----------
-        x : ndarray of shape (N, \\*classifier.input_shape)
+        x : ndarray of shape (N, *classifier.input_shape)
         batch_size : int, optional
             Samples per computation (default: the detector's ``batch_size``).
 
         Returns
         -------
-        ndarray of shape (N, \\*classifier.input_shape)
+        ndarray of shape (N, *classifier.input_shape)
             The maps, with respect to the raw input when the classifier's preprocessing is a plain
             standardisation (chain rule: times :math:`1/\\sigma_i^2`), else with respect to the
             preprocessed input.
@@ -311,7 +311,7 @@ class FisherInformationDetector(EvasionDetector):
 
         Parameters
         ----------
-        x : ndarray of shape (N, \\*classifier.input_shape)
+        x : ndarray of shape (N, *classifier.input_shape)
             Inputs, raw (before the classifier's preprocessing): clean and adversarial with ``y``, clean
             only without.
         y : ndarray of shape (N,) or (N, 2), optional
@@ -371,7 +371,7 @@ class FisherInformationDetector(EvasionDetector):
 
         Parameters
         ----------
-        x : ndarray of shape (N, \\*classifier.input_shape)
+        x : ndarray of shape (N, *classifier.input_shape)
             Raw inputs.
         batch_size : int, optional
             Samples per metric computation (default: the detector's ``batch_size``).
@@ -418,7 +418,7 @@ class FisherInformationDetector(EvasionDetector):
         classifier (its ``decision_function`` for a linear one, ``decision_function / std`` for
         ``ThresholdClassifier``), ``-decision_function`` for ``QuantileOutlierDetector``; positive exactly
         where :meth:`detect` flags the input. ``class_gradient(x)`` gives its exact input gradient, shape
-        (N, 1, \\*input_shape), through the Fisher metrics' mixed second derivatives. Pass it (or the
+        (N, 1, *input_shape), through the Fisher metrics' mixed second derivatives. Pass it (or the
         detector) to :class:`art_fisher.adversarial.adaptive_classifier.AdaptiveDetectorClassifier` or ART's ``DetectorClassifier``.
 
         Returns

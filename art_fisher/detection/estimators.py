@@ -267,7 +267,7 @@ class ThresholdClassifier(ClassifierMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : array-like of shape (n_samples, n_features_in_)
 
         Returns
         -------
@@ -284,7 +284,7 @@ class ThresholdClassifier(ClassifierMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : array-like of shape (n_samples, n_features_in_)
 
         Returns
         -------
@@ -299,7 +299,7 @@ class ThresholdClassifier(ClassifierMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : array-like of shape (n_samples, n_features_in_)
 
         Returns
         -------
@@ -395,7 +395,7 @@ class FisherFeatures(TransformerMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, \\*classifier.input_shape)
+        X : array-like of shape (n_samples, *classifier.input_shape)
         y : ignored
 
         Returns
@@ -419,7 +419,7 @@ class FisherFeatures(TransformerMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, \\*classifier.input_shape)
+        X : array-like of shape (n_samples, *classifier.input_shape)
             Raw inputs (before the classifier's preprocessing).
 
         Returns

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 from pathlib import Path
 
 from docutils import nodes
@@ -159,6 +160,34 @@ def skip_foreign_member(app: Sphinx, what: str, name: str, obj: object, skip: bo
     return None
 
 
+_SHAPE = re.compile(r"(shape \(|\()([^()`]*)(\))")
+
+
+def _escape_shape(match: re.Match) -> str:
+    # (N, *input_shape): a starred name that ends at "," or ")" is unpacking, not emphasis.
+    inner = re.sub(r"(?:(?<=^)|(?<=, ))\*(?=[A-Za-z_][\w.]*\s*(?:,|$))", r"\\*", match.group(2))
+    if match.group(1) == "shape (":  # (n_samples, n_features_in_): a trailing "_" is not a link here
+        inner = re.sub(r"\b([A-Za-z]\w*?)_(?=\s*(?:,|$))", r"\1\\_", inner)
+    return match.group(1) + inner + match.group(3)
+
+
+def escape_shapes(app: Sphinx, what: str, name: str, obj: object, options, lines: list[str]) -> None:
+    """Let docstrings write shapes as Python does: ``(N, *input_shape)``, ``(n_samples, n_features_in_)``.
+
+    In reStructuredText a leading ``*`` starts emphasis and a trailing ``_`` makes a link; inside a
+    parenthesised shape outside inline literals both are escaped before the docstring is parsed.
+    """
+    for i, line in enumerate(lines):
+        if "*" not in line and "_)" not in line and "_," not in line:
+            continue
+        if line.lstrip().startswith((">>>", "...", ".. ")) or ":math:" in line:
+            continue
+        parts = line.split("``")
+        for j in range(0, len(parts), 2):  # outside ``inline literals``
+            parts[j] = _SHAPE.sub(_escape_shape, parts[j])
+        lines[i] = "``".join(parts)
+
+
 def doctest_namespace(app: Sphinx, what: str, name: str, obj: object, options, lines: list[str]) -> None:
     """Run a docstring's examples in its module's namespace, as ``pytest --doctest-modules`` does.
 
@@ -177,6 +206,7 @@ def doctest_namespace(app: Sphinx, what: str, name: str, obj: object, options, l
 
 
 def setup(app: Sphinx) -> dict:
+    app.connect("autodoc-process-docstring", escape_shapes, priority=400)  # before numpydoc (500)
     app.connect("autodoc-process-docstring", doctest_namespace, priority=600)
     app.add_config_value("api_packages", ["art_fisher", "nni_lease"], "env")
     app.connect("autodoc-skip-member", skip_foreign_member)
