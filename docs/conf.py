@@ -21,7 +21,7 @@ from art_fisher import __version__  # noqa: E402
 
 project = "art-fisher & nni-lease"
 author = "art-fisher / nni-lease developers"
-copyright = "art-fisher / nni-lease developers"  # noqa: A001
+copyright = "art-fisher / nni-lease developers"
 release = __version__
 version = ".".join(__version__.split(".")[:2])
 
@@ -52,50 +52,56 @@ api_intro = (
     ":mod:`art_fisher.detection`."
 )
 api_modules = [
-    ("art_fisher", [
+    (
         "art_fisher",
-        "art_fisher.metrics",
-        "art_fisher.detection",
-        "art_fisher.detection.decision",
-        "art_fisher.detection.persistence",
-        "art_fisher.adversarial",
-        "art_fisher.adversarial.gradients",
-        "art_fisher.adversarial.art_classifier",
-        "art_fisher.data",
-        "art_fisher.data.cifar_batch",
-        "art_fisher.evaluation",
-        "art_fisher.evaluation.attacks",
-        "art_fisher.evaluation.adaptive_attacks",
-        "art_fisher.evaluation.base",
-        "art_fisher.evaluation.baselines",
-        "art_fisher.evaluation.fisher_runs",
-        "art_fisher.evaluation.model_cache",
-        "art_fisher.evaluation.protocol",
-        "art_fisher.evaluation.report",
-        "art_fisher.evaluation.plots",
-        "art_fisher.models",
-    ]),
-    ("nni_lease", [
+        [
+            "art_fisher",
+            "art_fisher.metrics",
+            "art_fisher.detection",
+            "art_fisher.detection.decision",
+            "art_fisher.detection.persistence",
+            "art_fisher.adversarial",
+            "art_fisher.adversarial.gradients",
+            "art_fisher.adversarial.art_classifier",
+            "art_fisher.data",
+            "art_fisher.data.cifar_batch",
+            "art_fisher.evaluation",
+            "art_fisher.evaluation.attacks",
+            "art_fisher.evaluation.adaptive_attacks",
+            "art_fisher.evaluation.base",
+            "art_fisher.evaluation.baselines",
+            "art_fisher.evaluation.fisher_runs",
+            "art_fisher.evaluation.model_cache",
+            "art_fisher.evaluation.protocol",
+            "art_fisher.evaluation.report",
+            "art_fisher.evaluation.plots",
+            "art_fisher.models",
+        ],
+    ),
+    (
         "nni_lease",
-        "nni_lease.core",
-        "nni_lease.core.explain",
-        "nni_lease.core.listener",
-        "nni_lease.core.settings",
-        "nni_lease.core.step",
-        "nni_lease.oneshot",
-        "nni_lease.oneshot.strategy",
-        "nni_lease.oneshot.workflow",
-        "nni_lease.oneshot.retrain",
-        "nni_lease.multitrial",
-        "nni_lease.multitrial.strategy",
-        "nni_lease.multitrial.trial",
-        "nni_lease.runtime",
-        "nni_lease.runtime.experiment",
-        "nni_lease.runtime.manager",
-        "nni_lease.runtime.hpo",
-        "nni_lease.data",
-        "nni_lease.spaces",
-    ]),
+        [
+            "nni_lease",
+            "nni_lease.core",
+            "nni_lease.core.explain",
+            "nni_lease.core.listener",
+            "nni_lease.core.settings",
+            "nni_lease.core.step",
+            "nni_lease.oneshot",
+            "nni_lease.oneshot.strategy",
+            "nni_lease.oneshot.workflow",
+            "nni_lease.oneshot.retrain",
+            "nni_lease.multitrial",
+            "nni_lease.multitrial.strategy",
+            "nni_lease.multitrial.trial",
+            "nni_lease.runtime",
+            "nni_lease.runtime.experiment",
+            "nni_lease.runtime.manager",
+            "nni_lease.runtime.hpo",
+            "nni_lease.data",
+            "nni_lease.spaces",
+        ],
+    ),
 ]
 # Packages first, so that a name is documented where users import it from; the lazy top-level packages last.
 api_canonical_order = [m for _, mods in api_modules for m in mods if m not in ("art_fisher", "nni_lease")]
@@ -104,9 +110,20 @@ api_submodules = {
     "art_fisher.detection": ["art_fisher.detection.decision", "art_fisher.detection.persistence"],
     "art_fisher.adversarial": ["art_fisher.adversarial.gradients", "art_fisher.adversarial.art_classifier"],
     "art_fisher.data": ["art_fisher.data.cifar_batch"],
-    "art_fisher.evaluation": [f"art_fisher.evaluation.{m}" for m in (
-        "attacks", "adaptive_attacks", "base", "baselines", "fisher_runs", "model_cache", "protocol", "report",
-        "plots")],
+    "art_fisher.evaluation": [
+        f"art_fisher.evaluation.{m}"
+        for m in (
+            "attacks",
+            "adaptive_attacks",
+            "base",
+            "baselines",
+            "fisher_runs",
+            "model_cache",
+            "protocol",
+            "report",
+            "plots",
+        )
+    ],
     "nni_lease.core": [f"nni_lease.core.{m}" for m in ("explain", "listener", "settings", "step")],
     "nni_lease.oneshot": [f"nni_lease.oneshot.{m}" for m in ("strategy", "workflow", "retrain")],
     "nni_lease.multitrial": [f"nni_lease.multitrial.{m}" for m in ("strategy", "trial")],
@@ -164,4 +181,5 @@ class _EmptyGuideGlob(logging.Filter):
 
 
 def setup(app) -> None:
+    """Drop the empty-glob warning of the user guide's toctree (see :class:`_EmptyGuideGlob`)."""
     logging.getLogger("sphinx.sphinx.directives.other").addFilter(_EmptyGuideGlob())

@@ -17,7 +17,6 @@ import inspect
 import re
 from pathlib import Path
 
-from docutils import nodes
 from sphinx.application import Sphinx
 from sphinx.util import logging
 
@@ -145,8 +144,9 @@ def resolve_alias(app: Sphinx, env, node, contnode):
     for candidate in candidates:
         if candidate in aliases and aliases[candidate] != candidate:
             domain = env.get_domain("py")
-            return domain.resolve_xref(env, node["refdoc"], app.builder, node["reftype"], aliases[candidate],
-                                       node, contnode)
+            return domain.resolve_xref(
+                env, node["refdoc"], app.builder, node["reftype"], aliases[candidate], node, contnode
+            )
     return None
 
 
@@ -155,7 +155,7 @@ def skip_foreign_member(app: Sphinx, what: str, name: str, obj: object, skip: bo
     if what != "class" or skip:
         return None
     module = getattr(obj, "__module__", None) or getattr(getattr(obj, "fget", None), "__module__", None)
-    if module and not module.split(".")[0] in app.config.api_packages:
+    if module and module.split(".")[0] not in app.config.api_packages:
         return True
     return None
 
@@ -199,13 +199,21 @@ def doctest_namespace(app: Sphinx, what: str, name: str, obj: object, options, l
     module = getattr(obj, "__module__", None) if what != "module" else name
     if not module:
         return
-    lines += ["", ".. testsetup::", "",
-              "   import importlib as _importlib",
-              f"   globals().update({{k: v for k, v in vars(_importlib.import_module({module!r})).items()"
-              " if not k.startswith('__')})", ""]
+    lines += [
+        "",
+        ".. testsetup::",
+        "",
+        "   import importlib as _importlib",
+        (
+            f"   globals().update({{k: v for k, v in vars(_importlib.import_module({module!r})).items()"
+            " if not k.startswith('__')})"
+        ),
+        "",
+    ]
 
 
 def setup(app: Sphinx) -> dict:
+    """Register the configuration values and the event handlers."""
     app.connect("autodoc-process-docstring", escape_shapes, priority=400)  # before numpydoc (500)
     app.connect("autodoc-process-docstring", doctest_namespace, priority=600)
     app.add_config_value("api_packages", ["art_fisher", "nni_lease"], "env")

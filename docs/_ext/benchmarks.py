@@ -18,7 +18,7 @@ import json
 import math
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from docutils import nodes
 from docutils.parsers.rst import directives
@@ -91,7 +91,7 @@ def _metrics(doc: dict, part: str | None) -> list[Table]:
             memory = row.get("memory", {})
             model = f"{row['model']} ({row['head']})"
 
-            def mem(key: str) -> str:
+            def mem(key: str, memory: dict = memory) -> str:
                 m = memory.get(key)
                 return f"{m['peak_rss_mib']:.0f} ({m['growth_mib']:.0f})" if m else "–"
 
@@ -101,36 +101,93 @@ def _metrics(doc: dict, part: str | None) -> list[Table]:
                 ("sensitivity (blockwise)", "fis", "orig_fis", "fis_blockwise", "fis_blockwise", row.get("fis_batch")),
             ):
                 if key in ms:
-                    main.append([model, row.get("params"), label, _num(ms.get(orig), 2), f"{ms[key]:.3f} ({batch})",
-                                 f"{speed[skey]:.1f}×" if skey in speed else "–", _num(units.get(ukey), 1),
-                                 mem(key)])
+                    main.append(
+                        [
+                            model,
+                            row.get("params"),
+                            label,
+                            _num(ms.get(orig), 2),
+                            f"{ms[key]:.3f} ({batch})",
+                            f"{speed[skey]:.1f}×" if skey in speed else "–",
+                            _num(units.get(ukey), 1),
+                            mem(key),
+                        ]
+                    )
             if "max_eig" in ms:
-                main.append([model, row.get("params"), "max eigenvalue", "–", f"{ms['max_eig']:.3f} ({row['batch']})",
-                             f"{row['max_eig_over_trace']:.2f}× trace", _num(units.get("max_eig"), 1),
-                             mem("max_eig")])
+                main.append(
+                    [
+                        model,
+                        row.get("params"),
+                        "max eigenvalue",
+                        "–",
+                        f"{ms['max_eig']:.3f} ({row['batch']})",
+                        f"{row['max_eig_over_trace']:.2f}× trace",
+                        _num(units.get("max_eig"), 1),
+                        mem("max_eig"),
+                    ]
+                )
             for peer, info in sorted(row.get("peers", {}).items()):
-                peers.append([model, peer, info["batch"], _num(info["ms_per_sample"][peer]),
-                              _num(info["ms_per_sample"]["art_fisher"]), f"{info['speedup']:.2f}×",
-                              f"{info['max_rel_diff']:.1e}"])
+                peers.append(
+                    [
+                        model,
+                        peer,
+                        info["batch"],
+                        _num(info["ms_per_sample"][peer]),
+                        _num(info["ms_per_sample"]["art_fisher"]),
+                        f"{info['speedup']:.2f}×",
+                        f"{info['max_rel_diff']:.1e}",
+                    ]
+                )
             floor = row.get("trace_floor_ms_per_sample")
             quad = row.get("quad_blockwise_floor_ms")
-            floors.append([model, _num(ms.get("unit")),
-                           f"{floor['value']:.3f} (batch {floor['batch']})" if floor else "–",
-                           f"{quad['forward_mode_floor']:.2f} / {quad['reverse_mode_floor']:.2f}" if quad else "–",
-                           _num(row.get("quad_blockwise_target_ms"), 2)])
+            floors.append(
+                [
+                    model,
+                    _num(ms.get("unit")),
+                    f"{floor['value']:.3f} (batch {floor['batch']})" if floor else "–",
+                    f"{quad['forward_mode_floor']:.2f} / {quad['reverse_mode_floor']:.2f}" if quad else "–",
+                    _num(row.get("quad_blockwise_target_ms"), 2),
+                ]
+            )
         clock = {r["clock"] for r in run["rows"]}
         clock_text = "CPU time" if clock == {"cpu"} else "wall-clock" if clock == {"wall"} else "/".join(sorted(clock))
-        tables.append((f"{where}, {clock_text}: the original algorithm against the exact batched metrics (ms per sample)",
-                       ["model (head)", "params", "metric", "original", "exact (batch)", "speed-up",
-                        "units / sample", "peak MiB (growth)"], main))
+        tables.append(
+            (
+                f"{where}, {clock_text}: the original algorithm against the exact batched metrics (ms per sample)",
+                [
+                    "model (head)",
+                    "params",
+                    "metric",
+                    "original",
+                    "exact (batch)",
+                    "speed-up",
+                    "units / sample",
+                    "peak MiB (growth)",
+                ],
+                main,
+            )
+        )
         if peers:
-            tables.append((f"{where}, {clock_text}: per-sample trace against other libraries (ms per sample)",
-                           ["model (head)", "peer", "batch", "peer", "art_fisher", "speed-up", "max rel. diff."],
-                           peers))
-        tables.append((f"{where}, {clock_text}: cost units and lower bounds (ms per sample)",
-                       ["model (head)", "unit: batched forward + backward", "trace floor: forward + C − 1 backward",
-                        "quadratic form: lower bound of any exact method (forward / reverse mode)",
-                        "10× target of the quadratic form"], floors))
+            tables.append(
+                (
+                    f"{where}, {clock_text}: per-sample trace against other libraries (ms per sample)",
+                    ["model (head)", "peer", "batch", "peer", "art_fisher", "speed-up", "max rel. diff."],
+                    peers,
+                )
+            )
+        tables.append(
+            (
+                f"{where}, {clock_text}: cost units and lower bounds (ms per sample)",
+                [
+                    "model (head)",
+                    "unit: batched forward + backward",
+                    "trace floor: forward + C − 1 backward",
+                    "quadratic form: lower bound of any exact method (forward / reverse mode)",
+                    "10× target of the quadratic form",
+                ],
+                floors,
+            )
+        )
     return tables
 
 
@@ -141,22 +198,47 @@ def _features(doc: dict, part: str | None) -> list[Table]:
     for name, s in summary.items():
         seed = first["detectors"].get(name, {})
         by = s.get("same_by_attack_mean", {})
-        rows.append([name, _pm([s["same_mean"], s["same_sd"]]),
-                     "—" if name == "max_softmax" else _pm([s["same_minus_softmax_mean"], s["same_minus_softmax_sd"]]),
-                     _pm([s["unseen_mean"], s["unseen_sd"]]),
-                     "—" if name == "max_softmax" else _pm([s["unseen_minus_softmax_mean"], s["unseen_minus_softmax_sd"]]),
-                     " / ".join(_num(by.get(a)) for a in ("fgsm", "pgd", "deepfool", "cw_l2")),
-                     f"{_num(seed.get('same_attack_auc'))} / {_num(seed.get('unseen_auc'))}" if seed else "–"])
+        rows.append(
+            [
+                name,
+                _pm([s["same_mean"], s["same_sd"]]),
+                "—" if name == "max_softmax" else _pm([s["same_minus_softmax_mean"], s["same_minus_softmax_sd"]]),
+                _pm([s["unseen_mean"], s["unseen_sd"]]),
+                "—" if name == "max_softmax" else _pm([s["unseen_minus_softmax_mean"], s["unseen_minus_softmax_sd"]]),
+                " / ".join(_num(by.get(a)) for a in ("fgsm", "pgd", "deepfool", "cw_l2")),
+                f"{_num(seed.get('same_attack_auc'))} / {_num(seed.get('unseen_auc'))}" if seed else "–",
+            ]
+        )
     seeds = doc["settings"]["seeds"]
-    tables: list[Table] = [(
-        f"ROC-AUC over seeds {seeds[0]}–{seeds[-1]} ({len(seeds)} seeds): mean ± sd of each seed's mean "
-        "same-attack and mean unseen-attack ROC-AUC, and of the paired difference to max_softmax",
-        ["candidate", "same-attack", "Δ vs max_softmax", "unseen attacks", "Δ vs max_softmax",
-         "same-attack FGSM / PGD / DeepFool / C&W L2", f"seed {first.get('seed', '–')}: same / unseen"], rows)]
-    attacks = [[r["seed"], *(_num(r["attacks"].get(a)) for a in ("fgsm", "pgd", "deepfool", "cw_l2")),
-                _num(r.get("seconds", {}).get("total"), 0)] for r in results]
-    tables.append(("Attack success rate and run time per seed", ["seed", "FGSM", "PGD", "DeepFool", "C&W L2", "seconds"],
-                   attacks))
+    tables: list[Table] = [
+        (
+            (
+                f"ROC-AUC over seeds {seeds[0]}–{seeds[-1]} ({len(seeds)} seeds): mean ± sd of each seed's mean "
+                "same-attack and mean unseen-attack ROC-AUC, and of the paired difference to max_softmax"
+            ),
+            [
+                "candidate",
+                "same-attack",
+                "Δ vs max_softmax",
+                "unseen attacks",
+                "Δ vs max_softmax",
+                "same-attack FGSM / PGD / DeepFool / C&W L2",
+                f"seed {first.get('seed', '–')}: same / unseen",
+            ],
+            rows,
+        )
+    ]
+    attacks = [
+        [
+            r["seed"],
+            *(_num(r["attacks"].get(a)) for a in ("fgsm", "pgd", "deepfool", "cw_l2")),
+            _num(r.get("seconds", {}).get("total"), 0),
+        ]
+        for r in results
+    ]
+    tables.append(
+        ("Attack success rate and run time per seed", ["seed", "FGSM", "PGD", "DeepFool", "C&W L2", "seconds"], attacks)
+    )
     return tables
 
 
@@ -172,52 +254,115 @@ def _lease(doc: dict, part: str | None) -> list[Table]:
         rows = []
         for name in [k for k, v in s.items() if isinstance(v, dict)]:
             v = s[name]
-            rows.append([_LEASE_VARIANTS.get(name, name), _pm(v["cosine_explanation_part"]), _pm(v["cosine_listener_input"]),
-                         " / ".join(f"{r:.2f}" for r in v["deletion_ratios"]),
-                         " / ".join(f"{r:.2f}" for r in v["deletion_ratios_abs_delta_x"]),
-                         _num(v.get("saturated_fraction")), _pm(v["listener_explanations"], 4),
-                         _pm(v["listener_random_delta_same_weighting"], 4)])
-        tables.append((f"Explanations over seeds {doc['config']['seeds']}: mean ± sd",
-                       ["explanation", "restart cosine (z − x)", "restart cosine (listener input)",
-                        f"deletion ratio vs brightest, k = {ks}", f"… ranked by |δ ⊙ x|, k = {ks}",
-                        "share of entries at ±ε", "listener test accuracy",
-                        "listener, random δ of the same norm"], rows))
-        refs = [[name.replace("deletion_ratios ", "deletion ratio: "), " / ".join(f"{r:.2f}" for r in s[name])]
-                for name in s if name.startswith("deletion_ratios ")]
-        refs += [["listener on plain x", _pm(s["listener_plain"], 4)],
-                 ["listener on the random-mask control ε·r⊙x", _pm(s["listener_random_mask"], 4)]]
+            rows.append(
+                [
+                    _LEASE_VARIANTS.get(name, name),
+                    _pm(v["cosine_explanation_part"]),
+                    _pm(v["cosine_listener_input"]),
+                    " / ".join(f"{r:.2f}" for r in v["deletion_ratios"]),
+                    " / ".join(f"{r:.2f}" for r in v["deletion_ratios_abs_delta_x"]),
+                    _num(v.get("saturated_fraction")),
+                    _pm(v["listener_explanations"], 4),
+                    _pm(v["listener_random_delta_same_weighting"], 4),
+                ]
+            )
+        tables.append(
+            (
+                f"Explanations over seeds {doc['config']['seeds']}: mean ± sd",
+                [
+                    "explanation",
+                    "restart cosine (z − x)",
+                    "restart cosine (listener input)",
+                    f"deletion ratio vs brightest, k = {ks}",
+                    f"… ranked by |δ ⊙ x|, k = {ks}",
+                    "share of entries at ±ε",
+                    "listener test accuracy",
+                    "listener, random δ of the same norm",
+                ],
+                rows,
+            )
+        )
+        refs = [
+            [name.replace("deletion_ratios ", "deletion ratio: "), " / ".join(f"{r:.2f}" for r in s[name])]
+            for name in s
+            if name.startswith("deletion_ratios ")
+        ]
+        refs += [
+            ["listener on plain x", _pm(s["listener_plain"], 4)],
+            ["listener on the random-mask control ε·r⊙x", _pm(s["listener_random_mask"], 4)],
+        ]
         tables.append(("References", ["reference", "value"], refs))
     if part in (None, "search") and "search" in doc:
         s = doc["search"]["summary"]
-        rows = [[name, _pm(v["epoch_seconds"], 2), _pm(v["epoch_cpu_seconds"], 2),
-                 "1" if name == "darts" else f"{v['time_ratio_over_darts']:.2f} / {v['cpu_time_ratio_over_darts']:.2f}",
-                 _pm(v["test_accuracy"], 4), _pm(v.get("listener_val_acc"), 4)] for name, v in s.items()]
-        tables.append((f"Search: {doc['config']['epochs']} epochs, retrain {doc['config']['retrain_epochs']} epochs, "
-                       f"seeds {doc['config']['seeds']} (mean ± sd; the first epoch is left out of the times)",
-                       ["strategy", "s / epoch, wall", "s / epoch, CPU", "ratio to DARTS, wall / CPU",
-                        "retrained test accuracy", "listener val accuracy, last epoch"], rows))
-        runs = [[r["strategy"], r["seed"], _num(r["test_accuracy"], 4), _num(r["mean_epoch_cpu_seconds"], 2),
-                 ", ".join(f"{k}={v}" for k, v in r["architecture"].items())] for r in doc["search"]["runs"]]
-        tables.append(("Search: every run", ["strategy", "seed", "test accuracy", "CPU s / epoch", "architecture"],
-                       runs))
+        rows = [
+            [
+                name,
+                _pm(v["epoch_seconds"], 2),
+                _pm(v["epoch_cpu_seconds"], 2),
+                "1" if name == "darts" else f"{v['time_ratio_over_darts']:.2f} / {v['cpu_time_ratio_over_darts']:.2f}",
+                _pm(v["test_accuracy"], 4),
+                _pm(v.get("listener_val_acc"), 4),
+            ]
+            for name, v in s.items()
+        ]
+        tables.append(
+            (
+                (
+                    f"Search: {doc['config']['epochs']} epochs, retrain {doc['config']['retrain_epochs']} epochs, "
+                    f"seeds {doc['config']['seeds']} (mean ± sd; the first epoch is left out of the times)"
+                ),
+                [
+                    "strategy",
+                    "s / epoch, wall",
+                    "s / epoch, CPU",
+                    "ratio to DARTS, wall / CPU",
+                    "retrained test accuracy",
+                    "listener val accuracy, last epoch",
+                ],
+                rows,
+            )
+        )
+        runs = [
+            [
+                r["strategy"],
+                r["seed"],
+                _num(r["test_accuracy"], 4),
+                _num(r["mean_epoch_cpu_seconds"], 2),
+                ", ".join(f"{k}={v}" for k, v in r["architecture"].items()),
+            ]
+            for r in doc["search"]["runs"]
+        ]
+        tables.append(
+            ("Search: every run", ["strategy", "seed", "test accuracy", "CPU s / epoch", "architecture"], runs)
+        )
     return tables
 
 
 def _detector_auc(doc: dict, part: str | None) -> list[Table]:
     results, summary = doc["results"], doc["summary_min_mean"]
     columns = list(dict.fromkeys(c for row in summary.values() for c in row))
-    tables: list[Table] = [(
-        f"Held-out ROC-AUC, minimum / mean over seeds {', '.join(str(r['seed']) for r in results)}",
-        ["attack", *columns],
-        [[attack, *(" / ".join(f"{v:.3f}" for v in row[c]) if c in row else "–" for c in columns)]
-         for attack, row in summary.items()])]
+    tables: list[Table] = [
+        (
+            f"Held-out ROC-AUC, minimum / mean over seeds {', '.join(str(r['seed']) for r in results)}",
+            ["attack", *columns],
+            [
+                [attack, *(" / ".join(f"{v:.3f}" for v in row[c]) if c in row else "–" for c in columns)]
+                for attack, row in summary.items()
+            ],
+        )
+    ]
     per_seed = []
     for r in results:
         for attack, row in r["attacks"].items():
             per_seed.append([r["seed"], attack, row.get("n_pairs"), *(_num(row.get(c)) for c in columns)])
     tables.append(("Per seed (pairs: successful attacks kept)", ["seed", "attack", "pairs", *columns], per_seed))
-    tables.append(("Classifier and run time per seed", ["seed", "clean test accuracy", "seconds"],
-                   [[r["seed"], _num(r.get("test_accuracy")), _num(r.get("seconds"), 1)] for r in results]))
+    tables.append(
+        (
+            "Classifier and run time per seed",
+            ["seed", "clean test accuracy", "seconds"],
+            [[r["seed"], _num(r.get("test_accuracy")), _num(r.get("seconds"), 1)] for r in results],
+        )
+    )
     return tables
 
 
@@ -237,8 +382,11 @@ def _is_scalar(value: Any) -> bool:
 
 
 def _is_record(value: Any) -> bool:
-    return isinstance(value, dict) and bool(value) and all(
-        _is_scalar(v) or (isinstance(v, list) and all(_is_scalar(x) for x in v)) for v in value.values())
+    return (
+        isinstance(value, dict)
+        and bool(value)
+        and all(_is_scalar(v) or (isinstance(v, list) and all(_is_scalar(x) for x in v)) for v in value.values())
+    )
 
 
 def _generic(doc: Any, path: str = "") -> tuple[list[tuple[str, str]], list[Table]]:
@@ -274,8 +422,14 @@ def _generic(doc: Any, path: str = "") -> tuple[list[tuple[str, str]], list[Tabl
 
 
 class BenchmarkResults(SphinxDirective):
+    """The ``benchmark-results`` directive: the tables of one results file (see the module docstring)."""
+
     required_arguments = 1
-    option_spec = {"file": directives.unchanged, "part": directives.unchanged, "command": directives.unchanged}
+    option_spec: ClassVar[dict[str, Callable[[str], Any]]] = {
+        "file": directives.unchanged,
+        "part": directives.unchanged,
+        "command": directives.unchanged,
+    }
 
     def run(self) -> list[nodes.Node]:
         name = self.arguments[0]
@@ -284,8 +438,10 @@ class BenchmarkResults(SphinxDirective):
         self.env.note_dependency(str(path))
         if not path.is_file():
             command = self.options.get("command", f"python tests/benchmarks/{name}.py --json {path.name}")
-            text = (f"No results file yet (``{path.name}`` is not in ``tests/benchmarks/results/``): "
-                    f"``{command}`` writes it.")
+            text = (
+                f"No results file yet (``{path.name}`` is not in ``tests/benchmarks/results/``): "
+                f"``{command}`` writes it."
+            )
             return self._parse([".. note::", "", f"   {text}", ""])
         try:
             doc = json.loads(path.read_text())
@@ -297,8 +453,13 @@ class BenchmarkResults(SphinxDirective):
             try:
                 tables = renderer(doc, self.options.get("part"))
             except (KeyError, TypeError, IndexError) as err:
-                logger.warning("%s: the %s renderer does not fit this file (%r); rendered generically",
-                               path.name, name, err, location=self.get_location())
+                logger.warning(
+                    "%s: the %s renderer does not fit this file (%r); rendered generically",
+                    path.name,
+                    name,
+                    err,
+                    location=self.get_location(),
+                )
                 renderer = None
         if renderer is None:
             fields, tables = _generic(doc)
@@ -320,6 +481,7 @@ class BenchmarkResults(SphinxDirective):
 
 
 def setup(app) -> dict:
+    """Register the configuration value and the directive."""
     app.add_config_value("benchmark_results_dir", "", "env")
     app.add_directive("benchmark-results", BenchmarkResults)
     return {"version": "1.0", "parallel_read_safe": True}

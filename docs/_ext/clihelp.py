@@ -13,6 +13,8 @@ from sphinx.util.docutils import SphinxDirective
 
 
 class CliHelp(SphinxDirective):
+    """The ``cli-help`` directive: ``module:parser_factory`` and an optional subcommand."""
+
     required_arguments = 1
     optional_arguments = 1
 
@@ -32,5 +34,6 @@ class CliHelp(SphinxDirective):
 
 
 def setup(app) -> dict:
+    """Register the directive."""
     app.add_directive("cli-help", CliHelp)
     return {"version": "1.0", "parallel_read_safe": True}
