@@ -457,7 +457,7 @@ class FisherInformationDetector(EvasionDetector):
             If the detector is not fitted.
         """
         self._check_fitted()
-        persistence.save_detector(self, path)
+        persistence.write_state(self._get_state(), path)
 
     @classmethod
     def load(
@@ -471,7 +471,7 @@ class FisherInformationDetector(EvasionDetector):
         """Load a detector written by :meth:`save` and attach it to ``classifier``.
 
         Nothing in the file is executed (``skops.io`` with a trusted-type list); see
-        :func:`art_fisher.detection.persistence.load_detector` for every check.
+        :func:`art_fisher.detection.persistence.read_state` for every check.
 
         Parameters
         ----------
@@ -495,13 +495,67 @@ class FisherInformationDetector(EvasionDetector):
         ------
         ValueError
             If the file is missing, malformed, untrusted or of another format, or fitted for another
-            classifier (see :func:`art_fisher.detection.persistence.load_detector`).
+            classifier (see :func:`art_fisher.detection.persistence.read_state`).
         TypeError
             If ``classifier`` is not an ART ``PyTorchClassifier``.
         """
-        return persistence.load_detector(
-            cls, path, classifier, trusted=trusted, allow_other_model=allow_other_model
+        _features.check_classifier(classifier)
+        state = persistence.read_state(
+            path, classifier, setting_names=cls._setting_names(), trusted=trusted, allow_other_model=allow_other_model
         )
+        try:
+            detector = cls(classifier, estimator=state["estimator"], **state["settings"])
+        except (TypeError, ValueError) as err:
+            raise persistence.invalid_file(path, f"its settings are invalid ({err})") from err
+        try:
+            detector._set_state(state)
+        except ValueError as err:
+            raise ValueError(f"{path} is inconsistent: {err}") from err
+        return detector
+
+    @classmethod
+    def _setting_names(cls) -> list[str]:
+        """The constructor arguments a saved state holds (all but the classifier and the estimator)."""
+        return [k for k in cls.defence_params if k not in ("classifier", "estimator")]
+
+    def _get_state(self) -> dict[str, Any]:
+        """The fitted detector's state, as :func:`art_fisher.detection.persistence.write_state` stores it.
+
+        Keys: ``settings`` (constructor arguments but the classifier and the estimator), ``estimator``,
+        ``estimator_``, ``feature_names``, ``input_shape``, ``nb_classes``, ``model_fingerprint``. The
+        estimators are the detector's own objects (not copies).
+        """
+        self._check_fitted()
+        settings = {key: getattr(self, key) for key in self._setting_names()}
+        settings["metrics"] = list(self._metric_names)
+        return {
+            "settings": settings,
+            "estimator": self.estimator,
+            "estimator_": self.estimator_,
+            "feature_names": list(self.feature_names_),
+            "input_shape": [int(d) for d in self.classifier.input_shape],
+            "nb_classes": int(self.classifier.nb_classes),
+            "model_fingerprint": self.model_fingerprint_,
+        }
+
+    def _set_state(self, state: dict[str, Any]) -> None:
+        """Take back the fitted part of a state from :func:`~art_fisher.detection.persistence.read_state`.
+
+        Sets ``estimator_``, ``feature_names_``, ``model_fingerprint_`` and ``calibration_``; the
+        settings are the constructor's business.
+
+        Raises
+        ------
+        ValueError
+            If the state's feature names are not those of this detector's metrics for its classifier.
+        """
+        blocks = _features.block_names(self.classifier, self._options)
+        if list(state["feature_names"]) != _features.feature_names(self._metric_names, blocks):
+            raise ValueError("its feature names do not match its metrics.")
+        self.estimator_ = state["estimator_"]
+        self.feature_names_ = list(state["feature_names"])
+        self.model_fingerprint_ = state["model_fingerprint"]
+        self.calibration_ = state["calibration"]
 
 
 def _same(a: Any, b: Any) -> bool:
