@@ -13,17 +13,24 @@ direction ``t_k`` comes from the layer's output change along ``v_k``. Along the 
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Iterable
 
+import torch
+from torch import nn
+
+from art_fisher import _checks
 from art_fisher.metrics import directions
+from art_fisher.metrics._setup import check_direction_args, grad_mode, input_for, setup
 from art_fisher.metrics.basis import make_basis
 from art_fisher.metrics.directions import Direction
 from art_fisher.metrics.engine import chunking
 from art_fisher.metrics.engine.grams import directional
 from art_fisher.metrics.engine.network import FunctionalNet
-from art_fisher.metrics.engine.recorder import Plan
+from art_fisher.metrics.engine.recorder import Plan, make_plan
 from art_fisher.metrics.finite_difference import fd_quadratic_form
 from art_fisher.metrics.trace import blocks, top_eigen
+
+__all__ = ["fisher_quadratic_form"]
 
 
 def safe_divide(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
@@ -126,3 +133,101 @@ def by_finite_differences(
         v, shared = directions.directions_of(net, xb, z, cls, direction, normalize)
         out.append(fd_quadratic_form(net, xb, v, cls, shared=shared, blockwise=blockwise, classes=classes, epsilon=epsilon))
     return torch.cat(out)
+
+
+def fisher_quadratic_form(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    direction: Direction = "predicted",
+    y: torch.Tensor | None = None,
+    blockwise: bool = False,
+    normalize: bool = True,
+    classes: str = "all",
+    output: str = "logits",
+    params: Iterable[str] | None = None,
+    method: str = "exact",
+    epsilon: float = 1e-3,
+    batch_size: int | None = None,
+    create_graph: bool = False,
+) -> torch.Tensor:
+    r"""Quadratic form ``vᵀ F(x) v`` of each sample's Fisher matrix along a direction ``v``.
+
+    With ``direction="predicted"`` (default) ``v = ∇θ log p_ŷ`` for the predicted class ``ŷ``;
+    ``"label"`` uses the given ``y``; ``"top_eigenvector"`` uses the top eigenvector of ``F(x)`` (then
+    the normalised form equals :func:`fisher_max_eigenvalue`); a sequence of tensors (one per
+    selected parameter, same shapes) is one fixed direction for every sample. With ``normalize=True``
+    (default) ``v`` is scaled to unit length over all selected parameters together, so the result is
+    the Rayleigh quotient ``vᵀFv / vᵀv``; ``normalize=False`` gives ``‖v‖²`` times that (the authors'
+    package passes the raw gradient). A zero gradient gives 0.
+
+    ``blockwise=False`` (default) is the full form ``vᵀ F v``; ``blockwise=True`` is the layer-wise sum
+    ``Σ_k v_kᵀ F_kk v_k`` over parameter tensors ``k`` that the original code computes (``v`` still
+    normalised over all tensors together). They agree when one tensor is selected.
+
+    Parameters
+    ----------
+    model, x, output, params, batch_size
+        As in :func:`fisher_trace`.
+    direction : {"predicted", "label", "top_eigenvector"} or sequence of Tensor
+        The direction ``v``.
+    y : Tensor of shape (N,), optional
+        Integer labels in ``[0, C)``; required by (and only allowed with) ``direction="label"``.
+    blockwise : bool
+        Layer-wise (block-diagonal) sum instead of the full form.
+    normalize : bool
+        Scale ``v`` to unit length.
+    classes : {"all", "predicted_vs_rest"}
+        ``"predicted_vs_rest"`` first reduces the output to two classes, ``(log p_ŷ, log(1 − p_ŷ))``,
+        with ``ŷ`` the predicted class (or ``y`` for ``direction="label"``), as the authors' package
+        does for the sensitivity; the Fisher matrix is then that of the two-class distribution.
+    method : {"exact", "finite_difference"}
+        ``"finite_difference"`` reproduces the original algorithm: central differences of the outputs
+        at ``θ ± ε v_k`` (per tensor when ``blockwise``, all tensors together otherwise). It is
+        inexact on ReLU / max-pool networks (``ε`` crosses kinks). Not available with
+        ``"top_eigenvector"``.
+    epsilon : float
+        Step of the finite differences.
+    create_graph : bool
+        As in :func:`fisher_trace`: the value as a function of ``x``, with ``v`` (which depends on
+        ``x``) differentiated too; along ``"top_eigenvector"`` defined where the top eigenvalue is
+        simple.
+
+    Returns
+    -------
+    Tensor of shape (N,)
+        On ``x``'s device; detached unless ``create_graph``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`fisher_trace`.
+    """
+    net, n_classes, eps, bs = setup(
+        model, x, output=output, params=params, method=method, epsilon=epsilon, batch_size=batch_size,
+        create_graph=create_graph,
+    )
+    direction, yt = check_direction_args(
+        direction, y, net, x, n_classes, allow_top=True, blockwise=blockwise, normalize=normalize, classes=classes
+    )
+    top = isinstance(direction, str) and direction == "top_eigenvector"
+    if method == "finite_difference" and top:
+        raise ValueError('method="finite_difference" does not support direction="top_eigenvector".')
+    x = input_for(x, create_graph)
+    with grad_mode(create_graph):
+        if method == "finite_difference":
+            values = by_finite_differences(
+                net, x, direction=direction, y=yt, blockwise=blockwise, normalize=normalize, classes=classes,
+                epsilon=eps, batch_size=bs,
+            )
+        elif top:
+            values = along_top_eigenvector(
+                net, make_plan(net, x), x, blockwise=blockwise, classes=classes, batch_size=bs,
+                create_graph=create_graph,
+            )
+        else:
+            values = quadratic_form(
+                net, make_plan(net, x), x, direction=direction, y=yt, blockwise=blockwise, normalize=normalize,
+                classes=classes, batch_size=bs, create_graph=create_graph,
+            )
+    return _checks.check_finite_result(values, "fisher_quadratic_form")
