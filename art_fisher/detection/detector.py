@@ -21,6 +21,7 @@ import sklearn
 from art.defences.detector.evasion import EvasionDetector
 from sklearn.exceptions import NotFittedError
 
+from art_fisher._deprecation import DEPRECATED, renamed
 from art_fisher.detection import features as _features
 from art_fisher.detection import persistence
 from art_fisher.detection.decision import (
@@ -45,6 +46,8 @@ __all__ = [
     "estimator_kind",
 ]
 
+#: Former parameter names -> current ones (accepted with a DeprecationWarning until the next release).
+_RENAMED = {"batch_size": "chunk_size", "epsilon": "fd_step"}
 DETECTOR_FORMAT = persistence.DETECTOR_FORMAT
 DETECTOR_FORMAT_VERSION = persistence.DETECTOR_FORMAT_VERSION
 
@@ -91,14 +94,17 @@ class FisherInformationDetector(EvasionDetector):
     target_fpr : float in (0, 1), default=0.05
         Fraction of clean inputs that ``fit(x)`` without labels calibrates the default estimator to flag
         (unused when fitting with labels or with your own estimator).
-    batch_size : int, default=128
-        Samples per metric computation when ``fit``/``detect`` get no ``batch_size``.
-    output, direction, blockwise, normalize, classes, params, method, epsilon
+    chunk_size : int, default=128
+        Samples per metric computation when ``fit``/``detect`` get no ``batch_size`` (bounds memory;
+        the values do not depend on it).
+    output, direction, blockwise, normalize, classes, params, method, fd_step
         The metric options, one object shared with :class:`~art_fisher.detection.estimators.FisherFeatures`
         (meanings and defaults: :class:`art_fisher.detection.features.MetricOptions`). ``direction`` is
         ``"predicted"`` or ``"top_eigenvector"`` (a detector has no true labels at detection time).
     progress : bool, default=False
         Show a progress bar over batches.
+    batch_size, epsilon
+        Deprecated names of ``chunk_size`` and ``fd_step``; they stop working in the next release.
 
     Attributes
     ----------
@@ -153,7 +159,7 @@ class FisherInformationDetector(EvasionDetector):
     """
 
     defence_params = [
-        "classifier", "metrics", "estimator", "target_fpr", "batch_size",
+        "classifier", "metrics", "estimator", "target_fpr", "chunk_size",
         *(name for name in _features.OPTION_NAMES if name != "metrics"), "progress",
     ]  # fmt: skip
 
@@ -164,7 +170,7 @@ class FisherInformationDetector(EvasionDetector):
         metrics: Sequence[str] = _features.DEFAULT_OPTIONS.metrics,
         estimator: Any = None,
         target_fpr: float = 0.05,
-        batch_size: int = 128,
+        chunk_size: int = 128,
         output: str = _features.DEFAULT_OPTIONS.output,
         direction: str = _features.DEFAULT_OPTIONS.direction,
         blockwise: bool | None = _features.DEFAULT_OPTIONS.blockwise,
@@ -172,15 +178,17 @@ class FisherInformationDetector(EvasionDetector):
         classes: str = _features.DEFAULT_OPTIONS.classes,
         params: Sequence[str] | None = _features.DEFAULT_OPTIONS.params,
         method: str = _features.DEFAULT_OPTIONS.method,
-        epsilon: float = _features.DEFAULT_OPTIONS.epsilon,
+        fd_step: float = _features.DEFAULT_OPTIONS.fd_step,
         progress: bool = False,
+        batch_size: Any = DEPRECATED,
+        epsilon: Any = DEPRECATED,
     ) -> None:
         super().__init__()
         self.classifier = classifier
         self.metrics = metrics
         self.estimator = estimator
         self.target_fpr = target_fpr
-        self.batch_size = batch_size
+        self.chunk_size = renamed("batch_size", batch_size, "chunk_size", chunk_size, default=128)
         self.output = output
         self.direction = direction
         self.blockwise = blockwise
@@ -188,7 +196,7 @@ class FisherInformationDetector(EvasionDetector):
         self.classes = classes
         self.params = params
         self.method = method
-        self.epsilon = epsilon
+        self.fd_step = renamed("epsilon", epsilon, "fd_step", fd_step, default=_features.DEFAULT_OPTIONS.fd_step)
         self.progress = progress
         self._check_params()
 
@@ -196,7 +204,7 @@ class FisherInformationDetector(EvasionDetector):
     def _check_params(self) -> None:
         self._options = _features.options_of(self)
         self._metric_names = self._options.metrics
-        _features.check_batch_size(self.batch_size)
+        _features.check_chunk_size(self.chunk_size)
         if self.estimator is not None:
             estimator_kind(self.estimator)
         if (
@@ -211,8 +219,9 @@ class FisherInformationDetector(EvasionDetector):
     def set_params(self, **kwargs: Any) -> None:
         """Set constructor parameters (names in :attr:`defence_params`) and check them.
 
-        Changing a parameter that alters the features or the decision (anything but ``batch_size`` and
-        ``progress``, and ``target_fpr`` after a fit with labels) discards a previous fit.
+        Changing a parameter that alters the features or the decision (anything but ``chunk_size`` and
+        ``progress``, and ``target_fpr`` after a fit with labels) discards a previous fit. The deprecated
+        names ``batch_size`` and ``epsilon`` set ``chunk_size`` and ``fd_step``, with a DeprecationWarning.
 
         Raises
         ------
@@ -221,6 +230,9 @@ class FisherInformationDetector(EvasionDetector):
         TypeError
             If ``classifier`` or ``estimator`` is of an unusable type (then nothing changes).
         """
+        for old, new in _RENAMED.items():
+            if old in kwargs:
+                kwargs[new] = renamed(old, kwargs.pop(old), new, kwargs.get(new, DEPRECATED), default=DEPRECATED)
         unknown = sorted(set(kwargs) - set(self.defence_params))
         if unknown:
             raise ValueError(f"Unknown parameters {unknown}; valid ones are {self.defence_params}.")
@@ -233,17 +245,18 @@ class FisherInformationDetector(EvasionDetector):
             self._check_params()
             raise
         changed = [key for key, value in kwargs.items() if not _same(old[key], value)]
-        keeps = {"batch_size", "progress"}
+        keeps = {"chunk_size", "progress"}
         if getattr(self, "calibration_", None) == "labels":
             keeps.add("target_fpr")
         if any(key not in keeps for key in changed) and hasattr(self, "estimator_"):
             logger.info("Parameters %s changed: the previous fit is discarded.", changed)
             del self.estimator_, self.feature_names_, self.calibration_, self.model_fingerprint_
 
-    def _batch(self, batch_size: int | None) -> int:
+    def _chunk(self, batch_size: int | None) -> int:
+        """Samples per metric computation: ART's ``batch_size`` argument if given, else ``chunk_size``."""
         if batch_size is None:
-            return self.batch_size
-        return _features.check_batch_size(batch_size)
+            return self.chunk_size
+        return _features.check_chunk_size(batch_size, "batch_size")
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "estimator_"):
@@ -253,17 +266,19 @@ class FisherInformationDetector(EvasionDetector):
             )
 
     # -------------------------------------------------------------------------------------- features
-    def _values(self, x: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
+    def _values(self, x: np.ndarray, chunk_size: int) -> dict[str, np.ndarray]:
         return _features.compute(
             self.classifier,
             x,
             metrics=self._metric_names,
             settings=self._options,
-            batch_size=batch_size,
+            chunk_size=chunk_size,
             progress=self.progress,
         )
 
-    def sensitivity_maps(self, x: np.ndarray, *, batch_size: int | None = None) -> np.ndarray:
+    def sensitivity_maps(
+        self, x: np.ndarray, *, chunk_size: int | None = None, batch_size: Any = DEPRECATED
+    ) -> np.ndarray:
         """Fisher information sensitivity of every input dimension, for plotting.
 
         Uses the detector's metric settings; needs no fit.
@@ -271,8 +286,10 @@ class FisherInformationDetector(EvasionDetector):
         Parameters
         ----------
         x : ndarray of shape (N, *classifier.input_shape)
+        chunk_size : int, optional
+            Samples per computation (default: the detector's ``chunk_size``).
         batch_size : int, optional
-            Samples per computation (default: the detector's ``batch_size``).
+            Deprecated name of ``chunk_size``; it stops working in the next release.
 
         Returns
         -------
@@ -284,15 +301,18 @@ class FisherInformationDetector(EvasionDetector):
         Raises
         ------
         ValueError
-            If ``x`` has the wrong shape or is not finite, or ``batch_size`` is not a positive integer.
+            If ``x`` has the wrong shape or is not finite, or ``chunk_size`` is not a positive integer.
         """
+        chunk_size = renamed("batch_size", batch_size, "chunk_size", chunk_size, default=None)
+        if chunk_size is not None:
+            chunk_size = _features.check_chunk_size(chunk_size)
         x = _features.check_inputs(self.classifier, x)
         values = _features.compute(
             self.classifier,
             x,
             metrics=("sensitivity",),
             settings=self._options,
-            batch_size=self._batch(batch_size),
+            chunk_size=self._chunk(chunk_size),
             reduce_maps=False,
             progress=self.progress,
         )
@@ -320,7 +340,7 @@ class FisherInformationDetector(EvasionDetector):
             then :func:`default_clean_estimator` flags ``target_fpr`` of clean inputs, or an outlier
             detector).
         batch_size : int, optional
-            Samples per metric computation (default: the detector's ``batch_size``).
+            Samples per metric computation, ART's name for the detector's ``chunk_size`` (default: that).
         nb_epochs : int, optional
             ART's argument, accepted and ignored (nothing here trains in epochs).
         **kwargs
@@ -339,13 +359,13 @@ class FisherInformationDetector(EvasionDetector):
             If ``estimator`` cannot serve as a detector's estimator (e.g. a regressor).
         """
         del nb_epochs
-        batch_size = self._batch(batch_size)
+        chunk_size = self._chunk(batch_size)
         x = _features.check_inputs(self.classifier, x)
         names = _features.feature_names(self._metric_names, _features.block_names(self.classifier, self._options))
         estimator, kind = self._new_estimator(labelled=y is not None, n_features=len(names))
         labels = None if y is None else detection_labels(y, len(x))
         fit_kwargs = check_fit_kwargs(estimator, kwargs, len(x))
-        features = _features.feature_matrix(self._values(x, batch_size), self._metric_names)
+        features = _features.feature_matrix(self._values(x, chunk_size), self._metric_names)
         with sklearn.config_context(enable_metadata_routing=routes_metadata(estimator, fit_kwargs)):
             if labels is None:
                 estimator.fit(features, **fit_kwargs)
@@ -374,7 +394,7 @@ class FisherInformationDetector(EvasionDetector):
         x : ndarray of shape (N, *classifier.input_shape)
             Raw inputs.
         batch_size : int, optional
-            Samples per metric computation (default: the detector's ``batch_size``).
+            Samples per metric computation, ART's name for the detector's ``chunk_size`` (default: that).
         **kwargs
             Accepted and ignored, as ART's own detectors do (e.g. ``verbose=False``).
 
@@ -399,9 +419,9 @@ class FisherInformationDetector(EvasionDetector):
         if kwargs:
             logger.debug("detect ignores the keyword arguments %s (accepted as ART's detectors do).", sorted(kwargs))
         self._check_fitted()
-        batch_size = self._batch(batch_size)
+        chunk_size = self._chunk(batch_size)
         x = _features.check_inputs(self.classifier, x)
-        features = _features.feature_matrix(self._values(x, batch_size), self._metric_names)
+        features = _features.feature_matrix(self._values(x, chunk_size), self._metric_names)
         decision, threshold, is_adversarial = decide(self.estimator_, features)
         report = {
             "scores": dict(zip(self.feature_names_, features.T.copy(), strict=True)),

@@ -23,6 +23,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from art_fisher._deprecation import DEPRECATED
 from art_fisher.detection import features as _features
 
 logger = logging.getLogger(__name__)
@@ -326,10 +327,13 @@ class FisherFeatures(TransformerMixin, BaseEstimator):
         fixed feature extractor), so ``GridSearchCV`` does not copy the model.
     metrics : sequence of str, default=("trace", "quadratic_form")
         Metric names (see :class:`~art_fisher.detection.detector.FisherInformationDetector`).
-    output, direction, blockwise, normalize, classes, params, method, epsilon
+    output, direction, blockwise, normalize, classes, params, method, fd_step
         Metric options, as in :class:`~art_fisher.detection.detector.FisherInformationDetector`.
-    batch_size : int, default=128
-        Samples per metric computation.
+    chunk_size : int, default=128
+        Samples per metric computation (bounds memory; the values do not depend on it).
+    batch_size, epsilon
+        Deprecated names of ``chunk_size`` and ``fd_step`` (warned about in ``fit``, ``transform``);
+        they stop working in the next release.
 
     Attributes
     ----------
@@ -357,8 +361,10 @@ class FisherFeatures(TransformerMixin, BaseEstimator):
         classes: str = _features.DEFAULT_OPTIONS.classes,
         params: Sequence[str] | None = _features.DEFAULT_OPTIONS.params,
         method: str = _features.DEFAULT_OPTIONS.method,
-        epsilon: float = _features.DEFAULT_OPTIONS.epsilon,
-        batch_size: int = 128,
+        fd_step: float = _features.DEFAULT_OPTIONS.fd_step,
+        chunk_size: int = 128,
+        batch_size: Any = DEPRECATED,
+        epsilon: Any = DEPRECATED,
     ) -> None:
         self.classifier = classifier
         self.metrics = metrics
@@ -369,8 +375,10 @@ class FisherFeatures(TransformerMixin, BaseEstimator):
         self.classes = classes
         self.params = params
         self.method = method
-        self.epsilon = epsilon
+        self.fd_step = fd_step
+        self.chunk_size = chunk_size
         self.batch_size = batch_size
+        self.epsilon = epsilon
 
     def __sklearn_clone__(self) -> FisherFeatures:
         # Share the (read-only) ART classifier instead of deep-copying its model; the other
@@ -387,7 +395,7 @@ class FisherFeatures(TransformerMixin, BaseEstimator):
 
     def _options(self) -> _features.MetricOptions:
         options = _features.options_of(self)
-        _features.check_batch_size(self.batch_size)
+        _features.chunk_size_of(self, default=128)
         return options
 
     def fit(self, X: Any, y: Any = None) -> FisherFeatures:
@@ -430,7 +438,8 @@ class FisherFeatures(TransformerMixin, BaseEstimator):
         options = self._options()
         X = _features.check_inputs(self.classifier, X, name="X")
         values = _features.compute(
-            self.classifier, X, metrics=options.metrics, settings=options, batch_size=int(self.batch_size)
+            self.classifier, X, metrics=options.metrics, settings=options,
+            chunk_size=_features.chunk_size_of(self, default=128),
         )
         return _features.feature_matrix(values, options.metrics)
 

@@ -67,7 +67,7 @@ _FORMER_MODULES = {
 #: Keys :func:`write_state` adds to the detector's state (the others come from the detector).
 _ADDED_KEYS = ("format", "format_version", "versions")
 #: Settings saved under an earlier name -> the constructor argument that replaced it.
-_RENAMED_SETTINGS: dict[str, str] = {}
+_RENAMED_SETTINGS = {"batch_size": "chunk_size", "epsilon": "fd_step"}
 _KEYS = ("format", "format_version", "versions", "settings", "estimator", "estimator_", "feature_names",
          "input_shape", "nb_classes")  # fmt: skip
 

@@ -66,7 +66,7 @@ class FisherFeatureCache:
                     x[list(todo.values())],
                     metrics=(metric,),
                     settings=settings,
-                    batch_size=batch_size,
+                    chunk_size=batch_size,
                     progress=detector.progress,
                 )[metric]
                 seconds = time.perf_counter() - start
@@ -107,7 +107,7 @@ class FisherRun(DetectorRun):
     def __init__(self, ctx: RunContext, metrics: tuple[str, ...]) -> None:
         self.detector = _cached_detector(
             ctx.shared.setdefault(__name__, FisherFeatureCache()), ctx.classifier, metrics=metrics,
-            target_fpr=ctx.target_fpr, batch_size=ctx.batch_size, progress=ctx.progress,
+            target_fpr=ctx.target_fpr, chunk_size=ctx.batch_size, progress=ctx.progress,
         )  # fmt: skip
 
     def fit(self, x: np.ndarray, y: np.ndarray | None) -> None:

@@ -497,7 +497,7 @@ def _sensitivity_examples(
     from art_fisher.detection.detector import FisherInformationDetector
 
     clean, adv = x_src[te[:n]], outcome.x_adv[te[:n]]
-    maps = FisherInformationDetector(classifier, metrics=("sensitivity",), batch_size=batch_size)
+    maps = FisherInformationDetector(classifier, metrics=("sensitivity",), chunk_size=batch_size)
     return {
         "attack": outcome.name, "clean": clean, "adversarial": adv,
         "clean_map": maps.sensitivity_maps(clean), "adversarial_map": maps.sensitivity_maps(adv),

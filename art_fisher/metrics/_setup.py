@@ -21,8 +21,8 @@ def setup(
     output: str,
     params: Iterable[str] | None,
     method: str = "exact",
-    epsilon: float = 1e-3,
-    batch_size: int | None = None,
+    fd_step: float = 1e-3,
+    chunk_size: int | None = None,
     create_graph: bool = False,
 ) -> tuple[FunctionalNet, int, float, int | None]:
     """Check the arguments every metric takes; the functional model, class count, step and chunk size.
@@ -33,15 +33,15 @@ def setup(
     _checks.check_x(x)
     _checks.check_choice("output", output, _checks.OUTPUTS)
     _checks.check_choice("method", method, _checks.METHODS)
-    eps = _checks.check_epsilon(epsilon)
-    bs = _checks.check_batch_size(batch_size)
+    step = _checks.check_fd_step(fd_step)
+    chunk = _checks.check_chunk_size(chunk_size)
     _checks.check_bool("create_graph", create_graph)
     if create_graph and method != "exact":
         raise ValueError(f"create_graph=True needs method='exact'; got method={method!r}.")
     names = _checks.check_params(model, params)
     _checks.check_model_matches_x(model, names, x)
     n_classes = _checks.probe_output(model, x, output)
-    return FunctionalNet(model, names, output), n_classes, eps, bs
+    return FunctionalNet(model, names, output), n_classes, step, chunk
 
 
 def grad_mode(create_graph: bool) -> AbstractContextManager:

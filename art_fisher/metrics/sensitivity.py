@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,6 +33,7 @@ from torch.autograd.graph import get_gradient_edge
 from torch.func import grad, jacrev, jvp, vjp, vmap
 
 from art_fisher import _checks
+from art_fisher._deprecation import DEPRECATED, renamed
 from art_fisher.metrics import directions
 from art_fisher.metrics._setup import check_direction_args, no_plan, setup
 from art_fisher.metrics.basis import predicted_vs_rest, reducer, reduction_jacobian
@@ -319,16 +321,16 @@ def sensitivity(
     normalize: bool,
     classes: str,
     method: str,
-    epsilon: float,
-    batch_size: int | None,
+    fd_step: float,
+    chunk_size: int | None,
 ) -> torch.Tensor:
     """FIS of all samples (shape of ``x``): the fastest exact path that applies, or finite differences."""
     path = "finite_difference"
     if method == "exact":
         path = "func" if plan.rest else ("first_order" if is_piecewise_linear(plan) else "second_order")
     itemsize = x.element_size()
-    if batch_size:
-        size = batch_size
+    if chunk_size:
+        size = chunk_size
     elif path == "first_order":
         size = chunking.hook_chunk(plan.out_numel, plan.n_classes, itemsize, budget=chunking.FIRST_ORDER_BUDGET)
     elif path == "second_order":
@@ -368,7 +370,7 @@ def sensitivity(
             v, shared = directions.directions_of(net, xb, z, cls, direction, normalize)
             if path == "finite_difference":
                 out.append(fd_sensitivity(net, xb, v, cls, shared=shared, blockwise=blockwise, classes=classes,
-                                          epsilon=epsilon))
+                                          fd_step=fd_step))
                 continue
             if forward_mode:
                 try:
@@ -394,8 +396,10 @@ def fisher_sensitivity(
     output: str = "logits",
     params: Iterable[str] | None = None,
     method: str = "exact",
-    epsilon: float = 1e-3,
-    batch_size: int | None = None,
+    fd_step: float = 1e-3,
+    chunk_size: int | None = None,
+    batch_size: Any = DEPRECATED,
+    epsilon: Any = DEPRECATED,
 ) -> torch.Tensor:
     r"""Fisher information sensitivity (FIS) of every input entry.
 
@@ -419,7 +423,7 @@ def fisher_sensitivity(
 
     Parameters
     ----------
-    model, x, output, params, batch_size
+    model, x, output, params, chunk_size
         As in :func:`fisher_trace`.
     direction : {"predicted", "label"} or sequence of Tensor
         The direction ``v``.
@@ -429,8 +433,11 @@ def fisher_sensitivity(
     method : {"exact", "finite_difference"}
         ``"finite_difference"`` reproduces the original algorithm: input-gradients of ``z_c`` and
         ``p_c`` at ``θ ± ε v_k``, differenced centrally. Far off on ReLU / max-pool networks.
-    epsilon : float
+    fd_step : float
         Step of the finite differences.
+
+    batch_size, epsilon
+        Deprecated names of ``chunk_size`` and ``fd_step``; they stop working in the next release.
 
     Returns
     -------
@@ -446,8 +453,10 @@ def fisher_sensitivity(
         InstanceNorm modules: torch.func's mixed second derivatives through them are wrong in torch
         2.13 (verified against plain autograd).
     """
+    chunk_size = renamed("batch_size", batch_size, "chunk_size", chunk_size, default=None)
+    fd_step = renamed("epsilon", epsilon, "fd_step", fd_step, default=1e-3)
     net, n_classes, eps, bs = setup(
-        model, x, output=output, params=params, method=method, epsilon=epsilon, batch_size=batch_size
+        model, x, output=output, params=params, method=method, fd_step=fd_step, chunk_size=chunk_size
     )
     direction, yt = check_direction_args(
         direction, y, net, x, n_classes, allow_top=False, blockwise=blockwise, normalize=normalize, classes=classes
@@ -458,6 +467,6 @@ def fisher_sensitivity(
         _checks.check_second_order(model)
     values = sensitivity(
         net, plan, x, direction=direction, y=yt, blockwise=blockwise, normalize=normalize, classes=classes,
-        method=method, epsilon=eps, batch_size=bs,
+        method=method, fd_step=eps, chunk_size=bs,
     )
     return _checks.check_finite_result(values, "fisher_sensitivity")

@@ -162,7 +162,7 @@ def test_fisher_features_in_pipeline_and_grid_search(digits_cnn, digits_attacks)
     n = 20
     x = np.concatenate([clean[:n], adv[:n]])
     y = np.r_[np.zeros(n, dtype=int), np.ones(n, dtype=int)]
-    features = FisherFeatures(digits_cnn.classifier, metrics=("trace", "max_eigenvalue"), batch_size=32)
+    features = FisherFeatures(digits_cnn.classifier, metrics=("trace", "max_eigenvalue"), chunk_size=32)
     pipe = Pipeline([("fisher", features), ("scale", StandardScaler()), ("lr", LogisticRegression())])
     search = GridSearchCV(pipe, {"lr__C": [0.1, 10.0]}, cv=2, scoring="roc_auc").fit(x, y)
     assert search.best_estimator_.named_steps["fisher"].classifier is digits_cnn.classifier  # shared, not copied
@@ -175,7 +175,7 @@ def test_fisher_features_in_pipeline_and_grid_search(digits_cnn, digits_attacks)
         x[:5],
         metrics=("trace", "max_eigenvalue"),
         settings=_features.options_of(features),
-        batch_size=5,
+        chunk_size=5,
     )
     np.testing.assert_allclose(
         features.fit_transform(x[:5]), np.column_stack([values["trace"], values["max_eigenvalue"]]), rtol=1e-4
@@ -202,7 +202,7 @@ def test_detector_and_transformer_share_one_options_object(digits_cnn):
         for name in _features.OPTION_NAMES:
             assert signature[name].default == getattr(_features.DEFAULT_OPTIONS, name), (cls, name)
     clf = digits_cnn.classifier
-    for bad, error in (({"classes": "rest"}, ValueError), ({"normalize": 1}, TypeError), ({"epsilon": 0.0}, ValueError)):
+    for bad, error in (({"classes": "rest"}, ValueError), ({"normalize": 1}, TypeError), ({"fd_step": 0.0}, ValueError)):
         messages = []
         for build in (lambda: FisherFeatures(clf, **bad).fit(digits_cnn.x_test[:2]),
                       lambda: FisherInformationDetector(clf, **bad)):  # fmt: skip
@@ -213,3 +213,20 @@ def test_detector_and_transformer_share_one_options_object(digits_cnn):
     options = _features.options_of(FisherFeatures(clf, metrics=["trace"], params=["classifier.3.weight"]))
     assert options.metrics == ("trace",) and options.params == ("classifier.3.weight",)
     assert hash(options) == hash(_features.options_of(FisherInformationDetector(clf, metrics=("trace",), params=("classifier.3.weight",))))
+
+
+def test_fisher_features_deprecated_names_warn_in_fit_and_keep_sklearn_rules(digits_cnn, digits_attacks):
+    from sklearn.base import clone
+
+    x = digits_attacks["deepfool"][0][:6]
+    features = FisherFeatures(digits_cnn.classifier, metrics=("quadratic_form",), method="finite_difference",
+                              batch_size=2, epsilon=1e-2)  # fmt: skip
+    params = features.get_params()
+    assert params["batch_size"] == 2 and params["epsilon"] == 1e-2  # __init__ stores what it gets
+    assert clone(features).get_params()["epsilon"] == 1e-2
+    with pytest.warns(DeprecationWarning, match="epsilon was renamed fd_step"):
+        old = features.fit_transform(x)
+    new = FisherFeatures(digits_cnn.classifier, metrics=("quadratic_form",), method="finite_difference",
+                         chunk_size=2, fd_step=1e-2).fit_transform(x)  # fmt: skip
+    np.testing.assert_array_equal(old, new)
+    assert repr(FisherFeatures(digits_cnn.classifier).get_params()["batch_size"]) == "'deprecated'"
