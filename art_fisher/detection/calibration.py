@@ -40,15 +40,17 @@ import numpy as np
 from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from art_fisher._deprecation import DEPRECATED, RenamedParamsMixin, renamed
+
 __all__ = ["QuantileOutlierDetector"]
 
-_DIRECTIONS = ("higher", "lower", "two-sided", "none")
+_POLARITIES = ("higher", "lower", "two-sided", "none")
 _COMBINE = ("max", "mean")
 #: Normal-consistency factor of the median absolute deviation.
 _MAD_TO_STD = 1.4826
 
 
-class QuantileOutlierDetector(OutlierMixin, BaseEstimator):
+class QuantileOutlierDetector(RenamedParamsMixin, OutlierMixin, BaseEstimator):
     """Flag inputs whose combined, standardised score exceeds the clean data's (1 − target_fpr) quantile.
 
     Fitted on clean data only (``fit(X)``); see the module docstring for the maths. Follows
@@ -60,7 +62,7 @@ class QuantileOutlierDetector(OutlierMixin, BaseEstimator):
     ----------
     target_fpr : float in (0, 1), default=0.05
         Fraction of clean inputs to flag (the false-positive rate aimed at).
-    direction : {"higher", "lower", "two-sided", "none"} or sequence of them, default="higher"
+    polarity : {"higher", "lower", "two-sided", "none"} or sequence of them, default="higher"
         Which values of a column are suspicious; one string for every column, or one per column
         (``"none"``: the column is not used; at least one must be used).
     combine : {"max", "mean"}, default="max"
@@ -68,9 +70,13 @@ class QuantileOutlierDetector(OutlierMixin, BaseEstimator):
     log : bool, default=False
         Standardise :math:`\\log` of the columns (they must then be non-negative; zeros are raised to half
         the smallest positive clean value of their column).
+    direction : optional
+        Deprecated name of ``polarity`` (warned about in ``fit``); it stops working in the next release.
 
     Attributes
     ----------
+    polarity_ : str or list of str
+        The polarity ``fit`` used (``polarity``, or the deprecated ``direction``).
     center_ : ndarray of shape (n_features,)
         Median of each (log-)column on the clean data.
     scale_ : ndarray of shape (n_features,)
@@ -99,32 +105,37 @@ class QuantileOutlierDetector(OutlierMixin, BaseEstimator):
     array([ 1, -1])
     """
 
+    _renamed = {"direction": "polarity"}
+
     def __init__(
         self,
         target_fpr: float = 0.05,
-        direction: str | Sequence[str] = "higher",
+        polarity: str | Sequence[str] = "higher",
         combine: str = "max",
         log: bool = False,
+        direction: Any = DEPRECATED,
     ) -> None:
         self.target_fpr = target_fpr
-        self.direction = direction
+        self.polarity = polarity
         self.combine = combine
         self.log = log
+        self.direction = direction
 
     def _signs(self, n_features: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per-column sign (+1 / -1), whether it is two-sided and whether it is used; checks ``direction``."""
-        given = [self.direction] * n_features if isinstance(self.direction, str) else list(self.direction)
+        """Per-column sign (+1 / -1), whether it is two-sided and whether it is used; checks the polarity."""
+        polarity = getattr(self, "polarity_", self.polarity)
+        given = [polarity] * n_features if isinstance(polarity, str) else list(polarity)
         if len(given) != n_features:
             raise ValueError(
-                f"direction must be one of {_DIRECTIONS} or one per column ({n_features} columns); "
-                f"got {len(given)} entries: {self.direction!r}."
+                f"polarity must be one of {_POLARITIES} or one per column ({n_features} columns); "
+                f"got {len(given)} entries: {polarity!r}."
             )
-        bad = [d for d in given if d not in _DIRECTIONS]
+        bad = [d for d in given if d not in _POLARITIES]
         if bad:
-            raise ValueError(f"direction must be one of {_DIRECTIONS} (per column); got {bad[0]!r}.")
+            raise ValueError(f"polarity must be one of {_POLARITIES} (per column); got {bad[0]!r}.")
         used = np.array([d != "none" for d in given])
         if not used.any():
-            raise ValueError(f"direction must use at least one column; got {self.direction!r}.")
+            raise ValueError(f"polarity must use at least one column; got {polarity!r}.")
         signs = np.array([-1.0 if d == "lower" else 1.0 for d in given])
         return signs, np.array([d == "two-sided" for d in given]), used
 
@@ -168,6 +179,7 @@ class QuantileOutlierDetector(OutlierMixin, BaseEstimator):
         """
         self._check_params()
         X = validate_data(self, X, dtype=np.float64)
+        self.polarity_ = renamed("direction", self.direction, "polarity", self.polarity, default="higher")
         self._signs(X.shape[1])
         if self.log:
             if np.any(X < 0):

@@ -88,7 +88,7 @@ METRICS: dict[str, MetricSpec] = {
 SENSITIVITY_REDUCTIONS = ("l1", "l2", "max", "top_mass")
 
 
-def feature_directions(metrics: Sequence[str], blocks: Sequence[str] = ()) -> list[str]:
+def feature_polarities(metrics: Sequence[str], blocks: Sequence[str] = ()) -> list[str]:
     """Which values of each feature column (:func:`feature_names` order) suggest an adversarial input.
 
     ``"higher"`` for every Fisher magnitude (the scalar metrics, each parameter tensor's trace and the
@@ -97,15 +97,15 @@ def feature_directions(metrics: Sequence[str], blocks: Sequence[str] = ()) -> li
     on digits, its ROC-AUC is above 0.5 for some attacks and below for others), which clean-only
     calibration leaves out. ``blocks``: as in :func:`feature_names`.
     """
-    directions: list[str] = []
+    polarities: list[str] = []
     for name in metrics:
         if METRICS[name].is_map:
-            directions.extend("none" if r == "top_mass" else "higher" for r in SENSITIVITY_REDUCTIONS)
+            polarities.extend("none" if r == "top_mass" else "higher" for r in SENSITIVITY_REDUCTIONS)
         elif METRICS[name].per_block:
-            directions.extend("higher" for _ in _blocks_for(name, blocks))
+            polarities.extend("higher" for _ in _blocks_for(name, blocks))
         else:
-            directions.append("higher")
-    return directions
+            polarities.append("higher")
+    return polarities
 
 
 def _blocks_for(metric: str, blocks: Sequence[str]) -> Sequence[str]:

@@ -96,7 +96,7 @@ def test_adversarial_inputs_have_higher_fisher_trace(attack, attack_features):
         np.r_[f_clean[:, [names.index("trace")]], f_adv[:, [names.index("trace")]]],
         np.r_[np.zeros(len(f_clean)), np.ones(len(f_adv))],
     )
-    assert clf.direction_ == "higher"
+    assert clf.polarity_ == "higher"
 
 
 def test_detector_end_to_end_matches_features_and_estimator(digits_cnn, digits_attacks, attack_features):
@@ -378,11 +378,11 @@ def test_clean_only_combines_metrics_and_accepts_an_outlier_detector(digits_cnn,
     clean = digits_cnn.x_test[:200]
     detector = FisherInformationDetector(clf, metrics=("trace", "quadratic_form", "max_eigenvalue"))
     detector.fit(clean)
-    assert detector.estimator_.direction == ["higher", "higher", "higher"] and detector.estimator_.log
+    assert detector.estimator_.polarity == ["higher", "higher", "higher"] and detector.estimator_.log
     assert detector.estimator_.train_fpr_ <= 0.05
     with_map = FisherInformationDetector(clf, metrics=("trace", "sensitivity"))
     with_map.fit(clean[:40])
-    assert with_map.estimator_.direction == ["higher", "higher", "higher", "higher", "none"]  # top_mass left out
+    assert with_map.estimator_.polarity == ["higher", "higher", "higher", "higher", "none"]  # top_mass left out
     _, adv = digits_attacks["deepfool"]
     report, flagged = detector.detect(adv)
     assert flagged.mean() > 0.5 and np.all(np.isfinite(report["decision_scores"]))

@@ -47,7 +47,7 @@ def test_youden_threshold_is_optimal_and_between_scores():
     assert clf.criterion_ == pytest.approx(np.max(tpr - fpr))
     pred = clf.predict(X)
     assert np.mean(pred[y == 1]) - np.mean(pred[y == 0]) == pytest.approx(clf.criterion_)
-    assert clf.direction_ == "higher"
+    assert clf.polarity_ == "higher"
     assert not np.any(X[:, 0] == clf.threshold_)  # a midpoint, never a training score
 
 
@@ -82,19 +82,19 @@ def test_target_fpr_is_respected_and_tpr_maximal(target):
     assert tpr == pytest.approx(np.max(roc_tpr[roc_fpr <= target]))
 
 
-def test_direction_auto_flips_for_low_scores_and_fixed_direction_is_kept():
+def test_polarity_auto_flips_for_low_scores_and_fixed_polarity_is_kept():
     X, y = _scores(4)
     auto = ThresholdClassifier().fit(-X, y)
-    assert auto.direction_ == "lower"
+    assert auto.polarity_ == "lower"
     assert np.array_equal(auto.predict(-X), ThresholdClassifier().fit(X, y).predict(X))
-    fixed = ThresholdClassifier(direction="higher").fit(-X, y)
-    assert fixed.direction_ == "higher"
-    assert np.mean(fixed.predict(-X) == y) < 0.6  # the wrong direction, as asked
+    fixed = ThresholdClassifier(polarity="higher").fit(-X, y)
+    assert fixed.polarity_ == "higher"
+    assert np.mean(fixed.predict(-X) == y) < 0.6  # the wrong polarity, as asked
 
 
 def test_decision_function_and_proba_agree_with_predict():
     X, y = _scores(5)
-    clf = ThresholdClassifier(direction="lower").fit(-X, y)
+    clf = ThresholdClassifier(polarity="lower").fit(-X, y)
     d = clf.decision_function(-X)
     assert np.array_equal(clf.predict(-X), (d > 0).astype(int))
     np.testing.assert_allclose(d, clf.threshold_ + X[:, 0])
@@ -115,7 +115,7 @@ def test_several_columns_pick_the_informative_one():
     ("params", "match"),
     [
         ({"strategy": "f1"}, "strategy must be one of"),
-        ({"direction": "up"}, "direction must be one of"),
+        ({"polarity": "up"}, "polarity must be one of"),
         ({"strategy": "target_fpr"}, "target_fpr must be a number in"),
         ({"strategy": "target_fpr", "target_fpr": 1.5}, "target_fpr must be a number in"),
         ({"target_fpr": 0.1}, "only used with strategy='target_fpr'"),
@@ -230,3 +230,14 @@ def test_fisher_features_deprecated_names_warn_in_fit_and_keep_sklearn_rules(dig
                          chunk_size=2, fd_step=1e-2).fit_transform(x)  # fmt: skip
     np.testing.assert_array_equal(old, new)
     assert repr(FisherFeatures(digits_cnn.classifier).get_params()["batch_size"]) == "'deprecated'"
+
+
+def test_threshold_classifier_direction_is_a_deprecated_name_of_polarity():
+    X = np.array([[0.1], [0.2], [0.3], [0.9], [1.1], [1.4]])
+    y = [0, 0, 0, 1, 1, 1]
+    with pytest.warns(DeprecationWarning, match="direction was renamed polarity"):
+        old = ThresholdClassifier(direction="lower").fit(X, y)
+    assert old.polarity_ == "lower"
+    with pytest.warns(DeprecationWarning, match="direction_ was renamed polarity_"):
+        assert old.direction_ == "lower"
+    assert clone(ThresholdClassifier(direction="lower")).get_params()["direction"] == "lower"

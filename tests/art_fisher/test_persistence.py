@@ -234,6 +234,31 @@ def _with_former_names(state):
     state["settings"]["epsilon"] = state["settings"].pop("fd_step")
 
 
+def test_files_with_former_estimator_attribute_names_load(digits_cnn, digits_attacks, tmp_path):
+    """A ThresholdClassifier or QuantileOutlierDetector saved by art_fisher 0.1 holds ``direction``(``_``)."""
+    clean, adv = digits_attacks["deepfool"]
+    x, y = _detection_set(clean, adv, np.arange(16))
+    for detector, labels in (
+        (FisherInformationDetector(digits_cnn.classifier, metrics=("trace",)), y),
+        (FisherInformationDetector(digits_cnn.classifier, metrics=("trace", "quadratic_form")), None),
+    ):
+        detector.fit(x if labels is not None else clean[:40], labels)
+        good = tmp_path / "good.skops"
+        detector.save(good)
+
+        def with_direction(state):
+            attributes = vars(state["estimator_"])
+            attributes["direction"] = attributes.pop("polarity")
+            if isinstance(state["estimator_"], ThresholdClassifier):
+                attributes["direction_"] = attributes.pop("polarity_")
+            else:
+                del attributes["polarity_"]
+
+        old = _edited(tmp_path, good, "old.skops", with_direction)
+        loaded = FisherInformationDetector.load(old, detector.classifier)
+        np.testing.assert_array_equal(loaded.detect(x)[0]["decision_scores"], detector.detect(x)[0]["decision_scores"])
+
+
 def test_format_2_files_with_former_setting_names_load(fitted_detector, tmp_path):
     detector, x = fitted_detector
     good = tmp_path / "good.skops"
