@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from art_fisher._deprecation import DEPRECATED, renamed
 from nni_lease.core.settings import LeaseSettings
 
 logger = logging.getLogger(__name__)
@@ -67,16 +68,22 @@ def _check_positive(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be a positive finite number; got {value!r}.")
 
 
-def _check_data(dataset: str, data_root: str | None) -> None:
+def _take_former_data_root(config: Any, data_root: Any) -> None:
+    """Set a config's ``data_dir`` from its deprecated keyword ``data_root`` (with a DeprecationWarning)."""
+    value = renamed("data_root", data_root, "data_dir", config.data_dir, default=None, stacklevel=5)
+    object.__setattr__(config, "data_dir", value)
+
+
+def _check_data(dataset: str, data_dir: str | None) -> None:
     if dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {list(DATASETS)}; got {dataset!r}.")
-    if data_root is not None and not isinstance(data_root, str):
-        raise ValueError(f"data_root must be None or a str path; got {type(data_root).__name__}.")
+    if data_dir is not None and not isinstance(data_dir, str):
+        raise ValueError(f"data_dir must be None or a str path; got {type(data_dir).__name__}.")
     if dataset == "cifar10":
-        if data_root is None:
-            raise ValueError("data_root must name a folder of CIFAR-10 python batches for dataset 'cifar10'.")
-        if not Path(data_root).expanduser().is_dir():
-            raise ValueError(f"data_root {data_root!r} is not a folder (expected CIFAR-10 python batches).")
+        if data_dir is None:
+            raise ValueError("data_dir must name a folder of CIFAR-10 python batches for dataset 'cifar10'.")
+        if not Path(data_dir).expanduser().is_dir():
+            raise ValueError(f"data_dir {data_dir!r} is not a folder (expected CIFAR-10 python batches).")
 
 
 @dataclass(frozen=True)
@@ -87,7 +94,7 @@ class SearchConfig:
     ----------
     dataset : {"digits", "cifar10"}
         Data set (``"digits"``: scikit-learn's embedded 8×8 digits; nothing is downloaded).
-    data_root : str or None
+    data_dir : str or None
         Folder of the CIFAR-10 python batches (needed for ``"cifar10"``).
     seed : int
         Seed of the splits, the space's initialisation and the shuffling.
@@ -107,6 +114,8 @@ class SearchConfig:
         :class:`~nni_lease.spaces.LeaseCellSpace`'s ``width``, ``n_cells``, ``n_nodes``.
     progress : bool
         Show Lightning's progress bar.
+    data_root : str or None
+        Deprecated name of ``data_dir``; it stops working in the next release.
 
     Raises
     ------
@@ -115,7 +124,7 @@ class SearchConfig:
     """
 
     dataset: str = "digits"
-    data_root: str | None = None
+    data_dir: str | None = None
     seed: int = 0
     limit: int | None = None
     epochs: int = 5
@@ -127,9 +136,11 @@ class SearchConfig:
     cells: int = 2
     nodes: int = 2
     progress: bool = False
+    data_root: dataclasses.InitVar[Any] = DEPRECATED
 
-    def __post_init__(self) -> None:
-        _check_data(self.dataset, self.data_root)
+    def __post_init__(self, data_root: Any) -> None:
+        _take_former_data_root(self, data_root)
+        _check_data(self.dataset, self.data_dir)
         _check_int("seed", self.seed, minimum=0)
         for name in ("epochs", "batch_size", "width", "cells", "nodes"):
             _check_int(name, getattr(self, name))
@@ -159,26 +170,30 @@ class RetrainConfig:
         Adam's learning rate.
     seed : int
         Seed of the initialisation and the shuffling.
-    data_root : str or None
+    data_dir : str or None
         CIFAR-10 folder (``None``: the one recorded by the search).
     progress : bool
         Show a progress bar.
+    data_root : str or None
+        Deprecated name of ``data_dir``; it stops working in the next release.
     """
 
     epochs: int = 20
     batch_size: int = 64
     learning_rate: float = 3e-3
     seed: int = 0
-    data_root: str | None = None
+    data_dir: str | None = None
     progress: bool = False
+    data_root: dataclasses.InitVar[Any] = DEPRECATED
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, data_root: Any) -> None:
+        _take_former_data_root(self, data_root)
         _check_int("epochs", self.epochs)
         _check_int("batch_size", self.batch_size)
         _check_int("seed", self.seed, minimum=0)
         _check_positive("learning_rate", self.learning_rate)
-        if self.data_root is not None and not isinstance(self.data_root, str):
-            raise ValueError(f"data_root must be None or a str path; got {type(self.data_root).__name__}.")
+        if self.data_dir is not None and not isinstance(self.data_dir, str):
+            raise ValueError(f"data_dir must be None or a str path; got {type(self.data_dir).__name__}.")
 
 
 @dataclass(frozen=True)
@@ -335,7 +350,7 @@ def _datasets(dataset: str, root: str | None, seed: int, limit: int | None) -> t
 
 def load_splits(config: SearchConfig) -> tuple[Any, Any, Any]:
     """The train / val / test splits of ``config``'s data set (:func:`nni_lease.data.make_dataset`)."""
-    return _datasets(config.dataset, config.data_root, config.seed, config.limit)
+    return _datasets(config.dataset, config.data_dir, config.seed, config.limit)
 
 
 def search_oneshot(
@@ -412,7 +427,7 @@ def search_oneshot(
         "architecture": architecture,
         "mode": "oneshot",
         "dataset": config.dataset,
-        "data_root": config.data_root,
+        "data_dir": config.data_dir,
         "seed": config.seed,
         "space": {"name": "LeaseCellSpace", "kwargs": kwargs},
         "strategy": {"name": "LeaSE", "epochs": config.epochs, "arc_learning_rate": config.arc_learning_rate,
@@ -499,7 +514,7 @@ def retrain_architecture(
             output = Path(architecture).expanduser().with_name(RETRAIN_FILE)
     out = check_output_file(output)
     dataset = record.get("dataset", "digits")
-    root = config.data_root or record.get("data_root")
+    root = config.data_dir or record.get("data_dir", record.get("data_root"))
     _check_data(dataset, root)
     train, val, test = _datasets(dataset, root, int(record.get("seed", 0)), None)
 
