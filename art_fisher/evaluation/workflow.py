@@ -19,9 +19,7 @@ that know the detector) finds every fitted detector in the protocol's ``fitted``
 from __future__ import annotations
 
 import logging
-import os
 import platform
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,6 +32,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from art_fisher._atomic import check_output_dir
 from art_fisher.data.loaders import DATASETS, Dataset, load_dataset
 from art_fisher.evaluation import report as _report
 from art_fisher.evaluation.adaptive_attacks import ADAPTIVE_ATTACKS, adaptive_detectors, run_adaptive
@@ -175,20 +174,6 @@ def _resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def _check_output_dir(output_dir: Path) -> None:
-    """ValueError unless ``output_dir`` is a writable folder or can be created as one; writes nothing."""
-    existing = output_dir
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        where = "is a file" if existing == output_dir else f"lies under the file {existing}"
-        raise ValueError(f"output_dir must be a folder; {output_dir} {where}.")
-    try:  # the only reliable test (root ignores permission bits, file systems may be read-only)
-        os.rmdir(tempfile.mkdtemp(prefix=".art_fisher_probe_", dir=existing))
-    except OSError as exc:
-        raise ValueError(f"output_dir {output_dir} is not writable ({exc.strerror}: {existing}).") from exc
-
-
 def prepare(
     *,
     dataset: str = "digits",
@@ -240,7 +225,7 @@ def prepare(
     if dataset != "digits" and data_dir is None:
         raise ValueError(f"data_dir is required for dataset {dataset!r} (nothing is downloaded); got None.")
     output_dir = Path(output_dir)
-    _check_output_dir(output_dir)
+    check_output_dir(output_dir)
 
     train = load_dataset(dataset, data_dir=data_dir, split="train")
     test = load_dataset(dataset, data_dir=data_dir, split="test")

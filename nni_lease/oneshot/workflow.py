@@ -29,12 +29,12 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from art_fisher._atomic import atomic_write, check_output_dir
 from art_fisher._deprecation import DEPRECATED, renamed
 from nni_lease.core.settings import LeaseSettings
 
@@ -221,27 +221,6 @@ class SearchResult:
     output: Path = Path(".")
 
 
-def check_output_dir(path: str | Path) -> Path:
-    """Check (without creating anything) that ``path`` is or can become a folder; returns it.
-
-    Raises
-    ------
-    ValueError
-        If ``path`` or one of its parents is an existing non-folder.
-    """
-    out = Path(path).expanduser()
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"output {str(out)!r} exists and is not a folder.")
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ValueError(f"output {str(out)!r} cannot be created: {str(parent)!r} is not a folder.")
-            if not os.access(parent, os.W_OK | os.X_OK) and not out.exists():
-                raise ValueError(f"output {str(out)!r} cannot be created: {str(parent)!r} is not writable.")
-            break
-    return out
-
-
 def check_output_file(path: str | Path) -> Path:
     """Check (without creating anything) that a file can be written at ``path``; returns it.
 
@@ -262,15 +241,9 @@ def check_output_file(path: str | Path) -> Path:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file in the same folder, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``text`` to ``path`` atomically (:func:`art_fisher._atomic.atomic_write`)."""
+    with atomic_write(path, text=True) as fh:
+        fh.write(text)
 
 
 def space_kwargs(config: SearchConfig, train: Any) -> dict[str, Any]:
@@ -335,10 +308,9 @@ def _plot_curves(rows: list[dict[str, str]], path: Path, title: str) -> None:
         ax.legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_write(path) as fh:
+        fig.savefig(fh, format="png", dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def _datasets(dataset: str, root: str | None, seed: int, limit: int | None) -> tuple[Any, Any, Any]:
@@ -386,7 +358,7 @@ def search_oneshot(
         raise ValueError(f"config must be a SearchConfig; got {type(config).__name__}.")
     if not isinstance(settings, LeaseSettings):
         raise ValueError(f"settings must be a LeaseSettings; got {type(settings).__name__}.")
-    out = check_output_dir(output)
+    out = check_output_dir(output, "output")
     train, val, _ = load_splits(config)
 
     import torch
