@@ -51,7 +51,7 @@ _MAD_TO_STD = 1.4826
 
 
 class QuantileOutlierDetector(RenamedParamsMixin, OutlierMixin, BaseEstimator):
-    """Flag inputs whose combined, standardised score exceeds the clean data's (1 − target_fpr) quantile.
+    r"""Flag inputs whose combined, standardised score exceeds the clean data's (1 − target_fpr) quantile.
 
     Fitted on clean data only (``fit(X)``); see the module docstring for the maths. Follows
     scikit-learn's outlier-detector conventions: ``predict`` returns -1 for a flagged input (an outlier,
@@ -68,7 +68,7 @@ class QuantileOutlierDetector(RenamedParamsMixin, OutlierMixin, BaseEstimator):
     combine : {"max", "mean"}, default="max"
         How the standardised columns are combined into one score.
     log : bool, default=False
-        Standardise :math:`\\log` of the columns (they must then be non-negative; zeros are raised to half
+        Standardise :math:`\log` of the columns (they must then be non-negative; zeros are raised to half
         the smallest positive clean value of their column).
     direction : optional
         Deprecated name of ``polarity`` (warned about in ``fit``); it stops working in the next release.
@@ -80,7 +80,7 @@ class QuantileOutlierDetector(RenamedParamsMixin, OutlierMixin, BaseEstimator):
     center_ : ndarray of shape (n_features,)
         Median of each (log-)column on the clean data.
     scale_ : ndarray of shape (n_features,)
-        :math:`1.4826 \\times` MAD of each (log-)column (the standard deviation if the MAD is 0, else 1).
+        :math:`1.4826 \times` MAD of each (log-)column (the standard deviation if the MAD is 0, else 1).
     floor_ : ndarray of shape (n_features,)
         Smallest value a column is raised to before the log (``log=True``), else zeros.
     threshold_ : float

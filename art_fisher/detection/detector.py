@@ -53,15 +53,15 @@ DETECTOR_FORMAT_VERSION = persistence.DETECTOR_FORMAT_VERSION
 
 
 class FisherInformationDetector(EvasionDetector):
-    """Detect adversarial inputs from the Fisher information of the classifier's prediction.
+    r"""Detect adversarial inputs from the Fisher information of the classifier's prediction.
 
     For each input :math:`x` the detector computes the chosen metrics of the classifier's predictive
-    distribution :math:`p(c \\mid x; \\theta)`, whose Fisher matrix is
+    distribution :math:`p(c \mid x; \theta)`, whose Fisher matrix is
 
-    .. math:: F(x) = \\sum_c p_c \\, \\nabla_\\theta \\log p_c \\, \\nabla_\\theta \\log p_c^\\top,
+    .. math:: F(x) = \sum_c p_c \, \nabla_\theta \log p_c \, \nabla_\theta \log p_c^\top,
 
-    e.g. its trace :math:`\\operatorname{tr} F(x)` and the quadratic form :math:`\\bar v^\\top F(x) \\bar v`
-    along the normalised gradient :math:`\\bar v` of the predicted class's log-probability (see
+    e.g. its trace :math:`\operatorname{tr} F(x)` and the quadratic form :math:`\bar v^\top F(x) \bar v`
+    along the normalised gradient :math:`\bar v` of the predicted class's log-probability (see
     :mod:`art_fisher.metrics`). A sensitivity map (one value per input dimension) is reduced to the
     features ``l1``, ``l2``, ``max`` and ``top_mass`` (:data:`art_fisher.detection.features.SENSITIVITY_REDUCTIONS`);
     the full maps come from :meth:`sensitivity_maps`. A scikit-learn estimator (``estimator``) then
@@ -81,7 +81,7 @@ class FisherInformationDetector(EvasionDetector):
         The (trained) classifier whose inputs are screened. Never modified; not saved by :meth:`save`.
     metrics : sequence of str, default=("trace", "quadratic_form")
         Metric names: ``"trace"``, ``"quadratic_form"``, ``"sensitivity"``, ``"max_eigenvalue"`` and
-        ``"block_traces"`` (where :mod:`art_fisher.metrics` provides it). One feature column per scalar
+        ``"block_traces"``. One feature column per scalar
         metric, one per selected parameter tensor for ``"block_traces"`` (the trace of its own block of
         :math:`F(x)`), four for ``"sensitivity"``.
     estimator : sklearn classifier or outlier detector, default=None

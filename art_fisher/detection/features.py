@@ -125,13 +125,6 @@ def block_names(classifier: Any, options: MetricOptions) -> tuple[str, ...]:
     return tuple(_checks.check_params(classifier.model, options.params))
 
 
-def available_metrics() -> tuple[str, ...]:
-    """Names in :data:`METRICS` whose function exists in the installed :mod:`art_fisher.metrics`."""
-    from art_fisher import metrics as metrics_module
-
-    return tuple(name for name, spec in METRICS.items() if hasattr(metrics_module, spec.function))
-
-
 def feature_names(metrics: Sequence[str], blocks: Sequence[str] = ()) -> list[str]:
     """Column names of the feature matrix for ``metrics``, in order.
 
@@ -180,7 +173,7 @@ class MetricOptions:
     Parameters
     ----------
     metrics : sequence of str, default=("trace", "quadratic_form")
-        Metric names from :data:`METRICS` (where :mod:`art_fisher.metrics` provides them). One feature
+        Metric names from :data:`METRICS`. One feature
         column per scalar metric, one per selected parameter tensor for ``"block_traces"`` (the trace of
         that tensor's own block of :math:`F(x)`), four for ``"sensitivity"`` (:data:`SENSITIVITY_REDUCTIONS`).
     output : {"logits", "log_probs", "probs"}, default="logits"
@@ -233,7 +226,7 @@ class MetricOptions:
         names = (self.metrics,) if isinstance(self.metrics, str) else self.metrics
         if not isinstance(names, Sequence) or len(names) == 0:
             raise ValueError(f"metrics must be a non-empty sequence of metric names; got {self.metrics!r}.")
-        known = available_metrics()
+        known = tuple(METRICS)
         for name in names:
             if name not in known:
                 raise ValueError(f"metrics must be names from {known}; got {name!r} in {self.metrics!r}.")

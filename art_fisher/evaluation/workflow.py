@@ -469,10 +469,6 @@ def _sensitivity_examples(
     classifier: Any, x_src: np.ndarray, side: np.ndarray, outcomes: Sequence[Any], batch_size: int, n: int = 6
 ) -> dict[str, Any] | None:
     """Clean / adversarial test images of the first usable attack and their Fisher sensitivity maps."""
-    from art_fisher.detection.features import available_metrics
-
-    if "sensitivity" not in available_metrics():
-        return None
     for outcome in outcomes:
         te = np.flatnonzero(~side & outcome.success)
         if len(te) >= 2:

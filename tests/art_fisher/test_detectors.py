@@ -20,7 +20,7 @@ from art_fisher.detection.calibration import QuantileOutlierDetector
 from art_fisher.detection.detector import FisherInformationDetector, default_estimator
 from art_fisher.detection.estimators import FisherFeatures, ThresholdClassifier
 
-SCALAR_METRICS = tuple(m for m in ("trace", "quadratic_form", "max_eigenvalue") if m in _features.METRICS)
+SCALAR_METRICS = ("trace", "quadratic_form", "max_eigenvalue")
 
 
 def _split(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -41,7 +41,7 @@ def attack_features(digits_cnn, digits_attacks):
 
     The clean digits are shared by the attacks, so their features are computed once.
     """
-    metrics = tuple(m for m in SCALAR_METRICS if m in _features.available_metrics())
+    metrics = SCALAR_METRICS
     transformer = FisherFeatures(digits_cnn.classifier, metrics=metrics).fit(digits_cnn.x_test[:2])
     names = list(transformer.get_feature_names_out())
     clean_all = np.concatenate([clean for clean, _ in digits_attacks.values()])
@@ -139,8 +139,6 @@ def test_one_hot_labels_and_threshold_default(digits_cnn, digits_attacks):
 
 
 def test_sensitivity_maps_and_their_features(digits_cnn):
-    if "sensitivity" not in _features.available_metrics():
-        pytest.skip("art_fisher.metrics has no fisher_sensitivity")
     x = digits_cnn.x_test[:6]
     detector = FisherInformationDetector(digits_cnn.classifier, metrics=("sensitivity",))
     maps = detector.sensitivity_maps(x, chunk_size=4)
@@ -173,7 +171,7 @@ def test_classifier_preprocessing_is_applied(digits_cnn):
         model, torch.nn.CrossEntropyLoss(), (1, 8, 8), 10, preprocessing=(mean, std), device_type="cpu"
     )
     x = digits_cnn.x_test[:5]
-    metrics = ("trace", "sensitivity") if "sensitivity" in _features.available_metrics() else ("trace",)
+    metrics = ("trace", "sensitivity")
     settings = _features.options_of(FisherInformationDetector(with_prep))
     a = _features.compute(with_prep, x, metrics=metrics, settings=settings, chunk_size=5, reduce_maps=False)
     b = _features.compute(

@@ -228,7 +228,7 @@ def _corrupt(kind: str, path, data) -> None:
         payload["state_dict"] = SmallCNN(width=4).state_dict()
         payload["digest"] = model_cache._digest(payload["state_dict"])
         torch.save(payload, path)
-    elif kind == "plain_state_dict":  # what earlier versions wrote
+    elif kind == "plain_state_dict":  # a bare state dict, without the cache's metadata
         torch.save(SmallCNN().state_dict(), path)
 
 
