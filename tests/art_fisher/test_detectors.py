@@ -335,20 +335,6 @@ def test_bad_inputs_raise_before_any_metric_is_computed(digits_cnn, metrics_forb
         detector.fit(x, y, batch_size=-1)
 
 
-@pytest.mark.slow
-def test_example_walkthrough_runs():
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[2] / "examples" / "detector_in_art_workflow.py"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "identical decisions" in proc.stdout and "held-out ROC-AUC" in proc.stdout
-
-
 # --------------------------------------------------------------------------- clean-only calibration
 def test_clean_only_fit_flags_the_target_rate_of_clean_inputs(digits_cnn, digits_attacks):
     """fit(x) without labels: the threshold is the clean conformal quantile of the metric (brute force)."""
