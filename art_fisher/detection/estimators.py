@@ -409,10 +409,9 @@ class FisherFeatures(TransformerMixin, BaseEstimator):
         tags.input_tags.three_d_array = True
         return tags
 
-    def _options(self) -> _features.MetricOptions:
-        options = _features.options_of(self)
-        _features.chunk_size_of(self, default=128)
-        return options
+    def _settings(self) -> tuple[_features.MetricOptions, int]:
+        """The checked metric options and chunk size (deprecated names warned about to the caller)."""
+        return _features.options_of(self), _features.chunk_size_of(self, default=128)
 
     def fit(self, X: Any, y: Any = None) -> FisherFeatures:
         """Check the settings and ``X``; learn nothing.
@@ -433,7 +432,7 @@ class FisherFeatures(TransformerMixin, BaseEstimator):
         ValueError
             If a setting is invalid, or ``X`` has the wrong shape or is not finite.
         """
-        options = self._options()
+        options, _chunk_size = self._settings()
         _features.check_inputs(self.classifier, X, name="X")
         self.feature_names_ = _features.feature_names(options.metrics, _features.block_names(self.classifier, options))
         return self
@@ -451,12 +450,9 @@ class FisherFeatures(TransformerMixin, BaseEstimator):
         ndarray of shape (n_samples, n_features)
             float64 metric values, columns as :meth:`get_feature_names_out`.
         """
-        options = self._options()
+        options, chunk_size = self._settings()
         X = _features.check_inputs(self.classifier, X, name="X")
-        values = _features.compute(
-            self.classifier, X, metrics=options.metrics, settings=options,
-            chunk_size=_features.chunk_size_of(self, default=128),
-        )
+        values = _features.compute(self.classifier, X, metrics=options.metrics, settings=options, chunk_size=chunk_size)
         return _features.feature_matrix(values, options.metrics)
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
@@ -466,6 +462,6 @@ class FisherFeatures(TransformerMixin, BaseEstimator):
         -------
         ndarray of str
         """
-        options = self._options()
+        options, _chunk_size = self._settings()
         blocks = _features.block_names(self.classifier, options)
         return np.asarray(_features.feature_names(options.metrics, blocks), dtype=object)

@@ -280,12 +280,13 @@ def options_of(owner: Any) -> MetricOptions:
     """The checked :class:`MetricOptions` held (as attributes of the same names) by a detector or transformer.
 
     An owner that still holds the deprecated ``epsilon`` (set, not :data:`~art_fisher._deprecation.DEPRECATED`)
-    has it taken as ``fd_step``, with a DeprecationWarning.
+    has it taken as ``fd_step``, with a DeprecationWarning attributed to the caller of the owner's method
+    that called this function.
     """
     values = {name: getattr(owner, name) for name in OPTION_NAMES}
     values["fd_step"] = renamed(
         "epsilon", getattr(owner, "epsilon", DEPRECATED), "fd_step", values["fd_step"],
-        default=DEFAULT_OPTIONS.fd_step, stacklevel=4,
+        default=DEFAULT_OPTIONS.fd_step, stacklevel=5,
     )  # fmt: skip
     return MetricOptions(**values).checked(owner.classifier)
 
@@ -294,7 +295,7 @@ def chunk_size_of(owner: Any, default: int) -> int:
     """The checked ``chunk_size`` of a detector or transformer (its deprecated ``batch_size`` if it holds one)."""
     size = renamed(
         "batch_size", getattr(owner, "batch_size", DEPRECATED), "chunk_size", owner.chunk_size, default=default,
-        stacklevel=4,
+        stacklevel=5,
     )  # fmt: skip
     return check_chunk_size(size)
 
