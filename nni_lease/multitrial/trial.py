@@ -198,8 +198,8 @@ def evaluate_lease(
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
     settings = trial_settings(learning_rate=learning_rate, seed=seed, **lease_options)
-    train = make_dataset(dataset, "train", root=data_dir, seed=seed, limit=train_limit)
-    val = make_dataset(dataset, "val", root=data_dir, seed=seed, limit=val_limit)
+    train = make_dataset(dataset, "train", data_dir=data_dir, seed=seed, limit=train_limit)
+    val = make_dataset(dataset, "val", data_dir=data_dir, seed=seed, limit=val_limit)
     dev = torch.device(device)
 
     with torch.random.fork_rng(devices=[]):

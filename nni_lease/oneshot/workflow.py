@@ -146,7 +146,7 @@ def _plot_curves(rows: list[dict[str, str]], path: Path, title: str) -> None:
 def _datasets(dataset: str, root: str | None, seed: int, limit: int | None) -> tuple[Any, Any, Any]:
     from nni_lease.data import make_dataset
 
-    return tuple(make_dataset(dataset, split, root=root, seed=seed, limit=limit)  # type: ignore[return-value]
+    return tuple(make_dataset(dataset, split, data_dir=root, seed=seed, limit=limit)  # type: ignore[return-value]
                  for split in ("train", "val", "test"))
 
 
