@@ -57,6 +57,7 @@ api_modules = [
         [
             "art_fisher",
             "art_fisher.metrics",
+            "art_fisher.metrics.engine.layers",
             "art_fisher.detection",
             "art_fisher.detection.decision",
             "art_fisher.detection.persistence",
@@ -89,13 +90,16 @@ api_modules = [
             "nni_lease.core.step",
             "nni_lease.oneshot",
             "nni_lease.oneshot.strategy",
+            "nni_lease.oneshot.lightning",
             "nni_lease.oneshot.workflow",
+            "nni_lease.oneshot.config",
             "nni_lease.oneshot.retrain",
             "nni_lease.multitrial",
             "nni_lease.multitrial.strategy",
             "nni_lease.multitrial.trial",
             "nni_lease.runtime",
             "nni_lease.runtime.experiment",
+            "nni_lease.runtime.config",
             "nni_lease.runtime.manager",
             "nni_lease.runtime.hpo",
             "nni_lease.data",
@@ -125,9 +129,9 @@ api_submodules = {
         )
     ],
     "nni_lease.core": [f"nni_lease.core.{m}" for m in ("explain", "listener", "settings", "step")],
-    "nni_lease.oneshot": [f"nni_lease.oneshot.{m}" for m in ("strategy", "workflow", "retrain")],
+    "nni_lease.oneshot": [f"nni_lease.oneshot.{m}" for m in ("strategy", "lightning", "workflow", "config", "retrain")],
     "nni_lease.multitrial": [f"nni_lease.multitrial.{m}" for m in ("strategy", "trial")],
-    "nni_lease.runtime": [f"nni_lease.runtime.{m}" for m in ("experiment", "manager", "hpo")],
+    "nni_lease.runtime": [f"nni_lease.runtime.{m}" for m in ("experiment", "config", "manager", "hpo")],
 }
 
 autosummary_generate = True

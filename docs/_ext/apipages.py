@@ -200,6 +200,8 @@ def skip_foreign_member(app: Sphinx, what: str, name: str, obj: object, skip: bo
     return None
 
 
+# "(*param.shape if shared, ...": a star after "(" or ", " before a name that no star closes is unpacking.
+_UNPACK = re.compile(r"(?:(?<=\()|(?<=, ))\*(?=[A-Za-z_][\w.]*(?![\w.*]))")
 _SHAPE = re.compile(r"(shape \(|\()([^()`]*)(\))")
 
 
@@ -225,6 +227,7 @@ def escape_shapes(app: Sphinx, what: str, name: str, obj: object, options, lines
         parts = line.split("``")
         for j in range(0, len(parts), 2):  # outside ``inline literals``
             parts[j] = _SHAPE.sub(_escape_shape, parts[j])
+            parts[j] = _UNPACK.sub(r"\\*", parts[j])
         lines[i] = "``".join(parts)
 
 

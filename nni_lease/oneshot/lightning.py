@@ -10,6 +10,7 @@ data plumbing) and runs, like NNI's DARTS, the architecture step first:
    :math:`L_e^{val} + \gamma L_a^{val}` (``hypergradient="first_order"``: the approximation with the
    current weights; ``"unrolled"``: the whole chain E′(A) → explanation → W′ → :math:`L_a^{val}`; both
    in :mod:`nni_lease.core.step`);
+
 1. explainer weight step on the training batch (the evaluator's own loss and optimiser, exactly as in
    NNI's DARTS);
 2. explanation of the training batch by the updated explainer (:mod:`nni_lease.core.explain`);
