@@ -22,6 +22,7 @@ Where things live
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import logging
 import signal
@@ -312,6 +313,19 @@ def check_experiment_ports(config: Any, port: int, host: str = DEFAULT_HOST) -> 
         check_port_free(port + 1)
 
 
+def _manager_names(config: Any) -> list[str]:
+    """``nniManagerIp`` when it is a host name: remote workers send it as ``Host`` (IP addresses always pass)."""
+    training_service = getattr(config, "training_service", None)
+    manager_ip = getattr(training_service, "nni_manager_ip", None) or getattr(config, "nni_manager_ip", None)
+    if not isinstance(manager_ip, str) or not manager_ip.strip():
+        return []
+    try:
+        ipaddress.ip_address(manager_ip.strip().strip("[]"))
+        return []
+    except ValueError:
+        return [manager_ip.strip()]
+
+
 def _experiment_ports(config: Any, port: int) -> list[int]:
     platform = getattr(config.training_service, "platform", "local")
     return [port, port + 1] if platform in _WEBSOCKET_PLATFORMS else [port]
@@ -374,7 +388,7 @@ def run_experiment(
     guard = BindingGuard(ports, host, stop_exposed)
     interrupted = False
     try:
-        with manager_environment(host):
+        with manager_environment(host, allowed_names=_manager_names(exp.config)):
             guard.start()
             if resume:
                 exp.resume(port=port, wait_completion=True)
