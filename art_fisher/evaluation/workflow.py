@@ -55,6 +55,8 @@ DEFAULT_EPOCHS = {"digits": 30, "mnist": 3, "cifar10": 10}
 #: Upper bounds that catch typos (``--batch-size 1e20``) before any work.
 MAX_BATCH_SIZE = 2**16
 MAX_EPOCHS = 10_000
+#: Seeds: NumPy's legacy seeding and ART take 0 .. 2**32 - 1.
+MAX_SEED = 2**32 - 1
 _N_BACKGROUND = 200
 
 
@@ -225,7 +227,7 @@ def prepare(
         raise ValueError(f"eps must be a number in (0, 1] (pixels are in [0, 1]); got {eps!r}.")
     n_samples = _check_int("n_samples", n_samples, 4)
     batch_size = _check_int("batch_size", batch_size, 1, MAX_BATCH_SIZE)
-    seed = _check_int("seed", seed, 0)
+    seed = _check_int("seed", seed, 0, MAX_SEED)
     epochs = _check_int("epochs", DEFAULT_EPOCHS[dataset] if epochs is None else epochs, 1, MAX_EPOCHS)
     if isinstance(target_fpr, bool) or not isinstance(target_fpr, Real) or not 0 < target_fpr < 1:
         raise ValueError(f"target_fpr must be a number in (0, 1); got {target_fpr!r}.")

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from nni_lease.core.settings import LeaseSettings
+from nni_lease.limits import MAX_BATCH_SIZE, MAX_CELLS, MAX_COUNT, MAX_EPOCHS, MAX_NODES, MAX_SEED, MAX_WIDTH
 
 logger = logging.getLogger(__name__)
 
@@ -52,14 +53,16 @@ CURVES_FILE = "curves.png"
 RETRAIN_FILE = "retrain.json"
 
 DATASETS: tuple[str, ...] = ("digits", "cifar10")
+#: Largest architecture.json read (a record is a few KB).
+MAX_ARCHITECTURE_BYTES = 2**20
 
 
-def _check_int(name: str, value: Any, *, optional: bool = False, minimum: int = 1) -> None:
+def _check_int(name: str, value: Any, *, optional: bool = False, minimum: int = 1, maximum: int = MAX_COUNT) -> None:
     if optional and value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
         what = "None or an int" if optional else "an int"
-        raise ValueError(f"{name} must be {what} >= {minimum}; got {value!r}.")
+        raise ValueError(f"{name} must be {what} >= {minimum} (at most {maximum}); got {value!r:.40}.")
 
 
 def _check_positive(name: str, value: Any) -> None:
@@ -130,9 +133,10 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         _check_data(self.dataset, self.data_root)
-        _check_int("seed", self.seed, minimum=0)
-        for name in ("epochs", "batch_size", "width", "cells", "nodes"):
-            _check_int(name, getattr(self, name))
+        _check_int("seed", self.seed, minimum=0, maximum=MAX_SEED)
+        for name, high in (("epochs", MAX_EPOCHS), ("batch_size", MAX_BATCH_SIZE), ("width", MAX_WIDTH),
+                           ("cells", MAX_CELLS), ("nodes", MAX_NODES)):
+            _check_int(name, getattr(self, name), maximum=high)
         for name in ("limit", "limit_batches"):
             _check_int(name, getattr(self, name), optional=True)
         _check_positive("learning_rate", self.learning_rate)
@@ -173,9 +177,9 @@ class RetrainConfig:
     progress: bool = False
 
     def __post_init__(self) -> None:
-        _check_int("epochs", self.epochs)
-        _check_int("batch_size", self.batch_size)
-        _check_int("seed", self.seed, minimum=0)
+        _check_int("epochs", self.epochs, maximum=MAX_EPOCHS)
+        _check_int("batch_size", self.batch_size, maximum=MAX_BATCH_SIZE)
+        _check_int("seed", self.seed, minimum=0, maximum=MAX_SEED)
         _check_positive("learning_rate", self.learning_rate)
         if self.data_root is not None and not isinstance(self.data_root, str):
             raise ValueError(f"data_root must be None or a str path; got {type(self.data_root).__name__}.")
@@ -221,10 +225,19 @@ def check_output_dir(path: str | Path) -> Path:
         if parent.exists():
             if not parent.is_dir():
                 raise ValueError(f"output {str(out)!r} cannot be created: {str(parent)!r} is not a folder.")
-            if not os.access(parent, os.W_OK | os.X_OK) and not out.exists():
-                raise ValueError(f"output {str(out)!r} cannot be created: {str(parent)!r} is not writable.")
             break
+    _check_writable(out, out if out.exists() else next(p for p in out.parents if p.exists()))
     return out
+
+
+def _check_writable(out: Path, folder: Path) -> None:
+    """ValueError unless a file can be created in ``folder`` (tried: root ignores permission bits, and some
+    file systems such as /sys or a read-only mount refuse anyway); leaves nothing behind."""
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".nni_lease_probe_", dir=folder))
+    except OSError as exc:
+        raise ValueError(f"output {str(out)!r} cannot be written: {str(folder)!r} is not writable "
+                         f"({exc.strerror}).") from None
 
 
 def check_output_file(path: str | Path) -> Path:
@@ -241,8 +254,7 @@ def check_output_file(path: str | Path) -> Path:
     parent = out.parent
     if not parent.is_dir():
         raise ValueError(f"output {str(out)!r} cannot be written: folder {str(parent)!r} does not exist.")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"output {str(out)!r} cannot be written: folder {str(parent)!r} is not writable.")
+    _check_writable(out, parent)
     return out
 
 
@@ -440,10 +452,14 @@ def load_architecture(path: str | Path) -> dict[str, Any]:
     p = Path(path).expanduser()
     if not p.is_file():
         raise ValueError(f"architecture file {str(p)!r} not found.")
+    if p.stat().st_size > MAX_ARCHITECTURE_BYTES:
+        raise ValueError(f"architecture file {str(p)!r} has {p.stat().st_size} bytes; an architecture record has "
+                         f"a few KB (at most {MAX_ARCHITECTURE_BYTES} are read).")
     try:
         record = json.loads(p.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"architecture file {str(p)!r} is not valid JSON: {exc}") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError) as exc:
+        why = "it is nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
+        raise ValueError(f"architecture file {str(p)!r} is not valid JSON: {why}") from None
     _check_record(record, str(p))
     return record
 

@@ -25,7 +25,9 @@ import contextlib
 import ipaddress
 import json
 import logging
+import os
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import requests
 import yaml
 from nni.experiment import Experiment
 from nni.experiment.config import utils as config_utils
@@ -69,7 +72,10 @@ __all__ = [
     "check_port_free",
     "load_training_service",
     "build_config",
+    "ManagerGoneError",
+    "check_experiment_dir",
     "check_experiment_ports",
+    "check_trial_code_directory",
     "run_experiment",
     "run_multitrial",
     "sigterm_as_interrupt",
@@ -79,6 +85,10 @@ __all__ = [
 _WEBSOCKET_PLATFORMS = ("hybrid", "remote", "openpai", "kubeflow", "frameworkcontroller", "adl")
 
 SUMMARY_FILE = "lease_multitrial.json"
+
+
+class ManagerGoneError(RuntimeError):
+    """The NNI manager stopped answering while the experiment ran (it died or was killed)."""
 
 
 @dataclass
@@ -159,10 +169,59 @@ def load_training_service(spec: str | Path | dict | None) -> dict:
         raise ValueError(f"training service config {source!r} must be a mapping with a 'platform' key "
                          f"(or an NNI config with 'trainingService'); got {type(mapping).__name__}.")
     try:
-        config_utils.training_service_config_factory(mapping["platform"])
-    except ValueError as exc:
-        raise ValueError(f"training service config {source!r}: unknown platform {mapping['platform']!r}.") from exc
+        config_class = type(config_utils.training_service_config_factory(mapping["platform"]))
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"training service config {source!r}: unknown platform "
+                         f"{str(mapping['platform'])[:100]!r}.") from exc
+    try:
+        config_class(**mapping)  # NNI's own field check (unknown keys, nested machine lists)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise ValueError(f"training service config {source!r}: {str(exc)[:300]}.") from exc
     return dict(mapping)
+
+
+def check_experiment_dir(experiment_dir: str | Path) -> Path:
+    """The resolved ``experiment_dir``, checked (without creating anything) to be or become a writable folder.
+
+    Raises
+    ------
+    ValueError
+        If it or one of its parents is a file, or the deepest existing folder is not writable.
+    """
+    path = Path(experiment_dir).expanduser().resolve()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is a file" if existing == path else f"lies under the file {existing}"
+        raise ValueError(f"experiment_dir must be a folder; {path} {where}.")
+    try:  # root ignores permission bits and some file systems are read-only: try it
+        os.rmdir(tempfile.mkdtemp(prefix=".nni_lease_probe_", dir=existing))
+    except OSError as exc:
+        raise ValueError(f"experiment_dir {path} is not writable ({exc.strerror}: {existing}).") from exc
+    return path
+
+
+def check_trial_code_directory(config: Any) -> None:
+    """Refuse an empty trial code folder for a training service that copies it to other machines.
+
+    NNI packs ``trialCodeDirectory`` (default: the current folder) with ``tar`` for every platform but
+    ``local``; an empty folder fails inside NNI (``tar: no files or directories specified``) after the
+    manager started.
+
+    Raises
+    ------
+    ValueError
+        If the platform is not ``local`` and the folder is missing or empty.
+    """
+    platform = getattr(config.training_service, "platform", "local")
+    if platform == "local":
+        return
+    folder = Path(str(getattr(config, "trial_code_directory", None) or ".")).expanduser().resolve()
+    if not folder.is_dir() or not any(folder.iterdir()):
+        raise ValueError(f"the {platform!r} training service copies the trial code folder {folder} to its workers, "
+                         "but it is empty or missing; start from the folder that holds your project (the trials "
+                         "import it) or set trialCodeDirectory.")
 
 
 def build_config(
@@ -207,11 +266,12 @@ def build_config(
     if max_duration is not None:
         config.max_experiment_duration = max_duration
     if experiment_dir is not None:
-        config.experiment_working_directory = str(Path(experiment_dir).expanduser().resolve())
+        config.experiment_working_directory = str(check_experiment_dir(experiment_dir))
     try:
         config.canonical_copy()  # runs NNI's validation (it uses assert for some checks)
-    except (AssertionError, ValueError, TypeError) as exc:
-        raise ValueError(f"NNI rejected the experiment config: {exc}") from exc
+    except (AssertionError, ValueError, TypeError, AttributeError) as exc:
+        raise ValueError(f"NNI rejected the experiment config: {str(exc)[:300]}") from exc
+    check_trial_code_directory(config)
     return config
 
 
@@ -326,6 +386,15 @@ def _manager_names(config: Any) -> list[str]:
         return [manager_ip.strip()]
 
 
+def _manager_gone_message(exp: Experiment, port: int) -> str:
+    try:
+        folder = Path(exp.config.canonical_copy().experiment_working_directory) / exp.id
+    except Exception:  # noqa: BLE001 - only for the message
+        folder = Path("~/nni-experiments").expanduser() / exp.id
+    return (f"experiment {exp.id}: the NNI manager on port {port} stopped answering (it died or was killed); "
+            f"see its log {folder / 'log' / 'nnimanager.log'}.")
+
+
 def _experiment_ports(config: Any, port: int) -> list[int]:
     platform = getattr(config.training_service, "platform", "local")
     return [port, port + 1] if platform in _WEBSOCKET_PLATFORMS else [port]
@@ -408,12 +477,15 @@ def run_experiment(
         logger.warning("Interrupted: stopping the experiment.")
     except Exception as exc:
         if exposure:
-            raise RuntimeError(f"{exposure[0]}; the NNI manager was killed.") from exc
+            raise RuntimeError(f"{exposure[0]}; the NNI manager was killed.") from None
+        if isinstance(exc, requests.ConnectionError):
+            raise ManagerGoneError(_manager_gone_message(exp, port)) from None
         raise
     finally:
         guard.stop()
         if exp.port is not None:
-            exp.stop()
+            with contextlib.suppress(requests.ConnectionError):  # a manager that died cannot be asked to stop
+                exp.stop()
         if not wait_port_closed(port):
             logger.error("port %d still answers after the experiment stopped.", port)
     if exposure:
