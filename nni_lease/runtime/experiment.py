@@ -276,20 +276,31 @@ def build_config(
 
 
 class _ResumableChannel(TunerCommandChannel):
-    """NNI's NAS tuner channel, minus a crash on resume.
+    """NNI's NAS tuner channel, minus a crash on resume and a traceback when the manager is gone.
 
     On resume the NNI manager sends the earlier trials' data (``ImportData``, ``AddCustomizedTrialJob``)
     to the tuner. NNI 3.0's NAS channel only parses the commands NAS uses and raises
     ``ValueError('Unknown command type: CommandType.ImportData')`` in its listener thread, which dies:
     the resumed experiment then never gets trial requests, metrics or trial ends. NAS strategies restore
     their own state from the checkpoint, so these two commands are skipped here.
+
+    When the connection to the manager is lost (it died or was killed), the channel's listener thread
+    ends as on a Terminate command instead of dying with a traceback; the launcher reports the lost
+    manager once (:class:`ManagerGoneError`).
     """
 
     _SKIPPED = (CommandType.ImportData, CommandType.AddCustomizedTrialJob)
 
     def _receive(self):  # noqa: D401 - same contract as TunerCommandChannel._receive
+        from websockets.exceptions import WebSocketException
+
         while True:
-            command_type, data = super()._receive()
+            try:
+                command_type, data = super()._receive()
+            except (OSError, WebSocketException) as exc:
+                logger.debug("Lost the connection to the NNI manager (%s: %s); the channel stops.",
+                             type(exc).__name__, exc)
+                return CommandType.Terminate, ""
             if command_type not in self._SKIPPED:
                 return command_type, data
             logger.debug("Skipping %s from the NNI manager (earlier trials; the strategy has its own state).",

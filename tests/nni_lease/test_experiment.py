@@ -476,3 +476,37 @@ def test_resumable_channel_skips_the_resume_data_nni_3_cannot_parse():
     ours = _ResumableChannel("ws://localhost:1/tuner")
     ours._channel = _FakeWire(resume_traffic)
     assert ours.receive() == RequestTrialJobs(2)
+
+
+@pytest.mark.slow
+def test_a_manager_killed_under_the_cli_is_one_error_naming_the_experiment_and_its_log(tmp_path):
+    from nni_lease.runtime.manager import listeners
+
+    port = _free_port()
+    env = {**os.environ, "HOME": str(tmp_path), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    err_path = tmp_path / "stderr.txt"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nni_lease", "search", "--mode", "multi-trial", "--port", str(port), "--experiment-dir",
+         str(tmp_path / "records"), "--max-trials", "20", "--epochs", "1", "--limit", "64", "--limit-batches", "2"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err_path.open("w"), text=True)
+    try:
+        first = proc.stdout.readline()
+        assert "web UI at" in first, first + err_path.read_text()[-3000:]
+        exp_id = first.split()[1].rstrip(":")
+        deadline = time.monotonic() + 120
+        while not (pids := [pid for _, pid in listeners(port) if pid]) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        time.sleep(3)  # the strategy is running
+        os.kill(pids[0], signal.SIGKILL)
+        rc = proc.wait(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = err_path.read_text()
+    errors = [line for line in err.splitlines() if "error" in line.lower()]
+    assert rc == 2, err[-3000:]
+    assert "Traceback" not in err, err[-5000:]
+    assert errors == [f"nni-lease search: error: experiment {exp_id}: the NNI manager on port {port} stopped "
+                      "answering (it died or was killed); see its log "
+                      f"{tmp_path / 'records' / exp_id / 'log' / 'nnimanager.log'}."], err[-3000:]
