@@ -53,7 +53,11 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"art-fisher evaluate: error: {exc}", file=sys.stderr)
         return 2
-    result = evaluation.run(plan)
+    try:
+        result = evaluation.run(plan)
+    except ValueError as exc:  # e.g. a model whose outputs are not finite: refused with its name
+        print(f"art-fisher evaluate: error: {exc}", file=sys.stderr)
+        return 2
     settings = result.settings
     print(
         f"{settings['dataset']} / {settings['arch']}: clean test accuracy {settings['clean_test_accuracy']:.4f}, "

@@ -440,6 +440,7 @@ class FisherInformationDetector(EvasionDetector):
             detection_logit_function(self), input_shape=tuple(self.classifier.input_shape),
             clip_values=self.classifier.clip_values, dtype=parameter.dtype, device=parameter.device,
             name=f"FisherInformationDetector({', '.join(self._metric_names)})",
+            model_fingerprint=getattr(self, "model_fingerprint_", None),
         )  # fmt: skip
 
     # ----------------------------------------------------------------------------------- persistence

@@ -377,7 +377,7 @@ _PAYLOAD = b'{"parameters": {"__symbol__": "path:os.system"}}'
 def test_a_rebinding_host_is_refused_before_nni_sees_it(guarded_server):
     """A page under a name re-resolved to 127.0.0.1 sends its own name as Host, and a matching Origin."""
     port = guarded_server
-    for host in (f"rebind.evil.example:{port}", f"rebind.evil.example", f"localhost.evil.example:{port}",
+    for host in (f"rebind.evil.example:{port}", "rebind.evil.example", f"localhost.evil.example:{port}",
                  f"127.0.0.1:{port + 1}", "", "127.0.0.1:abc"):
         origin = f"http://{host}"
         for method in ("POST", "GET"):
