@@ -89,7 +89,7 @@ def describe(obj: object, limit: int = 60, *, _depth: int = 0) -> str:
         head = repr(obj[:limit])
         return head if len(obj) <= limit else f"{head}... ({len(obj)} in all)"
     if isinstance(obj, np.dtype):
-        return f"dtype with {len(obj.names)} fields" if obj.names is not None else f"dtype({obj.str!r})"
+        return f"dtype with {len(obj.names)} fields" if obj.names is not None else repr(obj)[:100]
     if isinstance(obj, (tuple, list)):
         if _depth >= 2:
             return f"<{type(obj).__name__} of {len(obj)} items>"
