@@ -237,8 +237,9 @@ def _npz_members(archive: zipfile.ZipFile, path: Path, keys: tuple[str, str]) ->
     unexpected = [name for name in names if name not in _NPZ_MEMBERS]
     if unexpected:
         raw = [name for name in unexpected if name + ".npy" in _NPZ_MEMBERS]
-        why = (f"{raw[0][:60]!r} is a raw member without the .npy format (numpy would read it as bytes, or "
-               f"instead of {raw[0][:60]}.npy)" if raw else f"unexpected members {[n[:60] for n in unexpected[:5]]}")
+        why = (f"member {raw[0][:60]!r} has no .npy suffix: numpy would read it instead of {raw[0][:60]}.npy "
+               "(shadowing the array checked here) or as raw bytes" if raw
+               else f"unexpected members {[n[:60] for n in unexpected[:5]]}")
         raise ValueError(f"{path}: expected only {list(_NPZ_MEMBERS)} (Keras mnist.npz layout); {why}.")
     missing = [k for k in keys if f"{k}.npy" not in names]
     if missing:
