@@ -478,6 +478,35 @@ def test_resumable_channel_skips_the_resume_data_nni_3_cannot_parse():
     assert ours.receive() == RequestTrialJobs(2)
 
 
+_REBIND = """
+// A user's own NODE_OPTIONS preload (after nni_lease's) that re-binds every port-only listen to another
+// address; nni_lease's preload keeps an explicit specific host, so the binding guard has to catch it.
+const net = require('net'); const listen = net.Server.prototype.listen;
+net.Server.prototype.listen = function (...args) {
+  if (typeof args[0] === 'number') { return listen.call(this, {port: args[0], host: '127.0.0.2'}, ...args.slice(1).filter(a => typeof a === 'function')); }
+  return listen.apply(this, args);
+};
+"""
+
+
+@pytest.mark.slow
+def test_a_rebound_manager_killed_by_the_guard_is_one_error(tmp_path):
+    port = _free_port()
+    (tmp_path / "rebind.js").write_text(_REBIND)
+    env = {**os.environ, "HOME": str(tmp_path), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+           "NODE_OPTIONS": f"--require {tmp_path / 'rebind.js'}"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "nni_lease", "search", "--mode", "multi-trial", "--port", str(port), "--experiment-dir",
+         str(tmp_path / "records"), "--max-trials", "2", "--epochs", "1", "--limit", "64", "--limit-batches", "2"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-5000:]
+    assert len(errors) == 2 and errors[1].startswith(f"nni-lease search: error: port {port} listens on 127.0.0.2, "
+                                                     "beyond the chosen host 127.0.0.1"), proc.stderr[-3000:]
+    assert errors[1].endswith("the NNI manager was killed.") and not _port_open(port)
+
+
 @pytest.mark.slow
 def test_a_manager_killed_under_the_cli_is_one_error_naming_the_experiment_and_its_log(tmp_path):
     from nni_lease.runtime.manager import listeners
