@@ -130,24 +130,24 @@ def check_model_matches_x(model: nn.Module, names: list[str], x: torch.Tensor) -
             )
 
 
-def check_epsilon(epsilon: object) -> float:
-    """``epsilon`` is a finite float > 0."""
-    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)):
-        raise TypeError(f"epsilon must be a positive float; got {_type_name(epsilon)}.")
-    if not math.isfinite(epsilon) or epsilon <= 0:
-        raise ValueError(f"epsilon must be a finite float > 0; got {epsilon!r}.")
-    return float(epsilon)
+def check_fd_step(fd_step: object) -> float:
+    """``fd_step`` is a finite float > 0."""
+    if isinstance(fd_step, bool) or not isinstance(fd_step, (int, float)):
+        raise TypeError(f"fd_step must be a positive float; got {_type_name(fd_step)}.")
+    if not math.isfinite(fd_step) or fd_step <= 0:
+        raise ValueError(f"fd_step must be a finite float > 0; got {fd_step!r}.")
+    return float(fd_step)
 
 
-def check_batch_size(batch_size: object) -> int | None:
-    """``batch_size`` is None or an int > 0."""
-    if batch_size is None:
+def check_chunk_size(chunk_size: object, name: str = "chunk_size") -> int | None:
+    """``chunk_size`` is None or an int > 0 (``name``: the argument's name in the messages)."""
+    if chunk_size is None:
         return None
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int):
-        raise TypeError(f"batch_size must be None or a positive int; got {_type_name(batch_size)}.")
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be None or a positive int; got {batch_size}.")
-    return batch_size
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
+        raise TypeError(f"{name} must be None or a positive int; got {_type_name(chunk_size)}.")
+    if chunk_size <= 0:
+        raise ValueError(f"{name} must be None or a positive int; got {chunk_size}.")
+    return chunk_size
 
 
 def check_bool(name: str, value: object) -> bool:

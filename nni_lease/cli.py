@@ -91,6 +91,17 @@ def _port(text: str) -> int:
     return value
 
 
+class _FormerSpellings(argparse.Action):
+    """An option whose first flag is its name; the others are former spellings, accepted with a warning."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:  # fmt: skip
+        if option_string is not None and option_string != self.option_strings[0]:
+            print(f"{parser.prog}: warning: {option_string} is deprecated and will stop working in the next release; "
+                  f"use {self.option_strings[0]}.", file=sys.stderr)  # fmt: skip
+        setattr(namespace, self.dest, values)
+
+
 @dataclass(frozen=True)
 class _Option:
     flags: tuple[str, ...]
@@ -109,7 +120,7 @@ SEARCH_OPTIONS: dict[str, list[_Option]] = {
     "data and space": [
         _opt("--dataset", default="digits", modes=_ALL, choices=["digits", "cifar10"],
              help="data set (digits: scikit-learn's embedded 8x8 digits)"),
-        _opt("--data-root", default=None, modes=_ALL,
+        _opt("--data-dir", "--data-root", default=None, modes=_ALL, action=_FormerSpellings,
              help="folder with CIFAR-10 python batches (data_batch_1..5, test_batch); nothing is downloaded"),
         _opt("--seed", default=0, modes=_ALL, type=_seed, help="seed of splits, initialisation, shuffling"),
         _opt("--limit", default=None, modes=_ALL, type=_limited(MAX_COUNT),
@@ -197,7 +208,7 @@ def _lease_settings(args: argparse.Namespace, names: Sequence[str]) -> Any:
 def _search_config(args: argparse.Namespace) -> Any:
     from nni_lease.oneshot.workflow import SearchConfig
 
-    return SearchConfig(dataset=args.dataset, data_root=args.data_root, seed=args.seed, limit=args.limit,
+    return SearchConfig(dataset=args.dataset, data_dir=args.data_dir, seed=args.seed, limit=args.limit,
                         epochs=args.epochs, limit_batches=args.limit_batches, batch_size=args.batch_size,
                         learning_rate=args.learning_rate, arc_learning_rate=args.arc_learning_rate,
                         width=args.width, cells=args.cells, nodes=args.nodes, progress=args.progress)
@@ -252,11 +263,11 @@ def _search_multitrial(args: argparse.Namespace) -> int:
     from nni_lease.spaces import LeaseCellSpace
     from nni_lease.multitrial.trial import TRIAL_LEASE_OPTIONS, lease_evaluator
 
-    config = SearchConfig(dataset=args.dataset, data_root=args.data_root, seed=args.seed, limit=args.limit,
+    config = SearchConfig(dataset=args.dataset, data_dir=args.data_dir, seed=args.seed, limit=args.limit,
                           epochs=args.epochs, limit_batches=args.limit_batches, batch_size=args.batch_size,
                           learning_rate=args.learning_rate, width=args.width, cells=args.cells, nodes=args.nodes)
     lease = {name: getattr(args, name) for name in TRIAL_LEASE_OPTIONS}
-    evaluator = lease_evaluator(dataset=config.dataset, data_root=config.data_root, epochs=config.epochs,
+    evaluator = lease_evaluator(dataset=config.dataset, data_dir=config.data_dir, epochs=config.epochs,
                                 batch_size=config.batch_size, max_batches=config.limit_batches,
                                 train_limit=config.limit, val_limit=config.limit, learning_rate=config.learning_rate,
                                 seed=config.seed, **lease)
@@ -278,7 +289,7 @@ def _search_hpo(args: argparse.Namespace) -> int:
 
     fixed = [n for n in _LEASE_DESTS if n not in TUNED_OPTIONS and n in args.given]
     config = TrialConfig(search=_search_config(args), lease={n: getattr(args, n) for n in fixed},
-                         retrain=RetrainConfig(epochs=args.retrain_epochs, seed=args.seed, data_root=args.data_root))
+                         retrain=RetrainConfig(epochs=args.retrain_epochs, seed=args.seed, data_dir=args.data_dir))
     exp = build_hpo_experiment(max_trials=args.max_trials, concurrency=args.concurrency, config=config,
                                training_service=args.training_service, experiment_dir=args.experiment_dir)
     if args.resume is not None:
@@ -325,7 +336,7 @@ def _retrain(args: argparse.Namespace) -> int:
     from nni_lease.oneshot.workflow import RetrainConfig, retrain_architecture
 
     config = RetrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                           seed=args.seed, data_root=args.data_root, progress=args.progress)
+                           seed=args.seed, data_dir=args.data_dir, progress=args.progress)
     output = Path(args.output) if args.output else None
     summary = retrain_architecture(args.architecture, config=config, output=output)
     written = output or Path(args.architecture).with_name("retrain.json")
@@ -366,7 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     retrain.add_argument("architecture", help="the architecture.json written by `nni-lease search`")
     retrain.add_argument("--output", default=None, help="result JSON (default: retrain.json beside the input)")
-    retrain.add_argument("--data-root", default=None, help="CIFAR-10 folder (default: the one used in the search)")
+    retrain.add_argument("--data-dir", "--data-root", default=None, action=_FormerSpellings,
+                         help="CIFAR-10 folder (default: the one used in the search)")
     retrain.add_argument("--seed", type=_seed, default=0, help="seed of the initialisation and shuffling")
     retrain.add_argument("--epochs", type=_limited(MAX_EPOCHS), default=20)
     retrain.add_argument("--batch-size", type=_limited(MAX_BATCH_SIZE), default=64)

@@ -19,9 +19,7 @@ that know the detector) finds every fitted detector in the protocol's ``fitted``
 from __future__ import annotations
 
 import logging
-import os
 import platform
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,6 +32,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from art_fisher._atomic import check_output_dir
 from art_fisher.data.loaders import DATASETS, Dataset, load_dataset
 from art_fisher.evaluation import report as _report
 from art_fisher.evaluation.adaptive_attacks import ADAPTIVE_ATTACKS, adaptive_detectors, run_adaptive
@@ -178,20 +177,6 @@ def _resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def _check_output_dir(output_dir: Path) -> None:
-    """ValueError unless ``output_dir`` is a writable folder or can be created as one; writes nothing."""
-    existing = output_dir
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        where = "is a file" if existing == output_dir else f"lies under the file {existing}"
-        raise ValueError(f"output_dir must be a folder; {output_dir} {where}.")
-    try:  # the only reliable test (root ignores permission bits, file systems may be read-only)
-        os.rmdir(tempfile.mkdtemp(prefix=".art_fisher_probe_", dir=existing))
-    except OSError as exc:
-        raise ValueError(f"output_dir {output_dir} is not writable ({exc.strerror}: {existing}).") from exc
-
-
 def prepare(
     *,
     dataset: str = "digits",
@@ -243,7 +228,7 @@ def prepare(
     if dataset != "digits" and data_dir is None:
         raise ValueError(f"data_dir is required for dataset {dataset!r} (nothing is downloaded); got None.")
     output_dir = Path(output_dir)
-    _check_output_dir(output_dir)
+    check_output_dir(output_dir)
 
     train = load_dataset(dataset, data_dir=data_dir, split="train")
     test = load_dataset(dataset, data_dir=data_dir, split="test")
@@ -485,10 +470,6 @@ def _sensitivity_examples(
     classifier: Any, x_src: np.ndarray, side: np.ndarray, outcomes: Sequence[Any], batch_size: int, n: int = 6
 ) -> dict[str, Any] | None:
     """Clean / adversarial test images of the first usable attack and their Fisher sensitivity maps."""
-    from art_fisher.detection.features import available_metrics
-
-    if "sensitivity" not in available_metrics():
-        return None
     for outcome in outcomes:
         te = np.flatnonzero(~side & outcome.success)
         if len(te) >= 2:
@@ -498,7 +479,7 @@ def _sensitivity_examples(
     from art_fisher.detection.detector import FisherInformationDetector
 
     clean, adv = x_src[te[:n]], outcome.x_adv[te[:n]]
-    maps = FisherInformationDetector(classifier, metrics=("sensitivity",), batch_size=batch_size)
+    maps = FisherInformationDetector(classifier, metrics=("sensitivity",), chunk_size=batch_size)
     return {
         "attack": outcome.name, "clean": clean, "adversarial": adv,
         "clean_map": maps.sensitivity_maps(clean), "adversarial_map": maps.sensitivity_maps(adv),

@@ -236,7 +236,7 @@ def build_hpo_experiment(
     from nni.experiment import Experiment, ExperimentConfig
     from nni.experiment.config import AlgorithmConfig
 
-    from nni_lease.runtime.experiment import check_experiment_dir, check_trial_code_directory, load_training_service
+    from nni_lease.runtime.config import check_experiment_dir, check_trial_code_directory, load_training_service
 
     for name, value in [("max_trials", max_trials), ("concurrency", concurrency)]:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -36,7 +36,7 @@ def fitted_detector(digits_cnn, digits_attacks):
 def test_save_load_round_trip_gives_identical_decisions(digits_cnn, digits_attacks, tmp_path, estimator):
     clean, adv = digits_attacks["deepfool"]
     x, y = _detection_set(clean, adv, np.arange(16))
-    detector = FisherInformationDetector(digits_cnn.classifier, estimator=estimator, batch_size=16)
+    detector = FisherInformationDetector(digits_cnn.classifier, estimator=estimator, chunk_size=16)
     detector.fit(x, y)
     path = tmp_path / "detector.skops"
     detector.save(path)
@@ -176,7 +176,7 @@ def _edited(tmp_path, good, name, edit):
         (lambda s: s.pop("feature_names"), r"keys \['feature_names'\] are missing"),
         (lambda s: s.pop("model_fingerprint"), r"keys \['model_fingerprint'\] are missing"),
         (lambda s: s["settings"].__setitem__("treshold", 1), "unknown keys"),
-        (lambda s: s["settings"].__setitem__("batch_size", -3), "settings are invalid"),
+        (lambda s: s["settings"].__setitem__("chunk_size", -3), "settings are invalid"),
         (lambda s: s.__setitem__("settings", [1, 2]), "'settings' must be a dict"),
         (lambda s: s.__setitem__("input_shape", "1x8x8"), "'input_shape' must be a list"),
         (lambda s: s.__setitem__("feature_names", ["trace"]), "feature names do not match"),
@@ -218,12 +218,56 @@ def test_format_1_files_need_allow_other_model(fitted_detector, tmp_path):
     def as_version_1(state):
         state["format_version"] = 1
         del state["model_fingerprint"], state["settings"]["target_fpr"]
+        _with_former_names(state)
 
     old = _edited(tmp_path, good, "v1.skops", as_version_1)
     with pytest.raises(ValueError, match="older art_fisher .format 1."):
         FisherInformationDetector.load(old, detector.classifier)
     with pytest.warns(UserWarning, match="format 1"):
         loaded = FisherInformationDetector.load(old, detector.classifier, allow_other_model=True)
+    np.testing.assert_array_equal(loaded.detect(x)[1], detector.detect(x)[1])
+
+
+def _with_former_names(state):
+    """The settings as art_fisher 0.1 named them."""
+    state["settings"]["batch_size"] = state["settings"].pop("chunk_size")
+    state["settings"]["epsilon"] = state["settings"].pop("fd_step")
+
+
+def test_files_with_former_estimator_attribute_names_load(digits_cnn, digits_attacks, tmp_path):
+    """A ThresholdClassifier or QuantileOutlierDetector saved by art_fisher 0.1 holds ``direction``(``_``)."""
+    clean, adv = digits_attacks["deepfool"]
+    x, y = _detection_set(clean, adv, np.arange(16))
+    for detector, labels in (
+        (FisherInformationDetector(digits_cnn.classifier, metrics=("trace",)), y),
+        (FisherInformationDetector(digits_cnn.classifier, metrics=("trace", "quadratic_form")), None),
+    ):
+        detector.fit(x if labels is not None else clean[:40], labels)
+        good = tmp_path / "good.skops"
+        detector.save(good)
+
+        def with_direction(state):
+            attributes = vars(state["estimator_"])
+            attributes["direction"] = attributes.pop("polarity")
+            if isinstance(state["estimator_"], ThresholdClassifier):
+                attributes["direction_"] = attributes.pop("polarity_")
+            else:
+                del attributes["polarity_"]
+
+        old = _edited(tmp_path, good, "old.skops", with_direction)
+        loaded = FisherInformationDetector.load(old, detector.classifier)
+        np.testing.assert_array_equal(loaded.detect(x)[0]["decision_scores"], detector.detect(x)[0]["decision_scores"])
+
+
+def test_format_2_files_with_former_setting_names_load(fitted_detector, tmp_path):
+    detector, x = fitted_detector
+    good = tmp_path / "good.skops"
+    detector.set_params(chunk_size=9)
+    detector.save(good)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = FisherInformationDetector.load(_edited(tmp_path, good, "old.skops", _with_former_names), detector.classifier)
+    assert loaded.chunk_size == 9 and loaded.fd_step == detector.fd_step
     np.testing.assert_array_equal(loaded.detect(x)[1], detector.detect(x)[1])
 
 

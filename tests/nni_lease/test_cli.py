@@ -72,8 +72,8 @@ def nni_home(tmp_path, monkeypatch):
     (["--limit", "0"], "--limit: must be a positive integer"),
     (["--pgd-random-start", "2"], "--pgd-random-start: must be a number in [0, 1]"),
     (["--hypergradient", "second_order"], "invalid choice"),
-    (["--dataset", "cifar10"], "data_root must name a folder"),
-    (["--dataset", "cifar10", "--data-root", "/nonexistent/cifar"], "is not a folder"),
+    (["--dataset", "cifar10"], "data_dir must name a folder"),
+    (["--dataset", "cifar10", "--data-dir", "/nonexistent/cifar"], "is not a folder"),
     (["--max-trials", "3"], "--max-trials is not used by --mode oneshot"),
     (["--retrain-epochs", "3"], "--retrain-epochs is not used by --mode oneshot"),
 ])
@@ -82,6 +82,16 @@ def test_oneshot_argument_errors_leave_nothing_behind(args, message, tmp_path, c
     assert _exit_code(["search", "--output", str(out), *args]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_data_root_is_a_deprecated_spelling_of_data_dir(tmp_path, capsys):
+    out = tmp_path / "search"
+    assert _exit_code(["search", "--output", str(out), "--dataset", "cifar10", "--data-root", "/nonexistent/c"]) == 2
+    err = capsys.readouterr().err
+    assert "--data-root is deprecated" in err and "use --data-dir" in err
+    assert "data_dir '/nonexistent/c' is not a folder" in err  # the value reached data_dir
+    assert main(["retrain", str(tmp_path / "nope.json"), "--data-root", str(tmp_path)]) == 2
+    assert "--data-root is deprecated" in capsys.readouterr().err
 
 
 def test_output_at_an_existing_file_is_refused(tmp_path, capsys):
