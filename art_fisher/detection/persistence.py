@@ -446,10 +446,6 @@ def read_state(
         raise invalid_file(path, f"'estimator_' is not a fitted estimator ({err})") from err
     if kind == "classifier" and len(getattr(fitted, "classes_", ())) != 2:
         raise invalid_file(path, "'estimator_' is not a binary classifier")
-    n_fitted = getattr(fitted, "n_features_in_", None)
-    if n_fitted is not None and n_fitted != len(state["feature_names"]):
-        raise invalid_file(path, f"'estimator_' was fitted on {n_fitted} features; the detector computes "
-                                 f"{len(state['feature_names'])}")
     return {
         **state,
         "settings": settings,

@@ -404,5 +404,5 @@ def test_lying_fields_are_refused_at_load(digits_cnn, fitted_detector, tmp_path)
     rng = np.random.default_rng(0)
     other = LogisticRegression().fit(rng.normal(size=(20, 5)), np.r_[np.zeros(10), np.ones(10)])
     sio.dump(dict(state, estimator_=other), tmp_path / "five.skops")
-    with pytest.raises(ValueError, match="'estimator_' was fitted on 5 features; the detector computes"):
+    with pytest.raises(ValueError, match="is inconsistent: its 'estimator_' was fitted on 5 features; the detector computes"):
         FisherInformationDetector.load(tmp_path / "five.skops", digits_cnn.classifier)

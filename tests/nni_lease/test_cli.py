@@ -161,7 +161,7 @@ def _one_error_line(err: str, message: str) -> None:
     (["search", "--width", "100000000"], "--width: must be a positive integer (at most 4096)"),
     (["search", "--batch-size", "100000000000000000000"], "--batch-size: must be a positive integer (at most 65536)"),
     (["search", "--limit-batches", "100000000000000000000"], "--limit-batches: must be a positive integer"),
-    (["search", "--output", "/sys/kernel/nope"], "'/sys/kernel' is not writable"),
+    (["search", "--output", "/sys/kernel/nope"], "output '/sys/kernel/nope' is not writable"),
     (["search", "--mode", "multi-trial", "--seed", "18446744073709551615"], "--seed: must be an integer"),
     (["search", "--mode", "hpo", "--width", "100000000"], "--width: must be a positive integer"),
 ])
@@ -185,8 +185,8 @@ def test_nni_settings_that_nni_would_crash_on_exit_2_before_it_starts(mode, tmp_
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     assert _exit_code(["search", "--mode", mode, "--experiment-dir", str(blocker / "records")]) == 2
-    _one_error_line(capsys.readouterr().err, f"experiment_dir must be a folder; {blocker / 'records'} lies under "
-                                             f"the file {blocker}")
+    _one_error_line(capsys.readouterr().err, f"experiment_dir '{blocker / 'records'}' cannot be created: it lies "
+                                             f"under the file '{blocker}'")
     empty = tmp_path / "empty"
     empty.mkdir()
     remote = tmp_path / "remote.yml"
