@@ -351,6 +351,7 @@ class FisherInformationDetector(DetectorParameters):
             detection_logit_function(self), input_shape=tuple(self.classifier.input_shape),
             clip_values=self.classifier.clip_values, dtype=parameter.dtype, device=parameter.device,
             name=f"FisherInformationDetector({', '.join(self._metric_names)})",
+            model_fingerprint=getattr(self, "model_fingerprint_", None),
         )  # fmt: skip
 
     # ----------------------------------------------------------------------------------- persistence
@@ -458,11 +459,16 @@ class FisherInformationDetector(DetectorParameters):
         Raises
         ------
         ValueError
-            If the state's feature names are not those of this detector's metrics for its classifier.
+            If the state's feature names are not those of this detector's metrics for its classifier, or its
+            ``estimator_`` was fitted on another number of features.
         """
         blocks = _features.block_names(self.classifier, self._options)
         if list(state["feature_names"]) != _features.feature_names(self._metric_names, blocks):
             raise ValueError("its feature names do not match its metrics.")
+        n_fitted = getattr(state["estimator_"], "n_features_in_", None)
+        if n_fitted is not None and n_fitted != len(state["feature_names"]):
+            raise ValueError(f"its 'estimator_' was fitted on {n_fitted} features; the detector computes "
+                             f"{len(state['feature_names'])}.")
         self.estimator_ = state["estimator_"]
         self.feature_names_ = list(state["feature_names"])
         self.model_fingerprint_ = state["model_fingerprint"]

@@ -24,6 +24,7 @@ import hashlib
 import logging
 import warnings
 import zipfile
+import zlib
 from collections.abc import Iterator, Sequence
 from numbers import Integral, Real
 from pathlib import Path
@@ -216,6 +217,72 @@ def _former_modules() -> Iterator[None]:
             sys.modules.pop(old, None)
 
 
+#: Largest detector file, largest ``schema.json`` and most bytes skops may read from the archive's members
+#: (each member counted once per node that reads it). A saved detector is a few KB to a few MB.
+MAX_DETECTOR_FILE_BYTES = 64 * 2**20
+MAX_SCHEMA_BYTES = 8 * 2**20
+MAX_MEMBER_READ_BYTES = 64 * 2**20
+_MAX_MEMBERS = 10_000
+
+
+def _member_references(schema: Any) -> list[str]:
+    """Every ``"file"`` a skops schema points at, once per node (iteratively: no recursion limit)."""
+    found, todo = [], [schema]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, dict):
+            if isinstance(node.get("file"), str):
+                found.append(node["file"])
+            todo.extend(node.values())
+        elif isinstance(node, list):
+            todo.extend(node)
+    return found
+
+
+def _check_archive(path: Path) -> None:
+    """Bound what skops will read before it reads anything: file size, members' declared and inflated sizes,
+    and the bytes its schema's nodes would read (one member can be named by many nodes)."""
+    import json
+
+    size = path.stat().st_size
+    if size > MAX_DETECTOR_FILE_BYTES:
+        raise invalid_file(path, f"{size} bytes, over the {MAX_DETECTOR_FILE_BYTES}-byte limit for a detector file")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+            names = [info.filename for info in infos]
+            if len(infos) > _MAX_MEMBERS or len(set(names)) != len(names):
+                raise invalid_file(path, f"{len(infos)} archive members, some named twice or over {_MAX_MEMBERS}")
+            declared = {info.filename: info.file_size for info in infos}
+            if declared.get("schema.json", MAX_SCHEMA_BYTES + 1) > MAX_SCHEMA_BYTES:
+                raise invalid_file(path, f"no schema.json of at most {MAX_SCHEMA_BYTES} bytes")
+            schema = json.loads(archive.read("schema.json"))
+            read = 0
+            for name in _member_references(schema):
+                if name not in declared:
+                    raise invalid_file(path, f"its schema names a member {name[:60]!r} that the archive lacks")
+                read += declared[name]
+            if read > MAX_MEMBER_READ_BYTES:
+                raise invalid_file(path, f"its schema's nodes would read {read} bytes from the archive's members, over "
+                                    f"the {MAX_MEMBER_READ_BYTES}-byte limit")
+            for info in infos:  # inflate each member once, in chunks: its declared size and CRC must hold
+                inflated = 0
+                with archive.open(info) as member:
+                    while chunk := member.read(2**20):
+                        inflated += len(chunk)
+                if inflated != info.file_size:
+                    raise invalid_file(path, f"member {info.filename[:60]!r} inflates to {inflated} bytes, not the "
+                                        f"{info.file_size} it declares")
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError, RuntimeError,
+            UnicodeDecodeError, RecursionError) as err:
+        raise ValueError(f"{path} is not a saved FisherInformationDetector (not a readable skops file: "
+                         f"{type(err).__name__}: {str(err)[:200]}).") from err
+    except ValueError as err:
+        if str(err).startswith(str(path)):
+            raise
+        raise invalid_file(path, f"its schema.json is not JSON ({str(err)[:200]})") from err
+
+
 def _read_state(path: Path, trusted: Sequence[str]) -> dict[str, Any]:
     import skops.io as sio
 
@@ -223,6 +290,7 @@ def _read_state(path: Path, trusted: Sequence[str]) -> dict[str, Any]:
         raise ValueError(f"{path} does not exist.")
     if not path.is_file():
         raise ValueError(f"{path} is not a file (a saved detector is one .skops file).")
+    _check_archive(path)
     try:
         untrusted = sio.get_untrusted_types(file=path)
     except (zipfile.BadZipFile, KeyError, ValueError, TypeError, OSError, RecursionError) as err:
@@ -257,7 +325,7 @@ def _read_state(path: Path, trusted: Sequence[str]) -> dict[str, Any]:
 def _check_state(path: Path, state: dict[str, Any], setting_names: Sequence[str]) -> None:
     """Every key present with the right type; ValueError naming the first problem."""
     version = state.get("format_version")
-    if version not in _READABLE_VERSIONS:
+    if isinstance(version, bool) or not isinstance(version, Integral) or version not in _READABLE_VERSIONS:
         raise ValueError(
             f"{path} has detector format version {version!r}; this art_fisher reads versions "
             f"{list(_READABLE_VERSIONS)}."

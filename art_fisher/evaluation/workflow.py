@@ -36,9 +36,10 @@ from art_fisher._atomic import check_output_dir
 from art_fisher.data.loaders import DATASETS, Dataset, load_dataset
 from art_fisher.evaluation import report as _report
 from art_fisher.evaluation.adaptive_attacks import ADAPTIVE_ATTACKS, adaptive_detectors, run_adaptive
-from art_fisher.evaluation.attacks import ATTACKS, DEFAULT_ATTACKS, DEFAULT_EPS, predict_labels, run_attack
+from art_fisher.evaluation.attacks import ATTACKS, DEFAULT_ATTACKS, DEFAULT_EPS, run_attack
 from art_fisher.evaluation.base import RunContext, seed_everything
-from art_fisher.evaluation.model_cache import ModelSource, cached_model, load_state_dict_file
+from art_fisher.evaluation.classifier import attacked_classifier
+from art_fisher.evaluation.model_cache import ModelSource, cached_model, check_finite_scores, load_state_dict_file
 from art_fisher.evaluation.protocol import score_detectors, split_sources
 from art_fisher.evaluation.registry import DEFAULT_DETECTORS, DETECTORS
 from art_fisher.models import ARCHITECTURES
@@ -54,6 +55,8 @@ DEFAULT_EPOCHS = {"digits": 30, "mnist": 3, "cifar10": 10}
 #: Upper bounds that catch typos (``--batch-size 1e20``) before any work.
 MAX_BATCH_SIZE = 2**16
 MAX_EPOCHS = 10_000
+#: Seeds: NumPy's legacy seeding and ART take 0 .. 2**32 - 1.
+MAX_SEED = 2**32 - 1
 _N_BACKGROUND = 200
 
 
@@ -210,7 +213,7 @@ def prepare(
         raise ValueError(f"eps must be a number in (0, 1] (pixels are in [0, 1]); got {eps!r}.")
     n_samples = _check_int("n_samples", n_samples, 4)
     batch_size = _check_int("batch_size", batch_size, 1, MAX_BATCH_SIZE)
-    seed = _check_int("seed", seed, 0)
+    seed = _check_int("seed", seed, 0, MAX_SEED)
     epochs = _check_int("epochs", DEFAULT_EPOCHS[dataset] if epochs is None else epochs, 1, MAX_EPOCHS)
     if isinstance(target_fpr, bool) or not isinstance(target_fpr, Real) or not 0 < target_fpr < 1:
         raise ValueError(f"target_fpr must be a number in (0, 1); got {target_fpr!r}.")
@@ -276,13 +279,11 @@ def run(plan: EvaluationPlan) -> EvaluationResult:
             progress=p.progress,
         )  # fmt: skip
     timings["training"] = source.seconds
-    from art.estimators.classification import PyTorchClassifier
-
-    classifier = PyTorchClassifier(
-        source.model, loss=nn.CrossEntropyLoss(), input_shape=p.train.input_shape, nb_classes=p.train.n_classes,
-        clip_values=(0.0, 1.0), device_type="gpu" if p.device.type == "cuda" else "cpu",
-    )  # fmt: skip
-    pred_test = predict_labels(classifier, p.test.x, p.batch_size)
+    classifier = attacked_classifier(source.model, input_shape=p.train.input_shape, nb_classes=p.train.n_classes,
+                                     device=p.device)
+    scores_test = classifier.predict(p.test.x, batch_size=p.batch_size)
+    check_finite_scores(scores_test, f"model {source.path} ({source.status})", "clean test images")
+    pred_test = np.argmax(scores_test, axis=1)
     clean_accuracy = float(np.mean(pred_test == p.test.y))
     logger.info("clean test accuracy %.4f", clean_accuracy)
 

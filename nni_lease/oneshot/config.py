@@ -9,18 +9,19 @@ from pathlib import Path
 from typing import Any
 
 from art_fisher._deprecation import DEPRECATED, renamed
+from nni_lease.limits import MAX_BATCH_SIZE, MAX_CELLS, MAX_COUNT, MAX_EPOCHS, MAX_NODES, MAX_SEED, MAX_WIDTH
 
 __all__ = ["DATASETS", "RetrainConfig", "SearchConfig", "SearchResult", "check_data"]
 
 DATASETS: tuple[str, ...] = ("digits", "cifar10")
 
 
-def _check_int(name: str, value: Any, *, optional: bool = False, minimum: int = 1) -> None:
+def _check_int(name: str, value: Any, *, optional: bool = False, minimum: int = 1, maximum: int = MAX_COUNT) -> None:
     if optional and value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
         what = "None or an int" if optional else "an int"
-        raise ValueError(f"{name} must be {what} >= {minimum}; got {value!r}.")
+        raise ValueError(f"{name} must be {what} >= {minimum} (at most {maximum}); got {value!r:.40}.")
 
 
 def _check_positive(name: str, value: Any) -> None:
@@ -101,9 +102,10 @@ class SearchConfig:
     def __post_init__(self, data_root: Any) -> None:
         _take_former_data_root(self, data_root)
         check_data(self.dataset, self.data_dir)
-        _check_int("seed", self.seed, minimum=0)
-        for name in ("epochs", "batch_size", "width", "cells", "nodes"):
-            _check_int(name, getattr(self, name))
+        _check_int("seed", self.seed, minimum=0, maximum=MAX_SEED)
+        for name, high in (("epochs", MAX_EPOCHS), ("batch_size", MAX_BATCH_SIZE), ("width", MAX_WIDTH),
+                           ("cells", MAX_CELLS), ("nodes", MAX_NODES)):
+            _check_int(name, getattr(self, name), maximum=high)
         for name in ("limit", "limit_batches"):
             _check_int(name, getattr(self, name), optional=True)
         _check_positive("learning_rate", self.learning_rate)
@@ -148,9 +150,9 @@ class RetrainConfig:
 
     def __post_init__(self, data_root: Any) -> None:
         _take_former_data_root(self, data_root)
-        _check_int("epochs", self.epochs)
-        _check_int("batch_size", self.batch_size)
-        _check_int("seed", self.seed, minimum=0)
+        _check_int("epochs", self.epochs, maximum=MAX_EPOCHS)
+        _check_int("batch_size", self.batch_size, maximum=MAX_BATCH_SIZE)
+        _check_int("seed", self.seed, minimum=0, maximum=MAX_SEED)
         _check_positive("learning_rate", self.learning_rate)
         if self.data_dir is not None and not isinstance(self.data_dir, str):
             raise ValueError(f"data_dir must be None or a str path; got {type(self.data_dir).__name__}.")

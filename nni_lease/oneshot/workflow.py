@@ -28,7 +28,6 @@ import csv
 import dataclasses
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -51,6 +50,10 @@ METRICS_FILE = "metrics.csv"
 CURVES_FILE = "curves.png"
 RETRAIN_FILE = "retrain.json"
 
+#: Largest architecture.json read (a record is a few KB).
+MAX_ARCHITECTURE_BYTES = 2**20
+
+
 def check_output_file(path: str | Path) -> Path:
     """Check (without creating anything) that a file can be written at ``path``; returns it.
 
@@ -65,8 +68,7 @@ def check_output_file(path: str | Path) -> Path:
     parent = out.parent
     if not parent.is_dir():
         raise ValueError(f"output {str(out)!r} cannot be written: folder {str(parent)!r} does not exist.")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"output {str(out)!r} cannot be written: folder {str(parent)!r} is not writable.")
+    check_output_dir(parent, name=f"the folder of output {str(out)!r}")
     return out
 
 
@@ -257,10 +259,14 @@ def load_architecture(path: str | Path) -> dict[str, Any]:
     p = Path(path).expanduser()
     if not p.is_file():
         raise ValueError(f"architecture file {str(p)!r} not found.")
+    if p.stat().st_size > MAX_ARCHITECTURE_BYTES:
+        raise ValueError(f"architecture file {str(p)!r} has {p.stat().st_size} bytes; an architecture record has "
+                         f"a few KB (at most {MAX_ARCHITECTURE_BYTES} are read).")
     try:
         record = json.loads(p.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"architecture file {str(p)!r} is not valid JSON: {exc}") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError) as exc:
+        why = "it is nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
+        raise ValueError(f"architecture file {str(p)!r} is not valid JSON: {why}") from None
     _check_record(record, str(p))
     return record
 

@@ -12,12 +12,15 @@ import yaml
 from nni.experiment.config import utils as config_utils
 from nni.nas.experiment import NasExperimentConfig
 
+from art_fisher._atomic import check_output_dir
 from nni_lease.runtime.manager import DEFAULT_HOST, check_host, check_port_free, is_loopback
 
 __all__ = [
     "build_config",
     "check_experiment_ports",
+    "check_experiment_dir",
     "check_port_number",
+    "check_trial_code_directory",
     "experiment_ports",
     "load_training_service",
 ]
@@ -77,10 +80,48 @@ def load_training_service(spec: str | Path | dict | None) -> dict:
         raise ValueError(f"training service config {source!r} must be a mapping with a 'platform' key "
                          f"(or an NNI config with 'trainingService'); got {type(mapping).__name__}.")
     try:
-        config_utils.training_service_config_factory(mapping["platform"])
-    except ValueError as exc:
-        raise ValueError(f"training service config {source!r}: unknown platform {mapping['platform']!r}.") from exc
+        config_class = type(config_utils.training_service_config_factory(mapping["platform"]))
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"training service config {source!r}: unknown platform "
+                         f"{str(mapping['platform'])[:100]!r}.") from exc
+    try:
+        config_class(**mapping)  # NNI's own field check (unknown keys, nested machine lists)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise ValueError(f"training service config {source!r}: {str(exc)[:300]}.") from exc
     return dict(mapping)
+
+
+def check_experiment_dir(experiment_dir: str | Path) -> Path:
+    """The resolved ``experiment_dir``, checked (without creating anything) to be or become a writable folder.
+
+    Raises
+    ------
+    ValueError
+        If it or one of its parents is a file, or the deepest existing folder is not writable.
+    """
+    return check_output_dir(Path(experiment_dir).expanduser().resolve(), name="experiment_dir")
+
+
+def check_trial_code_directory(config: Any) -> None:
+    """Refuse an empty trial code folder for a training service that copies it to other machines.
+
+    NNI packs ``trialCodeDirectory`` (default: the current folder) with ``tar`` for every platform but
+    ``local``; an empty folder fails inside NNI (``tar: no files or directories specified``) after the
+    manager started.
+
+    Raises
+    ------
+    ValueError
+        If the platform is not ``local`` and the folder is missing or empty.
+    """
+    platform = getattr(config.training_service, "platform", "local")
+    if platform == "local":
+        return
+    folder = Path(str(getattr(config, "trial_code_directory", None) or ".")).expanduser().resolve()
+    if not folder.is_dir() or not any(folder.iterdir()):
+        raise ValueError(f"the {platform!r} training service copies the trial code folder {folder} to its workers, "
+                         "but it is empty or missing; start from the folder that holds your project (the trials "
+                         "import it) or set trialCodeDirectory.")
 
 
 def build_config(
@@ -125,11 +166,12 @@ def build_config(
     if max_duration is not None:
         config.max_experiment_duration = max_duration
     if experiment_dir is not None:
-        config.experiment_working_directory = str(Path(experiment_dir).expanduser().resolve())
+        config.experiment_working_directory = str(check_experiment_dir(experiment_dir))
     try:
         config.canonical_copy()  # runs NNI's validation (it uses assert for some checks)
-    except (AssertionError, ValueError, TypeError) as exc:
-        raise ValueError(f"NNI rejected the experiment config: {exc}") from exc
+    except (AssertionError, ValueError, TypeError, AttributeError) as exc:
+        raise ValueError(f"NNI rejected the experiment config: {str(exc)[:300]}") from exc
+    check_trial_code_directory(config)
     return config
 
 

@@ -22,6 +22,7 @@ Where things live
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import logging
 import signal
@@ -32,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import requests
 from nni.experiment import Experiment
 from nni.nas.evaluator import Evaluator
 from nni.nas.execution import ExecutionEngine, TrainingServiceExecutionEngine
@@ -59,8 +61,10 @@ from art_fisher._atomic import atomic_write
 from nni_lease.multitrial.strategy import LeaseMultiTrial
 from nni_lease.runtime.config import (
     build_config,
+    check_experiment_dir,
     check_experiment_ports,
     check_port_number,
+    check_trial_code_directory,
     experiment_ports,
     load_training_service,
 )
@@ -74,13 +78,20 @@ __all__ = [
     "check_port_free",
     "load_training_service",
     "build_config",
+    "ManagerGoneError",
+    "check_experiment_dir",
     "check_experiment_ports",
+    "check_trial_code_directory",
     "run_experiment",
     "run_multitrial",
     "sigterm_as_interrupt",
 ]
 
 SUMMARY_FILE = "lease_multitrial.json"
+
+
+class ManagerGoneError(RuntimeError):
+    """The NNI manager stopped answering while the experiment ran (it died or was killed)."""
 
 
 @dataclass
@@ -112,20 +123,31 @@ class MultiTrialResult:
 
 
 class _ResumableChannel(TunerCommandChannel):
-    """NNI's NAS tuner channel, minus a crash on resume.
+    """NNI's NAS tuner channel, minus a crash on resume and a traceback when the manager is gone.
 
     On resume the NNI manager sends the earlier trials' data (``ImportData``, ``AddCustomizedTrialJob``)
     to the tuner. NNI 3.0's NAS channel only parses the commands NAS uses and raises
     ``ValueError('Unknown command type: CommandType.ImportData')`` in its listener thread, which dies:
     the resumed experiment then never gets trial requests, metrics or trial ends. NAS strategies restore
     their own state from the checkpoint, so these two commands are skipped here.
+
+    When the connection to the manager is lost (it died or was killed), the channel's listener thread
+    ends as on a Terminate command instead of dying with a traceback; the launcher reports the lost
+    manager once (:class:`ManagerGoneError`).
     """
 
     _SKIPPED = (CommandType.ImportData, CommandType.AddCustomizedTrialJob)
 
     def _receive(self):  # noqa: D401 - same contract as TunerCommandChannel._receive
+        from websockets.exceptions import WebSocketException
+
         while True:
-            command_type, data = super()._receive()
+            try:
+                command_type, data = super()._receive()
+            except (OSError, WebSocketException) as exc:
+                logger.debug("Lost the connection to the NNI manager (%s: %s); the channel stops.",
+                             type(exc).__name__, exc)
+                return CommandType.Terminate, ""
             if command_type not in self._SKIPPED:
                 return command_type, data
             logger.debug("Skipping %s from the NNI manager (earlier trials; the strategy has its own state).",
@@ -173,6 +195,28 @@ class _LeaseNasExperiment(NasExperiment):
             else:
                 logger.warning("max_trials=%d but the experiment already has %d trials: nothing left to run.",
                                self.config.max_trial_number, n_done)
+
+
+def _manager_names(config: Any) -> list[str]:
+    """``nniManagerIp`` when it is a host name: remote workers send it as ``Host`` (IP addresses always pass)."""
+    training_service = getattr(config, "training_service", None)
+    manager_ip = getattr(training_service, "nni_manager_ip", None) or getattr(config, "nni_manager_ip", None)
+    if not isinstance(manager_ip, str) or not manager_ip.strip():
+        return []
+    try:
+        ipaddress.ip_address(manager_ip.strip().strip("[]"))
+        return []
+    except ValueError:
+        return [manager_ip.strip()]
+
+
+def _manager_gone_message(exp: Experiment, port: int) -> str:
+    try:
+        folder = Path(exp.config.canonical_copy().experiment_working_directory) / exp.id
+    except Exception:  # noqa: BLE001 - only for the message
+        folder = Path("~/nni-experiments").expanduser() / exp.id
+    return (f"experiment {exp.id}: the NNI manager on port {port} stopped answering (it died or was killed); "
+            f"see its log {folder / 'log' / 'nnimanager.log'}.")
 
 
 def run_experiment(
@@ -232,7 +276,7 @@ def run_experiment(
     guard = BindingGuard(ports, host, stop_exposed)
     interrupted = False
     try:
-        with manager_environment(host):
+        with manager_environment(host, allowed_names=_manager_names(exp.config)):
             guard.start()
             if resume:
                 exp.resume(port=port, wait_completion=True)
@@ -252,12 +296,15 @@ def run_experiment(
         logger.warning("Interrupted: stopping the experiment.")
     except Exception as exc:
         if exposure:
-            raise RuntimeError(f"{exposure[0]}; the NNI manager was killed.") from exc
+            raise RuntimeError(f"{exposure[0]}; the NNI manager was killed.") from None
+        if isinstance(exc, requests.ConnectionError):
+            raise ManagerGoneError(_manager_gone_message(exp, port)) from None
         raise
     finally:
         guard.stop()
         if exp.port is not None:
-            exp.stop()
+            with contextlib.suppress(requests.ConnectionError):  # a manager that died cannot be asked to stop
+                exp.stop()
         if not wait_port_closed(port):
             logger.error("port %d still answers after the experiment stopped.", port)
     if exposure:

@@ -303,3 +303,106 @@ def test_clean_calibrated_detector_round_trip(digits_cnn, tmp_path):
     (r1, d1), (r2, d2) = detector.detect(x), loaded.detect(x)
     np.testing.assert_array_equal(d1, d2)
     np.testing.assert_array_equal(r1["decision_scores"], r2["decision_scores"])
+
+
+# ----------------------------------------------------------------------- size bombs and lying fields
+def _skops_bomb(path, *, n_nodes=20, megabytes=50):
+    """A small .skops whose schema points ``n_nodes`` array nodes at one deflated ``megabytes`` MB .npy."""
+    import io
+    import json
+
+    import skops.io as sio
+
+    plain = path.with_suffix(".plain")
+    sio.dump({f"a{i}": np.zeros(1) for i in range(n_nodes)}, plain)
+    with zipfile.ZipFile(plain) as archive:
+        schema = json.loads(archive.read("schema.json"))
+    for node in schema["content"].values():
+        node["file"] = "big.npy"
+    npy = io.BytesIO()
+    np.save(npy, np.zeros(megabytes * 2**20 // 8))
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
+        archive.writestr("schema.json", json.dumps(schema))
+        archive.writestr("big.npy", npy.getvalue())
+
+
+_LOAD_PROBE = """
+import resource, sys
+import torch
+from art.estimators.classification import PyTorchClassifier
+from art_fisher.detection.detector import FisherInformationDetector
+from art_fisher.models import SmallCNN
+
+clf = PyTorchClassifier(SmallCNN(n_classes=3), torch.nn.CrossEntropyLoss(), (1, 8, 8), 3, device_type="cpu")
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    FisherInformationDetector.load(sys.argv[1], clf)
+    print("ACCEPTED")
+except ValueError as exc:
+    print(str(exc)[:300])
+print("GROWTH_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+"""
+
+
+def test_a_skops_size_bomb_is_refused_before_skops_reads_it(tmp_path):
+    """Before: ValueError only after 2.35 GB (skops reads the 50 MB member once per node)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = tmp_path / "bomb.skops"
+    _skops_bomb(path)
+    assert path.stat().st_size < 200_000
+    out = subprocess.run([sys.executable, "-c", _LOAD_PROBE, str(path)], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    lines = out.stdout.splitlines()
+    assert len(lines) == 2, out.stdout + out.stderr[-2000:]
+    assert lines[0].startswith(f"{path} is not a valid saved FisherInformationDetector: its schema's nodes would "
+                               "read 1048578560 bytes")
+    assert int(lines[1].split()[1]) / 1024 < 300
+
+
+def test_archive_members_are_checked_before_skops(tmp_path):
+    from art_fisher.detection import persistence
+
+    _skops_bomb(tmp_path / "one.skops", n_nodes=1, megabytes=1)  # within the limits: passes the archive check
+    persistence._check_archive(tmp_path / "one.skops")
+    lying = tmp_path / "lying.skops"
+    with zipfile.ZipFile(tmp_path / "one.skops") as src, zipfile.ZipFile(lying, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info, src.read(info))
+    raw = bytearray(lying.read_bytes())  # claim a smaller size for big.npy in the central directory
+    central = raw.rfind(b"PK\x01\x02", 0, raw.rfind(b"big.npy"))
+    raw[central + 24:central + 28] = (1000).to_bytes(4, "little")
+    lying.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="lying.skops"):
+        persistence._check_archive(lying)
+    missing = tmp_path / "missing.skops"
+    with zipfile.ZipFile(missing, "w") as archive:
+        archive.writestr("schema.json", '{"file": "nowhere.npy"}')
+    with pytest.raises(ValueError, match="names a member 'nowhere.npy' that the archive lacks"):
+        persistence._check_archive(missing)
+    with zipfile.ZipFile(tmp_path / "noschema.skops", "w") as archive:
+        archive.writestr("x.npy", b"")
+    with pytest.raises(ValueError, match="no schema.json"):
+        persistence._check_archive(tmp_path / "noschema.skops")
+
+
+def test_lying_fields_are_refused_at_load(digits_cnn, fitted_detector, tmp_path):
+    import skops.io as sio
+    from sklearn.linear_model import LogisticRegression
+
+    detector, x = fitted_detector
+    good = tmp_path / "good.skops"
+    detector.save(good)
+    state = sio.load(good, trusted=sio.get_untrusted_types(file=good))
+    bad = dict(state, format_version=True)  # bool is not an int, though True == 1
+    sio.dump(bad, tmp_path / "bool.skops")
+    with pytest.raises(ValueError, match="format version True"):
+        FisherInformationDetector.load(tmp_path / "bool.skops", digits_cnn.classifier)
+    rng = np.random.default_rng(0)
+    other = LogisticRegression().fit(rng.normal(size=(20, 5)), np.r_[np.zeros(10), np.ones(10)])
+    sio.dump(dict(state, estimator_=other), tmp_path / "five.skops")
+    with pytest.raises(ValueError, match="is inconsistent: its 'estimator_' was fitted on 5 features; the detector computes"):
+        FisherInformationDetector.load(tmp_path / "five.skops", digits_cnn.classifier)
