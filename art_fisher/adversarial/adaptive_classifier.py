@@ -84,6 +84,11 @@ class AdaptiveDetectorClassifier(DetectorClassifier):
         If ``detector_weight`` is negative or not a number, or the input shapes differ.
     """
 
+    detector_weight: float
+    classifier_loss: str
+    confidence: float
+    targeted: bool
+
     def __init__(
         self,
         classifier: Any,

@@ -217,13 +217,14 @@ def art_detector_logit(detector: Any, classifier: Any = None) -> DetectionLogitC
         z = net._model(features)[-1]  # ART's ModelWrapper returns every layer's output
         return z[:, 1] - z[:, 0]
 
+    fn: Callable[[torch.Tensor], torch.Tensor]
     if isinstance(detector, BinaryInputDetector):
         source, fn = net, two_class_logit
     else:
         source = detector.classifier
         module = dict(source.model.named_modules())[detector._layer_name]
 
-        def fn(x: torch.Tensor) -> torch.Tensor:
+        def layer_logit(x: torch.Tensor) -> torch.Tensor:
             xp = x
             if source.preprocessing_operations:
                 xp, _ = source._apply_preprocessing(x, y=None, fit=False, no_grad=False)
@@ -234,6 +235,8 @@ def art_detector_logit(detector: Any, classifier: Any = None) -> DetectionLogitC
             finally:
                 handle.remove()
             return two_class_logit(captured[0])
+
+        fn = layer_logit
 
     return DetectionLogitClassifier(
         _in_eval_mode(fn, [net.model] + ([] if source is net else [source.model])),

@@ -33,6 +33,7 @@ The logit is 0 at the detector's threshold and positive exactly where it flags t
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -59,9 +60,20 @@ def _linear_steps(estimator: Any) -> list[Any] | None:
     if not steps or not all(isinstance(s, (LogTransformer, StandardScaler)) for s in steps[:-1]):
         return None
     last = steps[-1]
-    if not isinstance(last, LinearClassifierMixin) or np.shape(getattr(last, "coef_", None))[:1] != (1,):
+    coef = getattr(last, "coef_", None)
+    if not isinstance(last, LinearClassifierMixin) or coef is None or np.shape(coef)[:1] != (1,):
         return None
     return steps
+
+
+def _log_floor(f: torch.Tensor, *, floor: torch.Tensor) -> torch.Tensor:
+    """:class:`~art_fisher.detection.transforms.LogTransformer` in torch: ``log(max(f, floor))``."""
+    return torch.log(torch.maximum(f, floor))
+
+
+def _standardise(f: torch.Tensor, *, mean: torch.Tensor | None, std: torch.Tensor | None) -> torch.Tensor:
+    """A fitted ``StandardScaler`` in torch (``None``: that step is off)."""
+    return (f if mean is None else f - mean) / (1.0 if std is None else std)
 
 
 def _describe(estimator: Any) -> str:
@@ -123,9 +135,9 @@ def estimator_logit(estimator: Any, *, dtype: torch.dtype, device: torch.device)
         return torch.as_tensor(np.asarray(value, dtype=np.float64), dtype=dtype, device=device)
 
     if isinstance(estimator, ThresholdClassifier):
-        j, threshold, scale = estimator.feature_index_, estimator.threshold_, estimator._proba_scale
+        j, threshold, proba_scale = estimator.feature_index_, estimator.threshold_, estimator._proba_scale
         sign = 1.0 if estimator.direction_ == "higher" else -1.0
-        return lambda f: sign * (f[:, j] - threshold) / scale
+        return lambda f: sign * (f[:, j] - threshold) / proba_scale
     if isinstance(estimator, QuantileOutlierDetector):
         signs, two_sided, used = (np.asarray(a) for a in estimator._signs(estimator.n_features_in_))
         center, scale, floor = t(estimator.center_), t(estimator.scale_), t(estimator.floor_)
@@ -148,11 +160,11 @@ def estimator_logit(estimator: Any, *, dtype: torch.dtype, device: torch.device)
     maps: list[Callable[[torch.Tensor], torch.Tensor]] = []
     for step in steps[:-1]:
         if isinstance(step, LogTransformer):
-            maps.append(lambda f, floor=t(step.floor_): torch.log(torch.maximum(f, floor)))
+            maps.append(functools.partial(_log_floor, floor=t(step.floor_)))
             continue
         mean = t(step.mean_) if step.with_mean and step.mean_ is not None else None
         std = t(step.scale_) if step.with_std and step.scale_ is not None else None
-        maps.append(lambda f, mean=mean, std=std: (f if mean is None else f - mean) / (1.0 if std is None else std))
+        maps.append(functools.partial(_standardise, mean=mean, std=std))
     coef, intercept = t(steps[-1].coef_[0]), float(np.ravel(steps[-1].intercept_)[0])
 
     def linear(f: torch.Tensor) -> torch.Tensor:

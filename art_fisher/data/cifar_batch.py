@@ -29,6 +29,7 @@ import io
 import pickle
 import struct
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
@@ -120,7 +121,7 @@ def _frombuffer(buffer: object, dtype: object, shape: object, order: object) -> 
         raise UnsafeCifarBatchError(f"refusing numpy _frombuffer of a {type(buffer).__name__} in order {order!r}")
     if _count(shape) * dtype.itemsize != len(buffer):
         raise UnsafeCifarBatchError(f"array of shape {shape} and {dtype} does not match its {len(buffer)} bytes")
-    return np.frombuffer(buffer, dtype=dtype).reshape(shape, order=order)
+    return np.frombuffer(buffer, dtype=dtype).reshape(cast("tuple[int, ...]", shape), order="F" if order == "F" else "C")
 
 
 def _scalar(dtype: object, raw: object = b"") -> np.generic:
@@ -171,7 +172,7 @@ def _build_array(array: np.ndarray, state: object) -> None:
     expected = _count(shape) * dtype.itemsize
     if len(raw) != expected:  # numpy checks this too; checked here first, with the numbers
         raise CifarBatchError(f"an array of shape {shape} and {dtype} needs {expected} bytes; the file holds {len(raw)}")
-    array.__setstate__((version, shape, dtype, is_fortran, bytes(raw)))
+    array.__setstate__((version, shape, dtype, is_fortran, bytes(raw)))  # type: ignore[arg-type]  # checked above
 
 
 def _build_dtype(dtype: np.dtype, state: object) -> None:
@@ -180,7 +181,7 @@ def _build_dtype(dtype: np.dtype, state: object) -> None:
     byteorder = state[1].decode("ascii", "replace") if isinstance(state[1], bytes) else state[1]
     if state[0] not in (3, 4) or byteorder not in ("<", ">", "|", "=") or state[2:7] != (None, None, None, -1, -1):
         raise UnsafeCifarBatchError(f"refusing numpy dtype state {state!r:.200}: only a byte order may be set")
-    dtype.__setstate__((3, byteorder, None, None, None, -1, -1, dtype.flags))
+    dtype.__setstate__((3, byteorder, None, None, None, -1, -1, dtype.flags))  # type: ignore[attr-defined]  # not in numpy's stubs
 
 
 class _Dispatch(dict):
@@ -199,6 +200,8 @@ _OPCODES = (
 
 class _CifarUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its opcodes can be restricted
     """Unpickler for CIFAR-10 batches: the opcodes, globals and ``__setstate__`` calls listed above only."""
+
+    stack: list[Any]  # pickle._Unpickler's value stack, set up by load()
 
     dispatch = _Dispatch({getattr(pickle, name)[0]: pickle._Unpickler.dispatch[getattr(pickle, name)[0]]
                           for name in _OPCODES})
@@ -231,7 +234,7 @@ def _labels(values: object, n: int, path: Path) -> np.ndarray:
     else:
         ok = isinstance(values, list) and all(
             isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values[: n + 1])
-    if not ok or len(values) != n:
+    if not (ok and isinstance(values, (np.ndarray, list)) and len(values) == n):
         kind = f"{values.dtype} {values.shape}" if isinstance(values, np.ndarray) else type(values).__name__
         raise CifarBatchError(f"{path}: expected b'labels' as {n} integers (one per image); got {kind}"
                               + (f" of length {len(values)}" if isinstance(values, list) else "") + ".")

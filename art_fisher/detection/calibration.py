@@ -78,7 +78,7 @@ class QuantileOutlierDetector(OutlierMixin, BaseEstimator):
     floor_ : ndarray of shape (n_features,)
         Smallest value a column is raised to before the log (``log=True``), else zeros.
     threshold_ : float
-        Flag when the combined score exceeds it: the :math:`\lceil (1 - \alpha)(n + 1) \rceil`-th
+        Flag when the combined score exceeds it: the :math:`\\lceil (1 - \\alpha)(n + 1) \\rceil`-th
         smallest clean score, or the largest one (with a warning) when :math:`n` is too small for that.
     offset_ : float
         ``-threshold_`` (``decision_function = score_samples - offset_``, as scikit-learn defines it).

@@ -133,7 +133,7 @@ class FisherInformationDetector(EvasionDetector):
 
     Clean-only calibration (``fit(x)`` without ``y``) flags inputs whose Fisher information is
     *higher* than that of the clean inputs: the Fisher information
-    :math:`\operatorname{tr} F(x) = \sum_c p_c \|\nabla_\theta \log p_c\|^2` vanishes for a
+    :math:`\\operatorname{tr} F(x) = \\sum_c p_c \\|\\nabla_\\theta \\log p_c\\|^2` vanishes for a
     prediction the model is sure of (:math:`p_y \to 1` makes every term go to zero) and grows where the
     predictive distribution is spread or the parameters move it strongly, which is where adversarial
     examples end up (just across a decision boundary, or in the low-confidence regions an attack

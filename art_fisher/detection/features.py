@@ -295,9 +295,11 @@ def check_batch_size(batch_size: Any, name: str = "batch_size") -> int:
     if isinstance(batch_size, np.integer):
         batch_size = int(batch_size)
     try:
-        return _checks.check_batch_size(batch_size)
+        checked = _checks.check_batch_size(batch_size)
     except (TypeError, ValueError) as err:
         raise type(err)(str(err).replace("batch_size", name, 1).replace("None or ", "")) from None
+    assert checked is not None  # None was refused above
+    return checked
 
 
 def check_inputs(classifier: Any, x: Any, name: str = "x") -> np.ndarray:

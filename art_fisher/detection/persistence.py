@@ -258,7 +258,7 @@ def _check_state(path: Path, state: dict[str, Any], cls: type) -> None:
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise _refuse(path, "'feature_names' must be a list of str")
     shape = state["input_shape"]
-    if not isinstance(shape, list) or not all(isinstance(d, Integral) and d > 0 for d in shape):
+    if not isinstance(shape, list) or not all(isinstance(d, Integral) and int(d) > 0 for d in shape):
         raise _refuse(path, f"'input_shape' must be a list of positive integers; got {shape!r}")
     if not isinstance(state["nb_classes"], Integral) or state["nb_classes"] < 2:
         raise _refuse(path, f"'nb_classes' must be an integer >= 2; got {state['nb_classes']!r}")

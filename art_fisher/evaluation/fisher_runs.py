@@ -10,6 +10,7 @@ without labels, flagging ``target_fpr`` of clean inputs). New metrics registered
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import time
 from typing import Any
@@ -134,7 +135,7 @@ def _spec(label: str, metrics: tuple[str, ...], *, clean: bool) -> DetectorSpec:
     maps = [m for m in metrics if METRICS[m].is_map]
     return DetectorSpec(
         f"{label}, clean-calibrated" if clean else label,
-        lambda ctx, m=metrics: FisherRun(ctx, m),
+        functools.partial(FisherRun, metrics=metrics),
         "fisher",
         supervised=not clean,
         no_gradient=f"no input gradient through the statistics of the map {maps}" if maps else None,

@@ -157,7 +157,12 @@ def _check_names(arg: str, given: Sequence[str], registry: dict[str, Any]) -> tu
 
 
 def _check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < low or (high is not None and value > high):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, Integral)
+        or int(value) < low
+        or (high is not None and int(value) > high)
+    ):
         bound = f"from {low} to {high}" if high is not None else f">= {low}"
         raise ValueError(f"{name} must be an integer {bound}; got {value!r}.")
     return int(value)
@@ -283,7 +288,7 @@ def run(plan: EvaluationPlan) -> EvaluationResult:
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
     p.output_dir.mkdir(parents=True, exist_ok=True)
-    if p.net is not None:
+    if p.net is not None and p.model_path is not None:  # both or neither (prepare loads the net from model_path)
         source = ModelSource(p.net, p.model_path, "given", 0.0)
     else:
         source = cached_model(

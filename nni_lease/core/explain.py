@@ -80,7 +80,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeGuard
 
 import torch
 import torch.nn.functional as F
@@ -141,7 +141,7 @@ class Explanation:
         return -self.delta * self.x
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -187,10 +187,10 @@ def check_explanation_arguments(
         raise ValueError(f"{prefix}steps must be a positive int; got {steps!r}.")
     if not _is_number(random_start) or not 0.0 <= float(random_start) <= 1.0:
         raise ValueError(f"{prefix}random_start must be a number in [0, 1] (a fraction of epsilon); got {random_start!r}.")
-    for name, value, allowed in [("norm", norm, NORMS), ("objective", objective, OBJECTIVES),
-                                 ("weighting", weighting, WEIGHTINGS)]:
-        if value not in allowed:
-            raise ValueError(f"{prefix}{name} must be one of {list(allowed)}; got {value!r}.")
+    for name, choice, allowed in [("norm", norm, NORMS), ("objective", objective, OBJECTIVES),
+                                  ("weighting", weighting, WEIGHTINGS)]:
+        if choice not in allowed:
+            raise ValueError(f"{prefix}{name} must be one of {list(allowed)}; got {choice!r}.")
 
 
 def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

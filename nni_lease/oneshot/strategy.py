@@ -162,8 +162,7 @@ class LeaseLightningModule(DartsLightningModule):
         if self.listener is None:
             raise RuntimeError("LeaseLightningModule has no listener; LeaSE attaches it in initialize().")
         settings = self.settings
-        listener_optim = settings.listener_optimizer(self.listener.parameters(), lr=settings.listener_learning_rate,
-                                                     weight_decay=settings.listener_weight_decay)
+        listener_optim = settings.make_listener_optimizer(self.listener.parameters())
         self.lease_step = LeaseStep(settings, self.listener, listener_optim, generator=self.generator)
         return [arch_optim, listener_optim]
 
@@ -182,6 +181,7 @@ class LeaseLightningModule(DartsLightningModule):
         settings, n_val = self.settings, len(val_batch[1])
         self.resample()
         arch_optim.zero_grad()
+        explainer_logits: torch.Tensor | None
         if settings.gamma > 0 and settings.hypergradient == "unrolled":
             xi = settings.unrolled_step_size or self._explainer_learning_rate()
             alphas = self.arch_parameters()
@@ -393,7 +393,7 @@ class LeaSE(DARTS):
             raise ValueError("LeaSE explains class predictions: the evaluator must be a classification evaluator "
                              "(e.g. nni.nas.evaluator.pytorch.Classification); got a Regression evaluator.")
         result = super()._initialize(model_space, engine)
-        mutated = cast(Lightning, self._mutated_model_space.evaluator)  # type: ignore[union-attr]
+        mutated = cast(Lightning, self._mutated_model_space.evaluator)
         module = cast(LeaseLightningModule, self.oneshot_module)
         if mutated.datamodule is None:
             loaders = mutated.train_dataloaders
