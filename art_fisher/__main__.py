@@ -1,4 +1,5 @@
-from art_fisher.cli import main
 import sys
+
+from art_fisher.cli import main
 
 sys.exit(main())

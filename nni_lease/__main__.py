@@ -1,4 +1,5 @@
-from nni_lease.cli import main
 import sys
+
+from nni_lease.cli import main
 
 sys.exit(main())

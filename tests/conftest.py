@@ -7,10 +7,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
 # --- Shared fixtures: a small CNN trained on digits and ART attacks on it (detectors, estimators) ---
-from dataclasses import dataclass  # noqa: E402
+from dataclasses import dataclass
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import numpy as np
+import pytest
 
 
 @dataclass(frozen=True)

@@ -187,8 +187,8 @@ def detection_logit_function(detector: Any) -> Callable[[torch.Tensor], torch.Te
     NotDifferentiableError
         See :func:`check_differentiable`; also for preprocessing that ART does not run in PyTorch.
     """
-    from art_fisher.detection import features as _features
     from art_fisher import metrics as metrics_module
+    from art_fisher.detection import features as _features
 
     check_differentiable(detector)
     classifier, options = detector.classifier, detector._options

@@ -206,7 +206,7 @@ class _CifarUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its opco
     dispatch = _Dispatch({getattr(pickle, name)[0]: pickle._Unpickler.dispatch[getattr(pickle, name)[0]]
                           for name in _OPCODES})
 
-    def find_class(self, module: str, name: str):  # noqa: D102 - pickle API
+    def find_class(self, module: str, name: str):  # pickle API
         found = _GLOBALS.get((module, name))
         if found is None:
             raise UnsafeCifarBatchError(

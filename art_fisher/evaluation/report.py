@@ -82,7 +82,8 @@ def unseen_summary(table: Sequence[Mapping[str, Any]], fits: Sequence[Mapping[st
     """Per detector (in table order): ``detector``, ``fitted_on`` (``"each attack"`` or ``"clean"``),
     ``same_attack_auc`` (mean of the diagonal), ``unseen_auc`` and ``min_unseen_auc`` (over rows whose fit
     attack differs from the test attack; for a clean fit, every row), ``clean_fpr`` (mean share of the clean
-    detector-test images the detector flags, over its fits) and ``n_unseen`` (rows averaged)."""
+    detector-test images the detector flags, over its fits) and ``n_unseen`` (rows averaged).
+    """
     out = []
     for det in dict.fromkeys(r["detector"] for r in table):
         rows = [r for r in table if r["detector"] == det]

@@ -357,7 +357,7 @@ def run(plan: EvaluationPlan) -> EvaluationResult:
     settings = {
         "dataset": p.dataset, "data_dir": None if p.data_dir is None else str(p.data_dir), "arch": p.arch,
         "model": str(source.path), "model_status": source.status, "model_cached": source.status == "cached",
-        "attacks": list(p.attacks), "eps": p.eps, "detectors": list(p.detectors), "n_samples": int(len(chosen)),
+        "attacks": list(p.attacks), "eps": p.eps, "detectors": list(p.detectors), "n_samples": len(chosen),
         "n_detector_train_images": int(side.sum()), "n_detector_test_images": int((~side).sum()),
         "seed": p.seed, "device": str(p.device), "epochs": p.epochs, "batch_size": p.batch_size,
         "target_fpr": p.target_fpr, "clean_test_accuracy": clean_accuracy, "n_train_images": len(p.train.y),

@@ -39,10 +39,10 @@ from nni.nas.evaluator import FunctionalEvaluator
 from torch import nn
 from torch.utils.data import DataLoader
 
-from nni_lease.data import make_dataset
 from nni_lease.core.listener import check_listener, default_listener
 from nni_lease.core.settings import LeaseSettings
 from nni_lease.core.step import LeaseStep
+from nni_lease.data import make_dataset
 
 logger = logging.getLogger(__name__)
 

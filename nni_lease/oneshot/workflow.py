@@ -379,8 +379,8 @@ def search_oneshot(
     from nni.nas.experiment import NasExperiment
     from pytorch_lightning.loggers import CSVLogger
 
-    from nni_lease.spaces import LeaseCellSpace
     from nni_lease.oneshot.strategy import LeaSE
+    from nni_lease.spaces import LeaseCellSpace
 
     kwargs = space_kwargs(config, train)
     strategy = LeaSE(settings=settings, arc_learning_rate=config.arc_learning_rate)

@@ -43,6 +43,7 @@ from nni.nas.nn.pytorch import ModelSpace
 from nni.runtime.tuner_command_channel import TunerCommandChannel
 from nni.runtime.tuner_command_channel.command_type import CommandType
 
+from nni_lease.multitrial.strategy import LeaseMultiTrial
 from nni_lease.runtime.manager import (
     DEFAULT_HOST,
     EXPOSED_WARNING,
@@ -57,7 +58,6 @@ from nni_lease.runtime.manager import (
     report_stale_experiments,
     wait_port_closed,
 )
-from nni_lease.multitrial.strategy import LeaseMultiTrial
 
 logger = logging.getLogger(__name__)
 
@@ -226,7 +226,7 @@ class _ResumableChannel(TunerCommandChannel):
 
     _SKIPPED = (CommandType.ImportData, CommandType.AddCustomizedTrialJob)
 
-    def _receive(self):  # noqa: D401 - same contract as TunerCommandChannel._receive
+    def _receive(self):  # same contract as TunerCommandChannel._receive
         while True:
             command_type, data = super()._receive()
             if command_type not in self._SKIPPED:

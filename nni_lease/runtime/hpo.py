@@ -41,8 +41,8 @@ from typing import TYPE_CHECKING, Any
 
 import nni
 
-from nni_lease.oneshot.workflow import RETRAIN_FILE, RetrainConfig, SearchConfig, retrain_architecture, search_oneshot
 from nni_lease.core.settings import LeaseSettings
+from nni_lease.oneshot.workflow import RETRAIN_FILE, RetrainConfig, SearchConfig, retrain_architecture, search_oneshot
 
 if TYPE_CHECKING:  # the trial process does not need NNI's experiment machinery (seconds of imports)
     from nni.experiment import Experiment

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tests.art_fisher.adaptive_cases import central_difference_check, fitted_detector, smooth_classifier
 
 from art_fisher.adversarial.adaptive_classifier import AdaptiveDetectorClassifier
 from art_fisher.detection.detector import FisherInformationDetector
+from tests.art_fisher.adaptive_cases import central_difference_check, fitted_detector, smooth_classifier
 
 
 def _torch_logits(combo, x):

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tests.art_fisher.adaptive_cases import central_difference_check, smooth_classifier
 
 from art_fisher.detection import features as _features
 from art_fisher.detection.detector import FisherInformationDetector
 from art_fisher.detection.estimators import FisherFeatures
 from art_fisher.detection.transforms import LogTransformer
+from tests.art_fisher.adaptive_cases import central_difference_check, smooth_classifier
 
 
 def brute_force_block_traces(model: torch.nn.Module, x: np.ndarray, names: list[str]) -> np.ndarray:

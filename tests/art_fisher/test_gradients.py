@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 from sklearn.ensemble import RandomForestClassifier
-from tests.art_fisher.adaptive_cases import central_difference_check, fitted_detector, smooth_classifier
 
-from art_fisher.detection.detector import FisherInformationDetector
 from art_fisher.adversarial.gradients import NotDifferentiableError
+from art_fisher.detection.detector import FisherInformationDetector
+from tests.art_fisher.adaptive_cases import central_difference_check, fitted_detector, smooth_classifier
 
 
 @pytest.fixture(scope="module", params=["mlp", "cnn"])

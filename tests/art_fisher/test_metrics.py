@@ -7,8 +7,6 @@ import functools
 
 import pytest
 import torch
-from tests.art_fisher.metrics_cases import EXACT_CASES, Dense, make_case
-from tests.art_fisher.reference_fisher import OriginalFisher
 from torch import nn
 
 from art_fisher import (
@@ -18,6 +16,8 @@ from art_fisher import (
     fisher_sensitivity,
     fisher_trace,
 )
+from tests.art_fisher.metrics_cases import EXACT_CASES, Dense, make_case
+from tests.art_fisher.reference_fisher import OriginalFisher
 
 TOL = 1e-8
 
@@ -26,7 +26,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cached_refs(name: str, names: tuple[str, ...] | None = None, label: tuple[int, ...] | None = None):
     model, x = make_case(name)
     return dense_refs(model, x, None if names is None else list(names), label=label)

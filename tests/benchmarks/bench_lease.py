@@ -48,23 +48,23 @@ from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import pytorch_lightning as pl  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from nni.nas.evaluator.pytorch import Classification, DataLoader  # noqa: E402
-from nni.nas.execution import SequentialExecutionEngine  # noqa: E402
-from nni.nas.space import RawFormatModelSpace  # noqa: E402
-from nni.nas.strategy import DARTS  # noqa: E402
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from nni.nas.evaluator.pytorch import Classification, DataLoader
+from nni.nas.execution import SequentialExecutionEngine
+from nni.nas.space import RawFormatModelSpace
+from nni.nas.strategy import DARTS
 
-from art_fisher.models import train_model  # noqa: E402
-from nni_lease.data import DigitsDataset  # noqa: E402
-from nni_lease.core.explain import Explanation, listener_input, pgd_explain  # noqa: E402
-from nni_lease.core.listener import default_listener  # noqa: E402
-from nni_lease.oneshot.retrain import retrain  # noqa: E402
-from nni_lease.core.settings import LeaseSettings  # noqa: E402
-from nni_lease.spaces import LeaseCellSpace  # noqa: E402
-from nni_lease.core.step import LeaseStep  # noqa: E402
-from nni_lease.oneshot.strategy import LeaSE  # noqa: E402
+from art_fisher.models import train_model
+from nni_lease.core.explain import Explanation, listener_input, pgd_explain
+from nni_lease.core.listener import default_listener
+from nni_lease.core.settings import LeaseSettings
+from nni_lease.core.step import LeaseStep
+from nni_lease.data import DigitsDataset
+from nni_lease.oneshot.retrain import retrain
+from nni_lease.oneshot.strategy import LeaSE
+from nni_lease.spaces import LeaseCellSpace
 
 #: The explanation settings compared: this package's defaults and the earlier ones.
 VARIANTS: dict[str, dict[str, Any]] = {

@@ -20,6 +20,8 @@ import pytest
 import requests
 import yaml
 
+from nni_lease.multitrial.strategy import LeaseMultiTrial
+from nni_lease.multitrial.trial import lease_evaluator
 from nni_lease.runtime.experiment import (
     SUMMARY_FILE,
     PortInUseError,
@@ -30,11 +32,9 @@ from nni_lease.runtime.experiment import (
     run_multitrial,
 )
 from nni_lease.runtime.manager import listening_addresses, report_stale_experiments
-from nni_lease.multitrial.strategy import LeaseMultiTrial
-from nni_lease.multitrial.trial import lease_evaluator
-from tests.nni_lease._toy_space import DigitsToySpace
 from tests.nni_lease._loopback import free_port as _free_port
 from tests.nni_lease._loopback import has_ipv6, needs_ipv6
+from tests.nni_lease._toy_space import DigitsToySpace
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"

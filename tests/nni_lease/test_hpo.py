@@ -14,10 +14,17 @@ import pytest
 import yaml
 from nni.experiment.config import ExperimentConfig
 
-from nni_lease.runtime.hpo import (DEFAULT_PARAMETERS, SEARCH_SPACE, TrialConfig, build_hpo_experiment, main, run_trial,
-                           trial_command)
-from nni_lease.oneshot.workflow import ARCHITECTURE_FILE, RETRAIN_FILE, RetrainConfig, SearchConfig
 from nni_lease.core.settings import LeaseSettings
+from nni_lease.oneshot.workflow import ARCHITECTURE_FILE, RETRAIN_FILE, RetrainConfig, SearchConfig
+from nni_lease.runtime.hpo import (
+    DEFAULT_PARAMETERS,
+    SEARCH_SPACE,
+    TrialConfig,
+    build_hpo_experiment,
+    main,
+    run_trial,
+    trial_command,
+)
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 TINY = TrialConfig(search=SearchConfig(epochs=2, limit_batches=2, limit=120), retrain=RetrainConfig(epochs=1))

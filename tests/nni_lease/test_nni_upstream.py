@@ -34,8 +34,18 @@ from nni.nas.evaluator.pytorch import Classification, DataLoader, Regression
 from nni.nas.execution import SequentialExecutionEngine
 from nni.nas.experiment import NasExperiment
 from nni.nas.experiment.config import NasExperimentConfig
-from nni.nas.nn.pytorch import (Cell, InputChoice, LayerChoice, ModelSpace, MutableConv2d, MutableBatchNorm2d,
-                                MutableLinear, MutableMultiheadAttention, ParametrizedModule, Repeat)
+from nni.nas.nn.pytorch import (
+    Cell,
+    InputChoice,
+    LayerChoice,
+    ModelSpace,
+    MutableBatchNorm2d,
+    MutableConv2d,
+    MutableLinear,
+    MutableMultiheadAttention,
+    ParametrizedModule,
+    Repeat,
+)
 from nni.nas.space import BaseModelSpace, RawFormatModelSpace, SimplifiedModelSpace, current_model, model_context
 from torch import nn
 from torch.utils.data import Dataset

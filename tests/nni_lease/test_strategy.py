@@ -5,8 +5,8 @@ from __future__ import annotations
 import pickle
 
 import numpy as np
-import pytorch_lightning as pl
 import pytest
+import pytorch_lightning as pl
 import torch
 from nni.nas.evaluator.pytorch import Classification, DataLoader
 from nni.nas.execution import SequentialExecutionEngine
