@@ -117,6 +117,7 @@ def test_argparse_refuses_a_float_batch_size(capsys):
     assert exit_info.value.code == 2 and "invalid int value: '1e20'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_evaluate_help_lists_every_option():
     out = subprocess.run(
         [sys.executable, "-m", "art_fisher", "evaluate", "--help"], capture_output=True, text=True, check=True

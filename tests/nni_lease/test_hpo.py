@@ -105,6 +105,7 @@ def test_bad_experiment_arguments(tmp_path):
         build_hpo_experiment(training_service=tmp_path / "missing.yml")
 
 
+@pytest.mark.slow
 def test_trial_command_is_not_shell_code(tmp_path):
     """NNI runs the trial command with bash's eval: quotes, spaces, $() and backticks in a path stay text."""
     hostile = str(tmp_path / "dir with space") + "/x'; touch MARK1; echo '$(touch MARK2)`touch MARK3`\"; touch MARK4\""

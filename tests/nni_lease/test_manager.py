@@ -160,6 +160,7 @@ _MANAGER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ignore_sigterm", [False, True], ids=["graceful", "hung-shutdown"])
 def test_watchdog_ends_manager_and_trials_when_the_launcher_is_sigkilled(tmp_path, ignore_sigterm):
     node, _ = _nni_node()
