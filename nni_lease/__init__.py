@@ -50,7 +50,8 @@ _LAZY = {
     "run_multitrial": "nni_lease.runtime.experiment",
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = ["__version__"]
+__all__ += list(_LAZY)
 
 
 def __getattr__(name: str):

@@ -1,3 +1,5 @@
+"""``python -m nni_lease``: the ``nni-lease`` command line."""
+
 import sys
 
 from nni_lease.cli import main

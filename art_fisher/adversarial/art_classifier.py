@@ -5,19 +5,20 @@ an ART ``ClassifierNeuralNetwork`` whose ``predict`` gives one detection logit p
 ``class_gradient`` gives its input gradient. :class:`DetectionLogitClassifier` is that object for any
 detector whose logit is a torch function of the raw input:
 
-- :meth:`FisherInformationDetector.as_art_classifier() <art_fisher.detection.detector.FisherInformationDetector.as_art_classifier>`
+- :meth:`FisherInformationDetector.as_art_classifier()
+  <art_fisher.detection.detector.FisherInformationDetector.as_art_classifier>`
   (autodiff through the Fisher metrics, :mod:`art_fisher.adversarial.gradients`);
 - :func:`art_detector_logit` for ART's own ``BinaryInputDetector`` and ``BinaryActivationDetector``
   (their two-class network's log-odds of "adversarial").
 
-Use it inside :class:`art_fisher.adversarial.adaptive_classifier.AdaptiveDetectorClassifier` to attack classifier and detector
-together.
+Use it inside :class:`art_fisher.adversarial.adaptive_classifier.AdaptiveDetectorClassifier` to attack classifier and
+detector together.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -52,7 +53,7 @@ class DetectionLogitClassifier(ClassifierNeuralNetwork):
     ``fit``, ``save`` and ``get_activations`` are not available: fit and save the detector itself.
     """
 
-    estimator_params = ClassifierNeuralNetwork.estimator_params + ["logit_function", "name"]
+    estimator_params: ClassVar[list[str]] = [*ClassifierNeuralNetwork.estimator_params, "logit_function", "name"]
 
     def __init__(
         self,

@@ -10,8 +10,8 @@ and the fitted estimator is rewritten as torch operations with its fitted number
 Differentiable choices (:func:`check_differentiable` names the culprit otherwise):
 
 - metrics ``"trace"``, ``"quadratic_form"`` (any direction, blockwise or not, either ``classes``),
-  ``"max_eigenvalue"`` and ``"block_traces"`` with ``method="exact"``; not ``"sensitivity"`` (its map statistics ``max`` and
-  ``top_mass`` are sorts, and the map has no ``create_graph``), not ``method="finite_difference"``;
+  ``"max_eigenvalue"`` and ``"block_traces"`` with ``method="exact"``; not ``"sensitivity"`` (its map statistics ``max``
+  and ``top_mass`` are sorts, and the map has no ``create_graph``), not ``method="finite_difference"``;
 - estimators (fitted, binary):
 
   * :class:`~art_fisher.detection.estimators.ThresholdClassifier`: logit :math:`\sigma(s_j - t) / \mathrm{std}`,
@@ -48,7 +48,7 @@ class NotDifferentiableError(ValueError):
 
 
 def _linear_steps(estimator: Any) -> list[Any] | None:
-    """The steps of ``estimator`` if it is (a Pipeline of log / StandardScaler steps ending in) a binary linear classifier."""
+    """The steps of ``estimator`` if it is a binary linear classifier (after log / StandardScaler steps)."""
     from sklearn.linear_model._base import LinearClassifierMixin
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler

@@ -166,7 +166,7 @@ def _read_idx(path: Path, *, shape_limits: tuple[int, ...], exact: tuple[bool, .
             if len(dims) < 4 * ndim:
                 raise ValueError(f"{path}: truncated idx header (expected {4 + 4 * ndim} bytes, got {4 + len(dims)}).")
             shape = tuple(int.from_bytes(dims[4 * i : 4 * i + 4], "big") for i in range(ndim))
-            for axis, (size, limit, equal) in enumerate(zip(shape, shape_limits, exact)):
+            for axis, (size, limit, equal) in enumerate(zip(shape, shape_limits, exact, strict=True)):
                 if (size != limit) if equal else (size > limit):
                     want = f"= {limit}" if equal else f"<= {limit}"
                     raise ValueError(f"{path}: the header announces shape {shape}; the MNIST format needs "

@@ -5,7 +5,8 @@
 are adversarial: a classifier fitted on clean (0) and adversarial (1) examples, or, with no labels, an
 outlier detector calibrated on clean inputs alone (:mod:`art_fisher.detection.calibration`). It follows ART's
 ``EvasionDetector`` contract: ``fit(x, y, batch_size, nb_epochs)``, ``detect(x, batch_size) ->
-(report, is_adversarial)``, ``defence_params``, ``set_params``, ``get_params``. Files: :mod:`art_fisher.detection.persistence`.
+(report,
+is_adversarial)``, ``defence_params``, ``set_params``, ``get_params``. Files: :mod:`art_fisher.detection.persistence`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 from collections.abc import Sequence
 from numbers import Real
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import sklearn
@@ -125,8 +126,8 @@ class FisherInformationDetector(EvasionDetector):
     Attacks that know the detector: :meth:`as_art_classifier` is the detector as ART's
     ``DetectorClassifier`` needs it (``predict`` = one detection logit per sample, ``class_gradient`` its
     exact input gradient, by autodiff through the Fisher metrics), and
-    :class:`art_fisher.adversarial.adaptive_classifier.AdaptiveDetectorClassifier` the pair with an attacker's loss, on which
-    ART's PGD, AutoPGD and C&W run. Differentiable: the scalar metrics with ``method="exact"`` and the
+    :class:`art_fisher.adversarial.adaptive_classifier.AdaptiveDetectorClassifier` the pair with an attacker's loss, on
+    which ART's PGD, AutoPGD and C&W run. Differentiable: the scalar metrics with ``method="exact"`` and the
     estimators ``ThresholdClassifier``, a linear classifier (alone or after ``StandardScaler``, the
     default with labels) and ``QuantileOutlierDetector`` (the default without labels, piecewise);
     see :mod:`art_fisher.adversarial.gradients`.
@@ -152,7 +153,7 @@ class FisherInformationDetector(EvasionDetector):
     >>> clean_only.fit(x_clean)                      # no adversarial example needed  # doctest: +SKIP
     """
 
-    defence_params = [
+    defence_params: ClassVar[list[str]] = [
         "classifier", "metrics", "estimator", "target_fpr", "batch_size",
         *(name for name in _features.OPTION_NAMES if name != "metrics"), "progress",
     ]  # fmt: skip
@@ -419,7 +420,8 @@ class FisherInformationDetector(EvasionDetector):
         ``ThresholdClassifier``), ``-decision_function`` for ``QuantileOutlierDetector``; positive exactly
         where :meth:`detect` flags the input. ``class_gradient(x)`` gives its exact input gradient, shape
         (N, 1, *input_shape), through the Fisher metrics' mixed second derivatives. Pass it (or the
-        detector) to :class:`art_fisher.adversarial.adaptive_classifier.AdaptiveDetectorClassifier` or ART's ``DetectorClassifier``.
+        detector) to :class:`art_fisher.adversarial.adaptive_classifier.AdaptiveDetectorClassifier` or ART's
+        ``DetectorClassifier``.
 
         Returns
         -------

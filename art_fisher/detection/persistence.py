@@ -9,7 +9,8 @@ A file is a ``skops.io`` archive (never bare pickle) of one dict:
 - ``feature_names``, ``input_shape``, ``nb_classes``;
 - ``model_fingerprint`` (format 2): :func:`model_fingerprint` of the classifier the detector was fitted for.
 
-Loading reads the archive with skops' default trusted types, :class:`~art_fisher.detection.estimators.ThresholdClassifier`,
+Loading reads the archive with skops' default trusted types,
+:class:`~art_fisher.detection.estimators.ThresholdClassifier`,
 :class:`~art_fisher.detection.calibration.QuantileOutlierDetector` and the type names the caller adds, then checks
 every key, type and value before building the detector. Every malformed or foreign file gives ValueError.
 """

@@ -1,7 +1,8 @@
 """The Fisher detectors of the evaluation: :class:`~art_fisher.detection.detector.FisherInformationDetector` adapters.
 
 One detector per scalar Fisher metric that :mod:`art_fisher.metrics` provides, the combined detector
-(the per-parameter-tensor traces, :data:`COMBINED`) and the sensitivity map's statistics, each twice: fitted on clean and adversarial examples of an attack
+(the per-parameter-tensor traces, :data:`COMBINED`) and the sensitivity map's statistics, each twice: fitted on clean
+and adversarial examples of an attack
 (``fisher_<metric>``), and calibrated on clean inputs alone (``fisher_<metric>_clean``, ``fit(x)``
 without labels, flagging ``target_fpr`` of clean inputs). New metrics registered in
 :mod:`art_fisher.detection.features` appear here without further edits.

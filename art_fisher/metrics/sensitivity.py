@@ -142,7 +142,10 @@ def is_piecewise_linear(plan: Plan) -> bool:
 
 
 def fis_from_jacobians(z: torch.Tensor, t: torch.Tensor, jz: torch.Tensor, jt: torch.Tensor) -> torch.Tensor:
-    """``Σ_g Σ_c ∂x a_c ∂x b_c`` (n, D) from ``z`` (n, C), ``t`` (n, G, C), ``∂x z`` (n, C, D), ``∂x t`` (n, G, C, D)."""
+    """``Σ_g Σ_c ∂x a_c ∂x b_c`` (n, D) from the logits and directional derivatives and their input-Jacobians.
+
+    The inputs are ``z`` (n, C), ``t`` (n, G, C), ``∂x z`` (n, C, D) and ``∂x t`` (n, G, C, D).
+    """
     p = torch.softmax(z, dim=-1)  # (n, C)
     dp = p.unsqueeze(-1) * (jz - torch.einsum("nc,ncd->nd", p, jz).unsqueeze(1))  # (n, C, D)
     b = t - torch.einsum("ngc,nc->ng", t, p).unsqueeze(-1)  # (n, G, C)

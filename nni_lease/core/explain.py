@@ -19,7 +19,8 @@ the seed's "given the input and its predicted label :math:`y`". The alternative 
 allows, the clean *soft* prediction as target (``objective="soft_prediction"``, this package's earlier
 default), is minimal with zero gradient at :math:`\delta = 0` (a distribution fits itself best): the
 ascent then only amplifies its random start, and its explanations were noise (restart cosine 0.08 on
-average over three held-out explainers, deletion no better than deleting the brightest pixels). It is kept as a named option to reproduce that.
+average over three held-out explainers, deletion no better than deleting the brightest pixels). It is kept as a named
+option to reproduce that.
 
 **Ball and steps: L2 ball, normalised-gradient steps** (``norm="l2"``, default; radius
 ``epsilon=0.5``, the usual L2 budget for CIFAR-10-sized inputs in [0, 1]):
@@ -137,7 +138,10 @@ class Explanation:
 
     @property
     def importance(self) -> torch.Tensor:
-        """Per-entry importance :math:`-\\delta \\odot x`, shape ``(N, ...)``: large where the adversary removes intensity."""
+        """Per-entry importance :math:`-\\delta \\odot x`, shape ``(N, ...)``.
+
+        Large where the adversary removes intensity.
+        """
         return -self.delta * self.x
 
 

@@ -1,5 +1,6 @@
-r"""The LeaSE step, shared by the one-shot strategy (:mod:`nni_lease.oneshot.strategy`) and the trial code
-(:mod:`nni_lease.multitrial.trial`).
+r"""The LeaSE step, shared by the one-shot strategy and the multi-trial trial code.
+
+Used by :mod:`nni_lease.oneshot.strategy` and :mod:`nni_lease.multitrial.trial`.
 
 The seed's four stages, for an explainer :math:`f(\cdot; E, A)` (architecture :math:`A`, weights
 :math:`E`) and a listener :math:`g(\cdot; W)` (fixed architecture):
@@ -225,7 +226,7 @@ class LeaseStep:
         train_loss = F.cross_entropy(explainer_at(params)(x_tr), y_tr)
         grads = torch.autograd.grad(train_loss, [params[n] for n in weight_names], create_graph=True)
         stepped = dict(params)
-        for name, grad in zip(weight_names, grads):
+        for name, grad in zip(weight_names, grads, strict=True):
             stepped[name] = params[name] - explainer_step_size * grad
         explainer_1 = explainer_at(stepped)
         # W'(A): one virtual listener step on the training batch explained by E'.
@@ -237,7 +238,7 @@ class LeaseStep:
                                         y_tr)
         w_grads = torch.autograd.grad(listener_loss, [w_params[n] for n in w_names], create_graph=True)
         w_stepped = dict(w_params)
-        for name, grad in zip(w_names, w_grads):
+        for name, grad in zip(w_names, w_grads, strict=True):
             w_stepped[name] = w_params[name] - listener_step_size * grad
         # J(A): the explainer's and the listener's validation losses after the virtual steps.
         val_logits = explainer_1(x_val)

@@ -192,7 +192,7 @@ class LeaseLightningModule(DartsLightningModule):
                 objective, details = self.penalty(objective, self.export_probs())
                 self.log_dict({f"penalty/{k}": v for k, v in details.items()})
             grads = torch.autograd.grad(objective, alphas, allow_unused=True)
-            for alpha, grad in zip(alphas, grads):
+            for alpha, grad in zip(alphas, grads, strict=True):
                 alpha.grad = None if grad is None else grad.detach()
             explainer_val_loss, explainer_logits = terms.explainer_val_loss.detach(), terms.explainer_val_logits
             listener_val_loss, listener_logits = terms.listener_val_loss.detach(), terms.listener_val_logits

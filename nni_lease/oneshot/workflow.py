@@ -310,7 +310,7 @@ def _plot_curves(rows: list[dict[str, str]], path: Path, title: str) -> None:
         ("accuracy", ["explainer/train_acc", "explainer/val_acc", "listener/train_acc", "listener/val_acc"]),
         ("mean |δ| (input units)", ["explanation/mean_abs_delta"]),
     ]
-    for ax, (ylabel, names) in zip(axes, panels):
+    for ax, (ylabel, names) in zip(axes, panels, strict=True):
         for name in names:
             values = [float(r[name]) if r.get(name) else float("nan") for r in rows]
             ax.plot(epochs, values, marker="o", label=name)

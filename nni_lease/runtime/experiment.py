@@ -279,8 +279,9 @@ class _LeaseNasExperiment(NasExperiment):
 
 
 def check_experiment_ports(config: Any, port: int, host: str = DEFAULT_HOST) -> None:
-    """Check the ports an experiment with this config needs (``port``, and ``port + 1`` for remote-like),
-    and that its training service can reach a manager listening on ``host``.
+    """Check the ports an experiment with this config needs, and that its training service can reach the manager.
+
+    The ports are ``port`` and, for remote-like training services, ``port + 1``; the manager listens on ``host``.
 
     Raises
     ------

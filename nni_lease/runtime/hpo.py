@@ -292,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError) as exc:
         parser.error(str(exc))
     if args.dry_run:
-        print(config.to_json())
+        print(config.to_json())  # noqa: T201 - the trial command's --dry-run output
         return 0
     params = nni.get_next_parameter() or {}
     output = args.output or os.environ.get("NNI_OUTPUT_DIR") or tempfile.mkdtemp(prefix="lease-hpo-")

@@ -1,4 +1,5 @@
-"""Tests of :mod:`art_fisher.adversarial.art_classifier`: detection logits as ART classifiers (Fisher's and ART's detectors)."""
+"""Tests of :mod:`art_fisher.adversarial.art_classifier`: detection logits as ART classifiers (Fisher's and ART's
+detectors)."""
 
 from __future__ import annotations
 

@@ -122,8 +122,9 @@ def test_evaluate_help_lists_every_option():
     out = subprocess.run(
         [sys.executable, "-m", "art_fisher", "evaluate", "--help"], capture_output=True, text=True, check=True
     ).stdout
-    for option in ("--dataset", "--data-dir", "--model", "--arch", "--attacks", "--eps", "--detectors",
-                   "--n-samples", "--seed", "--device", "--output", "--target-fpr", "--quiet", "--adaptive"):  # fmt: skip
+    options = ("--dataset", "--data-dir", "--model", "--arch", "--attacks", "--eps", "--detectors",
+               "--n-samples", "--seed", "--device", "--output", "--target-fpr", "--quiet", "--adaptive")  # fmt: skip
+    for option in options:
         assert option in out
     for name in (
         "fgsm",

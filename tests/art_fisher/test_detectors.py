@@ -134,7 +134,7 @@ def test_one_hot_labels_and_threshold_default(digits_cnn, digits_attacks):
     report, is_adv = a.detect(x)
     np.testing.assert_array_equal(is_adv, a.estimator_.predict(report["scores"]["trace"][:, None]) == 1)
     # What ART's own detectors accept in detect: a positional batch size and ignored keywords.
-    report_b, is_adv_b = b.detect(x, 7, verbose=False)
+    _report_b, is_adv_b = b.detect(x, 7, verbose=False)
     np.testing.assert_array_equal(is_adv_b, is_adv)
 
 
@@ -345,7 +345,7 @@ def test_example_walkthrough_runs():
 
     script = Path(__file__).resolve().parents[2] / "examples" / "detector_in_art_workflow.py"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "identical decisions" in proc.stdout and "held-out ROC-AUC" in proc.stdout
 

@@ -1,4 +1,5 @@
-"""Tests of :mod:`art_fisher.adversarial.gradients`: the detector's logit as a torch function and its exact input gradient."""
+"""Tests of :mod:`art_fisher.adversarial.gradients`: the detector's logit as a torch function and its exact input
+gradient."""
 
 from __future__ import annotations
 

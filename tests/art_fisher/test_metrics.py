@@ -56,13 +56,13 @@ def case(request):
 
 
 def test_trace_and_eigenvalue_match_dense(case):
-    name, model, x, ref = case
+    _name, model, x, ref = case
     assert rel_err(fisher_trace(model, x), ref["trace"]) < TOL
     assert rel_err(fisher_max_eigenvalue(model, x), ref["lam"]) < TOL
 
 
 def test_block_traces_match_dense(case):
-    name, model, x, ref = case
+    _name, model, x, ref = case
     values, names = fisher_block_traces(model, x)
     assert names == tuple(n for n, _ in model.named_parameters())
     d = Dense(model)
@@ -74,7 +74,7 @@ def test_block_traces_match_dense(case):
 
 @pytest.mark.parametrize("blockwise", [False, True])
 def test_quadratic_form_matches_dense(case, blockwise):
-    name, model, x, ref = case
+    _name, model, x, ref = case
     got = fisher_quadratic_form(model, x, blockwise=blockwise)
     assert rel_err(got, ref["block" if blockwise else "full"]) < TOL
 

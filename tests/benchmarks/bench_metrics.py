@@ -530,8 +530,8 @@ def run(args) -> dict:
 
 def table(results: dict) -> str:
     lines = [
-        "| device | model (head) | params | metric | original ms/sample | exact ms/sample (batch) | speed-up "
-        "| units/sample | peak MiB (growth) |",
+        ("| device | model (head) | params | metric | original ms/sample | exact ms/sample (batch) | speed-up "
+        "| units/sample | peak MiB (growth) |"),
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for run_ in results["runs"]:

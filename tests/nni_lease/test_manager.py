@@ -82,11 +82,14 @@ _LISTEN_FORMS = textwrap.dedent("""
     }
     (async () => {
       const out = {};
-      for (const [name, call] of forms) { const s = http.createServer(); const p = once(s); call(s); out[name] = await p; }
+      for (const [name, call] of forms) {
+        const s = http.createServer(); const p = once(s); call(s); out[name] = await p;
+      }
       const n = net.createServer(); let p = once(n); n.listen(port); out['net listen(port)'] = await p;
       const e = express().listen(port); out['express app.listen(port)'] = await once(e);
       const w = new ws.Server({port});  // NNI's reuse-mode channel on port + 1
-      out['ws.Server({port})'] = await new Promise(r => w.on('listening', () => { const a = w.address(); w.close(); r(a); }));
+      out['ws.Server({port})'] = await new Promise(
+        r => w.on('listening', () => { const a = w.address(); w.close(); r(a); }));
       out.env = [process.env.NODE_OPTIONS, process.env.NNI_LEASE_MANAGER_HOST, process.env.NNI_LEASE_MANAGER_PARENT];
       console.log(JSON.stringify(out));
     })();

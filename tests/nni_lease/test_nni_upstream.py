@@ -407,7 +407,7 @@ def test_oneshot_sanity(nni_home):
 def simple_evaluation(model, num_batches=2):
     train_loader = DataLoader(RandomMnistDataset(64, 0), 32, shuffle=True)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    for _, (x, y) in zip(range(num_batches), train_loader):
+    for _, (x, y) in zip(range(num_batches), train_loader, strict=False):
         loss = nn.functional.cross_entropy(model(x), y)
         loss.backward()
         optimizer.step()

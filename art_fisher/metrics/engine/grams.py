@@ -20,6 +20,7 @@ in the input ``x``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -135,7 +136,9 @@ def gram_blocks(
     diagonal: bool = False,
     create_graph: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Logits (N, C), blocks ``Wᵀ K_k W`` (N, B, C', C') of all samples (or their diagonals (N, B, C')), and ``W`` (N, C, C').
+    """Logits (N, C), blocks ``Wᵀ K_k W`` (N, B, C', C') and ``W`` (N, C, C') of all samples.
+
+    With ``diagonal``, the blocks' diagonals (N, B, C') instead of the blocks.
 
     Parameters
     ----------
@@ -248,7 +251,7 @@ def directional(
                 z = net.logits(net.selected(), xb)
                 _checks.check_finite_output(z, sl.start, net, x)
             for name in todo:
-                t_k = jvp(lambda s: net.logits(s, xb), ({name: net.base[name]},), ({name: v[name]},))[1]
+                t_k = jvp(functools.partial(net.logits, x=xb), ({name: net.base[name]},), ({name: v[name]},))[1]
                 t[name] = w_of.vector(t_k, z)
         assert z is not None  # every selected parameter goes through the hooks or through torch.func
         zs.append(z)
