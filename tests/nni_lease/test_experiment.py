@@ -90,7 +90,7 @@ class _Driver:
             try:
                 assert self.api("/check-status")["status"] in ("INITIALIZED", "RUNNING", "NO_MORE_TRIAL", "DONE")
                 jobs, metrics = self.api("/trial-jobs"), self.api("/metric-data")
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.JSONDecodeError):  # not listening or still initialising
                 jobs, metrics = [], []
             done = {j["trialJobId"] for j in jobs if j["status"] == "SUCCEEDED"}
             kinds = {t: {m["type"] for m in metrics if m["trialJobId"] == t} for t in done}
@@ -107,7 +107,7 @@ class _Driver:
             try:
                 if self.api("/check-status")["status"] == "DONE":
                     return self.api("/trial-jobs")
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.JSONDecodeError):  # not listening or still initialising
                 pass
             time.sleep(2)
         raise AssertionError("the experiment did not finish in time:\n" + self.output()[-3000:])
