@@ -50,7 +50,8 @@ def atomic_write(path: str | Path, *, text: bool = False) -> Iterator[IO]:
         raise IsADirectoryError(f"{path} is a folder; cannot write a file there.")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w" if text else "wb", **({"encoding": "utf-8", "newline": ""} if text else {})) as fh:
+        fh: IO = os.fdopen(fd, "w", encoding="utf-8", newline="") if text else os.fdopen(fd, "wb")
+        with fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())

@@ -18,9 +18,9 @@ import argparse
 import json
 import logging
 
+from nni_lease.oneshot.workflow import RetrainConfig, SearchConfig
 from nni_lease.runtime.experiment import run_experiment, sigterm_as_interrupt
 from nni_lease.runtime.hpo import TrialConfig, build_hpo_experiment
-from nni_lease.oneshot.workflow import RetrainConfig, SearchConfig
 
 
 def main() -> None:

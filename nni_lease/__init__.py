@@ -22,6 +22,24 @@ Public names (imported lazily, so that ``import nni_lease`` stays light):
 
 from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
+from importlib.util import find_spec
+
+
+
+def _missing(name: str) -> bool:
+    try:
+        return find_spec(name) is None
+    except (ImportError, ValueError):  # a parent package or a sys.modules entry that is None
+        return True
+
+
+# The NNI packages come with the "lease" extra; without them, say so at once rather than at the first name.
+_MISSING = [name for name in ("nni", "pytorch_lightning") if _missing(name)]
+if _MISSING:
+    raise ImportError(
+        f"nni_lease needs Microsoft NNI 3.0 and its pinned companions; {', '.join(_MISSING)} not installed. "
+        'Install them with: pip install "art-fisher-lease[lease]"'
+    )
 
 try:
     __version__ = version("art-fisher-lease")
@@ -50,7 +68,8 @@ _LAZY = {
     "run_multitrial": "nni_lease.runtime.experiment",
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = ["__version__"]
+__all__ += list(_LAZY)
 
 
 def __getattr__(name: str):

@@ -1,4 +1,7 @@
-from nni_lease.cli import main
+"""``python -m nni_lease``: the ``nni-lease`` command line."""
+
 import sys
+
+from nni_lease.cli import main
 
 sys.exit(main())

@@ -257,11 +257,11 @@ def _run_nni_experiment(args: argparse.Namespace, start: Callable[..., Any]) -> 
 
 
 def _search_multitrial(args: argparse.Namespace) -> int:
-    from nni_lease.runtime.experiment import build_config, run_multitrial
     from nni_lease.multitrial.strategy import LeaseMultiTrial
-    from nni_lease.oneshot.workflow import SearchConfig, load_splits, space_kwargs
-    from nni_lease.spaces import LeaseCellSpace
     from nni_lease.multitrial.trial import TRIAL_LEASE_OPTIONS, lease_evaluator
+    from nni_lease.oneshot.workflow import SearchConfig, load_splits, space_kwargs
+    from nni_lease.runtime.experiment import build_config, run_multitrial
+    from nni_lease.spaces import LeaseCellSpace
 
     config = SearchConfig(dataset=args.dataset, data_dir=args.data_dir, seed=args.seed, limit=args.limit,
                           epochs=args.epochs, limit_batches=args.limit_batches, batch_size=args.batch_size,
@@ -283,9 +283,9 @@ def _search_multitrial(args: argparse.Namespace) -> int:
 
 
 def _search_hpo(args: argparse.Namespace) -> int:
+    from nni_lease.oneshot.workflow import RetrainConfig
     from nni_lease.runtime.experiment import run_experiment
     from nni_lease.runtime.hpo import TUNED_OPTIONS, TrialConfig, build_hpo_experiment, check_resumable
-    from nni_lease.oneshot.workflow import RetrainConfig
 
     fixed = [n for n in _LEASE_DESTS if n not in TUNED_OPTIONS and n in args.given]
     config = TrialConfig(search=_search_config(args), lease={n: getattr(args, n) for n in fixed},

@@ -215,7 +215,7 @@ class Cifar10Dataset(_ArrayDataset):
         x = np.concatenate([p[0] for p in parts])
         y = np.concatenate([p[1] for p in parts])
         perm = np.random.default_rng(seed).permutation(len(y))
-        n_val = max(1, int(round(val_fraction * len(y))))
+        n_val = max(1, round(val_fraction * len(y)))
         idx = perm[n_val:] if split == "train" else perm[:n_val]
         self._set(x[idx], y[idx], limit)
 

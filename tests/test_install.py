@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -11,14 +12,22 @@ from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _requirements() -> dict[str, Requirement]:
-    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+def _project() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
+def _requirements(*extras: str) -> dict[str, Requirement]:
+    """The base requirements and those of ``extras``, by canonical distribution name."""
+    meta = _project()
     reqs = [Requirement(r) for r in meta["dependencies"]]
-    return {r.name: r for r in reqs}
+    for extra in extras:
+        reqs += [Requirement(r) for r in meta["optional-dependencies"][extra]]
+    return {canonicalize_name(r.name): r for r in reqs}
 
 
 def test_packages_import():
@@ -32,20 +41,43 @@ def test_packages_import():
     "dist", ["torch", "nni", "adversarial-robustness-toolbox", "scikit-learn", "pytorch-lightning"]
 )
 def test_installed_versions_match_pyproject(dist):
-    req = _requirements()[dist]
+    req = _requirements("lease")[dist]
     installed = version(dist)
     assert req.specifier.contains(installed, prereleases=True), (
         f"{dist} {installed} does not satisfy pyproject's {req}"
     )
 
 
-def test_torch_is_the_cpu_build_or_matches_pin():
-    import torch
+def _constraints() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / ".ci" / "constraints.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, _, pinned = line.partition("==")
+            pins[canonicalize_name(name)] = pinned
+    return pins
 
-    # The pin is exact; a local label (+cpu) is allowed, a different release is not.
-    assert torch.__version__.split("+")[0] == "2.13.0"
+
+def test_constraints_pin_every_requirement_within_its_range():
+    pins = _constraints()
+    for name, req in _requirements("lease", "test", "lint").items():
+        if name == "art-fisher-lease":
+            continue
+        assert name in pins, f".ci/constraints.txt does not pin {name}"
+        assert req.specifier.contains(pins[name], prereleases=True), f"{name}=={pins[name]} is outside {req}"
 
 
+@pytest.mark.skipif(
+    Path(os.environ.get("PIP_CONSTRAINT", "/nonexistent")).resolve() != (ROOT / ".ci" / "constraints.txt").resolve(),
+    reason="installed through .ci/constraints.txt only in CI (PIP_CONSTRAINT)",
+)
+@pytest.mark.parametrize("dist", ["torch", "nni", "adversarial-robustness-toolbox", "scikit-learn", "numpy"])
+def test_ci_installs_the_constrained_versions(dist):
+    # A local label (torch's +cpu) is allowed, a different release is not.
+    assert version(dist).split("+")[0] == _constraints()[canonicalize_name(dist)]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("module", "subcommands"),
     [("art_fisher", ["evaluate"]), ("nni_lease", ["search", "retrain"])],

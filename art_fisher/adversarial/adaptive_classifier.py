@@ -6,7 +6,8 @@ logit :math:`d` (Carlini & Wagner 2017, "Adversarial examples are not easily det
 ``loss_gradient`` and ``compute_loss`` raise ``NotImplementedError`` (so PGD and AutoPGD cannot run on
 it), and its ``class_gradient`` mixes up indices when several samples ask for the detector's class (as
 C&W does). :class:`AdaptiveDetectorClassifier` is that class with both fixed, for a PyTorch classifier
-and a detector given as a torch detection logit (:class:`~art_fisher.adversarial.art_classifier.DetectionLogitClassifier`,
+and a detector given as a torch detection logit
+(:class:`~art_fisher.adversarial.art_classifier.DetectionLogitClassifier`,
 e.g. ``FisherInformationDetector.as_art_classifier()``):
 
 - ``predict`` is ART's (C + 1 logits);
@@ -90,6 +91,11 @@ class AdaptiveDetectorClassifier(DetectorClassifier):
         None, of the wrong length or one-hot width, not finite, or not whole-number labels in range;
         ``class_gradient`` for a ``label`` that is not a whole-number class.
     """
+
+    detector_weight: float
+    classifier_loss: str
+    confidence: float
+    targeted: bool
 
     def __init__(
         self,

@@ -5,19 +5,20 @@ an ART ``ClassifierNeuralNetwork`` whose ``predict`` gives one detection logit p
 ``class_gradient`` gives its input gradient. :class:`DetectionLogitClassifier` is that object for any
 detector whose logit is a torch function of the raw input:
 
-- :meth:`FisherInformationDetector.as_art_classifier() <art_fisher.detection.detector.FisherInformationDetector.as_art_classifier>`
+- :meth:`FisherInformationDetector.as_art_classifier()
+  <art_fisher.detection.detector.FisherInformationDetector.as_art_classifier>`
   (autodiff through the Fisher metrics, :mod:`art_fisher.adversarial.gradients`);
 - :func:`art_detector_logit` for ART's own ``BinaryInputDetector`` and ``BinaryActivationDetector``
   (their two-class network's log-odds of "adversarial").
 
-Use it inside :class:`art_fisher.adversarial.adaptive_classifier.AdaptiveDetectorClassifier` to attack classifier and detector
-together.
+Use it inside :class:`art_fisher.adversarial.adaptive_classifier.AdaptiveDetectorClassifier` to attack classifier and
+detector together.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -61,7 +62,7 @@ class DetectionLogitClassifier(ClassifierNeuralNetwork):
     UserWarning as ``FisherInformationDetector.detect``.
     """
 
-    estimator_params = ClassifierNeuralNetwork.estimator_params + ["logit_function", "name"]
+    estimator_params: ClassVar[list[str]] = [*ClassifierNeuralNetwork.estimator_params, "logit_function", "name"]
 
     def __init__(
         self,
@@ -259,13 +260,14 @@ def art_detector_logit(detector: Any, classifier: Any = None) -> DetectionLogitC
         z = net._model(features)[-1]  # ART's ModelWrapper returns every layer's output
         return z[:, 1] - z[:, 0]
 
+    fn: Callable[[torch.Tensor], torch.Tensor]
     if isinstance(detector, BinaryInputDetector):
         source, fn = net, two_class_logit
     else:
         source = detector.classifier
         module = dict(source.model.named_modules())[detector._layer_name]
 
-        def fn(x: torch.Tensor) -> torch.Tensor:
+        def layer_logit(x: torch.Tensor) -> torch.Tensor:
             xp = x
             if source.preprocessing_operations:
                 xp, _ = source._apply_preprocessing(x, y=None, fit=False, no_grad=False)
@@ -276,6 +278,8 @@ def art_detector_logit(detector: Any, classifier: Any = None) -> DetectionLogitC
             finally:
                 handle.remove()
             return two_class_logit(captured[0])
+
+        fn = layer_logit
 
     return DetectionLogitClassifier(
         _in_eval_mode(fn, [net.model] + ([] if source is net else [source.model])),

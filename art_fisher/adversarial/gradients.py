@@ -10,8 +10,8 @@ and the fitted estimator is rewritten as torch operations with its fitted number
 Differentiable choices (:func:`check_differentiable` names the culprit otherwise):
 
 - metrics ``"trace"``, ``"quadratic_form"`` (any direction, blockwise or not, either ``classes``),
-  ``"max_eigenvalue"`` and ``"block_traces"`` with ``method="exact"``; not ``"sensitivity"`` (its map statistics ``max`` and
-  ``top_mass`` are sorts, and the map has no ``create_graph``), not ``method="finite_difference"``;
+  ``"max_eigenvalue"`` and ``"block_traces"`` with ``method="exact"``; not ``"sensitivity"`` (its map statistics ``max``
+  and ``top_mass`` are sorts, and the map has no ``create_graph``), not ``method="finite_difference"``;
 - estimators (fitted, binary):
 
   * :class:`~art_fisher.detection.estimators.ThresholdClassifier`: logit :math:`\sigma(s_j - t) / \mathrm{std}`,
@@ -33,6 +33,7 @@ The logit is 0 at the detector's threshold and positive exactly where it flags t
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -47,7 +48,7 @@ class NotDifferentiableError(ValueError):
 
 
 def _linear_steps(estimator: Any) -> list[Any] | None:
-    """The steps of ``estimator`` if it is (a Pipeline of log / StandardScaler steps ending in) a binary linear classifier."""
+    """The steps of ``estimator`` if it is a binary linear classifier (after log / StandardScaler steps)."""
     from sklearn.linear_model._base import LinearClassifierMixin
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
@@ -59,9 +60,20 @@ def _linear_steps(estimator: Any) -> list[Any] | None:
     if not steps or not all(isinstance(s, (LogTransformer, StandardScaler)) for s in steps[:-1]):
         return None
     last = steps[-1]
-    if not isinstance(last, LinearClassifierMixin) or np.shape(getattr(last, "coef_", None))[:1] != (1,):
+    coef = getattr(last, "coef_", None)
+    if not isinstance(last, LinearClassifierMixin) or coef is None or np.shape(coef)[:1] != (1,):
         return None
     return steps
+
+
+def _log_floor(f: torch.Tensor, *, floor: torch.Tensor) -> torch.Tensor:
+    """:class:`~art_fisher.detection.transforms.LogTransformer` in torch: ``log(max(f, floor))``."""
+    return torch.log(torch.maximum(f, floor))
+
+
+def _standardise(f: torch.Tensor, *, mean: torch.Tensor | None, std: torch.Tensor | None) -> torch.Tensor:
+    """A fitted ``StandardScaler`` in torch (``None``: that step is off)."""
+    return (f if mean is None else f - mean) / (1.0 if std is None else std)
 
 
 def _describe(estimator: Any) -> str:
@@ -148,11 +160,11 @@ def estimator_logit(estimator: Any, *, dtype: torch.dtype, device: torch.device)
     maps: list[Callable[[torch.Tensor], torch.Tensor]] = []
     for step in steps[:-1]:
         if isinstance(step, LogTransformer):
-            maps.append(lambda f, floor=t(step.floor_): torch.log(torch.maximum(f, floor)))
+            maps.append(functools.partial(_log_floor, floor=t(step.floor_)))
             continue
         mean = t(step.mean_) if step.with_mean and step.mean_ is not None else None
         std = t(step.scale_) if step.with_std and step.scale_ is not None else None
-        maps.append(lambda f, mean=mean, std=std: (f if mean is None else f - mean) / (1.0 if std is None else std))
+        maps.append(functools.partial(_standardise, mean=mean, std=std))
     coef, intercept = t(steps[-1].coef_[0]), float(np.ravel(steps[-1].intercept_)[0])
 
     def linear(f: torch.Tensor) -> torch.Tensor:
@@ -175,8 +187,8 @@ def detection_logit_function(detector: Any) -> Callable[[torch.Tensor], torch.Te
     NotDifferentiableError
         See :func:`check_differentiable`; also for preprocessing that ART does not run in PyTorch.
     """
-    from art_fisher.detection import features as _features
     from art_fisher import metrics as metrics_module
+    from art_fisher.detection import features as _features
 
     check_differentiable(detector)
     classifier, options = detector.classifier, detector._options

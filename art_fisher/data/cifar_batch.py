@@ -34,6 +34,7 @@ import io
 import pickle
 import struct
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
@@ -162,7 +163,7 @@ def _frombuffer(buffer: object, dtype: object, shape: object, order: object) -> 
         raise UnsafeCifarBatchError(f"refusing numpy _frombuffer of a {type(buffer).__name__} in order {describe(order)}")
     if _count(shape) * dtype.itemsize != len(buffer):
         raise UnsafeCifarBatchError(f"array of shape {shape} and {dtype} does not match its {len(buffer)} bytes")
-    return np.frombuffer(buffer, dtype=dtype).reshape(shape, order=order)
+    return np.frombuffer(buffer, dtype=dtype).reshape(cast("tuple[int, ...]", shape), order="F" if order == "F" else "C")
 
 
 def _scalar(dtype: object, raw: object = b"") -> np.generic:
@@ -213,7 +214,7 @@ def _build_array(array: np.ndarray, state: object) -> None:
     expected = _count(shape) * dtype.itemsize
     if len(raw) != expected:  # numpy checks this too; checked here first, with the numbers
         raise CifarBatchError(f"an array of shape {shape} and {dtype} needs {expected} bytes; the file holds {len(raw)}")
-    array.__setstate__((version, shape, dtype, is_fortran, bytes(raw)))
+    array.__setstate__((version, shape, dtype, is_fortran, bytes(raw)))  # type: ignore[arg-type]  # checked above
 
 
 def _build_dtype(dtype: np.dtype, state: object) -> None:
@@ -261,7 +262,7 @@ class _CifarUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its opco
                           for name in _OPCODES})
     opcodes = 0
 
-    def find_class(self, module: str, name: str):  # noqa: D102 - pickle API
+    def find_class(self, module: str, name: str):  # pickle API
         found = _GLOBALS.get((module, name))
         if found is None:
             raise UnsafeCifarBatchError(
@@ -289,7 +290,7 @@ def _labels(values: object, n: int, path: Path) -> np.ndarray:
     else:
         ok = isinstance(values, list) and all(
             isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values[: n + 1])
-    if not ok or len(values) != n:
+    if not (ok and isinstance(values, (np.ndarray, list)) and len(values) == n):
         kind = f"{values.dtype} {values.shape}" if isinstance(values, np.ndarray) else type(values).__name__
         raise CifarBatchError(f"{path}: expected b'labels' as {n} integers (one per image); got {kind}"
                               + (f" of length {len(values)}" if isinstance(values, list) else "") + ".")

@@ -168,7 +168,7 @@ def _read_idx(path: Path, *, shape_limits: tuple[int, ...], exact: tuple[bool, .
             if len(dims) < 4 * ndim:
                 raise ValueError(f"{path}: truncated idx header (expected {4 + 4 * ndim} bytes, got {4 + len(dims)}).")
             shape = tuple(int.from_bytes(dims[4 * i : 4 * i + 4], "big") for i in range(ndim))
-            for axis, (size, limit, equal) in enumerate(zip(shape, shape_limits, exact)):
+            for axis, (size, limit, equal) in enumerate(zip(shape, shape_limits, exact, strict=True)):
                 if (size != limit) if equal else (size > limit):
                     want = f"= {limit}" if equal else f"<= {limit}"
                     raise ValueError(f"{path}: the header announces shape {shape}; the MNIST format needs "
@@ -193,13 +193,15 @@ def _read_idx(path: Path, *, shape_limits: tuple[int, ...], exact: tuple[bool, .
 
 def _mnist_from_idx(data_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     img_stem, lbl_stem = _MNIST_IDX[split]
-    paths = [_find_file(data_dir, stem) for stem in (img_stem, lbl_stem)]
-    for stem, path in zip((img_stem, lbl_stem), paths):
+    paths: list[Path] = []
+    for stem in (img_stem, lbl_stem):
+        path = _find_file(data_dir, stem)
         if path is None:
             raise FileNotFoundError(
                 f"MNIST {split} split: expected {data_dir / stem} (or {stem}.gz), or a mnist.npz with "
                 f"x_{split}/y_{split}, in {data_dir}; none found."
             )
+        paths.append(path)
     n_max = MNIST_MAX_IMAGES[split]
     images = _read_idx(paths[0], shape_limits=(n_max, MNIST_SIDE, MNIST_SIDE), exact=(False, True, True))
     labels = _read_idx(paths[1], shape_limits=(n_max,), exact=(False,))

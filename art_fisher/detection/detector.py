@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import sklearn
@@ -129,8 +129,8 @@ class FisherInformationDetector(DetectorParameters):
     Attacks that know the detector: :meth:`as_art_classifier` is the detector as ART's
     ``DetectorClassifier`` needs it (``predict`` = one detection logit per sample, ``class_gradient`` its
     exact input gradient, by autodiff through the Fisher metrics), and
-    :class:`art_fisher.adversarial.adaptive_classifier.AdaptiveDetectorClassifier` the pair with an attacker's loss, on which
-    ART's PGD, AutoPGD and C&W run. Differentiable: the scalar metrics with ``method="exact"`` and the
+    :class:`art_fisher.adversarial.adaptive_classifier.AdaptiveDetectorClassifier` the pair with an attacker's loss, on
+    which ART's PGD, AutoPGD and C&W run. Differentiable: the scalar metrics with ``method="exact"`` and the
     estimators ``ThresholdClassifier``, a linear classifier (alone or after ``StandardScaler``, the
     default with labels) and ``QuantileOutlierDetector`` (the default without labels, piecewise);
     see :mod:`art_fisher.adversarial.gradients`.
@@ -330,7 +330,8 @@ class FisherInformationDetector(DetectorParameters):
         ``ThresholdClassifier``), ``-decision_function`` for ``QuantileOutlierDetector``; positive exactly
         where :meth:`detect` flags the input. ``class_gradient(x)`` gives its exact input gradient, shape
         (N, 1, *input_shape), through the Fisher metrics' mixed second derivatives. Pass it (or the
-        detector) to :class:`art_fisher.adversarial.adaptive_classifier.AdaptiveDetectorClassifier` or ART's ``DetectorClassifier``.
+        detector) to :class:`art_fisher.adversarial.adaptive_classifier.AdaptiveDetectorClassifier` or ART's
+        ``DetectorClassifier``.
 
         Returns
         -------

@@ -69,6 +69,8 @@ def _threshold_search(
         criterion = (tp + (n_neg - fp)) / (n_pos + n_neg)
         best = int(np.argmax(criterion))
     else:  # target_fpr: highest tpr with fpr <= target; among ties the lowest fpr (last index).
+        if target_fpr is None:
+            raise ValueError("strategy='target_fpr' needs a target_fpr; got None.")
         criterion = np.where(fpr <= target_fpr + 1e-12, tpr, -np.inf)
         best = len(criterion) - 1 - int(np.argmax(criterion[::-1]))
     if len(values) > 1:
@@ -268,6 +270,7 @@ class ThresholdClassifier(RenamedParamsMixin, ClassifierMixin, BaseEstimator):
             candidate = (criterion, -j, sign * threshold, sign)
             if best is None or candidate[:2] > best[:2]:
                 best = candidate
+        assert best is not None  # validate_data requires at least one feature
         criterion, neg_j, threshold, sign = best
         self.feature_index_ = -neg_j
         self.threshold_ = threshold

@@ -1,7 +1,8 @@
 """Fisher metric features of an ART ``PyTorchClassifier`` for numpy inputs (shared by detector and sklearn).
 
 This module turns ``(classifier, x)`` into the per-sample metric values that
-:class:`art_fisher.detection.detector.FisherInformationDetector` and :class:`art_fisher.detection.estimators.FisherFeatures`
+:class:`art_fisher.detection.detector.FisherInformationDetector` and
+:class:`art_fisher.detection.estimators.FisherFeatures`
 learn from. It is written once here so both see exactly the same numbers:
 
 - the inputs go through the classifier's own preprocessing (``classifier._apply_preprocessing``, as
@@ -161,8 +162,10 @@ def check_classifier(classifier: Any) -> None:
 
 @dataclass(frozen=True)
 class MetricOptions:
-    """The metric options that :class:`~art_fisher.detection.detector.FisherInformationDetector` and
-    :class:`~art_fisher.detection.estimators.FisherFeatures` share: defined, defaulted and checked here only.
+    """The metric options shared by the detector and the scikit-learn transformer.
+
+    :class:`~art_fisher.detection.detector.FisherInformationDetector` and
+    :class:`~art_fisher.detection.estimators.FisherFeatures` share them: defined, defaulted and checked here only.
 
     Both classes keep these as flat constructor arguments (scikit-learn's ``get_params`` / ART's
     ``defence_params`` need them by name), take their defaults from :data:`DEFAULT_OPTIONS` and turn them

@@ -11,7 +11,8 @@ hands out (``FisherInformationDetector._get_state``) and takes back (``_set_stat
 - ``feature_names``, ``input_shape``, ``nb_classes``;
 - ``model_fingerprint`` (format 2): :func:`model_fingerprint` of the classifier the detector was fitted for.
 
-Loading reads the archive with skops' default trusted types, :class:`~art_fisher.detection.estimators.ThresholdClassifier`,
+Loading reads the archive with skops' default trusted types,
+:class:`~art_fisher.detection.estimators.ThresholdClassifier`,
 :class:`~art_fisher.detection.calibration.QuantileOutlierDetector` and the type names the caller adds, then checks
 every key, type and value before it hands the state back. Every malformed or foreign file gives ValueError.
 """

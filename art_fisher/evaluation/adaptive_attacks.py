@@ -164,5 +164,7 @@ def run_adaptive(
 
 
 #: Keys of every adaptive row, in the order of ``adaptive.csv``.
-ROW_KEYS = ("detector", "fit_attack", "attack", "norm", "eps", "steps", "n_attacked", "success_rate", "evasion_rate",
-            "flagged_successful", "clean_fpr", "roc_auc", "loss_start", "loss_half", "loss_final", "seconds")  # fmt: skip
+ROW_KEYS = (
+    "detector", "fit_attack", "attack", "norm", "eps", "steps", "n_attacked", "success_rate", "evasion_rate",
+    "flagged_successful", "clean_fpr", "roc_auc", "loss_start", "loss_half", "loss_final", "seconds",
+)  # fmt: skip

@@ -128,7 +128,7 @@ def run_attack(
     stats = {
         "attack": name,
         "success_rate": float(success.mean()),
-        "n_attacked": int(len(success)),
+        "n_attacked": len(success),
         "n_successful": int(success.sum()),
         "mean_l2": float(np.linalg.norm(delta, axis=1).mean()) if len(delta) else float("nan"),
         "mean_linf": float(np.abs(delta).max(axis=1).mean()) if len(delta) else float("nan"),

@@ -95,7 +95,9 @@ class DetectorRun:
         raise NotImplementedError
 
     def detection_logit(self) -> Any:
-        """The fitted detector as a :class:`~art_fisher.adversarial.art_classifier.DetectionLogitClassifier` (adaptive attacks).
+        """The fitted detector as a detection logit, for adaptive attacks.
+
+        A :class:`~art_fisher.adversarial.art_classifier.DetectionLogitClassifier`.
 
         Raises
         ------
@@ -138,5 +140,5 @@ class DetectorSpec:
 def seed_everything(seed: int) -> None:
     """Seed Python's, numpy's and torch's global generators (ART's detectors and attacks use them)."""
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - ART draws from numpy's global generator
     torch.manual_seed(seed)

@@ -64,6 +64,8 @@ class ArtBinaryRun(DetectorRun):
             self.detector = BinaryInputDetector(wrapped)
 
     def fit(self, x: np.ndarray, y: np.ndarray | None) -> None:
+        if y is None:
+            raise ValueError("ART's binary detectors are supervised: fit needs labels y (1 = adversarial); got None.")
         seed_everything(self.ctx.seed)
         self.detector.fit(x, _one_hot(y), batch_size=32, nb_epochs=20)
 

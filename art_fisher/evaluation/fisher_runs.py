@@ -1,7 +1,8 @@
 """The Fisher detectors of the evaluation: :class:`~art_fisher.detection.detector.FisherInformationDetector` adapters.
 
 One detector per scalar Fisher metric that :mod:`art_fisher.metrics` provides, the combined detector
-(the per-parameter-tensor traces, :data:`COMBINED`) and the sensitivity map's statistics, each twice: fitted on clean and adversarial examples of an attack
+(the per-parameter-tensor traces, :data:`COMBINED`) and the sensitivity map's statistics, each twice: fitted on clean
+and adversarial examples of an attack
 (``fisher_<metric>``), and calibrated on clean inputs alone (``fisher_<metric>_clean``, ``fit(x)``
 without labels, flagging ``target_fpr`` of clean inputs). New metrics registered in
 :mod:`art_fisher.detection.features` appear here without further edits.
@@ -10,6 +11,7 @@ without labels, flagging ``target_fpr`` of clean inputs). New metrics registered
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import time
 from typing import Any
@@ -134,7 +136,7 @@ def _spec(label: str, metrics: tuple[str, ...], *, clean: bool) -> DetectorSpec:
     maps = [m for m in metrics if METRICS[m].is_map]
     return DetectorSpec(
         f"{label}, clean-calibrated" if clean else label,
-        lambda ctx, m=metrics: FisherRun(ctx, m),
+        functools.partial(FisherRun, metrics=metrics),
         "fisher",
         supervised=not clean,
         no_gradient=f"no input gradient through the statistics of the map {maps}" if maps else None,

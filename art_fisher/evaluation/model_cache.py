@@ -88,7 +88,7 @@ def load_state_dict_file(arch: str, data: Dataset, path: Path, device: torch.dev
         model.load_state_dict(state)
     # torch.load raises a different exception for every kind of foreign file (KeyError for some text
     # files, UnpicklingError, RuntimeError, EOFError ...): all of them mean "not a usable state dict".
-    except Exception as exc:  # noqa: BLE001 - re-raised as one ValueError naming the file
+    except Exception as exc:  # re-raised as one ValueError naming the file
         raise ValueError(
             f"model {path}: expected a state dict (torch.save(model.state_dict(), path)) of architecture "
             f"{arch!r} for inputs {data.input_shape} and {data.n_classes} classes; loading failed: "
@@ -129,7 +129,7 @@ def _read_cache(path: Path, key: str, model: nn.Module) -> None:
         raise ValueError("it is empty")
     try:
         payload: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure to read our own cache means "rebuild it"
+    except Exception as exc:  # any failure to read our own cache means "rebuild it"
         raise ValueError(f"it cannot be read ({type(exc).__name__}: {str(exc)[:200]})") from exc
     if not isinstance(payload, dict) or payload.get("format") != CACHE_FORMAT:
         raise ValueError(f"it is not a model cache of format {CACHE_FORMAT!r}")

@@ -79,10 +79,13 @@ def same_attack_rows(table: Sequence[Mapping[str, Any]]) -> list[Mapping[str, An
 
 
 def unseen_summary(table: Sequence[Mapping[str, Any]], fits: Sequence[Mapping[str, Any]] = ()) -> list[dict[str, Any]]:
-    """Per detector (in table order): ``detector``, ``fitted_on`` (``"each attack"`` or ``"clean"``),
+    """Summarise each detector's same-attack and unseen-attack scores.
+
+    Per detector (in table order): ``detector``, ``fitted_on`` (``"each attack"`` or ``"clean"``),
     ``same_attack_auc`` (mean of the diagonal), ``unseen_auc`` and ``min_unseen_auc`` (over rows whose fit
     attack differs from the test attack; for a clean fit, every row), ``clean_fpr`` (mean share of the clean
-    detector-test images the detector flags, over its fits) and ``n_unseen`` (rows averaged)."""
+    detector-test images the detector flags, over its fits) and ``n_unseen`` (rows averaged).
+    """
     out = []
     for det in dict.fromkeys(r["detector"] for r in table):
         rows = [r for r in table if r["detector"] == det]
@@ -224,12 +227,12 @@ def _adaptive_section(rows: Sequence[Mapping[str, Any]], settings: Mapping[str, 
     skipped = [d for d in settings.get("detectors", ()) if d not in settings.get("adaptive_detectors", ())]
     lines = ["## Adaptive attacks", "", f"Threat model: {THREAT_MODEL}", ""]
     lines += [
-        "*success*: share of attacked images the classifier misclassifies; *evasion*: misclassified and not "
+        ("*success*: share of attacked images the classifier misclassifies; *evasion*: misclassified and not "
         "flagged by the detector's own decision; *flagged*: share of the successful examples flagged; *clean "
         "FPR*: share of the clean versions of the attacked images flagged (the price of the threshold); "
         "*ROC-AUC*: detector score, clean versions of the attacked images against the successful adaptive "
         "examples; *loss 0 / 1/2 / end*: the attacker's mean loss at the start, after half the steps and at "
-        "the end (flat from 1/2 to end: converged).",
+        "the end (flat from 1/2 to end: converged)."),
         "",
         _markdown(*_adaptive(rows)),
         "",
@@ -284,20 +287,20 @@ def _markdown_report(
     lines = ["# art-fisher evaluation report", "", "## Same-attack detection (detector-test side)", ""]
     lines += [markdown_table(table, attacks), ""]
     lines += [
-        "ROC-AUC of each detector's continuous score; TPR at 5 % FPR; TPR and FPR of the detector's own "
+        ("ROC-AUC of each detector's continuous score; TPR at 5 % FPR; TPR and FPR of the detector's own "
         "yes/no decision; milliseconds of `detect` per sample (wall clock; for the Fisher detectors, whose "
         "metric values are computed once per input and shared, the measured cost of computing their "
         "metrics plus the rest of `detect`). Supervised detectors are fitted on "
         "the attack they are scored on; `*_clean` and `subset_scanning` never see an adversarial example. "
         "Only successful adversarial examples count; the clean and adversarial versions of a source image "
-        "are on the same side, for every attack.",
+        "are on the same side, for every attack."),
         "",
         "## Unseen attacks",
         "",
-        "Every supervised detector is fitted on each attack and scored on every attack. *Unseen AUC* is the "
+        ("Every supervised detector is fitted on each attack and scored on every attack. *Unseen AUC* is the "
         "mean ROC-AUC where the fit attack differs from the test attack; for detectors fitted on clean "
         "inputs every attack is unseen. *Clean FPR*: share of the clean detector-test images flagged by the "
-        "detector's own decision (mean over its fits).",
+        "detector's own decision (mean over its fits)."),
         "",
         _markdown(*_summary(table, fits)),
         "",
@@ -346,10 +349,10 @@ def _clean_section(
     lines = [
         "## Clean-only calibration",
         "",
-        f"Detectors fitted on the {clean_fits[0]['n_train']} clean detector-train images alone (no adversarial "
+        (f"Detectors fitted on the {clean_fits[0]['n_train']} clean detector-train images alone (no adversarial "
         f"example); the `*_clean` ones aim at flagging `target_fpr` = {settings.get('target_fpr')} of clean "
         f"inputs. FPR on the {clean_fits[0]['n_clean_test']} clean detector-test images; TPR on each attack's "
-        "successful adversarial detector-test images (the detector's own decision).",
+        "successful adversarial detector-test images (the detector's own decision)."),
         "",
     ]
     headers = ["detector", "clean FPR", *(f"TPR {a}" for a in names)]
@@ -359,7 +362,7 @@ def _clean_section(
         cells.append(
             [fit["detector"], _fmt(fit["clean_fpr"], "{:.3f}", ""), *(_fmt(tpr.get(a), "{:.3f}", "") for a in names)]
         )
-    return lines + [_markdown(headers, cells, [False, *([True] * (len(headers) - 1))]), ""]
+    return [*lines, _markdown(headers, cells, [False, *([True] * (len(headers) - 1))]), ""]
 
 
 def write_report(

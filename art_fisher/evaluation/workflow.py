@@ -159,7 +159,12 @@ def _check_names(arg: str, given: Sequence[str], registry: dict[str, Any]) -> tu
 
 
 def _check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < low or (high is not None and value > high):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, Integral)
+        or int(value) < low
+        or (high is not None and int(value) > high)
+    ):
         bound = f"from {low} to {high}" if high is not None else f">= {low}"
         raise ValueError(f"{name} must be an integer {bound}; got {value!r}.")
     return int(value)
@@ -271,7 +276,7 @@ def run(plan: EvaluationPlan) -> EvaluationResult:
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
     p.output_dir.mkdir(parents=True, exist_ok=True)
-    if p.net is not None:
+    if p.net is not None and p.model_path is not None:  # both or neither (prepare loads the net from model_path)
         source = ModelSource(p.net, p.model_path, "given", 0.0)
     else:
         source = cached_model(
@@ -338,7 +343,7 @@ def run(plan: EvaluationPlan) -> EvaluationResult:
     settings = {
         "dataset": p.dataset, "data_dir": None if p.data_dir is None else str(p.data_dir), "arch": p.arch,
         "model": str(source.path), "model_status": source.status, "model_cached": source.status == "cached",
-        "attacks": list(p.attacks), "eps": p.eps, "detectors": list(p.detectors), "n_samples": int(len(chosen)),
+        "attacks": list(p.attacks), "eps": p.eps, "detectors": list(p.detectors), "n_samples": len(chosen),
         "n_detector_train_images": int(side.sum()), "n_detector_test_images": int((~side).sum()),
         "seed": p.seed, "device": str(p.device), "epochs": p.epochs, "batch_size": p.batch_size,
         "target_fpr": p.target_fpr, "clean_test_accuracy": clean_accuracy, "n_train_images": len(p.train.y),

@@ -6,6 +6,8 @@ coefficients ``r = e_y − p`` over the logits, per sample — or one fixed tens
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -18,7 +20,11 @@ Direction = str | Sequence[torch.Tensor]
 
 def class_of(direction: Direction, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
     """The class ``y`` of the direction (the label, or the predicted class) for logits ``z`` (n, C)."""
-    return y if isinstance(direction, str) and direction == "label" else z.argmax(-1)
+    if isinstance(direction, str) and direction == "label":
+        if y is None:
+            raise ValueError("direction='label' needs the labels y; got y=None.")
+        return y
+    return z.argmax(-1)
 
 
 def coefficients(z: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
@@ -28,7 +34,7 @@ def coefficients(z: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
 
 def squared_norm(v: dict[str, torch.Tensor]) -> torch.Tensor:
     """``‖v_n‖²`` (n,) over all tensors of per-sample directions (name → (n, *shape))."""
-    return sum(t.flatten(1).pow(2).sum(1) for t in v.values())
+    return functools.reduce(operator.add, (t.flatten(1).pow(2).sum(1) for t in v.values()))
 
 
 def unit_length(v: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -70,7 +76,7 @@ def fixed_direction(names: list[str], direction: Sequence[torch.Tensor], normali
     """A user direction (one tensor per selected parameter) by name, optionally of unit length."""
     v = dict(zip(names, direction, strict=True))
     if normalize:
-        norm = torch.sqrt(sum(t.pow(2).sum() for t in v.values()))
+        norm = torch.sqrt(functools.reduce(operator.add, (t.pow(2).sum() for t in v.values())))
         v = {k: t / norm for k, t in v.items()}
     return v
 

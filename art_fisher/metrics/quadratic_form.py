@@ -89,6 +89,7 @@ def _named_direction(
         net, plan, x, coefficients=directions.coefficients, basis=make_basis(classes, smooth=create_graph), y=y,
         batch_size=chunk_size, create_graph=create_graph,
     )
+    assert rt is not None  # directional returns r and rᵀt when given coefficients
     return t, rt.sum(1)
 
 

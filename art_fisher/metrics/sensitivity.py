@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.autograd.graph import get_gradient_edge
+from torch.autograd.graph import Node, get_gradient_edge
 from torch.func import grad, jacrev, jvp, vjp, vmap
 
 from art_fisher import _checks
@@ -132,7 +132,7 @@ def is_piecewise_linear(plan: Plan) -> bool:
         return True  # constant in x
     dep = _x_dependence(z.grad_fn, get_gradient_edge(xr).node)
     seen: set[int] = set()
-    stack = [z.grad_fn]
+    stack: list[Node | None] = [z.grad_fn]
     while stack:
         node = stack.pop()
         if node is None or id(node) in seen or not dep[id(node)]:
@@ -148,7 +148,10 @@ def is_piecewise_linear(plan: Plan) -> bool:
 
 
 def fis_from_jacobians(z: torch.Tensor, t: torch.Tensor, jz: torch.Tensor, jt: torch.Tensor) -> torch.Tensor:
-    """``Σ_g Σ_c ∂x a_c ∂x b_c`` (n, D) from ``z`` (n, C), ``t`` (n, G, C), ``∂x z`` (n, C, D), ``∂x t`` (n, G, C, D)."""
+    """``Σ_g Σ_c ∂x a_c ∂x b_c`` (n, D) from the logits and directional derivatives and their input-Jacobians.
+
+    The inputs are ``z`` (n, C), ``t`` (n, G, C), ``∂x z`` (n, C, D) and ``∂x t`` (n, G, C, D).
+    """
     p = torch.softmax(z, dim=-1)  # (n, C)
     dp = p.unsqueeze(-1) * (jz - torch.einsum("nc,ncd->nd", p, jz).unsqueeze(1))  # (n, C, D)
     b = t - torch.einsum("ngc,nc->ng", t, p).unsqueeze(-1)  # (n, G, C)
@@ -220,11 +223,13 @@ def hook_sensitivity(
                 d = directions.unit_length(d)[0]
             shared = False
         else:
+            assert v is not None  # a fixed direction when there are no coefficients
             d, shared = dict(v), True
         n, n_cls = z.shape
         eye = torch.eye(n_cls, dtype=z.dtype, device=z.device).unsqueeze(1).expand(n_cls, n, n_cls)
+        inputs: list[Any] = [*edges, x0]  # torch.autograd.grad takes edges and tensors mixed; its stubs do not
         grads = torch.autograd.grad(
-            z, [*edges, x0], eye, retain_graph=True, is_grads_batched=True, create_graph=not first_order
+            z, inputs, eye, retain_graph=True, is_grads_batched=True, create_graph=not first_order
         )
         b_of = dict(zip(rec.modules, grads[:-1], strict=True))  # (C, n, *out)
         if first_order:
@@ -260,7 +265,7 @@ def hook_sensitivity(
 
 def _jvp_by_double_vjp(f, primals: dict, tangents: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """``(f(θ), J v)`` as the gradient in ``u`` of ``⟨vjp(u), v⟩`` (linear in ``u``): no forward-mode formula needed."""
-    z, vjp_fn = vjp(f, primals)
+    z, vjp_fn = vjp(f, primals)[:2]  # (output, pullback); a third item only with has_aux
 
     def pulled(u: torch.Tensor) -> torch.Tensor:
         (g,) = vjp_fn(u)
@@ -283,7 +288,6 @@ def func_sensitivity(
     """Exact FIS of one chunk with ``torch.func``: ``v`` (n, *shape) per parameter, or (*shape) when ``shared``."""
     reduce = reducer(classes)
     groups = net.groups(blockwise)
-    push = jvp if forward_mode else _jvp_by_double_vjp
 
     def outs(xi: torch.Tensor, vi: dict[str, torch.Tensor], yi: torch.Tensor):
         def zf(s: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -292,9 +296,9 @@ def func_sensitivity(
         ts = []
         for g in groups:
             if forward_mode:
-                z, t = push(zf, ({k: net.base[k] for k in g},), ({k: vi[k] for k in g},))
+                z, t = jvp(zf, ({k: net.base[k] for k in g},), ({k: vi[k] for k in g},))[:2]
             else:
-                z, t = push(zf, {k: net.base[k] for k in g}, {k: vi[k] for k in g})
+                z, t = _jvp_by_double_vjp(zf, {k: net.base[k] for k in g}, {k: vi[k] for k in g})
             ts.append(t)
         tt = torch.stack(ts)
         return (z, tt), (z, tt)

@@ -14,7 +14,7 @@ With the Gram blocks ``K_k = J_k J_kᵀ`` (C × C) of each parameter tensor ``k`
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, overload
 
 import torch
 from torch import nn
@@ -57,6 +57,10 @@ def blocks(
     return gram_blocks(net, plan, x, basis=basis, batch_size=chunk_size, create_graph=create_graph)[1]
 
 
+@overload
+def top_eigen(k: torch.Tensor, *, vectors: Literal[True] = ...) -> tuple[torch.Tensor, torch.Tensor]: ...
+@overload
+def top_eigen(k: torch.Tensor, *, vectors: Literal[False]) -> tuple[torch.Tensor, None]: ...
 def top_eigen(k: torch.Tensor, *, vectors: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``λ_max(F)`` (N,) and, if ``vectors``, its unit eigenvector ``w`` (N, C') of ``K̃ = Σ_k K̃_k``.
 

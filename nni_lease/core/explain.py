@@ -19,7 +19,8 @@ the seed's "given the input and its predicted label :math:`y`". The alternative 
 allows, the clean *soft* prediction as target (``objective="soft_prediction"``), is
 minimal with zero gradient at :math:`\delta = 0` (a distribution fits itself best): the
 ascent then only amplifies its random start, and its explanations were noise (restart cosine 0.08 on
-average over three held-out explainers, deletion no better than deleting the brightest pixels). It is kept as a named option to reproduce that.
+average over three held-out explainers, deletion no better than deleting the brightest pixels). It is kept as a named
+option to reproduce that.
 
 **Ball and steps: L2 ball, normalised-gradient steps** (``norm="l2"``, default; radius
 ``epsilon=0.5``, the usual L2 budget for CIFAR-10-sized inputs in [0, 1]):
@@ -80,7 +81,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeGuard
 
 import torch
 import torch.nn.functional as F
@@ -137,11 +138,14 @@ class Explanation:
 
     @property
     def importance(self) -> torch.Tensor:
-        """Per-entry importance :math:`-\\delta \\odot x`, shape ``(N, ...)``: large where the adversary removes intensity."""
+        """Per-entry importance :math:`-\\delta \\odot x`, shape ``(N, ...)``.
+
+        Large where the adversary removes intensity.
+        """
         return -self.delta * self.x
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -187,10 +191,10 @@ def check_explanation_arguments(
         raise ValueError(f"{prefix}steps must be a positive int; got {steps!r}.")
     if not _is_number(random_start) or not 0.0 <= float(random_start) <= 1.0:
         raise ValueError(f"{prefix}random_start must be a number in [0, 1] (a fraction of epsilon); got {random_start!r}.")
-    for name, value, allowed in [("norm", norm, NORMS), ("objective", objective, OBJECTIVES),
-                                 ("weighting", weighting, WEIGHTINGS)]:
-        if value not in allowed:
-            raise ValueError(f"{prefix}{name} must be one of {list(allowed)}; got {value!r}.")
+    for name, choice, allowed in [("norm", norm, NORMS), ("objective", objective, OBJECTIVES),
+                                  ("weighting", weighting, WEIGHTINGS)]:
+        if choice not in allowed:
+            raise ValueError(f"{prefix}{name} must be one of {list(allowed)}; got {choice!r}.")
 
 
 def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

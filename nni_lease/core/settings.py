@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -133,6 +134,12 @@ class LeaseSettings:
         if self.pgd_step_size is not None:
             return float(self.pgd_step_size)
         return 2.5 * self.pgd_epsilon / self.pgd_steps
+
+    def make_listener_optimizer(self, parameters: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        """``listener_optimizer`` over ``parameters`` with ``listener_learning_rate`` and ``listener_weight_decay``."""
+        # Every optimiser class takes lr and weight_decay; the base class's own signature does not say so.
+        make: Callable[..., torch.optim.Optimizer] = self.listener_optimizer
+        return make(parameters, lr=self.listener_learning_rate, weight_decay=self.listener_weight_decay)
 
     def explanation_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :func:`nni_lease.core.explain.pgd_explain` for these settings."""

@@ -1,5 +1,6 @@
-r"""The LeaSE step, shared by the one-shot strategy (:mod:`nni_lease.oneshot.strategy`) and the trial code
-(:mod:`nni_lease.multitrial.trial`).
+r"""The LeaSE step, shared by the one-shot strategy and the multi-trial trial code.
+
+Used by :mod:`nni_lease.oneshot.strategy` and :mod:`nni_lease.multitrial.trial`.
 
 The seed's four stages, for an explainer :math:`f(\cdot; E, A)` (architecture :math:`A`, weights
 :math:`E`) and a listener :math:`g(\cdot; W)` (fixed architecture):
@@ -105,8 +106,9 @@ class LeaseStep:
     ) -> None:
         self.settings = settings
         self.listener = listener
-        self.listener_optimizer = listener_optimizer if listener_optimizer is not None else settings.listener_optimizer(
-            listener.parameters(), lr=settings.listener_learning_rate, weight_decay=settings.listener_weight_decay)
+        self.listener_optimizer = (
+            listener_optimizer if listener_optimizer is not None else settings.make_listener_optimizer(listener.parameters())
+        )
         self.generator = generator if generator is not None else torch.Generator().manual_seed(settings.seed)
 
     def explain(
@@ -213,7 +215,7 @@ class LeaseStep:
         listener_step_size = settings.unrolled_step_size or float(self.listener_optimizer.param_groups[0]["lr"])
         (x_tr, y_tr), (x_val, y_val) = train_batch, val_batch
         arch_ids = {id(p) for p in arch_parameters}
-        params = dict(explainer.named_parameters())
+        params: dict[str, torch.Tensor] = dict(explainer.named_parameters())
         buffers = {name: b.clone() for name, b in explainer.named_buffers()}
         weight_names = [n for n, p in params.items() if id(p) not in arch_ids and p.requires_grad]
 
@@ -224,19 +226,19 @@ class LeaseStep:
         train_loss = F.cross_entropy(explainer_at(params)(x_tr), y_tr)
         grads = torch.autograd.grad(train_loss, [params[n] for n in weight_names], create_graph=True)
         stepped = dict(params)
-        for name, grad in zip(weight_names, grads):
+        for name, grad in zip(weight_names, grads, strict=True):
             stepped[name] = params[name] - explainer_step_size * grad
         explainer_1 = explainer_at(stepped)
         # W'(A): one virtual listener step on the training batch explained by E'.
         train_expl = self.explain(explainer_1, x_tr, differentiable="all_steps", generator=generator)
-        w_params = dict(self.listener.named_parameters())
+        w_params: dict[str, torch.Tensor] = dict(self.listener.named_parameters())
         w_buffers = {name: b.clone() for name, b in self.listener.named_buffers()}
         w_names = [n for n, p in w_params.items() if p.requires_grad]
         listener_loss = F.cross_entropy(functional_call(self.listener, (w_params, w_buffers), (train_expl.explained,)),
                                         y_tr)
         w_grads = torch.autograd.grad(listener_loss, [w_params[n] for n in w_names], create_graph=True)
         w_stepped = dict(w_params)
-        for name, grad in zip(w_names, w_grads):
+        for name, grad in zip(w_names, w_grads, strict=True):
             w_stepped[name] = w_params[name] - listener_step_size * grad
         # J(A): the explainer's and the listener's validation losses after the virtual steps.
         val_logits = explainer_1(x_val)

@@ -44,6 +44,7 @@ from nni_lease.data import make_dataset
 from nni_lease.core.listener import check_listener, default_listener
 from nni_lease.core.settings import LeaseSettings
 from nni_lease.core.step import LeaseStep
+from nni_lease.data import make_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -102,10 +103,10 @@ def check_trial_arguments(
     for name, value in [("epochs", epochs), ("batch_size", batch_size)]:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int; got {value!r}.")
-    for name, value in [("max_batches", max_batches), ("train_limit", train_limit), ("val_limit", val_limit),
+    for name, limit in [("max_batches", max_batches), ("train_limit", train_limit), ("val_limit", val_limit),
                         ("listener_width", listener_width)]:
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"{name} must be None or a positive int; got {value!r}.")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise ValueError(f"{name} must be None or a positive int; got {limit!r}.")
     if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)) \
             or not math.isfinite(learning_rate) or learning_rate <= 0:
         raise ValueError(f"learning_rate must be a finite number > 0; got {learning_rate!r}.")

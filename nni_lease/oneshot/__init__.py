@@ -1,5 +1,6 @@
-"""One-shot LeaSE: the strategy (a drop-in for NNI's ``DARTS``), the search / retrain workflow and
-training an exported architecture from scratch.
+"""One-shot LeaSE: the strategy, the search / retrain workflow, and retraining an exported architecture.
+
+The strategy is a drop-in for NNI's ``DARTS``; an exported architecture is trained from scratch.
 
 - :mod:`~nni_lease.oneshot.strategy`: :class:`LeaSE` and its Lightning module;
 - :mod:`~nni_lease.oneshot.workflow`: :func:`search_oneshot`, :func:`retrain_architecture`;

@@ -122,7 +122,7 @@ def _arrays(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
     x, y = getattr(dataset, "x", None), getattr(dataset, "y", None)
     if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor):
         return x.numpy(), y.numpy()
-    xs, ys = zip(*[(torch.as_tensor(a), torch.as_tensor(b)) for a, b in DataLoader(dataset, batch_size=256)])
+    xs, ys = zip(*[(torch.as_tensor(a), torch.as_tensor(b)) for a, b in DataLoader(dataset, batch_size=256)], strict=True)
     return torch.cat(xs).numpy(), torch.cat(ys).numpy()
 
 

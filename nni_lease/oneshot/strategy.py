@@ -171,7 +171,7 @@ class LeaSE(DARTS):
             raise ValueError("LeaSE explains class predictions: the evaluator must be a classification evaluator "
                              "(e.g. nni.nas.evaluator.pytorch.Classification); got a Regression evaluator.")
         result = super()._initialize(model_space, engine)
-        mutated = cast(Lightning, self._mutated_model_space.evaluator)  # type: ignore[union-attr]
+        mutated = cast(Lightning, self._mutated_model_space.evaluator)
         module = cast(LeaseLightningModule, self.oneshot_module)
         if mutated.datamodule is None:
             loaders = mutated.train_dataloaders

@@ -130,7 +130,7 @@ def _plot_curves(rows: list[dict[str, str]], path: Path, title: str) -> None:
         ("accuracy", ["explainer/train_acc", "explainer/val_acc", "listener/train_acc", "listener/val_acc"]),
         ("mean |δ| (input units)", ["explanation/mean_abs_delta"]),
     ]
-    for ax, (ylabel, names) in zip(axes, panels):
+    for ax, (ylabel, names) in zip(axes, panels, strict=True):
         for name in names:
             values = [float(r[name]) if r.get(name) else float("nan") for r in rows]
             ax.plot(epochs, values, marker="o", label=name)
@@ -198,8 +198,8 @@ def search_oneshot(
     from nni.nas.experiment import NasExperiment
     from pytorch_lightning.loggers import CSVLogger
 
-    from nni_lease.spaces import LeaseCellSpace
     from nni_lease.oneshot.strategy import LeaSE
+    from nni_lease.spaces import LeaseCellSpace
 
     kwargs = space_kwargs(config, train)
     strategy = LeaSE(settings=settings, arc_learning_rate=config.arc_learning_rate)

@@ -43,6 +43,7 @@ from nni.nas.nn.pytorch import ModelSpace
 from nni.runtime.tuner_command_channel import TunerCommandChannel
 from nni.runtime.tuner_command_channel.command_type import CommandType
 
+from nni_lease.multitrial.strategy import LeaseMultiTrial
 from nni_lease.runtime.manager import (
     DEFAULT_HOST,
     EXPOSED_WARNING,

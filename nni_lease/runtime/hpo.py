@@ -41,8 +41,8 @@ from typing import TYPE_CHECKING, Any
 
 import nni
 
-from nni_lease.oneshot.workflow import RETRAIN_FILE, RetrainConfig, SearchConfig, retrain_architecture, search_oneshot
 from nni_lease.core.settings import LeaseSettings
+from nni_lease.oneshot.workflow import RETRAIN_FILE, RetrainConfig, SearchConfig, retrain_architecture, search_oneshot
 
 if TYPE_CHECKING:  # the trial process does not need NNI's experiment machinery (seconds of imports)
     from nni.experiment import Experiment
@@ -293,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError) as exc:
         parser.error(str(exc))
     if args.dry_run:
-        print(config.to_json())
+        print(config.to_json())  # noqa: T201 - the trial command's --dry-run output
         return 0
     params = nni.get_next_parameter() or {}
     output = args.output or os.environ.get("NNI_OUTPUT_DIR") or tempfile.mkdtemp(prefix="lease-hpo-")

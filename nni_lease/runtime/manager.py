@@ -445,7 +445,7 @@ def find_stale_experiments(home: str | Path | None = None, *, mark_stopped: bool
         pid = record.get("pid") if isinstance(record.get("pid"), int) else None
         port = record.get("port") if isinstance(record.get("port"), int) else None
         running = pid is not None and _is_manager_of(pid, exp_id)
-        if running and _has_launcher(pid):
+        if pid is not None and running and _has_launcher(pid):
             continue  # a live experiment of another run
         stale.append(StaleExperiment(exp_id, port, pid, running, str(record.get("status"))))
     if mark_stopped and any(not s.manager_running for s in stale):

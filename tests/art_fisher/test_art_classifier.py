@@ -1,14 +1,15 @@
-"""Tests of :mod:`art_fisher.adversarial.art_classifier`: detection logits as ART classifiers (Fisher's and ART's detectors)."""
+"""Tests of :mod:`art_fisher.adversarial.art_classifier`: detection logits as ART classifiers (Fisher's and ART's
+detectors)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from tests.art_fisher.adaptive_cases import central_difference_check, fitted_detector, smooth_classifier
 from torch import nn
 
 from art_fisher.adversarial.art_classifier import DetectionLogitClassifier, art_detector_logit
+from tests.art_fisher.adaptive_cases import central_difference_check, fitted_detector, smooth_classifier
 
 
 def _two_class(net: nn.Module, shape: tuple[int, ...]):

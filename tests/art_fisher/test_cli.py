@@ -121,12 +121,14 @@ def test_argparse_refuses_a_float_batch_size(capsys):
     assert exit_info.value.code == 2 and "invalid int value: '1e20'" in err and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_evaluate_help_lists_every_option():
     out = subprocess.run(
         [sys.executable, "-m", "art_fisher", "evaluate", "--help"], capture_output=True, text=True, check=True
     ).stdout
-    for option in ("--dataset", "--data-dir", "--model", "--arch", "--attacks", "--eps", "--detectors",
-                   "--n-samples", "--seed", "--device", "--output", "--target-fpr", "--quiet", "--adaptive"):  # fmt: skip
+    options = ("--dataset", "--data-dir", "--model", "--arch", "--attacks", "--eps", "--detectors",
+               "--n-samples", "--seed", "--device", "--output", "--target-fpr", "--quiet", "--adaptive")  # fmt: skip
+    for option in options:
         assert option in out
     for name in (
         "fgsm",

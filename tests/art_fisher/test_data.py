@@ -80,7 +80,7 @@ def test_digits_splits_are_disjoint_and_cover_everything():
     assert 0.0 <= full.x.min() and full.x.max() <= 1.0
     # train + test is a partition of the full set (as a multiset of (image, label) rows).
     def rows(ds):
-        return sorted(r.tobytes() + bytes([lbl]) for r, lbl in zip(ds.x.reshape(len(ds.y), -1), ds.y))
+        return sorted(r.tobytes() + bytes([lbl]) for r, lbl in zip(ds.x.reshape(len(ds.y), -1), ds.y, strict=False))
 
     assert rows(full) == sorted(rows(train) + rows(test))
     # Same split every call (no hidden randomness).
@@ -320,7 +320,7 @@ def test_hostile_files_do_not_grow_the_process(tmp_path):
                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}, timeout=300)
     lines = out.stdout.splitlines()
     assert "ACCEPTED" not in lines and len(lines) == 4, out.stdout + out.stderr[-2000:]
-    for line, name in zip(lines, ["test_batch", "t10k-images-idx3-ubyte.gz", "mnist.npz"]):
+    for line, name in zip(lines, ["test_batch", "t10k-images-idx3-ubyte.gz", "mnist.npz"], strict=False):
         assert name in line
     growth_mb = int(lines[-1].split()[1]) / 1024
     assert growth_mb < 64, lines  # declared: 3 GB (CIFAR), 2.3 GB inflated (gzip), 784 GB (npz)
@@ -417,7 +417,7 @@ def test_arrays_have_canonical_strides(tmp_path):
     _write_mnist_idx(tmp_path, _mnist_arrays(), compress=False)
     _write_cifar(tmp_path)
     for ds in (load_digits(), load_digits(split="test"), load_mnist(tmp_path), load_cifar10(tmp_path)):
-        n, c, h, w = ds.x.shape
+        _n, c, h, w = ds.x.shape
         assert ds.x.strides == (4 * c * h * w, 4 * h * w, 4 * w, 4)
 
 

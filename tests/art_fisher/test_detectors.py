@@ -134,7 +134,7 @@ def test_one_hot_labels_and_threshold_default(digits_cnn, digits_attacks):
     report, is_adv = a.detect(x)
     np.testing.assert_array_equal(is_adv, a.estimator_.predict(report["scores"]["trace"][:, None]) == 1)
     # What ART's own detectors accept in detect: a positional batch size and ignored keywords.
-    report_b, is_adv_b = b.detect(x, 7, verbose=False)
+    _report_b, is_adv_b = b.detect(x, 7, verbose=False)
     np.testing.assert_array_equal(is_adv_b, is_adv)
 
 

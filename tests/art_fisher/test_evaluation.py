@@ -8,6 +8,7 @@ import json
 import math
 import os
 import stat
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -151,7 +152,7 @@ def test_nan_free_json(small_run):
 class _Spy:
     """A registry entry that records what the protocol hands to a detector."""
 
-    calls: list = []
+    calls: ClassVar[list] = []
 
     def __init__(self, ctx):
         pass

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tests.art_fisher.adaptive_cases import central_difference_check, smooth_classifier
 
 from art_fisher.detection import features as _features
 from art_fisher.detection.detector import FisherInformationDetector
 from art_fisher.detection.estimators import FisherFeatures
 from art_fisher.detection.transforms import LogTransformer
+from tests.art_fisher.adaptive_cases import central_difference_check, smooth_classifier
 
 
 def brute_force_block_traces(model: torch.nn.Module, x: np.ndarray, names: list[str]) -> np.ndarray:
@@ -72,7 +72,7 @@ def test_detector_on_block_traces_labelled_clean_only_gradient_and_file(cnn, tmp
     assert isinstance(det.estimator_.steps[0][1], LogTransformer)  # the default: logs, standardised, logistic
     assert det.feature_names_ == [f"block_traces[{n}]" for n, _ in clf.model.named_parameters()]
     xs = np.random.default_rng(3).uniform(0.1, 0.9, size=(5, *x.shape[1:]))
-    report, flagged = det.detect(xs)
+    report, _flagged = det.detect(xs)
     art = det.as_art_classifier()
     np.testing.assert_allclose(art.predict(xs)[:, 0], report["decision_scores"], rtol=1e-5, atol=1e-6)
     central_difference_check(lambda xx: art.predict(xx)[:, 0], art.class_gradient(xs)[:, 0], xs)

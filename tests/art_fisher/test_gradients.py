@@ -1,4 +1,5 @@
-"""Tests of :mod:`art_fisher.adversarial.gradients`: the detector's logit as a torch function and its exact input gradient."""
+"""Tests of :mod:`art_fisher.adversarial.gradients`: the detector's logit as a torch function and its exact input
+gradient."""
 
 from __future__ import annotations
 
@@ -6,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 from sklearn.ensemble import RandomForestClassifier
-from tests.art_fisher.adaptive_cases import central_difference_check, fitted_detector, smooth_classifier
 
-from art_fisher.detection.detector import FisherInformationDetector
 from art_fisher.adversarial.gradients import NotDifferentiableError
+from art_fisher.detection.detector import FisherInformationDetector
+from tests.art_fisher.adaptive_cases import central_difference_check, fitted_detector, smooth_classifier
 
 
 @pytest.fixture(scope="module", params=["mlp", "cnn"])

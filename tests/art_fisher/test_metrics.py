@@ -7,8 +7,6 @@ import functools
 
 import pytest
 import torch
-from tests.art_fisher.metrics_cases import EXACT_CASES, Dense, make_case
-from tests.art_fisher.reference_fisher import OriginalFisher
 from torch import nn
 
 from art_fisher import (
@@ -18,6 +16,8 @@ from art_fisher import (
     fisher_sensitivity,
     fisher_trace,
 )
+from tests.art_fisher.metrics_cases import EXACT_CASES, Dense, make_case
+from tests.art_fisher.reference_fisher import OriginalFisher
 
 TOL = 1e-8
 
@@ -26,7 +26,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cached_refs(name: str, names: tuple[str, ...] | None = None, label: tuple[int, ...] | None = None):
     model, x = make_case(name)
     return dense_refs(model, x, None if names is None else list(names), label=label)
@@ -56,13 +56,13 @@ def case(request):
 
 
 def test_trace_and_eigenvalue_match_dense(case):
-    name, model, x, ref = case
+    _name, model, x, ref = case
     assert rel_err(fisher_trace(model, x), ref["trace"]) < TOL
     assert rel_err(fisher_max_eigenvalue(model, x), ref["lam"]) < TOL
 
 
 def test_block_traces_match_dense(case):
-    name, model, x, ref = case
+    _name, model, x, ref = case
     values, names = fisher_block_traces(model, x)
     assert names == tuple(n for n, _ in model.named_parameters())
     d = Dense(model)
@@ -74,7 +74,7 @@ def test_block_traces_match_dense(case):
 
 @pytest.mark.parametrize("blockwise", [False, True])
 def test_quadratic_form_matches_dense(case, blockwise):
-    name, model, x, ref = case
+    _name, model, x, ref = case
     got = fisher_quadratic_form(model, x, blockwise=blockwise)
     assert rel_err(got, ref["block" if blockwise else "full"]) < TOL
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.art_fisher.metrics_cases import make_case
 from torch import nn
 
 from art_fisher import fisher_max_eigenvalue, fisher_quadratic_form, fisher_sensitivity, fisher_trace
+from tests.art_fisher.metrics_cases import make_case
 
 METRICS = [fisher_trace, fisher_quadratic_form, fisher_sensitivity, fisher_max_eigenvalue]
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.art_fisher.metrics_cases import EXACT_CASES, make_case
 from torch import nn
 
 from art_fisher.metrics.basis import make_basis
@@ -13,6 +12,7 @@ from art_fisher.metrics.engine.grams import directional, func_grams, gram_blocks
 from art_fisher.metrics.engine.layers import RULES, Conv2dRule, LinearRule
 from art_fisher.metrics.engine.network import FunctionalNet
 from art_fisher.metrics.engine.recorder import make_plan, recording
+from tests.art_fisher.metrics_cases import EXACT_CASES, make_case
 
 
 def _net(model):

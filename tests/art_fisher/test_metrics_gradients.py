@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.art_fisher.metrics_cases import make_case
 from torch import nn
 
 from art_fisher import fisher_block_traces, fisher_max_eigenvalue, fisher_quadratic_form, fisher_trace
+from tests.art_fisher.metrics_cases import make_case
 
 METRICS = {
-    "trace": lambda m, x, **k: fisher_trace(m, x, **k),
+    "trace": fisher_trace,
     "block_traces": lambda m, x, **k: fisher_block_traces(m, x, **k).values.log().sum(1),  # the detector's features
-    "max_eigenvalue": lambda m, x, **k: fisher_max_eigenvalue(m, x, **k),
-    "quadratic_form": lambda m, x, **k: fisher_quadratic_form(m, x, **k),
+    "max_eigenvalue": fisher_max_eigenvalue,
+    "quadratic_form": fisher_quadratic_form,
     "quadratic_form_blockwise": lambda m, x, **k: fisher_quadratic_form(m, x, blockwise=True, **k),
     "quadratic_form_two_class": lambda m, x, **k: fisher_quadratic_form(m, x, classes="predicted_vs_rest", **k),
     "quadratic_form_fixed": lambda m, x, **k: fisher_quadratic_form(

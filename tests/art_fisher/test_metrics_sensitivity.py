@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.art_fisher.metrics_cases import make_case
 from torch import nn
 
 from art_fisher import fisher_sensitivity
@@ -13,6 +12,7 @@ from art_fisher.metrics import sensitivity as sens
 from art_fisher.metrics.engine.network import FunctionalNet
 from art_fisher.metrics.engine.recorder import make_plan
 from art_fisher.models import CifarCNN, SmallCNN
+from tests.art_fisher.metrics_cases import make_case
 
 TOL = 1e-8
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.art_fisher.metrics_cases import Dense, make_case
 from torch.func import jacrev
 
 from art_fisher import fisher_max_eigenvalue, fisher_quadratic_form, fisher_sensitivity, fisher_trace
+from tests.art_fisher.metrics_cases import Dense, make_case
 
 TOL = 1e-8
 

@@ -142,7 +142,7 @@ def test_fingerprint_follows_weights_buffers_and_preprocessing(digits_cnn):
 
 
 def test_load_refuses_another_model_unless_allowed(fitted_detector, tmp_path):
-    detector, x = fitted_detector
+    detector, _x = fitted_detector
     path = tmp_path / "d.skops"
     detector.save(path)
     other = copy.deepcopy(detector.classifier.model)

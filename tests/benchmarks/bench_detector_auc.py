@@ -49,6 +49,7 @@ def run_seed(seed: int, *, n_attack: int, sens_pairs: int, epochs: int, n_train:
     from art_fisher.data.loaders import load_digits
     from art_fisher.detection.detector import default_estimator
     from art_fisher.detection.estimators import FisherFeatures, ThresholdClassifier
+    from art_fisher.detection.features import available_metrics
     from art_fisher.evaluation.baselines import softmax_features
     from art_fisher.models import SmallCNN, train_model
 
@@ -82,7 +83,7 @@ def run_seed(seed: int, *, n_attack: int, sens_pairs: int, epochs: int, n_train:
         fit, test = idx[pairs[: len(idx) // 2]], idx[pairs[len(idx) // 2 :]]
         f_adv = np.full_like(f_clean, np.nan)
         f_adv[idx] = features.transform(x_adv[idx])
-        row = {"n_pairs": int(len(idx))}
+        row = {"n_pairs": len(idx)}
         for j, metric in enumerate(scalars):
             row[metric] = _auc(f_clean[:, [j]], f_adv[:, [j]], fit, test, ThresholdClassifier())
         cols = [scalars.index("trace"), scalars.index("quadratic_form")]
@@ -101,7 +102,7 @@ def run_seed(seed: int, *, n_attack: int, sens_pairs: int, epochs: int, n_train:
             s_adv[sel] = sens.transform(x_adv[sel])
             half = len(sel) // 2
             row["sensitivity"] = _auc(s_clean, s_adv, sel[:half], sel[half:], default_estimator(4))
-            row["sensitivity_pairs"] = int(len(sel))
+            row["sensitivity_pairs"] = len(sel)
         out["attacks"][name] = row
     return out
 

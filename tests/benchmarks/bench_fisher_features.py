@@ -112,7 +112,7 @@ def feature_bank(model: torch.nn.Module, x: np.ndarray, batch_size: int) -> dict
                 qf_pred, qf_ru,
                 np.divide(qf_pred_raw, qf_pred, out=np.zeros_like(qf_pred), where=qf_pred > 0),
                 np.divide(qf_ru_raw, qf_ru, out=np.zeros_like(qf_ru), where=qf_ru > 0),
-            ]),  # fmt: skip
+            ]),
             "sens": _sens_stats(fisher_sensitivity(model, xt).double().numpy()),
         }
         for key, value in cols.items():

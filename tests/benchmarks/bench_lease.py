@@ -49,23 +49,23 @@ from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import pytorch_lightning as pl  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from nni.nas.evaluator.pytorch import Classification, DataLoader  # noqa: E402
-from nni.nas.execution import SequentialExecutionEngine  # noqa: E402
-from nni.nas.space import RawFormatModelSpace  # noqa: E402
-from nni.nas.strategy import DARTS  # noqa: E402
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from nni.nas.evaluator.pytorch import Classification, DataLoader
+from nni.nas.execution import SequentialExecutionEngine
+from nni.nas.space import RawFormatModelSpace
+from nni.nas.strategy import DARTS
 
-from art_fisher.models import train_model  # noqa: E402
-from nni_lease.data import DigitsDataset  # noqa: E402
-from nni_lease.core.explain import Explanation, listener_input, pgd_explain  # noqa: E402
-from nni_lease.core.listener import default_listener  # noqa: E402
-from nni_lease.oneshot.retrain import retrain  # noqa: E402
-from nni_lease.core.settings import LeaseSettings  # noqa: E402
-from nni_lease.spaces import LeaseCellSpace  # noqa: E402
-from nni_lease.core.step import LeaseStep  # noqa: E402
-from nni_lease.oneshot.strategy import LeaSE  # noqa: E402
+from art_fisher.models import train_model
+from nni_lease.core.explain import Explanation, listener_input, pgd_explain
+from nni_lease.core.listener import default_listener
+from nni_lease.core.settings import LeaseSettings
+from nni_lease.core.step import LeaseStep
+from nni_lease.data import DigitsDataset
+from nni_lease.oneshot.retrain import retrain
+from nni_lease.oneshot.strategy import LeaSE
+from nni_lease.spaces import LeaseCellSpace
 
 #: The explanation settings compared: the defaults and the alternatives (the key names the JSON entry).
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -173,7 +173,7 @@ def run_explanations(cfg: dict[str, Any]) -> dict[str, Any]:
             explainer_acc = float((model(x).argmax(-1) == test.y).float().mean())
         refs = _reference_scores(model, x)
         bright = _deletion_drops(model, x, x, seed)
-        ref_ratios = {name: [d / b for d, b in zip(_deletion_drops(model, x, s, seed), bright)]
+        ref_ratios = {name: [d / b for d, b in zip(_deletion_drops(model, x, s, seed), bright, strict=False)]
                       for name, s in refs.items()}
         row: dict[str, Any] = {"seed": seed, "explainer_test_accuracy": explainer_acc, "bright_drops": bright,
                                "reference_ratios": ref_ratios, "variants": {}}
@@ -202,8 +202,8 @@ def run_explanations(cfg: dict[str, Any]) -> dict[str, Any]:
                 "cosine_listener_input_mean": float(cos_input.mean()),
                 "cosine_explanation_part_mean": float(cos_part.mean()),
                 "cosine_explanation_part_p10": float(cos_part.quantile(0.1)),
-                "deletion_ratios": [d / b for d, b in zip(drops, bright)],
-                "deletion_ratios_abs_delta_x": [d / b for d, b in zip(abs_drops, bright)],
+                "deletion_ratios": [d / b for d, b in zip(drops, bright, strict=False)],
+                "deletion_ratios_abs_delta_x": [d / b for d, b in zip(abs_drops, bright, strict=False)],
                 "saturated_fraction": float((one.delta.abs() >= 0.999 * kwargs["epsilon"]).float().mean()),
                 "prediction_flips": flips,
                 "listener_explanations": explained,
@@ -345,9 +345,9 @@ def run_search(cfg: dict[str, Any]) -> dict[str, Any]:
     for name in STRATEGIES[1:]:
         mine = [r for r in runs if r["strategy"] == name]
         summary[name]["time_ratio_over_darts"] = statistics.fmean(
-            a["mean_epoch_seconds"] / b["mean_epoch_seconds"] for a, b in zip(mine, darts))
+            a["mean_epoch_seconds"] / b["mean_epoch_seconds"] for a, b in zip(mine, darts, strict=False))
         summary[name]["cpu_time_ratio_over_darts"] = statistics.fmean(
-            a["mean_epoch_cpu_seconds"] / b["mean_epoch_cpu_seconds"] for a, b in zip(mine, darts))
+            a["mean_epoch_cpu_seconds"] / b["mean_epoch_cpu_seconds"] for a, b in zip(mine, darts, strict=False))
     return {"runs": runs, "summary": summary}
 
 
@@ -362,8 +362,8 @@ def _tables(result: dict[str, Any]) -> str:
         s = result["explanations"]["summary"]
         ks = ", ".join(str(k) for k in s["deletion_k"])
         lines += [f"explanations (mean ± sd over seeds; deletion ratio vs brightest at k = {ks})", "",
-                  "| explanation | restart cosine (explanation part) | restart cosine (listener input) | "
-                  "deletion ratio (mean over k) | per k | listener on explanations | same weighting, random δ |",
+                  ("| explanation | restart cosine (explanation part) | restart cosine (listener input) | "
+                  "deletion ratio (mean over k) | per k | listener on explanations | same weighting, random δ |"),
                   "|---|---|---|---|---|---|---|"]
         for variant in VARIANTS:
             v = s[variant]
@@ -371,16 +371,16 @@ def _tables(result: dict[str, Any]) -> str:
                          f"{v['deletion_ratio_mean_over_k']:.2f} | "
                          + " ".join(f"{r:.2f}" for r in v["deletion_ratios"])
                          + f" | {_pm(v['listener_explanations'])} | {_pm(v['listener_random_delta_same_weighting'])} |")
-        lines += ["", f"listener on the random-mask control ε·r⊙x: {_pm(s['listener_random_mask'])}; "
-                      f"on plain x: {_pm(s['listener_plain'])}",
+        lines += ["", (f"listener on the random-mask control ε·r⊙x: {_pm(s['listener_random_mask'])}; "
+                      f"on plain x: {_pm(s['listener_plain'])}"),
                   "references, deletion ratio per k: gradient x input "
                   + " ".join(f"{r:.2f}" for r in s["deletion_ratios gradient x input"])
                   + "; occlusion (best single-entry ranking) "
                   + " ".join(f"{r:.2f}" for r in s["deletion_ratios occlusion"]), ""]
     if "search" in result:
         s = result["search"]["summary"]
-        lines += ["| strategy | search s/epoch, wall | search s/epoch, CPU | ratio to DARTS (wall / CPU) | "
-                  "retrained test accuracy | listener val acc (last epoch) |", "|---|---|---|---|---|---|"]
+        lines += [("| strategy | search s/epoch, wall | search s/epoch, CPU | ratio to DARTS (wall / CPU) | "
+                  "retrained test accuracy | listener val acc (last epoch) |"), "|---|---|---|---|---|---|"]
         for name in STRATEGIES:
             r = s[name]
             ratio = "1" if name == "darts" else f"{r['time_ratio_over_darts']:.2f} / {r['cpu_time_ratio_over_darts']:.2f}"

@@ -63,15 +63,14 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root (tests.art_fisher.reference_fisher)
 
-from tests.art_fisher.reference_fisher import OriginalFisher  # noqa: E402
-
-from art_fisher import (  # noqa: E402
+from art_fisher import (
     fisher_max_eigenvalue,
     fisher_quadratic_form,
     fisher_sensitivity,
     fisher_trace,
 )
-from art_fisher.models import CifarCNN, SmallCNN  # noqa: E402
+from art_fisher.models import CifarCNN, SmallCNN
+from tests.art_fisher.reference_fisher import OriginalFisher
 
 # (model, head): the rows of the benchmark.
 ROWS = [("digits_cnn", "logits"), ("mnist_cnn", "log_softmax"), ("mnist_cnn", "logits"), ("cifar_cnn", "logits"),
@@ -531,8 +530,8 @@ def run(args) -> dict:
 
 def table(results: dict) -> str:
     lines = [
-        "| device | model (head) | params | metric | original ms/sample | exact ms/sample (batch) | speed-up "
-        "| units/sample | peak MiB (growth) |",
+        ("| device | model (head) | params | metric | original ms/sample | exact ms/sample (batch) | speed-up "
+        "| units/sample | peak MiB (growth) |"),
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for run_ in results["runs"]:

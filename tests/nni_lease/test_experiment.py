@@ -20,6 +20,8 @@ import pytest
 import requests
 import yaml
 
+from nni_lease.multitrial.strategy import LeaseMultiTrial
+from nni_lease.multitrial.trial import lease_evaluator
 from nni_lease.runtime.experiment import (
     SUMMARY_FILE,
     PortInUseError,
@@ -30,11 +32,9 @@ from nni_lease.runtime.experiment import (
     run_multitrial,
 )
 from nni_lease.runtime.manager import listening_addresses, report_stale_experiments
-from nni_lease.multitrial.strategy import LeaseMultiTrial
-from nni_lease.multitrial.trial import lease_evaluator
-from tests.nni_lease._toy_space import DigitsToySpace
 from tests.nni_lease._loopback import free_port as _free_port
 from tests.nni_lease._loopback import has_ipv6, needs_ipv6
+from tests.nni_lease._toy_space import DigitsToySpace
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -261,9 +261,7 @@ def _jobs_in_db(home: Path, experiment_id: str) -> list[str]:
     """Final status of every trial, read from the stopped experiment's NNI database."""
     with sqlite3.connect(home / "records" / experiment_id / "db" / "nni.sqlite") as db:
         rows = db.execute("SELECT trialJobId, event FROM TrialJobEvent ORDER BY timestamp").fetchall()
-    last: dict[str, str] = {}
-    for trial, event in rows:
-        last[trial] = event
+    last: dict[str, str] = dict(rows)  # each trial's last event
     return list(last.values())
 
 
@@ -285,7 +283,7 @@ def test_sigkill_of_the_launcher_ends_the_manager_and_its_trials(launch, tmp_pat
 
     driver.proc.kill()  # SIGKILL: none of the launcher's cleanup runs
     driver.proc.wait()
-    gone, alive = psutil.wait_procs(group, timeout=30)
+    _gone, alive = psutil.wait_procs(group, timeout=30)
     assert not alive, [p.cmdline() for p in alive]
     assert not _port_open(port) and listening_addresses(port) == []
     assert "is gone; stopping the experiment and its trials" in driver.output()
@@ -447,8 +445,8 @@ def test_cli_reports_an_experiment_an_earlier_run_left_behind(tmp_path, capsys, 
                      "--experiment-dir", str(tmp_path / "records")])
     assert code == 2
     err = capsys.readouterr().err
-    assert f"experiment old1 (port 8080) was not stopped cleanly: NNI's list says RUNNING but its manager (pid " \
-           f"{dead.pid}) is gone; marked STOPPED" in err
+    assert (f"experiment old1 (port 8080) was not stopped cleanly: NNI's list says RUNNING but its manager (pid "
+            f"{dead.pid}) is gone; marked STOPPED") in err
     assert json.loads(manifest.read_text())["old1"]["status"] == "STOPPED"
 
 

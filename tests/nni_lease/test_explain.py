@@ -135,18 +135,18 @@ def _directional_derivatives(objective, params, seed=0):
     directions = [torch.randn(p.shape, generator=torch.Generator().manual_seed(seed + i), dtype=p.dtype)
                   for i, p in enumerate(params)]
     grads = torch.autograd.grad(objective(), params)
-    analytic = sum((g * d).sum() for g, d in zip(grads, directions))
+    analytic = sum((g * d).sum() for g, d in zip(grads, directions, strict=False))
     h = 1e-6
     with torch.no_grad():
-        for p, d in zip(params, directions):
+        for p, d in zip(params, directions, strict=False):
             p.add_(h * d)
     plus = objective().detach()
     with torch.no_grad():
-        for p, d in zip(params, directions):
+        for p, d in zip(params, directions, strict=False):
             p.sub_(2 * h * d)
     minus = objective().detach()
     with torch.no_grad():
-        for p, d in zip(params, directions):
+        for p, d in zip(params, directions, strict=False):
             p.add_(h * d)
     return analytic, (plus - minus) / (2 * h)
 

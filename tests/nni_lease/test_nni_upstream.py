@@ -34,8 +34,18 @@ from nni.nas.evaluator.pytorch import Classification, DataLoader, Regression
 from nni.nas.execution import SequentialExecutionEngine
 from nni.nas.experiment import NasExperiment
 from nni.nas.experiment.config import NasExperimentConfig
-from nni.nas.nn.pytorch import (Cell, InputChoice, LayerChoice, ModelSpace, MutableConv2d, MutableBatchNorm2d,
-                                MutableLinear, MutableMultiheadAttention, ParametrizedModule, Repeat)
+from nni.nas.nn.pytorch import (
+    Cell,
+    InputChoice,
+    LayerChoice,
+    ModelSpace,
+    MutableBatchNorm2d,
+    MutableConv2d,
+    MutableLinear,
+    MutableMultiheadAttention,
+    ParametrizedModule,
+    Repeat,
+)
 from nni.nas.space import BaseModelSpace, RawFormatModelSpace, SimplifiedModelSpace, current_model, model_context
 from torch import nn
 from torch.utils.data import Dataset
@@ -397,7 +407,7 @@ def test_oneshot_sanity(nni_home):
 def simple_evaluation(model, num_batches=2):
     train_loader = DataLoader(RandomMnistDataset(64, 0), 32, shuffle=True)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    for _, (x, y) in zip(range(num_batches), train_loader):
+    for _, (x, y) in zip(range(num_batches), train_loader, strict=False):
         loss = nn.functional.cross_entropy(model(x), y)
         loss.backward()
         optimizer.step()

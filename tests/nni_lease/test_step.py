@@ -68,12 +68,12 @@ def test_unrolled_hypergradient_matches_finite_differences_in_float64():
                 alpha.view(-1)[i] += h
             column.view(-1)[i] = (plus - minus) / (2 * h)
         numeric.append(column)
-    for g, n in zip(grads, numeric):
+    for g, n in zip(grads, numeric, strict=False):
         assert g.abs().max() > 1e-4
         torch.testing.assert_close(g, n, rtol=1e-6, atol=1e-9)
     # The comparison can fail: cutting the explainer's virtual step out of the chain changes the gradient.
     cut = torch.autograd.grad(_objective(step, supernet, alphas, trn, val, 0.0), alphas)
-    assert max(float((c - n).abs().max()) for c, n in zip(cut, numeric)) > 1e-4
+    assert max(float((c - n).abs().max()) for c, n in zip(cut, numeric, strict=False)) > 1e-4
 
 
 def test_unrolled_objective_leaves_both_networks_untouched():
@@ -81,7 +81,7 @@ def test_unrolled_objective_leaves_both_networks_untouched():
     before = [{k: v.clone() for k, v in m.state_dict().items()} for m in (supernet, step.listener)]
     terms = step.unrolled_objective(supernet, alphas, trn, val, explainer_step_size=0.5)
     terms.objective.backward()
-    for module, saved in zip((supernet, step.listener), before):
+    for module, saved in zip((supernet, step.listener), before, strict=False):
         for key, value in module.state_dict().items():
             assert torch.equal(value, saved[key]), key
     torch.testing.assert_close(terms.objective, terms.explainer_val_loss + terms.listener_val_loss)
@@ -98,11 +98,11 @@ def test_train_listener_is_one_optimiser_step_on_the_explanation():
     # SGD, lr 0.4: W ← W − 0.4 ∇ CE(listener(z), y) at the old weights
     probe = nn.Sequential(nn.Flatten(), nn.Linear(16, 4), nn.Tanh(), nn.Linear(4, 3)).double()
     with torch.no_grad():
-        for p, w in zip(probe.parameters(), w_before):
+        for p, w in zip(probe.parameters(), w_before, strict=False):
             p.copy_(w)
     loss = F.cross_entropy(probe(expected_expl.explained), y)
     torch.testing.assert_close(result.loss, loss.detach())
-    for p, w, g in zip(step.listener.parameters(), w_before, torch.autograd.grad(loss, list(probe.parameters()))):
+    for p, w, g in zip(step.listener.parameters(), w_before, torch.autograd.grad(loss, list(probe.parameters())), strict=False):
         torch.testing.assert_close(p.detach(), w - 0.4 * g)
 
 

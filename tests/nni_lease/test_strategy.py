@@ -5,8 +5,8 @@ from __future__ import annotations
 import pickle
 
 import numpy as np
-import pytorch_lightning as pl
 import pytest
+import pytorch_lightning as pl
 import torch
 from nni.nas.evaluator.pytorch import Classification, DataLoader
 from nni.nas.execution import SequentialExecutionEngine
@@ -105,10 +105,10 @@ def test_user_listener_is_copied_not_trained():
     listener = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
     before = [p.detach().clone() for p in listener.parameters()]
     strategy = _run(LeaSE(listener=listener), _space(), _digits_evaluator(batches=2))
-    assert all(torch.equal(a, b) for a, b in zip(before, listener.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, listener.parameters(), strict=False))
     trained = strategy.oneshot_module.listener
     assert trained is not listener
-    assert not all(torch.equal(a, b) for a, b in zip(before, trained.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(before, trained.parameters(), strict=False))
 
 
 def test_listener_loss_sends_gradient_to_the_architecture_both_ways():
@@ -128,7 +128,7 @@ def test_listener_loss_sends_gradient_to_the_architecture_both_ways():
     terms = step.unrolled_objective(module.training_module, alphas, trn, val, explainer_step_size=3e-3)
     unrolled = torch.autograd.grad(terms.listener_val_loss, alphas, allow_unused=True)
     assert sum(float(g.abs().sum()) for g in unrolled if g is not None) > 0.0
-    diffs = [float((a - b).abs().max()) for a, b in zip(first_order, unrolled) if a is not None and b is not None]
+    diffs = [float((a - b).abs().max()) for a, b in zip(first_order, unrolled, strict=False) if a is not None and b is not None]
     assert max(diffs) > 0.0  # the whole chain is not the first-order approximation
 
 

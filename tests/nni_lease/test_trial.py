@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from nni_lease.data import DigitsDataset
-from nni_lease.spaces import LeaseCellSpace
 from nni_lease.multitrial.trial import check_trial_arguments, evaluate_lease, lease_evaluator
+from nni_lease.spaces import LeaseCellSpace
 from tests.nni_lease._toy_space import DigitsToySpace
 
 TINY = {"epochs": 2, "max_batches": 3, "batch_size": 32, "val_limit": 64, "pgd_steps": 2}
@@ -19,8 +19,8 @@ TINY = {"epochs": 2, "max_batches": 3, "batch_size": 32, "val_limit": 64, "pgd_s
 def reports(monkeypatch):
     """Capture nni.report_intermediate_result / report_final_result."""
     captured = {"intermediate": [], "final": []}
-    monkeypatch.setattr(nni, "report_intermediate_result", lambda m: captured["intermediate"].append(m))
-    monkeypatch.setattr(nni, "report_final_result", lambda m: captured["final"].append(m))
+    monkeypatch.setattr(nni, "report_intermediate_result", captured["intermediate"].append)
+    monkeypatch.setattr(nni, "report_final_result", captured["final"].append)
     return captured
 
 

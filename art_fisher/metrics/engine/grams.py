@@ -20,6 +20,7 @@ in the input ``x``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -101,8 +102,9 @@ def _hook_grams(
     for _j, grads in _columns(rec, w, create_graph):
         for m, g in grads.items():
             for kind in wanted[m]:
-                if reducers[(m, kind)] is not None:
-                    reduced[(m, kind)].append(reducers[(m, kind)](g))
+                reduce = reducers[(m, kind)]
+                if reduce is not None:
+                    reduced[(m, kind)].append(reduce(g))
             if m in kept:
                 kept[m].append(g)
         del grads
@@ -134,7 +136,9 @@ def gram_blocks(
     diagonal: bool = False,
     create_graph: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Logits (N, C), blocks ``Wᵀ K_k W`` (N, B, C', C') of all samples (or their diagonals (N, B, C')), and ``W`` (N, C, C').
+    """Logits (N, C), blocks ``Wᵀ K_k W`` (N, B, C', C') and ``W`` (N, C, C') of all samples.
+
+    With ``diagonal``, the blocks' diagonals (N, B, C') instead of the blocks.
 
     Parameters
     ----------
@@ -155,7 +159,9 @@ def gram_blocks(
     """
     # C' ≤ C columns kept, or the streamed columns' working set for diagonals
     size = _chunk_size(plan, x, chunking.STREAMED_COPIES if diagonal else plan.n_classes, batch_size)
-    zs, ks, ws = [], [], []
+    zs: list[torch.Tensor] = []
+    ks: list[torch.Tensor] = []
+    ws: list[torch.Tensor] = []
     for sl in chunking.chunks(x.shape[0], size):
         xb = x[sl]
         w_of = ChunkBasis(basis, None if y is None else y[sl])
@@ -178,6 +184,7 @@ def gram_blocks(
             if diagonal:
                 k = k.diagonal(dim1=-2, dim2=-1)
             blocks.update({name: k[:, j] for j, name in enumerate(todo)})
+        assert z is not None  # every selected parameter goes through the hooks or through torch.func
         zs.append(z)
         ks.append(torch.stack([blocks[name] for name in net.names], dim=1))
         ws.append(w_of(z))
@@ -208,7 +215,10 @@ def directional(
     one backward pass per column ``w_j`` of ``W`` gives ``(Wᵀ t_k)_j = ⟨b_j, δo_k⟩``.
     """
     size = _chunk_size(plan, x, plan.n_classes + 1, batch_size)
-    zs, ts, rs, rts = [], [], [], []
+    zs: list[torch.Tensor] = []
+    ts: list[torch.Tensor] = []
+    rs: list[torch.Tensor] = []
+    rts: list[torch.Tensor] = []
     for sl in chunking.chunks(x.shape[0], size):
         xb = x[sl]
         yb = None if y is None else y[sl]
@@ -236,15 +246,18 @@ def directional(
                 rt[name] = (r * t_k).sum(-1)
                 t[name] = w_of.vector(t_k, z)
         elif todo:
+            assert v is not None  # a fixed direction when there are no coefficients
             if z is None:
                 z = net.logits(net.selected(), xb)
                 _checks.check_finite_output(z, sl.start, net, x)
             for name in todo:
-                _z, t_k = jvp(lambda s: net.logits(s, xb), ({name: net.base[name]},), ({name: v[name]},))
+                t_k = jvp(functools.partial(net.logits, x=xb), ({name: net.base[name]},), ({name: v[name]},))[1]
                 t[name] = w_of.vector(t_k, z)
+        assert z is not None  # every selected parameter goes through the hooks or through torch.func
         zs.append(z)
         ts.append(torch.stack([t[name] for name in net.names], dim=1))
-        rs.append(r)
+        if r is not None:
+            rs.append(r)
         if coefficients is not None:
             rts.append(torch.stack([rt[name] for name in net.names], dim=1))
     if coefficients is None:
@@ -295,6 +308,7 @@ def _hook_directional(
             delta = rule.change_along_grad(brs[m], kind)
             rt[name] = inner(brs[m], delta)
         else:
+            assert v is not None  # a fixed direction when there are no coefficients
             delta = rule.change(kind, v[name], shared=True)
         deltas.append((name, m, delta))
     if r is not None:

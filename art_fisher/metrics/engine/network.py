@@ -30,7 +30,10 @@ _HEADS = {"log_probs": _LOG_SOFTMAX, "probs": _SOFTMAX}
 
 
 class _HeadRecorder(TorchFunctionMode):
-    """Remembers the last ``log_softmax`` / ``softmax`` call of a forward pass: (function, input, dim, dtype, result)."""
+    """Remembers the last ``log_softmax`` / ``softmax`` call of a forward pass.
+
+    As (function, input, dim, dtype, result).
+    """
 
     def __init__(self) -> None:
         super().__init__()

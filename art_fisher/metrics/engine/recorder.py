@@ -29,9 +29,9 @@ from art_fisher.metrics.engine.network import FunctionalNet
 
 
 @contextmanager
-def recording(modules: dict[str, nn.Module]) -> Iterator[dict[str, list[tuple[object, object, object]]]]:
+def recording(modules: dict[str, nn.Module]) -> Iterator[dict[str, list[tuple[object, object, GradientEdge | None]]]]:
     """Forward hooks that append ``(first input, output, output's gradient edge)`` of every call of ``modules``."""
-    records: dict[str, list[tuple[object, object, object]]] = {m: [] for m in modules}
+    records: dict[str, list[tuple[object, object, GradientEdge | None]]] = {m: [] for m in modules}
 
     def make_hook(store: list):
         def hook(_module, inputs, output):
@@ -123,7 +123,9 @@ def make_plan(net: FunctionalNet, x: torch.Tensor) -> Plan:
         if len(recs) != 1:
             continue
         a, out, edge = recs[0]
-        if not isinstance(a, torch.Tensor) or edge is None or id(edge.node) not in node_ids:
+        if not isinstance(a, torch.Tensor) or not isinstance(out, torch.Tensor) or edge is None:
+            continue
+        if id(edge.node) not in node_ids:
             continue
         rule = rule_for(modules[m], a)
         if rule is None:
@@ -186,8 +188,10 @@ def recorded_forward(net: FunctionalNet, plan: Plan, x: torch.Tensor, *, create_
     edges: dict[str, GradientEdge] = {}
     shapes: dict[str, torch.Size] = {}
     for m, recs in records.items():
-        if len(recs) == 1 and recs[0][2] is not None:
-            a, out, edge = recs[0]
+        if len(recs) != 1:
+            continue
+        a, out, edge = recs[0]
+        if isinstance(a, torch.Tensor) and isinstance(out, torch.Tensor) and edge is not None:
             rules[m] = plan.rules[m](modules[m], a if create_graph else a.detach())
             edges[m] = edge
             shapes[m] = out.shape

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from art_fisher.metrics.engine.layers.base import LayerRule
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
-def xhat(module: nn.Module, a: torch.Tensor) -> torch.Tensor:
+def xhat(module: _BatchNorm, a: torch.Tensor) -> torch.Tensor:
     """Input ``a`` (n, ch, *) of an eval-mode BatchNorm, normalised by its running statistics."""
+    mean, var = module.running_mean, module.running_var
+    if mean is None or var is None:
+        raise ValueError(f"module must track running statistics (track_running_stats=True); got {module!r}.")
     shape = [1, -1] + [1] * (a.dim() - 2)
-    return (a - module.running_mean.reshape(shape)) * torch.rsqrt(module.running_var.reshape(shape) + module.eps)
+    return (a - mean.reshape(shape)) * torch.rsqrt(var.reshape(shape) + module.eps)
 
 
 class BatchNormRule(LayerRule):
@@ -23,6 +27,7 @@ class BatchNormRule(LayerRule):
     """
 
     module_types = _BN
+    module: _BatchNorm
 
     def __init__(self, module: nn.Module, a: torch.Tensor) -> None:
         super().__init__(module, a)
@@ -32,7 +37,7 @@ class BatchNormRule(LayerRule):
     def supports(module: nn.Module, a: torch.Tensor) -> bool:
         return (
             type(module) in _BN
-            and module.affine
+            and bool(module.affine)
             and module.running_mean is not None
             and not module.training
             and a.dim() >= 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,6 +19,7 @@ class Conv2dRule(LayerRule):
     """
 
     module_types = (nn.Conv2d,)
+    module: nn.Conv2d
 
     def __init__(self, module: nn.Module, a: torch.Tensor) -> None:
         super().__init__(module, a)
@@ -34,6 +37,11 @@ class Conv2dRule(LayerRule):
         )
 
     @property
+    def _padding(self) -> tuple[int, int]:
+        """The zero padding (rows, columns); :meth:`supports` refuses padding given as a string."""
+        return cast("tuple[int, int]", self.module.padding)
+
+    @property
     def unfolded(self) -> torch.Tensor:
         """Patches ``U`` (n, in·kh·kw, L) of the input, as ``F.unfold`` gives them (a view of :attr:`patches`)."""
         return self.patches.transpose(1, 2)
@@ -48,8 +56,8 @@ class Conv2dRule(LayerRule):
         if self._u is None:
             m = self.module
             a = self.a
-            if any(m.padding):
-                ph, pw = m.padding
+            if any(self._padding):
+                ph, pw = self._padding
                 a = F.pad(a, (pw, pw, ph, ph))
             n, c, h, w = a.shape
             (kh, kw), (sh, sw), (dh, dw) = m.kernel_size, m.stride, m.dilation
@@ -62,7 +70,7 @@ class Conv2dRule(LayerRule):
     def _out_height(self) -> int:
         m = self.module
         h = self.a.shape[2]
-        return (h + 2 * m.padding[0] - m.dilation[0] * (m.kernel_size[0] - 1) - 1) // m.stride[0] + 1
+        return (h + 2 * self._padding[0] - m.dilation[0] * (m.kernel_size[0] - 1) - 1) // m.stride[0] + 1
 
     def grad(self, b: torch.Tensor, kind: str) -> torch.Tensor:
         if kind == "bias":

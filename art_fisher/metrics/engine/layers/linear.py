@@ -17,6 +17,7 @@ class LinearRule(LayerRule):
     """
 
     module_types = (nn.Linear,)
+    module: nn.Linear
 
     @staticmethod
     def supports(module: nn.Module, a: torch.Tensor) -> bool:
