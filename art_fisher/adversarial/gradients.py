@@ -135,9 +135,9 @@ def estimator_logit(estimator: Any, *, dtype: torch.dtype, device: torch.device)
         return torch.as_tensor(np.asarray(value, dtype=np.float64), dtype=dtype, device=device)
 
     if isinstance(estimator, ThresholdClassifier):
-        j, threshold, scale = estimator.feature_index_, estimator.threshold_, estimator._proba_scale
+        j, threshold, proba_scale = estimator.feature_index_, estimator.threshold_, estimator._proba_scale
         sign = 1.0 if estimator.polarity_ == "higher" else -1.0
-        return lambda f: sign * (f[:, j] - threshold) / scale
+        return lambda f: sign * (f[:, j] - threshold) / proba_scale
     if isinstance(estimator, QuantileOutlierDetector):
         signs, two_sided, used = (np.asarray(a) for a in estimator._signs(estimator.n_features_in_))
         center, scale, floor = t(estimator.center_), t(estimator.scale_), t(estimator.floor_)

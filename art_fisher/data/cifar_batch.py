@@ -223,7 +223,7 @@ def _build_dtype(dtype: np.dtype, state: object) -> None:
     byteorder = state[1].decode("ascii", "replace") if isinstance(state[1], bytes) else state[1]
     if state[0] not in (3, 4) or byteorder not in ("<", ">", "|", "=") or state[2:7] != (None, None, None, -1, -1):
         raise UnsafeCifarBatchError(f"refusing numpy dtype state {describe(state)}: only a byte order may be set")
-    dtype.__setstate__((3, byteorder, None, None, None, -1, -1, dtype.flags))
+    dtype.__setstate__((3, byteorder, None, None, None, -1, -1, dtype.flags))  # type: ignore[attr-defined]  # not in numpy's stubs
 
 
 def _bounded(opcode):
@@ -258,6 +258,10 @@ _OPCODES = (
 class _CifarUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its opcodes can be restricted
     """Unpickler for CIFAR-10 batches: the opcodes, globals and ``__setstate__`` calls listed above only."""
 
+    # pickle._Unpickler's value stack, mark stack and memo, set up by load()
+    stack: list[Any]
+    metastack: list[list[Any]]
+    memo: dict[int, Any]
     dispatch = _Dispatch({getattr(pickle, name)[0]: _bounded(pickle._Unpickler.dispatch[getattr(pickle, name)[0]])
                           for name in _OPCODES})
     opcodes = 0

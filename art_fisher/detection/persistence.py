@@ -331,7 +331,7 @@ def _check_state(path: Path, state: dict[str, Any], setting_names: Sequence[str]
             f"{path} has detector format version {version!r}; this art_fisher reads versions "
             f"{list(_READABLE_VERSIONS)}."
         )
-    keys = (*_KEYS, "model_fingerprint") if version >= 2 else _KEYS
+    keys = (*_KEYS, "model_fingerprint") if int(version) >= 2 else _KEYS
     missing = [k for k in keys if k not in state]
     if missing:
         raise invalid_file(path, f"keys {missing} are missing")
@@ -345,14 +345,14 @@ def _check_state(path: Path, state: dict[str, Any], setting_names: Sequence[str]
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise invalid_file(path, "'feature_names' must be a list of str")
     shape = state["input_shape"]
-    if not isinstance(shape, list) or not all(isinstance(d, Integral) and d > 0 for d in shape):
+    if not isinstance(shape, list) or not all(isinstance(d, Integral) and int(d) > 0 for d in shape):
         raise invalid_file(path, f"'input_shape' must be a list of positive integers; got {shape!r}")
-    if not isinstance(state["nb_classes"], Integral) or state["nb_classes"] < 2:
+    if not isinstance(state["nb_classes"], Integral) or int(state["nb_classes"]) < 2:
         raise invalid_file(path, f"'nb_classes' must be an integer >= 2; got {state['nb_classes']!r}")
     if not isinstance(state["versions"], dict):
         raise invalid_file(path, "'versions' must be a dict")
     fingerprint = state.get("model_fingerprint")
-    if version >= 2 and not (isinstance(fingerprint, str) and len(fingerprint) == 64):
+    if int(version) >= 2 and not (isinstance(fingerprint, str) and len(fingerprint) == 64):
         raise invalid_file(path, "'model_fingerprint' must be a 64-character SHA-256 hex digest")
 
 

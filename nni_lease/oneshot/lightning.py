@@ -158,8 +158,7 @@ class LeaseLightningModule(DartsLightningModule):
         if self.listener is None:
             raise RuntimeError("LeaseLightningModule has no listener; LeaSE attaches it in initialize().")
         settings = self.settings
-        listener_optim = settings.listener_optimizer(self.listener.parameters(), lr=settings.listener_learning_rate,
-                                                     weight_decay=settings.listener_weight_decay)
+        listener_optim = settings.make_listener_optimizer(self.listener.parameters())
         self.lease_step = LeaseStep(settings, self.listener, listener_optim, generator=self.generator)
         return [arch_optim, listener_optim]
 
@@ -178,6 +177,7 @@ class LeaseLightningModule(DartsLightningModule):
         settings, n_val = self.settings, len(val_batch[1])
         self.resample()
         arch_optim.zero_grad()
+        explainer_logits: torch.Tensor | None
         if settings.gamma > 0 and settings.hypergradient == "unrolled":
             xi = settings.unrolled_step_size or self._explainer_learning_rate()
             alphas = self.arch_parameters()
@@ -188,7 +188,7 @@ class LeaseLightningModule(DartsLightningModule):
                 objective, details = self.penalty(objective, self.export_probs())
                 self.log_dict({f"penalty/{k}": v for k, v in details.items()})
             grads = torch.autograd.grad(objective, alphas, allow_unused=True)
-            for alpha, grad in zip(alphas, grads):
+            for alpha, grad in zip(alphas, grads, strict=True):
                 alpha.grad = None if grad is None else grad.detach()
             explainer_val_loss, explainer_logits = terms.explainer_val_loss.detach(), terms.explainer_val_logits
             listener_val_loss, listener_logits = terms.listener_val_loss.detach(), terms.listener_val_logits
