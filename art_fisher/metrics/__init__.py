@@ -42,14 +42,17 @@ from art_fisher.metrics.engine import chunking
 from art_fisher.metrics.engine.network import FunctionalNet
 from art_fisher.metrics.engine.recorder import Plan, make_plan
 from art_fisher.metrics.finite_difference import per_class_trace
+from art_fisher.metrics.top_mass import TraceEstimate, fisher_trace_estimate, selection
 
 __all__ = [
     "BlockTraces",
+    "TraceEstimate",
     "fisher_block_traces",
     "fisher_max_eigenvalue",
     "fisher_quadratic_form",
     "fisher_sensitivity",
     "fisher_trace",
+    "fisher_trace_estimate",
 ]
 
 
@@ -112,6 +115,7 @@ def fisher_trace(
     epsilon: float = 1e-3,
     batch_size: int | None = None,
     create_graph: bool = False,
+    tau: float | None = None,
 ) -> torch.Tensor:
     r"""Trace of each sample's Fisher matrix, ``tr F(x) = Σ_c p_c ‖∇θ log p_c‖²``.
 
@@ -142,6 +146,11 @@ def fisher_trace(
         Return a tensor whose autograd graph reaches ``x`` (make ``x`` require grad first), so that
         ``torch.autograd.grad(tr.sum(), x)`` is the exact input gradient of the trace (mixed second
         derivatives). Uses C backward passes (a factor of ``S`` smooth in ``p``). ``method="exact"`` only.
+    tau : float in (0, 1), optional
+        Many-class heads: keep each sample's most probable classes holding ``1 − tau`` of its
+        probability and merge the rest into one class (:mod:`art_fisher.metrics.top_mass`): about as
+        many backward passes as kept classes instead of ``C − 1``, and a certain lower bound of the
+        exact value (``F_τ ≼ F``). None (default): exact.
 
     Returns
     -------
@@ -158,6 +167,7 @@ def fisher_trace(
         model, x, output=output, params=params, method=method, epsilon=epsilon, batch_size=batch_size,
         create_graph=create_graph,
     )
+    classes = selection(tau, method=method)
     x = _input(x, create_graph)
     with _grad_mode(create_graph):
         if method == "finite_difference":
@@ -165,7 +175,9 @@ def fisher_trace(
             size = bs or max(1, chunking.func_chunk(n_params, _n_classes, x.element_size()) // 2)
             values = torch.cat([per_class_trace(net, x[sl]) for sl in chunking.chunks(x.shape[0], size)])
         else:
-            values = _trace.block_traces(net, make_plan(net, x), x, batch_size=bs, create_graph=create_graph).sum(1)
+            values = _trace.block_traces(
+                net, make_plan(net, x), x, batch_size=bs, create_graph=create_graph, classes=classes
+            ).sum(1)
     return _checks.check_finite_result(values, "fisher_trace")
 
 
@@ -177,6 +189,7 @@ def fisher_block_traces(
     params: Iterable[str] | None = None,
     batch_size: int | None = None,
     create_graph: bool = False,
+    tau: float | None = None,
 ) -> BlockTraces:
     r"""Trace of each selected parameter tensor's own diagonal block of each sample's Fisher matrix.
 
@@ -185,7 +198,7 @@ def fisher_block_traces(
 
     Parameters
     ----------
-    model, x, output, params, batch_size, create_graph
+    model, x, output, params, batch_size, create_graph, tau
         As in :func:`fisher_trace`.
 
     Returns
@@ -201,9 +214,12 @@ def fisher_block_traces(
     net, _n_classes, _eps, bs = _setup(
         model, x, output=output, params=params, batch_size=batch_size, create_graph=create_graph
     )
+    classes = selection(tau)
     x = _input(x, create_graph)
     with _grad_mode(create_graph):
-        values = _trace.block_traces(net, make_plan(net, x), x, batch_size=bs, create_graph=create_graph)
+        values = _trace.block_traces(
+            net, make_plan(net, x), x, batch_size=bs, create_graph=create_graph, classes=classes
+        )
     return BlockTraces(_checks.check_finite_result(values, "fisher_block_traces"), tuple(net.names))
 
 
@@ -215,6 +231,7 @@ def fisher_max_eigenvalue(
     params: Iterable[str] | None = None,
     batch_size: int | None = None,
     create_graph: bool = False,
+    tau: float | None = None,
 ) -> torch.Tensor:
     r"""Largest eigenvalue ``λ_max(F(x))`` of each sample's Fisher matrix.
 
@@ -224,7 +241,7 @@ def fisher_max_eigenvalue(
 
     Parameters
     ----------
-    model, x, output, params, batch_size, create_graph
+    model, x, output, params, batch_size, create_graph, tau
         As in :func:`fisher_trace` (the input gradient of ``λ_max`` is defined where it is a simple
         eigenvalue).
 
@@ -241,9 +258,12 @@ def fisher_max_eigenvalue(
     net, _n_classes, _eps, bs = _setup(
         model, x, output=output, params=params, batch_size=batch_size, create_graph=create_graph
     )
+    classes = selection(tau)
     x = _input(x, create_graph)
     with _grad_mode(create_graph):
-        values = _trace.max_eigenvalue(net, make_plan(net, x), x, batch_size=bs, create_graph=create_graph)
+        values = _trace.max_eigenvalue(
+            net, make_plan(net, x), x, batch_size=bs, create_graph=create_graph, classes=classes
+        )
     return _checks.check_finite_result(values, "fisher_max_eigenvalue")
 
 
@@ -262,6 +282,7 @@ def fisher_quadratic_form(
     epsilon: float = 1e-3,
     batch_size: int | None = None,
     create_graph: bool = False,
+    tau: float | None = None,
 ) -> torch.Tensor:
     r"""Quadratic form ``vᵀ F(x) v`` of each sample's Fisher matrix along a direction ``v``.
 
@@ -304,6 +325,8 @@ def fisher_quadratic_form(
         As in :func:`fisher_trace`: the value as a function of ``x``, with ``v`` (which depends on
         ``x``) differentiated too; along ``"top_eigenvector"`` defined where the top eigenvalue is
         simple.
+    tau : float in (0, 1), optional
+        As in :func:`fisher_trace` (with ``classes="all"``): ``vᵀ F_τ v ≤ vᵀ F v``.
 
     Returns
     -------
@@ -322,6 +345,7 @@ def fisher_quadratic_form(
     direction, yt = _check_direction_args(
         direction, y, net, x, n_classes, allow_top=True, blockwise=blockwise, normalize=normalize, classes=classes
     )
+    classes = selection(tau, classes=classes, method=method)
     top = isinstance(direction, str) and direction == "top_eigenvector"
     if method == "finite_difference" and top:
         raise ValueError('method="finite_difference" does not support direction="top_eigenvector".')

@@ -13,6 +13,8 @@ With the Gram blocks ``K_k = J_k J_kᵀ`` (C × C) of each parameter tensor ``k`
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from art_fisher.metrics.basis import make_basis
@@ -20,13 +22,22 @@ from art_fisher.metrics.engine.grams import gram_blocks
 from art_fisher.metrics.engine.network import FunctionalNet
 from art_fisher.metrics.engine.recorder import Plan
 
+if TYPE_CHECKING:
+    from art_fisher.metrics.top_mass import TopMass
+
 
 def block_traces(
-    net: FunctionalNet, plan: Plan, x: torch.Tensor, *, batch_size: int | None, create_graph: bool = False
+    net: FunctionalNet,
+    plan: Plan,
+    x: torch.Tensor,
+    *,
+    batch_size: int | None,
+    create_graph: bool = False,
+    classes: str | TopMass = "all",
 ) -> torch.Tensor:
     """``tr F_kk`` (N, B) for each selected parameter tensor ``k`` (in ``net.names`` order)."""
     _z, diag, _w = gram_blocks(
-        net, plan, x, basis=make_basis("all", smooth=create_graph), batch_size=batch_size, diagonal=True,
+        net, plan, x, basis=make_basis(classes, smooth=create_graph), batch_size=batch_size, diagonal=True,
         create_graph=create_graph,
     )
     return diag.sum(-1)
@@ -61,8 +72,14 @@ def top_eigen(k: torch.Tensor, *, vectors: bool = True) -> tuple[torch.Tensor, t
 
 
 def max_eigenvalue(
-    net: FunctionalNet, plan: Plan, x: torch.Tensor, *, batch_size: int | None, create_graph: bool = False
+    net: FunctionalNet,
+    plan: Plan,
+    x: torch.Tensor,
+    *,
+    batch_size: int | None,
+    create_graph: bool = False,
+    classes: str | TopMass = "all",
 ) -> torch.Tensor:
     """``λ_max(F(x))`` (N,)."""
-    k = blocks(net, plan, x, batch_size=batch_size, create_graph=create_graph)
+    k = blocks(net, plan, x, batch_size=batch_size, classes=classes, create_graph=create_graph)
     return top_eigen(k, vectors=False)[0]

@@ -98,10 +98,11 @@ def gram(g: torch.Tensor, diagonal: bool = False) -> torch.Tensor:
 
 from art_fisher.metrics.engine.layers.batchnorm import BatchNormRule  # noqa: E402
 from art_fisher.metrics.engine.layers.conv2d import Conv2dRule  # noqa: E402
+from art_fisher.metrics.engine.layers.layernorm import LayerNormRule  # noqa: E402
 from art_fisher.metrics.engine.layers.linear import LinearRule  # noqa: E402
 
 #: The layer types the hook engine handles; every other parameter goes through ``torch.func``.
-RULES: tuple[type[LayerRule], ...] = (LinearRule, Conv2dRule, BatchNormRule)
+RULES: tuple[type[LayerRule], ...] = (LinearRule, Conv2dRule, BatchNormRule, LayerNormRule)
 
 
 def rule_for(module: nn.Module, a: torch.Tensor) -> type[LayerRule] | None:

@@ -1,0 +1,163 @@
+"""The many-class option (``tau``, :mod:`art_fisher.metrics.top_mass`) against dense float64 references.
+
+Checked on every sample: the identity ``F − F_τ = q F_R`` (trace, quadratic form), the lower bound
+``M(F_τ) ≤ M(F)`` and the error bound ``M(F) − M(F_τ) ≤ q D_R²`` (trace, λ_max, quadratic form); and,
+statistically at a fixed seed, that the sampled estimate's error matches its standard error.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from art_fisher import metrics
+from art_fisher.metrics.engine.network import FunctionalNet
+from art_fisher.metrics.engine.recorder import make_plan
+from art_fisher.metrics.top_mass import TopMass, kept_classes
+from art_fisher.metrics.trace import block_traces
+from tests.art_fisher.field_models import TinyMobileNetV2, TinyViT, randomise_norms
+from tests.art_fisher.metrics_cases import Dense
+
+N_CLASSES = 20
+
+
+def _model(name: str, seed: int = 0, sharpness: float = 4.0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model = TinyMobileNetV2(width=4, n_classes=N_CLASSES) if name == "mobilenet" else TinyViT(n_classes=N_CLASSES)
+    model = randomise_norms(model.double(), seed)
+    head = model.classifier[1] if name == "mobilenet" else model.head
+    with torch.no_grad():  # a spread of confidences, from nearly flat to peaked
+        head.weight.mul_(sharpness)
+    return model
+
+
+def _x(n: int, seed: int = 1) -> torch.Tensor:
+    return torch.randn(n, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+
+
+def _reference(model: torch.nn.Module, x: torch.Tensor, tau: float) -> dict[str, torch.Tensor]:
+    """Per sample: exact trace, λ_max, quadratic form; q, tr F_R, vᵀF_R v/‖v‖², D_R² from dense Jacobians."""
+    dense = Dense(model)
+    out: dict[str, list[float]] = {k: [] for k in ("trace", "lam", "quad", "q", "tr_rest", "quad_rest", "diam2")}
+    z = model(x)
+    order, k, _q = kept_classes(z, tau)
+    for i in range(x.shape[0]):
+        g = dense.jacobian(x[i])  # (C, P): rows ∇θ log p_c
+        p = dense.probs(x[i])
+        fisher = torch.einsum("c,cp,cq->pq", p, g, g)
+        rest = order[i, int(k[i]):]
+        q = p[rest].sum()
+        r = p[rest] / q if len(rest) else p[rest]
+        gr = g[rest] - (r @ g[rest]) if len(rest) else g[rest]  # ∇log p(c|R)
+        f_rest = torch.einsum("c,cp,cq->pq", r, gr, gr) if len(rest) else torch.zeros_like(fisher)
+        v = g[int(p.argmax())]
+        v = v / v.norm()
+        out["trace"].append(fisher.trace())
+        out["lam"].append(torch.linalg.eigvalsh(fisher)[-1])
+        out["quad"].append(v @ fisher @ v)
+        out["q"].append(q)
+        out["tr_rest"].append(f_rest.trace())
+        out["quad_rest"].append(v @ f_rest @ v)
+        out["diam2"].append(torch.cdist(g[rest], g[rest]).max() ** 2 if len(rest) else torch.tensor(0.0))
+    return {key: torch.stack([torch.as_tensor(t, dtype=torch.float64) for t in vals]) for key, vals in out.items()}
+
+
+@pytest.mark.parametrize("name", ["mobilenet", "vit"])
+@pytest.mark.parametrize("tau", [0.05, 0.3])
+def test_top_mass_identity_lower_bound_and_error_bound_on_every_sample(name, tau):
+    model = _model(name)
+    x = _x(6)
+    ref = _reference(model, x, tau)
+    assert (ref["q"] <= tau + 1e-12).all()
+    assert (ref["q"] > 0).any(), "the case must drop some classes"
+    trace = metrics.fisher_trace(model, x, tau=tau)
+    lam = metrics.fisher_max_eigenvalue(model, x, tau=tau)
+    quad = metrics.fisher_quadratic_form(model, x, tau=tau)
+    # the exact gap F − F_τ = q F_R
+    torch.testing.assert_close(trace, ref["trace"] - ref["q"] * ref["tr_rest"], rtol=1e-8, atol=1e-12)
+    torch.testing.assert_close(quad, ref["quad"] - ref["q"] * ref["quad_rest"], rtol=1e-8, atol=1e-12)
+    slack = 1e-9 * ref["trace"]
+    for approx, exact in ((trace, ref["trace"]), (lam, ref["lam"]), (quad, ref["quad"])):
+        assert (approx <= exact + slack).all()  # certain lower bound
+        assert (exact - approx <= ref["q"] * ref["diam2"] + slack).all()  # the bound on the dropped part
+        assert (exact - approx <= tau * ref["diam2"] + slack).all()
+    # block traces sum to the trace; the exact default is untouched
+    blocks = metrics.fisher_block_traces(model, x, tau=tau).values
+    torch.testing.assert_close(blocks.sum(1), trace, rtol=1e-10, atol=0)
+    torch.testing.assert_close(metrics.fisher_trace(model, x), ref["trace"], rtol=1e-8, atol=0)
+
+
+def test_top_mass_hooks_match_torch_func_and_chunks_of_different_widths():
+    model = _model("mobilenet")
+    x = _x(7)
+    net = FunctionalNet(model, [n for n, _ in model.named_parameters()], "logits")
+    plan = make_plan(net, x)
+    assert not plan.rest  # grouped and depthwise convolutions take the hook engine
+    spec = TopMass(0.1)
+    hooks = block_traces(net, plan, x, batch_size=2, classes=spec)  # chunks keep different numbers of classes
+    func = block_traces(net, plan.without_hooks(), x, batch_size=None, classes=spec)
+    torch.testing.assert_close(hooks, func, rtol=1e-10, atol=1e-14)
+
+
+def test_kept_classes_is_the_smallest_set_holding_one_minus_tau():
+    z = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05], [0.97, 0.01, 0.01, 0.01]], dtype=torch.float64))
+    order, k, q = kept_classes(z, 0.1)
+    assert k.tolist() == [3, 1]
+    torch.testing.assert_close(q, torch.tensor([0.05, 0.03], dtype=torch.float64))
+    assert order[0, :3].tolist() == [0, 1, 2]
+
+
+def test_tau_small_enough_is_exact():
+    model = _model("mobilenet", sharpness=1.0)
+    x = _x(3)
+    torch.testing.assert_close(metrics.fisher_trace(model, x, tau=1e-12), metrics.fisher_trace(model, x), rtol=1e-9, atol=0)
+
+
+def test_sampled_estimate_is_unbiased_with_its_stated_standard_error():
+    model = _model("mobilenet", sharpness=2.0)
+    x = _x(60, seed=3)
+    tau, m = 0.5, 4
+    exact = metrics.fisher_trace(model, x)
+    est = metrics.fisher_trace_estimate(model, x, tau=tau, samples=m, seed=0)
+    assert (est.dropped_mass <= tau).all() and (est.dropped_mass > 0).all()
+    assert (est.lower <= exact * (1 + 1e-9)).all() and (est.estimate >= est.lower).all()
+    torch.testing.assert_close(est.lower, metrics.fisher_trace(model, x, tau=tau), rtol=1e-10, atol=0)
+    # over the samples: the mean error within 3 of its standard error, and squared errors the size of
+    # the stated variances (the ratio of means is near 1; 0.4-2.5 leaves room for 60 heavy-tailed draws)
+    err = est.estimate - exact
+    assert abs(err.mean()) <= 3 * math.sqrt((est.stderr**2).sum()) / len(err)
+    ratio = (err**2).mean() / (est.stderr**2).mean()
+    assert 0.4 < ratio < 2.5, ratio
+    # many draws: the error shrinks as 1/√m
+    many = metrics.fisher_trace_estimate(model, x, tau=tau, samples=256, seed=1)
+    assert ((many.estimate - exact).abs() / exact).max() < ((err.abs() / exact).max())
+    # a fixed seed gives the same numbers
+    again = metrics.fisher_trace_estimate(model, x, tau=tau, samples=m, seed=0)
+    assert torch.equal(again.estimate, est.estimate)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"tau": 0.0}, ValueError, "tau must be a float in"),
+        ({"tau": 1.5}, ValueError, "tau must be a float in"),
+        ({"tau": "0.1"}, TypeError, "tau must be a float"),
+        ({"tau": 0.1, "method": "finite_difference"}, ValueError, "tau needs method"),
+    ],
+)
+def test_tau_argument_errors(kwargs, error, match):
+    model = _model("mobilenet")
+    with pytest.raises(error, match=match):
+        metrics.fisher_trace(model, _x(2), **kwargs)
+
+
+def test_tau_refuses_predicted_vs_rest_and_the_estimate_checks_its_arguments():
+    model = _model("mobilenet")
+    with pytest.raises(ValueError, match='tau applies to classes="all"'):
+        metrics.fisher_quadratic_form(model, _x(2), tau=0.1, classes="predicted_vs_rest")
+    with pytest.raises(ValueError, match="samples must be an int >= 2"):
+        metrics.fisher_trace_estimate(model, _x(2), samples=1)
+    with pytest.raises(TypeError, match="seed must be an int"):
+        metrics.fisher_trace_estimate(model, _x(2), seed=0.5)
