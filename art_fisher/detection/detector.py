@@ -93,7 +93,7 @@ class FisherInformationDetector(EvasionDetector):
         (unused when fitting with labels or with your own estimator).
     batch_size : int, default=128
         Samples per metric computation when ``fit``/``detect`` get no ``batch_size``.
-    output, direction, blockwise, normalize, classes, params, method, epsilon
+    output, direction, blockwise, normalize, classes, params, method, epsilon, tau
         The metric options, one object shared with :class:`~art_fisher.detection.estimators.FisherFeatures`
         (meanings and defaults: :class:`art_fisher.detection.features.MetricOptions`). ``direction`` is
         ``"predicted"`` or ``"top_eigenvector"`` (a detector has no true labels at detection time).
@@ -173,6 +173,7 @@ class FisherInformationDetector(EvasionDetector):
         params: Sequence[str] | None = _features.DEFAULT_OPTIONS.params,
         method: str = _features.DEFAULT_OPTIONS.method,
         epsilon: float = _features.DEFAULT_OPTIONS.epsilon,
+        tau: float | None = _features.DEFAULT_OPTIONS.tau,
         progress: bool = False,
     ) -> None:
         super().__init__()
@@ -189,6 +190,7 @@ class FisherInformationDetector(EvasionDetector):
         self.params = params
         self.method = method
         self.epsilon = epsilon
+        self.tau = tau
         self.progress = progress
         self._check_params()
 

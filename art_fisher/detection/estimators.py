@@ -326,7 +326,7 @@ class FisherFeatures(TransformerMixin, BaseEstimator):
         fixed feature extractor), so ``GridSearchCV`` does not copy the model.
     metrics : sequence of str, default=("trace", "quadratic_form")
         Metric names (see :class:`~art_fisher.detection.detector.FisherInformationDetector`).
-    output, direction, blockwise, normalize, classes, params, method, epsilon
+    output, direction, blockwise, normalize, classes, params, method, epsilon, tau
         Metric options, as in :class:`~art_fisher.detection.detector.FisherInformationDetector`.
     batch_size : int, default=128
         Samples per metric computation.
@@ -358,6 +358,7 @@ class FisherFeatures(TransformerMixin, BaseEstimator):
         params: Sequence[str] | None = _features.DEFAULT_OPTIONS.params,
         method: str = _features.DEFAULT_OPTIONS.method,
         epsilon: float = _features.DEFAULT_OPTIONS.epsilon,
+        tau: float | None = _features.DEFAULT_OPTIONS.tau,
         batch_size: int = 128,
     ) -> None:
         self.classifier = classifier
@@ -370,6 +371,7 @@ class FisherFeatures(TransformerMixin, BaseEstimator):
         self.params = params
         self.method = method
         self.epsilon = epsilon
+        self.tau = tau
         self.batch_size = batch_size
 
     def __sklearn_clone__(self) -> FisherFeatures:

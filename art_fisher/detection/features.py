@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from art_fisher import _checks
+from art_fisher.metrics.top_mass import check_tau, selection
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ DIRECTIONS = tuple(d for d in _checks.DIRECTIONS if d != "label")
 #: Fraction of input dimensions whose share of the absolute sensitivity is the ``top_mass`` feature.
 TOP_FRACTION = 0.1
 
-_SCALAR_OPTIONS = ("output", "params", "method", "epsilon")
+_SCALAR_OPTIONS = ("output", "params", "method", "epsilon", "tau")
 _DIRECTIONAL_OPTIONS = (*_SCALAR_OPTIONS, "direction", "blockwise", "normalize", "classes")
 
 
@@ -74,10 +75,12 @@ class MetricSpec:
 METRICS: dict[str, MetricSpec] = {
     "trace": MetricSpec("fisher_trace", _SCALAR_OPTIONS),
     "quadratic_form": MetricSpec("fisher_quadratic_form", _DIRECTIONAL_OPTIONS),
-    "max_eigenvalue": MetricSpec("fisher_max_eigenvalue", ("output", "params")),  # always exact
+    "max_eigenvalue": MetricSpec("fisher_max_eigenvalue", ("output", "params", "tau")),  # always exact
     # tr F_kk of each parameter tensor k: the per-layer profile of the trace, at the trace's cost.
-    "block_traces": MetricSpec("fisher_block_traces", ("output", "params"), per_block=True),  # always exact
-    "sensitivity": MetricSpec("fisher_sensitivity", _DIRECTIONAL_OPTIONS, is_map=True),
+    "block_traces": MetricSpec("fisher_block_traces", ("output", "params", "tau"), per_block=True),  # always exact
+    "sensitivity": MetricSpec(  # always over every class
+        "fisher_sensitivity", tuple(o for o in _DIRECTIONAL_OPTIONS if o != "tau"), is_map=True
+    ),
 }
 
 #: Reductions of a sensitivity map :math:`s` (flattened to :math:`D` entries) to features:
@@ -206,6 +209,12 @@ class MetricOptions:
         exact).
     epsilon : float, default=1e-3
         Finite-difference step (only used with ``method="finite_difference"``).
+    tau : float in (0, 1) or None, default=None
+        Many-class heads: the trace, block traces, λ_max and quadratic form keep each sample's most
+        probable classes holding ``1 − tau`` of its probability and merge the others into one class
+        (:mod:`art_fisher.metrics.top_mass`; a lower bound of the exact value at about as many backward
+        passes as kept classes). The sensitivity stays exact. None: exact. Needs ``method="exact"`` and
+        ``classes="all"``.
     """
 
     metrics: tuple[str, ...] = ("trace", "quadratic_form")
@@ -217,6 +226,7 @@ class MetricOptions:
     params: tuple[str, ...] | None = None
     method: str = "exact"
     epsilon: float = 1e-3
+    tau: float | None = None
 
     def checked(self, classifier: Any) -> MetricOptions:
         """These options validated for ``classifier``, with sequences as tuples (hashable).
@@ -255,6 +265,8 @@ class MetricOptions:
             _checks.check_bool("blockwise", self.blockwise)
         _checks.check_bool("normalize", self.normalize)
         _checks.check_choice("classes", self.classes, _checks.CLASSES)
+        selection(self.tau, classes=self.classes, method=self.method)  # tau with classes="all", method="exact"
+        tau = check_tau(self.tau)
         params = self.params
         if params is not None:
             # Any parameter, trained or frozen: the Fisher information is defined by the parameters
@@ -263,12 +275,14 @@ class MetricOptions:
         return MetricOptions(
             metrics=tuple(names), output=self.output, direction=self.direction, blockwise=self.blockwise,
             normalize=self.normalize, classes=self.classes, params=params, method=self.method,
-            epsilon=_checks.check_epsilon(self.epsilon),
+            epsilon=_checks.check_epsilon(self.epsilon), tau=tau,
         )  # fmt: skip
 
     def kwargs_for(self, metric: str) -> dict[str, Any]:
         """Keyword arguments of the metric function of ``metric`` (None ``blockwise``: its own default)."""
         kwargs = {key: getattr(self, key) for key in METRICS[metric].options}
+        if kwargs.get("tau", 0) is None:  # exact: the metric's own default (not every metric takes tau)
+            del kwargs["tau"]
         if kwargs.get("params") is not None:
             kwargs["params"] = list(kwargs["params"])
         if kwargs.get("blockwise", True) is None:

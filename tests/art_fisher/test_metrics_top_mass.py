@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -161,3 +163,44 @@ def test_tau_refuses_predicted_vs_rest_and_the_estimate_checks_its_arguments():
         metrics.fisher_trace_estimate(model, _x(2), samples=1)
     with pytest.raises(TypeError, match="seed must be an int"):
         metrics.fisher_trace_estimate(model, _x(2), seed=0.5)
+
+
+def test_detector_and_features_pass_tau_to_every_metric_but_the_sensitivity(digits_cnn, tmp_path):
+    from art_fisher.detection.detector import FisherInformationDetector
+    from art_fisher.detection.estimators import FisherFeatures
+
+    clf = digits_cnn.classifier
+    x = digits_cnn.x_test[:6].astype(np.float32)
+    names = ("trace", "quadratic_form", "max_eigenvalue", "block_traces", "sensitivity")
+    features = FisherFeatures(clf, names, tau=0.3).fit(x)
+    assert features.get_params()["tau"] == 0.3
+    got = features.transform(x)
+    exact = FisherFeatures(clf, names).fit(x).transform(x)
+    xt = torch.as_tensor(x)
+    model = clf.model.eval()
+    want = [metrics.fisher_trace(model, xt, tau=0.3), metrics.fisher_quadratic_form(model, xt, tau=0.3),
+            metrics.fisher_max_eigenvalue(model, xt, tau=0.3)]
+    np.testing.assert_allclose(got[:, :3], torch.stack(want, 1).numpy(), rtol=1e-4)
+    assert (got[:, 0] <= exact[:, 0] * (1 + 1e-5)).all()
+    np.testing.assert_allclose(got[:, -4:], exact[:, -4:], rtol=1e-5)  # the sensitivity is exact
+    with pytest.raises(ValueError, match='tau applies to classes="all"'):
+        FisherInformationDetector(clf, tau=0.1, classes="predicted_vs_rest")
+    with pytest.raises(ValueError, match="tau must be a float in"):
+        FisherInformationDetector(clf, tau=2.0)
+    det = FisherInformationDetector(clf, metrics=("trace",), tau=0.2)
+    det.fit(np.concatenate([x, x[::-1] * 0.5]), np.r_[np.zeros(6), np.ones(6)])
+    det.save(tmp_path / "det.skops")
+    assert FisherInformationDetector.load(tmp_path / "det.skops", clf).tau == 0.2
+
+
+def test_evaluation_checks_tau_and_hands_it_to_the_fisher_detectors(digits_cnn, tmp_path):
+    from art_fisher.evaluation import prepare
+    from art_fisher.evaluation.base import RunContext
+    from art_fisher.evaluation.fisher_runs import FisherRun
+
+    with pytest.raises(ValueError, match="tau must be a float in"):
+        prepare(output_dir=tmp_path / "a", tau=1.0)
+    assert prepare(output_dir=tmp_path / "b", tau=0.01).tau == 0.01
+    ctx = RunContext(classifier=digits_cnn.classifier, model=digits_cnn.classifier.model, x_background=digits_cnn.x_train[:4],
+                     seed=0, device=torch.device("cpu"), batch_size=8, target_fpr=0.05, progress=False, tau=0.01)
+    assert FisherRun(ctx, ("trace",)).detector.tau == 0.01
