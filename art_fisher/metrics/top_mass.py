@@ -95,16 +95,18 @@ def selection(tau: object, *, classes: str = "all", method: str = "exact") -> st
     return TopMass(tau)
 
 
-def kept_classes(z: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def kept_classes(
+    z: torch.Tensor, tau: float, max_kept: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Classes of logits ``z`` (n, C) in decreasing probability (n, C), how many are kept (n,), dropped mass (n,).
 
     ``k`` is the smallest number of most probable classes whose probabilities sum to at least ``1 − τ``
-    (at least one class); the dropped mass ``q`` is summed over the other classes themselves (not as
-    ``1 −`` the kept mass, which would lose its digits to rounding).
+    (at least one class), at most ``max_kept``; the dropped mass ``q`` is summed over the other classes
+    themselves (not as ``1 −`` the kept mass, which would lose its digits to rounding).
     """
     p = torch.softmax(z.detach(), -1)
     ps, order = p.sort(-1, descending=True)
-    k = ((ps.cumsum(-1) < 1 - tau).sum(-1) + 1).clamp(max=z.shape[-1])
+    k = ((ps.cumsum(-1) < 1 - tau).sum(-1) + 1).clamp(max=z.shape[-1] if max_kept is None else max_kept)
     rank = torch.arange(z.shape[-1], device=z.device)
     q = (ps * (rank >= k.unsqueeze(-1))).sum(-1)
     return order, k, q
@@ -121,12 +123,17 @@ class TopMass:
         Classes drawn from the dropped ones per sample (columns placed first; 0 for none).
     generator : torch.Generator, optional
         Source of the draws (required when ``samples > 0``).
+    max_kept : int, optional
+        At most this many classes kept per sample (the dropped mass may then exceed ``tau``).
     """
 
-    def __init__(self, tau: float, samples: int = 0, generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self, tau: float, samples: int = 0, generator: torch.Generator | None = None, max_kept: int | None = None
+    ) -> None:
         self.tau = tau
         self.samples = samples
         self.generator = generator
+        self.max_kept = max_kept
 
     def basis(self, smooth: bool = False) -> Basis:
         """``(z, y) ↦ W`` (n, C, m + K'): the sampled columns, then a factor of ``F_τ``'s output covariance.
@@ -142,7 +149,7 @@ class TopMass:
 
     def _factor(self, z: torch.Tensor, smooth: bool) -> torch.Tensor:
         n, n_classes = z.shape
-        order, k, _q = kept_classes(z, self.tau)
+        order, k, _q = kept_classes(z, self.tau, self.max_kept)
         p = torch.softmax(z, -1)
         big_k = int(k.max())
         keep = torch.arange(big_k, device=z.device) < k.unsqueeze(-1)  # (n, K)
@@ -200,6 +207,7 @@ def fisher_trace_estimate(
     *,
     tau: float = 1e-3,
     samples: int = 8,
+    max_kept: int | None = None,
     seed: int = 0,
     output: str = "logits",
     params: Iterable[str] | None = None,
@@ -209,8 +217,8 @@ def fisher_trace_estimate(
 
     ``estimate = tr F_τ + (q/m) Σ_i ‖Jᵀ(e_{c_i} − r)‖²`` with ``c_i ∼ p(·|R)`` i.i.d. (module docstring):
     unbiased, ``≥ lower = tr F_τ``, standard error ``q s/√m``. It costs about ``k + m`` backward passes
-    per sample (``k`` kept classes) instead of ``C − 1``; when every sample keeps ``C − 1`` or more
-    classes it is exact (``stderr`` 0).
+    per sample (``k`` kept classes, at most ``max_kept``) instead of ``C − 1``; when every sample keeps
+    ``C − 1`` or more classes it is exact (``stderr`` 0).
 
     Parameters
     ----------
@@ -220,6 +228,10 @@ def fisher_trace_estimate(
         Probability mass each sample may leave to the sampled part.
     samples : int
         Draws ``m`` ≥ 2 from the dropped classes per sample.
+    max_kept : int, optional
+        Keep at most this many classes (the dropped mass ``q`` may then exceed ``tau``; the estimate stays
+        unbiased, its standard error grows with ``q``): caps the cost at ``max_kept + samples`` backward
+        passes whatever the predictions.
     seed : int
         Seed of the draws (a fixed seed gives the same estimate for the same inputs and chunking).
 
@@ -240,6 +252,8 @@ def fisher_trace_estimate(
     tau = check_tau(tau, allow_none=False)
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
         raise ValueError(f"samples must be an int >= 2 (a standard error needs two draws); got {samples!r}.")
+    if max_kept is not None and (isinstance(max_kept, bool) or not isinstance(max_kept, int) or max_kept < 1):
+        raise ValueError(f"max_kept must be None or an int >= 1; got {max_kept!r}.")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int; got {seed!r}.")
     bs = _checks.check_batch_size(batch_size)
@@ -249,12 +263,12 @@ def fisher_trace_estimate(
     net = FunctionalNet(model, names, output)
     x = x.detach()
     gen = torch.Generator(device=x.device).manual_seed(seed)
-    spec = TopMass(tau, samples=samples, generator=gen)
+    spec = TopMass(tau, samples=samples, generator=gen, max_kept=max_kept)
     with torch.no_grad():
         z, diag, _w = gram_blocks(net, make_plan(net, x), x, basis=spec.basis(), batch_size=bs, diagonal=True)
     per_column = diag.sum(1)  # (N, m + K)
     drawn, lower = per_column[:, :samples], per_column[:, samples:].sum(1)
-    _order, kept, q = kept_classes(z, tau)
+    _order, kept, q = kept_classes(z, tau, max_kept)
     estimate = lower + drawn.mean(1)
     stderr = drawn.std(1) / math.sqrt(samples)
     estimate = _checks.check_finite_result(estimate, "fisher_trace_estimate")

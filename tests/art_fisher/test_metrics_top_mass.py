@@ -204,3 +204,17 @@ def test_evaluation_checks_tau_and_hands_it_to_the_fisher_detectors(digits_cnn, 
     ctx = RunContext(classifier=digits_cnn.classifier, model=digits_cnn.classifier.model, x_background=digits_cnn.x_train[:4],
                      seed=0, device=torch.device("cpu"), batch_size=8, target_fpr=0.05, progress=False, tau=0.01)
     assert FisherRun(ctx, ("trace",)).detector.tau == 0.01
+
+
+def test_estimate_with_a_cap_on_kept_classes_stays_unbiased():
+    model = _model("mobilenet", sharpness=1.0)
+    x = _x(60, seed=4)
+    exact = metrics.fisher_trace(model, x)
+    est = metrics.fisher_trace_estimate(model, x, tau=1e-3, max_kept=3, samples=6, seed=2)
+    assert (est.kept <= 3).all() and (est.dropped_mass > 1e-3).all()
+    assert (est.lower <= exact * (1 + 1e-9)).all()
+    err = est.estimate - exact
+    assert abs(err.mean()) <= 3 * math.sqrt((est.stderr**2).sum()) / len(err)
+    assert 0.4 < (err**2).mean() / (est.stderr**2).mean() < 2.5
+    with pytest.raises(ValueError, match="max_kept must be None or an int >= 1"):
+        metrics.fisher_trace_estimate(model, x[:2], max_kept=0)

@@ -16,15 +16,17 @@ Per model, side by side in one run (each figure the median over ``--repeats``; p
 - BackPACK's ``BatchDiagGGNExact`` (``extend(..., use_converter=True)``, CrossEntropyLoss with sum
   reduction; its per-sample GGN diagonals sum to the trace), or the error it raises on the model;
 - peak memory of one ``fisher_trace`` call in a fresh process (Linux ``VmHWM`` growth over the resident
-  size before the call), at ``--batch`` and 4 × ``--batch`` samples: bounded by the chunking when the two
-  are alike.
+  size before the call), at 1, 4 and 8 times ``--batch`` samples: bounded by the chunking when it stops
+  growing with the batch.
 
 Many classes (ResNet-18, or the in-repo ResNet with ``--smoke``): the exact trace and its floor at each
 of ``--classes``, with the head scaled so that the mean top-1 probability is ``--confidence`` (random
 weights give an almost flat distribution over 1,000 classes, which no trained model has); at the largest
 count, ``fisher_trace(tau=...)`` for each of ``--taus`` (time, relative error against the exact trace,
-classes kept, dropped mass) and ``fisher_trace_estimate`` (``--samples`` draws: time, error in units of
-its standard error), with the ratio of each time to the exact 10-class trace.
+classes kept, dropped mass) and ``fisher_trace_estimate`` (``--samples`` draws: time, error, and the
+ratio of the root-mean-square error to the root-mean-square stated standard error), also with at most
+``--caps`` classes kept (a fixed budget of backward passes), with the ratio of each time to the exact
+10-class trace.
 
 Times are CPU seconds of this process at one thread (the default; wall-clock otherwise; both kept in
 the JSON). Prints a table and the JSON; ``--json PATH`` writes it (default
@@ -219,7 +221,7 @@ def measure_model(args, name: str, clock: int) -> dict:
         {"status": "skipped (--no-backpack)"} if args.no_backpack
         else measure_backpack(model, x, exact, args.repeats, clock)
     )  # fmt: skip
-    row["memory"] = [measure_memory(name, b, args.smoke, args.threads) for b in (args.batch, 4 * args.batch)]
+    row["memory"] = [measure_memory(name, b, args.smoke, args.threads) for b in (args.batch, 4 * args.batch, 8 * args.batch)]
     t, f = row["trace"]["seconds"], row["floor"]["seconds"]
     row["trace_over_floor"] = t / f
     if row["backpack"].get("status") == "ok":
@@ -248,7 +250,8 @@ def set_confidence(model: nn.Module, x: torch.Tensor, target: float) -> float:
 
 
 def measure_classes(args, clock: int) -> dict:
-    out: dict = {"model": "resnet18", "confidence": args.confidence, "rows": [], "tau": [], "estimate": []}
+    out: dict = {"model": "resnet18", "confidence": args.confidence, "rows": [], "tau": [], "estimate": [],
+                 "capped_estimate": []}
     exact_big = None
     for n_classes in args.classes:
         model, shape = build("resnet18", n_classes, args.smoke)
@@ -265,6 +268,20 @@ def measure_classes(args, clock: int) -> dict:
     base = out["rows"][0]["trace"]["seconds"]
     for row in out["rows"]:
         row["over_first"] = row["trace"]["seconds"] / base
+    for cap in args.caps:  # a fixed budget of passes: kept classes capped, the rest sampled
+        tau = min(args.taus)
+        est = metrics.fisher_trace_estimate(big_model, big_x, tau=tau, samples=args.samples, max_kept=cap, seed=0)
+        err = est.estimate - exact_big
+        timing = median_time(lambda cap=cap, tau=tau: metrics.fisher_trace_estimate(
+            big_model, big_x, tau=tau, samples=args.samples, max_kept=cap), len(big_x), 1, clock)
+        out["capped_estimate"].append({
+            "tau": tau, "max_kept": cap, "samples": args.samples, **timing, "over_first": timing["seconds"] / base,
+            "mean_dropped_mass": float(est.dropped_mass.mean()),
+            "max_rel_error": float((err / exact_big).abs().max()),
+            "mean_rel_stderr": float((est.stderr / exact_big).mean()),
+            "max_rel_gap_of_lower_bound": float(((exact_big - est.lower) / exact_big).max()),
+            "rms_error_over_rms_stderr": float(err.pow(2).mean().sqrt() / est.stderr.pow(2).mean().sqrt()),
+        })  # fmt: skip
     for tau in args.taus:
         approx = metrics.fisher_trace(big_model, big_x, tau=tau)
         from art_fisher.metrics.top_mass import kept_classes
@@ -295,7 +312,7 @@ def measure_classes(args, clock: int) -> dict:
 def table(results: dict) -> str:
     lines = [f"per sample, {results['clock']} seconds, {results['threads']} thread(s)"]
     lines.append(f"{'model':<13}{'trace':>9}{'floor':>9}{'tr/floor':>9}{'quad':>9}{'lam':>9}{'sens':>10}"
-                 f"{'backpack':>10}{'bp/tr':>7}{'MiB@B':>8}{'MiB@4B':>8}")
+                 f"{'backpack':>10}{'bp/tr':>7}{'MiB@B':>8}{'MiB@4B':>8}{'MiB@8B':>8}")
     for row in results["models"]:
         sens = row["sensitivity"]
         bp = row["backpack"]
@@ -305,7 +322,7 @@ def table(results: dict) -> str:
             f"{row['trace_over_floor']:9.2f}{row['quadratic_form']['seconds']:9.4f}{row['max_eigenvalue']['seconds']:9.4f}"
             f"{sens['seconds'] if sens['status'] == 'ok' else float('nan'):10.3f}"
             f"{bp['seconds'] if bp.get('status') == 'ok' else float('nan'):10.4f}"
-            f"{row.get('backpack_over_trace', float('nan')):7.2f}{mem[0]:8.0f}{mem[1]:8.0f}"
+            f"{row.get('backpack_over_trace', float('nan')):7.2f}{mem[0]:8.0f}{mem[1]:8.0f}{mem[2]:8.0f}"
         )
         if sens["status"] != "ok":
             lines.append(f"    sensitivity {sens['status']}")
@@ -324,6 +341,11 @@ def table(results: dict) -> str:
             lines.append(f"  tau={row['tau']:<7g} {row['seconds']:.4f}  x{row['over_first']:.2f} of the first  "
                          f"rel. error max {row['max_rel_error']:.2e} mean {row['mean_rel_error']:.2e}  "
                          f"kept {row['mean_kept']:.1f} (max {row['max_kept']})  q {row['mean_dropped_mass']:.2e}")
+        for row in many["capped_estimate"]:
+            lines.append(f"  estimate tau={row['tau']:<7g} max_kept={row['max_kept']} m={row['samples']} "
+                         f"{row['seconds']:.4f}  x{row['over_first']:.2f}  q {row['mean_dropped_mass']:.2f}  "
+                         f"rel. error max {row['max_rel_error']:.2e}  rel. stderr {row['mean_rel_stderr']:.2e}  "
+                         f"rms err / rms stderr {row['rms_error_over_rms_stderr']:.2f}")
         for row in many["estimate"]:
             lines.append(f"  estimate tau={row['tau']:<7g} m={row['samples']} {row['seconds']:.4f}  "
                          f"x{row['over_first']:.2f}  rel. error max {row['max_rel_error']:.2e}  "
@@ -343,6 +365,7 @@ def main() -> None:
     parser.add_argument("--class-batch", type=int, default=None)
     parser.add_argument("--taus", default="1e-2,1e-3")
     parser.add_argument("--samples", type=int, default=8)
+    parser.add_argument("--caps", default="16", help="max_kept values of the capped estimate")
     parser.add_argument("--confidence", type=float, default=0.7)
     parser.add_argument("--no-backpack", action="store_true")
     parser.add_argument("--no-classes", action="store_true")
@@ -358,13 +381,15 @@ def main() -> None:
         return
     args.classes = [int(c) for c in args.classes.split(",")]
     args.taus = [float(t) for t in args.taus.split(",")]
+    args.caps = [int(c) for c in args.caps.split(",") if c]
     if args.smoke:
         args.classes = [10, 100]
+        args.caps = [4]
     clock = 1 if args.threads == 1 else 0
     results = {
         "benchmark": "bench_models", "smoke": args.smoke, "threads": args.threads,
         "clock": "cpu" if clock else "wall", "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
-        "models": [measure_model(args, name, clock) for name in args.models.split(",")],
+        "models": [measure_model(args, name, clock) for name in args.models.split(",") if name],
     }  # fmt: skip
     if not args.no_classes:
         results["many_classes"] = measure_classes(args, clock)
