@@ -20,7 +20,12 @@ from art_fisher.metrics.engine.layers import RULES, Conv2dRule, LayerNormRule
 from art_fisher.metrics.engine.network import FunctionalNet
 from art_fisher.metrics.engine.recorder import make_plan
 from tests.art_fisher import field_models
-from tests.art_fisher.field_models import TinyMobileNetV2, TinyResNet, TinyViT, randomise_norms
+from tests.art_fisher.field_models import (
+    TinyMobileNetV2,
+    TinyResNet,
+    TinyViT,
+    randomise_norms,
+)
 from tests.art_fisher.metrics_cases import Dense
 
 TINY = {"resnet": TinyResNet, "mobilenet_v2": TinyMobileNetV2, "vit": TinyViT}

@@ -53,12 +53,11 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # the repository root (tests.art_fisher.field_models)
 
-from tests.art_fisher import field_models  # noqa: E402
-
-from art_fisher import metrics  # noqa: E402
-from art_fisher.metrics.engine import chunking  # noqa: E402
-from art_fisher.metrics.engine.network import FunctionalNet  # noqa: E402
-from art_fisher.metrics.engine.recorder import make_plan, recorded_forward  # noqa: E402
+from art_fisher import metrics
+from art_fisher.metrics.engine import chunking
+from art_fisher.metrics.engine.network import FunctionalNet
+from art_fisher.metrics.engine.recorder import make_plan, recorded_forward
+from tests.art_fisher import field_models
 
 MODELS = ("resnet18", "mobilenet_v2", "vit_tiny")
 DEFAULT_JSON = ROOT / "tests" / "benchmarks" / "results" / "bench_models.json"
@@ -151,7 +150,7 @@ def measure_backpack(model: nn.Module, x: torch.Tensor, exact: torch.Tensor, rep
         values = backpack_trace(twin, x)
     except ImportError:
         return {"status": "not installed (pip install -e '.[bench]')"}
-    except Exception as exc:  # BackPACK refuses the model: record why
+    except Exception as exc:  # noqa: BLE001  (BackPACK refuses the model in many ways: record why)
         return {"status": f"unsupported: {type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"}
     rel = float(((values - exact).abs() / exact.abs()).max())
     return {"status": "ok", "max_rel_diff": rel, **median_time(lambda: backpack_trace(twin, x), len(x), repeats, clock)}
@@ -194,7 +193,7 @@ def child_memory(name: str, batch: int, smoke: bool, threads: int) -> dict:
 
 def measure_memory(name: str, batch: int, smoke: bool, threads: int) -> dict:
     cmd = [sys.executable, __file__, "--child-memory", name, "--batch", str(batch), "--threads", str(threads)]
-    proc = subprocess.run(cmd + (["--smoke"] if smoke else []), capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd + (["--smoke"] if smoke else []), capture_output=True, text=True, timeout=900, check=False)
     if proc.returncode != 0:
         return {"batch": batch, "error": proc.stderr.strip().splitlines()[-1][:200] if proc.stderr.strip() else "failed"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -259,7 +258,7 @@ def measure_classes(args, clock: int) -> dict:
         scale = set_confidence(model, x, args.confidence)
         floor, _plan = floor_fn(model, x)
         row = {"classes": n_classes, "head_scale": scale,
-               "trace": median_time(lambda: metrics.fisher_trace(model, x), len(x), 1, clock),
+               "trace": median_time(lambda model=model, x=x: metrics.fisher_trace(model, x), len(x), 1, clock),
                "floor": median_time(floor, len(x), 1, clock)}
         out["rows"].append(row)
         if n_classes == max(args.classes):
@@ -374,7 +373,7 @@ def main() -> None:
     args = parser.parse_args()
     args.batch = args.batch or (4 if args.smoke else 8)
     args.repeats = args.repeats or (1 if args.smoke else 3)
-    args.class_batch = args.class_batch or (4 if args.smoke else 4)
+    args.class_batch = args.class_batch or 4
     torch.set_num_threads(args.threads)
     if args.child_memory:
         print(json.dumps(child_memory(args.child_memory, args.batch, args.smoke, args.threads)))
