@@ -57,7 +57,7 @@ import torch
 from torch import nn
 
 from art_fisher import _checks
-from art_fisher.metrics.basis import Basis, factor, smooth_factor
+from art_fisher.metrics.basis import Basis, factor
 from art_fisher.metrics.engine.grams import gram_blocks
 from art_fisher.metrics.engine.network import FunctionalNet
 from art_fisher.metrics.engine.recorder import make_plan
@@ -165,7 +165,7 @@ class TopMass:
         row_r = (r - p) * has_rest.unsqueeze(-1)
         a = torch.cat([rows_t, row_r.unsqueeze(1)], dim=1)  # (n, K + 1, C)
         p_red = torch.cat([p.gather(1, top) * keep, q.unsqueeze(-1)], dim=1)  # (n, K + 1)
-        w_red = smooth_factor(p_red) if smooth else factor(p_red)
+        w_red = _smooth_factor(p_red) if smooth else factor(p_red)
         w = a.transpose(1, 2) @ w_red  # (n, C, K') with W Wᵀ = Aᵀ S_red A
         if not self.samples:
             return w
@@ -175,6 +175,17 @@ class TopMass:
         e = torch.nn.functional.one_hot(drawn, n_classes).to(z.dtype)  # (n, m, C)
         cols = (e - r.unsqueeze(1)) * q.sqrt().reshape(n, 1, 1)  # √q (e_c − r)
         return torch.cat([cols.transpose(1, 2), w], dim=2)
+
+
+def _smooth_factor(p: torch.Tensor) -> torch.Tensor:
+    """:func:`~art_fisher.metrics.basis.smooth_factor` with a zero derivative at the padded zero probabilities.
+
+    ``√p`` has an infinite derivative at 0; the padded classes are exactly 0 and stay 0 nearby.
+    """
+    positive = p > 0
+    root = torch.where(positive, torch.where(positive, p, torch.ones_like(p)).sqrt(), torch.zeros_like(p))
+    eye = torch.eye(p.shape[-1], dtype=p.dtype, device=p.device)
+    return (eye - p.unsqueeze(-1)) * root.unsqueeze(-2)
 
 
 class TraceEstimate(NamedTuple):

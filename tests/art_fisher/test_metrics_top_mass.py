@@ -217,3 +217,20 @@ def test_estimate_with_a_cap_on_kept_classes_stays_unbiased():
     assert 0.4 < (err**2).mean() / (est.stderr**2).mean() < 2.5
     with pytest.raises(ValueError, match="max_kept must be None or an int >= 1"):
         metrics.fisher_trace_estimate(model, x[:2], max_kept=0)
+
+
+def test_top_mass_trace_input_gradient_matches_finite_differences():
+    """With create_graph the coarsened trace is differentiable in x (the kept set is locally constant)."""
+    model = _model("vit")
+    for block in model.blocks:
+        block.attn.fused = False  # the fused CPU attention kernel has no second derivative
+    x = _x(2, seed=5).requires_grad_(True)
+    value = metrics.fisher_trace(model, x, tau=0.3, create_graph=True)
+    torch.testing.assert_close(value.detach(), metrics.fisher_trace(model, x.detach(), tau=0.3), rtol=1e-10, atol=0)
+    (grad,) = torch.autograd.grad(value.sum(), x)
+    d = torch.randn(x.shape, dtype=x.dtype, generator=torch.Generator().manual_seed(0))
+    eps = 1e-6
+    with torch.no_grad():
+        up = metrics.fisher_trace(model, x.detach() + eps * d, tau=0.3).sum()
+        down = metrics.fisher_trace(model, x.detach() - eps * d, tau=0.3).sum()
+    torch.testing.assert_close((grad * d).sum(), (up - down) / (2 * eps), rtol=1e-5, atol=0)
