@@ -1,7 +1,14 @@
-"""Atomic file writes: a temporary file in the target's folder, then one rename.
+"""Where outputs go: atomic file writes and the output-folder check.
 
-A reader (another run, a crash-recovery) therefore sees either the old file or the complete new one,
-never a truncated file. Used by the model cache, the evaluation report and detector files.
+:func:`atomic_write` writes a temporary file in the target's folder, then renames it once: a reader
+(another run, a crash-recovery) sees either the old file or the complete new one, never a truncated
+file. Every file the two packages write goes through it (detector files, the model cache, the
+evaluation report and plots, the one-shot search's records).
+
+:func:`check_output_dir` is the one output-folder check of both command lines and workflows: before
+any work, it makes sure the folder exists or can be created, by writing (and removing) an empty probe
+folder in it or in its nearest existing parent. Permission bits are not read: they are not reliable
+(root writes through them, a file system may be mounted read-only).
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "check_output_dir"]
 
 
 @contextlib.contextmanager
@@ -52,3 +59,42 @@ def atomic_write(path: str | Path, *, text: bool = False) -> Iterator[IO]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def check_output_dir(path: str | Path, name: str = "output_dir") -> Path:
+    """Check, before any work, that ``path`` is a writable folder or can be created as one; returns it.
+
+    Nothing is left behind: the probe folder is removed, and a missing ``path`` is not created.
+
+    Parameters
+    ----------
+    path : str or Path
+        The output folder (``~`` is expanded).
+    name : str
+        The argument's name in the error messages.
+
+    Returns
+    -------
+    Path
+        ``path``, expanded.
+
+    Raises
+    ------
+    ValueError
+        If ``path`` or its nearest existing parent is not a folder, or no folder can be written there.
+    """
+    out = Path(path).expanduser()
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        if existing == out:
+            raise ValueError(f"{name} {str(out)!r} exists and is not a folder (it is a file).")
+        raise ValueError(
+            f"{name} {str(out)!r} cannot be created: it lies under the file {str(existing)!r}, which is not a folder."
+        )
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".probe_", dir=existing))
+    except OSError as exc:
+        raise ValueError(f"{name} {str(out)!r} is not writable ({exc.strerror}: {existing}).") from exc
+    return out

@@ -63,6 +63,8 @@ def check_x(x: object) -> torch.Tensor:
         raise TypeError(f"x must be a torch.Tensor of shape (N, ...); got {_type_name(x)}.")
     if not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor (float32 or float64); got dtype {x.dtype}.")
+    if x.dtype not in (torch.float32, torch.float64):
+        raise TypeError(_HALF_UNSUPPORTED.format(what=f"x is {x.dtype}"))
     if x.dim() < 2:
         raise ValueError(
             f"x must have a batch dimension: shape (N, ...) with at least 2 dimensions; "
@@ -107,11 +109,20 @@ def check_params(model: nn.Module, params: Iterable[str] | None) -> list[str]:
     return [n for n in available if n in chosen]
 
 
+_HALF_UNSUPPORTED = (
+    "half precision is not supported ({what}): the Fisher metrics need float32 or float64 (their sums of "
+    "squared derivatives lose every digit in float16 / bfloat16, and torch has no half-precision "
+    "eigensolver). Convert with model.float() and x.float() (or .double())."
+)
+
+
 def check_model_matches_x(model: nn.Module, names: list[str], x: torch.Tensor) -> None:
-    """The selected parameters have ``x``'s dtype and device."""
+    """The selected parameters have ``x``'s dtype and device (float32 or float64)."""
     available = dict(model.named_parameters())
     for n in names:
         p = available[n]
+        if p.is_floating_point() and p.dtype not in (torch.float32, torch.float64):
+            raise TypeError(_HALF_UNSUPPORTED.format(what=f"parameter {n!r} is {p.dtype}"))
         if p.dtype != x.dtype or p.device != x.device:
             raise ValueError(
                 f"x must have the model's dtype and device: parameter {n!r} is {p.dtype} on {p.device}, "
@@ -119,24 +130,24 @@ def check_model_matches_x(model: nn.Module, names: list[str], x: torch.Tensor) -
             )
 
 
-def check_epsilon(epsilon: object) -> float:
-    """``epsilon`` is a finite float > 0."""
-    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)):
-        raise TypeError(f"epsilon must be a positive float; got {_type_name(epsilon)}.")
-    if not math.isfinite(epsilon) or epsilon <= 0:
-        raise ValueError(f"epsilon must be a finite float > 0; got {epsilon!r}.")
-    return float(epsilon)
+def check_fd_step(fd_step: object) -> float:
+    """``fd_step`` is a finite float > 0."""
+    if isinstance(fd_step, bool) or not isinstance(fd_step, (int, float)):
+        raise TypeError(f"fd_step must be a positive float; got {_type_name(fd_step)}.")
+    if not math.isfinite(fd_step) or fd_step <= 0:
+        raise ValueError(f"fd_step must be a finite float > 0; got {fd_step!r}.")
+    return float(fd_step)
 
 
-def check_batch_size(batch_size: object) -> int | None:
-    """``batch_size`` is None or an int > 0."""
-    if batch_size is None:
+def check_chunk_size(chunk_size: object, name: str = "chunk_size") -> int | None:
+    """``chunk_size`` is None or an int > 0 (``name``: the argument's name in the messages)."""
+    if chunk_size is None:
         return None
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int):
-        raise TypeError(f"batch_size must be None or a positive int; got {_type_name(batch_size)}.")
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be None or a positive int; got {batch_size}.")
-    return batch_size
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
+        raise TypeError(f"{name} must be None or a positive int; got {_type_name(chunk_size)}.")
+    if chunk_size <= 0:
+        raise ValueError(f"{name} must be None or a positive int; got {chunk_size}.")
+    return chunk_size
 
 
 def check_bool(name: str, value: object) -> bool:
@@ -147,9 +158,23 @@ def check_bool(name: str, value: object) -> bool:
 
 
 def probe_output(model: nn.Module, x: torch.Tensor, output: str) -> int:
-    """Run the model on one sample and check its output; return the number of classes."""
+    """Run the model on one sample and check its output; return the number of classes.
+
+    The sample is run twice: a model whose output for the same input changes between calls (dropout
+    applied inside ``forward`` with ``F.dropout(..., training=True)``, or any other randomness that
+    ``model.eval()`` does not switch off) is refused, since its Fisher information is not defined.
+    """
     with torch.no_grad():
         out = model(x[:1])
+        again = model(x[:1])
+    if isinstance(out, torch.Tensor) and isinstance(again, torch.Tensor) and out.shape == again.shape \
+            and not torch.allclose(out, again, rtol=1e-4, atol=1e-6, equal_nan=True):
+        raise ValueError(
+            "model: its output for the same input differs between two calls in eval mode (e.g. "
+            "F.dropout(..., training=True) or other randomness inside forward), so the Fisher information "
+            "of one input is not defined. Make forward deterministic in eval mode (F.dropout(..., "
+            "training=self.training) or an nn.Dropout module)."
+        )
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != 1:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else _type_name(out)
         raise ValueError(
@@ -246,12 +271,14 @@ def non_finite_rows(z: torch.Tensor) -> torch.Tensor:
 
 
 def check_finite_output(z: torch.Tensor, offset: int, net, x: torch.Tensor) -> None:
-    """Raise ``ValueError`` naming every sample of ``x`` whose output is not finite, if ``z`` has one.
+    """Raise ``ValueError`` naming every sample of ``x`` whose output is not finite, if ``z`` has one, or
+    whose logits are too large to resolve a unit (:func:`check_logit_scale`).
 
     ``z`` (n, C) are the logits of ``x[offset : offset + n]``; on failure all of ``x`` is scanned (one
     forward pass without gradients) so that the message lists every such sample.
     """
     if not bool(non_finite_rows(z).any()):
+        check_logit_scale(z, offset)
         return
     bad = []
     with torch.no_grad():
@@ -265,6 +292,27 @@ def check_finite_output(z: torch.Tensor, offset: int, net, x: torch.Tensor) -> N
         f"{_shown(bad)}, so their Fisher information is not defined; check those inputs (e.g. overflow in "
         f"{x.dtype})."
     )
+
+
+def check_logit_scale(z: torch.Tensor, offset: int) -> None:
+    """Raise ``ValueError`` naming the samples whose top logit in ``z`` (n, C) is too large to resolve a unit.
+
+    Where the largest logit's magnitude exceeds ``1 / eps`` of its dtype (2**23 ≈ 8.4e6 in float32,
+    2**52 ≈ 4.5e15 in float64), neighbouring representable logits are more than 1 apart: the softmax is
+    exactly one-hot and its derivatives are rounding noise (or overflow), so no Fisher metric there is a
+    measurement. (Log-probabilities have a top value near 0 and never trip it; a very negative logit of
+    another class is an exact zero probability, which is allowed.)
+    """
+    limit = 1.0 / torch.finfo(z.dtype).eps
+    top = z.detach().max(1).values
+    rows = (top.abs() > limit) & torch.isfinite(top)
+    if bool(rows.any()):
+        bad = (torch.nonzero(rows).flatten() + offset).tolist()
+        raise ValueError(
+            f"x: the model's logits exceed {limit:.3g} in magnitude for samples {_shown(bad)}, where {z.dtype} "
+            "cannot resolve a difference of 1, so their Fisher information is not defined (its derivatives "
+            "overflow or vanish in rounding); check those inputs or the model's scale."
+        )
 
 
 def check_finite_result(values: torch.Tensor, what: str) -> torch.Tensor:

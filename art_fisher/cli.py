@@ -54,7 +54,11 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"art-fisher evaluate: error: {exc}", file=sys.stderr)
         return 2
-    result = evaluation.run(plan)
+    try:
+        result = evaluation.run(plan)
+    except ValueError as exc:  # e.g. a model whose outputs are not finite: refused with its name
+        print(f"art-fisher evaluate: error: {exc}", file=sys.stderr)
+        return 2
     settings = result.settings
     print(
         f"{settings['dataset']} / {settings['arch']}: clean test accuracy {settings['clean_test_accuracy']:.4f}, "
@@ -67,18 +71,25 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr (``PROG: error: ...; see PROG --help``), exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the ``art-fisher`` argument parser."""
     from art_fisher.data.loaders import DATASETS
     from art_fisher.evaluation import ATTACKS, DEFAULT_ATTACKS, DEFAULT_DETECTORS, DETECTORS
     from art_fisher.models import ARCHITECTURES
 
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="art-fisher",
         description="Fisher-information detectors of adversarial examples for ART.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_OneLineParser)
     ev = sub.add_parser(
         "evaluate",
         help="attack a model with ART and report how well each detector catches each attack",

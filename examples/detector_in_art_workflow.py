@@ -4,7 +4,9 @@ The workflow: a PyTorch model wrapped as an ART ``PyTorchClassifier``, attacked 
 detector is fitted on half of the clean / adversarial pairs and screens the other half; it is then
 saved (learned state only) and loaded back onto the same classifier.
 
-    python examples/detector_in_art_workflow.py [--plot maps.png]
+    python examples/detector_in_art_workflow.py [--plot maps.png] [--smoke]
+
+``--smoke`` runs the same steps at a tiny size (a few seconds; the numbers then mean little).
 """
 
 from __future__ import annotations
@@ -27,15 +29,17 @@ from art_fisher.models import SmallCNN, train_model
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--plot", type=Path, default=None, help="save sensitivity maps to this image")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, for a quick check that it runs")
     args = parser.parse_args()
+    n_train, n_held_out, epochs = (300, 120, 2) if args.smoke else (1000, 400, 8)
     torch.set_num_threads(2)
 
     # 1. The existing ART setup: a trained model, wrapped, and an attack.
     data = load_digits()
     perm = np.random.default_rng(0).permutation(len(data.x))
-    train, held_out = perm[:1000], perm[1000:1400]
+    train, held_out = perm[:n_train], perm[n_train : n_train + n_held_out]
     torch.manual_seed(0)
-    model = train_model(SmallCNN(), data.x[train], data.y[train], epochs=8)
+    model = train_model(SmallCNN(), data.x[train], data.y[train], epochs=epochs)
     classifier = PyTorchClassifier(
         model, torch.nn.CrossEntropyLoss(), input_shape=(1, 8, 8), nb_classes=10, clip_values=(0.0, 1.0),
         device_type="cpu",

@@ -5,6 +5,8 @@ Run from the repository root::
 
     python examples/hpo_experiment.py --port 8080 --max-trials 8
 
+``--dry-run`` builds the experiment and prints its configuration without starting anything.
+
 The NNI manager listens on 127.0.0.1 only and stops with this script, even if it is killed (README,
 "Security notes"); from another machine, use an SSH tunnel. The experiment is stopped when the script
 ends or on Ctrl-C.
@@ -13,6 +15,7 @@ ends or on Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 
 from nni_lease.runtime.experiment import run_experiment, sigterm_as_interrupt
@@ -27,6 +30,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--experiment-dir", default=None, help="experiment records (default ~/nni-experiments)")
     parser.add_argument("--keep-open", action="store_true", help="keep the web UI after the last trial")
+    parser.add_argument("--dry-run", action="store_true", help="print the experiment's configuration only")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
 
@@ -39,7 +43,9 @@ def main() -> None:
                            retrain=RetrainConfig(epochs=3)),
         experiment_dir=args.experiment_dir,
     )
-    print(experiment.config.json())
+    print(json.dumps(experiment.config.json(), indent=2))
+    if args.dry_run:
+        return
     with sigterm_as_interrupt():
         # Checks the port, keeps the manager on 127.0.0.1, runs to completion, always stops the experiment.
         run_experiment(experiment, port=args.port, keep_open=args.keep_open,

@@ -2,13 +2,16 @@
 
 Run from the repository root (about a minute on a laptop CPU)::
 
-    python examples/lease_oneshot_digits.py
+    python examples/lease_oneshot_digits.py [--smoke]
 
 It is the NNI idiom ``NasExperiment(model_space, evaluator, strategy).run()`` with ``LeaSE`` where one
 would write ``DARTS``. (``nni_lease.oneshot.workflow.search_oneshot`` and ``retrain_architecture`` do the same with
 files written, as ``nni-lease search`` / ``nni-lease retrain`` do.) NNI writes its experiment records under ``~/nni-experiments`` (set ``HOME`` or
-``experiment.config.experiment_working_directory`` to put them elsewhere).
+``experiment.config.experiment_working_directory`` to put them elsewhere). ``--smoke`` runs it at a tiny
+size (one epoch of two batches, a few seconds; the numbers then mean little).
 """
+
+import argparse
 
 import torch
 from nni.nas.evaluator.pytorch import Classification, DataLoader
@@ -19,35 +22,46 @@ from nni_lease.data import DigitsDataset
 from nni_lease.oneshot.retrain import retrain
 from nni_lease.spaces import LeaseCellSpace
 
-torch.set_num_threads(1)
-torch.manual_seed(0)
 
-# The explainer's search space: 2 cells of 3 nodes, each node a LayerChoice (+ an InputChoice).
-space = LeaseCellSpace(in_channels=1, n_classes=10, width=8, n_cells=2, n_nodes=3, image_size=8)
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, for a quick check that it runs")
+    args = parser.parse_args()
+    limit = 128 if args.smoke else None
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
 
-# Trace-safe data sets (NNI records their small constructor arguments, not tensors).
-evaluator = Classification(
-    learning_rate=3e-3,
-    train_dataloaders=DataLoader(DigitsDataset("train"), batch_size=64, shuffle=True),
-    val_dataloaders=DataLoader(DigitsDataset("val"), batch_size=64, shuffle=True),
-    num_classes=10,
-    max_epochs=5,
-    enable_progress_bar=False,
-    enable_checkpointing=False,
-    logger=False,
-)
+    # The explainer's search space: 2 cells of 3 nodes, each node a LayerChoice (+ an InputChoice).
+    space = LeaseCellSpace(in_channels=1, n_classes=10, width=8, n_cells=2, n_nodes=3, image_size=8)
 
-# gamma weighs the listener's validation loss; gamma=0 is exactly NNI's DARTS. Every other LeaSE option
-# (explanation ball, steps, weighting, hypergradient ...) is a field of nni_lease.LeaseSettings.
-strategy = LeaSE(gamma=1.0, hypergradient="first_order", arc_learning_rate=3e-3)
-experiment = NasExperiment(space, evaluator, strategy)
-experiment.run()
+    # Trace-safe data sets (NNI records their small constructor arguments, not tensors).
+    evaluator = Classification(
+        learning_rate=3e-3,
+        train_dataloaders=DataLoader(DigitsDataset("train", limit=limit), batch_size=64, shuffle=True),
+        val_dataloaders=DataLoader(DigitsDataset("val", limit=limit), batch_size=64, shuffle=True),
+        num_classes=10,
+        max_epochs=1 if args.smoke else 5,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        logger=False,
+    )
 
-architecture = experiment.export_top_models(formatter="dict")[0]
-print("exported architecture:", architecture)
-metrics = strategy.oneshot_module.trainer.callback_metrics
-print({k: round(float(v), 4) for k, v in metrics.items() if k.split("/")[0] in {"explainer", "listener", "lease"}})
+    # gamma weighs the listener's validation loss; gamma=0 is exactly NNI's DARTS. Every other LeaSE option
+    # (explanation ball, steps, weighting, hypergradient ...) is a field of nni_lease.LeaseSettings.
+    strategy = LeaSE(gamma=1.0, hypergradient="first_order", arc_learning_rate=3e-3)
+    experiment = NasExperiment(space, evaluator, strategy)
+    experiment.run()
 
-result = retrain(LeaseCellSpace(in_channels=1, n_classes=10, width=8, n_cells=2, n_nodes=3, image_size=8),
-                 architecture, DigitsDataset("train"), DigitsDataset("test"), epochs=15, learning_rate=3e-3)
-print(f"retrained from scratch: test accuracy {result.test_accuracy:.4f}")
+    architecture = experiment.export_top_models(formatter="dict")[0]
+    print("exported architecture:", architecture)
+    metrics = strategy.oneshot_module.trainer.callback_metrics
+    print({k: round(float(v), 4) for k, v in metrics.items() if k.split("/")[0] in {"explainer", "listener", "lease"}})
+
+    result = retrain(LeaseCellSpace(in_channels=1, n_classes=10, width=8, n_cells=2, n_nodes=3, image_size=8),
+                     architecture, DigitsDataset("train", limit=limit), DigitsDataset("test", limit=limit),
+                     epochs=1 if args.smoke else 15, learning_rate=3e-3)
+    print(f"retrained from scratch: test accuracy {result.test_accuracy:.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from nni_lease import __version__
+from nni_lease.limits import MAX_BATCH_SIZE, MAX_CELLS, MAX_COUNT, MAX_EPOCHS, MAX_NODES, MAX_SEED, MAX_WIDTH
 
 logger = logging.getLogger(__name__)
 
@@ -45,14 +46,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0; got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0; got {text}")
-    return value
+def _bounded_int(low: int, high: int, what: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}; got {text[:40]!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be {what}; got {text[:40]}")
+        return value
+
+    return parse
 
 
 def _float_in(low: float, high: float, *, low_open: bool, what: str) -> Callable[[str], float]:
@@ -73,11 +77,29 @@ _nonnegative_float = _float_in(0.0, math.inf, low_open=False, what="a finite num
 _fraction = _float_in(0.0, 1.0, low_open=False, what="a number in [0, 1]")
 
 
+_seed = _bounded_int(0, MAX_SEED, f"an integer from 0 to {MAX_SEED}")
+
+
+def _limited(high: int) -> Callable[[str], int]:
+    return _bounded_int(1, high, f"a positive integer (at most {high})")
+
+
 def _port(text: str) -> int:
     value = _positive_int(text)
     if value > 65535:
         raise argparse.ArgumentTypeError(f"must be a port number in [1, 65535]; got {text}")
     return value
+
+
+class _FormerSpellings(argparse.Action):
+    """An option whose first flag is its name; the others are former spellings, accepted with a warning."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:  # fmt: skip
+        if option_string is not None and option_string != self.option_strings[0]:
+            print(f"{parser.prog}: warning: {option_string} is deprecated and will stop working in the next release; "
+                  f"use {self.option_strings[0]}.", file=sys.stderr)  # fmt: skip
+        setattr(namespace, self.dest, values)
 
 
 @dataclass(frozen=True)
@@ -98,20 +120,21 @@ SEARCH_OPTIONS: dict[str, list[_Option]] = {
     "data and space": [
         _opt("--dataset", default="digits", modes=_ALL, choices=["digits", "cifar10"],
              help="data set (digits: scikit-learn's embedded 8x8 digits)"),
-        _opt("--data-root", default=None, modes=_ALL,
+        _opt("--data-dir", "--data-root", default=None, modes=_ALL, action=_FormerSpellings,
              help="folder with CIFAR-10 python batches (data_batch_1..5, test_batch); nothing is downloaded"),
-        _opt("--seed", default=0, modes=_ALL, type=_nonnegative_int, help="seed of splits, initialisation, shuffling"),
-        _opt("--limit", default=None, modes=_ALL, type=_positive_int,
+        _opt("--seed", default=0, modes=_ALL, type=_seed, help="seed of splits, initialisation, shuffling"),
+        _opt("--limit", default=None, modes=_ALL, type=_limited(MAX_COUNT),
              help="use only this many samples per split (None: all)"),
-        _opt("--epochs", default=5, modes=_ALL, type=_positive_int, help="search epochs (per trial for NNI modes)"),
-        _opt("--limit-batches", default=None, modes=_ALL, type=_positive_int,
+        _opt("--epochs", default=5, modes=_ALL, type=_limited(MAX_EPOCHS),
+             help="search epochs (per trial for NNI modes)"),
+        _opt("--limit-batches", default=None, modes=_ALL, type=_limited(MAX_COUNT),
              help="training batches per epoch (None: all)"),
-        _opt("--batch-size", default=64, modes=_ALL, type=_positive_int, help="batch size"),
+        _opt("--batch-size", default=64, modes=_ALL, type=_limited(MAX_BATCH_SIZE), help="batch size"),
         _opt("--learning-rate", default=3e-3, modes=_ALL, type=_positive_float,
              help="explainer weights (Adam); multi-trial: also the listener"),
-        _opt("--width", default=8, modes=_ALL, type=_positive_int, help="channels in the cells"),
-        _opt("--cells", default=2, modes=_ALL, type=_positive_int, help="number of cells"),
-        _opt("--nodes", default=2, modes=_ALL, type=_positive_int, help="nodes per cell"),
+        _opt("--width", default=8, modes=_ALL, type=_limited(MAX_WIDTH), help="channels in the cells"),
+        _opt("--cells", default=2, modes=_ALL, type=_limited(MAX_CELLS), help="number of cells"),
+        _opt("--nodes", default=2, modes=_ALL, type=_limited(MAX_NODES), help="nodes per cell"),
     ],
     "one-shot": [
         _opt("--output", default="lease-search", modes=_ONESHOT, help="output folder"),
@@ -185,7 +208,7 @@ def _lease_settings(args: argparse.Namespace, names: Sequence[str]) -> Any:
 def _search_config(args: argparse.Namespace) -> Any:
     from nni_lease.oneshot.workflow import SearchConfig
 
-    return SearchConfig(dataset=args.dataset, data_root=args.data_root, seed=args.seed, limit=args.limit,
+    return SearchConfig(dataset=args.dataset, data_dir=args.data_dir, seed=args.seed, limit=args.limit,
                         epochs=args.epochs, limit_batches=args.limit_batches, batch_size=args.batch_size,
                         learning_rate=args.learning_rate, arc_learning_rate=args.arc_learning_rate,
                         width=args.width, cells=args.cells, nodes=args.nodes, progress=args.progress)
@@ -216,7 +239,7 @@ def _run_nni_experiment(args: argparse.Namespace, start: Callable[..., Any]) -> 
     try:
         with sigterm_as_interrupt():
             result = start(on_started=started)
-    except PortInUseError as exc:
+    except (PortInUseError, RuntimeError) as exc:  # a taken port; a manager that died or listened beyond --host
         print(f"nni-lease search: error: {exc}", file=sys.stderr)
         return 2
     if isinstance(result, tuple):  # (interrupted, lines to print)
@@ -240,11 +263,11 @@ def _search_multitrial(args: argparse.Namespace) -> int:
     from nni_lease.spaces import LeaseCellSpace
     from nni_lease.multitrial.trial import TRIAL_LEASE_OPTIONS, lease_evaluator
 
-    config = SearchConfig(dataset=args.dataset, data_root=args.data_root, seed=args.seed, limit=args.limit,
+    config = SearchConfig(dataset=args.dataset, data_dir=args.data_dir, seed=args.seed, limit=args.limit,
                           epochs=args.epochs, limit_batches=args.limit_batches, batch_size=args.batch_size,
                           learning_rate=args.learning_rate, width=args.width, cells=args.cells, nodes=args.nodes)
     lease = {name: getattr(args, name) for name in TRIAL_LEASE_OPTIONS}
-    evaluator = lease_evaluator(dataset=config.dataset, data_root=config.data_root, epochs=config.epochs,
+    evaluator = lease_evaluator(dataset=config.dataset, data_dir=config.data_dir, epochs=config.epochs,
                                 batch_size=config.batch_size, max_batches=config.limit_batches,
                                 train_limit=config.limit, val_limit=config.limit, learning_rate=config.learning_rate,
                                 seed=config.seed, **lease)
@@ -266,7 +289,7 @@ def _search_hpo(args: argparse.Namespace) -> int:
 
     fixed = [n for n in _LEASE_DESTS if n not in TUNED_OPTIONS and n in args.given]
     config = TrialConfig(search=_search_config(args), lease={n: getattr(args, n) for n in fixed},
-                         retrain=RetrainConfig(epochs=args.retrain_epochs, seed=args.seed, data_root=args.data_root))
+                         retrain=RetrainConfig(epochs=args.retrain_epochs, seed=args.seed, data_dir=args.data_dir))
     exp = build_hpo_experiment(max_trials=args.max_trials, concurrency=args.concurrency, config=config,
                                training_service=args.training_service, experiment_dir=args.experiment_dir)
     if args.resume is not None:
@@ -313,7 +336,7 @@ def _retrain(args: argparse.Namespace) -> int:
     from nni_lease.oneshot.workflow import RetrainConfig, retrain_architecture
 
     config = RetrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                           seed=args.seed, data_root=args.data_root, progress=args.progress)
+                           seed=args.seed, data_dir=args.data_dir, progress=args.progress)
     output = Path(args.output) if args.output else None
     summary = retrain_architecture(args.architecture, config=config, output=output)
     written = output or Path(args.architecture).with_name("retrain.json")
@@ -323,14 +346,21 @@ def _retrain(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------- parser
+class _OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr (``PROG: error: ...; see PROG --help``), exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the ``nni-lease`` argument parser."""
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="nni-lease",
         description="LeaSE (Learning by Self-Explanation) neural architecture search on NNI.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_OneLineParser)
 
     search = sub.add_parser("search", help="run a LeaSE architecture search", argument_default=argparse.SUPPRESS,
                             epilog="An option given to a --mode that does not use it is an error.")
@@ -347,10 +377,11 @@ def build_parser() -> argparse.ArgumentParser:
                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     retrain.add_argument("architecture", help="the architecture.json written by `nni-lease search`")
     retrain.add_argument("--output", default=None, help="result JSON (default: retrain.json beside the input)")
-    retrain.add_argument("--data-root", default=None, help="CIFAR-10 folder (default: the one used in the search)")
-    retrain.add_argument("--seed", type=_nonnegative_int, default=0, help="seed of the initialisation and shuffling")
-    retrain.add_argument("--epochs", type=_positive_int, default=20)
-    retrain.add_argument("--batch-size", type=_positive_int, default=64)
+    retrain.add_argument("--data-dir", "--data-root", default=None, action=_FormerSpellings,
+                         help="CIFAR-10 folder (default: the one used in the search)")
+    retrain.add_argument("--seed", type=_seed, default=0, help="seed of the initialisation and shuffling")
+    retrain.add_argument("--epochs", type=_limited(MAX_EPOCHS), default=20)
+    retrain.add_argument("--batch-size", type=_limited(MAX_BATCH_SIZE), default=64)
     retrain.add_argument("--learning-rate", type=_positive_float, default=3e-3)
     retrain.add_argument("--progress", action="store_true", help="show a progress bar")
     retrain.set_defaults(func=_retrain)

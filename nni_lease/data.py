@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import nni
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from art_fisher._deprecation import DEPRECATED, renamed
 from art_fisher.data.cifar_batch import read_cifar10_batch
 
 logger = logging.getLogger(__name__)
@@ -151,11 +152,11 @@ def load_cifar10_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 @nni.trace
 class Cifar10Dataset(_ArrayDataset):
-    """CIFAR-10 from the local python batches in ``root`` (never downloaded).
+    """CIFAR-10 from the local python batches in ``data_dir`` (never downloaded).
 
     Parameters
     ----------
-    root : str
+    data_dir : str
         Folder holding ``data_batch_1`` … ``data_batch_5`` and ``test_batch`` (the extracted
         ``cifar-10-batches-py``). Missing training batches are skipped with a warning; at least one is
         needed for ``"train"`` / ``"val"``.
@@ -167,6 +168,8 @@ class Cifar10Dataset(_ArrayDataset):
         Share of the training batches that goes to ``"val"``, in ``(0, 1)``.
     limit : int or None
         Keep only the first ``limit`` samples of the split.
+    root : str
+        Deprecated name of ``data_dir``; it stops working in the next release.
 
     Raises
     ------
@@ -178,20 +181,24 @@ class Cifar10Dataset(_ArrayDataset):
 
     def __init__(
         self,
-        root: str,
+        data_dir: str | None = None,
         split: Split = "train",
         *,
         seed: int = 0,
         val_fraction: float = 0.1,
         limit: int | None = None,
+        root: Any = DEPRECATED,
     ) -> None:
+        data_dir = renamed("root", root, "data_dir", data_dir, default=None)
+        if data_dir is None:
+            raise ValueError("data_dir must name a folder with CIFAR-10 python batches; got None.")
         _check_split(split)
         _check_limit(limit)
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1); got {val_fraction!r}.")
-        folder = Path(root)
+        folder = Path(data_dir)
         if not folder.is_dir():
-            raise FileNotFoundError(f"root must be a folder with CIFAR-10 python batches; got {root!r}.")
+            raise FileNotFoundError(f"data_dir must be a folder with CIFAR-10 python batches; got {data_dir!r}.")
         self.n_classes = 10
         if split == "test":
             if not (folder / CIFAR10_TEST_FILE).is_file():
@@ -214,19 +221,23 @@ class Cifar10Dataset(_ArrayDataset):
 
 
 def make_dataset(
-    name: str, split: Split, *, root: str | None = None, seed: int = 0, limit: int | None = None
+    name: str, split: Split, *, data_dir: str | None = None, seed: int = 0, limit: int | None = None,
+    root: Any = DEPRECATED,
 ) -> DigitsDataset | Cifar10Dataset:
-    """Build a data set by name: ``"digits"`` (embedded) or ``"cifar10"`` (needs ``root``).
+    """Build a data set by name: ``"digits"`` (embedded) or ``"cifar10"`` (needs ``data_dir``).
+
+    ``root`` is the deprecated name of ``data_dir`` (it stops working in the next release).
 
     Raises
     ------
     ValueError
-        For an unknown ``name``, or ``"cifar10"`` without ``root``.
+        For an unknown ``name``, or ``"cifar10"`` without ``data_dir``.
     """
+    data_dir = renamed("root", root, "data_dir", data_dir, default=None)
     if name == "digits":
         return DigitsDataset(split, seed=seed, limit=limit)
     if name == "cifar10":
-        if root is None:
-            raise ValueError("root must be given for dataset 'cifar10' (a folder of python batches).")
-        return Cifar10Dataset(root, split, seed=seed, limit=limit)
+        if data_dir is None:
+            raise ValueError("data_dir must be given for dataset 'cifar10' (a folder of python batches).")
+        return Cifar10Dataset(data_dir, split, seed=seed, limit=limit)
     raise ValueError(f"dataset must be one of ['digits', 'cifar10']; got {name!r}.")

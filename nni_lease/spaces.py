@@ -28,6 +28,8 @@ import torch
 from nni.nas.nn.pytorch import InputChoice, LayerChoice, ModelSpace
 from torch import nn
 
+from nni_lease.limits import MAX_CELLS, MAX_CHANNELS, MAX_CLASSES, MAX_IMAGE_SIZE, MAX_NODES, MAX_WIDTH
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["OPERATIONS", "LeaseCellSpace", "build_operation"]
@@ -157,10 +159,11 @@ class LeaseCellSpace(ModelSpace):
         shared_cells: bool = True,
     ) -> None:
         super().__init__()
-        for name, value in [("in_channels", in_channels), ("n_classes", n_classes), ("width", width),
-                            ("n_cells", n_cells), ("n_nodes", n_nodes), ("image_size", image_size)]:
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int; got {value!r}.")
+        for name, value, high in [("in_channels", in_channels, MAX_CHANNELS), ("n_classes", n_classes, MAX_CLASSES),
+                                  ("width", width, MAX_WIDTH), ("n_cells", n_cells, MAX_CELLS),
+                                  ("n_nodes", n_nodes, MAX_NODES), ("image_size", image_size, MAX_IMAGE_SIZE)]:
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= high:
+                raise ValueError(f"{name} must be a positive int (at most {high}); got {value!r:.40}.")
         operations = list(operations)
         if not operations:
             raise ValueError("operations must not be empty.")

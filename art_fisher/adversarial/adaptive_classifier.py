@@ -75,13 +75,20 @@ class AdaptiveDetectorClassifier(DetectorClassifier):
         :math:`\\kappa \\ge 0`, the cap of the margin (logit units).
     targeted : bool, default=False
         Set True when a targeted attack uses ``loss_gradient`` (it descends the loss).
+    allow_other_model : bool, default=False
+        Accept a detector fitted on a classifier with other weights or preprocessing (its
+        ``model_fingerprint`` differs from this classifier's).
 
     Raises
     ------
     TypeError
         If ``classifier`` is not an ART ``PyTorchClassifier`` or ``detector`` is neither accepted type.
     ValueError
-        If ``detector_weight`` is negative or not a number, or the input shapes differ.
+        If ``detector_weight`` is negative or not a number, the input shapes differ, or the detector was
+        fitted on another classifier (:func:`~art_fisher.detection.persistence.model_fingerprint`) and
+        ``allow_other_model`` is False. ``loss_gradient`` and ``compute_loss`` raise it for ``y`` that is
+        None, of the wrong length or one-hot width, not finite, or not whole-number labels in range;
+        ``class_gradient`` for a ``label`` that is not a whole-number class.
     """
 
     def __init__(
@@ -93,6 +100,7 @@ class AdaptiveDetectorClassifier(DetectorClassifier):
         classifier_loss: str = "margin",
         confidence: float = 5.0,
         targeted: bool = False,
+        allow_other_model: bool = False,
     ) -> None:
         from art.estimators.classification import PyTorchClassifier
 
@@ -120,6 +128,19 @@ class AdaptiveDetectorClassifier(DetectorClassifier):
             raise ValueError(
                 f"detector input shape {detector.input_shape} differs from the classifier's {classifier.input_shape}."
             )
+        if not isinstance(allow_other_model, bool):
+            raise ValueError(f"allow_other_model must be True or False; got {allow_other_model!r}.")
+        if detector.model_fingerprint is not None and not allow_other_model:
+            from art_fisher.detection.persistence import model_fingerprint
+
+            fingerprint = model_fingerprint(classifier)
+            if fingerprint != detector.model_fingerprint:
+                raise ValueError(
+                    f"detector {detector.name} was fitted on a classifier with other weights or preprocessing "
+                    f"(fingerprint {detector.model_fingerprint[:12]}…, this classifier {fingerprint[:12]}…): the "
+                    "combined model would attack one network and read the detector's features from another. Pass "
+                    "the classifier the detector was fitted on, or allow_other_model=True on purpose."
+                )
         super().__init__(classifier, detector)
         self.detector_weight = float(detector_weight)
         self.classifier_loss = classifier_loss
@@ -143,13 +164,27 @@ class AdaptiveDetectorClassifier(DetectorClassifier):
 
     def _class_labels(self, x: torch.Tensor, y: Any) -> torch.Tensor:
         """Classifier labels (N,) from C + 1 one-hot rows or indices; the detector's class -> the prediction."""
-        arr = np.asarray(y)
-        labels = np.argmax(arr, axis=1) if arr.ndim == 2 else arr.astype(np.int64)
-        if labels.shape != (len(x),) or np.any(labels < 0) or np.any(labels > self.nb_classes - 1):
-            raise ValueError(
-                f"y must be labels in [0, {self.nb_classes - 1}] of shape (N,) or one-hot (N, {self.nb_classes}); "
-                f"got shape {arr.shape}."
-            )
+        expected = f"y must be labels in [0, {self.nb_classes - 1}] of shape (N,) or one-hot (N, {self.nb_classes})"
+        if y is None:
+            raise ValueError(f"{expected}; got None.")
+        try:
+            arr = np.asarray(y, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"{expected}; got {type(y).__name__}.") from None
+        if arr.ndim not in (1, 2) or arr.shape[0] != len(x) or (arr.ndim == 2 and arr.shape[1] != self.nb_classes):
+            raise ValueError(f"{expected} for the N = {len(x)} samples of x; got shape {arr.shape}.")
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"{expected}; it holds {int(np.sum(~np.isfinite(arr)))} NaN or inf values.")
+        if arr.ndim == 2:
+            if not (np.isin(arr, (0.0, 1.0)).all() and (arr.sum(axis=1) == 1).all()):
+                raise ValueError(f"{expected}: each one-hot row must hold one 1 and zeros elsewhere.")
+            labels = np.argmax(arr, axis=1)
+        else:
+            if not np.all(arr == np.round(arr)):
+                raise ValueError(f"{expected}: labels must be whole numbers; got e.g. {arr[arr != np.round(arr)][0]!r}.")
+            labels = arr.astype(np.int64)
+        if np.any(labels < 0) or np.any(labels > self.nb_classes - 1):
+            raise ValueError(f"{expected}; got values from {labels.min()} to {labels.max()}.")
         labels_t = torch.as_tensor(labels, device=x.device)
         detected = labels_t == self.nb_classes - 1
         if bool(detected.any()):
@@ -214,10 +249,14 @@ class AdaptiveDetectorClassifier(DetectorClassifier):
             wanted = np.tile(np.arange(self.nb_classes), (n, 1))
         else:
             arr = np.asarray(label).reshape(-1)
+            if arr.dtype.kind not in "iu" and not (arr.dtype.kind == "f" and np.all(np.isfinite(arr))
+                                                   and np.all(arr == np.round(arr))):
+                raise ValueError(f"label must be None, a whole-number class or one per sample; got {label!r:.80}.")
+            arr = arr.astype(np.int64)
             if arr.size == 1:
                 arr = np.full(n, int(arr[0]))
             if arr.shape != (n,) or np.any(arr < 0) or np.any(arr >= self.nb_classes):
-                raise ValueError(f"Label {label} is out of range.")
+                raise ValueError(f"Label {label!r:.80} is out of range.")
             wanted = arr[:, None]
         xt = self._tensor(x).requires_grad_(True)
         columns = np.unique(wanted)

@@ -43,6 +43,10 @@ class DetectionLogitClassifier(ClassifierNeuralNetwork):
     name : str
         What the logit belongs to, for messages and ``repr``.
     channels_first : bool
+    model_fingerprint : str or None
+        :func:`~art_fisher.detection.persistence.model_fingerprint` of the classifier the detector was
+        fitted on (set by ``FisherInformationDetector.as_art_classifier()``); checked by
+        :class:`~art_fisher.adversarial.adaptive_classifier.AdaptiveDetectorClassifier`.
 
     Notes
     -----
@@ -50,6 +54,11 @@ class DetectionLogitClassifier(ClassifierNeuralNetwork):
     exact gradient of ``d`` by autodiff; ``loss_gradient(x, y)`` and ``compute_loss`` use the binary cross
     entropy of ``d`` against detection labels ``y`` (0 clean, 1 adversarial; shape (N,) or (N, 1)).
     ``fit``, ``save`` and ``get_activations`` are not available: fit and save the detector itself.
+
+    Every method takes ``x`` as an array (or nested list) of shape (N, *input_shape), N >= 1, of finite
+    numbers in any float or integer dtype (cast to ``dtype``), and raises ValueError otherwise; inputs that
+    look like 8-bit images (whole numbers up to 255) for a model with ``clip_values`` up to 1 get the same
+    UserWarning as ``FisherInformationDetector.detect``.
     """
 
     estimator_params = ClassifierNeuralNetwork.estimator_params + ["logit_function", "name"]
@@ -64,6 +73,7 @@ class DetectionLogitClassifier(ClassifierNeuralNetwork):
         device: torch.device | str = "cpu",
         name: str = "detector",
         channels_first: bool = True,
+        model_fingerprint: str | None = None,
     ) -> None:
         super().__init__(model=None, clip_values=clip_values, channels_first=channels_first)
         if not callable(logit_function):
@@ -74,17 +84,35 @@ class DetectionLogitClassifier(ClassifierNeuralNetwork):
         self.dtype = dtype
         self.device = torch.device(device)
         self.name = name
+        self.model_fingerprint = model_fingerprint
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         """Shape of one input sample."""
         return self._input_shape
 
-    def _tensor(self, x: np.ndarray) -> torch.Tensor:
-        arr = np.asarray(x)
+    def _array(self, x: Any) -> np.ndarray:
+        """``x`` checked (numeric, shape (N, *input_shape), N >= 1, finite; 8-bit range warned about)."""
+        from art_fisher.detection.features import _warn_if_uint8_range
+
+        try:
+            arr = np.asarray(x)
+        except ValueError as err:  # ragged nested lists
+            raise ValueError(f"x must be an array of shape (N, {', '.join(map(str, self._input_shape))}); "
+                             f"{str(err)[:200]}") from None
+        if arr.dtype.kind not in "biuf":
+            raise ValueError(f"x must be a numeric array; got dtype {arr.dtype}.")
         if arr.ndim != len(self._input_shape) + 1 or tuple(arr.shape[1:]) != self._input_shape:
             raise ValueError(f"x must have shape (N, {', '.join(map(str, self._input_shape))}); got {arr.shape}.")
-        return torch.as_tensor(arr, dtype=self.dtype, device=self.device).clone()
+        if arr.shape[0] == 0:
+            raise ValueError(f"x must hold at least one sample; got shape {arr.shape}.")
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"x must be finite; it holds {int(np.sum(~np.isfinite(arr)))} NaN or inf values.")
+        _warn_if_uint8_range(self, arr, "x")
+        return arr
+
+    def _tensor(self, x: Any) -> torch.Tensor:
+        return torch.as_tensor(self._array(x), dtype=self.dtype, device=self.device).clone()
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Detection logits (N,) of a tensor batch, with a graph to ``x`` if it requires grad."""
@@ -102,6 +130,9 @@ class DetectionLogitClassifier(ClassifierNeuralNetwork):
         """
         if training_mode:
             raise ValueError("training_mode=True is not supported: the detector's model runs in eval mode.")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")
+        x = self._array(x)
         out = []
         for start in range(0, len(x), batch_size):
             xt = self._tensor(x[start : start + batch_size])
@@ -135,11 +166,22 @@ class DetectionLogitClassifier(ClassifierNeuralNetwork):
 
     @staticmethod
     def _labels(y: Any, n: int) -> np.ndarray:
-        arr = np.asarray(y, dtype=np.float64).reshape(n, -1)
+        expected = "y must be detection labels 0 (clean) / 1 (adversarial) of shape (N,), (N, 1) or (N, 2)"
+        if y is None:
+            raise ValueError(f"{expected} for the N = {n} samples of x; got None.")
+        try:
+            arr = np.asarray(y, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"{expected}; got {type(y).__name__}.") from None
+        if arr.ndim == 0 or arr.shape[0] != n or arr.ndim > 2:
+            raise ValueError(f"{expected} for the N = {n} samples of x; got shape {arr.shape}.")
+        arr = arr.reshape(n, -1)
         if arr.shape[1] == 2:  # ART's one-hot form
+            if not np.isin(arr, (0.0, 1.0)).all() or not (arr.sum(axis=1) == 1).all():
+                raise ValueError(f"{expected}: each one-hot row must hold one 1 and one 0.")
             arr = arr[:, 1:]
         if arr.shape[1] != 1 or not np.isin(arr, (0.0, 1.0)).all():
-            raise ValueError("y must be detection labels 0 (clean) / 1 (adversarial) of shape (N,), (N, 1) or (N, 2).")
+            raise ValueError(f"{expected}.")
         return arr[:, 0]
 
     def compute_loss(self, x: np.ndarray, y: np.ndarray, reduction: str = "none", **kwargs: Any) -> np.ndarray:

@@ -124,7 +124,7 @@ def estimator_logit(estimator: Any, *, dtype: torch.dtype, device: torch.device)
 
     if isinstance(estimator, ThresholdClassifier):
         j, threshold, scale = estimator.feature_index_, estimator.threshold_, estimator._proba_scale
-        sign = 1.0 if estimator.direction_ == "higher" else -1.0
+        sign = 1.0 if estimator.polarity_ == "higher" else -1.0
         return lambda f: sign * (f[:, j] - threshold) / scale
     if isinstance(estimator, QuantileOutlierDetector):
         signs, two_sided, used = (np.asarray(a) for a in estimator._signs(estimator.n_features_in_))

@@ -15,6 +15,11 @@ are checked before any large allocation:
   strides)`` would build zero-stride views declaring any number of images over a few bytes),
   ``numpy.dtype`` (numeric kinds only), numpy scalars, ``_frombuffer`` (protocol 5),
   ``_codecs.encode`` with latin-1 and ``bytes()`` without arguments (protocol-2 bytes);
+* at most :data:`MAX_OPCODES` opcodes run, and the stack, the mark stack and the memo hold at most
+  :data:`MAX_STACK` items each (a batch needs about 30,000 opcodes; a file of repeated ``DUP`` would
+  otherwise grow the stack by 8 bytes per file byte);
+* refusal messages describe what was refused in a bounded number of characters (:func:`describe`),
+  never through ``repr`` of the whole object;
 * ``BUILD`` (``__setstate__``) runs on numpy arrays and dtypes only, with the state checked: an array's
   declared shape must match its raw bytes, so its size is bounded by the file's; a dtype's state may
   only set the byte order (a crafted dtype state can otherwise claim Python objects inside raw bytes).
@@ -36,8 +41,11 @@ __all__ = [
     "CIFAR10_ROW",
     "MAX_BATCH_FILE_BYTES",
     "MAX_BATCH_IMAGES",
+    "MAX_OPCODES",
+    "MAX_STACK",
     "CifarBatchError",
     "UnsafeCifarBatchError",
+    "describe",
     "read_cifar10_batch",
 ]
 
@@ -48,6 +56,11 @@ MAX_BATCH_IMAGES = 10_000
 #: Largest batch file read: an official batch is 31,035,704 bytes; re-pickled with protocol 2 by Python 3,
 #: its pixel bytes become latin-1 text stored as UTF-8, up to twice the size (10000 × 3072 × 2 + labels).
 MAX_BATCH_FILE_BYTES = 64 * 2**20
+#: Opcodes executed at most: an official batch pickles 10,000 labels (one opcode each, plus their
+#: APPENDS) and a handful of objects, about 20,000 opcodes.
+MAX_OPCODES = 200_000
+#: Items on the unpickler's stack, mark stack or memo at most (the 10,000 labels sit on the stack at once).
+MAX_STACK = 50_000
 _N_CLASSES = 10
 _NUMERIC_KINDS = "biuf"
 
@@ -61,10 +74,38 @@ class UnsafeCifarBatchError(CifarBatchError, pickle.UnpicklingError):
 
 
 # ---------------------------------------------------------------------------- checking wrappers
+def describe(obj: object, limit: int = 60, *, _depth: int = 0) -> str:
+    """A short description of ``obj`` (at most about ``4 * limit`` characters) whose cost does not grow with it.
+
+    Strings and bytes show their first ``limit`` characters and their length; tuples and lists their
+    first 3 items (two levels deep) and their length; dtypes their type string or number of fields; ints
+    over 64 bits their bit length; anything else its type name.
+    """
+    if obj is None or isinstance(obj, (bool, float)) or (isinstance(obj, int) and obj.bit_length() <= 64):
+        return repr(obj)
+    if isinstance(obj, int):
+        return f"<int of {obj.bit_length()} bits>"
+    if isinstance(obj, (str, bytes, bytearray)):
+        head = repr(obj[:limit])
+        return head if len(obj) <= limit else f"{head}... ({len(obj)} in all)"
+    if isinstance(obj, np.dtype):
+        return f"dtype with {len(obj.names)} fields" if obj.names is not None else repr(obj)[:100]
+    if isinstance(obj, (tuple, list)):
+        if _depth >= 2:
+            return f"<{type(obj).__name__} of {len(obj)} items>"
+        items = ", ".join(describe(item, max(limit // 3, 8), _depth=_depth + 1) for item in obj[:3])
+        more = f", ... ({len(obj)} items)" if len(obj) > 3 else ""
+        left, right = ("(", ")") if isinstance(obj, tuple) else ("[", "]")
+        return f"{left}{items}{more}{right}"
+    if isinstance(obj, _NdarrayMarker):
+        return "numpy.ndarray"
+    return f"<{type(obj).__name__}>"
+
+
 def _numeric_dtype(dtype: object) -> np.dtype:
     if not isinstance(dtype, np.dtype) or dtype.kind not in _NUMERIC_KINDS or dtype.fields is not None \
             or dtype.subdtype is not None or dtype.hasobject:
-        raise UnsafeCifarBatchError(f"refusing dtype {dtype!r}: a CIFAR-10 batch holds plain numeric arrays only")
+        raise UnsafeCifarBatchError(f"refusing dtype {describe(dtype)}: a CIFAR-10 batch holds plain numeric arrays only")
     return dtype
 
 
@@ -73,11 +114,11 @@ def _dtype(obj: object, align: object = False, copy: object = False) -> np.dtype
     if isinstance(obj, bytes):
         obj = obj.decode("ascii", "replace")
     if not isinstance(obj, str) or len(obj) > 4:
-        raise UnsafeCifarBatchError(f"refusing numpy.dtype({obj!r}): a CIFAR-10 batch needs a numeric type code")
+        raise UnsafeCifarBatchError(f"refusing numpy.dtype({describe(obj)}): a CIFAR-10 batch needs a numeric type code")
     try:
         dtype = np.dtype(obj, align=False, copy=True)
     except TypeError as exc:
-        raise UnsafeCifarBatchError(f"refusing numpy.dtype({obj!r}): {exc}") from exc
+        raise UnsafeCifarBatchError(f"refusing numpy.dtype({describe(obj)}): {str(exc)[:200]}") from exc
     return _numeric_dtype(dtype)
 
 
@@ -100,13 +141,14 @@ _NDARRAY = _NdarrayMarker()
 def _reconstruct(cls: object, shape: object, typecode: object) -> np.ndarray:
     """numpy's ``_reconstruct(ndarray, (0,), b"b")`` (the empty array a later BUILD fills), nothing else."""
     if cls is not _NDARRAY or shape != (0,) or typecode not in (b"b", "b"):
-        raise UnsafeCifarBatchError(f"refusing numpy _reconstruct({cls!r}, {shape!r}, {typecode!r})")
+        raise UnsafeCifarBatchError(
+            f"refusing numpy _reconstruct({describe(cls)}, {describe(shape)}, {describe(typecode)})")
     return np.ndarray((0,), dtype=np.int8)
 
 
 def _count(shape: object) -> int:
     if not isinstance(shape, tuple) or len(shape) > 2 or not all(type(s) is int and s >= 0 for s in shape):
-        raise UnsafeCifarBatchError(f"refusing array shape {shape!r}: expected at most 2 non-negative ints")
+        raise UnsafeCifarBatchError(f"refusing array shape {describe(shape)}: expected at most 2 non-negative ints")
     count = 1
     for size in shape:
         count *= size
@@ -117,7 +159,7 @@ def _frombuffer(buffer: object, dtype: object, shape: object, order: object) -> 
     """numpy's protocol-5 ``_frombuffer``: the buffer must hold exactly the declared array."""
     dtype = _numeric_dtype(dtype)
     if not isinstance(buffer, (bytes, bytearray)) or order not in ("C", "F"):
-        raise UnsafeCifarBatchError(f"refusing numpy _frombuffer of a {type(buffer).__name__} in order {order!r}")
+        raise UnsafeCifarBatchError(f"refusing numpy _frombuffer of a {type(buffer).__name__} in order {describe(order)}")
     if _count(shape) * dtype.itemsize != len(buffer):
         raise UnsafeCifarBatchError(f"array of shape {shape} and {dtype} does not match its {len(buffer)} bytes")
     return np.frombuffer(buffer, dtype=dtype).reshape(shape, order=order)
@@ -126,14 +168,14 @@ def _frombuffer(buffer: object, dtype: object, shape: object, order: object) -> 
 def _scalar(dtype: object, raw: object = b"") -> np.generic:
     dtype = _numeric_dtype(dtype)
     if not isinstance(raw, bytes) or len(raw) != dtype.itemsize:
-        raise UnsafeCifarBatchError(f"numpy scalar of {dtype} needs {dtype.itemsize} bytes; got {raw!r:.40}")
+        raise UnsafeCifarBatchError(f"numpy scalar of {dtype} needs {dtype.itemsize} bytes; got {describe(raw, 20)}")
     return np.frombuffer(raw, dtype=dtype)[0]
 
 
 def _encode(text: object, encoding: object = "utf-8") -> bytes:
     """``_codecs.encode(str, "latin1")``: how protocol-2 pickles from Python 3 store bytes."""
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1", "latin_1"):
-        raise UnsafeCifarBatchError(f"refusing _codecs.encode(..., {encoding!r}): only latin-1 text is expected")
+        raise UnsafeCifarBatchError(f"refusing _codecs.encode(..., {describe(encoding)}): only latin-1 text is expected")
     return text.encode("latin-1")
 
 
@@ -179,8 +221,23 @@ def _build_dtype(dtype: np.dtype, state: object) -> None:
         raise UnsafeCifarBatchError(f"refusing numpy dtype state of type {type(state).__name__}")
     byteorder = state[1].decode("ascii", "replace") if isinstance(state[1], bytes) else state[1]
     if state[0] not in (3, 4) or byteorder not in ("<", ">", "|", "=") or state[2:7] != (None, None, None, -1, -1):
-        raise UnsafeCifarBatchError(f"refusing numpy dtype state {state!r:.200}: only a byte order may be set")
+        raise UnsafeCifarBatchError(f"refusing numpy dtype state {describe(state)}: only a byte order may be set")
     dtype.__setstate__((3, byteorder, None, None, None, -1, -1, dtype.flags))
+
+
+def _bounded(opcode):
+    """``opcode``'s handler, after checking the opcode budget and the stack, mark stack and memo sizes."""
+
+    def run(self: _CifarUnpickler) -> None:
+        self.opcodes += 1
+        if self.opcodes > MAX_OPCODES:
+            raise CifarBatchError(f"more than {MAX_OPCODES} pickle opcodes; a CIFAR-10 batch needs far fewer")
+        if len(self.stack) > MAX_STACK or len(self.metastack) > MAX_STACK or len(self.memo) > MAX_STACK:
+            raise CifarBatchError(f"more than {MAX_STACK} items on the pickle's stack or memo; a CIFAR-10 batch "
+                                  "needs far fewer")
+        opcode(self)
+
+    return run
 
 
 class _Dispatch(dict):
@@ -200,8 +257,9 @@ _OPCODES = (
 class _CifarUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its opcodes can be restricted
     """Unpickler for CIFAR-10 batches: the opcodes, globals and ``__setstate__`` calls listed above only."""
 
-    dispatch = _Dispatch({getattr(pickle, name)[0]: pickle._Unpickler.dispatch[getattr(pickle, name)[0]]
+    dispatch = _Dispatch({getattr(pickle, name)[0]: _bounded(pickle._Unpickler.dispatch[getattr(pickle, name)[0]])
                           for name in _OPCODES})
+    opcodes = 0
 
     def find_class(self, module: str, name: str):  # noqa: D102 - pickle API
         found = _GLOBALS.get((module, name))
@@ -221,7 +279,7 @@ class _CifarUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its opco
         else:
             raise UnsafeCifarBatchError(f"refusing to set the state of a {type(target).__name__}")
 
-    dispatch[pickle.BUILD[0]] = load_build
+    dispatch[pickle.BUILD[0]] = _bounded(load_build)
 
 
 # ------------------------------------------------------------------------------------- the reader
@@ -284,13 +342,14 @@ def read_cifar10_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         raise CifarBatchError(f"{path}: not a CIFAR-10 python batch ({exc}).") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
             OverflowError, MemoryError, RecursionError, UnicodeDecodeError, struct.error) as exc:
-        raise CifarBatchError(f"{path}: not a CIFAR-10 python batch ({type(exc).__name__}: {exc}).") from None
+        raise CifarBatchError(f"{path}: not a CIFAR-10 python batch ({type(exc).__name__}: {str(exc)[:300]}).") \
+            from None
     if not isinstance(batch, dict):
         raise CifarBatchError(f"{path}: expected a pickled dict with b'data' and b'labels'; got {type(batch).__name__}.")
     data = batch.get(b"data", batch.get("data"))
     labels = batch.get(b"labels", batch.get("labels"))
     if data is None or labels is None:
-        raise CifarBatchError(f"{path}: expected keys b'data' and b'labels'; found {sorted(map(repr, batch))}.")
+        raise CifarBatchError(f"{path}: expected keys b'data' and b'labels'; found {describe(list(batch)[:10])}.")
     if type(data) is not np.ndarray or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != CIFAR10_ROW \
             or not 1 <= data.shape[0] <= MAX_BATCH_IMAGES:
         got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__

@@ -18,8 +18,10 @@ CIFAR-10
 
 Security: nothing in these files is trusted. Declared sizes are checked against the format before
 anything is allocated (idx headers: 28×28 images, at most 60000 / 10000 per split, read as a stream of
-exactly the announced length, so a small ``.gz`` cannot inflate to gigabytes; npz: each array's ``.npy``
-header is read from the archive and checked before its data; CIFAR-10: see
+exactly the announced length, so a small ``.gz`` cannot inflate to gigabytes; npz: the archive may hold only
+the four ``.npy`` members above, each once (no raw or shadowing member such as ``x_train`` next to
+``x_train.npy``), and each array's ``.npy`` header is read from the archive and checked before its data,
+which is read from that member only; CIFAR-10: see
 :mod:`art_fisher.data.cifar_batch`, which reads the pickles with a restricted unpickler, shared with
 ``nni_lease``, that runs no foreign code and refuses arrays larger than the file). Plain
 :func:`pickle.load` is never used.
@@ -209,6 +211,9 @@ def _mnist_from_idx(data_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]
     return images, labels
 
 
+_NPZ_MEMBERS = tuple(f"{kind}_{split}.npy" for split in ("train", "test") for kind in ("x", "y"))
+
+
 def _npz_header(archive: zipfile.ZipFile, key: str, path: Path) -> tuple[tuple[int, ...], np.dtype]:
     """Shape and dtype of ``key`` in an npz archive, read from its ``.npy`` header (no data read)."""
     try:
@@ -218,8 +223,28 @@ def _npz_header(archive: zipfile.ZipFile, key: str, path: Path) -> tuple[tuple[i
                 np.lib.format.read_array_header_2_0
             shape, _, dtype = read_header(member)
     except (KeyError, ValueError, OSError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
-        raise ValueError(f"{path}: cannot read the header of array {key!r} ({exc}).") from exc
+        raise ValueError(f"{path}: cannot read the header of array {key!r} ({str(exc)[:200]}).") from exc
     return shape, dtype
+
+
+def _npz_members(archive: zipfile.ZipFile, path: Path, keys: tuple[str, str]) -> None:
+    """Refuse archives that hold anything but the Keras layout's ``.npy`` members, each once."""
+    names = archive.namelist()
+    shown = [name[:60] for name in names[:10]]
+    if len(names) != len(set(names)):
+        raise ValueError(f"{path}: the archive holds a member name twice (one would shadow the other); "
+                         f"members {shown}.")
+    unexpected = [name for name in names if name not in _NPZ_MEMBERS]
+    if unexpected:
+        raw = [name for name in unexpected if name + ".npy" in _NPZ_MEMBERS]
+        why = (f"member {raw[0][:60]!r} has no .npy suffix: numpy would read it instead of {raw[0][:60]}.npy "
+               "(shadowing the array checked here) or as raw bytes" if raw
+               else f"unexpected members {[n[:60] for n in unexpected[:5]]}")
+        raise ValueError(f"{path}: expected only {list(_NPZ_MEMBERS)} (Keras mnist.npz layout); {why}.")
+    missing = [k for k in keys if f"{k}.npy" not in names]
+    if missing:
+        raise ValueError(f"{path}: expected arrays {list(keys)} (Keras mnist.npz layout); missing {missing}, "
+                         f"found {shown}.")
 
 
 def _mnist_from_npz(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -227,26 +252,27 @@ def _mnist_from_npz(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     n_max = MNIST_MAX_IMAGES[split]
     try:
         with zipfile.ZipFile(path) as archive:
-            names = sorted(name.removesuffix(".npy") for name in archive.namelist())
-            missing = [k for k in keys if k not in names]
-            if missing:
-                raise ValueError(
-                    f"{path}: expected arrays {list(keys)} (Keras mnist.npz layout); missing {missing}, "
-                    f"found {names}."
-                )
+            _npz_members(archive, path, keys)
             (x_shape, x_dtype), (y_shape, y_dtype) = (_npz_header(archive, k, path) for k in keys)
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise ValueError(f"{path}: cannot read it as a numpy .npz archive ({exc}).") from exc
-    if x_dtype != np.uint8 or len(x_shape) != 3 or x_shape[1:] != (MNIST_SIDE, MNIST_SIDE) or x_shape[0] > n_max:
-        raise ValueError(f"{path}: expected {keys[0]} as uint8 of shape (N, {MNIST_SIDE}, {MNIST_SIDE}) with "
-                         f"N <= {n_max}; its header says {x_dtype} {x_shape}.")
-    if y_dtype.kind not in "iu" or y_shape != x_shape[:1]:
-        raise ValueError(f"{path}: expected {keys[1]} as {x_shape[0]} integers; its header says {y_dtype} {y_shape}.")
-    try:  # sizes checked: loading allocates at most what the headers announce
-        with np.load(path, allow_pickle=False) as npz:
-            images, labels = npz[keys[0]], npz[keys[1]]
-    except (OSError, EOFError, ValueError, zlib.error, zipfile.BadZipFile) as exc:
-        raise ValueError(f"{path}: cannot read it as a numpy .npz archive ({exc}).") from exc
+            if x_dtype != np.uint8 or len(x_shape) != 3 or x_shape[1:] != (MNIST_SIDE, MNIST_SIDE) \
+                    or x_shape[0] > n_max:
+                raise ValueError(f"{path}: expected {keys[0]} as uint8 of shape (N, {MNIST_SIDE}, {MNIST_SIDE}) "
+                                 f"with N <= {n_max}; its header says {x_dtype} {x_shape}.")
+            if y_dtype.kind not in "iu" or y_shape != x_shape[:1]:
+                raise ValueError(f"{path}: expected {keys[1]} as {x_shape[0]} integers; its header says "
+                                 f"{y_dtype} {y_shape}.")
+            # Sizes checked: each checked member is read from its own header, at most what it announces.
+            arrays = []
+            for key in keys:
+                with archive.open(f"{key}.npy") as member:
+                    arrays.append(np.lib.format.read_array(member, allow_pickle=False))
+    except (OSError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path}: cannot read it as a numpy .npz archive ({str(exc)[:200]}).") from exc
+    except ValueError as exc:
+        if str(exc).startswith(str(path)):
+            raise
+        raise ValueError(f"{path}: cannot read it as a numpy .npz archive ({str(exc)[:200]}).") from exc
+    images, labels = arrays
     _check_labels(labels, n_classes=10, where=f"{path} ({keys[1]})")
     return images, labels
 

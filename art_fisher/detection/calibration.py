@@ -40,16 +40,18 @@ import numpy as np
 from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from art_fisher._deprecation import DEPRECATED, RenamedParamsMixin, renamed
+
 __all__ = ["QuantileOutlierDetector"]
 
-_DIRECTIONS = ("higher", "lower", "two-sided", "none")
+_POLARITIES = ("higher", "lower", "two-sided", "none")
 _COMBINE = ("max", "mean")
 #: Normal-consistency factor of the median absolute deviation.
 _MAD_TO_STD = 1.4826
 
 
-class QuantileOutlierDetector(OutlierMixin, BaseEstimator):
-    """Flag inputs whose combined, standardised score exceeds the clean data's (1 − target_fpr) quantile.
+class QuantileOutlierDetector(RenamedParamsMixin, OutlierMixin, BaseEstimator):
+    r"""Flag inputs whose combined, standardised score exceeds the clean data's (1 − target_fpr) quantile.
 
     Fitted on clean data only (``fit(X)``); see the module docstring for the maths. Follows
     scikit-learn's outlier-detector conventions: ``predict`` returns -1 for a flagged input (an outlier,
@@ -60,25 +62,29 @@ class QuantileOutlierDetector(OutlierMixin, BaseEstimator):
     ----------
     target_fpr : float in (0, 1), default=0.05
         Fraction of clean inputs to flag (the false-positive rate aimed at).
-    direction : {"higher", "lower", "two-sided", "none"} or sequence of them, default="higher"
+    polarity : {"higher", "lower", "two-sided", "none"} or sequence of them, default="higher"
         Which values of a column are suspicious; one string for every column, or one per column
         (``"none"``: the column is not used; at least one must be used).
     combine : {"max", "mean"}, default="max"
         How the standardised columns are combined into one score.
     log : bool, default=False
-        Standardise :math:`\\log` of the columns (they must then be non-negative; zeros are raised to half
+        Standardise :math:`\log` of the columns (they must then be non-negative; zeros are raised to half
         the smallest positive clean value of their column).
+    direction : optional
+        Deprecated name of ``polarity`` (warned about in ``fit``); it stops working in the next release.
 
     Attributes
     ----------
+    polarity_ : str or list of str
+        The polarity ``fit`` used (``polarity``, or the deprecated ``direction``).
     center_ : ndarray of shape (n_features,)
         Median of each (log-)column on the clean data.
     scale_ : ndarray of shape (n_features,)
-        :math:`1.4826 \\times` MAD of each (log-)column (the standard deviation if the MAD is 0, else 1).
+        :math:`1.4826 \times` MAD of each (log-)column (the standard deviation if the MAD is 0, else 1).
     floor_ : ndarray of shape (n_features,)
         Smallest value a column is raised to before the log (``log=True``), else zeros.
     threshold_ : float
-        Flag when the combined score exceeds it: the :math:`\lceil (1 - \alpha)(n + 1) \rceil`-th
+        Flag when the combined score exceeds it: the :math:`\\lceil (1 - \\alpha)(n + 1) \\rceil`-th
         smallest clean score, or the largest one (with a warning) when :math:`n` is too small for that.
     offset_ : float
         ``-threshold_`` (``decision_function = score_samples - offset_``, as scikit-learn defines it).
@@ -99,32 +105,37 @@ class QuantileOutlierDetector(OutlierMixin, BaseEstimator):
     array([ 1, -1])
     """
 
+    _renamed = {"direction": "polarity"}
+
     def __init__(
         self,
         target_fpr: float = 0.05,
-        direction: str | Sequence[str] = "higher",
+        polarity: str | Sequence[str] = "higher",
         combine: str = "max",
         log: bool = False,
+        direction: Any = DEPRECATED,
     ) -> None:
         self.target_fpr = target_fpr
-        self.direction = direction
+        self.polarity = polarity
         self.combine = combine
         self.log = log
+        self.direction = direction
 
     def _signs(self, n_features: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per-column sign (+1 / -1), whether it is two-sided and whether it is used; checks ``direction``."""
-        given = [self.direction] * n_features if isinstance(self.direction, str) else list(self.direction)
+        """Per-column sign (+1 / -1), whether it is two-sided and whether it is used; checks the polarity."""
+        polarity = getattr(self, "polarity_", self.polarity)
+        given = [polarity] * n_features if isinstance(polarity, str) else list(polarity)
         if len(given) != n_features:
             raise ValueError(
-                f"direction must be one of {_DIRECTIONS} or one per column ({n_features} columns); "
-                f"got {len(given)} entries: {self.direction!r}."
+                f"polarity must be one of {_POLARITIES} or one per column ({n_features} columns); "
+                f"got {len(given)} entries: {polarity!r}."
             )
-        bad = [d for d in given if d not in _DIRECTIONS]
+        bad = [d for d in given if d not in _POLARITIES]
         if bad:
-            raise ValueError(f"direction must be one of {_DIRECTIONS} (per column); got {bad[0]!r}.")
+            raise ValueError(f"polarity must be one of {_POLARITIES} (per column); got {bad[0]!r}.")
         used = np.array([d != "none" for d in given])
         if not used.any():
-            raise ValueError(f"direction must use at least one column; got {self.direction!r}.")
+            raise ValueError(f"polarity must use at least one column; got {polarity!r}.")
         signs = np.array([-1.0 if d == "lower" else 1.0 for d in given])
         return signs, np.array([d == "two-sided" for d in given]), used
 
@@ -168,6 +179,7 @@ class QuantileOutlierDetector(OutlierMixin, BaseEstimator):
         """
         self._check_params()
         X = validate_data(self, X, dtype=np.float64)
+        self.polarity_ = renamed("direction", self.direction, "polarity", self.polarity, default="higher")
         self._signs(X.shape[1])
         if self.log:
             if np.any(X < 0):

@@ -70,12 +70,12 @@ def default_clean_estimator(
     """The estimator ``fit(x)`` without labels uses: clean quantile calibration of the log-metrics.
 
     Every Fisher magnitude counts as suspicious when high (see
-    :func:`art_fisher.detection.features.feature_directions`); the columns are standardised on the clean inputs and
+    :func:`art_fisher.detection.features.feature_polarities`); the columns are standardised on the clean inputs and
     combined by their maximum (:class:`~art_fisher.detection.calibration.QuantileOutlierDetector`). ``blocks``: the
     parameter tensors of a per-block metric (:func:`art_fisher.detection.features.block_names`).
     """
     return QuantileOutlierDetector(
-        target_fpr=target_fpr, direction=_features.feature_directions(metrics, blocks), combine="max", log=True
+        target_fpr=target_fpr, polarity=_features.feature_polarities(metrics, blocks), combine="max", log=True
     )
 
 

@@ -5,23 +5,24 @@
 are adversarial: a classifier fitted on clean (0) and adversarial (1) examples, or, with no labels, an
 outlier detector calibrated on clean inputs alone (:mod:`art_fisher.detection.calibration`). It follows ART's
 ``EvasionDetector`` contract: ``fit(x, y, batch_size, nb_epochs)``, ``detect(x, batch_size) ->
-(report, is_adversarial)``, ``defence_params``, ``set_params``, ``get_params``. Files: :mod:`art_fisher.detection.persistence`.
+(report, is_adversarial)``, ``defence_params``, ``set_params``, ``get_params``. The constructor, the
+parameter checks and ``set_params`` live in :mod:`art_fisher.detection._detector_params`; files in
+:mod:`art_fisher.detection.persistence`.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from numbers import Real
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import sklearn
-from art.defences.detector.evasion import EvasionDetector
-from sklearn.exceptions import NotFittedError
 
+from art_fisher._deprecation import DEPRECATED, renamed
 from art_fisher.detection import features as _features
+from art_fisher.detection._detector_params import DetectorParameters
 from art_fisher.detection import persistence
 from art_fisher.detection.decision import (
     check_fit_kwargs,
@@ -49,16 +50,16 @@ DETECTOR_FORMAT = persistence.DETECTOR_FORMAT
 DETECTOR_FORMAT_VERSION = persistence.DETECTOR_FORMAT_VERSION
 
 
-class FisherInformationDetector(EvasionDetector):
-    """Detect adversarial inputs from the Fisher information of the classifier's prediction.
+class FisherInformationDetector(DetectorParameters):
+    r"""Detect adversarial inputs from the Fisher information of the classifier's prediction.
 
     For each input :math:`x` the detector computes the chosen metrics of the classifier's predictive
-    distribution :math:`p(c \\mid x; \\theta)`, whose Fisher matrix is
+    distribution :math:`p(c \mid x; \theta)`, whose Fisher matrix is
 
-    .. math:: F(x) = \\sum_c p_c \\, \\nabla_\\theta \\log p_c \\, \\nabla_\\theta \\log p_c^\\top,
+    .. math:: F(x) = \sum_c p_c \, \nabla_\theta \log p_c \, \nabla_\theta \log p_c^\top,
 
-    e.g. its trace :math:`\\operatorname{tr} F(x)` and the quadratic form :math:`\\bar v^\\top F(x) \\bar v`
-    along the normalised gradient :math:`\\bar v` of the predicted class's log-probability (see
+    e.g. its trace :math:`\operatorname{tr} F(x)` and the quadratic form :math:`\bar v^\top F(x) \bar v`
+    along the normalised gradient :math:`\bar v` of the predicted class's log-probability (see
     :mod:`art_fisher.metrics`). A sensitivity map (one value per input dimension) is reduced to the
     features ``l1``, ``l2``, ``max`` and ``top_mass`` (:data:`art_fisher.detection.features.SENSITIVITY_REDUCTIONS`);
     the full maps come from :meth:`sensitivity_maps`. A scikit-learn estimator (``estimator``) then
@@ -78,7 +79,7 @@ class FisherInformationDetector(EvasionDetector):
         The (trained) classifier whose inputs are screened. Never modified; not saved by :meth:`save`.
     metrics : sequence of str, default=("trace", "quadratic_form")
         Metric names: ``"trace"``, ``"quadratic_form"``, ``"sensitivity"``, ``"max_eigenvalue"`` and
-        ``"block_traces"`` (where :mod:`art_fisher.metrics` provides it). One feature column per scalar
+        ``"block_traces"``. One feature column per scalar
         metric, one per selected parameter tensor for ``"block_traces"`` (the trace of its own block of
         :math:`F(x)`), four for ``"sensitivity"``.
     estimator : sklearn classifier or outlier detector, default=None
@@ -91,14 +92,17 @@ class FisherInformationDetector(EvasionDetector):
     target_fpr : float in (0, 1), default=0.05
         Fraction of clean inputs that ``fit(x)`` without labels calibrates the default estimator to flag
         (unused when fitting with labels or with your own estimator).
-    batch_size : int, default=128
-        Samples per metric computation when ``fit``/``detect`` get no ``batch_size``.
-    output, direction, blockwise, normalize, classes, params, method, epsilon, tau
+    chunk_size : int, default=128
+        Samples per metric computation when ``fit``/``detect`` get no ``batch_size`` (bounds memory;
+        the values do not depend on it).
+    output, direction, blockwise, normalize, classes, params, method, fd_step, tau
         The metric options, one object shared with :class:`~art_fisher.detection.estimators.FisherFeatures`
         (meanings and defaults: :class:`art_fisher.detection.features.MetricOptions`). ``direction`` is
         ``"predicted"`` or ``"top_eigenvector"`` (a detector has no true labels at detection time).
     progress : bool, default=False
         Show a progress bar over batches.
+    batch_size, epsilon
+        Deprecated names of ``chunk_size`` and ``fd_step``; they stop working in the next release.
 
     Attributes
     ----------
@@ -133,7 +137,7 @@ class FisherInformationDetector(EvasionDetector):
 
     Clean-only calibration (``fit(x)`` without ``y``) flags inputs whose Fisher information is
     *higher* than that of the clean inputs: the Fisher information
-    :math:`\operatorname{tr} F(x) = \sum_c p_c \|\nabla_\theta \log p_c\|^2` vanishes for a
+    :math:`\\operatorname{tr} F(x) = \\sum_c p_c \\|\\nabla_\\theta \\log p_c\\|^2` vanishes for a
     prediction the model is sure of (:math:`p_y \to 1` makes every term go to zero) and grows where the
     predictive distribution is spread or the parameters move it strongly, which is where adversarial
     examples end up (just across a decision boundary, or in the low-confidence regions an attack
@@ -152,120 +156,20 @@ class FisherInformationDetector(EvasionDetector):
     >>> clean_only.fit(x_clean)                      # no adversarial example needed  # doctest: +SKIP
     """
 
-    defence_params = [
-        "classifier", "metrics", "estimator", "target_fpr", "batch_size",
-        *(name for name in _features.OPTION_NAMES if name != "metrics"), "progress",
-    ]  # fmt: skip
-
-    def __init__(
-        self,
-        classifier: Any,
-        *,
-        metrics: Sequence[str] = _features.DEFAULT_OPTIONS.metrics,
-        estimator: Any = None,
-        target_fpr: float = 0.05,
-        batch_size: int = 128,
-        output: str = _features.DEFAULT_OPTIONS.output,
-        direction: str = _features.DEFAULT_OPTIONS.direction,
-        blockwise: bool | None = _features.DEFAULT_OPTIONS.blockwise,
-        normalize: bool = _features.DEFAULT_OPTIONS.normalize,
-        classes: str = _features.DEFAULT_OPTIONS.classes,
-        params: Sequence[str] | None = _features.DEFAULT_OPTIONS.params,
-        method: str = _features.DEFAULT_OPTIONS.method,
-        epsilon: float = _features.DEFAULT_OPTIONS.epsilon,
-        tau: float | None = _features.DEFAULT_OPTIONS.tau,
-        progress: bool = False,
-    ) -> None:
-        super().__init__()
-        self.classifier = classifier
-        self.metrics = metrics
-        self.estimator = estimator
-        self.target_fpr = target_fpr
-        self.batch_size = batch_size
-        self.output = output
-        self.direction = direction
-        self.blockwise = blockwise
-        self.normalize = normalize
-        self.classes = classes
-        self.params = params
-        self.method = method
-        self.epsilon = epsilon
-        self.tau = tau
-        self.progress = progress
-        self._check_params()
-
-    # ----------------------------------------------------------------------------------------- checks
-    def _check_params(self) -> None:
-        self._options = _features.options_of(self)
-        self._metric_names = self._options.metrics
-        _features.check_batch_size(self.batch_size)
-        if self.estimator is not None:
-            estimator_kind(self.estimator)
-        if (
-            not isinstance(self.target_fpr, Real)
-            or isinstance(self.target_fpr, bool)
-            or not 0.0 < float(self.target_fpr) < 1.0
-        ):
-            raise ValueError(f"target_fpr must be a number in (0, 1); got {self.target_fpr!r}.")
-        if not isinstance(self.progress, bool):
-            raise ValueError(f"progress must be True or False; got {self.progress!r}.")
-
-    def set_params(self, **kwargs: Any) -> None:
-        """Set constructor parameters (names in :attr:`defence_params`) and check them.
-
-        Changing a parameter that alters the features or the decision (anything but ``batch_size`` and
-        ``progress``, and ``target_fpr`` after a fit with labels) discards a previous fit.
-
-        Raises
-        ------
-        ValueError
-            If a name is not a parameter of this detector, or a value is invalid (then nothing changes).
-        TypeError
-            If ``classifier`` or ``estimator`` is of an unusable type (then nothing changes).
-        """
-        unknown = sorted(set(kwargs) - set(self.defence_params))
-        if unknown:
-            raise ValueError(f"Unknown parameters {unknown}; valid ones are {self.defence_params}.")
-        old = self.get_params()
-        try:
-            super().set_params(**kwargs)
-        except (TypeError, ValueError):
-            for key, value in old.items():
-                setattr(self, key, value)
-            self._check_params()
-            raise
-        changed = [key for key, value in kwargs.items() if not _same(old[key], value)]
-        keeps = {"batch_size", "progress"}
-        if getattr(self, "calibration_", None) == "labels":
-            keeps.add("target_fpr")
-        if any(key not in keeps for key in changed) and hasattr(self, "estimator_"):
-            logger.info("Parameters %s changed: the previous fit is discarded.", changed)
-            del self.estimator_, self.feature_names_, self.calibration_, self.model_fingerprint_
-
-    def _batch(self, batch_size: int | None) -> int:
-        if batch_size is None:
-            return self.batch_size
-        return _features.check_batch_size(batch_size)
-
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "estimator_"):
-            raise NotFittedError(
-                "This FisherInformationDetector is not fitted yet; call fit(x, y) with clean (0) and "
-                "adversarial (1) examples, or fit(x) with clean inputs only, or load a saved detector."
-            )
-
     # -------------------------------------------------------------------------------------- features
-    def _values(self, x: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
+    def _values(self, x: np.ndarray, chunk_size: int) -> dict[str, np.ndarray]:
         return _features.compute(
             self.classifier,
             x,
             metrics=self._metric_names,
             settings=self._options,
-            batch_size=batch_size,
+            chunk_size=chunk_size,
             progress=self.progress,
         )
 
-    def sensitivity_maps(self, x: np.ndarray, *, batch_size: int | None = None) -> np.ndarray:
+    def sensitivity_maps(
+        self, x: np.ndarray, *, chunk_size: int | None = None, batch_size: Any = DEPRECATED
+    ) -> np.ndarray:
         """Fisher information sensitivity of every input dimension, for plotting.
 
         Uses the detector's metric settings; needs no fit.
@@ -273,8 +177,10 @@ class FisherInformationDetector(EvasionDetector):
         Parameters
         ----------
         x : ndarray of shape (N, *classifier.input_shape)
+        chunk_size : int, optional
+            Samples per computation (default: the detector's ``chunk_size``).
         batch_size : int, optional
-            Samples per computation (default: the detector's ``batch_size``).
+            Deprecated name of ``chunk_size``; it stops working in the next release.
 
         Returns
         -------
@@ -286,15 +192,18 @@ class FisherInformationDetector(EvasionDetector):
         Raises
         ------
         ValueError
-            If ``x`` has the wrong shape or is not finite, or ``batch_size`` is not a positive integer.
+            If ``x`` has the wrong shape or is not finite, or ``chunk_size`` is not a positive integer.
         """
+        chunk_size = renamed("batch_size", batch_size, "chunk_size", chunk_size, default=None)
+        if chunk_size is not None:
+            chunk_size = _features.check_chunk_size(chunk_size)
         x = _features.check_inputs(self.classifier, x)
         values = _features.compute(
             self.classifier,
             x,
             metrics=("sensitivity",),
             settings=self._options,
-            batch_size=self._batch(batch_size),
+            chunk_size=self._chunk(chunk_size),
             reduce_maps=False,
             progress=self.progress,
         )
@@ -322,7 +231,7 @@ class FisherInformationDetector(EvasionDetector):
             then :func:`default_clean_estimator` flags ``target_fpr`` of clean inputs, or an outlier
             detector).
         batch_size : int, optional
-            Samples per metric computation (default: the detector's ``batch_size``).
+            Samples per metric computation, ART's name for the detector's ``chunk_size`` (default: that).
         nb_epochs : int, optional
             ART's argument, accepted and ignored (nothing here trains in epochs).
         **kwargs
@@ -341,13 +250,13 @@ class FisherInformationDetector(EvasionDetector):
             If ``estimator`` cannot serve as a detector's estimator (e.g. a regressor).
         """
         del nb_epochs
-        batch_size = self._batch(batch_size)
+        chunk_size = self._chunk(batch_size)
         x = _features.check_inputs(self.classifier, x)
         names = _features.feature_names(self._metric_names, _features.block_names(self.classifier, self._options))
         estimator, kind = self._new_estimator(labelled=y is not None, n_features=len(names))
         labels = None if y is None else detection_labels(y, len(x))
         fit_kwargs = check_fit_kwargs(estimator, kwargs, len(x))
-        features = _features.feature_matrix(self._values(x, batch_size), self._metric_names)
+        features = _features.feature_matrix(self._values(x, chunk_size), self._metric_names)
         with sklearn.config_context(enable_metadata_routing=routes_metadata(estimator, fit_kwargs)):
             if labels is None:
                 estimator.fit(features, **fit_kwargs)
@@ -376,7 +285,7 @@ class FisherInformationDetector(EvasionDetector):
         x : ndarray of shape (N, *classifier.input_shape)
             Raw inputs.
         batch_size : int, optional
-            Samples per metric computation (default: the detector's ``batch_size``).
+            Samples per metric computation, ART's name for the detector's ``chunk_size`` (default: that).
         **kwargs
             Accepted and ignored, as ART's own detectors do (e.g. ``verbose=False``).
 
@@ -401,9 +310,9 @@ class FisherInformationDetector(EvasionDetector):
         if kwargs:
             logger.debug("detect ignores the keyword arguments %s (accepted as ART's detectors do).", sorted(kwargs))
         self._check_fitted()
-        batch_size = self._batch(batch_size)
+        chunk_size = self._chunk(batch_size)
         x = _features.check_inputs(self.classifier, x)
-        features = _features.feature_matrix(self._values(x, batch_size), self._metric_names)
+        features = _features.feature_matrix(self._values(x, chunk_size), self._metric_names)
         decision, threshold, is_adversarial = decide(self.estimator_, features)
         report = {
             "scores": dict(zip(self.feature_names_, features.T.copy(), strict=True)),
@@ -442,6 +351,7 @@ class FisherInformationDetector(EvasionDetector):
             detection_logit_function(self), input_shape=tuple(self.classifier.input_shape),
             clip_values=self.classifier.clip_values, dtype=parameter.dtype, device=parameter.device,
             name=f"FisherInformationDetector({', '.join(self._metric_names)})",
+            model_fingerprint=getattr(self, "model_fingerprint_", None),
         )  # fmt: skip
 
     # ----------------------------------------------------------------------------------- persistence
@@ -459,7 +369,7 @@ class FisherInformationDetector(EvasionDetector):
             If the detector is not fitted.
         """
         self._check_fitted()
-        persistence.save_detector(self, path)
+        persistence.write_state(self._get_state(), path)
 
     @classmethod
     def load(
@@ -473,7 +383,7 @@ class FisherInformationDetector(EvasionDetector):
         """Load a detector written by :meth:`save` and attach it to ``classifier``.
 
         Nothing in the file is executed (``skops.io`` with a trusted-type list); see
-        :func:`art_fisher.detection.persistence.load_detector` for every check.
+        :func:`art_fisher.detection.persistence.read_state` for every check.
 
         Parameters
         ----------
@@ -497,21 +407,70 @@ class FisherInformationDetector(EvasionDetector):
         ------
         ValueError
             If the file is missing, malformed, untrusted or of another format, or fitted for another
-            classifier (see :func:`art_fisher.detection.persistence.load_detector`).
+            classifier (see :func:`art_fisher.detection.persistence.read_state`).
         TypeError
             If ``classifier`` is not an ART ``PyTorchClassifier``.
         """
-        return persistence.load_detector(
-            cls, path, classifier, trusted=trusted, allow_other_model=allow_other_model
+        _features.check_classifier(classifier)
+        state = persistence.read_state(
+            path, classifier, setting_names=cls._setting_names(), trusted=trusted, allow_other_model=allow_other_model
         )
+        try:
+            detector = cls(classifier, estimator=state["estimator"], **state["settings"])
+        except (TypeError, ValueError) as err:
+            raise persistence.invalid_file(path, f"its settings are invalid ({err})") from err
+        try:
+            detector._set_state(state)
+        except ValueError as err:
+            raise ValueError(f"{path} is inconsistent: {err}") from err
+        return detector
 
+    @classmethod
+    def _setting_names(cls) -> list[str]:
+        """The constructor arguments a saved state holds (all but the classifier and the estimator)."""
+        return [k for k in cls.defence_params if k not in ("classifier", "estimator")]
 
-def _same(a: Any, b: Any) -> bool:
-    """Whether two parameter values are the same (sequences compared as tuples, objects by identity)."""
-    if a is b:
-        return True
-    if isinstance(a, Sequence) and isinstance(b, Sequence) and not isinstance(a, str | bytes):
-        return tuple(a) == tuple(b)
-    if isinstance(a, str | bool | int | float | type(None)) and isinstance(b, str | bool | int | float | type(None)):
-        return type(a) is type(b) and a == b
-    return False
+    def _get_state(self) -> dict[str, Any]:
+        """The fitted detector's state, as :func:`art_fisher.detection.persistence.write_state` stores it.
+
+        Keys: ``settings`` (constructor arguments but the classifier and the estimator), ``estimator``,
+        ``estimator_``, ``feature_names``, ``input_shape``, ``nb_classes``, ``model_fingerprint``. The
+        estimators are the detector's own objects (not copies).
+        """
+        self._check_fitted()
+        settings = {key: getattr(self, key) for key in self._setting_names()}
+        settings["metrics"] = list(self._metric_names)
+        return {
+            "settings": settings,
+            "estimator": self.estimator,
+            "estimator_": self.estimator_,
+            "feature_names": list(self.feature_names_),
+            "input_shape": [int(d) for d in self.classifier.input_shape],
+            "nb_classes": int(self.classifier.nb_classes),
+            "model_fingerprint": self.model_fingerprint_,
+        }
+
+    def _set_state(self, state: dict[str, Any]) -> None:
+        """Take back the fitted part of a state from :func:`~art_fisher.detection.persistence.read_state`.
+
+        Sets ``estimator_``, ``feature_names_``, ``model_fingerprint_`` and ``calibration_``; the
+        settings are the constructor's business.
+
+        Raises
+        ------
+        ValueError
+            If the state's feature names are not those of this detector's metrics for its classifier, or its
+            ``estimator_`` was fitted on another number of features.
+        """
+        blocks = _features.block_names(self.classifier, self._options)
+        if list(state["feature_names"]) != _features.feature_names(self._metric_names, blocks):
+            raise ValueError("its feature names do not match its metrics.")
+        n_fitted = getattr(state["estimator_"], "n_features_in_", None)
+        if n_fitted is not None and n_fitted != len(state["feature_names"]):
+            raise ValueError(f"its 'estimator_' was fitted on {n_fitted} features; the detector computes "
+                             f"{len(state['feature_names'])}.")
+        self.estimator_ = state["estimator_"]
+        self.feature_names_ = list(state["feature_names"])
+        self.model_fingerprint_ = state["model_fingerprint"]
+        self.calibration_ = state["calibration"]
+

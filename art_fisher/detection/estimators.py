@@ -13,6 +13,7 @@ is an ordinary scikit-learn classifier of raw inputs (``GridSearchCV`` and ``cro
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from numbers import Real
 from typing import Any
@@ -23,6 +24,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from art_fisher._deprecation import DEPRECATED, RenamedParamsMixin, renamed
 from art_fisher.detection import features as _features
 
 logger = logging.getLogger(__name__)
@@ -30,7 +32,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["ThresholdClassifier", "FisherFeatures"]
 
 _STRATEGIES = ("youden", "balanced_accuracy", "accuracy", "target_fpr")
-_DIRECTIONS = ("auto", "higher", "lower")
+_POLARITIES = ("auto", "higher", "lower")
 
 
 def _rank_auc(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> float:
@@ -93,12 +95,12 @@ def _check_sample_weight(sample_weight: Any, X: np.ndarray) -> np.ndarray:
     return weights
 
 
-class ThresholdClassifier(ClassifierMixin, BaseEstimator):
+class ThresholdClassifier(RenamedParamsMixin, ClassifierMixin, BaseEstimator):
     """Binary classifier that learns one threshold on one score column.
 
     With scores :math:`s` and a learned threshold :math:`t`, the prediction is the positive class
     (``classes_[1]``, e.g. 1 = adversarial) when :math:`\\sigma (s - t) > 0`, where the sign
-    :math:`\\sigma = +1` if high scores mean positive (``direction="higher"``) and :math:`-1` if low
+    :math:`\\sigma = +1` if high scores mean positive (``polarity="higher"``) and :math:`-1` if low
     scores do. The threshold is the midpoint between two consecutive distinct training scores that
     is best for ``strategy``.
 
@@ -119,9 +121,11 @@ class ThresholdClassifier(ClassifierMixin, BaseEstimator):
     target_fpr : float in [0, 1], default=None
         Largest false-positive rate allowed; required by, and only allowed with,
         ``strategy="target_fpr"``.
-    direction : {"auto", "higher", "lower"}, default="auto"
+    polarity : {"auto", "higher", "lower"}, default="auto"
         Whether high scores mean the positive class. ``"auto"`` picks ``"higher"`` when the
         training ROC-AUC of the column is at least 0.5 and ``"lower"`` otherwise.
+    direction : {"auto", "higher", "lower"}, optional
+        Deprecated name of ``polarity`` (warned about in ``fit``); it stops working in the next release.
 
     Attributes
     ----------
@@ -129,8 +133,8 @@ class ThresholdClassifier(ClassifierMixin, BaseEstimator):
         The two class labels; ``classes_[1]`` is the positive class.
     threshold_ : float
         Learned threshold, in the units of the score column.
-    direction_ : {"higher", "lower"}
-        Learned (or given) direction.
+    polarity_ : {"higher", "lower"}
+        Learned (or given) polarity.
     feature_index_ : int
         Index of the score column the threshold applies to.
     criterion_ : float
@@ -156,29 +160,41 @@ class ThresholdClassifier(ClassifierMixin, BaseEstimator):
     >>> from art_fisher.detection.estimators import ThresholdClassifier
     >>> scores = np.array([[0.1], [0.2], [0.3], [0.9], [1.1], [1.4]])
     >>> clf = ThresholdClassifier().fit(scores, [0, 0, 0, 1, 1, 1])
-    >>> clf.threshold_, clf.direction_
+    >>> clf.threshold_, clf.polarity_
     (0.6, 'higher')
     >>> clf.predict([[0.5], [0.7]])
     array([0, 1])
     """
 
+    _renamed = {"direction": "polarity", "direction_": "polarity_"}
+
     def __init__(
-        self, strategy: str = "youden", target_fpr: float | None = None, direction: str = "auto"
-    ) -> None:
+        self, strategy: str = "youden", target_fpr: float | None = None, polarity: str = "auto",
+        direction: Any = DEPRECATED,
+    ) -> None:  # fmt: skip
         self.strategy = strategy
         self.target_fpr = target_fpr
+        self.polarity = polarity
         self.direction = direction
+
+    @property
+    def direction_(self) -> str:
+        """Deprecated name of ``polarity_``; it stops working in the next release."""
+        warnings.warn("direction_ was renamed polarity_.", DeprecationWarning, stacklevel=2)
+        return self.polarity_
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.classifier_tags.multi_class = False
         return tags
 
-    def _check_params(self) -> None:
+    def _check_params(self) -> str:
+        """Check the parameters; the polarity to use (the deprecated ``direction`` if given)."""
+        polarity = renamed("direction", self.direction, "polarity", self.polarity, default="auto", stacklevel=4)
         if self.strategy not in _STRATEGIES:
             raise ValueError(f"strategy must be one of {_STRATEGIES}; got {self.strategy!r}.")
-        if self.direction not in _DIRECTIONS:
-            raise ValueError(f"direction must be one of {_DIRECTIONS}; got {self.direction!r}.")
+        if polarity not in _POLARITIES:
+            raise ValueError(f"polarity must be one of {_POLARITIES}; got {polarity!r}.")
         if self.strategy == "target_fpr":
             if (
                 not isinstance(self.target_fpr, Real)
@@ -194,6 +210,7 @@ class ThresholdClassifier(ClassifierMixin, BaseEstimator):
                 f"target_fpr is only used with strategy='target_fpr'; got target_fpr={self.target_fpr!r} "
                 f"with strategy={self.strategy!r}."
             )
+        return polarity
 
     def fit(self, X: Any, y: Any, sample_weight: Any = None) -> ThresholdClassifier:
         """Learn the threshold.
@@ -206,7 +223,7 @@ class ThresholdClassifier(ClassifierMixin, BaseEstimator):
             Two class labels; the larger one (``classes_[1]``) is the positive class.
         sample_weight : array-like of shape (n_samples,), default=None
             Non-negative weights: the rates (TPR, FPR, accuracy), the ROC-AUC behind
-            ``direction="auto"`` and the scale of ``predict_proba`` are weighted; a weight of 2 counts a
+            ``polarity="auto"`` and the scale of ``predict_proba`` are weighted; a weight of 2 counts a
             sample twice, a weight of 0 removes it.
 
         Returns
@@ -220,7 +237,7 @@ class ThresholdClassifier(ClassifierMixin, BaseEstimator):
             If a parameter is invalid, ``X`` is not finite, ``y`` is not binary, or only one class
             is present.
         """
-        self._check_params()
+        polarity = self._check_params()
         X, y = validate_data(self, X, y, dtype=np.float64)
         check_classification_targets(y)
         y_type = type_of_target(y, input_name="y")
@@ -241,10 +258,10 @@ class ThresholdClassifier(ClassifierMixin, BaseEstimator):
         best: tuple[float, int, float, int] | None = None  # (criterion, -column, threshold, sign)
         for j in range(X.shape[1]):
             column = X_kept[:, j]
-            if self.direction == "auto":
+            if polarity == "auto":
                 sign = 1 if _rank_auc(column, positive, weights) >= 0.5 else -1
             else:
-                sign = 1 if self.direction == "higher" else -1
+                sign = 1 if polarity == "higher" else -1
             threshold, criterion = _threshold_search(
                 sign * column, positive, weights, self.strategy, self.target_fpr
             )
@@ -254,7 +271,7 @@ class ThresholdClassifier(ClassifierMixin, BaseEstimator):
         criterion, neg_j, threshold, sign = best
         self.feature_index_ = -neg_j
         self.threshold_ = threshold
-        self.direction_ = "higher" if sign == 1 else "lower"
+        self.polarity_ = "higher" if sign == 1 else "lower"
         self.criterion_ = criterion
         column = X_kept[:, self.feature_index_]
         mean = np.average(column, weights=weights)
@@ -276,7 +293,7 @@ class ThresholdClassifier(ClassifierMixin, BaseEstimator):
         """
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=np.float64)
-        sign = 1.0 if self.direction_ == "higher" else -1.0
+        sign = 1.0 if self.polarity_ == "higher" else -1.0
         return sign * (X[:, self.feature_index_] - self.threshold_)
 
     def predict(self, X: Any) -> np.ndarray:
@@ -326,10 +343,13 @@ class FisherFeatures(TransformerMixin, BaseEstimator):
         fixed feature extractor), so ``GridSearchCV`` does not copy the model.
     metrics : sequence of str, default=("trace", "quadratic_form")
         Metric names (see :class:`~art_fisher.detection.detector.FisherInformationDetector`).
-    output, direction, blockwise, normalize, classes, params, method, epsilon, tau
+    output, direction, blockwise, normalize, classes, params, method, fd_step, tau
         Metric options, as in :class:`~art_fisher.detection.detector.FisherInformationDetector`.
-    batch_size : int, default=128
-        Samples per metric computation.
+    chunk_size : int, default=128
+        Samples per metric computation (bounds memory; the values do not depend on it).
+    batch_size, epsilon
+        Deprecated names of ``chunk_size`` and ``fd_step`` (warned about in ``fit``, ``transform``);
+        they stop working in the next release.
 
     Attributes
     ----------
@@ -357,9 +377,11 @@ class FisherFeatures(TransformerMixin, BaseEstimator):
         classes: str = _features.DEFAULT_OPTIONS.classes,
         params: Sequence[str] | None = _features.DEFAULT_OPTIONS.params,
         method: str = _features.DEFAULT_OPTIONS.method,
-        epsilon: float = _features.DEFAULT_OPTIONS.epsilon,
+        fd_step: float = _features.DEFAULT_OPTIONS.fd_step,
         tau: float | None = _features.DEFAULT_OPTIONS.tau,
-        batch_size: int = 128,
+        chunk_size: int = 128,
+        batch_size: Any = DEPRECATED,
+        epsilon: Any = DEPRECATED,
     ) -> None:
         self.classifier = classifier
         self.metrics = metrics
@@ -370,9 +392,11 @@ class FisherFeatures(TransformerMixin, BaseEstimator):
         self.classes = classes
         self.params = params
         self.method = method
-        self.epsilon = epsilon
+        self.fd_step = fd_step
         self.tau = tau
+        self.chunk_size = chunk_size
         self.batch_size = batch_size
+        self.epsilon = epsilon
 
     def __sklearn_clone__(self) -> FisherFeatures:
         # Share the (read-only) ART classifier instead of deep-copying its model; the other
@@ -387,10 +411,9 @@ class FisherFeatures(TransformerMixin, BaseEstimator):
         tags.input_tags.three_d_array = True
         return tags
 
-    def _options(self) -> _features.MetricOptions:
-        options = _features.options_of(self)
-        _features.check_batch_size(self.batch_size)
-        return options
+    def _settings(self) -> tuple[_features.MetricOptions, int]:
+        """The checked metric options and chunk size (deprecated names warned about to the caller)."""
+        return _features.options_of(self), _features.chunk_size_of(self, default=128)
 
     def fit(self, X: Any, y: Any = None) -> FisherFeatures:
         """Check the settings and ``X``; learn nothing.
@@ -411,7 +434,7 @@ class FisherFeatures(TransformerMixin, BaseEstimator):
         ValueError
             If a setting is invalid, or ``X`` has the wrong shape or is not finite.
         """
-        options = self._options()
+        options, _chunk_size = self._settings()
         _features.check_inputs(self.classifier, X, name="X")
         self.feature_names_ = _features.feature_names(options.metrics, _features.block_names(self.classifier, options))
         return self
@@ -429,11 +452,9 @@ class FisherFeatures(TransformerMixin, BaseEstimator):
         ndarray of shape (n_samples, n_features)
             float64 metric values, columns as :meth:`get_feature_names_out`.
         """
-        options = self._options()
+        options, chunk_size = self._settings()
         X = _features.check_inputs(self.classifier, X, name="X")
-        values = _features.compute(
-            self.classifier, X, metrics=options.metrics, settings=options, batch_size=int(self.batch_size)
-        )
+        values = _features.compute(self.classifier, X, metrics=options.metrics, settings=options, chunk_size=chunk_size)
         return _features.feature_matrix(values, options.metrics)
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
@@ -443,6 +464,6 @@ class FisherFeatures(TransformerMixin, BaseEstimator):
         -------
         ndarray of str
         """
-        options = self._options()
+        options, _chunk_size = self._settings()
         blocks = _features.block_names(self.classifier, options)
         return np.asarray(_features.feature_names(options.metrics, blocks), dtype=object)

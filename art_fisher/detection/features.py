@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from art_fisher import _checks
+from art_fisher._deprecation import DEPRECATED, renamed
 from art_fisher.metrics.top_mass import check_tau, selection
 
 logger = logging.getLogger(__name__)
@@ -42,8 +43,8 @@ DIRECTIONS = tuple(d for d in _checks.DIRECTIONS if d != "label")
 #: Fraction of input dimensions whose share of the absolute sensitivity is the ``top_mass`` feature.
 TOP_FRACTION = 0.1
 
-_SCALAR_OPTIONS = ("output", "params", "method", "epsilon", "tau")
-_DIRECTIONAL_OPTIONS = (*_SCALAR_OPTIONS, "direction", "blockwise", "normalize", "classes")
+_SCALAR_OPTIONS = ("output", "params", "method", "fd_step", "tau")
+_DIRECTIONAL_OPTIONS = (*_SCALAR_OPTIONS[:-1], "direction", "blockwise", "normalize", "classes", "tau")
 
 
 @dataclass(frozen=True)
@@ -78,9 +79,7 @@ METRICS: dict[str, MetricSpec] = {
     "max_eigenvalue": MetricSpec("fisher_max_eigenvalue", ("output", "params", "tau")),  # always exact
     # tr F_kk of each parameter tensor k: the per-layer profile of the trace, at the trace's cost.
     "block_traces": MetricSpec("fisher_block_traces", ("output", "params", "tau"), per_block=True),  # always exact
-    "sensitivity": MetricSpec(  # always over every class
-        "fisher_sensitivity", tuple(o for o in _DIRECTIONAL_OPTIONS if o != "tau"), is_map=True
-    ),
+    "sensitivity": MetricSpec("fisher_sensitivity", _DIRECTIONAL_OPTIONS[:-1], is_map=True),  # no tau
 }
 
 #: Reductions of a sensitivity map :math:`s` (flattened to :math:`D` entries) to features:
@@ -90,7 +89,7 @@ METRICS: dict[str, MetricSpec] = {
 SENSITIVITY_REDUCTIONS = ("l1", "l2", "max", "top_mass")
 
 
-def feature_directions(metrics: Sequence[str], blocks: Sequence[str] = ()) -> list[str]:
+def feature_polarities(metrics: Sequence[str], blocks: Sequence[str] = ()) -> list[str]:
     """Which values of each feature column (:func:`feature_names` order) suggest an adversarial input.
 
     ``"higher"`` for every Fisher magnitude (the scalar metrics, each parameter tensor's trace and the
@@ -99,15 +98,15 @@ def feature_directions(metrics: Sequence[str], blocks: Sequence[str] = ()) -> li
     on digits, its ROC-AUC is above 0.5 for some attacks and below for others), which clean-only
     calibration leaves out. ``blocks``: as in :func:`feature_names`.
     """
-    directions: list[str] = []
+    polarities: list[str] = []
     for name in metrics:
         if METRICS[name].is_map:
-            directions.extend("none" if r == "top_mass" else "higher" for r in SENSITIVITY_REDUCTIONS)
+            polarities.extend("none" if r == "top_mass" else "higher" for r in SENSITIVITY_REDUCTIONS)
         elif METRICS[name].per_block:
-            directions.extend("higher" for _ in _blocks_for(name, blocks))
+            polarities.extend("higher" for _ in _blocks_for(name, blocks))
         else:
-            directions.append("higher")
-    return directions
+            polarities.append("higher")
+    return polarities
 
 
 def _blocks_for(metric: str, blocks: Sequence[str]) -> Sequence[str]:
@@ -125,13 +124,6 @@ def block_names(classifier: Any, options: MetricOptions) -> tuple[str, ...]:
     if not any(METRICS[m].per_block for m in options.metrics):
         return ()
     return tuple(_checks.check_params(classifier.model, options.params))
-
-
-def available_metrics() -> tuple[str, ...]:
-    """Names in :data:`METRICS` whose function exists in the installed :mod:`art_fisher.metrics`."""
-    from art_fisher import metrics as metrics_module
-
-    return tuple(name for name, spec in METRICS.items() if hasattr(metrics_module, spec.function))
 
 
 def feature_names(metrics: Sequence[str], blocks: Sequence[str] = ()) -> list[str]:
@@ -182,7 +174,7 @@ class MetricOptions:
     Parameters
     ----------
     metrics : sequence of str, default=("trace", "quadratic_form")
-        Metric names from :data:`METRICS` (where :mod:`art_fisher.metrics` provides them). One feature
+        Metric names from :data:`METRICS`. One feature
         column per scalar metric, one per selected parameter tensor for ``"block_traces"`` (the trace of
         that tensor's own block of :math:`F(x)`), four for ``"sensitivity"`` (:data:`SENSITIVITY_REDUCTIONS`).
     output : {"logits", "log_probs", "probs"}, default="logits"
@@ -207,14 +199,11 @@ class MetricOptions:
     method : {"exact", "finite_difference"}, default="exact"
         Autodiff, or the original paper's central finite differences (``"max_eigenvalue"`` is always
         exact).
-    epsilon : float, default=1e-3
+    fd_step : float, default=1e-3
         Finite-difference step (only used with ``method="finite_difference"``).
     tau : float in (0, 1) or None, default=None
-        Many-class heads: the trace, block traces, λ_max and quadratic form keep each sample's most
-        probable classes holding ``1 − tau`` of its probability and merge the others into one class
-        (:mod:`art_fisher.metrics.top_mass`; a lower bound of the exact value at about as many backward
-        passes as kept classes). The sensitivity stays exact. None: exact. Needs ``method="exact"`` and
-        ``classes="all"``.
+        Many-class heads (:mod:`art_fisher.metrics.top_mass`): every metric but the sensitivity over the
+        classes holding ``1 − tau`` of each sample's probability, a lower bound. None: exact.
     """
 
     metrics: tuple[str, ...] = ("trace", "quadratic_form")
@@ -225,7 +214,7 @@ class MetricOptions:
     classes: str = "all"
     params: tuple[str, ...] | None = None
     method: str = "exact"
-    epsilon: float = 1e-3
+    fd_step: float = 1e-3
     tau: float | None = None
 
     def checked(self, classifier: Any) -> MetricOptions:
@@ -242,7 +231,7 @@ class MetricOptions:
         names = (self.metrics,) if isinstance(self.metrics, str) else self.metrics
         if not isinstance(names, Sequence) or len(names) == 0:
             raise ValueError(f"metrics must be a non-empty sequence of metric names; got {self.metrics!r}.")
-        known = available_metrics()
+        known = tuple(METRICS)
         for name in names:
             if name not in known:
                 raise ValueError(f"metrics must be names from {known}; got {name!r} in {self.metrics!r}.")
@@ -275,13 +264,13 @@ class MetricOptions:
         return MetricOptions(
             metrics=tuple(names), output=self.output, direction=self.direction, blockwise=self.blockwise,
             normalize=self.normalize, classes=self.classes, params=params, method=self.method,
-            epsilon=_checks.check_epsilon(self.epsilon), tau=tau,
+            fd_step=_checks.check_fd_step(self.fd_step), tau=tau,
         )  # fmt: skip
 
     def kwargs_for(self, metric: str) -> dict[str, Any]:
         """Keyword arguments of the metric function of ``metric`` (None ``blockwise``: its own default)."""
         kwargs = {key: getattr(self, key) for key in METRICS[metric].options}
-        if kwargs.get("tau", 0) is None:  # exact: the metric's own default (not every metric takes tau)
+        if kwargs.get("tau", 0) is None:  # exact: the metric's own default
             del kwargs["tau"]
         if kwargs.get("params") is not None:
             kwargs["params"] = list(kwargs["params"])
@@ -297,21 +286,40 @@ OPTION_NAMES = tuple(f.name for f in fields(MetricOptions))
 
 
 def options_of(owner: Any) -> MetricOptions:
-    """The checked :class:`MetricOptions` held (as attributes of the same names) by a detector or transformer."""
-    raw = MetricOptions(**{name: getattr(owner, name) for name in OPTION_NAMES})
-    return raw.checked(owner.classifier)
+    """The checked :class:`MetricOptions` held (as attributes of the same names) by a detector or transformer.
+
+    An owner that still holds the deprecated ``epsilon`` (set, not :data:`~art_fisher._deprecation.DEPRECATED`)
+    has it taken as ``fd_step``, with a DeprecationWarning attributed to the caller of the owner's method
+    that called this function.
+    """
+    values = {name: getattr(owner, name) for name in OPTION_NAMES}
+    values["fd_step"] = renamed(
+        "epsilon", getattr(owner, "epsilon", DEPRECATED), "fd_step", values["fd_step"],
+        default=DEFAULT_OPTIONS.fd_step, stacklevel=5,
+    )  # fmt: skip
+    return MetricOptions(**values).checked(owner.classifier)
 
 
-def check_batch_size(batch_size: Any, name: str = "batch_size") -> int:
-    """``batch_size`` as an int; TypeError / ValueError unless it is a positive integer."""
-    if batch_size is None:
+def chunk_size_of(owner: Any, default: int) -> int:
+    """The checked ``chunk_size`` of a detector or transformer (its deprecated ``batch_size`` if it holds one)."""
+    size = renamed(
+        "batch_size", getattr(owner, "batch_size", DEPRECATED), "chunk_size", owner.chunk_size, default=default,
+        stacklevel=5,
+    )  # fmt: skip
+    return check_chunk_size(size)
+
+
+def check_chunk_size(chunk_size: Any, name: str = "chunk_size") -> int:
+    """``chunk_size`` as an int; TypeError / ValueError unless it is a positive integer."""
+    if chunk_size is None:
         raise ValueError(f"{name} must be a positive int; got None.")
-    if isinstance(batch_size, np.integer):
-        batch_size = int(batch_size)
+    if isinstance(chunk_size, np.integer):
+        chunk_size = int(chunk_size)
     try:
-        return _checks.check_batch_size(batch_size)
+        _checks.check_chunk_size(chunk_size, name)
     except (TypeError, ValueError) as err:
-        raise type(err)(str(err).replace("batch_size", name, 1).replace("None or ", "")) from None
+        raise type(err)(str(err).replace("None or ", "")) from None
+    return chunk_size
 
 
 def check_inputs(classifier: Any, x: Any, name: str = "x") -> np.ndarray:
@@ -380,7 +388,9 @@ def _standardisation_scale(classifier: Any, x_shape: tuple[int, ...]) -> np.ndar
     Returns None when there is no preprocessing, and logs when the map stays in the preprocessed space.
     """
     from art.preprocessing.standardisation_mean_std.numpy import StandardisationMeanStd
-    from art.preprocessing.standardisation_mean_std.pytorch import StandardisationMeanStdPyTorch
+    from art.preprocessing.standardisation_mean_std.pytorch import (
+        StandardisationMeanStdPyTorch,
+    )
     from art.preprocessing.standardisation_mean_std.utils import broadcastable_mean_std
 
     ops = classifier.preprocessing_operations
@@ -416,7 +426,7 @@ def compute(
     *,
     metrics: Sequence[str],
     settings: MetricOptions,
-    batch_size: int,
+    chunk_size: int,
     reduce_maps: bool = True,
     progress: bool = False,
 ) -> dict[str, np.ndarray]:
@@ -431,8 +441,8 @@ def compute(
         Names from :data:`METRICS`.
     settings : MetricOptions
         Checked options (:func:`options_of`); its ``metrics`` are not used (``metrics`` says which).
-    batch_size : int
-        Samples per metric call.
+    chunk_size : int
+        Samples per metric call (bounds memory; the values do not depend on it).
     reduce_maps : bool
         If True, a map metric gives its :data:`SENSITIVITY_REDUCTIONS` features, shape (N, 4);
         if False, the map itself, of the shape of ``x`` (w.r.t. the raw input for a plain
@@ -454,10 +464,10 @@ def compute(
     scale = _standardisation_scale(classifier, x.shape[1:]) if any(METRICS[m].is_map for m in metrics) else None
     kwargs = {name: settings.kwargs_for(name) for name in metrics}
     chunks: dict[str, list[np.ndarray]] = {name: [] for name in metrics}
-    starts = range(0, len(x), batch_size)
+    starts = range(0, len(x), chunk_size)
     with _eval_mode(model):
         for start in tqdm(starts, desc="Fisher metrics", disable=not progress, leave=False):
-            batch = x[start : start + batch_size]
+            batch = x[start : start + chunk_size]
             batch, _ = classifier._apply_preprocessing(batch, y=None, fit=False)
             # A fresh tensor with canonical strides: numpy slices of (N, 1, H, W) arrays can carry
             # unusual strides on size-1 axes, which the metrics' internal ``view`` calls reject.

@@ -1,6 +1,8 @@
 """Detector files: what :meth:`FisherInformationDetector.save` writes and :meth:`~.load` accepts.
 
-A file is a ``skops.io`` archive (never bare pickle) of one dict:
+This module knows files, not detectors: it writes and reads back the state dict that the detector
+hands out (``FisherInformationDetector._get_state``) and takes back (``_set_state``). A file is a
+``skops.io`` archive (never bare pickle) of that dict with three keys added:
 
 - ``format``, ``format_version``: identify the layout (:data:`DETECTOR_FORMAT`, :data:`DETECTOR_FORMAT_VERSION`);
 - ``versions``: the package versions that wrote it (a difference is warned about, not refused);
@@ -11,7 +13,7 @@ A file is a ``skops.io`` archive (never bare pickle) of one dict:
 
 Loading reads the archive with skops' default trusted types, :class:`~art_fisher.detection.estimators.ThresholdClassifier`,
 :class:`~art_fisher.detection.calibration.QuantileOutlierDetector` and the type names the caller adds, then checks
-every key, type and value before building the detector. Every malformed or foreign file gives ValueError.
+every key, type and value before it hands the state back. Every malformed or foreign file gives ValueError.
 """
 
 from __future__ import annotations
@@ -22,21 +24,27 @@ import hashlib
 import logging
 import warnings
 import zipfile
+import zlib
 from collections.abc import Iterator, Sequence
 from numbers import Integral, Real
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from art_fisher._atomic import atomic_write
-
-if TYPE_CHECKING:  # pragma: no cover
-    from art_fisher.detection.detector import FisherInformationDetector
+from art_fisher.detection.decision import estimator_kind
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DETECTOR_FORMAT", "DETECTOR_FORMAT_VERSION", "load_detector", "model_fingerprint", "save_detector"]
+__all__ = [
+    "DETECTOR_FORMAT",
+    "DETECTOR_FORMAT_VERSION",
+    "invalid_file",
+    "model_fingerprint",
+    "read_state",
+    "write_state",
+]
 
 #: Identifies files written by :meth:`FisherInformationDetector.save`.
 DETECTOR_FORMAT = "art_fisher.FisherInformationDetector"
@@ -57,6 +65,10 @@ _FORMER_MODULES = {
     "art_fisher.calibration": "art_fisher.detection.calibration",
     "art_fisher.transforms": "art_fisher.detection.transforms",
 }
+#: Keys :func:`write_state` adds to the detector's state (the others come from the detector).
+_ADDED_KEYS = ("format", "format_version", "versions")
+#: Settings saved under an earlier name -> the constructor argument that replaced it.
+_RENAMED_SETTINGS = {"batch_size": "chunk_size", "epsilon": "fd_step"}
 _KEYS = ("format", "format_version", "versions", "settings", "estimator", "estimator_", "feature_names",
          "input_shape", "nb_classes")  # fmt: skip
 
@@ -129,25 +141,35 @@ def model_fingerprint(classifier: Any) -> str:
     return h.hexdigest()
 
 
-def save_detector(detector: FisherInformationDetector, path: str | Path) -> None:
-    """Write a fitted detector's learned state to ``path`` atomically (see the module docstring)."""
+def write_state(state: dict[str, Any], path: str | Path) -> None:
+    """Write a fitted detector's state dict to ``path`` atomically (see the module docstring).
+
+    Parameters
+    ----------
+    state : dict
+        ``FisherInformationDetector._get_state()``: ``settings``, ``estimator``, ``estimator_``,
+        ``feature_names``, ``input_shape``, ``nb_classes`` and ``model_fingerprint``. Not changed (the
+        estimators are written as copies without scikit-learn's metadata-routing requests).
+    path : str or Path
+        The file to write, conventionally ``*.skops``.
+    """
     import skops.io as sio
 
-    state = {
+    keys = [k for k in (*_KEYS, "model_fingerprint") if k not in _ADDED_KEYS]
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise ValueError(f"state is missing the keys {missing}.")
+    record = {
         "format": DETECTOR_FORMAT,
         "format_version": DETECTOR_FORMAT_VERSION,
         "versions": _versions(),
-        "settings": {key: _plain(getattr(detector, key)) for key in _setting_names(detector)},
-        "estimator": _without_routing_requests(detector.estimator),
-        "estimator_": _without_routing_requests(detector.estimator_),
-        "feature_names": list(detector.feature_names_),
-        "input_shape": [int(d) for d in detector.classifier.input_shape],
-        "nb_classes": int(detector.classifier.nb_classes),
-        "model_fingerprint": detector.model_fingerprint_,
+        **{key: state[key] for key in keys},
+        "settings": {key: _plain(value) for key, value in state["settings"].items()},
+        "estimator": _without_routing_requests(state["estimator"]),
+        "estimator_": _without_routing_requests(state["estimator_"]),
     }
-    state["settings"]["metrics"] = list(detector._metric_names)
     with atomic_write(path) as fh:
-        sio.dump(state, fh)
+        sio.dump(record, fh)
 
 
 def _without_routing_requests(estimator: Any) -> Any:
@@ -165,10 +187,6 @@ def _without_routing_requests(estimator: Any) -> Any:
     return copied
 
 
-def _setting_names(detector_or_cls: Any) -> list[str]:
-    return [k for k in detector_or_cls.defence_params if k not in ("classifier", "estimator")]
-
-
 def _plain(value: Any) -> Any:
     """Settings as builtins (tuples become lists, numpy scalars become Python numbers)."""
     if isinstance(value, (tuple, list)):
@@ -178,7 +196,8 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _refuse(path: Path, why: str) -> ValueError:
+def invalid_file(path: str | Path, why: str) -> ValueError:
+    """The ValueError for a detector file that is readable but wrong: ``why`` says what is wrong."""
     return ValueError(f"{path} is not a valid saved FisherInformationDetector: {why}.")
 
 
@@ -198,6 +217,72 @@ def _former_modules() -> Iterator[None]:
             sys.modules.pop(old, None)
 
 
+#: Largest detector file, largest ``schema.json`` and most bytes skops may read from the archive's members
+#: (each member counted once per node that reads it). A saved detector is a few KB to a few MB.
+MAX_DETECTOR_FILE_BYTES = 64 * 2**20
+MAX_SCHEMA_BYTES = 8 * 2**20
+MAX_MEMBER_READ_BYTES = 64 * 2**20
+_MAX_MEMBERS = 10_000
+
+
+def _member_references(schema: Any) -> list[str]:
+    """Every ``"file"`` a skops schema points at, once per node (iteratively: no recursion limit)."""
+    found, todo = [], [schema]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, dict):
+            if isinstance(node.get("file"), str):
+                found.append(node["file"])
+            todo.extend(node.values())
+        elif isinstance(node, list):
+            todo.extend(node)
+    return found
+
+
+def _check_archive(path: Path) -> None:
+    """Bound what skops will read before it reads anything: file size, members' declared and inflated sizes,
+    and the bytes its schema's nodes would read (one member can be named by many nodes)."""
+    import json
+
+    size = path.stat().st_size
+    if size > MAX_DETECTOR_FILE_BYTES:
+        raise invalid_file(path, f"{size} bytes, over the {MAX_DETECTOR_FILE_BYTES}-byte limit for a detector file")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+            names = [info.filename for info in infos]
+            if len(infos) > _MAX_MEMBERS or len(set(names)) != len(names):
+                raise invalid_file(path, f"{len(infos)} archive members, some named twice or over {_MAX_MEMBERS}")
+            declared = {info.filename: info.file_size for info in infos}
+            if declared.get("schema.json", MAX_SCHEMA_BYTES + 1) > MAX_SCHEMA_BYTES:
+                raise invalid_file(path, f"no schema.json of at most {MAX_SCHEMA_BYTES} bytes")
+            schema = json.loads(archive.read("schema.json"))
+            read = 0
+            for name in _member_references(schema):
+                if name not in declared:
+                    raise invalid_file(path, f"its schema names a member {name[:60]!r} that the archive lacks")
+                read += declared[name]
+            if read > MAX_MEMBER_READ_BYTES:
+                raise invalid_file(path, f"its schema's nodes would read {read} bytes from the archive's members, over "
+                                    f"the {MAX_MEMBER_READ_BYTES}-byte limit")
+            for info in infos:  # inflate each member once, in chunks: its declared size and CRC must hold
+                inflated = 0
+                with archive.open(info) as member:
+                    while chunk := member.read(2**20):
+                        inflated += len(chunk)
+                if inflated != info.file_size:
+                    raise invalid_file(path, f"member {info.filename[:60]!r} inflates to {inflated} bytes, not the "
+                                        f"{info.file_size} it declares")
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError, RuntimeError,
+            UnicodeDecodeError, RecursionError) as err:
+        raise ValueError(f"{path} is not a saved FisherInformationDetector (not a readable skops file: "
+                         f"{type(err).__name__}: {str(err)[:200]}).") from err
+    except ValueError as err:
+        if str(err).startswith(str(path)):
+            raise
+        raise invalid_file(path, f"its schema.json is not JSON ({str(err)[:200]})") from err
+
+
 def _read_state(path: Path, trusted: Sequence[str]) -> dict[str, Any]:
     import skops.io as sio
 
@@ -205,6 +290,7 @@ def _read_state(path: Path, trusted: Sequence[str]) -> dict[str, Any]:
         raise ValueError(f"{path} does not exist.")
     if not path.is_file():
         raise ValueError(f"{path} is not a file (a saved detector is one .skops file).")
+    _check_archive(path)
     try:
         untrusted = sio.get_untrusted_types(file=path)
     except (zipfile.BadZipFile, KeyError, ValueError, TypeError, OSError, RecursionError) as err:
@@ -236,10 +322,10 @@ def _read_state(path: Path, trusted: Sequence[str]) -> dict[str, Any]:
     return state
 
 
-def _check_state(path: Path, state: dict[str, Any], cls: type) -> None:
+def _check_state(path: Path, state: dict[str, Any], setting_names: Sequence[str]) -> None:
     """Every key present with the right type; ValueError naming the first problem."""
     version = state.get("format_version")
-    if version not in _READABLE_VERSIONS:
+    if isinstance(version, bool) or not isinstance(version, Integral) or version not in _READABLE_VERSIONS:
         raise ValueError(
             f"{path} has detector format version {version!r}; this art_fisher reads versions "
             f"{list(_READABLE_VERSIONS)}."
@@ -247,48 +333,76 @@ def _check_state(path: Path, state: dict[str, Any], cls: type) -> None:
     keys = (*_KEYS, "model_fingerprint") if version >= 2 else _KEYS
     missing = [k for k in keys if k not in state]
     if missing:
-        raise _refuse(path, f"keys {missing} are missing")
+        raise invalid_file(path, f"keys {missing} are missing")
     settings = state["settings"]
     if not isinstance(settings, dict):
-        raise _refuse(path, f"'settings' must be a dict; got {type(settings).__name__}")
-    unknown = sorted(set(settings) - set(_setting_names(cls)))
+        raise invalid_file(path, f"'settings' must be a dict; got {type(settings).__name__}")
+    unknown = sorted(set(settings) - set(setting_names) - set(_RENAMED_SETTINGS))
     if unknown:
-        raise _refuse(path, f"'settings' has unknown keys {unknown}")
+        raise invalid_file(path, f"'settings' has unknown keys {unknown}")
     names = state["feature_names"]
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise _refuse(path, "'feature_names' must be a list of str")
+        raise invalid_file(path, "'feature_names' must be a list of str")
     shape = state["input_shape"]
     if not isinstance(shape, list) or not all(isinstance(d, Integral) and d > 0 for d in shape):
-        raise _refuse(path, f"'input_shape' must be a list of positive integers; got {shape!r}")
+        raise invalid_file(path, f"'input_shape' must be a list of positive integers; got {shape!r}")
     if not isinstance(state["nb_classes"], Integral) or state["nb_classes"] < 2:
-        raise _refuse(path, f"'nb_classes' must be an integer >= 2; got {state['nb_classes']!r}")
+        raise invalid_file(path, f"'nb_classes' must be an integer >= 2; got {state['nb_classes']!r}")
     if not isinstance(state["versions"], dict):
-        raise _refuse(path, "'versions' must be a dict")
+        raise invalid_file(path, "'versions' must be a dict")
     fingerprint = state.get("model_fingerprint")
     if version >= 2 and not (isinstance(fingerprint, str) and len(fingerprint) == 64):
-        raise _refuse(path, "'model_fingerprint' must be a 64-character SHA-256 hex digest")
+        raise invalid_file(path, "'model_fingerprint' must be a 64-character SHA-256 hex digest")
 
 
-def load_detector(
-    cls: type,
+def read_state(
     path: str | Path,
     classifier: Any,
     *,
+    setting_names: Sequence[str],
     trusted: Sequence[str] = (),
     allow_other_model: bool = False,
-) -> FisherInformationDetector:
-    """Read, check and rebuild a detector; see :meth:`FisherInformationDetector.load`."""
+) -> dict[str, Any]:
+    """Read and check a detector file for ``classifier``; the state dict for ``_set_state``.
+
+    Checked: the archive holds only trusted types; every key is present with the right type; the
+    settings are among ``setting_names``; the saved input shape and class count are the classifier's;
+    the saved fingerprint is the classifier's (:func:`model_fingerprint`; a mismatch or a format 1
+    file is refused unless ``allow_other_model``, then warned about); ``estimator_`` is a fitted
+    binary classifier or outlier detector. Different package versions are warned about.
+
+    Parameters
+    ----------
+    path : str or Path
+    classifier : art.estimators.classification.PyTorchClassifier
+    setting_names : sequence of str
+        The constructor arguments a file's ``settings`` may hold.
+    trusted : sequence of str
+        Further type names to trust.
+    allow_other_model : bool
+
+    Returns
+    -------
+    dict
+        The file's state, with ``settings`` as constructor keyword arguments (sequences as tuples,
+        renamed settings of earlier files under their current names), ``model_fingerprint`` the
+        fingerprint of ``classifier`` and ``calibration`` ``"labels"`` or ``"clean"`` (from the kind of
+        ``estimator_``).
+
+    Raises
+    ------
+    ValueError
+        If the file is missing, malformed, untrusted or of another format, or fitted for another
+        classifier.
+    """
     from sklearn.exceptions import NotFittedError
     from sklearn.utils.validation import check_is_fitted
 
-    from art_fisher.detection import features as _features
-
-    _features.check_classifier(classifier)
     if not isinstance(allow_other_model, bool):
         raise ValueError(f"allow_other_model must be True or False; got {allow_other_model!r}.")
     path = Path(path)
     state = _read_state(path, trusted)
-    _check_state(path, state, cls)
+    _check_state(path, state, setting_names)
     saved_shape = tuple(state["input_shape"])
     if tuple(classifier.input_shape) != saved_shape or classifier.nb_classes != state["nb_classes"]:
         raise ValueError(
@@ -320,34 +434,21 @@ def load_detector(
                 UserWarning,
                 stacklevel=3,
             )
-    settings = dict(state["settings"])
+    settings = {_RENAMED_SETTINGS.get(key, key): value for key, value in state["settings"].items()}
     for key in ("metrics", "params"):
         if isinstance(settings.get(key), list):
             settings[key] = tuple(settings[key])
-    try:
-        detector = cls(classifier, estimator=state["estimator"], **settings)
-    except (TypeError, ValueError) as err:
-        raise _refuse(path, f"its settings are invalid ({err})") from err
     fitted = state["estimator_"]
     try:
-        kind = _estimator_kind(fitted, "estimator_")
+        kind = estimator_kind(fitted, "estimator_")
         check_is_fitted(fitted)
     except (TypeError, NotFittedError) as err:
-        raise _refuse(path, f"'estimator_' is not a fitted estimator ({err})") from err
+        raise invalid_file(path, f"'estimator_' is not a fitted estimator ({err})") from err
     if kind == "classifier" and len(getattr(fitted, "classes_", ())) != 2:
-        raise _refuse(path, "'estimator_' is not a binary classifier")
-    blocks = _features.block_names(classifier, detector._options)
-    if state["feature_names"] != _features.feature_names(detector._metric_names, blocks):
-        raise ValueError(f"{path} is inconsistent: its feature names do not match its metrics.")
-    detector.estimator_ = fitted
-    detector.feature_names_ = list(state["feature_names"])
-    detector.model_fingerprint_ = fingerprint
-    detector.calibration_ = "clean" if kind == "outlier_detector" else "labels"
-    return detector
-
-
-def _estimator_kind(estimator: Any, name: str = "estimator") -> str:
-    """``"classifier"`` or ``"outlier_detector"``; TypeError for anything a detector cannot decide with."""
-    from art_fisher.detection.decision import estimator_kind
-
-    return estimator_kind(estimator, name)
+        raise invalid_file(path, "'estimator_' is not a binary classifier")
+    return {
+        **state,
+        "settings": settings,
+        "model_fingerprint": fingerprint,
+        "calibration": "clean" if kind == "outlier_detector" else "labels",
+    }

@@ -132,7 +132,7 @@ class MaxSoftmaxRun(DetectorRun):
         features = softmax_features(self.ctx.classifier, x, self.ctx.batch_size)
         if y is None:
             self.estimator = QuantileOutlierDetector(
-                target_fpr=self.ctx.target_fpr, direction=("lower", "higher"), log=True
+                target_fpr=self.ctx.target_fpr, polarity=("lower", "higher"), log=True
             ).fit(features)
         else:
             self.estimator = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(features, y)

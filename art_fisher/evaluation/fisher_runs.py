@@ -66,7 +66,7 @@ class FisherFeatureCache:
                     x[list(todo.values())],
                     metrics=(metric,),
                     settings=settings,
-                    batch_size=batch_size,
+                    chunk_size=batch_size,
                     progress=detector.progress,
                 )[metric]
                 seconds = time.perf_counter() - start
@@ -107,7 +107,7 @@ class FisherRun(DetectorRun):
     def __init__(self, ctx: RunContext, metrics: tuple[str, ...]) -> None:
         self.detector = _cached_detector(
             ctx.shared.setdefault(__name__, FisherFeatureCache()), ctx.classifier, metrics=metrics,
-            target_fpr=ctx.target_fpr, batch_size=ctx.batch_size, progress=ctx.progress, tau=ctx.tau,
+            target_fpr=ctx.target_fpr, chunk_size=ctx.batch_size, progress=ctx.progress, tau=ctx.tau,
         )  # fmt: skip
 
     def fit(self, x: np.ndarray, y: np.ndarray | None) -> None:
@@ -152,24 +152,18 @@ COMBINED = ("block_traces",)
 def fisher_specs() -> dict[str, DetectorSpec]:
     """The Fisher registry entries: supervised ones first, then their clean-calibrated twins.
 
-    One detector per scalar metric, ``fisher_combined`` on :data:`COMBINED` (the scalar metrics together
-    where ``block_traces`` is not available), and the sensitivity (a per-pixel map, reduced to four
-    statistics) as a detector of its own; at about 3 ms per sample on the digits CNN it is in the
-    default set.
+    One detector per scalar metric, ``fisher_combined`` on :data:`COMBINED`, and the sensitivity (a
+    per-pixel map, reduced to four statistics) as a detector of its own; at about 3 ms per sample on
+    the digits CNN it is in the default set.
     """
     from art_fisher.detection.features import METRICS as _METRIC_SPECS
-    from art_fisher.detection.features import available_metrics
 
-    available = available_metrics()
-    scalar = tuple(m for m in available if not _METRIC_SPECS[m].is_map and not _METRIC_SPECS[m].per_block)
+    scalar = tuple(m for m, spec in _METRIC_SPECS.items() if not spec.is_map and not spec.per_block)
     entries: list[tuple[str, str, tuple[str, ...]]] = [
         (f"fisher_{m}", f"Fisher {m.replace('_', ' ')}", (m,)) for m in scalar
     ]
-    if all(m in available for m in COMBINED):
-        entries.append(("fisher_combined", "Fisher trace of each parameter tensor", COMBINED))
-    elif len(scalar) > 1:
-        entries.append(("fisher_combined", f"Fisher {' + '.join(scalar)}", scalar))
-    entries += [(f"fisher_{m}", f"Fisher {m} (map statistics)", (m,)) for m in available if _METRIC_SPECS[m].is_map]
+    entries.append(("fisher_combined", "Fisher trace of each parameter tensor", COMBINED))
+    entries += [(f"fisher_{m}", f"Fisher {m} (map statistics)", (m,)) for m, spec in _METRIC_SPECS.items() if spec.is_map]
     specs = {name: _spec(label, metrics, clean=False) for name, label, metrics in entries}
     specs.update({f"{name}_clean": _spec(label, metrics, clean=True) for name, label, metrics in entries})
     return specs

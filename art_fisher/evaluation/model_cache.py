@@ -58,13 +58,27 @@ class ModelSource:
     seconds: float
 
 
+def check_finite_scores(scores: np.ndarray, what: str, on: str) -> None:
+    """Raise ``ValueError`` naming ``what`` if any of its outputs ``scores`` (N, C) on ``on`` is NaN or infinite."""
+    bad = ~np.isfinite(np.asarray(scores)).all(axis=tuple(range(1, np.ndim(scores))))
+    if bool(bad.any()):
+        raise ValueError(f"{what}: its outputs are not finite (NaN or inf) on {int(bad.sum())} of {len(bad)} {on}; "
+                         "its weights or the inputs are broken, so no attack or detector result would mean anything.")
+
+
+def _non_finite_tensors(model: nn.Module) -> list[str]:
+    return [name for name, t in (*model.named_parameters(), *model.named_buffers())
+            if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
 def load_state_dict_file(arch: str, data: Dataset, path: Path, device: torch.device) -> nn.Module:
     """Build ``arch`` and load the user's state dict at ``path`` (``weights_only=True``).
 
     Raises
     ------
     ValueError
-        If the file is not a torch state dict of ``arch`` for the data's input shape and classes.
+        If the file is not a torch state dict of ``arch`` for the data's input shape and classes, holds
+        NaN or infinite weights, or gives outputs that are not finite on the first images of ``data``.
     """
     model = build_model(arch, in_channels=data.input_shape[0], n_classes=data.n_classes)
     try:
@@ -80,7 +94,14 @@ def load_state_dict_file(arch: str, data: Dataset, path: Path, device: torch.dev
             f"{arch!r} for inputs {data.input_shape} and {data.n_classes} classes; loading failed: "
             f"{type(exc).__name__}: {str(exc)[:300]}"
         ) from exc
-    return model.to(device).eval()
+    broken = _non_finite_tensors(model)
+    if broken:
+        raise ValueError(f"model {path}: weights {broken[:5]} hold NaN or infinite values.")
+    model = model.to(device).eval()
+    with torch.no_grad():
+        first = torch.as_tensor(data.x[:64], device=device, dtype=next(model.parameters()).dtype)
+        check_finite_scores(model(first).cpu().numpy(), f"model {path}", f"the first {len(first)} {data.name} images")
+    return model
 
 
 def _digest(state_dict: dict[str, torch.Tensor]) -> str:
@@ -121,6 +142,9 @@ def _read_cache(path: Path, key: str, model: nn.Module) -> None:
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise ValueError(f"its weights do not fit the architecture ({str(exc)[:200]})") from exc
+    broken = _non_finite_tensors(model)
+    if broken:
+        raise ValueError(f"its weights {broken[:5]} hold NaN or infinite values")
 
 
 def cached_model(

@@ -19,9 +19,7 @@ that know the detector) finds every fitted detector in the protocol's ``fitted``
 from __future__ import annotations
 
 import logging
-import os
 import platform
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,12 +32,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from art_fisher._atomic import check_output_dir
 from art_fisher.data.loaders import DATASETS, Dataset, load_dataset
 from art_fisher.evaluation import report as _report
 from art_fisher.evaluation.adaptive_attacks import ADAPTIVE_ATTACKS, adaptive_detectors, run_adaptive
-from art_fisher.evaluation.attacks import ATTACKS, DEFAULT_ATTACKS, DEFAULT_EPS, predict_labels, run_attack
+from art_fisher.evaluation.attacks import ATTACKS, DEFAULT_ATTACKS, DEFAULT_EPS, run_attack
 from art_fisher.evaluation.base import RunContext, seed_everything
-from art_fisher.evaluation.model_cache import ModelSource, cached_model, load_state_dict_file
+from art_fisher.evaluation.classifier import attacked_classifier
+from art_fisher.evaluation.model_cache import ModelSource, cached_model, check_finite_scores, load_state_dict_file
 from art_fisher.evaluation.protocol import score_detectors, split_sources
 from art_fisher.evaluation.registry import DEFAULT_DETECTORS, DETECTORS
 from art_fisher.metrics.top_mass import check_tau
@@ -56,6 +56,8 @@ DEFAULT_EPOCHS = {"digits": 30, "mnist": 3, "cifar10": 10}
 #: Upper bounds that catch typos (``--batch-size 1e20``) before any work.
 MAX_BATCH_SIZE = 2**16
 MAX_EPOCHS = 10_000
+#: Seeds: NumPy's legacy seeding and ART take 0 .. 2**32 - 1.
+MAX_SEED = 2**32 - 1
 _N_BACKGROUND = 200
 
 
@@ -177,20 +179,6 @@ def _resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def _check_output_dir(output_dir: Path) -> None:
-    """ValueError unless ``output_dir`` is a writable folder or can be created as one; writes nothing."""
-    existing = output_dir
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        where = "is a file" if existing == output_dir else f"lies under the file {existing}"
-        raise ValueError(f"output_dir must be a folder; {output_dir} {where}.")
-    try:  # the only reliable test (root ignores permission bits, file systems may be read-only)
-        os.rmdir(tempfile.mkdtemp(prefix=".art_fisher_probe_", dir=existing))
-    except OSError as exc:
-        raise ValueError(f"output_dir {output_dir} is not writable ({exc.strerror}: {existing}).") from exc
-
-
 def prepare(
     *,
     dataset: str = "digits",
@@ -228,7 +216,7 @@ def prepare(
         raise ValueError(f"eps must be a number in (0, 1] (pixels are in [0, 1]); got {eps!r}.")
     n_samples = _check_int("n_samples", n_samples, 4)
     batch_size = _check_int("batch_size", batch_size, 1, MAX_BATCH_SIZE)
-    seed = _check_int("seed", seed, 0)
+    seed = _check_int("seed", seed, 0, MAX_SEED)
     epochs = _check_int("epochs", DEFAULT_EPOCHS[dataset] if epochs is None else epochs, 1, MAX_EPOCHS)
     if isinstance(target_fpr, bool) or not isinstance(target_fpr, Real) or not 0 < target_fpr < 1:
         raise ValueError(f"target_fpr must be a number in (0, 1); got {target_fpr!r}.")
@@ -244,7 +232,7 @@ def prepare(
     if dataset != "digits" and data_dir is None:
         raise ValueError(f"data_dir is required for dataset {dataset!r} (nothing is downloaded); got None.")
     output_dir = Path(output_dir)
-    _check_output_dir(output_dir)
+    check_output_dir(output_dir)
 
     train = load_dataset(dataset, data_dir=data_dir, split="train")
     test = load_dataset(dataset, data_dir=data_dir, split="test")
@@ -295,13 +283,11 @@ def run(plan: EvaluationPlan) -> EvaluationResult:
             progress=p.progress,
         )  # fmt: skip
     timings["training"] = source.seconds
-    from art.estimators.classification import PyTorchClassifier
-
-    classifier = PyTorchClassifier(
-        source.model, loss=nn.CrossEntropyLoss(), input_shape=p.train.input_shape, nb_classes=p.train.n_classes,
-        clip_values=(0.0, 1.0), device_type="gpu" if p.device.type == "cuda" else "cpu",
-    )  # fmt: skip
-    pred_test = predict_labels(classifier, p.test.x, p.batch_size)
+    classifier = attacked_classifier(source.model, input_shape=p.train.input_shape, nb_classes=p.train.n_classes,
+                                     device=p.device)
+    scores_test = classifier.predict(p.test.x, batch_size=p.batch_size)
+    check_finite_scores(scores_test, f"model {source.path} ({source.status})", "clean test images")
+    pred_test = np.argmax(scores_test, axis=1)
     clean_accuracy = float(np.mean(pred_test == p.test.y))
     logger.info("clean test accuracy %.4f", clean_accuracy)
 
@@ -494,10 +480,6 @@ def _sensitivity_examples(
     classifier: Any, x_src: np.ndarray, side: np.ndarray, outcomes: Sequence[Any], batch_size: int, n: int = 6
 ) -> dict[str, Any] | None:
     """Clean / adversarial test images of the first usable attack and their Fisher sensitivity maps."""
-    from art_fisher.detection.features import available_metrics
-
-    if "sensitivity" not in available_metrics():
-        return None
     for outcome in outcomes:
         te = np.flatnonzero(~side & outcome.success)
         if len(te) >= 2:
@@ -507,7 +489,7 @@ def _sensitivity_examples(
     from art_fisher.detection.detector import FisherInformationDetector
 
     clean, adv = x_src[te[:n]], outcome.x_adv[te[:n]]
-    maps = FisherInformationDetector(classifier, metrics=("sensitivity",), batch_size=batch_size)
+    maps = FisherInformationDetector(classifier, metrics=("sensitivity",), chunk_size=batch_size)
     return {
         "attack": outcome.name, "clean": clean, "adversarial": adv,
         "clean_map": maps.sensitivity_maps(clean), "adversarial_map": maps.sensitivity_maps(adv),

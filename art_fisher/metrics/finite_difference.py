@@ -8,7 +8,7 @@ The original code (class ``FISHER_OPERATION`` of Martin & Elster's walkthrough) 
 - trace: per class ``c`` and tensor ``k``, backward passes give ``∇θ_k z_c`` and ``∇θ_k p_c`` and it
   sums their products. It contains **no** finite difference; the same per-class products are computed
   here (batched with ``torch.func``), so ``fisher_trace(method="finite_difference")`` equals the exact
-  trace up to rounding and ``epsilon`` does not enter it.
+  trace up to rounding and ``fd_step`` does not enter it.
 
 Here the parameters are perturbed functionally (``θ ± ε v`` passed to ``functional_call``), never in
 place, and ``blockwise=False`` perturbs all selected tensors together (the full form ``vᵀ F v``).
@@ -35,13 +35,13 @@ def fd_quadratic_form(
     shared: bool,
     blockwise: bool,
     classes: str,
-    epsilon: float,
+    fd_step: float,
 ) -> torch.Tensor:
     """``Σ_groups Σ_c (Δz_c / 2ε)(Δp_c / 2ε)`` per sample, shape (n,)."""
     reduce = reducer(classes)
 
     def shifted(xi, vi, yi, group, sign):
-        s = {k: net.base[k] + sign * epsilon * vi[k] for k in group}
+        s = {k: net.base[k] + sign * fd_step * vi[k] for k in group}
         return reduce(net.logits_one(s, xi), yi)
 
     total = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
@@ -49,8 +49,8 @@ def fd_quadratic_form(
     for g in net.groups(blockwise):
         zp = vmap(lambda xi, vi, yi, g=g: shifted(xi, vi, yi, g, 1.0), in_dims=dims)(x, v, y)
         zm = vmap(lambda xi, vi, yi, g=g: shifted(xi, vi, yi, g, -1.0), in_dims=dims)(x, v, y)
-        dz = (zp - zm) / (2 * epsilon)
-        dp = (torch.softmax(zp, -1) - torch.softmax(zm, -1)) / (2 * epsilon)
+        dz = (zp - zm) / (2 * fd_step)
+        dp = (torch.softmax(zp, -1) - torch.softmax(zm, -1)) / (2 * fd_step)
         total = total + (dz * dp).sum(-1)
     return total
 
@@ -64,13 +64,13 @@ def fd_sensitivity(
     shared: bool,
     blockwise: bool,
     classes: str,
-    epsilon: float,
+    fd_step: float,
 ) -> torch.Tensor:
     """``Σ_groups Σ_c (Δ∂x z_c / 2ε)(Δ∂x p_c / 2ε)`` per input entry, shape of ``x``."""
     reduce = reducer(classes)
 
     def outputs(xi, vi, yi, group, sign):
-        s = {k: net.base[k] + sign * epsilon * vi[k] for k in group}
+        s = {k: net.base[k] + sign * fd_step * vi[k] for k in group}
         z = reduce(net.logits_one(s, xi), yi)
         return z, torch.softmax(z, -1)
 
@@ -81,8 +81,8 @@ def fd_sensitivity(
         for sign in (1.0, -1.0):
             f = jacrev(lambda xi, vi, yi, g=g, sign=sign: outputs(xi, vi, yi, g, sign))
             jac.append(vmap(f, in_dims=dims)(x, v, y))  # ((n, C, *xs), (n, C, *xs))
-        dz = (jac[0][0] - jac[1][0]) / (2 * epsilon)
-        dp = (jac[0][1] - jac[1][1]) / (2 * epsilon)
+        dz = (jac[0][0] - jac[1][0]) / (2 * fd_step)
+        dp = (jac[0][1] - jac[1][1]) / (2 * fd_step)
         total = total + (dz * dp).sum(1)
     return total
 

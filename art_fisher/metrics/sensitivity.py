@@ -24,19 +24,26 @@ tensors ``k`` with ``t_k = J_k v_k`` (:func:`fis_from_jacobians`). Three exact p
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
+from typing import Any
 
 import torch
+from torch import nn
 from torch.autograd.graph import get_gradient_edge
 from torch.func import grad, jacrev, jvp, vjp, vmap
 
 from art_fisher import _checks
+from art_fisher._deprecation import DEPRECATED, renamed
 from art_fisher.metrics import directions
+from art_fisher.metrics._setup import check_direction_args, no_plan, setup
 from art_fisher.metrics.basis import predicted_vs_rest, reducer, reduction_jacobian
 from art_fisher.metrics.directions import Direction
 from art_fisher.metrics.engine import chunking
 from art_fisher.metrics.engine.network import FunctionalNet
-from art_fisher.metrics.engine.recorder import Plan, recorded_forward
+from art_fisher.metrics.engine.recorder import Plan, make_plan, recorded_forward
 from art_fisher.metrics.finite_difference import fd_sensitivity
+
+__all__ = ["fisher_sensitivity"]
 
 logger = logging.getLogger(__name__)
 
@@ -314,16 +321,16 @@ def sensitivity(
     normalize: bool,
     classes: str,
     method: str,
-    epsilon: float,
-    batch_size: int | None,
+    fd_step: float,
+    chunk_size: int | None,
 ) -> torch.Tensor:
     """FIS of all samples (shape of ``x``): the fastest exact path that applies, or finite differences."""
     path = "finite_difference"
     if method == "exact":
         path = "func" if plan.rest else ("first_order" if is_piecewise_linear(plan) else "second_order")
     itemsize = x.element_size()
-    if batch_size:
-        size = batch_size
+    if chunk_size:
+        size = chunk_size
     elif path == "first_order":
         size = chunking.hook_chunk(plan.out_numel, plan.n_classes, itemsize, budget=chunking.FIRST_ORDER_BUDGET)
     elif path == "second_order":
@@ -363,7 +370,7 @@ def sensitivity(
             v, shared = directions.directions_of(net, xb, z, cls, direction, normalize)
             if path == "finite_difference":
                 out.append(fd_sensitivity(net, xb, v, cls, shared=shared, blockwise=blockwise, classes=classes,
-                                          epsilon=epsilon))
+                                          fd_step=fd_step))
                 continue
             if forward_mode:
                 try:
@@ -375,3 +382,91 @@ def sensitivity(
             out.append(func_sensitivity(net, xb, v, cls, shared=shared, blockwise=blockwise, classes=classes,
                                         forward_mode=False))
     return torch.cat(out)
+
+
+def fisher_sensitivity(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    direction: Direction = "predicted",
+    y: torch.Tensor | None = None,
+    blockwise: bool = True,
+    normalize: bool = True,
+    classes: str = "all",
+    output: str = "logits",
+    params: Iterable[str] | None = None,
+    method: str = "exact",
+    fd_step: float = 1e-3,
+    chunk_size: int | None = None,
+    batch_size: Any = DEPRECATED,
+    epsilon: Any = DEPRECATED,
+) -> torch.Tensor:
+    r"""Fisher information sensitivity (FIS) of every input entry.
+
+    For input entry ``i`` and a parameter direction ``v`` (chosen as in
+    :func:`fisher_quadratic_form`, held fixed, i.e. not differentiated with respect to ``x``):
+
+    .. math::
+
+        \mathrm{FIS}_i = \sum_c \partial_{x_i}\big(v^\top \nabla_θ p_c\big)\,
+                                \partial_{x_i}\big(v^\top \nabla_θ \log p_c\big).
+
+    With ``blockwise=True`` (default, what the original code computes) the sum also runs over
+    parameter tensors ``k`` with ``v`` restricted to tensor ``k``; ``blockwise=False`` uses the whole
+    ``v`` at once. Computed exactly (:mod:`art_fisher.metrics.sensitivity`): for a model whose logits
+    are piecewise linear in ``x`` (ReLU-type activations, max / average pooling, Linear / Conv / eval
+    BatchNorm, a declared terminal ``log_softmax`` / ``softmax``; judged from its autograd graph) with
+    first-order backward passes from each layer down to ``x``; for other models of such layers with a
+    second-order backward pass (any activation with a double-backward formula, SiLU and Mish
+    included); otherwise with ``torch.func``. ``normalize=False`` uses the raw gradient and gives
+    ``‖v‖²`` times the normalised value.
+
+    Parameters
+    ----------
+    model, x, output, params, chunk_size
+        As in :func:`fisher_trace`.
+    direction : {"predicted", "label"} or sequence of Tensor
+        The direction ``v``.
+    y, blockwise, normalize, classes
+        As in :func:`fisher_quadratic_form`; ``classes="predicted_vs_rest"`` (the authors' package's
+        default) sums over the two classes ``(ŷ, rest)`` instead of all ``C``.
+    method : {"exact", "finite_difference"}
+        ``"finite_difference"`` reproduces the original algorithm: input-gradients of ``z_c`` and
+        ``p_c`` at ``θ ± ε v_k``, differenced centrally. Far off on ReLU / max-pool networks.
+    fd_step : float
+        Step of the finite differences.
+
+    batch_size, epsilon
+        Deprecated names of ``chunk_size`` and ``fd_step``; they stop working in the next release.
+
+    Returns
+    -------
+    Tensor of x's shape
+        Detached, on ``x``'s device.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`fisher_trace`.
+    NotImplementedError
+        For ``method="exact"`` when the ``torch.func`` path is needed on a model with LayerNorm /
+        InstanceNorm modules: torch.func's mixed second derivatives through them are wrong in torch
+        2.13 (verified against plain autograd).
+    """
+    chunk_size = renamed("batch_size", batch_size, "chunk_size", chunk_size, default=None)
+    fd_step = renamed("epsilon", epsilon, "fd_step", fd_step, default=1e-3)
+    net, n_classes, eps, bs = setup(
+        model, x, output=output, params=params, method=method, fd_step=fd_step, chunk_size=chunk_size
+    )
+    direction, yt = check_direction_args(
+        direction, y, net, x, n_classes, allow_top=False, blockwise=blockwise, normalize=normalize, classes=classes
+    )
+    x = x.detach()
+    plan = make_plan(net, x) if method == "exact" else no_plan(n_classes)
+    if method == "exact" and plan.rest:
+        _checks.check_second_order(model)
+    values = sensitivity(
+        net, plan, x, direction=direction, y=yt, blockwise=blockwise, normalize=normalize, classes=classes,
+        method=method, fd_step=eps, chunk_size=bs,
+    )
+    return _checks.check_finite_result(values, "fisher_sensitivity")

@@ -222,7 +222,7 @@ def fisher_trace_estimate(
     seed: int = 0,
     output: str = "logits",
     params: Iterable[str] | None = None,
-    batch_size: int | None = None,
+    chunk_size: int | None = None,
 ) -> TraceEstimate:
     r"""``tr F(x)`` from the classes holding ``1 − τ`` of the probability and ``samples`` draws of the others.
 
@@ -233,7 +233,7 @@ def fisher_trace_estimate(
 
     Parameters
     ----------
-    model, x, output, params, batch_size
+    model, x, output, params, chunk_size
         As in :func:`art_fisher.metrics.fisher_trace`.
     tau : float in (0, 1)
         Probability mass each sample may leave to the sampled part.
@@ -267,7 +267,7 @@ def fisher_trace_estimate(
         raise ValueError(f"max_kept must be None or an int >= 1; got {max_kept!r}.")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int; got {seed!r}.")
-    bs = _checks.check_batch_size(batch_size)
+    bs = _checks.check_chunk_size(chunk_size)
     names = _checks.check_params(model, params)
     _checks.check_model_matches_x(model, names, x)
     _checks.probe_output(model, x, output)

@@ -11,13 +11,13 @@ pixel is more important for the decision"; and in stage 3: "since the perturbati
 importance of input pixels, the listener reweights each pixel, :math:`x \odot \delta`; more important
 pixels get more weight". The seed leaves the loss target, the norm ball, the step rule and the form of
 the weighting open. The choices made here, measured on digits with a held-out explainer
-(``tests/benchmarks/bench_explanations.py``; numbers in the README):
+(``tests/benchmarks/bench_lease.py``; results in ``tests/benchmarks/results/bench_lease.json``):
 
 **Target: the predicted label** (``objective="predicted_label"``, default),
 :math:`\ell(x, \delta) = \mathrm{CE}\big(f(x+\delta), \hat y\big)` with :math:`\hat y = \arg\max_k f_k(x)`,
 the seed's "given the input and its predicted label :math:`y`". The alternative the seed's formula also
-allows, the clean *soft* prediction as target (``objective="soft_prediction"``, this package's earlier
-default), is minimal with zero gradient at :math:`\delta = 0` (a distribution fits itself best): the
+allows, the clean *soft* prediction as target (``objective="soft_prediction"``), is
+minimal with zero gradient at :math:`\delta = 0` (a distribution fits itself best): the
 ascent then only amplifies its random start, and its explanations were noise (restart cosine 0.08 on
 average over three held-out explainers, deletion no better than deleting the brightest pixels). It is kept as a named option to reproduce that.
 
@@ -30,7 +30,7 @@ average over three held-out explainers, deletion no better than deleting the bri
 
 The perturbation's magnitudes then vary from pixel to pixel, which the seed's reading ("a larger
 perturbation value means a more important pixel") needs. The L∞ ball with signed steps (``norm="linf"``)
-puts most entries at :math:`\pm\varepsilon` (81 % at the earlier defaults): its magnitudes mark
+puts most entries at :math:`\pm\varepsilon` (81 % for :math:`\varepsilon = 8/255` and three steps): its magnitudes mark
 nothing.
 
 **Start and restarts: one start, uniform in an L2 ball of radius** ``random_start · ε`` **= ε/4**. The
@@ -50,7 +50,7 @@ is one forward and one backward pass of the explainer, the main cost of LeaSE ov
 so every weight lies in :math:`[0, 2]`: the pixels the explainer's adversary darkens most (its
 strongest evidence for :math:`\hat y`) get weight 2, untouched pixels weight 1, pixels it brightens
 (evidence against) weight down to 0 — "more important pixels get more weight". The seed's literal
-product :math:`z = \delta \odot x` (``weighting="product"``, the earlier behaviour) keeps only the few
+product :math:`z = \delta \odot x` (``weighting="product"``) keeps only the few
 pixels where :math:`|\delta|` is large: a listener trained on it learnt less than one trained on the
 random-sign control :math:`\varepsilon\,r \odot x`, :math:`r \in \{\pm 1\}` (it does beat the same
 product with a random :math:`\delta`, so it carries information, but it throws the image away).
@@ -64,7 +64,7 @@ Differentiable explanations (``differentiable``), used for LeaSE's hypergradient
 
 - ``"none"``: detached result;
 - ``"last_step"``: the first ``steps - 1`` steps are constants and the last one keeps its graph
-  (one double-backward pass through the explainer). With ``norm="linf"`` the earlier signed steps are
+  (one double-backward pass through the explainer). With ``norm="linf"`` the first signed steps are
   piecewise constant, so this is the exact derivative of the returned δ, whose last step replaces
   :math:`\mathrm{sign}(g)` by the smooth :math:`\tanh(g / \mathrm{mean}|g|)`; with ``norm="l2"`` it
   leaves out the dependence of :math:`\delta_{K-1}` on the parameters (an approximation);

@@ -39,6 +39,7 @@ from nni.nas.evaluator import FunctionalEvaluator
 from torch import nn
 from torch.utils.data import DataLoader
 
+from art_fisher._deprecation import DEPRECATED, renamed
 from nni_lease.data import make_dataset
 from nni_lease.core.listener import check_listener, default_listener
 from nni_lease.core.settings import LeaseSettings
@@ -71,7 +72,7 @@ def trial_settings(*, learning_rate: float = 0.01, seed: int = 0, **lease_option
 def check_trial_arguments(
     *,
     dataset: str = "digits",
-    data_root: str | None = None,
+    data_dir: str | None = None,
     epochs: int = 2,
     batch_size: int = 64,
     max_batches: int | None = None,
@@ -81,6 +82,7 @@ def check_trial_arguments(
     listener_width: int | None = None,
     seed: int = 0,
     device: str = "cpu",
+    data_root: Any = DEPRECATED,
     **lease_options: Any,
 ) -> None:
     """Validate the arguments of :func:`evaluate_lease` before any work (same names and defaults).
@@ -90,12 +92,13 @@ def check_trial_arguments(
     ValueError
         Naming the offending argument, the expected and the received value.
     """
+    data_dir = renamed("data_root", data_root, "data_dir", data_dir, default=None)
     if dataset not in ("digits", "cifar10"):
         raise ValueError(f"dataset must be 'digits' or 'cifar10'; got {dataset!r}.")
-    if dataset == "cifar10" and data_root is None:
-        raise ValueError("data_root must name a folder of CIFAR-10 python batches for dataset 'cifar10'.")
-    if data_root is not None and not isinstance(data_root, str):
-        raise ValueError(f"data_root must be None or a str path; got {type(data_root).__name__}.")
+    if dataset == "cifar10" and data_dir is None:
+        raise ValueError("data_dir must name a folder of CIFAR-10 python batches for dataset 'cifar10'.")
+    if data_dir is not None and not isinstance(data_dir, str):
+        raise ValueError(f"data_dir must be None or a str path; got {type(data_dir).__name__}.")
     for name, value in [("epochs", epochs), ("batch_size", batch_size)]:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int; got {value!r}.")
@@ -126,7 +129,7 @@ def evaluate_lease(
     model: nn.Module,
     *,
     dataset: str = "digits",
-    data_root: str | None = None,
+    data_dir: str | None = None,
     epochs: int = 2,
     batch_size: int = 64,
     max_batches: int | None = None,
@@ -136,6 +139,7 @@ def evaluate_lease(
     listener_width: int | None = None,
     seed: int = 0,
     device: str = "cpu",
+    data_root: Any = DEPRECATED,
     **lease_options: Any,
 ) -> dict[str, float]:
     """Train the explainer ``model`` and a fresh listener with LeaSE, report to NNI, return the final metrics.
@@ -146,8 +150,8 @@ def evaluate_lease(
         The explainer: one architecture of the search space, mapping ``(N, C, H, W)`` to logits
         ``(N, n_classes)``. It is trained in place (it is the trial's own copy).
     dataset : {"digits", "cifar10"}
-        Data set name (:func:`nni_lease.data.make_dataset`); ``"cifar10"`` needs ``data_root``.
-    data_root : str or None
+        Data set name (:func:`nni_lease.data.make_dataset`); ``"cifar10"`` needs ``data_dir``.
+    data_dir : str or None
         Folder of the CIFAR-10 python batches.
     epochs : int
         Number of epochs; each runs the step over the training batches and reports once.
@@ -166,6 +170,8 @@ def evaluate_lease(
         starts (through a forked torch RNG: the caller's global RNG state is left as it was).
     device : str
         ``"cpu"`` or a CUDA device.
+    data_root : str or None
+        Deprecated name of ``data_dir``; it stops working in the next release.
     **lease_options
         LeaSE options among :data:`TRIAL_LEASE_OPTIONS` (``gamma``, ``pgd_epsilon`` …; defaults of
         :class:`~nni_lease.core.settings.LeaseSettings`).
@@ -184,15 +190,16 @@ def evaluate_lease(
     RuntimeError
         If the objective is not finite (the trial is then marked failed).
     """
-    check_trial_arguments(dataset=dataset, data_root=data_root, epochs=epochs, batch_size=batch_size,
+    data_dir = renamed("data_root", data_root, "data_dir", data_dir, default=None)
+    check_trial_arguments(dataset=dataset, data_dir=data_dir, epochs=epochs, batch_size=batch_size,
                           max_batches=max_batches, train_limit=train_limit, val_limit=val_limit,
                           learning_rate=learning_rate, listener_width=listener_width, seed=seed, device=device,
                           **lease_options)
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
     settings = trial_settings(learning_rate=learning_rate, seed=seed, **lease_options)
-    train = make_dataset(dataset, "train", root=data_root, seed=seed, limit=train_limit)
-    val = make_dataset(dataset, "val", root=data_root, seed=seed, limit=val_limit)
+    train = make_dataset(dataset, "train", data_dir=data_dir, seed=seed, limit=train_limit)
+    val = make_dataset(dataset, "val", data_dir=data_dir, seed=seed, limit=val_limit)
     dev = torch.device(device)
 
     with torch.random.fork_rng(devices=[]):

@@ -9,7 +9,8 @@ and writes, into its output folder:
 - ``curves.png`` (:data:`CURVES_FILE`): those curves.
 
 :func:`retrain_architecture` trains an exported architecture from scratch and writes ``retrain.json``
-(:data:`RETRAIN_FILE`). Every setting is checked (:class:`SearchConfig`, :class:`RetrainConfig`,
+(:data:`RETRAIN_FILE`). Every setting is checked (:class:`SearchConfig`, :class:`RetrainConfig`, both in
+:mod:`nni_lease.oneshot.config`,
 :class:`~nni_lease.core.settings.LeaseSettings`, the output path, the data) before any folder is created or
 any training starts. ``nni-lease search --mode oneshot`` / ``nni-lease retrain`` and the HPO trials of
 :mod:`nni_lease.runtime.hpo` are thin callers of these functions.
@@ -27,15 +28,13 @@ import csv
 import dataclasses
 import json
 import logging
-import math
-import os
-import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from art_fisher._atomic import atomic_write, check_output_dir
 from nni_lease.core.settings import LeaseSettings
+from nni_lease.oneshot.config import RetrainConfig, SearchConfig, SearchResult, check_data
 
 logger = logging.getLogger(__name__)
 
@@ -51,180 +50,8 @@ METRICS_FILE = "metrics.csv"
 CURVES_FILE = "curves.png"
 RETRAIN_FILE = "retrain.json"
 
-DATASETS: tuple[str, ...] = ("digits", "cifar10")
-
-
-def _check_int(name: str, value: Any, *, optional: bool = False, minimum: int = 1) -> None:
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        what = "None or an int" if optional else "an int"
-        raise ValueError(f"{name} must be {what} >= {minimum}; got {value!r}.")
-
-
-def _check_positive(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) < math.inf:
-        raise ValueError(f"{name} must be a positive finite number; got {value!r}.")
-
-
-def _check_data(dataset: str, data_root: str | None) -> None:
-    if dataset not in DATASETS:
-        raise ValueError(f"dataset must be one of {list(DATASETS)}; got {dataset!r}.")
-    if data_root is not None and not isinstance(data_root, str):
-        raise ValueError(f"data_root must be None or a str path; got {type(data_root).__name__}.")
-    if dataset == "cifar10":
-        if data_root is None:
-            raise ValueError("data_root must name a folder of CIFAR-10 python batches for dataset 'cifar10'.")
-        if not Path(data_root).expanduser().is_dir():
-            raise ValueError(f"data_root {data_root!r} is not a folder (expected CIFAR-10 python batches).")
-
-
-@dataclass(frozen=True)
-class SearchConfig:
-    """Data, space and training settings of a one-shot search (LeaSE's own options: :class:`LeaseSettings`).
-
-    Parameters
-    ----------
-    dataset : {"digits", "cifar10"}
-        Data set (``"digits"``: scikit-learn's embedded 8×8 digits; nothing is downloaded).
-    data_root : str or None
-        Folder of the CIFAR-10 python batches (needed for ``"cifar10"``).
-    seed : int
-        Seed of the splits, the space's initialisation and the shuffling.
-    limit : int or None
-        Use only this many samples per split.
-    epochs : int
-        Search epochs.
-    limit_batches : int or None
-        Training batches per epoch (``None``: all).
-    batch_size : int
-        Batch size of both loaders.
-    learning_rate : float
-        The explainer's weights (the evaluator's Adam).
-    arc_learning_rate : float
-        The architecture weights (DARTS's Adam).
-    width, cells, nodes : int
-        :class:`~nni_lease.spaces.LeaseCellSpace`'s ``width``, ``n_cells``, ``n_nodes``.
-    progress : bool
-        Show Lightning's progress bar.
-
-    Raises
-    ------
-    ValueError
-        For a bad value, naming the field.
-    """
-
-    dataset: str = "digits"
-    data_root: str | None = None
-    seed: int = 0
-    limit: int | None = None
-    epochs: int = 5
-    limit_batches: int | None = None
-    batch_size: int = 64
-    learning_rate: float = 3e-3
-    arc_learning_rate: float = 3e-4
-    width: int = 8
-    cells: int = 2
-    nodes: int = 2
-    progress: bool = False
-
-    def __post_init__(self) -> None:
-        _check_data(self.dataset, self.data_root)
-        _check_int("seed", self.seed, minimum=0)
-        for name in ("epochs", "batch_size", "width", "cells", "nodes"):
-            _check_int(name, getattr(self, name))
-        for name in ("limit", "limit_batches"):
-            _check_int(name, getattr(self, name), optional=True)
-        _check_positive("learning_rate", self.learning_rate)
-        _check_positive("arc_learning_rate", self.arc_learning_rate)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> SearchConfig:
-        """Build from a mapping of field names (e.g. read from JSON); unknown names are a ValueError."""
-        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown search setting(s) {unknown}.")
-        return cls(**values)
-
-
-@dataclass(frozen=True)
-class RetrainConfig:
-    """Settings of :func:`retrain_architecture` (Adam on cross entropy, from scratch).
-
-    Parameters
-    ----------
-    epochs, batch_size : int
-        Training length and batch size.
-    learning_rate : float
-        Adam's learning rate.
-    seed : int
-        Seed of the initialisation and the shuffling.
-    data_root : str or None
-        CIFAR-10 folder (``None``: the one recorded by the search).
-    progress : bool
-        Show a progress bar.
-    """
-
-    epochs: int = 20
-    batch_size: int = 64
-    learning_rate: float = 3e-3
-    seed: int = 0
-    data_root: str | None = None
-    progress: bool = False
-
-    def __post_init__(self) -> None:
-        _check_int("epochs", self.epochs)
-        _check_int("batch_size", self.batch_size)
-        _check_int("seed", self.seed, minimum=0)
-        _check_positive("learning_rate", self.learning_rate)
-        if self.data_root is not None and not isinstance(self.data_root, str):
-            raise ValueError(f"data_root must be None or a str path; got {type(self.data_root).__name__}.")
-
-
-@dataclass(frozen=True)
-class SearchResult:
-    """What :func:`search_oneshot` returns.
-
-    Attributes
-    ----------
-    architecture : dict
-        Choice label → chosen value (``export_top_models(formatter="dict")[0]``).
-    record : dict
-        The content of ``architecture.json``.
-    rows : list of dict
-        One row per epoch of the logged metrics (strings, as in ``metrics.csv``).
-    seconds : float
-        Wall-clock time of the search.
-    output : Path
-        The output folder.
-    """
-
-    architecture: dict
-    record: dict
-    rows: list = field(default_factory=list)
-    seconds: float = 0.0
-    output: Path = Path(".")
-
-
-def check_output_dir(path: str | Path) -> Path:
-    """Check (without creating anything) that ``path`` is or can become a folder; returns it.
-
-    Raises
-    ------
-    ValueError
-        If ``path`` or one of its parents is an existing non-folder.
-    """
-    out = Path(path).expanduser()
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"output {str(out)!r} exists and is not a folder.")
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ValueError(f"output {str(out)!r} cannot be created: {str(parent)!r} is not a folder.")
-            if not os.access(parent, os.W_OK | os.X_OK) and not out.exists():
-                raise ValueError(f"output {str(out)!r} cannot be created: {str(parent)!r} is not writable.")
-            break
-    return out
+#: Largest architecture.json read (a record is a few KB).
+MAX_ARCHITECTURE_BYTES = 2**20
 
 
 def check_output_file(path: str | Path) -> Path:
@@ -241,21 +68,14 @@ def check_output_file(path: str | Path) -> Path:
     parent = out.parent
     if not parent.is_dir():
         raise ValueError(f"output {str(out)!r} cannot be written: folder {str(parent)!r} does not exist.")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"output {str(out)!r} cannot be written: folder {str(parent)!r} is not writable.")
+    check_output_dir(parent, name=f"the folder of output {str(out)!r}")
     return out
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file in the same folder, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``text`` to ``path`` atomically (:func:`art_fisher._atomic.atomic_write`)."""
+    with atomic_write(path, text=True) as fh:
+        fh.write(text)
 
 
 def space_kwargs(config: SearchConfig, train: Any) -> dict[str, Any]:
@@ -320,22 +140,21 @@ def _plot_curves(rows: list[dict[str, str]], path: Path, title: str) -> None:
         ax.legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_write(path) as fh:
+        fig.savefig(fh, format="png", dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def _datasets(dataset: str, root: str | None, seed: int, limit: int | None) -> tuple[Any, Any, Any]:
     from nni_lease.data import make_dataset
 
-    return tuple(make_dataset(dataset, split, root=root, seed=seed, limit=limit)  # type: ignore[return-value]
+    return tuple(make_dataset(dataset, split, data_dir=root, seed=seed, limit=limit)  # type: ignore[return-value]
                  for split in ("train", "val", "test"))
 
 
 def load_splits(config: SearchConfig) -> tuple[Any, Any, Any]:
     """The train / val / test splits of ``config``'s data set (:func:`nni_lease.data.make_dataset`)."""
-    return _datasets(config.dataset, config.data_root, config.seed, config.limit)
+    return _datasets(config.dataset, config.data_dir, config.seed, config.limit)
 
 
 def search_oneshot(
@@ -371,7 +190,7 @@ def search_oneshot(
         raise ValueError(f"config must be a SearchConfig; got {type(config).__name__}.")
     if not isinstance(settings, LeaseSettings):
         raise ValueError(f"settings must be a LeaseSettings; got {type(settings).__name__}.")
-    out = check_output_dir(output)
+    out = check_output_dir(output, "output")
     train, val, _ = load_splits(config)
 
     import torch
@@ -412,7 +231,7 @@ def search_oneshot(
         "architecture": architecture,
         "mode": "oneshot",
         "dataset": config.dataset,
-        "data_root": config.data_root,
+        "data_dir": config.data_dir,
         "seed": config.seed,
         "space": {"name": "LeaseCellSpace", "kwargs": kwargs},
         "strategy": {"name": "LeaSE", "epochs": config.epochs, "arc_learning_rate": config.arc_learning_rate,
@@ -440,10 +259,14 @@ def load_architecture(path: str | Path) -> dict[str, Any]:
     p = Path(path).expanduser()
     if not p.is_file():
         raise ValueError(f"architecture file {str(p)!r} not found.")
+    if p.stat().st_size > MAX_ARCHITECTURE_BYTES:
+        raise ValueError(f"architecture file {str(p)!r} has {p.stat().st_size} bytes; an architecture record has "
+                         f"a few KB (at most {MAX_ARCHITECTURE_BYTES} are read).")
     try:
         record = json.loads(p.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"architecture file {str(p)!r} is not valid JSON: {exc}") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError) as exc:
+        why = "it is nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
+        raise ValueError(f"architecture file {str(p)!r} is not valid JSON: {why}") from None
     _check_record(record, str(p))
     return record
 
@@ -499,8 +322,8 @@ def retrain_architecture(
             output = Path(architecture).expanduser().with_name(RETRAIN_FILE)
     out = check_output_file(output)
     dataset = record.get("dataset", "digits")
-    root = config.data_root or record.get("data_root")
-    _check_data(dataset, root)
+    root = config.data_dir or record.get("data_dir", record.get("data_root"))
+    check_data(dataset, root)
     train, val, test = _datasets(dataset, root, int(record.get("seed", 0)), None)
 
     import torch

@@ -22,6 +22,7 @@ Where things live
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import logging
 import signal
@@ -32,12 +33,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+import requests
 from nni.experiment import Experiment
-from nni.experiment.config import utils as config_utils
 from nni.nas.evaluator import Evaluator
 from nni.nas.execution import ExecutionEngine, TrainingServiceExecutionEngine
-from nni.nas.experiment import NasExperiment, NasExperimentConfig
+from nni.nas.experiment import NasExperiment
 from nni.nas.experiment.config import ExecutionEngineConfig, TrainingServiceEngineConfig
 from nni.nas.nn.pytorch import ModelSpace
 from nni.runtime.tuner_command_channel import TunerCommandChannel
@@ -57,7 +57,17 @@ from nni_lease.runtime.manager import (
     report_stale_experiments,
     wait_port_closed,
 )
+from art_fisher._atomic import atomic_write
 from nni_lease.multitrial.strategy import LeaseMultiTrial
+from nni_lease.runtime.config import (
+    build_config,
+    check_experiment_dir,
+    check_experiment_ports,
+    check_port_number,
+    check_trial_code_directory,
+    experiment_ports,
+    load_training_service,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -68,16 +78,20 @@ __all__ = [
     "check_port_free",
     "load_training_service",
     "build_config",
+    "ManagerGoneError",
+    "check_experiment_dir",
     "check_experiment_ports",
+    "check_trial_code_directory",
     "run_experiment",
     "run_multitrial",
     "sigterm_as_interrupt",
 ]
 
-#: Training-service platforms whose NNI manager also needs ``port + 1`` (a websocket for the workers).
-_WEBSOCKET_PLATFORMS = ("hybrid", "remote", "openpai", "kubeflow", "frameworkcontroller", "adl")
-
 SUMMARY_FILE = "lease_multitrial.json"
+
+
+class ManagerGoneError(RuntimeError):
+    """The NNI manager stopped answering while the experiment ran (it died or was killed)."""
 
 
 @dataclass
@@ -108,127 +122,32 @@ class MultiTrialResult:
     best_sample: dict = field(default_factory=dict)
 
 
-def _check_port_number(port: Any, name: str = "port") -> int:
-    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-        raise ValueError(f"{name} must be an int in [1, 65535]; got {port!r}.")
-    return port
-
-
-def load_training_service(spec: str | Path | dict | None) -> dict:
-    """Read a training-service configuration: ``"local"`` (default) or a YAML / JSON file or mapping.
-
-    The file is either NNI's own experiment config (its ``trainingService`` mapping is used; other keys
-    are ignored because the NAS experiment sets them) or just that mapping, e.g.::
-
-        platform: remote
-        machineList:
-          - host: 10.0.0.2
-            user: lease
-            sshKeyFile: ~/.ssh/id_ed25519
-
-    Returns
-    -------
-    dict
-        The mapping, with at least ``platform``.
-
-    Raises
-    ------
-    ValueError
-        If the file is missing or unreadable, is not a mapping, or names no known ``platform``.
-    """
-    if spec is None or spec == "local":
-        return {"platform": "local"}
-    if isinstance(spec, dict):
-        mapping, source = spec, "training_service"
-    else:
-        path = Path(spec).expanduser()
-        if not path.is_file():
-            raise ValueError(f"training_service must be 'local' or an existing YAML/JSON file; got {str(spec)!r}.")
-        try:
-            mapping = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ValueError(f"training_service file {str(path)!r} is not valid YAML/JSON: {exc}") from exc
-        source = str(path)
-    if isinstance(mapping, dict):
-        for key in ("trainingService", "training_service"):
-            if key in mapping:
-                mapping = mapping[key]
-                break
-    if not isinstance(mapping, dict) or "platform" not in mapping:
-        raise ValueError(f"training service config {source!r} must be a mapping with a 'platform' key "
-                         f"(or an NNI config with 'trainingService'); got {type(mapping).__name__}.")
-    try:
-        config_utils.training_service_config_factory(mapping["platform"])
-    except ValueError as exc:
-        raise ValueError(f"training service config {source!r}: unknown platform {mapping['platform']!r}.") from exc
-    return dict(mapping)
-
-
-def build_config(
-    *,
-    max_trials: int,
-    concurrency: int,
-    training_service: str | Path | dict | None = "local",
-    experiment_dir: str | Path | None = None,
-    experiment_name: str = "lease-multitrial",
-    max_duration: str | None = None,
-) -> NasExperimentConfig:
-    """The NAS experiment config (training-service engine, simplified model format), validated now.
-
-    Parameters
-    ----------
-    max_trials : int
-        Number of trials in the experiment (``maxTrialNumber``); counts earlier trials on resume.
-    concurrency : int
-        Trials run at the same time (``trialConcurrency``).
-    training_service : str, Path, dict or None
-        ``"local"`` or a file / mapping read by :func:`load_training_service`.
-    experiment_dir : str, Path or None
-        Where experiment records go (NNI's ``experiment_working_directory``); ``None``: ``~/nni-experiments``.
-    experiment_name : str
-        Name shown in the web UI.
-    max_duration : str or None
-        NNI duration such as ``"30m"`` or ``"2h"``; ``None``: unlimited.
-
-    Raises
-    ------
-    ValueError
-        For a bad argument or a config NNI rejects (with NNI's reason), before anything starts.
-    """
-    for name, value in [("max_trials", max_trials), ("concurrency", concurrency)]:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int; got {value!r}.")
-    ts = load_training_service(training_service)
-    config = NasExperimentConfig("ts", "simplified", training_service=ts)
-    config.max_trial_number = max_trials
-    config.trial_concurrency = concurrency
-    config.experiment_name = experiment_name
-    if max_duration is not None:
-        config.max_experiment_duration = max_duration
-    if experiment_dir is not None:
-        config.experiment_working_directory = str(Path(experiment_dir).expanduser().resolve())
-    try:
-        config.canonical_copy()  # runs NNI's validation (it uses assert for some checks)
-    except (AssertionError, ValueError, TypeError) as exc:
-        raise ValueError(f"NNI rejected the experiment config: {exc}") from exc
-    return config
-
-
 class _ResumableChannel(TunerCommandChannel):
-    """NNI's NAS tuner channel, minus a crash on resume.
+    """NNI's NAS tuner channel, minus a crash on resume and a traceback when the manager is gone.
 
     On resume the NNI manager sends the earlier trials' data (``ImportData``, ``AddCustomizedTrialJob``)
     to the tuner. NNI 3.0's NAS channel only parses the commands NAS uses and raises
     ``ValueError('Unknown command type: CommandType.ImportData')`` in its listener thread, which dies:
     the resumed experiment then never gets trial requests, metrics or trial ends. NAS strategies restore
     their own state from the checkpoint, so these two commands are skipped here.
+
+    When the connection to the manager is lost (it died or was killed), the channel's listener thread
+    ends as on a Terminate command instead of dying with a traceback; the launcher reports the lost
+    manager once (:class:`ManagerGoneError`).
     """
 
     _SKIPPED = (CommandType.ImportData, CommandType.AddCustomizedTrialJob)
 
     def _receive(self):  # noqa: D401 - same contract as TunerCommandChannel._receive
+        from websockets.exceptions import WebSocketException
+
         while True:
-            command_type, data = super()._receive()
+            try:
+                command_type, data = super()._receive()
+            except (OSError, WebSocketException) as exc:
+                logger.debug("Lost the connection to the NNI manager (%s: %s); the channel stops.",
+                             type(exc).__name__, exc)
+                return CommandType.Terminate, ""
             if command_type not in self._SKIPPED:
                 return command_type, data
             logger.debug("Skipping %s from the NNI manager (earlier trials; the strategy has its own state).",
@@ -278,43 +197,26 @@ class _LeaseNasExperiment(NasExperiment):
                                self.config.max_trial_number, n_done)
 
 
-def check_experiment_ports(config: Any, port: int, host: str = DEFAULT_HOST) -> None:
-    """Check the ports an experiment with this config needs (``port``, and ``port + 1`` for remote-like),
-    and that its training service can reach a manager listening on ``host``.
-
-    Raises
-    ------
-    ValueError
-        If ``port`` is not an int in ``[1, 65535]`` (or is 65535 where ``port + 1`` is needed), ``host`` is
-        not allowed, or the training service's workers connect back to an address a manager on loopback
-        does not serve.
-    PortInUseError
-        If one of the ports is taken (on any address, IPv4 or IPv6).
-    """
-    _check_port_number(port)
-    check_host(host)
-    training_service = config.training_service
-    platform = getattr(training_service, "platform", "local")
-    if platform != "local" and is_loopback(host):
-        manager_ip = getattr(training_service, "nni_manager_ip", None) or getattr(config, "nni_manager_ip", None)
-        if not isinstance(manager_ip, str) or not is_loopback(manager_ip):
-            raise ValueError(
-                f"the {platform!r} training service's workers connect back to the NNI manager "
-                f"(nniManagerIp {manager_ip!r}, port {port}), but host {host!r} keeps the manager on this "
-                "machine's loopback only. Pass --host 0.0.0.0 (host='0.0.0.0') and firewall the port to the "
-                "worker machines (README, Security notes), or reach the workers through SSH tunnels and set "
-                "nniManagerIp: 127.0.0.1."
-            )
-    check_port_free(port)
-    if platform in _WEBSOCKET_PLATFORMS:
-        if port == 65535:
-            raise ValueError(f"port must be below 65535 for the {platform!r} training service (it also uses port + 1).")
-        check_port_free(port + 1)
+def _manager_names(config: Any) -> list[str]:
+    """``nniManagerIp`` when it is a host name: remote workers send it as ``Host`` (IP addresses always pass)."""
+    training_service = getattr(config, "training_service", None)
+    manager_ip = getattr(training_service, "nni_manager_ip", None) or getattr(config, "nni_manager_ip", None)
+    if not isinstance(manager_ip, str) or not manager_ip.strip():
+        return []
+    try:
+        ipaddress.ip_address(manager_ip.strip().strip("[]"))
+        return []
+    except ValueError:
+        return [manager_ip.strip()]
 
 
-def _experiment_ports(config: Any, port: int) -> list[int]:
-    platform = getattr(config.training_service, "platform", "local")
-    return [port, port + 1] if platform in _WEBSOCKET_PLATFORMS else [port]
+def _manager_gone_message(exp: Experiment, port: int) -> str:
+    try:
+        folder = Path(exp.config.canonical_copy().experiment_working_directory) / exp.id
+    except Exception:  # noqa: BLE001 - only for the message
+        folder = Path("~/nni-experiments").expanduser() / exp.id
+    return (f"experiment {exp.id}: the NNI manager on port {port} stopped answering (it died or was killed); "
+            f"see its log {folder / 'log' / 'nnimanager.log'}.")
 
 
 def run_experiment(
@@ -363,7 +265,7 @@ def run_experiment(
         logger.warning(EXPOSED_WARNING.format(host=host, port=port))
     if on_started is not None:
         on_started(url, exp.id)
-    ports = _experiment_ports(exp.config, port)
+    ports = experiment_ports(exp.config, port)
     exposure: list[str] = []
 
     def stop_exposed(message: str) -> None:  # from the guard's thread
@@ -374,7 +276,7 @@ def run_experiment(
     guard = BindingGuard(ports, host, stop_exposed)
     interrupted = False
     try:
-        with manager_environment(host):
+        with manager_environment(host, allowed_names=_manager_names(exp.config)):
             guard.start()
             if resume:
                 exp.resume(port=port, wait_completion=True)
@@ -394,12 +296,15 @@ def run_experiment(
         logger.warning("Interrupted: stopping the experiment.")
     except Exception as exc:
         if exposure:
-            raise RuntimeError(f"{exposure[0]}; the NNI manager was killed.") from exc
+            raise RuntimeError(f"{exposure[0]}; the NNI manager was killed.") from None
+        if isinstance(exc, requests.ConnectionError):
+            raise ManagerGoneError(_manager_gone_message(exp, port)) from None
         raise
     finally:
         guard.stop()
         if exp.port is not None:
-            exp.stop()
+            with contextlib.suppress(requests.ConnectionError):  # a manager that died cannot be asked to stop
+                exp.stop()
         if not wait_port_closed(port):
             logger.error("port %d still answers after the experiment stopped.", port)
     if exposure:
@@ -471,7 +376,7 @@ def run_multitrial(
         raise ValueError(f"evaluator must be an nni.nas.evaluator.Evaluator; got {type(evaluator).__name__}.")
     if resume and not experiment_id:
         raise ValueError("experiment_id must name the experiment to resume when resume=True.")
-    _check_port_number(port)
+    check_port_number(port)
     config = build_config(max_trials=max_trials, concurrency=concurrency, training_service=training_service,
                           experiment_dir=experiment_dir)
     report_stale_experiments()
@@ -493,7 +398,8 @@ def run_multitrial(
         if record_dir.is_dir():
             summary = {"experiment_id": exp.id, "url": url, "interrupted": interrupted,
                        "best_sample": best, "strategy_state": state}
-            (record_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+            with atomic_write(record_dir / SUMMARY_FILE, text=True) as fh:
+                fh.write(json.dumps(summary, indent=2, default=str))
     return MultiTrialResult(experiment_id=exp.id, url=url, record_dir=record_dir, interrupted=interrupted,
                             strategy_state=state, best_sample=best)
 

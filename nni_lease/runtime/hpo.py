@@ -236,7 +236,7 @@ def build_hpo_experiment(
     from nni.experiment import Experiment, ExperimentConfig
     from nni.experiment.config import AlgorithmConfig
 
-    from nni_lease.runtime.experiment import load_training_service
+    from nni_lease.runtime.config import check_experiment_dir, check_trial_code_directory, load_training_service
 
     for name, value in [("max_trials", max_trials), ("concurrency", concurrency)]:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -256,11 +256,12 @@ def build_hpo_experiment(
     exp.config.max_trial_number = max_trials
     exp.config.trial_concurrency = concurrency
     if experiment_dir is not None:
-        exp.config.experiment_working_directory = str(Path(experiment_dir).expanduser().resolve())
+        exp.config.experiment_working_directory = str(check_experiment_dir(experiment_dir))
     try:
         exp.config.canonical_copy()
-    except (AssertionError, ValueError, TypeError) as exc:
-        raise ValueError(f"NNI rejected the HPO experiment config: {exc}") from exc
+    except (AssertionError, ValueError, TypeError, AttributeError) as exc:
+        raise ValueError(f"NNI rejected the HPO experiment config: {str(exc)[:300]}") from exc
+    check_trial_code_directory(exp.config)
     return exp
 
 

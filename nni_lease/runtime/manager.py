@@ -10,7 +10,10 @@ and its trials running. NNI has no option for either. This module fixes both fro
   package) for the manager NNI starts within the block. The preload makes every port-only (or
   wildcard) ``listen`` bind to the chosen host, ``127.0.0.1`` by default, and runs a watchdog that
   stops the manager and kills its trials (their process group) once the launcher is gone, even after
-  SIGKILL.
+  SIGKILL. It also refuses (403, before NNI sees them) HTTP requests and websocket upgrades whose
+  ``Host`` is not ``localhost`` or an IP address with the manager's port (DNS rebinding: a web page
+  under a name re-resolved to this machine), whose ``Origin`` is another origin, and state-changing
+  requests whose ``Referer`` is another origin. NNI's own clients send neither header and pass.
 * :class:`BindingGuard` checks, with :mod:`psutil`, what actually listens on the experiment's ports once
   the manager is up, and calls back (the caller stops the experiment) if anything listens beyond the
   chosen host, e.g. when the preload could not be loaded.
@@ -83,6 +86,7 @@ EXPOSED_WARNING = (
 _ENV_HOST = "NNI_LEASE_MANAGER_HOST"
 _ENV_PARENT = "NNI_LEASE_MANAGER_PARENT"
 _ENV_GRACE = "NNI_LEASE_MANAGER_GRACE_MS"
+_ENV_NAMES = "NNI_LEASE_MANAGER_ALLOWED_NAMES"
 _EXPERIMENT_LIST = Path("nni-experiments") / ".experiment"
 
 
@@ -250,7 +254,8 @@ def _node_quoted(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def manager_environment(host: str = DEFAULT_HOST, *, grace_seconds: float = 10.0) -> Iterator[None]:
+def manager_environment(host: str = DEFAULT_HOST, *, grace_seconds: float = 10.0,
+                        allowed_names: Iterable[str] = ()) -> Iterator[None]:
     """Within the block, an NNI manager started by this process binds ``host`` and dies with this process.
 
     Sets ``NODE_OPTIONS`` (prepending ``--require <PRELOAD>`` to any value already there) and the
@@ -265,22 +270,30 @@ def manager_environment(host: str = DEFAULT_HOST, *, grace_seconds: float = 10.0
     grace_seconds : float
         After the launcher is gone, how long NNI's own shutdown may take before the manager's process
         group (the manager and its trials) is killed.
+    allowed_names : iterable of str
+        Host names, besides ``localhost`` and IP addresses, under which the manager answers (e.g. an
+        ``nniManagerIp`` given as a name, which remote workers send as ``Host``).
 
     Raises
     ------
     ValueError
-        For a bad ``host`` or ``grace_seconds``.
+        For a bad ``host``, ``grace_seconds`` or name.
     """
     check_host(host)
     if not grace_seconds > 0:
         raise ValueError(f"grace_seconds must be > 0; got {grace_seconds!r}.")
-    names = ("NODE_OPTIONS", _ENV_HOST, _ENV_PARENT, _ENV_GRACE)
+    allowed = [str(name).strip().lower() for name in allowed_names]
+    for name in allowed:
+        if not name or any(c in name for c in ",:/[] \t") or len(name) > 253:
+            raise ValueError(f"allowed_names must be host names (no port, comma or space); got {name[:100]!r}.")
+    names = ("NODE_OPTIONS", _ENV_HOST, _ENV_PARENT, _ENV_GRACE, _ENV_NAMES)
     saved = {name: os.environ.get(name) for name in names}
     require = f"--require {_node_quoted(preload_path())}"
     os.environ["NODE_OPTIONS"] = f"{require} {saved['NODE_OPTIONS']}" if saved["NODE_OPTIONS"] else require
     os.environ[_ENV_HOST] = host
     os.environ[_ENV_PARENT] = str(os.getpid())
     os.environ[_ENV_GRACE] = str(int(grace_seconds * 1000))
+    os.environ[_ENV_NAMES] = ",".join(allowed)
     try:
         yield
     finally:

@@ -8,7 +8,21 @@
 //    in net.Server.prototype.listen, in one of its call forms, which are all handled here:
 //    listen(port[, host][, backlog][, cb]), listen(options[, cb]), listen([cb]). Pipes (a path) and
 //    existing handles are passed through untouched; an explicit specific host is kept.
-// 2. Die with the launcher. NNI starts this process in its own process group, so it outlives a
+// 2. Answer only its own origin. Every HTTP request and websocket upgrade any http.Server of this
+//    process receives is checked before NNI sees it, and refused with 403 when
+//    - its Host header is not `localhost:PORT` or `<IP literal>:PORT` (PORT: the port the connection came
+//      in on). A web page can only reach the manager under a name that resolves to this machine (DNS
+//      rebinding): its requests carry that name as Host. A browser sends an IP literal as Host only for a
+//      page whose own origin is that address, i.e. the manager itself. Names listed in
+//      NNI_LEASE_MANAGER_ALLOWED_NAMES (comma-separated; e.g. an nniManagerIp given as a name) are allowed too;
+//    - it carries an Origin that is not `http://<its Host>` (any method: a cross-origin fetch, a
+//      cross-site websocket, `Origin: null` from a sandboxed page or file:);
+//    - it changes state (POST, PUT, DELETE, PATCH) without an Origin but with a Referer from another
+//      origin. Browsers send Origin on every request that is not GET or HEAD (Fetch standard,
+//      "append a request Origin header"), a text/plain form POST included, so a state-changing request
+//      with neither header comes from a program, not a page: NNI's Python client, its trials and remote
+//      workers send none and keep working.
+// 3. Die with the launcher. NNI starts this process in its own process group, so it outlives a
 //    SIGKILLed launcher. A watchdog notices when the parent process (NNI_LEASE_MANAGER_PARENT) is gone,
 //    asks NNI to shut down (SIGTERM: the experiment stops and the trials are killed), and after
 //    NNI_LEASE_MANAGER_GRACE_MS kills what is left of its process group (itself and its trials).
@@ -17,16 +31,21 @@
 // environment so that the trials and any other child do not inherit them.
 
 const net = require('net');
+const http = require('http');
 const { isMainThread } = require('worker_threads');
 
 const HOST = process.env.NNI_LEASE_MANAGER_HOST;
 const PARENT = Number(process.env.NNI_LEASE_MANAGER_PARENT);
 const GRACE_MS = Number(process.env.NNI_LEASE_MANAGER_GRACE_MS) || 10000;
 const POLL_MS = 500;
+const ALLOWED_NAMES = new Set(['localhost', ...(process.env.NNI_LEASE_MANAGER_ALLOWED_NAMES || '')
+  .split(',').map(name => name.trim().toLowerCase()).filter(name => name)]);
+const STATE_CHANGING = new Set(['POST', 'PUT', 'DELETE', 'PATCH']);
 const WILDCARD_HOSTS = new Set(['', '0.0.0.0', '::', '::0', '0:0:0:0:0:0:0:0']);
 
 function scrubEnvironment() {
-  for (const name of ['NNI_LEASE_MANAGER_HOST', 'NNI_LEASE_MANAGER_PARENT', 'NNI_LEASE_MANAGER_GRACE_MS']) {
+  for (const name of ['NNI_LEASE_MANAGER_HOST', 'NNI_LEASE_MANAGER_PARENT', 'NNI_LEASE_MANAGER_GRACE_MS',
+                      'NNI_LEASE_MANAGER_ALLOWED_NAMES']) {
     delete process.env[name];
   }
   const options = process.env.NODE_OPTIONS;
@@ -80,6 +99,77 @@ function patchListen() {
     }
     options.host = bindHost(options.host);
     return callback ? originalListen.call(this, options, callback) : originalListen.call(this, options);
+  };
+}
+
+// The hostname and port of a Host header (`name:port`, `[v6]:port`), lower-cased; null if malformed.
+function splitHost(value) {
+  const match = /^(\[[0-9a-f:.]+\]|[^:\[\]]+)(?::(\d{1,5}))?$/i.exec(value);
+  return match ? { name: match[1].toLowerCase(), port: match[2] === undefined ? 80 : Number(match[2]) } : null;
+}
+
+function isIpLiteral(name) {
+  return net.isIPv4(name) || (name.startsWith('[') && name.endsWith(']') && net.isIPv6(name.slice(1, -1)));
+}
+
+function originOf(url) {
+  try {
+    return new URL(url).origin.toLowerCase();
+  } catch (error) {
+    return null;
+  }
+}
+
+// Why `req` must be refused, or null if it may reach NNI.
+function refusal(req) {
+  const hostHeader = req.headers.host;
+  const host = typeof hostHeader === 'string' ? splitHost(hostHeader.trim()) : null;
+  if (host === null) {
+    return 'no valid Host header';
+  }
+  if (host.port !== req.socket.localPort || !(ALLOWED_NAMES.has(host.name) || isIpLiteral(host.name))) {
+    return `Host ${JSON.stringify(hostHeader.slice(0, 100))} is not this manager (localhost or an IP address, `
+           + `port ${req.socket.localPort})`;
+  }
+  const own = `http://${host.name}:${host.port}`;
+  const ownDefault = host.port === 80 ? `http://${host.name}` : own;
+  const origin = req.headers.origin;
+  if (origin !== undefined) {
+    const seen = originOf(origin);
+    if (seen !== own && seen !== ownDefault) {
+      return `Origin ${JSON.stringify(String(origin).slice(0, 100))} is not this manager's origin ${own}`;
+    }
+  } else if (STATE_CHANGING.has(req.method) && req.headers.referer !== undefined) {
+    const seen = originOf(req.headers.referer);
+    if (seen !== own && seen !== ownDefault) {
+      return `Referer of a ${req.method} request is not from this manager's origin ${own}`;
+    }
+  }
+  return null;
+}
+
+function patchRequests() {
+  const originalEmit = http.Server.prototype.emit;
+  http.Server.prototype.emit = function emit(event, ...args) {
+    if (event === 'request' || event === 'upgrade') {
+      const req = args[0];
+      const why = refusal(req);
+      if (why !== null) {
+        process.stderr.write(`nni_lease: refused ${req.method} ${String(req.url).slice(0, 200)}: ${why}.\n`);
+        const body = `Forbidden: ${why}.\n`;
+        if (event === 'request') {
+          const res = args[1];
+          res.writeHead(403, { 'Content-Type': 'text/plain; charset=utf-8', 'Connection': 'close' });
+          res.end(body);
+        } else {
+          const socket = args[1];
+          socket.end(`HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain; charset=utf-8\r\n`
+                     + `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+        }
+        return true;
+      }
+    }
+    return originalEmit.call(this, event, ...args);
   };
 }
 
@@ -150,6 +240,7 @@ function startWatchdog() {
 if (HOST !== undefined) {
   scrubEnvironment();
   patchListen();
+  patchRequests();
   if (isMainThread && Number.isInteger(PARENT) && PARENT > 0) {
     startWatchdog();
   }

@@ -11,7 +11,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from art_fisher.detection.calibration import QuantileOutlierDetector
 
 
-@parametrize_with_checks([QuantileOutlierDetector(target_fpr=0.2, direction="two-sided", combine="mean")])
+@parametrize_with_checks([QuantileOutlierDetector(target_fpr=0.2, polarity="two-sided", combine="mean")])
 def test_sklearn_outlier_conventions(estimator, check):
     check(estimator)
 
@@ -56,16 +56,16 @@ def test_standardisation_is_median_and_mad_of_the_log():
     np.testing.assert_allclose(-det.score_samples(clean[:5]), z.max(axis=1))
 
 
-def test_directions():
+def test_polarities():
     rng = np.random.default_rng(4)
     clean = rng.normal(size=(1000, 1))
     low, high = np.array([[-4.0]]), np.array([[4.0]])
-    assert QuantileOutlierDetector(direction="higher").fit(clean).predict(np.r_[low, high]).tolist() == [1, -1]
-    assert QuantileOutlierDetector(direction="lower").fit(clean).predict(np.r_[low, high]).tolist() == [-1, 1]
-    assert QuantileOutlierDetector(direction="two-sided").fit(clean).predict(np.r_[low, high]).tolist() == [-1, -1]
-    both = QuantileOutlierDetector(direction=["lower", "higher"]).fit(np.c_[clean, clean])
+    assert QuantileOutlierDetector(polarity="higher").fit(clean).predict(np.r_[low, high]).tolist() == [1, -1]
+    assert QuantileOutlierDetector(polarity="lower").fit(clean).predict(np.r_[low, high]).tolist() == [-1, 1]
+    assert QuantileOutlierDetector(polarity="two-sided").fit(clean).predict(np.r_[low, high]).tolist() == [-1, -1]
+    both = QuantileOutlierDetector(polarity=["lower", "higher"]).fit(np.c_[clean, clean])
     assert both.predict([[-4.0, 0.0], [0.0, 4.0], [4.0, -4.0]]).tolist() == [-1, -1, 1]
-    one = QuantileOutlierDetector(direction=["none", "higher"]).fit(np.c_[clean, clean])
+    one = QuantileOutlierDetector(polarity=["none", "higher"]).fit(np.c_[clean, clean])
     assert one.predict([[-4.0, 0.0], [4.0, 0.0], [0.0, 4.0]]).tolist() == [1, 1, -1]
 
 
@@ -101,12 +101,26 @@ def test_zeros_under_log_and_too_few_samples():
         ({"target_fpr": 1.0}, "target_fpr must be a number in"),
         ({"target_fpr": True}, "target_fpr must be a number in"),
         ({"combine": "sum"}, "combine must be one of"),
-        ({"direction": "up"}, "direction must be one of"),
-        ({"direction": ["higher"]}, "one per column"),
-        ({"direction": "none"}, "at least one column"),
+        ({"polarity": "up"}, "polarity must be one of"),
+        ({"polarity": ["higher"]}, "one per column"),
+        ({"polarity": "none"}, "at least one column"),
         ({"log": 1}, "log must be True or False"),
     ],
 )
 def test_bad_parameters_raise_in_fit(params, match):
     with pytest.raises(ValueError, match=match):
         QuantileOutlierDetector(**params).fit(np.ones((30, 2)) + np.arange(30)[:, None])
+
+
+def test_direction_is_a_deprecated_name_of_polarity():
+    from sklearn.base import clone
+
+    clean = np.random.default_rng(1).normal(size=(199, 1))
+    old = QuantileOutlierDetector(direction="lower")
+    assert clone(old).get_params()["direction"] == "lower"  # stored as given; warned about in fit
+    with pytest.warns(DeprecationWarning, match="direction was renamed polarity"):
+        old.fit(clean)
+    new = QuantileOutlierDetector(polarity="lower").fit(clean)
+    x = np.array([[-3.0], [3.0]])
+    np.testing.assert_array_equal(old.decision_function(x), new.decision_function(x))
+    assert old.polarity_ == "lower"

@@ -86,6 +86,9 @@ def test_evaluate_with_a_state_dict(tmp_path, capsys):
         (["--model", "{tmp}/notes.txt"], "notes.txt: expected a state dict"),
         (["--n-samples", "1"], "n_samples must be an integer >= 4"),
         (["--batch-size", "100000000000000000000"], "batch_size must be an integer from 1 to 65536"),
+        (["--seed", "99999999999999999999"], "seed must be an integer from 0 to 4294967295"),
+        (["--seed", "18446744073709551615"], "seed must be an integer from 0 to 4294967295"),
+        (["--output", "/sys/kernel/art_fisher_out"], "not writable"),
         (["--epochs", "0"], "epochs must be"),
         (["--target-fpr", "0"], "target_fpr must be"),
         (["--eps", "-0.1"], "eps must be"),
@@ -114,7 +117,8 @@ def test_bad_options_exit_2_with_one_line(tmp_path, capsys, args, message):
 def test_argparse_refuses_a_float_batch_size(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["evaluate", "--batch-size", "1e20"])
-    assert exit_info.value.code == 2 and "invalid int value: '1e20'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "invalid int value: '1e20'" in err and err.count("\n") == 1
 
 
 def test_evaluate_help_lists_every_option():

@@ -419,3 +419,108 @@ def test_arrays_have_canonical_strides(tmp_path):
     for ds in (load_digits(), load_digits(split="test"), load_mnist(tmp_path), load_cifar10(tmp_path)):
         n, c, h, w = ds.x.shape
         assert ds.x.strides == (4 * c * h * w, 4 * h * w, 4 * w, 4)
+
+
+# ------------------------------------------------------------------ size bombs: bounded work, bounded messages
+class _DtypeBomb:
+    """numpy.dtype([b'\\0' * 1000] * 100000): 444 KB pickled (one memoized bytes), 400 MB as repr."""
+
+    def __reduce__(self):
+        return (np.dtype, ([b"\0" * 1000] * 100_000,))
+
+
+def _write_size_bombs(root: Path) -> dict[str, Path]:
+    (root / "dtype").mkdir()
+    with open(root / "dtype" / "test_batch", "wb") as fh:
+        pickle.dump({b"data": _DtypeBomb(), b"labels": [0]}, fh, protocol=2)
+    (root / "dup").mkdir()
+    (root / "dup" / "test_batch").write_bytes(b"\x80\x02N" + b"2" * (63 * 2**20) + b".")  # 63 MiB of DUP
+    x_small = io.BytesIO()
+    np.save(x_small, np.zeros((20, 28, 28), np.uint8))
+    with zipfile.ZipFile(root / "shadow.npz", "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("x_train.npy", x_small.getvalue())
+        archive.writestr("y_train.npy", _npy_bytes(np.zeros(20, np.uint8)))
+        archive.writestr("x_train", _npy_bytes(np.zeros((200_000, 28, 28), np.uint8)))  # 150 KB deflated: np.load
+        # read these 200,000 images instead of the 20 checked ones
+    return {"dtype": root / "dtype", "dup": root / "dup", "npz": root / "shadow.npz"}
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    np.save(out, array)
+    return out.getvalue()
+
+
+_BOMB_PROBE = """
+import resource, sys, time
+from pathlib import Path
+from art_fisher.data.loaders import load_cifar10, load_mnist
+
+kind, path = sys.argv[1], Path(sys.argv[2])
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = time.perf_counter()
+try:
+    load_mnist(path) if kind == "npz" else load_cifar10(path, split="test")
+    print("ACCEPTED")
+except ValueError as exc:
+    print(len(str(exc)), str(exc)[:300].replace(chr(10), " "))
+print("SECONDS", time.perf_counter() - start)
+print("GROWTH_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+"""
+
+
+@pytest.mark.parametrize("kind", ["dtype", "dup", "npz"])
+def test_size_bombs_are_refused_within_300_mb(tmp_path, kind):
+    """Each hostile file of the probe: a short ValueError naming the file, peak RSS < 300 MB over the baseline
+    (before: 1.8 GB and a 400 MB message; 810 MB and 16.6 s; 1.6 GB and 200,000 images accepted)."""
+    path = _write_size_bombs(tmp_path)[kind]
+    out = subprocess.run([sys.executable, "-c", _BOMB_PROBE, kind, str(path)], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}, timeout=300)
+    lines = out.stdout.splitlines()
+    assert len(lines) == 3 and lines[0] != "ACCEPTED", out.stdout + out.stderr[-2000:]
+    length, message = lines[0].split(" ", 1)
+    assert int(length) < 1000 and str(path) in message, message
+    assert {"dtype": "refusing numpy.dtype([", "dup": "more than 50000 items", "npz": "has no .npy suffix"}[kind] in message
+    assert float(lines[1].split()[1]) < 10
+    growth_mb = int(lines[2].split()[1]) / 1024
+    assert growth_mb < 300, (kind, growth_mb)
+
+
+def test_npz_reads_only_the_members_it_checked(tmp_path):
+    x, y = np.zeros((3, 28, 28), np.uint8), np.zeros(3, np.uint8)
+    for members, match in [
+        ({"x_train.npy": _npy_bytes(x), "y_train.npy": _npy_bytes(y), "x_train": b"\0" * 10},
+         r"member 'x_train' has no .npy suffix: numpy would read it instead of x_train.npy"),
+        ({"x_train.npy": _npy_bytes(x), "y_train.npy": _npy_bytes(y), "notes.txt": b"hi"},
+         r"unexpected members \['notes.txt'\]"),
+        ({"x_train": bytes(784 * 3), "y_train.npy": _npy_bytes(y)}, r"has no .npy suffix"),
+        ({"x_train.npy": _npy_bytes(x), "y_train.npy": _npy_bytes(y), "x_train": _npy_bytes(np.zeros((9, 28, 28)))},
+         r"shadowing the array checked here"),
+    ]:
+        path = tmp_path / "mnist.npz"
+        with zipfile.ZipFile(path, "w") as archive:
+            for name, data in members.items():
+                archive.writestr(name, data)
+        with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}: expected only .*{match}"):
+            load_mnist(path)
+    with zipfile.ZipFile(path, "w") as archive, pytest.warns(UserWarning, match="Duplicate name"):
+        archive.writestr("x_train.npy", _npy_bytes(np.zeros((9, 28, 28), np.uint8)))
+        archive.writestr("x_train.npy", _npy_bytes(x))
+        archive.writestr("y_train.npy", _npy_bytes(y))
+    with pytest.raises(ValueError, match="holds a member name twice"):
+        load_mnist(path)
+    with zipfile.ZipFile(path, "w") as archive:  # the plain layout still loads
+        archive.writestr("x_train.npy", _npy_bytes(x + 255))
+        archive.writestr("y_train.npy", _npy_bytes(y + 3))
+    data = load_mnist(path)
+    assert data.x.shape == (3, 1, 28, 28) and np.all(data.y == 3)
+
+
+def test_cifar_refusals_describe_without_repr():
+    from art_fisher.data.cifar_batch import describe
+
+    huge = [b"\0" * 10**6] * 10**5
+    text = describe(huge)
+    assert len(text) < 400 and "100000 items" in text and "1000000 in all" in text
+    assert describe(2**200) == "<int of 201 bits>" and describe((1, "a")) == "(1, 'a')"
+    assert describe(np.dtype([(f"f{i}", "u1") for i in range(1000)])) == "dtype with 1000 fields"

@@ -20,7 +20,7 @@ from art_fisher.detection.calibration import QuantileOutlierDetector
 from art_fisher.detection.detector import FisherInformationDetector, default_estimator
 from art_fisher.detection.estimators import FisherFeatures, ThresholdClassifier
 
-SCALAR_METRICS = tuple(m for m in ("trace", "quadratic_form", "max_eigenvalue") if m in _features.METRICS)
+SCALAR_METRICS = ("trace", "quadratic_form", "max_eigenvalue")
 
 
 def _split(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -41,7 +41,7 @@ def attack_features(digits_cnn, digits_attacks):
 
     The clean digits are shared by the attacks, so their features are computed once.
     """
-    metrics = tuple(m for m in SCALAR_METRICS if m in _features.available_metrics())
+    metrics = SCALAR_METRICS
     transformer = FisherFeatures(digits_cnn.classifier, metrics=metrics).fit(digits_cnn.x_test[:2])
     names = list(transformer.get_feature_names_out())
     clean_all = np.concatenate([clean for clean, _ in digits_attacks.values()])
@@ -96,7 +96,7 @@ def test_adversarial_inputs_have_higher_fisher_trace(attack, attack_features):
         np.r_[f_clean[:, [names.index("trace")]], f_adv[:, [names.index("trace")]]],
         np.r_[np.zeros(len(f_clean)), np.ones(len(f_adv))],
     )
-    assert clf.direction_ == "higher"
+    assert clf.polarity_ == "higher"
 
 
 def test_detector_end_to_end_matches_features_and_estimator(digits_cnn, digits_attacks, attack_features):
@@ -139,14 +139,12 @@ def test_one_hot_labels_and_threshold_default(digits_cnn, digits_attacks):
 
 
 def test_sensitivity_maps_and_their_features(digits_cnn):
-    if "sensitivity" not in _features.available_metrics():
-        pytest.skip("art_fisher.metrics has no fisher_sensitivity")
     x = digits_cnn.x_test[:6]
     detector = FisherInformationDetector(digits_cnn.classifier, metrics=("sensitivity",))
-    maps = detector.sensitivity_maps(x, batch_size=4)
+    maps = detector.sensitivity_maps(x, chunk_size=4)
     assert maps.shape == x.shape
     values = _features.compute(
-        digits_cnn.classifier, x, metrics=("sensitivity",), settings=_features.options_of(detector), batch_size=6
+        digits_cnn.classifier, x, metrics=("sensitivity",), settings=_features.options_of(detector), chunk_size=6
     )["sensitivity"]
     flat = np.abs(maps.reshape(len(x), -1))
     np.testing.assert_allclose(values[:, 0], flat.sum(1), rtol=1e-4)
@@ -173,11 +171,11 @@ def test_classifier_preprocessing_is_applied(digits_cnn):
         model, torch.nn.CrossEntropyLoss(), (1, 8, 8), 10, preprocessing=(mean, std), device_type="cpu"
     )
     x = digits_cnn.x_test[:5]
-    metrics = ("trace", "sensitivity") if "sensitivity" in _features.available_metrics() else ("trace",)
+    metrics = ("trace", "sensitivity")
     settings = _features.options_of(FisherInformationDetector(with_prep))
-    a = _features.compute(with_prep, x, metrics=metrics, settings=settings, batch_size=5, reduce_maps=False)
+    a = _features.compute(with_prep, x, metrics=metrics, settings=settings, chunk_size=5, reduce_maps=False)
     b = _features.compute(
-        digits_cnn.classifier, (x - mean) / std, metrics=metrics, settings=settings, batch_size=5, reduce_maps=False
+        digits_cnn.classifier, (x - mean) / std, metrics=metrics, settings=settings, chunk_size=5, reduce_maps=False
     )
     np.testing.assert_allclose(a["trace"], b["trace"], rtol=1e-4)
     if "sensitivity" in metrics:  # chain rule: d/dx = (1/std) d/dx', twice
@@ -214,10 +212,11 @@ def test_defence_params_match_constructor_and_round_trip(digits_cnn):
     import inspect
 
     signature = inspect.signature(FisherInformationDetector.__init__)
-    assert list(signature.parameters)[1:] == FisherInformationDetector.defence_params
-    detector = FisherInformationDetector(digits_cnn.classifier, metrics=("trace",), batch_size=7, blockwise=True)
+    deprecated = ("batch_size", "epsilon")  # former names, not parameters
+    assert [p for p in list(signature.parameters)[1:] if p not in deprecated] == FisherInformationDetector.defence_params
+    detector = FisherInformationDetector(digits_cnn.classifier, metrics=("trace",), chunk_size=7, blockwise=True)
     params = detector.get_params()
-    assert params["batch_size"] == 7 and params["metrics"] == ("trace",) and params["blockwise"] is True
+    assert params["chunk_size"] == 7 and params["metrics"] == ("trace",) and params["blockwise"] is True
     copy = FisherInformationDetector(**params)
     assert copy.get_params() == params
     copy.set_params(**params)
@@ -229,7 +228,7 @@ def test_set_params_checks_and_keeps_or_discards_fit(digits_cnn, digits_attacks)
     x, y = _detection_set(clean, adv, np.arange(10))
     detector = FisherInformationDetector(digits_cnn.classifier, metrics=("trace",))
     detector.fit(x, y)
-    detector.set_params(batch_size=3, metrics=["trace"])  # same features: the fit stays
+    detector.set_params(chunk_size=3, metrics=["trace"])  # same features: the fit stays
     assert hasattr(detector, "estimator_")
     with pytest.raises(ValueError, match="method must be one of"):
         detector.set_params(method="adjoint")
@@ -256,8 +255,8 @@ def test_bad_constructor_arguments(digits_cnn):
         FisherInformationDetector(clf, direction="label")
     with pytest.raises(ValueError, match="params: unknown parameter names"):
         FisherInformationDetector(clf, params=("classifier.3.weight", "nope"))
-    with pytest.raises(ValueError, match="batch_size must be a positive int"):
-        FisherInformationDetector(clf, batch_size=0)
+    with pytest.raises(ValueError, match="chunk_size must be a positive int"):
+        FisherInformationDetector(clf, chunk_size=0)
     with pytest.raises(TypeError, match="estimator must be None, a scikit-learn classifier"):
         FisherInformationDetector(clf, estimator=StandardScaler())
     with pytest.raises(ValueError, match="top_eigenvector.*quadratic form only"):
@@ -266,8 +265,8 @@ def test_bad_constructor_arguments(digits_cnn):
         FisherInformationDetector(clf, classes="rest")
     with pytest.raises(TypeError, match="normalize must be True or False"):
         FisherInformationDetector(clf, normalize=1)
-    with pytest.raises(TypeError, match="epsilon must be a positive float"):
-        FisherInformationDetector(clf, epsilon="small")
+    with pytest.raises(TypeError, match="fd_step must be a positive float"):
+        FisherInformationDetector(clf, fd_step="small")
     FisherInformationDetector(clf, params=("classifier.3.weight",), blockwise=False)  # valid
 
 
@@ -276,7 +275,7 @@ def test_bad_constructor_arguments(digits_cnn):
     [
         {"normalize": False, "blockwise": True},
         {"direction": "top_eigenvector", "params": ("classifier.1.weight", "classifier.3.weight")},
-        {"method": "finite_difference", "epsilon": 1e-4},
+        {"method": "finite_difference", "fd_step": 1e-4},
         {"classes": "predicted_vs_rest", "normalize": False},
     ],
 )
@@ -287,11 +286,11 @@ def test_metric_options_pass_through(digits_cnn, options):
     x = digits_cnn.x_test[:6]
     detector = FisherInformationDetector(clf, **options)
     values = _features.compute(
-        clf, x, metrics=detector.metrics, settings=_features.options_of(detector), batch_size=4
+        clf, x, metrics=detector.metrics, settings=_features.options_of(detector), chunk_size=4
     )
     xt = torch.as_tensor(x).clone(memory_format=torch.contiguous_format)  # canonical strides (see _features)
     kwargs = {k: (list(v) if k == "params" else v) for k, v in options.items()}
-    trace_kwargs = {k: v for k, v in kwargs.items() if k in ("params", "method", "epsilon", "output")}
+    trace_kwargs = {k: v for k, v in kwargs.items() if k in ("params", "method", "fd_step", "output")}
     np.testing.assert_allclose(values["trace"], fisher_trace(clf.model, xt, **trace_kwargs).numpy(), rtol=1e-4)
     np.testing.assert_allclose(
         values["quadratic_form"], fisher_quadratic_form(clf.model, xt, **kwargs).numpy(), rtol=1e-5
@@ -336,20 +335,6 @@ def test_bad_inputs_raise_before_any_metric_is_computed(digits_cnn, metrics_forb
         detector.fit(x, y, batch_size=-1)
 
 
-@pytest.mark.slow
-def test_example_walkthrough_runs():
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[2] / "examples" / "detector_in_art_workflow.py"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "identical decisions" in proc.stdout and "held-out ROC-AUC" in proc.stdout
-
-
 # --------------------------------------------------------------------------- clean-only calibration
 def test_clean_only_fit_flags_the_target_rate_of_clean_inputs(digits_cnn, digits_attacks):
     """fit(x) without labels: the threshold is the clean conformal quantile of the metric (brute force)."""
@@ -359,7 +344,7 @@ def test_clean_only_fit_flags_the_target_rate_of_clean_inputs(digits_cnn, digits
     detector.fit(x_cal)
     assert detector.calibration_ == "clean" and isinstance(detector.estimator_, QuantileOutlierDetector)
     trace = lambda x: _features.compute(  # noqa: E731
-        clf, x, metrics=("trace",), settings=_features.options_of(detector), batch_size=128
+        clf, x, metrics=("trace",), settings=_features.options_of(detector), chunk_size=128
     )["trace"]
     threshold = np.sort(trace(x_cal))[math.ceil(0.9 * 301) - 1]
     report, flagged = detector.detect(x_new)
@@ -377,11 +362,11 @@ def test_clean_only_combines_metrics_and_accepts_an_outlier_detector(digits_cnn,
     clean = digits_cnn.x_test[:200]
     detector = FisherInformationDetector(clf, metrics=("trace", "quadratic_form", "max_eigenvalue"))
     detector.fit(clean)
-    assert detector.estimator_.direction == ["higher", "higher", "higher"] and detector.estimator_.log
+    assert detector.estimator_.polarity == ["higher", "higher", "higher"] and detector.estimator_.log
     assert detector.estimator_.train_fpr_ <= 0.05
     with_map = FisherInformationDetector(clf, metrics=("trace", "sensitivity"))
     with_map.fit(clean[:40])
-    assert with_map.estimator_.direction == ["higher", "higher", "higher", "higher", "none"]  # top_mass left out
+    assert with_map.estimator_.polarity == ["higher", "higher", "higher", "higher", "none"]  # top_mass left out
     _, adv = digits_attacks["deepfool"]
     report, flagged = detector.detect(adv)
     assert flagged.mean() > 0.5 and np.all(np.isfinite(report["decision_scores"]))
@@ -524,3 +509,22 @@ def test_uint8_range_images_are_warned_about(digits_cnn):
         FisherInformationDetector(wide, metrics=("trace",)).sensitivity_maps(pixels)  # the model expects 0..255
         detector.sensitivity_maps(digits_cnn.x_test[:6])  # [0, 1] inputs
 
+
+
+def test_deprecated_names_set_chunk_size_and_fd_step(digits_cnn, digits_attacks):
+    clf = digits_cnn.classifier
+    with pytest.warns(DeprecationWarning, match="batch_size was renamed chunk_size"):
+        detector = FisherInformationDetector(clf, metrics=("trace",), batch_size=7)
+    assert detector.chunk_size == 7 and "batch_size" not in detector.get_params()
+    with pytest.warns(DeprecationWarning, match="epsilon was renamed fd_step"):
+        detector = FisherInformationDetector(clf, metrics=("quadratic_form",), method="finite_difference", epsilon=1e-2)
+    assert detector.fd_step == 1e-2
+    with pytest.warns(DeprecationWarning, match="batch_size was renamed chunk_size"):
+        detector.set_params(batch_size=5)
+    assert detector.chunk_size == 5
+    with pytest.warns(DeprecationWarning), pytest.raises(TypeError, match="Pass chunk_size only"):
+        FisherInformationDetector(clf, batch_size=7, chunk_size=8)
+    x = digits_attacks["deepfool"][0][:6]
+    with pytest.warns(DeprecationWarning, match="batch_size was renamed chunk_size"):
+        old = detector.sensitivity_maps(x, batch_size=2)
+    np.testing.assert_array_equal(old, detector.sensitivity_maps(x, chunk_size=2))

@@ -47,7 +47,7 @@ def test_youden_threshold_is_optimal_and_between_scores():
     assert clf.criterion_ == pytest.approx(np.max(tpr - fpr))
     pred = clf.predict(X)
     assert np.mean(pred[y == 1]) - np.mean(pred[y == 0]) == pytest.approx(clf.criterion_)
-    assert clf.direction_ == "higher"
+    assert clf.polarity_ == "higher"
     assert not np.any(X[:, 0] == clf.threshold_)  # a midpoint, never a training score
 
 
@@ -82,19 +82,19 @@ def test_target_fpr_is_respected_and_tpr_maximal(target):
     assert tpr == pytest.approx(np.max(roc_tpr[roc_fpr <= target]))
 
 
-def test_direction_auto_flips_for_low_scores_and_fixed_direction_is_kept():
+def test_polarity_auto_flips_for_low_scores_and_fixed_polarity_is_kept():
     X, y = _scores(4)
     auto = ThresholdClassifier().fit(-X, y)
-    assert auto.direction_ == "lower"
+    assert auto.polarity_ == "lower"
     assert np.array_equal(auto.predict(-X), ThresholdClassifier().fit(X, y).predict(X))
-    fixed = ThresholdClassifier(direction="higher").fit(-X, y)
-    assert fixed.direction_ == "higher"
-    assert np.mean(fixed.predict(-X) == y) < 0.6  # the wrong direction, as asked
+    fixed = ThresholdClassifier(polarity="higher").fit(-X, y)
+    assert fixed.polarity_ == "higher"
+    assert np.mean(fixed.predict(-X) == y) < 0.6  # the wrong polarity, as asked
 
 
 def test_decision_function_and_proba_agree_with_predict():
     X, y = _scores(5)
-    clf = ThresholdClassifier(direction="lower").fit(-X, y)
+    clf = ThresholdClassifier(polarity="lower").fit(-X, y)
     d = clf.decision_function(-X)
     assert np.array_equal(clf.predict(-X), (d > 0).astype(int))
     np.testing.assert_allclose(d, clf.threshold_ + X[:, 0])
@@ -115,7 +115,7 @@ def test_several_columns_pick_the_informative_one():
     ("params", "match"),
     [
         ({"strategy": "f1"}, "strategy must be one of"),
-        ({"direction": "up"}, "direction must be one of"),
+        ({"polarity": "up"}, "polarity must be one of"),
         ({"strategy": "target_fpr"}, "target_fpr must be a number in"),
         ({"strategy": "target_fpr", "target_fpr": 1.5}, "target_fpr must be a number in"),
         ({"target_fpr": 0.1}, "only used with strategy='target_fpr'"),
@@ -162,7 +162,7 @@ def test_fisher_features_in_pipeline_and_grid_search(digits_cnn, digits_attacks)
     n = 20
     x = np.concatenate([clean[:n], adv[:n]])
     y = np.r_[np.zeros(n, dtype=int), np.ones(n, dtype=int)]
-    features = FisherFeatures(digits_cnn.classifier, metrics=("trace", "max_eigenvalue"), batch_size=32)
+    features = FisherFeatures(digits_cnn.classifier, metrics=("trace", "max_eigenvalue"), chunk_size=32)
     pipe = Pipeline([("fisher", features), ("scale", StandardScaler()), ("lr", LogisticRegression())])
     search = GridSearchCV(pipe, {"lr__C": [0.1, 10.0]}, cv=2, scoring="roc_auc").fit(x, y)
     assert search.best_estimator_.named_steps["fisher"].classifier is digits_cnn.classifier  # shared, not copied
@@ -175,7 +175,7 @@ def test_fisher_features_in_pipeline_and_grid_search(digits_cnn, digits_attacks)
         x[:5],
         metrics=("trace", "max_eigenvalue"),
         settings=_features.options_of(features),
-        batch_size=5,
+        chunk_size=5,
     )
     np.testing.assert_allclose(
         features.fit_transform(x[:5]), np.column_stack([values["trace"], values["max_eigenvalue"]]), rtol=1e-4
@@ -202,7 +202,7 @@ def test_detector_and_transformer_share_one_options_object(digits_cnn):
         for name in _features.OPTION_NAMES:
             assert signature[name].default == getattr(_features.DEFAULT_OPTIONS, name), (cls, name)
     clf = digits_cnn.classifier
-    for bad, error in (({"classes": "rest"}, ValueError), ({"normalize": 1}, TypeError), ({"epsilon": 0.0}, ValueError)):
+    for bad, error in (({"classes": "rest"}, ValueError), ({"normalize": 1}, TypeError), ({"fd_step": 0.0}, ValueError)):
         messages = []
         for build in (lambda: FisherFeatures(clf, **bad).fit(digits_cnn.x_test[:2]),
                       lambda: FisherInformationDetector(clf, **bad)):  # fmt: skip
@@ -213,3 +213,31 @@ def test_detector_and_transformer_share_one_options_object(digits_cnn):
     options = _features.options_of(FisherFeatures(clf, metrics=["trace"], params=["classifier.3.weight"]))
     assert options.metrics == ("trace",) and options.params == ("classifier.3.weight",)
     assert hash(options) == hash(_features.options_of(FisherInformationDetector(clf, metrics=("trace",), params=("classifier.3.weight",))))
+
+
+def test_fisher_features_deprecated_names_warn_in_fit_and_keep_sklearn_rules(digits_cnn, digits_attacks):
+    from sklearn.base import clone
+
+    x = digits_attacks["deepfool"][0][:6]
+    features = FisherFeatures(digits_cnn.classifier, metrics=("quadratic_form",), method="finite_difference",
+                              batch_size=2, epsilon=1e-2)  # fmt: skip
+    params = features.get_params()
+    assert params["batch_size"] == 2 and params["epsilon"] == 1e-2  # __init__ stores what it gets
+    assert clone(features).get_params()["epsilon"] == 1e-2
+    with pytest.warns(DeprecationWarning, match="epsilon was renamed fd_step"):
+        old = features.fit_transform(x)
+    new = FisherFeatures(digits_cnn.classifier, metrics=("quadratic_form",), method="finite_difference",
+                         chunk_size=2, fd_step=1e-2).fit_transform(x)  # fmt: skip
+    np.testing.assert_array_equal(old, new)
+    assert repr(FisherFeatures(digits_cnn.classifier).get_params()["batch_size"]) == "'deprecated'"
+
+
+def test_threshold_classifier_direction_is_a_deprecated_name_of_polarity():
+    X = np.array([[0.1], [0.2], [0.3], [0.9], [1.1], [1.4]])
+    y = [0, 0, 0, 1, 1, 1]
+    with pytest.warns(DeprecationWarning, match="direction was renamed polarity"):
+        old = ThresholdClassifier(direction="lower").fit(X, y)
+    assert old.polarity_ == "lower"
+    with pytest.warns(DeprecationWarning, match="direction_ was renamed polarity_"):
+        assert old.direction_ == "lower"
+    assert clone(ThresholdClassifier(direction="lower")).get_params()["direction"] == "lower"

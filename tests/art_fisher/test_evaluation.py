@@ -228,7 +228,7 @@ def _corrupt(kind: str, path, data) -> None:
         payload["state_dict"] = SmallCNN(width=4).state_dict()
         payload["digest"] = model_cache._digest(payload["state_dict"])
         torch.save(payload, path)
-    elif kind == "plain_state_dict":  # what earlier versions wrote
+    elif kind == "plain_state_dict":  # a bare state dict, without the cache's metadata
         torch.save(SmallCNN().state_dict(), path)
 
 
@@ -388,7 +388,7 @@ def test_fisher_values_are_computed_once_per_input_and_metric(digits_cnn, monkey
     clean = FisherRun(ctx, ("trace",))
     clean.fit(x[:40], None)
     assert computed == [("trace", 40), ("quadratic_form", 40), ("trace", 20), ("quadratic_form", 20)]
-    plain = FisherInformationDetector(clf, metrics=("trace", "quadratic_form"), batch_size=16)
+    plain = FisherInformationDetector(clf, metrics=("trace", "quadratic_form"), chunk_size=16)
     plain.fit(x[:40], y[10:50])
     report, flagged = plain.detect(x)
     np.testing.assert_allclose(scored.score, report["decision_scores"], rtol=1e-5, atol=1e-8)

@@ -61,7 +61,7 @@ def test_block_trace_columns_follow_the_selected_and_the_frozen_parameters(cnn):
 def test_feature_names_need_the_blocks():
     with pytest.raises(ValueError, match="one column per parameter tensor"):
         _features.feature_names(("block_traces",))
-    assert _features.feature_directions(("trace", "block_traces"), ("a", "b")) == ["higher"] * 3
+    assert _features.feature_polarities(("trace", "block_traces"), ("a", "b")) == ["higher"] * 3
 
 
 def test_detector_on_block_traces_labelled_clean_only_gradient_and_file(cnn, tmp_path):
@@ -84,7 +84,7 @@ def test_detector_on_block_traces_labelled_clean_only_gradient_and_file(cnn, tmp
 
     clean = FisherInformationDetector(clf, metrics=("block_traces",), target_fpr=0.2)
     clean.fit(x)  # no labels: every tensor's trace is suspicious when high
-    assert list(clean.estimator_.direction) == ["higher"] * len(det.feature_names_)
+    assert list(clean.estimator_.polarity) == ["higher"] * len(det.feature_names_)
     assert abs(float(np.mean(clean.detect(x)[1])) - 0.2) <= 0.05
     art_clean = clean.as_art_classifier()
     central_difference_check(lambda xx: art_clean.predict(xx)[:, 0], art_clean.class_gradient(xs)[:, 0], xs)

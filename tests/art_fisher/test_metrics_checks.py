@@ -62,8 +62,8 @@ def test_bad_x(mlp, fn, make_x, error, match):
         ({"params": "inner.0.weight"}, TypeError, "params must be None or an iterable"),
         ({"params": [0]}, TypeError, "params must hold parameter names"),
         ({"params": []}, ValueError, "params must name at least one parameter"),
-        ({"batch_size": 0}, ValueError, "batch_size must be None or a positive int"),
-        ({"batch_size": 2.0}, TypeError, "batch_size must be None or a positive int"),
+        ({"chunk_size": 0}, ValueError, "chunk_size must be None or a positive int"),
+        ({"chunk_size": 2.0}, TypeError, "chunk_size must be None or a positive int"),
     ],
 )
 def test_bad_common_arguments(mlp, fn, kwargs, error, match):
@@ -78,9 +78,9 @@ def test_bad_common_arguments(mlp, fn, kwargs, error, match):
     ("kwargs", "error", "match"),
     [
         ({"method": "fd"}, ValueError, "method must be one of"),
-        ({"epsilon": 0.0}, ValueError, "epsilon must be a finite float > 0"),
-        ({"epsilon": -1e-3}, ValueError, "epsilon must be a finite float > 0"),
-        ({"epsilon": "1e-3"}, TypeError, "epsilon must be a positive float"),
+        ({"fd_step": 0.0}, ValueError, "fd_step must be a finite float > 0"),
+        ({"fd_step": -1e-3}, ValueError, "fd_step must be a finite float > 0"),
+        ({"fd_step": "1e-3"}, TypeError, "fd_step must be a positive float"),
     ],
 )
 def test_bad_method_arguments(mlp, fn, kwargs, error, match):
@@ -190,20 +190,17 @@ def _linear32():
 def test_non_finite_output_in_any_sample_names_the_samples(fn):
     model, x = _linear32()
     x = x.clone()
-    x[1] *= 1e38  # huge but finite logits: the derivatives overflow in float32
+    x[1] *= 1e38  # huge but finite logits: float32 cannot resolve a unit there (every metric, sensitivity included)
     x[3] *= -1e38
-    if fn is fisher_sensitivity:  # its direction ∇θ log p_ŷ is exactly 0 at a one-hot softmax: nothing overflows
-        assert float(fn(model, x)[[1, 3]].abs().max()) == 0
-    else:
-        with pytest.raises(ValueError, match=r"is not finite for samples \[1, 3\]"):
-            fn(model, x)
+    with pytest.raises(ValueError, match=r"logits exceed 8.39e\+06 in magnitude for samples \[1, 3\]"):
+        fn(model, x)
     x = x / 1e8  # now the logits themselves overflow to inf in samples 1 and 3
     with torch.no_grad():
         model[0].weight.mul_(1e12)
     with pytest.raises(ValueError, match=r"the model's output is not finite .* for samples \[1, 3\]"):
         fn(model, x)
     with pytest.raises(ValueError, match=r"for samples \[1, 3\]"):
-        fn(model, x, batch_size=2)  # found in the first chunk, every such sample named
+        fn(model, x, chunk_size=2)  # found in the first chunk, every such sample named
     if fn is not fisher_max_eigenvalue:
         with pytest.raises(ValueError, match=r"samples \[1, 3\]"):
             fn(model, x, method="finite_difference")
@@ -279,3 +276,24 @@ def test_create_graph_arguments():
         fisher_trace(model, x, create_graph=1)
     with pytest.raises(ValueError, match="create_graph=True needs method='exact'"):
         fisher_quadratic_form(model, x, create_graph=True, method="finite_difference")
+
+
+@pytest.mark.parametrize("fn", METRICS)
+def test_batch_size_is_a_deprecated_name_of_chunk_size(mlp, fn):
+    model, x = mlp
+    with pytest.warns(DeprecationWarning, match="batch_size was renamed chunk_size"):
+        old = fn(model, x, batch_size=2)
+    new = fn(model, x, chunk_size=2)
+    torch.testing.assert_close(old, new, rtol=0, atol=0)
+    with pytest.warns(DeprecationWarning), pytest.raises(TypeError, match="Pass chunk_size only"):
+        fn(model, x, batch_size=2, chunk_size=3)
+
+
+@pytest.mark.parametrize("fn", [fisher_quadratic_form, fisher_sensitivity])
+def test_epsilon_is_a_deprecated_name_of_fd_step(mlp, fn):
+    model, x = mlp
+    with pytest.warns(DeprecationWarning, match="epsilon was renamed fd_step"):
+        old = fn(model, x, method="finite_difference", epsilon=1e-2)
+    new = fn(model, x, method="finite_difference", fd_step=1e-2)
+    torch.testing.assert_close(old, new, rtol=0, atol=0)
+    assert not torch.equal(new, fn(model, x, method="finite_difference", fd_step=1e-1))

@@ -172,7 +172,7 @@ def test_a_failing_hook_path_falls_back_to_the_next(monkeypatch):
         return real_hook(*args, first_order=first_order, **kwargs)
 
     monkeypatch.setattr(sens, "hook_sensitivity", failing)
-    got = fisher_sensitivity(model, x, batch_size=2)
+    got = fisher_sensitivity(model, x, chunk_size=2)
     assert seen == [True, False, False]  # tried once, then the second-order path for every chunk
     assert rel_err(got, ref) < TOL
 

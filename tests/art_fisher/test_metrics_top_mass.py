@@ -97,8 +97,8 @@ def test_top_mass_hooks_match_torch_func_and_chunks_of_different_widths():
     plan = make_plan(net, x)
     assert not plan.rest  # grouped and depthwise convolutions take the hook engine
     spec = TopMass(0.1)
-    hooks = block_traces(net, plan, x, batch_size=2, classes=spec)  # chunks keep different numbers of classes
-    func = block_traces(net, plan.without_hooks(), x, batch_size=None, classes=spec)
+    hooks = block_traces(net, plan, x, chunk_size=2, classes=spec)  # chunks keep different numbers of classes
+    func = block_traces(net, plan.without_hooks(), x, chunk_size=None, classes=spec)
     torch.testing.assert_close(hooks, func, rtol=1e-10, atol=1e-14)
 
 

@@ -55,7 +55,7 @@ def test_predicted_vs_rest_matches_plain_reference(name, blockwise):
 def test_predicted_vs_rest_finite_difference_converges():
     model, x = make_case("tanh")
     exact = fisher_sensitivity(model, x, classes="predicted_vs_rest")
-    fd = fisher_sensitivity(model, x, classes="predicted_vs_rest", method="finite_difference", epsilon=1e-4)
+    fd = fisher_sensitivity(model, x, classes="predicted_vs_rest", method="finite_difference", fd_step=1e-4)
     assert rel_err(fd, exact) < 1e-6
 
 

@@ -36,7 +36,7 @@ def fitted_detector(digits_cnn, digits_attacks):
 def test_save_load_round_trip_gives_identical_decisions(digits_cnn, digits_attacks, tmp_path, estimator):
     clean, adv = digits_attacks["deepfool"]
     x, y = _detection_set(clean, adv, np.arange(16))
-    detector = FisherInformationDetector(digits_cnn.classifier, estimator=estimator, batch_size=16)
+    detector = FisherInformationDetector(digits_cnn.classifier, estimator=estimator, chunk_size=16)
     detector.fit(x, y)
     path = tmp_path / "detector.skops"
     detector.save(path)
@@ -176,7 +176,7 @@ def _edited(tmp_path, good, name, edit):
         (lambda s: s.pop("feature_names"), r"keys \['feature_names'\] are missing"),
         (lambda s: s.pop("model_fingerprint"), r"keys \['model_fingerprint'\] are missing"),
         (lambda s: s["settings"].__setitem__("treshold", 1), "unknown keys"),
-        (lambda s: s["settings"].__setitem__("batch_size", -3), "settings are invalid"),
+        (lambda s: s["settings"].__setitem__("chunk_size", -3), "settings are invalid"),
         (lambda s: s.__setitem__("settings", [1, 2]), "'settings' must be a dict"),
         (lambda s: s.__setitem__("input_shape", "1x8x8"), "'input_shape' must be a list"),
         (lambda s: s.__setitem__("feature_names", ["trace"]), "feature names do not match"),
@@ -218,12 +218,56 @@ def test_format_1_files_need_allow_other_model(fitted_detector, tmp_path):
     def as_version_1(state):
         state["format_version"] = 1
         del state["model_fingerprint"], state["settings"]["target_fpr"]
+        _with_former_names(state)
 
     old = _edited(tmp_path, good, "v1.skops", as_version_1)
     with pytest.raises(ValueError, match="older art_fisher .format 1."):
         FisherInformationDetector.load(old, detector.classifier)
     with pytest.warns(UserWarning, match="format 1"):
         loaded = FisherInformationDetector.load(old, detector.classifier, allow_other_model=True)
+    np.testing.assert_array_equal(loaded.detect(x)[1], detector.detect(x)[1])
+
+
+def _with_former_names(state):
+    """The settings as art_fisher 0.1 named them."""
+    state["settings"]["batch_size"] = state["settings"].pop("chunk_size")
+    state["settings"]["epsilon"] = state["settings"].pop("fd_step")
+
+
+def test_files_with_former_estimator_attribute_names_load(digits_cnn, digits_attacks, tmp_path):
+    """A ThresholdClassifier or QuantileOutlierDetector saved by art_fisher 0.1 holds ``direction``(``_``)."""
+    clean, adv = digits_attacks["deepfool"]
+    x, y = _detection_set(clean, adv, np.arange(16))
+    for detector, labels in (
+        (FisherInformationDetector(digits_cnn.classifier, metrics=("trace",)), y),
+        (FisherInformationDetector(digits_cnn.classifier, metrics=("trace", "quadratic_form")), None),
+    ):
+        detector.fit(x if labels is not None else clean[:40], labels)
+        good = tmp_path / "good.skops"
+        detector.save(good)
+
+        def with_direction(state):
+            attributes = vars(state["estimator_"])
+            attributes["direction"] = attributes.pop("polarity")
+            if isinstance(state["estimator_"], ThresholdClassifier):
+                attributes["direction_"] = attributes.pop("polarity_")
+            else:
+                del attributes["polarity_"]
+
+        old = _edited(tmp_path, good, "old.skops", with_direction)
+        loaded = FisherInformationDetector.load(old, detector.classifier)
+        np.testing.assert_array_equal(loaded.detect(x)[0]["decision_scores"], detector.detect(x)[0]["decision_scores"])
+
+
+def test_format_2_files_with_former_setting_names_load(fitted_detector, tmp_path):
+    detector, x = fitted_detector
+    good = tmp_path / "good.skops"
+    detector.set_params(chunk_size=9)
+    detector.save(good)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = FisherInformationDetector.load(_edited(tmp_path, good, "old.skops", _with_former_names), detector.classifier)
+    assert loaded.chunk_size == 9 and loaded.fd_step == detector.fd_step
     np.testing.assert_array_equal(loaded.detect(x)[1], detector.detect(x)[1])
 
 
@@ -259,3 +303,106 @@ def test_clean_calibrated_detector_round_trip(digits_cnn, tmp_path):
     (r1, d1), (r2, d2) = detector.detect(x), loaded.detect(x)
     np.testing.assert_array_equal(d1, d2)
     np.testing.assert_array_equal(r1["decision_scores"], r2["decision_scores"])
+
+
+# ----------------------------------------------------------------------- size bombs and lying fields
+def _skops_bomb(path, *, n_nodes=20, megabytes=50):
+    """A small .skops whose schema points ``n_nodes`` array nodes at one deflated ``megabytes`` MB .npy."""
+    import io
+    import json
+
+    import skops.io as sio
+
+    plain = path.with_suffix(".plain")
+    sio.dump({f"a{i}": np.zeros(1) for i in range(n_nodes)}, plain)
+    with zipfile.ZipFile(plain) as archive:
+        schema = json.loads(archive.read("schema.json"))
+    for node in schema["content"].values():
+        node["file"] = "big.npy"
+    npy = io.BytesIO()
+    np.save(npy, np.zeros(megabytes * 2**20 // 8))
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
+        archive.writestr("schema.json", json.dumps(schema))
+        archive.writestr("big.npy", npy.getvalue())
+
+
+_LOAD_PROBE = """
+import resource, sys
+import torch
+from art.estimators.classification import PyTorchClassifier
+from art_fisher.detection.detector import FisherInformationDetector
+from art_fisher.models import SmallCNN
+
+clf = PyTorchClassifier(SmallCNN(n_classes=3), torch.nn.CrossEntropyLoss(), (1, 8, 8), 3, device_type="cpu")
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    FisherInformationDetector.load(sys.argv[1], clf)
+    print("ACCEPTED")
+except ValueError as exc:
+    print(str(exc)[:300])
+print("GROWTH_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+"""
+
+
+def test_a_skops_size_bomb_is_refused_before_skops_reads_it(tmp_path):
+    """Before: ValueError only after 2.35 GB (skops reads the 50 MB member once per node)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = tmp_path / "bomb.skops"
+    _skops_bomb(path)
+    assert path.stat().st_size < 200_000
+    out = subprocess.run([sys.executable, "-c", _LOAD_PROBE, str(path)], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    lines = out.stdout.splitlines()
+    assert len(lines) == 2, out.stdout + out.stderr[-2000:]
+    assert lines[0].startswith(f"{path} is not a valid saved FisherInformationDetector: its schema's nodes would "
+                               "read 1048578560 bytes")
+    assert int(lines[1].split()[1]) / 1024 < 300
+
+
+def test_archive_members_are_checked_before_skops(tmp_path):
+    from art_fisher.detection import persistence
+
+    _skops_bomb(tmp_path / "one.skops", n_nodes=1, megabytes=1)  # within the limits: passes the archive check
+    persistence._check_archive(tmp_path / "one.skops")
+    lying = tmp_path / "lying.skops"
+    with zipfile.ZipFile(tmp_path / "one.skops") as src, zipfile.ZipFile(lying, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info, src.read(info))
+    raw = bytearray(lying.read_bytes())  # claim a smaller size for big.npy in the central directory
+    central = raw.rfind(b"PK\x01\x02", 0, raw.rfind(b"big.npy"))
+    raw[central + 24:central + 28] = (1000).to_bytes(4, "little")
+    lying.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="lying.skops"):
+        persistence._check_archive(lying)
+    missing = tmp_path / "missing.skops"
+    with zipfile.ZipFile(missing, "w") as archive:
+        archive.writestr("schema.json", '{"file": "nowhere.npy"}')
+    with pytest.raises(ValueError, match="names a member 'nowhere.npy' that the archive lacks"):
+        persistence._check_archive(missing)
+    with zipfile.ZipFile(tmp_path / "noschema.skops", "w") as archive:
+        archive.writestr("x.npy", b"")
+    with pytest.raises(ValueError, match="no schema.json"):
+        persistence._check_archive(tmp_path / "noschema.skops")
+
+
+def test_lying_fields_are_refused_at_load(digits_cnn, fitted_detector, tmp_path):
+    import skops.io as sio
+    from sklearn.linear_model import LogisticRegression
+
+    detector, x = fitted_detector
+    good = tmp_path / "good.skops"
+    detector.save(good)
+    state = sio.load(good, trusted=sio.get_untrusted_types(file=good))
+    bad = dict(state, format_version=True)  # bool is not an int, though True == 1
+    sio.dump(bad, tmp_path / "bool.skops")
+    with pytest.raises(ValueError, match="format version True"):
+        FisherInformationDetector.load(tmp_path / "bool.skops", digits_cnn.classifier)
+    rng = np.random.default_rng(0)
+    other = LogisticRegression().fit(rng.normal(size=(20, 5)), np.r_[np.zeros(10), np.ones(10)])
+    sio.dump(dict(state, estimator_=other), tmp_path / "five.skops")
+    with pytest.raises(ValueError, match="is inconsistent: its 'estimator_' was fitted on 5 features; the detector computes"):
+        FisherInformationDetector.load(tmp_path / "five.skops", digits_cnn.classifier)

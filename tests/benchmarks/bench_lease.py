@@ -15,8 +15,9 @@ digits training split, one per seed; measured on the test split):
    control ``ε r x`` (``r`` = ±1 at random), on the same weighting with a random ``δ`` of the same L2
    norm, and on plain ``x``.
 
-Each for the defaults of ``pgd_explain`` / ``LeaSE()`` and for this package's earlier defaults (soft
-target, L∞ ball of 8/255, 3 sign steps from a random start, product ``δ x``).
+Each for the defaults of ``pgd_explain`` / ``LeaSE()`` and for the alternative settings the seed's
+formulas also allow (variant ``"earlier defaults"``: soft target, L∞ ball of 8/255, 3 sign steps from a
+random start, product ``δ x``).
 
 Part ``search`` (for each seed, digits, :class:`LeaseCellSpace`): NNI's ``DARTS``, ``LeaSE()`` at its
 defaults and LeaSE with the random-mask control in place of the explanations; the time of every search
@@ -66,7 +67,7 @@ from nni_lease.spaces import LeaseCellSpace  # noqa: E402
 from nni_lease.core.step import LeaseStep  # noqa: E402
 from nni_lease.oneshot.strategy import LeaSE  # noqa: E402
 
-#: The explanation settings compared: this package's defaults and the earlier ones.
+#: The explanation settings compared: the defaults and the alternatives (the key names the JSON entry).
 VARIANTS: dict[str, dict[str, Any]] = {
     "defaults": LeaseSettings().explanation_kwargs(),
     "earlier defaults": {"epsilon": 8 / 255, "norm": "linf", "steps": 3, "step_size": 2.5 * 8 / 255 / 3,

@@ -72,8 +72,8 @@ def nni_home(tmp_path, monkeypatch):
     (["--limit", "0"], "--limit: must be a positive integer"),
     (["--pgd-random-start", "2"], "--pgd-random-start: must be a number in [0, 1]"),
     (["--hypergradient", "second_order"], "invalid choice"),
-    (["--dataset", "cifar10"], "data_root must name a folder"),
-    (["--dataset", "cifar10", "--data-root", "/nonexistent/cifar"], "is not a folder"),
+    (["--dataset", "cifar10"], "data_dir must name a folder"),
+    (["--dataset", "cifar10", "--data-dir", "/nonexistent/cifar"], "is not a folder"),
     (["--max-trials", "3"], "--max-trials is not used by --mode oneshot"),
     (["--retrain-epochs", "3"], "--retrain-epochs is not used by --mode oneshot"),
 ])
@@ -82,6 +82,16 @@ def test_oneshot_argument_errors_leave_nothing_behind(args, message, tmp_path, c
     assert _exit_code(["search", "--output", str(out), *args]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_data_root_is_a_deprecated_spelling_of_data_dir(tmp_path, capsys):
+    out = tmp_path / "search"
+    assert _exit_code(["search", "--output", str(out), "--dataset", "cifar10", "--data-root", "/nonexistent/c"]) == 2
+    err = capsys.readouterr().err
+    assert "--data-root is deprecated" in err and "use --data-dir" in err
+    assert "data_dir '/nonexistent/c' is not a folder" in err  # the value reached data_dir
+    assert main(["retrain", str(tmp_path / "nope.json"), "--data-root", str(tmp_path)]) == 2
+    assert "--data-root is deprecated" in capsys.readouterr().err
 
 
 def test_output_at_an_existing_file_is_refused(tmp_path, capsys):
@@ -135,3 +145,72 @@ def test_retrain_rejects_missing_list_and_foreign_files(tmp_path, capsys):
 
 def test_search_modes_registry():
     assert set(SEARCH_MODES) == {"oneshot", "multi-trial", "hpo"}
+
+
+# ------------------------------------------------------------------ hostile command lines: one line, exit 2
+def _one_error_line(err: str, message: str) -> None:
+    """One error line on stderr, never a traceback."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "Traceback" not in err and message in lines[-1], err[-2000:]
+    assert len(lines) == 1, err[-2000:]
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["search", "--seed", "99999999999999999999"], "--seed: must be an integer from 0 to 4294967295"),
+    (["search", "--seed", "18446744073709551615"], "--seed: must be an integer from 0 to 4294967295"),
+    (["search", "--width", "100000000"], "--width: must be a positive integer (at most 4096)"),
+    (["search", "--batch-size", "100000000000000000000"], "--batch-size: must be a positive integer (at most 65536)"),
+    (["search", "--limit-batches", "100000000000000000000"], "--limit-batches: must be a positive integer"),
+    (["search", "--output", "/sys/kernel/nope"], "output '/sys/kernel/nope' is not writable"),
+    (["search", "--mode", "multi-trial", "--seed", "18446744073709551615"], "--seed: must be an integer"),
+    (["search", "--mode", "hpo", "--width", "100000000"], "--width: must be a positive integer"),
+])
+def test_absurd_values_exit_2_with_one_line(argv, message, tmp_path, capsys, monkeypatch, nni_home):
+    if "/sys/kernel/nope" in argv and not os.path.isdir("/sys/kernel"):
+        pytest.skip("no /sys/kernel here")
+    monkeypatch.chdir(tmp_path)
+    assert _exit_code(argv) == 2
+    _one_error_line(capsys.readouterr().err, message)
+    assert sorted(os.listdir(tmp_path)) == ["nni-home"] or sorted(os.listdir(tmp_path)) == []
+    assert not os.path.exists("/sys/kernel/nope")
+
+
+@pytest.mark.parametrize("mode", ["multi-trial", "hpo"])
+def test_nni_settings_that_nni_would_crash_on_exit_2_before_it_starts(mode, tmp_path, capsys, monkeypatch, nni_home):
+    monkeypatch.chdir(tmp_path)
+    unknown = tmp_path / "ts.yml"
+    unknown.write_text("platform: local\nbogusKey: 1\n")
+    assert _exit_code(["search", "--mode", mode, "--training-service", str(unknown)]) == 2
+    _one_error_line(capsys.readouterr().err, "LocalConfig does not have field(s) bogus")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert _exit_code(["search", "--mode", mode, "--experiment-dir", str(blocker / "records")]) == 2
+    _one_error_line(capsys.readouterr().err, f"experiment_dir '{blocker / 'records'}' cannot be created: it lies "
+                                             f"under the file '{blocker}'")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    remote = tmp_path / "remote.yml"
+    remote.write_text("platform: remote\nnniManagerIp: 127.0.0.1\nmachineList:\n"
+                      "  - {host: 127.0.0.1, user: nobody, password: x}\n")
+    monkeypatch.chdir(empty)
+    assert _exit_code(["search", "--mode", mode, "--training-service", str(remote)]) == 2
+    _one_error_line(capsys.readouterr().err, f"copies the trial code folder {empty} to its workers, but it is empty")
+    assert sorted(os.listdir(tmp_path)) == sorted(["ts.yml", "a-file", "empty", "remote.yml"]) + (
+        ["nni-home"] if (tmp_path / "nni-home").exists() else [])
+    assert os.listdir(empty) == []
+
+
+def test_hostile_architecture_files_exit_2(tmp_path, capsys):
+    nested = tmp_path / "nested.json"
+    nested.write_text("[" * 100_000 + "]" * 100_000)
+    assert _exit_code(["retrain", str(nested)]) == 2
+    _one_error_line(capsys.readouterr().err, "is not valid JSON: it is nested too deeply")
+    wide = tmp_path / "wide.json"
+    wide.write_text(json.dumps({"architecture": {"op0": "conv3x3"}, "dataset": "digits", "space": {
+        "name": "LeaseCellSpace", "kwargs": {"in_channels": 1, "n_classes": 10, "width": 100_000_000, "n_cells": 1,
+                                             "n_nodes": 2, "image_size": 8}}}))
+    assert _exit_code(["retrain", str(wide)]) == 2
+    _one_error_line(capsys.readouterr().err, "width must be a positive int (at most 4096); got 100000000")
+    assert sorted(os.listdir(tmp_path)) == ["nested.json", "wide.json"]
+    assert _exit_code(["retrain", str(wide), "--seed", "99999999999999999999"]) == 2
+    _one_error_line(capsys.readouterr().err, "--seed: must be an integer from 0 to 4294967295")

@@ -56,7 +56,7 @@ def test_cifar10_from_local_batches(tmp_path):
     np.testing.assert_allclose(x[3].reshape(-1) * 255.0, written["test_batch"][b"data"][3], atol=1e-3)
     train = Cifar10Dataset(str(tmp_path), "train", val_fraction=0.25)
     val = Cifar10Dataset(str(tmp_path), "val", val_fraction=0.25)
-    test = make_dataset("cifar10", "test", root=str(tmp_path))
+    test = make_dataset("cifar10", "test", data_dir=str(tmp_path))
     assert (len(train), len(val), len(test)) == (30, 10, 20)
     assert train.input_shape == (3, 32, 32)
     assert len(nni.dump(DataLoader(train, batch_size=4))) < 2_000
@@ -83,7 +83,7 @@ def test_bad_arguments(tmp_path):
         Cifar10Dataset(str(tmp_path), "train")
     with pytest.raises(FileNotFoundError):
         Cifar10Dataset(str(tmp_path / "missing"), "test")
-    with pytest.raises(ValueError, match="root must be given"):
+    with pytest.raises(ValueError, match="data_dir must be given"):
         make_dataset("cifar10", "train")
     with pytest.raises(ValueError, match="dataset must be one of"):
         make_dataset("mnist", "train")
@@ -136,3 +136,11 @@ def test_cifar10_loader_refuses_a_tiny_file_declaring_a_million_images(tmp_path)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 2**20  # the old loader made (10^6, 3, 32, 32) float32: 12 GB
+
+
+def test_root_is_a_deprecated_name_of_data_dir(tmp_path):
+    with pytest.warns(DeprecationWarning, match="root was renamed data_dir"), \
+            pytest.raises(FileNotFoundError, match="data_dir must be a folder"):  # fmt: skip
+        Cifar10Dataset(root=str(tmp_path / "missing"), split="test")
+    with pytest.warns(DeprecationWarning, match="root was renamed data_dir"), pytest.raises(FileNotFoundError):
+        make_dataset("cifar10", "test", root=str(tmp_path / "missing"))

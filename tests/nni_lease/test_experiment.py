@@ -90,7 +90,7 @@ class _Driver:
             try:
                 assert self.api("/check-status")["status"] in ("INITIALIZED", "RUNNING", "NO_MORE_TRIAL", "DONE")
                 jobs, metrics = self.api("/trial-jobs"), self.api("/metric-data")
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.JSONDecodeError):  # down, or still INITIALIZING (text)
                 jobs, metrics = [], []
             done = {j["trialJobId"] for j in jobs if j["status"] == "SUCCEEDED"}
             kinds = {t: {m["type"] for m in metrics if m["trialJobId"] == t} for t in done}
@@ -107,7 +107,7 @@ class _Driver:
             try:
                 if self.api("/check-status")["status"] == "DONE":
                     return self.api("/trial-jobs")
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.JSONDecodeError):  # down, or still INITIALIZING (text)
                 pass
             time.sleep(2)
         raise AssertionError("the experiment did not finish in time:\n" + self.output()[-3000:])
@@ -476,3 +476,66 @@ def test_resumable_channel_skips_the_resume_data_nni_3_cannot_parse():
     ours = _ResumableChannel("ws://localhost:1/tuner")
     ours._channel = _FakeWire(resume_traffic)
     assert ours.receive() == RequestTrialJobs(2)
+
+
+_REBIND = """
+// A user's own NODE_OPTIONS preload (after nni_lease's) that re-binds every port-only listen to another
+// address; nni_lease's preload keeps an explicit specific host, so the binding guard has to catch it.
+const net = require('net'); const listen = net.Server.prototype.listen;
+net.Server.prototype.listen = function (...args) {
+  if (typeof args[0] === 'number') { return listen.call(this, {port: args[0], host: '127.0.0.2'}, ...args.slice(1).filter(a => typeof a === 'function')); }
+  return listen.apply(this, args);
+};
+"""
+
+
+@pytest.mark.slow
+def test_a_rebound_manager_killed_by_the_guard_is_one_error(tmp_path):
+    port = _free_port()
+    (tmp_path / "rebind.js").write_text(_REBIND)
+    env = {**os.environ, "HOME": str(tmp_path), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+           "NODE_OPTIONS": f"--require {tmp_path / 'rebind.js'}"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "nni_lease", "search", "--mode", "multi-trial", "--port", str(port), "--experiment-dir",
+         str(tmp_path / "records"), "--max-trials", "2", "--epochs", "1", "--limit", "64", "--limit-batches", "2"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-5000:]
+    assert len(errors) == 2 and errors[1].startswith(f"nni-lease search: error: port {port} listens on 127.0.0.2, "
+                                                     "beyond the chosen host 127.0.0.1"), proc.stderr[-3000:]
+    assert errors[1].endswith("the NNI manager was killed.") and not _port_open(port)
+
+
+@pytest.mark.slow
+def test_a_manager_killed_under_the_cli_is_one_error_naming_the_experiment_and_its_log(tmp_path):
+    from nni_lease.runtime.manager import listeners
+
+    port = _free_port()
+    env = {**os.environ, "HOME": str(tmp_path), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    err_path = tmp_path / "stderr.txt"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nni_lease", "search", "--mode", "multi-trial", "--port", str(port), "--experiment-dir",
+         str(tmp_path / "records"), "--max-trials", "20", "--epochs", "1", "--limit", "64", "--limit-batches", "2"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err_path.open("w"), text=True)
+    try:
+        first = proc.stdout.readline()
+        assert "web UI at" in first, first + err_path.read_text()[-3000:]
+        exp_id = first.split()[1].rstrip(":")
+        deadline = time.monotonic() + 120
+        while not (pids := [pid for _, pid in listeners(port) if pid]) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        time.sleep(3)  # the strategy is running
+        os.kill(pids[0], signal.SIGKILL)
+        rc = proc.wait(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = err_path.read_text()
+    errors = [line for line in err.splitlines() if "error" in line.lower()]
+    assert rc == 2, err[-3000:]
+    assert "Traceback" not in err, err[-5000:]
+    assert errors == [f"nni-lease search: error: experiment {exp_id}: the NNI manager on port {port} stopped "
+                      "answering (it died or was killed); see its log "
+                      f"{tmp_path / 'records' / exp_id / 'log' / 'nnimanager.log'}."], err[-3000:]

@@ -101,7 +101,7 @@ def test_bad_experiment_arguments(tmp_path):
 def test_trial_command_is_not_shell_code(tmp_path):
     """NNI runs the trial command with bash's eval: quotes, spaces, $() and backticks in a path stay text."""
     hostile = str(tmp_path / "dir with space") + "/x'; touch MARK1; echo '$(touch MARK2)`touch MARK3`\"; touch MARK4\""
-    config = TrialConfig(search=SearchConfig(data_root=hostile, epochs=1))
+    config = TrialConfig(search=SearchConfig(data_dir=hostile, epochs=1))
     command = trial_command(config, python=sys.executable) + " --dry-run"
     assert shlex.split(command)[-2] == config.to_json()
     env = {**os.environ, "TRIAL_COMMAND": command, "OMP_NUM_THREADS": "1"}
@@ -110,4 +110,4 @@ def test_trial_command_is_not_shell_code(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no MARK* file anywhere
     received = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert received["search"]["data_root"] == hostile
+    assert received["search"]["data_dir"] == hostile

@@ -324,3 +324,133 @@ def test_the_wheel_contains_the_preload(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("*.whl")
     with zipfile.ZipFile(wheel) as archive:
         assert archive.read("nni_lease/runtime/manager_preload.js") == PRELOAD.read_bytes()
+
+
+# ------------------------------------------------------------------ the preload: only its own origin
+_ECHO_SERVER = textwrap.dedent("""
+    // Stands in for NNI's REST server (express app.listen(port)) and its workers' websocket (ws.Server):
+    // every request that gets through is counted and answered 200.
+    const express = require('express'); const ws = require('ws');
+    let seen = 0;
+    const app = express();
+    app.all('*', (req, res) => { seen += 1; res.send('reached NNI ' + seen); });
+    const server = app.listen(0, () => {
+      const channel = new ws.Server({ server });
+      channel.on('connection', socket => { seen += 1; socket.send('hello'); });
+      console.log(server.address().port);
+    });
+""")
+
+
+@pytest.fixture
+def guarded_server(tmp_path):
+    """A node HTTP server started as the manager is (the preload, host 127.0.0.1); yields its port."""
+    node, modules = _nni_node()
+    script = tmp_path / "server.js"
+    script.write_text(_ECHO_SERVER)
+    env = {"NODE_OPTIONS": f"--require {manager._node_quoted(PRELOAD)}", "NNI_LEASE_MANAGER_HOST": "127.0.0.1",
+           "NNI_LEASE_MANAGER_ALLOWED_NAMES": "workers.example", "NODE_PATH": modules, "PATH": os.environ["PATH"]}
+    proc = subprocess.Popen([node, str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        yield int(proc.stdout.readline())
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _raw_request(port: int, method: str, headers: dict[str, str], body: bytes = b"") -> tuple[int, bytes]:
+    """Send exactly these headers (no Host added) to 127.0.0.1:port; returns (status, body)."""
+    lines = [f"{method} /api/v1/nni/trial-jobs HTTP/1.1"] + [f"{k}: {v}" for k, v in headers.items()]
+    lines += [f"Content-Length: {len(body)}", "Connection: close"]
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+    head, _, payload = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), payload
+
+
+_PAYLOAD = b'{"parameters": {"__symbol__": "path:os.system"}}'
+
+
+def test_a_rebinding_host_is_refused_before_nni_sees_it(guarded_server):
+    """A page under a name re-resolved to 127.0.0.1 sends its own name as Host, and a matching Origin."""
+    port = guarded_server
+    for host in (f"rebind.evil.example:{port}", "rebind.evil.example", f"localhost.evil.example:{port}",
+                 f"127.0.0.1:{port + 1}", "", "127.0.0.1:abc"):
+        origin = f"http://{host}"
+        for method in ("POST", "GET"):
+            status, body = _raw_request(port, method, {"Host": host, "Origin": origin,
+                                                       "Content-Type": "application/json"}, _PAYLOAD)
+            assert status == 403 and b"Forbidden" in body and b"reached NNI" not in body, (host, method)
+    status, _ = _raw_request(port, "GET", {})  # no Host at all
+    assert status == 403
+
+
+def test_a_cross_origin_simple_post_is_refused(guarded_server):
+    """What a form or fetch(no-cors) on any other page sends: a right Host, a foreign (or null) Origin."""
+    port = guarded_server
+    for origin in ("http://evil.example", f"http://rebind.evil.example:{port}", "null", f"http://127.0.0.1:{port + 1}",
+                   f"https://127.0.0.1:{port}"):
+        for method in ("POST", "PUT", "DELETE", "PATCH", "GET"):
+            status, body = _raw_request(port, method, {"Host": f"127.0.0.1:{port}", "Origin": origin,
+                                                       "Content-Type": "text/plain"}, _PAYLOAD)
+            assert status == 403 and b"reached NNI" not in body, (origin, method)
+    # An old browser that sends no Origin still sends the page's Referer.
+    status, _ = _raw_request(port, "POST", {"Host": f"127.0.0.1:{port}", "Referer": "http://evil.example/page"})
+    assert status == 403
+
+
+def test_a_cross_site_websocket_is_refused(guarded_server):
+    port = guarded_server
+    upgrade = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+               "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+    for headers in ({"Host": f"127.0.0.1:{port}", "Origin": "http://evil.example"},
+                    {"Host": f"rebind.evil.example:{port}"}):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(("GET /tuner HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in {**headers, **upgrade}.items())
+                          + "\r\n").encode())
+            assert conn.recv(4096).startswith(b"HTTP/1.1 403 Forbidden")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:  # NNI's own clients send no Origin
+        conn.sendall(("GET /tuner HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in
+                                                          {"Host": f"localhost:{port}", **upgrade}.items())
+                      + "\r\n").encode())
+        assert conn.recv(4096).startswith(b"HTTP/1.1 101 Switching Protocols")
+
+
+def test_the_web_ui_and_nni_clients_still_reach_the_manager(guarded_server):
+    """The plain path: same-origin browser requests, NNI's Python clients (no Origin), remote workers."""
+    import requests
+
+    port = guarded_server
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"LOCALHOST:{port}", f"[::1]:{port}",
+                 f"10.0.0.5:{port}", f"workers.example:{port}"):
+        same = f"http://{host.lower()}"
+        for headers in ({"Origin": same}, {"Referer": same + "/oview"}, {}, {"Origin": same, "Referer": same + "/x"}):
+            for method in ("GET", "POST", "PUT", "DELETE"):
+                status, body = _raw_request(port, method, {"Host": host, **headers}, _PAYLOAD)
+                assert status == 200 and body.startswith(b"reached NNI"), (host, headers, method)
+    # NNI's own REST client is `requests` (nni.experiment.rest); it sends neither Origin nor Referer.
+    reply = requests.post(f"http://localhost:{port}/api/v1/nni/experiment", json={"x": 1}, timeout=10)
+    assert reply.status_code == 200 and reply.text.startswith("reached NNI")
+    assert requests.get(f"http://127.0.0.1:{port}/oview", timeout=10).status_code == 200
+
+
+def test_names_the_manager_answers_under(monkeypatch):
+    from types import SimpleNamespace
+
+    from nni_lease.runtime.experiment import _manager_names
+
+    with manager_environment("0.0.0.0", allowed_names=["Head.Example"]):
+        assert os.environ["NNI_LEASE_MANAGER_ALLOWED_NAMES"] == "head.example"
+    assert "NNI_LEASE_MANAGER_ALLOWED_NAMES" not in os.environ
+    for bad in ("evil:8080", "a,b", "", "x y"):
+        with pytest.raises(ValueError, match="allowed_names must be host names"):
+            with manager_environment("127.0.0.1", allowed_names=[bad]):
+                pass
+    remote = SimpleNamespace(training_service=SimpleNamespace(platform="remote", nni_manager_ip="head.example"))
+    assert _manager_names(remote) == ["head.example"]
+    remote.training_service.nni_manager_ip = "10.0.0.2"
+    assert _manager_names(remote) == []  # IP addresses always pass
+    assert _manager_names(SimpleNamespace(training_service=SimpleNamespace(platform="local"))) == []

@@ -77,7 +77,7 @@ def test_seeded_and_leaves_the_global_rng_alone(reports):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [({"gamma": -1.0}, "gamma"), ({"epochs": 0}, "epochs"), ({"pgd_steps": 0}, "pgd_steps"),
-     ({"pgd_epsilon": 0.0}, "pgd_epsilon"), ({"dataset": "mnist"}, "dataset"), ({"dataset": "cifar10"}, "data_root"),
+     ({"pgd_epsilon": 0.0}, "pgd_epsilon"), ({"dataset": "mnist"}, "dataset"), ({"dataset": "cifar10"}, "data_dir"),
      ({"max_batches": 0}, "max_batches"), ({"learning_rate": float("inf")}, "learning_rate"),
      ({"device": "tpu"}, "device"), ({"seed": -1}, "seed"), ({"pgd_norm": "l3"}, "pgd_norm"),
      ({"hypergradient": "unrolled"}, "takes the LeaSE options")],
@@ -129,3 +129,16 @@ def test_the_trial_runs_the_shared_lease_step(reports, monkeypatch):
     assert [training for training, *_ in calls[:per_epoch]] == [True] * TINY["max_batches"] + [False]
     assert [n for _, n, *_ in calls[:per_epoch]] == [TINY["batch_size"]] * TINY["max_batches"] + [TINY["val_limit"]]
     assert {c[2:] for c in calls} == {(0.1, 2.5 * 0.1 / TINY["pgd_steps"], TINY["pgd_steps"])}
+
+
+def test_data_root_is_a_deprecated_name_of_data_dir(tmp_path):
+    from nni_lease.oneshot.workflow import RetrainConfig, SearchConfig
+
+    with pytest.warns(DeprecationWarning, match="data_root was renamed data_dir"):
+        assert SearchConfig(data_root=str(tmp_path)).data_dir == str(tmp_path)
+    with pytest.warns(DeprecationWarning, match="data_root was renamed data_dir"):
+        assert RetrainConfig(data_root=str(tmp_path)).data_dir == str(tmp_path)
+    with pytest.warns(DeprecationWarning), pytest.raises(TypeError, match="Pass data_dir only"):
+        SearchConfig(data_root="a", data_dir="b")
+    with pytest.warns(DeprecationWarning, match="data_root was renamed data_dir"):
+        check_trial_arguments(dataset="cifar10", data_root=str(tmp_path))

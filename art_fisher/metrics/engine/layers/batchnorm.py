@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from art_fisher.metrics.engine.layers import LayerRule
+from art_fisher.metrics.engine.layers.base import LayerRule
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from art_fisher.metrics.engine.layers import LayerRule, Reducer
+from art_fisher.metrics.engine.layers.base import LayerRule, Reducer
 
 
 class Conv2dRule(LayerRule):

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from art_fisher.metrics.engine.layers import LayerRule
+from art_fisher.metrics.engine.layers.base import LayerRule
 
 
 class LayerNormRule(LayerRule):

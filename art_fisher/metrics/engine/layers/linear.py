@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from art_fisher.metrics.engine.layers import LayerRule, Reducer, gram
+from art_fisher.metrics.engine.layers.base import LayerRule, Reducer, gram
 
 
 class LinearRule(LayerRule):

@@ -1,0 +1,95 @@
+"""The base class of the per-layer rules, :class:`LayerRule`.
+
+A rule knows, for one call of its layer with recorded input ``a`` (n, ...), how the layer's parameters
+enter its output ``o``:
+
+- :meth:`LayerRule.grad`: the per-sample gradient of a parameter from output-gradients ``b = ∂s/∂o``
+  (n, *o) of some scalar ``s`` of each sample, i.e. the contraction of ``b`` with ``a``;
+- :meth:`LayerRule.reducer` / :meth:`LayerRule.ghost_gram`: the Gram matrix of the per-sample
+  gradients of several output-gradients ``b_j`` (the columns), either by reducing every ``b_j`` to its
+  per-sample gradient at once, or, where that is cheaper, by a "ghost" contraction of all ``b_j`` with
+  ``a`` that never forms the per-sample gradients; :meth:`LayerRule.sq_norm`: only the diagonal, one
+  column at a time;
+- :meth:`LayerRule.change`: the change of ``o`` along a parameter direction (shared, or per sample).
+
+Every formula is made of differentiable torch operations, so with a recorded input that carries an
+autograd graph the results are differentiable in the model's input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+__all__ = ["LayerRule", "Reducer", "gram"]
+
+Reducer = Callable[[torch.Tensor], torch.Tensor]
+
+
+class LayerRule:
+    """How one call of a layer depends on its parameters; subclasses implement one layer type.
+
+    Parameters
+    ----------
+    module : nn.Module
+        The layer.
+    a : Tensor of shape (n, ...)
+        Its recorded input.
+    """
+
+    #: Module classes the rule may apply to (:meth:`supports` decides on the recorded input).
+    module_types: tuple[type[nn.Module], ...] = ()
+    #: Names of the parameters the rule handles.
+    kinds: tuple[str, ...] = ("weight", "bias")
+
+    def __init__(self, module: nn.Module, a: torch.Tensor) -> None:
+        self.module = module
+        self.a = a
+
+    @staticmethod
+    def supports(module: nn.Module, a: torch.Tensor) -> bool:
+        """Whether the rule applies to ``module`` called on the input ``a``."""
+        raise NotImplementedError
+
+    def grad(self, b: torch.Tensor, kind: str) -> torch.Tensor:
+        """Per-sample gradient (n, *param.shape) from output-gradients ``b`` (n, *out)."""
+        raise NotImplementedError
+
+    def reducer(self, kind: str, n_cols: int) -> Reducer | None:
+        """``b_j ↦`` flattened per-sample gradient (n, M), or None where :meth:`ghost_gram` is cheaper."""
+        return lambda b: self.grad(b, kind).flatten(1)
+
+    def sq_norm(self, b: torch.Tensor, kind: str, n_cols: int) -> torch.Tensor:
+        """Squared norm (n,) of the per-sample gradient of ``b`` (n, *out), by the layer's cheaper route.
+
+        ``n_cols`` is the number of columns the caller will pass one after the other (a ghost route
+        may prepare something once for all of them).
+        """
+        return self.grad(b, kind).flatten(1).pow(2).sum(1)
+
+    def materialised_gram(self, b: torch.Tensor, kind: str, diagonal: bool) -> torch.Tensor:
+        """Gram matrices (n, C', C') of the per-sample gradients of ``b`` (n, C', *out), or their diagonals (n, C')."""
+        g = torch.stack([self.grad(b[:, j], kind).flatten(1) for j in range(b.shape[1])], dim=1)
+        return gram(g, diagonal)
+
+    def ghost_gram(self, b: torch.Tensor, kind: str, diagonal: bool) -> torch.Tensor:
+        """As :meth:`materialised_gram`, by the layer's ghost contraction where it has one."""
+        return self.materialised_gram(b, kind, diagonal)
+
+    def change(self, kind: str, d: torch.Tensor, shared: bool) -> torch.Tensor:
+        """Output change (broadcastable to (n, *out)) along ``d`` (*param.shape if shared, else (n, *param.shape))."""
+        raise NotImplementedError
+
+    def change_along_grad(self, b: torch.Tensor, kind: str) -> torch.Tensor:
+        """Output change along the layer's own per-sample gradient of ``b`` (n, *out): ``change(grad(b))``."""
+        return self.change(kind, self.grad(b, kind), shared=False)
+
+
+def gram(g: torch.Tensor, diagonal: bool = False) -> torch.Tensor:
+    """``(n, C', M)`` per-sample, per-column vectors → Gram matrices ``(n, C', C')`` or their diagonals ``(n, C')``."""
+    g = g.flatten(2)
+    if diagonal:
+        return g.pow(2).sum(2)
+    return torch.bmm(g, g.transpose(1, 2))
