@@ -48,6 +48,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             target_fpr=args.target_fpr,
             progress=progress,
+            tau=args.tau,
             adaptive=args.adaptive,
         )
     except (ValueError, TypeError, FileNotFoundError) as exc:
@@ -133,6 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--target-fpr", type=float, default=0.05,
         help="false-positive rate the clean-calibrated detectors (*_clean) aim at (default: %(default)s)",
+    )  # fmt: skip
+    ev.add_argument(
+        "--tau", type=float, default=None,
+        help="many-class heads: Fisher metrics over the classes holding 1 - TAU of each sample's probability "
+        "(a lower bound at fewer backward passes; default: exact)",
     )  # fmt: skip
     ev.add_argument(
         "--adaptive", action="store_true",

@@ -51,6 +51,7 @@ class DetectorParameters(EvasionDetector):
         params: Sequence[str] | None = _features.DEFAULT_OPTIONS.params,
         method: str = _features.DEFAULT_OPTIONS.method,
         fd_step: float = _features.DEFAULT_OPTIONS.fd_step,
+        tau: float | None = _features.DEFAULT_OPTIONS.tau,
         progress: bool = False,
         batch_size: Any = DEPRECATED,
         epsilon: Any = DEPRECATED,
@@ -69,6 +70,7 @@ class DetectorParameters(EvasionDetector):
         self.params = params
         self.method = method
         self.fd_step = renamed("epsilon", epsilon, "fd_step", fd_step, default=_features.DEFAULT_OPTIONS.fd_step)
+        self.tau = tau
         self.progress = progress
         self._check_params()
 

@@ -95,7 +95,7 @@ class FisherInformationDetector(DetectorParameters):
     chunk_size : int, default=128
         Samples per metric computation when ``fit``/``detect`` get no ``batch_size`` (bounds memory;
         the values do not depend on it).
-    output, direction, blockwise, normalize, classes, params, method, fd_step
+    output, direction, blockwise, normalize, classes, params, method, fd_step, tau
         The metric options, one object shared with :class:`~art_fisher.detection.estimators.FisherFeatures`
         (meanings and defaults: :class:`art_fisher.detection.features.MetricOptions`). ``direction`` is
         ``"predicted"`` or ``"top_eigenvector"`` (a detector has no true labels at detection time).

@@ -346,7 +346,7 @@ class FisherFeatures(TransformerMixin, BaseEstimator):
         fixed feature extractor), so ``GridSearchCV`` does not copy the model.
     metrics : sequence of str, default=("trace", "quadratic_form")
         Metric names (see :class:`~art_fisher.detection.detector.FisherInformationDetector`).
-    output, direction, blockwise, normalize, classes, params, method, fd_step
+    output, direction, blockwise, normalize, classes, params, method, fd_step, tau
         Metric options, as in :class:`~art_fisher.detection.detector.FisherInformationDetector`.
     chunk_size : int, default=128
         Samples per metric computation (bounds memory; the values do not depend on it).
@@ -381,6 +381,7 @@ class FisherFeatures(TransformerMixin, BaseEstimator):
         params: Sequence[str] | None = _features.DEFAULT_OPTIONS.params,
         method: str = _features.DEFAULT_OPTIONS.method,
         fd_step: float = _features.DEFAULT_OPTIONS.fd_step,
+        tau: float | None = _features.DEFAULT_OPTIONS.tau,
         chunk_size: int = 128,
         batch_size: Any = DEPRECATED,
         epsilon: Any = DEPRECATED,
@@ -395,6 +396,7 @@ class FisherFeatures(TransformerMixin, BaseEstimator):
         self.params = params
         self.method = method
         self.fd_step = fd_step
+        self.tau = tau
         self.chunk_size = chunk_size
         self.batch_size = batch_size
         self.epsilon = epsilon

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from art_fisher import _checks
 from art_fisher._deprecation import DEPRECATED, renamed
+from art_fisher.metrics.top_mass import check_tau, selection
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +44,8 @@ DIRECTIONS = tuple(d for d in _checks.DIRECTIONS if d != "label")
 #: Fraction of input dimensions whose share of the absolute sensitivity is the ``top_mass`` feature.
 TOP_FRACTION = 0.1
 
-_SCALAR_OPTIONS = ("output", "params", "method", "fd_step")
-_DIRECTIONAL_OPTIONS = (*_SCALAR_OPTIONS, "direction", "blockwise", "normalize", "classes")
+_SCALAR_OPTIONS = ("output", "params", "method", "fd_step", "tau")
+_DIRECTIONAL_OPTIONS = (*_SCALAR_OPTIONS[:-1], "direction", "blockwise", "normalize", "classes", "tau")
 
 
 @dataclass(frozen=True)
@@ -76,10 +77,10 @@ class MetricSpec:
 METRICS: dict[str, MetricSpec] = {
     "trace": MetricSpec("fisher_trace", _SCALAR_OPTIONS),
     "quadratic_form": MetricSpec("fisher_quadratic_form", _DIRECTIONAL_OPTIONS),
-    "max_eigenvalue": MetricSpec("fisher_max_eigenvalue", ("output", "params")),  # always exact
+    "max_eigenvalue": MetricSpec("fisher_max_eigenvalue", ("output", "params", "tau")),  # always exact
     # tr F_kk of each parameter tensor k: the per-layer profile of the trace, at the trace's cost.
-    "block_traces": MetricSpec("fisher_block_traces", ("output", "params"), per_block=True),  # always exact
-    "sensitivity": MetricSpec("fisher_sensitivity", _DIRECTIONAL_OPTIONS, is_map=True),
+    "block_traces": MetricSpec("fisher_block_traces", ("output", "params", "tau"), per_block=True),  # always exact
+    "sensitivity": MetricSpec("fisher_sensitivity", _DIRECTIONAL_OPTIONS[:-1], is_map=True),  # no tau
 }
 
 #: Reductions of a sensitivity map :math:`s` (flattened to :math:`D` entries) to features:
@@ -203,6 +204,9 @@ class MetricOptions:
         exact).
     fd_step : float, default=1e-3
         Finite-difference step (only used with ``method="finite_difference"``).
+    tau : float in (0, 1) or None, default=None
+        Many-class heads (:mod:`art_fisher.metrics.top_mass`): every metric but the sensitivity over the
+        classes holding ``1 − tau`` of each sample's probability, a lower bound. None: exact.
     """
 
     metrics: tuple[str, ...] = ("trace", "quadratic_form")
@@ -214,6 +218,7 @@ class MetricOptions:
     params: tuple[str, ...] | None = None
     method: str = "exact"
     fd_step: float = 1e-3
+    tau: float | None = None
 
     def checked(self, classifier: Any) -> MetricOptions:
         """These options validated for ``classifier``, with sequences as tuples (hashable).
@@ -252,6 +257,8 @@ class MetricOptions:
             _checks.check_bool("blockwise", self.blockwise)
         _checks.check_bool("normalize", self.normalize)
         _checks.check_choice("classes", self.classes, _checks.CLASSES)
+        selection(self.tau, classes=self.classes, method=self.method)  # tau with classes="all", method="exact"
+        tau = check_tau(self.tau)
         params = self.params
         if params is not None:
             # Any parameter, trained or frozen: the Fisher information is defined by the parameters
@@ -260,12 +267,14 @@ class MetricOptions:
         return MetricOptions(
             metrics=tuple(names), output=self.output, direction=self.direction, blockwise=self.blockwise,
             normalize=self.normalize, classes=self.classes, params=params, method=self.method,
-            fd_step=_checks.check_fd_step(self.fd_step),
+            fd_step=_checks.check_fd_step(self.fd_step), tau=tau,
         )  # fmt: skip
 
     def kwargs_for(self, metric: str) -> dict[str, Any]:
         """Keyword arguments of the metric function of ``metric`` (None ``blockwise``: its own default)."""
         kwargs = {key: getattr(self, key) for key in METRICS[metric].options}
+        if kwargs.get("tau", 0) is None:  # exact: the metric's own default
+            del kwargs["tau"]
         if kwargs.get("params") is not None:
             kwargs["params"] = list(kwargs["params"])
         if kwargs.get("blockwise", True) is None:

@@ -41,6 +41,9 @@ class RunContext:
         False-positive rate that clean-calibrated detectors aim at.
     progress : bool
         Whether inner loops may show progress bars.
+    tau : float or None
+        Many-class option of the Fisher metrics (:class:`~art_fisher.detection.features.MetricOptions`);
+        None: exact.
     shared : dict
         Per-run state that adapters may share (e.g. Fisher metric values computed once per input for
         every Fisher detector and fit); keyed by the adapter module.
@@ -55,6 +58,7 @@ class RunContext:
     target_fpr: float
     progress: bool
     shared: dict[str, Any] = field(default_factory=dict)
+    tau: float | None = None
 
 
 @dataclass

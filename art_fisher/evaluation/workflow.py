@@ -42,6 +42,7 @@ from art_fisher.evaluation.classifier import attacked_classifier
 from art_fisher.evaluation.model_cache import ModelSource, cached_model, check_finite_scores, load_state_dict_file
 from art_fisher.evaluation.protocol import score_detectors, split_sources
 from art_fisher.evaluation.registry import DEFAULT_DETECTORS, DETECTORS
+from art_fisher.metrics.top_mass import check_tau
 from art_fisher.models import ARCHITECTURES
 
 logger = logging.getLogger(__name__)
@@ -142,6 +143,7 @@ class EvaluationPlan:
     target_fpr: float
     progress: bool
     adaptive: tuple[str, ...] = ()
+    tau: float | None = None
 
 
 def _check_names(arg: str, given: Sequence[str], registry: dict[str, Any]) -> tuple[str, ...]:
@@ -200,6 +202,7 @@ def prepare(
     target_fpr: float = 0.05,
     progress: bool = False,
     adaptive: bool = False,
+    tau: float | None = None,
 ) -> EvaluationPlan:
     """Check every argument, load the data and a given model; write nothing.
 
@@ -224,6 +227,7 @@ def prepare(
         raise ValueError(f"target_fpr must be a number in (0, 1); got {target_fpr!r}.")
     if not isinstance(adaptive, bool):
         raise ValueError(f"adaptive must be True or False; got {adaptive!r}.")
+    tau = check_tau(tau)
     adaptive_names = tuple(adaptive_detectors(detector_names, explicit=detectors is not None)) if adaptive else ()
     dev = _resolve_device(device)
     model_path = None if model is None else Path(model)
@@ -242,7 +246,7 @@ def prepare(
         dataset=dataset, data_dir=data_dir, arch=arch, model_path=model_path, net=net, train=train, test=test,
         attacks=attack_names, detectors=detector_names, eps=float(eps), n_samples=n_samples, seed=seed,
         device=dev, output_dir=output_dir, epochs=epochs, batch_size=batch_size, target_fpr=float(target_fpr),
-        progress=bool(progress), adaptive=adaptive_names,
+        progress=bool(progress), adaptive=adaptive_names, tau=tau,
     )  # fmt: skip
 
 
@@ -302,7 +306,7 @@ def run(plan: EvaluationPlan) -> EvaluationResult:
     x_background = p.train.x[rng.permutation(len(p.train.y))[: min(_N_BACKGROUND, len(p.train.y))]]
     ctx = RunContext(
         classifier=classifier, model=source.model, x_background=x_background, seed=p.seed, device=p.device,
-        batch_size=p.batch_size, target_fpr=p.target_fpr, progress=p.progress,
+        batch_size=p.batch_size, target_fpr=p.target_fpr, progress=p.progress, tau=p.tau,
     )  # fmt: skip
 
     steps = _StepBar(_n_steps(p), enabled=p.progress)
@@ -346,7 +350,7 @@ def run(plan: EvaluationPlan) -> EvaluationResult:
         "attacks": list(p.attacks), "eps": p.eps, "detectors": list(p.detectors), "n_samples": len(chosen),
         "n_detector_train_images": int(side.sum()), "n_detector_test_images": int((~side).sum()),
         "seed": p.seed, "device": str(p.device), "epochs": p.epochs, "batch_size": p.batch_size,
-        "target_fpr": p.target_fpr, "clean_test_accuracy": clean_accuracy, "n_train_images": len(p.train.y),
+        "target_fpr": p.target_fpr, "tau": p.tau, "clean_test_accuracy": clean_accuracy, "n_train_images": len(p.train.y),
         "n_test_images": len(p.test.y), "torch_threads": torch.get_num_threads(), "versions": _versions(),
         "labels": {
             "attacks": {n: ATTACKS[n].label for n in p.attacks},
@@ -386,6 +390,7 @@ def evaluate(
     target_fpr: float = 0.05,
     progress: bool = False,
     adaptive: bool = False,
+    tau: float | None = None,
 ) -> EvaluationResult:
     """Attack a classifier with ART and measure how well each detector catches each attack, seen or unseen.
 
@@ -435,6 +440,10 @@ def evaluate(
         Also attack classifier and detector together (:mod:`.adaptive`: ART's PGD L∞ at ``eps`` and L2) for
         every detector with input gradients; the others are skipped when ``detectors`` is None, and refused
         (ValueError, before any work) when named in ``detectors``. Opt-in: it takes several minutes.
+    tau : float in (0, 1), optional
+        Many-class heads: the Fisher detectors' trace, block traces, λ_max and quadratic form keep each
+        sample's classes holding ``1 − tau`` of its probability (:mod:`art_fisher.metrics.top_mass`).
+        None (default): exact.
 
     Returns
     -------
@@ -455,6 +464,7 @@ def evaluate(
             dataset=dataset, data_dir=data_dir, model=model, arch=arch, attacks=attacks, eps=eps,
             detectors=detectors, n_samples=n_samples, seed=seed, device=device, output_dir=output_dir,
             epochs=epochs, batch_size=batch_size, target_fpr=target_fpr, progress=progress, adaptive=adaptive,
+            tau=tau,
         )
     )  # fmt: skip
 

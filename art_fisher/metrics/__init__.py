@@ -26,13 +26,16 @@ result is checked: a non-finite one is a ValueError naming the samples.
 
 from art_fisher.metrics.quadratic_form import fisher_quadratic_form
 from art_fisher.metrics.sensitivity import fisher_sensitivity
+from art_fisher.metrics.top_mass import TraceEstimate, fisher_trace_estimate
 from art_fisher.metrics.trace import BlockTraces, fisher_block_traces, fisher_max_eigenvalue, fisher_trace
 
 __all__ = [
     "BlockTraces",
+    "TraceEstimate",
     "fisher_block_traces",
     "fisher_max_eigenvalue",
     "fisher_quadratic_form",
     "fisher_sensitivity",
     "fisher_trace",
+    "fisher_trace_estimate",
 ]

@@ -88,13 +88,16 @@ def make_basis(classes: str, *, smooth: bool = False) -> Basis:
 
     Parameters
     ----------
-    classes : {"all", "predicted_vs_rest"}
+    classes : {"all", "predicted_vs_rest"} or TopMass
         ``"all"``: ``W Wᵀ = S``; ``"predicted_vs_rest"``: ``W Wᵀ = Aᵀ S₂ A``, the two-class reduction at
-        the class ``y`` (n,) of each sample.
+        the class ``y`` (n,) of each sample; a :class:`~art_fisher.metrics.top_mass.TopMass`: its own
+        basis (the most probable classes and one class for the rest).
     smooth : bool
         Use :func:`smooth_factor` (``C'`` = C, or 2), differentiable in ``z``, instead of :func:`factor`
         (``C'`` = C − 1, or 1).
     """
+    if not isinstance(classes, str):  # a class selection that makes its own basis (top_mass.TopMass)
+        return classes.basis(smooth=smooth)
     fac = smooth_factor if smooth else factor
 
     def basis(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,7 @@ from art_fisher.metrics.engine.grams import directional
 from art_fisher.metrics.engine.network import FunctionalNet
 from art_fisher.metrics.engine.recorder import Plan, make_plan
 from art_fisher.metrics.finite_difference import fd_quadratic_form
+from art_fisher.metrics.top_mass import selection
 from art_fisher.metrics.trace import blocks, top_eigen
 
 __all__ = ["fisher_quadratic_form"]
@@ -153,6 +154,7 @@ def fisher_quadratic_form(
     fd_step: float = 1e-3,
     chunk_size: int | None = None,
     create_graph: bool = False,
+    tau: float | None = None,
     batch_size: Any = DEPRECATED,
     epsilon: Any = DEPRECATED,
 ) -> torch.Tensor:
@@ -197,6 +199,8 @@ def fisher_quadratic_form(
         As in :func:`fisher_trace`: the value as a function of ``x``, with ``v`` (which depends on
         ``x``) differentiated too; along ``"top_eigenvector"`` defined where the top eigenvalue is
         simple.
+    tau : float in (0, 1), optional
+        As in :func:`~art_fisher.metrics.fisher_trace` (with ``classes="all"``): ``vᵀ F_τ v ≤ vᵀ F v``.
 
     batch_size, epsilon
         Deprecated names of ``chunk_size`` and ``fd_step``; they stop working in the next release.
@@ -220,6 +224,7 @@ def fisher_quadratic_form(
     direction, yt = check_direction_args(
         direction, y, net, x, n_classes, allow_top=True, blockwise=blockwise, normalize=normalize, classes=classes
     )
+    classes = selection(tau, classes=classes, method=method)
     top = isinstance(direction, str) and direction == "top_eigenvector"
     if method == "finite_difference" and top:
         raise ValueError('method="finite_difference" does not support direction="top_eigenvector".')

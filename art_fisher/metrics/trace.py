@@ -28,16 +28,23 @@ from art_fisher.metrics.engine.grams import gram_blocks
 from art_fisher.metrics.engine.network import FunctionalNet
 from art_fisher.metrics.engine.recorder import Plan, make_plan
 from art_fisher.metrics.finite_difference import per_class_trace
+from art_fisher.metrics.top_mass import TopMass, selection
 
 __all__ = ["BlockTraces", "fisher_block_traces", "fisher_max_eigenvalue", "fisher_trace"]
 
 
 def block_traces(
-    net: FunctionalNet, plan: Plan, x: torch.Tensor, *, chunk_size: int | None, create_graph: bool = False
+    net: FunctionalNet,
+    plan: Plan,
+    x: torch.Tensor,
+    *,
+    chunk_size: int | None,
+    create_graph: bool = False,
+    classes: str | TopMass = "all",
 ) -> torch.Tensor:
     """``tr F_kk`` (N, B) for each selected parameter tensor ``k`` (in ``net.names`` order)."""
     _z, diag, _w = gram_blocks(
-        net, plan, x, basis=make_basis("all", smooth=create_graph), batch_size=chunk_size, diagonal=True,
+        net, plan, x, basis=make_basis(classes, smooth=create_graph), batch_size=chunk_size, diagonal=True,
         create_graph=create_graph,
     )
     return diag.sum(-1)
@@ -76,10 +83,16 @@ def top_eigen(k: torch.Tensor, *, vectors: bool = True) -> tuple[torch.Tensor, t
 
 
 def max_eigenvalue(
-    net: FunctionalNet, plan: Plan, x: torch.Tensor, *, chunk_size: int | None, create_graph: bool = False
+    net: FunctionalNet,
+    plan: Plan,
+    x: torch.Tensor,
+    *,
+    chunk_size: int | None,
+    create_graph: bool = False,
+    classes: str | TopMass = "all",
 ) -> torch.Tensor:
     """``λ_max(F(x))`` (N,)."""
-    k = blocks(net, plan, x, chunk_size=chunk_size, create_graph=create_graph)
+    k = blocks(net, plan, x, chunk_size=chunk_size, classes=classes, create_graph=create_graph)
     return top_eigen(k, vectors=False)[0]
 
 
@@ -108,6 +121,7 @@ def fisher_trace(
     fd_step: float = 1e-3,
     chunk_size: int | None = None,
     create_graph: bool = False,
+    tau: float | None = None,
     batch_size: Any = DEPRECATED,
     epsilon: Any = DEPRECATED,
 ) -> torch.Tensor:
@@ -140,6 +154,11 @@ def fisher_trace(
         Return a tensor whose autograd graph reaches ``x`` (make ``x`` require grad first), so that
         ``torch.autograd.grad(tr.sum(), x)`` is the exact input gradient of the trace (mixed second
         derivatives). Uses C backward passes (a factor of ``S`` smooth in ``p``). ``method="exact"`` only.
+    tau : float in (0, 1), optional
+        Many-class heads: keep each sample's most probable classes holding ``1 − tau`` of its
+        probability and merge the rest into one class (:mod:`art_fisher.metrics.top_mass`): about as
+        many backward passes as kept classes instead of ``C − 1``, and a certain lower bound of the
+        exact value (``F_τ ≼ F``). None (default): exact.
 
     batch_size, epsilon
         Deprecated names of ``chunk_size`` and ``fd_step``; they stop working in the next release.
@@ -161,6 +180,7 @@ def fisher_trace(
         model, x, output=output, params=params, method=method, fd_step=fd_step, chunk_size=chunk_size,
         create_graph=create_graph,
     )
+    classes = selection(tau, method=method)
     x = input_for(x, create_graph)
     with grad_mode(create_graph):
         if method == "finite_difference":
@@ -168,7 +188,9 @@ def fisher_trace(
             size = bs or max(1, chunking.func_chunk(n_params, _n_classes, x.element_size()) // 2)
             values = torch.cat([per_class_trace(net, x[sl]) for sl in chunking.chunks(x.shape[0], size)])
         else:
-            values = block_traces(net, make_plan(net, x), x, chunk_size=bs, create_graph=create_graph).sum(1)
+            values = block_traces(
+                net, make_plan(net, x), x, chunk_size=bs, create_graph=create_graph, classes=classes
+            ).sum(1)
     return _checks.check_finite_result(values, "fisher_trace")
 
 
@@ -180,6 +202,7 @@ def fisher_block_traces(
     params: Iterable[str] | None = None,
     chunk_size: int | None = None,
     create_graph: bool = False,
+    tau: float | None = None,
     batch_size: Any = DEPRECATED,
 ) -> BlockTraces:
     r"""Trace of each selected parameter tensor's own diagonal block of each sample's Fisher matrix.
@@ -189,7 +212,7 @@ def fisher_block_traces(
 
     Parameters
     ----------
-    model, x, output, params, chunk_size, create_graph
+    model, x, output, params, chunk_size, create_graph, tau
         As in :func:`fisher_trace`.
 
     batch_size
@@ -211,7 +234,9 @@ def fisher_block_traces(
     )
     x = input_for(x, create_graph)
     with grad_mode(create_graph):
-        values = block_traces(net, make_plan(net, x), x, chunk_size=bs, create_graph=create_graph)
+        values = block_traces(
+            net, make_plan(net, x), x, chunk_size=bs, create_graph=create_graph, classes=selection(tau)
+        )
     return BlockTraces(_checks.check_finite_result(values, "fisher_block_traces"), tuple(net.names))
 
 
@@ -223,6 +248,7 @@ def fisher_max_eigenvalue(
     params: Iterable[str] | None = None,
     chunk_size: int | None = None,
     create_graph: bool = False,
+    tau: float | None = None,
     batch_size: Any = DEPRECATED,
 ) -> torch.Tensor:
     r"""Largest eigenvalue ``λ_max(F(x))`` of each sample's Fisher matrix.
@@ -233,7 +259,7 @@ def fisher_max_eigenvalue(
 
     Parameters
     ----------
-    model, x, output, params, chunk_size, create_graph
+    model, x, output, params, chunk_size, create_graph, tau
         As in :func:`fisher_trace` (the input gradient of ``λ_max`` is defined where it is a simple
         eigenvalue).
 
@@ -256,5 +282,7 @@ def fisher_max_eigenvalue(
     )
     x = input_for(x, create_graph)
     with grad_mode(create_graph):
-        values = max_eigenvalue(net, make_plan(net, x), x, chunk_size=bs, create_graph=create_graph)
+        values = max_eigenvalue(
+            net, make_plan(net, x), x, chunk_size=bs, create_graph=create_graph, classes=selection(tau)
+        )
     return _checks.check_finite_result(values, "fisher_max_eigenvalue")

@@ -82,9 +82,7 @@ def test_quadratic_form_matches_dense(case, blockwise):
 @pytest.mark.parametrize("blockwise", [False, True])
 def test_sensitivity_matches_dense(case, blockwise):
     name, model, x, ref = case
-    if name == "residual":  # LayerNorm: torch.func's and forward-mode second derivatives are wrong
-        with pytest.raises(NotImplementedError, match="'norm' \\(LayerNorm\\)"):
-            fisher_sensitivity(model, x, blockwise=blockwise)
+    if name == "residual":  # LayerNorm has a layer rule: plain autograd's second derivatives, no torch.func
         got = fisher_sensitivity(model, x, blockwise=blockwise, method="finite_difference", fd_step=1e-5)
         assert rel_err(got, ref["fis" if blockwise else "fis_full"]) < 1e-6  # the plain-autograd oracle
         return

@@ -188,7 +188,19 @@ def gram_blocks(
         zs.append(z)
         ks.append(torch.stack([blocks[name] for name in net.names], dim=1))
         ws.append(w_of(z))
-    return torch.cat(zs), torch.cat(ks), torch.cat(ws)
+    n_cols = max(w.shape[2] for w in ws)  # a basis may give chunks fewer columns (zero columns elsewhere)
+    dims = 1 if diagonal else 2
+    return torch.cat(zs), torch.cat([pad_columns(k, n_cols, dims) for k in ks]), torch.cat(
+        [pad_columns(w, n_cols, 1) for w in ws]
+    )
+
+
+def pad_columns(t: torch.Tensor, n_cols: int, dims: int) -> torch.Tensor:
+    """``t`` with its last ``dims`` dimensions (columns of ``W``) zero-padded to ``n_cols``: what zero columns give."""
+    missing = n_cols - t.shape[-1]
+    if missing == 0:
+        return t
+    return torch.nn.functional.pad(t, [0, missing] * dims)
 
 
 def directional(
@@ -260,6 +272,8 @@ def directional(
             rs.append(r)
         if coefficients is not None:
             rts.append(torch.stack([rt[name] for name in net.names], dim=1))
+    n_cols = max(t.shape[-1] for t in ts)
+    ts = [pad_columns(t, n_cols, 1) for t in ts]
     if coefficients is None:
         return torch.cat(zs), torch.cat(ts), None, None
     return torch.cat(zs), torch.cat(ts), torch.cat(rs), torch.cat(rts)

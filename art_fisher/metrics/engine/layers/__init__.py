@@ -13,12 +13,14 @@ from torch import nn
 from art_fisher.metrics.engine.layers.base import LayerRule, Reducer, gram
 from art_fisher.metrics.engine.layers.batchnorm import BatchNormRule
 from art_fisher.metrics.engine.layers.conv2d import Conv2dRule
+from art_fisher.metrics.engine.layers.layernorm import LayerNormRule
 from art_fisher.metrics.engine.layers.linear import LinearRule
 
 __all__ = [
     "RULES",
     "BatchNormRule",
     "Conv2dRule",
+    "LayerNormRule",
     "LayerRule",
     "LinearRule",
     "Reducer",
@@ -28,7 +30,7 @@ __all__ = [
 ]
 
 #: The layer types the hook engine handles; every other parameter goes through ``torch.func``.
-RULES: tuple[type[LayerRule], ...] = (LinearRule, Conv2dRule, BatchNormRule)
+RULES: tuple[type[LayerRule], ...] = (LinearRule, Conv2dRule, BatchNormRule, LayerNormRule)
 
 
 def rule_for(module: nn.Module, a: torch.Tensor) -> type[LayerRule] | None:

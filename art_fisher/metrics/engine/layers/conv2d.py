@@ -1,4 +1,4 @@
-"""``nn.Conv2d`` (one group, zero padding given as numbers): ``o = W ⋆ a + β``."""
+"""``nn.Conv2d`` (any number of groups, depthwise included; zero padding given as numbers): ``o = W ⋆ a + β``."""
 
 from __future__ import annotations
 
@@ -14,8 +14,12 @@ from art_fisher.metrics.engine.layers.base import LayerRule, Reducer
 class Conv2dRule(LayerRule):
     """Per-sample gradients from the unfolded input ``U`` (n, in·kh·kw, L): ``G = B Uᵀ`` (weight), ``Σ_l B_l`` (bias).
 
-    Gram matrices of weight gradients either materialise ``G`` per column, or use the ghost form
-    ``K[c, d] = ⟨B_d, B_c (UᵀU)⟩`` (L × L), whichever takes fewer multiply-adds.
+    With ``g`` groups the input channels, output channels and weight split into ``g`` independent
+    convolutions: group ``j``'s weight gradient is ``G_j = B_j U_jᵀ`` with ``B_j`` its out/g output
+    channels and ``U_j`` the patches of its in/g input channels (depthwise: ``g`` = in = out, one
+    channel each). Gram matrices of weight gradients either materialise ``G`` per column, or use the
+    ghost form ``K[c, d] = Σ_j ⟨B_dj, B_cj (U_jᵀU_j)⟩`` (L × L per group), whichever takes fewer
+    multiply-adds.
     """
 
     module_types = (nn.Conv2d,)
@@ -30,7 +34,6 @@ class Conv2dRule(LayerRule):
     def supports(module: nn.Module, a: torch.Tensor) -> bool:
         return (
             type(module) is nn.Conv2d
-            and module.groups == 1
             and module.padding_mode == "zeros"
             and not isinstance(module.padding, str)
             and a.dim() == 4
@@ -75,25 +78,41 @@ class Conv2dRule(LayerRule):
     def grad(self, b: torch.Tensor, kind: str) -> torch.Tensor:
         if kind == "bias":
             return b.sum((2, 3))
-        n = b.shape[0]
-        return torch.bmm(b.reshape(n, b.shape[1], -1), self.patches).reshape(n, *self.module.weight.shape)
+        return self._group_bmm(b).reshape(b.shape[0], *self.module.weight.shape)
+
+    @property
+    def group_patches(self) -> torch.Tensor:
+        """Patches of each group ``U_jᵀ`` (n·g, L, in/g·kh·kw) (a view of :attr:`patches` for one group)."""
+        g = self.module.groups
+        ut = self.patches
+        if g == 1:
+            return ut
+        n, length, k = ut.shape
+        return ut.reshape(n, length, g, k // g).transpose(1, 2).reshape(n * g, length, k // g)
+
+    def _group_bmm(self, b: torch.Tensor) -> torch.Tensor:
+        """``B_j U_jᵀ`` (n, g, out/g, in/g·kh·kw) for output-gradients ``b`` (n, out, ...)."""
+        n, g = b.shape[0], self.module.groups
+        bg = b.reshape(n * g, b.shape[1] // g, -1)  # (n·g, out/g, L)
+        return torch.bmm(bg, self.group_patches).reshape(n, g, b.shape[1] // g, -1)
 
     def materialise_cheaper(self, n_cols: int, diagonal: bool = False) -> bool:
         """Per-column weight gradients (C'·out × k) against the ghost route (L × L), by multiply-adds."""
         m = self.module
-        o = m.out_channels
-        k = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
+        g = m.groups
+        o = m.out_channels // g
+        k = m.in_channels // g * m.kernel_size[0] * m.kernel_size[1]
         length = self.patches.shape[1]
         pairs = n_cols if diagonal else n_cols * n_cols
-        cost_materialise = n_cols * o * k * length + pairs * o * k
-        cost_ghost = length * length * (k + n_cols * o) + pairs * o * length
+        cost_materialise = g * (n_cols * o * k * length + pairs * o * k)
+        cost_ghost = g * (length * length * (k + n_cols * o) + pairs * o * length)
         return cost_materialise <= cost_ghost
 
     @property
     def patch_gram(self) -> torch.Tensor:
-        """``UᵀU`` (n, L, L): inner products of the input patches (computed once per call)."""
+        """``U_jᵀU_j`` (n·g, L, L): inner products of each group's input patches (computed once per call)."""
         if self._uu is None:
-            ut = self.patches
+            ut = self.group_patches
             self._uu = torch.bmm(ut, ut.transpose(1, 2))
         return self._uu
 
@@ -101,26 +120,28 @@ class Conv2dRule(LayerRule):
         if kind == "bias":
             return b.sum((2, 3)).pow(2).sum(1)
         n = b.shape[0]
-        b3 = b.reshape(n, b.shape[1], -1)  # (n, out, L)
         if self.materialise_cheaper(n_cols, diagonal=True):
-            return torch.bmm(b3, self.patches).pow(2).sum((1, 2))
-        return (torch.bmm(b3, self.patch_gram) * b3).sum((1, 2))  # ⟨B (UᵀU), B⟩
+            return self._group_bmm(b).pow(2).reshape(n, -1).sum(1)
+        g = self.module.groups
+        b3 = b.reshape(n * g, b.shape[1] // g, -1)  # (n·g, out/g, L)
+        return (torch.bmm(b3, self.patch_gram) * b3).reshape(n, -1).sum(1)  # Σ_j ⟨B_j (U_jᵀU_j), B_j⟩
 
     def reducer(self, kind: str, n_cols: int) -> Reducer | None:
         if kind == "weight":
             if not self.materialise_cheaper(n_cols):
                 return None
-            ut = self.patches  # (n, L, k)
-            return lambda b: torch.bmm(b.reshape(b.shape[0], b.shape[1], -1), ut).flatten(1)
+            return lambda b: self._group_bmm(b).flatten(1)
         return lambda b: b.sum((2, 3))
 
     def ghost_gram(self, b: torch.Tensor, kind: str, diagonal: bool) -> torch.Tensor:
         if kind != "weight":
             return self.materialised_gram(b, kind, diagonal)
-        n, n_cols = b.shape[0], b.shape[1]
-        b3 = b.reshape(n, n_cols * b.shape[2], -1)  # (n, C'·out, L)
-        bw = torch.bmm(b3, self.patch_gram).reshape(n, n_cols, -1)
-        b3 = b3.reshape(n, n_cols, -1)
+        n, n_cols, g = b.shape[0], b.shape[1], self.module.groups
+        # (n·g, C'·out/g, L): each group's output-gradients of all columns against its own patch Gram
+        b3 = b.reshape(n, n_cols, g, b.shape[2] // g, -1).transpose(1, 2).reshape(n * g, -1, b[0, 0, 0].numel())
+        bw = torch.bmm(b3, self.patch_gram)
+        bw = bw.reshape(n, g, n_cols, -1).transpose(1, 2).reshape(n, n_cols, -1)
+        b3 = b3.reshape(n, g, n_cols, -1).transpose(1, 2).reshape(n, n_cols, -1)
         if diagonal:
             return (bw * b3).sum(2)
         return torch.bmm(bw, b3.transpose(1, 2))
@@ -131,6 +152,8 @@ class Conv2dRule(LayerRule):
         if kind == "bias":
             return d.reshape(1 if shared else n, -1, 1, 1)
         if shared:
-            return F.conv2d(self.a, d, None, m.stride, m.padding, m.dilation)
-        out = torch.bmm(d.reshape(n, d.shape[1], -1), self.unfolded)  # (n, out, L)
-        return out.reshape(n, out.shape[1], self._out_height(), -1)
+            return F.conv2d(self.a, d, None, m.stride, m.padding, m.dilation, m.groups)
+        g = m.groups
+        dg = d.reshape(n * g, d.shape[1] // g, -1)  # (n·g, out/g, in/g·kh·kw)
+        out = torch.bmm(dg, self.group_patches.transpose(1, 2))  # (n·g, out/g, L)
+        return out.reshape(n, d.shape[1], self._out_height(), -1)

@@ -1,0 +1,404 @@
+"""Benchmark: the Fisher metrics on the field's models at CIFAR size, and the many-class option.
+
+Models: torchvision's ResNet-18 and MobileNetV2 and timm's ViT-Tiny (patch 4, 32×32 inputs), random
+weights with random BatchNorm / LayerNorm statistics, 10 classes, float32 (``pip install -e
+".[models]"``, in an environment of its own: see ``pyproject.toml``). ``--smoke`` uses the in-repo
+equivalents of ``tests/art_fisher/field_models.py`` at 16×16 and needs neither package.
+
+Per model, side by side in one run (each figure the median over ``--repeats``; per sample):
+
+- ``fisher_trace``, ``fisher_quadratic_form``, ``fisher_max_eigenvalue`` at batch ``--batch``, and
+  ``fisher_sensitivity`` on ``--sens-batch`` samples (or why it is not supported);
+- the trace over the hook-covered parameters only, so that what goes through ``torch.func`` (ViT's class
+  token and position embedding) shows as the difference;
+- the floor: one forward pass and C − 1 backward passes down to the outputs of the layers the hook
+  engine records, at the trace's own chunk size, with nothing else computed;
+- BackPACK's ``BatchDiagGGNExact`` (``extend(..., use_converter=True)``, CrossEntropyLoss with sum
+  reduction; its per-sample GGN diagonals sum to the trace), or the error it raises on the model;
+- peak memory of one ``fisher_trace`` call in a fresh process (Linux ``VmHWM`` growth over the resident
+  size before the call), at 1, 4 and 8 times ``--batch`` samples: bounded by the chunking when it stops
+  growing with the batch.
+
+Many classes (ResNet-18, or the in-repo ResNet with ``--smoke``): the exact trace and its floor at each
+of ``--classes``, with the head scaled so that the mean top-1 probability is ``--confidence`` (random
+weights give an almost flat distribution over 1,000 classes, which no trained model has); at the largest
+count, ``fisher_trace(tau=...)`` for each of ``--taus`` (time, relative error against the exact trace,
+classes kept, dropped mass) and ``fisher_trace_estimate`` (``--samples`` draws: time, error, and the
+ratio of the root-mean-square error to the root-mean-square stated standard error), also with at most
+``--caps`` classes kept (a fixed budget of backward passes), with the ratio of each time to the exact
+10-class trace.
+
+Times are CPU seconds of this process at one thread (the default; wall-clock otherwise; both kept in
+the JSON). Prints a table and the JSON; ``--json PATH`` writes it (default
+``tests/benchmarks/results/bench_models.json`` unless ``--smoke``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # the repository root (tests.art_fisher.field_models)
+
+from art_fisher import metrics
+from art_fisher.metrics.engine import chunking
+from art_fisher.metrics.engine.network import FunctionalNet
+from art_fisher.metrics.engine.recorder import make_plan, recorded_forward
+from tests.art_fisher import field_models
+
+MODELS = ("resnet18", "mobilenet_v2", "vit_tiny")
+DEFAULT_JSON = ROOT / "tests" / "benchmarks" / "results" / "bench_models.json"
+
+
+def build(name: str, n_classes: int, smoke: bool) -> tuple[nn.Module, tuple[int, ...]]:
+    """The model (eval mode, random norms) and its input shape."""
+    torch.manual_seed(0)
+    if smoke:
+        tiny = {"resnet18": field_models.TinyResNet, "mobilenet_v2": field_models.TinyMobileNetV2}
+        if name in tiny:
+            model = tiny[name](width=8, n_classes=n_classes)
+        else:
+            model = field_models.TinyViT(dim=16, depth=2, heads=2, patch=4, image=16, n_classes=n_classes)
+        return field_models.randomise_norms(model), (3, 16, 16)
+    tv = field_models.import_torchvision()
+    if tv is None:
+        raise SystemExit('bench_models: torchvision / timm are missing: pip install -e ".[models]" (or use --smoke)')
+    if name == "resnet18":
+        model = tv.models.resnet18(num_classes=n_classes)
+    elif name == "mobilenet_v2":
+        model = tv.models.mobilenet_v2(num_classes=n_classes)
+    else:
+        timm = field_models.import_timm()
+        if timm is None:
+            raise SystemExit('bench_models: timm is missing: pip install -e ".[models]" (or use --smoke)')
+        model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=4,
+                                  num_classes=n_classes)
+    return field_models.randomise_norms(model), (3, 32, 32)
+
+
+def timed(fn) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one call of ``fn``."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def median_time(fn, n: int, repeats: int, clock: int) -> dict:
+    """Per-sample seconds of ``fn`` (which processes ``n`` samples), median over ``repeats``."""
+    fn()  # warm up
+    runs = [timed(fn) for _ in range(repeats)]
+    wall = statistics.median(r[0] for r in runs) / n
+    cpu = statistics.median(r[1] for r in runs) / n
+    return {"seconds": (wall, cpu)[clock], "wall": wall, "cpu": cpu}
+
+
+def floor_fn(model: nn.Module, x: torch.Tensor):
+    """Forward + (C − 1) backward passes to the recorded layers' outputs, at the trace's chunk size."""
+    net = FunctionalNet(model, [n for n, _ in model.named_parameters()], "logits")
+    plan = make_plan(net, x)
+    size = chunking.hook_chunk(plan.out_numel, chunking.STREAMED_COPIES, x.element_size())
+
+    def run():
+        for sl in chunking.chunks(x.shape[0], size):
+            rec = recorded_forward(net, plan, x[sl])
+            edges = [rec.edges[m] for m in rec.modules]
+            n_cols = rec.z.shape[1] - 1
+            cot = torch.randn(rec.z.shape[0], rec.z.shape[1], n_cols)
+            for j in range(n_cols):
+                torch.autograd.grad(rec.z, edges, cot[:, :, j], retain_graph=j < n_cols - 1)
+
+    return run, plan
+
+
+def backpack_trace(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Per-sample ``tr F`` from BackPACK's ``BatchDiagGGNExact`` on a converted copy of ``model``."""
+    from backpack import backpack, extend
+    from backpack.extensions import BatchDiagGGNExact
+
+    loss_fn = extend(nn.CrossEntropyLoss(reduction="sum"))
+    out = model(x)
+    loss = loss_fn(out, out.argmax(1))  # the exact GGN does not depend on the labels
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with backpack(BatchDiagGGNExact()):
+            loss.backward()
+    values = sum(p.diag_ggn_exact_batch.flatten(1).sum(1) for p in model.parameters())
+    for p in model.parameters():
+        p.grad = None
+        del p.diag_ggn_exact_batch
+    return values.detach()
+
+
+def measure_backpack(model: nn.Module, x: torch.Tensor, exact: torch.Tensor, repeats: int, clock: int) -> dict:
+    try:
+        from backpack import extend
+
+        twin = extend(copy.deepcopy(model), use_converter=True).eval()
+        values = backpack_trace(twin, x)
+    except ImportError:
+        return {"status": "not installed (pip install -e '.[bench]')"}
+    except Exception as exc:  # noqa: BLE001  (BackPACK refuses the model in many ways: record why)
+        return {"status": f"unsupported: {type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"}
+    rel = float(((values - exact).abs() / exact.abs()).max())
+    return {"status": "ok", "max_rel_diff": rel, **median_time(lambda: backpack_trace(twin, x), len(x), repeats, clock)}
+
+
+def measure_sensitivity(model: nn.Module, x: torch.Tensor, repeats: int, clock: int) -> dict:
+    try:
+        metrics.fisher_sensitivity(model, x[:1])
+    except NotImplementedError as exc:
+        return {"status": f"unsupported: {str(exc).splitlines()[0][:200]}"}
+    except RuntimeError as exc:
+        return {"status": f"unsupported: {str(exc).splitlines()[0][:200]}"}
+    return {"status": "ok", **median_time(lambda: metrics.fisher_sensitivity(model, x), len(x), repeats, clock)}
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def child_memory(name: str, batch: int, smoke: bool, threads: int) -> dict:
+    """In a fresh process: peak resident memory growth during one ``fisher_trace`` call."""
+    torch.set_num_threads(threads)
+    model, shape = build(name, 10, smoke)
+    x = torch.randn(batch, *shape)
+    metrics.fisher_trace(model, x[:2])  # warm up
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+    before = _status_kib("VmRSS")
+    metrics.fisher_trace(model, x)
+    peak = _status_kib("VmHWM")
+    return {"batch": batch, "peak_rss_mib": peak / 1024, "growth_mib": (peak - before) / 1024}
+
+
+def measure_memory(name: str, batch: int, smoke: bool, threads: int) -> dict:
+    cmd = [sys.executable, __file__, "--child-memory", name, "--batch", str(batch), "--threads", str(threads)]
+    proc = subprocess.run(cmd + (["--smoke"] if smoke else []), capture_output=True, text=True, timeout=900, check=False)
+    if proc.returncode != 0:
+        return {"batch": batch, "error": proc.stderr.strip().splitlines()[-1][:200] if proc.stderr.strip() else "failed"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def measure_model(args, name: str, clock: int) -> dict:
+    model, shape = build(name, 10, args.smoke)
+    x = torch.randn(args.batch, *shape)
+    floor, plan = floor_fn(model, x)
+    row: dict = {"model": name, "params": sum(p.numel() for p in model.parameters()), "input": list(shape),
+                 "classes": 10, "batch": args.batch, "torch_func_params": plan.rest}
+    row["trace"] = median_time(lambda: metrics.fisher_trace(model, x), len(x), args.repeats, clock)
+    row["floor"] = median_time(floor, len(x), args.repeats, clock)
+    hooked = [n for n, _ in model.named_parameters() if n not in plan.rest]
+    if plan.rest:
+        row["trace_hook_params_only"] = median_time(
+            lambda: metrics.fisher_trace(model, x, params=hooked), len(x), args.repeats, clock
+        )
+    row["quadratic_form"] = median_time(lambda: metrics.fisher_quadratic_form(model, x), len(x), args.repeats, clock)
+    row["max_eigenvalue"] = median_time(lambda: metrics.fisher_max_eigenvalue(model, x), len(x), args.repeats, clock)
+    row["sensitivity"] = measure_sensitivity(model, x[: args.sens_batch], 1, clock)
+    exact = metrics.fisher_trace(model, x)
+    row["backpack"] = (
+        {"status": "skipped (--no-backpack)"} if args.no_backpack
+        else measure_backpack(model, x, exact, args.repeats, clock)
+    )  # fmt: skip
+    row["memory"] = [measure_memory(name, b, args.smoke, args.threads) for b in (args.batch, 4 * args.batch, 8 * args.batch)]
+    t, f = row["trace"]["seconds"], row["floor"]["seconds"]
+    row["trace_over_floor"] = t / f
+    if row["backpack"].get("status") == "ok":
+        row["backpack_over_trace"] = row["backpack"]["seconds"] / t
+    return row
+
+
+def set_confidence(model: nn.Module, x: torch.Tensor, target: float) -> float:
+    """Scale the last Linear layer so that the mean top-1 probability on ``x`` is ``target``; the scale."""
+    head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    w0, b0 = head.weight.detach().clone(), head.bias.detach().clone()
+    lo, hi = 0.0, 1.0
+    with torch.no_grad():
+        def conf(s: float) -> float:
+            head.weight.copy_(w0 * s)
+            head.bias.copy_(b0 * s)
+            return float(torch.softmax(model(x), -1).amax(-1).mean())
+
+        while conf(hi) < target and hi < 1e6:
+            hi *= 2
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if conf(mid) < target else (lo, mid)
+        conf(hi)
+    return hi
+
+
+def measure_classes(args, clock: int) -> dict:
+    out: dict = {"model": "resnet18", "confidence": args.confidence, "rows": [], "tau": [], "estimate": [],
+                 "capped_estimate": []}
+    exact_big = None
+    for n_classes in args.classes:
+        model, shape = build("resnet18", n_classes, args.smoke)
+        x = torch.randn(args.class_batch, *shape)
+        scale = set_confidence(model, x, args.confidence)
+        floor, _plan = floor_fn(model, x)
+        row = {"classes": n_classes, "head_scale": scale,
+               "trace": median_time(lambda model=model, x=x: metrics.fisher_trace(model, x), len(x), 1, clock),
+               "floor": median_time(floor, len(x), 1, clock)}
+        out["rows"].append(row)
+        if n_classes == max(args.classes):
+            exact_big = metrics.fisher_trace(model, x)
+            big_model, big_x = model, x
+    base = out["rows"][0]["trace"]["seconds"]
+    for row in out["rows"]:
+        row["over_first"] = row["trace"]["seconds"] / base
+    for cap in args.caps:  # a fixed budget of passes: kept classes capped, the rest sampled
+        tau = min(args.taus)
+        est = metrics.fisher_trace_estimate(big_model, big_x, tau=tau, samples=args.samples, max_kept=cap, seed=0)
+        err = est.estimate - exact_big
+        timing = median_time(lambda cap=cap, tau=tau: metrics.fisher_trace_estimate(
+            big_model, big_x, tau=tau, samples=args.samples, max_kept=cap), len(big_x), 1, clock)
+        out["capped_estimate"].append({
+            "tau": tau, "max_kept": cap, "samples": args.samples, **timing, "over_first": timing["seconds"] / base,
+            "mean_dropped_mass": float(est.dropped_mass.mean()),
+            "max_rel_error": float((err / exact_big).abs().max()),
+            "mean_rel_stderr": float((est.stderr / exact_big).mean()),
+            "max_rel_gap_of_lower_bound": float(((exact_big - est.lower) / exact_big).max()),
+            "rms_error_over_rms_stderr": float(err.pow(2).mean().sqrt() / est.stderr.pow(2).mean().sqrt()),
+        })  # fmt: skip
+    for tau in args.taus:
+        approx = metrics.fisher_trace(big_model, big_x, tau=tau)
+        from art_fisher.metrics.top_mass import kept_classes
+
+        _o, kept, q = kept_classes(big_model(big_x).detach(), tau)
+        rel = (exact_big - approx) / exact_big
+        timing = median_time(lambda tau=tau: metrics.fisher_trace(big_model, big_x, tau=tau), len(big_x), 1, clock)
+        out["tau"].append({
+            "tau": tau, **timing, "over_first": timing["seconds"] / base,
+            "max_rel_error": float(rel.max()), "mean_rel_error": float(rel.mean()),
+            "min_rel_error": float(rel.min()), "mean_kept": float(kept.float().mean()),
+            "max_kept": int(kept.max()), "mean_dropped_mass": float(q.mean()),
+        })  # fmt: skip
+        est = metrics.fisher_trace_estimate(big_model, big_x, tau=tau, samples=args.samples, seed=0)
+        err = est.estimate - exact_big
+        timing = median_time(lambda tau=tau: metrics.fisher_trace_estimate(big_model, big_x, tau=tau, samples=args.samples),
+                             len(big_x), 1, clock)
+        out["estimate"].append({
+            "tau": tau, "samples": args.samples, **timing, "over_first": timing["seconds"] / base,
+            "max_rel_error": float(((est.estimate - exact_big) / exact_big).abs().max()),
+            "mean_rel_stderr": float((est.stderr / exact_big).mean()),
+            # near 1 when the stated standard errors have the size of the errors (over the samples)
+            "rms_error_over_rms_stderr": float(err.pow(2).mean().sqrt() / est.stderr.pow(2).mean().sqrt()),
+        })  # fmt: skip
+    return out
+
+
+def table(results: dict) -> str:
+    lines = [f"per sample, {results['clock']} seconds, {results['threads']} thread(s)"]
+    lines.append(f"{'model':<13}{'trace':>9}{'floor':>9}{'tr/floor':>9}{'quad':>9}{'lam':>9}{'sens':>10}"
+                 f"{'backpack':>10}{'bp/tr':>7}{'MiB@B':>8}{'MiB@4B':>8}{'MiB@8B':>8}")
+    for row in results["models"]:
+        sens = row["sensitivity"]
+        bp = row["backpack"]
+        mem = [m.get("growth_mib", float("nan")) for m in row["memory"]]
+        lines.append(
+            f"{row['model']:<13}{row['trace']['seconds']:9.4f}{row['floor']['seconds']:9.4f}"
+            f"{row['trace_over_floor']:9.2f}{row['quadratic_form']['seconds']:9.4f}{row['max_eigenvalue']['seconds']:9.4f}"
+            f"{sens['seconds'] if sens['status'] == 'ok' else float('nan'):10.3f}"
+            f"{bp['seconds'] if bp.get('status') == 'ok' else float('nan'):10.4f}"
+            f"{row.get('backpack_over_trace', float('nan')):7.2f}{mem[0]:8.0f}{mem[1]:8.0f}{mem[2]:8.0f}"
+        )
+        if sens["status"] != "ok":
+            lines.append(f"    sensitivity {sens['status']}")
+        if bp.get("status") != "ok":
+            lines.append(f"    backpack {bp.get('status')}")
+        if "trace_hook_params_only" in row:
+            lines.append(f"    trace without the torch.func parameters {row['torch_func_params']}: "
+                         f"{row['trace_hook_params_only']['seconds']:.4f}")
+    many = results.get("many_classes")
+    if many:
+        lines.append(f"many classes ({many['model']}, mean top-1 probability {many['confidence']}):")
+        for row in many["rows"]:
+            lines.append(f"  C={row['classes']:<5} exact trace {row['trace']['seconds']:.4f}  floor "
+                         f"{row['floor']['seconds']:.4f}  x{row['over_first']:.1f} of C={many['rows'][0]['classes']}")
+        for row in many["tau"]:
+            lines.append(f"  tau={row['tau']:<7g} {row['seconds']:.4f}  x{row['over_first']:.2f} of the first  "
+                         f"rel. error max {row['max_rel_error']:.2e} mean {row['mean_rel_error']:.2e}  "
+                         f"kept {row['mean_kept']:.1f} (max {row['max_kept']})  q {row['mean_dropped_mass']:.2e}")
+        for row in many["capped_estimate"]:
+            lines.append(f"  estimate tau={row['tau']:<7g} max_kept={row['max_kept']} m={row['samples']} "
+                         f"{row['seconds']:.4f}  x{row['over_first']:.2f}  q {row['mean_dropped_mass']:.2f}  "
+                         f"rel. error max {row['max_rel_error']:.2e}  rel. stderr {row['mean_rel_stderr']:.2e}  "
+                         f"rms err / rms stderr {row['rms_error_over_rms_stderr']:.2f}")
+        for row in many["estimate"]:
+            lines.append(f"  estimate tau={row['tau']:<7g} m={row['samples']} {row['seconds']:.4f}  "
+                         f"x{row['over_first']:.2f}  rel. error max {row['max_rel_error']:.2e}  "
+                         f"rel. stderr {row['mean_rel_stderr']:.2e}  rms err / rms stderr {row['rms_error_over_rms_stderr']:.2f}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="in-repo small models, seconds")
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--batch", type=int, default=None)
+    parser.add_argument("--sens-batch", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--classes", default="10,100,1000")
+    parser.add_argument("--class-batch", type=int, default=None)
+    parser.add_argument("--taus", default="1e-2,1e-3")
+    parser.add_argument("--samples", type=int, default=8)
+    parser.add_argument("--caps", default="16", help="max_kept values of the capped estimate")
+    parser.add_argument("--confidence", type=float, default=0.7)
+    parser.add_argument("--no-backpack", action="store_true")
+    parser.add_argument("--no-classes", action="store_true")
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--child-memory", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.batch = args.batch or (4 if args.smoke else 8)
+    args.repeats = args.repeats or (1 if args.smoke else 3)
+    args.class_batch = args.class_batch or 4
+    torch.set_num_threads(args.threads)
+    if args.child_memory:
+        print(json.dumps(child_memory(args.child_memory, args.batch, args.smoke, args.threads)))
+        return
+    args.classes = [int(c) for c in args.classes.split(",")]
+    args.taus = [float(t) for t in args.taus.split(",")]
+    args.caps = [int(c) for c in args.caps.split(",") if c]
+    if args.smoke:
+        args.classes = [10, 100]
+        args.caps = [4]
+    clock = 1 if args.threads == 1 else 0
+    results = {
+        "benchmark": "bench_models", "smoke": args.smoke, "threads": args.threads,
+        "clock": "cpu" if clock else "wall", "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
+        "models": [measure_model(args, name, clock) for name in args.models.split(",") if name],
+    }  # fmt: skip
+    if not args.no_classes:
+        results["many_classes"] = measure_classes(args, clock)
+    print(table(results))
+    text = json.dumps(results, indent=2, default=lambda o: None if isinstance(o, float) and math.isnan(o) else str(o))
+    print(text)
+    path = args.json or (None if args.smoke else DEFAULT_JSON)
+    if path:
+        Path(path).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
