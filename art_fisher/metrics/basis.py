@@ -18,6 +18,7 @@ nothing, as its term ``p_c ∇log p_c ∇log p_cᵀ`` of the Fisher matrix.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 from torch.func import jacrev, vmap
@@ -83,7 +84,15 @@ def reduction_jacobian(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 Basis = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def make_basis(classes: str, *, smooth: bool = False) -> Basis:
+class ClassSelection(Protocol):
+    """A selection of classes that makes its own basis (:class:`~art_fisher.metrics.top_mass.TopMass`)."""
+
+    def basis(self, smooth: bool = False) -> Basis:
+        """``(z, y) ↦ W`` for this selection; see :func:`make_basis`."""
+        ...
+
+
+def make_basis(classes: str | ClassSelection, *, smooth: bool = False) -> Basis:
     """``(z, y) ↦ W`` (n, C, C') with ``W Wᵀ`` the output covariance in logit coordinates.
 
     Parameters

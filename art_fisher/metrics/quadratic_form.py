@@ -23,7 +23,7 @@ from art_fisher import _checks
 from art_fisher._deprecation import DEPRECATED, renamed
 from art_fisher.metrics import directions
 from art_fisher.metrics._setup import check_direction_args, grad_mode, input_for, setup
-from art_fisher.metrics.basis import make_basis
+from art_fisher.metrics.basis import ClassSelection, make_basis
 from art_fisher.metrics.directions import Direction
 from art_fisher.metrics.engine import chunking
 from art_fisher.metrics.engine.grams import directional
@@ -52,7 +52,7 @@ def quadratic_form(
     y: torch.Tensor | None,
     blockwise: bool,
     normalize: bool,
-    classes: str,
+    classes: str | ClassSelection,
     chunk_size: int | None,
     create_graph: bool = False,
 ) -> torch.Tensor:
@@ -76,7 +76,7 @@ def _named_direction(
     x: torch.Tensor,
     *,
     y: torch.Tensor | None,
-    classes: str,
+    classes: str | ClassSelection,
     chunk_size: int | None,
     create_graph: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,7 +100,7 @@ def along_top_eigenvector(
     x: torch.Tensor,
     *,
     blockwise: bool,
-    classes: str,
+    classes: str | ClassSelection,
     chunk_size: int | None,
     create_graph: bool = False,
 ) -> torch.Tensor:
@@ -224,7 +224,7 @@ def fisher_quadratic_form(
     direction, yt = check_direction_args(
         direction, y, net, x, n_classes, allow_top=True, blockwise=blockwise, normalize=normalize, classes=classes
     )
-    classes = selection(tau, classes=classes, method=method)
+    selected = selection(tau, classes=classes, method=method)
     top = isinstance(direction, str) and direction == "top_eigenvector"
     if method == "finite_difference" and top:
         raise ValueError('method="finite_difference" does not support direction="top_eigenvector".')
@@ -237,12 +237,12 @@ def fisher_quadratic_form(
             )
         elif top:
             values = along_top_eigenvector(
-                net, make_plan(net, x), x, blockwise=blockwise, classes=classes, chunk_size=bs,
+                net, make_plan(net, x), x, blockwise=blockwise, classes=selected, chunk_size=bs,
                 create_graph=create_graph,
             )
         else:
             values = quadratic_form(
                 net, make_plan(net, x), x, direction=direction, y=yt, blockwise=blockwise, normalize=normalize,
-                classes=classes, chunk_size=bs, create_graph=create_graph,
+                classes=selected, chunk_size=bs, create_graph=create_graph,
             )
     return _checks.check_finite_result(values, "fisher_quadratic_form")

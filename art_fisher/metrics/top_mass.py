@@ -260,7 +260,9 @@ def fisher_trace_estimate(
     _checks.check_model(model)
     _checks.check_x(x)
     _checks.check_choice("output", output, _checks.OUTPUTS)
-    tau = check_tau(tau, allow_none=False)
+    checked_tau = check_tau(tau, allow_none=False)
+    assert checked_tau is not None  # allow_none=False
+    tau = checked_tau
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
         raise ValueError(f"samples must be an int >= 2 (a standard error needs two draws); got {samples!r}.")
     if max_kept is not None and (isinstance(max_kept, bool) or not isinstance(max_kept, int) or max_kept < 1):

@@ -22,13 +22,13 @@ from torch import nn
 from art_fisher import _checks
 from art_fisher._deprecation import DEPRECATED, renamed
 from art_fisher.metrics._setup import grad_mode, input_for, setup
-from art_fisher.metrics.basis import make_basis
+from art_fisher.metrics.basis import ClassSelection, make_basis
 from art_fisher.metrics.engine import chunking
 from art_fisher.metrics.engine.grams import gram_blocks
 from art_fisher.metrics.engine.network import FunctionalNet
 from art_fisher.metrics.engine.recorder import Plan, make_plan
 from art_fisher.metrics.finite_difference import per_class_trace
-from art_fisher.metrics.top_mass import TopMass, selection
+from art_fisher.metrics.top_mass import selection
 
 __all__ = ["BlockTraces", "fisher_block_traces", "fisher_max_eigenvalue", "fisher_trace"]
 
@@ -40,7 +40,7 @@ def block_traces(
     *,
     chunk_size: int | None,
     create_graph: bool = False,
-    classes: str | TopMass = "all",
+    classes: str | ClassSelection = "all",
 ) -> torch.Tensor:
     """``tr F_kk`` (N, B) for each selected parameter tensor ``k`` (in ``net.names`` order)."""
     _z, diag, _w = gram_blocks(
@@ -56,7 +56,7 @@ def blocks(
     x: torch.Tensor,
     *,
     chunk_size: int | None,
-    classes: str = "all",
+    classes: str | ClassSelection = "all",
     create_graph: bool = False,
 ) -> torch.Tensor:
     """The blocks ``Wᵀ K_k W`` (N, B, C', C'); ``"predicted_vs_rest"`` reduces at the predicted class."""
@@ -89,7 +89,7 @@ def max_eigenvalue(
     *,
     chunk_size: int | None,
     create_graph: bool = False,
-    classes: str | TopMass = "all",
+    classes: str | ClassSelection = "all",
 ) -> torch.Tensor:
     """``λ_max(F(x))`` (N,)."""
     k = blocks(net, plan, x, chunk_size=chunk_size, classes=classes, create_graph=create_graph)

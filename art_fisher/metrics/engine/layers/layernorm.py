@@ -18,6 +18,7 @@ class LayerNormRule(LayerRule):
     """Per-sample gradients ``Σ_t b_t ⊙ x̂_t`` (γ) and ``Σ_t b_t`` (β) over the positions ``t``."""
 
     module_types = (nn.LayerNorm,)
+    module: nn.LayerNorm
 
     def __init__(self, module: nn.Module, a: torch.Tensor) -> None:
         super().__init__(module, a)
