@@ -67,8 +67,10 @@ class EvaluationResult:
     table : list of dict
         One row per detector × fit attack × test attack: ``detector``, ``fit_attack`` (the attack the
         detector was fitted on, or ``"clean"`` when it saw no adversarial example), ``attack`` (the test
-        attack), ``roc_auc``, ``tpr_at_5pct_fpr``, ``detection_accuracy``, ``tpr``, ``fpr`` (of the
-        detector's own decision), ``seconds_per_sample``, ``fit_seconds``, ``n_train``, ``n_test``.
+        attack), ``roc_auc``, ``detection_accuracy``, ``tpr``, ``fpr`` (at the operating point: the
+        threshold that flags ``target_fpr`` of held-out clean images, :mod:`.operating_point`; ``fpr`` is
+        the achieved rate), ``own_tpr``, ``own_fpr`` (the detector's own decision),
+        ``seconds_per_sample``, ``fit_seconds``, ``n_train``, ``n_test``.
     attacks : list of dict
         One row per attack: ``attack``, ``success_rate``, ``n_attacked``, ``n_successful``, ``mean_l2``,
         ``mean_linf`` (of the successful perturbations), ``seconds``.
@@ -340,7 +342,8 @@ def run(plan: EvaluationPlan) -> EvaluationResult:
             start = time.perf_counter()
             adaptive_rows = run_adaptive(
                 ctx, x_src, y_src, side, scored.fitted, p.adaptive, eps=p.eps,
-                fit_attack="pgd" if "pgd" in p.attacks else p.attacks[0], on_step=steps,
+                fit_attack="pgd" if "pgd" in p.attacks else p.attacks[0], operating_points=scored.operating_points,
+                folds=scored.folds, on_step=steps,
             )  # fmt: skip
             timings["adaptive attacks"] = time.perf_counter() - start
     finally:
@@ -437,7 +440,10 @@ def evaluate(
     batch_size : int
         Batch size of prediction, attack generation and detection (1 to 65,536).
     target_fpr : float
-        False-positive rate the clean-calibrated detectors (``*_clean``) aim at, in (0, 1).
+        The operating point, in (0, 1): every TPR, FPR and flag rate of the tables (adaptive evasion
+        included) is taken at the threshold that flags this share of held-out clean images
+        (:mod:`.operating_point`), the achieved FPR beside it; the clean-calibrated detectors
+        (``*_clean``) also aim at it on their own.
     progress : bool
         Show tqdm bars: one over attacks and detector fits, inner ones over batches.
     adaptive : bool
