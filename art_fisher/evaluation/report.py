@@ -288,6 +288,7 @@ def _markdown_report(
     timings: Mapping[str, float],
     plots_written: Mapping[str, Path],
     adaptive: Sequence[Mapping[str, Any]] = (),
+    security_curve: Sequence[Mapping[str, Any]] = (),
 ) -> str:
     labels = settings.get("labels", {})
     names = [a["attack"] for a in attacks]
@@ -323,6 +324,8 @@ def _markdown_report(
     lines += _clean_section(table, fits, settings, names)
     if adaptive:
         lines += _adaptive_section(adaptive, settings)
+    if security_curve:
+        lines += _curve_section(security_curve, settings)
     lines += [
         "## Attacks",
         "",
@@ -345,6 +348,24 @@ def _markdown_report(
         lines += ["", "## Plots", ""]
         lines += [f"![{name}]({p.name})" for name, p in plots_written.items()]
     return "\n".join(lines) + "\n"
+
+
+def _curve_section(rows: Sequence[Mapping[str, Any]], settings: Mapping[str, Any]) -> list[str]:
+    eps = sorted({r["eps"] for r in rows})
+    lines = [
+        "## Security curve (classifier + detector)", "",
+        "Robust accuracy under ART's PGD L∞ against the classifier (the detector unknown to the attacker) at each "
+        "budget ε: an attacked image counts as robust when it is still classified correctly or flagged (caught); "
+        "at ε = 0 a clean image counts when it is classified correctly and not flagged (a flagged clean image is "
+        f"a false alarm). Flags at the operating point (target clean FPR {settings.get('target_fpr')}). `none`: "
+        "the classifier alone (ART's SecurityCurve).", "",
+    ]  # fmt: skip
+    cells = []
+    for det in dict.fromkeys(r["detector"] for r in rows):
+        acc = {r["eps"]: r["robust_accuracy"] for r in rows if r["detector"] == det}
+        cells.append([det, *(_fmt(acc.get(e), "{:.3f}", "") for e in eps)])
+    headers = ["detector", *(f"ε={e:.3g}" for e in eps)]
+    return lines + [_markdown(headers, cells, [False, *([True] * len(eps))]), ""]
 
 
 def _clean_section(
@@ -389,6 +410,7 @@ def write_report(
     metric_scores: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]] | None = None,
     sensitivity: Mapping[str, Any] | None = None,
     adaptive: Sequence[Mapping[str, Any]] = (),
+    security_curve: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Path]:
     """Write ``results.json``, ``results.csv``, ``report.md`` and the plots into ``output_dir``, atomically.
 
@@ -405,6 +427,9 @@ def write_report(
     sensitivity : dict, optional
         ``attack``, ``clean``, ``adversarial`` (N, C, H, W) and ``clean_map``, ``adversarial_map`` (same
         shape); sensitivity-map grid when given.
+    security_curve : sequence of dict, optional
+        Rows of :func:`art_fisher.evaluation.security_curve.security_curve_rows`; when given, the plot
+        ``security_curve.png``, a table in ``report.md`` and the key ``security_curve`` of ``results.json``.
     adaptive : sequence of dict, optional
         Adaptive-attack rows (:attr:`art_fisher.evaluation.EvaluationResult.adaptive`); when given, also
         ``adaptive.csv``, a section of ``report.md`` and the key ``adaptive`` of ``results.json``.
@@ -431,6 +456,14 @@ def write_report(
     if metric_scores:
         written["score_histograms"] = out / "score_histograms.png"
         plots.plot_histograms(written["score_histograms"], metric_scores, labels)
+    if security_curve:
+        from art_fisher.evaluation.summary_plots import plot_security_curve
+
+        written["security_curve"] = out / "security_curve.png"
+        plot_security_curve(
+            written["security_curve"], [{**r, "robust_accuracy_mean": r["robust_accuracy"]} for r in security_curve],
+            settings.get("target_fpr", float("nan")),
+        )
     if sensitivity:
         written["sensitivity_maps"] = out / "sensitivity_maps.png"
         plots.plot_sensitivity(written["sensitivity_maps"], sensitivity, labels)
@@ -441,12 +474,14 @@ def write_report(
     }  # fmt: skip
     if adaptive:
         payload["adaptive"] = list(adaptive)
+    if security_curve:
+        payload["security_curve"] = list(security_curve)
     texts = {
         "results_json": json.dumps(_jsonable(payload), indent=2) + "\n",
         "results_csv": _csv_text(table, attacks),
         "report_md": _markdown_report(
             table=table, attacks=attacks, fits=fits, settings=settings, timings=timings, plots_written=written,
-            adaptive=adaptive,
+            adaptive=adaptive, security_curve=security_curve,
         ),
     }
     if adaptive:

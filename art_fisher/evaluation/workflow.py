@@ -42,6 +42,7 @@ from art_fisher.evaluation.base import RunContext, seed_everything
 from art_fisher.evaluation.model_cache import ModelSource, cached_model, load_state_dict_file
 from art_fisher.evaluation.protocol import score_detectors, split_sources
 from art_fisher.evaluation.registry import DEFAULT_DETECTORS, DETECTORS
+from art_fisher.evaluation.security_curve import security_curve_rows
 from art_fisher.models import ARCHITECTURES
 
 logger = logging.getLogger(__name__)
@@ -93,6 +94,10 @@ class EvaluationResult:
         ``n_attacked``, ``success_rate`` (against the classifier alone), ``evasion_rate`` (misclassified and
         not flagged), ``flagged_successful``, ``clean_fpr``, ``roc_auc``, ``loss_start``, ``loss_half``,
         ``loss_final``, ``seconds``. Empty otherwise.
+    security_curve : list of dict
+        The detection-aware security curve (:mod:`.security_curve`): ``detector`` (``"none"``: the
+        classifier alone), ``eps``, ``robust_accuracy``, ``flagged``; empty if the run has none of its
+        detectors.
     """
 
     table: list[dict[str, Any]]
@@ -102,6 +107,7 @@ class EvaluationResult:
     paths: dict[str, Path]
     timings: dict[str, float]
     adaptive: list[dict[str, Any]] = field(default_factory=list)
+    security_curve: list[dict[str, Any]] = field(default_factory=list)
 
     def format_table(self) -> str:
         """Same-attack and clean-fit rows as fixed-width text, the unseen-attack summary, the adaptive attacks."""
@@ -346,6 +352,11 @@ def run(plan: EvaluationPlan) -> EvaluationResult:
                 folds=scored.folds, on_step=steps,
             )  # fmt: skip
             timings["adaptive attacks"] = time.perf_counter() - start
+        start = time.perf_counter()
+        curve = security_curve_rows(
+            ctx, x_src, y_src, side, scored, p.detectors, eps=p.eps, fit_attack="pgd" if "pgd" in p.attacks else p.attacks[0]
+        )  # fmt: skip
+        timings["security curve"] = time.perf_counter() - start
     finally:
         steps.close()
     for fit in scored.fits:
@@ -371,12 +382,12 @@ def run(plan: EvaluationPlan) -> EvaluationResult:
     paths = _report.write_report(
         p.output_dir, table=scored.rows, attacks=attack_rows, fits=scored.fits, settings=settings,
         timings=timings, curves=scored.curves, metric_scores=scored.metric_scores, adaptive=adaptive_rows,
-        sensitivity=_sensitivity_examples(classifier, x_src, side, outcomes, p.batch_size),
+        sensitivity=_sensitivity_examples(classifier, x_src, side, outcomes, p.batch_size), security_curve=curve,
     )  # fmt: skip
     paths["model"] = source.path
     return EvaluationResult(
         table=scored.rows, attacks=attack_rows, fits=scored.fits, settings=settings, paths=paths, timings=timings,
-        adaptive=adaptive_rows,
+        adaptive=adaptive_rows, security_curve=curve,
     )
 
 
