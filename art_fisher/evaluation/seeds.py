@@ -15,6 +15,7 @@ one seed) and ``n_seeds`` (the seeds where it was measured). ``output_dir`` gets
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -126,6 +127,7 @@ def evaluate_seeds(
     output_dir: str | Path = "art_fisher_results",
     extra_stages: Mapping[str, tuple[Callable[[Any, Any], list[dict[str, Any]]], Sequence[str], Sequence[str]]]
     | None = None,
+    net: Any = None,
     **evaluate_kwargs: Any,
 ) -> SeedsResult:
     """Run the evaluation once per seed and aggregate every table as mean ± sd.
@@ -139,6 +141,9 @@ def evaluate_seeds(
     extra_stages : mapping, optional
         ``name -> (stage, keys, metrics)``: ``stage(plan, result)`` is called after each seed's run and
         returns rows, aggregated under ``extra[name]`` by ``keys``, each of ``metrics`` as mean ± sd.
+    net : torch.nn.Module, optional
+        A model evaluated under every seed (the seeds then vary images, splits, attacks and detectors
+        only); None: ``model`` or a model trained per seed.
     **evaluate_kwargs
         Every other argument of :func:`~art_fisher.evaluation.workflow.evaluate` but ``seed``.
 
@@ -154,6 +159,8 @@ def evaluate_seeds(
     seed_list = parse_seeds(seeds)
     out = Path(output_dir)
     plans = [prepare(seed=s, output_dir=out / f"seed_{s}", **evaluate_kwargs) for s in seed_list]
+    if net is not None:
+        plans = [dataclasses.replace(plan, net=net) for plan in plans]
     runs, extra_rows = [], {name: [] for name in (extra_stages or {})}
     for s, plan in zip(seed_list, plans, strict=True):
         logger.info("seed %d of %s", s, list(seed_list))
