@@ -128,6 +128,7 @@ def evaluate_seeds(
     extra_stages: Mapping[str, tuple[Callable[[Any, Any], list[dict[str, Any]]], Sequence[str], Sequence[str]]]
     | None = None,
     net: Any = None,
+    extra_detectors: Sequence[str] = (),
     **evaluate_kwargs: Any,
 ) -> SeedsResult:
     """Run the evaluation once per seed and aggregate every table as mean ± sd.
@@ -144,6 +145,9 @@ def evaluate_seeds(
     net : torch.nn.Module, optional
         A model evaluated under every seed (the seeds then vary images, splits, attacks and detectors
         only); None: ``model`` or a model trained per seed.
+    extra_detectors : sequence of str
+        Registry names added to the run's detectors (e.g. the stacked detector's ablation, outside the
+        default set); with ``adaptive=True`` the differentiable ones are attacked too.
     **evaluate_kwargs
         Every other argument of :func:`~art_fisher.evaluation.workflow.evaluate` but ``seed``.
 
@@ -161,6 +165,17 @@ def evaluate_seeds(
     plans = [prepare(seed=s, output_dir=out / f"seed_{s}", **evaluate_kwargs) for s in seed_list]
     if net is not None:
         plans = [dataclasses.replace(plan, net=net) for plan in plans]
+    if extra_detectors:
+        from art_fisher.evaluation.registry import DETECTORS
+
+        extra = tuple(extra_detectors)
+        bad = [d for d in extra if d not in DETECTORS or d in plans[0].detectors]
+        if bad or len(set(extra)) != len(extra):
+            raise ValueError(f"extra_detectors must be distinct registry names not already run; got {list(extra)}.")
+        attacked = tuple(d for d in extra if DETECTORS[d].no_gradient is None) if plans[0].adaptive else ()
+        plans = [
+            dataclasses.replace(p, detectors=p.detectors + extra, adaptive=p.adaptive + attacked) for p in plans
+        ]
     runs, extra_rows = [], {name: [] for name in (extra_stages or {})}
     for s, plan in zip(seed_list, plans, strict=True):
         logger.info("seed %d of %s", s, list(seed_list))
