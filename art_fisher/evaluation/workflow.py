@@ -77,14 +77,16 @@ class EvaluationResult:
         ``mean_linf`` (of the successful perturbations), ``seconds``.
     fits : list of dict
         One row per detector × fit: ``detector``, ``fit_attack``, ``n_train``, ``fit_seconds``,
-        ``detect_seconds``, ``n_detect``, ``seconds_per_sample``, ``clean_fpr`` (share of all clean
-        detector-test images flagged), ``n_clean_test`` (see :class:`~.protocol.ProtocolResult`).
+        ``detect_seconds``, ``n_detect``, ``seconds_per_sample``, ``clean_fpr`` (achieved FPR at the
+        operating point on all clean detector-test images), ``own_clean_fpr``, ``threshold``,
+        ``n_clean_test`` (see :class:`~.protocol.ProtocolResult`).
     settings : dict
         The arguments, the resolved defaults, the clean test accuracy, the model's path and origin, and
         the package versions.
     paths : dict of str to Path
         Artefacts: ``results_json``, ``results_csv``, ``report_md``, the plots that could be drawn
-        (``roc_curves``, ``transfer_auc``, ``score_histograms``, ``sensitivity_maps``) and ``model``.
+        (``roc_curves``, ``transfer_auc``, ``score_histograms``, ``sensitivity_maps``,
+        ``security_curve``) and ``model``.
     timings : dict of str to float
         Wall-clock seconds of the stages; ``detector <name>`` sums that detector's fits and ``detect``
         calls (the Fisher ones share metric values, so the first to need a value pays for it).
@@ -92,7 +94,8 @@ class EvaluationResult:
         With ``adaptive=True``: one row per differentiable detector × adaptive attack
         (:mod:`.adaptive`): ``detector``, ``fit_attack``, ``attack``, ``norm``, ``eps``, ``steps``,
         ``n_attacked``, ``success_rate`` (against the classifier alone), ``evasion_rate`` (misclassified and
-        not flagged), ``flagged_successful``, ``clean_fpr``, ``roc_auc``, ``loss_start``, ``loss_half``,
+        not flagged at the operating point), ``flagged_successful``, ``clean_fpr`` (achieved), ``threshold``,
+        ``roc_auc``, ``loss_start``, ``loss_half``,
         ``loss_final``, ``seconds``. Empty otherwise.
     security_curve : list of dict
         The detection-aware security curve (:mod:`.security_curve`): ``detector`` (``"none"``: the
