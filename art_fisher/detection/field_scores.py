@@ -38,6 +38,7 @@ __all__ = [
     "layer_activations",
     "lid_estimates",
     "mahalanobis_scores",
+    "pooled",
 ]
 
 _LAYER_TYPES = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Softplus, nn.Tanh, nn.Sigmoid,
@@ -82,7 +83,7 @@ def layer_activations(model: nn.Module, x: torch.Tensor, layers: Sequence[str]) 
     return {name: captured[name] for name in layers}
 
 
-def _pooled(activation: torch.Tensor) -> torch.Tensor:
+def pooled(activation: torch.Tensor) -> torch.Tensor:
     """Lee et al.'s layer feature: the mean over the spatial positions of a map (N, C, ...), else the vector."""
     return activation.flatten(2).mean(dim=2) if activation.dim() > 2 else activation
 
@@ -151,18 +152,18 @@ def mahalanobis_scores(
     layers = list(gaussians)
     if noise == 0.0:
         acts = layer_activations(model, x, layers)
-        return torch.stack([gaussians[name].scores(_pooled(acts[name]))[0] for name in layers], dim=1)
+        return torch.stack([gaussians[name].scores(pooled(acts[name]))[0] for name in layers], dim=1)
     columns = []
     for name in layers:
         with torch.enable_grad():
             xg = x.detach().clone().requires_grad_(True)
-            score, _ = gaussians[name].scores(_pooled(layer_activations(model, xg, [name])[name]))
+            score, _ = gaussians[name].scores(pooled(layer_activations(model, xg, [name])[name]))
             (grad,) = torch.autograd.grad(score.sum(), xg)
         x_hat = x.detach() + noise * grad.sign()  # ascend the score = descend the distance to the closest class
         if clip_values is not None:
             x_hat = x_hat.clamp(*clip_values)
         with torch.no_grad():
-            columns.append(gaussians[name].scores(_pooled(layer_activations(model, x_hat, [name])[name]))[0])
+            columns.append(gaussians[name].scores(pooled(layer_activations(model, x_hat, [name])[name]))[0])
     return torch.stack(columns, dim=1)
 
 

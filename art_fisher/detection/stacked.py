@@ -19,7 +19,7 @@ columns of the chosen ``parts``:
 inputs, suspicious side by prior: high Fisher, low confidence, high entropy, low Mahalanobis score;
 combined by their maximum) when fitted on clean inputs alone. Either way its decision threshold flags
 ``target_fpr`` of clean inputs: the clean-only rule by construction, the supervised one at the
-:func:`~art_fisher.evaluation.operating_point.clean_threshold` of its clean fit inputs' scores
+:func:`~art_fisher.detection.thresholds.clean_threshold` of its clean fit inputs' scores
 (:meth:`StackedDetector.calibrate` moves it to held-out clean images). Without ``"sensitivity"`` the
 detector has exact input gradients (:meth:`StackedDetector.as_art_classifier`, for ART's
 ``DetectorClassifier`` and adaptive attacks).
@@ -124,7 +124,7 @@ class StackedFeatures(TransformerMixin, BaseEstimator):
             for start in range(0, len(x), self.batch_size):
                 xt = torch.as_tensor(x[start : start + self.batch_size], dtype=parameter.dtype, device=parameter.device)
                 for name, a in fs.layer_activations(model, _preprocessed(self.classifier, xt), layers).items():
-                    out[name].append(fs._pooled(a).cpu().numpy().astype(np.float64))
+                    out[name].append(fs.pooled(a).cpu().numpy().astype(np.float64))
         return {name: np.concatenate(parts) for name, parts in out.items()}
 
     def transform(self, X: np.ndarray) -> np.ndarray:
@@ -239,7 +239,7 @@ class StackedDetector(EvasionDetector):
         self._check_params()
 
     def _check_params(self) -> None:
-        from art_fisher.evaluation.operating_point import check_target_fpr
+        from art_fisher.detection.thresholds import check_target_fpr
 
         _features.check_classifier(self.classifier)
         _check_parts(self.parts)
@@ -263,7 +263,7 @@ class StackedDetector(EvasionDetector):
 
         from art_fisher.detection.calibration import QuantileOutlierDetector
         from art_fisher.detection.decision import detection_labels
-        from art_fisher.evaluation.operating_point import clean_threshold
+        from art_fisher.detection.thresholds import clean_threshold
 
         x = _features.check_inputs(self.classifier, x)
         features = self._new_features()
@@ -288,7 +288,7 @@ class StackedDetector(EvasionDetector):
 
     def calibrate(self, x_clean: np.ndarray) -> StackedDetector:
         """Move the threshold to flag ``target_fpr`` of the held-out clean images ``x_clean``."""
-        from art_fisher.evaluation.operating_point import clean_threshold
+        from art_fisher.detection.thresholds import clean_threshold
 
         self.threshold_ = clean_threshold(self.decision_scores(x_clean), self.target_fpr)
         return self

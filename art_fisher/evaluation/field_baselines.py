@@ -60,7 +60,7 @@ def _activations(ctx: RunContext, x: np.ndarray, layers: list[str], *, pooled: b
             xt = torch.as_tensor(x[start : start + ctx.batch_size], dtype=parameter.dtype, device=parameter.device)
             acts = fs.layer_activations(model, _preprocessed(ctx.classifier, xt), layers)
             for name, a in acts.items():
-                a = fs._pooled(a) if pooled else a.flatten(1)
+                a = fs.pooled(a) if pooled else a.flatten(1)
                 out[name].append(a.cpu().numpy().astype(np.float64))
     return {name: np.concatenate(parts) for name, parts in out.items()}
 
