@@ -69,8 +69,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _run_seeds(args: argparse.Namespace, progress: bool) -> int:
-    from art_fisher.evaluation.seeds import evaluate_seeds, parse_seeds
     from art_fisher.evaluation.security_curve import security_curve_stage
+    from art_fisher.evaluation.seeds import evaluate_seeds, parse_seeds
 
     try:
         seeds = parse_seeds(args.seeds)

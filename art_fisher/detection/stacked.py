@@ -307,7 +307,10 @@ class StackedDetector(EvasionDetector):
             With ``"sensitivity"`` among the parts.
         """
         from art_fisher.adversarial.art_classifier import DetectionLogitClassifier
-        from art_fisher.adversarial.gradients import NotDifferentiableError, estimator_logit
+        from art_fisher.adversarial.gradients import (
+            NotDifferentiableError,
+            estimator_logit,
+        )
 
         self._check_fitted()
         features = self.pipeline_.named_steps["features"]

@@ -91,7 +91,7 @@ def shifted_logit(logit: Any, threshold: float, x_check: np.ndarray, score_check
     """``logit`` (a :class:`~art_fisher.adversarial.art_classifier.DetectionLogitClassifier`) shifted to 0 at ``threshold``.
 
     ``threshold`` is on the scale of the protocol's scores, which are increasing affine maps
-    :math:`s = a\,d + b` of the detectors' detection logits :math:`d` (the logit itself, or a metric
+    :math:`s = a d + b` of the detectors' detection logits :math:`d` (the logit itself, or a metric
     before a threshold rule's scaling). :math:`a, b` are fitted on ``x_check`` and their protocol scores
     ``score_check`` (ValueError naming the detector unless the map is affine and increasing), and the
     attacker's logit becomes :math:`d - (t - b) / a`: 0 exactly at the operating point's threshold.

@@ -35,7 +35,7 @@ import torch
 from art_fisher.detection import field_scores as fs
 from art_fisher.evaluation.base import DetectorRun, DetectorSpec, RunContext, Scored
 
-__all__ = ["EnergyRun", "LIDRun", "LID_BATCH", "LID_K", "MahalanobisRun", "field_specs"]
+__all__ = ["LID_BATCH", "LID_K", "EnergyRun", "LIDRun", "MahalanobisRun", "field_specs"]
 
 #: Reference mini-batch size and neighbours of the LID estimate (Ma et al.'s MNIST setting).
 LID_BATCH = 100

@@ -28,7 +28,7 @@ import numpy as np
 
 from art_fisher.detection.thresholds import check_target_fpr, clean_threshold
 
-__all__ = ["OperatingPoint", "clean_threshold", "check_target_fpr", "split_folds"]
+__all__ = ["OperatingPoint", "check_target_fpr", "clean_threshold", "split_folds"]
 
 
 def split_folds(n: int, rng: np.random.Generator) -> np.ndarray:

@@ -77,7 +77,7 @@ def aggregate(
             values = values[~np.isnan(values)]
             entry[f"{m}_mean"] = float(values.mean()) if len(values) else float("nan")
             entry[f"{m}_sd"] = float(values.std(ddof=1)) if len(values) > 1 else (0.0 if len(values) else float("nan"))
-            entry[f"{m}_n"] = int(len(values))
+            entry[f"{m}_n"] = len(values)
         out.append(entry)
     return out
 
@@ -225,7 +225,7 @@ def _grid(headers: Sequence[str], cells: Sequence[Sequence[str]], markdown: bool
         return ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|",
                 *("| " + " | ".join(c) + " |" for c in cells)]  # fmt: skip
     widths = [max([len(h), *(len(c[i]) for c in cells)]) for i, h in enumerate(headers)]
-    line = lambda values: "  ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)).rstrip()  # noqa: E731
+    line = lambda values: "  ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)).rstrip()
     return [line(headers), "  ".join("-" * w for w in widths), *(line(c) for c in cells)]
 
 

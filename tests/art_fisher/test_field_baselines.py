@@ -10,13 +10,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tests.art_fisher.adaptive_cases import central_difference_check, smooth_classifier
 from torch import nn
 
 from art_fisher.detection import field_scores as fs
 from art_fisher.evaluation import DETECTORS, RunContext
 from art_fisher.evaluation.adaptive_attacks import adaptive_detectors, shifted_logit
 from art_fisher.evaluation.field_baselines import EnergyRun, LIDRun, MahalanobisRun
+from tests.art_fisher.adaptive_cases import central_difference_check, smooth_classifier
 
 
 @pytest.mark.parametrize("temperature", [1.0, 2.5])

@@ -45,9 +45,8 @@ def test_robust_accuracy_counts_caught_attacks_and_false_alarms():
 
 
 def test_detection_security_curve_is_an_art_evaluation_and_reduces_to_art_without_flags():
-    from art.evaluations.security_curve.security_curve import SecurityCurve
-
     from art.estimators.classification import PyTorchClassifier
+    from art.evaluations.security_curve.security_curve import SecurityCurve
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(9, 6), torch.nn.Tanh(), torch.nn.Linear(6, 4))
@@ -56,7 +55,7 @@ def test_detection_security_curve_is_an_art_evaluation_and_reduces_to_art_withou
     y = clf.predict(x).argmax(1)
     curve = DetectionSecurityCurve(eps=[0.05, 0.3], target_fpr=0.1)
     assert isinstance(curve, Evaluation)
-    never = lambda xx: np.zeros(len(xx))  # noqa: E731  a detector that never flags (ties stay below)
+    never = lambda xx: np.zeros(len(xx))
     torch.manual_seed(0)
     eps, acc, clean = curve.evaluate(clf, x, y, score_fn=never, x_calibration=x[:10])
     art_acc = []
@@ -69,7 +68,7 @@ def test_detection_security_curve_is_an_art_evaluation_and_reduces_to_art_withou
     assert acc[0] <= 1.0 and acc[1] <= acc[0]
     assert acc == pytest.approx(art_acc)  # a detector that never flags leaves ART's curve unchanged
     # a score that flags exactly the perturbed inputs: every attacked image is caught, no false alarm
-    moved = lambda xx: np.abs(xx - x).reshape(len(xx), -1).max(1)  # noqa: E731
+    moved = lambda xx: np.abs(xx - x).reshape(len(xx), -1).max(1)
     _, acc_moved, clean_moved = curve.evaluate(clf, x, y, score_fn=moved, x_calibration=x[:40])
     assert clean_moved == 1.0 and acc_moved == [1.0, 1.0]
     with pytest.raises(ValueError, match="target_fpr"):

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tests.art_fisher.adaptive_cases import central_difference_check, smooth_classifier
 
 from art_fisher.adversarial.gradients import NotDifferentiableError
 from art_fisher.detection import features as _features
 from art_fisher.detection import field_scores as fs
 from art_fisher.detection.stacked import PARTS, StackedDetector, StackedFeatures
+from tests.art_fisher.adaptive_cases import central_difference_check, smooth_classifier
 
 DIFFERENTIABLE = ("fisher", "confidence", "mahalanobis")
 

@@ -50,7 +50,7 @@ def _fmt(mean: float, sd: float, n: int) -> str:
 def _mean_sd(values: list[float]) -> dict:
     v = np.array([x for x in values if x is not None and not math.isnan(x)], dtype=float)
     return {"mean": float(v.mean()) if len(v) else float("nan"), "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
-            "n": int(len(v))}  # fmt: skip
+            "n": len(v)}  # fmt: skip
 
 
 def goals(result, target_fpr: float) -> dict:
@@ -127,11 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     from art_fisher.evaluation import evaluate_seeds
     from art_fisher.evaluation.security_curve import security_curve_stage
 
-    if args.dataset == "mnist":
-        if args.data_dir is None or not Path(args.data_dir).exists():
-            print("MNIST needs --data-dir DIR with the idx files or mnist.npz; get it with "
-                  "`python /work/shared/data/fetch_mnist.py DIR`.", file=sys.stderr)  # fmt: skip
-            return 2
+    if args.dataset == "mnist" and (args.data_dir is None or not Path(args.data_dir).exists()):
+        print("MNIST needs --data-dir DIR with the idx files or mnist.npz; get it with "
+              "`python /work/shared/data/fetch_mnist.py DIR`.", file=sys.stderr)  # fmt: skip
+        return 2
     kwargs = {
         "dataset": args.dataset, "data_dir": args.data_dir, "attacks": args.attacks.split(","),
         "n_samples": args.n_samples, "epochs": args.epochs, "target_fpr": args.target_fpr,
