@@ -22,7 +22,12 @@ work. One module per part:
 """
 
 from art_fisher.evaluation.art_evaluation import DetectionEvaluation
-from art_fisher.evaluation.attacks import ATTACKS, DEFAULT_ATTACKS, DEFAULT_EPS, AttackSpec
+from art_fisher.evaluation.attacks import (
+    ATTACKS,
+    DEFAULT_ATTACKS,
+    DEFAULT_EPS,
+    AttackSpec,
+)
 from art_fisher.evaluation.base import DetectorRun, DetectorSpec, RunContext, Scored
 from art_fisher.evaluation.registry import DEFAULT_DETECTORS, DETECTORS
 from art_fisher.evaluation.seeds import SeedsResult, evaluate_seeds
