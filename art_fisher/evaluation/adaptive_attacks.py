@@ -17,9 +17,11 @@ with exact input gradients (for the Fisher detectors: through the metrics' mixed
   :data:`STEPS` steps of :math:`\varepsilon_2 / 8`.
 
 Attacked: up to :data:`MAX_IMAGES` clean images of the detector-test side (never seen by a detector),
-with their true labels. Per detector and attack: the success rate against the classifier alone, the
-evasion rate (misclassified *and* not flagged at the detector's own threshold), the flag rate of the
-successful examples, the ROC-AUC of the detector's score between the clean images and the successful
+with their true labels. Every flag is taken at the run's operating point (the threshold that flags
+``target_fpr`` of held-out clean images, :mod:`.operating_point`; the attacker's detection logit is
+shifted so that it is 0 there). Per detector and attack: the success rate against the classifier alone,
+the evasion rate (misclassified *and* not flagged), the flag rate of the successful examples, the
+achieved clean FPR on the attacked images' clean versions, the ROC-AUC of the detector's score between the clean images and the successful
 adaptive examples, and the attacker's mean loss at the start, after half the steps and at the end (a flat
 second half means the attack converged).
 """
@@ -39,7 +41,9 @@ from art_fisher.evaluation.registry import DETECTORS
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ADAPTIVE_ATTACKS", "MAX_IMAGES", "STEPS", "THREAT_MODEL", "adaptive_detectors", "run_adaptive"]
+__all__ = [
+    "ADAPTIVE_ATTACKS", "MAX_IMAGES", "STEPS", "THREAT_MODEL", "adaptive_detectors", "run_adaptive", "shifted_logit",
+]  # fmt: skip
 
 #: PGD steps of every adaptive attack.
 STEPS = 40
@@ -56,9 +60,10 @@ THREAT_MODEL = (
     "log-probability of 'clean', d being the detection logit) with exact "
     f"input gradients; untargeted, true labels, no random start, {STEPS} steps: L∞ at the run's eps (step "
     "eps/8) and L2 at eps2 = eps * sqrt(D) / 4 (step eps2/8). Detectors: each fitted non-adaptively on PGD "
-    "examples of the detector-train side (clean-calibrated ones on clean images), then frozen. Attacked: up "
-    f"to {MAX_IMAGES} clean detector-test images. Evasion = misclassified by the classifier AND not flagged "
-    "at the detector's own threshold."
+    "examples of the detector-train side (clean-calibrated ones on clean images), then frozen, with the "
+    "threshold of the run's operating point (target clean FPR, set on held-out clean images; the attacker's "
+    f"detection logit is 0 there). Attacked: up to {MAX_IMAGES} clean detector-test images. Evasion = "
+    "misclassified by the classifier AND not flagged at the operating point."
 )
 
 
@@ -80,6 +85,33 @@ def adaptive_detectors(names: Sequence[str], *, explicit: bool) -> list[str]:
             "without adaptive."
         )
     return usable
+
+
+def shifted_logit(logit: Any, threshold: float, x_check: np.ndarray, score_check: np.ndarray, name: str) -> Any:
+    """``logit`` (a :class:`~art_fisher.adversarial.art_classifier.DetectionLogitClassifier`) shifted to 0 at ``threshold``.
+
+    ``threshold`` is on the scale of the protocol's scores, which are increasing affine maps
+    :math:`s = a d + b` of the detectors' detection logits :math:`d` (the logit itself, or a metric
+    before a threshold rule's scaling). :math:`a, b` are fitted on ``x_check`` and their protocol scores
+    ``score_check`` (ValueError naming the detector unless the map is affine and increasing), and the
+    attacker's logit becomes :math:`d - (t - b) / a`: 0 exactly at the operating point's threshold.
+    """
+    from art_fisher.adversarial.art_classifier import DetectionLogitClassifier
+
+    d = logit.predict(x_check, batch_size=len(x_check))[:, 0].astype(np.float64)
+    s = np.asarray(score_check, np.float64)
+    slope, intercept = (np.polyfit(d, s, 1) if np.ptp(d) > 0 else (1.0, float(np.mean(s - d))))
+    if not slope > 0 or not np.allclose(slope * d + intercept, s, rtol=1e-3, atol=1e-4 * (1 + np.abs(s).max())):
+        raise ValueError(
+            f"{name}: its protocol score {s[:3]} is not an increasing affine map of its detection logit {d[:3]}; "
+            "the operating point's threshold cannot be carried over to the attacker."
+        )
+    offset = float((threshold - intercept) / slope)
+    base = logit.logit_function
+    return DetectionLogitClassifier(
+        lambda xt: base(xt) - offset, input_shape=logit.input_shape, clip_values=logit.clip_values,
+        dtype=logit.dtype, device=logit.device, name=f"{logit.name} at the operating point",
+    )  # fmt: skip
 
 
 def _l2_eps(eps: float, input_shape: Sequence[int]) -> float:
@@ -105,13 +137,16 @@ def run_adaptive(
     *,
     eps: float,
     fit_attack: str,
+    operating_points: dict[tuple[str, str], Any],
+    folds: np.ndarray,
     on_step: Callable[[str], None] = lambda _: None,
 ) -> list[dict[str, Any]]:
     """Attack every detector of ``detector_names`` (differentiable, see :func:`adaptive_detectors`) adaptively.
 
     ``fitted[(name, fit_attack)]`` (or ``fitted[(name, "clean")]``) is the detector's fitted
-    :class:`~art_fisher.evaluation.base.DetectorRun`. Returns one row per detector × adaptive attack (keys
-    in :data:`ROW_KEYS`).
+    :class:`~art_fisher.evaluation.base.DetectorRun`, ``operating_points`` the same keys'
+    :class:`~.operating_point.OperatingPoint` and ``folds`` the calibration fold of each detector-test
+    source image. Returns one row per detector × adaptive attack (keys in :data:`ROW_KEYS`).
     """
     from sklearn.metrics import roc_auc_score
 
@@ -119,7 +154,7 @@ def run_adaptive(
     from art_fisher.evaluation.attacks import predict_labels
 
     test = np.flatnonzero(~side)[:MAX_IMAGES]
-    x, y = x_src[test], y_src[test]
+    x, y, fold = x_src[test], y_src[test], np.asarray(folds)[:MAX_IMAGES]
     rows: list[dict[str, Any]] = []
     for name in detector_names:
         key = (name, fit_attack) if (name, fit_attack) in fitted else (name, "clean")
@@ -128,7 +163,10 @@ def run_adaptive(
             logger.warning("%s: no fitted detector for adaptive attacks (fit %s); skipped", name, fit_attack)
             continue
         clean = run.detect(x)
-        combo = AdaptiveDetectorClassifier(ctx.classifier, run.detection_logit())
+        point = operating_points[key]
+        clean_flags = point.flag(clean.score, fold)
+        logit = shifted_logit(run.detection_logit(), point.threshold, x[:16], clean.score[:16], name)
+        combo = AdaptiveDetectorClassifier(ctx.classifier, logit)
         for a_i, (attack, (label, norm)) in enumerate(ADAPTIVE_ATTACKS.items()):
             on_step(f"{label} on {name}")
             budget = eps if norm == np.inf else _l2_eps(eps, x.shape[1:])
@@ -141,7 +179,7 @@ def run_adaptive(
             final_loss = combo.compute_loss(x_adv, y)
             fooled = predict_labels(ctx.classifier, x_adv, ctx.batch_size) != y
             scored = run.detect(x_adv)
-            flagged = np.asarray(scored.is_adversarial, bool)
+            flagged = point.flag(scored.score, fold)
             auc = float("nan")
             if fooled.sum() >= 2:
                 labels = np.r_[np.zeros(len(x)), np.ones(int(fooled.sum()))]
@@ -151,7 +189,7 @@ def run_adaptive(
                 "eps": budget, "steps": STEPS, "n_attacked": len(x), "success_rate": float(fooled.mean()),
                 "evasion_rate": float(np.mean(fooled & ~flagged)),
                 "flagged_successful": float(flagged[fooled].mean()) if fooled.any() else float("nan"),
-                "clean_fpr": float(np.mean(clean.is_adversarial)), "roc_auc": auc,
+                "clean_fpr": float(np.mean(clean_flags)), "threshold": point.threshold, "roc_auc": auc,
                 "loss_start": float(np.mean(history[0])), "loss_half": float(np.mean(history[STEPS // 2])),
                 "loss_final": float(np.mean(final_loss)), "seconds": seconds,
             })  # fmt: skip
@@ -164,7 +202,5 @@ def run_adaptive(
 
 
 #: Keys of every adaptive row, in the order of ``adaptive.csv``.
-ROW_KEYS = (
-    "detector", "fit_attack", "attack", "norm", "eps", "steps", "n_attacked", "success_rate", "evasion_rate",
-    "flagged_successful", "clean_fpr", "roc_auc", "loss_start", "loss_half", "loss_final", "seconds",
-)  # fmt: skip
+ROW_KEYS = ("detector", "fit_attack", "attack", "norm", "eps", "steps", "n_attacked", "success_rate", "evasion_rate",
+            "flagged_successful", "clean_fpr", "threshold", "roc_auc", "loss_start", "loss_half", "loss_final", "seconds")  # fmt: skip

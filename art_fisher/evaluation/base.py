@@ -132,6 +132,8 @@ class DetectorSpec:
     no_gradient : str or None
         None if the fitted detector has input gradients (``DetectorRun.detection_logit``), so that
         adaptive attacks can attack it; else why not (shown in errors and the report).
+    in_default : bool
+        Whether the default run includes it (ablation variants do not).
     """
 
     label: str
@@ -139,6 +141,7 @@ class DetectorSpec:
     kind: str
     supervised: bool = True
     no_gradient: str | None = "no input gradient"
+    in_default: bool = True
 
 
 def seed_everything(seed: int) -> None:

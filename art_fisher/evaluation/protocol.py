@@ -15,8 +15,11 @@ For each detector (:func:`score_detectors`):
   whose ``b`` attack succeeded and those adversarial versions (balanced).
 
 So ``fit_attack == attack`` is the classic same-attack number, ``fit_attack != attack`` an attack the
-detector never saw. Per row: ROC-AUC of the continuous score, TPR at 5 % FPR, and the TPR, FPR and
-accuracy of the detector's own decision.
+detector never saw. Per row: ROC-AUC of the continuous score, and the TPR, the achieved FPR and the
+balanced accuracy at the run's operating point: the threshold that flags ``target_fpr`` of clean
+images, set by two-fold cross-calibration on the detector-test side's clean images
+(:mod:`.operating_point`); the TPR and FPR of the detector's own decision are kept as ``own_tpr`` and
+``own_fpr``.
 """
 
 from __future__ import annotations
@@ -31,17 +34,18 @@ import numpy as np
 
 from art_fisher.evaluation.attacks import AttackOutcome
 from art_fisher.evaluation.base import RunContext, Scored, seed_everything
+from art_fisher.evaluation.operating_point import OperatingPoint, split_folds
 from art_fisher.evaluation.registry import DETECTORS
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CLEAN_FIT", "FPR_LEVEL", "ProtocolResult", "detection_metrics", "score_detectors", "split_sources"]
+__all__ = ["CLEAN_FIT", "ProtocolResult", "detection_metrics", "score_detectors", "split_sources"]
 
 #: ``fit_attack`` of a detector fitted on clean inputs only.
 CLEAN_FIT = "clean"
-#: False-positive rate of the ``tpr_at_5pct_fpr`` column.
-FPR_LEVEL = 0.05
-_METRIC_KEYS = ("roc_auc", "tpr_at_5pct_fpr", "detection_accuracy", "tpr", "fpr")
+_METRIC_KEYS = ("roc_auc", "detection_accuracy", "tpr", "fpr", "own_tpr", "own_fpr")
+#: Offset of the seed of the calibration folds (:func:`calibration_folds`).
+_FOLD_SEED = 7_777
 
 
 def split_sources(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -51,17 +55,28 @@ def split_sources(n: int, rng: np.random.Generator) -> np.ndarray:
     return side
 
 
-def detection_metrics(y: np.ndarray, score: np.ndarray, flagged: np.ndarray) -> dict[str, float]:
-    """ROC-AUC and TPR at :data:`FPR_LEVEL` FPR of ``score``; accuracy, TPR and FPR of the decision ``flagged``."""
-    from sklearn.metrics import roc_auc_score, roc_curve
+def calibration_folds(n_test: int, seed: int) -> np.ndarray:
+    """Calibration fold (0/1) of each detector-test source image, seeded by the run's ``seed``."""
+    return split_folds(n_test, np.random.default_rng(seed + _FOLD_SEED))
 
-    fpr, tpr, _ = roc_curve(y, score)
+
+def detection_metrics(
+    y: np.ndarray, score: np.ndarray, flagged: np.ndarray, own: np.ndarray | None = None
+) -> dict[str, float]:
+    """ROC-AUC of ``score``; accuracy, TPR and FPR of the flags at the operating point ``flagged``.
+
+    ``own``: the detector's own decision (``own_tpr``, ``own_fpr``; NaN when not given).
+    """
+    from sklearn.metrics import roc_auc_score
+
+    own_flags = np.full(len(y), np.nan) if own is None else np.asarray(own, np.float64)
     return {
         "roc_auc": float(roc_auc_score(y, score)),
-        "tpr_at_5pct_fpr": float(tpr[fpr <= FPR_LEVEL].max()),
         "detection_accuracy": float(np.mean(flagged == (y == 1))),
         "tpr": float(np.mean(flagged[y == 1])),
         "fpr": float(np.mean(flagged[y == 0])),
+        "own_tpr": float(np.mean(own_flags[y == 1])),
+        "own_fpr": float(np.mean(own_flags[y == 0])),
     }
 
 
@@ -75,13 +90,15 @@ class ProtocolResult:
         One per detector × fit attack × test attack: ``detector``, ``fit_attack``, ``attack`` (the test
         attack), the :func:`detection_metrics`, ``seconds_per_sample`` (as in ``fits``), ``fit_seconds``,
         ``n_train``, ``n_test``. NaN metrics where a side had fewer than two successful examples.
+        ``tpr``, ``fpr`` (achieved) and ``detection_accuracy`` are taken at the operating point.
     fits : list of dict
         One per detector × fit attack: ``detector``, ``fit_attack``, ``n_train``, ``fit_seconds``,
         ``detect_seconds`` and ``n_detect`` (wall clock of one ``detect`` call on the whole detector-test
         side), ``seconds_per_sample`` (the detector's cost per sample: its own account when it gives one,
         see :attr:`~art_fisher.evaluation.base.Scored.seconds`, else the wall clock), ``clean_fpr``
-        (share of all clean detector-test images flagged) and
-        ``n_clean_test``.
+        (share of all clean detector-test images flagged at the operating point: the achieved FPR),
+        ``own_clean_fpr`` (the same for the detector's own decision), ``threshold`` (the mean of the two
+        folds' thresholds) and ``n_clean_test``.
     curves : dict
         ``curves[attack][detector] = (fpr, tpr, auc)`` for the same-attack or clean fit.
     metric_scores : dict
@@ -89,6 +106,10 @@ class ProtocolResult:
     fitted : dict
         ``fitted[(detector, fit_attack)]``: the fitted :class:`~art_fisher.evaluation.base.DetectorRun`,
         for later stages (e.g. attacks that know the detector).
+    operating_points : dict
+        ``operating_points[(detector, fit_attack)]``: its :class:`~.operating_point.OperatingPoint`.
+    folds : ndarray
+        Calibration fold of each detector-test source image (in the order of ``~side``).
     """
 
     rows: list[dict[str, Any]] = field(default_factory=list)
@@ -96,6 +117,8 @@ class ProtocolResult:
     curves: dict[str, dict[str, tuple]] = field(default_factory=dict)
     metric_scores: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
     fitted: dict[tuple[str, str], Any] = field(default_factory=dict)
+    operating_points: dict[tuple[str, str], OperatingPoint] = field(default_factory=dict)
+    folds: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 @dataclass
@@ -105,19 +128,23 @@ class _TestPool:
     x: np.ndarray
     n_clean: int
     rows: dict[str, tuple[np.ndarray, np.ndarray]]  # attack -> (clean rows, adversarial rows) into x
+    fold: np.ndarray  # calibration fold of every row of x (that of its source image)
 
     @classmethod
-    def build(cls, x_src: np.ndarray, side: np.ndarray, outcomes: Sequence[AttackOutcome]) -> _TestPool:
+    def build(
+        cls, x_src: np.ndarray, side: np.ndarray, outcomes: Sequence[AttackOutcome], folds: np.ndarray
+    ) -> _TestPool:
         test = np.flatnonzero(~side)
-        parts, rows, offset = [x_src[test]], {}, len(test)
+        parts, rows, offset, fold = [x_src[test]], {}, len(test), [folds]
         for o in outcomes:
             ok = o.success[test]
             if ok.sum() < 2:
                 continue
             parts.append(o.x_adv[test[ok]])
+            fold.append(folds[ok])
             rows[o.name] = (np.flatnonzero(ok), offset + np.arange(int(ok.sum())))
             offset += int(ok.sum())
-        return cls(np.concatenate(parts), len(test), rows)
+        return cls(np.concatenate(parts), len(test), rows, np.concatenate(fold))
 
 
 def _nan_row(detector: str, fit_attack: str, attack: str, n_train: int, n_test: int) -> dict[str, Any]:
@@ -143,8 +170,9 @@ def score_detectors(
     """
     from sklearn.metrics import roc_curve
 
-    pool = _TestPool.build(x_src, side, outcomes)
-    result = ProtocolResult()
+    folds = calibration_folds(int((~side).sum()), ctx.seed)
+    pool = _TestPool.build(x_src, side, outcomes, folds)
+    result = ProtocolResult(folds=folds)
     attacks = [o.name for o in outcomes]
     n_test = {a: 2 * len(pool.rows[a][0]) if a in pool.rows else 2 * int(o.success[~side].sum())
               for a, o in zip(attacks, outcomes, strict=True)}  # fmt: skip
@@ -178,11 +206,15 @@ def score_detectors(
             scored: Scored = run.detect(pool.x)
             detect_seconds = time.perf_counter() - start
             per_sample = (detect_seconds if scored.seconds is None else scored.seconds) / len(pool.x)
+            point = OperatingPoint.fit(scored.score[: pool.n_clean], folds, ctx.target_fpr)
+            flagged = point.flag(scored.score, pool.fold)
             result.fitted[(name, fit_attack)] = run
+            result.operating_points[(name, fit_attack)] = point
             result.fits.append({
                 "detector": name, "fit_attack": fit_attack, "n_train": n_train, "fit_seconds": fit_seconds,
                 "detect_seconds": detect_seconds, "n_detect": len(pool.x), "seconds_per_sample": per_sample,
-                "clean_fpr": float(np.mean(scored.is_adversarial[: pool.n_clean])), "n_clean_test": pool.n_clean,
+                "clean_fpr": point.achieved_fpr, "own_clean_fpr": float(np.mean(scored.is_adversarial[: pool.n_clean])),
+                "threshold": point.threshold, "n_clean_test": pool.n_clean,
             })  # fmt: skip
             for attack in attacks:
                 if attack not in pool.rows:
@@ -191,7 +223,7 @@ def score_detectors(
                 clean, adv = pool.rows[attack]
                 idx = np.concatenate([clean, adv])
                 y = np.repeat([0, 1], len(clean))
-                metrics = detection_metrics(y, scored.score[idx], scored.is_adversarial[idx])
+                metrics = detection_metrics(y, scored.score[idx], flagged[idx], scored.is_adversarial[idx])
                 result.rows.append({
                     "detector": name, "fit_attack": fit_attack, "attack": attack, **metrics,
                     "seconds_per_sample": per_sample, "fit_seconds": fit_seconds, "n_train": n_train,

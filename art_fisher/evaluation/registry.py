@@ -9,14 +9,18 @@ from __future__ import annotations
 
 from art_fisher.evaluation.base import DetectorSpec
 from art_fisher.evaluation.baselines import baseline_specs
+from art_fisher.evaluation.field_baselines import field_specs
+from art_fisher.evaluation.stacked_runs import stacked_specs
 from art_fisher.evaluation.fisher_runs import fisher_specs
 
 __all__ = ["DEFAULT_DETECTORS", "DETECTORS"]
 
-DETECTORS: dict[str, DetectorSpec] = {**fisher_specs(), **baseline_specs()}
-#: Every registered detector, the supervised ones first (Fisher, the free baseline, ART's), then those
-#: fitted without adversarial examples (clean-calibrated Fisher and softmax, ART's subset scanning).
+DETECTORS: dict[str, DetectorSpec] = {**fisher_specs(), **stacked_specs(), **baseline_specs(), **field_specs()}
+#: Every registered detector, the supervised ones first (Fisher, the free baseline, ART's, Mahalanobis,
+#: LID), then those fitted without adversarial examples (clean-calibrated Fisher, softmax and Mahalanobis,
+#: ART's subset scanning, the energy score); the stacked detector's ablation variants are registered
+#: but not in the default set.
 DEFAULT_DETECTORS: tuple[str, ...] = (
-    *(name for name, spec in DETECTORS.items() if spec.supervised),
-    *(name for name, spec in DETECTORS.items() if not spec.supervised),
+    *(name for name, spec in DETECTORS.items() if spec.supervised and spec.in_default),
+    *(name for name, spec in DETECTORS.items() if not spec.supervised and spec.in_default),
 )

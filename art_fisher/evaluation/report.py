@@ -48,9 +48,10 @@ _COLUMNS = (  # (key, header, format) of the same-attack table
     ("success_rate", "success", "{:.3f}"),
     ("detector", "detector", "{}"),
     ("roc_auc", "ROC-AUC", "{:.3f}"),
-    ("tpr_at_5pct_fpr", "TPR@5%FPR", "{:.3f}"),
     ("tpr", "TPR", "{:.3f}"),
     ("fpr", "FPR", "{:.3f}"),
+    ("own_tpr", "own TPR", "{:.3f}"),
+    ("own_fpr", "own FPR", "{:.3f}"),
     ("seconds_per_sample", "ms/sample", "{:.3f}"),
     ("n_test", "n_test", "{}"),
 )
@@ -60,10 +61,11 @@ _SUMMARY_COLUMNS = (
     ("same_attack_auc", "same-attack AUC", "{:.3f}"),
     ("unseen_auc", "unseen AUC", "{:.3f}"),
     ("min_unseen_auc", "min unseen", "{:.3f}"),
+    ("unseen_tpr", "unseen TPR", "{:.3f}"),
     ("clean_fpr", "clean FPR", "{:.3f}"),
 )
-_CSV_KEYS = ("attack", "fit_attack", "attack_success_rate", "detector", "roc_auc", "tpr_at_5pct_fpr",
-             "detection_accuracy", "tpr", "fpr", "seconds_per_sample", "fit_seconds", "n_train", "n_test")  # fmt: skip
+_CSV_KEYS = ("attack", "fit_attack", "attack_success_rate", "detector", "roc_auc", "detection_accuracy", "tpr",
+             "fpr", "own_tpr", "own_fpr", "seconds_per_sample", "fit_seconds", "n_train", "n_test")  # fmt: skip
 
 
 def _nanmean(values: Sequence[float]) -> float:
@@ -83,15 +85,18 @@ def unseen_summary(table: Sequence[Mapping[str, Any]], fits: Sequence[Mapping[st
 
     Per detector (in table order): ``detector``, ``fitted_on`` (``"each attack"`` or ``"clean"``),
     ``same_attack_auc`` (mean of the diagonal), ``unseen_auc`` and ``min_unseen_auc`` (over rows whose fit
-    attack differs from the test attack; for a clean fit, every row), ``clean_fpr`` (mean share of the clean
-    detector-test images the detector flags, over its fits) and ``n_unseen`` (rows averaged).
-    """
+    attack differs from the test attack; for a clean fit, every row), ``same_attack_tpr`` and
+    ``unseen_tpr`` (the same means of the TPR at the operating point), ``clean_fpr`` (mean achieved FPR on
+    the clean detector-test images at the operating point, over its fits) and ``n_unseen`` (rows
+    averaged)."""
     out = []
     for det in dict.fromkeys(r["detector"] for r in table):
         rows = [r for r in table if r["detector"] == det]
         clean_fit = all(r["fit_attack"] == _CLEAN for r in rows)
         same = [r["roc_auc"] for r in rows if r["fit_attack"] == r["attack"]]
         unseen = [r["roc_auc"] for r in rows if r["fit_attack"] != r["attack"]]
+        same_tpr = [r["tpr"] for r in rows if r["fit_attack"] == r["attack"]]
+        unseen_tpr = [r["tpr"] for r in rows if r["fit_attack"] != r["attack"]]
         finite_unseen = [v for v in unseen if not math.isnan(v)]
         out.append({
             "detector": det,
@@ -99,6 +104,8 @@ def unseen_summary(table: Sequence[Mapping[str, Any]], fits: Sequence[Mapping[st
             "same_attack_auc": _nanmean(same),
             "unseen_auc": _nanmean(unseen),
             "min_unseen_auc": float(min(finite_unseen)) if finite_unseen else float("nan"),
+            "same_attack_tpr": _nanmean(same_tpr),
+            "unseen_tpr": _nanmean(unseen_tpr),
             "clean_fpr": _nanmean([f["clean_fpr"] for f in fits if f["detector"] == det]),
             "n_unseen": len(finite_unseen),
         })  # fmt: skip
@@ -206,6 +213,7 @@ _ADAPTIVE_COLUMNS = (
     ("evasion_rate", "evasion", "{:.3f}"),
     ("flagged_successful", "flagged", "{:.3f}"),
     ("clean_fpr", "clean FPR", "{:.3f}"),
+    ("threshold", "threshold", "{:.3g}"),
     ("roc_auc", "ROC-AUC", "{:.3f}"),
     ("steps", "steps", "{}"),
     ("loss_start", "loss 0", "{:.3f}"),
@@ -227,9 +235,10 @@ def _adaptive_section(rows: Sequence[Mapping[str, Any]], settings: Mapping[str, 
     skipped = [d for d in settings.get("detectors", ()) if d not in settings.get("adaptive_detectors", ())]
     lines = ["## Adaptive attacks", "", f"Threat model: {THREAT_MODEL}", ""]
     lines += [
-        ("*success*: share of attacked images the classifier misclassifies; *evasion*: misclassified and not "
-        "flagged by the detector's own decision; *flagged*: share of the successful examples flagged; *clean "
-        "FPR*: share of the clean versions of the attacked images flagged (the price of the threshold); "
+        "*success*: share of attacked images the classifier misclassifies; *evasion*: misclassified and not "
+        f"flagged at the operating point (target clean FPR {settings.get('target_fpr')}); *flagged*: share of "
+        "the successful examples flagged; *clean FPR*: share of the clean versions of the attacked images "
+        "flagged (the achieved FPR); *threshold*: the detector's threshold at the operating point; "
         "*ROC-AUC*: detector score, clean versions of the attacked images against the successful adaptive "
         "examples; *loss 0 / 1/2 / end*: the attacker's mean loss at the start, after half the steps and at "
         "the end (flat from 1/2 to end: converged)."),
@@ -281,14 +290,18 @@ def _markdown_report(
     timings: Mapping[str, float],
     plots_written: Mapping[str, Path],
     adaptive: Sequence[Mapping[str, Any]] = (),
+    security_curve: Sequence[Mapping[str, Any]] = (),
 ) -> str:
     labels = settings.get("labels", {})
     names = [a["attack"] for a in attacks]
     lines = ["# art-fisher evaluation report", "", "## Same-attack detection (detector-test side)", ""]
     lines += [markdown_table(table, attacks), ""]
     lines += [
-        ("ROC-AUC of each detector's continuous score; TPR at 5 % FPR; TPR and FPR of the detector's own "
-        "yes/no decision; milliseconds of `detect` per sample (wall clock; for the Fisher detectors, whose "
+        f"ROC-AUC of each detector's continuous score; *TPR* and *FPR* at the operating point: the threshold "
+        f"that flags target_fpr = {settings.get('target_fpr')} of clean images, set on clean detector-test "
+        "images by two-fold cross-calibration (an image is judged at the threshold set on the other fold's "
+        "clean images), *FPR* being the achieved rate on held-out clean images; *own TPR / FPR*: the "
+        "detector's own yes/no decision, for reference; milliseconds of `detect` per sample (wall clock; for the Fisher detectors, whose "
         "metric values are computed once per input and shared, the measured cost of computing their "
         "metrics plus the rest of `detect`). Supervised detectors are fitted on "
         "the attack they are scored on; `*_clean` and `subset_scanning` never see an adversarial example. "
@@ -299,8 +312,8 @@ def _markdown_report(
         "",
         ("Every supervised detector is fitted on each attack and scored on every attack. *Unseen AUC* is the "
         "mean ROC-AUC where the fit attack differs from the test attack; for detectors fitted on clean "
-        "inputs every attack is unseen. *Clean FPR*: share of the clean detector-test images flagged by the "
-        "detector's own decision (mean over its fits)."),
+        "inputs every attack is unseen. *Unseen TPR*: the same mean of the TPR at the operating point. *Clean "
+        "FPR*: the achieved FPR at the operating point on all clean detector-test images (mean over fits).",
         "",
         _markdown(*_summary(table, fits)),
         "",
@@ -313,6 +326,8 @@ def _markdown_report(
     lines += _clean_section(table, fits, settings, names)
     if adaptive:
         lines += _adaptive_section(adaptive, settings)
+    if security_curve:
+        lines += _curve_section(security_curve, settings)
     lines += [
         "## Attacks",
         "",
@@ -337,6 +352,24 @@ def _markdown_report(
     return "\n".join(lines) + "\n"
 
 
+def _curve_section(rows: Sequence[Mapping[str, Any]], settings: Mapping[str, Any]) -> list[str]:
+    eps = sorted({r["eps"] for r in rows})
+    lines = [
+        "## Security curve (classifier + detector)", "",
+        "Robust accuracy under ART's PGD L∞ against the classifier (the detector unknown to the attacker) at each "
+        "budget ε: an attacked image counts as robust when it is still classified correctly or flagged (caught); "
+        "at ε = 0 a clean image counts when it is classified correctly and not flagged (a flagged clean image is "
+        f"a false alarm). Flags at the operating point (target clean FPR {settings.get('target_fpr')}). `none`: "
+        "the classifier alone (ART's SecurityCurve).", "",
+    ]  # fmt: skip
+    cells = []
+    for det in dict.fromkeys(r["detector"] for r in rows):
+        acc = {r["eps"]: r["robust_accuracy"] for r in rows if r["detector"] == det}
+        cells.append([det, *(_fmt(acc.get(e), "{:.3f}", "") for e in eps)])
+    headers = ["detector", *(f"ε={e:.3g}" for e in eps)]
+    return lines + [_markdown(headers, cells, [False, *([True] * len(eps))]), ""]
+
+
 def _clean_section(
     table: Sequence[Mapping[str, Any]],
     fits: Sequence[Mapping[str, Any]],
@@ -351,18 +384,20 @@ def _clean_section(
         "",
         (f"Detectors fitted on the {clean_fits[0]['n_train']} clean detector-train images alone (no adversarial "
         f"example); the `*_clean` ones aim at flagging `target_fpr` = {settings.get('target_fpr')} of clean "
-        f"inputs. FPR on the {clean_fits[0]['n_clean_test']} clean detector-test images; TPR on each attack's "
-        "successful adversarial detector-test images (the detector's own decision)."),
+        f"inputs on their own. FPR on the {clean_fits[0]['n_clean_test']} clean detector-test images; TPR on "
+        "each attack's successful adversarial detector-test images; both at the operating point, and the "
+        "detector's own clean FPR beside them.",
         "",
     ]
-    headers = ["detector", "clean FPR", *(f"TPR {a}" for a in names)]
+    headers = ["detector", "clean FPR", "own clean FPR", *(f"TPR {a}" for a in names)]
     cells = []
     for fit in clean_fits:
         tpr = {r["attack"]: r["tpr"] for r in table if r["detector"] == fit["detector"]}
-        cells.append(
-            [fit["detector"], _fmt(fit["clean_fpr"], "{:.3f}", ""), *(_fmt(tpr.get(a), "{:.3f}", "") for a in names)]
-        )
-    return [*lines, _markdown(headers, cells, [False, *([True] * (len(headers) - 1))]), ""]
+        cells.append([
+            fit["detector"], _fmt(fit["clean_fpr"], "{:.3f}", ""), _fmt(fit.get("own_clean_fpr"), "{:.3f}", ""),
+            *(_fmt(tpr.get(a), "{:.3f}", "") for a in names),
+        ])  # fmt: skip
+    return lines + [_markdown(headers, cells, [False, *([True] * (len(headers) - 1))]), ""]
 
 
 def write_report(
@@ -377,6 +412,7 @@ def write_report(
     metric_scores: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]] | None = None,
     sensitivity: Mapping[str, Any] | None = None,
     adaptive: Sequence[Mapping[str, Any]] = (),
+    security_curve: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Path]:
     """Write ``results.json``, ``results.csv``, ``report.md`` and the plots into ``output_dir``, atomically.
 
@@ -393,6 +429,9 @@ def write_report(
     sensitivity : dict, optional
         ``attack``, ``clean``, ``adversarial`` (N, C, H, W) and ``clean_map``, ``adversarial_map`` (same
         shape); sensitivity-map grid when given.
+    security_curve : sequence of dict, optional
+        Rows of :func:`art_fisher.evaluation.security_curve.security_curve_rows`; when given, the plot
+        ``security_curve.png``, a table in ``report.md`` and the key ``security_curve`` of ``results.json``.
     adaptive : sequence of dict, optional
         Adaptive-attack rows (:attr:`art_fisher.evaluation.EvaluationResult.adaptive`); when given, also
         ``adaptive.csv``, a section of ``report.md`` and the key ``adaptive`` of ``results.json``.
@@ -419,6 +458,14 @@ def write_report(
     if metric_scores:
         written["score_histograms"] = out / "score_histograms.png"
         plots.plot_histograms(written["score_histograms"], metric_scores, labels)
+    if security_curve:
+        from art_fisher.evaluation.summary_plots import plot_security_curve
+
+        written["security_curve"] = out / "security_curve.png"
+        plot_security_curve(
+            written["security_curve"], [{**r, "robust_accuracy_mean": r["robust_accuracy"]} for r in security_curve],
+            settings.get("target_fpr", float("nan")),
+        )
     if sensitivity:
         written["sensitivity_maps"] = out / "sensitivity_maps.png"
         plots.plot_sensitivity(written["sensitivity_maps"], sensitivity, labels)
@@ -429,12 +476,14 @@ def write_report(
     }  # fmt: skip
     if adaptive:
         payload["adaptive"] = list(adaptive)
+    if security_curve:
+        payload["security_curve"] = list(security_curve)
     texts = {
         "results_json": json.dumps(_jsonable(payload), indent=2) + "\n",
         "results_csv": _csv_text(table, attacks),
         "report_md": _markdown_report(
             table=table, attacks=attacks, fits=fits, settings=settings, timings=timings, plots_written=written,
-            adaptive=adaptive,
+            adaptive=adaptive, security_curve=security_curve,
         ),
     }
     if adaptive:

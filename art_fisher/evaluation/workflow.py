@@ -43,6 +43,7 @@ from art_fisher.evaluation.model_cache import ModelSource, cached_model, check_f
 from art_fisher.evaluation.protocol import score_detectors, split_sources
 from art_fisher.evaluation.registry import DEFAULT_DETECTORS, DETECTORS
 from art_fisher.metrics.top_mass import check_tau
+from art_fisher.evaluation.security_curve import security_curve_rows
 from art_fisher.models import ARCHITECTURES
 
 logger = logging.getLogger(__name__)
@@ -70,21 +71,25 @@ class EvaluationResult:
     table : list of dict
         One row per detector × fit attack × test attack: ``detector``, ``fit_attack`` (the attack the
         detector was fitted on, or ``"clean"`` when it saw no adversarial example), ``attack`` (the test
-        attack), ``roc_auc``, ``tpr_at_5pct_fpr``, ``detection_accuracy``, ``tpr``, ``fpr`` (of the
-        detector's own decision), ``seconds_per_sample``, ``fit_seconds``, ``n_train``, ``n_test``.
+        attack), ``roc_auc``, ``detection_accuracy``, ``tpr``, ``fpr`` (at the operating point: the
+        threshold that flags ``target_fpr`` of held-out clean images, :mod:`.operating_point`; ``fpr`` is
+        the achieved rate), ``own_tpr``, ``own_fpr`` (the detector's own decision),
+        ``seconds_per_sample``, ``fit_seconds``, ``n_train``, ``n_test``.
     attacks : list of dict
         One row per attack: ``attack``, ``success_rate``, ``n_attacked``, ``n_successful``, ``mean_l2``,
         ``mean_linf`` (of the successful perturbations), ``seconds``.
     fits : list of dict
         One row per detector × fit: ``detector``, ``fit_attack``, ``n_train``, ``fit_seconds``,
-        ``detect_seconds``, ``n_detect``, ``seconds_per_sample``, ``clean_fpr`` (share of all clean
-        detector-test images flagged), ``n_clean_test`` (see :class:`~.protocol.ProtocolResult`).
+        ``detect_seconds``, ``n_detect``, ``seconds_per_sample``, ``clean_fpr`` (achieved FPR at the
+        operating point on all clean detector-test images), ``own_clean_fpr``, ``threshold``,
+        ``n_clean_test`` (see :class:`~.protocol.ProtocolResult`).
     settings : dict
         The arguments, the resolved defaults, the clean test accuracy, the model's path and origin, and
         the package versions.
     paths : dict of str to Path
         Artefacts: ``results_json``, ``results_csv``, ``report_md``, the plots that could be drawn
-        (``roc_curves``, ``transfer_auc``, ``score_histograms``, ``sensitivity_maps``) and ``model``.
+        (``roc_curves``, ``transfer_auc``, ``score_histograms``, ``sensitivity_maps``,
+        ``security_curve``) and ``model``.
     timings : dict of str to float
         Wall-clock seconds of the stages; ``detector <name>`` sums that detector's fits and ``detect``
         calls (the Fisher ones share metric values, so the first to need a value pays for it).
@@ -92,8 +97,13 @@ class EvaluationResult:
         With ``adaptive=True``: one row per differentiable detector × adaptive attack
         (:mod:`.adaptive`): ``detector``, ``fit_attack``, ``attack``, ``norm``, ``eps``, ``steps``,
         ``n_attacked``, ``success_rate`` (against the classifier alone), ``evasion_rate`` (misclassified and
-        not flagged), ``flagged_successful``, ``clean_fpr``, ``roc_auc``, ``loss_start``, ``loss_half``,
+        not flagged at the operating point), ``flagged_successful``, ``clean_fpr`` (achieved), ``threshold``,
+        ``roc_auc``, ``loss_start``, ``loss_half``,
         ``loss_final``, ``seconds``. Empty otherwise.
+    security_curve : list of dict
+        The detection-aware security curve (:mod:`.security_curve`): ``detector`` (``"none"``: the
+        classifier alone), ``eps``, ``robust_accuracy``, ``flagged``; empty if the run has none of its
+        detectors.
     """
 
     table: list[dict[str, Any]]
@@ -103,6 +113,7 @@ class EvaluationResult:
     paths: dict[str, Path]
     timings: dict[str, float]
     adaptive: list[dict[str, Any]] = field(default_factory=list)
+    security_curve: list[dict[str, Any]] = field(default_factory=list)
 
     def format_table(self) -> str:
         """Same-attack and clean-fit rows as fixed-width text, the unseen-attack summary, the adaptive attacks."""
@@ -335,9 +346,15 @@ def run(plan: EvaluationPlan) -> EvaluationResult:
             start = time.perf_counter()
             adaptive_rows = run_adaptive(
                 ctx, x_src, y_src, side, scored.fitted, p.adaptive, eps=p.eps,
-                fit_attack="pgd" if "pgd" in p.attacks else p.attacks[0], on_step=steps,
+                fit_attack="pgd" if "pgd" in p.attacks else p.attacks[0], operating_points=scored.operating_points,
+                folds=scored.folds, on_step=steps,
             )  # fmt: skip
             timings["adaptive attacks"] = time.perf_counter() - start
+        start = time.perf_counter()
+        curve = security_curve_rows(
+            ctx, x_src, y_src, side, scored, p.detectors, eps=p.eps, fit_attack="pgd" if "pgd" in p.attacks else p.attacks[0]
+        )  # fmt: skip
+        timings["security curve"] = time.perf_counter() - start
     finally:
         steps.close()
     for fit in scored.fits:
@@ -363,12 +380,12 @@ def run(plan: EvaluationPlan) -> EvaluationResult:
     paths = _report.write_report(
         p.output_dir, table=scored.rows, attacks=attack_rows, fits=scored.fits, settings=settings,
         timings=timings, curves=scored.curves, metric_scores=scored.metric_scores, adaptive=adaptive_rows,
-        sensitivity=_sensitivity_examples(classifier, x_src, side, outcomes, p.batch_size),
+        sensitivity=_sensitivity_examples(classifier, x_src, side, outcomes, p.batch_size), security_curve=curve,
     )  # fmt: skip
     paths["model"] = source.path
     return EvaluationResult(
         table=scored.rows, attacks=attack_rows, fits=scored.fits, settings=settings, paths=paths, timings=timings,
-        adaptive=adaptive_rows,
+        adaptive=adaptive_rows, security_curve=curve,
     )
 
 
@@ -433,7 +450,10 @@ def evaluate(
     batch_size : int
         Batch size of prediction, attack generation and detection (1 to 65,536).
     target_fpr : float
-        False-positive rate the clean-calibrated detectors (``*_clean``) aim at, in (0, 1).
+        The operating point, in (0, 1): every TPR, FPR and flag rate of the tables (adaptive evasion
+        included) is taken at the threshold that flags this share of held-out clean images
+        (:mod:`.operating_point`), the achieved FPR beside it; the clean-calibrated detectors
+        (``*_clean``) also aim at it on their own.
     progress : bool
         Show tqdm bars: one over attacks and detector fits, inner ones over batches.
     adaptive : bool

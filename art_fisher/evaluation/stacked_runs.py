@@ -1,0 +1,85 @@
+"""The stacked detector in the evaluation, and its ablation.
+
+``stacked`` (fitted on clean and adversarial examples) and ``stacked_clean`` (clean inputs only) are
+:class:`~art_fisher.detection.stacked.StackedDetector` on every part: the per-tensor Fisher traces, the
+sensitivity statistics, the confidence and the Mahalanobis scores (the strongest field baseline on
+the same attack). The ablation entries ``stacked_without_<part>`` leave one part out (supervised); they
+are registered but not in the default set (the benchmark ``bench_detection.py`` runs them). Fisher
+values come from the run's :class:`~art_fisher.evaluation.fisher_runs.FisherFeatureCache`, shared with
+the Fisher detectors. Without the sensitivity part the detector has input gradients (adaptive attacks
+run on ``stacked_without_sensitivity``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from art_fisher.detection.stacked import PARTS, StackedDetector, StackedFeatures
+from art_fisher.evaluation.base import DetectorRun, DetectorSpec, RunContext, Scored
+
+__all__ = ["StackedRun", "stacked_specs"]
+
+
+class StackedRun(DetectorRun):
+    """A :class:`~art_fisher.detection.stacked.StackedDetector` on ``parts``, Fisher values from the run's cache."""
+
+    def __init__(self, ctx: RunContext, parts: tuple[str, ...] = PARTS) -> None:
+        from art_fisher.detection.detector import FisherInformationDetector
+        from art_fisher.evaluation import fisher_runs
+
+        cache = ctx.shared.setdefault(fisher_runs.__name__, fisher_runs.FisherFeatureCache())
+        classifier = ctx.classifier
+
+        class CachedFeatures(StackedFeatures):
+            def _fisher_values(self, x: np.ndarray, metrics: tuple[str, ...]) -> dict[str, np.ndarray]:
+                carrier = FisherInformationDetector(classifier, metrics=metrics, batch_size=self.batch_size)
+                return cache.values(carrier, x, self.batch_size)[0]
+
+        class CachedStacked(StackedDetector):
+            def _new_features(self) -> StackedFeatures:
+                return CachedFeatures(
+                    self.classifier, parts=self.parts, x_reference=self.x_reference, batch_size=self.batch_size
+                )
+
+        self.detector = CachedStacked(
+            classifier, parts=parts, target_fpr=ctx.target_fpr, x_reference=ctx.x_background, batch_size=ctx.batch_size
+        )
+
+    def fit(self, x: np.ndarray, y: np.ndarray | None) -> None:
+        self.detector.fit(x, y)
+
+    def detect(self, x: np.ndarray) -> Scored:
+        report, flagged = self.detector.detect(x)
+        return Scored(score=report["decision_scores"], is_adversarial=np.asarray(flagged, bool))
+
+    def detection_logit(self) -> Any:
+        # the score minus the detector's own threshold: an increasing affine map of the protocol's score
+        logit = self.detector.as_art_classifier()
+        threshold = self.detector.threshold_
+        base = logit.logit_function
+        logit.logit_function = lambda x: base(x) + threshold
+        return logit
+
+
+def stacked_specs() -> dict[str, DetectorSpec]:
+    """Registry entries: ``stacked``, ``stacked_clean`` and the leave-one-out ablation (not in the default set)."""
+    no_grad = "no input gradient through the sensitivity map's statistics"
+    specs = {
+        "stacked": DetectorSpec(
+            "Stacked: Fisher traces + sensitivity + confidence + Mahalanobis", StackedRun, "fisher",
+            no_gradient=no_grad,
+        ),
+        "stacked_clean": DetectorSpec(
+            "Stacked, clean-calibrated", StackedRun, "fisher", supervised=False, no_gradient=no_grad
+        ),
+    }
+    for part in PARTS:
+        kept = tuple(p for p in PARTS if p != part)
+        specs[f"stacked_without_{part}"] = DetectorSpec(
+            f"Stacked without {part}", lambda ctx, kept=kept: StackedRun(ctx, kept),
+            "fisher" if any(p in kept for p in ("fisher", "sensitivity")) else "baseline",
+            no_gradient=None if "sensitivity" not in kept else no_grad, in_default=False,
+        )  # fmt: skip
+    return specs
