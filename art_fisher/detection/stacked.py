@@ -70,7 +70,7 @@ class StackedFeatures(TransformerMixin, BaseEstimator):
     x_reference : ndarray, optional
         Extra clean images (e.g. from the classifier's training set) for the Mahalanobis Gaussians, besides
         the clean inputs of :meth:`fit`.
-    batch_size : int, default=128
+    chunk_size : int, default=128
 
     Attributes
     ----------
@@ -81,18 +81,18 @@ class StackedFeatures(TransformerMixin, BaseEstimator):
 
     def __init__(
         self, classifier: Any, *, parts: Sequence[str] = PARTS, x_reference: np.ndarray | None = None,
-        batch_size: int = 128,
+        chunk_size: int = 128,
     ) -> None:  # fmt: skip
         self.classifier = classifier
         self.parts = parts
         self.x_reference = x_reference
-        self.batch_size = batch_size
+        self.chunk_size = chunk_size
 
     def _fisher_values(self, x: np.ndarray, metrics: tuple[str, ...]) -> dict[str, np.ndarray]:
         """Fisher metric values of ``x`` (overridden by the evaluation to share computed values)."""
         return _features.compute(
             self.classifier, x, metrics=metrics, settings=_features.MetricOptions(metrics=metrics).checked(self.classifier),
-            batch_size=self.batch_size,
+            chunk_size=self.chunk_size,
         )  # fmt: skip
 
     def _layers(self) -> list[str]:
@@ -101,7 +101,7 @@ class StackedFeatures(TransformerMixin, BaseEstimator):
     def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> StackedFeatures:
         """Fit the Mahalanobis Gaussians on the clean rows of ``X`` (``y == 0``, or all without ``y``) and ``x_reference``."""
         self._parts = _check_parts(self.parts)
-        _features.check_batch_size(self.batch_size)
+        _features.check_chunk_size(self.chunk_size)
         x = _features.check_inputs(self.classifier, X, "X")
         self.gaussians_ = {}
         if "mahalanobis" in self._parts:
@@ -118,11 +118,12 @@ class StackedFeatures(TransformerMixin, BaseEstimator):
 
     def _layer_features(self, x: np.ndarray, layers: list[str]) -> dict[str, np.ndarray]:
         """Pooled features of ``layers`` (``"logits"`` included), computed in the model's dtype."""
-        model, out = self.classifier.model, {name: [] for name in layers}
+        model = self.classifier.model
+        out: dict[str, list[np.ndarray]] = {name: [] for name in layers}
         parameter = next(model.parameters())
         with torch.no_grad(), _features._eval_mode(model):
-            for start in range(0, len(x), self.batch_size):
-                xt = torch.as_tensor(x[start : start + self.batch_size], dtype=parameter.dtype, device=parameter.device)
+            for start in range(0, len(x), self.chunk_size):
+                xt = torch.as_tensor(x[start : start + self.chunk_size], dtype=parameter.dtype, device=parameter.device)
                 for name, a in fs.layer_activations(model, _preprocessed(self.classifier, xt), layers).items():
                     out[name].append(fs.pooled(a).cpu().numpy().astype(np.float64))
         return {name: np.concatenate(parts) for name, parts in out.items()}
@@ -155,18 +156,18 @@ class StackedFeatures(TransformerMixin, BaseEstimator):
         parameter = next(model.parameters())
         out = []
         with torch.no_grad(), _features._eval_mode(model):
-            for start in range(0, len(x), self.batch_size):
-                xt = torch.as_tensor(x[start : start + self.batch_size], dtype=parameter.dtype, device=parameter.device)
+            for start in range(0, len(x), self.chunk_size):
+                xt = torch.as_tensor(x[start : start + self.chunk_size], dtype=parameter.dtype, device=parameter.device)
                 m = fs.mahalanobis_scores(model, _preprocessed(self.classifier, xt), self.gaussians_)
                 out.append(m.cpu().numpy().astype(np.float64))
         return np.concatenate(out)
 
-    def directions(self) -> list[str]:
+    def polarities(self) -> list[str]:
         """Suspicious side of each column (for clean-only calibration): high Fisher, low confidence, ..."""
         check_is_fitted(self, "gaussians_")
         sides = {
             "fisher": ["higher"] * self.widths_.get("fisher", 0),
-            "sensitivity": _features.feature_directions(("sensitivity",)),
+            "sensitivity": _features.feature_polarities(("sensitivity",)),
             "confidence": ["lower", "higher"],
             "mahalanobis": ["lower"] * self.widths_.get("mahalanobis", 0),
         }
@@ -213,7 +214,7 @@ class StackedDetector(EvasionDetector):
         Share of clean inputs the decision threshold flags.
     x_reference : ndarray, optional
         Extra clean images for the Mahalanobis Gaussians.
-    batch_size : int, default=128
+    chunk_size : int, default=128
 
     Attributes
     ----------
@@ -224,18 +225,18 @@ class StackedDetector(EvasionDetector):
         Decision score above which an input is flagged.
     """
 
-    defence_params = ["classifier", "parts", "target_fpr", "x_reference", "batch_size"]
+    defence_params = ["classifier", "parts", "target_fpr", "x_reference", "chunk_size"]
 
     def __init__(
         self, classifier: Any, *, parts: Sequence[str] = PARTS, target_fpr: float = 0.05,
-        x_reference: np.ndarray | None = None, batch_size: int = 128,
+        x_reference: np.ndarray | None = None, chunk_size: int = 128,
     ) -> None:  # fmt: skip
         super().__init__()
         self.classifier = classifier
         self.parts = parts
         self.target_fpr = target_fpr
         self.x_reference = x_reference
-        self.batch_size = batch_size
+        self.chunk_size = chunk_size
         self._check_params()
 
     def _check_params(self) -> None:
@@ -244,7 +245,7 @@ class StackedDetector(EvasionDetector):
         _features.check_classifier(self.classifier)
         _check_parts(self.parts)
         check_target_fpr(self.target_fpr)
-        _features.check_batch_size(self.batch_size)
+        _features.check_chunk_size(self.chunk_size)
 
     def _check_fitted(self) -> None:
         from sklearn.exceptions import NotFittedError
@@ -253,7 +254,7 @@ class StackedDetector(EvasionDetector):
             raise NotFittedError("This StackedDetector is not fitted yet: call fit(x, y) or fit(x_clean) first.")
 
     def _new_features(self) -> StackedFeatures:
-        return StackedFeatures(self.classifier, parts=self.parts, x_reference=self.x_reference, batch_size=self.batch_size)
+        return StackedFeatures(self.classifier, parts=self.parts, x_reference=self.x_reference, chunk_size=self.chunk_size)
 
     def fit(self, x: np.ndarray, y: np.ndarray | None = None, **kwargs: Any) -> None:
         """With ``y`` (0 clean / 1 adversarial, or one-hot): the logistic pipeline; without: clean-only calibration."""
@@ -269,7 +270,7 @@ class StackedDetector(EvasionDetector):
         features = self._new_features()
         if y is None:
             f = features.fit_transform(x)
-            rule = QuantileOutlierDetector(target_fpr=self.target_fpr, direction=features.directions()).fit(f)
+            rule = QuantileOutlierDetector(target_fpr=self.target_fpr, polarity=features.polarities()).fit(f)
             self.pipeline_ = Pipeline([("features", features), ("outlier", rule)])
             self.threshold_ = 0.0
             return

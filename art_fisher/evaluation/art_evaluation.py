@@ -53,13 +53,13 @@ class DetectionEvaluation(Evaluation):
         epochs: int | None = None,
         arch: str | None = None,
     ) -> None:
-        self.settings = {
+        self.settings: dict[str, Any] = {
             "dataset": dataset, "data_dir": data_dir, "attacks": attacks, "eps": eps, "detectors": detectors,
             "n_samples": n_samples, "target_fpr": target_fpr, "adaptive": adaptive, "batch_size": batch_size,
             "device": device, "epochs": epochs, "arch": arch,
         }  # fmt: skip
 
-    def evaluate(  # type: ignore[override]
+    def evaluate(
         self,
         classifier: Any = None,
         *,

@@ -73,10 +73,10 @@ def _linear_model() -> Any:
     return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
 
 
-def _clean_rule(target_fpr: float, direction: str) -> Any:
+def _clean_rule(target_fpr: float, polarity: str) -> Any:
     from art_fisher.detection.calibration import QuantileOutlierDetector
 
-    return QuantileOutlierDetector(target_fpr=target_fpr, direction=direction)
+    return QuantileOutlierDetector(target_fpr=target_fpr, polarity=polarity)
 
 
 def _decide(estimator: Any, features: np.ndarray) -> Scored:

@@ -81,9 +81,7 @@ def same_attack_rows(table: Sequence[Mapping[str, Any]]) -> list[Mapping[str, An
 
 
 def unseen_summary(table: Sequence[Mapping[str, Any]], fits: Sequence[Mapping[str, Any]] = ()) -> list[dict[str, Any]]:
-    """Summarise each detector's same-attack and unseen-attack scores.
-
-    Per detector (in table order): ``detector``, ``fitted_on`` (``"each attack"`` or ``"clean"``),
+    """Per detector (in table order): ``detector``, ``fitted_on`` (``"each attack"`` or ``"clean"``),
     ``same_attack_auc`` (mean of the diagonal), ``unseen_auc`` and ``min_unseen_auc`` (over rows whose fit
     attack differs from the test attack; for a clean fit, every row), ``same_attack_tpr`` and
     ``unseen_tpr`` (the same means of the TPR at the operating point), ``clean_fpr`` (mean achieved FPR on
@@ -241,7 +239,7 @@ def _adaptive_section(rows: Sequence[Mapping[str, Any]], settings: Mapping[str, 
         "flagged (the achieved FPR); *threshold*: the detector's threshold at the operating point; "
         "*ROC-AUC*: detector score, clean versions of the attacked images against the successful adaptive "
         "examples; *loss 0 / 1/2 / end*: the attacker's mean loss at the start, after half the steps and at "
-        "the end (flat from 1/2 to end: converged)."),
+        "the end (flat from 1/2 to end: converged).",
         "",
         _markdown(*_adaptive(rows)),
         "",
@@ -306,11 +304,11 @@ def _markdown_report(
         "metrics plus the rest of `detect`). Supervised detectors are fitted on "
         "the attack they are scored on; `*_clean` and `subset_scanning` never see an adversarial example. "
         "Only successful adversarial examples count; the clean and adversarial versions of a source image "
-        "are on the same side, for every attack."),
+        "are on the same side, for every attack.",
         "",
         "## Unseen attacks",
         "",
-        ("Every supervised detector is fitted on each attack and scored on every attack. *Unseen AUC* is the "
+        "Every supervised detector is fitted on each attack and scored on every attack. *Unseen AUC* is the "
         "mean ROC-AUC where the fit attack differs from the test attack; for detectors fitted on clean "
         "inputs every attack is unseen. *Unseen TPR*: the same mean of the TPR at the operating point. *Clean "
         "FPR*: the achieved FPR at the operating point on all clean detector-test images (mean over fits).",
@@ -382,7 +380,7 @@ def _clean_section(
     lines = [
         "## Clean-only calibration",
         "",
-        (f"Detectors fitted on the {clean_fits[0]['n_train']} clean detector-train images alone (no adversarial "
+        f"Detectors fitted on the {clean_fits[0]['n_train']} clean detector-train images alone (no adversarial "
         f"example); the `*_clean` ones aim at flagging `target_fpr` = {settings.get('target_fpr')} of clean "
         f"inputs on their own. FPR on the {clean_fits[0]['n_clean_test']} clean detector-test images; TPR on "
         "each attack's successful adversarial detector-test images; both at the operating point, and the "

@@ -88,17 +88,20 @@ class DetectionSecurityCurve(Evaluation):
         self.target_fpr = target_fpr
 
     def _budgets(self, classifier: Any, x: np.ndarray) -> list[float]:
-        if isinstance(self.eps, int) and not isinstance(self.eps, bool):
-            if self.eps < 1:
-                raise ValueError(f"eps must be a positive number of budgets or a list of budgets; got {self.eps!r}.")
+        eps = self.eps
+        if isinstance(eps, bool):
+            raise ValueError(f"eps must be a positive number of budgets or a list of budgets; got {eps!r}.")
+        if isinstance(eps, int):
+            if eps < 1:
+                raise ValueError(f"eps must be a positive number of budgets or a list of budgets; got {eps!r}.")
             low, high = classifier.clip_values if classifier.clip_values is not None else (np.min(x), np.max(x))
-            return [float(i * (high - low) / self.eps) for i in range(1, self.eps + 1)]
-        budgets = [float(e) for e in self.eps]
+            return [float(i * (high - low) / eps) for i in range(1, eps + 1)]
+        budgets = [float(e) for e in eps]
         if not budgets or any(not e >= 0 for e in budgets):
             raise ValueError(f"eps must be non-negative budgets; got {self.eps!r}.")
         return budgets
 
-    def evaluate(  # type: ignore[override]
+    def evaluate(
         self,
         classifier: Any,
         x: np.ndarray,

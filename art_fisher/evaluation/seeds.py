@@ -42,8 +42,9 @@ ADAPTIVE_METRICS = ("success_rate", "evasion_rate", "flagged_successful", "clean
 def parse_seeds(text: str | Sequence[int]) -> tuple[int, ...]:
     """Seeds from ``"0,1,2"`` or a sequence of non-negative integers; ValueError naming the bad entry."""
     parts = [p.strip() for p in text.split(",") if p.strip()] if isinstance(text, str) else list(text)
-    seeds = []
+    seeds: list[int] = []
     for part in parts:
+        value: object
         try:
             value = int(part) if isinstance(part, str) else part
         except ValueError:
@@ -156,7 +157,7 @@ def evaluate_seeds(
     ValueError, TypeError, FileNotFoundError
         As :func:`~art_fisher.evaluation.workflow.evaluate`, for every seed's arguments before any work.
     """
-    from art_fisher.evaluation.workflow import prepare, run
+    from art_fisher.evaluation.workflow import EvaluationResult, prepare, run
 
     if "seed" in evaluate_kwargs:
         raise TypeError("evaluate_seeds takes seeds=..., not seed=....")
@@ -176,20 +177,22 @@ def evaluate_seeds(
         plans = [
             dataclasses.replace(p, detectors=p.detectors + extra, adaptive=p.adaptive + attacked) for p in plans
         ]
-    runs, extra_rows = [], {name: [] for name in (extra_stages or {})}
+    stages = dict(extra_stages or {})
+    runs: list[EvaluationResult] = []
+    extra_rows: dict[str, list[list[dict[str, Any]]]] = {name: [] for name in stages}
     for s, plan in zip(seed_list, plans, strict=True):
         logger.info("seed %d of %s", s, list(seed_list))
         result = run(plan)
         runs.append(result)
-        for name, stage in (extra_stages or {}).items():
+        for name, stage in stages.items():
             extra_rows[name].append(stage[0](plan, result))
     table = aggregate([r.table for r in runs], ("detector", "fit_attack", "attack"), TABLE_METRICS)
     summary = aggregate([r.unseen_summary() for r in runs], ("detector", "fitted_on"), SUMMARY_METRICS)
     adaptive = aggregate([r.adaptive for r in runs], ("detector", "fit_attack", "attack"), ADAPTIVE_METRICS)
-    extra = {name: aggregate(rows, extra_stages[name][1], extra_stages[name][2]) for name, rows in extra_rows.items()}
-    result = SeedsResult(seed_list, runs, table, summary, adaptive, extra)
-    result.paths.update(_write(out, result))
-    return result
+    extra_tables = {name: aggregate(rows, stages[name][1], stages[name][2]) for name, rows in extra_rows.items()}
+    seeds_result = SeedsResult(seed_list, runs, table, summary, adaptive, extra_tables)
+    seeds_result.paths.update(_write(out, seeds_result))
+    return seeds_result
 
 
 def _summary_lines(summary: Sequence[Mapping[str, Any]], markdown: bool) -> list[str]:

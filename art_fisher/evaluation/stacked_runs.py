@@ -12,6 +12,7 @@ run on ``stacked_without_sensitivity``).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -34,17 +35,17 @@ class StackedRun(DetectorRun):
 
         class CachedFeatures(StackedFeatures):
             def _fisher_values(self, x: np.ndarray, metrics: tuple[str, ...]) -> dict[str, np.ndarray]:
-                carrier = FisherInformationDetector(classifier, metrics=metrics, batch_size=self.batch_size)
-                return cache.values(carrier, x, self.batch_size)[0]
+                carrier = FisherInformationDetector(classifier, metrics=metrics, chunk_size=self.chunk_size)
+                return cache.values(carrier, x, self.chunk_size)[0]
 
         class CachedStacked(StackedDetector):
             def _new_features(self) -> StackedFeatures:
                 return CachedFeatures(
-                    self.classifier, parts=self.parts, x_reference=self.x_reference, batch_size=self.batch_size
+                    self.classifier, parts=self.parts, x_reference=self.x_reference, chunk_size=self.chunk_size
                 )
 
         self.detector = CachedStacked(
-            classifier, parts=parts, target_fpr=ctx.target_fpr, x_reference=ctx.x_background, batch_size=ctx.batch_size
+            classifier, parts=parts, target_fpr=ctx.target_fpr, x_reference=ctx.x_background, chunk_size=ctx.batch_size
         )
 
     def fit(self, x: np.ndarray, y: np.ndarray | None) -> None:
@@ -78,7 +79,7 @@ def stacked_specs() -> dict[str, DetectorSpec]:
     for part in PARTS:
         kept = tuple(p for p in PARTS if p != part)
         specs[f"stacked_without_{part}"] = DetectorSpec(
-            f"Stacked without {part}", lambda ctx, kept=kept: StackedRun(ctx, kept),
+            f"Stacked without {part}", functools.partial(StackedRun, parts=kept),
             "fisher" if any(p in kept for p in ("fisher", "sensitivity")) else "baseline",
             no_gradient=None if "sensitivity" not in kept else no_grad, in_default=False,
         )  # fmt: skip

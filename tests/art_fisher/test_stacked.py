@@ -30,7 +30,7 @@ def test_columns_are_the_parts_computed_by_hand(data):
     f = feats.transform(x[:5])
     values = _features.compute(clf, x[:5], metrics=("block_traces", "sensitivity"),
                                settings=_features.MetricOptions(metrics=("block_traces", "sensitivity")).checked(clf),
-                               batch_size=8)  # fmt: skip
+                               chunk_size=8)  # fmt: skip
     z = clf.predict(x[:5]).astype(np.float64)
     p = np.exp(z - z.max(1, keepdims=True))
     p /= p.sum(1, keepdims=True)
@@ -44,7 +44,7 @@ def test_columns_are_the_parts_computed_by_hand(data):
         m = fs.mahalanobis_scores(model, torch.as_tensor(x[:5]), feats.gaussians_).numpy()
     np.testing.assert_allclose(f[:, k + 6 :], m, rtol=1e-6)
     assert f.shape[1] == feats.n_features_out_ == k + 6 + len(feats.gaussians_)
-    assert feats.directions() == ["higher"] * k + _features.feature_directions(("sensitivity",)) + ["lower", "higher"] + [
+    assert feats.polarities() == ["higher"] * k + _features.feature_polarities(("sensitivity",)) + ["lower", "higher"] + [
         "lower"
     ] * len(feats.gaussians_)
 
