@@ -96,10 +96,11 @@ def _opt(*flags: str, default: Any, modes: frozenset[str], help: str, **kwargs: 
 #: ``nni-lease search`` options: group → [option]; each says which ``--mode`` values use it.
 SEARCH_OPTIONS: dict[str, list[_Option]] = {
     "data and space": [
-        _opt("--dataset", default="digits", modes=_ALL, choices=["digits", "cifar10"],
+        _opt("--dataset", default="digits", modes=_ALL, choices=["digits", "mnist", "cifar10"],
              help="data set (digits: scikit-learn's embedded 8x8 digits)"),
         _opt("--data-root", default=None, modes=_ALL,
-             help="folder with CIFAR-10 python batches (data_batch_1..5, test_batch); nothing is downloaded"),
+             help="folder with mnist.npz (or the MNIST idx files) or the CIFAR-10 python batches "
+                  "(data_batch_1..5, test_batch); nothing is downloaded"),
         _opt("--seed", default=0, modes=_ALL, type=_nonnegative_int, help="seed of splits, initialisation, shuffling"),
         _opt("--limit", default=None, modes=_ALL, type=_positive_int,
              help="use only this many samples per split (None: all)"),
@@ -109,9 +110,15 @@ SEARCH_OPTIONS: dict[str, list[_Option]] = {
         _opt("--batch-size", default=64, modes=_ALL, type=_positive_int, help="batch size"),
         _opt("--learning-rate", default=3e-3, modes=_ALL, type=_positive_float,
              help="explainer weights (Adam); multi-trial: also the listener"),
-        _opt("--width", default=8, modes=_ALL, type=_positive_int, help="channels in the cells"),
-        _opt("--cells", default=2, modes=_ALL, type=_positive_int, help="number of cells"),
-        _opt("--nodes", default=2, modes=_ALL, type=_positive_int, help="nodes per cell"),
+        _opt("--space", default="lease_cell", modes=_ALL, choices=["lease_cell", "darts"],
+             help="search space: lease_cell (nni_lease.spaces.LeaseCellSpace) or darts (NNI's hub DARTS cell "
+                  "space, nni.nas.hub.pytorch.DARTS)"),
+        _opt("--width", default=None, modes=_ALL, type=_positive_int,
+             help="channels in the cells (None: 8 for lease_cell, 4 for darts)"),
+        _opt("--cells", default=None, modes=_ALL, type=_positive_int,
+             help="number of cells (None: 2 for lease_cell, 3 for darts, at least 3)"),
+        _opt("--nodes", default=None, modes=_ALL, type=_positive_int,
+             help="nodes per cell (None: 2 for lease_cell; darts cells have 4)"),
     ],
     "one-shot": [
         _opt("--output", default="lease-search", modes=_ONESHOT, help="output folder"),
@@ -188,7 +195,8 @@ def _search_config(args: argparse.Namespace) -> Any:
     return SearchConfig(dataset=args.dataset, data_root=args.data_root, seed=args.seed, limit=args.limit,
                         epochs=args.epochs, limit_batches=args.limit_batches, batch_size=args.batch_size,
                         learning_rate=args.learning_rate, arc_learning_rate=args.arc_learning_rate,
-                        width=args.width, cells=args.cells, nodes=args.nodes, progress=args.progress)
+                        width=args.width, cells=args.cells, nodes=args.nodes, progress=args.progress,
+                        space=args.space)
 
 
 def _search_oneshot(args: argparse.Namespace) -> int:
@@ -237,12 +245,13 @@ def _search_multitrial(args: argparse.Namespace) -> int:
     from nni_lease.runtime.experiment import build_config, run_multitrial
     from nni_lease.multitrial.strategy import LeaseMultiTrial
     from nni_lease.oneshot.workflow import SearchConfig, load_splits, space_kwargs
-    from nni_lease.spaces import LeaseCellSpace
+    from nni_lease.spaces import build_space
     from nni_lease.multitrial.trial import TRIAL_LEASE_OPTIONS, lease_evaluator
 
     config = SearchConfig(dataset=args.dataset, data_root=args.data_root, seed=args.seed, limit=args.limit,
                           epochs=args.epochs, limit_batches=args.limit_batches, batch_size=args.batch_size,
-                          learning_rate=args.learning_rate, width=args.width, cells=args.cells, nodes=args.nodes)
+                          learning_rate=args.learning_rate, width=args.width, cells=args.cells, nodes=args.nodes,
+                          space=args.space)
     lease = {name: getattr(args, name) for name in TRIAL_LEASE_OPTIONS}
     evaluator = lease_evaluator(dataset=config.dataset, data_root=config.data_root, epochs=config.epochs,
                                 batch_size=config.batch_size, max_batches=config.limit_batches,
@@ -252,7 +261,7 @@ def _search_multitrial(args: argparse.Namespace) -> int:
     build_config(max_trials=args.max_trials, concurrency=args.concurrency, training_service=args.training_service,
                  experiment_dir=args.experiment_dir)  # every check before the data is read
     train, _, _ = load_splits(config)
-    space = LeaseCellSpace(**space_kwargs(config, train))
+    space = build_space(config.space, **space_kwargs(config, train))
     return _run_nni_experiment(args, lambda on_started: run_multitrial(
         space, evaluator, strategy, port=args.port, host=args.host, max_trials=args.max_trials,
         concurrency=args.concurrency, training_service=args.training_service, experiment_dir=args.experiment_dir,
@@ -347,7 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     retrain.add_argument("architecture", help="the architecture.json written by `nni-lease search`")
     retrain.add_argument("--output", default=None, help="result JSON (default: retrain.json beside the input)")
-    retrain.add_argument("--data-root", default=None, help="CIFAR-10 folder (default: the one used in the search)")
+    retrain.add_argument("--data-root", default=None,
+                         help="MNIST / CIFAR-10 folder (default: the one used in the search)")
     retrain.add_argument("--seed", type=_nonnegative_int, default=0, help="seed of the initialisation and shuffling")
     retrain.add_argument("--epochs", type=_positive_int, default=20)
     retrain.add_argument("--batch-size", type=_positive_int, default=64)

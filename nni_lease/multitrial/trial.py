@@ -39,7 +39,7 @@ from nni.nas.evaluator import FunctionalEvaluator
 from torch import nn
 from torch.utils.data import DataLoader
 
-from nni_lease.data import make_dataset
+from nni_lease.data import check_dataset, make_dataset
 from nni_lease.core.listener import check_listener, default_listener
 from nni_lease.core.settings import LeaseSettings
 from nni_lease.core.step import LeaseStep
@@ -90,12 +90,7 @@ def check_trial_arguments(
     ValueError
         Naming the offending argument, the expected and the received value.
     """
-    if dataset not in ("digits", "cifar10"):
-        raise ValueError(f"dataset must be 'digits' or 'cifar10'; got {dataset!r}.")
-    if dataset == "cifar10" and data_root is None:
-        raise ValueError("data_root must name a folder of CIFAR-10 python batches for dataset 'cifar10'.")
-    if data_root is not None and not isinstance(data_root, str):
-        raise ValueError(f"data_root must be None or a str path; got {type(data_root).__name__}.")
+    check_dataset(dataset, data_root)
     for name, value in [("epochs", epochs), ("batch_size", batch_size)]:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int; got {value!r}.")
@@ -145,8 +140,8 @@ def evaluate_lease(
     model : nn.Module
         The explainer: one architecture of the search space, mapping ``(N, C, H, W)`` to logits
         ``(N, n_classes)``. It is trained in place (it is the trial's own copy).
-    dataset : {"digits", "cifar10"}
-        Data set name (:func:`nni_lease.data.make_dataset`); ``"cifar10"`` needs ``data_root``.
+    dataset : {"digits", "mnist", "cifar10"}
+        Data set name (:func:`nni_lease.data.make_dataset`); ``"mnist"`` and ``"cifar10"`` need ``data_root``.
     data_root : str or None
         Folder of the CIFAR-10 python batches.
     epochs : int

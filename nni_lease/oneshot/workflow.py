@@ -51,7 +51,7 @@ METRICS_FILE = "metrics.csv"
 CURVES_FILE = "curves.png"
 RETRAIN_FILE = "retrain.json"
 
-DATASETS: tuple[str, ...] = ("digits", "cifar10")
+DATASETS: tuple[str, ...] = ("digits", "mnist", "cifar10")
 
 
 def _check_int(name: str, value: Any, *, optional: bool = False, minimum: int = 1) -> None:
@@ -68,15 +68,9 @@ def _check_positive(name: str, value: Any) -> None:
 
 
 def _check_data(dataset: str, data_root: str | None) -> None:
-    if dataset not in DATASETS:
-        raise ValueError(f"dataset must be one of {list(DATASETS)}; got {dataset!r}.")
-    if data_root is not None and not isinstance(data_root, str):
-        raise ValueError(f"data_root must be None or a str path; got {type(data_root).__name__}.")
-    if dataset == "cifar10":
-        if data_root is None:
-            raise ValueError("data_root must name a folder of CIFAR-10 python batches for dataset 'cifar10'.")
-        if not Path(data_root).expanduser().is_dir():
-            raise ValueError(f"data_root {data_root!r} is not a folder (expected CIFAR-10 python batches).")
+    from nni_lease.data import check_dataset
+
+    check_dataset(dataset, data_root)
 
 
 @dataclass(frozen=True)
@@ -85,10 +79,10 @@ class SearchConfig:
 
     Parameters
     ----------
-    dataset : {"digits", "cifar10"}
+    dataset : {"digits", "mnist", "cifar10"}
         Data set (``"digits"``: scikit-learn's embedded 8×8 digits; nothing is downloaded).
     data_root : str or None
-        Folder of the CIFAR-10 python batches (needed for ``"cifar10"``).
+        Folder of the MNIST files or the CIFAR-10 python batches (needed for ``"mnist"`` and ``"cifar10"``).
     seed : int
         Seed of the splits, the space's initialisation and the shuffling.
     limit : int or None
@@ -103,8 +97,12 @@ class SearchConfig:
         The explainer's weights (the evaluator's Adam).
     arc_learning_rate : float
         The architecture weights (DARTS's Adam).
-    width, cells, nodes : int
-        :class:`~nni_lease.spaces.LeaseCellSpace`'s ``width``, ``n_cells``, ``n_nodes``.
+    width, cells, nodes : int or None
+        The space's channels, cells and nodes per cell (:class:`~nni_lease.spaces.LeaseCellSpace`'s ``width``,
+        ``n_cells``, ``n_nodes``; :class:`~nni_lease.darts_space.DartsSpace`'s ``width``, ``num_cells``, and
+        ``nodes`` must be 4). ``None``: the space's default (:data:`~nni_lease.spaces.SPACE_DEFAULTS`).
+    space : {"lease_cell", "darts"}
+        The search space (:data:`nni_lease.spaces.SPACES`).
     progress : bool
         Show Lightning's progress bar.
 
@@ -123,12 +121,20 @@ class SearchConfig:
     batch_size: int = 64
     learning_rate: float = 3e-3
     arc_learning_rate: float = 3e-4
-    width: int = 8
-    cells: int = 2
-    nodes: int = 2
+    width: int | None = None
+    cells: int | None = None
+    nodes: int | None = None
     progress: bool = False
+    space: str = "lease_cell"
 
     def __post_init__(self) -> None:
+        from nni_lease.spaces import SPACE_DEFAULTS
+
+        if self.space not in SPACE_DEFAULTS:
+            raise ValueError(f"space must be one of {sorted(SPACE_DEFAULTS)}; got {self.space!r}.")
+        for name, default in SPACE_DEFAULTS[self.space].items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, default)
         _check_data(self.dataset, self.data_root)
         _check_int("seed", self.seed, minimum=0)
         for name in ("epochs", "batch_size", "width", "cells", "nodes"):
@@ -259,10 +265,12 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 def space_kwargs(config: SearchConfig, train: Any) -> dict[str, Any]:
-    """:class:`~nni_lease.spaces.LeaseCellSpace` keyword arguments for ``config`` and the training split."""
+    """Keyword arguments of ``config.space`` (:func:`nni_lease.spaces.build_space`) for the training split."""
+    from nni_lease.spaces import space_kwargs_for
+
     channels, side, _ = train.input_shape
-    return {"in_channels": int(channels), "n_classes": int(train.n_classes), "width": config.width,
-            "n_cells": config.cells, "n_nodes": config.nodes, "image_size": int(side)}
+    return space_kwargs_for(config.space, in_channels=int(channels), n_classes=int(train.n_classes),
+                            image_size=int(side), width=config.width, cells=config.cells, nodes=config.nodes)
 
 
 def _epoch_rows(lightning_csv: Path) -> list[dict[str, str]]:
@@ -345,7 +353,7 @@ def search_oneshot(
     settings: LeaseSettings = LeaseSettings(),
     plot: bool = True,
 ) -> SearchResult:
-    """One-shot LeaSE search on :class:`~nni_lease.spaces.LeaseCellSpace`; writes the files listed above.
+    """One-shot LeaSE search on ``config.space`` (:data:`nni_lease.spaces.SPACES`); writes the files listed above.
 
     Parameters
     ----------
@@ -379,14 +387,14 @@ def search_oneshot(
     from nni.nas.experiment import NasExperiment
     from pytorch_lightning.loggers import CSVLogger
 
-    from nni_lease.spaces import LeaseCellSpace
     from nni_lease.oneshot.strategy import LeaSE
+    from nni_lease.spaces import SPACES, build_space
 
     kwargs = space_kwargs(config, train)
     strategy = LeaSE(settings=settings, arc_learning_rate=config.arc_learning_rate)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
-    space = LeaseCellSpace(**kwargs)
+    space = build_space(config.space, **kwargs)
     evaluator = Classification(
         learning_rate=config.learning_rate,
         train_dataloaders=DataLoader(train, batch_size=config.batch_size, shuffle=True),
@@ -414,7 +422,7 @@ def search_oneshot(
         "dataset": config.dataset,
         "data_root": config.data_root,
         "seed": config.seed,
-        "space": {"name": "LeaseCellSpace", "kwargs": kwargs},
+        "space": {"name": SPACES[config.space], "kwargs": kwargs},
         "strategy": {"name": "LeaSE", "epochs": config.epochs, "arc_learning_rate": config.arc_learning_rate,
                      **settings.as_dict()},
         "search": dataclasses.asdict(config),
@@ -453,7 +461,8 @@ def _check_record(record: Any, source: str) -> None:
     if not isinstance(record, dict):
         raise ValueError(f"{source} is not an architecture record ({expected}); got a JSON {type(record).__name__}.")
     space = record.get("space")
-    if not isinstance(space, dict) or space.get("name") != "LeaseCellSpace" or not isinstance(space.get("kwargs"), dict) \
+    if not isinstance(space, dict) or space.get("name") not in ("LeaseCellSpace", "DartsSpace") \
+            or not isinstance(space.get("kwargs"), dict) \
             or not isinstance(record.get("architecture"), dict):
         raise ValueError(f"{source} is not an architecture record ({expected}).")
 
@@ -506,10 +515,10 @@ def retrain_architecture(
     import torch
 
     from nni_lease.oneshot.retrain import build_architecture, retrain
-    from nni_lease.spaces import LeaseCellSpace
+    from nni_lease.spaces import build_space
 
     torch.manual_seed(config.seed)
-    space = LeaseCellSpace(**record["space"]["kwargs"])
+    space = build_space(record["space"]["name"], **record["space"]["kwargs"])
     build_architecture(space, record["architecture"], seed=config.seed)  # checks the architecture first
     result = retrain(space, record["architecture"], train, test, val=val, epochs=config.epochs,
                      batch_size=config.batch_size, learning_rate=config.learning_rate, seed=config.seed,

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from art_fisher.cli import main
 from art_fisher.metrics import fisher_trace
 from art_fisher.models import ARCHITECTURES, MnistCNN, SmallCNN, train_model
+from tests.fake_mnist import write_fake_mnist
 
 
 @pytest.fixture(autouse=True)
@@ -20,23 +21,6 @@ def _restore_threads():
     before = torch.get_num_threads()
     yield
     torch.set_num_threads(before)
-
-
-def _fake_mnist(folder, n_train=240, n_test=80, seed=0):
-    """28×28 uint8 images whose label is the row of a bright bar: learnt in two epochs."""
-    rng = np.random.default_rng(seed)
-
-    def split(n):
-        y = rng.integers(0, 10, size=n)
-        x = rng.integers(0, 60, size=(n, 28, 28)).astype(np.uint8)
-        for i, label in enumerate(y):
-            x[i, 2 + 2 * label : 4 + 2 * label, 4:24] = 255
-        return x, y.astype(np.uint8)
-
-    (x_train, y_train), (x_test, y_test) = split(n_train), split(n_test)
-    folder.mkdir(parents=True, exist_ok=True)
-    np.savez(folder / "mnist.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
-    return folder
 
 
 def test_mnist_cnn_shapes_and_where_it_saves_against_small_cnn():
@@ -84,7 +68,7 @@ def test_train_model_logs_one_line_per_epoch_without_a_bar(caplog):
 
 
 def test_evaluate_mnist_uses_mnist_defaults_and_logs_progress_off_a_terminal(tmp_path, capsys, caplog):
-    data = _fake_mnist(tmp_path / "data")
+    data = write_fake_mnist(tmp_path / "data")
     out = tmp_path / "out"
     with caplog.at_level(logging.INFO):
         rc = main(["evaluate", "--dataset", "mnist", "--data-dir", str(data), "--attacks", "fgsm,pgd",
