@@ -20,6 +20,7 @@ Usage::
 
     python tests/benchmarks/bench_lease_mnist.py --data-dir DIR        # the full protocol (hours on 1 core)
     python tests/benchmarks/bench_lease_mnist.py --data-dir DIR --search-limit 1000 --epochs 1 ...
+    python tests/benchmarks/bench_lease_mnist.py --data-dir DIR --retrain-from OLD.json --retrain-epochs 5
     python tests/benchmarks/bench_lease_mnist.py --smoke
 """
 
@@ -104,12 +105,21 @@ def _mean_std(values: Sequence[float]) -> list[float]:
     return [statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0]
 
 
-def run(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Every strategy on every seed; per-run rows and a summary (mean, sd over seeds)."""
+def run(cfg: dict[str, Any], searched: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Every strategy on every seed; per-run rows and a summary (mean, sd over seeds).
+
+    With ``searched`` (the ``runs`` of an earlier result), the searches are not run again: their recorded
+    architectures and search times are retrained under ``cfg``'s retraining settings.
+    """
     runs = []
+    recorded = {(r["strategy"], r["seed"]): r for r in searched or []}
     for seed in cfg["seeds"]:
         for name in STRATEGIES:
-            sample, wall, cpu = _search(name, cfg, seed)
+            if searched is None:
+                sample, wall, cpu = _search(name, cfg, seed)
+            else:
+                earlier = recorded[(name, seed)]
+                sample, wall, cpu = earlier["architecture"], earlier["search_seconds"], earlier["search_cpu_seconds"]
             retrained = _retrain(sample, cfg, seed)
             runs.append({"strategy": name, "seed": seed, "architecture": sample, "search_seconds": wall,
                          "search_cpu_seconds": cpu, **retrained})
@@ -155,13 +165,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--json", default=None, help="also write the JSON result here")
+    parser.add_argument("--retrain-from", default=None, metavar="JSON",
+                        help="retrain the architectures of an earlier result (its search settings and times are "
+                             "kept) instead of searching again")
     args = parser.parse_args(argv)
+    earlier = None if args.retrain_from is None else json.loads(Path(args.retrain_from).read_text())
     cfg: dict[str, Any] = {
         "dataset": "mnist", "data_dir": args.data_dir, "split_seed": 0, "seeds": args.seeds, "width": args.width,
         "cells": args.cells, "epochs": args.epochs, "search_limit": args.search_limit,
         "retrain_epochs": args.retrain_epochs, "retrain_limit": args.retrain_limit, "test_limit": args.test_limit,
         "batch_size": args.batch_size, "learning_rate": 3e-3, "arc_learning_rate": 3e-3, "threads": args.threads,
     }  # fmt: skip
+    if earlier is not None:  # the search half of the settings is the earlier run's
+        search_keys = ("seeds", "width", "cells", "epochs", "search_limit", "batch_size", "learning_rate",
+                       "arc_learning_rate", "split_seed")
+        cfg.update({k: earlier["config"][k] for k in search_keys}, retrained_from=args.retrain_from)
     with tempfile.TemporaryDirectory() as tmp:
         if args.smoke:
             from tests.fake_mnist import write_fake_mnist
@@ -179,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
                         "threads": cfg["threads"], "load_average_start": list(os.getloadavg())},
         }  # fmt: skip
-        result.update(run(cfg))
+        result.update(run(cfg, None if earlier is None else earlier["runs"]))
         result["machine"]["load_average_end"] = list(os.getloadavg())
     print(_table(result))
     text = json.dumps(result, indent=2)
