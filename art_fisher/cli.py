@@ -38,9 +38,9 @@ _MODEL_STATUS = {
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from art_fisher import evaluation
-
     import torch
+
+    from art_fisher import evaluation
 
     torch.set_num_threads(args.threads)
     progress = not args.quiet and sys.stderr.isatty()

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SmallCNN", "MnistCNN", "CifarCNN", "ARCHITECTURES", "build_model", "train_model"]
+__all__ = ["ARCHITECTURES", "CifarCNN", "MnistCNN", "SmallCNN", "build_model", "train_model"]
 
 
 class SmallCNN(nn.Module):

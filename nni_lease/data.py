@@ -223,7 +223,7 @@ class Cifar10Dataset(_ArrayDataset):
 def _train_val(x: np.ndarray, y: np.ndarray, split: str, seed: int, val_fraction: float) -> tuple[np.ndarray, ...]:
     """The ``"train"`` or ``"val"`` part of an official training set: a permutation drawn from ``seed``."""
     perm = np.random.default_rng(seed).permutation(len(y))
-    n_val = max(1, int(round(val_fraction * len(y))))
+    n_val = max(1, round(val_fraction * len(y)))
     idx = perm[n_val:] if split == "train" else perm[:n_val]
     return x[idx], y[idx]
 

@@ -221,11 +221,13 @@ def build_space(name: str, **kwargs: int) -> ModelSpace:
 
     Raises
     ------
+    TypeError
+        If ``name`` is not a str.
     ValueError
         For an unknown name or a bad argument of the space.
     """
     if not isinstance(name, str):
-        raise ValueError(f"space name must be a str from {sorted(SPACES)}; got {type(name).__name__}.")
+        raise TypeError(f"space name must be a str from {sorted(SPACES)}; got {type(name).__name__}.")
     return _space_class(SPACES.get(name, name))(**kwargs)
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -64,7 +65,7 @@ def _run_child(command: list[str]) -> dict[str, Any]:
     load_start = os.getloadavg()
     start = time.perf_counter()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run(command, capture_output=True, text=True, env=env)
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
@@ -98,9 +99,11 @@ def _tables(results: dict[str, Any]) -> dict[str, Any]:
 
 def _format(run: dict[str, Any], tables: dict[str, Any]) -> str:
     lines = [
-        f"wall {run['wall_seconds']:.1f} s, CPU {run['cpu_seconds']:.1f} s, peak RSS {run['peak_rss_mib']:.0f} MiB, "
-        f"load average {run['load_average_1min_start']:.2f} -> {run['load_average_1min_end']:.2f}; clean test "
-        f"accuracy {tables['clean_test_accuracy']:.4f}",
+        (
+            f"wall {run['wall_seconds']:.1f} s, CPU {run['cpu_seconds']:.1f} s, peak RSS {run['peak_rss_mib']:.0f} "
+            f"MiB, load average {run['load_average_1min_start']:.2f} -> {run['load_average_1min_end']:.2f}; clean "
+            f"test accuracy {tables['clean_test_accuracy']:.4f}"
+        ),
         "",
         "| attack | success rate | mean L2 | mean Linf | seconds |",
         "|---|---|---|---|---|",
@@ -112,7 +115,7 @@ def _format(run: dict[str, Any], tables: dict[str, Any]) -> str:
     ]
     for d in tables["detectors"]:
         auc = d.get("same_attack_auc")
-        same = "-" if auc is None or auc != auc else f"{auc:.3f}"  # NaN: fitted on clean images only
+        same = "-" if auc is None or math.isnan(auc) else f"{auc:.3f}"  # NaN: fitted on clean images only
         lines.append(f"| {d['detector']} | {d.get('fitted_on', '')} | {same} | {d['unseen_auc']:.3f} | "
                      f"{d['min_unseen_auc']:.3f} | {d['clean_fpr']:.3f} |")
     return "\n".join(lines)

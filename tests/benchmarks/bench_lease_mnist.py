@@ -41,16 +41,16 @@ from typing import Any
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for tests.fake_mnist
 
-import torch  # noqa: E402
-from nni.nas.evaluator.pytorch import Classification, DataLoader  # noqa: E402
-from nni.nas.execution import SequentialExecutionEngine  # noqa: E402
-from nni.nas.space import RawFormatModelSpace  # noqa: E402
-from nni.nas.strategy import DARTS  # noqa: E402
+import torch
+from nni.nas.evaluator.pytorch import Classification, DataLoader
+from nni.nas.execution import SequentialExecutionEngine
+from nni.nas.space import RawFormatModelSpace
+from nni.nas.strategy import DARTS
 
-from nni_lease.darts_space import DartsSpace  # noqa: E402
-from nni_lease.data import MnistDataset  # noqa: E402
-from nni_lease.oneshot.retrain import retrain  # noqa: E402
-from nni_lease.oneshot.strategy import LeaSE  # noqa: E402
+from nni_lease.darts_space import DartsSpace
+from nni_lease.data import MnistDataset
+from nni_lease.oneshot.retrain import retrain
+from nni_lease.oneshot.strategy import LeaSE
 
 HOW_TO_GET_MNIST = (
     "MNIST not found. Write it with `python shared/data/fetch_mnist.py DIR` (the standard set as DIR/mnist.npz, "

@@ -17,7 +17,12 @@ from nni_lease.darts_space import DartsSpace
 from nni_lease.data import MnistDataset, check_dataset, make_dataset
 from nni_lease.multitrial.strategy import LeaseMultiTrial
 from nni_lease.multitrial.trial import evaluate_lease
-from nni_lease.oneshot.workflow import RetrainConfig, SearchConfig, retrain_architecture, search_oneshot
+from nni_lease.oneshot.workflow import (
+    RetrainConfig,
+    SearchConfig,
+    retrain_architecture,
+    search_oneshot,
+)
 from nni_lease.spaces import LeaseCellSpace, build_space
 from tests.fake_mnist import write_fake_mnist
 
