@@ -377,6 +377,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     package_logger = logging.getLogger("nni_lease")
     package_logger.addHandler(handler)
     package_logger.setLevel(logging.INFO)
+    # retraining runs art_fisher.models.train_model, which logs each epoch when there is no progress bar
+    train_logger = logging.getLogger("art_fisher.models")
+    train_logger.addHandler(handler)
+    train_logger.setLevel(logging.INFO)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     try:
         return int(args.func(args))
@@ -385,6 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     finally:
         package_logger.removeHandler(handler)
+        train_logger.removeHandler(handler)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -387,6 +387,7 @@ def search_oneshot(
     from nni.nas.experiment import NasExperiment
     from pytorch_lightning.loggers import CSVLogger
 
+    from nni_lease.oneshot.progress import EpochLogger
     from nni_lease.oneshot.strategy import LeaSE
     from nni_lease.spaces import SPACES, build_space
 
@@ -406,6 +407,7 @@ def search_oneshot(
         enable_checkpointing=False,
         enable_progress_bar=config.progress,
         enable_model_summary=False,
+        callbacks=[] if config.progress else [EpochLogger()],
     )
     experiment = NasExperiment(space, evaluator, strategy)
     experiment.config.experiment_working_directory = str(out / "nni-experiments")
