@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SmallCNN", "CifarCNN", "ARCHITECTURES", "build_model", "train_model"]
+__all__ = ["ARCHITECTURES", "CifarCNN", "MnistCNN", "SmallCNN", "build_model", "train_model"]
 
 
 class SmallCNN(nn.Module):
@@ -45,6 +45,45 @@ class SmallCNN(nn.Module):
         self.classifier = nn.Sequential(
             nn.Flatten(),
             nn.Linear(2 * width * 16, 96),
+            nn.ReLU(),
+            nn.Linear(96, n_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of shape ``(N, n_classes)`` for images of shape ``(N, in_channels, H, W)``."""
+        return self.classifier(self.features(x))
+
+
+class MnistCNN(nn.Module):
+    """:class:`SmallCNN` with a 2×2 max-pool after each convolution, for 28×28 MNIST (about 160k parameters).
+
+    The second convolution runs at 14×14 instead of 28×28, which makes every forward and backward pass
+    (training, attacks, Fisher metrics) about four times cheaper than :class:`SmallCNN` on MNIST at the
+    same widths; the classifier sees the 7×7 feature map of the second convolution.
+
+    Parameters
+    ----------
+    in_channels : int
+        Channels of the input images.
+    n_classes : int
+        Number of classes (size of the logits).
+    width : int
+        Channels of the first convolution; the second has ``2 * width``.
+    """
+
+    def __init__(self, in_channels: int = 1, n_classes: int = 10, width: int = 16) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveMaxPool2d(7),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(2 * width * 49, 96),
             nn.ReLU(),
             nn.Linear(96, n_classes),
         )
@@ -89,7 +128,9 @@ class CifarCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"small_cnn": SmallCNN, "cifar_cnn": CifarCNN}
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+    "small_cnn": SmallCNN, "mnist_cnn": MnistCNN, "cifar_cnn": CifarCNN,
+}  # fmt: skip
 
 
 def build_model(arch: str, *, in_channels: int, n_classes: int) -> nn.Module:
@@ -134,7 +175,7 @@ def train_model(
     device : str or torch.device
         Where to train.
     progress : bool
-        Show a tqdm bar over epochs.
+        Show a tqdm bar over epochs; without it, each epoch's mean loss is logged at INFO level.
     """
     if len(x) != len(y):
         raise ValueError(f"x and y must have the same length; got {len(x)} and {len(y)}.")
@@ -145,7 +186,7 @@ def train_model(
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     loss_fn = nn.CrossEntropyLoss()
     bar = tqdm(range(epochs), desc="training", disable=not progress, leave=False)
-    for _ in bar:
+    for epoch in bar:
         perm = torch.randperm(len(xt), generator=gen)
         total = 0.0
         for start in range(0, len(xt), batch_size):
@@ -156,6 +197,8 @@ def train_model(
             opt.step()
             total += loss.item() * len(idx)
         bar.set_postfix(loss=f"{total / len(xt):.4f}")
+        if not progress:
+            logger.info("training epoch %d/%d: mean loss %.4f", epoch + 1, epochs, total / len(xt))
     model.eval()
     for p in model.parameters():
         p.grad = None

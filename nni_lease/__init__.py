@@ -12,8 +12,9 @@ Public names (imported lazily, so that ``import nni_lease`` stays light):
 - :func:`pgd_explain` (:mod:`nni_lease.core.explain`): explanations ``δ`` and the listener's input;
 - :func:`search_oneshot`, :func:`retrain_architecture` (:mod:`nni_lease.oneshot.workflow`): the one-shot workflow;
 - :func:`default_listener` (:mod:`nni_lease.core.listener`): the default listener CNN;
-- :class:`LeaseCellSpace` (:mod:`nni_lease.spaces`): a small cell space for digits / CIFAR-10;
-- :class:`DigitsDataset`, :class:`Cifar10Dataset` (:mod:`nni_lease.data`): trace-safe data sets;
+- :class:`LeaseCellSpace` (:mod:`nni_lease.spaces`): a small cell space for digits / MNIST / CIFAR-10;
+- :class:`DartsSpace` (:mod:`nni_lease.darts_space`): NNI's hub DARTS cell space, also for grey images;
+- :class:`DigitsDataset`, :class:`MnistDataset`, :class:`Cifar10Dataset` (:mod:`nni_lease.data`): trace-safe data sets;
 - :func:`retrain` (:mod:`nni_lease.oneshot.retrain`): train an exported architecture from scratch;
 - :class:`LeaseMultiTrial` (:mod:`nni_lease.multitrial.strategy`): the multi-trial strategy for NNI experiments;
 - :func:`lease_evaluator`, :func:`evaluate_lease` (:mod:`nni_lease.multitrial.trial`): the explainer/listener trial;
@@ -59,7 +60,9 @@ _LAZY = {
     "Explanation": "nni_lease.core.explain",
     "default_listener": "nni_lease.core.listener",
     "LeaseCellSpace": "nni_lease.spaces",
+    "DartsSpace": "nni_lease.darts_space",
     "DigitsDataset": "nni_lease.data",
+    "MnistDataset": "nni_lease.data",
     "Cifar10Dataset": "nni_lease.data",
     "retrain": "nni_lease.oneshot.retrain",
     "LeaseMultiTrial": "nni_lease.multitrial.strategy",

@@ -118,10 +118,11 @@ def _opt(*flags: str, default: Any, modes: frozenset[str], help: str, **kwargs: 
 #: ``nni-lease search`` options: group → [option]; each says which ``--mode`` values use it.
 SEARCH_OPTIONS: dict[str, list[_Option]] = {
     "data and space": [
-        _opt("--dataset", default="digits", modes=_ALL, choices=["digits", "cifar10"],
+        _opt("--dataset", default="digits", modes=_ALL, choices=["digits", "mnist", "cifar10"],
              help="data set (digits: scikit-learn's embedded 8x8 digits)"),
         _opt("--data-dir", "--data-root", default=None, modes=_ALL, action=_FormerSpellings,
-             help="folder with CIFAR-10 python batches (data_batch_1..5, test_batch); nothing is downloaded"),
+             help="folder with mnist.npz (or the MNIST idx files) or the CIFAR-10 python batches "
+                  "(data_batch_1..5, test_batch); nothing is downloaded"),
         _opt("--seed", default=0, modes=_ALL, type=_seed, help="seed of splits, initialisation, shuffling"),
         _opt("--limit", default=None, modes=_ALL, type=_limited(MAX_COUNT),
              help="use only this many samples per split (None: all)"),
@@ -132,9 +133,15 @@ SEARCH_OPTIONS: dict[str, list[_Option]] = {
         _opt("--batch-size", default=64, modes=_ALL, type=_limited(MAX_BATCH_SIZE), help="batch size"),
         _opt("--learning-rate", default=3e-3, modes=_ALL, type=_positive_float,
              help="explainer weights (Adam); multi-trial: also the listener"),
-        _opt("--width", default=8, modes=_ALL, type=_limited(MAX_WIDTH), help="channels in the cells"),
-        _opt("--cells", default=2, modes=_ALL, type=_limited(MAX_CELLS), help="number of cells"),
-        _opt("--nodes", default=2, modes=_ALL, type=_limited(MAX_NODES), help="nodes per cell"),
+        _opt("--space", default="lease_cell", modes=_ALL, choices=["lease_cell", "darts"],
+             help="search space: lease_cell (nni_lease.spaces.LeaseCellSpace) or darts (NNI's hub DARTS cell "
+                  "space, nni.nas.hub.pytorch.DARTS)"),
+        _opt("--width", default=None, modes=_ALL, type=_limited(MAX_WIDTH),
+             help="channels in the cells (None: 8 for lease_cell, 4 for darts)"),
+        _opt("--cells", default=None, modes=_ALL, type=_limited(MAX_CELLS),
+             help="number of cells (None: 2 for lease_cell, 3 for darts, at least 3)"),
+        _opt("--nodes", default=None, modes=_ALL, type=_limited(MAX_NODES),
+             help="nodes per cell (None: 2 for lease_cell; darts cells have 4)"),
     ],
     "one-shot": [
         _opt("--output", default="lease-search", modes=_ONESHOT, help="output folder"),
@@ -211,7 +218,8 @@ def _search_config(args: argparse.Namespace) -> Any:
     return SearchConfig(dataset=args.dataset, data_dir=args.data_dir, seed=args.seed, limit=args.limit,
                         epochs=args.epochs, limit_batches=args.limit_batches, batch_size=args.batch_size,
                         learning_rate=args.learning_rate, arc_learning_rate=args.arc_learning_rate,
-                        width=args.width, cells=args.cells, nodes=args.nodes, progress=args.progress)
+                        width=args.width, cells=args.cells, nodes=args.nodes, progress=args.progress,
+                        space=args.space)
 
 
 def _search_oneshot(args: argparse.Namespace) -> int:
@@ -261,11 +269,12 @@ def _search_multitrial(args: argparse.Namespace) -> int:
     from nni_lease.multitrial.trial import TRIAL_LEASE_OPTIONS, lease_evaluator
     from nni_lease.oneshot.workflow import SearchConfig, load_splits, space_kwargs
     from nni_lease.runtime.experiment import build_config, run_multitrial
-    from nni_lease.spaces import LeaseCellSpace
+    from nni_lease.spaces import build_space
 
     config = SearchConfig(dataset=args.dataset, data_dir=args.data_dir, seed=args.seed, limit=args.limit,
                           epochs=args.epochs, limit_batches=args.limit_batches, batch_size=args.batch_size,
-                          learning_rate=args.learning_rate, width=args.width, cells=args.cells, nodes=args.nodes)
+                          learning_rate=args.learning_rate, width=args.width, cells=args.cells, nodes=args.nodes,
+                          space=args.space)
     lease = {name: getattr(args, name) for name in TRIAL_LEASE_OPTIONS}
     evaluator = lease_evaluator(dataset=config.dataset, data_dir=config.data_dir, epochs=config.epochs,
                                 batch_size=config.batch_size, max_batches=config.limit_batches,
@@ -275,7 +284,7 @@ def _search_multitrial(args: argparse.Namespace) -> int:
     build_config(max_trials=args.max_trials, concurrency=args.concurrency, training_service=args.training_service,
                  experiment_dir=args.experiment_dir)  # every check before the data is read
     train, _, _ = load_splits(config)
-    space = LeaseCellSpace(**space_kwargs(config, train))
+    space = build_space(config.space, **space_kwargs(config, train))
     return _run_nni_experiment(args, lambda on_started: run_multitrial(
         space, evaluator, strategy, port=args.port, host=args.host, max_trials=args.max_trials,
         concurrency=args.concurrency, training_service=args.training_service, experiment_dir=args.experiment_dir,
@@ -378,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("architecture", help="the architecture.json written by `nni-lease search`")
     retrain.add_argument("--output", default=None, help="result JSON (default: retrain.json beside the input)")
     retrain.add_argument("--data-dir", "--data-root", default=None, action=_FormerSpellings,
-                         help="CIFAR-10 folder (default: the one used in the search)")
+                         help="MNIST / CIFAR-10 folder (default: the one used in the search)")
     retrain.add_argument("--seed", type=_seed, default=0, help="seed of the initialisation and shuffling")
     retrain.add_argument("--epochs", type=_limited(MAX_EPOCHS), default=20)
     retrain.add_argument("--batch-size", type=_limited(MAX_BATCH_SIZE), default=64)
@@ -398,6 +407,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     package_logger = logging.getLogger("nni_lease")
     package_logger.addHandler(handler)
     package_logger.setLevel(logging.INFO)
+    # retraining runs art_fisher.models.train_model, which logs each epoch when there is no progress bar
+    train_logger = logging.getLogger("art_fisher.models")
+    train_logger.addHandler(handler)
+    train_logger.setLevel(logging.INFO)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     try:
         return int(args.func(args))
@@ -406,6 +419,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     finally:
         package_logger.removeHandler(handler)
+        train_logger.removeHandler(handler)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,4 +1,4 @@
-"""Trace-safe data sets for NNI evaluators: scikit-learn digits (default) and local CIFAR-10 batches.
+"""Trace-safe data sets for NNI evaluators: scikit-learn digits (default), local MNIST and CIFAR-10 files.
 
 NNI serialises every argument of a traced evaluator / ``DataLoader`` and refuses anything over 64 KB,
 so a data set must be rebuilt from small constructor arguments, never passed as tensors. The classes
@@ -7,8 +7,12 @@ in a trial. Each yields ``(x, y)`` with ``x`` a float32 tensor of shape ``(C, H,
 ``y`` an int64 scalar tensor.
 
 Splits are deterministic: a fixed permutation drawn from ``seed`` cuts the pool into train / val / test
-(fractions ``0.6 / 0.2 / 0.2`` for digits; for CIFAR-10 the official test batch is ``"test"`` and
-``val_fraction`` of the five training batches is ``"val"``). Nothing is ever downloaded.
+(fractions ``0.6 / 0.2 / 0.2`` for digits; for MNIST and CIFAR-10 the official test set is ``"test"`` and
+``val_fraction`` of the official training set is ``"val"``). Nothing is ever downloaded.
+
+MNIST files (``mnist.npz`` in the Keras layout, or the four idx files, plain or ``.gz``) are read with
+:func:`art_fisher.data.loaders.load_mnist`, which checks every declared size before allocating; the data
+set records only the folder's path, so a traced ``MnistDataset(data_dir, "train")`` stays a few bytes.
 
 CIFAR-10 files are the official "python version" pickle batches (``data_batch_1`` … ``data_batch_5``,
 ``test_batch``). They are read with :func:`art_fisher.data.cifar_batch.read_cifar10_batch`, the restricted
@@ -34,7 +38,13 @@ from art_fisher.data.cifar_batch import read_cifar10_batch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SPLITS", "DigitsDataset", "Cifar10Dataset", "load_cifar10_batch", "make_dataset"]
+__all__ = [
+    "DATASETS", "SPLITS", "Cifar10Dataset", "DigitsDataset", "MnistDataset", "check_dataset", "load_cifar10_batch",
+    "make_dataset",
+]
+
+#: Names :func:`make_dataset` accepts; every one but ``"digits"`` is read from a local folder.
+DATASETS: tuple[str, ...] = ("digits", "mnist", "cifar10")
 
 #: Names of the splits every data set here accepts.
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -214,30 +224,122 @@ class Cifar10Dataset(_ArrayDataset):
         parts = [load_cifar10_batch(p) for p in present]
         x = np.concatenate([p[0] for p in parts])
         y = np.concatenate([p[1] for p in parts])
-        perm = np.random.default_rng(seed).permutation(len(y))
-        n_val = max(1, round(val_fraction * len(y)))
-        idx = perm[n_val:] if split == "train" else perm[:n_val]
-        self._set(x[idx], y[idx], limit)
+        self._set(*_train_val(x, y, split, seed, val_fraction), limit)
+
+
+def _train_val(x: np.ndarray, y: np.ndarray, split: str, seed: int, val_fraction: float) -> tuple[np.ndarray, ...]:
+    """The ``"train"`` or ``"val"`` part of an official training set: a permutation drawn from ``seed``."""
+    perm = np.random.default_rng(seed).permutation(len(y))
+    n_val = max(1, round(val_fraction * len(y)))
+    idx = perm[n_val:] if split == "train" else perm[:n_val]
+    return x[idx], y[idx]
+
+
+@nni.trace
+class MnistDataset(_ArrayDataset):
+    """MNIST from the local files in ``data_dir`` (never downloaded), 28×28 grey images, 10 classes.
+
+    Parameters
+    ----------
+    data_dir : str
+        Folder holding ``mnist.npz`` (``x_train``, ``y_train``, ``x_test``, ``y_test``) or the four idx files
+        (see :func:`art_fisher.data.loaders.load_mnist`), or the path of such an ``.npz`` file.
+    split : {"train", "val", "test"}
+        ``"test"`` is the official test set (10,000 images); ``"train"`` / ``"val"`` split the official
+        training set (60,000 images).
+    seed : int
+        Seed of the train / val permutation.
+    val_fraction : float
+        Share of the official training set that goes to ``"val"``, in ``(0, 1)``.
+    limit : int or None
+        Keep only the first ``limit`` samples of the split.
+
+    Attributes
+    ----------
+    x : Tensor of shape (N, 1, 28, 28), float32 in [0, 1]
+    y : Tensor of shape (N,), int64
+    n_classes : int
+        Always 10.
+
+    Raises
+    ------
+    ValueError
+        For a bad argument or a malformed file (the message names the file).
+    FileNotFoundError
+        If neither ``mnist.npz`` nor the idx files are in ``data_dir``.
+    """
+
+    def __init__(
+        self,
+        data_dir: str,
+        split: Split = "train",
+        *,
+        seed: int = 0,
+        val_fraction: float = 0.1,
+        limit: int | None = None,
+    ) -> None:
+        _check_split(split)
+        _check_limit(limit)
+        if not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1); got {val_fraction!r}.")
+        from art_fisher.data.loaders import load_mnist
+
+        self.n_classes = 10
+        data = load_mnist(Path(data_dir).expanduser(), split="test" if split == "test" else "train")
+        x, y = (data.x, data.y) if split == "test" else _train_val(data.x, data.y, split, seed, val_fraction)
+        self._set(x, y, limit)
+
+
+def check_dataset(name: str, data_dir: str | None, *, arg: str = "data_dir") -> None:
+    """Check a data set name and its folder before any work (nothing is read).
+
+    Parameters
+    ----------
+    name : str
+        A name from :data:`DATASETS`.
+    data_dir : str or None
+        The folder of the local files (needed by every set but ``"digits"``).
+    arg : str
+        The name of ``data_dir`` in the caller's interface, for the messages.
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is not in :data:`DATASETS`, ``data_dir`` is not a str, or a file-based set has no folder.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"dataset must be one of {list(DATASETS)}; got {name!r}.")
+    if data_dir is not None and not isinstance(data_dir, str):
+        raise ValueError(f"{arg} must be None or a str path; got {type(data_dir).__name__}.")
+    if name == "digits":
+        return
+    what = "mnist.npz or the MNIST idx files" if name == "mnist" else "CIFAR-10 python batches"
+    if data_dir is None:
+        raise ValueError(f"{arg} must name a folder of {what} for dataset {name!r}; got None.")
+    path = Path(data_dir).expanduser()
+    if not (path.is_dir() or (name == "mnist" and path.suffix == ".npz" and path.is_file())):
+        raise ValueError(f"{arg} {data_dir!r} is not a folder (expected {what} for dataset {name!r}).")
 
 
 def make_dataset(
     name: str, split: Split, *, data_dir: str | None = None, seed: int = 0, limit: int | None = None,
     root: Any = DEPRECATED,
-) -> DigitsDataset | Cifar10Dataset:
-    """Build a data set by name: ``"digits"`` (embedded) or ``"cifar10"`` (needs ``data_dir``).
+) -> DigitsDataset | MnistDataset | Cifar10Dataset:
+    """Build a data set by name: ``"digits"`` (embedded), ``"mnist"`` or ``"cifar10"`` (both need ``data_dir``).
 
     ``root`` is the deprecated name of ``data_dir`` (it stops working in the next release).
 
     Raises
     ------
     ValueError
-        For an unknown ``name``, or ``"cifar10"`` without ``data_dir``.
+        For an unknown ``name``, or a file-based set without ``data_dir``.
     """
     data_dir = renamed("root", root, "data_dir", data_dir, default=None)
     if name == "digits":
         return DigitsDataset(split, seed=seed, limit=limit)
-    if name == "cifar10":
-        if data_dir is None:
-            raise ValueError("data_dir must be given for dataset 'cifar10' (a folder of python batches).")
-        return Cifar10Dataset(data_dir, split, seed=seed, limit=limit)
-    raise ValueError(f"dataset must be one of ['digits', 'cifar10']; got {name!r}.")
+    if name not in DATASETS:
+        raise ValueError(f"dataset must be one of {list(DATASETS)}; got {name!r}.")
+    if data_dir is None:
+        raise ValueError(f"data_dir must be given for dataset {name!r} (a folder of its local files).")
+    cls = MnistDataset if name == "mnist" else Cifar10Dataset
+    return cls(data_dir, split, seed=seed, limit=limit)

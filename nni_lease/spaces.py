@@ -1,4 +1,7 @@
-"""A small cell-based search space for 8×8 digits and 32×32 CIFAR-10.
+"""A small cell-based search space for 8×8 digits, MNIST and 32×32 CIFAR-10, and the registry of spaces.
+
+:func:`build_space` builds any space of :data:`SPACES` by name: this module's :class:`LeaseCellSpace`
+(``"lease_cell"``) or NNI's hub DARTS space (``"darts"``, :mod:`nni_lease.darts_space`).
 
 The space is deliberately tiny so that a one-shot supernet trains on a laptop CPU in seconds. It uses
 only NNI's two basic mutation primitives, :class:`~nni.nas.nn.pytorch.LayerChoice` (which operation a
@@ -32,7 +35,7 @@ from nni_lease.limits import MAX_CELLS, MAX_CHANNELS, MAX_CLASSES, MAX_IMAGE_SIZ
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["OPERATIONS", "LeaseCellSpace", "build_operation"]
+__all__ = ["OPERATIONS", "SPACES", "LeaseCellSpace", "build_operation", "build_space"]
 
 #: Names of the candidate operations, in the order they appear in each ``LayerChoice``.
 OPERATIONS: tuple[str, ...] = (
@@ -192,3 +195,66 @@ class LeaseCellSpace(ModelSpace):
         """Logits of shape ``(N, n_classes)`` for images of shape ``(N, in_channels, image_size, image_size)``."""
         h = self.cells(self.stem(x))
         return self.classifier(torch.flatten(self.pool(h), 1))
+
+
+#: The searchable spaces by command-line name (``--space``) → the class name recorded in ``architecture.json``.
+SPACES: dict[str, str] = {"lease_cell": "LeaseCellSpace", "darts": "DartsSpace"}
+
+
+def _space_class(class_name: str) -> type[ModelSpace]:
+    if class_name == "DartsSpace":
+        from nni_lease.darts_space import DartsSpace
+
+        return DartsSpace
+    if class_name == "LeaseCellSpace":
+        return LeaseCellSpace
+    raise ValueError(f"space name must be one of {sorted(SPACES.values())}; got {class_name!r}.")
+
+
+def build_space(name: str, **kwargs: int) -> ModelSpace:
+    """Build a space by command-line name (a key of :data:`SPACES`) or recorded class name.
+
+    Parameters
+    ----------
+    name : str
+        ``"lease_cell"`` / ``"LeaseCellSpace"`` (:class:`LeaseCellSpace`) or ``"darts"`` / ``"DartsSpace"``
+        (:class:`nni_lease.darts_space.DartsSpace`, NNI's hub DARTS space).
+    **kwargs
+        The class's keyword arguments.
+
+    Raises
+    ------
+    TypeError
+        If ``name`` is not a str.
+    ValueError
+        For an unknown name or a bad argument of the space.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"space name must be a str from {sorted(SPACES)}; got {type(name).__name__}.")
+    return _space_class(SPACES.get(name, name))(**kwargs)
+
+
+#: Per space: default ``width``, number of cells and nodes per cell (the DARTS space's cells always have 4 nodes).
+SPACE_DEFAULTS: dict[str, dict[str, int]] = {
+    "lease_cell": {"width": 8, "cells": 2, "nodes": 2},
+    "darts": {"width": 4, "cells": 3, "nodes": 4},
+}
+
+
+def space_kwargs_for(name: str, *, in_channels: int, n_classes: int, image_size: int, width: int, cells: int,
+                     nodes: int) -> dict[str, int]:
+    """The keyword arguments of space ``name`` (a key of :data:`SPACES`) for these data and sizes.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``name``, or ``nodes`` other than 4 for ``"darts"``.
+    """
+    if name == "lease_cell":
+        return {"in_channels": in_channels, "n_classes": n_classes, "width": width, "n_cells": cells,
+                "n_nodes": nodes, "image_size": image_size}
+    if name == "darts":
+        if nodes != SPACE_DEFAULTS["darts"]["nodes"]:
+            raise ValueError(f"nodes must be 4 for space 'darts' (NNI's DARTS cells have 4 nodes); got {nodes!r}.")
+        return {"in_channels": in_channels, "n_classes": n_classes, "width": width, "num_cells": cells}
+    raise ValueError(f"space must be one of {sorted(SPACES)}; got {name!r}.")

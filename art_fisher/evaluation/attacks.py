@@ -7,6 +7,7 @@ label) and the size of the successful perturbations.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["ATTACKS", "DEFAULT_ATTACKS", "DEFAULT_EPS", "AttackOutcome", "AttackSpec", "predict_labels", "run_attack"]
 
@@ -122,6 +125,8 @@ def run_attack(
             hi = min(lo + batch_size, len(x))
             x_adv[lo:hi] = attack.generate(x[lo:hi])
             bar.update(hi - lo)
+            if not progress:
+                logger.info("attack %s: %d/%d images", spec.label, hi, len(x))
     seconds = time.perf_counter() - start
     success = predict_labels(classifier, x_adv, batch_size) != y
     delta = (x_adv - x).reshape(len(x), -1)[success]

@@ -51,7 +51,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["EvaluationPlan", "EvaluationResult", "evaluate", "prepare", "run"]
 
 #: Architecture used when ``arch`` is not given, per data set.
-DEFAULT_ARCH = {"digits": "small_cnn", "mnist": "small_cnn", "cifar10": "cifar_cnn"}
+DEFAULT_ARCH = {"digits": "small_cnn", "mnist": "mnist_cnn", "cifar10": "cifar_cnn"}
 #: Epochs of in-process training when ``epochs`` is not given, per data set.
 DEFAULT_EPOCHS = {"digits": 30, "mnist": 3, "cifar10": 10}
 #: Upper bounds that catch typos (``--batch-size 1e20``) before any work.
@@ -262,17 +262,24 @@ def prepare(
 
 
 class _StepBar:
-    """One tqdm bar over the run's steps (attacks, detector fits): each call names the next step."""
+    """One tqdm bar over the run's steps (attacks, detector fits): each call names the next step.
+
+    Disabled (no terminal, or ``progress=False``), it logs each step at INFO level instead.
+    """
 
     def __init__(self, total: int, *, enabled: bool) -> None:
         self.bar = tqdm(total=total, desc="art-fisher evaluate", unit="step", disable=not enabled)
         self.started = False
+        self.enabled, self.total, self.done = enabled, total, 0
 
     def __call__(self, description: str) -> None:
         if self.started:
             self.bar.update(1)
+            self.done += 1
         self.started = True
         self.bar.set_postfix_str(description)
+        if not self.enabled:
+            logger.info("step %d/%d: %s", self.done + 1, self.total, description)
 
     def close(self) -> None:
         if self.started:
@@ -426,8 +433,8 @@ def evaluate(
         ``weights_only=True``. Without it, ``arch`` is trained in-process on the train split (cached under
         ``output_dir/models/``; an unusable cache file is replaced with a warning).
     arch : str, optional
-        A key of :data:`art_fisher.models.ARCHITECTURES`; default ``small_cnn`` (digits, MNIST) or
-        ``cifar_cnn`` (CIFAR-10).
+        A key of :data:`art_fisher.models.ARCHITECTURES`; default ``small_cnn`` (digits), ``mnist_cnn``
+        (MNIST) or ``cifar_cnn`` (CIFAR-10).
     attacks : sequence of str
         Keys of :data:`~art_fisher.evaluation.attacks.ATTACKS`.
     eps : float, optional

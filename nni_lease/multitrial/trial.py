@@ -40,7 +40,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from art_fisher._deprecation import DEPRECATED, renamed
-from nni_lease.data import make_dataset
+from nni_lease.data import check_dataset, make_dataset
 from nni_lease.core.listener import check_listener, default_listener
 from nni_lease.core.settings import LeaseSettings
 from nni_lease.core.step import LeaseStep
@@ -94,12 +94,7 @@ def check_trial_arguments(
         Naming the offending argument, the expected and the received value.
     """
     data_dir = renamed("data_root", data_root, "data_dir", data_dir, default=None)
-    if dataset not in ("digits", "cifar10"):
-        raise ValueError(f"dataset must be 'digits' or 'cifar10'; got {dataset!r}.")
-    if dataset == "cifar10" and data_dir is None:
-        raise ValueError("data_dir must name a folder of CIFAR-10 python batches for dataset 'cifar10'.")
-    if data_dir is not None and not isinstance(data_dir, str):
-        raise ValueError(f"data_dir must be None or a str path; got {type(data_dir).__name__}.")
+    check_dataset(dataset, data_dir)
     for name, value in [("epochs", epochs), ("batch_size", batch_size)]:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int; got {value!r}.")
@@ -150,8 +145,8 @@ def evaluate_lease(
     model : nn.Module
         The explainer: one architecture of the search space, mapping ``(N, C, H, W)`` to logits
         ``(N, n_classes)``. It is trained in place (it is the trial's own copy).
-    dataset : {"digits", "cifar10"}
-        Data set name (:func:`nni_lease.data.make_dataset`); ``"cifar10"`` needs ``data_dir``.
+    dataset : {"digits", "mnist", "cifar10"}
+        Data set name (:func:`nni_lease.data.make_dataset`); ``"mnist"`` and ``"cifar10"`` need ``data_dir``.
     data_dir : str or None
         Folder of the CIFAR-10 python batches.
     epochs : int

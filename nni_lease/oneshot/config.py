@@ -13,7 +13,7 @@ from nni_lease.limits import MAX_BATCH_SIZE, MAX_CELLS, MAX_COUNT, MAX_EPOCHS, M
 
 __all__ = ["DATASETS", "RetrainConfig", "SearchConfig", "SearchResult", "check_data"]
 
-DATASETS: tuple[str, ...] = ("digits", "cifar10")
+DATASETS: tuple[str, ...] = ("digits", "mnist", "cifar10")
 
 
 def _check_int(name: str, value: Any, *, optional: bool = False, minimum: int = 1, maximum: int = MAX_COUNT) -> None:
@@ -36,15 +36,10 @@ def _take_former_data_root(config: Any, data_root: Any) -> None:
 
 
 def check_data(dataset: str, data_dir: str | None) -> None:
-    if dataset not in DATASETS:
-        raise ValueError(f"dataset must be one of {list(DATASETS)}; got {dataset!r}.")
-    if data_dir is not None and not isinstance(data_dir, str):
-        raise ValueError(f"data_dir must be None or a str path; got {type(data_dir).__name__}.")
-    if dataset == "cifar10":
-        if data_dir is None:
-            raise ValueError("data_dir must name a folder of CIFAR-10 python batches for dataset 'cifar10'.")
-        if not Path(data_dir).expanduser().is_dir():
-            raise ValueError(f"data_dir {data_dir!r} is not a folder (expected CIFAR-10 python batches).")
+    """Check a data set name and its folder before any work (:func:`nni_lease.data.check_dataset`)."""
+    from nni_lease.data import check_dataset
+
+    check_dataset(dataset, data_dir)
 
 
 @dataclass(frozen=True)
@@ -53,10 +48,10 @@ class SearchConfig:
 
     Parameters
     ----------
-    dataset : {"digits", "cifar10"}
+    dataset : {"digits", "mnist", "cifar10"}
         Data set (``"digits"``: scikit-learn's embedded 8×8 digits; nothing is downloaded).
     data_dir : str or None
-        Folder of the CIFAR-10 python batches (needed for ``"cifar10"``).
+        Folder of the MNIST files or the CIFAR-10 python batches (needed for ``"mnist"`` and ``"cifar10"``).
     seed : int
         Seed of the splits, the space's initialisation and the shuffling.
     limit : int or None
@@ -71,10 +66,14 @@ class SearchConfig:
         The explainer's weights (the evaluator's Adam).
     arc_learning_rate : float
         The architecture weights (DARTS's Adam).
-    width, cells, nodes : int
-        :class:`~nni_lease.spaces.LeaseCellSpace`'s ``width``, ``n_cells``, ``n_nodes``.
+    width, cells, nodes : int or None
+        The space's channels, cells and nodes per cell (:class:`~nni_lease.spaces.LeaseCellSpace`'s ``width``,
+        ``n_cells``, ``n_nodes``; :class:`~nni_lease.darts_space.DartsSpace`'s ``width``, ``num_cells``, and
+        ``nodes`` must be 4). ``None``: the space's default (:data:`~nni_lease.spaces.SPACE_DEFAULTS`).
     progress : bool
         Show Lightning's progress bar.
+    space : {"lease_cell", "darts"}
+        The search space (:data:`nni_lease.spaces.SPACES`).
     data_root : str or None
         Deprecated name of ``data_dir``; it stops working in the next release.
 
@@ -93,14 +92,22 @@ class SearchConfig:
     batch_size: int = 64
     learning_rate: float = 3e-3
     arc_learning_rate: float = 3e-4
-    width: int = 8
-    cells: int = 2
-    nodes: int = 2
+    width: int | None = None
+    cells: int | None = None
+    nodes: int | None = None
     progress: bool = False
+    space: str = "lease_cell"
     data_root: dataclasses.InitVar[Any] = DEPRECATED
 
     def __post_init__(self, data_root: Any) -> None:
+        from nni_lease.spaces import SPACE_DEFAULTS
+
         _take_former_data_root(self, data_root)
+        if self.space not in SPACE_DEFAULTS:
+            raise ValueError(f"space must be one of {sorted(SPACE_DEFAULTS)}; got {self.space!r}.")
+        for name, default in SPACE_DEFAULTS[self.space].items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, default)
         check_data(self.dataset, self.data_dir)
         _check_int("seed", self.seed, minimum=0, maximum=MAX_SEED)
         for name, high in (("epochs", MAX_EPOCHS), ("batch_size", MAX_BATCH_SIZE), ("width", MAX_WIDTH),

@@ -79,10 +79,12 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 def space_kwargs(config: SearchConfig, train: Any) -> dict[str, Any]:
-    """:class:`~nni_lease.spaces.LeaseCellSpace` keyword arguments for ``config`` and the training split."""
+    """Keyword arguments of ``config.space`` (:func:`nni_lease.spaces.build_space`) for the training split."""
+    from nni_lease.spaces import space_kwargs_for
+
     channels, side, _ = train.input_shape
-    return {"in_channels": int(channels), "n_classes": int(train.n_classes), "width": config.width,
-            "n_cells": config.cells, "n_nodes": config.nodes, "image_size": int(side)}
+    return space_kwargs_for(config.space, in_channels=int(channels), n_classes=int(train.n_classes),
+                            image_size=int(side), width=config.width, cells=config.cells, nodes=config.nodes)
 
 
 def _epoch_rows(lightning_csv: Path) -> list[dict[str, str]]:
@@ -164,7 +166,7 @@ def search_oneshot(
     settings: LeaseSettings = LeaseSettings(),
     plot: bool = True,
 ) -> SearchResult:
-    """One-shot LeaSE search on :class:`~nni_lease.spaces.LeaseCellSpace`; writes the files listed above.
+    """One-shot LeaSE search on ``config.space`` (:data:`nni_lease.spaces.SPACES`); writes the files listed above.
 
     Parameters
     ----------
@@ -198,14 +200,15 @@ def search_oneshot(
     from nni.nas.experiment import NasExperiment
     from pytorch_lightning.loggers import CSVLogger
 
+    from nni_lease.oneshot.progress import EpochLogger
     from nni_lease.oneshot.strategy import LeaSE
-    from nni_lease.spaces import LeaseCellSpace
+    from nni_lease.spaces import SPACES, build_space
 
     kwargs = space_kwargs(config, train)
     strategy = LeaSE(settings=settings, arc_learning_rate=config.arc_learning_rate)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
-    space = LeaseCellSpace(**kwargs)
+    space = build_space(config.space, **kwargs)
     evaluator = Classification(
         learning_rate=config.learning_rate,
         train_dataloaders=DataLoader(train, batch_size=config.batch_size, shuffle=True),
@@ -217,6 +220,7 @@ def search_oneshot(
         enable_checkpointing=False,
         enable_progress_bar=config.progress,
         enable_model_summary=False,
+        callbacks=[] if config.progress else [EpochLogger()],
     )
     experiment = NasExperiment(space, evaluator, strategy)
     experiment.config.experiment_working_directory = str(out / "nni-experiments")
@@ -233,7 +237,7 @@ def search_oneshot(
         "dataset": config.dataset,
         "data_dir": config.data_dir,
         "seed": config.seed,
-        "space": {"name": "LeaseCellSpace", "kwargs": kwargs},
+        "space": {"name": SPACES[config.space], "kwargs": kwargs},
         "strategy": {"name": "LeaSE", "epochs": config.epochs, "arc_learning_rate": config.arc_learning_rate,
                      **settings.as_dict()},
         "search": dataclasses.asdict(config),
@@ -276,7 +280,8 @@ def _check_record(record: Any, source: str) -> None:
     if not isinstance(record, dict):
         raise ValueError(f"{source} is not an architecture record ({expected}); got a JSON {type(record).__name__}.")
     space = record.get("space")
-    if not isinstance(space, dict) or space.get("name") != "LeaseCellSpace" or not isinstance(space.get("kwargs"), dict) \
+    if not isinstance(space, dict) or space.get("name") not in ("LeaseCellSpace", "DartsSpace") \
+            or not isinstance(space.get("kwargs"), dict) \
             or not isinstance(record.get("architecture"), dict):
         raise ValueError(f"{source} is not an architecture record ({expected}).")
 
@@ -329,10 +334,10 @@ def retrain_architecture(
     import torch
 
     from nni_lease.oneshot.retrain import build_architecture, retrain
-    from nni_lease.spaces import LeaseCellSpace
+    from nni_lease.spaces import build_space
 
     torch.manual_seed(config.seed)
-    space = LeaseCellSpace(**record["space"]["kwargs"])
+    space = build_space(record["space"]["name"], **record["space"]["kwargs"])
     build_architecture(space, record["architecture"], seed=config.seed)  # checks the architecture first
     result = retrain(space, record["architecture"], train, test, val=val, epochs=config.epochs,
                      batch_size=config.batch_size, learning_rate=config.learning_rate, seed=config.seed,

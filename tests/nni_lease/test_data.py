@@ -86,7 +86,7 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="data_dir must be given"):
         make_dataset("cifar10", "train")
     with pytest.raises(ValueError, match="dataset must be one of"):
-        make_dataset("mnist", "train")
+        make_dataset("svhn", "train")
     with open(tmp_path / "test_batch", "wb") as fh:
         pickle.dump({b"data": np.zeros((2, 10), dtype=np.uint8), b"labels": [0, 1]}, fh, protocol=2)
     with pytest.raises(ValueError, match=r"test_batch: expected b'data' as uint8 of shape \(N, 3072\)"):
