@@ -227,7 +227,9 @@ class Cifar10Dataset(_ArrayDataset):
         self._set(*_train_val(x, y, split, seed, val_fraction), limit)
 
 
-def _train_val(x: np.ndarray, y: np.ndarray, split: str, seed: int, val_fraction: float) -> tuple[np.ndarray, ...]:
+def _train_val(
+    x: np.ndarray, y: np.ndarray, split: str, seed: int, val_fraction: float
+) -> tuple[np.ndarray, np.ndarray]:
     """The ``"train"`` or ``"val"`` part of an official training set: a permutation drawn from ``seed``."""
     perm = np.random.default_rng(seed).permutation(len(y))
     n_val = max(1, round(val_fraction * len(y)))

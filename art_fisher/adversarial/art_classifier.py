@@ -94,7 +94,7 @@ class DetectionLogitClassifier(ClassifierNeuralNetwork):
 
     def _array(self, x: Any) -> np.ndarray:
         """``x`` checked (numeric, shape (N, *input_shape), N >= 1, finite; 8-bit range warned about)."""
-        from art_fisher.detection.features import _warn_if_uint8_range
+        from art_fisher.detection.inputs import warn_if_uint8_range
 
         try:
             arr = np.asarray(x)
@@ -109,7 +109,7 @@ class DetectionLogitClassifier(ClassifierNeuralNetwork):
             raise ValueError(f"x must hold at least one sample; got shape {arr.shape}.")
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"x must be finite; it holds {int(np.sum(~np.isfinite(arr)))} NaN or inf values.")
-        _warn_if_uint8_range(self, arr, "x")
+        warn_if_uint8_range(self, arr, "x")
         return arr
 
     def _tensor(self, x: Any) -> torch.Tensor:

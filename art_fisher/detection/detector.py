@@ -15,15 +15,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import sklearn
 
 from art_fisher._deprecation import DEPRECATED, renamed
 from art_fisher.detection import features as _features
-from art_fisher.detection._detector_params import DetectorParameters
 from art_fisher.detection import persistence
+from art_fisher.detection._detector_params import DetectorParameters
 from art_fisher.detection.decision import (
     check_fit_kwargs,
     decide,

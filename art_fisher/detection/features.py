@@ -1,9 +1,9 @@
 """Fisher metric features of an ART ``PyTorchClassifier`` for numpy inputs (shared by detector and sklearn).
 
 This module turns ``(classifier, x)`` into the per-sample metric values that
-:class:`art_fisher.detection.detector.FisherInformationDetector` and
-:class:`art_fisher.detection.estimators.FisherFeatures`
-learn from. It is written once here so both see exactly the same numbers:
+:class:`~art_fisher.detection.detector.FisherInformationDetector` and
+:class:`~art_fisher.detection.estimators.FisherFeatures` learn from. It is written once here so both see
+exactly the same numbers:
 
 - the inputs go through the classifier's own preprocessing (``classifier._apply_preprocessing``, as
   ``classifier.predict`` does), so the metrics see what the classifier sees;
@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -33,6 +32,8 @@ from tqdm.auto import tqdm
 
 from art_fisher import _checks
 from art_fisher._deprecation import DEPRECATED, renamed
+from art_fisher.detection.inputs import check_classifier
+from art_fisher.detection.inputs import check_inputs as check_inputs  # re-exported: the detectors call it from here
 from art_fisher.metrics.top_mass import check_tau, selection
 
 logger = logging.getLogger(__name__)
@@ -147,18 +148,6 @@ def feature_names(metrics: Sequence[str], blocks: Sequence[str] = ()) -> list[st
         else:
             names.append(name)
     return names
-
-
-def check_classifier(classifier: Any) -> None:
-    """Raise TypeError unless ``classifier`` is an ART ``PyTorchClassifier`` (or a subclass)."""
-    from art.estimators.classification import PyTorchClassifier
-
-    if not isinstance(classifier, PyTorchClassifier):
-        raise TypeError(
-            "classifier must be an ART art.estimators.classification.PyTorchClassifier (the Fisher "
-            f"metrics differentiate a PyTorch model); got {type(classifier).__module__}."
-            f"{type(classifier).__qualname__}."
-        )
 
 
 @dataclass(frozen=True)
@@ -323,52 +312,6 @@ def check_chunk_size(chunk_size: Any, name: str = "chunk_size") -> int:
     except (TypeError, ValueError) as err:
         raise type(err)(str(err).replace("None or ", "")) from None
     return chunk_size
-
-
-def check_inputs(classifier: Any, x: Any, name: str = "x") -> np.ndarray:
-    """Return ``x`` as a float32 array after checking its shape against the classifier and finiteness.
-
-    Raises
-    ------
-    ValueError
-        If ``x`` is empty, not numeric, does not have shape ``(N, *classifier.input_shape)``, or holds
-        NaN or infinite values.
-    """
-    arr = np.asarray(x)
-    if arr.dtype.kind not in "biuf":
-        raise ValueError(f"{name} must be a numeric array; got dtype {arr.dtype}.")
-    expected = tuple(classifier.input_shape)
-    if arr.ndim != len(expected) + 1 or tuple(arr.shape[1:]) != expected:
-        raise ValueError(
-            f"{name} must have shape (N, *classifier.input_shape) = (N, {', '.join(map(str, expected))}); "
-            f"got {arr.shape}."
-        )
-    if arr.shape[0] == 0:
-        raise ValueError(f"{name} must hold at least one sample; got shape {arr.shape}.")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} must be finite; it holds {int(np.sum(~np.isfinite(arr)))} NaN or inf values.")
-    _warn_if_uint8_range(classifier, arr, name)
-    return arr.astype(np.float32, copy=False)
-
-
-def _warn_if_uint8_range(classifier: Any, arr: np.ndarray, name: str) -> None:
-    """Warn when ``arr`` looks like 8-bit images (whole numbers 0..255, max > 1) for a [0, 1] classifier.
-
-    No warning when the classifier's ``clip_values`` declare a range beyond 1 (the model expects it).
-    """
-    clip = getattr(classifier, "clip_values", None)
-    if clip is not None and float(np.max(clip)) > 1.0:
-        return
-    high = float(arr.max())
-    if high <= 1.0 or high > 255.0 or float(arr.min()) < 0.0 or not np.all(arr == np.round(arr)):
-        return
-    warnings.warn(
-        f"{name} looks like 8-bit images (whole numbers from {float(arr.min()):g} to {high:g}), while the "
-        f"classifier's clip_values are {None if clip is None else tuple(float(c) for c in clip)}. If the "
-        "model was trained on [0, 1] pixels, pass x / 255; the Fisher metrics of unscaled inputs mean little.",
-        UserWarning,
-        stacklevel=3,
-    )
 
 
 @contextlib.contextmanager

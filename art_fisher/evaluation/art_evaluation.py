@@ -4,7 +4,7 @@
 constructor, the work in ``evaluate``), as ART's ``SecurityCurve`` does: ``evaluate(classifier)`` runs
 the protocol of :mod:`art_fisher.evaluation.protocol` on an ART ``PyTorchClassifier`` (or on a model
 trained here when ``classifier`` is None), over one seed or several, and returns the
-:class:`~art_fisher.evaluation.workflow.EvaluationResult` or the aggregated
+:class:`~art_fisher.evaluation.results.EvaluationResult` or the aggregated
 :class:`~art_fisher.evaluation.seeds.SeedsResult` (with the detection-aware security curve).
 """
 
@@ -77,7 +77,7 @@ class DetectionEvaluation(Evaluation):
         seeds : sequence of int, optional
             Several seeds: the aggregated :class:`~art_fisher.evaluation.seeds.SeedsResult`.
         seed : int
-            With ``seeds`` None: one run, an :class:`~art_fisher.evaluation.workflow.EvaluationResult`.
+            With ``seeds`` None: one run, an :class:`~art_fisher.evaluation.results.EvaluationResult`.
 
         Raises
         ------

@@ -117,7 +117,7 @@ def _fingerprint(*arrays: np.ndarray) -> str:
     h = hashlib.sha256()
     for a in arrays:
         h.update(str(a.shape).encode())
-        h.update(memoryview(np.ascontiguousarray(a)).cast("B"))  # the array's bytes, without a copy
+        h.update(np.ascontiguousarray(a).data.cast("B"))  # the array's bytes, without a copy
     return h.hexdigest()
 
 

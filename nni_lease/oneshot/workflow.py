@@ -83,6 +83,8 @@ def space_kwargs(config: SearchConfig, train: Any) -> dict[str, Any]:
     from nni_lease.spaces import space_kwargs_for
 
     channels, side, _ = train.input_shape
+    # SearchConfig fills each None with the space's default
+    assert config.width is not None and config.cells is not None and config.nodes is not None
     return space_kwargs_for(config.space, in_channels=int(channels), n_classes=int(train.n_classes),
                             image_size=int(side), width=config.width, cells=config.cells, nodes=config.nodes)
 
