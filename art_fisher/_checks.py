@@ -67,8 +67,7 @@ def check_x(x: object) -> torch.Tensor:
         raise TypeError(_HALF_UNSUPPORTED.format(what=f"x is {x.dtype}"))
     if x.dim() < 2:
         raise ValueError(
-            f"x must have a batch dimension: shape (N, ...) with at least 2 dimensions; "
-            f"got shape {tuple(x.shape)}."
+            f"x must have a batch dimension: shape (N, ...) with at least 2 dimensions; got shape {tuple(x.shape)}."
         )
     if x.shape[0] == 0:
         raise ValueError(f"x must hold at least one sample; got shape {tuple(x.shape)}.")
@@ -88,8 +87,7 @@ def check_params(model: nn.Module, params: Iterable[str] | None) -> list[str]:
         return names or list(available)
     if isinstance(params, (str, bytes)) or not isinstance(params, Iterable):
         raise TypeError(
-            "params must be None or an iterable of parameter names (str); "
-            f"got {_type_name(params)} {params!r}."
+            f"params must be None or an iterable of parameter names (str); got {_type_name(params)} {params!r}."
         )
     wanted = list(params)
     bad_types = [w for w in wanted if not isinstance(w, str)]
@@ -167,8 +165,12 @@ def probe_output(model: nn.Module, x: torch.Tensor, output: str) -> int:
     with torch.no_grad():
         out = model(x[:1])
         again = model(x[:1])
-    if isinstance(out, torch.Tensor) and isinstance(again, torch.Tensor) and out.shape == again.shape \
-            and not torch.allclose(out, again, rtol=1e-4, atol=1e-6, equal_nan=True):
+    if (
+        isinstance(out, torch.Tensor)
+        and isinstance(again, torch.Tensor)
+        and out.shape == again.shape
+        and not torch.allclose(out, again, rtol=1e-4, atol=1e-6, equal_nan=True)
+    ):
         raise ValueError(
             "model: its output for the same input differs between two calls in eval mode (e.g. "
             "F.dropout(..., training=True) or other randomness inside forward), so the Fisher information "
@@ -178,8 +180,7 @@ def probe_output(model: nn.Module, x: torch.Tensor, output: str) -> int:
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != 1:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else _type_name(out)
         raise ValueError(
-            f"model must map x of shape (N, ...) to a tensor of shape (N, C); for one sample it returned "
-            f"{shape}."
+            f"model must map x of shape (N, ...) to a tensor of shape (N, C); for one sample it returned {shape}."
         )
     n_classes = out.shape[1]
     if n_classes < 2:

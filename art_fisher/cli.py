@@ -91,6 +91,8 @@ class _OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
 def _run_seeds(args: argparse.Namespace, progress: bool) -> int:
     from art_fisher.evaluation.security_curve import security_curve_stage
     from art_fisher.evaluation.seeds import evaluate_seeds, parse_seeds
@@ -212,9 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     quiet = getattr(args, "quiet", False)
-    logging.basicConfig(
-        level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # ART logs at INFO on every estimator it builds; keep its chatter to warnings.
     logging.getLogger("art").setLevel(logging.WARNING)
     return int(args.func(args))

@@ -119,9 +119,7 @@ class CifarCNN(nn.Module):
             *block(128, 128),
             nn.AdaptiveMaxPool2d(4),
         )
-        self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(128 * 16, 128), nn.ReLU(), nn.Linear(128, n_classes)
-        )
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(128 * 16, 128), nn.ReLU(), nn.Linear(128, n_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of shape ``(N, n_classes)`` for images of shape ``(N, in_channels, H, W)``."""

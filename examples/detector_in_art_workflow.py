@@ -41,7 +41,11 @@ def main() -> None:
     torch.manual_seed(0)
     model = train_model(SmallCNN(), data.x[train], data.y[train], epochs=epochs)
     classifier = PyTorchClassifier(
-        model, torch.nn.CrossEntropyLoss(), input_shape=(1, 8, 8), nb_classes=10, clip_values=(0.0, 1.0),
+        model,
+        torch.nn.CrossEntropyLoss(),
+        input_shape=(1, 8, 8),
+        nb_classes=10,
+        clip_values=(0.0, 1.0),
         device_type="cpu",
     )
     x, y = data.x[held_out], data.y[held_out]
@@ -100,7 +104,10 @@ def main() -> None:
 
         fig, axes = plt.subplots(1, 4, figsize=(8, 2.3))
         for ax, img, title in zip(
-            axes, [x[0, 0], maps[0, 0], x_adv[0, 0], maps[1, 0]], ["clean", "FIS clean", "FGSM", "FIS FGSM"], strict=True
+            axes,
+            [x[0, 0], maps[0, 0], x_adv[0, 0], maps[1, 0]],
+            ["clean", "FIS clean", "FGSM", "FIS FGSM"],
+            strict=True,
         ):
             ax.imshow(img, cmap="gray" if "FIS" not in title else "viridis")
             ax.set_title(title)

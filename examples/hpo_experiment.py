@@ -39,8 +39,11 @@ def main() -> None:
     experiment = build_hpo_experiment(
         max_trials=args.max_trials,
         concurrency=args.concurrency,
-        config=TrialConfig(search=SearchConfig(epochs=2, limit_batches=10), lease={"hypergradient": "first_order"},
-                           retrain=RetrainConfig(epochs=3)),
+        config=TrialConfig(
+            search=SearchConfig(epochs=2, limit_batches=10),
+            lease={"hypergradient": "first_order"},
+            retrain=RetrainConfig(epochs=3),
+        ),
         experiment_dir=args.experiment_dir,
     )
     print(json.dumps(experiment.config.json(), indent=2))
@@ -48,8 +51,12 @@ def main() -> None:
         return
     with sigterm_as_interrupt():
         # Checks the port, keeps the manager on 127.0.0.1, runs to completion, always stops the experiment.
-        run_experiment(experiment, port=args.port, keep_open=args.keep_open,
-                       on_started=lambda url, exp_id: print(f"experiment {exp_id}: web UI at {url}"))
+        run_experiment(
+            experiment,
+            port=args.port,
+            keep_open=args.keep_open,
+            on_started=lambda url, exp_id: print(f"experiment {exp_id}: web UI at {url}"),
+        )
 
 
 if __name__ == "__main__":

@@ -57,9 +57,14 @@ def main() -> None:
     metrics = strategy.oneshot_module.trainer.callback_metrics
     print({k: round(float(v), 4) for k, v in metrics.items() if k.split("/")[0] in {"explainer", "listener", "lease"}})
 
-    result = retrain(LeaseCellSpace(in_channels=1, n_classes=10, width=8, n_cells=2, n_nodes=3, image_size=8),
-                     architecture, DigitsDataset("train", limit=limit), DigitsDataset("test", limit=limit),
-                     epochs=1 if args.smoke else 15, learning_rate=3e-3)
+    result = retrain(
+        LeaseCellSpace(in_channels=1, n_classes=10, width=8, n_cells=2, n_nodes=3, image_size=8),
+        architecture,
+        DigitsDataset("train", limit=limit),
+        DigitsDataset("test", limit=limit),
+        epochs=1 if args.smoke else 15,
+        learning_rate=3e-3,
+    )
     print(f"retrained from scratch: test accuracy {result.test_accuracy:.4f}")
 
 

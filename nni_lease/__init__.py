@@ -26,7 +26,6 @@ from importlib.metadata import PackageNotFoundError, version
 from importlib.util import find_spec
 
 
-
 def _missing(name: str) -> bool:
     try:
         return find_spec(name) is None

@@ -118,83 +118,209 @@ def _opt(*flags: str, default: Any, modes: frozenset[str], help: str, **kwargs: 
 #: ``nni-lease search`` options: group → [option]; each says which ``--mode`` values use it.
 SEARCH_OPTIONS: dict[str, list[_Option]] = {
     "data and space": [
-        _opt("--dataset", default="digits", modes=_ALL, choices=["digits", "mnist", "cifar10"],
-             help="data set (digits: scikit-learn's embedded 8x8 digits)"),
-        _opt("--data-dir", "--data-root", default=None, modes=_ALL, action=_FormerSpellings,
-             help="folder with mnist.npz (or the MNIST idx files) or the CIFAR-10 python batches "
-                  "(data_batch_1..5, test_batch); nothing is downloaded"),
+        _opt(
+            "--dataset",
+            default="digits",
+            modes=_ALL,
+            choices=["digits", "mnist", "cifar10"],
+            help="data set (digits: scikit-learn's embedded 8x8 digits)",
+        ),
+        _opt(
+            "--data-dir",
+            "--data-root",
+            default=None,
+            modes=_ALL,
+            action=_FormerSpellings,
+            help="folder with mnist.npz (or the MNIST idx files) or the CIFAR-10 python batches "
+            "(data_batch_1..5, test_batch); nothing is downloaded",
+        ),
         _opt("--seed", default=0, modes=_ALL, type=_seed, help="seed of splits, initialisation, shuffling"),
-        _opt("--limit", default=None, modes=_ALL, type=_limited(MAX_COUNT),
-             help="use only this many samples per split (None: all)"),
-        _opt("--epochs", default=5, modes=_ALL, type=_limited(MAX_EPOCHS),
-             help="search epochs (per trial for NNI modes)"),
-        _opt("--limit-batches", default=None, modes=_ALL, type=_limited(MAX_COUNT),
-             help="training batches per epoch (None: all)"),
+        _opt(
+            "--limit",
+            default=None,
+            modes=_ALL,
+            type=_limited(MAX_COUNT),
+            help="use only this many samples per split (None: all)",
+        ),
+        _opt(
+            "--epochs", default=5, modes=_ALL, type=_limited(MAX_EPOCHS), help="search epochs (per trial for NNI modes)"
+        ),
+        _opt(
+            "--limit-batches",
+            default=None,
+            modes=_ALL,
+            type=_limited(MAX_COUNT),
+            help="training batches per epoch (None: all)",
+        ),
         _opt("--batch-size", default=64, modes=_ALL, type=_limited(MAX_BATCH_SIZE), help="batch size"),
-        _opt("--learning-rate", default=3e-3, modes=_ALL, type=_positive_float,
-             help="explainer weights (Adam); multi-trial: also the listener"),
-        _opt("--space", default="lease_cell", modes=_ALL, choices=["lease_cell", "darts"],
-             help="search space: lease_cell (nni_lease.spaces.LeaseCellSpace) or darts (NNI's hub DARTS cell "
-                  "space, nni.nas.hub.pytorch.DARTS)"),
-        _opt("--width", default=None, modes=_ALL, type=_limited(MAX_WIDTH),
-             help="channels in the cells (None: 8 for lease_cell, 4 for darts)"),
-        _opt("--cells", default=None, modes=_ALL, type=_limited(MAX_CELLS),
-             help="number of cells (None: 2 for lease_cell, 3 for darts, at least 3)"),
-        _opt("--nodes", default=None, modes=_ALL, type=_limited(MAX_NODES),
-             help="nodes per cell (None: 2 for lease_cell; darts cells have 4)"),
+        _opt(
+            "--learning-rate",
+            default=3e-3,
+            modes=_ALL,
+            type=_positive_float,
+            help="explainer weights (Adam); multi-trial: also the listener",
+        ),
+        _opt(
+            "--space",
+            default="lease_cell",
+            modes=_ALL,
+            choices=["lease_cell", "darts"],
+            help="search space: lease_cell (nni_lease.spaces.LeaseCellSpace) or darts (NNI's hub DARTS cell "
+            "space, nni.nas.hub.pytorch.DARTS)",
+        ),
+        _opt(
+            "--width",
+            default=None,
+            modes=_ALL,
+            type=_limited(MAX_WIDTH),
+            help="channels in the cells (None: 8 for lease_cell, 4 for darts)",
+        ),
+        _opt(
+            "--cells",
+            default=None,
+            modes=_ALL,
+            type=_limited(MAX_CELLS),
+            help="number of cells (None: 2 for lease_cell, 3 for darts, at least 3)",
+        ),
+        _opt(
+            "--nodes",
+            default=None,
+            modes=_ALL,
+            type=_limited(MAX_NODES),
+            help="nodes per cell (None: 2 for lease_cell; darts cells have 4)",
+        ),
     ],
     "one-shot": [
         _opt("--output", default="lease-search", modes=_ONESHOT, help="output folder"),
-        _opt("--arc-learning-rate", default=3e-4, modes=_ONESHOT | _HPO, type=_positive_float,
-             help="architecture weights (DARTS's Adam)"),
+        _opt(
+            "--arc-learning-rate",
+            default=3e-4,
+            modes=_ONESHOT | _HPO,
+            type=_positive_float,
+            help="architecture weights (DARTS's Adam)",
+        ),
         _opt("--progress", default=False, modes=_ONESHOT, action="store_true", help="show progress bars"),
     ],
     "LeaSE (nni_lease.core.settings.LeaseSettings)": [
-        _opt("--gamma", default=1.0, modes=_ONESHOT | _MULTI, type=_nonnegative_float,
-             help="weight of the listener's loss (0: DARTS); hpo tunes it"),
-        _opt("--hypergradient", default="first_order", modes=_ONESHOT | _HPO, choices=["first_order", "unrolled"],
-             help="first_order (approximation) or unrolled (the seed's whole chain)"),
-        _opt("--pgd-epsilon", default=0.5, modes=_ONESHOT | _MULTI, type=_positive_float,
-             help="explanation ball radius, input units; hpo tunes it"),
+        _opt(
+            "--gamma",
+            default=1.0,
+            modes=_ONESHOT | _MULTI,
+            type=_nonnegative_float,
+            help="weight of the listener's loss (0: DARTS); hpo tunes it",
+        ),
+        _opt(
+            "--hypergradient",
+            default="first_order",
+            modes=_ONESHOT | _HPO,
+            choices=["first_order", "unrolled"],
+            help="first_order (approximation) or unrolled (the seed's whole chain)",
+        ),
+        _opt(
+            "--pgd-epsilon",
+            default=0.5,
+            modes=_ONESHOT | _MULTI,
+            type=_positive_float,
+            help="explanation ball radius, input units; hpo tunes it",
+        ),
         _opt("--pgd-norm", default="l2", modes=_ALL, choices=["l2", "linf"], help="explanation ball"),
-        _opt("--pgd-steps", default=2, modes=_ONESHOT | _MULTI, type=_positive_int,
-             help="explanation ascent steps; hpo tunes it"),
-        _opt("--pgd-step-size", default=None, modes=_ONESHOT | _MULTI, type=_positive_float,
-             help="ascent step (default 2.5 * epsilon / steps)"),
-        _opt("--pgd-random-start", default=0.25, modes=_ALL, type=_fraction,
-             help="random start radius, fraction of epsilon"),
-        _opt("--pgd-objective", default="predicted_label", modes=_ALL, choices=["predicted_label", "soft_prediction"],
-             help="target of the explanation's cross entropy"),
-        _opt("--weighting", default="reweight", modes=_ALL, choices=["reweight", "product"],
-             help="listener input: x*(1-delta/max|delta|) or delta*x"),
-        _opt("--listener-learning-rate", default=1e-3, modes=_ONESHOT | _HPO, type=_positive_float,
-             help="listener weights (Adam)"),
-        _opt("--unrolled-step-size", default=None, modes=_ONESHOT | _HPO, type=_positive_float,
-             help="virtual step of --hypergradient unrolled (default: each network's learning rate)"),
+        _opt(
+            "--pgd-steps",
+            default=2,
+            modes=_ONESHOT | _MULTI,
+            type=_positive_int,
+            help="explanation ascent steps; hpo tunes it",
+        ),
+        _opt(
+            "--pgd-step-size",
+            default=None,
+            modes=_ONESHOT | _MULTI,
+            type=_positive_float,
+            help="ascent step (default 2.5 * epsilon / steps)",
+        ),
+        _opt(
+            "--pgd-random-start",
+            default=0.25,
+            modes=_ALL,
+            type=_fraction,
+            help="random start radius, fraction of epsilon",
+        ),
+        _opt(
+            "--pgd-objective",
+            default="predicted_label",
+            modes=_ALL,
+            choices=["predicted_label", "soft_prediction"],
+            help="target of the explanation's cross entropy",
+        ),
+        _opt(
+            "--weighting",
+            default="reweight",
+            modes=_ALL,
+            choices=["reweight", "product"],
+            help="listener input: x*(1-delta/max|delta|) or delta*x",
+        ),
+        _opt(
+            "--listener-learning-rate",
+            default=1e-3,
+            modes=_ONESHOT | _HPO,
+            type=_positive_float,
+            help="listener weights (Adam)",
+        ),
+        _opt(
+            "--unrolled-step-size",
+            default=None,
+            modes=_ONESHOT | _HPO,
+            type=_positive_float,
+            help="virtual step of --hypergradient unrolled (default: each network's learning rate)",
+        ),
     ],
     "NNI experiment (--mode multi-trial / hpo; web UI on --port)": [
         _opt("--max-trials", default=10, modes=_NNI, type=_positive_int, help="trials in the experiment"),
         _opt("--concurrency", default=1, modes=_NNI, type=_positive_int, help="trials at the same time"),
         _opt("--port", default=8080, modes=_NNI, type=_port, help="NNI manager port (web UI and REST API)"),
-        _opt("--host", default="127.0.0.1", modes=_NNI, choices=["127.0.0.1", "0.0.0.0", "::"],
-             help="where the NNI manager listens; 0.0.0.0 / :: expose it to the network, where anyone who "
-                  "reaches the port can run code as you (README, Security notes)"),
+        _opt(
+            "--host",
+            default="127.0.0.1",
+            modes=_NNI,
+            choices=["127.0.0.1", "0.0.0.0", "::"],
+            help="where the NNI manager listens; 0.0.0.0 / :: expose it to the network, where anyone who "
+            "reaches the port can run code as you (README, Security notes)",
+        ),
         _opt("--experiment-dir", default=None, modes=_NNI, help="experiment records (default ~/nni-experiments)"),
-        _opt("--training-service", default="local", modes=_NNI,
-             help="'local' or a YAML/JSON training-service file"),
+        _opt("--training-service", default="local", modes=_NNI, help="'local' or a YAML/JSON training-service file"),
         _opt("--resume", default=None, modes=_NNI, metavar="EXPERIMENT_ID", help="continue a stopped experiment"),
-        _opt("--keep-open", default=False, modes=_NNI, action="store_true",
-             help="keep the web UI up after the search, until Ctrl-C"),
-        _opt("--policy-learning-rate", default=0.5, modes=_MULTI, type=_positive_float,
-             help="multi-trial policy step size"),
+        _opt(
+            "--keep-open",
+            default=False,
+            modes=_NNI,
+            action="store_true",
+            help="keep the web UI up after the search, until Ctrl-C",
+        ),
+        _opt(
+            "--policy-learning-rate",
+            default=0.5,
+            modes=_MULTI,
+            type=_positive_float,
+            help="multi-trial policy step size",
+        ),
         _opt("--retrain-epochs", default=3, modes=_HPO, type=_positive_int, help="hpo: retraining epochs per trial"),
     ],
 }
 
 #: LeaSE options (``LeaseSettings`` field names) the command line sets.
-_LEASE_DESTS: tuple[str, ...] = ("gamma", "hypergradient", "pgd_epsilon", "pgd_norm", "pgd_steps", "pgd_step_size",
-                                 "pgd_random_start", "pgd_objective", "weighting", "listener_learning_rate",
-                                 "unrolled_step_size")
+_LEASE_DESTS: tuple[str, ...] = (
+    "gamma",
+    "hypergradient",
+    "pgd_epsilon",
+    "pgd_norm",
+    "pgd_steps",
+    "pgd_step_size",
+    "pgd_random_start",
+    "pgd_objective",
+    "weighting",
+    "listener_learning_rate",
+    "unrolled_step_size",
+)
 
 
 def _dest(option: _Option) -> str:
@@ -215,11 +341,22 @@ def _lease_settings(args: argparse.Namespace, names: Sequence[str]) -> Any:
 def _search_config(args: argparse.Namespace) -> Any:
     from nni_lease.oneshot.workflow import SearchConfig
 
-    return SearchConfig(dataset=args.dataset, data_dir=args.data_dir, seed=args.seed, limit=args.limit,
-                        epochs=args.epochs, limit_batches=args.limit_batches, batch_size=args.batch_size,
-                        learning_rate=args.learning_rate, arc_learning_rate=args.arc_learning_rate,
-                        width=args.width, cells=args.cells, nodes=args.nodes, progress=args.progress,
-                        space=args.space)
+    return SearchConfig(
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        seed=args.seed,
+        limit=args.limit,
+        epochs=args.epochs,
+        limit_batches=args.limit_batches,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        arc_learning_rate=args.arc_learning_rate,
+        width=args.width,
+        cells=args.cells,
+        nodes=args.nodes,
+        progress=args.progress,
+        space=args.space,
+    )
 
 
 def _search_oneshot(args: argparse.Namespace) -> int:
@@ -232,8 +369,10 @@ def _search_oneshot(args: argparse.Namespace) -> int:
     if result.rows:
         last = result.rows[-1]
         print("last epoch: " + ", ".join(f"{k}={float(v):.4f}" for k, v in last.items() if k != "epoch" and v))
-    print(f"search took {result.seconds:.1f} s; wrote {out / ARCHITECTURE_FILE}, {out / METRICS_FILE}, "
-          f"{out / CURVES_FILE}")
+    print(
+        f"search took {result.seconds:.1f} s; wrote {out / ARCHITECTURE_FILE}, {out / METRICS_FILE}, "
+        f"{out / CURVES_FILE}"
+    )
     return 0
 
 
@@ -255,11 +394,15 @@ def _run_nni_experiment(args: argparse.Namespace, start: Callable[..., Any]) -> 
     else:
         scored = [r for r in result.strategy_state.get("history", []) if r.get("metric") is not None]
         best = max(scored, key=lambda r: r["metric"], default=None)
-        interrupted, lines = result.interrupted, [
-            f"trials with a result: {len(scored)}; best: "
-            + (f"{json.dumps(best['sample'])} (metric {best['metric']:.4f}, higher is better)" if best else "none"),
-            f"most probable architecture under the learnt policy: {json.dumps(result.best_sample)}",
-            f"records: {result.record_dir}"]
+        interrupted, lines = (
+            result.interrupted,
+            [
+                f"trials with a result: {len(scored)}; best: "
+                + (f"{json.dumps(best['sample'])} (metric {best['metric']:.4f}, higher is better)" if best else "none"),
+                f"most probable architecture under the learnt policy: {json.dumps(result.best_sample)}",
+                f"records: {result.record_dir}",
+            ],
+        )
     print("\n".join(lines) + ("\nstopped by Ctrl-C" if interrupted else "\nexperiment stopped"))
     return 130 if interrupted else 0
 
@@ -271,24 +414,60 @@ def _search_multitrial(args: argparse.Namespace) -> int:
     from nni_lease.runtime.experiment import build_config, run_multitrial
     from nni_lease.spaces import build_space
 
-    config = SearchConfig(dataset=args.dataset, data_dir=args.data_dir, seed=args.seed, limit=args.limit,
-                          epochs=args.epochs, limit_batches=args.limit_batches, batch_size=args.batch_size,
-                          learning_rate=args.learning_rate, width=args.width, cells=args.cells, nodes=args.nodes,
-                          space=args.space)
+    config = SearchConfig(
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        seed=args.seed,
+        limit=args.limit,
+        epochs=args.epochs,
+        limit_batches=args.limit_batches,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        width=args.width,
+        cells=args.cells,
+        nodes=args.nodes,
+        space=args.space,
+    )
     lease = {name: getattr(args, name) for name in TRIAL_LEASE_OPTIONS}
-    evaluator = lease_evaluator(dataset=config.dataset, data_dir=config.data_dir, epochs=config.epochs,
-                                batch_size=config.batch_size, max_batches=config.limit_batches,
-                                train_limit=config.limit, val_limit=config.limit, learning_rate=config.learning_rate,
-                                seed=config.seed, **lease)
+    evaluator = lease_evaluator(
+        dataset=config.dataset,
+        data_dir=config.data_dir,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        max_batches=config.limit_batches,
+        train_limit=config.limit,
+        val_limit=config.limit,
+        learning_rate=config.learning_rate,
+        seed=config.seed,
+        **lease,
+    )
     strategy = LeaseMultiTrial(learning_rate=args.policy_learning_rate, seed=args.seed)
-    build_config(max_trials=args.max_trials, concurrency=args.concurrency, training_service=args.training_service,
-                 experiment_dir=args.experiment_dir)  # every check before the data is read
+    build_config(
+        max_trials=args.max_trials,
+        concurrency=args.concurrency,
+        training_service=args.training_service,
+        experiment_dir=args.experiment_dir,
+    )  # every check before the data is read
     train, _, _ = load_splits(config)
     space = build_space(config.space, **space_kwargs(config, train))
-    return _run_nni_experiment(args, lambda on_started: run_multitrial(
-        space, evaluator, strategy, port=args.port, host=args.host, max_trials=args.max_trials,
-        concurrency=args.concurrency, training_service=args.training_service, experiment_dir=args.experiment_dir,
-        experiment_id=args.resume, resume=args.resume is not None, keep_open=args.keep_open, on_started=on_started))
+    return _run_nni_experiment(
+        args,
+        lambda on_started: run_multitrial(
+            space,
+            evaluator,
+            strategy,
+            port=args.port,
+            host=args.host,
+            max_trials=args.max_trials,
+            concurrency=args.concurrency,
+            training_service=args.training_service,
+            experiment_dir=args.experiment_dir,
+            experiment_id=args.resume,
+            resume=args.resume is not None,
+            keep_open=args.keep_open,
+            on_started=on_started,
+        ),
+    )
 
 
 def _search_hpo(args: argparse.Namespace) -> int:
@@ -297,17 +476,35 @@ def _search_hpo(args: argparse.Namespace) -> int:
     from nni_lease.runtime.hpo import TUNED_OPTIONS, TrialConfig, build_hpo_experiment, check_resumable
 
     fixed = [n for n in _LEASE_DESTS if n not in TUNED_OPTIONS and n in args.given]
-    config = TrialConfig(search=_search_config(args), lease={n: getattr(args, n) for n in fixed},
-                         retrain=RetrainConfig(epochs=args.retrain_epochs, seed=args.seed, data_dir=args.data_dir))
-    exp = build_hpo_experiment(max_trials=args.max_trials, concurrency=args.concurrency, config=config,
-                               training_service=args.training_service, experiment_dir=args.experiment_dir)
+    config = TrialConfig(
+        search=_search_config(args),
+        lease={n: getattr(args, n) for n in fixed},
+        retrain=RetrainConfig(epochs=args.retrain_epochs, seed=args.seed, data_dir=args.data_dir),
+    )
+    exp = build_hpo_experiment(
+        max_trials=args.max_trials,
+        concurrency=args.concurrency,
+        config=config,
+        training_service=args.training_service,
+        experiment_dir=args.experiment_dir,
+    )
     if args.resume is not None:
         check_resumable(exp, args.resume)
     # The NNI experiment (manager, web UI) starts here.
-    return _run_nni_experiment(args, lambda on_started: (run_experiment(
-        exp, port=args.port, host=args.host, resume=args.resume is not None, keep_open=args.keep_open,
-        on_started=on_started),
-        [f"records: {Path(exp.config.canonical_copy().experiment_working_directory) / exp.id}"]))
+    return _run_nni_experiment(
+        args,
+        lambda on_started: (
+            run_experiment(
+                exp,
+                port=args.port,
+                host=args.host,
+                resume=args.resume is not None,
+                keep_open=args.keep_open,
+                on_started=on_started,
+            ),
+            [f"records: {Path(exp.config.canonical_copy().experiment_working_directory) / exp.id}"],
+        ),
+    )
 
 
 #: Search modes of ``nni-lease search --mode``: name -> function(args) -> exit code.
@@ -327,10 +524,15 @@ def _check_mode_options(args: argparse.Namespace) -> None:
         for option in options:
             dest = _dest(option)
             if dest in args.given and args.mode not in option.modes:
-                why = " (the HPO experiment tunes it)" if args.mode == "hpo" and dest in ("gamma", "pgd_epsilon",
-                                                                                       "pgd_steps", "pgd_step_size") else ""
-                raise ValueError(f"{option.flags[0]} is not used by --mode {args.mode}{why}; "
-                                 f"it applies to {_modes_text(option.modes)}.")
+                why = (
+                    " (the HPO experiment tunes it)"
+                    if args.mode == "hpo" and dest in ("gamma", "pgd_epsilon", "pgd_steps", "pgd_step_size")
+                    else ""
+                )
+                raise ValueError(
+                    f"{option.flags[0]} is not used by --mode {args.mode}{why}; "
+                    f"it applies to {_modes_text(option.modes)}."
+                )
             if dest not in args.given:
                 setattr(args, dest, option.default)
 
@@ -344,13 +546,21 @@ def _search(args: argparse.Namespace) -> int:
 def _retrain(args: argparse.Namespace) -> int:
     from nni_lease.oneshot.workflow import RetrainConfig, retrain_architecture
 
-    config = RetrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                           seed=args.seed, data_dir=args.data_dir, progress=args.progress)
+    config = RetrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        seed=args.seed,
+        data_dir=args.data_dir,
+        progress=args.progress,
+    )
     output = Path(args.output) if args.output else None
     summary = retrain_architecture(args.architecture, config=config, output=output)
     written = output or Path(args.architecture).with_name("retrain.json")
-    print(f"test accuracy {summary['test_accuracy']:.4f} (val {summary['val_accuracy']:.4f}, "
-          f"{summary['n_parameters']} parameters, {summary['seconds']:.1f} s); wrote {written}")
+    print(
+        f"test accuracy {summary['test_accuracy']:.4f} (val {summary['val_accuracy']:.4f}, "
+        f"{summary['n_parameters']} parameters, {summary['seconds']:.1f} s); wrote {written}"
+    )
     return 0
 
 
@@ -371,23 +581,36 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_OneLineParser)
 
-    search = sub.add_parser("search", help="run a LeaSE architecture search", argument_default=argparse.SUPPRESS,
-                            epilog="An option given to a --mode that does not use it is an error.")
+    search = sub.add_parser(
+        "search",
+        help="run a LeaSE architecture search",
+        argument_default=argparse.SUPPRESS,
+        epilog="An option given to a --mode that does not use it is an error.",
+    )
     search.add_argument("--mode", choices=list(MODES), default="oneshot", help="search mode (default: oneshot)")
     for title, options in SEARCH_OPTIONS.items():
         group = search.add_argument_group(title)
         for option in options:
             shown = "" if option.kwargs.get("action") == "store_true" else f"; default: {option.default}"
-            group.add_argument(*option.flags, help=f"{option.help} [{_modes_text(option.modes)}{shown}]",
-                               **option.kwargs)
+            group.add_argument(
+                *option.flags, help=f"{option.help} [{_modes_text(option.modes)}{shown}]", **option.kwargs
+            )
     search.set_defaults(func=_search)
 
-    retrain = sub.add_parser("retrain", help="train an exported architecture from scratch",
-                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    retrain = sub.add_parser(
+        "retrain",
+        help="train an exported architecture from scratch",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     retrain.add_argument("architecture", help="the architecture.json written by `nni-lease search`")
     retrain.add_argument("--output", default=None, help="result JSON (default: retrain.json beside the input)")
-    retrain.add_argument("--data-dir", "--data-root", default=None, action=_FormerSpellings,
-                         help="MNIST / CIFAR-10 folder (default: the one used in the search)")
+    retrain.add_argument(
+        "--data-dir",
+        "--data-root",
+        default=None,
+        action=_FormerSpellings,
+        help="MNIST / CIFAR-10 folder (default: the one used in the search)",
+    )
     retrain.add_argument("--seed", type=_seed, default=0, help="seed of the initialisation and shuffling")
     retrain.add_argument("--epochs", type=_limited(MAX_EPOCHS), default=20)
     retrain.add_argument("--batch-size", type=_limited(MAX_BATCH_SIZE), default=64)

@@ -65,8 +65,13 @@ class DartsSpace(DARTS):
     ['normal/input_2_0', 'normal/input_2_1']
     """
 
-    def __init__(self, in_channels: int = 3, n_classes: int = 10, width: int = DARTS_DEFAULT_WIDTH,
-                 num_cells: int = DARTS_DEFAULT_CELLS) -> None:
+    def __init__(
+        self,
+        in_channels: int = 3,
+        n_classes: int = 10,
+        width: int = DARTS_DEFAULT_WIDTH,
+        num_cells: int = DARTS_DEFAULT_CELLS,
+    ) -> None:
         if in_channels not in (1, 3) or isinstance(in_channels, bool):
             raise ValueError(f"in_channels must be 1 or 3 (the hub DARTS stem takes 3); got {in_channels!r}.")
         if n_classes != 10 or isinstance(n_classes, bool):

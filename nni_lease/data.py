@@ -39,7 +39,13 @@ from art_fisher.data.cifar_batch import read_cifar10_batch
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "DATASETS", "SPLITS", "Cifar10Dataset", "DigitsDataset", "MnistDataset", "check_dataset", "load_cifar10_batch",
+    "DATASETS",
+    "SPLITS",
+    "Cifar10Dataset",
+    "DigitsDataset",
+    "MnistDataset",
+    "check_dataset",
+    "load_cifar10_batch",
     "make_dataset",
 ]
 
@@ -324,7 +330,12 @@ def check_dataset(name: str, data_dir: str | None, *, arg: str = "data_dir") -> 
 
 
 def make_dataset(
-    name: str, split: Split, *, data_dir: str | None = None, seed: int = 0, limit: int | None = None,
+    name: str,
+    split: Split,
+    *,
+    data_dir: str | None = None,
+    seed: int = 0,
+    limit: int | None = None,
     root: Any = DEPRECATED,
 ) -> DigitsDataset | MnistDataset | Cifar10Dataset:
     """Build a data set by name: ``"digits"`` (embedded), ``"mnist"`` or ``"cifar10"`` (both need ``data_dir``).

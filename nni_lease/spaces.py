@@ -54,8 +54,7 @@ class _ReLUConvBN(nn.Sequential):
         groups = channels if separable else 1
         layers: list[nn.Module] = [
             nn.ReLU(),
-            nn.Conv2d(channels, channels, kernel_size, padding=padding, dilation=dilation, groups=groups,
-                      bias=False),
+            nn.Conv2d(channels, channels, kernel_size, padding=padding, dilation=dilation, groups=groups, bias=False),
         ]
         if separable:
             layers.append(nn.Conv2d(channels, channels, 1, bias=False))
@@ -100,9 +99,7 @@ class _Cell(nn.Module):
         self.inputs = nn.ModuleList()
         for k in range(n_nodes):
             self.ops.append(
-                LayerChoice(
-                    {name: build_operation(name, channels) for name in operations}, label=f"{prefix}op{k}"
-                )
+                LayerChoice({name: build_operation(name, channels) for name in operations}, label=f"{prefix}op{k}")
             )
             if k > 0:
                 self.inputs.append(InputChoice(k + 1, n_chosen=1, reduction="sum", label=f"{prefix}input{k}"))
@@ -162,9 +159,14 @@ class LeaseCellSpace(ModelSpace):
         shared_cells: bool = True,
     ) -> None:
         super().__init__()
-        for name, value, high in [("in_channels", in_channels, MAX_CHANNELS), ("n_classes", n_classes, MAX_CLASSES),
-                                  ("width", width, MAX_WIDTH), ("n_cells", n_cells, MAX_CELLS),
-                                  ("n_nodes", n_nodes, MAX_NODES), ("image_size", image_size, MAX_IMAGE_SIZE)]:
+        for name, value, high in [
+            ("in_channels", in_channels, MAX_CHANNELS),
+            ("n_classes", n_classes, MAX_CLASSES),
+            ("width", width, MAX_WIDTH),
+            ("n_cells", n_cells, MAX_CELLS),
+            ("n_nodes", n_nodes, MAX_NODES),
+            ("image_size", image_size, MAX_IMAGE_SIZE),
+        ]:
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= high:
                 raise ValueError(f"{name} must be a positive int (at most {high}); got {value!r:.40}.")
         operations = list(operations)
@@ -241,8 +243,9 @@ SPACE_DEFAULTS: dict[str, dict[str, int]] = {
 }
 
 
-def space_kwargs_for(name: str, *, in_channels: int, n_classes: int, image_size: int, width: int, cells: int,
-                     nodes: int) -> dict[str, int]:
+def space_kwargs_for(
+    name: str, *, in_channels: int, n_classes: int, image_size: int, width: int, cells: int, nodes: int
+) -> dict[str, int]:
     """The keyword arguments of space ``name`` (a key of :data:`SPACES`) for these data and sizes.
 
     Raises
@@ -251,8 +254,14 @@ def space_kwargs_for(name: str, *, in_channels: int, n_classes: int, image_size:
         For an unknown ``name``, or ``nodes`` other than 4 for ``"darts"``.
     """
     if name == "lease_cell":
-        return {"in_channels": in_channels, "n_classes": n_classes, "width": width, "n_cells": cells,
-                "n_nodes": nodes, "image_size": image_size}
+        return {
+            "in_channels": in_channels,
+            "n_classes": n_classes,
+            "width": width,
+            "n_cells": cells,
+            "n_nodes": nodes,
+            "image_size": image_size,
+        }
     if name == "darts":
         if nodes != SPACE_DEFAULTS["darts"]["nodes"]:
             raise ValueError(f"nodes must be 4 for space 'darts' (NNI's DARTS cells have 4 nodes); got {nodes!r}.")

@@ -18,7 +18,12 @@ def test_benchmark_smoke(script, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
     proc = subprocess.run(
         [sys.executable, str(script), "--smoke"],
-        capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path, check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=tmp_path,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip(), "a benchmark must print its table / JSON"

@@ -43,9 +43,7 @@ def test_packages_import():
 def test_installed_versions_match_pyproject(dist):
     req = _requirements("lease")[dist]
     installed = version(dist)
-    assert req.specifier.contains(installed, prereleases=True), (
-        f"{dist} {installed} does not satisfy pyproject's {req}"
-    )
+    assert req.specifier.contains(installed, prereleases=True), f"{dist} {installed} does not satisfy pyproject's {req}"
 
 
 def _constraints() -> dict[str, str]:
@@ -83,9 +81,7 @@ def test_ci_installs_the_constrained_versions(dist):
     [("art_fisher", ["evaluate"]), ("nni_lease", ["search", "retrain"])],
 )
 def test_cli_help_lists_subcommands(module, subcommands):
-    out = subprocess.run(
-        [sys.executable, "-m", module, "--help"], capture_output=True, text=True, check=True
-    ).stdout
+    out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, check=True).stdout
     for name in subcommands:
         assert name in out
 

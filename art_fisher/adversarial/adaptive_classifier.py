@@ -187,7 +187,9 @@ class AdaptiveDetectorClassifier(DetectorClassifier):
             labels = np.argmax(arr, axis=1)
         else:
             if not np.all(arr == np.round(arr)):
-                raise ValueError(f"{expected}: labels must be whole numbers; got e.g. {arr[arr != np.round(arr)][0]!r}.")
+                raise ValueError(
+                    f"{expected}: labels must be whole numbers; got e.g. {arr[arr != np.round(arr)][0]!r}."
+                )
             labels = arr.astype(np.int64)
         if np.any(labels < 0) or np.any(labels > self.nb_classes - 1):
             raise ValueError(f"{expected}; got values from {labels.min()} to {labels.max()}.")
@@ -238,7 +240,11 @@ class AdaptiveDetectorClassifier(DetectorClassifier):
         return g.detach().cpu().numpy().astype(np.asarray(x).dtype, copy=False)
 
     def class_gradient(
-        self, x: np.ndarray, label: int | list[int] | np.ndarray | None = None, training_mode: bool = False, **kwargs: Any
+        self,
+        x: np.ndarray,
+        label: int | list[int] | np.ndarray | None = None,
+        training_mode: bool = False,
+        **kwargs: Any,
     ) -> np.ndarray:
         """Exact input gradients of the C + 1 logits of ``predict``.
 
@@ -255,8 +261,9 @@ class AdaptiveDetectorClassifier(DetectorClassifier):
             wanted = np.tile(np.arange(self.nb_classes), (n, 1))
         else:
             arr = np.asarray(label).reshape(-1)
-            if arr.dtype.kind not in "iu" and not (arr.dtype.kind == "f" and np.all(np.isfinite(arr))
-                                                   and np.all(arr == np.round(arr))):
+            if arr.dtype.kind not in "iu" and not (
+                arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr))
+            ):
                 raise ValueError(f"label must be None, a whole-number class or one per sample; got {label!r:.80}.")
             arr = arr.astype(np.int64)
             if arr.size == 1:

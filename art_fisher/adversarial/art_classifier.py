@@ -99,8 +99,9 @@ class DetectionLogitClassifier(ClassifierNeuralNetwork):
         try:
             arr = np.asarray(x)
         except ValueError as err:  # ragged nested lists
-            raise ValueError(f"x must be an array of shape (N, {', '.join(map(str, self._input_shape))}); "
-                             f"{str(err)[:200]}") from None
+            raise ValueError(
+                f"x must be an array of shape (N, {', '.join(map(str, self._input_shape))}); {str(err)[:200]}"
+            ) from None
         if arr.dtype.kind not in "biuf":
             raise ValueError(f"x must be a numeric array; got dtype {arr.dtype}.")
         if arr.ndim != len(self._input_shape) + 1 or tuple(arr.shape[1:]) != self._input_shape:
@@ -148,7 +149,11 @@ class DetectionLogitClassifier(ClassifierNeuralNetwork):
         return g.detach().cpu().numpy()
 
     def class_gradient(
-        self, x: np.ndarray, label: int | list[int] | np.ndarray | None = None, training_mode: bool = False, **kwargs: Any
+        self,
+        x: np.ndarray,
+        label: int | list[int] | np.ndarray | None = None,
+        training_mode: bool = False,
+        **kwargs: Any,
     ) -> np.ndarray:
         """Input gradient of the detection logit, shape (N, 1, *input_shape).
 
@@ -203,7 +208,9 @@ class DetectionLogitClassifier(ClassifierNeuralNetwork):
     def fit(self, x: np.ndarray, y: np.ndarray, batch_size: int = 128, nb_epochs: int = 20, **kwargs: Any) -> None:
         raise NotImplementedError(f"{self.name}: fit the detector itself; this object only exposes its logit.")
 
-    def get_activations(self, x: np.ndarray, layer: int | str, batch_size: int = 128, framework: bool = False) -> np.ndarray:
+    def get_activations(
+        self, x: np.ndarray, layer: int | str, batch_size: int = 128, framework: bool = False
+    ) -> np.ndarray:
         raise NotImplementedError(f"{self.name}: a detection logit has no layers to read.")
 
     @property

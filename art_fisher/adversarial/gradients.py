@@ -120,7 +120,9 @@ def check_differentiable(detector: Any) -> None:
     )
 
 
-def estimator_logit(estimator: Any, *, dtype: torch.dtype, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+def estimator_logit(
+    estimator: Any, *, dtype: torch.dtype, device: torch.device
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """The fitted estimator as a torch map from features (N, F) to detection logits (N,).
 
     Raises
@@ -154,7 +156,9 @@ def estimator_logit(estimator: Any, *, dtype: torch.dtype, device: torch.device)
         return quantile
     steps = _linear_steps(estimator)
     if steps is None:
-        raise NotDifferentiableError(f"estimator {_describe(estimator)} has no input gradient (see check_differentiable).")
+        raise NotDifferentiableError(
+            f"estimator {_describe(estimator)} has no input gradient (see check_differentiable)."
+        )
     from art_fisher.detection.transforms import LogTransformer
 
     maps: list[Callable[[torch.Tensor], torch.Tensor]] = []

@@ -104,9 +104,16 @@ def describe(obj: object, limit: int = 60, *, _depth: int = 0) -> str:
 
 
 def _numeric_dtype(dtype: object) -> np.dtype:
-    if not isinstance(dtype, np.dtype) or dtype.kind not in _NUMERIC_KINDS or dtype.fields is not None \
-            or dtype.subdtype is not None or dtype.hasobject:
-        raise UnsafeCifarBatchError(f"refusing dtype {describe(dtype)}: a CIFAR-10 batch holds plain numeric arrays only")
+    if (
+        not isinstance(dtype, np.dtype)
+        or dtype.kind not in _NUMERIC_KINDS
+        or dtype.fields is not None
+        or dtype.subdtype is not None
+        or dtype.hasobject
+    ):
+        raise UnsafeCifarBatchError(
+            f"refusing dtype {describe(dtype)}: a CIFAR-10 batch holds plain numeric arrays only"
+        )
     return dtype
 
 
@@ -115,7 +122,9 @@ def _dtype(obj: object, align: object = False, copy: object = False) -> np.dtype
     if isinstance(obj, bytes):
         obj = obj.decode("ascii", "replace")
     if not isinstance(obj, str) or len(obj) > 4:
-        raise UnsafeCifarBatchError(f"refusing numpy.dtype({describe(obj)}): a CIFAR-10 batch needs a numeric type code")
+        raise UnsafeCifarBatchError(
+            f"refusing numpy.dtype({describe(obj)}): a CIFAR-10 batch needs a numeric type code"
+        )
     try:
         dtype = np.dtype(obj, align=False, copy=True)
     except TypeError as exc:
@@ -143,7 +152,8 @@ def _reconstruct(cls: object, shape: object, typecode: object) -> np.ndarray:
     """numpy's ``_reconstruct(ndarray, (0,), b"b")`` (the empty array a later BUILD fills), nothing else."""
     if cls is not _NDARRAY or shape != (0,) or typecode not in (b"b", "b"):
         raise UnsafeCifarBatchError(
-            f"refusing numpy _reconstruct({describe(cls)}, {describe(shape)}, {describe(typecode)})")
+            f"refusing numpy _reconstruct({describe(cls)}, {describe(shape)}, {describe(typecode)})"
+        )
     return np.ndarray((0,), dtype=np.int8)
 
 
@@ -160,10 +170,14 @@ def _frombuffer(buffer: object, dtype: object, shape: object, order: object) -> 
     """numpy's protocol-5 ``_frombuffer``: the buffer must hold exactly the declared array."""
     dtype = _numeric_dtype(dtype)
     if not isinstance(buffer, (bytes, bytearray)) or order not in ("C", "F"):
-        raise UnsafeCifarBatchError(f"refusing numpy _frombuffer of a {type(buffer).__name__} in order {describe(order)}")
+        raise UnsafeCifarBatchError(
+            f"refusing numpy _frombuffer of a {type(buffer).__name__} in order {describe(order)}"
+        )
     if _count(shape) * dtype.itemsize != len(buffer):
         raise UnsafeCifarBatchError(f"array of shape {shape} and {dtype} does not match its {len(buffer)} bytes")
-    return np.frombuffer(buffer, dtype=dtype).reshape(cast("tuple[int, ...]", shape), order="F" if order == "F" else "C")
+    return np.frombuffer(buffer, dtype=dtype).reshape(
+        cast("tuple[int, ...]", shape), order="F" if order == "F" else "C"
+    )
 
 
 def _scalar(dtype: object, raw: object = b"") -> np.generic:
@@ -176,7 +190,9 @@ def _scalar(dtype: object, raw: object = b"") -> np.generic:
 def _encode(text: object, encoding: object = "utf-8") -> bytes:
     """``_codecs.encode(str, "latin1")``: how protocol-2 pickles from Python 3 store bytes."""
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1", "latin_1"):
-        raise UnsafeCifarBatchError(f"refusing _codecs.encode(..., {describe(encoding)}): only latin-1 text is expected")
+        raise UnsafeCifarBatchError(
+            f"refusing _codecs.encode(..., {describe(encoding)}): only latin-1 text is expected"
+        )
     return text.encode("latin-1")
 
 
@@ -213,7 +229,9 @@ def _build_array(array: np.ndarray, state: object) -> None:
         raise UnsafeCifarBatchError("refusing numpy array state: expected raw bytes and a fortran flag")
     expected = _count(shape) * dtype.itemsize
     if len(raw) != expected:  # numpy checks this too; checked here first, with the numbers
-        raise CifarBatchError(f"an array of shape {shape} and {dtype} needs {expected} bytes; the file holds {len(raw)}")
+        raise CifarBatchError(
+            f"an array of shape {shape} and {dtype} needs {expected} bytes; the file holds {len(raw)}"
+        )
     array.__setstate__((version, shape, dtype, is_fortran, bytes(raw)))  # type: ignore[arg-type]  # checked above
 
 
@@ -234,8 +252,9 @@ def _bounded(opcode):
         if self.opcodes > MAX_OPCODES:
             raise CifarBatchError(f"more than {MAX_OPCODES} pickle opcodes; a CIFAR-10 batch needs far fewer")
         if len(self.stack) > MAX_STACK or len(self.metastack) > MAX_STACK or len(self.memo) > MAX_STACK:
-            raise CifarBatchError(f"more than {MAX_STACK} items on the pickle's stack or memo; a CIFAR-10 batch "
-                                  "needs far fewer")
+            raise CifarBatchError(
+                f"more than {MAX_STACK} items on the pickle's stack or memo; a CIFAR-10 batch needs far fewer"
+            )
         opcode(self)
 
     return run
@@ -262,8 +281,9 @@ class _CifarUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its opco
     stack: list[Any]
     metastack: list[list[Any]]
     memo: dict[int, Any]
-    dispatch = _Dispatch({getattr(pickle, name)[0]: _bounded(pickle._Unpickler.dispatch[getattr(pickle, name)[0]])
-                          for name in _OPCODES})
+    dispatch = _Dispatch(
+        {getattr(pickle, name)[0]: _bounded(pickle._Unpickler.dispatch[getattr(pickle, name)[0]]) for name in _OPCODES}
+    )
     opcodes = 0
 
     def find_class(self, module: str, name: str):  # pickle API
@@ -293,15 +313,20 @@ def _labels(values: object, n: int, path: Path) -> np.ndarray:
         ok = values.ndim == 1 and values.dtype.kind in "iu"
     else:
         ok = isinstance(values, list) and all(
-            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values[: n + 1])
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values[: n + 1]
+        )
     if not (ok and isinstance(values, (np.ndarray, list)) and len(values) == n):
         kind = f"{values.dtype} {values.shape}" if isinstance(values, np.ndarray) else type(values).__name__
-        raise CifarBatchError(f"{path}: expected b'labels' as {n} integers (one per image); got {kind}"
-                              + (f" of length {len(values)}" if isinstance(values, list) else "") + ".")
+        raise CifarBatchError(
+            f"{path}: expected b'labels' as {n} integers (one per image); got {kind}"
+            + (f" of length {len(values)}" if isinstance(values, list) else "")
+            + "."
+        )
     labels = np.array(values, dtype=np.int64)
     if n and (labels.min() < 0 or labels.max() >= _N_CLASSES):
-        raise CifarBatchError(f"{path}: expected labels in 0..{_N_CLASSES - 1}; got values from {labels.min()} "
-                              f"to {labels.max()}.")
+        raise CifarBatchError(
+            f"{path}: expected labels in 0..{_N_CLASSES - 1}; got values from {labels.min()} to {labels.max()}."
+        )
     return labels
 
 
@@ -336,32 +361,57 @@ def read_cifar10_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         raise FileNotFoundError(f"CIFAR-10 batch {path} not found.")
     size = path.stat().st_size
     if size > MAX_BATCH_FILE_BYTES:
-        raise CifarBatchError(f"{path}: {size} bytes; a CIFAR-10 batch has at most {MAX_BATCH_IMAGES} images "
-                              f"(31 MB as distributed, up to 62 MB re-pickled), so files over {MAX_BATCH_FILE_BYTES} bytes are "
-                              "refused.")
+        raise CifarBatchError(
+            f"{path}: {size} bytes; a CIFAR-10 batch has at most {MAX_BATCH_IMAGES} images "
+            f"(31 MB as distributed, up to 62 MB re-pickled), so files over {MAX_BATCH_FILE_BYTES} bytes are "
+            "refused."
+        )
     try:
         batch = _CifarUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
     except UnsafeCifarBatchError as exc:
         raise UnsafeCifarBatchError(f"{path}: not a CIFAR-10 python batch: {exc}") from None
     except CifarBatchError as exc:
         raise CifarBatchError(f"{path}: not a CIFAR-10 python batch ({exc}).") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
-            OverflowError, MemoryError, RecursionError, UnicodeDecodeError, struct.error) as exc:
-        raise CifarBatchError(f"{path}: not a CIFAR-10 python batch ({type(exc).__name__}: {str(exc)[:300]}).") \
-            from None
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        OverflowError,
+        MemoryError,
+        RecursionError,
+        UnicodeDecodeError,
+        struct.error,
+    ) as exc:
+        raise CifarBatchError(
+            f"{path}: not a CIFAR-10 python batch ({type(exc).__name__}: {str(exc)[:300]})."
+        ) from None
     if not isinstance(batch, dict):
-        raise CifarBatchError(f"{path}: expected a pickled dict with b'data' and b'labels'; got {type(batch).__name__}.")
+        raise CifarBatchError(
+            f"{path}: expected a pickled dict with b'data' and b'labels'; got {type(batch).__name__}."
+        )
     data = batch.get(b"data", batch.get("data"))
     labels = batch.get(b"labels", batch.get("labels"))
     if data is None or labels is None:
         raise CifarBatchError(f"{path}: expected keys b'data' and b'labels'; found {describe(list(batch)[:10])}.")
-    if type(data) is not np.ndarray or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != CIFAR10_ROW \
-            or not 1 <= data.shape[0] <= MAX_BATCH_IMAGES:
+    if (
+        type(data) is not np.ndarray
+        or data.dtype != np.uint8
+        or data.ndim != 2
+        or data.shape[1] != CIFAR10_ROW
+        or not 1 <= data.shape[0] <= MAX_BATCH_IMAGES
+    ):
         got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
-        raise CifarBatchError(f"{path}: expected b'data' as uint8 of shape (N, {CIFAR10_ROW}) with "
-                              f"1 <= N <= {MAX_BATCH_IMAGES}; got {got}.")
+        raise CifarBatchError(
+            f"{path}: expected b'data' as uint8 of shape (N, {CIFAR10_ROW}) with "
+            f"1 <= N <= {MAX_BATCH_IMAGES}; got {got}."
+        )
     if data.strides != (CIFAR10_ROW, 1):
-        raise CifarBatchError(f"{path}: expected b'data' as a C-contiguous array (strides ({CIFAR10_ROW}, 1)); "
-                              f"got strides {data.strides}.")
+        raise CifarBatchError(
+            f"{path}: expected b'data' as a C-contiguous array (strides ({CIFAR10_ROW}, 1)); "
+            f"got strides {data.strides}."
+        )
     return data, _labels(labels, len(data), path)
-

@@ -155,7 +155,7 @@ def _read_idx(path: Path, *, shape_limits: tuple[int, ...], exact: tuple[bool, .
     compressed = path.suffix == ".gz"
     try:
         file_size = path.stat().st_size
-        with (gzip.open(path, "rb") if compressed else open(path, "rb")) as fh:
+        with gzip.open(path, "rb") if compressed else open(path, "rb") as fh:
             magic = fh.read(4)
             if len(magic) < 4:
                 raise ValueError(f"{path}: expected an idx file with a 4-byte magic number; got {len(magic)} bytes.")
@@ -171,23 +171,30 @@ def _read_idx(path: Path, *, shape_limits: tuple[int, ...], exact: tuple[bool, .
             for axis, (size, limit, equal) in enumerate(zip(shape, shape_limits, exact, strict=True)):
                 if (size != limit) if equal else (size > limit):
                     want = f"= {limit}" if equal else f"<= {limit}"
-                    raise ValueError(f"{path}: the header announces shape {shape}; the MNIST format needs "
-                                     f"dimension {axis} {want}.")
+                    raise ValueError(
+                        f"{path}: the header announces shape {shape}; the MNIST format needs dimension {axis} {want}."
+                    )
             header, expected = 4 + 4 * ndim, math.prod(shape)
             if not compressed and file_size != header + expected:
-                raise ValueError(f"{path}: the header announces shape {shape}, i.e. {header + expected} bytes in "
-                                 f"total; the file has {file_size} bytes.")
+                raise ValueError(
+                    f"{path}: the header announces shape {shape}, i.e. {header + expected} bytes in "
+                    f"total; the file has {file_size} bytes."
+                )
             if compressed and expected > _DEFLATE_MAX_RATIO * file_size:
-                raise ValueError(f"{path}: the header announces shape {shape} ({expected} bytes), more than a "
-                                 f"{file_size}-byte gzip file can hold.")
+                raise ValueError(
+                    f"{path}: the header announces shape {shape} ({expected} bytes), more than a "
+                    f"{file_size}-byte gzip file can hold."
+                )
             payload = fh.read(expected)
             trailing = fh.read(1)
     except (OSError, EOFError, zlib.error) as exc:
         raise ValueError(f"{path}: cannot read it as an idx file ({exc}).") from exc
     if len(payload) != expected or trailing:
         held = f"only {header + len(payload)}" if len(payload) != expected else "more"
-        raise ValueError(f"{path}: the header announces shape {shape}, i.e. {header + expected} bytes in total; "
-                         f"the {'decompressed ' if compressed else ''}file holds {held} bytes.")
+        raise ValueError(
+            f"{path}: the header announces shape {shape}, i.e. {header + expected} bytes in total; "
+            f"the {'decompressed ' if compressed else ''}file holds {held} bytes."
+        )
     return np.frombuffer(payload, dtype=np.uint8).reshape(shape)
 
 
@@ -221,8 +228,9 @@ def _npz_header(archive: zipfile.ZipFile, key: str, path: Path) -> tuple[tuple[i
     try:
         with archive.open(f"{key}.npy") as member:
             version = np.lib.format.read_magic(member)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
-                np.lib.format.read_array_header_2_0
+            read_header = (
+                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            )
             shape, _, dtype = read_header(member)
     except (KeyError, ValueError, OSError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
         raise ValueError(f"{path}: cannot read the header of array {key!r} ({str(exc)[:200]}).") from exc
@@ -234,19 +242,24 @@ def _npz_members(archive: zipfile.ZipFile, path: Path, keys: tuple[str, str]) ->
     names = archive.namelist()
     shown = [name[:60] for name in names[:10]]
     if len(names) != len(set(names)):
-        raise ValueError(f"{path}: the archive holds a member name twice (one would shadow the other); "
-                         f"members {shown}.")
+        raise ValueError(
+            f"{path}: the archive holds a member name twice (one would shadow the other); members {shown}."
+        )
     unexpected = [name for name in names if name not in _NPZ_MEMBERS]
     if unexpected:
         raw = [name for name in unexpected if name + ".npy" in _NPZ_MEMBERS]
-        why = (f"member {raw[0][:60]!r} has no .npy suffix: numpy would read it instead of {raw[0][:60]}.npy "
-               "(shadowing the array checked here) or as raw bytes" if raw
-               else f"unexpected members {[n[:60] for n in unexpected[:5]]}")
+        why = (
+            f"member {raw[0][:60]!r} has no .npy suffix: numpy would read it instead of {raw[0][:60]}.npy "
+            "(shadowing the array checked here) or as raw bytes"
+            if raw
+            else f"unexpected members {[n[:60] for n in unexpected[:5]]}"
+        )
         raise ValueError(f"{path}: expected only {list(_NPZ_MEMBERS)} (Keras mnist.npz layout); {why}.")
     missing = [k for k in keys if f"{k}.npy" not in names]
     if missing:
-        raise ValueError(f"{path}: expected arrays {list(keys)} (Keras mnist.npz layout); missing {missing}, "
-                         f"found {shown}.")
+        raise ValueError(
+            f"{path}: expected arrays {list(keys)} (Keras mnist.npz layout); missing {missing}, found {shown}."
+        )
 
 
 def _mnist_from_npz(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -256,13 +269,20 @@ def _mnist_from_npz(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
         with zipfile.ZipFile(path) as archive:
             _npz_members(archive, path, keys)
             (x_shape, x_dtype), (y_shape, y_dtype) = (_npz_header(archive, k, path) for k in keys)
-            if x_dtype != np.uint8 or len(x_shape) != 3 or x_shape[1:] != (MNIST_SIDE, MNIST_SIDE) \
-                    or x_shape[0] > n_max:
-                raise ValueError(f"{path}: expected {keys[0]} as uint8 of shape (N, {MNIST_SIDE}, {MNIST_SIDE}) "
-                                 f"with N <= {n_max}; its header says {x_dtype} {x_shape}.")
+            if (
+                x_dtype != np.uint8
+                or len(x_shape) != 3
+                or x_shape[1:] != (MNIST_SIDE, MNIST_SIDE)
+                or x_shape[0] > n_max
+            ):
+                raise ValueError(
+                    f"{path}: expected {keys[0]} as uint8 of shape (N, {MNIST_SIDE}, {MNIST_SIDE}) "
+                    f"with N <= {n_max}; its header says {x_dtype} {x_shape}."
+                )
             if y_dtype.kind not in "iu" or y_shape != x_shape[:1]:
-                raise ValueError(f"{path}: expected {keys[1]} as {x_shape[0]} integers; its header says "
-                                 f"{y_dtype} {y_shape}.")
+                raise ValueError(
+                    f"{path}: expected {keys[1]} as {x_shape[0]} integers; its header says {y_dtype} {y_shape}."
+                )
             # Sizes checked: each checked member is read from its own header, at most what it announces.
             arrays = []
             for key in keys:
@@ -318,6 +338,8 @@ def load_mnist(data_dir: str | Path, *, split: str = "train") -> Dataset:
 # -------------------------------------------------------------------------------------- CIFAR-10
 
 _CIFAR_FILES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
+
+
 def load_cifar10(data_dir: str | Path, *, split: str = "train") -> Dataset:
     """CIFAR-10 from the local python-pickle batches, shape ``(N, 3, 32, 32)`` scaled to ``[0, 1]``.
 

@@ -468,10 +468,11 @@ class FisherInformationDetector(DetectorParameters):
             raise ValueError("its feature names do not match its metrics.")
         n_fitted = getattr(state["estimator_"], "n_features_in_", None)
         if n_fitted is not None and n_fitted != len(state["feature_names"]):
-            raise ValueError(f"its 'estimator_' was fitted on {n_fitted} features; the detector computes "
-                             f"{len(state['feature_names'])}.")
+            raise ValueError(
+                f"its 'estimator_' was fitted on {n_fitted} features; the detector computes "
+                f"{len(state['feature_names'])}."
+            )
         self.estimator_ = state["estimator_"]
         self.feature_names_ = list(state["feature_names"])
         self.model_fingerprint_ = state["model_fingerprint"]
         self.calibration_ = state["calibration"]
-

@@ -204,8 +204,7 @@ class ThresholdClassifier(RenamedParamsMixin, ClassifierMixin, BaseEstimator):
                 or not 0.0 <= float(self.target_fpr) <= 1.0
             ):
                 raise ValueError(
-                    "target_fpr must be a number in [0, 1] when strategy='target_fpr'; "
-                    f"got {self.target_fpr!r}."
+                    f"target_fpr must be a number in [0, 1] when strategy='target_fpr'; got {self.target_fpr!r}."
                 )
         elif self.target_fpr is not None:
             raise ValueError(
@@ -244,14 +243,10 @@ class ThresholdClassifier(RenamedParamsMixin, ClassifierMixin, BaseEstimator):
         check_classification_targets(y)
         y_type = type_of_target(y, input_name="y")
         if y_type != "binary":
-            raise ValueError(
-                f"Only binary classification is supported. The type of the target is {y_type}."
-            )
+            raise ValueError(f"Only binary classification is supported. The type of the target is {y_type}.")
         self.classes_ = np.unique(y)
         if len(self.classes_) != 2:
-            raise ValueError(
-                f"ThresholdClassifier needs samples of two classes in y; got one class: {self.classes_}."
-            )
+            raise ValueError(f"ThresholdClassifier needs samples of two classes in y; got one class: {self.classes_}.")
         weights = _check_sample_weight(sample_weight, X)
         keep = weights > 0
         X_kept, positive, weights = X[keep], y[keep] == self.classes_[1], weights[keep]
@@ -264,9 +259,7 @@ class ThresholdClassifier(RenamedParamsMixin, ClassifierMixin, BaseEstimator):
                 sign = 1 if _rank_auc(column, positive, weights) >= 0.5 else -1
             else:
                 sign = 1 if polarity == "higher" else -1
-            threshold, criterion = _threshold_search(
-                sign * column, positive, weights, self.strategy, self.target_fpr
-            )
+            threshold, criterion = _threshold_search(sign * column, positive, weights, self.strategy, self.target_fpr)
             candidate = (criterion, -j, sign * threshold, sign)
             if best is None or candidate[:2] > best[:2]:
                 best = candidate

@@ -242,7 +242,8 @@ def _member_references(schema: Any) -> list[str]:
 
 def _check_archive(path: Path) -> None:
     """Bound what skops will read before it reads anything: file size, members' declared and inflated sizes,
-    and the bytes its schema's nodes would read (one member can be named by many nodes)."""
+    and the bytes its schema's nodes would read (one member can be named by many nodes).
+    """
     import json
 
     size = path.stat().st_size
@@ -264,20 +265,36 @@ def _check_archive(path: Path) -> None:
                     raise invalid_file(path, f"its schema names a member {name[:60]!r} that the archive lacks")
                 read += declared[name]
             if read > MAX_MEMBER_READ_BYTES:
-                raise invalid_file(path, f"its schema's nodes would read {read} bytes from the archive's members, over "
-                                    f"the {MAX_MEMBER_READ_BYTES}-byte limit")
+                raise invalid_file(
+                    path,
+                    f"its schema's nodes would read {read} bytes from the archive's members, over "
+                    f"the {MAX_MEMBER_READ_BYTES}-byte limit",
+                )
             for info in infos:  # inflate each member once, in chunks: its declared size and CRC must hold
                 inflated = 0
                 with archive.open(info) as member:
                     while chunk := member.read(2**20):
                         inflated += len(chunk)
                 if inflated != info.file_size:
-                    raise invalid_file(path, f"member {info.filename[:60]!r} inflates to {inflated} bytes, not the "
-                                        f"{info.file_size} it declares")
-    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError, RuntimeError,
-            UnicodeDecodeError, RecursionError) as err:
-        raise ValueError(f"{path} is not a saved FisherInformationDetector (not a readable skops file: "
-                         f"{type(err).__name__}: {str(err)[:200]}).") from err
+                    raise invalid_file(
+                        path,
+                        f"member {info.filename[:60]!r} inflates to {inflated} bytes, not the "
+                        f"{info.file_size} it declares",
+                    )
+    except (
+        zipfile.BadZipFile,
+        zlib.error,
+        OSError,
+        EOFError,
+        NotImplementedError,
+        RuntimeError,
+        UnicodeDecodeError,
+        RecursionError,
+    ) as err:
+        raise ValueError(
+            f"{path} is not a saved FisherInformationDetector (not a readable skops file: "
+            f"{type(err).__name__}: {str(err)[:200]})."
+        ) from err
     except ValueError as err:
         if str(err).startswith(str(path)):
             raise
@@ -299,12 +316,16 @@ def _read_state(path: Path, trusted: Sequence[str]) -> dict[str, Any]:
             f"{path} is not a saved FisherInformationDetector (not a readable skops file: "
             f"{type(err).__name__}: {str(err)[:200]})."
         ) from err
-    allowed = set(TRUSTED_TYPES) | set(trusted) | {
-        f"{former}.{t.rpartition('.')[2]}"
-        for former, module in _FORMER_MODULES.items()
-        for t in TRUSTED_TYPES
-        if t.startswith(module + ".")
-    }
+    allowed = (
+        set(TRUSTED_TYPES)
+        | set(trusted)
+        | {
+            f"{former}.{t.rpartition('.')[2]}"
+            for former, module in _FORMER_MODULES.items()
+            for t in TRUSTED_TYPES
+            if t.startswith(module + ".")
+        }
+    )
     refused = sorted(t for t in untrusted if t not in allowed)
     if refused:
         raise ValueError(

@@ -107,7 +107,9 @@ class StackedFeatures(TransformerMixin, BaseEstimator):
         if "mahalanobis" in self._parts:
             clean = x if y is None else x[np.asarray(y) == 0]
             if self.x_reference is not None:
-                clean = np.concatenate([_features.check_inputs(self.classifier, self.x_reference, "x_reference"), clean])
+                clean = np.concatenate(
+                    [_features.check_inputs(self.classifier, self.x_reference, "x_reference"), clean]
+                )
             feats = self._layer_features(clean, [*self._layers(), "logits"])
             labels = feats.pop("logits").argmax(1)
             n_classes = self.classifier.nb_classes
@@ -186,7 +188,9 @@ class StackedFeatures(TransformerMixin, BaseEstimator):
 
         check_is_fitted(self, "gaussians_")
         if "sensitivity" in self._parts:
-            raise NotDifferentiableError("the stacked detector with 'sensitivity' has no input gradient (map statistics).")
+            raise NotDifferentiableError(
+                "the stacked detector with 'sensitivity' has no input gradient (map statistics)."
+            )
         model, columns = self.classifier.model, []
         with _features._eval_mode(model):
             if "fisher" in self._parts:
@@ -254,7 +258,9 @@ class StackedDetector(EvasionDetector):
             raise NotFittedError("This StackedDetector is not fitted yet: call fit(x, y) or fit(x_clean) first.")
 
     def _new_features(self) -> StackedFeatures:
-        return StackedFeatures(self.classifier, parts=self.parts, x_reference=self.x_reference, chunk_size=self.chunk_size)
+        return StackedFeatures(
+            self.classifier, parts=self.parts, x_reference=self.x_reference, chunk_size=self.chunk_size
+        )
 
     def fit(self, x: np.ndarray, y: np.ndarray | None = None, **kwargs: Any) -> None:
         """With ``y`` (0 clean / 1 adversarial, or one-hot): the logistic pipeline; without: clean-only calibration."""
@@ -316,7 +322,9 @@ class StackedDetector(EvasionDetector):
         self._check_fitted()
         features = self.pipeline_.named_steps["features"]
         if "sensitivity" in features._parts:
-            raise NotDifferentiableError("the stacked detector with 'sensitivity' has no input gradient (map statistics).")
+            raise NotDifferentiableError(
+                "the stacked detector with 'sensitivity' has no input gradient (map statistics)."
+            )
         clf, parameter = self.classifier, next(self.classifier.model.parameters())
         rest = self.pipeline_[1:] if len(self.pipeline_) > 2 else self.pipeline_[-1]
         to_logit = estimator_logit(rest, dtype=parameter.dtype, device=parameter.device)

@@ -100,7 +100,7 @@ def shifted_logit(logit: Any, threshold: float, x_check: np.ndarray, score_check
 
     d = logit.predict(x_check, batch_size=len(x_check))[:, 0].astype(np.float64)
     s = np.asarray(score_check, np.float64)
-    slope, intercept = (np.polyfit(d, s, 1) if np.ptp(d) > 0 else (1.0, float(np.mean(s - d))))
+    slope, intercept = np.polyfit(d, s, 1) if np.ptp(d) > 0 else (1.0, float(np.mean(s - d)))
     if not slope > 0 or not np.allclose(slope * d + intercept, s, rtol=1e-3, atol=1e-4 * (1 + np.abs(s).max())):
         raise ValueError(
             f"{name}: its protocol score {s[:3]} is not an increasing affine map of its detection logit {d[:3]}; "

@@ -50,8 +50,9 @@ class ModelDtypeClassifier(PyTorchClassifier):
         return x, y
 
 
-def attacked_classifier(model: nn.Module, *, input_shape: tuple[int, ...], nb_classes: int,
-                        device: torch.device) -> ModelDtypeClassifier:
+def attacked_classifier(
+    model: nn.Module, *, input_shape: tuple[int, ...], nb_classes: int, device: torch.device
+) -> ModelDtypeClassifier:
     """The evaluation's classifier: cross-entropy loss, inputs in [0, 1], on ``device``."""
     return ModelDtypeClassifier(
         model, loss=nn.CrossEntropyLoss(), input_shape=tuple(input_shape), nb_classes=nb_classes,

@@ -234,15 +234,23 @@ def field_specs() -> dict[str, DetectorSpec]:
             "Mahalanobis, layer ensemble (Lee et al. 2018)", MahalanobisRun, "baseline", no_gradient=None
         ),
         "lid": DetectorSpec(
-            "LID (Ma et al. 2018)", LIDRun, "baseline",
+            "LID (Ma et al. 2018)",
+            LIDRun,
+            "baseline",
             no_gradient="no input gradient here (its estimate depends on a sampled reference mini-batch)",
         ),
         "mahalanobis_clean": DetectorSpec(
-            "Mahalanobis, last feature layer, clean-calibrated", MahalanobisRun, "baseline", supervised=False,
+            "Mahalanobis, last feature layer, clean-calibrated",
+            MahalanobisRun,
+            "baseline",
+            supervised=False,
             no_gradient=None,
         ),
         "energy_clean": DetectorSpec(
-            "Energy score (Liu et al. 2020), clean-calibrated", EnergyRun, "baseline", supervised=False,
+            "Energy score (Liu et al. 2020), clean-calibrated",
+            EnergyRun,
+            "baseline",
+            supervised=False,
             no_gradient=None,
         ),
     }

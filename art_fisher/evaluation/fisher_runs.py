@@ -165,7 +165,9 @@ def fisher_specs() -> dict[str, DetectorSpec]:
         (f"fisher_{m}", f"Fisher {m.replace('_', ' ')}", (m,)) for m in scalar
     ]
     entries.append(("fisher_combined", "Fisher trace of each parameter tensor", COMBINED))
-    entries += [(f"fisher_{m}", f"Fisher {m} (map statistics)", (m,)) for m, spec in _METRIC_SPECS.items() if spec.is_map]
+    entries += [
+        (f"fisher_{m}", f"Fisher {m} (map statistics)", (m,)) for m, spec in _METRIC_SPECS.items() if spec.is_map
+    ]
     specs = {name: _spec(label, metrics, clean=False) for name, label, metrics in entries}
     specs.update({f"{name}_clean": _spec(label, metrics, clean=True) for name, label, metrics in entries})
     return specs

@@ -62,13 +62,18 @@ def check_finite_scores(scores: np.ndarray, what: str, on: str) -> None:
     """Raise ``ValueError`` naming ``what`` if any of its outputs ``scores`` (N, C) on ``on`` is NaN or infinite."""
     bad = ~np.isfinite(np.asarray(scores)).all(axis=tuple(range(1, np.ndim(scores))))
     if bool(bad.any()):
-        raise ValueError(f"{what}: its outputs are not finite (NaN or inf) on {int(bad.sum())} of {len(bad)} {on}; "
-                         "its weights or the inputs are broken, so no attack or detector result would mean anything.")
+        raise ValueError(
+            f"{what}: its outputs are not finite (NaN or inf) on {int(bad.sum())} of {len(bad)} {on}; "
+            "its weights or the inputs are broken, so no attack or detector result would mean anything."
+        )
 
 
 def _non_finite_tensors(model: nn.Module) -> list[str]:
-    return [name for name, t in (*model.named_parameters(), *model.named_buffers())
-            if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    return [
+        name
+        for name, t in (*model.named_parameters(), *model.named_buffers())
+        if t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
 
 
 def load_state_dict_file(arch: str, data: Dataset, path: Path, device: torch.device) -> nn.Module:

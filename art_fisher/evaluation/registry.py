@@ -10,8 +10,8 @@ from __future__ import annotations
 from art_fisher.evaluation.base import DetectorSpec
 from art_fisher.evaluation.baselines import baseline_specs
 from art_fisher.evaluation.field_baselines import field_specs
-from art_fisher.evaluation.stacked_runs import stacked_specs
 from art_fisher.evaluation.fisher_runs import fisher_specs
+from art_fisher.evaluation.stacked_runs import stacked_specs
 
 __all__ = ["DEFAULT_DETECTORS", "DETECTORS"]
 

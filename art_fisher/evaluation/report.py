@@ -86,7 +86,8 @@ def unseen_summary(table: Sequence[Mapping[str, Any]], fits: Sequence[Mapping[st
     attack differs from the test attack; for a clean fit, every row), ``same_attack_tpr`` and
     ``unseen_tpr`` (the same means of the TPR at the operating point), ``clean_fpr`` (mean achieved FPR on
     the clean detector-test images at the operating point, over its fits) and ``n_unseen`` (rows
-    averaged)."""
+    averaged).
+    """
     out = []
     for det in dict.fromkeys(r["detector"] for r in table):
         rows = [r for r in table if r["detector"] == det]
@@ -197,7 +198,10 @@ def format_console(
         _text(*_summary(table, fits)),
     ]  # fmt: skip
     if adaptive:
-        parts += ["", "Adaptive attacks (classifier + detector attacked together; evasion = misclassified and not flagged)"]
+        parts += [
+            "",
+            "Adaptive attacks (classifier + detector attacked together; evasion = misclassified and not flagged)",
+        ]
         parts.append(_text(*_adaptive(adaptive)))
     return "\n".join(parts)
 
@@ -461,7 +465,8 @@ def write_report(
 
         written["security_curve"] = out / "security_curve.png"
         plot_security_curve(
-            written["security_curve"], [{**r, "robust_accuracy_mean": r["robust_accuracy"]} for r in security_curve],
+            written["security_curve"],
+            [{**r, "robust_accuracy_mean": r["robust_accuracy"]} for r in security_curve],
             settings.get("target_fpr", float("nan")),
         )
     if sensitivity:
@@ -480,8 +485,14 @@ def write_report(
         "results_json": json.dumps(_jsonable(payload), indent=2) + "\n",
         "results_csv": _csv_text(table, attacks),
         "report_md": _markdown_report(
-            table=table, attacks=attacks, fits=fits, settings=settings, timings=timings, plots_written=written,
-            adaptive=adaptive, security_curve=security_curve,
+            table=table,
+            attacks=attacks,
+            fits=fits,
+            settings=settings,
+            timings=timings,
+            plots_written=written,
+            adaptive=adaptive,
+            security_curve=security_curve,
         ),
     }
     if adaptive:

@@ -174,9 +174,7 @@ def evaluate_seeds(
         if bad or len(set(extra)) != len(extra):
             raise ValueError(f"extra_detectors must be distinct registry names not already run; got {list(extra)}.")
         attacked = tuple(d for d in extra if DETECTORS[d].no_gradient is None) if plans[0].adaptive else ()
-        plans = [
-            dataclasses.replace(p, detectors=p.detectors + extra, adaptive=p.adaptive + attacked) for p in plans
-        ]
+        plans = [dataclasses.replace(p, detectors=p.detectors + extra, adaptive=p.adaptive + attacked) for p in plans]
     stages = dict(extra_stages or {})
     runs: list[EvaluationResult] = []
     extra_rows: dict[str, list[list[dict[str, Any]]]] = {name: [] for name in stages}

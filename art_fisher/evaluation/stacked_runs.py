@@ -69,7 +69,9 @@ def stacked_specs() -> dict[str, DetectorSpec]:
     no_grad = "no input gradient through the sensitivity map's statistics"
     specs = {
         "stacked": DetectorSpec(
-            "Stacked: Fisher traces + sensitivity + confidence + Mahalanobis", StackedRun, "fisher",
+            "Stacked: Fisher traces + sensitivity + confidence + Mahalanobis",
+            StackedRun,
+            "fisher",
             no_gradient=no_grad,
         ),
         "stacked_clean": DetectorSpec(

@@ -210,8 +210,9 @@ def run(plan: EvaluationPlan) -> EvaluationResult:
             progress=p.progress,
         )  # fmt: skip
     timings["training"] = source.seconds
-    classifier = attacked_classifier(source.model, input_shape=p.train.input_shape, nb_classes=p.train.n_classes,
-                                     device=p.device)
+    classifier = attacked_classifier(
+        source.model, input_shape=p.train.input_shape, nb_classes=p.train.n_classes, device=p.device
+    )
     scores_test = classifier.predict(p.test.x, batch_size=p.batch_size)
     check_finite_scores(scores_test, f"model {source.path} ({source.status})", "clean test images")
     pred_test = np.argmax(scores_test, axis=1)
@@ -295,8 +296,14 @@ def run(plan: EvaluationPlan) -> EvaluationResult:
     )  # fmt: skip
     paths["model"] = source.path
     return EvaluationResult(
-        table=scored.rows, attacks=attack_rows, fits=scored.fits, settings=settings, paths=paths, timings=timings,
-        adaptive=adaptive_rows, security_curve=curve,
+        table=scored.rows,
+        attacks=attack_rows,
+        fits=scored.fits,
+        settings=settings,
+        paths=paths,
+        timings=timings,
+        adaptive=adaptive_rows,
+        security_curve=curve,
     )
 
 

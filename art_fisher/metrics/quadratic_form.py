@@ -62,7 +62,12 @@ def quadratic_form(
     else:
         v = dict(zip(net.names, direction, strict=True))
         _z, t, _r, _rt = directional(
-            net, plan, x, v=v, basis=make_basis(classes, smooth=create_graph), batch_size=chunk_size,
+            net,
+            plan,
+            x,
+            v=v,
+            basis=make_basis(classes, smooth=create_graph),
+            batch_size=chunk_size,
             create_graph=create_graph,
         )
         sq = sum(d.pow(2).sum() for d in direction) * torch.ones(t.shape[0], dtype=x.dtype, device=x.device)
@@ -87,8 +92,14 @@ def _named_direction(
     (:func:`~art_fisher.metrics.engine.grams.directional`).
     """
     _z, t, _r, rt = directional(
-        net, plan, x, coefficients=directions.coefficients, basis=make_basis(classes, smooth=create_graph), y=y,
-        batch_size=chunk_size, create_graph=create_graph,
+        net,
+        plan,
+        x,
+        coefficients=directions.coefficients,
+        basis=make_basis(classes, smooth=create_graph),
+        y=y,
+        batch_size=chunk_size,
+        create_graph=create_graph,
     )
     assert rt is not None  # directional returns r and rᵀt when given coefficients
     return t, rt.sum(1)
@@ -135,7 +146,9 @@ def by_finite_differences(
         z = net.logits(net.selected(), xb)
         cls = directions.class_of(direction, z, None if y is None else y[sl])
         v, shared = directions.directions_of(net, xb, z, cls, direction, normalize)
-        out.append(fd_quadratic_form(net, xb, v, cls, shared=shared, blockwise=blockwise, classes=classes, fd_step=fd_step))
+        out.append(
+            fd_quadratic_form(net, xb, v, cls, shared=shared, blockwise=blockwise, classes=classes, fd_step=fd_step)
+        )
     return torch.cat(out)
 
 
@@ -218,7 +231,13 @@ def fisher_quadratic_form(
     chunk_size = renamed("batch_size", batch_size, "chunk_size", chunk_size, default=None)
     fd_step = renamed("epsilon", epsilon, "fd_step", fd_step, default=1e-3)
     net, n_classes, eps, bs = setup(
-        model, x, output=output, params=params, method=method, fd_step=fd_step, chunk_size=chunk_size,
+        model,
+        x,
+        output=output,
+        params=params,
+        method=method,
+        fd_step=fd_step,
+        chunk_size=chunk_size,
         create_graph=create_graph,
     )
     direction, yt = check_direction_args(
@@ -232,17 +251,37 @@ def fisher_quadratic_form(
     with grad_mode(create_graph):
         if method == "finite_difference":
             values = by_finite_differences(
-                net, x, direction=direction, y=yt, blockwise=blockwise, normalize=normalize, classes=classes,
-                fd_step=eps, chunk_size=bs,
+                net,
+                x,
+                direction=direction,
+                y=yt,
+                blockwise=blockwise,
+                normalize=normalize,
+                classes=classes,
+                fd_step=eps,
+                chunk_size=bs,
             )
         elif top:
             values = along_top_eigenvector(
-                net, make_plan(net, x), x, blockwise=blockwise, classes=selected, chunk_size=bs,
+                net,
+                make_plan(net, x),
+                x,
+                blockwise=blockwise,
+                classes=selected,
+                chunk_size=bs,
                 create_graph=create_graph,
             )
         else:
             values = quadratic_form(
-                net, make_plan(net, x), x, direction=direction, y=yt, blockwise=blockwise, normalize=normalize,
-                classes=selected, chunk_size=bs, create_graph=create_graph,
+                net,
+                make_plan(net, x),
+                x,
+                direction=direction,
+                y=yt,
+                blockwise=blockwise,
+                normalize=normalize,
+                classes=selected,
+                chunk_size=bs,
+                create_graph=create_graph,
             )
     return _checks.check_finite_result(values, "fisher_quadratic_form")

@@ -81,8 +81,13 @@ _AT_MOST_ONE = {
 # Nodes in which only the first input (the data) may depend on x: convolutions, eval-mode
 # normalisation with constant statistics, division by a tensor that does not depend on x.
 _FIRST_ONLY = frozenset(
-    {"ConvolutionBackward0", "NativeBatchNormBackward0", "CudnnBatchNormBackward0", "MiopenBatchNormBackward0",
-     "DivBackward0"}
+    {
+        "ConvolutionBackward0",
+        "NativeBatchNormBackward0",
+        "CudnnBatchNormBackward0",
+        "MiopenBatchNormBackward0",
+        "DivBackward0",
+    }
 )
 
 
@@ -359,7 +364,15 @@ def sensitivity(
                 r, v = None, directions.fixed_direction(net.names, direction, normalize)
             try:
                 res = hook_sensitivity(
-                    net, plan, xb, r=r, v=v, y=cls, blockwise=blockwise, normalize=normalize, classes=classes,
+                    net,
+                    plan,
+                    xb,
+                    r=r,
+                    v=v,
+                    y=cls,
+                    blockwise=blockwise,
+                    normalize=normalize,
+                    classes=classes,
                     first_order=path == "first_order",
                 )
             except (RuntimeError, NotImplementedError) as err:  # e.g. an op without a batching rule
@@ -373,8 +386,11 @@ def sensitivity(
         with torch.no_grad():
             v, shared = directions.directions_of(net, xb, z, cls, direction, normalize)
             if path == "finite_difference":
-                out.append(fd_sensitivity(net, xb, v, cls, shared=shared, blockwise=blockwise, classes=classes,
-                                          fd_step=fd_step))
+                out.append(
+                    fd_sensitivity(
+                        net, xb, v, cls, shared=shared, blockwise=blockwise, classes=classes, fd_step=fd_step
+                    )
+                )
                 continue
             if forward_mode:
                 try:
@@ -383,8 +399,11 @@ def sensitivity(
                 except NotImplementedError as err:  # no forward-mode formula (reverse over forward)
                     logger.debug("forward-mode JVP failed (%s); using a double VJP", err)
                     forward_mode = False
-            out.append(func_sensitivity(net, xb, v, cls, shared=shared, blockwise=blockwise, classes=classes,
-                                        forward_mode=False))
+            out.append(
+                func_sensitivity(
+                    net, xb, v, cls, shared=shared, blockwise=blockwise, classes=classes, forward_mode=False
+                )
+            )
     return torch.cat(out)
 
 
@@ -470,7 +489,16 @@ def fisher_sensitivity(
     if method == "exact" and plan.rest:
         _checks.check_second_order(model)
     values = sensitivity(
-        net, plan, x, direction=direction, y=yt, blockwise=blockwise, normalize=normalize, classes=classes,
-        method=method, fd_step=eps, chunk_size=bs,
+        net,
+        plan,
+        x,
+        direction=direction,
+        y=yt,
+        blockwise=blockwise,
+        normalize=normalize,
+        classes=classes,
+        method=method,
+        fd_step=eps,
+        chunk_size=bs,
     )
     return _checks.check_finite_result(values, "fisher_sensitivity")

@@ -89,7 +89,9 @@ def selection(tau: object, *, classes: str = "all", method: str = "exact") -> st
     if tau is None:
         return classes
     if classes != "all":
-        raise ValueError(f'tau applies to classes="all" only (it keeps the most probable of them); got classes={classes!r}.')
+        raise ValueError(
+            f'tau applies to classes="all" only (it keeps the most probable of them); got classes={classes!r}.'
+        )
     if method != "exact":
         raise ValueError(f'tau needs method="exact"; got method={method!r}.')
     return TopMass(tau)

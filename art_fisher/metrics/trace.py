@@ -44,7 +44,12 @@ def block_traces(
 ) -> torch.Tensor:
     """``tr F_kk`` (N, B) for each selected parameter tensor ``k`` (in ``net.names`` order)."""
     _z, diag, _w = gram_blocks(
-        net, plan, x, basis=make_basis(classes, smooth=create_graph), batch_size=chunk_size, diagonal=True,
+        net,
+        plan,
+        x,
+        basis=make_basis(classes, smooth=create_graph),
+        batch_size=chunk_size,
+        diagonal=True,
         create_graph=create_graph,
     )
     return diag.sum(-1)
@@ -177,7 +182,13 @@ def fisher_trace(
     chunk_size = renamed("batch_size", batch_size, "chunk_size", chunk_size, default=None)
     fd_step = renamed("epsilon", epsilon, "fd_step", fd_step, default=1e-3)
     net, _n_classes, _eps, bs = setup(
-        model, x, output=output, params=params, method=method, fd_step=fd_step, chunk_size=chunk_size,
+        model,
+        x,
+        output=output,
+        params=params,
+        method=method,
+        fd_step=fd_step,
+        chunk_size=chunk_size,
         create_graph=create_graph,
     )
     classes = selection(tau, method=method)

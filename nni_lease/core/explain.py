@@ -190,9 +190,14 @@ def check_explanation_arguments(
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"{prefix}steps must be a positive int; got {steps!r}.")
     if not _is_number(random_start) or not 0.0 <= float(random_start) <= 1.0:
-        raise ValueError(f"{prefix}random_start must be a number in [0, 1] (a fraction of epsilon); got {random_start!r}.")
-    for name, choice, allowed in [("norm", norm, NORMS), ("objective", objective, OBJECTIVES),
-                                  ("weighting", weighting, WEIGHTINGS)]:
+        raise ValueError(
+            f"{prefix}random_start must be a number in [0, 1] (a fraction of epsilon); got {random_start!r}."
+        )
+    for name, choice, allowed in [
+        ("norm", norm, NORMS),
+        ("objective", objective, OBJECTIVES),
+        ("weighting", weighting, WEIGHTINGS),
+    ]:
         if choice not in allowed:
             raise ValueError(f"{prefix}{name} must be one of {list(allowed)}; got {choice!r}.")
 
@@ -292,8 +297,9 @@ def _random_start(x: torch.Tensor, radius: float, norm: str, generator: torch.Ge
     return (direction * _per_sample(radii, x)).to(x.device)
 
 
-def _step(delta: torch.Tensor, grad: torch.Tensor, *, norm: str, epsilon: float, step_size: float,
-          smooth_sign: bool = False) -> torch.Tensor:
+def _step(
+    delta: torch.Tensor, grad: torch.Tensor, *, norm: str, epsilon: float, step_size: float, smooth_sign: bool = False
+) -> torch.Tensor:
     """One ascent step followed by the projection onto the ball."""
     if norm == "linf":
         if smooth_sign:
@@ -378,8 +384,15 @@ def pgd_explain(
     >>> out.delta.shape, bool(out.delta.flatten(1).norm(dim=1).max() <= 0.5 + 1e-6)
     (torch.Size([5, 1, 4, 4]), True)
     """
-    check_explanation_arguments(epsilon=epsilon, step_size=step_size, steps=steps, norm=norm,
-                                random_start=random_start, objective=objective, weighting=weighting)
+    check_explanation_arguments(
+        epsilon=epsilon,
+        step_size=step_size,
+        steps=steps,
+        norm=norm,
+        random_start=random_start,
+        objective=objective,
+        weighting=weighting,
+    )
     if differentiable not in DIFFERENTIABLE:
         raise ValueError(f"differentiable must be one of {list(DIFFERENTIABLE)}; got {differentiable!r}.")
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():

@@ -97,13 +97,9 @@ def check_listener(listener: nn.Module, input_shape: Sequence[int], n_classes: i
         with torch.no_grad():
             out = listener(torch.zeros((2, *input_shape), device=device, dtype=dtype))
     except Exception as exc:  # report which argument is at fault, keep the cause
-        raise ValueError(
-            f"listener failed on inputs of shape (N, {', '.join(map(str, input_shape))}): {exc}"
-        ) from exc
+        raise ValueError(f"listener failed on inputs of shape (N, {', '.join(map(str, input_shape))}): {exc}") from exc
     finally:
         listener.train(was_training)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, n_classes):
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(
-            f"listener output must have shape (N, n_classes) = (N, {n_classes}); got {got} for N = 2."
-        )
+        raise ValueError(f"listener output must have shape (N, n_classes) = (N, {n_classes}); got {got} for N = 2.")

@@ -91,9 +91,16 @@ class LeaseSettings:
             raise ValueError(f"gamma must be a finite number >= 0; got {gamma!r}.")
         if self.hypergradient not in HYPERGRADIENTS:
             raise ValueError(f"hypergradient must be one of {list(HYPERGRADIENTS)}; got {self.hypergradient!r}.")
-        check_explanation_arguments(epsilon=self.pgd_epsilon, step_size=self.pgd_step_size, steps=self.pgd_steps,
-                                    norm=self.pgd_norm, random_start=self.pgd_random_start,
-                                    objective=self.pgd_objective, weighting="reweight", prefix="pgd_")
+        check_explanation_arguments(
+            epsilon=self.pgd_epsilon,
+            step_size=self.pgd_step_size,
+            steps=self.pgd_steps,
+            norm=self.pgd_norm,
+            random_start=self.pgd_random_start,
+            objective=self.pgd_objective,
+            weighting="reweight",
+            prefix="pgd_",
+        )
         check_explanation_arguments(epsilon=1.0, step_size=None, steps=1, weighting=self.weighting)
         optimizer = self.listener_optimizer
         if not (isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer)):
@@ -143,9 +150,15 @@ class LeaseSettings:
 
     def explanation_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :func:`nni_lease.core.explain.pgd_explain` for these settings."""
-        return {"epsilon": self.pgd_epsilon, "norm": self.pgd_norm, "steps": self.pgd_steps,
-                "step_size": self.step_size, "random_start": self.pgd_random_start,
-                "objective": self.pgd_objective, "weighting": self.weighting}
+        return {
+            "epsilon": self.pgd_epsilon,
+            "norm": self.pgd_norm,
+            "steps": self.pgd_steps,
+            "step_size": self.step_size,
+            "random_start": self.pgd_random_start,
+            "objective": self.pgd_objective,
+            "weighting": self.weighting,
+        }
 
     def as_dict(self) -> dict[str, Any]:
         """The options as JSON-ready values (the optimiser as ``module.QualName``; the PGD step resolved)."""

@@ -107,7 +107,9 @@ class LeaseStep:
         self.settings = settings
         self.listener = listener
         self.listener_optimizer = (
-            listener_optimizer if listener_optimizer is not None else settings.make_listener_optimizer(listener.parameters())
+            listener_optimizer
+            if listener_optimizer is not None
+            else settings.make_listener_optimizer(listener.parameters())
         )
         self.generator = generator if generator is not None else torch.Generator().manual_seed(settings.seed)
 
@@ -121,8 +123,14 @@ class LeaseStep:
         generator: torch.Generator | None = None,
     ) -> Explanation:
         """Stage 2: :func:`~nni_lease.core.explain.pgd_explain` with these settings and this step's generator."""
-        return pgd_explain(explainer, x, **self.settings.explanation_kwargs(), differentiable=differentiable,
-                           generator=self.generator if generator is None else generator, clean_logits=clean_logits)
+        return pgd_explain(
+            explainer,
+            x,
+            **self.settings.explanation_kwargs(),
+            differentiable=differentiable,
+            generator=self.generator if generator is None else generator,
+            clean_logits=clean_logits,
+        )
 
     def train_listener(
         self,
@@ -234,8 +242,9 @@ class LeaseStep:
         w_params: dict[str, torch.Tensor] = dict(self.listener.named_parameters())
         w_buffers = {name: b.clone() for name, b in self.listener.named_buffers()}
         w_names = [n for n, p in w_params.items() if p.requires_grad]
-        listener_loss = F.cross_entropy(functional_call(self.listener, (w_params, w_buffers), (train_expl.explained,)),
-                                        y_tr)
+        listener_loss = F.cross_entropy(
+            functional_call(self.listener, (w_params, w_buffers), (train_expl.explained,)), y_tr
+        )
         w_grads = torch.autograd.grad(listener_loss, [w_params[n] for n in w_names], create_graph=True)
         w_stepped = dict(w_params)
         for name, grad in zip(w_names, w_grads, strict=True):
@@ -243,10 +252,15 @@ class LeaseStep:
         # J(A): the explainer's and the listener's validation losses after the virtual steps.
         val_logits = explainer_1(x_val)
         explainer_val_loss = F.cross_entropy(val_logits, y_val)
-        val_expl = self.explain(explainer_1, x_val, differentiable="all_steps", clean_logits=val_logits,
-                                generator=generator)
+        val_expl = self.explain(
+            explainer_1, x_val, differentiable="all_steps", clean_logits=val_logits, generator=generator
+        )
         listener_logits = functional_call(self.listener, (w_stepped, w_buffers), (val_expl.explained,))
         listener_val_loss = F.cross_entropy(listener_logits, y_val)
-        return UnrolledObjective(objective=explainer_val_loss + settings.gamma * listener_val_loss,
-                                 explainer_val_loss=explainer_val_loss, listener_val_loss=listener_val_loss,
-                                 explainer_val_logits=val_logits, listener_val_logits=listener_logits)
+        return UnrolledObjective(
+            objective=explainer_val_loss + settings.gamma * listener_val_loss,
+            explainer_val_loss=explainer_val_loss,
+            listener_val_loss=listener_val_loss,
+            explainer_val_logits=val_logits,
+            listener_val_logits=listener_logits,
+        )

@@ -105,11 +105,18 @@ class LeaseMultiTrial(Strategy):
     """
 
     def __init__(self, *, learning_rate: float = 0.5, baseline_decay: float = 0.7, seed: int | None = None) -> None:
-        if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)) \
-                or not math.isfinite(learning_rate) or learning_rate <= 0:
+        if (
+            isinstance(learning_rate, bool)
+            or not isinstance(learning_rate, (int, float))
+            or not math.isfinite(learning_rate)
+            or learning_rate <= 0
+        ):
             raise ValueError(f"learning_rate must be a finite number > 0; got {learning_rate!r}.")
-        if isinstance(baseline_decay, bool) or not isinstance(baseline_decay, (int, float)) \
-                or not 0 <= baseline_decay < 1:
+        if (
+            isinstance(baseline_decay, bool)
+            or not isinstance(baseline_decay, (int, float))
+            or not 0 <= baseline_decay < 1
+        ):
             raise ValueError(f"baseline_decay must be a number in [0, 1); got {baseline_decay!r}.")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
             raise ValueError(f"seed must be None or an int >= 0; got {seed!r}.")
@@ -170,8 +177,9 @@ class LeaseMultiTrial(Strategy):
             with self._lock:
                 drawn = self._sample_valid_model()
                 if drawn is None:
-                    logger.warning("%d samples in a row violated the space's constraints; ending the search.",
-                                   MAX_INVALID_DRAWS)
+                    logger.warning(
+                        "%d samples in a row violated the space's constraints; ending the search.", MAX_INVALID_DRAWS
+                    )
                     break
                 model, indices = drawn
                 self._n_submitted += 1
@@ -185,8 +193,10 @@ class LeaseMultiTrial(Strategy):
     def probabilities(self) -> dict[str, dict[Any, float]]:
         """Current policy: for every choice label, the probability of each candidate value."""
         with self._lock:
-            return {label: {self._value_key(label, i): float(p) for i, p in enumerate(_softmax(self.logits[label]))}
-                    for label in self.logits}
+            return {
+                label: {self._value_key(label, i): float(p) for i, p in enumerate(_softmax(self.logits[label]))}
+                for label in self.logits
+            }
 
     def best_sample(self) -> dict[str, Any]:
         """The most probable architecture under the current policy (``{label: value}``, freezable)."""
@@ -202,8 +212,9 @@ class LeaseMultiTrial(Strategy):
         return str(value) if isinstance(value, str) else value
 
     def _sample_model(self) -> tuple[ExecutableModelSpace, dict[str, int]]:
-        indices = {label: int(self._rng.choice(len(logits), p=_softmax(logits)))
-                   for label, logits in self.logits.items()}
+        indices = {
+            label: int(self._rng.choice(len(logits), p=_softmax(logits))) for label, logits in self.logits.items()
+        }
         sample = {label: self._value(label, i) for label, i in indices.items()}
         return self.model_space.freeze(sample), indices
 
@@ -226,7 +237,9 @@ class LeaseMultiTrial(Strategy):
             probs = _softmax(self.logits[label])
             grad = -probs
             grad[index] += 1.0
-            self.logits[label] = [float(v) for v in np.asarray(self.logits[label]) + self.learning_rate * advantage * grad]
+            self.logits[label] = [
+                float(v) for v in np.asarray(self.logits[label]) + self.learning_rate * advantage * grad
+            ]
         self.baseline = self.baseline_decay * self.baseline + (1.0 - self.baseline_decay) * reward
         self._n_updates += 1
 
@@ -239,12 +252,20 @@ class LeaseMultiTrial(Strategy):
             trial, model, indices = entry
             metric = model.metric
             status = getattr(event, "status", model.status)
-            record = {"trial": trial, "sample": {k: self._value(k, i) for k, i in indices.items()},
-                      "metric": None, "status": str(getattr(status, "value", status))}
+            record = {
+                "trial": trial,
+                "sample": {k: self._value(k, i) for k, i in indices.items()},
+                "metric": None,
+                "status": str(getattr(status, "value", status)),
+            }
             if status != ModelStatus.Trained or metric is None or not math.isfinite(float(metric)):
                 self._n_failed += 1
-                logger.warning("[trial %d] ended with status %s and metric %r: the policy is not updated.",
-                               trial, record["status"], metric)
+                logger.warning(
+                    "[trial %d] ended with status %s and metric %r: the policy is not updated.",
+                    trial,
+                    record["status"],
+                    metric,
+                )
             else:
                 record["metric"] = float(metric)
                 self._update(indices, float(metric))
@@ -291,17 +312,21 @@ class LeaseMultiTrial(Strategy):
             If the state is not one of this class's, or does not match the model space's choices.
         """
         if not isinstance(state_dict, dict) or state_dict.get("version") != _STATE_VERSION:
-            raise ValueError(f"state_dict must come from LeaseMultiTrial.state_dict() (version {_STATE_VERSION}); "
-                             f"got {type(state_dict).__name__} with version "
-                             f"{state_dict.get('version') if isinstance(state_dict, dict) else None!r}.")
+            raise ValueError(
+                f"state_dict must come from LeaseMultiTrial.state_dict() (version {_STATE_VERSION}); "
+                f"got {type(state_dict).__name__} with version "
+                f"{state_dict.get('version') if isinstance(state_dict, dict) else None!r}."
+            )
         if not self._choices:
             self._pending_state = dict(state_dict)
             return
         logits = state_dict["logits"]
         if {k: len(v) for k, v in logits.items()} != {k: len(v) for k, v in self.logits.items()}:
-            raise ValueError("state_dict['logits'] does not match the model space's choices: expected "
-                             f"{ {k: len(v) for k, v in self.logits.items()} }, got "
-                             f"{ {k: len(v) for k, v in logits.items()} }.")
+            raise ValueError(
+                "state_dict['logits'] does not match the model space's choices: expected "
+                f"{ {k: len(v) for k, v in self.logits.items()} }, got "
+                f"{ {k: len(v) for k, v in logits.items()} }."
+            )
         with self._lock:
             self.logits = {k: [float(x) for x in v] for k, v in logits.items()}
             self.baseline = None if state_dict["baseline"] is None else float(state_dict["baseline"])

@@ -40,11 +40,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from art_fisher._deprecation import DEPRECATED, renamed
-from nni_lease.data import check_dataset, make_dataset
 from nni_lease.core.listener import check_listener, default_listener
 from nni_lease.core.settings import LeaseSettings
 from nni_lease.core.step import LeaseStep
-from nni_lease.data import make_dataset
+from nni_lease.data import check_dataset, make_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +51,16 @@ __all__ = ["TRIAL_LEASE_OPTIONS", "evaluate_lease", "lease_evaluator", "check_tr
 
 #: LeaSE options a trial takes (the rest of :class:`~nni_lease.core.settings.LeaseSettings` is fixed in a trial:
 #: no architecture gradient, Adam for the listener at ``learning_rate``, ``seed`` from the trial's seed).
-TRIAL_LEASE_OPTIONS: tuple[str, ...] = ("gamma", "pgd_epsilon", "pgd_norm", "pgd_steps", "pgd_step_size",
-                                        "pgd_random_start", "pgd_objective", "weighting")
+TRIAL_LEASE_OPTIONS: tuple[str, ...] = (
+    "gamma",
+    "pgd_epsilon",
+    "pgd_norm",
+    "pgd_steps",
+    "pgd_step_size",
+    "pgd_random_start",
+    "pgd_objective",
+    "weighting",
+)
 
 
 def trial_settings(*, learning_rate: float = 0.01, seed: int = 0, **lease_options: Any) -> LeaseSettings:
@@ -98,12 +105,20 @@ def check_trial_arguments(
     for name, value in [("epochs", epochs), ("batch_size", batch_size)]:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int; got {value!r}.")
-    for name, limit in [("max_batches", max_batches), ("train_limit", train_limit), ("val_limit", val_limit),
-                        ("listener_width", listener_width)]:
+    for name, limit in [
+        ("max_batches", max_batches),
+        ("train_limit", train_limit),
+        ("val_limit", val_limit),
+        ("listener_width", listener_width),
+    ]:
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise ValueError(f"{name} must be None or a positive int; got {limit!r}.")
-    if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)) \
-            or not math.isfinite(learning_rate) or learning_rate <= 0:
+    if (
+        isinstance(learning_rate, bool)
+        or not isinstance(learning_rate, (int, float))
+        or not math.isfinite(learning_rate)
+        or learning_rate <= 0
+    ):
         raise ValueError(f"learning_rate must be a finite number > 0; got {learning_rate!r}.")
     if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
         raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N'; got {device!r}.")
@@ -187,10 +202,20 @@ def evaluate_lease(
         If the objective is not finite (the trial is then marked failed).
     """
     data_dir = renamed("data_root", data_root, "data_dir", data_dir, default=None)
-    check_trial_arguments(dataset=dataset, data_dir=data_dir, epochs=epochs, batch_size=batch_size,
-                          max_batches=max_batches, train_limit=train_limit, val_limit=val_limit,
-                          learning_rate=learning_rate, listener_width=listener_width, seed=seed, device=device,
-                          **lease_options)
+    check_trial_arguments(
+        dataset=dataset,
+        data_dir=data_dir,
+        epochs=epochs,
+        batch_size=batch_size,
+        max_batches=max_batches,
+        train_limit=train_limit,
+        val_limit=val_limit,
+        learning_rate=learning_rate,
+        listener_width=listener_width,
+        seed=seed,
+        device=device,
+        **lease_options,
+    )
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
     settings = trial_settings(learning_rate=learning_rate, seed=seed, **lease_options)
@@ -205,8 +230,7 @@ def evaluate_lease(
         explainer = model.to(dev)
         opt_e = torch.optim.Adam(explainer.parameters(), lr=learning_rate)
         step = LeaseStep(settings, listener, generator=torch.Generator().manual_seed(seed + 1))
-        loader = DataLoader(train, batch_size=batch_size, shuffle=True,
-                            generator=torch.Generator().manual_seed(seed))
+        loader = DataLoader(train, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
         val_batches = [(x.to(dev), y.to(dev)) for x, y in DataLoader(val, batch_size=256)]
 
         metrics: dict[str, float] = {}
@@ -236,11 +260,19 @@ def evaluate_lease(
             loss_a, acc_a = loss_a / n, correct_a / n
             objective = loss_e + settings.gamma * loss_a
             if not math.isfinite(objective):
-                raise RuntimeError(f"the LeaSE objective is not finite at epoch {epoch}: "
-                                   f"explainer loss {loss_e}, listener loss {loss_a}.")
-            metrics = {"default": -objective, "lease_objective": objective, "explainer_val_loss": loss_e,
-                       "listener_val_loss": loss_a, "explainer_accuracy": acc_e, "listener_accuracy": acc_a,
-                       "epoch": epoch}
+                raise RuntimeError(
+                    f"the LeaSE objective is not finite at epoch {epoch}: "
+                    f"explainer loss {loss_e}, listener loss {loss_a}."
+                )
+            metrics = {
+                "default": -objective,
+                "lease_objective": objective,
+                "explainer_val_loss": loss_e,
+                "listener_val_loss": loss_a,
+                "explainer_accuracy": acc_e,
+                "listener_accuracy": acc_a,
+                "epoch": epoch,
+            }
             logger.info("epoch %d: %s", epoch, metrics)
             nni.report_intermediate_result(metrics)
     nni.report_final_result(metrics)

@@ -110,8 +110,13 @@ class SearchConfig:
                 object.__setattr__(self, name, default)
         check_data(self.dataset, self.data_dir)
         _check_int("seed", self.seed, minimum=0, maximum=MAX_SEED)
-        for name, high in (("epochs", MAX_EPOCHS), ("batch_size", MAX_BATCH_SIZE), ("width", MAX_WIDTH),
-                           ("cells", MAX_CELLS), ("nodes", MAX_NODES)):
+        for name, high in (
+            ("epochs", MAX_EPOCHS),
+            ("batch_size", MAX_BATCH_SIZE),
+            ("width", MAX_WIDTH),
+            ("cells", MAX_CELLS),
+            ("nodes", MAX_NODES),
+        ):
             _check_int(name, getattr(self, name), maximum=high)
         for name in ("limit", "limit_batches"):
             _check_int(name, getattr(self, name), optional=True)

@@ -172,8 +172,9 @@ class LeaseLightningModule(DartsLightningModule):
         self.log(name, value, on_step=False, on_epoch=True, batch_size=batch_size)
 
     # ----------------------------------------------------------------------------- one step
-    def _architecture_step(self, arch_optim: Any, step: LeaseStep, trn_batch: Any, val_batch: Any,
-                           batch_idx: int) -> None:
+    def _architecture_step(
+        self, arch_optim: Any, step: LeaseStep, trn_batch: Any, val_batch: Any, batch_idx: int
+    ) -> None:
         settings, n_val = self.settings, len(val_batch[1])
         self.resample()
         arch_optim.zero_grad()
@@ -181,8 +182,13 @@ class LeaseLightningModule(DartsLightningModule):
         if settings.gamma > 0 and settings.hypergradient == "unrolled":
             xi = settings.unrolled_step_size or self._explainer_learning_rate()
             alphas = self.arch_parameters()
-            terms = step.unrolled_objective(self.training_module, alphas, (trn_batch[0], trn_batch[1]),
-                                            (val_batch[0], val_batch[1]), explainer_step_size=xi)
+            terms = step.unrolled_objective(
+                self.training_module,
+                alphas,
+                (trn_batch[0], trn_batch[1]),
+                (val_batch[0], val_batch[1]),
+                explainer_step_size=xi,
+            )
             objective = terms.objective
             if self.penalty is not None:
                 objective, details = self.penalty(objective, self.export_probs())
@@ -204,8 +210,12 @@ class LeaseLightningModule(DartsLightningModule):
                 self.log_dict({f"penalty/{k}": v for k, v in details.items()})
             if settings.gamma > 0:
                 listener_val_loss, listener_logits, _ = step.listener_validation_loss(
-                    self.training_module, val_batch[0], val_batch[1], differentiable="last_step",
-                    clean_logits=explainer_logits)
+                    self.training_module,
+                    val_batch[0],
+                    val_batch[1],
+                    differentiable="last_step",
+                    clean_logits=explainer_logits,
+                )
                 self.manual_backward(arc_step_loss + settings.gamma * listener_val_loss)
                 listener_val_loss = listener_val_loss.detach()
             else:
@@ -213,8 +223,11 @@ class LeaseLightningModule(DartsLightningModule):
                 # diagnostics only: nothing here reaches the architecture
                 with torch.no_grad():
                     listener_val_loss, listener_logits, _ = step.listener_validation_loss(
-                        self.training_module, val_batch[0], val_batch[1],
-                        clean_logits=None if explainer_logits is None else explainer_logits.detach())
+                        self.training_module,
+                        val_batch[0],
+                        val_batch[1],
+                        clean_logits=None if explainer_logits is None else explainer_logits.detach(),
+                    )
         arch_optim.step()
         self._log("explainer/val_loss", explainer_val_loss, n_val)
         if explainer_logits is not None:

@@ -122,7 +122,9 @@ def _arrays(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
     x, y = getattr(dataset, "x", None), getattr(dataset, "y", None)
     if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor):
         return x.numpy(), y.numpy()
-    xs, ys = zip(*[(torch.as_tensor(a), torch.as_tensor(b)) for a, b in DataLoader(dataset, batch_size=256)], strict=True)
+    xs, ys = zip(
+        *[(torch.as_tensor(a), torch.as_tensor(b)) for a, b in DataLoader(dataset, batch_size=256)], strict=True
+    )
     return torch.cat(xs).numpy(), torch.cat(ys).numpy()
 
 
@@ -193,13 +195,29 @@ def retrain(
     model = build_architecture(model_space, architecture, seed=seed)
     x_tr, y_tr = _arrays(train)
     start = time.perf_counter()
-    train_model(model, x_tr, y_tr, epochs=epochs, batch_size=batch_size, lr=learning_rate, seed=seed,
-                device=device, progress=progress)
+    train_model(
+        model,
+        x_tr,
+        y_tr,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=learning_rate,
+        seed=seed,
+        device=device,
+        progress=progress,
+    )
     seconds = time.perf_counter() - start
     test_acc, test_loss = evaluate(model, *_arrays(test))
     val_acc = evaluate(model, *_arrays(val))[0] if val is not None else None
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    logger.info("Retrained %s: test accuracy %.4f (%d parameters, %.1f s).", dict(architecture), test_acc,
-                n_params, seconds)
-    return RetrainResult(test_accuracy=test_acc, test_loss=test_loss, val_accuracy=val_acc,
-                         n_parameters=n_params, seconds=seconds, model=model)
+    logger.info(
+        "Retrained %s: test accuracy %.4f (%d parameters, %.1f s).", dict(architecture), test_acc, n_params, seconds
+    )
+    return RetrainResult(
+        test_accuracy=test_acc,
+        test_loss=test_loss,
+        val_accuracy=val_acc,
+        n_parameters=n_params,
+        seconds=seconds,
+        model=model,
+    )

@@ -116,8 +116,11 @@ class LeaSE(DARTS):
         lease_settings = LeaseSettings.from_options(settings, **options)
         if listener is not None and not isinstance(listener, nn.Module):
             raise ValueError(f"listener must be None or a torch.nn.Module; got {type(listener).__name__}.")
-        if isinstance(arc_learning_rate, bool) or not isinstance(arc_learning_rate, (int, float)) \
-                or not 0.0 < arc_learning_rate < float("inf"):
+        if (
+            isinstance(arc_learning_rate, bool)
+            or not isinstance(arc_learning_rate, (int, float))
+            or not 0.0 < arc_learning_rate < float("inf")
+        ):
             raise ValueError(f"arc_learning_rate must be a positive finite number; got {arc_learning_rate!r}.")
         super().__init__(
             arc_learning_rate=arc_learning_rate,
@@ -134,8 +137,11 @@ class LeaSE(DARTS):
 
     def extra_repr(self) -> str:
         defaults = LeaseSettings()
-        changed = [f"{name}={getattr(self.settings, name)!r}" for name in LeaseSettings.option_names()
-                   if getattr(self.settings, name) != getattr(defaults, name)]
+        changed = [
+            f"{name}={getattr(self.settings, name)!r}"
+            for name in LeaseSettings.option_names()
+            if getattr(self.settings, name) != getattr(defaults, name)
+        ]
         return ", ".join(changed)
 
     def configure_oneshot_module(self, training_module: Any) -> LeaseLightningModule:
@@ -168,8 +174,10 @@ class LeaSE(DARTS):
     def _initialize(self, model_space: Any, engine: Any) -> Any:
         evaluator = getattr(model_space, "evaluator", None)
         if isinstance(evaluator, Regression):
-            raise ValueError("LeaSE explains class predictions: the evaluator must be a classification evaluator "
-                             "(e.g. nni.nas.evaluator.pytorch.Classification); got a Regression evaluator.")
+            raise ValueError(
+                "LeaSE explains class predictions: the evaluator must be a classification evaluator "
+                "(e.g. nni.nas.evaluator.pytorch.Classification); got a Regression evaluator."
+            )
         result = super()._initialize(model_space, engine)
         mutated = cast(Lightning, self._mutated_model_space.evaluator)
         module = cast(LeaseLightningModule, self.oneshot_module)
@@ -194,8 +202,10 @@ class LeaSE(DARTS):
         n_classes = _n_outputs(self.supernet, input_shape)
         if self.listener is None:
             if len(input_shape) != 3:
-                raise ValueError(f"the default listener is a CNN for images (C, H, W); the inputs have shape "
-                                 f"{input_shape}. Pass listener= with a module for these inputs.")
+                raise ValueError(
+                    f"the default listener is a CNN for images (C, H, W); the inputs have shape "
+                    f"{input_shape}. Pass listener= with a module for these inputs."
+                )
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.settings.seed)
                 listener = default_listener(input_shape, n_classes)
@@ -264,12 +274,16 @@ def _check_batch_item(x: Any, y: Any) -> None:
     """Raise a clear error unless one sample is ``(floating tensor x, integer class label y)``."""
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         got = type(x).__name__ if not isinstance(x, torch.Tensor) else f"a {x.dtype} tensor"
-        raise ValueError("LeaSE needs training data of (x, y) pairs with x one floating-point tensor (an image) "
-                         f"to explain; got x as {got}.")
+        raise ValueError(
+            "LeaSE needs training data of (x, y) pairs with x one floating-point tensor (an image) "
+            f"to explain; got x as {got}."
+        )
     y_t = torch.as_tensor(y)
     if y_t.is_floating_point() or y_t.is_complex() or y_t.dim() > 1:
-        raise ValueError("LeaSE explains class predictions: y must be integer class labels; "
-                         f"got {y_t.dtype} of shape {tuple(y_t.shape)}.")
+        raise ValueError(
+            "LeaSE explains class predictions: y must be integer class labels; "
+            f"got {y_t.dtype} of shape {tuple(y_t.shape)}."
+        )
 
 
 def _first_input_shape(loader: Any) -> tuple[int, ...]:
@@ -304,6 +318,8 @@ def _n_outputs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
         model.train(was_training)
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] < 2:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(f"LeaSE explains class predictions: the model must return logits (N, n_classes) with "
-                         f"n_classes >= 2; got {got} for N = 2.")
+        raise ValueError(
+            f"LeaSE explains class predictions: the model must return logits (N, n_classes) with "
+            f"n_classes >= 2; got {got} for N = 2."
+        )
     return int(out.shape[1])

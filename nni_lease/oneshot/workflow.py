@@ -39,10 +39,20 @@ from nni_lease.oneshot.config import RetrainConfig, SearchConfig, SearchResult, 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "ARCHITECTURE_FILE", "CURVES_FILE", "METRICS_FILE", "RETRAIN_FILE",
-    "RetrainConfig", "SearchConfig", "SearchResult",
-    "check_output_dir", "check_output_file", "load_architecture", "load_splits", "retrain_architecture",
-    "search_oneshot", "space_kwargs",
+    "ARCHITECTURE_FILE",
+    "CURVES_FILE",
+    "METRICS_FILE",
+    "RETRAIN_FILE",
+    "RetrainConfig",
+    "SearchConfig",
+    "SearchResult",
+    "check_output_dir",
+    "check_output_file",
+    "load_architecture",
+    "load_splits",
+    "retrain_architecture",
+    "search_oneshot",
+    "space_kwargs",
 ]
 
 ARCHITECTURE_FILE = "architecture.json"
@@ -85,8 +95,15 @@ def space_kwargs(config: SearchConfig, train: Any) -> dict[str, Any]:
     channels, side, _ = train.input_shape
     # SearchConfig fills each None with the space's default
     assert config.width is not None and config.cells is not None and config.nodes is not None
-    return space_kwargs_for(config.space, in_channels=int(channels), n_classes=int(train.n_classes),
-                            image_size=int(side), width=config.width, cells=config.cells, nodes=config.nodes)
+    return space_kwargs_for(
+        config.space,
+        in_channels=int(channels),
+        n_classes=int(train.n_classes),
+        image_size=int(side),
+        width=config.width,
+        cells=config.cells,
+        nodes=config.nodes,
+    )
 
 
 def _epoch_rows(lightning_csv: Path) -> list[dict[str, str]]:
@@ -129,8 +146,16 @@ def _plot_curves(rows: list[dict[str, str]], path: Path, title: str) -> None:
     epochs = [int(r["epoch"]) + 1 for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     panels = [
-        ("loss (nats)", ["explainer/train_loss", "explainer/val_loss", "listener/train_loss",
-                         "listener/val_loss", "lease/objective"]),
+        (
+            "loss (nats)",
+            [
+                "explainer/train_loss",
+                "explainer/val_loss",
+                "listener/train_loss",
+                "listener/val_loss",
+                "lease/objective",
+            ],
+        ),
         ("accuracy", ["explainer/train_acc", "explainer/val_acc", "listener/train_acc", "listener/val_acc"]),
         ("mean |δ| (input units)", ["explanation/mean_abs_delta"]),
     ]
@@ -152,8 +177,10 @@ def _plot_curves(rows: list[dict[str, str]], path: Path, title: str) -> None:
 def _datasets(dataset: str, root: str | None, seed: int, limit: int | None) -> tuple[Any, Any, Any]:
     from nni_lease.data import make_dataset
 
-    return tuple(make_dataset(dataset, split, data_dir=root, seed=seed, limit=limit)  # type: ignore[return-value]
-                 for split in ("train", "val", "test"))
+    return tuple(
+        make_dataset(dataset, split, data_dir=root, seed=seed, limit=limit)  # type: ignore[return-value]
+        for split in ("train", "val", "test")
+    )
 
 
 def load_splits(config: SearchConfig) -> tuple[Any, Any, Any]:
@@ -240,8 +267,12 @@ def search_oneshot(
         "data_dir": config.data_dir,
         "seed": config.seed,
         "space": {"name": SPACES[config.space], "kwargs": kwargs},
-        "strategy": {"name": "LeaSE", "epochs": config.epochs, "arc_learning_rate": config.arc_learning_rate,
-                     **settings.as_dict()},
+        "strategy": {
+            "name": "LeaSE",
+            "epochs": config.epochs,
+            "arc_learning_rate": config.arc_learning_rate,
+            **settings.as_dict(),
+        },
         "search": dataclasses.asdict(config),
         "search_seconds": seconds,
     }
@@ -266,8 +297,10 @@ def load_architecture(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ValueError(f"architecture file {str(p)!r} not found.")
     if p.stat().st_size > MAX_ARCHITECTURE_BYTES:
-        raise ValueError(f"architecture file {str(p)!r} has {p.stat().st_size} bytes; an architecture record has "
-                         f"a few KB (at most {MAX_ARCHITECTURE_BYTES} are read).")
+        raise ValueError(
+            f"architecture file {str(p)!r} has {p.stat().st_size} bytes; an architecture record has "
+            f"a few KB (at most {MAX_ARCHITECTURE_BYTES} are read)."
+        )
     try:
         record = json.loads(p.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError) as exc:
@@ -282,9 +315,12 @@ def _check_record(record: Any, source: str) -> None:
     if not isinstance(record, dict):
         raise ValueError(f"{source} is not an architecture record ({expected}); got a JSON {type(record).__name__}.")
     space = record.get("space")
-    if not isinstance(space, dict) or space.get("name") not in ("LeaseCellSpace", "DartsSpace") \
-            or not isinstance(space.get("kwargs"), dict) \
-            or not isinstance(record.get("architecture"), dict):
+    if (
+        not isinstance(space, dict)
+        or space.get("name") not in ("LeaseCellSpace", "DartsSpace")
+        or not isinstance(space.get("kwargs"), dict)
+        or not isinstance(record.get("architecture"), dict)
+    ):
         raise ValueError(f"{source} is not an architecture record ({expected}).")
 
 
@@ -341,10 +377,24 @@ def retrain_architecture(
     torch.manual_seed(config.seed)
     space = build_space(record["space"]["name"], **record["space"]["kwargs"])
     build_architecture(space, record["architecture"], seed=config.seed)  # checks the architecture first
-    result = retrain(space, record["architecture"], train, test, val=val, epochs=config.epochs,
-                     batch_size=config.batch_size, learning_rate=config.learning_rate, seed=config.seed,
-                     progress=config.progress)
-    summary = {"architecture": record["architecture"], "dataset": dataset, "epochs": config.epochs,
-               "seed": config.seed, **result.as_dict()}
+    result = retrain(
+        space,
+        record["architecture"],
+        train,
+        test,
+        val=val,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        seed=config.seed,
+        progress=config.progress,
+    )
+    summary = {
+        "architecture": record["architecture"],
+        "dataset": dataset,
+        "epochs": config.epochs,
+        "seed": config.seed,
+        **result.as_dict(),
+    }
     _atomic_write_text(out, json.dumps(summary, indent=2))
     return summary

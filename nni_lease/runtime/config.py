@@ -77,13 +77,16 @@ def load_training_service(spec: str | Path | dict | None) -> dict:
                 mapping = mapping[key]
                 break
     if not isinstance(mapping, dict) or "platform" not in mapping:
-        raise ValueError(f"training service config {source!r} must be a mapping with a 'platform' key "
-                         f"(or an NNI config with 'trainingService'); got {type(mapping).__name__}.")
+        raise ValueError(
+            f"training service config {source!r} must be a mapping with a 'platform' key "
+            f"(or an NNI config with 'trainingService'); got {type(mapping).__name__}."
+        )
     try:
         config_class = type(config_utils.training_service_config_factory(mapping["platform"]))
     except (ValueError, TypeError) as exc:
-        raise ValueError(f"training service config {source!r}: unknown platform "
-                         f"{str(mapping['platform'])[:100]!r}.") from exc
+        raise ValueError(
+            f"training service config {source!r}: unknown platform {str(mapping['platform'])[:100]!r}."
+        ) from exc
     try:
         config_class(**mapping)  # NNI's own field check (unknown keys, nested machine lists)
     except (AttributeError, TypeError, ValueError) as exc:
@@ -119,9 +122,11 @@ def check_trial_code_directory(config: Any) -> None:
         return
     folder = Path(str(getattr(config, "trial_code_directory", None) or ".")).expanduser().resolve()
     if not folder.is_dir() or not any(folder.iterdir()):
-        raise ValueError(f"the {platform!r} training service copies the trial code folder {folder} to its workers, "
-                         "but it is empty or missing; start from the folder that holds your project (the trials "
-                         "import it) or set trialCodeDirectory.")
+        raise ValueError(
+            f"the {platform!r} training service copies the trial code folder {folder} to its workers, "
+            "but it is empty or missing; start from the folder that holds your project (the trials "
+            "import it) or set trialCodeDirectory."
+        )
 
 
 def build_config(

@@ -43,7 +43,17 @@ from nni.nas.nn.pytorch import ModelSpace
 from nni.runtime.tuner_command_channel import TunerCommandChannel
 from nni.runtime.tuner_command_channel.command_type import CommandType
 
+from art_fisher._atomic import atomic_write
 from nni_lease.multitrial.strategy import LeaseMultiTrial
+from nni_lease.runtime.config import (
+    build_config,
+    check_experiment_dir,
+    check_experiment_ports,
+    check_port_number,
+    check_trial_code_directory,
+    experiment_ports,
+    load_training_service,
+)
 from nni_lease.runtime.manager import (
     DEFAULT_HOST,
     EXPOSED_WARNING,
@@ -57,17 +67,6 @@ from nni_lease.runtime.manager import (
     manager_url,
     report_stale_experiments,
     wait_port_closed,
-)
-from art_fisher._atomic import atomic_write
-from nni_lease.multitrial.strategy import LeaseMultiTrial
-from nni_lease.runtime.config import (
-    build_config,
-    check_experiment_dir,
-    check_experiment_ports,
-    check_port_number,
-    check_trial_code_directory,
-    experiment_ports,
-    load_training_service,
 )
 
 logger = logging.getLogger(__name__)
@@ -139,20 +138,22 @@ class _ResumableChannel(TunerCommandChannel):
 
     _SKIPPED = (CommandType.ImportData, CommandType.AddCustomizedTrialJob)
 
-    def _receive(self):  # noqa: D401 - same contract as TunerCommandChannel._receive
+    def _receive(self):
         from websockets.exceptions import WebSocketException
 
         while True:
             try:
                 command_type, data = super()._receive()
             except (OSError, WebSocketException) as exc:
-                logger.debug("Lost the connection to the NNI manager (%s: %s); the channel stops.",
-                             type(exc).__name__, exc)
+                logger.debug(
+                    "Lost the connection to the NNI manager (%s: %s); the channel stops.", type(exc).__name__, exc
+                )
                 return CommandType.Terminate, ""
             if command_type not in self._SKIPPED:
                 return command_type, data
-            logger.debug("Skipping %s from the NNI manager (earlier trials; the strategy has its own state).",
-                         command_type)
+            logger.debug(
+                "Skipping %s from the NNI manager (earlier trials; the strategy has its own state).", command_type
+            )
 
 
 class _ResumableEngine(TrainingServiceExecutionEngine):
@@ -194,8 +195,11 @@ class _LeaseNasExperiment(NasExperiment):
                 while self.get_status() == "DONE" and time.monotonic() < deadline:
                     time.sleep(0.5)
             else:
-                logger.warning("max_trials=%d but the experiment already has %d trials: nothing left to run.",
-                               self.config.max_trial_number, n_done)
+                logger.warning(
+                    "max_trials=%d but the experiment already has %d trials: nothing left to run.",
+                    self.config.max_trial_number,
+                    n_done,
+                )
 
 
 def _manager_names(config: Any) -> list[str]:
@@ -216,8 +220,10 @@ def _manager_gone_message(exp: Experiment, port: int) -> str:
         folder = Path(exp.config.canonical_copy().experiment_working_directory) / exp.id
     except Exception:  # noqa: BLE001 - only for the message
         folder = Path("~/nni-experiments").expanduser() / exp.id
-    return (f"experiment {exp.id}: the NNI manager on port {port} stopped answering (it died or was killed); "
-            f"see its log {folder / 'log' / 'nnimanager.log'}.")
+    return (
+        f"experiment {exp.id}: the NNI manager on port {port} stopped answering (it died or was killed); "
+        f"see its log {folder / 'log' / 'nnimanager.log'}."
+    )
 
 
 def run_experiment(
@@ -378,31 +384,46 @@ def run_multitrial(
     if resume and not experiment_id:
         raise ValueError("experiment_id must name the experiment to resume when resume=True.")
     check_port_number(port)
-    config = build_config(max_trials=max_trials, concurrency=concurrency, training_service=training_service,
-                          experiment_dir=experiment_dir)
+    config = build_config(
+        max_trials=max_trials, concurrency=concurrency, training_service=training_service, experiment_dir=experiment_dir
+    )
     report_stale_experiments()
     check_experiment_ports(config, port, host)
 
     exp = _LeaseNasExperiment(model_space, evaluator, strategy, config=config, id=experiment_id)
     if resume and not exp.has_checkpoint():
-        raise ValueError(f"no experiment {experiment_id!r} to resume in NNI's list "
-                         f"({Path('~/nni-experiments/.experiment').expanduser()}); check HOME and the id.")
+        raise ValueError(
+            f"no experiment {experiment_id!r} to resume in NNI's list "
+            f"({Path('~/nni-experiments/.experiment').expanduser()}); check HOME and the id."
+        )
     record_dir = Path(config.canonical_copy().experiment_working_directory) / exp.id
     url, state, best = manager_url(host, port), {}, {}
     interrupted = True
     try:
-        interrupted = run_experiment(exp, port=port, host=host, resume=resume, keep_open=keep_open,
-                                     on_started=on_started, check_port=False)
+        interrupted = run_experiment(
+            exp, port=port, host=host, resume=resume, keep_open=keep_open, on_started=on_started, check_port=False
+        )
     finally:
         state = strategy.state_dict() if strategy.logits else {}
         best = strategy.best_sample() if strategy.logits else {}
         if record_dir.is_dir():
-            summary = {"experiment_id": exp.id, "url": url, "interrupted": interrupted,
-                       "best_sample": best, "strategy_state": state}
+            summary = {
+                "experiment_id": exp.id,
+                "url": url,
+                "interrupted": interrupted,
+                "best_sample": best,
+                "strategy_state": state,
+            }
             with atomic_write(record_dir / SUMMARY_FILE, text=True) as fh:
                 fh.write(json.dumps(summary, indent=2, default=str))
-    return MultiTrialResult(experiment_id=exp.id, url=url, record_dir=record_dir, interrupted=interrupted,
-                            strategy_state=state, best_sample=best)
+    return MultiTrialResult(
+        experiment_id=exp.id,
+        url=url,
+        record_dir=record_dir,
+        interrupted=interrupted,
+        strategy_state=state,
+        best_sample=best,
+    )
 
 
 @contextlib.contextmanager

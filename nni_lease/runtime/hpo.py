@@ -96,14 +96,22 @@ class TrialConfig:
             raise ValueError(f"lease must be a dict of LeaSE options; got {type(self.lease).__name__}.")
         tuned = sorted(set(self.lease) & {*TUNED_OPTIONS, "listener_optimizer"})
         if tuned:
-            raise ValueError(f"LeaSE option(s) {tuned} cannot be fixed in an HPO run: the tuner sets "
-                             f"{list(SEARCH_SPACE)} (and the listener's optimiser is Adam).")
+            raise ValueError(
+                f"LeaSE option(s) {tuned} cannot be fixed in an HPO run: the tuner sets "
+                f"{list(SEARCH_SPACE)} (and the listener's optimiser is Adam)."
+            )
         LeaseSettings.from_options(**self.lease)  # checks names and values
 
     def to_json(self) -> str:
         """One line of JSON (what the trial command carries)."""
-        return json.dumps({"search": dataclasses.asdict(self.search), "lease": self.lease,
-                           "retrain": dataclasses.asdict(self.retrain)}, sort_keys=True)
+        return json.dumps(
+            {
+                "search": dataclasses.asdict(self.search),
+                "lease": self.lease,
+                "retrain": dataclasses.asdict(self.retrain),
+            },
+            sort_keys=True,
+        )
 
     @classmethod
     def from_json(cls, text: str) -> TrialConfig:
@@ -120,8 +128,11 @@ class TrialConfig:
             raise ValueError(f"--config is not valid JSON: {exc}") from exc
         if not isinstance(data, dict) or set(data) - {"search", "lease", "retrain"}:
             raise ValueError("--config must be a JSON object with the keys 'search', 'lease' and 'retrain'.")
-        return cls(search=SearchConfig.from_dict(data.get("search", {})), lease=dict(data.get("lease", {})),
-                   retrain=RetrainConfig(**data.get("retrain", {})))
+        return cls(
+            search=SearchConfig.from_dict(data.get("search", {})),
+            lease=dict(data.get("lease", {})),
+            retrain=RetrainConfig(**data.get("retrain", {})),
+        )
 
 
 def _check_parameters(params: dict[str, Any]) -> dict[str, Any]:
@@ -201,7 +212,14 @@ def run_trial(params: dict[str, Any], *, output: str | Path, config: TrialConfig
 
 def trial_command(config: TrialConfig, *, python: str | None = None) -> str:
     """The trial command line, every part quoted with :func:`shlex.quote` (NNI runs it with ``bash``)."""
-    parts = [python or Path(sys.executable).as_posix(), "-m", "nni_lease.runtime.hpo", "trial", "--config", config.to_json()]
+    parts = [
+        python or Path(sys.executable).as_posix(),
+        "-m",
+        "nni_lease.runtime.hpo",
+        "trial",
+        "--config",
+        config.to_json(),
+    ]
     return " ".join(shlex.quote(part) for part in parts)
 
 
@@ -275,8 +293,10 @@ def check_resumable(exp: Experiment, experiment_id: str) -> None:
     """
     exp.id = experiment_id
     if not exp.has_checkpoint():
-        raise ValueError(f"no experiment {experiment_id!r} to resume in NNI's list "
-                         f"({Path('~/nni-experiments/.experiment').expanduser()}); check HOME and the id.")
+        raise ValueError(
+            f"no experiment {experiment_id!r} to resume in NNI's list "
+            f"({Path('~/nni-experiments/.experiment').expanduser()}); check HOME and the id."
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

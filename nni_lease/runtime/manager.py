@@ -254,8 +254,9 @@ def _node_quoted(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def manager_environment(host: str = DEFAULT_HOST, *, grace_seconds: float = 10.0,
-                        allowed_names: Iterable[str] = ()) -> Iterator[None]:
+def manager_environment(
+    host: str = DEFAULT_HOST, *, grace_seconds: float = 10.0, allowed_names: Iterable[str] = ()
+) -> Iterator[None]:
     """Within the block, an NNI manager started by this process binds ``host`` and dies with this process.
 
     Sets ``NODE_OPTIONS`` (prepending ``--require <PRELOAD>`` to any value already there) and the
@@ -322,8 +323,15 @@ class BindingGuard:
         Seconds to wait for the ports to listen.
     """
 
-    def __init__(self, ports: Iterable[int], host: str, on_exposed: Callable[[str], None], *,
-                 timeout: float = 180.0, interval: float = 0.2) -> None:
+    def __init__(
+        self,
+        ports: Iterable[int],
+        host: str,
+        on_exposed: Callable[[str], None],
+        *,
+        timeout: float = 180.0,
+        interval: float = 0.2,
+    ) -> None:
         self.ports = list(ports)
         self.allowed = _allowed_addresses(host)
         self.on_exposed = on_exposed
@@ -354,8 +362,10 @@ class BindingGuard:
                 self.checked[port] = addresses
                 beyond = [a for a in addresses if a not in self.allowed]
                 if beyond:
-                    self.exposed = (f"port {port} listens on {', '.join(beyond)}, beyond the chosen host "
-                                    f"{' / '.join(sorted(self.allowed))}")
+                    self.exposed = (
+                        f"port {port} listens on {', '.join(beyond)}, beyond the chosen host "
+                        f"{' / '.join(sorted(self.allowed))}"
+                    )
                     self.on_exposed(self.exposed)
                     return
                 logger.debug("port %d listens on %s only", port, addresses)
@@ -390,10 +400,14 @@ class StaleExperiment:
         """One line for the user."""
         where = f"port {self.port}" if self.port else "unknown port"
         if self.manager_running:
-            return (f"experiment {self.experiment_id}: its NNI manager (pid {self.pid}, {where}) is still "
-                    f"running; stop it with `nnictl stop {self.experiment_id}` or `kill {self.pid}`.")
-        return (f"experiment {self.experiment_id} ({where}) was not stopped cleanly: NNI's list says "
-                f"{self.status} but its manager (pid {self.pid}) is gone; marked STOPPED (it can be resumed).")
+            return (
+                f"experiment {self.experiment_id}: its NNI manager (pid {self.pid}, {where}) is still "
+                f"running; stop it with `nnictl stop {self.experiment_id}` or `kill {self.pid}`."
+            )
+        return (
+            f"experiment {self.experiment_id} ({where}) was not stopped cleanly: NNI's list says "
+            f"{self.status} but its manager (pid {self.pid}) is gone; marked STOPPED (it can be resumed)."
+        )
 
 
 def _is_manager_of(pid: int, experiment_id: str) -> bool:

@@ -83,8 +83,11 @@ class InvertedResidual(nn.Module):
         if expand != 1:
             layers += [nn.Conv2d(c_in, hidden, 1, bias=False), _bn(hidden), nn.ReLU6(inplace=True)]
         layers += [
-            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), _bn(hidden), nn.ReLU6(inplace=True),
-            nn.Conv2d(hidden, c_out, 1, bias=False), _bn(c_out),
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
+            _bn(hidden),
+            nn.ReLU6(inplace=True),
+            nn.Conv2d(hidden, c_out, 1, bias=False),
+            _bn(c_out),
         ]
         self.conv = nn.Sequential(*layers)
         self.use_res_connect = stride == 1 and c_in == c_out
@@ -103,8 +106,9 @@ class TinyMobileNetV2(nn.Module):
             InvertedResidual(width, width, 1, expand=1),
             InvertedResidual(width, 2 * width, 2, expand=2),
             InvertedResidual(2 * width, 2 * width, 1, expand=2),
-            nn.Sequential(nn.Conv2d(2 * width, 2 * width, 3, 1, 1, groups=2, bias=False), _bn(2 * width),
-                          nn.ReLU6(inplace=True)),
+            nn.Sequential(
+                nn.Conv2d(2 * width, 2 * width, 3, 1, 1, groups=2, bias=False), _bn(2 * width), nn.ReLU6(inplace=True)
+            ),
         )
         self.pool = nn.AdaptiveAvgPool2d((1, 1))
         self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(2 * width, n_classes))
@@ -157,8 +161,15 @@ class TinyViT(nn.Module):
     """Patch embedding, class token, position embedding, ``depth`` blocks, final LayerNorm, Linear head."""
 
     def __init__(
-        self, dim: int = 8, depth: int = 1, heads: int = 2, patch: int = 4, image: int = 8, n_classes: int = 10,
-        in_channels: int = 3, fused: bool = True,
+        self,
+        dim: int = 8,
+        depth: int = 1,
+        heads: int = 2,
+        patch: int = 4,
+        image: int = 8,
+        n_classes: int = 10,
+        in_channels: int = 3,
+        fused: bool = True,
     ) -> None:
         super().__init__()
         self.patch_embed = nn.Conv2d(in_channels, dim, patch, patch)

@@ -174,8 +174,18 @@ def make_case(name: str, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
 
 
 EXACT_CASES = [
-    "mlp", "tanh", "cnn", "unknown_module", "shared", "residual", "tied_head", "transposed_tie",
-    "weight_in_function", "inplace_cnn", "silu", "mish",
+    "mlp",
+    "tanh",
+    "cnn",
+    "unknown_module",
+    "shared",
+    "residual",
+    "tied_head",
+    "transposed_tie",
+    "weight_in_function",
+    "inplace_cnn",
+    "silu",
+    "mish",
 ]
 
 

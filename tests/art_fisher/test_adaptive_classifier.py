@@ -18,7 +18,8 @@ def _torch_logits(combo, x):
 
 
 @pytest.mark.parametrize(
-    ("kind", "estimator", "loss"), [("mlp", "threshold", "margin"), ("cnn", "logistic", "cross_entropy"), ("cnn", "quantile", "margin")]
+    ("kind", "estimator", "loss"),
+    [("mlp", "threshold", "margin"), ("cnn", "logistic", "cross_entropy"), ("cnn", "quantile", "margin")],
 )
 def test_gradients_of_the_combined_model_match_central_differences(kind, estimator, loss):
     clf, x = smooth_classifier(kind)

@@ -29,7 +29,9 @@ def test_art_binary_detectors_logit_and_gradient(on_activations):
     torch.manual_seed(1)
     y = np.eye(2)[np.r_[np.zeros(20, int), np.ones(20, int)]]
     if on_activations:  # layer 2 of the MLP: its tanh, 6 features
-        detector = BinaryActivationDetector(clf, _two_class(nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 2)), (6,)), 2)
+        detector = BinaryActivationDetector(
+            clf, _two_class(nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 2)), (6,)), 2
+        )
     else:
         detector = BinaryInputDetector(_two_class(nn.Sequential(nn.Flatten(), nn.Linear(9, 2)), (1, 3, 3)))
     detector.fit(x, y, nb_epochs=2, batch_size=20)

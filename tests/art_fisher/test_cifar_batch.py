@@ -23,9 +23,12 @@ MB = 2**20
 
 def _batch(n: int, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
-    return {b"batch_label": b"synthetic", b"labels": [int(v) for v in rng.integers(0, 10, n)],
-            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-            b"filenames": [f"img_{i}.png".encode() for i in range(n)]}
+    return {
+        b"batch_label": b"synthetic",
+        b"labels": [int(v) for v in rng.integers(0, 10, n)],
+        b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+        b"filenames": [f"img_{i}.png".encode() for i in range(n)],
+    }
 
 
 def _write(path, obj, protocol=2):
@@ -36,14 +39,28 @@ def _write(path, obj, protocol=2):
 
 def _py2_batch(data: np.ndarray, labels: list[int]) -> bytes:
     """A batch as the official files store it: pickled by Python 2 (py2 str keys and raw data)."""
+
     def py2str(raw: bytes) -> bytes:
         return (b"U" + bytes([len(raw)]) if len(raw) < 256 else b"T" + struct.pack("<i", len(raw))) + raw
 
     n = len(labels)
-    out = [b"\x80\x02}(", py2str(b"data"), b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85",
-           py2str(b"b"), b"\x87R(K\x01J" + struct.pack("<i", n) + b"M\x00\x0c\x86cnumpy\ndtype\n", py2str(b"u1"),
-           b"K\x00K\x01\x87R(K\x03", py2str(b"|"), b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89",
-           py2str(data.tobytes()), b"tb", py2str(b"labels"), b"](", *(b"K" + bytes([v]) for v in labels), b"eu."]
+    out = [
+        b"\x80\x02}(",
+        py2str(b"data"),
+        b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85",
+        py2str(b"b"),
+        b"\x87R(K\x01J" + struct.pack("<i", n) + b"M\x00\x0c\x86cnumpy\ndtype\n",
+        py2str(b"u1"),
+        b"K\x00K\x01\x87R(K\x03",
+        py2str(b"|"),
+        b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89",
+        py2str(data.tobytes()),
+        b"tb",
+        py2str(b"labels"),
+        b"](",
+        *(b"K" + bytes([v]) for v in labels),
+        b"eu.",
+    ]
     return b"".join(out)
 
 
@@ -113,8 +130,9 @@ def test_malformed_content_is_a_value_error_naming_the_file(tmp_path, change, ma
 
 
 def test_more_than_10000_images_is_refused(tmp_path):
-    path = _write(tmp_path / "data_batch_1", {b"data": np.zeros((10_001, 3072), np.uint8), b"labels": [0] * 10_001},
-                  protocol=4)
+    path = _write(
+        tmp_path / "data_batch_1", {b"data": np.zeros((10_001, 3072), np.uint8), b"labels": [0] * 10_001}, protocol=4
+    )
     with pytest.raises(CifarBatchError, match=r"data_batch_1: .*1 <= N <= 10000; got uint8 \(10001, 3072\)"):
         read_cifar10_batch(path)
 

@@ -95,7 +95,10 @@ def test_evaluate_with_a_state_dict(tmp_path, capsys):
         (["--device", "quantum"], "device"),
         (["--output", "{tmp}/notes.txt/out"], "lies under the file"),
         (["--output", "/proc/art_fisher_out"], "not writable"),
-        (["--adaptive", "--detectors", "fisher_trace,fisher_sensitivity"], "adaptive attacks need detectors with input"),
+        (
+            ["--adaptive", "--detectors", "fisher_trace,fisher_sensitivity"],
+            "adaptive attacks need detectors with input",
+        ),
     ],
 )
 def test_bad_options_exit_2_with_one_line(tmp_path, capsys, args, message):

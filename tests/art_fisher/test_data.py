@@ -39,7 +39,10 @@ def _write_idx(path, array, *, compress=False):
 def _mnist_arrays(n_train=12, n_test=5, seed=0):
     rng = np.random.default_rng(seed)
     return {
-        "train": (rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8), rng.integers(0, 10, n_train, dtype=np.uint8)),
+        "train": (
+            rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+            rng.integers(0, 10, n_train, dtype=np.uint8),
+        ),
         "test": (rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8), rng.integers(0, 10, n_test, dtype=np.uint8)),
     }
 
@@ -78,6 +81,7 @@ def test_digits_splits_are_disjoint_and_cover_everything():
     assert full.x.shape == (1797, 1, 8, 8) and full.x.dtype == np.float32
     assert len(train.y) + len(test.y) == 1797 and len(test.y) == 450
     assert 0.0 <= full.x.min() and full.x.max() <= 1.0
+
     # train + test is a partition of the full set (as a multiset of (image, label) rows).
     def rows(ds):
         return sorted(r.tobytes() + bytes([lbl]) for r, lbl in zip(ds.x.reshape(len(ds.y), -1), ds.y, strict=False))
@@ -155,7 +159,9 @@ def test_mnist_labels_out_of_range_name_the_file(tmp_path):
     arrays = _mnist_arrays()
     arrays["train"][1][3] = 12
     _write_mnist_idx(tmp_path, arrays, compress=False)
-    with pytest.raises(ValueError, match=r"train-labels-idx1-ubyte: expected labels in 0\.\.9; got values from 0 to 12"):
+    with pytest.raises(
+        ValueError, match=r"train-labels-idx1-ubyte: expected labels in 0\.\.9; got values from 0 to 12"
+    ):
         load_mnist(tmp_path)
     np.savez(tmp_path / "mnist.npz", x_train=arrays["train"][0], y_train=arrays["train"][1])
     with pytest.raises(ValueError, match=r"mnist.npz \(y_train\): expected labels in 0\.\.9"):
@@ -210,17 +216,21 @@ def test_mnist_gzip_bomb_is_read_no_further_than_its_header_announces(tmp_path):
     assert bomb.stat().st_size < 3 * 2**20
     error, peak = _traced_peak(lambda: load_mnist(tmp_path, split="test"))
     assert isinstance(error, ValueError)
-    assert str(error).startswith(f"{bomb}: the header announces shape (10000, 28, 28), i.e. 7840016 bytes in total; "
-                                 "the decompressed file holds more bytes")
+    assert str(error).startswith(
+        f"{bomb}: the header announces shape (10000, 28, 28), i.e. 7840016 bytes in total; "
+        "the decompressed file holds more bytes"
+    )
     assert peak < 24 * 2**20  # the announced 7.8 MB (and gzip's buffers), not 2.3 GB
 
 
 @pytest.mark.parametrize(
     ("shape", "match"),
-    [((2**32 - 1, 2**32 - 1, 2**32 - 1), r"shape \(4294967295, 4294967295, 4294967295\).*dimension 0 <= 60000"),
-     ((60_001, 28, 28), r"dimension 0 <= 60000"),
-     ((10, 32, 32), r"dimension 1 = 28"),
-     ((10, 28, 2**31), r"dimension 2 = 28")],
+    [
+        ((2**32 - 1, 2**32 - 1, 2**32 - 1), r"shape \(4294967295, 4294967295, 4294967295\).*dimension 0 <= 60000"),
+        ((60_001, 28, 28), r"dimension 0 <= 60000"),
+        ((10, 32, 32), r"dimension 1 = 28"),
+        ((10, 28, 2**31), r"dimension 2 = 28"),
+    ],
 )
 @pytest.mark.parametrize("compress", [False, True])
 def test_mnist_header_beyond_the_format_names_the_file(tmp_path, shape, match, compress):
@@ -238,8 +248,11 @@ def test_mnist_gzip_announcing_more_than_it_can_hold(tmp_path):
     _write_mnist_idx(tmp_path, _mnist_arrays(), compress=True)
     path = tmp_path / "train-images-idx3-ubyte.gz"
     path.write_bytes(gzip.compress(_idx_header((60_000, 28, 28)) + bytes(10)))
-    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte.gz: the header announces shape \(60000, 28, 28\) "
-                                         r"\(47040000 bytes\), more than a \d+-byte gzip file can hold"):
+    with pytest.raises(
+        ValueError,
+        match=r"train-images-idx3-ubyte.gz: the header announces shape \(60000, 28, 28\) "
+        r"\(47040000 bytes\), more than a \d+-byte gzip file can hold",
+    ):
         load_mnist(tmp_path)
 
 
@@ -257,17 +270,27 @@ def test_mnist_npz_headers_are_checked_before_loading(tmp_path):
     _npz_with_header(path, {"x_train": ((10**9, 28, 28), "|u1", bytes(64)), "y_train": ((10**9,), "|u1", bytes(8))})
     error, peak = _traced_peak(lambda: load_mnist(path))
     assert isinstance(error, ValueError)
-    assert str(error) == (f"{path}: expected x_train as uint8 of shape (N, 28, 28) with N <= 60000; its header says "
-                          "uint8 (1000000000, 28, 28).")
+    assert str(error) == (
+        f"{path}: expected x_train as uint8 of shape (N, 28, 28) with N <= 60000; its header says "
+        "uint8 (1000000000, 28, 28)."
+    )
     assert peak < 2**20  # np.load would have allocated the 784 GB the header declares before reading
 
 
 @pytest.mark.parametrize(
     ("arrays", "match"),
-    [({"x_train": np.zeros((2, 28, 28), np.float32), "y_train": np.zeros(2, np.uint8)}, r"x_train as uint8.*float32"),
-     ({"x_train": np.zeros((2, 28, 28), np.uint8), "y_train": np.zeros(2, np.float64)}, r"y_train as 2 integers"),
-     ({"x_train": np.zeros((2, 28, 28), np.uint8), "y_train": np.zeros(3, np.uint8)}, r"y_train as 2 integers"),
-     ({"x_train": np.zeros((2, 32, 32), np.uint8), "y_train": np.zeros(2, np.uint8)}, r"x_train as uint8 of shape \(N, 28, 28\).*\(2, 32, 32\)")],
+    [
+        (
+            {"x_train": np.zeros((2, 28, 28), np.float32), "y_train": np.zeros(2, np.uint8)},
+            r"x_train as uint8.*float32",
+        ),
+        ({"x_train": np.zeros((2, 28, 28), np.uint8), "y_train": np.zeros(2, np.float64)}, r"y_train as 2 integers"),
+        ({"x_train": np.zeros((2, 28, 28), np.uint8), "y_train": np.zeros(3, np.uint8)}, r"y_train as 2 integers"),
+        (
+            {"x_train": np.zeros((2, 32, 32), np.uint8), "y_train": np.zeros(2, np.uint8)},
+            r"x_train as uint8 of shape \(N, 28, 28\).*\(2, 32, 32\)",
+        ),
+    ],
 )
 def test_mnist_npz_wrong_dtypes_and_shapes(tmp_path, arrays, match):
     np.savez(tmp_path / "mnist.npz", **arrays)
@@ -315,9 +338,17 @@ def test_hostile_files_do_not_grow_the_process(tmp_path):
     (tmp_path / "mnist").mkdir()
     _write_mnist_idx(tmp_path / "mnist", _mnist_arrays(), compress=True)
     _gzip_bomb(tmp_path / "mnist" / "t10k-images-idx3-ubyte.gz", (10_000, 28, 28), inflated_mib=2300)
-    _npz_with_header(tmp_path / "mnist.npz", {"x_train": ((10**9, 28, 28), "|u1", b""), "y_train": ((10**9,), "|u1", b"")})
-    out = subprocess.run([sys.executable, "-c", _RSS_PROBE, str(tmp_path)], capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}, timeout=300)
+    _npz_with_header(
+        tmp_path / "mnist.npz", {"x_train": ((10**9, 28, 28), "|u1", b""), "y_train": ((10**9,), "|u1", b"")}
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", _RSS_PROBE, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        timeout=300,
+    )
     lines = out.stdout.splitlines()
     assert "ACCEPTED" not in lines and len(lines) == 4, out.stdout + out.stderr[-2000:]
     for line, name in zip(lines, ["test_batch", "t10k-images-idx3-ubyte.gz", "mnist.npz"], strict=False):
@@ -474,13 +505,20 @@ def test_size_bombs_are_refused_within_300_mb(tmp_path, kind):
     """Each hostile file of the probe: a short ValueError naming the file, peak RSS < 300 MB over the baseline
     (before: 1.8 GB and a 400 MB message; 810 MB and 16.6 s; 1.6 GB and 200,000 images accepted)."""
     path = _write_size_bombs(tmp_path)[kind]
-    out = subprocess.run([sys.executable, "-c", _BOMB_PROBE, kind, str(path)], capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", _BOMB_PROBE, kind, str(path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        timeout=300,
+    )
     lines = out.stdout.splitlines()
     assert len(lines) == 3 and lines[0] != "ACCEPTED", out.stdout + out.stderr[-2000:]
     length, message = lines[0].split(" ", 1)
     assert int(length) < 1000 and str(path) in message, message
-    assert {"dtype": "refusing numpy.dtype([", "dup": "more than 50000 items", "npz": "has no .npy suffix"}[kind] in message
+    assert {"dtype": "refusing numpy.dtype([", "dup": "more than 50000 items", "npz": "has no .npy suffix"}[
+        kind
+    ] in message
     assert float(lines[1].split()[1]) < 10
     growth_mb = int(lines[2].split()[1]) / 1024
     assert growth_mb < 300, (kind, growth_mb)
@@ -489,13 +527,19 @@ def test_size_bombs_are_refused_within_300_mb(tmp_path, kind):
 def test_npz_reads_only_the_members_it_checked(tmp_path):
     x, y = np.zeros((3, 28, 28), np.uint8), np.zeros(3, np.uint8)
     for members, match in [
-        ({"x_train.npy": _npy_bytes(x), "y_train.npy": _npy_bytes(y), "x_train": b"\0" * 10},
-         r"member 'x_train' has no .npy suffix: numpy would read it instead of x_train.npy"),
-        ({"x_train.npy": _npy_bytes(x), "y_train.npy": _npy_bytes(y), "notes.txt": b"hi"},
-         r"unexpected members \['notes.txt'\]"),
+        (
+            {"x_train.npy": _npy_bytes(x), "y_train.npy": _npy_bytes(y), "x_train": b"\0" * 10},
+            r"member 'x_train' has no .npy suffix: numpy would read it instead of x_train.npy",
+        ),
+        (
+            {"x_train.npy": _npy_bytes(x), "y_train.npy": _npy_bytes(y), "notes.txt": b"hi"},
+            r"unexpected members \['notes.txt'\]",
+        ),
         ({"x_train": bytes(784 * 3), "y_train.npy": _npy_bytes(y)}, r"has no .npy suffix"),
-        ({"x_train.npy": _npy_bytes(x), "y_train.npy": _npy_bytes(y), "x_train": _npy_bytes(np.zeros((9, 28, 28)))},
-         r"shadowing the array checked here"),
+        (
+            {"x_train.npy": _npy_bytes(x), "y_train.npy": _npy_bytes(y), "x_train": _npy_bytes(np.zeros((9, 28, 28)))},
+            r"shadowing the array checked here",
+        ),
     ]:
         path = tmp_path / "mnist.npz"
         with zipfile.ZipFile(path, "w") as archive:

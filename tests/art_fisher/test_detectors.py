@@ -80,9 +80,7 @@ def test_held_out_roc_auc_of_each_metric_and_of_the_default_detector(attack, att
         if metric in names:
             auc[metric] = _held_out_auc(f_clean, f_adv, [names.index(metric)], ThresholdClassifier())
     default_columns = [names.index(m) for m in ("trace", "quadratic_form")]
-    combined = _held_out_auc(
-        f_clean, f_adv, default_columns, default_estimator(len(default_columns))
-    )
+    combined = _held_out_auc(f_clean, f_adv, default_columns, default_estimator(len(default_columns)))
     for metric, value in auc.items():
         assert value >= MIN_AUC[attack], f"{attack} {metric}: ROC-AUC {value:.3f} < {MIN_AUC[attack]}"
     assert combined >= MIN_AUC[attack]
@@ -213,7 +211,9 @@ def test_defence_params_match_constructor_and_round_trip(digits_cnn):
 
     signature = inspect.signature(FisherInformationDetector.__init__)
     deprecated = ("batch_size", "epsilon")  # former names, not parameters
-    assert [p for p in list(signature.parameters)[1:] if p not in deprecated] == FisherInformationDetector.defence_params
+    assert [
+        p for p in list(signature.parameters)[1:] if p not in deprecated
+    ] == FisherInformationDetector.defence_params
     detector = FisherInformationDetector(digits_cnn.classifier, metrics=("trace",), chunk_size=7, blockwise=True)
     params = detector.get_params()
     assert params["chunk_size"] == 7 and params["metrics"] == ("trace",) and params["blockwise"] is True
@@ -285,9 +285,7 @@ def test_metric_options_pass_through(digits_cnn, options):
     clf = digits_cnn.classifier
     x = digits_cnn.x_test[:6]
     detector = FisherInformationDetector(clf, **options)
-    values = _features.compute(
-        clf, x, metrics=detector.metrics, settings=_features.options_of(detector), chunk_size=4
-    )
+    values = _features.compute(clf, x, metrics=detector.metrics, settings=_features.options_of(detector), chunk_size=4)
     xt = torch.as_tensor(x).clone(memory_format=torch.contiguous_format)  # canonical strides (see _features)
     kwargs = {k: (list(v) if k == "params" else v) for k, v in options.items()}
     trace_kwargs = {k: v for k, v in kwargs.items() if k in ("params", "method", "fd_step", "output")}
@@ -419,7 +417,6 @@ class _DuckClassifier:  # a classifier without scikit-learn's base classes or ta
         return self.inner_.decision_function(X)
 
 
-
 def test_set_params_target_fpr_keeps_a_labelled_fit_and_discards_a_clean_one(digits_cnn, digits_attacks):
     clean, adv = digits_attacks["fgsm"]
     x, y = _detection_set(clean, adv, np.arange(10))
@@ -508,7 +505,6 @@ def test_uint8_range_images_are_warned_about(digits_cnn):
         warnings.simplefilter("error")
         FisherInformationDetector(wide, metrics=("trace",)).sensitivity_maps(pixels)  # the model expects 0..255
         detector.sensitivity_maps(digits_cnn.x_test[:6])  # [0, 1] inputs
-
 
 
 def test_deprecated_names_set_chunk_size_and_fd_step(digits_cnn, digits_attacks):

@@ -56,9 +56,7 @@ def test_balanced_accuracy_selects_the_youden_threshold():
     ba = ThresholdClassifier(strategy="balanced_accuracy").fit(X, y)
     yj = ThresholdClassifier(strategy="youden").fit(X, y)
     assert ba.threshold_ == yj.threshold_
-    assert balanced_accuracy_score(y, ba.predict(X)) == pytest.approx(
-        _brute_force(X[:, 0], y, balanced_accuracy_score)
-    )
+    assert balanced_accuracy_score(y, ba.predict(X)) == pytest.approx(_brute_force(X[:, 0], y, balanced_accuracy_score))
 
 
 def test_accuracy_strategy_is_optimal_on_imbalanced_data():
@@ -202,7 +200,11 @@ def test_detector_and_transformer_share_one_options_object(digits_cnn):
         for name in _features.OPTION_NAMES:
             assert signature[name].default == getattr(_features.DEFAULT_OPTIONS, name), (cls, name)
     clf = digits_cnn.classifier
-    for bad, error in (({"classes": "rest"}, ValueError), ({"normalize": 1}, TypeError), ({"fd_step": 0.0}, ValueError)):
+    for bad, error in (
+        ({"classes": "rest"}, ValueError),
+        ({"normalize": 1}, TypeError),
+        ({"fd_step": 0.0}, ValueError),
+    ):
         messages = []
         for build in (lambda: FisherFeatures(clf, **bad).fit(digits_cnn.x_test[:2]),
                       lambda: FisherInformationDetector(clf, **bad)):  # fmt: skip
@@ -212,7 +214,9 @@ def test_detector_and_transformer_share_one_options_object(digits_cnn):
         assert messages[0] == messages[1]
     options = _features.options_of(FisherFeatures(clf, metrics=["trace"], params=["classifier.3.weight"]))
     assert options.metrics == ("trace",) and options.params == ("classifier.3.weight",)
-    assert hash(options) == hash(_features.options_of(FisherInformationDetector(clf, metrics=("trace",), params=("classifier.3.weight",))))
+    assert hash(options) == hash(
+        _features.options_of(FisherInformationDetector(clf, metrics=("trace",), params=("classifier.3.weight",)))
+    )
 
 
 def test_fisher_features_deprecated_names_warn_in_fit_and_keep_sklearn_rules(digits_cnn, digits_attacks):

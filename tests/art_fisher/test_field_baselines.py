@@ -172,7 +172,9 @@ def test_registry_and_adaptive_eligibility():
         assert name in DETECTORS and DETECTORS[name].kind == "baseline"
     assert DETECTORS["mahalanobis"].supervised and not DETECTORS["energy_clean"].supervised
     assert adaptive_detectors(["mahalanobis", "mahalanobis_clean", "energy_clean"], explicit=True) == [
-        "mahalanobis", "mahalanobis_clean", "energy_clean"
+        "mahalanobis",
+        "mahalanobis_clean",
+        "energy_clean",
     ]
     with pytest.raises(ValueError, match="lid"):
         adaptive_detectors(["lid"], explicit=True)

@@ -174,10 +174,10 @@ def test_blockwise_and_full_differ_unless_single_tensor():
     block = fisher_quadratic_form(model, x, blockwise=True)
     assert rel_err(block, full) > 1e-3
     single, xs = make_case("single_tensor")
-    assert rel_err(
-        fisher_quadratic_form(single, xs, blockwise=True), fisher_quadratic_form(single, xs)
-    ) < 1e-12
-    assert rel_err(fisher_sensitivity(single, xs, blockwise=True), fisher_sensitivity(single, xs, blockwise=False)) < 1e-12
+    assert rel_err(fisher_quadratic_form(single, xs, blockwise=True), fisher_quadratic_form(single, xs)) < 1e-12
+    assert (
+        rel_err(fisher_sensitivity(single, xs, blockwise=True), fisher_sensitivity(single, xs, blockwise=False)) < 1e-12
+    )
 
 
 def test_eigenvalue_bounds_and_top_eigenvector():
@@ -264,7 +264,9 @@ def test_finite_difference_converges_to_exact_on_smooth_net():
     exact_s = fisher_sensitivity(model, x)
     errs_q, errs_s = [], []
     for eps in (1e-2, 1e-3, 1e-4):
-        errs_q.append(rel_err(fisher_quadratic_form(model, x, blockwise=True, method="finite_difference", fd_step=eps), exact_q))
+        errs_q.append(
+            rel_err(fisher_quadratic_form(model, x, blockwise=True, method="finite_difference", fd_step=eps), exact_q)
+        )
         errs_s.append(rel_err(fisher_sensitivity(model, x, method="finite_difference", fd_step=eps), exact_s))
     # central differences: the error falls like ε² (a factor ~100 per decade)
     for errs in (errs_q, errs_s):

@@ -124,7 +124,7 @@ def test_direction_shapes_and_zero(mlp):
         fisher_quadratic_form(model, x, direction=[torch.zeros(s, dtype=torch.float64) for s in shapes])
     with pytest.raises(ValueError, match="direction must be one of"):
         fisher_sensitivity(model, x, direction="top_eigenvector")
-    with pytest.raises(ValueError, match="does not support direction=\"top_eigenvector\""):
+    with pytest.raises(ValueError, match='does not support direction="top_eigenvector"'):
         fisher_quadratic_form(model, x, direction="top_eigenvector", method="finite_difference")
 
 
@@ -259,8 +259,12 @@ def test_frozen_model_uses_every_parameter_and_stays_frozen():
     for fn in METRICS:
         assert bool(torch.isfinite(fn(model, x)).all())
     torch.testing.assert_close(fisher_trace(model, x), all_params, rtol=1e-12, atol=0)
-    torch.testing.assert_close(fisher_trace(model, x, params=["2.weight"]),
-                               fisher_trace(model.requires_grad_(True), x, params=["2.weight"]), rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        fisher_trace(model, x, params=["2.weight"]),
+        fisher_trace(model.requires_grad_(True), x, params=["2.weight"]),
+        rtol=1e-12,
+        atol=0,
+    )
     model.requires_grad_(False)
     fisher_sensitivity(model, x)
     assert not any(p.requires_grad for p in model.parameters())

@@ -161,8 +161,14 @@ def test_every_rule_gives_output_changes_that_match_a_jvp():
             assert rel(rule.change(kind, per_sample, shared=False).expand_as(want), want) < 1e-12
             # per-sample gradient of <b, o> against torch.func
             b = torch.randn_like(want)
-            ref = torch.func.vmap(torch.func.grad(lambda w, ai, bi, kind=kind: (torch.func.functional_call(
-                module, {kind: w}, (ai[None],))[0] * bi).sum()), in_dims=(None, 0, 0))(p.detach(), a, b)
+            ref = torch.func.vmap(
+                torch.func.grad(
+                    lambda w, ai, bi, kind=kind: (
+                        torch.func.functional_call(module, {kind: w}, (ai[None],))[0] * bi
+                    ).sum()
+                ),
+                in_dims=(None, 0, 0),
+            )(p.detach(), a, b)
             assert rel(rule.grad(b, kind), ref) < 1e-12
 
 

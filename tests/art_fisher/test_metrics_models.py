@@ -49,8 +49,9 @@ def per_class_reference(model: nn.Module, x: torch.Tensor, names: list[str] | No
         out["lam"].append(torch.linalg.eigvalsh(sp[:, None] * gram * sp[None, :])[-1])
         y = int(p.argmax())
         out["quad"].append((p * gram[y] ** 2).sum() / gram[y, y])
-        blockwise = sum((p * torch.stack([(gs[k] * grads[y][k]).sum() for gs in grads]) ** 2).sum()
-                        for k in range(len(chosen)))
+        blockwise = sum(
+            (p * torch.stack([(gs[k] * grads[y][k]).sum() for gs in grads]) ** 2).sum() for k in range(len(chosen))
+        )
         out["quad_blockwise"].append(blockwise / gram[y, y])
     return {k: torch.stack(v).detach() for k, v in out.items()}
 
@@ -126,12 +127,14 @@ def test_grouped_and_depthwise_conv_rule(groups, c_in, c_out, route):
         torch.testing.assert_close(got_sq, ref[:, j].diagonal(dim1=-2, dim2=-1), rtol=1e-12, atol=1e-14)
         p = getattr(conv, kind)
         d = torch.randn_like(p)
-        _o, want = torch.func.jvp(lambda w, kind=kind: torch.func.functional_call(conv, {kind: w}, (records["a"],)),
-                                  (p.detach(),), (d,))
+        _o, want = torch.func.jvp(
+            lambda w, kind=kind: torch.func.functional_call(conv, {kind: w}, (records["a"],)), (p.detach(),), (d,)
+        )
         torch.testing.assert_close(rule.change(kind, d, shared=True).expand_as(want), want, rtol=1e-12, atol=1e-13)
         per_sample = d.expand(x.shape[0], *d.shape)
-        torch.testing.assert_close(rule.change(kind, per_sample, shared=False).expand_as(want), want,
-                                   rtol=1e-12, atol=1e-13)
+        torch.testing.assert_close(
+            rule.change(kind, per_sample, shared=False).expand_as(want), want, rtol=1e-12, atol=1e-13
+        )
 
 
 @pytest.mark.parametrize("shape", [(5, 6), (5, 3, 6), (5, 2, 3, 6)])
@@ -145,14 +148,21 @@ def test_layernorm_rule_gradients_and_changes(shape):
     for kind in rule.kinds:
         p = getattr(ln, kind)
         d = torch.randn_like(p)
-        _o, want = torch.func.jvp(lambda w, kind=kind: torch.func.functional_call(ln, {kind: w}, (a,)), (p.detach(),), (d,))
+        _o, want = torch.func.jvp(
+            lambda w, kind=kind: torch.func.functional_call(ln, {kind: w}, (a,)), (p.detach(),), (d,)
+        )
         torch.testing.assert_close(rule.change(kind, d, shared=True).expand_as(want), want, rtol=1e-12, atol=1e-13)
         per_sample = d.expand(a.shape[0], *d.shape)
-        torch.testing.assert_close(rule.change(kind, per_sample, shared=False).expand_as(want), want,
-                                   rtol=1e-12, atol=1e-13)
+        torch.testing.assert_close(
+            rule.change(kind, per_sample, shared=False).expand_as(want), want, rtol=1e-12, atol=1e-13
+        )
         b = torch.randn_like(want)
-        ref = torch.func.vmap(torch.func.grad(lambda w, ai, bi, kind=kind: (torch.func.functional_call(
-            ln, {kind: w}, (ai[None],))[0] * bi).sum()), in_dims=(None, 0, 0))(p.detach(), a, b)
+        ref = torch.func.vmap(
+            torch.func.grad(
+                lambda w, ai, bi, kind=kind: (torch.func.functional_call(ln, {kind: w}, (ai[None],))[0] * bi).sum()
+            ),
+            in_dims=(None, 0, 0),
+        )(p.detach(), a, b)
         torch.testing.assert_close(rule.grad(b, kind), ref, rtol=1e-12, atol=1e-13)
 
 
@@ -169,8 +179,9 @@ def _real(name: str) -> nn.Module:
     timm = field_models.import_timm()
     if timm is None:
         pytest.skip('timm is not installed (pip install -e ".[models]")')
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=4, depth=2,
-                              num_classes=10)
+    model = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=4, depth=2, num_classes=10
+    )
     return randomise_norms(model)
 
 
@@ -193,5 +204,6 @@ def test_real_mobilenet_v2_float64_small_width():
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     ref = per_class_reference(model, x)
     torch.testing.assert_close(metrics.fisher_trace(model, x), ref["trace"], rtol=1e-8, atol=0)
-    torch.testing.assert_close(metrics.fisher_trace(model, x, tau=0.5) <= ref["trace"] * (1 + 1e-9),
-                               torch.ones(2, dtype=torch.bool))
+    torch.testing.assert_close(
+        metrics.fisher_trace(model, x, tau=0.5) <= ref["trace"] * (1 + 1e-9), torch.ones(2, dtype=torch.bool)
+    )

@@ -84,8 +84,15 @@ def test_anything_else_is_not(name):
 def test_project_models_and_test_cases():
     assert _judge(SmallCNN(1, 10, width=4).eval(), torch.rand(2, 1, 8, 8))
     assert _judge(CifarCNN(3, 10).eval(), torch.rand(2, 3, 16, 16))
-    for name, expected in [("mlp", True), ("cnn", True), ("inplace_cnn", True), ("tanh", False),
-                           ("residual", False), ("shared", False), ("silu", False)]:
+    for name, expected in [
+        ("mlp", True),
+        ("cnn", True),
+        ("inplace_cnn", True),
+        ("tanh", False),
+        ("residual", False),
+        ("shared", False),
+        ("silu", False),
+    ]:
         model, x = make_case(name)
         assert _judge(model, x) is expected, name
 
@@ -148,9 +155,17 @@ def _count_paths(monkeypatch) -> dict[str, int]:
 
 @pytest.mark.parametrize(
     ("name", "path"),
-    [("cnn", "first_order"), ("mlp", "first_order"), ("inplace_cnn", "first_order"), ("tanh", "second_order"),
-     ("silu", "second_order"), ("mish", "second_order"), ("shared", "func"), ("unknown_module", "func"),
-     ("tied_head", "func")],
+    [
+        ("cnn", "first_order"),
+        ("mlp", "first_order"),
+        ("inplace_cnn", "first_order"),
+        ("tanh", "second_order"),
+        ("silu", "second_order"),
+        ("mish", "second_order"),
+        ("shared", "func"),
+        ("unknown_module", "func"),
+        ("tied_head", "func"),
+    ],
 )
 def test_sensitivity_takes_the_fastest_path_that_applies(monkeypatch, name, path):
     model, x = make_case(name)

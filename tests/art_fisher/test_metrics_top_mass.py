@@ -48,7 +48,7 @@ def _reference(model: torch.nn.Module, x: torch.Tensor, tau: float) -> dict[str,
         g = dense.jacobian(x[i])  # (C, P): rows ∇θ log p_c
         p = dense.probs(x[i])
         fisher = torch.einsum("c,cp,cq->pq", p, g, g)
-        rest = order[i, int(k[i]):]
+        rest = order[i, int(k[i]) :]
         q = p[rest].sum()
         r = p[rest] / q if len(rest) else p[rest]
         gr = g[rest] - (r @ g[rest]) if len(rest) else g[rest]  # ∇log p(c|R)
@@ -113,7 +113,9 @@ def test_kept_classes_is_the_smallest_set_holding_one_minus_tau():
 def test_tau_small_enough_is_exact():
     model = _model("mobilenet", sharpness=1.0)
     x = _x(3)
-    torch.testing.assert_close(metrics.fisher_trace(model, x, tau=1e-12), metrics.fisher_trace(model, x), rtol=1e-9, atol=0)
+    torch.testing.assert_close(
+        metrics.fisher_trace(model, x, tau=1e-12), metrics.fisher_trace(model, x), rtol=1e-9, atol=0
+    )
 
 
 def test_sampled_estimate_is_unbiased_with_its_stated_standard_error():
@@ -177,8 +179,11 @@ def test_detector_and_features_pass_tau_to_every_metric_but_the_sensitivity(digi
     exact = FisherFeatures(clf, names).fit(x).transform(x)
     xt = torch.as_tensor(x)
     model = clf.model.eval()
-    want = [metrics.fisher_trace(model, xt, tau=0.3), metrics.fisher_quadratic_form(model, xt, tau=0.3),
-            metrics.fisher_max_eigenvalue(model, xt, tau=0.3)]
+    want = [
+        metrics.fisher_trace(model, xt, tau=0.3),
+        metrics.fisher_quadratic_form(model, xt, tau=0.3),
+        metrics.fisher_max_eigenvalue(model, xt, tau=0.3),
+    ]
     np.testing.assert_allclose(got[:, :3], torch.stack(want, 1).numpy(), rtol=1e-4)
     assert (got[:, 0] <= exact[:, 0] * (1 + 1e-5)).all()
     np.testing.assert_allclose(got[:, -4:], exact[:, -4:], rtol=1e-5)  # the sensitivity is exact
@@ -200,8 +205,17 @@ def test_evaluation_checks_tau_and_hands_it_to_the_fisher_detectors(digits_cnn, 
     with pytest.raises(ValueError, match="tau must be a float in"):
         prepare(output_dir=tmp_path / "a", tau=1.0)
     assert prepare(output_dir=tmp_path / "b", tau=0.01).tau == 0.01
-    ctx = RunContext(classifier=digits_cnn.classifier, model=digits_cnn.classifier.model, x_background=digits_cnn.x_train[:4],
-                     seed=0, device=torch.device("cpu"), batch_size=8, target_fpr=0.05, progress=False, tau=0.01)
+    ctx = RunContext(
+        classifier=digits_cnn.classifier,
+        model=digits_cnn.classifier.model,
+        x_background=digits_cnn.x_train[:4],
+        seed=0,
+        device=torch.device("cpu"),
+        batch_size=8,
+        target_fpr=0.05,
+        progress=False,
+        tau=0.01,
+    )
     assert FisherRun(ctx, ("trace",)).detector.tau == 0.01
 
 

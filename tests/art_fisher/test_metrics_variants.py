@@ -70,7 +70,9 @@ def test_max_eigenvalue_bounds_every_unit_direction(name):
         direction = [torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in model.parameters()]
         q = fisher_quadratic_form(model, x, direction=direction)
         assert bool((q <= lam * (1 + 1e-10)).all())
-    assert bool((fisher_quadratic_form(model, x, direction="label", y=torch.tensor([0, 1, 2, 3])) <= lam * (1 + 1e-10)).all())
+    assert bool(
+        (fisher_quadratic_form(model, x, direction="label", y=torch.tensor([0, 1, 2, 3])) <= lam * (1 + 1e-10)).all()
+    )
     top = fisher_quadratic_form(model, x, direction="top_eigenvector")
     assert rel_err(top, lam) < TOL
     # normalize does not apply: the top eigenvector is a unit vector by definition

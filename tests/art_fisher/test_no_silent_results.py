@@ -10,11 +10,11 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from tests.art_fisher.adaptive_cases import fitted_detector, smooth_classifier
 from torch import nn
 
 from art_fisher.adversarial.adaptive_classifier import AdaptiveDetectorClassifier
 from art_fisher.metrics import fisher_quadratic_form, fisher_sensitivity, fisher_trace
+from tests.art_fisher.adaptive_cases import fitted_detector, smooth_classifier
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -92,9 +92,13 @@ def test_detection_logit_classifier_checks_its_inputs(smooth_cnn):
     want = art.predict(x[:3])
     np.testing.assert_allclose(art.predict(x[:3].astype(np.float32)), want, rtol=1e-5)  # any float dtype
     np.testing.assert_allclose(art.predict(x[:3].tolist()), want)  # nested lists
-    for bad, match in [(x[:3, :, :4], r"x must have shape \(N, 1, 6, 6\)"), (x[:0], "at least one sample"),
-                       (np.full((2, 1, 6, 6), np.nan), "must be finite"), ([[1, 2], [3]], ""),  # ragged: ART's own check
-                       (np.array([["a"] * 36]).reshape(1, 1, 6, 6), "numeric array")]:
+    for bad, match in [
+        (x[:3, :, :4], r"x must have shape \(N, 1, 6, 6\)"),
+        (x[:0], "at least one sample"),
+        (np.full((2, 1, 6, 6), np.nan), "must be finite"),
+        ([[1, 2], [3]], ""),  # ragged: ART's own check
+        (np.array([["a"] * 36]).reshape(1, 1, 6, 6), "numeric array"),
+    ]:
         with pytest.raises(ValueError, match=match):
             art.predict(bad)
     with pytest.raises(ValueError, match=r"detection labels .* for the N = 3 samples of x; got None"):
@@ -109,9 +113,14 @@ def test_adaptive_classifier_checks_labels(smooth_cnn):
     clf, x, detector = smooth_cnn
     combo = AdaptiveDetectorClassifier(clf, detector)
     assert combo.loss_gradient(x[:2], np.array([1, 2])).shape == x[:2].shape
-    for y, match in [(np.eye(3)[[0, 1]], r"one-hot \(N, 5\).*got shape \(2, 3\)"),
-                     (np.full(2, np.nan), "NaN or inf"), (np.array([1.5, 0]), "whole numbers"),
-                     (None, "got None"), (np.array([0, 1, 2]), r"got shape \(3,\)"), (np.array([0, 7]), "from 0 to 7")]:
+    for y, match in [
+        (np.eye(3)[[0, 1]], r"one-hot \(N, 5\).*got shape \(2, 3\)"),
+        (np.full(2, np.nan), "NaN or inf"),
+        (np.array([1.5, 0]), "whole numbers"),
+        (None, "got None"),
+        (np.array([0, 1, 2]), r"got shape \(3,\)"),
+        (np.array([0, 7]), "from 0 to 7"),
+    ]:
         with pytest.raises(ValueError, match=match):
             combo.loss_gradient(x[:2], y)
     with pytest.raises(ValueError, match="whole-number class"):
@@ -131,10 +140,13 @@ def _digits_state(tmp_path, tamper):
     return path
 
 
-@pytest.mark.parametrize(("tamper", "match"), [
-    (lambda s: s[next(k for k in s if k.endswith("weight"))].fill_(float("nan")), r"weights \[.*\] hold NaN"),
-    (lambda s: [t.mul_(1e30) for k, t in s.items() if k.endswith("weight")], "outputs are not finite"),
-])
+@pytest.mark.parametrize(
+    ("tamper", "match"),
+    [
+        (lambda s: s[next(k for k in s if k.endswith("weight"))].fill_(float("nan")), r"weights \[.*\] hold NaN"),
+        (lambda s: [t.mul_(1e30) for k, t in s.items() if k.endswith("weight")], "outputs are not finite"),
+    ],
+)
 def test_a_model_with_non_finite_outputs_is_refused_with_its_name(tmp_path, capsys, tamper, match):
     """Before: "clean test accuracy 0.1000", empty rows, exit status 0."""
     from art_fisher.cli import main
@@ -153,8 +165,10 @@ def test_a_cache_with_non_finite_weights_is_rebuilt(tmp_path):
     state = {k: v.clone() for k, v in SmallCNN().state_dict().items()}
     next(v for k, v in state.items() if k.endswith("weight")).fill_(float("inf"))
     path = tmp_path / "cache.pt"
-    torch.save({"format": model_cache.CACHE_FORMAT, "key": "k", "state_dict": state,
-                "digest": model_cache._digest(state)}, path)
+    torch.save(
+        {"format": model_cache.CACHE_FORMAT, "key": "k", "state_dict": state, "digest": model_cache._digest(state)},
+        path,
+    )
     with pytest.raises(ValueError, match="hold NaN or infinite values"):
         model_cache._read_cache(path, "k", SmallCNN())
 

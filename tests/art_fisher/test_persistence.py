@@ -266,7 +266,9 @@ def test_format_2_files_with_former_setting_names_load(fitted_detector, tmp_path
     detector.save(good)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        loaded = FisherInformationDetector.load(_edited(tmp_path, good, "old.skops", _with_former_names), detector.classifier)
+        loaded = FisherInformationDetector.load(
+            _edited(tmp_path, good, "old.skops", _with_former_names), detector.classifier
+        )
     assert loaded.chunk_size == 9 and loaded.fd_step == detector.fd_step
     np.testing.assert_array_equal(loaded.detect(x)[1], detector.detect(x)[1])
 
@@ -354,12 +356,18 @@ def test_a_skops_size_bomb_is_refused_before_skops_reads_it(tmp_path):
     path = tmp_path / "bomb.skops"
     _skops_bomb(path)
     assert path.stat().st_size < 200_000
-    out = subprocess.run([sys.executable, "-c", _LOAD_PROBE, str(path)], capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    out = subprocess.run(
+        [sys.executable, "-c", _LOAD_PROBE, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
     lines = out.stdout.splitlines()
     assert len(lines) == 2, out.stdout + out.stderr[-2000:]
-    assert lines[0].startswith(f"{path} is not a valid saved FisherInformationDetector: its schema's nodes would "
-                               "read 1048578560 bytes")
+    assert lines[0].startswith(
+        f"{path} is not a valid saved FisherInformationDetector: its schema's nodes would read 1048578560 bytes"
+    )
     assert int(lines[1].split()[1]) / 1024 < 300
 
 
@@ -374,7 +382,7 @@ def test_archive_members_are_checked_before_skops(tmp_path):
             dst.writestr(info, src.read(info))
     raw = bytearray(lying.read_bytes())  # claim a smaller size for big.npy in the central directory
     central = raw.rfind(b"PK\x01\x02", 0, raw.rfind(b"big.npy"))
-    raw[central + 24:central + 28] = (1000).to_bytes(4, "little")
+    raw[central + 24 : central + 28] = (1000).to_bytes(4, "little")
     lying.write_bytes(bytes(raw))
     with pytest.raises(ValueError, match="lying.skops"):
         persistence._check_archive(lying)
@@ -404,5 +412,7 @@ def test_lying_fields_are_refused_at_load(digits_cnn, fitted_detector, tmp_path)
     rng = np.random.default_rng(0)
     other = LogisticRegression().fit(rng.normal(size=(20, 5)), np.r_[np.zeros(10), np.ones(10)])
     sio.dump(dict(state, estimator_=other), tmp_path / "five.skops")
-    with pytest.raises(ValueError, match="is inconsistent: its 'estimator_' was fitted on 5 features; the detector computes"):
+    with pytest.raises(
+        ValueError, match="is inconsistent: its 'estimator_' was fitted on 5 features; the detector computes"
+    ):
         FisherInformationDetector.load(tmp_path / "five.skops", digits_cnn.classifier)

@@ -44,9 +44,10 @@ def test_columns_are_the_parts_computed_by_hand(data):
         m = fs.mahalanobis_scores(model, torch.as_tensor(x[:5]), feats.gaussians_).numpy()
     np.testing.assert_allclose(f[:, k + 6 :], m, rtol=1e-6)
     assert f.shape[1] == feats.n_features_out_ == k + 6 + len(feats.gaussians_)
-    assert feats.polarities() == ["higher"] * k + _features.feature_polarities(("sensitivity",)) + ["lower", "higher"] + [
-        "lower"
-    ] * len(feats.gaussians_)
+    assert feats.polarities() == ["higher"] * k + _features.feature_polarities(("sensitivity",)) + [
+        "lower",
+        "higher",
+    ] + ["lower"] * len(feats.gaussians_)
 
 
 @pytest.mark.parametrize("supervised", [True, False])

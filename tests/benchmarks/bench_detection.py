@@ -178,7 +178,11 @@ def main(argv: list[str] | None = None) -> int:
         a = r["unseen_auc_added"]
         print(f"ablation: {r['part']:<12} adds unseen AUC {_fmt(a['mean'], a['sd'], a['n'])}")
     if not args.smoke:
-        path = Path(args.json) if args.json else RESULTS / f"bench_detection{'_mnist' if args.dataset == 'mnist' else ''}.json"
+        path = (
+            Path(args.json)
+            if args.json
+            else RESULTS / f"bench_detection{'_mnist' if args.dataset == 'mnist' else ''}.json"
+        )
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(_clean(payload), indent=1) + "\n")
         print(f"JSON: {path}; reports: {output}")

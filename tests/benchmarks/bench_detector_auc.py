@@ -49,7 +49,6 @@ def run_seed(seed: int, *, n_attack: int, sens_pairs: int, epochs: int, n_train:
     from art_fisher.data.loaders import load_digits
     from art_fisher.detection.detector import default_estimator
     from art_fisher.detection.estimators import FisherFeatures, ThresholdClassifier
-    from art_fisher.detection.features import available_metrics
     from art_fisher.evaluation.baselines import softmax_features
     from art_fisher.models import SmallCNN, train_model
 
@@ -58,7 +57,9 @@ def run_seed(seed: int, *, n_attack: int, sens_pairs: int, epochs: int, n_train:
     train, held = perm[:n_train], perm[n_train:]
     torch.manual_seed(seed)
     model = train_model(SmallCNN(), data.x[train], data.y[train], epochs=epochs, seed=seed)
-    clf = PyTorchClassifier(model, torch.nn.CrossEntropyLoss(), (1, 8, 8), 10, clip_values=(0.0, 1.0), device_type="cpu")
+    clf = PyTorchClassifier(
+        model, torch.nn.CrossEntropyLoss(), (1, 8, 8), 10, clip_values=(0.0, 1.0), device_type="cpu"
+    )
     x, y = data.x[held][:n_attack], data.y[held][:n_attack]
     acc = float(np.mean(clf.predict(data.x[held]).argmax(1) == data.y[held]))
     ok = clf.predict(x).argmax(1) == y
@@ -88,11 +89,15 @@ def run_seed(seed: int, *, n_attack: int, sens_pairs: int, epochs: int, n_train:
             row[metric] = _auc(f_clean[:, [j]], f_adv[:, [j]], fit, test, ThresholdClassifier())
         cols = [scalars.index("trace"), scalars.index("quadratic_form")]
         row["default"] = _auc(f_clean[:, cols], f_adv[:, cols], fit, test, default_estimator(2))
-        row["default_log"] = _auc(np.maximum(f_clean[:, cols], 1e-30), np.maximum(f_adv[:, cols], 1e-30), fit, test, log_lr)
+        row["default_log"] = _auc(
+            np.maximum(f_clean[:, cols], 1e-30), np.maximum(f_adv[:, cols], 1e-30), fit, test, log_lr
+        )
         p_adv = np.full_like(p_clean, np.nan)
         p_adv[idx] = softmax_features(clf, x_adv[idx], 128)
         # the baseline's own estimator (as the evaluation's MaxSoftmaxRun), not the Fisher default with its log step
-        row["max_softmax"] = _auc(p_clean, p_adv, fit, test, make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)))
+        row["max_softmax"] = _auc(
+            p_clean, p_adv, fit, test, make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+        )
         if sens_pairs > 0:
             sub = np.random.default_rng(seed + 200).permutation(len(idx))[:sens_pairs]
             sel = idx[sub]
@@ -135,8 +140,12 @@ def main(argv: list[str] | None = None) -> None:
     summary = {}
     for attack in ("fgsm", "pgd", "deepfool"):
         summary[attack] = {
-            c: [min(r["attacks"][attack][c] for r in results), float(np.mean([r["attacks"][attack][c] for r in results]))]
-            for c in cols if all(c in r["attacks"][attack] for r in results)
+            c: [
+                min(r["attacks"][attack][c] for r in results),
+                float(np.mean([r["attacks"][attack][c] for r in results])),
+            ]
+            for c in cols
+            if all(c in r["attacks"][attack] for r in results)
         }
     print("min / mean over seeds:")
     for attack, row in summary.items():

@@ -90,8 +90,10 @@ def _tables(results: dict[str, Any]) -> dict[str, Any]:
 
     return {
         "clean_test_accuracy": results["settings"]["clean_test_accuracy"],
-        "attacks": [{k: row[k] for k in ("attack", "success_rate", "n_attacked", "mean_l2", "mean_linf", "seconds")}
-                    for row in results["attacks"]],
+        "attacks": [
+            {k: row[k] for k in ("attack", "success_rate", "n_attacked", "mean_l2", "mean_linf", "seconds")}
+            for row in results["attacks"]
+        ],
         "detectors": report.unseen_summary(nan_for_null(results["table"]), nan_for_null(results["fits"])),
         "timings": results["timings"],
     }
@@ -107,8 +109,11 @@ def _format(run: dict[str, Any], tables: dict[str, Any]) -> str:
         "",
         "| attack | success rate | mean L2 | mean Linf | seconds |",
         "|---|---|---|---|---|",
-        *(f"| {a['attack']} | {a['success_rate']:.3f} | {a['mean_l2']:.3f} | {a['mean_linf']:.3f} | "
-          f"{a['seconds']:.1f} |" for a in tables["attacks"]),
+        *(
+            f"| {a['attack']} | {a['success_rate']:.3f} | {a['mean_l2']:.3f} | {a['mean_linf']:.3f} | "
+            f"{a['seconds']:.1f} |"
+            for a in tables["attacks"]
+        ),
         "",
         "| detector | fitted on | same-attack AUC | unseen AUC | min unseen | clean FPR |",
         "|---|---|---|---|---|---|",
@@ -116,8 +121,10 @@ def _format(run: dict[str, Any], tables: dict[str, Any]) -> str:
     for d in tables["detectors"]:
         auc = d.get("same_attack_auc")
         same = "-" if auc is None or math.isnan(auc) else f"{auc:.3f}"  # NaN: fitted on clean images only
-        lines.append(f"| {d['detector']} | {d.get('fitted_on', '')} | {same} | {d['unseen_auc']:.3f} | "
-                     f"{d['min_unseen_auc']:.3f} | {d['clean_fpr']:.3f} |")
+        lines.append(
+            f"| {d['detector']} | {d.get('fitted_on', '')} | {same} | {d['unseen_auc']:.3f} | "
+            f"{d['min_unseen_auc']:.3f} | {d['clean_fpr']:.3f} |"
+        )
     return "\n".join(lines)
 
 
@@ -148,8 +155,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(HOW_TO_GET_MNIST)
             return 0
         output = Path(tmp) / "out"
-        command = [sys.executable, "-m", "art_fisher.cli", "evaluate", "--dataset", "mnist", "--data-dir",
-                   str(data_dir), "--output", str(output), *extra]
+        command = [
+            sys.executable,
+            "-m",
+            "art_fisher.cli",
+            "evaluate",
+            "--dataset",
+            "mnist",
+            "--data-dir",
+            str(data_dir),
+            "--output",
+            str(output),
+            *extra,
+        ]
         print(f"bench_evaluate_mnist: {' '.join(command[2:])}", flush=True)
         run = _run_child(command)
         results = json.loads((output / "results.json").read_text())

@@ -108,11 +108,14 @@ def feature_bank(model: torch.nn.Module, x: np.ndarray, batch_size: int) -> dict
             "qf": qf_pred[:, None],
             "lmax": fisher_max_eigenvalue(model, xt).double().numpy()[:, None],
             # ‖v‖² = raw / normalised quadratic form (0/0 -> 0 for a vanishing gradient)
-            "contrast": np.column_stack([
-                qf_pred, qf_ru,
-                np.divide(qf_pred_raw, qf_pred, out=np.zeros_like(qf_pred), where=qf_pred > 0),
-                np.divide(qf_ru_raw, qf_ru, out=np.zeros_like(qf_ru), where=qf_ru > 0),
-            ]),
+            "contrast": np.column_stack(
+                [
+                    qf_pred,
+                    qf_ru,
+                    np.divide(qf_pred_raw, qf_pred, out=np.zeros_like(qf_pred), where=qf_pred > 0),
+                    np.divide(qf_ru_raw, qf_ru, out=np.zeros_like(qf_ru), where=qf_ru > 0),
+                ]
+            ),
             "sens": _sens_stats(fisher_sensitivity(model, xt).double().numpy()),
         }
         for key, value in cols.items():
@@ -352,7 +355,7 @@ def summarise(results: list[dict]) -> dict:
         u = np.array([r["detectors"][name]["unseen_auc"] for r in results])
         s0 = np.array([r["detectors"]["max_softmax"]["same_attack_auc"] for r in results])
         u0 = np.array([r["detectors"]["max_softmax"]["unseen_auc"] for r in results])
-        sd = (lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0)  # noqa: E731
+        sd = lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0  # noqa: E731
         attacks = results[0]["detectors"][name]["same_by_attack"]
         summary[name] = {
             "same_mean": float(s.mean()), "same_sd": sd(s), "unseen_mean": float(u.mean()), "unseen_sd": sd(u),
@@ -399,7 +402,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"seed {seed}: {results[-1]['seconds']['total']:.1f} s", flush=True)
     summary = summarise(results)
     print(table(summary, len(results)))
-    payload = {"settings": vars(args) | {"cache": str(args.cache), "json": None}, "results": results, "summary": summary}
+    payload = {
+        "settings": vars(args) | {"cache": str(args.cache), "json": None},
+        "results": results,
+        "summary": summary,
+    }
     path = args.json or RESULTS
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")

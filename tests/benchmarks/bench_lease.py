@@ -70,11 +70,17 @@ from nni_lease.spaces import LeaseCellSpace
 #: The explanation settings compared: the defaults and the alternatives (the key names the JSON entry).
 VARIANTS: dict[str, dict[str, Any]] = {
     "defaults": LeaseSettings().explanation_kwargs(),
-    "earlier defaults": {"epsilon": 8 / 255, "norm": "linf", "steps": 3, "step_size": 2.5 * 8 / 255 / 3,
-                         "random_start": 1.0, "objective": "soft_prediction", "weighting": "product"},
+    "earlier defaults": {
+        "epsilon": 8 / 255,
+        "norm": "linf",
+        "steps": 3,
+        "step_size": 2.5 * 8 / 255 / 3,
+        "random_start": 1.0,
+        "objective": "soft_prediction",
+        "weighting": "product",
+    },
 }
-HELD_OUT_ARCHITECTURE = {"op0": "conv_3x3", "op1": "sep_conv_3x3", "op2": "dil_conv_3x3", "input1": [1],
-                         "input2": [2]}
+HELD_OUT_ARCHITECTURE = {"op0": "conv_3x3", "op1": "sep_conv_3x3", "op2": "dil_conv_3x3", "input1": [1], "input2": [2]}
 DELETION_K = (1, 2, 4, 8)
 
 
@@ -129,8 +135,9 @@ def _reference_scores(model: torch.nn.Module, x: torch.Tensor) -> dict[str, torc
     return {"gradient x input": grad * x, "occlusion": occlusion.view_as(x)}
 
 
-def _listener_accuracy(model: torch.nn.Module, make_input: Callable[[torch.Tensor], torch.Tensor],
-                       cfg: dict[str, Any], seed: int) -> float:
+def _listener_accuracy(
+    model: torch.nn.Module, make_input: Callable[[torch.Tensor], torch.Tensor], cfg: dict[str, Any], seed: int
+) -> float:
     train = DigitsDataset("train", seed=cfg["split_seed"], limit=cfg["limit"])
     test = DigitsDataset("test", seed=cfg["split_seed"], limit=cfg["limit"])
     with torch.random.fork_rng(devices=[]):
@@ -142,7 +149,7 @@ def _listener_accuracy(model: torch.nn.Module, make_input: Callable[[torch.Tenso
         listener.train()
         perm = torch.randperm(len(train), generator=order)
         for start in range(0, len(train), 64):
-            idx = perm[start:start + 64]
+            idx = perm[start : start + 64]
             opt.zero_grad()
             F.cross_entropy(listener(make_input(train.x[idx])), train.y[idx]).backward()
             opt.step()
@@ -173,10 +180,17 @@ def run_explanations(cfg: dict[str, Any]) -> dict[str, Any]:
             explainer_acc = float((model(x).argmax(-1) == test.y).float().mean())
         refs = _reference_scores(model, x)
         bright = _deletion_drops(model, x, x, seed)
-        ref_ratios = {name: [d / b for d, b in zip(_deletion_drops(model, x, s, seed), bright, strict=False)]
-                      for name, s in refs.items()}
-        row: dict[str, Any] = {"seed": seed, "explainer_test_accuracy": explainer_acc, "bright_drops": bright,
-                               "reference_ratios": ref_ratios, "variants": {}}
+        ref_ratios = {
+            name: [d / b for d, b in zip(_deletion_drops(model, x, s, seed), bright, strict=False)]
+            for name, s in refs.items()
+        }
+        row: dict[str, Any] = {
+            "seed": seed,
+            "explainer_test_accuracy": explainer_acc,
+            "bright_drops": bright,
+            "reference_ratios": ref_ratios,
+            "variants": {},
+        }
         plain = _listener_accuracy(model, lambda xb: xb, cfg, seed)
         control_gen = torch.Generator().manual_seed(1000 + seed)
         control = _listener_accuracy(model, lambda xb: _random_sign(xb, 8 / 255, control_gen) * xb, cfg, seed)
@@ -187,17 +201,26 @@ def run_explanations(cfg: dict[str, Any]) -> dict[str, Any]:
             cos_input = _cosine(one.explained, two.explained)
             cos_part = _cosine(_explanation_part(one, kwargs["weighting"]), _explanation_part(two, kwargs["weighting"]))
             drops = _deletion_drops(model, x, one.importance, seed)
-            abs_drops = _deletion_drops(model, x, one.explained.abs() if kwargs["weighting"] == "product"
-                                        else (one.delta * x).abs(), seed)
+            abs_drops = _deletion_drops(
+                model, x, one.explained.abs() if kwargs["weighting"] == "product" else (one.delta * x).abs(), seed
+            )
             with torch.no_grad():
                 flips = float((model(x + one.delta).argmax(-1) != model(x).argmax(-1)).float().mean())
             gen = torch.Generator().manual_seed(2000 + seed)
             explained = _listener_accuracy(
-                model, lambda xb: pgd_explain(model, xb, generator=gen, **kwargs).explained, cfg, seed)
+                model, lambda xb: pgd_explain(model, xb, generator=gen, **kwargs).explained, cfg, seed
+            )
             rand_gen = torch.Generator().manual_seed(3000 + seed)
-            matched = _listener_accuracy(model, lambda xb: listener_input(
-                _random_like_norm(pgd_explain(model, xb, generator=rand_gen, **kwargs).delta, rand_gen), xb,
-                kwargs["weighting"]), cfg, seed)
+            matched = _listener_accuracy(
+                model,
+                lambda xb: listener_input(
+                    _random_like_norm(pgd_explain(model, xb, generator=rand_gen, **kwargs).delta, rand_gen),
+                    xb,
+                    kwargs["weighting"],
+                ),
+                cfg,
+                seed,
+            )
             row["variants"][name] = {
                 "cosine_listener_input_mean": float(cos_input.mean()),
                 "cosine_explanation_part_mean": float(cos_part.mean()),
@@ -209,9 +232,12 @@ def run_explanations(cfg: dict[str, Any]) -> dict[str, Any]:
                 "listener_explanations": explained,
                 "listener_random_delta_same_weighting": matched,
             }
-            print(f"  seed {seed} {name:16s}: cosine {float(cos_part.mean()):.3f}, deletion ratios "
-                  + " ".join(f"{r:.2f}" for r in row["variants"][name]["deletion_ratios"])
-                  + f", listener {explained:.4f} (random mask {control:.4f}, plain {plain:.4f})", flush=True)
+            print(
+                f"  seed {seed} {name:16s}: cosine {float(cos_part.mean()):.3f}, deletion ratios "
+                + " ".join(f"{r:.2f}" for r in row["variants"][name]["deletion_ratios"])
+                + f", listener {explained:.4f} (random mask {control:.4f}, plain {plain:.4f})",
+                flush=True,
+            )
         rows.append(row)
     return {"rows": rows, "summary": _summarise_explanations(rows)}
 
@@ -228,8 +254,9 @@ def _summarise_explanations(rows: list[dict[str, Any]]) -> dict[str, Any]:
     for key in ("listener_plain", "listener_random_mask"):
         out[key] = _mean_std([r[key] for r in rows])
     for name in ("gradient x input", "occlusion"):
-        out[f"deletion_ratios {name}"] = [statistics.fmean(r["reference_ratios"][name][i] for r in rows)
-                                          for i in range(len(DELETION_K))]
+        out[f"deletion_ratios {name}"] = [
+            statistics.fmean(r["reference_ratios"][name][i] for r in rows) for i in range(len(DELETION_K))
+        ]
     for variant in VARIANTS:
         vs = [r["variants"][variant] for r in rows]
         ratios = [statistics.fmean(v["deletion_ratios"][i] for v in vs) for i in range(len(DELETION_K))]
@@ -238,8 +265,9 @@ def _summarise_explanations(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "cosine_listener_input": _mean_std([v["cosine_listener_input_mean"] for v in vs]),
             "deletion_ratios": ratios,
             "deletion_ratio_mean_over_k": statistics.fmean(ratios),
-            "deletion_ratios_abs_delta_x": [statistics.fmean(v["deletion_ratios_abs_delta_x"][i] for v in vs)
-                                            for i in range(len(DELETION_K))],
+            "deletion_ratios_abs_delta_x": [
+                statistics.fmean(v["deletion_ratios_abs_delta_x"][i] for v in vs) for i in range(len(DELETION_K))
+            ],
             "listener_explanations": _mean_std([v["listener_explanations"] for v in vs]),
             "listener_random_delta_same_weighting": _mean_std([v["listener_random_delta_same_weighting"] for v in vs]),
             "saturated_fraction": statistics.fmean(v["saturated_fraction"] for v in vs),
@@ -290,8 +318,13 @@ def _search(strategy: Any, cfg: dict[str, Any], seed: int) -> tuple[dict[str, An
         learning_rate=cfg["learning_rate"],
         train_dataloaders=DataLoader(train, batch_size=cfg["batch_size"], shuffle=True),
         val_dataloaders=DataLoader(val, batch_size=cfg["batch_size"], shuffle=True),
-        num_classes=10, max_epochs=cfg["epochs"], limit_train_batches=cfg["limit_batches"] or 1.0,
-        callbacks=[timer], logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        num_classes=10,
+        max_epochs=cfg["epochs"],
+        limit_train_batches=cfg["limit_batches"] or 1.0,
+        callbacks=[timer],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
         enable_model_summary=False,
     )
     torch.manual_seed(seed)
@@ -299,17 +332,26 @@ def _search(strategy: Any, cfg: dict[str, Any], seed: int) -> tuple[dict[str, An
     strategy.initialize(RawFormatModelSpace.from_model(space, evaluator), SequentialExecutionEngine())
     strategy.run()
     sample = next(strategy.list_models()).sample
-    metrics = {k: float(v) for k, v in strategy.oneshot_module.trainer.callback_metrics.items()
-               if "/" in k and not k.startswith("prob/")}
+    metrics = {
+        k: float(v)
+        for k, v in strategy.oneshot_module.trainer.callback_metrics.items()
+        if "/" in k and not k.startswith("prob/")
+    }
     return dict(sample), timer, metrics
 
 
 def _retrain(sample: dict[str, Any], cfg: dict[str, Any], seed: int) -> float:
     torch.manual_seed(seed)
     space = LeaseCellSpace(**cfg["space"])
-    result = retrain(space, sample, DigitsDataset("train", seed=cfg["split_seed"]),
-                     DigitsDataset("test", seed=cfg["split_seed"]), epochs=cfg["retrain_epochs"],
-                     learning_rate=cfg["learning_rate"], seed=seed)
+    result = retrain(
+        space,
+        sample,
+        DigitsDataset("train", seed=cfg["split_seed"]),
+        DigitsDataset("test", seed=cfg["split_seed"]),
+        epochs=cfg["retrain_epochs"],
+        learning_rate=cfg["learning_rate"],
+        seed=seed,
+    )
     return result.test_accuracy
 
 
@@ -322,32 +364,50 @@ def run_search(cfg: dict[str, Any]) -> dict[str, Any]:
     for seed in cfg["seeds"]:
         for name in STRATEGIES:
             arc_lr = cfg["arc_learning_rate"]
-            strategy = DARTS(arc_learning_rate=arc_lr) if name == "darts" else LeaSE(arc_learning_rate=arc_lr, seed=seed)
+            strategy = (
+                DARTS(arc_learning_rate=arc_lr) if name == "darts" else LeaSE(arc_learning_rate=arc_lr, seed=seed)
+            )
             with random_mask_explanations() if name == "lease random mask" else contextlib.nullcontext():
                 sample, timer, metrics = _search(strategy, cfg, seed)
             accuracy = _retrain(sample, cfg, seed)
             skip = 1 if len(timer.seconds) > 1 else 0  # first epoch: warm-up
             wall, cpu = statistics.fmean(timer.seconds[skip:]), statistics.fmean(timer.cpu_seconds[skip:])
-            runs.append({"strategy": name, "seed": seed, "architecture": sample, "epoch_seconds": timer.seconds,
-                         "epoch_cpu_seconds": timer.cpu_seconds, "mean_epoch_seconds": wall,
-                         "mean_epoch_cpu_seconds": cpu, "test_accuracy": accuracy, "final_metrics": metrics})
-            print(f"  seed {seed} {name:17s}: {wall:6.2f} s/epoch wall, {cpu:6.2f} s/epoch CPU, "
-                  f"retrained test accuracy {accuracy:.4f}, architecture {sample}", flush=True)
+            runs.append(
+                {
+                    "strategy": name,
+                    "seed": seed,
+                    "architecture": sample,
+                    "epoch_seconds": timer.seconds,
+                    "epoch_cpu_seconds": timer.cpu_seconds,
+                    "mean_epoch_seconds": wall,
+                    "mean_epoch_cpu_seconds": cpu,
+                    "test_accuracy": accuracy,
+                    "final_metrics": metrics,
+                }
+            )
+            print(
+                f"  seed {seed} {name:17s}: {wall:6.2f} s/epoch wall, {cpu:6.2f} s/epoch CPU, "
+                f"retrained test accuracy {accuracy:.4f}, architecture {sample}",
+                flush=True,
+            )
     summary: dict[str, Any] = {}
     for name in STRATEGIES:
         mine = [r for r in runs if r["strategy"] == name]
-        summary[name] = {"epoch_seconds": _mean_std([r["mean_epoch_seconds"] for r in mine]),
-                         "epoch_cpu_seconds": _mean_std([r["mean_epoch_cpu_seconds"] for r in mine]),
-                         "test_accuracy": _mean_std([r["test_accuracy"] for r in mine]),
-                         "listener_val_acc": _mean_std([r["final_metrics"].get("listener/val_acc", float("nan"))
-                                                        for r in mine])}
+        summary[name] = {
+            "epoch_seconds": _mean_std([r["mean_epoch_seconds"] for r in mine]),
+            "epoch_cpu_seconds": _mean_std([r["mean_epoch_cpu_seconds"] for r in mine]),
+            "test_accuracy": _mean_std([r["test_accuracy"] for r in mine]),
+            "listener_val_acc": _mean_std([r["final_metrics"].get("listener/val_acc", float("nan")) for r in mine]),
+        }
     darts = [r for r in runs if r["strategy"] == "darts"]
     for name in STRATEGIES[1:]:
         mine = [r for r in runs if r["strategy"] == name]
         summary[name]["time_ratio_over_darts"] = statistics.fmean(
-            a["mean_epoch_seconds"] / b["mean_epoch_seconds"] for a, b in zip(mine, darts, strict=False))
+            a["mean_epoch_seconds"] / b["mean_epoch_seconds"] for a, b in zip(mine, darts, strict=False)
+        )
         summary[name]["cpu_time_ratio_over_darts"] = statistics.fmean(
-            a["mean_epoch_cpu_seconds"] / b["mean_epoch_cpu_seconds"] for a, b in zip(mine, darts, strict=False))
+            a["mean_epoch_cpu_seconds"] / b["mean_epoch_cpu_seconds"] for a, b in zip(mine, darts, strict=False)
+        )
     return {"runs": runs, "summary": summary}
 
 
@@ -361,31 +421,53 @@ def _tables(result: dict[str, Any]) -> str:
     if "explanations" in result:
         s = result["explanations"]["summary"]
         ks = ", ".join(str(k) for k in s["deletion_k"])
-        lines += [f"explanations (mean ± sd over seeds; deletion ratio vs brightest at k = {ks})", "",
-                  ("| explanation | restart cosine (explanation part) | restart cosine (listener input) | "
-                  "deletion ratio (mean over k) | per k | listener on explanations | same weighting, random δ |"),
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            f"explanations (mean ± sd over seeds; deletion ratio vs brightest at k = {ks})",
+            "",
+            (
+                "| explanation | restart cosine (explanation part) | restart cosine (listener input) | "
+                "deletion ratio (mean over k) | per k | listener on explanations | same weighting, random δ |"
+            ),
+            "|---|---|---|---|---|---|---|",
+        ]
         for variant in VARIANTS:
             v = s[variant]
-            lines.append(f"| {variant} | {_pm(v['cosine_explanation_part'], 3)} | {_pm(v['cosine_listener_input'], 3)} | "
-                         f"{v['deletion_ratio_mean_over_k']:.2f} | "
-                         + " ".join(f"{r:.2f}" for r in v["deletion_ratios"])
-                         + f" | {_pm(v['listener_explanations'])} | {_pm(v['listener_random_delta_same_weighting'])} |")
-        lines += ["", (f"listener on the random-mask control ε·r⊙x: {_pm(s['listener_random_mask'])}; "
-                      f"on plain x: {_pm(s['listener_plain'])}"),
-                  "references, deletion ratio per k: gradient x input "
-                  + " ".join(f"{r:.2f}" for r in s["deletion_ratios gradient x input"])
-                  + "; occlusion (best single-entry ranking) "
-                  + " ".join(f"{r:.2f}" for r in s["deletion_ratios occlusion"]), ""]
+            lines.append(
+                f"| {variant} | {_pm(v['cosine_explanation_part'], 3)} | {_pm(v['cosine_listener_input'], 3)} | "
+                f"{v['deletion_ratio_mean_over_k']:.2f} | "
+                + " ".join(f"{r:.2f}" for r in v["deletion_ratios"])
+                + f" | {_pm(v['listener_explanations'])} | {_pm(v['listener_random_delta_same_weighting'])} |"
+            )
+        lines += [
+            "",
+            (
+                f"listener on the random-mask control ε·r⊙x: {_pm(s['listener_random_mask'])}; "
+                f"on plain x: {_pm(s['listener_plain'])}"
+            ),
+            "references, deletion ratio per k: gradient x input "
+            + " ".join(f"{r:.2f}" for r in s["deletion_ratios gradient x input"])
+            + "; occlusion (best single-entry ranking) "
+            + " ".join(f"{r:.2f}" for r in s["deletion_ratios occlusion"]),
+            "",
+        ]
     if "search" in result:
         s = result["search"]["summary"]
-        lines += [("| strategy | search s/epoch, wall | search s/epoch, CPU | ratio to DARTS (wall / CPU) | "
-                  "retrained test accuracy | listener val acc (last epoch) |"), "|---|---|---|---|---|---|"]
+        lines += [
+            (
+                "| strategy | search s/epoch, wall | search s/epoch, CPU | ratio to DARTS (wall / CPU) | "
+                "retrained test accuracy | listener val acc (last epoch) |"
+            ),
+            "|---|---|---|---|---|---|",
+        ]
         for name in STRATEGIES:
             r = s[name]
-            ratio = "1" if name == "darts" else f"{r['time_ratio_over_darts']:.2f} / {r['cpu_time_ratio_over_darts']:.2f}"
-            lines.append(f"| {name} | {_pm(r['epoch_seconds'], 2)} | {_pm(r['epoch_cpu_seconds'], 2)} | {ratio} | "
-                         f"{_pm(r['test_accuracy'])} | {_pm(r['listener_val_acc'])} |")
+            ratio = (
+                "1" if name == "darts" else f"{r['time_ratio_over_darts']:.2f} / {r['cpu_time_ratio_over_darts']:.2f}"
+            )
+            lines.append(
+                f"| {name} | {_pm(r['epoch_seconds'], 2)} | {_pm(r['epoch_cpu_seconds'], 2)} | {ratio} | "
+                f"{_pm(r['test_accuracy'])} | {_pm(r['listener_val_acc'])} |"
+            )
     return "\n".join(lines)
 
 
@@ -401,21 +483,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="also write the JSON result here")
     args = parser.parse_args(argv)
     cfg: dict[str, Any] = {
-        "dataset": "digits", "split_seed": 0, "limit": None, "limit_batches": None, "batch_size": 64,
-        "learning_rate": 3e-3, "arc_learning_rate": 3e-3, "epochs": args.epochs, "retrain_epochs": args.retrain_epochs,
-        "explainer_epochs": 15, "listener_epochs": 15, "seeds": args.seeds, "threads": args.threads,
+        "dataset": "digits",
+        "split_seed": 0,
+        "limit": None,
+        "limit_batches": None,
+        "batch_size": 64,
+        "learning_rate": 3e-3,
+        "arc_learning_rate": 3e-3,
+        "epochs": args.epochs,
+        "retrain_epochs": args.retrain_epochs,
+        "explainer_epochs": 15,
+        "listener_epochs": 15,
+        "seeds": args.seeds,
+        "threads": args.threads,
         "lease_settings": LeaseSettings().as_dict(),
         "space": {"in_channels": 1, "n_classes": 10, "width": 8, "n_cells": 2, "n_nodes": 3, "image_size": 8},
     }
     if args.smoke:
-        cfg.update(limit=64, limit_batches=2, batch_size=16, epochs=2, retrain_epochs=1, explainer_epochs=1,
-                   listener_epochs=1, seeds=[0], space={**cfg["space"], "width": 4})
+        cfg.update(
+            limit=64,
+            limit_batches=2,
+            batch_size=16,
+            epochs=2,
+            retrain_epochs=1,
+            explainer_epochs=1,
+            listener_epochs=1,
+            seeds=[0],
+            space={**cfg["space"], "width": 4},
+        )
     torch.set_num_threads(cfg["threads"])
     print(f"bench_lease ({args.part}): {len(cfg['seeds'])} seed(s)", flush=True)
     result: dict[str, Any] = {
-        "benchmark": "bench_lease", "config": cfg,
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpu_count": os.cpu_count(), "torch": torch.__version__, "threads": cfg["threads"]},
+        "benchmark": "bench_lease",
+        "config": cfg,
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "torch": torch.__version__,
+            "threads": cfg["threads"],
+        },
     }
     if args.part in ("all", "explanations"):
         result["explanations"] = run_explanations(cfg)

@@ -95,10 +95,21 @@ def _retrain(sample: dict[str, Any], cfg: dict[str, Any], seed: int) -> dict[str
     space = DartsSpace(in_channels=1, width=cfg["width"], num_cells=cfg["cells"])
     train = MnistDataset(cfg["data_dir"], "train", seed=cfg["split_seed"], limit=cfg["retrain_limit"])
     test = MnistDataset(cfg["data_dir"], "test", limit=cfg["test_limit"])
-    result = retrain(space, sample, train, test, epochs=cfg["retrain_epochs"], batch_size=cfg["batch_size"],
-                     learning_rate=cfg["learning_rate"], seed=seed)
-    return {"test_accuracy": result.test_accuracy, "retrain_seconds": result.seconds,
-            "n_parameters": result.n_parameters}
+    result = retrain(
+        space,
+        sample,
+        train,
+        test,
+        epochs=cfg["retrain_epochs"],
+        batch_size=cfg["batch_size"],
+        learning_rate=cfg["learning_rate"],
+        seed=seed,
+    )
+    return {
+        "test_accuracy": result.test_accuracy,
+        "retrain_seconds": result.seconds,
+        "n_parameters": result.n_parameters,
+    }
 
 
 def _mean_std(values: Sequence[float]) -> list[float]:
@@ -121,19 +132,32 @@ def run(cfg: dict[str, Any], searched: list[dict[str, Any]] | None = None) -> di
                 earlier = recorded[(name, seed)]
                 sample, wall, cpu = earlier["architecture"], earlier["search_seconds"], earlier["search_cpu_seconds"]
             retrained = _retrain(sample, cfg, seed)
-            runs.append({"strategy": name, "seed": seed, "architecture": sample, "search_seconds": wall,
-                         "search_cpu_seconds": cpu, **retrained})
-            print(f"  seed {seed} {name:6s}: search {wall:7.1f} s wall, {cpu:7.1f} s CPU; retrained test accuracy "
-                  f"{retrained['test_accuracy']:.4f}", flush=True)
+            runs.append(
+                {
+                    "strategy": name,
+                    "seed": seed,
+                    "architecture": sample,
+                    "search_seconds": wall,
+                    "search_cpu_seconds": cpu,
+                    **retrained,
+                }
+            )
+            print(
+                f"  seed {seed} {name:6s}: search {wall:7.1f} s wall, {cpu:7.1f} s CPU; retrained test accuracy "
+                f"{retrained['test_accuracy']:.4f}",
+                flush=True,
+            )
     summary: dict[str, Any] = {}
     for name in STRATEGIES:
         mine = [r for r in runs if r["strategy"] == name]
-        summary[name] = {key: _mean_std([r[key] for r in mine])
-                         for key in ("search_seconds", "search_cpu_seconds", "test_accuracy")}
+        summary[name] = {
+            key: _mean_std([r[key] for r in mine]) for key in ("search_seconds", "search_cpu_seconds", "test_accuracy")
+        }
     darts = [r for r in runs if r["strategy"] == "darts"]
     lease = [r for r in runs if r["strategy"] == "lease"]
     summary["lease"]["cpu_time_ratio_over_darts"] = statistics.fmean(
-        a["search_cpu_seconds"] / b["search_cpu_seconds"] for a, b in zip(lease, darts))
+        a["search_cpu_seconds"] / b["search_cpu_seconds"] for a, b in zip(lease, darts)
+    )
     return {"runs": runs, "summary": summary}
 
 
@@ -142,9 +166,11 @@ def _table(result: dict[str, Any]) -> str:
     lines = ["| strategy | search s, wall | search s, CPU | retrained test accuracy |", "|---|---|---|---|"]
     for name in STRATEGIES:
         r = s[name]
-        lines.append(f"| {name} | {r['search_seconds'][0]:.1f} ± {r['search_seconds'][1]:.1f} | "
-                     f"{r['search_cpu_seconds'][0]:.1f} ± {r['search_cpu_seconds'][1]:.1f} | "
-                     f"{r['test_accuracy'][0]:.4f} ± {r['test_accuracy'][1]:.4f} |")
+        lines.append(
+            f"| {name} | {r['search_seconds'][0]:.1f} ± {r['search_seconds'][1]:.1f} | "
+            f"{r['search_cpu_seconds'][0]:.1f} ± {r['search_cpu_seconds'][1]:.1f} | "
+            f"{r['test_accuracy'][0]:.4f} ± {r['test_accuracy'][1]:.4f} |"
+        )
     lines.append(f"LeaSE / DARTS search CPU time: {s['lease']['cpu_time_ratio_over_darts']:.2f} (mean over seeds)")
     return "\n".join(lines)
 
@@ -165,9 +191,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--json", default=None, help="also write the JSON result here")
-    parser.add_argument("--retrain-from", default=None, metavar="JSON",
-                        help="retrain the architectures of an earlier result (its search settings and times are "
-                             "kept) instead of searching again")
+    parser.add_argument(
+        "--retrain-from",
+        default=None,
+        metavar="JSON",
+        help="retrain the architectures of an earlier result (its search settings and times are "
+        "kept) instead of searching again",
+    )
     args = parser.parse_args(argv)
     earlier = None if args.retrain_from is None else json.loads(Path(args.retrain_from).read_text())
     cfg: dict[str, Any] = {
@@ -177,21 +207,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         "batch_size": args.batch_size, "learning_rate": 3e-3, "arc_learning_rate": 3e-3, "threads": args.threads,
     }  # fmt: skip
     if earlier is not None:  # the search half of the settings is the earlier run's
-        search_keys = ("seeds", "width", "cells", "epochs", "search_limit", "batch_size", "learning_rate",
-                       "arc_learning_rate", "split_seed")
+        search_keys = (
+            "seeds",
+            "width",
+            "cells",
+            "epochs",
+            "search_limit",
+            "batch_size",
+            "learning_rate",
+            "arc_learning_rate",
+            "split_seed",
+        )
         cfg.update({k: earlier["config"][k] for k in search_keys}, retrained_from=args.retrain_from)
     with tempfile.TemporaryDirectory() as tmp:
         if args.smoke:
             from tests.fake_mnist import write_fake_mnist
 
-            cfg.update(data_dir=str(write_fake_mnist(Path(tmp), n_train=120, n_test=40)), seeds=[0, 1], width=2,
-                       epochs=1, search_limit=32, retrain_epochs=1, retrain_limit=64, test_limit=40, batch_size=16)
+            cfg.update(
+                data_dir=str(write_fake_mnist(Path(tmp), n_train=120, n_test=40)),
+                seeds=[0, 1],
+                width=2,
+                epochs=1,
+                search_limit=32,
+                retrain_epochs=1,
+                retrain_limit=64,
+                test_limit=40,
+                batch_size=16,
+            )
         elif not _mnist_present(args.data_dir):
             print(HOW_TO_GET_MNIST)
             return 0
         torch.set_num_threads(cfg["threads"])
-        print(f"bench_lease_mnist: {len(cfg['seeds'])} seed(s), DartsSpace width {cfg['width']}, "
-              f"{cfg['cells']} cells", flush=True)
+        print(
+            f"bench_lease_mnist: {len(cfg['seeds'])} seed(s), DartsSpace width {cfg['width']}, {cfg['cells']} cells",
+            flush=True,
+        )
         result: dict[str, Any] = {
             "benchmark": "bench_lease_mnist", "smoke": args.smoke, "config": cfg,
             "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,

@@ -73,17 +73,30 @@ from art_fisher.models import CifarCNN, SmallCNN
 from tests.art_fisher.reference_fisher import OriginalFisher
 
 # (model, head): the rows of the benchmark.
-ROWS = [("digits_cnn", "logits"), ("mnist_cnn", "log_softmax"), ("mnist_cnn", "logits"), ("cifar_cnn", "logits"),
-        ("cifar_cnn", "log_softmax")]
+ROWS = [
+    ("digits_cnn", "logits"),
+    ("mnist_cnn", "log_softmax"),
+    ("mnist_cnn", "logits"),
+    ("cifar_cnn", "logits"),
+    ("cifar_cnn", "log_softmax"),
+]
 SMOKE_ROWS = [("digits_cnn", "logits"), ("mnist_cnn", "log_softmax"), ("cifar_cnn", "logits")]
 
 
 def mnist_cnn(width: int = 16) -> nn.Sequential:
     """An MNIST-style classifier ending in ``LogSoftmax`` (the usual PyTorch MNIST example's shape)."""
     return nn.Sequential(
-        nn.Conv2d(1, width, 5), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(width, 2 * width, 5), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(2 * width * 16, 64), nn.ReLU(), nn.Linear(64, 10), nn.LogSoftmax(dim=1),
+        nn.Conv2d(1, width, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(width, 2 * width, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(2 * width * 16, 64),
+        nn.ReLU(),
+        nn.Linear(64, 10),
+        nn.LogSoftmax(dim=1),
     )
 
 
@@ -163,6 +176,7 @@ def trace_floor(model, x, clock: int, chunks=(16, 64, 256)) -> tuple[float, floa
     layers = _layers(model)
     best = None
     for size in chunks:
+
         def run(size=size):
             for start in range(0, len(x), size):
                 outs = []
@@ -202,8 +216,10 @@ def quad_floor_per_sample(model, shape, x, clock: int, chunks=(4, 16, 64)) -> di
     owners = [i for i, layer in enumerate(layers) for _p in layer.parameters(recurse=False)]  # one per tensor
 
     def best(fn, inp) -> float:
-        return min(timed(lambda s=size: [fn(inp[i : i + s]) for i in range(0, len(inp), s)], inp.device)[clock]
-                   for size in chunks) / len(inp)
+        return min(
+            timed(lambda s=size: [fn(inp[i : i + s]) for i in range(0, len(inp), s)], inp.device)[clock]
+            for size in chunks
+        ) / len(inp)
 
     def unit(xb):
         torch.autograd.grad(model(xb).sum(), list(model.parameters()))
@@ -355,10 +371,14 @@ def measure_peers(model, shape, x, output: str, repeats: int, clock: int) -> dic
         other = 1 - clock
         out[name] = {
             "batch": len(x),
-            "ms_per_sample": {"art_fisher": 1e3 * statistics.median(r[0][clock] for r in rows) / len(x),
-                              name: 1e3 * statistics.median(r[1][clock] for r in rows) / len(x)},
-            "other_clock_ms_per_sample": {"art_fisher": 1e3 * statistics.median(r[0][other] for r in rows) / len(x),
-                                          name: 1e3 * statistics.median(r[1][other] for r in rows) / len(x)},
+            "ms_per_sample": {
+                "art_fisher": 1e3 * statistics.median(r[0][clock] for r in rows) / len(x),
+                name: 1e3 * statistics.median(r[1][clock] for r in rows) / len(x),
+            },
+            "other_clock_ms_per_sample": {
+                "art_fisher": 1e3 * statistics.median(r[0][other] for r in rows) / len(x),
+                name: 1e3 * statistics.median(r[1][other] for r in rows) / len(x),
+            },
             "speedup": statistics.median(r[1][clock] / r[0][clock] for r in rows),
             "max_rel_diff": float(((theirs - ours).abs() / ours.abs().clamp_min(1e-30)).max()),
         }
@@ -472,8 +492,9 @@ def measure_row(args, name: str, head: str, device: torch.device) -> dict:
         "clock": "cpu" if clock else "wall",
         "ms_per_sample": {k: 1e3 * v[clock] for k, v in med.items()},
         "other_clock_ms_per_sample": {k: 1e3 * v[other] for k, v in med.items()},
-        "speedup_vs_original": {f"{k}{'' if k == 'trace' else '_blockwise'}": statistics.median(v)
-                                for k, v in ratios.items()},
+        "speedup_vs_original": {
+            f"{k}{'' if k == 'trace' else '_blockwise'}": statistics.median(v) for k, v in ratios.items()
+        },
         "units_per_sample": {
             "trace": med["trace"][clock] / unit,
             "quad_blockwise": med["quad"][clock] / unit,
@@ -497,8 +518,16 @@ def measure_row(args, name: str, head: str, device: torch.device) -> dict:
             if device.type == "cuda":
                 row["memory"][metric] = {"batch": b, **cuda_memory(model, x[:b], metric, output)}
                 continue
-            cmd = [sys.executable, __file__, "--measure-memory", name, metric, str(b), "--threads",
-                   str(args.threads_now)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--measure-memory",
+                name,
+                metric,
+                str(b),
+                "--threads",
+                str(args.threads_now),
+            ]
             if args.smoke:
                 cmd.append("--smoke")
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
@@ -510,7 +539,7 @@ def run(args) -> dict:
     results = {
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
         "timing": "ms_per_sample: medians by each row's clock (CPU time of the process on the CPU at one thread, "
-                  "wall-clock otherwise); other_clock_ms_per_sample: the other clock",
+        "wall-clock otherwise); other_clock_ms_per_sample: the other clock",
         "runs": [],
     }
     for threads in args.threads:
@@ -530,8 +559,10 @@ def run(args) -> dict:
 
 def table(results: dict) -> str:
     lines = [
-        ("| device | model (head) | params | metric | original ms/sample | exact ms/sample (batch) | speed-up "
-        "| units/sample | peak MiB (growth) |"),
+        (
+            "| device | model (head) | params | metric | original ms/sample | exact ms/sample (batch) | speed-up "
+            "| units/sample | peak MiB (growth) |"
+        ),
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for run_ in results["runs"]:
@@ -600,7 +631,9 @@ def main() -> None:
     parser.add_argument("--orig-fis-repeats", type=int, default=1, help="repeats of the (slow) original FIS")
     parser.add_argument("--threads", default="1", help="comma-separated torch thread counts, e.g. 1,2 (default 1)")
     parser.add_argument(
-        "--device", action="append", default=None,
+        "--device",
+        action="append",
+        default=None,
         help="also run on this CUDA device (repeatable; default: cuda when available; 'none' for CPU only)",
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
@@ -631,8 +664,13 @@ def main() -> None:
         tmp = args.json.with_suffix(args.json.suffix + ".tmp")
         tmp.write_text(text + "\n")
         tmp.replace(args.json)
-    disagree = [(row["model"], row["head"], peer, info["max_rel_diff"]) for run_ in results["runs"]
-                for row in run_["rows"] for peer, info in row["peers"].items() if info["max_rel_diff"] > 1e-3]
+    disagree = [
+        (row["model"], row["head"], peer, info["max_rel_diff"])
+        for run_ in results["runs"]
+        for row in run_["rows"]
+        for peer, info in row["peers"].items()
+        if info["max_rel_diff"] > 1e-3
+    ]
     if disagree:
         sys.exit(f"peers disagree with fisher_trace (max relative difference > 1e-3): {disagree}")
 

@@ -84,8 +84,9 @@ def build(name: str, n_classes: int, smoke: bool) -> tuple[nn.Module, tuple[int,
         timm = field_models.import_timm()
         if timm is None:
             raise SystemExit('bench_models: timm is missing: pip install -e ".[models]" (or use --smoke)')
-        model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=4,
-                                  num_classes=n_classes)
+        model = timm.create_model(
+            "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=4, num_classes=n_classes
+        )
     return field_models.randomise_norms(model), (3, 32, 32)
 
 
@@ -193,9 +194,14 @@ def child_memory(name: str, batch: int, smoke: bool, threads: int) -> dict:
 
 def measure_memory(name: str, batch: int, smoke: bool, threads: int) -> dict:
     cmd = [sys.executable, __file__, "--child-memory", name, "--batch", str(batch), "--threads", str(threads)]
-    proc = subprocess.run(cmd + (["--smoke"] if smoke else []), capture_output=True, text=True, timeout=900, check=False)
+    proc = subprocess.run(
+        cmd + (["--smoke"] if smoke else []), capture_output=True, text=True, timeout=900, check=False
+    )
     if proc.returncode != 0:
-        return {"batch": batch, "error": proc.stderr.strip().splitlines()[-1][:200] if proc.stderr.strip() else "failed"}
+        return {
+            "batch": batch,
+            "error": proc.stderr.strip().splitlines()[-1][:200] if proc.stderr.strip() else "failed",
+        }
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -203,8 +209,14 @@ def measure_model(args, name: str, clock: int) -> dict:
     model, shape = build(name, 10, args.smoke)
     x = torch.randn(args.batch, *shape)
     floor, plan = floor_fn(model, x)
-    row: dict = {"model": name, "params": sum(p.numel() for p in model.parameters()), "input": list(shape),
-                 "classes": 10, "batch": args.batch, "torch_func_params": plan.rest}
+    row: dict = {
+        "model": name,
+        "params": sum(p.numel() for p in model.parameters()),
+        "input": list(shape),
+        "classes": 10,
+        "batch": args.batch,
+        "torch_func_params": plan.rest,
+    }
     row["trace"] = median_time(lambda: metrics.fisher_trace(model, x), len(x), args.repeats, clock)
     row["floor"] = median_time(floor, len(x), args.repeats, clock)
     hooked = [n for n, _ in model.named_parameters() if n not in plan.rest]
@@ -220,7 +232,9 @@ def measure_model(args, name: str, clock: int) -> dict:
         {"status": "skipped (--no-backpack)"} if args.no_backpack
         else measure_backpack(model, x, exact, args.repeats, clock)
     )  # fmt: skip
-    row["memory"] = [measure_memory(name, b, args.smoke, args.threads) for b in (args.batch, 4 * args.batch, 8 * args.batch)]
+    row["memory"] = [
+        measure_memory(name, b, args.smoke, args.threads) for b in (args.batch, 4 * args.batch, 8 * args.batch)
+    ]
     t, f = row["trace"]["seconds"], row["floor"]["seconds"]
     row["trace_over_floor"] = t / f
     if row["backpack"].get("status") == "ok":
@@ -234,6 +248,7 @@ def set_confidence(model: nn.Module, x: torch.Tensor, target: float) -> float:
     w0, b0 = head.weight.detach().clone(), head.bias.detach().clone()
     lo, hi = 0.0, 1.0
     with torch.no_grad():
+
         def conf(s: float) -> float:
             head.weight.copy_(w0 * s)
             head.bias.copy_(b0 * s)
@@ -249,17 +264,26 @@ def set_confidence(model: nn.Module, x: torch.Tensor, target: float) -> float:
 
 
 def measure_classes(args, clock: int) -> dict:
-    out: dict = {"model": "resnet18", "confidence": args.confidence, "rows": [], "tau": [], "estimate": [],
-                 "capped_estimate": []}
+    out: dict = {
+        "model": "resnet18",
+        "confidence": args.confidence,
+        "rows": [],
+        "tau": [],
+        "estimate": [],
+        "capped_estimate": [],
+    }
     exact_big = None
     for n_classes in args.classes:
         model, shape = build("resnet18", n_classes, args.smoke)
         x = torch.randn(args.class_batch, *shape)
         scale = set_confidence(model, x, args.confidence)
         floor, _plan = floor_fn(model, x)
-        row = {"classes": n_classes, "head_scale": scale,
-               "trace": median_time(lambda model=model, x=x: metrics.fisher_trace(model, x), len(x), 1, clock),
-               "floor": median_time(floor, len(x), 1, clock)}
+        row = {
+            "classes": n_classes,
+            "head_scale": scale,
+            "trace": median_time(lambda model=model, x=x: metrics.fisher_trace(model, x), len(x), 1, clock),
+            "floor": median_time(floor, len(x), 1, clock),
+        }
         out["rows"].append(row)
         if n_classes == max(args.classes):
             exact_big = metrics.fisher_trace(model, x)
@@ -271,8 +295,14 @@ def measure_classes(args, clock: int) -> dict:
         tau = min(args.taus)
         est = metrics.fisher_trace_estimate(big_model, big_x, tau=tau, samples=args.samples, max_kept=cap, seed=0)
         err = est.estimate - exact_big
-        timing = median_time(lambda cap=cap, tau=tau: metrics.fisher_trace_estimate(
-            big_model, big_x, tau=tau, samples=args.samples, max_kept=cap), len(big_x), 1, clock)
+        timing = median_time(
+            lambda cap=cap, tau=tau: metrics.fisher_trace_estimate(
+                big_model, big_x, tau=tau, samples=args.samples, max_kept=cap
+            ),
+            len(big_x),
+            1,
+            clock,
+        )
         out["capped_estimate"].append({
             "tau": tau, "max_kept": cap, "samples": args.samples, **timing, "over_first": timing["seconds"] / base,
             "mean_dropped_mass": float(est.dropped_mass.mean()),
@@ -296,8 +326,12 @@ def measure_classes(args, clock: int) -> dict:
         })  # fmt: skip
         est = metrics.fisher_trace_estimate(big_model, big_x, tau=tau, samples=args.samples, seed=0)
         err = est.estimate - exact_big
-        timing = median_time(lambda tau=tau: metrics.fisher_trace_estimate(big_model, big_x, tau=tau, samples=args.samples),
-                             len(big_x), 1, clock)
+        timing = median_time(
+            lambda tau=tau: metrics.fisher_trace_estimate(big_model, big_x, tau=tau, samples=args.samples),
+            len(big_x),
+            1,
+            clock,
+        )
         out["estimate"].append({
             "tau": tau, "samples": args.samples, **timing, "over_first": timing["seconds"] / base,
             "max_rel_error": float(((est.estimate - exact_big) / exact_big).abs().max()),
@@ -310,8 +344,10 @@ def measure_classes(args, clock: int) -> dict:
 
 def table(results: dict) -> str:
     lines = [f"per sample, {results['clock']} seconds, {results['threads']} thread(s)"]
-    lines.append(f"{'model':<13}{'trace':>9}{'floor':>9}{'tr/floor':>9}{'quad':>9}{'lam':>9}{'sens':>10}"
-                 f"{'backpack':>10}{'bp/tr':>7}{'MiB@B':>8}{'MiB@4B':>8}{'MiB@8B':>8}")
+    lines.append(
+        f"{'model':<13}{'trace':>9}{'floor':>9}{'tr/floor':>9}{'quad':>9}{'lam':>9}{'sens':>10}"
+        f"{'backpack':>10}{'bp/tr':>7}{'MiB@B':>8}{'MiB@4B':>8}{'MiB@8B':>8}"
+    )
     for row in results["models"]:
         sens = row["sensitivity"]
         bp = row["backpack"]
@@ -328,27 +364,37 @@ def table(results: dict) -> str:
         if bp.get("status") != "ok":
             lines.append(f"    backpack {bp.get('status')}")
         if "trace_hook_params_only" in row:
-            lines.append(f"    trace without the torch.func parameters {row['torch_func_params']}: "
-                         f"{row['trace_hook_params_only']['seconds']:.4f}")
+            lines.append(
+                f"    trace without the torch.func parameters {row['torch_func_params']}: "
+                f"{row['trace_hook_params_only']['seconds']:.4f}"
+            )
     many = results.get("many_classes")
     if many:
         lines.append(f"many classes ({many['model']}, mean top-1 probability {many['confidence']}):")
         for row in many["rows"]:
-            lines.append(f"  C={row['classes']:<5} exact trace {row['trace']['seconds']:.4f}  floor "
-                         f"{row['floor']['seconds']:.4f}  x{row['over_first']:.1f} of C={many['rows'][0]['classes']}")
+            lines.append(
+                f"  C={row['classes']:<5} exact trace {row['trace']['seconds']:.4f}  floor "
+                f"{row['floor']['seconds']:.4f}  x{row['over_first']:.1f} of C={many['rows'][0]['classes']}"
+            )
         for row in many["tau"]:
-            lines.append(f"  tau={row['tau']:<7g} {row['seconds']:.4f}  x{row['over_first']:.2f} of the first  "
-                         f"rel. error max {row['max_rel_error']:.2e} mean {row['mean_rel_error']:.2e}  "
-                         f"kept {row['mean_kept']:.1f} (max {row['max_kept']})  q {row['mean_dropped_mass']:.2e}")
+            lines.append(
+                f"  tau={row['tau']:<7g} {row['seconds']:.4f}  x{row['over_first']:.2f} of the first  "
+                f"rel. error max {row['max_rel_error']:.2e} mean {row['mean_rel_error']:.2e}  "
+                f"kept {row['mean_kept']:.1f} (max {row['max_kept']})  q {row['mean_dropped_mass']:.2e}"
+            )
         for row in many["capped_estimate"]:
-            lines.append(f"  estimate tau={row['tau']:<7g} max_kept={row['max_kept']} m={row['samples']} "
-                         f"{row['seconds']:.4f}  x{row['over_first']:.2f}  q {row['mean_dropped_mass']:.2f}  "
-                         f"rel. error max {row['max_rel_error']:.2e}  rel. stderr {row['mean_rel_stderr']:.2e}  "
-                         f"rms err / rms stderr {row['rms_error_over_rms_stderr']:.2f}")
+            lines.append(
+                f"  estimate tau={row['tau']:<7g} max_kept={row['max_kept']} m={row['samples']} "
+                f"{row['seconds']:.4f}  x{row['over_first']:.2f}  q {row['mean_dropped_mass']:.2f}  "
+                f"rel. error max {row['max_rel_error']:.2e}  rel. stderr {row['mean_rel_stderr']:.2e}  "
+                f"rms err / rms stderr {row['rms_error_over_rms_stderr']:.2f}"
+            )
         for row in many["estimate"]:
-            lines.append(f"  estimate tau={row['tau']:<7g} m={row['samples']} {row['seconds']:.4f}  "
-                         f"x{row['over_first']:.2f}  rel. error max {row['max_rel_error']:.2e}  "
-                         f"rel. stderr {row['mean_rel_stderr']:.2e}  rms err / rms stderr {row['rms_error_over_rms_stderr']:.2f}")
+            lines.append(
+                f"  estimate tau={row['tau']:<7g} m={row['samples']} {row['seconds']:.4f}  "
+                f"x{row['over_first']:.2f}  rel. error max {row['max_rel_error']:.2e}  "
+                f"rel. stderr {row['mean_rel_stderr']:.2e}  rms err / rms stderr {row['rms_error_over_rms_stderr']:.2f}"
+            )
     return "\n".join(lines)
 
 

@@ -98,8 +98,13 @@ def write_files(root: Path, smoke: bool) -> dict[str, Path]:
     with zipfile.ZipFile(root / "nodes.skops", "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
         archive.writestr("schema.json", json.dumps(schema))
         archive.writestr("big.npy", _npy(np.zeros((1 if smoke else 50) * 2**20 // 8)))
-    return {"cifar_dtype": root / "dtype", "cifar_dup": root / "dup", "npz_shadow": root / "shadow.npz", "npz_raw": root / "raw.npz",
-            "skops_nodes": root / "nodes.skops"}
+    return {
+        "cifar_dtype": root / "dtype",
+        "cifar_dup": root / "dup",
+        "npz_shadow": root / "shadow.npz",
+        "npz_raw": root / "raw.npz",
+        "skops_nodes": root / "nodes.skops",
+    }
 
 
 def measure(files: dict[str, Path], code: Path) -> dict[str, dict]:
@@ -107,15 +112,21 @@ def measure(files: dict[str, Path], code: Path) -> dict[str, dict]:
     env = {**os.environ, "PYTHONPATH": str(code), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     rows = {}
     for name, path in files.items():
-        proc = subprocess.run([sys.executable, "-c", _PROBE, name, str(path)], capture_output=True, text=True,
-                              env=env, timeout=600)
+        proc = subprocess.run(
+            [sys.executable, "-c", _PROBE, name, str(path)], capture_output=True, text=True, env=env, timeout=600
+        )
         if proc.returncode != 0:
             rows[name] = {"outcome": f"crashed (exit {proc.returncode})", "stderr": proc.stderr[-300:]}
             continue
-        outcome, length, message, seconds, growth_mb = eval(proc.stdout.strip().splitlines()[-1])  # noqa: S307
-        rows[name] = {"file_bytes": sum(f.stat().st_size for f in ([path] if path.is_file() else path.iterdir())),
-                      "outcome": outcome, "message_chars": length, "message": message, "seconds": round(seconds, 2),
-                      "peak_rss_growth_mb": round(growth_mb, 1)}
+        outcome, length, message, seconds, growth_mb = eval(proc.stdout.strip().splitlines()[-1])
+        rows[name] = {
+            "file_bytes": sum(f.stat().st_size for f in ([path] if path.is_file() else path.iterdir())),
+            "outcome": outcome,
+            "message_chars": length,
+            "message": message,
+            "seconds": round(seconds, 2),
+            "peak_rss_growth_mb": round(growth_mb, 1),
+        }
     return rows
 
 
@@ -127,10 +138,18 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         rows = measure(write_files(Path(tmp), args.smoke), args.code.resolve())
     for name, row in rows.items():
-        print(f"{name:12s} {row['outcome']:22s} {row.get('peak_rss_growth_mb', '-'):>8} MB "
-              f"{row.get('seconds', '-'):>7} s  message {row.get('message_chars', '-')} chars", file=sys.stderr)
-    result = {"script": "bench_size_bombs", "smoke": args.smoke, "code": str(args.code),
-              "python": platform.python_version(), "rows": rows}
+        print(
+            f"{name:12s} {row['outcome']:22s} {row.get('peak_rss_growth_mb', '-'):>8} MB "
+            f"{row.get('seconds', '-'):>7} s  message {row.get('message_chars', '-')} chars",
+            file=sys.stderr,
+        )
+    result = {
+        "script": "bench_size_bombs",
+        "smoke": args.smoke,
+        "code": str(args.code),
+        "python": platform.python_version(),
+        "rows": rows,
+    }
     print(json.dumps(result, indent=2))
     if not args.smoke and args.code.resolve() == ROOT:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)

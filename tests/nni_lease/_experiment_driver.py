@@ -27,9 +27,16 @@ def main(argv: list[str]) -> int:
     resume_id = argv[3] if len(argv) > 3 else None
     with sigterm_as_interrupt():
         result = run_multitrial(
-            DigitsToySpace(), lease_evaluator(**TRIAL_ARGS), LeaseMultiTrial(learning_rate=0.5, seed=STRATEGY_SEED),
-            port=port, max_trials=max_trials, concurrency=2, experiment_dir=experiment_dir,
-            experiment_id=resume_id, resume=resume_id is not None, keep_open=True,
+            DigitsToySpace(),
+            lease_evaluator(**TRIAL_ARGS),
+            LeaseMultiTrial(learning_rate=0.5, seed=STRATEGY_SEED),
+            port=port,
+            max_trials=max_trials,
+            concurrency=2,
+            experiment_dir=experiment_dir,
+            experiment_id=resume_id,
+            resume=resume_id is not None,
+            keep_open=True,
             on_started=lambda url, exp_id: print(f"ID {exp_id}", flush=True),
         )
     print(f"DONE {result.experiment_id} interrupted={result.interrupted}", flush=True)

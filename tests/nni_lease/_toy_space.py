@@ -16,8 +16,9 @@ class ToySpace(ModelSpace):
 
     def __init__(self) -> None:
         super().__init__()
-        self.op = LayerChoice({"identity": torch.nn.Identity(), "relu": torch.nn.ReLU(), "tanh": torch.nn.Tanh()},
-                              label="op")
+        self.op = LayerChoice(
+            {"identity": torch.nn.Identity(), "relu": torch.nn.ReLU(), "tanh": torch.nn.Tanh()}, label="op"
+        )
         self.inp = InputChoice(2, n_chosen=1, label="inp")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -55,9 +56,9 @@ class DigitsToySpace(ModelSpace):
 
     def __init__(self) -> None:
         super().__init__()
-        self.op = LayerChoice({"dead": _Dead(),
-                               "linear": torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))},
-                              label="op")
+        self.op = LayerChoice(
+            {"dead": _Dead(), "linear": torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))}, label="op"
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.op(x)

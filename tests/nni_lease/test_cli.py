@@ -18,15 +18,34 @@ from nni_lease.oneshot.strategy import METRICS
 
 def _run_cli(args, home):
     env = {**os.environ, "HOME": str(home), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "nni_lease", *args], capture_output=True, text=True, env=env,
-                          timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "nni_lease", *args], capture_output=True, text=True, env=env, timeout=300, check=False
+    )
 
 
 @pytest.mark.slow
 def test_search_export_retrain_on_digits(tmp_path, capsys):
     out = tmp_path / "search"
-    proc = _run_cli(["search", "--mode", "oneshot", "--output", str(out), "--epochs", "2", "--limit", "96",
-                     "--limit-batches", "3", "--batch-size", "32", "--width", "4"], tmp_path)
+    proc = _run_cli(
+        [
+            "search",
+            "--mode",
+            "oneshot",
+            "--output",
+            str(out),
+            "--epochs",
+            "2",
+            "--limit",
+            "96",
+            "--limit-batches",
+            "3",
+            "--batch-size",
+            "32",
+            "--width",
+            "4",
+        ],
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads((out / "architecture.json").read_text())
     assert sorted(record["architecture"]) == ["input1", "op0", "op1"]
@@ -65,18 +84,21 @@ def nni_home(tmp_path, monkeypatch):
     return home
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--gamma", "-1"], "--gamma: must be a finite number >= 0"),
-    (["--pgd-epsilon", "nan"], "--pgd-epsilon: must be a positive finite number"),
-    (["--learning-rate", "-1"], "--learning-rate: must be a positive finite number"),
-    (["--limit", "0"], "--limit: must be a positive integer"),
-    (["--pgd-random-start", "2"], "--pgd-random-start: must be a number in [0, 1]"),
-    (["--hypergradient", "second_order"], "invalid choice"),
-    (["--dataset", "cifar10"], "data_dir must name a folder"),
-    (["--dataset", "cifar10", "--data-dir", "/nonexistent/cifar"], "is not a folder"),
-    (["--max-trials", "3"], "--max-trials is not used by --mode oneshot"),
-    (["--retrain-epochs", "3"], "--retrain-epochs is not used by --mode oneshot"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--gamma", "-1"], "--gamma: must be a finite number >= 0"),
+        (["--pgd-epsilon", "nan"], "--pgd-epsilon: must be a positive finite number"),
+        (["--learning-rate", "-1"], "--learning-rate: must be a positive finite number"),
+        (["--limit", "0"], "--limit: must be a positive integer"),
+        (["--pgd-random-start", "2"], "--pgd-random-start: must be a number in [0, 1]"),
+        (["--hypergradient", "second_order"], "invalid choice"),
+        (["--dataset", "cifar10"], "data_dir must name a folder"),
+        (["--dataset", "cifar10", "--data-dir", "/nonexistent/cifar"], "is not a folder"),
+        (["--max-trials", "3"], "--max-trials is not used by --mode oneshot"),
+        (["--retrain-epochs", "3"], "--retrain-epochs is not used by --mode oneshot"),
+    ],
+)
 def test_oneshot_argument_errors_leave_nothing_behind(args, message, tmp_path, capsys):
     out = tmp_path / "search"
     assert _exit_code(["search", "--output", str(out), *args]) == 2
@@ -104,18 +126,21 @@ def test_output_at_an_existing_file_is_refused(tmp_path, capsys):
     assert "is not a folder" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("mode", "args", "message"), [
-    ("multi-trial", ["--learning-rate", "-1"], "--learning-rate: must be a positive finite number"),
-    ("multi-trial", ["--learning-rate", "nan"], "--learning-rate: must be a positive finite number"),
-    ("multi-trial", ["--hypergradient", "unrolled"], "--hypergradient is not used by --mode multi-trial"),
-    ("multi-trial", ["--output", "x"], "--output is not used by --mode multi-trial"),
-    ("hpo", ["--gamma", "0.5"], "--gamma is not used by --mode hpo (the HPO experiment tunes it)"),
-    ("hpo", ["--pgd-steps", "3"], "--pgd-steps is not used by --mode hpo (the HPO experiment tunes it)"),
-    ("hpo", ["--policy-learning-rate", "1"], "--policy-learning-rate is not used by --mode hpo"),
-    ("hpo", ["--port", "70000"], "--port: must be a port number"),
-    ("hpo", ["--resume", "nosuchexp"], "no experiment 'nosuchexp' to resume"),
-    ("multi-trial", ["--resume", "nosuchexp", "--port", "FREE"], "no experiment 'nosuchexp' to resume"),
-])
+@pytest.mark.parametrize(
+    ("mode", "args", "message"),
+    [
+        ("multi-trial", ["--learning-rate", "-1"], "--learning-rate: must be a positive finite number"),
+        ("multi-trial", ["--learning-rate", "nan"], "--learning-rate: must be a positive finite number"),
+        ("multi-trial", ["--hypergradient", "unrolled"], "--hypergradient is not used by --mode multi-trial"),
+        ("multi-trial", ["--output", "x"], "--output is not used by --mode multi-trial"),
+        ("hpo", ["--gamma", "0.5"], "--gamma is not used by --mode hpo (the HPO experiment tunes it)"),
+        ("hpo", ["--pgd-steps", "3"], "--pgd-steps is not used by --mode hpo (the HPO experiment tunes it)"),
+        ("hpo", ["--policy-learning-rate", "1"], "--policy-learning-rate is not used by --mode hpo"),
+        ("hpo", ["--port", "70000"], "--port: must be a port number"),
+        ("hpo", ["--resume", "nosuchexp"], "no experiment 'nosuchexp' to resume"),
+        ("multi-trial", ["--resume", "nosuchexp", "--port", "FREE"], "no experiment 'nosuchexp' to resume"),
+    ],
+)
 def test_nni_mode_errors_come_before_any_experiment(mode, args, message, tmp_path, capsys, nni_home):
     records = tmp_path / "records"
     if "FREE" in args:
@@ -155,16 +180,22 @@ def _one_error_line(err: str, message: str) -> None:
     assert len(lines) == 1, err[-2000:]
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["search", "--seed", "99999999999999999999"], "--seed: must be an integer from 0 to 4294967295"),
-    (["search", "--seed", "18446744073709551615"], "--seed: must be an integer from 0 to 4294967295"),
-    (["search", "--width", "100000000"], "--width: must be a positive integer (at most 4096)"),
-    (["search", "--batch-size", "100000000000000000000"], "--batch-size: must be a positive integer (at most 65536)"),
-    (["search", "--limit-batches", "100000000000000000000"], "--limit-batches: must be a positive integer"),
-    (["search", "--output", "/sys/kernel/nope"], "output '/sys/kernel/nope' is not writable"),
-    (["search", "--mode", "multi-trial", "--seed", "18446744073709551615"], "--seed: must be an integer"),
-    (["search", "--mode", "hpo", "--width", "100000000"], "--width: must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["search", "--seed", "99999999999999999999"], "--seed: must be an integer from 0 to 4294967295"),
+        (["search", "--seed", "18446744073709551615"], "--seed: must be an integer from 0 to 4294967295"),
+        (["search", "--width", "100000000"], "--width: must be a positive integer (at most 4096)"),
+        (
+            ["search", "--batch-size", "100000000000000000000"],
+            "--batch-size: must be a positive integer (at most 65536)",
+        ),
+        (["search", "--limit-batches", "100000000000000000000"], "--limit-batches: must be a positive integer"),
+        (["search", "--output", "/sys/kernel/nope"], "output '/sys/kernel/nope' is not writable"),
+        (["search", "--mode", "multi-trial", "--seed", "18446744073709551615"], "--seed: must be an integer"),
+        (["search", "--mode", "hpo", "--width", "100000000"], "--width: must be a positive integer"),
+    ],
+)
 def test_absurd_values_exit_2_with_one_line(argv, message, tmp_path, capsys, monkeypatch, nni_home):
     if "/sys/kernel/nope" in argv and not os.path.isdir("/sys/kernel"):
         pytest.skip("no /sys/kernel here")
@@ -185,18 +216,22 @@ def test_nni_settings_that_nni_would_crash_on_exit_2_before_it_starts(mode, tmp_
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     assert _exit_code(["search", "--mode", mode, "--experiment-dir", str(blocker / "records")]) == 2
-    _one_error_line(capsys.readouterr().err, f"experiment_dir '{blocker / 'records'}' cannot be created: it lies "
-                                             f"under the file '{blocker}'")
+    _one_error_line(
+        capsys.readouterr().err,
+        f"experiment_dir '{blocker / 'records'}' cannot be created: it lies under the file '{blocker}'",
+    )
     empty = tmp_path / "empty"
     empty.mkdir()
     remote = tmp_path / "remote.yml"
-    remote.write_text("platform: remote\nnniManagerIp: 127.0.0.1\nmachineList:\n"
-                      "  - {host: 127.0.0.1, user: nobody, password: x}\n")
+    remote.write_text(
+        "platform: remote\nnniManagerIp: 127.0.0.1\nmachineList:\n  - {host: 127.0.0.1, user: nobody, password: x}\n"
+    )
     monkeypatch.chdir(empty)
     assert _exit_code(["search", "--mode", mode, "--training-service", str(remote)]) == 2
     _one_error_line(capsys.readouterr().err, f"copies the trial code folder {empty} to its workers, but it is empty")
     assert sorted(os.listdir(tmp_path)) == sorted(["ts.yml", "a-file", "empty", "remote.yml"]) + (
-        ["nni-home"] if (tmp_path / "nni-home").exists() else [])
+        ["nni-home"] if (tmp_path / "nni-home").exists() else []
+    )
     assert os.listdir(empty) == []
 
 
@@ -206,9 +241,25 @@ def test_hostile_architecture_files_exit_2(tmp_path, capsys):
     assert _exit_code(["retrain", str(nested)]) == 2
     _one_error_line(capsys.readouterr().err, "is not valid JSON: it is nested too deeply")
     wide = tmp_path / "wide.json"
-    wide.write_text(json.dumps({"architecture": {"op0": "conv3x3"}, "dataset": "digits", "space": {
-        "name": "LeaseCellSpace", "kwargs": {"in_channels": 1, "n_classes": 10, "width": 100_000_000, "n_cells": 1,
-                                             "n_nodes": 2, "image_size": 8}}}))
+    wide.write_text(
+        json.dumps(
+            {
+                "architecture": {"op0": "conv3x3"},
+                "dataset": "digits",
+                "space": {
+                    "name": "LeaseCellSpace",
+                    "kwargs": {
+                        "in_channels": 1,
+                        "n_classes": 10,
+                        "width": 100_000_000,
+                        "n_cells": 1,
+                        "n_nodes": 2,
+                        "image_size": 8,
+                    },
+                },
+            }
+        )
+    )
     assert _exit_code(["retrain", str(wide)]) == 2
     _one_error_line(capsys.readouterr().err, "width must be a positive int (at most 4096); got 100000000")
     assert sorted(os.listdir(tmp_path)) == ["nested.json", "wide.json"]

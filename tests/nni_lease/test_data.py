@@ -40,16 +40,22 @@ def test_traced_loader_serialises_small():
 
 def _write_cifar_batch(path, n, seed):
     rng = np.random.default_rng(seed)
-    batch = {b"batch_label": b"synthetic", b"labels": rng.integers(0, 10, n).tolist(),
-             b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"filenames": [b"f"] * n}
+    batch = {
+        b"batch_label": b"synthetic",
+        b"labels": rng.integers(0, 10, n).tolist(),
+        b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+        b"filenames": [b"f"] * n,
+    }
     with open(path, "wb") as fh:
         pickle.dump(batch, fh, protocol=2)
     return batch
 
 
 def test_cifar10_from_local_batches(tmp_path):
-    written = {name: _write_cifar_batch(tmp_path / name, 20, i)
-               for i, name in enumerate(["data_batch_1", "data_batch_2", "test_batch"])}
+    written = {
+        name: _write_cifar_batch(tmp_path / name, 20, i)
+        for i, name in enumerate(["data_batch_1", "data_batch_2", "test_batch"])
+    }
     x, y = load_cifar10_batch(tmp_path / "test_batch")
     assert x.shape == (20, 3, 32, 32) and x.dtype == np.float32
     np.testing.assert_array_equal(y, written["test_batch"][b"labels"])
@@ -104,10 +110,12 @@ def test_one_cifar_unpickler_for_both_packages():
 
 @pytest.mark.parametrize(
     ("change", "match"),
-    [({b"labels": [0, 57]}, r"labels in 0\.\.9; got values from 0 to 57"),
-     ({b"labels": [-3, 1]}, r"labels in 0\.\.9; got values from -3 to 1"),
-     ({b"data": np.full((2, 3072), 0.5)}, r"uint8 of shape \(N, 3072\).*got float64"),
-     ({b"data": np.full((2, 3072), 0.5, np.float32)}, r"uint8 of shape \(N, 3072\).*got float32")],
+    [
+        ({b"labels": [0, 57]}, r"labels in 0\.\.9; got values from 0 to 57"),
+        ({b"labels": [-3, 1]}, r"labels in 0\.\.9; got values from -3 to 1"),
+        ({b"data": np.full((2, 3072), 0.5)}, r"uint8 of shape \(N, 3072\).*got float64"),
+        ({b"data": np.full((2, 3072), 0.5, np.float32)}, r"uint8 of shape \(N, 3072\).*got float32"),
+    ],
 )
 def test_cifar10_loader_refuses_bad_labels_and_float_pixels(tmp_path, change, match):
     batch = {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1], **change}

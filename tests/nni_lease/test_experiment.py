@@ -60,11 +60,28 @@ class _Driver:
     def __init__(self, home: Path, port: int, max_trials: int, resume_id: str | None = None) -> None:
         self.home, self.port = home, port
         self.log = home / f"driver-{max_trials}.log"
-        env = {**os.environ, "HOME": str(home), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
-               "PYTHONWARNINGS": "ignore"}
-        args = [sys.executable, "-m", "tests.nni_lease._experiment_driver", str(port), str(home / "records"), str(max_trials)]
-        self.proc = subprocess.Popen(args + ([resume_id] if resume_id else []), cwd=ROOT, env=env,
-                                     stdout=self.log.open("w"), stderr=subprocess.STDOUT)
+        env = {
+            **os.environ,
+            "HOME": str(home),
+            "PYTHONPATH": str(ROOT),
+            "OMP_NUM_THREADS": "1",
+            "PYTHONWARNINGS": "ignore",
+        }
+        args = [
+            sys.executable,
+            "-m",
+            "tests.nni_lease._experiment_driver",
+            str(port),
+            str(home / "records"),
+            str(max_trials),
+        ]
+        self.proc = subprocess.Popen(
+            args + ([resume_id] if resume_id else []),
+            cwd=ROOT,
+            env=env,
+            stdout=self.log.open("w"),
+            stderr=subprocess.STDOUT,
+        )
 
     def output(self) -> str:
         return self.log.read_text()
@@ -300,16 +317,27 @@ def test_port_in_use_is_a_clear_error_before_anything_starts(tmp_path):
         with pytest.raises(PortInUseError, match=f"port {port} is not free"):
             check_port_free(port)
         with pytest.raises(PortInUseError, match=f"port {port}"):
-            run_multitrial(DigitsToySpace(), lease_evaluator(), LeaseMultiTrial(), port=port, max_trials=1,
-                           experiment_dir=tmp_path / "records")
+            run_multitrial(
+                DigitsToySpace(),
+                lease_evaluator(),
+                LeaseMultiTrial(),
+                port=port,
+                max_trials=1,
+                experiment_dir=tmp_path / "records",
+            )
     assert not (tmp_path / "records").exists()
 
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"port": 0}, "port"), ({"port": 70000}, "port"), ({"max_trials": 0}, "max_trials"),
-     ({"concurrency": 0}, "concurrency"), ({"training_service": "nope.yml"}, "training_service"),
-     ({"resume": True}, "experiment_id")],
+    [
+        ({"port": 0}, "port"),
+        ({"port": 70000}, "port"),
+        ({"max_trials": 0}, "max_trials"),
+        ({"concurrency": 0}, "concurrency"),
+        ({"training_service": "nope.yml"}, "training_service"),
+        ({"resume": True}, "experiment_id"),
+    ],
 )
 def test_bad_arguments_fail_before_anything_starts(kwargs, match, tmp_path):
     args = {"port": _free_port(), "max_trials": 1, "experiment_dir": tmp_path / "records", **kwargs}
@@ -359,9 +387,16 @@ def test_remote_service_needs_the_next_port_too(tmp_path, monkeypatch):
         if _port_open(port):
             pytest.skip("port - 1 happens to be in use")
         with pytest.raises(PortInUseError, match=f"port {port + 1}"):
-            run_multitrial(DigitsToySpace(), lease_evaluator(), LeaseMultiTrial(), port=port, host="0.0.0.0",
-                           max_trials=1, training_service=EXAMPLES / "remote_training_service.yml",
-                           experiment_dir=tmp_path / "records")
+            run_multitrial(
+                DigitsToySpace(),
+                lease_evaluator(),
+                LeaseMultiTrial(),
+                port=port,
+                host="0.0.0.0",
+                max_trials=1,
+                training_service=EXAMPLES / "remote_training_service.yml",
+                experiment_dir=tmp_path / "records",
+            )
     assert not (tmp_path / "records").exists()
 
 
@@ -384,8 +419,15 @@ def test_remote_workers_cannot_reach_a_loopback_manager(tmp_path, monkeypatch):
 @pytest.mark.parametrize("host", ["10.0.0.1", "localhost"])
 def test_bad_host_fails_before_anything_starts(host, tmp_path):
     with pytest.raises(ValueError, match="host must be one of"):
-        run_multitrial(DigitsToySpace(), lease_evaluator(), LeaseMultiTrial(), port=_free_port(), host=host,
-                       max_trials=1, experiment_dir=tmp_path / "records")
+        run_multitrial(
+            DigitsToySpace(),
+            lease_evaluator(),
+            LeaseMultiTrial(),
+            port=_free_port(),
+            host=host,
+            max_trials=1,
+            experiment_dir=tmp_path / "records",
+        )
     assert not (tmp_path / "records").exists()
 
 
@@ -399,8 +441,19 @@ def test_cli_multitrial_port_in_use_exits_2_before_starting(address, tmp_path, c
         busy.bind((address, 0))
         busy.listen()
         port = busy.getsockname()[1]
-        code = main(["search", "--mode", "multi-trial", "--port", str(port), "--max-trials", "1",
-                     "--experiment-dir", str(tmp_path / "records")])
+        code = main(
+            [
+                "search",
+                "--mode",
+                "multi-trial",
+                "--port",
+                str(port),
+                "--max-trials",
+                "1",
+                "--experiment-dir",
+                str(tmp_path / "records"),
+            ]
+        )
     assert code == 2
     err = capsys.readouterr().err
     assert f"port {port} is not free for the NNI manager" in err and "Traceback" not in err
@@ -419,9 +472,23 @@ def test_cli_port_plus_one_held_on_ipv6_exits_2(tmp_path, capsys, monkeypatch):
         port = busy.getsockname()[1] - 1
         if _port_open(port):
             pytest.skip("port - 1 happens to be in use")
-        code = main(["search", "--mode", "hpo", "--port", str(port), "--host", "0.0.0.0", "--max-trials", "1",
-                     "--training-service", str(EXAMPLES / "remote_training_service.yml"),
-                     "--experiment-dir", str(tmp_path / "records")])
+        code = main(
+            [
+                "search",
+                "--mode",
+                "hpo",
+                "--port",
+                str(port),
+                "--host",
+                "0.0.0.0",
+                "--max-trials",
+                "1",
+                "--training-service",
+                str(EXAMPLES / "remote_training_service.yml"),
+                "--experiment-dir",
+                str(tmp_path / "records"),
+            ]
+        )
     assert code == 2
     err = capsys.readouterr().err
     assert f"port {port + 1} is not free for the NNI manager: something answers on [::1]:{port + 1}" in err
@@ -441,12 +508,25 @@ def test_cli_reports_an_experiment_an_earlier_run_left_behind(tmp_path, capsys, 
     with socket.socket() as busy:  # the search itself stops at the port check: nothing starts
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        code = main(["search", "--mode", "multi-trial", "--port", str(busy.getsockname()[1]), "--max-trials", "1",
-                     "--experiment-dir", str(tmp_path / "records")])
+        code = main(
+            [
+                "search",
+                "--mode",
+                "multi-trial",
+                "--port",
+                str(busy.getsockname()[1]),
+                "--max-trials",
+                "1",
+                "--experiment-dir",
+                str(tmp_path / "records"),
+            ]
+        )
     assert code == 2
     err = capsys.readouterr().err
-    assert (f"experiment old1 (port 8080) was not stopped cleanly: NNI's list says RUNNING but its manager (pid "
-            f"{dead.pid}) is gone; marked STOPPED") in err
+    assert (
+        f"experiment old1 (port 8080) was not stopped cleanly: NNI's list says RUNNING but its manager (pid "
+        f"{dead.pid}) is gone; marked STOPPED"
+    ) in err
     assert json.loads(manifest.read_text())["old1"]["status"] == "STOPPED"
 
 
@@ -464,9 +544,11 @@ def test_resumable_channel_skips_the_resume_data_nni_3_cannot_parse():
         def receive(self):
             return self.commands.pop(0)
 
-    resume_traffic = [{"type": "FD", "content": json.dumps([{"parameter_id": 0, "value": 1.0}])},
-                      {"type": "AD", "content": json.dumps([])},
-                      {"type": "GE", "content": "2"}]
+    resume_traffic = [
+        {"type": "FD", "content": json.dumps([{"parameter_id": 0, "value": 1.0}])},
+        {"type": "AD", "content": json.dumps([])},
+        {"type": "GE", "content": "2"},
+    ]
     plain = TunerCommandChannel("ws://localhost:1/tuner")
     plain._channel = _FakeWire(resume_traffic)
     with pytest.raises(ValueError, match="Unknown command type: CommandType.ImportData"):
@@ -491,17 +573,46 @@ net.Server.prototype.listen = function (...args) {
 def test_a_rebound_manager_killed_by_the_guard_is_one_error(tmp_path):
     port = _free_port()
     (tmp_path / "rebind.js").write_text(_REBIND)
-    env = {**os.environ, "HOME": str(tmp_path), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
-           "NODE_OPTIONS": f"--require {tmp_path / 'rebind.js'}"}
+    env = {
+        **os.environ,
+        "HOME": str(tmp_path),
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+        "NODE_OPTIONS": f"--require {tmp_path / 'rebind.js'}",
+    }
     proc = subprocess.run(
-        [sys.executable, "-m", "nni_lease", "search", "--mode", "multi-trial", "--port", str(port), "--experiment-dir",
-         str(tmp_path / "records"), "--max-trials", "2", "--epochs", "1", "--limit", "64", "--limit-batches", "2"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "nni_lease",
+            "search",
+            "--mode",
+            "multi-trial",
+            "--port",
+            str(port),
+            "--experiment-dir",
+            str(tmp_path / "records"),
+            "--max-trials",
+            "2",
+            "--epochs",
+            "1",
+            "--limit",
+            "64",
+            "--limit-batches",
+            "2",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-5000:]
-    assert len(errors) == 2 and errors[1].startswith(f"nni-lease search: error: port {port} listens on 127.0.0.2, "
-                                                     "beyond the chosen host 127.0.0.1"), proc.stderr[-3000:]
+    assert len(errors) == 2 and errors[1].startswith(
+        f"nni-lease search: error: port {port} listens on 127.0.0.2, beyond the chosen host 127.0.0.1"
+    ), proc.stderr[-3000:]
     assert errors[1].endswith("the NNI manager was killed.") and not _port_open(port)
 
 
@@ -513,9 +624,32 @@ def test_a_manager_killed_under_the_cli_is_one_error_naming_the_experiment_and_i
     env = {**os.environ, "HOME": str(tmp_path), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     err_path = tmp_path / "stderr.txt"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "nni_lease", "search", "--mode", "multi-trial", "--port", str(port), "--experiment-dir",
-         str(tmp_path / "records"), "--max-trials", "20", "--epochs", "1", "--limit", "64", "--limit-batches", "2"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err_path.open("w"), text=True)
+        [
+            sys.executable,
+            "-m",
+            "nni_lease",
+            "search",
+            "--mode",
+            "multi-trial",
+            "--port",
+            str(port),
+            "--experiment-dir",
+            str(tmp_path / "records"),
+            "--max-trials",
+            "20",
+            "--epochs",
+            "1",
+            "--limit",
+            "64",
+            "--limit-batches",
+            "2",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=err_path.open("w"),
+        text=True,
+    )
     try:
         first = proc.stdout.readline()
         assert "web UI at" in first, first + err_path.read_text()[-3000:]
@@ -534,6 +668,8 @@ def test_a_manager_killed_under_the_cli_is_one_error_naming_the_experiment_and_i
     errors = [line for line in err.splitlines() if "error" in line.lower()]
     assert rc == 2, err[-3000:]
     assert "Traceback" not in err, err[-5000:]
-    assert errors == [f"nni-lease search: error: experiment {exp_id}: the NNI manager on port {port} stopped "
-                      "answering (it died or was killed); see its log "
-                      f"{tmp_path / 'records' / exp_id / 'log' / 'nnimanager.log'}."], err[-3000:]
+    assert errors == [
+        f"nni-lease search: error: experiment {exp_id}: the NNI manager on port {port} stopped "
+        "answering (it died or was killed); see its log "
+        f"{tmp_path / 'records' / exp_id / 'log' / 'nnimanager.log'}."
+    ], err[-3000:]

@@ -17,9 +17,7 @@ def _smooth_model(dtype=torch.float64) -> nn.Module:
 
 def _bn_model() -> nn.Module:
     torch.manual_seed(1)
-    return nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3)
-    )
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3))
 
 
 @pytest.fixture
@@ -132,8 +130,10 @@ def test_given_clean_logits_give_the_same_explanation(x64, differentiable):
 
 
 def _directional_derivatives(objective, params, seed=0):
-    directions = [torch.randn(p.shape, generator=torch.Generator().manual_seed(seed + i), dtype=p.dtype)
-                  for i, p in enumerate(params)]
+    directions = [
+        torch.randn(p.shape, generator=torch.Generator().manual_seed(seed + i), dtype=p.dtype)
+        for i, p in enumerate(params)
+    ]
     grads = torch.autograd.grad(objective(), params)
     analytic = sum((g * d).sum() for g, d in zip(grads, directions, strict=False))
     h = 1e-6
@@ -151,8 +151,10 @@ def _directional_derivatives(objective, params, seed=0):
     return analytic, (plus - minus) / (2 * h)
 
 
-@pytest.mark.parametrize(("norm", "differentiable", "exact"),
-                         [("l2", "all_steps", True), ("linf", "last_step", True), ("l2", "last_step", False)])
+@pytest.mark.parametrize(
+    ("norm", "differentiable", "exact"),
+    [("l2", "all_steps", True), ("linf", "last_step", True), ("l2", "last_step", False)],
+)
 def test_differentiable_explanation_against_finite_differences(x64, norm, differentiable, exact):
     """d/dθ <r, z(θ)> by autograd vs a central difference in float64 (exact where the docstring says so)."""
     model = _smooth_model()
@@ -176,8 +178,9 @@ def test_listener_input_forms():
     delta = torch.tensor([[[[0.5, -1.0], [0.0, 0.25]]]], dtype=torch.float64)
     x = torch.tensor([[[[1.0, 0.5], [0.2, 0.0]]]], dtype=torch.float64)
     torch.testing.assert_close(listener_input(delta, x, "product"), delta * x)
-    torch.testing.assert_close(listener_input(delta, x, "reweight"),
-                               torch.tensor([[[[0.5, 1.0], [0.2, 0.0]]]], dtype=torch.float64))
+    torch.testing.assert_close(
+        listener_input(delta, x, "reweight"), torch.tensor([[[[0.5, 1.0], [0.2, 0.0]]]], dtype=torch.float64)
+    )
     torch.testing.assert_close(listener_input(torch.zeros_like(x), x), x)  # no perturbation: the image
 
 

@@ -59,8 +59,15 @@ def test_trial_reports_each_search_epoch_and_one_final_result(reports, tmp_path)
     assert nni.report_final_result is not None and len(reports["final"]) == 1  # restored afterwards
 
 
-@pytest.mark.parametrize(("params", "match"), [({"gamma": -1}, "gamma"), ({"pgd_steps": 0}, "pgd_steps"),
-                                                ({"pgd_epsilon": 0}, "pgd_epsilon"), ({"lr": 1}, "unknown")])
+@pytest.mark.parametrize(
+    ("params", "match"),
+    [
+        ({"gamma": -1}, "gamma"),
+        ({"pgd_steps": 0}, "pgd_steps"),
+        ({"pgd_epsilon": 0}, "pgd_epsilon"),
+        ({"lr": 1}, "unknown"),
+    ],
+)
 def test_bad_parameters_fail_before_any_work(params, match, tmp_path, reports):
     with pytest.raises(ValueError, match=match):
         run_trial(params, output=tmp_path)
@@ -69,8 +76,11 @@ def test_bad_parameters_fail_before_any_work(params, match, tmp_path, reports):
 
 
 def test_trial_config_round_trip_and_refusals():
-    config = TrialConfig(search=SearchConfig(dataset="digits", epochs=3), lease={"hypergradient": "unrolled"},
-                         retrain=RetrainConfig(epochs=2))
+    config = TrialConfig(
+        search=SearchConfig(dataset="digits", epochs=3),
+        lease={"hypergradient": "unrolled"},
+        retrain=RetrainConfig(epochs=2),
+    )
     assert TrialConfig.from_json(config.to_json()) == config
     with pytest.raises(ValueError, match="cannot be fixed in an HPO run"):
         TrialConfig(lease={"gamma": 0.5})
@@ -113,8 +123,15 @@ def test_trial_command_is_not_shell_code(tmp_path):
     command = trial_command(config, python=sys.executable) + " --dry-run"
     assert shlex.split(command)[-2] == config.to_json()
     env = {**os.environ, "TRIAL_COMMAND": command, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(["bash", "-c", 'eval "$TRIAL_COMMAND"'], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=120, check=False)
+    proc = subprocess.run(
+        ["bash", "-c", 'eval "$TRIAL_COMMAND"'],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no MARK* file anywhere
     received = json.loads(proc.stdout.strip().splitlines()[-1])

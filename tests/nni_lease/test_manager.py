@@ -100,9 +100,14 @@ def _run_listen_forms(tmp_path: Path, env: dict[str, str]) -> dict:
     node, modules = _nni_node()
     script = tmp_path / "forms.js"
     script.write_text(_LISTEN_FORMS)
-    out = subprocess.run([node, str(script), str(_free_port()), str(tmp_path / "pipe.sock")],
-                         env={**env, "NODE_PATH": modules, "PATH": os.environ["PATH"]},
-                         capture_output=True, text=True, timeout=60, check=True)
+    out = subprocess.run(
+        [node, str(script), str(_free_port()), str(tmp_path / "pipe.sock")],
+        env={**env, "NODE_PATH": modules, "PATH": os.environ["PATH"]},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     return json.loads(out.stdout)
 
 
@@ -133,9 +138,14 @@ def test_node_reads_the_preload_path_quoted(tmp_path):
     copy = odd / "preload.js"
     copy.write_text(PRELOAD.read_text())
     node, _ = _nni_node()
-    env = {"NODE_OPTIONS": f"--require {manager._node_quoted(copy)}", "NNI_LEASE_MANAGER_HOST": "127.0.0.1",
-           "PATH": os.environ["PATH"]}
-    code = "const s = require('net').createServer(); s.listen(0, () => { console.log(s.address().address); s.close(); })"
+    env = {
+        "NODE_OPTIONS": f"--require {manager._node_quoted(copy)}",
+        "NNI_LEASE_MANAGER_HOST": "127.0.0.1",
+        "PATH": os.environ["PATH"],
+    }
+    code = (
+        "const s = require('net').createServer(); s.listen(0, () => { console.log(s.address().address); s.close(); })"
+    )
     out = subprocess.run([node, "-e", code], env=env, capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "127.0.0.1"
 
@@ -169,8 +179,18 @@ def test_watchdog_ends_manager_and_trials_when_the_launcher_is_sigkilled(tmp_pat
     node, _ = _nni_node()
     (tmp_path / "launcher.py").write_text(_LAUNCHER)
     (tmp_path / "manager.js").write_text(_MANAGER.replace("process.env.IGNORE", "true" if ignore_sigterm else "false"))
-    launcher = subprocess.Popen([sys.executable, str(tmp_path / "launcher.py"), node, str(tmp_path / "manager.js"),
-                                 "1500", manager._node_quoted(PRELOAD)], stdout=subprocess.PIPE, text=True)
+    launcher = subprocess.Popen(
+        [
+            sys.executable,
+            str(tmp_path / "launcher.py"),
+            node,
+            str(tmp_path / "manager.js"),
+            "1500",
+            manager._node_quoted(PRELOAD),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         node_pid, trial_pid = map(int, launcher.stdout.readline().split())
         assert psutil.Process(node_pid).ppid() == launcher.pid and os.getpgid(trial_pid) == node_pid
@@ -207,8 +227,9 @@ def test_other_hosts_are_refused(host):
 
 
 # ------------------------------------------------------------------------------------------ ports
-@pytest.mark.parametrize("address", ["127.0.0.1", pytest.param("::1", marks=needs_ipv6), "0.0.0.0",
-                                     pytest.param("::", marks=needs_ipv6)])
+@pytest.mark.parametrize(
+    "address", ["127.0.0.1", pytest.param("::1", marks=needs_ipv6), "0.0.0.0", pytest.param("::", marks=needs_ipv6)]
+)
 def test_a_port_held_on_any_address_is_not_free(address):
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     with socket.socket(family) as busy:
@@ -279,17 +300,24 @@ def test_stale_experiments_are_found_reported_and_marked(tmp_path, caplog):
     fake = tmp_path / "main.js"  # looks like NNI's manager to the check: `node .../main.js ... <id>`
     fake.write_text("setInterval(() => {}, 1000);")
     # An orphan: started through a shell that exits at once, so its parent is no longer a Python launcher.
-    orphan = subprocess.run(["sh", "-c", f"'{node}' '{fake}' --experiment-id orphaned >/dev/null 2>&1 & echo $!"],
-                            capture_output=True, text=True, check=True)
+    orphan = subprocess.run(
+        ["sh", "-c", f"'{node}' '{fake}' --experiment-id orphaned >/dev/null 2>&1 & echo $!"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     orphan_pid = int(orphan.stdout)
     watched = subprocess.Popen([node, str(fake), "--experiment-id", "watched"])  # its launcher (pytest) lives
     try:
-        path = _write_list(tmp_path, {
-            "crashed": {"id": "crashed", "port": 1, "status": "RUNNING", "pid": _dead_pid()},
-            "stopped": {"id": "stopped", "port": 2, "status": "STOPPED", "pid": _dead_pid()},
-            "orphaned": {"id": "orphaned", "port": 3, "status": "RUNNING", "pid": orphan_pid},
-            "watched": {"id": "watched", "port": 4, "status": "RUNNING", "pid": watched.pid},
-        })
+        path = _write_list(
+            tmp_path,
+            {
+                "crashed": {"id": "crashed", "port": 1, "status": "RUNNING", "pid": _dead_pid()},
+                "stopped": {"id": "stopped", "port": 2, "status": "STOPPED", "pid": _dead_pid()},
+                "orphaned": {"id": "orphaned", "port": 3, "status": "RUNNING", "pid": orphan_pid},
+                "watched": {"id": "watched", "port": 4, "status": "RUNNING", "pid": watched.pid},
+            },
+        )
         with caplog.at_level("WARNING", logger="nni_lease.runtime.manager"):
             stale = manager.report_stale_experiments(tmp_path)
         assert {s.experiment_id: s.manager_running for s in stale} == {"crashed": False, "orphaned": True}
@@ -322,8 +350,23 @@ def test_the_wheel_contains_the_preload(tmp_path):
         shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path / "dist"), str(src)], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     (wheel,) = (tmp_path / "dist").glob("*.whl")
     with zipfile.ZipFile(wheel) as archive:
         assert archive.read("nni_lease/runtime/manager_preload.js") == PRELOAD.read_bytes()
@@ -351,8 +394,13 @@ def guarded_server(tmp_path):
     node, modules = _nni_node()
     script = tmp_path / "server.js"
     script.write_text(_ECHO_SERVER)
-    env = {"NODE_OPTIONS": f"--require {manager._node_quoted(PRELOAD)}", "NNI_LEASE_MANAGER_HOST": "127.0.0.1",
-           "NNI_LEASE_MANAGER_ALLOWED_NAMES": "workers.example", "NODE_PATH": modules, "PATH": os.environ["PATH"]}
+    env = {
+        "NODE_OPTIONS": f"--require {manager._node_quoted(PRELOAD)}",
+        "NNI_LEASE_MANAGER_HOST": "127.0.0.1",
+        "NNI_LEASE_MANAGER_ALLOWED_NAMES": "workers.example",
+        "NODE_PATH": modules,
+        "PATH": os.environ["PATH"],
+    }
     proc = subprocess.Popen([node, str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         yield int(proc.stdout.readline())
@@ -380,12 +428,19 @@ _PAYLOAD = b'{"parameters": {"__symbol__": "path:os.system"}}'
 def test_a_rebinding_host_is_refused_before_nni_sees_it(guarded_server):
     """A page under a name re-resolved to 127.0.0.1 sends its own name as Host, and a matching Origin."""
     port = guarded_server
-    for host in (f"rebind.evil.example:{port}", "rebind.evil.example", f"localhost.evil.example:{port}",
-                 f"127.0.0.1:{port + 1}", "", "127.0.0.1:abc"):
+    for host in (
+        f"rebind.evil.example:{port}",
+        "rebind.evil.example",
+        f"localhost.evil.example:{port}",
+        f"127.0.0.1:{port + 1}",
+        "",
+        "127.0.0.1:abc",
+    ):
         origin = f"http://{host}"
         for method in ("POST", "GET"):
-            status, body = _raw_request(port, method, {"Host": host, "Origin": origin,
-                                                       "Content-Type": "application/json"}, _PAYLOAD)
+            status, body = _raw_request(
+                port, method, {"Host": host, "Origin": origin, "Content-Type": "application/json"}, _PAYLOAD
+            )
             assert status == 403 and b"Forbidden" in body and b"reached NNI" not in body, (host, method)
     status, _ = _raw_request(port, "GET", {})  # no Host at all
     assert status == 403
@@ -394,11 +449,17 @@ def test_a_rebinding_host_is_refused_before_nni_sees_it(guarded_server):
 def test_a_cross_origin_simple_post_is_refused(guarded_server):
     """What a form or fetch(no-cors) on any other page sends: a right Host, a foreign (or null) Origin."""
     port = guarded_server
-    for origin in ("http://evil.example", f"http://rebind.evil.example:{port}", "null", f"http://127.0.0.1:{port + 1}",
-                   f"https://127.0.0.1:{port}"):
+    for origin in (
+        "http://evil.example",
+        f"http://rebind.evil.example:{port}",
+        "null",
+        f"http://127.0.0.1:{port + 1}",
+        f"https://127.0.0.1:{port}",
+    ):
         for method in ("POST", "PUT", "DELETE", "PATCH", "GET"):
-            status, body = _raw_request(port, method, {"Host": f"127.0.0.1:{port}", "Origin": origin,
-                                                       "Content-Type": "text/plain"}, _PAYLOAD)
+            status, body = _raw_request(
+                port, method, {"Host": f"127.0.0.1:{port}", "Origin": origin, "Content-Type": "text/plain"}, _PAYLOAD
+            )
             assert status == 403 and b"reached NNI" not in body, (origin, method)
     # An old browser that sends no Origin still sends the page's Referer.
     status, _ = _raw_request(port, "POST", {"Host": f"127.0.0.1:{port}", "Referer": "http://evil.example/page"})
@@ -407,18 +468,33 @@ def test_a_cross_origin_simple_post_is_refused(guarded_server):
 
 def test_a_cross_site_websocket_is_refused(guarded_server):
     port = guarded_server
-    upgrade = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
-               "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
-    for headers in ({"Host": f"127.0.0.1:{port}", "Origin": "http://evil.example"},
-                    {"Host": f"rebind.evil.example:{port}"}):
+    upgrade = {
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+    }
+    for headers in (
+        {"Host": f"127.0.0.1:{port}", "Origin": "http://evil.example"},
+        {"Host": f"rebind.evil.example:{port}"},
+    ):
         with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
-            conn.sendall(("GET /tuner HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in {**headers, **upgrade}.items())
-                          + "\r\n").encode())
+            conn.sendall(
+                (
+                    "GET /tuner HTTP/1.1\r\n"
+                    + "".join(f"{k}: {v}\r\n" for k, v in {**headers, **upgrade}.items())
+                    + "\r\n"
+                ).encode()
+            )
             assert conn.recv(4096).startswith(b"HTTP/1.1 403 Forbidden")
     with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:  # NNI's own clients send no Origin
-        conn.sendall(("GET /tuner HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in
-                                                          {"Host": f"localhost:{port}", **upgrade}.items())
-                      + "\r\n").encode())
+        conn.sendall(
+            (
+                "GET /tuner HTTP/1.1\r\n"
+                + "".join(f"{k}: {v}\r\n" for k, v in {"Host": f"localhost:{port}", **upgrade}.items())
+                + "\r\n"
+            ).encode()
+        )
         assert conn.recv(4096).startswith(b"HTTP/1.1 101 Switching Protocols")
 
 
@@ -427,8 +503,14 @@ def test_the_web_ui_and_nni_clients_still_reach_the_manager(guarded_server):
     import requests
 
     port = guarded_server
-    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"LOCALHOST:{port}", f"[::1]:{port}",
-                 f"10.0.0.5:{port}", f"workers.example:{port}"):
+    for host in (
+        f"127.0.0.1:{port}",
+        f"localhost:{port}",
+        f"LOCALHOST:{port}",
+        f"[::1]:{port}",
+        f"10.0.0.5:{port}",
+        f"workers.example:{port}",
+    ):
         same = f"http://{host.lower()}"
         for headers in ({"Origin": same}, {"Referer": same + "/oview"}, {}, {"Origin": same, "Referer": same + "/x"}):
             for method in ("GET", "POST", "PUT", "DELETE"):

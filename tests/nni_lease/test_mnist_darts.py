@@ -98,24 +98,49 @@ def test_search_config_resolves_per_space_defaults():
 
 
 def test_oneshot_lease_on_darts_and_mnist_then_retrain(mnist_dir, tmp_path):
-    config = SearchConfig(dataset="mnist", data_dir=mnist_dir, space="darts", width=2, limit=32, epochs=1,
-                          limit_batches=1, batch_size=16)
+    config = SearchConfig(
+        dataset="mnist", data_dir=mnist_dir, space="darts", width=2, limit=32, epochs=1, limit_batches=1, batch_size=16
+    )
     result = search_oneshot(tmp_path / "search", config=config, plot=False)
     record = json.loads((tmp_path / "search" / "architecture.json").read_text())
-    assert record["space"] == {"name": "DartsSpace", "kwargs": {"in_channels": 1, "n_classes": 10, "width": 2,
-                                                                  "num_cells": 3}}
+    assert record["space"] == {
+        "name": "DartsSpace",
+        "kwargs": {"in_channels": 1, "n_classes": 10, "width": 2, "num_cells": 3},
+    }
     assert record["dataset"] == "mnist" and record["search"]["space"] == "darts"
     assert set(result.architecture) == set(DartsSpace(in_channels=1, width=2).simplify())
-    summary = retrain_architecture(tmp_path / "search" / "architecture.json",
-                                   config=RetrainConfig(epochs=1, batch_size=50))
+    summary = retrain_architecture(
+        tmp_path / "search" / "architecture.json", config=RetrainConfig(epochs=1, batch_size=50)
+    )
     assert summary["dataset"] == "mnist" and 0.0 <= summary["test_accuracy"] <= 1.0
     assert json.loads((tmp_path / "search" / "retrain.json").read_text())["n_parameters"] == summary["n_parameters"]
 
 
 def test_cli_search_and_retrain_on_mnist_with_the_darts_space(mnist_dir, tmp_path, capsys):
     out = tmp_path / "cli"
-    rc = main(["search", "--dataset", "mnist", "--data-dir", mnist_dir, "--space", "darts", "--width", "2",
-               "--limit", "32", "--epochs", "1", "--limit-batches", "1", "--batch-size", "16", "--output", str(out)])
+    rc = main(
+        [
+            "search",
+            "--dataset",
+            "mnist",
+            "--data-dir",
+            mnist_dir,
+            "--space",
+            "darts",
+            "--width",
+            "2",
+            "--limit",
+            "32",
+            "--epochs",
+            "1",
+            "--limit-batches",
+            "1",
+            "--batch-size",
+            "16",
+            "--output",
+            str(out),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 0, err
     assert "INFO nni_lease.oneshot.progress: search epoch 1/1 (" in err and "lease/objective=" in err
@@ -131,8 +156,17 @@ def test_cli_search_and_retrain_on_mnist_with_the_darts_space(mnist_dir, tmp_pat
 
 def test_multitrial_lease_samples_and_trains_darts_architectures_on_mnist(mnist_dir):
     torch.manual_seed(0)
-    evaluator = FunctionalEvaluator(evaluate_lease, dataset="mnist", data_dir=mnist_dir, epochs=1, batch_size=16,
-                                    max_batches=1, train_limit=32, val_limit=16, pgd_steps=1)
+    evaluator = FunctionalEvaluator(
+        evaluate_lease,
+        dataset="mnist",
+        data_dir=mnist_dir,
+        epochs=1,
+        batch_size=16,
+        max_batches=1,
+        train_limit=32,
+        val_limit=16,
+        pgd_steps=1,
+    )
     space = SimplifiedModelSpace.from_model(DartsSpace(in_channels=1, width=2), evaluator)
     strategy = LeaseMultiTrial(seed=0)
     strategy(space, SequentialExecutionEngine(max_model_count=2))

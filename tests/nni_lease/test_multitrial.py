@@ -95,8 +95,12 @@ def test_state_dict_round_trip_continues_the_same_search(tmp_path):
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"learning_rate": 0}, "learning_rate"), ({"learning_rate": float("nan")}, "learning_rate"),
-     ({"baseline_decay": 1.0}, "baseline_decay"), ({"seed": -1}, "seed")],
+    [
+        ({"learning_rate": 0}, "learning_rate"),
+        ({"learning_rate": float("nan")}, "learning_rate"),
+        ({"baseline_decay": 1.0}, "baseline_decay"),
+        ({"seed": -1}, "seed"),
+    ],
 )
 def test_bad_arguments_are_rejected(kwargs, match):
     with pytest.raises(ValueError, match=match):

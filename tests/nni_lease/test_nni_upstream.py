@@ -100,14 +100,14 @@ def foo(model, a, optimal, minimal):
 def named_model_space(request):
     if request.param == "base":
         model = MyModelSpace([nni.choice("a", [1, 2, 3]), nni.choice("b", [4, 5, 6, 7])])
-        evaluator = FunctionalEvaluator(foo, a=nni.choice("c", [0, 1]), optimal=11., minimal=5.)
+        evaluator = FunctionalEvaluator(foo, a=nni.choice("c", [0, 1]), optimal=11.0, minimal=5.0)
     if request.param == "constraint":
         a, b = nni.choice("a", [1, 2, 3]), nni.choice("b", [4, 5, 6, 7])
         model = MyModelSpace([a, b, ExpressionConstraint((a + b) % 2 == 1, label="odd")])
-        evaluator = FunctionalEvaluator(foo, a=nni.choice("c", [0, 1]), optimal=10., minimal=5.)
+        evaluator = FunctionalEvaluator(foo, a=nni.choice("c", [0, 1]), optimal=10.0, minimal=5.0)
     if request.param == "numerical":
         model = MyModelSpace([nni.quniform("a", 1, 3, 0.75), nni.quniform("b", 4, 7, 1)])
-        evaluator = FunctionalEvaluator(foo, a=1, optimal=11., minimal=6.)
+        evaluator = FunctionalEvaluator(foo, a=1, optimal=11.0, minimal=6.0)
     return request.param, SimplifiedModelSpace.from_model(model, evaluator)
 
 
@@ -164,7 +164,7 @@ class SimpleNet(ModelSpace):
         self.conv1 = nn.Conv2d(1, 32, 3, 1)
         self.conv2 = LayerChoice([nn.Conv2d(32, 64, 3, 1), DepthwiseSeparableConv(32, 64)], label="conv")
         self.maxpool = nn.MaxPool2d(2)
-        self.dropout1 = LayerChoice([nn.Dropout(.25), nn.Dropout(.5), nn.Dropout(.75)], label="dropout")
+        self.dropout1 = LayerChoice([nn.Dropout(0.25), nn.Dropout(0.5), nn.Dropout(0.75)], label="dropout")
         self.dropout2 = nn.Dropout(0.5)
         hidden = nni.choice("hidden", [32, 64, 128]) if value_choice else 64
         self.fc1 = MutableLinear(9216, hidden)
@@ -239,13 +239,22 @@ class CellNet(ModelSpace):
         super().__init__()
         self.stem = nn.Conv2d(1, 5, 7, stride=4)
         self.cells = Repeat(
-            lambda index: Cell({
-                "conv1": lambda _, __, inp: nn.Conv2d(
-                    (5 if index == 0 else 3 * 4) if inp is not None and inp < 1 else 4, 4, 1),
-                "conv2": lambda _, __, inp: nn.Conv2d(
-                    (5 if index == 0 else 3 * 4) if inp is not None and inp < 1 else 4, 4, 3, padding=1),
-            }, 3, merge_op="loose_end", label=f"cell{index}"),
-            (1, 3), label="rep")
+            lambda index: Cell(
+                {
+                    "conv1": lambda _, __, inp: nn.Conv2d(
+                        (5 if index == 0 else 3 * 4) if inp is not None and inp < 1 else 4, 4, 1
+                    ),
+                    "conv2": lambda _, __, inp: nn.Conv2d(
+                        (5 if index == 0 else 3 * 4) if inp is not None and inp < 1 else 4, 4, 3, padding=1
+                    ),
+                },
+                3,
+                merge_op="loose_end",
+                label=f"cell{index}",
+            ),
+            (1, 3),
+            label="rep",
+        )
         self.fc = nn.Linear(3 * 4, 10)
 
     def forward(self, x):
@@ -272,7 +281,7 @@ class CustomOpValueChoiceNet(ModelSpace):
         self.batch_norm = MyOp(ch1)
         self.conv2 = MutableConv2d(ch1, 64, 3, padding=1)
         self.maxpool = nn.MaxPool2d(2)
-        self.dropout1 = LayerChoice([nn.Dropout(.25), nn.Dropout(.5), nn.Dropout(.75)], label="dropout")
+        self.dropout1 = LayerChoice([nn.Dropout(0.25), nn.Dropout(0.5), nn.Dropout(0.75)], label="dropout")
         self.fc = nn.Linear(64, 10)
 
     def forward(self, x):
@@ -328,17 +337,29 @@ class MNISTDataModule(pl.LightningDataModule):
 
 
 def _model_and_evaluator(name, root, max_epochs=1, datamodule=False):
-    kwargs = dict(max_epochs=max_epochs, limit_train_batches=2, default_root_dir=str(root), logger=False,
-                  enable_progress_bar=False, enable_model_summary=False)
+    kwargs = dict(
+        max_epochs=max_epochs,
+        limit_train_batches=2,
+        default_root_dir=str(root),
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     if name == "multihead_attention":
-        evaluator = Regression(train_dataloaders=DataLoader(_AttentionRandDataset(), batch_size=8),
-                               val_dataloaders=DataLoader(_AttentionRandDataset(), batch_size=8), **kwargs)
+        evaluator = Regression(
+            train_dataloaders=DataLoader(_AttentionRandDataset(), batch_size=8),
+            val_dataloaders=DataLoader(_AttentionRandDataset(), batch_size=8),
+            **kwargs,
+        )
     elif datamodule:
         evaluator = Classification(datamodule=MNISTDataModule(), num_classes=10, **kwargs)
     else:
-        evaluator = Classification(train_dataloaders=DataLoader(RandomMnistDataset(32, 0), batch_size=16),
-                                   val_dataloaders=DataLoader(RandomMnistDataset(32, 1), batch_size=16),
-                                   num_classes=10, **kwargs)
+        evaluator = Classification(
+            train_dataloaders=DataLoader(RandomMnistDataset(32, 0), batch_size=16),
+            val_dataloaders=DataLoader(RandomMnistDataset(32, 1), batch_size=16),
+            num_classes=10,
+            **kwargs,
+        )
     torch.manual_seed(0)
     return MODELS[name](), evaluator
 
@@ -357,16 +378,19 @@ def _test_strategy(strategy, model, evaluator, expect):
             strategy(RawFormatModelSpace(model, evaluator), engine)
 
 
-@pytest.mark.parametrize(("name", "datamodule", "expect"), [
-    ("simple", False, "success"),
-    ("simple", True, "success"),
-    ("simple_value_choice", False, "success"),
-    ("value_choice", True, "success"),
-    ("repeat", False, "success"),
-    ("cell", False, "success"),
-    ("custom_op", False, "unsupported"),
-    ("multihead_attention", False, "regression"),
-])
+@pytest.mark.parametrize(
+    ("name", "datamodule", "expect"),
+    [
+        ("simple", False, "success"),
+        ("simple", True, "success"),
+        ("simple_value_choice", False, "success"),
+        ("value_choice", True, "success"),
+        ("repeat", False, "success"),
+        ("cell", False, "success"),
+        ("custom_op", False, "unsupported"),
+        ("multihead_attention", False, "regression"),
+    ],
+)
 def test_lease(name, datamodule, expect, tmp_path):
     model, evaluator = _model_and_evaluator(name, tmp_path, datamodule=datamodule)
     strategy = LeaSE()
@@ -393,10 +417,16 @@ def test_resume(caplog, tmp_path):
 
 # ----------------------------------------------------------------------------- test_experiment.py
 def test_oneshot_sanity(nni_home):
-    evaluator = Classification(num_classes=10, train_dataloaders=DataLoader(RandomMnistDataset(32, 0), 16),
-                               val_dataloaders=DataLoader(RandomMnistDataset(32, 1), 16), max_epochs=1,
-                               default_root_dir=str(nni_home), logger=False, enable_progress_bar=False,
-                               enable_model_summary=False)
+    evaluator = Classification(
+        num_classes=10,
+        train_dataloaders=DataLoader(RandomMnistDataset(32, 0), 16),
+        val_dataloaders=DataLoader(RandomMnistDataset(32, 1), 16),
+        max_epochs=1,
+        default_root_dir=str(nni_home),
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     exp = NasExperiment(SimpleNet(), evaluator, LeaSE())
     exp.config.experiment_working_directory = str(nni_home / "records")
     exp.run()

@@ -58,8 +58,16 @@ def test_evaluate_matches_a_direct_count():
 
 
 def test_retrain_learns_digits():
-    result = retrain(_space(), ARCH, DigitsDataset("train"), DigitsDataset("test"),
-                     val=DigitsDataset("val", limit=100), epochs=6, learning_rate=3e-3, seed=0)
+    result = retrain(
+        _space(),
+        ARCH,
+        DigitsDataset("train"),
+        DigitsDataset("test"),
+        val=DigitsDataset("val", limit=100),
+        epochs=6,
+        learning_rate=3e-3,
+        seed=0,
+    )
     assert result.test_accuracy > 0.5  # chance is 0.1
     assert result.val_accuracy is not None and 0.0 <= result.val_accuracy <= 1.0
     assert result.n_parameters == sum(p.numel() for p in result.model.parameters())

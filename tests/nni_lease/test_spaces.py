@@ -17,7 +17,12 @@ def test_choices_and_labels():
     assert list(choices["input2"].values) == [0, 1, 2]
     unshared = LeaseCellSpace(width=4, n_cells=2, n_nodes=2, shared_cells=False)
     assert sorted(unshared.simplify()) == [
-        "cell0_input1", "cell0_op0", "cell0_op1", "cell1_input1", "cell1_op0", "cell1_op1"
+        "cell0_input1",
+        "cell0_op0",
+        "cell0_op1",
+        "cell1_input1",
+        "cell1_op0",
+        "cell1_op1",
     ]
 
 

@@ -19,8 +19,13 @@ class _TinySpace(ModelSpace):
 
     def __init__(self):
         super().__init__()
-        self.a = LayerChoice([nn.Sequential(nn.Flatten(), nn.Linear(16, 6), nn.Tanh()),
-                              nn.Sequential(nn.Flatten(), nn.Linear(16, 6), nn.Softplus())], label="a")
+        self.a = LayerChoice(
+            [
+                nn.Sequential(nn.Flatten(), nn.Linear(16, 6), nn.Tanh()),
+                nn.Sequential(nn.Flatten(), nn.Linear(16, 6), nn.Softplus()),
+            ],
+            label="a",
+        )
         self.b = LayerChoice([nn.Linear(6, 3), nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3))], label="b")
 
     def forward(self, x):
@@ -38,14 +43,20 @@ def _problem(gamma=1.0):
     gen = torch.Generator().manual_seed(1)
     x = torch.rand(10, 1, 4, 4, generator=gen, dtype=torch.float64)
     y = torch.randint(0, 3, (10,), generator=gen)
-    settings = LeaseSettings(gamma=gamma, hypergradient="unrolled", pgd_steps=2, listener_optimizer=torch.optim.SGD,
-                             listener_learning_rate=0.4)
+    settings = LeaseSettings(
+        gamma=gamma,
+        hypergradient="unrolled",
+        pgd_steps=2,
+        listener_optimizer=torch.optim.SGD,
+        listener_learning_rate=0.4,
+    )
     return supernet, alphas, LeaseStep(settings, listener), (x[:5], y[:5]), (x[5:], y[5:])
 
 
 def _objective(step, supernet, alphas, trn, val, xi):
-    return step.unrolled_objective(supernet, alphas, trn, val, explainer_step_size=xi,
-                                   generator=torch.Generator().manual_seed(5)).objective
+    return step.unrolled_objective(
+        supernet, alphas, trn, val, explainer_step_size=xi, generator=torch.Generator().manual_seed(5)
+    ).objective
 
 
 def test_unrolled_hypergradient_matches_finite_differences_in_float64():
@@ -92,8 +103,9 @@ def test_train_listener_is_one_optimiser_step_on_the_explanation():
     w_before = [p.detach().clone() for p in step.listener.parameters()]
     step.generator.manual_seed(3)
     result = step.train_listener(supernet, x, y)
-    expected_expl = pgd_explain(supernet, x, **step.settings.explanation_kwargs(),
-                                generator=torch.Generator().manual_seed(3))
+    expected_expl = pgd_explain(
+        supernet, x, **step.settings.explanation_kwargs(), generator=torch.Generator().manual_seed(3)
+    )
     torch.testing.assert_close(result.explanation.explained, expected_expl.explained)
     # SGD, lr 0.4: W ← W − 0.4 ∇ CE(listener(z), y) at the old weights
     probe = nn.Sequential(nn.Flatten(), nn.Linear(16, 4), nn.Tanh(), nn.Linear(4, 3)).double()
@@ -102,7 +114,9 @@ def test_train_listener_is_one_optimiser_step_on_the_explanation():
             p.copy_(w)
     loss = F.cross_entropy(probe(expected_expl.explained), y)
     torch.testing.assert_close(result.loss, loss.detach())
-    for p, w, g in zip(step.listener.parameters(), w_before, torch.autograd.grad(loss, list(probe.parameters())), strict=False):
+    for p, w, g in zip(
+        step.listener.parameters(), w_before, torch.autograd.grad(loss, list(probe.parameters())), strict=False
+    ):
         torch.testing.assert_close(p.detach(), w - 0.4 * g)
 
 
@@ -115,11 +129,20 @@ def test_listener_validation_loss_is_the_cross_entropy_on_explained_inputs():
     assert diff.requires_grad
 
 
-@pytest.mark.parametrize(("options", "match"), [
-    ({"gamma": -1}, "gamma"), ({"hypergradient": "second"}, "hypergradient"), ({"pgd_norm": "l1"}, "pgd_norm"),
-    ({"pgd_steps": 0}, "pgd_steps"), ({"weighting": "mask"}, "weighting"), ({"listener_learning_rate": 0}, "listener"),
-    ({"unrolled_step_size": -1.0}, "unrolled_step_size"), ({"seed": -2}, "seed"), ({"colour": 1}, "unknown"),
-])
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"gamma": -1}, "gamma"),
+        ({"hypergradient": "second"}, "hypergradient"),
+        ({"pgd_norm": "l1"}, "pgd_norm"),
+        ({"pgd_steps": 0}, "pgd_steps"),
+        ({"weighting": "mask"}, "weighting"),
+        ({"listener_learning_rate": 0}, "listener"),
+        ({"unrolled_step_size": -1.0}, "unrolled_step_size"),
+        ({"seed": -2}, "seed"),
+        ({"colour": 1}, "unknown"),
+    ],
+)
 def test_settings_name_the_bad_option(options, match):
     with pytest.raises(ValueError, match=match):
         LeaseSettings.from_options(**options)

@@ -27,8 +27,13 @@ def _evaluator(train, val, *, batch_size=16, shuffle=False, batches=3, epochs=1,
     return Classification(
         train_dataloaders=DataLoader(train, batch_size=batch_size, shuffle=shuffle),
         val_dataloaders=DataLoader(val, batch_size=batch_size, shuffle=shuffle),
-        num_classes=num_classes, max_epochs=epochs, limit_train_batches=batches, enable_progress_bar=False,
-        logger=False, enable_checkpointing=False, enable_model_summary=False,
+        num_classes=num_classes,
+        max_epochs=epochs,
+        limit_train_batches=batches,
+        enable_progress_bar=False,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
     )
 
 
@@ -112,8 +117,9 @@ def test_user_listener_is_copied_not_trained():
 
 
 def test_listener_loss_sends_gradient_to_the_architecture_both_ways():
-    strategy = _initialize(LeaSE(gamma=1.0, listener_optimizer=torch.optim.SGD, listener_learning_rate=0.5),
-                           _space(), _digits_evaluator())
+    strategy = _initialize(
+        LeaSE(gamma=1.0, listener_optimizer=torch.optim.SGD, listener_learning_rate=0.5), _space(), _digits_evaluator()
+    )
     module = strategy.oneshot_module
     module.training_module.set_model(strategy.supernet)
     module.configure_architecture_optimizers()
@@ -128,7 +134,11 @@ def test_listener_loss_sends_gradient_to_the_architecture_both_ways():
     terms = step.unrolled_objective(module.training_module, alphas, trn, val, explainer_step_size=3e-3)
     unrolled = torch.autograd.grad(terms.listener_val_loss, alphas, allow_unused=True)
     assert sum(float(g.abs().sum()) for g in unrolled if g is not None) > 0.0
-    diffs = [float((a - b).abs().max()) for a, b in zip(first_order, unrolled, strict=False) if a is not None and b is not None]
+    diffs = [
+        float((a - b).abs().max())
+        for a, b in zip(first_order, unrolled, strict=False)
+        if a is not None and b is not None
+    ]
     assert max(diffs) > 0.0  # the whole chain is not the first-order approximation
 
 
@@ -138,6 +148,7 @@ def _supernet_state(strategy):
 
 def test_gamma_zero_is_darts_step_for_step_and_gamma_one_is_not(monkeypatch):
     """Same seed, same batches (shuffled by the global RNG): LeaSE(gamma=0) reproduces NNI's DARTS."""
+
     def run(strategy):
         torch.manual_seed(0)
         space = _space(seed=0)
@@ -184,14 +195,21 @@ def test_state_dict_round_trip(tmp_path):
 def test_logged_metrics_cover_both_networks():
     strategy = _run(LeaSE(gamma=1.0), _space(), _digits_evaluator(batches=2))
     metrics = strategy.oneshot_module.trainer.callback_metrics
-    for name in ["explainer/train_loss", "explainer/train_acc", "explainer/val_loss", "explainer/val_acc",
-                 "listener/train_loss", "listener/train_acc", "listener/val_loss", "listener/val_acc",
-                 "explanation/mean_abs_delta", "lease/objective"]:
+    for name in [
+        "explainer/train_loss",
+        "explainer/train_acc",
+        "explainer/val_loss",
+        "explainer/val_acc",
+        "listener/train_loss",
+        "listener/train_acc",
+        "listener/val_loss",
+        "listener/val_acc",
+        "explanation/mean_abs_delta",
+        "lease/objective",
+    ]:
         assert name in metrics and torch.isfinite(metrics[name]), name
     assert 0 < float(metrics["explanation/mean_abs_delta"]) <= strategy.settings.pgd_epsilon
-    torch.testing.assert_close(
-        metrics["lease/objective"], metrics["explainer/val_loss"] + metrics["listener/val_loss"]
-    )
+    torch.testing.assert_close(metrics["lease/objective"], metrics["explainer/val_loss"] + metrics["listener/val_loss"])
 
 
 def _write_cifar(folder, n=8):
@@ -211,8 +229,12 @@ def test_hub_darts_space_at_tiny_size(tmp_path):
     root = str(tmp_path / "cifar")
     torch.manual_seed(0)
     space = DartsSpace(width=2, num_cells=3, dataset="cifar")
-    evaluator = _evaluator(Cifar10Dataset(root, "train", val_fraction=0.5),
-                           Cifar10Dataset(root, "val", val_fraction=0.5), batch_size=4, batches=1)
+    evaluator = _evaluator(
+        Cifar10Dataset(root, "train", val_fraction=0.5),
+        Cifar10Dataset(root, "val", val_fraction=0.5),
+        batch_size=4,
+        batches=1,
+    )
     strategy = _run(LeaSE(gamma=1.0, pgd_steps=1), space, evaluator)
     sample = next(strategy.list_models()).sample
     assert "normal/op_2_0" in sample and "reduce/op_2_0" in sample
@@ -249,9 +271,16 @@ class _SetupDataModule(pl.LightningDataModule):
 
 
 def test_datamodule_that_builds_its_data_in_setup():
-    evaluator = Classification(datamodule=_SetupDataModule(), num_classes=10, max_epochs=1, limit_train_batches=2,
-                               enable_progress_bar=False, logger=False, enable_checkpointing=False,
-                               enable_model_summary=False)
+    evaluator = Classification(
+        datamodule=_SetupDataModule(),
+        num_classes=10,
+        max_epochs=1,
+        limit_train_batches=2,
+        enable_progress_bar=False,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
     strategy = _run(LeaSE(gamma=1.0), _space(), evaluator)
     assert strategy.oneshot_module.listener is not None
     assert torch.isfinite(strategy.oneshot_module.trainer.callback_metrics["listener/val_loss"])
@@ -269,8 +298,11 @@ class _TupleInputs(torch.utils.data.Dataset):
 def test_regression_evaluator_and_tuple_inputs_get_a_clear_error_at_start():
     from nni.nas.evaluator.pytorch import Regression
 
-    regression = Regression(train_dataloaders=DataLoader(DigitsDataset("train", limit=8), batch_size=4),
-                            val_dataloaders=DataLoader(DigitsDataset("val", limit=8), batch_size=4), max_epochs=1)
+    regression = Regression(
+        train_dataloaders=DataLoader(DigitsDataset("train", limit=8), batch_size=4),
+        val_dataloaders=DataLoader(DigitsDataset("val", limit=8), batch_size=4),
+        max_epochs=1,
+    )
     with pytest.raises(ValueError, match="classification evaluator"):
         _initialize(LeaSE(), _space(), regression)
     tuples = _evaluator(_TupleInputs(), _TupleInputs(), batch_size=4)

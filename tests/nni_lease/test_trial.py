@@ -76,11 +76,20 @@ def test_seeded_and_leaves_the_global_rng_alone(reports):
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"gamma": -1.0}, "gamma"), ({"epochs": 0}, "epochs"), ({"pgd_steps": 0}, "pgd_steps"),
-     ({"pgd_epsilon": 0.0}, "pgd_epsilon"), ({"dataset": "mnist"}, "dataset"), ({"dataset": "cifar10"}, "data_dir"),
-     ({"max_batches": 0}, "max_batches"), ({"learning_rate": float("inf")}, "learning_rate"),
-     ({"device": "tpu"}, "device"), ({"seed": -1}, "seed"), ({"pgd_norm": "l3"}, "pgd_norm"),
-     ({"hypergradient": "unrolled"}, "takes the LeaSE options")],
+    [
+        ({"gamma": -1.0}, "gamma"),
+        ({"epochs": 0}, "epochs"),
+        ({"pgd_steps": 0}, "pgd_steps"),
+        ({"pgd_epsilon": 0.0}, "pgd_epsilon"),
+        ({"dataset": "mnist"}, "dataset"),
+        ({"dataset": "cifar10"}, "data_dir"),
+        ({"max_batches": 0}, "max_batches"),
+        ({"learning_rate": float("inf")}, "learning_rate"),
+        ({"device": "tpu"}, "device"),
+        ({"seed": -1}, "seed"),
+        ({"pgd_norm": "l3"}, "pgd_norm"),
+        ({"hypergradient": "unrolled"}, "takes the LeaSE options"),
+    ],
 )
 def test_bad_arguments_fail_before_any_work(kwargs, match, reports):
     with pytest.raises(ValueError, match=match):

@@ -43,7 +43,9 @@ def by_budget(per_sample_bytes: int, budget: int, batch_size: int | None = None)
     return int(max(1, min(MAX_CHUNK, budget // max(1, per_sample_bytes))))
 
 
-def hook_chunk(out_numel: int, n_cols: int, itemsize: int, batch_size: int | None = None, budget: int = HOOK_BUDGET) -> int:
+def hook_chunk(
+    out_numel: int, n_cols: int, itemsize: int, batch_size: int | None = None, budget: int = HOOK_BUDGET
+) -> int:
     """Chunk of the hook engine: ``n_cols`` output-gradients of ``out_numel`` entries per sample."""
     return by_budget(n_cols * out_numel * itemsize, budget, batch_size)
 

@@ -94,11 +94,11 @@ def _hook_grams(
                     norms[(m, kind)].append(rec.rules[m].sq_norm(g, kind, n_cols))
             del grads
         return {_name(m, kind): torch.stack(parts, dim=1) for (m, kind), parts in norms.items()}
-    reducers = {
-        (m, kind): rec.rules[m].reducer(kind, n_cols) for m in rec.modules for kind in wanted[m]
-    }
+    reducers = {(m, kind): rec.rules[m].reducer(kind, n_cols) for m in rec.modules for kind in wanted[m]}
     reduced: dict[tuple[str, str], list[torch.Tensor]] = {key: [] for key, f in reducers.items() if f is not None}
-    kept: dict[str, list[torch.Tensor]] = {m: [] for m in rec.modules if any(reducers[(m, k)] is None for k in wanted[m])}
+    kept: dict[str, list[torch.Tensor]] = {
+        m: [] for m in rec.modules if any(reducers[(m, k)] is None for k in wanted[m])
+    }
     for _j, grads in _columns(rec, w, create_graph):
         for m, g in grads.items():
             for kind in wanted[m]:
@@ -190,8 +190,10 @@ def gram_blocks(
         ws.append(w_of(z))
     n_cols = max(w.shape[2] for w in ws)  # a basis may give chunks fewer columns (zero columns elsewhere)
     dims = 1 if diagonal else 2
-    return torch.cat(zs), torch.cat([pad_columns(k, n_cols, dims) for k in ks]), torch.cat(
-        [pad_columns(w, n_cols, 1) for w in ws]
+    return (
+        torch.cat(zs),
+        torch.cat([pad_columns(k, n_cols, dims) for k in ks]),
+        torch.cat([pad_columns(w, n_cols, 1) for w in ws]),
     )
 
 
@@ -311,8 +313,13 @@ def _hook_directional(
     """Fill ``t`` (name → (n, C')) and ``rt`` (name → (n,)) for the recorded layers' parameters."""
     edges = [rec.edges[m] for m in rec.modules]
     if r is not None:
-        brs = dict(zip(rec.modules, torch.autograd.grad(rec.z, edges, r, retain_graph=True, create_graph=create_graph),
-                       strict=True))
+        brs = dict(
+            zip(
+                rec.modules,
+                torch.autograd.grad(rec.z, edges, r, retain_graph=True, create_graph=create_graph),
+                strict=True,
+            )
+        )
     deltas = []
     for name, (m, kind) in plan.covered.items():
         if m not in rec.rules:
