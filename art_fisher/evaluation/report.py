@@ -29,6 +29,10 @@ import numpy as np
 
 from art_fisher._atomic import atomic_write
 from art_fisher.evaluation import plots
+from art_fisher.evaluation.tables import cells_of as _cells
+from art_fisher.evaluation.tables import fmt_cell as _fmt
+from art_fisher.evaluation.tables import markdown_rows as _markdown
+from art_fisher.evaluation.tables import text_table as _text
 
 logger = logging.getLogger(__name__)
 
@@ -125,36 +129,6 @@ def transfer_matrix(table: Sequence[Mapping[str, Any]], detector: str, attacks: 
         if r["fit_attack"] in fit_attacks and r["attack"] in attacks:
             out[fit_attacks.index(r["fit_attack"]), list(attacks).index(r["attack"])] = r["roc_auc"]
     return out
-
-
-def _fmt(value: Any, fmt: str, key: str) -> str:
-    if key == "seconds_per_sample" and value is not None:
-        value = 1000.0 * value
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    return fmt.format(value)
-
-
-def _cells(
-    rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple], extra: Mapping[str, Mapping]
-) -> list[list[str]]:
-    return [[_fmt(extra[k].get(r["attack"]) if k in extra else r.get(k), f, k) for k, _, f in columns] for r in rows]
-
-
-def _text(headers: Sequence[str], cells: Sequence[Sequence[str]], numeric: Sequence[bool]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
-
-    def line(values: Sequence[str]) -> str:
-        return "  ".join(
-            v.rjust(w) if n else v.ljust(w) for v, w, n in zip(values, widths, numeric, strict=True)
-        ).rstrip()
-
-    return "\n".join([line(headers), "  ".join("-" * w for w in widths), *(line(r) for r in cells)])
-
-
-def _markdown(headers: Sequence[str], cells: Sequence[Sequence[str]], numeric: Sequence[bool]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in cells])
 
 
 def _same_attack(table: Sequence[Mapping[str, Any]], attacks: Sequence[Mapping[str, Any]]):
