@@ -272,8 +272,10 @@ def non_finite_rows(z: torch.Tensor) -> torch.Tensor:
 
 
 def check_finite_output(z: torch.Tensor, offset: int, net, x: torch.Tensor) -> None:
-    """Raise ``ValueError`` naming every sample of ``x`` whose output is not finite, if ``z`` has one, or
-    whose logits are too large to resolve a unit (:func:`check_logit_scale`).
+    """Raise ``ValueError`` naming every sample of ``x`` whose output is non-finite or too large.
+
+    A sample fails if its output is not finite (when ``z`` has one), or if its logits are too large to
+    resolve a unit (:func:`check_logit_scale`).
 
     ``z`` (n, C) are the logits of ``x[offset : offset + n]``; on failure all of ``x`` is scanned (one
     forward pass without gradients) so that the message lists every such sample.

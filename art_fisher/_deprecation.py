@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, ClassVar
 
 __all__ = ["DEPRECATED", "RenamedParamsMixin", "renamed"]
 
@@ -62,7 +62,7 @@ class RenamedParamsMixin:
     attribute name to the current one.
     """
 
-    _renamed: dict[str, str] = {}
+    _renamed: ClassVar[dict[str, str]] = {}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         state = dict(state)

@@ -153,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     ev.add_argument(
         "--arch", choices=sorted(ARCHITECTURES), default=None,
-        help="architecture of --model or of the model trained here (default: small_cnn; mnist_cnn for mnist, cifar_cnn for cifar10)",
+        help="architecture of --model or of the model trained here "
+        "(default: small_cnn; mnist_cnn for mnist, cifar_cnn for cifar10)",
     )  # fmt: skip
     ev.add_argument(
         "--attacks", default=",".join(DEFAULT_ATTACKS),

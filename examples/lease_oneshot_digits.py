@@ -5,9 +5,10 @@ Run from the repository root (about a minute on a laptop CPU)::
     python examples/lease_oneshot_digits.py [--smoke]
 
 It is the NNI idiom ``NasExperiment(model_space, evaluator, strategy).run()`` with ``LeaSE`` where one
-would write ``DARTS``. (``nni_lease.oneshot.workflow.search_oneshot`` and ``retrain_architecture`` do the same with
-files written, as ``nni-lease search`` / ``nni-lease retrain`` do.) NNI writes its experiment records under ``~/nni-experiments`` (set ``HOME`` or
-``experiment.config.experiment_working_directory`` to put them elsewhere). ``--smoke`` runs it at a tiny
+would write ``DARTS``. (``nni_lease.oneshot.workflow.search_oneshot`` and ``retrain_architecture`` do the
+same with files written, as ``nni-lease search`` / ``nni-lease retrain`` do.) NNI writes its experiment
+records under ``~/nni-experiments`` (set ``HOME`` or ``experiment.config.experiment_working_directory``
+to put them elsewhere). ``--smoke`` runs it at a tiny
 size (one epoch of two batches, a few seconds; the numbers then mean little).
 """
 

@@ -1,4 +1,4 @@
-"""The parameters of :class:`~art_fisher.detection.detector.FisherInformationDetector`: constructor, checks, ``set_params``.
+"""Parameters of :class:`~art_fisher.detection.detector.FisherInformationDetector`: constructor, checks, set_params.
 
 ART's ``EvasionDetector`` keeps a detector's settings as attributes named in ``defence_params``, which
 ``get_params`` reads and ``set_params`` writes; this base class holds that part (the parameters are
@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from numbers import Real
-from typing import Any
+from typing import Any, ClassVar
 
 from art.defences.detector.evasion import EvasionDetector
 from sklearn.exceptions import NotFittedError
@@ -30,7 +30,7 @@ _RENAMED = {"batch_size": "chunk_size", "epsilon": "fd_step"}
 class DetectorParameters(EvasionDetector):
     """Constructor, parameter checks and ``set_params`` of a Fisher information detector (no fit)."""
 
-    defence_params = [
+    defence_params: ClassVar[list[str]] = [
         "classifier", "metrics", "estimator", "target_fpr", "chunk_size",
         *(name for name in _features.OPTION_NAMES if name != "metrics"), "progress",
     ]  # fmt: skip

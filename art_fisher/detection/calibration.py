@@ -34,7 +34,7 @@ import math
 import warnings
 from collections.abc import Sequence
 from numbers import Real
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from sklearn.base import BaseEstimator, OutlierMixin
@@ -105,7 +105,7 @@ class QuantileOutlierDetector(RenamedParamsMixin, OutlierMixin, BaseEstimator):
     array([ 1, -1])
     """
 
-    _renamed = {"direction": "polarity"}
+    _renamed: ClassVar[dict[str, str]] = {"direction": "polarity"}
 
     def __init__(
         self,

@@ -16,7 +16,7 @@ import logging
 import warnings
 from collections.abc import Sequence
 from numbers import Real
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from scipy.special import expit
@@ -168,7 +168,7 @@ class ThresholdClassifier(RenamedParamsMixin, ClassifierMixin, BaseEstimator):
     array([0, 1])
     """
 
-    _renamed = {"direction": "polarity", "direction_": "polarity_"}
+    _renamed: ClassVar[dict[str, str]] = {"direction": "polarity", "direction_": "polarity_"}
 
     def __init__(
         self, strategy: str = "youden", target_fpr: float | None = None, polarity: str = "auto",

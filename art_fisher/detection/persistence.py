@@ -241,8 +241,10 @@ def _member_references(schema: Any) -> list[str]:
 
 
 def _check_archive(path: Path) -> None:
-    """Bound what skops will read before it reads anything: file size, members' declared and inflated sizes,
-    and the bytes its schema's nodes would read (one member can be named by many nodes).
+    """Bound what skops will read before it reads anything.
+
+    Checks the file size, the members' declared and inflated sizes, and the bytes its schema's nodes
+    would read (one member can be named by many nodes).
     """
     import json
 

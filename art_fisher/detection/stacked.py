@@ -28,7 +28,7 @@ detector has exact input gradients (:meth:`StackedDetector.as_art_classifier`, f
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -91,15 +91,18 @@ class StackedFeatures(TransformerMixin, BaseEstimator):
     def _fisher_values(self, x: np.ndarray, metrics: tuple[str, ...]) -> dict[str, np.ndarray]:
         """Fisher metric values of ``x`` (overridden by the evaluation to share computed values)."""
         return _features.compute(
-            self.classifier, x, metrics=metrics, settings=_features.MetricOptions(metrics=metrics).checked(self.classifier),
-            chunk_size=self.chunk_size,
+            self.classifier, x, metrics=metrics,
+            settings=_features.MetricOptions(metrics=metrics).checked(self.classifier), chunk_size=self.chunk_size,
         )  # fmt: skip
 
     def _layers(self) -> list[str]:
         return [name for name in fs.feature_layers(self.classifier.model) if name != "logits"]
 
     def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> StackedFeatures:
-        """Fit the Mahalanobis Gaussians on the clean rows of ``X`` (``y == 0``, or all without ``y``) and ``x_reference``."""
+        """Fit the Mahalanobis Gaussians on the clean rows of ``X`` and on ``x_reference``.
+
+        The clean rows are those with ``y == 0``, or all rows without ``y``.
+        """
         self._parts = _check_parts(self.parts)
         _features.check_chunk_size(self.chunk_size)
         x = _features.check_inputs(self.classifier, X, "X")
@@ -229,7 +232,7 @@ class StackedDetector(EvasionDetector):
         Decision score above which an input is flagged.
     """
 
-    defence_params = ["classifier", "parts", "target_fpr", "x_reference", "chunk_size"]
+    defence_params: ClassVar[list[str]] = ["classifier", "parts", "target_fpr", "x_reference", "chunk_size"]
 
     def __init__(
         self, classifier: Any, *, parts: Sequence[str] = PARTS, target_fpr: float = 0.05,

@@ -21,9 +21,9 @@ with their true labels. Every flag is taken at the run's operating point (the th
 ``target_fpr`` of held-out clean images, :mod:`.operating_point`; the attacker's detection logit is
 shifted so that it is 0 there). Per detector and attack: the success rate against the classifier alone,
 the evasion rate (misclassified *and* not flagged), the flag rate of the successful examples, the
-achieved clean FPR on the attacked images' clean versions, the ROC-AUC of the detector's score between the clean images and the successful
-adaptive examples, and the attacker's mean loss at the start, after half the steps and at the end (a flat
-second half means the attack converged).
+achieved clean FPR on the attacked images' clean versions, the ROC-AUC of the detector's score between
+the clean images and the successful adaptive examples, and the attacker's mean loss at the start, after
+half the steps and at the end (a flat second half means the attack converged).
 """
 
 from __future__ import annotations
@@ -88,7 +88,9 @@ def adaptive_detectors(names: Sequence[str], *, explicit: bool) -> list[str]:
 
 
 def shifted_logit(logit: Any, threshold: float, x_check: np.ndarray, score_check: np.ndarray, name: str) -> Any:
-    """``logit`` (a :class:`~art_fisher.adversarial.art_classifier.DetectionLogitClassifier`) shifted to 0 at ``threshold``.
+    """Return ``logit`` shifted to 0 at ``threshold``.
+
+    ``logit`` is a :class:`~art_fisher.adversarial.art_classifier.DetectionLogitClassifier`.
 
     ``threshold`` is on the scale of the protocol's scores, which are increasing affine maps
     :math:`s = a d + b` of the detectors' detection logits :math:`d` (the logit itself, or a metric
@@ -202,5 +204,6 @@ def run_adaptive(
 
 
 #: Keys of every adaptive row, in the order of ``adaptive.csv``.
-ROW_KEYS = ("detector", "fit_attack", "attack", "norm", "eps", "steps", "n_attacked", "success_rate", "evasion_rate",
-            "flagged_successful", "clean_fpr", "threshold", "roc_auc", "loss_start", "loss_half", "loss_final", "seconds")  # fmt: skip
+ROW_KEYS = ("detector", "fit_attack", "attack", "norm", "eps", "steps", "n_attacked", "success_rate",
+            "evasion_rate", "flagged_successful", "clean_fpr", "threshold", "roc_auc", "loss_start", "loss_half",
+            "loss_final", "seconds")  # fmt: skip

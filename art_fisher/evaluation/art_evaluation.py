@@ -106,10 +106,9 @@ class DetectionEvaluation(Evaluation):
                 )
             net = classifier.model
         if seeds is not None:
-            result = evaluate_seeds(
+            return evaluate_seeds(
                 seeds=seeds, output_dir=output_dir, extra_stages={"security_curve": security_curve_stage()}, net=net,
                 **self.settings,
             )  # fmt: skip
-            return result
         plan = prepare(seed=seed, output_dir=output_dir, **self.settings)
         return run(plan if net is None else dataclasses.replace(plan, net=net))

@@ -85,7 +85,9 @@ def same_attack_rows(table: Sequence[Mapping[str, Any]]) -> list[Mapping[str, An
 
 
 def unseen_summary(table: Sequence[Mapping[str, Any]], fits: Sequence[Mapping[str, Any]] = ()) -> list[dict[str, Any]]:
-    """Per detector (in table order): ``detector``, ``fitted_on`` (``"each attack"`` or ``"clean"``),
+    """Summarise, per detector, how well it detects attacks it was not fitted on.
+
+    One row per detector (in table order): ``detector``, ``fitted_on`` (``"each attack"`` or ``"clean"``),
     ``same_attack_auc`` (mean of the diagonal), ``unseen_auc`` and ``min_unseen_auc`` (over rows whose fit
     attack differs from the test attack; for a clean fit, every row), ``same_attack_tpr`` and
     ``unseen_tpr`` (the same means of the TPR at the operating point), ``clean_fpr`` (mean achieved FPR on
@@ -211,13 +213,15 @@ def _adaptive_section(rows: Sequence[Mapping[str, Any]], settings: Mapping[str, 
     skipped = [d for d in settings.get("detectors", ()) if d not in settings.get("adaptive_detectors", ())]
     lines = ["## Adaptive attacks", "", f"Threat model: {THREAT_MODEL}", ""]
     lines += [
-        "*success*: share of attacked images the classifier misclassifies; *evasion*: misclassified and not "
-        f"flagged at the operating point (target clean FPR {settings.get('target_fpr')}); *flagged*: share of "
-        "the successful examples flagged; *clean FPR*: share of the clean versions of the attacked images "
-        "flagged (the achieved FPR); *threshold*: the detector's threshold at the operating point; "
-        "*ROC-AUC*: detector score, clean versions of the attacked images against the successful adaptive "
-        "examples; *loss 0 / 1/2 / end*: the attacker's mean loss at the start, after half the steps and at "
-        "the end (flat from 1/2 to end: converged).",
+        (
+            "*success*: share of attacked images the classifier misclassifies; *evasion*: misclassified and not "
+            f"flagged at the operating point (target clean FPR {settings.get('target_fpr')}); *flagged*: share of "
+            "the successful examples flagged; *clean FPR*: share of the clean versions of the attacked images "
+            "flagged (the achieved FPR); *threshold*: the detector's threshold at the operating point; "
+            "*ROC-AUC*: detector score, clean versions of the attacked images against the successful adaptive "
+            "examples; *loss 0 / 1/2 / end*: the attacker's mean loss at the start, after half the steps and at "
+            "the end (flat from 1/2 to end: converged)."
+        ),
         "",
         _markdown(*_adaptive(rows)),
         "",
@@ -273,23 +277,27 @@ def _markdown_report(
     lines = ["# art-fisher evaluation report", "", "## Same-attack detection (detector-test side)", ""]
     lines += [markdown_table(table, attacks), ""]
     lines += [
-        f"ROC-AUC of each detector's continuous score; *TPR* and *FPR* at the operating point: the threshold "
-        f"that flags target_fpr = {settings.get('target_fpr')} of clean images, set on clean detector-test "
-        "images by two-fold cross-calibration (an image is judged at the threshold set on the other fold's "
-        "clean images), *FPR* being the achieved rate on held-out clean images; *own TPR / FPR*: the "
-        "detector's own yes/no decision, for reference; milliseconds of `detect` per sample (wall clock; for the Fisher detectors, whose "
-        "metric values are computed once per input and shared, the measured cost of computing their "
-        "metrics plus the rest of `detect`). Supervised detectors are fitted on "
-        "the attack they are scored on; `*_clean` and `subset_scanning` never see an adversarial example. "
-        "Only successful adversarial examples count; the clean and adversarial versions of a source image "
-        "are on the same side, for every attack.",
+        (
+            f"ROC-AUC of each detector's continuous score; *TPR* and *FPR* at the operating point: the threshold "
+            f"that flags target_fpr = {settings.get('target_fpr')} of clean images, set on clean detector-test "
+            "images by two-fold cross-calibration (an image is judged at the threshold set on the other fold's "
+            "clean images), *FPR* being the achieved rate on held-out clean images; *own TPR / FPR*: the "
+            "detector's own yes/no decision, for reference; milliseconds of `detect` per sample (wall clock; for "
+            "the Fisher detectors, whose metric values are computed once per input and shared, the measured "
+            "cost of computing their metrics plus the rest of `detect`). Supervised detectors are fitted on "
+            "the attack they are scored on; `*_clean` and `subset_scanning` never see an adversarial example. "
+            "Only successful adversarial examples count; the clean and adversarial versions of a source image "
+            "are on the same side, for every attack."
+        ),
         "",
         "## Unseen attacks",
         "",
-        "Every supervised detector is fitted on each attack and scored on every attack. *Unseen AUC* is the "
-        "mean ROC-AUC where the fit attack differs from the test attack; for detectors fitted on clean "
-        "inputs every attack is unseen. *Unseen TPR*: the same mean of the TPR at the operating point. *Clean "
-        "FPR*: the achieved FPR at the operating point on all clean detector-test images (mean over fits).",
+        (
+            "Every supervised detector is fitted on each attack and scored on every attack. *Unseen AUC* is the "
+            "mean ROC-AUC where the fit attack differs from the test attack; for detectors fitted on clean "
+            "inputs every attack is unseen. *Unseen TPR*: the same mean of the TPR at the operating point. *Clean "
+            "FPR*: the achieved FPR at the operating point on all clean detector-test images (mean over fits)."
+        ),
         "",
         _markdown(*_summary(table, fits)),
         "",
@@ -332,18 +340,18 @@ def _curve_section(rows: Sequence[Mapping[str, Any]], settings: Mapping[str, Any
     eps = sorted({r["eps"] for r in rows})
     lines = [
         "## Security curve (classifier + detector)", "",
-        "Robust accuracy under ART's PGD L∞ against the classifier (the detector unknown to the attacker) at each "
-        "budget ε: an attacked image counts as robust when it is still classified correctly or flagged (caught); "
-        "at ε = 0 a clean image counts when it is classified correctly and not flagged (a flagged clean image is "
-        f"a false alarm). Flags at the operating point (target clean FPR {settings.get('target_fpr')}). `none`: "
-        "the classifier alone (ART's SecurityCurve).", "",
+        ("Robust accuracy under ART's PGD L∞ against the classifier (the detector unknown to the attacker) at each "
+         "budget ε: an attacked image counts as robust when it is still classified correctly or flagged (caught); "
+         "at ε = 0 a clean image counts when it is classified correctly and not flagged (a flagged clean image is "
+         f"a false alarm). Flags at the operating point (target clean FPR {settings.get('target_fpr')}). `none`: "
+         "the classifier alone (ART's SecurityCurve)."), "",
     ]  # fmt: skip
     cells = []
     for det in dict.fromkeys(r["detector"] for r in rows):
         acc = {r["eps"]: r["robust_accuracy"] for r in rows if r["detector"] == det}
         cells.append([det, *(_fmt(acc.get(e), "{:.3f}", "") for e in eps)])
     headers = ["detector", *(f"ε={e:.3g}" for e in eps)]
-    return lines + [_markdown(headers, cells, [False, *([True] * len(eps))]), ""]
+    return [*lines, _markdown(headers, cells, [False, *([True] * len(eps))]), ""]
 
 
 def _clean_section(
@@ -358,11 +366,13 @@ def _clean_section(
     lines = [
         "## Clean-only calibration",
         "",
-        f"Detectors fitted on the {clean_fits[0]['n_train']} clean detector-train images alone (no adversarial "
-        f"example); the `*_clean` ones aim at flagging `target_fpr` = {settings.get('target_fpr')} of clean "
-        f"inputs on their own. FPR on the {clean_fits[0]['n_clean_test']} clean detector-test images; TPR on "
-        "each attack's successful adversarial detector-test images; both at the operating point, and the "
-        "detector's own clean FPR beside them.",
+        (
+            f"Detectors fitted on the {clean_fits[0]['n_train']} clean detector-train images alone (no adversarial "
+            f"example); the `*_clean` ones aim at flagging `target_fpr` = {settings.get('target_fpr')} of clean "
+            f"inputs on their own. FPR on the {clean_fits[0]['n_clean_test']} clean detector-test images; TPR on "
+            "each attack's successful adversarial detector-test images; both at the operating point, and the "
+            "detector's own clean FPR beside them."
+        ),
         "",
     ]
     headers = ["detector", "clean FPR", "own clean FPR", *(f"TPR {a}" for a in names)]
@@ -373,7 +383,7 @@ def _clean_section(
             fit["detector"], _fmt(fit["clean_fpr"], "{:.3f}", ""), _fmt(fit.get("own_clean_fpr"), "{:.3f}", ""),
             *(_fmt(tpr.get(a), "{:.3f}", "") for a in names),
         ])  # fmt: skip
-    return lines + [_markdown(headers, cells, [False, *([True] * (len(headers) - 1))]), ""]
+    return [*lines, _markdown(headers, cells, [False, *([True] * (len(headers) - 1))]), ""]
 
 
 def write_report(

@@ -1,5 +1,7 @@
-"""What an evaluation run takes and gives: :class:`EvaluationPlan` (checked arguments, loaded data and model,
-made by :func:`~.workflow.prepare`) and :class:`EvaluationResult` (tables, settings and artefacts, returned by
+"""What an evaluation run takes and gives.
+
+:class:`EvaluationPlan` holds the checked arguments, loaded data and model (made by
+:func:`~.workflow.prepare`); :class:`EvaluationResult` the tables, settings and artefacts (returned by
 :func:`~.workflow.run` and :func:`~.workflow.evaluate`).
 """
 

@@ -119,7 +119,7 @@ class SeedsResult:
 
     def format_table(self) -> str:
         """The aggregated unseen-attack summary and same-attack rows as text (mean ± sd)."""
-        return "\n".join(_summary_lines(self.summary, markdown=False) + [""] + _same_attack_lines(self.table, False))
+        return "\n".join([*_summary_lines(self.summary, markdown=False), "", *_same_attack_lines(self.table, False)])
 
 
 def evaluate_seeds(
@@ -226,7 +226,10 @@ def _grid(headers: Sequence[str], cells: Sequence[Sequence[str]], markdown: bool
         return ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|",
                 *("| " + " | ".join(c) + " |" for c in cells)]  # fmt: skip
     widths = [max([len(h), *(len(c[i]) for c in cells)]) for i, h in enumerate(headers)]
-    line = lambda values: "  ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)).rstrip()
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)).rstrip()
+
     return [line(headers), "  ".join("-" * w for w in widths), *(line(c) for c in cells)]
 
 

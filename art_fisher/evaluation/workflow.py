@@ -264,7 +264,8 @@ def run(plan: EvaluationPlan) -> EvaluationResult:
             timings["adaptive attacks"] = time.perf_counter() - start
         start = time.perf_counter()
         curve = security_curve_rows(
-            ctx, x_src, y_src, side, scored, p.detectors, eps=p.eps, fit_attack="pgd" if "pgd" in p.attacks else p.attacks[0]
+            ctx, x_src, y_src, side, scored, p.detectors, eps=p.eps,
+            fit_attack="pgd" if "pgd" in p.attacks else p.attacks[0],
         )  # fmt: skip
         timings["security curve"] = time.perf_counter() - start
     finally:
@@ -279,8 +280,9 @@ def run(plan: EvaluationPlan) -> EvaluationResult:
         "attacks": list(p.attacks), "eps": p.eps, "detectors": list(p.detectors), "n_samples": len(chosen),
         "n_detector_train_images": int(side.sum()), "n_detector_test_images": int((~side).sum()),
         "seed": p.seed, "device": str(p.device), "epochs": p.epochs, "batch_size": p.batch_size,
-        "target_fpr": p.target_fpr, "tau": p.tau, "clean_test_accuracy": clean_accuracy, "n_train_images": len(p.train.y),
-        "n_test_images": len(p.test.y), "torch_threads": torch.get_num_threads(), "versions": _versions(),
+        "target_fpr": p.target_fpr, "tau": p.tau, "clean_test_accuracy": clean_accuracy,
+        "n_train_images": len(p.train.y), "n_test_images": len(p.test.y), "torch_threads": torch.get_num_threads(),
+        "versions": _versions(),
         "labels": {
             "attacks": {n: ATTACKS[n].label for n in p.attacks},
             "detectors": {n: DETECTORS[n].label for n in p.detectors},

@@ -44,7 +44,9 @@ def check_data(dataset: str, data_dir: str | None) -> None:
 
 @dataclass(frozen=True)
 class SearchConfig:
-    """Data, space and training settings of a one-shot search (LeaSE's own options: :class:`~nni_lease.core.settings.LeaseSettings`).
+    """Data, space and training settings of a one-shot search.
+
+    LeaSE's own options are in :class:`~nni_lease.core.settings.LeaseSettings`.
 
     Parameters
     ----------

@@ -181,8 +181,10 @@ def build_config(
 
 
 def check_experiment_ports(config: Any, port: int, host: str = DEFAULT_HOST) -> None:
-    """Check the ports an experiment with this config needs (``port``, and ``port + 1`` for remote-like),
-    and that its training service can reach a manager listening on ``host``.
+    """Check the ports an experiment with this config needs and that its workers can reach the manager.
+
+    The ports are ``port``, and ``port + 1`` for remote-like training services; the training service
+    must be able to reach a manager listening on ``host``.
 
     Raises
     ------

@@ -28,9 +28,14 @@ def test_check_output_dir_refuses_files_and_names_the_argument(tmp_path):
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     target = tmp_path / "f.txt"
     target.write_text("old")
-    with pytest.raises(RuntimeError), atomic_write(target, text=True) as fh:
-        fh.write("half")
-        raise RuntimeError
+
+    def write_half_then_fail() -> None:
+        with atomic_write(target, text=True) as fh:
+            fh.write("half")
+            raise RuntimeError
+
+    with pytest.raises(RuntimeError):
+        write_half_then_fail()
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["f.txt"]
     with atomic_write(target, text=True) as fh:
         fh.write("new")

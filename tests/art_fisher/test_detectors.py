@@ -518,7 +518,10 @@ def test_deprecated_names_set_chunk_size_and_fd_step(digits_cnn, digits_attacks)
     with pytest.warns(DeprecationWarning, match="batch_size was renamed chunk_size"):
         detector.set_params(batch_size=5)
     assert detector.chunk_size == 5
-    with pytest.warns(DeprecationWarning), pytest.raises(TypeError, match="Pass chunk_size only"):
+    with (
+        pytest.warns(DeprecationWarning, match="batch_size was renamed chunk_size"),
+        pytest.raises(TypeError, match="Pass chunk_size only"),
+    ):
         FisherInformationDetector(clf, batch_size=7, chunk_size=8)
     x = digits_attacks["deepfool"][0][:6]
     with pytest.warns(DeprecationWarning, match="batch_size was renamed chunk_size"):

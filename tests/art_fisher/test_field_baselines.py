@@ -121,7 +121,9 @@ def _labelled(clean, adv):
     return np.concatenate([clean, adv]), np.repeat([0, 1], len(clean))
 
 
-@pytest.mark.parametrize("run_type, supervised", [(MahalanobisRun, True), (MahalanobisRun, False), (EnergyRun, False)])
+@pytest.mark.parametrize(
+    ("run_type", "supervised"), [(MahalanobisRun, True), (MahalanobisRun, False), (EnergyRun, False)]
+)
 def test_differentiable_adapters_logit_is_the_score_and_its_gradient_is_exact(context, run_type, supervised):
     ctx, clean, adv = context
     run = run_type(ctx)

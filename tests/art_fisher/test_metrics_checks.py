@@ -289,7 +289,10 @@ def test_batch_size_is_a_deprecated_name_of_chunk_size(mlp, fn):
         old = fn(model, x, batch_size=2)
     new = fn(model, x, chunk_size=2)
     torch.testing.assert_close(old, new, rtol=0, atol=0)
-    with pytest.warns(DeprecationWarning), pytest.raises(TypeError, match="Pass chunk_size only"):
+    with (
+        pytest.warns(DeprecationWarning, match="batch_size was renamed chunk_size"),
+        pytest.raises(TypeError, match="Pass chunk_size only"),
+    ):
         fn(model, x, batch_size=2, chunk_size=3)
 
 

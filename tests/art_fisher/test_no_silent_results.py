@@ -87,7 +87,7 @@ def test_adaptive_classifier_checks_the_detector_was_fitted_on_its_classifier(sm
 
 
 def test_detection_logit_classifier_checks_its_inputs(smooth_cnn):
-    clf, x, detector = smooth_cnn
+    _clf, x, detector = smooth_cnn
     art = detector.as_art_classifier()
     want = art.predict(x[:3])
     np.testing.assert_allclose(art.predict(x[:3].astype(np.float32)), want, rtol=1e-5)  # any float dtype

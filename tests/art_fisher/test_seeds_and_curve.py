@@ -55,7 +55,10 @@ def test_detection_security_curve_is_an_art_evaluation_and_reduces_to_art_withou
     y = clf.predict(x).argmax(1)
     curve = DetectionSecurityCurve(eps=[0.05, 0.3], target_fpr=0.1)
     assert isinstance(curve, Evaluation)
-    never = lambda xx: np.zeros(len(xx))
+
+    def never(xx: np.ndarray) -> np.ndarray:
+        return np.zeros(len(xx))
+
     torch.manual_seed(0)
     eps, acc, clean = curve.evaluate(clf, x, y, score_fn=never, x_calibration=x[:10])
     art_acc = []
@@ -67,8 +70,11 @@ def test_detection_security_curve_is_an_art_evaluation_and_reduces_to_art_withou
     assert eps == [0.05, 0.3] and clean == pytest.approx(art_clean) == 1.0
     assert acc[0] <= 1.0 and acc[1] <= acc[0]
     assert acc == pytest.approx(art_acc)  # a detector that never flags leaves ART's curve unchanged
+
     # a score that flags exactly the perturbed inputs: every attacked image is caught, no false alarm
-    moved = lambda xx: np.abs(xx - x).reshape(len(xx), -1).max(1)
+    def moved(xx: np.ndarray) -> np.ndarray:
+        return np.abs(xx - x).reshape(len(xx), -1).max(1)
+
     _, acc_moved, clean_moved = curve.evaluate(clf, x, y, score_fn=moved, x_calibration=x[:40])
     assert clean_moved == 1.0 and acc_moved == [1.0, 1.0]
     with pytest.raises(ValueError, match="target_fpr"):

@@ -1,4 +1,4 @@
-"""The stacked detector: its columns by hand, its threshold at the target FPR, and its life inside ART's DetectorClassifier."""
+"""The stacked detector: its columns by hand, its threshold at the target FPR, its life in ART's DetectorClassifier."""
 
 from __future__ import annotations
 

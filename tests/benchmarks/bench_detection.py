@@ -69,7 +69,8 @@ def goals(result, target_fpr: float) -> dict:
         auc_margin = _mean_sd([s[best]["unseen_auc"] - s[b]["unseen_auc"] for s in per_seed if b in s])
         tpr_margin = _mean_sd([s[best]["unseen_tpr"] - s[b]["unseen_tpr"] for s in per_seed if b in s])
         rows.append({"baseline": b, "auc_margin": auc_margin, "tpr_margin": tpr_margin,
-                     "auc_goal_met": auc_margin["mean"] >= 0.03, "tpr_goal_met": tpr_margin["mean"] >= 0.0})  # fmt: skip
+                     "auc_goal_met": auc_margin["mean"] >= 0.03,
+                     "tpr_goal_met": tpr_margin["mean"] >= 0.0})  # fmt: skip
     adaptive = [
         {"detector": r["detector"], "attack": r["attack"], "evasion_rate": _pick(r, "evasion_rate"),
          "clean_fpr": _pick(r, "clean_fpr")}

@@ -156,7 +156,7 @@ def run(cfg: dict[str, Any], searched: list[dict[str, Any]] | None = None) -> di
     darts = [r for r in runs if r["strategy"] == "darts"]
     lease = [r for r in runs if r["strategy"] == "lease"]
     summary["lease"]["cpu_time_ratio_over_darts"] = statistics.fmean(
-        a["search_cpu_seconds"] / b["search_cpu_seconds"] for a, b in zip(lease, darts)
+        a["search_cpu_seconds"] / b["search_cpu_seconds"] for a, b in zip(lease, darts, strict=True)
     )
     return {"runs": runs, "summary": summary}
 

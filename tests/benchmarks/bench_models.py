@@ -53,11 +53,11 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # the repository root (tests.art_fisher.field_models)
 
-from art_fisher import metrics
-from art_fisher.metrics.engine import chunking
-from art_fisher.metrics.engine.network import FunctionalNet
-from art_fisher.metrics.engine.recorder import make_plan, recorded_forward
-from tests.art_fisher import field_models
+from art_fisher import metrics  # noqa: E402 - after the sys.path insert above
+from art_fisher.metrics.engine import chunking  # noqa: E402 - after the sys.path insert above
+from art_fisher.metrics.engine.network import FunctionalNet  # noqa: E402 - after the sys.path insert above
+from art_fisher.metrics.engine.recorder import make_plan, recorded_forward  # noqa: E402 - after the sys.path insert above
+from tests.art_fisher import field_models  # noqa: E402 - after the sys.path insert above
 
 MODELS = ("resnet18", "mobilenet_v2", "vit_tiny")
 DEFAULT_JSON = ROOT / "tests" / "benchmarks" / "results" / "bench_models.json"
@@ -371,30 +371,30 @@ def table(results: dict) -> str:
     many = results.get("many_classes")
     if many:
         lines.append(f"many classes ({many['model']}, mean top-1 probability {many['confidence']}):")
-        for row in many["rows"]:
-            lines.append(
-                f"  C={row['classes']:<5} exact trace {row['trace']['seconds']:.4f}  floor "
-                f"{row['floor']['seconds']:.4f}  x{row['over_first']:.1f} of C={many['rows'][0]['classes']}"
-            )
-        for row in many["tau"]:
-            lines.append(
-                f"  tau={row['tau']:<7g} {row['seconds']:.4f}  x{row['over_first']:.2f} of the first  "
-                f"rel. error max {row['max_rel_error']:.2e} mean {row['mean_rel_error']:.2e}  "
-                f"kept {row['mean_kept']:.1f} (max {row['max_kept']})  q {row['mean_dropped_mass']:.2e}"
-            )
-        for row in many["capped_estimate"]:
-            lines.append(
-                f"  estimate tau={row['tau']:<7g} max_kept={row['max_kept']} m={row['samples']} "
-                f"{row['seconds']:.4f}  x{row['over_first']:.2f}  q {row['mean_dropped_mass']:.2f}  "
-                f"rel. error max {row['max_rel_error']:.2e}  rel. stderr {row['mean_rel_stderr']:.2e}  "
-                f"rms err / rms stderr {row['rms_error_over_rms_stderr']:.2f}"
-            )
-        for row in many["estimate"]:
-            lines.append(
-                f"  estimate tau={row['tau']:<7g} m={row['samples']} {row['seconds']:.4f}  "
-                f"x{row['over_first']:.2f}  rel. error max {row['max_rel_error']:.2e}  "
-                f"rel. stderr {row['mean_rel_stderr']:.2e}  rms err / rms stderr {row['rms_error_over_rms_stderr']:.2f}"
-            )
+        lines.extend(
+            f"  C={row['classes']:<5} exact trace {row['trace']['seconds']:.4f}  floor "
+            f"{row['floor']['seconds']:.4f}  x{row['over_first']:.1f} of C={many['rows'][0]['classes']}"
+            for row in many["rows"]
+        )
+        lines.extend(
+            f"  tau={row['tau']:<7g} {row['seconds']:.4f}  x{row['over_first']:.2f} of the first  "
+            f"rel. error max {row['max_rel_error']:.2e} mean {row['mean_rel_error']:.2e}  "
+            f"kept {row['mean_kept']:.1f} (max {row['max_kept']})  q {row['mean_dropped_mass']:.2e}"
+            for row in many["tau"]
+        )
+        lines.extend(
+            f"  estimate tau={row['tau']:<7g} max_kept={row['max_kept']} m={row['samples']} "
+            f"{row['seconds']:.4f}  x{row['over_first']:.2f}  q {row['mean_dropped_mass']:.2f}  "
+            f"rel. error max {row['max_rel_error']:.2e}  rel. stderr {row['mean_rel_stderr']:.2e}  "
+            f"rms err / rms stderr {row['rms_error_over_rms_stderr']:.2f}"
+            for row in many["capped_estimate"]
+        )
+        lines.extend(
+            f"  estimate tau={row['tau']:<7g} m={row['samples']} {row['seconds']:.4f}  "
+            f"x{row['over_first']:.2f}  rel. error max {row['max_rel_error']:.2e}  "
+            f"rel. stderr {row['mean_rel_stderr']:.2e}  rms err / rms stderr {row['rms_error_over_rms_stderr']:.2f}"
+            for row in many["estimate"]
+        )
     return "\n".join(lines)
 
 
@@ -433,7 +433,8 @@ def main() -> None:
     clock = 1 if args.threads == 1 else 0
     results = {
         "benchmark": "bench_models", "smoke": args.smoke, "threads": args.threads,
-        "clock": "cpu" if clock else "wall", "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
+        "clock": "cpu" if clock else "wall", "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
         "models": [measure_model(args, name, clock) for name in args.models.split(",") if name],
     }  # fmt: skip
     if not args.no_classes:

@@ -113,7 +113,12 @@ def measure(files: dict[str, Path], code: Path) -> dict[str, dict]:
     rows = {}
     for name, path in files.items():
         proc = subprocess.run(
-            [sys.executable, "-c", _PROBE, name, str(path)], capture_output=True, text=True, env=env, timeout=600
+            [sys.executable, "-c", _PROBE, name, str(path)],
+            check=False,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
         )
         if proc.returncode != 0:
             rows[name] = {"outcome": f"crashed (exit {proc.returncode})", "stderr": proc.stderr[-300:]}

@@ -2,6 +2,7 @@
 a page on another origin (a text/plain no-cors POST, like the probe's) is refused."""
 
 import asyncio
+import http.client
 import json
 import os
 import subprocess
@@ -35,7 +36,7 @@ def status():
         return json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/nni/check-status", timeout=5).read())[
             "status"
         ]
-    except Exception as exc:
+    except (OSError, ValueError, KeyError, http.client.HTTPException) as exc:  # not up yet: report why
         return repr(exc)
 
 
@@ -47,13 +48,14 @@ try:
     print("status", status())
     chrome = ["chromium", "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run"]
     subprocess.run(
-        chrome
-        + [
+        [
+            *chrome,
             "--window-size=1400,1000",
             "--virtual-time-budget=15000",
             f"--screenshot={work / 'webui.png'}",
             f"http://127.0.0.1:{port}/oview",
         ],
+        check=False,
         capture_output=True,
         timeout=120,
     )
@@ -73,7 +75,8 @@ fetch('http://127.0.0.1:{port}/api/v1/nni/trial-jobs', {{method: 'POST', mode: '
     procs.append(server)
     time.sleep(1)
     out = subprocess.run(
-        chrome + ["--virtual-time-budget=8000", "--dump-dom", f"http://127.0.0.1:{evil_port}/evil.html"],
+        [*chrome, "--virtual-time-budget=8000", "--dump-dom", f"http://127.0.0.1:{evil_port}/evil.html"],
+        check=False,
         capture_output=True,
         text=True,
         timeout=120,
@@ -84,7 +87,7 @@ fetch('http://127.0.0.1:{port}/api/v1/nni/trial-jobs', {{method: 'POST', mode: '
     )
     # The web UI's own origin: a same-origin PUT through Chrome (it sends Origin: http://127.0.0.1:PORT).
     cdp = subprocess.Popen(
-        chrome + [f"--remote-debugging-port={cdp_port}", f"http://127.0.0.1:{port}/oview"],
+        [*chrome, f"--remote-debugging-port={cdp_port}", f"http://127.0.0.1:{port}/oview"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -94,7 +97,7 @@ fetch('http://127.0.0.1:{port}/api/v1/nni/trial-jobs', {{method: 'POST', mode: '
             pages = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{cdp_port}/json", timeout=2).read())
             page = next(p for p in pages if p["type"] == "page" and str(port) in p["url"])
             break
-        except Exception:
+        except (OSError, ValueError, KeyError, StopIteration, http.client.HTTPException):  # no page yet
             time.sleep(1)
     time.sleep(5)
     script = """(async () => {
@@ -133,4 +136,4 @@ finally:
         driver.kill()
     log.close()
     print("driver rc", driver.returncode)
-    print("refusals:", [l for l in (work / "driver.log").read_text().splitlines() if "refused" in l])
+    print("refusals:", [line for line in (work / "driver.log").read_text().splitlines() if "refused" in line])

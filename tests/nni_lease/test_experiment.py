@@ -563,7 +563,10 @@ _REBIND = """
 // address; nni_lease's preload keeps an explicit specific host, so the binding guard has to catch it.
 const net = require('net'); const listen = net.Server.prototype.listen;
 net.Server.prototype.listen = function (...args) {
-  if (typeof args[0] === 'number') { return listen.call(this, {port: args[0], host: '127.0.0.2'}, ...args.slice(1).filter(a => typeof a === 'function')); }
+  if (typeof args[0] === 'number') {
+    const callbacks = args.slice(1).filter(a => typeof a === 'function');
+    return listen.call(this, {port: args[0], host: '127.0.0.2'}, ...callbacks);
+  }
   return listen.apply(this, args);
 };
 """
@@ -601,6 +604,7 @@ def test_a_rebound_manager_killed_by_the_guard_is_one_error(tmp_path):
             "--limit-batches",
             "2",
         ],
+        check=False,
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -669,7 +673,9 @@ def test_a_manager_killed_under_the_cli_is_one_error_naming_the_experiment_and_i
     assert rc == 2, err[-3000:]
     assert "Traceback" not in err, err[-5000:]
     assert errors == [
-        f"nni-lease search: error: experiment {exp_id}: the NNI manager on port {port} stopped "
-        "answering (it died or was killed); see its log "
-        f"{tmp_path / 'records' / exp_id / 'log' / 'nnimanager.log'}."
+        (
+            f"nni-lease search: error: experiment {exp_id}: the NNI manager on port {port} stopped "
+            "answering (it died or was killed); see its log "
+            f"{tmp_path / 'records' / exp_id / 'log' / 'nnimanager.log'}."
+        )
     ], err[-3000:]

@@ -531,9 +531,11 @@ def test_names_the_manager_answers_under(monkeypatch):
         assert os.environ["NNI_LEASE_MANAGER_ALLOWED_NAMES"] == "head.example"
     assert "NNI_LEASE_MANAGER_ALLOWED_NAMES" not in os.environ
     for bad in ("evil:8080", "a,b", "", "x y"):
-        with pytest.raises(ValueError, match="allowed_names must be host names"):
-            with manager_environment("127.0.0.1", allowed_names=[bad]):
-                pass
+        with (
+            pytest.raises(ValueError, match="allowed_names must be host names"),
+            manager_environment("127.0.0.1", allowed_names=[bad]),
+        ):
+            pass
     remote = SimpleNamespace(training_service=SimpleNamespace(platform="remote", nni_manager_ip="head.example"))
     assert _manager_names(remote) == ["head.example"]
     remote.training_service.nni_manager_ip = "10.0.0.2"

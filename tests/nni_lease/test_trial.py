@@ -147,7 +147,10 @@ def test_data_root_is_a_deprecated_name_of_data_dir(tmp_path):
         assert SearchConfig(data_root=str(tmp_path)).data_dir == str(tmp_path)
     with pytest.warns(DeprecationWarning, match="data_root was renamed data_dir"):
         assert RetrainConfig(data_root=str(tmp_path)).data_dir == str(tmp_path)
-    with pytest.warns(DeprecationWarning), pytest.raises(TypeError, match="Pass data_dir only"):
+    with (
+        pytest.warns(DeprecationWarning, match="data_root was renamed data_dir"),
+        pytest.raises(TypeError, match="Pass data_dir only"),
+    ):
         SearchConfig(data_root="a", data_dir="b")
     with pytest.warns(DeprecationWarning, match="data_root was renamed data_dir"):
         check_trial_arguments(dataset="cifar10", data_root=str(tmp_path))
