@@ -228,8 +228,10 @@ def test_fisher_features_deprecated_names_warn_in_fit_and_keep_sklearn_rules(dig
     params = features.get_params()
     assert params["batch_size"] == 2 and params["epsilon"] == 1e-2  # __init__ stores what it gets
     assert clone(features).get_params()["epsilon"] == 1e-2
-    with pytest.warns(DeprecationWarning, match="epsilon was renamed fd_step"):
+    with pytest.warns(DeprecationWarning, match="was renamed") as record:
         old = features.fit_transform(x)
+    renamed = {str(w.message).split(";")[0] for w in record}
+    assert renamed == {"epsilon was renamed fd_step", "batch_size was renamed chunk_size"}
     new = FisherFeatures(digits_cnn.classifier, metrics=("quadratic_form",), method="finite_difference",
                          chunk_size=2, fd_step=1e-2).fit_transform(x)  # fmt: skip
     np.testing.assert_array_equal(old, new)
