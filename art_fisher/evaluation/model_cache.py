@@ -43,8 +43,9 @@ class ModelSource:
     ----------
     model : torch.nn.Module
         In eval mode, on the run's device.
-    path : Path
-        The state-dict file (given, or the cache file).
+    path : Path or None
+        The state-dict file (given, or the cache file); None for a model given in memory (an ART
+        classifier handed to :class:`~art_fisher.evaluation.art_evaluation.DetectionEvaluation`).
     status : {"given", "cached", "trained", "rebuilt", "uncached"}
         Loaded from ``--model``; loaded from the cache; trained and cached; trained again because the
         cache file was unusable (a warning says why); trained but the cache could not be written.
@@ -53,7 +54,7 @@ class ModelSource:
     """
 
     model: nn.Module
-    path: Path
+    path: Path | None
     status: str
     seconds: float
 

@@ -202,7 +202,7 @@ def run(plan: EvaluationPlan) -> EvaluationResult:
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
     p.output_dir.mkdir(parents=True, exist_ok=True)
-    if p.net is not None and p.model_path is not None:  # both or neither (prepare loads the net from model_path)
+    if p.net is not None:  # loaded by prepare from model_path, or handed over in memory
         source = ModelSource(p.net, p.model_path, "given", 0.0)
     else:
         source = cached_model(
@@ -276,7 +276,8 @@ def run(plan: EvaluationPlan) -> EvaluationResult:
     timings["total"] = time.perf_counter() - t_all
     settings = {
         "dataset": p.dataset, "data_dir": None if p.data_dir is None else str(p.data_dir), "arch": p.arch,
-        "model": str(source.path), "model_status": source.status, "model_cached": source.status == "cached",
+        "model": None if source.path is None else str(source.path), "model_status": source.status,
+        "model_cached": source.status == "cached",
         "attacks": list(p.attacks), "eps": p.eps, "detectors": list(p.detectors), "n_samples": len(chosen),
         "n_detector_train_images": int(side.sum()), "n_detector_test_images": int((~side).sum()),
         "seed": p.seed, "device": str(p.device), "epochs": p.epochs, "batch_size": p.batch_size,
@@ -296,7 +297,8 @@ def run(plan: EvaluationPlan) -> EvaluationResult:
         timings=timings, curves=scored.curves, metric_scores=scored.metric_scores, adaptive=adaptive_rows,
         sensitivity=_sensitivity_examples(classifier, x_src, side, outcomes, p.batch_size), security_curve=curve,
     )  # fmt: skip
-    paths["model"] = source.path
+    if source.path is not None:
+        paths["model"] = source.path
     return EvaluationResult(
         table=scored.rows,
         attacks=attack_rows,
