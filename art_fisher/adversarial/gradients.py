@@ -121,9 +121,13 @@ def check_differentiable(detector: Any) -> None:
 
 
 def estimator_logit(
-    estimator: Any, *, dtype: torch.dtype, device: torch.device
+    estimator: Any, *, dtype: torch.dtype, device: torch.device, threshold: float | None = None
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """The fitted estimator as a torch map from features (N, F) to detection logits (N,).
+
+    ``threshold``: a decision-score threshold (the units of
+    :func:`~art_fisher.detection.decision.decide`'s scores) at which the logit is 0; None: the
+    estimator's own (0 for these estimators).
 
     Raises
     ------
@@ -136,10 +140,11 @@ def estimator_logit(
     def t(value: Any) -> torch.Tensor:
         return torch.as_tensor(np.asarray(value, dtype=np.float64), dtype=dtype, device=device)
 
+    shift = 0.0 if threshold is None else float(threshold)
     if isinstance(estimator, ThresholdClassifier):
-        j, threshold, proba_scale = estimator.feature_index_, estimator.threshold_, estimator._proba_scale
+        j, cut, proba_scale = estimator.feature_index_, estimator.threshold_, estimator._proba_scale
         sign = 1.0 if estimator.polarity_ == "higher" else -1.0
-        return lambda f: sign * (f[:, j] - threshold) / proba_scale
+        return lambda f: (sign * (f[:, j] - cut) - shift) / proba_scale
     if isinstance(estimator, QuantileOutlierDetector):
         signs, two_sided, used = (np.asarray(a) for a in estimator._signs(estimator.n_features_in_))
         center, scale, floor = t(estimator.center_), t(estimator.scale_), t(estimator.floor_)
@@ -151,7 +156,7 @@ def estimator_logit(
             z = (g - center) / scale * sign_t
             z = torch.where(two_sided_t, z.abs(), z)[:, used_idx]
             combined = z.max(dim=1).values if estimator.combine == "max" else z.mean(dim=1)
-            return combined - estimator.threshold_
+            return combined - estimator.threshold_ - shift
 
         return quantile
     steps = _linear_steps(estimator)
@@ -174,7 +179,7 @@ def estimator_logit(
     def linear(f: torch.Tensor) -> torch.Tensor:
         for step_map in maps:
             f = step_map(f)
-        return f @ coef + intercept
+        return f @ coef + (intercept - shift)
 
     return linear
 
@@ -203,7 +208,9 @@ def detection_logit_function(detector: Any) -> Callable[[torch.Tensor], torch.Te
         )
     model = classifier.model
     parameter = next(model.parameters())
-    to_logit = estimator_logit(detector.estimator_, dtype=parameter.dtype, device=parameter.device)
+    to_logit = estimator_logit(
+        detector.estimator_, dtype=parameter.dtype, device=parameter.device, threshold=detector.threshold_
+    )
     functions = [
         (getattr(metrics_module, _features.METRICS[m].function), _features.METRICS[m], options.kwargs_for(m))
         for m in options.metrics

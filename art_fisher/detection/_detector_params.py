@@ -8,6 +8,7 @@ documented on :class:`~art_fisher.detection.detector.FisherInformationDetector`)
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from numbers import Real
 from typing import Any, ClassVar
@@ -21,8 +22,10 @@ from art_fisher.detection.decision import estimator_kind
 
 logger = logging.getLogger("art_fisher.detection.detector")
 
-__all__ = ["DetectorParameters"]
+__all__ = ["THRESHOLDS", "DetectorParameters"]
 
+#: The named decision thresholds (a detector's ``threshold`` may also be a number).
+THRESHOLDS = ("target_fpr", "estimator")
 #: Former parameter names -> current ones (accepted with a DeprecationWarning until the next release).
 _RENAMED = {"batch_size": "chunk_size", "epsilon": "fd_step"}
 
@@ -31,7 +34,7 @@ class DetectorParameters(EvasionDetector):
     """Constructor, parameter checks and ``set_params`` of a Fisher information detector (no fit)."""
 
     defence_params: ClassVar[list[str]] = [
-        "classifier", "metrics", "estimator", "target_fpr", "chunk_size",
+        "classifier", "metrics", "estimator", "target_fpr", "threshold", "chunk_size",
         *(name for name in _features.OPTION_NAMES if name != "metrics"), "progress",
     ]  # fmt: skip
 
@@ -42,6 +45,7 @@ class DetectorParameters(EvasionDetector):
         metrics: Sequence[str] = _features.DEFAULT_OPTIONS.metrics,
         estimator: Any = None,
         target_fpr: float = 0.05,
+        threshold: str | float = "target_fpr",
         chunk_size: int = 128,
         output: str = _features.DEFAULT_OPTIONS.output,
         direction: str = _features.DEFAULT_OPTIONS.direction,
@@ -61,6 +65,7 @@ class DetectorParameters(EvasionDetector):
         self.metrics = metrics
         self.estimator = estimator
         self.target_fpr = target_fpr
+        self.threshold = threshold
         self.chunk_size = renamed("batch_size", batch_size, "chunk_size", chunk_size, default=128)
         self.output = output
         self.direction = direction
@@ -87,6 +92,13 @@ class DetectorParameters(EvasionDetector):
             or not 0.0 < float(self.target_fpr) < 1.0
         ):
             raise ValueError(f"target_fpr must be a number in (0, 1); got {self.target_fpr!r}.")
+        named = isinstance(self.threshold, str) and self.threshold in THRESHOLDS
+        number = isinstance(self.threshold, Real) and not isinstance(self.threshold, bool)
+        if not named and not (number and math.isfinite(float(self.threshold))):
+            raise ValueError(
+                f"threshold must be one of {list(THRESHOLDS)} or a finite number (a decision score); "
+                f"got {self.threshold!r}."
+            )
         if not isinstance(self.progress, bool):
             raise ValueError(f"progress must be True or False; got {self.progress!r}.")
 
@@ -94,7 +106,8 @@ class DetectorParameters(EvasionDetector):
         """Set constructor parameters (names in :attr:`defence_params`) and check them.
 
         Changing a parameter that alters the features or the decision (anything but ``chunk_size`` and
-        ``progress``, and ``target_fpr`` after a fit with labels) discards a previous fit. The deprecated
+        ``progress``, and ``target_fpr`` after a fit with labels whose ``threshold`` is not ``"target_fpr"``)
+        discards a previous fit. The deprecated
         names ``batch_size`` and ``epsilon`` set ``chunk_size`` and ``fd_step``, with a DeprecationWarning.
 
         Raises
@@ -120,11 +133,12 @@ class DetectorParameters(EvasionDetector):
             raise
         changed = [key for key, value in kwargs.items() if not _same(old[key], value)]
         keeps = {"chunk_size", "progress"}
-        if getattr(self, "calibration_", None) == "labels":
+        if getattr(self, "calibration_", None) == "labels" and self.threshold != "target_fpr":
             keeps.add("target_fpr")
         if any(key not in keeps for key in changed) and hasattr(self, "estimator_"):
             logger.info("Parameters %s changed: the previous fit is discarded.", changed)
             del self.estimator_, self.feature_names_, self.calibration_, self.model_fingerprint_
+            del self.threshold_, self.clean_fpr_
 
     def _chunk(self, batch_size: int | None) -> int:
         """Samples per metric computation: ART's ``batch_size`` argument if given, else ``chunk_size``."""

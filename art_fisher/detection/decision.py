@@ -9,6 +9,13 @@ estimator of one of two kinds (:func:`estimator_kind`):
   ``predict`` is -1 for a flagged input, ``decision_function`` negative); the decision score is
   ``-decision_function``.
 
+A classifier fitted on balanced clean / adversarial examples puts its own threshold (probability ½)
+where the two kinds are told apart best, which flags far more clean inputs than a deployed detector
+may. :func:`supervised_threshold` moves the threshold to flag a chosen share of *clean* inputs instead:
+the :func:`~art_fisher.detection.thresholds.clean_threshold` of the clean examples' out-of-fold
+decision scores (each clean example scored by an estimator fitted on the other folds, so that the
+estimator's fit to an example does not lower its score).
+
 Keyword arguments for ``fit`` (``sample_weight`` above all) are checked here before any metric is computed.
 """
 
@@ -27,6 +34,7 @@ from sklearn.preprocessing import StandardScaler
 from art_fisher.detection import features as _features
 from art_fisher.detection.calibration import QuantileOutlierDetector
 from art_fisher.detection.estimators import ThresholdClassifier
+from art_fisher.detection.thresholds import clean_threshold
 from art_fisher.detection.transforms import LogTransformer
 
 __all__ = [
@@ -38,6 +46,7 @@ __all__ = [
     "estimator_kind",
     "new_estimator",
     "routes_metadata",
+    "supervised_threshold",
 ]
 
 
@@ -180,18 +189,122 @@ def check_fit_kwargs(estimator: Any, kwargs: dict[str, Any], n: int) -> dict[str
     return out
 
 
-def decide(estimator: Any, features: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
-    """Decision scores (higher = adversarial), their threshold and the flags of a fitted estimator."""
+def decide(
+    estimator: Any, features: np.ndarray, threshold: float | None = None
+) -> tuple[np.ndarray, float, np.ndarray]:
+    """Decision scores (higher = adversarial), their threshold and the flags of a fitted estimator.
+
+    ``threshold`` None: the estimator's own decision (its ``predict``; the threshold returned is 0.0,
+    or 0.5 for a classifier scored by its probability). A number: flag the decision scores above it.
+    """
     if estimator_kind(estimator, "estimator_") == "outlier_detector":
-        decision = -np.asarray(estimator.decision_function(features), dtype=np.float64)
-        flagged = np.asarray(estimator.predict(features)) == -1
-        return decision.reshape(-1), 0.0, flagged
+        decision = -np.asarray(estimator.decision_function(features), dtype=np.float64).reshape(-1)
+        if threshold is not None:
+            return decision, float(threshold), decision > threshold
+        return decision, 0.0, np.asarray(estimator.predict(features)) == -1
     if callable(getattr(estimator, "decision_function", None)):
-        decision, threshold = np.asarray(estimator.decision_function(features), dtype=np.float64), 0.0
+        decision, own = np.asarray(estimator.decision_function(features), dtype=np.float64), 0.0
     else:
-        decision, threshold = np.asarray(estimator.predict_proba(features))[:, 1].astype(np.float64), 0.5
-    flagged = np.asarray(estimator.predict(features)) == estimator.classes_[1]
-    return decision.reshape(-1), threshold, flagged
+        decision, own = np.asarray(estimator.predict_proba(features))[:, 1].astype(np.float64), 0.5
+    decision = decision.reshape(-1)
+    if threshold is not None:
+        return decision, float(threshold), decision > threshold
+    return decision, own, np.asarray(estimator.predict(features)) == estimator.classes_[1]
+
+
+def supervised_threshold(
+    estimator: Any,
+    features: np.ndarray,
+    labels: np.ndarray,
+    target_fpr: float,
+    fit_kwargs: dict[str, Any] | None = None,
+    *,
+    n_splits: int = 5,
+    random_state: int = 0,
+) -> tuple[float, float]:
+    """The decision threshold that flags ``target_fpr`` of clean inputs, from the clean out-of-fold scores.
+
+    ``estimator`` (unfitted; cloned per fold, never changed) is fitted on ``n_splits - 1`` stratified
+    folds of (``features``, ``labels``) and scores the clean examples of the remaining fold, as in
+    scikit-learn's ``cross_val_predict``; the threshold is
+    :func:`~art_fisher.detection.thresholds.clean_threshold` of these clean scores, weighted by
+    ``fit_kwargs["sample_weight"]`` when given. Sample-aligned ``fit_kwargs`` are split with the folds.
+    With fewer than two examples in a class the folds cannot be stratified: the clean scores are then
+    in-sample (a warning says so).
+
+    Parameters
+    ----------
+    estimator : sklearn classifier
+        The detector's estimator before fitting.
+    features : ndarray of shape (N, F)
+    labels : ndarray of shape (N,)
+        0 clean / 1 adversarial.
+    target_fpr : float in (0, 1)
+    fit_kwargs : dict, optional
+        Keyword arguments of ``estimator.fit``, as :func:`check_fit_kwargs` returns them.
+    n_splits : int, default=5
+        Folds (fewer when a class has fewer examples).
+    random_state : int, default=0
+        Seed of the fold shuffle.
+
+    Returns
+    -------
+    threshold : float
+        Flag decision scores above it (in the units of :func:`decide`'s scores).
+    clean_fpr : float
+        (Weighted) share of the clean out-of-fold scores above ``threshold`` (about ``target_fpr``; less
+        with ties).
+
+    Raises
+    ------
+    ValueError
+        If ``sample_weight`` gives the clean examples no weight.
+    """
+    import warnings
+
+    from sklearn.base import clone
+    from sklearn.model_selection import StratifiedKFold
+
+    fit_kwargs = dict(fit_kwargs or {})
+    n = len(labels)
+    folds = min(n_splits, int(np.bincount(labels, minlength=2).min()))
+    clean = labels == 0
+    if folds < 2:
+        warnings.warn(
+            "supervised_threshold: a class has fewer than two examples, so the clean scores that set the "
+            f"threshold at target_fpr={target_fpr} are in-sample; its false-positive rate on new inputs may be higher.",
+            UserWarning,
+            stacklevel=3,
+        )
+        fitted = _fit_part(clone(estimator), features, labels, fit_kwargs, np.arange(n))
+        scores = decide(fitted, features[clean])[0]
+    else:
+        scores = np.empty(n)
+        split = StratifiedKFold(n_splits=folds, shuffle=True, random_state=random_state)
+        for train, test in split.split(features, labels):
+            fitted = _fit_part(clone(estimator), features, labels, fit_kwargs, train)
+            scores[test] = decide(fitted, features[test])[0]
+        scores = scores[clean]
+    weights = fit_kwargs.get("sample_weight")
+    weights = np.ones(len(scores)) if weights is None else np.asarray(weights, dtype=np.float64)[clean]
+    if not weights.sum() > 0:
+        raise ValueError("sample_weight gives the clean (0) examples no weight: no clean threshold can be set.")
+    threshold = clean_threshold(scores, target_fpr, sample_weight=weights)
+    return threshold, float(np.sum(weights * (scores > threshold)) / weights.sum())
+
+
+def _fit_part(
+    estimator: Any, features: np.ndarray, labels: np.ndarray, fit_kwargs: dict[str, Any], rows: np.ndarray
+) -> Any:
+    """``estimator`` fitted on ``rows``, with the sample-aligned keyword arguments cut to them."""
+    n = len(labels)
+    kwargs = {
+        key: value[rows] if isinstance(value, np.ndarray) and value.shape[:1] == (n,) else value
+        for key, value in fit_kwargs.items()
+    }
+    with sklearn.config_context(enable_metadata_routing=routes_metadata(estimator, kwargs)):
+        estimator.fit(features[rows], labels[rows], **kwargs)
+    return estimator
 
 
 def _takes_sample_weight(estimator: Any) -> bool:

@@ -33,6 +33,7 @@ from art_fisher.detection.decision import (
     estimator_kind,
     new_estimator,
     routes_metadata,
+    supervised_threshold,
 )
 
 logger = logging.getLogger(__name__)
@@ -90,8 +91,15 @@ class FisherInformationDetector(DetectorParameters):
         regression on the standardised logs of the columns for several (:func:`default_estimator`); without
         labels, :func:`default_clean_estimator`.
     target_fpr : float in (0, 1), default=0.05
-        Fraction of clean inputs that ``fit(x)`` without labels calibrates the default estimator to flag
-        (unused when fitting with labels or with your own estimator).
+        Fraction of clean inputs the detector is set to flag: by the default estimator of ``fit(x)``
+        without labels, and by the decision threshold after ``fit(x, y)`` (``threshold="target_fpr"``).
+    threshold : {"target_fpr", "estimator"} or float, default="target_fpr"
+        Where the decision score (``detect``'s ``"decision_scores"``) flags an input after ``fit(x, y)``.
+        ``"target_fpr"``: at the clean examples' :func:`~art_fisher.detection.decision.supervised_threshold`,
+        which flags ``target_fpr`` of clean inputs (out-of-fold scores, 5 folds), not where the estimator
+        separates the balanced fit set best. ``"estimator"``: the estimator's own ``predict`` (e.g.
+        probability ½). A number: flag decision scores above it. After ``fit(x)`` without labels the outlier
+        detector decides (the default one flags ``target_fpr`` of clean inputs), unless a number is given.
     chunk_size : int, default=128
         Samples per metric computation when ``fit``/``detect`` get no ``batch_size`` (bounds memory;
         the values do not depend on it).
@@ -112,6 +120,12 @@ class FisherInformationDetector(DetectorParameters):
         Names of the feature columns the estimator was fitted on.
     calibration_ : {"labels", "clean"}
         Whether the fit used clean / adversarial labels or clean inputs only.
+    threshold_ : float or None
+        The decision-score threshold :meth:`detect` flags above; None where the estimator's ``predict``
+        decides.
+    clean_fpr_ : float or None
+        After ``fit(x, y)`` with ``threshold="target_fpr"``: the share of the clean fit examples'
+        out-of-fold decision scores above ``threshold_`` (else None).
     model_fingerprint_ : str
         :func:`art_fisher.detection.persistence.model_fingerprint` of the classifier at fit time (saved with the
         detector; :meth:`load` checks it).
@@ -136,16 +150,10 @@ class FisherInformationDetector(DetectorParameters):
     see :mod:`art_fisher.adversarial.gradients`.
 
     Clean-only calibration (``fit(x)`` without ``y``) flags inputs whose Fisher information is
-    *higher* than that of the clean inputs: the Fisher information
-    :math:`\\operatorname{tr} F(x) = \\sum_c p_c \\|\\nabla_\\theta \\log p_c\\|^2` vanishes for a
-    prediction the model is sure of (:math:`p_y \to 1` makes every term go to zero) and grows where the
-    predictive distribution is spread or the parameters move it strongly, which is where adversarial
-    examples end up (just across a decision boundary, or in the low-confidence regions an attack
-    passes through); adversarial inputs score higher on every attack measured in this project. An
-    attack that pushes inputs to *high* confidence lowers the Fisher information and evades this rule.
-    Several metrics are standardised on the clean inputs (log scale, median and MAD) and combined by
-    their maximum; the threshold is the clean split-conformal quantile of the combined score, so the
-    false-positive rate holds for the combination (:mod:`art_fisher.detection.calibration`).
+    *higher* than that of the clean inputs: :math:`\\operatorname{tr} F(x)` vanishes for a prediction the
+    model is sure of and grows where the predictive distribution is spread, which is where adversarial
+    examples end up; an attack that pushes inputs to *high* confidence evades this rule. How several
+    metrics are combined and thresholded is in :mod:`art_fisher.detection.calibration`.
 
     Examples
     --------
@@ -257,6 +265,9 @@ class FisherInformationDetector(DetectorParameters):
         labels = None if y is None else detection_labels(y, len(x))
         fit_kwargs = check_fit_kwargs(estimator, kwargs, len(x))
         features = _features.feature_matrix(self._values(x, chunk_size), self._metric_names)
+        threshold, clean_fpr = (None if isinstance(self.threshold, str) else float(self.threshold)), None
+        if labels is not None and self.threshold == "target_fpr":
+            threshold, clean_fpr = supervised_threshold(estimator, features, labels, float(self.target_fpr), fit_kwargs)
         with sklearn.config_context(enable_metadata_routing=routes_metadata(estimator, fit_kwargs)):
             if labels is None:
                 estimator.fit(features, **fit_kwargs)
@@ -269,7 +280,11 @@ class FisherInformationDetector(DetectorParameters):
         self.feature_names_ = names
         self.calibration_ = "labels" if labels is not None else "clean"
         self.model_fingerprint_ = persistence.model_fingerprint(self.classifier)
-        logger.debug("Fitted %s on %d samples and features %s.", type(estimator).__name__, len(x), names)
+        self.threshold_, self.clean_fpr_ = threshold, clean_fpr
+        logger.debug(
+            "Fitted %s on %d samples and features %s; threshold %s (clean out-of-fold FPR %s).",
+            type(estimator).__name__, len(x), names, self.threshold_, self.clean_fpr_,
+        )  # fmt: skip
 
     def _new_estimator(self, *, labelled: bool, n_features: int) -> tuple[Any, str]:
         return new_estimator(
@@ -296,9 +311,10 @@ class FisherInformationDetector(DetectorParameters):
             ``"decision_scores"``: ndarray (N,), higher = more adversarial: a classifier's
             ``decision_function`` (or its probability of "adversarial" if it has none), an outlier
             detector's ``-decision_function``; ``"threshold"``: float, the decision score above which an
-            input is flagged (0.0, or 0.5 for probabilities); ``"feature_names"``: list of str.
+            input is flagged (``threshold_``; where the estimator's ``predict`` decides, 0.0, or 0.5 for
+            probabilities); ``"feature_names"``: list of str.
         is_adversarial : ndarray of shape (N,), bool
-            The estimator's decision (True = adversarial).
+            True = adversarial: ``decision_scores > threshold_``, or the estimator's ``predict``.
 
         Raises
         ------
@@ -313,7 +329,7 @@ class FisherInformationDetector(DetectorParameters):
         chunk_size = self._chunk(batch_size)
         x = _features.check_inputs(self.classifier, x)
         features = _features.feature_matrix(self._values(x, chunk_size), self._metric_names)
-        decision, threshold, is_adversarial = decide(self.estimator_, features)
+        decision, threshold, is_adversarial = decide(self.estimator_, features, self.threshold_)
         report = {
             "scores": dict(zip(self.feature_names_, features.T.copy(), strict=True)),
             "decision_scores": decision,
@@ -325,10 +341,10 @@ class FisherInformationDetector(DetectorParameters):
     def as_art_classifier(self) -> Any:
         """The fitted detector as an ART classifier with one output: the detection logit, with input gradients.
 
-        ``predict(x)`` gives shape (N, 1): the log-odds of the estimator's probability of "adversarial" for a
-        classifier (its ``decision_function`` for a linear one, ``decision_function / std`` for
-        ``ThresholdClassifier``), ``-decision_function`` for ``QuantileOutlierDetector``; positive exactly
-        where :meth:`detect` flags the input. ``class_gradient(x)`` gives its exact input gradient, shape
+        ``predict(x)`` gives shape (N, 1): the decision score minus ``threshold_`` (for a linear classifier,
+        its ``decision_function``; for ``ThresholdClassifier``, divided by its column's std, as its
+        log-odds; for ``QuantileOutlierDetector``, ``-decision_function``); positive exactly where
+        :meth:`detect` flags the input. ``class_gradient(x)`` gives its exact input gradient, shape
         (N, 1, *input_shape), through the Fisher metrics' mixed second derivatives. Pass it (or the
         detector) to :class:`art_fisher.adversarial.adaptive_classifier.AdaptiveDetectorClassifier` or ART's
         ``DetectorClassifier``.
@@ -435,8 +451,8 @@ class FisherInformationDetector(DetectorParameters):
         """The fitted detector's state, as :func:`art_fisher.detection.persistence.write_state` stores it.
 
         Keys: ``settings`` (constructor arguments but the classifier and the estimator), ``estimator``,
-        ``estimator_``, ``feature_names``, ``input_shape``, ``nb_classes``, ``model_fingerprint``. The
-        estimators are the detector's own objects (not copies).
+        ``estimator_``, ``feature_names``, ``input_shape``, ``nb_classes``, ``model_fingerprint``,
+        ``decision_threshold`` and ``clean_fpr``. The estimators are the detector's own objects (not copies).
         """
         self._check_fitted()
         settings = {key: getattr(self, key) for key in self._setting_names()}
@@ -449,13 +465,15 @@ class FisherInformationDetector(DetectorParameters):
             "input_shape": [int(d) for d in self.classifier.input_shape],
             "nb_classes": int(self.classifier.nb_classes),
             "model_fingerprint": self.model_fingerprint_,
+            "decision_threshold": self.threshold_,
+            "clean_fpr": self.clean_fpr_,
         }
 
     def _set_state(self, state: dict[str, Any]) -> None:
         """Take back the fitted part of a state from :func:`~art_fisher.detection.persistence.read_state`.
 
-        Sets ``estimator_``, ``feature_names_``, ``model_fingerprint_`` and ``calibration_``; the
-        settings are the constructor's business.
+        Sets ``estimator_``, ``feature_names_``, ``model_fingerprint_``, ``calibration_``, ``threshold_``
+        and ``clean_fpr_``; the settings are the constructor's business.
 
         Raises
         ------
@@ -476,3 +494,4 @@ class FisherInformationDetector(DetectorParameters):
         self.feature_names_ = list(state["feature_names"])
         self.model_fingerprint_ = state["model_fingerprint"]
         self.calibration_ = state["calibration"]
+        self.threshold_, self.clean_fpr_ = state["decision_threshold"], state["clean_fpr"]

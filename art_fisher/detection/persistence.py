@@ -9,7 +9,10 @@ hands out (``FisherInformationDetector._get_state``) and takes back (``_set_stat
 - ``settings``: the detector's constructor arguments except the classifier and the estimator;
 - ``estimator``, ``estimator_``: the estimator as given and as fitted;
 - ``feature_names``, ``input_shape``, ``nb_classes``;
-- ``model_fingerprint`` (format 2): :func:`model_fingerprint` of the classifier the detector was fitted for.
+- ``model_fingerprint`` (format 2): :func:`model_fingerprint` of the classifier the detector was fitted for;
+- ``decision_threshold``, ``clean_fpr`` (format 3): the detector's ``threshold_`` and ``clean_fpr_``
+  (None or a finite float). A file of format 1 or 2 loads with ``threshold="estimator"``: its
+  estimator's own decision, as it was fitted.
 
 Loading reads the archive with skops' default trusted types,
 :class:`~art_fisher.detection.estimators.ThresholdClassifier`,
@@ -51,8 +54,11 @@ __all__ = [
 DETECTOR_FORMAT = "art_fisher.FisherInformationDetector"
 #: Bumped whenever the saved layout changes. Version 2 added ``model_fingerprint`` and ``target_fpr``;
 #: version 1 files still load, but only with ``allow_other_model=True`` (they cannot be tied to a model).
-DETECTOR_FORMAT_VERSION = 2
-_READABLE_VERSIONS = (1, 2)
+#: Version 3 added ``decision_threshold`` and ``clean_fpr`` (the ``threshold`` setting's fitted value).
+DETECTOR_FORMAT_VERSION = 3
+_READABLE_VERSIONS = (1, 2, 3)
+#: Keys of format 3 on, beside :data:`_KEYS` and ``model_fingerprint``.
+_THRESHOLD_KEYS = ("decision_threshold", "clean_fpr")
 #: Types a saved detector may hold beyond skops' own defaults (sklearn estimators, numpy, builtins).
 TRUSTED_TYPES = (
     "art_fisher.detection.estimators.ThresholdClassifier",
@@ -149,14 +155,15 @@ def write_state(state: dict[str, Any], path: str | Path) -> None:
     ----------
     state : dict
         ``FisherInformationDetector._get_state()``: ``settings``, ``estimator``, ``estimator_``,
-        ``feature_names``, ``input_shape``, ``nb_classes`` and ``model_fingerprint``. Not changed (the
+        ``feature_names``, ``input_shape``, ``nb_classes``, ``model_fingerprint``, ``decision_threshold`` and
+        ``clean_fpr``. Not changed (the
         estimators are written as copies without scikit-learn's metadata-routing requests).
     path : str or Path
         The file to write, conventionally ``*.skops``.
     """
     import skops.io as sio
 
-    keys = [k for k in (*_KEYS, "model_fingerprint") if k not in _ADDED_KEYS]
+    keys = [k for k in (*_KEYS, "model_fingerprint", *_THRESHOLD_KEYS) if k not in _ADDED_KEYS]
     missing = [k for k in keys if k not in state]
     if missing:
         raise ValueError(f"state is missing the keys {missing}.")
@@ -165,6 +172,7 @@ def write_state(state: dict[str, Any], path: str | Path) -> None:
         "format_version": DETECTOR_FORMAT_VERSION,
         "versions": _versions(),
         **{key: state[key] for key in keys},
+        **{key: None if state[key] is None else float(state[key]) for key in _THRESHOLD_KEYS},
         "settings": {key: _plain(value) for key, value in state["settings"].items()},
         "estimator": _without_routing_requests(state["estimator"]),
         "estimator_": _without_routing_requests(state["estimator_"]),
@@ -355,6 +363,7 @@ def _check_state(path: Path, state: dict[str, Any], setting_names: Sequence[str]
             f"{list(_READABLE_VERSIONS)}."
         )
     keys = (*_KEYS, "model_fingerprint") if int(version) >= 2 else _KEYS
+    keys = (*keys, *_THRESHOLD_KEYS) if int(version) >= 3 else keys
     missing = [k for k in keys if k not in state]
     if missing:
         raise invalid_file(path, f"keys {missing} are missing")
@@ -377,6 +386,11 @@ def _check_state(path: Path, state: dict[str, Any], setting_names: Sequence[str]
     fingerprint = state.get("model_fingerprint")
     if int(version) >= 2 and not (isinstance(fingerprint, str) and len(fingerprint) == 64):
         raise invalid_file(path, "'model_fingerprint' must be a 64-character SHA-256 hex digest")
+    for key in _THRESHOLD_KEYS:
+        value = state.get(key)
+        number = isinstance(value, Real) and not isinstance(value, bool)
+        if value is not None and not (number and np.isfinite(float(value))):
+            raise invalid_file(path, f"{key!r} must be None or a finite number; got {value!r}")
 
 
 def read_state(
@@ -410,8 +424,8 @@ def read_state(
     dict
         The file's state, with ``settings`` as constructor keyword arguments (sequences as tuples,
         renamed settings of earlier files under their current names), ``model_fingerprint`` the
-        fingerprint of ``classifier`` and ``calibration`` ``"labels"`` or ``"clean"`` (from the kind of
-        ``estimator_``).
+        fingerprint of ``classifier``, ``calibration`` ``"labels"`` or ``"clean"`` (from the kind of
+        ``estimator_``), and ``decision_threshold`` and ``clean_fpr`` (None in files before format 3).
 
     Raises
     ------
@@ -459,6 +473,8 @@ def read_state(
                 stacklevel=3,
             )
     settings = {_RENAMED_SETTINGS.get(key, key): value for key, value in state["settings"].items()}
+    if int(state["format_version"]) < 3:  # fitted before the threshold setting: the estimator decided
+        settings.setdefault("threshold", "estimator")
     for key in ("metrics", "params"):
         if isinstance(settings.get(key), list):
             settings[key] = tuple(settings[key])
@@ -475,4 +491,5 @@ def read_state(
         "settings": settings,
         "model_fingerprint": fingerprint,
         "calibration": "clean" if kind == "outlier_detector" else "labels",
+        **{key: state.get(key) for key in _THRESHOLD_KEYS},
     }

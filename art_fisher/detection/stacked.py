@@ -19,8 +19,9 @@ columns of the chosen ``parts``:
 inputs, suspicious side by prior: high Fisher, low confidence, high entropy, low Mahalanobis score;
 combined by their maximum) when fitted on clean inputs alone. Either way its decision threshold flags
 ``target_fpr`` of clean inputs: the clean-only rule by construction, the supervised one at the
-:func:`~art_fisher.detection.thresholds.clean_threshold` of its clean fit inputs' scores
-(:meth:`StackedDetector.calibrate` moves it to held-out clean images). Without ``"sensitivity"`` the
+:func:`~art_fisher.detection.decision.supervised_threshold` of its clean fit inputs (out-of-fold scores
+of the scaler and logistic regression on the features; the Mahalanobis Gaussians are fitted on all the
+clean fit inputs). :meth:`StackedDetector.calibrate` moves it to held-out clean images. Without ``"sensitivity"`` the
 detector has exact input gradients (:meth:`StackedDetector.as_art_classifier`, for ART's
 ``DetectorClassifier`` and adaptive attacks).
 """
@@ -272,8 +273,7 @@ class StackedDetector(EvasionDetector):
         from sklearn.preprocessing import StandardScaler
 
         from art_fisher.detection.calibration import QuantileOutlierDetector
-        from art_fisher.detection.decision import detection_labels
-        from art_fisher.detection.thresholds import clean_threshold
+        from art_fisher.detection.decision import detection_labels, supervised_threshold
 
         x = _features.check_inputs(self.classifier, x)
         features = self._new_features()
@@ -284,10 +284,12 @@ class StackedDetector(EvasionDetector):
             self.threshold_ = 0.0
             return
         labels = detection_labels(y, len(x))
-        self.pipeline_ = Pipeline(
-            [("features", features), ("scale", StandardScaler()), ("logistic", LogisticRegression(max_iter=1000))]
-        ).fit(x, labels)
-        self.threshold_ = clean_threshold(self.decision_scores(x[labels == 0]), self.target_fpr)
+        f = features.fit_transform(x, labels)
+        head = Pipeline([("scale", StandardScaler()), ("logistic", LogisticRegression(max_iter=1000))])
+        threshold, _ = supervised_threshold(head, f, labels, self.target_fpr)
+        head.fit(f, labels)
+        self.pipeline_ = Pipeline([("features", features), *head.steps])
+        self.threshold_ = threshold
 
     def decision_scores(self, x: np.ndarray) -> np.ndarray:
         """Decision scores (N,), higher = more adversarial."""

@@ -24,7 +24,7 @@ def check_target_fpr(target_fpr: float) -> float:
     return float(target_fpr)
 
 
-def clean_threshold(clean_scores: np.ndarray, target_fpr: float) -> float:
+def clean_threshold(clean_scores: np.ndarray, target_fpr: float, sample_weight: np.ndarray | None = None) -> float:
     r"""The :math:`\lceil (1 - \alpha) n \rceil`-th smallest of ``clean_scores`` (see the module docstring).
 
     Parameters
@@ -34,6 +34,10 @@ def clean_threshold(clean_scores: np.ndarray, target_fpr: float) -> float:
         (infinite scores are).
     target_fpr : float in (0, 1)
         :math:`\alpha`.
+    sample_weight : ndarray of shape (n,), optional
+        Non-negative weights of the scores (not all zero): the threshold is then the smallest score
+        whose cumulative weight, in increasing order, reaches :math:`(1 - \alpha)` of the total; with
+        integer weights, the threshold of the scores repeated as often. None: every score weighs 1.
 
     Returns
     -------
@@ -43,7 +47,8 @@ def clean_threshold(clean_scores: np.ndarray, target_fpr: float) -> float:
     Raises
     ------
     ValueError
-        If ``clean_scores`` is empty, not one-dimensional or holds NaN, or ``target_fpr`` is not in (0, 1).
+        If ``clean_scores`` is empty, not one-dimensional or holds NaN, ``target_fpr`` is not in (0, 1), or
+        ``sample_weight`` does not match the scores, is negative or sums to zero.
     """
     alpha = check_target_fpr(target_fpr)
     scores = np.asarray(clean_scores, dtype=np.float64)
@@ -51,5 +56,15 @@ def clean_threshold(clean_scores: np.ndarray, target_fpr: float) -> float:
         raise ValueError(f"clean_scores must be a non-empty 1-d array; got shape {scores.shape}.")
     if np.any(np.isnan(scores)):
         raise ValueError("clean_scores must not hold NaN.")
-    k = max(math.ceil((1.0 - alpha) * len(scores) - 1e-12), 1)
-    return float(np.sort(scores)[k - 1])
+    order = np.argsort(scores, kind="stable")
+    if sample_weight is None:
+        k = max(math.ceil((1.0 - alpha) * len(scores) - 1e-12), 1)
+        return float(scores[order][k - 1])
+    weights = np.asarray(sample_weight, dtype=np.float64)
+    if weights.shape != scores.shape or not np.all(np.isfinite(weights)) or np.any(weights < 0) or weights.sum() <= 0:
+        raise ValueError(
+            f"sample_weight must be {len(scores)} finite non-negative numbers, not all zero; got shape {weights.shape}."
+        )
+    cumulative = np.cumsum(weights[order])
+    k = int(np.searchsorted(cumulative, (1.0 - alpha) * cumulative[-1] * (1 - 1e-12), side="left"))
+    return float(scores[order][min(k, len(scores) - 1)])

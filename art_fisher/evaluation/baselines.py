@@ -6,7 +6,8 @@
 - ``subset_scanning``: ART's ``SubsetScanningDetector``; unsupervised, its null model is built from clean
   training images.
 - ``max_softmax``: the free baseline of Hendrycks & Gimpel (2017): the classifier's maximum softmax
-  probability and the entropy of its prediction, a standardised logistic regression on the two;
+  probability and the entropy of its prediction, a standardised logistic regression on the two (its
+  threshold flags ``target_fpr`` of clean inputs, :func:`~art_fisher.evaluation.base.fit_logistic`);
   ``max_softmax_clean`` calibrates the same two features on clean inputs alone (low maximum probability
   and high entropy are suspicious), as the ``fisher_*_clean`` detectors do.
 """
@@ -19,7 +20,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from art_fisher.evaluation.base import DetectorRun, DetectorSpec, RunContext, Scored, seed_everything
+from art_fisher.evaluation.base import (
+    DetectorRun,
+    DetectorSpec,
+    RunContext,
+    Scored,
+    decided,
+    fit_logistic,
+    seed_everything,
+)
 from art_fisher.models import build_model
 
 __all__ = ["ArtBinaryRun", "MaxSoftmaxRun", "SubsetScanningRun", "baseline_specs", "softmax_features"]
@@ -125,10 +134,6 @@ class MaxSoftmaxRun(DetectorRun):
         self.ctx = ctx
 
     def fit(self, x: np.ndarray, y: np.ndarray | None) -> None:
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import StandardScaler
-
         from art_fisher.detection.calibration import QuantileOutlierDetector
 
         features = softmax_features(self.ctx.classifier, x, self.ctx.batch_size)
@@ -136,20 +141,12 @@ class MaxSoftmaxRun(DetectorRun):
             self.estimator = QuantileOutlierDetector(
                 target_fpr=self.ctx.target_fpr, polarity=("lower", "higher"), log=True
             ).fit(features)
+            self.threshold = None
         else:
-            self.estimator = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(features, y)
+            self.estimator, self.threshold = fit_logistic(features, y, self.ctx.target_fpr)
 
     def detect(self, x: np.ndarray) -> Scored:
-        from sklearn.base import is_outlier_detector
-
-        features = softmax_features(self.ctx.classifier, x, self.ctx.batch_size)
-        if is_outlier_detector(self.estimator):
-            return Scored(
-                score=-self.estimator.decision_function(features), is_adversarial=self.estimator.predict(features) == -1
-            )
-        return Scored(
-            score=self.estimator.decision_function(features), is_adversarial=self.estimator.predict(features) == 1
-        )
+        return decided(self.estimator, softmax_features(self.ctx.classifier, x, self.ctx.batch_size), self.threshold)
 
     def detection_logit(self) -> Any:
         """Logistic regression (or clean quantile rule) on the softmax features, in torch."""
@@ -158,7 +155,9 @@ class MaxSoftmaxRun(DetectorRun):
 
         clf = self.ctx.classifier
         parameter = next(clf.model.parameters())
-        to_logit = estimator_logit(self.estimator, dtype=parameter.dtype, device=parameter.device)
+        to_logit = estimator_logit(
+            self.estimator, dtype=parameter.dtype, device=parameter.device, threshold=self.threshold
+        )
 
         def logit(x: torch.Tensor) -> torch.Tensor:
             log_p = torch.log_softmax(classifier_logits(clf, x), dim=1)

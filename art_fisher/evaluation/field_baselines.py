@@ -22,7 +22,9 @@ this module fits them as their papers do and enters them in the registry:
   adversarial example; a supervised fit of one score would only move its threshold).
 
 ``mahalanobis``, ``mahalanobis_clean`` and ``energy_clean`` have input gradients (adaptive attacks
-run on them); ``lid`` does not (its score depends on a sampled reference batch).
+run on them); ``lid`` does not (its score depends on a sampled reference batch). The logistic
+regressions' own decisions flag ``target_fpr`` of clean inputs, as every supervised detector's here
+(:func:`~art_fisher.evaluation.base.fit_logistic`).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import numpy as np
 import torch
 
 from art_fisher.detection import field_scores as fs
-from art_fisher.evaluation.base import DetectorRun, DetectorSpec, RunContext, Scored
+from art_fisher.evaluation.base import DetectorRun, DetectorSpec, RunContext, Scored, decided, fit_logistic
 
 __all__ = ["LID_BATCH", "LID_K", "EnergyRun", "LIDRun", "MahalanobisRun", "field_specs"]
 
@@ -65,36 +67,21 @@ def _activations(ctx: RunContext, x: np.ndarray, layers: list[str], *, pooled: b
     return {name: np.concatenate(parts) for name, parts in out.items()}
 
 
-def _linear_model() -> Any:
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
-
-
 def _clean_rule(target_fpr: float, polarity: str) -> Any:
     from art_fisher.detection.calibration import QuantileOutlierDetector
 
     return QuantileOutlierDetector(target_fpr=target_fpr, polarity=polarity)
 
 
-def _decide(estimator: Any, features: np.ndarray) -> Scored:
-    from art_fisher.detection.decision import decide
-
-    score, _, flagged = decide(estimator, features)
-    return Scored(score=score, is_adversarial=flagged)
-
-
-def _logit_classifier(ctx: RunContext, features: Any, estimator: Any, name: str) -> Any:
-    """A DetectionLogitClassifier of ``estimator`` on the torch ``features(x_preprocessed)`` (N, F)."""
+def _logit_classifier(ctx: RunContext, features: Any, estimator: Any, name: str, threshold: float | None) -> Any:
+    """A DetectionLogitClassifier of ``estimator`` on torch ``features(x_preprocessed)`` (N, F), 0 at ``threshold``."""
     from art_fisher.adversarial.art_classifier import DetectionLogitClassifier
     from art_fisher.adversarial.gradients import estimator_logit
     from art_fisher.detection.features import _eval_mode
 
     clf = ctx.classifier
     parameter = next(clf.model.parameters())
-    to_logit = estimator_logit(estimator, dtype=parameter.dtype, device=parameter.device)
+    to_logit = estimator_logit(estimator, dtype=parameter.dtype, device=parameter.device, threshold=threshold)
 
     def logit(x: torch.Tensor) -> torch.Tensor:
         with _eval_mode(clf.model):
@@ -120,12 +107,12 @@ class EnergyRun(DetectorRun):
         self.estimator = _clean_rule(self.ctx.target_fpr, "higher").fit(self._energy(x))
 
     def detect(self, x: np.ndarray) -> Scored:
-        return _decide(self.estimator, self._energy(x))
+        return decided(self.estimator, self._energy(x))
 
     def detection_logit(self) -> Any:
         model = self.ctx.classifier.model
         return _logit_classifier(
-            self.ctx, lambda xp: fs.energy_score(model(xp), self.temperature)[:, None], self.estimator, "energy"
+            self.ctx, lambda xp: fs.energy_score(model(xp), self.temperature)[:, None], self.estimator, "energy", None
         )
 
 
@@ -174,12 +161,12 @@ class MahalanobisRun(DetectorRun):
         self.gaussians = {name: fs.ClassGaussians.fit(features[name], labels, n_classes) for name in self.layers}
         if y is None:
             self.gaussians = {self.layers[-1]: self.gaussians[self.layers[-1]]}
-            self.estimator = _clean_rule(self.ctx.target_fpr, "lower").fit(self._scores(x))
+            self.estimator, self.threshold = _clean_rule(self.ctx.target_fpr, "lower").fit(self._scores(x)), None
         else:
-            self.estimator = _linear_model().fit(self._scores(x), y)
+            self.estimator, self.threshold = fit_logistic(self._scores(x), y, self.ctx.target_fpr)
 
     def detect(self, x: np.ndarray) -> Scored:
-        return _decide(self.estimator, self._scores(x))
+        return decided(self.estimator, self._scores(x), self.threshold)
 
     def detection_logit(self) -> Any:
         from art_fisher.adversarial.gradients import NotDifferentiableError
@@ -188,7 +175,11 @@ class MahalanobisRun(DetectorRun):
             raise NotDifferentiableError("mahalanobis with input preprocessing (noise > 0) has no input gradient.")
         model = self.ctx.classifier.model
         return _logit_classifier(
-            self.ctx, lambda xp: fs.mahalanobis_scores(model, xp, self.gaussians), self.estimator, "mahalanobis"
+            self.ctx,
+            lambda xp: fs.mahalanobis_scores(model, xp, self.gaussians),
+            self.estimator,
+            "mahalanobis",
+            self.threshold,
         )
 
 
@@ -221,10 +212,10 @@ class LIDRun(DetectorRun):
             raise ValueError("lid is fitted on clean and adversarial examples (Ma et al. define no clean-only fit).")
         y = np.asarray(y)
         self.reference = _activations(self.ctx, self.ctx.x_background, self.layers, pooled=False)
-        self.estimator = _linear_model().fit(self._lids(x), y)
+        self.estimator, self.threshold = fit_logistic(self._lids(x), y, self.ctx.target_fpr)
 
     def detect(self, x: np.ndarray) -> Scored:
-        return _decide(self.estimator, self._lids(x))
+        return decided(self.estimator, self._lids(x), self.threshold)
 
 
 def field_specs() -> dict[str, DetectorSpec]:

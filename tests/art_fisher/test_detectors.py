@@ -113,9 +113,10 @@ def test_detector_end_to_end_matches_features_and_estimator(digits_cnn, digits_a
     np.testing.assert_allclose(report["scores"]["trace"], expected[:, 0], rtol=1e-4)
     np.testing.assert_allclose(report["scores"]["quadratic_form"], expected[:, 1], rtol=1e-4)
     assert report["feature_names"] == ["trace", "quadratic_form"]
-    assert report["threshold"] == 0.0
+    # the decision threshold flags target_fpr of the clean fit examples (their out-of-fold scores)
+    assert report["threshold"] == detector.threshold_ and detector.clean_fpr_ <= detector.target_fpr
     assert is_adv.dtype == bool and is_adv.shape == (len(x_test),)
-    np.testing.assert_array_equal(is_adv, report["decision_scores"] > 0)
+    np.testing.assert_array_equal(is_adv, report["decision_scores"] > detector.threshold_)
     assert roc_auc_score(y_test, report["decision_scores"]) >= MIN_AUC["deepfool"]
     assert isinstance(detector.estimator_, Pipeline)
 
@@ -123,9 +124,9 @@ def test_detector_end_to_end_matches_features_and_estimator(digits_cnn, digits_a
 def test_one_hot_labels_and_threshold_default(digits_cnn, digits_attacks):
     clean, adv = digits_attacks["fgsm"]
     x, y = _detection_set(clean, adv, np.arange(30))
-    a = FisherInformationDetector(digits_cnn.classifier, metrics=("trace",))
+    a = FisherInformationDetector(digits_cnn.classifier, metrics=("trace",), threshold="estimator")
     a.fit(x, y)
-    b = FisherInformationDetector(digits_cnn.classifier, metrics=["trace"])
+    b = FisherInformationDetector(digits_cnn.classifier, metrics=["trace"], threshold="estimator")
     b.fit(x, np.eye(2)[y], 16, 5)  # ART's one-hot form and positional (batch_size, nb_epochs)
     assert isinstance(a.estimator_, ThresholdClassifier)
     assert a.estimator_.threshold_ == b.estimator_.threshold_
@@ -417,13 +418,17 @@ class _DuckClassifier:  # a classifier without scikit-learn's base classes or ta
         return self.inner_.decision_function(X)
 
 
-def test_set_params_target_fpr_keeps_a_labelled_fit_and_discards_a_clean_one(digits_cnn, digits_attacks):
+def test_set_params_target_fpr_discards_a_fit_that_depends_on_it(digits_cnn, digits_attacks):
     clean, adv = digits_attacks["fgsm"]
     x, y = _detection_set(clean, adv, np.arange(10))
-    labelled = FisherInformationDetector(digits_cnn.classifier, metrics=("trace",))
+    labelled = FisherInformationDetector(digits_cnn.classifier, metrics=("trace",), threshold="estimator")
     labelled.fit(x, y)
     labelled.set_params(target_fpr=0.2)
     assert hasattr(labelled, "estimator_")
+    at_target = FisherInformationDetector(digits_cnn.classifier, metrics=("trace",))
+    at_target.fit(x, y)
+    at_target.set_params(target_fpr=0.2)
+    assert not hasattr(at_target, "estimator_") and not hasattr(at_target, "threshold_")
     calibrated = FisherInformationDetector(digits_cnn.classifier, metrics=("trace",))
     calibrated.fit(digits_cnn.x_test[:40])
     calibrated.set_params(target_fpr=0.2)

@@ -74,7 +74,8 @@ def test_detector_on_block_traces_labelled_clean_only_gradient_and_file(cnn, tmp
     xs = np.random.default_rng(3).uniform(0.1, 0.9, size=(5, *x.shape[1:]))
     report, _flagged = det.detect(xs)
     art = det.as_art_classifier()
-    np.testing.assert_allclose(art.predict(xs)[:, 0], report["decision_scores"], rtol=1e-5, atol=1e-6)
+    logit = report["decision_scores"] - report["threshold"]  # 0 at the threshold that flags target_fpr of clean
+    np.testing.assert_allclose(art.predict(xs)[:, 0], logit, rtol=1e-5, atol=1e-6)
     central_difference_check(lambda xx: art.predict(xx)[:, 0], art.class_gradient(xs)[:, 0], xs)
 
     path = tmp_path / "det.skops"

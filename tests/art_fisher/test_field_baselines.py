@@ -130,13 +130,19 @@ def test_differentiable_adapters_logit_is_the_score_and_its_gradient_is_exact(co
     run.fit(*_labelled(clean, adv)) if supervised else run.fit(clean, None)
     scored = run.detect(np.concatenate([clean, adv]))
     assert scored.score.shape == (2 * len(clean),) and scored.is_adversarial.dtype == bool
-    np.testing.assert_array_equal(scored.is_adversarial, scored.score > 0)
+    # a supervised fit flags target_fpr of clean inputs (run.threshold); a clean-only rule flags above 0
+    threshold = run.threshold if supervised else 0.0
+    assert (getattr(run, "threshold", None) is not None) == supervised
+    np.testing.assert_array_equal(scored.is_adversarial, scored.score > threshold)
     logit = run.detection_logit()
-    np.testing.assert_allclose(logit.predict(clean)[:, 0], scored.score[: len(clean)], rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(logit.predict(clean)[:, 0], scored.score[: len(clean)] - threshold, rtol=1e-6, atol=1e-8)
     g = logit.class_gradient(adv)[:, 0]
     central_difference_check(lambda xx: logit.predict(xx)[:, 0], g, adv)
     shifted = shifted_logit(logit, 0.5, clean, scored.score[: len(clean)], "test")
-    np.testing.assert_allclose(shifted.predict(adv)[:, 0], logit.predict(adv)[:, 0] - 0.5, rtol=1e-6, atol=1e-8)
+    # 0 where the protocol score is 0.5: the logit (score - threshold) moved by 0.5 - threshold
+    np.testing.assert_allclose(
+        shifted.predict(adv)[:, 0], logit.predict(adv)[:, 0] - (0.5 - threshold), rtol=1e-6, atol=1e-8
+    )
 
 
 def test_energy_clean_flags_target_share_of_its_clean_fit(context):

@@ -181,6 +181,10 @@ def _edited(tmp_path, good, name, edit):
         (lambda s: s.__setitem__("input_shape", "1x8x8"), "'input_shape' must be a list"),
         (lambda s: s.__setitem__("feature_names", ["trace"]), "feature names do not match"),
         (lambda s: s.__setitem__("model_fingerprint", "abc"), "'model_fingerprint' must be"),
+        (lambda s: s.pop("decision_threshold"), r"keys \['decision_threshold'\] are missing"),
+        (lambda s: s.__setitem__("decision_threshold", "0.3"), "'decision_threshold' must be None or a finite"),
+        (lambda s: s.__setitem__("clean_fpr", float("nan")), "'clean_fpr' must be None or a finite"),
+        (lambda s: s["settings"].__setitem__("threshold", "youden"), "settings are invalid"),
     ],
 )
 def test_malformed_files_give_the_documented_value_error(fitted_detector, tmp_path, edit, match):
@@ -218,6 +222,7 @@ def test_format_1_files_need_allow_other_model(fitted_detector, tmp_path):
     def as_version_1(state):
         state["format_version"] = 1
         del state["model_fingerprint"], state["settings"]["target_fpr"]
+        _before_format_3(state)
         _with_former_names(state)
 
     old = _edited(tmp_path, good, "v1.skops", as_version_1)
@@ -225,7 +230,23 @@ def test_format_1_files_need_allow_other_model(fitted_detector, tmp_path):
         FisherInformationDetector.load(old, detector.classifier)
     with pytest.warns(UserWarning, match="format 1"):
         loaded = FisherInformationDetector.load(old, detector.classifier, allow_other_model=True)
-    np.testing.assert_array_equal(loaded.detect(x)[1], detector.detect(x)[1])
+    _decides_as_fitted_before_format_3(loaded, detector, x)
+
+
+def _before_format_3(state):
+    """A file written before the ``threshold`` setting (format 1 or 2)."""
+    del state["decision_threshold"], state["clean_fpr"], state["settings"]["threshold"]
+
+
+def _decides_as_fitted_before_format_3(loaded, detector, x):
+    """Such a file decides as its estimator's ``predict``, as it did when it was written."""
+    from art_fisher.detection.decision import decide
+
+    assert loaded.threshold == "estimator" and loaded.threshold_ is None and loaded.clean_fpr_ is None
+    report, flagged = loaded.detect(x)
+    features = np.column_stack([report["scores"][name] for name in report["feature_names"]])
+    np.testing.assert_array_equal(flagged, decide(detector.estimator_, features)[2])
+    np.testing.assert_array_equal(report["decision_scores"], detector.detect(x)[0]["decision_scores"])
 
 
 def _with_former_names(state):
@@ -264,13 +285,29 @@ def test_format_2_files_with_former_setting_names_load(fitted_detector, tmp_path
     good = tmp_path / "good.skops"
     detector.set_params(chunk_size=9)
     detector.save(good)
+
+    def as_version_2(state):
+        state["format_version"] = 2
+        _before_format_3(state)
+        _with_former_names(state)
+
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        loaded = FisherInformationDetector.load(
-            _edited(tmp_path, good, "old.skops", _with_former_names), detector.classifier
-        )
+        loaded = FisherInformationDetector.load(_edited(tmp_path, good, "old.skops", as_version_2), detector.classifier)
     assert loaded.chunk_size == 9 and loaded.fd_step == detector.fd_step
-    np.testing.assert_array_equal(loaded.detect(x)[1], detector.detect(x)[1])
+    _decides_as_fitted_before_format_3(loaded, detector, x)
+
+
+def test_the_decision_threshold_is_saved(fitted_detector, tmp_path):
+    detector, x = fitted_detector
+    assert detector.threshold == "target_fpr" and detector.threshold_ is not None
+    path = tmp_path / "d.skops"
+    detector.save(path)
+    loaded = FisherInformationDetector.load(path, detector.classifier)
+    assert loaded.threshold_ == detector.threshold_ and loaded.clean_fpr_ == detector.clean_fpr_
+    (r1, d1), (r2, d2) = detector.detect(x), loaded.detect(x)
+    assert r1["threshold"] == r2["threshold"] == detector.threshold_
+    np.testing.assert_array_equal(d1, d2)
 
 
 def test_save_is_atomic(fitted_detector, tmp_path, monkeypatch):
