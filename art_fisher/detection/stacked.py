@@ -10,7 +10,8 @@ columns of the chosen ``parts``:
 - ``"confidence"``: the maximum softmax probability and the entropy of the prediction (Hendrycks &
   Gimpel 2017);
 - ``"mahalanobis"``: Lee et al.'s per-layer confidence scores (:mod:`art_fisher.detection.field_scores`),
-  with class Gaussians fitted in :meth:`StackedFeatures.fit` on clean images labelled by the classifier.
+  with class Gaussians fitted in :meth:`StackedFeatures.fit` on clean reference images (or the clean fit
+  images) labelled by the classifier.
 
 :class:`StackedDetector` is an ART ``EvasionDetector`` around
 ``make_pipeline(StackedFeatures(...), StandardScaler(), LogisticRegression())`` when fitted with labels
@@ -69,8 +70,9 @@ class StackedFeatures(TransformerMixin, BaseEstimator):
     parts : sequence of str, default=PARTS
         Feature groups, from :data:`PARTS`.
     x_reference : ndarray, optional
-        Extra clean images (e.g. from the classifier's training set) for the Mahalanobis Gaussians, besides
-        the clean inputs of :meth:`fit`.
+        Clean images (e.g. from the classifier's training set, as Lee et al. use) for the Mahalanobis
+        Gaussians. None: the clean inputs of :meth:`fit`, whose scores are then more typical than a new
+        clean input's (a detector's threshold set on them flags more than its target).
     chunk_size : int, default=128
 
     Attributes
@@ -100,20 +102,21 @@ class StackedFeatures(TransformerMixin, BaseEstimator):
         return [name for name in fs.feature_layers(self.classifier.model) if name != "logits"]
 
     def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> StackedFeatures:
-        """Fit the Mahalanobis Gaussians on the clean rows of ``X`` and on ``x_reference``.
+        """Fit the Mahalanobis Gaussians on ``x_reference``, or without it on the clean rows of ``X``.
 
-        The clean rows are those with ``y == 0``, or all rows without ``y``.
+        The clean rows are those with ``y == 0``, or all rows without ``y``. With ``x_reference`` the rows of
+        ``X`` stay out of the Gaussians, so that their scores (on which a detector's estimator and threshold
+        are fitted) are those of images the Gaussians have not seen, as a new input's are.
         """
         self._parts = _check_parts(self.parts)
         _features.check_chunk_size(self.chunk_size)
         x = _features.check_inputs(self.classifier, X, "X")
         self.gaussians_ = {}
         if "mahalanobis" in self._parts:
-            clean = x if y is None else x[np.asarray(y) == 0]
             if self.x_reference is not None:
-                clean = np.concatenate(
-                    [_features.check_inputs(self.classifier, self.x_reference, "x_reference"), clean]
-                )
+                clean = _features.check_inputs(self.classifier, self.x_reference, "x_reference")
+            else:
+                clean = x if y is None else x[np.asarray(y) == 0]
             feats = self._layer_features(clean, [*self._layers(), "logits"])
             labels = feats.pop("logits").argmax(1)
             n_classes = self.classifier.nb_classes
@@ -221,7 +224,8 @@ class StackedDetector(EvasionDetector):
     target_fpr : float in (0, 1), default=0.05
         Share of clean inputs the decision threshold flags.
     x_reference : ndarray, optional
-        Extra clean images for the Mahalanobis Gaussians.
+        Clean images for the Mahalanobis Gaussians (see :class:`StackedFeatures`); recommended with
+        ``"mahalanobis"``, so that the threshold holds ``target_fpr`` on new inputs.
     chunk_size : int, default=128
 
     Attributes

@@ -44,6 +44,9 @@ class RunContext:
     tau : float or None
         Many-class option of the Fisher metrics (:class:`~art_fisher.detection.features.MetricOptions`);
         None: exact.
+    x_reference : ndarray or None
+        More clean training images, for class-conditional Gaussians (the Mahalanobis detector and the
+        stacked detector's Mahalanobis scores); None: ``x_background``. Use :attr:`gaussian_images`.
     shared : dict
         Per-run state that adapters may share (e.g. Fisher metric values computed once per input for
         every Fisher detector and fit); keyed by the adapter module.
@@ -59,6 +62,12 @@ class RunContext:
     progress: bool
     shared: dict[str, Any] = field(default_factory=dict)
     tau: float | None = None
+    x_reference: np.ndarray | None = None
+
+    @property
+    def gaussian_images(self) -> np.ndarray:
+        """The clean training images class-conditional Gaussians are fitted on: ``x_reference`` or ``x_background``."""
+        return self.x_background if self.x_reference is None else self.x_reference
 
 
 @dataclass

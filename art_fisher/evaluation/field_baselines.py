@@ -4,8 +4,9 @@ The scores are those of :mod:`art_fisher.detection.field_scores` (definitions an
 this module fits them as their papers do and enters them in the registry:
 
 - ``mahalanobis`` (Lee et al. 2018): class-conditional Gaussians with a tied covariance on the features
-  of every activation / pooling layer, fitted on clean images (the run's background training images and
-  the clean images of the fit, labelled by the classifier); the per-layer confidence scores feed a
+  of every activation / pooling layer, fitted on the run's reference training images, labelled by the
+  classifier (the paper fits them on training data; an image the Gaussians were fitted on scores as more
+  typical than an unseen one, so no fit image is among them); the per-layer confidence scores feed a
   standardised logistic regression fitted on clean (0) and adversarial (1) examples, as the paper's
   feature ensemble. ``mahalanobis_clean``: no adversarial example, the score of the last feature layer
   alone, thresholded at ``target_fpr`` of clean images. Input preprocessing (``noise``) is off in the
@@ -153,8 +154,9 @@ class MahalanobisRun(DetectorRun):
     def fit(self, x: np.ndarray, y: np.ndarray | None) -> None:
         from art_fisher.evaluation.attacks import predict_labels
 
-        clean = x if y is None else x[np.asarray(y) == 0]
-        x_gauss = np.concatenate([self.ctx.x_background, clean])
+        # Gaussians on training images (the paper's choice), none of the fit images: the scores of the fit
+        # images, on which the logistic regression and the threshold are set, are then those of unseen images
+        x_gauss = self.ctx.gaussian_images
         labels = predict_labels(self.ctx.classifier, x_gauss, self.ctx.batch_size)
         features = _activations(self.ctx, x_gauss, self.layers, pooled=True)
         n_classes = self.ctx.classifier.nb_classes

@@ -45,8 +45,9 @@ class StackedRun(DetectorRun):
                 )
 
         self.detector = CachedStacked(
-            classifier, parts=parts, target_fpr=ctx.target_fpr, x_reference=ctx.x_background, chunk_size=ctx.batch_size
-        )
+            classifier, parts=parts, target_fpr=ctx.target_fpr, x_reference=ctx.gaussian_images,
+            chunk_size=ctx.batch_size,
+        )  # fmt: skip
 
     def fit(self, x: np.ndarray, y: np.ndarray | None) -> None:
         self.detector.fit(x, y)

@@ -186,3 +186,19 @@ def test_registry_and_adaptive_eligibility():
     ]
     with pytest.raises(ValueError, match="lid"):
         adaptive_detectors(["lid"], explicit=True)
+
+
+def test_mahalanobis_gaussians_are_fitted_on_training_images_only(context):
+    """None of the fit images is in the Gaussians: their scores, which set the threshold, are those of unseen images."""
+    ctx, clean, adv = context
+    a, b = MahalanobisRun(ctx), MahalanobisRun(ctx)
+    a.fit(*_labelled(clean, adv))
+    b.fit(clean[:10], None)
+    labels = ctx.classifier.predict(ctx.gaussian_images).argmax(1)
+    for name, gauss in b.gaussians.items():
+        np.testing.assert_array_equal(gauss.means, a.gaussians[name].means)
+        np.testing.assert_array_equal(gauss.precision, a.gaussians[name].precision)
+        model = ctx.classifier.model
+        acts = fs.layer_activations(model, torch.as_tensor(ctx.gaussian_images), [name])[name]
+        expected = fs.ClassGaussians.fit(fs.pooled(acts).detach().numpy(), labels, ctx.classifier.nb_classes)
+        np.testing.assert_allclose(gauss.means, expected.means, rtol=1e-10, atol=1e-12)

@@ -100,3 +100,18 @@ def test_sensitivity_has_no_gradient_and_bad_parts_are_refused(data):
     with pytest.raises(ValueError, match="target_fpr"):
         StackedDetector(clf, target_fpr=1.5)
     assert set(PARTS) == {"fisher", "sensitivity", "confidence", "mahalanobis"}
+
+
+def test_with_reference_images_the_gaussians_see_none_of_the_fit_images(data):
+    """Scores of fit images must be those of unseen images, or a threshold set on them flags more than its target."""
+    clf, x, clean, adv = data
+    a = StackedFeatures(clf, parts=("mahalanobis",), x_reference=x[20:]).fit(clean)
+    b = StackedFeatures(clf, parts=("mahalanobis",), x_reference=x[20:]).fit(
+        np.concatenate([adv, clean[:5]]), np.r_[np.ones(len(adv)), np.zeros(5)]
+    )
+    for name, gauss in a.gaussians_.items():
+        np.testing.assert_array_equal(gauss.means, b.gaussians_[name].means)
+        np.testing.assert_array_equal(gauss.precision, b.gaussians_[name].precision)
+    # without reference images the clean fit rows are all there is
+    c = StackedFeatures(clf, parts=("mahalanobis",)).fit(clean)
+    assert any(not np.array_equal(g.means, a.gaussians_[n].means) for n, g in c.gaussians_.items())
