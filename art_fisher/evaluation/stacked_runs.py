@@ -3,8 +3,9 @@
 ``stacked`` (fitted on clean and adversarial examples) and ``stacked_clean`` (clean inputs only) are
 :class:`~art_fisher.detection.stacked.StackedDetector` on every part: the per-tensor Fisher traces, the
 sensitivity statistics, the confidence and the Mahalanobis scores (the strongest field baseline on
-the same attack). The ablation entries ``stacked_without_<part>`` leave one part out (supervised); they
-are registered but not in the default set (the benchmark ``bench_detection.py`` runs them). Fisher
+the same attack). The ablation entries ``stacked_without_<part>`` and ``stacked_clean_without_<part>``
+leave one part out of the supervised and the clean-calibrated detector; they are registered but not in
+the default set (the benchmark ``bench_detection.py`` runs them). Fisher
 values come from the run's :class:`~art_fisher.evaluation.fisher_runs.FisherFeatureCache`, shared with
 the Fisher detectors. Without the sensitivity part the detector has input gradients (adaptive attacks
 run on ``stacked_without_sensitivity``).
@@ -66,7 +67,11 @@ class StackedRun(DetectorRun):
 
 
 def stacked_specs() -> dict[str, DetectorSpec]:
-    """Registry entries: ``stacked``, ``stacked_clean`` and the leave-one-out ablation (not in the default set)."""
+    """Registry entries: ``stacked``, ``stacked_clean`` and their leave-one-out ablations (not in the default set).
+
+    ``stacked_without_<part>`` is the supervised detector without one of :data:`PARTS`,
+    ``stacked_clean_without_<part>`` the clean-calibrated one.
+    """
     no_grad = "no input gradient through the sensitivity map's statistics"
     specs = {
         "stacked": DetectorSpec(
@@ -81,9 +86,11 @@ def stacked_specs() -> dict[str, DetectorSpec]:
     }
     for part in PARTS:
         kept = tuple(p for p in PARTS if p != part)
-        specs[f"stacked_without_{part}"] = DetectorSpec(
-            f"Stacked without {part}", functools.partial(StackedRun, parts=kept),
-            "fisher" if any(p in kept for p in ("fisher", "sensitivity")) else "baseline",
-            no_gradient=None if "sensitivity" not in kept else no_grad, in_default=False,
-        )  # fmt: skip
+        for variant, supervised in (("stacked", True), ("stacked_clean", False)):
+            specs[f"{variant}_without_{part}"] = DetectorSpec(
+                f"Stacked{'' if supervised else ', clean-calibrated,'} without {part}",
+                functools.partial(StackedRun, parts=kept),
+                "fisher" if any(p in kept for p in ("fisher", "sensitivity")) else "baseline",
+                supervised=supervised, no_gradient=None if "sensitivity" not in kept else no_grad, in_default=False,
+            )  # fmt: skip
     return specs

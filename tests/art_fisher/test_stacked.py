@@ -115,3 +115,17 @@ def test_with_reference_images_the_gaussians_see_none_of_the_fit_images(data):
     # without reference images the clean fit rows are all there is
     c = StackedFeatures(clf, parts=("mahalanobis",)).fit(clean)
     assert any(not np.array_equal(g.means, a.gaussians_[n].means) for n, g in c.gaussians_.items())
+
+
+def test_the_ablation_entries_leave_one_part_out_of_both_variants():
+    import functools
+
+    from art_fisher.detection.stacked import PARTS
+    from art_fisher.evaluation import DETECTORS
+
+    for part in PARTS:
+        for variant, supervised in (("stacked", True), ("stacked_clean", False)):
+            spec = DETECTORS[f"{variant}_without_{part}"]
+            assert spec.supervised is supervised and not spec.in_default
+            assert isinstance(spec.build, functools.partial)
+            assert spec.build.keywords["parts"] == tuple(p for p in PARTS if p != part)

@@ -10,7 +10,8 @@ sd over the seeds:
 - the goals of the detection work: the best Fisher-based detector's unseen-attack ROC-AUC margin over
   every baseline (goal: >= 0.03) and its TPR at the target FPR against every baseline's (goal: not
   below); adaptive evasion at the target FPR for every differentiable detector;
-- the ablation: unseen-attack ROC-AUC and TPR of ``stacked`` minus ``stacked_without_<part>`` per seed
+- the ablation: unseen-attack ROC-AUC and TPR of ``stacked`` minus ``stacked_without_<part>`` (and of
+  ``stacked_clean`` minus ``stacked_clean_without_<part>``) per seed
   (what each part adds), mean ± sd.
 
 Writes JSON to ``tests/benchmarks/results/bench_detection.json`` (``bench_detection_mnist.json`` for
@@ -88,23 +89,28 @@ def _pick(row: dict, metric: str) -> dict:
 
 
 def ablation(result) -> list[dict]:
-    """Per part: stacked minus stacked_without_<part>, unseen AUC and TPR, per seed then mean ± sd."""
+    """Per variant and part: stacked(_clean) minus stacked(_clean)_without_<part>, per seed then mean ± sd.
+
+    Unseen-attack ROC-AUC and TPR, and (supervised only) same-attack ROC-AUC.
+    """
     from art_fisher.detection.stacked import PARTS
 
     per_seed = [{r["detector"]: r for r in run.unseen_summary()} for run in result.runs]
     out = []
-    for part in PARTS:
-        name = f"stacked_without_{part}"
-        if not all("stacked" in s and name in s for s in per_seed):
-            continue
-        out.append({
-            "part": part,
-            "unseen_auc_added": _mean_sd([s["stacked"]["unseen_auc"] - s[name]["unseen_auc"] for s in per_seed]),
-            "unseen_tpr_added": _mean_sd([s["stacked"]["unseen_tpr"] - s[name]["unseen_tpr"] for s in per_seed]),
-            "same_attack_auc_added": _mean_sd(
-                [s["stacked"]["same_attack_auc"] - s[name]["same_attack_auc"] for s in per_seed]
-            ),
-        })  # fmt: skip
+    for variant in ("stacked", "stacked_clean"):
+        for part in PARTS:
+            name = f"{variant}_without_{part}"
+            if not all(variant in s and name in s for s in per_seed):
+                continue
+
+            def added(key: str) -> dict:
+                return _mean_sd([s[variant][key] - s[name][key] for s in per_seed])
+
+            row = {"variant": variant, "part": part, "unseen_auc_added": added("unseen_auc"),
+                   "unseen_tpr_added": added("unseen_tpr")}  # fmt: skip
+            if variant == "stacked":
+                row["same_attack_auc_added"] = added("same_attack_auc")
+            out.append(row)
     return out
 
 
@@ -137,13 +143,14 @@ def main(argv: list[str] | None = None) -> int:
         "n_samples": args.n_samples, "epochs": args.epochs, "target_fpr": args.target_fpr,
         "adaptive": not args.no_adaptive,
     }  # fmt: skip
-    extra = [f"stacked_without_{p}" for p in PARTS]
+    extra = [f"{variant}_without_{p}" for variant in ("stacked", "stacked_clean") for p in PARTS]
     seeds = args.seeds
     if args.smoke:  # differentiable named detectors (adaptive refuses others by name); the stacked ones as extras
         seeds = "0"
         kwargs.update(attacks=["fgsm", "pgd"], n_samples=24, epochs=2, adaptive=True,
                       detectors=["fisher_combined", "max_softmax", "mahalanobis", "energy_clean"])  # fmt: skip
-        extra = ["stacked", "stacked_clean", "stacked_without_fisher", "stacked_without_sensitivity"]
+        extra = ["stacked", "stacked_clean", "stacked_without_fisher", "stacked_without_sensitivity",
+                 "stacked_clean_without_fisher"]  # fmt: skip
     output = Path(args.output) if args.output else Path(tempfile.mkdtemp(prefix="bench_detection_"))
     start = time.perf_counter()
     result = evaluate_seeds(
@@ -177,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  goal AUC margin >= 0.03 over every baseline: {g['auc_goal_met']}; TPR not below: {g['tpr_goal_met']}")
     for r in payload["ablation"]:
         a = r["unseen_auc_added"]
-        print(f"ablation: {r['part']:<12} adds unseen AUC {_fmt(a['mean'], a['sd'], a['n'])}")
+        print(f"ablation: {r['variant']:<13} {r['part']:<12} adds unseen AUC {_fmt(a['mean'], a['sd'], a['n'])}")
     if not args.smoke:
         path = (
             Path(args.json)
