@@ -13,6 +13,12 @@ backward passes of the hook engine run along the columns of ``W``.
 
 A class with ``p_c = 0`` (``z_c = −∞``) has a zero row in ``S`` and in every factor: it contributes
 nothing, as its term ``p_c ∇log p_c ∇log p_cᵀ`` of the Fisher matrix.
+
+Confident predictions: where ``p_ŷ`` is within a few float32 ulps of 1, ``1 − p_ŷ`` computed as a
+difference keeps no correct digit, and every entry of ``S`` is of that size. :func:`complement` takes
+``1 − p_ŷ`` as the sum of the other probabilities instead, and :func:`centered` subtracts a
+probability-weighted mean relative to the most probable class, so that float32 metrics of such inputs
+keep float32 accuracy (about 1e-6 relative, against 3 % measured on confident digits before).
 """
 
 from __future__ import annotations
@@ -24,9 +30,35 @@ import torch
 from torch.func import jacrev, vmap
 
 
+def complement(p: torch.Tensor) -> torch.Tensor:
+    """``1 − p`` (..., C) of probabilities ``p``, the most probable class's as the sum of the other classes'."""
+    top = p.argmax(-1, keepdim=True)
+    return (1 - p).scatter(-1, top, p.scatter(-1, top, 0).sum(-1, keepdim=True))
+
+
+def identity_minus(p: torch.Tensor) -> torch.Tensor:
+    """``I − p 1ᵀ`` (..., C, C): entry ``(c, d)`` is ``δ_cd − p_c``, the diagonal by :func:`complement`."""
+    eye = torch.eye(p.shape[-1], dtype=torch.bool, device=p.device)
+    return torch.where(eye, torch.diag_embed(complement(p)), -p.unsqueeze(-1))
+
+
+def centered(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """``x_c − Σ_d p_d x_d`` along the last axis of ``x`` (..., C), as ``(x_c − x_ŷ) − Σ_d p_d (x_d − x_ŷ)``.
+
+    ``ŷ`` is each row's most probable class; the subtracted sum then has no term of size ``x_ŷ``, so no
+    digit is lost where ``p_ŷ`` rounds to 1. ``p`` (..., C) broadcasts against ``x``.
+    """
+    top = p.argmax(-1, keepdim=True)
+    # Σ_d p_d (x_d − x_ŷ) = Σ_d w_d x_d with w = p but w_ŷ = −(1 − p_ŷ): batched dot products, no (…, C) temporary
+    w = p.scatter(-1, top, -complement(p).gather(-1, top))
+    shifted = (x.unsqueeze(-2) @ w.unsqueeze(-1)).squeeze(-1)
+    return x - x.gather(-1, top.expand(*x.shape[:-1], 1)) - shifted
+
+
 def covariance(p: torch.Tensor) -> torch.Tensor:
-    """``S = diag(p) − p pᵀ`` (..., C, C)."""
-    return torch.diag_embed(p) - p.unsqueeze(-1) * p.unsqueeze(-2)
+    """``S = diag(p) − p pᵀ`` (..., C, C), the diagonal ``p_c (1 − p_c)`` by :func:`complement`."""
+    eye = torch.eye(p.shape[-1], dtype=torch.bool, device=p.device)
+    return torch.where(eye, torch.diag_embed(p * complement(p)), -p.unsqueeze(-1) * p.unsqueeze(-2))
 
 
 def factor(p: torch.Tensor) -> torch.Tensor:
@@ -42,8 +74,7 @@ def factor(p: torch.Tensor) -> torch.Tensor:
 
 def smooth_factor(p: torch.Tensor) -> torch.Tensor:
     """``L = (I − p 1ᵀ) diag(√p)`` (..., C, C) with ``L Lᵀ = diag(p) − p pᵀ``; smooth in ``p``."""
-    eye = torch.eye(p.shape[-1], dtype=p.dtype, device=p.device)
-    return (eye - p.unsqueeze(-1)) * p.sqrt().unsqueeze(-2)
+    return identity_minus(p) * p.sqrt().unsqueeze(-2)
 
 
 def predicted_vs_rest(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch.func import grad, vmap
 
+from art_fisher.metrics.basis import complement
 from art_fisher.metrics.engine.network import FunctionalNet
 
 Direction = str | Sequence[torch.Tensor]
@@ -28,8 +29,10 @@ def class_of(direction: Direction, z: torch.Tensor, y: torch.Tensor | None) -> t
 
 
 def coefficients(z: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
-    """``r = e_y − p`` (n, C): ``v = Jᵀ r = ∇θ log p_y``."""
-    return torch.nn.functional.one_hot(cls, z.shape[-1]).to(z.dtype) - torch.softmax(z, -1)
+    """``r = e_y − p`` (n, C): ``v = Jᵀ r = ∇θ log p_y`` (``1 − p_y`` by :func:`.basis.complement`)."""
+    p = torch.softmax(z, -1)
+    own = torch.nn.functional.one_hot(cls, z.shape[-1]).bool()
+    return torch.where(own, complement(p), -p)
 
 
 def squared_norm(v: dict[str, torch.Tensor]) -> torch.Tensor:

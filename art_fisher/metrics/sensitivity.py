@@ -35,7 +35,7 @@ from art_fisher import _checks
 from art_fisher._deprecation import DEPRECATED, renamed
 from art_fisher.metrics import directions
 from art_fisher.metrics._setup import check_direction_args, no_plan, setup
-from art_fisher.metrics.basis import predicted_vs_rest, reducer, reduction_jacobian
+from art_fisher.metrics.basis import centered, predicted_vs_rest, reducer, reduction_jacobian
 from art_fisher.metrics.directions import Direction
 from art_fisher.metrics.engine import chunking
 from art_fisher.metrics.engine.network import FunctionalNet
@@ -56,10 +56,11 @@ def fis_from_jacobians(z: torch.Tensor, t: torch.Tensor, jz: torch.Tensor, jt: t
     The inputs are ``z`` (n, C), ``t`` (n, G, C), ``∂x z`` (n, C, D) and ``∂x t`` (n, G, C, D).
     """
     p = torch.softmax(z, dim=-1)  # (n, C)
-    dp = p.unsqueeze(-1) * (jz - torch.einsum("nc,ncd->nd", p, jz).unsqueeze(1))  # (n, C, D)
-    b = t - torch.einsum("ngc,nc->ng", t, p).unsqueeze(-1)  # (n, G, C)
-    dpt = torch.einsum("ngcd,nc->ngd", jt, p) + torch.einsum("ngc,ncd->ngd", t, dp)
-    db = jt - dpt.unsqueeze(2)  # (n, G, C, D)
+    # every x − Σ_c p_c x_c through basis.centered (no digit lost where p_ŷ rounds to 1)
+    dp = p.unsqueeze(-1) * centered(jz.transpose(1, 2), p.unsqueeze(1)).transpose(1, 2)  # (n, C, D)
+    b = centered(t, p.unsqueeze(1))  # (n, G, C)
+    jt_centered = centered(jt.transpose(2, 3), p[:, None, None, :]).transpose(2, 3)  # (n, G, C, D)
+    db = jt_centered - torch.einsum("ngc,ncd->ngd", t, dp).unsqueeze(2)  # (n, G, C, D)
     da = dp.unsqueeze(1) * b.unsqueeze(-1) + p[:, None, :, None] * db
     return (da * db).sum(dim=(1, 2))
 

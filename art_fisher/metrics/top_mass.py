@@ -57,7 +57,7 @@ import torch
 from torch import nn
 
 from art_fisher import _checks
-from art_fisher.metrics.basis import Basis, factor
+from art_fisher.metrics.basis import Basis, complement, factor, identity_minus
 from art_fisher.metrics.engine.grams import gram_blocks
 from art_fisher.metrics.engine.network import FunctionalNet
 from art_fisher.metrics.engine.recorder import make_plan
@@ -163,7 +163,7 @@ class TopMass:
         r = p_rest / torch.where(has_rest, q, torch.ones_like(q)).unsqueeze(-1)  # p(c | R), 0 on T
         eye = torch.nn.functional.one_hot(top, n_classes).to(z.dtype)  # (n, K, C)
         # rows of A = ∂(log p_T, log q)/∂z: e_c − p for kept classes, r − p for the rest (0 where padded / empty)
-        rows_t = (eye - p.unsqueeze(1)) * keep.unsqueeze(-1)
+        rows_t = torch.where(eye.bool(), complement(p).unsqueeze(1), -p.unsqueeze(1)) * keep.unsqueeze(-1)
         row_r = (r - p) * has_rest.unsqueeze(-1)
         a = torch.cat([rows_t, row_r.unsqueeze(1)], dim=1)  # (n, K + 1, C)
         p_red = torch.cat([p.gather(1, top) * keep, q.unsqueeze(-1)], dim=1)  # (n, K + 1)
@@ -186,8 +186,7 @@ def _smooth_factor(p: torch.Tensor) -> torch.Tensor:
     """
     positive = p > 0
     root = torch.where(positive, torch.where(positive, p, torch.ones_like(p)).sqrt(), torch.zeros_like(p))
-    eye = torch.eye(p.shape[-1], dtype=p.dtype, device=p.device)
-    return (eye - p.unsqueeze(-1)) * root.unsqueeze(-2)
+    return identity_minus(p) * root.unsqueeze(-2)
 
 
 class TraceEstimate(NamedTuple):
