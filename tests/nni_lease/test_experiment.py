@@ -129,8 +129,12 @@ class _Driver:
             time.sleep(2)
         raise AssertionError("the experiment did not finish in time:\n" + self.output()[-3000:])
 
-    def stop(self, timeout: float = 90) -> int:
-        """Ctrl-C the driver; it must stop the experiment and exit 0."""
+    def stop(self, timeout: float = 180) -> int:
+        """Ctrl-C the driver; it must stop the experiment and exit 0.
+
+        NNI stops the manager and waits for the running trial; that took over 90 s once in a local CI run
+        while another job held one of the two cores.
+        """
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
         try:
