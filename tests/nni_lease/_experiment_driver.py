@@ -7,6 +7,7 @@ Prints ``ID <id>`` when the NNI manager is about to start and ``DONE`` after the
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 
 from nni_lease.multitrial.strategy import LeaseMultiTrial
@@ -24,6 +25,9 @@ TRIAL_ARGS = {"epochs": 2, "max_batches": 10, "val_limit": 128, "pgd_steps": 2, 
 
 
 def main(argv: list[str]) -> int:
+    # A job started in the background by a non-interactive shell inherits SIGINT as ignored, and Python then
+    # leaves it ignored: the test's Ctrl-C would never arrive (CI launched with `&` hung in stop()).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     logging.basicConfig(level=logging.INFO)
     port, experiment_dir, max_trials = int(argv[0]), argv[1], int(argv[2])
     resume_id = argv[3] if len(argv) > 3 else None

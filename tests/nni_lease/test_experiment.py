@@ -129,12 +129,8 @@ class _Driver:
             time.sleep(2)
         raise AssertionError("the experiment did not finish in time:\n" + self.output()[-3000:])
 
-    def stop(self, timeout: float = 180) -> int:
-        """Ctrl-C the driver; it must stop the experiment and exit 0.
-
-        NNI stops the manager and waits for the running trial; that took over 90 s once in a local CI run
-        while another job held one of the two cores.
-        """
+    def stop(self, timeout: float = 90) -> int:
+        """Ctrl-C the driver; it must stop the experiment and exit 0."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
         try:
@@ -267,9 +263,13 @@ def _assert_loopback_only(home: Path, experiment_id: str, port: int) -> None:
     group = _process_group(manager)
     assert manager in {p.pid for p in group}
     for proc in group:
-        for conn in proc.net_connections(kind="inet"):
+        try:
+            connections = proc.net_connections(kind="inet")
+        except (psutil.NoSuchProcess, FileNotFoundError):  # a trial that ended meanwhile listens nowhere
+            continue
+        for conn in connections:
             if conn.status == psutil.CONN_LISTEN:
-                assert conn.laddr.ip == "127.0.0.1", (proc.cmdline(), conn)
+                assert conn.laddr.ip == "127.0.0.1", (conn,)
     if shutil.which("ss"):
         out = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, check=True).stdout
         assert [line.split()[3] for line in out.splitlines()] == [f"127.0.0.1:{port}"]
