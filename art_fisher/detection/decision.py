@@ -44,6 +44,7 @@ __all__ = [
     "default_estimator",
     "detection_labels",
     "estimator_kind",
+    "fit_logistic",
     "new_estimator",
     "routes_metadata",
     "supervised_threshold",
@@ -291,6 +292,21 @@ def supervised_threshold(
         raise ValueError("sample_weight gives the clean (0) examples no weight: no clean threshold can be set.")
     threshold = clean_threshold(scores, target_fpr, sample_weight=weights)
     return threshold, float(np.sum(weights * (scores > threshold)) / weights.sum())
+
+
+def fit_logistic(features: np.ndarray, labels: np.ndarray, target_fpr: float) -> tuple[Pipeline, float]:
+    """``StandardScaler`` + ``LogisticRegression`` fitted on 0 clean / 1 adversarial ``labels`` (N,), and its threshold.
+
+    The threshold flags ``target_fpr`` of clean inputs (:func:`supervised_threshold`). Used by the stacked
+    detector and by the evaluation's supervised baselines.
+    """
+
+    def model() -> Pipeline:
+        return Pipeline([("scale", StandardScaler()), ("logistic", LogisticRegression(max_iter=1000))])
+
+    labels = np.asarray(labels).astype(np.int64)
+    threshold, _ = supervised_threshold(model(), features, labels, target_fpr)
+    return model().fit(features, labels), threshold
 
 
 def _fit_part(

@@ -117,13 +117,20 @@ class StackedFeatures(TransformerMixin, BaseEstimator):
                 clean = _features.check_inputs(self.classifier, self.x_reference, "x_reference")
             else:
                 clean = x if y is None else x[np.asarray(y) == 0]
-            feats = self._layer_features(clean, [*self._layers(), "logits"])
-            labels = feats.pop("logits").argmax(1)
-            n_classes = self.classifier.nb_classes
-            self.gaussians_ = {name: fs.ClassGaussians.fit(feats[name], labels, n_classes) for name in self._layers()}
+            self.gaussians_ = self._class_gaussians(clean)
         self.widths_ = {part: block.shape[1] for part, block in self._columns(x[:1])}
         self.n_features_out_ = sum(self.widths_.values())
         return self
+
+    def _class_gaussians(self, clean: np.ndarray) -> dict[str, fs.ClassGaussians]:
+        """Per feature layer, the class Gaussians of ``clean`` labelled by the classifier.
+
+        The evaluation overrides it to fit them once per run on its reference images.
+        """
+        feats = self._layer_features(clean, [*self._layers(), "logits"])
+        labels = feats.pop("logits").argmax(1)
+        n_classes = self.classifier.nb_classes
+        return {name: fs.ClassGaussians.fit(feats[name], labels, n_classes) for name in self._layers()}
 
     def _layer_features(self, x: np.ndarray, layers: list[str]) -> dict[str, np.ndarray]:
         """Pooled features of ``layers`` (``"logits"`` included), computed in the model's dtype."""
@@ -272,12 +279,10 @@ class StackedDetector(EvasionDetector):
 
     def fit(self, x: np.ndarray, y: np.ndarray | None = None, **kwargs: Any) -> None:
         """With ``y`` (0 clean / 1 adversarial, or one-hot): the logistic pipeline; without: clean-only calibration."""
-        from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import Pipeline
-        from sklearn.preprocessing import StandardScaler
 
         from art_fisher.detection.calibration import QuantileOutlierDetector
-        from art_fisher.detection.decision import detection_labels, supervised_threshold
+        from art_fisher.detection.decision import detection_labels, fit_logistic
 
         x = _features.check_inputs(self.classifier, x)
         features = self._new_features()
@@ -288,12 +293,8 @@ class StackedDetector(EvasionDetector):
             self.threshold_ = 0.0
             return
         labels = detection_labels(y, len(x))
-        f = features.fit_transform(x, labels)
-        head = Pipeline([("scale", StandardScaler()), ("logistic", LogisticRegression(max_iter=1000))])
-        threshold, _ = supervised_threshold(head, f, labels, self.target_fpr)
-        head.fit(f, labels)
+        head, self.threshold_ = fit_logistic(features.fit_transform(x, labels), labels, self.target_fpr)
         self.pipeline_ = Pipeline([("features", features), *head.steps])
-        self.threshold_ = threshold
 
     def decision_scores(self, x: np.ndarray) -> np.ndarray:
         """Decision scores (N,), higher = more adversarial."""

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["DetectorRun", "DetectorSpec", "RunContext", "Scored", "decided", "fit_logistic", "seed_everything"]
+__all__ = ["DetectorRun", "DetectorSpec", "RunContext", "Scored", "decided", "seed_everything"]
 
 
 @dataclass
@@ -158,27 +158,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)  # noqa: NPY002 - ART draws from numpy's global generator
     torch.manual_seed(seed)
-
-
-def fit_logistic(features: np.ndarray, y: np.ndarray, target_fpr: float) -> tuple[Any, float]:
-    """A supervised baseline's ``StandardScaler`` + ``LogisticRegression``, fitted, and its decision threshold.
-
-    The threshold flags ``target_fpr`` of clean inputs
-    (:func:`~art_fisher.detection.decision.supervised_threshold`: the clean examples' out-of-fold scores),
-    as a supervised Fisher detector's does.
-    """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    from art_fisher.detection.decision import supervised_threshold
-
-    def model() -> Any:
-        return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
-
-    labels = np.asarray(y).astype(np.int64)
-    threshold, _ = supervised_threshold(model(), features, labels, target_fpr)
-    return model().fit(features, labels), threshold
 
 
 def decided(estimator: Any, features: np.ndarray, threshold: float | None = None) -> Scored:

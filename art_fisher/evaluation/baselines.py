@@ -7,7 +7,7 @@
   training images.
 - ``max_softmax``: the free baseline of Hendrycks & Gimpel (2017): the classifier's maximum softmax
   probability and the entropy of its prediction, a standardised logistic regression on the two (its
-  threshold flags ``target_fpr`` of clean inputs, :func:`~art_fisher.evaluation.base.fit_logistic`);
+  threshold flags ``target_fpr`` of clean inputs, :func:`~art_fisher.detection.decision.fit_logistic`);
   ``max_softmax_clean`` calibrates the same two features on clean inputs alone (low maximum probability
   and high entropy are suspicious), as the ``fisher_*_clean`` detectors do.
 """
@@ -20,13 +20,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from art_fisher.detection.decision import fit_logistic
 from art_fisher.evaluation.base import (
     DetectorRun,
     DetectorSpec,
     RunContext,
     Scored,
     decided,
-    fit_logistic,
     seed_everything,
 )
 from art_fisher.models import build_model

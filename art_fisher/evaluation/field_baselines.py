@@ -25,7 +25,7 @@ this module fits them as their papers do and enters them in the registry:
 ``mahalanobis``, ``mahalanobis_clean`` and ``energy_clean`` have input gradients (adaptive attacks
 run on them); ``lid`` does not (its score depends on a sampled reference batch). The logistic
 regressions' own decisions flag ``target_fpr`` of clean inputs, as every supervised detector's here
-(:func:`~art_fisher.evaluation.base.fit_logistic`).
+(:func:`~art_fisher.detection.decision.fit_logistic`).
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ import numpy as np
 import torch
 
 from art_fisher.detection import field_scores as fs
-from art_fisher.evaluation.base import DetectorRun, DetectorSpec, RunContext, Scored, decided, fit_logistic
+from art_fisher.detection.decision import fit_logistic
+from art_fisher.evaluation.base import DetectorRun, DetectorSpec, RunContext, Scored, decided
 
 __all__ = ["LID_BATCH", "LID_K", "EnergyRun", "LIDRun", "MahalanobisRun", "field_specs"]
 
@@ -151,16 +152,27 @@ class MahalanobisRun(DetectorRun):
                 out.append(m.detach().cpu().numpy().astype(np.float64))
         return np.concatenate(out)
 
-    def fit(self, x: np.ndarray, y: np.ndarray | None) -> None:
+    def _reference_gaussians(self) -> dict[str, fs.ClassGaussians]:
+        """Per layer, the class Gaussians of the run's reference training images, fitted once per run.
+
+        None of the fit images is among them (the paper fits them on training data): the scores of the fit
+        images, on which the logistic regression and the threshold are set, are then those of unseen images.
+        """
         from art_fisher.evaluation.attacks import predict_labels
 
-        # Gaussians on training images (the paper's choice), none of the fit images: the scores of the fit
-        # images, on which the logistic regression and the threshold are set, are then those of unseen images
-        x_gauss = self.ctx.gaussian_images
-        labels = predict_labels(self.ctx.classifier, x_gauss, self.ctx.batch_size)
-        features = _activations(self.ctx, x_gauss, self.layers, pooled=True)
-        n_classes = self.ctx.classifier.nb_classes
-        self.gaussians = {name: fs.ClassGaussians.fit(features[name], labels, n_classes) for name in self.layers}
+        shared = self.ctx.shared.setdefault(__name__, {})
+        if "gaussians" not in shared:
+            x_gauss = self.ctx.gaussian_images
+            labels = predict_labels(self.ctx.classifier, x_gauss, self.ctx.batch_size)
+            features = _activations(self.ctx, x_gauss, self.layers, pooled=True)
+            n_classes = self.ctx.classifier.nb_classes
+            shared["gaussians"] = {
+                name: fs.ClassGaussians.fit(features[name], labels, n_classes) for name in self.layers
+            }
+        return dict(shared["gaussians"])
+
+    def fit(self, x: np.ndarray, y: np.ndarray | None) -> None:
+        self.gaussians = self._reference_gaussians()
         if y is None:
             self.gaussians = {self.layers[-1]: self.gaussians[self.layers[-1]]}
             self.estimator, self.threshold = _clean_rule(self.ctx.target_fpr, "lower").fit(self._scores(x)), None

@@ -34,10 +34,20 @@ class StackedRun(DetectorRun):
         cache = ctx.shared.setdefault(fisher_runs.__name__, fisher_runs.FisherFeatureCache())
         classifier = ctx.classifier
 
+        shared = ctx.shared.setdefault(__name__, {})
+
         class CachedFeatures(StackedFeatures):
             def _fisher_values(self, x: np.ndarray, metrics: tuple[str, ...]) -> dict[str, np.ndarray]:
                 carrier = FisherInformationDetector(classifier, metrics=metrics, chunk_size=self.chunk_size)
                 return cache.values(carrier, x, self.chunk_size)[0]
+
+            def _class_gaussians(self, clean: np.ndarray) -> dict[str, Any]:
+                # every stacked run of this context fits them on the same reference images: once per run
+                if self.x_reference is None:
+                    return super()._class_gaussians(clean)
+                if "gaussians" not in shared:
+                    shared["gaussians"] = super()._class_gaussians(clean)
+                return shared["gaussians"]
 
         class CachedStacked(StackedDetector):
             def _new_features(self) -> StackedFeatures:
