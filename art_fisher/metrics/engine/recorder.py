@@ -65,6 +65,8 @@ class Plan:
     n_classes : int
     probe : tuple of (Tensor, Tensor)
         The probe's logits (with their graph; parameters are leaves) and its input leaf.
+    sample_shapes : dict of str to (torch.Size, torch.Size)
+        Module name → the per-sample shapes of its input and output in the probe.
     """
 
     covered: dict[str, tuple[str, str]]
@@ -73,11 +75,23 @@ class Plan:
     out_numel: int
     n_classes: int
     probe: tuple[torch.Tensor, torch.Tensor] = field(repr=False)
+    sample_shapes: dict[str, tuple[torch.Size, torch.Size]] = field(default_factory=dict)
 
     def without_hooks(self) -> Plan:
         """The same plan with every parameter sent to ``torch.func`` (tests compare the two)."""
         names = list(self.covered) + self.rest
         return Plan({}, {}, names, 0, self.n_classes, self.probe)
+
+    def batched_like_probe(self, module: str, a: torch.Tensor, out: torch.Tensor, n: int) -> bool:
+        """Whether a call on ``n`` samples has the probe's per-sample shapes with the samples first.
+
+        A layer whose first dimension is not the sample (tokens first, samples folded into another
+        dimension) has shapes that do not scale this way, and is left to ``torch.func``.
+        """
+        want = self.sample_shapes.get(module)
+        if want is None:
+            return False
+        return tuple(a.shape) == (n, *want[0]) and tuple(out.shape) == (n, *want[1])
 
 
 def _has_user_hooks(module: nn.Module) -> bool:
@@ -118,6 +132,7 @@ def make_plan(net: FunctionalNet, x: torch.Tensor) -> Plan:
     selected = set(net.names)
     covered: dict[str, tuple[str, str]] = {}
     rules: dict[str, type[LayerRule]] = {}
+    shapes: dict[str, tuple[torch.Size, torch.Size]] = {}
     out_numel = 0
     for m, recs in records.items():
         if len(recs) != 1:
@@ -125,11 +140,12 @@ def make_plan(net: FunctionalNet, x: torch.Tensor) -> Plan:
         a, out, edge = recs[0]
         if not isinstance(a, torch.Tensor) or not isinstance(out, torch.Tensor) or edge is None:
             continue
-        if id(edge.node) not in node_ids:
+        if id(edge.node) not in node_ids or a.dim() == 0 or a.shape[0] != 1 or out.dim() == 0 or out.shape[0] != 1:
             continue
-        rule = rule_for(modules[m], a)
+        rule = rule_for(modules[m], a, out)
         if rule is None:
             continue
+        shapes[m] = (a.shape[1:], out.shape[1:])
         for kind in rule.kinds:
             full = f"{m}.{kind}" if m else kind
             if modules[m]._parameters.get(kind) is not None and full in selected and uses[full] == 1:
@@ -138,7 +154,7 @@ def make_plan(net: FunctionalNet, x: torch.Tensor) -> Plan:
         if m in rules:
             out_numel += out[0].numel()
     rest = [n for n in net.names if n not in covered]
-    return Plan(covered, rules, rest, out_numel, z.shape[1], (z, xr))
+    return Plan(covered, rules, rest, out_numel, z.shape[1], (z, xr), shapes)
 
 
 @dataclass
@@ -191,7 +207,12 @@ def recorded_forward(net: FunctionalNet, plan: Plan, x: torch.Tensor, *, create_
         if len(recs) != 1:
             continue
         a, out, edge = recs[0]
-        if isinstance(a, torch.Tensor) and isinstance(out, torch.Tensor) and edge is not None:
+        if (
+            isinstance(a, torch.Tensor)
+            and isinstance(out, torch.Tensor)
+            and edge is not None
+            and plan.batched_like_probe(m, a, out, xr.shape[0])
+        ):
             rules[m] = plan.rules[m](modules[m], a if create_graph else a.detach())
             edges[m] = edge
             shapes[m] = out.shape

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from art_fisher.metrics.engine.layers.base import LayerRule, Reducer
+from art_fisher.metrics.engine.layers.base import LayerRule, Reducer, plain
 
 
 class Conv2dRule(LayerRule):
@@ -31,12 +31,16 @@ class Conv2dRule(LayerRule):
         self._uu: torch.Tensor | None = None
 
     @staticmethod
-    def supports(module: nn.Module, a: torch.Tensor) -> bool:
+    def supports(module: nn.Module, a: torch.Tensor, out: torch.Tensor) -> bool:
+        """A plain ``nn.Conv2d`` with zero padding given as numbers; other padding modes are declined."""
         return (
-            type(module) is nn.Conv2d
+            plain(module, (nn.Conv2d,))
             and module.padding_mode == "zeros"
             and not isinstance(module.padding, str)
             and a.dim() == 4
+            and a.shape[1] == module.in_channels
+            and out.dim() == 4
+            and out.shape[:2] == (a.shape[0], module.out_channels)
         )
 
     @property
