@@ -105,11 +105,14 @@ def test_vit_sensitivity_over_direct_parameters_is_refused():
 
 @pytest.mark.parametrize(("groups", "c_in", "c_out"), [(2, 4, 6), (4, 4, 4), (3, 3, 6)])
 @pytest.mark.parametrize("route", ["materialised", "ghost"])
-def test_grouped_and_depthwise_conv_rule(groups, c_in, c_out, route):
+@pytest.mark.parametrize(("size", "stride", "dilation"), [(7, 2, 1), (8, 1, 2), (2, 2, 1)])
+def test_grouped_and_depthwise_conv_rule(groups, c_in, c_out, route, size, stride, dilation):
+    """Depthwise convolutions on maps of 4 or more positions use grouped convolutions, on smaller ones patches."""
     torch.manual_seed(groups)
-    conv = nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, groups=groups).double()
-    x = torch.randn(3, c_in, 7, 7, dtype=torch.float64)
-    model = nn.Sequential(conv, nn.Flatten(), nn.Linear(c_out * 16, 4)).double().eval()
+    conv = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, dilation=dilation, groups=groups).double()
+    x = torch.randn(3, c_in, size, size, dtype=torch.float64)
+    out_numel = conv(x).shape[1:].numel()
+    model = nn.Sequential(conv, nn.Flatten(), nn.Linear(out_numel, 4)).double().eval()
     net = FunctionalNet(model, ["0.weight", "0.bias"], "logits")
     _z, ref = func_grams(net, x, net.names)
     records = {}

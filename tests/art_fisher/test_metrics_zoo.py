@@ -17,9 +17,10 @@ from art_fisher import metrics
 from art_fisher.metrics.engine.layers import RULES
 from art_fisher.metrics.engine.network import FunctionalNet
 from art_fisher.metrics.engine.recorder import make_plan
+from tests.art_fisher.field_models import randomise_norms
 from tests.art_fisher.metrics_cases import Dense
 from tests.art_fisher.test_metrics_models import per_class_reference
-from tests.art_fisher.zoo_models import ZOO, LayerNorm2d, randomise
+from tests.art_fisher.zoo_models import ZOO, LayerNorm2d
 
 #: Models with LayerNorm / GroupNorm modules whose parameters go to torch.func: the exact sensitivity refuses them.
 SENSITIVITY_REFUSED = {"layernorm2d", "other_eps_layernorm", "vit_timm_layernorm"}
@@ -28,7 +29,7 @@ SENSITIVITY_REFUSED = {"layernorm2d", "other_eps_layernorm", "vit_timm_layernorm
 def _model(name: str) -> tuple[nn.Module, torch.Tensor]:
     build, shape, _rest = ZOO[name]
     torch.manual_seed(0)
-    model = randomise(build().double())
+    model = randomise_norms(build()).double()
     x = torch.randn(3, *shape, dtype=torch.float64)
     if name == "channels_last":
         x = x.to(memory_format=torch.channels_last)

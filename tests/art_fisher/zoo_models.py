@@ -203,17 +203,3 @@ def _vit_with(norm: Callable[[int], nn.Module]) -> nn.Module:
         block.norm1, block.norm2 = norm(8), norm(8)
     model.norm = norm(8)
     return model
-
-
-def randomise(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random affine parameters and running statistics for every norm (fresh ones are identities), eval mode."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)) and m.weight is not None:
-                m.weight.copy_(1 + 0.3 * torch.randn(m.weight.shape, generator=gen, dtype=m.weight.dtype))
-                m.bias.copy_(0.2 * torch.randn(m.bias.shape, generator=gen, dtype=m.bias.dtype))
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_mean.copy_(0.2 * torch.randn(m.running_mean.shape, generator=gen, dtype=m.running_mean.dtype))
-                m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=gen, dtype=m.running_var.dtype))
-    return model.eval()
