@@ -13,6 +13,7 @@ import copy
 import pytest
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from art_fisher import metrics
 from art_fisher.metrics.engine.grams import func_grams
@@ -29,8 +30,9 @@ from tests.art_fisher.field_models import (
 from tests.art_fisher.metrics_cases import Dense
 
 TINY = {"resnet": TinyResNet, "mobilenet_v2": TinyMobileNetV2, "vit": TinyViT}
-#: Parameters that the hook engine leaves to torch.func (used directly in the forward, not through a layer).
-DIRECT = {"resnet": [], "mobilenet_v2": [], "vit": ["cls_token", "pos_embed"]}
+#: Parameters that the hook engine leaves to torch.func (none: ViT's class token and position embedding are
+#: covered through their addition / expansion over the samples).
+DIRECT: dict[str, list[str]] = {"resnet": [], "mobilenet_v2": [], "vit": []}
 
 
 def per_class_reference(model: nn.Module, x: torch.Tensor, names: list[str] | None = None) -> dict[str, torch.Tensor]:
@@ -79,28 +81,23 @@ def test_tiny_models_exact_in_float64(name):
     assert not model.training
 
 
-@pytest.mark.parametrize("name", ["resnet", "mobilenet_v2", "vit"])
+@pytest.mark.parametrize("name", ["resnet", "mobilenet_v2", "vit", "vit_written_out"])
 def test_tiny_models_sensitivity_in_float64(name):
-    """ResNet / MobileNetV2: the first-order path (piecewise linear); ViT: second order, written-out attention."""
-    model, x = _tiny(name)
-    if name == "vit":  # the fused attention kernel has no second derivative on the CPU
+    """ResNet / MobileNetV2: the first-order path (piecewise linear); ViT: second order, the class token and
+    position embedding included, with the fused attention kernel (which has no double backward on the CPU)
+    and written out."""
+    model, x = _tiny(name.removesuffix("_written_out"))
+    if name == "vit_written_out":
         for block in model.blocks:
             block.attn.fused = False
     x = x[:2]
-    names = [n for n, _ in model.named_parameters() if n not in DIRECT[name]]
-    dense = Dense(model, names)
-    got = metrics.fisher_sensitivity(model, x, params=names)
-    for i in range(x.shape[0]):
-        v = dense.predicted_gradient(x[i])
-        want = dense.sensitivity(x[i], v / v.norm(), blockwise=True)
-        torch.testing.assert_close(got[i], want, rtol=1e-8, atol=1e-12 * want.abs().max().item())
-
-
-def test_vit_sensitivity_over_direct_parameters_is_refused():
-    """cls_token / pos_embed need torch.func, whose mixed second derivatives through LayerNorm are wrong."""
-    model, x = _tiny("vit")
-    with pytest.raises(NotImplementedError, match="LayerNorm"):
-        metrics.fisher_sensitivity(model, x[:1])
+    got = metrics.fisher_sensitivity(model, x)
+    dense = Dense(model)
+    with sdpa_kernel([SDPBackend.MATH]):  # the reference's own double backward through the attention
+        for i in range(x.shape[0]):
+            v = dense.predicted_gradient(x[i])
+            want = dense.sensitivity(x[i], v / v.norm(), blockwise=True)
+            torch.testing.assert_close(got[i], want, rtol=1e-8, atol=1e-12 * want.abs().max().item())
 
 
 @pytest.mark.parametrize(("groups", "c_in", "c_out"), [(2, 4, 6), (4, 4, 4), (3, 3, 6)])
@@ -199,7 +196,7 @@ def test_real_models_float32_against_per_class_autograd(name):
     torch.testing.assert_close(metrics.fisher_quadratic_form(model, x), ref["quad"], rtol=1e-4, atol=0)
     net = FunctionalNet(model, [n for n, _ in model.named_parameters()], "logits")
     rest = make_plan(net, x).rest
-    assert rest == ([] if name != "vit_tiny" else ["cls_token", "pos_embed"])
+    assert rest == []
 
 
 def test_real_mobilenet_v2_float64_small_width():

@@ -149,6 +149,27 @@ class Tied(nn.Module):
         return self.head(h)
 
 
+class DirectParameters(nn.Module):
+    """Parameters used directly: added with broadcasting (covered), subtracted, scaled or used twice (declined)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.channel_shift = nn.Parameter(0.3 * torch.randn(4, 1, 1))  # broadcast over the positions
+        self.map_shift = nn.Parameter(0.3 * torch.randn(1, 1, 6, 6))  # broadcast over the channels
+        self.shift_sub = nn.Parameter(0.3 * torch.randn(4, 6, 6))
+        self.shift_alpha = nn.Parameter(0.3 * torch.randn(4, 6, 6))
+        self.shift_twice = nn.Parameter(0.3 * torch.randn(4, 6, 6))
+        self.head = nn.Linear(4 * 36, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.conv(x) + self.channel_shift)
+        h = torch.tanh(h + self.map_shift) - self.shift_sub
+        h = torch.tanh(torch.add(h, self.shift_alpha, alpha=2.0))
+        h = torch.tanh(h + self.shift_twice) * self.shift_twice
+        return self.head(h.flatten(1))
+
+
 def _lazy() -> nn.Module:
     model = nn.Sequential(nn.Flatten(), nn.LazyLinear(6), nn.Tanh(), nn.Linear(6, 5))
     model(torch.zeros(1, 2, 3))  # materialise (the lazy module becomes an nn.Linear)
@@ -193,7 +214,12 @@ ZOO: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], list[str] | None]
     "groupnorm": (lambda: ConvNet(nn.GroupNorm(2, 4)), (3, 6, 6), ["norm.weight", "norm.bias"]),
     "identity_standins": (lambda: ConvNet(nn.Identity(), act=nn.Identity()), (3, 6, 6), []),
     "tied": (Tied, (6,), ["enc.weight"]),
-    "vit_timm_layernorm": (lambda: _vit_with(TimmLayerNorm), (3, 8, 8), ["cls_token", "pos_embed"]),
+    "vit_timm_layernorm": (lambda: _vit_with(TimmLayerNorm), (3, 8, 8), []),
+    "direct_parameters": (
+        DirectParameters,
+        (3, 6, 6),
+        ["shift_sub", "shift_alpha", "shift_twice"],
+    ),
 }
 
 

@@ -10,7 +10,9 @@ are autograd leaves, which parameters the hook engine computes: a parameter is c
 has a rule (:mod:`art_fisher.metrics.engine.layers`), carries no user hooks, ran exactly once with an
 output that reaches the logits, and the parameter enters the autograd graph through exactly one edge.
 A weight that is tied to another module, used transposed or read directly in the forward (``F.linear(h,
-self.emb.weight)``), or a module called twice, fails one of these and goes to ``torch.func``.
+self.emb.weight)``), or a module called twice, fails one of these and goes to ``torch.func``. A parameter
+used directly and only once, added to or expanded over the samples (a ViT's class token and position
+embedding, :mod:`~art_fisher.metrics.engine.layers.direct`), is covered through its autograd node.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from torch import nn
 from torch.autograd.graph import GradientEdge, get_gradient_edge
 
 from art_fisher.metrics.engine.layers import LayerRule, is_candidate, rule_for
+from art_fisher.metrics.engine.layers.direct import DirectRule, broadcast_shape, direct_node_ok
 from art_fisher.metrics.engine.network import FunctionalNet
 
 
@@ -94,6 +97,10 @@ class Plan:
         return tuple(a.shape) == (n, *want[0]) and tuple(out.shape) == (n, *want[1])
 
 
+#: Prefix of the plan's keys for directly used parameters (no module name starts with a NUL character).
+DIRECT = "\x00direct:"
+
+
 def _has_user_hooks(module: nn.Module) -> bool:
     return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks)
 
@@ -153,8 +160,50 @@ def make_plan(net: FunctionalNet, x: torch.Tensor) -> Plan:
                 rules[m] = rule
         if m in rules:
             out_numel += out[0].numel()
+    for name, (_node, out_shape) in _direct_uses(nodes, leaves, uses, covered).items():
+        key = DIRECT + name
+        covered[name] = (key, "param")
+        rules[key] = DirectRule
+        shapes[key] = (leaves[name].shape, torch.Size(out_shape[1:]))
+        out_numel += torch.Size(out_shape[1:]).numel()
     rest = [n for n in net.names if n not in covered]
     return Plan(covered, rules, rest, out_numel, z.shape[1], (z, xr), shapes)
+
+
+def _node_output_shape(node: object) -> tuple[int, ...] | None:
+    """The shape of the (first) output of an autograd node, or None where the node does not tell it."""
+    meta = getattr(node, "_input_metadata", None)
+    if not meta:
+        return None
+    shape = getattr(meta[0], "shape", None)
+    return tuple(shape) if shape is not None else None
+
+
+def _consumers(nodes: list, leaves: dict[str, torch.Tensor]) -> dict[str, object]:
+    """Parameter name → the autograd node that takes its leaf as an input (the last one found)."""
+    name_of_leaf = {id(t): n for n, t in leaves.items()}
+    found: dict[str, object] = {}
+    for node in nodes:
+        for child, _i in node.next_functions:
+            if child is not None and type(child).__name__ == "AccumulateGrad" and id(child.variable) in name_of_leaf:
+                found[name_of_leaf[id(child.variable)]] = node
+    return found
+
+
+def _direct_uses(
+    nodes: list, leaves: dict[str, torch.Tensor], uses: Counter[str], covered: dict[str, tuple[str, str]]
+) -> dict[str, tuple[object, tuple[int, ...]]]:
+    """Parameters used once, added or expanded over the samples: name → (their node, its output shape)."""
+    out: dict[str, tuple[object, tuple[int, ...]]] = {}
+    for name, node in _consumers(nodes, leaves).items():
+        if name in covered or uses[name] != 1 or not direct_node_ok(node):
+            continue
+        shape = _node_output_shape(node)
+        if shape is None or len(shape) == 0 or shape[0] != 1:
+            continue
+        if broadcast_shape(tuple(leaves[name].shape), shape) is not None:
+            out[name] = (node, shape)
+    return out
 
 
 @dataclass
@@ -196,13 +245,18 @@ def recorded_forward(net: FunctionalNet, plan: Plan, x: torch.Tensor, *, create_
     requires grad), so that everything computed from them is differentiable in ``x``.
     """
     modules = dict(net.model.named_modules())
-    planned = {m: modules[m] for m in plan.rules}
+    planned = {m: modules[m] for m in plan.rules if not m.startswith(DIRECT)}
+    direct = {
+        n: net.base[n].detach().requires_grad_(True) for n, (m, _k) in plan.covered.items() if m.startswith(DIRECT)
+    }
     xr = x if create_graph and x.requires_grad else x.detach().requires_grad_(True)
     with torch.enable_grad(), recording(planned) as records:
-        z = net.logits(net.selected(), xr)
+        z = net.logits({**net.selected(), **direct}, xr)
     rules: dict[str, LayerRule] = {}
     edges: dict[str, GradientEdge] = {}
     shapes: dict[str, torch.Size] = {}
+    if direct:
+        _record_direct(plan, z, direct, xr.shape[0], rules, edges, shapes)
     for m, recs in records.items():
         if len(recs) != 1:
             continue
@@ -218,3 +272,23 @@ def recorded_forward(net: FunctionalNet, plan: Plan, x: torch.Tensor, *, create_
             shapes[m] = out.shape
     missing = [p for p, (m, _k) in plan.covered.items() if m not in rules]
     return Recorded(z, xr, rules, edges, shapes, missing)
+
+
+def _record_direct(
+    plan: Plan,
+    z: torch.Tensor,
+    leaves: dict[str, torch.Tensor],
+    n: int,
+    rules: dict[str, LayerRule],
+    edges: dict[str, GradientEdge],
+    shapes: dict[str, torch.Size],
+) -> None:
+    """Rules, edges and output shapes of the directly used parameters of one recorded pass (those found as planned)."""
+    for name, node in _consumers(graph_nodes(z), leaves).items():
+        key = DIRECT + name
+        shape = _node_output_shape(node)
+        if not direct_node_ok(node) or shape is None or shape != (n, *plan.sample_shapes[key][1]):
+            continue
+        rules[key] = DirectRule(nn.Identity(), leaves[name].detach(), shape)
+        edges[key] = GradientEdge(node, 0)
+        shapes[key] = torch.Size(shape)
