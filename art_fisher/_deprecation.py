@@ -5,9 +5,6 @@ from __future__ import annotations
 import warnings
 from typing import Any, ClassVar
 
-__all__ = ["DEPRECATED", "RenamedParamsMixin", "renamed"]
-
-
 #: Default of a deprecated keyword argument or estimator parameter: the caller did not pass it (the
 #: string scikit-learn uses for the purpose, so ``get_params``, ``clone`` and saved files need nothing new).
 DEPRECATED = "deprecated"

@@ -94,8 +94,8 @@ class _OneLineParser(argparse.ArgumentParser):
 
 
 def _run_seeds(args: argparse.Namespace, progress: bool) -> int:
-    from art_fisher.evaluation.security_curve import security_curve_stage
-    from art_fisher.evaluation.seeds import evaluate_seeds, parse_seeds
+    from art_fisher.evaluation._security_curve import security_curve_stage
+    from art_fisher.evaluation._seeds import evaluate_seeds, parse_seeds
 
     try:
         seeds = parse_seeds(args.seeds)
@@ -124,9 +124,9 @@ def _run_seeds(args: argparse.Namespace, progress: bool) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the ``art-fisher`` argument parser."""
-    from art_fisher.data.loaders import DATASETS
+    from art_fisher.data._loaders import DATASETS
     from art_fisher.evaluation import ATTACKS, DEFAULT_ATTACKS, DEFAULT_DETECTORS, DETECTORS
-    from art_fisher.models import ARCHITECTURES
+    from art_fisher.models._architectures import ARCHITECTURES
 
     parser = _OneLineParser(
         prog="art-fisher",

@@ -56,5 +56,5 @@ def test_hpo_experiment_builds_its_experiment(tmp_path):
     proc = _run("hpo_experiment.py", "--dry-run", "--max-trials", "2", "--experiment-dir", str(tmp_path / "exp"),
                 home=tmp_path)  # fmt: skip
     config = json.loads(proc.stdout[proc.stdout.index("{") :])
-    assert config["maxTrialNumber"] == 2 and "nni_lease.runtime.hpo trial" in config["trialCommand"]
+    assert config["maxTrialNumber"] == 2 and "nni_lease.runtime._hpo trial" in config["trialCommand"]
     assert not (tmp_path / "exp").exists() or not any((tmp_path / "exp").iterdir())  # nothing started

@@ -1,8 +1,8 @@
-"""Parameters of :class:`~art_fisher.detection.detector.FisherInformationDetector`: constructor, checks, set_params.
+"""Parameters of :class:`~art_fisher.detection.FisherInformationDetector`: constructor, checks, set_params.
 
 ART's ``EvasionDetector`` keeps a detector's settings as attributes named in ``defence_params``, which
 ``get_params`` reads and ``set_params`` writes; this base class holds that part (the parameters are
-documented on :class:`~art_fisher.detection.detector.FisherInformationDetector`).
+documented on :class:`~art_fisher.detection.FisherInformationDetector`).
 """
 
 from __future__ import annotations
@@ -17,12 +17,10 @@ from art.defences.detector.evasion import EvasionDetector
 from sklearn.exceptions import NotFittedError
 
 from art_fisher._deprecation import DEPRECATED, renamed
-from art_fisher.detection import features as _features
-from art_fisher.detection.decision import estimator_kind
+from art_fisher.detection import _features
+from art_fisher.detection._decision import estimator_kind
 
-logger = logging.getLogger("art_fisher.detection.detector")
-
-__all__ = ["THRESHOLDS", "DetectorParameters"]
+logger = logging.getLogger("art_fisher.detection._detector")
 
 #: The named decision thresholds (a detector's ``threshold`` may also be a number).
 THRESHOLDS = ("target_fpr", "estimator")

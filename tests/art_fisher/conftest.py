@@ -24,8 +24,8 @@ def digits_cnn() -> DigitsCNN:
     import torch
     from art.estimators.classification import PyTorchClassifier
 
-    from art_fisher.data.loaders import load_digits
-    from art_fisher.models import SmallCNN, train_model
+    from art_fisher.data._loaders import load_digits
+    from art_fisher.models._architectures import SmallCNN, train_model
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     data = load_digits()

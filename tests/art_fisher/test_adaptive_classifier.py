@@ -1,5 +1,4 @@
-"""Tests of :mod:`art_fisher.adversarial.adaptive_classifier`: classifier + Fisher detector as one ART model under ART's
-attacks."""
+"""Tests of :mod:`art_fisher.adversarial`: classifier + Fisher detector as one ART model under ART's attacks."""
 
 from __future__ import annotations
 
@@ -7,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from art_fisher.adversarial.adaptive_classifier import AdaptiveDetectorClassifier
-from art_fisher.detection.detector import FisherInformationDetector
+from art_fisher.adversarial._adaptive_classifier import AdaptiveDetectorClassifier
+from art_fisher.detection._detector import FisherInformationDetector
 from tests.art_fisher.adaptive_cases import central_difference_check, fitted_detector, smooth_classifier
 
 

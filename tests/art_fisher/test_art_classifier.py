@@ -1,4 +1,4 @@
-"""Tests of :mod:`art_fisher.adversarial.art_classifier`: detection logits as ART classifiers (Fisher's and ART's
+"""Tests of :mod:`art_fisher.detection`: detection logits as ART classifiers (Fisher's and ART's
 detectors)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from art_fisher.adversarial.art_classifier import DetectionLogitClassifier, art_detector_logit
+from art_fisher.detection._logit import DetectionLogitClassifier, art_detector_logit
 from tests.art_fisher.adaptive_cases import central_difference_check, fitted_detector, smooth_classifier
 
 

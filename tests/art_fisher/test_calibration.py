@@ -1,4 +1,4 @@
-"""Tests of :mod:`art_fisher.detection.calibration`: clean-only calibration at a target false-positive rate."""
+"""Tests of :mod:`art_fisher.detection`: clean-only calibration at a target false-positive rate."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from art_fisher.detection.calibration import QuantileOutlierDetector
+from art_fisher.detection._calibration import QuantileOutlierDetector
 
 
 @parametrize_with_checks([QuantileOutlierDetector(target_fpr=0.2, polarity="two-sided", combine="mean")])

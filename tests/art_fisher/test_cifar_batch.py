@@ -1,4 +1,4 @@
-"""The one CIFAR-10 batch reader of both packages (art_fisher.data.cifar_batch): real layouts load, hostile
+"""The one CIFAR-10 batch reader of both packages (art_fisher.data._cifar_batch): real layouts load, hostile
 files are refused with the file's name and without allocating what they declare."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from art_fisher.data.cifar_batch import (
+from art_fisher.data._cifar_batch import (
     MAX_BATCH_FILE_BYTES,
     CifarBatchError,
     UnsafeCifarBatchError,

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from art_fisher.cli import main
-from art_fisher.models import SmallCNN
+from art_fisher.models._architectures import SmallCNN
 
 
 @pytest.fixture(autouse=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from art_fisher.data.loaders import load_cifar10, load_dataset, load_digits, load_mnist
+from art_fisher.data._loaders import load_cifar10, load_dataset, load_digits, load_mnist
 
 
 # ------------------------------------------------------------------------------------ writers
@@ -309,7 +309,7 @@ _RSS_PROBE = """
 import gzip, pickle, resource, sys
 from pathlib import Path
 import numpy as np
-from art_fisher.data.loaders import load_cifar10, load_mnist
+from art_fisher.data._loaders import load_cifar10, load_mnist
 
 root = Path(sys.argv[1])
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -331,7 +331,7 @@ class _ZeroStride:
 
 def test_hostile_files_do_not_grow_the_process(tmp_path):
     """Peak RSS of a fresh process loading the hostile files above (nni_lease reads CIFAR through the same
-    art_fisher.data.cifar_batch; its own test measures the traced peak)."""
+    art_fisher.data._cifar_batch; its own test measures the traced peak)."""
     (tmp_path / "cifar").mkdir()
     with open(tmp_path / "cifar" / "test_batch", "wb") as fh:
         pickle.dump({b"data": _ZeroStride(), b"labels": [0]}, fh, protocol=2)
@@ -485,7 +485,7 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 _BOMB_PROBE = """
 import resource, sys, time
 from pathlib import Path
-from art_fisher.data.loaders import load_cifar10, load_mnist
+from art_fisher.data._loaders import load_cifar10, load_mnist
 
 kind, path = sys.argv[1], Path(sys.argv[2])
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -563,7 +563,7 @@ def test_npz_reads_only_the_members_it_checked(tmp_path):
 
 
 def test_cifar_refusals_describe_without_repr():
-    from art_fisher.data.cifar_batch import describe
+    from art_fisher.data._cifar_batch import describe
 
     huge = [b"\0" * 10**6] * 10**5
     text = describe(huge)

@@ -1,4 +1,4 @@
-"""Tests of :mod:`art_fisher.detection.detector` (and the shared feature extraction) on a digits CNN and ART attacks."""
+"""Tests of :class:`FisherInformationDetector` (and the shared feature extraction) on a digits CNN and ART attacks."""
 
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from art_fisher.detection import features as _features
-from art_fisher.detection.calibration import QuantileOutlierDetector
-from art_fisher.detection.detector import FisherInformationDetector, default_estimator
-from art_fisher.detection.estimators import FisherFeatures, ThresholdClassifier
+from art_fisher.detection import _features
+from art_fisher.detection._calibration import QuantileOutlierDetector
+from art_fisher.detection._decision import default_estimator
+from art_fisher.detection._detector import FisherInformationDetector
+from art_fisher.detection._estimators import FisherFeatures, ThresholdClassifier
 
 SCALAR_METRICS = ("trace", "quadratic_form", "max_eigenvalue")
 

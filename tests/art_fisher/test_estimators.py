@@ -1,4 +1,4 @@
-"""Tests of :mod:`art_fisher.detection.estimators`: the threshold classifier and the Fisher feature transformer."""
+"""Tests of :mod:`art_fisher.detection`: the threshold classifier and the Fisher feature transformer."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from art_fisher.detection import features as _features
-from art_fisher.detection.estimators import FisherFeatures, ThresholdClassifier
+from art_fisher.detection import _features
+from art_fisher.detection._estimators import FisherFeatures, ThresholdClassifier
 
 
 @parametrize_with_checks(
@@ -193,7 +193,7 @@ def test_detector_and_transformer_share_one_options_object(digits_cnn):
     """Same option names, defaults, checks and messages for FisherFeatures and the detector."""
     import inspect
 
-    from art_fisher.detection.detector import FisherInformationDetector
+    from art_fisher.detection._detector import FisherInformationDetector
 
     for cls in (FisherFeatures, FisherInformationDetector):
         signature = inspect.signature(cls.__init__).parameters

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from art_fisher.data.loaders import load_digits
+from art_fisher.data._loaders import load_digits
 from art_fisher.evaluation import (
     DEFAULT_DETECTORS,
     DETECTORS,
@@ -22,11 +22,11 @@ from art_fisher.evaluation import (
     EvaluationResult,
     Scored,
     evaluate,
-    model_cache,
     prepare,
 )
-from art_fisher.evaluation.report import transfer_matrix, unseen_summary
-from art_fisher.models import SmallCNN, train_model
+from art_fisher.evaluation import _model as model_cache
+from art_fisher.evaluation.report._report import transfer_matrix, unseen_summary
+from art_fisher.models._architectures import SmallCNN, train_model
 
 # A reduced run: few images, two quick attacks, a model trained once for the module (below).
 SMALL = {"attacks": ["fgsm", "pgd"], "n_samples": 40, "seed": 3}
@@ -241,7 +241,7 @@ def test_unusable_model_cache_is_rebuilt_with_a_warning(tmp_path, caplog, kind):
     first = model_cache.cached_model(**kwargs)
     assert first.status == "trained"
     _corrupt(kind, first.path, data)
-    with caplog.at_level("WARNING", logger="art_fisher.evaluation.model_cache"):
+    with caplog.at_level("WARNING", logger="art_fisher.evaluation._model"):
         rebuilt = model_cache.cached_model(**kwargs)
     assert rebuilt.status == "rebuilt" and str(first.path) in caplog.text and "unusable" in caplog.text
     again = model_cache.cached_model(**kwargs)  # the replaced file is good again
@@ -364,10 +364,10 @@ def test_sensitivity_detector_and_summary_helpers(digits_model, tmp_path):
 
 def test_fisher_values_are_computed_once_per_input_and_metric(digits_cnn, monkeypatch):
     """Every Fisher detector and fit of a run shares one cache; values and decisions are unchanged by it."""
-    from art_fisher.detection import features as _features
-    from art_fisher.detection.detector import FisherInformationDetector
-    from art_fisher.evaluation.base import RunContext
-    from art_fisher.evaluation.fisher_runs import FisherRun
+    from art_fisher.detection import _features
+    from art_fisher.detection._detector import FisherInformationDetector
+    from art_fisher.evaluation.detectors._base import RunContext
+    from art_fisher.evaluation.detectors._fisher import FisherRun
 
     clf = digits_cnn.classifier
     ctx = RunContext(classifier=clf, model=clf.model, x_background=digits_cnn.x_train[:4], seed=0,

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from art_fisher.data.loaders import load_digits
+from art_fisher.data._loaders import load_digits
 from art_fisher.evaluation import DEFAULT_DETECTORS, DETECTORS, evaluate, prepare
-from art_fisher.evaluation.adaptive_attacks import ADAPTIVE_ATTACKS, STEPS, THREAT_MODEL, adaptive_detectors
-from art_fisher.models import SmallCNN, train_model
+from art_fisher.evaluation._attacks import ADAPTIVE_ATTACKS, STEPS, THREAT_MODEL, adaptive_detectors
+from art_fisher.models._architectures import SmallCNN, train_model
 
 DETECTORS_HERE = ["fisher_trace", "fisher_trace_clean", "max_softmax"]
 

@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from art_fisher.detection import features as _features
-from art_fisher.detection.detector import FisherInformationDetector
-from art_fisher.detection.estimators import FisherFeatures
-from art_fisher.detection.transforms import LogTransformer
+from art_fisher.detection import _features
+from art_fisher.detection._detector import FisherInformationDetector
+from art_fisher.detection._estimators import FisherFeatures, LogTransformer
 from tests.art_fisher.adaptive_cases import central_difference_check, smooth_classifier
 
 

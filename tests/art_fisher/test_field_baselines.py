@@ -12,10 +12,10 @@ import pytest
 import torch
 from torch import nn
 
-from art_fisher.detection import field_scores as fs
+from art_fisher.detection import _layer_scores as fs
 from art_fisher.evaluation import DETECTORS, RunContext
-from art_fisher.evaluation.adaptive_attacks import adaptive_detectors, shifted_logit
-from art_fisher.evaluation.field_baselines import EnergyRun, LIDRun, MahalanobisRun
+from art_fisher.evaluation._attacks import adaptive_detectors, shifted_logit
+from art_fisher.evaluation.detectors._layer_baselines import EnergyRun, LIDRun, MahalanobisRun
 from tests.art_fisher.adaptive_cases import central_difference_check, smooth_classifier
 
 

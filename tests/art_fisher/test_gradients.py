@@ -1,4 +1,4 @@
-"""Tests of :mod:`art_fisher.adversarial.gradients`: the detector's logit as a torch function and its exact input
+"""Tests of :mod:`art_fisher.detection`: the detector's logit as a torch function and its exact input
 gradient."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import pytest
 import torch
 from sklearn.ensemble import RandomForestClassifier
 
-from art_fisher.adversarial.gradients import NotDifferentiableError
-from art_fisher.detection.detector import FisherInformationDetector
+from art_fisher.detection._detector import FisherInformationDetector
+from art_fisher.detection._logit import NotDifferentiableError
 from tests.art_fisher.adaptive_cases import central_difference_check, fitted_detector, smooth_classifier
 
 
@@ -41,7 +41,7 @@ def test_logit_agrees_with_detect_and_its_gradient_with_central_differences(smoo
 
 def test_quantile_gradient_is_that_of_the_largest_column():
     """The clean-only estimator's max passes the gradient of its active column (checked against that column alone)."""
-    from art_fisher.adversarial.gradients import estimator_logit
+    from art_fisher.detection._logit import estimator_logit
 
     clf, x = smooth_classifier("mlp")
     detector = fitted_detector(clf, x, "quantile")

@@ -164,7 +164,7 @@ def test_inputs_with_unusual_strides_give_the_same_numbers():
     """A numpy slice with a stride-0 / odd-stride size-1 axis used to break the Gram code's views."""
     import numpy as np
 
-    from art_fisher.models import SmallCNN
+    from art_fisher.models._architectures import SmallCNN
 
     torch.manual_seed(0)
     model = SmallCNN().eval()

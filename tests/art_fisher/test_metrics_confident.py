@@ -2,8 +2,8 @@
 
 Where the most probable class has ``p`` within a few float32 ulps of 1, ``1 − p`` computed as a difference
 keeps no correct digit, and every Fisher metric is of the size of ``1 − p``. A float32 trace of such
-digits was off by up to 3.4 % before :func:`art_fisher.metrics.basis.complement` and
-:func:`~art_fisher.metrics.basis.centered`; these tests fail at that error.
+digits was off by up to 3.4 % before :func:`art_fisher.metrics._basis.complement` and
+:func:`~art_fisher.metrics._basis.centered`; these tests fail at that error.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from art_fisher import metrics
-from art_fisher.metrics.basis import centered, complement, covariance
+from art_fisher.metrics._basis import centered, complement, covariance
 
 #: float32 rounding through a few layers and backward passes; the error these tests guard against is ~1e-2.
 RTOL = 2e-4

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from art_fisher.metrics.basis import make_basis
+from art_fisher.metrics._basis import make_basis
 from art_fisher.metrics.engine import chunking
 from art_fisher.metrics.engine.grams import directional, func_grams, gram_blocks
 from art_fisher.metrics.engine.layers import RULES, Conv2dRule, LinearRule

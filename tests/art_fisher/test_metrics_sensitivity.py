@@ -8,10 +8,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from art_fisher import fisher_sensitivity
-from art_fisher.metrics import sensitivity as sens
+from art_fisher.metrics import _sensitivity as sens
 from art_fisher.metrics.engine.network import FunctionalNet
 from art_fisher.metrics.engine.recorder import make_plan
-from art_fisher.models import CifarCNN, SmallCNN
+from art_fisher.models._architectures import CifarCNN, SmallCNN
 from tests.art_fisher.metrics_cases import make_case
 
 TOL = 1e-8

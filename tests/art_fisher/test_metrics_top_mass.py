@@ -1,4 +1,4 @@
-"""The many-class option (``tau``, :mod:`art_fisher.metrics.top_mass`) against dense float64 references.
+"""The many-class option (``tau``, :mod:`art_fisher.metrics`) against dense float64 references.
 
 Checked on every sample: the identity ``F − F_τ = q F_R`` (trace, quadratic form), the lower bound
 ``M(F_τ) ≤ M(F)`` and the error bound ``M(F) − M(F_τ) ≤ q D_R²`` (trace, λ_max, quadratic form); and,
@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from art_fisher import metrics
+from art_fisher.metrics._top_mass import TopMass, kept_classes
+from art_fisher.metrics._trace import block_traces
 from art_fisher.metrics.engine.network import FunctionalNet
 from art_fisher.metrics.engine.recorder import make_plan
-from art_fisher.metrics.top_mass import TopMass, kept_classes
-from art_fisher.metrics.trace import block_traces
 from tests.art_fisher.field_models import TinyMobileNetV2, TinyViT, randomise_norms
 from tests.art_fisher.metrics_cases import Dense
 
@@ -167,8 +167,8 @@ def test_tau_refuses_predicted_vs_rest_and_the_estimate_checks_its_arguments():
 
 
 def test_detector_and_features_pass_tau_to_every_metric_but_the_sensitivity(digits_cnn, tmp_path):
-    from art_fisher.detection.detector import FisherInformationDetector
-    from art_fisher.detection.estimators import FisherFeatures
+    from art_fisher.detection._detector import FisherInformationDetector
+    from art_fisher.detection._estimators import FisherFeatures
 
     clf = digits_cnn.classifier
     x = digits_cnn.x_test[:6].astype(np.float32)
@@ -199,8 +199,8 @@ def test_detector_and_features_pass_tau_to_every_metric_but_the_sensitivity(digi
 
 def test_evaluation_checks_tau_and_hands_it_to_the_fisher_detectors(digits_cnn, tmp_path):
     from art_fisher.evaluation import prepare
-    from art_fisher.evaluation.base import RunContext
-    from art_fisher.evaluation.fisher_runs import FisherRun
+    from art_fisher.evaluation.detectors._base import RunContext
+    from art_fisher.evaluation.detectors._fisher import FisherRun
 
     with pytest.raises(ValueError, match="tau must be a float in"):
         prepare(output_dir=tmp_path / "a", tau=1.0)

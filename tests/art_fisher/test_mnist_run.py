@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from art_fisher.cli import main
 from art_fisher.metrics import fisher_trace
-from art_fisher.models import ARCHITECTURES, MnistCNN, SmallCNN, train_model
+from art_fisher.models._architectures import ARCHITECTURES, MnistCNN, SmallCNN, train_model
 from tests.fake_mnist import write_fake_mnist
 
 
@@ -57,14 +57,14 @@ def test_fisher_trace_of_mnist_cnn_matches_a_per_class_autograd_reference():
 def test_train_model_logs_one_line_per_epoch_without_a_bar(caplog):
     torch.manual_seed(0)
     x, y = np.random.default_rng(0).random((20, 1, 8, 8), dtype=np.float32), np.arange(20) % 10
-    with caplog.at_level(logging.INFO, logger="art_fisher.models"):
+    with caplog.at_level(logging.INFO, logger="art_fisher.models._architectures"):
         train_model(SmallCNN(), x, y, epochs=2, batch_size=8)
-    lines = [r.getMessage() for r in caplog.records if r.name == "art_fisher.models"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "art_fisher.models._architectures"]
     assert [line.split(":")[0] for line in lines] == ["training epoch 1/2", "training epoch 2/2"]
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="art_fisher.models"):
+    with caplog.at_level(logging.INFO, logger="art_fisher.models._architectures"):
         train_model(SmallCNN(), x, y, epochs=2, batch_size=8, progress=True)
-    assert not [r for r in caplog.records if r.name == "art_fisher.models"]
+    assert not [r for r in caplog.records if r.name == "art_fisher.models._architectures"]
 
 
 def test_evaluate_mnist_uses_mnist_defaults_and_logs_progress_off_a_terminal(tmp_path, capsys, caplog):

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from art_fisher.adversarial.adaptive_classifier import AdaptiveDetectorClassifier
+from art_fisher.adversarial._adaptive_classifier import AdaptiveDetectorClassifier
 from art_fisher.metrics import fisher_quadratic_form, fisher_sensitivity, fisher_trace
 from tests.art_fisher.adaptive_cases import fitted_detector, smooth_classifier
 
@@ -129,7 +129,7 @@ def test_adaptive_classifier_checks_labels(smooth_cnn):
 
 # --------------------------------------------------------------------- evaluation: models
 def _digits_state(tmp_path, tamper):
-    from art_fisher.models import SmallCNN
+    from art_fisher.models._architectures import SmallCNN
 
     torch.manual_seed(0)
     model = SmallCNN()
@@ -159,8 +159,8 @@ def test_a_model_with_non_finite_outputs_is_refused_with_its_name(tmp_path, caps
 
 
 def test_a_cache_with_non_finite_weights_is_rebuilt(tmp_path):
-    from art_fisher.evaluation import model_cache
-    from art_fisher.models import SmallCNN
+    from art_fisher.evaluation import _model as model_cache
+    from art_fisher.models._architectures import SmallCNN
 
     state = {k: v.clone() for k, v in SmallCNN().state_dict().items()}
     next(v for k, v in state.items() if k.endswith("weight")).fill_(float("inf"))
@@ -191,7 +191,7 @@ def test_attacks_that_query_in_float64_reach_a_float32_model(digits_cnn):
     from art.attacks.evasion import HopSkipJump
     from art.estimators.classification import PyTorchClassifier
 
-    from art_fisher.evaluation.classifier import attacked_classifier
+    from art_fisher.evaluation._model import attacked_classifier
 
     model = digits_cnn.classifier.model
     x = digits_cnn.x_test[:2].astype(np.float32)

@@ -7,11 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from art_fisher.evaluation.operating_point import (
-    OperatingPoint,
-    clean_threshold,
-    split_folds,
-)
+from art_fisher.detection._calibration import clean_threshold
+from art_fisher.evaluation._protocol import OperatingPoint, split_folds
 
 
 @pytest.mark.parametrize(("n", "alpha"), [(20, 0.05), (100, 0.05), (75, 0.1), (7, 0.5)])

@@ -1,4 +1,4 @@
-"""Tests of :mod:`art_fisher.detection.persistence`: detector files, their checks and the model fingerprint."""
+"""Tests of :mod:`art_fisher.detection`: detector files, their checks and the model fingerprint."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 import torch
 from sklearn.exceptions import NotFittedError
 
-from art_fisher.detection.detector import DETECTOR_FORMAT, FisherInformationDetector
-from art_fisher.detection.estimators import ThresholdClassifier
-from art_fisher.detection.persistence import model_fingerprint
+from art_fisher.detection._detector import DETECTOR_FORMAT, FisherInformationDetector
+from art_fisher.detection._estimators import ThresholdClassifier
+from art_fisher.detection._persistence import model_fingerprint
 
 
 def _detection_set(clean: np.ndarray, adv: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -91,7 +91,7 @@ def test_load_refuses_other_files_without_running_them(digits_cnn, fitted_detect
 def test_load_checks_the_classifier(fitted_detector, tmp_path):
     from art.estimators.classification import PyTorchClassifier
 
-    from art_fisher.models import SmallCNN
+    from art_fisher.models._architectures import SmallCNN
 
     detector, _ = fitted_detector
     path = tmp_path / "d.skops"
@@ -240,7 +240,7 @@ def _before_format_3(state):
 
 def _decides_as_fitted_before_format_3(loaded, detector, x):
     """Such a file decides as its estimator's ``predict``, as it did when it was written."""
-    from art_fisher.detection.decision import decide
+    from art_fisher.detection._decision import decide
 
     assert loaded.threshold == "estimator" and loaded.threshold_ is None and loaded.clean_fpr_ is None
     report, flagged = loaded.detect(x)
@@ -369,8 +369,8 @@ _LOAD_PROBE = """
 import resource, sys
 import torch
 from art.estimators.classification import PyTorchClassifier
-from art_fisher.detection.detector import FisherInformationDetector
-from art_fisher.models import SmallCNN
+from art_fisher.detection._detector import FisherInformationDetector
+from art_fisher.models._architectures import SmallCNN
 
 clf = PyTorchClassifier(SmallCNN(n_classes=3), torch.nn.CrossEntropyLoss(), (1, 8, 8), 3, device_type="cpu")
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -410,7 +410,7 @@ def test_a_skops_size_bomb_is_refused_before_skops_reads_it(tmp_path):
 
 
 def test_archive_members_are_checked_before_skops(tmp_path):
-    from art_fisher.detection import persistence
+    from art_fisher.detection import _persistence as persistence
 
     _skops_bomb(tmp_path / "one.skops", n_nodes=1, megabytes=1)  # within the limits: passes the archive check
     persistence._check_archive(tmp_path / "one.skops")

@@ -9,8 +9,8 @@ import pytest
 import torch
 from art.evaluations.evaluation import Evaluation
 
-from art_fisher.evaluation.security_curve import DetectionSecurityCurve, robust_accuracy
-from art_fisher.evaluation.seeds import aggregate, format_mean_sd, parse_seeds
+from art_fisher.evaluation._security_curve import DetectionSecurityCurve, robust_accuracy
+from art_fisher.evaluation._seeds import aggregate, format_mean_sd, parse_seeds
 
 
 def test_parse_seeds():
@@ -84,8 +84,8 @@ def test_detection_security_curve_is_an_art_evaluation_and_reduces_to_art_withou
 @pytest.mark.slow
 def test_evaluate_seeds_aggregates_the_runs_and_the_cli_runs_it(tmp_path):
     from art_fisher.cli import main
-    from art_fisher.evaluation.security_curve import security_curve_stage
-    from art_fisher.evaluation.seeds import evaluate_seeds
+    from art_fisher.evaluation._security_curve import security_curve_stage
+    from art_fisher.evaluation._seeds import evaluate_seeds
 
     tiny = {"attacks": ["fgsm"], "detectors": ["max_softmax", "energy_clean"], "n_samples": 24, "epochs": 2}
     result = evaluate_seeds(
@@ -112,9 +112,9 @@ def test_evaluate_seeds_aggregates_the_runs_and_the_cli_runs_it(tmp_path):
 def test_the_evaluation_as_an_art_evaluation_on_a_given_classifier(tmp_path):
     from art.estimators.classification import PyTorchClassifier
 
-    from art_fisher.data.loaders import load_digits
-    from art_fisher.evaluation.art_evaluation import DetectionEvaluation
-    from art_fisher.models import SmallCNN, train_model
+    from art_fisher.data._loaders import load_digits
+    from art_fisher.evaluation._art_evaluation import DetectionEvaluation
+    from art_fisher.models._architectures import SmallCNN, train_model
 
     train = load_digits(split="train")
     net = train_model(SmallCNN(), train.x, train.y, epochs=3, seed=0)

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from art_fisher.adversarial.gradients import NotDifferentiableError
-from art_fisher.detection import features as _features
-from art_fisher.detection import field_scores as fs
-from art_fisher.detection.stacked import PARTS, StackedDetector, StackedFeatures
+from art_fisher.detection import _features
+from art_fisher.detection import _layer_scores as fs
+from art_fisher.detection._logit import NotDifferentiableError
+from art_fisher.detection._stacked import PARTS, StackedDetector, StackedFeatures
 from tests.art_fisher.adaptive_cases import central_difference_check, smooth_classifier
 
 DIFFERENTIABLE = ("fisher", "confidence", "mahalanobis")
@@ -120,7 +120,7 @@ def test_with_reference_images_the_gaussians_see_none_of_the_fit_images(data):
 def test_the_ablation_entries_leave_one_part_out_of_both_variants():
     import functools
 
-    from art_fisher.detection.stacked import PARTS
+    from art_fisher.detection._stacked import PARTS
     from art_fisher.evaluation import DETECTORS
 
     for part in PARTS:

@@ -1,8 +1,8 @@
 """Tests of the supervised detectors' decision threshold: it flags ``target_fpr`` of clean inputs.
 
-:func:`art_fisher.detection.decision.supervised_threshold` against its definition (the clean
+:func:`art_fisher.detection._decision.supervised_threshold` against its definition (the clean
 out-of-fold scores' quantile), the operating point it gives on held-out clean data, and the
-``threshold`` setting of :class:`~art_fisher.detection.detector.FisherInformationDetector`.
+``threshold`` setting of :class:`~art_fisher.detection.FisherInformationDetector`.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
-from art_fisher.detection.decision import decide, default_estimator, supervised_threshold
-from art_fisher.detection.detector import FisherInformationDetector
-from art_fisher.detection.thresholds import clean_threshold
+from art_fisher.detection._calibration import clean_threshold
+from art_fisher.detection._decision import decide, default_estimator, supervised_threshold
+from art_fisher.detection._detector import FisherInformationDetector
 
 
 def _gaussians(n: int, seed: int, shift: float = 1.5) -> tuple[np.ndarray, np.ndarray]:

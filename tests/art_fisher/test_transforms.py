@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from art_fisher.detection.transforms import LogTransformer
+from art_fisher.detection._estimators import LogTransformer
 
 
 @parametrize_with_checks([LogTransformer()])

@@ -83,7 +83,7 @@ def _run_child(command: list[str]) -> dict[str, Any]:
 
 
 def _tables(results: dict[str, Any]) -> dict[str, Any]:
-    from art_fisher.evaluation import report
+    from art_fisher.evaluation.report import _report as report
 
     def nan_for_null(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:  # results.json writes NaN as null
         return [{k: float("nan") if v is None else v for k, v in row.items()} for row in rows]

@@ -4,7 +4,7 @@ Not collected by pytest. For each seed this script repeats the default ``art-fis
 stages 1–3 with the library's own functions (the digits SmallCNN trained for 30 epochs with that seed,
 300 correctly classified test digits, the detector-train / detector-test split, FGSM, PGD, DeepFool and
 C&W L2 at the default settings), then fits and scores every candidate feature set with the evaluation's
-own protocol (:func:`art_fisher.evaluation.protocol.score_detectors`: fitted on each attack, scored on
+own protocol (:func:`art_fisher.evaluation._protocol.score_detectors`: fitted on each attack, scored on
 every attack; same-attack = the diagonal, unseen = the 12 off-diagonal cells). Seed 0 is the default run.
 
 Every candidate is a logistic regression on standardised features (``StandardScaler`` +
@@ -250,7 +250,7 @@ def _candidate_spec(name: str, bank: _Bank):
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from art_fisher.evaluation.base import DetectorRun, DetectorSpec, Scored
+    from art_fisher.evaluation.detectors._base import DetectorRun, DetectorSpec, Scored
 
     groups, kind = CANDIDATES[name]
 
@@ -269,7 +269,7 @@ def _candidate_spec(name: str, bank: _Bank):
 
 @contextmanager
 def _registered(specs: dict):
-    from art_fisher.evaluation.registry import DETECTORS
+    from art_fisher.evaluation.detectors._registry import DETECTORS
 
     DETECTORS.update(specs)
     try:
@@ -283,11 +283,11 @@ def run_seed(seed: int, *, n_samples: int, epochs: int, cache: Path, batch_size:
     """One evaluation seed: the default run's model, draw, split and attacks; every candidate scored."""
     from art.estimators.classification import PyTorchClassifier
 
-    from art_fisher.data.loaders import load_dataset
-    from art_fisher.evaluation.attacks import DEFAULT_ATTACKS, DEFAULT_EPS, predict_labels, run_attack
-    from art_fisher.evaluation.base import RunContext, seed_everything
-    from art_fisher.evaluation.model_cache import cached_model
-    from art_fisher.evaluation.protocol import score_detectors, split_sources
+    from art_fisher.data._loaders import load_dataset
+    from art_fisher.evaluation._attacks import DEFAULT_ATTACKS, DEFAULT_EPS, run_attack
+    from art_fisher.evaluation._model import cached_model, predict_labels, seed_everything
+    from art_fisher.evaluation._protocol import score_detectors, split_sources
+    from art_fisher.evaluation.detectors._base import RunContext
 
     t0 = time.perf_counter()
     train, test = load_dataset("digits", split="train"), load_dataset("digits", split="test")
@@ -300,7 +300,7 @@ def run_seed(seed: int, *, n_samples: int, epochs: int, cache: Path, batch_size:
         model, loss=torch.nn.CrossEntropyLoss(), input_shape=train.input_shape, nb_classes=train.n_classes,
         clip_values=(0.0, 1.0), device_type="cpu",
     )  # fmt: skip
-    # The draw and split exactly as art_fisher.evaluation.workflow.run does them.
+    # The draw and split exactly as art_fisher.evaluation._workflow.run does them.
     pred = predict_labels(classifier, test.x, batch_size)
     rng = np.random.default_rng(seed)
     correct = np.flatnonzero(pred == test.y)

@@ -1,7 +1,7 @@
 """Benchmark: LeaSE against NNI's DARTS on MNIST, in NNI's hub DARTS space, per seed: search time, retrained accuracy.
 
 For each seed, NNI's ``DARTS`` strategy and ``LeaSE()`` at its defaults search
-:class:`nni_lease.darts_space.DartsSpace` (NNI's hub DARTS cell space; ``--width`` channels, ``--cells``
+:class:`nni_lease.DartsSpace` (NNI's hub DARTS cell space; ``--width`` channels, ``--cells``
 cells) on ``--search-limit`` images of the MNIST training split (validation: ``--search-limit // 5``
 images of the validation split) for ``--epochs`` epochs; the exported architecture is then trained from
 scratch for ``--retrain-epochs`` epochs on ``--retrain-limit`` training images (all: 54,000) and tested on
@@ -47,10 +47,10 @@ from nni.nas.execution import SequentialExecutionEngine
 from nni.nas.space import RawFormatModelSpace
 from nni.nas.strategy import DARTS
 
-from nni_lease.darts_space import DartsSpace
-from nni_lease.data import MnistDataset
-from nni_lease.oneshot.retrain import retrain
-from nni_lease.oneshot.strategy import LeaSE
+from nni_lease._darts_space import DartsSpace
+from nni_lease._data import MnistDataset
+from nni_lease.oneshot._retrain import retrain
+from nni_lease.oneshot._strategy import LeaSE
 
 HOW_TO_GET_MNIST = (
     "MNIST not found. Write it with `python shared/data/fetch_mnist.py DIR` (the standard set as DIR/mnist.npz, "

@@ -313,7 +313,7 @@ def measure_classes(args, clock: int) -> dict:
         })  # fmt: skip
     for tau in args.taus:
         approx = metrics.fisher_trace(big_model, big_x, tau=tau)
-        from art_fisher.metrics.top_mass import kept_classes
+        from art_fisher.metrics._top_mass import kept_classes
 
         _o, kept, q = kept_classes(big_model(big_x).detach(), tau)
         rel = (exact_big - approx) / exact_big

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from nni_lease.cli import SEARCH_MODES, main
-from nni_lease.oneshot.strategy import METRICS
+from nni_lease.oneshot._lightning import METRICS
 
 
 def _run_cli(args, home):

@@ -20,18 +20,11 @@ import pytest
 import requests
 import yaml
 
-from nni_lease.multitrial.strategy import LeaseMultiTrial
-from nni_lease.multitrial.trial import lease_evaluator
-from nni_lease.runtime.experiment import (
-    SUMMARY_FILE,
-    PortInUseError,
-    build_config,
-    check_experiment_ports,
-    check_port_free,
-    load_training_service,
-    run_multitrial,
-)
-from nni_lease.runtime.manager import listening_addresses, report_stale_experiments
+from nni_lease.multitrial._strategy import LeaseMultiTrial
+from nni_lease.multitrial._trial import lease_evaluator
+from nni_lease.runtime._config import build_config, check_experiment_ports, load_training_service
+from nni_lease.runtime._experiment import SUMMARY_FILE, run_multitrial
+from nni_lease.runtime._manager import PortInUseError, check_port_free, listening_addresses, report_stale_experiments
 from tests.nni_lease._loopback import free_port as _free_port
 from tests.nni_lease._loopback import has_ipv6, needs_ipv6
 from tests.nni_lease._toy_space import DigitsToySpace
@@ -539,7 +532,7 @@ def test_resumable_channel_skips_the_resume_data_nni_3_cannot_parse():
     from nni.runtime.tuner_command_channel import TunerCommandChannel
     from nni.runtime.tuner_command_channel.command_type import RequestTrialJobs
 
-    from nni_lease.runtime.experiment import _ResumableChannel
+    from nni_lease.runtime._experiment import _ResumableChannel
 
     class _FakeWire:
         def __init__(self, commands):
@@ -626,7 +619,7 @@ def test_a_rebound_manager_killed_by_the_guard_is_one_error(tmp_path):
 
 @pytest.mark.slow
 def test_a_manager_killed_under_the_cli_is_one_error_naming_the_experiment_and_its_log(tmp_path):
-    from nni_lease.runtime.manager import listeners
+    from nni_lease.runtime._manager import listeners
 
     port = _free_port()
     env = {**os.environ, "HOME": str(tmp_path), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}

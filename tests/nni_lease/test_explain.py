@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nni_lease.core.explain import Explanation, explanation_loss, listener_input, pgd_explain
+from nni_lease.core._explain import Explanation, explanation_loss, listener_input, pgd_explain
 
 
 def _smooth_model(dtype=torch.float64) -> nn.Module:

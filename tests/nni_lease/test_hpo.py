@@ -14,9 +14,10 @@ import pytest
 import yaml
 from nni.experiment.config import ExperimentConfig
 
-from nni_lease.core.settings import LeaseSettings
-from nni_lease.oneshot.workflow import ARCHITECTURE_FILE, RETRAIN_FILE, RetrainConfig, SearchConfig
-from nni_lease.runtime.hpo import (
+from nni_lease.core._settings import LeaseSettings
+from nni_lease.oneshot._config import RetrainConfig, SearchConfig
+from nni_lease.oneshot._workflow import ARCHITECTURE_FILE, RETRAIN_FILE
+from nni_lease.runtime._hpo import (
     DEFAULT_PARAMETERS,
     SEARCH_SPACE,
     TrialConfig,
@@ -97,7 +98,7 @@ def test_experiment_config_and_the_yaml_example_agree(tmp_path):
     config = exp.config.canonical_copy()
     assert config.search_space == SEARCH_SPACE
     assert config.tuner.name == "TPE" and config.tuner.class_args == {"optimize_mode": "maximize"}
-    assert shlex.split(config.trial_command)[1:5] == ["-m", "nni_lease.runtime.hpo", "trial", "--config"]
+    assert shlex.split(config.trial_command)[1:5] == ["-m", "nni_lease.runtime._hpo", "trial", "--config"]
     assert (config.max_trial_number, config.trial_concurrency) == (3, 2)
     assert DEFAULT_PARAMETERS == {k: getattr(LeaseSettings(), k) for k in SEARCH_SPACE}
 
@@ -105,7 +106,7 @@ def test_experiment_config_and_the_yaml_example_agree(tmp_path):
     assert example["searchSpace"] == SEARCH_SPACE
     assert example["tuner"]["classArgs"]["optimize_mode"] == "maximize"
     loaded = ExperimentConfig(**example).canonical_copy()  # NNI accepts the file as an experiment config
-    assert loaded.trial_command.startswith("python -m nni_lease.runtime.hpo trial")
+    assert loaded.trial_command.startswith("python -m nni_lease.runtime._hpo trial")
 
 
 def test_bad_experiment_arguments(tmp_path):

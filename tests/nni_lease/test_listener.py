@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from nni_lease.core.listener import PerSampleStandardize, check_listener, default_listener
+from nni_lease.core._listener import PerSampleStandardize, check_listener, default_listener
 
 
 @pytest.mark.parametrize(("shape", "n_classes"), [((1, 8, 8), 10), ((3, 32, 32), 10), ((1, 28, 28), 5)])

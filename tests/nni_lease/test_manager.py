@@ -1,4 +1,4 @@
-"""The NNI manager guard (nni_lease.runtime.manager): the node preload's bind and watchdog, port checks on IPv4 and
+"""The NNI manager guard (nni_lease.runtime._manager): the node preload's bind and watchdog, port checks on IPv4 and
 IPv6, the binding guard and stale-experiment records. No NNI manager is started here (see
 test_experiment.py for the real one); node is NNI's own binary, every socket is on loopback."""
 
@@ -18,8 +18,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from nni_lease.runtime import manager
-from nni_lease.runtime.manager import (
+from nni_lease.runtime import _manager as manager
+from nni_lease.runtime._manager import (
     PRELOAD,
     BindingGuard,
     PortInUseError,
@@ -318,7 +318,7 @@ def test_stale_experiments_are_found_reported_and_marked(tmp_path, caplog):
                 "watched": {"id": "watched", "port": 4, "status": "RUNNING", "pid": watched.pid},
             },
         )
-        with caplog.at_level("WARNING", logger="nni_lease.runtime.manager"):
+        with caplog.at_level("WARNING", logger="nni_lease.runtime._manager"):
             stale = manager.report_stale_experiments(tmp_path)
         assert {s.experiment_id: s.manager_running for s in stale} == {"crashed": False, "orphaned": True}
         assert "experiment crashed (port 1) was not stopped cleanly" in caplog.text
@@ -335,7 +335,7 @@ def test_stale_experiments_are_found_reported_and_marked(tmp_path, caplog):
 def test_no_or_unreadable_experiment_list(tmp_path, caplog):
     assert find_stale_experiments(tmp_path) == []
     _write_list(tmp_path, {}).write_text("{not json")
-    with caplog.at_level("WARNING", logger="nni_lease.runtime.manager"):
+    with caplog.at_level("WARNING", logger="nni_lease.runtime._manager"):
         assert find_stale_experiments(tmp_path) == []
     assert "cannot read NNI's experiment list" in caplog.text
 
@@ -525,7 +525,7 @@ def test_the_web_ui_and_nni_clients_still_reach_the_manager(guarded_server):
 def test_names_the_manager_answers_under(monkeypatch):
     from types import SimpleNamespace
 
-    from nni_lease.runtime.experiment import _manager_names
+    from nni_lease.runtime._experiment import _manager_names
 
     with manager_environment("0.0.0.0", allowed_names=["Head.Example"]):
         assert os.environ["NNI_LEASE_MANAGER_ALLOWED_NAMES"] == "head.example"

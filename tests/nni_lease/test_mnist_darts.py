@@ -12,18 +12,14 @@ from nni.nas.evaluator import FunctionalEvaluator
 from nni.nas.execution import SequentialExecutionEngine
 from nni.nas.space import SimplifiedModelSpace
 
+from nni_lease._darts_space import DartsSpace
+from nni_lease._data import MnistDataset, check_dataset, make_dataset
+from nni_lease._spaces import LeaseCellSpace, build_space
 from nni_lease.cli import main
-from nni_lease.darts_space import DartsSpace
-from nni_lease.data import MnistDataset, check_dataset, make_dataset
-from nni_lease.multitrial.strategy import LeaseMultiTrial
-from nni_lease.multitrial.trial import evaluate_lease
-from nni_lease.oneshot.workflow import (
-    RetrainConfig,
-    SearchConfig,
-    retrain_architecture,
-    search_oneshot,
-)
-from nni_lease.spaces import LeaseCellSpace, build_space
+from nni_lease.multitrial._strategy import LeaseMultiTrial
+from nni_lease.multitrial._trial import evaluate_lease
+from nni_lease.oneshot._config import RetrainConfig, SearchConfig
+from nni_lease.oneshot._workflow import retrain_architecture, search_oneshot
 from tests.fake_mnist import write_fake_mnist
 
 
@@ -143,12 +139,14 @@ def test_cli_search_and_retrain_on_mnist_with_the_darts_space(mnist_dir, tmp_pat
     )
     err = capsys.readouterr().err
     assert rc == 0, err
-    assert "INFO nni_lease.oneshot.progress: search epoch 1/1 (" in err and "lease/objective=" in err
+    assert "INFO nni_lease.oneshot._progress: search epoch 1/1 (" in err and "lease/objective=" in err
     assert json.loads((out / "architecture.json").read_text())["space"]["name"] == "DartsSpace"
     assert main(["retrain", str(out / "architecture.json"), "--epochs", "1", "--batch-size", "50"]) == 0
     printed = capsys.readouterr()
     assert "test accuracy" in printed.out
-    assert "INFO art_fisher.models: training epoch 1/1: mean loss" in printed.err  # off a terminal: log lines
+    assert (
+        "INFO art_fisher.models._architectures: training epoch 1/1: mean loss" in printed.err
+    )  # off a terminal: log lines
     assert main(["search", "--space", "darts", "--nodes", "3", "--output", str(tmp_path / "bad")]) == 2
     assert "nodes must be 4 for space 'darts'" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()

@@ -9,7 +9,7 @@ from nni.nas.evaluator import FunctionalEvaluator
 from nni.nas.execution import SequentialExecutionEngine
 from nni.nas.space import SimplifiedModelSpace
 
-from nni_lease.multitrial.strategy import LeaseMultiTrial
+from nni_lease.multitrial._strategy import LeaseMultiTrial
 from tests.nni_lease._toy_space import OBJECTIVES, ToySpace, evaluate_toy
 
 

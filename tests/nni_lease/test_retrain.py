@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from nni_lease.data import DigitsDataset
-from nni_lease.oneshot.retrain import build_architecture, evaluate, retrain
-from nni_lease.spaces import LeaseCellSpace
+from nni_lease._data import DigitsDataset
+from nni_lease._spaces import LeaseCellSpace
+from nni_lease.oneshot._retrain import build_architecture, evaluate, retrain
 
 ARCH = {"op0": "conv_3x3", "op1": "sep_conv_3x3", "input1": [1]}
 

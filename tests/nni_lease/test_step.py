@@ -9,9 +9,9 @@ from nni.nas.nn.pytorch import LayerChoice, ModelSpace
 from nni.nas.strategy import DARTS
 from torch import nn
 
-from nni_lease.core.explain import pgd_explain
-from nni_lease.core.settings import LeaseSettings
-from nni_lease.core.step import LeaseStep
+from nni_lease.core._explain import pgd_explain
+from nni_lease.core._settings import LeaseSettings
+from nni_lease.core._step import LeaseStep
 
 
 class _TinySpace(ModelSpace):

@@ -16,9 +16,9 @@ from nni.nas.strategy import DARTS
 from torch import nn
 
 from nni_lease import LeaSE
-from nni_lease.core.step import LeaseStep
-from nni_lease.data import Cifar10Dataset, DigitsDataset
-from nni_lease.spaces import LeaseCellSpace
+from nni_lease._data import Cifar10Dataset, DigitsDataset
+from nni_lease._spaces import LeaseCellSpace
+from nni_lease.core._step import LeaseStep
 
 torch.set_num_threads(1)
 

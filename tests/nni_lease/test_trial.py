@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nni_lease.data import DigitsDataset
-from nni_lease.multitrial.trial import check_trial_arguments, evaluate_lease, lease_evaluator
-from nni_lease.spaces import LeaseCellSpace
+from nni_lease._data import DigitsDataset
+from nni_lease._spaces import LeaseCellSpace
+from nni_lease.multitrial._trial import check_trial_arguments, evaluate_lease, lease_evaluator
 from tests.nni_lease._toy_space import DigitsToySpace
 
 TINY = {"epochs": 2, "max_batches": 3, "batch_size": 32, "val_limit": 64, "pgd_steps": 2}
@@ -116,7 +116,7 @@ def test_evaluator_is_trace_safe():
 def test_the_trial_runs_the_shared_lease_step(reports, monkeypatch):
     """Every training batch goes through LeaseStep.train_listener (the strategy's code); validation is scored
     on explanations by the trained explainer in eval mode."""
-    import nni_lease.core.step as step_module
+    import nni_lease.core._step as step_module
 
     calls, steps = [], []
     real_explain, real_train = step_module.pgd_explain, step_module.LeaseStep.train_listener
@@ -141,7 +141,7 @@ def test_the_trial_runs_the_shared_lease_step(reports, monkeypatch):
 
 
 def test_data_root_is_a_deprecated_name_of_data_dir(tmp_path):
-    from nni_lease.oneshot.workflow import RetrainConfig, SearchConfig
+    from nni_lease.oneshot._config import RetrainConfig, SearchConfig
 
     with pytest.warns(DeprecationWarning, match="data_root was renamed data_dir"):
         assert SearchConfig(data_root=str(tmp_path)).data_dir == str(tmp_path)
