@@ -18,9 +18,7 @@ import torch
 from nni.nas.evaluator.pytorch import Classification, DataLoader
 from nni.nas.experiment import NasExperiment
 
-from nni_lease import LeaSE
-from nni_lease import DigitsDataset
-from nni_lease import LeaseCellSpace
+from nni_lease import DigitsDataset, LeaSE, LeaseCellSpace
 from nni_lease.oneshot import retrain
 
 

@@ -1,8 +1,9 @@
-"""``art-fisher evaluate`` on the command line."""
+"""``art-fisher evaluate`` on the command line, MNIST's defaults and progress logging included."""
 
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 
@@ -11,6 +12,14 @@ import torch
 
 from art_fisher.cli import main
 from art_fisher.models._architectures import SmallCNN
+from tests.fake_mnist import write_fake_mnist
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)
@@ -144,3 +153,34 @@ def test_evaluate_help_lists_every_option():
         "binary_input",
     ):
         assert name in out
+
+
+def test_evaluate_mnist_uses_mnist_defaults_and_logs_progress_off_a_terminal(tmp_path, capsys, caplog):
+    data = write_fake_mnist(tmp_path / "data")
+    out = tmp_path / "out"
+    with caplog.at_level(logging.INFO):
+        rc = main(["evaluate", "--dataset", "mnist", "--data-dir", str(data), "--attacks", "fgsm,pgd",
+                   "--detectors", "fisher_trace,max_softmax_clean", "--n-samples", "24", "--epochs", "2",
+                   "--output", str(out)])  # fmt: skip
+    assert rc == 0
+    settings = json.loads((out / "results.json").read_text())["settings"]
+    assert settings["arch"] == "mnist_cnn" and settings["eps"] == 0.3 and settings["torch_threads"] == 1
+    assert settings["clean_test_accuracy"] > 0.5
+    messages = [r.getMessage() for r in caplog.records]
+    assert "training epoch 1/2" in " ".join(messages) and "training epoch 2/2" in " ".join(messages)
+    steps = [m for m in messages if m.startswith("step ")]
+    # 2 attacks, fisher_trace fitted on each, max_softmax_clean once: 5 steps, each logged once, in order.
+    assert [s.split(":")[0] for s in steps] == [f"step {k}/5" for k in range(1, 6)]
+    assert steps[0] == "step 1/5: attack FGSM" and steps[-1] == "step 5/5: max_softmax_clean fitted on clean"
+    assert any(m.startswith("attack PGD: 24/24 images") for m in messages)
+    assert "mnist / mnist_cnn" in capsys.readouterr().out
+
+
+def test_evaluate_threads_option(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--threads", "0"])
+    assert "--threads: expected an integer from 1 to 1024; got '0'" in capsys.readouterr().err
+    rc = main(["evaluate", "--attacks", "fgsm", "--detectors", "max_softmax", "--n-samples", "8", "--epochs", "1",
+               "--threads", "2", "--output", str(tmp_path), "--quiet"])  # fmt: skip
+    assert rc == 0 and torch.get_num_threads() == 2
+    assert json.loads((tmp_path / "results.json").read_text())["settings"]["torch_threads"] == 2
