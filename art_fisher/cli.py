@@ -122,6 +122,48 @@ def _run_seeds(args: argparse.Namespace, progress: bool) -> int:
     return 0
 
 
+def _add_run_arguments(ev: argparse.ArgumentParser) -> None:
+    """The options of ``evaluate`` that set how the run goes (sizes, seeds, device, operating point, output)."""
+    ev.add_argument("--n-samples", type=int, default=300, help="test images to attack (default: %(default)s)")
+    ev.add_argument("--seed", type=int, default=0, help="seed of everything (default: %(default)s)")
+    ev.add_argument(
+        "--seeds", default=None,
+        help="comma-separated seeds, e.g. 0,1,2: one run per seed (model, images, splits) and every table as "
+        "mean ± sd, with the detection-aware security curve (replaces --seed)",
+    )  # fmt: skip
+    ev.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: %(default)s)")
+    ev.add_argument(
+        "--threads", type=_threads, default=1,
+        help="torch's intra-op CPU threads, 1 to 1024 (default: %(default)s: these small models gain little from "
+        "more, and more threads than free cores slow torch down several times on a shared CPU)",
+    )  # fmt: skip
+    ev.add_argument("--epochs", type=int, default=None, help="epochs when the model is trained here")
+    ev.add_argument(
+        "--batch-size", type=int, default=128,
+        help="batch size of attacks and detectors, 1 to 65536 (default: %(default)s)",
+    )  # fmt: skip
+    ev.add_argument(
+        "--target-fpr", type=float, default=0.05,
+        help="the operating point: every TPR / FPR / flag rate is taken at the threshold flagging this share of "
+        "held-out clean images (default: %(default)s)",
+    )  # fmt: skip
+    ev.add_argument(
+        "--tau", type=float, default=None,
+        help="many-class heads: Fisher metrics over the classes holding 1 - TAU of each sample's probability "
+        "(a lower bound at fewer backward passes; default: exact)",
+    )  # fmt: skip
+    ev.add_argument(
+        "--adaptive", action="store_true",
+        help="also attack classifier + detector together (ART's PGD L-inf at --eps and L2 on DetectorClassifier) "
+        "for every detector with input gradients; several minutes",
+    )  # fmt: skip
+    ev.add_argument("--output", default=_DEFAULT_OUTPUT, help="output folder (default: ./%(default)s)")
+    ev.add_argument(
+        "--quiet", action="store_true",
+        help="no progress bar and no log lines below warnings; the tables, the model path and the report path",
+    )  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the ``art-fisher`` argument parser."""
     from art_fisher.data._loaders import DATASETS
@@ -168,44 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--detectors", default=None,
         help=f"comma-separated, from {', '.join(DETECTORS)} (default: {','.join(DEFAULT_DETECTORS)})",
     )  # fmt: skip
-    ev.add_argument("--n-samples", type=int, default=300, help="test images to attack (default: %(default)s)")
-    ev.add_argument("--seed", type=int, default=0, help="seed of everything (default: %(default)s)")
-    ev.add_argument(
-        "--seeds", default=None,
-        help="comma-separated seeds, e.g. 0,1,2: one run per seed (model, images, splits) and every table as "
-        "mean ± sd, with the detection-aware security curve (replaces --seed)",
-    )  # fmt: skip
-    ev.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: %(default)s)")
-    ev.add_argument(
-        "--threads", type=_threads, default=1,
-        help="torch's intra-op CPU threads, 1 to 1024 (default: %(default)s: these small models gain little from "
-        "more, and more threads than free cores slow torch down several times on a shared CPU)",
-    )  # fmt: skip
-    ev.add_argument("--epochs", type=int, default=None, help="epochs when the model is trained here")
-    ev.add_argument(
-        "--batch-size", type=int, default=128,
-        help="batch size of attacks and detectors, 1 to 65536 (default: %(default)s)",
-    )  # fmt: skip
-    ev.add_argument(
-        "--target-fpr", type=float, default=0.05,
-        help="the operating point: every TPR / FPR / flag rate is taken at the threshold flagging this share of "
-        "held-out clean images (default: %(default)s)",
-    )  # fmt: skip
-    ev.add_argument(
-        "--tau", type=float, default=None,
-        help="many-class heads: Fisher metrics over the classes holding 1 - TAU of each sample's probability "
-        "(a lower bound at fewer backward passes; default: exact)",
-    )  # fmt: skip
-    ev.add_argument(
-        "--adaptive", action="store_true",
-        help="also attack classifier + detector together (ART's PGD L-inf at --eps and L2 on DetectorClassifier) "
-        "for every detector with input gradients; several minutes",
-    )  # fmt: skip
-    ev.add_argument("--output", default=_DEFAULT_OUTPUT, help="output folder (default: ./%(default)s)")
-    ev.add_argument(
-        "--quiet", action="store_true",
-        help="no progress bar and no log lines below warnings; the tables, the model path and the report path",
-    )  # fmt: skip
+    _add_run_arguments(ev)
     ev.set_defaults(func=_run_evaluate)
     return parser
 

@@ -316,19 +316,69 @@ def _n_steps(plan: EvaluationPlan) -> int:
     return len(plan.attacks) + fits + len(ADAPTIVE_ATTACKS) * len(plan.adaptive)
 
 
+def _model_source(p: EvaluationPlan) -> ModelSource:
+    """The classifier's model: the one the plan holds (given or loaded by ``prepare``), else trained or cached."""
+    if p.net is not None:  # loaded by prepare from model_path, or handed over in memory
+        return ModelSource(p.net, p.model_path, "given", 0.0)
+    return cached_model(
+        arch=p.arch, data=p.train, epochs=p.epochs, seed=p.seed, device=p.device, output_dir=p.output_dir,
+        progress=p.progress,
+    )  # fmt: skip
+
+
+def _run_attacks(
+    p: EvaluationPlan, classifier: Any, x_src: np.ndarray, y_src: np.ndarray, side: np.ndarray,
+    steps: _StepBar, timings: dict[str, float],
+) -> list[Any]:  # fmt: skip
+    """Every attack of the plan on the source images, each seeded by its position; their outcomes."""
+    outcomes = []
+    for a_i, name in enumerate(p.attacks):
+        steps(f"attack {ATTACKS[name].label}")
+        seed_everything(p.seed + 1000 * (a_i + 1))
+        outcome = run_attack(name, classifier, x_src, y_src, eps=p.eps, batch_size=p.batch_size, progress=p.progress)
+        timings[f"attack {name}"] = outcome.stats["seconds"]
+        n_train, n_test = int((side & outcome.success).sum()), int((~side & outcome.success).sum())
+        logger.info("%s: success rate %.3f", ATTACKS[name].label, outcome.stats["success_rate"])
+        if min(n_train, n_test) < 2:
+            logger.warning(
+                "%s: too few successful examples on a side (%d / %d); its rows are n/a",
+                ATTACKS[name].label, n_train, n_test,
+            )  # fmt: skip
+        outcomes.append(outcome)
+    return outcomes
+
+
+def _run_settings(
+    p: EvaluationPlan, source: ModelSource, n_samples: int, side: np.ndarray, clean_accuracy: float
+) -> dict[str, Any]:
+    """The run's settings as the report records them."""
+    settings = {
+        "dataset": p.dataset, "data_dir": None if p.data_dir is None else str(p.data_dir), "arch": p.arch,
+        "model": None if source.path is None else str(source.path), "model_status": source.status,
+        "model_cached": source.status == "cached",
+        "attacks": list(p.attacks), "eps": p.eps, "detectors": list(p.detectors), "n_samples": n_samples,
+        "n_detector_train_images": int(side.sum()), "n_detector_test_images": int((~side).sum()),
+        "seed": p.seed, "device": str(p.device), "epochs": p.epochs, "batch_size": p.batch_size,
+        "target_fpr": p.target_fpr, "tau": p.tau, "clean_test_accuracy": clean_accuracy,
+        "n_train_images": len(p.train.y), "n_test_images": len(p.test.y), "torch_threads": torch.get_num_threads(),
+        "versions": _versions(),
+        "labels": {
+            "attacks": {n: ATTACKS[n].label for n in p.attacks},
+            "detectors": {n: DETECTORS[n].label for n in p.detectors},
+        },
+    }  # fmt: skip
+    if p.adaptive:
+        settings["adaptive_detectors"] = list(p.adaptive)
+    return settings
+
+
 def run(plan: EvaluationPlan) -> EvaluationResult:
     """Run a checked plan (stages in the module docstring); writes the report into ``plan.output_dir``."""
     p = plan
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
     p.output_dir.mkdir(parents=True, exist_ok=True)
-    if p.net is not None:  # loaded by prepare from model_path, or handed over in memory
-        source = ModelSource(p.net, p.model_path, "given", 0.0)
-    else:
-        source = cached_model(
-            arch=p.arch, data=p.train, epochs=p.epochs, seed=p.seed, device=p.device, output_dir=p.output_dir,
-            progress=p.progress,
-        )  # fmt: skip
+    source = _model_source(p)
     timings["training"] = source.seconds
     classifier = attacked_classifier(
         source.model, input_shape=p.train.input_shape, nb_classes=p.train.n_classes, device=p.device
@@ -355,22 +405,7 @@ def run(plan: EvaluationPlan) -> EvaluationResult:
 
     steps = _StepBar(_n_steps(p), enabled=p.progress)
     try:
-        outcomes = []
-        for a_i, name in enumerate(p.attacks):
-            steps(f"attack {ATTACKS[name].label}")
-            seed_everything(p.seed + 1000 * (a_i + 1))
-            outcome = run_attack(
-                name, classifier, x_src, y_src, eps=p.eps, batch_size=p.batch_size, progress=p.progress
-            )
-            timings[f"attack {name}"] = outcome.stats["seconds"]
-            n_train, n_test = int((side & outcome.success).sum()), int((~side & outcome.success).sum())
-            logger.info("%s: success rate %.3f", ATTACKS[name].label, outcome.stats["success_rate"])
-            if min(n_train, n_test) < 2:
-                logger.warning(
-                    "%s: too few successful examples on a side (%d / %d); its rows are n/a",
-                    ATTACKS[name].label, n_train, n_test,
-                )  # fmt: skip
-            outcomes.append(outcome)
+        outcomes = _run_attacks(p, classifier, x_src, y_src, side, steps, timings)
         start = time.perf_counter()
         scored = score_detectors(ctx, x_src, side, outcomes, p.detectors, on_step=steps)
         timings["detectors"] = time.perf_counter() - start
@@ -395,23 +430,7 @@ def run(plan: EvaluationPlan) -> EvaluationResult:
         key = f"detector {fit['detector']}"
         timings[key] = timings.get(key, 0.0) + fit["fit_seconds"] + fit["detect_seconds"]
     timings["total"] = time.perf_counter() - t_all
-    settings = {
-        "dataset": p.dataset, "data_dir": None if p.data_dir is None else str(p.data_dir), "arch": p.arch,
-        "model": None if source.path is None else str(source.path), "model_status": source.status,
-        "model_cached": source.status == "cached",
-        "attacks": list(p.attacks), "eps": p.eps, "detectors": list(p.detectors), "n_samples": len(chosen),
-        "n_detector_train_images": int(side.sum()), "n_detector_test_images": int((~side).sum()),
-        "seed": p.seed, "device": str(p.device), "epochs": p.epochs, "batch_size": p.batch_size,
-        "target_fpr": p.target_fpr, "tau": p.tau, "clean_test_accuracy": clean_accuracy,
-        "n_train_images": len(p.train.y), "n_test_images": len(p.test.y), "torch_threads": torch.get_num_threads(),
-        "versions": _versions(),
-        "labels": {
-            "attacks": {n: ATTACKS[n].label for n in p.attacks},
-            "detectors": {n: DETECTORS[n].label for n in p.detectors},
-        },
-    }  # fmt: skip
-    if p.adaptive:
-        settings["adaptive_detectors"] = list(p.adaptive)
+    settings = _run_settings(p, source, len(chosen), side, clean_accuracy)
     attack_rows = [o.stats for o in outcomes]
     paths = _report.write_report(
         p.output_dir, table=scored.rows, attacks=attack_rows, fits=scored.fits, settings=settings,

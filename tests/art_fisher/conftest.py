@@ -63,3 +63,12 @@ def digits_attacks(digits_cnn) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         ok = clf.predict(x_adv).argmax(1) != y
         out[name] = (x[ok], x_adv[ok])
     return out
+
+
+@pytest.fixture(scope="module")
+def smooth_cnn():
+    """A smooth CNN as an ART classifier, its inputs and a logistic Fisher detector fitted on them."""
+    from tests.art_fisher.adaptive_cases import fitted_detector, smooth_classifier
+
+    clf, x = smooth_classifier("cnn")
+    return clf, x, fitted_detector(clf, x, "logistic")

@@ -114,13 +114,6 @@ def test_arts_own_detector_classifier_accepts_the_detection_logit():
     np.testing.assert_allclose(arts.class_gradient(xs, label=4), ours.class_gradient(xs, label=4), rtol=1e-5, atol=1e-8)
 
 
-# ------------------------------------------------------------------------- ART classifiers
-@pytest.fixture(scope="module")
-def smooth_cnn():
-    clf, x = smooth_classifier("cnn")
-    return clf, x, fitted_detector(clf, x, "logistic")
-
-
 def test_adaptive_classifier_checks_the_detector_was_fitted_on_its_classifier(smooth_cnn):
     clf, x, detector = smooth_cnn
     other = copy.deepcopy(clf)
