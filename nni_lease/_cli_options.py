@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -77,17 +76,6 @@ def _port(text: str) -> int:
     return value
 
 
-class _FormerSpellings(argparse.Action):
-    """An option whose first flag is its name; the others are former spellings, accepted with a warning."""
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
-                 option_string: str | None = None) -> None:  # fmt: skip
-        if option_string is not None and option_string != self.option_strings[0]:
-            print(f"{parser.prog}: warning: {option_string} is deprecated and will stop working in the next release; "
-                  f"use {self.option_strings[0]}.", file=sys.stderr)  # fmt: skip
-        setattr(namespace, self.dest, values)
-
-
 @dataclass(frozen=True)
 class _Option:
     flags: tuple[str, ...]
@@ -113,10 +101,8 @@ SEARCH_OPTIONS: dict[str, list[_Option]] = {
         ),
         _opt(
             "--data-dir",
-            "--data-root",
             default=None,
             modes=_ALL,
-            action=_FormerSpellings,
             help="folder with mnist.npz (or the MNIST idx files) or the CIFAR-10 python batches "
             "(data_batch_1..5, test_batch); nothing is downloaded",
         ),

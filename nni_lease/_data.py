@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import nni
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from art_fisher._deprecation import DEPRECATED, renamed
 from art_fisher.data._cifar_batch import read_cifar10_batch
 
 logger = logging.getLogger(__name__)
@@ -173,8 +172,6 @@ class Cifar10Dataset(_ArrayDataset):
         Share of the training batches that goes to ``"val"``, in ``(0, 1)``.
     limit : int or None
         Keep only the first ``limit`` samples of the split.
-    root : str
-        Deprecated name of ``data_dir``; it stops working in the next release.
 
     Raises
     ------
@@ -192,9 +189,7 @@ class Cifar10Dataset(_ArrayDataset):
         seed: int = 0,
         val_fraction: float = 0.1,
         limit: int | None = None,
-        root: Any = DEPRECATED,
     ) -> None:
-        data_dir = renamed("root", root, "data_dir", data_dir, default=None)
         if data_dir is None:
             raise ValueError("data_dir must name a folder with CIFAR-10 python batches; got None.")
         _check_split(split)
@@ -325,18 +320,14 @@ def make_dataset(
     data_dir: str | None = None,
     seed: int = 0,
     limit: int | None = None,
-    root: Any = DEPRECATED,
 ) -> DigitsDataset | MnistDataset | Cifar10Dataset:
     """Build a data set by name: ``"digits"`` (embedded), ``"mnist"`` or ``"cifar10"`` (both need ``data_dir``).
-
-    ``root`` is the deprecated name of ``data_dir`` (it stops working in the next release).
 
     Raises
     ------
     ValueError
         For an unknown ``name``, or a file-based set without ``data_dir``.
     """
-    data_dir = renamed("root", root, "data_dir", data_dir, default=None)
     if name == "digits":
         return DigitsDataset(split, seed=seed, limit=limit)
     if name not in DATASETS:

@@ -28,7 +28,6 @@ from nni_lease._cli_options import (
     MODES,
     SEARCH_OPTIONS,
     _dest,
-    _FormerSpellings,
     _limited,
     _modes_text,
     _positive_float,
@@ -317,9 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--output", default=None, help="result JSON (default: retrain.json beside the input)")
     retrain.add_argument(
         "--data-dir",
-        "--data-root",
         default=None,
-        action=_FormerSpellings,
         help="MNIST / CIFAR-10 folder (default: the one used in the search)",
     )
     retrain.add_argument("--seed", type=_seed, default=0, help="seed of the initialisation and shuffling")

@@ -42,13 +42,11 @@ import math
 import warnings
 from collections.abc import Sequence
 from numbers import Real
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
-
-from art_fisher._deprecation import DEPRECATED, RenamedParamsMixin, renamed
 
 
 def check_target_fpr(target_fpr: float) -> float:
@@ -110,7 +108,7 @@ _COMBINE = ("max", "mean")
 _MAD_TO_STD = 1.4826
 
 
-class QuantileOutlierDetector(RenamedParamsMixin, OutlierMixin, BaseEstimator):
+class QuantileOutlierDetector(OutlierMixin, BaseEstimator):
     r"""Flag inputs whose combined, standardised score exceeds the clean data's (1 − target_fpr) quantile.
 
     Fitted on clean data only (``fit(X)``); see the module docstring for the maths. Follows
@@ -130,13 +128,11 @@ class QuantileOutlierDetector(RenamedParamsMixin, OutlierMixin, BaseEstimator):
     log : bool, default=False
         Standardise :math:`\log` of the columns (they must then be non-negative; zeros are raised to half
         the smallest positive clean value of their column).
-    direction : optional
-        Deprecated name of ``polarity`` (warned about in ``fit``); it stops working in the next release.
 
     Attributes
     ----------
     polarity_ : str or list of str
-        The polarity ``fit`` used (``polarity``, or the deprecated ``direction``).
+        The polarity ``fit`` used.
     center_ : ndarray of shape (n_features,)
         Median of each (log-)column on the clean data.
     scale_ : ndarray of shape (n_features,)
@@ -165,21 +161,17 @@ class QuantileOutlierDetector(RenamedParamsMixin, OutlierMixin, BaseEstimator):
     array([ 1, -1])
     """
 
-    _renamed: ClassVar[dict[str, str]] = {"direction": "polarity"}
-
     def __init__(
         self,
         target_fpr: float = 0.05,
         polarity: str | Sequence[str] = "higher",
         combine: str = "max",
         log: bool = False,
-        direction: Any = DEPRECATED,
     ) -> None:
         self.target_fpr = target_fpr
         self.polarity = polarity
         self.combine = combine
         self.log = log
-        self.direction = direction
 
     def _signs(self, n_features: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per-column sign (+1 / -1), whether it is two-sided and whether it is used; checks the polarity."""
@@ -239,7 +231,7 @@ class QuantileOutlierDetector(RenamedParamsMixin, OutlierMixin, BaseEstimator):
         """
         self._check_params()
         X = validate_data(self, X, dtype=np.float64)
-        self.polarity_ = renamed("direction", self.direction, "polarity", self.polarity, default="higher")
+        self.polarity_ = self.polarity
         self._signs(X.shape[1])
         if self.log:
             if np.any(X < 0):

@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import sklearn
 
-from art_fisher._deprecation import DEPRECATED, renamed
 from art_fisher.detection import _features
 from art_fisher.detection import _persistence as persistence
 from art_fisher.detection._decision import (
@@ -97,8 +96,6 @@ class FisherInformationDetector(DetectorParameters):
         ``"predicted"`` or ``"top_eigenvector"`` (a detector has no true labels at detection time).
     progress : bool, default=False
         Show a progress bar over batches.
-    batch_size, epsilon
-        Deprecated names of ``chunk_size`` and ``fd_step``; they stop working in the next release.
 
     Attributes
     ----------
@@ -163,9 +160,7 @@ class FisherInformationDetector(DetectorParameters):
             progress=self.progress,
         )
 
-    def sensitivity_maps(
-        self, x: np.ndarray, *, chunk_size: int | None = None, batch_size: Any = DEPRECATED
-    ) -> np.ndarray:
+    def sensitivity_maps(self, x: np.ndarray, *, chunk_size: int | None = None) -> np.ndarray:
         """Fisher information sensitivity of every input dimension, for plotting.
 
         Uses the detector's metric settings; needs no fit.
@@ -175,8 +170,6 @@ class FisherInformationDetector(DetectorParameters):
         x : ndarray of shape (N, *classifier.input_shape)
         chunk_size : int, optional
             Samples per computation (default: the detector's ``chunk_size``).
-        batch_size : int, optional
-            Deprecated name of ``chunk_size``; it stops working in the next release.
 
         Returns
         -------
@@ -190,7 +183,6 @@ class FisherInformationDetector(DetectorParameters):
         ValueError
             If ``x`` has the wrong shape or is not finite, or ``chunk_size`` is not a positive integer.
         """
-        chunk_size = renamed("batch_size", batch_size, "chunk_size", chunk_size, default=None)
         if chunk_size is not None:
             chunk_size = _features.check_chunk_size(chunk_size)
         x = _features.check_inputs(self.classifier, x)

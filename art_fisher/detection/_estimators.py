@@ -20,10 +20,9 @@ unseen attacks against the same model on their logs (``tests/benchmarks/bench_fi
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Sequence
 from numbers import Real
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 from scipy.special import expit
@@ -31,7 +30,6 @@ from sklearn.base import BaseEstimator, ClassifierMixin, OneToOneFeatureMixin, T
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from art_fisher._deprecation import DEPRECATED, RenamedParamsMixin, renamed
 from art_fisher.detection import _features
 
 logger = logging.getLogger(__name__)
@@ -103,7 +101,7 @@ def _check_sample_weight(sample_weight: Any, X: np.ndarray) -> np.ndarray:
     return weights
 
 
-class ThresholdClassifier(RenamedParamsMixin, ClassifierMixin, BaseEstimator):
+class ThresholdClassifier(ClassifierMixin, BaseEstimator):
     """Binary classifier that learns one threshold on one score column.
 
     With scores :math:`s` and a learned threshold :math:`t`, the prediction is the positive class
@@ -132,8 +130,6 @@ class ThresholdClassifier(RenamedParamsMixin, ClassifierMixin, BaseEstimator):
     polarity : {"auto", "higher", "lower"}, default="auto"
         Whether high scores mean the positive class. ``"auto"`` picks ``"higher"`` when the
         training ROC-AUC of the column is at least 0.5 and ``"lower"`` otherwise.
-    direction : {"auto", "higher", "lower"}, optional
-        Deprecated name of ``polarity`` (warned about in ``fit``); it stops working in the next release.
 
     Attributes
     ----------
@@ -174,22 +170,10 @@ class ThresholdClassifier(RenamedParamsMixin, ClassifierMixin, BaseEstimator):
     array([0, 1])
     """
 
-    _renamed: ClassVar[dict[str, str]] = {"direction": "polarity", "direction_": "polarity_"}
-
-    def __init__(
-        self, strategy: str = "youden", target_fpr: float | None = None, polarity: str = "auto",
-        direction: Any = DEPRECATED,
-    ) -> None:  # fmt: skip
+    def __init__(self, strategy: str = "youden", target_fpr: float | None = None, polarity: str = "auto") -> None:
         self.strategy = strategy
         self.target_fpr = target_fpr
         self.polarity = polarity
-        self.direction = direction
-
-    @property
-    def direction_(self) -> str:
-        """Deprecated name of ``polarity_``; it stops working in the next release."""
-        warnings.warn("direction_ was renamed polarity_.", DeprecationWarning, stacklevel=2)
-        return self.polarity_
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -197,8 +181,8 @@ class ThresholdClassifier(RenamedParamsMixin, ClassifierMixin, BaseEstimator):
         return tags
 
     def _check_params(self) -> str:
-        """Check the parameters; the polarity to use (the deprecated ``direction`` if given)."""
-        polarity = renamed("direction", self.direction, "polarity", self.polarity, default="auto", stacklevel=4)
+        """Check the parameters; the polarity to use."""
+        polarity = self.polarity
         if self.strategy not in _STRATEGIES:
             raise ValueError(f"strategy must be one of {_STRATEGIES}; got {self.strategy!r}.")
         if polarity not in _POLARITIES:
@@ -349,9 +333,6 @@ class FisherFeatures(TransformerMixin, BaseEstimator):
         Metric options, as in :class:`~art_fisher.detection.FisherInformationDetector`.
     chunk_size : int, default=128
         Samples per metric computation (bounds memory; the values do not depend on it).
-    batch_size, epsilon
-        Deprecated names of ``chunk_size`` and ``fd_step`` (warned about in ``fit``, ``transform``);
-        they stop working in the next release.
 
     Attributes
     ----------
@@ -382,8 +363,6 @@ class FisherFeatures(TransformerMixin, BaseEstimator):
         fd_step: float = _features.DEFAULT_OPTIONS.fd_step,
         tau: float | None = _features.DEFAULT_OPTIONS.tau,
         chunk_size: int = 128,
-        batch_size: Any = DEPRECATED,
-        epsilon: Any = DEPRECATED,
     ) -> None:
         self.classifier = classifier
         self.metrics = metrics
@@ -397,8 +376,6 @@ class FisherFeatures(TransformerMixin, BaseEstimator):
         self.fd_step = fd_step
         self.tau = tau
         self.chunk_size = chunk_size
-        self.batch_size = batch_size
-        self.epsilon = epsilon
 
     def __sklearn_clone__(self) -> FisherFeatures:
         # Share the (read-only) ART classifier instead of deep-copying its model; the other
@@ -414,8 +391,8 @@ class FisherFeatures(TransformerMixin, BaseEstimator):
         return tags
 
     def _settings(self) -> tuple[_features.MetricOptions, int]:
-        """The checked metric options and chunk size (deprecated names warned about to the caller)."""
-        return _features.options_of(self), _features.chunk_size_of(self, default=128)
+        """The checked metric options and chunk size."""
+        return _features.options_of(self), _features.chunk_size_of(self)
 
     def fit(self, X: Any, y: Any = None) -> FisherFeatures:
         """Check the settings and ``X``; learn nothing.

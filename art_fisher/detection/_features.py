@@ -34,7 +34,6 @@ import torch
 from tqdm.auto import tqdm
 
 from art_fisher import _checks
-from art_fisher._deprecation import DEPRECATED, renamed
 from art_fisher.metrics._top_mass import check_tau, selection
 
 
@@ -338,27 +337,14 @@ OPTION_NAMES = tuple(f.name for f in fields(MetricOptions))
 
 
 def options_of(owner: Any) -> MetricOptions:
-    """The checked :class:`MetricOptions` held (as attributes of the same names) by a detector or transformer.
-
-    An owner that still holds the deprecated ``epsilon`` (set, not :data:`~art_fisher._deprecation.DEPRECATED`)
-    has it taken as ``fd_step``, with a DeprecationWarning attributed to the caller of the owner's method
-    that called this function.
-    """
+    """The checked :class:`MetricOptions` held (as attributes of the same names) by a detector or transformer."""
     values = {name: getattr(owner, name) for name in OPTION_NAMES}
-    values["fd_step"] = renamed(
-        "epsilon", getattr(owner, "epsilon", DEPRECATED), "fd_step", values["fd_step"],
-        default=DEFAULT_OPTIONS.fd_step, stacklevel=5,
-    )  # fmt: skip
     return MetricOptions(**values).checked(owner.classifier)
 
 
-def chunk_size_of(owner: Any, default: int) -> int:
-    """The checked ``chunk_size`` of a detector or transformer (its deprecated ``batch_size`` if it holds one)."""
-    size = renamed(
-        "batch_size", getattr(owner, "batch_size", DEPRECATED), "chunk_size", owner.chunk_size, default=default,
-        stacklevel=5,
-    )  # fmt: skip
-    return check_chunk_size(size)
+def chunk_size_of(owner: Any) -> int:
+    """The checked ``chunk_size`` of a detector or transformer."""
+    return check_chunk_size(owner.chunk_size)
 
 
 def check_chunk_size(chunk_size: Any, name: str = "chunk_size") -> int:

@@ -9,10 +9,9 @@ hands out (``FisherInformationDetector._get_state``) and takes back (``_set_stat
 - ``settings``: the detector's constructor arguments except the classifier and the estimator;
 - ``estimator``, ``estimator_``: the estimator as given and as fitted;
 - ``feature_names``, ``input_shape``, ``nb_classes``;
-- ``model_fingerprint`` (format 2): :func:`model_fingerprint` of the classifier the detector was fitted for;
-- ``decision_threshold``, ``clean_fpr`` (format 3): the detector's ``threshold_`` and ``clean_fpr_``
-  (None or a finite float). A file of format 1 or 2 loads with ``threshold="estimator"``: its
-  estimator's own decision, as it was fitted.
+- ``model_fingerprint``: :func:`model_fingerprint` of the classifier the detector was fitted for;
+- ``decision_threshold``, ``clean_fpr``: the detector's ``threshold_`` and ``clean_fpr_`` (None or a finite
+  float).
 
 Loading reads the archive with skops' default trusted types,
 :class:`~art_fisher.detection.ThresholdClassifier`,
@@ -22,14 +21,13 @@ every key, type and value before it hands the state back. Every malformed or for
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import logging
 import warnings
 import zipfile
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
@@ -43,12 +41,9 @@ logger = logging.getLogger(__name__)
 
 #: Identifies files written by :meth:`FisherInformationDetector.save`.
 DETECTOR_FORMAT = "art_fisher.FisherInformationDetector"
-#: Bumped whenever the saved layout changes. Version 2 added ``model_fingerprint`` and ``target_fpr``;
-#: version 1 files still load, but only with ``allow_other_model=True`` (they cannot be tied to a model).
-#: Version 3 added ``decision_threshold`` and ``clean_fpr`` (the ``threshold`` setting's fitted value).
-DETECTOR_FORMAT_VERSION = 3
-_READABLE_VERSIONS = (1, 2, 3)
-#: Keys of format 3 on, beside :data:`_KEYS` and ``model_fingerprint``.
+#: Bumped whenever the saved layout changes; only this version is read.
+DETECTOR_FORMAT_VERSION = 1
+#: The fitted decision threshold's keys, beside :data:`_KEYS`.
 _THRESHOLD_KEYS = ("decision_threshold", "clean_fpr")
 #: Types a saved detector may hold beyond skops' own defaults (sklearn estimators, numpy, builtins).
 TRUSTED_TYPES = (
@@ -56,19 +51,10 @@ TRUSTED_TYPES = (
     "art_fisher.detection._calibration.QuantileOutlierDetector",
     "art_fisher.detection._estimators.LogTransformer",
 )
-#: Where the trusted types lived in art-fisher-lease 0.1: files written then still load (the names are
-#: resolved through these modules while the file is read).
-_FORMER_MODULES = {
-    "art_fisher.estimators": "art_fisher.detection._estimators",
-    "art_fisher.calibration": "art_fisher.detection._calibration",
-    "art_fisher.transforms": "art_fisher.detection._estimators",
-}
 #: Keys :func:`write_state` adds to the detector's state (the others come from the detector).
 _ADDED_KEYS = ("format", "format_version", "versions")
-#: Settings saved under an earlier name -> the constructor argument that replaced it.
-_RENAMED_SETTINGS = {"batch_size": "chunk_size", "epsilon": "fd_step"}
 _KEYS = ("format", "format_version", "versions", "settings", "estimator", "estimator_", "feature_names",
-         "input_shape", "nb_classes")  # fmt: skip
+         "input_shape", "nb_classes", "model_fingerprint")  # fmt: skip
 
 
 def _versions() -> dict[str, str]:
@@ -201,22 +187,6 @@ def invalid_file(path: str | Path, why: str) -> ValueError:
     return ValueError(f"{path} is not a valid saved FisherInformationDetector: {why}.")
 
 
-@contextlib.contextmanager
-def _former_modules() -> Iterator[None]:
-    """Make the modules of :data:`_FORMER_MODULES` importable by their former names while a file loads."""
-    import importlib
-    import sys
-
-    added = [old for old in _FORMER_MODULES if old not in sys.modules]
-    for old in added:
-        sys.modules[old] = importlib.import_module(_FORMER_MODULES[old])
-    try:
-        yield
-    finally:
-        for old in added:
-            sys.modules.pop(old, None)
-
-
 #: Largest detector file, largest ``schema.json`` and most bytes skops may read from the archive's members
 #: (each member counted once per node that reads it). A saved detector is a few KB to a few MB.
 MAX_DETECTOR_FILE_BYTES = 64 * 2**20
@@ -317,16 +287,7 @@ def _read_state(path: Path, trusted: Sequence[str]) -> dict[str, Any]:
             f"{path} is not a saved FisherInformationDetector (not a readable skops file: "
             f"{type(err).__name__}: {str(err)[:200]})."
         ) from err
-    allowed = (
-        set(TRUSTED_TYPES)
-        | set(trusted)
-        | {
-            f"{former}.{t.rpartition('.')[2]}"
-            for former, module in _FORMER_MODULES.items()
-            for t in TRUSTED_TYPES
-            if t.startswith(module + ".")
-        }
-    )
+    allowed = set(TRUSTED_TYPES) | set(trusted)
     refused = sorted(t for t in untrusted if t not in allowed)
     if refused:
         raise ValueError(
@@ -334,8 +295,7 @@ def _read_state(path: Path, trusted: Sequence[str]) -> dict[str, Any]:
             "them, pass their names in trusted=."
         )
     try:
-        with _former_modules():
-            state = sio.load(path, trusted=sorted(set(untrusted)))
+        state = sio.load(path, trusted=sorted(set(untrusted)))
     except (zipfile.BadZipFile, KeyError, ValueError, TypeError, AttributeError, OSError, RecursionError) as err:
         raise ValueError(
             f"{path} is not a saved FisherInformationDetector (loading failed: {type(err).__name__}: {str(err)[:200]})."
@@ -348,20 +308,18 @@ def _read_state(path: Path, trusted: Sequence[str]) -> dict[str, Any]:
 def _check_state(path: Path, state: dict[str, Any], setting_names: Sequence[str]) -> None:
     """Every key present with the right type; ValueError naming the first problem."""
     version = state.get("format_version")
-    if isinstance(version, bool) or not isinstance(version, Integral) or version not in _READABLE_VERSIONS:
+    if isinstance(version, bool) or not isinstance(version, Integral) or version != DETECTOR_FORMAT_VERSION:
         raise ValueError(
-            f"{path} has detector format version {version!r}; this art_fisher reads versions "
-            f"{list(_READABLE_VERSIONS)}."
+            f"{path} has detector format version {version!r}; this art_fisher reads version "
+            f"{DETECTOR_FORMAT_VERSION} only. Fit the detector again and save it with this version."
         )
-    keys = (*_KEYS, "model_fingerprint") if int(version) >= 2 else _KEYS
-    keys = (*keys, *_THRESHOLD_KEYS) if int(version) >= 3 else keys
-    missing = [k for k in keys if k not in state]
+    missing = [k for k in (*_KEYS, *_THRESHOLD_KEYS) if k not in state]
     if missing:
         raise invalid_file(path, f"keys {missing} are missing")
     settings = state["settings"]
     if not isinstance(settings, dict):
         raise invalid_file(path, f"'settings' must be a dict; got {type(settings).__name__}")
-    unknown = sorted(set(settings) - set(setting_names) - set(_RENAMED_SETTINGS))
+    unknown = sorted(set(settings) - set(setting_names))
     if unknown:
         raise invalid_file(path, f"'settings' has unknown keys {unknown}")
     names = state["feature_names"]
@@ -375,7 +333,7 @@ def _check_state(path: Path, state: dict[str, Any], setting_names: Sequence[str]
     if not isinstance(state["versions"], dict):
         raise invalid_file(path, "'versions' must be a dict")
     fingerprint = state.get("model_fingerprint")
-    if int(version) >= 2 and not (isinstance(fingerprint, str) and len(fingerprint) == 64):
+    if not (isinstance(fingerprint, str) and len(fingerprint) == 64):
         raise invalid_file(path, "'model_fingerprint' must be a 64-character SHA-256 hex digest")
     for key in _THRESHOLD_KEYS:
         value = state.get(key)
@@ -396,8 +354,8 @@ def read_state(
 
     Checked: the archive holds only trusted types; every key is present with the right type; the
     settings are among ``setting_names``; the saved input shape and class count are the classifier's;
-    the saved fingerprint is the classifier's (:func:`model_fingerprint`; a mismatch or a format 1
-    file is refused unless ``allow_other_model``, then warned about); ``estimator_`` is a fitted
+    the saved fingerprint is the classifier's (:func:`model_fingerprint`; a mismatch is
+    refused unless ``allow_other_model``, then warned about); ``estimator_`` is a fitted
     binary classifier or outlier detector. Different package versions are warned about.
 
     Parameters
@@ -440,12 +398,10 @@ def read_state(
             f"{classifier.nb_classes} classes."
         )
     fingerprint = model_fingerprint(classifier)
-    saved_fingerprint = state.get("model_fingerprint")
+    saved_fingerprint = str(state["model_fingerprint"])  # checked: a 64-character digest
     if saved_fingerprint != fingerprint:
         why = (
-            "it was saved by an older art_fisher (format 1) that did not record the model"
-            if saved_fingerprint is None
-            else "it was fitted for a model with other weights or preprocessing (fingerprint "
+            "it was fitted for a model with other weights or preprocessing (fingerprint "
             f"{saved_fingerprint[:12]}…, this classifier {fingerprint[:12]}…)"
         )
         if not allow_other_model:
@@ -463,9 +419,7 @@ def read_state(
                 UserWarning,
                 stacklevel=3,
             )
-    settings = {_RENAMED_SETTINGS.get(key, key): value for key, value in state["settings"].items()}
-    if int(state["format_version"]) < 3:  # fitted before the threshold setting: the estimator decided
-        settings.setdefault("threshold", "estimator")
+    settings = dict(state["settings"])
     for key in ("metrics", "params"):
         if isinstance(settings.get(key), list):
             settings[key] = tuple(settings[key])

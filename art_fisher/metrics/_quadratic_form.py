@@ -14,13 +14,11 @@ direction ``t_k`` comes from the layer's output change along ``v_k``. Along the 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 import torch
 from torch import nn
 
 from art_fisher import _checks
-from art_fisher._deprecation import DEPRECATED, renamed
 from art_fisher.metrics import _directions as directions
 from art_fisher.metrics._basis import ClassSelection, make_basis
 from art_fisher.metrics._directions import Direction
@@ -166,8 +164,6 @@ def fisher_quadratic_form(
     chunk_size: int | None = None,
     create_graph: bool = False,
     tau: float | None = None,
-    batch_size: Any = DEPRECATED,
-    epsilon: Any = DEPRECATED,
 ) -> torch.Tensor:
     r"""Quadratic form ``vᵀ F(x) v`` of each sample's Fisher matrix along a direction ``v``.
 
@@ -213,8 +209,6 @@ def fisher_quadratic_form(
     tau : float in (0, 1), optional
         As in :func:`~art_fisher.metrics.fisher_trace` (with ``classes="all"``): ``vᵀ F_τ v ≤ vᵀ F v``.
 
-    batch_size, epsilon
-        Deprecated names of ``chunk_size`` and ``fd_step``; they stop working in the next release.
 
     Returns
     -------
@@ -226,8 +220,6 @@ def fisher_quadratic_form(
     TypeError, ValueError
         As :func:`fisher_trace`.
     """
-    chunk_size = renamed("batch_size", batch_size, "chunk_size", chunk_size, default=None)
-    fd_step = renamed("epsilon", epsilon, "fd_step", fd_step, default=1e-3)
     net, n_classes, eps, bs = setup(
         model,
         x,

@@ -32,7 +32,6 @@ from torch import nn
 from torch.func import grad, jacrev, jvp, vjp, vmap
 
 from art_fisher import _checks
-from art_fisher._deprecation import DEPRECATED, renamed
 from art_fisher.metrics import _directions as directions
 from art_fisher.metrics._basis import centered, predicted_vs_rest, reducer, reduction_jacobian
 from art_fisher.metrics._directions import Direction
@@ -216,6 +215,17 @@ def func_sensitivity(
 # --- Dispatch -------------------------------------------------------------------------------------------
 
 
+def _chunk_of(path: str, plan: Plan, itemsize: int) -> int:
+    """Samples per pass of a sensitivity path, from its memory budget."""
+    if path == "first_order":
+        return chunking.hook_chunk(plan.out_numel, plan.n_classes, itemsize, budget=chunking.FIRST_ORDER_BUDGET)
+    if path == "second_order":
+        return chunking.hook_chunk(plan.out_numel, plan.n_classes, itemsize, budget=chunking.SECOND_ORDER_BUDGET)
+    if path == "func":
+        return chunking.FUNC_SENSITIVITY_CHUNK
+    return chunking.FINITE_DIFFERENCE_CHUNK
+
+
 def sensitivity(
     net: FunctionalNet,
     plan: Plan,
@@ -234,17 +244,7 @@ def sensitivity(
     path = "finite_difference"
     if method == "exact":
         path = "func" if plan.rest else ("first_order" if is_piecewise_linear(plan) else "second_order")
-    itemsize = x.element_size()
-    if chunk_size:
-        size = chunk_size
-    elif path == "first_order":
-        size = chunking.hook_chunk(plan.out_numel, plan.n_classes, itemsize, budget=chunking.FIRST_ORDER_BUDGET)
-    elif path == "second_order":
-        size = chunking.hook_chunk(plan.out_numel, plan.n_classes, itemsize, budget=chunking.SECOND_ORDER_BUDGET)
-    elif path == "func":
-        size = chunking.FUNC_SENSITIVITY_CHUNK
-    else:
-        size = chunking.FINITE_DIFFERENCE_CHUNK
+    size = chunk_size or _chunk_of(path, plan, x.element_size())
     forward_mode = True
     out = []
     for sl in chunking.chunks(x.shape[0], size):
@@ -318,8 +318,6 @@ def fisher_sensitivity(
     method: str = "exact",
     fd_step: float = 1e-3,
     chunk_size: int | None = None,
-    batch_size: Any = DEPRECATED,
-    epsilon: Any = DEPRECATED,
 ) -> torch.Tensor:
     r"""Fisher information sensitivity (FIS) of every input entry.
 
@@ -356,8 +354,6 @@ def fisher_sensitivity(
     fd_step : float
         Step of the finite differences.
 
-    batch_size, epsilon
-        Deprecated names of ``chunk_size`` and ``fd_step``; they stop working in the next release.
 
     Returns
     -------
@@ -373,8 +369,6 @@ def fisher_sensitivity(
         InstanceNorm modules: torch.func's mixed second derivatives through them are wrong in torch
         2.13 (verified against plain autograd).
     """
-    chunk_size = renamed("batch_size", batch_size, "chunk_size", chunk_size, default=None)
-    fd_step = renamed("epsilon", epsilon, "fd_step", fd_step, default=1e-3)
     net, n_classes, eps, bs = setup(
         model, x, output=output, params=params, method=method, fd_step=fd_step, chunk_size=chunk_size
     )

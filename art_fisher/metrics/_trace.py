@@ -14,13 +14,12 @@ With the Gram blocks ``K_k = J_k J_kᵀ`` (C × C) of each parameter tensor ``k`
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Literal, NamedTuple, overload
+from typing import Literal, NamedTuple, overload
 
 import torch
 from torch import nn
 
 from art_fisher import _checks
-from art_fisher._deprecation import DEPRECATED, renamed
 from art_fisher.metrics._basis import ClassSelection, make_basis
 from art_fisher.metrics._finite_difference import per_class_trace
 from art_fisher.metrics._setup import grad_mode, input_for, setup
@@ -125,8 +124,6 @@ def fisher_trace(
     chunk_size: int | None = None,
     create_graph: bool = False,
     tau: float | None = None,
-    batch_size: Any = DEPRECATED,
-    epsilon: Any = DEPRECATED,
 ) -> torch.Tensor:
     r"""Trace of each sample's Fisher matrix, ``tr F(x) = Σ_c p_c ‖∇θ log p_c‖²``.
 
@@ -163,8 +160,6 @@ def fisher_trace(
         many backward passes as kept classes instead of ``C − 1``, and a certain lower bound of the
         exact value (``F_τ ≼ F``). None (default): exact.
 
-    batch_size, epsilon
-        Deprecated names of ``chunk_size`` and ``fd_step``; they stop working in the next release.
 
     Returns
     -------
@@ -177,8 +172,6 @@ def fisher_trace(
         For invalid arguments (before any computation), and for samples whose output or trace is
         not finite (naming them).
     """
-    chunk_size = renamed("batch_size", batch_size, "chunk_size", chunk_size, default=None)
-    fd_step = renamed("epsilon", epsilon, "fd_step", fd_step, default=1e-3)
     net, _n_classes, _eps, bs = setup(
         model,
         x,
@@ -212,7 +205,6 @@ def fisher_block_traces(
     chunk_size: int | None = None,
     create_graph: bool = False,
     tau: float | None = None,
-    batch_size: Any = DEPRECATED,
 ) -> BlockTraces:
     r"""Trace of each selected parameter tensor's own diagonal block of each sample's Fisher matrix.
 
@@ -224,8 +216,6 @@ def fisher_block_traces(
     model, x, output, params, chunk_size, create_graph, tau
         As in :func:`fisher_trace`.
 
-    batch_size
-        Deprecated name of ``chunk_size``; it stops working in the next release.
 
     Returns
     -------
@@ -237,7 +227,6 @@ def fisher_block_traces(
     TypeError, ValueError
         As :func:`fisher_trace`.
     """
-    chunk_size = renamed("batch_size", batch_size, "chunk_size", chunk_size, default=None)
     net, _n_classes, _eps, bs = setup(
         model, x, output=output, params=params, chunk_size=chunk_size, create_graph=create_graph
     )
@@ -258,7 +247,6 @@ def fisher_max_eigenvalue(
     chunk_size: int | None = None,
     create_graph: bool = False,
     tau: float | None = None,
-    batch_size: Any = DEPRECATED,
 ) -> torch.Tensor:
     r"""Largest eigenvalue ``λ_max(F(x))`` of each sample's Fisher matrix.
 
@@ -272,8 +260,6 @@ def fisher_max_eigenvalue(
         As in :func:`fisher_trace` (the input gradient of ``λ_max`` is defined where it is a simple
         eigenvalue).
 
-    batch_size
-        Deprecated name of ``chunk_size``; it stops working in the next release.
 
     Returns
     -------
@@ -285,7 +271,6 @@ def fisher_max_eigenvalue(
     TypeError, ValueError
         As :func:`fisher_trace`.
     """
-    chunk_size = renamed("batch_size", batch_size, "chunk_size", chunk_size, default=None)
     net, _n_classes, _eps, bs = setup(
         model, x, output=output, params=params, chunk_size=chunk_size, create_graph=create_graph
     )

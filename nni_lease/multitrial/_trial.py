@@ -39,7 +39,6 @@ from nni.nas.evaluator import FunctionalEvaluator
 from torch import nn
 from torch.utils.data import DataLoader
 
-from art_fisher._deprecation import DEPRECATED, renamed
 from nni_lease._data import check_dataset, make_dataset
 from nni_lease.core._listener import check_listener, default_listener
 from nni_lease.core._settings import LeaseSettings
@@ -88,7 +87,6 @@ def check_trial_arguments(
     listener_width: int | None = None,
     seed: int = 0,
     device: str = "cpu",
-    data_root: Any = DEPRECATED,
     **lease_options: Any,
 ) -> None:
     """Validate the arguments of :func:`evaluate_lease` before any work (same names and defaults).
@@ -98,7 +96,6 @@ def check_trial_arguments(
     ValueError
         Naming the offending argument, the expected and the received value.
     """
-    data_dir = renamed("data_root", data_root, "data_dir", data_dir, default=None)
     check_dataset(dataset, data_dir)
     for name, value in [("epochs", epochs), ("batch_size", batch_size)]:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -134,6 +131,34 @@ def _explainer_scores(model: nn.Module, batches: list[tuple[torch.Tensor, torch.
     return total / n, correct / n
 
 
+def _train_epoch(
+    step: LeaseStep, explainer: nn.Module, opt_e: torch.optim.Optimizer, loader: DataLoader,
+    max_batches: int | None, dev: torch.device,
+) -> None:  # fmt: skip
+    """One epoch of stages 1-3 on at most ``max_batches`` batches."""
+    for i, (x, y) in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            break
+        x, y = x.to(dev), y.to(dev)
+        # Stage 1: one explainer weight step on the batch.
+        opt_e.zero_grad()
+        F.cross_entropy(explainer(x), y).backward()
+        opt_e.step()
+        # Stages 2 and 3: the shared LeaSE step (explain with the updated explainer, train W).
+        step.train_listener(explainer, x, y)
+
+
+def _listener_scores(step: LeaseStep, explainer: nn.Module, val_batches: list) -> tuple[float, float]:
+    """The listener's mean validation loss and accuracy on the explainer's explanations."""
+    loss_a, correct_a, n = 0.0, 0, 0
+    for x, y in val_batches:
+        loss, logits, _ = step.listener_validation_loss(explainer, x, y, reduction="sum")
+        loss_a += float(loss)
+        correct_a += int((logits.argmax(dim=1) == y).sum())
+        n += len(y)
+    return loss_a / n, correct_a / n
+
+
 def evaluate_lease(
     model: nn.Module,
     *,
@@ -148,7 +173,6 @@ def evaluate_lease(
     listener_width: int | None = None,
     seed: int = 0,
     device: str = "cpu",
-    data_root: Any = DEPRECATED,
     **lease_options: Any,
 ) -> dict[str, float]:
     """Train the explainer ``model`` and a fresh listener with LeaSE, report to NNI, return the final metrics.
@@ -179,8 +203,6 @@ def evaluate_lease(
         starts (through a forked torch RNG: the caller's global RNG state is left as it was).
     device : str
         ``"cpu"`` or a CUDA device.
-    data_root : str or None
-        Deprecated name of ``data_dir``; it stops working in the next release.
     **lease_options
         LeaSE options among :data:`TRIAL_LEASE_OPTIONS` (``gamma``, ``pgd_epsilon`` …; defaults of
         :class:`~nni_lease.core.LeaseSettings`).
@@ -199,7 +221,6 @@ def evaluate_lease(
     RuntimeError
         If the objective is not finite (the trial is then marked failed).
     """
-    data_dir = renamed("data_root", data_root, "data_dir", data_dir, default=None)
     check_trial_arguments(
         dataset=dataset,
         data_dir=data_dir,
@@ -235,27 +256,12 @@ def evaluate_lease(
         for epoch in range(1, epochs + 1):
             explainer.train()
             listener.train()
-            for i, (x, y) in enumerate(loader):
-                if max_batches is not None and i >= max_batches:
-                    break
-                x, y = x.to(dev), y.to(dev)
-                # Stage 1: one explainer weight step on the batch.
-                opt_e.zero_grad()
-                F.cross_entropy(explainer(x), y).backward()
-                opt_e.step()
-                # Stages 2 and 3: the shared LeaSE step (explain with the updated explainer, train W).
-                step.train_listener(explainer, x, y)
+            _train_epoch(step, explainer, opt_e, loader, max_batches, dev)
             # Stage 4 (score): both validation losses, with the networks in eval mode.
             explainer.eval()
             listener.eval()
             loss_e, acc_e = _explainer_scores(explainer, val_batches)
-            loss_a, correct_a, n = 0.0, 0, 0
-            for x, y in val_batches:
-                loss, logits, _ = step.listener_validation_loss(explainer, x, y, reduction="sum")
-                loss_a += float(loss)
-                correct_a += int((logits.argmax(dim=1) == y).sum())
-                n += len(y)
-            loss_a, acc_a = loss_a / n, correct_a / n
+            loss_a, acc_a = _listener_scores(step, explainer, val_batches)
             objective = loss_e + settings.gamma * loss_a
             if not math.isfinite(objective):
                 raise RuntimeError(

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from art_fisher._deprecation import DEPRECATED, renamed
 from nni_lease._limits import MAX_BATCH_SIZE, MAX_CELLS, MAX_COUNT, MAX_EPOCHS, MAX_NODES, MAX_SEED, MAX_WIDTH
 
 DATASETS: tuple[str, ...] = ("digits", "mnist", "cifar10")
@@ -25,12 +24,6 @@ def _check_int(name: str, value: Any, *, optional: bool = False, minimum: int = 
 def _check_positive(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) < math.inf:
         raise ValueError(f"{name} must be a positive finite number; got {value!r}.")
-
-
-def _take_former_data_root(config: Any, data_root: Any) -> None:
-    """Set a config's ``data_dir`` from its deprecated keyword ``data_root`` (with a DeprecationWarning)."""
-    value = renamed("data_root", data_root, "data_dir", config.data_dir, default=None, stacklevel=5)
-    object.__setattr__(config, "data_dir", value)
 
 
 def check_data(dataset: str, data_dir: str | None) -> None:
@@ -74,8 +67,6 @@ class SearchConfig:
         Show Lightning's progress bar.
     space : {"lease_cell", "darts"}
         The search space (:data:`nni_lease._spaces.SPACES`).
-    data_root : str or None
-        Deprecated name of ``data_dir``; it stops working in the next release.
 
     Raises
     ------
@@ -97,12 +88,10 @@ class SearchConfig:
     nodes: int | None = None
     progress: bool = False
     space: str = "lease_cell"
-    data_root: dataclasses.InitVar[Any] = DEPRECATED
 
-    def __post_init__(self, data_root: Any) -> None:
+    def __post_init__(self) -> None:
         from nni_lease._spaces import SPACE_DEFAULTS
 
-        _take_former_data_root(self, data_root)
         if self.space not in SPACE_DEFAULTS:
             raise ValueError(f"space must be one of {sorted(SPACE_DEFAULTS)}; got {self.space!r}.")
         for name, default in SPACE_DEFAULTS[self.space].items():
@@ -148,8 +137,6 @@ class RetrainConfig:
         CIFAR-10 folder (``None``: the one recorded by the search).
     progress : bool
         Show a progress bar.
-    data_root : str or None
-        Deprecated name of ``data_dir``; it stops working in the next release.
     """
 
     epochs: int = 20
@@ -158,10 +145,8 @@ class RetrainConfig:
     seed: int = 0
     data_dir: str | None = None
     progress: bool = False
-    data_root: dataclasses.InitVar[Any] = DEPRECATED
 
-    def __post_init__(self, data_root: Any) -> None:
-        _take_former_data_root(self, data_root)
+    def __post_init__(self) -> None:
         _check_int("epochs", self.epochs, maximum=MAX_EPOCHS)
         _check_int("batch_size", self.batch_size, maximum=MAX_BATCH_SIZE)
         _check_int("seed", self.seed, minimum=0, maximum=MAX_SEED)

@@ -348,7 +348,7 @@ def retrain_architecture(
             output = Path(architecture).expanduser().with_name(RETRAIN_FILE)
     out = check_output_file(output)
     dataset = record.get("dataset", "digits")
-    root = config.data_dir or record.get("data_dir", record.get("data_root"))
+    root = config.data_dir or record.get("data_dir")
     check_data(dataset, root)
     train, val, test = _datasets(dataset, root, int(record.get("seed", 0)), None)
 

@@ -144,11 +144,3 @@ def test_cifar10_loader_refuses_a_tiny_file_declaring_a_million_images(tmp_path)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 2**20  # the old loader made (10^6, 3, 32, 32) float32: 12 GB
-
-
-def test_root_is_a_deprecated_name_of_data_dir(tmp_path):
-    with pytest.warns(DeprecationWarning, match="root was renamed data_dir"), \
-            pytest.raises(FileNotFoundError, match="data_dir must be a folder"):  # fmt: skip
-        Cifar10Dataset(root=str(tmp_path / "missing"), split="test")
-    with pytest.warns(DeprecationWarning, match="root was renamed data_dir"), pytest.raises(FileNotFoundError):
-        make_dataset("cifar10", "test", root=str(tmp_path / "missing"))

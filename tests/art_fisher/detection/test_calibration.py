@@ -110,17 +110,3 @@ def test_zeros_under_log_and_too_few_samples():
 def test_bad_parameters_raise_in_fit(params, match):
     with pytest.raises(ValueError, match=match):
         QuantileOutlierDetector(**params).fit(np.ones((30, 2)) + np.arange(30)[:, None])
-
-
-def test_direction_is_a_deprecated_name_of_polarity():
-    from sklearn.base import clone
-
-    clean = np.random.default_rng(1).normal(size=(199, 1))
-    old = QuantileOutlierDetector(direction="lower")
-    assert clone(old).get_params()["direction"] == "lower"  # stored as given; warned about in fit
-    with pytest.warns(DeprecationWarning, match="direction was renamed polarity"):
-        old.fit(clean)
-    new = QuantileOutlierDetector(polarity="lower").fit(clean)
-    x = np.array([[-3.0], [3.0]])
-    np.testing.assert_array_equal(old.decision_function(x), new.decision_function(x))
-    assert old.polarity_ == "lower"

@@ -212,10 +212,7 @@ def test_defence_params_match_constructor_and_round_trip(digits_cnn):
     import inspect
 
     signature = inspect.signature(FisherInformationDetector.__init__)
-    deprecated = ("batch_size", "epsilon")  # former names, not parameters
-    assert [
-        p for p in list(signature.parameters)[1:] if p not in deprecated
-    ] == FisherInformationDetector.defence_params
+    assert list(signature.parameters)[1:] == FisherInformationDetector.defence_params
     detector = FisherInformationDetector(digits_cnn.classifier, metrics=("trace",), chunk_size=7, blockwise=True)
     params = detector.get_params()
     assert params["chunk_size"] == 7 and params["metrics"] == ("trace",) and params["blockwise"] is True
@@ -511,28 +508,6 @@ def test_uint8_range_images_are_warned_about(digits_cnn):
         warnings.simplefilter("error")
         FisherInformationDetector(wide, metrics=("trace",)).sensitivity_maps(pixels)  # the model expects 0..255
         detector.sensitivity_maps(digits_cnn.x_test[:6])  # [0, 1] inputs
-
-
-def test_deprecated_names_set_chunk_size_and_fd_step(digits_cnn, digits_attacks):
-    clf = digits_cnn.classifier
-    with pytest.warns(DeprecationWarning, match="batch_size was renamed chunk_size"):
-        detector = FisherInformationDetector(clf, metrics=("trace",), batch_size=7)
-    assert detector.chunk_size == 7 and "batch_size" not in detector.get_params()
-    with pytest.warns(DeprecationWarning, match="epsilon was renamed fd_step"):
-        detector = FisherInformationDetector(clf, metrics=("quadratic_form",), method="finite_difference", epsilon=1e-2)
-    assert detector.fd_step == 1e-2
-    with pytest.warns(DeprecationWarning, match="batch_size was renamed chunk_size"):
-        detector.set_params(batch_size=5)
-    assert detector.chunk_size == 5
-    with (
-        pytest.warns(DeprecationWarning, match="batch_size was renamed chunk_size"),
-        pytest.raises(TypeError, match="Pass chunk_size only"),
-    ):
-        FisherInformationDetector(clf, batch_size=7, chunk_size=8)
-    x = digits_attacks["deepfool"][0][:6]
-    with pytest.warns(DeprecationWarning, match="batch_size was renamed chunk_size"):
-        old = detector.sensitivity_maps(x, batch_size=2)
-    np.testing.assert_array_equal(old, detector.sensitivity_maps(x, chunk_size=2))
 
 
 # ------------------------------------------------------------------------------ the Fisher detector

@@ -219,36 +219,6 @@ def test_detector_and_transformer_share_one_options_object(digits_cnn):
     )
 
 
-def test_fisher_features_deprecated_names_warn_in_fit_and_keep_sklearn_rules(digits_cnn, digits_attacks):
-    from sklearn.base import clone
-
-    x = digits_attacks["deepfool"][0][:6]
-    features = FisherFeatures(digits_cnn.classifier, metrics=("quadratic_form",), method="finite_difference",
-                              batch_size=2, epsilon=1e-2)  # fmt: skip
-    params = features.get_params()
-    assert params["batch_size"] == 2 and params["epsilon"] == 1e-2  # __init__ stores what it gets
-    assert clone(features).get_params()["epsilon"] == 1e-2
-    with pytest.warns(DeprecationWarning, match="was renamed") as record:
-        old = features.fit_transform(x)
-    renamed = {str(w.message).split(";")[0] for w in record}
-    assert renamed == {"epsilon was renamed fd_step", "batch_size was renamed chunk_size"}
-    new = FisherFeatures(digits_cnn.classifier, metrics=("quadratic_form",), method="finite_difference",
-                         chunk_size=2, fd_step=1e-2).fit_transform(x)  # fmt: skip
-    np.testing.assert_array_equal(old, new)
-    assert repr(FisherFeatures(digits_cnn.classifier).get_params()["batch_size"]) == "'deprecated'"
-
-
-def test_threshold_classifier_direction_is_a_deprecated_name_of_polarity():
-    X = np.array([[0.1], [0.2], [0.3], [0.9], [1.1], [1.4]])
-    y = [0, 0, 0, 1, 1, 1]
-    with pytest.warns(DeprecationWarning, match="direction was renamed polarity"):
-        old = ThresholdClassifier(direction="lower").fit(X, y)
-    assert old.polarity_ == "lower"
-    with pytest.warns(DeprecationWarning, match="direction_ was renamed polarity_"):
-        assert old.direction_ == "lower"
-    assert clone(ThresholdClassifier(direction="lower")).get_params()["direction"] == "lower"
-
-
 @parametrize_with_checks([LogTransformer()])
 def test_log_transformer_sklearn_conventions(estimator, check):
     check(estimator)

@@ -214,90 +214,6 @@ def test_directory_missing_and_deeply_nested_files(fitted_detector, tmp_path):
         FisherInformationDetector.load(nested, clf)
 
 
-def test_format_1_files_need_allow_other_model(fitted_detector, tmp_path):
-    detector, x = fitted_detector
-    good = tmp_path / "good.skops"
-    detector.save(good)
-
-    def as_version_1(state):
-        state["format_version"] = 1
-        del state["model_fingerprint"], state["settings"]["target_fpr"]
-        _before_format_3(state)
-        _with_former_names(state)
-
-    old = _edited(tmp_path, good, "v1.skops", as_version_1)
-    with pytest.raises(ValueError, match="older art_fisher .format 1."):
-        FisherInformationDetector.load(old, detector.classifier)
-    with pytest.warns(UserWarning, match="format 1"):
-        loaded = FisherInformationDetector.load(old, detector.classifier, allow_other_model=True)
-    _decides_as_fitted_before_format_3(loaded, detector, x)
-
-
-def _before_format_3(state):
-    """A file written before the ``threshold`` setting (format 1 or 2)."""
-    del state["decision_threshold"], state["clean_fpr"], state["settings"]["threshold"]
-
-
-def _decides_as_fitted_before_format_3(loaded, detector, x):
-    """Such a file decides as its estimator's ``predict``, as it did when it was written."""
-    from art_fisher.detection._decision import decide
-
-    assert loaded.threshold == "estimator" and loaded.threshold_ is None and loaded.clean_fpr_ is None
-    report, flagged = loaded.detect(x)
-    features = np.column_stack([report["scores"][name] for name in report["feature_names"]])
-    np.testing.assert_array_equal(flagged, decide(detector.estimator_, features)[2])
-    np.testing.assert_array_equal(report["decision_scores"], detector.detect(x)[0]["decision_scores"])
-
-
-def _with_former_names(state):
-    """The settings as art_fisher 0.1 named them."""
-    state["settings"]["batch_size"] = state["settings"].pop("chunk_size")
-    state["settings"]["epsilon"] = state["settings"].pop("fd_step")
-
-
-def test_files_with_former_estimator_attribute_names_load(digits_cnn, digits_attacks, tmp_path):
-    """A ThresholdClassifier or QuantileOutlierDetector saved by art_fisher 0.1 holds ``direction``(``_``)."""
-    clean, adv = digits_attacks["deepfool"]
-    x, y = _detection_set(clean, adv, np.arange(16))
-    for detector, labels in (
-        (FisherInformationDetector(digits_cnn.classifier, metrics=("trace",)), y),
-        (FisherInformationDetector(digits_cnn.classifier, metrics=("trace", "quadratic_form")), None),
-    ):
-        detector.fit(x if labels is not None else clean[:40], labels)
-        good = tmp_path / "good.skops"
-        detector.save(good)
-
-        def with_direction(state):
-            attributes = vars(state["estimator_"])
-            attributes["direction"] = attributes.pop("polarity")
-            if isinstance(state["estimator_"], ThresholdClassifier):
-                attributes["direction_"] = attributes.pop("polarity_")
-            else:
-                del attributes["polarity_"]
-
-        old = _edited(tmp_path, good, "old.skops", with_direction)
-        loaded = FisherInformationDetector.load(old, detector.classifier)
-        np.testing.assert_array_equal(loaded.detect(x)[0]["decision_scores"], detector.detect(x)[0]["decision_scores"])
-
-
-def test_format_2_files_with_former_setting_names_load(fitted_detector, tmp_path):
-    detector, x = fitted_detector
-    good = tmp_path / "good.skops"
-    detector.set_params(chunk_size=9)
-    detector.save(good)
-
-    def as_version_2(state):
-        state["format_version"] = 2
-        _before_format_3(state)
-        _with_former_names(state)
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        loaded = FisherInformationDetector.load(_edited(tmp_path, good, "old.skops", as_version_2), detector.classifier)
-    assert loaded.chunk_size == 9 and loaded.fd_step == detector.fd_step
-    _decides_as_fitted_before_format_3(loaded, detector, x)
-
-
 def test_the_decision_threshold_is_saved(fitted_detector, tmp_path):
     detector, x = fitted_detector
     assert detector.threshold == "target_fpr" and detector.threshold_ is not None
@@ -454,3 +370,17 @@ def test_lying_fields_are_refused_at_load(digits_cnn, fitted_detector, tmp_path)
         ValueError, match="is inconsistent: its 'estimator_' was fitted on 5 features; the detector computes"
     ):
         FisherInformationDetector.load(tmp_path / "five.skops", digits_cnn.classifier)
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_other_format_versions_are_refused_with_what_to_do(fitted_detector, tmp_path, version):
+    detector, _ = fitted_detector
+    good = tmp_path / "good.skops"
+    detector.save(good)
+
+    def as_other_version(state):
+        state["format_version"] = version
+
+    other = _edited(tmp_path, good, "other.skops", as_other_version)
+    with pytest.raises(ValueError, match=f"format version {version}; this art_fisher reads version 1 only. Fit"):
+        FisherInformationDetector.load(other, detector.classifier)

@@ -279,30 +279,6 @@ def test_create_graph_arguments():
         fisher_quadratic_form(model, x, create_graph=True, method="finite_difference")
 
 
-@pytest.mark.parametrize("fn", METRICS)
-def test_batch_size_is_a_deprecated_name_of_chunk_size(mlp, fn):
-    model, x = mlp
-    with pytest.warns(DeprecationWarning, match="batch_size was renamed chunk_size"):
-        old = fn(model, x, batch_size=2)
-    new = fn(model, x, chunk_size=2)
-    torch.testing.assert_close(old, new, rtol=0, atol=0)
-    with (
-        pytest.warns(DeprecationWarning, match="batch_size was renamed chunk_size"),
-        pytest.raises(TypeError, match="Pass chunk_size only"),
-    ):
-        fn(model, x, batch_size=2, chunk_size=3)
-
-
-@pytest.mark.parametrize("fn", [fisher_quadratic_form, fisher_sensitivity])
-def test_epsilon_is_a_deprecated_name_of_fd_step(mlp, fn):
-    model, x = mlp
-    with pytest.warns(DeprecationWarning, match="epsilon was renamed fd_step"):
-        old = fn(model, x, method="finite_difference", epsilon=1e-2)
-    new = fn(model, x, method="finite_difference", fd_step=1e-2)
-    torch.testing.assert_close(old, new, rtol=0, atol=0)
-    assert not torch.equal(new, fn(model, x, method="finite_difference", fd_step=1e-1))
-
-
 class _FunctionalDropout(nn.Module):
     def __init__(self) -> None:
         super().__init__()

@@ -138,19 +138,3 @@ def test_the_trial_runs_the_shared_lease_step(reports, monkeypatch):
     assert [training for training, *_ in calls[:per_epoch]] == [True] * TINY["max_batches"] + [False]
     assert [n for _, n, *_ in calls[:per_epoch]] == [TINY["batch_size"]] * TINY["max_batches"] + [TINY["val_limit"]]
     assert {c[2:] for c in calls} == {(0.1, 2.5 * 0.1 / TINY["pgd_steps"], TINY["pgd_steps"])}
-
-
-def test_data_root_is_a_deprecated_name_of_data_dir(tmp_path):
-    from nni_lease.oneshot._config import RetrainConfig, SearchConfig
-
-    with pytest.warns(DeprecationWarning, match="data_root was renamed data_dir"):
-        assert SearchConfig(data_root=str(tmp_path)).data_dir == str(tmp_path)
-    with pytest.warns(DeprecationWarning, match="data_root was renamed data_dir"):
-        assert RetrainConfig(data_root=str(tmp_path)).data_dir == str(tmp_path)
-    with (
-        pytest.warns(DeprecationWarning, match="data_root was renamed data_dir"),
-        pytest.raises(TypeError, match="Pass data_dir only"),
-    ):
-        SearchConfig(data_root="a", data_dir="b")
-    with pytest.warns(DeprecationWarning, match="data_root was renamed data_dir"):
-        check_trial_arguments(dataset="cifar10", data_root=str(tmp_path))
