@@ -19,7 +19,7 @@ from sklearn.exceptions import NotFittedError
 from art_fisher.detection import _features
 from art_fisher.detection._decision import estimator_kind
 
-logger = logging.getLogger("art_fisher.detection._detector")
+logger = logging.getLogger(__name__)
 
 #: The named decision thresholds (a detector's ``threshold`` may also be a number).
 THRESHOLDS = ("target_fpr", "estimator")

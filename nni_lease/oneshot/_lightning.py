@@ -39,7 +39,7 @@ from torch import nn
 from nni_lease.core._settings import LeaseSettings
 from nni_lease.core._step import LeaseStep
 
-logger = logging.getLogger("nni_lease.oneshot._strategy")
+logger = logging.getLogger(__name__)
 
 #: Metrics :class:`LeaseLightningModule` logs once per epoch (Lightning ``self.log``, ``on_epoch=True``).
 METRICS: tuple[str, ...] = (

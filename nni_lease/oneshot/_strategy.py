@@ -1,30 +1,11 @@
-r"""LeaSE (Learning by Self-Explanation) as an NNI 3.0 one-shot strategy.
+"""LeaSE (Learning by Self-Explanation) as an NNI 3.0 one-shot strategy.
 
 The strategy (:class:`LeaSE`) configures NNI's DARTS with a listener and LeaSE's settings; the training
 step lives in its Lightning module, :class:`~nni_lease.oneshot.LeaseLightningModule`.
 
-Two networks learn the same task. The *explainer* is NNI's differentiable supernet of the model space
-(architecture weights :math:`A`, the DARTS :math:`\alpha`; operation weights :math:`E`); the *listener*
-is a fixed network with weights :math:`W`. Each training step of :class:`LeaseLightningModule` takes one
-training batch :math:`(x^{tr}, y^{tr})` and one validation batch :math:`(x^{val}, y^{val})` (NNI's DARTS
-data plumbing) and runs, like NNI's DARTS, the architecture step first:
-
-4. architecture step on the validation batch, minimising the seed's stage-4 objective
-   :math:`L_e^{val} + \gamma L_a^{val}` (``hypergradient="first_order"``: the approximation with the
-   current weights; ``"unrolled"``: the whole chain E′(A) → explanation → W′ → :math:`L_a^{val}`; both
-   in :mod:`nni_lease.core`);
-
-1. explainer weight step on the training batch (the evaluator's own loss and optimiser, exactly as in
-   NNI's DARTS);
-2. explanation of the training batch by the updated explainer (:mod:`nni_lease.core`);
-3. listener weight step on the explained inputs.
-
-Stages 2-4 are :class:`nni_lease.core.LeaseStep`, the same code the multi-trial trial runs.
-Over many steps this is the paper's cycle 1 → 2 → 3 → 4 (the architecture step of one iteration uses the
-explainer and listener trained in the previous one); ordering it architecture-first makes ``gamma=0``
-exactly NNI's DARTS: the same supernet, the same architecture and weight updates, the same batches.
-The explainer's and listener's training and validation sets are NNI's train / val loaders
-(:math:`D_e^{tr} = D_a^{tr}`, :math:`D_e^{val} = D_a^{val}`).
+The explainer is NNI's differentiable supernet of the model space; the listener is a fixed network
+(``listener=``, default :func:`~nni_lease.core.default_listener`). The order of the four stages in a
+training step, and why ``gamma=0`` is exactly NNI's DARTS, are described in the Lightning module.
 """
 
 from __future__ import annotations

@@ -111,7 +111,7 @@ class DetectorRun:
 
         Raises
         ------
-        art_fisher.detection._logit.NotDifferentiableError
+        art_fisher.detection.NotDifferentiableError
             For a detector without input gradients (the default).
         """
         from art_fisher.detection._logit import NotDifferentiableError
