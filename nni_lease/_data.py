@@ -34,6 +34,7 @@ import torch
 from torch.utils.data import Dataset
 
 from art_fisher.data._cifar_batch import read_cifar10_batch
+from art_fisher.data._loaders import load_digits, load_mnist
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +114,6 @@ class DigitsDataset(_ArrayDataset):
     def __init__(self, split: Split = "train", *, seed: int = 0, limit: int | None = None) -> None:
         _check_split(split)
         _check_limit(limit)
-        from art_fisher.data._loaders import load_digits
 
         data = load_digits()
         perm = np.random.default_rng(seed).permutation(len(data.y))
@@ -274,7 +274,6 @@ class MnistDataset(_ArrayDataset):
         _check_limit(limit)
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1); got {val_fraction!r}.")
-        from art_fisher.data._loaders import load_mnist
 
         self.n_classes = 10
         data = load_mnist(Path(data_dir).expanduser(), split="test" if split == "test" else "train")

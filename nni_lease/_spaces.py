@@ -31,6 +31,7 @@ import torch
 from nni.nas.nn.pytorch import InputChoice, LayerChoice, ModelSpace
 from torch import nn
 
+from nni_lease._darts_space import DartsSpace
 from nni_lease._limits import MAX_CELLS, MAX_CHANNELS, MAX_CLASSES, MAX_IMAGE_SIZE, MAX_NODES, MAX_WIDTH
 
 logger = logging.getLogger(__name__)
@@ -203,8 +204,6 @@ SPACES: dict[str, str] = {"lease_cell": "LeaseCellSpace", "darts": "DartsSpace"}
 
 def _space_class(class_name: str) -> type[ModelSpace]:
     if class_name == "DartsSpace":
-        from nni_lease._darts_space import DartsSpace
-
         return DartsSpace
     if class_name == "LeaseCellSpace":
         return LeaseCellSpace

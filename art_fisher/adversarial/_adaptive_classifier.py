@@ -53,7 +53,9 @@ import numpy as np
 import torch
 from art.estimators.classification import DetectorClassifier
 
+from art_fisher.detection._detector import FisherInformationDetector
 from art_fisher.detection._logit import DetectionLogitClassifier, classifier_logits
+from art_fisher.detection._persistence import model_fingerprint
 
 
 class AdaptiveDetectorClassifier(DetectorClassifier):
@@ -108,8 +110,6 @@ class AdaptiveDetectorClassifier(DetectorClassifier):
     ) -> None:
         from art.estimators.classification import PyTorchClassifier
 
-        from art_fisher.detection._detector import FisherInformationDetector
-
         if not isinstance(classifier, PyTorchClassifier):
             raise TypeError(f"classifier must be an ART PyTorchClassifier; got {type(classifier).__qualname__}.")
         if isinstance(detector, FisherInformationDetector):
@@ -135,8 +135,6 @@ class AdaptiveDetectorClassifier(DetectorClassifier):
         if not isinstance(allow_other_model, bool):
             raise ValueError(f"allow_other_model must be True or False; got {allow_other_model!r}.")
         if detector.model_fingerprint is not None and not allow_other_model:
-            from art_fisher.detection._persistence import model_fingerprint
-
             fingerprint = model_fingerprint(classifier)
             if fingerprint != detector.model_fingerprint:
                 raise ValueError(

@@ -31,6 +31,7 @@ from art_fisher.detection._decision import (
     supervised_threshold,
 )
 from art_fisher.detection._detector_params import DetectorParameters
+from art_fisher.detection._logit import DetectionLogitClassifier, detection_logit_function
 
 logger = logging.getLogger(__name__)
 
@@ -340,8 +341,6 @@ class FisherInformationDetector(DetectorParameters):
         art_fisher.detection._logit.NotDifferentiableError
             Before any work, naming the estimator, metric or method that has no input gradient.
         """
-        from art_fisher.detection._logit import DetectionLogitClassifier, detection_logit_function
-
         parameter = next(self.classifier.model.parameters())
         return DetectionLogitClassifier(
             detection_logit_function(self), input_shape=tuple(self.classifier.input_shape),

@@ -34,6 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from art_fisher import _checks
+from art_fisher import metrics as metrics_module
 from art_fisher.metrics._top_mass import check_tau, selection
 
 
@@ -448,8 +449,6 @@ def compute(
         Metric name -> float64 values, shape (N,) for a scalar metric, (N, K) for a per-block one (K
         parameter tensors, :func:`block_names` order).
     """
-    from art_fisher import metrics as metrics_module
-
     model = classifier.model
     dtype = next(model.parameters()).dtype
     device = classifier.device

@@ -57,6 +57,12 @@ import numpy as np
 import torch
 from art.estimators.classification.classifier import ClassifierNeuralNetwork
 
+from art_fisher import metrics as metrics_module
+from art_fisher.detection import _features
+from art_fisher.detection._calibration import QuantileOutlierDetector
+from art_fisher.detection._estimators import LogTransformer, ThresholdClassifier
+from art_fisher.detection._features import _eval_mode, warn_if_uint8_range
+
 
 class NotDifferentiableError(ValueError):
     """The detector's decision has no input gradient here (its estimator, metric or method)."""
@@ -67,8 +73,6 @@ def _linear_steps(estimator: Any) -> list[Any] | None:
     from sklearn.linear_model._base import LinearClassifierMixin
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
-
-    from art_fisher.detection._estimators import LogTransformer
 
     steps = [step for _, step in estimator.steps] if isinstance(estimator, Pipeline) else [estimator]
     steps = [s for s in steps if s not in (None, "passthrough")]
@@ -111,10 +115,6 @@ def check_differentiable(detector: Any) -> None:
     NotDifferentiableError
         Naming the metric, method or estimator that has no gradient.
     """
-    from art_fisher.detection import _features
-    from art_fisher.detection._calibration import QuantileOutlierDetector
-    from art_fisher.detection._estimators import ThresholdClassifier
-
     detector._check_fitted()
     options = detector._options
     maps = [m for m in options.metrics if _features.METRICS[m].is_map]
@@ -149,8 +149,6 @@ def estimator_logit(
     NotDifferentiableError
         For an estimator outside the differentiable ones (module docstring).
     """
-    from art_fisher.detection._calibration import QuantileOutlierDetector
-    from art_fisher.detection._estimators import ThresholdClassifier
 
     def t(value: Any) -> torch.Tensor:
         return torch.as_tensor(np.asarray(value, dtype=np.float64), dtype=dtype, device=device)
@@ -179,7 +177,6 @@ def estimator_logit(
         raise NotDifferentiableError(
             f"estimator {_describe(estimator)} has no input gradient (see check_differentiable)."
         )
-    from art_fisher.detection._estimators import LogTransformer
 
     maps: list[Callable[[torch.Tensor], torch.Tensor]] = []
     for step in steps[:-1]:
@@ -211,9 +208,6 @@ def detection_logit_function(detector: Any) -> Callable[[torch.Tensor], torch.Te
     NotDifferentiableError
         See :func:`check_differentiable`; also for preprocessing that ART does not run in PyTorch.
     """
-    from art_fisher import metrics as metrics_module
-    from art_fisher.detection import _features
-
     check_differentiable(detector)
     classifier, options = detector.classifier, detector._options
     if classifier.preprocessing_operations and not classifier.all_framework_preprocessing:
@@ -311,8 +305,6 @@ class DetectionLogitClassifier(ClassifierNeuralNetwork):
 
     def _array(self, x: Any) -> np.ndarray:
         """``x`` checked (numeric, shape (N, *input_shape), N >= 1, finite; 8-bit range warned about)."""
-        from art_fisher.detection._features import warn_if_uint8_range
-
         try:
             arr = np.asarray(x)
         except ValueError as err:  # ragged nested lists
@@ -513,7 +505,6 @@ def art_detector_logit(detector: Any, classifier: Any = None) -> DetectionLogitC
 
 
 def _in_eval_mode(fn: Callable[[torch.Tensor], torch.Tensor], models: list[torch.nn.Module]) -> Callable:
-    from art_fisher.detection._features import _eval_mode
 
     def wrapped(x: torch.Tensor) -> torch.Tensor:
         with _eval_mode(models[0]):
@@ -531,8 +522,6 @@ def classifier_logits(classifier: Any, x: torch.Tensor) -> torch.Tensor:
     The classifier's preprocessing is applied in PyTorch (as ART does for its standardisation); the
     model's modes come back as they were.
     """
-    from art_fisher.detection._features import _eval_mode
-
     xp = x
     if classifier.preprocessing_operations:
         xp, _ = classifier._apply_preprocessing(x, y=None, fit=False, no_grad=False)

@@ -38,8 +38,16 @@ from art.defences.detector.evasion.evasion_detector import EvasionDetector
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
+from art_fisher import metrics as metrics_module
 from art_fisher.detection import _features
 from art_fisher.detection import _layer_scores as fs
+from art_fisher.detection._calibration import QuantileOutlierDetector, check_target_fpr, clean_threshold
+from art_fisher.detection._decision import detection_labels, fit_logistic
+from art_fisher.detection._logit import (
+    DetectionLogitClassifier,
+    NotDifferentiableError,
+    estimator_logit,
+)
 
 #: The feature groups, in column order.
 PARTS = ("fisher", "sensitivity", "confidence", "mahalanobis")
@@ -195,9 +203,6 @@ class StackedFeatures(TransformerMixin, BaseEstimator):
         art_fisher.detection._logit.NotDifferentiableError
             With ``"sensitivity"`` among the parts (its statistics are sorts).
         """
-        from art_fisher import metrics as metrics_module
-        from art_fisher.detection._logit import NotDifferentiableError
-
         check_is_fitted(self, "gaussians_")
         if "sensitivity" in self._parts:
             raise NotDifferentiableError(
@@ -257,8 +262,6 @@ class StackedDetector(EvasionDetector):
         self._check_params()
 
     def _check_params(self) -> None:
-        from art_fisher.detection._calibration import check_target_fpr
-
         _features.check_classifier(self.classifier)
         _check_parts(self.parts)
         check_target_fpr(self.target_fpr)
@@ -278,9 +281,6 @@ class StackedDetector(EvasionDetector):
     def fit(self, x: np.ndarray, y: np.ndarray | None = None, **kwargs: Any) -> None:
         """With ``y`` (0 clean / 1 adversarial, or one-hot): the logistic pipeline; without: clean-only calibration."""
         from sklearn.pipeline import Pipeline
-
-        from art_fisher.detection._calibration import QuantileOutlierDetector
-        from art_fisher.detection._decision import detection_labels, fit_logistic
 
         x = _features.check_inputs(self.classifier, x)
         features = self._new_features()
@@ -303,8 +303,6 @@ class StackedDetector(EvasionDetector):
 
     def calibrate(self, x_clean: np.ndarray) -> StackedDetector:
         """Move the threshold to flag ``target_fpr`` of the held-out clean images ``x_clean``."""
-        from art_fisher.detection._calibration import clean_threshold
-
         self.threshold_ = clean_threshold(self.decision_scores(x_clean), self.target_fpr)
         return self
 
@@ -321,12 +319,6 @@ class StackedDetector(EvasionDetector):
         art_fisher.detection._logit.NotDifferentiableError
             With ``"sensitivity"`` among the parts.
         """
-        from art_fisher.detection._logit import (
-            DetectionLogitClassifier,
-            NotDifferentiableError,
-            estimator_logit,
-        )
-
         self._check_fitted()
         features = self.pipeline_.named_steps["features"]
         if "sensitivity" in features._parts:

@@ -17,7 +17,11 @@ from typing import Any
 
 from art.evaluations.evaluation import Evaluation
 
+from art_fisher.data._loaders import load_dataset
 from art_fisher.evaluation._attacks import DEFAULT_ATTACKS
+from art_fisher.evaluation._security_curve import security_curve_stage
+from art_fisher.evaluation._seeds import evaluate_seeds
+from art_fisher.evaluation._workflow import prepare, run
 
 
 class DetectionEvaluation(Evaluation):
@@ -84,15 +88,9 @@ class DetectionEvaluation(Evaluation):
         ValueError
             If its input shape differs from the data set's, or as :func:`art_fisher.evaluation.evaluate`.
         """
-        from art_fisher.evaluation._security_curve import security_curve_stage
-        from art_fisher.evaluation._seeds import evaluate_seeds
-        from art_fisher.evaluation._workflow import prepare, run
-
         net = None
         if classifier is not None:
             from art.estimators.classification import PyTorchClassifier
-
-            from art_fisher.data._loaders import load_dataset
 
             if not isinstance(classifier, PyTorchClassifier):
                 raise TypeError(f"classifier must be an ART PyTorchClassifier; got {type(classifier).__qualname__}.")

@@ -44,6 +44,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from art_fisher.adversarial._adaptive_classifier import AdaptiveDetectorClassifier
+from art_fisher.detection._logit import DetectionLogitClassifier
 from art_fisher.evaluation._model import predict_labels, seed_everything
 from art_fisher.evaluation.detectors._registry import DETECTORS
 
@@ -220,8 +222,6 @@ def shifted_logit(logit: Any, threshold: float, x_check: np.ndarray, score_check
     ``score_check`` (ValueError naming the detector unless the map is affine and increasing), and the
     attacker's logit becomes :math:`d - (t - b) / a`: 0 exactly at the operating point's threshold.
     """
-    from art_fisher.detection._logit import DetectionLogitClassifier
-
     d = logit.predict(x_check, batch_size=len(x_check))[:, 0].astype(np.float64)
     s = np.asarray(score_check, np.float64)
     slope, intercept = np.polyfit(d, s, 1) if np.ptp(d) > 0 else (1.0, float(np.mean(s - d)))
@@ -273,8 +273,6 @@ def run_adaptive(
     source image. Returns one row per detector × adaptive attack (keys in :data:`ROW_KEYS`).
     """
     from sklearn.metrics import roc_auc_score
-
-    from art_fisher.adversarial._adaptive_classifier import AdaptiveDetectorClassifier
 
     test = np.flatnonzero(~side)[:MAX_IMAGES]
     x, y, fold = x_src[test], y_src[test], np.asarray(folds)[:MAX_IMAGES]

@@ -32,6 +32,7 @@ import numpy as np
 from art.evaluations.evaluation import Evaluation
 
 from art_fisher.detection._calibration import check_target_fpr, clean_threshold
+from art_fisher.evaluation._model import predict_labels, seed_everything
 
 #: Detectors drawn in the report's security curve when the run has them.
 CURVE_DETECTORS = ("fisher_combined", "fisher_combined_clean", "stacked", "stacked_clean", "max_softmax",
@@ -154,8 +155,6 @@ def security_curve_rows(
     Each image is judged at its calibration fold's threshold. Rows: ``detector`` (``"none"``: the
     classifier alone), ``eps``, ``robust_accuracy``, ``flagged`` (share of the images flagged).
     """
-    from art_fisher.evaluation._model import predict_labels, seed_everything
-
     test = np.flatnonzero(~side)[:MAX_IMAGES]
     x, y, fold = x_src[test], y_src[test], protocol.folds[:MAX_IMAGES]
     chosen = []

@@ -28,6 +28,9 @@ from typing import Any
 import numpy as np
 
 from art_fisher._atomic import atomic_write
+from art_fisher.evaluation._workflow import EvaluationResult, prepare, run
+from art_fisher.evaluation.detectors._registry import DETECTORS
+from art_fisher.evaluation.report._plots import plot_mean_sd
 
 logger = logging.getLogger(__name__)
 
@@ -155,8 +158,6 @@ def evaluate_seeds(
     ValueError, TypeError, FileNotFoundError
         As :func:`~art_fisher.evaluation.evaluate`, for every seed's arguments before any work.
     """
-    from art_fisher.evaluation._workflow import EvaluationResult, prepare, run
-
     if "seed" in evaluate_kwargs:
         raise TypeError("evaluate_seeds takes seeds=..., not seed=....")
     seed_list = parse_seeds(seeds)
@@ -165,8 +166,6 @@ def evaluate_seeds(
     if net is not None:
         plans = [dataclasses.replace(plan, net=net) for plan in plans]
     if extra_detectors:
-        from art_fisher.evaluation.detectors._registry import DETECTORS
-
         extra = tuple(extra_detectors)
         bad = [d for d in extra if d not in DETECTORS or d in plans[0].detectors]
         if bad or len(set(extra)) != len(extra):
@@ -244,7 +243,6 @@ def _jsonable(obj: Any) -> Any:
 
 
 def _write(out: Path, result: SeedsResult) -> dict[str, Path]:
-    from art_fisher.evaluation.report._plots import plot_mean_sd
 
     out.mkdir(parents=True, exist_ok=True)
     paths = {"results_json": out / "results.json", "report_md": out / "report.md"}

@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from art_fisher._atomic import check_output_dir
 from art_fisher.data._loaders import DATASETS, Dataset, load_dataset
+from art_fisher.detection._detector import FisherInformationDetector
 from art_fisher.evaluation._attacks import (
     ADAPTIVE_ATTACKS,
     ATTACKS,
@@ -573,7 +574,6 @@ def _sensitivity_examples(
             break
     else:
         return None
-    from art_fisher.detection._detector import FisherInformationDetector
 
     clean, adv = x_src[te[:n]], outcome.x_adv[te[:n]]
     maps = FisherInformationDetector(classifier, metrics=("sensitivity",), chunk_size=batch_size)

@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nni_lease._data import check_dataset
 from nni_lease._limits import MAX_BATCH_SIZE, MAX_CELLS, MAX_COUNT, MAX_EPOCHS, MAX_NODES, MAX_SEED, MAX_WIDTH
+from nni_lease._spaces import SPACE_DEFAULTS
 
 DATASETS: tuple[str, ...] = ("digits", "mnist", "cifar10")
 
@@ -28,8 +30,6 @@ def _check_positive(name: str, value: Any) -> None:
 
 def check_data(dataset: str, data_dir: str | None) -> None:
     """Check a data set name and its folder before any work (:func:`nni_lease._data.check_dataset`)."""
-    from nni_lease._data import check_dataset
-
     check_dataset(dataset, data_dir)
 
 
@@ -90,8 +90,6 @@ class SearchConfig:
     space: str = "lease_cell"
 
     def __post_init__(self) -> None:
-        from nni_lease._spaces import SPACE_DEFAULTS
-
         if self.space not in SPACE_DEFAULTS:
             raise ValueError(f"space must be one of {sorted(SPACE_DEFAULTS)}; got {self.space!r}.")
         for name, default in SPACE_DEFAULTS[self.space].items():

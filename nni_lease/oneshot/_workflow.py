@@ -33,8 +33,14 @@ from pathlib import Path
 from typing import Any
 
 from art_fisher._atomic import atomic_write, check_output_dir
+from nni_lease._data import make_dataset
+from nni_lease._spaces import SPACES, build_space, space_kwargs_for
 from nni_lease.core._settings import LeaseSettings
 from nni_lease.oneshot._config import RetrainConfig, SearchConfig, SearchResult, check_data
+from nni_lease.oneshot._lightning import METRICS
+from nni_lease.oneshot._progress import EpochLogger
+from nni_lease.oneshot._retrain import build_architecture, retrain
+from nni_lease.oneshot._strategy import LeaSE
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +79,6 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 def space_kwargs(config: SearchConfig, train: Any) -> dict[str, Any]:
     """Keyword arguments of ``config.space`` (:func:`nni_lease._spaces.build_space`) for the training split."""
-    from nni_lease._spaces import space_kwargs_for
-
     channels, side, _ = train.input_shape
     # SearchConfig fills each None with the space's default
     assert config.width is not None and config.cells is not None and config.nodes is not None
@@ -91,8 +95,6 @@ def space_kwargs(config: SearchConfig, train: Any) -> dict[str, Any]:
 
 def _epoch_rows(lightning_csv: Path) -> list[dict[str, str]]:
     """Collapse Lightning's CSV (one row per logging call) into one row per epoch of LeaSE's metrics."""
-    from nni_lease.oneshot._lightning import METRICS
-
     rows: dict[int, dict[str, str]] = {}
     if not lightning_csv.is_file():
         return []
@@ -110,8 +112,6 @@ def _epoch_rows(lightning_csv: Path) -> list[dict[str, str]]:
 
 def _write_metrics(rows: list[dict[str, str]], path: Path) -> None:
     import io
-
-    from nni_lease.oneshot._lightning import METRICS
 
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=["epoch", *METRICS], restval="")
@@ -158,7 +158,6 @@ def _plot_curves(rows: list[dict[str, str]], path: Path, title: str) -> None:
 
 
 def _datasets(dataset: str, root: str | None, seed: int, limit: int | None) -> tuple[Any, Any, Any]:
-    from nni_lease._data import make_dataset
 
     return tuple(
         make_dataset(dataset, split, data_dir=root, seed=seed, limit=limit)  # type: ignore[return-value]
@@ -211,10 +210,6 @@ def search_oneshot(
     from nni.nas.evaluator.pytorch import Classification, DataLoader
     from nni.nas.experiment import NasExperiment
     from pytorch_lightning.loggers import CSVLogger
-
-    from nni_lease._spaces import SPACES, build_space
-    from nni_lease.oneshot._progress import EpochLogger
-    from nni_lease.oneshot._strategy import LeaSE
 
     kwargs = space_kwargs(config, train)
     strategy = LeaSE(settings=settings, arc_learning_rate=config.arc_learning_rate)
@@ -353,9 +348,6 @@ def retrain_architecture(
     train, val, test = _datasets(dataset, root, int(record.get("seed", 0)), None)
 
     import torch
-
-    from nni_lease._spaces import build_space
-    from nni_lease.oneshot._retrain import build_architecture, retrain
 
     torch.manual_seed(config.seed)
     space = build_space(record["space"]["name"], **record["space"]["kwargs"])

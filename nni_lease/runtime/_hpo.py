@@ -44,6 +44,7 @@ import nni
 from nni_lease.core._settings import LeaseSettings
 from nni_lease.oneshot._config import RetrainConfig, SearchConfig
 from nni_lease.oneshot._workflow import RETRAIN_FILE, retrain_architecture, search_oneshot
+from nni_lease.runtime._config import check_experiment_dir, check_trial_code_directory, load_training_service
 
 if TYPE_CHECKING:  # the trial process does not need NNI's experiment machinery (seconds of imports)
     from nni.experiment import Experiment
@@ -252,8 +253,6 @@ def build_hpo_experiment(
     """
     from nni.experiment import Experiment, ExperimentConfig
     from nni.experiment.config import AlgorithmConfig
-
-    from nni_lease.runtime._config import check_experiment_dir, check_trial_code_directory, load_training_service
 
     for name, value in [("max_trials", max_trials), ("concurrency", concurrency)]:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -15,6 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from art_fisher.detection._decision import decide
+from art_fisher.detection._logit import NotDifferentiableError
+
 
 @dataclass
 class RunContext:
@@ -114,8 +117,6 @@ class DetectorRun:
         art_fisher.detection.NotDifferentiableError
             For a detector without input gradients (the default).
         """
-        from art_fisher.detection._logit import NotDifferentiableError
-
         raise NotDifferentiableError(f"{type(self).__name__} has no input gradient.")
 
 
@@ -152,7 +153,5 @@ class DetectorSpec:
 
 def decided(estimator: Any, features: np.ndarray, threshold: float | None = None) -> Scored:
     """:class:`Scored` of a fitted estimator (:func:`~art_fisher.detection._decision.decide`)."""
-    from art_fisher.detection._decision import decide
-
     score, _, flagged = decide(estimator, features, threshold)
     return Scored(score=score, is_adversarial=flagged)

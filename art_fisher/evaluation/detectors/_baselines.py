@@ -20,7 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from art_fisher.detection._calibration import QuantileOutlierDetector
 from art_fisher.detection._decision import fit_logistic
+from art_fisher.detection._logit import DetectionLogitClassifier, art_detector_logit, classifier_logits, estimator_logit
 from art_fisher.evaluation._model import seed_everything
 from art_fisher.evaluation.detectors._base import (
     DetectorRun,
@@ -82,8 +84,6 @@ class ArtBinaryRun(DetectorRun):
         return Scored(score=logits[:, 1] - logits[:, 0], is_adversarial=np.asarray(is_adv, bool))
 
     def detection_logit(self) -> Any:
-        from art_fisher.detection._logit import art_detector_logit
-
         return art_detector_logit(self.detector)
 
 
@@ -132,8 +132,6 @@ class MaxSoftmaxRun(DetectorRun):
         self.ctx = ctx
 
     def fit(self, x: np.ndarray, y: np.ndarray | None) -> None:
-        from art_fisher.detection._calibration import QuantileOutlierDetector
-
         features = softmax_features(self.ctx.classifier, x, self.ctx.batch_size)
         if y is None:
             self.estimator = QuantileOutlierDetector(
@@ -148,8 +146,6 @@ class MaxSoftmaxRun(DetectorRun):
 
     def detection_logit(self) -> Any:
         """Logistic regression (or clean quantile rule) on the softmax features, in torch."""
-        from art_fisher.detection._logit import DetectionLogitClassifier, classifier_logits, estimator_logit
-
         clf = self.ctx.classifier
         parameter = next(clf.model.parameters())
         to_logit = estimator_logit(

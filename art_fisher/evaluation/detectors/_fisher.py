@@ -18,6 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from art_fisher.detection import _features
+from art_fisher.detection._detector import FisherInformationDetector
+from art_fisher.detection._features import METRICS
+from art_fisher.detection._features import METRICS as _METRIC_SPECS
 from art_fisher.evaluation.detectors._base import DetectorRun, DetectorSpec, RunContext, Scored
 
 
@@ -47,8 +51,6 @@ class FisherFeatureCache:
         spent : float
             Seconds spent computing in this call (rows not cached yet).
         """
-        from art_fisher.detection import _features
-
         settings = detector._options
         rows = [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in x]
         out: dict[str, np.ndarray] = {}
@@ -85,7 +87,6 @@ def _cached_detector(cache: FisherFeatureCache, classifier: Any, **settings: Any
     After each ``fit`` / ``detect``, ``last_cost`` and ``last_spent`` hold :meth:`FisherFeatureCache.values`'
     two timings.
     """
-    from art_fisher.detection._detector import FisherInformationDetector
 
     class CachedFisherDetector(FisherInformationDetector):
         def _values(self, x: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
@@ -129,7 +130,6 @@ class FisherRun(DetectorRun):
 
 
 def _spec(label: str, metrics: tuple[str, ...], *, clean: bool) -> DetectorSpec:
-    from art_fisher.detection._features import METRICS
 
     maps = [m for m in metrics if METRICS[m].is_map]
     return DetectorSpec(
@@ -156,8 +156,6 @@ def fisher_specs() -> dict[str, DetectorSpec]:
     per-pixel map, reduced to four statistics) as a detector of its own; at about 3 ms per sample on
     the digits CNN it is in the default set.
     """
-    from art_fisher.detection._features import METRICS as _METRIC_SPECS
-
     scalar = tuple(m for m, spec in _METRIC_SPECS.items() if not spec.is_map and not spec.per_block)
     entries: list[tuple[str, str, tuple[str, ...]]] = [
         (f"fisher_{m}", f"Fisher {m.replace('_', ' ')}", (m,)) for m in scalar

@@ -36,7 +36,11 @@ import numpy as np
 import torch
 
 from art_fisher.detection import _layer_scores as fs
+from art_fisher.detection._calibration import QuantileOutlierDetector
 from art_fisher.detection._decision import fit_logistic
+from art_fisher.detection._features import _eval_mode
+from art_fisher.detection._logit import DetectionLogitClassifier, NotDifferentiableError, estimator_logit
+from art_fisher.evaluation._model import predict_labels
 from art_fisher.evaluation.detectors._base import DetectorRun, DetectorSpec, RunContext, Scored, decided
 
 #: Reference mini-batch size and neighbours of the LID estimate (Ma et al.'s MNIST setting).
@@ -52,8 +56,6 @@ def _preprocessed(classifier: Any, x: torch.Tensor) -> torch.Tensor:
 
 def _activations(ctx: RunContext, x: np.ndarray, layers: list[str], *, pooled: bool) -> dict[str, np.ndarray]:
     """Layer features of numpy inputs, chunked: channel means (``pooled``) or flattened activations."""
-    from art_fisher.detection._features import _eval_mode
-
     model = ctx.classifier.model
     parameter = next(model.parameters())
     out: dict[str, list[np.ndarray]] = {name: [] for name in layers}
@@ -68,16 +70,12 @@ def _activations(ctx: RunContext, x: np.ndarray, layers: list[str], *, pooled: b
 
 
 def _clean_rule(target_fpr: float, polarity: str) -> Any:
-    from art_fisher.detection._calibration import QuantileOutlierDetector
 
     return QuantileOutlierDetector(target_fpr=target_fpr, polarity=polarity)
 
 
 def _logit_classifier(ctx: RunContext, features: Any, estimator: Any, name: str, threshold: float | None) -> Any:
     """A DetectionLogitClassifier of ``estimator`` on torch ``features(x_preprocessed)`` (N, F), 0 at ``threshold``."""
-    from art_fisher.detection._features import _eval_mode
-    from art_fisher.detection._logit import DetectionLogitClassifier, estimator_logit
-
     clf = ctx.classifier
     parameter = next(clf.model.parameters())
     to_logit = estimator_logit(estimator, dtype=parameter.dtype, device=parameter.device, threshold=threshold)
@@ -132,8 +130,6 @@ class MahalanobisRun(DetectorRun):
             raise ValueError("mahalanobis needs a model with activation or pooling modules; found none.")
 
     def _scores(self, x: np.ndarray) -> np.ndarray:
-        from art_fisher.detection._features import _eval_mode
-
         model = self.ctx.classifier.model
         parameter = next(model.parameters())
         out = []
@@ -155,8 +151,6 @@ class MahalanobisRun(DetectorRun):
         None of the fit images is among them (the paper fits them on training data): the scores of the fit
         images, on which the logistic regression and the threshold are set, are then those of unseen images.
         """
-        from art_fisher.evaluation._model import predict_labels
-
         shared = self.ctx.shared.setdefault(__name__, {})
         if "gaussians" not in shared:
             x_gauss = self.ctx.gaussian_images
@@ -180,8 +174,6 @@ class MahalanobisRun(DetectorRun):
         return decided(self.estimator, self._scores(x), self.threshold)
 
     def detection_logit(self) -> Any:
-        from art_fisher.detection._logit import NotDifferentiableError
-
         if self.noise > 0:
             raise NotDifferentiableError("mahalanobis with input preprocessing (noise > 0) has no input gradient.")
         model = self.ctx.classifier.model

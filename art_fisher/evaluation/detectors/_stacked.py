@@ -18,7 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from art_fisher.detection._detector import FisherInformationDetector
 from art_fisher.detection._stacked import PARTS, StackedDetector, StackedFeatures
+from art_fisher.evaluation.detectors import _fisher as fisher_runs
 from art_fisher.evaluation.detectors._base import DetectorRun, DetectorSpec, RunContext, Scored
 
 
@@ -26,9 +28,6 @@ class StackedRun(DetectorRun):
     """A :class:`~art_fisher.detection.StackedDetector` on ``parts``, Fisher values from the run's cache."""
 
     def __init__(self, ctx: RunContext, parts: tuple[str, ...] = PARTS) -> None:
-        from art_fisher.detection._detector import FisherInformationDetector
-        from art_fisher.evaluation.detectors import _fisher as fisher_runs
-
         cache = ctx.shared.setdefault(fisher_runs.__name__, fisher_runs.FisherFeatureCache())
         classifier = ctx.classifier
 

@@ -28,7 +28,9 @@ from typing import Any
 import numpy as np
 
 from art_fisher._atomic import atomic_write
+from art_fisher.evaluation._attacks import ROW_KEYS, THREAT_MODEL
 from art_fisher.evaluation.report import _plots as plots
+from art_fisher.evaluation.report._plots import plot_security_curve
 from art_fisher.evaluation.report._tables import cells_of as _cells
 from art_fisher.evaluation.report._tables import fmt_cell as _fmt
 from art_fisher.evaluation.report._tables import markdown_rows as _markdown
@@ -198,7 +200,6 @@ def _adaptive(rows: Sequence[Mapping[str, Any]]):
 
 
 def _adaptive_section(rows: Sequence[Mapping[str, Any]], settings: Mapping[str, Any]) -> list[str]:
-    from art_fisher.evaluation._attacks import THREAT_MODEL
 
     skipped = [d for d in settings.get("detectors", ()) if d not in settings.get("adaptive_detectors", ())]
     lines = ["## Adaptive attacks", "", f"Threat model: {THREAT_MODEL}", ""]
@@ -435,8 +436,6 @@ def write_report(
         written["score_histograms"] = out / "score_histograms.png"
         plots.plot_histograms(written["score_histograms"], metric_scores, labels)
     if security_curve:
-        from art_fisher.evaluation.report._plots import plot_security_curve
-
         written["security_curve"] = out / "security_curve.png"
         plot_security_curve(
             written["security_curve"],
@@ -470,8 +469,6 @@ def write_report(
         ),
     }
     if adaptive:
-        from art_fisher.evaluation._attacks import ROW_KEYS
-
         paths["adaptive_csv"] = out / "adaptive.csv"
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=list(ROW_KEYS), extrasaction="ignore")
