@@ -113,8 +113,12 @@ _WITHOUT_NNI = textwrap.dedent(
 def _run_without_nni(code: str, *, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-c", _WITHOUT_NNI + textwrap.dedent(code)],
-        capture_output=True, text=True, cwd=ROOT, timeout=timeout, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def test_art_fisher_imports_without_nni_and_nni_lease_names_the_extra():

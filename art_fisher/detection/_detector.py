@@ -264,14 +264,22 @@ class FisherInformationDetector(DetectorParameters):
         self.threshold_, self.clean_fpr_ = threshold, clean_fpr
         logger.debug(
             "Fitted %s on %d samples and features %s; threshold %s (clean out-of-fold FPR %s).",
-            type(estimator).__name__, len(x), names, self.threshold_, self.clean_fpr_,
-        )  # fmt: skip
+            type(estimator).__name__,
+            len(x),
+            names,
+            self.threshold_,
+            self.clean_fpr_,
+        )
 
     def _new_estimator(self, *, labelled: bool, n_features: int) -> tuple[Any, str]:
         return new_estimator(
-            self.estimator, labelled=labelled, n_features=n_features, metrics=self._metric_names,
-            target_fpr=float(self.target_fpr), blocks=_features.block_names(self.classifier, self._options),
-        )  # fmt: skip
+            self.estimator,
+            labelled=labelled,
+            n_features=n_features,
+            metrics=self._metric_names,
+            target_fpr=float(self.target_fpr),
+            blocks=_features.block_names(self.classifier, self._options),
+        )
 
     def detect(self, x: np.ndarray, batch_size: int | None = None, **kwargs: Any) -> tuple[dict, np.ndarray]:
         """Flag adversarial inputs.
@@ -343,11 +351,14 @@ class FisherInformationDetector(DetectorParameters):
         """
         parameter = next(self.classifier.model.parameters())
         return DetectionLogitClassifier(
-            detection_logit_function(self), input_shape=tuple(self.classifier.input_shape),
-            clip_values=self.classifier.clip_values, dtype=parameter.dtype, device=parameter.device,
+            detection_logit_function(self),
+            input_shape=tuple(self.classifier.input_shape),
+            clip_values=self.classifier.clip_values,
+            dtype=parameter.dtype,
+            device=parameter.device,
             name=f"FisherInformationDetector({', '.join(self._metric_names)})",
             model_fingerprint=getattr(self, "model_fingerprint_", None),
-        )  # fmt: skip
+        )
 
     # ----------------------------------------------------------------------------------- persistence
     def save(self, path: str | Path) -> None:

@@ -29,9 +29,15 @@ class DetectorParameters(EvasionDetector):
     """Constructor, parameter checks and ``set_params`` of a Fisher information detector (no fit)."""
 
     defence_params: ClassVar[list[str]] = [
-        "classifier", "metrics", "estimator", "target_fpr", "threshold", "chunk_size",
-        *(name for name in _features.OPTION_NAMES if name != "metrics"), "progress",
-    ]  # fmt: skip
+        "classifier",
+        "metrics",
+        "estimator",
+        "target_fpr",
+        "threshold",
+        "chunk_size",
+        *(name for name in _features.OPTION_NAMES if name != "metrics"),
+        "progress",
+    ]
 
     def __init__(
         self,

@@ -314,10 +314,17 @@ class MetricOptions:
             # whether or not anyone trains them (a pretrained model under screening is usually frozen).
             params = tuple(_checks.check_params(classifier.model, params))
         return MetricOptions(
-            metrics=tuple(names), output=self.output, direction=self.direction, blockwise=self.blockwise,
-            normalize=self.normalize, classes=self.classes, params=params, method=self.method,
-            fd_step=_checks.check_fd_step(self.fd_step), tau=tau,
-        )  # fmt: skip
+            metrics=tuple(names),
+            output=self.output,
+            direction=self.direction,
+            blockwise=self.blockwise,
+            normalize=self.normalize,
+            classes=self.classes,
+            params=params,
+            method=self.method,
+            fd_step=_checks.check_fd_step(self.fd_step),
+            tau=tau,
+        )
 
     def kwargs_for(self, metric: str) -> dict[str, Any]:
         """Keyword arguments of the metric function of ``metric`` (None ``blockwise``: its own default)."""

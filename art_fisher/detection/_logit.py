@@ -231,8 +231,10 @@ def detection_logit_function(detector: Any) -> Callable[[torch.Tensor], torch.Te
             xp, _ = classifier._apply_preprocessing(x, y=None, fit=False, no_grad=False)
         xp = xp.contiguous()
         with _features._eval_mode(model):
-            columns = [_features.metric_columns(fn(model, xp, create_graph=True, **kwargs), spec)
-                       for fn, spec, kwargs in functions]  # fmt: skip
+            columns = [
+                _features.metric_columns(fn(model, xp, create_graph=True, **kwargs), spec)
+                for fn, spec, kwargs in functions
+            ]
         return to_logit(torch.cat(columns, dim=1))
 
     return logit
@@ -499,9 +501,12 @@ def art_detector_logit(detector: Any, classifier: Any = None) -> DetectionLogitC
 
     return DetectionLogitClassifier(
         _in_eval_mode(fn, [net.model] + ([] if source is net else [source.model])),
-        input_shape=tuple(source.input_shape), clip_values=source.clip_values, dtype=parameter.dtype,
-        device=parameter.device, name=type(detector).__name__,
-    )  # fmt: skip
+        input_shape=tuple(source.input_shape),
+        clip_values=source.clip_values,
+        dtype=parameter.dtype,
+        device=parameter.device,
+        name=type(detector).__name__,
+    )
 
 
 def _in_eval_mode(fn: Callable[[torch.Tensor], torch.Tensor], models: list[torch.nn.Module]) -> Callable:

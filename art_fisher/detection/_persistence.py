@@ -53,8 +53,18 @@ TRUSTED_TYPES = (
 )
 #: Keys :func:`write_state` adds to the detector's state (the others come from the detector).
 _ADDED_KEYS = ("format", "format_version", "versions")
-_KEYS = ("format", "format_version", "versions", "settings", "estimator", "estimator_", "feature_names",
-         "input_shape", "nb_classes", "model_fingerprint")  # fmt: skip
+_KEYS = (
+    "format",
+    "format_version",
+    "versions",
+    "settings",
+    "estimator",
+    "estimator_",
+    "feature_names",
+    "input_shape",
+    "nb_classes",
+    "model_fingerprint",
+)
 
 
 def _versions() -> dict[str, str]:

@@ -89,9 +89,13 @@ class StackedFeatures(TransformerMixin, BaseEstimator):
     """
 
     def __init__(
-        self, classifier: Any, *, parts: Sequence[str] = PARTS, x_reference: np.ndarray | None = None,
+        self,
+        classifier: Any,
+        *,
+        parts: Sequence[str] = PARTS,
+        x_reference: np.ndarray | None = None,
         chunk_size: int = 128,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.classifier = classifier
         self.parts = parts
         self.x_reference = x_reference
@@ -100,9 +104,12 @@ class StackedFeatures(TransformerMixin, BaseEstimator):
     def _fisher_values(self, x: np.ndarray, metrics: tuple[str, ...]) -> dict[str, np.ndarray]:
         """Fisher metric values of ``x`` (overridden by the evaluation to share computed values)."""
         return _features.compute(
-            self.classifier, x, metrics=metrics,
-            settings=_features.MetricOptions(metrics=metrics).checked(self.classifier), chunk_size=self.chunk_size,
-        )  # fmt: skip
+            self.classifier,
+            x,
+            metrics=metrics,
+            settings=_features.MetricOptions(metrics=metrics).checked(self.classifier),
+            chunk_size=self.chunk_size,
+        )
 
     def _layers(self) -> list[str]:
         return [name for name in fs.feature_layers(self.classifier.model) if name != "logits"]
@@ -250,9 +257,14 @@ class StackedDetector(EvasionDetector):
     defence_params: ClassVar[list[str]] = ["classifier", "parts", "target_fpr", "x_reference", "chunk_size"]
 
     def __init__(
-        self, classifier: Any, *, parts: Sequence[str] = PARTS, target_fpr: float = 0.05,
-        x_reference: np.ndarray | None = None, chunk_size: int = 128,
-    ) -> None:  # fmt: skip
+        self,
+        classifier: Any,
+        *,
+        parts: Sequence[str] = PARTS,
+        target_fpr: float = 0.05,
+        x_reference: np.ndarray | None = None,
+        chunk_size: int = 128,
+    ) -> None:
         super().__init__()
         self.classifier = classifier
         self.parts = parts
@@ -334,6 +346,10 @@ class StackedDetector(EvasionDetector):
             return to_logit(features.torch_features(_preprocessed(clf, x))) - threshold
 
         return DetectionLogitClassifier(
-            logit, input_shape=tuple(clf.input_shape), clip_values=clf.clip_values, dtype=parameter.dtype,
-            device=parameter.device, name="StackedDetector",
-        )  # fmt: skip
+            logit,
+            input_shape=tuple(clf.input_shape),
+            clip_values=clf.clip_values,
+            dtype=parameter.dtype,
+            device=parameter.device,
+            name="StackedDetector",
+        )

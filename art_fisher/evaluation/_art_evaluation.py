@@ -56,10 +56,19 @@ class DetectionEvaluation(Evaluation):
         arch: str | None = None,
     ) -> None:
         self.settings: dict[str, Any] = {
-            "dataset": dataset, "data_dir": data_dir, "attacks": attacks, "eps": eps, "detectors": detectors,
-            "n_samples": n_samples, "target_fpr": target_fpr, "adaptive": adaptive, "batch_size": batch_size,
-            "device": device, "epochs": epochs, "arch": arch,
-        }  # fmt: skip
+            "dataset": dataset,
+            "data_dir": data_dir,
+            "attacks": attacks,
+            "eps": eps,
+            "detectors": detectors,
+            "n_samples": n_samples,
+            "target_fpr": target_fpr,
+            "adaptive": adaptive,
+            "batch_size": batch_size,
+            "device": device,
+            "epochs": epochs,
+            "arch": arch,
+        }
 
     def evaluate(
         self,
@@ -103,8 +112,11 @@ class DetectionEvaluation(Evaluation):
             net = classifier.model
         if seeds is not None:
             return evaluate_seeds(
-                seeds=seeds, output_dir=output_dir, extra_stages={"security_curve": security_curve_stage()}, net=net,
+                seeds=seeds,
+                output_dir=output_dir,
+                extra_stages={"security_curve": security_curve_stage()},
+                net=net,
                 **self.settings,
-            )  # fmt: skip
+            )
         plan = prepare(seed=seed, output_dir=output_dir, **self.settings)
         return run(plan if net is None else dataclasses.replace(plan, net=net))

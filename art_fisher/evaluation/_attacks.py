@@ -85,9 +85,15 @@ def _pgd(classifier: Any, eps: float, batch_size: int) -> Any:
     from art.attacks.evasion import ProjectedGradientDescent
 
     return ProjectedGradientDescent(
-        classifier, norm=np.inf, eps=eps, eps_step=eps / 8, max_iter=20, num_random_init=0,
-        batch_size=batch_size, verbose=False,
-    )  # fmt: skip
+        classifier,
+        norm=np.inf,
+        eps=eps,
+        eps_step=eps / 8,
+        max_iter=20,
+        num_random_init=0,
+        batch_size=batch_size,
+        verbose=False,
+    )
 
 
 def _deepfool(classifier: Any, eps: float, batch_size: int) -> Any:
@@ -102,9 +108,15 @@ def _cw_l2(classifier: Any, eps: float, batch_size: int) -> Any:
     # Fewer binary-search steps / iterations than ART's defaults keep the default run in budget; the
     # larger learning rate and initial constant keep the success rate high with so few steps.
     return CarliniL2Method(
-        classifier, confidence=0.0, learning_rate=0.1, binary_search_steps=4, max_iter=10,
-        initial_const=1.0, batch_size=batch_size, verbose=False,
-    )  # fmt: skip
+        classifier,
+        confidence=0.0,
+        learning_rate=0.1,
+        binary_search_steps=4,
+        max_iter=10,
+        initial_const=1.0,
+        batch_size=batch_size,
+        verbose=False,
+    )
 
 
 ATTACKS: dict[str, AttackSpec] = {
@@ -233,9 +245,13 @@ def shifted_logit(logit: Any, threshold: float, x_check: np.ndarray, score_check
     offset = float((threshold - intercept) / slope)
     base = logit.logit_function
     return DetectionLogitClassifier(
-        lambda xt: base(xt) - offset, input_shape=logit.input_shape, clip_values=logit.clip_values,
-        dtype=logit.dtype, device=logit.device, name=f"{logit.name} at the operating point",
-    )  # fmt: skip
+        lambda xt: base(xt) - offset,
+        input_shape=logit.input_shape,
+        clip_values=logit.clip_values,
+        dtype=logit.dtype,
+        device=logit.device,
+        name=f"{logit.name} at the operating point",
+    )
 
 
 def _l2_eps(eps: float, input_shape: Sequence[int]) -> float:
@@ -246,9 +262,15 @@ def _attack(combo: Any, norm: float, eps: float, batch_size: int) -> Any:
     from art.attacks.evasion import ProjectedGradientDescent
 
     return ProjectedGradientDescent(
-        combo, norm=norm, eps=eps, eps_step=eps / 8, max_iter=STEPS, num_random_init=0, batch_size=batch_size,
+        combo,
+        norm=norm,
+        eps=eps,
+        eps_step=eps / 8,
+        max_iter=STEPS,
+        num_random_init=0,
+        batch_size=batch_size,
         verbose=False,
-    )  # fmt: skip
+    )
 
 
 def run_adaptive(
@@ -305,24 +327,59 @@ def run_adaptive(
             if fooled.sum() >= 2:
                 labels = np.r_[np.zeros(len(x)), np.ones(int(fooled.sum()))]
                 auc = float(roc_auc_score(labels, np.r_[clean.score, np.asarray(scored.score)[fooled]]))
-            rows.append({
-                "detector": name, "fit_attack": key[1], "attack": attack, "norm": "linf" if norm == np.inf else "l2",
-                "eps": budget, "steps": STEPS, "n_attacked": len(x), "success_rate": float(fooled.mean()),
-                "evasion_rate": float(np.mean(fooled & ~flagged)),
-                "flagged_successful": float(flagged[fooled].mean()) if fooled.any() else float("nan"),
-                "clean_fpr": float(np.mean(clean_flags)), "threshold": point.threshold, "roc_auc": auc,
-                "loss_start": float(np.mean(history[0])), "loss_half": float(np.mean(history[STEPS // 2])),
-                "loss_final": float(np.mean(final_loss)), "seconds": seconds,
-            })  # fmt: skip
+            rows.append(
+                {
+                    "detector": name,
+                    "fit_attack": key[1],
+                    "attack": attack,
+                    "norm": "linf" if norm == np.inf else "l2",
+                    "eps": budget,
+                    "steps": STEPS,
+                    "n_attacked": len(x),
+                    "success_rate": float(fooled.mean()),
+                    "evasion_rate": float(np.mean(fooled & ~flagged)),
+                    "flagged_successful": float(flagged[fooled].mean()) if fooled.any() else float("nan"),
+                    "clean_fpr": float(np.mean(clean_flags)),
+                    "threshold": point.threshold,
+                    "roc_auc": auc,
+                    "loss_start": float(np.mean(history[0])),
+                    "loss_half": float(np.mean(history[STEPS // 2])),
+                    "loss_final": float(np.mean(final_loss)),
+                    "seconds": seconds,
+                }
+            )
             logger.info(
-                "%s on %s: success %.3f, evasion %.3f, AUC %.3f, loss %.3f -> %.3f -> %.3f (%.1f s)", label, name,
-                rows[-1]["success_rate"], rows[-1]["evasion_rate"], auc, rows[-1]["loss_start"],
-                rows[-1]["loss_half"], rows[-1]["loss_final"], seconds,
-            )  # fmt: skip
+                "%s on %s: success %.3f, evasion %.3f, AUC %.3f, loss %.3f -> %.3f -> %.3f (%.1f s)",
+                label,
+                name,
+                rows[-1]["success_rate"],
+                rows[-1]["evasion_rate"],
+                auc,
+                rows[-1]["loss_start"],
+                rows[-1]["loss_half"],
+                rows[-1]["loss_final"],
+                seconds,
+            )
     return rows
 
 
 #: Keys of every adaptive row, in the order of ``adaptive.csv``.
-ROW_KEYS = ("detector", "fit_attack", "attack", "norm", "eps", "steps", "n_attacked", "success_rate",
-            "evasion_rate", "flagged_successful", "clean_fpr", "threshold", "roc_auc", "loss_start", "loss_half",
-            "loss_final", "seconds")  # fmt: skip
+ROW_KEYS = (
+    "detector",
+    "fit_attack",
+    "attack",
+    "norm",
+    "eps",
+    "steps",
+    "n_attacked",
+    "success_rate",
+    "evasion_rate",
+    "flagged_successful",
+    "clean_fpr",
+    "threshold",
+    "roc_auc",
+    "loss_start",
+    "loss_half",
+    "loss_final",
+    "seconds",
+)

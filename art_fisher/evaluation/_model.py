@@ -74,9 +74,13 @@ def attacked_classifier(
 ) -> ModelDtypeClassifier:
     """The evaluation's classifier: cross-entropy loss, inputs in [0, 1], on ``device``."""
     return ModelDtypeClassifier(
-        model, loss=nn.CrossEntropyLoss(), input_shape=tuple(input_shape), nb_classes=nb_classes,
-        clip_values=(0.0, 1.0), device_type="gpu" if device.type == "cuda" else "cpu",
-    )  # fmt: skip
+        model,
+        loss=nn.CrossEntropyLoss(),
+        input_shape=tuple(input_shape),
+        nb_classes=nb_classes,
+        clip_values=(0.0, 1.0),
+        device_type="gpu" if device.type == "cuda" else "cpu",
+    )
 
 
 logger = logging.getLogger(__name__)
@@ -209,10 +213,18 @@ def cached_model(
 ) -> ModelSource:
     """The model trained on ``data`` with these settings: from the cache if usable, else trained and cached."""
     key = json.dumps(
-        {"dataset": data.name, "arch": arch, "epochs": epochs, "seed": seed, "batch": _TRAIN_BATCH,
-         "lr": _TRAIN_LR, "data": _fingerprint(data.x, data.y), "torch": torch.__version__},
+        {
+            "dataset": data.name,
+            "arch": arch,
+            "epochs": epochs,
+            "seed": seed,
+            "batch": _TRAIN_BATCH,
+            "lr": _TRAIN_LR,
+            "data": _fingerprint(data.x, data.y),
+            "torch": torch.__version__,
+        },
         sort_keys=True,
-    )  # fmt: skip
+    )
     path = output_dir / "models" / f"{data.name}-{arch}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
     status = "trained"
     if path.exists() or path.is_symlink():
@@ -230,9 +242,16 @@ def cached_model(
     model = build_model(arch, in_channels=data.input_shape[0], n_classes=data.n_classes)
     start = time.perf_counter()
     train_model(
-        model, data.x, data.y, epochs=epochs, batch_size=_TRAIN_BATCH, lr=_TRAIN_LR, seed=seed, device=device,
+        model,
+        data.x,
+        data.y,
+        epochs=epochs,
+        batch_size=_TRAIN_BATCH,
+        lr=_TRAIN_LR,
+        seed=seed,
+        device=device,
         progress=progress,
-    )  # fmt: skip
+    )
     seconds = time.perf_counter() - start
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     try:

@@ -35,8 +35,17 @@ from art_fisher.detection._calibration import check_target_fpr, clean_threshold
 from art_fisher.evaluation._model import predict_labels, seed_everything
 
 #: Detectors drawn in the report's security curve when the run has them.
-CURVE_DETECTORS = ("fisher_combined", "fisher_combined_clean", "stacked", "stacked_clean", "max_softmax",
-                   "max_softmax_clean", "mahalanobis", "energy_clean", "binary_input")  # fmt: skip
+CURVE_DETECTORS = (
+    "fisher_combined",
+    "fisher_combined_clean",
+    "stacked",
+    "stacked_clean",
+    "max_softmax",
+    "max_softmax_clean",
+    "mahalanobis",
+    "energy_clean",
+    "binary_input",
+)
 #: Budgets of the report's curve, as fractions of the run's ``eps``.
 EPS_FRACTIONS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
 #: PGD iterations per budget (step ε / 8, no random start).
@@ -51,9 +60,15 @@ def _pgd(classifier: Any, x: np.ndarray, y: np.ndarray, eps: float, batch_size: 
     if eps == 0:
         return x
     attack = ProjectedGradientDescent(
-        classifier, norm=np.inf, eps=eps, eps_step=eps / 8, max_iter=STEPS, num_random_init=0,
-        batch_size=batch_size, verbose=False,
-    )  # fmt: skip
+        classifier,
+        norm=np.inf,
+        eps=eps,
+        eps_step=eps / 8,
+        max_iter=STEPS,
+        num_random_init=0,
+        batch_size=batch_size,
+        verbose=False,
+    )
     return attack.generate(x, y=y).astype(x.dtype)
 
 
@@ -171,10 +186,14 @@ def security_curve_rows(
         rows.append({"detector": "none", "eps": budget, "robust_accuracy": float(correct.mean()), "flagged": 0.0})
         for name, run, point in chosen:
             flagged = point.flag(run.detect(x_eps).score, fold)
-            rows.append({
-                "detector": name, "eps": budget, "flagged": float(flagged.mean()),
-                "robust_accuracy": robust_accuracy(correct, flagged, attacked=budget > 0),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "detector": name,
+                    "eps": budget,
+                    "flagged": float(flagged.mean()),
+                    "robust_accuracy": robust_accuracy(correct, flagged, attacked=budget > 0),
+                }
+            )
     return rows
 
 

@@ -193,11 +193,17 @@ def evaluate_seeds(
 def _summary_lines(summary: Sequence[Mapping[str, Any]], markdown: bool) -> list[str]:
     headers = ["detector", "fitted on", "same-attack AUC", "unseen AUC", "unseen TPR", "clean FPR", "seeds"]
     cells = [
-        [r["detector"], r["fitted_on"], "-" if r["fitted_on"] == "clean" else format_mean_sd(r, "same_attack_auc"),
-         format_mean_sd(r, "unseen_auc"), format_mean_sd(r, "unseen_tpr"), format_mean_sd(r, "clean_fpr"),
-         str(r["n_seeds"])]
+        [
+            r["detector"],
+            r["fitted_on"],
+            "-" if r["fitted_on"] == "clean" else format_mean_sd(r, "same_attack_auc"),
+            format_mean_sd(r, "unseen_auc"),
+            format_mean_sd(r, "unseen_tpr"),
+            format_mean_sd(r, "clean_fpr"),
+            str(r["n_seeds"]),
+        ]
         for r in summary
-    ]  # fmt: skip
+    ]
     return _grid(headers, cells, markdown)
 
 
@@ -206,22 +212,42 @@ def _same_attack_lines(table: Sequence[Mapping[str, Any]], markdown: bool) -> li
     rows = [r for r in table if r["fit_attack"] in (r["attack"], "clean")]
     attacks = list(dict.fromkeys(r["attack"] for r in table))
     rows.sort(key=lambda r: attacks.index(r["attack"]))
-    cells = [[r["attack"], r["detector"], format_mean_sd(r, "roc_auc"), format_mean_sd(r, "tpr"),
-              format_mean_sd(r, "fpr"), str(r["n_seeds"])] for r in rows]  # fmt: skip
+    cells = [
+        [
+            r["attack"],
+            r["detector"],
+            format_mean_sd(r, "roc_auc"),
+            format_mean_sd(r, "tpr"),
+            format_mean_sd(r, "fpr"),
+            str(r["n_seeds"]),
+        ]
+        for r in rows
+    ]
     return _grid(headers, cells, markdown)
 
 
 def _adaptive_lines(rows: Sequence[Mapping[str, Any]], markdown: bool) -> list[str]:
     headers = ["detector", "fitted on", "attack", "success", "evasion", "flagged", "clean FPR", "ROC-AUC", "seeds"]
-    cells = [[r["detector"], r["fit_attack"], r["attack"], *(format_mean_sd(r, m) for m in ADAPTIVE_METRICS),
-              str(r["n_seeds"])] for r in rows]  # fmt: skip
+    cells = [
+        [
+            r["detector"],
+            r["fit_attack"],
+            r["attack"],
+            *(format_mean_sd(r, m) for m in ADAPTIVE_METRICS),
+            str(r["n_seeds"]),
+        ]
+        for r in rows
+    ]
     return _grid(headers, cells, markdown)
 
 
 def _grid(headers: Sequence[str], cells: Sequence[Sequence[str]], markdown: bool) -> list[str]:
     if markdown:
-        return ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|",
-                *("| " + " | ".join(c) + " |" for c in cells)]  # fmt: skip
+        return [
+            "| " + " | ".join(headers) + " |",
+            "|" + "|".join("---" for _ in headers) + "|",
+            *("| " + " | ".join(c) + " |" for c in cells),
+        ]
     widths = [max([len(h), *(len(c[i]) for c in cells)]) for i, h in enumerate(headers)]
 
     def line(values: Sequence[str]) -> str:
@@ -249,24 +275,36 @@ def _write(out: Path, result: SeedsResult) -> dict[str, Path]:
     settings = dict(result.runs[0].settings)
     settings.pop("seed", None)
     payload = {
-        "seeds": list(result.seeds), "settings": settings, "table": result.table, "unseen_summary": result.summary,
-        "adaptive": result.adaptive, **result.extra,
+        "seeds": list(result.seeds),
+        "settings": settings,
+        "table": result.table,
+        "unseen_summary": result.summary,
+        "adaptive": result.adaptive,
+        **result.extra,
         "clean_test_accuracy": [r.settings["clean_test_accuracy"] for r in result.runs],
         "seed_reports": [str(r.paths["report_md"]) for r in result.runs],
-    }  # fmt: skip
+    }
     written: dict[str, Path] = {}
     if result.summary:
         written["unseen_auc"] = out / "unseen_auc.png"
         plot_mean_sd(written["unseen_auc"], result.summary, "unseen_auc", "unseen-attack ROC-AUC (mean ± sd)")
     lines = [
-        f"# art-fisher evaluation over seeds {', '.join(map(str, result.seeds))}", "",
+        f"# art-fisher evaluation over seeds {', '.join(map(str, result.seeds))}",
+        "",
         f"Every number: mean ± sd over the seeds (sample sd). Operating point: target clean FPR "
         f"{settings.get('target_fpr')}; TPR and the achieved FPR at it. Each seed's full report: "
-        + ", ".join(f"`seed_{s}/report.md`" for s in result.seeds) + ".", "",
-        "## Unseen attacks and clean-only detectors (deployment cases)", "",
-        *_summary_lines(result.summary, markdown=True), "",
-        "## Same attack", "", *_same_attack_lines(result.table, markdown=True), "",
-    ]  # fmt: skip
+        + ", ".join(f"`seed_{s}/report.md`" for s in result.seeds)
+        + ".",
+        "",
+        "## Unseen attacks and clean-only detectors (deployment cases)",
+        "",
+        *_summary_lines(result.summary, markdown=True),
+        "",
+        "## Same attack",
+        "",
+        *_same_attack_lines(result.table, markdown=True),
+        "",
+    ]
     if result.adaptive:
         lines += ["## Adaptive attacks (at the operating point)", "", *_adaptive_lines(result.adaptive, True), ""]
     for name, rows in result.extra.items():

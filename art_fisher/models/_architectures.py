@@ -125,8 +125,10 @@ class CifarCNN(nn.Module):
 
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
-    "small_cnn": SmallCNN, "mnist_cnn": MnistCNN, "cifar_cnn": CifarCNN,
-}  # fmt: skip
+    "small_cnn": SmallCNN,
+    "mnist_cnn": MnistCNN,
+    "cifar_cnn": CifarCNN,
+}
 
 
 def build_model(arch: str, *, in_channels: int, n_classes: int) -> nn.Module:

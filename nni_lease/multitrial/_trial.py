@@ -132,9 +132,13 @@ def _explainer_scores(model: nn.Module, batches: list[tuple[torch.Tensor, torch.
 
 
 def _train_epoch(
-    step: LeaseStep, explainer: nn.Module, opt_e: torch.optim.Optimizer, loader: DataLoader,
-    max_batches: int | None, dev: torch.device,
-) -> None:  # fmt: skip
+    step: LeaseStep,
+    explainer: nn.Module,
+    opt_e: torch.optim.Optimizer,
+    loader: DataLoader,
+    max_batches: int | None,
+    dev: torch.device,
+) -> None:
     """One epoch of stages 1-3 on at most ``max_batches`` batches."""
     for i, (x, y) in enumerate(loader):
         if max_batches is not None and i >= max_batches:

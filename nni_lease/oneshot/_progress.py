@@ -31,6 +31,9 @@ class EpochLogger(pl.Callback):
         """Log the epoch's number, duration and metrics."""
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if "/" in k and not k.startswith("prob/")}
         logger.info(
-            "search epoch %d/%s (%.1f s): %s", trainer.current_epoch + 1, trainer.max_epochs,
-            time.perf_counter() - self._start, ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())),
-        )  # fmt: skip
+            "search epoch %d/%s (%.1f s): %s",
+            trainer.current_epoch + 1,
+            trainer.max_epochs,
+            time.perf_counter() - self._start,
+            ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())),
+        )

@@ -292,14 +292,23 @@ def run_seed(seed: int, *, n_samples: int, epochs: int, cache: Path, batch_size:
     t0 = time.perf_counter()
     train, test = load_dataset("digits", split="train"), load_dataset("digits", split="test")
     source = cached_model(
-        arch="small_cnn", data=train, epochs=epochs, seed=seed, device=torch.device("cpu"), output_dir=cache,
+        arch="small_cnn",
+        data=train,
+        epochs=epochs,
+        seed=seed,
+        device=torch.device("cpu"),
+        output_dir=cache,
         progress=False,
-    )  # fmt: skip
+    )
     model = source.model
     classifier = PyTorchClassifier(
-        model, loss=torch.nn.CrossEntropyLoss(), input_shape=train.input_shape, nb_classes=train.n_classes,
-        clip_values=(0.0, 1.0), device_type="cpu",
-    )  # fmt: skip
+        model,
+        loss=torch.nn.CrossEntropyLoss(),
+        input_shape=train.input_shape,
+        nb_classes=train.n_classes,
+        clip_values=(0.0, 1.0),
+        device_type="cpu",
+    )
     # The draw and split exactly as art_fisher.evaluation._workflow.run does them.
     pred = predict_labels(classifier, test.x, batch_size)
     rng = np.random.default_rng(seed)
@@ -309,9 +318,15 @@ def run_seed(seed: int, *, n_samples: int, epochs: int, cache: Path, batch_size:
     side = split_sources(len(chosen), rng)
     x_background = train.x[rng.permutation(len(train.y))[: min(200, len(train.y))]]
     ctx = RunContext(
-        classifier=classifier, model=model, x_background=x_background, seed=seed, device=torch.device("cpu"),
-        batch_size=batch_size, target_fpr=0.05, progress=False,
-    )  # fmt: skip
+        classifier=classifier,
+        model=model,
+        x_background=x_background,
+        seed=seed,
+        device=torch.device("cpu"),
+        batch_size=batch_size,
+        target_fpr=0.05,
+        progress=False,
+    )
     outcomes = []
     for a_i, name in enumerate(DEFAULT_ATTACKS):
         seed_everything(seed + 1000 * (a_i + 1))
@@ -341,9 +356,13 @@ def run_seed(seed: int, *, n_samples: int, epochs: int, cache: Path, batch_size:
             "same_by_attack": {r["attack"]: r["roc_auc"] for r in rows if r["fit_attack"] == r["attack"]},
             "matrix": {f"{r['fit_attack']}->{r['attack']}": r["roc_auc"] for r in rows},
         }
-    out["seconds"] = {"model_and_attacks": t_attacks, "feature_bank": t_features, "n_bank_inputs": n_bank,
-                      "bank_ms_per_input": 1e3 * t_features / max(n_bank, 1),
-                      "total": time.perf_counter() - t0}  # fmt: skip
+    out["seconds"] = {
+        "model_and_attacks": t_attacks,
+        "feature_bank": t_features,
+        "n_bank_inputs": n_bank,
+        "bank_ms_per_input": 1e3 * t_features / max(n_bank, 1),
+        "total": time.perf_counter() - t0,
+    }
     return out
 
 
@@ -358,19 +377,26 @@ def summarise(results: list[dict]) -> dict:
         sd = lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0  # noqa: E731
         attacks = results[0]["detectors"][name]["same_by_attack"]
         summary[name] = {
-            "same_mean": float(s.mean()), "same_sd": sd(s), "unseen_mean": float(u.mean()), "unseen_sd": sd(u),
-            "same_minus_softmax_mean": float((s - s0).mean()), "same_minus_softmax_sd": sd(s - s0),
-            "unseen_minus_softmax_mean": float((u - u0).mean()), "unseen_minus_softmax_sd": sd(u - u0),
+            "same_mean": float(s.mean()),
+            "same_sd": sd(s),
+            "unseen_mean": float(u.mean()),
+            "unseen_sd": sd(u),
+            "same_minus_softmax_mean": float((s - s0).mean()),
+            "same_minus_softmax_sd": sd(s - s0),
+            "unseen_minus_softmax_mean": float((u - u0).mean()),
+            "unseen_minus_softmax_sd": sd(u - u0),
             "same_by_attack_mean": {
                 a: float(np.mean([r["detectors"][name]["same_by_attack"][a] for r in results])) for a in attacks
             },
-        }  # fmt: skip
+        }
     return summary
 
 
 def table(summary: dict, n_seeds: int) -> str:
-    head = (f"{'candidate':<26} {'same-attack AUC':>16} {'Δ vs max_softmax':>17} {'unseen AUC':>14} "
-            f"{'Δ vs max_softmax':>17}  same-attack by attack (FGSM PGD DF CW)")  # fmt: skip
+    head = (
+        f"{'candidate':<26} {'same-attack AUC':>16} {'Δ vs max_softmax':>17} {'unseen AUC':>14} "
+        f"{'Δ vs max_softmax':>17}  same-attack by attack (FGSM PGD DF CW)"
+    )
     lines = [f"mean ± sd over {n_seeds} seed(s)", head, "-" * len(head)]
     for name, s in summary.items():
         by = " ".join(f"{v:.3f}" for v in s["same_by_attack_mean"].values())

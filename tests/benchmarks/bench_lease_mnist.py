@@ -76,9 +76,13 @@ def _search(name: str, cfg: dict[str, Any], seed: int) -> tuple[dict[str, Any], 
         learning_rate=cfg["learning_rate"],
         train_dataloaders=DataLoader(train, batch_size=cfg["batch_size"], shuffle=True),
         val_dataloaders=DataLoader(val, batch_size=cfg["batch_size"], shuffle=True),
-        num_classes=10, max_epochs=cfg["epochs"], logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False,
-    )  # fmt: skip
+        num_classes=10,
+        max_epochs=cfg["epochs"],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     torch.manual_seed(seed)
     space = DartsSpace(in_channels=1, width=cfg["width"], num_cells=cfg["cells"])
     arc_lr = cfg["arc_learning_rate"]
@@ -201,11 +205,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     earlier = None if args.retrain_from is None else json.loads(Path(args.retrain_from).read_text())
     cfg: dict[str, Any] = {
-        "dataset": "mnist", "data_dir": args.data_dir, "split_seed": 0, "seeds": args.seeds, "width": args.width,
-        "cells": args.cells, "epochs": args.epochs, "search_limit": args.search_limit,
-        "retrain_epochs": args.retrain_epochs, "retrain_limit": args.retrain_limit, "test_limit": args.test_limit,
-        "batch_size": args.batch_size, "learning_rate": 3e-3, "arc_learning_rate": 3e-3, "threads": args.threads,
-    }  # fmt: skip
+        "dataset": "mnist",
+        "data_dir": args.data_dir,
+        "split_seed": 0,
+        "seeds": args.seeds,
+        "width": args.width,
+        "cells": args.cells,
+        "epochs": args.epochs,
+        "search_limit": args.search_limit,
+        "retrain_epochs": args.retrain_epochs,
+        "retrain_limit": args.retrain_limit,
+        "test_limit": args.test_limit,
+        "batch_size": args.batch_size,
+        "learning_rate": 3e-3,
+        "arc_learning_rate": 3e-3,
+        "threads": args.threads,
+    }
     if earlier is not None:  # the search half of the settings is the earlier run's
         search_keys = (
             "seeds",
@@ -243,10 +258,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             flush=True,
         )
         result: dict[str, Any] = {
-            "benchmark": "bench_lease_mnist", "smoke": args.smoke, "config": cfg,
-            "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-                        "threads": cfg["threads"], "load_average_start": list(os.getloadavg())},
-        }  # fmt: skip
+            "benchmark": "bench_lease_mnist",
+            "smoke": args.smoke,
+            "config": cfg,
+            "machine": {
+                "platform": platform.platform(),
+                "cpu_count": os.cpu_count(),
+                "torch": torch.__version__,
+                "threads": cfg["threads"],
+                "load_average_start": list(os.getloadavg()),
+            },
+        }
         result.update(run(cfg, None if earlier is None else earlier["runs"]))
         result["machine"]["load_average_end"] = list(os.getloadavg())
     print(_table(result))

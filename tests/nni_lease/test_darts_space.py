@@ -44,11 +44,14 @@ def test_mnist_splits_are_disjoint_seeded_and_trace_small(mnist_dir):
     assert len(MnistDataset(mnist_dir, "test", limit=7)) == 7
 
 
-@pytest.mark.parametrize(("name", "root", "match"), [
-    ("mnist", None, "data_dir must name a folder of mnist.npz"),
-    ("mnist", "/nonexistent/folder", "is not a folder"),
-    ("svhn", None, "dataset must be one of"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "root", "match"),
+    [
+        ("mnist", None, "data_dir must name a folder of mnist.npz"),
+        ("mnist", "/nonexistent/folder", "is not a folder"),
+        ("svhn", None, "dataset must be one of"),
+    ],
+)
 def test_bad_data_arguments_are_refused_before_reading(name, root, match):
     with pytest.raises(ValueError, match=match):
         check_dataset(name, root)
@@ -74,12 +77,15 @@ def test_darts_space_takes_grey_images_and_freezes_to_itself():
     assert isinstance(build_space("LeaseCellSpace", width=4), LeaseCellSpace)
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [
-    ({"in_channels": 2}, "in_channels must be 1 or 3"),
-    ({"n_classes": 100}, "n_classes must be 10"),
-    ({"num_cells": 2}, "num_cells must be at least 3"),
-    ({"width": 0}, "width must be a positive int"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"in_channels": 2}, "in_channels must be 1 or 3"),
+        ({"n_classes": 100}, "n_classes must be 10"),
+        ({"num_cells": 2}, "num_cells must be at least 3"),
+        ({"width": 0}, "width must be a positive int"),
+    ],
+)
 def test_darts_space_refuses_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         DartsSpace(**kwargs)

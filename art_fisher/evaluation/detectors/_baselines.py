@@ -64,9 +64,13 @@ class ArtBinaryRun(DetectorRun):
             net = build_model("small_cnn", in_channels=clf.input_shape[0], n_classes=2)
             input_shape = tuple(clf.input_shape)
         wrapped = PyTorchClassifier(
-            net, loss=nn.CrossEntropyLoss(), optimizer=torch.optim.Adam(net.parameters(), lr=1e-3),
-            input_shape=input_shape, nb_classes=2, device_type=_device_type(ctx.device),
-        )  # fmt: skip
+            net,
+            loss=nn.CrossEntropyLoss(),
+            optimizer=torch.optim.Adam(net.parameters(), lr=1e-3),
+            input_shape=input_shape,
+            nb_classes=2,
+            device_type=_device_type(ctx.device),
+        )
         if on_activations:
             self.detector = BinaryActivationDetector(classifier=clf, detector=wrapped, layer=layer)
         else:
@@ -158,9 +162,13 @@ class MaxSoftmaxRun(DetectorRun):
             return to_logit(torch.stack([p.max(dim=1).values, -(p * log_p).sum(dim=1)], dim=1))
 
         return DetectionLogitClassifier(
-            logit, input_shape=tuple(clf.input_shape), clip_values=clf.clip_values, dtype=parameter.dtype,
-            device=parameter.device, name="max_softmax",
-        )  # fmt: skip
+            logit,
+            input_shape=tuple(clf.input_shape),
+            clip_values=clf.clip_values,
+            dtype=parameter.dtype,
+            device=parameter.device,
+            name="max_softmax",
+        )
 
 
 def baseline_specs() -> dict[str, DetectorSpec]:

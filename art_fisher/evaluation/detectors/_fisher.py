@@ -107,9 +107,14 @@ class FisherRun(DetectorRun):
 
     def __init__(self, ctx: RunContext, metrics: tuple[str, ...]) -> None:
         self.detector = _cached_detector(
-            ctx.shared.setdefault(__name__, FisherFeatureCache()), ctx.classifier, metrics=metrics,
-            target_fpr=ctx.target_fpr, chunk_size=ctx.batch_size, progress=ctx.progress, tau=ctx.tau,
-        )  # fmt: skip
+            ctx.shared.setdefault(__name__, FisherFeatureCache()),
+            ctx.classifier,
+            metrics=metrics,
+            target_fpr=ctx.target_fpr,
+            chunk_size=ctx.batch_size,
+            progress=ctx.progress,
+            tau=ctx.tau,
+        )
 
     def fit(self, x: np.ndarray, y: np.ndarray | None) -> None:
         self.detector.fit(x, y)

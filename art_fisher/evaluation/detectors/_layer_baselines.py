@@ -85,9 +85,13 @@ def _logit_classifier(ctx: RunContext, features: Any, estimator: Any, name: str,
             return to_logit(features(_preprocessed(clf, x)))
 
     return DetectionLogitClassifier(
-        logit, input_shape=tuple(clf.input_shape), clip_values=clf.clip_values, dtype=parameter.dtype,
-        device=parameter.device, name=name,
-    )  # fmt: skip
+        logit,
+        input_shape=tuple(clf.input_shape),
+        clip_values=clf.clip_values,
+        dtype=parameter.dtype,
+        device=parameter.device,
+        name=name,
+    )
 
 
 class EnergyRun(DetectorRun):
@@ -135,13 +139,17 @@ class MahalanobisRun(DetectorRun):
         out = []
         with _eval_mode(model):
             for start in range(0, len(x), self.ctx.batch_size):
-                xt = torch.as_tensor(x[start : start + self.ctx.batch_size], dtype=parameter.dtype,
-                                     device=parameter.device)  # fmt: skip
+                xt = torch.as_tensor(
+                    x[start : start + self.ctx.batch_size], dtype=parameter.dtype, device=parameter.device
+                )
                 with torch.set_grad_enabled(self.noise > 0):
                     m = fs.mahalanobis_scores(
-                        model, _preprocessed(self.ctx.classifier, xt), self.gaussians, noise=self.noise,
+                        model,
+                        _preprocessed(self.ctx.classifier, xt),
+                        self.gaussians,
+                        noise=self.noise,
                         clip_values=None,
-                    )  # fmt: skip
+                    )
                 out.append(m.detach().cpu().numpy().astype(np.float64))
         return np.concatenate(out)
 

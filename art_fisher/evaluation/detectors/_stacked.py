@@ -53,9 +53,12 @@ class StackedRun(DetectorRun):
                 )
 
         self.detector = CachedStacked(
-            classifier, parts=parts, target_fpr=ctx.target_fpr, x_reference=ctx.gaussian_images,
+            classifier,
+            parts=parts,
+            target_fpr=ctx.target_fpr,
+            x_reference=ctx.gaussian_images,
             chunk_size=ctx.batch_size,
-        )  # fmt: skip
+        )
 
     def fit(self, x: np.ndarray, y: np.ndarray | None) -> None:
         self.detector.fit(x, y)
@@ -98,6 +101,8 @@ def stacked_specs() -> dict[str, DetectorSpec]:
                 f"Stacked{'' if supervised else ', clean-calibrated,'} without {part}",
                 functools.partial(StackedRun, parts=kept),
                 "fisher" if any(p in kept for p in ("fisher", "sensitivity")) else "baseline",
-                supervised=supervised, no_gradient=None if "sensitivity" not in kept else no_grad, in_default=False,
-            )  # fmt: skip
+                supervised=supervised,
+                no_gradient=None if "sensitivity" not in kept else no_grad,
+                in_default=False,
+            )
     return specs

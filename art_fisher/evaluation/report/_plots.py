@@ -167,8 +167,10 @@ def plot_mean_sd(path: Path, rows: Sequence[Mapping[str, Any]], metric: str, tit
     y = np.arange(len(rows))
     means = np.array([r[f"{metric}_mean"] for r in rows])
     sds = np.array([r.get(f"{metric}_sd", 0.0) or 0.0 for r in rows])
-    colors = ["tab:orange" if r["detector"].startswith("fisher") or r["detector"].startswith("stacked") else "tab:blue"
-              for r in rows]  # fmt: skip
+    colors = [
+        "tab:orange" if r["detector"].startswith("fisher") or r["detector"].startswith("stacked") else "tab:blue"
+        for r in rows
+    ]
     ax.barh(y, means, xerr=sds, color=colors, capsize=3)
     ax.set_yticks(y, [r["detector"] for r in rows], fontsize=7)
     ax.invert_yaxis()

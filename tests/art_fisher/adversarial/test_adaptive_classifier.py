@@ -91,8 +91,9 @@ def test_art_attacks_run_on_the_combined_model(digits_cnn, digits_attacks):
     # AutoPGD and C&W judge success by the argmax of the C + 1 logits: run them targeted at a classifier class
     target = np.argsort(clf.predict(x), axis=1)[:, -2]  # the runner-up class, never the detector's
     targeted = AdaptiveDetectorClassifier(clf, detector, targeted=True)
-    apgd = AutoProjectedGradientDescent(targeted, eps=0.2, eps_step=0.05, max_iter=4, nb_random_init=1, targeted=True,
-                                        verbose=False)  # fmt: skip
+    apgd = AutoProjectedGradientDescent(
+        targeted, eps=0.2, eps_step=0.05, max_iter=4, nb_random_init=1, targeted=True, verbose=False
+    )
     np.random.seed(0)  # noqa: NPY002 - AutoPGD draws from numpy's global generator
     x_apgd = apgd.generate(x, y=target)
     assert x_apgd.shape == x.shape and np.abs(x_apgd - x).max() <= 0.2 + 1e-6

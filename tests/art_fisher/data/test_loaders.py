@@ -48,8 +48,10 @@ def _mnist_arrays(n_train=12, n_test=5, seed=0):
 
 
 def _write_mnist_idx(folder, arrays, *, compress):
-    names = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}  # fmt: skip
+    names = {
+        "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+        "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+    }
     for split, (images, labels) in arrays.items():
         _write_idx(folder / names[split][0], images, compress=compress)
         _write_idx(folder / names[split][1], labels, compress=compress)
@@ -108,8 +110,9 @@ def test_mnist_idx_round_trip(tmp_path, compress):
 def test_mnist_npz_folder_and_file(tmp_path):
     arrays = _mnist_arrays()
     path = tmp_path / "mnist.npz"
-    np.savez(path, x_train=arrays["train"][0], y_train=arrays["train"][1],
-             x_test=arrays["test"][0], y_test=arrays["test"][1])  # fmt: skip
+    np.savez(
+        path, x_train=arrays["train"][0], y_train=arrays["train"][1], x_test=arrays["test"][0], y_test=arrays["test"][1]
+    )
     for where in (tmp_path, path):
         ds = load_mnist(where, split="test")
         np.testing.assert_array_equal(ds.x[:, 0] * 255.0, arrays["test"][0].astype(np.float32))

@@ -206,8 +206,10 @@ def test_detector_and_transformer_share_one_options_object(digits_cnn):
         ({"fd_step": 0.0}, ValueError),
     ):
         messages = []
-        for build in (lambda: FisherFeatures(clf, **bad).fit(digits_cnn.x_test[:2]),
-                      lambda: FisherInformationDetector(clf, **bad)):  # fmt: skip
+        for build in (
+            lambda: FisherFeatures(clf, **bad).fit(digits_cnn.x_test[:2]),
+            lambda: FisherInformationDetector(clf, **bad),
+        ):
             with pytest.raises(error) as info:
                 build()
             messages.append(str(info.value))

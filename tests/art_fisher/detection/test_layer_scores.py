@@ -103,9 +103,15 @@ def context():
     clf, x = smooth_classifier("cnn")
     torch.manual_seed(0)
     ctx = RunContext(
-        classifier=clf, model=clf.model, x_background=x[:30], seed=0, device=torch.device("cpu"), batch_size=16,
-        target_fpr=0.1, progress=False,
-    )  # fmt: skip
+        classifier=clf,
+        model=clf.model,
+        x_background=x[:30],
+        seed=0,
+        device=torch.device("cpu"),
+        batch_size=16,
+        target_fpr=0.1,
+        progress=False,
+    )
     rng = np.random.default_rng(5)
     clean = x[30:]
     adv = np.clip(clean + rng.choice([-0.3, 0.3], size=clean.shape), 0, 1)

@@ -28,9 +28,13 @@ def test_columns_are_the_parts_computed_by_hand(data):
     clf, x, clean, _ = data
     feats = StackedFeatures(clf, x_reference=x[20:]).fit(clean)
     f = feats.transform(x[:5])
-    values = _features.compute(clf, x[:5], metrics=("block_traces", "sensitivity"),
-                               settings=_features.MetricOptions(metrics=("block_traces", "sensitivity")).checked(clf),
-                               chunk_size=8)  # fmt: skip
+    values = _features.compute(
+        clf,
+        x[:5],
+        metrics=("block_traces", "sensitivity"),
+        settings=_features.MetricOptions(metrics=("block_traces", "sensitivity")).checked(clf),
+        chunk_size=8,
+    )
     z = clf.predict(x[:5]).astype(np.float64)
     p = np.exp(z - z.max(1, keepdims=True))
     p /= p.sum(1, keepdims=True)

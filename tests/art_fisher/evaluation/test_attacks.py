@@ -28,8 +28,16 @@ def adaptive_run(tmp_path_factory):
     net = train_model(SmallCNN(), train.x, train.y, epochs=6, seed=0)
     out = tmp_path_factory.mktemp("adaptive")
     torch.save(net.state_dict(), out / "model.pt")
-    result = evaluate(model=out / "model.pt", attacks=["pgd"], detectors=DETECTORS_HERE, n_samples=12, seed=2,
-                      target_fpr=0.2, output_dir=out / "run", adaptive=True)  # fmt: skip
+    result = evaluate(
+        model=out / "model.pt",
+        attacks=["pgd"],
+        detectors=DETECTORS_HERE,
+        n_samples=12,
+        seed=2,
+        target_fpr=0.2,
+        output_dir=out / "run",
+        adaptive=True,
+    )
     torch.set_num_threads(before)
     return result, out / "run"
 

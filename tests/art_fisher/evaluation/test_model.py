@@ -101,8 +101,15 @@ def _corrupt(kind: str, path, data) -> None:
 @pytest.mark.parametrize("kind", ["truncated", "empty", "flipped", "wrong_architecture", "plain_state_dict"])
 def test_unusable_model_cache_is_rebuilt_with_a_warning(tmp_path, caplog, kind):
     data = load_digits(split="train")
-    kwargs = {"arch": "small_cnn", "data": data, "epochs": 1, "seed": 0, "device": torch.device("cpu"),
-              "output_dir": tmp_path, "progress": False}  # fmt: skip
+    kwargs = {
+        "arch": "small_cnn",
+        "data": data,
+        "epochs": 1,
+        "seed": 0,
+        "device": torch.device("cpu"),
+        "output_dir": tmp_path,
+        "progress": False,
+    }
     first = model_cache.cached_model(**kwargs)
     assert first.status == "trained"
     _corrupt(kind, first.path, data)
@@ -118,8 +125,15 @@ def test_unusable_model_cache_is_rebuilt_with_a_warning(tmp_path, caplog, kind):
 
 def test_model_cache_at_a_folder_is_reported_and_left_alone(tmp_path, caplog):
     data = load_digits(split="train")
-    kwargs = {"arch": "small_cnn", "data": data, "epochs": 1, "seed": 0, "device": torch.device("cpu"),
-              "output_dir": tmp_path, "progress": False}  # fmt: skip
+    kwargs = {
+        "arch": "small_cnn",
+        "data": data,
+        "epochs": 1,
+        "seed": 0,
+        "device": torch.device("cpu"),
+        "output_dir": tmp_path,
+        "progress": False,
+    }
     path = model_cache.cached_model(**kwargs).path
     path.unlink()
     path.mkdir()
@@ -138,8 +152,9 @@ def test_cache_write_is_atomic(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(model_cache.torch, "save", broken_save)
-    source = model_cache.cached_model(arch="small_cnn", data=data, epochs=1, seed=0, device=torch.device("cpu"),
-                                      output_dir=tmp_path, progress=False)  # fmt: skip
+    source = model_cache.cached_model(
+        arch="small_cnn", data=data, epochs=1, seed=0, device=torch.device("cpu"), output_dir=tmp_path, progress=False
+    )
     assert source.status == "uncached" and not source.path.exists()
     assert list(source.path.parent.iterdir()) == []
 

@@ -55,7 +55,23 @@ def test_evaluate_seeds_aggregates_the_runs_and_the_cli_runs_it(tmp_path):
     text = result.paths["report_md"].read_text()
     assert "±" in text and "## security_curve" in text and result.paths["unseen_auc"].is_file()
     assert (tmp_path / "agg" / "seed_1" / "report.md").is_file()
-    code = main(["evaluate", "--seeds", "0,1", "--attacks", "fgsm", "--detectors", "max_softmax", "--n-samples", "16",
-                 "--epochs", "2", "--output", str(tmp_path / "cli"), "--quiet"])  # fmt: skip
+    code = main(
+        [
+            "evaluate",
+            "--seeds",
+            "0,1",
+            "--attacks",
+            "fgsm",
+            "--detectors",
+            "max_softmax",
+            "--n-samples",
+            "16",
+            "--epochs",
+            "2",
+            "--output",
+            str(tmp_path / "cli"),
+            "--quiet",
+        ]
+    )
     assert code == 0 and (tmp_path / "cli" / "results.json").is_file()
     assert main(["evaluate", "--seeds", "0,0", "--output", str(tmp_path / "bad"), "--quiet"]) == 2

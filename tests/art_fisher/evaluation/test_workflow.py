@@ -203,8 +203,14 @@ def test_protocol_keeps_sides_apart_across_attacks(monkeypatch, tmp_path):
 
 
 def test_progress_bar_over_attacks_and_fits(tmp_path, capsys, digits_model):
-    evaluate(model=digits_model, attacks=["fgsm"], detectors=["max_softmax", "subset_scanning"], n_samples=12,
-             output_dir=tmp_path, progress=True)  # fmt: skip
+    evaluate(
+        model=digits_model,
+        attacks=["fgsm"],
+        detectors=["max_softmax", "subset_scanning"],
+        n_samples=12,
+        output_dir=tmp_path,
+        progress=True,
+    )
     err = capsys.readouterr().err
     assert "art-fisher evaluate" in err and "3/3" in err  # 1 attack + 1 supervised fit + 1 clean fit
     evaluate(model=digits_model, attacks=["fgsm"], detectors=["max_softmax"], n_samples=12, output_dir=tmp_path)
@@ -292,8 +298,16 @@ def test_fisher_values_are_computed_once_per_input_and_metric(digits_cnn, monkey
     from art_fisher.evaluation.detectors._fisher import FisherRun
 
     clf = digits_cnn.classifier
-    ctx = RunContext(classifier=clf, model=clf.model, x_background=digits_cnn.x_train[:4], seed=0,
-                     device=torch.device("cpu"), batch_size=16, target_fpr=0.1, progress=False)  # fmt: skip
+    ctx = RunContext(
+        classifier=clf,
+        model=clf.model,
+        x_background=digits_cnn.x_train[:4],
+        seed=0,
+        device=torch.device("cpu"),
+        batch_size=16,
+        target_fpr=0.1,
+        progress=False,
+    )
     computed: list[tuple[str, int]] = []
     original = _features.compute
 

@@ -23,7 +23,7 @@ def _confident_cnn(seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     model = nn.Sequential(
         nn.Conv2d(1, 4, 3), nn.Tanh(), nn.Flatten(), nn.Linear(4 * 6 * 6, 16), nn.Tanh(), nn.Linear(16, 10)
-    )  # fmt: skip
+    )
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
