@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -274,3 +275,56 @@ class Dense:
                 (dx_a,) = torch.autograd.grad(g_p @ vk, xx, retain_graph=True)
                 total = total + dx_a * dx_b
         return total
+
+
+TOL = 1e-8
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
+
+
+@functools.cache
+def cached_refs(name: str, names: tuple[str, ...] | None = None, label: tuple[int, ...] | None = None):
+    model, x = make_case(name)
+    return dense_refs(model, x, None if names is None else list(names), label=label)
+
+
+def dense_refs(model, x, names=None, output="logits", label=None):
+    d = Dense(model, names, output)
+    out = {k: [] for k in ("trace", "lam", "full", "block", "full_raw", "fis", "fis_full")}
+    for i, xi in enumerate(x):
+        f = d.fisher(xi)
+        out["trace"].append(f.trace())
+        out["lam"].append(torch.linalg.eigvalsh(f)[-1])
+        g = d.predicted_gradient(xi, None if label is None else int(label[i]))
+        v = g / g.norm()
+        out["full"].append(d.quad(xi, v, False))
+        out["block"].append(d.quad(xi, v, True))
+        out["full_raw"].append(d.quad(xi, g, False))
+        out["fis"].append(d.sensitivity(xi, v, True))
+        out["fis_full"].append(d.sensitivity(xi, v, False))
+    return {k: torch.stack(v) for k, v in out.items()}
+
+
+def per_class_reference(model: nn.Module, x: torch.Tensor, names: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """Trace, λ_max and the quadratic form along the predicted class's gradient, one backward pass per class."""
+    params = dict(model.named_parameters())
+    chosen = [params[n] for n in (names or list(params))]
+    out = {"trace": [], "lam": [], "quad": [], "quad_blockwise": []}
+    for i in range(x.shape[0]):
+        logp = torch.log_softmax(model(x[i : i + 1]), -1)[0]
+        p = logp.detach().exp()
+        grads = [torch.autograd.grad(logp[c], chosen, retain_graph=True) for c in range(len(p))]
+        flat = torch.stack([torch.cat([g.flatten() for g in gs]) for gs in grads])  # (C, P)
+        gram = flat @ flat.T
+        sp = p.sqrt()
+        out["trace"].append((p * gram.diagonal()).sum())
+        out["lam"].append(torch.linalg.eigvalsh(sp[:, None] * gram * sp[None, :])[-1])
+        y = int(p.argmax())
+        out["quad"].append((p * gram[y] ** 2).sum() / gram[y, y])
+        blockwise = sum(
+            (p * torch.stack([(gs[k] * grads[y][k]).sum() for gs in grads]) ** 2).sum() for k in range(len(chosen))
+        )
+        out["quad_blockwise"].append(blockwise / gram[y, y])
+    return {k: torch.stack(v).detach() for k, v in out.items()}

@@ -21,10 +21,11 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import nn
-from torch.autograd.graph import GradientEdge, get_gradient_edge
+from torch.autograd.graph import GradientEdge, Node, get_gradient_edge
 
 from art_fisher.metrics.engine.layers import LayerRule, is_candidate, rule_for
 from art_fisher.metrics.engine.layers.direct import DirectRule, broadcast_shape, direct_node_ok
@@ -290,5 +291,5 @@ def _record_direct(
         if not direct_node_ok(node) or shape is None or shape != (n, *plan.sample_shapes[key][1]):
             continue
         rules[key] = DirectRule(nn.Identity(), leaves[name].detach(), shape)
-        edges[key] = GradientEdge(node, 0)
+        edges[key] = GradientEdge(cast("Node", node), 0)
         shapes[key] = torch.Size(shape)
