@@ -97,7 +97,14 @@ def scale_head(model: nn.Module, x: torch.Tensor, target: float = 3.0) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("library", "name"), [("torchvision", n) for n in TORCHVISION] + [("timm", n) for n in TIMM])
+@pytest.mark.parametrize(
+    ("library", "name"),
+    [("torchvision", n) for n in TORCHVISION]
+    + [
+        ("timm", n) if isinstance(n, str) else pytest.param("timm", *n.values, marks=n.marks, id=f"timm-{n.values[0]}")
+        for n in TIMM
+    ],
+)
 def test_field_model_exact_in_float64(library, name):
     model = build(library, name).double()
     torch.manual_seed(1)
