@@ -195,11 +195,3 @@ def security_curve_rows(
                 }
             )
     return rows
-
-
-def security_curve_stage() -> tuple[Callable[[Any, Any], list[dict[str, Any]]], tuple[str, ...], tuple[str, ...]]:
-    """The curve as an ``extra_stages`` entry of :func:`~art_fisher.evaluation.evaluate_seeds`.
-
-    Reads the rows each seed's run already computed (``result.security_curve``).
-    """
-    return (lambda _plan, result: list(result.security_curve)), ("detector", "eps"), ("robust_accuracy", "flagged")

@@ -152,7 +152,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from art_fisher.detection._stacked import PARTS
     from art_fisher.evaluation import evaluate_seeds
-    from art_fisher.evaluation._security_curve import security_curve_stage
 
     if args.dataset == "mnist" and (args.data_dir is None or not Path(args.data_dir).exists()):
         print(
@@ -193,7 +192,6 @@ def main(argv: list[str] | None = None) -> int:
     result = evaluate_seeds(
         seeds=seeds,
         output_dir=output,
-        extra_stages={"security_curve": security_curve_stage()},
         extra_detectors=extra,
         **kwargs,
     )
@@ -223,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         "unseen_summary": result.summary,
         "table": result.table,
         "adaptive": result.adaptive,
-        "security_curve": result.extra.get("security_curve", []),
+        "security_curve": result.security_curve,
         "seconds": seconds,
         "machine": {
             "python": platform.python_version(),
