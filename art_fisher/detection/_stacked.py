@@ -415,7 +415,7 @@ class StackedDetector(EvasionDetector):
         return detector
 
     def _set_state(self, state: dict[str, Any]) -> None:
-        """The fitted pipeline and threshold of a state read by :func:`~._persistence.read_state`."""
+        """The fitted pipeline and threshold of a state read by ``read_state``."""
         features = self._new_features()
         features._parts = _check_parts(self.parts)
         gaussians = state["gaussians"]

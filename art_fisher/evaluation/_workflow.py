@@ -68,7 +68,7 @@ class EvaluationResult:
         One row per detector × fit attack × test attack: ``detector``, ``fit_attack`` (the attack the
         detector was fitted on, or ``"clean"`` when it saw no adversarial example), ``attack`` (the test
         attack), ``roc_auc``, ``detection_accuracy``, ``tpr``, ``fpr`` (at the operating point: the
-        threshold that flags ``target_fpr`` of held-out clean images, :mod:`.operating_point`; ``fpr`` is
+        threshold that flags ``target_fpr`` of held-out clean images (the operating point); ``fpr`` is
         the achieved rate), ``own_tpr``, ``own_fpr`` (the detector's own decision),
         ``seconds_per_sample``, ``fit_seconds``, ``n_train``, ``n_test``.
     attacks : list of dict
@@ -91,13 +91,13 @@ class EvaluationResult:
         calls (the Fisher ones share metric values, so the first to need a value pays for it).
     adaptive : list of dict
         With ``adaptive=True``: one row per differentiable detector × adaptive attack
-        (:mod:`.adaptive`): ``detector``, ``fit_attack``, ``attack``, ``norm``, ``eps``, ``steps``,
+        (the adaptive stage): ``detector``, ``fit_attack``, ``attack``, ``norm``, ``eps``, ``steps``,
         ``n_attacked``, ``success_rate`` (against the classifier alone), ``evasion_rate`` (misclassified and
         not flagged at the operating point), ``flagged_successful``, ``clean_fpr`` (achieved), ``threshold``,
         ``roc_auc``, ``loss_start``, ``loss_half``,
         ``loss_final``, ``seconds``. Empty otherwise.
     security_curve : list of dict
-        The detection-aware security curve (:mod:`.security_curve`): ``detector`` (``"none"``: the
+        The detection-aware security curve : ``detector`` (``"none"``: the
         classifier alone), ``eps``, ``robust_accuracy``, ``flagged``; empty if the run has none of its
         detectors.
     """
