@@ -30,7 +30,7 @@ import numpy as np
 
 from art_fisher._atomic import atomic_write
 from art_fisher.evaluation._config import EvaluationConfig, config_of
-from art_fisher.evaluation._workflow import EvaluationResult, prepare, run
+from art_fisher.evaluation._workflow import EvaluationResult, prepare, run_plan
 from art_fisher.evaluation.detectors._registry import DETECTORS
 from art_fisher.evaluation.report._plots import plot_mean_sd
 
@@ -179,7 +179,7 @@ def evaluate_seeds(
     runs: list[EvaluationResult] = []
     for s, plan in zip(seed_list, plans, strict=True):
         logger.info("seed %d of %s", s, list(seed_list))
-        runs.append(run(plan))
+        runs.append(run_plan(plan))
     table = aggregate([r.table for r in runs], ("detector", "fit_attack", "attack"), TABLE_METRICS)
     summary = aggregate([r.unseen_summary() for r in runs], ("detector", "fitted_on"), SUMMARY_METRICS)
     adaptive = aggregate([r.adaptive for r in runs], ("detector", "fit_attack", "attack"), ADAPTIVE_METRICS)
