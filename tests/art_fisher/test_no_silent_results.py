@@ -209,3 +209,27 @@ def test_attacks_that_query_in_float64_reach_a_float32_model(digits_cnn):
         hsj = HopSkipJump(clf, max_iter=1, max_eval=20, init_eval=5, init_size=20, verbose=False)
         adv = hsj.generate(x=x)
     assert adv.shape == x.shape and np.isfinite(adv).all()
+
+
+def test_a_softmax_classifier_is_refused_by_the_detectors_and_the_attacker_loss():
+    """Before: a classifier whose model ends in a softmax gave Fisher features ~95x too small, and energy /
+    confidence / logit-margin values of probabilities, without a word."""
+    from art.estimators.classification import PyTorchClassifier
+
+    from art_fisher.adversarial.art_classifier import classifier_logits
+    from art_fisher.detection.detector import FisherInformationDetector
+    from art_fisher.detection.stacked import StackedDetector
+
+    clf, x = smooth_classifier("mlp")
+    probs = PyTorchClassifier(
+        nn.Sequential(clf.model, nn.Softmax(1)).eval(), nn.CrossEntropyLoss(), clf.input_shape, 4,
+        clip_values=(0.0, 1.0), device_type="cpu",
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="output='logits' but the model's outputs .* probability vectors"):
+        FisherInformationDetector(probs, metrics=("trace",)).fit(x)
+    with pytest.raises(ValueError, match="probability vectors"):
+        StackedDetector(probs, parts=("confidence", "mahalanobis")).fit(x)
+    with pytest.raises(ValueError, match="the attacker's loss .* probability vectors"):
+        classifier_logits(probs, torch.as_tensor(x[:3]))
+    # declared as probabilities, the detector measures them
+    FisherInformationDetector(probs, metrics=("trace",), output="probs").fit(x)
