@@ -446,18 +446,17 @@ def _check_threshold_settings(path: Path, state: dict[str, Any], settings: dict[
     clean-only fit: neither; ``"target_fpr"`` after a fit with labels: both.
     """
     setting, saved, clean_fpr = settings.get("threshold"), state.get("decision_threshold"), state.get("clean_fpr")
-    number = isinstance(setting, Real) and not isinstance(setting, bool)
-    if not number and setting not in ("target_fpr", "estimator"):
-        return  # an invalid setting: the detector's constructor names it
-    if number:
+    if isinstance(setting, Real) and not isinstance(setting, bool):
         expected = "the threshold setting's value and no 'clean_fpr'"
         ok = saved is not None and float(saved) == float(setting) and clean_fpr is None
     elif setting == "target_fpr" and kind == "classifier":
         expected = "a number each (the threshold a fit with labels sets at target_fpr)"
         ok = saved is not None and clean_fpr is not None
-    else:
+    elif setting in ("target_fpr", "estimator"):
         expected = "None (the estimator's own decision)"
         ok = saved is None and clean_fpr is None
+    else:
+        return  # an invalid setting: the detector's constructor names it
     if not ok:
         raise invalid_file(
             path,
