@@ -41,6 +41,7 @@ from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from art_fisher._deprecation import DEPRECATED, RenamedParamsMixin, renamed
+from art_fisher.detection.thresholds import needed_samples
 
 __all__ = ["QuantileOutlierDetector"]
 
@@ -199,12 +200,21 @@ class QuantileOutlierDetector(RenamedParamsMixin, OutlierMixin, BaseEstimator):
         if k > n:
             warnings.warn(
                 f"QuantileOutlierDetector: {n} clean samples are too few for target_fpr={self.target_fpr} "
-                f"(the conformal quantile needs at least {math.ceil((1 - self.target_fpr) / self.target_fpr)}); "
+                f"(the conformal quantile needs at least {needed_samples(float(self.target_fpr))}); "
                 "the threshold is the largest clean score, so the false-positive rate is not controlled.",
                 UserWarning,
                 stacklevel=2,
             )
             k = n
+        elif len(np.unique(scores)) * float(self.target_fpr) < 1:
+            warnings.warn(
+                f"QuantileOutlierDetector: the {n} clean samples give {len(np.unique(scores))} distinct scores "
+                f"(copies of a few inputs), too few for target_fpr={self.target_fpr} (at least "
+                f"{needed_samples(float(self.target_fpr))} distinct are needed); the false-positive rate is not "
+                "controlled.",
+                UserWarning,
+                stacklevel=2,
+            )
         self.threshold_ = float(np.sort(scores)[k - 1])
         self.offset_ = -self.threshold_
         self.train_fpr_ = float(np.mean(scores > self.threshold_))

@@ -14,7 +14,7 @@ from numbers import Real
 
 import numpy as np
 
-__all__ = ["check_target_fpr", "clean_threshold"]
+__all__ = ["check_target_fpr", "clean_threshold", "needed_samples"]
 
 
 def check_target_fpr(target_fpr: float) -> float:
@@ -22,6 +22,16 @@ def check_target_fpr(target_fpr: float) -> float:
     if isinstance(target_fpr, bool) or not isinstance(target_fpr, Real) or not 0.0 < float(target_fpr) < 1.0:
         raise ValueError(f"target_fpr must be a number in (0, 1); got {target_fpr!r}.")
     return float(target_fpr)
+
+
+def needed_samples(target_fpr: float) -> str:
+    r"""How many clean scores resolve ``target_fpr`` :math:`\alpha`: :math:`\lceil (1 - \alpha) / \alpha \rceil` (text).
+
+    Written in scientific notation beyond :math:`10^{15}` (for a tiny, even subnormal, :math:`\alpha` the count
+    is no integer Python could print, and infinite in floating point).
+    """
+    needed = (1.0 - target_fpr) / target_fpr if target_fpr > 0 else math.inf
+    return str(math.ceil(needed)) if needed < 1e15 else f"{needed:.3g}"
 
 
 def clean_threshold(clean_scores: np.ndarray, target_fpr: float, sample_weight: np.ndarray | None = None) -> float:

@@ -532,3 +532,19 @@ def test_deprecated_names_set_chunk_size_and_fd_step(digits_cnn, digits_attacks)
     with pytest.warns(DeprecationWarning, match="batch_size was renamed chunk_size"):
         old = detector.sensitivity_maps(x, batch_size=2)
     np.testing.assert_array_equal(old, detector.sensitivity_maps(x, chunk_size=2))
+
+
+def test_detect_takes_a_tensor_that_requires_grad(digits_cnn, digits_attacks):
+    """Before: RuntimeError "Can't call numpy() on Tensor that requires grad" from detect()."""
+    from art_fisher.detection.detector import FisherInformationDetector
+
+    clean, adv = digits_attacks["deepfool"]
+    x = np.concatenate([clean[:8], adv[:8]])
+    detector = FisherInformationDetector(digits_cnn.classifier, metrics=("trace",))
+    detector.fit(x, np.repeat([0, 1], 8))
+    tensor = torch.as_tensor(x).requires_grad_(True)
+    report, flagged = detector.detect(tensor)
+    expected_report, expected = detector.detect(x)
+    np.testing.assert_array_equal(flagged, expected)
+    np.testing.assert_array_equal(report["decision_scores"], expected_report["decision_scores"])
+    assert tensor.grad is None
