@@ -157,29 +157,38 @@ def evaluate_seeds(
     ValueError, TypeError, FileNotFoundError
         As :func:`~art_fisher.evaluation.workflow.evaluate`, for every seed's arguments before any work.
     """
-    from art_fisher.evaluation.workflow import EvaluationResult, prepare, run
+    from art_fisher._atomic import check_output_dir
+    from art_fisher.evaluation.workflow import MAX_SEED, EvaluationResult, prepare, run
 
     if "seed" in evaluate_kwargs:
         raise TypeError("evaluate_seeds takes seeds=..., not seed=....")
     seed_list = parse_seeds(seeds)
     out = Path(output_dir)
-    plans = [prepare(seed=s, output_dir=out / f"seed_{s}", **evaluate_kwargs) for s in seed_list]
+    too_large = [s for s in seed_list if s > MAX_SEED]
+    if too_large:
+        raise ValueError(f"seeds must be integers from 0 to {MAX_SEED}; got {too_large[0]}.")
+    for s in seed_list:
+        check_output_dir(out / f"seed_{s}")
+    # One plan (the arguments checked, the data and a given model loaded once); each seed runs on a copy of it
+    # that differs in its seed and folder only, one seed after another.
+    base = prepare(seed=seed_list[0], output_dir=out / f"seed_{seed_list[0]}", **evaluate_kwargs)
     if net is not None:
-        plans = [dataclasses.replace(plan, net=net) for plan in plans]
+        base = dataclasses.replace(base, net=net)
     if extra_detectors:
         from art_fisher.evaluation.registry import DETECTORS
 
         extra = tuple(extra_detectors)
-        bad = [d for d in extra if d not in DETECTORS or d in plans[0].detectors]
+        bad = [d for d in extra if d not in DETECTORS or d in base.detectors]
         if bad or len(set(extra)) != len(extra):
             raise ValueError(f"extra_detectors must be distinct registry names not already run; got {list(extra)}.")
-        attacked = tuple(d for d in extra if DETECTORS[d].no_gradient is None) if plans[0].adaptive else ()
-        plans = [dataclasses.replace(p, detectors=p.detectors + extra, adaptive=p.adaptive + attacked) for p in plans]
+        attacked = tuple(d for d in extra if DETECTORS[d].no_gradient is None) if base.adaptive else ()
+        base = dataclasses.replace(base, detectors=base.detectors + extra, adaptive=base.adaptive + attacked)
     stages = dict(extra_stages or {})
     runs: list[EvaluationResult] = []
     extra_rows: dict[str, list[list[dict[str, Any]]]] = {name: [] for name in stages}
-    for s, plan in zip(seed_list, plans, strict=True):
+    for s in seed_list:
         logger.info("seed %d of %s", s, list(seed_list))
+        plan = dataclasses.replace(base, seed=s, output_dir=out / f"seed_{s}")
         result = run(plan)
         runs.append(result)
         for name, stage in stages.items():

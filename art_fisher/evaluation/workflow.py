@@ -56,6 +56,7 @@ DEFAULT_EPOCHS = {"digits": 30, "mnist": 3, "cifar10": 10}
 #: Upper bounds that catch typos (``--batch-size 1e20``) before any work.
 MAX_BATCH_SIZE = 2**16
 MAX_EPOCHS = 10_000
+MAX_N_SAMPLES = 1_000_000
 #: Seeds: NumPy's legacy seeding and ART take 0 .. 2**32 - 1.
 MAX_SEED = 2**32 - 1
 _N_BACKGROUND = 200
@@ -139,7 +140,7 @@ def prepare(
     eps = DEFAULT_EPS[dataset] if eps is None else eps
     if isinstance(eps, bool) or not isinstance(eps, Real) or not 0 < eps <= 1:
         raise ValueError(f"eps must be a number in (0, 1] (pixels are in [0, 1]); got {eps!r}.")
-    n_samples = _check_int("n_samples", n_samples, 4)
+    n_samples = _check_int("n_samples", n_samples, 4, MAX_N_SAMPLES)
     batch_size = _check_int("batch_size", batch_size, 1, MAX_BATCH_SIZE)
     seed = _check_int("seed", seed, 0, MAX_SEED)
     epochs = _check_int("epochs", DEFAULT_EPOCHS[dataset] if epochs is None else epochs, 1, MAX_EPOCHS)
@@ -152,7 +153,13 @@ def prepare(
     dev = _resolve_device(device)
     model_path = None if model is None else Path(model)
     if model_path is not None and not model_path.is_file():
-        what = "is a folder" if model_path.is_dir() else "does not exist"
+        what = (
+            "is a folder"
+            if model_path.is_dir()
+            else "is not a regular file (a device, pipe or socket)"
+            if model_path.exists()
+            else "does not exist"
+        )
         raise FileNotFoundError(f"model must be a state-dict file; {model_path} {what}.")
     if dataset != "digits" and data_dir is None:
         raise ValueError(f"data_dir is required for dataset {dataset!r} (nothing is downloaded); got None.")
