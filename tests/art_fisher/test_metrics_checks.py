@@ -460,3 +460,30 @@ def test_custom_modules_with_side_effects_or_batch_mixing_are_refused():
         assert float(stateful.seen.abs().max()) == 0.0
         with pytest.raises(ValueError, match="differs from its output in a batch"):
             metric(_BatchCentred().eval(), x)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"tau": 10**400}, ValueError, r"tau must be a float in \(0, 1\)"),
+        ({"tau": -(10**400)}, ValueError, r"tau must be a float in \(0, 1\)"),
+        ({"seed": 2**64}, ValueError, r"seed must be an int from 0 to 2\*\*63 - 1"),
+        ({"seed": -1}, ValueError, r"seed must be an int from 0 to 2\*\*63 - 1"),
+    ],
+)
+def test_trace_estimate_refuses_huge_integers_with_a_message(kwargs, error, match):
+    """Before: OverflowError from float(10**400), torch's manual_seed(2**64) or a clamp at 10**30."""
+    from art_fisher.metrics import fisher_trace_estimate
+
+    model, x = make_case("mlp")
+    with pytest.raises(error, match=match):
+        fisher_trace_estimate(model, x, **{"tau": 0.1, **kwargs})
+
+
+def test_trace_estimate_takes_a_max_kept_beyond_the_class_count():
+    from art_fisher.metrics import fisher_trace_estimate
+
+    model, x = make_case("mlp")
+    capped = fisher_trace_estimate(model, x, tau=0.1, max_kept=10**30, seed=2**63 - 1)
+    uncapped = fisher_trace_estimate(model, x, tau=0.1, seed=2**63 - 1)
+    torch.testing.assert_close(capped.estimate, uncapped.estimate, rtol=0, atol=0)
