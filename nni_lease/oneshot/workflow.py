@@ -215,7 +215,9 @@ def search_oneshot(
     Raises
     ------
     ValueError
-        For a bad argument, output path or data file (nothing created).
+        For a bad argument, output path or data file (nothing created);
+        :class:`~nni_lease.oneshot.lightning.TrainingDivergedError` when a loss or an architecture weight
+        becomes NaN or infinite (what the search created is removed).
     """
     if not isinstance(config, SearchConfig):
         raise ValueError(f"config must be a SearchConfig; got {type(config).__name__}.")
@@ -229,12 +231,15 @@ def search_oneshot(
     from nni.nas.experiment import NasExperiment
     from pytorch_lightning.loggers import CSVLogger
 
+    from nni_lease.oneshot.lightning import TrainingDivergedError
     from nni_lease.oneshot.progress import EpochLogger
     from nni_lease.oneshot.strategy import LeaSE
-    from nni_lease.spaces import SPACES, build_space
+    from nni_lease.spaces import SPACES, build_space, check_space_size
 
     kwargs = space_kwargs(config, train)
     strategy = LeaSE(settings=settings, arc_learning_rate=config.arc_learning_rate)
+    check_space_size(config.space, kwargs)  # before anything is created
+    before = set(out.iterdir()) if out.is_dir() else None
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     space = build_space(config.space, **kwargs)
@@ -254,12 +259,18 @@ def search_oneshot(
     experiment = NasExperiment(space, evaluator, strategy)
     experiment.config.experiment_working_directory = str(out / "nni-experiments")
     start = time.perf_counter()
+    diverged = False
     try:
         experiment.run()
         seconds = time.perf_counter() - start
         architecture = experiment.export_top_models(formatter="dict")[0]
+    except TrainingDivergedError:
+        diverged = True
+        raise
     finally:
         experiment.stop()  # otherwise NNI stops it (and logs) at interpreter exit
+        if diverged:  # no architecture from NaN weights: leave nothing behind
+            _remove_created(out, before)
     record = {
         "architecture": architecture,
         "mode": "oneshot",
@@ -283,6 +294,18 @@ def search_oneshot(
         _plot_curves(rows, out / CURVES_FILE, f"LeaSE search on {config.dataset} (gamma={settings.gamma})")
     logger.info("One-shot search took %.1f s; architecture %s.", seconds, architecture)
     return SearchResult(architecture=architecture, record=record, rows=rows, seconds=seconds, output=out)
+
+
+def _remove_created(out: Path, before: set[Path] | None) -> None:
+    """Remove what a failed search created in ``out``: the folder itself when it was new (``before`` None)."""
+    import shutil
+
+    created = [out] if before is None else [p for p in out.iterdir() if p not in before]
+    for path in created:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def load_architecture(path: str | Path) -> dict[str, Any]:
@@ -372,10 +395,14 @@ def retrain_architecture(
     import torch
 
     from nni_lease.oneshot.retrain import build_architecture, retrain
-    from nni_lease.spaces import build_space
+    from nni_lease.spaces import build_space_on_meta, check_space_size
 
     torch.manual_seed(config.seed)
-    space = build_space(record["space"]["name"], **record["space"]["kwargs"])
+    name, kwargs = record["space"]["name"], record["space"]["kwargs"]
+    if name == "LeaseCellSpace":  # the chosen network's size from the sizes alone, before any module is built
+        check_space_size(name, kwargs, architecture=record["architecture"])
+    # The space on the meta device (no memory): only the chosen network is ever allocated, after its size check.
+    space = build_space_on_meta(name, check_size=False, **kwargs)
     build_architecture(space, record["architecture"], seed=config.seed)  # checks the architecture first
     result = retrain(
         space,

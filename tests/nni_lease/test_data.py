@@ -152,3 +152,16 @@ def test_root_is_a_deprecated_name_of_data_dir(tmp_path):
         Cifar10Dataset(root=str(tmp_path / "missing"), split="test")
     with pytest.warns(DeprecationWarning, match="root was renamed data_dir"), pytest.raises(FileNotFoundError):
         make_dataset("cifar10", "test", root=str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize(("n_train", "split"), [(0, "train"), (1, "train"), (0, "val")])
+def test_an_mnist_split_without_samples_is_refused_naming_it(tmp_path, n_train, split):
+    """Before: 0 training images gave 'need at least one array to concatenate', ZeroDivisionError in retrain or
+    PyTorch's num_samples=0; one image left the training split empty."""
+    from nni_lease.data import MnistDataset
+    from tests.fake_mnist import write_fake_mnist
+
+    write_fake_mnist(tmp_path, n_train=n_train, n_test=5)
+    with pytest.raises(ValueError, match=rf"holds 0 images|MnistDataset: the '{split}' split holds no sample"):
+        MnistDataset(str(tmp_path), split)
+    assert len(MnistDataset(str(tmp_path), "test")) == 5
