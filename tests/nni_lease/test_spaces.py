@@ -7,7 +7,7 @@ import pytest
 import torch
 from nni.nas.strategy import DARTS
 
-from nni_lease.spaces import OPERATIONS, LeaseCellSpace, build_operation
+from nni_lease._spaces import OPERATIONS, LeaseCellSpace, build_operation
 
 
 def test_choices_and_labels():
@@ -92,8 +92,8 @@ def test_unknown_operation_name():
     ],
 )
 def test_lease_cell_parameters_counts_the_space_and_its_networks(kwargs):
-    from nni_lease.oneshot.retrain import build_architecture
-    from nni_lease.spaces import LeaseCellSpace, build_space_on_meta, lease_cell_parameters
+    from nni_lease._spaces import LeaseCellSpace, build_space_on_meta, lease_cell_parameters
+    from nni_lease.oneshot._retrain import build_architecture
 
     space = LeaseCellSpace(**kwargs)
     assert lease_cell_parameters(**kwargs) == sum(p.numel() for p in space.parameters())
@@ -109,8 +109,8 @@ def test_lease_cell_parameters_counts_the_space_and_its_networks(kwargs):
 
 
 def test_darts_architectures_built_from_the_meta_space_are_the_real_ones():
-    from nni_lease.oneshot.retrain import build_architecture
-    from nni_lease.spaces import build_space, build_space_on_meta
+    from nni_lease._spaces import build_space, build_space_on_meta
+    from nni_lease.oneshot._retrain import build_architecture
 
     kwargs = {"in_channels": 1, "n_classes": 10, "width": 2, "num_cells": 3}
     real_space = build_space("darts", **kwargs)
