@@ -290,6 +290,7 @@ def check_model_size(model: nn.Module, what: str) -> int:
 
 def _check_parameter_count(n: int, what: str) -> int:
     if n > MAX_PARAMETERS:
+        what = what if len(what) <= 160 else what[:157] + "..."
         raise ValueError(
             f"{what} has {n:,} parameters ({4 * n / 2**30:.1f} GiB in float32, before gradients and optimiser "
             f"state), over the limit of {MAX_PARAMETERS:,}; choose a smaller width, fewer cells or nodes."
