@@ -334,8 +334,14 @@ def _legacy_file(path):
 def test_bad_model_files_exit_2_with_one_line_before_reading(tmp_path, capsys, make, message):
     """Before: a deflated torch zip of 40 KB grew the process by its inflated size before the refusal; wrong keys
     printed torch's three-line message."""
+    import resource
+    import time
+
     path = make(tmp_path / "model.pt")
+    rss, start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter()
     rc = main(["evaluate", "--model", str(path), "--arch", "small_cnn", "--output", str(tmp_path / "o"), "--quiet"])
+    assert time.perf_counter() - start < 60
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss < 300 * 1024  # KiB
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("art-fisher evaluate: error: ") and err.count("\n") == 1
     assert message in err and "model.pt" in err
