@@ -82,7 +82,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         print(f"art-fisher evaluate: error: {exc}", file=sys.stderr)
         return 2
     try:
-        result = evaluation.run(plan)
+        result = evaluation.run_plan(plan)
     except ValueError as exc:  # e.g. a model whose outputs are not finite: refused with its name
         print(f"art-fisher evaluate: error: {exc}", file=sys.stderr)
         return 2

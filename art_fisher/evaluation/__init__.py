@@ -1,7 +1,7 @@
 """Evaluation workflow: attack a classifier with ART, fit detectors, measure how well each catches each attack.
 
 ``evaluate(config)`` (also ``art_fisher.evaluate`` and ``art-fisher evaluate``) runs it end to end;
-``prepare(config)`` checks the files and loads the data without writing anything, ``run(plan)`` does the
+``prepare(config)`` checks the files and loads the data without writing anything, ``run_plan(plan)`` does the
 work. Every setting of a run is one :class:`EvaluationConfig` (or its keywords). The parts, one module per concept:
 
 - every setting of a run in one frozen object (:class:`EvaluationConfig`);
@@ -31,7 +31,7 @@ from art_fisher.evaluation._workflow import (
     EvaluationResult,
     evaluate,
     prepare,
-    run,
+    run_plan,
 )
 from art_fisher.evaluation.detectors import DEFAULT_DETECTORS, DETECTORS, DetectorRun, DetectorSpec, RunContext, Scored
 
@@ -56,5 +56,5 @@ __all__ = [
     "evaluate",
     "evaluate_seeds",
     "prepare",
-    "run",
+    "run_plan",
 ]

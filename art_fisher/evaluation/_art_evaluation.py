@@ -21,7 +21,7 @@ from art.evaluations.evaluation import Evaluation
 from art_fisher.data._loaders import load_dataset
 from art_fisher.evaluation._config import EvaluationConfig, config_of
 from art_fisher.evaluation._seeds import evaluate_seeds
-from art_fisher.evaluation._workflow import prepare, run
+from art_fisher.evaluation._workflow import prepare, run_plan
 
 
 class DetectionEvaluation(Evaluation):
@@ -86,4 +86,4 @@ class DetectionEvaluation(Evaluation):
         if seeds is not None:
             return evaluate_seeds(config, seeds=seeds, net=net)
         plan = prepare(config, seed=seed)
-        return run(plan if net is None else dataclasses.replace(plan, net=net))
+        return run_plan(plan if net is None else dataclasses.replace(plan, net=net))

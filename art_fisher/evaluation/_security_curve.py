@@ -13,8 +13,8 @@ Robust accuracy at budget :math:`\varepsilon`, over images :math:`x_i` with labe
 
 :math:`x_i^\varepsilon` the PGD L∞ example of budget :math:`\varepsilon` against the classifier
 :math:`h` and :math:`D` the detector's flag at the operating point (the threshold that flags
-``target_fpr`` of held-out clean images, :mod:`.operating_point`). The attack does not know the
-detector (the adaptive attacks, :mod:`.adaptive_attacks`, do); one PGD run per budget serves every
+``target_fpr`` of held-out clean images, the operating point). The attack does not know the
+detector (the adaptive attacks do); one PGD run per budget serves every
 detector. ART's own ``SecurityCurve`` on ``DetectorClassifier`` counts every flag as a wrong answer,
 clean ones included, which is why its clean accuracy drops when a detector is added.
 

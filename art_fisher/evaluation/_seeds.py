@@ -30,7 +30,7 @@ import numpy as np
 
 from art_fisher._atomic import atomic_write, check_output_dir
 from art_fisher.evaluation._config import MAX_SEED, EvaluationConfig, config_of
-from art_fisher.evaluation._workflow import EvaluationResult, prepare, run
+from art_fisher.evaluation._workflow import EvaluationResult, prepare, run_plan
 from art_fisher.evaluation.detectors._registry import DETECTORS
 from art_fisher.evaluation.report._plots import plot_mean_sd
 
@@ -186,7 +186,7 @@ def evaluate_seeds(
     runs: list[EvaluationResult] = []
     for s in seed_list:
         logger.info("seed %d of %s", s, list(seed_list))
-        runs.append(run(dataclasses.replace(base, seed=s, output_dir=out / f"seed_{s}")))
+        runs.append(run_plan(dataclasses.replace(base, seed=s, output_dir=out / f"seed_{s}")))
     table = aggregate([r.table for r in runs], ("detector", "fit_attack", "attack"), TABLE_METRICS)
     summary = aggregate([r.unseen_summary() for r in runs], ("detector", "fitted_on"), SUMMARY_METRICS)
     adaptive = aggregate([r.adaptive for r in runs], ("detector", "fit_attack", "attack"), ADAPTIVE_METRICS)

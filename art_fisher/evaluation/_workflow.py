@@ -1,25 +1,18 @@
-"""The evaluation run: check the arguments (:func:`prepare`), run the stages (:func:`run`), or both (:func:`evaluate`).
+"""The evaluation run: the files checked and the data loaded (:func:`prepare`), the stages (:func:`run_plan`).
 
-Stages of :func:`run`, in order:
+Stages of :func:`run_plan`, in order:
 
-1. the classifier: the given state dict, or a model trained here and cached (:mod:`.model_cache`);
+1. the classifier: the given state dict, or a model trained here and cached;
 2. ``n_samples`` correctly classified test images, seeded, split into the detector-train and the
-   detector-test side (:func:`.protocol.split_sources`);
-3. each attack on every drawn image (:mod:`.attacks`);
-4. every detector fitted and scored as :mod:`.protocol` says (same attack, unseen attacks, clean-only);
-5. with ``adaptive=True``, adaptive attacks on classifier and detector together (:mod:`.adaptive`);
-6. the report (:mod:`.report`, :mod:`.plots`), written atomically.
+   detector-test side;
+3. each attack on every drawn image;
+4. every detector fitted and scored as the protocol says (same attack, unseen attacks, clean-only);
+5. with ``adaptive=True``, adaptive attacks on classifier and detector together;
+6. the security curve, then the report (tables and plots), written atomically.
 
-Everything is seeded: the same arguments give the same numbers. Extension points: an attack is an entry
-of :data:`~.attacks.ATTACKS`, a detector an entry of :data:`~.registry.DETECTORS` (a new Fisher feature
-set registered in :mod:`art_fisher.detection` appears there by itself), and a later stage (e.g. attacks
-that know the detector) finds every fitted detector in the protocol's ``fitted`` mapping.
-
-What an evaluation run takes and gives.
-
-:class:`EvaluationPlan` holds the checked arguments, loaded data and model (made by
-:func:`~.workflow.prepare`); :class:`EvaluationResult` the tables, settings and artefacts (returned by
-:func:`~.workflow.run` and :func:`~.workflow.evaluate`).
+Everything is seeded: the same settings give the same numbers. :func:`evaluate` does both steps;
+:class:`EvaluationPlan` holds what :func:`prepare` checked and loaded, :class:`EvaluationResult` what a run
+gives.
 """
 
 from __future__ import annotations
@@ -75,7 +68,7 @@ class EvaluationResult:
         One row per detector × fit attack × test attack: ``detector``, ``fit_attack`` (the attack the
         detector was fitted on, or ``"clean"`` when it saw no adversarial example), ``attack`` (the test
         attack), ``roc_auc``, ``detection_accuracy``, ``tpr``, ``fpr`` (at the operating point: the
-        threshold that flags ``target_fpr`` of held-out clean images, :mod:`.operating_point`; ``fpr`` is
+        threshold that flags ``target_fpr`` of held-out clean images (the operating point); ``fpr`` is
         the achieved rate), ``own_tpr``, ``own_fpr`` (the detector's own decision),
         ``seconds_per_sample``, ``fit_seconds``, ``n_train``, ``n_test``.
     attacks : list of dict
@@ -98,13 +91,13 @@ class EvaluationResult:
         calls (the Fisher ones share metric values, so the first to need a value pays for it).
     adaptive : list of dict
         With ``adaptive=True``: one row per differentiable detector × adaptive attack
-        (:mod:`.adaptive`): ``detector``, ``fit_attack``, ``attack``, ``norm``, ``eps``, ``steps``,
+        (the adaptive stage): ``detector``, ``fit_attack``, ``attack``, ``norm``, ``eps``, ``steps``,
         ``n_attacked``, ``success_rate`` (against the classifier alone), ``evasion_rate`` (misclassified and
         not flagged at the operating point), ``flagged_successful``, ``clean_fpr`` (achieved), ``threshold``,
         ``roc_auc``, ``loss_start``, ``loss_half``,
         ``loss_final``, ``seconds``. Empty otherwise.
     security_curve : list of dict
-        The detection-aware security curve (:mod:`.security_curve`): ``detector`` (``"none"``: the
+        The detection-aware security curve : ``detector`` (``"none"``: the
         classifier alone), ``eps``, ``robust_accuracy``, ``flagged``; empty if the run has none of its
         detectors.
     """
@@ -133,7 +126,7 @@ class EvaluationResult:
 
 @dataclass(frozen=True)
 class EvaluationPlan:
-    """Checked arguments, loaded data and (if given) the loaded model: everything :func:`run` needs.
+    """Checked arguments, loaded data and (if given) the loaded model: everything :func:`run_plan` needs.
 
     Made by :func:`prepare`; nothing has been written when it exists.
     """
@@ -183,7 +176,7 @@ def prepare(config: EvaluationConfig | None = None, /, **settings: Any) -> Evalu
     Raises
     ------
     ValueError, TypeError, FileNotFoundError
-        As :func:`evaluate`. After it returns, :func:`run` does the work.
+        As :func:`evaluate`. After it returns, :func:`run_plan` does the work.
     """
     config = config_of(config, settings)
     dataset = config.dataset
@@ -306,7 +299,7 @@ def _run_settings(
     return settings
 
 
-def run(plan: EvaluationPlan) -> EvaluationResult:
+def run_plan(plan: EvaluationPlan) -> EvaluationResult:
     """Run a checked plan (stages in the module docstring); writes the report into ``plan.output_dir``."""
     p = plan
     timings: dict[str, float] = {}
@@ -413,7 +406,7 @@ def evaluate(config: EvaluationConfig | None = None, /, **settings: Any) -> Eval
     FileNotFoundError
         If ``model`` or the data files are missing.
     """
-    return run(prepare(config, **settings))
+    return run_plan(prepare(config, **settings))
 
 
 def _versions() -> dict[str, str]:

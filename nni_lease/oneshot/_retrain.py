@@ -22,7 +22,7 @@ from nni.nas.nn.pytorch import ModelSpace
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from art_fisher.models._architectures import train_model
+from art_fisher.models import train_model
 from nni_lease._spaces import check_model_size
 
 logger = logging.getLogger(__name__)

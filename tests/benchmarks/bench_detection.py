@@ -42,6 +42,10 @@ import numpy as np
 RESULTS = Path(__file__).parent / "results"
 
 
+#: The detectors built on Fisher features (the others are the baselines).
+FISHER_PREFIXES = ("fisher_", "stacked")
+
+
 def _fmt(mean: float, sd: float, n: int) -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "n/a"
@@ -62,8 +66,8 @@ def goals(result, target_fpr: float) -> dict:
     from art_fisher.evaluation import DETECTORS
 
     summary = {r["detector"]: r for r in result.summary}
-    fisher = [d for d in summary if DETECTORS[d].kind == "fisher" and DETECTORS[d].in_default]
-    baselines = [d for d in summary if DETECTORS[d].kind == "baseline"]
+    fisher = [d for d in summary if d.startswith(FISHER_PREFIXES) and DETECTORS[d].in_default]
+    baselines = [d for d in summary if not d.startswith(FISHER_PREFIXES)]
     if not fisher or not baselines:
         return {}
     best = max(fisher, key=lambda d: summary[d]["unseen_auc_mean"])

@@ -94,7 +94,7 @@ def test_evaluate_seeds_loads_the_data_once_and_runs_the_seeds_one_after_another
             raise _Stop
 
     monkeypatch.setattr(_workflow, "load_dataset", counting_load)
-    monkeypatch.setattr(_seeds, "run", recording_run)
+    monkeypatch.setattr(_seeds, "run_plan", recording_run)
     with pytest.raises(_Stop):
         _seeds.evaluate_seeds(
             seeds="4,0,7", output_dir=tmp_path, attacks=["fgsm"], detectors=["max_softmax"], n_samples=8
