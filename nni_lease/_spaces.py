@@ -269,7 +269,8 @@ def check_space_size(name: str, kwargs: dict[str, Any], architecture: dict[str, 
     supernet, or with ``architecture`` the network it chooses. For NNI's DARTS space, on the meta device.
     """
     class_name = SPACES.get(name, name)
-    what = f"the {class_name} search space {kwargs}" if architecture is None else f"architecture {architecture}"
+    space = f"the {class_name} search space {kwargs}"
+    what = space if architecture is None else f"the network the architecture chooses from {space}"
     if class_name == "LeaseCellSpace":
         try:
             n = lease_cell_parameters(**kwargs, architecture=architecture)

@@ -114,7 +114,7 @@ def build_architecture(model_space: ModelSpace, architecture: Mapping[str, Any],
             model = copy.deepcopy(model_space.freeze(sample))
     except Exception as exc:
         raise ValueError(f"architecture {sample} is not a valid sample of the model space: {exc}") from exc
-    check_model_size(model, f"architecture {sample}")
+    check_model_size(model, f"the network of the architecture ({len(sample)} choices)")
     if on_meta:  # allocate the chosen network only, then initialise it below
         model.to_empty(device="cpu")
     with torch.random.fork_rng(devices=[]):
