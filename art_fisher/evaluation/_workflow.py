@@ -187,7 +187,13 @@ def prepare(config: EvaluationConfig | None = None, /, **settings: Any) -> Evalu
     dev = resolve_device(config.device)
     model_path = None if config.model is None else Path(config.model)
     if model_path is not None and not model_path.is_file():
-        what = "is a folder" if model_path.is_dir() else "does not exist"
+        what = (
+            "is a folder"
+            if model_path.is_dir()
+            else "is not a regular file (a device, pipe or socket)"
+            if model_path.exists()
+            else "does not exist"
+        )
         raise FileNotFoundError(f"model must be a state-dict file; {model_path} {what}.")
     output_dir = Path(config.output_dir)
     check_output_dir(output_dir)

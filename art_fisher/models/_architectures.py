@@ -191,6 +191,11 @@ def train_model(
             idx = perm[start : start + batch_size]
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model(xt[idx].to(device)), yt[idx].to(device))
+            if not bool(torch.isfinite(loss)):
+                raise ValueError(
+                    f"training diverged: the loss is {float(loss)} at epoch {epoch + 1}; lower the learning rate "
+                    f"(lr={lr:g}) or check the data."
+                )
             loss.backward()
             opt.step()
             total += loss.item() * len(idx)

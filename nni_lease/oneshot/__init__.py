@@ -5,7 +5,7 @@ The strategy (:class:`LeaSE`) is a drop-in for NNI's ``DARTS``; :func:`search_on
 """
 
 from nni_lease.oneshot._config import RetrainConfig, SearchConfig, SearchResult
-from nni_lease.oneshot._lightning import LeaseLightningModule
+from nni_lease.oneshot._lightning import LeaseLightningModule, TrainingDivergedError
 from nni_lease.oneshot._retrain import retrain
 from nni_lease.oneshot._strategy import LeaSE
 from nni_lease.oneshot._workflow import retrain_architecture, search_oneshot
@@ -16,6 +16,7 @@ __all__ = [
     "RetrainConfig",
     "SearchConfig",
     "SearchResult",
+    "TrainingDivergedError",
     "retrain",
     "retrain_architecture",
     "search_oneshot",
