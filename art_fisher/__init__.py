@@ -11,6 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from art_fisher.metrics import (
     fisher_block_traces,
+    fisher_input_spectrum,
     fisher_max_eigenvalue,
     fisher_quadratic_form,
     fisher_sensitivity,
@@ -25,6 +26,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 __all__ = [
     "__version__",
     "fisher_block_traces",
+    "fisher_input_spectrum",
     "fisher_max_eigenvalue",
     "fisher_quadratic_form",
     "fisher_sensitivity",

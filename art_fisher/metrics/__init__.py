@@ -11,7 +11,9 @@ distribution is
 
 ``F`` is never formed. Each metric lives in its own module: :mod:`~art_fisher.metrics.trace` (trace,
 per-tensor traces, λ_max), :mod:`~art_fisher.metrics.quadratic_form`,
-:mod:`~art_fisher.metrics.sensitivity`; :mod:`~art_fisher.metrics.basis` holds ``S`` and its factors,
+:mod:`~art_fisher.metrics.sensitivity`, and the Fisher information with respect to the input,
+:math:`G(x) = J_x^\top S J_x`, in :mod:`~art_fisher.metrics.input_spectrum`;
+:mod:`~art_fisher.metrics.basis` holds ``S`` and its factors,
 :mod:`~art_fisher.metrics.engine` the per-sample Gram blocks ``K_k = J_k J_kᵀ`` of each parameter
 tensor (forward hooks and one module per layer type, ``torch.func`` for everything else), and
 :mod:`~art_fisher.metrics.finite_difference` the original algorithm.
@@ -24,6 +26,7 @@ training mode one sample's output depends on the batch or on chance. Every sampl
 result is checked: a non-finite one is a ValueError naming the samples.
 """
 
+from art_fisher.metrics.input_spectrum import InputSpectrum, fisher_input_spectrum
 from art_fisher.metrics.quadratic_form import fisher_quadratic_form
 from art_fisher.metrics.sensitivity import fisher_sensitivity
 from art_fisher.metrics.top_mass import TraceEstimate, fisher_trace_estimate
@@ -31,8 +34,10 @@ from art_fisher.metrics.trace import BlockTraces, fisher_block_traces, fisher_ma
 
 __all__ = [
     "BlockTraces",
+    "InputSpectrum",
     "TraceEstimate",
     "fisher_block_traces",
+    "fisher_input_spectrum",
     "fisher_max_eigenvalue",
     "fisher_quadratic_form",
     "fisher_sensitivity",
