@@ -42,6 +42,8 @@ _LAZY_EXPORTS = {
     # Attacks that know the detector: classifier + detector as one ART model with an attacker's loss.
     "AdaptiveDetectorClassifier": "art_fisher.adversarial.adaptive_classifier",
     "NotDifferentiableError": "art_fisher.adversarial.gradients",
+    # The one-step spectral attack (an ART EvasionAttack) along the input Fisher's top eigenvector.
+    "OneStepSpectralAttack": "art_fisher.adversarial.spectral_attack",
     # The evaluation workflow: ``art_fisher.evaluate(...)`` is ``art-fisher evaluate``.
     "evaluate": "art_fisher.evaluation",
 }

@@ -4,10 +4,13 @@
   rewrite of their estimators (:class:`NotDifferentiableError` otherwise);
 - :mod:`~art_fisher.adversarial.art_classifier`: the detection logit as a one-output ART classifier;
 - :mod:`~art_fisher.adversarial.adaptive_classifier`: :class:`AdaptiveDetectorClassifier`, classifier and
-  detector as one ART model with an attacker's loss.
+  detector as one ART model with an attacker's loss;
+- :mod:`~art_fisher.adversarial.spectral_attack`: :class:`OneStepSpectralAttack`, the one-step spectral
+  attack along the top eigenvector of the input Fisher matrix.
 """
 
 from art_fisher.adversarial.adaptive_classifier import AdaptiveDetectorClassifier
 from art_fisher.adversarial.gradients import NotDifferentiableError
+from art_fisher.adversarial.spectral_attack import OneStepSpectralAttack
 
-__all__ = ["AdaptiveDetectorClassifier", "NotDifferentiableError"]
+__all__ = ["AdaptiveDetectorClassifier", "NotDifferentiableError", "OneStepSpectralAttack"]

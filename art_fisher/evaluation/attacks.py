@@ -75,11 +75,20 @@ def _cw_l2(classifier: Any, eps: float, batch_size: int) -> Any:
     )  # fmt: skip
 
 
+def _ossa(classifier: Any, eps: float, batch_size: int) -> Any:
+    from art_fisher.adversarial.spectral_attack import OneStepSpectralAttack
+
+    # An L2 step: a quarter of the largest L2 step inside the L∞ ball of radius eps (2.1 on MNIST at 0.3).
+    return OneStepSpectralAttack(classifier, eps=eps * float(np.prod(classifier.input_shape)) ** 0.5 / 4,
+                                 batch_size=batch_size)  # fmt: skip
+
+
 ATTACKS: dict[str, AttackSpec] = {
     "fgsm": AttackSpec("FGSM", _fgsm, uses_eps=True),
     "pgd": AttackSpec("PGD", _pgd, uses_eps=True),
     "deepfool": AttackSpec("DeepFool", _deepfool, uses_eps=False),
     "cw_l2": AttackSpec("C&W L2", _cw_l2, uses_eps=False),
+    "ossa": AttackSpec("One-step spectral (L2)", _ossa, uses_eps=True),
 }
 DEFAULT_ATTACKS = ("fgsm", "pgd", "deepfool", "cw_l2")
 

@@ -25,7 +25,6 @@ import torch
 from torch import nn
 
 from art_fisher import _checks
-from art_fisher.metrics._setup import setup
 from art_fisher.metrics.basis import factor, smooth_factor
 from art_fisher.metrics.engine import chunking
 from art_fisher.metrics.engine.network import FunctionalNet
@@ -52,6 +51,20 @@ class InputSpectrum(NamedTuple):
 
     values: torch.Tensor
     vectors: torch.Tensor | None
+
+
+def _setup(
+    model: nn.Module, x: torch.Tensor, *, output: str, chunk_size: int | None, create_graph: bool
+) -> tuple[FunctionalNet, int, int | None]:
+    """Check the arguments (as every metric does; a model without parameters is allowed here)."""
+    _checks.check_model(model)
+    _checks.check_x(x)
+    _checks.check_choice("output", output, _checks.OUTPUTS)
+    size = _checks.check_chunk_size(chunk_size)
+    _checks.check_bool("create_graph", create_graph)
+    _checks.check_model_matches_x(model, [n for n, p in model.named_parameters() if p.is_floating_point()], x)
+    n_classes = _checks.probe_output(model, x, output)
+    return FunctionalNet(model, [], output), n_classes, size
 
 
 def _check_k(k: object, n_classes: int, n_inputs: int) -> int:
@@ -163,9 +176,8 @@ def fisher_input_spectrum(
     >>> bool(torch.allclose(values, dense, rtol=1e-10, atol=1e-14))
     True
     """
+    net, n_classes, size = _setup(model, x, output=output, chunk_size=chunk_size, create_graph=create_graph)
     _checks.check_bool("vectors", vectors)
-    net, n_classes, _step, size = setup(model, x, output=output, params=None, chunk_size=chunk_size,
-                                        create_graph=create_graph)  # fmt: skip
     n_inputs = x[0].numel()
     k = _check_k(k, n_classes, n_inputs)
     n_cols = n_classes if create_graph else n_classes - 1
