@@ -11,7 +11,9 @@ columns of the chosen ``parts``:
   Gimpel 2017);
 - ``"mahalanobis"``: Lee et al.'s per-layer confidence scores (:mod:`art_fisher.detection.field_scores`),
   with class Gaussians fitted in :meth:`StackedFeatures.fit` on clean reference images (or the clean fit
-  images) labelled by the classifier.
+  images) labelled by the classifier;
+- ``"input_fisher"``: the log-eigenvalues of the Fisher information with respect to the input,
+  :math:`G(x) = J_x^\top S J_x` (:mod:`art_fisher.detection.input_fisher`).
 
 :class:`StackedDetector` is an ART ``EvasionDetector`` around
 ``make_pipeline(StackedFeatures(...), StandardScaler(), LogisticRegression())`` when fitted with labels
@@ -44,7 +46,7 @@ from art_fisher.detection import field_scores as fs
 __all__ = ["PARTS", "StackedDetector", "StackedFeatures"]
 
 #: The feature groups, in column order.
-PARTS = ("fisher", "sensitivity", "confidence", "mahalanobis")
+PARTS = ("fisher", "sensitivity", "confidence", "mahalanobis", "input_fisher")
 _FLOOR = 1e-30
 
 
@@ -97,6 +99,12 @@ class StackedFeatures(TransformerMixin, BaseEstimator):
             self.classifier, x, metrics=metrics,
             settings=_features.MetricOptions(metrics=metrics).checked(self.classifier), chunk_size=self.chunk_size,
         )  # fmt: skip
+
+    def _input_fisher_values(self, x: np.ndarray) -> np.ndarray:
+        """Input-Fisher log-eigenvalues of ``x`` (overridden by the evaluation to share computed values)."""
+        from art_fisher.detection.input_fisher import input_fisher_features
+
+        return input_fisher_features(self.classifier, x, chunk_size=self.chunk_size)
 
     def _layers(self) -> list[str]:
         return [name for name in fs.feature_layers(self.classifier.model) if name != "logits"]
@@ -165,6 +173,8 @@ class StackedFeatures(TransformerMixin, BaseEstimator):
             columns.append(("confidence", np.column_stack([p.max(1), entr(p).sum(1)])))
         if "mahalanobis" in self._parts:
             columns.append(("mahalanobis", self._mahalanobis_numpy(x)))
+        if "input_fisher" in self._parts:
+            columns.append(("input_fisher", self._input_fisher_values(x)))
         return columns
 
     def _mahalanobis_numpy(self, x: np.ndarray) -> np.ndarray:
@@ -186,6 +196,7 @@ class StackedFeatures(TransformerMixin, BaseEstimator):
             "sensitivity": _features.feature_polarities(("sensitivity",)),
             "confidence": ["lower", "higher"],
             "mahalanobis": ["lower"] * self.widths_.get("mahalanobis", 0),
+            "input_fisher": ["higher"] * self.widths_.get("input_fisher", 0),
         }
         return [side for part in self._parts for side in sides[part]]
 
@@ -218,6 +229,12 @@ class StackedFeatures(TransformerMixin, BaseEstimator):
                 columns.append(torch.stack([p.max(dim=1).values, -(p * log_p).sum(dim=1)], dim=1))
             if "mahalanobis" in self._parts:
                 columns.append(fs.mahalanobis_scores(model, x, self.gaussians_))
+            if "input_fisher" in self._parts:
+                from art_fisher.detection.input_fisher import spectrum_features
+
+                columns.append(
+                    spectrum_features(model, x.contiguous(), self.widths_["input_fisher"], create_graph=True)
+                )
         return torch.cat(columns, dim=1)
 
 

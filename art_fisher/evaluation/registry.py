@@ -11,11 +11,14 @@ from art_fisher.evaluation.base import DetectorSpec
 from art_fisher.evaluation.baselines import baseline_specs
 from art_fisher.evaluation.field_baselines import field_specs
 from art_fisher.evaluation.fisher_runs import fisher_specs
+from art_fisher.evaluation.input_fisher_runs import input_fisher_specs
 from art_fisher.evaluation.stacked_runs import stacked_specs
 
 __all__ = ["DEFAULT_DETECTORS", "DETECTORS"]
 
-DETECTORS: dict[str, DetectorSpec] = {**fisher_specs(), **stacked_specs(), **baseline_specs(), **field_specs()}
+DETECTORS: dict[str, DetectorSpec] = {
+    **fisher_specs(), **input_fisher_specs(), **stacked_specs(), **baseline_specs(), **field_specs(),
+}  # fmt: skip
 #: Every registered detector, the supervised ones first (Fisher, the free baseline, ART's, Mahalanobis,
 #: LID), then those fitted without adversarial examples (clean-calibrated Fisher, softmax and Mahalanobis,
 #: ART's subset scanning, the energy score); the stacked detector's ablation variants are registered

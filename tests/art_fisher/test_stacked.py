@@ -10,9 +10,10 @@ from art_fisher.adversarial.gradients import NotDifferentiableError
 from art_fisher.detection import features as _features
 from art_fisher.detection import field_scores as fs
 from art_fisher.detection.stacked import PARTS, StackedDetector, StackedFeatures
+from art_fisher.metrics import fisher_input_spectrum
 from tests.art_fisher.adaptive_cases import central_difference_check, smooth_classifier
 
-DIFFERENTIABLE = ("fisher", "confidence", "mahalanobis")
+DIFFERENTIABLE = ("fisher", "confidence", "mahalanobis", "input_fisher")
 
 
 @pytest.fixture(scope="module")
@@ -42,12 +43,22 @@ def test_columns_are_the_parts_computed_by_hand(data):
     model = clf.model
     with torch.no_grad():
         m = fs.mahalanobis_scores(model, torch.as_tensor(x[:5]), feats.gaussians_).numpy()
-    np.testing.assert_allclose(f[:, k + 6 :], m, rtol=1e-6)
-    assert f.shape[1] == feats.n_features_out_ == k + 6 + len(feats.gaussians_)
-    assert feats.polarities() == ["higher"] * k + _features.feature_polarities(("sensitivity",)) + [
-        "lower",
-        "higher",
-    ] + ["lower"] * len(feats.gaussians_)
+    n_m = len(feats.gaussians_)
+    np.testing.assert_allclose(f[:, k + 6 : k + 6 + n_m], m, rtol=1e-6)
+    spectrum = fisher_input_spectrum(model, torch.as_tensor(x[:5]), k=3).values  # 4 classes: 3 eigenvalues
+    np.testing.assert_allclose(f[:, k + 6 + n_m :], np.log(spectrum.numpy()), rtol=1e-6)  # inputs cast to float32
+    assert f.shape[1] == feats.n_features_out_ == k + 6 + n_m + 3
+    assert (
+        feats.polarities()
+        == ["higher"] * k
+        + _features.feature_polarities(("sensitivity",))
+        + [
+            "lower",
+            "higher",
+        ]
+        + ["lower"] * n_m
+        + ["higher"] * 3
+    )
 
 
 @pytest.mark.parametrize("supervised", [True, False])
@@ -99,7 +110,7 @@ def test_sensitivity_has_no_gradient_and_bad_parts_are_refused(data):
             StackedDetector(clf, parts=bad)
     with pytest.raises(ValueError, match="target_fpr"):
         StackedDetector(clf, target_fpr=1.5)
-    assert set(PARTS) == {"fisher", "sensitivity", "confidence", "mahalanobis"}
+    assert set(PARTS) == {"fisher", "sensitivity", "confidence", "mahalanobis", "input_fisher"}
 
 
 def test_with_reference_images_the_gaussians_see_none_of_the_fit_images(data):
