@@ -9,20 +9,23 @@ from __future__ import annotations
 
 from art_fisher.evaluation.base import DetectorSpec
 from art_fisher.evaluation.baselines import baseline_specs
+from art_fisher.evaluation.feature_squeezing import feature_squeezing_specs
 from art_fisher.evaluation.field_baselines import field_specs
 from art_fisher.evaluation.fisher_runs import fisher_specs
 from art_fisher.evaluation.input_fisher_runs import input_fisher_specs
+from art_fisher.evaluation.kd_bu import kd_bu_specs
 from art_fisher.evaluation.stacked_runs import stacked_specs
 
 __all__ = ["DEFAULT_DETECTORS", "DETECTORS"]
 
 DETECTORS: dict[str, DetectorSpec] = {
     **fisher_specs(), **input_fisher_specs(), **stacked_specs(), **baseline_specs(), **field_specs(),
+    **kd_bu_specs(), **feature_squeezing_specs(),
 }  # fmt: skip
-#: Every registered detector, the supervised ones first (Fisher, the free baseline, ART's, Mahalanobis,
-#: LID), then those fitted without adversarial examples (clean-calibrated Fisher, softmax and Mahalanobis,
-#: ART's subset scanning, the energy score); the stacked detector's ablation variants are registered
-#: but not in the default set.
+#: Every registered detector, the supervised ones first (Fisher, input Fisher, the free baseline, ART's,
+#: Mahalanobis, LID, KD+BU), then those fitted without adversarial examples (clean-calibrated Fisher and
+#: input Fisher, softmax and Mahalanobis, ART's subset scanning, the energy score, feature squeezing);
+#: the stacked detector's ablation variants are registered but not in the default set.
 DEFAULT_DETECTORS: tuple[str, ...] = (
     *(name for name, spec in DETECTORS.items() if spec.supervised and spec.in_default),
     *(name for name, spec in DETECTORS.items() if not spec.supervised and spec.in_default),
