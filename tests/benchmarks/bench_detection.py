@@ -177,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
                       detectors=["fisher_combined", "fisher_input_clean", "max_softmax", "max_softmax_clean",
                                  "mahalanobis", "energy_clean"])  # fmt: skip
         extra = ["stacked", "stacked_clean", "stacked_without_fisher", "stacked_without_sensitivity",
-                 "stacked_clean_without_fisher", "stacked_without_input_fisher", "kd_bu", "feature_squeezing"]  # fmt: skip
+                 "stacked_clean_without_fisher", "stacked_without_input_fisher", "kd_bu",
+                 "feature_squeezing"]  # fmt: skip
     output = Path(args.output) if args.output else Path(tempfile.mkdtemp(prefix="bench_detection_"))
     start = time.perf_counter()
     result = evaluate_seeds(
