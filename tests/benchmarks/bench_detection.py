@@ -149,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--target-fpr", type=float, default=0.05)
     parser.add_argument("--no-adaptive", action="store_true", help="skip the adaptive attacks")
+    parser.add_argument("--detectors", default=None, help="comma-separated registry names (default: the default set)")
     parser.add_argument("--output", default=None, help="report folder (default: a temporary one)")
     parser.add_argument("--json", default=None, help="JSON path (default: tests/benchmarks/results/...)")
     parser.add_argument("--smoke", action="store_true", help="tiny configuration (under a minute); writes no results")
@@ -170,6 +171,12 @@ def main(argv: list[str] | None = None) -> int:
     }  # fmt: skip
     extra = [f"{variant}_without_{p}" for variant in ("stacked", "stacked_clean") for p in PARTS]
     extra += ["fisher_input_top", "fisher_input_top_clean"]  # the paper's score alone: the eigenvalues' ablation
+    if args.detectors:  # adaptive attacks refuse named detectors without gradients: those run as extras
+        from art_fisher.evaluation import DETECTORS
+
+        named = args.detectors.split(",")
+        kwargs["detectors"] = [d for d in named if DETECTORS[d].no_gradient is None]
+        extra = [d for d in named if DETECTORS[d].no_gradient is not None] + extra
     seeds = args.seeds
     if args.smoke:  # differentiable named detectors (adaptive refuses others by name); the stacked ones as extras
         seeds = "0"
