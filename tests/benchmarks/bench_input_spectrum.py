@@ -15,7 +15,7 @@ MNIST, else on scikit-learn's digits upsampled to 28 × 28), for a batch of test
   (``G v = Jₓᵀ S (Jₓ v)``), run until every sample's eigenvalue is within ``1e-6`` (relative) of the
   exact one: the number of iterations that takes, and its time.
 
-Writes ``tests/benchmarks/results/bench_input_spectrum.json``.
+Writes ``tests/benchmarks/results/bench_input_spectrum.json``; ``--smoke`` runs 8 images on digits.
 
     python tests/benchmarks/bench_input_spectrum.py --data-dir /work/data/mnist
 """
@@ -135,7 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=128, help="images per batch (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", default=str(RESULTS / "bench_input_spectrum.json"))
+    parser.add_argument("--smoke", action="store_true", help="8 images, one repeat, digits; writes no results")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.n, args.repeats, args.data_dir = 8, 1, None
     torch.set_num_threads(1)
     from art_fisher import fisher_input_spectrum
 
@@ -176,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     for k, v in times.items():
         print(f"  {k:<24} {1e3 * v / len(x):9.3f} ms/sample  {v / floor:7.2f} x floor")
     print(f"  power iteration: {iterations} iterations to 1e-6 on every sample; errors {errors}")
+    if args.smoke:
+        print(json.dumps(payload)[:2000])
+        return 0
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(payload, indent=1) + "\n")
     return 0
