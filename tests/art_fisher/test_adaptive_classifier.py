@@ -25,7 +25,7 @@ def test_gradients_of_the_combined_model_match_central_differences(kind, estimat
     clf, x = smooth_classifier(kind)
     combo = AdaptiveDetectorClassifier(clf, fitted_detector(clf, x, estimator), classifier_loss=loss)
     xs = np.random.default_rng(4).uniform(0.1, 0.9, size=(4, *x.shape[1:]))
-    np.testing.assert_allclose(combo.predict(xs), _torch_logits(combo, xs), rtol=1e-6, atol=1e-7)  # ART's predict
+    np.testing.assert_allclose(combo.predict(xs), _torch_logits(combo, xs), rtol=1e-5, atol=1e-7)  # ART's predict
     y = clf.predict(xs).argmax(1)
     y[:2] = (y[:2] + 1) % 4  # misclassified: the detector term is on (the gate)
     g = combo.loss_gradient(xs, y)
@@ -52,11 +52,12 @@ def test_attacker_loss_terms_and_label_handling():
     untargeted = AdaptiveDetectorClassifier(clf, detector, confidence=0.05).compute_loss(xs, y)
     assert np.all(margin[:3] > 0) and np.all(margin[3:] < 0)
     gate = margin > 0
-    np.testing.assert_allclose(untargeted, np.minimum(margin, 0.05) - gate * np.logaddexp(0, d), rtol=1e-6)
+    # The detector reads its input as float32 (5e-7 relative differences in d were measured): rtol 1e-5.
+    np.testing.assert_allclose(untargeted, np.minimum(margin, 0.05) - gate * np.logaddexp(0, d), rtol=1e-5)
     targeted = AdaptiveDetectorClassifier(clf, detector, targeted=True, detector_weight=2.0).compute_loss(xs, y)
-    np.testing.assert_allclose(targeted, np.maximum(margin, -5.0) + 2 * ~gate * np.logaddexp(0, d), rtol=1e-6)
+    np.testing.assert_allclose(targeted, np.maximum(margin, -5.0) + 2 * ~gate * np.logaddexp(0, d), rtol=1e-5)
     with_ce = AdaptiveDetectorClassifier(clf, detector, classifier_loss="cross_entropy").compute_loss(xs, y)
-    np.testing.assert_allclose(with_ce, ce - gate * np.logaddexp(0, d), rtol=1e-6)
+    np.testing.assert_allclose(with_ce, ce - gate * np.logaddexp(0, d), rtol=1e-5)
     combo = AdaptiveDetectorClassifier(clf, detector)
     np.testing.assert_allclose(combo.loss_gradient(xs, np.eye(5)[y]), combo.loss_gradient(xs, y))
     predicted = clf.predict(xs).argmax(1)  # the detector's class stands for the prediction

@@ -18,8 +18,9 @@ from torch import nn
 from art_fisher import metrics
 from art_fisher.metrics.basis import centered, complement, covariance
 
-#: float32 rounding through a few layers and backward passes; the error these tests guard against is ~1e-2.
-RTOL = 2e-4
+#: float32 rounding through a few layers and backward passes reached 1.2e-4 (the sensitivity) and 2.2e-5 (the
+#: others) here; the error these tests guard against is ~1e-2.
+RTOL = 2e-3
 
 
 def _confident_cnn(seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
