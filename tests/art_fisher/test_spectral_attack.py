@@ -28,10 +28,10 @@ def test_step_has_norm_eps_along_the_signed_top_eigenvector():
     attack = OneStepSpectralAttack(clf, eps=0.7, batch_size=2)
     x_adv = attack.generate(x)
     step = (x_adv - x).reshape(len(x), -1)
-    np.testing.assert_allclose(np.linalg.norm(step, axis=1), 0.7, rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(step, axis=1), 0.7, rtol=1e-4)  # float32
     v = fisher_input_spectrum(clf.model, torch.as_tensor(x), k=1).vectors[:, 0].flatten(1).numpy()
     cosine = (step * v).sum(1) / 0.7
-    np.testing.assert_allclose(np.abs(cosine), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(np.abs(cosine), 1.0, rtol=1e-4)  # float32
     # the sign increases the loss of the predicted class: its first-order change is positive
     y = clf.predict(x).argmax(1)
     grad = clf.loss_gradient(x, np.eye(4)[y]).reshape(len(x), -1)
@@ -66,7 +66,7 @@ def test_spectrum_is_taken_through_the_preprocessing():
     # G of the raw input: the model of (x - mean) / std
     raw = _Standardised(clf.model, mean, std)
     v = fisher_input_spectrum(raw, torch.as_tensor(x), k=1).vectors[:, 0].flatten(1).numpy()
-    np.testing.assert_allclose(np.abs((step * v).sum(1)), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(np.abs((step * v).sum(1)), 1.0, rtol=1e-4)  # float32
 
 
 def test_art_conventions_and_parameter_checks():
