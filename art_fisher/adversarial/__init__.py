@@ -1,16 +1,12 @@
-"""Attacks that know the detector: exact input gradients and ART models built on them.
+"""Attacks: classifier and detector as one ART model with an attacker's loss, and the one-step spectral attack.
 
-- :mod:`~art_fisher.adversarial.gradients`: which detectors are differentiable, and the torch
-  rewrite of their estimators (:class:`NotDifferentiableError` otherwise);
-- :mod:`~art_fisher.adversarial.art_classifier`: the detection logit as a one-output ART classifier;
-- :mod:`~art_fisher.adversarial.adaptive_classifier`: :class:`AdaptiveDetectorClassifier`, classifier and
-  detector as one ART model with an attacker's loss;
-- :mod:`~art_fisher.adversarial.spectral_attack`: :class:`OneStepSpectralAttack`, the one-step spectral
-  attack along the top eigenvector of the input Fisher matrix.
+:class:`AdaptiveDetectorClassifier` is ART's ``DetectorClassifier`` with exact gradients of all C + 1
+logits; the detection logit it differentiates lives in :mod:`art_fisher.detection`.
+:class:`OneStepSpectralAttack` is an ART ``EvasionAttack`` along the top eigenvector of the Fisher
+information of the input (:func:`art_fisher.metrics.fisher_input_spectrum`).
 """
 
-from art_fisher.adversarial.adaptive_classifier import AdaptiveDetectorClassifier
-from art_fisher.adversarial.gradients import NotDifferentiableError
-from art_fisher.adversarial.spectral_attack import OneStepSpectralAttack
+from art_fisher.adversarial._adaptive_classifier import AdaptiveDetectorClassifier
+from art_fisher.adversarial._spectral_attack import OneStepSpectralAttack
 
-__all__ = ["AdaptiveDetectorClassifier", "NotDifferentiableError", "OneStepSpectralAttack"]
+__all__ = ["AdaptiveDetectorClassifier", "OneStepSpectralAttack"]

@@ -28,7 +28,7 @@ def smooth_classifier(kind: str):
 
 def fitted_detector(clf, x: np.ndarray, estimator: str):
     """A FisherInformationDetector fitted with ``"threshold"``, ``"logistic"`` or ``"quantile"`` (clean-only)."""
-    from art_fisher.detection.detector import FisherInformationDetector
+    from art_fisher.detection._detector import FisherInformationDetector
 
     if estimator == "threshold":
         det = FisherInformationDetector(clf, metrics=("trace",))

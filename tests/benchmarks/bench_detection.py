@@ -96,7 +96,7 @@ def ablation(result) -> list[dict]:
 
     Unseen-attack ROC-AUC and TPR, and (supervised only) same-attack ROC-AUC.
     """
-    from art_fisher.detection.stacked import PARTS
+    from art_fisher.detection._stacked import PARTS
 
     per_seed = [{r["detector"]: r for r in run.unseen_summary()} for run in result.runs]
     out = []
@@ -156,9 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
-    from art_fisher.detection.stacked import PARTS
+    from art_fisher.detection._stacked import PARTS
     from art_fisher.evaluation import evaluate_seeds
-    from art_fisher.evaluation.security_curve import security_curve_stage
+    from art_fisher.evaluation._security_curve import security_curve_stage
 
     if args.dataset == "mnist" and (args.data_dir is None or not Path(args.data_dir).exists()):
         print("MNIST needs --data-dir DIR with the idx files or mnist.npz; get it with "
