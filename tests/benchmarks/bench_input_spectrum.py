@@ -12,8 +12,9 @@ MNIST, else on scikit-learn's digits upsampled to 28 × 28), for a batch of test
   then the same C × C eigensolve;
 - ``dense``: per sample, ``G = Jₓᵀ S Jₓ`` formed (D × D) and ``eigh`` (on a few samples, per sample);
 - ``power_iteration``: the paper's method for the top eigenpair, one JVP and one VJP per iteration
-  (``G v = Jₓᵀ S (Jₓ v)``), run until every sample's eigenvalue is within ``1e-6`` (relative) of the
-  exact one: the number of iterations that takes, and its time.
+  (``G v = Jₓᵀ S (Jₓ v)``), run until every sample's eigenvalue is within ``1e-4`` (relative) of the
+  exact one in the same dtype (float32): the number of iterations that takes, and its time (NaN if 300
+  iterations do not get there).
 
 Writes ``tests/benchmarks/results/bench_input_spectrum.json``; ``--smoke`` runs 8 images on digits.
 
@@ -44,7 +45,7 @@ def _best(fn, repeats: int) -> float:
 
 
 def _model(data_dir: str | None):
-    from art_fisher.data.loaders import load_dataset
+    from art_fisher.data import load_dataset
     from art_fisher.models import build_model, train_model
 
     torch.manual_seed(0)
@@ -66,7 +67,7 @@ def _model(data_dir: str | None):
 
 
 def _floor(model, x: torch.Tensor) -> None:
-    from art_fisher.metrics.basis import factor
+    from art_fisher.metrics._basis import factor
 
     xr = x.detach().requires_grad_(True)
     z = model(xr)
@@ -76,7 +77,7 @@ def _floor(model, x: torch.Tensor) -> None:
 
 
 def _batched(model, x: torch.Tensor) -> torch.Tensor:
-    from art_fisher.metrics.basis import factor
+    from art_fisher.metrics._basis import factor
 
     xr = x.detach().requires_grad_(True)
     z = model(xr)
@@ -87,7 +88,7 @@ def _batched(model, x: torch.Tensor) -> torch.Tensor:
 
 
 def _per_class_loop(model, x: torch.Tensor) -> torch.Tensor:
-    from art_fisher.metrics.basis import factor
+    from art_fisher.metrics._basis import factor
 
     out = []
     for xi in x:
@@ -132,8 +133,8 @@ def _power_iteration(model, x: torch.Tensor, exact: torch.Tensor, tol: float, ma
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--n", type=int, default=128, help="images per batch (default: %(default)s)")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--n", type=int, default=32, help="images per batch (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", default=str(RESULTS / "bench_input_spectrum.json"))
     parser.add_argument("--smoke", action="store_true", help="8 images, one repeat, digits; writes no results")
     args = parser.parse_args(argv)
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     n_dense = 4
     times["dense_per_sample"] = _best(lambda: _dense(model, x[:n_dense]), 1) / n_dense * len(x)
-    iterations, power_seconds = _power_iteration(model, x, exact[:, 0].float(), 1e-6, 500)
+    iterations, power_seconds = _power_iteration(model, x, ours[:, 0], 1e-4, 300)
     times["power_iteration_top1"] = power_seconds
 
     def rel(values: torch.Tensor, n: int) -> float:
@@ -171,14 +172,14 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "bench_input_spectrum", "model": "mnist_cnn (1 epoch)", "data": source, "n": len(x),
         "seconds": times, "per_sample_ms": {k: 1e3 * v / len(x) for k, v in times.items()},
         "ratio_to_floor": {k: v / floor for k, v in times.items()},
-        "power_iteration_iterations_to_1e-6": iterations, "max_relative_errors": errors,
+        "power_iteration_iterations_to_1e-4": iterations, "max_relative_errors": errors,
         "machine": {"python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__,
                     "threads": torch.get_num_threads(), "load": os.getloadavg()},
     }  # fmt: skip
     print(f"{source}, batch {len(x)}, 1 thread, load {os.getloadavg()[0]:.1f}; fastest of {args.repeats}")
     for k, v in times.items():
         print(f"  {k:<24} {1e3 * v / len(x):9.3f} ms/sample  {v / floor:7.2f} x floor")
-    print(f"  power iteration: {iterations} iterations to 1e-6 on every sample; errors {errors}")
+    print(f"  power iteration: {iterations} iterations to 1e-4 on every sample; errors {errors}")
     if args.smoke:
         print(json.dumps(payload)[:2000])
         return 0
