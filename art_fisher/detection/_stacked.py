@@ -12,7 +12,7 @@ columns of the chosen ``parts``:
 - ``"mahalanobis"``: Lee et al.'s per-layer confidence scores (:mod:`art_fisher.detection`),
   with class Gaussians fitted in :meth:`StackedFeatures.fit` on clean reference images (or the clean fit
   images) labelled by the classifier;
-- ``"input_fisher"``: the log-eigenvalues of the Fisher information with respect to the input,
+- ``"input_fisher"``: ``log λ₁`` and ``log tr`` of the Fisher information with respect to the input,
   :math:`G(x) = J_x^\top S J_x` (``art_fisher.detection._input_fisher``).
 
 :class:`StackedDetector` is an ART ``EvasionDetector`` around
@@ -45,7 +45,7 @@ from art_fisher.detection import _features
 from art_fisher.detection import _layer_scores as fs
 from art_fisher.detection._calibration import QuantileOutlierDetector, check_target_fpr, clean_threshold
 from art_fisher.detection._decision import detection_labels, fit_logistic
-from art_fisher.detection._input_fisher import input_fisher_features, spectrum_features
+from art_fisher.detection._input_fisher import input_fisher_features, spectrum_features, spectrum_rank
 from art_fisher.detection._logit import (
     DetectionLogitClassifier,
     NotDifferentiableError,
@@ -115,7 +115,7 @@ class StackedFeatures(TransformerMixin, BaseEstimator):
         )
 
     def _input_fisher_values(self, x: np.ndarray) -> np.ndarray:
-        """Input-Fisher log-eigenvalues of ``x`` (overridden by the evaluation to share computed values)."""
+        """Input-Fisher features (``log λ₁``, ``log tr G``) of ``x`` (the evaluation overrides it to share values)."""
         return input_fisher_features(self.classifier, x, chunk_size=self.chunk_size)
 
     def _layers(self) -> list[str]:
@@ -240,7 +240,7 @@ class StackedFeatures(TransformerMixin, BaseEstimator):
                 columns.append(fs.mahalanobis_scores(model, x, self.gaussians_))
             if "input_fisher" in self._parts:
                 columns.append(
-                    spectrum_features(model, x.contiguous(), self.widths_["input_fisher"], create_graph=True)
+                    spectrum_features(model, x.contiguous(), spectrum_rank(self.classifier), create_graph=True)
                 )
         return torch.cat(columns, dim=1)
 

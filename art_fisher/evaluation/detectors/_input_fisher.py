@@ -1,16 +1,16 @@
 """The input-Fisher detectors of the evaluation: features from the spectrum of ``G(x) = Jₓᵀ S Jₓ``.
 
-The features are those of ``art_fisher.detection._input_fisher`` (log-eigenvalues of the Fisher
+The features are those of ``art_fisher.detection._input_fisher`` (``log λ₁`` and ``log tr G`` of the Fisher
 information of the prediction with respect to the input, Zhao et al. 2019):
 
-- ``fisher_input``: every non-zero eigenvalue (``C − 1`` on a C-class model), a standardised logistic
+- ``fisher_input``: the largest eigenvalue and the trace, a standardised logistic
   regression fitted on clean (0) and adversarial (1) examples, its threshold flagging ``target_fpr`` of
   clean inputs (``fit_logistic``);
 - ``fisher_input_clean``: the same columns, clean inputs only: each column standardised on clean
   inputs, large eigenvalues suspicious (the paper's observation), combined by their maximum and
   thresholded at ``target_fpr`` (:class:`~art_fisher.detection.QuantileOutlierDetector`);
 - ``fisher_input_top`` / ``fisher_input_top_clean``: the largest eigenvalue alone (the paper's score),
-  the ablation of the other eigenvalues; registered but not in the default set.
+  the ablation of the trace; registered but not in the default set.
 
 The spectrum of each input is computed once per run and shared by every entry (and by the stacked
 detector's ``input_fisher`` part). All four have input gradients (the eigenvalues are differentiable
@@ -29,7 +29,12 @@ import numpy as np
 from art_fisher.detection._calibration import QuantileOutlierDetector
 from art_fisher.detection._decision import fit_logistic
 from art_fisher.detection._features import _eval_mode
-from art_fisher.detection._input_fisher import feature_count, input_fisher_features, spectrum_features
+from art_fisher.detection._input_fisher import (
+    feature_count,
+    input_fisher_features,
+    spectrum_features,
+    spectrum_rank,
+)
 from art_fisher.detection._logit import DetectionLogitClassifier, estimator_logit
 from art_fisher.evaluation.detectors._base import DetectorRun, DetectorSpec, RunContext, Scored, decided
 
@@ -92,13 +97,14 @@ class InputFisherRun(DetectorRun):
         parameter = next(clf.model.parameters())
         to_logit = estimator_logit(self.estimator, dtype=parameter.dtype, device=parameter.device,
                                    threshold=self.threshold)  # fmt: skip
-        n_columns = self.n_columns
+        n_columns, rank = self.n_columns, spectrum_rank(clf)
 
         def logit(x: Any) -> Any:
             if clf.preprocessing_operations:
                 x, _ = clf._apply_preprocessing(x, y=None, fit=False, no_grad=False)
             with _eval_mode(clf.model):
-                return to_logit(spectrum_features(clf.model, x.contiguous(), n_columns, create_graph=True))
+                values = spectrum_features(clf.model, x.contiguous(), rank, create_graph=True)
+                return to_logit(values[:, :n_columns])
 
         return DetectionLogitClassifier(
             logit, input_shape=tuple(clf.input_shape), clip_values=clf.clip_values, dtype=parameter.dtype,

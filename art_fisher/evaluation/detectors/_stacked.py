@@ -3,7 +3,7 @@
 ``stacked`` (fitted on clean and adversarial examples) and ``stacked_clean`` (clean inputs only) are
 :class:`~art_fisher.detection.StackedDetector` on every part: the per-tensor Fisher traces, the
 sensitivity statistics, the confidence, the Mahalanobis scores (the strongest field baseline on
-the same attack) and the input Fisher's log-eigenvalues. The ablation entries ``stacked_without_<part>``
+the same attack) and the input Fisher's log λ₁ and log trace. The ablation entries ``stacked_without_<part>``
 and ``stacked_clean_without_<part>`` leave one part out of the supervised and the clean-calibrated
 detector; they are registered but not in
 the default set (the benchmark ``bench_detection.py`` runs them). Fisher

@@ -51,12 +51,13 @@ def test_columns_are_the_parts_computed_by_hand(data):
     # 8.4e-7 relative in float64 was measured.
     n_m = len(feats.gaussians_)
     np.testing.assert_allclose(f[:, k + 6 : k + 6 + n_m], m, rtol=1e-5)
-    spectrum = fisher_input_spectrum(model, torch.as_tensor(x[:5]), k=3).values  # 4 classes: 3 eigenvalues
-    # inputs cast to float32 by the features: 6e-10 relative measured
-    np.testing.assert_allclose(f[:, k + 6 + n_m :], np.log(spectrum.numpy()), rtol=1e-6)
-    assert f.shape[1] == feats.n_features_out_ == k + 6 + n_m + 3
+    spectrum = fisher_input_spectrum(model, torch.as_tensor(x[:5]), k=3).values.numpy()  # 4 classes: rank 3
+    # log λ₁ and log tr G; inputs cast to float32 by the features: 6e-10 relative measured
+    want = np.log(np.column_stack([spectrum[:, 0], spectrum.sum(1)]))
+    np.testing.assert_allclose(f[:, k + 6 + n_m :], want, rtol=1e-6)
+    assert f.shape[1] == feats.n_features_out_ == k + 6 + n_m + 2
     sides = ["higher"] * k + _features.feature_polarities(("sensitivity",)) + ["lower", "higher"] + ["lower"] * n_m
-    assert feats.polarities() == [*sides, "higher", "higher", "higher"]
+    assert feats.polarities() == [*sides, "higher", "higher"]
 
 
 @pytest.mark.parametrize("supervised", [True, False])

@@ -7,7 +7,12 @@ import pytest
 import torch
 
 from art_fisher import fisher_input_spectrum
-from art_fisher.detection._input_fisher import feature_count, input_fisher_features, spectrum_features
+from art_fisher.detection._input_fisher import (
+    feature_count,
+    input_fisher_features,
+    spectrum_features,
+    spectrum_rank,
+)
 from art_fisher.evaluation import DEFAULT_DETECTORS, DETECTORS, RunContext
 from art_fisher.evaluation._attacks import adaptive_detectors
 from art_fisher.evaluation.detectors._input_fisher import InputFisherRun, cached_spectrum
@@ -27,13 +32,14 @@ def context():
     return ctx, clean, adv
 
 
-def test_features_are_the_log_eigenvalues(context):
+def test_features_are_the_log_top_eigenvalue_and_trace(context):
     ctx, clean, _ = context
     clf = ctx.classifier
-    assert feature_count(clf, "spectrum") == 3 and feature_count(clf, "top") == 1
+    assert feature_count(clf, "spectrum") == 2 and feature_count(clf, "top") == 1 and spectrum_rank(clf) == 3
     f = input_fisher_features(clf, clean[:6], chunk_size=4)
-    want = fisher_input_spectrum(clf.model, torch.as_tensor(clean[:6]), k=3).values
-    np.testing.assert_allclose(f, np.log(want.numpy()), rtol=1e-12)
+    values = fisher_input_spectrum(clf.model, torch.as_tensor(clean[:6]), k=3).values.numpy()
+    np.testing.assert_allclose(f, np.log(np.column_stack([values[:, 0], values.sum(1)])), rtol=1e-12)
+    np.testing.assert_allclose(input_fisher_features(clf, clean[:6], features="top"), f[:, :1], rtol=1e-12)
     cached, cost, spent = cached_spectrum(ctx, clean[:6])
     np.testing.assert_allclose(cached, f, rtol=1e-12)  # another chunking
     again, _, spent_again = cached_spectrum(ctx, clean[:6])
@@ -43,10 +49,11 @@ def test_features_are_the_log_eigenvalues(context):
         feature_count(clf, "all")
 
 
-def test_a_lost_eigenvalue_is_floored_at_the_rounding_level():
+def test_rank_one_input_fisher_has_its_trace_equal_to_its_top_eigenvalue():
     model = torch.nn.Sequential(torch.nn.Linear(5, 1), torch.nn.Tanh(), torch.nn.Linear(1, 4)).double()  # rank 1
     f = spectrum_features(model, torch.randn(3, 5, dtype=torch.float64), 3)
-    assert bool(torch.isfinite(f).all()) and bool((f[:, 1:] < f[:, :1] - 20).all())
+    assert bool(torch.isfinite(f).all())
+    torch.testing.assert_close(f[:, 0], f[:, 1], rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize(("features", "supervised"), [("spectrum", True), ("spectrum", False), ("top", True)])
