@@ -115,7 +115,6 @@ def feature_squeezing_specs() -> dict[str, DetectorSpec]:
         "feature_squeezing": DetectorSpec(
             "Feature squeezing (Xu et al. 2018), clean-calibrated",
             FeatureSqueezingRun,
-            "baseline",
             supervised=False,
             no_gradient="no input gradient (bit-depth rounding and the median filter)",
         )

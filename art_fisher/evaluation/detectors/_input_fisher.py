@@ -120,8 +120,8 @@ def input_fisher_specs() -> dict[str, DetectorSpec]:
         ("fisher_input_top", "top", "Input Fisher, largest eigenvalue", False),
     ):
         build = functools.partial(InputFisherRun, features=features)
-        specs[name] = DetectorSpec(label, build, "fisher", no_gradient=None, in_default=default)
+        specs[name] = DetectorSpec(label, build, no_gradient=None, in_default=default)
         specs[f"{name}_clean"] = DetectorSpec(
-            f"{label}, clean-calibrated", build, "fisher", supervised=False, no_gradient=None, in_default=default
+            f"{label}, clean-calibrated", build, supervised=False, no_gradient=None, in_default=default
         )
     return specs

@@ -172,7 +172,6 @@ def kd_bu_specs() -> dict[str, DetectorSpec]:
         "kd_bu": DetectorSpec(
             "KD+BU (Feinman et al. 2017)",
             KdBuRun,
-            "baseline",
             no_gradient="no input gradient (its uncertainty is a Monte-Carlo dropout estimate)",
         )
     }
