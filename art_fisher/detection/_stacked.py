@@ -11,7 +11,9 @@ columns of the chosen ``parts``:
   Gimpel 2017);
 - ``"mahalanobis"``: Lee et al.'s per-layer confidence scores (:mod:`art_fisher.detection`),
   with class Gaussians fitted in :meth:`StackedFeatures.fit` on clean reference images (or the clean fit
-  images) labelled by the classifier.
+  images) labelled by the classifier;
+- ``"input_fisher"``: ``log λ₁`` and ``log tr`` of the Fisher information with respect to the input,
+  :math:`G(x) = J_x^\top S J_x` (``art_fisher.detection._input_fisher``).
 
 :class:`StackedDetector` is an ART ``EvasionDetector`` around
 ``make_pipeline(StackedFeatures(...), StandardScaler(), LogisticRegression())`` when fitted with labels
@@ -46,6 +48,7 @@ from art_fisher.detection import _features, _persistence
 from art_fisher.detection import _layer_scores as fs
 from art_fisher.detection._calibration import QuantileOutlierDetector, check_target_fpr, clean_threshold
 from art_fisher.detection._decision import detection_labels, fit_logistic
+from art_fisher.detection._input_fisher import input_fisher_features, spectrum_features, spectrum_rank
 from art_fisher.detection._logit import (
     DetectionLogitClassifier,
     NotDifferentiableError,
@@ -55,7 +58,7 @@ from art_fisher.detection._logit import (
 #: What a stacked detector's file holds beside a Fisher detector's keys: the class Gaussians and column counts.
 _EXTRA_KEYS = ("gaussians", "widths")
 #: The feature groups, in column order.
-PARTS = ("fisher", "sensitivity", "confidence", "mahalanobis")
+PARTS = ("fisher", "sensitivity", "confidence", "mahalanobis", "input_fisher")
 _FLOOR = 1e-30
 
 
@@ -115,6 +118,10 @@ class StackedFeatures(TransformerMixin, BaseEstimator):
             settings=_features.MetricOptions(metrics=metrics).checked(self.classifier),
             chunk_size=self.chunk_size,
         )
+
+    def _input_fisher_values(self, x: np.ndarray) -> np.ndarray:
+        """Input-Fisher features (``log λ₁``, ``log tr G``) of ``x`` (the evaluation overrides it to share values)."""
+        return input_fisher_features(self.classifier, x, chunk_size=self.chunk_size)
 
     def _layers(self) -> list[str]:
         return [name for name in fs.feature_layers(self.classifier.model) if name != "logits"]
@@ -214,6 +221,8 @@ class StackedFeatures(TransformerMixin, BaseEstimator):
             columns.append(("confidence", np.column_stack([p.max(1), entr(p).sum(1)])))
         if "mahalanobis" in self._parts:
             columns.append(("mahalanobis", self._mahalanobis_numpy(x)))
+        if "input_fisher" in self._parts:
+            columns.append(("input_fisher", self._input_fisher_values(x)))
         return columns
 
     def _mahalanobis_numpy(self, x: np.ndarray) -> np.ndarray:
@@ -240,6 +249,7 @@ class StackedFeatures(TransformerMixin, BaseEstimator):
             "sensitivity": _features.feature_polarities(("sensitivity",)),
             "confidence": ["lower", "higher"],
             "mahalanobis": ["lower"] * self.widths_.get("mahalanobis", 0),
+            "input_fisher": ["higher"] * self.widths_.get("input_fisher", 0),
         }
         return [side for part in self._parts for side in sides[part]]
 
@@ -269,6 +279,10 @@ class StackedFeatures(TransformerMixin, BaseEstimator):
                 columns.append(torch.stack([p.max(dim=1).values, -(p * log_p).sum(dim=1)], dim=1))
             if "mahalanobis" in self._parts:
                 columns.append(fs.mahalanobis_scores(model, x, self.gaussians_))
+            if "input_fisher" in self._parts:
+                columns.append(
+                    spectrum_features(model, x.contiguous(), spectrum_rank(self.classifier), create_graph=True)
+                )
         return torch.cat(columns, dim=1)
 
 

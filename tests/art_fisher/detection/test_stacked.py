@@ -10,9 +10,10 @@ from art_fisher.detection import _features
 from art_fisher.detection import _layer_scores as fs
 from art_fisher.detection._logit import NotDifferentiableError
 from art_fisher.detection._stacked import PARTS, StackedDetector, StackedFeatures
+from art_fisher.metrics import fisher_input_spectrum
 from tests.art_fisher.adaptive_cases import central_difference_check, smooth_classifier
 
-DIFFERENTIABLE = ("fisher", "confidence", "mahalanobis")
+DIFFERENTIABLE = ("fisher", "confidence", "mahalanobis", "input_fisher")
 
 
 @pytest.fixture(scope="module")
@@ -48,12 +49,15 @@ def test_columns_are_the_parts_computed_by_hand(data):
         m = fs.mahalanobis_scores(model, torch.as_tensor(x[:5]), feats.gaussians_).numpy()
     # Another batching sums the distances through the near-singular covariance's pseudo-inverse in another order:
     # 8.4e-7 relative in float64 was measured.
-    np.testing.assert_allclose(f[:, k + 6 :], m, rtol=1e-5)
-    assert f.shape[1] == feats.n_features_out_ == k + 6 + len(feats.gaussians_)
-    assert feats.polarities() == ["higher"] * k + _features.feature_polarities(("sensitivity",)) + [
-        "lower",
-        "higher",
-    ] + ["lower"] * len(feats.gaussians_)
+    n_m = len(feats.gaussians_)
+    np.testing.assert_allclose(f[:, k + 6 : k + 6 + n_m], m, rtol=1e-5)
+    spectrum = fisher_input_spectrum(model, torch.as_tensor(x[:5]), k=3).values.numpy()  # 4 classes: rank 3
+    # log λ₁ and log tr G; inputs cast to float32 by the features: 6e-10 relative measured
+    want = np.log(np.column_stack([spectrum[:, 0], spectrum.sum(1)]))
+    np.testing.assert_allclose(f[:, k + 6 + n_m :], want, rtol=1e-6)
+    assert f.shape[1] == feats.n_features_out_ == k + 6 + n_m + 2
+    sides = ["higher"] * k + _features.feature_polarities(("sensitivity",)) + ["lower", "higher"] + ["lower"] * n_m
+    assert feats.polarities() == [*sides, "higher", "higher"]
 
 
 @pytest.mark.parametrize("supervised", [True, False])
@@ -105,7 +109,7 @@ def test_sensitivity_has_no_gradient_and_bad_parts_are_refused(data):
             StackedDetector(clf, parts=bad)
     with pytest.raises(ValueError, match="target_fpr"):
         StackedDetector(clf, target_fpr=1.5)
-    assert set(PARTS) == {"fisher", "sensitivity", "confidence", "mahalanobis"}
+    assert set(PARTS) == {"fisher", "sensitivity", "confidence", "mahalanobis", "input_fisher"}
 
 
 def test_with_reference_images_the_gaussians_see_none_of_the_fit_images(data):
