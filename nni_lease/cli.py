@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from nni_lease import __version__
+from nni_lease import __version__, _requirements_problem
 from nni_lease.cli_options import (
     _LEASE_DESTS,
     MODES,
@@ -329,6 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``nni-lease`` command line; returns the exit code (2 for a usage or setting error)."""
+    problem = _requirements_problem()
+    if problem is not None:  # one line naming the lease extra, not a traceback from deep inside an import
+        print(f"nni-lease: error: {problem}", file=sys.stderr)
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     # NNI configures its own log handlers; only nni_lease's messages get one here (no duplicates).
