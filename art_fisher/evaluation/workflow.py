@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from art_fisher._atomic import check_output_dir
+from art_fisher._threads import check_threads
 from art_fisher.data.loaders import DATASETS, load_dataset
 from art_fisher.evaluation import report as _report
 from art_fisher.evaluation.adaptive_attacks import ADAPTIVE_ATTACKS, adaptive_detectors, run_adaptive
@@ -204,6 +205,8 @@ def _n_steps(plan: EvaluationPlan) -> int:
 def run(plan: EvaluationPlan) -> EvaluationResult:
     """Run a checked plan (stages in the module docstring); writes the report into ``plan.output_dir``."""
     p = plan
+    if torch.device(p.device).type == "cpu":
+        check_threads("the evaluation")
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
     p.output_dir.mkdir(parents=True, exist_ok=True)
