@@ -179,7 +179,7 @@ def evaluate_seeds(
     runs: list[EvaluationResult] = []
     extra_rows: dict[str, list[list[dict[str, Any]]]] = {name: [] for name in stages}
     for s, plan in zip(seed_list, plans, strict=True):
-        logger.info("seed %d of %s", s, list(seed_list))
+        logger.info("seed %d of %s", s, list(seed_list), extra={"stage": True})
         result = run(plan)
         runs.append(result)
         for name, stage in stages.items():

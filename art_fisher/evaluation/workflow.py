@@ -47,6 +47,10 @@ from art_fisher.metrics.top_mass import check_tau
 from art_fisher.models import ARCHITECTURES
 
 logger = logging.getLogger(__name__)
+_MODEL_WORDS = {"given": "given", "cached": "loaded from the cache", "trained": "trained and cached"}
+#: ``extra`` of the one log line per stage (model, attacks, detectors, ...): the command line shows these at
+#: its default verbosity, the per-step lines (each attack, each detector fit, each epoch) only with --verbose.
+STAGE = {"stage": True}
 
 __all__ = ["EvaluationPlan", "EvaluationResult", "evaluate", "prepare", "run"]
 
@@ -225,7 +229,10 @@ def run(plan: EvaluationPlan) -> EvaluationResult:
     check_finite_scores(scores_test, f"model {source.path} ({source.status})", "clean test images")
     pred_test = np.argmax(scores_test, axis=1)
     clean_accuracy = float(np.mean(pred_test == p.test.y))
-    logger.info("clean test accuracy %.4f", clean_accuracy)
+    logger.info(
+        "model: %s %s (%.1f s), clean test accuracy %.4f", p.arch, _MODEL_WORDS.get(source.status, source.status),
+        source.seconds, clean_accuracy, extra=STAGE,
+    )  # fmt: skip
 
     rng = np.random.default_rng(p.seed)
     correct = np.flatnonzero(pred_test == p.test.y)
@@ -259,9 +266,18 @@ def run(plan: EvaluationPlan) -> EvaluationResult:
                     ATTACKS[name].label, n_train, n_test,
                 )  # fmt: skip
             outcomes.append(outcome)
+        rates = ", ".join(
+            f"{ATTACKS[n].label} {o.stats['success_rate']:.3f}" for n, o in zip(p.attacks, outcomes, strict=True)
+        )
+        attack_seconds = sum(o.stats["seconds"] for o in outcomes)
+        logger.info("attacks: success rate %s (%.1f s)", rates, attack_seconds, extra=STAGE)
         start = time.perf_counter()
         scored = score_detectors(ctx, x_src, side, outcomes, p.detectors, on_step=steps)
         timings["detectors"] = time.perf_counter() - start
+        logger.info(
+            "detectors: %d fits of %d detectors (%.1f s)", len(scored.fits), len(p.detectors), timings["detectors"],
+            extra=STAGE,
+        )  # fmt: skip
         adaptive_rows: list[dict[str, Any]] = []
         if p.adaptive:
             start = time.perf_counter()
@@ -271,12 +287,16 @@ def run(plan: EvaluationPlan) -> EvaluationResult:
                 folds=scored.folds, on_step=steps,
             )  # fmt: skip
             timings["adaptive attacks"] = time.perf_counter() - start
+            logger.info(
+                "adaptive attacks: %d rows (%.1f s)", len(adaptive_rows), timings["adaptive attacks"], extra=STAGE
+            )
         start = time.perf_counter()
         curve = security_curve_rows(
             ctx, x_src, y_src, side, scored, p.detectors, eps=p.eps,
             fit_attack="pgd" if "pgd" in p.attacks else p.attacks[0],
         )  # fmt: skip
         timings["security curve"] = time.perf_counter() - start
+        logger.info("security curve: %d rows (%.1f s)", len(curve), timings["security curve"], extra=STAGE)
     finally:
         steps.close()
     for fit in scored.fits:
