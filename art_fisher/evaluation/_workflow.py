@@ -164,7 +164,6 @@ class EvaluationPlan:
 
 
 logger = logging.getLogger(__name__)
-_MODEL_WORDS = {"given": "given", "cached": "loaded from the cache", "trained": "trained and cached"}
 #: ``extra`` of the one log line per stage (model, attacks, detectors, ...): the command line shows these at
 #: its default verbosity, the per-step lines (each attack, each detector fit, each epoch) only with --verbose.
 STAGE = {"stage": True}
@@ -324,12 +323,19 @@ def _n_steps(plan: EvaluationPlan) -> int:
 
 def _model_source(p: EvaluationPlan) -> ModelSource:
     """The classifier's model: the one the plan holds (given or loaded by ``prepare``), else trained or cached."""
+    if torch.device(p.device).type == "cpu":  # the run's start: warn about more torch threads than free cores
+        check_threads("the evaluation")
     if p.net is not None:  # loaded by prepare from model_path, or handed over in memory
         return ModelSource(p.net, p.model_path, "given", 0.0)
     return cached_model(
         arch=p.arch, data=p.train, epochs=p.epochs, seed=p.seed, device=p.device, output_dir=p.output_dir,
         progress=p.progress,
     )  # fmt: skip
+
+
+def _stage(name: str, detail: str, seconds: float) -> None:
+    """The one INFO line of a finished stage, which the command line shows at its default verbosity."""
+    logger.info("%s: %s (%.1f s)", name, detail, seconds, extra=STAGE)
 
 
 def _run_attacks(
@@ -355,7 +361,7 @@ def _run_attacks(
         f"{ATTACKS[n].label} {o.stats['success_rate']:.3f}" for n, o in zip(p.attacks, outcomes, strict=True)
     )
     seconds = sum(o.stats["seconds"] for o in outcomes)
-    logger.info("attacks: success rate %s (%.1f s)", rates, seconds, extra=STAGE)
+    _stage("attacks", f"success rate {rates}", seconds)
     return outcomes
 
 
@@ -386,8 +392,6 @@ def _run_settings(
 def run(plan: EvaluationPlan) -> EvaluationResult:
     """Run a checked plan (stages in the module docstring); writes the report into ``plan.output_dir``."""
     p = plan
-    if torch.device(p.device).type == "cpu":
-        check_threads("the evaluation")
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
     p.output_dir.mkdir(parents=True, exist_ok=True)
@@ -400,10 +404,7 @@ def run(plan: EvaluationPlan) -> EvaluationResult:
     check_finite_scores(scores_test, f"model {source.path} ({source.status})", "clean test images")
     pred_test = np.argmax(scores_test, axis=1)
     clean_accuracy = float(np.mean(pred_test == p.test.y))
-    logger.info(
-        "model: %s %s (%.1f s), clean test accuracy %.4f", p.arch, _MODEL_WORDS.get(source.status, source.status),
-        source.seconds, clean_accuracy, extra=STAGE,
-    )  # fmt: skip
+    _stage("model", f"{p.arch} {source.status}, clean test accuracy {clean_accuracy:.4f}", source.seconds)
 
     rng = np.random.default_rng(p.seed)
     correct = np.flatnonzero(pred_test == p.test.y)
@@ -425,10 +426,7 @@ def run(plan: EvaluationPlan) -> EvaluationResult:
         start = time.perf_counter()
         scored = score_detectors(ctx, x_src, side, outcomes, p.detectors, on_step=steps)
         timings["detectors"] = time.perf_counter() - start
-        logger.info(
-            "detectors: %d fits of %d detectors (%.1f s)", len(scored.fits), len(p.detectors), timings["detectors"],
-            extra=STAGE,
-        )  # fmt: skip
+        _stage("detectors", f"{len(scored.fits)} fits of {len(p.detectors)} detectors", timings["detectors"])
         adaptive_rows: list[dict[str, Any]] = []
         if p.adaptive:
             start = time.perf_counter()
@@ -438,16 +436,14 @@ def run(plan: EvaluationPlan) -> EvaluationResult:
                 folds=scored.folds, on_step=steps,
             )  # fmt: skip
             timings["adaptive attacks"] = time.perf_counter() - start
-            logger.info(
-                "adaptive attacks: %d rows (%.1f s)", len(adaptive_rows), timings["adaptive attacks"], extra=STAGE
-            )
+            _stage("adaptive attacks", f"{len(adaptive_rows)} rows", timings["adaptive attacks"])
         start = time.perf_counter()
         curve = security_curve_rows(
             ctx, x_src, y_src, side, scored, p.detectors, eps=p.eps,
             fit_attack="pgd" if "pgd" in p.attacks else p.attacks[0],
         )  # fmt: skip
         timings["security curve"] = time.perf_counter() - start
-        logger.info("security curve: %d rows (%.1f s)", len(curve), timings["security curve"], extra=STAGE)
+        _stage("security curve", f"{len(curve)} rows", timings["security curve"])
     finally:
         steps.close()
     for fit in scored.fits:

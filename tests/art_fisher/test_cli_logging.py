@@ -21,7 +21,7 @@ def test_evaluate_logs_one_line_per_stage(tmp_path, verbose):
     info = [line.split(": ", 1)[1] for line in proc.stderr.splitlines() if line.startswith("INFO ")]
     stages = [line.split(":")[0] for line in info if line.split(":")[0] in _STAGES]
     assert stages == _STAGES
-    assert info[0].startswith("model: small_cnn trained and cached (") and "clean test accuracy" in info[0]
+    assert info[0].startswith("model: small_cnn trained, clean test accuracy ") and info[0].endswith(" s)")
     assert info[1].startswith("attacks: success rate FGSM ") and ", PGD " in info[1]
     steps = [line for line in info if line.startswith(("step ", "training epoch"))]
     if verbose:
