@@ -26,7 +26,7 @@ _GUIDES = [
     "docs/guides/fisher_metrics.md",
     "docs/guides/detectors_in_art.md",
     "docs/guides/scikit_learn.md",
-    "docs/guides/lease_oneshot.md",
+    pytest.param("docs/guides/lease_oneshot.md", marks=pytest.mark.needs_nni),
 ]
 #: The README's promise: each quick start finishes within this many seconds on a 2-core machine.
 _BUDGET_S = 300
@@ -48,6 +48,8 @@ def _readme_cases() -> list:
     for heading, code in python_blocks(ROOT / "README.md"):
         section = heading.split(" (")[0]
         marks = [pytest.mark.slow] if section in _SLOW_SECTIONS else []
+        if "[lease]" in heading:
+            marks.append(pytest.mark.needs_nni)
         cases.append(pytest.param(code, id=section, marks=marks))
     return cases
 
