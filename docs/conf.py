@@ -37,6 +37,7 @@ extensions = [
     "benchmarks",
     "clihelp",
     "offline",
+    "choosing",
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
