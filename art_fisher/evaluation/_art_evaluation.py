@@ -15,13 +15,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from art.estimators.classification import PyTorchClassifier
 from art.evaluations.evaluation import Evaluation
 
 from art_fisher.data._loaders import load_dataset
-from art_fisher.evaluation._attacks import DEFAULT_ATTACKS
-from art_fisher.evaluation._security_curve import security_curve_stage
+from art_fisher.evaluation._config import EvaluationConfig, config_of
 from art_fisher.evaluation._seeds import evaluate_seeds
-from art_fisher.evaluation._workflow import prepare, run
+from art_fisher.evaluation._workflow import prepare, run_plan
 
 
 class DetectionEvaluation(Evaluation):
@@ -29,8 +29,10 @@ class DetectionEvaluation(Evaluation):
 
     Parameters
     ----------
-    dataset, data_dir, attacks, eps, detectors, n_samples, target_fpr, adaptive, batch_size, device, epochs, arch
-        As in :func:`art_fisher.evaluation.evaluate`.
+    config : EvaluationConfig, optional
+        The settings of the runs (its ``seed`` and ``output_dir`` are set by :meth:`evaluate`).
+    **settings
+        Keywords of :class:`~art_fisher.evaluation.EvaluationConfig`, applied on top of ``config``.
 
     Examples
     --------
@@ -39,36 +41,8 @@ class DetectionEvaluation(Evaluation):
     >>> result.summary[0]["unseen_auc_mean"]                                         # doctest: +SKIP
     """
 
-    def __init__(
-        self,
-        *,
-        dataset: str = "digits",
-        data_dir: str | Path | None = None,
-        attacks: Sequence[str] = DEFAULT_ATTACKS,
-        eps: float | None = None,
-        detectors: Sequence[str] | None = None,
-        n_samples: int = 300,
-        target_fpr: float = 0.05,
-        adaptive: bool = False,
-        batch_size: int = 128,
-        device: str = "cpu",
-        epochs: int | None = None,
-        arch: str | None = None,
-    ) -> None:
-        self.settings: dict[str, Any] = {
-            "dataset": dataset,
-            "data_dir": data_dir,
-            "attacks": attacks,
-            "eps": eps,
-            "detectors": detectors,
-            "n_samples": n_samples,
-            "target_fpr": target_fpr,
-            "adaptive": adaptive,
-            "batch_size": batch_size,
-            "device": device,
-            "epochs": epochs,
-            "arch": arch,
-        }
+    def __init__(self, config: EvaluationConfig | None = None, /, **settings: Any) -> None:
+        self.config = config_of(config, settings)
 
     def evaluate(
         self,
@@ -97,26 +71,19 @@ class DetectionEvaluation(Evaluation):
         ValueError
             If its input shape differs from the data set's, or as :func:`art_fisher.evaluation.evaluate`.
         """
+        config = self.config.replace(output_dir=output_dir)
         net = None
         if classifier is not None:
-            from art.estimators.classification import PyTorchClassifier
-
             if not isinstance(classifier, PyTorchClassifier):
                 raise TypeError(f"classifier must be an ART PyTorchClassifier; got {type(classifier).__qualname__}.")
-            data = load_dataset(self.settings["dataset"], data_dir=self.settings["data_dir"], split="test")
+            data = load_dataset(config.dataset, data_dir=config.data_dir, split="test")
             if tuple(classifier.input_shape) != tuple(data.input_shape):
                 raise ValueError(
                     f"classifier's input_shape {tuple(classifier.input_shape)} differs from the "
-                    f"{self.settings['dataset']} images' {tuple(data.input_shape)}."
+                    f"{config.dataset} images' {tuple(data.input_shape)}."
                 )
             net = classifier.model
         if seeds is not None:
-            return evaluate_seeds(
-                seeds=seeds,
-                output_dir=output_dir,
-                extra_stages={"security_curve": security_curve_stage()},
-                net=net,
-                **self.settings,
-            )
-        plan = prepare(seed=seed, output_dir=output_dir, **self.settings)
-        return run(plan if net is None else dataclasses.replace(plan, net=net))
+            return evaluate_seeds(config, seeds=seeds, net=net)
+        plan = prepare(config, seed=seed)
+        return run_plan(plan if net is None else dataclasses.replace(plan, net=net))
