@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).parent / "_ext"))
 os.environ.setdefault("MPLBACKEND", "Agg")
-os.environ["COLUMNS"] = "80"  # the width of the command-line help texts (docs/_static/custom.css wraps longer lines)
+os.environ["COLUMNS"] = "72"  # the width of the command-line help texts (docs/_static/custom.css wraps longer lines)
 
 from art_fisher import __version__  # noqa: E402
 
