@@ -8,6 +8,14 @@ from nni_lease import _require_nni
 
 _require_nni()  # one line naming the lease extra, rather than "No module named 'nni'"
 
-from nni_lease.runtime._experiment import MultiTrialResult, run_multitrial
+from nni_lease.runtime._experiment import MultiTrialResult, run_experiment, run_multitrial, sigterm_as_interrupt
+from nni_lease.runtime._hpo import TrialConfig, build_hpo_experiment
 
-__all__ = ["MultiTrialResult", "run_multitrial"]
+__all__ = [
+    "MultiTrialResult",
+    "TrialConfig",
+    "build_hpo_experiment",
+    "run_experiment",
+    "run_multitrial",
+    "sigterm_as_interrupt",
+]
