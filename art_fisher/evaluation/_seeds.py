@@ -185,7 +185,7 @@ def evaluate_seeds(
         base = dataclasses.replace(base, detectors=base.detectors + extra, adaptive=base.adaptive + attacked)
     runs: list[EvaluationResult] = []
     for s in seed_list:
-        logger.info("seed %d of %s", s, list(seed_list))
+        logger.info("seed %d of %s", s, list(seed_list), extra={"stage": True})
         runs.append(run_plan(dataclasses.replace(base, seed=s, output_dir=out / f"seed_{s}")))
     table = aggregate([r.table for r in runs], ("detector", "fit_attack", "attack"), TABLE_METRICS)
     summary = aggregate([r.unseen_summary() for r in runs], ("detector", "fitted_on"), SUMMARY_METRICS)

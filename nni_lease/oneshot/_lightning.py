@@ -36,6 +36,7 @@ from nni.nas.oneshot.pytorch.differentiable import DartsLightningModule
 from nni.nas.oneshot.pytorch.profiler import ExpectationProfilerPenalty
 from torch import nn
 
+from art_fisher import check_threads
 from nni_lease.core._settings import LeaseSettings
 from nni_lease.core._step import LeaseStep
 
@@ -129,6 +130,7 @@ class LeaseLightningModule(DartsLightningModule):
     def setup(self, stage: str | None = None) -> None:
         """Build the listener now if it waited for the DataModule's ``setup`` (which Lightning ran just before)."""
         super().setup(stage)
+        check_threads("the LeaSE search")
         if self.listener is None and self.listener_builder is not None:
             self.set_listener(self.listener_builder())
 
