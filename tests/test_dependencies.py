@@ -53,9 +53,11 @@ def _third_party_imports(folder: str) -> dict[str, set[str]]:
     ("folder", "extras"),
     [
         ("art_fisher", ()),
-        ("nni_lease", ("lease",)),
-        ("tests", ("lease", "test", "bench")),
-        ("examples", ("lease",)),
+        # Import names map to distributions through the installed metadata: the lease extra's (PyYAML's
+        # "yaml") are only known where that extra is installed.
+        pytest.param("nni_lease", ("lease",), marks=pytest.mark.needs_nni),
+        pytest.param("tests", ("lease", "test", "bench"), marks=pytest.mark.needs_nni),
+        pytest.param("examples", ("lease",), marks=pytest.mark.needs_nni),
     ],
 )
 def test_every_third_party_import_is_declared(folder, extras):
