@@ -9,6 +9,7 @@ how well they catch ART's attacks.
 
 from importlib.metadata import PackageNotFoundError, version
 
+from art_fisher._threads import check_threads
 from art_fisher.metrics import (
     fisher_block_traces,
     fisher_input_spectrum,
@@ -25,6 +26,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 __all__ = [
     "__version__",
+    "check_threads",
     "fisher_block_traces",
     "fisher_input_spectrum",
     "fisher_max_eigenvalue",

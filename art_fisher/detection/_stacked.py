@@ -31,6 +31,7 @@ detector has exact input gradients (:meth:`StackedDetector.as_art_classifier`, f
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -138,13 +139,44 @@ class StackedFeatures(TransformerMixin, BaseEstimator):
         self.gaussians_ = {}
         if "mahalanobis" in self._parts:
             if self.x_reference is not None:
-                clean = _features.check_inputs(self.classifier, self.x_reference, "x_reference")
+                clean, source = _features.check_inputs(self.classifier, self.x_reference, "x_reference"), "x_reference"
             else:
                 clean = x if y is None else x[np.asarray(y) == 0]
-            self.gaussians_ = self._class_gaussians(clean)
+                source = "X (its clean rows, without x_reference)"
+            self.gaussians_ = self._reference_gaussians(clean, source)
         self.widths_ = {part: block.shape[1] for part, block in self._columns(x[:1])}
         self.n_features_out_ = sum(self.widths_.values())
         return self
+
+    def _reference_gaussians(self, clean: np.ndarray, source: str) -> dict[str, fs.ClassGaussians]:
+        """:meth:`_class_gaussians` of ``clean``, refused (ValueError naming ``source``) when degenerate.
+
+        Degenerate: fewer than two distinct images, or no layer whose features vary about their class means
+        (e.g. one image per class); the Gaussians would score every input alike and the detector never flag.
+        Fewer than two distinct images per class of the classifier is warned about.
+        """
+        distinct = len(np.unique(clean.reshape(len(clean), -1), axis=0)) if len(clean) else 0
+        if distinct < 2:
+            raise ValueError(
+                f"{source} must hold at least two distinct clean images for the Mahalanobis Gaussians; got "
+                f"{len(clean)} images, {distinct} distinct."
+            )
+        n_classes = int(self.classifier.nb_classes)
+        if distinct < 2 * n_classes:
+            warnings.warn(
+                f"{source} holds {distinct} distinct clean images for the Mahalanobis Gaussians of {n_classes} "
+                "classes (fewer than two per class): their class means and covariance are poorly estimated.",
+                UserWarning,
+                stacklevel=3,
+            )
+        gaussians = self._class_gaussians(clean)
+        if not any(np.any(g.precision) for g in gaussians.values()):
+            raise ValueError(
+                f"{source}: the features of its {distinct} distinct images do not vary about their class means in "
+                "any layer (e.g. one image per class), so every Mahalanobis score would be the same; give more "
+                "clean images, several per class."
+            )
+        return gaussians
 
     def _class_gaussians(self, clean: np.ndarray) -> dict[str, fs.ClassGaussians]:
         """Per feature layer, the class Gaussians of ``clean`` labelled by the classifier.

@@ -178,3 +178,31 @@ def test_both_detectors_calibrate_on_held_out_clean_images(data):
         det.fit(clean)
         assert det.calibrate(x[20:]) is det
         assert det.detect(x[20:])[1].mean() <= 0.1 + 1e-12
+
+
+@pytest.mark.parametrize(
+    ("reference", "match"),
+    [
+        (lambda x: x[:1], r"x_reference must hold at least two distinct clean images .* got 1 images, 1 distinct"),
+        (lambda x: np.repeat(x[:1], 30, axis=0), r"got 30 images, 1 distinct"),
+        (lambda x: np.zeros((0, *x.shape[1:])), "x_reference must hold at least one sample"),
+    ],
+)
+def test_a_degenerate_reference_set_is_refused(data, reference, match):
+    """Before: one image or copies of one gave Gaussians of zero covariance; the detector then never flagged."""
+    clf, x, clean, adv = data
+    xy, labels = np.concatenate([clean, adv]), np.repeat([0, 1], len(clean))
+    with pytest.raises(ValueError, match=match):
+        StackedDetector(clf, parts=("mahalanobis",), x_reference=reference(x)).fit(xy, labels)
+
+
+def test_a_reference_set_without_spread_about_its_class_means_is_refused(data, monkeypatch):
+    """Distinct images, one per predicted class: the tied covariance is zero in every layer."""
+    clf, x, clean, _ = data
+    predicted = clf.predict(x).argmax(1)
+    one_per_class = x[[int(np.flatnonzero(predicted == c)[0]) for c in np.unique(predicted)]]
+    assert len(one_per_class) >= 2
+    with pytest.warns(UserWarning, match="fewer than two per class"), pytest.raises(ValueError, match="do not vary"):
+        StackedFeatures(clf, parts=("mahalanobis",), x_reference=one_per_class).fit(clean)
+    with pytest.raises(ValueError, match=r"X \(its clean rows, without x_reference\) must hold at least two"):
+        StackedFeatures(clf, parts=("mahalanobis",)).fit(np.repeat(clean[:1], 5, axis=0))
