@@ -24,6 +24,7 @@ DEFAULT_EPOCHS = {"digits": 30, "mnist": 3, "cifar10": 10}
 #: Upper bounds that catch typos (``--batch-size 1e20``) before any work.
 MAX_BATCH_SIZE = 2**16
 MAX_EPOCHS = 10_000
+MAX_N_SAMPLES = 1_000_000
 #: Seeds: NumPy's legacy seeding and ART take 0 .. 2**32 - 1.
 MAX_SEED = 2**32 - 1
 
@@ -168,7 +169,7 @@ class EvaluationConfig:
         eps = DEFAULT_EPS[self.dataset] if self.eps is None else self.eps
         if isinstance(eps, bool) or not isinstance(eps, Real) or not 0 < eps <= 1:
             raise ValueError(f"eps must be a number in (0, 1] (pixels are in [0, 1]); got {eps!r}.")
-        _check_int("n_samples", self.n_samples, 4)
+        _check_int("n_samples", self.n_samples, 4, MAX_N_SAMPLES)
         _check_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
         _check_int("seed", self.seed, 0, MAX_SEED)
         _check_int("epochs", DEFAULT_EPOCHS[self.dataset] if self.epochs is None else self.epochs, 1, MAX_EPOCHS)

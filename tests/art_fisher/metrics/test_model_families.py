@@ -184,3 +184,15 @@ def test_real_mobilenet_v2_float64_small_width():
     torch.testing.assert_close(
         metrics.fisher_trace(model, x, tau=0.5) <= ref["trace"] * (1 + 1e-9), torch.ones(2, dtype=torch.bool)
     )
+
+
+def test_train_model_stops_on_a_non_finite_loss():
+    import numpy as np
+
+    from art_fisher.models import train_model
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    x, y = np.full((64, 1, 4, 4), 3e38, dtype=np.float32), np.arange(64) % 3  # logits overflow to inf
+    with pytest.raises(ValueError, match=r"training diverged: the loss is (nan|inf) at epoch 1; lower the learning"):
+        train_model(model, x, y, epochs=2, batch_size=8)
