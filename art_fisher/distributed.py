@@ -16,6 +16,7 @@ Backends: gloo on CPU, NCCL when the run's device is CUDA (:func:`init_from_env`
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.utils.data import Dataset
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +40,7 @@ def world_size() -> int:
 
 
 def rank() -> int:
-    """This process's rank in the default process group (0 without one)."""
+    """The rank of this process in the default process group (0 without one)."""
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
@@ -82,7 +84,7 @@ def init_from_env(device: torch.device | str = "cpu") -> bool:
 def row_blocks(n: int, parts: int) -> list[tuple[int, int]]:
     """``parts`` contiguous ``(start, stop)`` blocks covering ``range(n)``, sizes differing by at most one."""
     bounds = np.linspace(0, n, parts + 1).round().astype(int)
-    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    return [(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
 
 
 def _device() -> torch.device:
@@ -125,8 +127,8 @@ def map_rows(fn: Callable[..., Any], *arrays: np.ndarray) -> Any:
     ----------
     fn : callable
         Maps arrays of ``n`` rows (the same rows of each of ``arrays``) to an array with ``n`` rows, or to
-        tuples, lists and dicts (nested) of such arrays; row ``i`` of the result may depend only on row ``i`` of the inputs
-        (and on state that is the same on every rank).
+        tuples, lists and dicts (nested) of such arrays; row ``i`` of the result may depend only on row ``i``
+        of the inputs (and on state that is the same on every rank).
     *arrays : ndarray
         Inputs with the same number of rows ``n``.
 
@@ -203,9 +205,12 @@ def distributed_scores(
         raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
     n = len(dataset)
     size, me = world_size(), rank()
-    sampler = DistributedSampler(range(n), num_replicas=size, rank=me, shuffle=False) if size > 1 else None
-    indices = list(sampler) if sampler is not None else list(range(n))
-    loader = DataLoader(_Indexed(dataset), batch_size=batch_size, sampler=indices, num_workers=num_workers)
+    indices: list[int] = list(range(n))
+    if size > 1:
+        indices = list(DistributedSampler(_Indexed(dataset), num_replicas=size, rank=me, shuffle=False))
+    loader: DataLoader[Any] = DataLoader(
+        _Indexed(dataset), batch_size=batch_size, sampler=indices, num_workers=num_workers
+    )
     local_idx, local_scores = [], []
     for idx, x in loader:
         local_idx.append(idx.numpy())
@@ -223,7 +228,7 @@ def distributed_scores(
     return out
 
 
-class _Indexed:
+class _Indexed(Dataset[tuple[int, torch.Tensor]]):
     """A data set whose items are ``(index, image)``: the index travels with the batch."""
 
     def __init__(self, dataset: Any) -> None:
@@ -232,7 +237,7 @@ class _Indexed:
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, i: int) -> tuple[int, Any]:
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor]:
         item = self.dataset[i]
         image = item[0] if isinstance(item, tuple | list) else item
         return i, torch.as_tensor(np.asarray(image))
