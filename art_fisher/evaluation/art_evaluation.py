@@ -10,11 +10,11 @@ trained here when ``classifier`` is None), over one seed or several, and returns
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from art.evaluations.evaluation import Evaluation
 
 from art_fisher.evaluation.attacks import DEFAULT_ATTACKS
@@ -33,6 +33,7 @@ class DetectionEvaluation(Evaluation):
     Examples
     --------
     >>> evaluation = DetectionEvaluation(dataset="digits", attacks=["fgsm", "pgd"], target_fpr=0.05)  # doctest: +SKIP
+    >>> result = evaluation.evaluate(classifier, x, y, x_reference=x_train, output_dir="out")  # doctest: +SKIP
     >>> result = evaluation.evaluate(classifier, output_dir="out", seeds=[0, 1, 2])  # doctest: +SKIP
     >>> result.summary[0]["unseen_auc_mean"]                                         # doctest: +SKIP
     """
@@ -62,17 +63,32 @@ class DetectionEvaluation(Evaluation):
     def evaluate(
         self,
         classifier: Any = None,
+        x: np.ndarray | None = None,
+        y: np.ndarray | None = None,
         *,
+        x_reference: np.ndarray | None = None,
         output_dir: str | Path = "art_fisher_results",
         seeds: Sequence[int] | None = None,
         seed: int = 0,
     ) -> Any:
-        """Run the evaluation on ``classifier``'s model (None: train one per seed).
+        """Run the evaluation on ``classifier`` and the images ``x``, ``y`` (or the constructor's data set).
 
         Parameters
         ----------
         classifier : art.estimators.classification.PyTorchClassifier, optional
-            Its ``model`` is evaluated (its input shape must be the data set's); it is not modified.
+            Used as given: its preprocessing, clip values and class count; its model is evaluated in eval mode
+            and comes back with its modes, ``requires_grad`` flags and gradients as they were. None: a model
+            of ``arch`` is trained per seed on the constructor's ``dataset``.
+        x : ndarray of shape (N, *classifier.input_shape), optional
+            The user's clean images, inside the classifier's ``clip_values``. None: the constructor's
+            ``dataset`` (its test split is attacked, its training split is the reference).
+        y : ndarray of shape (N,) or (N, nb_classes)
+            Integer labels or one-hot rows of ``x``.
+        x_reference : ndarray of shape (M, *classifier.input_shape), optional
+            Clean images (e.g. from the classifier's training set) for the reference statistics of the
+            Mahalanobis, LID and stacked detectors. None: :data:`~.user_inputs.REFERENCE_SHARE` of ``x``
+            (at least :data:`~.user_inputs.MIN_REFERENCE` images), drawn with ``seed`` (the first of
+            ``seeds``), is set aside for them and never attacked or scored.
         output_dir : str or Path
         seeds : sequence of int, optional
             Several seeds: the aggregated :class:`~art_fisher.evaluation.seeds.SeedsResult`.
@@ -82,33 +98,32 @@ class DetectionEvaluation(Evaluation):
         Raises
         ------
         TypeError
-            If ``classifier`` is not an ART ``PyTorchClassifier``.
+            If ``classifier`` is not an ART ``PyTorchClassifier``, or ``x`` / ``y`` are not numpy arrays.
         ValueError
-            If its input shape differs from the data set's, or as :func:`art_fisher.evaluation.evaluate`.
+            If the classifier takes channels-last inputs, ``x`` does not match its ``input_shape`` or
+            ``clip_values``, ``y`` its ``nb_classes``, the constructor's data set its input shape or class
+            count; or as :func:`art_fisher.evaluation.evaluate`.
         """
         from art_fisher.evaluation.security_curve import security_curve_stage
         from art_fisher.evaluation.seeds import evaluate_seeds
+        from art_fisher.evaluation.user_inputs import check_classifier, user_datasets
         from art_fisher.evaluation.workflow import prepare, run
 
-        net = None
+        kwargs: dict[str, Any] = dict(self.settings)
         if classifier is not None:
-            from art.estimators.classification import PyTorchClassifier
-
-            from art_fisher.data.loaders import load_dataset
-
-            if not isinstance(classifier, PyTorchClassifier):
-                raise TypeError(f"classifier must be an ART PyTorchClassifier; got {type(classifier).__qualname__}.")
-            data = load_dataset(self.settings["dataset"], data_dir=self.settings["data_dir"], split="test")
-            if tuple(classifier.input_shape) != tuple(data.input_shape):
-                raise ValueError(
-                    f"classifier's input_shape {tuple(classifier.input_shape)} differs from the "
-                    f"{self.settings['dataset']} images' {tuple(data.input_shape)}."
-                )
-            net = classifier.model
+            check_classifier(classifier)
+            kwargs["classifier"] = classifier
+        if x is None:
+            if y is not None or x_reference is not None:
+                raise ValueError("y and x_reference come with x; got x=None.")
+        else:
+            if classifier is None or y is None:
+                raise ValueError("x needs its labels y and the classifier to evaluate.")
+            first = seed if seeds is None else next(iter(seeds), seed)
+            reference, test, _ = user_datasets(classifier, x, y, x_reference, seed=first)
+            kwargs["data"] = (reference, test)
         if seeds is not None:
             return evaluate_seeds(
-                seeds=seeds, output_dir=output_dir, extra_stages={"security_curve": security_curve_stage()}, net=net,
-                **self.settings,
-            )  # fmt: skip
-        plan = prepare(seed=seed, output_dir=output_dir, **self.settings)
-        return run(plan if net is None else dataclasses.replace(plan, net=net))
+                seeds=seeds, output_dir=output_dir, extra_stages={"security_curve": security_curve_stage()}, **kwargs
+            )
+        return run(prepare(seed=seed, output_dir=output_dir, **kwargs))

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from art_fisher.distributed import map_rows
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["ATTACKS", "DEFAULT_ATTACKS", "DEFAULT_EPS", "AttackOutcome", "AttackSpec", "predict_labels", "run_attack"]
@@ -119,14 +121,19 @@ def run_attack(
     spec = ATTACKS[name]
     start = time.perf_counter()
     attack = spec.build(classifier, float(eps), batch_size)
-    x_adv = np.empty_like(x)
-    with tqdm(total=len(x), desc=f"attack {spec.label}", unit="img", disable=not progress, leave=False) as bar:
-        for lo in range(0, len(x), batch_size):
-            hi = min(lo + batch_size, len(x))
-            x_adv[lo:hi] = attack.generate(x[lo:hi])
-            bar.update(hi - lo)
-            if not progress:
-                logger.info("attack %s: %d/%d images", spec.label, hi, len(x))
+
+    def generate(xs: np.ndarray) -> np.ndarray:
+        out = np.empty_like(xs)
+        with tqdm(total=len(xs), desc=f"attack {spec.label}", unit="img", disable=not progress, leave=False) as bar:
+            for lo in range(0, len(xs), batch_size):
+                hi = min(lo + batch_size, len(xs))
+                out[lo:hi] = attack.generate(xs[lo:hi])
+                bar.update(hi - lo)
+                if not progress:
+                    logger.info("attack %s: %d/%d images", spec.label, hi, len(xs))
+        return out
+
+    x_adv = map_rows(generate, x)  # under torchrun, each rank attacks its block of the images
     seconds = time.perf_counter() - start
     success = predict_labels(classifier, x_adv, batch_size) != y
     delta = (x_adv - x).reshape(len(x), -1)[success]

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from art_fisher.distributed import map_rows
 from art_fisher.evaluation.base import DetectorRun, DetectorSpec, RunContext, Scored
 
 __all__ = ["FisherFeatureCache", "FisherRun", "fisher_specs"]
@@ -63,14 +64,13 @@ class FisherFeatureCache:
                     todo[key] = i
             if todo:
                 start = time.perf_counter()
-                computed = _features.compute(
-                    detector.classifier,
+                computed = map_rows(  # under torchrun, each rank computes its block of the rows
+                    lambda rows, metric=metric: _features.compute(
+                        detector.classifier, rows, metrics=(metric,), settings=settings, chunk_size=batch_size,
+                        progress=detector.progress,
+                    )[metric],
                     x[list(todo.values())],
-                    metrics=(metric,),
-                    settings=settings,
-                    chunk_size=batch_size,
-                    progress=detector.progress,
-                )[metric]
+                )  # fmt: skip
                 seconds = time.perf_counter() - start
                 spent += seconds
                 for key, value in zip(todo, computed, strict=True):

@@ -114,3 +114,8 @@ class EvaluationPlan:
     progress: bool
     adaptive: tuple[str, ...] = ()
     tau: float | None = None
+    #: The user's ART classifier (Python API, or built from a model file with clip range and preprocessing):
+    #: the run attacks a copy of its settings around the same model; None: the built-in one around ``net``.
+    classifier: Any = None
+    #: The ``.npz`` file the data came from (``data=FILE``), or None.
+    data_path: Path | None = None

@@ -31,17 +31,26 @@ import torch
 from tqdm.auto import tqdm
 
 from art_fisher._atomic import check_output_dir
-from art_fisher.data.loaders import DATASETS, load_dataset
+from art_fisher.data.loaders import DATASETS, Dataset, load_dataset
+from art_fisher.data.npz_dataset import load_npz
+from art_fisher.distributed import is_writer, world_size
 from art_fisher.evaluation import report as _report
 from art_fisher.evaluation.adaptive_attacks import ADAPTIVE_ATTACKS, adaptive_detectors, run_adaptive
 from art_fisher.evaluation.attacks import ATTACKS, DEFAULT_ATTACKS, DEFAULT_EPS, run_attack
 from art_fisher.evaluation.base import RunContext, seed_everything
 from art_fisher.evaluation.classifier import attacked_classifier
-from art_fisher.evaluation.model_cache import ModelSource, cached_model, check_finite_scores, load_state_dict_file
+from art_fisher.evaluation.model_cache import ModelSource, cached_model, check_finite_scores
 from art_fisher.evaluation.protocol import score_detectors, split_sources
 from art_fisher.evaluation.registry import DEFAULT_DETECTORS, DETECTORS
 from art_fisher.evaluation.results import EvaluationPlan, EvaluationResult
 from art_fisher.evaluation.security_curve import security_curve_rows
+from art_fisher.evaluation.user_inputs import (
+    USER_DATASET,
+    USER_DEFAULT_EPS,
+    model_and_classifier,
+    preserved,
+    run_classifier,
+)
 from art_fisher.metrics.top_mass import check_tau
 from art_fisher.models import ARCHITECTURES
 
@@ -50,9 +59,9 @@ logger = logging.getLogger(__name__)
 __all__ = ["EvaluationPlan", "EvaluationResult", "evaluate", "prepare", "run"]
 
 #: Architecture used when ``arch`` is not given, per data set.
-DEFAULT_ARCH = {"digits": "small_cnn", "mnist": "mnist_cnn", "cifar10": "cifar_cnn"}
+DEFAULT_ARCH = {"digits": "small_cnn", "mnist": "mnist_cnn", "cifar10": "cifar_cnn", USER_DATASET: "small_cnn"}
 #: Epochs of in-process training when ``epochs`` is not given, per data set.
-DEFAULT_EPOCHS = {"digits": 30, "mnist": 3, "cifar10": 10}
+DEFAULT_EPOCHS = {"digits": 30, "mnist": 3, "cifar10": 10, USER_DATASET: 10}
 #: Upper bounds that catch typos (``--batch-size 1e20``) before any work.
 MAX_BATCH_SIZE = 2**16
 MAX_EPOCHS = 10_000
@@ -123,22 +132,31 @@ def prepare(
     progress: bool = False,
     adaptive: bool = False,
     tau: float | None = None,
+    data: str | Path | tuple[Dataset, Dataset] | None = None,
+    classifier: Any = None,
+    clip_values: tuple[float, float] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
 ) -> EvaluationPlan:
     """Check every argument, load the data and a given model; write nothing.
 
     Arguments as in :func:`evaluate`. Raises as :func:`evaluate` does; after it returns, :func:`run`
     does the work.
     """
-    if dataset not in DATASETS:
+    if data is not None:
+        dataset = USER_DATASET
+    elif dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {DATASETS}; got {dataset!r}.")
     arch = DEFAULT_ARCH[dataset] if arch is None else arch
     if arch not in ARCHITECTURES:
         raise ValueError(f"arch must be one of {sorted(ARCHITECTURES)}; got {arch!r}.")
     attack_names = _check_names("attacks", attacks, ATTACKS)
     detector_names = _check_names("detectors", DEFAULT_DETECTORS if detectors is None else detectors, DETECTORS)
-    eps = DEFAULT_EPS[dataset] if eps is None else eps
-    if isinstance(eps, bool) or not isinstance(eps, Real) or not 0 < eps <= 1:
-        raise ValueError(f"eps must be a number in (0, 1] (pixels are in [0, 1]); got {eps!r}.")
+    eps_max = _input_range(classifier, clip_values)
+    if eps is None:
+        eps = DEFAULT_EPS[dataset] if dataset in DEFAULT_EPS else USER_DEFAULT_EPS * eps_max
+    if isinstance(eps, bool) or not isinstance(eps, Real) or not 0 < eps <= eps_max:
+        raise ValueError(f"eps must be a number in (0, {eps_max:g}] (the inputs' clip range); got {eps!r}.")
     n_samples = _check_int("n_samples", n_samples, 4)
     batch_size = _check_int("batch_size", batch_size, 1, MAX_BATCH_SIZE)
     seed = _check_int("seed", seed, 0, MAX_SEED)
@@ -153,21 +171,39 @@ def prepare(
     model_path = None if model is None else Path(model)
     if model_path is not None and not model_path.is_file():
         what = "is a folder" if model_path.is_dir() else "does not exist"
-        raise FileNotFoundError(f"model must be a state-dict file; {model_path} {what}.")
-    if dataset != "digits" and data_dir is None:
+        raise FileNotFoundError(f"model must be a state-dict or torch.export file; {model_path} {what}.")
+    if classifier is not None and model_path is not None:
+        raise ValueError("give either classifier or model, not both.")
+    if dataset not in ("digits", USER_DATASET) and data_dir is None:
         raise ValueError(f"data_dir is required for dataset {dataset!r} (nothing is downloaded); got None.")
     output_dir = Path(output_dir)
     check_output_dir(output_dir)
 
-    train = load_dataset(dataset, data_dir=data_dir, split="train")
-    test = load_dataset(dataset, data_dir=data_dir, split="test")
-    net = None if model_path is None else load_state_dict_file(arch, train, model_path, dev)
+    if data is None:
+        train = load_dataset(dataset, data_dir=data_dir, split="train")
+        test = load_dataset(dataset, data_dir=data_dir, split="test")
+    else:
+        train, test = load_npz(data) if isinstance(data, str | Path) else data
+    net, classifier, train, test = model_and_classifier(
+        arch=arch, train=train, test=test, model_path=model_path, classifier=classifier, device=dev,
+        clip_values=clip_values, mean=mean, std=std,
+    )  # fmt: skip
     return EvaluationPlan(
         dataset=dataset, data_dir=data_dir, arch=arch, model_path=model_path, net=net, train=train, test=test,
         attacks=attack_names, detectors=detector_names, eps=float(eps), n_samples=n_samples, seed=seed,
         device=dev, output_dir=output_dir, epochs=epochs, batch_size=batch_size, target_fpr=float(target_fpr),
-        progress=bool(progress), adaptive=adaptive_names, tau=tau,
+        progress=bool(progress), adaptive=adaptive_names, tau=tau, classifier=classifier,
+        data_path=None if data is None or not isinstance(data, str | Path) else Path(data),
     )  # fmt: skip
+
+
+def _input_range(classifier: Any, clip_values: tuple[float, float] | None) -> float:
+    """Width of the inputs' clip range (1 for pixels in [0, 1]): the largest meaningful ``eps``."""
+    clip = clip_values if classifier is None else classifier.clip_values
+    if clip is None:
+        return 1.0
+    low, high = (float(np.min(v)) for v in clip)
+    return high - low if np.isfinite(high - low) and high > low else 1.0
 
 
 class _StepBar:
@@ -202,22 +238,34 @@ def _n_steps(plan: EvaluationPlan) -> int:
 
 
 def run(plan: EvaluationPlan) -> EvaluationResult:
-    """Run a checked plan (stages in the module docstring); writes the report into ``plan.output_dir``."""
+    """Run a checked plan (stages in the module docstring); writes the report into ``plan.output_dir``.
+
+    A given model (``net``, or the user's classifier's) is evaluated in eval mode; its modes, ``requires_grad``
+    flags and gradients come back as they were. Under ``torchrun`` only rank 0 writes.
+    """
     p = plan
-    timings: dict[str, float] = {}
     t_all = time.perf_counter()
-    p.output_dir.mkdir(parents=True, exist_ok=True)
-    if p.net is not None:  # loaded by prepare from model_path, or handed over in memory
-        source = ModelSource(p.net, p.model_path, "given", 0.0)
+    if is_writer():
+        p.output_dir.mkdir(parents=True, exist_ok=True)
+    model = p.classifier.model if p.classifier is not None else p.net
+    if model is not None:  # loaded by prepare from model_path, or handed over in memory
+        with preserved(model):
+            return _run(p, ModelSource(model, p.model_path, "given", 0.0), t_all)
+    source = cached_model(
+        arch=p.arch, data=p.train, epochs=p.epochs, seed=p.seed, device=p.device, output_dir=p.output_dir,
+        progress=p.progress,
+    )  # fmt: skip
+    return _run(p, source, t_all)
+
+
+def _run(p: EvaluationPlan, source: ModelSource, t_all: float) -> EvaluationResult:
+    timings: dict[str, float] = {"training": source.seconds}
+    if p.classifier is not None:
+        classifier = run_classifier(p.classifier)
     else:
-        source = cached_model(
-            arch=p.arch, data=p.train, epochs=p.epochs, seed=p.seed, device=p.device, output_dir=p.output_dir,
-            progress=p.progress,
-        )  # fmt: skip
-    timings["training"] = source.seconds
-    classifier = attacked_classifier(
-        source.model, input_shape=p.train.input_shape, nb_classes=p.train.n_classes, device=p.device
-    )
+        classifier = attacked_classifier(
+            source.model, input_shape=p.train.input_shape, nb_classes=p.train.n_classes, device=p.device
+        )
     scores_test = classifier.predict(p.test.x, batch_size=p.batch_size)
     check_finite_scores(scores_test, f"model {source.path} ({source.status})", "clean test images")
     pred_test = np.argmax(scores_test, axis=1)
@@ -289,6 +337,8 @@ def run(plan: EvaluationPlan) -> EvaluationResult:
         "seed": p.seed, "device": str(p.device), "epochs": p.epochs, "batch_size": p.batch_size,
         "target_fpr": p.target_fpr, "tau": p.tau, "clean_test_accuracy": clean_accuracy,
         "n_train_images": len(p.train.y), "n_test_images": len(p.test.y), "torch_threads": torch.get_num_threads(),
+        "processes": world_size(), "data": None if p.data_path is None else str(p.data_path),
+        "classifier": _classifier_settings(p.classifier),
         "versions": _versions(),
         "labels": {
             "attacks": {n: ATTACKS[n].label for n in p.attacks},
@@ -298,6 +348,8 @@ def run(plan: EvaluationPlan) -> EvaluationResult:
     if p.adaptive:
         settings["adaptive_detectors"] = list(p.adaptive)
     attack_rows = [o.stats for o in outcomes]
+    if not is_writer():
+        return EvaluationResult(scored.rows, attack_rows, scored.fits, settings, {}, timings, adaptive_rows, curve)
     paths = _report.write_report(
         p.output_dir, table=scored.rows, attacks=attack_rows, fits=scored.fits, settings=settings,
         timings=timings, curves=scored.curves, metric_scores=scored.metric_scores, adaptive=adaptive_rows,
@@ -415,6 +467,18 @@ def evaluate(
             tau=tau,
         )
     )  # fmt: skip
+
+
+def _classifier_settings(classifier: Any) -> dict[str, Any] | None:
+    """The user's classifier as results.json records it (None: the built-in one, inputs in [0, 1])."""
+    if classifier is None:
+        return None
+    clip = classifier.clip_values
+    return {
+        "nb_classes": int(classifier.nb_classes), "input_shape": list(classifier.input_shape),
+        "clip_values": None if clip is None else [float(np.min(clip[0])), float(np.max(clip[1]))],
+        "preprocessing": [type(op).__name__ for op in classifier.preprocessing_operations],
+    }  # fmt: skip
 
 
 def _versions() -> dict[str, str]:
