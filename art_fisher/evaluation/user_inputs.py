@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import zipfile
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -36,7 +37,10 @@ from art_fisher.data.loaders import Dataset
 if TYPE_CHECKING:
     from pathlib import Path
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
+    "LAYER_DETECTORS",
     "MIN_REFERENCE",
     "REFERENCE_SHARE",
     "USER_DATASET",
@@ -46,6 +50,7 @@ __all__ = [
     "file_classifier",
     "integer_labels",
     "is_export_archive",
+    "layer_free_detectors",
     "model_and_classifier",
     "preserved",
     "run_classifier",
@@ -56,6 +61,9 @@ __all__ = [
 USER_DATASET = "user"
 #: ``eps`` of FGSM / PGD on the user's data when none is given: 8/255 of the inputs' clip range.
 USER_DEFAULT_EPS = 8 / 255
+#: Detectors that read the model's layers (activations of its ReLU / pooling modules): a ``torch.export``
+#: program has no modules, so they cannot run on one.
+LAYER_DETECTORS = ("mahalanobis", "lid", "stacked", "binary_activation", "subset_scanning")
 #: Share of ``x`` set aside (seeded) as clean reference images when no ``x_reference`` is given.
 REFERENCE_SHARE = 0.2
 #: Fewest reference images accepted (the class-conditional Gaussians need several per class).
@@ -357,3 +365,29 @@ def model_and_classifier(
     for name, data in (("train", train), ("test", test)):
         check_images(built, data.x, f"the {name} images")
     return net, built, train, test
+
+
+def layer_free_detectors(model: nn.Module | None, names: tuple[str, ...], *, explicit: bool) -> tuple[str, ...]:
+    """``names`` without the :data:`LAYER_DETECTORS` when ``model`` is a ``torch.export`` program.
+
+    Raises
+    ------
+    ValueError
+        If such detectors were named explicitly (``explicit``); the default list just loses them (logged).
+    """
+    from art_fisher.exported_model import ExportedModel
+
+    if not isinstance(model, ExportedModel):
+        return names
+    layered = [n for n in names if n.startswith(LAYER_DETECTORS)]
+    if layered and explicit:
+        raise ValueError(
+            f"detectors {layered} read the model's layers, which a torch.export program does not have; drop them "
+            "or give the model as a state dict of a built-in architecture or in memory (DetectionEvaluation)."
+        )
+    if layered:
+        logger.warning("A torch.export program has no layers to read: detectors %s are left out.", layered)
+    kept = tuple(n for n in names if n not in layered)
+    if not kept:
+        raise ValueError(f"every detector of {list(names)} reads the model's layers; a torch.export program has none.")
+    return kept

@@ -47,6 +47,7 @@ from art_fisher.evaluation.security_curve import security_curve_rows
 from art_fisher.evaluation.user_inputs import (
     USER_DATASET,
     USER_DEFAULT_EPS,
+    layer_free_detectors,
     model_and_classifier,
     preserved,
     run_classifier,
@@ -188,6 +189,8 @@ def prepare(
         arch=arch, train=train, test=test, model_path=model_path, classifier=classifier, device=dev,
         clip_values=clip_values, mean=mean, std=std,
     )  # fmt: skip
+    detector_names = layer_free_detectors(net, detector_names, explicit=detectors is not None)
+    adaptive_names = tuple(name for name in adaptive_names if name in detector_names)
     return EvaluationPlan(
         dataset=dataset, data_dir=data_dir, arch=arch, model_path=model_path, net=net, train=train, test=test,
         attacks=attack_names, detectors=detector_names, eps=float(eps), n_samples=n_samples, seed=seed,

@@ -125,26 +125,38 @@ def _digits_classifier(*, n_classes: int = 10, mean: float = 0.3, std: float = 0
                              clip_values=(0.0, 1.0), preprocessing=(mean, std))  # fmt: skip
 
 
-def test_digits_run_keeps_the_classifier_preprocessing_and_its_train_mode(tmp_path):
+@pytest.fixture(scope="module")
+def digits_classifier():
+    return _digits_classifier()
+
+
+def _digits_run(clf, tmp_path):
+    evaluation = DetectionEvaluation(dataset="digits", attacks=["fgsm"], detectors=["max_softmax"], n_samples=20)
+    return evaluation.evaluate(clf, output_dir=tmp_path)
+
+
+def test_digits_run_keeps_the_classifier_preprocessing(digits_classifier, tmp_path):
     from art_fisher.data.loaders import load_digits
 
-    clf = _digits_classifier()
     test = load_digits(split="test")
-    own = float(np.mean(np.argmax(clf.predict(test.x), axis=1) == test.y))
-    clf.model.train()
-    result = DetectionEvaluation(dataset="digits", attacks=["fgsm"], detectors=["max_softmax"], n_samples=20).evaluate(
-        clf, output_dir=tmp_path
-    )
+    own = float(np.mean(np.argmax(digits_classifier.predict(test.x), axis=1) == test.y))
+    result = _digits_run(digits_classifier, tmp_path)
     assert result.settings["clean_test_accuracy"] == pytest.approx(own, abs=1e-12)
-    assert clf.model.training and all(m.training for m in clf.model.modules())
+
+
+def test_digits_run_gives_a_train_mode_model_back_in_train_mode(digits_classifier, tmp_path):
+    model = digits_classifier.model
+    model.train()
+    try:
+        _digits_run(digits_classifier, tmp_path)
+        assert all(m.training for m in model.modules())
+    finally:
+        model.eval()
 
 
 def test_digits_run_refuses_a_classifier_with_another_class_count(tmp_path):
-    clf = _digits_classifier(n_classes=12)
     with pytest.raises(ValueError, match="nb_classes=12 but the digits data have 10 classes"):
-        DetectionEvaluation(dataset="digits", attacks=["fgsm"], detectors=["max_softmax"], n_samples=20).evaluate(
-            clf, output_dir=tmp_path
-        )
+        _digits_run(_digits_classifier(n_classes=12), tmp_path)
 
 
 # ------------------------------------------------------------------------------------------ command line
@@ -181,14 +193,46 @@ def test_cli_runs_an_exported_model_on_an_npz_with_its_preprocessing(net, images
         ("--mean", "0.5,0.5", "1 or 3 finite numbers"),
         ("--std", "0,1,1", "std must be positive"),
         ("--clip-values", "0,0.5", "outside the classifier's clip_values"),
+        ("--detectors", "max_softmax,mahalanobis", "read the model's layers"),
     ],
 )
 def test_cli_bad_inputs_get_one_line_and_exit_2_before_work(files, tmp_path, capsys, flag, value, message):
     args = _cli_args(files, tmp_path / "out")
-    args[args.index(flag) + 1 if flag in args else len(args) :] = (
-        [value] + args[args.index(flag) + 2 :] if flag in args else [flag, value]
-    )
+    if flag in args:
+        args[args.index(flag) + 1] = value
+    else:
+        args += [flag, value]
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow  # three runs, one of them two processes: about a minute on the shared 2-core machine
+def test_torchrun_two_processes_give_the_one_process_rows(files, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    args = _cli_args(files, tmp_path / "x")[1:-3]  # evaluate's options without --output DIR --quiet
+    args[args.index("--attacks") + 1] = "fgsm,pgd,deepfool"
+    args[args.index("--detectors") + 1] = "fisher_trace,fisher_trace_clean,max_softmax,energy_clean"
+    args[args.index("--n-samples") + 1] = "40"
+    tables = []
+    for launcher, out in (
+        ([sys.executable, "-m", "art_fisher"], tmp_path / "one"),
+        ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "art_fisher"],
+         tmp_path / "two"),
+    ):  # fmt: skip
+        done = subprocess.run([*launcher, "evaluate", *args, "--output", str(out), "--quiet"], env=env, cwd=root,
+                              capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        results = json.loads((out / "results.json").read_text())
+        tables.append({(r["detector"], r["fit_attack"], r["attack"]): r["roc_auc"] for r in results["table"]})
+        assert results["settings"]["processes"] == (1 if out.name == "one" else 2)
+    assert tables[0].keys() == tables[1].keys() and len(tables[0]) > 10
+    for key, auc in tables[0].items():
+        assert abs(tables[1][key] - auc) <= 1e-4, key

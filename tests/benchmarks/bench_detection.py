@@ -20,9 +20,11 @@ MNIST) and the reports to ``--output``. Not collected by pytest; ``--smoke`` run
     python tests/benchmarks/bench_detection.py                      # digits, seeds 0,1,2
     python tests/benchmarks/bench_detection.py --dataset mnist --data-dir /work/data
     python tests/benchmarks/bench_detection.py --smoke
+    python tests/benchmarks/bench_detection.py --data /work/data/lfw_faces/lfw_faces.npz --n-samples 100 --epochs 30
 
 MNIST is read from ``--data-dir`` (idx files or ``mnist.npz``); nothing is downloaded at run time. To
-get it: ``python /work/shared/data/fetch_mnist.py DIR``.
+get it: ``python /work/shared/data/fetch_mnist.py DIR``. scikit-image's LFW face / non-face subset:
+``python scripts/fetch_lfw_faces.py DIR``.
 """
 
 from __future__ import annotations
@@ -118,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=("digits", "mnist"), default="digits")
     parser.add_argument("--data-dir", default=None, help="MNIST folder (idx files or mnist.npz)")
+    parser.add_argument(
+        "--data", default=None, help="your .npz (x_train, y_train, x_test, y_test) instead of --dataset"
+    )
+    parser.add_argument("--eps", type=float, default=None, help="FGSM / PGD budget (default: per data set)")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: %(default)s)")
     parser.add_argument("--n-samples", type=int, default=300, help="images attacked per seed (default: %(default)s)")
     parser.add_argument("--attacks", default="fgsm,pgd,deepfool,cw_l2")
@@ -141,8 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     kwargs = {
         "dataset": args.dataset, "data_dir": args.data_dir, "attacks": args.attacks.split(","),
         "n_samples": args.n_samples, "epochs": args.epochs, "target_fpr": args.target_fpr,
-        "adaptive": not args.no_adaptive,
+        "adaptive": not args.no_adaptive, "eps": args.eps,
     }  # fmt: skip
+    name = args.dataset
+    if args.data is not None:
+        kwargs.update(data=args.data, dataset="digits", data_dir=None)
+        name = Path(args.data).stem
     extra = [f"{variant}_without_{p}" for variant in ("stacked", "stacked_clean") for p in PARTS]
     seeds = args.seeds
     if args.smoke:  # differentiable named detectors (adaptive refuses others by name); the stacked ones as extras
@@ -160,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - start
     settings = result.runs[0].settings
     payload = {
-        "benchmark": "bench_detection", "dataset": args.dataset, "seeds": list(result.seeds),
+        "benchmark": "bench_detection", "dataset": name, "seeds": list(result.seeds),
         "command": " ".join(["python", "tests/benchmarks/bench_detection.py", *(argv or sys.argv[1:])]),
         "settings": {k: settings[k] for k in ("arch", "attacks", "eps", "n_samples", "epochs", "target_fpr",
                                               "n_detector_train_images", "n_detector_test_images")},
@@ -172,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                     "torch_threads": settings.get("torch_threads")},
         "versions": settings.get("versions", {}),
     }  # fmt: skip
-    print(f"{args.dataset}, seeds {list(result.seeds)}, {seconds:.0f} s; mean ± sd over seeds")
+    print(f"{name}, seeds {list(result.seeds)}, {seconds:.0f} s; mean ± sd over seeds")
     print(result.format_table())
     g = payload["goals"]
     if g:
@@ -187,9 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ablation: {r['variant']:<13} {r['part']:<12} adds unseen AUC {_fmt(a['mean'], a['sd'], a['n'])}")
     if not args.smoke:
         path = (
-            Path(args.json)
-            if args.json
-            else RESULTS / f"bench_detection{'_mnist' if args.dataset == 'mnist' else ''}.json"
+            Path(args.json) if args.json else RESULTS / f"bench_detection{'' if name == 'digits' else '_' + name}.json"
         )
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(_clean(payload), indent=1) + "\n")
