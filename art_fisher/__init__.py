@@ -34,12 +34,13 @@ __all__ = [
 # Detectors and scikit-learn estimators, imported on first use: ART's import is slow and
 # metric-only users should not pay for it.
 _LAZY_EXPORTS = {
-    "FisherInformationDetector": "art_fisher.detection.detector",
-    "FisherFeatures": "art_fisher.detection.estimators",
-    "ThresholdClassifier": "art_fisher.detection.estimators",
+    "FisherInformationDetector": "art_fisher.detection",
+    "StackedDetector": "art_fisher.detection",
+    "FisherFeatures": "art_fisher.detection",
+    "ThresholdClassifier": "art_fisher.detection",
     # Attacks that know the detector: classifier + detector as one ART model with an attacker's loss.
-    "AdaptiveDetectorClassifier": "art_fisher.adversarial.adaptive_classifier",
-    "NotDifferentiableError": "art_fisher.adversarial.gradients",
+    "AdaptiveDetectorClassifier": "art_fisher.adversarial",
+    "NotDifferentiableError": "art_fisher.detection",
     # The evaluation workflow: ``art_fisher.evaluate(...)`` is ``art-fisher evaluate``.
     "evaluate": "art_fisher.evaluation",
 }

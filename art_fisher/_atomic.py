@@ -20,8 +20,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-__all__ = ["atomic_write", "check_output_dir"]
-
 
 @contextlib.contextmanager
 def atomic_write(path: str | Path, *, text: bool = False) -> Iterator[IO]:

@@ -57,6 +57,7 @@ _MODEL_STATUS = {
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     import torch
+    import torch.distributed as dist
 
     from art_fisher import distributed
 
@@ -65,14 +66,11 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     try:
         distributed.init_from_env(args.device)
     except (ValueError, RuntimeError) as exc:
-        print(f"art-fisher evaluate: error: {exc}", file=sys.stderr)
-        return 2
+        return _error(exc)
     try:
         return _evaluate_once(args, progress) if args.seeds is None else _run_seeds(args, progress)
     finally:
         if distributed.world_size() > 1:
-            import torch.distributed as dist
-
             dist.destroy_process_group()
 
 
@@ -144,8 +142,8 @@ class _OneLineParser(argparse.ArgumentParser):
 
 def _run_seeds(args: argparse.Namespace, progress: bool) -> int:
     from art_fisher.distributed import is_writer
-    from art_fisher.evaluation.security_curve import security_curve_stage
-    from art_fisher.evaluation.seeds import evaluate_seeds, parse_seeds
+    from art_fisher.evaluation._security_curve import security_curve_stage
+    from art_fisher.evaluation._seeds import evaluate_seeds, parse_seeds
 
     try:
         seeds = parse_seeds(args.seeds)
@@ -153,12 +151,22 @@ def _run_seeds(args: argparse.Namespace, progress: bool) -> int:
         return _error(exc)
     kwargs = {
         **_user_kwargs(args),
-        "dataset": args.dataset, "data_dir": args.data_dir, "model": args.model, "arch": args.arch,
-        "attacks": _names(args.attacks), "eps": args.eps,
-        "detectors": None if args.detectors is None else _names(args.detectors), "n_samples": args.n_samples,
-        "device": args.device, "epochs": args.epochs, "batch_size": args.batch_size, "target_fpr": args.target_fpr,
-        "progress": progress, "adaptive": args.adaptive, "tau": args.tau,
-    }  # fmt: skip
+        "dataset": args.dataset,
+        "data_dir": args.data_dir,
+        "model": args.model,
+        "arch": args.arch,
+        "attacks": _names(args.attacks),
+        "eps": args.eps,
+        "detectors": None if args.detectors is None else _names(args.detectors),
+        "n_samples": args.n_samples,
+        "device": args.device,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "target_fpr": args.target_fpr,
+        "progress": progress,
+        "adaptive": args.adaptive,
+        "tau": args.tau,
+    }
     try:
         result = evaluate_seeds(
             seeds=seeds, output_dir=args.output, extra_stages={"security_curve": security_curve_stage()}, **kwargs
@@ -173,11 +181,64 @@ def _run_seeds(args: argparse.Namespace, progress: bool) -> int:
     return 0
 
 
+def _add_run_arguments(ev: argparse.ArgumentParser) -> None:
+    """The options of ``evaluate`` that set how the run goes (sizes, seeds, device, operating point, output)."""
+    ev.add_argument("--n-samples", type=int, default=300, help="test images to attack (default: %(default)s)")
+    ev.add_argument("--seed", type=int, default=0, help="seed of everything (default: %(default)s)")
+    ev.add_argument(
+        "--seeds",
+        default=None,
+        help="comma-separated seeds, e.g. 0,1,2: one run per seed (model, images, splits) and every table as "
+        "mean ± sd, with the detection-aware security curve (replaces --seed)",
+    )
+    ev.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: %(default)s)")
+    ev.add_argument(
+        "--threads",
+        type=_threads,
+        default=1,
+        help="torch's intra-op CPU threads, 1 to 1024 (default: %(default)s: these small models gain little from "
+        "more, and more threads than free cores slow torch down several times on a shared CPU)",
+    )
+    ev.add_argument("--epochs", type=int, default=None, help="epochs when the model is trained here")
+    ev.add_argument(
+        "--batch-size",
+        type=int,
+        default=128,
+        help="batch size of attacks and detectors, 1 to 65536 (default: %(default)s)",
+    )
+    ev.add_argument(
+        "--target-fpr",
+        type=float,
+        default=0.05,
+        help="the operating point: every TPR / FPR / flag rate is taken at the threshold flagging this share of "
+        "held-out clean images (default: %(default)s)",
+    )
+    ev.add_argument(
+        "--tau",
+        type=float,
+        default=None,
+        help="many-class heads: Fisher metrics over the classes holding 1 - TAU of each sample's probability "
+        "(a lower bound at fewer backward passes; default: exact)",
+    )
+    ev.add_argument(
+        "--adaptive",
+        action="store_true",
+        help="also attack classifier + detector together (ART's PGD L-inf at --eps and L2 on DetectorClassifier) "
+        "for every detector with input gradients; several minutes",
+    )
+    ev.add_argument("--output", default=_DEFAULT_OUTPUT, help="output folder (default: ./%(default)s)")
+    ev.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bar and no log lines below warnings; the tables, the model path and the report path",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the ``art-fisher`` argument parser."""
-    from art_fisher.data.loaders import DATASETS
+    from art_fisher.data._loaders import DATASETS
     from art_fisher.evaluation import ATTACKS, DEFAULT_ATTACKS, DEFAULT_DETECTORS, DETECTORS
-    from art_fisher.models import ARCHITECTURES
+    from art_fisher.models._architectures import ARCHITECTURES
 
     parser = _OneLineParser(
         prog="art-fisher",
@@ -199,80 +260,58 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--dataset", choices=DATASETS, default="digits", help="data set (default: %(default)s)")
     ev.add_argument("--data-dir", default=None, help="folder with the MNIST / CIFAR-10 files (nothing is downloaded)")
     ev.add_argument(
-        "--data", default=None, metavar="FILE.npz",
+        "--data",
+        default=None,
+        metavar="FILE.npz",
         help="your images instead of --dataset: an .npz with x_train, y_train, x_test, y_test (images (N, C, H, W), "
         "uint8 or floats in [0, 1]; integer or one-hot labels); x_test is attacked, x_train is the reference",
-    )  # fmt: skip
+    )
     ev.add_argument(
-        "--model", default=None,
+        "--model",
+        default=None,
         help="a torch.export archive (.pt2, torch.export.save of the model in eval mode with a dynamic batch size), "
         "or a state dict of --arch (loaded with torch.load(weights_only=True)); default: train --arch here",
-    )  # fmt: skip
+    )
     ev.add_argument(
-        "--clip-values", type=_clip, default=None, metavar="LOW,HIGH",
+        "--clip-values",
+        type=_clip,
+        default=None,
+        metavar="LOW,HIGH",
         help="the range of --model's inputs, the attacks' clip range (default: 0,1)",
-    )  # fmt: skip
+    )
     ev.add_argument(
-        "--mean", type=_floats, default=None, metavar="M[,M,...]",
+        "--mean",
+        type=_floats,
+        default=None,
+        metavar="M[,M,...]",
         help="--model's input standardisation (x - mean) / std, one value or one per channel, applied as ART's "
         "preprocessing (attacks and detectors see inputs in the clip range)",
-    )  # fmt: skip
+    )
     ev.add_argument("--std", type=_floats, default=None, metavar="S[,S,...]", help="see --mean (default: 1)")
     ev.add_argument(
-        "--arch", choices=sorted(ARCHITECTURES), default=None,
+        "--arch",
+        choices=sorted(ARCHITECTURES),
+        default=None,
         help="architecture of --model or of the model trained here "
         "(default: small_cnn; mnist_cnn for mnist, cifar_cnn for cifar10)",
-    )  # fmt: skip
+    )
     ev.add_argument(
-        "--attacks", default=",".join(DEFAULT_ATTACKS),
+        "--attacks",
+        default=",".join(DEFAULT_ATTACKS),
         help=f"comma-separated, from {', '.join(ATTACKS)} (default: %(default)s)",
-    )  # fmt: skip
+    )
     ev.add_argument(
-        "--eps", type=float, default=None,
+        "--eps",
+        type=float,
+        default=None,
         help="L-inf budget of FGSM and PGD in [0, 1] pixel units (default: 0.2 digits, 0.3 mnist, 8/255 cifar10)",
-    )  # fmt: skip
+    )
     ev.add_argument(
-        "--detectors", default=None,
+        "--detectors",
+        default=None,
         help=f"comma-separated, from {', '.join(DETECTORS)} (default: {','.join(DEFAULT_DETECTORS)})",
-    )  # fmt: skip
-    ev.add_argument("--n-samples", type=int, default=300, help="test images to attack (default: %(default)s)")
-    ev.add_argument("--seed", type=int, default=0, help="seed of everything (default: %(default)s)")
-    ev.add_argument(
-        "--seeds", default=None,
-        help="comma-separated seeds, e.g. 0,1,2: one run per seed (model, images, splits) and every table as "
-        "mean ± sd, with the detection-aware security curve (replaces --seed)",
-    )  # fmt: skip
-    ev.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: %(default)s)")
-    ev.add_argument(
-        "--threads", type=_threads, default=1,
-        help="torch's intra-op CPU threads, 1 to 1024 (default: %(default)s: these small models gain little from "
-        "more, and more threads than free cores slow torch down several times on a shared CPU)",
-    )  # fmt: skip
-    ev.add_argument("--epochs", type=int, default=None, help="epochs when the model is trained here")
-    ev.add_argument(
-        "--batch-size", type=int, default=128,
-        help="batch size of attacks and detectors, 1 to 65536 (default: %(default)s)",
-    )  # fmt: skip
-    ev.add_argument(
-        "--target-fpr", type=float, default=0.05,
-        help="the operating point: every TPR / FPR / flag rate is taken at the threshold flagging this share of "
-        "held-out clean images (default: %(default)s)",
-    )  # fmt: skip
-    ev.add_argument(
-        "--tau", type=float, default=None,
-        help="many-class heads: Fisher metrics over the classes holding 1 - TAU of each sample's probability "
-        "(a lower bound at fewer backward passes; default: exact)",
-    )  # fmt: skip
-    ev.add_argument(
-        "--adaptive", action="store_true",
-        help="also attack classifier + detector together (ART's PGD L-inf at --eps and L2 on DetectorClassifier) "
-        "for every detector with input gradients; several minutes",
-    )  # fmt: skip
-    ev.add_argument("--output", default=_DEFAULT_OUTPUT, help="output folder (default: ./%(default)s)")
-    ev.add_argument(
-        "--quiet", action="store_true",
-        help="no progress bar and no log lines below warnings; the tables, the model path and the report path",
-    )  # fmt: skip
+    )
+    _add_run_arguments(ev)
     ev.set_defaults(func=_run_evaluate)
     return parser
 

@@ -22,7 +22,7 @@ from art.estimators.classification import PyTorchClassifier
 from sklearn.metrics import roc_auc_score
 
 from art_fisher import FisherInformationDetector
-from art_fisher.data.loaders import load_digits
+from art_fisher.data import load_digits
 from art_fisher.models import SmallCNN, train_model
 
 

@@ -18,9 +18,9 @@ import argparse
 import json
 import logging
 
-from nni_lease.oneshot.workflow import RetrainConfig, SearchConfig
-from nni_lease.runtime.experiment import run_experiment, sigterm_as_interrupt
-from nni_lease.runtime.hpo import TrialConfig, build_hpo_experiment
+from nni_lease.oneshot import RetrainConfig, SearchConfig
+from nni_lease.runtime._experiment import run_experiment, sigterm_as_interrupt
+from nni_lease.runtime._hpo import TrialConfig, build_hpo_experiment
 
 
 def main() -> None:
@@ -34,8 +34,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
 
-    # An nni.experiment.Experiment: search space nni_lease.runtime.hpo.SEARCH_SPACE, TPE maximising the retrained
-    # validation accuracy, trial command `python -m nni_lease.runtime.hpo trial --config '<JSON>'` (shell-quoted).
+    # An nni.experiment.Experiment: search space nni_lease.runtime._hpo.SEARCH_SPACE, TPE maximising the retrained
+    # validation accuracy, trial command `python -m nni_lease.runtime._hpo trial --config '<JSON>'` (shell-quoted).
     experiment = build_hpo_experiment(
         max_trials=args.max_trials,
         concurrency=args.concurrency,

@@ -5,7 +5,7 @@ Run from the repository root (about a minute on a laptop CPU)::
     python examples/lease_oneshot_digits.py [--smoke]
 
 It is the NNI idiom ``NasExperiment(model_space, evaluator, strategy).run()`` with ``LeaSE`` where one
-would write ``DARTS``. (``nni_lease.oneshot.workflow.search_oneshot`` and ``retrain_architecture`` do the
+would write ``DARTS``. (``nni_lease.oneshot._workflow.search_oneshot`` and ``retrain_architecture`` do the
 same with files written, as ``nni-lease search`` / ``nni-lease retrain`` do.) NNI writes its experiment
 records under ``~/nni-experiments`` (set ``HOME`` or ``experiment.config.experiment_working_directory``
 to put them elsewhere). ``--smoke`` runs it at a tiny
@@ -18,10 +18,8 @@ import torch
 from nni.nas.evaluator.pytorch import Classification, DataLoader
 from nni.nas.experiment import NasExperiment
 
-from nni_lease import LeaSE
-from nni_lease.data import DigitsDataset
-from nni_lease.oneshot.retrain import retrain
-from nni_lease.spaces import LeaseCellSpace
+from nni_lease import DigitsDataset, LeaSE, LeaseCellSpace
+from nni_lease.oneshot import retrain
 
 
 def main() -> None:

@@ -6,19 +6,19 @@ to make both learn well.
 
 Public names (imported lazily, so that ``import nni_lease`` stays light):
 
-- :class:`LeaSE` (:mod:`nni_lease.oneshot.strategy`): the one-shot strategy, a drop-in for NNI's ``DARTS``;
-- :class:`LeaseSettings` (:mod:`nni_lease.core.settings`): every LeaSE option, in one object;
-- :class:`LeaseStep` (:mod:`nni_lease.core.step`): the LeaSE step shared by the strategy and the trial;
-- :func:`pgd_explain` (:mod:`nni_lease.core.explain`): explanations ``δ`` and the listener's input;
-- :func:`search_oneshot`, :func:`retrain_architecture` (:mod:`nni_lease.oneshot.workflow`): the one-shot workflow;
-- :func:`default_listener` (:mod:`nni_lease.core.listener`): the default listener CNN;
-- :class:`LeaseCellSpace` (:mod:`nni_lease.spaces`): a small cell space for digits / MNIST / CIFAR-10;
-- :class:`DartsSpace` (:mod:`nni_lease.darts_space`): NNI's hub DARTS cell space, also for grey images;
-- :class:`DigitsDataset`, :class:`MnistDataset`, :class:`Cifar10Dataset` (:mod:`nni_lease.data`): trace-safe data sets;
-- :func:`retrain` (:mod:`nni_lease.oneshot.retrain`): train an exported architecture from scratch;
-- :class:`LeaseMultiTrial` (:mod:`nni_lease.multitrial.strategy`): the multi-trial strategy for NNI experiments;
-- :func:`lease_evaluator`, :func:`evaluate_lease` (:mod:`nni_lease.multitrial.trial`): the explainer/listener trial;
-- :func:`run_multitrial` (:mod:`nni_lease.runtime.experiment`): start a multi-trial experiment with the web UI.
+- :class:`LeaSE` (:mod:`nni_lease.oneshot`): the one-shot strategy, a drop-in for NNI's ``DARTS``;
+- :class:`LeaseSettings` (:mod:`nni_lease.core`): every LeaSE option, in one object;
+- :class:`LeaseStep` (:mod:`nni_lease.core`): the LeaSE step shared by the strategy and the trial;
+- :func:`pgd_explain` (:mod:`nni_lease.core`): explanations ``δ`` and the listener's input;
+- :func:`search_oneshot`, :func:`retrain_architecture` (:mod:`nni_lease.oneshot`): the one-shot workflow;
+- :func:`default_listener` (:mod:`nni_lease.core`): the default listener CNN;
+- :class:`LeaseCellSpace`: a small cell space for digits / MNIST / CIFAR-10;
+- :class:`DartsSpace`: NNI's hub DARTS cell space, also for grey images;
+- :class:`DigitsDataset`, :class:`MnistDataset`, :class:`Cifar10Dataset`: trace-safe data sets;
+- :func:`retrain` (:mod:`nni_lease.oneshot`): train an exported architecture from scratch;
+- :class:`LeaseMultiTrial` (:mod:`nni_lease.multitrial`): the multi-trial strategy for NNI experiments;
+- :func:`lease_evaluator`, :func:`evaluate_lease` (:mod:`nni_lease.multitrial`): the explainer/listener trial;
+- :func:`run_multitrial` (:mod:`nni_lease.runtime`): start a multi-trial experiment with the web UI.
 """
 
 from importlib import import_module
@@ -47,27 +47,27 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
 _LAZY = {
-    "LeaSE": "nni_lease.oneshot.strategy",
-    "LeaseLightningModule": "nni_lease.oneshot.strategy",
-    "LeaseSettings": "nni_lease.core.settings",
-    "LeaseStep": "nni_lease.core.step",
-    "search_oneshot": "nni_lease.oneshot.workflow",
-    "retrain_architecture": "nni_lease.oneshot.workflow",
-    "SearchConfig": "nni_lease.oneshot.workflow",
-    "RetrainConfig": "nni_lease.oneshot.workflow",
-    "pgd_explain": "nni_lease.core.explain",
-    "Explanation": "nni_lease.core.explain",
-    "default_listener": "nni_lease.core.listener",
-    "LeaseCellSpace": "nni_lease.spaces",
-    "DartsSpace": "nni_lease.darts_space",
-    "DigitsDataset": "nni_lease.data",
-    "MnistDataset": "nni_lease.data",
-    "Cifar10Dataset": "nni_lease.data",
-    "retrain": "nni_lease.oneshot.retrain",
-    "LeaseMultiTrial": "nni_lease.multitrial.strategy",
-    "lease_evaluator": "nni_lease.multitrial.trial",
-    "evaluate_lease": "nni_lease.multitrial.trial",
-    "run_multitrial": "nni_lease.runtime.experiment",
+    "LeaSE": "nni_lease.oneshot",
+    "LeaseLightningModule": "nni_lease.oneshot",
+    "LeaseSettings": "nni_lease.core",
+    "LeaseStep": "nni_lease.core",
+    "search_oneshot": "nni_lease.oneshot",
+    "retrain_architecture": "nni_lease.oneshot",
+    "SearchConfig": "nni_lease.oneshot",
+    "RetrainConfig": "nni_lease.oneshot",
+    "pgd_explain": "nni_lease.core",
+    "Explanation": "nni_lease.core",
+    "default_listener": "nni_lease.core",
+    "LeaseCellSpace": "nni_lease._spaces",
+    "DartsSpace": "nni_lease._darts_space",
+    "DigitsDataset": "nni_lease._data",
+    "MnistDataset": "nni_lease._data",
+    "Cifar10Dataset": "nni_lease._data",
+    "retrain": "nni_lease.oneshot",
+    "LeaseMultiTrial": "nni_lease.multitrial",
+    "lease_evaluator": "nni_lease.multitrial",
+    "evaluate_lease": "nni_lease.multitrial",
+    "run_multitrial": "nni_lease.runtime",
 }
 
 __all__ = ["__version__"]

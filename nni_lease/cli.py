@@ -1,10 +1,10 @@
 """Command line interface: ``nni-lease search`` and ``nni-lease retrain``.
 
-``nni-lease search --mode oneshot`` calls :func:`nni_lease.oneshot.workflow.search_oneshot` (files:
+``nni-lease search --mode oneshot`` calls :func:`nni_lease.oneshot.search_oneshot` (files:
 ``architecture.json``, ``metrics.csv``, ``curves.png`` in ``--output``); ``--mode multi-trial`` runs
-:class:`nni_lease.multitrial.strategy.LeaseMultiTrial` under the NNI manager (web UI); ``--mode hpo`` tunes LeaSE's
-γ, ε and steps in an NNI HPO experiment (:mod:`nni_lease.runtime.hpo`). ``nni-lease retrain ARCHITECTURE_JSON``
-calls :func:`nni_lease.oneshot.workflow.retrain_architecture` and writes ``retrain.json``.
+:class:`nni_lease.multitrial.LeaseMultiTrial` under the NNI manager (web UI); ``--mode hpo`` tunes LeaSE's
+γ, ε and steps in an NNI HPO experiment (:mod:`nni_lease.runtime`). ``nni-lease retrain ARCHITECTURE_JSON``
+calls :func:`nni_lease.oneshot.retrain_architecture` and writes ``retrain.json``.
 
 Every option belongs to the modes that use it (:data:`SEARCH_OPTIONS`); an option given to a mode that
 would ignore it is an error, as is any bad value, and all of this is checked before any folder, file
@@ -23,30 +23,29 @@ from pathlib import Path
 from typing import Any
 
 from nni_lease import __version__
-from nni_lease.cli_options import (
+from nni_lease._cli_options import (
     _LEASE_DESTS,
     MODES,
     SEARCH_OPTIONS,
     _dest,
-    _FormerSpellings,
     _limited,
     _modes_text,
     _positive_float,
     _seed,
 )
-from nni_lease.limits import MAX_BATCH_SIZE, MAX_EPOCHS
+from nni_lease._limits import MAX_BATCH_SIZE, MAX_EPOCHS
 
 logger = logging.getLogger(__name__)
 
 
 def _lease_settings(args: argparse.Namespace, names: Sequence[str]) -> Any:
-    from nni_lease.core.settings import LeaseSettings
+    from nni_lease.core._settings import LeaseSettings
 
     return LeaseSettings.from_options(**{n: getattr(args, n) for n in names}, seed=args.seed)
 
 
 def _search_config(args: argparse.Namespace) -> Any:
-    from nni_lease.oneshot.workflow import SearchConfig
+    from nni_lease.oneshot._config import SearchConfig
 
     return SearchConfig(
         dataset=args.dataset,
@@ -67,7 +66,7 @@ def _search_config(args: argparse.Namespace) -> Any:
 
 
 def _search_oneshot(args: argparse.Namespace) -> int:
-    from nni_lease.oneshot.workflow import ARCHITECTURE_FILE, CURVES_FILE, METRICS_FILE, search_oneshot
+    from nni_lease.oneshot._workflow import ARCHITECTURE_FILE, CURVES_FILE, METRICS_FILE, search_oneshot
 
     config, settings = _search_config(args), _lease_settings(args, _LEASE_DESTS)
     result = search_oneshot(args.output, config=config, settings=settings)
@@ -85,7 +84,8 @@ def _search_oneshot(args: argparse.Namespace) -> int:
 
 def _run_nni_experiment(args: argparse.Namespace, start: Callable[..., Any]) -> int:
     """Shared part of the modes that run under the NNI manager: messages, Ctrl-C / SIGTERM, exit code."""
-    from nni_lease.runtime.experiment import PortInUseError, sigterm_as_interrupt
+    from nni_lease.runtime._experiment import sigterm_as_interrupt
+    from nni_lease.runtime._manager import PortInUseError
 
     def started(url: str, experiment_id: str) -> None:  # an exposure warning (--host) is logged just before
         print(f"experiment {experiment_id}: web UI at {url}  (Ctrl-C stops the experiment)", flush=True)
@@ -115,11 +115,13 @@ def _run_nni_experiment(args: argparse.Namespace, start: Callable[..., Any]) -> 
 
 
 def _search_multitrial(args: argparse.Namespace) -> int:
-    from nni_lease.multitrial.strategy import LeaseMultiTrial
-    from nni_lease.multitrial.trial import TRIAL_LEASE_OPTIONS, lease_evaluator
-    from nni_lease.oneshot.workflow import SearchConfig, load_splits, space_kwargs
-    from nni_lease.runtime.experiment import build_config, run_multitrial
-    from nni_lease.spaces import build_space
+    from nni_lease._spaces import build_space
+    from nni_lease.multitrial._strategy import LeaseMultiTrial
+    from nni_lease.multitrial._trial import TRIAL_LEASE_OPTIONS, lease_evaluator
+    from nni_lease.oneshot._config import SearchConfig
+    from nni_lease.oneshot._workflow import load_splits, space_kwargs
+    from nni_lease.runtime._config import build_config
+    from nni_lease.runtime._experiment import run_multitrial
 
     config = SearchConfig(
         dataset=args.dataset,
@@ -178,9 +180,9 @@ def _search_multitrial(args: argparse.Namespace) -> int:
 
 
 def _search_hpo(args: argparse.Namespace) -> int:
-    from nni_lease.oneshot.workflow import RetrainConfig
-    from nni_lease.runtime.experiment import run_experiment
-    from nni_lease.runtime.hpo import TUNED_OPTIONS, TrialConfig, build_hpo_experiment, check_resumable
+    from nni_lease.oneshot._config import RetrainConfig
+    from nni_lease.runtime._experiment import run_experiment
+    from nni_lease.runtime._hpo import TUNED_OPTIONS, TrialConfig, build_hpo_experiment, check_resumable
 
     fixed = [n for n in _LEASE_DESTS if n not in TUNED_OPTIONS and n in args.given]
     config = TrialConfig(
@@ -251,7 +253,8 @@ def _search(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------- retrain
 def _retrain(args: argparse.Namespace) -> int:
-    from nni_lease.oneshot.workflow import RetrainConfig, retrain_architecture
+    from nni_lease.oneshot._config import RetrainConfig
+    from nni_lease.oneshot._workflow import retrain_architecture
 
     config = RetrainConfig(
         epochs=args.epochs,
@@ -313,9 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--output", default=None, help="result JSON (default: retrain.json beside the input)")
     retrain.add_argument(
         "--data-dir",
-        "--data-root",
         default=None,
-        action=_FormerSpellings,
         help="MNIST / CIFAR-10 folder (default: the one used in the search)",
     )
     retrain.add_argument("--seed", type=_seed, default=0, help="seed of the initialisation and shuffling")
@@ -337,8 +338,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     package_logger = logging.getLogger("nni_lease")
     package_logger.addHandler(handler)
     package_logger.setLevel(logging.INFO)
-    # retraining runs art_fisher.models.train_model, which logs each epoch when there is no progress bar
-    train_logger = logging.getLogger("art_fisher.models")
+    # retraining runs art_fisher.models._architectures.train_model, which logs each epoch when there is no progress bar
+    train_logger = logging.getLogger("art_fisher.models._architectures")
     train_logger.addHandler(handler)
     train_logger.setLevel(logging.INFO)
     os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -113,8 +113,12 @@ _WITHOUT_NNI = textwrap.dedent(
 def _run_without_nni(code: str, *, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-c", _WITHOUT_NNI + textwrap.dedent(code)],
-        capture_output=True, text=True, cwd=ROOT, timeout=timeout, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def test_art_fisher_imports_without_nni_and_nni_lease_names_the_extra():
@@ -138,7 +142,7 @@ def test_art_fisher_imports_without_nni_and_nni_lease_names_the_extra():
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.splitlines()[-1])
-    assert "art_fisher.evaluation.workflow" in out["modules"] and "art_fisher.cli" in out["modules"]
+    assert "art_fisher.evaluation._workflow" in out["modules"] and "art_fisher.cli" in out["modules"]
     assert out["nni_lease"] is not None and 'pip install "art-fisher-lease[lease]"' in out["nni_lease"]
 
 

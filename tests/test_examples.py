@@ -19,10 +19,22 @@ EXAMPLES = ROOT / "examples"
 
 
 def _run(script: str, *args: str, home: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg", "HOME": str(home),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}  # fmt: skip
-    proc = subprocess.run([sys.executable, str(EXAMPLES / script), *args], check=False,
-                          capture_output=True, text=True, timeout=600, env=env, cwd=home)  # fmt: skip
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MPLBACKEND": "Agg",
+        "HOME": str(home),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / script), *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=home,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -53,8 +65,9 @@ def test_lease_oneshot_digits(tmp_path):
 
 
 def test_hpo_experiment_builds_its_experiment(tmp_path):
-    proc = _run("hpo_experiment.py", "--dry-run", "--max-trials", "2", "--experiment-dir", str(tmp_path / "exp"),
-                home=tmp_path)  # fmt: skip
+    proc = _run(
+        "hpo_experiment.py", "--dry-run", "--max-trials", "2", "--experiment-dir", str(tmp_path / "exp"), home=tmp_path
+    )
     config = json.loads(proc.stdout[proc.stdout.index("{") :])
-    assert config["maxTrialNumber"] == 2 and "nni_lease.runtime.hpo trial" in config["trialCommand"]
+    assert config["maxTrialNumber"] == 2 and "nni_lease.runtime._hpo trial" in config["trialCommand"]
     assert not (tmp_path / "exp").exists() or not any((tmp_path / "exp").iterdir())  # nothing started

@@ -1,13 +1,9 @@
-"""Attacks that know the detector: exact input gradients and ART models built on them.
+"""Attacks that know the detector: classifier and detector as one ART model with an attacker's loss.
 
-- :mod:`~art_fisher.adversarial.gradients`: which detectors are differentiable, and the torch
-  rewrite of their estimators (:class:`NotDifferentiableError` otherwise);
-- :mod:`~art_fisher.adversarial.art_classifier`: the detection logit as a one-output ART classifier;
-- :mod:`~art_fisher.adversarial.adaptive_classifier`: :class:`AdaptiveDetectorClassifier`, classifier and
-  detector as one ART model with an attacker's loss.
+:class:`AdaptiveDetectorClassifier` is ART's ``DetectorClassifier`` with exact gradients of all C + 1
+logits; the detection logit it differentiates lives in :mod:`art_fisher.detection`.
 """
 
-from art_fisher.adversarial.adaptive_classifier import AdaptiveDetectorClassifier
-from art_fisher.adversarial.gradients import NotDifferentiableError
+from art_fisher.adversarial._adaptive_classifier import AdaptiveDetectorClassifier
 
-__all__ = ["AdaptiveDetectorClassifier", "NotDifferentiableError"]
+__all__ = ["AdaptiveDetectorClassifier"]

@@ -1,24 +1,26 @@
-"""The Fisher-information detector and its parts.
+"""Adversarial-example detectors for ART: features, a scikit-learn estimator, a threshold.
 
-- :mod:`~art_fisher.detection.detector`: :class:`FisherInformationDetector`, an ART ``EvasionDetector``;
-- :mod:`~art_fisher.detection.features`: the Fisher metrics as a feature matrix, and their options;
-- :mod:`~art_fisher.detection.estimators`: :class:`FisherFeatures` and :class:`ThresholdClassifier`,
-  scikit-learn estimators;
-- :mod:`~art_fisher.detection.decision`: the estimators a detector fits on those features by default;
-- :mod:`~art_fisher.detection.calibration`: :class:`QuantileOutlierDetector`, clean-only calibration;
-- :mod:`~art_fisher.detection.transforms`: :class:`LogTransformer`;
-- :mod:`~art_fisher.detection.persistence`: detector files (``skops``).
+:class:`FisherInformationDetector` (an ART ``EvasionDetector``) computes the Fisher metrics of each input
+as features (:class:`FisherFeatures`) and fits an estimator on them (:class:`ThresholdClassifier`,
+:class:`QuantileOutlierDetector` for clean-only calibration, any scikit-learn pipeline, with
+:class:`LogTransformer`); :class:`StackedDetector` adds layer-density scores. The detection logit
+(:class:`DetectionLogitClassifier`) is the decision as a differentiable one-output ART classifier;
+:class:`NotDifferentiableError` says when a detector has no input gradient.
 """
 
-from art_fisher.detection.calibration import QuantileOutlierDetector
-from art_fisher.detection.detector import FisherInformationDetector
-from art_fisher.detection.estimators import FisherFeatures, ThresholdClassifier
-from art_fisher.detection.transforms import LogTransformer
+from art_fisher.detection._calibration import QuantileOutlierDetector
+from art_fisher.detection._detector import FisherInformationDetector
+from art_fisher.detection._estimators import FisherFeatures, LogTransformer, ThresholdClassifier
+from art_fisher.detection._logit import DetectionLogitClassifier, NotDifferentiableError
+from art_fisher.detection._stacked import StackedDetector
 
 __all__ = [
+    "DetectionLogitClassifier",
     "FisherFeatures",
     "FisherInformationDetector",
     "LogTransformer",
+    "NotDifferentiableError",
     "QuantileOutlierDetector",
+    "StackedDetector",
     "ThresholdClassifier",
 ]

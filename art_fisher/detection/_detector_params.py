@@ -1,8 +1,8 @@
-"""Parameters of :class:`~art_fisher.detection.detector.FisherInformationDetector`: constructor, checks, set_params.
+"""Parameters of :class:`~art_fisher.detection.FisherInformationDetector`: constructor, checks, set_params.
 
 ART's ``EvasionDetector`` keeps a detector's settings as attributes named in ``defence_params``, which
 ``get_params`` reads and ``set_params`` writes; this base class holds that part (the parameters are
-documented on :class:`~art_fisher.detection.detector.FisherInformationDetector`).
+documented on :class:`~art_fisher.detection.FisherInformationDetector`).
 """
 
 from __future__ import annotations
@@ -16,27 +16,28 @@ from typing import Any, ClassVar
 from art.defences.detector.evasion import EvasionDetector
 from sklearn.exceptions import NotFittedError
 
-from art_fisher._deprecation import DEPRECATED, renamed
-from art_fisher.detection import features as _features
-from art_fisher.detection.decision import estimator_kind
+from art_fisher.detection import _features
+from art_fisher.detection._decision import estimator_kind
 
-logger = logging.getLogger("art_fisher.detection.detector")
-
-__all__ = ["THRESHOLDS", "DetectorParameters"]
+logger = logging.getLogger(__name__)
 
 #: The named decision thresholds (a detector's ``threshold`` may also be a number).
 THRESHOLDS = ("target_fpr", "estimator")
-#: Former parameter names -> current ones (accepted with a DeprecationWarning until the next release).
-_RENAMED = {"batch_size": "chunk_size", "epsilon": "fd_step"}
 
 
 class DetectorParameters(EvasionDetector):
     """Constructor, parameter checks and ``set_params`` of a Fisher information detector (no fit)."""
 
     defence_params: ClassVar[list[str]] = [
-        "classifier", "metrics", "estimator", "target_fpr", "threshold", "chunk_size",
-        *(name for name in _features.OPTION_NAMES if name != "metrics"), "progress",
-    ]  # fmt: skip
+        "classifier",
+        "metrics",
+        "estimator",
+        "target_fpr",
+        "threshold",
+        "chunk_size",
+        *(name for name in _features.OPTION_NAMES if name != "metrics"),
+        "progress",
+    ]
 
     def __init__(
         self,
@@ -57,8 +58,6 @@ class DetectorParameters(EvasionDetector):
         fd_step: float = _features.DEFAULT_OPTIONS.fd_step,
         tau: float | None = _features.DEFAULT_OPTIONS.tau,
         progress: bool = False,
-        batch_size: Any = DEPRECATED,
-        epsilon: Any = DEPRECATED,
     ) -> None:
         super().__init__()
         self.classifier = classifier
@@ -66,7 +65,7 @@ class DetectorParameters(EvasionDetector):
         self.estimator = estimator
         self.target_fpr = target_fpr
         self.threshold = threshold
-        self.chunk_size = renamed("batch_size", batch_size, "chunk_size", chunk_size, default=128)
+        self.chunk_size = chunk_size
         self.output = output
         self.direction = direction
         self.blockwise = blockwise
@@ -74,7 +73,7 @@ class DetectorParameters(EvasionDetector):
         self.classes = classes
         self.params = params
         self.method = method
-        self.fd_step = renamed("epsilon", epsilon, "fd_step", fd_step, default=_features.DEFAULT_OPTIONS.fd_step)
+        self.fd_step = fd_step
         self.tau = tau
         self.progress = progress
         self._check_params()
@@ -107,8 +106,7 @@ class DetectorParameters(EvasionDetector):
 
         Changing a parameter that alters the features or the decision (anything but ``chunk_size`` and
         ``progress``, and ``target_fpr`` after a fit with labels whose ``threshold`` is not ``"target_fpr"``)
-        discards a previous fit. The deprecated
-        names ``batch_size`` and ``epsilon`` set ``chunk_size`` and ``fd_step``, with a DeprecationWarning.
+        discards a previous fit.
 
         Raises
         ------
@@ -117,9 +115,6 @@ class DetectorParameters(EvasionDetector):
         TypeError
             If ``classifier`` or ``estimator`` is of an unusable type (then nothing changes).
         """
-        for old, new in _RENAMED.items():
-            if old in kwargs:
-                kwargs[new] = renamed(old, kwargs.pop(old), new, kwargs.get(new, DEPRECATED), default=DEPRECATED)
         unknown = sorted(set(kwargs) - set(self.defence_params))
         if unknown:
             raise ValueError(f"Unknown parameters {unknown}; valid ones are {self.defence_params}.")

@@ -2,36 +2,29 @@
 
 ``evaluate(...)`` (also ``art_fisher.evaluate`` and ``art-fisher evaluate``) runs it end to end;
 ``prepare(...)`` checks the arguments and loads the data without writing anything, ``run(plan)`` does the
-work. One module per part:
+work. The parts, one module per concept:
 
-- :mod:`.attacks`: the attack registry (:data:`ATTACKS`) and adversarial-example generation;
-- :mod:`.registry`: the detector registry (:data:`DETECTORS`), built from :mod:`.fisher_runs` (the Fisher
-  detectors, supervised and clean-calibrated) and :mod:`.baselines` (ART's detectors, the classifier's
-  confidence); :mod:`.base` holds what every detector adapter shares;
-- :mod:`.model_cache`: the classifier, given or trained here and cached;
-- :mod:`.protocol`: the detector-train / detector-test split and the fit-on-one, score-on-every-attack
-  measurement;
-- :mod:`.field_baselines` (Mahalanobis, LID, energy) and :mod:`.stacked_runs` (the stacked detector and its
-  ablation): further registry entries;
-- :mod:`.operating_point`: every rate at one clean false-positive rate (``target_fpr``);
-- :mod:`.adaptive_attacks`: attacks that know the detector (``adaptive=True``), on every differentiable detector;
-- :mod:`.security_curve`: robust accuracy of classifier + detector against the PGD budget;
-- :mod:`.seeds`: the run over several seeds, every number as mean ± sd; :mod:`.art_evaluation`: the
-  evaluation as an ART ``Evaluation``;
-- :mod:`.workflow`: the run; :mod:`.report` and :mod:`.plots`: what it writes.
+- the configuration, the run and its results (``_workflow``);
+- the classifier, given or trained here and cached (``_model``);
+- the attacks, the registry (:data:`ATTACKS`) and the adaptive attacks that know the detector (``_attacks``);
+- the protocol: the detector-train / detector-test split, the fit-on-one, score-on-every-attack measurement
+  and every rate at one clean false-positive rate (``_protocol``);
+- the detectors compared, their registry (:data:`DETECTORS`) and adapters (:mod:`.detectors`);
+- the robust accuracy of classifier + detector against the PGD budget (``_security_curve``);
+- the run over several seeds, every number as mean ± sd (``_seeds``);
+- what a run writes, tables and figures (:mod:`.report`);
+- the evaluation as an ART ``Evaluation`` (:class:`DetectionEvaluation`).
 """
 
-from art_fisher.evaluation.art_evaluation import DetectionEvaluation
-from art_fisher.evaluation.attacks import (
+from art_fisher.evaluation._art_evaluation import DetectionEvaluation
+from art_fisher.evaluation._attacks import (
     ATTACKS,
     DEFAULT_ATTACKS,
     DEFAULT_EPS,
     AttackSpec,
 )
-from art_fisher.evaluation.base import DetectorRun, DetectorSpec, RunContext, Scored
-from art_fisher.evaluation.registry import DEFAULT_DETECTORS, DETECTORS
-from art_fisher.evaluation.seeds import SeedsResult, evaluate_seeds
-from art_fisher.evaluation.workflow import (
+from art_fisher.evaluation._seeds import SeedsResult, evaluate_seeds
+from art_fisher.evaluation._workflow import (
     DEFAULT_ARCH,
     DEFAULT_EPOCHS,
     EvaluationPlan,
@@ -40,6 +33,7 @@ from art_fisher.evaluation.workflow import (
     prepare,
     run,
 )
+from art_fisher.evaluation.detectors import DEFAULT_DETECTORS, DETECTORS, DetectorRun, DetectorSpec, RunContext, Scored
 
 __all__ = [
     "ATTACKS",

@@ -9,12 +9,12 @@ distribution is
     F(x) = \sum_c p_c \nabla_θ \log p_c \nabla_θ \log p_c^\top = J^\top S J,
     \qquad S = \operatorname{diag}(p) - p p^\top .
 
-``F`` is never formed. Each metric lives in its own module: :mod:`~art_fisher.metrics.trace` (trace,
-per-tensor traces, λ_max), :mod:`~art_fisher.metrics.quadratic_form`,
-:mod:`~art_fisher.metrics.sensitivity`; :mod:`~art_fisher.metrics.basis` holds ``S`` and its factors,
+``F`` is never formed. Each metric lives in its own module: :mod:`art_fisher.metrics` (trace,
+per-tensor traces, λ_max), :mod:`art_fisher.metrics`,
+:mod:`art_fisher.metrics`; :mod:`art_fisher.metrics` holds ``S`` and its factors,
 :mod:`~art_fisher.metrics.engine` the per-sample Gram blocks ``K_k = J_k J_kᵀ`` of each parameter
 tensor (forward hooks and one module per layer type, ``torch.func`` for everything else), and
-:mod:`~art_fisher.metrics.finite_difference` the original algorithm.
+:mod:`art_fisher.metrics` the original algorithm.
 
 The model may return logits, log-probabilities or probabilities (``output=``); a terminal
 ``log_softmax`` / ``softmax`` is read through to its logits. The model is never modified:
@@ -24,10 +24,10 @@ training mode one sample's output depends on the batch or on chance. Every sampl
 result is checked: a non-finite one is a ValueError naming the samples.
 """
 
-from art_fisher.metrics.quadratic_form import fisher_quadratic_form
-from art_fisher.metrics.sensitivity import fisher_sensitivity
-from art_fisher.metrics.top_mass import TraceEstimate, fisher_trace_estimate
-from art_fisher.metrics.trace import BlockTraces, fisher_block_traces, fisher_max_eigenvalue, fisher_trace
+from art_fisher.metrics._quadratic_form import fisher_quadratic_form
+from art_fisher.metrics._sensitivity import fisher_sensitivity
+from art_fisher.metrics._top_mass import TraceEstimate, fisher_trace_estimate
+from art_fisher.metrics._trace import BlockTraces, fisher_block_traces, fisher_max_eigenvalue, fisher_trace
 
 __all__ = [
     "BlockTraces",

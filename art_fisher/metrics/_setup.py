@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from art_fisher import _checks
-from art_fisher.metrics.directions import Direction
+from art_fisher.metrics._directions import Direction
 from art_fisher.metrics.engine.network import FunctionalNet
 from art_fisher.metrics.engine.recorder import Plan
 

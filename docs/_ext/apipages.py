@@ -6,7 +6,7 @@ under the first listed subpackage that exports it (where users import it from), 
 that defines it, else under the first listed module that exports it; the other modules, and the
 top-level ``art_fisher`` and ``nni_lease``, list it as a link. A
 ``missing-reference`` handler sends every other path of a documented object (e.g. the defining module's
-``art_fisher.detection.calibration.QuantileOutlierDetector``) to that page. The pages therefore follow the
+``art_fisher.detection._calibration.QuantileOutlierDetector``) to that page. The pages therefore follow the
 code: a name added to ``__all__`` appears, a name removed disappears, and nothing is copied by hand.
 """
 

@@ -1,7 +1,13 @@
 """The LeaSE step and its parts, in plain PyTorch (no NNI needed).
 
-- :mod:`~nni_lease.core.explain`: :func:`pgd_explain`, explanations by adversarial perturbation;
-- :mod:`~nni_lease.core.listener`: the default listener network;
-- :mod:`~nni_lease.core.settings`: :class:`LeaseSettings`, every LeaSE option;
-- :mod:`~nni_lease.core.step`: :class:`LeaseStep`, one LeaSE step shared by both search modes.
+explanations by adversarial perturbation
+(:func:`pgd_explain`), the default listener network, every LeaSE option (:class:`LeaseSettings`) and one
+LeaSE step shared by both search modes (:class:`LeaseStep`).
 """
+
+from nni_lease.core._explain import Explanation, pgd_explain
+from nni_lease.core._listener import default_listener
+from nni_lease.core._settings import LeaseSettings
+from nni_lease.core._step import LeaseStep
+
+__all__ = ["Explanation", "LeaseSettings", "LeaseStep", "default_listener", "pgd_explain"]

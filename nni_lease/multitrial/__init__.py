@@ -1,5 +1,10 @@
-"""Multi-trial LeaSE: the strategy that proposes architectures and the explainer/listener trial.
+"""Multi-trial LeaSE: the strategy and the explainer/listener trial.
 
-- :mod:`~nni_lease.multitrial.strategy`: :class:`LeaseMultiTrial`;
-- :mod:`~nni_lease.multitrial.trial`: :func:`lease_evaluator`, :func:`evaluate_lease`.
+The strategy that proposes architectures (:class:`LeaseMultiTrial`) and the
+explainer/listener trial (:func:`lease_evaluator`, :func:`evaluate_lease`).
 """
+
+from nni_lease.multitrial._strategy import LeaseMultiTrial
+from nni_lease.multitrial._trial import evaluate_lease, lease_evaluator
+
+__all__ = ["LeaseMultiTrial", "evaluate_lease", "lease_evaluator"]

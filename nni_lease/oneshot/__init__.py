@@ -1,8 +1,22 @@
 """One-shot LeaSE: the strategy, the search / retrain workflow, and retraining an exported architecture.
 
-The strategy is a drop-in for NNI's ``DARTS``; an exported architecture is trained from scratch.
-
-- :mod:`~nni_lease.oneshot.strategy`: :class:`LeaSE` and its Lightning module;
-- :mod:`~nni_lease.oneshot.workflow`: :func:`search_oneshot`, :func:`retrain_architecture`;
-- :mod:`~nni_lease.oneshot.retrain`: :func:`retrain`.
+The strategy (:class:`LeaSE`) is a drop-in for NNI's ``DARTS``; :func:`search_oneshot` and
+:func:`retrain_architecture` run the workflow; :func:`retrain` trains an exported architecture from scratch.
 """
+
+from nni_lease.oneshot._config import RetrainConfig, SearchConfig, SearchResult
+from nni_lease.oneshot._lightning import LeaseLightningModule
+from nni_lease.oneshot._retrain import retrain
+from nni_lease.oneshot._strategy import LeaSE
+from nni_lease.oneshot._workflow import retrain_architecture, search_oneshot
+
+__all__ = [
+    "LeaSE",
+    "LeaseLightningModule",
+    "RetrainConfig",
+    "SearchConfig",
+    "SearchResult",
+    "retrain",
+    "retrain_architecture",
+    "search_oneshot",
+]

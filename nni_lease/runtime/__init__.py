@@ -1,6 +1,9 @@
-"""Running NNI experiments: the experiment launcher, the guarded NNI manager and the HPO experiment.
+"""Running NNI experiments.
 
-- :mod:`~nni_lease.runtime.experiment`: :func:`run_multitrial` and the training-service configuration;
-- :mod:`~nni_lease.runtime.manager`: the manager bound to loopback, with its preload and watchdog;
-- :mod:`~nni_lease.runtime.hpo`: hyper-parameter search over one-shot LeaSE runs.
+The multi-trial experiment with its web UI (:func:`run_multitrial`), the NNI
+manager bound to loopback with its preload and watchdog, and hyper-parameter search over one-shot runs.
 """
+
+from nni_lease.runtime._experiment import MultiTrialResult, run_multitrial
+
+__all__ = ["MultiTrialResult", "run_multitrial"]

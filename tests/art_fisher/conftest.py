@@ -24,8 +24,8 @@ def digits_cnn() -> DigitsCNN:
     import torch
     from art.estimators.classification import PyTorchClassifier
 
-    from art_fisher.data.loaders import load_digits
-    from art_fisher.models import SmallCNN, train_model
+    from art_fisher.data._loaders import load_digits
+    from art_fisher.models._architectures import SmallCNN, train_model
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     data = load_digits()
@@ -63,3 +63,12 @@ def digits_attacks(digits_cnn) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         ok = clf.predict(x_adv).argmax(1) != y
         out[name] = (x[ok], x_adv[ok])
     return out
+
+
+@pytest.fixture(scope="module")
+def smooth_cnn():
+    """A smooth CNN as an ART classifier, its inputs and a logistic Fisher detector fitted on them."""
+    from tests.art_fisher.adaptive_cases import fitted_detector, smooth_classifier
+
+    clf, x = smooth_classifier("cnn")
+    return clf, x, fitted_detector(clf, x, "logistic")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -274,3 +275,33 @@ class Dense:
                 (dx_a,) = torch.autograd.grad(g_p @ vk, xx, retain_graph=True)
                 total = total + dx_a * dx_b
         return total
+
+
+TOL = 1e-8
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
+
+
+@functools.cache
+def cached_refs(name: str, names: tuple[str, ...] | None = None, label: tuple[int, ...] | None = None):
+    model, x = make_case(name)
+    return dense_refs(model, x, None if names is None else list(names), label=label)
+
+
+def dense_refs(model, x, names=None, output="logits", label=None):
+    d = Dense(model, names, output)
+    out = {k: [] for k in ("trace", "lam", "full", "block", "full_raw", "fis", "fis_full")}
+    for i, xi in enumerate(x):
+        f = d.fisher(xi)
+        out["trace"].append(f.trace())
+        out["lam"].append(torch.linalg.eigvalsh(f)[-1])
+        g = d.predicted_gradient(xi, None if label is None else int(label[i]))
+        v = g / g.norm()
+        out["full"].append(d.quad(xi, v, False))
+        out["block"].append(d.quad(xi, v, True))
+        out["full_raw"].append(d.quad(xi, g, False))
+        out["fis"].append(d.sensitivity(xi, v, True))
+        out["fis_full"].append(d.sensitivity(xi, v, False))
+    return {k: torch.stack(v) for k, v in out.items()}

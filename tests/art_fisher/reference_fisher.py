@@ -6,7 +6,7 @@ it works on its own copy of the model (the original edits the caller's parameter
 clones gradients instead of re-reading ``parameter.grad`` after ``zero_grad()`` (which aliases or
 not depending on the torch version). The network's output is used as the original uses it: as
 "log-softmax" output whose softmax gives the probabilities (for logits this gives the same sums, see
-:mod:`art_fisher.metrics.finite_difference`); ``output="probs"`` models are differenced through ``log p``.
+:mod:`art_fisher.metrics`); ``output="probs"`` models are differenced through ``log p``.
 
 Shared by ``tests/art_fisher/test_metrics*.py`` (oracle for ``method="finite_difference"``) and
 ``tests/benchmarks/bench_metrics.py`` (the baseline timings).

@@ -1,4 +1,4 @@
-"""Tests of :mod:`art_fisher._atomic`: the one atomic writer and the one output-folder check."""
+"""Tests of :mod:`art_fisher`: the one atomic writer and the one output-folder check."""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
-"""``art-fisher evaluate`` on the command line."""
+"""``art-fisher evaluate`` on the command line, MNIST's defaults and progress logging included."""
 
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 
@@ -10,7 +11,15 @@ import pytest
 import torch
 
 from art_fisher.cli import main
-from art_fisher.models import SmallCNN
+from art_fisher.models._architectures import SmallCNN
+from tests.fake_mnist import write_fake_mnist
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)
@@ -24,9 +33,28 @@ def _one_thread():
 
 def test_evaluate_prints_the_tables_and_writes_the_report(tmp_path, capsys):
     out = tmp_path / "out"
-    rc = main(["evaluate", "--attacks", "fgsm,pgd", "--detectors", "fisher_trace,max_softmax,fisher_trace_clean",
-               "--n-samples", "20", "--epochs", "2", "--seed", "1", "--eps", "0.25", "--target-fpr", "0.1",
-               "--output", str(out), "--quiet"])  # fmt: skip
+    rc = main(
+        [
+            "evaluate",
+            "--attacks",
+            "fgsm,pgd",
+            "--detectors",
+            "fisher_trace,max_softmax,fisher_trace_clean",
+            "--n-samples",
+            "20",
+            "--epochs",
+            "2",
+            "--seed",
+            "1",
+            "--eps",
+            "0.25",
+            "--target-fpr",
+            "0.1",
+            "--output",
+            str(out),
+            "--quiet",
+        ]
+    )
     printed = capsys.readouterr()
     assert rc == 0
     lines = printed.out.splitlines()
@@ -42,19 +70,51 @@ def test_evaluate_prints_the_tables_and_writes_the_report(tmp_path, capsys):
     assert data["settings"]["eps"] == 0.25 and data["settings"]["seed"] == 1 and data["settings"]["target_fpr"] == 0.1
     assert {(r["detector"], r["fit_attack"], r["attack"]) for r in data["table"]} == {
         *((d, f, a) for d in ("fisher_trace", "max_softmax") for f in ("fgsm", "pgd") for a in ("fgsm", "pgd")),
-        ("fisher_trace_clean", "clean", "fgsm"), ("fisher_trace_clean", "clean", "pgd"),
-    }  # fmt: skip
+        ("fisher_trace_clean", "clean", "fgsm"),
+        ("fisher_trace_clean", "clean", "pgd"),
+    }
     assert (out / "report.md").is_file() and (out / "results.csv").is_file()
     assert printed.err == ""  # --quiet: no progress bar, no log lines
     # Again: the model comes from the cache, and --quiet still says where it is.
-    assert main(["evaluate", "--attacks", "fgsm", "--detectors", "max_softmax", "--n-samples", "16", "--epochs",
-                 "2", "--seed", "1", "--output", str(out), "--quiet"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "evaluate",
+                "--attacks",
+                "fgsm",
+                "--detectors",
+                "max_softmax",
+                "--n-samples",
+                "16",
+                "--epochs",
+                "2",
+                "--seed",
+                "1",
+                "--output",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert f"model: {model_line.split()[1]} (loaded from the cache)" in capsys.readouterr().out
 
 
 def test_corrupt_cache_is_rebuilt_and_reported_with_quiet(tmp_path, capsys, caplog):
-    args = ["evaluate", "--attacks", "fgsm", "--detectors", "max_softmax", "--n-samples", "8", "--epochs", "1",
-            "--output", str(tmp_path), "--quiet"]  # fmt: skip
+    args = [
+        "evaluate",
+        "--attacks",
+        "fgsm",
+        "--detectors",
+        "max_softmax",
+        "--n-samples",
+        "8",
+        "--epochs",
+        "1",
+        "--output",
+        str(tmp_path),
+        "--quiet",
+    ]
     assert main(args) == 0
     cache = next((tmp_path / "models").iterdir())
     cache.write_bytes(cache.read_bytes()[:100])
@@ -68,8 +128,24 @@ def test_evaluate_with_a_state_dict(tmp_path, capsys):
     torch.manual_seed(0)
     path = tmp_path / "net.pt"
     torch.save(SmallCNN().state_dict(), path)
-    rc = main(["evaluate", "--model", str(path), "--arch", "small_cnn", "--attacks", "fgsm", "--detectors",
-               "binary_input", "--n-samples", "8", "--output", str(tmp_path / "o"), "--quiet"])  # fmt: skip
+    rc = main(
+        [
+            "evaluate",
+            "--model",
+            str(path),
+            "--arch",
+            "small_cnn",
+            "--attacks",
+            "fgsm",
+            "--detectors",
+            "binary_input",
+            "--n-samples",
+            "8",
+            "--output",
+            str(tmp_path / "o"),
+            "--quiet",
+        ]
+    )
     assert rc == 0
     data = json.loads((tmp_path / "o" / "results.json").read_text())
     assert data["settings"]["model"] == str(path)
@@ -129,8 +205,22 @@ def test_evaluate_help_lists_every_option():
     out = subprocess.run(
         [sys.executable, "-m", "art_fisher", "evaluate", "--help"], capture_output=True, text=True, check=True
     ).stdout
-    options = ("--dataset", "--data-dir", "--model", "--arch", "--attacks", "--eps", "--detectors",
-               "--n-samples", "--seed", "--device", "--output", "--target-fpr", "--quiet", "--adaptive")  # fmt: skip
+    options = (
+        "--dataset",
+        "--data-dir",
+        "--model",
+        "--arch",
+        "--attacks",
+        "--eps",
+        "--detectors",
+        "--n-samples",
+        "--seed",
+        "--device",
+        "--output",
+        "--target-fpr",
+        "--quiet",
+        "--adaptive",
+    )
     for option in options:
         assert option in out
     for name in (
@@ -144,3 +234,66 @@ def test_evaluate_help_lists_every_option():
         "binary_input",
     ):
         assert name in out
+
+
+def test_evaluate_mnist_uses_mnist_defaults_and_logs_progress_off_a_terminal(tmp_path, capsys, caplog):
+    data = write_fake_mnist(tmp_path / "data")
+    out = tmp_path / "out"
+    with caplog.at_level(logging.INFO):
+        rc = main(
+            [
+                "evaluate",
+                "--dataset",
+                "mnist",
+                "--data-dir",
+                str(data),
+                "--attacks",
+                "fgsm,pgd",
+                "--detectors",
+                "fisher_trace,max_softmax_clean",
+                "--n-samples",
+                "24",
+                "--epochs",
+                "2",
+                "--output",
+                str(out),
+            ]
+        )
+    assert rc == 0
+    settings = json.loads((out / "results.json").read_text())["settings"]
+    assert settings["arch"] == "mnist_cnn" and settings["eps"] == 0.3 and settings["torch_threads"] == 1
+    assert settings["clean_test_accuracy"] > 0.5
+    messages = [r.getMessage() for r in caplog.records]
+    assert "training epoch 1/2" in " ".join(messages) and "training epoch 2/2" in " ".join(messages)
+    steps = [m for m in messages if m.startswith("step ")]
+    # 2 attacks, fisher_trace fitted on each, max_softmax_clean once: 5 steps, each logged once, in order.
+    assert [s.split(":")[0] for s in steps] == [f"step {k}/5" for k in range(1, 6)]
+    assert steps[0] == "step 1/5: attack FGSM" and steps[-1] == "step 5/5: max_softmax_clean fitted on clean"
+    assert any(m.startswith("attack PGD: 24/24 images") for m in messages)
+    assert "mnist / mnist_cnn" in capsys.readouterr().out
+
+
+def test_evaluate_threads_option(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--threads", "0"])
+    assert "--threads: expected an integer from 1 to 1024; got '0'" in capsys.readouterr().err
+    rc = main(
+        [
+            "evaluate",
+            "--attacks",
+            "fgsm",
+            "--detectors",
+            "max_softmax",
+            "--n-samples",
+            "8",
+            "--epochs",
+            "1",
+            "--threads",
+            "2",
+            "--output",
+            str(tmp_path),
+            "--quiet",
+        ]
+    )
+    assert rc == 0 and torch.get_num_threads() == 2
+    assert json.loads((tmp_path / "results.json").read_text())["settings"]["torch_threads"] == 2

@@ -52,8 +52,11 @@ def _fmt(mean: float, sd: float, n: int) -> str:
 
 def _mean_sd(values: list[float]) -> dict:
     v = np.array([x for x in values if x is not None and not math.isnan(x)], dtype=float)
-    return {"mean": float(v.mean()) if len(v) else float("nan"), "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
-            "n": len(v)}  # fmt: skip
+    return {
+        "mean": float(v.mean()) if len(v) else float("nan"),
+        "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+        "n": len(v),
+    }
 
 
 def goals(result, target_fpr: float) -> dict:
@@ -71,19 +74,32 @@ def goals(result, target_fpr: float) -> dict:
     for b in baselines:
         auc_margin = _mean_sd([s[best]["unseen_auc"] - s[b]["unseen_auc"] for s in per_seed if b in s])
         tpr_margin = _mean_sd([s[best]["unseen_tpr"] - s[b]["unseen_tpr"] for s in per_seed if b in s])
-        rows.append({"baseline": b, "auc_margin": auc_margin, "tpr_margin": tpr_margin,
-                     "auc_goal_met": auc_margin["mean"] >= 0.03,
-                     "tpr_goal_met": tpr_margin["mean"] >= 0.0})  # fmt: skip
+        rows.append(
+            {
+                "baseline": b,
+                "auc_margin": auc_margin,
+                "tpr_margin": tpr_margin,
+                "auc_goal_met": auc_margin["mean"] >= 0.03,
+                "tpr_goal_met": tpr_margin["mean"] >= 0.0,
+            }
+        )
     adaptive = [
-        {"detector": r["detector"], "attack": r["attack"], "evasion_rate": _pick(r, "evasion_rate"),
-         "clean_fpr": _pick(r, "clean_fpr")}
+        {
+            "detector": r["detector"],
+            "attack": r["attack"],
+            "evasion_rate": _pick(r, "evasion_rate"),
+            "clean_fpr": _pick(r, "clean_fpr"),
+        }
         for r in result.adaptive
-    ]  # fmt: skip
+    ]
     return {
-        "best_fisher": best, "target_fpr": target_fpr, "against_baselines": rows,
-        "auc_goal_met": all(r["auc_goal_met"] for r in rows), "tpr_goal_met": all(r["tpr_goal_met"] for r in rows),
+        "best_fisher": best,
+        "target_fpr": target_fpr,
+        "against_baselines": rows,
+        "auc_goal_met": all(r["auc_goal_met"] for r in rows),
+        "tpr_goal_met": all(r["tpr_goal_met"] for r in rows),
         "adaptive_at_target_fpr": adaptive,
-    }  # fmt: skip
+    }
 
 
 def _pick(row: dict, metric: str) -> dict:
@@ -95,7 +111,7 @@ def ablation(result) -> list[dict]:
 
     Unseen-attack ROC-AUC and TPR, and (supervised only) same-attack ROC-AUC.
     """
-    from art_fisher.detection.stacked import PARTS
+    from art_fisher.detection._stacked import PARTS
 
     per_seed = [{r["detector"]: r for r in run.unseen_summary()} for run in result.runs]
     out = []
@@ -108,8 +124,12 @@ def ablation(result) -> list[dict]:
             def added(key: str) -> dict:
                 return _mean_sd([s[variant][key] - s[name][key] for s in per_seed])
 
-            row = {"variant": variant, "part": part, "unseen_auc_added": added("unseen_auc"),
-                   "unseen_tpr_added": added("unseen_tpr")}  # fmt: skip
+            row = {
+                "variant": variant,
+                "part": part,
+                "unseen_auc_added": added("unseen_auc"),
+                "unseen_tpr_added": added("unseen_tpr"),
+            }
             if variant == "stacked":
                 row["same_attack_auc_added"] = added("same_attack_auc")
             out.append(row)
@@ -120,9 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=("digits", "mnist"), default="digits")
     parser.add_argument("--data-dir", default=None, help="MNIST folder (idx files or mnist.npz)")
-    parser.add_argument(
-        "--data", default=None, help="your .npz (x_train, y_train, x_test, y_test) instead of --dataset"
-    )
+    parser.add_argument("--data", default=None, help="an .npz (x_train, y_train, x_test, y_test) instead of --dataset")
     parser.add_argument("--eps", type=float, default=None, help="FGSM / PGD budget (default: per data set)")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: %(default)s)")
     parser.add_argument("--n-samples", type=int, default=300, help="images attacked per seed (default: %(default)s)")
@@ -136,19 +154,27 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
-    from art_fisher.detection.stacked import PARTS
+    from art_fisher.detection._stacked import PARTS
     from art_fisher.evaluation import evaluate_seeds
-    from art_fisher.evaluation.security_curve import security_curve_stage
+    from art_fisher.evaluation._security_curve import security_curve_stage
 
     if args.dataset == "mnist" and (args.data_dir is None or not Path(args.data_dir).exists()):
-        print("MNIST needs --data-dir DIR with the idx files or mnist.npz; get it with "
-              "`python /work/shared/data/fetch_mnist.py DIR`.", file=sys.stderr)  # fmt: skip
+        print(
+            "MNIST needs --data-dir DIR with the idx files or mnist.npz; get it with "
+            "`python /work/shared/data/fetch_mnist.py DIR`.",
+            file=sys.stderr,
+        )
         return 2
     kwargs = {
-        "dataset": args.dataset, "data_dir": args.data_dir, "attacks": args.attacks.split(","),
-        "n_samples": args.n_samples, "epochs": args.epochs, "target_fpr": args.target_fpr,
-        "adaptive": not args.no_adaptive, "eps": args.eps,
-    }  # fmt: skip
+        "dataset": args.dataset,
+        "data_dir": args.data_dir,
+        "attacks": args.attacks.split(","),
+        "n_samples": args.n_samples,
+        "epochs": args.epochs,
+        "target_fpr": args.target_fpr,
+        "adaptive": not args.no_adaptive,
+        "eps": args.eps,
+    }
     name = args.dataset
     if args.data is not None:
         kwargs.update(data=args.data, dataset="digits", data_dir=None)
@@ -157,31 +183,64 @@ def main(argv: list[str] | None = None) -> int:
     seeds = args.seeds
     if args.smoke:  # differentiable named detectors (adaptive refuses others by name); the stacked ones as extras
         seeds = "0"
-        kwargs.update(attacks=["fgsm", "pgd"], n_samples=24, epochs=2, adaptive=True,
-                      detectors=["fisher_combined", "max_softmax", "mahalanobis", "energy_clean"])  # fmt: skip
-        extra = ["stacked", "stacked_clean", "stacked_without_fisher", "stacked_without_sensitivity",
-                 "stacked_clean_without_fisher"]  # fmt: skip
+        kwargs.update(
+            attacks=["fgsm", "pgd"],
+            n_samples=24,
+            epochs=2,
+            adaptive=True,
+            detectors=["fisher_combined", "max_softmax", "mahalanobis", "energy_clean"],
+        )
+        extra = [
+            "stacked",
+            "stacked_clean",
+            "stacked_without_fisher",
+            "stacked_without_sensitivity",
+            "stacked_clean_without_fisher",
+        ]
     output = Path(args.output) if args.output else Path(tempfile.mkdtemp(prefix="bench_detection_"))
     start = time.perf_counter()
     result = evaluate_seeds(
-        seeds=seeds, output_dir=output, extra_stages={"security_curve": security_curve_stage()},
-        extra_detectors=extra, **kwargs,
-    )  # fmt: skip
+        seeds=seeds,
+        output_dir=output,
+        extra_stages={"security_curve": security_curve_stage()},
+        extra_detectors=extra,
+        **kwargs,
+    )
     seconds = time.perf_counter() - start
     settings = result.runs[0].settings
     payload = {
-        "benchmark": "bench_detection", "dataset": name, "seeds": list(result.seeds),
+        "benchmark": "bench_detection",
+        "dataset": name,
+        "seeds": list(result.seeds),
         "command": " ".join(["python", "tests/benchmarks/bench_detection.py", *(argv or sys.argv[1:])]),
-        "settings": {k: settings[k] for k in ("arch", "attacks", "eps", "n_samples", "epochs", "target_fpr",
-                                              "n_detector_train_images", "n_detector_test_images")},
+        "settings": {
+            k: settings[k]
+            for k in (
+                "arch",
+                "attacks",
+                "eps",
+                "n_samples",
+                "epochs",
+                "target_fpr",
+                "n_detector_train_images",
+                "n_detector_test_images",
+            )
+        },
         "clean_test_accuracy": _mean_sd([r.settings["clean_test_accuracy"] for r in result.runs]),
-        "goals": goals(result, args.target_fpr), "ablation": ablation(result),
-        "unseen_summary": result.summary, "table": result.table, "adaptive": result.adaptive,
-        "security_curve": result.extra.get("security_curve", []), "seconds": seconds,
-        "machine": {"python": platform.python_version(), "platform": platform.platform(),
-                    "torch_threads": settings.get("torch_threads")},
+        "goals": goals(result, args.target_fpr),
+        "ablation": ablation(result),
+        "unseen_summary": result.summary,
+        "table": result.table,
+        "adaptive": result.adaptive,
+        "security_curve": result.extra.get("security_curve", []),
+        "seconds": seconds,
+        "machine": {
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "torch_threads": settings.get("torch_threads"),
+        },
         "versions": settings.get("versions", {}),
-    }  # fmt: skip
+    }
     print(f"{name}, seeds {list(result.seeds)}, {seconds:.0f} s; mean ± sd over seeds")
     print(result.format_table())
     g = payload["goals"]
@@ -189,8 +248,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nbest Fisher-based detector on unseen attacks: {g['best_fisher']}")
         for r in g["against_baselines"]:
             a, t = r["auc_margin"], r["tpr_margin"]
-            print(f"  vs {r['baseline']:<20} AUC {_fmt(a['mean'], a['sd'], a['n']):>15}  "
-                  f"TPR@{args.target_fpr:g} {_fmt(t['mean'], t['sd'], t['n']):>15}")  # fmt: skip
+            print(
+                f"  vs {r['baseline']:<20} AUC {_fmt(a['mean'], a['sd'], a['n']):>15}  "
+                f"TPR@{args.target_fpr:g} {_fmt(t['mean'], t['sd'], t['n']):>15}"
+            )
         print(f"  goal AUC margin >= 0.03 over every baseline: {g['auc_goal_met']}; TPR not below: {g['tpr_goal_met']}")
     for r in payload["ablation"]:
         a = r["unseen_auc_added"]

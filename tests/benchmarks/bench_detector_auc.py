@@ -46,11 +46,11 @@ def run_seed(seed: int, *, n_attack: int, sens_pairs: int, epochs: int, n_train:
     from art.attacks.evasion import DeepFool, FastGradientMethod, ProjectedGradientDescent
     from art.estimators.classification import PyTorchClassifier
 
-    from art_fisher.data.loaders import load_digits
-    from art_fisher.detection.detector import default_estimator
-    from art_fisher.detection.estimators import FisherFeatures, ThresholdClassifier
-    from art_fisher.evaluation.baselines import softmax_features
-    from art_fisher.models import SmallCNN, train_model
+    from art_fisher.data._loaders import load_digits
+    from art_fisher.detection._decision import default_estimator
+    from art_fisher.detection._estimators import FisherFeatures, ThresholdClassifier
+    from art_fisher.evaluation.detectors._baselines import softmax_features
+    from art_fisher.models._architectures import SmallCNN, train_model
 
     data = load_digits()
     perm = np.random.default_rng(seed).permutation(len(data.x))

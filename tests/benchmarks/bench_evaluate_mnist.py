@@ -83,7 +83,7 @@ def _run_child(command: list[str]) -> dict[str, Any]:
 
 
 def _tables(results: dict[str, Any]) -> dict[str, Any]:
-    from art_fisher.evaluation import report
+    from art_fisher.evaluation.report import _report as report
 
     def nan_for_null(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:  # results.json writes NaN as null
         return [{k: float("nan") if v is None else v for k, v in row.items()} for row in rows]
@@ -149,8 +149,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             from tests.fake_mnist import write_fake_mnist
 
             data_dir = str(write_fake_mnist(Path(tmp) / "data"))
-            extra = ["--n-samples", "16", "--epochs", "1", "--attacks", "fgsm,pgd",
-                     "--detectors", "fisher_trace,max_softmax,fisher_trace_clean"]  # fmt: skip
+            extra = [
+                "--n-samples",
+                "16",
+                "--epochs",
+                "1",
+                "--attacks",
+                "fgsm,pgd",
+                "--detectors",
+                "fisher_trace,max_softmax,fisher_trace_clean",
+            ]
         elif not _mnist_present(data_dir):
             print(HOW_TO_GET_MNIST)
             return 0
@@ -174,12 +182,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT))
     tables = _tables(results)
     document = {
-        "benchmark": "bench_evaluate_mnist", "smoke": args.smoke, "command": ["art-fisher", *command[3:]],
-        "extra_arguments": extra, "settings": {k: v for k, v in results["settings"].items() if k != "versions"},
+        "benchmark": "bench_evaluate_mnist",
+        "smoke": args.smoke,
+        "command": ["art-fisher", *command[3:]],
+        "extra_arguments": extra,
+        "settings": {k: v for k, v in results["settings"].items() if k != "versions"},
         "versions": results["settings"]["versions"],
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
-        "run": {k: v for k, v in run.items() if k != "stdout"}, **tables,
-    }  # fmt: skip
+        "run": {k: v for k, v in run.items() if k != "stdout"},
+        **tables,
+    }
     print(_format(run, tables))
     text = json.dumps(document, indent=2, default=float)
     print(text)

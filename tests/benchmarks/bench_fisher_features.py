@@ -4,7 +4,7 @@ Not collected by pytest. For each seed this script repeats the default ``art-fis
 stages 1–3 with the library's own functions (the digits SmallCNN trained for 30 epochs with that seed,
 300 correctly classified test digits, the detector-train / detector-test split, FGSM, PGD, DeepFool and
 C&W L2 at the default settings), then fits and scores every candidate feature set with the evaluation's
-own protocol (:func:`art_fisher.evaluation.protocol.score_detectors`: fitted on each attack, scored on
+own protocol (:func:`art_fisher.evaluation._protocol.score_detectors`: fitted on each attack, scored on
 every attack; same-attack = the diagonal, unseen = the 12 off-diagonal cells). Seed 0 is the default run.
 
 Every candidate is a logistic regression on standardised features (``StandardScaler`` +
@@ -250,7 +250,7 @@ def _candidate_spec(name: str, bank: _Bank):
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from art_fisher.evaluation.base import DetectorRun, DetectorSpec, Scored
+    from art_fisher.evaluation.detectors._base import DetectorRun, DetectorSpec, Scored
 
     groups, kind = CANDIDATES[name]
 
@@ -269,7 +269,7 @@ def _candidate_spec(name: str, bank: _Bank):
 
 @contextmanager
 def _registered(specs: dict):
-    from art_fisher.evaluation.registry import DETECTORS
+    from art_fisher.evaluation.detectors._registry import DETECTORS
 
     DETECTORS.update(specs)
     try:
@@ -283,24 +283,33 @@ def run_seed(seed: int, *, n_samples: int, epochs: int, cache: Path, batch_size:
     """One evaluation seed: the default run's model, draw, split and attacks; every candidate scored."""
     from art.estimators.classification import PyTorchClassifier
 
-    from art_fisher.data.loaders import load_dataset
-    from art_fisher.evaluation.attacks import DEFAULT_ATTACKS, DEFAULT_EPS, predict_labels, run_attack
-    from art_fisher.evaluation.base import RunContext, seed_everything
-    from art_fisher.evaluation.model_cache import cached_model
-    from art_fisher.evaluation.protocol import score_detectors, split_sources
+    from art_fisher.data._loaders import load_dataset
+    from art_fisher.evaluation._attacks import DEFAULT_ATTACKS, DEFAULT_EPS, run_attack
+    from art_fisher.evaluation._model import cached_model, predict_labels, seed_everything
+    from art_fisher.evaluation._protocol import score_detectors, split_sources
+    from art_fisher.evaluation.detectors._base import RunContext
 
     t0 = time.perf_counter()
     train, test = load_dataset("digits", split="train"), load_dataset("digits", split="test")
     source = cached_model(
-        arch="small_cnn", data=train, epochs=epochs, seed=seed, device=torch.device("cpu"), output_dir=cache,
+        arch="small_cnn",
+        data=train,
+        epochs=epochs,
+        seed=seed,
+        device=torch.device("cpu"),
+        output_dir=cache,
         progress=False,
-    )  # fmt: skip
+    )
     model = source.model
     classifier = PyTorchClassifier(
-        model, loss=torch.nn.CrossEntropyLoss(), input_shape=train.input_shape, nb_classes=train.n_classes,
-        clip_values=(0.0, 1.0), device_type="cpu",
-    )  # fmt: skip
-    # The draw and split exactly as art_fisher.evaluation.workflow.run does them.
+        model,
+        loss=torch.nn.CrossEntropyLoss(),
+        input_shape=train.input_shape,
+        nb_classes=train.n_classes,
+        clip_values=(0.0, 1.0),
+        device_type="cpu",
+    )
+    # The draw and split exactly as art_fisher.evaluation._workflow.run does them.
     pred = predict_labels(classifier, test.x, batch_size)
     rng = np.random.default_rng(seed)
     correct = np.flatnonzero(pred == test.y)
@@ -309,9 +318,15 @@ def run_seed(seed: int, *, n_samples: int, epochs: int, cache: Path, batch_size:
     side = split_sources(len(chosen), rng)
     x_background = train.x[rng.permutation(len(train.y))[: min(200, len(train.y))]]
     ctx = RunContext(
-        classifier=classifier, model=model, x_background=x_background, seed=seed, device=torch.device("cpu"),
-        batch_size=batch_size, target_fpr=0.05, progress=False,
-    )  # fmt: skip
+        classifier=classifier,
+        model=model,
+        x_background=x_background,
+        seed=seed,
+        device=torch.device("cpu"),
+        batch_size=batch_size,
+        target_fpr=0.05,
+        progress=False,
+    )
     outcomes = []
     for a_i, name in enumerate(DEFAULT_ATTACKS):
         seed_everything(seed + 1000 * (a_i + 1))
@@ -341,9 +356,13 @@ def run_seed(seed: int, *, n_samples: int, epochs: int, cache: Path, batch_size:
             "same_by_attack": {r["attack"]: r["roc_auc"] for r in rows if r["fit_attack"] == r["attack"]},
             "matrix": {f"{r['fit_attack']}->{r['attack']}": r["roc_auc"] for r in rows},
         }
-    out["seconds"] = {"model_and_attacks": t_attacks, "feature_bank": t_features, "n_bank_inputs": n_bank,
-                      "bank_ms_per_input": 1e3 * t_features / max(n_bank, 1),
-                      "total": time.perf_counter() - t0}  # fmt: skip
+    out["seconds"] = {
+        "model_and_attacks": t_attacks,
+        "feature_bank": t_features,
+        "n_bank_inputs": n_bank,
+        "bank_ms_per_input": 1e3 * t_features / max(n_bank, 1),
+        "total": time.perf_counter() - t0,
+    }
     return out
 
 
@@ -358,19 +377,26 @@ def summarise(results: list[dict]) -> dict:
         sd = lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0  # noqa: E731
         attacks = results[0]["detectors"][name]["same_by_attack"]
         summary[name] = {
-            "same_mean": float(s.mean()), "same_sd": sd(s), "unseen_mean": float(u.mean()), "unseen_sd": sd(u),
-            "same_minus_softmax_mean": float((s - s0).mean()), "same_minus_softmax_sd": sd(s - s0),
-            "unseen_minus_softmax_mean": float((u - u0).mean()), "unseen_minus_softmax_sd": sd(u - u0),
+            "same_mean": float(s.mean()),
+            "same_sd": sd(s),
+            "unseen_mean": float(u.mean()),
+            "unseen_sd": sd(u),
+            "same_minus_softmax_mean": float((s - s0).mean()),
+            "same_minus_softmax_sd": sd(s - s0),
+            "unseen_minus_softmax_mean": float((u - u0).mean()),
+            "unseen_minus_softmax_sd": sd(u - u0),
             "same_by_attack_mean": {
                 a: float(np.mean([r["detectors"][name]["same_by_attack"][a] for r in results])) for a in attacks
             },
-        }  # fmt: skip
+        }
     return summary
 
 
 def table(summary: dict, n_seeds: int) -> str:
-    head = (f"{'candidate':<26} {'same-attack AUC':>16} {'Δ vs max_softmax':>17} {'unseen AUC':>14} "
-            f"{'Δ vs max_softmax':>17}  same-attack by attack (FGSM PGD DF CW)")  # fmt: skip
+    head = (
+        f"{'candidate':<26} {'same-attack AUC':>16} {'Δ vs max_softmax':>17} {'unseen AUC':>14} "
+        f"{'Δ vs max_softmax':>17}  same-attack by attack (FGSM PGD DF CW)"
+    )
     lines = [f"mean ± sd over {n_seeds} seed(s)", head, "-" * len(head)]
     for name, s in summary.items():
         by = " ".join(f"{v:.3f}" for v in s["same_by_attack_mean"].values())

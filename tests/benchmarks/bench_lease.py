@@ -57,15 +57,15 @@ from nni.nas.execution import SequentialExecutionEngine
 from nni.nas.space import RawFormatModelSpace
 from nni.nas.strategy import DARTS
 
-from art_fisher.models import train_model
-from nni_lease.core.explain import Explanation, listener_input, pgd_explain
-from nni_lease.core.listener import default_listener
-from nni_lease.core.settings import LeaseSettings
-from nni_lease.core.step import LeaseStep
-from nni_lease.data import DigitsDataset
-from nni_lease.oneshot.retrain import retrain
-from nni_lease.oneshot.strategy import LeaSE
-from nni_lease.spaces import LeaseCellSpace
+from art_fisher.models._architectures import train_model
+from nni_lease._data import DigitsDataset
+from nni_lease._spaces import LeaseCellSpace
+from nni_lease.core._explain import Explanation, listener_input, pgd_explain
+from nni_lease.core._listener import default_listener
+from nni_lease.core._settings import LeaseSettings
+from nni_lease.core._step import LeaseStep
+from nni_lease.oneshot._retrain import retrain
+from nni_lease.oneshot._strategy import LeaSE
 
 #: The explanation settings compared: the defaults and the alternatives (the key names the JSON entry).
 VARIANTS: dict[str, dict[str, Any]] = {

@@ -1,7 +1,7 @@
 """Benchmark: LeaSE against NNI's DARTS on MNIST, in NNI's hub DARTS space, per seed: search time, retrained accuracy.
 
 For each seed, NNI's ``DARTS`` strategy and ``LeaSE()`` at its defaults search
-:class:`nni_lease.darts_space.DartsSpace` (NNI's hub DARTS cell space; ``--width`` channels, ``--cells``
+:class:`nni_lease.DartsSpace` (NNI's hub DARTS cell space; ``--width`` channels, ``--cells``
 cells) on ``--search-limit`` images of the MNIST training split (validation: ``--search-limit // 5``
 images of the validation split) for ``--epochs`` epochs; the exported architecture is then trained from
 scratch for ``--retrain-epochs`` epochs on ``--retrain-limit`` training images (all: 54,000) and tested on
@@ -47,10 +47,10 @@ from nni.nas.execution import SequentialExecutionEngine
 from nni.nas.space import RawFormatModelSpace
 from nni.nas.strategy import DARTS
 
-from nni_lease.darts_space import DartsSpace
-from nni_lease.data import MnistDataset
-from nni_lease.oneshot.retrain import retrain
-from nni_lease.oneshot.strategy import LeaSE
+from nni_lease._darts_space import DartsSpace
+from nni_lease._data import MnistDataset
+from nni_lease.oneshot._retrain import retrain
+from nni_lease.oneshot._strategy import LeaSE
 
 HOW_TO_GET_MNIST = (
     "MNIST not found. Write it with `python shared/data/fetch_mnist.py DIR` (the standard set as DIR/mnist.npz, "
@@ -76,9 +76,13 @@ def _search(name: str, cfg: dict[str, Any], seed: int) -> tuple[dict[str, Any], 
         learning_rate=cfg["learning_rate"],
         train_dataloaders=DataLoader(train, batch_size=cfg["batch_size"], shuffle=True),
         val_dataloaders=DataLoader(val, batch_size=cfg["batch_size"], shuffle=True),
-        num_classes=10, max_epochs=cfg["epochs"], logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False,
-    )  # fmt: skip
+        num_classes=10,
+        max_epochs=cfg["epochs"],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     torch.manual_seed(seed)
     space = DartsSpace(in_channels=1, width=cfg["width"], num_cells=cfg["cells"])
     arc_lr = cfg["arc_learning_rate"]
@@ -201,11 +205,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     earlier = None if args.retrain_from is None else json.loads(Path(args.retrain_from).read_text())
     cfg: dict[str, Any] = {
-        "dataset": "mnist", "data_dir": args.data_dir, "split_seed": 0, "seeds": args.seeds, "width": args.width,
-        "cells": args.cells, "epochs": args.epochs, "search_limit": args.search_limit,
-        "retrain_epochs": args.retrain_epochs, "retrain_limit": args.retrain_limit, "test_limit": args.test_limit,
-        "batch_size": args.batch_size, "learning_rate": 3e-3, "arc_learning_rate": 3e-3, "threads": args.threads,
-    }  # fmt: skip
+        "dataset": "mnist",
+        "data_dir": args.data_dir,
+        "split_seed": 0,
+        "seeds": args.seeds,
+        "width": args.width,
+        "cells": args.cells,
+        "epochs": args.epochs,
+        "search_limit": args.search_limit,
+        "retrain_epochs": args.retrain_epochs,
+        "retrain_limit": args.retrain_limit,
+        "test_limit": args.test_limit,
+        "batch_size": args.batch_size,
+        "learning_rate": 3e-3,
+        "arc_learning_rate": 3e-3,
+        "threads": args.threads,
+    }
     if earlier is not None:  # the search half of the settings is the earlier run's
         search_keys = (
             "seeds",
@@ -243,10 +258,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             flush=True,
         )
         result: dict[str, Any] = {
-            "benchmark": "bench_lease_mnist", "smoke": args.smoke, "config": cfg,
-            "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-                        "threads": cfg["threads"], "load_average_start": list(os.getloadavg())},
-        }  # fmt: skip
+            "benchmark": "bench_lease_mnist",
+            "smoke": args.smoke,
+            "config": cfg,
+            "machine": {
+                "platform": platform.platform(),
+                "cpu_count": os.cpu_count(),
+                "torch": torch.__version__,
+                "threads": cfg["threads"],
+                "load_average_start": list(os.getloadavg()),
+            },
+        }
         result.update(run(cfg, None if earlier is None else earlier["runs"]))
         result["machine"]["load_average_end"] = list(os.getloadavg())
     print(_table(result))

@@ -69,7 +69,7 @@ from art_fisher import (
     fisher_sensitivity,
     fisher_trace,
 )
-from art_fisher.models import CifarCNN, SmallCNN
+from art_fisher.models._architectures import CifarCNN, SmallCNN
 from tests.art_fisher.reference_fisher import OriginalFisher
 
 # (model, head): the rows of the benchmark.

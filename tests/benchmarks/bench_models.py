@@ -229,9 +229,10 @@ def measure_model(args, name: str, clock: int) -> dict:
     row["sensitivity"] = measure_sensitivity(model, x[: args.sens_batch], 1, clock)
     exact = metrics.fisher_trace(model, x)
     row["backpack"] = (
-        {"status": "skipped (--no-backpack)"} if args.no_backpack
+        {"status": "skipped (--no-backpack)"}
+        if args.no_backpack
         else measure_backpack(model, x, exact, args.repeats, clock)
-    )  # fmt: skip
+    )
     row["memory"] = [
         measure_memory(name, b, args.smoke, args.threads) for b in (args.batch, 4 * args.batch, 8 * args.batch)
     ]
@@ -303,27 +304,40 @@ def measure_classes(args, clock: int) -> dict:
             1,
             clock,
         )
-        out["capped_estimate"].append({
-            "tau": tau, "max_kept": cap, "samples": args.samples, **timing, "over_first": timing["seconds"] / base,
-            "mean_dropped_mass": float(est.dropped_mass.mean()),
-            "max_rel_error": float((err / exact_big).abs().max()),
-            "mean_rel_stderr": float((est.stderr / exact_big).mean()),
-            "max_rel_gap_of_lower_bound": float(((exact_big - est.lower) / exact_big).max()),
-            "rms_error_over_rms_stderr": float(err.pow(2).mean().sqrt() / est.stderr.pow(2).mean().sqrt()),
-        })  # fmt: skip
+        out["capped_estimate"].append(
+            {
+                "tau": tau,
+                "max_kept": cap,
+                "samples": args.samples,
+                **timing,
+                "over_first": timing["seconds"] / base,
+                "mean_dropped_mass": float(est.dropped_mass.mean()),
+                "max_rel_error": float((err / exact_big).abs().max()),
+                "mean_rel_stderr": float((est.stderr / exact_big).mean()),
+                "max_rel_gap_of_lower_bound": float(((exact_big - est.lower) / exact_big).max()),
+                "rms_error_over_rms_stderr": float(err.pow(2).mean().sqrt() / est.stderr.pow(2).mean().sqrt()),
+            }
+        )
     for tau in args.taus:
         approx = metrics.fisher_trace(big_model, big_x, tau=tau)
-        from art_fisher.metrics.top_mass import kept_classes
+        from art_fisher.metrics._top_mass import kept_classes
 
         _o, kept, q = kept_classes(big_model(big_x).detach(), tau)
         rel = (exact_big - approx) / exact_big
         timing = median_time(lambda tau=tau: metrics.fisher_trace(big_model, big_x, tau=tau), len(big_x), 1, clock)
-        out["tau"].append({
-            "tau": tau, **timing, "over_first": timing["seconds"] / base,
-            "max_rel_error": float(rel.max()), "mean_rel_error": float(rel.mean()),
-            "min_rel_error": float(rel.min()), "mean_kept": float(kept.float().mean()),
-            "max_kept": int(kept.max()), "mean_dropped_mass": float(q.mean()),
-        })  # fmt: skip
+        out["tau"].append(
+            {
+                "tau": tau,
+                **timing,
+                "over_first": timing["seconds"] / base,
+                "max_rel_error": float(rel.max()),
+                "mean_rel_error": float(rel.mean()),
+                "min_rel_error": float(rel.min()),
+                "mean_kept": float(kept.float().mean()),
+                "max_kept": int(kept.max()),
+                "mean_dropped_mass": float(q.mean()),
+            }
+        )
         est = metrics.fisher_trace_estimate(big_model, big_x, tau=tau, samples=args.samples, seed=0)
         err = est.estimate - exact_big
         timing = median_time(
@@ -332,13 +346,18 @@ def measure_classes(args, clock: int) -> dict:
             1,
             clock,
         )
-        out["estimate"].append({
-            "tau": tau, "samples": args.samples, **timing, "over_first": timing["seconds"] / base,
-            "max_rel_error": float(((est.estimate - exact_big) / exact_big).abs().max()),
-            "mean_rel_stderr": float((est.stderr / exact_big).mean()),
-            # near 1 when the stated standard errors have the size of the errors (over the samples)
-            "rms_error_over_rms_stderr": float(err.pow(2).mean().sqrt() / est.stderr.pow(2).mean().sqrt()),
-        })  # fmt: skip
+        out["estimate"].append(
+            {
+                "tau": tau,
+                "samples": args.samples,
+                **timing,
+                "over_first": timing["seconds"] / base,
+                "max_rel_error": float(((est.estimate - exact_big) / exact_big).abs().max()),
+                "mean_rel_stderr": float((est.stderr / exact_big).mean()),
+                # near 1 when the stated standard errors have the size of the errors (over the samples)
+                "rms_error_over_rms_stderr": float(err.pow(2).mean().sqrt() / est.stderr.pow(2).mean().sqrt()),
+            }
+        )
     return out
 
 
@@ -432,11 +451,14 @@ def main() -> None:
         args.caps = [4]
     clock = 1 if args.threads == 1 else 0
     results = {
-        "benchmark": "bench_models", "smoke": args.smoke, "threads": args.threads,
-        "clock": "cpu" if clock else "wall", "torch": torch.__version__,
+        "benchmark": "bench_models",
+        "smoke": args.smoke,
+        "threads": args.threads,
+        "clock": "cpu" if clock else "wall",
+        "torch": torch.__version__,
         "machine": platform.processor() or platform.machine(),
         "models": [measure_model(args, name, clock) for name in args.models.split(",") if name],
-    }  # fmt: skip
+    }
     if not args.no_classes:
         results["many_classes"] = measure_classes(args, clock)
     print(table(results))

@@ -41,12 +41,12 @@ kind, path = sys.argv[1], sys.argv[2]
 if kind == "skops_nodes":
     import skops.io, torch
     from art.estimators.classification import PyTorchClassifier
-    from art_fisher.detection.detector import FisherInformationDetector
-    from art_fisher.models import SmallCNN
+    from art_fisher.detection._detector import FisherInformationDetector
+    from art_fisher.models._architectures import SmallCNN
     clf = PyTorchClassifier(SmallCNN(n_classes=3), torch.nn.CrossEntropyLoss(), (1, 8, 8), 3, device_type="cpu")
     load = lambda: FisherInformationDetector.load(path, clf)
 else:
-    from art_fisher.data.loaders import load_cifar10, load_mnist
+    from art_fisher.data._loaders import load_cifar10, load_mnist
     load = (lambda: load_mnist(path)) if kind.startswith("npz") else (lambda: load_cifar10(path, split="test"))
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 start = time.perf_counter()

@@ -10,9 +10,9 @@ import logging
 import signal
 import sys
 
-from nni_lease.multitrial.strategy import LeaseMultiTrial
-from nni_lease.multitrial.trial import lease_evaluator
-from nni_lease.runtime.experiment import run_multitrial, sigterm_as_interrupt
+from nni_lease.multitrial._strategy import LeaseMultiTrial
+from nni_lease.multitrial._trial import lease_evaluator
+from nni_lease.runtime._experiment import run_multitrial, sigterm_as_interrupt
 from tests.nni_lease._toy_space import DigitsToySpace
 
 #: Seed whose first two samples (drawn before any result) are different choices.

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from nni_lease.runtime.manager import PortInUseError, check_port_free
+from nni_lease.runtime._manager import PortInUseError, check_port_free
 
 
 def has_ipv6() -> bool:

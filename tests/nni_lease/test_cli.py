@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from nni_lease.cli import SEARCH_MODES, main
-from nni_lease.oneshot.strategy import METRICS
+from nni_lease.oneshot._lightning import METRICS
 
 
 def _run_cli(args, home):
@@ -104,16 +104,6 @@ def test_oneshot_argument_errors_leave_nothing_behind(args, message, tmp_path, c
     assert _exit_code(["search", "--output", str(out), *args]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
-
-
-def test_data_root_is_a_deprecated_spelling_of_data_dir(tmp_path, capsys):
-    out = tmp_path / "search"
-    assert _exit_code(["search", "--output", str(out), "--dataset", "cifar10", "--data-root", "/nonexistent/c"]) == 2
-    err = capsys.readouterr().err
-    assert "--data-root is deprecated" in err and "use --data-dir" in err
-    assert "data_dir '/nonexistent/c' is not a folder" in err  # the value reached data_dir
-    assert main(["retrain", str(tmp_path / "nope.json"), "--data-root", str(tmp_path)]) == 2
-    assert "--data-root is deprecated" in capsys.readouterr().err
 
 
 def test_output_at_an_existing_file_is_refused(tmp_path, capsys):

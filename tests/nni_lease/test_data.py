@@ -1,4 +1,4 @@
-"""Trace-safe data sets (nni_lease.data): digits splits, NNI serialisation, safe CIFAR-10 loading."""
+"""Trace-safe data sets (nni_lease._data): digits splits, NNI serialisation, safe CIFAR-10 loading."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 from nni.nas.evaluator.pytorch import DataLoader
 
-from nni_lease.data import Cifar10Dataset, DigitsDataset, load_cifar10_batch, make_dataset
+from nni_lease._data import Cifar10Dataset, DigitsDataset, load_cifar10_batch, make_dataset
 
 
 def test_digits_splits_are_disjoint_and_cover_the_data():
@@ -100,11 +100,11 @@ def test_bad_arguments(tmp_path):
 
 
 def test_one_cifar_unpickler_for_both_packages():
-    import art_fisher.data.loaders
-    from art_fisher.data.cifar_batch import read_cifar10_batch
-    from nni_lease import data
+    import art_fisher.data._loaders
+    from art_fisher.data._cifar_batch import read_cifar10_batch
+    from nni_lease import _data as data
 
-    assert data.read_cifar10_batch is read_cifar10_batch is art_fisher.data.loaders.read_cifar10_batch
+    assert data.read_cifar10_batch is read_cifar10_batch is art_fisher.data._loaders.read_cifar10_batch
     assert not [name for name in vars(data) if "Unpickler" in name]
 
 
@@ -144,11 +144,3 @@ def test_cifar10_loader_refuses_a_tiny_file_declaring_a_million_images(tmp_path)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 2**20  # the old loader made (10^6, 3, 32, 32) float32: 12 GB
-
-
-def test_root_is_a_deprecated_name_of_data_dir(tmp_path):
-    with pytest.warns(DeprecationWarning, match="root was renamed data_dir"), \
-            pytest.raises(FileNotFoundError, match="data_dir must be a folder"):  # fmt: skip
-        Cifar10Dataset(root=str(tmp_path / "missing"), split="test")
-    with pytest.warns(DeprecationWarning, match="root was renamed data_dir"), pytest.raises(FileNotFoundError):
-        make_dataset("cifar10", "test", root=str(tmp_path / "missing"))

@@ -51,7 +51,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from nni_lease import LeaSE
-from nni_lease.multitrial.strategy import LeaseMultiTrial
+from nni_lease.multitrial._strategy import LeaseMultiTrial
 
 torch.set_num_threads(1)
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from nni.nas.strategy import DARTS
 
-from nni_lease.spaces import OPERATIONS, LeaseCellSpace, build_operation
+from nni_lease._spaces import OPERATIONS, LeaseCellSpace, build_operation
 
 
 def test_choices_and_labels():

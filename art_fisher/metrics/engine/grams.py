@@ -1,7 +1,7 @@
 """Per-sample, per-parameter-tensor Gram blocks of the logits' Jacobian, and its directional products.
 
 For one sample with logits ``z`` (C,) and a parameter tensor ``θ_k``, ``J_k = ∂z/∂θ_k`` (C × P_k). In a
-basis ``W`` (C × C', :mod:`art_fisher.metrics.basis`) the engine gives
+basis ``W`` (C × C', :mod:`art_fisher.metrics`) the engine gives
 
 - :func:`gram_blocks`: ``Wᵀ K_k W`` with ``K_k = J_k J_kᵀ`` (or only its diagonal, all a trace needs);
 - :func:`directional`: ``Wᵀ J_k v_k`` for a direction ``v`` that is either fixed or per sample
@@ -27,7 +27,7 @@ import torch
 from torch.func import jacrev, jvp, vmap
 
 from art_fisher import _checks
-from art_fisher.metrics.basis import Basis, ChunkBasis
+from art_fisher.metrics._basis import Basis, ChunkBasis
 from art_fisher.metrics.engine import chunking
 from art_fisher.metrics.engine.layers import gram
 from art_fisher.metrics.engine.network import FunctionalNet

@@ -23,8 +23,6 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-__all__ = ["LayerRule", "Reducer", "gram"]
-
 Reducer = Callable[[torch.Tensor], torch.Tensor]
 
 

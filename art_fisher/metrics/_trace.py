@@ -1,0 +1,282 @@
+r"""The trace of the Fisher matrix, per parameter tensor and in total, and its largest eigenvalue.
+
+With the Gram blocks ``K_k = J_k J_kᵀ`` (C × C) of each parameter tensor ``k`` and a factor ``W`` of
+``S = diag p − p pᵀ`` (``W Wᵀ = S``, :mod:`art_fisher.metrics`):
+
+- the trace of tensor ``k``'s diagonal block of ``F`` is ``tr(J_kᵀ S J_k) = tr(Wᵀ K_k W)``, which needs
+  only the diagonal of ``Wᵀ K_k W``: the squared norms of per-sample gradients, one per column of ``W``;
+- ``tr F`` is their sum;
+- the non-zero eigenvalues of ``F = Jᵀ W Wᵀ J`` are those of the C' × C' matrix ``Wᵀ K W``
+  (``K = Σ_k K_k``), so ``λ_max(F)`` is one small symmetric eigensolve per sample. Its eigenvector ``w``
+  gives the top eigenvector ``Jᵀ W w`` of ``F``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Literal, NamedTuple, overload
+
+import torch
+from torch import nn
+
+from art_fisher import _checks
+from art_fisher.metrics._basis import ClassSelection, make_basis
+from art_fisher.metrics._finite_difference import per_class_trace
+from art_fisher.metrics._setup import grad_mode, input_for, setup
+from art_fisher.metrics._top_mass import selection
+from art_fisher.metrics.engine import chunking
+from art_fisher.metrics.engine.grams import gram_blocks
+from art_fisher.metrics.engine.network import FunctionalNet
+from art_fisher.metrics.engine.recorder import Plan, make_plan
+
+
+def block_traces(
+    net: FunctionalNet,
+    plan: Plan,
+    x: torch.Tensor,
+    *,
+    chunk_size: int | None,
+    create_graph: bool = False,
+    classes: str | ClassSelection = "all",
+) -> torch.Tensor:
+    """``tr F_kk`` (N, B) for each selected parameter tensor ``k`` (in ``net.names`` order)."""
+    _z, diag, _w = gram_blocks(
+        net,
+        plan,
+        x,
+        basis=make_basis(classes, smooth=create_graph),
+        batch_size=chunk_size,
+        diagonal=True,
+        create_graph=create_graph,
+    )
+    return diag.sum(-1)
+
+
+def blocks(
+    net: FunctionalNet,
+    plan: Plan,
+    x: torch.Tensor,
+    *,
+    chunk_size: int | None,
+    classes: str | ClassSelection = "all",
+    create_graph: bool = False,
+) -> torch.Tensor:
+    """The blocks ``Wᵀ K_k W`` (N, B, C', C'); ``"predicted_vs_rest"`` reduces at the predicted class."""
+    basis = make_basis(classes, smooth=create_graph)
+    return gram_blocks(net, plan, x, basis=basis, batch_size=chunk_size, create_graph=create_graph)[1]
+
+
+@overload
+def top_eigen(k: torch.Tensor, *, vectors: Literal[True] = ...) -> tuple[torch.Tensor, torch.Tensor]: ...
+@overload
+def top_eigen(k: torch.Tensor, *, vectors: Literal[False]) -> tuple[torch.Tensor, None]: ...
+def top_eigen(k: torch.Tensor, *, vectors: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``λ_max(F)`` (N,) and, if ``vectors``, its unit eigenvector ``w`` (N, C') of ``K̃ = Σ_k K̃_k``.
+
+    The eigenvector of ``F`` is ``Jᵀ W w``, i.e. ``v = Jᵀ r`` with ``r = W w``. Without vectors only
+    eigenvalues are computed, whose derivative is defined even where other eigenvalues coincide.
+    """
+    m = k.sum(1)
+    m = (m + m.transpose(-1, -2)) / 2
+    if not vectors:
+        return torch.linalg.eigvalsh(m)[..., -1].clamp_min(0), None
+    evals, evecs = torch.linalg.eigh(m)
+    return evals[..., -1].clamp_min(0), evecs[..., -1]
+
+
+def max_eigenvalue(
+    net: FunctionalNet,
+    plan: Plan,
+    x: torch.Tensor,
+    *,
+    chunk_size: int | None,
+    create_graph: bool = False,
+    classes: str | ClassSelection = "all",
+) -> torch.Tensor:
+    """``λ_max(F(x))`` (N,)."""
+    k = blocks(net, plan, x, chunk_size=chunk_size, classes=classes, create_graph=create_graph)
+    return top_eigen(k, vectors=False)[0]
+
+
+class BlockTraces(NamedTuple):
+    """Per-parameter-tensor traces of the Fisher matrix (unpacks as ``values, names``).
+
+    Attributes
+    ----------
+    values : Tensor of shape (N, K)
+        ``tr F_kk(x)``: the trace of each selected parameter tensor's own diagonal block.
+    names : tuple of str
+        The K parameter names, in ``model.named_parameters()`` order.
+    """
+
+    values: torch.Tensor
+    names: tuple[str, ...]
+
+
+def fisher_trace(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    output: str = "logits",
+    params: Iterable[str] | None = None,
+    method: str = "exact",
+    fd_step: float = 1e-3,
+    chunk_size: int | None = None,
+    create_graph: bool = False,
+    tau: float | None = None,
+) -> torch.Tensor:
+    r"""Trace of each sample's Fisher matrix, ``tr F(x) = Σ_c p_c ‖∇θ log p_c‖²``.
+
+    Computed as ``Σ_k tr(Wᵀ K_k W)`` (``W Wᵀ = S``, C − 1 columns): the squared norms of per-sample
+    gradients along the columns of ``W``, from C − 1 batched backward passes.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Maps ``x`` (N, ...) to (N, C); BatchNorm / Dropout modules in eval mode.
+    x : Tensor of shape (N, ...)
+        Finite float inputs with the model's dtype and device.
+    output : {"logits", "log_probs", "probs"}
+        What the model returns.
+    params : iterable of str, optional
+        Names (as in ``model.named_parameters()``) of the parameters the Fisher matrix is taken over,
+        whether or not they require grad; default: every parameter with ``requires_grad``, or every
+        parameter when none requires grad (a frozen model).
+    method : {"exact", "finite_difference"}
+        ``"finite_difference"`` reproduces the original algorithm, which for the trace sums per-class
+        products of backward-pass gradients ``Σ_c ⟨∇θ z_c, ∇θ p_c⟩`` (it has no finite difference, so
+        it equals the exact trace up to rounding and ignores ``fd_step``); it is slower.
+    fd_step : float
+        Validated only (the trace has no finite difference).
+    chunk_size : int, optional
+        Samples processed at once (bounds memory); default: chosen internally.
+    create_graph : bool
+        Return a tensor whose autograd graph reaches ``x`` (make ``x`` require grad first), so that
+        ``torch.autograd.grad(tr.sum(), x)`` is the exact input gradient of the trace (mixed second
+        derivatives). Uses C backward passes (a factor of ``S`` smooth in ``p``). ``method="exact"`` only.
+    tau : float in (0, 1), optional
+        Many-class heads: keep each sample's most probable classes holding ``1 − tau`` of its
+        probability and merge the rest into one class (:mod:`art_fisher.metrics`): about as
+        many backward passes as kept classes instead of ``C − 1``, and a certain lower bound of the
+        exact value (``F_τ ≼ F``). None (default): exact.
+
+
+    Returns
+    -------
+    Tensor of shape (N,)
+        On ``x``'s device, in ``x``'s dtype; detached unless ``create_graph``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        For invalid arguments (before any computation), and for samples whose output or trace is
+        not finite (naming them).
+    """
+    net, _n_classes, _eps, bs = setup(
+        model,
+        x,
+        output=output,
+        params=params,
+        method=method,
+        fd_step=fd_step,
+        chunk_size=chunk_size,
+        create_graph=create_graph,
+    )
+    classes = selection(tau, method=method)
+    x = input_for(x, create_graph)
+    with grad_mode(create_graph):
+        if method == "finite_difference":
+            n_params = sum(net.base[n].numel() for n in net.names)  # Jacobians of logits and probabilities
+            size = bs or max(1, chunking.func_chunk(n_params, _n_classes, x.element_size()) // 2)
+            values = torch.cat([per_class_trace(net, x[sl]) for sl in chunking.chunks(x.shape[0], size)])
+        else:
+            values = block_traces(
+                net, make_plan(net, x), x, chunk_size=bs, create_graph=create_graph, classes=classes
+            ).sum(1)
+    return _checks.check_finite_result(values, "fisher_trace")
+
+
+def fisher_block_traces(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    output: str = "logits",
+    params: Iterable[str] | None = None,
+    chunk_size: int | None = None,
+    create_graph: bool = False,
+    tau: float | None = None,
+) -> BlockTraces:
+    r"""Trace of each selected parameter tensor's own diagonal block of each sample's Fisher matrix.
+
+    ``tr F_kk(x) = Σ_c p_c ‖∇θ_k log p_c‖²`` for every parameter tensor ``k``; the values sum over
+    ``k`` to :func:`fisher_trace`. They cost the same as the trace.
+
+    Parameters
+    ----------
+    model, x, output, params, chunk_size, create_graph, tau
+        As in :func:`fisher_trace`.
+
+
+    Returns
+    -------
+    BlockTraces
+        ``values`` of shape (N, K) (detached unless ``create_graph``) and the K parameter ``names``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`fisher_trace`.
+    """
+    net, _n_classes, _eps, bs = setup(
+        model, x, output=output, params=params, chunk_size=chunk_size, create_graph=create_graph
+    )
+    x = input_for(x, create_graph)
+    with grad_mode(create_graph):
+        values = block_traces(
+            net, make_plan(net, x), x, chunk_size=bs, create_graph=create_graph, classes=selection(tau)
+        )
+    return BlockTraces(_checks.check_finite_result(values, "fisher_block_traces"), tuple(net.names))
+
+
+def fisher_max_eigenvalue(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    output: str = "logits",
+    params: Iterable[str] | None = None,
+    chunk_size: int | None = None,
+    create_graph: bool = False,
+    tau: float | None = None,
+) -> torch.Tensor:
+    r"""Largest eigenvalue ``λ_max(F(x))`` of each sample's Fisher matrix.
+
+    The non-zero eigenvalues of ``F = Jᵀ S J`` are those of the small matrix ``Wᵀ (J Jᵀ) W`` with
+    ``W Wᵀ = S``; the cost is that of :func:`fisher_trace` plus one symmetric eigensolve per sample.
+    ``tr F ≥ λ_max(F) ≥ uᵀ F u`` for every unit vector ``u``.
+
+    Parameters
+    ----------
+    model, x, output, params, chunk_size, create_graph, tau
+        As in :func:`fisher_trace` (the input gradient of ``λ_max`` is defined where it is a simple
+        eigenvalue).
+
+
+    Returns
+    -------
+    Tensor of shape (N,)
+        On ``x``'s device; detached unless ``create_graph``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`fisher_trace`.
+    """
+    net, _n_classes, _eps, bs = setup(
+        model, x, output=output, params=params, chunk_size=chunk_size, create_graph=create_graph
+    )
+    x = input_for(x, create_graph)
+    with grad_mode(create_graph):
+        values = max_eigenvalue(
+            net, make_plan(net, x), x, chunk_size=bs, create_graph=create_graph, classes=selection(tau)
+        )
+    return _checks.check_finite_result(values, "fisher_max_eigenvalue")

@@ -1,0 +1,27 @@
+"""Upper bounds on sizes a user sets (search space, training loop, seeds), checked before any work.
+
+They keep a typo such as ``--width 100000000`` (a 3.6e17-byte allocation) or a 20-digit batch size from
+reaching PyTorch or NNI, where they fail late with an unrelated error or exhaust memory. Each bound is far
+beyond what the search spaces and data sets of this package use.
+"""
+
+from __future__ import annotations
+
+#: Seeds: NumPy's and Lightning's seeding take 0 .. 2**32 - 1.
+MAX_SEED = 2**32 - 1
+#: Channels in the cells of :class:`~nni_lease.LeaseCellSpace` (DARTS uses 16 to 36).
+MAX_WIDTH = 4096
+#: Cells (DARTS: 8 to 20) and nodes per cell (DARTS: 4).
+MAX_CELLS = 64
+MAX_NODES = 16
+#: Input channels and classes of a space.
+MAX_CHANNELS = 4096
+MAX_CLASSES = 100_000
+#: Image side of a space.
+MAX_IMAGE_SIZE = 4096
+#: Batch size (as art_fisher's evaluation).
+MAX_BATCH_SIZE = 2**16
+#: Epochs.
+MAX_EPOCHS = 100_000
+#: Sample and batch counts (``limit``, ``limit_batches``).
+MAX_COUNT = 10**9

@@ -1,0 +1,266 @@
+"""A small cell-based search space for 8×8 digits, MNIST and 32×32 CIFAR-10, and the registry of spaces.
+
+:func:`build_space` builds any space of :data:`SPACES` by name: this module's :class:`LeaseCellSpace`
+(``"lease_cell"``) or NNI's hub DARTS space (``"darts"``, :mod:`nni_lease`).
+
+The space is deliberately tiny so that a one-shot supernet trains on a laptop CPU in seconds. It uses
+only NNI's two basic mutation primitives, :class:`~nni.nas.nn.pytorch.LayerChoice` (which operation a
+node applies) and :class:`~nni.nas.nn.pytorch.InputChoice` (which earlier state a node reads), so every
+NNI strategy — DARTS, LeaSE, random search, evolution — can search it.
+
+Structure (``H`` = image side, ``C`` = ``width``)::
+
+    stem: 3×3 conv (in_channels → C) + BatchNorm
+    n_cells × cell, a 2× max-pool after every cell but the last while the side is ≥ 4
+    global average pool → linear (C → n_classes), logits
+
+A cell has ``n_nodes`` nodes. Node 0 applies a chosen operation to the cell input; node ``k ≥ 1``
+first chooses one of the ``k + 1`` earlier states (cell input, nodes ``0..k-1``) and then applies a chosen
+operation to it. The cell output is a fixed 1×1 convolution of the concatenated nodes plus the cell input
+(a residual connection). Choice labels are ``"{prefix}op{k}"`` and ``"{prefix}input{k}"``; with
+``shared_cells=True`` (default, like DARTS's normal cell) every cell uses the same labels and therefore the
+same architecture, otherwise the prefix is ``"cell{i}_"``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+from nni.nas.nn.pytorch import InputChoice, LayerChoice, ModelSpace
+from torch import nn
+
+from nni_lease._darts_space import DartsSpace
+from nni_lease._limits import MAX_CELLS, MAX_CHANNELS, MAX_CLASSES, MAX_IMAGE_SIZE, MAX_NODES, MAX_WIDTH
+
+logger = logging.getLogger(__name__)
+
+#: Names of the candidate operations, in the order they appear in each ``LayerChoice``.
+OPERATIONS: tuple[str, ...] = (
+    "conv_3x3",
+    "sep_conv_3x3",
+    "dil_conv_3x3",
+    "max_pool_3x3",
+    "avg_pool_3x3",
+    "skip_connect",
+)
+
+
+class _ReLUConvBN(nn.Sequential):
+    def __init__(self, channels: int, kernel_size: int, dilation: int = 1, separable: bool = False) -> None:
+        padding = dilation * (kernel_size - 1) // 2
+        groups = channels if separable else 1
+        layers: list[nn.Module] = [
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, kernel_size, padding=padding, dilation=dilation, groups=groups, bias=False),
+        ]
+        if separable:
+            layers.append(nn.Conv2d(channels, channels, 1, bias=False))
+        layers.append(nn.BatchNorm2d(channels))
+        super().__init__(*layers)
+
+
+def build_operation(name: str, channels: int) -> nn.Module:
+    """Build one candidate operation by name; every one keeps the shape ``(N, channels, H, W)``.
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`OPERATIONS`.
+    channels : int
+        Number of input and output channels.
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is not in :data:`OPERATIONS`.
+    """
+    if name == "conv_3x3":
+        return _ReLUConvBN(channels, 3)
+    if name == "sep_conv_3x3":
+        return _ReLUConvBN(channels, 3, separable=True)
+    if name == "dil_conv_3x3":
+        return _ReLUConvBN(channels, 3, dilation=2, separable=True)
+    if name == "max_pool_3x3":
+        return nn.MaxPool2d(3, stride=1, padding=1)
+    if name == "avg_pool_3x3":
+        return nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)
+    if name == "skip_connect":
+        return nn.Identity()
+    raise ValueError(f"operation name must be one of {list(OPERATIONS)}; got {name!r}.")
+
+
+class _Cell(nn.Module):
+    def __init__(self, channels: int, n_nodes: int, operations: Sequence[str], prefix: str) -> None:
+        super().__init__()
+        self.ops = nn.ModuleList()
+        self.inputs = nn.ModuleList()
+        for k in range(n_nodes):
+            self.ops.append(
+                LayerChoice({name: build_operation(name, channels) for name in operations}, label=f"{prefix}op{k}")
+            )
+            if k > 0:
+                self.inputs.append(InputChoice(k + 1, n_chosen=1, reduction="sum", label=f"{prefix}input{k}"))
+        self.combine = nn.Sequential(nn.Conv2d(n_nodes * channels, channels, 1, bias=False), nn.BatchNorm2d(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        states = [x]
+        for k, op in enumerate(self.ops):
+            node_input = x if k == 0 else self.inputs[k - 1](states)
+            states.append(op(node_input))
+        return x + self.combine(torch.cat(states[1:], dim=1))
+
+
+class LeaseCellSpace(ModelSpace):
+    """Small cell search space (stem, ``n_cells`` searchable cells, classifier) returning logits.
+
+    Parameters
+    ----------
+    in_channels : int
+        Channels of the input images (1 for digits/MNIST, 3 for CIFAR-10).
+    n_classes : int
+        Number of classes (size of the logits).
+    width : int
+        Channels inside the cells.
+    n_cells : int
+        Number of cells; a 2× max-pool follows every cell but the last while the side is at least 4.
+    n_nodes : int
+        Nodes per cell (each one ``LayerChoice``; nodes after the first also one ``InputChoice``).
+    image_size : int
+        Side of the square input images (8 for digits, 32 for CIFAR-10); decides the pooling.
+    operations : sequence of str
+        Candidate operations, a non-empty subset of :data:`OPERATIONS` without repeats.
+    shared_cells : bool
+        Whether all cells share one architecture (same choice labels) or each has its own.
+
+    Raises
+    ------
+    ValueError
+        For a non-positive size argument or an unknown / repeated / empty ``operations``.
+
+    Examples
+    --------
+    >>> space = LeaseCellSpace(in_channels=1, n_classes=10, width=8, n_cells=2, n_nodes=2, image_size=8)
+    >>> sorted(space.simplify())
+    ['input1', 'op0', 'op1']
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        n_classes: int = 10,
+        width: int = 16,
+        n_cells: int = 2,
+        n_nodes: int = 3,
+        image_size: int = 8,
+        operations: Sequence[str] = OPERATIONS,
+        shared_cells: bool = True,
+    ) -> None:
+        super().__init__()
+        for name, value, high in [
+            ("in_channels", in_channels, MAX_CHANNELS),
+            ("n_classes", n_classes, MAX_CLASSES),
+            ("width", width, MAX_WIDTH),
+            ("n_cells", n_cells, MAX_CELLS),
+            ("n_nodes", n_nodes, MAX_NODES),
+            ("image_size", image_size, MAX_IMAGE_SIZE),
+        ]:
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= high:
+                raise ValueError(f"{name} must be a positive int (at most {high}); got {value!r:.40}.")
+        operations = list(operations)
+        if not operations:
+            raise ValueError("operations must not be empty.")
+        unknown = [op for op in operations if op not in OPERATIONS]
+        if unknown:
+            raise ValueError(f"operations must be drawn from {list(OPERATIONS)}; got unknown {unknown}.")
+        if len(set(operations)) != len(operations):
+            raise ValueError(f"operations must not repeat; got {operations}.")
+        if len(operations) == 1 and n_nodes == 1:
+            raise ValueError("the space has nothing to search: one operation and n_nodes=1.")
+
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width))
+        blocks: list[nn.Module] = []
+        side = image_size
+        for i in range(n_cells):
+            prefix = "" if shared_cells else f"cell{i}_"
+            blocks.append(_Cell(width, n_nodes, operations, prefix))
+            if i < n_cells - 1 and side >= 4:
+                blocks.append(nn.MaxPool2d(2))
+                side //= 2
+        self.cells = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(width, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of shape ``(N, n_classes)`` for images of shape ``(N, in_channels, image_size, image_size)``."""
+        h = self.cells(self.stem(x))
+        return self.classifier(torch.flatten(self.pool(h), 1))
+
+
+#: The searchable spaces by command-line name (``--space``) → the class name recorded in ``architecture.json``.
+SPACES: dict[str, str] = {"lease_cell": "LeaseCellSpace", "darts": "DartsSpace"}
+
+
+def _space_class(class_name: str) -> type[ModelSpace]:
+    if class_name == "DartsSpace":
+        return DartsSpace
+    if class_name == "LeaseCellSpace":
+        return LeaseCellSpace
+    raise ValueError(f"space name must be one of {sorted(SPACES.values())}; got {class_name!r}.")
+
+
+def build_space(name: str, **kwargs: int) -> ModelSpace:
+    """Build a space by command-line name (a key of :data:`SPACES`) or recorded class name.
+
+    Parameters
+    ----------
+    name : str
+        ``"lease_cell"`` / ``"LeaseCellSpace"`` (:class:`LeaseCellSpace`) or ``"darts"`` / ``"DartsSpace"``
+        (:class:`nni_lease.DartsSpace`, NNI's hub DARTS space).
+    **kwargs
+        The class's keyword arguments.
+
+    Raises
+    ------
+    TypeError
+        If ``name`` is not a str.
+    ValueError
+        For an unknown name or a bad argument of the space.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"space name must be a str from {sorted(SPACES)}; got {type(name).__name__}.")
+    return _space_class(SPACES.get(name, name))(**kwargs)
+
+
+#: Per space: default ``width``, number of cells and nodes per cell (the DARTS space's cells always have 4 nodes).
+SPACE_DEFAULTS: dict[str, dict[str, int]] = {
+    "lease_cell": {"width": 8, "cells": 2, "nodes": 2},
+    "darts": {"width": 4, "cells": 3, "nodes": 4},
+}
+
+
+def space_kwargs_for(
+    name: str, *, in_channels: int, n_classes: int, image_size: int, width: int, cells: int, nodes: int
+) -> dict[str, int]:
+    """The keyword arguments of space ``name`` (a key of :data:`SPACES`) for these data and sizes.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``name``, or ``nodes`` other than 4 for ``"darts"``.
+    """
+    if name == "lease_cell":
+        return {
+            "in_channels": in_channels,
+            "n_classes": n_classes,
+            "width": width,
+            "n_cells": cells,
+            "n_nodes": nodes,
+            "image_size": image_size,
+        }
+    if name == "darts":
+        if nodes != SPACE_DEFAULTS["darts"]["nodes"]:
+            raise ValueError(f"nodes must be 4 for space 'darts' (NNI's DARTS cells have 4 nodes); got {nodes!r}.")
+        return {"in_channels": in_channels, "n_classes": n_classes, "width": width, "num_cells": cells}
+    raise ValueError(f"space must be one of {sorted(SPACES)}; got {name!r}.")

@@ -1,0 +1,167 @@
+"""LeaSE's options, written once: :class:`LeaseSettings`.
+
+The one-shot strategy (:class:`nni_lease.LeaSE`), its Lightning module, the multi-trial trial code
+(:mod:`nni_lease.multitrial`), the one-shot API (:mod:`nni_lease.oneshot`) and the command line all take
+their LeaSE options from this one frozen dataclass, which checks them when it is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from nni_lease.core._explain import check_explanation_arguments
+
+#: Accepted values of ``hypergradient``.
+HYPERGRADIENTS: tuple[str, ...] = ("first_order", "unrolled")
+
+
+def _positive(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) < math.inf:
+        raise ValueError(f"{name} must be a positive finite number; got {value!r}.")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class LeaseSettings:
+    r"""Every LeaSE option (stages 2-4 of a step and the listener); validated at construction.
+
+    Parameters
+    ----------
+    gamma : float
+        Weight :math:`\gamma \ge 0` of the listener's validation loss in the architecture objective
+        :math:`L_e^{val} + \gamma L_a^{val}` (0: the architecture ignores the listener, i.e. DARTS).
+    hypergradient : {"first_order", "unrolled"}
+        How :math:`L_a^{val}` is differentiated with respect to the architecture (see
+        :mod:`nni_lease.core`): ``"first_order"`` holds the explainer's and the listener's weights fixed
+        and follows the validation batch's explanation only (an approximation); ``"unrolled"`` follows
+        the seed's whole chain E′(A) → δ(E′) → W′ → :math:`L_a^{val}` with one virtual step of each network.
+    pgd_epsilon, pgd_norm, pgd_steps, pgd_step_size, pgd_random_start, pgd_objective, weighting
+        The explanation (:func:`nni_lease.core.pgd_explain`'s ``epsilon``, ``norm``, ``steps``,
+        ``step_size``, ``random_start``, ``objective``, ``weighting``; same defaults).
+    listener_optimizer : type of torch.optim.Optimizer
+        Optimiser class of the listener's weights.
+    listener_learning_rate, listener_weight_decay : float
+        Its learning rate (> 0) and weight decay (≥ 0).
+    unrolled_step_size : float or None
+        Step ξ of both virtual steps of ``"unrolled"``; ``None``: each network's own current learning rate.
+    seed : int
+        Seeds the default listener's initialisation and the explanations' random starts (private
+        generators; the global RNG is not used).
+
+    Raises
+    ------
+    ValueError
+        Naming the offending option, the expected and the received value.
+
+    Examples
+    --------
+    >>> settings = LeaseSettings(gamma=0.5)
+    >>> settings.explanation_kwargs()["norm"], settings.step_size
+    ('l2', 0.625)
+    >>> LeaseSettings.option_names()[:3]
+    ('gamma', 'hypergradient', 'pgd_epsilon')
+    """
+
+    gamma: float = 1.0
+    hypergradient: Literal["first_order", "unrolled"] = "first_order"
+    pgd_epsilon: float = 0.5
+    pgd_norm: Literal["l2", "linf"] = "l2"
+    pgd_steps: int = 2
+    pgd_step_size: float | None = None
+    pgd_random_start: float = 0.25
+    pgd_objective: Literal["predicted_label", "soft_prediction"] = "predicted_label"
+    weighting: Literal["reweight", "product"] = "reweight"
+    listener_optimizer: type[torch.optim.Optimizer] = torch.optim.Adam
+    listener_learning_rate: float = 1e-3
+    listener_weight_decay: float = 0.0
+    unrolled_step_size: float | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        gamma = self.gamma
+        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0.0 <= gamma < math.inf:
+            raise ValueError(f"gamma must be a finite number >= 0; got {gamma!r}.")
+        if self.hypergradient not in HYPERGRADIENTS:
+            raise ValueError(f"hypergradient must be one of {list(HYPERGRADIENTS)}; got {self.hypergradient!r}.")
+        check_explanation_arguments(
+            epsilon=self.pgd_epsilon,
+            step_size=self.pgd_step_size,
+            steps=self.pgd_steps,
+            norm=self.pgd_norm,
+            random_start=self.pgd_random_start,
+            objective=self.pgd_objective,
+            weighting="reweight",
+            prefix="pgd_",
+        )
+        check_explanation_arguments(epsilon=1.0, step_size=None, steps=1, weighting=self.weighting)
+        optimizer = self.listener_optimizer
+        if not (isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer)):
+            raise ValueError(f"listener_optimizer must be a torch.optim.Optimizer class; got {optimizer!r}.")
+        _positive("listener_learning_rate", self.listener_learning_rate)
+        decay = self.listener_weight_decay
+        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 <= decay < math.inf:
+            raise ValueError(f"listener_weight_decay must be a finite number >= 0; got {decay!r}.")
+        if self.unrolled_step_size is not None:
+            _positive("unrolled_step_size", self.unrolled_step_size)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be an int >= 0; got {self.seed!r}.")
+        object.__setattr__(self, "gamma", float(gamma))
+        object.__setattr__(self, "pgd_epsilon", float(self.pgd_epsilon))
+
+    @classmethod
+    def option_names(cls) -> tuple[str, ...]:
+        """Names of all options, in declaration order."""
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_options(cls, base: LeaseSettings | None = None, **options: Any) -> LeaseSettings:
+        """``base`` (default: the defaults) with ``options`` replaced.
+
+        Raises
+        ------
+        ValueError
+            For an unknown option name (listing the known ones) or a bad value.
+        """
+        unknown = sorted(set(options) - set(cls.option_names()))
+        if unknown:
+            raise ValueError(f"unknown LeaSE option(s) {unknown}; the options are {list(cls.option_names())}.")
+        return dataclasses.replace(base if base is not None else cls(), **options)
+
+    @property
+    def step_size(self) -> float:
+        """The PGD step actually used: ``pgd_step_size`` or ``2.5 * pgd_epsilon / pgd_steps``."""
+        if self.pgd_step_size is not None:
+            return float(self.pgd_step_size)
+        return 2.5 * self.pgd_epsilon / self.pgd_steps
+
+    def make_listener_optimizer(self, parameters: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        """``listener_optimizer`` over ``parameters`` with ``listener_learning_rate`` and ``listener_weight_decay``."""
+        # Every optimiser class takes lr and weight_decay; the base class's own signature does not say so.
+        make: Callable[..., torch.optim.Optimizer] = self.listener_optimizer
+        return make(parameters, lr=self.listener_learning_rate, weight_decay=self.listener_weight_decay)
+
+    def explanation_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`nni_lease.core.pgd_explain` for these settings."""
+        return {
+            "epsilon": self.pgd_epsilon,
+            "norm": self.pgd_norm,
+            "steps": self.pgd_steps,
+            "step_size": self.step_size,
+            "random_start": self.pgd_random_start,
+            "objective": self.pgd_objective,
+            "weighting": self.weighting,
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        """The options as JSON-ready values (the optimiser as ``module.QualName``; the PGD step resolved)."""
+        out = dataclasses.asdict(self)
+        opt = self.listener_optimizer
+        out["listener_optimizer"] = f"{opt.__module__}.{opt.__qualname__}"
+        out["pgd_step_size"] = self.step_size
+        return out

@@ -1,0 +1,300 @@
+r"""LeaSE trial code: train and score one explainer architecture as one NNI trial.
+
+For one architecture ``A`` (a sample of the search space, built by NNI in the trial process), every
+training batch runs the same step as the one-shot strategy's weight half:
+
+1. one Adam step of the explainer's weights ``E`` on the batch (cross entropy);
+2. and 3. :meth:`nni_lease.core.LeaseStep.train_listener`: the updated explainer explains the batch
+   (:func:`nni_lease.core.pgd_explain`) and the listener (fixed architecture,
+   :func:`nni_lease.core.default_listener`) takes one step on the explained inputs;
+
+and after every epoch the trial scores the seed's stage-4 objective
+
+.. math:: J = L(E, D_e^{val}) + \gamma\, L(W, z^{val}(E)),
+
+both mean cross entropies in nats over the validation split, the listener's on validation inputs
+explained by the same explainer (:meth:`nni_lease.core.LeaseStep.listener_validation_loss`).
+
+NNI's convention is that a larger metric is better (strategies, the web UI's "best metric" and "Top
+trials", ``export_top_models``): ``nni.report_intermediate_result`` gets
+``{"default": -J, "lease_objective": J, ...}`` after every epoch and ``nni.report_final_result`` the last
+one. ``default`` is the **negated** objective, so the best architecture has the largest ``default``;
+the losses and accuracies (fractions in ``[0, 1]``) are extra keys.
+
+Every argument is small (numbers and strings): NNI records an evaluator's arguments with ``nni.trace``
+and refuses any over 64 KB, so the data set is rebuilt in the trial from its name
+(:func:`nni_lease._data.make_dataset`), never passed as tensors.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import nni
+import torch
+import torch.nn.functional as F
+from nni.nas.evaluator import FunctionalEvaluator
+from torch import nn
+from torch.utils.data import DataLoader
+
+from nni_lease._data import check_dataset, make_dataset
+from nni_lease.core._listener import check_listener, default_listener
+from nni_lease.core._settings import LeaseSettings
+from nni_lease.core._step import LeaseStep
+
+logger = logging.getLogger(__name__)
+
+#: LeaSE options a trial takes (the rest of :class:`~nni_lease.core.LeaseSettings` is fixed in a trial:
+#: no architecture gradient, Adam for the listener at ``learning_rate``, ``seed`` from the trial's seed).
+TRIAL_LEASE_OPTIONS: tuple[str, ...] = (
+    "gamma",
+    "pgd_epsilon",
+    "pgd_norm",
+    "pgd_steps",
+    "pgd_step_size",
+    "pgd_random_start",
+    "pgd_objective",
+    "weighting",
+)
+
+
+def trial_settings(*, learning_rate: float = 0.01, seed: int = 0, **lease_options: Any) -> LeaseSettings:
+    """The :class:`~nni_lease.core.LeaseSettings` a trial runs with.
+
+    Raises
+    ------
+    ValueError
+        For an option a trial does not take or a bad value.
+    """
+    unknown = sorted(set(lease_options) - set(TRIAL_LEASE_OPTIONS))
+    if unknown:
+        raise ValueError(f"a LeaSE trial takes the LeaSE options {list(TRIAL_LEASE_OPTIONS)}; got {unknown}.")
+    return LeaseSettings(listener_learning_rate=learning_rate, seed=seed, **lease_options)
+
+
+def check_trial_arguments(
+    *,
+    dataset: str = "digits",
+    data_dir: str | None = None,
+    epochs: int = 2,
+    batch_size: int = 64,
+    max_batches: int | None = None,
+    train_limit: int | None = None,
+    val_limit: int | None = None,
+    learning_rate: float = 0.01,
+    listener_width: int | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    **lease_options: Any,
+) -> None:
+    """Validate the arguments of :func:`evaluate_lease` before any work (same names and defaults).
+
+    Raises
+    ------
+    ValueError
+        Naming the offending argument, the expected and the received value.
+    """
+    check_dataset(dataset, data_dir)
+    for name, value in [("epochs", epochs), ("batch_size", batch_size)]:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int; got {value!r}.")
+    for name, limit in [
+        ("max_batches", max_batches),
+        ("train_limit", train_limit),
+        ("val_limit", val_limit),
+        ("listener_width", listener_width),
+    ]:
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise ValueError(f"{name} must be None or a positive int; got {limit!r}.")
+    if (
+        isinstance(learning_rate, bool)
+        or not isinstance(learning_rate, (int, float))
+        or not math.isfinite(learning_rate)
+        or learning_rate <= 0
+    ):
+        raise ValueError(f"learning_rate must be a finite number > 0; got {learning_rate!r}.")
+    if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N'; got {device!r}.")
+    trial_settings(learning_rate=learning_rate, seed=seed, **lease_options)
+
+
+def _explainer_scores(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float]:
+    total, correct, n = 0.0, 0, 0
+    with torch.no_grad():
+        for x, y in batches:
+            logits = model(x)
+            total += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(dim=1) == y).sum())
+            n += len(y)
+    return total / n, correct / n
+
+
+def _train_epoch(
+    step: LeaseStep,
+    explainer: nn.Module,
+    opt_e: torch.optim.Optimizer,
+    loader: DataLoader,
+    max_batches: int | None,
+    dev: torch.device,
+) -> None:
+    """One epoch of stages 1-3 on at most ``max_batches`` batches."""
+    for i, (x, y) in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            break
+        x, y = x.to(dev), y.to(dev)
+        # Stage 1: one explainer weight step on the batch.
+        opt_e.zero_grad()
+        F.cross_entropy(explainer(x), y).backward()
+        opt_e.step()
+        # Stages 2 and 3: the shared LeaSE step (explain with the updated explainer, train W).
+        step.train_listener(explainer, x, y)
+
+
+def _listener_scores(step: LeaseStep, explainer: nn.Module, val_batches: list) -> tuple[float, float]:
+    """The listener's mean validation loss and accuracy on the explainer's explanations."""
+    loss_a, correct_a, n = 0.0, 0, 0
+    for x, y in val_batches:
+        loss, logits, _ = step.listener_validation_loss(explainer, x, y, reduction="sum")
+        loss_a += float(loss)
+        correct_a += int((logits.argmax(dim=1) == y).sum())
+        n += len(y)
+    return loss_a / n, correct_a / n
+
+
+def evaluate_lease(
+    model: nn.Module,
+    *,
+    dataset: str = "digits",
+    data_dir: str | None = None,
+    epochs: int = 2,
+    batch_size: int = 64,
+    max_batches: int | None = None,
+    train_limit: int | None = None,
+    val_limit: int | None = None,
+    learning_rate: float = 0.01,
+    listener_width: int | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    **lease_options: Any,
+) -> dict[str, float]:
+    """Train the explainer ``model`` and a fresh listener with LeaSE, report to NNI, return the final metrics.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The explainer: one architecture of the search space, mapping ``(N, C, H, W)`` to logits
+        ``(N, n_classes)``. It is trained in place (it is the trial's own copy).
+    dataset : {"digits", "mnist", "cifar10"}
+        Data set name (:func:`nni_lease._data.make_dataset`); ``"mnist"`` and ``"cifar10"`` need ``data_dir``.
+    data_dir : str or None
+        Folder of the CIFAR-10 python batches.
+    epochs : int
+        Number of epochs; each runs the step over the training batches and reports once.
+    batch_size : int
+        Mini-batch size of both networks.
+    max_batches : int or None
+        Use at most this many training batches per epoch (quick runs); ``None`` uses all.
+    train_limit, val_limit : int or None
+        Keep only the first so many samples of the training / validation split.
+    learning_rate : float
+        Adam learning rate of both the explainer and the listener.
+    listener_width : int or None
+        Width of the default listener (:func:`nni_lease.core.default_listener`).
+    seed : int
+        Seeds the data split, the shuffling, the listener's initialisation and the explanations' random
+        starts (through a forked torch RNG: the caller's global RNG state is left as it was).
+    device : str
+        ``"cpu"`` or a CUDA device.
+    **lease_options
+        LeaSE options among :data:`TRIAL_LEASE_OPTIONS` (``gamma``, ``pgd_epsilon`` …; defaults of
+        :class:`~nni_lease.core.LeaseSettings`).
+
+    Returns
+    -------
+    dict
+        ``default`` (``-J``, higher is better), ``lease_objective`` (``J``, nats), ``explainer_val_loss``,
+        ``listener_val_loss`` (nats), ``explainer_accuracy``, ``listener_accuracy`` (validation, in
+        ``[0, 1]``) and ``epoch``. The same dict is sent with ``nni.report_final_result``.
+
+    Raises
+    ------
+    ValueError
+        For a bad argument (before any work).
+    RuntimeError
+        If the objective is not finite (the trial is then marked failed).
+    """
+    check_trial_arguments(
+        dataset=dataset,
+        data_dir=data_dir,
+        epochs=epochs,
+        batch_size=batch_size,
+        max_batches=max_batches,
+        train_limit=train_limit,
+        val_limit=val_limit,
+        learning_rate=learning_rate,
+        listener_width=listener_width,
+        seed=seed,
+        device=device,
+        **lease_options,
+    )
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
+    settings = trial_settings(learning_rate=learning_rate, seed=seed, **lease_options)
+    train = make_dataset(dataset, "train", data_dir=data_dir, seed=seed, limit=train_limit)
+    val = make_dataset(dataset, "val", data_dir=data_dir, seed=seed, limit=val_limit)
+    dev = torch.device(device)
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        listener = default_listener(train.input_shape, train.n_classes, width=listener_width).to(dev)
+        check_listener(listener, train.input_shape, train.n_classes)
+        explainer = model.to(dev)
+        opt_e = torch.optim.Adam(explainer.parameters(), lr=learning_rate)
+        step = LeaseStep(settings, listener, generator=torch.Generator().manual_seed(seed + 1))
+        loader = DataLoader(train, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
+        val_batches = [(x.to(dev), y.to(dev)) for x, y in DataLoader(val, batch_size=256)]
+
+        metrics: dict[str, float] = {}
+        for epoch in range(1, epochs + 1):
+            explainer.train()
+            listener.train()
+            _train_epoch(step, explainer, opt_e, loader, max_batches, dev)
+            # Stage 4 (score): both validation losses, with the networks in eval mode.
+            explainer.eval()
+            listener.eval()
+            loss_e, acc_e = _explainer_scores(explainer, val_batches)
+            loss_a, acc_a = _listener_scores(step, explainer, val_batches)
+            objective = loss_e + settings.gamma * loss_a
+            if not math.isfinite(objective):
+                raise RuntimeError(
+                    f"the LeaSE objective is not finite at epoch {epoch}: "
+                    f"explainer loss {loss_e}, listener loss {loss_a}."
+                )
+            metrics = {
+                "default": -objective,
+                "lease_objective": objective,
+                "explainer_val_loss": loss_e,
+                "listener_val_loss": loss_a,
+                "explainer_accuracy": acc_e,
+                "listener_accuracy": acc_a,
+                "epoch": epoch,
+            }
+            logger.info("epoch %d: %s", epoch, metrics)
+            nni.report_intermediate_result(metrics)
+    nni.report_final_result(metrics)
+    return metrics
+
+
+def lease_evaluator(**kwargs: Any) -> FunctionalEvaluator:
+    """An NNI evaluator running :func:`evaluate_lease` with these keyword arguments (checked now).
+
+    Examples
+    --------
+    >>> evaluator = lease_evaluator(gamma=1.0, epochs=1, max_batches=4)
+    >>> evaluator.arguments["gamma"]
+    1.0
+    """
+    check_trial_arguments(**kwargs)
+    return FunctionalEvaluator(evaluate_lease, **kwargs)

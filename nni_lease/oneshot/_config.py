@@ -1,0 +1,178 @@
+"""Settings and result of the one-shot workflow (:mod:`nni_lease.oneshot`), each checked on creation."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nni_lease._data import check_dataset
+from nni_lease._limits import MAX_BATCH_SIZE, MAX_CELLS, MAX_COUNT, MAX_EPOCHS, MAX_NODES, MAX_SEED, MAX_WIDTH
+from nni_lease._spaces import SPACE_DEFAULTS
+
+DATASETS: tuple[str, ...] = ("digits", "mnist", "cifar10")
+
+
+def _check_int(name: str, value: Any, *, optional: bool = False, minimum: int = 1, maximum: int = MAX_COUNT) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        what = "None or an int" if optional else "an int"
+        raise ValueError(f"{name} must be {what} >= {minimum} (at most {maximum}); got {value!r:.40}.")
+
+
+def _check_positive(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) < math.inf:
+        raise ValueError(f"{name} must be a positive finite number; got {value!r}.")
+
+
+def check_data(dataset: str, data_dir: str | None) -> None:
+    """Check a data set name and its folder before any work (:func:`nni_lease._data.check_dataset`)."""
+    check_dataset(dataset, data_dir)
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Data, space and training settings of a one-shot search.
+
+    LeaSE's own options are in :class:`~nni_lease.core.LeaseSettings`.
+
+    Parameters
+    ----------
+    dataset : {"digits", "mnist", "cifar10"}
+        Data set (``"digits"``: scikit-learn's embedded 8×8 digits; nothing is downloaded).
+    data_dir : str or None
+        Folder of the MNIST files or the CIFAR-10 python batches (needed for ``"mnist"`` and ``"cifar10"``).
+    seed : int
+        Seed of the splits, the space's initialisation and the shuffling.
+    limit : int or None
+        Use only this many samples per split.
+    epochs : int
+        Search epochs.
+    limit_batches : int or None
+        Training batches per epoch (``None``: all).
+    batch_size : int
+        Batch size of both loaders.
+    learning_rate : float
+        The explainer's weights (the evaluator's Adam).
+    arc_learning_rate : float
+        The architecture weights (DARTS's Adam).
+    width, cells, nodes : int or None
+        The space's channels, cells and nodes per cell (:class:`~nni_lease.LeaseCellSpace`'s ``width``,
+        ``n_cells``, ``n_nodes``; :class:`~nni_lease.DartsSpace`'s ``width``, ``num_cells``, and
+        ``nodes`` must be 4). ``None``: the space's default (:data:`~nni_lease._spaces.SPACE_DEFAULTS`).
+    progress : bool
+        Show Lightning's progress bar.
+    space : {"lease_cell", "darts"}
+        The search space (:data:`nni_lease._spaces.SPACES`).
+
+    Raises
+    ------
+    ValueError
+        For a bad value, naming the field.
+    """
+
+    dataset: str = "digits"
+    data_dir: str | None = None
+    seed: int = 0
+    limit: int | None = None
+    epochs: int = 5
+    limit_batches: int | None = None
+    batch_size: int = 64
+    learning_rate: float = 3e-3
+    arc_learning_rate: float = 3e-4
+    width: int | None = None
+    cells: int | None = None
+    nodes: int | None = None
+    progress: bool = False
+    space: str = "lease_cell"
+
+    def __post_init__(self) -> None:
+        if self.space not in SPACE_DEFAULTS:
+            raise ValueError(f"space must be one of {sorted(SPACE_DEFAULTS)}; got {self.space!r}.")
+        for name, default in SPACE_DEFAULTS[self.space].items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, default)
+        check_data(self.dataset, self.data_dir)
+        _check_int("seed", self.seed, minimum=0, maximum=MAX_SEED)
+        for name, high in (
+            ("epochs", MAX_EPOCHS),
+            ("batch_size", MAX_BATCH_SIZE),
+            ("width", MAX_WIDTH),
+            ("cells", MAX_CELLS),
+            ("nodes", MAX_NODES),
+        ):
+            _check_int(name, getattr(self, name), maximum=high)
+        for name in ("limit", "limit_batches"):
+            _check_int(name, getattr(self, name), optional=True)
+        _check_positive("learning_rate", self.learning_rate)
+        _check_positive("arc_learning_rate", self.arc_learning_rate)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> SearchConfig:
+        """Build from a mapping of field names (e.g. read from JSON); unknown names are a ValueError."""
+        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown search setting(s) {unknown}.")
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    """Settings of :func:`retrain_architecture` (Adam on cross entropy, from scratch).
+
+    Parameters
+    ----------
+    epochs, batch_size : int
+        Training length and batch size.
+    learning_rate : float
+        Adam's learning rate.
+    seed : int
+        Seed of the initialisation and the shuffling.
+    data_dir : str or None
+        CIFAR-10 folder (``None``: the one recorded by the search).
+    progress : bool
+        Show a progress bar.
+    """
+
+    epochs: int = 20
+    batch_size: int = 64
+    learning_rate: float = 3e-3
+    seed: int = 0
+    data_dir: str | None = None
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        _check_int("epochs", self.epochs, maximum=MAX_EPOCHS)
+        _check_int("batch_size", self.batch_size, maximum=MAX_BATCH_SIZE)
+        _check_int("seed", self.seed, minimum=0, maximum=MAX_SEED)
+        _check_positive("learning_rate", self.learning_rate)
+        if self.data_dir is not None and not isinstance(self.data_dir, str):
+            raise ValueError(f"data_dir must be None or a str path; got {type(self.data_dir).__name__}.")
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """What :func:`search_oneshot` returns.
+
+    Attributes
+    ----------
+    architecture : dict
+        Choice label → chosen value (``export_top_models(formatter="dict")[0]``).
+    record : dict
+        The content of ``architecture.json``.
+    rows : list of dict
+        One row per epoch of the logged metrics (strings, as in ``metrics.csv``).
+    seconds : float
+        Wall-clock time of the search.
+    output : Path
+        The output folder.
+    """
+
+    architecture: dict
+    record: dict
+    rows: list = field(default_factory=list)
+    seconds: float = 0.0
+    output: Path = Path(".")

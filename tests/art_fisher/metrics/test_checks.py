@@ -1,0 +1,305 @@
+"""Bad input to the metrics raises a clear error naming the argument, before any computation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from art_fisher import fisher_max_eigenvalue, fisher_quadratic_form, fisher_sensitivity, fisher_trace
+from tests.art_fisher.metrics_cases import make_case
+
+METRICS = [fisher_trace, fisher_quadratic_form, fisher_sensitivity, fisher_max_eigenvalue]
+
+
+class CountingModel(nn.Module):
+    """Counts forward calls so a test can check that validation ran before any work."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.inner(x)
+
+
+@pytest.fixture
+def mlp():
+    model, x = make_case("mlp")
+    return CountingModel(model), x
+
+
+@pytest.mark.parametrize("fn", METRICS)
+@pytest.mark.parametrize(
+    ("make_x", "error", "match"),
+    [
+        (lambda x: x.numpy(), TypeError, "x must be a torch.Tensor"),
+        (lambda x: x.long(), TypeError, "x must be a floating-point"),
+        (lambda x: x[0], ValueError, "x must have a batch dimension"),
+        (lambda x: x[:0], ValueError, "x must hold at least one sample"),
+        (lambda x: torch.where(x > 0, x, torch.nan), ValueError, "x must be finite"),
+        (lambda x: x.clone().index_fill_(0, torch.tensor([1]), torch.inf), ValueError, "x must be finite"),
+        (lambda x: x.float(), ValueError, "x must have the model's dtype"),
+        (lambda x: x[:, :5], RuntimeError, None),  # wrong feature size: the model itself complains
+    ],
+)
+def test_bad_x(mlp, fn, make_x, error, match):
+    model, x = mlp
+    with pytest.raises(error, match=match):
+        fn(model, make_x(x))
+    if error is not RuntimeError:
+        assert model.calls == 0
+
+
+@pytest.mark.parametrize("fn", METRICS)
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"output": "softmax"}, ValueError, "output must be one of"),
+        ({"params": ["nope"]}, ValueError, r"params: unknown parameter names \['nope'\]"),
+        ({"params": "inner.0.weight"}, TypeError, "params must be None or an iterable"),
+        ({"params": [0]}, TypeError, "params must hold parameter names"),
+        ({"params": []}, ValueError, "params must name at least one parameter"),
+        ({"chunk_size": 0}, ValueError, "chunk_size must be None or a positive int"),
+        ({"chunk_size": 2.0}, TypeError, "chunk_size must be None or a positive int"),
+    ],
+)
+def test_bad_common_arguments(mlp, fn, kwargs, error, match):
+    model, x = mlp
+    with pytest.raises(error, match=match):
+        fn(model, x, **kwargs)
+    assert model.calls == 0
+
+
+@pytest.mark.parametrize("fn", [fisher_trace, fisher_quadratic_form, fisher_sensitivity])
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"method": "fd"}, ValueError, "method must be one of"),
+        ({"fd_step": 0.0}, ValueError, "fd_step must be a finite float > 0"),
+        ({"fd_step": -1e-3}, ValueError, "fd_step must be a finite float > 0"),
+        ({"fd_step": "1e-3"}, TypeError, "fd_step must be a positive float"),
+    ],
+)
+def test_bad_method_arguments(mlp, fn, kwargs, error, match):
+    model, x = mlp
+    with pytest.raises(error, match=match):
+        fn(model, x, **kwargs)
+    assert model.calls == 0
+
+
+@pytest.mark.parametrize("fn", [fisher_quadratic_form, fisher_sensitivity])
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"direction": "gradient"}, ValueError, "direction must be one of"),
+        ({"direction": "label"}, ValueError, 'direction="label" needs y'),
+        ({"direction": "label", "y": torch.tensor([0, 1, 2, 4])}, ValueError, r"y must hold labels in \[0, 3\]"),
+        ({"direction": "label", "y": torch.tensor([0, 1, -1, 2])}, ValueError, r"y must hold labels in \[0, 3\]"),
+        ({"direction": "label", "y": torch.tensor([0, 1])}, ValueError, r"y must have shape \(4,\)"),
+        ({"direction": "label", "y": torch.zeros(4)}, TypeError, "y must hold integer class labels"),
+        ({"y": torch.tensor([0, 1, 2, 3])}, ValueError, "y is only used with direction='label'"),
+        ({"direction": [torch.ones(3)]}, ValueError, "direction must hold one tensor per selected parameter"),
+        ({"direction": 3}, TypeError, "direction must be a name or a sequence of tensors"),
+        ({"blockwise": "yes"}, TypeError, "blockwise must be True or False"),
+        ({"normalize": 1}, TypeError, "normalize must be True or False"),
+        ({"classes": "two"}, ValueError, "classes must be one of"),
+    ],
+)
+def test_bad_direction_arguments(mlp, fn, kwargs, error, match):
+    model, x = mlp
+    with pytest.raises(error, match=match):
+        fn(model, x, **kwargs)
+
+
+def test_direction_shapes_and_zero(mlp):
+    model, x = mlp
+    shapes = [p.shape for p in model.parameters()]
+    wrong = [torch.ones(s) for s in shapes[:-1]] + [torch.ones(7)]
+    with pytest.raises(ValueError, match=r"the tensor for parameter 'inner.2.bias' must have shape \(4,\)"):
+        fisher_quadratic_form(model, x, direction=wrong)
+    with pytest.raises(ValueError, match="must not be zero"):
+        fisher_quadratic_form(model, x, direction=[torch.zeros(s, dtype=torch.float64) for s in shapes])
+    with pytest.raises(ValueError, match="direction must be one of"):
+        fisher_sensitivity(model, x, direction="top_eigenvector")
+    with pytest.raises(ValueError, match='does not support direction="top_eigenvector"'):
+        fisher_quadratic_form(model, x, direction="top_eigenvector", method="finite_difference")
+
+
+def test_bad_model():
+    x = torch.randn(2, 3, dtype=torch.float64)
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        fisher_trace(lambda t: t, x)
+    with pytest.raises(ValueError, match="model has no parameters"):
+        fisher_trace(nn.Softmax(dim=1), x)
+    one_class = nn.Linear(3, 1).double()
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        fisher_trace(one_class, x)
+    flat = nn.Sequential(nn.Linear(3, 2), nn.Flatten(0)).double()
+    with pytest.raises(ValueError, match=r"to a tensor of shape \(N, C\)"):
+        fisher_trace(flat, x)
+
+
+def test_training_mode_is_refused_and_kept():
+    model, x = make_case("cnn")
+    model.train()
+    with pytest.raises(ValueError, match=r"module '1' \(BatchNorm2d\) is in training mode.*model.eval\(\)"):
+        fisher_trace(model, x)
+    assert model.training and model[1].training
+    dropout = nn.Sequential(nn.Linear(6, 4), nn.Dropout(0.5)).double()
+    with pytest.raises(ValueError, match=r"module '1' \(Dropout\)"):
+        fisher_quadratic_form(dropout, torch.randn(2, 6, dtype=torch.float64))
+
+
+@pytest.mark.parametrize(("output", "match"), [("probs", "not a probability vector"), ("log_probs", "logsumexp")])
+def test_output_kind_mismatch(mlp, output, match):
+    model, x = mlp
+    with pytest.raises(ValueError, match=match):
+        fisher_trace(model, x, output=output)
+
+
+def test_inputs_with_unusual_strides_give_the_same_numbers():
+    """A numpy slice with a stride-0 / odd-stride size-1 axis used to break the Gram code's views."""
+    import numpy as np
+
+    from art_fisher.models._architectures import SmallCNN
+
+    torch.manual_seed(0)
+    model = SmallCNN().eval()
+    base = np.random.default_rng(0).random((6, 8, 8), dtype=np.float32)
+    odd = torch.from_numpy(np.broadcast_to(base[:, None], (6, 1, 8, 8)))  # stride 0 on the channel axis
+    fortran = torch.from_numpy(np.asfortranarray(base[:, None]))
+    canonical = odd.clone(memory_format=torch.contiguous_format)
+    for fn in (fisher_trace, fisher_quadratic_form, fisher_max_eigenvalue, fisher_sensitivity):
+        expected = fn(model, canonical[:4])
+        for x in (odd[:4], fortran[:4]):
+            torch.testing.assert_close(fn(model, x), expected, rtol=1e-5, atol=1e-7)
+
+
+def _linear32():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 3)).eval(), torch.randn(5, 4)
+
+
+@pytest.mark.parametrize("fn", METRICS)
+def test_non_finite_output_in_any_sample_names_the_samples(fn):
+    model, x = _linear32()
+    x = x.clone()
+    x[1] *= 1e38  # huge but finite logits: float32 cannot resolve a unit there (every metric, sensitivity included)
+    x[3] *= -1e38
+    with pytest.raises(ValueError, match=r"logits exceed 8.39e\+06 in magnitude for samples \[1, 3\]"):
+        fn(model, x)
+    x = x / 1e8  # now the logits themselves overflow to inf in samples 1 and 3
+    with torch.no_grad():
+        model[0].weight.mul_(1e12)
+    with pytest.raises(ValueError, match=r"the model's output is not finite .* for samples \[1, 3\]"):
+        fn(model, x)
+    with pytest.raises(ValueError, match=r"for samples \[1, 3\]"):
+        fn(model, x, chunk_size=2)  # found in the first chunk, every such sample named
+    if fn is not fisher_max_eigenvalue:
+        with pytest.raises(ValueError, match=r"samples \[1, 3\]"):
+            fn(model, x, method="finite_difference")
+
+
+def test_non_finite_results_name_the_samples():
+    from art_fisher._checks import check_finite_result
+
+    values = torch.tensor([1.0, float("nan"), 2.0, float("inf")])
+    with pytest.raises(ValueError, match=r"fisher_trace is not finite for samples \[1, 3\]"):
+        check_finite_result(values, "fisher_trace")
+    maps = torch.zeros(3, 1, 2, 2)
+    maps[2, 0, 1, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"samples \[2\]"):
+        check_finite_result(maps, "fisher_sensitivity")
+
+
+class ProbsByHand(nn.Module):
+    """Probabilities computed without a softmax call (the metrics cannot read through to logits)."""
+
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.body(x)
+        e = torch.exp(z - z.amax(1, keepdim=True))
+        return e / e.sum(1, keepdim=True)
+
+
+@pytest.mark.parametrize("wrap", ["softmax", "by_hand"])
+def test_zero_probability_under_probs_output(wrap):
+    model, x = make_case("tanh")
+    with torch.no_grad():
+        model[2].bias[2] = -1000.0  # p_2 underflows to exactly 0 in float64
+    probs = nn.Sequential(model, nn.Softmax(dim=1)) if wrap == "softmax" else ProbsByHand(model)
+    assert bool((probs(x)[:, 2] == 0).all())
+    for fn in METRICS:
+        got = fn(probs, x, output="probs")
+        want = fn(model, x)  # logits: the zero class's term p_c ‖∇ log p_c‖² is below rounding
+        assert bool(torch.isfinite(got).all())
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-300)
+    label = torch.tensor([2, 2, 0, 2])
+    if wrap == "by_hand":  # only probabilities are known: ∇θ log p_2 does not exist
+        with pytest.raises(ValueError, match=r"probability is exactly 0: samples \[0, 1, 3\]"):
+            fisher_quadratic_form(probs, x, output="probs", direction="label", y=label)
+    else:  # read through to the logits: log p_2 is a smooth function of them
+        got = fisher_quadratic_form(probs, x, output="probs", direction="label", y=label)
+        torch.testing.assert_close(got, fisher_quadratic_form(model, x, direction="label", y=label), rtol=1e-9, atol=0)
+
+
+def test_frozen_model_uses_every_parameter_and_stays_frozen():
+    model, x = make_case("tanh")
+    all_params = fisher_trace(model, x)
+    model.requires_grad_(False)
+    for fn in METRICS:
+        assert bool(torch.isfinite(fn(model, x)).all())
+    torch.testing.assert_close(fisher_trace(model, x), all_params, rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        fisher_trace(model, x, params=["2.weight"]),
+        fisher_trace(model.requires_grad_(True), x, params=["2.weight"]),
+        rtol=1e-12,
+        atol=0,
+    )
+    model.requires_grad_(False)
+    fisher_sensitivity(model, x)
+    assert not any(p.requires_grad for p in model.parameters())
+    assert all(p.grad is None for p in model.parameters())
+    model[0].weight.requires_grad_(True)  # some require grad: only those are selected by default
+    torch.testing.assert_close(fisher_trace(model, x), fisher_trace(model, x, params=["0.weight"]), rtol=0, atol=0)
+    assert [p.requires_grad for p in model.parameters()] == [True, False, False, False]
+
+
+def test_create_graph_arguments():
+    model, x = make_case("tanh")
+    with pytest.raises(TypeError, match="create_graph must be True or False"):
+        fisher_trace(model, x, create_graph=1)
+    with pytest.raises(ValueError, match="create_graph=True needs method='exact'"):
+        fisher_quadratic_form(model, x, create_graph=True, method="finite_difference")
+
+
+class _FunctionalDropout(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(6, 32), nn.Linear(32, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(nn.functional.dropout(torch.relu(self.fc1(x)), p=0.5, training=True))
+
+
+def test_functional_train_mode_dropout_is_detected():
+    model, x = _FunctionalDropout().eval(), torch.rand(4, 6)
+    for metric in (fisher_trace, fisher_quadratic_form, fisher_sensitivity):
+        with pytest.raises(ValueError, match="differs between two calls in eval mode"):
+            metric(model, x)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_says_unsupported(dtype):
+    """Before: torch's NotImplementedError: linalg_eigh_cpu from the trace."""
+    model = nn.Sequential(nn.Linear(4, 3)).to(dtype).eval()
+    with pytest.raises(TypeError, match=rf"half precision is not supported \(x is {dtype}\).*model.float\(\)"):
+        fisher_trace(model, torch.rand(2, 4, dtype=dtype))
+    with pytest.raises(TypeError, match=r"half precision is not supported \(parameter '0.weight'"):
+        fisher_trace(model, torch.rand(2, 4))
