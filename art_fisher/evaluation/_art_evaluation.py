@@ -29,7 +29,7 @@ class DetectionEvaluation(Evaluation):
 
     Parameters
     ----------
-    dataset, data_dir, attacks, eps, detectors, n_samples, target_fpr, adaptive, batch_size, device, epochs, arch
+    dataset, data_dir, attacks, eps, detectors, n_samples, target_fpr, adaptive, batch_size, device, epochs, arch, tau
         As in :func:`art_fisher.evaluation.evaluate`.
 
     Examples
@@ -55,6 +55,7 @@ class DetectionEvaluation(Evaluation):
         device: str = "cpu",
         epochs: int | None = None,
         arch: str | None = None,
+        tau: float | None = None,
     ) -> None:
         self.settings: dict[str, Any] = {
             "dataset": dataset,
@@ -69,6 +70,7 @@ class DetectionEvaluation(Evaluation):
             "device": device,
             "epochs": epochs,
             "arch": arch,
+            "tau": tau,
         }
 
     def evaluate(

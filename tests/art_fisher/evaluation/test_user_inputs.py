@@ -64,10 +64,12 @@ def test_without_reference_a_share_of_x_is_set_aside_and_never_scored(net, image
 
     x, y, _ = images
     clf = own_model.classifier(net)
-    result = DetectionEvaluation(**{**FAST, "detectors": ["max_softmax"]}).evaluate(clf, x, y, output_dir=tmp_path)
+    evaluation = DetectionEvaluation(**{**FAST, "detectors": ["fisher_trace", "max_softmax"]}, tau=0.1)
+    result = evaluation.evaluate(clf, x, y, output_dir=tmp_path)
     n_aside = max(MIN_REFERENCE, round(REFERENCE_SHARE * len(x)))
     assert result.settings["n_test_images"] == len(x) - n_aside
     assert result.settings["n_train_images"] == n_aside
+    assert result.settings["tau"] == 0.1  # the many-class option reaches the Fisher detectors
 
 
 @pytest.mark.parametrize(
