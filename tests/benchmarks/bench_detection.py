@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=None, help="MNIST folder (idx files or mnist.npz)")
     parser.add_argument("--data", default=None, help="an .npz (x_train, y_train, x_test, y_test) instead of --dataset")
     parser.add_argument("--eps", type=float, default=None, help="FGSM / PGD budget (default: per data set)")
+    parser.add_argument("--no-ablation", action="store_true", help="skip the stacked detector's ablation variants")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: %(default)s)")
     parser.add_argument("--n-samples", type=int, default=300, help="images attacked per seed (default: %(default)s)")
     parser.add_argument("--attacks", default="fgsm,pgd,deepfool,cw_l2")
@@ -180,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         kwargs.update(data=args.data, dataset="digits", data_dir=None)
         name = Path(args.data).stem
     extra = [f"{variant}_without_{p}" for variant in ("stacked", "stacked_clean") for p in PARTS]
+    if args.no_ablation:
+        extra = []
     seeds = args.seeds
     if args.smoke:  # differentiable named detectors (adaptive refuses others by name); the stacked ones as extras
         seeds = "0"
