@@ -76,3 +76,26 @@ def test_without_a_process_group_it_is_the_plain_call():
         distributed.map_rows(lambda a, b: a, x, x[:2])
     with pytest.raises(ValueError, match="batch_size"):
         distributed.distributed_scores(lambda b: b, x, batch_size=0)
+
+
+class _LazyImages:
+    """2,000 images of 3×32×32 float32 (24 MB in all), each made when asked for."""
+
+    def __len__(self) -> int:
+        return 2000
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return np.full((3, 32, 32), i / 2000, dtype=np.float32)
+
+
+def test_scores_stream_memory_grows_with_the_batch_not_the_data_set():
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        scores = distributed.distributed_scores(lambda b: b.mean(axis=(1, 2, 3)), _LazyImages(), batch_size=16)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_allclose(scores, np.arange(2000) / 2000, rtol=1e-6)
+    assert peak < 3_000_000  # the data set is 24.6 MB; a batch of 16 images is 197 KB
