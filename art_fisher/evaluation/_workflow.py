@@ -265,6 +265,8 @@ def prepare(
     does the work.
     """
     if data is not None:
+        if data_dir is not None:
+            raise ValueError(f"give either data (an .npz or arrays) or data_dir, not both; got data_dir={data_dir!r}.")
         dataset = USER_DATASET
     elif dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {DATASETS}; got {dataset!r}.")

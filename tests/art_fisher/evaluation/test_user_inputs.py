@@ -196,6 +196,7 @@ def test_cli_runs_an_exported_model_on_an_npz_with_its_preprocessing(net, images
         ("--std", "0,1,1", "std must be positive"),
         ("--clip-values", "0,0.5", "outside the classifier's clip_values"),
         ("--detectors", "max_softmax,mahalanobis", "read the model's layers"),
+        ("--data-dir", "somewhere", "not both"),
     ],
 )
 def test_cli_bad_inputs_get_one_line_and_exit_2_before_work(files, tmp_path, capsys, flag, value, message):
