@@ -7,8 +7,12 @@ import logging
 import math
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from art_fisher import __version__
+
+if TYPE_CHECKING:  # the evaluation imports ART and torch: loaded only when a command runs
+    from art_fisher.evaluation import EvaluationConfig
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +59,35 @@ _MODEL_STATUS = {
 }
 
 
+def _config(args: argparse.Namespace, progress: bool) -> EvaluationConfig:
+    """The run's :class:`~art_fisher.evaluation.EvaluationConfig`, built once from the options."""
+    from art_fisher import evaluation
+
+    return evaluation.EvaluationConfig(
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        model=args.model,
+        arch=args.arch,
+        attacks=_names(args.attacks),
+        eps=args.eps,
+        detectors=None if args.detectors is None else _names(args.detectors),
+        n_samples=args.n_samples,
+        seed=args.seed,
+        device=args.device,
+        output_dir=args.output,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        target_fpr=args.target_fpr,
+        progress=progress,
+        tau=args.tau,
+        adaptive=args.adaptive,
+        data=args.data,
+        clip_values=args.clip_values,
+        mean=args.mean,
+        std=args.std,
+    )
+
+
 def _run_evaluate(args: argparse.Namespace) -> int:
     import torch
     import torch.distributed as dist
@@ -68,7 +101,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     except (ValueError, RuntimeError) as exc:
         return _error(exc)
     try:
-        return _evaluate_once(args, progress) if args.seeds is None else _run_seeds(args, progress)
+        return _evaluate_once(args, progress)
     finally:
         if distributed.world_size() > 1:
             dist.destroy_process_group()
@@ -83,39 +116,19 @@ def _error(message: object) -> int:
     return 2
 
 
-def _user_kwargs(args: argparse.Namespace) -> dict[str, object]:
-    return {"data": args.data, "clip_values": args.clip_values, "mean": args.mean, "std": args.std}
-
-
 def _evaluate_once(args: argparse.Namespace, progress: bool) -> int:
     from art_fisher import evaluation
     from art_fisher.distributed import is_writer
 
-    try:  # argument checks and data / model loading: a user error gets one line, not a traceback
-        plan = evaluation.prepare(
-            **_user_kwargs(args),  # type: ignore[arg-type]
-            dataset=args.dataset,
-            data_dir=args.data_dir,
-            model=args.model,
-            arch=args.arch,
-            attacks=_names(args.attacks),
-            eps=args.eps,
-            detectors=None if args.detectors is None else _names(args.detectors),
-            n_samples=args.n_samples,
-            seed=args.seed,
-            device=args.device,
-            output_dir=args.output,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            target_fpr=args.target_fpr,
-            progress=progress,
-            tau=args.tau,
-            adaptive=args.adaptive,
-        )
+    try:  # settings, files and data / model loading: a user error gets one line, not a traceback
+        config = _config(args, progress)
+        if args.seeds is not None:
+            return _run_seeds(args, config)
+        plan = evaluation.prepare(config)
     except (ValueError, TypeError, FileNotFoundError) as exc:
         return _error(exc)
     try:
-        result = evaluation.run(plan)
+        result = evaluation.run_plan(plan)
     except ValueError as exc:  # e.g. a model whose outputs are not finite: refused with its name
         return _error(exc)
     if not is_writer():
@@ -140,37 +153,14 @@ class _OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
 
 
-def _run_seeds(args: argparse.Namespace, progress: bool) -> int:
+def _run_seeds(args: argparse.Namespace, config: EvaluationConfig) -> int:
     from art_fisher.distributed import is_writer
-    from art_fisher.evaluation._security_curve import security_curve_stage
-    from art_fisher.evaluation._seeds import evaluate_seeds, parse_seeds
+    from art_fisher.evaluation import evaluate_seeds
+    from art_fisher.evaluation._seeds import parse_seeds
 
     try:
         seeds = parse_seeds(args.seeds)
-    except ValueError as exc:
-        return _error(exc)
-    kwargs = {
-        **_user_kwargs(args),
-        "dataset": args.dataset,
-        "data_dir": args.data_dir,
-        "model": args.model,
-        "arch": args.arch,
-        "attacks": _names(args.attacks),
-        "eps": args.eps,
-        "detectors": None if args.detectors is None else _names(args.detectors),
-        "n_samples": args.n_samples,
-        "device": args.device,
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "target_fpr": args.target_fpr,
-        "progress": progress,
-        "adaptive": args.adaptive,
-        "tau": args.tau,
-    }
-    try:
-        result = evaluate_seeds(
-            seeds=seeds, output_dir=args.output, extra_stages={"security_curve": security_curve_stage()}, **kwargs
-        )
+        result = evaluate_seeds(config, seeds=seeds)
     except (ValueError, TypeError, FileNotFoundError) as exc:
         return _error(exc)
     if not is_writer():

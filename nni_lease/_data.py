@@ -33,8 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from art_fisher.data._cifar_batch import read_cifar10_batch
-from art_fisher.data._loaders import load_digits, load_mnist
+from art_fisher.data import load_digits, load_mnist, read_cifar10_batch
 
 logger = logging.getLogger(__name__)
 

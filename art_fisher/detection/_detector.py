@@ -22,6 +22,7 @@ import sklearn
 
 from art_fisher.detection import _features
 from art_fisher.detection import _persistence as persistence
+from art_fisher.detection._calibration import clean_threshold
 from art_fisher.detection._decision import (
     check_fit_kwargs,
     decide,
@@ -326,6 +327,21 @@ class FisherInformationDetector(DetectorParameters):
             "feature_names": list(self.feature_names_),
         }
         return report, is_adversarial
+
+    def calibrate(self, x_clean: np.ndarray) -> FisherInformationDetector:
+        """Move the decision threshold to flag ``target_fpr`` of the held-out clean images ``x_clean``.
+
+        Returns
+        -------
+        self : FisherInformationDetector
+            With ``threshold_`` at the clean quantile of ``x_clean``'s decision scores and ``clean_fpr_`` the
+            share of ``x_clean`` it flags.
+        """
+        report, _ = self.detect(x_clean)
+        scores = report["decision_scores"]
+        self.threshold_ = clean_threshold(scores, self.target_fpr)
+        self.clean_fpr_ = float(np.mean(scores > self.threshold_))
+        return self
 
     def as_art_classifier(self) -> Any:
         """The fitted detector as an ART classifier with one output: the detection logit, with input gradients.

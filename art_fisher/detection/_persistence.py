@@ -1,17 +1,20 @@
-"""Detector files: what :meth:`FisherInformationDetector.save` writes and :meth:`~.load` accepts.
+"""Detector files: what the detectors' ``save`` writes and their ``load`` accepts.
 
-This module knows files, not detectors: it writes and reads back the state dict that the detector
-hands out (``FisherInformationDetector._get_state``) and takes back (``_set_state``). A file is a
-``skops.io`` archive (never bare pickle) of that dict with three keys added:
+This module knows files, not detectors: it writes and reads back the state dict that a detector
+hands out and takes back (``_set_state``), for :class:`~art_fisher.detection.FisherInformationDetector`
+and :class:`~art_fisher.detection.StackedDetector` alike (the ``detector`` argument names which). A file
+is a ``skops.io`` archive (never bare pickle) of that dict with three keys added:
 
-- ``format``, ``format_version``: identify the layout (:data:`DETECTOR_FORMAT`, :data:`DETECTOR_FORMAT_VERSION`);
+- ``format`` (``"art_fisher.<detector>"``, :data:`DETECTOR_FORMAT` for the Fisher detector) and
+  ``format_version`` (:data:`DETECTOR_FORMAT_VERSION`): identify the layout;
 - ``versions``: the package versions that wrote it (a difference is warned about, not refused);
 - ``settings``: the detector's constructor arguments except the classifier and the estimator;
 - ``estimator``, ``estimator_``: the estimator as given and as fitted;
 - ``feature_names``, ``input_shape``, ``nb_classes``;
 - ``model_fingerprint``: :func:`model_fingerprint` of the classifier the detector was fitted for;
 - ``decision_threshold``, ``clean_fpr``: the detector's ``threshold_`` and ``clean_fpr_`` (None or a finite
-  float).
+  float);
+- further keys a detector names (``extra_keys``): the stacked detector's class Gaussians and column counts.
 
 Loading reads the archive with skops' default trusted types,
 :class:`~art_fisher.detection.ThresholdClassifier`,
@@ -135,7 +138,13 @@ def model_fingerprint(classifier: Any) -> str:
     return h.hexdigest()
 
 
-def write_state(state: dict[str, Any], path: str | Path) -> None:
+def write_state(
+    state: dict[str, Any],
+    path: str | Path,
+    *,
+    detector: str = "FisherInformationDetector",
+    extra_keys: Sequence[str] = (),
+) -> None:
     """Write a fitted detector's state dict to ``path`` atomically (see the module docstring).
 
     Parameters
@@ -150,12 +159,12 @@ def write_state(state: dict[str, Any], path: str | Path) -> None:
     """
     import skops.io as sio
 
-    keys = [k for k in (*_KEYS, "model_fingerprint", *_THRESHOLD_KEYS) if k not in _ADDED_KEYS]
+    keys = [k for k in (*_KEYS, *_THRESHOLD_KEYS, *extra_keys) if k not in _ADDED_KEYS]
     missing = [k for k in keys if k not in state]
     if missing:
         raise ValueError(f"state is missing the keys {missing}.")
     record = {
-        "format": DETECTOR_FORMAT,
+        "format": f"art_fisher.{detector}",
         "format_version": DETECTOR_FORMAT_VERSION,
         "versions": _versions(),
         **{key: state[key] for key in keys},
@@ -192,9 +201,9 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def invalid_file(path: str | Path, why: str) -> ValueError:
+def invalid_file(path: str | Path, why: str, detector: str = "FisherInformationDetector") -> ValueError:
     """The ValueError for a detector file that is readable but wrong: ``why`` says what is wrong."""
-    return ValueError(f"{path} is not a valid saved FisherInformationDetector: {why}.")
+    return ValueError(f"{path} is not a valid saved {detector}: {why}.")
 
 
 #: Largest detector file, largest ``schema.json`` and most bytes skops may read from the archive's members
@@ -219,7 +228,7 @@ def _member_references(schema: Any) -> list[str]:
     return found
 
 
-def _check_archive(path: Path) -> None:
+def _check_archive(path: Path, detector: str = "FisherInformationDetector") -> None:
     """Bound what skops will read before it reads anything.
 
     Checks the file size, the members' declared and inflated sizes, and the bytes its schema's nodes
@@ -229,26 +238,37 @@ def _check_archive(path: Path) -> None:
 
     size = path.stat().st_size
     if size > MAX_DETECTOR_FILE_BYTES:
-        raise invalid_file(path, f"{size} bytes, over the {MAX_DETECTOR_FILE_BYTES}-byte limit for a detector file")
+        raise invalid_file(
+            path,
+            detector=detector,
+            why=f"{size} bytes, over the {MAX_DETECTOR_FILE_BYTES}-byte limit for a detector file",
+        )
     try:
         with zipfile.ZipFile(path) as archive:
             infos = archive.infolist()
             names = [info.filename for info in infos]
             if len(infos) > _MAX_MEMBERS or len(set(names)) != len(names):
-                raise invalid_file(path, f"{len(infos)} archive members, some named twice or over {_MAX_MEMBERS}")
+                raise invalid_file(
+                    path,
+                    detector=detector,
+                    why=f"{len(infos)} archive members, some named twice or over {_MAX_MEMBERS}",
+                )
             declared = {info.filename: info.file_size for info in infos}
             if declared.get("schema.json", MAX_SCHEMA_BYTES + 1) > MAX_SCHEMA_BYTES:
-                raise invalid_file(path, f"no schema.json of at most {MAX_SCHEMA_BYTES} bytes")
+                raise invalid_file(path, detector=detector, why=f"no schema.json of at most {MAX_SCHEMA_BYTES} bytes")
             schema = json.loads(archive.read("schema.json"))
             read = 0
             for name in _member_references(schema):
                 if name not in declared:
-                    raise invalid_file(path, f"its schema names a member {name[:60]!r} that the archive lacks")
+                    raise invalid_file(
+                        path, detector=detector, why=f"its schema names a member {name[:60]!r} that the archive lacks"
+                    )
                 read += declared[name]
             if read > MAX_MEMBER_READ_BYTES:
                 raise invalid_file(
                     path,
-                    f"its schema's nodes would read {read} bytes from the archive's members, over "
+                    detector=detector,
+                    why=f"its schema's nodes would read {read} bytes from the archive's members, over "
                     f"the {MAX_MEMBER_READ_BYTES}-byte limit",
                 )
             for info in infos:  # inflate each member once, in chunks: its declared size and CRC must hold
@@ -259,7 +279,8 @@ def _check_archive(path: Path) -> None:
                 if inflated != info.file_size:
                     raise invalid_file(
                         path,
-                        f"member {info.filename[:60]!r} inflates to {inflated} bytes, not the "
+                        detector=detector,
+                        why=f"member {info.filename[:60]!r} inflates to {inflated} bytes, not the "
                         f"{info.file_size} it declares",
                     )
     except (
@@ -273,29 +294,27 @@ def _check_archive(path: Path) -> None:
         RecursionError,
     ) as err:
         raise ValueError(
-            f"{path} is not a saved FisherInformationDetector (not a readable skops file: "
-            f"{type(err).__name__}: {str(err)[:200]})."
+            f"{path} is not a saved {detector} (not a readable skops file: {type(err).__name__}: {str(err)[:200]})."
         ) from err
     except ValueError as err:
         if str(err).startswith(str(path)):
             raise
-        raise invalid_file(path, f"its schema.json is not JSON ({str(err)[:200]})") from err
+        raise invalid_file(path, detector=detector, why=f"its schema.json is not JSON ({str(err)[:200]})") from err
 
 
-def _read_state(path: Path, trusted: Sequence[str]) -> dict[str, Any]:
+def _read_state(path: Path, trusted: Sequence[str], detector: str) -> dict[str, Any]:
     import skops.io as sio
 
     if not path.exists():
         raise ValueError(f"{path} does not exist.")
     if not path.is_file():
         raise ValueError(f"{path} is not a file (a saved detector is one .skops file).")
-    _check_archive(path)
+    _check_archive(path, detector)
     try:
         untrusted = sio.get_untrusted_types(file=path)
     except (zipfile.BadZipFile, KeyError, ValueError, TypeError, OSError, RecursionError) as err:
         raise ValueError(
-            f"{path} is not a saved FisherInformationDetector (not a readable skops file: "
-            f"{type(err).__name__}: {str(err)[:200]})."
+            f"{path} is not a saved {detector} (not a readable skops file: {type(err).__name__}: {str(err)[:200]})."
         ) from err
     allowed = set(TRUSTED_TYPES) | set(trusted)
     refused = sorted(t for t in untrusted if t not in allowed)
@@ -308,14 +327,16 @@ def _read_state(path: Path, trusted: Sequence[str]) -> dict[str, Any]:
         state = sio.load(path, trusted=sorted(set(untrusted)))
     except (zipfile.BadZipFile, KeyError, ValueError, TypeError, AttributeError, OSError, RecursionError) as err:
         raise ValueError(
-            f"{path} is not a saved FisherInformationDetector (loading failed: {type(err).__name__}: {str(err)[:200]})."
+            f"{path} is not a saved {detector} (loading failed: {type(err).__name__}: {str(err)[:200]})."
         ) from err
-    if not isinstance(state, dict) or state.get("format") != DETECTOR_FORMAT:
-        raise ValueError(f"{path} is not a saved FisherInformationDetector (format {DETECTOR_FORMAT!r}).")
+    if not isinstance(state, dict) or state.get("format") != f"art_fisher.{detector}":
+        raise ValueError(f"{path} is not a saved {detector} (format {'art_fisher.' + detector!r}).")
     return state
 
 
-def _check_state(path: Path, state: dict[str, Any], setting_names: Sequence[str]) -> None:
+def _check_state(
+    path: Path, state: dict[str, Any], setting_names: Sequence[str], detector: str, extra_keys: Sequence[str]
+) -> None:
     """Every key present with the right type; ValueError naming the first problem."""
     version = state.get("format_version")
     if isinstance(version, bool) or not isinstance(version, Integral) or version != DETECTOR_FORMAT_VERSION:
@@ -323,33 +344,37 @@ def _check_state(path: Path, state: dict[str, Any], setting_names: Sequence[str]
             f"{path} has detector format version {version!r}; this art_fisher reads version "
             f"{DETECTOR_FORMAT_VERSION} only. Fit the detector again and save it with this version."
         )
-    missing = [k for k in (*_KEYS, *_THRESHOLD_KEYS) if k not in state]
+    missing = [k for k in (*_KEYS, *_THRESHOLD_KEYS, *extra_keys) if k not in state]
     if missing:
-        raise invalid_file(path, f"keys {missing} are missing")
+        raise invalid_file(path, detector=detector, why=f"keys {missing} are missing")
     settings = state["settings"]
     if not isinstance(settings, dict):
-        raise invalid_file(path, f"'settings' must be a dict; got {type(settings).__name__}")
+        raise invalid_file(path, detector=detector, why=f"'settings' must be a dict; got {type(settings).__name__}")
     unknown = sorted(set(settings) - set(setting_names))
     if unknown:
-        raise invalid_file(path, f"'settings' has unknown keys {unknown}")
+        raise invalid_file(path, detector=detector, why=f"'settings' has unknown keys {unknown}")
     names = state["feature_names"]
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise invalid_file(path, "'feature_names' must be a list of str")
+        raise invalid_file(path, detector=detector, why="'feature_names' must be a list of str")
     shape = state["input_shape"]
     if not isinstance(shape, list) or not all(isinstance(d, Integral) and int(d) > 0 for d in shape):
-        raise invalid_file(path, f"'input_shape' must be a list of positive integers; got {shape!r}")
+        raise invalid_file(
+            path, detector=detector, why=f"'input_shape' must be a list of positive integers; got {shape!r}"
+        )
     if not isinstance(state["nb_classes"], Integral) or int(state["nb_classes"]) < 2:
-        raise invalid_file(path, f"'nb_classes' must be an integer >= 2; got {state['nb_classes']!r}")
+        raise invalid_file(
+            path, detector=detector, why=f"'nb_classes' must be an integer >= 2; got {state['nb_classes']!r}"
+        )
     if not isinstance(state["versions"], dict):
-        raise invalid_file(path, "'versions' must be a dict")
+        raise invalid_file(path, detector=detector, why="'versions' must be a dict")
     fingerprint = state.get("model_fingerprint")
     if not (isinstance(fingerprint, str) and len(fingerprint) == 64):
-        raise invalid_file(path, "'model_fingerprint' must be a 64-character SHA-256 hex digest")
+        raise invalid_file(path, detector=detector, why="'model_fingerprint' must be a 64-character SHA-256 hex digest")
     for key in _THRESHOLD_KEYS:
         value = state.get(key)
         number = isinstance(value, Real) and not isinstance(value, bool)
         if value is not None and not (number and np.isfinite(float(value))):
-            raise invalid_file(path, f"{key!r} must be None or a finite number; got {value!r}")
+            raise invalid_file(path, detector=detector, why=f"{key!r} must be None or a finite number; got {value!r}")
 
 
 def read_state(
@@ -359,6 +384,8 @@ def read_state(
     setting_names: Sequence[str],
     trusted: Sequence[str] = (),
     allow_other_model: bool = False,
+    detector: str = "FisherInformationDetector",
+    extra_keys: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Read and check a detector file for ``classifier``; the state dict for ``_set_state``.
 
@@ -398,8 +425,8 @@ def read_state(
     if not isinstance(allow_other_model, bool):
         raise ValueError(f"allow_other_model must be True or False; got {allow_other_model!r}.")
     path = Path(path)
-    state = _read_state(path, trusted)
-    _check_state(path, state, setting_names)
+    state = _read_state(path, trusted, detector)
+    _check_state(path, state, setting_names, detector, extra_keys)
     saved_shape = tuple(state["input_shape"])
     if tuple(classifier.input_shape) != saved_shape or classifier.nb_classes != state["nb_classes"]:
         raise ValueError(
@@ -438,9 +465,9 @@ def read_state(
         kind = estimator_kind(fitted, "estimator_")
         check_is_fitted(fitted)
     except (TypeError, NotFittedError) as err:
-        raise invalid_file(path, f"'estimator_' is not a fitted estimator ({err})") from err
+        raise invalid_file(path, detector=detector, why=f"'estimator_' is not a fitted estimator ({err})") from err
     if kind == "classifier" and len(getattr(fitted, "classes_", ())) != 2:
-        raise invalid_file(path, "'estimator_' is not a binary classifier")
+        raise invalid_file(path, detector=detector, why="'estimator_' is not a binary classifier")
     return {
         **state,
         "settings": settings,

@@ -30,16 +30,18 @@ detector has exact input gradients (:meth:`StackedDetector.as_art_classifier`, f
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from art.defences.detector.evasion.evasion_detector import EvasionDetector
 from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 
 from art_fisher import metrics as metrics_module
-from art_fisher.detection import _features
+from art_fisher.detection import _features, _persistence
 from art_fisher.detection import _layer_scores as fs
 from art_fisher.detection._calibration import QuantileOutlierDetector, check_target_fpr, clean_threshold
 from art_fisher.detection._decision import detection_labels, fit_logistic
@@ -49,6 +51,8 @@ from art_fisher.detection._logit import (
     estimator_logit,
 )
 
+#: What a stacked detector's file holds beside a Fisher detector's keys: the class Gaussians and column counts.
+_EXTRA_KEYS = ("gaussians", "widths")
 #: The feature groups, in column order.
 PARTS = ("fisher", "sensitivity", "confidence", "mahalanobis")
 _FLOOR = 1e-30
@@ -191,6 +195,11 @@ class StackedFeatures(TransformerMixin, BaseEstimator):
                 out.append(m.cpu().numpy().astype(np.float64))
         return np.concatenate(out)
 
+    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+        """Names of the columns: ``<part>_<i>`` in :data:`PARTS` order."""
+        check_is_fitted(self, "gaussians_")
+        return np.array([f"{part}_{i}" for part in self._parts for i in range(self.widths_[part])], dtype=object)
+
     def polarities(self) -> list[str]:
         """Suspicious side of each column (for clean-only calibration): high Fisher, low confidence, ..."""
         check_is_fitted(self, "gaussians_")
@@ -292,10 +301,9 @@ class StackedDetector(EvasionDetector):
 
     def fit(self, x: np.ndarray, y: np.ndarray | None = None, **kwargs: Any) -> None:
         """With ``y`` (0 clean / 1 adversarial, or one-hot): the logistic pipeline; without: clean-only calibration."""
-        from sklearn.pipeline import Pipeline
-
         x = _features.check_inputs(self.classifier, x)
         features = self._new_features()
+        self.model_fingerprint_ = _persistence.model_fingerprint(self.classifier)
         if y is None:
             f = features.fit_transform(x)
             rule = QuantileOutlierDetector(target_fpr=self.target_fpr, polarity=features.polarities()).fit(f)
@@ -306,12 +314,17 @@ class StackedDetector(EvasionDetector):
         head, self.threshold_ = fit_logistic(features.fit_transform(x, labels), labels, self.target_fpr)
         self.pipeline_ = Pipeline([("features", features), *head.steps])
 
+    def _decide(self, features: np.ndarray) -> np.ndarray:
+        """Decision scores (N,) of a feature matrix, higher = more adversarial."""
+        head = self.pipeline_[1:] if len(self.pipeline_) > 2 else self.pipeline_[-1]
+        score = head.decision_function(features)
+        return np.asarray(-score if "outlier" in self.pipeline_.named_steps else score, np.float64)
+
     def decision_scores(self, x: np.ndarray) -> np.ndarray:
         """Decision scores (N,), higher = more adversarial."""
         self._check_fitted()
         x = _features.check_inputs(self.classifier, x)
-        score = self.pipeline_.decision_function(x)
-        return np.asarray(-score if "outlier" in self.pipeline_.named_steps else score, np.float64)
+        return self._decide(self.pipeline_[0].transform(x))
 
     def calibrate(self, x_clean: np.ndarray) -> StackedDetector:
         """Move the threshold to flag ``target_fpr`` of the held-out clean images ``x_clean``."""
@@ -319,9 +332,108 @@ class StackedDetector(EvasionDetector):
         return self
 
     def detect(self, x: np.ndarray, batch_size: int = 128, **kwargs: Any) -> tuple[dict, np.ndarray]:
-        """``({"decision_scores": (N,), "threshold": float}, is_adversarial (N,) bool)``."""
-        score = self.decision_scores(x)
-        return {"decision_scores": score, "threshold": self.threshold_}, score > self.threshold_
+        """Flag adversarial inputs; the report has the keys of :meth:`FisherInformationDetector.detect`.
+
+        Returns
+        -------
+        report : dict
+            ``"scores"``: dict feature name -> ndarray (N,); ``"decision_scores"``: ndarray (N,), higher =
+            more adversarial; ``"threshold"``: float; ``"feature_names"``: list of str.
+        is_adversarial : ndarray of shape (N,), bool
+            ``decision_scores > threshold``.
+        """
+        self._check_fitted()
+        x = _features.check_inputs(self.classifier, x)
+        features = self.pipeline_[0].transform(x)
+        names = [str(n) for n in self.pipeline_[0].get_feature_names_out()]
+        score = self._decide(features)
+        report = {
+            "scores": dict(zip(names, features.T.copy(), strict=True)),
+            "decision_scores": score,
+            "threshold": self.threshold_,
+            "feature_names": names,
+        }
+        return report, score > self.threshold_
+
+    # ----------------------------------------------------------------------------------- persistence
+    def save(self, path: str | Path) -> None:
+        """Write the learned state to ``path`` (a skops file), atomically, as :meth:`FisherInformationDetector.save`.
+
+        Stored: the settings (not ``x_reference``: the class Gaussians fitted on it are stored instead), the
+        fitted decision head, the column names, the classifier's input shape, class count and fingerprint,
+        the threshold and the package versions. Not stored: the classifier or its weights.
+
+        Raises
+        ------
+        sklearn.exceptions.NotFittedError
+            If the detector is not fitted.
+        """
+        self._check_fitted()
+        features = self.pipeline_[0]
+        state = {
+            "settings": {"parts": list(features._parts), "target_fpr": self.target_fpr, "chunk_size": self.chunk_size},
+            "estimator": None,
+            "estimator_": self.pipeline_[1:] if len(self.pipeline_) > 2 else self.pipeline_[-1],
+            "feature_names": [str(n) for n in features.get_feature_names_out()],
+            "input_shape": [int(d) for d in self.classifier.input_shape],
+            "nb_classes": int(self.classifier.nb_classes),
+            "model_fingerprint": self.model_fingerprint_,
+            "decision_threshold": self.threshold_,
+            "clean_fpr": None,
+            "gaussians": {k: {"means": g.means, "precision": g.precision} for k, g in features.gaussians_.items()},
+            "widths": dict(features.widths_),
+        }
+        _persistence.write_state(state, path, detector="StackedDetector", extra_keys=_EXTRA_KEYS)
+
+    @classmethod
+    def load(
+        cls, path: str | Path, classifier: Any, *, trusted: Sequence[str] = (), allow_other_model: bool = False
+    ) -> StackedDetector:
+        """Load a detector written by :meth:`save` and attach it to ``classifier``.
+
+        Parameters and checks as :meth:`FisherInformationDetector.load`; its decisions are those of the
+        detector that was saved.
+
+        Raises
+        ------
+        ValueError
+            If the file is missing, malformed, untrusted or of another format, or fitted for another
+            classifier.
+        TypeError
+            If ``classifier`` is not an ART ``PyTorchClassifier``.
+        """
+        _features.check_classifier(classifier)
+        state = _persistence.read_state(
+            path, classifier, setting_names=("parts", "target_fpr", "chunk_size"), trusted=trusted,
+            allow_other_model=allow_other_model, detector="StackedDetector", extra_keys=_EXTRA_KEYS,
+        )  # fmt: skip
+        try:
+            detector = cls(classifier, **state["settings"])
+            detector._set_state(state)
+        except (TypeError, ValueError, KeyError) as err:
+            raise _persistence.invalid_file(path, f"its state is inconsistent ({err})", "StackedDetector") from err
+        return detector
+
+    def _set_state(self, state: dict[str, Any]) -> None:
+        """The fitted pipeline and threshold of a state read by ``read_state``."""
+        features = self._new_features()
+        features._parts = _check_parts(self.parts)
+        gaussians = state["gaussians"]
+        features.gaussians_ = {
+            str(k): fs.ClassGaussians(np.asarray(g["means"], np.float64), np.asarray(g["precision"], np.float64))
+            for k, g in gaussians.items()
+        }
+        features.widths_ = {str(k): int(v) for k, v in state["widths"].items()}
+        features.n_features_out_ = sum(features.widths_.values())
+        if [str(n) for n in features.get_feature_names_out()] != list(state["feature_names"]):
+            raise ValueError("its column names do not match its parts")
+        head = state["estimator_"]
+        if getattr(head, "n_features_in_", features.n_features_out_) != features.n_features_out_:
+            raise ValueError(f"its head was fitted on {head.n_features_in_} columns, not {features.n_features_out_}")
+        steps = head.steps if isinstance(head, Pipeline) else [("outlier", head)]
+        self.pipeline_ = Pipeline([("features", features), *steps])
+        self.threshold_ = float(state["decision_threshold"])
+        self.model_fingerprint_ = state["model_fingerprint"]
 
     def as_art_classifier(self) -> Any:
         """The detection logit (decision score minus threshold) as a DetectionLogitClassifier with input gradients.

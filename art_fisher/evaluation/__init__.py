@@ -1,10 +1,11 @@
 """Evaluation workflow: attack a classifier with ART, fit detectors, measure how well each catches each attack.
 
-``evaluate(...)`` (also ``art_fisher.evaluate`` and ``art-fisher evaluate``) runs it end to end;
-``prepare(...)`` checks the arguments and loads the data without writing anything, ``run(plan)`` does the
-work. The parts, one module per concept:
+``evaluate(config)`` (also ``art_fisher.evaluate`` and ``art-fisher evaluate``) runs it end to end;
+``prepare(config)`` checks the files and loads the data without writing anything, ``run_plan(plan)`` does the
+work. Every setting of a run is one :class:`EvaluationConfig` (or its keywords). The parts, one module per concept:
 
-- the configuration, the run and its results (``_workflow``);
+- every setting of a run in one frozen object (:class:`EvaluationConfig`);
+- the run and its results (``_workflow``);
 - the classifier, given or trained here and cached (``_model``);
 - the attacks, the registry (:data:`ATTACKS`) and the adaptive attacks that know the detector (``_attacks``);
 - the protocol: the detector-train / detector-test split, the fit-on-one, score-on-every-attack measurement
@@ -23,15 +24,14 @@ from art_fisher.evaluation._attacks import (
     DEFAULT_EPS,
     AttackSpec,
 )
+from art_fisher.evaluation._config import DEFAULT_ARCH, DEFAULT_EPOCHS, EvaluationConfig
 from art_fisher.evaluation._seeds import SeedsResult, evaluate_seeds
 from art_fisher.evaluation._workflow import (
-    DEFAULT_ARCH,
-    DEFAULT_EPOCHS,
     EvaluationPlan,
     EvaluationResult,
     evaluate,
     prepare,
-    run,
+    run_plan,
 )
 from art_fisher.evaluation.detectors import DEFAULT_DETECTORS, DETECTORS, DetectorRun, DetectorSpec, RunContext, Scored
 
@@ -47,6 +47,7 @@ __all__ = [
     "DetectionEvaluation",
     "DetectorRun",
     "DetectorSpec",
+    "EvaluationConfig",
     "EvaluationPlan",
     "EvaluationResult",
     "RunContext",
@@ -55,5 +56,5 @@ __all__ = [
     "evaluate",
     "evaluate_seeds",
     "prepare",
-    "run",
+    "run_plan",
 ]

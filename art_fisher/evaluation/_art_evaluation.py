@@ -17,11 +17,10 @@ from typing import Any
 import numpy as np
 from art.evaluations.evaluation import Evaluation
 
-from art_fisher.evaluation._attacks import DEFAULT_ATTACKS
-from art_fisher.evaluation._security_curve import security_curve_stage
+from art_fisher.evaluation._config import EvaluationConfig, config_of
 from art_fisher.evaluation._seeds import evaluate_seeds
 from art_fisher.evaluation._user_inputs import check_classifier, user_datasets
-from art_fisher.evaluation._workflow import prepare, run
+from art_fisher.evaluation._workflow import prepare, run_plan
 
 
 class DetectionEvaluation(Evaluation):
@@ -29,8 +28,10 @@ class DetectionEvaluation(Evaluation):
 
     Parameters
     ----------
-    dataset, data_dir, attacks, eps, detectors, n_samples, target_fpr, adaptive, batch_size, device, epochs, arch, tau
-        As in :func:`art_fisher.evaluation.evaluate`.
+    config : EvaluationConfig, optional
+        The settings of the runs (its ``seed`` and ``output_dir`` are set by :meth:`evaluate`).
+    **settings
+        Keywords of :class:`~art_fisher.evaluation.EvaluationConfig`, applied on top of ``config``.
 
     Examples
     --------
@@ -40,38 +41,8 @@ class DetectionEvaluation(Evaluation):
     >>> result.summary[0]["unseen_auc_mean"]                                         # doctest: +SKIP
     """
 
-    def __init__(
-        self,
-        *,
-        dataset: str = "digits",
-        data_dir: str | Path | None = None,
-        attacks: Sequence[str] = DEFAULT_ATTACKS,
-        eps: float | None = None,
-        detectors: Sequence[str] | None = None,
-        n_samples: int = 300,
-        target_fpr: float = 0.05,
-        adaptive: bool = False,
-        batch_size: int = 128,
-        device: str = "cpu",
-        epochs: int | None = None,
-        arch: str | None = None,
-        tau: float | None = None,
-    ) -> None:
-        self.settings: dict[str, Any] = {
-            "dataset": dataset,
-            "data_dir": data_dir,
-            "attacks": attacks,
-            "eps": eps,
-            "detectors": detectors,
-            "n_samples": n_samples,
-            "target_fpr": target_fpr,
-            "adaptive": adaptive,
-            "batch_size": batch_size,
-            "device": device,
-            "epochs": epochs,
-            "arch": arch,
-            "tau": tau,
-        }
+    def __init__(self, config: EvaluationConfig | None = None, /, **settings: Any) -> None:
+        self.config = config_of(config, settings)
 
     def evaluate(
         self,
@@ -84,17 +55,17 @@ class DetectionEvaluation(Evaluation):
         seeds: Sequence[int] | None = None,
         seed: int = 0,
     ) -> Any:
-        """Run the evaluation on ``classifier`` and the images ``x``, ``y`` (or the constructor's data set).
+        """Run the evaluation on ``classifier`` and the images ``x``, ``y`` (or the configured data set).
 
         Parameters
         ----------
         classifier : art.estimators.classification.PyTorchClassifier, optional
             Used as given: its preprocessing, clip values and class count; its model is evaluated in eval mode
             and comes back with its modes, ``requires_grad`` flags and gradients as they were. None: a model
-            of ``arch`` is trained per seed on the constructor's ``dataset``.
+            of ``arch`` is trained per seed on the configured ``dataset``.
         x : ndarray of shape (N, *classifier.input_shape), optional
-            The user's clean images, inside the classifier's ``clip_values``. None: the constructor's
-            ``dataset`` (its test split is attacked, its training split is the reference).
+            The user's clean images, inside the classifier's ``clip_values``. None: the configured ``dataset``
+            (its test split is attacked, its training split is the reference).
         y : ndarray of shape (N,) or (N, nb_classes), optional
             Integer labels or one-hot rows of ``x``.
         x_reference : ndarray of shape (M, *classifier.input_shape), optional
@@ -113,13 +84,13 @@ class DetectionEvaluation(Evaluation):
             If ``classifier`` is not an ART ``PyTorchClassifier``, or ``x`` / ``y`` are not numpy arrays.
         ValueError
             If the classifier takes channels-last inputs, ``x`` does not match its ``input_shape`` or
-            ``clip_values``, ``y`` its ``nb_classes``, the constructor's data set its input shape or class
+            ``clip_values``, ``y`` its ``nb_classes``, the configured data set its input shape or class
             count; or as :func:`art_fisher.evaluation.evaluate`.
         """
-        kwargs: dict[str, Any] = dict(self.settings)
+        changes: dict[str, Any] = {"output_dir": output_dir}
         if classifier is not None:
             check_classifier(classifier)
-            kwargs["classifier"] = classifier
+            changes["classifier"] = classifier
         if x is None:
             if y is not None or x_reference is not None:
                 raise ValueError("y and x_reference come with x; got x=None.")
@@ -128,9 +99,8 @@ class DetectionEvaluation(Evaluation):
                 raise ValueError("x needs its labels y and the classifier to evaluate.")
             first = seed if seeds is None else next(iter(seeds), seed)
             reference, test, _ = user_datasets(classifier, x, y, x_reference, seed=first)
-            kwargs["data"] = (reference, test)
+            changes.update(data=(reference, test), data_dir=None)
+        config = self.config.replace(**changes)
         if seeds is not None:
-            return evaluate_seeds(
-                seeds=seeds, output_dir=output_dir, extra_stages={"security_curve": security_curve_stage()}, **kwargs
-            )
-        return run(prepare(seed=seed, output_dir=output_dir, **kwargs))
+            return evaluate_seeds(config, seeds=seeds)
+        return run_plan(prepare(config, seed=seed))

@@ -24,7 +24,7 @@ with exact input gradients (for the Fisher detectors: through the metrics' mixed
 
 Attacked: up to :data:`MAX_IMAGES` clean images of the detector-test side (never seen by a detector),
 with their true labels. Every flag is taken at the run's operating point (the threshold that flags
-``target_fpr`` of held-out clean images, :mod:`.operating_point`; the attacker's detection logit is
+``target_fpr`` of held-out clean images (the operating point); the attacker's detection logit is
 shifted so that it is 0 there). Per detector and attack: the success rate against the classifier alone,
 the evasion rate (misclassified *and* not flagged), the flag rate of the successful examples, the
 achieved clean FPR on the attacked images' clean versions, the ROC-AUC of the detector's score between

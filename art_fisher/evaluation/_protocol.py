@@ -18,7 +18,7 @@ So ``fit_attack == attack`` is the classic same-attack number, ``fit_attack != a
 detector never saw. Per row: ROC-AUC of the continuous score, and the TPR, the achieved FPR and the
 balanced accuracy at the run's operating point: the threshold that flags ``target_fpr`` of clean
 images, set by two-fold cross-calibration on the detector-test side's clean images
-(:mod:`.operating_point`); the TPR and FPR of the detector's own decision are kept as ``own_tpr`` and
+(the operating point); the TPR and FPR of the detector's own decision are kept as ``own_tpr`` and
 ``own_fpr``.
 
 One operating point for every detector: the threshold that flags ``target_fpr`` of held-out clean images.

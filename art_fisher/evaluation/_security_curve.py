@@ -13,8 +13,8 @@ Robust accuracy at budget :math:`\varepsilon`, over images :math:`x_i` with labe
 
 :math:`x_i^\varepsilon` the PGD L∞ example of budget :math:`\varepsilon` against the classifier
 :math:`h` and :math:`D` the detector's flag at the operating point (the threshold that flags
-``target_fpr`` of held-out clean images, :mod:`.operating_point`). The attack does not know the
-detector (the adaptive attacks, :mod:`.adaptive_attacks`, do); one PGD run per budget serves every
+``target_fpr`` of held-out clean images, the operating point). The attack does not know the
+detector (the adaptive attacks do); one PGD run per budget serves every
 detector. ART's own ``SecurityCurve`` on ``DetectorClassifier`` counts every flag as a wrong answer,
 clean ones included, which is why its clean accuracy drops when a detector is added.
 
@@ -195,11 +195,3 @@ def security_curve_rows(
                 }
             )
     return rows
-
-
-def security_curve_stage() -> tuple[Callable[[Any, Any], list[dict[str, Any]]], tuple[str, ...], tuple[str, ...]]:
-    """The curve as an ``extra_stages`` entry of :func:`~art_fisher.evaluation.evaluate_seeds`.
-
-    Reads the rows each seed's run already computed (``result.security_curve``).
-    """
-    return (lambda _plan, result: list(result.security_curve)), ("detector", "eps"), ("robust_accuracy", "flagged")

@@ -7,6 +7,7 @@ calibration folds, attacks and detector fits) into ``output_dir/seed_<s>/``, the
 - the protocol's table (one row per detector × fit attack × test attack);
 - the unseen-attack summary (per detector, computed per seed, then averaged);
 - the adaptive-attack rows, when ``adaptive=True``;
+- the detection-aware security curve (robust accuracy against the PGD budget);
 
 each metric as ``<metric>_mean`` and ``<metric>_sd`` (sample standard deviation over the seeds, 0 for
 one seed) and ``n_seeds`` (the seeds where it was measured). ``output_dir`` gets ``results.json``,
@@ -19,7 +20,7 @@ import dataclasses
 import json
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from numbers import Integral
 from pathlib import Path
@@ -28,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from art_fisher._atomic import atomic_write
-from art_fisher.evaluation._workflow import EvaluationResult, prepare, run
+from art_fisher.evaluation._config import EvaluationConfig, config_of
+from art_fisher.evaluation._workflow import EvaluationResult, prepare, run_plan
 from art_fisher.evaluation.detectors._registry import DETECTORS
 from art_fisher.evaluation.report._plots import plot_mean_sd
 
@@ -38,6 +40,9 @@ logger = logging.getLogger(__name__)
 TABLE_METRICS = ("roc_auc", "tpr", "fpr", "detection_accuracy", "own_tpr", "own_fpr")
 SUMMARY_METRICS = ("same_attack_auc", "unseen_auc", "min_unseen_auc", "same_attack_tpr", "unseen_tpr", "clean_fpr")
 ADAPTIVE_METRICS = ("success_rate", "evasion_rate", "flagged_successful", "clean_fpr", "roc_auc")
+#: The security curve's rows: grouped by these keys, these metrics aggregated.
+CURVE_KEYS = ("detector", "eps")
+CURVE_METRICS = ("robust_accuracy", "flagged")
 
 
 def parse_seeds(text: str | Sequence[int]) -> tuple[int, ...]:
@@ -104,8 +109,8 @@ class SeedsResult:
     table, summary, adaptive : list of dict
         Aggregated rows (module docstring); ``table`` keyed by ``detector``, ``fit_attack``, ``attack``;
         ``summary`` by ``detector``, ``fitted_on``; ``adaptive`` by ``detector``, ``fit_attack``, ``attack``.
-    extra : dict
-        Further aggregated sections added by ``extra_stages`` (e.g. the security curve).
+    security_curve : list of dict
+        The detection-aware security curve, keyed by ``detector`` and ``eps``.
     paths : dict of str to Path
         ``results_json``, ``report_md`` and the plots.
     """
@@ -115,7 +120,7 @@ class SeedsResult:
     table: list[dict[str, Any]]
     summary: list[dict[str, Any]]
     adaptive: list[dict[str, Any]] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
+    security_curve: list[dict[str, Any]] = field(default_factory=list)
     paths: dict[str, Path] = field(default_factory=dict)
 
     def format_table(self) -> str:
@@ -124,45 +129,44 @@ class SeedsResult:
 
 
 def evaluate_seeds(
+    config: EvaluationConfig | None = None,
+    /,
     *,
     seeds: Sequence[int] | str = (0, 1, 2),
-    output_dir: str | Path = "art_fisher_results",
-    extra_stages: Mapping[str, tuple[Callable[[Any, Any], list[dict[str, Any]]], Sequence[str], Sequence[str]]]
-    | None = None,
     net: Any = None,
     extra_detectors: Sequence[str] = (),
-    **evaluate_kwargs: Any,
+    **settings: Any,
 ) -> SeedsResult:
     """Run the evaluation once per seed and aggregate every table as mean ± sd.
 
     Parameters
     ----------
+    config : EvaluationConfig, optional
+        The settings of every run but ``seed``; its ``output_dir`` gets the aggregate, and each seed's full
+        report goes to ``output_dir/seed_<s>/``.
     seeds : sequence of int or str
         Non-negative, distinct (``"0,1,2"`` accepted).
-    output_dir : str or Path
-        Each seed's full report goes to ``output_dir/seed_<s>/``; the aggregate to ``output_dir``.
-    extra_stages : mapping, optional
-        ``name -> (stage, keys, metrics)``: ``stage(plan, result)`` is called after each seed's run and
-        returns rows, aggregated under ``extra[name]`` by ``keys``, each of ``metrics`` as mean ± sd.
     net : torch.nn.Module, optional
         A model evaluated under every seed (the seeds then vary images, splits, attacks and detectors
         only); None: ``model`` or a model trained per seed.
     extra_detectors : sequence of str
         Registry names added to the run's detectors (e.g. the stacked detector's ablation, outside the
         default set); with ``adaptive=True`` the differentiable ones are attacked too.
-    **evaluate_kwargs
-        Every other argument of :func:`~art_fisher.evaluation.evaluate` but ``seed``.
+    **settings
+        Keywords of :class:`~art_fisher.evaluation.EvaluationConfig` but ``seed``, applied on top of
+        ``config``.
 
     Raises
     ------
     ValueError, TypeError, FileNotFoundError
-        As :func:`~art_fisher.evaluation.evaluate`, for every seed's arguments before any work.
+        As :func:`~art_fisher.evaluation.evaluate`, for every seed's settings before any work.
     """
-    if "seed" in evaluate_kwargs:
+    if "seed" in settings:
         raise TypeError("evaluate_seeds takes seeds=..., not seed=....")
+    config = config_of(config, settings)
     seed_list = parse_seeds(seeds)
-    out = Path(output_dir)
-    plans = [prepare(seed=s, output_dir=out / f"seed_{s}", **evaluate_kwargs) for s in seed_list]
+    out = Path(config.output_dir)
+    plans = [prepare(config, seed=s, output_dir=out / f"seed_{s}") for s in seed_list]
     if net is not None:
         plans = [dataclasses.replace(plan, net=net) for plan in plans]
     if extra_detectors:
@@ -172,20 +176,15 @@ def evaluate_seeds(
             raise ValueError(f"extra_detectors must be distinct registry names not already run; got {list(extra)}.")
         attacked = tuple(d for d in extra if DETECTORS[d].no_gradient is None) if plans[0].adaptive else ()
         plans = [dataclasses.replace(p, detectors=p.detectors + extra, adaptive=p.adaptive + attacked) for p in plans]
-    stages = dict(extra_stages or {})
     runs: list[EvaluationResult] = []
-    extra_rows: dict[str, list[list[dict[str, Any]]]] = {name: [] for name in stages}
     for s, plan in zip(seed_list, plans, strict=True):
         logger.info("seed %d of %s", s, list(seed_list))
-        result = run(plan)
-        runs.append(result)
-        for name, stage in stages.items():
-            extra_rows[name].append(stage[0](plan, result))
+        runs.append(run_plan(plan))
     table = aggregate([r.table for r in runs], ("detector", "fit_attack", "attack"), TABLE_METRICS)
     summary = aggregate([r.unseen_summary() for r in runs], ("detector", "fitted_on"), SUMMARY_METRICS)
     adaptive = aggregate([r.adaptive for r in runs], ("detector", "fit_attack", "attack"), ADAPTIVE_METRICS)
-    extra_tables = {name: aggregate(rows, stages[name][1], stages[name][2]) for name, rows in extra_rows.items()}
-    seeds_result = SeedsResult(seed_list, runs, table, summary, adaptive, extra_tables)
+    curve = aggregate([list(r.security_curve) for r in runs], CURVE_KEYS, CURVE_METRICS)
+    seeds_result = SeedsResult(seed_list, runs, table, summary, adaptive, curve)
     seeds_result.paths.update(_write(out, seeds_result))
     return seeds_result
 
@@ -280,7 +279,7 @@ def _write(out: Path, result: SeedsResult) -> dict[str, Path]:
         "table": result.table,
         "unseen_summary": result.summary,
         "adaptive": result.adaptive,
-        **result.extra,
+        "security_curve": result.security_curve,
         "clean_test_accuracy": [r.settings["clean_test_accuracy"] for r in result.runs],
         "seed_reports": [str(r.paths["report_md"]) for r in result.runs],
     }
@@ -307,12 +306,12 @@ def _write(out: Path, result: SeedsResult) -> dict[str, Path]:
     ]
     if result.adaptive:
         lines += ["## Adaptive attacks (at the operating point)", "", *_adaptive_lines(result.adaptive, True), ""]
-    for name, rows in result.extra.items():
-        if rows:
-            metrics = [k[: -len("_mean")] for k in rows[0] if k.endswith("_mean")]
-            keys = [k for k in rows[0] if not k.endswith(("_mean", "_sd", "_n")) and k != "n_seeds"]
-            cells = [[*(str(r[k]) for k in keys), *(format_mean_sd(r, m) for m in metrics)] for r in rows]
-            lines += [f"## {name}", "", *_grid([*keys, *metrics], cells, True), ""]
+    rows = result.security_curve
+    if rows:
+        metrics = [k[: -len("_mean")] for k in rows[0] if k.endswith("_mean")]
+        keys = [k for k in rows[0] if not k.endswith(("_mean", "_sd", "_n")) and k != "n_seeds"]
+        cells = [[*(str(r[k]) for k in keys), *(format_mean_sd(r, m) for m in metrics)] for r in rows]
+        lines += ["## security_curve", "", *_grid([*keys, *metrics], cells, True), ""]
     lines += [f"![{n}]({p.name})" for n, p in written.items()]
     with atomic_write(paths["results_json"], text=True) as fh:
         fh.write(json.dumps(_jsonable(payload), indent=2) + "\n")

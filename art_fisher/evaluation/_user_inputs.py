@@ -374,3 +374,12 @@ def layer_free_detectors(model: nn.Module | None, names: tuple[str, ...], *, exp
     if not kept:
         raise ValueError(f"every detector of {list(names)} reads the model's layers; a torch.export program has none.")
     return kept
+
+
+def input_range(classifier: Any, clip_values: tuple[float, float] | None) -> float:
+    """Width of the inputs' clip range (1 for pixels in [0, 1]): the largest meaningful ``eps``."""
+    clip = clip_values if classifier is None else classifier.clip_values
+    if clip is None:
+        return 1.0
+    low, high = (float(np.min(v)) for v in clip)
+    return high - low if np.isfinite(high - low) and high > low else 1.0

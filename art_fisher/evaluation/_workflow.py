@@ -1,25 +1,18 @@
-"""The evaluation run: check the arguments (:func:`prepare`), run the stages (:func:`run`), or both (:func:`evaluate`).
+"""The evaluation run: the files checked and the data loaded (:func:`prepare`), the stages (:func:`run_plan`).
 
-Stages of :func:`run`, in order:
+Stages of :func:`run_plan`, in order:
 
-1. the classifier: the given state dict, or a model trained here and cached (:mod:`.model_cache`);
+1. the classifier: the given state dict, or a model trained here and cached;
 2. ``n_samples`` correctly classified test images, seeded, split into the detector-train and the
-   detector-test side (:func:`.protocol.split_sources`);
-3. each attack on every drawn image (:mod:`.attacks`);
-4. every detector fitted and scored as :mod:`.protocol` says (same attack, unseen attacks, clean-only);
-5. with ``adaptive=True``, adaptive attacks on classifier and detector together (:mod:`.adaptive`);
-6. the report (:mod:`.report`, :mod:`.plots`), written atomically.
+   detector-test side;
+3. each attack on every drawn image;
+4. every detector fitted and scored as the protocol says (same attack, unseen attacks, clean-only);
+5. with ``adaptive=True``, adaptive attacks on classifier and detector together;
+6. the security curve, then the report (tables and plots), written atomically.
 
-Everything is seeded: the same arguments give the same numbers. Extension points: an attack is an entry
-of :data:`~.attacks.ATTACKS`, a detector an entry of :data:`~.registry.DETECTORS` (a new Fisher feature
-set registered in :mod:`art_fisher.detection` appears there by itself), and a later stage (e.g. attacks
-that know the detector) finds every fitted detector in the protocol's ``fitted`` mapping.
-
-What an evaluation run takes and gives.
-
-:class:`EvaluationPlan` holds the checked arguments, loaded data and model (made by
-:func:`~.workflow.prepare`); :class:`EvaluationResult` the tables, settings and artefacts (returned by
-:func:`~.workflow.run` and :func:`~.workflow.evaluate`).
+Everything is seeded: the same settings give the same numbers. :func:`evaluate` does both steps;
+:class:`EvaluationPlan` holds what :func:`prepare` checked and loaded, :class:`EvaluationResult` what a run
+gives.
 """
 
 from __future__ import annotations
@@ -29,7 +22,6 @@ import platform
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
 
@@ -39,19 +31,18 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from art_fisher._atomic import check_output_dir
-from art_fisher.data._loaders import DATASETS, Dataset, load_dataset
+from art_fisher.data._loaders import Dataset, load_dataset
 from art_fisher.data._npz import load_npz
 from art_fisher.detection._detector import FisherInformationDetector
 from art_fisher.distributed import is_writer, world_size
 from art_fisher.evaluation._attacks import (
     ADAPTIVE_ATTACKS,
     ATTACKS,
-    DEFAULT_ATTACKS,
-    DEFAULT_EPS,
     adaptive_detectors,
     run_adaptive,
     run_attack,
 )
+from art_fisher.evaluation._config import DEFAULT_ARCH, DEFAULT_EPOCHS, EvaluationConfig, config_of, resolve_device
 from art_fisher.evaluation._model import (
     ModelSource,
     attacked_classifier,
@@ -61,19 +52,11 @@ from art_fisher.evaluation._model import (
 )
 from art_fisher.evaluation._protocol import score_detectors, split_sources
 from art_fisher.evaluation._security_curve import security_curve_rows
-from art_fisher.evaluation._user_inputs import (
-    USER_DATASET,
-    USER_DEFAULT_EPS,
-    layer_free_detectors,
-    model_and_classifier,
-    preserved,
-    run_classifier,
-)
+from art_fisher.evaluation._user_inputs import layer_free_detectors, model_and_classifier, preserved, run_classifier
 from art_fisher.evaluation.detectors._base import RunContext
-from art_fisher.evaluation.detectors._registry import DEFAULT_DETECTORS, DETECTORS
+from art_fisher.evaluation.detectors._registry import DETECTORS
 from art_fisher.evaluation.report import _report
 from art_fisher.metrics._top_mass import check_tau
-from art_fisher.models._architectures import ARCHITECTURES
 
 
 @dataclass(frozen=True)
@@ -86,7 +69,7 @@ class EvaluationResult:
         One row per detector × fit attack × test attack: ``detector``, ``fit_attack`` (the attack the
         detector was fitted on, or ``"clean"`` when it saw no adversarial example), ``attack`` (the test
         attack), ``roc_auc``, ``detection_accuracy``, ``tpr``, ``fpr`` (at the operating point: the
-        threshold that flags ``target_fpr`` of held-out clean images, :mod:`.operating_point`; ``fpr`` is
+        threshold that flags ``target_fpr`` of held-out clean images (the operating point); ``fpr`` is
         the achieved rate), ``own_tpr``, ``own_fpr`` (the detector's own decision),
         ``seconds_per_sample``, ``fit_seconds``, ``n_train``, ``n_test``.
     attacks : list of dict
@@ -109,13 +92,13 @@ class EvaluationResult:
         calls (the Fisher ones share metric values, so the first to need a value pays for it).
     adaptive : list of dict
         With ``adaptive=True``: one row per differentiable detector × adaptive attack
-        (:mod:`.adaptive`): ``detector``, ``fit_attack``, ``attack``, ``norm``, ``eps``, ``steps``,
+        (the adaptive stage): ``detector``, ``fit_attack``, ``attack``, ``norm``, ``eps``, ``steps``,
         ``n_attacked``, ``success_rate`` (against the classifier alone), ``evasion_rate`` (misclassified and
         not flagged at the operating point), ``flagged_successful``, ``clean_fpr`` (achieved), ``threshold``,
         ``roc_auc``, ``loss_start``, ``loss_half``,
         ``loss_final``, ``seconds``. Empty otherwise.
     security_curve : list of dict
-        The detection-aware security curve (:mod:`.security_curve`): ``detector`` (``"none"``: the
+        The detection-aware security curve : ``detector`` (``"none"``: the
         classifier alone), ``eps``, ``robust_accuracy``, ``flagged``; empty if the run has none of its
         detectors.
     """
@@ -144,7 +127,7 @@ class EvaluationResult:
 
 @dataclass(frozen=True)
 class EvaluationPlan:
-    """Checked arguments, loaded data and (if given) the loaded model: everything :func:`run` needs.
+    """Checked arguments, loaded data and (if given) the loaded model: everything :func:`run_plan` needs.
 
     Made by :func:`prepare`; nothing has been written when it exists.
     """
@@ -172,22 +155,13 @@ class EvaluationPlan:
     #: The user's ART classifier (Python API, or built from a model file with clip range and preprocessing):
     #: the run attacks a copy of its settings around the same model; None: the built-in one around ``net``.
     classifier: Any = None
-    #: The ``.npz`` file the data came from (``data=FILE``), or None.
+    #: The ``.npz`` file the data came from, or None.
     data_path: Path | None = None
 
 
 logger = logging.getLogger(__name__)
 
 
-#: Architecture used when ``arch`` is not given, per data set.
-DEFAULT_ARCH = {"digits": "small_cnn", "mnist": "mnist_cnn", "cifar10": "cifar_cnn", USER_DATASET: "small_cnn"}
-#: Epochs of in-process training when ``epochs`` is not given, per data set.
-DEFAULT_EPOCHS = {"digits": 30, "mnist": 3, "cifar10": 10, USER_DATASET: 10}
-#: Upper bounds that catch typos (``--batch-size 1e20``) before any work.
-MAX_BATCH_SIZE = 2**16
-MAX_EPOCHS = 10_000
-#: Seeds: NumPy's legacy seeding and ART take 0 .. 2**32 - 1.
-MAX_SEED = 2**32 - 1
 _N_BACKGROUND = 200
 #: Training images the class-conditional Gaussians (Mahalanobis, stacked) are fitted on; Lee et al. use the
 #: whole training set, and on digits 1,000 images against 200 raised the supervised Mahalanobis detector's
@@ -196,139 +170,58 @@ _N_BACKGROUND = 200
 _N_REFERENCE = 1000
 
 
-def _check_names(arg: str, given: Sequence[str], registry: dict[str, Any]) -> tuple[str, ...]:
-    if isinstance(given, str):
-        raise TypeError(f"{arg} must be a sequence of names such as {list(registry)[:2]}; got the string {given!r}.")
-    names = tuple(given)
-    if not names:
-        raise ValueError(f"{arg} must name at least one of {sorted(registry)}; got an empty list.")
-    unknown = [n for n in names if n not in registry]
-    if unknown:
-        raise ValueError(f"{arg} must be names from {sorted(registry)}; got unknown {unknown}.")
-    if len(set(names)) != len(names):
-        raise ValueError(f"{arg} must not repeat a name; got {list(names)}.")
-    return names
+def prepare(config: EvaluationConfig | None = None, /, **settings: Any) -> EvaluationPlan:
+    """Check the files, load the data and a given model; write nothing.
 
+    Parameters
+    ----------
+    config : EvaluationConfig, optional
+        The run's settings; ``settings`` (keywords of :class:`EvaluationConfig`) are applied on top, or
+        build it alone.
 
-def _check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, Integral)
-        or int(value) < low
-        or (high is not None and int(value) > high)
-    ):
-        bound = f"from {low} to {high}" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be an integer {bound}; got {value!r}.")
-    return int(value)
-
-
-def _resolve_device(device: str | torch.device) -> torch.device:
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda:0'; got {device!r}.") from exc
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or a CUDA device; got {device!r}.")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} was requested but CUDA is not available here.")
-    return dev
-
-
-def prepare(
-    *,
-    dataset: str = "digits",
-    data_dir: str | Path | None = None,
-    model: str | Path | None = None,
-    arch: str | None = None,
-    attacks: Sequence[str] = DEFAULT_ATTACKS,
-    eps: float | None = None,
-    detectors: Sequence[str] | None = None,
-    n_samples: int = 300,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-    output_dir: str | Path = "art_fisher_results",
-    epochs: int | None = None,
-    batch_size: int = 128,
-    target_fpr: float = 0.05,
-    progress: bool = False,
-    adaptive: bool = False,
-    tau: float | None = None,
-    data: str | Path | tuple[Dataset, Dataset] | None = None,
-    classifier: Any = None,
-    clip_values: tuple[float, float] | None = None,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-) -> EvaluationPlan:
-    """Check every argument, load the data and a given model; write nothing.
-
-    Arguments as in :func:`evaluate`. Raises as :func:`evaluate` does; after it returns, :func:`run`
-    does the work.
+    Raises
+    ------
+    ValueError, TypeError, FileNotFoundError
+        As :func:`evaluate`. After it returns, :func:`run_plan` does the work.
     """
-    if data is not None:
-        if data_dir is not None:
-            raise ValueError(f"give either data (an .npz or arrays) or data_dir, not both; got data_dir={data_dir!r}.")
-        dataset = USER_DATASET
-    elif dataset not in DATASETS:
-        raise ValueError(f"dataset must be one of {DATASETS}; got {dataset!r}.")
-    arch = DEFAULT_ARCH[dataset] if arch is None else arch
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"arch must be one of {sorted(ARCHITECTURES)}; got {arch!r}.")
-    attack_names = _check_names("attacks", attacks, ATTACKS)
-    detector_names = _check_names("detectors", DEFAULT_DETECTORS if detectors is None else detectors, DETECTORS)
-    eps_max = _input_range(classifier, clip_values)
-    if eps is None:
-        eps = DEFAULT_EPS[dataset] if dataset in DEFAULT_EPS else USER_DEFAULT_EPS * eps_max
-    if isinstance(eps, bool) or not isinstance(eps, Real) or not 0 < eps <= eps_max:
-        raise ValueError(f"eps must be a number in (0, {eps_max:g}] (the inputs' clip range); got {eps!r}.")
-    n_samples = _check_int("n_samples", n_samples, 4)
-    batch_size = _check_int("batch_size", batch_size, 1, MAX_BATCH_SIZE)
-    seed = _check_int("seed", seed, 0, MAX_SEED)
-    epochs = _check_int("epochs", DEFAULT_EPOCHS[dataset] if epochs is None else epochs, 1, MAX_EPOCHS)
-    if isinstance(target_fpr, bool) or not isinstance(target_fpr, Real) or not 0 < target_fpr < 1:
-        raise ValueError(f"target_fpr must be a number in (0, 1); got {target_fpr!r}.")
-    if not isinstance(adaptive, bool):
-        raise ValueError(f"adaptive must be True or False; got {adaptive!r}.")
-    tau = check_tau(tau)
-    adaptive_names = tuple(adaptive_detectors(detector_names, explicit=detectors is not None)) if adaptive else ()
-    dev = _resolve_device(device)
-    model_path = None if model is None else Path(model)
+    config = config_of(config, settings)
+    dataset = config.data_name
+    arch = DEFAULT_ARCH[dataset] if config.arch is None else config.arch
+    detector_names = config.detector_names
+    explicit = config.detectors is not None
+    adaptive_names = tuple(adaptive_detectors(detector_names, explicit=explicit)) if config.adaptive else ()
+    dev = resolve_device(config.device)
+    model_path = None if config.model is None else Path(config.model)
     if model_path is not None and not model_path.is_file():
         what = "is a folder" if model_path.is_dir() else "does not exist"
         raise FileNotFoundError(f"model must be a state-dict or torch.export file; {model_path} {what}.")
-    if classifier is not None and model_path is not None:
+    if config.classifier is not None and model_path is not None:
         raise ValueError("give either classifier or model, not both.")
-    if dataset not in ("digits", USER_DATASET) and data_dir is None:
-        raise ValueError(f"data_dir is required for dataset {dataset!r} (nothing is downloaded); got None.")
-    output_dir = Path(output_dir)
+    output_dir = Path(config.output_dir)
     check_output_dir(output_dir)
 
+    data = config.data
     if data is None:
-        train = load_dataset(dataset, data_dir=data_dir, split="train")
-        test = load_dataset(dataset, data_dir=data_dir, split="test")
+        train = load_dataset(dataset, data_dir=config.data_dir, split="train")
+        test = load_dataset(dataset, data_dir=config.data_dir, split="test")
     else:
         train, test = load_npz(data) if isinstance(data, str | Path) else data
     net, classifier, train, test = model_and_classifier(
-        arch=arch, train=train, test=test, model_path=model_path, classifier=classifier, device=dev,
-        clip_values=clip_values, mean=mean, std=std,
+        arch=arch, train=train, test=test, model_path=model_path, classifier=config.classifier, device=dev,
+        clip_values=config.clip_values, mean=config.mean, std=config.std,
     )  # fmt: skip
-    detector_names = layer_free_detectors(net, detector_names, explicit=detectors is not None)
+    detector_names = layer_free_detectors(net, detector_names, explicit=explicit)
     adaptive_names = tuple(name for name in adaptive_names if name in detector_names)
     return EvaluationPlan(
-        dataset=dataset, data_dir=data_dir, arch=arch, model_path=model_path, net=net, train=train, test=test,
-        attacks=attack_names, detectors=detector_names, eps=float(eps), n_samples=n_samples, seed=seed,
-        device=dev, output_dir=output_dir, epochs=epochs, batch_size=batch_size, target_fpr=float(target_fpr),
-        progress=bool(progress), adaptive=adaptive_names, tau=tau, classifier=classifier,
-        data_path=None if data is None or not isinstance(data, str | Path) else Path(data),
+        dataset=dataset, data_dir=config.data_dir, arch=arch, model_path=model_path, net=net, train=train,
+        test=test, attacks=tuple(config.attacks), detectors=detector_names,
+        eps=float(config.resolved_eps), n_samples=int(config.n_samples),
+        seed=int(config.seed), device=dev, output_dir=output_dir,
+        epochs=int(DEFAULT_EPOCHS[dataset] if config.epochs is None else config.epochs),
+        batch_size=int(config.batch_size), target_fpr=float(config.target_fpr), progress=bool(config.progress),
+        adaptive=adaptive_names, tau=check_tau(config.tau), classifier=classifier,
+        data_path=Path(data) if isinstance(data, str | Path) else None,
     )  # fmt: skip
-
-
-def _input_range(classifier: Any, clip_values: tuple[float, float] | None) -> float:
-    """Width of the inputs' clip range (1 for pixels in [0, 1]): the largest meaningful ``eps``."""
-    clip = clip_values if classifier is None else classifier.clip_values
-    if clip is None:
-        return 1.0
-    low, high = (float(np.min(v)) for v in clip)
-    return high - low if np.isfinite(high - low) and high > low else 1.0
 
 
 class _StepBar:
@@ -421,7 +314,7 @@ def _run_settings(
     return settings
 
 
-def run(plan: EvaluationPlan) -> EvaluationResult:
+def run_plan(plan: EvaluationPlan) -> EvaluationResult:
     """Run a checked plan (stages in the module docstring); writes the report into ``plan.output_dir``.
 
     A given model (``net``, or the user's classifier's) is evaluated in eval mode; its modes, ``requires_grad``
@@ -515,81 +408,19 @@ def _run(p: EvaluationPlan, source: ModelSource, t_all: float) -> EvaluationResu
     )
 
 
-def evaluate(
-    *,
-    dataset: str = "digits",
-    data_dir: str | Path | None = None,
-    model: str | Path | None = None,
-    arch: str | None = None,
-    attacks: Sequence[str] = DEFAULT_ATTACKS,
-    eps: float | None = None,
-    detectors: Sequence[str] | None = None,
-    n_samples: int = 300,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-    output_dir: str | Path = "art_fisher_results",
-    epochs: int | None = None,
-    batch_size: int = 128,
-    target_fpr: float = 0.05,
-    progress: bool = False,
-    adaptive: bool = False,
-    tau: float | None = None,
-) -> EvaluationResult:
+def evaluate(config: EvaluationConfig | None = None, /, **settings: Any) -> EvaluationResult:
     """Attack a classifier with ART and measure how well each detector catches each attack, seen or unseen.
 
     See :mod:`art_fisher.evaluation` for the protocol. Writes ``results.json``, ``results.csv``,
     ``report.md`` and the plots (ROC curves per attack, the unseen-attack heatmap ``transfer_auc.png``,
-    Fisher score histograms, sensitivity-map grid) to ``output_dir``, each atomically.
+    Fisher score histograms, sensitivity-map grid) to the config's ``output_dir``, each atomically.
 
     Parameters
     ----------
-    dataset : {"digits", "mnist", "cifar10"}
-        ``"digits"`` (8×8, embedded in scikit-learn) needs no files; the others read ``data_dir``.
-    data_dir : str or Path, optional
-        Folder with the local MNIST / CIFAR-10 files (see :mod:`art_fisher.data`).
-    model : str or Path, optional
-        A state dict of ``arch`` saved with ``torch.save(model.state_dict(), path)``; loaded with
-        ``weights_only=True``. Without it, ``arch`` is trained in-process on the train split (cached under
-        ``output_dir/models/``; an unusable cache file is replaced with a warning).
-    arch : str, optional
-        A key of :data:`art_fisher.models.ARCHITECTURES`; default ``small_cnn`` (digits), ``mnist_cnn``
-        (MNIST) or ``cifar_cnn`` (CIFAR-10).
-    attacks : sequence of str
-        Keys of :data:`~art_fisher.evaluation.ATTACKS`.
-    eps : float, optional
-        L∞ budget of FGSM and PGD, in input units ([0, 1] pixels); default 0.2 (digits), 0.3 (MNIST),
-        8/255 (CIFAR-10). DeepFool and C&W L2 are minimal-perturbation attacks and ignore it.
-    detectors : sequence of str, optional
-        Keys of :data:`~art_fisher.evaluation.detectors.DETECTORS`; default: all of them.
-    n_samples : int
-        Correctly classified test images to attack (half feed detector training, half detector testing).
-    seed : int
-        Seeds the image draw, the split, the training, the attacks and the detectors.
-    device : str or torch.device
-        ``"cpu"`` or a CUDA device.
-    output_dir : str or Path
-        Where the artefacts (and the cached model) go; created if missing. Must be (or be creatable as) a
-        writable folder.
-    epochs : int, optional
-        Training epochs when the model is trained here (1 to 10,000); default 30 (digits), 3 (MNIST),
-        10 (CIFAR-10).
-    batch_size : int
-        Batch size of prediction, attack generation and detection (1 to 65,536).
-    target_fpr : float
-        The operating point, in (0, 1): every TPR, FPR and flag rate of the tables (adaptive evasion
-        included) is taken at the threshold that flags this share of held-out clean images
-        (:mod:`.operating_point`), the achieved FPR beside it; the clean-calibrated detectors
-        (``*_clean``) also aim at it on their own.
-    progress : bool
-        Show tqdm bars: one over attacks and detector fits, inner ones over batches.
-    adaptive : bool
-        Also attack classifier and detector together (:mod:`.adaptive`: ART's PGD L∞ at ``eps`` and L2) for
-        every detector with input gradients; the others are skipped when ``detectors`` is None, and refused
-        (ValueError, before any work) when named in ``detectors``. Opt-in: it takes several minutes.
-    tau : float in (0, 1), optional
-        Many-class heads: the Fisher detectors' trace, block traces, λ_max and quadratic form keep each
-        sample's classes holding ``1 − tau`` of its probability (:mod:`art_fisher.metrics`).
-        None (default): exact.
+    config : EvaluationConfig, optional
+        Every setting of the run.
+    **settings
+        Keywords of :class:`EvaluationConfig`, applied on top of ``config`` (or building it alone).
 
     Returns
     -------
@@ -600,19 +431,12 @@ def evaluate(
     Raises
     ------
     ValueError, TypeError
-        On an invalid argument (including an ``output_dir`` that is a file, lies under one or is not
+        On an invalid setting (including an ``output_dir`` that is a file, lies under one or is not
         writable, and a ``model`` file that is not a state dict of ``arch``), before any work is done.
     FileNotFoundError
         If ``model`` or the data files are missing.
     """
-    return run(
-        prepare(
-            dataset=dataset, data_dir=data_dir, model=model, arch=arch, attacks=attacks, eps=eps,
-            detectors=detectors, n_samples=n_samples, seed=seed, device=device, output_dir=output_dir,
-            epochs=epochs, batch_size=batch_size, target_fpr=target_fpr, progress=progress, adaptive=adaptive,
-            tau=tau,
-        )
-    )  # fmt: skip
+    return run_plan(prepare(config, **settings))
 
 
 def _classifier_settings(classifier: Any) -> dict[str, Any] | None:

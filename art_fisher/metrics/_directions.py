@@ -29,7 +29,7 @@ def class_of(direction: Direction, z: torch.Tensor, y: torch.Tensor | None) -> t
 
 
 def coefficients(z: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
-    """``r = e_y − p`` (n, C): ``v = Jᵀ r = ∇θ log p_y`` (``1 − p_y`` by :func:`.basis.complement`)."""
+    """``r = e_y − p`` (n, C): ``v = Jᵀ r = ∇θ log p_y`` (``1 − p_y`` by ``complement``)."""
     p = torch.softmax(z, -1)
     own = torch.nn.functional.one_hot(cls, z.shape[-1]).bool()
     return torch.where(own, complement(p), -p)

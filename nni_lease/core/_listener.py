@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from art_fisher.models._architectures import SmallCNN
+from art_fisher.models import SmallCNN
 
 logger = logging.getLogger(__name__)
 

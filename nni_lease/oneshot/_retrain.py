@@ -21,7 +21,7 @@ from nni.nas.nn.pytorch import ModelSpace
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from art_fisher.models._architectures import train_model
+from art_fisher.models import train_model
 
 logger = logging.getLogger(__name__)
 

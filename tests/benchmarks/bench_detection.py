@@ -44,6 +44,10 @@ import numpy as np
 RESULTS = Path(__file__).parent / "results"
 
 
+#: The detectors built on Fisher features (the others are the baselines).
+FISHER_PREFIXES = ("fisher_", "stacked")
+
+
 def _fmt(mean: float, sd: float, n: int) -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "n/a"
@@ -64,8 +68,8 @@ def goals(result, target_fpr: float) -> dict:
     from art_fisher.evaluation import DETECTORS
 
     summary = {r["detector"]: r for r in result.summary}
-    fisher = [d for d in summary if DETECTORS[d].kind == "fisher" and DETECTORS[d].in_default]
-    baselines = [d for d in summary if DETECTORS[d].kind == "baseline"]
+    fisher = [d for d in summary if d.startswith(FISHER_PREFIXES) and DETECTORS[d].in_default]
+    baselines = [d for d in summary if not d.startswith(FISHER_PREFIXES)]
     if not fisher or not baselines:
         return {}
     best = max(fisher, key=lambda d: summary[d]["unseen_auc_mean"])
@@ -157,7 +161,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from art_fisher.detection._stacked import PARTS
     from art_fisher.evaluation import evaluate_seeds
-    from art_fisher.evaluation._security_curve import security_curve_stage
 
     if args.dataset == "mnist" and (args.data_dir is None or not Path(args.data_dir).exists()):
         print(
@@ -205,7 +208,6 @@ def main(argv: list[str] | None = None) -> int:
     result = evaluate_seeds(
         seeds=seeds,
         output_dir=output,
-        extra_stages={"security_curve": security_curve_stage()},
         extra_detectors=extra,
         **kwargs,
     )
@@ -235,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         "unseen_summary": result.summary,
         "table": result.table,
         "adaptive": result.adaptive,
-        "security_curve": result.extra.get("security_curve", []),
+        "security_curve": result.security_curve,
         "seconds": seconds,
         "machine": {
             "python": platform.python_version(),

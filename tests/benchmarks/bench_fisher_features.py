@@ -264,7 +264,7 @@ def _candidate_spec(name: str, bank: _Bank):
             f, _ = _columns(groups, bank.get(x))
             return Scored(score=self.est.decision_function(f), is_adversarial=self.est.predict(f) == 1)
 
-    return DetectorSpec(name, lambda ctx: CandidateRun(), "fisher")
+    return DetectorSpec(name, lambda ctx: CandidateRun())
 
 
 @contextmanager

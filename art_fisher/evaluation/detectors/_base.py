@@ -130,8 +130,6 @@ class DetectorSpec:
         Display name.
     build : callable
         ``build(context) -> DetectorRun``, a fresh, unfitted adapter.
-    kind : str
-        ``"fisher"`` or ``"baseline"``.
     supervised : bool
         True: fitted on clean and adversarial examples of each attack in turn (one fit per attack, each
         scored on every attack). False: fitted once without adversarial examples (``fit_attack`` is
@@ -145,7 +143,6 @@ class DetectorSpec:
 
     label: str
     build: Callable[[RunContext], DetectorRun]
-    kind: str
     supervised: bool = True
     no_gradient: str | None = "no input gradient"
     in_default: bool = True

@@ -174,29 +174,24 @@ class MaxSoftmaxRun(DetectorRun):
 def baseline_specs() -> dict[str, DetectorSpec]:
     """The baseline registry entries."""
     return {
-        "max_softmax": DetectorSpec(
-            "Max softmax + entropy (Hendrycks & Gimpel)", MaxSoftmaxRun, "baseline", no_gradient=None
-        ),
+        "max_softmax": DetectorSpec("Max softmax + entropy (Hendrycks & Gimpel)", MaxSoftmaxRun, no_gradient=None),
         "max_softmax_clean": DetectorSpec(
             "Max softmax + entropy, clean-calibrated",
             MaxSoftmaxRun,
-            "baseline",
             supervised=False,
             no_gradient=None,
         ),
         "binary_input": DetectorSpec(
-            "ART BinaryInput", lambda ctx: ArtBinaryRun(ctx, on_activations=False), "baseline", no_gradient=None
+            "ART BinaryInput", lambda ctx: ArtBinaryRun(ctx, on_activations=False), no_gradient=None
         ),
         "binary_activation": DetectorSpec(
             "ART BinaryActivation",
             lambda ctx: ArtBinaryRun(ctx, on_activations=True),
-            "baseline",
             no_gradient=None,
         ),
         "subset_scanning": DetectorSpec(
             "ART SubsetScanning",
             SubsetScanningRun,
-            "baseline",
             supervised=False,
             no_gradient="no input gradient (a scan over subsets of activations)",
         ),

@@ -144,7 +144,6 @@ def _spec(label: str, metrics: tuple[str, ...], *, clean: bool) -> DetectorSpec:
     return DetectorSpec(
         f"{label}, clean-calibrated" if clean else label,
         functools.partial(FisherRun, metrics=metrics),
-        "fisher",
         supervised=not clean,
         no_gradient=f"no input gradient through the statistics of the map {maps}" if maps else None,
     )

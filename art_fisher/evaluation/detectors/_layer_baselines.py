@@ -232,26 +232,21 @@ class LIDRun(DetectorRun):
 def field_specs() -> dict[str, DetectorSpec]:
     """The registry entries of the field's baselines."""
     return {
-        "mahalanobis": DetectorSpec(
-            "Mahalanobis, layer ensemble (Lee et al. 2018)", MahalanobisRun, "baseline", no_gradient=None
-        ),
+        "mahalanobis": DetectorSpec("Mahalanobis, layer ensemble (Lee et al. 2018)", MahalanobisRun, no_gradient=None),
         "lid": DetectorSpec(
             "LID (Ma et al. 2018)",
             LIDRun,
-            "baseline",
             no_gradient="no input gradient here (its estimate depends on a sampled reference mini-batch)",
         ),
         "mahalanobis_clean": DetectorSpec(
             "Mahalanobis, last feature layer, clean-calibrated",
             MahalanobisRun,
-            "baseline",
             supervised=False,
             no_gradient=None,
         ),
         "energy_clean": DetectorSpec(
             "Energy score (Liu et al. 2020), clean-calibrated",
             EnergyRun,
-            "baseline",
             supervised=False,
             no_gradient=None,
         ),

@@ -87,12 +87,9 @@ def stacked_specs() -> dict[str, DetectorSpec]:
         "stacked": DetectorSpec(
             "Stacked: Fisher traces + sensitivity + confidence + Mahalanobis",
             StackedRun,
-            "fisher",
             no_gradient=no_grad,
         ),
-        "stacked_clean": DetectorSpec(
-            "Stacked, clean-calibrated", StackedRun, "fisher", supervised=False, no_gradient=no_grad
-        ),
+        "stacked_clean": DetectorSpec("Stacked, clean-calibrated", StackedRun, supervised=False, no_gradient=no_grad),
     }
     for part in PARTS:
         kept = tuple(p for p in PARTS if p != part)
@@ -100,7 +97,6 @@ def stacked_specs() -> dict[str, DetectorSpec]:
             specs[f"{variant}_without_{part}"] = DetectorSpec(
                 f"Stacked{'' if supervised else ', clean-calibrated,'} without {part}",
                 functools.partial(StackedRun, parts=kept),
-                "fisher" if any(p in kept for p in ("fisher", "sensitivity")) else "baseline",
                 supervised=supervised,
                 no_gradient=None if "sensitivity" not in kept else no_grad,
                 in_default=False,

@@ -135,3 +135,42 @@ def test_the_ablation_entries_leave_one_part_out_of_both_variants():
             assert spec.supervised is supervised and not spec.in_default
             assert isinstance(spec.build, functools.partial)
             assert spec.build.keywords["parts"] == tuple(p for p in PARTS if p != part)
+
+
+@pytest.mark.parametrize("supervised", [True, False])
+def test_save_and_load_give_the_same_decisions_and_the_fisher_detectors_report(data, supervised, tmp_path):
+    from art_fisher.detection import FisherInformationDetector
+
+    clf, x, clean, adv = data
+    det = StackedDetector(clf, target_fpr=0.1, x_reference=x[20:])
+    det.fit(np.concatenate([clean, adv]), np.repeat([0, 1], len(clean))) if supervised else det.fit(clean)
+    path = tmp_path / "stacked.skops"
+    det.save(path)
+    loaded = StackedDetector.load(path, clf)
+    xs = np.concatenate([x[30:], adv])
+    (report, flagged), (again, flagged_again) = det.detect(xs), loaded.detect(xs)
+    np.testing.assert_array_equal(flagged_again, flagged)
+    np.testing.assert_array_equal(again["decision_scores"], report["decision_scores"])
+    assert again["threshold"] == report["threshold"] and again["feature_names"] == report["feature_names"]
+    fisher = FisherInformationDetector(clf, metrics=("trace",), target_fpr=0.1)
+    fisher.fit(clean)
+    assert set(report) == set(fisher.detect(clean)[0])
+    assert len(report["feature_names"]) == len(report["scores"]) == det.pipeline_[0].n_features_out_
+    with pytest.raises(ValueError, match="not a saved FisherInformationDetector"):
+        FisherInformationDetector.load(path, clf)
+    fisher.save(tmp_path / "fisher.skops")
+    with pytest.raises(ValueError, match="not a saved StackedDetector"):
+        StackedDetector.load(tmp_path / "fisher.skops", clf)
+
+
+def test_both_detectors_calibrate_on_held_out_clean_images(data):
+    from art_fisher.detection import FisherInformationDetector
+
+    clf, x, clean, _ = data
+    for det in (
+        FisherInformationDetector(clf, metrics=("trace", "quadratic_form"), target_fpr=0.1),
+        StackedDetector(clf, parts=DIFFERENTIABLE, target_fpr=0.1, x_reference=x[20:]),
+    ):
+        det.fit(clean)
+        assert det.calibrate(x[20:]) is det
+        assert det.detect(x[20:])[1].mean() <= 0.1 + 1e-12

@@ -37,19 +37,16 @@ def test_aggregate_is_mean_and_sample_sd_per_group_ignoring_nan():
 @pytest.mark.slow
 def test_evaluate_seeds_aggregates_the_runs_and_the_cli_runs_it(tmp_path):
     from art_fisher.cli import main
-    from art_fisher.evaluation._security_curve import security_curve_stage
     from art_fisher.evaluation._seeds import evaluate_seeds
 
     tiny = {"attacks": ["fgsm"], "detectors": ["max_softmax", "energy_clean"], "n_samples": 24, "epochs": 2}
-    result = evaluate_seeds(
-        seeds="0,1", output_dir=tmp_path / "agg", extra_stages={"security_curve": security_curve_stage()}, **tiny
-    )
+    result = evaluate_seeds(seeds="0,1", output_dir=tmp_path / "agg", **tiny)
     assert [r.settings["seed"] for r in result.runs] == [0, 1]
     row = next(r for r in result.table if r["detector"] == "max_softmax" and r["fit_attack"] == "fgsm")
     per_seed = [next(t["roc_auc"] for t in r.table if t["detector"] == "max_softmax") for r in result.runs]
     assert row["roc_auc_mean"] == pytest.approx(np.mean(per_seed))
     assert row["roc_auc_sd"] == pytest.approx(np.std(per_seed, ddof=1))
-    curve = result.extra["security_curve"]
+    curve = result.security_curve
     assert {r["detector"] for r in curve} == {"none", "max_softmax", "energy_clean"}
     assert all(r["n_seeds"] == 2 for r in curve)
     text = result.paths["report_md"].read_text()

@@ -78,7 +78,7 @@ def small_run(tmp_path_factory, digits_model):
 
 def test_default_set_has_fisher_clean_rows_and_the_free_baseline():
     assert {"max_softmax", "binary_input", "binary_activation", "fisher_combined"} <= set(SUPERVISED)
-    fisher = [d for d in SUPERVISED if DETECTORS[d].kind == "fisher"]
+    fisher = [d for d in SUPERVISED if d.startswith(("fisher_", "stacked"))]
     assert {f"{d}_clean" for d in fisher} <= set(CLEAN_FIT)
     assert "subset_scanning" in CLEAN_FIT
 
@@ -175,8 +175,8 @@ class _Spy:
 
 def test_protocol_keeps_sides_apart_across_attacks(monkeypatch, tmp_path):
     """Fitted on one attack, scored on the other: no source image (clean or attacked) on both sides."""
-    monkeypatch.setitem(DETECTORS, "spy", DetectorSpec("spy", _Spy, "baseline"))
-    monkeypatch.setitem(DETECTORS, "spy_clean", DetectorSpec("spy clean", _Spy, "baseline", supervised=False))
+    monkeypatch.setitem(DETECTORS, "spy", DetectorSpec("spy", _Spy))
+    monkeypatch.setitem(DETECTORS, "spy_clean", DetectorSpec("spy clean", _Spy, supervised=False))
     _Spy.calls.clear()
     result = evaluate(
         attacks=["fgsm", "pgd"], detectors=["spy", "spy_clean"], n_samples=30, epochs=1, output_dir=tmp_path
