@@ -19,8 +19,7 @@ import json
 import logging
 
 from nni_lease.oneshot import RetrainConfig, SearchConfig
-from nni_lease.runtime._experiment import run_experiment, sigterm_as_interrupt
-from nni_lease.runtime._hpo import TrialConfig, build_hpo_experiment
+from nni_lease.runtime import TrialConfig, build_hpo_experiment, run_experiment, sigterm_as_interrupt
 
 
 def main() -> None:

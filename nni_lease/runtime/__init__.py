@@ -4,6 +4,14 @@ The multi-trial experiment with its web UI (:func:`run_multitrial`), the NNI
 manager bound to loopback with its preload and watchdog, and hyper-parameter search over one-shot runs.
 """
 
-from nni_lease.runtime._experiment import MultiTrialResult, run_multitrial
+from nni_lease.runtime._experiment import MultiTrialResult, run_experiment, run_multitrial, sigterm_as_interrupt
+from nni_lease.runtime._hpo import TrialConfig, build_hpo_experiment
 
-__all__ = ["MultiTrialResult", "run_multitrial"]
+__all__ = [
+    "MultiTrialResult",
+    "TrialConfig",
+    "build_hpo_experiment",
+    "run_experiment",
+    "run_multitrial",
+    "sigterm_as_interrupt",
+]
