@@ -9,8 +9,10 @@ how well they catch ART's attacks.
 
 from importlib.metadata import PackageNotFoundError, version
 
+from art_fisher._threads import check_threads
 from art_fisher.metrics import (
     fisher_block_traces,
+    fisher_input_spectrum,
     fisher_max_eigenvalue,
     fisher_quadratic_form,
     fisher_sensitivity,
@@ -24,7 +26,9 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 __all__ = [
     "__version__",
+    "check_threads",
     "fisher_block_traces",
+    "fisher_input_spectrum",
     "fisher_max_eigenvalue",
     "fisher_quadratic_form",
     "fisher_sensitivity",
@@ -41,6 +45,8 @@ _LAZY_EXPORTS = {
     # Attacks that know the detector: classifier + detector as one ART model with an attacker's loss.
     "AdaptiveDetectorClassifier": "art_fisher.adversarial",
     "NotDifferentiableError": "art_fisher.detection",
+    # The one-step spectral attack (an ART EvasionAttack) along the input Fisher's top eigenvector.
+    "OneStepSpectralAttack": "art_fisher.adversarial",
     # The evaluation workflow: ``art_fisher.evaluate(...)`` is ``art-fisher evaluate``.
     "evaluate": "art_fisher.evaluation",
 }

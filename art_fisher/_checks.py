@@ -13,9 +13,6 @@ METHODS = ("exact", "finite_difference")
 DIRECTIONS = ("predicted", "label", "top_eigenvector")
 CLASSES = ("all", "predicted_vs_rest")
 
-# Modules whose output depends on the whole batch (or on chance) while in training mode.
-_MODE_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
-
 
 def _type_name(value: object) -> str:
     return type(value).__name__
@@ -27,17 +24,62 @@ def check_choice(name: str, value: object, choices: Sequence[str]) -> None:
         raise ValueError(f"{name} must be one of {list(choices)}; got {value!r}.")
 
 
+def _batch_dependence(module: nn.Module) -> str | None:
+    """Why ``module`` makes one input's output depend on the batch or change the model's state; None if not.
+
+    Every normalisation layer of torch (``_NormBase``: BatchNorm, SyncBatchNorm, InstanceNorm, their lazy
+    variants, any subclass) is judged by what its forward does: a BatchNorm normalises by the batch's
+    statistics in training mode or when it keeps no running statistics (``track_running_stats=False``);
+    an InstanceNorm normalises each sample by its own statistics (fine), but in training mode with
+    ``track_running_stats=True`` it updates its running statistics. A lazy module not yet initialised
+    would be initialised by the first call. GroupNorm and LayerNorm are per-sample and stateless.
+    """
+    from torch.nn.modules.lazy import LazyModuleMixin
+
+    if isinstance(module, LazyModuleMixin) and module.has_uninitialized_params():
+        return "is a lazy module not yet initialised (the first call would create its parameters); call it once first"
+    if isinstance(module, nn.modules.instancenorm._InstanceNorm):
+        if module.training and module.track_running_stats:
+            return (
+                "is in training mode with track_running_stats=True, where every call updates its running "
+                "statistics; call model.eval() first (the metrics never change the model's mode)"
+            )
+        return None
+    if isinstance(module, nn.modules.batchnorm._NormBase):
+        if module.training:
+            return (
+                "is in training mode, where its output depends on the whole batch and every call updates its "
+                "running statistics; call model.eval() first (the metrics never change the model's mode)"
+            )
+        if module.running_mean is None or module.running_var is None:
+            return (
+                "keeps no running statistics (track_running_stats=False), so even in eval mode it normalises "
+                "by the statistics of the whole batch"
+            )
+        return None
+    if isinstance(module, nn.modules.dropout._DropoutNd) and module.training:
+        return (
+            "is in training mode, where its output depends on chance; call model.eval() first (the metrics "
+            "never change the model's mode)"
+        )
+    return None
+
+
 def check_model(model: object) -> None:
-    """``model`` is an ``nn.Module`` without batch-dependent modules in training mode."""
+    """``model`` is an ``nn.Module`` whose output for one input depends on that input alone, without side effects.
+
+    Refused (ValueError naming the module): any normalisation layer that normalises by batch statistics or
+    updates running statistics when called, dropout in training mode, and uninitialised lazy modules
+    (see :func:`_batch_dependence`). :func:`probe_output` then checks the model's behaviour itself.
+    """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module; got {_type_name(model)}.")
     for mod_name, module in model.named_modules():
-        if isinstance(module, _MODE_DEPENDENT) and module.training:
+        why = _batch_dependence(module)
+        if why is not None:
             raise ValueError(
-                f"model: module {mod_name or '<root>'!r} ({type(module).__name__}) is in training mode, "
-                "where its output depends on the whole batch (BatchNorm) or on chance (Dropout), so the "
-                "Fisher information of one input is not defined. Call model.eval() first (the metrics "
-                "never change the model's mode)."
+                f"model: module {mod_name or '<root>'!r} ({type(module).__name__}) {why}. The Fisher information "
+                "of one input is only defined when the model's output for it depends on that input alone."
             )
 
 
@@ -156,15 +198,33 @@ def check_bool(name: str, value: object) -> bool:
 
 
 def probe_output(model: nn.Module, x: torch.Tensor, output: str) -> int:
-    """Run the model on one sample and check its output; return the number of classes.
+    """Run the model on the first samples and check its output; return the number of classes.
 
-    The sample is run twice: a model whose output for the same input changes between calls (dropout
-    applied inside ``forward`` with ``F.dropout(..., training=True)``, or any other randomness that
-    ``model.eval()`` does not switch off) is refused, since its Fisher information is not defined.
+    Checked, each with a ValueError that says what to change:
+
+    - the output for one sample is the same in two calls (a model with randomness that ``model.eval()``
+      does not switch off, e.g. ``F.dropout(..., training=True)`` inside ``forward``, is refused);
+    - the call changes none of the model's buffers (running statistics updated in ``forward``); any
+      change is undone before the error;
+    - the first sample's output is the same alone and in a batch of up to four (batch statistics);
+    - the output has shape (N, C), C >= 2, and is what ``output`` says: with ``"logits"``, rows that are
+      all probability vectors (non-negative, summing to one: a softmax however written) are refused, since
+      the metrics would take probabilities for logits.
     """
-    with torch.no_grad():
-        out = model(x[:1])
-        again = model(x[:1])
+    buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
+    try:
+        with torch.no_grad():
+            out = model(x[:1])
+            again = model(x[:1])
+            batch = model(x[:4]) if x.shape[0] > 1 else None
+    finally:
+        changed = _restore_buffers(model, buffers)
+    if changed:
+        raise ValueError(
+            f"model: calling it changed its buffers {changed[:5]} (e.g. running statistics updated in forward), "
+            "so computing a metric would change the model and one input's output depends on the calls before "
+            "it. Call model.eval() first, or keep forward free of side effects (the buffers were restored)."
+        )
     if (
         isinstance(out, torch.Tensor)
         and isinstance(again, torch.Tensor)
@@ -185,22 +245,89 @@ def probe_output(model: nn.Module, x: torch.Tensor, output: str) -> int:
     n_classes = out.shape[1]
     if n_classes < 2:
         raise ValueError(f"model must return at least 2 classes; got output shape {tuple(out.shape)}.")
+    _check_batch_independent(out, batch)
+    rows = batch if isinstance(batch, torch.Tensor) and batch.dim() == 2 and batch.shape[1] == n_classes else out
+    _check_output_kind(rows, output)
+    return n_classes
+
+
+def _restore_buffers(model: nn.Module, saved: dict[str, torch.Tensor]) -> list[str]:
+    """Put back every buffer of ``model`` that differs from ``saved``; the names of those that did."""
+    changed = []
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            before = saved.get(name)
+            if before is None or before.shape != buffer.shape or not torch.equal(before, buffer):
+                changed.append(name)
+                if before is not None and before.shape == buffer.shape:
+                    buffer.copy_(before)
+    return changed
+
+
+def _check_batch_independent(single: torch.Tensor, batch: object) -> None:
+    """The first sample's output alone (``single``, (1, C)) equals its row of ``batch``; ValueError if not."""
+    if not isinstance(batch, torch.Tensor) or batch.dim() != 2 or tuple(batch.shape[1:]) != tuple(single.shape[1:]):
+        return
+    scale = float(single.detach().abs().max()) if bool(torch.isfinite(single).all()) else 1.0
+    if not torch.allclose(batch[:1], single, rtol=1e-3, atol=1e-4 * max(scale, 1.0), equal_nan=True):
+        raise ValueError(
+            "model: the output for x[0] alone differs from its output in a batch with other samples (a layer "
+            "that normalises by batch statistics, e.g. BatchNorm with track_running_stats=False, or a forward "
+            "that mixes samples), so the Fisher information of one input is not defined and the results would "
+            "depend on chunk_size."
+        )
+
+
+def _check_output_kind(out: torch.Tensor, output: str) -> None:
+    """The output rows ``out`` (k, C) are what ``output`` says; ValueError naming the mismatch."""
     tol = 1e-3 if out.dtype != torch.float64 else 1e-6
+    first = out[:1]
     if output == "probs":
-        total = float(out.sum())
-        if bool((out < 0).any()) or abs(total - 1.0) > tol:
+        total = float(first.sum())
+        if bool((first < 0).any()) or abs(total - 1.0) > tol:
             raise ValueError(
                 f"output='probs' but the model's output for x[0] is not a probability vector "
-                f"(sum {total:.6g}, min {float(out.min()):.6g}); use output='logits' for unnormalised scores."
+                f"(sum {total:.6g}, min {float(first.min()):.6g}); use output='logits' for unnormalised scores."
             )
     elif output == "log_probs":
-        lse = float(torch.logsumexp(out, dim=1))
+        lse = float(torch.logsumexp(first, dim=1))
         if abs(lse) > tol:
             raise ValueError(
                 f"output='log_probs' but logsumexp of the model's output for x[0] is {lse:.6g}, not 0; "
                 "use output='logits' for unnormalised scores."
             )
-    return n_classes
+    elif looks_like_probabilities(out):
+        raise ValueError(
+            f"output='logits' but the model's outputs for the first {out.shape[0]} samples are probability "
+            "vectors (non-negative rows summing to 1, a softmax), which the metrics would take for logits "
+            "(a trace many times too small). Pass output='probs', or return logits (or log-probabilities)."
+        )
+
+
+def check_logits(out: torch.Tensor, what: str) -> None:
+    """Raise ``ValueError`` when the model outputs ``out`` (k, C) that ``what`` takes for logits are probabilities.
+
+    Used where model outputs must be logits (or log-probabilities): energy, softmax confidence, an
+    attacker's logit margin.
+    """
+    if looks_like_probabilities(out):
+        raise ValueError(
+            f"{what} takes the model's outputs for logits, but they are probability vectors (non-negative rows "
+            "summing to 1, a softmax); give it a model that returns logits or log-probabilities."
+        )
+
+
+def looks_like_probabilities(out: torch.Tensor) -> bool:
+    """Whether every row of ``out`` (k, C), C >= 2, is a probability vector: non-negative, summing to one.
+
+    The sum must be one to within the rounding of a softmax in ``out``'s dtype (64 C units in the last
+    place), so that logits that happen to be small and positive are not mistaken for probabilities.
+    """
+    out = out.detach()
+    if out.dim() != 2 or out.shape[1] < 2 or not out.is_floating_point() or not bool(torch.isfinite(out).all()):
+        return False
+    tol = 64 * out.shape[1] * torch.finfo(out.dtype).eps
+    return bool((out >= 0).all()) and bool(((out.sum(1) - 1).abs() <= tol).all())
 
 
 def check_y(y: object, n: int, n_classes: int, device: torch.device) -> torch.Tensor:

@@ -217,10 +217,16 @@ def _add_run_arguments(ev: argparse.ArgumentParser) -> None:
         "for every detector with input gradients; several minutes",
     )
     ev.add_argument("--output", default=_DEFAULT_OUTPUT, help="output folder (default: ./%(default)s)")
-    ev.add_argument(
+    talk = ev.add_mutually_exclusive_group()
+    talk.add_argument(
         "--quiet",
         action="store_true",
         help="no progress bar and no log lines below warnings; the tables, the model path and the report path",
+    )
+    talk.add_argument(
+        "--verbose",
+        action="store_true",
+        help="log every step (training epochs, each attack's batches, each detector fit), not only one line per stage",
     )
 
 
@@ -242,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Attack a classifier with ART, keep the successful adversarial examples, fit every detector on "
             "half of the source images (each supervised detector once per attack; *_clean detectors on clean "
-            "images only) and report, on the other half and for every attack, ROC-AUC, TPR at 5%% FPR, the "
+            "images only) and report, on the other half and for every attack, ROC-AUC, TPR at 5 % FPR, the "
             "detector's own TPR / FPR and time per sample; then the mean ROC-AUC on attacks a detector was not "
             "fitted on. Writes results.json, results.csv, report.md and plots to --output."
         ),
@@ -299,7 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--detectors",
         default=None,
-        help=f"comma-separated, from {', '.join(DETECTORS)} (default: {','.join(DEFAULT_DETECTORS)})",
+        help=f"comma-separated, from {', '.join(DETECTORS)} (default: all of them except "
+        f"{', '.join(d for d in DETECTORS if d not in DEFAULT_DETECTORS) or 'none'})",
     )
     _add_run_arguments(ev)
     ev.set_defaults(func=_run_evaluate)
@@ -310,11 +317,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``art-fisher`` command line; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    quiet = getattr(args, "quiet", False)
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    quiet, verbose = getattr(args, "quiet", False), getattr(args, "verbose", False)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    if not verbose:
+        handler.addFilter(_stages_and_warnings)
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, handlers=[handler])
     # ART logs at INFO on every estimator it builds; keep its chatter to warnings.
     logging.getLogger("art").setLevel(logging.WARNING)
     return int(args.func(args))
+
+
+def _stages_and_warnings(record: logging.LogRecord) -> bool:
+    """The default verbosity: warnings, and the one INFO line per stage that the evaluation marks."""
+    return record.levelno >= logging.WARNING or bool(getattr(record, "stage", False))
 
 
 if __name__ == "__main__":  # pragma: no cover

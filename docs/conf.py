@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).parent / "_ext"))
 os.environ.setdefault("MPLBACKEND", "Agg")
-os.environ["COLUMNS"] = "100"  # the width of the command-line help texts
+os.environ["COLUMNS"] = "72"  # the width of the command-line help texts (docs/_static/custom.css wraps longer lines)
 
 from art_fisher import __version__  # noqa: E402
 
@@ -36,6 +36,8 @@ extensions = [
     "apipages",
     "benchmarks",
     "clihelp",
+    "offline",
+    "choosing",
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
@@ -107,6 +109,7 @@ myst_heading_anchors = 3
 html_theme = "pydata_sphinx_theme"
 html_title = "art-fisher & nni-lease"
 html_static_path = ["_static"]
+html_css_files = ["custom.css"]
 html_theme_options = {
     "navigation_with_keys": False,
     "show_toc_level": 2,

@@ -1,4 +1,4 @@
-"""Add a Fisher-information detector to an existing ART workflow (digits, runs in well under a minute).
+"""Add a Fisher-information detector to an existing ART workflow (scikit-learn's digits).
 
 The workflow: a PyTorch model wrapped as an ART ``PyTorchClassifier``, attacked with ART's FGSM. The
 detector is fitted on half of the clean / adversarial pairs and screens the other half; it is then

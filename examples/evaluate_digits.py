@@ -1,7 +1,7 @@
 """Evaluate the Fisher-information detectors on scikit-learn's digits from Python.
 
 The same workflow as ``art-fisher evaluate``, through :func:`art_fisher.evaluation.evaluate`, reduced to
-two attacks and a few detectors so that it runs in about a minute on a laptop CPU:
+two attacks and a few detectors (measured run times: the documentation's examples page):
 
     python examples/evaluate_digits.py [--output DIR] [--smoke]
 

@@ -1,6 +1,6 @@
 """LeaSE one-shot search on scikit-learn's 8×8 digits, export, and retraining from scratch.
 
-Run from the repository root (about a minute on a laptop CPU)::
+Run from the repository root (measured run times: the documentation's examples page)::
 
     python examples/lease_oneshot_digits.py [--smoke]
 

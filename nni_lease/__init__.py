@@ -21,6 +21,7 @@ Public names (imported lazily, so that ``import nni_lease`` stays light):
 - :func:`run_multitrial` (:mod:`nni_lease.runtime`): start a multi-trial experiment with the web UI.
 """
 
+import sys
 from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 from importlib.util import find_spec
@@ -33,13 +34,38 @@ def _missing(name: str) -> bool:
         return True
 
 
-# The NNI packages come with the "lease" extra; without them, say so at once rather than at the first name.
-_MISSING = [name for name in ("nni", "pytorch_lightning") if _missing(name)]
-if _MISSING:
-    raise ImportError(
-        f"nni_lease needs Microsoft NNI 3.0 and its pinned companions; {', '.join(_MISSING)} not installed. "
-        'Install them with: pip install "art-fisher-lease[lease]"'
+def _requirements_problem() -> str | None:
+    """One line saying why the NNI parts cannot run here, or ``None`` when NNI and Lightning are importable."""
+    missing = [name for name in ("nni", "pytorch_lightning") if _missing(name)]
+    if not missing:
+        return None
+    if sys.version_info >= (3, 12):
+        here = ".".join(map(str, sys.version_info[:3]))
+        return (
+            f"nni_lease needs Microsoft NNI 3.0, which this project supports on Python 3.11 only (this is Python "
+            f'{here}; art_fisher works here): on Python 3.11, pip install "art-fisher-lease[lease]"'
+        )
+    return (
+        f"nni_lease needs Microsoft NNI 3.0 and its pinned companions ({', '.join(missing)} not installed): "
+        'pip install "art-fisher-lease[lease]" (from a clone: pip install -e ".[lease]")'
     )
+
+
+def _require_nni() -> None:
+    """Raise ``ImportError`` with a one-line message naming the ``lease`` extra when NNI cannot be imported.
+
+    ``import nni_lease`` itself always works (so that ``nni-lease`` can print that line instead of a
+    traceback); the names that need NNI call this first.
+
+    Raises
+    ------
+    ImportError
+        NNI 3.0 or pytorch-lightning is not importable (or this Python is newer than NNI 3.0 supports).
+    """
+    problem = _requirements_problem()
+    if problem is not None:
+        raise ImportError(problem)
+
 
 try:
     __version__ = version("art-fisher-lease")
@@ -76,5 +102,7 @@ __all__ += list(_LAZY)
 
 def __getattr__(name: str):
     if name in _LAZY:
+        if _LAZY[name] != "nni_lease.core":
+            _require_nni()
         return getattr(import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'nni_lease' has no attribute {name!r}")

@@ -12,7 +12,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from nni_lease._limits import MAX_BATCH_SIZE, MAX_CELLS, MAX_COUNT, MAX_EPOCHS, MAX_NODES, MAX_SEED, MAX_WIDTH
+from nni_lease._limits import (
+    MAX_BATCH_SIZE,
+    MAX_CELLS,
+    MAX_CONCURRENCY,
+    MAX_COUNT,
+    MAX_EPOCHS,
+    MAX_NODES,
+    MAX_PGD_STEPS,
+    MAX_RATE,
+    MAX_SEED,
+    MAX_TRIALS,
+    MAX_WIDTH,
+)
 
 MODES: tuple[str, ...] = ("oneshot", "multi-trial", "hpo")
 _ALL = frozenset(MODES)
@@ -57,8 +69,8 @@ def _float_in(low: float, high: float, *, low_open: bool, what: str) -> Callable
     return parse
 
 
-_positive_float = _float_in(0.0, math.inf, low_open=True, what="a positive finite number")
-_nonnegative_float = _float_in(0.0, math.inf, low_open=False, what="a finite number >= 0")
+_positive_float = _float_in(0.0, MAX_RATE, low_open=True, what=f"a positive number (at most {MAX_RATE:g})")
+_nonnegative_float = _float_in(0.0, MAX_RATE, low_open=False, what=f"a number from 0 to {MAX_RATE:g}")
 _fraction = _float_in(0.0, 1.0, low_open=False, what="a number in [0, 1]")
 
 
@@ -200,7 +212,7 @@ SEARCH_OPTIONS: dict[str, list[_Option]] = {
             "--pgd-steps",
             default=2,
             modes=_ONESHOT | _MULTI,
-            type=_positive_int,
+            type=_limited(MAX_PGD_STEPS),
             help="explanation ascent steps; hpo tunes it",
         ),
         _opt(
@@ -247,8 +259,8 @@ SEARCH_OPTIONS: dict[str, list[_Option]] = {
         ),
     ],
     "NNI experiment (--mode multi-trial / hpo; web UI on --port)": [
-        _opt("--max-trials", default=10, modes=_NNI, type=_positive_int, help="trials in the experiment"),
-        _opt("--concurrency", default=1, modes=_NNI, type=_positive_int, help="trials at the same time"),
+        _opt("--max-trials", default=10, modes=_NNI, type=_limited(MAX_TRIALS), help="trials in the experiment"),
+        _opt("--concurrency", default=1, modes=_NNI, type=_limited(MAX_CONCURRENCY), help="trials at the same time"),
         _opt("--port", default=8080, modes=_NNI, type=_port, help="NNI manager port (web UI and REST API)"),
         _opt(
             "--host",
@@ -275,7 +287,13 @@ SEARCH_OPTIONS: dict[str, list[_Option]] = {
             type=_positive_float,
             help="multi-trial policy step size",
         ),
-        _opt("--retrain-epochs", default=3, modes=_HPO, type=_positive_int, help="hpo: retraining epochs per trial"),
+        _opt(
+            "--retrain-epochs",
+            default=3,
+            modes=_HPO,
+            type=_limited(MAX_EPOCHS),
+            help="hpo: retraining epochs per trial",
+        ),
     ],
 }
 

@@ -66,7 +66,12 @@ class _ArrayDataset(Dataset):
     y: torch.Tensor
     n_classes: int
 
-    def _set(self, x: np.ndarray, y: np.ndarray, limit: int | None) -> None:
+    def _set(self, x: np.ndarray, y: np.ndarray, limit: int | None, split: str) -> None:
+        if len(y) == 0:
+            raise ValueError(
+                f"{type(self).__name__}: the {split!r} split holds no sample (the data hold too few images for a "
+                "train / val / test split); nothing could be trained or measured on it."
+            )
         if limit is not None:
             x, y = x[:limit], y[:limit]
         self.x = torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32)
@@ -120,7 +125,7 @@ class DigitsDataset(_ArrayDataset):
         parts = {"train": perm[:n_train], "val": perm[n_train : n_train + n_val], "test": perm[n_train + n_val :]}
         idx = parts[split]
         self.n_classes = data.n_classes
-        self._set(data.x[idx], data.y[idx], limit)
+        self._set(data.x[idx], data.y[idx], limit, split)
 
 
 def load_cifar10_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -203,7 +208,7 @@ class Cifar10Dataset(_ArrayDataset):
             if not (folder / CIFAR10_TEST_FILE).is_file():
                 raise FileNotFoundError(f"{folder / CIFAR10_TEST_FILE} not found.")
             x, y = load_cifar10_batch(folder / CIFAR10_TEST_FILE)
-            self._set(x, y, limit)
+            self._set(x, y, limit, split)
             return
         present = [folder / name for name in CIFAR10_TRAIN_FILES if (folder / name).is_file()]
         if not present:
@@ -213,7 +218,7 @@ class Cifar10Dataset(_ArrayDataset):
         parts = [load_cifar10_batch(p) for p in present]
         x = np.concatenate([p[0] for p in parts])
         y = np.concatenate([p[1] for p in parts])
-        self._set(*_train_val(x, y, split, seed, val_fraction), limit)
+        self._set(*_train_val(x, y, split, seed, val_fraction), limit, split)
 
 
 def _train_val(
@@ -277,7 +282,7 @@ class MnistDataset(_ArrayDataset):
         self.n_classes = 10
         data = load_mnist(Path(data_dir).expanduser(), split="test" if split == "test" else "train")
         x, y = (data.x, data.y) if split == "test" else _train_val(data.x, data.y, split, seed, val_fraction)
-        self._set(x, y, limit)
+        self._set(x, y, limit, split)
 
 
 def check_dataset(name: str, data_dir: str | None, *, arg: str = "data_dir") -> None:

@@ -25,3 +25,15 @@ MAX_BATCH_SIZE = 2**16
 MAX_EPOCHS = 100_000
 #: Sample and batch counts (``limit``, ``limit_batches``).
 MAX_COUNT = 10**9
+#: Parameters of a model space (the supernet) or of an architecture built from one, counted on PyTorch's meta
+#: device before anything is allocated: 10**8 float32 parameters are 400 MB, before gradients and optimiser state
+#: (NNI's DARTS space at its own width 16 and 20 cells has about 4 million).
+MAX_PARAMETERS = 10**8
+#: Explanation ascent steps (LeaSE uses 2; the SANAS example 7).
+MAX_PGD_STEPS = 10_000
+#: Trials of an NNI experiment, and trials run at the same time.
+MAX_TRIALS = 1_000_000
+MAX_CONCURRENCY = 1024
+#: Learning rates, step sizes, ``gamma`` and ``pgd_epsilon``: beyond this a float32 update overflows or the
+#: search diverges at the first step (a NaN loss stops a search in any case).
+MAX_RATE = 1e6

@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from nni.nas.nn.pytorch import InputChoice, LayerChoice, ModelSpace
 from torch import nn
 
 from nni_lease._darts_space import DartsSpace
-from nni_lease._limits import MAX_CELLS, MAX_CHANNELS, MAX_CLASSES, MAX_IMAGE_SIZE, MAX_NODES, MAX_WIDTH
+from nni_lease._limits import MAX_CELLS, MAX_CHANNELS, MAX_CLASSES, MAX_IMAGE_SIZE, MAX_NODES, MAX_PARAMETERS, MAX_WIDTH
 
 logger = logging.getLogger(__name__)
 
@@ -230,7 +231,116 @@ def build_space(name: str, **kwargs: int) -> ModelSpace:
     """
     if not isinstance(name, str):
         raise TypeError(f"space name must be a str from {sorted(SPACES)}; got {type(name).__name__}.")
-    return _space_class(SPACES.get(name, name))(**kwargs)
+    space_class = _space_class(SPACES.get(name, name))
+    check_space_size(name, kwargs)  # nothing allocated
+    return space_class(**kwargs)
+
+
+def build_space_on_meta(name: str, *, check_size: bool = True, **kwargs: Any) -> ModelSpace:
+    """:func:`build_space` on PyTorch's meta device (shapes only, no memory).
+
+    ``check_size``: first refuse a space over the size limit (:func:`check_space_size`); retraining checks the
+    chosen network instead.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`build_space`, and ValueError for a space over the size limit.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"space name must be a str from {sorted(SPACES)}; got {type(name).__name__}.")
+    space_class = _space_class(SPACES.get(name, name))
+    if check_size and space_class is LeaseCellSpace:
+        check_space_size(name, kwargs)
+    try:
+        with torch.device("meta"):
+            space = space_class(**kwargs)
+    except TypeError as exc:  # e.g. an architecture file's unknown keyword
+        raise ValueError(f"{SPACES.get(name, name)} cannot be built from {kwargs}: {exc}") from exc
+    if check_size:
+        check_model_size(space, f"the {SPACES.get(name, name)} search space {kwargs}")
+    return space
+
+
+def check_space_size(name: str, kwargs: dict[str, Any], architecture: dict[str, Any] | None = None) -> None:
+    """Refuse (ValueError) a space of ``name`` and ``kwargs`` over :data:`~nni_lease._limits.MAX_PARAMETERS` parameters.
+
+    For :class:`LeaseCellSpace`, counted from its sizes (:func:`lease_cell_parameters`, no module built): the
+    supernet, or with ``architecture`` the network it chooses. For NNI's DARTS space, on the meta device.
+    """
+    class_name = SPACES.get(name, name)
+    space = f"the {class_name} search space {kwargs}"
+    what = space if architecture is None else f"the network the architecture chooses from {space}"
+    if class_name == "LeaseCellSpace":
+        try:
+            n = lease_cell_parameters(**kwargs, architecture=architecture)
+        except TypeError as exc:
+            raise ValueError(f"{class_name} cannot be built from {kwargs}: {exc}") from exc
+        _check_parameter_count(n, what)
+        return
+    build_space_on_meta(name, check_size=True, **kwargs)
+
+
+def check_model_size(model: nn.Module, what: str) -> int:
+    """The number of parameters of ``model`` (ValueError naming ``what`` above the limit).
+
+    Counted from the shapes alone, so ``model`` may live on the meta device.
+    """
+    return _check_parameter_count(sum(p.numel() for p in model.parameters()), what)
+
+
+def _check_parameter_count(n: int, what: str) -> int:
+    if n > MAX_PARAMETERS:
+        what = what if len(what) <= 160 else what[:157] + "..."
+        raise ValueError(
+            f"{what} has {n:,} parameters ({4 * n / 2**30:.1f} GiB in float32, before gradients and optimiser "
+            f"state), over the limit of {MAX_PARAMETERS:,}; choose a smaller width, fewer cells or nodes."
+        )
+    return n
+
+
+def _operation_parameters(name: str, width: int) -> int:
+    """Parameters of :func:`build_operation` ``(name, width)``: convolution weights and BatchNorm affine terms."""
+    convolution = {"conv_3x3": 9 * width * width, "sep_conv_3x3": 9 * width + width * width}
+    convolution["dil_conv_3x3"] = convolution["sep_conv_3x3"]
+    return convolution[name] + 2 * width if name in convolution else 0
+
+
+def lease_cell_parameters(
+    *,
+    in_channels: int = 1,
+    n_classes: int = 10,
+    width: int = 16,
+    n_cells: int = 2,
+    n_nodes: int = 3,
+    image_size: int = 8,
+    operations: Sequence[str] = OPERATIONS,
+    shared_cells: bool = True,
+    architecture: dict[str, Any] | None = None,
+) -> int:
+    """The parameters of ``LeaseCellSpace(...)`` from its sizes alone, or of the network ``architecture`` chooses.
+
+    An operation the architecture does not name counts as the largest candidate. Sizes that the space would
+    refuse count 0 (its constructor then says why).
+    """
+    del image_size
+    sizes = ((in_channels, MAX_CHANNELS), (n_classes, MAX_CLASSES), (width, MAX_WIDTH), (n_cells, MAX_CELLS),
+             (n_nodes, MAX_NODES))  # fmt: skip
+    if any(isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= high for v, high in sizes):
+        return 0
+    ops = [o for o in operations if o in OPERATIONS] if isinstance(operations, (list, tuple)) else list(OPERATIONS)
+    largest = max((_operation_parameters(o, width) for o in ops), default=0)
+    total = 9 * in_channels * width + 2 * width + width * n_classes + n_classes
+    for i in range(n_cells):
+        prefix = "" if shared_cells else f"cell{i}_"
+        total += n_nodes * width * width + 2 * width  # the cell's 1x1 combination and its BatchNorm
+        for k in range(n_nodes):
+            if architecture is None:
+                total += sum(_operation_parameters(o, width) for o in ops)
+            else:
+                chosen = architecture.get(f"{prefix}op{k}")
+                total += _operation_parameters(chosen, width) if chosen in ops else largest
+    return total
 
 
 #: Per space: default ``width``, number of cells and nodes per cell (the DARTS space's cells always have 4 nodes).

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from nni_lease import __version__
+from nni_lease import __version__, _requirements_problem
 from nni_lease._cli_options import (
     _LEASE_DESTS,
     MODES,
@@ -36,6 +36,11 @@ from nni_lease._cli_options import (
 from nni_lease._limits import MAX_BATCH_SIZE, MAX_EPOCHS
 
 logger = logging.getLogger(__name__)
+
+_VERBOSE_HELP = (
+    "also show NNI's and Lightning's INFO lines and the Python warnings raised in their code (by default only "
+    "their warnings, each once, without colour codes)"
+)
 
 
 def _lease_settings(args: argparse.Namespace, names: Sequence[str]) -> Any:
@@ -298,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="An option given to a --mode that does not use it is an error.",
     )
     search.add_argument("--mode", choices=list(MODES), default="oneshot", help="search mode (default: oneshot)")
+    search.add_argument("--verbose", action="store_true", default=False, help=_VERBOSE_HELP)
     for title, options in SEARCH_OPTIONS.items():
         group = search.add_argument_group(title)
         for option in options:
@@ -324,33 +330,28 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--batch-size", type=_limited(MAX_BATCH_SIZE), default=64)
     retrain.add_argument("--learning-rate", type=_positive_float, default=3e-3)
     retrain.add_argument("--progress", action="store_true", help="show a progress bar")
+    retrain.add_argument("--verbose", action="store_true", help=_VERBOSE_HELP)
     retrain.set_defaults(func=_retrain)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``nni-lease`` command line; returns the exit code (2 for a usage or setting error)."""
+    problem = _requirements_problem()
+    if problem is not None:  # one line naming the lease extra, not a traceback from deep inside an import
+        print(f"nni-lease: error: {problem}", file=sys.stderr)
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
-    # NNI configures its own log handlers; only nni_lease's messages get one here (no duplicates).
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    package_logger = logging.getLogger("nni_lease")
-    package_logger.addHandler(handler)
-    package_logger.setLevel(logging.INFO)
-    # retraining runs art_fisher.models._architectures.train_model, which logs each epoch when there is no progress bar
-    train_logger = logging.getLogger("art_fisher.models._architectures")
-    train_logger.addHandler(handler)
-    train_logger.setLevel(logging.INFO)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    try:
-        return int(args.func(args))
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"nni-lease {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        package_logger.removeHandler(handler)
-        train_logger.removeHandler(handler)
+    from nni_lease._cli_logging import cli_logging
+
+    with cli_logging(verbose=getattr(args, "verbose", False)):
+        try:
+            return int(args.func(args))
+        except (ValueError, FileNotFoundError) as exc:
+            print(f"nni-lease {args.command}: error: {exc}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

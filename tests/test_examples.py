@@ -59,11 +59,13 @@ def test_evaluate_digits(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.needs_nni
 def test_lease_oneshot_digits(tmp_path):
     proc = _run("lease_oneshot_digits.py", "--smoke", home=tmp_path)
     assert "exported architecture:" in proc.stdout and "retrained from scratch: test accuracy" in proc.stdout
 
 
+@pytest.mark.needs_nni
 def test_hpo_experiment_builds_its_experiment(tmp_path):
     proc = _run(
         "hpo_experiment.py", "--dry-run", "--max-trials", "2", "--experiment-dir", str(tmp_path / "exp"), home=tmp_path

@@ -38,7 +38,14 @@ def test_packages_import():
 
 
 @pytest.mark.parametrize(
-    "dist", ["torch", "nni", "adversarial-robustness-toolbox", "scikit-learn", "pytorch-lightning"]
+    "dist",
+    [
+        "torch",
+        pytest.param("nni", marks=pytest.mark.needs_nni),
+        "adversarial-robustness-toolbox",
+        "scikit-learn",
+        pytest.param("pytorch-lightning", marks=pytest.mark.needs_nni),
+    ],
 )
 def test_installed_versions_match_pyproject(dist):
     req = _requirements("lease")[dist]
@@ -69,7 +76,16 @@ def test_constraints_pin_every_requirement_within_its_range():
     Path(os.environ.get("PIP_CONSTRAINT", "/nonexistent")).resolve() != (ROOT / ".ci" / "constraints.txt").resolve(),
     reason="installed through .ci/constraints.txt only in CI (PIP_CONSTRAINT)",
 )
-@pytest.mark.parametrize("dist", ["torch", "nni", "adversarial-robustness-toolbox", "scikit-learn", "numpy"])
+@pytest.mark.parametrize(
+    "dist",
+    [
+        "torch",
+        pytest.param("nni", marks=pytest.mark.needs_nni),
+        "adversarial-robustness-toolbox",
+        "scikit-learn",
+        "numpy",
+    ],
+)
 def test_ci_installs_the_constrained_versions(dist):
     # A local label (torch's +cpu) is allowed, a different release is not.
     assert version(dist).split("+")[0] == _constraints()[canonicalize_name(dist)]
@@ -78,7 +94,7 @@ def test_ci_installs_the_constrained_versions(dist):
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("module", "subcommands"),
-    [("art_fisher", ["evaluate"]), ("nni_lease", ["search", "retrain"])],
+    [("art_fisher", ["evaluate"]), pytest.param("nni_lease", ["search", "retrain"], marks=pytest.mark.needs_nni)],
 )
 def test_cli_help_lists_subcommands(module, subcommands):
     out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, check=True).stdout
@@ -94,7 +110,7 @@ def test_ci_runs_the_readme_test_command():
     assert "test-command" in ci  # .ci/run extracts and runs that very block
 
 
-@pytest.mark.parametrize("module", ["art_fisher", "nni_lease"])
+@pytest.mark.parametrize("module", ["art_fisher", pytest.param("nni_lease", marks=pytest.mark.needs_nni)])
 def test_every_public_name_resolves(module):
     import importlib
 

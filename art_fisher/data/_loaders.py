@@ -207,10 +207,12 @@ def _mnist_from_idx(data_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]
         raise ValueError(
             f"{paths[0]} holds {len(images)} images but {paths[1]} holds {len(labels)} labels; expected the same."
         )
+    _check_not_empty(len(images), where=f"{paths[0]} ({split} images)")
     _check_labels(labels, n_classes=10, where=str(paths[1]))
     return images, labels
 
 
+_ZIP_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
 _NPZ_MEMBERS = tuple(f"{kind}_{split}.npy" for split in ("train", "test") for kind in ("x", "y"))
 
 
@@ -232,6 +234,14 @@ def _npz_members(archive: zipfile.ZipFile, path: Path, keys: tuple[str, str]) ->
     """Refuse archives that hold anything but the Keras layout's ``.npy`` members, each once."""
     names = archive.namelist()
     shown = [name[:60] for name in names[:10]]
+    for info in archive.infolist():
+        if info.flag_bits & 0x1:
+            raise ValueError(f"{path}: member {info.filename[:60]!r} is encrypted; numpy archives are not.")
+        if info.compress_type not in _ZIP_METHODS:
+            raise ValueError(
+                f"{path}: member {info.filename[:60]!r} uses zip compression method {info.compress_type}; "
+                f"expected one of {sorted(_ZIP_METHODS)} (stored, deflated, bzip2, lzma)."
+            )
     if len(names) != len(set(names)):
         raise ValueError(
             f"{path}: the archive holds a member name twice (one would shadow the other); members {shown}."
@@ -286,6 +296,7 @@ def _mnist_from_npz(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
             raise
         raise ValueError(f"{path}: cannot read it as a numpy .npz archive ({str(exc)[:200]}).") from exc
     images, labels = arrays
+    _check_not_empty(len(images), where=f"{path} ({keys[0]})")
     _check_labels(labels, n_classes=10, where=f"{path} ({keys[1]})")
     return images, labels
 
@@ -373,6 +384,12 @@ def load_cifar10(data_dir: str | Path, *, split: str = "train") -> Dataset:
     labels = np.concatenate(ys)
     x = _canonical(np.concatenate(xs).reshape(-1, 3, 32, 32).astype(np.float32) / 255.0)
     return Dataset(x=x, y=labels.astype(np.int64), name="cifar10", n_classes=10)
+
+
+def _check_not_empty(n: int, *, where: str) -> None:
+    """Raise ``ValueError`` naming ``where`` when a split holds no image (nothing could be trained or tested)."""
+    if n == 0:
+        raise ValueError(f"{where} holds 0 images; a data split needs at least one.")
 
 
 def _check_labels(labels: np.ndarray, *, n_classes: int, where: str) -> None:

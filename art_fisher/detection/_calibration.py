@@ -56,6 +56,16 @@ def check_target_fpr(target_fpr: float) -> float:
     return float(target_fpr)
 
 
+def needed_samples(target_fpr: float) -> str:
+    r"""How many clean scores resolve ``target_fpr`` :math:`\alpha`: :math:`\lceil (1 - \alpha) / \alpha \rceil` (text).
+
+    Written in scientific notation beyond :math:`10^{15}` (for a tiny, even subnormal, :math:`\alpha` the count
+    is no integer Python could print, and infinite in floating point).
+    """
+    needed = (1.0 - target_fpr) / target_fpr if target_fpr > 0 else math.inf
+    return str(math.ceil(needed)) if needed < 1e15 else f"{needed:.3g}"
+
+
 def clean_threshold(clean_scores: np.ndarray, target_fpr: float, sample_weight: np.ndarray | None = None) -> float:
     r"""The :math:`\lceil (1 - \alpha) n \rceil`-th smallest of ``clean_scores`` (see the module docstring).
 
@@ -251,12 +261,21 @@ class QuantileOutlierDetector(OutlierMixin, BaseEstimator):
         if k > n:
             warnings.warn(
                 f"QuantileOutlierDetector: {n} clean samples are too few for target_fpr={self.target_fpr} "
-                f"(the conformal quantile needs at least {math.ceil((1 - self.target_fpr) / self.target_fpr)}); "
+                f"(the conformal quantile needs at least {needed_samples(float(self.target_fpr))}); "
                 "the threshold is the largest clean score, so the false-positive rate is not controlled.",
                 UserWarning,
                 stacklevel=2,
             )
             k = n
+        elif len(np.unique(scores)) * float(self.target_fpr) < 1:
+            warnings.warn(
+                f"QuantileOutlierDetector: the {n} clean samples give {len(np.unique(scores))} distinct scores "
+                f"(copies of a few inputs), too few for target_fpr={self.target_fpr} (at least "
+                f"{needed_samples(float(self.target_fpr))} distinct are needed); the false-positive rate is not "
+                "controlled.",
+                UserWarning,
+                stacklevel=2,
+            )
         self.threshold_ = float(np.sort(scores)[k - 1])
         self.offset_ = -self.threshold_
         self.train_fpr_ = float(np.mean(scores > self.threshold_))

@@ -22,6 +22,7 @@ Keyword arguments for ``fit`` (``sample_weight`` above all) are checked here bef
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,8 +33,12 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from art_fisher.detection import _features
-from art_fisher.detection._calibration import QuantileOutlierDetector, clean_threshold
+from art_fisher.detection._calibration import QuantileOutlierDetector, clean_threshold, needed_samples
 from art_fisher.detection._estimators import LogTransformer, ThresholdClassifier
+
+#: The range of a positive ``sample_weight`` (:func:`check_fit_kwargs`): beyond it the estimators' weighted sums
+#: (a scaler's weighted variance, a regression's loss) overflow or lose every digit.
+MIN_SAMPLE_WEIGHT, MAX_SAMPLE_WEIGHT = 1e-12, 1e12
 
 
 def default_estimator(n_features: int) -> Any:
@@ -159,7 +164,15 @@ def check_fit_kwargs(estimator: Any, kwargs: dict[str, Any], n: int) -> dict[str
             raise ValueError(f"sample_weight must be numbers of shape ({n},); got {weights.dtype} {weights.shape}.")
         if not np.all(np.isfinite(weights)) or np.any(weights < 0):
             raise ValueError("sample_weight must be finite and non-negative.")
-        out["sample_weight"] = weights.astype(np.float64)
+        weights = weights.astype(np.float64)
+        positive = weights[weights > 0]
+        if len(positive) and not (positive.min() >= MIN_SAMPLE_WEIGHT and positive.max() <= MAX_SAMPLE_WEIGHT):
+            raise ValueError(
+                f"sample_weight must lie in [{MIN_SAMPLE_WEIGHT:g}, {MAX_SAMPLE_WEIGHT:g}] where positive (weights are "
+                f"relative: the estimators' sums of weighted terms overflow or vanish beyond); got values from "
+                f"{positive.min():.3g} to {positive.max():.3g}. Divide them by their mean."
+            )
+        out["sample_weight"] = weights
     accepts_any = any(
         p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(estimator.fit).parameters.values()
     )
@@ -246,8 +259,6 @@ def supervised_threshold(
     ValueError
         If ``sample_weight`` gives the clean examples no weight.
     """
-    import warnings
-
     from sklearn.base import clone
     from sklearn.model_selection import StratifiedKFold
 
@@ -273,10 +284,31 @@ def supervised_threshold(
         scores = scores[clean]
     weights = fit_kwargs.get("sample_weight")
     weights = np.ones(len(scores)) if weights is None else np.asarray(weights, dtype=np.float64)[clean]
-    if not weights.sum() > 0:
+    if not weights.max(initial=0.0) > 0:
         raise ValueError("sample_weight gives the clean (0) examples no weight: no clean threshold can be set.")
+    weights = weights / weights.max()  # the threshold and its FPR depend on the weights' ratios only
+    _warn_if_unresolved(scores[weights > 0], target_fpr)
     threshold = clean_threshold(scores, target_fpr, sample_weight=weights)
     return threshold, float(np.sum(weights * (scores > threshold)) / weights.sum())
+
+
+def _warn_if_unresolved(clean_scores: np.ndarray, target_fpr: float) -> None:
+    """Warn when the clean scores take too few distinct values to put a threshold at ``target_fpr``.
+
+    With fewer than :math:`1 / \alpha` distinct clean scores (a tiny clean set, or one image repeated),
+    the threshold is the largest of them: no clean fit example lies above it (``clean_fpr`` 0), while
+    new clean inputs may lie above it at any rate.
+    """
+    distinct = len(np.unique(clean_scores))
+    if distinct * target_fpr < 1:
+        warnings.warn(
+            f"supervised_threshold: the clean examples give {distinct} distinct out-of-fold score(s) "
+            f"({len(clean_scores)} examples), too few to set a threshold at target_fpr={target_fpr:.3g} "
+            f"(at least {needed_samples(target_fpr)} distinct clean examples are needed); the threshold is the "
+            "largest clean score and the false-positive rate on new clean inputs is not controlled.",
+            UserWarning,
+            stacklevel=4,
+        )
 
 
 def fit_logistic(features: np.ndarray, labels: np.ndarray, target_fpr: float) -> tuple[Pipeline, float]:

@@ -53,12 +53,16 @@ def check_classifier(classifier: Any) -> None:
 def check_inputs(classifier: Any, x: Any, name: str = "x") -> np.ndarray:
     """Return ``x`` as a float32 array after checking its shape against the classifier and finiteness.
 
+    A torch tensor is taken as its values (detached, on the CPU), as ART's estimators take numpy arrays.
+
     Raises
     ------
     ValueError
         If ``x`` is empty, not numeric, does not have shape ``(N, *classifier.input_shape)``, or holds
         NaN or infinite values.
     """
+    if callable(getattr(x, "detach", None)) and callable(getattr(x, "numpy", None)):  # a torch tensor, maybe with grad
+        x = x.detach().cpu().numpy()
     arr = np.asarray(x)
     if arr.dtype.kind not in "biuf":
         raise ValueError(f"{name} must be a numeric array; got dtype {arr.dtype}.")

@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from art_fisher import _checks
+
 _LAYER_TYPES = (
     nn.ReLU,
     nn.LeakyReLU,
@@ -82,6 +84,7 @@ def layer_activations(model: nn.Module, x: torch.Tensor, layers: Sequence[str]) 
         for handle in handles:
             handle.remove()
     captured["logits"] = logits
+    _checks.check_logits(logits, "the field's scores (energy, softmax confidence, Mahalanobis on the logits)")
     return {name: captured[name] for name in layers}
 
 

@@ -57,6 +57,7 @@ import numpy as np
 import torch
 from art.estimators.classification.classifier import ClassifierNeuralNetwork
 
+from art_fisher import _checks
 from art_fisher import metrics as metrics_module
 from art_fisher.detection import _features
 from art_fisher.detection._calibration import QuantileOutlierDetector
@@ -531,4 +532,6 @@ def classifier_logits(classifier: Any, x: torch.Tensor) -> torch.Tensor:
     if classifier.preprocessing_operations:
         xp, _ = classifier._apply_preprocessing(x, y=None, fit=False, no_grad=False)
     with _eval_mode(classifier.model):
-        return classifier.model(xp.to(next(classifier.model.parameters()).dtype))
+        z = classifier.model(xp.to(next(classifier.model.parameters()).dtype))
+    _checks.check_logits(z, "the attacker's loss (the classifier's logit margin or cross entropy)")
+    return z

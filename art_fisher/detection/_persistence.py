@@ -369,12 +369,90 @@ def _check_state(
         raise invalid_file(path, detector=detector, why="'versions' must be a dict")
     fingerprint = state.get("model_fingerprint")
     if not (isinstance(fingerprint, str) and len(fingerprint) == 64):
-        raise invalid_file(path, detector=detector, why="'model_fingerprint' must be a 64-character SHA-256 hex digest")
+        raise invalid_file(
+            path,
+            detector=detector,
+            why=f"'model_fingerprint' must be a 64-character SHA-256 hex digest; got {_shown_value(fingerprint)}",
+        )
     for key in _THRESHOLD_KEYS:
         value = state.get(key)
         number = isinstance(value, Real) and not isinstance(value, bool)
         if value is not None and not (number and np.isfinite(float(value))):
-            raise invalid_file(path, detector=detector, why=f"{key!r} must be None or a finite number; got {value!r}")
+            raise invalid_file(
+                path, detector=detector, why=f"{key!r} must be None or a finite number; got {_shown_value(value)}"
+            )
+    clean_fpr = state.get("clean_fpr")
+    if clean_fpr is not None and not 0.0 <= float(clean_fpr) <= 1.0:
+        raise invalid_file(path, detector=detector, why=f"'clean_fpr' must be a share in [0, 1]; got {clean_fpr!r}")
+    for key in ("estimator", "estimator_"):
+        where = _non_finite_value(state[key])
+        if where is not None:
+            raise invalid_file(path, detector=detector, why=f"{key!r} holds a NaN or infinite value at {where}")
+
+
+def _shown_value(value: Any) -> str:
+    """A short description of a file's value for an error message (type and at most 60 characters)."""
+    return f"{type(value).__name__} {repr(value)[:60]}"
+
+
+def _non_finite_value(estimator: Any) -> str | None:
+    """Where a fitted estimator holds a NaN or infinite float (e.g. ``"steps[2][1].coef_"``); None if nowhere.
+
+    Walks the estimator's attributes, the items of lists, tuples and dicts, the objects of scikit-learn and
+    art_fisher held in them (pipeline steps, trees: their ``threshold`` and ``value`` arrays), iteratively
+    and each object once.
+    """
+    todo: list[tuple[str, Any]] = [("", estimator)]
+    seen: set[int] = set()
+    while todo:
+        where, obj = todo.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, (float, np.floating, np.ndarray)):
+            arr = np.asarray(obj)
+            if arr.dtype.kind in "fc" and not bool(np.all(np.isfinite(arr))):
+                return where or "<root>"
+        elif isinstance(obj, dict):
+            todo.extend((f"{where}[{k!r}]", v) for k, v in obj.items())
+        elif isinstance(obj, (list, tuple)):
+            todo.extend((f"{where}[{i}]", v) for i, v in enumerate(obj))
+        elif type(obj).__module__.split(".")[0] in ("sklearn", "art_fisher"):
+            attributes = dict(getattr(obj, "__dict__", {}))
+            for name in ("threshold", "value"):  # a fitted tree's arrays live on its Cython Tree
+                if type(obj).__name__ == "Tree" and hasattr(obj, name):
+                    attributes[name] = getattr(obj, name)
+            todo.extend((f"{where}.{k}".lstrip("."), v) for k, v in attributes.items())
+    return None
+
+
+def _check_threshold_settings(
+    path: Path, state: dict[str, Any], settings: dict[str, Any], kind: str, detector: str
+) -> None:
+    """The saved ``decision_threshold`` and ``clean_fpr`` are what a fit with the saved settings leaves.
+
+    ``threshold`` a number: that number and no clean FPR; ``"estimator"``, or ``"target_fpr"`` after a
+    clean-only fit: neither; ``"target_fpr"`` after a fit with labels: both.
+    """
+    setting, saved, clean_fpr = settings.get("threshold"), state.get("decision_threshold"), state.get("clean_fpr")
+    if isinstance(setting, Real) and not isinstance(setting, bool):
+        expected = "the threshold setting's value and no 'clean_fpr'"
+        ok = saved is not None and float(saved) == float(setting) and clean_fpr is None
+    elif setting == "target_fpr" and kind == "classifier":
+        expected = "a number each (the threshold a fit with labels sets at target_fpr)"
+        ok = saved is not None and clean_fpr is not None
+    elif setting in ("target_fpr", "estimator"):
+        expected = "None (the estimator's own decision)"
+        ok = saved is None and clean_fpr is None
+    else:
+        return  # an invalid setting: the detector's constructor names it
+    if not ok:
+        raise invalid_file(
+            path,
+            detector=detector,
+            why=f"its settings say threshold={setting!r} (with a fitted {kind.replace('_', ' ')}), so "
+            f"'decision_threshold' and 'clean_fpr' must be {expected}; got {saved!r} and {clean_fpr!r}",
+        )
 
 
 def read_state(
@@ -468,6 +546,7 @@ def read_state(
         raise invalid_file(path, detector=detector, why=f"'estimator_' is not a fitted estimator ({err})") from err
     if kind == "classifier" and len(getattr(fitted, "classes_", ())) != 2:
         raise invalid_file(path, detector=detector, why="'estimator_' is not a binary classifier")
+    _check_threshold_settings(path, state, settings, kind, detector)
     return {
         **state,
         "settings": settings,

@@ -11,7 +11,9 @@ columns of the chosen ``parts``:
   Gimpel 2017);
 - ``"mahalanobis"``: Lee et al.'s per-layer confidence scores (:mod:`art_fisher.detection`),
   with class Gaussians fitted in :meth:`StackedFeatures.fit` on clean reference images (or the clean fit
-  images) labelled by the classifier.
+  images) labelled by the classifier;
+- ``"input_fisher"``: ``log λ₁`` and ``log tr`` of the Fisher information with respect to the input,
+  :math:`G(x) = J_x^\top S J_x` (``art_fisher.detection._input_fisher``).
 
 :class:`StackedDetector` is an ART ``EvasionDetector`` around
 ``make_pipeline(StackedFeatures(...), StandardScaler(), LogisticRegression())`` when fitted with labels
@@ -29,6 +31,7 @@ detector has exact input gradients (:meth:`StackedDetector.as_art_classifier`, f
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -45,6 +48,7 @@ from art_fisher.detection import _features, _persistence
 from art_fisher.detection import _layer_scores as fs
 from art_fisher.detection._calibration import QuantileOutlierDetector, check_target_fpr, clean_threshold
 from art_fisher.detection._decision import detection_labels, fit_logistic
+from art_fisher.detection._input_fisher import input_fisher_features, spectrum_features, spectrum_rank
 from art_fisher.detection._logit import (
     DetectionLogitClassifier,
     NotDifferentiableError,
@@ -54,7 +58,7 @@ from art_fisher.detection._logit import (
 #: What a stacked detector's file holds beside a Fisher detector's keys: the class Gaussians and column counts.
 _EXTRA_KEYS = ("gaussians", "widths")
 #: The feature groups, in column order.
-PARTS = ("fisher", "sensitivity", "confidence", "mahalanobis")
+PARTS = ("fisher", "sensitivity", "confidence", "mahalanobis", "input_fisher")
 _FLOOR = 1e-30
 
 
@@ -115,6 +119,10 @@ class StackedFeatures(TransformerMixin, BaseEstimator):
             chunk_size=self.chunk_size,
         )
 
+    def _input_fisher_values(self, x: np.ndarray) -> np.ndarray:
+        """Input-Fisher features (``log λ₁``, ``log tr G``) of ``x`` (the evaluation overrides it to share values)."""
+        return input_fisher_features(self.classifier, x, chunk_size=self.chunk_size)
+
     def _layers(self) -> list[str]:
         return [name for name in fs.feature_layers(self.classifier.model) if name != "logits"]
 
@@ -131,13 +139,44 @@ class StackedFeatures(TransformerMixin, BaseEstimator):
         self.gaussians_ = {}
         if "mahalanobis" in self._parts:
             if self.x_reference is not None:
-                clean = _features.check_inputs(self.classifier, self.x_reference, "x_reference")
+                clean, source = _features.check_inputs(self.classifier, self.x_reference, "x_reference"), "x_reference"
             else:
                 clean = x if y is None else x[np.asarray(y) == 0]
-            self.gaussians_ = self._class_gaussians(clean)
+                source = "X (its clean rows, without x_reference)"
+            self.gaussians_ = self._reference_gaussians(clean, source)
         self.widths_ = {part: block.shape[1] for part, block in self._columns(x[:1])}
         self.n_features_out_ = sum(self.widths_.values())
         return self
+
+    def _reference_gaussians(self, clean: np.ndarray, source: str) -> dict[str, fs.ClassGaussians]:
+        """:meth:`_class_gaussians` of ``clean``, refused (ValueError naming ``source``) when degenerate.
+
+        Degenerate: fewer than two distinct images, or no layer whose features vary about their class means
+        (e.g. one image per class); the Gaussians would score every input alike and the detector never flag.
+        Fewer than two distinct images per class of the classifier is warned about.
+        """
+        distinct = len(np.unique(clean.reshape(len(clean), -1), axis=0)) if len(clean) else 0
+        if distinct < 2:
+            raise ValueError(
+                f"{source} must hold at least two distinct clean images for the Mahalanobis Gaussians; got "
+                f"{len(clean)} images, {distinct} distinct."
+            )
+        n_classes = int(self.classifier.nb_classes)
+        if distinct < 2 * n_classes:
+            warnings.warn(
+                f"{source} holds {distinct} distinct clean images for the Mahalanobis Gaussians of {n_classes} "
+                "classes (fewer than two per class): their class means and covariance are poorly estimated.",
+                UserWarning,
+                stacklevel=3,
+            )
+        gaussians = self._class_gaussians(clean)
+        if not any(np.any(g.precision) for g in gaussians.values()):
+            raise ValueError(
+                f"{source}: the features of its {distinct} distinct images do not vary about their class means in "
+                "any layer (e.g. one image per class), so every Mahalanobis score would be the same; give more "
+                "clean images, several per class."
+            )
+        return gaussians
 
     def _class_gaussians(self, clean: np.ndarray) -> dict[str, fs.ClassGaussians]:
         """Per feature layer, the class Gaussians of ``clean`` labelled by the classifier.
@@ -182,6 +221,8 @@ class StackedFeatures(TransformerMixin, BaseEstimator):
             columns.append(("confidence", np.column_stack([p.max(1), entr(p).sum(1)])))
         if "mahalanobis" in self._parts:
             columns.append(("mahalanobis", self._mahalanobis_numpy(x)))
+        if "input_fisher" in self._parts:
+            columns.append(("input_fisher", self._input_fisher_values(x)))
         return columns
 
     def _mahalanobis_numpy(self, x: np.ndarray) -> np.ndarray:
@@ -208,6 +249,7 @@ class StackedFeatures(TransformerMixin, BaseEstimator):
             "sensitivity": _features.feature_polarities(("sensitivity",)),
             "confidence": ["lower", "higher"],
             "mahalanobis": ["lower"] * self.widths_.get("mahalanobis", 0),
+            "input_fisher": ["higher"] * self.widths_.get("input_fisher", 0),
         }
         return [side for part in self._parts for side in sides[part]]
 
@@ -237,6 +279,10 @@ class StackedFeatures(TransformerMixin, BaseEstimator):
                 columns.append(torch.stack([p.max(dim=1).values, -(p * log_p).sum(dim=1)], dim=1))
             if "mahalanobis" in self._parts:
                 columns.append(fs.mahalanobis_scores(model, x, self.gaussians_))
+            if "input_fisher" in self._parts:
+                columns.append(
+                    spectrum_features(model, x.contiguous(), spectrum_rank(self.classifier), create_graph=True)
+                )
         return torch.cat(columns, dim=1)
 
 

@@ -45,6 +45,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from art_fisher.adversarial._adaptive_classifier import AdaptiveDetectorClassifier
+from art_fisher.adversarial._spectral_attack import OneStepSpectralAttack
 from art_fisher.detection._logit import DetectionLogitClassifier
 from art_fisher.distributed import map_rows
 from art_fisher.evaluation._model import predict_labels, seed_everything
@@ -120,11 +121,18 @@ def _cw_l2(classifier: Any, eps: float, batch_size: int) -> Any:
     )
 
 
+def _ossa(classifier: Any, eps: float, batch_size: int) -> Any:
+    # An L2 step: a quarter of the largest L2 step inside the L∞ ball of radius eps (2.1 on MNIST at 0.3).
+    l2 = eps * float(np.prod(classifier.input_shape)) ** 0.5 / 4
+    return OneStepSpectralAttack(classifier, eps=l2, batch_size=batch_size)
+
+
 ATTACKS: dict[str, AttackSpec] = {
     "fgsm": AttackSpec("FGSM", _fgsm, uses_eps=True),
     "pgd": AttackSpec("PGD", _pgd, uses_eps=True),
     "deepfool": AttackSpec("DeepFool", _deepfool, uses_eps=False),
     "cw_l2": AttackSpec("C&W L2", _cw_l2, uses_eps=False),
+    "ossa": AttackSpec("One-step spectral (L2)", _ossa, uses_eps=True),
 }
 DEFAULT_ATTACKS = ("fgsm", "pgd", "deepfool", "cw_l2")
 

@@ -25,6 +25,7 @@ DEFAULT_EPOCHS = {"digits": 30, "mnist": 3, "cifar10": 10, USER_DATASET: 10}
 #: Upper bounds that catch typos (``--batch-size 1e20``) before any work.
 MAX_BATCH_SIZE = 2**16
 MAX_EPOCHS = 10_000
+MAX_N_SAMPLES = 1_000_000
 #: Seeds: NumPy's legacy seeding and ART take 0 .. 2**32 - 1.
 MAX_SEED = 2**32 - 1
 
@@ -188,7 +189,7 @@ class EvaluationConfig:
         eps, eps_max = self.resolved_eps, input_range(self.classifier, self.clip_values)
         if isinstance(eps, bool) or not isinstance(eps, Real) or not 0 < float(eps) <= eps_max:
             raise ValueError(f"eps must be a number in (0, {eps_max:g}] (the inputs' clip range); got {eps!r}.")
-        _check_int("n_samples", self.n_samples, 4)
+        _check_int("n_samples", self.n_samples, 4, MAX_N_SAMPLES)
         _check_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
         _check_int("seed", self.seed, 0, MAX_SEED)
         _check_int("epochs", DEFAULT_EPOCHS[self.data_name] if self.epochs is None else self.epochs, 1, MAX_EPOCHS)

@@ -143,10 +143,13 @@ def load_state_dict_file(arch: str, data: Dataset, path: Path, device: torch.dev
         NaN or infinite weights, or gives outputs that are not finite on the first images of ``data``.
     """
     model = build_model(arch, in_channels=data.input_shape[0], n_classes=data.n_classes)
+    expected = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    check_torch_archive(path, max_bytes=2 * expected + 2**20, what="model")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(state, dict):
             raise TypeError(f"the file holds a {type(state).__name__}, not a dict of tensors")
+        _check_state_keys(model, state)
         model.load_state_dict(state)
     # torch.load raises a different exception for every kind of foreign file (KeyError for some text
     # files, UnpicklingError, RuntimeError, EOFError ...): all of them mean "not a usable state dict".
@@ -154,7 +157,7 @@ def load_state_dict_file(arch: str, data: Dataset, path: Path, device: torch.dev
         raise ValueError(
             f"model {path}: expected a state dict (torch.save(model.state_dict(), path)) of architecture "
             f"{arch!r} for inputs {data.input_shape} and {data.n_classes} classes; loading failed: "
-            f"{type(exc).__name__}: {str(exc)[:300]}"
+            f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
         ) from exc
     broken = _non_finite_tensors(model)
     if broken:
@@ -164,6 +167,59 @@ def load_state_dict_file(arch: str, data: Dataset, path: Path, device: torch.dev
         first = torch.as_tensor(data.x[:64], device=device, dtype=next(model.parameters()).dtype)
         check_finite_scores(model(first).cpu().numpy(), f"model {path}", f"the first {len(first)} {data.name} images")
     return model
+
+
+def check_torch_archive(path: Path, *, max_bytes: int, what: str) -> None:
+    """Check a ``torch.save`` file before ``torch.load`` reads it; ValueError naming ``what`` and ``path``.
+
+    It must be a regular file in torch's zip format (the default since torch 1.6; the older pickle
+    format declares its storage sizes inside the pickle, unchecked), whose members are stored uncompressed
+    as torch writes them (a deflated member inflates to any size) and declare at most ``max_bytes`` in all.
+    Nothing but the zip directory is read.
+    """
+    import zipfile
+
+    if not path.is_file():
+        kind = "a folder" if path.is_dir() else "not a regular file (a device, pipe or socket)"
+        raise ValueError(f"{what} {path} is {kind}; expected a torch.save file.")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise ValueError(
+            f"{what} {path} is not a torch zip archive (torch.save's format since torch 1.6; re-save it with "
+            f"torch.save(model.state_dict(), path)): {type(exc).__name__}: {' '.join(str(exc).split())[:120]}"
+        ) from exc
+    packed = [info.filename for info in infos if info.compress_type != zipfile.ZIP_STORED]
+    if packed:
+        raise ValueError(
+            f"{what} {path}: archive member {packed[0][:80]!r} is compressed; torch.save stores its members "
+            "uncompressed, and a compressed member can inflate to any size."
+        )
+    declared = sum(info.file_size for info in infos)
+    if declared > max_bytes:
+        raise ValueError(
+            f"{what} {path}: its members declare {declared} bytes, over the {max_bytes} bytes a state dict of "
+            "this architecture needs (twice its tensors' size and 1 MiB)."
+        )
+
+
+def _check_state_keys(model: nn.Module, state: dict[Any, Any]) -> None:
+    """Raise TypeError / ValueError (one line) unless ``state`` has ``model``'s keys and tensor shapes."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        raise ValueError(
+            f"its keys are not the architecture's: missing {missing[:5]}{' ...' if len(missing) > 5 else ''}, "
+            f"unexpected {[str(k)[:40] for k in unexpected[:5]]}{' ...' if len(unexpected) > 5 else ''}"
+        )
+    for key, tensor in own.items():
+        given = state[key]
+        if not isinstance(given, torch.Tensor):
+            raise TypeError(f"entry {key!r} is a {type(given).__name__}, not a tensor")
+        if tuple(given.shape) != tuple(tensor.shape):
+            raise ValueError(f"entry {key!r} has shape {tuple(given.shape)}; arch needs {tuple(tensor.shape)}")
 
 
 def _digest(state_dict: dict[str, torch.Tensor]) -> str:

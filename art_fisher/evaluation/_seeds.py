@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from art_fisher._atomic import atomic_write
-from art_fisher.evaluation._config import EvaluationConfig, config_of
+from art_fisher._atomic import atomic_write, check_output_dir
+from art_fisher.evaluation._config import MAX_SEED, EvaluationConfig, config_of
 from art_fisher.evaluation._workflow import EvaluationResult, prepare, run_plan
 from art_fisher.evaluation.detectors._registry import DETECTORS
 from art_fisher.evaluation.report._plots import plot_mean_sd
@@ -166,20 +166,27 @@ def evaluate_seeds(
     config = config_of(config, settings)
     seed_list = parse_seeds(seeds)
     out = Path(config.output_dir)
-    plans = [prepare(config, seed=s, output_dir=out / f"seed_{s}") for s in seed_list]
+    too_large = [s for s in seed_list if s > MAX_SEED]
+    if too_large:
+        raise ValueError(f"seeds must be integers from 0 to {MAX_SEED}; got {too_large[0]}.")
+    for s in seed_list:
+        check_output_dir(out / f"seed_{s}")
+    # One plan (the files checked, the data and a given model loaded once); each seed runs on a copy of it that
+    # differs in its seed and folder only, one seed after another.
+    base = prepare(config, seed=seed_list[0], output_dir=out / f"seed_{seed_list[0]}")
     if net is not None:
-        plans = [dataclasses.replace(plan, net=net) for plan in plans]
+        base = dataclasses.replace(base, net=net)
     if extra_detectors:
         extra = tuple(extra_detectors)
-        bad = [d for d in extra if d not in DETECTORS or d in plans[0].detectors]
+        bad = [d for d in extra if d not in DETECTORS or d in base.detectors]
         if bad or len(set(extra)) != len(extra):
             raise ValueError(f"extra_detectors must be distinct registry names not already run; got {list(extra)}.")
-        attacked = tuple(d for d in extra if DETECTORS[d].no_gradient is None) if plans[0].adaptive else ()
-        plans = [dataclasses.replace(p, detectors=p.detectors + extra, adaptive=p.adaptive + attacked) for p in plans]
+        attacked = tuple(d for d in extra if DETECTORS[d].no_gradient is None) if base.adaptive else ()
+        base = dataclasses.replace(base, detectors=base.detectors + extra, adaptive=base.adaptive + attacked)
     runs: list[EvaluationResult] = []
-    for s, plan in zip(seed_list, plans, strict=True):
-        logger.info("seed %d of %s", s, list(seed_list))
-        runs.append(run_plan(plan))
+    for s in seed_list:
+        logger.info("seed %d of %s", s, list(seed_list), extra={"stage": True})
+        runs.append(run_plan(dataclasses.replace(base, seed=s, output_dir=out / f"seed_{s}")))
     table = aggregate([r.table for r in runs], ("detector", "fit_attack", "attack"), TABLE_METRICS)
     summary = aggregate([r.unseen_summary() for r in runs], ("detector", "fitted_on"), SUMMARY_METRICS)
     adaptive = aggregate([r.adaptive for r in runs], ("detector", "fit_attack", "attack"), ADAPTIVE_METRICS)

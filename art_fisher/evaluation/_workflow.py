@@ -31,6 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from art_fisher._atomic import check_output_dir
+from art_fisher._threads import check_threads
 from art_fisher.data._loaders import Dataset, load_dataset
 from art_fisher.data._npz import load_npz
 from art_fisher.detection._detector import FisherInformationDetector
@@ -160,6 +161,9 @@ class EvaluationPlan:
 
 
 logger = logging.getLogger(__name__)
+#: ``extra`` of the one log line per stage (model, attacks, detectors, ...): the command line shows these at
+#: its default verbosity, the per-step lines (each attack, each detector fit, each epoch) only with --verbose.
+STAGE = {"stage": True}
 
 
 _N_BACKGROUND = 200
@@ -193,7 +197,13 @@ def prepare(config: EvaluationConfig | None = None, /, **settings: Any) -> Evalu
     dev = resolve_device(config.device)
     model_path = None if config.model is None else Path(config.model)
     if model_path is not None and not model_path.is_file():
-        what = "is a folder" if model_path.is_dir() else "does not exist"
+        what = (
+            "is a folder"
+            if model_path.is_dir()
+            else "is not a regular file (a device, pipe or socket)"
+            if model_path.exists()
+            else "does not exist"
+        )
         raise FileNotFoundError(f"model must be a state-dict or torch.export file; {model_path} {what}.")
     if config.classifier is not None and model_path is not None:
         raise ValueError("give either classifier or model, not both.")
@@ -257,6 +267,8 @@ def _n_steps(plan: EvaluationPlan) -> int:
 
 def _model_source(p: EvaluationPlan) -> ModelSource:
     """The classifier's model: the one the plan holds (given or loaded by ``prepare``), else trained or cached."""
+    if torch.device(p.device).type == "cpu":  # the run's start: warn about more torch threads than free cores
+        check_threads("the evaluation")
     model = p.classifier.model if p.classifier is not None else p.net
     if model is not None:  # loaded by prepare from model_path, or handed over in memory
         return ModelSource(model, p.model_path, "given", 0.0)
@@ -264,6 +276,11 @@ def _model_source(p: EvaluationPlan) -> ModelSource:
         arch=p.arch, data=p.train, epochs=p.epochs, seed=p.seed, device=p.device, output_dir=p.output_dir,
         progress=p.progress,
     )  # fmt: skip
+
+
+def _stage(name: str, detail: str, seconds: float) -> None:
+    """The one INFO line of a finished stage, which the command line shows at its default verbosity."""
+    logger.info("%s: %s (%.1f s)", name, detail, seconds, extra=STAGE)
 
 
 def _run_attacks(
@@ -285,6 +302,11 @@ def _run_attacks(
                 ATTACKS[name].label, n_train, n_test,
             )  # fmt: skip
         outcomes.append(outcome)
+    rates = ", ".join(
+        f"{ATTACKS[n].label} {o.stats['success_rate']:.3f}" for n, o in zip(p.attacks, outcomes, strict=True)
+    )
+    seconds = sum(o.stats["seconds"] for o in outcomes)
+    _stage("attacks", f"success rate {rates}", seconds)
     return outcomes
 
 
@@ -342,7 +364,7 @@ def _run(p: EvaluationPlan, source: ModelSource, t_all: float) -> EvaluationResu
     check_finite_scores(scores_test, f"model {source.path} ({source.status})", "clean test images")
     pred_test = np.argmax(scores_test, axis=1)
     clean_accuracy = float(np.mean(pred_test == p.test.y))
-    logger.info("clean test accuracy %.4f", clean_accuracy)
+    _stage("model", f"{p.arch} {source.status}, clean test accuracy {clean_accuracy:.4f}", source.seconds)
 
     rng = np.random.default_rng(p.seed)
     correct = np.flatnonzero(pred_test == p.test.y)
@@ -364,6 +386,7 @@ def _run(p: EvaluationPlan, source: ModelSource, t_all: float) -> EvaluationResu
         start = time.perf_counter()
         scored = score_detectors(ctx, x_src, side, outcomes, p.detectors, on_step=steps)
         timings["detectors"] = time.perf_counter() - start
+        _stage("detectors", f"{len(scored.fits)} fits of {len(p.detectors)} detectors", timings["detectors"])
         adaptive_rows: list[dict[str, Any]] = []
         if p.adaptive:
             start = time.perf_counter()
@@ -373,12 +396,14 @@ def _run(p: EvaluationPlan, source: ModelSource, t_all: float) -> EvaluationResu
                 folds=scored.folds, on_step=steps,
             )  # fmt: skip
             timings["adaptive attacks"] = time.perf_counter() - start
+            _stage("adaptive attacks", f"{len(adaptive_rows)} rows", timings["adaptive attacks"])
         start = time.perf_counter()
         curve = security_curve_rows(
             ctx, x_src, y_src, side, scored, p.detectors, eps=p.eps,
             fit_attack="pgd" if "pgd" in p.attacks else p.attacks[0],
         )  # fmt: skip
         timings["security curve"] = time.perf_counter() - start
+        _stage("security curve", f"{len(curve)} rows", timings["security curve"])
     finally:
         steps.close()
     for fit in scored.fits:

@@ -14,7 +14,9 @@ per-tensor traces, λ_max), :mod:`art_fisher.metrics`,
 :mod:`art_fisher.metrics`; :mod:`art_fisher.metrics` holds ``S`` and its factors,
 :mod:`~art_fisher.metrics.engine` the per-sample Gram blocks ``K_k = J_k J_kᵀ`` of each parameter
 tensor (forward hooks and one module per layer type, ``torch.func`` for everything else), and
-:mod:`art_fisher.metrics` the original algorithm.
+:mod:`art_fisher.metrics` the original algorithm. :func:`fisher_input_spectrum` takes the Fisher
+information with respect to the input instead, :math:`G(x) = J_x^\top S J_x` with
+:math:`J_x = ∂z/∂x`, and gives its top eigenpairs.
 
 The model may return logits, log-probabilities or probabilities (``output=``); a terminal
 ``log_softmax`` / ``softmax`` is read through to its logits. The model is never modified:
@@ -24,6 +26,7 @@ training mode one sample's output depends on the batch or on chance. Every sampl
 result is checked: a non-finite one is a ValueError naming the samples.
 """
 
+from art_fisher.metrics._input_spectrum import InputSpectrum, fisher_input_spectrum
 from art_fisher.metrics._quadratic_form import fisher_quadratic_form
 from art_fisher.metrics._sensitivity import fisher_sensitivity
 from art_fisher.metrics._top_mass import TraceEstimate, fisher_trace_estimate
@@ -31,8 +34,10 @@ from art_fisher.metrics._trace import BlockTraces, fisher_block_traces, fisher_m
 
 __all__ = [
     "BlockTraces",
+    "InputSpectrum",
     "TraceEstimate",
     "fisher_block_traces",
+    "fisher_input_spectrum",
     "fisher_max_eigenvalue",
     "fisher_quadratic_form",
     "fisher_sensitivity",

@@ -15,7 +15,8 @@ tensors ``k`` with ``t_k = J_k v_k`` (:func:`fis_from_jacobians`). Three exact p
 - **hook, second order** — any other model whose selected parameters all sit in layers with a rule:
   the same with ``B_c`` differentiated too (reverse over reverse; works for every activation with a
   double-backward formula, e.g. SiLU and Mish, which have no forward-mode formula for the reverse-over-
-  forward route);
+  forward route; scaled dot-product attention runs its math kernel, the fused CPU kernels having no
+  double backward);
 - **torch.func** — the rest (unknown modules, tied or directly used weights): ``vmap`` over samples of
   ``jacrev`` in ``x`` of a JVP in the parameters, the JVP taken as a double VJP where forward mode has
   no formula.
@@ -30,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.func import grad, jacrev, jvp, vjp, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from art_fisher import _checks
 from art_fisher.metrics import _directions as directions
@@ -107,7 +109,9 @@ def hook_sensitivity(
     first_order : bool
         The logits are piecewise linear in ``x``: hold the output-gradients ``B_c`` constant.
     """
-    rec = recorded_forward(net, plan, x, create_graph=True)
+    # the math kernel of scaled dot-product attention: the fused CPU kernels have no double backward
+    with sdpa_kernel([SDPBackend.MATH]):
+        rec = recorded_forward(net, plan, x, create_graph=True)
     if rec.missing:
         return None
     z, x0 = rec.z, rec.x
@@ -277,6 +281,8 @@ def sensitivity(
                 res = None
             if res is None:
                 path = "second_order" if path == "first_order" else "func"
+                if path == "func":  # torch.func's mixed second derivatives are wrong through some modules
+                    _checks.check_second_order(net.model)
         if res is not None:
             out.append(res)
             continue

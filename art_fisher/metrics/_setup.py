@@ -30,6 +30,7 @@ def setup(
     Raises TypeError / ValueError (naming the argument) before any computation.
     """
     _checks.check_model(model)
+    check_materialised(model)
     _checks.check_x(x)
     _checks.check_choice("output", output, _checks.OUTPUTS)
     _checks.check_choice("method", method, _checks.METHODS)
@@ -42,6 +43,20 @@ def setup(
     _checks.check_model_matches_x(model, names, x)
     n_classes = _checks.probe_output(model, x, output)
     return FunctionalNet(model, names, output), n_classes, step, chunk
+
+
+def check_materialised(model: nn.Module) -> None:
+    """Raise ValueError for a model with lazy modules not yet initialised (``nn.LazyLinear`` before its first call).
+
+    Their first forward pass would create the parameters, changing the user's model and computing the
+    metrics of freshly drawn weights.
+    """
+    lazy = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if nn.parameter.is_lazy(t)]
+    if lazy:
+        raise ValueError(
+            f"model has uninitialised lazy parameters or buffers ({', '.join(lazy[:3])}"
+            f"{', ...' if len(lazy) > 3 else ''}); run one forward pass of the model first, so that they exist."
+        )
 
 
 def grad_mode(create_graph: bool) -> AbstractContextManager:

@@ -69,6 +69,8 @@ def check_tau(tau: object, *, allow_none: bool = True) -> float | None:
         return None
     if isinstance(tau, bool) or not isinstance(tau, (int, float)):
         raise TypeError(f"tau must be a float in (0, 1){' or None' if allow_none else ''}; got {tau!r}.")
+    if isinstance(tau, int) and not 0 < tau < 1:  # an int of any size, without converting it to float
+        raise ValueError(f"tau must be a float in (0, 1) (the probability mass left out); got {str(tau)[:40]}.")
     if not (0 < float(tau) < 1) or math.isnan(float(tau)):
         raise ValueError(f"tau must be a float in (0, 1) (the probability mass left out); got {tau!r}.")
     return float(tau)
@@ -106,7 +108,8 @@ def kept_classes(
     """
     p = torch.softmax(z.detach(), -1)
     ps, order = p.sort(-1, descending=True)
-    k = ((ps.cumsum(-1) < 1 - tau).sum(-1) + 1).clamp(max=z.shape[-1] if max_kept is None else max_kept)
+    cap = z.shape[-1] if max_kept is None else min(max_kept, z.shape[-1])  # beyond C, no cap (and no int64 overflow)
+    k = ((ps.cumsum(-1) < 1 - tau).sum(-1) + 1).clamp(max=cap)
     rank = torch.arange(z.shape[-1], device=z.device)
     q = (ps * (rank >= k.unsqueeze(-1))).sum(-1)
     return order, k, q
@@ -265,9 +268,11 @@ def fisher_trace_estimate(
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
         raise ValueError(f"samples must be an int >= 2 (a standard error needs two draws); got {samples!r}.")
     if max_kept is not None and (isinstance(max_kept, bool) or not isinstance(max_kept, int) or max_kept < 1):
-        raise ValueError(f"max_kept must be None or an int >= 1; got {max_kept!r}.")
+        raise ValueError(f"max_kept must be None or an int >= 1; got {str(max_kept)[:40]}.")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int; got {seed!r}.")
+    if not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be an int from 0 to 2**63 - 1 (torch.Generator's range); got {str(seed)[:40]}.")
     bs = _checks.check_chunk_size(chunk_size)
     names = _checks.check_params(model, params)
     _checks.check_model_matches_x(model, names, x)

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from art_fisher._threads import check_threads
+
 logger = logging.getLogger(__name__)
 
 
@@ -177,6 +179,8 @@ def train_model(
     """
     if len(x) != len(y):
         raise ValueError(f"x and y must have the same length; got {len(x)} and {len(y)}.")
+    if torch.device(device).type == "cpu":
+        check_threads("training")
     gen = torch.Generator().manual_seed(seed)
     xt = torch.as_tensor(x, dtype=torch.float32)
     yt = torch.as_tensor(y, dtype=torch.long)
@@ -191,6 +195,11 @@ def train_model(
             idx = perm[start : start + batch_size]
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model(xt[idx].to(device)), yt[idx].to(device))
+            if not bool(torch.isfinite(loss)):
+                raise ValueError(
+                    f"training diverged: the loss is {float(loss)} at epoch {epoch + 1}; lower the learning rate "
+                    f"(lr={lr:g}) or check the data."
+                )
             loss.backward()
             opt.step()
             total += loss.item() * len(idx)

@@ -78,7 +78,6 @@ parameters; the gradient normalisation, the projection and :math:`\|\delta\|_\in
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, TypeGuard
@@ -86,6 +85,8 @@ from typing import Literal, TypeGuard
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from nni_lease._limits import MAX_PGD_STEPS, MAX_RATE
 
 logger = logging.getLogger(__name__)
 
@@ -173,10 +174,10 @@ def check_explanation_arguments(
     for name, value in [("epsilon", epsilon), ("step_size", step_size)]:
         if name == "step_size" and value is None:
             continue
-        if not _is_number(value) or not (0.0 < float(value) < math.inf):
-            raise ValueError(f"{prefix}{name} must be a positive finite number; got {value!r}.")
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise ValueError(f"{prefix}steps must be a positive int; got {steps!r}.")
+        if not _is_number(value) or not (0.0 < float(value) <= MAX_RATE):
+            raise ValueError(f"{prefix}{name} must be a positive number (at most {MAX_RATE:g}); got {value!r}.")
+    if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= MAX_PGD_STEPS:
+        raise ValueError(f"{prefix}steps must be a positive int (at most {MAX_PGD_STEPS}); got {str(steps)[:40]}.")
     if not _is_number(random_start) or not 0.0 <= float(random_start) <= 1.0:
         raise ValueError(
             f"{prefix}random_start must be a number in [0, 1] (a fraction of epsilon); got {random_start!r}."

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import torch
 
+from nni_lease._limits import MAX_RATE
 from nni_lease.core._explain import check_explanation_arguments
 
 #: Accepted values of ``hypergradient``.
@@ -22,8 +23,8 @@ HYPERGRADIENTS: tuple[str, ...] = ("first_order", "unrolled")
 
 
 def _positive(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) < math.inf:
-        raise ValueError(f"{name} must be a positive finite number; got {value!r}.")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) <= MAX_RATE:
+        raise ValueError(f"{name} must be a positive number (at most {MAX_RATE:g}); got {value!r}.")
     return float(value)
 
 
@@ -85,8 +86,8 @@ class LeaseSettings:
 
     def __post_init__(self) -> None:
         gamma = self.gamma
-        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0.0 <= gamma < math.inf:
-            raise ValueError(f"gamma must be a finite number >= 0; got {gamma!r}.")
+        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0.0 <= gamma <= MAX_RATE:
+            raise ValueError(f"gamma must be a number from 0 to {MAX_RATE:g}; got {gamma!r}.")
         if self.hypergradient not in HYPERGRADIENTS:
             raise ValueError(f"hypergradient must be one of {list(HYPERGRADIENTS)}; got {self.hypergradient!r}.")
         check_explanation_arguments(

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from nni_lease._data import check_dataset
-from nni_lease._limits import MAX_BATCH_SIZE, MAX_CELLS, MAX_COUNT, MAX_EPOCHS, MAX_NODES, MAX_SEED, MAX_WIDTH
+from nni_lease._limits import MAX_BATCH_SIZE, MAX_CELLS, MAX_COUNT, MAX_EPOCHS, MAX_NODES, MAX_RATE, MAX_SEED, MAX_WIDTH
 from nni_lease._spaces import SPACE_DEFAULTS
 
 DATASETS: tuple[str, ...] = ("digits", "mnist", "cifar10")
@@ -24,8 +23,8 @@ def _check_int(name: str, value: Any, *, optional: bool = False, minimum: int = 
 
 
 def _check_positive(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) < math.inf:
-        raise ValueError(f"{name} must be a positive finite number; got {value!r}.")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) <= MAX_RATE:
+        raise ValueError(f"{name} must be a positive number (at most {MAX_RATE:g}); got {value!r}.")
 
 
 def check_data(dataset: str, data_dir: str | None) -> None:

@@ -36,10 +36,16 @@ from nni.nas.oneshot.pytorch.differentiable import DartsLightningModule
 from nni.nas.oneshot.pytorch.profiler import ExpectationProfilerPenalty
 from torch import nn
 
+from art_fisher import check_threads
 from nni_lease.core._settings import LeaseSettings
 from nni_lease.core._step import LeaseStep
 
 logger = logging.getLogger(__name__)
+
+
+class TrainingDivergedError(ValueError):
+    """A loss or an architecture weight of the search became NaN or infinite: the search stops, writing nothing."""
+
 
 #: Metrics :class:`LeaseLightningModule` logs once per epoch (Lightning ``self.log``, ``on_epoch=True``).
 METRICS: tuple[str, ...] = (
@@ -124,6 +130,7 @@ class LeaseLightningModule(DartsLightningModule):
     def setup(self, stage: str | None = None) -> None:
         """Build the listener now if it waited for the DataModule's ``setup`` (which Lightning ran just before)."""
         super().setup(stage)
+        check_threads("the LeaSE search")
         if self.listener is None and self.listener_builder is not None:
             self.set_listener(self.listener_builder())
 
@@ -168,6 +175,16 @@ class LeaseLightningModule(DartsLightningModule):
 
     def _log(self, name: str, value: torch.Tensor | float, batch_size: int) -> None:
         self.log(name, value, on_step=False, on_epoch=True, batch_size=batch_size)
+
+    def _check_finite(self, name: str, value: torch.Tensor | float) -> None:
+        """Raise :class:`TrainingDivergedError` naming ``name`` when ``value`` holds a NaN or infinity."""
+        if bool(torch.isfinite(torch.as_tensor(value).detach()).all()):
+            return
+        raise TrainingDivergedError(
+            f"the search diverged: {name} is not finite at epoch {self.trainer.current_epoch + 1}, so no "
+            "architecture can be chosen; lower the learning rates, --pgd-epsilon, --pgd-step-size, --gamma or "
+            "--unrolled-step-size (nothing was written)."
+        )
 
     # ----------------------------------------------------------------------------- one step
     def _architecture_step(
@@ -226,7 +243,11 @@ class LeaseLightningModule(DartsLightningModule):
                         val_batch[1],
                         clean_logits=None if explainer_logits is None else explainer_logits.detach(),
                     )
+        self._check_finite("the explainer's validation loss", explainer_val_loss)
+        self._check_finite("the listener's validation loss", listener_val_loss)
         arch_optim.step()
+        for alpha in self.arch_parameters():
+            self._check_finite("an architecture weight", alpha)
         self._log("explainer/val_loss", explainer_val_loss, n_val)
         if explainer_logits is not None:
             self._log("explainer/val_acc", _accuracy(explainer_logits, val_batch[1]), n_val)
@@ -251,6 +272,7 @@ class LeaseLightningModule(DartsLightningModule):
         with _capture_output(self.training_module) as outputs:
             loss_and_metrics = self.training_module.training_step(trn_batch, 2 * batch_idx + 1)
         w_step_loss = loss_and_metrics["loss"] if isinstance(loss_and_metrics, dict) else loss_and_metrics
+        self._check_finite("the explainer's training loss", w_step_loss)
         self.advance_optimization(w_step_loss, batch_idx, self.gradient_clip_val)
         self._log("explainer/train_loss", w_step_loss.detach(), n_trn)
         if outputs:
@@ -258,6 +280,7 @@ class LeaseLightningModule(DartsLightningModule):
 
         # Stages 2 and 3: explain the training batch with the updated explainer, train the listener on it.
         result = step.train_listener(self.training_module, trn_batch[0], trn_batch[1], backward=self.manual_backward)
+        self._check_finite("the listener's training loss", result.loss)
         self._log("listener/train_loss", result.loss, n_trn)
         self._log("listener/train_acc", _accuracy(result.logits, trn_batch[1]), n_trn)
         self._log("explanation/mean_abs_delta", result.explanation.delta.abs().mean(), n_trn)

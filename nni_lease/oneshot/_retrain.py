@@ -7,6 +7,7 @@ every layer is re-initialised under ``seed``, trained with Adam on cross entropy
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import time
@@ -22,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from art_fisher.models import train_model
+from nni_lease._spaces import check_model_size
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +87,8 @@ def build_architecture(model_space: ModelSpace, architecture: Mapping[str, Any],
     Parameters
     ----------
     model_space : ModelSpace
-        The search space (not modified).
+        The search space (not modified), possibly built on the meta device
+        (:func:`nni_lease._spaces.build_space_on_meta`): then only the chosen network is allocated.
     architecture : mapping
         Choice label → chosen value, as ``NasExperiment.export_top_models(formatter="dict")[0]`` gives.
     seed : int
@@ -99,20 +102,29 @@ def build_architecture(model_space: ModelSpace, architecture: Mapping[str, Any],
     Raises
     ------
     ValueError
-        If ``architecture`` misses a choice of the space, names an unknown one, or a value is invalid.
+        If ``architecture`` misses a choice of the space, names an unknown one, or a value is invalid, or the
+        network would have more than :data:`~nni_lease._limits.MAX_PARAMETERS` parameters.
     """
     sample = _check_architecture(model_space, architecture)
+    on_meta = any(t.is_meta for t in model_space.parameters())
     try:
-        # freeze() may share layers with the space: copy, so re-initialising leaves the space untouched
-        model = copy.deepcopy(model_space.freeze(sample))
+        # freeze() may share layers with the space: copy, so re-initialising leaves the space untouched. A space on
+        # the meta device is frozen there too (a space that rebuilds itself for a sample would allocate otherwise).
+        with torch.device("meta") if on_meta else contextlib.nullcontext():
+            model = copy.deepcopy(model_space.freeze(sample))
     except Exception as exc:
         raise ValueError(f"architecture {sample} is not a valid sample of the model space: {exc}") from exc
+    check_model_size(model, f"the network of the architecture ({len(sample)} choices)")
+    if on_meta:  # allocate the chosen network only, then initialise it below
+        model.to_empty(device="cpu")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for module in model.modules():
             reset = getattr(module, "reset_parameters", None)
             if callable(reset):
                 reset()
+            elif on_meta and any(True for _ in module.buffers(recurse=False)):
+                raise ValueError(f"{type(module).__name__} has buffers but no reset_parameters to initialise them.")
     return model.train()
 
 

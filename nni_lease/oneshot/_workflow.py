@@ -34,10 +34,10 @@ from typing import Any
 
 from art_fisher._atomic import atomic_write, check_output_dir
 from nni_lease._data import make_dataset
-from nni_lease._spaces import SPACES, build_space, space_kwargs_for
+from nni_lease._spaces import SPACES, build_space, build_space_on_meta, check_space_size, space_kwargs_for
 from nni_lease.core._settings import LeaseSettings
 from nni_lease.oneshot._config import RetrainConfig, SearchConfig, SearchResult, check_data
-from nni_lease.oneshot._lightning import METRICS
+from nni_lease.oneshot._lightning import METRICS, TrainingDivergedError
 from nni_lease.oneshot._progress import EpochLogger
 from nni_lease.oneshot._retrain import build_architecture, retrain
 from nni_lease.oneshot._strategy import LeaSE
@@ -197,7 +197,9 @@ def search_oneshot(
     Raises
     ------
     ValueError
-        For a bad argument, output path or data file (nothing created).
+        For a bad argument, output path or data file (nothing created);
+        :class:`~nni_lease.oneshot.TrainingDivergedError` when a loss or an architecture weight
+        becomes NaN or infinite (what the search created is removed).
     """
     if not isinstance(config, SearchConfig):
         raise ValueError(f"config must be a SearchConfig; got {type(config).__name__}.")
@@ -213,6 +215,8 @@ def search_oneshot(
 
     kwargs = space_kwargs(config, train)
     strategy = LeaSE(settings=settings, arc_learning_rate=config.arc_learning_rate)
+    check_space_size(config.space, kwargs)  # before anything is created
+    before = set(out.iterdir()) if out.is_dir() else None
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     space = build_space(config.space, **kwargs)
@@ -232,12 +236,18 @@ def search_oneshot(
     experiment = NasExperiment(space, evaluator, strategy)
     experiment.config.experiment_working_directory = str(out / "nni-experiments")
     start = time.perf_counter()
+    diverged = False
     try:
         experiment.run()
         seconds = time.perf_counter() - start
         architecture = experiment.export_top_models(formatter="dict")[0]
+    except TrainingDivergedError:
+        diverged = True
+        raise
     finally:
         experiment.stop()  # otherwise NNI stops it (and logs) at interpreter exit
+        if diverged:  # no architecture from NaN weights: leave nothing behind
+            _remove_created(out, before)
     record = {
         "architecture": architecture,
         "mode": "oneshot",
@@ -261,6 +271,18 @@ def search_oneshot(
         _plot_curves(rows, out / CURVES_FILE, f"LeaSE search on {config.dataset} (gamma={settings.gamma})")
     logger.info("One-shot search took %.1f s; architecture %s.", seconds, architecture)
     return SearchResult(architecture=architecture, record=record, rows=rows, seconds=seconds, output=out)
+
+
+def _remove_created(out: Path, before: set[Path] | None) -> None:
+    """Remove what a failed search created in ``out``: the folder itself when it was new (``before`` None)."""
+    import shutil
+
+    created = [out] if before is None else [p for p in out.iterdir() if p not in before]
+    for path in created:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def load_architecture(path: str | Path) -> dict[str, Any]:
@@ -350,7 +372,11 @@ def retrain_architecture(
     import torch
 
     torch.manual_seed(config.seed)
-    space = build_space(record["space"]["name"], **record["space"]["kwargs"])
+    name, kwargs = record["space"]["name"], record["space"]["kwargs"]
+    if name == "LeaseCellSpace":  # the chosen network's size from the sizes alone, before any module is built
+        check_space_size(name, kwargs, architecture=record["architecture"])
+    # The space on the meta device (no memory): only the chosen network is ever allocated, after its size check.
+    space = build_space_on_meta(name, check_size=False, **kwargs)
     build_architecture(space, record["architecture"], seed=config.seed)  # checks the architecture first
     result = retrain(
         space,

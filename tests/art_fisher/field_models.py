@@ -27,6 +27,7 @@ import types
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 
 def _bn(ch: int) -> nn.BatchNorm2d:
@@ -187,18 +188,19 @@ class TinyViT(nn.Module):
 
 
 def randomise_norms(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random running statistics and affine parameters for every BatchNorm / LayerNorm, then eval mode.
+    """Random running statistics and affine parameters for every batch / layer / group norm, then eval mode.
 
     Freshly built norms are identities (γ = 1, β = 0, mean 0, variance 1), which would hide a
-    rule that forgets them.
+    rule that forgets them. Subclasses (timm's ``LayerNorm2d``, ``BatchNormAct2d``) included.
     """
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, (nn.BatchNorm2d, nn.LayerNorm)) and m.weight is not None:
+            if isinstance(m, (_BatchNorm, nn.LayerNorm, nn.GroupNorm)) and m.weight is not None:
                 m.weight.copy_(1 + 0.3 * torch.randn(m.weight.shape, generator=gen))
-                m.bias.copy_(0.2 * torch.randn(m.bias.shape, generator=gen))
-            if isinstance(m, nn.BatchNorm2d):
+                if m.bias is not None:
+                    m.bias.copy_(0.2 * torch.randn(m.bias.shape, generator=gen))
+            if isinstance(m, _BatchNorm) and m.running_mean is not None and m.running_var is not None:
                 m.running_mean.copy_(0.2 * torch.randn(m.running_mean.shape, generator=gen))
                 m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=gen))
     return model.eval()
@@ -236,3 +238,27 @@ def import_timm() -> types.ModuleType | None:
     if importlib.util.find_spec("timm") is None or import_torchvision() is None:
         return None
     return importlib.import_module("timm")
+
+
+def build_field_model(library: str, name: str, n_classes: int = 10) -> nn.Module | None:
+    """A classification model of ``library`` (``"torchvision"`` or ``"timm"``) for 32×32 inputs, or None.
+
+    Random weights, random norm statistics (:func:`randomise_norms`), eval mode; ViT / DeiT at patch
+    size 4 on 32×32 images. None when the library is not installed.
+    """
+    torch.manual_seed(0)
+    if library == "torchvision":
+        tv = import_torchvision()
+        if tv is None:
+            return None
+        kwargs: dict = {"num_classes": n_classes}
+        if name == "googlenet":
+            kwargs.update(aux_logits=False, init_weights=True)
+        return randomise_norms(getattr(tv.models, name)(**kwargs))
+    if library != "timm":
+        raise ValueError(f"library must be 'torchvision' or 'timm'; got {library!r}.")
+    timm = import_timm()
+    if timm is None:
+        return None
+    kwargs = {"img_size": 32, "patch_size": 4} if name.startswith(("vit_", "deit_")) else {}
+    return randomise_norms(timm.create_model(name, pretrained=False, num_classes=n_classes, **kwargs))

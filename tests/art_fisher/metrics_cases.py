@@ -305,3 +305,26 @@ def dense_refs(model, x, names=None, output="logits", label=None):
         out["fis"].append(d.sensitivity(xi, v, True))
         out["fis_full"].append(d.sensitivity(xi, v, False))
     return {k: torch.stack(v) for k, v in out.items()}
+
+
+def per_class_reference(model: nn.Module, x: torch.Tensor, names: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """Trace, λ_max and the quadratic form along the predicted class's gradient, one backward pass per class."""
+    params = dict(model.named_parameters())
+    chosen = [params[n] for n in (names or list(params))]
+    out = {"trace": [], "lam": [], "quad": [], "quad_blockwise": []}
+    for i in range(x.shape[0]):
+        logp = torch.log_softmax(model(x[i : i + 1]), -1)[0]
+        p = logp.detach().exp()
+        grads = [torch.autograd.grad(logp[c], chosen, retain_graph=True) for c in range(len(p))]
+        flat = torch.stack([torch.cat([g.flatten() for g in gs]) for gs in grads])  # (C, P)
+        gram = flat @ flat.T
+        sp = p.sqrt()
+        out["trace"].append((p * gram.diagonal()).sum())
+        out["lam"].append(torch.linalg.eigvalsh(sp[:, None] * gram * sp[None, :])[-1])
+        y = int(p.argmax())
+        out["quad"].append((p * gram[y] ** 2).sum() / gram[y, y])
+        blockwise = sum(
+            (p * torch.stack([(gs[k] * grads[y][k]).sum() for gs in grads]) ** 2).sum() for k in range(len(chosen))
+        )
+        out["quad_blockwise"].append(blockwise / gram[y, y])
+    return {k: torch.stack(v).detach() for k, v in out.items()}

@@ -159,8 +159,10 @@ def test_evaluate_with_a_state_dict(tmp_path, capsys):
         (["--dataset", "mnist"], "data_dir is required"),
         (["--dataset", "mnist", "--data-dir", "{tmp}"], "train-images-idx3-ubyte"),
         (["--model", "{tmp}/missing.pt"], "missing.pt does not exist"),
-        (["--model", "{tmp}/notes.txt"], "notes.txt: expected a state dict"),
-        (["--n-samples", "1"], "n_samples must be an integer >= 4"),
+        (["--model", "{tmp}/notes.txt"], "notes.txt is not a torch zip archive"),
+        (["--model", "/dev/zero"], "/dev/zero is not a regular file"),
+        (["--n-samples", "99999999999999999999"], "n_samples must be an integer from 4 to 1000000"),
+        (["--n-samples", "1"], "n_samples must be an integer from 4 to"),
         (["--batch-size", "100000000000000000000"], "batch_size must be an integer from 1 to 65536"),
         (["--seed", "99999999999999999999"], "seed must be an integer from 0 to 4294967295"),
         (["--seed", "18446744073709551615"], "seed must be an integer from 0 to 4294967295"),
@@ -297,3 +299,50 @@ def test_evaluate_threads_option(tmp_path, capsys):
     )
     assert rc == 0 and torch.get_num_threads() == 2
     assert json.loads((tmp_path / "results.json").read_text())["settings"]["torch_threads"] == 2
+
+
+def _state_file(path, state, *, compress=False):
+    """``torch.save(state)`` at ``path``, its zip members deflated when ``compress``."""
+    import zipfile
+
+    torch.save(state, path)
+    if compress:
+        with zipfile.ZipFile(path) as src:
+            members = [(info.filename, src.read(info)) for info in src.infolist()]
+        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as dst:
+            for name, data in members:
+                dst.writestr(name, data)
+    return path
+
+
+def _legacy_file(path):
+    torch.save(SmallCNN().state_dict(), path, _use_new_zipfile_serialization=False)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        # a 40 MB tensor deflated to ~40 KB: refused from the zip directory, before anything is inflated
+        (lambda p: _state_file(p, {"w": torch.zeros(10_000_000)}, compress=True), "is compressed"),
+        (lambda p: _state_file(p, {**SmallCNN().state_dict(), "pad": torch.zeros(2_000_000)}), "declare"),
+        (lambda p: _state_file(p, {"conv.weight": torch.zeros(3)}), "keys are not the architecture's: missing"),
+        (lambda p: _state_file(p, {k: v[..., :1] for k, v in SmallCNN().state_dict().items()}), "has shape"),
+        (_legacy_file, "not a torch zip archive"),
+    ],
+)
+def test_bad_model_files_exit_2_with_one_line_before_reading(tmp_path, capsys, make, message):
+    """Before: a deflated torch zip of 40 KB grew the process by its inflated size before the refusal; wrong keys
+    printed torch's three-line message."""
+    import resource
+    import time
+
+    path = make(tmp_path / "model.pt")
+    rss, start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter()
+    rc = main(["evaluate", "--model", str(path), "--arch", "small_cnn", "--output", str(tmp_path / "o"), "--quiet"])
+    assert time.perf_counter() - start < 60
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss < 300 * 1024  # KiB
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("art-fisher evaluate: error: ") and err.count("\n") == 1
+    assert message in err and "model.pt" in err
+    assert not (tmp_path / "o").exists()

@@ -1,14 +1,18 @@
 """Benchmark: the Fisher metrics on the field's models at CIFAR size, and the many-class option.
 
-Models: torchvision's ResNet-18 and MobileNetV2 and timm's ViT-Tiny (patch 4, 32×32 inputs), random
-weights with random BatchNorm / LayerNorm statistics, 10 classes, float32 (``pip install -e
-".[models]"``, in an environment of its own: see ``pyproject.toml``). ``--smoke`` uses the in-repo
-equivalents of ``tests/art_fisher/field_models.py`` at 16×16 and needs neither package.
+Models (:data:`FAMILIES`): one of each family of the field — torchvision's ResNet-18, MobileNetV2,
+EfficientNet-B0 and RegNetX-400MF, timm's ConvNeXt-atto and ViT-Tiny (patch 4) — at 32×32 inputs, random
+weights with random norm statistics, 10 classes, float32 (``pip install -e ".[models]"``, in an
+environment of its own: see ``pyproject.toml``). ``--smoke`` uses the in-repo equivalents of
+``tests/art_fisher/field_models.py`` at 16×16 and needs neither package.
 
-Per model, side by side in one run (each figure the median over ``--repeats``; per sample):
+Per model, side by side in one run, the timed calls interleaved (one round runs each once, ``--repeats``
+rounds), each figure the fastest round with the spread of the rounds (per sample):
 
+- exactness: the trace, λ_max and both quadratic forms of two inputs against a per-class autograd
+  reference in float64 (largest relative difference, float32 results);
 - ``fisher_trace``, ``fisher_quadratic_form``, ``fisher_max_eigenvalue`` at batch ``--batch``, and
-  ``fisher_sensitivity`` on ``--sens-batch`` samples (or why it is not supported);
+  ``fisher_sensitivity`` of one image (or why it is not supported);
 - the trace over the hook-covered parameters only, so that what goes through ``torch.func`` (ViT's class
   token and position embedding) shows as the difference;
 - the floor: one forward pass and C − 1 backward passes down to the outputs of the layers the hook
@@ -29,7 +33,8 @@ ratio of the root-mean-square error to the root-mean-square stated standard erro
 10-class trace.
 
 Times are CPU seconds of this process at one thread (the default; wall-clock otherwise; both kept in
-the JSON). Prints a table and the JSON; ``--json PATH`` writes it (default
+the JSON); the machine's load (``uptime``) before and after is recorded. Prints a table and the JSON;
+``--json PATH`` writes it (default
 ``tests/benchmarks/results/bench_models.json`` unless ``--smoke``).
 """
 
@@ -39,6 +44,7 @@ import argparse
 import copy
 import json
 import math
+import os
 import platform
 import statistics
 import subprocess
@@ -58,8 +64,20 @@ from art_fisher.metrics.engine import chunking  # noqa: E402 - after the sys.pat
 from art_fisher.metrics.engine.network import FunctionalNet  # noqa: E402 - after the sys.path insert above
 from art_fisher.metrics.engine.recorder import make_plan, recorded_forward  # noqa: E402 - after the sys.path insert above
 from tests.art_fisher import field_models  # noqa: E402 - after the sys.path insert above
+from tests.art_fisher.metrics_cases import per_class_reference  # noqa: E402 - after the sys.path insert above
 
-MODELS = ("resnet18", "mobilenet_v2", "vit_tiny")
+#: name → (library, the library's model name).
+FAMILIES = {
+    "resnet18": ("torchvision", "resnet18"),
+    "mobilenet_v2": ("torchvision", "mobilenet_v2"),
+    "efficientnet_b0": ("torchvision", "efficientnet_b0"),
+    "regnet_x_400mf": ("torchvision", "regnet_x_400mf"),
+    "convnext_atto": ("timm", "convnext_atto"),
+    "vit_tiny": ("timm", "vit_tiny_patch16_224"),
+}
+MODELS = tuple(FAMILIES)
+#: The families with an in-repo equivalent (``--smoke``).
+SMOKE = ("resnet18", "mobilenet_v2", "vit_tiny")
 DEFAULT_JSON = ROOT / "tests" / "benchmarks" / "results" / "bench_models.json"
 
 
@@ -70,24 +88,21 @@ def build(name: str, n_classes: int, smoke: bool) -> tuple[nn.Module, tuple[int,
         tiny = {"resnet18": field_models.TinyResNet, "mobilenet_v2": field_models.TinyMobileNetV2}
         if name in tiny:
             model = tiny[name](width=8, n_classes=n_classes)
-        else:
+        elif name == "vit_tiny":
             model = field_models.TinyViT(dim=16, depth=2, heads=2, patch=4, image=16, n_classes=n_classes)
+        else:
+            raise SystemExit(f"bench_models: no in-repo equivalent of {name!r} for --smoke")
         return field_models.randomise_norms(model), (3, 16, 16)
-    tv = field_models.import_torchvision()
-    if tv is None:
-        raise SystemExit('bench_models: torchvision / timm are missing: pip install -e ".[models]" (or use --smoke)')
-    if name == "resnet18":
-        model = tv.models.resnet18(num_classes=n_classes)
-    elif name == "mobilenet_v2":
-        model = tv.models.mobilenet_v2(num_classes=n_classes)
-    else:
-        timm = field_models.import_timm()
-        if timm is None:
-            raise SystemExit('bench_models: timm is missing: pip install -e ".[models]" (or use --smoke)')
-        model = timm.create_model(
-            "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=4, num_classes=n_classes
-        )
-    return field_models.randomise_norms(model), (3, 32, 32)
+    library, model_name = FAMILIES[name]
+    model = field_models.build_field_model(library, model_name, n_classes)
+    if model is None:
+        raise SystemExit(f'bench_models: {library} is missing: pip install -e ".[models]" (or use --smoke)')
+    return model, (3, 32, 32)
+
+
+def load() -> list[float]:
+    """The machine's 1, 5 and 15 minute load averages (what ``uptime`` shows)."""
+    return [round(v, 2) for v in os.getloadavg()]
 
 
 def timed(fn) -> tuple[float, float]:
@@ -104,6 +119,36 @@ def median_time(fn, n: int, repeats: int, clock: int) -> dict:
     wall = statistics.median(r[0] for r in runs) / n
     cpu = statistics.median(r[1] for r in runs) / n
     return {"seconds": (wall, cpu)[clock], "wall": wall, "cpu": cpu}
+
+
+def interleaved(fns: dict, n: int, repeats: int, clock: int) -> dict:
+    """Per-sample seconds of each of ``fns`` (each processes ``n`` samples), the calls interleaved.
+
+    One round calls every function once; each figure is the fastest of ``repeats`` rounds, with the
+    spread (slowest over fastest) and every round kept.
+    """
+    for fn in fns.values():
+        fn()  # warm up
+    runs: dict = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            runs[k].append(timed(fn)[clock] / n)
+    return {
+        k: {"seconds": min(r), "spread": max(r) / min(r), "runs": r, "clock": ("wall", "cpu")[clock]}
+        for k, r in runs.items()
+    }
+
+
+def exactness(model: nn.Module, x: torch.Tensor) -> dict:
+    """Largest relative difference of each metric (float32) from a per-class float64 autograd reference."""
+    ref = per_class_reference(copy.deepcopy(model).double(), x.double())
+    got = {
+        "trace": metrics.fisher_trace(model, x),
+        "lam": metrics.fisher_max_eigenvalue(model, x),
+        "quad": metrics.fisher_quadratic_form(model, x),
+        "quad_blockwise": metrics.fisher_quadratic_form(model, x, blockwise=True),
+    }
+    return {k: float(((v.double() - ref[k]).abs() / ref[k].abs()).max()) for k, v in got.items()}
 
 
 def floor_fn(model: nn.Module, x: torch.Tensor):
@@ -143,28 +188,33 @@ def backpack_trace(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return values.detach()
 
 
-def measure_backpack(model: nn.Module, x: torch.Tensor, exact: torch.Tensor, repeats: int, clock: int) -> dict:
+def prepare_backpack(model: nn.Module, x: torch.Tensor, exact: torch.Tensor) -> tuple[dict, object]:
+    """BackPACK's status on ``model`` (with its largest relative difference from ``exact``) and the call to time."""
     try:
         from backpack import extend
 
         twin = extend(copy.deepcopy(model), use_converter=True).eval()
         values = backpack_trace(twin, x)
     except ImportError:
-        return {"status": "not installed (pip install -e '.[bench]')"}
+        return {"status": "not installed (pip install -e '.[bench]')"}, None
     except Exception as exc:  # noqa: BLE001  (BackPACK refuses the model in many ways: record why)
-        return {"status": f"unsupported: {type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"}
+        why = str(exc).splitlines()[0][:160] if str(exc) else ""
+        return {"status": f"unsupported: {type(exc).__name__}: {why}"}, None
     rel = float(((values - exact).abs() / exact.abs()).max())
-    return {"status": "ok", "max_rel_diff": rel, **median_time(lambda: backpack_trace(twin, x), len(x), repeats, clock)}
+    return {"status": "ok", "max_rel_diff": rel}, lambda: backpack_trace(twin, x)
 
 
-def measure_sensitivity(model: nn.Module, x: torch.Tensor, repeats: int, clock: int) -> dict:
+def measure_sensitivity(model: nn.Module, x: torch.Tensor, clock: int) -> dict:
+    """Seconds per image of ``fisher_sensitivity`` (one call, after a first call that also tells whether it runs)."""
     try:
-        metrics.fisher_sensitivity(model, x[:1])
+        first = timed(lambda: metrics.fisher_sensitivity(model, x))
     except NotImplementedError as exc:
         return {"status": f"unsupported: {str(exc).splitlines()[0][:200]}"}
     except RuntimeError as exc:
         return {"status": f"unsupported: {str(exc).splitlines()[0][:200]}"}
-    return {"status": "ok", **median_time(lambda: metrics.fisher_sensitivity(model, x), len(x), repeats, clock)}
+    second = timed(lambda: metrics.fisher_sensitivity(model, x))
+    best = min(first[clock], second[clock]) / len(x)
+    return {"status": "ok", "seconds": best, "runs": [first[clock] / len(x), second[clock] / len(x)]}
 
 
 def _status_kib(field: str) -> int:
@@ -211,35 +261,45 @@ def measure_model(args, name: str, clock: int) -> dict:
     floor, plan = floor_fn(model, x)
     row: dict = {
         "model": name,
+        "library": "in-repo" if args.smoke else FAMILIES[name][0],
         "params": sum(p.numel() for p in model.parameters()),
         "input": list(shape),
         "classes": 10,
         "batch": args.batch,
         "torch_func_params": plan.rest,
+        "load_before": load(),
     }
-    row["trace"] = median_time(lambda: metrics.fisher_trace(model, x), len(x), args.repeats, clock)
-    row["floor"] = median_time(floor, len(x), args.repeats, clock)
+    row["max_rel_error"] = exactness(model, x[:2])
+    fns = {
+        "trace": lambda: metrics.fisher_trace(model, x),
+        "floor": floor,
+        "quadratic_form": lambda: metrics.fisher_quadratic_form(model, x),
+        "max_eigenvalue": lambda: metrics.fisher_max_eigenvalue(model, x),
+    }
     hooked = [n for n, _ in model.named_parameters() if n not in plan.rest]
-    if plan.rest:
-        row["trace_hook_params_only"] = median_time(
-            lambda: metrics.fisher_trace(model, x, params=hooked), len(x), args.repeats, clock
-        )
-    row["quadratic_form"] = median_time(lambda: metrics.fisher_quadratic_form(model, x), len(x), args.repeats, clock)
-    row["max_eigenvalue"] = median_time(lambda: metrics.fisher_max_eigenvalue(model, x), len(x), args.repeats, clock)
-    row["sensitivity"] = measure_sensitivity(model, x[: args.sens_batch], 1, clock)
-    exact = metrics.fisher_trace(model, x)
-    row["backpack"] = (
-        {"status": "skipped (--no-backpack)"}
+    if plan.rest and hooked:
+        fns["trace_hook_params_only"] = lambda: metrics.fisher_trace(model, x, params=hooked)
+    row["backpack"], bp = (
+        ({"status": "skipped (--no-backpack)"}, None)
         if args.no_backpack
-        else measure_backpack(model, x, exact, args.repeats, clock)
+        else prepare_backpack(model, x, metrics.fisher_trace(model, x))
     )
-    row["memory"] = [
-        measure_memory(name, b, args.smoke, args.threads) for b in (args.batch, 4 * args.batch, 8 * args.batch)
-    ]
+    if bp is not None:
+        fns["backpack_time"] = bp
+    row.update(interleaved(fns, len(x), args.repeats, clock))
+    if bp is not None:
+        row["backpack"].update(row.pop("backpack_time"))
+    row["sensitivity"] = measure_sensitivity(model, x[: args.sens_batch], clock)
+    row["memory"] = (
+        [measure_memory(name, b, args.smoke, args.threads) for b in (args.batch, 4 * args.batch, 8 * args.batch)]
+        if args.memory
+        else []
+    )
     t, f = row["trace"]["seconds"], row["floor"]["seconds"]
     row["trace_over_floor"] = t / f
     if row["backpack"].get("status") == "ok":
         row["backpack_over_trace"] = row["backpack"]["seconds"] / t
+    row["load_after"] = load()
     return row
 
 
@@ -364,19 +424,20 @@ def measure_classes(args, clock: int) -> dict:
 def table(results: dict) -> str:
     lines = [f"per sample, {results['clock']} seconds, {results['threads']} thread(s)"]
     lines.append(
-        f"{'model':<13}{'trace':>9}{'floor':>9}{'tr/floor':>9}{'quad':>9}{'lam':>9}{'sens':>10}"
-        f"{'backpack':>10}{'bp/tr':>7}{'MiB@B':>8}{'MiB@4B':>8}{'MiB@8B':>8}"
+        f"{'model':<16}{'trace':>9}{'floor':>9}{'tr/floor':>9}{'quad':>9}{'lam':>9}{'sens':>10}"
+        f"{'backpack':>10}{'bp/tr':>7}{'MiB@B':>8}{'MiB@4B':>8}{'MiB@8B':>8}{'max rel err':>12}"
     )
     for row in results["models"]:
         sens = row["sensitivity"]
         bp = row["backpack"]
-        mem = [m.get("growth_mib", float("nan")) for m in row["memory"]]
+        mem = [m.get("growth_mib", float("nan")) for m in row["memory"]] or [float("nan")] * 3
         lines.append(
-            f"{row['model']:<13}{row['trace']['seconds']:9.4f}{row['floor']['seconds']:9.4f}"
+            f"{row['model']:<16}{row['trace']['seconds']:9.4f}{row['floor']['seconds']:9.4f}"
             f"{row['trace_over_floor']:9.2f}{row['quadratic_form']['seconds']:9.4f}{row['max_eigenvalue']['seconds']:9.4f}"
             f"{sens['seconds'] if sens['status'] == 'ok' else float('nan'):10.3f}"
             f"{bp['seconds'] if bp.get('status') == 'ok' else float('nan'):10.4f}"
             f"{row.get('backpack_over_trace', float('nan')):7.2f}{mem[0]:8.0f}{mem[1]:8.0f}{mem[2]:8.0f}"
+            f"{max(row['max_rel_error'].values()):12.1e}"
         )
         if sens["status"] != "ok":
             lines.append(f"    sensitivity {sens['status']}")
@@ -420,7 +481,7 @@ def table(results: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="in-repo small models, seconds")
-    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--models", default=None, help=f"default {','.join(MODELS)} ({','.join(SMOKE)} with --smoke)")
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--sens-batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=None)
@@ -432,12 +493,14 @@ def main() -> None:
     parser.add_argument("--caps", default="16", help="max_kept values of the capped estimate")
     parser.add_argument("--confidence", type=float, default=0.7)
     parser.add_argument("--no-backpack", action="store_true")
+    parser.add_argument("--memory", action="store_true", help="peak memory at 1, 4 and 8 times --batch")
     parser.add_argument("--no-classes", action="store_true")
     parser.add_argument("--json", default=None)
     parser.add_argument("--child-memory", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.batch = args.batch or (4 if args.smoke else 8)
-    args.repeats = args.repeats or (1 if args.smoke else 3)
+    args.models = args.models or ",".join(SMOKE if args.smoke else MODELS)
+    args.repeats = args.repeats or (1 if args.smoke else 5)
     args.class_batch = args.class_batch or 4
     torch.set_num_threads(args.threads)
     if args.child_memory:
@@ -457,10 +520,12 @@ def main() -> None:
         "clock": "cpu" if clock else "wall",
         "torch": torch.__version__,
         "machine": platform.processor() or platform.machine(),
+        "load_before": load(),
         "models": [measure_model(args, name, clock) for name in args.models.split(",") if name],
     }
     if not args.no_classes:
         results["many_classes"] = measure_classes(args, clock)
+    results["load_after"] = load()
     print(table(results))
     text = json.dumps(results, indent=2, default=lambda o: None if isinstance(o, float) and math.isnan(o) else str(o))
     print(text)

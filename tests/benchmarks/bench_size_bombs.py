@@ -9,7 +9,14 @@ not count). The files, as in the hostile probe:
 * ``npz_shadow``: an ``mnist.npz`` with a checked ``x_train.npy`` of 20 images and a second ``x_train``
   member (no ``.npy`` suffix, ``.npy`` content) of 200,000 images, 150 KB deflated, that shadows it;
 * ``npz_raw``: the same archive with raw bytes (not ``.npy``) in the ``x_train`` member;
-* ``skops_nodes``: a 52 KB detector file whose schema points 20 array nodes at one deflated 50 MB ``.npy``.
+* ``skops_nodes``: a 52 KB detector file whose schema points 20 array nodes at one deflated 50 MB ``.npy``;
+* ``torch_deflated``: a ``--model`` file in torch's zip format whose one storage member is 1 GiB of zeros,
+  deflated to about 1 MB (``art-fisher evaluate --model``);
+* ``arch_darts`` / ``arch_lease``: 1 KB ``architecture.json`` files for ``nni-lease retrain`` asking for a
+  network from NNI's DARTS space at width 4096, and from ``LeaseCellSpace`` at width 4096 with 64 cells of 16
+  nodes;
+* ``darts_width``: no file, the flags ``nni-lease search --space darts --width 4096`` (a supernet of 20.8 G
+  parameters).
 
 Usage: ``python tests/benchmarks/bench_size_bombs.py [--smoke] [--code DIR]``; ``--code`` measures another
 checkout (e.g. one before the readers were bounded); results of this checkout go to
@@ -45,6 +52,21 @@ if kind == "skops_nodes":
     from art_fisher.models._architectures import SmallCNN
     clf = PyTorchClassifier(SmallCNN(n_classes=3), torch.nn.CrossEntropyLoss(), (1, 8, 8), 3, device_type="cpu")
     load = lambda: FisherInformationDetector.load(path, clf)
+elif kind == "torch_deflated":
+    import torch
+    from art_fisher.data._loaders import load_digits
+    from art_fisher.evaluation._model import load_state_dict_file
+    digits = load_digits(split="train")
+    load = lambda: load_state_dict_file("small_cnn", digits, __import__("pathlib").Path(path), torch.device("cpu"))
+elif kind.startswith("arch_"):
+    from nni_lease.oneshot import retrain_architecture
+    load = lambda: retrain_architecture(path, output=path + ".out.json")
+elif kind == "darts_width":
+    from nni_lease.cli import main
+    def load():
+        code = main(["search", "--space", "darts", "--width", "4096", "--output", path + "/out"])
+        if code:
+            raise SystemExit(f"exit status {code}")
 else:
     from art_fisher.data._loaders import load_cifar10, load_mnist
     load = (lambda: load_mnist(path)) if kind.startswith("npz") else (lambda: load_cifar10(path, split="test"))
@@ -53,7 +75,7 @@ start = time.perf_counter()
 try:
     out = load()
     outcome, message = "accepted", f"{len(out.y)} images" if hasattr(out, "y") else "loaded"
-except Exception as exc:
+except (Exception, SystemExit) as exc:
     outcome, message = type(exc).__name__, str(exc)
 seconds = time.perf_counter() - start
 growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
@@ -75,8 +97,34 @@ def _npy(array: np.ndarray) -> bytes:
     return out.getvalue()
 
 
+def _torch_bomb(path: Path, inflated: int) -> None:
+    """A ``torch.save`` zip whose storage member holds ``inflated`` zero bytes, deflated (about 1/1000 of that)."""
+    import torch
+
+    torch.save({"w": torch.zeros(1)}, path)
+    with zipfile.ZipFile(path) as src:
+        members = [(info.filename, src.read(info)) for info in src.infolist()]
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as dst:
+        for name, data in members:
+            if not name.endswith("/data/0"):
+                dst.writestr(name, data)
+                continue
+            with dst.open(name, "w", force_zip64=True) as member:
+                for _ in range(inflated // 2**20):
+                    member.write(bytes(2**20))
+
+
+def _default_sample(space: str, kwargs: dict) -> dict:
+    """The first choice of every label of the space (built on the meta device: no memory)."""
+    sys.path.insert(0, str(ROOT))
+    from nni_lease._spaces import build_space_on_meta
+
+    built = build_space_on_meta(space, check_size=False, **kwargs)
+    return {label: mutable.default() for label, mutable in built.simplify().items()}
+
+
 def write_files(root: Path, smoke: bool) -> dict[str, Path]:
-    """The four hostile files (smaller with ``smoke``); returns name -> path."""
+    """The hostile files (smaller with ``smoke``); returns name -> path."""
     (root / "dtype").mkdir()
     with open(root / "dtype" / "test_batch", "wb") as fh:
         pickle.dump({b"data": _DtypeBomb(1000 if smoke else 100_000), b"labels": [0]}, fh, protocol=2)
@@ -98,7 +146,21 @@ def write_files(root: Path, smoke: bool) -> dict[str, Path]:
     with zipfile.ZipFile(root / "nodes.skops", "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
         archive.writestr("schema.json", json.dumps(schema))
         archive.writestr("big.npy", _npy(np.zeros((1 if smoke else 50) * 2**20 // 8)))
+    _torch_bomb(root / "model.pt", (10 if smoke else 1024) * 2**20)
+    for name, space, kwargs in (
+        ("darts", "DartsSpace", {"in_channels": 1, "n_classes": 10, "width": 4096, "num_cells": 3}),
+        ("lease", "LeaseCellSpace", {"in_channels": 1, "n_classes": 10, "width": 4096, "n_cells": 64,
+                                     "n_nodes": 16, "image_size": 8}),
+    ):  # fmt: skip
+        record = {"architecture": _default_sample(space, kwargs), "dataset": "digits",
+                  "space": {"name": space, "kwargs": kwargs}}  # fmt: skip
+        (root / f"{name}.json").write_text(json.dumps(record))
+    (root / "flags").mkdir()
     return {
+        "torch_deflated": root / "model.pt",
+        "arch_darts": root / "darts.json",
+        "arch_lease": root / "lease.json",
+        "darts_width": root / "flags",
         "cifar_dtype": root / "dtype",
         "cifar_dup": root / "dup",
         "npz_shadow": root / "shadow.npz",

@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from nni_lease.cli import SEARCH_MODES, main
 from nni_lease.oneshot._lightning import METRICS
@@ -87,9 +88,9 @@ def nni_home(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--gamma", "-1"], "--gamma: must be a finite number >= 0"),
-        (["--pgd-epsilon", "nan"], "--pgd-epsilon: must be a positive finite number"),
-        (["--learning-rate", "-1"], "--learning-rate: must be a positive finite number"),
+        (["--gamma", "-1"], "--gamma: must be a number from 0 to 1e+06"),
+        (["--pgd-epsilon", "nan"], "--pgd-epsilon: must be a positive number (at most 1e+06)"),
+        (["--learning-rate", "-1"], "--learning-rate: must be a positive number (at most 1e+06)"),
         (["--limit", "0"], "--limit: must be a positive integer"),
         (["--pgd-random-start", "2"], "--pgd-random-start: must be a number in [0, 1]"),
         (["--hypergradient", "second_order"], "invalid choice"),
@@ -119,8 +120,8 @@ def test_output_at_an_existing_file_is_refused(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("mode", "args", "message"),
     [
-        ("multi-trial", ["--learning-rate", "-1"], "--learning-rate: must be a positive finite number"),
-        ("multi-trial", ["--learning-rate", "nan"], "--learning-rate: must be a positive finite number"),
+        ("multi-trial", ["--learning-rate", "-1"], "--learning-rate: must be a positive number (at most 1e+06)"),
+        ("multi-trial", ["--learning-rate", "nan"], "--learning-rate: must be a positive number (at most 1e+06)"),
         ("multi-trial", ["--hypergradient", "unrolled"], "--hypergradient is not used by --mode multi-trial"),
         ("multi-trial", ["--output", "x"], "--output is not used by --mode multi-trial"),
         ("hpo", ["--gamma", "0.5"], "--gamma is not used by --mode hpo (the HPO experiment tunes it)"),
@@ -255,3 +256,122 @@ def test_hostile_architecture_files_exit_2(tmp_path, capsys):
     assert sorted(os.listdir(tmp_path)) == ["nested.json", "wide.json"]
     assert _exit_code(["retrain", str(wide), "--seed", "99999999999999999999"]) == 2
     _one_error_line(capsys.readouterr().err, "--seed: must be an integer from 0 to 4294967295")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["search", "--pgd-steps", "99999999999999999999"], "--pgd-steps: must be a positive integer (at most 10000)"),
+        (["search", "--mode", "multi-trial", "--max-trials", "9" * 20], "--max-trials: must be a positive integer"),
+        (["search", "--mode", "hpo", "--concurrency", "9" * 20], "--concurrency: must be a positive integer"),
+        (["search", "--mode", "hpo", "--retrain-epochs", "9" * 20], "--retrain-epochs: must be a positive integer"),
+        *(
+            (["search", flag, "1e300"], f"{flag}: must be a positive number (at most 1e+06)")
+            for flag in (
+                "--learning-rate",
+                "--arc-learning-rate",
+                "--pgd-epsilon",
+                "--pgd-step-size",
+                "--listener-learning-rate",
+                "--unrolled-step-size",
+            )
+        ),
+        (["search", "--gamma", "1e300"], "--gamma: must be a number from 0 to 1e+06"),
+        (["search", "--mode", "multi-trial", "--policy-learning-rate", "1e300"], "--policy-learning-rate: must be"),
+        (["retrain", "architecture.json", "--learning-rate", "1e300"], "--learning-rate: must be a positive number"),
+    ],
+)
+def test_every_count_and_rate_is_bounded(argv, message, tmp_path, capsys, monkeypatch, nni_home):
+    """Before: a 20-digit --pgd-steps was accepted, and rates of 1e300 overflowed float32 or trained to NaN."""
+    monkeypatch.chdir(tmp_path)
+    assert _exit_code(argv) == 2
+    _one_error_line(capsys.readouterr().err, message)
+    assert sorted(os.listdir(tmp_path)) in ([], ["nni-home"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--space", "darts", "--width", "4096"], "DartsSpace search space"),
+        (["--width", "4096", "--cells", "64", "--nodes", "16"], "LeaseCellSpace search space"),
+        (["--mode", "multi-trial", "--space", "darts", "--width", "2048", "--cells", "20"], "DartsSpace search space"),
+    ],
+)
+def test_a_search_space_too_large_is_refused_before_it_is_built(argv, message, tmp_path, capsys, nni_home):
+    """Before: width 4096 in the DARTS space (20.8 G parameters) ran the machine out of memory."""
+    import resource
+    import time
+
+    rss, start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter()
+    output = [] if "multi-trial" in argv else ["--output", str(tmp_path / "out")]
+    assert _exit_code(["search", *output, *argv]) == 2
+    err = capsys.readouterr().err
+    _one_error_line(err, message)
+    assert "parameters" in err and "over the limit of 100,000,000" in err
+    seconds, grown = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss
+    assert seconds < 60 and grown < 300 * 1024  # KiB
+    assert not (tmp_path / "out").exists()
+
+
+def _architecture_file(path, space, kwargs, architecture):
+    record = {"architecture": architecture, "dataset": "digits", "space": {"name": space, "kwargs": kwargs}}
+    path.write_text(json.dumps(record))
+    return path
+
+
+def _default_sample(space_name, kwargs):
+    from nni_lease._spaces import build_space_on_meta
+
+    space = build_space_on_meta(space_name, check_size=False, **kwargs)
+    return {k: v.default() for k, v in space.simplify().items()}
+
+
+@pytest.mark.parametrize(
+    ("space", "kwargs"),
+    [
+        ("DartsSpace", {"in_channels": 1, "n_classes": 10, "width": 4096, "num_cells": 3}),
+        (
+            "LeaseCellSpace",
+            {"in_channels": 1, "n_classes": 10, "width": 4096, "n_cells": 64, "n_nodes": 16, "image_size": 8},
+        ),
+    ],
+)
+def test_a_small_architecture_file_asking_for_a_huge_network_is_refused(space, kwargs, tmp_path, capsys):
+    """Before: a 1 KB architecture.json could ask retrain for 96 GiB."""
+    import resource
+    import time
+
+    path = _architecture_file(tmp_path / "architecture.json", space, kwargs, _default_sample(space, kwargs))
+    assert path.stat().st_size < 2**20
+    rss, start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter()
+    assert _exit_code(["retrain", str(path), "--epochs", "1"]) == 2
+    _one_error_line(capsys.readouterr().err, "parameters (")
+    assert time.perf_counter() - start < 60
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss < 300 * 1024  # KiB
+    assert sorted(os.listdir(tmp_path)) == ["architecture.json"]
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_search_whose_loss_becomes_nan_stops_and_writes_nothing(existing, tmp_path, capsys, monkeypatch):
+    """Before: --pgd-epsilon 1e300 (or a huge --gamma / learning rate) trained to NaN and exited 0 with an
+    architecture chosen from NaN weights."""
+    import dataclasses
+
+    from nni_lease.core._step import LeaseStep
+
+    real = LeaseStep.train_listener
+
+    def nan_listener(self, *args, **kwargs):
+        return dataclasses.replace(real(self, *args, **kwargs), loss=torch.tensor(float("nan")))
+
+    monkeypatch.setattr(LeaseStep, "train_listener", nan_listener)
+    out = tmp_path / "search"
+    if existing:
+        out.mkdir()
+        (out / "notes.txt").write_text("kept")
+    code = _exit_code(["search", "--output", str(out), "--epochs", "1", "--limit", "32", "--limit-batches", "1"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "the search diverged: the listener's training loss is not finite at epoch 1" in err
+    assert sorted(os.listdir(tmp_path)) == (["search"] if existing else [])
+    assert not existing or os.listdir(out) == ["notes.txt"]

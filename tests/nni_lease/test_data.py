@@ -144,3 +144,16 @@ def test_cifar10_loader_refuses_a_tiny_file_declaring_a_million_images(tmp_path)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 2**20  # the old loader made (10^6, 3, 32, 32) float32: 12 GB
+
+
+@pytest.mark.parametrize(("n_train", "split"), [(0, "train"), (1, "train"), (0, "val")])
+def test_an_mnist_split_without_samples_is_refused_naming_it(tmp_path, n_train, split):
+    """Before: 0 training images gave 'need at least one array to concatenate', ZeroDivisionError in retrain or
+    PyTorch's num_samples=0; one image left the training split empty."""
+    from nni_lease._data import MnistDataset
+    from tests.fake_mnist import write_fake_mnist
+
+    write_fake_mnist(tmp_path, n_train=n_train, n_test=5)
+    with pytest.raises(ValueError, match=rf"holds 0 images|MnistDataset: the '{split}' split holds no sample"):
+        MnistDataset(str(tmp_path), split)
+    assert len(MnistDataset(str(tmp_path), "test")) == 5

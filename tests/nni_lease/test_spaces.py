@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from nni.nas.strategy import DARTS
@@ -72,3 +73,48 @@ def test_bad_arguments(kwargs, match):
 def test_unknown_operation_name():
     with pytest.raises(ValueError, match="operation name must be one of"):
         build_operation("conv_9x9", 2)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"in_channels": 1, "n_classes": 10, "width": 8, "n_cells": 2, "n_nodes": 2, "image_size": 8},
+        {"in_channels": 3, "n_classes": 7, "width": 5, "n_cells": 3, "n_nodes": 3, "image_size": 32},
+        {
+            "in_channels": 1,
+            "n_classes": 10,
+            "width": 4,
+            "n_cells": 2,
+            "n_nodes": 2,
+            "shared_cells": False,
+            "operations": ["conv_3x3", "skip_connect", "dil_conv_3x3"],
+        },
+    ],
+)
+def test_lease_cell_parameters_counts_the_space_and_its_networks(kwargs):
+    from nni_lease._spaces import LeaseCellSpace, build_space_on_meta, lease_cell_parameters
+    from nni_lease.oneshot._retrain import build_architecture
+
+    space = LeaseCellSpace(**kwargs)
+    assert lease_cell_parameters(**kwargs) == sum(p.numel() for p in space.parameters())
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        sample = {k: v.random(random_state=rng) if hasattr(v, "random") else v.default()
+                  for k, v in space.simplify().items()}  # fmt: skip
+        net = build_architecture(space, sample, seed=1)
+        assert lease_cell_parameters(**kwargs, architecture=sample) == sum(p.numel() for p in net.parameters())
+        on_meta = build_architecture(build_space_on_meta("LeaseCellSpace", **kwargs), sample, seed=1)
+        real, meta = net.state_dict(), on_meta.state_dict()
+        assert real.keys() == meta.keys() and all(torch.equal(real[k], meta[k]) for k in real)
+
+
+def test_darts_architectures_built_from_the_meta_space_are_the_real_ones():
+    from nni_lease._spaces import build_space, build_space_on_meta
+    from nni_lease.oneshot._retrain import build_architecture
+
+    kwargs = {"in_channels": 1, "n_classes": 10, "width": 2, "num_cells": 3}
+    real_space = build_space("darts", **kwargs)
+    sample = {k: v.default() for k, v in real_space.simplify().items()}
+    real = build_architecture(real_space, sample, seed=2).state_dict()
+    meta = build_architecture(build_space_on_meta("darts", **kwargs), sample, seed=2).state_dict()
+    assert real.keys() == meta.keys() and all(torch.equal(real[k], meta[k]) for k in real)

@@ -2,9 +2,10 @@
 
 ``stacked`` (fitted on clean and adversarial examples) and ``stacked_clean`` (clean inputs only) are
 :class:`~art_fisher.detection.StackedDetector` on every part: the per-tensor Fisher traces, the
-sensitivity statistics, the confidence and the Mahalanobis scores (the strongest field baseline on
-the same attack). The ablation entries ``stacked_without_<part>`` and ``stacked_clean_without_<part>``
-leave one part out of the supervised and the clean-calibrated detector; they are registered but not in
+sensitivity statistics, the confidence, the Mahalanobis scores (the strongest field baseline on
+the same attack) and the input Fisher's log λ₁ and log trace. The ablation entries ``stacked_without_<part>``
+and ``stacked_clean_without_<part>`` leave one part out of the supervised and the clean-calibrated
+detector; they are registered but not in
 the default set (the benchmark ``bench_detection.py`` runs them). Fisher
 values come from the run's :class:`~art_fisher.evaluation.detectors._fisher.FisherFeatureCache`, shared with
 the Fisher detectors. Without the sensitivity part the detector has input gradients (adaptive attacks
@@ -22,6 +23,7 @@ from art_fisher.detection._detector import FisherInformationDetector
 from art_fisher.detection._stacked import PARTS, StackedDetector, StackedFeatures
 from art_fisher.evaluation.detectors import _fisher as fisher_runs
 from art_fisher.evaluation.detectors._base import DetectorRun, DetectorSpec, RunContext, Scored
+from art_fisher.evaluation.detectors._input_fisher import cached_spectrum
 
 
 class StackedRun(DetectorRun):
@@ -37,6 +39,9 @@ class StackedRun(DetectorRun):
             def _fisher_values(self, x: np.ndarray, metrics: tuple[str, ...]) -> dict[str, np.ndarray]:
                 carrier = FisherInformationDetector(classifier, metrics=metrics, chunk_size=self.chunk_size)
                 return cache.values(carrier, x, self.chunk_size)[0]
+
+            def _input_fisher_values(self, x: np.ndarray) -> np.ndarray:
+                return cached_spectrum(ctx, x)[0]
 
             def _class_gaussians(self, clean: np.ndarray) -> dict[str, Any]:
                 # every stacked run of this context fits them on the same reference images: once per run
@@ -85,7 +90,7 @@ def stacked_specs() -> dict[str, DetectorSpec]:
     no_grad = "no input gradient through the sensitivity map's statistics"
     specs = {
         "stacked": DetectorSpec(
-            "Stacked: Fisher traces + sensitivity + confidence + Mahalanobis",
+            "Stacked: Fisher traces + sensitivity + confidence + Mahalanobis + input Fisher",
             StackedRun,
             no_gradient=no_grad,
         ),

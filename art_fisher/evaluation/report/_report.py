@@ -478,5 +478,5 @@ def write_report(
     for key, text in texts.items():
         with atomic_write(paths[key], text=True) as fh:
             fh.write(text)
-    logger.info("report written to %s", out)
+    logger.info("report: %s", out / "report.md", extra={"stage": True})
     return {**paths, **written}

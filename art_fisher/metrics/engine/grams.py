@@ -85,6 +85,7 @@ def _hook_grams(
     contraction otherwise.
     """
     wanted = {m: [kind for p, (mm, kind) in plan.covered.items() if mm == m] for m in rec.modules}
+    param_of = {where: name for name, where in plan.covered.items()}
     n_cols = w.shape[2]
     if diagonal:  # one squared norm per column and tensor, nothing kept
         norms: dict[tuple[str, str], list[torch.Tensor]] = {(m, k): [] for m in rec.modules for k in wanted[m]}
@@ -93,7 +94,7 @@ def _hook_grams(
                 for kind in wanted[m]:
                     norms[(m, kind)].append(rec.rules[m].sq_norm(g, kind, n_cols))
             del grads
-        return {_name(m, kind): torch.stack(parts, dim=1) for (m, kind), parts in norms.items()}
+        return {param_of[(m, kind)]: torch.stack(parts, dim=1) for (m, kind), parts in norms.items()}
     reducers = {(m, kind): rec.rules[m].reducer(kind, n_cols) for m in rec.modules for kind in wanted[m]}
     reduced: dict[tuple[str, str], list[torch.Tensor]] = {key: [] for key, f in reducers.items() if f is not None}
     kept: dict[str, list[torch.Tensor]] = {
@@ -110,19 +111,15 @@ def _hook_grams(
         del grads
     blocks: dict[str, torch.Tensor] = {}
     for (m, kind), parts in reduced.items():
-        blocks[_name(m, kind)] = gram(torch.stack(parts, dim=1))
+        blocks[param_of[(m, kind)]] = gram(torch.stack(parts, dim=1))
     for m, parts in kept.items():
         b = torch.stack(parts, dim=1)  # (n, C', *out)
         kept[m] = []
         for kind in wanted[m]:
             if reducers[(m, kind)] is None:
-                blocks[_name(m, kind)] = rec.rules[m].ghost_gram(b, kind, diagonal=False)
+                blocks[param_of[(m, kind)]] = rec.rules[m].ghost_gram(b, kind, diagonal=False)
         del b
     return blocks
-
-
-def _name(module: str, kind: str) -> str:
-    return f"{module}.{kind}" if module else kind
 
 
 def gram_blocks(

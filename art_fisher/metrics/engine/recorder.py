@@ -10,7 +10,9 @@ are autograd leaves, which parameters the hook engine computes: a parameter is c
 has a rule (:mod:`art_fisher.metrics.engine.layers`), carries no user hooks, ran exactly once with an
 output that reaches the logits, and the parameter enters the autograd graph through exactly one edge.
 A weight that is tied to another module, used transposed or read directly in the forward (``F.linear(h,
-self.emb.weight)``), or a module called twice, fails one of these and goes to ``torch.func``.
+self.emb.weight)``), or a module called twice, fails one of these and goes to ``torch.func``. A parameter
+used directly and only once, added to or expanded over the samples (a ViT's class token and position
+embedding, :mod:`~art_fisher.metrics.engine.layers.direct`), is covered through its autograd node.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import nn
-from torch.autograd.graph import GradientEdge, get_gradient_edge
+from torch.autograd.graph import GradientEdge, Node, get_gradient_edge
 
 from art_fisher.metrics.engine.layers import LayerRule, is_candidate, rule_for
+from art_fisher.metrics.engine.layers.direct import DirectRule, broadcast_shape, direct_node_ok
 from art_fisher.metrics.engine.network import FunctionalNet
 
 
@@ -65,6 +69,8 @@ class Plan:
     n_classes : int
     probe : tuple of (Tensor, Tensor)
         The probe's logits (with their graph; parameters are leaves) and its input leaf.
+    sample_shapes : dict of str to (torch.Size, torch.Size)
+        Module name → the per-sample shapes of its input and output in the probe.
     """
 
     covered: dict[str, tuple[str, str]]
@@ -73,11 +79,27 @@ class Plan:
     out_numel: int
     n_classes: int
     probe: tuple[torch.Tensor, torch.Tensor] = field(repr=False)
+    sample_shapes: dict[str, tuple[torch.Size, torch.Size]] = field(default_factory=dict)
 
     def without_hooks(self) -> Plan:
         """The same plan with every parameter sent to ``torch.func`` (tests compare the two)."""
         names = list(self.covered) + self.rest
         return Plan({}, {}, names, 0, self.n_classes, self.probe)
+
+    def batched_like_probe(self, module: str, a: torch.Tensor, out: torch.Tensor, n: int) -> bool:
+        """Whether a call on ``n`` samples has the probe's per-sample shapes with the samples first.
+
+        A layer whose first dimension is not the sample (tokens first, samples folded into another
+        dimension) has shapes that do not scale this way, and is left to ``torch.func``.
+        """
+        want = self.sample_shapes.get(module)
+        if want is None:
+            return False
+        return tuple(a.shape) == (n, *want[0]) and tuple(out.shape) == (n, *want[1])
+
+
+#: Prefix of the plan's keys for directly used parameters (no module name starts with a NUL character).
+DIRECT = "\x00direct:"
 
 
 def _has_user_hooks(module: nn.Module) -> bool:
@@ -118,6 +140,7 @@ def make_plan(net: FunctionalNet, x: torch.Tensor) -> Plan:
     selected = set(net.names)
     covered: dict[str, tuple[str, str]] = {}
     rules: dict[str, type[LayerRule]] = {}
+    shapes: dict[str, tuple[torch.Size, torch.Size]] = {}
     out_numel = 0
     for m, recs in records.items():
         if len(recs) != 1:
@@ -125,11 +148,12 @@ def make_plan(net: FunctionalNet, x: torch.Tensor) -> Plan:
         a, out, edge = recs[0]
         if not isinstance(a, torch.Tensor) or not isinstance(out, torch.Tensor) or edge is None:
             continue
-        if id(edge.node) not in node_ids:
+        if id(edge.node) not in node_ids or a.dim() == 0 or a.shape[0] != 1 or out.dim() == 0 or out.shape[0] != 1:
             continue
-        rule = rule_for(modules[m], a)
+        rule = rule_for(modules[m], a, out)
         if rule is None:
             continue
+        shapes[m] = (a.shape[1:], out.shape[1:])
         for kind in rule.kinds:
             full = f"{m}.{kind}" if m else kind
             if modules[m]._parameters.get(kind) is not None and full in selected and uses[full] == 1:
@@ -137,8 +161,50 @@ def make_plan(net: FunctionalNet, x: torch.Tensor) -> Plan:
                 rules[m] = rule
         if m in rules:
             out_numel += out[0].numel()
+    for name, (_node, out_shape) in _direct_uses(nodes, leaves, uses, covered).items():
+        key = DIRECT + name
+        covered[name] = (key, "param")
+        rules[key] = DirectRule
+        shapes[key] = (leaves[name].shape, torch.Size(out_shape[1:]))
+        out_numel += torch.Size(out_shape[1:]).numel()
     rest = [n for n in net.names if n not in covered]
-    return Plan(covered, rules, rest, out_numel, z.shape[1], (z, xr))
+    return Plan(covered, rules, rest, out_numel, z.shape[1], (z, xr), shapes)
+
+
+def _node_output_shape(node: object) -> tuple[int, ...] | None:
+    """The shape of the (first) output of an autograd node, or None where the node does not tell it."""
+    meta = getattr(node, "_input_metadata", None)
+    if not meta:
+        return None
+    shape = getattr(meta[0], "shape", None)
+    return tuple(shape) if shape is not None else None
+
+
+def _consumers(nodes: list, leaves: dict[str, torch.Tensor]) -> dict[str, object]:
+    """Parameter name → the autograd node that takes its leaf as an input (the last one found)."""
+    name_of_leaf = {id(t): n for n, t in leaves.items()}
+    found: dict[str, object] = {}
+    for node in nodes:
+        for child, _i in node.next_functions:
+            if child is not None and type(child).__name__ == "AccumulateGrad" and id(child.variable) in name_of_leaf:
+                found[name_of_leaf[id(child.variable)]] = node
+    return found
+
+
+def _direct_uses(
+    nodes: list, leaves: dict[str, torch.Tensor], uses: Counter[str], covered: dict[str, tuple[str, str]]
+) -> dict[str, tuple[object, tuple[int, ...]]]:
+    """Parameters used once, added or expanded over the samples: name → (their node, its output shape)."""
+    out: dict[str, tuple[object, tuple[int, ...]]] = {}
+    for name, node in _consumers(nodes, leaves).items():
+        if name in covered or uses[name] != 1 or not direct_node_ok(node):
+            continue
+        shape = _node_output_shape(node)
+        if shape is None or len(shape) == 0 or shape[0] != 1:
+            continue
+        if broadcast_shape(tuple(leaves[name].shape), shape) is not None:
+            out[name] = (node, shape)
+    return out
 
 
 @dataclass
@@ -180,20 +246,50 @@ def recorded_forward(net: FunctionalNet, plan: Plan, x: torch.Tensor, *, create_
     requires grad), so that everything computed from them is differentiable in ``x``.
     """
     modules = dict(net.model.named_modules())
-    planned = {m: modules[m] for m in plan.rules}
+    planned = {m: modules[m] for m in plan.rules if not m.startswith(DIRECT)}
+    direct = {
+        n: net.base[n].detach().requires_grad_(True) for n, (m, _k) in plan.covered.items() if m.startswith(DIRECT)
+    }
     xr = x if create_graph and x.requires_grad else x.detach().requires_grad_(True)
     with torch.enable_grad(), recording(planned) as records:
-        z = net.logits(net.selected(), xr)
+        z = net.logits({**net.selected(), **direct}, xr)
     rules: dict[str, LayerRule] = {}
     edges: dict[str, GradientEdge] = {}
     shapes: dict[str, torch.Size] = {}
+    if direct:
+        _record_direct(plan, z, direct, xr.shape[0], rules, edges, shapes)
     for m, recs in records.items():
         if len(recs) != 1:
             continue
         a, out, edge = recs[0]
-        if isinstance(a, torch.Tensor) and isinstance(out, torch.Tensor) and edge is not None:
+        if (
+            isinstance(a, torch.Tensor)
+            and isinstance(out, torch.Tensor)
+            and edge is not None
+            and plan.batched_like_probe(m, a, out, xr.shape[0])
+        ):
             rules[m] = plan.rules[m](modules[m], a if create_graph else a.detach())
             edges[m] = edge
             shapes[m] = out.shape
     missing = [p for p, (m, _k) in plan.covered.items() if m not in rules]
     return Recorded(z, xr, rules, edges, shapes, missing)
+
+
+def _record_direct(
+    plan: Plan,
+    z: torch.Tensor,
+    leaves: dict[str, torch.Tensor],
+    n: int,
+    rules: dict[str, LayerRule],
+    edges: dict[str, GradientEdge],
+    shapes: dict[str, torch.Size],
+) -> None:
+    """Rules, edges and output shapes of the directly used parameters of one recorded pass (those found as planned)."""
+    for name, node in _consumers(graph_nodes(z), leaves).items():
+        key = DIRECT + name
+        shape = _node_output_shape(node)
+        if not direct_node_ok(node) or shape is None or shape != (n, *plan.sample_shapes[key][1]):
+            continue
+        rules[key] = DirectRule(nn.Identity(), leaves[name].detach(), shape)
+        edges[key] = GradientEdge(cast("Node", node), 0)
+        shapes[key] = torch.Size(shape)

@@ -573,3 +573,54 @@ def test_cifar_refusals_describe_without_repr():
     assert len(text) < 400 and "100000 items" in text and "1000000 in all" in text
     assert describe(2**200) == "<int of 201 bits>" and describe((1, "a")) == "(1, 'a')"
     assert describe(np.dtype([(f"f{i}", "u1") for i in range(1000)])) == "dtype with 1000 fields"
+
+
+# ------------------------------------------------------------------ empty splits, odd zip members
+@pytest.mark.parametrize("layout", ["idx", "idx.gz", "npz"])
+@pytest.mark.parametrize("empty", ["train", "test"])
+def test_mnist_split_with_no_image_names_the_file(tmp_path, layout, empty):
+    """Before: 'memoryview: cannot cast view with zeros', ZeroDivisionError or 'num_samples=0' downstream."""
+    arrays = _mnist_arrays()
+    arrays[empty] = (arrays[empty][0][:0], arrays[empty][1][:0])
+    if layout == "npz":
+        np.savez(tmp_path / "mnist.npz", x_train=arrays["train"][0], y_train=arrays["train"][1],
+                 x_test=arrays["test"][0], y_test=arrays["test"][1])  # fmt: skip
+    else:
+        _write_mnist_idx(tmp_path, arrays, compress=layout == "idx.gz")
+    with pytest.raises(ValueError, match=r"(ubyte|npz).* holds 0 images; a data split needs at least one"):
+        load_mnist(tmp_path, split=empty)
+    other = "test" if empty == "train" else "train"
+    assert len(load_mnist(tmp_path, split=other).y) == len(arrays[other][1])
+
+
+def _npz_with_member_flags(path, *, flag_bits=0, compress_type=None):
+    """``mnist.npz`` whose members' local and central headers claim ``flag_bits`` / ``compress_type``."""
+    arrays = _mnist_arrays()
+    np.savez(path, x_train=arrays["train"][0], y_train=arrays["train"][1],
+             x_test=arrays["test"][0], y_test=arrays["test"][1])  # fmt: skip
+    data = bytearray(path.read_bytes())
+    for signature, flag_at, method_at in ((b"PK\x03\x04", 6, 8), (b"PK\x01\x02", 8, 10)):
+        start = 0
+        while (start := data.find(signature, start)) >= 0:
+            if flag_bits:
+                data[start + flag_at : start + flag_at + 2] = struct.pack("<H", flag_bits)
+            if compress_type is not None:
+                data[start + method_at : start + method_at + 2] = struct.pack("<H", compress_type)
+            start += 4
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"flag_bits": 1}, "is encrypted"),
+        ({"compress_type": 99}, "compression method 99"),
+        ({"compress_type": 9}, "compression method 9"),
+    ],
+)
+def test_mnist_npz_member_encrypted_or_with_an_unknown_method_names_the_file(tmp_path, kwargs, match):
+    """Before: zipfile's RuntimeError ('File ... is encrypted') or NotImplementedError escaped."""
+    path = _npz_with_member_flags(tmp_path / "mnist.npz", **kwargs)
+    with pytest.raises(ValueError, match=rf"mnist.npz: member 'x_train.npy' .*{match}"):
+        load_mnist(path, split="train")

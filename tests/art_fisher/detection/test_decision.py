@@ -107,3 +107,66 @@ def test_decide_with_a_threshold_flags_the_scores_above_it():
     np.testing.assert_array_equal(scores_t, scores)
     assert threshold == 1.25
     np.testing.assert_array_equal(flags_t, scores > 1.25)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: (np.repeat([[0.1, 0.2]], 40, axis=0), np.repeat([[2.0, 2.0]], 40, axis=0)),  # one image repeated
+        lambda: (np.array([[0.0, 0.1], [0.3, 0.2]]), np.array([[2.0, 2.1], [2.3, 1.9]])),  # 2 + 2 images
+        lambda: (np.random.default_rng(0).normal(size=(10, 2)), np.random.default_rng(1).normal(2, size=(10, 2))),
+    ],
+)
+def test_a_clean_set_too_small_or_degenerate_for_target_fpr_warns(make):
+    """Before: clean_fpr_ 0.0 was reported and 18-93 % of new clean inputs flagged, without a word."""
+    clean, adv = make()
+    x, y = np.concatenate([clean, adv]), np.repeat([0, 1], [len(clean), len(adv)])
+    with pytest.warns(UserWarning, match=r"distinct out-of-fold score.*too few to set a threshold at target_fpr=0.05"):
+        supervised_threshold(LogisticRegression(), x, y, 0.05)
+
+
+def test_a_large_enough_clean_set_does_not_warn():
+    import warnings
+
+    x, y = _gaussians(100, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        supervised_threshold(LogisticRegression(), x, y, 0.05)
+
+
+def test_clean_only_calibration_on_copies_of_one_input_warns():
+    from art_fisher.detection._calibration import QuantileOutlierDetector
+
+    with pytest.warns(UserWarning, match="give 1 distinct scores .* too few for target_fpr=0.05"):
+        QuantileOutlierDetector(target_fpr=0.05).fit(np.repeat([[1.0, 2.0]], 200, axis=0))
+
+
+@pytest.mark.parametrize("weight", [1e308, 1e13, 1e-300, 1e-13])
+def test_outsized_sample_weights_are_refused(weight):
+    """Before: a uniform sample_weight of 1e308 made clean_fpr_ NaN (or raised 'X contains NaN')."""
+    from art_fisher.detection._decision import check_fit_kwargs, default_estimator
+
+    with pytest.raises(ValueError, match=r"sample_weight must lie in \[1e-12, 1e\+12\] where positive"):
+        check_fit_kwargs(default_estimator(2), {"sample_weight": np.full(6, weight)}, 6)
+    check_fit_kwargs(default_estimator(2), {"sample_weight": np.r_[np.zeros(3), np.full(3, 1e12)]}, 6)
+
+
+def test_the_threshold_depends_on_the_weights_ratios_only():
+    from art_fisher.detection._estimators import ThresholdClassifier
+
+    x, y = _gaussians(60, seed=2)
+    plain = supervised_threshold(ThresholdClassifier(), x, y, 0.1, {"sample_weight": np.ones(len(y))})
+    scaled = supervised_threshold(ThresholdClassifier(), x, y, 0.1, {"sample_weight": np.full(len(y), 1e12)})
+    assert plain == scaled and np.isfinite(scaled[1])
+
+
+@pytest.mark.parametrize("target_fpr", [5e-324, 1e-310, 1e-20])
+def test_a_tiny_target_fpr_warns_instead_of_overflowing(target_fpr):
+    """Before: OverflowError from math.ceil(inf) while the warning was written."""
+    from art_fisher.detection._calibration import QuantileOutlierDetector
+
+    with pytest.warns(UserWarning, match="too few for target_fpr"):
+        QuantileOutlierDetector(target_fpr=target_fpr).fit(np.random.default_rng(0).normal(size=(50, 2)))
+    x, y = _gaussians(20, seed=1)
+    with pytest.warns(UserWarning, match="too few to set a threshold"):
+        supervised_threshold(LogisticRegression(), x, y, target_fpr)

@@ -555,3 +555,44 @@ def test_a_number_as_threshold_and_invalid_thresholds(digits_cnn, digits_attacks
     for bad in ("youden", True, float("nan"), None, [0.5]):
         with pytest.raises(ValueError, match="threshold must be one of"):
             FisherInformationDetector(digits_cnn.classifier, threshold=bad)
+
+
+def test_detect_takes_a_tensor_that_requires_grad(digits_cnn, digits_attacks):
+    """Before: RuntimeError "Can't call numpy() on Tensor that requires grad" from detect()."""
+    from art_fisher.detection._detector import FisherInformationDetector
+
+    clean, adv = digits_attacks["deepfool"]
+    x = np.concatenate([clean[:8], adv[:8]])
+    detector = FisherInformationDetector(digits_cnn.classifier, metrics=("trace",))
+    detector.fit(x, np.repeat([0, 1], 8))
+    tensor = torch.as_tensor(x).requires_grad_(True)
+    report, flagged = detector.detect(tensor)
+    expected_report, expected = detector.detect(x)
+    np.testing.assert_array_equal(flagged, expected)
+    np.testing.assert_array_equal(report["decision_scores"], expected_report["decision_scores"])
+    assert tensor.grad is None
+
+
+def test_a_softmax_classifier_is_refused_by_the_detectors_and_the_attacker_loss():
+    """Before: a classifier whose model ends in a softmax gave Fisher features ~95x too small, and energy /
+    confidence / logit-margin values of probabilities, without a word."""
+    from art.estimators.classification import PyTorchClassifier
+
+    from art_fisher.detection._detector import FisherInformationDetector
+    from art_fisher.detection._logit import classifier_logits
+    from art_fisher.detection._stacked import StackedDetector
+    from tests.art_fisher.adaptive_cases import smooth_classifier
+
+    clf, x = smooth_classifier("mlp")
+    probs = PyTorchClassifier(
+        torch.nn.Sequential(clf.model, torch.nn.Softmax(1)).eval(), torch.nn.CrossEntropyLoss(), clf.input_shape, 4,
+        clip_values=(0.0, 1.0), device_type="cpu",
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="output='logits' but the model's outputs .* probability vectors"):
+        FisherInformationDetector(probs, metrics=("trace",)).fit(x)
+    with pytest.raises(ValueError, match="probability vectors"):
+        StackedDetector(probs, parts=("confidence", "mahalanobis")).fit(x)
+    with pytest.raises(ValueError, match="the attacker's loss .* probability vectors"):
+        classifier_logits(probs, torch.as_tensor(x[:3]))
+    # declared as probabilities, the detector measures them
+    FisherInformationDetector(probs, metrics=("trace",), output="probs").fit(x)

@@ -384,3 +384,83 @@ def test_other_format_versions_are_refused_with_what_to_do(fitted_detector, tmp_
     other = _edited(tmp_path, good, "other.skops", as_other_version)
     with pytest.raises(ValueError, match=f"format version {version}; this art_fisher reads version 1 only. Fit"):
         FisherInformationDetector.load(other, detector.classifier)
+
+
+def _set_item(obj, name, index, value):
+    """Set one entry of the array ``obj.name`` (a fitted estimator's attribute) to ``value``."""
+    array = np.array(getattr(obj, name), dtype=np.float64)
+    array.reshape(-1)[index] = value
+    setattr(obj, name, array if np.ndim(getattr(obj, name)) else float(array))
+
+
+def _step(state, i):
+    return state["estimator_"].steps[i][1]
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize(
+    ("edit", "field"),
+    [
+        (lambda s, v: _set_item(_step(s, 2), "coef_", 0, v), "steps[2][1].coef_"),
+        (lambda s, v: _set_item(_step(s, 2), "intercept_", 0, v), "steps[2][1].intercept_"),
+        (lambda s, v: _set_item(_step(s, 1), "mean_", 1, v), "steps[1][1].mean_"),
+        (lambda s, v: _set_item(_step(s, 1), "scale_", 0, v), "steps[1][1].scale_"),
+        (lambda s, v: _set_item(_step(s, 0), "floor_", 0, v), "steps[0][1].floor_"),
+    ],
+)
+def test_non_finite_fitted_values_are_refused_naming_file_and_field(fitted_detector, tmp_path, edit, field, value):
+    """Before: a file whose fitted estimator held NaN or inf loaded and then flagged nothing (or everything)."""
+    detector, _ = fitted_detector
+    good = tmp_path / "good.skops"
+    detector.save(good)
+    bad = _edited(tmp_path, good, "bad.skops", lambda s: edit(s, value))
+    with pytest.raises(ValueError, match="NaN or infinite value at") as err:
+        FisherInformationDetector.load(bad, detector.classifier)
+    assert str(bad) in str(err.value) and f"'estimator_' holds a NaN or infinite value at {field}" in str(err.value)
+
+
+def test_non_finite_values_of_the_other_estimators_are_refused(digits_cnn, digits_attacks, tmp_path):
+    from sklearn.ensemble import IsolationForest
+
+    clean, adv = digits_attacks["deepfool"]
+    x, y = _detection_set(clean, adv, np.arange(12))
+    clf = digits_cnn.classifier
+    cases = [
+        (FisherInformationDetector(clf, metrics=("trace",)), y, ("threshold_",)),
+        (FisherInformationDetector(clf, metrics=("trace", "quadratic_form"), target_fpr=0.2), None,
+         ("center_", "scale_", "threshold_", "offset_", "floor_")),
+        (FisherInformationDetector(clf, metrics=("trace",), estimator=IsolationForest(n_estimators=3, random_state=0)),
+         None, ("offset_",)),
+    ]  # fmt: skip
+    trusted = ["sklearn.tree._tree.Tree"]
+    for detector, labels, fields in cases:
+        detector.fit(x if labels is not None else clean[:12], labels)
+        good = tmp_path / "good.skops"
+        detector.save(good)
+        for field in fields:
+            bad = _edited(tmp_path, good, "bad.skops", lambda s, f=field: _set_item(s["estimator_"], f, 0, np.nan))
+            with pytest.raises(ValueError, match=rf"bad.skops .*'estimator_' holds a NaN or infinite value at {field}"):
+                FisherInformationDetector.load(bad, clf, trusted=trusted)
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda s: s["settings"].__setitem__("threshold", 0.25), r"threshold=0.25 .* must be the threshold setting's"),
+        (lambda s: s["settings"].__setitem__("threshold", "estimator"), r"threshold='estimator' .* must be None"),
+        (lambda s: s.__setitem__("decision_threshold", None), r"threshold='target_fpr' .* must be a number each"),
+        (lambda s: s.__setitem__("clean_fpr", None), r"threshold='target_fpr' .* must be a number each"),
+        (lambda s: s.__setitem__("clean_fpr", 1.5), r"'clean_fpr' must be a share in \[0, 1\]; got 1.5"),
+        (lambda s: s.__setitem__("clean_fpr", -0.25), r"'clean_fpr' must be a share in \[0, 1\]; got -0.25"),
+        (lambda s: s["settings"].__setitem__("target_fpr", 1.5), "settings are invalid"),
+    ],
+)
+def test_settings_that_disagree_with_the_saved_threshold_are_refused(fitted_detector, tmp_path, edit, match):
+    """Before: a file whose settings disagreed with its saved threshold, or with clean_fpr 1.5, loaded."""
+    detector, _ = fitted_detector
+    good = tmp_path / "good.skops"
+    detector.save(good)
+    bad = _edited(tmp_path, good, "bad.skops", edit)
+    with pytest.raises(ValueError, match=match) as err:
+        FisherInformationDetector.load(bad, detector.classifier)
+    assert str(bad) in str(err.value)

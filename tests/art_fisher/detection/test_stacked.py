@@ -10,9 +10,10 @@ from art_fisher.detection import _features
 from art_fisher.detection import _layer_scores as fs
 from art_fisher.detection._logit import NotDifferentiableError
 from art_fisher.detection._stacked import PARTS, StackedDetector, StackedFeatures
+from art_fisher.metrics import fisher_input_spectrum
 from tests.art_fisher.adaptive_cases import central_difference_check, smooth_classifier
 
-DIFFERENTIABLE = ("fisher", "confidence", "mahalanobis")
+DIFFERENTIABLE = ("fisher", "confidence", "mahalanobis", "input_fisher")
 
 
 @pytest.fixture(scope="module")
@@ -48,12 +49,15 @@ def test_columns_are_the_parts_computed_by_hand(data):
         m = fs.mahalanobis_scores(model, torch.as_tensor(x[:5]), feats.gaussians_).numpy()
     # Another batching sums the distances through the near-singular covariance's pseudo-inverse in another order:
     # 8.4e-7 relative in float64 was measured.
-    np.testing.assert_allclose(f[:, k + 6 :], m, rtol=1e-5)
-    assert f.shape[1] == feats.n_features_out_ == k + 6 + len(feats.gaussians_)
-    assert feats.polarities() == ["higher"] * k + _features.feature_polarities(("sensitivity",)) + [
-        "lower",
-        "higher",
-    ] + ["lower"] * len(feats.gaussians_)
+    n_m = len(feats.gaussians_)
+    np.testing.assert_allclose(f[:, k + 6 : k + 6 + n_m], m, rtol=1e-5)
+    spectrum = fisher_input_spectrum(model, torch.as_tensor(x[:5]), k=3).values.numpy()  # 4 classes: rank 3
+    # log λ₁ and log tr G; inputs cast to float32 by the features: 6e-10 relative measured
+    want = np.log(np.column_stack([spectrum[:, 0], spectrum.sum(1)]))
+    np.testing.assert_allclose(f[:, k + 6 + n_m :], want, rtol=1e-6)
+    assert f.shape[1] == feats.n_features_out_ == k + 6 + n_m + 2
+    sides = ["higher"] * k + _features.feature_polarities(("sensitivity",)) + ["lower", "higher"] + ["lower"] * n_m
+    assert feats.polarities() == [*sides, "higher", "higher"]
 
 
 @pytest.mark.parametrize("supervised", [True, False])
@@ -105,7 +109,7 @@ def test_sensitivity_has_no_gradient_and_bad_parts_are_refused(data):
             StackedDetector(clf, parts=bad)
     with pytest.raises(ValueError, match="target_fpr"):
         StackedDetector(clf, target_fpr=1.5)
-    assert set(PARTS) == {"fisher", "sensitivity", "confidence", "mahalanobis"}
+    assert set(PARTS) == {"fisher", "sensitivity", "confidence", "mahalanobis", "input_fisher"}
 
 
 def test_with_reference_images_the_gaussians_see_none_of_the_fit_images(data):
@@ -174,3 +178,31 @@ def test_both_detectors_calibrate_on_held_out_clean_images(data):
         det.fit(clean)
         assert det.calibrate(x[20:]) is det
         assert det.detect(x[20:])[1].mean() <= 0.1 + 1e-12
+
+
+@pytest.mark.parametrize(
+    ("reference", "match"),
+    [
+        (lambda x: x[:1], r"x_reference must hold at least two distinct clean images .* got 1 images, 1 distinct"),
+        (lambda x: np.repeat(x[:1], 30, axis=0), r"got 30 images, 1 distinct"),
+        (lambda x: np.zeros((0, *x.shape[1:])), "x_reference must hold at least one sample"),
+    ],
+)
+def test_a_degenerate_reference_set_is_refused(data, reference, match):
+    """Before: one image or copies of one gave Gaussians of zero covariance; the detector then never flagged."""
+    clf, x, clean, adv = data
+    xy, labels = np.concatenate([clean, adv]), np.repeat([0, 1], len(clean))
+    with pytest.raises(ValueError, match=match):
+        StackedDetector(clf, parts=("mahalanobis",), x_reference=reference(x)).fit(xy, labels)
+
+
+def test_a_reference_set_without_spread_about_its_class_means_is_refused(data, monkeypatch):
+    """Distinct images, one per predicted class: the tied covariance is zero in every layer."""
+    clf, x, clean, _ = data
+    predicted = clf.predict(x).argmax(1)
+    one_per_class = x[[int(np.flatnonzero(predicted == c)[0]) for c in np.unique(predicted)]]
+    assert len(one_per_class) >= 2
+    with pytest.warns(UserWarning, match="fewer than two per class"), pytest.raises(ValueError, match="do not vary"):
+        StackedFeatures(clf, parts=("mahalanobis",), x_reference=one_per_class).fit(clean)
+    with pytest.raises(ValueError, match=r"X \(its clean rows, without x_reference\) must hold at least two"):
+        StackedFeatures(clf, parts=("mahalanobis",)).fit(np.repeat(clean[:1], 5, axis=0))

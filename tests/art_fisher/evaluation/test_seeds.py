@@ -72,3 +72,36 @@ def test_evaluate_seeds_aggregates_the_runs_and_the_cli_runs_it(tmp_path):
     )
     assert code == 0 and (tmp_path / "cli" / "results.json").is_file()
     assert main(["evaluate", "--seeds", "0,0", "--output", str(tmp_path / "bad"), "--quiet"]) == 2
+
+
+def test_evaluate_seeds_loads_the_data_once_and_runs_the_seeds_one_after_another(tmp_path, monkeypatch):
+    """Before: every seed's run was prepared up front, each with its own copy of the data set."""
+    from art_fisher.evaluation import _seeds, _workflow
+
+    loads, runs = [], []
+    real_load = _workflow.load_dataset
+
+    def counting_load(*args, **kwargs):
+        loads.append(kwargs.get("split"))
+        return real_load(*args, **kwargs)
+
+    class _Stop(Exception):
+        pass
+
+    def recording_run(plan):
+        runs.append((plan.seed, plan.output_dir.name, id(plan.train), len(loads)))
+        if len(runs) == 3:
+            raise _Stop
+
+    monkeypatch.setattr(_workflow, "load_dataset", counting_load)
+    monkeypatch.setattr(_seeds, "run_plan", recording_run)
+    with pytest.raises(_Stop):
+        _seeds.evaluate_seeds(
+            seeds="4,0,7", output_dir=tmp_path, attacks=["fgsm"], detectors=["max_softmax"], n_samples=8
+        )
+    assert loads == ["train", "test"]  # one load of each split, before the first run
+    assert [r[:2] for r in runs] == [(4, "seed_4"), (0, "seed_0"), (7, "seed_7")]
+    assert len({r[2] for r in runs}) == 1 and all(r[3] == 2 for r in runs)
+    with pytest.raises(ValueError, match="seeds must be integers from 0 to 4294967295"):
+        _seeds.evaluate_seeds(seeds=[0, 2**40], output_dir=tmp_path / "big", attacks=["fgsm"])
+    assert loads == ["train", "test"]  # refused before any data was read

@@ -303,3 +303,186 @@ def test_half_precision_says_unsupported(dtype):
         fisher_trace(model, torch.rand(2, 4, dtype=dtype))
     with pytest.raises(TypeError, match=r"half precision is not supported \(parameter '0.weight'"):
         fisher_trace(model, torch.rand(2, 4))
+
+
+# ------------------------------------------------------------ probability outputs taken for logits
+class _ExpOverSum(nn.Module):
+    def forward(self, z):
+        e = torch.exp(z - z.max(1, keepdim=True).values)
+        return e / e.sum(1, keepdim=True)
+
+
+class _FunctionalSoftmax(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.fc, self.dim = nn.Linear(6, 5), dim
+
+    def forward(self, x):
+        return nn.functional.softmax(self.fc(x), dim=self.dim)
+
+
+def _prob_models():
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 4))
+    return {
+        "nn.Softmax": nn.Sequential(base, nn.Softmax(1)),
+        "Softmax(dim=-1)": nn.Sequential(base, nn.Softmax(dim=-1)),
+        "exp over sum": nn.Sequential(base, _ExpOverSum()),
+        "F.softmax": _FunctionalSoftmax(-1),
+        "exp(log_softmax)": nn.Sequential(base, nn.LogSoftmax(1), _Exp()),
+        "two classes": nn.Sequential(nn.Linear(6, 2), nn.Softmax(1)),
+    }
+
+
+class _Exp(nn.Module):
+    def forward(self, z):
+        return z.exp()
+
+
+@pytest.mark.parametrize("name", list(_prob_models()))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_probability_outputs_taken_for_logits_are_refused(name, dtype):
+    """Before: nn.Sequential(net, nn.Softmax(1)) with the default output='logits' gave a trace ~95x too small."""
+    from art_fisher.metrics import fisher_trace_estimate
+
+    model = _prob_models()[name].to(dtype).eval()
+    x = torch.rand(5, 6, dtype=dtype)
+    for metric in (*METRICS, fisher_trace_estimate):
+        with pytest.raises(ValueError, match=r"output='logits' but the model's outputs .* probability vectors"):
+            metric(model, x)
+    # the same model is measured when its output is declared
+    assert bool(torch.isfinite(fisher_trace(model, x, output="probs")).all())
+
+
+def test_logits_and_log_probs_that_are_not_probabilities_pass():
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 4)).double().eval()
+    x = torch.rand(5, 6, dtype=torch.float64)
+    small_positive = nn.Sequential(base, nn.Sigmoid()).eval()  # in [0, 1] but rows do not sum to 1
+    log_probs = nn.Sequential(base, nn.LogSoftmax(1)).eval()
+    torch.testing.assert_close(fisher_trace(log_probs, x), fisher_trace(base, x), rtol=1e-10, atol=0)
+    assert bool(torch.isfinite(fisher_trace(small_positive, x)).all())
+
+
+# --------------------------------------------- layers that use batch statistics or change state
+def _norm_net(norm: nn.Module, *, train: bool) -> nn.Module:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 8), nn.Unflatten(1, (2, 4)), norm, nn.Flatten(), nn.Linear(8, 3))
+    net.double().eval()
+    norm.train(train)
+    return net
+
+
+_REFUSED_NORMS = {
+    "BatchNorm1d no stats, eval": (lambda: nn.BatchNorm1d(2, track_running_stats=False), False),
+    "BatchNorm1d plain no stats, eval": (lambda: nn.BatchNorm1d(2, affine=False, track_running_stats=False), False),
+    "BatchNorm1d train": (lambda: nn.BatchNorm1d(2), True),
+    "SyncBatchNorm no stats, eval": (lambda: nn.SyncBatchNorm(2, track_running_stats=False), False),
+    "SyncBatchNorm train": (lambda: nn.SyncBatchNorm(2), True),
+    "LazyBatchNorm1d uninitialised, eval": (nn.LazyBatchNorm1d, False),
+    "InstanceNorm1d running stats, train": (lambda: nn.InstanceNorm1d(2, track_running_stats=True), True),
+    "InstanceNorm1d affine running stats, train": (
+        lambda: nn.InstanceNorm1d(2, affine=True, track_running_stats=True),
+        True,
+    ),
+    "LazyInstanceNorm1d running stats, train": (lambda: nn.LazyInstanceNorm1d(track_running_stats=True), True),
+}
+
+
+@pytest.mark.parametrize("name", list(_REFUSED_NORMS))
+def test_normalisation_by_batch_statistics_or_with_side_effects_is_refused(name):
+    """Before: BatchNorm(track_running_stats=False) in eval depended on chunk_size; InstanceNorm with running
+    statistics in train mode changed them (its affine variant raised a functorch error)."""
+    make, train = _REFUSED_NORMS[name]
+    net = _norm_net(make(), train=train)
+
+    def state():
+        return {k: v if nn.parameter.is_lazy(v) else v.clone() for k, v in net.state_dict().items()}
+
+    before = state()
+    x = torch.rand(6, 6, dtype=torch.float64)
+    for metric in METRICS:
+        with pytest.raises(ValueError, match=r"model: module '2' \(\w+\) .*depends on that input alone"):
+            metric(net, x)
+    after = state()
+    assert before.keys() == after.keys()
+    assert all(nn.parameter.is_lazy(after[k]) or torch.equal(before[k], after[k]) for k in before)
+    assert net[2].training is train
+
+
+@pytest.mark.parametrize(
+    ("make", "train"),
+    [
+        (lambda: nn.BatchNorm1d(2), False),
+        (lambda: nn.InstanceNorm1d(2), True),
+        (lambda: nn.InstanceNorm1d(2, affine=True), True),
+        (lambda: nn.InstanceNorm1d(2, track_running_stats=True), False),
+        (lambda: nn.GroupNorm(1, 2), True),
+    ],
+)
+def test_per_sample_normalisation_is_accepted_and_chunk_independent(make, train):
+    net = _norm_net(make(), train=train)
+    x = torch.rand(6, 6, dtype=torch.float64)
+    torch.testing.assert_close(fisher_trace(net, x), fisher_trace(net, x, chunk_size=1), rtol=1e-10, atol=0)
+
+
+class _RunningMean(nn.Module):
+    """Updates a buffer on every call, whatever the mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 3)
+        self.register_buffer("seen", torch.zeros(6))
+
+    def forward(self, x):
+        self.seen += x.detach().mean(0)
+        return self.fc(x)
+
+
+class _BatchCentred(nn.Module):
+    """Subtracts the batch mean: one sample's output depends on the others."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.fc(x - x.mean(0, keepdim=True))
+
+
+def test_custom_modules_with_side_effects_or_batch_mixing_are_refused():
+    x = torch.rand(5, 6)
+    stateful = _RunningMean().eval()
+    for metric in METRICS:
+        with pytest.raises(ValueError, match=r"changed its buffers \['seen'\].*buffers were restored"):
+            metric(stateful, x)
+        assert float(stateful.seen.abs().max()) == 0.0
+        with pytest.raises(ValueError, match="differs from its output in a batch"):
+            metric(_BatchCentred().eval(), x)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"tau": 10**400}, ValueError, r"tau must be a float in \(0, 1\)"),
+        ({"tau": -(10**400)}, ValueError, r"tau must be a float in \(0, 1\)"),
+        ({"seed": 2**64}, ValueError, r"seed must be an int from 0 to 2\*\*63 - 1"),
+        ({"seed": -1}, ValueError, r"seed must be an int from 0 to 2\*\*63 - 1"),
+    ],
+)
+def test_trace_estimate_refuses_huge_integers_with_a_message(kwargs, error, match):
+    """Before: OverflowError from float(10**400), torch's manual_seed(2**64) or a clamp at 10**30."""
+    from art_fisher.metrics import fisher_trace_estimate
+
+    model, x = make_case("mlp")
+    with pytest.raises(error, match=match):
+        fisher_trace_estimate(model, x, **{"tau": 0.1, **kwargs})
+
+
+def test_trace_estimate_takes_a_max_kept_beyond_the_class_count():
+    from art_fisher.metrics import fisher_trace_estimate
+
+    model, x = make_case("mlp")
+    capped = fisher_trace_estimate(model, x, tau=0.1, max_kept=10**30, seed=2**63 - 1)
+    uncapped = fisher_trace_estimate(model, x, tau=0.1, seed=2**63 - 1)
+    torch.testing.assert_close(capped.estimate, uncapped.estimate, rtol=0, atol=0)

@@ -13,6 +13,7 @@ import copy
 import pytest
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from art_fisher import metrics
 from art_fisher.metrics.engine.grams import func_grams
@@ -26,34 +27,12 @@ from tests.art_fisher.field_models import (
     TinyViT,
     randomise_norms,
 )
-from tests.art_fisher.metrics_cases import Dense
+from tests.art_fisher.metrics_cases import Dense, per_class_reference
 
 TINY = {"resnet": TinyResNet, "mobilenet_v2": TinyMobileNetV2, "vit": TinyViT}
-#: Parameters that the hook engine leaves to torch.func (used directly in the forward, not through a layer).
-DIRECT = {"resnet": [], "mobilenet_v2": [], "vit": ["cls_token", "pos_embed"]}
-
-
-def per_class_reference(model: nn.Module, x: torch.Tensor, names: list[str] | None = None) -> dict[str, torch.Tensor]:
-    """Trace, λ_max and the quadratic form along the predicted class's gradient, one backward pass per class."""
-    params = dict(model.named_parameters())
-    chosen = [params[n] for n in (names or list(params))]
-    out = {"trace": [], "lam": [], "quad": [], "quad_blockwise": []}
-    for i in range(x.shape[0]):
-        logp = torch.log_softmax(model(x[i : i + 1]), -1)[0]
-        p = logp.detach().exp()
-        grads = [torch.autograd.grad(logp[c], chosen, retain_graph=True) for c in range(len(p))]
-        flat = torch.stack([torch.cat([g.flatten() for g in gs]) for gs in grads])  # (C, P)
-        gram = flat @ flat.T
-        sp = p.sqrt()
-        out["trace"].append((p * gram.diagonal()).sum())
-        out["lam"].append(torch.linalg.eigvalsh(sp[:, None] * gram * sp[None, :])[-1])
-        y = int(p.argmax())
-        out["quad"].append((p * gram[y] ** 2).sum() / gram[y, y])
-        blockwise = sum(
-            (p * torch.stack([(gs[k] * grads[y][k]).sum() for gs in grads]) ** 2).sum() for k in range(len(chosen))
-        )
-        out["quad_blockwise"].append(blockwise / gram[y, y])
-    return {k: torch.stack(v).detach() for k, v in out.items()}
+#: Parameters that the hook engine leaves to torch.func (none: ViT's class token and position embedding are
+#: covered through their addition / expansion over the samples).
+DIRECT: dict[str, list[str]] = {"resnet": [], "mobilenet_v2": [], "vit": []}
 
 
 def _tiny(name: str, n_classes: int = 10) -> tuple[nn.Module, torch.Tensor]:
@@ -79,37 +58,35 @@ def test_tiny_models_exact_in_float64(name):
     assert not model.training
 
 
-@pytest.mark.parametrize("name", ["resnet", "mobilenet_v2", "vit"])
+@pytest.mark.parametrize("name", ["resnet", "mobilenet_v2", "vit", "vit_written_out"])
 def test_tiny_models_sensitivity_in_float64(name):
-    """ResNet / MobileNetV2: the first-order path (piecewise linear); ViT: second order, written-out attention."""
-    model, x = _tiny(name)
-    if name == "vit":  # the fused attention kernel has no second derivative on the CPU
+    """ResNet / MobileNetV2: the first-order path (piecewise linear); ViT: second order, the class token and
+    position embedding included, with the fused attention kernel (which has no double backward on the CPU)
+    and written out."""
+    model, x = _tiny(name.removesuffix("_written_out"))
+    if name == "vit_written_out":
         for block in model.blocks:
             block.attn.fused = False
     x = x[:2]
-    names = [n for n, _ in model.named_parameters() if n not in DIRECT[name]]
-    dense = Dense(model, names)
-    got = metrics.fisher_sensitivity(model, x, params=names)
-    for i in range(x.shape[0]):
-        v = dense.predicted_gradient(x[i])
-        want = dense.sensitivity(x[i], v / v.norm(), blockwise=True)
-        torch.testing.assert_close(got[i], want, rtol=1e-8, atol=1e-12 * want.abs().max().item())
-
-
-def test_vit_sensitivity_over_direct_parameters_is_refused():
-    """cls_token / pos_embed need torch.func, whose mixed second derivatives through LayerNorm are wrong."""
-    model, x = _tiny("vit")
-    with pytest.raises(NotImplementedError, match="LayerNorm"):
-        metrics.fisher_sensitivity(model, x[:1])
+    got = metrics.fisher_sensitivity(model, x)
+    dense = Dense(model)
+    with sdpa_kernel([SDPBackend.MATH]):  # the reference's own double backward through the attention
+        for i in range(x.shape[0]):
+            v = dense.predicted_gradient(x[i])
+            want = dense.sensitivity(x[i], v / v.norm(), blockwise=True)
+            torch.testing.assert_close(got[i], want, rtol=1e-8, atol=1e-12 * want.abs().max().item())
 
 
 @pytest.mark.parametrize(("groups", "c_in", "c_out"), [(2, 4, 6), (4, 4, 4), (3, 3, 6)])
 @pytest.mark.parametrize("route", ["materialised", "ghost"])
-def test_grouped_and_depthwise_conv_rule(groups, c_in, c_out, route):
+@pytest.mark.parametrize(("size", "stride", "dilation"), [(7, 2, 1), (8, 1, 2), (2, 2, 1)])
+def test_grouped_and_depthwise_conv_rule(groups, c_in, c_out, route, size, stride, dilation):
+    """Depthwise convolutions on maps of 4 or more positions use grouped convolutions, on smaller ones patches."""
     torch.manual_seed(groups)
-    conv = nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, groups=groups).double()
-    x = torch.randn(3, c_in, 7, 7, dtype=torch.float64)
-    model = nn.Sequential(conv, nn.Flatten(), nn.Linear(c_out * 16, 4)).double().eval()
+    conv = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, dilation=dilation, groups=groups).double()
+    x = torch.randn(3, c_in, size, size, dtype=torch.float64)
+    out_numel = conv(x).shape[1:].numel()
+    model = nn.Sequential(conv, nn.Flatten(), nn.Linear(out_numel, 4)).double().eval()
     net = FunctionalNet(model, ["0.weight", "0.bias"], "logits")
     _z, ref = func_grams(net, x, net.names)
     records = {}
@@ -142,7 +119,7 @@ def test_layernorm_rule_gradients_and_changes(shape):
     torch.manual_seed(0)
     ln = randomise_norms(nn.LayerNorm(6).double())
     a = torch.randn(*shape, dtype=torch.float64)
-    rule_cls = next(r for r in RULES if r.supports(ln, a))
+    rule_cls = next(r for r in RULES if r.supports(ln, a, ln(a)))
     assert rule_cls is LayerNormRule
     rule = rule_cls(ln, a)
     for kind in rule.kinds:
@@ -196,7 +173,7 @@ def test_real_models_float32_against_per_class_autograd(name):
     torch.testing.assert_close(metrics.fisher_quadratic_form(model, x), ref["quad"], rtol=1e-4, atol=0)
     net = FunctionalNet(model, [n for n, _ in model.named_parameters()], "logits")
     rest = make_plan(net, x).rest
-    assert rest == ([] if name != "vit_tiny" else ["cls_token", "pos_embed"])
+    assert rest == []
 
 
 def test_real_mobilenet_v2_float64_small_width():
@@ -207,3 +184,15 @@ def test_real_mobilenet_v2_float64_small_width():
     torch.testing.assert_close(
         metrics.fisher_trace(model, x, tau=0.5) <= ref["trace"] * (1 + 1e-9), torch.ones(2, dtype=torch.bool)
     )
+
+
+def test_train_model_stops_on_a_non_finite_loss():
+    import numpy as np
+
+    from art_fisher.models import train_model
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    x, y = np.full((64, 1, 4, 4), 3e38, dtype=np.float32), np.arange(64) % 3  # logits overflow to inf
+    with pytest.raises(ValueError, match=r"training diverged: the loss is (nan|inf) at epoch 1; lower the learning"):
+        train_model(model, x, y, epochs=2, batch_size=8)

@@ -33,10 +33,10 @@ __all__ = [
 RULES: tuple[type[LayerRule], ...] = (LinearRule, Conv2dRule, BatchNormRule, LayerNormRule)
 
 
-def rule_for(module: nn.Module, a: torch.Tensor) -> type[LayerRule] | None:
-    """The rule class for ``module`` called on ``a``, or None."""
+def rule_for(module: nn.Module, a: torch.Tensor, out: torch.Tensor) -> type[LayerRule] | None:
+    """The rule class for ``module`` called on ``a`` with output ``out``, or None (never raises)."""
     for rule in RULES:
-        if rule.supports(module, a):
+        if rule.supports(module, a, out):
             return rule
     return None
 

@@ -37,7 +37,7 @@ class LayerRule:
         Its recorded input.
     """
 
-    #: Module classes the rule may apply to (:meth:`supports` decides on the recorded input).
+    #: Module classes the rule may apply to (:meth:`supports` decides on the recorded call).
     module_types: tuple[type[nn.Module], ...] = ()
     #: Names of the parameters the rule handles.
     kinds: tuple[str, ...] = ("weight", "bias")
@@ -47,8 +47,14 @@ class LayerRule:
         self.a = a
 
     @staticmethod
-    def supports(module: nn.Module, a: torch.Tensor) -> bool:
-        """Whether the rule applies to ``module`` called on the input ``a``."""
+    def supports(module: nn.Module, a: torch.Tensor, out: torch.Tensor) -> bool:
+        """Whether the rule applies to ``module`` called on the input ``a`` (1, ...) with output ``out``.
+
+        Decided from the module's type, configuration and the shapes, and for a subclass that
+        overrides ``forward`` from the autograd node that produced ``out``; the module is never run
+        and nothing here raises, so a module the rule does not cover is declined and its parameters go
+        to ``torch.func``.
+        """
         raise NotImplementedError
 
     def grad(self, b: torch.Tensor, kind: str) -> torch.Tensor:
@@ -83,6 +89,39 @@ class LayerRule:
     def change_along_grad(self, b: torch.Tensor, kind: str) -> torch.Tensor:
         """Output change along the layer's own per-sample gradient of ``b`` (n, *out): ``change(grad(b))``."""
         return self.change(kind, self.grad(b, kind), shared=False)
+
+
+def plain(module: nn.Module, types: tuple[type[nn.Module], ...]) -> bool:
+    """``module``'s class is one of ``types`` (no subclass) and its ``forward`` is not replaced on the instance."""
+    return type(module) in types and "forward" not in vars(module)
+
+
+def own_forward(module: nn.Module, base: type[nn.Module]) -> bool:
+    """``module`` is a ``base`` whose ``forward`` is ``base``'s own (a subclass that only adds attributes)."""
+    return isinstance(module, base) and type(module).forward is base.forward and "forward" not in vars(module)
+
+
+def made_from(node: object, index: int, t: torch.Tensor) -> bool:
+    """Whether input ``index`` of the autograd ``node`` is the tensor ``t`` (its producing node, or its leaf)."""
+    inputs = getattr(node, "next_functions", ())
+    if index >= len(inputs) or inputs[index][0] is None:
+        return False
+    child = inputs[index][0]
+    if t.grad_fn is not None:
+        return child is t.grad_fn
+    return getattr(child, "variable", None) is t
+
+
+def same_storage(saved: object, t: torch.Tensor | None) -> bool:
+    """Whether a tensor saved by an autograd node is ``t`` (same data, e.g. a parameter leaf of its values)."""
+    if t is None or saved is None:
+        return saved is None and t is None
+    return (
+        isinstance(saved, torch.Tensor)
+        and saved.shape == t.shape
+        and saved.device == t.device
+        and saved.data_ptr() == t.data_ptr()
+    )
 
 
 def gram(g: torch.Tensor, diagonal: bool = False) -> torch.Tensor:

@@ -6,9 +6,25 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from art_fisher.metrics.engine.layers.base import LayerRule
+from art_fisher.metrics.engine.layers.base import LayerRule, made_from, own_forward, same_storage
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+#: The input dimensions each batch norm class accepts.
+_DIMS: dict[type[nn.Module], tuple[int, ...]] = {nn.BatchNorm1d: (2, 3), nn.BatchNorm2d: (4,), nn.BatchNorm3d: (5,)}
+
+
+def _computes_batch_norm(module: _BatchNorm, a: torch.Tensor, out: torch.Tensor) -> bool:
+    """Whether ``out`` is, in its autograd graph, the eval-mode batch norm of ``a`` with the module's state."""
+    node = out.grad_fn
+    if type(node).__name__ != "NativeBatchNormBackward0" or not made_from(node, 0, a):
+        return False
+    return (
+        getattr(node, "_saved_training", True) is False
+        and getattr(node, "_saved_eps", None) == module.eps
+        and same_storage(getattr(node, "_saved_weight", None), module.weight)
+        and same_storage(getattr(node, "_saved_running_mean", None), module.running_mean)
+        and same_storage(getattr(node, "_saved_running_var", None), module.running_var)
+    )
 
 
 def xhat(module: _BatchNorm, a: torch.Tensor) -> torch.Tensor:
@@ -26,7 +42,7 @@ class BatchNormRule(LayerRule):
     Only eval mode with running statistics: in training mode one sample's output depends on the batch.
     """
 
-    module_types = _BN
+    module_types = (_BatchNorm,)
     module: _BatchNorm
 
     def __init__(self, module: nn.Module, a: torch.Tensor) -> None:
@@ -34,14 +50,27 @@ class BatchNormRule(LayerRule):
         self._xhat: torch.Tensor | None = None
 
     @staticmethod
-    def supports(module: nn.Module, a: torch.Tensor) -> bool:
-        return (
-            type(module) in _BN
+    def supports(module: nn.Module, a: torch.Tensor, out: torch.Tensor) -> bool:
+        """Eval mode, affine, running statistics.
+
+        A subclass with its own ``forward`` (timm's ``BatchNormAct2d``) only where ``out`` is, in its
+        autograd graph, the batch norm's own output of ``a``.
+        """
+        if not (
+            isinstance(module, _BatchNorm)
             and bool(module.affine)
-            and module.running_mean is not None
+            and isinstance(module.running_mean, torch.Tensor)
+            and isinstance(module.running_var, torch.Tensor)
             and not module.training
             and a.dim() >= 2
-        )
+            and a.dim() in next((d for t, d in _DIMS.items() if isinstance(module, t)), (a.dim(),))
+            and a.shape[1] == module.num_features
+            and out.shape == a.shape
+        ):
+            return False
+        if own_forward(module, _BatchNorm):
+            return True
+        return _computes_batch_norm(module, a, out)
 
     @property
     def normalised(self) -> torch.Tensor:

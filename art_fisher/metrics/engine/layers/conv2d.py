@@ -8,7 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from art_fisher.metrics.engine.layers.base import LayerRule, Reducer
+from art_fisher.metrics.engine.layers.base import LayerRule, Reducer, plain
+
+#: Output positions from which the depthwise rule uses grouped convolutions instead of patches.
+CONV_TRICK_MIN_L = 4
 
 
 class Conv2dRule(LayerRule):
@@ -28,15 +31,20 @@ class Conv2dRule(LayerRule):
     def __init__(self, module: nn.Module, a: torch.Tensor) -> None:
         super().__init__(module, a)
         self._u: torch.Tensor | None = None
+        self._ug: torch.Tensor | None = None
         self._uu: torch.Tensor | None = None
 
     @staticmethod
-    def supports(module: nn.Module, a: torch.Tensor) -> bool:
+    def supports(module: nn.Module, a: torch.Tensor, out: torch.Tensor) -> bool:
+        """A plain ``nn.Conv2d`` with zero padding given as numbers; other padding modes are declined."""
         return (
-            type(module) is nn.Conv2d
+            plain(module, (nn.Conv2d,))
             and module.padding_mode == "zeros"
             and not isinstance(module.padding, str)
             and a.dim() == 4
+            and a.shape[1] == module.in_channels
+            and out.dim() == 4
+            and out.shape[:2] == (a.shape[0], module.out_channels)
         )
 
     @property
@@ -75,20 +83,49 @@ class Conv2dRule(LayerRule):
         h = self.a.shape[2]
         return (h + 2 * self._padding[0] - m.dilation[0] * (m.kernel_size[0] - 1) - 1) // m.stride[0] + 1
 
+    def _out_width(self) -> int:
+        m = self.module
+        w = self.a.shape[3]
+        return (w + 2 * self._padding[1] - m.dilation[1] * (m.kernel_size[1] - 1) - 1) // m.stride[1] + 1
+
     def grad(self, b: torch.Tensor, kind: str) -> torch.Tensor:
         if kind == "bias":
             return b.sum((2, 3))
+        if self.by_convolution:
+            return self._depthwise_grad(b)
         return self._group_bmm(b).reshape(b.shape[0], *self.module.weight.shape)
 
     @property
+    def by_convolution(self) -> bool:
+        """Whether weight gradients and changes go through grouped convolutions (depthwise, large maps)."""
+        m = self.module
+        return m.groups == m.in_channels and self._out_height() * self._out_width() >= CONV_TRICK_MIN_L
+
+    def _depthwise_grad(self, b: torch.Tensor) -> torch.Tensor:
+        """Per-sample weight gradients (n, out, 1, kh, kw) of a depthwise convolution, as one grouped convolution.
+
+        Sample ``s``'s input channel ``i`` correlated with the output-gradients of its ``out/in`` output
+        channels, at the layer's stride taken as dilation (and its dilation as stride); the result
+        covers at least the kernel and is cut to it.
+        """
+        m = self.module
+        n, c_in = self.a.shape[0], m.in_channels
+        kh, kw = m.kernel_size
+        a = self.a.reshape(1, n * c_in, *self.a.shape[2:])
+        kernel = b.reshape(n * m.out_channels, 1, *b.shape[2:])
+        g = F.conv2d(a, kernel, None, m.dilation, self._padding, m.stride, n * c_in)
+        return g[:, :, :kh, :kw].reshape(n, m.out_channels, 1, kh, kw)
+
+    @property
     def group_patches(self) -> torch.Tensor:
-        """Patches of each group ``U_jᵀ`` (n·g, L, in/g·kh·kw) (a view of :attr:`patches` for one group)."""
+        """Patches of each group ``U_jᵀ`` (n·g, L, in/g·kh·kw), contiguous, computed once per call."""
         g = self.module.groups
-        ut = self.patches
         if g == 1:
-            return ut
-        n, length, k = ut.shape
-        return ut.reshape(n, length, g, k // g).transpose(1, 2).reshape(n * g, length, k // g)
+            return self.patches
+        if self._ug is None:
+            n, length, k = self.patches.shape
+            self._ug = self.patches.reshape(n, length, g, k // g).transpose(1, 2).reshape(n * g, length, k // g)
+        return self._ug
 
     def _group_bmm(self, b: torch.Tensor) -> torch.Tensor:
         """``B_j U_jᵀ`` (n, g, out/g, in/g·kh·kw) for output-gradients ``b`` (n, out, ...)."""
@@ -120,6 +157,8 @@ class Conv2dRule(LayerRule):
         if kind == "bias":
             return b.sum((2, 3)).pow(2).sum(1)
         n = b.shape[0]
+        if self.by_convolution:
+            return self._depthwise_grad(b).pow(2).reshape(n, -1).sum(1)
         if self.materialise_cheaper(n_cols, diagonal=True):
             return self._group_bmm(b).pow(2).reshape(n, -1).sum(1)
         g = self.module.groups
@@ -128,6 +167,8 @@ class Conv2dRule(LayerRule):
 
     def reducer(self, kind: str, n_cols: int) -> Reducer | None:
         if kind == "weight":
+            if self.by_convolution:
+                return lambda b: self._depthwise_grad(b).flatten(1)
             if not self.materialise_cheaper(n_cols):
                 return None
             return lambda b: self._group_bmm(b).flatten(1)
@@ -154,6 +195,12 @@ class Conv2dRule(LayerRule):
         if shared:
             return F.conv2d(self.a, d, None, m.stride, m.padding, m.dilation, m.groups)
         g = m.groups
+        if self.by_convolution:
+            # per-sample kernels: all samples as groups of one convolution
+            a = self.a.reshape(1, n * m.in_channels, *self.a.shape[2:])
+            kernels = d.reshape(n * m.out_channels, 1, *m.kernel_size)
+            out = F.conv2d(a, kernels, None, m.stride, self._padding, m.dilation, n * g)
+            return out.reshape(n, m.out_channels, *out.shape[2:])
         dg = d.reshape(n * g, d.shape[1] // g, -1)  # (n·g, out/g, in/g·kh·kw)
         out = torch.bmm(dg, self.group_patches.transpose(1, 2))  # (n·g, out/g, L)
         return out.reshape(n, d.shape[1], self._out_height(), -1)

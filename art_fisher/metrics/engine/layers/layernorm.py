@@ -8,10 +8,38 @@ axes differ (the parameters span the last dimensions, the positions ``t`` are th
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from art_fisher.metrics.engine.layers.base import LayerRule
+from art_fisher.metrics.engine.layers.base import LayerRule, made_from, own_forward, same_storage
+
+
+def _computes_layer_norm(module: nn.LayerNorm, a: torch.Tensor, out: torch.Tensor) -> bool:
+    """Whether ``out`` is, in its autograd graph, ``F.layer_norm(a, ...)`` with the module's parameters and ``eps``.
+
+    The node saves no ``eps``; its saved reciprocal standard deviations are compared with those that
+    the module's ``eps`` gives, to the rounding of ``a``'s dtype.
+    """
+    node = out.grad_fn
+    if type(node).__name__ != "NativeLayerNormBackward0" or not made_from(node, 0, a):
+        return False
+    if tuple(getattr(node, "_saved_normalized_shape", ())) != tuple(module.normalized_shape):
+        return False
+    if not (
+        same_storage(getattr(node, "_saved_weight", None), module.weight)
+        and same_storage(getattr(node, "_saved_bias", None), module.bias)
+    ):
+        return False
+    rstd = getattr(node, "_saved_result2", None)
+    if not isinstance(rstd, torch.Tensor):
+        return False
+    dims = tuple(range(a.dim() - len(module.normalized_shape), a.dim()))
+    with torch.no_grad():
+        a64 = a.detach().double()
+        want = torch.rsqrt(a64.var(dims, unbiased=False, keepdim=True) + module.eps)
+        if rstd.shape != want.shape:
+            return False
+        tol = 64 * torch.finfo(a.dtype).eps if a.dtype.is_floating_point else 0.0
+        return bool(((rstd.double() - want).abs() <= tol * want).all())
 
 
 class LayerNormRule(LayerRule):
@@ -25,25 +53,23 @@ class LayerNormRule(LayerRule):
         self._xhat: torch.Tensor | None = None
 
     @staticmethod
-    def supports(module: nn.Module, a: torch.Tensor) -> bool:
-        """``nn.LayerNorm`` with an affine map; a subclass (timm's ``LayerNorm``) only if it computes the same.
+    def supports(module: nn.Module, a: torch.Tensor, out: torch.Tensor) -> bool:
+        """``nn.LayerNorm`` with an affine map over the last dimensions of ``a``.
 
-        A subclass's own forward is checked once on the probe input against ``F.layer_norm``.
+        A subclass with its own ``forward`` (timm's ``LayerNorm``) only where ``out`` is, in its
+        autograd graph, the layer norm of ``a`` with the module's parameters and ``eps``; one that
+        normalises other dimensions (timm's ``LayerNorm2d`` over the channels of NCHW maps) is declined.
         """
         if not (
             isinstance(module, nn.LayerNorm)
             and module.elementwise_affine
-            and module.weight is not None
+            and isinstance(module.weight, torch.Tensor)
             and a.dim() > len(module.normalized_shape)
+            and tuple(a.shape[a.dim() - len(module.normalized_shape) :]) == tuple(module.normalized_shape)
+            and out.shape == a.shape
         ):
             return False
-        if type(module) is nn.LayerNorm:
-            return True
-        with torch.no_grad():
-            a0 = a[:1].detach()
-            want = F.layer_norm(a0, module.normalized_shape, module.weight, module.bias, module.eps)
-            got = module(a0)
-        return isinstance(got, torch.Tensor) and got.shape == want.shape and torch.allclose(got, want)
+        return own_forward(module, nn.LayerNorm) or _computes_layer_norm(module, a, out)
 
     @property
     def normalised(self) -> torch.Tensor:

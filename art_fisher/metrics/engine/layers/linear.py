@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from art_fisher.metrics.engine.layers.base import LayerRule, Reducer, gram
+from art_fisher.metrics.engine.layers.base import LayerRule, Reducer, gram, plain
 
 
 class LinearRule(LayerRule):
@@ -20,8 +20,13 @@ class LinearRule(LayerRule):
     module: nn.Linear
 
     @staticmethod
-    def supports(module: nn.Module, a: torch.Tensor) -> bool:
-        return type(module) is nn.Linear and a.dim() >= 2
+    def supports(module: nn.Module, a: torch.Tensor, out: torch.Tensor) -> bool:
+        return (
+            plain(module, (nn.Linear,))
+            and a.dim() >= 2
+            and a.shape[-1] == module.in_features
+            and out.shape == (*a.shape[:-1], module.out_features)
+        )
 
     def _a3(self) -> torch.Tensor:
         return self.a.reshape(self.a.shape[0], -1, self.a.shape[-1])  # (n, T, in)

@@ -1,0 +1,97 @@
+"""Log output of ``nni-lease``: NNI's messages through ``logging``, without colour codes, each once.
+
+NNI 3.0 installs its own stdout handler on the ``nni`` logger, writes colour codes into its messages and
+repeats some warnings at every step (```training_service` will be ignored for sequential execution
+engine`` a dozen times per search); pytorch-lightning prints its device banner, and NNI and Lightning
+raise Python warnings about versions that are harmless here. :func:`cli_logging` routes all of these
+through one handler on stderr: colour codes removed, each distinct message once; NNI's and Lightning's
+INFO lines, and the Python warnings raised in their own files, only when ``verbose``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+#: NNI's colour placeholders (``${GREEN}``) and ANSI escape sequences.
+_COLOUR = re.compile(r"\$\{[A-Z_]+\}|\x1b\[[0-9;]*m")
+#: Loggers of the libraries under nni_lease, quiet below WARNING unless --verbose.
+_LIBRARIES = ("nni", "pytorch_lightning", "lightning_fabric")
+#: A warning raised in these packages' files (``captureWarnings`` puts the file name in the message).
+_LIBRARY_FILE = re.compile(r"[/\\](nni|pytorch_lightning|lightning_fabric|lightning_utilities|torchmetrics)[/\\]")
+
+
+class _Once(logging.Filter):
+    """Pass each distinct (level, logger, message) once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: set[tuple[int, str, str]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.levelno, record.name, _COLOUR.sub("", record.getMessage()))
+        if key in self._seen:
+            return False
+        self._seen.add(key)
+        return True
+
+
+def _not_from_libraries(record: logging.LogRecord) -> bool:
+    """Drop the Python warnings that NNI and Lightning raise about their own code and versions."""
+    return record.name != "py.warnings" or not _LIBRARY_FILE.search(record.getMessage())
+
+
+class _Plain(logging.Formatter):
+    """``LEVEL logger: message`` with NNI's colour codes removed."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return _COLOUR.sub("", super().format(record))
+
+
+@contextmanager
+def cli_logging(*, verbose: bool = False) -> Iterator[logging.Handler]:
+    """Route nni_lease's, NNI's and Lightning's log lines and Python warnings through one plain handler.
+
+    Parameters
+    ----------
+    verbose : bool
+        Show NNI's and Lightning's INFO lines too (nni_lease's own INFO lines are always shown).
+
+    Yields
+    ------
+    logging.Handler
+        The handler, on stderr; everything is restored on exit.
+    """
+    logging.captureWarnings(True)
+    import nni  # noqa: F401  (their imports install their handlers; replace them afterwards)
+    import pytorch_lightning  # noqa: F401
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(_Plain("%(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_Once())
+    if not verbose:
+        handler.addFilter(_not_from_libraries)
+    levels = {"nni_lease": logging.INFO, "art_fisher": logging.INFO, "py.warnings": logging.WARNING}
+    levels.update(dict.fromkeys(_LIBRARIES, logging.INFO if verbose else logging.WARNING))
+    saved = {}
+    for name, level in levels.items():
+        log = logging.getLogger(name)
+        saved[name] = (log.level, log.propagate, list(log.handlers))
+        for other in list(log.handlers):
+            log.removeHandler(other)
+        log.addHandler(handler)
+        log.setLevel(level)
+        log.propagate = False
+    try:
+        yield handler
+    finally:
+        logging.captureWarnings(False)
+        for name, (level, propagate, handlers) in saved.items():
+            log = logging.getLogger(name)
+            log.removeHandler(handler)
+            for other in handlers:
+                log.addHandler(other)
+            log.setLevel(level)
+            log.propagate = propagate
