@@ -26,7 +26,7 @@ MNIST) and the reports to ``--output``. Not collected by pytest; ``--smoke`` run
 
 MNIST is read from ``--data-dir`` (idx files or ``mnist.npz``); nothing is downloaded at run time. To
 get it: ``python /work/shared/data/fetch_mnist.py DIR``. scikit-image's LFW face / non-face subset:
-``python scripts/fetch_lfw_faces.py DIR``.
+``python tests/benchmarks/fetch_lfw_faces.py DIR``.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ SHA-256, reads it with ``allow_pickle=False``, and writes ``lfw_faces.npz`` in t
 ``art-fisher evaluate --data`` reads: ``x_train`` / ``x_test`` as uint8 of shape (N, 1, 25, 25) and labels
 1 (face) / 0 (non-face), a fixed stratified half / half split (seed 0): 100 training and 100 test images.
 
-Usage: python scripts/fetch_lfw_faces.py DIR        (about 14 MB fetched, 130 KB written, a few seconds)
+Usage: python tests/benchmarks/fetch_lfw_faces.py DIR        (about 14 MB fetched, 130 KB written, a few seconds)
 """
 
 from __future__ import annotations
