@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -20,6 +21,23 @@ _DEFAULT_OUTPUT = "art_fisher_results"
 
 def _names(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or len(values) > 64 or not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated finite numbers such as 0.5,0.5,0.5; got {text!r}")
+    return values
+
+
+def _clip(text: str) -> tuple[float, float]:
+    values = _floats(text)
+    if len(values) != 2 or not values[0] < values[1]:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH with LOW < HIGH, such as 0,1; got {text!r}")
+    return values[0], values[1]
 
 
 def _threads(text: str) -> int:
@@ -63,29 +81,58 @@ def _config(args: argparse.Namespace, progress: bool) -> EvaluationConfig:
         progress=progress,
         tau=args.tau,
         adaptive=args.adaptive,
+        data=args.data,
+        clip_values=args.clip_values,
+        mean=args.mean,
+        std=args.std,
     )
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     import torch
+    import torch.distributed as dist
 
-    from art_fisher import evaluation
+    from art_fisher import distributed
 
     torch.set_num_threads(args.threads)
     progress = not args.quiet and sys.stderr.isatty()
+    try:
+        distributed.init_from_env(args.device)
+    except (ValueError, RuntimeError) as exc:
+        return _error(exc)
+    try:
+        return _evaluate_once(args, progress)
+    finally:
+        if distributed.world_size() > 1:
+            dist.destroy_process_group()
+
+
+def _error(message: object) -> int:
+    """Print one error line (on rank 0 only, under torchrun) and return exit code 2."""
+    from art_fisher.distributed import is_writer
+
+    if is_writer():
+        print(f"art-fisher evaluate: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _evaluate_once(args: argparse.Namespace, progress: bool) -> int:
+    from art_fisher import evaluation
+    from art_fisher.distributed import is_writer
+
     try:  # settings, files and data / model loading: a user error gets one line, not a traceback
         config = _config(args, progress)
         if args.seeds is not None:
             return _run_seeds(args, config)
         plan = evaluation.prepare(config)
     except (ValueError, TypeError, FileNotFoundError) as exc:
-        print(f"art-fisher evaluate: error: {exc}", file=sys.stderr)
-        return 2
+        return _error(exc)
     try:
         result = evaluation.run_plan(plan)
     except ValueError as exc:  # e.g. a model whose outputs are not finite: refused with its name
-        print(f"art-fisher evaluate: error: {exc}", file=sys.stderr)
-        return 2
+        return _error(exc)
+    if not is_writer():
+        return 0
     settings = result.settings
     print(
         f"{settings['dataset']} / {settings['arch']}: clean test accuracy {settings['clean_test_accuracy']:.4f}, "
@@ -93,7 +140,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         f"{result.timings['total']:.1f} s"
     )
     print(result.format_table())
-    print(f"model: {result.paths['model']} ({_MODEL_STATUS.get(settings['model_status'], settings['model_status'])})")
+    model_path = result.paths.get("model", "given in memory")
+    print(f"model: {model_path} ({_MODEL_STATUS.get(settings['model_status'], settings['model_status'])})")
     print(f"report: {result.paths['report_md']}")
     return 0
 
@@ -106,6 +154,7 @@ class _OneLineParser(argparse.ArgumentParser):
 
 
 def _run_seeds(args: argparse.Namespace, config: EvaluationConfig) -> int:
+    from art_fisher.distributed import is_writer
     from art_fisher.evaluation import evaluate_seeds
     from art_fisher.evaluation._seeds import parse_seeds
 
@@ -113,8 +162,9 @@ def _run_seeds(args: argparse.Namespace, config: EvaluationConfig) -> int:
         seeds = parse_seeds(args.seeds)
         result = evaluate_seeds(config, seeds=seeds)
     except (ValueError, TypeError, FileNotFoundError) as exc:
-        print(f"art-fisher evaluate: error: {exc}", file=sys.stderr)
-        return 2
+        return _error(exc)
+    if not is_writer():
+        return 0
     print(f"seeds {', '.join(map(str, seeds))}: mean ± sd")
     print(result.format_table())
     print(f"report: {result.paths['report_md']}")
@@ -206,10 +256,34 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--dataset", choices=DATASETS, default="digits", help="data set (default: %(default)s)")
     ev.add_argument("--data-dir", default=None, help="folder with the MNIST / CIFAR-10 files (nothing is downloaded)")
     ev.add_argument(
+        "--data",
+        default=None,
+        metavar="FILE.npz",
+        help="your images instead of --dataset: an .npz with x_train, y_train, x_test, y_test (images (N, C, H, W), "
+        "uint8 or floats in [0, 1]; integer or one-hot labels); x_test is attacked, x_train is the reference",
+    )
+    ev.add_argument(
         "--model",
         default=None,
-        help="state dict of --arch (loaded with torch.load(weights_only=True)); default: train one here",
+        help="a torch.export archive (.pt2, torch.export.save of the model in eval mode with a dynamic batch size), "
+        "or a state dict of --arch (loaded with torch.load(weights_only=True)); default: train --arch here",
     )
+    ev.add_argument(
+        "--clip-values",
+        type=_clip,
+        default=None,
+        metavar="LOW,HIGH",
+        help="the range of --model's inputs, the attacks' clip range (default: 0,1)",
+    )
+    ev.add_argument(
+        "--mean",
+        type=_floats,
+        default=None,
+        metavar="M[,M,...]",
+        help="--model's input standardisation (x - mean) / std, one value or one per channel, applied as ART's "
+        "preprocessing (attacks and detectors see inputs in the clip range)",
+    )
+    ev.add_argument("--std", type=_floats, default=None, metavar="S[,S,...]", help="see --mean (default: 1)")
     ev.add_argument(
         "--arch",
         choices=sorted(ARCHITECTURES),

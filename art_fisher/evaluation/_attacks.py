@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 from art_fisher.adversarial._adaptive_classifier import AdaptiveDetectorClassifier
 from art_fisher.adversarial._spectral_attack import OneStepSpectralAttack
 from art_fisher.detection._logit import DetectionLogitClassifier
+from art_fisher.distributed import map_rows
 from art_fisher.evaluation._model import predict_labels, seed_everything
 from art_fisher.evaluation.detectors._registry import DETECTORS
 
@@ -166,14 +167,19 @@ def run_attack(
     spec = ATTACKS[name]
     start = time.perf_counter()
     attack = spec.build(classifier, float(eps), batch_size)
-    x_adv = np.empty_like(x)
-    with tqdm(total=len(x), desc=f"attack {spec.label}", unit="img", disable=not progress, leave=False) as bar:
-        for lo in range(0, len(x), batch_size):
-            hi = min(lo + batch_size, len(x))
-            x_adv[lo:hi] = attack.generate(x[lo:hi])
-            bar.update(hi - lo)
-            if not progress:
-                logger.info("attack %s: %d/%d images", spec.label, hi, len(x))
+
+    def generate(xs: np.ndarray) -> np.ndarray:
+        out = np.empty_like(xs)
+        with tqdm(total=len(xs), desc=f"attack {spec.label}", unit="img", disable=not progress, leave=False) as bar:
+            for lo in range(0, len(xs), batch_size):
+                hi = min(lo + batch_size, len(xs))
+                out[lo:hi] = attack.generate(xs[lo:hi])
+                bar.update(hi - lo)
+                if not progress:
+                    logger.info("attack %s: %d/%d images", spec.label, hi, len(xs))
+        return out
+
+    x_adv = map_rows(generate, x)  # under torchrun, each rank attacks its block of the images
     seconds = time.perf_counter() - start
     success = predict_labels(classifier, x_adv, batch_size) != y
     delta = (x_adv - x).reshape(len(x), -1)[success]

@@ -13,14 +13,15 @@ import torch
 
 from art_fisher.data._loaders import DATASETS
 from art_fisher.evaluation._attacks import ATTACKS, DEFAULT_ATTACKS, DEFAULT_EPS, adaptive_detectors
+from art_fisher.evaluation._user_inputs import USER_DATASET, USER_DEFAULT_EPS, input_range
 from art_fisher.evaluation.detectors._registry import DEFAULT_DETECTORS, DETECTORS
 from art_fisher.metrics._top_mass import check_tau
 from art_fisher.models._architectures import ARCHITECTURES
 
 #: Architecture used when ``arch`` is not given, per data set.
-DEFAULT_ARCH = {"digits": "small_cnn", "mnist": "mnist_cnn", "cifar10": "cifar_cnn"}
+DEFAULT_ARCH = {"digits": "small_cnn", "mnist": "mnist_cnn", "cifar10": "cifar_cnn", USER_DATASET: "small_cnn"}
 #: Epochs of in-process training when ``epochs`` is not given, per data set.
-DEFAULT_EPOCHS = {"digits": 30, "mnist": 3, "cifar10": 10}
+DEFAULT_EPOCHS = {"digits": 30, "mnist": 3, "cifar10": 10, USER_DATASET: 10}
 #: Upper bounds that catch typos (``--batch-size 1e20``) before any work.
 MAX_BATCH_SIZE = 2**16
 MAX_EPOCHS = 10_000
@@ -124,6 +125,17 @@ class EvaluationConfig:
         Many-class heads: the Fisher detectors' trace, block traces, λ_max and quadratic form keep each
         sample's classes holding ``1 − tau`` of its probability (:mod:`art_fisher.metrics`).
         None (default): exact.
+    data : str, Path or (Dataset, Dataset), optional
+        The user's images instead of ``dataset``: an ``.npz`` (:func:`art_fisher.data.load_npz`) or the
+        (reference, test) pair that :class:`~art_fisher.evaluation.DetectionEvaluation` builds from arrays.
+    classifier : art.estimators.classification.PyTorchClassifier, optional
+        The user's classifier, used as given (preprocessing, clip values, class count; its model's modes
+        and gradients restored); excludes ``model``.
+    clip_values : (float, float), optional
+        The input range of a ``model`` file (default ``(0, 1)``): the attacks' clip range.
+    mean, std : sequence of float, optional
+        A ``model`` file's input standardisation ``(x - mean) / std`` (one value or one per channel),
+        applied as ART's preprocessing.
 
     Raises
     ------
@@ -156,23 +168,31 @@ class EvaluationConfig:
     progress: bool = False
     adaptive: bool = False
     tau: float | None = None
+    data: Any = None
+    classifier: Any = None
+    clip_values: tuple[float, float] | None = None
+    mean: Sequence[float] | None = None
+    std: Sequence[float] | None = None
 
     def __post_init__(self) -> None:
-        if self.dataset not in DATASETS:
+        if self.data is not None:
+            if self.data_dir is not None:
+                raise ValueError(f"give either data (an .npz or arrays) or data_dir, not both; got {self.data_dir!r}.")
+        elif self.dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {DATASETS}; got {self.dataset!r}.")
-        arch = DEFAULT_ARCH[self.dataset] if self.arch is None else self.arch
+        arch = DEFAULT_ARCH[self.data_name] if self.arch is None else self.arch
         if arch not in ARCHITECTURES:
             raise ValueError(f"arch must be one of {sorted(ARCHITECTURES)}; got {arch!r}.")
         object.__setattr__(self, "attacks", _check_names("attacks", self.attacks, ATTACKS))
         if self.detectors is not None:
             object.__setattr__(self, "detectors", _check_names("detectors", self.detectors, DETECTORS))
-        eps = DEFAULT_EPS[self.dataset] if self.eps is None else self.eps
-        if isinstance(eps, bool) or not isinstance(eps, Real) or not 0 < eps <= 1:
-            raise ValueError(f"eps must be a number in (0, 1] (pixels are in [0, 1]); got {eps!r}.")
+        eps, eps_max = self.resolved_eps, input_range(self.classifier, self.clip_values)
+        if isinstance(eps, bool) or not isinstance(eps, Real) or not 0 < float(eps) <= eps_max:
+            raise ValueError(f"eps must be a number in (0, {eps_max:g}] (the inputs' clip range); got {eps!r}.")
         _check_int("n_samples", self.n_samples, 4, MAX_N_SAMPLES)
         _check_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
         _check_int("seed", self.seed, 0, MAX_SEED)
-        _check_int("epochs", DEFAULT_EPOCHS[self.dataset] if self.epochs is None else self.epochs, 1, MAX_EPOCHS)
+        _check_int("epochs", DEFAULT_EPOCHS[self.data_name] if self.epochs is None else self.epochs, 1, MAX_EPOCHS)
         fpr = self.target_fpr
         if isinstance(fpr, bool) or not isinstance(fpr, Real) or not 0 < fpr < 1:
             raise ValueError(f"target_fpr must be a number in (0, 1); got {fpr!r}.")
@@ -182,8 +202,22 @@ class EvaluationConfig:
         if self.adaptive:
             adaptive_detectors(self.detector_names, explicit=self.detectors is not None)
         resolve_device(self.device)
-        if self.dataset != "digits" and self.data_dir is None:
+        if self.data is None and self.dataset != "digits" and self.data_dir is None:
             raise ValueError(f"data_dir is required for dataset {self.dataset!r} (nothing is downloaded); got None.")
+
+    @property
+    def data_name(self) -> str:
+        """``dataset``, or ``"user"`` for a run on the user's ``data``."""
+        return USER_DATASET if self.data is not None else self.dataset
+
+    @property
+    def resolved_eps(self) -> Any:
+        """``eps``, or its default: per data set, or 8/255 of the clip range on the user's data."""
+        if self.eps is not None:
+            return self.eps
+        if self.data_name in DEFAULT_EPS:
+            return DEFAULT_EPS[self.data_name]
+        return USER_DEFAULT_EPS * input_range(self.classifier, self.clip_values)
 
     @property
     def detector_names(self) -> tuple[str, ...]:

@@ -36,6 +36,7 @@ from torch import nn
 
 from art_fisher._atomic import atomic_write
 from art_fisher.data._loaders import Dataset
+from art_fisher.distributed import is_writer
 from art_fisher.models._architectures import build_model, train_model
 
 
@@ -310,6 +311,8 @@ def cached_model(
     )
     seconds = time.perf_counter() - start
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if not is_writer():  # under torchrun every rank trains the same model; rank 0 alone writes the cache
+        return ModelSource(model.eval(), path, "uncached", seconds)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(path) as fh:

@@ -33,11 +33,12 @@ from tqdm.auto import tqdm
 from art_fisher._atomic import check_output_dir
 from art_fisher._threads import check_threads
 from art_fisher.data._loaders import Dataset, load_dataset
+from art_fisher.data._npz import load_npz
 from art_fisher.detection._detector import FisherInformationDetector
+from art_fisher.distributed import is_writer, world_size
 from art_fisher.evaluation._attacks import (
     ADAPTIVE_ATTACKS,
     ATTACKS,
-    DEFAULT_EPS,
     adaptive_detectors,
     run_adaptive,
     run_attack,
@@ -48,11 +49,11 @@ from art_fisher.evaluation._model import (
     attacked_classifier,
     cached_model,
     check_finite_scores,
-    load_state_dict_file,
     seed_everything,
 )
 from art_fisher.evaluation._protocol import score_detectors, split_sources
 from art_fisher.evaluation._security_curve import security_curve_rows
+from art_fisher.evaluation._user_inputs import layer_free_detectors, model_and_classifier, preserved, run_classifier
 from art_fisher.evaluation.detectors._base import RunContext
 from art_fisher.evaluation.detectors._registry import DETECTORS
 from art_fisher.evaluation.report import _report
@@ -152,6 +153,11 @@ class EvaluationPlan:
     progress: bool
     adaptive: tuple[str, ...] = ()
     tau: float | None = None
+    #: The user's ART classifier (Python API, or built from a model file with clip range and preprocessing):
+    #: the run attacks a copy of its settings around the same model; None: the built-in one around ``net``.
+    classifier: Any = None
+    #: The ``.npz`` file the data came from, or None.
+    data_path: Path | None = None
 
 
 logger = logging.getLogger(__name__)
@@ -183,7 +189,7 @@ def prepare(config: EvaluationConfig | None = None, /, **settings: Any) -> Evalu
         As :func:`evaluate`. After it returns, :func:`run_plan` does the work.
     """
     config = config_of(config, settings)
-    dataset = config.dataset
+    dataset = config.data_name
     arch = DEFAULT_ARCH[dataset] if config.arch is None else config.arch
     detector_names = config.detector_names
     explicit = config.detectors is not None
@@ -198,21 +204,33 @@ def prepare(config: EvaluationConfig | None = None, /, **settings: Any) -> Evalu
             if model_path.exists()
             else "does not exist"
         )
-        raise FileNotFoundError(f"model must be a state-dict file; {model_path} {what}.")
+        raise FileNotFoundError(f"model must be a state-dict or torch.export file; {model_path} {what}.")
+    if config.classifier is not None and model_path is not None:
+        raise ValueError("give either classifier or model, not both.")
     output_dir = Path(config.output_dir)
     check_output_dir(output_dir)
 
-    train = load_dataset(dataset, data_dir=config.data_dir, split="train")
-    test = load_dataset(dataset, data_dir=config.data_dir, split="test")
-    net = None if model_path is None else load_state_dict_file(arch, train, model_path, dev)
+    data = config.data
+    if data is None:
+        train = load_dataset(dataset, data_dir=config.data_dir, split="train")
+        test = load_dataset(dataset, data_dir=config.data_dir, split="test")
+    else:
+        train, test = load_npz(data) if isinstance(data, str | Path) else data
+    net, classifier, train, test = model_and_classifier(
+        arch=arch, train=train, test=test, model_path=model_path, classifier=config.classifier, device=dev,
+        clip_values=config.clip_values, mean=config.mean, std=config.std,
+    )  # fmt: skip
+    detector_names = layer_free_detectors(net, detector_names, explicit=explicit)
+    adaptive_names = tuple(name for name in adaptive_names if name in detector_names)
     return EvaluationPlan(
         dataset=dataset, data_dir=config.data_dir, arch=arch, model_path=model_path, net=net, train=train,
         test=test, attacks=tuple(config.attacks), detectors=detector_names,
-        eps=float(DEFAULT_EPS[dataset] if config.eps is None else config.eps), n_samples=int(config.n_samples),
+        eps=float(config.resolved_eps), n_samples=int(config.n_samples),
         seed=int(config.seed), device=dev, output_dir=output_dir,
         epochs=int(DEFAULT_EPOCHS[dataset] if config.epochs is None else config.epochs),
         batch_size=int(config.batch_size), target_fpr=float(config.target_fpr), progress=bool(config.progress),
-        adaptive=adaptive_names, tau=check_tau(config.tau),
+        adaptive=adaptive_names, tau=check_tau(config.tau), classifier=classifier,
+        data_path=Path(data) if isinstance(data, str | Path) else None,
     )  # fmt: skip
 
 
@@ -251,8 +269,9 @@ def _model_source(p: EvaluationPlan) -> ModelSource:
     """The classifier's model: the one the plan holds (given or loaded by ``prepare``), else trained or cached."""
     if torch.device(p.device).type == "cpu":  # the run's start: warn about more torch threads than free cores
         check_threads("the evaluation")
-    if p.net is not None:  # loaded by prepare from model_path, or handed over in memory
-        return ModelSource(p.net, p.model_path, "given", 0.0)
+    model = p.classifier.model if p.classifier is not None else p.net
+    if model is not None:  # loaded by prepare from model_path, or handed over in memory
+        return ModelSource(model, p.model_path, "given", 0.0)
     return cached_model(
         arch=p.arch, data=p.train, epochs=p.epochs, seed=p.seed, device=p.device, output_dir=p.output_dir,
         progress=p.progress,
@@ -304,6 +323,8 @@ def _run_settings(
         "seed": p.seed, "device": str(p.device), "epochs": p.epochs, "batch_size": p.batch_size,
         "target_fpr": p.target_fpr, "tau": p.tau, "clean_test_accuracy": clean_accuracy,
         "n_train_images": len(p.train.y), "n_test_images": len(p.test.y), "torch_threads": torch.get_num_threads(),
+        "processes": world_size(), "data": None if p.data_path is None else str(p.data_path),
+        "classifier": _classifier_settings(p.classifier),
         "versions": _versions(),
         "labels": {
             "attacks": {n: ATTACKS[n].label for n in p.attacks},
@@ -316,16 +337,29 @@ def _run_settings(
 
 
 def run_plan(plan: EvaluationPlan) -> EvaluationResult:
-    """Run a checked plan (stages in the module docstring); writes the report into ``plan.output_dir``."""
-    p = plan
-    timings: dict[str, float] = {}
+    """Run a checked plan (stages in the module docstring); writes the report into ``plan.output_dir``.
+
+    A given model (``net``, or the user's classifier's) is evaluated in eval mode; its modes, ``requires_grad``
+    flags and gradients come back as they were. Under ``torchrun`` only rank 0 writes.
+    """
     t_all = time.perf_counter()
-    p.output_dir.mkdir(parents=True, exist_ok=True)
-    source = _model_source(p)
-    timings["training"] = source.seconds
-    classifier = attacked_classifier(
-        source.model, input_shape=p.train.input_shape, nb_classes=p.train.n_classes, device=p.device
-    )
+    if is_writer():
+        plan.output_dir.mkdir(parents=True, exist_ok=True)
+    source = _model_source(plan)
+    if source.status != "given":
+        return _run(plan, source, t_all)
+    with preserved(source.model):
+        return _run(plan, source, t_all)
+
+
+def _run(p: EvaluationPlan, source: ModelSource, t_all: float) -> EvaluationResult:
+    timings: dict[str, float] = {"training": source.seconds}
+    if p.classifier is not None:
+        classifier = run_classifier(p.classifier)
+    else:
+        classifier = attacked_classifier(
+            source.model, input_shape=p.train.input_shape, nb_classes=p.train.n_classes, device=p.device
+        )
     scores_test = classifier.predict(p.test.x, batch_size=p.batch_size)
     check_finite_scores(scores_test, f"model {source.path} ({source.status})", "clean test images")
     pred_test = np.argmax(scores_test, axis=1)
@@ -378,6 +412,8 @@ def run_plan(plan: EvaluationPlan) -> EvaluationResult:
     timings["total"] = time.perf_counter() - t_all
     settings = _run_settings(p, source, len(chosen), side, clean_accuracy)
     attack_rows = [o.stats for o in outcomes]
+    if not is_writer():
+        return EvaluationResult(scored.rows, attack_rows, scored.fits, settings, {}, timings, adaptive_rows, curve)
     paths = _report.write_report(
         p.output_dir, table=scored.rows, attacks=attack_rows, fits=scored.fits, settings=settings,
         timings=timings, curves=scored.curves, metric_scores=scored.metric_scores, adaptive=adaptive_rows,
@@ -426,6 +462,18 @@ def evaluate(config: EvaluationConfig | None = None, /, **settings: Any) -> Eval
         If ``model`` or the data files are missing.
     """
     return run_plan(prepare(config, **settings))
+
+
+def _classifier_settings(classifier: Any) -> dict[str, Any] | None:
+    """The user's classifier as results.json records it (None: the built-in one, inputs in [0, 1])."""
+    if classifier is None:
+        return None
+    clip = classifier.clip_values
+    return {
+        "nb_classes": int(classifier.nb_classes), "input_shape": list(classifier.input_shape),
+        "clip_values": None if clip is None else [float(np.min(clip[0])), float(np.max(clip[1]))],
+        "preprocessing": [type(op).__name__ for op in classifier.preprocessing_operations],
+    }  # fmt: skip
 
 
 def _versions() -> dict[str, str]:

@@ -22,9 +22,11 @@ MNIST) and the reports to ``--output``. Not collected by pytest; ``--smoke`` run
     python tests/benchmarks/bench_detection.py                      # digits, seeds 0,1,2
     python tests/benchmarks/bench_detection.py --dataset mnist --data-dir /work/data
     python tests/benchmarks/bench_detection.py --smoke
+    python tests/benchmarks/bench_detection.py --data /work/data/lfw_faces/lfw_faces.npz --n-samples 100 --epochs 30
 
 MNIST is read from ``--data-dir`` (idx files or ``mnist.npz``); nothing is downloaded at run time. To
-get it: ``python /work/shared/data/fetch_mnist.py DIR``.
+get it: ``python /work/shared/data/fetch_mnist.py DIR``. scikit-image's LFW face / non-face subset:
+``python tests/benchmarks/fetch_lfw_faces.py DIR``.
 """
 
 from __future__ import annotations
@@ -176,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=("digits", "mnist"), default="digits")
     parser.add_argument("--data-dir", default=None, help="MNIST folder (idx files or mnist.npz)")
+    parser.add_argument("--data", default=None, help="an .npz (x_train, y_train, x_test, y_test) instead of --dataset")
+    parser.add_argument("--eps", type=float, default=None, help="FGSM / PGD budget (default: per data set)")
+    parser.add_argument("--no-ablation", action="store_true", help="skip the stacked detector's ablation variants")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: %(default)s)")
     parser.add_argument("--n-samples", type=int, default=300, help="images attacked per seed (default: %(default)s)")
     parser.add_argument("--attacks", default="fgsm,pgd,deepfool,cw_l2")
@@ -207,7 +212,12 @@ def main(argv: list[str] | None = None) -> int:
         "epochs": args.epochs,
         "target_fpr": args.target_fpr,
         "adaptive": not args.no_adaptive,
+        "eps": args.eps,
     }
+    name = args.dataset
+    if args.data is not None:
+        kwargs.update(data=args.data, dataset="digits", data_dir=None)
+        name = Path(args.data).stem
     extra = [f"{variant}_without_{p}" for variant in ("stacked", "stacked_clean") for p in PARTS]
     extra += ["fisher_input_top", "fisher_input_top_clean"]  # the paper's score alone: the trace's ablation
     if args.detectors:  # adaptive attacks refuse named detectors without gradients: those run as extras
@@ -216,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         named = args.detectors.split(",")
         kwargs["detectors"] = [d for d in named if DETECTORS[d].no_gradient is None]
         extra = [d for d in named if DETECTORS[d].no_gradient is not None] + extra
+    if args.no_ablation:
+        extra = []
     seeds = args.seeds
     if args.smoke:  # differentiable named detectors (adaptive refuses others by name); the stacked ones as extras
         seeds = "0"
@@ -248,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = result.runs[0].settings
     payload = {
         "benchmark": "bench_detection",
-        "dataset": args.dataset,
+        "dataset": name,
         "seeds": list(result.seeds),
         "command": " ".join(["python", "tests/benchmarks/bench_detection.py", *(argv or sys.argv[1:])]),
         "settings": {
@@ -281,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "versions": settings.get("versions", {}),
     }
-    print(f"{args.dataset}, seeds {list(result.seeds)}, {seconds:.0f} s; mean ± sd over seeds")
+    print(f"{name}, seeds {list(result.seeds)}, {seconds:.0f} s; mean ± sd over seeds")
     print(result.format_table())
     g = payload["goals"]
     if g:
@@ -301,9 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ablation: {r['variant']:<13} {r['part']:<12} adds unseen AUC {_fmt(a['mean'], a['sd'], a['n'])}")
     if not args.smoke:
         path = (
-            Path(args.json)
-            if args.json
-            else RESULTS / f"bench_detection{'_mnist' if args.dataset == 'mnist' else ''}.json"
+            Path(args.json) if args.json else RESULTS / f"bench_detection{'' if name == 'digits' else '_' + name}.json"
         )
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(_clean(payload), indent=1) + "\n")

@@ -22,6 +22,7 @@ from art_fisher.detection import _features
 from art_fisher.detection._detector import FisherInformationDetector
 from art_fisher.detection._features import METRICS
 from art_fisher.detection._features import METRICS as _METRIC_SPECS
+from art_fisher.distributed import map_rows
 from art_fisher.evaluation.detectors._base import DetectorRun, DetectorSpec, RunContext, Scored
 
 
@@ -63,14 +64,17 @@ class FisherFeatureCache:
                     todo[key] = i
             if todo:
                 start = time.perf_counter()
-                computed = _features.compute(
-                    detector.classifier,
+                computed = map_rows(  # under torchrun, each rank computes its block of the rows
+                    lambda rows, metric=metric: _features.compute(
+                        detector.classifier,
+                        rows,
+                        metrics=(metric,),
+                        settings=settings,
+                        chunk_size=batch_size,
+                        progress=detector.progress,
+                    )[metric],
                     x[list(todo.values())],
-                    metrics=(metric,),
-                    settings=settings,
-                    chunk_size=batch_size,
-                    progress=detector.progress,
-                )[metric]
+                )
                 seconds = time.perf_counter() - start
                 spent += seconds
                 for key, value in zip(todo, computed, strict=True):
