@@ -5,15 +5,19 @@ repeats some warnings at every step (```training_service` will be ignored for se
 engine`` a dozen times per search); pytorch-lightning prints its device banner, and NNI and Lightning
 raise Python warnings about versions that are harmless here. :func:`cli_logging` routes all of these
 through one handler on stderr: colour codes removed, each distinct message once; NNI's and Lightning's
-INFO lines, and the Python warnings raised in their own files, only when ``verbose``.
+INFO lines, and the Python warnings raised in their own files, only when ``verbose``. NNI's and Lightning's lines
+stay on stdout, where NNI writes them, without the tracebacks they attach unless ``verbose``: stderr holds
+nni_lease's own messages, so that a failure reads as the one line that names it.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TextIO
 
 #: NNI's colour placeholders (``${GREEN}``) and ANSI escape sequences.
 _COLOUR = re.compile(r"\$\{[A-Z_]+\}|\x1b\[[0-9;]*m")
@@ -44,10 +48,25 @@ def _not_from_libraries(record: logging.LogRecord) -> bool:
 
 
 class _Plain(logging.Formatter):
-    """``LEVEL logger: message`` with NNI's colour codes removed."""
+    """``LEVEL logger: message`` with NNI's colour codes removed, and without tracebacks unless ``tracebacks``."""
+
+    def __init__(self, fmt: str, *, tracebacks: bool = True) -> None:
+        super().__init__(fmt)
+        self._tracebacks = tracebacks
 
     def format(self, record: logging.LogRecord) -> str:
+        if not self._tracebacks and (record.exc_info or record.exc_text or record.stack_info):
+            record = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None, "stack_info": None})
         return _COLOUR.sub("", super().format(record))
+
+
+def _handler(stream: TextIO, *, verbose: bool, tracebacks: bool) -> logging.Handler:
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(_Plain("%(levelname)s %(name)s: %(message)s", tracebacks=tracebacks))
+    handler.addFilter(_Once())
+    if not verbose:
+        handler.addFilter(_not_from_libraries)
+    return handler
 
 
 @contextmanager
@@ -62,17 +81,15 @@ def cli_logging(*, verbose: bool = False) -> Iterator[logging.Handler]:
     Yields
     ------
     logging.Handler
-        The handler, on stderr; everything is restored on exit.
+        The handler of nni_lease's own lines and the Python warnings, on stderr (NNI's and Lightning's lines go
+        to stdout); everything is restored on exit.
     """
     logging.captureWarnings(True)
     import nni  # noqa: F401  (their imports install their handlers; replace them afterwards)
     import pytorch_lightning  # noqa: F401
 
-    handler = logging.StreamHandler()
-    handler.setFormatter(_Plain("%(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(_Once())
-    if not verbose:
-        handler.addFilter(_not_from_libraries)
+    handler = _handler(sys.stderr, verbose=verbose, tracebacks=True)
+    libraries = _handler(sys.stdout, verbose=verbose, tracebacks=verbose)
     levels = {"nni_lease": logging.INFO, "art_fisher": logging.INFO, "py.warnings": logging.WARNING}
     levels.update(dict.fromkeys(_LIBRARIES, logging.INFO if verbose else logging.WARNING))
     saved = {}
@@ -81,7 +98,7 @@ def cli_logging(*, verbose: bool = False) -> Iterator[logging.Handler]:
         saved[name] = (log.level, log.propagate, list(log.handlers))
         for other in list(log.handlers):
             log.removeHandler(other)
-        log.addHandler(handler)
+        log.addHandler(libraries if name in _LIBRARIES else handler)
         log.setLevel(level)
         log.propagate = False
     try:
@@ -90,7 +107,7 @@ def cli_logging(*, verbose: bool = False) -> Iterator[logging.Handler]:
         logging.captureWarnings(False)
         for name, (level, propagate, handlers) in saved.items():
             log = logging.getLogger(name)
-            log.removeHandler(handler)
+            log.removeHandler(libraries if name in _LIBRARIES else handler)
             for other in handlers:
                 log.addHandler(other)
             log.setLevel(level)

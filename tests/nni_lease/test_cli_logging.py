@@ -20,13 +20,28 @@ def test_nni_messages_plain_and_once(capsys, verbose):
         logging.getLogger("nni_lease.oneshot").info("search epoch 1/1")
         warnings.warn_explicit("harmless", RuntimeWarning, "/site-packages/nni/nas/nn/pytorch/layers.py", 94)
         warnings.warn_explicit("yours", UserWarning, "/home/me/train.py", 3)
-    err = capsys.readouterr().err
-    lines = err.splitlines()
+    captured = capsys.readouterr()
+    out, err = captured.out, captured.err  # NNI's lines on stdout, where NNI writes them; nni_lease's on stderr
     expected = "WARNING nni.nas.experiment: `training_service` will be ignored for sequential execution engine."
-    assert lines.count(expected) == 1
-    assert "${" not in err and "\x1b[" not in err
-    assert "INFO nni_lease.oneshot: search epoch 1/1" in lines
-    assert ("Config is not provided" in err) == verbose
+    assert out.splitlines().count(expected) == 1 and expected not in err
+    assert "${" not in out + err and "\x1b[" not in out + err
+    assert "INFO nni_lease.oneshot: search epoch 1/1" in err.splitlines()
+    assert ("Config is not provided" in out) == verbose
     assert ("harmless" in err) == verbose
     assert "yours" in err
     assert logging.getLogger("nni").handlers == before  # NNI's own handlers come back
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_library_tracebacks_only_when_verbose(capsys, verbose):
+    """A dead manager makes NNI log connection tracebacks: the user reads nni-lease's own one-line error instead."""
+    with cli_logging(verbose=verbose):
+        try:
+            raise ConnectionRefusedError("Connect call failed")
+        except ConnectionRefusedError:
+            logging.getLogger("nni.runtime.command_channel").warning("Failed to receive command.", exc_info=True)
+            logging.getLogger("nni_lease.runtime").exception("own failure")
+    captured = capsys.readouterr()
+    assert "WARNING nni.runtime.command_channel: Failed to receive command." in captured.out
+    assert ("Traceback" in captured.out) == verbose
+    assert "Traceback" in captured.err  # nni_lease's own records keep theirs
