@@ -23,7 +23,7 @@ import torch
 from torch.func import jacrev, vmap
 
 from art_fisher.metrics._basis import reducer
-from art_fisher.metrics.engine.network import FunctionalNet
+from art_fisher.metrics._engine._network import FunctionalNet
 
 
 def fd_quadratic_form(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch.autograd.graph import Node, get_gradient_edge
 
-from art_fisher.metrics.engine.recorder import Plan
+from art_fisher.metrics._engine._recorder import Plan
 
 # Nodes linear or piecewise linear in every input, whatever depends on x.
 _ANY = frozenset(

@@ -6,7 +6,7 @@ For ``v = Jᵀ r`` (``r = e_y − p`` gives ``v = ∇θ log p_y``) and ``t_k = J
 - blockwise (the layer-wise sum the original code computes): ``Σ_k ‖Wᵀ t_k‖²``;
 
 normalised by ``‖v‖² = rᵀ K r = Σ_k rᵀ t_k``. So ``C'`` backward passes (the columns of ``W``) and one
-more with the cotangent ``r`` suffice (:func:`art_fisher.metrics.engine.grams.directional`). For a fixed
+more with the cotangent ``r`` suffice (:func:`art_fisher.metrics._engine._grams.directional`). For a fixed
 direction ``t_k`` comes from the layer's output change along ``v_k``. Along the top eigenvector
 ``v = Jᵀ W w``: ``Wᵀ t_k = K̃_k w`` from the blocks ``K̃_k = Wᵀ K_k W``.
 """
@@ -22,14 +22,14 @@ from art_fisher import _checks
 from art_fisher.metrics import _directions as directions
 from art_fisher.metrics._basis import ClassSelection, make_basis
 from art_fisher.metrics._directions import Direction
+from art_fisher.metrics._engine import _chunking as chunking
+from art_fisher.metrics._engine._grams import directional
+from art_fisher.metrics._engine._network import FunctionalNet
+from art_fisher.metrics._engine._recorder import Plan, make_plan
 from art_fisher.metrics._finite_difference import fd_quadratic_form
 from art_fisher.metrics._setup import check_direction_args, grad_mode, input_for, setup
 from art_fisher.metrics._top_mass import selection
 from art_fisher.metrics._trace import blocks, top_eigen
-from art_fisher.metrics.engine import chunking
-from art_fisher.metrics.engine.grams import directional
-from art_fisher.metrics.engine.network import FunctionalNet
-from art_fisher.metrics.engine.recorder import Plan, make_plan
 
 
 def safe_divide(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
@@ -85,7 +85,7 @@ def _named_direction(
 
     One backward pass with the cotangent ``r`` gives each layer's output change ``δo_k`` along ``v_k``,
     then each column of ``W`` costs one backward pass and an inner product with ``δo_k`` per tensor
-    (:func:`~art_fisher.metrics.engine.grams.directional`).
+    (:func:`~art_fisher.metrics._engine._grams.directional`).
     """
     _z, t, _r, rt = directional(
         net,

@@ -37,12 +37,12 @@ from art_fisher import _checks
 from art_fisher.metrics import _directions as directions
 from art_fisher.metrics._basis import centered, predicted_vs_rest, reducer, reduction_jacobian
 from art_fisher.metrics._directions import Direction
+from art_fisher.metrics._engine import _chunking as chunking
+from art_fisher.metrics._engine._network import FunctionalNet
+from art_fisher.metrics._engine._recorder import Plan, make_plan, recorded_forward
 from art_fisher.metrics._finite_difference import fd_sensitivity
 from art_fisher.metrics._piecewise import is_piecewise_linear
 from art_fisher.metrics._setup import check_direction_args, no_plan, setup
-from art_fisher.metrics.engine import chunking
-from art_fisher.metrics.engine.network import FunctionalNet
-from art_fisher.metrics.engine.recorder import Plan, make_plan, recorded_forward
 
 logger = logging.getLogger(__name__)
 

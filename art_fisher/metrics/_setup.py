@@ -10,8 +10,8 @@ from torch import nn
 
 from art_fisher import _checks
 from art_fisher.metrics._directions import Direction
-from art_fisher.metrics.engine.network import FunctionalNet
-from art_fisher.metrics.engine.recorder import Plan
+from art_fisher.metrics._engine._network import FunctionalNet
+from art_fisher.metrics._engine._recorder import Plan
 
 
 def setup(

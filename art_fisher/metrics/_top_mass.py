@@ -58,9 +58,9 @@ from torch import nn
 
 from art_fisher import _checks
 from art_fisher.metrics._basis import Basis, complement, factor, identity_minus
-from art_fisher.metrics.engine.grams import gram_blocks
-from art_fisher.metrics.engine.network import FunctionalNet
-from art_fisher.metrics.engine.recorder import make_plan
+from art_fisher.metrics._engine._grams import gram_blocks
+from art_fisher.metrics._engine._network import FunctionalNet
+from art_fisher.metrics._engine._recorder import make_plan
 
 
 def check_tau(tau: object, *, allow_none: bool = True) -> float | None:

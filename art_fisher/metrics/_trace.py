@@ -21,13 +21,13 @@ from torch import nn
 
 from art_fisher import _checks
 from art_fisher.metrics._basis import ClassSelection, make_basis
+from art_fisher.metrics._engine import _chunking as chunking
+from art_fisher.metrics._engine._grams import gram_blocks
+from art_fisher.metrics._engine._network import FunctionalNet
+from art_fisher.metrics._engine._recorder import Plan, make_plan
 from art_fisher.metrics._finite_difference import per_class_trace
 from art_fisher.metrics._setup import grad_mode, input_for, setup
 from art_fisher.metrics._top_mass import selection
-from art_fisher.metrics.engine import chunking
-from art_fisher.metrics.engine.grams import gram_blocks
-from art_fisher.metrics.engine.network import FunctionalNet
-from art_fisher.metrics.engine.recorder import Plan, make_plan
 
 
 def block_traces(

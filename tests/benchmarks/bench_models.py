@@ -60,9 +60,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # the repository root (tests.art_fisher.field_models)
 
 from art_fisher import metrics  # noqa: E402 - after the sys.path insert above
-from art_fisher.metrics.engine import chunking  # noqa: E402 - after the sys.path insert above
-from art_fisher.metrics.engine.network import FunctionalNet  # noqa: E402 - after the sys.path insert above
-from art_fisher.metrics.engine.recorder import make_plan, recorded_forward  # noqa: E402 - after the sys.path insert above
+from art_fisher.metrics._engine import _chunking as chunking  # noqa: E402 - after the sys.path insert above
+from art_fisher.metrics._engine._network import FunctionalNet  # noqa: E402 - after the sys.path insert above
+from art_fisher.metrics._engine._recorder import make_plan, recorded_forward  # noqa: E402 - after the sys.path insert above
 from tests.art_fisher import field_models  # noqa: E402 - after the sys.path insert above
 from tests.art_fisher.metrics_cases import per_class_reference  # noqa: E402 - after the sys.path insert above
 

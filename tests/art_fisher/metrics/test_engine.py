@@ -7,11 +7,11 @@ import torch
 from torch import nn
 
 from art_fisher.metrics._basis import make_basis
-from art_fisher.metrics.engine import chunking
-from art_fisher.metrics.engine.grams import directional, func_grams, gram_blocks
-from art_fisher.metrics.engine.layers import RULES, Conv2dRule, LinearRule
-from art_fisher.metrics.engine.network import FunctionalNet
-from art_fisher.metrics.engine.recorder import make_plan, recording
+from art_fisher.metrics._engine import _chunking as chunking
+from art_fisher.metrics._engine._grams import directional, func_grams, gram_blocks
+from art_fisher.metrics._engine._layers import RULES, Conv2dRule, LinearRule
+from art_fisher.metrics._engine._network import FunctionalNet
+from art_fisher.metrics._engine._recorder import make_plan, recording
 from tests.art_fisher.metrics_cases import EXACT_CASES, make_case
 
 

@@ -15,9 +15,9 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from art_fisher import metrics
-from art_fisher.metrics.engine.layers import RULES
-from art_fisher.metrics.engine.network import FunctionalNet
-from art_fisher.metrics.engine.recorder import make_plan
+from art_fisher.metrics._engine._layers import RULES
+from art_fisher.metrics._engine._network import FunctionalNet
+from art_fisher.metrics._engine._recorder import make_plan
 from tests.art_fisher.field_models import randomise_norms
 from tests.art_fisher.metrics_cases import Dense, per_class_reference
 from tests.art_fisher.zoo_models import ZOO, LayerNorm2d

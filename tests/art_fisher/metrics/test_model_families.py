@@ -16,10 +16,10 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from art_fisher import metrics
-from art_fisher.metrics.engine.grams import func_grams
-from art_fisher.metrics.engine.layers import RULES, Conv2dRule, LayerNormRule
-from art_fisher.metrics.engine.network import FunctionalNet
-from art_fisher.metrics.engine.recorder import make_plan
+from art_fisher.metrics._engine._grams import func_grams
+from art_fisher.metrics._engine._layers import RULES, Conv2dRule, LayerNormRule
+from art_fisher.metrics._engine._network import FunctionalNet
+from art_fisher.metrics._engine._recorder import make_plan
 from tests.art_fisher import field_models
 from tests.art_fisher.field_models import (
     TinyMobileNetV2,

@@ -15,8 +15,8 @@ from art_fisher import (
     fisher_trace,
 )
 from art_fisher.metrics import _sensitivity as sens
-from art_fisher.metrics.engine.network import FunctionalNet
-from art_fisher.metrics.engine.recorder import make_plan
+from art_fisher.metrics._engine._network import FunctionalNet
+from art_fisher.metrics._engine._recorder import make_plan
 from art_fisher.models._architectures import CifarCNN, SmallCNN
 from tests.art_fisher.metrics_cases import make_case
 

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from art_fisher import metrics
+from art_fisher.metrics._engine._network import FunctionalNet
+from art_fisher.metrics._engine._recorder import make_plan
 from art_fisher.metrics._top_mass import TopMass, kept_classes
 from art_fisher.metrics._trace import block_traces
-from art_fisher.metrics.engine.network import FunctionalNet
-from art_fisher.metrics.engine.recorder import make_plan
 from tests.art_fisher.field_models import TinyMobileNetV2, TinyViT, randomise_norms
 from tests.art_fisher.metrics_cases import Dense
 

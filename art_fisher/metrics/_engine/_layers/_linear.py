@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from art_fisher.metrics.engine.layers.base import LayerRule, Reducer, gram, plain
+from art_fisher.metrics._engine._layers._base import LayerRule, Reducer, gram, plain
 
 
 class LinearRule(LayerRule):

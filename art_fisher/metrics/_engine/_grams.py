@@ -7,8 +7,8 @@ basis ``W`` (C × C', :mod:`art_fisher.metrics`) the engine gives
 - :func:`directional`: ``Wᵀ J_k v_k`` for a direction ``v`` that is either fixed or per sample
   ``v = Jᵀ r`` (then ``J_k v_k = K_k r``, without forming ``K_k``).
 
-Parameters of layers with a rule (:mod:`art_fisher.metrics.engine.layers`, as planned by
-:func:`~art_fisher.metrics.engine.recorder.make_plan`) come from one recorded forward pass and one
+Parameters of layers with a rule (:mod:`art_fisher.metrics._engine._layers`, as planned by
+:func:`~art_fisher.metrics._engine._recorder.make_plan`) come from one recorded forward pass and one
 batched backward pass per column of ``W``, which gives each layer's output-gradients ``b_j = Σ_c W_cj
 ∂z_c/∂o``; the layer's rule turns them and its recorded input into per-sample gradients or a ghost
 contraction. Every other parameter goes through ``torch.func`` (``vmap`` over samples of ``jacrev``),
@@ -28,10 +28,10 @@ from torch.func import jacrev, jvp, vmap
 
 from art_fisher import _checks
 from art_fisher.metrics._basis import Basis, ChunkBasis
-from art_fisher.metrics.engine import chunking
-from art_fisher.metrics.engine.layers import gram
-from art_fisher.metrics.engine.network import FunctionalNet
-from art_fisher.metrics.engine.recorder import Plan, Recorded, recorded_forward
+from art_fisher.metrics._engine import _chunking as chunking
+from art_fisher.metrics._engine._layers import gram
+from art_fisher.metrics._engine._network import FunctionalNet
+from art_fisher.metrics._engine._recorder import Plan, Recorded, recorded_forward
 
 Coefficients = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -148,7 +148,7 @@ def gram_blocks(
     y : Tensor (N,), optional
         The class of each sample passed to ``basis``; default the predicted class.
     batch_size : int, optional
-        Samples per chunk; default :mod:`~art_fisher.metrics.engine.chunking`'s policy.
+        Samples per chunk; default :mod:`~art_fisher.metrics._engine._chunking`'s policy.
     diagonal : bool
         Only the diagonals (what a trace needs; cheaper).
     create_graph : bool

@@ -7,12 +7,12 @@ backward passes can stop at ``o``.
 
 :func:`make_plan` decides, from one probe forward pass of one sample in which the selected parameters
 are autograd leaves, which parameters the hook engine computes: a parameter is covered when its layer
-has a rule (:mod:`art_fisher.metrics.engine.layers`), carries no user hooks, ran exactly once with an
+has a rule (:mod:`art_fisher.metrics._engine._layers`), carries no user hooks, ran exactly once with an
 output that reaches the logits, and the parameter enters the autograd graph through exactly one edge.
 A weight that is tied to another module, used transposed or read directly in the forward (``F.linear(h,
 self.emb.weight)``), or a module called twice, fails one of these and goes to ``torch.func``. A parameter
 used directly and only once, added to or expanded over the samples (a ViT's class token and position
-embedding, :mod:`~art_fisher.metrics.engine.layers.direct`), is covered through its autograd node.
+embedding, :mod:`~art_fisher.metrics._engine._layers._direct`), is covered through its autograd node.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ import torch
 from torch import nn
 from torch.autograd.graph import GradientEdge, Node, get_gradient_edge
 
-from art_fisher.metrics.engine.layers import LayerRule, is_candidate, rule_for
-from art_fisher.metrics.engine.layers.direct import DirectRule, broadcast_shape, direct_node_ok
-from art_fisher.metrics.engine.network import FunctionalNet
+from art_fisher.metrics._engine._layers import LayerRule, is_candidate, rule_for
+from art_fisher.metrics._engine._layers._direct import DirectRule, broadcast_shape, direct_node_ok
+from art_fisher.metrics._engine._network import FunctionalNet
 
 
 @contextmanager

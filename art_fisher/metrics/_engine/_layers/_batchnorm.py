@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from art_fisher.metrics.engine.layers.base import LayerRule, made_from, own_forward, same_storage
+from art_fisher.metrics._engine._layers._base import LayerRule, made_from, own_forward, same_storage
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 #: The input dimensions each batch norm class accepts.

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from art_fisher.metrics.engine.layers.base import LayerRule
+from art_fisher.metrics._engine._layers._base import LayerRule
 
 #: Autograd nodes through which a parameter enters as ``o = h + θ`` or ``o = θ.expand(...)``.
 DIRECT_NODES = ("AddBackward0", "ExpandBackward0")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from art_fisher.metrics.engine.layers.base import LayerRule, made_from, own_forward, same_storage
+from art_fisher.metrics._engine._layers._base import LayerRule, made_from, own_forward, same_storage
 
 
 def _computes_layer_norm(module: nn.LayerNorm, a: torch.Tensor, out: torch.Tensor) -> bool:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from art_fisher.metrics.engine.layers.base import LayerRule, Reducer, plain
+from art_fisher.metrics._engine._layers._base import LayerRule, Reducer, plain
 
 #: Output positions from which the depthwise rule uses grouped convolutions instead of patches.
 CONV_TRICK_MIN_L = 4
