@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from art_fisher.metrics._engine._layers._base import LayerRule, Reducer, gram
+from art_fisher.metrics._engine._layers._base import FlatGrad, LayerRule, gram
 from art_fisher.metrics._engine._layers._batchnorm import BatchNormRule
 from art_fisher.metrics._engine._layers._conv2d import Conv2dRule
 from art_fisher.metrics._engine._layers._layernorm import LayerNormRule
@@ -23,7 +23,7 @@ __all__ = [
     "LayerNormRule",
     "LayerRule",
     "LinearRule",
-    "Reducer",
+    "FlatGrad",
     "gram",
     "is_candidate",
     "rule_for",
