@@ -258,6 +258,31 @@ def fisher_trace_estimate(
     TypeError, ValueError
         For invalid arguments (before any computation), and for samples whose output or result is not
         finite.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from art_fisher.metrics import fisher_trace_estimate
+    >>> _ = torch.manual_seed(0)
+    >>> model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 10)).double()
+    >>> x = torch.randn(5, 4, dtype=torch.float64)
+    >>> params = dict(model.named_parameters())
+    >>> def log_probs(theta, xi):  # log p(c | xi) as a function of the parameters
+    ...     return torch.log_softmax(torch.func.functional_call(model, theta, (xi,)), -1)
+    >>> grads = torch.func.vmap(torch.func.jacrev(log_probs), in_dims=(None, 0))(params, x)
+    >>> g = torch.cat([t.flatten(2) for t in grads.values()], 2).detach()  # (N, C, P): ∇θ log p_c
+    >>> p = log_probs(params, x).exp().detach()
+    >>> fisher = torch.einsum("nc,ncp,ncq->npq", p, g, g)  # dense F = Σ_c p_c ∇log p_c ∇log p_cᵀ
+    >>> dense = fisher.diagonal(dim1=1, dim2=2).sum(-1)  # exact tr F(x)
+    >>> est = fisher_trace_estimate(model, x, tau=0.5, samples=8, seed=0)
+    >>> est.kept  # classes kept of 10: about kept + samples backward passes
+    tensor([4, 4, 5, 4, 4])
+    >>> bool((est.lower <= dense * (1 + 1e-12)).all())  # tr F_τ ≤ tr F: a certain lower bound
+    True
+    >>> exact = fisher_trace_estimate(model, x, tau=1e-9)  # every class kept: exact, zero stderr
+    >>> torch.allclose(exact.estimate, dense, rtol=1e-10), bool((exact.stderr == 0).all())
+    (True, True)
     """
     _checks.check_model(model)
     _checks.check_x(x)
