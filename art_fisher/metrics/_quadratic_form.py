@@ -137,7 +137,7 @@ def by_finite_differences(
     fd_step: float,
     chunk_size: int | None,
 ) -> torch.Tensor:
-    """The original algorithm's central differences (:mod:`art_fisher.metrics`)."""
+    """The original algorithm's central differences (:mod:`art_fisher.metrics._finite_difference`)."""
     out = []
     for sl in chunking.chunks(x.shape[0], chunk_size or chunking.FINITE_DIFFERENCE_CHUNK):
         xb = x[sl]

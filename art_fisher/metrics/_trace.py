@@ -1,7 +1,7 @@
 r"""The trace of the Fisher matrix, per parameter tensor and in total, and its largest eigenvalue.
 
 With the Gram matrices ``K_k = J_k J_kᵀ`` (C × C) of each parameter tensor ``k`` and a factor ``W`` of
-``S = diag p − p pᵀ`` (``W Wᵀ = S``, :mod:`art_fisher.metrics`):
+``S = diag p − p pᵀ`` (``W Wᵀ = S``, :mod:`art_fisher.metrics._basis`):
 
 - the trace of tensor ``k``'s diagonal block of ``F`` is ``tr(J_kᵀ S J_k) = tr(Wᵀ K_k W)``, which needs
   only the diagonal of ``Wᵀ K_k W``: the squared norms of per-sample gradients, one per column of ``W``;
@@ -159,9 +159,9 @@ def fisher_trace(
         derivatives). Uses C backward passes (a factor of ``S`` smooth in ``p``). ``method="exact"`` only.
     tau : float in (0, 1), optional
         Many-class heads: keep each sample's most probable classes holding ``1 − tau`` of its
-        probability and merge the rest into one class (:mod:`art_fisher.metrics`): about as
-        many backward passes as kept classes instead of ``C − 1``, and a certain lower bound of the
-        exact value (``F_τ ≼ F``). None (default): exact.
+        probability and merge the rest into one class (:doc:`/guides/field_models`, "Many classes"):
+        about as many backward passes as kept classes instead of ``C − 1``, and a certain lower bound
+        of the exact value (``F_τ ≼ F``). None (default): exact.
 
 
     Returns
