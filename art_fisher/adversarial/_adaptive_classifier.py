@@ -86,7 +86,7 @@ class AdaptiveDetectorClassifier(DetectorClassifier):
         If ``classifier`` is not an ART ``PyTorchClassifier`` or ``detector`` is neither accepted type.
     ValueError
         If ``detector_weight`` is negative or not a number, the input shapes differ, or the detector was
-        fitted on another classifier (:func:`~art_fisher.detection._persistence.model_fingerprint`) and
+        fitted on another classifier (``art_fisher.detection._persistence.model_fingerprint``) and
         ``allow_other_model`` is False. ``loss_gradient`` and ``compute_loss`` raise it for ``y`` that is
         None, of the wrong length or one-hot width, not finite, or not whole-number labels in range;
         ``class_gradient`` for a ``label`` that is not a whole-number class.

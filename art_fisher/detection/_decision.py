@@ -12,7 +12,7 @@ estimator of one of two kinds (:func:`estimator_kind`):
 A classifier fitted on balanced clean / adversarial examples puts its own threshold (probability ½)
 where the two kinds are told apart best, which flags far more clean inputs than a deployed detector
 may. :func:`supervised_threshold` moves the threshold to flag a chosen share of *clean* inputs instead:
-the :func:`~art_fisher.detection._calibration.clean_threshold` of the clean examples' out-of-fold
+the ``art_fisher.detection._calibration.clean_threshold`` of the clean examples' out-of-fold
 decision scores (each clean example scored by an estimator fitted on the other folds, so that the
 estimator's fit to an example does not lower its score).
 
@@ -70,9 +70,9 @@ def default_clean_estimator(
     """The estimator ``fit(x)`` without labels uses: clean quantile calibration of the log-metrics.
 
     Every Fisher magnitude counts as suspicious when high (see
-    :func:`art_fisher.detection._features.feature_polarities`); the columns are standardised on the clean inputs and
+    ``art_fisher.detection._features.feature_polarities``); the columns are standardised on the clean inputs and
     combined by their maximum (:class:`~art_fisher.detection.QuantileOutlierDetector`). ``blocks``: the
-    parameter tensors of a per-block metric (:func:`art_fisher.detection._features.block_names`).
+    parameter tensors of a per-block metric (``art_fisher.detection._features.block_names``).
     """
     return QuantileOutlierDetector(
         target_fpr=target_fpr, polarity=_features.feature_polarities(metrics, blocks), combine="max", log=True
@@ -127,7 +127,7 @@ def new_estimator(
 ) -> tuple[Any, str]:
     """A fresh estimator for a detector's fit and its kind; ValueError / TypeError before any work.
 
-    ``estimator`` None gives :func:`default_estimator` with labels and :func:`default_clean_estimator`
+    ``estimator`` None gives ``default_estimator`` with labels and ``default_clean_estimator``
     without (``blocks``: the parameter tensors of a per-block metric); a given one is cloned after
     checking that its kind suits the fit (labels for a classifier, none for an outlier detector).
     """
@@ -226,7 +226,7 @@ def supervised_threshold(
     ``estimator`` (unfitted; cloned per fold, never changed) is fitted on ``n_splits - 1`` stratified
     folds of (``features``, ``labels``) and scores the clean examples of the remaining fold, as in
     scikit-learn's ``cross_val_predict``; the threshold is
-    :func:`~art_fisher.detection._calibration.clean_threshold` of these clean scores, weighted by
+    ``art_fisher.detection._calibration.clean_threshold`` of these clean scores, weighted by
     ``fit_kwargs["sample_weight"]`` when given. Sample-aligned ``fit_kwargs`` are split with the folds.
     With fewer than two examples in a class the folds cannot be stratified: the clean scores are then
     in-sample (a warning says so).

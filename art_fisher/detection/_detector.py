@@ -51,7 +51,7 @@ class FisherInformationDetector(DetectorParameters):
     e.g. its trace :math:`\operatorname{tr} F(x)` and the quadratic form :math:`\bar v^\top F(x) \bar v`
     along the normalised gradient :math:`\bar v` of the predicted class's log-probability (see
     :mod:`art_fisher.metrics`). A sensitivity map (one value per input dimension) is reduced to the
-    features ``l1``, ``l2``, ``max`` and ``top_mass`` (:data:`art_fisher.detection._features.SENSITIVITY_REDUCTIONS`);
+    features ``l1``, ``l2``, ``max`` and ``top_mass`` (``art_fisher.detection._features.SENSITIVITY_REDUCTIONS``);
     the full maps come from :meth:`sensitivity_maps`. A scikit-learn estimator (``estimator``) then
     decides from these features which inputs are adversarial: a classifier fitted on clean and
     adversarial examples (``fit(x, y)``), or an outlier detector calibrated on clean inputs alone
@@ -77,14 +77,14 @@ class FisherInformationDetector(DetectorParameters):
         or ``decision_function``) is fitted on labelled clean / adversarial inputs; an outlier detector
         (e.g. ``IsolationForest``) on clean inputs alone, ``fit(x)``. None: with labels, a
         :class:`~art_fisher.detection.ThresholdClassifier` for one feature column and a logistic
-        regression on the standardised logs of the columns for several (:func:`default_estimator`); without
-        labels, :func:`default_clean_estimator`.
+        regression on the standardised logs of the columns for several (``default_estimator``); without
+        labels, ``default_clean_estimator``.
     target_fpr : float in (0, 1), default=0.05
         Fraction of clean inputs the detector is set to flag: by the default estimator of ``fit(x)``
         without labels, and by the decision threshold after ``fit(x, y)`` (``threshold="target_fpr"``).
     threshold : {"target_fpr", "estimator"} or float, default="target_fpr"
         Where the decision score (``detect``'s ``"decision_scores"``) flags an input after ``fit(x, y)``.
-        ``"target_fpr"``: at the clean examples' :func:`~art_fisher.detection._decision.supervised_threshold`,
+        ``"target_fpr"``: at the clean examples' ``art_fisher.detection._decision.supervised_threshold``,
         which flags ``target_fpr`` of clean inputs (out-of-fold scores, 5 folds), not where the estimator
         separates the balanced fit set best. ``"estimator"``: the estimator's own ``predict`` (e.g.
         probability ½). A number: flag decision scores above it. After ``fit(x)`` without labels the outlier
@@ -94,7 +94,7 @@ class FisherInformationDetector(DetectorParameters):
         the values do not depend on it).
     output, direction, blockwise, normalize, classes, params, method, fd_step, tau
         The metric options, one object shared with :class:`~art_fisher.detection.FisherFeatures`
-        (meanings and defaults: :class:`art_fisher.detection._features.MetricOptions`). ``direction`` is
+        (meanings and defaults: ``art_fisher.detection._features.MetricOptions``). ``direction`` is
         ``"predicted"`` or ``"top_eigenvector"`` (a detector has no true labels at detection time).
     progress : bool, default=False
         Show a progress bar over batches.
@@ -114,7 +114,7 @@ class FisherInformationDetector(DetectorParameters):
         After ``fit(x, y)`` with ``threshold="target_fpr"``: the share of the clean fit examples'
         out-of-fold decision scores above ``threshold_`` (else None).
     model_fingerprint_ : str
-        :func:`art_fisher.detection._persistence.model_fingerprint` of the classifier at fit time (saved with the
+        ``art_fisher.detection._persistence.model_fingerprint`` of the classifier at fit time (saved with the
         detector; :meth:`load` checks it).
 
     Raises
@@ -218,7 +218,7 @@ class FisherInformationDetector(DetectorParameters):
         y : ndarray of shape (N,) or (N, 2), optional
             Detection labels: 0 clean / 1 adversarial, or ART's one-hot form (column 1 = adversarial)
             as ``BinaryInputDetector`` takes. None: clean-only calibration (the estimator must be None,
-            then :func:`default_clean_estimator` flags ``target_fpr`` of clean inputs, or an outlier
+            then ``default_clean_estimator`` flags ``target_fpr`` of clean inputs, or an outlier
             detector).
         batch_size : int, optional
             Samples per metric computation, ART's name for the detector's ``chunk_size`` (default: that).
@@ -382,7 +382,7 @@ class FisherInformationDetector(DetectorParameters):
 
         Stored: the settings, the fitted estimator (through ``skops.io``, never bare pickle), the feature
         names, the classifier's input shape and class count, a fingerprint of the classifier's weights
-        and preprocessing (:func:`art_fisher.detection._persistence.model_fingerprint`, taken at fit time) and the
+        and preprocessing (``art_fisher.detection._persistence.model_fingerprint``, taken at fit time) and the
         package versions. Not stored: the classifier or its weights.
 
         Raises
@@ -405,7 +405,7 @@ class FisherInformationDetector(DetectorParameters):
         """Load a detector written by :meth:`save` and attach it to ``classifier``.
 
         Nothing in the file is executed (``skops.io`` with a trusted-type list); see
-        :func:`art_fisher.detection._persistence.read_state` for every check.
+        ``art_fisher.detection._persistence.read_state`` for every check.
 
         Parameters
         ----------
@@ -429,7 +429,7 @@ class FisherInformationDetector(DetectorParameters):
         ------
         ValueError
             If the file is missing, malformed, untrusted or of another format, or fitted for another
-            classifier (see :func:`art_fisher.detection._persistence.read_state`).
+            classifier (see ``art_fisher.detection._persistence.read_state``).
         TypeError
             If ``classifier`` is not an ART ``PyTorchClassifier``.
         """
@@ -453,7 +453,7 @@ class FisherInformationDetector(DetectorParameters):
         return [k for k in cls.defence_params if k not in ("classifier", "estimator")]
 
     def _get_state(self) -> dict[str, Any]:
-        """The fitted detector's state, as :func:`art_fisher.detection._persistence.write_state` stores it.
+        """The fitted detector's state, as ``art_fisher.detection._persistence.write_state`` stores it.
 
         Keys: ``settings`` (constructor arguments but the classifier and the estimator), ``estimator``,
         ``estimator_``, ``feature_names``, ``input_shape``, ``nb_classes``, ``model_fingerprint``,
@@ -475,7 +475,7 @@ class FisherInformationDetector(DetectorParameters):
         }
 
     def _set_state(self, state: dict[str, Any]) -> None:
-        """Take back the fitted part of a state from :func:`~art_fisher.detection._persistence.read_state`.
+        """Take back the fitted part of a state from ``art_fisher.detection._persistence.read_state``.
 
         Sets ``estimator_``, ``feature_names_``, ``model_fingerprint_``, ``calibration_``, ``threshold_``
         and ``clean_fpr_``; the settings are the constructor's business.

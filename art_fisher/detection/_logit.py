@@ -142,7 +142,7 @@ def estimator_logit(
     """The fitted estimator as a torch map from features (N, F) to detection logits (N,).
 
     ``threshold``: a decision-score threshold (the units of
-    :func:`~art_fisher.detection._decision.decide`'s scores) at which the logit is 0; None: the
+    ``art_fisher.detection._decision.decide``'s scores) at which the logit is 0; None: the
     estimator's own (0 for these estimators).
 
     Raises
@@ -259,7 +259,7 @@ class DetectionLogitClassifier(ClassifierNeuralNetwork):
         What the logit belongs to, for messages and ``repr``.
     channels_first : bool
     model_fingerprint : str or None
-        :func:`~art_fisher.detection._persistence.model_fingerprint` of the classifier the detector was
+        ``art_fisher.detection._persistence.model_fingerprint`` of the classifier the detector was
         fitted on (set by ``FisherInformationDetector.as_art_classifier()``); checked by
         :class:`~art_fisher.adversarial.AdaptiveDetectorClassifier`.
 

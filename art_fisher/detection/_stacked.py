@@ -1,12 +1,12 @@
 r"""A stacked detector: Fisher features, the classifier's confidence and the Mahalanobis scores in one pipeline.
 
-:class:`StackedFeatures` is a scikit-learn transformer from raw inputs to one feature matrix, the
+``StackedFeatures`` is a scikit-learn transformer from raw inputs to one feature matrix, the
 columns of the chosen ``parts``:
 
 - ``"fisher"``: :math:`\log \operatorname{tr} F_{kk}(x)` of every parameter tensor :math:`k` (the
   ``block_traces`` metric, :mod:`art_fisher.metrics`);
 - ``"sensitivity"``: the log of the four statistics of the Fisher sensitivity map
-  (:data:`~art_fisher.detection._features.SENSITIVITY_REDUCTIONS`);
+  (``art_fisher.detection._features.SENSITIVITY_REDUCTIONS``);
 - ``"confidence"``: the maximum softmax probability and the entropy of the prediction (Hendrycks &
   Gimpel 2017);
 - ``"mahalanobis"``: Lee et al.'s per-layer confidence scores (:mod:`art_fisher.detection`),
@@ -22,7 +22,7 @@ columns of the chosen ``parts``:
 inputs, suspicious side by prior: high Fisher, low confidence, high entropy, low Mahalanobis score;
 combined by their maximum) when fitted on clean inputs alone. Either way its decision threshold flags
 ``target_fpr`` of clean inputs: the clean-only rule by construction, the supervised one at the
-:func:`~art_fisher.detection._decision.supervised_threshold` of its clean fit inputs (out-of-fold scores
+``art_fisher.detection._decision.supervised_threshold`` of its clean fit inputs (out-of-fold scores
 of the scaler and logistic regression on the features; the Mahalanobis Gaussians are fitted on all the
 clean fit inputs). :meth:`StackedDetector.calibrate` moves it to held-out clean images. Without ``"sensitivity"`` the
 detector has exact input gradients (:meth:`StackedDetector.as_art_classifier`, for ART's
@@ -287,7 +287,7 @@ class StackedFeatures(TransformerMixin, BaseEstimator):
 
 
 class StackedDetector(EvasionDetector):
-    """ART detector on :class:`StackedFeatures` (module docstring), supervised or clean-only.
+    """ART detector on ``StackedFeatures`` (module docstring), supervised or clean-only.
 
     Parameters
     ----------
@@ -296,7 +296,7 @@ class StackedDetector(EvasionDetector):
     target_fpr : float in (0, 1), default=0.05
         Share of clean inputs the decision threshold flags.
     x_reference : ndarray, optional
-        Clean images for the Mahalanobis Gaussians (see :class:`StackedFeatures`); recommended with
+        Clean images for the Mahalanobis Gaussians (see ``StackedFeatures``); recommended with
         ``"mahalanobis"``, so that the threshold holds ``target_fpr`` on new inputs.
     chunk_size : int, default=128
 

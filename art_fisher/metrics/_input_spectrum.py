@@ -120,7 +120,7 @@ def fisher_input_spectrum(
     r"""The ``k`` largest eigenvalues and eigenvectors of each sample's input Fisher matrix ``G(x) = Jₓᵀ S Jₓ``.
 
     Exact: from the C' × C' matrix ``Wᵀ Jₓ Jₓᵀ W`` (``W Wᵀ = S``), mapped back to input space through
-    ``Jₓᵀ W`` (module docstring); the D × D matrix is never formed. ``G`` has rank at most
+    ``Jₓᵀ W``; the D × D matrix is never formed. ``G`` has rank at most
     ``min(C − 1, D)``; eigenvalues that are zero to rounding are reported as 0 with zero eigenvectors. A
     repeated eigenvalue gets an orthonormal basis of its eigenspace (its eigenvectors are not unique),
     and each eigenvector's sign is arbitrary.

@@ -1,6 +1,6 @@
 """Whether a model is piecewise linear in its input, read off the autograd graph of a probe pass.
 
-:func:`is_piecewise_linear` decides the sensitivity's path (:mod:`art_fisher.metrics`): on a
+:func:`is_piecewise_linear` decides the sensitivity's path (:mod:`art_fisher.metrics._sensitivity`): on a
 piecewise-linear network the second derivatives in ``x`` vanish almost everywhere, so first-order terms give
 the exact sensitivity.
 """

@@ -137,7 +137,7 @@ def by_finite_differences(
     fd_step: float,
     chunk_size: int | None,
 ) -> torch.Tensor:
-    """The original algorithm's central differences (:mod:`art_fisher.metrics`)."""
+    """The original algorithm's central differences (:mod:`art_fisher.metrics._finite_difference`)."""
     out = []
     for sl in chunking.chunks(x.shape[0], chunk_size or chunking.FINITE_DIFFERENCE_CHUNK):
         xb = x[sl]
@@ -221,6 +221,27 @@ def fisher_quadratic_form(
     ------
     TypeError, ValueError
         As :func:`fisher_trace`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from art_fisher.metrics import fisher_quadratic_form
+    >>> _ = torch.manual_seed(0)
+    >>> model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    >>> x = torch.randn(5, 4, dtype=torch.float64)
+    >>> params = dict(model.named_parameters())
+    >>> def log_probs(theta, xi):  # log p(c | xi) as a function of the parameters
+    ...     return torch.log_softmax(torch.func.functional_call(model, theta, (xi,)), -1)
+    >>> grads = torch.func.vmap(torch.func.jacrev(log_probs), in_dims=(None, 0))(params, x)
+    >>> g = torch.cat([t.flatten(2) for t in grads.values()], 2).detach()  # (N, C, P): ∇θ log p_c
+    >>> p = log_probs(params, x).exp().detach()
+    >>> fisher = torch.einsum("nc,ncp,ncq->npq", p, g, g)  # dense F = Σ_c p_c ∇log p_c ∇log p_cᵀ
+    >>> v = g[torch.arange(5), p.argmax(1)]  # ∇θ log p_ŷ of the predicted class
+    >>> v = v / v.norm(dim=1, keepdim=True)
+    >>> dense = torch.einsum("np,npq,nq->n", v, fisher, v)
+    >>> torch.allclose(fisher_quadratic_form(model, x), dense, rtol=1e-10)
+    True
     """
     net, n_classes, eps, chunk = setup(
         model,

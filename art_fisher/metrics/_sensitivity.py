@@ -1,25 +1,20 @@
-r"""Fisher information sensitivity (FIS): its exact paths and the piecewise-linearity test that picks one.
+r"""Fisher information sensitivity (FIS): its exact paths and the dispatch between them.
 
 For one sample with logits ``z(x)`` (C,), ``p = softmax(z)`` and a parameter direction ``v`` held fixed,
 let ``t(x) = J(x) v``. Then ``vᵀ∇θ log p = b = t − (pᵀt) 1`` and ``vᵀ∇θ p = a = p ⊙ b``, and
 
     FIS_i = Σ_c ∂x_i a_c · ∂x_i b_c,
 
-which needs only ``∂x z`` and ``∂x t`` (C × D each); blockwise, the same is summed over parameter
-tensors ``k`` with ``t_k = J_k v_k`` (:func:`fis_from_jacobians`). Three exact paths:
+which needs only ``∂x z`` and ``∂x t`` (C × D each), blockwise summed over parameter tensors ``k`` with
+``t_k = J_k v_k`` (:func:`fis_from_jacobians`). The paths, fastest first:
 
-- **hook, first order** — for models whose logits are piecewise linear in ``x``
-  (:func:`is_piecewise_linear`): with ``B_c = ∂z_c/∂o_k`` at a layer's output and ``δo_k`` the layer's
-  output change along ``v_k``, ``t_k,c = ⟨B_c, δo_k⟩``. ``B_c`` is locally constant in ``x`` there, so
-  ``∂x t_k`` is a first-order backward pass from layer ``k`` down to ``x``, batched over the classes;
-- **hook, second order** — any other model whose selected parameters all sit in layers with a rule:
-  the same with ``B_c`` differentiated too (reverse over reverse; works for every activation with a
-  double-backward formula, e.g. SiLU and Mish, which have no forward-mode formula for the reverse-over-
-  forward route; scaled dot-product attention runs its math kernel, the fused CPU kernels having no
-  double backward);
-- **torch.func** — the rest (unknown modules, tied or directly used weights): ``vmap`` over samples of
-  ``jacrev`` in ``x`` of a JVP in the parameters, the JVP taken as a double VJP where forward mode has
-  no formula.
+- **hook, first order**: logits piecewise linear in ``x`` (:func:`is_piecewise_linear`); the layers'
+  output-gradients are held constant in ``x``;
+- **hook, second order**: every selected parameter in a layer with a rule; reverse over reverse;
+- **torch.func**: the rest; ``vmap`` over samples of ``jacrev`` in ``x`` of a JVP in the parameters
+  (a double VJP where forward mode has no formula).
+
+Why each path is exact: the Fisher-metrics guide ("How it is computed, and why it is exact").
 """
 
 from __future__ import annotations
@@ -340,13 +335,9 @@ def fisher_sensitivity(
 
     With ``blockwise=True`` (default, what the original code computes) the sum also runs over
     parameter tensors ``k`` with ``v`` restricted to tensor ``k``; ``blockwise=False`` uses the whole
-    ``v`` at once. Computed exactly (:mod:`art_fisher.metrics`): for a model whose logits
-    are piecewise linear in ``x`` (ReLU-type activations, max / average pooling, Linear / Conv / eval
-    BatchNorm, a declared terminal ``log_softmax`` / ``softmax``; judged from its autograd graph) with
-    first-order backward passes from each layer down to ``x``; for other models of such layers with a
-    second-order backward pass (any activation with a double-backward formula, SiLU and Mish
-    included); otherwise with ``torch.func``. ``normalize=False`` uses the raw gradient and gives
-    ``‖v‖²`` times the normalised value.
+    ``v`` at once. ``normalize=False`` uses the raw gradient and gives ``‖v‖²`` times the normalised
+    value. Computed exactly, by the fastest path that applies to the model (see
+    :doc:`/guides/fisher_metrics`).
 
     Parameters
     ----------
@@ -359,7 +350,7 @@ def fisher_sensitivity(
         default) sums over the two classes ``(ŷ, rest)`` instead of all ``C``.
     method : {"exact", "finite_difference"}
         ``"finite_difference"`` reproduces the original algorithm: input-gradients of ``z_c`` and
-        ``p_c`` at ``θ ± ε v_k``, differenced centrally. Far off on ReLU / max-pool networks.
+        ``p_c`` at ``θ ± ε v_k``, differenced centrally (inexact where ``ε`` crosses a ReLU kink).
     fd_step : float
         Step of the finite differences.
 
@@ -375,8 +366,37 @@ def fisher_sensitivity(
         As :func:`fisher_trace`.
     NotImplementedError
         For ``method="exact"`` when the ``torch.func`` path is needed on a model with LayerNorm /
-        InstanceNorm modules: torch.func's mixed second derivatives through them are wrong in torch
-        2.13 (verified against plain autograd).
+        InstanceNorm modules, whose mixed second derivatives ``torch.func`` gets wrong.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from art_fisher.metrics import fisher_sensitivity
+    >>> _ = torch.manual_seed(0)
+    >>> model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    >>> x = torch.randn(5, 4, dtype=torch.float64)
+    >>> params = dict(model.named_parameters())
+    >>> def log_probs(theta, xi):  # log p(c | xi) as a function of the parameters
+    ...     return torch.log_softmax(torch.func.functional_call(model, theta, (xi,)), -1)
+    >>> grads = torch.func.vmap(torch.func.jacrev(log_probs), in_dims=(None, 0))(params, x)
+    >>> g = torch.cat([t.flatten(2) for t in grads.values()], 2).detach()  # (N, C, P): ∇θ log p_c
+    >>> p = log_probs(params, x).exp().detach()
+    >>> fisher = torch.einsum("nc,ncp,ncq->npq", p, g, g)  # dense F = Σ_c p_c ∇log p_c ∇log p_cᵀ
+    >>> fis = fisher_sensitivity(model, x, blockwise=False)  # (N, 4), like x
+    >>> theta = {k: t.detach() for k, t in params.items()}
+    >>> sizes = [t.numel() for t in theta.values()]
+    >>> def b_and_a(xi, v):  # vᵀ∇θ log p_c(xi) and vᵀ∇θ p_c(xi), with v held fixed
+    ...     b = torch.func.jvp(lambda th: log_probs(th, xi), (theta,), (v,))[1]
+    ...     return torch.stack([b, log_probs(theta, xi).exp() * b])
+    >>> dense = []
+    >>> for xi, gi, pi in zip(x, g, p):
+    ...     v = gi[pi.argmax()] / gi[pi.argmax()].norm()  # the predicted class's unit gradient
+    ...     v = {k: c.view_as(t) for (k, t), c in zip(theta.items(), v.split(sizes))}
+    ...     jb, ja = torch.func.jacrev(b_and_a)(xi, v)  # (C, D) each: input-gradients
+    ...     dense.append((ja * jb).sum(0))  # FIS_i = Σ_c ∂x_i a_c ∂x_i b_c
+    >>> torch.allclose(fis, torch.stack(dense), rtol=1e-10)
+    True
     """
     net, n_classes, eps, chunk = setup(
         model, x, output=output, params=params, method=method, fd_step=fd_step, chunk_size=chunk_size

@@ -1,7 +1,7 @@
 r"""The trace of the Fisher matrix, per parameter tensor and in total, and its largest eigenvalue.
 
 With the Gram matrices ``K_k = J_k J_kᵀ`` (C × C) of each parameter tensor ``k`` and a factor ``W`` of
-``S = diag p − p pᵀ`` (``W Wᵀ = S``, :mod:`art_fisher.metrics`):
+``S = diag p − p pᵀ`` (``W Wᵀ = S``, :mod:`art_fisher.metrics._basis`):
 
 - the trace of tensor ``k``'s diagonal block of ``F`` is ``tr(J_kᵀ S J_k) = tr(Wᵀ K_k W)``, which needs
   only the diagonal of ``Wᵀ K_k W``: the squared norms of per-sample gradients, one per column of ``W``;
@@ -159,9 +159,9 @@ def fisher_trace(
         derivatives). Uses C backward passes (a factor of ``S`` smooth in ``p``). ``method="exact"`` only.
     tau : float in (0, 1), optional
         Many-class heads: keep each sample's most probable classes holding ``1 − tau`` of its
-        probability and merge the rest into one class (:mod:`art_fisher.metrics`): about as
-        many backward passes as kept classes instead of ``C − 1``, and a certain lower bound of the
-        exact value (``F_τ ≼ F``). None (default): exact.
+        probability and merge the rest into one class (:doc:`/guides/field_models`, "Many classes"):
+        about as many backward passes as kept classes instead of ``C − 1``, and a certain lower bound
+        of the exact value (``F_τ ≼ F``). None (default): exact.
 
 
     Returns
@@ -174,6 +174,27 @@ def fisher_trace(
     TypeError, ValueError
         For invalid arguments (before any computation), and for samples whose output or trace is
         not finite (naming them).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from art_fisher.metrics import fisher_trace
+    >>> _ = torch.manual_seed(0)
+    >>> model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    >>> x = torch.randn(5, 4, dtype=torch.float64)
+    >>> params = dict(model.named_parameters())
+    >>> def log_probs(theta, xi):  # log p(c | xi) as a function of the parameters
+    ...     return torch.log_softmax(torch.func.functional_call(model, theta, (xi,)), -1)
+    >>> grads = torch.func.vmap(torch.func.jacrev(log_probs), in_dims=(None, 0))(params, x)
+    >>> g = torch.cat([t.flatten(2) for t in grads.values()], 2).detach()  # (N, C, P): ∇θ log p_c
+    >>> p = log_probs(params, x).exp().detach()
+    >>> fisher = torch.einsum("nc,ncp,ncq->npq", p, g, g)  # dense F = Σ_c p_c ∇log p_c ∇log p_cᵀ
+    >>> trace = fisher_trace(model, x)
+    >>> torch.allclose(trace, fisher.diagonal(dim1=1, dim2=2).sum(-1), rtol=1e-10)
+    True
+    >>> bool((fisher_trace(model, x, tau=0.5) <= trace * (1 + 1e-12)).all())  # F_τ ≼ F
+    True
     """
     net, _n_classes, _eps, chunk = setup(
         model,
@@ -229,6 +250,29 @@ def fisher_block_traces(
     ------
     TypeError, ValueError
         As :func:`fisher_trace`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from art_fisher.metrics import fisher_block_traces
+    >>> _ = torch.manual_seed(0)
+    >>> model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    >>> x = torch.randn(5, 4, dtype=torch.float64)
+    >>> params = dict(model.named_parameters())
+    >>> def log_probs(theta, xi):  # log p(c | xi) as a function of the parameters
+    ...     return torch.log_softmax(torch.func.functional_call(model, theta, (xi,)), -1)
+    >>> grads = torch.func.vmap(torch.func.jacrev(log_probs), in_dims=(None, 0))(params, x)
+    >>> g = torch.cat([t.flatten(2) for t in grads.values()], 2).detach()  # (N, C, P): ∇θ log p_c
+    >>> p = log_probs(params, x).exp().detach()
+    >>> fisher = torch.einsum("nc,ncp,ncq->npq", p, g, g)  # dense F = Σ_c p_c ∇log p_c ∇log p_cᵀ
+    >>> values, names = fisher_block_traces(model, x)
+    >>> names
+    ('0.weight', '0.bias', '2.weight', '2.bias')
+    >>> sizes = [t.numel() for t in params.values()]
+    >>> dense = torch.stack([d.sum(-1) for d in fisher.diagonal(dim1=1, dim2=2).split(sizes, -1)], 1)
+    >>> torch.allclose(values, dense, rtol=1e-10)
+    True
     """
     net, _n_classes, _eps, chunk = setup(
         model, x, output=output, params=params, chunk_size=chunk_size, create_graph=create_graph
@@ -273,6 +317,24 @@ def fisher_max_eigenvalue(
     ------
     TypeError, ValueError
         As :func:`fisher_trace`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from art_fisher.metrics import fisher_max_eigenvalue
+    >>> _ = torch.manual_seed(0)
+    >>> model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    >>> x = torch.randn(5, 4, dtype=torch.float64)
+    >>> params = dict(model.named_parameters())
+    >>> def log_probs(theta, xi):  # log p(c | xi) as a function of the parameters
+    ...     return torch.log_softmax(torch.func.functional_call(model, theta, (xi,)), -1)
+    >>> grads = torch.func.vmap(torch.func.jacrev(log_probs), in_dims=(None, 0))(params, x)
+    >>> g = torch.cat([t.flatten(2) for t in grads.values()], 2).detach()  # (N, C, P): ∇θ log p_c
+    >>> p = log_probs(params, x).exp().detach()
+    >>> fisher = torch.einsum("nc,ncp,ncq->npq", p, g, g)  # dense F = Σ_c p_c ∇log p_c ∇log p_cᵀ
+    >>> torch.allclose(fisher_max_eigenvalue(model, x), torch.linalg.eigvalsh(fisher)[:, -1], rtol=1e-10)
+    True
     """
     net, _n_classes, _eps, chunk = setup(
         model, x, output=output, params=params, chunk_size=chunk_size, create_graph=create_graph

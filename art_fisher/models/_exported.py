@@ -80,7 +80,7 @@ class ExportedModel(nn.Module):
     Notes
     -----
     The program computes what the model computed in the mode it was exported in (export it in eval mode);
-    ``train`` and ``eval`` set :attr:`training` and nothing else.
+    ``train`` and ``eval`` set ``training`` and nothing else.
     """
 
     def __init__(self, program: nn.Module) -> None:
@@ -88,7 +88,7 @@ class ExportedModel(nn.Module):
         self.program = program
 
     def train(self, mode: bool = True) -> ExportedModel:
-        """Set :attr:`training` only (the exported graph cannot change mode); returns ``self``."""
+        """Set ``training`` only (the exported graph cannot change mode); returns ``self``."""
         if not isinstance(mode, bool):
             raise ValueError(f"mode must be True or False; got {mode!r}.")
         self.training = mode

@@ -28,7 +28,7 @@ def _check_positive(name: str, value: Any) -> None:
 
 
 def check_data(dataset: str, data_dir: str | None) -> None:
-    """Check a data set name and its folder before any work (:func:`nni_lease._data.check_dataset`)."""
+    """Check a data set name and its folder before any work (``nni_lease._data.check_dataset``)."""
     check_dataset(dataset, data_dir)
 
 
@@ -61,11 +61,11 @@ class SearchConfig:
     width, cells, nodes : int or None
         The space's channels, cells and nodes per cell (:class:`~nni_lease.LeaseCellSpace`'s ``width``,
         ``n_cells``, ``n_nodes``; :class:`~nni_lease.DartsSpace`'s ``width``, ``num_cells``, and
-        ``nodes`` must be 4). ``None``: the space's default (:data:`~nni_lease._spaces.SPACE_DEFAULTS`).
+        ``nodes`` must be 4). ``None``: the space's default (``nni_lease._spaces.SPACE_DEFAULTS``).
     progress : bool
         Show Lightning's progress bar.
     space : {"lease_cell", "darts"}
-        The search space (:data:`nni_lease._spaces.SPACES`).
+        The search space (``nni_lease._spaces.SPACES``).
 
     Raises
     ------

@@ -42,7 +42,7 @@ class RunContext:
     progress : bool
         Whether inner loops may show progress bars.
     tau : float or None
-        Many-class option of the Fisher metrics (:class:`~art_fisher.detection._features.MetricOptions`);
+        Many-class option of the Fisher metrics (``art_fisher.detection._features.MetricOptions``);
         None: exact.
     x_reference : ndarray or None
         More clean training images, for class-conditional Gaussians (the Mahalanobis detector and the
@@ -149,6 +149,6 @@ class DetectorSpec:
 
 
 def decided(estimator: Any, features: np.ndarray, threshold: float | None = None) -> Scored:
-    """:class:`Scored` of a fitted estimator (:func:`~art_fisher.detection._decision.decide`)."""
+    """:class:`Scored` of a fitted estimator (``art_fisher.detection._decision.decide``)."""
     score, _, flagged = decide(estimator, features, threshold)
     return Scored(score=score, is_adversarial=flagged)

@@ -2,9 +2,8 @@
 
 All exact paths hold, per sample, a number of "columns" (backward-pass cotangents, classes) times the
 layers' output sizes (hook engine) or the selected parameters (``torch.func``). A chunk is the number
-of samples whose working set fits the budget of its path; a caller's ``chunk_size`` overrides it.
-Small budgets keep the hook engine's working set in the CPU caches, which was faster than large
-chunks when measured with ``tests/benchmarks/bench_metrics.py``.
+of samples whose working set fits the budget of its path; a caller's ``chunk_size`` overrides it. Why
+the budgets are small: the metrics benchmark page.
 """
 
 from __future__ import annotations

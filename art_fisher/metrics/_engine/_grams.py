@@ -1,7 +1,7 @@
 """Per-sample, per-parameter-tensor Gram matrices of the logits' Jacobian, and its directional products.
 
 For one sample with logits ``z`` (C,) and a parameter tensor ``θ_k``, ``J_k = ∂z/∂θ_k`` (C × P_k). In a
-basis ``W`` (C × C', :mod:`art_fisher.metrics`) the engine gives
+basis ``W`` (C × C', :mod:`art_fisher.metrics._basis`) the engine gives
 
 - :func:`tensor_grams`: ``Wᵀ K_k W`` with ``K_k = J_k J_kᵀ`` (or only its diagonal, all a trace needs);
 - :func:`directional`: ``Wᵀ J_k v_k`` for a direction ``v`` that is either fixed or per sample

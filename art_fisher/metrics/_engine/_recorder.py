@@ -1,18 +1,14 @@
 """The forward-hook recorder of the hook engine, and the hook coverage: which parameters it handles.
 
 :func:`recorded_forward` runs the model once with forward hooks on the covered layers and keeps each
-layer's input ``a`` and the gradient edge of its output ``o`` (the autograd node that produced ``o``,
-taken before any in-place operation such as ``ReLU(inplace=True)`` rewrites ``o``'s history), so that
-backward passes can stop at ``o``.
+layer's input ``a`` and the gradient edge of its output ``o`` (taken before any in-place operation
+rewrites ``o``'s history), so that backward passes can stop at ``o``.
 
-:func:`find_coverage` decides, from one probe forward pass of one sample in which the selected parameters
-are autograd leaves, which parameters the hook engine computes: a parameter is covered when its layer
-has a rule (:mod:`art_fisher.metrics._engine._layers`), carries no user hooks, ran exactly once with an
-output that reaches the logits, and the parameter enters the autograd graph through exactly one edge.
-A weight that is tied to another module, used transposed or read directly in the forward (``F.linear(h,
-self.emb.weight)``), or a module called twice, fails one of these and goes to ``torch.func``. A parameter
-used directly and only once, added to or expanded over the samples (a ViT's class token and position
-embedding, :mod:`~art_fisher.metrics._engine._layers._direct`), is covered through its autograd node.
+:func:`find_coverage` decides from one probe forward pass of one sample which parameters the hooks
+compute: a parameter whose layer has a rule (:mod:`art_fisher.metrics._engine._layers`), carries no user
+hooks, ran exactly once with an output that reaches the logits, and which enters the autograd graph
+through exactly one edge; or a parameter used directly once, added to or expanded over the samples
+(:mod:`~art_fisher.metrics._engine._layers._direct`). Every other parameter goes to ``torch.func``.
 """
 
 from __future__ import annotations

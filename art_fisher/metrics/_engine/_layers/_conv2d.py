@@ -61,8 +61,7 @@ class Conv2dRule(LayerRule):
     def patches(self) -> torch.Tensor:
         """Patches ``Uᵀ`` (n, L, in·kh·kw), contiguous, computed once per call.
 
-        Built from a strided view of the (zero-padded) input and one copy, which is several times
-        faster than ``F.unfold`` on CPU.
+        Built from a strided view of the (zero-padded) input and one copy (instead of ``F.unfold``).
         """
         if self._u is None:
             m = self.module
