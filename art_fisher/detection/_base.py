@@ -28,7 +28,7 @@ import math
 from collections.abc import Sequence
 from numbers import Real
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import numpy as np
 import sklearn
@@ -395,7 +395,7 @@ class Detector(EvasionDetector):
         }
         return report, is_adversarial
 
-    def calibrate(self, x_clean: np.ndarray) -> Detector:
+    def calibrate(self, x_clean: np.ndarray) -> Self:
         """Move the decision threshold to flag ``target_fpr`` of the held-out clean images ``x_clean``.
 
         Returns
@@ -497,7 +497,7 @@ class Detector(EvasionDetector):
         *,
         trusted: Sequence[str] = (),
         allow_other_model: bool = False,
-    ) -> Any:
+    ) -> Self:
         """Load a detector written by :meth:`save` and attach it to ``classifier``.
 
         Nothing in the file is executed (``skops.io`` with a trusted-type list); see
