@@ -505,7 +505,7 @@ def read_state(
         The file's state, with ``settings`` as constructor keyword arguments (sequences as tuples,
         renamed settings of earlier files under their current names), ``model_fingerprint`` the
         fingerprint of ``classifier``, ``calibration`` ``"labels"`` or ``"clean"`` (from the kind of
-        ``estimator_``), and ``decision_threshold`` and ``clean_fpr`` (None in files before format 3).
+        ``estimator_``), and ``decision_threshold``, ``clean_fpr`` and ``calibrated`` as saved.
 
     Raises
     ------
