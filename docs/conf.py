@@ -59,7 +59,6 @@ api_modules = [
         [
             "art_fisher",
             "art_fisher.metrics",
-            "art_fisher.metrics.engine.layers",
             "art_fisher.detection",
             "art_fisher.adversarial",
             "art_fisher.data",
@@ -78,7 +77,6 @@ api_modules = [
 api_canonical_order = [m for _, mods in api_modules for m in mods if m not in ("art_fisher", "nni_lease")]
 api_canonical_order += ["art_fisher", "nni_lease"]
 api_submodules = {
-    "art_fisher.metrics": ["art_fisher.metrics.engine.layers"],
     "art_fisher.evaluation": ["art_fisher.evaluation.detectors", "art_fisher.evaluation.report"],
 }
 

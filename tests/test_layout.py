@@ -94,7 +94,7 @@ def test_the_graph_sees_known_edges():
     graph = import_graph()
     assert "art_fisher.detection._persistence" in graph["art_fisher.detection._base"]
     assert "art_fisher.metrics._trace" in graph["art_fisher.metrics"]
-    assert "art_fisher.metrics.engine.layers.base" in graph["art_fisher.metrics.engine.layers.linear"]
+    assert "art_fisher.metrics._engine._layers._base" in graph["art_fisher.metrics._engine._layers._linear"]
 
 
 def test_a_cycle_is_found():

@@ -12,7 +12,7 @@ distribution is
 ``F`` is never formed. Each metric lives in its own module: :mod:`art_fisher.metrics` (trace,
 per-tensor traces, λ_max), :mod:`art_fisher.metrics`,
 :mod:`art_fisher.metrics`; :mod:`art_fisher.metrics` holds ``S`` and its factors,
-:mod:`~art_fisher.metrics.engine` the per-sample Gram blocks ``K_k = J_k J_kᵀ`` of each parameter
+:mod:`~art_fisher.metrics._engine` the per-sample Gram matrices ``K_k = J_k J_kᵀ`` of each parameter
 tensor (forward hooks and one module per layer type, ``torch.func`` for everything else), and
 :mod:`art_fisher.metrics` the original algorithm. :func:`fisher_input_spectrum` takes the Fisher
 information with respect to the input instead, :math:`G(x) = J_x^\top S J_x` with

@@ -96,7 +96,7 @@ def predicted_vs_rest(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.stack([own, rest], dim=-1)
 
 
-def reducer(classes: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def class_reduction(classes: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """``(z, y) ↦`` the logits the Fisher matrix is taken of: ``z`` itself, or :func:`predicted_vs_rest`."""
     if classes == "predicted_vs_rest":
         return predicted_vs_rest
@@ -171,7 +171,7 @@ class ChunkBasis:
         return self.w
 
     def grams(self, k: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """``Wᵀ K W`` for blocks ``k`` (n, B, C, C)."""
+        """``Wᵀ K_k W`` for the Gram matrices ``k`` (n, n_tensors, C, C)."""
         if self.basis_of_z is None:
             return k
         w = self(z)

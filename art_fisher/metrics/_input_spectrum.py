@@ -26,8 +26,8 @@ from torch import nn
 
 from art_fisher import _checks
 from art_fisher.metrics._basis import factor, smooth_factor
-from art_fisher.metrics.engine import chunking
-from art_fisher.metrics.engine.network import FunctionalNet
+from art_fisher.metrics._engine import _chunking as chunking
+from art_fisher.metrics._engine._network import FunctionalNet
 
 #: An eigenvalue below ``ZERO_TOLERANCE · C' · λ₁`` (in units of the dtype's machine epsilon) is rounding
 #: noise of a zero eigenvalue: it is reported as 0 and its eigenvector, which ``G`` does not determine,

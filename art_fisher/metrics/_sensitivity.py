@@ -35,14 +35,14 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from art_fisher import _checks
 from art_fisher.metrics import _directions as directions
-from art_fisher.metrics._basis import centered, predicted_vs_rest, reducer, reduction_jacobian
+from art_fisher.metrics._basis import centered, class_reduction, predicted_vs_rest, reduction_jacobian
 from art_fisher.metrics._directions import Direction
+from art_fisher.metrics._engine import _chunking as chunking
+from art_fisher.metrics._engine._network import FunctionalNet
+from art_fisher.metrics._engine._recorder import HookCoverage, find_coverage, recorded_forward
 from art_fisher.metrics._finite_difference import fd_sensitivity
 from art_fisher.metrics._piecewise import is_piecewise_linear
-from art_fisher.metrics._setup import check_direction_args, no_plan, setup
-from art_fisher.metrics.engine import chunking
-from art_fisher.metrics.engine.network import FunctionalNet
-from art_fisher.metrics.engine.recorder import Plan, make_plan, recorded_forward
+from art_fisher.metrics._setup import check_direction_args, setup
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def _reduce_to_two(z, t, jz, jt, y):
 
 def hook_sensitivity(
     net: FunctionalNet,
-    plan: Plan,
+    coverage: HookCoverage,
     x: torch.Tensor,
     *,
     r: torch.Tensor | None,
@@ -96,7 +96,7 @@ def hook_sensitivity(
     classes: str,
     first_order: bool,
 ) -> torch.Tensor | None:
-    """Exact FIS of one chunk (shape of ``x``), or None when a planned module did not run exactly once.
+    """Exact FIS of one chunk (shape of ``x``), or None when a covered module did not run exactly once.
 
     Parameters
     ----------
@@ -111,7 +111,7 @@ def hook_sensitivity(
     """
     # the math kernel of scaled dot-product attention: the fused CPU kernels have no double backward
     with sdpa_kernel([SDPBackend.MATH]):
-        rec = recorded_forward(net, plan, x, create_graph=True)
+        rec = recorded_forward(net, coverage, x, create_graph=True)
     if rec.missing:
         return None
     z, x0 = rec.z, rec.x
@@ -120,8 +120,8 @@ def hook_sensitivity(
         if r is not None:  # per-sample directions v = Jᵀ r, held fixed (not differentiated in x)
             brs = torch.autograd.grad(z, edges, r, retain_graph=True)
             d = {
-                name: rec.rules[m].grad(brs[rec.modules.index(m)], kind).detach()
-                for name, (m, kind) in plan.covered.items()
+                name: rec.rules[m].grad(brs[rec.modules.index(m)], role).detach()
+                for name, (m, role) in coverage.covered.items()
             }
             del brs
             if normalize:
@@ -147,8 +147,8 @@ def hook_sensitivity(
         for group in groups:
             t = torch.zeros(n_cls, n, dtype=z.dtype, device=z.device)
             for name in group:
-                m, kind = plan.covered[name]
-                delta = rec.rules[m].change(kind, d[name], shared).expand(rec.shapes[m])
+                m, role = coverage.covered[name]
+                delta = rec.rules[m].change(role, d[name], shared).expand(rec.shapes[m])
                 t = t + (b_of[m] * delta).flatten(2).sum(2)
             if t.requires_grad:
                 (jt,) = torch.autograd.grad(t, x0, cot, retain_graph=True, is_grads_batched=True, allow_unused=True)
@@ -191,12 +191,12 @@ def func_sensitivity(
     forward_mode: bool = True,
 ) -> torch.Tensor:
     """Exact FIS of one chunk with ``torch.func``: ``v`` (n, *shape) per parameter, or (*shape) when ``shared``."""
-    reduce = reducer(classes)
+    reduce_classes = class_reduction(classes)
     groups = net.groups(blockwise)
 
     def outs(xi: torch.Tensor, vi: dict[str, torch.Tensor], yi: torch.Tensor):
         def zf(s: dict[str, torch.Tensor]) -> torch.Tensor:
-            return reduce(net.logits_one(s, xi), yi)
+            return reduce_classes(net.logits_one(s, xi), yi)
 
         ts = []
         for g in groups:
@@ -219,12 +219,14 @@ def func_sensitivity(
 # --- Dispatch -------------------------------------------------------------------------------------------
 
 
-def _chunk_of(path: str, plan: Plan, itemsize: int) -> int:
+def _chunk_of(path: str, coverage: HookCoverage | None, itemsize: int) -> int:
     """Samples per pass of a sensitivity path, from its memory budget."""
-    if path == "first_order":
-        return chunking.hook_chunk(plan.out_numel, plan.n_classes, itemsize, budget=chunking.FIRST_ORDER_BUDGET)
-    if path == "second_order":
-        return chunking.hook_chunk(plan.out_numel, plan.n_classes, itemsize, budget=chunking.SECOND_ORDER_BUDGET)
+    if path == "first_order" and coverage is not None:
+        return chunking.hook_chunk(coverage.out_numel, coverage.n_classes, itemsize, budget=chunking.FIRST_ORDER_BUDGET)
+    if path == "second_order" and coverage is not None:
+        return chunking.hook_chunk(
+            coverage.out_numel, coverage.n_classes, itemsize, budget=chunking.SECOND_ORDER_BUDGET
+        )
     if path == "func":
         return chunking.FUNC_SENSITIVITY_CHUNK
     return chunking.FINITE_DIFFERENCE_CHUNK
@@ -232,7 +234,7 @@ def _chunk_of(path: str, plan: Plan, itemsize: int) -> int:
 
 def sensitivity(
     net: FunctionalNet,
-    plan: Plan,
+    coverage: HookCoverage | None,
     x: torch.Tensor,
     *,
     direction: Direction,
@@ -247,8 +249,9 @@ def sensitivity(
     """FIS of all samples (shape of ``x``): the fastest exact path that applies, or finite differences."""
     path = "finite_difference"
     if method == "exact":
-        path = "func" if plan.rest else ("first_order" if is_piecewise_linear(plan) else "second_order")
-    size = chunk_size or _chunk_of(path, plan, x.element_size())
+        assert coverage is not None  # the exact paths need the hook coverage
+        path = "func" if coverage.rest else ("first_order" if is_piecewise_linear(coverage.probe) else "second_order")
+    size = chunk_size or _chunk_of(path, coverage, x.element_size())
     forward_mode = True
     out = []
     for sl in chunking.chunks(x.shape[0], size):
@@ -258,7 +261,7 @@ def sensitivity(
         _checks.check_finite_output(z, sl.start, net, x)
         cls = directions.class_of(direction, z, None if y is None else y[sl])
         res = None
-        while res is None and path in ("first_order", "second_order"):
+        while res is None and coverage is not None and path in ("first_order", "second_order"):
             if isinstance(direction, str):
                 r, v = directions.coefficients(z, cls), None
             else:
@@ -266,7 +269,7 @@ def sensitivity(
             try:
                 res = hook_sensitivity(
                     net,
-                    plan,
+                    coverage,
                     xb,
                     r=r,
                     v=v,
@@ -375,19 +378,19 @@ def fisher_sensitivity(
         InstanceNorm modules: torch.func's mixed second derivatives through them are wrong in torch
         2.13 (verified against plain autograd).
     """
-    net, n_classes, eps, bs = setup(
+    net, n_classes, eps, chunk = setup(
         model, x, output=output, params=params, method=method, fd_step=fd_step, chunk_size=chunk_size
     )
     direction, yt = check_direction_args(
         direction, y, net, x, n_classes, allow_top=False, blockwise=blockwise, normalize=normalize, classes=classes
     )
     x = x.detach()
-    plan = make_plan(net, x) if method == "exact" else no_plan(n_classes)
-    if method == "exact" and plan.rest:
+    coverage = find_coverage(net, x) if method == "exact" else None  # finite differences use no hooks
+    if coverage is not None and coverage.rest:
         _checks.check_second_order(model)
     values = sensitivity(
         net,
-        plan,
+        coverage,
         x,
         direction=direction,
         y=yt,
@@ -396,6 +399,6 @@ def fisher_sensitivity(
         classes=classes,
         method=method,
         fd_step=eps,
-        chunk_size=bs,
+        chunk_size=chunk,
     )
     return _checks.check_finite_result(values, "fisher_sensitivity")

@@ -58,9 +58,9 @@ from torch import nn
 
 from art_fisher import _checks
 from art_fisher.metrics._basis import Basis, complement, factor, identity_minus
-from art_fisher.metrics.engine.grams import gram_blocks
-from art_fisher.metrics.engine.network import FunctionalNet
-from art_fisher.metrics.engine.recorder import make_plan
+from art_fisher.metrics._engine._grams import tensor_grams
+from art_fisher.metrics._engine._network import FunctionalNet
+from art_fisher.metrics._engine._recorder import find_coverage
 
 
 def check_tau(tau: object, *, allow_none: bool = True) -> float | None:
@@ -273,7 +273,7 @@ def fisher_trace_estimate(
         raise TypeError(f"seed must be an int; got {seed!r}.")
     if not 0 <= seed < 2**63:
         raise ValueError(f"seed must be an int from 0 to 2**63 - 1 (torch.Generator's range); got {str(seed)[:40]}.")
-    bs = _checks.check_chunk_size(chunk_size)
+    chunk = _checks.check_chunk_size(chunk_size)
     names = _checks.check_params(model, params)
     _checks.check_model_matches_x(model, names, x)
     _checks.probe_output(model, x, output)
@@ -282,7 +282,7 @@ def fisher_trace_estimate(
     gen = torch.Generator(device=x.device).manual_seed(seed)
     spec = TopMass(tau, samples=samples, generator=gen, max_kept=max_kept)
     with torch.no_grad():
-        z, diag, _w = gram_blocks(net, make_plan(net, x), x, basis=spec.basis(), batch_size=bs, diagonal=True)
+        z, diag, _w = tensor_grams(net, find_coverage(net, x), x, basis=spec.basis(), chunk_size=chunk, diagonal=True)
     per_column = diag.sum(1)  # (N, m + K)
     drawn, lower = per_column[:, :samples], per_column[:, samples:].sum(1)
     _order, kept, q = kept_classes(z, tau, max_kept)

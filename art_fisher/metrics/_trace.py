@@ -1,6 +1,6 @@
 r"""The trace of the Fisher matrix, per parameter tensor and in total, and its largest eigenvalue.
 
-With the Gram blocks ``K_k = J_k J_kᵀ`` (C × C) of each parameter tensor ``k`` and a factor ``W`` of
+With the Gram matrices ``K_k = J_k J_kᵀ`` (C × C) of each parameter tensor ``k`` and a factor ``W`` of
 ``S = diag p − p pᵀ`` (``W Wᵀ = S``, :mod:`art_fisher.metrics`):
 
 - the trace of tensor ``k``'s diagonal block of ``F`` is ``tr(J_kᵀ S J_k) = tr(Wᵀ K_k W)``, which needs
@@ -21,49 +21,52 @@ from torch import nn
 
 from art_fisher import _checks
 from art_fisher.metrics._basis import ClassSelection, make_basis
+from art_fisher.metrics._engine import _chunking as chunking
+from art_fisher.metrics._engine._grams import tensor_grams
+from art_fisher.metrics._engine._network import FunctionalNet
+from art_fisher.metrics._engine._recorder import HookCoverage, find_coverage
 from art_fisher.metrics._finite_difference import per_class_trace
 from art_fisher.metrics._setup import grad_mode, input_for, setup
 from art_fisher.metrics._top_mass import selection
-from art_fisher.metrics.engine import chunking
-from art_fisher.metrics.engine.grams import gram_blocks
-from art_fisher.metrics.engine.network import FunctionalNet
-from art_fisher.metrics.engine.recorder import Plan, make_plan
 
 
 def block_traces(
     net: FunctionalNet,
-    plan: Plan,
+    coverage: HookCoverage,
     x: torch.Tensor,
     *,
     chunk_size: int | None,
     create_graph: bool = False,
     classes: str | ClassSelection = "all",
 ) -> torch.Tensor:
-    """``tr F_kk`` (N, B) for each selected parameter tensor ``k`` (in ``net.names`` order)."""
-    _z, diag, _w = gram_blocks(
+    """``tr F_kk`` (N, n_tensors) for each selected parameter tensor ``k`` (in ``net.names`` order)."""
+    _z, diag, _w = tensor_grams(
         net,
-        plan,
+        coverage,
         x,
         basis=make_basis(classes, smooth=create_graph),
-        batch_size=chunk_size,
+        chunk_size=chunk_size,
         diagonal=True,
         create_graph=create_graph,
     )
     return diag.sum(-1)
 
 
-def blocks(
+def basis_grams(
     net: FunctionalNet,
-    plan: Plan,
+    coverage: HookCoverage,
     x: torch.Tensor,
     *,
     chunk_size: int | None,
     classes: str | ClassSelection = "all",
     create_graph: bool = False,
 ) -> torch.Tensor:
-    """The blocks ``Wᵀ K_k W`` (N, B, C', C'); ``"predicted_vs_rest"`` reduces at the predicted class."""
+    """The Gram matrices ``Wᵀ K_k W`` (N, n_tensors, C', C') in the basis of ``classes``.
+
+    ``"predicted_vs_rest"`` reduces at the predicted class.
+    """
     basis = make_basis(classes, smooth=create_graph)
-    return gram_blocks(net, plan, x, basis=basis, batch_size=chunk_size, create_graph=create_graph)[1]
+    return tensor_grams(net, coverage, x, basis=basis, chunk_size=chunk_size, create_graph=create_graph)[1]
 
 
 @overload
@@ -86,7 +89,7 @@ def top_eigen(k: torch.Tensor, *, vectors: bool = True) -> tuple[torch.Tensor, t
 
 def max_eigenvalue(
     net: FunctionalNet,
-    plan: Plan,
+    coverage: HookCoverage,
     x: torch.Tensor,
     *,
     chunk_size: int | None,
@@ -94,7 +97,7 @@ def max_eigenvalue(
     classes: str | ClassSelection = "all",
 ) -> torch.Tensor:
     """``λ_max(F(x))`` (N,)."""
-    k = blocks(net, plan, x, chunk_size=chunk_size, classes=classes, create_graph=create_graph)
+    k = basis_grams(net, coverage, x, chunk_size=chunk_size, classes=classes, create_graph=create_graph)
     return top_eigen(k, vectors=False)[0]
 
 
@@ -172,7 +175,7 @@ def fisher_trace(
         For invalid arguments (before any computation), and for samples whose output or trace is
         not finite (naming them).
     """
-    net, _n_classes, _eps, bs = setup(
+    net, _n_classes, _eps, chunk = setup(
         model,
         x,
         output=output,
@@ -187,11 +190,11 @@ def fisher_trace(
     with grad_mode(create_graph):
         if method == "finite_difference":
             n_params = sum(net.base[n].numel() for n in net.names)  # Jacobians of logits and probabilities
-            size = bs or max(1, chunking.func_chunk(n_params, _n_classes, x.element_size()) // 2)
+            size = chunk or max(1, chunking.func_chunk(n_params, _n_classes, x.element_size()) // 2)
             values = torch.cat([per_class_trace(net, x[sl]) for sl in chunking.chunks(x.shape[0], size)])
         else:
             values = block_traces(
-                net, make_plan(net, x), x, chunk_size=bs, create_graph=create_graph, classes=classes
+                net, find_coverage(net, x), x, chunk_size=chunk, create_graph=create_graph, classes=classes
             ).sum(1)
     return _checks.check_finite_result(values, "fisher_trace")
 
@@ -227,13 +230,13 @@ def fisher_block_traces(
     TypeError, ValueError
         As :func:`fisher_trace`.
     """
-    net, _n_classes, _eps, bs = setup(
+    net, _n_classes, _eps, chunk = setup(
         model, x, output=output, params=params, chunk_size=chunk_size, create_graph=create_graph
     )
     x = input_for(x, create_graph)
     with grad_mode(create_graph):
         values = block_traces(
-            net, make_plan(net, x), x, chunk_size=bs, create_graph=create_graph, classes=selection(tau)
+            net, find_coverage(net, x), x, chunk_size=chunk, create_graph=create_graph, classes=selection(tau)
         )
     return BlockTraces(_checks.check_finite_result(values, "fisher_block_traces"), tuple(net.names))
 
@@ -271,12 +274,12 @@ def fisher_max_eigenvalue(
     TypeError, ValueError
         As :func:`fisher_trace`.
     """
-    net, _n_classes, _eps, bs = setup(
+    net, _n_classes, _eps, chunk = setup(
         model, x, output=output, params=params, chunk_size=chunk_size, create_graph=create_graph
     )
     x = input_for(x, create_graph)
     with grad_mode(create_graph):
         values = max_eigenvalue(
-            net, make_plan(net, x), x, chunk_size=bs, create_graph=create_graph, classes=selection(tau)
+            net, find_coverage(net, x), x, chunk_size=chunk, create_graph=create_graph, classes=selection(tau)
         )
     return _checks.check_finite_result(values, "fisher_max_eigenvalue")

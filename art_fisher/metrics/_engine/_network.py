@@ -87,7 +87,7 @@ class FunctionalNet:
         self.head_stripped = False
 
     def groups(self, blockwise: bool) -> list[list[str]]:
-        """The parameter groups of the Fisher blocks: one per selected tensor, or all of them as one."""
+        """The parameter groups of the Fisher matrix's blocks: one per selected tensor, or all of them as one."""
         return [[name] for name in self.names] if blockwise else [list(self.names)]
 
     def selected(self) -> dict[str, torch.Tensor]:
