@@ -53,7 +53,7 @@ import numpy as np
 import torch
 from art.estimators.classification import DetectorClassifier
 
-from art_fisher.detection._detector import FisherInformationDetector
+from art_fisher.detection._base import Detector
 from art_fisher.detection._logit import DetectionLogitClassifier, classifier_logits
 from art_fisher.detection._persistence import model_fingerprint
 
@@ -65,9 +65,10 @@ class AdaptiveDetectorClassifier(DetectorClassifier):
     ----------
     classifier : art.estimators.classification.PyTorchClassifier
         The attacked classifier (outputs logits).
-    detector : DetectionLogitClassifier or FisherInformationDetector
-        The detector's logit; a fitted :class:`~art_fisher.detection.FisherInformationDetector` is turned
-        into one with ``as_art_classifier()`` (which raises for a non-differentiable estimator).
+    detector : DetectionLogitClassifier or Detector
+        The detector's logit; a fitted :class:`~art_fisher.detection.Detector` (e.g.
+        :class:`~art_fisher.detection.FisherInformationDetector`, :class:`~art_fisher.detection.StackedDetector`)
+        is turned into one with ``as_art_classifier()`` (which raises where it has no input gradient).
     detector_weight : float, default=1.0
         :math:`w \\ge 0` in the attacker's loss (module docstring); 0 ignores the detector.
     classifier_loss : {"margin", "cross_entropy"}, default="margin"
@@ -112,12 +113,12 @@ class AdaptiveDetectorClassifier(DetectorClassifier):
 
         if not isinstance(classifier, PyTorchClassifier):
             raise TypeError(f"classifier must be an ART PyTorchClassifier; got {type(classifier).__qualname__}.")
-        if isinstance(detector, FisherInformationDetector):
+        if isinstance(detector, Detector):
             detector = detector.as_art_classifier()
         if not isinstance(detector, DetectionLogitClassifier):
             raise TypeError(
-                "detector must be a DetectionLogitClassifier (FisherInformationDetector.as_art_classifier(), "
-                f"art_fisher.detection._logit.art_detector_logit) or a FisherInformationDetector; got "
+                "detector must be a DetectionLogitClassifier (Detector.as_art_classifier(), "
+                f"art_fisher.detection._logit.art_detector_logit) or a fitted art_fisher.detection.Detector; got "
                 f"{type(detector).__qualname__}."
             )
         if isinstance(detector_weight, bool) or not isinstance(detector_weight, Real) or not detector_weight >= 0:
