@@ -116,7 +116,7 @@ class Detector(EvasionDetector):
         After ``fit(x, y)`` with ``threshold="target_fpr"``, or :meth:`calibrate`: the share of the clean
         decision scores above ``threshold_`` (else None).
     model_fingerprint_ : str
-        :func:`art_fisher.detection._persistence.model_fingerprint` of the classifier at fit time (saved with
+        ``art_fisher.detection._persistence.model_fingerprint`` of the classifier at fit time (saved with
         the detector; :meth:`load` checks it).
     """
 
@@ -206,7 +206,7 @@ class Detector(EvasionDetector):
         self._source = check_feature_source(self.feature_source)
 
     def set_params(self, **kwargs: Any) -> None:
-        """Set constructor parameters (names in :attr:`defence_params`) and check them.
+        """Set constructor parameters (names in ``defence_params``) and check them.
 
         Changing a parameter that alters the features or the decision (anything but ``chunk_size``,
         ``progress`` and ``feature_source``, and ``target_fpr`` after a fit with labels whose ``threshold`` is
@@ -477,7 +477,7 @@ class Detector(EvasionDetector):
         Stored: the settings, the fitted estimator (through ``skops.io``, never bare pickle), the feature
         names, what the features learned (the stacked detector's class Gaussians), the classifier's input
         shape and class count, a fingerprint of the classifier's weights and preprocessing
-        (:func:`art_fisher.detection._persistence.model_fingerprint`, taken at fit time), the decision
+        (``art_fisher.detection._persistence.model_fingerprint``, taken at fit time), the decision
         threshold and the package versions. Not stored: the classifier or its weights, the feature source,
         the reference images.
 
@@ -501,7 +501,7 @@ class Detector(EvasionDetector):
         """Load a detector written by :meth:`save` and attach it to ``classifier``.
 
         Nothing in the file is executed (``skops.io`` with a trusted-type list); see
-        :func:`art_fisher.detection._persistence.read_state` for every check. Its decisions are those of the
+        ``art_fisher.detection._persistence.read_state`` for every check. Its decisions are those of the
         detector that was saved.
 
         Parameters
@@ -526,7 +526,7 @@ class Detector(EvasionDetector):
         ------
         ValueError
             If the file is missing, malformed, untrusted or of another format or detector class, or fitted for
-            another classifier (see :func:`art_fisher.detection._persistence.read_state`).
+            another classifier (see ``art_fisher.detection._persistence.read_state``).
         TypeError
             If ``classifier`` is not an ART ``PyTorchClassifier``.
         """
@@ -574,7 +574,7 @@ class Detector(EvasionDetector):
         }
 
     def _set_state(self, state: dict[str, Any]) -> None:
-        """Take back the fitted part of a state from :func:`~art_fisher.detection._persistence.read_state`.
+        """Take back the fitted part of a state from ``art_fisher.detection._persistence.read_state``.
 
         Raises
         ------

@@ -35,7 +35,7 @@ class FisherInformationDetector(Detector):
     e.g. its trace :math:`\operatorname{tr} F(x)` and the quadratic form :math:`\bar v^\top F(x) \bar v`
     along the normalised gradient :math:`\bar v` of the predicted class's log-probability (see
     :mod:`art_fisher.metrics`). A sensitivity map (one value per input dimension) is reduced to the
-    features ``l1``, ``l2``, ``max`` and ``top_mass`` (:data:`art_fisher.detection._features.SENSITIVITY_REDUCTIONS`);
+    features ``l1``, ``l2``, ``max`` and ``top_mass`` (``art_fisher.detection._features.SENSITIVITY_REDUCTIONS``);
     the full maps come from :meth:`sensitivity_maps`. A scikit-learn estimator (``estimator``) then
     decides from these features which inputs are adversarial: a classifier fitted on clean and
     adversarial examples (``fit(x, y)``), or an outlier detector calibrated on clean inputs alone
@@ -50,19 +50,20 @@ class FisherInformationDetector(Detector):
     Parameters
     ----------
     classifier : art.estimators.classification.PyTorchClassifier
-        The (trained) classifier whose inputs are screened. Never modified; not saved by :meth:`save`.
+        The (trained) classifier whose inputs are screened. Never modified; not saved by
+        :meth:`~art_fisher.detection.Detector.save`.
     metrics : sequence of str, default=("trace", "quadratic_form")
         Metric names: ``"trace"``, ``"quadratic_form"``, ``"sensitivity"``, ``"max_eigenvalue"`` and
         ``"block_traces"``. One feature column per scalar
         metric, one per selected parameter tensor for ``"block_traces"`` (the trace of its own block of
         :math:`F(x)`), four for ``"sensitivity"``.
     estimator : sklearn classifier or outlier detector, default=None
-        Decides from the feature columns (cloned in :meth:`fit`). A classifier (with ``predict_proba``
-        or ``decision_function``) is fitted on labelled clean / adversarial inputs; an outlier detector
-        (e.g. ``IsolationForest``) on clean inputs alone, ``fit(x)``. None: with labels, a
+        Decides from the feature columns (cloned in :meth:`~art_fisher.detection.Detector.fit`). A classifier
+        (with ``predict_proba`` or ``decision_function``) is fitted on labelled clean / adversarial inputs;
+        an outlier detector (e.g. ``IsolationForest``) on clean inputs alone, ``fit(x)``. None: with labels, a
         :class:`~art_fisher.detection.ThresholdClassifier` for one feature column and a logistic
-        regression on the standardised logs of the columns for several (:func:`default_estimator`); without
-        labels, :func:`default_clean_estimator`.
+        regression on the standardised logs of the columns for several (``default_estimator``); without
+        labels, ``default_clean_estimator``.
     target_fpr, threshold, chunk_size, progress, feature_source
         As for every detector (:class:`~art_fisher.detection.Detector`): the share of clean inputs flagged,
         the decision threshold rule (``"target_fpr"`` by default), samples per computation, a progress bar,
@@ -70,7 +71,7 @@ class FisherInformationDetector(Detector):
         :class:`~art_fisher.detection.FeatureCache`: looked up where computed before).
     output, direction, blockwise, normalize, classes, params, method, fd_step, tau
         The metric options, one object shared with :class:`~art_fisher.detection.FisherFeatures`
-        (meanings and defaults: :class:`art_fisher.detection._features.MetricOptions`). ``direction`` is
+        (meanings and defaults: ``art_fisher.detection._features.MetricOptions``). ``direction`` is
         ``"predicted"`` or ``"top_eigenvector"`` (a detector has no true labels at detection time).
 
     Attributes
@@ -88,7 +89,7 @@ class FisherInformationDetector(Detector):
 
     Notes
     -----
-    Attacks that know the detector: :meth:`as_art_classifier` is the detector as ART's
+    Attacks that know the detector: :meth:`~art_fisher.detection.Detector.as_art_classifier` is the detector as ART's
     ``DetectorClassifier`` needs it (``predict`` = one detection logit per sample, ``class_gradient`` its
     exact input gradient, by autodiff through the Fisher metrics), and
     :class:`art_fisher.adversarial.AdaptiveDetectorClassifier` the pair with an attacker's loss, on

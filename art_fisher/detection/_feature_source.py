@@ -84,7 +84,7 @@ class FeatureCache:
     Rows are told apart by a digest of their bytes (the detectors hand over their checked float32 inputs), so
     the same image gets its values once, whichever detector, fit or call asks for them. Each row also keeps the
     seconds its computation took (its share of the batch it was computed in), so that a caller can charge a
-    detector for the cost of its features rather than for looking them up (:attr:`seconds_cost`).
+    detector for the cost of its features rather than for looking them up (``seconds_cost``).
 
     Parameters
     ----------

@@ -1,12 +1,12 @@
 r"""A stacked detector: Fisher features, the classifier's confidence and the Mahalanobis scores in one pipeline.
 
-:class:`StackedFeatures` is a scikit-learn transformer from raw inputs to one feature matrix, the
+``StackedFeatures`` is a scikit-learn transformer from raw inputs to one feature matrix, the
 columns of the chosen ``parts``:
 
 - ``"fisher"``: :math:`\log \operatorname{tr} F_{kk}(x)` of every parameter tensor :math:`k` (the
   ``block_traces`` metric, :mod:`art_fisher.metrics`);
 - ``"sensitivity"``: the log of the four statistics of the Fisher sensitivity map
-  (:data:`~art_fisher.detection._features.SENSITIVITY_REDUCTIONS`);
+  (``art_fisher.detection._features.SENSITIVITY_REDUCTIONS``);
 - ``"confidence"``: the maximum softmax probability and the entropy of the prediction (Hendrycks &
   Gimpel 2017);
 - ``"mahalanobis"``: Lee et al.'s per-layer confidence scores (:mod:`art_fisher.detection`),
@@ -76,7 +76,7 @@ def _fisher_options(classifier: Any, metrics: tuple[str, ...]) -> _features.Metr
 
 
 def widths(classifier: Any, parts: Sequence[str]) -> dict[str, int]:
-    """Columns of each part, in :data:`PARTS` order (known from the classifier's model, before any fit)."""
+    """Columns of each part, in ``PARTS`` order (known from the classifier's model, before any fit)."""
     parts = _check_parts(parts)
     counts = {
         "fisher": lambda: len(_features.block_names(classifier, _fisher_options(classifier, ("block_traces",)))),
@@ -89,7 +89,7 @@ def widths(classifier: Any, parts: Sequence[str]) -> dict[str, int]:
 
 
 def feature_names(classifier: Any, parts: Sequence[str]) -> list[str]:
-    """Names of the columns: ``<part>_<i>`` in :data:`PARTS` order."""
+    """Names of the columns: ``<part>_<i>`` in ``PARTS`` order."""
     return [f"{part}_{i}" for part, width in widths(classifier, parts).items() for i in range(width)]
 
 
@@ -114,7 +114,7 @@ class StackedFeatures(TransformerMixin, BaseEstimator):
     classifier : art.estimators.classification.PyTorchClassifier
         The monitored classifier (logits out).
     parts : sequence of str, default=PARTS
-        Feature groups, from :data:`PARTS`.
+        Feature groups, from ``PARTS``.
     chunk_size : int, default=128
     feature_source : FeatureSource, optional
         Where the Fisher values, the input-Fisher spectrum and the class Gaussians come from (None: computed;
@@ -251,7 +251,7 @@ class StackedFeatures(TransformerMixin, BaseEstimator):
         return {name: np.concatenate(parts) for name, parts in out.items()}
 
     def transform(self, X: np.ndarray) -> np.ndarray:
-        """The feature matrix, shape (N, n_features): the parts' columns in :data:`PARTS` order."""
+        """The feature matrix, shape (N, n_features): the parts' columns in ``PARTS`` order."""
         check_is_fitted(self, "gaussians_")
         x = _features.check_inputs(self.classifier, X, "X")
         return self._matrix(x, self.chunk_size)
@@ -288,7 +288,7 @@ class StackedFeatures(TransformerMixin, BaseEstimator):
         return np.concatenate(out)
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
-        """Names of the columns: ``<part>_<i>`` in :data:`PARTS` order."""
+        """Names of the columns: ``<part>_<i>`` in ``PARTS`` order."""
         check_is_fitted(self, "gaussians_")
         return np.array(feature_names(self.classifier, self.parts_), dtype=object)
 
@@ -329,14 +329,14 @@ class StackedFeatures(TransformerMixin, BaseEstimator):
 
 
 class StackedDetector(Detector):
-    """The stacked configuration of :class:`~art_fisher.detection.Detector`, on :class:`StackedFeatures`.
+    """The stacked configuration of :class:`~art_fisher.detection.Detector`, on ``StackedFeatures``.
 
     Parameters
     ----------
     classifier : art.estimators.classification.PyTorchClassifier
         The (trained) classifier whose inputs are screened (logits out). Never modified; not saved.
     parts : sequence of str, default=PARTS
-        Feature groups, from :data:`PARTS`.
+        Feature groups, from ``PARTS``.
     estimator, target_fpr, threshold, chunk_size, progress, feature_source
         As for every detector (:class:`~art_fisher.detection.Detector`). ``estimator`` None: ``StandardScaler``
         + ``LogisticRegression`` with labels, a :class:`~art_fisher.detection.QuantileOutlierDetector` on the
