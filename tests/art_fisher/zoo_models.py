@@ -31,6 +31,14 @@ class LayerNorm2d(nn.LayerNorm):
         return x.permute(0, 3, 1, 2)
 
 
+class OtherEpsLayerNorm2d(LayerNorm2d):
+    """A channel layer norm whose forward uses another ``eps`` than the module's: no rule may claim it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, 0.5)
+        return x.permute(0, 3, 1, 2)
+
+
 class TimmLayerNorm(nn.LayerNorm):
     """timm's ``LayerNorm``: its own ``forward`` that calls ``F.layer_norm`` as ``nn.LayerNorm`` does."""
 
@@ -182,7 +190,8 @@ def _channels_last() -> nn.Module:
 
 #: name → (builder, input shape of one sample, parameters left to torch.func or None)
 ZOO: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], list[str] | None]] = {
-    "layernorm2d": (lambda: ConvNet(LayerNorm2d(4)), (3, 6, 6), ["norm.weight", "norm.bias"]),
+    "layernorm2d": (lambda: ConvNet(LayerNorm2d(4)), (3, 6, 6), []),
+    "other_eps_layernorm2d": (lambda: ConvNet(OtherEpsLayerNorm2d(4)), (3, 6, 6), ["norm.weight", "norm.bias"]),
     "timm_layernorm": (lambda: TokenMixer(norm=TimmLayerNorm), (6, 4), []),
     "other_eps_layernorm": (
         lambda: nn.Sequential(OtherEpsLayerNorm(4), nn.Tanh(), nn.Flatten(), nn.Linear(12, 5)),
