@@ -122,7 +122,7 @@ def _computes_channel_layer_norm(module: nn.LayerNorm, a: torch.Tensor, out: tor
     norm = node.next_functions[0][0]  # type: ignore[union-attr]  # a PermuteBackward0 has one input
     if type(norm).__name__ != "NativeLayerNormBackward0":
         return False
-    inner = norm.next_functions[0][0]
+    inner = norm.next_functions[0][0]  # type: ignore[union-attr]  # a NativeLayerNormBackward0 node
     if not (_permute_of(inner, (0, 2, 3, 1)) and made_from(inner, 0, a)):
         return False
     if tuple(getattr(norm, "_saved_normalized_shape", ())) != tuple(module.normalized_shape) or not (
@@ -147,7 +147,7 @@ class ChannelLayerNormRule(BatchNormRule):
     normalised over its channels).
     """
 
-    module_types = (nn.LayerNorm,)
+    module_types = (nn.LayerNorm,)  # type: ignore[assignment]  # a layer norm, not a batch norm
     module: nn.LayerNorm  # type: ignore[assignment]  # the batch-norm rule's formulas on a layer norm
 
     @staticmethod
