@@ -104,60 +104,73 @@ def hook_sensitivity(
     first_order : bool
         The logits are piecewise linear in ``x``: hold the output-gradients ``B_c`` constant.
     """
+    n, n_cls = x.shape[0], coverage.n_classes
+    if r is not None:  # per-sample directions v = Jᵀ r, held fixed (not differentiated in x)
+        d = _hook_directions(net, coverage, x, r, normalize)
+        if d is None:
+            return None
+        # one sample: its direction is shared by its copies; several: each copy block gets the same rows
+        shared = n == 1
+        d = {k: t[0] if shared else t.repeat(n_cls, *([1] * (t.dim() - 1))) for k, t in d.items()}
+    else:
+        assert v is not None  # a fixed direction when there are no coefficients
+        d, shared = dict(v), True
+    # one copy of the chunk per class (row c·n + i is sample i for class c): every class's input-gradient
+    # is then one plain batched backward pass, where batched cotangents (is_grads_batched) would loop over
+    # the classes in vmap's fallbacks of the double-backward kernels
+    xc = x.detach().repeat(n_cls, *([1] * (x.dim() - 1))).requires_grad_(True)
     # the math kernel of scaled dot-product attention: the fused CPU kernels have no double backward
     with sdpa_kernel([SDPBackend.MATH]):
-        rec = recorded_forward(net, coverage, x, create_graph=True)
+        rec = recorded_forward(net, coverage, xc, create_graph=True)
     if rec.missing:
         return None
     z, x0 = rec.z, rec.x
     edges = [rec.edges[m] for m in rec.modules]
     with torch.enable_grad():
-        if r is not None:  # per-sample directions v = Jᵀ r, held fixed (not differentiated in x)
-            brs = torch.autograd.grad(z, edges, r, retain_graph=True)
-            d = {
-                name: rec.rules[m].grad(brs[rec.modules.index(m)], role).detach()
-                for name, (m, role) in coverage.covered.items()
-            }
-            del brs
-            if normalize:
-                d = directions.unit_length(d)[0]
-            shared = False
-        else:
-            assert v is not None  # a fixed direction when there are no coefficients
-            d, shared = dict(v), True
-        n, n_cls = z.shape
-        eye = torch.eye(n_cls, dtype=z.dtype, device=z.device).unsqueeze(1).expand(n_cls, n, n_cls)
+        eye = torch.eye(n_cls, dtype=z.dtype, device=z.device).repeat_interleave(n, dim=0)  # row c·n + i: e_c
         inputs: list[Any] = [*edges, x0]  # torch.autograd.grad takes edges and tensors mixed; its stubs do not
-        grads = torch.autograd.grad(
-            z, inputs, eye, retain_graph=True, is_grads_batched=True, create_graph=not first_order
-        )
-        b_of = dict(zip(rec.modules, grads[:-1], strict=True))  # (C, n, *out)
+        grads = torch.autograd.grad(z, inputs, eye, retain_graph=True, create_graph=not first_order)
+        b_of = dict(zip(rec.modules, grads[:-1], strict=True))  # (C·n, *out)
         if first_order:
             b_of = {m: b.detach() for m, b in b_of.items()}
-        jz = grads[-1].detach().flatten(2).transpose(0, 1)  # (n, C, D)
+        jz = _by_class(grads[-1].detach(), n_cls)  # (n, C, D)
         del grads
         groups = net.groups(blockwise)
-        cot = torch.eye(n_cls, dtype=z.dtype, device=z.device).unsqueeze(-1).expand(n_cls, n_cls, n)
         ts, jts = [], []
         for group in groups:
-            t = torch.zeros(n_cls, n, dtype=z.dtype, device=z.device)
+            t = torch.zeros(n_cls * n, dtype=z.dtype, device=z.device)
             for name in group:
                 m, role = coverage.covered[name]
                 delta = rec.rules[m].change(role, d[name], shared).expand(rec.shapes[m])
-                t = t + (b_of[m] * delta).flatten(2).sum(2)
-            if t.requires_grad:
-                (jt,) = torch.autograd.grad(t, x0, cot, retain_graph=True, is_grads_batched=True, allow_unused=True)
-            else:
-                jt = None
-            jt = torch.zeros_like(jz) if jt is None else jt.flatten(2).transpose(0, 1)  # (n, C, D)
-            ts.append(t.detach().transpose(0, 1))
-            jts.append(jt.detach())
-    z = z.detach()
+                t = t + (b_of[m] * delta).flatten(1).sum(1)
+            # row c·n + i of t depends on copy c·n + i only: one backward pass gives every ∂x t_c
+            jt = torch.autograd.grad(t.sum(), x0, retain_graph=True, allow_unused=True)[0] if t.requires_grad else None
+            jts.append(torch.zeros_like(jz) if jt is None else _by_class(jt.detach(), n_cls))
+            ts.append(t.detach().reshape(n_cls, n).transpose(0, 1))
+    z = z[:n].detach()
     t = torch.stack(ts, dim=1)  # (n, G, C)
     jt = torch.stack(jts, dim=1)  # (n, G, C, D)
     if classes == "predicted_vs_rest":
         z, t, jz, jt = _reduce_to_two(z, t, jz, jt, y)
     return fis_from_jacobians(z, t, jz, jt).view_as(x)
+
+
+def _hook_directions(
+    net: FunctionalNet, coverage: HookCoverage, x: torch.Tensor, r: torch.Tensor, normalize: bool
+) -> dict[str, torch.Tensor] | None:
+    """Per-sample directions ``v = Jᵀ r`` (name → (n, *shape)) from one hooked pass, or None where one is missing."""
+    rec = recorded_forward(net, coverage, x)
+    if rec.missing:
+        return None
+    brs = torch.autograd.grad(rec.z, [rec.edges[m] for m in rec.modules], r)
+    b_of = dict(zip(rec.modules, brs, strict=True))
+    d = {name: rec.rules[m].grad(b_of[m], role).detach() for name, (m, role) in coverage.covered.items()}
+    return directions.unit_length(d)[0] if normalize else d
+
+
+def _by_class(g: torch.Tensor, n_cls: int) -> torch.Tensor:
+    """Rows ``c·n + i`` of ``g`` (C·n, ...) → (n, C, D): sample ``i``, class ``c``, flattened input."""
+    return g.reshape(n_cls, -1, g[0].numel()).transpose(0, 1)
 
 
 # --- torch.func path ------------------------------------------------------------------------------------
@@ -214,14 +227,16 @@ def func_sensitivity(
 # --- Dispatch -------------------------------------------------------------------------------------------
 
 
-def _chunk_of(path: str, coverage: HookCoverage | None, itemsize: int) -> int:
-    """Samples per pass of a sensitivity path, from its memory budget."""
-    if path == "first_order" and coverage is not None:
-        return chunking.hook_chunk(coverage.out_numel, coverage.n_classes, itemsize, budget=chunking.FIRST_ORDER_BUDGET)
-    if path == "second_order" and coverage is not None:
-        return chunking.hook_chunk(
-            coverage.out_numel, coverage.n_classes, itemsize, budget=chunking.SECOND_ORDER_BUDGET
-        )
+def _chunk_of(path: str, coverage: HookCoverage | None, itemsize: int, n_params: int) -> int:
+    """Samples per pass of a sensitivity path, from its memory budget.
+
+    The hook paths hold ``C`` copies of each sample's layer outputs and, with more than one sample per
+    chunk, ``C`` copies of each sample's direction (``n_params`` entries).
+    """
+    if path in ("first_order", "second_order") and coverage is not None:
+        budget = chunking.FIRST_ORDER_BUDGET if path == "first_order" else chunking.SECOND_ORDER_BUDGET
+        outputs = chunking.hook_chunk(coverage.out_numel, coverage.n_classes, itemsize, budget=budget)
+        return min(outputs, chunking.by_budget(coverage.n_classes * n_params * itemsize, chunking.HOOK_BUDGET))
     if path == "func":
         return chunking.FUNC_SENSITIVITY_CHUNK
     return chunking.FINITE_DIFFERENCE_CHUNK
@@ -246,7 +261,7 @@ def sensitivity(
     if method == "exact":
         assert coverage is not None  # the exact paths need the hook coverage
         path = "func" if coverage.rest else ("first_order" if is_piecewise_linear(coverage.probe) else "second_order")
-    size = chunk_size or _chunk_of(path, coverage, x.element_size())
+    size = chunk_size or _chunk_of(path, coverage, x.element_size(), sum(net.base[k].numel() for k in net.names))
     forward_mode = True
     out = []
     for sl in chunking.chunks(x.shape[0], size):

@@ -31,6 +31,14 @@ class LayerNorm2d(nn.LayerNorm):
         return x.permute(0, 3, 1, 2)
 
 
+class OtherEpsLayerNorm2d(LayerNorm2d):
+    """A channel layer norm whose forward uses another ``eps`` than the module's: no rule may claim it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, 0.5)
+        return x.permute(0, 3, 1, 2)
+
+
 class TimmLayerNorm(nn.LayerNorm):
     """timm's ``LayerNorm``: its own ``forward`` that calls ``F.layer_norm`` as ``nn.LayerNorm`` does."""
 
@@ -170,6 +178,34 @@ class DirectParameters(nn.Module):
         return self.head(h.flatten(1))
 
 
+class LayerScaled(nn.Module):
+    """A convolution, then a per-channel layer scale ``h ⊙ γ`` in one of the forms real models write it.
+
+    ``"reshape"`` is ConvNeXt's ``x.mul(gamma.reshape(1, -1, 1, 1))``, ``"inplace"`` timm's ``LayerScale2d``
+    with ``inplace=True``, ``"channels_last"`` timm's ``LayerScale`` on NHWC maps, and ``"indexed"``
+    ``gamma[:, None, None] * x`` (two views: left to torch.func).
+    """
+
+    def __init__(self, form: str) -> None:
+        super().__init__()
+        self.form = form
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.gamma = nn.Parameter(torch.rand(4) + 0.5)
+        self.head = nn.Linear(4 * 4 * 4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.conv(x))
+        if self.form == "reshape":
+            h = h.mul(self.gamma.reshape(1, -1, 1, 1))
+        elif self.form == "inplace":
+            h = (h * 1.0).mul_(self.gamma.view(1, -1, 1, 1))
+        elif self.form == "channels_last":
+            h = (h.permute(0, 2, 3, 1) * self.gamma).permute(0, 3, 1, 2)
+        else:
+            h = self.gamma[:, None, None] * h
+        return self.head(torch.tanh(h).flatten(1))
+
+
 def _lazy() -> nn.Module:
     model = nn.Sequential(nn.Flatten(), nn.LazyLinear(6), nn.Tanh(), nn.Linear(6, 5))
     model(torch.zeros(1, 2, 3))  # materialise (the lazy module becomes an nn.Linear)
@@ -182,7 +218,12 @@ def _channels_last() -> nn.Module:
 
 #: name → (builder, input shape of one sample, parameters left to torch.func or None)
 ZOO: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], list[str] | None]] = {
-    "layernorm2d": (lambda: ConvNet(LayerNorm2d(4)), (3, 6, 6), ["norm.weight", "norm.bias"]),
+    "layernorm2d": (lambda: ConvNet(LayerNorm2d(4)), (3, 6, 6), []),
+    "other_eps_layernorm2d": (lambda: ConvNet(OtherEpsLayerNorm2d(4)), (3, 6, 6), ["norm.weight", "norm.bias"]),
+    "layer_scale": (lambda: LayerScaled("reshape"), (3, 6, 6), []),
+    "layer_scale_inplace": (lambda: LayerScaled("inplace"), (3, 6, 6), []),
+    "layer_scale_channels_last": (lambda: LayerScaled("channels_last"), (3, 6, 6), []),
+    "layer_scale_indexed": (lambda: LayerScaled("indexed"), (3, 6, 6), ["gamma"]),
     "timm_layernorm": (lambda: TokenMixer(norm=TimmLayerNorm), (6, 4), []),
     "other_eps_layernorm": (
         lambda: nn.Sequential(OtherEpsLayerNorm(4), nn.Tanh(), nn.Flatten(), nn.Linear(12, 5)),

@@ -4,7 +4,7 @@
 - :mod:`~art_fisher.metrics._engine._recorder`: the hook coverage (which parameters the hooks handle) and the one
   forward-hook recorder;
 - :mod:`~art_fisher.metrics._engine._layers`: one rule per layer type (Linear, Conv2d, BatchNorm, LayerNorm,
-  directly used parameters);
+  a layer norm over the channels of NCHW maps, and directly used parameters: added, expanded or scaling);
 - :mod:`~art_fisher.metrics._engine._grams`: the per-tensor Gram matrices and directional products, hooks and
   ``torch.func`` together;
 - :mod:`~art_fisher.metrics._engine._chunking`: how many samples each pass takes.

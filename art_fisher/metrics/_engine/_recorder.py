@@ -24,7 +24,7 @@ from torch import nn
 from torch.autograd.graph import GradientEdge, Node, get_gradient_edge
 
 from art_fisher.metrics._engine._layers import LayerRule, is_candidate, rule_for
-from art_fisher.metrics._engine._layers._direct import DirectRule, broadcast_shape, direct_node_ok
+from art_fisher.metrics._engine._layers._direct import DirectRule, ScaleRule, broadcast_shape, direct_node_ok, scale_use
 from art_fisher.metrics._engine._network import FunctionalNet
 
 
@@ -157,10 +157,10 @@ def find_coverage(net: FunctionalNet, x: torch.Tensor) -> HookCoverage:
                 rules[m] = rule
         if m in rules:
             out_numel += out[0].numel()
-    for name, (_node, out_shape) in _direct_uses(nodes, leaves, uses, covered).items():
+    for name, (direct_rule, out_shape) in _direct_uses(nodes, leaves, uses, covered).items():
         key = DIRECT + name
         covered[name] = (key, "param")
-        rules[key] = DirectRule
+        rules[key] = direct_rule
         shapes[key] = (leaves[name].shape, torch.Size(out_shape[1:]))
         out_numel += torch.Size(out_shape[1:]).numel()
     rest = [n for n in net.names if n not in covered]
@@ -187,19 +187,45 @@ def _consumers(nodes: list, leaves: dict[str, torch.Tensor]) -> dict[str, object
     return found
 
 
+def _parents(nodes: list) -> dict[int, list]:
+    """Node id → the nodes that take its output."""
+    out: dict[int, list] = {}
+    for node in nodes:
+        for child, _i in node.next_functions:
+            if child is not None:
+                out.setdefault(id(child), []).append(node)
+    return out
+
+
+def _direct_node(
+    consumer: object, leaf: torch.Tensor, parents: dict[int, list]
+) -> tuple[object, torch.Tensor | None, tuple[int, ...]]:
+    """The node that plays a directly used parameter's layer, a product's other factor, and the parameter's shape there.
+
+    An addition or expansion is its own node (no factor); a layer scale is its product node and factor;
+    anything else gives ``(None, None, ())``.
+    """
+    if direct_node_ok(consumer):
+        return consumer, None, tuple(leaf.shape)
+    found = scale_use(consumer, leaf, parents)
+    return found if found is not None else (None, None, ())
+
+
 def _direct_uses(
     nodes: list, leaves: dict[str, torch.Tensor], uses: Counter[str], covered: dict[str, tuple[str, str]]
-) -> dict[str, tuple[object, tuple[int, ...]]]:
-    """Parameters used once, added or expanded over the samples: name → (their node, its output shape)."""
-    out: dict[str, tuple[object, tuple[int, ...]]] = {}
-    for name, node in _consumers(nodes, leaves).items():
-        if name in covered or uses[name] != 1 or not direct_node_ok(node):
+) -> dict[str, tuple[type[DirectRule], tuple[int, ...]]]:
+    """Parameters used once, added, expanded or multiplied over the samples: name → (their rule, output shape)."""
+    out: dict[str, tuple[type[DirectRule], tuple[int, ...]]] = {}
+    parents = _parents(nodes)
+    for name, consumer in _consumers(nodes, leaves).items():
+        if name in covered or uses[name] != 1:
             continue
-        shape = _node_output_shape(node)
-        if shape is None or len(shape) == 0 or shape[0] != 1:
+        node, h, used = _direct_node(consumer, leaves[name], parents)
+        shape = None if node is None else _node_output_shape(node)
+        if shape is None or len(shape) == 0 or shape[0] != 1 or (h is not None and tuple(h.shape) != shape):
             continue
-        if broadcast_shape(tuple(leaves[name].shape), shape) is not None:
-            out[name] = (node, shape)
+        if broadcast_shape(used, shape) is not None:
+            out[name] = (DirectRule if h is None else ScaleRule, shape)
     return out
 
 
@@ -255,7 +281,7 @@ def recorded_forward(
     edges: dict[str, GradientEdge] = {}
     shapes: dict[str, torch.Size] = {}
     if direct:
-        _record_direct(coverage, z, direct, xr.shape[0], rules, edges, shapes)
+        _record_direct(coverage, z, direct, xr.shape[0], rules, edges, shapes, create_graph=create_graph)
     for m, recs in records.items():
         if len(recs) != 1:
             continue
@@ -281,13 +307,30 @@ def _record_direct(
     rules: dict[str, LayerRule],
     edges: dict[str, GradientEdge],
     shapes: dict[str, torch.Size],
+    *,
+    create_graph: bool,
 ) -> None:
     """Rules, edges and output shapes of the directly used parameters of one recorded pass (as in the probe)."""
-    for name, node in _consumers(graph_nodes(z), leaves).items():
+    nodes = graph_nodes(z)
+    parents = _parents(nodes)
+    for name, consumer in _consumers(nodes, leaves).items():
         key = DIRECT + name
-        shape = _node_output_shape(node)
-        if not direct_node_ok(node) or shape is None or shape != (n, *coverage.sample_shapes[key][1]):
+        node, h, used = _direct_node(consumer, leaves[name], parents)
+        shape = None if node is None else _node_output_shape(node)
+        want = coverage.rules.get(key)
+        if (
+            shape is None
+            or shape != (n, *coverage.sample_shapes[key][1])
+            or want is not (DirectRule if h is None else ScaleRule)
+        ):
             continue
-        rules[key] = DirectRule(nn.Identity(), leaves[name].detach(), shape)
+        if h is None:
+            rules[key] = DirectRule(nn.Identity(), leaves[name].detach(), shape)
+        elif tuple(h.shape) == shape:
+            rules[key] = ScaleRule(
+                nn.Identity(), leaves[name].detach(), shape, h=h if create_graph else h.detach(), used_shape=used
+            )
+        else:
+            continue
         edges[key] = GradientEdge(cast("Node", node), 0)
         shapes[key] = torch.Size(shape)

@@ -180,3 +180,18 @@ def test_conv_patches_equal_unfold(stride, padding, dilation, kernel):
     a = torch.randn(3, 2, 9, 8, dtype=torch.float64).transpose(2, 3)  # a non-contiguous input
     want = torch.nn.functional.unfold(a, conv.kernel_size, conv.dilation, conv.padding, conv.stride)
     assert torch.equal(Conv2dRule(conv, a).unfolded, want)
+
+
+@pytest.mark.parametrize(
+    ("conv", "grouped"),
+    [
+        (nn.Conv2d(1, 8, 5), False),  # a grayscale image's first layer: one wide matrix product per sample
+        (nn.Conv2d(3, 8, 3), False),
+        (nn.Conv2d(6, 6, 3, groups=6), True),  # depthwise: per-group products too narrow
+        (nn.Conv2d(6, 12, 3, groups=6), True),
+        (nn.Conv2d(6, 6, 3, groups=3), False),
+    ],
+)
+def test_grouped_convolution_route_only_for_depthwise_layers(conv: nn.Conv2d, grouped: bool) -> None:
+    a = torch.randn(2, conv.in_channels, 12, 12)
+    assert Conv2dRule(conv, a).by_convolution is grouped

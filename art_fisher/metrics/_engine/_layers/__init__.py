@@ -13,12 +13,13 @@ from torch import nn
 from art_fisher.metrics._engine._layers._base import FlatGrad, LayerRule, gram
 from art_fisher.metrics._engine._layers._batchnorm import BatchNormRule
 from art_fisher.metrics._engine._layers._conv2d import Conv2dRule
-from art_fisher.metrics._engine._layers._layernorm import LayerNormRule
+from art_fisher.metrics._engine._layers._layernorm import ChannelLayerNormRule, LayerNormRule
 from art_fisher.metrics._engine._layers._linear import LinearRule
 
 __all__ = [
     "RULES",
     "BatchNormRule",
+    "ChannelLayerNormRule",
     "Conv2dRule",
     "LayerNormRule",
     "LayerRule",
@@ -30,7 +31,7 @@ __all__ = [
 ]
 
 #: The layer types the hook engine handles; every other parameter goes through ``torch.func``.
-RULES: tuple[type[LayerRule], ...] = (LinearRule, Conv2dRule, BatchNormRule, LayerNormRule)
+RULES: tuple[type[LayerRule], ...] = (LinearRule, Conv2dRule, BatchNormRule, LayerNormRule, ChannelLayerNormRule)
 
 
 def rule_for(module: nn.Module, a: torch.Tensor, out: torch.Tensor) -> type[LayerRule] | None:

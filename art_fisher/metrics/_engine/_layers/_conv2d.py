@@ -98,7 +98,9 @@ class Conv2dRule(LayerRule):
     def by_convolution(self) -> bool:
         """Whether weight gradients and changes go through grouped convolutions (depthwise, large maps)."""
         m = self.module
-        return m.groups == m.in_channels and self._out_height() * self._out_width() >= CONV_TRICK_MIN_L
+        # one input channel per group and several groups: each group's patches are too narrow for a matrix
+        # product; a single-channel input (groups = in = 1, a grayscale image's first layer) is one wide product
+        return 1 < m.groups == m.in_channels and self._out_height() * self._out_width() >= CONV_TRICK_MIN_L
 
     def _depthwise_grad(self, b: torch.Tensor) -> torch.Tensor:
         """Per-sample weight gradients (n, out, 1, kh, kw) of a depthwise convolution, as one grouped convolution.

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from art_fisher.metrics._engine._layers._base import LayerRule, made_from, own_forward, same_storage
+from art_fisher.metrics._engine._layers._batchnorm import BatchNormRule
 
 
 def _computes_layer_norm(module: nn.LayerNorm, a: torch.Tensor, out: torch.Tensor) -> bool:
@@ -103,3 +104,72 @@ class LayerNormRule(LayerRule):
         else:
             d = d.reshape(d.shape[0], *([1] * (lead - 1)), *d.shape[1:])
         return d if role == "bias" else d * self.normalised
+
+
+def _permute_of(node: object, dims: tuple[int, ...]) -> bool:
+    return type(node).__name__ == "PermuteBackward0" and tuple(getattr(node, "_saved_dims", ())) == dims
+
+
+def _computes_channel_layer_norm(module: nn.LayerNorm, a: torch.Tensor, out: torch.Tensor) -> bool:
+    """Whether ``out`` is ``F.layer_norm(a.permute(0, 2, 3, 1), ...).permute(0, 3, 1, 2)`` (timm's ``LayerNorm2d``).
+
+    Read from the autograd graph: the two permutations around a layer norm of the module's parameters
+    over the channels, whose saved reciprocal standard deviations match the module's ``eps``.
+    """
+    node = out.grad_fn
+    if not _permute_of(node, (0, 3, 1, 2)):
+        return False
+    norm = node.next_functions[0][0]  # type: ignore[union-attr]  # a PermuteBackward0 has one input
+    if type(norm).__name__ != "NativeLayerNormBackward0":
+        return False
+    inner = norm.next_functions[0][0]  # type: ignore[union-attr]  # a NativeLayerNormBackward0 node
+    if not (_permute_of(inner, (0, 2, 3, 1)) and made_from(inner, 0, a)):
+        return False
+    if tuple(getattr(norm, "_saved_normalized_shape", ())) != tuple(module.normalized_shape) or not (
+        same_storage(getattr(norm, "_saved_weight", None), module.weight)
+        and same_storage(getattr(norm, "_saved_bias", None), module.bias)
+    ):
+        return False
+    rstd = getattr(norm, "_saved_result2", None)
+    with torch.no_grad():
+        want = torch.rsqrt(a.detach().double().var(1, unbiased=False) + module.eps).unsqueeze(-1)  # (n, H, W, 1)
+        if not isinstance(rstd, torch.Tensor) or rstd.shape != want.shape:
+            return False
+        tol = 64 * torch.finfo(a.dtype).eps if a.dtype.is_floating_point else 0.0
+        return bool(((rstd.double() - want).abs() <= tol * want).all())
+
+
+class ChannelLayerNormRule(BatchNormRule):
+    """A layer norm over the channels of NCHW maps (timm's ``LayerNorm2d``): ``o = γ ⊙ x̂ + β`` per channel.
+
+    Affine in ``(γ, β)`` given the recorded input, with the parameters spanning the channels and the
+    positions the spatial dimensions, as in an eval-mode BatchNorm; only ``x̂`` differs (each position
+    normalised over its channels).
+    """
+
+    module_types = (nn.LayerNorm,)  # type: ignore[assignment]  # a layer norm, not a batch norm
+    module: nn.LayerNorm  # type: ignore[assignment]  # the batch-norm rule's formulas on a layer norm
+
+    @staticmethod
+    def supports(module: nn.Module, a: torch.Tensor, out: torch.Tensor) -> bool:
+        """An affine ``nn.LayerNorm`` subclass whose forward normalises the channels of ``a`` (n, C, H, W)."""
+        return (
+            isinstance(module, nn.LayerNorm)
+            and module.elementwise_affine
+            and isinstance(module.weight, torch.Tensor)
+            and isinstance(module.bias, torch.Tensor)
+            and a.dim() == 4
+            and tuple(module.normalized_shape) == (a.shape[1],)
+            and out.shape == a.shape
+            and _computes_channel_layer_norm(module, a, out)
+        )
+
+    @property
+    def normalised(self) -> torch.Tensor:
+        """``x̂`` (n, C, H, W): each position normalised over the channels, as ``F.layer_norm`` does."""
+        if self._xhat is None:
+            a = self.a
+            mean = a.mean(1, keepdim=True)
+            var = a.var(1, unbiased=False, keepdim=True)
+            self._xhat = (a - mean) * torch.rsqrt(var + self.module.eps)
+        return self._xhat
