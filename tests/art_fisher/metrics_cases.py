@@ -12,14 +12,17 @@ from torch.func import functional_call, jacrev
 
 
 class ScaledHead(nn.Module):
-    """A module type the hook engine does not know (multiplies by a learned per-class scale)."""
+    """A module type the hook engine does not know: multiplies by a learned per-class scale ``exp(s)``.
+
+    (A plain ``x * s`` is a layer scale, which the hooks cover as a directly used parameter.)
+    """
 
     def __init__(self, n: int) -> None:
         super().__init__()
-        self.scale = nn.Parameter(torch.linspace(0.5, 1.5, n))
+        self.scale = nn.Parameter(torch.linspace(-0.5, 0.5, n))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.scale
+        return x * self.scale.exp()
 
 
 class SharedMLP(nn.Module):
