@@ -67,6 +67,7 @@ api_modules = [
             "art_fisher.evaluation",
             "art_fisher.evaluation.detectors",
             "art_fisher.evaluation.report",
+            "art_fisher.utils",
         ],
     ),
     (

@@ -25,15 +25,11 @@ import torch
 from nni.nas.hub.pytorch import DARTS
 from nni.nas.space import model_context
 
+from art_fisher.utils import check_choice, check_int
+
 #: Width (channels of the first stage's operations) and cell count the command line uses for ``--space darts``.
 DARTS_DEFAULT_WIDTH = 4
 DARTS_DEFAULT_CELLS = 3
-
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int; got {value!r}.")
-    return value
 
 
 class DartsSpace(DARTS):
@@ -70,13 +66,10 @@ class DartsSpace(DARTS):
         width: int = DARTS_DEFAULT_WIDTH,
         num_cells: int = DARTS_DEFAULT_CELLS,
     ) -> None:
-        if in_channels not in (1, 3) or isinstance(in_channels, bool):
-            raise ValueError(f"in_channels must be 1 or 3 (the hub DARTS stem takes 3); got {in_channels!r}.")
-        if n_classes != 10 or isinstance(n_classes, bool):
-            raise ValueError(f"n_classes must be 10 (the hub DARTS space's CIFAR head); got {n_classes!r}.")
-        _positive_int("width", width)
-        if _positive_int("num_cells", num_cells) < 3:
-            raise ValueError(f"num_cells must be at least 3 (one cell per stage); got {num_cells!r}.")
+        check_choice(in_channels, "in_channels", (1, 3))  # the hub DARTS stem takes 3
+        check_choice(n_classes, "n_classes", (10,))  # the hub DARTS space's CIFAR head
+        check_int(width, "width", low=1)
+        check_int(num_cells, "num_cells", low=3)  # one cell per stage
         super().__init__(width=width, num_cells=num_cells, dataset="cifar")
         self.in_channels = in_channels
 

@@ -32,6 +32,7 @@ import torch
 from nni.nas.nn.pytorch import InputChoice, LayerChoice, ModelSpace
 from torch import nn
 
+from art_fisher.utils import check_choice, check_int, is_integer
 from nni_lease._darts_space import DartsSpace
 from nni_lease._limits import MAX_CELLS, MAX_CHANNELS, MAX_CLASSES, MAX_IMAGE_SIZE, MAX_NODES, MAX_PARAMETERS, MAX_WIDTH
 
@@ -167,8 +168,7 @@ class LeaseCellSpace(ModelSpace):
             ("n_nodes", n_nodes, MAX_NODES),
             ("image_size", image_size, MAX_IMAGE_SIZE),
         ]:
-            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= high:
-                raise ValueError(f"{name} must be a positive int (at most {high}); got {value!r:.40}.")
+            check_int(value, name, low=1, high=high)
         operations = list(operations)
         if not operations:
             raise ValueError("operations must not be empty.")
@@ -326,7 +326,7 @@ def lease_cell_parameters(
     del image_size
     sizes = ((in_channels, MAX_CHANNELS), (n_classes, MAX_CLASSES), (width, MAX_WIDTH), (n_cells, MAX_CELLS),
              (n_nodes, MAX_NODES))  # fmt: skip
-    if any(isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= high for v, high in sizes):
+    if any(not is_integer(v) or not 1 <= v <= high for v, high in sizes):
         return 0
     ops = [o for o in operations if o in OPERATIONS] if isinstance(operations, (list, tuple)) else list(OPERATIONS)
     largest = max((_operation_parameters(o, width) for o in ops), default=0)
@@ -373,4 +373,5 @@ def space_kwargs_for(
         if nodes != SPACE_DEFAULTS["darts"]["nodes"]:
             raise ValueError(f"nodes must be 4 for space 'darts' (NNI's DARTS cells have 4 nodes); got {nodes!r}.")
         return {"in_channels": in_channels, "n_classes": n_classes, "width": width, "num_cells": cells}
-    raise ValueError(f"space must be one of {sorted(SPACES)}; got {name!r}.")
+    check_choice(name, "space", tuple(SPACES))
+    raise AssertionError(name)  # unreachable: every space is handled above

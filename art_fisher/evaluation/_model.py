@@ -34,10 +34,10 @@ import torch
 from art.estimators.classification import PyTorchClassifier
 from torch import nn
 
-from art_fisher._atomic import atomic_write
 from art_fisher.data._loaders import Dataset
 from art_fisher.distributed import is_writer
 from art_fisher.models._architectures import build_model, train_model
+from art_fisher.utils import atomic_write
 
 
 def _model_dtype(model: nn.Module) -> torch.dtype:

@@ -8,24 +8,19 @@ their LeaSE options from this one frozen dataclass, which checks them when it is
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 
-from nni_lease._limits import MAX_RATE
-from nni_lease.core._explain import check_explanation_arguments
+from art_fisher.utils import check_choice, check_int, check_real
+from nni_lease._limits import MAX_RATE, MAX_SEED
+from nni_lease.core._explain import Norm, Objective, Weighting, check_explanation_arguments
 
+Hypergradient = Literal["first_order", "unrolled"]
 #: Accepted values of ``hypergradient``.
-HYPERGRADIENTS: tuple[str, ...] = ("first_order", "unrolled")
-
-
-def _positive(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) <= MAX_RATE:
-        raise ValueError(f"{name} must be a positive number (at most {MAX_RATE:g}); got {value!r}.")
-    return float(value)
+HYPERGRADIENTS: tuple[str, ...] = get_args(Hypergradient)
 
 
 @dataclass(frozen=True)
@@ -57,6 +52,8 @@ class LeaseSettings:
 
     Raises
     ------
+    TypeError
+        For a value of the wrong type, naming the option.
     ValueError
         Naming the offending option, the expected and the received value.
 
@@ -70,14 +67,14 @@ class LeaseSettings:
     """
 
     gamma: float = 1.0
-    hypergradient: Literal["first_order", "unrolled"] = "first_order"
+    hypergradient: Hypergradient = "first_order"
     pgd_epsilon: float = 0.5
-    pgd_norm: Literal["l2", "linf"] = "l2"
+    pgd_norm: Norm = "l2"
     pgd_steps: int = 2
     pgd_step_size: float | None = None
     pgd_random_start: float = 0.25
-    pgd_objective: Literal["predicted_label", "soft_prediction"] = "predicted_label"
-    weighting: Literal["reweight", "product"] = "reweight"
+    pgd_objective: Objective = "predicted_label"
+    weighting: Weighting = "reweight"
     listener_optimizer: type[torch.optim.Optimizer] = torch.optim.Adam
     listener_learning_rate: float = 1e-3
     listener_weight_decay: float = 0.0
@@ -85,11 +82,8 @@ class LeaseSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        gamma = self.gamma
-        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0.0 <= gamma <= MAX_RATE:
-            raise ValueError(f"gamma must be a number from 0 to {MAX_RATE:g}; got {gamma!r}.")
-        if self.hypergradient not in HYPERGRADIENTS:
-            raise ValueError(f"hypergradient must be one of {list(HYPERGRADIENTS)}; got {self.hypergradient!r}.")
+        check_real(self.gamma, "gamma", low=0.0, high=MAX_RATE)
+        check_choice(self.hypergradient, "hypergradient", Hypergradient)
         check_explanation_arguments(
             epsilon=self.pgd_epsilon,
             step_size=self.pgd_step_size,
@@ -97,22 +91,17 @@ class LeaseSettings:
             norm=self.pgd_norm,
             random_start=self.pgd_random_start,
             objective=self.pgd_objective,
-            weighting="reweight",
             prefix="pgd_",
         )
-        check_explanation_arguments(epsilon=1.0, step_size=None, steps=1, weighting=self.weighting)
+        check_choice(self.weighting, "weighting", Weighting)
         optimizer = self.listener_optimizer
         if not (isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer)):
-            raise ValueError(f"listener_optimizer must be a torch.optim.Optimizer class; got {optimizer!r}.")
-        _positive("listener_learning_rate", self.listener_learning_rate)
-        decay = self.listener_weight_decay
-        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 <= decay < math.inf:
-            raise ValueError(f"listener_weight_decay must be a finite number >= 0; got {decay!r}.")
-        if self.unrolled_step_size is not None:
-            _positive("unrolled_step_size", self.unrolled_step_size)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be an int >= 0; got {self.seed!r}.")
-        object.__setattr__(self, "gamma", float(gamma))
+            raise TypeError(f"listener_optimizer must be a torch.optim.Optimizer class; got {optimizer!r}.")
+        check_real(self.listener_learning_rate, "listener_learning_rate", low=0.0, high=MAX_RATE, low_open=True)
+        check_real(self.listener_weight_decay, "listener_weight_decay", low=0.0)
+        check_real(self.unrolled_step_size, "unrolled_step_size", low=0.0, high=MAX_RATE, low_open=True, optional=True)
+        check_int(self.seed, "seed", low=0, high=MAX_SEED)
+        object.__setattr__(self, "gamma", float(self.gamma))
         object.__setattr__(self, "pgd_epsilon", float(self.pgd_epsilon))
 
     @classmethod

@@ -39,7 +39,9 @@ from nni.nas.evaluator import FunctionalEvaluator
 from torch import nn
 from torch.utils.data import DataLoader
 
+from art_fisher.utils import check_int, check_real
 from nni_lease._data import check_dataset, make_dataset
+from nni_lease._limits import MAX_BATCH_SIZE, MAX_COUNT, MAX_EPOCHS, MAX_RATE
 from nni_lease.core._listener import check_listener, default_listener
 from nni_lease.core._settings import LeaseSettings
 from nni_lease.core._step import LeaseStep
@@ -97,24 +99,16 @@ def check_trial_arguments(
         Naming the offending argument, the expected and the received value.
     """
     check_dataset(dataset, data_dir)
-    for name, value in [("epochs", epochs), ("batch_size", batch_size)]:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int; got {value!r}.")
+    check_int(epochs, "epochs", low=1, high=MAX_EPOCHS)
+    check_int(batch_size, "batch_size", low=1, high=MAX_BATCH_SIZE)
     for name, limit in [
         ("max_batches", max_batches),
         ("train_limit", train_limit),
         ("val_limit", val_limit),
         ("listener_width", listener_width),
     ]:
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-            raise ValueError(f"{name} must be None or a positive int; got {limit!r}.")
-    if (
-        isinstance(learning_rate, bool)
-        or not isinstance(learning_rate, (int, float))
-        or not math.isfinite(learning_rate)
-        or learning_rate <= 0
-    ):
-        raise ValueError(f"learning_rate must be a finite number > 0; got {learning_rate!r}.")
+        check_int(limit, name, low=1, high=MAX_COUNT, optional=True)
+    check_real(learning_rate, "learning_rate", low=0.0, high=MAX_RATE, low_open=True)
     if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
         raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N'; got {device!r}.")
     trial_settings(learning_rate=learning_rate, seed=seed, **lease_options)

@@ -21,6 +21,8 @@ from nni.nas.oneshot.pytorch.profiler import ExpectationProfilerPenalty
 from nni.nas.strategy import DARTS
 from torch import nn
 
+from art_fisher.utils import check_real
+from nni_lease._limits import MAX_RATE
 from nni_lease.core._listener import check_listener, default_listener
 from nni_lease.core._settings import LeaseSettings
 from nni_lease.oneshot._lightning import LeaseLightningModule
@@ -91,16 +93,11 @@ class LeaSE(DARTS):
         **options: Any,
     ) -> None:
         if settings is not None and not isinstance(settings, LeaseSettings):
-            raise ValueError(f"settings must be None or a LeaseSettings; got {type(settings).__name__}.")
+            raise TypeError(f"settings must be None or a LeaseSettings; got {type(settings).__name__}.")
         lease_settings = LeaseSettings.from_options(settings, **options)
         if listener is not None and not isinstance(listener, nn.Module):
-            raise ValueError(f"listener must be None or a torch.nn.Module; got {type(listener).__name__}.")
-        if (
-            isinstance(arc_learning_rate, bool)
-            or not isinstance(arc_learning_rate, (int, float))
-            or not 0.0 < arc_learning_rate < float("inf")
-        ):
-            raise ValueError(f"arc_learning_rate must be a positive finite number; got {arc_learning_rate!r}.")
+            raise TypeError(f"listener must be None or a torch.nn.Module; got {type(listener).__name__}.")
+        check_real(arc_learning_rate, "arc_learning_rate", low=0.0, high=MAX_RATE, low_open=True)
         super().__init__(
             arc_learning_rate=arc_learning_rate,
             gradient_clip_val=gradient_clip_val,

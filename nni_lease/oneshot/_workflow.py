@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from art_fisher._atomic import atomic_write, check_output_dir
+from art_fisher.utils import atomic_write, check_output_dir
 from nni_lease._data import make_dataset
 from nni_lease._spaces import SPACES, build_space, build_space_on_meta, check_space_size, space_kwargs_for
 from nni_lease.core._settings import LeaseSettings
@@ -72,7 +72,7 @@ def check_output_file(path: str | Path) -> Path:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (:func:`art_fisher._atomic.atomic_write`)."""
+    """Write ``text`` to ``path`` atomically (:func:`art_fisher.utils.atomic_write`)."""
     with atomic_write(path, text=True) as fh:
         fh.write(text)
 

@@ -41,6 +41,8 @@ from typing import TYPE_CHECKING, Any
 
 import nni
 
+from art_fisher.utils import check_int
+from nni_lease._limits import MAX_CONCURRENCY, MAX_TRIALS
 from nni_lease.core._settings import LeaseSettings
 from nni_lease.oneshot._config import RetrainConfig, SearchConfig
 from nni_lease.oneshot._workflow import RETRAIN_FILE, retrain_architecture, search_oneshot
@@ -254,11 +256,10 @@ def build_hpo_experiment(
     from nni.experiment import Experiment, ExperimentConfig
     from nni.experiment.config import AlgorithmConfig
 
-    for name, value in [("max_trials", max_trials), ("concurrency", concurrency)]:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int; got {value!r}.")
+    check_int(max_trials, "max_trials", low=1, high=MAX_TRIALS)
+    check_int(concurrency, "concurrency", low=1, high=MAX_CONCURRENCY)
     if not isinstance(config, TrialConfig):
-        raise ValueError(f"config must be a TrialConfig; got {type(config).__name__}.")
+        raise TypeError(f"config must be a TrialConfig; got {type(config).__name__}.")
     ts = load_training_service(training_service)
     # Locally the trials use this interpreter; on other machines the `python3` found through NNI's
     # `pythonPath` for that machine (see examples/remote_training_service.yml).

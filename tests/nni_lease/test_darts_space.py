@@ -80,10 +80,10 @@ def test_darts_space_takes_grey_images_and_freezes_to_itself():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"in_channels": 2}, "in_channels must be 1 or 3"),
-        ({"n_classes": 100}, "n_classes must be 10"),
-        ({"num_cells": 2}, "num_cells must be at least 3"),
-        ({"width": 0}, "width must be a positive int"),
+        ({"in_channels": 2}, r"in_channels must be one of \[1, 3\]"),
+        ({"n_classes": 100}, r"n_classes must be one of \[10\]"),
+        ({"num_cells": 2}, "num_cells must be an int >= 3"),
+        ({"width": 0}, "width must be an int >= 1"),
     ],
 )
 def test_darts_space_refuses_bad_arguments(kwargs, match):

@@ -57,8 +57,8 @@ def test_darts_supernet_of_the_space_runs_and_has_architecture_weights():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        (dict(width=0), "width must be a positive int"),
-        (dict(n_cells=-1), "n_cells must be a positive int"),
+        (dict(width=0), r"width must be an int in \[1, 4096\]"),
+        (dict(n_cells=-1), r"n_cells must be an int in \[1, 64\]"),
         (dict(operations=[]), "operations must not be empty"),
         (dict(operations=["conv_9x9"]), "unknown"),
         (dict(operations=["conv_3x3", "conv_3x3"]), "must not repeat"),

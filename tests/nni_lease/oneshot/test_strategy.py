@@ -62,25 +62,26 @@ def _batches(n=16):
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "match"),
+    ("kwargs", "error", "match"),
     [
-        (dict(gamma=-0.1), "gamma must be"),
-        (dict(gamma=float("nan")), "gamma must be"),
-        (dict(pgd_steps=0), "pgd_steps must be a positive int"),
-        (dict(pgd_epsilon=0.0), "pgd_epsilon must be a positive"),
-        (dict(pgd_step_size=-1e-3), "pgd_step_size must be a positive"),
-        (dict(pgd_norm="l1"), "pgd_norm must be one of"),
-        (dict(hypergradient="second_order"), "hypergradient must be one of"),
-        (dict(listener="cnn"), "listener must be None or a torch.nn.Module"),
-        (dict(listener_learning_rate=0.0), "listener_learning_rate must be"),
-        (dict(listener_optimizer="adam"), "listener_optimizer must be"),
-        (dict(pdg_steps=3), r"unknown LeaSE option\(s\) \['pdg_steps'\]"),
-        (dict(settings={"gamma": 1}), "settings must be None or a LeaseSettings"),
-        (dict(arc_learning_rate=float("nan")), "arc_learning_rate must be"),
+        (dict(gamma=-0.1), ValueError, "gamma must be"),
+        (dict(gamma=float("nan")), ValueError, "gamma must be"),
+        (dict(gamma="1"), TypeError, "gamma must be"),
+        (dict(pgd_steps=0), ValueError, r"pgd_steps must be an int in \[1, 10000\]; got 0"),
+        (dict(pgd_epsilon=0.0), ValueError, r"pgd_epsilon must be a finite number in \(0, "),
+        (dict(pgd_step_size=-1e-3), ValueError, r"pgd_step_size must be None or a finite number in \(0, "),
+        (dict(pgd_norm="l1"), ValueError, "pgd_norm must be one of"),
+        (dict(hypergradient="second_order"), ValueError, "hypergradient must be one of"),
+        (dict(listener="cnn"), TypeError, "listener must be None or a torch.nn.Module"),
+        (dict(listener_learning_rate=0.0), ValueError, "listener_learning_rate must be"),
+        (dict(listener_optimizer="adam"), TypeError, "listener_optimizer must be"),
+        (dict(pdg_steps=3), ValueError, r"unknown LeaSE option\(s\) \['pdg_steps'\]"),
+        (dict(settings={"gamma": 1}), TypeError, "settings must be None or a LeaseSettings"),
+        (dict(arc_learning_rate=float("nan")), ValueError, "arc_learning_rate must be"),
     ],
 )
-def test_bad_arguments_fail_at_construction(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_arguments_fail_at_construction(kwargs, error, match):
+    with pytest.raises(error, match=match):
         LeaSE(**kwargs)
 
 
