@@ -180,7 +180,7 @@ SEARCH_OPTIONS: dict[str, list[_Option]] = {
             default="first_order",
             modes=_ONESHOT | _HPO,
             choices=["first_order", "unrolled"],
-            help="first_order (approximation) or unrolled (the seed's whole chain)",
+            help="first_order (approximation) or unrolled (the LeaSE paper's whole chain)",
         ),
         _opt(
             "--pgd-epsilon",

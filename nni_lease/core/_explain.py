@@ -1,21 +1,21 @@
 r"""Explanations by adversarial perturbation (LeaSE stage 2) and how the listener reads them (stage 3).
 
-The seed (Hosseini & Xie, "Learning by Self-Explanation", as retold in the blog post this project
-started from) says, in stage 2: the explainer :math:`f(\cdot; E)` predicts label :math:`y` for an input
-:math:`x` and explains it by the perturbation that changes its prediction most,
+The LeaSE paper (Hosseini & Xie, "Learning by Self-Explanation", arXiv 2012.12899, as retold in the
+blog post this project started from) says, in stage 2: the explainer :math:`f(\cdot; E)` predicts
+label :math:`y` for an input :math:`x` and explains it by the perturbation that changes its prediction most,
 
 .. math:: \delta^* = \arg\max_{\delta} \ell\big(f(x + \delta; E), f(x; E)\big),
 
 "the learned optimal perturbation serves as the explanation; a larger perturbation value means the
 pixel is more important for the decision"; and in stage 3: "since the perturbation indicates the
 importance of input pixels, the listener reweights each pixel, :math:`x \odot \delta`; more important
-pixels get more weight". The seed leaves the loss target, the norm ball, the step rule and the form of
+pixels get more weight". The paper leaves the loss target, the norm ball, the step rule and the form of
 the weighting open. The choices made here, measured on digits with a held-out explainer
 (``tests/benchmarks/bench_lease.py``; results in ``tests/benchmarks/results/bench_lease.json``):
 
 **Target: the predicted label** (``objective="predicted_label"``, default),
 :math:`\ell(x, \delta) = \mathrm{CE}\big(f(x+\delta), \hat y\big)` with :math:`\hat y = \arg\max_k f_k(x)`,
-the seed's "given the input and its predicted label :math:`y`". The alternative the seed's formula also
+the paper's "given the input and its predicted label :math:`y`". The alternative the paper's formula also
 allows, the clean *soft* prediction as target (``objective="soft_prediction"``), is
 minimal with zero gradient at :math:`\delta = 0` (a distribution fits itself best): the
 ascent then only amplifies its random start, and its explanations were noise (restart cosine 0.08 on
@@ -29,7 +29,7 @@ option to reproduce that.
           \frac{g_t}{\|g_t\|_2}\Big), \qquad g_t = \nabla_\delta\, \ell(x, \delta_t),
           \qquad \eta = 2.5\,\varepsilon / K.
 
-The perturbation's magnitudes then vary from pixel to pixel, which the seed's reading ("a larger
+The perturbation's magnitudes then vary from pixel to pixel, which the paper's reading ("a larger
 perturbation value means a more important pixel") needs. The L∞ ball with signed steps (``norm="linf"``)
 puts most entries at :math:`\pm\varepsilon` (81 % for :math:`\varepsilon = 8/255` and three steps): its magnitudes mark
 nothing.
@@ -50,7 +50,7 @@ is one forward and one backward pass of the explainer, the main cost of LeaSE ov
 
 so every weight lies in :math:`[0, 2]`: the pixels the explainer's adversary darkens most (its
 strongest evidence for :math:`\hat y`) get weight 2, untouched pixels weight 1, pixels it brightens
-(evidence against) weight down to 0 — "more important pixels get more weight". The seed's literal
+(evidence against) weight down to 0 — "more important pixels get more weight". The paper's literal
 product :math:`z = \delta \odot x` (``weighting="product"``) keeps only the few
 pixels where :math:`|\delta|` is large: a listener trained on it learnt less than one trained on the
 random-sign control :math:`\varepsilon\,r \odot x`, :math:`r \in \{\pm 1\}` (it does beat the same

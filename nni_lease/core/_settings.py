@@ -36,7 +36,7 @@ class LeaseSettings:
         How :math:`L_a^{val}` is differentiated with respect to the architecture (see
         :mod:`nni_lease.core`): ``"first_order"`` holds the explainer's and the listener's weights fixed
         and follows the validation batch's explanation only (an approximation); ``"unrolled"`` follows
-        the seed's whole chain E′(A) → δ(E′) → W′ → :math:`L_a^{val}` with one virtual step of each network.
+        the LeaSE paper's whole chain E′(A) → δ(E′) → W′ → :math:`L_a^{val}` with one virtual step of each network.
     pgd_epsilon, pgd_norm, pgd_steps, pgd_step_size, pgd_random_start, pgd_objective, weighting
         The explanation (:func:`nni_lease.core.pgd_explain`'s ``epsilon``, ``norm``, ``steps``,
         ``step_size``, ``random_start``, ``objective``, ``weighting``; same defaults).

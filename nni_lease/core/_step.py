@@ -2,8 +2,9 @@ r"""The LeaSE step, shared by the one-shot strategy and the multi-trial trial co
 
 Used by :mod:`nni_lease.oneshot` and :mod:`nni_lease.multitrial`.
 
-The seed's four stages, for an explainer :math:`f(\cdot; E, A)` (architecture :math:`A`, weights
-:math:`E`) and a listener :math:`g(\cdot; W)` (fixed architecture):
+The four stages of LeaSE (Hosseini & Xie, "Learning by Self-Explanation"), for an explainer
+:math:`f(\cdot; E, A)` (architecture :math:`A`, weights :math:`E`) and a listener :math:`g(\cdot; W)`
+(fixed architecture):
 
 1. :math:`E^*(A) = \arg\min_E L(E, A, D_e^{tr})`;
 2. :math:`\Delta^*(E^*(A))`: the explainer explains the listener's training inputs
@@ -20,7 +21,7 @@ generator of the explanations, and provides
   NNI's evaluator in the strategy, Adam on cross entropy in the trial;
 - :meth:`LeaseStep.listener_validation_loss`: :math:`L_a^{val}` with the current weights (the trial's
   score, and the ``"first_order"`` architecture objective);
-- :meth:`LeaseStep.unrolled_objective`: the ``"unrolled"`` architecture objective, the seed's stage 4
+- :meth:`LeaseStep.unrolled_objective`: the ``"unrolled"`` architecture objective, the paper's stage 4
   with one virtual step of each network,
 
   .. math::

@@ -8,7 +8,7 @@ training batch runs the same step as the one-shot strategy's weight half:
    (:func:`nni_lease.core.pgd_explain`) and the listener (fixed architecture,
    :func:`nni_lease.core.default_listener`) takes one step on the explained inputs;
 
-and after every epoch the trial scores the seed's stage-4 objective
+and after every epoch the trial scores the LeaSE paper's stage-4 objective
 
 .. math:: J = L(E, D_e^{val}) + \gamma\, L(W, z^{val}(E)),
 

@@ -6,7 +6,7 @@ is a fixed network with weights :math:`W`. Each training step of :class:`LeaseLi
 training batch :math:`(x^{tr}, y^{tr})` and one validation batch :math:`(x^{val}, y^{val})` (NNI's DARTS
 data plumbing) and runs, like NNI's DARTS, the architecture step first:
 
-4. architecture step on the validation batch, minimising the seed's stage-4 objective
+4. architecture step on the validation batch, minimising the LeaSE paper's stage-4 objective
    :math:`L_e^{val} + \gamma L_a^{val}` (``hypergradient="first_order"``: the approximation with the
    current weights; ``"unrolled"``: the whole chain E′(A) → explanation → W′ → :math:`L_a^{val}`; both
    in :mod:`nni_lease.core`);

@@ -15,7 +15,7 @@ digits training split, one per seed; measured on the test split):
    control ``ε r x`` (``r`` = ±1 at random), on the same weighting with a random ``δ`` of the same L2
    norm, and on plain ``x``.
 
-Each for the defaults of ``pgd_explain`` / ``LeaSE()`` and for the alternative settings the seed's
+Each for the defaults of ``pgd_explain`` / ``LeaSE()`` and for the alternative settings the LeaSE paper's
 formulas also allow (variant ``"earlier defaults"``: soft target, L∞ ball of 8/255, 3 sign steps from a
 random start, product ``δ x``).
 
