@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader
 
 from art_fisher.utils import check_int, check_real
 from nni_lease._data import check_dataset, make_dataset
-from nni_lease._limits import MAX_BATCH_SIZE, MAX_COUNT, MAX_EPOCHS, MAX_RATE
+from nni_lease._limits import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_LIMIT, MAX_RATE
 from nni_lease.core._listener import check_listener, default_listener
 from nni_lease.core._settings import LeaseSettings
 from nni_lease.core._step import LeaseStep
@@ -82,9 +82,8 @@ def check_trial_arguments(
     data_dir: str | None = None,
     epochs: int = 2,
     batch_size: int = 64,
-    max_batches: int | None = None,
-    train_limit: int | None = None,
-    val_limit: int | None = None,
+    limit: int | None = None,
+    limit_batches: int | None = None,
     learning_rate: float = 0.01,
     listener_width: int | None = None,
     seed: int = 0,
@@ -101,13 +100,8 @@ def check_trial_arguments(
     check_dataset(dataset, data_dir)
     check_int(epochs, "epochs", low=1, high=MAX_EPOCHS)
     check_int(batch_size, "batch_size", low=1, high=MAX_BATCH_SIZE)
-    for name, limit in [
-        ("max_batches", max_batches),
-        ("train_limit", train_limit),
-        ("val_limit", val_limit),
-        ("listener_width", listener_width),
-    ]:
-        check_int(limit, name, low=1, high=MAX_COUNT, optional=True)
+    for name, value in [("limit", limit), ("limit_batches", limit_batches), ("listener_width", listener_width)]:
+        check_int(value, name, low=1, high=MAX_LIMIT, optional=True)
     check_real(learning_rate, "learning_rate", low=0.0, high=MAX_RATE, low_open=True)
     if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
         raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N'; got {device!r}.")
@@ -130,12 +124,12 @@ def _train_epoch(
     explainer: nn.Module,
     opt_e: torch.optim.Optimizer,
     loader: DataLoader,
-    max_batches: int | None,
+    limit_batches: int | None,
     dev: torch.device,
 ) -> None:
-    """One epoch of stages 1-3 on at most ``max_batches`` batches."""
+    """One epoch of stages 1-3 on at most ``limit_batches`` batches."""
     for i, (x, y) in enumerate(loader):
-        if max_batches is not None and i >= max_batches:
+        if limit_batches is not None and i >= limit_batches:
             break
         x, y = x.to(dev), y.to(dev)
         # Stage 1: one explainer weight step on the batch.
@@ -164,9 +158,8 @@ def evaluate_lease(
     data_dir: str | None = None,
     epochs: int = 2,
     batch_size: int = 64,
-    max_batches: int | None = None,
-    train_limit: int | None = None,
-    val_limit: int | None = None,
+    limit: int | None = None,
+    limit_batches: int | None = None,
     learning_rate: float = 0.01,
     listener_width: int | None = None,
     seed: int = 0,
@@ -188,10 +181,10 @@ def evaluate_lease(
         Number of epochs; each runs the step over the training batches and reports once.
     batch_size : int
         Mini-batch size of both networks.
-    max_batches : int or None
+    limit : int or None
+        Keep only the first so many samples of each split, training and validation (``None``: all).
+    limit_batches : int or None
         Use at most this many training batches per epoch (quick runs); ``None`` uses all.
-    train_limit, val_limit : int or None
-        Keep only the first so many samples of the training / validation split.
     learning_rate : float
         Adam learning rate of both the explainer and the listener.
     listener_width : int or None
@@ -224,9 +217,8 @@ def evaluate_lease(
         data_dir=data_dir,
         epochs=epochs,
         batch_size=batch_size,
-        max_batches=max_batches,
-        train_limit=train_limit,
-        val_limit=val_limit,
+        limit=limit,
+        limit_batches=limit_batches,
         learning_rate=learning_rate,
         listener_width=listener_width,
         seed=seed,
@@ -236,8 +228,8 @@ def evaluate_lease(
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
     settings = trial_settings(learning_rate=learning_rate, seed=seed, **lease_options)
-    train = make_dataset(dataset, "train", data_dir=data_dir, seed=seed, limit=train_limit)
-    val = make_dataset(dataset, "val", data_dir=data_dir, seed=seed, limit=val_limit)
+    train = make_dataset(dataset, "train", data_dir=data_dir, seed=seed, limit=limit)
+    val = make_dataset(dataset, "val", data_dir=data_dir, seed=seed, limit=limit)
     dev = torch.device(device)
 
     with torch.random.fork_rng(devices=[]):
@@ -254,7 +246,7 @@ def evaluate_lease(
         for epoch in range(1, epochs + 1):
             explainer.train()
             listener.train()
-            _train_epoch(step, explainer, opt_e, loader, max_batches, dev)
+            _train_epoch(step, explainer, opt_e, loader, limit_batches, dev)
             # Stage 4 (score): both validation losses, with the networks in eval mode.
             explainer.eval()
             listener.eval()
@@ -286,7 +278,7 @@ def lease_evaluator(**kwargs: Any) -> FunctionalEvaluator:
 
     Examples
     --------
-    >>> evaluator = lease_evaluator(gamma=1.0, epochs=1, max_batches=4)
+    >>> evaluator = lease_evaluator(gamma=1.0, epochs=1, limit_batches=4)
     >>> evaluator.arguments["gamma"]
     1.0
     """

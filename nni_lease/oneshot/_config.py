@@ -9,7 +9,7 @@ from typing import Any
 
 from art_fisher.utils import check_bool, check_int, check_real
 from nni_lease._data import DatasetName, check_dataset
-from nni_lease._limits import MAX_BATCH_SIZE, MAX_CELLS, MAX_COUNT, MAX_EPOCHS, MAX_NODES, MAX_RATE, MAX_SEED, MAX_WIDTH
+from nni_lease._limits import MAX_BATCH_SIZE, MAX_CELLS, MAX_EPOCHS, MAX_LIMIT, MAX_NODES, MAX_RATE, MAX_SEED, MAX_WIDTH
 from nni_lease._spaces import SPACE_DEFAULTS
 
 
@@ -45,9 +45,9 @@ class SearchConfig:
     arc_learning_rate : float
         The architecture weights (DARTS's Adam).
     width, cells, nodes : int or None
-        The space's channels, cells and nodes per cell (:class:`~nni_lease.LeaseCellSpace`'s ``width``,
-        ``n_cells``, ``n_nodes``; :class:`~nni_lease.DartsSpace`'s ``width``, ``num_cells``, and
-        ``nodes`` must be 4). ``None``: the space's default (:data:`~nni_lease._spaces.SPACE_DEFAULTS`).
+        The space's channels, cells and nodes per cell (the same arguments of
+        :class:`~nni_lease.LeaseCellSpace`; :class:`~nni_lease.DartsSpace` takes ``width`` and ``cells``,
+        and ``nodes`` must be 4). ``None``: the space's default (:data:`~nni_lease._spaces.SPACE_DEFAULTS`).
     progress : bool
         Show Lightning's progress bar.
     space : {"lease_cell", "darts"}
@@ -93,7 +93,7 @@ class SearchConfig:
         ):
             check_int(getattr(self, name), name, low=1, high=high)
         for name in ("limit", "limit_batches"):
-            check_int(getattr(self, name), name, low=1, high=MAX_COUNT, optional=True)
+            check_int(getattr(self, name), name, low=1, high=MAX_LIMIT, optional=True)
         check_real(self.learning_rate, "learning_rate", low=0.0, high=MAX_RATE, low_open=True)
         check_real(self.arc_learning_rate, "arc_learning_rate", low=0.0, high=MAX_RATE, low_open=True)
         check_bool(self.progress, "progress")

@@ -497,7 +497,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "seeds": args.seeds,
         "threads": args.threads,
         "lease_settings": LeaseSettings().as_dict(),
-        "space": {"in_channels": 1, "n_classes": 10, "width": 8, "n_cells": 2, "n_nodes": 3, "image_size": 8},
+        "space": {"in_channels": 1, "n_classes": 10, "width": 8, "cells": 2, "nodes": 3, "image_size": 8},
     }
     if args.smoke:
         cfg.update(

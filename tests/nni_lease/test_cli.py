@@ -246,8 +246,8 @@ def test_hostile_architecture_files_exit_2(tmp_path, capsys):
                         "in_channels": 1,
                         "n_classes": 10,
                         "width": 100_000_000,
-                        "n_cells": 1,
-                        "n_nodes": 2,
+                        "cells": 1,
+                        "nodes": 2,
                         "image_size": 8,
                     },
                 },
@@ -335,10 +335,10 @@ def _default_sample(space_name, kwargs):
 @pytest.mark.parametrize(
     ("space", "kwargs"),
     [
-        ("DartsSpace", {"in_channels": 1, "n_classes": 10, "width": 4096, "num_cells": 3}),
+        ("DartsSpace", {"in_channels": 1, "n_classes": 10, "width": 4096, "cells": 3}),
         (
             "LeaseCellSpace",
-            {"in_channels": 1, "n_classes": 10, "width": 4096, "n_cells": 64, "n_nodes": 16, "image_size": 8},
+            {"in_channels": 1, "n_classes": 10, "width": 4096, "cells": 64, "nodes": 16, "image_size": 8},
         ),
     ],
 )

@@ -43,7 +43,7 @@ def _digits_evaluator(**kwargs):
 
 def _space(seed=0, **kwargs):
     torch.manual_seed(seed)
-    return LeaseCellSpace(**{"width": 4, "n_cells": 2, "n_nodes": 2, **kwargs})
+    return LeaseCellSpace(**{"width": 4, "cells": 2, "nodes": 2, **kwargs})
 
 
 def _initialize(strategy, space, evaluator):
