@@ -239,7 +239,7 @@ def probe_output(model: nn.Module, x: torch.Tensor, output: str) -> int:
         raise ValueError(f"model must return at least 2 classes; got output shape {tuple(out.shape)}.")
     _check_batch_independent(out, batch)
     rows = batch if isinstance(batch, torch.Tensor) and batch.dim() == 2 and batch.shape[1] == n_classes else out
-    _check_output_kind(rows, output)
+    _check_output_matches(rows, output)
     return n_classes
 
 
@@ -270,7 +270,7 @@ def _check_batch_independent(single: torch.Tensor, batch: object) -> None:
         )
 
 
-def _check_output_kind(out: torch.Tensor, output: str) -> None:
+def _check_output_matches(out: torch.Tensor, output: str) -> None:
     """The output rows ``out`` (k, C) are what ``output`` says; ValueError naming the mismatch."""
     tol = 1e-3 if out.dtype != torch.float64 else 1e-6
     first = out[:1]

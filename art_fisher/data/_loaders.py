@@ -217,7 +217,7 @@ def _mnist_from_idx(data_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]
 
 
 _ZIP_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
-_NPZ_MEMBERS = tuple(f"{kind}_{split}.npy" for split in ("train", "test") for kind in ("x", "y"))
+_NPZ_MEMBERS = tuple(f"{array}_{split}.npy" for split in ("train", "test") for array in ("x", "y"))
 
 
 def _npz_header(archive: zipfile.ZipFile, key: str, path: Path) -> tuple[tuple[int, ...], np.dtype]:

@@ -180,8 +180,8 @@ def check_torch_archive(path: Path, *, max_bytes: int, what: str) -> None:
     import zipfile
 
     if not path.is_file():
-        kind = "a folder" if path.is_dir() else "not a regular file (a device, pipe or socket)"
-        raise ValueError(f"{what} {path} is {kind}; expected a torch.save file.")
+        found = "a folder" if path.is_dir() else "not a regular file (a device, pipe or socket)"
+        raise ValueError(f"{what} {path} is {found}; expected a torch.save file.")
     try:
         with zipfile.ZipFile(path) as archive:
             infos = archive.infolist()
