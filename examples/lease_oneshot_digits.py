@@ -45,8 +45,8 @@ def main() -> None:
         logger=False,
     )
 
-    # gamma weighs the listener's validation loss; gamma=0 is exactly NNI's DARTS. Every other LeaSE option
-    # (explanation ball, steps, weighting, hypergradient ...) is a field of nni_lease.LeaseSettings.
+    # gamma weighs the listener's validation loss; gamma=0 is exactly NNI's DARTS. Every other LeaSE setting
+    # (explanation ball, steps, weighting, hypergradient ...) is a field of nni_lease.LeaseConfig.
     strategy = LeaSE(gamma=1.0, hypergradient="first_order", arc_learning_rate=3e-3)
     experiment = NasExperiment(space, evaluator, strategy)
     experiment.run()

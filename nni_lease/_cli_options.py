@@ -167,7 +167,7 @@ SEARCH_OPTIONS: dict[str, list[_Option]] = {
         ),
         _opt("--progress", default=False, modes=_ONESHOT, action="store_true", help="show progress bars"),
     ],
-    "LeaSE (nni_lease.core._settings.LeaseSettings)": [
+    "LeaSE (nni_lease.core.LeaseConfig)": [
         _opt(
             "--gamma",
             default=1.0,
@@ -279,7 +279,7 @@ SEARCH_OPTIONS: dict[str, list[_Option]] = {
     ],
 }
 
-#: LeaSE options (``LeaseSettings`` field names) the command line sets.
+#: The options that set LeaSE's settings (``LeaseConfig`` field names).
 _LEASE_DESTS: tuple[str, ...] = (
     "gamma",
     "hypergradient",

@@ -42,15 +42,15 @@ from torch.utils.data import DataLoader
 from art_fisher.utils import check_int, check_real
 from nni_lease._data import check_dataset, make_dataset
 from nni_lease._limits import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_LIMIT, MAX_RATE
+from nni_lease.core._config import LeaseConfig
 from nni_lease.core._listener import check_listener, default_listener
-from nni_lease.core._settings import LeaseSettings
 from nni_lease.core._step import LeaseStep
 
 logger = logging.getLogger(__name__)
 
-#: LeaSE options a trial takes (the rest of :class:`~nni_lease.core.LeaseSettings` is fixed in a trial:
+#: LeaSE settings a trial takes (the rest of :class:`~nni_lease.core.LeaseConfig` is fixed in a trial:
 #: no architecture gradient, Adam for the listener at ``learning_rate``, ``seed`` from the trial's seed).
-TRIAL_LEASE_OPTIONS: tuple[str, ...] = (
+TRIAL_LEASE_SETTINGS: tuple[str, ...] = (
     "gamma",
     "pgd_epsilon",
     "pgd_norm",
@@ -62,18 +62,18 @@ TRIAL_LEASE_OPTIONS: tuple[str, ...] = (
 )
 
 
-def trial_settings(*, learning_rate: float = 0.01, seed: int = 0, **lease_options: Any) -> LeaseSettings:
-    """The :class:`~nni_lease.core.LeaseSettings` a trial runs with.
+def trial_config(*, learning_rate: float = 0.01, seed: int = 0, **lease_settings: Any) -> LeaseConfig:
+    """The :class:`~nni_lease.core.LeaseConfig` a trial runs with.
 
     Raises
     ------
     ValueError
-        For an option a trial does not take or a bad value.
+        For a setting a trial does not take or a bad value.
     """
-    unknown = sorted(set(lease_options) - set(TRIAL_LEASE_OPTIONS))
+    unknown = sorted(set(lease_settings) - set(TRIAL_LEASE_SETTINGS))
     if unknown:
-        raise ValueError(f"a LeaSE trial takes the LeaSE options {list(TRIAL_LEASE_OPTIONS)}; got {unknown}.")
-    return LeaseSettings(listener_learning_rate=learning_rate, seed=seed, **lease_options)
+        raise ValueError(f"a LeaSE trial takes the LeaSE settings {list(TRIAL_LEASE_SETTINGS)}; got {unknown}.")
+    return LeaseConfig(listener_learning_rate=learning_rate, seed=seed, **lease_settings)
 
 
 def check_trial_arguments(
@@ -88,7 +88,7 @@ def check_trial_arguments(
     listener_width: int | None = None,
     seed: int = 0,
     device: str = "cpu",
-    **lease_options: Any,
+    **lease_settings: Any,
 ) -> None:
     """Validate the arguments of :func:`evaluate_lease` before any work (same names and defaults).
 
@@ -105,7 +105,7 @@ def check_trial_arguments(
     check_real(learning_rate, "learning_rate", low=0.0, high=MAX_RATE, low_open=True)
     if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
         raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N'; got {device!r}.")
-    trial_settings(learning_rate=learning_rate, seed=seed, **lease_options)
+    trial_config(learning_rate=learning_rate, seed=seed, **lease_settings)
 
 
 def _explainer_scores(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float]:
@@ -164,7 +164,7 @@ def evaluate_lease(
     listener_width: int | None = None,
     seed: int = 0,
     device: str = "cpu",
-    **lease_options: Any,
+    **lease_settings: Any,
 ) -> dict[str, float]:
     """Train the explainer ``model`` and a fresh listener with LeaSE, report to NNI, return the final metrics.
 
@@ -194,9 +194,9 @@ def evaluate_lease(
         starts (through a forked torch RNG: the caller's global RNG state is left as it was).
     device : str
         ``"cpu"`` or a CUDA device.
-    **lease_options
-        LeaSE options among :data:`TRIAL_LEASE_OPTIONS` (``gamma``, ``pgd_epsilon`` …; defaults of
-        :class:`~nni_lease.core.LeaseSettings`).
+    **lease_settings
+        LeaSE settings among :data:`TRIAL_LEASE_SETTINGS` (``gamma``, ``pgd_epsilon`` …; defaults of
+        :class:`~nni_lease.core.LeaseConfig`).
 
     Returns
     -------
@@ -223,11 +223,11 @@ def evaluate_lease(
         listener_width=listener_width,
         seed=seed,
         device=device,
-        **lease_options,
+        **lease_settings,
     )
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
-    settings = trial_settings(learning_rate=learning_rate, seed=seed, **lease_options)
+    lease = trial_config(learning_rate=learning_rate, seed=seed, **lease_settings)
     train = make_dataset(dataset, "train", data_dir=data_dir, seed=seed, limit=limit)
     val = make_dataset(dataset, "val", data_dir=data_dir, seed=seed, limit=limit)
     dev = torch.device(device)
@@ -238,7 +238,7 @@ def evaluate_lease(
         check_listener(listener, train.input_shape, train.n_classes)
         explainer = model.to(dev)
         opt_e = torch.optim.Adam(explainer.parameters(), lr=learning_rate)
-        step = LeaseStep(settings, listener, generator=torch.Generator().manual_seed(seed + 1))
+        step = LeaseStep(lease, listener, generator=torch.Generator().manual_seed(seed + 1))
         loader = DataLoader(train, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
         val_batches = [(x.to(dev), y.to(dev)) for x, y in DataLoader(val, batch_size=256)]
 
@@ -252,7 +252,7 @@ def evaluate_lease(
             listener.eval()
             loss_e, acc_e = _explainer_scores(explainer, val_batches)
             loss_a, acc_a = _listener_scores(step, explainer, val_batches)
-            objective = loss_e + settings.gamma * loss_a
+            objective = loss_e + lease.gamma * loss_a
             if not math.isfinite(objective):
                 raise RuntimeError(
                     f"the LeaSE objective is not finite at epoch {epoch}: "

@@ -22,7 +22,7 @@ def check_data(dataset: str, data_dir: str | None) -> None:
 class SearchConfig:
     """Data, space and training settings of a one-shot search.
 
-    LeaSE's own options are in :class:`~nni_lease.core.LeaseSettings`.
+    LeaSE's own settings are in :class:`~nni_lease.core.LeaseConfig`.
 
     Parameters
     ----------

@@ -89,7 +89,7 @@ def test_seeded_and_leaves_the_global_rng_alone(reports):
         ({"device": "tpu"}, "device"),
         ({"seed": -1}, "seed"),
         ({"pgd_norm": "l3"}, "pgd_norm"),
-        ({"hypergradient": "unrolled"}, "takes the LeaSE options"),
+        ({"hypergradient": "unrolled"}, "takes the LeaSE settings"),
     ],
 )
 def test_bad_arguments_fail_before_any_work(kwargs, match, reports):

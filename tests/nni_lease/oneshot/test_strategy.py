@@ -75,8 +75,8 @@ def _batches(n=16):
         (dict(listener="cnn"), TypeError, "listener must be None or a torch.nn.Module"),
         (dict(listener_learning_rate=0.0), ValueError, "listener_learning_rate must be"),
         (dict(listener_optimizer="adam"), TypeError, "listener_optimizer must be"),
-        (dict(pdg_steps=3), ValueError, r"unknown LeaSE option\(s\) \['pdg_steps'\]"),
-        (dict(settings={"gamma": 1}), TypeError, "settings must be None or a LeaseSettings"),
+        (dict(pdg_steps=3), ValueError, r"unknown LeaSE setting\(s\) \['pdg_steps'\]"),
+        (dict(config={"gamma": 1}), TypeError, "config must be None or a LeaseConfig"),
         (dict(arc_learning_rate=float("nan")), ValueError, "arc_learning_rate must be"),
     ],
 )
@@ -129,7 +129,7 @@ def test_listener_loss_sends_gradient_to_the_architecture_both_ways():
     assert alphas
     trn, val = _batches()
     loss, logits, expl = step.listener_validation_loss(module.training_module, *val, differentiable="last_step")
-    assert logits.shape == (16, 10) and expl.delta.flatten(1).norm(dim=1).max() <= strategy.settings.pgd_epsilon + 1e-6
+    assert logits.shape == (16, 10) and expl.delta.flatten(1).norm(dim=1).max() <= strategy.config.pgd_epsilon + 1e-6
     first_order = torch.autograd.grad(loss, alphas, allow_unused=True)
     assert sum(float(g.abs().sum()) for g in first_order if g is not None) > 0.0
     terms = step.unrolled_objective(module.training_module, alphas, trn, val, explainer_step_size=3e-3)
@@ -209,7 +209,7 @@ def test_logged_metrics_cover_both_networks():
         "lease/objective",
     ]:
         assert name in metrics and torch.isfinite(metrics[name]), name
-    assert 0 < float(metrics["explanation/mean_abs_delta"]) <= strategy.settings.pgd_epsilon
+    assert 0 < float(metrics["explanation/mean_abs_delta"]) <= strategy.config.pgd_epsilon
     torch.testing.assert_close(metrics["lease/objective"], metrics["explainer/val_loss"] + metrics["listener/val_loss"])
 
 

@@ -1,8 +1,8 @@
-"""LeaSE's options, written once: :class:`LeaseSettings`.
+"""LeaSE's configuration, written once: :class:`LeaseConfig`.
 
 The one-shot strategy (:class:`nni_lease.LeaSE`), its Lightning module, the multi-trial trial code
 (:mod:`nni_lease.multitrial`), the one-shot API (:mod:`nni_lease.oneshot`) and the command line all take
-their LeaSE options from this one frozen dataclass, which checks them when it is built.
+their LeaSE settings from this one frozen dataclass, which checks them when it is built.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ HYPERGRADIENTS: tuple[str, ...] = get_args(Hypergradient)
 
 
 @dataclass(frozen=True)
-class LeaseSettings:
-    r"""Every LeaSE option (stages 2-4 of a step and the listener); validated at construction.
+class LeaseConfig:
+    r"""Every LeaSE setting (stages 2-4 of a step and the listener); validated at construction.
 
     Parameters
     ----------
@@ -53,16 +53,16 @@ class LeaseSettings:
     Raises
     ------
     TypeError
-        For a value of the wrong type, naming the option.
+        For a value of the wrong type, naming the setting.
     ValueError
-        Naming the offending option, the expected and the received value.
+        Naming the offending setting, the expected and the received value.
 
     Examples
     --------
-    >>> settings = LeaseSettings(gamma=0.5)
-    >>> settings.explanation_kwargs()["norm"], settings.step_size
+    >>> config = LeaseConfig(gamma=0.5)
+    >>> config.explanation_kwargs()["norm"], config.step_size
     ('l2', 0.625)
-    >>> LeaseSettings.option_names()[:3]
+    >>> LeaseConfig.setting_names()[:3]
     ('gamma', 'hypergradient', 'pgd_epsilon')
     """
 
@@ -105,23 +105,23 @@ class LeaseSettings:
         object.__setattr__(self, "pgd_epsilon", float(self.pgd_epsilon))
 
     @classmethod
-    def option_names(cls) -> tuple[str, ...]:
-        """Names of all options, in declaration order."""
+    def setting_names(cls) -> tuple[str, ...]:
+        """Names of all settings (the fields), in declaration order."""
         return tuple(f.name for f in dataclasses.fields(cls))
 
     @classmethod
-    def from_options(cls, base: LeaseSettings | None = None, **options: Any) -> LeaseSettings:
-        """``base`` (default: the defaults) with ``options`` replaced.
+    def from_settings(cls, base: LeaseConfig | None = None, **settings: Any) -> LeaseConfig:
+        """``base`` (default: the defaults) with ``settings`` replaced.
 
         Raises
         ------
         ValueError
-            For an unknown option name (listing the known ones) or a bad value.
+            For an unknown setting name (listing the known ones) or a bad value.
         """
-        unknown = sorted(set(options) - set(cls.option_names()))
+        unknown = sorted(set(settings) - set(cls.setting_names()))
         if unknown:
-            raise ValueError(f"unknown LeaSE option(s) {unknown}; the options are {list(cls.option_names())}.")
-        return dataclasses.replace(base if base is not None else cls(), **options)
+            raise ValueError(f"unknown LeaSE setting(s) {unknown}; the settings are {list(cls.setting_names())}.")
+        return dataclasses.replace(base if base is not None else cls(), **settings)
 
     @property
     def step_size(self) -> float:
@@ -149,7 +149,7 @@ class LeaseSettings:
         }
 
     def as_dict(self) -> dict[str, Any]:
-        """The options as JSON-ready values (the optimiser as ``module.QualName``; the PGD step resolved)."""
+        """The settings as JSON-ready values (the optimiser as ``module.QualName``; the PGD step resolved)."""
         out = dataclasses.asdict(self)
         opt = self.listener_optimizer
         out["listener_optimizer"] = f"{opt.__module__}.{opt.__qualname__}"
