@@ -145,10 +145,10 @@ def load_cifar10_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     ------
     FileNotFoundError
         If ``path`` is not a file.
-    art_fisher.data._cifar_batch.UnsafeCifarBatchError
+    art_fisher.data.UnsafeCifarBatchError
         (a ValueError and a :class:`pickle.UnpicklingError`) If the file asks for code to run (a global, an
         opcode or a call a CIFAR-10 batch never needs); nothing was run.
-    art_fisher.data._cifar_batch.CifarBatchError
+    art_fisher.data.CifarBatchError
         (a ValueError) For any other malformed batch: too large, not a pickle, missing keys, pixels that
         are not uint8 of shape (N, 3072) with N <= 10000, labels that are not N ints in 0..9.
     """
