@@ -332,8 +332,7 @@ def make_dataset(
     """
     if name == "digits":
         return DigitsDataset(split, seed=seed, limit=limit)
-    if name not in DATASETS:
-        raise ValueError(f"dataset must be one of {list(DATASETS)}; got {name!r}.")
+    check_choice(name, "dataset", DatasetName)
     if data_dir is None:
         raise ValueError(f"data_dir must be given for dataset {name!r} (a folder of its local files).")
     cls = MnistDataset if name == "mnist" else Cifar10Dataset

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from nni.nas.nn.pytorch import InputChoice, LayerChoice, ModelSpace
@@ -200,6 +200,8 @@ class LeaseCellSpace(ModelSpace):
 
 
 #: The searchable spaces by command-line name (``--space``) → the class name recorded in ``architecture.json``.
+#: The search spaces by the names the command line and :class:`~nni_lease.oneshot.SearchConfig` use.
+SpaceName = Literal["lease_cell", "darts"]
 SPACES: dict[str, str] = {"lease_cell": "LeaseCellSpace", "darts": "DartsSpace"}
 
 
@@ -373,5 +375,5 @@ def space_kwargs_for(
         if nodes != SPACE_DEFAULTS["darts"]["nodes"]:
             raise ValueError(f"nodes must be 4 for space 'darts' (NNI's DARTS cells have 4 nodes); got {nodes!r}.")
         return {"in_channels": in_channels, "n_classes": n_classes, "width": width, "cells": cells}
-    check_choice(name, "space", tuple(SPACES))
+    check_choice(name, "space", SpaceName)
     raise AssertionError(name)  # unreachable: every space is handled above

@@ -59,6 +59,8 @@ from art_fisher.utils import check_bool, check_choice, check_real
 
 #: What the attacker's classifier term is: the logit margin or the cross entropy.
 ClassifierLoss = Literal["margin", "cross_entropy"]
+#: How :meth:`AdaptiveDetectorClassifier.compute_loss` reduces the per-sample losses.
+Reduction = Literal["none", "mean", "sum"]
 
 
 class AdaptiveDetectorClassifier(DetectorClassifier):
@@ -213,10 +215,9 @@ class AdaptiveDetectorClassifier(DetectorClassifier):
         return term + (1.0 if self.targeted else -1.0) * self.detector_weight * evade
 
     # ----------------------------------------------------------------------------------- ART methods
-    def compute_loss(self, x: np.ndarray, y: np.ndarray, reduction: str = "none", **kwargs: Any) -> np.ndarray:
+    def compute_loss(self, x: np.ndarray, y: np.ndarray, reduction: Reduction = "none", **kwargs: Any) -> np.ndarray:
         """The attacker's loss per sample (nats; module docstring), reduced by ``"none"``, ``"mean"`` or ``"sum"``."""
-        if reduction not in ("none", "mean", "sum"):
-            raise ValueError(f"reduction must be 'none', 'mean' or 'sum'; got {reduction!r}.")
+        check_choice(reduction, "reduction", Reduction)
         with torch.enable_grad():
             loss = self._loss(self._tensor(x), y).detach()
         loss = loss if reduction == "none" else (loss.mean() if reduction == "mean" else loss.sum())

@@ -169,8 +169,7 @@ class EvaluationConfig:
         else:
             check_choice(self.dataset, "dataset", DatasetName)
         arch = DEFAULT_ARCH[self.data_name] if self.arch is None else self.arch
-        if arch not in ARCHITECTURES:
-            raise ValueError(f"arch must be one of {sorted(ARCHITECTURES)}; got {arch!r}.")
+        check_choice(arch, "arch", sorted(ARCHITECTURES))
         object.__setattr__(self, "attacks", _check_names("attacks", self.attacks, ATTACKS))
         if self.detectors is not None:
             object.__setattr__(self, "detectors", _check_names("detectors", self.detectors, DETECTORS))

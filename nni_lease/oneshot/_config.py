@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from art_fisher.utils import check_bool, check_int, check_real
+from art_fisher.utils import check_bool, check_choice, check_int, check_real
 from nni_lease._data import DatasetName, check_dataset
 from nni_lease._limits import MAX_BATCH_SIZE, MAX_CELLS, MAX_EPOCHS, MAX_LIMIT, MAX_NODES, MAX_RATE, MAX_SEED, MAX_WIDTH
-from nni_lease._spaces import SPACE_DEFAULTS
+from nni_lease._spaces import SPACE_DEFAULTS, SpaceName
 
 
 def check_data(dataset: str, data_dir: str | None) -> None:
@@ -74,11 +74,10 @@ class SearchConfig:
     cells: int | None = None
     nodes: int | None = None
     progress: bool = False
-    space: str = "lease_cell"
+    space: SpaceName = "lease_cell"
 
     def __post_init__(self) -> None:
-        if self.space not in SPACE_DEFAULTS:
-            raise ValueError(f"space must be one of {sorted(SPACE_DEFAULTS)}; got {self.space!r}.")
+        check_choice(self.space, "space", SpaceName)
         for name, default in SPACE_DEFAULTS[self.space].items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, default)
