@@ -11,7 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from art_fisher.utils import check_int, check_real
 from nni_lease._limits import (
     MAX_BATCH_SIZE,
     MAX_CELLS,
@@ -49,14 +48,24 @@ def _checked(read: Callable[[str], Any], what: str, check: Callable[[Any, str], 
     return parse
 
 
+# art_fisher.utils is imported when a value is checked, not with this module: importing art_fisher loads torch,
+# which `nni-lease --help` and the one-line errors before any work do not need.
 def _int_in(low: int, high: int) -> Callable[[str], int]:
-    return _checked(int, "an int", lambda value, name: check_int(value, name, low=low, high=high))
+    def check(value: int, name: str) -> int:
+        from art_fisher.utils import check_int
+
+        return check_int(value, name, low=low, high=high)
+
+    return _checked(int, "an int", check)
 
 
 def _real_in(low: float, high: float, *, low_open: bool) -> Callable[[str], float]:
-    return _checked(
-        float, "a number", lambda value, name: check_real(value, name, low=low, high=high, low_open=low_open)
-    )
+    def check(value: float, name: str) -> float:
+        from art_fisher.utils import check_real
+
+        return check_real(value, name, low=low, high=high, low_open=low_open)
+
+    return _checked(float, "a number", check)
 
 
 _positive_float = _real_in(0.0, MAX_RATE, low_open=True)

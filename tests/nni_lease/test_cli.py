@@ -381,3 +381,10 @@ def test_a_search_whose_loss_becomes_nan_stops_and_writes_nothing(existing, tmp_
     assert "the search diverged: the listener's training loss is not finite at epoch 1" in err
     assert sorted(os.listdir(tmp_path)) == (["search"] if existing else [])
     assert not existing or os.listdir(out) == ["notes.txt"]
+
+
+def test_the_command_line_module_does_not_load_torch():
+    """``nni-lease --help`` and the argument errors stay fast: the value checks import art_fisher (and torch) late."""
+    code = "import sys, nni_lease.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=os.environ)
+    assert out.stdout.strip() == "False", out.stderr[-2000:]
