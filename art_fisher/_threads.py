@@ -36,7 +36,7 @@ def check_threads(work: str = "this run") -> int:
     torch's intra-op pool defaults to one thread per physical core; when other processes keep some of
     those cores busy, its threads wait on each other and small models train several times slower than
     with one thread. Call ``torch.set_num_threads(n)`` (or set ``OMP_NUM_THREADS=n`` before starting
-    Python) with ``n`` at most :func:`free_cores` before long CPU work.
+    Python) with ``n`` at most ``free_cores`` before long CPU work.
 
     Parameters
     ----------

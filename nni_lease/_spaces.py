@@ -69,14 +69,14 @@ def build_operation(name: str, channels: int) -> nn.Module:
     Parameters
     ----------
     name : str
-        One of :data:`OPERATIONS`.
+        One of ``OPERATIONS``.
     channels : int
         Number of input and output channels.
 
     Raises
     ------
     ValueError
-        If ``name`` is not in :data:`OPERATIONS`.
+        If ``name`` is not in ``OPERATIONS``.
     """
     if name == "conv_3x3":
         return _ReLUConvBN(channels, 3)
@@ -132,7 +132,7 @@ class LeaseCellSpace(ModelSpace):
     image_size : int
         Side of the square input images (8 for digits, 32 for CIFAR-10); decides the pooling.
     operations : sequence of str
-        Candidate operations, a non-empty subset of :data:`OPERATIONS` without repeats.
+        Candidate operations, a non-empty subset of ``OPERATIONS`` without repeats.
     shared_cells : bool
         Whether all cells share one architecture (same choice labels) or each has its own.
 
@@ -265,7 +265,7 @@ def build_space_on_meta(name: str, *, check_size: bool = True, **kwargs: Any) ->
 
 
 def check_space_size(name: str, kwargs: dict[str, Any], architecture: dict[str, Any] | None = None) -> None:
-    """Refuse (ValueError) a space of ``name`` and ``kwargs`` over :data:`~nni_lease._limits.MAX_PARAMETERS` parameters.
+    """Refuse (ValueError) a space of ``name`` and ``kwargs`` over ``nni_lease._limits.MAX_PARAMETERS`` parameters.
 
     For :class:`LeaseCellSpace`, counted from its sizes (:func:`lease_cell_parameters`, no module built): the
     supernet, or with ``architecture`` the network it chooses. For NNI's DARTS space, on the meta device.

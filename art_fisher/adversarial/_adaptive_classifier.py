@@ -52,7 +52,7 @@ import numpy as np
 import torch
 from art.estimators.classification import DetectorClassifier
 
-from art_fisher.detection._detector import FisherInformationDetector
+from art_fisher.detection._base import Detector
 from art_fisher.detection._logit import DetectionLogitClassifier, classifier_logits
 from art_fisher.detection._persistence import model_fingerprint
 from art_fisher.utils import check_bool, check_choice, check_real
@@ -70,9 +70,10 @@ class AdaptiveDetectorClassifier(DetectorClassifier):
     ----------
     classifier : art.estimators.classification.PyTorchClassifier
         The attacked classifier (outputs logits).
-    detector : DetectionLogitClassifier or FisherInformationDetector
-        The detector's logit; a fitted :class:`~art_fisher.detection.FisherInformationDetector` is turned
-        into one with ``as_art_classifier()`` (which raises for a non-differentiable estimator).
+    detector : DetectionLogitClassifier or Detector
+        The detector's logit; a fitted :class:`~art_fisher.detection.Detector` (e.g.
+        :class:`~art_fisher.detection.FisherInformationDetector`, :class:`~art_fisher.detection.StackedDetector`)
+        is turned into one with ``as_art_classifier()`` (which raises where it has no input gradient).
     detector_weight : float, default=1.0
         :math:`w \\ge 0` in the attacker's loss (module docstring); 0 ignores the detector.
     classifier_loss : {"margin", "cross_entropy"}, default="margin"
@@ -91,7 +92,7 @@ class AdaptiveDetectorClassifier(DetectorClassifier):
         If ``classifier`` is not an ART ``PyTorchClassifier`` or ``detector`` is neither accepted type.
     ValueError
         If ``detector_weight`` is negative or not a number, the input shapes differ, or the detector was
-        fitted on another classifier (:func:`~art_fisher.detection._persistence.model_fingerprint`) and
+        fitted on another classifier (``art_fisher.detection._persistence.model_fingerprint``) and
         ``allow_other_model`` is False. ``loss_gradient`` and ``compute_loss`` raise it for ``y`` that is
         None, of the wrong length or one-hot width, not finite, or not whole-number labels in range;
         ``class_gradient`` for a ``label`` that is not a whole-number class.
@@ -117,12 +118,12 @@ class AdaptiveDetectorClassifier(DetectorClassifier):
 
         if not isinstance(classifier, PyTorchClassifier):
             raise TypeError(f"classifier must be an ART PyTorchClassifier; got {type(classifier).__qualname__}.")
-        if isinstance(detector, FisherInformationDetector):
+        if isinstance(detector, Detector):
             detector = detector.as_art_classifier()
         if not isinstance(detector, DetectionLogitClassifier):
             raise TypeError(
-                "detector must be a DetectionLogitClassifier (FisherInformationDetector.as_art_classifier(), "
-                f"art_fisher.detection._logit.art_detector_logit) or a FisherInformationDetector; got "
+                "detector must be a DetectionLogitClassifier (Detector.as_art_classifier(), "
+                f"art_fisher.detection._logit.art_detector_logit) or a fitted art_fisher.detection.Detector; got "
                 f"{type(detector).__qualname__}."
             )
         check_real(detector_weight, "detector_weight", low=0.0)

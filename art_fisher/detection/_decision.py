@@ -42,26 +42,33 @@ MIN_SAMPLE_WEIGHT, MAX_SAMPLE_WEIGHT = 1e-12, 1e12
 
 
 def default_estimator(n_features: int) -> Any:
-    """The estimator a detector fits on labelled data when none is given.
+    """The estimator a Fisher detector fits on labelled data when none is given.
 
-    A :class:`~art_fisher.detection.ThresholdClassifier` (Youden's J) for one feature column, a
-    ``Pipeline([LogTransformer(), StandardScaler(), LogisticRegression()])`` for several: Fisher metrics
-    are non-negative and span orders of magnitude, and on their logs the linear model ranks inputs more
-    robustly (on the digits evaluation over 10 seeds, a logistic regression on the raw per-tensor traces
-    scored lower on unseen attacks than on their logs; ``tests/benchmarks/bench_fisher_features.py``).
-    A threshold on one column is the same on its log. Both take ``sample_weight`` (the pipeline
-    through scikit-learn's metadata routing, requested on the scaler and the regression).
+    A :class:`~art_fisher.detection.ThresholdClassifier` (Youden's J) for one feature column,
+    :func:`logistic_pipeline` on the logs of the columns for several: Fisher metrics are non-negative and
+    span orders of magnitude, and on their logs the linear model ranks inputs more robustly (on the digits
+    evaluation over 10 seeds, a logistic regression on the raw per-tensor traces scored lower on unseen
+    attacks than on their logs; ``tests/benchmarks/bench_fisher_features.py``). A threshold on one column
+    is the same on its log.
     """
     if n_features == 1:
         return ThresholdClassifier()
+    return logistic_pipeline(log=True)
+
+
+def logistic_pipeline(*, log: bool) -> Pipeline:
+    """``[LogTransformer()], StandardScaler(), LogisticRegression()`` in a ``Pipeline`` that takes ``sample_weight``.
+
+    ``sample_weight`` reaches the scaler and the regression through scikit-learn's metadata routing (requested
+    on both steps). ``log``: start with a :class:`~art_fisher.detection.LogTransformer` (for non-negative
+    features spanning orders of magnitude).
+    """
     with sklearn.config_context(enable_metadata_routing=True):
-        return Pipeline(
-            [
-                ("log", LogTransformer()),
-                ("scale", StandardScaler().set_fit_request(sample_weight=True)),
-                ("logistic", LogisticRegression(max_iter=1000).set_fit_request(sample_weight=True)),
-            ]
-        )
+        steps = [
+            ("scale", StandardScaler().set_fit_request(sample_weight=True)),
+            ("logistic", LogisticRegression(max_iter=1000).set_fit_request(sample_weight=True)),
+        ]
+        return Pipeline([("log", LogTransformer()), *steps] if log else steps)
 
 
 def default_clean_estimator(
@@ -116,27 +123,13 @@ def estimator_kind(estimator: Any, name: str = "estimator") -> str:
     )
 
 
-def new_estimator(
-    estimator: Any,
-    *,
-    labelled: bool,
-    n_features: int,
-    metrics: Sequence[str],
-    target_fpr: float,
-    blocks: Sequence[str] = (),
-) -> tuple[Any, str]:
-    """A fresh estimator for a detector's fit and its kind; ValueError / TypeError before any work.
+def clone_for_fit(estimator: Any, *, labelled: bool) -> tuple[Any, str]:
+    """A clone of a detector's given ``estimator`` for a fit, and its kind; ValueError / TypeError before any work.
 
-    ``estimator`` None gives :func:`default_estimator` with labels and :func:`default_clean_estimator`
-    without (``blocks``: the parameter tensors of a per-block metric); a given one is cloned after
-    checking that its kind suits the fit (labels for a classifier, none for an outlier detector).
+    Checks that the estimator's kind suits the fit: labels for a classifier, none for an outlier detector.
     """
     from sklearn.base import clone
 
-    if estimator is None:
-        if labelled:
-            return default_estimator(n_features), "classifier"
-        return default_clean_estimator(metrics, target_fpr, blocks), "outlier_detector"
     kind = estimator_kind(estimator)
     if kind == "classifier" and not labelled:
         raise ValueError(

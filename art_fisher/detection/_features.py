@@ -22,6 +22,7 @@ Checks of a detector's classifier and inputs, before any work (shared by every d
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import warnings
@@ -35,6 +36,7 @@ from tqdm.auto import tqdm
 
 from art_fisher import _checks
 from art_fisher import metrics as metrics_module
+from art_fisher.detection._feature_source import COMPUTE, FeatureSource
 from art_fisher.metrics._top_mass import check_tau, selection
 
 
@@ -487,6 +489,32 @@ def compute(
                         values = _reduce_map(values)
                 chunks[name].append(values)
     return {name: np.concatenate(parts) for name, parts in chunks.items()}
+
+
+def metric_values(
+    classifier: Any,
+    x: np.ndarray,
+    metric: str,
+    settings: MetricOptions,
+    *,
+    chunk_size: int,
+    progress: bool = False,
+    source: FeatureSource = COMPUTE,
+) -> np.ndarray:
+    """Per-sample values of one metric of checked inputs ``x`` (as :func:`compute` gives them), through ``source``.
+
+    The key is ``("fisher_metric", metric, settings)`` with ``settings.metrics`` emptied (the values of one
+    metric do not depend on which others a detector uses), so that every detector of the classifier with the
+    same options shares them in a :class:`~art_fisher.detection.FeatureCache`.
+    """
+    key = ("fisher_metric", metric, dataclasses.replace(settings, metrics=()))
+
+    def values(rows: np.ndarray) -> np.ndarray:
+        return compute(
+            classifier, rows, metrics=(metric,), settings=settings, chunk_size=chunk_size, progress=progress
+        )[metric]
+
+    return source.rows(key, x, values)
 
 
 def metric_columns(values: Any, spec: MetricSpec) -> torch.Tensor:

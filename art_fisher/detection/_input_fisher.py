@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from art_fisher.detection._feature_source import COMPUTE, FeatureSource
 from art_fisher.detection._features import _eval_mode
 from art_fisher.metrics._input_spectrum import fisher_input_spectrum
 
@@ -53,10 +54,25 @@ def spectrum_features(
 
 
 def input_fisher_features(
-    classifier: Any, x: np.ndarray, *, features: str = "spectrum", chunk_size: int = 128
+    classifier: Any,
+    x: np.ndarray,
+    *,
+    features: str = "spectrum",
+    chunk_size: int = 128,
+    source: FeatureSource = COMPUTE,
 ) -> np.ndarray:
-    """Float64 features (N, :func:`feature_count`) of raw inputs ``x`` (N, *input_shape) of an ART PyTorchClassifier."""
-    n_columns, rank = feature_count(classifier, features), spectrum_rank(classifier)
+    """Float64 features (N, :func:`feature_count`) of raw inputs ``x`` (N, *input_shape) of an ART PyTorchClassifier.
+
+    Both columns are taken through ``source`` under the key ``("input_fisher",)`` (a
+    :class:`~art_fisher.detection.FeatureCache` shares them between detectors); ``"top"`` keeps the first.
+    """
+    n_columns = feature_count(classifier, features)
+    return source.rows(("input_fisher",), x, lambda rows: _spectrum_numpy(classifier, rows, chunk_size))[:, :n_columns]
+
+
+def _spectrum_numpy(classifier: Any, x: np.ndarray, chunk_size: int) -> np.ndarray:
+    """``(log λ₁, log tr G)`` (N, 2) of raw inputs, in float64."""
+    rank = spectrum_rank(classifier)
     model = classifier.model
     parameter = next(model.parameters())
     out = []
@@ -67,5 +83,5 @@ def input_fisher_features(
                 batch, _ = classifier._apply_preprocessing(batch, y=None, fit=False)
             xt = torch.as_tensor(np.asarray(batch), dtype=parameter.dtype, device=parameter.device)
             xt = xt.clone(memory_format=torch.contiguous_format)
-            out.append(spectrum_features(model, xt, rank)[:, :n_columns].cpu().numpy().astype(np.float64))
+            out.append(spectrum_features(model, xt, rank).cpu().numpy().astype(np.float64))
     return np.concatenate(out)

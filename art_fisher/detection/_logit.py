@@ -1,4 +1,4 @@
-r"""A fitted Fisher detector's detection logit as a differentiable torch function of the raw input.
+r"""A fitted detector's detection logit as a differentiable torch function of the raw input.
 
 An attacker who knows the detector (Carlini & Wagner 2017; Tramèr et al. 2020) needs the input gradient
 of its decision. For :class:`~art_fisher.detection.FisherInformationDetector` that decision is an
@@ -7,7 +7,8 @@ parameters, so its input gradient holds mixed second derivatives :math:`\partial
 They come from autodiff: the metrics are computed with ``create_graph=True`` (:mod:`art_fisher.metrics`)
 and the fitted estimator is rewritten as torch operations with its fitted numbers.
 
-Differentiable choices (:func:`check_differentiable` names the culprit otherwise):
+Differentiable choices (``as_art_classifier`` names the culprit otherwise, before any work; the estimators are
+checked by :func:`check_estimator_differentiable`):
 
 - metrics ``"trace"``, ``"quadratic_form"`` (any direction, blockwise or not, either ``classes``),
   ``"max_eigenvalue"`` and ``"block_traces"`` with ``method="exact"``; not ``"sensitivity"`` (its map statistics ``max``
@@ -37,9 +38,9 @@ an ART ``ClassifierNeuralNetwork`` whose ``predict`` gives one detection logit p
 ``class_gradient`` gives its input gradient. :class:`DetectionLogitClassifier` is that object for any
 detector whose logit is a torch function of the raw input:
 
-- :meth:`FisherInformationDetector.as_art_classifier()
-  <art_fisher.detection._detector.FisherInformationDetector.as_art_classifier>`
-  (autodiff through the Fisher metrics, :mod:`art_fisher.detection`);
+- :meth:`Detector.as_art_classifier() <art_fisher.detection.Detector.as_art_classifier>` of
+  :class:`~art_fisher.detection.FisherInformationDetector` and :class:`~art_fisher.detection.StackedDetector`
+  (autodiff through their features, :mod:`art_fisher.detection`);
 - :func:`art_detector_logit` for ART's own ``BinaryInputDetector`` and ``BinaryActivationDetector``
   (their two-class network's log-odds of "adversarial").
 
@@ -58,8 +59,6 @@ import torch
 from art.estimators.classification.classifier import ClassifierNeuralNetwork
 
 from art_fisher import _checks
-from art_fisher import metrics as metrics_module
-from art_fisher.detection import _features
 from art_fisher.detection._calibration import QuantileOutlierDetector
 from art_fisher.detection._estimators import LogTransformer, ThresholdClassifier
 from art_fisher.detection._features import _eval_mode, warn_if_uint8_range
@@ -104,29 +103,11 @@ def _describe(estimator: Any) -> str:
     return type(estimator).__qualname__
 
 
-def check_differentiable(detector: Any) -> None:
-    """Raise :class:`NotDifferentiableError` unless ``detector``'s fitted decision has an input gradient.
+def check_estimator_differentiable(estimator: Any) -> None:
+    """Raise :class:`NotDifferentiableError` unless the fitted ``estimator`` has an input gradient here.
 
-    Checks the metrics, the method and the fitted estimator (see the module docstring); does no work.
-
-    Raises
-    ------
-    sklearn.exceptions.NotFittedError
-        If the detector is not fitted.
-    NotDifferentiableError
-        Naming the metric, method or estimator that has no gradient.
+    Differentiable: the estimators of the module docstring; does no work.
     """
-    detector._check_fitted()
-    options = detector._options
-    maps = [m for m in options.metrics if _features.METRICS[m].is_map]
-    if maps:
-        raise NotDifferentiableError(
-            f"metrics {maps} have no input gradient here (a map reduced by sorts); gradients need metrics from "
-            f"{[m for m in _features.METRICS if not _features.METRICS[m].is_map]}; got metrics={options.metrics}."
-        )
-    if options.method != "exact":
-        raise NotDifferentiableError(f"gradients need method='exact'; got method={options.method!r}.")
-    estimator = detector.estimator_
     if isinstance(estimator, (ThresholdClassifier, QuantileOutlierDetector)) or _linear_steps(estimator):
         return
     raise NotDifferentiableError(
@@ -142,7 +123,7 @@ def estimator_logit(
     """The fitted estimator as a torch map from features (N, F) to detection logits (N,).
 
     ``threshold``: a decision-score threshold (the units of
-    :func:`~art_fisher.detection._decision.decide`'s scores) at which the logit is 0; None: the
+    ``art_fisher.detection._decision.decide``'s scores) at which the logit is 0; None: the
     estimator's own (0 for these estimators).
 
     Raises
@@ -176,7 +157,7 @@ def estimator_logit(
     steps = _linear_steps(estimator)
     if steps is None:
         raise NotDifferentiableError(
-            f"estimator {_describe(estimator)} has no input gradient (see check_differentiable)."
+            f"estimator {_describe(estimator)} has no input gradient (see check_estimator_differentiable)."
         )
 
     maps: list[Callable[[torch.Tensor], torch.Tensor]] = []
@@ -197,50 +178,6 @@ def estimator_logit(
     return linear
 
 
-def detection_logit_function(detector: Any) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``f(x) -> logits (N,)``: the fitted detector's detection logit of raw inputs ``x``, differentiable in ``x``.
-
-    ``x`` is a tensor of shape (N, *input_shape) in the classifier's model dtype and device, before the
-    classifier's preprocessing (which must be one that ART runs in PyTorch, as its standardisation is).
-    The model runs in eval mode; its parameters, gradients and modes come back as they were.
-
-    Raises
-    ------
-    NotDifferentiableError
-        See :func:`check_differentiable`; also for preprocessing that ART does not run in PyTorch.
-    """
-    check_differentiable(detector)
-    classifier, options = detector.classifier, detector._options
-    if classifier.preprocessing_operations and not classifier.all_framework_preprocessing:
-        raise NotDifferentiableError(
-            f"the classifier's preprocessing {[type(op).__name__ for op in classifier.preprocessing_operations]} is "
-            "not run in PyTorch by ART, so the detector's input gradient cannot pass through it."
-        )
-    model = classifier.model
-    parameter = next(model.parameters())
-    to_logit = estimator_logit(
-        detector.estimator_, dtype=parameter.dtype, device=parameter.device, threshold=detector.threshold_
-    )
-    functions = [
-        (getattr(metrics_module, _features.METRICS[m].function), _features.METRICS[m], options.kwargs_for(m))
-        for m in options.metrics
-    ]
-
-    def logit(x: torch.Tensor) -> torch.Tensor:
-        xp = x
-        if classifier.preprocessing_operations:
-            xp, _ = classifier._apply_preprocessing(x, y=None, fit=False, no_grad=False)
-        xp = xp.contiguous()
-        with _features._eval_mode(model):
-            columns = [
-                _features.metric_columns(fn(model, xp, create_graph=True, **kwargs), spec)
-                for fn, spec, kwargs in functions
-            ]
-        return to_logit(torch.cat(columns, dim=1))
-
-    return logit
-
-
 class DetectionLogitClassifier(ClassifierNeuralNetwork):
     """An ART classifier with one output, the detection logit ``d(x)``: positive exactly where the detector flags ``x``.
 
@@ -259,7 +196,7 @@ class DetectionLogitClassifier(ClassifierNeuralNetwork):
         What the logit belongs to, for messages and ``repr``.
     channels_first : bool
     model_fingerprint : str or None
-        :func:`~art_fisher.detection._persistence.model_fingerprint` of the classifier the detector was
+        ``art_fisher.detection._persistence.model_fingerprint`` of the classifier the detector was
         fitted on (set by ``FisherInformationDetector.as_art_classifier()``); checked by
         :class:`~art_fisher.adversarial.AdaptiveDetectorClassifier`.
 

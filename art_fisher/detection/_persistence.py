@@ -1,9 +1,10 @@
 """Detector files: what the detectors' ``save`` writes and their ``load`` accepts.
 
-This module knows files, not detectors: it writes and reads back the state dict that a detector
-hands out and takes back (``_set_state``), for :class:`~art_fisher.detection.FisherInformationDetector`
-and :class:`~art_fisher.detection.StackedDetector` alike (the ``detector`` argument names which). A file
-is a ``skops.io`` archive (never bare pickle) of that dict with three keys added:
+This module knows files, not detectors: it writes and reads back the state dict that every
+:class:`~art_fisher.detection.Detector` hands out and takes back (``Detector.save`` / ``Detector.load``), for
+:class:`~art_fisher.detection.FisherInformationDetector` and :class:`~art_fisher.detection.StackedDetector`
+alike (the ``detector`` argument names which). A file is a ``skops.io`` archive (never bare pickle) of that
+dict with three keys added:
 
 - ``format`` (``"art_fisher.<detector>"``, :data:`DETECTOR_FORMAT` for the Fisher detector) and
   ``format_version`` (:data:`DETECTOR_FORMAT_VERSION`): identify the layout;
@@ -13,8 +14,8 @@ is a ``skops.io`` archive (never bare pickle) of that dict with three keys added
 - ``feature_names``, ``input_shape``, ``nb_classes``;
 - ``model_fingerprint``: :func:`model_fingerprint` of the classifier the detector was fitted for;
 - ``decision_threshold``, ``clean_fpr``: the detector's ``threshold_`` and ``clean_fpr_`` (None or a finite
-  float);
-- further keys a detector names (``extra_keys``): the stacked detector's class Gaussians and column counts.
+  float); ``calibrated``: whether ``calibrate`` set them (then both are numbers, whatever the settings);
+- further keys a detector names (``extra_keys``): the stacked detector's class Gaussians.
 
 Loading reads the archive with skops' default trusted types,
 :class:`~art_fisher.detection.ThresholdClassifier`,
@@ -48,6 +49,8 @@ DETECTOR_FORMAT = "art_fisher.FisherInformationDetector"
 DETECTOR_FORMAT_VERSION = 1
 #: The fitted decision threshold's keys, beside :data:`_KEYS`.
 _THRESHOLD_KEYS = ("decision_threshold", "clean_fpr")
+#: Whether ``calibrate`` moved the threshold (a bool).
+_CALIBRATED = "calibrated"
 #: Types a saved detector may hold beyond skops' own defaults (sklearn estimators, numpy, builtins).
 TRUSTED_TYPES = (
     "art_fisher.detection._estimators.ThresholdClassifier",
@@ -150,16 +153,20 @@ def write_state(
     Parameters
     ----------
     state : dict
-        ``FisherInformationDetector._get_state()``: ``settings``, ``estimator``, ``estimator_``,
-        ``feature_names``, ``input_shape``, ``nb_classes``, ``model_fingerprint``, ``decision_threshold`` and
-        ``clean_fpr``. Not changed (the
+        ``Detector._get_state()``: ``settings``, ``estimator``, ``estimator_``, ``feature_names``,
+        ``input_shape``, ``nb_classes``, ``model_fingerprint``, ``decision_threshold``, ``clean_fpr``,
+        ``calibrated`` and the ``extra_keys``. Not changed (the
         estimators are written as copies without scikit-learn's metadata-routing requests).
     path : str or Path
         The file to write, conventionally ``*.skops``.
+    detector : str
+        The detector class, written as the format ``"art_fisher.<detector>"``.
+    extra_keys : sequence of str
+        The detector's keys beside the shared ones.
     """
     import skops.io as sio
 
-    keys = [k for k in (*_KEYS, *_THRESHOLD_KEYS, *extra_keys) if k not in _ADDED_KEYS]
+    keys = [k for k in (*_KEYS, *_THRESHOLD_KEYS, _CALIBRATED, *extra_keys) if k not in _ADDED_KEYS]
     missing = [k for k in keys if k not in state]
     if missing:
         raise ValueError(f"state is missing the keys {missing}.")
@@ -169,6 +176,7 @@ def write_state(
         "versions": _versions(),
         **{key: state[key] for key in keys},
         **{key: None if state[key] is None else float(state[key]) for key in _THRESHOLD_KEYS},
+        _CALIBRATED: bool(state[_CALIBRATED]),
         "settings": {key: _plain(value) for key, value in state["settings"].items()},
         "estimator": _without_routing_requests(state["estimator"]),
         "estimator_": _without_routing_requests(state["estimator_"]),
@@ -344,9 +352,13 @@ def _check_state(
             f"{path} has detector format version {version!r}; this art_fisher reads version "
             f"{DETECTOR_FORMAT_VERSION} only. Fit the detector again and save it with this version."
         )
-    missing = [k for k in (*_KEYS, *_THRESHOLD_KEYS, *extra_keys) if k not in state]
+    missing = [k for k in (*_KEYS, *_THRESHOLD_KEYS, _CALIBRATED, *extra_keys) if k not in state]
     if missing:
         raise invalid_file(path, detector=detector, why=f"keys {missing} are missing")
+    if not isinstance(state[_CALIBRATED], bool):
+        raise invalid_file(
+            path, detector=detector, why=f"'calibrated' must be True or False; got {_shown_value(state[_CALIBRATED])}"
+        )
     settings = state["settings"]
     if not isinstance(settings, dict):
         raise invalid_file(path, detector=detector, why=f"'settings' must be a dict; got {type(settings).__name__}")
@@ -432,10 +444,14 @@ def _check_threshold_settings(
     """The saved ``decision_threshold`` and ``clean_fpr`` are what a fit with the saved settings leaves.
 
     ``threshold`` a number: that number and no clean FPR; ``"estimator"``, or ``"target_fpr"`` after a
-    clean-only fit: neither; ``"target_fpr"`` after a fit with labels: both.
+    clean-only fit: neither; ``"target_fpr"`` after a fit with labels: both. After ``calibrate``: both,
+    whatever the settings.
     """
     setting, saved, clean_fpr = settings.get("threshold"), state.get("decision_threshold"), state.get("clean_fpr")
-    if isinstance(setting, Real) and not isinstance(setting, bool):
+    if state.get(_CALIBRATED):
+        expected = "a number each (calibrated on held-out clean images)"
+        ok = saved is not None and clean_fpr is not None
+    elif isinstance(setting, Real) and not isinstance(setting, bool):
         expected = "the threshold setting's value and no 'clean_fpr'"
         ok = saved is not None and float(saved) == float(setting) and clean_fpr is None
     elif setting == "target_fpr" and kind == "classifier":
@@ -489,7 +505,7 @@ def read_state(
         The file's state, with ``settings`` as constructor keyword arguments (sequences as tuples,
         renamed settings of earlier files under their current names), ``model_fingerprint`` the
         fingerprint of ``classifier``, ``calibration`` ``"labels"`` or ``"clean"`` (from the kind of
-        ``estimator_``), and ``decision_threshold`` and ``clean_fpr`` (None in files before format 3).
+        ``estimator_``), and ``decision_threshold``, ``clean_fpr`` and ``calibrated`` as saved.
 
     Raises
     ------

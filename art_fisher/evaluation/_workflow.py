@@ -80,7 +80,7 @@ class EvaluationResult:
         One row per detector × fit: ``detector``, ``fit_attack``, ``n_train``, ``fit_seconds``,
         ``detect_seconds``, ``n_detect``, ``seconds_per_sample``, ``clean_fpr`` (achieved FPR at the
         operating point on all clean detector-test images), ``own_clean_fpr``, ``threshold``,
-        ``n_clean_test`` (see :class:`~.protocol.ProtocolResult`).
+        ``n_clean_test`` (see ``ProtocolResult``).
     settings : dict
         The arguments, the resolved defaults, the clean test accuracy, the model's path and origin, and
         the package versions.

@@ -14,7 +14,7 @@ import torch
 from torch.func import grad, vmap
 
 from art_fisher.metrics._basis import complement
-from art_fisher.metrics.engine.network import FunctionalNet
+from art_fisher.metrics._engine._network import FunctionalNet
 
 Direction = str | Sequence[torch.Tensor]
 

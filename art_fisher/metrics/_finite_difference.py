@@ -22,8 +22,8 @@ from __future__ import annotations
 import torch
 from torch.func import jacrev, vmap
 
-from art_fisher.metrics._basis import reducer
-from art_fisher.metrics.engine.network import FunctionalNet
+from art_fisher.metrics._basis import class_reduction
+from art_fisher.metrics._engine._network import FunctionalNet
 
 
 def fd_quadratic_form(
@@ -38,11 +38,11 @@ def fd_quadratic_form(
     fd_step: float,
 ) -> torch.Tensor:
     """``Σ_groups Σ_c (Δz_c / 2ε)(Δp_c / 2ε)`` per sample, shape (n,)."""
-    reduce = reducer(classes)
+    reduce_classes = class_reduction(classes)
 
     def shifted(xi, vi, yi, group, sign):
         s = {k: net.base[k] + sign * fd_step * vi[k] for k in group}
-        return reduce(net.logits_one(s, xi), yi)
+        return reduce_classes(net.logits_one(s, xi), yi)
 
     total = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     dims = (0, None if shared else 0, 0)
@@ -67,11 +67,11 @@ def fd_sensitivity(
     fd_step: float,
 ) -> torch.Tensor:
     """``Σ_groups Σ_c (Δ∂x z_c / 2ε)(Δ∂x p_c / 2ε)`` per input entry, shape of ``x``."""
-    reduce = reducer(classes)
+    reduce_classes = class_reduction(classes)
 
     def outputs(xi, vi, yi, group, sign):
         s = {k: net.base[k] + sign * fd_step * vi[k] for k in group}
-        z = reduce(net.logits_one(s, xi), yi)
+        z = reduce_classes(net.logits_one(s, xi), yi)
         return z, torch.softmax(z, -1)
 
     total = torch.zeros_like(x)

@@ -26,8 +26,8 @@ from torch import nn
 
 from art_fisher import _checks
 from art_fisher.metrics._basis import factor, smooth_factor
-from art_fisher.metrics.engine import chunking
-from art_fisher.metrics.engine.network import FunctionalNet
+from art_fisher.metrics._engine import _chunking as chunking
+from art_fisher.metrics._engine._network import FunctionalNet
 
 #: An eigenvalue below ``ZERO_TOLERANCE · C' · λ₁`` (in units of the dtype's machine epsilon) is rounding
 #: noise of a zero eigenvalue: it is reported as 0 and its eigenvector, which ``G`` does not determine,
@@ -120,7 +120,7 @@ def fisher_input_spectrum(
     r"""The ``k`` largest eigenvalues and eigenvectors of each sample's input Fisher matrix ``G(x) = Jₓᵀ S Jₓ``.
 
     Exact: from the C' × C' matrix ``Wᵀ Jₓ Jₓᵀ W`` (``W Wᵀ = S``), mapped back to input space through
-    ``Jₓᵀ W`` (module docstring); the D × D matrix is never formed. ``G`` has rank at most
+    ``Jₓᵀ W``; the D × D matrix is never formed. ``G`` has rank at most
     ``min(C − 1, D)``; eigenvalues that are zero to rounding are reported as 0 with zero eigenvectors. A
     repeated eigenvalue gets an orthonormal basis of its eigenspace (its eigenvectors are not unique),
     and each eigenvector's sign is arbitrary.

@@ -1,15 +1,14 @@
 """Whether a model is piecewise linear in its input, read off the autograd graph of a probe pass.
 
-:func:`is_piecewise_linear` decides the sensitivity's path (:mod:`art_fisher.metrics`): on a
+:func:`is_piecewise_linear` decides the sensitivity's path (:mod:`art_fisher.metrics._sensitivity`): on a
 piecewise-linear network the second derivatives in ``x`` vanish almost everywhere, so first-order terms give
 the exact sensitivity.
 """
 
 from __future__ import annotations
 
+import torch
 from torch.autograd.graph import Node, get_gradient_edge
-
-from art_fisher.metrics.engine.recorder import Plan
 
 # Nodes linear or piecewise linear in every input, whatever depends on x.
 _ANY = frozenset(
@@ -86,15 +85,17 @@ def _node_ok(node, dep: dict[int, bool]) -> bool:
     return False
 
 
-def is_piecewise_linear(plan: Plan) -> bool:
-    """True if the logits are piecewise linear in the input, judged on the plan's probe graph.
+def is_piecewise_linear(probe: tuple[torch.Tensor, torch.Tensor]) -> bool:
+    """True if the logits are piecewise linear in the input, judged on the autograd graph of a probe pass.
+
+    ``probe`` is the probe's logits (with their graph) and its input leaf (``HookCoverage.probe``).
 
     Every node that depends on ``x`` must be linear or piecewise linear in its inputs, and a
     product-like node (multiplication, matrix product, convolution, normalisation) may have at most
     one input that depends on ``x``. Anything else — a smooth activation, a softmax that is not the
     declared head, a LayerNorm, batch statistics, a custom ``autograd.Function`` — says no.
     """
-    z, xr = plan.probe
+    z, xr = probe
     if z.grad_fn is None:
         return True  # constant in x
     dep = _x_dependence(z.grad_fn, get_gradient_edge(xr).node)

@@ -6,9 +6,9 @@ For ``v = Jᵀ r`` (``r = e_y − p`` gives ``v = ∇θ log p_y``) and ``t_k = J
 - blockwise (the layer-wise sum the original code computes): ``Σ_k ‖Wᵀ t_k‖²``;
 
 normalised by ``‖v‖² = rᵀ K r = Σ_k rᵀ t_k``. So ``C'`` backward passes (the columns of ``W``) and one
-more with the cotangent ``r`` suffice (:func:`art_fisher.metrics.engine.grams.directional`). For a fixed
+more with the cotangent ``r`` suffice (:func:`art_fisher.metrics._engine._grams.directional`). For a fixed
 direction ``t_k`` comes from the layer's output change along ``v_k``. Along the top eigenvector
-``v = Jᵀ W w``: ``Wᵀ t_k = K̃_k w`` from the blocks ``K̃_k = Wᵀ K_k W``.
+``v = Jᵀ W w``: ``Wᵀ t_k = K̃_k w`` from the Gram matrices ``K̃_k = Wᵀ K_k W``.
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ from art_fisher import _checks
 from art_fisher.metrics import _directions as directions
 from art_fisher.metrics._basis import ClassSelection, make_basis
 from art_fisher.metrics._directions import Direction
+from art_fisher.metrics._engine import _chunking as chunking
+from art_fisher.metrics._engine._grams import directional
+from art_fisher.metrics._engine._network import FunctionalNet
+from art_fisher.metrics._engine._recorder import HookCoverage, find_coverage
 from art_fisher.metrics._finite_difference import fd_quadratic_form
 from art_fisher.metrics._setup import check_direction_args, grad_mode, input_for, setup
 from art_fisher.metrics._top_mass import selection
-from art_fisher.metrics._trace import blocks, top_eigen
-from art_fisher.metrics.engine import chunking
-from art_fisher.metrics.engine.grams import directional
-from art_fisher.metrics.engine.network import FunctionalNet
-from art_fisher.metrics.engine.recorder import Plan, make_plan
+from art_fisher.metrics._trace import basis_grams, top_eigen
 
 
 def safe_divide(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
@@ -41,7 +41,7 @@ def safe_divide(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
 
 def quadratic_form(
     net: FunctionalNet,
-    plan: Plan,
+    coverage: HookCoverage,
     x: torch.Tensor,
     *,
     direction: Direction,
@@ -54,16 +54,18 @@ def quadratic_form(
 ) -> torch.Tensor:
     """Exact quadratic form (N,) for a named or fixed direction."""
     if isinstance(direction, str):
-        t, sq = _named_direction(net, plan, x, y=y, classes=classes, chunk_size=chunk_size, create_graph=create_graph)
+        t, sq = _named_direction(
+            net, coverage, x, y=y, classes=classes, chunk_size=chunk_size, create_graph=create_graph
+        )
     else:
         v = dict(zip(net.names, direction, strict=True))
         _z, t, _r, _rt = directional(
             net,
-            plan,
+            coverage,
             x,
             v=v,
             basis=make_basis(classes, smooth=create_graph),
-            batch_size=chunk_size,
+            chunk_size=chunk_size,
             create_graph=create_graph,
         )
         sq = sum(d.pow(2).sum() for d in direction) * torch.ones(t.shape[0], dtype=x.dtype, device=x.device)
@@ -73,7 +75,7 @@ def quadratic_form(
 
 def _named_direction(
     net: FunctionalNet,
-    plan: Plan,
+    coverage: HookCoverage,
     x: torch.Tensor,
     *,
     y: torch.Tensor | None,
@@ -81,20 +83,20 @@ def _named_direction(
     chunk_size: int | None,
     create_graph: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``Wᵀ t_k`` (N, B, C') and ``‖v‖²`` (N,) for ``v = Jᵀ r``, ``r = e_y − p`` (``y`` default the prediction).
+    """``Wᵀ t_k`` (N, n_tensors, C') and ``‖v‖²`` (N,) for ``v = Jᵀ r``, ``r = e_y − p`` (``y`` default the prediction).
 
     One backward pass with the cotangent ``r`` gives each layer's output change ``δo_k`` along ``v_k``,
     then each column of ``W`` costs one backward pass and an inner product with ``δo_k`` per tensor
-    (:func:`~art_fisher.metrics.engine.grams.directional`).
+    (:func:`~art_fisher.metrics._engine._grams.directional`).
     """
     _z, t, _r, rt = directional(
         net,
-        plan,
+        coverage,
         x,
         coefficients=directions.coefficients,
         basis=make_basis(classes, smooth=create_graph),
         y=y,
-        batch_size=chunk_size,
+        chunk_size=chunk_size,
         create_graph=create_graph,
     )
     assert rt is not None  # directional returns r and rᵀt when given coefficients
@@ -103,7 +105,7 @@ def _named_direction(
 
 def along_top_eigenvector(
     net: FunctionalNet,
-    plan: Plan,
+    coverage: HookCoverage,
     x: torch.Tensor,
     *,
     blockwise: bool,
@@ -111,14 +113,14 @@ def along_top_eigenvector(
     chunk_size: int | None,
     create_graph: bool = False,
 ) -> torch.Tensor:
-    """Quadratic form along the top eigenvector ``v = Jᵀ W w`` from the blocks ``K̃_k = Wᵀ K_k W``.
+    """Quadratic form along the top eigenvector ``v = Jᵀ W w`` from the Gram matrices ``K̃_k = Wᵀ K_k W``.
 
     ``(K_k r)ᵀ S (K_k r) = ‖K̃_k w‖²`` and ``‖v‖² = wᵀ K̃ w`` for ``r = W w``; always normalised (an
     eigenvector has no natural length). ``"predicted_vs_rest"`` reduces at the predicted class.
     """
-    k = blocks(net, plan, x, chunk_size=chunk_size, classes=classes, create_graph=create_graph)
+    k = basis_grams(net, coverage, x, chunk_size=chunk_size, classes=classes, create_graph=create_graph)
     _lam, w = top_eigen(k)
-    kw = (k @ w.unsqueeze(1).unsqueeze(-1)).squeeze(-1)  # (N, B, C')
+    kw = (k @ w.unsqueeze(1).unsqueeze(-1)).squeeze(-1)  # (N, n_tensors, C')
     num = kw.pow(2).sum((1, 2)) if blockwise else kw.sum(1).pow(2).sum(-1)
     return safe_divide(num, torch.einsum("nc,nc->n", w, kw.sum(1)))
 
@@ -135,7 +137,7 @@ def by_finite_differences(
     fd_step: float,
     chunk_size: int | None,
 ) -> torch.Tensor:
-    """The original algorithm's central differences (:mod:`art_fisher.metrics`)."""
+    """The original algorithm's central differences (:mod:`art_fisher.metrics._finite_difference`)."""
     out = []
     for sl in chunking.chunks(x.shape[0], chunk_size or chunking.FINITE_DIFFERENCE_CHUNK):
         xb = x[sl]
@@ -219,8 +221,29 @@ def fisher_quadratic_form(
     ------
     TypeError, ValueError
         As :func:`fisher_trace`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from art_fisher.metrics import fisher_quadratic_form
+    >>> _ = torch.manual_seed(0)
+    >>> model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    >>> x = torch.randn(5, 4, dtype=torch.float64)
+    >>> params = dict(model.named_parameters())
+    >>> def log_probs(theta, xi):  # log p(c | xi) as a function of the parameters
+    ...     return torch.log_softmax(torch.func.functional_call(model, theta, (xi,)), -1)
+    >>> grads = torch.func.vmap(torch.func.jacrev(log_probs), in_dims=(None, 0))(params, x)
+    >>> g = torch.cat([t.flatten(2) for t in grads.values()], 2).detach()  # (N, C, P): ∇θ log p_c
+    >>> p = log_probs(params, x).exp().detach()
+    >>> fisher = torch.einsum("nc,ncp,ncq->npq", p, g, g)  # dense F = Σ_c p_c ∇log p_c ∇log p_cᵀ
+    >>> v = g[torch.arange(5), p.argmax(1)]  # ∇θ log p_ŷ of the predicted class
+    >>> v = v / v.norm(dim=1, keepdim=True)
+    >>> dense = torch.einsum("np,npq,nq->n", v, fisher, v)
+    >>> torch.allclose(fisher_quadratic_form(model, x), dense, rtol=1e-10)
+    True
     """
-    net, n_classes, eps, bs = setup(
+    net, n_classes, eps, chunk = setup(
         model,
         x,
         output=output,
@@ -249,29 +272,29 @@ def fisher_quadratic_form(
                 normalize=normalize,
                 classes=classes,
                 fd_step=eps,
-                chunk_size=bs,
+                chunk_size=chunk,
             )
         elif top:
             values = along_top_eigenvector(
                 net,
-                make_plan(net, x),
+                find_coverage(net, x),
                 x,
                 blockwise=blockwise,
                 classes=selected,
-                chunk_size=bs,
+                chunk_size=chunk,
                 create_graph=create_graph,
             )
         else:
             values = quadratic_form(
                 net,
-                make_plan(net, x),
+                find_coverage(net, x),
                 x,
                 direction=direction,
                 y=yt,
                 blockwise=blockwise,
                 normalize=normalize,
                 classes=selected,
-                chunk_size=bs,
+                chunk_size=chunk,
                 create_graph=create_graph,
             )
     return _checks.check_finite_result(values, "fisher_quadratic_form")

@@ -1,25 +1,20 @@
-r"""Fisher information sensitivity (FIS): its exact paths and the piecewise-linearity test that picks one.
+r"""Fisher information sensitivity (FIS): its exact paths and the dispatch between them.
 
 For one sample with logits ``z(x)`` (C,), ``p = softmax(z)`` and a parameter direction ``v`` held fixed,
 let ``t(x) = J(x) v``. Then ``vᵀ∇θ log p = b = t − (pᵀt) 1`` and ``vᵀ∇θ p = a = p ⊙ b``, and
 
     FIS_i = Σ_c ∂x_i a_c · ∂x_i b_c,
 
-which needs only ``∂x z`` and ``∂x t`` (C × D each); blockwise, the same is summed over parameter
-tensors ``k`` with ``t_k = J_k v_k`` (:func:`fis_from_jacobians`). Three exact paths:
+which needs only ``∂x z`` and ``∂x t`` (C × D each), blockwise summed over parameter tensors ``k`` with
+``t_k = J_k v_k`` (:func:`fis_from_jacobians`). The paths, fastest first:
 
-- **hook, first order** — for models whose logits are piecewise linear in ``x``
-  (:func:`is_piecewise_linear`): with ``B_c = ∂z_c/∂o_k`` at a layer's output and ``δo_k`` the layer's
-  output change along ``v_k``, ``t_k,c = ⟨B_c, δo_k⟩``. ``B_c`` is locally constant in ``x`` there, so
-  ``∂x t_k`` is a first-order backward pass from layer ``k`` down to ``x``, batched over the classes;
-- **hook, second order** — any other model whose selected parameters all sit in layers with a rule:
-  the same with ``B_c`` differentiated too (reverse over reverse; works for every activation with a
-  double-backward formula, e.g. SiLU and Mish, which have no forward-mode formula for the reverse-over-
-  forward route; scaled dot-product attention runs its math kernel, the fused CPU kernels having no
-  double backward);
-- **torch.func** — the rest (unknown modules, tied or directly used weights): ``vmap`` over samples of
-  ``jacrev`` in ``x`` of a JVP in the parameters, the JVP taken as a double VJP where forward mode has
-  no formula.
+- **hook, first order**: logits piecewise linear in ``x`` (:func:`is_piecewise_linear`); the layers'
+  output-gradients are held constant in ``x``;
+- **hook, second order**: every selected parameter in a layer with a rule; reverse over reverse;
+- **torch.func**: the rest; ``vmap`` over samples of ``jacrev`` in ``x`` of a JVP in the parameters
+  (a double VJP where forward mode has no formula).
+
+Why each path is exact: the Fisher-metrics guide ("How it is computed, and why it is exact").
 """
 
 from __future__ import annotations
@@ -35,14 +30,14 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from art_fisher import _checks
 from art_fisher.metrics import _directions as directions
-from art_fisher.metrics._basis import centered, predicted_vs_rest, reducer, reduction_jacobian
+from art_fisher.metrics._basis import centered, class_reduction, predicted_vs_rest, reduction_jacobian
 from art_fisher.metrics._directions import Direction
+from art_fisher.metrics._engine import _chunking as chunking
+from art_fisher.metrics._engine._network import FunctionalNet
+from art_fisher.metrics._engine._recorder import HookCoverage, find_coverage, recorded_forward
 from art_fisher.metrics._finite_difference import fd_sensitivity
 from art_fisher.metrics._piecewise import is_piecewise_linear
-from art_fisher.metrics._setup import check_direction_args, no_plan, setup
-from art_fisher.metrics.engine import chunking
-from art_fisher.metrics.engine.network import FunctionalNet
-from art_fisher.metrics.engine.recorder import Plan, make_plan, recorded_forward
+from art_fisher.metrics._setup import check_direction_args, setup
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +80,7 @@ def _reduce_to_two(z, t, jz, jt, y):
 
 def hook_sensitivity(
     net: FunctionalNet,
-    plan: Plan,
+    coverage: HookCoverage,
     x: torch.Tensor,
     *,
     r: torch.Tensor | None,
@@ -96,7 +91,7 @@ def hook_sensitivity(
     classes: str,
     first_order: bool,
 ) -> torch.Tensor | None:
-    """Exact FIS of one chunk (shape of ``x``), or None when a planned module did not run exactly once.
+    """Exact FIS of one chunk (shape of ``x``), or None when a covered module did not run exactly once.
 
     Parameters
     ----------
@@ -111,7 +106,7 @@ def hook_sensitivity(
     """
     # the math kernel of scaled dot-product attention: the fused CPU kernels have no double backward
     with sdpa_kernel([SDPBackend.MATH]):
-        rec = recorded_forward(net, plan, x, create_graph=True)
+        rec = recorded_forward(net, coverage, x, create_graph=True)
     if rec.missing:
         return None
     z, x0 = rec.z, rec.x
@@ -120,8 +115,8 @@ def hook_sensitivity(
         if r is not None:  # per-sample directions v = Jᵀ r, held fixed (not differentiated in x)
             brs = torch.autograd.grad(z, edges, r, retain_graph=True)
             d = {
-                name: rec.rules[m].grad(brs[rec.modules.index(m)], kind).detach()
-                for name, (m, kind) in plan.covered.items()
+                name: rec.rules[m].grad(brs[rec.modules.index(m)], role).detach()
+                for name, (m, role) in coverage.covered.items()
             }
             del brs
             if normalize:
@@ -147,8 +142,8 @@ def hook_sensitivity(
         for group in groups:
             t = torch.zeros(n_cls, n, dtype=z.dtype, device=z.device)
             for name in group:
-                m, kind = plan.covered[name]
-                delta = rec.rules[m].change(kind, d[name], shared).expand(rec.shapes[m])
+                m, role = coverage.covered[name]
+                delta = rec.rules[m].change(role, d[name], shared).expand(rec.shapes[m])
                 t = t + (b_of[m] * delta).flatten(2).sum(2)
             if t.requires_grad:
                 (jt,) = torch.autograd.grad(t, x0, cot, retain_graph=True, is_grads_batched=True, allow_unused=True)
@@ -191,12 +186,12 @@ def func_sensitivity(
     forward_mode: bool = True,
 ) -> torch.Tensor:
     """Exact FIS of one chunk with ``torch.func``: ``v`` (n, *shape) per parameter, or (*shape) when ``shared``."""
-    reduce = reducer(classes)
+    reduce_classes = class_reduction(classes)
     groups = net.groups(blockwise)
 
     def outs(xi: torch.Tensor, vi: dict[str, torch.Tensor], yi: torch.Tensor):
         def zf(s: dict[str, torch.Tensor]) -> torch.Tensor:
-            return reduce(net.logits_one(s, xi), yi)
+            return reduce_classes(net.logits_one(s, xi), yi)
 
         ts = []
         for g in groups:
@@ -219,12 +214,14 @@ def func_sensitivity(
 # --- Dispatch -------------------------------------------------------------------------------------------
 
 
-def _chunk_of(path: str, plan: Plan, itemsize: int) -> int:
+def _chunk_of(path: str, coverage: HookCoverage | None, itemsize: int) -> int:
     """Samples per pass of a sensitivity path, from its memory budget."""
-    if path == "first_order":
-        return chunking.hook_chunk(plan.out_numel, plan.n_classes, itemsize, budget=chunking.FIRST_ORDER_BUDGET)
-    if path == "second_order":
-        return chunking.hook_chunk(plan.out_numel, plan.n_classes, itemsize, budget=chunking.SECOND_ORDER_BUDGET)
+    if path == "first_order" and coverage is not None:
+        return chunking.hook_chunk(coverage.out_numel, coverage.n_classes, itemsize, budget=chunking.FIRST_ORDER_BUDGET)
+    if path == "second_order" and coverage is not None:
+        return chunking.hook_chunk(
+            coverage.out_numel, coverage.n_classes, itemsize, budget=chunking.SECOND_ORDER_BUDGET
+        )
     if path == "func":
         return chunking.FUNC_SENSITIVITY_CHUNK
     return chunking.FINITE_DIFFERENCE_CHUNK
@@ -232,7 +229,7 @@ def _chunk_of(path: str, plan: Plan, itemsize: int) -> int:
 
 def sensitivity(
     net: FunctionalNet,
-    plan: Plan,
+    coverage: HookCoverage | None,
     x: torch.Tensor,
     *,
     direction: Direction,
@@ -247,8 +244,9 @@ def sensitivity(
     """FIS of all samples (shape of ``x``): the fastest exact path that applies, or finite differences."""
     path = "finite_difference"
     if method == "exact":
-        path = "func" if plan.rest else ("first_order" if is_piecewise_linear(plan) else "second_order")
-    size = chunk_size or _chunk_of(path, plan, x.element_size())
+        assert coverage is not None  # the exact paths need the hook coverage
+        path = "func" if coverage.rest else ("first_order" if is_piecewise_linear(coverage.probe) else "second_order")
+    size = chunk_size or _chunk_of(path, coverage, x.element_size())
     forward_mode = True
     out = []
     for sl in chunking.chunks(x.shape[0], size):
@@ -258,7 +256,7 @@ def sensitivity(
         _checks.check_finite_output(z, sl.start, net, x)
         cls = directions.class_of(direction, z, None if y is None else y[sl])
         res = None
-        while res is None and path in ("first_order", "second_order"):
+        while res is None and coverage is not None and path in ("first_order", "second_order"):
             if isinstance(direction, str):
                 r, v = directions.coefficients(z, cls), None
             else:
@@ -266,7 +264,7 @@ def sensitivity(
             try:
                 res = hook_sensitivity(
                     net,
-                    plan,
+                    coverage,
                     xb,
                     r=r,
                     v=v,
@@ -337,13 +335,9 @@ def fisher_sensitivity(
 
     With ``blockwise=True`` (default, what the original code computes) the sum also runs over
     parameter tensors ``k`` with ``v`` restricted to tensor ``k``; ``blockwise=False`` uses the whole
-    ``v`` at once. Computed exactly (:mod:`art_fisher.metrics`): for a model whose logits
-    are piecewise linear in ``x`` (ReLU-type activations, max / average pooling, Linear / Conv / eval
-    BatchNorm, a declared terminal ``log_softmax`` / ``softmax``; judged from its autograd graph) with
-    first-order backward passes from each layer down to ``x``; for other models of such layers with a
-    second-order backward pass (any activation with a double-backward formula, SiLU and Mish
-    included); otherwise with ``torch.func``. ``normalize=False`` uses the raw gradient and gives
-    ``‖v‖²`` times the normalised value.
+    ``v`` at once. ``normalize=False`` uses the raw gradient and gives ``‖v‖²`` times the normalised
+    value. Computed exactly, by the fastest path that applies to the model (see
+    :doc:`/guides/fisher_metrics`).
 
     Parameters
     ----------
@@ -356,7 +350,7 @@ def fisher_sensitivity(
         default) sums over the two classes ``(ŷ, rest)`` instead of all ``C``.
     method : {"exact", "finite_difference"}
         ``"finite_difference"`` reproduces the original algorithm: input-gradients of ``z_c`` and
-        ``p_c`` at ``θ ± ε v_k``, differenced centrally. Far off on ReLU / max-pool networks.
+        ``p_c`` at ``θ ± ε v_k``, differenced centrally (inexact where ``ε`` crosses a ReLU kink).
     fd_step : float
         Step of the finite differences.
 
@@ -372,22 +366,51 @@ def fisher_sensitivity(
         As :func:`fisher_trace`.
     NotImplementedError
         For ``method="exact"`` when the ``torch.func`` path is needed on a model with LayerNorm /
-        InstanceNorm modules: torch.func's mixed second derivatives through them are wrong in torch
-        2.13 (verified against plain autograd).
+        InstanceNorm modules, whose mixed second derivatives ``torch.func`` gets wrong.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from art_fisher.metrics import fisher_sensitivity
+    >>> _ = torch.manual_seed(0)
+    >>> model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    >>> x = torch.randn(5, 4, dtype=torch.float64)
+    >>> params = dict(model.named_parameters())
+    >>> def log_probs(theta, xi):  # log p(c | xi) as a function of the parameters
+    ...     return torch.log_softmax(torch.func.functional_call(model, theta, (xi,)), -1)
+    >>> grads = torch.func.vmap(torch.func.jacrev(log_probs), in_dims=(None, 0))(params, x)
+    >>> g = torch.cat([t.flatten(2) for t in grads.values()], 2).detach()  # (N, C, P): ∇θ log p_c
+    >>> p = log_probs(params, x).exp().detach()
+    >>> fisher = torch.einsum("nc,ncp,ncq->npq", p, g, g)  # dense F = Σ_c p_c ∇log p_c ∇log p_cᵀ
+    >>> fis = fisher_sensitivity(model, x, blockwise=False)  # (N, 4), like x
+    >>> theta = {k: t.detach() for k, t in params.items()}
+    >>> sizes = [t.numel() for t in theta.values()]
+    >>> def b_and_a(xi, v):  # vᵀ∇θ log p_c(xi) and vᵀ∇θ p_c(xi), with v held fixed
+    ...     b = torch.func.jvp(lambda th: log_probs(th, xi), (theta,), (v,))[1]
+    ...     return torch.stack([b, log_probs(theta, xi).exp() * b])
+    >>> dense = []
+    >>> for xi, gi, pi in zip(x, g, p):
+    ...     v = gi[pi.argmax()] / gi[pi.argmax()].norm()  # the predicted class's unit gradient
+    ...     v = {k: c.view_as(t) for (k, t), c in zip(theta.items(), v.split(sizes))}
+    ...     jb, ja = torch.func.jacrev(b_and_a)(xi, v)  # (C, D) each: input-gradients
+    ...     dense.append((ja * jb).sum(0))  # FIS_i = Σ_c ∂x_i a_c ∂x_i b_c
+    >>> torch.allclose(fis, torch.stack(dense), rtol=1e-10)
+    True
     """
-    net, n_classes, eps, bs = setup(
+    net, n_classes, eps, chunk = setup(
         model, x, output=output, params=params, method=method, fd_step=fd_step, chunk_size=chunk_size
     )
     direction, yt = check_direction_args(
         direction, y, net, x, n_classes, allow_top=False, blockwise=blockwise, normalize=normalize, classes=classes
     )
     x = x.detach()
-    plan = make_plan(net, x) if method == "exact" else no_plan(n_classes)
-    if method == "exact" and plan.rest:
+    coverage = find_coverage(net, x) if method == "exact" else None  # finite differences use no hooks
+    if coverage is not None and coverage.rest:
         _checks.check_second_order(model)
     values = sensitivity(
         net,
-        plan,
+        coverage,
         x,
         direction=direction,
         y=yt,
@@ -396,6 +419,6 @@ def fisher_sensitivity(
         classes=classes,
         method=method,
         fd_step=eps,
-        chunk_size=bs,
+        chunk_size=chunk,
     )
     return _checks.check_finite_result(values, "fisher_sensitivity")

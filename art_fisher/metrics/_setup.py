@@ -10,8 +10,7 @@ from torch import nn
 
 from art_fisher import _checks
 from art_fisher.metrics._directions import Direction
-from art_fisher.metrics.engine.network import FunctionalNet
-from art_fisher.metrics.engine.recorder import Plan
+from art_fisher.metrics._engine._network import FunctionalNet
 
 
 def setup(
@@ -100,8 +99,3 @@ def check_direction_args(
             else "y is only used with direction='label'; got y together with a tensor direction."
         )
     return direction, None
-
-
-def no_plan(n_classes: int) -> Plan:
-    """An empty plan for the finite-difference paths, which use no layer hooks."""
-    return Plan({}, {}, [], 0, n_classes, (torch.zeros(()), torch.zeros(())))

@@ -1,50 +1,16 @@
-r"""Many-class heads: the Fisher matrix of the most probable classes, and an unbiased estimate of the rest.
+r"""Many-class heads: the Fisher matrix ``F_τ`` of the most probable classes, and an unbiased trace estimate.
 
-Every exact metric costs ``C − 1`` backward passes (:mod:`art_fisher.metrics`); with 1,000 classes
-that is a hundred times a 10-class head. With ``τ ∈ (0, 1)``, each sample keeps its ``k`` most probable
-classes ``T``, ``k`` the smallest number whose probabilities sum to at least ``1 − τ``, and merges the
-others ``R`` (probability ``q = Σ_{c∈R} p_c ≤ τ``) into one class. The metrics are then those of
+With ``τ ∈ (0, 1)`` each sample keeps its ``k`` most probable classes ``T`` (the fewest whose
+probabilities sum to at least ``1 − τ``) and merges the others ``R`` (probability ``q ≤ τ``) into one
+class; the metrics are then those of
 
 .. math::
 
     F_τ = \sum_{c∈T} p_c \nabla\log p_c \nabla\log p_c^\top + q \nabla\log q \nabla\log q^\top ,
 
-the Fisher matrix of the coarsened distribution ``(p_T, q)``, at ``k`` backward passes instead of ``C − 1``.
-
-**What is guaranteed.** The chain rule of Fisher information (the coarsened distribution, then the class
-within ``R``) gives the exact gap
-
-.. math::
-
-    F − F_τ = q\,F_R, \qquad F_R = \sum_{c∈R} p(c|R)\, \nabla\log p(c|R) \nabla\log p(c|R)^\top \succeq 0,
-
-so ``F_τ ≼ F``: the trace, each block trace, ``λ_max`` and every quadratic form of ``F_τ`` are lower
-bounds of the exact ones. Since ``∇log p(c|R) = g_c − Σ_{c'∈R} p(c'|R) g_{c'}`` (``g_c = ∇θ z_c``) is a
-difference of ``g_c`` and a convex combination of the ``g_{c'}``, ``‖∇log p(c|R)‖ ≤ D_R``, the diameter
-of the dropped classes' logit gradients ``{g_c : c ∈ R}``, and the error of every one of those
-metrics lies in
-
-.. math::
-
-    0 ≤ M(F) − M(F_τ) ≤ q\,\operatorname{tr} F_R ≤ q\,D_R^2 ≤ τ\,D_R^2
-
-(for the quadratic form along a unit direction; ``‖v‖²`` times that otherwise). ``D_R`` is not
-available without the dropped classes' own backward passes: the computed passes see ``J`` only on the
-span of the kept directions, and ``J`` can change arbitrarily on the rest of the dropped classes'
-coordinates without changing them. So the cheap, certain statement is the lower bound with the
-dropped mass ``q``; the size of the gap needs either a bound on the network's logit gradients or a
-sample of the dropped classes:
-
-**The sampled estimate** (:func:`fisher_trace_estimate`) adds ``m`` classes drawn i.i.d. from
-``p(·|R)``: ``tr F_R = E_{c∼p(·|R)} ‖∇log p(c|R)‖²`` with ``∇log p(c|R) = Jᵀ(e_c − r)`` (``r`` the
-conditional probabilities on ``R``), one backward pass each, so
-
-.. math::
-
-    \widehat{\operatorname{tr} F} = \operatorname{tr} F_τ + \frac{q}{m} \sum_{i=1}^m \|J^\top(e_{c_i} − r)\|^2
-
-is unbiased, never below the lower bound, with the standard error ``q s / √m`` (``s`` the sample
-standard deviation of the ``m`` squared norms).
+at ``k`` backward passes instead of ``C − 1``, and ``F_τ ≼ F``. :func:`fisher_trace_estimate` adds ``m``
+classes drawn from ``p(·|R)`` for an unbiased estimate of ``tr F`` with its standard error. The bounds
+and the estimator are derived in the field-models guide ("Many classes").
 """
 
 from __future__ import annotations
@@ -58,9 +24,9 @@ from torch import nn
 
 from art_fisher import _checks
 from art_fisher.metrics._basis import Basis, complement, factor, identity_minus
-from art_fisher.metrics.engine.grams import gram_blocks
-from art_fisher.metrics.engine.network import FunctionalNet
-from art_fisher.metrics.engine.recorder import make_plan
+from art_fisher.metrics._engine._grams import tensor_grams
+from art_fisher.metrics._engine._network import FunctionalNet
+from art_fisher.metrics._engine._recorder import find_coverage
 
 
 def check_tau(tau: object, *, allow_none: bool = True) -> float | None:
@@ -116,7 +82,7 @@ def kept_classes(
 
 
 class TopMass:
-    """The coarsened class set of :mod:`art_fisher.metrics`, passed to the engine as ``classes``.
+    """The coarsened class set of the module docstring, passed to the engine as ``classes``.
 
     Parameters
     ----------
@@ -228,10 +194,11 @@ def fisher_trace_estimate(
 ) -> TraceEstimate:
     r"""``tr F(x)`` from the classes holding ``1 − τ`` of the probability and ``samples`` draws of the others.
 
-    ``estimate = tr F_τ + (q/m) Σ_i ‖Jᵀ(e_{c_i} − r)‖²`` with ``c_i ∼ p(·|R)`` i.i.d. (module docstring):
-    unbiased, ``≥ lower = tr F_τ``, standard error ``q s/√m``. It costs about ``k + m`` backward passes
-    per sample (``k`` kept classes, at most ``max_kept``) instead of ``C − 1``; when every sample keeps
-    ``C − 1`` or more classes it is exact (``stderr`` 0).
+    ``estimate = tr F_τ + (q/m) Σ_i ‖Jᵀ(e_{c_i} − r)‖²`` with ``c_i ∼ p(·|R)`` i.i.d. (``R`` the dropped
+    classes, ``q`` their probability, ``r`` their conditional probabilities; derived in
+    :doc:`/guides/model_families`): unbiased, ``≥ lower = tr F_τ``, standard error ``q s/√m``. It costs
+    about ``k + m`` backward passes per sample (``k`` kept classes, at most ``max_kept``) instead of
+    ``C − 1``; when every sample keeps ``C − 1`` or more classes it is exact (``stderr`` 0).
 
     Parameters
     ----------
@@ -258,6 +225,31 @@ def fisher_trace_estimate(
     TypeError, ValueError
         For invalid arguments (before any computation), and for samples whose output or result is not
         finite.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from art_fisher.metrics import fisher_trace_estimate
+    >>> _ = torch.manual_seed(0)
+    >>> model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 10)).double()
+    >>> x = torch.randn(5, 4, dtype=torch.float64)
+    >>> params = dict(model.named_parameters())
+    >>> def log_probs(theta, xi):  # log p(c | xi) as a function of the parameters
+    ...     return torch.log_softmax(torch.func.functional_call(model, theta, (xi,)), -1)
+    >>> grads = torch.func.vmap(torch.func.jacrev(log_probs), in_dims=(None, 0))(params, x)
+    >>> g = torch.cat([t.flatten(2) for t in grads.values()], 2).detach()  # (N, C, P): ∇θ log p_c
+    >>> p = log_probs(params, x).exp().detach()
+    >>> fisher = torch.einsum("nc,ncp,ncq->npq", p, g, g)  # dense F = Σ_c p_c ∇log p_c ∇log p_cᵀ
+    >>> dense = fisher.diagonal(dim1=1, dim2=2).sum(-1)  # exact tr F(x)
+    >>> est = fisher_trace_estimate(model, x, tau=0.5, samples=8, seed=0)
+    >>> est.kept  # classes kept of 10: about kept + samples backward passes
+    tensor([4, 4, 5, 4, 4])
+    >>> bool((est.lower <= dense * (1 + 1e-12)).all())  # tr F_τ ≤ tr F: a certain lower bound
+    True
+    >>> exact = fisher_trace_estimate(model, x, tau=1e-9)  # every class kept: exact, zero stderr
+    >>> torch.allclose(exact.estimate, dense, rtol=1e-10), bool((exact.stderr == 0).all())
+    (True, True)
     """
     _checks.check_model(model)
     _checks.check_x(x)
@@ -273,7 +265,7 @@ def fisher_trace_estimate(
         raise TypeError(f"seed must be an int; got {seed!r}.")
     if not 0 <= seed < 2**63:
         raise ValueError(f"seed must be an int from 0 to 2**63 - 1 (torch.Generator's range); got {str(seed)[:40]}.")
-    bs = _checks.check_chunk_size(chunk_size)
+    chunk = _checks.check_chunk_size(chunk_size)
     names = _checks.check_params(model, params)
     _checks.check_model_matches_x(model, names, x)
     _checks.probe_output(model, x, output)
@@ -282,7 +274,7 @@ def fisher_trace_estimate(
     gen = torch.Generator(device=x.device).manual_seed(seed)
     spec = TopMass(tau, samples=samples, generator=gen, max_kept=max_kept)
     with torch.no_grad():
-        z, diag, _w = gram_blocks(net, make_plan(net, x), x, basis=spec.basis(), batch_size=bs, diagonal=True)
+        z, diag, _w = tensor_grams(net, find_coverage(net, x), x, basis=spec.basis(), chunk_size=chunk, diagonal=True)
     per_column = diag.sum(1)  # (N, m + K)
     drawn, lower = per_column[:, :samples], per_column[:, samples:].sum(1)
     _order, kept, q = kept_classes(z, tau, max_kept)

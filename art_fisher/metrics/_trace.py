@@ -1,7 +1,7 @@
 r"""The trace of the Fisher matrix, per parameter tensor and in total, and its largest eigenvalue.
 
-With the Gram blocks ``K_k = J_k J_kᵀ`` (C × C) of each parameter tensor ``k`` and a factor ``W`` of
-``S = diag p − p pᵀ`` (``W Wᵀ = S``, :mod:`art_fisher.metrics`):
+With the Gram matrices ``K_k = J_k J_kᵀ`` (C × C) of each parameter tensor ``k`` and a factor ``W`` of
+``S = diag p − p pᵀ`` (``W Wᵀ = S``, :mod:`art_fisher.metrics._basis`):
 
 - the trace of tensor ``k``'s diagonal block of ``F`` is ``tr(J_kᵀ S J_k) = tr(Wᵀ K_k W)``, which needs
   only the diagonal of ``Wᵀ K_k W``: the squared norms of per-sample gradients, one per column of ``W``;
@@ -21,49 +21,52 @@ from torch import nn
 
 from art_fisher import _checks
 from art_fisher.metrics._basis import ClassSelection, make_basis
+from art_fisher.metrics._engine import _chunking as chunking
+from art_fisher.metrics._engine._grams import tensor_grams
+from art_fisher.metrics._engine._network import FunctionalNet
+from art_fisher.metrics._engine._recorder import HookCoverage, find_coverage
 from art_fisher.metrics._finite_difference import per_class_trace
 from art_fisher.metrics._setup import grad_mode, input_for, setup
 from art_fisher.metrics._top_mass import selection
-from art_fisher.metrics.engine import chunking
-from art_fisher.metrics.engine.grams import gram_blocks
-from art_fisher.metrics.engine.network import FunctionalNet
-from art_fisher.metrics.engine.recorder import Plan, make_plan
 
 
 def block_traces(
     net: FunctionalNet,
-    plan: Plan,
+    coverage: HookCoverage,
     x: torch.Tensor,
     *,
     chunk_size: int | None,
     create_graph: bool = False,
     classes: str | ClassSelection = "all",
 ) -> torch.Tensor:
-    """``tr F_kk`` (N, B) for each selected parameter tensor ``k`` (in ``net.names`` order)."""
-    _z, diag, _w = gram_blocks(
+    """``tr F_kk`` (N, n_tensors) for each selected parameter tensor ``k`` (in ``net.names`` order)."""
+    _z, diag, _w = tensor_grams(
         net,
-        plan,
+        coverage,
         x,
         basis=make_basis(classes, smooth=create_graph),
-        batch_size=chunk_size,
+        chunk_size=chunk_size,
         diagonal=True,
         create_graph=create_graph,
     )
     return diag.sum(-1)
 
 
-def blocks(
+def basis_grams(
     net: FunctionalNet,
-    plan: Plan,
+    coverage: HookCoverage,
     x: torch.Tensor,
     *,
     chunk_size: int | None,
     classes: str | ClassSelection = "all",
     create_graph: bool = False,
 ) -> torch.Tensor:
-    """The blocks ``Wᵀ K_k W`` (N, B, C', C'); ``"predicted_vs_rest"`` reduces at the predicted class."""
+    """The Gram matrices ``Wᵀ K_k W`` (N, n_tensors, C', C') in the basis of ``classes``.
+
+    ``"predicted_vs_rest"`` reduces at the predicted class.
+    """
     basis = make_basis(classes, smooth=create_graph)
-    return gram_blocks(net, plan, x, basis=basis, batch_size=chunk_size, create_graph=create_graph)[1]
+    return tensor_grams(net, coverage, x, basis=basis, chunk_size=chunk_size, create_graph=create_graph)[1]
 
 
 @overload
@@ -86,7 +89,7 @@ def top_eigen(k: torch.Tensor, *, vectors: bool = True) -> tuple[torch.Tensor, t
 
 def max_eigenvalue(
     net: FunctionalNet,
-    plan: Plan,
+    coverage: HookCoverage,
     x: torch.Tensor,
     *,
     chunk_size: int | None,
@@ -94,7 +97,7 @@ def max_eigenvalue(
     classes: str | ClassSelection = "all",
 ) -> torch.Tensor:
     """``λ_max(F(x))`` (N,)."""
-    k = blocks(net, plan, x, chunk_size=chunk_size, classes=classes, create_graph=create_graph)
+    k = basis_grams(net, coverage, x, chunk_size=chunk_size, classes=classes, create_graph=create_graph)
     return top_eigen(k, vectors=False)[0]
 
 
@@ -156,9 +159,9 @@ def fisher_trace(
         derivatives). Uses C backward passes (a factor of ``S`` smooth in ``p``). ``method="exact"`` only.
     tau : float in (0, 1), optional
         Many-class heads: keep each sample's most probable classes holding ``1 − tau`` of its
-        probability and merge the rest into one class (:mod:`art_fisher.metrics`): about as
-        many backward passes as kept classes instead of ``C − 1``, and a certain lower bound of the
-        exact value (``F_τ ≼ F``). None (default): exact.
+        probability and merge the rest into one class (:doc:`/guides/model_families`, "Many classes"):
+        about as many backward passes as kept classes instead of ``C − 1``, and a certain lower bound
+        of the exact value (``F_τ ≼ F``). None (default): exact.
 
 
     Returns
@@ -171,8 +174,29 @@ def fisher_trace(
     TypeError, ValueError
         For invalid arguments (before any computation), and for samples whose output or trace is
         not finite (naming them).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from art_fisher.metrics import fisher_trace
+    >>> _ = torch.manual_seed(0)
+    >>> model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    >>> x = torch.randn(5, 4, dtype=torch.float64)
+    >>> params = dict(model.named_parameters())
+    >>> def log_probs(theta, xi):  # log p(c | xi) as a function of the parameters
+    ...     return torch.log_softmax(torch.func.functional_call(model, theta, (xi,)), -1)
+    >>> grads = torch.func.vmap(torch.func.jacrev(log_probs), in_dims=(None, 0))(params, x)
+    >>> g = torch.cat([t.flatten(2) for t in grads.values()], 2).detach()  # (N, C, P): ∇θ log p_c
+    >>> p = log_probs(params, x).exp().detach()
+    >>> fisher = torch.einsum("nc,ncp,ncq->npq", p, g, g)  # dense F = Σ_c p_c ∇log p_c ∇log p_cᵀ
+    >>> trace = fisher_trace(model, x)
+    >>> torch.allclose(trace, fisher.diagonal(dim1=1, dim2=2).sum(-1), rtol=1e-10)
+    True
+    >>> bool((fisher_trace(model, x, tau=0.5) <= trace * (1 + 1e-12)).all())  # F_τ ≼ F
+    True
     """
-    net, _n_classes, _eps, bs = setup(
+    net, _n_classes, _eps, chunk = setup(
         model,
         x,
         output=output,
@@ -187,11 +211,11 @@ def fisher_trace(
     with grad_mode(create_graph):
         if method == "finite_difference":
             n_params = sum(net.base[n].numel() for n in net.names)  # Jacobians of logits and probabilities
-            size = bs or max(1, chunking.func_chunk(n_params, _n_classes, x.element_size()) // 2)
+            size = chunk or max(1, chunking.func_chunk(n_params, _n_classes, x.element_size()) // 2)
             values = torch.cat([per_class_trace(net, x[sl]) for sl in chunking.chunks(x.shape[0], size)])
         else:
             values = block_traces(
-                net, make_plan(net, x), x, chunk_size=bs, create_graph=create_graph, classes=classes
+                net, find_coverage(net, x), x, chunk_size=chunk, create_graph=create_graph, classes=classes
             ).sum(1)
     return _checks.check_finite_result(values, "fisher_trace")
 
@@ -226,14 +250,37 @@ def fisher_block_traces(
     ------
     TypeError, ValueError
         As :func:`fisher_trace`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from art_fisher.metrics import fisher_block_traces
+    >>> _ = torch.manual_seed(0)
+    >>> model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    >>> x = torch.randn(5, 4, dtype=torch.float64)
+    >>> params = dict(model.named_parameters())
+    >>> def log_probs(theta, xi):  # log p(c | xi) as a function of the parameters
+    ...     return torch.log_softmax(torch.func.functional_call(model, theta, (xi,)), -1)
+    >>> grads = torch.func.vmap(torch.func.jacrev(log_probs), in_dims=(None, 0))(params, x)
+    >>> g = torch.cat([t.flatten(2) for t in grads.values()], 2).detach()  # (N, C, P): ∇θ log p_c
+    >>> p = log_probs(params, x).exp().detach()
+    >>> fisher = torch.einsum("nc,ncp,ncq->npq", p, g, g)  # dense F = Σ_c p_c ∇log p_c ∇log p_cᵀ
+    >>> values, names = fisher_block_traces(model, x)
+    >>> names
+    ('0.weight', '0.bias', '2.weight', '2.bias')
+    >>> sizes = [t.numel() for t in params.values()]
+    >>> dense = torch.stack([d.sum(-1) for d in fisher.diagonal(dim1=1, dim2=2).split(sizes, -1)], 1)
+    >>> torch.allclose(values, dense, rtol=1e-10)
+    True
     """
-    net, _n_classes, _eps, bs = setup(
+    net, _n_classes, _eps, chunk = setup(
         model, x, output=output, params=params, chunk_size=chunk_size, create_graph=create_graph
     )
     x = input_for(x, create_graph)
     with grad_mode(create_graph):
         values = block_traces(
-            net, make_plan(net, x), x, chunk_size=bs, create_graph=create_graph, classes=selection(tau)
+            net, find_coverage(net, x), x, chunk_size=chunk, create_graph=create_graph, classes=selection(tau)
         )
     return BlockTraces(_checks.check_finite_result(values, "fisher_block_traces"), tuple(net.names))
 
@@ -270,13 +317,31 @@ def fisher_max_eigenvalue(
     ------
     TypeError, ValueError
         As :func:`fisher_trace`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from art_fisher.metrics import fisher_max_eigenvalue
+    >>> _ = torch.manual_seed(0)
+    >>> model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    >>> x = torch.randn(5, 4, dtype=torch.float64)
+    >>> params = dict(model.named_parameters())
+    >>> def log_probs(theta, xi):  # log p(c | xi) as a function of the parameters
+    ...     return torch.log_softmax(torch.func.functional_call(model, theta, (xi,)), -1)
+    >>> grads = torch.func.vmap(torch.func.jacrev(log_probs), in_dims=(None, 0))(params, x)
+    >>> g = torch.cat([t.flatten(2) for t in grads.values()], 2).detach()  # (N, C, P): ∇θ log p_c
+    >>> p = log_probs(params, x).exp().detach()
+    >>> fisher = torch.einsum("nc,ncp,ncq->npq", p, g, g)  # dense F = Σ_c p_c ∇log p_c ∇log p_cᵀ
+    >>> torch.allclose(fisher_max_eigenvalue(model, x), torch.linalg.eigvalsh(fisher)[:, -1], rtol=1e-10)
+    True
     """
-    net, _n_classes, _eps, bs = setup(
+    net, _n_classes, _eps, chunk = setup(
         model, x, output=output, params=params, chunk_size=chunk_size, create_graph=create_graph
     )
     x = input_for(x, create_graph)
     with grad_mode(create_graph):
         values = max_eigenvalue(
-            net, make_plan(net, x), x, chunk_size=bs, create_graph=create_graph, classes=selection(tau)
+            net, find_coverage(net, x), x, chunk_size=chunk, create_graph=create_graph, classes=selection(tau)
         )
     return _checks.check_finite_result(values, "fisher_max_eigenvalue")

@@ -82,7 +82,7 @@ class ExportedModel(nn.Module):
     Notes
     -----
     The program computes what the model computed in the mode it was exported in (export it in eval mode);
-    ``train`` and ``eval`` set :attr:`training` and nothing else.
+    ``train`` and ``eval`` set ``training`` and nothing else.
     """
 
     def __init__(self, program: nn.Module) -> None:
@@ -90,7 +90,7 @@ class ExportedModel(nn.Module):
         self.program = program
 
     def train(self, mode: bool = True) -> ExportedModel:
-        """Set :attr:`training` only (the exported graph cannot change mode); returns ``self``."""
+        """Set ``training`` only (the exported graph cannot change mode); returns ``self``."""
         check_bool(mode, "mode")
         self.training = mode
         return self

@@ -255,6 +255,22 @@ def doctest_namespace(app: Sphinx, what: str, name: str, obj: object, options, l
     ]
 
 
+def public_bases(app: Sphinx, name: str, obj: object, options, bases: list) -> None:
+    """List a class's documented ancestors under "Bases:": an undocumented private base gives way to its bases.
+
+    A private base class (one defined in a private module and exported nowhere) has no page to link to.
+    """
+    i = 0
+    while i < len(bases):
+        base = bases[i]
+        path = f"{getattr(base, '__module__', '')}.{getattr(base, '__qualname__', '')}"
+        private = path.split(".")[0] in app.config.api_packages and any(p.startswith("_") for p in path.split("."))
+        if private and path not in _ALIASES and inspect.isclass(base):
+            bases[i : i + 1] = [b for b in base.__bases__ if b is not object]
+        else:
+            i += 1
+
+
 def setup(app: Sphinx) -> dict:
     """Register the configuration values and the event handlers."""
     app.connect("autodoc-process-docstring", escape_shapes, priority=400)  # before numpydoc (500)
@@ -268,4 +284,5 @@ def setup(app: Sphinx) -> dict:
     app.connect("config-inited", generate)  # before the sources are listed and autosummary writes its stubs
     app.connect("builder-inited", announce_pages, priority=400)  # autosummary generates at 500
     app.connect("missing-reference", resolve_alias)
+    app.connect("autodoc-process-bases", public_bases)
     return {"version": "1.0", "parallel_read_safe": True}

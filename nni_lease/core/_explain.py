@@ -117,7 +117,7 @@ class Explanation:
     delta : Tensor of shape (N, ...)
         The perturbation (inside the ε-ball); same shape, dtype and device as ``x``.
     explained : Tensor of shape (N, ...)
-        What the listener learns from (:func:`listener_input` of ``delta`` and ``x``).
+        What the listener learns from (``listener_input`` of ``delta`` and ``x``).
     x : Tensor of shape (N, ...)
         The clean inputs (detached).
     """
@@ -331,7 +331,7 @@ def pgd_explain(
     objective : {"predicted_label", "soft_prediction"}
         Target of the cross entropy: the clean predicted label, or the clean soft prediction.
     weighting : {"reweight", "product"}
-        How δ enters the listener's input (:func:`listener_input`).
+        How δ enters the listener's input (``listener_input``).
     differentiable : {"none", "last_step", "all_steps"}
         Which steps keep their autograd graph, so that the result is differentiable in the model's
         parameters (see the module docstring). ``"none"`` returns detached tensors.

@@ -65,7 +65,7 @@ class LeaseMultiTrial(Strategy):
     """Multi-trial LeaSE strategy: REINFORCE over categorical choices; a larger ``default`` metric is better.
 
     Every trial's ``default`` metric is the reward and is **maximised**, as by every NNI 3.0 strategy and
-    NNI's web UI ("Best metric", "Top trials"); :meth:`list_models` (and so ``export_top_models``)
+    NNI's web UI ("Best metric", "Top trials"); ``list_models`` (and so ``export_top_models``)
     returns the best first. The LeaSE trial (:func:`nni_lease.multitrial.evaluate_lease`) reports the negated
     objective ``-(L_e^val + γ·L_a^val)`` as ``default``.
 
@@ -81,7 +81,7 @@ class LeaseMultiTrial(Strategy):
     Attributes
     ----------
     logits : dict of str to list of float
-        One logit per candidate value for every choice label (empty before :meth:`initialize`).
+        One logit per candidate value for every choice label (empty before ``initialize``).
     baseline : float or None
         Current baseline ``b`` (``None`` until the first result arrives).
     history : list of dict
@@ -92,10 +92,10 @@ class LeaseMultiTrial(Strategy):
     -----
     Supported choices: :class:`nni.mutable.Categorical` (``LayerChoice``, ``nni.choice``) and
     :class:`nni.mutable.CategoricalMultiple` with ``n_chosen=1`` (``InputChoice(n_chosen=1)``).
-    Other mutables (numerical choices) are refused at :meth:`initialize` with a ValueError.
+    Other mutables (numerical choices) are refused at ``initialize`` with a ValueError.
     A trial that fails or reports no final metric leaves the policy unchanged; the search goes on.
     Metric callbacks arrive on NNI's listener thread, so updates are guarded by a lock.
-    :meth:`load_state_dict` may be called before :meth:`initialize` (the order NNI's ``Random`` and
+    :meth:`load_state_dict` may be called before ``initialize`` (the order NNI's ``Random`` and
     ``RegularizedEvolution`` accept): the state is checked and applied when the space is known.
 
     Examples
@@ -290,10 +290,10 @@ class LeaseMultiTrial(Strategy):
             }
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """Restore :meth:`state_dict` before :meth:`run`.
+        """Restore :meth:`state_dict` before ``run``.
 
-        After :meth:`initialize` it is checked against the space and applied at once; before it, it is
-        kept and applied (and checked) at the end of :meth:`initialize`.
+        After ``initialize`` it is checked against the space and applied at once; before it, it is
+        kept and applied (and checked) at the end of ``initialize``.
 
         Raises
         ------

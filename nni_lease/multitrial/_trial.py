@@ -23,7 +23,7 @@ the losses and accuracies (fractions in ``[0, 1]``) are extra keys.
 
 Every argument is small (numbers and strings): NNI records an evaluator's arguments with ``nni.trace``
 and refuses any over 64 KB, so the data set is rebuilt in the trial from its name
-(:func:`nni_lease._data.make_dataset`), never passed as tensors.
+(``nni_lease._data.make_dataset``), never passed as tensors.
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ def evaluate_lease(
         The explainer: one architecture of the search space, mapping ``(N, C, H, W)`` to logits
         ``(N, n_classes)``. It is trained in place (it is the trial's own copy).
     dataset : {"digits", "mnist", "cifar10"}
-        Data set name (:func:`nni_lease._data.make_dataset`); ``"mnist"`` and ``"cifar10"`` need ``data_dir``.
+        Data set name (``nni_lease._data.make_dataset``); ``"mnist"`` and ``"cifar10"`` need ``data_dir``.
     data_dir : str or None
         Folder of the CIFAR-10 python batches.
     epochs : int
@@ -195,7 +195,7 @@ def evaluate_lease(
     device : str
         ``"cpu"`` or a CUDA device.
     **lease_settings
-        LeaSE settings among :data:`TRIAL_LEASE_SETTINGS` (``gamma``, ``pgd_epsilon`` …; defaults of
+        LeaSE settings among ``TRIAL_LEASE_SETTINGS`` (``gamma``, ``pgd_epsilon`` …; defaults of
         :class:`~nni_lease.core.LeaseConfig`).
 
     Returns

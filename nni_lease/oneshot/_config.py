@@ -14,7 +14,7 @@ from nni_lease._spaces import SPACE_DEFAULTS, SpaceName
 
 
 def check_data(dataset: str, data_dir: str | None) -> None:
-    """Check a data set name and its folder before any work (:func:`nni_lease._data.check_dataset`)."""
+    """Check a data set name and its folder before any work (``nni_lease._data.check_dataset``)."""
     check_dataset(dataset, data_dir)
 
 
@@ -47,11 +47,11 @@ class SearchConfig:
     width, cells, nodes : int or None
         The space's channels, cells and nodes per cell (the same arguments of
         :class:`~nni_lease.LeaseCellSpace`; :class:`~nni_lease.DartsSpace` takes ``width`` and ``cells``,
-        and ``nodes`` must be 4). ``None``: the space's default (:data:`~nni_lease._spaces.SPACE_DEFAULTS`).
+        and ``nodes`` must be 4). ``None``: the space's default (``nni_lease._spaces.SPACE_DEFAULTS``).
     progress : bool
         Show Lightning's progress bar.
     space : {"lease_cell", "darts"}
-        The search space (:data:`nni_lease._spaces.SPACES`).
+        The search space (``nni_lease._spaces.SPACES``).
 
     Raises
     ------

@@ -81,7 +81,7 @@ class LeaseLightningModule(DartsLightningModule):
     """Lightning module of :class:`LeaSE`: NNI's DARTS module plus a listener and explanations.
 
     Built by :meth:`LeaSE.configure_oneshot_module`; the listener is attached by :meth:`set_listener`
-    once the input shape is known (at :meth:`LeaSE.initialize`, or in :meth:`setup` for DataModules
+    once the input shape is known (at ``LeaSE.initialize``, or in :meth:`setup` for DataModules
     that build their data there). See the module docstring for the four stages of a step.
 
     Parameters

@@ -75,8 +75,8 @@ class LeaSE(DARTS):
     Logged once per epoch through Lightning: ``explainer/{train,val}_{loss,acc}``,
     ``listener/{train,val}_{loss,acc}``, ``explanation/mean_abs_delta`` and ``lease/objective``
     (:math:`L_e^{val} + \gamma L_a^{val}`), besides DARTS's ``prob/...`` architecture probabilities.
-    :meth:`load_state_dict` may be called before :meth:`initialize` (NNI's resume order for
-    ``Random``): the state is then applied at the end of :meth:`initialize`.
+    :meth:`load_state_dict` may be called before ``initialize`` (NNI's resume order for
+    ``Random``): the state is then applied at the end of ``initialize``.
     """
 
     def __init__(
@@ -121,7 +121,7 @@ class LeaSE(DARTS):
         return ", ".join(changed)
 
     def configure_oneshot_module(self, training_module: Any) -> LeaseLightningModule:
-        """The LeaSE Lightning module (the listener is attached later, in :meth:`_initialize` or at setup)."""
+        """The LeaSE Lightning module (the listener is attached later, in ``_initialize`` or at setup)."""
         return LeaseLightningModule(
             training_module,
             config=self.config,
@@ -218,7 +218,7 @@ class LeaSE(DARTS):
     def load_state_dict(self, state_dict: dict) -> None:
         """Restore a :meth:`state_dict` (same space, same listener type).
 
-        Before :meth:`initialize` the state is kept and applied at the end of it (NNI's resume order for
+        Before ``initialize`` the state is kept and applied at the end of it (NNI's resume order for
         ``Random``); after it, it is applied at once.
 
         Raises

@@ -78,7 +78,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 def space_kwargs(config: SearchConfig, train: Any) -> dict[str, Any]:
-    """Keyword arguments of ``config.space`` (:func:`nni_lease._spaces.build_space`) for the training split."""
+    """Keyword arguments of ``config.space`` (``nni_lease._spaces.build_space``) for the training split."""
     channels, side, _ = train.input_shape
     # SearchConfig fills each None with the space's default
     assert config.width is not None and config.cells is not None and config.nodes is not None
@@ -166,7 +166,7 @@ def _datasets(dataset: str, root: str | None, seed: int, limit: int | None) -> t
 
 
 def load_splits(config: SearchConfig) -> tuple[Any, Any, Any]:
-    """The train / val / test splits of ``config``'s data set (:func:`nni_lease._data.make_dataset`)."""
+    """The train / val / test splits of ``config``'s data set (``nni_lease._data.make_dataset``)."""
     return _datasets(config.dataset, config.data_dir, config.seed, config.limit)
 
 
@@ -177,7 +177,7 @@ def search_oneshot(
     lease: LeaseConfig = LeaseConfig(),
     plot: bool = True,
 ) -> SearchResult:
-    """One-shot LeaSE search on ``config.space`` (:data:`nni_lease._spaces.SPACES`); writes the files listed above.
+    """One-shot LeaSE search on ``config.space`` (``nni_lease._spaces.SPACES``); writes the files listed above.
 
     Parameters
     ----------

@@ -220,8 +220,8 @@ def run_experiment(
     Reports experiments earlier runs left behind and checks ``host`` and the ports (unless
     ``check_port`` is false because the caller just did both), warns if ``host`` is not loopback, calls
     ``on_started(url, experiment_id)``, then runs (or resumes) the experiment until it is done under
-    :func:`nni_lease.runtime._manager.manager_environment` (the manager listens on ``host`` only and dies with
-    this process) and a :class:`nni_lease.runtime._manager.BindingGuard` (if the ports listen anywhere else, the
+    ``nni_lease.runtime._manager.manager_environment`` (the manager listens on ``host`` only and dies with
+    this process) and a ``nni_lease.runtime._manager.BindingGuard`` (if the ports listen anywhere else, the
     manager is killed and RuntimeError raised); with ``keep_open`` it then keeps the web UI until
     Ctrl-C / SIGTERM (use :func:`sigterm_as_interrupt`). Whatever happens (Ctrl-C, an exception), the
     experiment is stopped and the NNI manager's port is closed before this returns or raises.
@@ -333,7 +333,7 @@ def run_multitrial(
         Where the manager listens (see :func:`run_experiment`): ``"127.0.0.1"`` by default; ``"0.0.0.0"``
         or ``"::"`` expose it to the network (anyone who reaches the port can run code as this user).
     max_trials, concurrency, training_service, experiment_dir
-        See :func:`build_config`.
+        See ``build_config``.
     experiment_id : str or None
         Id of the new experiment (NNI makes one when ``None``), or of the one to resume.
     resume : bool

@@ -19,7 +19,7 @@ not tuned, :class:`~nni_lease.oneshot.RetrainConfig`) travel as one JSON argumen
 command through ``bash`` (``eval``), so every part of it is quoted with :func:`shlex.quote`: paths with
 quotes, spaces or ``$(...)`` reach the trial as they were written, never as shell code.
 
-:data:`SEARCH_SPACE` is the space tuned; :func:`build_hpo_experiment` returns the
+``SEARCH_SPACE`` is the space tuned; :func:`build_hpo_experiment` returns the
 :class:`nni.experiment.Experiment` (``examples/hpo_experiment.py`` and ``examples/hpo_config.yml`` are
 the same experiment through the Python API and as an ``nnictl`` config).
 """
@@ -77,7 +77,7 @@ class TrialConfig:
         The one-shot search's data, space and training settings.
     lease : dict
         LeaSE settings that are not tuned (any :class:`~nni_lease.core.LeaseConfig` setting except
-        :data:`TUNED_SETTINGS` and ``listener_optimizer``), e.g. ``{"hypergradient": "unrolled"}``.
+        ``TUNED_SETTINGS`` and ``listener_optimizer``), e.g. ``{"hypergradient": "unrolled"}``.
     retrain : RetrainConfig
         How the searched architecture is retrained.
 
@@ -234,7 +234,7 @@ def build_hpo_experiment(
     training_service: str | Path | dict | None = "local",
     experiment_dir: str | Path | None = None,
 ) -> Experiment:
-    """The NNI HPO experiment over :data:`SEARCH_SPACE` (maximising retrained validation accuracy).
+    """The NNI HPO experiment over ``SEARCH_SPACE`` (maximising retrained validation accuracy).
 
     Parameters
     ----------
@@ -246,7 +246,7 @@ def build_hpo_experiment(
     config : TrialConfig
         The fixed settings of every trial.
     training_service, experiment_dir
-        As in :func:`nni_lease.runtime._experiment.build_config`.
+        As in ``build_config``.
 
     Raises
     ------

@@ -252,7 +252,7 @@ class Dense:
         c = int(self.probs(xi).argmax()) if label is None else label
         return g[c]
 
-    def sensitivity(self, xi: torch.Tensor, v: torch.Tensor, blockwise: bool, reduce: Callable | None = None):
+    def sensitivity(self, xi: torch.Tensor, v: torch.Tensor, blockwise: bool, reduce_classes: Callable | None = None):
         """``Σ_c ∂x(vᵀ∇θ p_c) ∂x(vᵀ∇θ log p_c)`` by plain autograd double backward, one class at a time.
 
         Independent of the library (and of ``torch.func``, whose mixed second derivatives through
@@ -264,8 +264,8 @@ class Dense:
         xx = xi.detach().clone().requires_grad_(True)
         flat = self.flat().clone().requires_grad_(True)
         z = self._logits_flat(flat, xx)
-        if reduce is not None:
-            z = reduce(z)
+        if reduce_classes is not None:
+            z = reduce_classes(z)
         logp = torch.log_softmax(z, -1)
         for c in range(logp.shape[0]):
             (g_log,) = torch.autograd.grad(logp[c], flat, create_graph=True)

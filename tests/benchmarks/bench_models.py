@@ -60,9 +60,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # the repository root (tests.art_fisher.model_families)
 
 from art_fisher import metrics  # noqa: E402 - after the sys.path insert above
-from art_fisher.metrics.engine import chunking  # noqa: E402 - after the sys.path insert above
-from art_fisher.metrics.engine.network import FunctionalNet  # noqa: E402 - after the sys.path insert above
-from art_fisher.metrics.engine.recorder import make_plan, recorded_forward  # noqa: E402 - after the sys.path insert above
+from art_fisher.metrics._engine import _chunking as chunking  # noqa: E402 - after the sys.path insert above
+from art_fisher.metrics._engine._network import FunctionalNet  # noqa: E402 - after the sys.path insert above
+from art_fisher.metrics._engine._recorder import find_coverage, recorded_forward  # noqa: E402 - after the sys.path insert above
 from tests.art_fisher import model_families  # noqa: E402 - after the sys.path insert above
 from tests.art_fisher.metrics_cases import per_class_reference  # noqa: E402 - after the sys.path insert above
 
@@ -154,19 +154,19 @@ def exactness(model: nn.Module, x: torch.Tensor) -> dict:
 def floor_fn(model: nn.Module, x: torch.Tensor):
     """Forward + (C − 1) backward passes to the recorded layers' outputs, at the trace's chunk size."""
     net = FunctionalNet(model, [n for n, _ in model.named_parameters()], "logits")
-    plan = make_plan(net, x)
-    size = chunking.hook_chunk(plan.out_numel, chunking.STREAMED_COPIES, x.element_size())
+    coverage = find_coverage(net, x)
+    size = chunking.hook_chunk(coverage.out_numel, chunking.STREAMED_COPIES, x.element_size())
 
     def run():
         for sl in chunking.chunks(x.shape[0], size):
-            rec = recorded_forward(net, plan, x[sl])
+            rec = recorded_forward(net, coverage, x[sl])
             edges = [rec.edges[m] for m in rec.modules]
             n_cols = rec.z.shape[1] - 1
             cot = torch.randn(rec.z.shape[0], rec.z.shape[1], n_cols)
             for j in range(n_cols):
                 torch.autograd.grad(rec.z, edges, cot[:, :, j], retain_graph=j < n_cols - 1)
 
-    return run, plan
+    return run, coverage
 
 
 def backpack_trace(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -258,7 +258,7 @@ def measure_memory(name: str, batch: int, smoke: bool, threads: int) -> dict:
 def measure_model(args, name: str, clock: int) -> dict:
     model, shape = build(name, 10, args.smoke)
     x = torch.randn(args.batch, *shape)
-    floor, plan = floor_fn(model, x)
+    floor, coverage = floor_fn(model, x)
     row: dict = {
         "model": name,
         "library": "in-repo" if args.smoke else FAMILIES[name][0],
@@ -266,7 +266,7 @@ def measure_model(args, name: str, clock: int) -> dict:
         "input": list(shape),
         "classes": 10,
         "batch": args.batch,
-        "torch_func_params": plan.rest,
+        "torch_func_params": coverage.rest,
         "load_before": load(),
     }
     row["max_rel_error"] = exactness(model, x[:2])
@@ -276,8 +276,8 @@ def measure_model(args, name: str, clock: int) -> dict:
         "quadratic_form": lambda: metrics.fisher_quadratic_form(model, x),
         "max_eigenvalue": lambda: metrics.fisher_max_eigenvalue(model, x),
     }
-    hooked = [n for n, _ in model.named_parameters() if n not in plan.rest]
-    if plan.rest and hooked:
+    hooked = [n for n, _ in model.named_parameters() if n not in coverage.rest]
+    if coverage.rest and hooked:
         fns["trace_hook_params_only"] = lambda: metrics.fisher_trace(model, x, params=hooked)
     row["backpack"], bp = (
         ({"status": "skipped (--no-backpack)"}, None)
@@ -338,7 +338,7 @@ def measure_classes(args, clock: int) -> dict:
         model, shape = build("resnet18", n_classes, args.smoke)
         x = torch.randn(args.class_batch, *shape)
         scale = set_confidence(model, x, args.confidence)
-        floor, _plan = floor_fn(model, x)
+        floor, _coverage = floor_fn(model, x)
         row = {
             "classes": n_classes,
             "head_scale": scale,

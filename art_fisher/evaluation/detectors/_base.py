@@ -15,8 +15,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from art_fisher.detection import FeatureCache
 from art_fisher.detection._decision import decide
 from art_fisher.detection._logit import NotDifferentiableError
+from art_fisher.distributed import map_rows
 
 
 @dataclass
@@ -42,14 +44,15 @@ class RunContext:
     progress : bool
         Whether inner loops may show progress bars.
     tau : float or None
-        Many-class option of the Fisher metrics (:class:`~art_fisher.detection._features.MetricOptions`);
+        Many-class option of the Fisher metrics (``art_fisher.detection._features.MetricOptions``);
         None: exact.
     x_reference : ndarray or None
         More clean training images, for class-conditional Gaussians (the Mahalanobis detector and the
         stacked detector's Mahalanobis scores); None: ``x_background``. Use :attr:`gaussian_images`.
     shared : dict
-        Per-run state that adapters may share (e.g. Fisher metric values computed once per input for
-        every Fisher detector and fit); keyed by the adapter module.
+        Per-run state that adapters may share (e.g. the trained KDEs of a reference set); keyed by the
+        adapter module. The per-input values of the detectors of :mod:`art_fisher.detection` are shared
+        through :attr:`feature_cache`.
     """
 
     classifier: Any
@@ -68,6 +71,17 @@ class RunContext:
     def gaussian_images(self) -> np.ndarray:
         """The clean training images class-conditional Gaussians are fitted on: ``x_reference`` or ``x_background``."""
         return self.x_background if self.x_reference is None else self.x_reference
+
+    @property
+    def feature_cache(self) -> FeatureCache:
+        """The run's :class:`~art_fisher.detection.FeatureCache`, the ``feature_source`` of its detectors.
+
+        Every Fisher metric value, input-Fisher spectrum and set of class Gaussians is computed once per run
+        and shared by every detector and fit (under ``torchrun``, each rank computes its block of the rows:
+        :func:`art_fisher.distributed.map_rows`). Its ``seconds_spent`` / ``seconds_cost`` let an adapter
+        report the cost of computing its features rather than of looking them up.
+        """
+        return self.shared.setdefault("feature_cache", FeatureCache(map_rows=map_rows))
 
 
 @dataclass
@@ -149,6 +163,6 @@ class DetectorSpec:
 
 
 def decided(estimator: Any, features: np.ndarray, threshold: float | None = None) -> Scored:
-    """:class:`Scored` of a fitted estimator (:func:`~art_fisher.detection._decision.decide`)."""
+    """:class:`Scored` of a fitted estimator (``art_fisher.detection._decision.decide``)."""
     score, _, flagged = decide(estimator, features, threshold)
     return Scored(score=score, is_adversarial=flagged)

@@ -13,14 +13,14 @@ information of the prediction with respect to the input, Zhao et al. 2019):
   the ablation of the trace; registered but not in the default set.
 
 The spectrum of each input is computed once per run and shared by every entry (and by the stacked
-detector's ``input_fisher`` part). All four have input gradients (the eigenvalues are differentiable
-where they are simple), so adaptive attacks run on them.
+detector's ``input_fisher`` part) through the run's feature cache (:attr:`RunContext.feature_cache`). All
+four have input gradients (the eigenvalues are differentiable where they are simple), so adaptive attacks run
+on them.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import time
 from typing import Any
 
@@ -39,26 +39,6 @@ from art_fisher.detection._logit import DetectionLogitClassifier, estimator_logi
 from art_fisher.evaluation.detectors._base import DetectorRun, DetectorSpec, RunContext, Scored, decided
 
 
-def cached_spectrum(ctx: RunContext, x: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """The ``"spectrum"`` features (N, C − 1) of ``x``, each row computed once per run; their cost; seconds spent.
-
-    The cost counts each row at its measured share of the batch it was computed in, so that a detector's
-    time per sample is that of computing its features, not of looking them up; the seconds spent are
-    those of this call's computation (rows not cached yet).
-    """
-    store: dict[bytes, tuple[np.ndarray, float]] = ctx.shared.setdefault(__name__, {})
-    keys = [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in x]
-    todo = {key: i for i, key in reversed(list(enumerate(keys))) if key not in store}
-    spent = 0.0
-    if todo:
-        start = time.perf_counter()
-        values = input_fisher_features(ctx.classifier, x[list(todo.values())], chunk_size=ctx.batch_size)
-        spent = time.perf_counter() - start
-        for key, row in zip(todo, values, strict=True):
-            store[key] = (row, spent / len(todo))
-    return np.stack([store[key][0] for key in keys]), sum(store[key][1] for key in keys), spent
-
-
 class InputFisherRun(DetectorRun):
     """Logistic regression (labels) or the clean quantile rule (no labels) on the input-Fisher log-eigenvalues.
 
@@ -74,8 +54,13 @@ class InputFisherRun(DetectorRun):
         self.n_columns = feature_count(ctx.classifier, features)
 
     def _features(self, x: np.ndarray) -> tuple[np.ndarray, float, float]:
-        values, cost, spent = cached_spectrum(self.ctx, x)
-        return values[:, : self.n_columns], cost, spent
+        """The features of ``x`` from the run's feature cache; their cost; the seconds spent computing them here."""
+        cache = self.ctx.feature_cache
+        spent, cost = cache.seconds_spent, cache.seconds_cost
+        values = input_fisher_features(
+            self.ctx.classifier, x, features=self.features, chunk_size=self.ctx.batch_size, source=cache
+        )
+        return values, cache.seconds_cost - cost, cache.seconds_spent - spent
 
     def fit(self, x: np.ndarray, y: np.ndarray | None) -> None:
         f, _, _ = self._features(x)

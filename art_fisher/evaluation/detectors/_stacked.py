@@ -7,8 +7,8 @@ the same attack) and the input Fisher's log λ₁ and log trace. The ablation en
 and ``stacked_clean_without_<part>`` leave one part out of the supervised and the clean-calibrated
 detector; they are registered but not in
 the default set (the benchmark ``bench_detection.py`` runs them). Fisher
-values come from the run's :class:`~art_fisher.evaluation.detectors._fisher.FisherFeatureCache`, shared with
-the Fisher detectors. Without the sensitivity part the detector has input gradients (adaptive attacks
+values, input-Fisher spectra and class Gaussians come from the run's feature cache, shared with the Fisher
+and input-Fisher detectors. Without the sensitivity part the detector has input gradients (adaptive attacks
 run on ``stacked_without_sensitivity``).
 """
 
@@ -19,54 +19,31 @@ from typing import Any
 
 import numpy as np
 
-from art_fisher.detection._detector import FisherInformationDetector
-from art_fisher.detection._stacked import PARTS, StackedDetector, StackedFeatures
-from art_fisher.evaluation.detectors import _fisher as fisher_runs
+from art_fisher.detection import StackedDetector
+from art_fisher.detection._stacked import PARTS
 from art_fisher.evaluation.detectors._base import DetectorRun, DetectorSpec, RunContext, Scored
-from art_fisher.evaluation.detectors._input_fisher import cached_spectrum
 
 
 class StackedRun(DetectorRun):
-    """A :class:`~art_fisher.detection.StackedDetector` on ``parts``, Fisher values from the run's cache."""
+    """A :class:`~art_fisher.detection.StackedDetector` on ``parts``, its values from the run's feature cache.
+
+    The Fisher values, the input-Fisher spectrum and the class Gaussians (fitted on the context's
+    :attr:`~RunContext.gaussian_images`, passed to ``fit`` as ``x_reference``) are shared with the other
+    detectors of the run through :attr:`RunContext.feature_cache`.
+    """
 
     def __init__(self, ctx: RunContext, parts: tuple[str, ...] = PARTS) -> None:
-        cache = ctx.shared.setdefault(fisher_runs.__name__, fisher_runs.FisherFeatureCache())
-        classifier = ctx.classifier
-
-        shared = ctx.shared.setdefault(__name__, {})
-
-        class CachedFeatures(StackedFeatures):
-            def _fisher_values(self, x: np.ndarray, metrics: tuple[str, ...]) -> dict[str, np.ndarray]:
-                carrier = FisherInformationDetector(classifier, metrics=metrics, chunk_size=self.chunk_size)
-                return cache.values(carrier, x, self.chunk_size)[0]
-
-            def _input_fisher_values(self, x: np.ndarray) -> np.ndarray:
-                return cached_spectrum(ctx, x)[0]
-
-            def _class_gaussians(self, clean: np.ndarray) -> dict[str, Any]:
-                # every stacked run of this context fits them on the same reference images: once per run
-                if self.x_reference is None:
-                    return super()._class_gaussians(clean)
-                if "gaussians" not in shared:
-                    shared["gaussians"] = super()._class_gaussians(clean)
-                return shared["gaussians"]
-
-        class CachedStacked(StackedDetector):
-            def _new_features(self) -> StackedFeatures:
-                return CachedFeatures(
-                    self.classifier, parts=self.parts, x_reference=self.x_reference, chunk_size=self.chunk_size
-                )
-
-        self.detector = CachedStacked(
-            classifier,
+        self.x_reference = ctx.gaussian_images
+        self.detector = StackedDetector(
+            ctx.classifier,
             parts=parts,
             target_fpr=ctx.target_fpr,
-            x_reference=ctx.gaussian_images,
             chunk_size=ctx.batch_size,
+            feature_source=ctx.feature_cache,
         )
 
     def fit(self, x: np.ndarray, y: np.ndarray | None) -> None:
-        self.detector.fit(x, y)
+        self.detector.fit(x, y, x_reference=self.x_reference)
 
     def detect(self, x: np.ndarray) -> Scored:
         report, flagged = self.detector.detect(x)
@@ -75,7 +52,7 @@ class StackedRun(DetectorRun):
     def detection_logit(self) -> Any:
         # the score minus the detector's own threshold: an increasing affine map of the protocol's score
         logit = self.detector.as_art_classifier()
-        threshold = self.detector.threshold_
+        threshold = self.detector.threshold_ or 0.0  # None: the outlier detector's own decision, at 0
         base = logit.logit_function
         logit.logit_function = lambda x: base(x) + threshold
         return logit

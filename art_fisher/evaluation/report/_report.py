@@ -407,10 +407,10 @@ def write_report(
         ``attack``, ``clean``, ``adversarial`` (N, C, H, W) and ``clean_map``, ``adversarial_map`` (same
         shape); sensitivity-map grid when given.
     security_curve : sequence of dict, optional
-        Rows of :func:`art_fisher.evaluation._security_curve.security_curve_rows`; when given, the plot
+        Rows of ``art_fisher.evaluation._security_curve.security_curve_rows``; when given, the plot
         ``security_curve.png``, a table in ``report.md`` and the key ``security_curve`` of ``results.json``.
     adaptive : sequence of dict, optional
-        Adaptive-attack rows (:attr:`art_fisher.evaluation.EvaluationResult.adaptive`); when given, also
+        Adaptive-attack rows (:class:`~art_fisher.evaluation.EvaluationResult`'s ``adaptive``); when given, also
         ``adaptive.csv``, a section of ``report.md`` and the key ``adaptive`` of ``results.json``.
 
     Returns

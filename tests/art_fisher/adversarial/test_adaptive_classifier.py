@@ -116,6 +116,22 @@ def test_arts_own_detector_classifier_accepts_the_detection_logit():
     np.testing.assert_allclose(arts.class_gradient(xs, label=4), ours.class_gradient(xs, label=4), rtol=1e-5, atol=1e-8)
 
 
+def test_every_detector_is_accepted_as_itself():
+    """A fitted StackedDetector, like a Fisher detector, stands for its detection logit (its fingerprint checked)."""
+    from art_fisher.detection import StackedDetector
+
+    clf, x = smooth_classifier("cnn")
+    detector = StackedDetector(clf, parts=("confidence", "mahalanobis"), target_fpr=0.2)
+    detector.fit(x[:20], x_reference=x[20:])
+    ours, logit = AdaptiveDetectorClassifier(clf, detector), detector.as_art_classifier()
+    assert logit.model_fingerprint == detector.model_fingerprint_
+    np.testing.assert_array_equal(
+        ours.predict(x[:3])[:, -1], AdaptiveDetectorClassifier(clf, logit).predict(x[:3])[:, -1]
+    )
+    with pytest.raises(TypeError, match="or a fitted art_fisher.detection.Detector; got str"):
+        AdaptiveDetectorClassifier(clf, "stacked")
+
+
 def test_adaptive_classifier_checks_the_detector_was_fitted_on_its_classifier(smooth_cnn):
     clf, x, detector = smooth_cnn
     other = copy.deepcopy(clf)

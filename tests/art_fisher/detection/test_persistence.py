@@ -12,9 +12,9 @@ import pytest
 import torch
 from sklearn.exceptions import NotFittedError
 
-from art_fisher.detection._detector import DETECTOR_FORMAT, FisherInformationDetector
+from art_fisher.detection._detector import FisherInformationDetector
 from art_fisher.detection._estimators import ThresholdClassifier
-from art_fisher.detection._persistence import model_fingerprint
+from art_fisher.detection._persistence import DETECTOR_FORMAT, model_fingerprint
 
 
 def _detection_set(clean: np.ndarray, adv: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,7 @@
-"""The stacked detector: its columns by hand, its threshold at the target FPR, its life in ART's DetectorClassifier."""
+"""The stacked detector: its columns by hand, its threshold at the target FPR, its life in ART's DetectorClassifier.
+
+What it shares with the Fisher detector (reports, files, x_reference, feature sources) is tested in test_base.py.
+"""
 
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ def data():
 
 def test_columns_are_the_parts_computed_by_hand(data):
     clf, x, clean, _ = data
-    feats = StackedFeatures(clf, x_reference=x[20:]).fit(clean)
+    feats = StackedFeatures(clf).fit(clean, x_reference=x[20:])
     f = feats.transform(x[:5])
     values = _features.compute(
         clf,
@@ -63,11 +66,11 @@ def test_columns_are_the_parts_computed_by_hand(data):
 @pytest.mark.parametrize("supervised", [True, False])
 def test_threshold_flags_the_target_share_of_clean_inputs(data, supervised):
     clf, x, clean, adv = data
-    det = StackedDetector(clf, parts=DIFFERENTIABLE, target_fpr=0.1, x_reference=x[20:])
+    det = StackedDetector(clf, parts=DIFFERENTIABLE, target_fpr=0.1)
     if supervised:
-        det.fit(np.concatenate([clean, adv]), np.repeat([0, 1], len(clean)))
+        det.fit(np.concatenate([clean, adv]), np.repeat([0, 1], len(clean)), x_reference=x[20:])
     else:
-        det.fit(clean)
+        det.fit(clean, x_reference=x[20:])
     report, flagged = det.detect(clean)
     assert flagged.mean() <= 0.1 + 1e-12
     np.testing.assert_array_equal(flagged, report["decision_scores"] > report["threshold"])
@@ -81,8 +84,11 @@ def test_inside_arts_detector_classifier(data, supervised):
     from art.estimators.classification import DetectorClassifier
 
     clf, x, clean, adv = data
-    det = StackedDetector(clf, parts=DIFFERENTIABLE, x_reference=x[20:])
-    det.fit(np.concatenate([clean, adv]), np.repeat([0, 1], len(clean))) if supervised else det.fit(clean)
+    det = StackedDetector(clf, parts=DIFFERENTIABLE)
+    if supervised:
+        det.fit(np.concatenate([clean, adv]), np.repeat([0, 1], len(clean)), x_reference=x[20:])
+    else:
+        det.fit(clean, x_reference=x[20:])
     logit = det.as_art_classifier()
     combo = DetectorClassifier(clf, logit)
     xs = x[30:33]
@@ -99,8 +105,8 @@ def test_inside_arts_detector_classifier(data, supervised):
 
 def test_sensitivity_has_no_gradient_and_bad_parts_are_refused(data):
     clf, x, clean, adv = data
-    det = StackedDetector(clf, x_reference=x[20:])
-    det.fit(np.concatenate([clean, adv]), np.repeat([0, 1], len(clean)))
+    det = StackedDetector(clf)
+    det.fit(np.concatenate([clean, adv]), np.repeat([0, 1], len(clean)), x_reference=x[20:])
     assert det.detect(adv)[0]["decision_scores"].shape == (len(adv),)
     with pytest.raises(NotDifferentiableError, match="sensitivity"):
         det.as_art_classifier()
@@ -115,9 +121,9 @@ def test_sensitivity_has_no_gradient_and_bad_parts_are_refused(data):
 def test_with_reference_images_the_gaussians_see_none_of_the_fit_images(data):
     """Scores of fit images must be those of unseen images, or a threshold set on them flags more than its target."""
     clf, x, clean, adv = data
-    a = StackedFeatures(clf, parts=("mahalanobis",), x_reference=x[20:]).fit(clean)
-    b = StackedFeatures(clf, parts=("mahalanobis",), x_reference=x[20:]).fit(
-        np.concatenate([adv, clean[:5]]), np.r_[np.ones(len(adv)), np.zeros(5)]
+    a = StackedFeatures(clf, parts=("mahalanobis",)).fit(clean, x_reference=x[20:])
+    b = StackedFeatures(clf, parts=("mahalanobis",)).fit(
+        np.concatenate([adv, clean[:5]]), np.r_[np.ones(len(adv)), np.zeros(5)], x_reference=x[20:]
     )
     for name, gauss in a.gaussians_.items():
         np.testing.assert_array_equal(gauss.means, b.gaussians_[name].means)
@@ -141,45 +147,6 @@ def test_the_ablation_entries_leave_one_part_out_of_both_variants():
             assert spec.build.keywords["parts"] == tuple(p for p in PARTS if p != part)
 
 
-@pytest.mark.parametrize("supervised", [True, False])
-def test_save_and_load_give_the_same_decisions_and_the_fisher_detectors_report(data, supervised, tmp_path):
-    from art_fisher.detection import FisherInformationDetector
-
-    clf, x, clean, adv = data
-    det = StackedDetector(clf, target_fpr=0.1, x_reference=x[20:])
-    det.fit(np.concatenate([clean, adv]), np.repeat([0, 1], len(clean))) if supervised else det.fit(clean)
-    path = tmp_path / "stacked.skops"
-    det.save(path)
-    loaded = StackedDetector.load(path, clf)
-    xs = np.concatenate([x[30:], adv])
-    (report, flagged), (again, flagged_again) = det.detect(xs), loaded.detect(xs)
-    np.testing.assert_array_equal(flagged_again, flagged)
-    np.testing.assert_array_equal(again["decision_scores"], report["decision_scores"])
-    assert again["threshold"] == report["threshold"] and again["feature_names"] == report["feature_names"]
-    fisher = FisherInformationDetector(clf, metrics=("trace",), target_fpr=0.1)
-    fisher.fit(clean)
-    assert set(report) == set(fisher.detect(clean)[0])
-    assert len(report["feature_names"]) == len(report["scores"]) == det.pipeline_[0].n_features_out_
-    with pytest.raises(ValueError, match="not a saved FisherInformationDetector"):
-        FisherInformationDetector.load(path, clf)
-    fisher.save(tmp_path / "fisher.skops")
-    with pytest.raises(ValueError, match="not a saved StackedDetector"):
-        StackedDetector.load(tmp_path / "fisher.skops", clf)
-
-
-def test_both_detectors_calibrate_on_held_out_clean_images(data):
-    from art_fisher.detection import FisherInformationDetector
-
-    clf, x, clean, _ = data
-    for det in (
-        FisherInformationDetector(clf, metrics=("trace", "quadratic_form"), target_fpr=0.1),
-        StackedDetector(clf, parts=DIFFERENTIABLE, target_fpr=0.1, x_reference=x[20:]),
-    ):
-        det.fit(clean)
-        assert det.calibrate(x[20:]) is det
-        assert det.detect(x[20:])[1].mean() <= 0.1 + 1e-12
-
-
 @pytest.mark.parametrize(
     ("reference", "match"),
     [
@@ -193,7 +160,7 @@ def test_a_degenerate_reference_set_is_refused(data, reference, match):
     clf, x, clean, adv = data
     xy, labels = np.concatenate([clean, adv]), np.repeat([0, 1], len(clean))
     with pytest.raises(ValueError, match=match):
-        StackedDetector(clf, parts=("mahalanobis",), x_reference=reference(x)).fit(xy, labels)
+        StackedDetector(clf, parts=("mahalanobis",)).fit(xy, labels, x_reference=reference(x))
 
 
 def test_a_reference_set_without_spread_about_its_class_means_is_refused(data, monkeypatch):
@@ -203,6 +170,6 @@ def test_a_reference_set_without_spread_about_its_class_means_is_refused(data, m
     one_per_class = x[[int(np.flatnonzero(predicted == c)[0]) for c in np.unique(predicted)]]
     assert len(one_per_class) >= 2
     with pytest.warns(UserWarning, match="fewer than two per class"), pytest.raises(ValueError, match="do not vary"):
-        StackedFeatures(clf, parts=("mahalanobis",), x_reference=one_per_class).fit(clean)
+        StackedFeatures(clf, parts=("mahalanobis",)).fit(clean, x_reference=one_per_class)
     with pytest.raises(ValueError, match=r"X \(its clean rows, without x_reference\) must hold at least two"):
         StackedFeatures(clf, parts=("mahalanobis",)).fit(np.repeat(clean[:1], 5, axis=0))

@@ -15,7 +15,7 @@ from art_fisher.detection._input_fisher import (
 )
 from art_fisher.evaluation import DEFAULT_DETECTORS, DETECTORS, RunContext
 from art_fisher.evaluation._attacks import adaptive_detectors
-from art_fisher.evaluation.detectors._input_fisher import InputFisherRun, cached_spectrum
+from art_fisher.evaluation.detectors._input_fisher import InputFisherRun
 from tests.art_fisher.adaptive_cases import central_difference_check, smooth_classifier
 
 
@@ -40,11 +40,13 @@ def test_features_are_the_log_top_eigenvalue_and_trace(context):
     values = fisher_input_spectrum(clf.model, torch.as_tensor(clean[:6]), k=3).values.numpy()
     np.testing.assert_allclose(f, np.log(np.column_stack([values[:, 0], values.sum(1)])), rtol=1e-12)
     np.testing.assert_allclose(input_fisher_features(clf, clean[:6], features="top"), f[:, :1], rtol=1e-12)
-    cached, cost, spent = cached_spectrum(ctx, clean[:6])
+    cache = ctx.feature_cache  # the run's, shared with the stacked detector's input_fisher part
+    cached = input_fisher_features(clf, clean[:6], chunk_size=8, source=cache)
     np.testing.assert_allclose(cached, f, rtol=1e-12)  # another chunking
-    again, _, spent_again = cached_spectrum(ctx, clean[:6])
-    np.testing.assert_array_equal(again, cached)
-    assert spent >= 0 and cost > 0 and spent_again == 0.0
+    spent, cost = cache.seconds_spent, cache.seconds_cost
+    again = input_fisher_features(clf, clean[:6], features="top", source=cache)
+    np.testing.assert_array_equal(again, cached[:, :1])
+    assert spent > 0 and cost > 0 and cache.seconds_spent == spent  # looked up, not computed again
     with pytest.raises(ValueError, match="features must be one of"):
         feature_count(clf, "all")
 

@@ -105,7 +105,7 @@ def two_class_reference(model, x, *, blockwise):
         f2 = torch.einsum("c,cp,cq->pq", p2, g2, g2)
         masks = d.block_masks() if blockwise else [torch.ones_like(v, dtype=torch.bool)]
         quads.append(sum((v * m) @ f2 @ (v * m) for m in masks))
-        fis.append(d.sensitivity(xi, v, blockwise, reduce=lambda z, y=y: plain_two_class(z, y)))
+        fis.append(d.sensitivity(xi, v, blockwise, reduce_classes=lambda z, y=y: plain_two_class(z, y)))
     return torch.stack(quads), torch.stack(fis)
 
 

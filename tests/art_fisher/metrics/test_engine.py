@@ -1,4 +1,4 @@
-"""The engine: the plan (which parameters the hooks handle), the hook Gram engine against torch.func, layer rules."""
+"""The engine: the hook coverage (which parameters the hooks handle), hooks against torch.func, layer rules."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import torch
 from torch import nn
 
 from art_fisher.metrics._basis import make_basis
-from art_fisher.metrics.engine import chunking
-from art_fisher.metrics.engine.grams import directional, func_grams, gram_blocks
-from art_fisher.metrics.engine.layers import RULES, Conv2dRule, LinearRule
-from art_fisher.metrics.engine.network import FunctionalNet
-from art_fisher.metrics.engine.recorder import make_plan, recording
+from art_fisher.metrics._engine import _chunking as chunking
+from art_fisher.metrics._engine._grams import directional, func_grams, tensor_grams
+from art_fisher.metrics._engine._layers import RULES, Conv2dRule, LinearRule
+from art_fisher.metrics._engine._network import FunctionalNet
+from art_fisher.metrics._engine._recorder import find_coverage, recording
 from tests.art_fisher.metrics_cases import EXACT_CASES, make_case
 
 
@@ -28,20 +28,20 @@ def rel(a, b):
 def test_hook_engine_matches_func_engine(name):
     model, x = make_case(name)
     net = _net(model)
-    plan = make_plan(net, x)
-    z1, k1, _w = gram_blocks(net, plan, x, batch_size=3)
-    z2, k2, _w = gram_blocks(net, plan.without_hooks(), x)
+    coverage = find_coverage(net, x)
+    z1, k1, _w = tensor_grams(net, coverage, x, chunk_size=3)
+    z2, k2, _w = tensor_grams(net, coverage.without_hooks(), x)
     assert torch.allclose(z1, z2, rtol=0, atol=1e-13)
     assert rel(k1, k2) < 1e-12
     basis = make_basis("all")
-    _z, d, _w = gram_blocks(net, plan, x, basis=basis, diagonal=True)
-    _z, full, _w = gram_blocks(net, plan.without_hooks(), x, basis=basis)
+    _z, d, _w = tensor_grams(net, coverage, x, basis=basis, diagonal=True)
+    _z, full, _w = tensor_grams(net, coverage.without_hooks(), x, basis=basis)
     assert rel(d, full.diagonal(dim1=-2, dim2=-1)) < 1e-12
     torch.manual_seed(0)
     v = {n: torch.randn_like(p) for n, p in net.base.items()}
     for kwargs in ({"coefficients": lambda z, _y: torch.softmax(z, -1) - 0.25}, {"v": v}):
-        t1 = directional(net, plan, x, basis=basis, **kwargs)[1]
-        t2 = directional(net, plan.without_hooks(), x, basis=basis, **kwargs)[1]
+        t1 = directional(net, coverage, x, basis=basis, **kwargs)[1]
+        t2 = directional(net, coverage.without_hooks(), x, basis=basis, **kwargs)[1]
         assert rel(t1, t2) < 1e-12
 
 
@@ -57,20 +57,20 @@ def test_plan_sends_tied_reused_and_unknown_parameters_to_func():
     }
     for name, rest in expected_rest.items():
         model, x = make_case(name)
-        plan = make_plan(_net(model), x)
-        assert set(plan.rest) == rest, name
-        assert set(plan.covered) == {n for n, _ in model.named_parameters()} - rest, name
+        coverage = find_coverage(_net(model), x)
+        assert set(coverage.rest) == rest, name
+        assert set(coverage.covered) == {n for n, _ in model.named_parameters()} - rest, name
     tied = nn.Sequential(nn.Linear(3, 3), nn.Tanh(), nn.Linear(3, 3)).double()
     tied[2].weight = tied[0].weight  # one Parameter in two modules
-    plan = make_plan(_net(tied), torch.randn(2, 3, dtype=torch.float64))
-    assert "0.weight" in plan.rest and "2.bias" in plan.covered
+    coverage = find_coverage(_net(tied), torch.randn(2, 3, dtype=torch.float64))
+    assert "0.weight" in coverage.rest and "2.bias" in coverage.covered
 
 
 def test_plan_skips_modules_with_user_hooks():
     model, x = make_case("mlp")
     model[0].register_forward_hook(lambda _m, _i, o: 2 * o)
-    plan = make_plan(_net(model), x)
-    assert set(plan.rest) == {"0.weight", "0.bias"}
+    coverage = find_coverage(_net(model), x)
+    assert set(coverage.rest) == {"0.weight", "0.bias"}
 
 
 def test_recorder_keeps_the_output_edge_before_in_place_operations():
@@ -95,7 +95,7 @@ def test_chunk_policy():
     assert chunking.by_budget(10, 100) == 10
     assert chunking.by_budget(10**9, 100) == 1
     assert chunking.by_budget(1, 10**9) == chunking.MAX_CHUNK
-    assert chunking.by_budget(1, 10**9, batch_size=7) == 7
+    assert chunking.by_budget(1, 10**9, chunk_size=7) == 7
     assert [(s.start, s.stop) for s in chunking.chunks(5, 2)] == [(0, 2), (2, 4), (4, 5)]
 
 
@@ -121,15 +121,15 @@ def test_conv_and_sequence_linear_rules(route):
             [torch.autograd.grad(z[:, c].sum(), records["o"], retain_graph=True)[0] for c in range(4)], dim=1
         )
         rule = rule_cls(module, records["a"].detach())
-        for j, kind in enumerate(("weight", "bias")):
+        for j, role in enumerate(("weight", "bias")):
             for diagonal in (False, True):
-                got = getattr(rule, f"{route}_gram")(b, kind, diagonal)
+                got = getattr(rule, f"{route}_gram")(b, role, diagonal)
                 want = ref[:, j].diagonal(dim1=-2, dim2=-1) if diagonal else ref[:, j]
                 assert rel(got, want) < 1e-12
-            # the streaming reducer, where the rule chooses it, gives the same per-sample gradients
-            reduce = rule.reducer(kind, 4)
-            if reduce is not None:
-                g = torch.stack([reduce(b[:, c]) for c in range(4)], dim=1)
+            # the flattened per-column gradients, where the rule chooses them, give the same per-sample gradients
+            flat_grad = rule.flat_grad_fn(role, 4)
+            if flat_grad is not None:
+                g = torch.stack([flat_grad(b[:, c]) for c in range(4)], dim=1)
                 assert rel(g @ g.transpose(1, 2), ref[:, j]) < 1e-12
 
 
@@ -148,28 +148,28 @@ def test_every_rule_gives_output_changes_that_match_a_jvp():
     for module, a in layers:
         rule_cls = next(r for r in RULES if r.supports(module, a, module(a)))
         rule = rule_cls(module, a)
-        for kind in rule.kinds:
-            p = getattr(module, kind)
+        for role in rule.roles:
+            p = getattr(module, role)
             d = torch.randn_like(p)
 
-            def f(w, kind=kind):
-                return torch.func.functional_call(module, {kind: w}, (a,))
+            def f(w, role=role):
+                return torch.func.functional_call(module, {role: w}, (a,))
 
             _o, want = torch.func.jvp(f, (p.detach(),), (d,))
-            assert rel(rule.change(kind, d, shared=True).expand_as(want), want) < 1e-12
+            assert rel(rule.change(role, d, shared=True).expand_as(want), want) < 1e-12
             per_sample = d.expand(a.shape[0], *d.shape)
-            assert rel(rule.change(kind, per_sample, shared=False).expand_as(want), want) < 1e-12
+            assert rel(rule.change(role, per_sample, shared=False).expand_as(want), want) < 1e-12
             # per-sample gradient of <b, o> against torch.func
             b = torch.randn_like(want)
             ref = torch.func.vmap(
                 torch.func.grad(
-                    lambda w, ai, bi, kind=kind: (
-                        torch.func.functional_call(module, {kind: w}, (ai[None],))[0] * bi
+                    lambda w, ai, bi, role=role: (
+                        torch.func.functional_call(module, {role: w}, (ai[None],))[0] * bi
                     ).sum()
                 ),
                 in_dims=(None, 0, 0),
             )(p.detach(), a, b)
-            assert rel(rule.grad(b, kind), ref) < 1e-12
+            assert rel(rule.grad(b, role), ref) < 1e-12
 
 
 @pytest.mark.parametrize(

@@ -15,9 +15,9 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from art_fisher import metrics
-from art_fisher.metrics.engine.layers import RULES
-from art_fisher.metrics.engine.network import FunctionalNet
-from art_fisher.metrics.engine.recorder import make_plan
+from art_fisher.metrics._engine._layers import RULES
+from art_fisher.metrics._engine._network import FunctionalNet
+from art_fisher.metrics._engine._recorder import find_coverage
 from tests.art_fisher.metrics_cases import Dense, per_class_reference
 from tests.art_fisher.model_families import randomise_norms
 from tests.art_fisher.zoo_models import ZOO, LayerNorm2d
@@ -50,7 +50,7 @@ def test_zoo_exact_in_float64(name):
     want_rest = ZOO[name][2]
     if want_rest is not None:
         net = FunctionalNet(model, [n for n, _ in model.named_parameters()], "logits")
-        assert make_plan(net, x).rest == want_rest
+        assert find_coverage(net, x).rest == want_rest
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert not model.training

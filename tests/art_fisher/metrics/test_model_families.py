@@ -16,10 +16,10 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from art_fisher import metrics
-from art_fisher.metrics.engine.grams import func_grams
-from art_fisher.metrics.engine.layers import RULES, Conv2dRule, LayerNormRule
-from art_fisher.metrics.engine.network import FunctionalNet
-from art_fisher.metrics.engine.recorder import make_plan
+from art_fisher.metrics._engine._grams import func_grams
+from art_fisher.metrics._engine._layers import RULES, Conv2dRule, LayerNormRule
+from art_fisher.metrics._engine._network import FunctionalNet
+from art_fisher.metrics._engine._recorder import find_coverage
 from tests.art_fisher import model_families
 from tests.art_fisher.metrics_cases import Dense, per_class_reference
 from tests.art_fisher.model_families import (
@@ -54,7 +54,7 @@ def test_tiny_models_exact_in_float64(name):
     )
     # which parameters the hooks cover: all but those used directly in the forward
     net = FunctionalNet(model, [n for n, _ in model.named_parameters()], "logits")
-    assert make_plan(net, x).rest == DIRECT[name]
+    assert find_coverage(net, x).rest == DIRECT[name]
     assert not model.training
 
 
@@ -95,22 +95,22 @@ def test_grouped_and_depthwise_conv_rule(groups, c_in, c_out, route, size, strid
     handle.remove()
     b = torch.stack([torch.autograd.grad(z[:, c].sum(), records["o"], retain_graph=True)[0] for c in range(4)], 1)
     rule = Conv2dRule(conv, records["a"].detach())
-    for j, kind in enumerate(("weight", "bias")):
+    for j, role in enumerate(("weight", "bias")):
         for diagonal in (False, True):
-            got = getattr(rule, f"{route}_gram")(b, kind, diagonal)
+            got = getattr(rule, f"{route}_gram")(b, role, diagonal)
             want = ref[:, j].diagonal(dim1=-2, dim2=-1) if diagonal else ref[:, j]
             torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
-        got_sq = torch.stack([rule.sq_norm(b[:, c], kind, 4) for c in range(4)], 1)
+        got_sq = torch.stack([rule.sq_norm(b[:, c], role, 4) for c in range(4)], 1)
         torch.testing.assert_close(got_sq, ref[:, j].diagonal(dim1=-2, dim2=-1), rtol=1e-12, atol=1e-14)
-        p = getattr(conv, kind)
+        p = getattr(conv, role)
         d = torch.randn_like(p)
         _o, want = torch.func.jvp(
-            lambda w, kind=kind: torch.func.functional_call(conv, {kind: w}, (records["a"],)), (p.detach(),), (d,)
+            lambda w, role=role: torch.func.functional_call(conv, {role: w}, (records["a"],)), (p.detach(),), (d,)
         )
-        torch.testing.assert_close(rule.change(kind, d, shared=True).expand_as(want), want, rtol=1e-12, atol=1e-13)
+        torch.testing.assert_close(rule.change(role, d, shared=True).expand_as(want), want, rtol=1e-12, atol=1e-13)
         per_sample = d.expand(x.shape[0], *d.shape)
         torch.testing.assert_close(
-            rule.change(kind, per_sample, shared=False).expand_as(want), want, rtol=1e-12, atol=1e-13
+            rule.change(role, per_sample, shared=False).expand_as(want), want, rtol=1e-12, atol=1e-13
         )
 
 
@@ -122,25 +122,25 @@ def test_layernorm_rule_gradients_and_changes(shape):
     rule_cls = next(r for r in RULES if r.supports(ln, a, ln(a)))
     assert rule_cls is LayerNormRule
     rule = rule_cls(ln, a)
-    for kind in rule.kinds:
-        p = getattr(ln, kind)
+    for role in rule.roles:
+        p = getattr(ln, role)
         d = torch.randn_like(p)
         _o, want = torch.func.jvp(
-            lambda w, kind=kind: torch.func.functional_call(ln, {kind: w}, (a,)), (p.detach(),), (d,)
+            lambda w, role=role: torch.func.functional_call(ln, {role: w}, (a,)), (p.detach(),), (d,)
         )
-        torch.testing.assert_close(rule.change(kind, d, shared=True).expand_as(want), want, rtol=1e-12, atol=1e-13)
+        torch.testing.assert_close(rule.change(role, d, shared=True).expand_as(want), want, rtol=1e-12, atol=1e-13)
         per_sample = d.expand(a.shape[0], *d.shape)
         torch.testing.assert_close(
-            rule.change(kind, per_sample, shared=False).expand_as(want), want, rtol=1e-12, atol=1e-13
+            rule.change(role, per_sample, shared=False).expand_as(want), want, rtol=1e-12, atol=1e-13
         )
         b = torch.randn_like(want)
         ref = torch.func.vmap(
             torch.func.grad(
-                lambda w, ai, bi, kind=kind: (torch.func.functional_call(ln, {kind: w}, (ai[None],))[0] * bi).sum()
+                lambda w, ai, bi, role=role: (torch.func.functional_call(ln, {role: w}, (ai[None],))[0] * bi).sum()
             ),
             in_dims=(None, 0, 0),
         )(p.detach(), a, b)
-        torch.testing.assert_close(rule.grad(b, kind), ref, rtol=1e-12, atol=1e-13)
+        torch.testing.assert_close(rule.grad(b, role), ref, rtol=1e-12, atol=1e-13)
 
 
 # ------------------------------------------------------------------ the real models, where installed
@@ -172,7 +172,7 @@ def test_real_models_float32_against_per_class_autograd(name):
     torch.testing.assert_close(metrics.fisher_max_eigenvalue(model, x), ref["lam"], rtol=1e-4, atol=0)
     torch.testing.assert_close(metrics.fisher_quadratic_form(model, x), ref["quad"], rtol=1e-4, atol=0)
     net = FunctionalNet(model, [n for n, _ in model.named_parameters()], "logits")
-    rest = make_plan(net, x).rest
+    rest = find_coverage(net, x).rest
     assert rest == []
 
 

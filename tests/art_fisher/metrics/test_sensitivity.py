@@ -15,8 +15,8 @@ from art_fisher import (
     fisher_trace,
 )
 from art_fisher.metrics import _sensitivity as sens
-from art_fisher.metrics.engine.network import FunctionalNet
-from art_fisher.metrics.engine.recorder import make_plan
+from art_fisher.metrics._engine._network import FunctionalNet
+from art_fisher.metrics._engine._recorder import find_coverage
 from art_fisher.models._architectures import CifarCNN, SmallCNN
 from tests.art_fisher.metrics_cases import make_case
 
@@ -29,7 +29,7 @@ def rel_err(a, b):
 
 def _judge(model: nn.Module, x: torch.Tensor, output: str = "logits") -> bool:
     net = FunctionalNet(model, [n for n, _ in model.named_parameters()], output)
-    return sens.is_piecewise_linear(make_plan(net, x))
+    return sens.is_piecewise_linear(find_coverage(net, x).probe)
 
 
 class Lambda(nn.Module):
@@ -131,7 +131,7 @@ def test_a_declared_terminal_head_keeps_the_first_order_path(name):
     model, x = make_case("cnn")
     headed = Headed(model, head).eval()
     net = FunctionalNet(headed, [n for n, _ in headed.named_parameters()], output)
-    assert sens.is_piecewise_linear(make_plan(net, x)) and net.head_stripped
+    assert sens.is_piecewise_linear(find_coverage(net, x).probe) and net.head_stripped
     assert rel_err(fisher_sensitivity(headed, x, output=output), fisher_sensitivity(model, x)) < 1e-10
 
 

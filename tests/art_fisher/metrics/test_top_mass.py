@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from art_fisher import metrics
+from art_fisher.metrics._engine._network import FunctionalNet
+from art_fisher.metrics._engine._recorder import find_coverage
 from art_fisher.metrics._top_mass import TopMass, kept_classes
 from art_fisher.metrics._trace import block_traces
-from art_fisher.metrics.engine.network import FunctionalNet
-from art_fisher.metrics.engine.recorder import make_plan
 from tests.art_fisher.metrics_cases import Dense
 from tests.art_fisher.model_families import TinyMobileNetV2, TinyViT, randomise_norms
 
@@ -94,11 +94,11 @@ def test_top_mass_hooks_match_torch_func_and_chunks_of_different_widths():
     model = _model("mobilenet")
     x = _x(7)
     net = FunctionalNet(model, [n for n, _ in model.named_parameters()], "logits")
-    plan = make_plan(net, x)
-    assert not plan.rest  # grouped and depthwise convolutions take the hook engine
+    coverage = find_coverage(net, x)
+    assert not coverage.rest  # grouped and depthwise convolutions take the hook engine
     spec = TopMass(0.1)
-    hooks = block_traces(net, plan, x, chunk_size=2, classes=spec)  # chunks keep different numbers of classes
-    func = block_traces(net, plan.without_hooks(), x, chunk_size=None, classes=spec)
+    hooks = block_traces(net, coverage, x, chunk_size=2, classes=spec)  # chunks keep different numbers of classes
+    func = block_traces(net, coverage.without_hooks(), x, chunk_size=None, classes=spec)
     torch.testing.assert_close(hooks, func, rtol=1e-10, atol=1e-14)
 
 

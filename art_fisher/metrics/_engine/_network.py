@@ -1,19 +1,13 @@
 """A functional view of a classifier: its logits as a function of (selected parameters, input).
 
-Everything in :mod:`art_fisher.metrics` is expressed through logits ``z`` of the predictive
-distribution ``p = softmax(z)``. The Fisher matrix ``Jᵀ (diag p − p pᵀ) J`` (``J = ∂z/∂θ``) does not
-change when ``z`` is shifted by a per-sample constant, so:
-
-- a model declared to return log-probabilities or probabilities whose forward ends in a
-  ``log_softmax`` / ``softmax`` over the classes is used through that call's input (its logits): the
-  head is read off each forward pass with a :class:`torch.overrides.TorchFunctionMode`, and nothing
-  of the head enters any derivative;
-- otherwise log-probabilities are used as they are and probabilities through ``z = log p``, where a
-  zero probability gives ``z = −∞`` with a zero derivative (the class carries no probability mass, so
-  its term ``p_c ∇log p_c ∇log p_cᵀ`` of the Fisher matrix is 0).
+A model declared to return log-probabilities or probabilities whose forward ends in a ``log_softmax`` /
+``softmax`` over the classes is used through that call's input, read off each forward pass with a
+:class:`~torch.overrides.TorchFunctionMode`; otherwise log-probabilities are used as they are and
+probabilities through ``z = log p`` (``−∞`` with a zero derivative where ``p = 0``). Either way the
+Fisher matrix is unchanged, as it is invariant to a per-sample shift of ``z``.
 
 The model is never modified: calls go through :func:`torch.func.functional_call` with detached copies
-of the parameters, so no graph, ``.grad`` or ``requires_grad`` change reaches the user's tensors.
+of the parameters.
 """
 
 from __future__ import annotations
@@ -87,7 +81,7 @@ class FunctionalNet:
         self.head_stripped = False
 
     def groups(self, blockwise: bool) -> list[list[str]]:
-        """The parameter groups of the Fisher blocks: one per selected tensor, or all of them as one."""
+        """The parameter groups of the Fisher matrix's blocks: one per selected tensor, or all of them as one."""
         return [[name] for name in self.names] if blockwise else [list(self.names)]
 
     def selected(self) -> dict[str, torch.Tensor]:

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from art_fisher.metrics.engine.layers.base import LayerRule, made_from, own_forward, same_storage
+from art_fisher.metrics._engine._layers._base import LayerRule, made_from, own_forward, same_storage
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 #: The input dimensions each batch norm class accepts.
@@ -78,16 +78,16 @@ class BatchNormRule(LayerRule):
             self._xhat = xhat(self.module, self.a)
         return self._xhat
 
-    def grad(self, b: torch.Tensor, kind: str) -> torch.Tensor:
+    def grad(self, b: torch.Tensor, role: str) -> torch.Tensor:
         n, ch = b.shape[0], b.shape[1]
-        if kind == "bias":
+        if role == "bias":
             return b.reshape(n, ch, -1).sum(2)
         # Σ_t b_t x̂_t per channel as a batched dot product (no elementwise product in memory)
         normed = self.normalised.reshape(n * ch, -1, 1)
         return torch.bmm(b.reshape(n * ch, 1, -1), normed).reshape(n, ch)
 
-    def change(self, kind: str, d: torch.Tensor, shared: bool) -> torch.Tensor:
+    def change(self, role: str, d: torch.Tensor, shared: bool) -> torch.Tensor:
         shape = [1 if shared else self.a.shape[0], -1] + [1] * (self.a.dim() - 2)
-        if kind == "bias":
+        if role == "bias":
             return d.reshape(shape)
         return d.reshape(shape) * self.normalised

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from art_fisher.metrics.engine.layers.base import LayerRule, Reducer, plain
+from art_fisher.metrics._engine._layers._base import FlatGrad, LayerRule, plain
 
 #: Output positions from which the depthwise rule uses grouped convolutions instead of patches.
 CONV_TRICK_MIN_L = 4
@@ -61,8 +61,7 @@ class Conv2dRule(LayerRule):
     def patches(self) -> torch.Tensor:
         """Patches ``Uᵀ`` (n, L, in·kh·kw), contiguous, computed once per call.
 
-        Built from a strided view of the (zero-padded) input and one copy, which is several times
-        faster than ``F.unfold`` on CPU.
+        Built from a strided view of the (zero-padded) input and one copy (instead of ``F.unfold``).
         """
         if self._u is None:
             m = self.module
@@ -88,8 +87,8 @@ class Conv2dRule(LayerRule):
         w = self.a.shape[3]
         return (w + 2 * self._padding[1] - m.dilation[1] * (m.kernel_size[1] - 1) - 1) // m.stride[1] + 1
 
-    def grad(self, b: torch.Tensor, kind: str) -> torch.Tensor:
-        if kind == "bias":
+    def grad(self, b: torch.Tensor, role: str) -> torch.Tensor:
+        if role == "bias":
             return b.sum((2, 3))
         if self.by_convolution:
             return self._depthwise_grad(b)
@@ -153,8 +152,8 @@ class Conv2dRule(LayerRule):
             self._uu = torch.bmm(ut, ut.transpose(1, 2))
         return self._uu
 
-    def sq_norm(self, b: torch.Tensor, kind: str, n_cols: int) -> torch.Tensor:
-        if kind == "bias":
+    def sq_norm(self, b: torch.Tensor, role: str, n_cols: int) -> torch.Tensor:
+        if role == "bias":
             return b.sum((2, 3)).pow(2).sum(1)
         n = b.shape[0]
         if self.by_convolution:
@@ -165,8 +164,8 @@ class Conv2dRule(LayerRule):
         b3 = b.reshape(n * g, b.shape[1] // g, -1)  # (n·g, out/g, L)
         return (torch.bmm(b3, self.patch_gram) * b3).reshape(n, -1).sum(1)  # Σ_j ⟨B_j (U_jᵀU_j), B_j⟩
 
-    def reducer(self, kind: str, n_cols: int) -> Reducer | None:
-        if kind == "weight":
+    def flat_grad_fn(self, role: str, n_cols: int) -> FlatGrad | None:
+        if role == "weight":
             if self.by_convolution:
                 return lambda b: self._depthwise_grad(b).flatten(1)
             if not self.materialise_cheaper(n_cols):
@@ -174,9 +173,9 @@ class Conv2dRule(LayerRule):
             return lambda b: self._group_bmm(b).flatten(1)
         return lambda b: b.sum((2, 3))
 
-    def ghost_gram(self, b: torch.Tensor, kind: str, diagonal: bool) -> torch.Tensor:
-        if kind != "weight":
-            return self.materialised_gram(b, kind, diagonal)
+    def ghost_gram(self, b: torch.Tensor, role: str, diagonal: bool) -> torch.Tensor:
+        if role != "weight":
+            return self.materialised_gram(b, role, diagonal)
         n, n_cols, g = b.shape[0], b.shape[1], self.module.groups
         # (n·g, C'·out/g, L): each group's output-gradients of all columns against its own patch Gram
         b3 = b.reshape(n, n_cols, g, b.shape[2] // g, -1).transpose(1, 2).reshape(n * g, -1, b[0, 0, 0].numel())
@@ -187,10 +186,10 @@ class Conv2dRule(LayerRule):
             return (bw * b3).sum(2)
         return torch.bmm(bw, b3.transpose(1, 2))
 
-    def change(self, kind: str, d: torch.Tensor, shared: bool) -> torch.Tensor:
+    def change(self, role: str, d: torch.Tensor, shared: bool) -> torch.Tensor:
         m = self.module
         n = self.a.shape[0]
-        if kind == "bias":
+        if role == "bias":
             return d.reshape(1 if shared else n, -1, 1, 1)
         if shared:
             return F.conv2d(self.a, d, None, m.stride, m.padding, m.dilation, m.groups)

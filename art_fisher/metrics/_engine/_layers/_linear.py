@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from art_fisher.metrics.engine.layers.base import LayerRule, Reducer, gram, plain
+from art_fisher.metrics._engine._layers._base import FlatGrad, LayerRule, gram, plain
 
 
 class LinearRule(LayerRule):
@@ -31,9 +31,9 @@ class LinearRule(LayerRule):
     def _a3(self) -> torch.Tensor:
         return self.a.reshape(self.a.shape[0], -1, self.a.shape[-1])  # (n, T, in)
 
-    def grad(self, b: torch.Tensor, kind: str) -> torch.Tensor:
+    def grad(self, b: torch.Tensor, role: str) -> torch.Tensor:
         b3 = b.reshape(b.shape[0], -1, b.shape[-1])  # (n, T, out)
-        if kind == "bias":
+        if role == "bias":
             return b3.sum(1)
         return torch.bmm(b3.transpose(1, 2), self._a3())
 
@@ -44,14 +44,14 @@ class LinearRule(LayerRule):
         t, i = self._a3().shape[1], self.a.shape[-1]
         return n_cols * out_features * i <= t * t * (i + n_cols * out_features)
 
-    def reducer(self, kind: str, n_cols: int) -> Reducer | None:
-        if kind == "weight" and not self.materialise_cheaper(n_cols, self.module.out_features):
+    def flat_grad_fn(self, role: str, n_cols: int) -> FlatGrad | None:
+        if role == "weight" and not self.materialise_cheaper(n_cols, self.module.out_features):
             return None
-        return super().reducer(kind, n_cols)
+        return super().flat_grad_fn(role, n_cols)
 
-    def ghost_gram(self, b: torch.Tensor, kind: str, diagonal: bool) -> torch.Tensor:
-        if kind != "weight":
-            return self.materialised_gram(b, kind, diagonal)
+    def ghost_gram(self, b: torch.Tensor, role: str, diagonal: bool) -> torch.Tensor:
+        if role != "weight":
+            return self.materialised_gram(b, role, diagonal)
         n, n_cols = b.shape[0], b.shape[1]
         if self.a.dim() == 2:
             scale = (self.a * self.a).sum(1)
@@ -64,23 +64,23 @@ class LinearRule(LayerRule):
             return (bw * b4).flatten(2).sum(2)
         return torch.bmm(bw.flatten(2), b4.flatten(2).transpose(1, 2))
 
-    def sq_norm(self, b: torch.Tensor, kind: str, n_cols: int) -> torch.Tensor:
-        if kind == "weight" and self.a.dim() == 2:  # ‖b aᵀ‖² = ‖a‖² ‖b‖²
+    def sq_norm(self, b: torch.Tensor, role: str, n_cols: int) -> torch.Tensor:
+        if role == "weight" and self.a.dim() == 2:  # ‖b aᵀ‖² = ‖a‖² ‖b‖²
             return (self.a * self.a).sum(1) * (b * b).sum(1)
-        if kind == "weight" and not self.materialise_cheaper(1, self.module.out_features):
-            return self.ghost_gram(b.unsqueeze(1), kind, diagonal=True)[:, 0]
-        return super().sq_norm(b, kind, n_cols)
+        if role == "weight" and not self.materialise_cheaper(1, self.module.out_features):
+            return self.ghost_gram(b.unsqueeze(1), role, diagonal=True)[:, 0]
+        return super().sq_norm(b, role, n_cols)
 
-    def change(self, kind: str, d: torch.Tensor, shared: bool) -> torch.Tensor:
+    def change(self, role: str, d: torch.Tensor, shared: bool) -> torch.Tensor:
         a = self.a
         n = a.shape[0]
-        if kind == "bias":
+        if role == "bias":
             return d.reshape(1 if shared else n, *([1] * (a.dim() - 2)), -1)
         if shared:
             return a @ d.transpose(0, 1)
         return torch.bmm(self._a3(), d.transpose(1, 2)).reshape(*a.shape[:-1], d.shape[1])
 
-    def change_along_grad(self, b: torch.Tensor, kind: str) -> torch.Tensor:
-        if kind == "weight" and self.a.dim() == 2:  # (b aᵀ) a = b ‖a‖²
+    def change_along_grad(self, b: torch.Tensor, role: str) -> torch.Tensor:
+        if role == "weight" and self.a.dim() == 2:  # (b aᵀ) a = b ‖a‖²
             return b * (self.a * self.a).sum(1, keepdim=True)
-        return super().change_along_grad(b, kind)
+        return super().change_along_grad(b, role)

@@ -5,8 +5,8 @@ enter its output ``o``:
 
 - :meth:`LayerRule.grad`: the per-sample gradient of a parameter from output-gradients ``b = ∂s/∂o``
   (n, *o) of some scalar ``s`` of each sample, i.e. the contraction of ``b`` with ``a``;
-- :meth:`LayerRule.reducer` / :meth:`LayerRule.ghost_gram`: the Gram matrix of the per-sample
-  gradients of several output-gradients ``b_j`` (the columns), either by reducing every ``b_j`` to its
+- :meth:`LayerRule.flat_grad_fn` / :meth:`LayerRule.ghost_gram`: the Gram matrix of the per-sample
+  gradients of several output-gradients ``b_j`` (the columns), either by turning every ``b_j`` into its flattened
   per-sample gradient at once, or, where that is cheaper, by a "ghost" contraction of all ``b_j`` with
   ``a`` that never forms the per-sample gradients; :meth:`LayerRule.sq_norm`: only the diagonal, one
   column at a time;
@@ -23,7 +23,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-Reducer = Callable[[torch.Tensor], torch.Tensor]
+FlatGrad = Callable[[torch.Tensor], torch.Tensor]
 
 
 class LayerRule:
@@ -40,7 +40,7 @@ class LayerRule:
     #: Module classes the rule may apply to (:meth:`supports` decides on the recorded call).
     module_types: tuple[type[nn.Module], ...] = ()
     #: Names of the parameters the rule handles.
-    kinds: tuple[str, ...] = ("weight", "bias")
+    roles: tuple[str, ...] = ("weight", "bias")
 
     def __init__(self, module: nn.Module, a: torch.Tensor) -> None:
         self.module = module
@@ -57,38 +57,38 @@ class LayerRule:
         """
         raise NotImplementedError
 
-    def grad(self, b: torch.Tensor, kind: str) -> torch.Tensor:
+    def grad(self, b: torch.Tensor, role: str) -> torch.Tensor:
         """Per-sample gradient (n, *param.shape) from output-gradients ``b`` (n, *out)."""
         raise NotImplementedError
 
-    def reducer(self, kind: str, n_cols: int) -> Reducer | None:
+    def flat_grad_fn(self, role: str, n_cols: int) -> FlatGrad | None:
         """``b_j ↦`` flattened per-sample gradient (n, M), or None where :meth:`ghost_gram` is cheaper."""
-        return lambda b: self.grad(b, kind).flatten(1)
+        return lambda b: self.grad(b, role).flatten(1)
 
-    def sq_norm(self, b: torch.Tensor, kind: str, n_cols: int) -> torch.Tensor:
+    def sq_norm(self, b: torch.Tensor, role: str, n_cols: int) -> torch.Tensor:
         """Squared norm (n,) of the per-sample gradient of ``b`` (n, *out), by the layer's cheaper route.
 
         ``n_cols`` is the number of columns the caller will pass one after the other (a ghost route
         may prepare something once for all of them).
         """
-        return self.grad(b, kind).flatten(1).pow(2).sum(1)
+        return self.grad(b, role).flatten(1).pow(2).sum(1)
 
-    def materialised_gram(self, b: torch.Tensor, kind: str, diagonal: bool) -> torch.Tensor:
+    def materialised_gram(self, b: torch.Tensor, role: str, diagonal: bool) -> torch.Tensor:
         """Gram matrices (n, C', C') of the per-sample gradients of ``b`` (n, C', *out), or their diagonals (n, C')."""
-        g = torch.stack([self.grad(b[:, j], kind).flatten(1) for j in range(b.shape[1])], dim=1)
+        g = torch.stack([self.grad(b[:, j], role).flatten(1) for j in range(b.shape[1])], dim=1)
         return gram(g, diagonal)
 
-    def ghost_gram(self, b: torch.Tensor, kind: str, diagonal: bool) -> torch.Tensor:
+    def ghost_gram(self, b: torch.Tensor, role: str, diagonal: bool) -> torch.Tensor:
         """As :meth:`materialised_gram`, by the layer's ghost contraction where it has one."""
-        return self.materialised_gram(b, kind, diagonal)
+        return self.materialised_gram(b, role, diagonal)
 
-    def change(self, kind: str, d: torch.Tensor, shared: bool) -> torch.Tensor:
+    def change(self, role: str, d: torch.Tensor, shared: bool) -> torch.Tensor:
         """Output change (broadcastable to (n, *out)) along ``d`` (*param.shape if shared, else (n, *param.shape))."""
         raise NotImplementedError
 
-    def change_along_grad(self, b: torch.Tensor, kind: str) -> torch.Tensor:
+    def change_along_grad(self, b: torch.Tensor, role: str) -> torch.Tensor:
         """Output change along the layer's own per-sample gradient of ``b`` (n, *out): ``change(grad(b))``."""
-        return self.change(kind, self.grad(b, kind), shared=False)
+        return self.change(role, self.grad(b, role), shared=False)
 
 
 def plain(module: nn.Module, types: tuple[type[nn.Module], ...]) -> bool:

@@ -1,18 +1,14 @@
-"""The forward-hook recorder of the hook engine, and the plan that decides which parameters it handles.
+"""The forward-hook recorder of the hook engine, and the hook coverage: which parameters it handles.
 
-:func:`recorded_forward` runs the model once with forward hooks on the planned layers and keeps each
-layer's input ``a`` and the gradient edge of its output ``o`` (the autograd node that produced ``o``,
-taken before any in-place operation such as ``ReLU(inplace=True)`` rewrites ``o``'s history), so that
-backward passes can stop at ``o``.
+:func:`recorded_forward` runs the model once with forward hooks on the covered layers and keeps each
+layer's input ``a`` and the gradient edge of its output ``o`` (taken before any in-place operation
+rewrites ``o``'s history), so that backward passes can stop at ``o``.
 
-:func:`make_plan` decides, from one probe forward pass of one sample in which the selected parameters
-are autograd leaves, which parameters the hook engine computes: a parameter is covered when its layer
-has a rule (:mod:`art_fisher.metrics.engine.layers`), carries no user hooks, ran exactly once with an
-output that reaches the logits, and the parameter enters the autograd graph through exactly one edge.
-A weight that is tied to another module, used transposed or read directly in the forward (``F.linear(h,
-self.emb.weight)``), or a module called twice, fails one of these and goes to ``torch.func``. A parameter
-used directly and only once, added to or expanded over the samples (a ViT's class token and position
-embedding, :mod:`~art_fisher.metrics.engine.layers.direct`), is covered through its autograd node.
+:func:`find_coverage` decides from one probe forward pass of one sample which parameters the hooks
+compute: a parameter whose layer has a rule (:mod:`art_fisher.metrics._engine._layers`), carries no user
+hooks, ran exactly once with an output that reaches the logits, and which enters the autograd graph
+through exactly one edge; or a parameter used directly once, added to or expanded over the samples
+(:mod:`~art_fisher.metrics._engine._layers._direct`). Every other parameter goes to ``torch.func``.
 """
 
 from __future__ import annotations
@@ -27,9 +23,9 @@ import torch
 from torch import nn
 from torch.autograd.graph import GradientEdge, Node, get_gradient_edge
 
-from art_fisher.metrics.engine.layers import LayerRule, is_candidate, rule_for
-from art_fisher.metrics.engine.layers.direct import DirectRule, broadcast_shape, direct_node_ok
-from art_fisher.metrics.engine.network import FunctionalNet
+from art_fisher.metrics._engine._layers import LayerRule, is_candidate, rule_for
+from art_fisher.metrics._engine._layers._direct import DirectRule, broadcast_shape, direct_node_ok
+from art_fisher.metrics._engine._network import FunctionalNet
 
 
 @contextmanager
@@ -53,7 +49,7 @@ def recording(modules: dict[str, nn.Module]) -> Iterator[dict[str, list[tuple[ob
 
 
 @dataclass
-class Plan:
+class HookCoverage:
     """Which selected parameters the hook engine computes, from a probe pass of one sample.
 
     Attributes
@@ -81,10 +77,10 @@ class Plan:
     probe: tuple[torch.Tensor, torch.Tensor] = field(repr=False)
     sample_shapes: dict[str, tuple[torch.Size, torch.Size]] = field(default_factory=dict)
 
-    def without_hooks(self) -> Plan:
-        """The same plan with every parameter sent to ``torch.func`` (tests compare the two)."""
+    def without_hooks(self) -> HookCoverage:
+        """The same coverage with every parameter sent to ``torch.func`` (tests compare the two)."""
         names = list(self.covered) + self.rest
-        return Plan({}, {}, names, 0, self.n_classes, self.probe)
+        return HookCoverage({}, {}, names, 0, self.n_classes, self.probe)
 
     def batched_like_probe(self, module: str, a: torch.Tensor, out: torch.Tensor, n: int) -> bool:
         """Whether a call on ``n`` samples has the probe's per-sample shapes with the samples first.
@@ -98,7 +94,7 @@ class Plan:
         return tuple(a.shape) == (n, *want[0]) and tuple(out.shape) == (n, *want[1])
 
 
-#: Prefix of the plan's keys for directly used parameters (no module name starts with a NUL character).
+#: Prefix of the coverage's module keys for directly used parameters (no module name starts with a NUL character).
 DIRECT = "\x00direct:"
 
 
@@ -121,7 +117,7 @@ def graph_nodes(z: torch.Tensor) -> list:
     return nodes
 
 
-def make_plan(net: FunctionalNet, x: torch.Tensor) -> Plan:
+def find_coverage(net: FunctionalNet, x: torch.Tensor) -> HookCoverage:
     """Probe the model on ``x[:1]`` and split the selected parameters between hooks and ``torch.func``."""
     modules = dict(net.model.named_modules())
     candidates = {m: mod for m, mod in modules.items() if is_candidate(mod) and not _has_user_hooks(mod)}
@@ -154,10 +150,10 @@ def make_plan(net: FunctionalNet, x: torch.Tensor) -> Plan:
         if rule is None:
             continue
         shapes[m] = (a.shape[1:], out.shape[1:])
-        for kind in rule.kinds:
-            full = f"{m}.{kind}" if m else kind
-            if modules[m]._parameters.get(kind) is not None and full in selected and uses[full] == 1:
-                covered[full] = (m, kind)
+        for role in rule.roles:
+            full = f"{m}.{role}" if m else role
+            if modules[m]._parameters.get(role) is not None and full in selected and uses[full] == 1:
+                covered[full] = (m, role)
                 rules[m] = rule
         if m in rules:
             out_numel += out[0].numel()
@@ -168,7 +164,7 @@ def make_plan(net: FunctionalNet, x: torch.Tensor) -> Plan:
         shapes[key] = (leaves[name].shape, torch.Size(out_shape[1:]))
         out_numel += torch.Size(out_shape[1:]).numel()
     rest = [n for n in net.names if n not in covered]
-    return Plan(covered, rules, rest, out_numel, z.shape[1], (z, xr), shapes)
+    return HookCoverage(covered, rules, rest, out_numel, z.shape[1], (z, xr), shapes)
 
 
 def _node_output_shape(node: object) -> tuple[int, ...] | None:
@@ -218,11 +214,11 @@ class Recorded:
     x : Tensor (n, ...)
         The input the graph starts from (requires grad).
     rules : dict of str to LayerRule
-        Planned module → its rule instance on the recorded input (modules that ran exactly once).
+        Covered module → its rule instance on the recorded input (modules that ran exactly once).
     edges : dict of str to GradientEdge
-        Planned module → the gradient edge of its output.
+        Covered module → the gradient edge of its output.
     shapes : dict of str to torch.Size
-        Planned module → its output shape.
+        Covered module → its output shape.
     missing : list of str
         Covered parameters whose module did not run exactly once here (computed with ``torch.func``).
     """
@@ -239,25 +235,27 @@ class Recorded:
         return list(self.rules)
 
 
-def recorded_forward(net: FunctionalNet, plan: Plan, x: torch.Tensor, *, create_graph: bool = False) -> Recorded:
-    """One forward pass of ``x`` with hooks on the planned modules.
+def recorded_forward(
+    net: FunctionalNet, coverage: HookCoverage, x: torch.Tensor, *, create_graph: bool = False
+) -> Recorded:
+    """One forward pass of ``x`` with hooks on the covered modules.
 
     With ``create_graph`` the layer inputs keep their graph (and ``x`` is used as given when it
     requires grad), so that everything computed from them is differentiable in ``x``.
     """
     modules = dict(net.model.named_modules())
-    planned = {m: modules[m] for m in plan.rules if not m.startswith(DIRECT)}
+    hooked = {m: modules[m] for m in coverage.rules if not m.startswith(DIRECT)}
     direct = {
-        n: net.base[n].detach().requires_grad_(True) for n, (m, _k) in plan.covered.items() if m.startswith(DIRECT)
+        n: net.base[n].detach().requires_grad_(True) for n, (m, _k) in coverage.covered.items() if m.startswith(DIRECT)
     }
     xr = x if create_graph and x.requires_grad else x.detach().requires_grad_(True)
-    with torch.enable_grad(), recording(planned) as records:
+    with torch.enable_grad(), recording(hooked) as records:
         z = net.logits({**net.selected(), **direct}, xr)
     rules: dict[str, LayerRule] = {}
     edges: dict[str, GradientEdge] = {}
     shapes: dict[str, torch.Size] = {}
     if direct:
-        _record_direct(plan, z, direct, xr.shape[0], rules, edges, shapes)
+        _record_direct(coverage, z, direct, xr.shape[0], rules, edges, shapes)
     for m, recs in records.items():
         if len(recs) != 1:
             continue
@@ -266,17 +264,17 @@ def recorded_forward(net: FunctionalNet, plan: Plan, x: torch.Tensor, *, create_
             isinstance(a, torch.Tensor)
             and isinstance(out, torch.Tensor)
             and edge is not None
-            and plan.batched_like_probe(m, a, out, xr.shape[0])
+            and coverage.batched_like_probe(m, a, out, xr.shape[0])
         ):
-            rules[m] = plan.rules[m](modules[m], a if create_graph else a.detach())
+            rules[m] = coverage.rules[m](modules[m], a if create_graph else a.detach())
             edges[m] = edge
             shapes[m] = out.shape
-    missing = [p for p, (m, _k) in plan.covered.items() if m not in rules]
+    missing = [p for p, (m, _k) in coverage.covered.items() if m not in rules]
     return Recorded(z, xr, rules, edges, shapes, missing)
 
 
 def _record_direct(
-    plan: Plan,
+    coverage: HookCoverage,
     z: torch.Tensor,
     leaves: dict[str, torch.Tensor],
     n: int,
@@ -284,11 +282,11 @@ def _record_direct(
     edges: dict[str, GradientEdge],
     shapes: dict[str, torch.Size],
 ) -> None:
-    """Rules, edges and output shapes of the directly used parameters of one recorded pass (those found as planned)."""
+    """Rules, edges and output shapes of the directly used parameters of one recorded pass (as in the probe)."""
     for name, node in _consumers(graph_nodes(z), leaves).items():
         key = DIRECT + name
         shape = _node_output_shape(node)
-        if not direct_node_ok(node) or shape is None or shape != (n, *plan.sample_shapes[key][1]):
+        if not direct_node_ok(node) or shape is None or shape != (n, *coverage.sample_shapes[key][1]):
             continue
         rules[key] = DirectRule(nn.Identity(), leaves[name].detach(), shape)
         edges[key] = GradientEdge(cast("Node", node), 0)

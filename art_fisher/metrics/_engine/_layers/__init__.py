@@ -1,7 +1,7 @@
 """Per-layer rules of the hook engine, one module per layer type (as BackPACK's module extensions).
 
-Each rule is a :class:`~art_fisher.metrics.engine.layers.base.LayerRule` subclass
-(:mod:`~art_fisher.metrics.engine.layers.base` says what a rule computes). Adding a layer type means
+Each rule is a :class:`~art_fisher.metrics._engine._layers._base.LayerRule` subclass
+(:mod:`~art_fisher.metrics._engine._layers._base` says what a rule computes). Adding a layer type means
 adding one module with such a subclass and listing it in :data:`RULES`.
 """
 
@@ -10,11 +10,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from art_fisher.metrics.engine.layers.base import LayerRule, Reducer, gram
-from art_fisher.metrics.engine.layers.batchnorm import BatchNormRule
-from art_fisher.metrics.engine.layers.conv2d import Conv2dRule
-from art_fisher.metrics.engine.layers.layernorm import LayerNormRule
-from art_fisher.metrics.engine.layers.linear import LinearRule
+from art_fisher.metrics._engine._layers._base import FlatGrad, LayerRule, gram
+from art_fisher.metrics._engine._layers._batchnorm import BatchNormRule
+from art_fisher.metrics._engine._layers._conv2d import Conv2dRule
+from art_fisher.metrics._engine._layers._layernorm import LayerNormRule
+from art_fisher.metrics._engine._layers._linear import LinearRule
 
 __all__ = [
     "RULES",
@@ -23,7 +23,7 @@ __all__ = [
     "LayerNormRule",
     "LayerRule",
     "LinearRule",
-    "Reducer",
+    "FlatGrad",
     "gram",
     "is_candidate",
     "rule_for",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from art_fisher.metrics.engine.layers.base import LayerRule
+from art_fisher.metrics._engine._layers._base import LayerRule
 
 #: Autograd nodes through which a parameter enters as ``o = h + θ`` or ``o = θ.expand(...)``.
 DIRECT_NODES = ("AddBackward0", "ExpandBackward0")
@@ -50,7 +50,7 @@ class DirectRule(LayerRule):
         The node's output shape (n, *S).
     """
 
-    kinds = ("param",)
+    roles = ("param",)
 
     def __init__(self, module: nn.Module, a: torch.Tensor, out_shape: tuple[int, ...] = ()) -> None:
         super().__init__(module, a)
@@ -62,14 +62,14 @@ class DirectRule(LayerRule):
 
     @staticmethod
     def supports(module: nn.Module, a: torch.Tensor, out: torch.Tensor) -> bool:
-        return False  # chosen from the autograd graph by the plan, never for a module
+        return False  # chosen from the autograd graph by find_coverage, never for a module
 
-    def grad(self, b: torch.Tensor, kind: str) -> torch.Tensor:
+    def grad(self, b: torch.Tensor, role: str) -> torch.Tensor:
         if self.summed:
             b = b.sum(self.summed, keepdim=True)
         return b.reshape(b.shape[0], *self.a.shape)
 
-    def change(self, kind: str, d: torch.Tensor, shared: bool) -> torch.Tensor:
+    def change(self, role: str, d: torch.Tensor, shared: bool) -> torch.Tensor:
         if shared:
             return d.reshape(self.padded)
         return d.reshape(d.shape[0], *self.padded[1:])

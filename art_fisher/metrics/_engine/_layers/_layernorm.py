@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from art_fisher.metrics.engine.layers.base import LayerRule, made_from, own_forward, same_storage
+from art_fisher.metrics._engine._layers._base import LayerRule, made_from, own_forward, same_storage
 
 
 def _computes_layer_norm(module: nn.LayerNorm, a: torch.Tensor, out: torch.Tensor) -> bool:
@@ -88,18 +88,18 @@ class LayerNormRule(LayerRule):
         d = self.module.weight.numel()
         return t.reshape(t.shape[0], -1, d)
 
-    def grad(self, b: torch.Tensor, kind: str) -> torch.Tensor:
+    def grad(self, b: torch.Tensor, role: str) -> torch.Tensor:
         shape = (b.shape[0], *self.module.normalized_shape)
         b3 = self._positions(b)
-        if kind == "bias":
+        if role == "bias":
             return b3.sum(1).reshape(shape)
         return (b3 * self._positions(self.normalised)).sum(1).reshape(shape)
 
-    def change(self, kind: str, d: torch.Tensor, shared: bool) -> torch.Tensor:
+    def change(self, role: str, d: torch.Tensor, shared: bool) -> torch.Tensor:
         n_norm = len(self.module.normalized_shape)
         lead = self.a.dim() - n_norm  # batch and position dimensions
         if shared:
             d = d.reshape(*([1] * lead), *d.shape)
         else:
             d = d.reshape(d.shape[0], *([1] * (lead - 1)), *d.shape[1:])
-        return d if kind == "bias" else d * self.normalised
+        return d if role == "bias" else d * self.normalised
