@@ -1,12 +1,17 @@
-"""Argument validation for :mod:`art_fisher.metrics` (everything is checked before any work)."""
+"""Argument validation for :mod:`art_fisher.metrics` (everything is checked before any work).
+
+The checks of plain values (integers, reals, choices, booleans) are :mod:`art_fisher.utils`'s; this module
+adds what is particular to a model and its inputs.
+"""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
+
+from art_fisher import utils as validation
 
 OUTPUTS = ("logits", "log_probs", "probs")
 METHODS = ("exact", "finite_difference")
@@ -19,9 +24,8 @@ def _type_name(value: object) -> str:
 
 
 def check_choice(name: str, value: object, choices: Sequence[str]) -> None:
-    """Raise ``ValueError`` unless ``value`` is one of ``choices``."""
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}; got {value!r}.")
+    """Raise unless ``value`` is one of ``choices`` (:func:`art_fisher.utils.check_choice`)."""
+    validation.check_choice(value, name, choices)
 
 
 def _batch_dependence(module: nn.Module) -> str | None:
@@ -171,30 +175,18 @@ def check_model_matches_x(model: nn.Module, names: list[str], x: torch.Tensor) -
 
 
 def check_fd_step(fd_step: object) -> float:
-    """``fd_step`` is a finite float > 0."""
-    if isinstance(fd_step, bool) or not isinstance(fd_step, (int, float)):
-        raise TypeError(f"fd_step must be a positive float; got {_type_name(fd_step)}.")
-    if not math.isfinite(fd_step) or fd_step <= 0:
-        raise ValueError(f"fd_step must be a finite float > 0; got {fd_step!r}.")
-    return float(fd_step)
+    """``fd_step`` is a finite number > 0."""
+    return validation.check_real(fd_step, "fd_step", low=0.0, low_open=True)
 
 
 def check_chunk_size(chunk_size: object, name: str = "chunk_size") -> int | None:
-    """``chunk_size`` is None or an int > 0 (``name``: the argument's name in the messages)."""
-    if chunk_size is None:
-        return None
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
-        raise TypeError(f"{name} must be None or a positive int; got {_type_name(chunk_size)}.")
-    if chunk_size <= 0:
-        raise ValueError(f"{name} must be None or a positive int; got {chunk_size}.")
-    return chunk_size
+    """``chunk_size`` is None or an int >= 1 (``name``: the argument's name in the messages)."""
+    return validation.check_int(chunk_size, name, low=1, optional=True)
 
 
 def check_bool(name: str, value: object) -> bool:
     """``value`` is a bool."""
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False; got {_type_name(value)} {value!r}.")
-    return value
+    return validation.check_bool(value, name)
 
 
 def probe_output(model: nn.Module, x: torch.Tensor, output: str) -> int:
@@ -247,7 +239,7 @@ def probe_output(model: nn.Module, x: torch.Tensor, output: str) -> int:
         raise ValueError(f"model must return at least 2 classes; got output shape {tuple(out.shape)}.")
     _check_batch_independent(out, batch)
     rows = batch if isinstance(batch, torch.Tensor) and batch.dim() == 2 and batch.shape[1] == n_classes else out
-    _check_output_kind(rows, output)
+    _check_output_matches(rows, output)
     return n_classes
 
 
@@ -278,7 +270,7 @@ def _check_batch_independent(single: torch.Tensor, batch: object) -> None:
         )
 
 
-def _check_output_kind(out: torch.Tensor, output: str) -> None:
+def _check_output_matches(out: torch.Tensor, output: str) -> None:
     """The output rows ``out`` (k, C) are what ``output`` says; ValueError naming the mismatch."""
     tol = 1e-3 if out.dtype != torch.float64 else 1e-6
     first = out[:1]

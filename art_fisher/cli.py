@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from art_fisher import __version__
+from art_fisher.utils import check_int
 
 if TYPE_CHECKING:  # the evaluation imports ART and torch: loaded only when a command runs
     from art_fisher.evaluation import EvaluationConfig
@@ -42,12 +43,9 @@ def _clip(text: str) -> tuple[float, float]:
 
 def _threads(text: str) -> int:
     try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= 1024:
-        raise argparse.ArgumentTypeError(f"expected an integer from 1 to 1024; got {text!r}")
-    return value
+        return check_int(int(text), "the value", low=1, high=1024)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"must be an int in [1, 1024]; got {text[:40]!r}") from None
 
 
 _MODEL_STATUS = {

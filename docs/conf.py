@@ -73,6 +73,7 @@ api_modules = [
             "art_fisher.evaluation",
             "art_fisher.evaluation.detectors",
             "art_fisher.evaluation.report",
+            "art_fisher.utils",
         ],
     ),
     (

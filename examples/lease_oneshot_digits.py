@@ -31,7 +31,7 @@ def main() -> None:
     torch.manual_seed(0)
 
     # The explainer's search space: 2 cells of 3 nodes, each node a LayerChoice (+ an InputChoice).
-    space = LeaseCellSpace(in_channels=1, n_classes=10, width=8, n_cells=2, n_nodes=3, image_size=8)
+    space = LeaseCellSpace(in_channels=1, n_classes=10, width=8, cells=2, nodes=3, image_size=8)
 
     # Trace-safe data sets (NNI records their small constructor arguments, not tensors).
     evaluator = Classification(
@@ -45,8 +45,8 @@ def main() -> None:
         logger=False,
     )
 
-    # gamma weighs the listener's validation loss; gamma=0 is exactly NNI's DARTS. Every other LeaSE option
-    # (explanation ball, steps, weighting, hypergradient ...) is a field of nni_lease.LeaseSettings.
+    # gamma weighs the listener's validation loss; gamma=0 is exactly NNI's DARTS. Every other LeaSE setting
+    # (explanation ball, steps, weighting, hypergradient ...) is a field of nni_lease.LeaseConfig.
     strategy = LeaSE(gamma=1.0, hypergradient="first_order", arc_learning_rate=3e-3)
     experiment = NasExperiment(space, evaluator, strategy)
     experiment.run()
@@ -57,7 +57,7 @@ def main() -> None:
     print({k: round(float(v), 4) for k, v in metrics.items() if k.split("/")[0] in {"explainer", "listener", "lease"}})
 
     result = retrain(
-        LeaseCellSpace(in_channels=1, n_classes=10, width=8, n_cells=2, n_nodes=3, image_size=8),
+        LeaseCellSpace(in_channels=1, n_classes=10, width=8, cells=2, nodes=3, image_size=8),
         architecture,
         DigitsDataset("train", limit=limit),
         DigitsDataset("test", limit=limit),

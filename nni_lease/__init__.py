@@ -7,7 +7,7 @@ to make both learn well.
 Public names (imported lazily, so that ``import nni_lease`` stays light):
 
 - :class:`LeaSE` (:mod:`nni_lease.oneshot`): the one-shot strategy, a drop-in for NNI's ``DARTS``;
-- :class:`LeaseSettings` (:mod:`nni_lease.core`): every LeaSE option, in one object;
+- :class:`LeaseConfig` (:mod:`nni_lease.core`): every LeaSE setting, in one object;
 - :class:`LeaseStep` (:mod:`nni_lease.core`): the LeaSE step shared by the strategy and the trial;
 - :func:`pgd_explain` (:mod:`nni_lease.core`): explanations ``δ`` and the listener's input;
 - :func:`search_oneshot`, :func:`retrain_architecture` (:mod:`nni_lease.oneshot`): the one-shot workflow;
@@ -75,7 +75,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 _LAZY = {
     "LeaSE": "nni_lease.oneshot",
     "LeaseLightningModule": "nni_lease.oneshot",
-    "LeaseSettings": "nni_lease.core",
+    "LeaseConfig": "nni_lease.core",
     "LeaseStep": "nni_lease.core",
     "search_oneshot": "nni_lease.oneshot",
     "retrain_architecture": "nni_lease.oneshot",

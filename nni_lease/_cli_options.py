@@ -7,7 +7,6 @@ fails its check is an argparse error (one line, exit status 2), before any work.
 from __future__ import annotations
 
 import argparse
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,8 +15,8 @@ from nni_lease._limits import (
     MAX_BATCH_SIZE,
     MAX_CELLS,
     MAX_CONCURRENCY,
-    MAX_COUNT,
     MAX_EPOCHS,
+    MAX_LIMIT,
     MAX_NODES,
     MAX_PGD_STEPS,
     MAX_RATE,
@@ -33,59 +32,51 @@ _NNI = frozenset({"multi-trial", "hpo"})
 
 
 # ------------------------------------------------------------------------------------------- types
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text}")
-    return value
-
-
-def _bounded_int(low: int, high: int, what: str) -> Callable[[str], int]:
-    def parse(text: str) -> int:
+# Each reads the text as a number, then checks it with art_fisher.utils (the checks of the Python API), so that
+# the command line and the API refuse the same values with the same words.
+def _checked(read: Callable[[str], Any], what: str, check: Callable[[Any, str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
         try:
-            value = int(text)
+            value = read(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"must be {what}; got {text[:40]!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be {what}; got {text[:40]}")
-        return value
-
-    return parse
-
-
-def _float_in(low: float, high: float, *, low_open: bool, what: str) -> Callable[[str], float]:
-    def parse(text: str) -> float:
         try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {what}; got {text!r}") from None
-        if not math.isfinite(value) or value < low or (low_open and value == low) or value > high:
-            raise argparse.ArgumentTypeError(f"must be {what}; got {text}")
-        return value
+            return check(value, "the value")
+        except (TypeError, ValueError) as exc:
+            raise argparse.ArgumentTypeError(str(exc).removeprefix("the value ").rstrip(".")) from None
 
     return parse
 
 
-_positive_float = _float_in(0.0, MAX_RATE, low_open=True, what=f"a positive number (at most {MAX_RATE:g})")
-_nonnegative_float = _float_in(0.0, MAX_RATE, low_open=False, what=f"a number from 0 to {MAX_RATE:g}")
-_fraction = _float_in(0.0, 1.0, low_open=False, what="a number in [0, 1]")
+# art_fisher.utils is imported when a value is checked, not with this module: importing art_fisher loads torch,
+# which `nni-lease --help` and the one-line errors before any work do not need.
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    def check(value: int, name: str) -> int:
+        from art_fisher.utils import check_int
+
+        return check_int(value, name, low=low, high=high)
+
+    return _checked(int, "an int", check)
 
 
-_seed = _bounded_int(0, MAX_SEED, f"an integer from 0 to {MAX_SEED}")
+def _real_in(low: float, high: float, *, low_open: bool) -> Callable[[str], float]:
+    def check(value: float, name: str) -> float:
+        from art_fisher.utils import check_real
+
+        return check_real(value, name, low=low, high=high, low_open=low_open)
+
+    return _checked(float, "a number", check)
+
+
+_positive_float = _real_in(0.0, MAX_RATE, low_open=True)
+_nonnegative_float = _real_in(0.0, MAX_RATE, low_open=False)
+_fraction = _real_in(0.0, 1.0, low_open=False)
+_seed = _int_in(0, MAX_SEED)
+_port = _int_in(1, 65535)
 
 
 def _limited(high: int) -> Callable[[str], int]:
-    return _bounded_int(1, high, f"a positive integer (at most {high})")
-
-
-def _port(text: str) -> int:
-    value = _positive_int(text)
-    if value > 65535:
-        raise argparse.ArgumentTypeError(f"must be a port number in [1, 65535]; got {text}")
-    return value
+    return _int_in(1, high)
 
 
 @dataclass(frozen=True)
@@ -123,7 +114,7 @@ SEARCH_OPTIONS: dict[str, list[_Option]] = {
             "--limit",
             default=None,
             modes=_ALL,
-            type=_limited(MAX_COUNT),
+            type=_limited(MAX_LIMIT),
             help="use only this many samples per split (None: all)",
         ),
         _opt(
@@ -133,7 +124,7 @@ SEARCH_OPTIONS: dict[str, list[_Option]] = {
             "--limit-batches",
             default=None,
             modes=_ALL,
-            type=_limited(MAX_COUNT),
+            type=_limited(MAX_LIMIT),
             help="training batches per epoch (None: all)",
         ),
         _opt("--batch-size", default=64, modes=_ALL, type=_limited(MAX_BATCH_SIZE), help="batch size"),
@@ -185,7 +176,7 @@ SEARCH_OPTIONS: dict[str, list[_Option]] = {
         ),
         _opt("--progress", default=False, modes=_ONESHOT, action="store_true", help="show progress bars"),
     ],
-    "LeaSE (nni_lease.core._settings.LeaseSettings)": [
+    "LeaSE (nni_lease.core.LeaseConfig)": [
         _opt(
             "--gamma",
             default=1.0,
@@ -198,7 +189,7 @@ SEARCH_OPTIONS: dict[str, list[_Option]] = {
             default="first_order",
             modes=_ONESHOT | _HPO,
             choices=["first_order", "unrolled"],
-            help="first_order (approximation) or unrolled (the seed's whole chain)",
+            help="first_order (approximation) or unrolled (the LeaSE paper's whole chain)",
         ),
         _opt(
             "--pgd-epsilon",
@@ -297,7 +288,7 @@ SEARCH_OPTIONS: dict[str, list[_Option]] = {
     ],
 }
 
-#: LeaSE options (``LeaseSettings`` field names) the command line sets.
+#: The options that set LeaSE's settings (``LeaseConfig`` field names).
 _LEASE_DESTS: tuple[str, ...] = (
     "gamma",
     "hypergradient",

@@ -3,7 +3,7 @@
 The hub space is the one DARTS and LeaSE's source search: cells of 4 nodes, each node the sum of two
 operations chosen from :attr:`~nni.nas.hub.pytorch.DARTS.DARTS_OPS` (separable and dilated convolutions,
 pooling, skip) applied to two chosen earlier states, a *normal* and a *reduce* cell shared by every cell
-of their kind, three stages of ``num_cells // 3`` cells (the first cell of stages two and three halves
+of their kind, three stages of ``cells // 3`` cells (the first cell of stages two and three halves
 the side). Its CIFAR stem expects 3 channels and its head has 10 classes; :class:`DartsSpace` feeds a
 grey image to all three stem channels (``x.expand(-1, 3, -1, -1)``, the same as a stem whose three input
 channels share their weights), so MNIST and the 8×8 digits go through it unchanged.
@@ -25,15 +25,11 @@ import torch
 from nni.nas.hub.pytorch import DARTS
 from nni.nas.space import model_context
 
+from art_fisher.utils import check_choice, check_int
+
 #: Width (channels of the first stage's operations) and cell count the command line uses for ``--space darts``.
 DARTS_DEFAULT_WIDTH = 4
 DARTS_DEFAULT_CELLS = 3
-
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int; got {value!r}.")
-    return value
 
 
 class DartsSpace(DARTS):
@@ -47,18 +43,18 @@ class DartsSpace(DARTS):
         Must be 10 (the hub space's CIFAR head).
     width : int
         Channels of the first stage's operations (doubled at each reduction; the stem has ``3 * width``).
-    num_cells : int
+    cells : int
         Cells in all (at least 3: one per stage, the first of stages two and three a reduce cell).
 
     Raises
     ------
     ValueError
         For ``in_channels`` other than 1 or 3, ``n_classes`` other than 10, or a non-positive size
-        (``num_cells`` below 3).
+        (``cells`` below 3).
 
     Examples
     --------
-    >>> space = DartsSpace(in_channels=1, width=2, num_cells=3)
+    >>> space = DartsSpace(in_channels=1, width=2, cells=3)
     >>> sorted(space.simplify())[:2]
     ['normal/input_2_0', 'normal/input_2_1']
     """
@@ -68,16 +64,13 @@ class DartsSpace(DARTS):
         in_channels: int = 3,
         n_classes: int = 10,
         width: int = DARTS_DEFAULT_WIDTH,
-        num_cells: int = DARTS_DEFAULT_CELLS,
+        cells: int = DARTS_DEFAULT_CELLS,
     ) -> None:
-        if in_channels not in (1, 3) or isinstance(in_channels, bool):
-            raise ValueError(f"in_channels must be 1 or 3 (the hub DARTS stem takes 3); got {in_channels!r}.")
-        if n_classes != 10 or isinstance(n_classes, bool):
-            raise ValueError(f"n_classes must be 10 (the hub DARTS space's CIFAR head); got {n_classes!r}.")
-        _positive_int("width", width)
-        if _positive_int("num_cells", num_cells) < 3:
-            raise ValueError(f"num_cells must be at least 3 (one cell per stage); got {num_cells!r}.")
-        super().__init__(width=width, num_cells=num_cells, dataset="cifar")
+        check_choice(in_channels, "in_channels", (1, 3))  # the hub DARTS stem takes 3
+        check_choice(n_classes, "n_classes", (10,))  # the hub DARTS space's CIFAR head
+        check_int(width, "width", low=1)
+        check_int(cells, "cells", low=3)  # one cell per stage
+        super().__init__(width=width, num_cells=cells, dataset="cifar")  # NNI's name for it
         self.in_channels = in_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

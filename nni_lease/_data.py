@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import nni
 import numpy as np
@@ -34,29 +34,28 @@ import torch
 from torch.utils.data import Dataset
 
 from art_fisher.data import load_digits, load_mnist, read_cifar10_batch
+from art_fisher.utils import check_choice, check_int, check_path
 
 logger = logging.getLogger(__name__)
 
 #: Names :func:`make_dataset` accepts; every one but ``"digits"`` is read from a local folder.
-DATASETS: tuple[str, ...] = ("digits", "mnist", "cifar10")
-
-#: Names of the splits every data set here accepts.
-SPLITS: tuple[str, ...] = ("train", "val", "test")
+DatasetName = Literal["digits", "mnist", "cifar10"]
+DATASETS: tuple[str, ...] = get_args(DatasetName)
 
 Split = Literal["train", "val", "test"]
+#: Names of the splits every data set here accepts.
+SPLITS: tuple[str, ...] = get_args(Split)
 
 CIFAR10_TRAIN_FILES: tuple[str, ...] = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR10_TEST_FILE = "test_batch"
 
 
 def _check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {list(SPLITS)}; got {split!r}.")
+    check_choice(split, "split", Split)
 
 
 def _check_limit(limit: int | None) -> None:
-    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
-        raise ValueError(f"limit must be None or a positive int; got {limit!r}.")
+    check_int(limit, "limit", low=1, optional=True)
 
 
 class _ArrayDataset(Dataset):
@@ -146,10 +145,10 @@ def load_cifar10_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     ------
     FileNotFoundError
         If ``path`` is not a file.
-    art_fisher.data._cifar_batch.UnsafeCifarBatchError
+    art_fisher.data.UnsafeCifarBatchError
         (a ValueError and a :class:`pickle.UnpicklingError`) If the file asks for code to run (a global, an
         opcode or a call a CIFAR-10 batch never needs); nothing was run.
-    art_fisher.data._cifar_batch.CifarBatchError
+    art_fisher.data.CifarBatchError
         (a ValueError) For any other malformed batch: too large, not a pickle, missing keys, pixels that
         are not uint8 of shape (N, 3072) with N <= 10000, labels that are not N ints in 0..9.
     """
@@ -299,13 +298,13 @@ def check_dataset(name: str, data_dir: str | None, *, arg: str = "data_dir") -> 
 
     Raises
     ------
+    TypeError
+        If ``name`` is not a str or ``data_dir`` is not a path.
     ValueError
-        If ``name`` is not in :data:`DATASETS`, ``data_dir`` is not a str, or a file-based set has no folder.
+        If ``name`` is not in :data:`DATASETS`, or a file-based set has no folder.
     """
-    if name not in DATASETS:
-        raise ValueError(f"dataset must be one of {list(DATASETS)}; got {name!r}.")
-    if data_dir is not None and not isinstance(data_dir, str):
-        raise ValueError(f"{arg} must be None or a str path; got {type(data_dir).__name__}.")
+    check_choice(name, "dataset", DatasetName)
+    check_path(data_dir, arg, optional=True)
     if name == "digits":
         return
     what = "mnist.npz or the MNIST idx files" if name == "mnist" else "CIFAR-10 python batches"
@@ -333,8 +332,7 @@ def make_dataset(
     """
     if name == "digits":
         return DigitsDataset(split, seed=seed, limit=limit)
-    if name not in DATASETS:
-        raise ValueError(f"dataset must be one of {list(DATASETS)}; got {name!r}.")
+    check_choice(name, "dataset", DatasetName)
     if data_dir is None:
         raise ValueError(f"data_dir must be given for dataset {name!r} (a folder of its local files).")
     cls = MnistDataset if name == "mnist" else Cifar10Dataset

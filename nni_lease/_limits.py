@@ -23,8 +23,8 @@ MAX_IMAGE_SIZE = 4096
 MAX_BATCH_SIZE = 2**16
 #: Epochs.
 MAX_EPOCHS = 100_000
-#: Sample and batch counts (``limit``, ``limit_batches``).
-MAX_COUNT = 10**9
+#: The caps ``limit`` (samples per split) and ``limit_batches`` (training batches per epoch).
+MAX_LIMIT = 10**9
 #: Parameters of a model space (the supernet) or of an architecture built from one, counted on PyTorch's meta
 #: device before anything is allocated: 10**8 float32 parameters are 400 MB, before gradients and optimiser state
 #: (NNI's DARTS space at its own width 16 and 20 cells has about 4 million).

@@ -11,10 +11,10 @@ NNI strategy — DARTS, LeaSE, random search, evolution — can search it.
 Structure (``H`` = image side, ``C`` = ``width``)::
 
     stem: 3×3 conv (in_channels → C) + BatchNorm
-    n_cells × cell, a 2× max-pool after every cell but the last while the side is ≥ 4
+    cells × cell, a 2× max-pool after every cell but the last while the side is ≥ 4
     global average pool → linear (C → n_classes), logits
 
-A cell has ``n_nodes`` nodes. Node 0 applies a chosen operation to the cell input; node ``k ≥ 1``
+A cell has ``nodes`` nodes. Node 0 applies a chosen operation to the cell input; node ``k ≥ 1``
 first chooses one of the ``k + 1`` earlier states (cell input, nodes ``0..k-1``) and then applies a chosen
 operation to it. The cell output is a fixed 1×1 convolution of the concatenated nodes plus the cell input
 (a residual connection). Choice labels are ``"{prefix}op{k}"`` and ``"{prefix}input{k}"``; with
@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from nni.nas.nn.pytorch import InputChoice, LayerChoice, ModelSpace
 from torch import nn
 
+from art_fisher.utils import check_choice, check_int, is_integer
 from nni_lease._darts_space import DartsSpace
 from nni_lease._limits import MAX_CELLS, MAX_CHANNELS, MAX_CLASSES, MAX_IMAGE_SIZE, MAX_NODES, MAX_PARAMETERS, MAX_WIDTH
 
@@ -93,17 +94,17 @@ def build_operation(name: str, channels: int) -> nn.Module:
 
 
 class _Cell(nn.Module):
-    def __init__(self, channels: int, n_nodes: int, operations: Sequence[str], prefix: str) -> None:
+    def __init__(self, channels: int, nodes: int, operations: Sequence[str], prefix: str) -> None:
         super().__init__()
         self.ops = nn.ModuleList()
         self.inputs = nn.ModuleList()
-        for k in range(n_nodes):
+        for k in range(nodes):
             self.ops.append(
                 LayerChoice({name: build_operation(name, channels) for name in operations}, label=f"{prefix}op{k}")
             )
             if k > 0:
                 self.inputs.append(InputChoice(k + 1, n_chosen=1, reduction="sum", label=f"{prefix}input{k}"))
-        self.combine = nn.Sequential(nn.Conv2d(n_nodes * channels, channels, 1, bias=False), nn.BatchNorm2d(channels))
+        self.combine = nn.Sequential(nn.Conv2d(nodes * channels, channels, 1, bias=False), nn.BatchNorm2d(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         states = [x]
@@ -114,7 +115,7 @@ class _Cell(nn.Module):
 
 
 class LeaseCellSpace(ModelSpace):
-    """Small cell search space (stem, ``n_cells`` searchable cells, classifier) returning logits.
+    """Small cell search space (stem, ``cells`` searchable cells, classifier) returning logits.
 
     Parameters
     ----------
@@ -124,9 +125,9 @@ class LeaseCellSpace(ModelSpace):
         Number of classes (size of the logits).
     width : int
         Channels inside the cells.
-    n_cells : int
+    cells : int
         Number of cells; a 2× max-pool follows every cell but the last while the side is at least 4.
-    n_nodes : int
+    nodes : int
         Nodes per cell (each one ``LayerChoice``; nodes after the first also one ``InputChoice``).
     image_size : int
         Side of the square input images (8 for digits, 32 for CIFAR-10); decides the pooling.
@@ -142,7 +143,7 @@ class LeaseCellSpace(ModelSpace):
 
     Examples
     --------
-    >>> space = LeaseCellSpace(in_channels=1, n_classes=10, width=8, n_cells=2, n_nodes=2, image_size=8)
+    >>> space = LeaseCellSpace(in_channels=1, n_classes=10, width=8, cells=2, nodes=2, image_size=8)
     >>> sorted(space.simplify())
     ['input1', 'op0', 'op1']
     """
@@ -152,8 +153,8 @@ class LeaseCellSpace(ModelSpace):
         in_channels: int = 1,
         n_classes: int = 10,
         width: int = 16,
-        n_cells: int = 2,
-        n_nodes: int = 3,
+        cells: int = 2,
+        nodes: int = 3,
         image_size: int = 8,
         operations: Sequence[str] = OPERATIONS,
         shared_cells: bool = True,
@@ -163,12 +164,11 @@ class LeaseCellSpace(ModelSpace):
             ("in_channels", in_channels, MAX_CHANNELS),
             ("n_classes", n_classes, MAX_CLASSES),
             ("width", width, MAX_WIDTH),
-            ("n_cells", n_cells, MAX_CELLS),
-            ("n_nodes", n_nodes, MAX_NODES),
+            ("cells", cells, MAX_CELLS),
+            ("nodes", nodes, MAX_NODES),
             ("image_size", image_size, MAX_IMAGE_SIZE),
         ]:
-            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= high:
-                raise ValueError(f"{name} must be a positive int (at most {high}); got {value!r:.40}.")
+            check_int(value, name, low=1, high=high)
         operations = list(operations)
         if not operations:
             raise ValueError("operations must not be empty.")
@@ -177,16 +177,16 @@ class LeaseCellSpace(ModelSpace):
             raise ValueError(f"operations must be drawn from {list(OPERATIONS)}; got unknown {unknown}.")
         if len(set(operations)) != len(operations):
             raise ValueError(f"operations must not repeat; got {operations}.")
-        if len(operations) == 1 and n_nodes == 1:
-            raise ValueError("the space has nothing to search: one operation and n_nodes=1.")
+        if len(operations) == 1 and nodes == 1:
+            raise ValueError("the space has nothing to search: one operation and nodes=1.")
 
         self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width))
         blocks: list[nn.Module] = []
         side = image_size
-        for i in range(n_cells):
+        for i in range(cells):
             prefix = "" if shared_cells else f"cell{i}_"
-            blocks.append(_Cell(width, n_nodes, operations, prefix))
-            if i < n_cells - 1 and side >= 4:
+            blocks.append(_Cell(width, nodes, operations, prefix))
+            if i < cells - 1 and side >= 4:
                 blocks.append(nn.MaxPool2d(2))
                 side //= 2
         self.cells = nn.Sequential(*blocks)
@@ -200,6 +200,8 @@ class LeaseCellSpace(ModelSpace):
 
 
 #: The searchable spaces by command-line name (``--space``) → the class name recorded in ``architecture.json``.
+#: The search spaces by the names the command line and :class:`~nni_lease.oneshot.SearchConfig` use.
+SpaceName = Literal["lease_cell", "darts"]
 SPACES: dict[str, str] = {"lease_cell": "LeaseCellSpace", "darts": "DartsSpace"}
 
 
@@ -311,8 +313,8 @@ def lease_cell_parameters(
     in_channels: int = 1,
     n_classes: int = 10,
     width: int = 16,
-    n_cells: int = 2,
-    n_nodes: int = 3,
+    cells: int = 2,
+    nodes: int = 3,
     image_size: int = 8,
     operations: Sequence[str] = OPERATIONS,
     shared_cells: bool = True,
@@ -324,17 +326,17 @@ def lease_cell_parameters(
     refuse count 0 (its constructor then says why).
     """
     del image_size
-    sizes = ((in_channels, MAX_CHANNELS), (n_classes, MAX_CLASSES), (width, MAX_WIDTH), (n_cells, MAX_CELLS),
-             (n_nodes, MAX_NODES))  # fmt: skip
-    if any(isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= high for v, high in sizes):
+    sizes = ((in_channels, MAX_CHANNELS), (n_classes, MAX_CLASSES), (width, MAX_WIDTH), (cells, MAX_CELLS),
+             (nodes, MAX_NODES))  # fmt: skip
+    if any(not is_integer(v) or not 1 <= v <= high for v, high in sizes):
         return 0
     ops = [o for o in operations if o in OPERATIONS] if isinstance(operations, (list, tuple)) else list(OPERATIONS)
     largest = max((_operation_parameters(o, width) for o in ops), default=0)
     total = 9 * in_channels * width + 2 * width + width * n_classes + n_classes
-    for i in range(n_cells):
+    for i in range(cells):
         prefix = "" if shared_cells else f"cell{i}_"
-        total += n_nodes * width * width + 2 * width  # the cell's 1x1 combination and its BatchNorm
-        for k in range(n_nodes):
+        total += nodes * width * width + 2 * width  # the cell's 1x1 combination and its BatchNorm
+        for k in range(nodes):
             if architecture is None:
                 total += sum(_operation_parameters(o, width) for o in ops)
             else:
@@ -365,12 +367,13 @@ def space_kwargs_for(
             "in_channels": in_channels,
             "n_classes": n_classes,
             "width": width,
-            "n_cells": cells,
-            "n_nodes": nodes,
+            "cells": cells,
+            "nodes": nodes,
             "image_size": image_size,
         }
     if name == "darts":
         if nodes != SPACE_DEFAULTS["darts"]["nodes"]:
             raise ValueError(f"nodes must be 4 for space 'darts' (NNI's DARTS cells have 4 nodes); got {nodes!r}.")
-        return {"in_channels": in_channels, "n_classes": n_classes, "width": width, "num_cells": cells}
-    raise ValueError(f"space must be one of {sorted(SPACES)}; got {name!r}.")
+        return {"in_channels": in_channels, "n_classes": n_classes, "width": width, "cells": cells}
+    check_choice(name, "space", SpaceName)
+    raise AssertionError(name)  # unreachable: every space is handled above

@@ -43,10 +43,10 @@ _VERBOSE_HELP = (
 )
 
 
-def _lease_settings(args: argparse.Namespace, names: Sequence[str]) -> Any:
-    from nni_lease.core._settings import LeaseSettings
+def _lease_config(args: argparse.Namespace, names: Sequence[str]) -> Any:
+    from nni_lease.core._config import LeaseConfig
 
-    return LeaseSettings.from_options(**{n: getattr(args, n) for n in names}, seed=args.seed)
+    return LeaseConfig.from_settings(**{n: getattr(args, n) for n in names}, seed=args.seed)
 
 
 def _search_config(args: argparse.Namespace) -> Any:
@@ -73,8 +73,8 @@ def _search_config(args: argparse.Namespace) -> Any:
 def _search_oneshot(args: argparse.Namespace) -> int:
     from nni_lease.oneshot._workflow import ARCHITECTURE_FILE, CURVES_FILE, METRICS_FILE, search_oneshot
 
-    config, settings = _search_config(args), _lease_settings(args, _LEASE_DESTS)
-    result = search_oneshot(args.output, config=config, settings=settings)
+    config, lease = _search_config(args), _lease_config(args, _LEASE_DESTS)
+    result = search_oneshot(args.output, config=config, lease=lease)
     out = result.output
     print(f"architecture: {json.dumps(result.architecture)}")
     if result.rows:
@@ -122,7 +122,7 @@ def _run_nni_experiment(args: argparse.Namespace, start: Callable[..., Any]) -> 
 def _search_multitrial(args: argparse.Namespace) -> int:
     from nni_lease._spaces import build_space
     from nni_lease.multitrial._strategy import LeaseMultiTrial
-    from nni_lease.multitrial._trial import TRIAL_LEASE_OPTIONS, lease_evaluator
+    from nni_lease.multitrial._trial import TRIAL_LEASE_SETTINGS, lease_evaluator
     from nni_lease.oneshot._config import SearchConfig
     from nni_lease.oneshot._workflow import load_splits, space_kwargs
     from nni_lease.runtime._config import build_config
@@ -142,15 +142,14 @@ def _search_multitrial(args: argparse.Namespace) -> int:
         nodes=args.nodes,
         space=args.space,
     )
-    lease = {name: getattr(args, name) for name in TRIAL_LEASE_OPTIONS}
+    lease = {name: getattr(args, name) for name in TRIAL_LEASE_SETTINGS}
     evaluator = lease_evaluator(
         dataset=config.dataset,
         data_dir=config.data_dir,
         epochs=config.epochs,
         batch_size=config.batch_size,
-        max_batches=config.limit_batches,
-        train_limit=config.limit,
-        val_limit=config.limit,
+        limit=config.limit,
+        limit_batches=config.limit_batches,
         learning_rate=config.learning_rate,
         seed=config.seed,
         **lease,
@@ -187,9 +186,9 @@ def _search_multitrial(args: argparse.Namespace) -> int:
 def _search_hpo(args: argparse.Namespace) -> int:
     from nni_lease.oneshot._config import RetrainConfig
     from nni_lease.runtime._experiment import run_experiment
-    from nni_lease.runtime._hpo import TUNED_OPTIONS, TrialConfig, build_hpo_experiment, check_resumable
+    from nni_lease.runtime._hpo import TUNED_SETTINGS, TrialConfig, build_hpo_experiment, check_resumable
 
-    fixed = [n for n in _LEASE_DESTS if n not in TUNED_OPTIONS and n in args.given]
+    fixed = [n for n in _LEASE_DESTS if n not in TUNED_SETTINGS and n in args.given]
     config = TrialConfig(
         search=_search_config(args),
         lease={n: getattr(args, n) for n in fixed},

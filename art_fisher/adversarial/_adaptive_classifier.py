@@ -46,8 +46,7 @@ other, the detector's included, i.e. the target class and :math:`d < 0` (when :m
 
 from __future__ import annotations
 
-from numbers import Real
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -56,6 +55,12 @@ from art.estimators.classification import DetectorClassifier
 from art_fisher.detection._base import Detector
 from art_fisher.detection._logit import DetectionLogitClassifier, classifier_logits
 from art_fisher.detection._persistence import model_fingerprint
+from art_fisher.utils import check_bool, check_choice, check_real
+
+#: What the attacker's classifier term is: the logit margin or the cross entropy.
+ClassifierLoss = Literal["margin", "cross_entropy"]
+#: How :meth:`AdaptiveDetectorClassifier.compute_loss` reduces the per-sample losses.
+Reduction = Literal["none", "mean", "sum"]
 
 
 class AdaptiveDetectorClassifier(DetectorClassifier):
@@ -94,7 +99,7 @@ class AdaptiveDetectorClassifier(DetectorClassifier):
     """
 
     detector_weight: float
-    classifier_loss: str
+    classifier_loss: ClassifierLoss
     confidence: float
     targeted: bool
 
@@ -104,7 +109,7 @@ class AdaptiveDetectorClassifier(DetectorClassifier):
         detector: Any,
         *,
         detector_weight: float = 1.0,
-        classifier_loss: str = "margin",
+        classifier_loss: ClassifierLoss = "margin",
         confidence: float = 5.0,
         targeted: bool = False,
         allow_other_model: bool = False,
@@ -121,20 +126,15 @@ class AdaptiveDetectorClassifier(DetectorClassifier):
                 f"art_fisher.detection._logit.art_detector_logit) or a fitted art_fisher.detection.Detector; got "
                 f"{type(detector).__qualname__}."
             )
-        if isinstance(detector_weight, bool) or not isinstance(detector_weight, Real) or not detector_weight >= 0:
-            raise ValueError(f"detector_weight must be a number >= 0; got {detector_weight!r}.")
-        if classifier_loss not in ("margin", "cross_entropy"):
-            raise ValueError(f"classifier_loss must be 'margin' or 'cross_entropy'; got {classifier_loss!r}.")
-        if isinstance(confidence, bool) or not isinstance(confidence, Real) or not confidence >= 0:
-            raise ValueError(f"confidence must be a number >= 0; got {confidence!r}.")
-        if not isinstance(targeted, bool):
-            raise ValueError(f"targeted must be True or False; got {targeted!r}.")
+        check_real(detector_weight, "detector_weight", low=0.0)
+        check_choice(classifier_loss, "classifier_loss", ClassifierLoss)
+        check_real(confidence, "confidence", low=0.0)
+        check_bool(targeted, "targeted")
         if tuple(detector.input_shape) != tuple(classifier.input_shape):
             raise ValueError(
                 f"detector input shape {detector.input_shape} differs from the classifier's {classifier.input_shape}."
             )
-        if not isinstance(allow_other_model, bool):
-            raise ValueError(f"allow_other_model must be True or False; got {allow_other_model!r}.")
+        check_bool(allow_other_model, "allow_other_model")
         if detector.model_fingerprint is not None and not allow_other_model:
             fingerprint = model_fingerprint(classifier)
             if fingerprint != detector.model_fingerprint:
@@ -216,10 +216,9 @@ class AdaptiveDetectorClassifier(DetectorClassifier):
         return term + (1.0 if self.targeted else -1.0) * self.detector_weight * evade
 
     # ----------------------------------------------------------------------------------- ART methods
-    def compute_loss(self, x: np.ndarray, y: np.ndarray, reduction: str = "none", **kwargs: Any) -> np.ndarray:
+    def compute_loss(self, x: np.ndarray, y: np.ndarray, reduction: Reduction = "none", **kwargs: Any) -> np.ndarray:
         """The attacker's loss per sample (nats; module docstring), reduced by ``"none"``, ``"mean"`` or ``"sum"``."""
-        if reduction not in ("none", "mean", "sum"):
-            raise ValueError(f"reduction must be 'none', 'mean' or 'sum'; got {reduction!r}.")
+        check_choice(reduction, "reduction", Reduction)
         with torch.enable_grad():
             loss = self._loss(self._tensor(x), y).detach()
         loss = loss if reduction == "none" else (loss.mean() if reduction == "mean" else loss.sum())

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from art_fisher import _checks
 from art_fisher.detection._features import _eval_mode, check_classifier, check_inputs
 from art_fisher.metrics import fisher_input_spectrum
+from art_fisher.utils import check_bool, check_int, check_real
 
 logger = logging.getLogger(__name__)
 
@@ -103,18 +104,12 @@ class OneStepSpectralAttack(EvasionAttack):
         self._check_params()
 
     def _check_params(self) -> None:
-        if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float, np.floating, np.integer)):
-            raise TypeError(f"eps must be a positive float; got {type(self.eps).__name__}.")
-        if not np.isfinite(self.eps) or self.eps <= 0:
-            raise ValueError(f"eps must be a finite float > 0; got {self.eps!r}.")
+        check_real(self.eps, "eps", low=0.0, low_open=True)
         if isinstance(self.norm, bool) or self.norm not in (2, 2.0, "2"):
             raise ValueError(f"norm must be 2 (the eigenvector is a unit L2 direction); got {self.norm!r}.")
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, (int, np.integer)):
-            raise TypeError(f"batch_size must be a positive int; got {type(self.batch_size).__name__}.")
-        if self.batch_size <= 0:
-            raise ValueError(f"batch_size must be a positive int; got {self.batch_size}.")
+        check_int(self.batch_size, "batch_size", low=1)
         _checks.check_choice("output", self.output, _checks.OUTPUTS)
-        _checks.check_bool("verbose", self.verbose)
+        check_bool(self.verbose, "verbose")
 
     def _labels(self, x: np.ndarray, y: np.ndarray | None) -> np.ndarray:
         if y is None:

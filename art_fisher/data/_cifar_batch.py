@@ -304,9 +304,9 @@ def _labels(values: object, n: int, path: Path) -> np.ndarray:
             isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values[: n + 1]
         )
     if not (ok and isinstance(values, (np.ndarray, list)) and len(values) == n):
-        kind = f"{values.dtype} {values.shape}" if isinstance(values, np.ndarray) else type(values).__name__
+        found = f"{values.dtype} {values.shape}" if isinstance(values, np.ndarray) else type(values).__name__
         raise CifarBatchError(
-            f"{path}: expected b'labels' as {n} integers (one per image); got {kind}"
+            f"{path}: expected b'labels' as {n} integers (one per image); got {found}"
             + (f" of length {len(values)}" if isinstance(values, list) else "")
             + "."
         )

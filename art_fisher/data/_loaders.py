@@ -36,15 +36,19 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 
 from art_fisher.data._cifar_batch import read_cifar10_batch
+from art_fisher.utils import check_choice
 
 logger = logging.getLogger(__name__)
 
-DATASETS = ("digits", "mnist", "cifar10")
-_SPLITS = ("train", "test")
+#: The data sets :func:`load_dataset` reads by name.
+DatasetName = Literal["digits", "mnist", "cifar10"]
+DATASETS: tuple[str, ...] = get_args(DatasetName)
+Split = Literal["train", "test"]
 # Fraction of the 1797 digits kept for the test split (fixed, seeded, stratified).
 _DIGITS_TEST_FRACTION = 0.25
 
@@ -83,11 +87,11 @@ def _canonical(x: np.ndarray) -> np.ndarray:
 
 
 def _check_split(split: str | None) -> None:
-    if split is not None and split not in _SPLITS:
-        raise ValueError(f"split must be one of {_SPLITS} or None; got {split!r}.")
+    if split is not None:
+        check_choice(split, "split", Split)
 
 
-def load_digits(*, split: str | None = None) -> Dataset:
+def load_digits(*, split: Split | None = None) -> Dataset:
     """scikit-learn's 1797 8×8 grey-level digits, shape ``(N, 1, 8, 8)``, scaled to ``[0, 1]``.
 
     Parameters
@@ -213,7 +217,7 @@ def _mnist_from_idx(data_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]
 
 
 _ZIP_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
-_NPZ_MEMBERS = tuple(f"{kind}_{split}.npy" for split in ("train", "test") for kind in ("x", "y"))
+_NPZ_MEMBERS = tuple(f"{array}_{split}.npy" for split in ("train", "test") for array in ("x", "y"))
 
 
 def _npz_header(archive: zipfile.ZipFile, key: str, path: Path) -> tuple[tuple[int, ...], np.dtype]:
@@ -301,7 +305,7 @@ def _mnist_from_npz(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def load_mnist(data_dir: str | Path, *, split: str = "train") -> Dataset:
+def load_mnist(data_dir: str | Path, *, split: Split = "train") -> Dataset:
     """MNIST from local files, shape ``(N, 1, 28, 28)`` scaled to ``[0, 1]``.
 
     Parameters
@@ -320,8 +324,7 @@ def load_mnist(data_dir: str | Path, *, split: str = "train") -> Dataset:
         If a file is malformed (wrong magic number, truncated, wrong arrays, a header announcing sizes beyond
         the MNIST format or the file); the message names the file.
     """
-    if split not in _SPLITS:
-        raise ValueError(f"split must be one of {_SPLITS}; got {split!r}.")
+    check_choice(split, "split", Split)
     data_dir = Path(data_dir)
     if data_dir.is_file() and data_dir.suffix == ".npz":
         images, labels = _mnist_from_npz(data_dir, split)
@@ -342,7 +345,7 @@ def load_mnist(data_dir: str | Path, *, split: str = "train") -> Dataset:
 _CIFAR_FILES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
 
 
-def load_cifar10(data_dir: str | Path, *, split: str = "train") -> Dataset:
+def load_cifar10(data_dir: str | Path, *, split: Split = "train") -> Dataset:
     """CIFAR-10 from the local python-pickle batches, shape ``(N, 3, 32, 32)`` scaled to ``[0, 1]``.
 
     The batches are read with :func:`art_fisher.data.read_cifar10_batch`: a restricted unpickler
@@ -365,8 +368,7 @@ def load_cifar10(data_dir: str | Path, *, split: str = "train") -> Dataset:
         If a batch is not a CIFAR-10 batch (wrong content, foreign globals, declared sizes beyond the format
         or the file); the message names it.
     """
-    if split not in _SPLITS:
-        raise ValueError(f"split must be one of {_SPLITS}; got {split!r}.")
+    check_choice(split, "split", Split)
     data_dir = Path(data_dir)
     if (data_dir / "cifar-10-batches-py").is_dir():
         data_dir = data_dir / "cifar-10-batches-py"
@@ -399,7 +401,7 @@ def _check_labels(labels: np.ndarray, *, n_classes: int, where: str) -> None:
         )
 
 
-def load_dataset(name: str, *, data_dir: str | Path | None = None, split: str | None = None) -> Dataset:
+def load_dataset(name: DatasetName, *, data_dir: str | Path | None = None, split: Split | None = None) -> Dataset:
     """Load one of :data:`DATASETS` by name.
 
     Parameters
@@ -413,11 +415,12 @@ def load_dataset(name: str, *, data_dir: str | Path | None = None, split: str | 
 
     Raises
     ------
+    TypeError
+        If ``name`` or ``split`` is not a string.
     ValueError
         If ``name`` is unknown, or ``data_dir`` is missing for a file-based data set.
     """
-    if name not in DATASETS:
-        raise ValueError(f"name must be one of {DATASETS}; got {name!r}.")
+    check_choice(name, "name", DatasetName)
     _check_split(split)
     if name == "digits":
         return load_digits(split=split)

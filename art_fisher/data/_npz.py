@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from art_fisher.data._loaders import Dataset
+from art_fisher.utils import check_int
 
 #: Memory the arrays of one file may take once loaded (the images as float32 included): 8 GiB.
 DEFAULT_MAX_BYTES = 8 * 2**30
@@ -223,8 +224,7 @@ def load_npz(path: str | Path, *, max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[D
     ((6, 3, 4, 4), dtype('float32'), 3)
     """
     path = Path(path)
-    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
-        raise ValueError(f"max_bytes must be a positive integer; got {max_bytes!r}.")
+    check_int(max_bytes, "max_bytes", low=1)
     if not path.is_file():
         what = "is a folder" if path.is_dir() else "does not exist or is not a regular file"
         raise FileNotFoundError(f"data file {path} {what}; expected an .npz with x_train, y_train, x_test, y_test.")

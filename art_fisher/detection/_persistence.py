@@ -38,8 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from art_fisher._atomic import atomic_write
 from art_fisher.detection._decision import estimator_kind
+from art_fisher.utils import atomic_write
 
 logger = logging.getLogger(__name__)
 

@@ -27,6 +27,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset
 
+from art_fisher.utils import check_int
+
 logger = logging.getLogger(__name__)
 
 
@@ -200,8 +202,7 @@ def distributed_scores(
     """
     from torch.utils.data import DataLoader, DistributedSampler
 
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
+    check_int(batch_size, "batch_size", low=1)
     n = len(dataset)
     size, me = world_size(), rank()
     indices: list[int] = list(range(n))

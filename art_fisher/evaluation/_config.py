@@ -5,18 +5,18 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from art_fisher.data._loaders import DATASETS
+from art_fisher.data._loaders import DatasetName
 from art_fisher.evaluation._attacks import ATTACKS, DEFAULT_ATTACKS, DEFAULT_EPS, adaptive_detectors
 from art_fisher.evaluation._user_inputs import USER_DATASET, USER_DEFAULT_EPS, input_range
 from art_fisher.evaluation.detectors._registry import DEFAULT_DETECTORS, DETECTORS
 from art_fisher.metrics._top_mass import check_tau
 from art_fisher.models._architectures import ARCHITECTURES
+from art_fisher.utils import check_bool, check_choice, check_int, check_probability, check_real
 
 #: Architecture used when ``arch`` is not given, per data set.
 DEFAULT_ARCH = {"digits": "small_cnn", "mnist": "mnist_cnn", "cifar10": "cifar_cnn", USER_DATASET: "small_cnn"}
@@ -42,18 +42,6 @@ def _check_names(arg: str, given: Sequence[str], registry: Mapping[str, Any]) ->
     if len(set(names)) != len(names):
         raise ValueError(f"{arg} must not repeat a name; got {list(names)}.")
     return names
-
-
-def _check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, Integral)
-        or int(value) < low
-        or (high is not None and int(value) > high)
-    ):
-        bound = f"from {low} to {high}" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be an integer {bound}; got {value!r}.")
-    return int(value)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -151,7 +139,7 @@ class EvaluationConfig:
     (('fgsm', 'pgd'), 1)
     """
 
-    dataset: str = "digits"
+    dataset: DatasetName = "digits"
     data_dir: str | Path | None = None
     model: str | Path | None = None
     arch: str | None = None
@@ -178,26 +166,24 @@ class EvaluationConfig:
         if self.data is not None:
             if self.data_dir is not None:
                 raise ValueError(f"give either data (an .npz or arrays) or data_dir, not both; got {self.data_dir!r}.")
-        elif self.dataset not in DATASETS:
-            raise ValueError(f"dataset must be one of {DATASETS}; got {self.dataset!r}.")
+        else:
+            check_choice(self.dataset, "dataset", DatasetName)
         arch = DEFAULT_ARCH[self.data_name] if self.arch is None else self.arch
-        if arch not in ARCHITECTURES:
-            raise ValueError(f"arch must be one of {sorted(ARCHITECTURES)}; got {arch!r}.")
+        check_choice(arch, "arch", sorted(ARCHITECTURES))
         object.__setattr__(self, "attacks", _check_names("attacks", self.attacks, ATTACKS))
         if self.detectors is not None:
             object.__setattr__(self, "detectors", _check_names("detectors", self.detectors, DETECTORS))
-        eps, eps_max = self.resolved_eps, input_range(self.classifier, self.clip_values)
-        if isinstance(eps, bool) or not isinstance(eps, Real) or not 0 < float(eps) <= eps_max:
-            raise ValueError(f"eps must be a number in (0, {eps_max:g}] (the inputs' clip range); got {eps!r}.")
-        _check_int("n_samples", self.n_samples, 4, MAX_N_SAMPLES)
-        _check_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
-        _check_int("seed", self.seed, 0, MAX_SEED)
-        _check_int("epochs", DEFAULT_EPOCHS[self.data_name] if self.epochs is None else self.epochs, 1, MAX_EPOCHS)
-        fpr = self.target_fpr
-        if isinstance(fpr, bool) or not isinstance(fpr, Real) or not 0 < fpr < 1:
-            raise ValueError(f"target_fpr must be a number in (0, 1); got {fpr!r}.")
-        if not isinstance(self.adaptive, bool):
-            raise ValueError(f"adaptive must be True or False; got {self.adaptive!r}.")
+        eps_max = input_range(self.classifier, self.clip_values)
+        check_real(self.resolved_eps, "eps", low=0.0, high=eps_max, low_open=True)  # the inputs' clip range
+        check_int(self.n_samples, "n_samples", low=4, high=MAX_N_SAMPLES)
+        check_int(self.batch_size, "batch_size", low=1, high=MAX_BATCH_SIZE)
+        check_int(self.seed, "seed", low=0, high=MAX_SEED)
+        check_int(
+            DEFAULT_EPOCHS[self.data_name] if self.epochs is None else self.epochs, "epochs", low=1, high=MAX_EPOCHS
+        )
+        check_probability(self.target_fpr, "target_fpr")
+        check_bool(self.adaptive, "adaptive")
+        check_bool(self.progress, "progress")
         check_tau(self.tau)
         if self.adaptive:
             adaptive_detectors(self.detector_names, explicit=self.detectors is not None)

@@ -34,10 +34,10 @@ import torch
 from art.estimators.classification import PyTorchClassifier
 from torch import nn
 
-from art_fisher._atomic import atomic_write
 from art_fisher.data._loaders import Dataset
 from art_fisher.distributed import is_writer
 from art_fisher.models._architectures import build_model, train_model
+from art_fisher.utils import atomic_write
 
 
 def _model_dtype(model: nn.Module) -> torch.dtype:
@@ -180,8 +180,8 @@ def check_torch_archive(path: Path, *, max_bytes: int, what: str) -> None:
     import zipfile
 
     if not path.is_file():
-        kind = "a folder" if path.is_dir() else "not a regular file (a device, pipe or socket)"
-        raise ValueError(f"{what} {path} is {kind}; expected a torch.save file.")
+        found = "a folder" if path.is_dir() else "not a regular file (a device, pipe or socket)"
+        raise ValueError(f"{what} {path} is {found}; expected a torch.save file.")
     try:
         with zipfile.ZipFile(path) as archive:
             infos = archive.infolist()

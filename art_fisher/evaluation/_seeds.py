@@ -28,11 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from art_fisher._atomic import atomic_write, check_output_dir
 from art_fisher.evaluation._config import MAX_SEED, EvaluationConfig, config_of
 from art_fisher.evaluation._workflow import EvaluationResult, prepare, run_plan
 from art_fisher.evaluation.detectors._registry import DETECTORS
 from art_fisher.evaluation.report._plots import plot_mean_sd
+from art_fisher.utils import atomic_write, check_output_dir
 
 logger = logging.getLogger(__name__)
 

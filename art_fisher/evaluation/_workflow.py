@@ -30,7 +30,6 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from art_fisher._atomic import check_output_dir
 from art_fisher._threads import check_threads
 from art_fisher.data._loaders import Dataset, load_dataset
 from art_fisher.data._npz import load_npz
@@ -58,6 +57,7 @@ from art_fisher.evaluation.detectors._base import RunContext
 from art_fisher.evaluation.detectors._registry import DETECTORS
 from art_fisher.evaluation.report import _report
 from art_fisher.metrics._top_mass import check_tau
+from art_fisher.utils import check_output_dir
 
 
 @dataclass(frozen=True)
@@ -212,8 +212,8 @@ def prepare(config: EvaluationConfig | None = None, /, **settings: Any) -> Evalu
 
     data = config.data
     if data is None:
-        train = load_dataset(dataset, data_dir=config.data_dir, split="train")
-        test = load_dataset(dataset, data_dir=config.data_dir, split="test")
+        train = load_dataset(config.dataset, data_dir=config.data_dir, split="train")
+        test = load_dataset(config.dataset, data_dir=config.data_dir, split="test")
     else:
         train, test = load_npz(data) if isinstance(data, str | Path) else data
     net, classifier, train, test = model_and_classifier(

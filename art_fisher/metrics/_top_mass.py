@@ -196,7 +196,7 @@ def fisher_trace_estimate(
 
     ``estimate = tr F_τ + (q/m) Σ_i ‖Jᵀ(e_{c_i} − r)‖²`` with ``c_i ∼ p(·|R)`` i.i.d. (``R`` the dropped
     classes, ``q`` their probability, ``r`` their conditional probabilities; derived in
-    :doc:`/guides/field_models`): unbiased, ``≥ lower = tr F_τ``, standard error ``q s/√m``. It costs
+    :doc:`/guides/model_families`): unbiased, ``≥ lower = tr F_τ``, standard error ``q s/√m``. It costs
     about ``k + m`` backward passes per sample (``k`` kept classes, at most ``max_kept``) instead of
     ``C − 1``; when every sample keeps ``C − 1`` or more classes it is exact (``stderr`` 0).
 

@@ -159,7 +159,7 @@ def fisher_trace(
         derivatives). Uses C backward passes (a factor of ``S`` smooth in ``p``). ``method="exact"`` only.
     tau : float in (0, 1), optional
         Many-class heads: keep each sample's most probable classes holding ``1 − tau`` of its
-        probability and merge the rest into one class (:doc:`/guides/field_models`, "Many classes"):
+        probability and merge the rest into one class (:doc:`/guides/model_families`, "Many classes"):
         about as many backward passes as kept classes instead of ``C − 1``, and a certain lower bound
         of the exact value (``F_τ ≼ F``). None (default): exact.
 

@@ -16,6 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from art_fisher._threads import check_threads
+from art_fisher.utils import check_choice
 
 logger = logging.getLogger(__name__)
 
@@ -141,8 +142,7 @@ def build_model(arch: str, *, in_channels: int, n_classes: int) -> nn.Module:
     ValueError
         If ``arch`` is not a known architecture.
     """
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"arch must be one of {sorted(ARCHITECTURES)}; got {arch!r}.")
+    check_choice(arch, "arch", sorted(ARCHITECTURES))
     return ARCHITECTURES[arch](in_channels=in_channels, n_classes=n_classes)
 
 

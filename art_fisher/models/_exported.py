@@ -37,6 +37,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from art_fisher.utils import check_bool, check_int
+
 #: Bytes the archive's members may declare in total: 4 GiB.
 DEFAULT_MAX_BYTES = 4 * 2**30
 #: Members an archive may hold (a model with 10,000 weight tensors is far beyond any image classifier here).
@@ -89,8 +91,7 @@ class ExportedModel(nn.Module):
 
     def train(self, mode: bool = True) -> ExportedModel:
         """Set ``training`` only (the exported graph cannot change mode); returns ``self``."""
-        if not isinstance(mode, bool):
-            raise ValueError(f"mode must be True or False; got {mode!r}.")
+        check_bool(mode, "mode")
         self.training = mode
         return self
 
@@ -273,8 +274,7 @@ def load_exported_model(
     True
     """
     path = Path(path)
-    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
-        raise ValueError(f"max_bytes must be a positive integer; got {max_bytes!r}.")
+    check_int(max_bytes, "max_bytes", low=1)
     if not path.is_file():
         what = "is a folder" if path.is_dir() else "does not exist or is not a regular file"
         raise FileNotFoundError(f"model {path} {what}; expected a torch.export.save archive (.pt2).")

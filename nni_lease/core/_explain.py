@@ -1,21 +1,21 @@
 r"""Explanations by adversarial perturbation (LeaSE stage 2) and how the listener reads them (stage 3).
 
-The seed (Hosseini & Xie, "Learning by Self-Explanation", as retold in the blog post this project
-started from) says, in stage 2: the explainer :math:`f(\cdot; E)` predicts label :math:`y` for an input
-:math:`x` and explains it by the perturbation that changes its prediction most,
+The LeaSE paper (Hosseini & Xie, "Learning by Self-Explanation", arXiv 2012.12899, as retold in the
+blog post this project started from) says, in stage 2: the explainer :math:`f(\cdot; E)` predicts
+label :math:`y` for an input :math:`x` and explains it by the perturbation that changes its prediction most,
 
 .. math:: \delta^* = \arg\max_{\delta} \ell\big(f(x + \delta; E), f(x; E)\big),
 
 "the learned optimal perturbation serves as the explanation; a larger perturbation value means the
 pixel is more important for the decision"; and in stage 3: "since the perturbation indicates the
 importance of input pixels, the listener reweights each pixel, :math:`x \odot \delta`; more important
-pixels get more weight". The seed leaves the loss target, the norm ball, the step rule and the form of
+pixels get more weight". The paper leaves the loss target, the norm ball, the step rule and the form of
 the weighting open. The choices made here, measured on digits with a held-out explainer
 (``tests/benchmarks/bench_lease.py``; results in ``tests/benchmarks/results/bench_lease.json``):
 
 **Target: the predicted label** (``objective="predicted_label"``, default),
 :math:`\ell(x, \delta) = \mathrm{CE}\big(f(x+\delta), \hat y\big)` with :math:`\hat y = \arg\max_k f_k(x)`,
-the seed's "given the input and its predicted label :math:`y`". The alternative the seed's formula also
+the paper's "given the input and its predicted label :math:`y`". The alternative the paper's formula also
 allows, the clean *soft* prediction as target (``objective="soft_prediction"``), is
 minimal with zero gradient at :math:`\delta = 0` (a distribution fits itself best): the
 ascent then only amplifies its random start, and its explanations were noise (restart cosine 0.08 on
@@ -29,7 +29,7 @@ option to reproduce that.
           \frac{g_t}{\|g_t\|_2}\Big), \qquad g_t = \nabla_\delta\, \ell(x, \delta_t),
           \qquad \eta = 2.5\,\varepsilon / K.
 
-The perturbation's magnitudes then vary from pixel to pixel, which the seed's reading ("a larger
+The perturbation's magnitudes then vary from pixel to pixel, which the paper's reading ("a larger
 perturbation value means a more important pixel") needs. The L∞ ball with signed steps (``norm="linf"``)
 puts most entries at :math:`\pm\varepsilon` (81 % for :math:`\varepsilon = 8/255` and three steps): its magnitudes mark
 nothing.
@@ -50,7 +50,7 @@ is one forward and one backward pass of the explainer, the main cost of LeaSE ov
 
 so every weight lies in :math:`[0, 2]`: the pixels the explainer's adversary darkens most (its
 strongest evidence for :math:`\hat y`) get weight 2, untouched pixels weight 1, pixels it brightens
-(evidence against) weight down to 0 — "more important pixels get more weight". The seed's literal
+(evidence against) weight down to 0 — "more important pixels get more weight". The paper's literal
 product :math:`z = \delta \odot x` (``weighting="product"``) keeps only the few
 pixels where :math:`|\delta|` is large: a listener trained on it learnt less than one trained on the
 random-sign control :math:`\varepsilon\,r \odot x`, :math:`r \in \{\pm 1\}` (it does beat the same
@@ -80,29 +80,30 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, TypeGuard
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from art_fisher.utils import check_choice, check_int, check_real
 from nni_lease._limits import MAX_PGD_STEPS, MAX_RATE
 
 logger = logging.getLogger(__name__)
-
-#: ``objective`` values: the loss the adversary ascends.
-OBJECTIVES: tuple[str, ...] = ("predicted_label", "soft_prediction")
-#: ``norm`` values: the ball and its step rule.
-NORMS: tuple[str, ...] = ("l2", "linf")
-#: ``weighting`` values: how the perturbation enters the listener's input.
-WEIGHTINGS: tuple[str, ...] = ("reweight", "product")
-#: ``differentiable`` values.
-DIFFERENTIABLE: tuple[str, ...] = ("none", "last_step", "all_steps")
 
 Objective = Literal["predicted_label", "soft_prediction"]
 Norm = Literal["l2", "linf"]
 Weighting = Literal["reweight", "product"]
 Differentiable = Literal["none", "last_step", "all_steps"]
+
+#: ``objective`` values: the loss the adversary ascends.
+OBJECTIVES: tuple[str, ...] = get_args(Objective)
+#: ``norm`` values: the ball and its step rule.
+NORMS: tuple[str, ...] = get_args(Norm)
+#: ``weighting`` values: how the perturbation enters the listener's input.
+WEIGHTINGS: tuple[str, ...] = get_args(Weighting)
+#: ``differentiable`` values.
+DIFFERENTIABLE: tuple[str, ...] = get_args(Differentiable)
 
 _TINY = 1e-12
 
@@ -134,19 +135,15 @@ class Explanation:
         return -self.delta * self.x
 
 
-def _is_number(value: object) -> TypeGuard[int | float]:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def check_explanation_arguments(
     *,
     epsilon: float,
     step_size: float | None,
     steps: int,
-    norm: str = "l2",
+    norm: Norm = "l2",
     random_start: float = 0.25,
-    objective: str = "predicted_label",
-    weighting: str = "reweight",
+    objective: Objective = "predicted_label",
+    weighting: Weighting = "reweight",
     prefix: str = "",
 ) -> None:
     """Validate explanation settings before any work.
@@ -168,27 +165,18 @@ def check_explanation_arguments(
 
     Raises
     ------
+    TypeError
+        For a value of the wrong type, naming the argument.
     ValueError
         Naming the offending argument, the expected and the received value.
     """
-    for name, value in [("epsilon", epsilon), ("step_size", step_size)]:
-        if name == "step_size" and value is None:
-            continue
-        if not _is_number(value) or not (0.0 < float(value) <= MAX_RATE):
-            raise ValueError(f"{prefix}{name} must be a positive number (at most {MAX_RATE:g}); got {value!r}.")
-    if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= MAX_PGD_STEPS:
-        raise ValueError(f"{prefix}steps must be a positive int (at most {MAX_PGD_STEPS}); got {str(steps)[:40]}.")
-    if not _is_number(random_start) or not 0.0 <= float(random_start) <= 1.0:
-        raise ValueError(
-            f"{prefix}random_start must be a number in [0, 1] (a fraction of epsilon); got {random_start!r}."
-        )
-    for name, choice, allowed in [
-        ("norm", norm, NORMS),
-        ("objective", objective, OBJECTIVES),
-        ("weighting", weighting, WEIGHTINGS),
-    ]:
-        if choice not in allowed:
-            raise ValueError(f"{prefix}{name} must be one of {list(allowed)}; got {choice!r}.")
+    check_real(epsilon, f"{prefix}epsilon", low=0.0, high=MAX_RATE, low_open=True)
+    check_real(step_size, f"{prefix}step_size", low=0.0, high=MAX_RATE, low_open=True, optional=True)
+    check_int(steps, f"{prefix}steps", low=1, high=MAX_PGD_STEPS)
+    check_real(random_start, f"{prefix}random_start", low=0.0, high=1.0)  # a fraction of epsilon
+    check_choice(norm, f"{prefix}norm", Norm)
+    check_choice(objective, f"{prefix}objective", Objective)
+    check_choice(weighting, f"{prefix}weighting", Weighting)
 
 
 def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -213,8 +201,7 @@ def listener_input(delta: torch.Tensor, x: torch.Tensor, weighting: Weighting = 
     """
     if weighting == "product":
         return delta * x
-    if weighting != "reweight":
-        raise ValueError(f"weighting must be one of {list(WEIGHTINGS)}; got {weighting!r}.")
+    check_choice(weighting, "weighting", Weighting)
     scale = delta.abs().flatten(1).amax(dim=1).clamp_min(_TINY)
     return x * (1.0 - delta / _per_sample(scale, x))
 
@@ -382,8 +369,7 @@ def pgd_explain(
         objective=objective,
         weighting=weighting,
     )
-    if differentiable not in DIFFERENTIABLE:
-        raise ValueError(f"differentiable must be one of {list(DIFFERENTIABLE)}; got {differentiable!r}.")
+    check_choice(differentiable, "differentiable", Differentiable)
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise ValueError(f"x must be a floating-point tensor; got {getattr(x, 'dtype', type(x).__name__)}.")
     if x.dim() < 2:

@@ -2,8 +2,9 @@ r"""The LeaSE step, shared by the one-shot strategy and the multi-trial trial co
 
 Used by :mod:`nni_lease.oneshot` and :mod:`nni_lease.multitrial`.
 
-The seed's four stages, for an explainer :math:`f(\cdot; E, A)` (architecture :math:`A`, weights
-:math:`E`) and a listener :math:`g(\cdot; W)` (fixed architecture):
+The four stages of LeaSE (Hosseini & Xie, "Learning by Self-Explanation"), for an explainer
+:math:`f(\cdot; E, A)` (architecture :math:`A`, weights :math:`E`) and a listener :math:`g(\cdot; W)`
+(fixed architecture):
 
 1. :math:`E^*(A) = \arg\min_E L(E, A, D_e^{tr})`;
 2. :math:`\Delta^*(E^*(A))`: the explainer explains the listener's training inputs
@@ -20,7 +21,7 @@ generator of the explanations, and provides
   NNI's evaluator in the strategy, Adam on cross entropy in the trial;
 - :meth:`LeaseStep.listener_validation_loss`: :math:`L_a^{val}` with the current weights (the trial's
   score, and the ``"first_order"`` architecture objective);
-- :meth:`LeaseStep.unrolled_objective`: the ``"unrolled"`` architecture objective, the seed's stage 4
+- :meth:`LeaseStep.unrolled_objective`: the ``"unrolled"`` architecture objective, the paper's stage 4
   with one virtual step of each network,
 
   .. math::
@@ -54,8 +55,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from nni_lease.core._config import LeaseConfig
 from nni_lease.core._explain import Differentiable, Explanation, pgd_explain
-from nni_lease.core._settings import LeaseSettings
 
 logger = logging.getLogger(__name__)
 
@@ -85,31 +86,31 @@ class LeaseStep:
 
     Parameters
     ----------
-    settings : LeaseSettings
-        The options.
+    config : LeaseConfig
+        LeaSE's settings.
     listener : nn.Module
         The listener, mapping explained inputs ``(N, ...)`` to logits ``(N, K)``; trained in place.
     listener_optimizer : torch.optim.Optimizer or None
-        Its optimiser; ``None`` builds ``settings.listener_optimizer`` over its parameters.
+        Its optimiser; ``None`` builds ``config.listener_optimizer`` over its parameters.
     generator : torch.Generator or None
-        Source of the explanations' random starts; ``None``: a CPU generator seeded with ``settings.seed``.
+        Source of the explanations' random starts; ``None``: a CPU generator seeded with ``config.seed``.
     """
 
     def __init__(
         self,
-        settings: LeaseSettings,
+        config: LeaseConfig,
         listener: nn.Module,
         listener_optimizer: torch.optim.Optimizer | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
-        self.settings = settings
+        self.config = config
         self.listener = listener
         self.listener_optimizer = (
             listener_optimizer
             if listener_optimizer is not None
-            else settings.make_listener_optimizer(listener.parameters())
+            else config.make_listener_optimizer(listener.parameters())
         )
-        self.generator = generator if generator is not None else torch.Generator().manual_seed(settings.seed)
+        self.generator = generator if generator is not None else torch.Generator().manual_seed(config.seed)
 
     def explain(
         self,
@@ -124,7 +125,7 @@ class LeaseStep:
         return pgd_explain(
             explainer,
             x,
-            **self.settings.explanation_kwargs(),
+            **self.config.explanation_kwargs(),
             differentiable=differentiable,
             generator=self.generator if generator is None else generator,
             clean_logits=clean_logits,
@@ -212,13 +213,13 @@ class LeaseStep:
         train_batch, val_batch : (x, y) pairs
             A training batch (virtual steps) and a validation batch (the objective).
         explainer_step_size : float
-            :math:`\\xi_e`; the listener's :math:`\\xi_a` is ``settings.unrolled_step_size`` or the
+            :math:`\\xi_e`; the listener's :math:`\\xi_a` is ``config.unrolled_step_size`` or the
             listener optimiser's current learning rate.
         generator : torch.Generator or None
             Source of both explanations' random starts (default: this step's generator).
         """
-        settings = self.settings
-        listener_step_size = settings.unrolled_step_size or float(self.listener_optimizer.param_groups[0]["lr"])
+        config = self.config
+        listener_step_size = config.unrolled_step_size or float(self.listener_optimizer.param_groups[0]["lr"])
         (x_tr, y_tr), (x_val, y_val) = train_batch, val_batch
         arch_ids = {id(p) for p in arch_parameters}
         params: dict[str, torch.Tensor] = dict(explainer.named_parameters())
@@ -256,7 +257,7 @@ class LeaseStep:
         listener_logits = functional_call(self.listener, (w_stepped, w_buffers), (val_expl.explained,))
         listener_val_loss = F.cross_entropy(listener_logits, y_val)
         return UnrolledObjective(
-            objective=explainer_val_loss + settings.gamma * listener_val_loss,
+            objective=explainer_val_loss + config.gamma * listener_val_loss,
             explainer_val_loss=explainer_val_loss,
             listener_val_loss=listener_val_loss,
             explainer_val_logits=val_logits,

@@ -44,6 +44,9 @@ from nni.nas.execution.event import ModelEvent, ModelEventType
 from nni.nas.space import ExecutableModelSpace, ModelStatus
 from nni.nas.strategy.base import Strategy
 
+from art_fisher.utils import check_int, check_real
+from nni_lease._limits import MAX_RATE, MAX_SEED
+
 logger = logging.getLogger(__name__)
 
 _STATE_VERSION = 2  # 1: lower-is-better "objective" records, not loadable (the policy learnt the other way)
@@ -103,21 +106,9 @@ class LeaseMultiTrial(Strategy):
     """
 
     def __init__(self, *, learning_rate: float = 0.5, baseline_decay: float = 0.7, seed: int | None = None) -> None:
-        if (
-            isinstance(learning_rate, bool)
-            or not isinstance(learning_rate, (int, float))
-            or not math.isfinite(learning_rate)
-            or learning_rate <= 0
-        ):
-            raise ValueError(f"learning_rate must be a finite number > 0; got {learning_rate!r}.")
-        if (
-            isinstance(baseline_decay, bool)
-            or not isinstance(baseline_decay, (int, float))
-            or not 0 <= baseline_decay < 1
-        ):
-            raise ValueError(f"baseline_decay must be a number in [0, 1); got {baseline_decay!r}.")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-            raise ValueError(f"seed must be None or an int >= 0; got {seed!r}.")
+        check_real(learning_rate, "learning_rate", low=0.0, high=MAX_RATE, low_open=True)
+        check_real(baseline_decay, "baseline_decay", low=0.0, high=1.0, high_open=True)
+        check_int(seed, "seed", low=0, high=MAX_SEED, optional=True)
         super().__init__()
         self.learning_rate = float(learning_rate)
         self.baseline_decay = float(baseline_decay)

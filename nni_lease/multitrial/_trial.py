@@ -8,7 +8,7 @@ training batch runs the same step as the one-shot strategy's weight half:
    (:func:`nni_lease.core.pgd_explain`) and the listener (fixed architecture,
    :func:`nni_lease.core.default_listener`) takes one step on the explained inputs;
 
-and after every epoch the trial scores the seed's stage-4 objective
+and after every epoch the trial scores the LeaSE paper's stage-4 objective
 
 .. math:: J = L(E, D_e^{val}) + \gamma\, L(W, z^{val}(E)),
 
@@ -39,16 +39,18 @@ from nni.nas.evaluator import FunctionalEvaluator
 from torch import nn
 from torch.utils.data import DataLoader
 
+from art_fisher.utils import check_int, check_real
 from nni_lease._data import check_dataset, make_dataset
+from nni_lease._limits import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_LIMIT, MAX_RATE
+from nni_lease.core._config import LeaseConfig
 from nni_lease.core._listener import check_listener, default_listener
-from nni_lease.core._settings import LeaseSettings
 from nni_lease.core._step import LeaseStep
 
 logger = logging.getLogger(__name__)
 
-#: LeaSE options a trial takes (the rest of :class:`~nni_lease.core.LeaseSettings` is fixed in a trial:
+#: LeaSE settings a trial takes (the rest of :class:`~nni_lease.core.LeaseConfig` is fixed in a trial:
 #: no architecture gradient, Adam for the listener at ``learning_rate``, ``seed`` from the trial's seed).
-TRIAL_LEASE_OPTIONS: tuple[str, ...] = (
+TRIAL_LEASE_SETTINGS: tuple[str, ...] = (
     "gamma",
     "pgd_epsilon",
     "pgd_norm",
@@ -60,18 +62,18 @@ TRIAL_LEASE_OPTIONS: tuple[str, ...] = (
 )
 
 
-def trial_settings(*, learning_rate: float = 0.01, seed: int = 0, **lease_options: Any) -> LeaseSettings:
-    """The :class:`~nni_lease.core.LeaseSettings` a trial runs with.
+def trial_config(*, learning_rate: float = 0.01, seed: int = 0, **lease_settings: Any) -> LeaseConfig:
+    """The :class:`~nni_lease.core.LeaseConfig` a trial runs with.
 
     Raises
     ------
     ValueError
-        For an option a trial does not take or a bad value.
+        For a setting a trial does not take or a bad value.
     """
-    unknown = sorted(set(lease_options) - set(TRIAL_LEASE_OPTIONS))
+    unknown = sorted(set(lease_settings) - set(TRIAL_LEASE_SETTINGS))
     if unknown:
-        raise ValueError(f"a LeaSE trial takes the LeaSE options {list(TRIAL_LEASE_OPTIONS)}; got {unknown}.")
-    return LeaseSettings(listener_learning_rate=learning_rate, seed=seed, **lease_options)
+        raise ValueError(f"a LeaSE trial takes the LeaSE settings {list(TRIAL_LEASE_SETTINGS)}; got {unknown}.")
+    return LeaseConfig(listener_learning_rate=learning_rate, seed=seed, **lease_settings)
 
 
 def check_trial_arguments(
@@ -80,14 +82,13 @@ def check_trial_arguments(
     data_dir: str | None = None,
     epochs: int = 2,
     batch_size: int = 64,
-    max_batches: int | None = None,
-    train_limit: int | None = None,
-    val_limit: int | None = None,
+    limit: int | None = None,
+    limit_batches: int | None = None,
     learning_rate: float = 0.01,
     listener_width: int | None = None,
     seed: int = 0,
     device: str = "cpu",
-    **lease_options: Any,
+    **lease_settings: Any,
 ) -> None:
     """Validate the arguments of :func:`evaluate_lease` before any work (same names and defaults).
 
@@ -97,27 +98,14 @@ def check_trial_arguments(
         Naming the offending argument, the expected and the received value.
     """
     check_dataset(dataset, data_dir)
-    for name, value in [("epochs", epochs), ("batch_size", batch_size)]:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int; got {value!r}.")
-    for name, limit in [
-        ("max_batches", max_batches),
-        ("train_limit", train_limit),
-        ("val_limit", val_limit),
-        ("listener_width", listener_width),
-    ]:
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-            raise ValueError(f"{name} must be None or a positive int; got {limit!r}.")
-    if (
-        isinstance(learning_rate, bool)
-        or not isinstance(learning_rate, (int, float))
-        or not math.isfinite(learning_rate)
-        or learning_rate <= 0
-    ):
-        raise ValueError(f"learning_rate must be a finite number > 0; got {learning_rate!r}.")
+    check_int(epochs, "epochs", low=1, high=MAX_EPOCHS)
+    check_int(batch_size, "batch_size", low=1, high=MAX_BATCH_SIZE)
+    for name, value in [("limit", limit), ("limit_batches", limit_batches), ("listener_width", listener_width)]:
+        check_int(value, name, low=1, high=MAX_LIMIT, optional=True)
+    check_real(learning_rate, "learning_rate", low=0.0, high=MAX_RATE, low_open=True)
     if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
         raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N'; got {device!r}.")
-    trial_settings(learning_rate=learning_rate, seed=seed, **lease_options)
+    trial_config(learning_rate=learning_rate, seed=seed, **lease_settings)
 
 
 def _explainer_scores(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float]:
@@ -136,12 +124,12 @@ def _train_epoch(
     explainer: nn.Module,
     opt_e: torch.optim.Optimizer,
     loader: DataLoader,
-    max_batches: int | None,
+    limit_batches: int | None,
     dev: torch.device,
 ) -> None:
-    """One epoch of stages 1-3 on at most ``max_batches`` batches."""
+    """One epoch of stages 1-3 on at most ``limit_batches`` batches."""
     for i, (x, y) in enumerate(loader):
-        if max_batches is not None and i >= max_batches:
+        if limit_batches is not None and i >= limit_batches:
             break
         x, y = x.to(dev), y.to(dev)
         # Stage 1: one explainer weight step on the batch.
@@ -170,14 +158,13 @@ def evaluate_lease(
     data_dir: str | None = None,
     epochs: int = 2,
     batch_size: int = 64,
-    max_batches: int | None = None,
-    train_limit: int | None = None,
-    val_limit: int | None = None,
+    limit: int | None = None,
+    limit_batches: int | None = None,
     learning_rate: float = 0.01,
     listener_width: int | None = None,
     seed: int = 0,
     device: str = "cpu",
-    **lease_options: Any,
+    **lease_settings: Any,
 ) -> dict[str, float]:
     """Train the explainer ``model`` and a fresh listener with LeaSE, report to NNI, return the final metrics.
 
@@ -194,10 +181,10 @@ def evaluate_lease(
         Number of epochs; each runs the step over the training batches and reports once.
     batch_size : int
         Mini-batch size of both networks.
-    max_batches : int or None
+    limit : int or None
+        Keep only the first so many samples of each split, training and validation (``None``: all).
+    limit_batches : int or None
         Use at most this many training batches per epoch (quick runs); ``None`` uses all.
-    train_limit, val_limit : int or None
-        Keep only the first so many samples of the training / validation split.
     learning_rate : float
         Adam learning rate of both the explainer and the listener.
     listener_width : int or None
@@ -207,9 +194,9 @@ def evaluate_lease(
         starts (through a forked torch RNG: the caller's global RNG state is left as it was).
     device : str
         ``"cpu"`` or a CUDA device.
-    **lease_options
-        LeaSE options among ``TRIAL_LEASE_OPTIONS`` (``gamma``, ``pgd_epsilon`` …; defaults of
-        :class:`~nni_lease.core.LeaseSettings`).
+    **lease_settings
+        LeaSE settings among ``TRIAL_LEASE_SETTINGS`` (``gamma``, ``pgd_epsilon`` …; defaults of
+        :class:`~nni_lease.core.LeaseConfig`).
 
     Returns
     -------
@@ -230,20 +217,19 @@ def evaluate_lease(
         data_dir=data_dir,
         epochs=epochs,
         batch_size=batch_size,
-        max_batches=max_batches,
-        train_limit=train_limit,
-        val_limit=val_limit,
+        limit=limit,
+        limit_batches=limit_batches,
         learning_rate=learning_rate,
         listener_width=listener_width,
         seed=seed,
         device=device,
-        **lease_options,
+        **lease_settings,
     )
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
-    settings = trial_settings(learning_rate=learning_rate, seed=seed, **lease_options)
-    train = make_dataset(dataset, "train", data_dir=data_dir, seed=seed, limit=train_limit)
-    val = make_dataset(dataset, "val", data_dir=data_dir, seed=seed, limit=val_limit)
+    lease = trial_config(learning_rate=learning_rate, seed=seed, **lease_settings)
+    train = make_dataset(dataset, "train", data_dir=data_dir, seed=seed, limit=limit)
+    val = make_dataset(dataset, "val", data_dir=data_dir, seed=seed, limit=limit)
     dev = torch.device(device)
 
     with torch.random.fork_rng(devices=[]):
@@ -252,7 +238,7 @@ def evaluate_lease(
         check_listener(listener, train.input_shape, train.n_classes)
         explainer = model.to(dev)
         opt_e = torch.optim.Adam(explainer.parameters(), lr=learning_rate)
-        step = LeaseStep(settings, listener, generator=torch.Generator().manual_seed(seed + 1))
+        step = LeaseStep(lease, listener, generator=torch.Generator().manual_seed(seed + 1))
         loader = DataLoader(train, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
         val_batches = [(x.to(dev), y.to(dev)) for x, y in DataLoader(val, batch_size=256)]
 
@@ -260,13 +246,13 @@ def evaluate_lease(
         for epoch in range(1, epochs + 1):
             explainer.train()
             listener.train()
-            _train_epoch(step, explainer, opt_e, loader, max_batches, dev)
+            _train_epoch(step, explainer, opt_e, loader, limit_batches, dev)
             # Stage 4 (score): both validation losses, with the networks in eval mode.
             explainer.eval()
             listener.eval()
             loss_e, acc_e = _explainer_scores(explainer, val_batches)
             loss_a, acc_a = _listener_scores(step, explainer, val_batches)
-            objective = loss_e + settings.gamma * loss_a
+            objective = loss_e + lease.gamma * loss_a
             if not math.isfinite(objective):
                 raise RuntimeError(
                     f"the LeaSE objective is not finite at epoch {epoch}: "
@@ -292,7 +278,7 @@ def lease_evaluator(**kwargs: Any) -> FunctionalEvaluator:
 
     Examples
     --------
-    >>> evaluator = lease_evaluator(gamma=1.0, epochs=1, max_batches=4)
+    >>> evaluator = lease_evaluator(gamma=1.0, epochs=1, limit_batches=4)
     >>> evaluator.arguments["gamma"]
     1.0
     """

@@ -7,24 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nni_lease._data import check_dataset
-from nni_lease._limits import MAX_BATCH_SIZE, MAX_CELLS, MAX_COUNT, MAX_EPOCHS, MAX_NODES, MAX_RATE, MAX_SEED, MAX_WIDTH
-from nni_lease._spaces import SPACE_DEFAULTS
-
-DATASETS: tuple[str, ...] = ("digits", "mnist", "cifar10")
-
-
-def _check_int(name: str, value: Any, *, optional: bool = False, minimum: int = 1, maximum: int = MAX_COUNT) -> None:
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
-        what = "None or an int" if optional else "an int"
-        raise ValueError(f"{name} must be {what} >= {minimum} (at most {maximum}); got {value!r:.40}.")
-
-
-def _check_positive(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) <= MAX_RATE:
-        raise ValueError(f"{name} must be a positive number (at most {MAX_RATE:g}); got {value!r}.")
+from art_fisher.utils import check_bool, check_choice, check_int, check_real
+from nni_lease._data import DatasetName, check_dataset
+from nni_lease._limits import MAX_BATCH_SIZE, MAX_CELLS, MAX_EPOCHS, MAX_LIMIT, MAX_NODES, MAX_RATE, MAX_SEED, MAX_WIDTH
+from nni_lease._spaces import SPACE_DEFAULTS, SpaceName
 
 
 def check_data(dataset: str, data_dir: str | None) -> None:
@@ -36,7 +22,7 @@ def check_data(dataset: str, data_dir: str | None) -> None:
 class SearchConfig:
     """Data, space and training settings of a one-shot search.
 
-    LeaSE's own options are in :class:`~nni_lease.core.LeaseSettings`.
+    LeaSE's own settings are in :class:`~nni_lease.core.LeaseConfig`.
 
     Parameters
     ----------
@@ -59,9 +45,9 @@ class SearchConfig:
     arc_learning_rate : float
         The architecture weights (DARTS's Adam).
     width, cells, nodes : int or None
-        The space's channels, cells and nodes per cell (:class:`~nni_lease.LeaseCellSpace`'s ``width``,
-        ``n_cells``, ``n_nodes``; :class:`~nni_lease.DartsSpace`'s ``width``, ``num_cells``, and
-        ``nodes`` must be 4). ``None``: the space's default (``nni_lease._spaces.SPACE_DEFAULTS``).
+        The space's channels, cells and nodes per cell (the same arguments of
+        :class:`~nni_lease.LeaseCellSpace`; :class:`~nni_lease.DartsSpace` takes ``width`` and ``cells``,
+        and ``nodes`` must be 4). ``None``: the space's default (``nni_lease._spaces.SPACE_DEFAULTS``).
     progress : bool
         Show Lightning's progress bar.
     space : {"lease_cell", "darts"}
@@ -69,11 +55,13 @@ class SearchConfig:
 
     Raises
     ------
+    TypeError
+        For a value of the wrong type, naming the field.
     ValueError
         For a bad value, naming the field.
     """
 
-    dataset: str = "digits"
+    dataset: DatasetName = "digits"
     data_dir: str | None = None
     seed: int = 0
     limit: int | None = None
@@ -86,16 +74,15 @@ class SearchConfig:
     cells: int | None = None
     nodes: int | None = None
     progress: bool = False
-    space: str = "lease_cell"
+    space: SpaceName = "lease_cell"
 
     def __post_init__(self) -> None:
-        if self.space not in SPACE_DEFAULTS:
-            raise ValueError(f"space must be one of {sorted(SPACE_DEFAULTS)}; got {self.space!r}.")
+        check_choice(self.space, "space", SpaceName)
         for name, default in SPACE_DEFAULTS[self.space].items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, default)
         check_data(self.dataset, self.data_dir)
-        _check_int("seed", self.seed, minimum=0, maximum=MAX_SEED)
+        check_int(self.seed, "seed", low=0, high=MAX_SEED)
         for name, high in (
             ("epochs", MAX_EPOCHS),
             ("batch_size", MAX_BATCH_SIZE),
@@ -103,11 +90,12 @@ class SearchConfig:
             ("cells", MAX_CELLS),
             ("nodes", MAX_NODES),
         ):
-            _check_int(name, getattr(self, name), maximum=high)
+            check_int(getattr(self, name), name, low=1, high=high)
         for name in ("limit", "limit_batches"):
-            _check_int(name, getattr(self, name), optional=True)
-        _check_positive("learning_rate", self.learning_rate)
-        _check_positive("arc_learning_rate", self.arc_learning_rate)
+            check_int(getattr(self, name), name, low=1, high=MAX_LIMIT, optional=True)
+        check_real(self.learning_rate, "learning_rate", low=0.0, high=MAX_RATE, low_open=True)
+        check_real(self.arc_learning_rate, "arc_learning_rate", low=0.0, high=MAX_RATE, low_open=True)
+        check_bool(self.progress, "progress")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> SearchConfig:
@@ -144,12 +132,13 @@ class RetrainConfig:
     progress: bool = False
 
     def __post_init__(self) -> None:
-        _check_int("epochs", self.epochs, maximum=MAX_EPOCHS)
-        _check_int("batch_size", self.batch_size, maximum=MAX_BATCH_SIZE)
-        _check_int("seed", self.seed, minimum=0, maximum=MAX_SEED)
-        _check_positive("learning_rate", self.learning_rate)
+        check_int(self.epochs, "epochs", low=1, high=MAX_EPOCHS)
+        check_int(self.batch_size, "batch_size", low=1, high=MAX_BATCH_SIZE)
+        check_int(self.seed, "seed", low=0, high=MAX_SEED)
+        check_real(self.learning_rate, "learning_rate", low=0.0, high=MAX_RATE, low_open=True)
         if self.data_dir is not None and not isinstance(self.data_dir, str):
-            raise ValueError(f"data_dir must be None or a str path; got {type(self.data_dir).__name__}.")
+            raise TypeError(f"data_dir must be None or a str path; got {type(self.data_dir).__name__}.")
+        check_bool(self.progress, "progress")
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ is a fixed network with weights :math:`W`. Each training step of :class:`LeaseLi
 training batch :math:`(x^{tr}, y^{tr})` and one validation batch :math:`(x^{val}, y^{val})` (NNI's DARTS
 data plumbing) and runs, like NNI's DARTS, the architecture step first:
 
-4. architecture step on the validation batch, minimising the seed's stage-4 objective
+4. architecture step on the validation batch, minimising the LeaSE paper's stage-4 objective
    :math:`L_e^{val} + \gamma L_a^{val}` (``hypergradient="first_order"``: the approximation with the
    current weights; ``"unrolled"``: the whole chain E′(A) → explanation → W′ → :math:`L_a^{val}`; both
    in :mod:`nni_lease.core`);
@@ -37,7 +37,7 @@ from nni.nas.oneshot.pytorch.profiler import ExpectationProfilerPenalty
 from torch import nn
 
 from art_fisher import check_threads
-from nni_lease.core._settings import LeaseSettings
+from nni_lease.core._config import LeaseConfig
 from nni_lease.core._step import LeaseStep
 
 logger = logging.getLogger(__name__)
@@ -88,8 +88,8 @@ class LeaseLightningModule(DartsLightningModule):
     ----------
     training_module : LightningModule
         The evaluator's module (the explainer's loss, metrics and weight optimiser).
-    settings : LeaseSettings
-        LeaSE's options.
+    config : LeaseConfig
+        LeaSE's settings.
     arc_learning_rate, gradient_clip_val, log_prob_every_n_step, warmup_epochs, penalty
         As in :class:`nni.nas.oneshot.pytorch.differentiable.DartsLightningModule`.
     """
@@ -100,7 +100,7 @@ class LeaseLightningModule(DartsLightningModule):
         self,
         training_module: Any,
         *,
-        settings: LeaseSettings,
+        config: LeaseConfig,
         arc_learning_rate: float = 3.0e-4,
         gradient_clip_val: float | None = None,
         log_prob_every_n_step: int = 10,
@@ -115,8 +115,8 @@ class LeaseLightningModule(DartsLightningModule):
             warmup_epochs=warmup_epochs,
             penalty=penalty,
         )
-        self.settings = settings
-        self.generator = torch.Generator().manual_seed(settings.seed)
+        self.config = config
+        self.generator = torch.Generator().manual_seed(config.seed)
         self.listener = None
         self.lease_step: LeaseStep | None = None
         #: Called in :meth:`setup` when no listener is attached yet (set by :class:`LeaSE` for DataModules).
@@ -162,9 +162,9 @@ class LeaseLightningModule(DartsLightningModule):
         arch_optim = super().configure_architecture_optimizers()
         if self.listener is None:
             raise RuntimeError("LeaseLightningModule has no listener; LeaSE attaches it in initialize().")
-        settings = self.settings
-        listener_optim = settings.make_listener_optimizer(self.listener.parameters())
-        self.lease_step = LeaseStep(settings, self.listener, listener_optim, generator=self.generator)
+        config = self.config
+        listener_optim = config.make_listener_optimizer(self.listener.parameters())
+        self.lease_step = LeaseStep(config, self.listener, listener_optim, generator=self.generator)
         return [arch_optim, listener_optim]
 
     def _explainer_learning_rate(self) -> float:
@@ -190,12 +190,12 @@ class LeaseLightningModule(DartsLightningModule):
     def _architecture_step(
         self, arch_optim: Any, step: LeaseStep, trn_batch: Any, val_batch: Any, batch_idx: int
     ) -> None:
-        settings, n_val = self.settings, len(val_batch[1])
+        config, n_val = self.config, len(val_batch[1])
         self.resample()
         arch_optim.zero_grad()
         explainer_logits: torch.Tensor | None
-        if settings.gamma > 0 and settings.hypergradient == "unrolled":
-            xi = settings.unrolled_step_size or self._explainer_learning_rate()
+        if config.gamma > 0 and config.hypergradient == "unrolled":
+            xi = config.unrolled_step_size or self._explainer_learning_rate()
             alphas = self.arch_parameters()
             terms = step.unrolled_objective(
                 self.training_module,
@@ -223,7 +223,7 @@ class LeaseLightningModule(DartsLightningModule):
             if self.penalty is not None:
                 arc_step_loss, details = self.penalty(arc_step_loss, self.export_probs())
                 self.log_dict({f"penalty/{k}": v for k, v in details.items()})
-            if settings.gamma > 0:
+            if config.gamma > 0:
                 listener_val_loss, listener_logits, _ = step.listener_validation_loss(
                     self.training_module,
                     val_batch[0],
@@ -231,7 +231,7 @@ class LeaseLightningModule(DartsLightningModule):
                     differentiable="last_step",
                     clean_logits=explainer_logits,
                 )
-                self.manual_backward(arc_step_loss + settings.gamma * listener_val_loss)
+                self.manual_backward(arc_step_loss + config.gamma * listener_val_loss)
                 listener_val_loss = listener_val_loss.detach()
             else:
                 self.manual_backward(arc_step_loss)
@@ -253,7 +253,7 @@ class LeaseLightningModule(DartsLightningModule):
             self._log("explainer/val_acc", _accuracy(explainer_logits, val_batch[1]), n_val)
         self._log("listener/val_loss", listener_val_loss, n_val)
         self._log("listener/val_acc", _accuracy(listener_logits, val_batch[1]), n_val)
-        self._log("lease/objective", explainer_val_loss + settings.gamma * listener_val_loss, n_val)
+        self._log("lease/objective", explainer_val_loss + config.gamma * listener_val_loss, n_val)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Any:
         """One LeaSE iteration: architecture step, explainer step, explanation, listener step."""

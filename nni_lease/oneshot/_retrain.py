@@ -23,6 +23,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from art_fisher.models import train_model
+from art_fisher.utils import check_int, check_real
+from nni_lease._limits import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_RATE
 from nni_lease._spaces import check_model_size
 
 logger = logging.getLogger(__name__)
@@ -197,11 +199,9 @@ def retrain(
     ValueError
         For a bad architecture or non-positive ``epochs`` / ``batch_size`` / ``learning_rate``.
     """
-    for name, value in [("epochs", epochs), ("batch_size", batch_size)]:
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive int; got {value!r}.")
-    if not isinstance(learning_rate, (int, float)) or not 0.0 < learning_rate < float("inf"):
-        raise ValueError(f"learning_rate must be a positive number; got {learning_rate!r}.")
+    check_int(epochs, "epochs", low=1, high=MAX_EPOCHS)
+    check_int(batch_size, "batch_size", low=1, high=MAX_BATCH_SIZE)
+    check_real(learning_rate, "learning_rate", low=0.0, high=MAX_RATE, low_open=True)
     model = build_architecture(model_space, architecture, seed=seed)
     x_tr, y_tr = _arrays(train)
     start = time.perf_counter()

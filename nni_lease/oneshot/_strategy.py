@@ -21,8 +21,10 @@ from nni.nas.oneshot.pytorch.profiler import ExpectationProfilerPenalty
 from nni.nas.strategy import DARTS
 from torch import nn
 
+from art_fisher.utils import check_real
+from nni_lease._limits import MAX_RATE
+from nni_lease.core._config import LeaseConfig
 from nni_lease.core._listener import check_listener, default_listener
-from nni_lease.core._settings import LeaseSettings
 from nni_lease.oneshot._lightning import LeaseLightningModule
 
 logger = logging.getLogger(__name__)
@@ -45,25 +47,25 @@ class LeaSE(DARTS):
 
     Parameters
     ----------
-    settings : LeaseSettings or None
-        LeaSE's options (default: :class:`~nni_lease.core.LeaseSettings`'s defaults).
+    config : LeaseConfig or None
+        LeaSE's settings (default: :class:`~nni_lease.core.LeaseConfig`'s defaults).
     listener : nn.Module or None
         The listener, any module mapping explained inputs to logits ``(N, n_classes)``; it is deep-copied
         (your module is not trained; the trained copy is ``strategy.oneshot_module.listener``).
         ``None``: :func:`nni_lease.core.default_listener` sized from the first training input
-        (images ``(C, H, W)``), initialised from ``settings.seed`` without touching the global RNG.
+        (images ``(C, H, W)``), initialised from ``config.seed`` without touching the global RNG.
     arc_learning_rate : float
         Learning rate of the architecture optimiser (Adam, betas (0.5, 0.999), weight decay 1e-3, as DARTS).
     gradient_clip_val, log_prob_every_n_step, warmup_epochs, penalty, mutation_hooks
         As in NNI's :class:`~nni.nas.strategy.DARTS`.
-    **options
-        Any :class:`~nni_lease.core.LeaseSettings` option (``gamma``, ``hypergradient``,
-        ``pgd_epsilon``, ``pgd_steps`` …), replacing the one in ``settings``.
+    **settings
+        Any :class:`~nni_lease.core.LeaseConfig` setting (``gamma``, ``hypergradient``,
+        ``pgd_epsilon``, ``pgd_steps`` …), replacing the one in ``config``.
 
     Raises
     ------
     ValueError
-        At construction for an unknown or bad option or a non-module ``listener``; at ``initialize``
+        At construction for an unknown or bad setting or a non-module ``listener``; at ``initialize``
         (before any training) for a regression evaluator, batches that are not ``(tensor x, integer y)``,
         a listener whose output does not match the number of classes, non-image inputs without a
         listener, or a model space with nothing to search.
@@ -80,7 +82,7 @@ class LeaSE(DARTS):
     def __init__(
         self,
         *,
-        settings: LeaseSettings | None = None,
+        config: LeaseConfig | None = None,
         listener: nn.Module | None = None,
         arc_learning_rate: float = 3.0e-4,
         gradient_clip_val: float | None = None,
@@ -88,19 +90,14 @@ class LeaSE(DARTS):
         warmup_epochs: int = 0,
         penalty: dict | ExpectationProfilerPenalty | None = None,
         mutation_hooks: list | None = None,
-        **options: Any,
+        **settings: Any,
     ) -> None:
-        if settings is not None and not isinstance(settings, LeaseSettings):
-            raise ValueError(f"settings must be None or a LeaseSettings; got {type(settings).__name__}.")
-        lease_settings = LeaseSettings.from_options(settings, **options)
+        if config is not None and not isinstance(config, LeaseConfig):
+            raise TypeError(f"config must be None or a LeaseConfig; got {type(config).__name__}.")
+        lease_config = LeaseConfig.from_settings(config, **settings)
         if listener is not None and not isinstance(listener, nn.Module):
-            raise ValueError(f"listener must be None or a torch.nn.Module; got {type(listener).__name__}.")
-        if (
-            isinstance(arc_learning_rate, bool)
-            or not isinstance(arc_learning_rate, (int, float))
-            or not 0.0 < arc_learning_rate < float("inf")
-        ):
-            raise ValueError(f"arc_learning_rate must be a positive finite number; got {arc_learning_rate!r}.")
+            raise TypeError(f"listener must be None or a torch.nn.Module; got {type(listener).__name__}.")
+        check_real(arc_learning_rate, "arc_learning_rate", low=0.0, high=MAX_RATE, low_open=True)
         super().__init__(
             arc_learning_rate=arc_learning_rate,
             gradient_clip_val=gradient_clip_val,
@@ -109,17 +106,17 @@ class LeaSE(DARTS):
             penalty=penalty,
             mutation_hooks=mutation_hooks,
         )
-        self.settings = lease_settings
+        self.config = lease_config
         self.listener = listener
         self._pending_state: dict | None = None
         self._pending_listener_state: dict | None = None
 
     def extra_repr(self) -> str:
-        defaults = LeaseSettings()
+        defaults = LeaseConfig()
         changed = [
-            f"{name}={getattr(self.settings, name)!r}"
-            for name in LeaseSettings.option_names()
-            if getattr(self.settings, name) != getattr(defaults, name)
+            f"{name}={getattr(self.config, name)!r}"
+            for name in LeaseConfig.setting_names()
+            if getattr(self.config, name) != getattr(defaults, name)
         ]
         return ", ".join(changed)
 
@@ -127,7 +124,7 @@ class LeaSE(DARTS):
         """The LeaSE Lightning module (the listener is attached later, in ``_initialize`` or at setup)."""
         return LeaseLightningModule(
             training_module,
-            settings=self.settings,
+            config=self.config,
             arc_learning_rate=self.arc_learning_rate,
             gradient_clip_val=self.gradient_clip_val,
             log_prob_every_n_step=self.log_prob_every_n_step,
@@ -186,7 +183,7 @@ class LeaSE(DARTS):
                     f"{input_shape}. Pass listener= with a module for these inputs."
                 )
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.settings.seed)
+                torch.manual_seed(self.config.seed)
                 listener = default_listener(input_shape, n_classes)
         else:
             listener = copy.deepcopy(self.listener)

@@ -11,7 +11,7 @@ and writes, into its output folder:
 :func:`retrain_architecture` trains an exported architecture from scratch and writes ``retrain.json``
 (:data:`RETRAIN_FILE`). Every setting is checked (:class:`SearchConfig`, :class:`RetrainConfig`, both in
 :mod:`nni_lease.oneshot`,
-:class:`~nni_lease.core.LeaseSettings`, the output path, the data) before any folder is created or
+:class:`~nni_lease.core.LeaseConfig`, the output path, the data) before any folder is created or
 any training starts. ``nni-lease search --mode oneshot`` / ``nni-lease retrain`` and the HPO trials of
 :mod:`nni_lease.runtime` are thin callers of these functions.
 
@@ -32,10 +32,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from art_fisher._atomic import atomic_write, check_output_dir
+from art_fisher.utils import atomic_write, check_output_dir
 from nni_lease._data import make_dataset
 from nni_lease._spaces import SPACES, build_space, build_space_on_meta, check_space_size, space_kwargs_for
-from nni_lease.core._settings import LeaseSettings
+from nni_lease.core._config import LeaseConfig
 from nni_lease.oneshot._config import RetrainConfig, SearchConfig, SearchResult, check_data
 from nni_lease.oneshot._lightning import METRICS, TrainingDivergedError
 from nni_lease.oneshot._progress import EpochLogger
@@ -72,7 +72,7 @@ def check_output_file(path: str | Path) -> Path:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (``art_fisher._atomic.atomic_write``)."""
+    """Write ``text`` to ``path`` atomically (:func:`art_fisher.utils.atomic_write`)."""
     with atomic_write(path, text=True) as fh:
         fh.write(text)
 
@@ -174,7 +174,7 @@ def search_oneshot(
     output: str | Path,
     *,
     config: SearchConfig = SearchConfig(),
-    settings: LeaseSettings = LeaseSettings(),
+    lease: LeaseConfig = LeaseConfig(),
     plot: bool = True,
 ) -> SearchResult:
     """One-shot LeaSE search on ``config.space`` (``nni_lease._spaces.SPACES``); writes the files listed above.
@@ -185,8 +185,8 @@ def search_oneshot(
         Output folder (created after every check passed).
     config : SearchConfig
         Data, space and training settings.
-    settings : LeaseSettings
-        LeaSE's options.
+    lease : LeaseConfig
+        LeaSE's settings.
     plot : bool
         Also draw ``curves.png``.
 
@@ -202,9 +202,9 @@ def search_oneshot(
         becomes NaN or infinite (what the search created is removed).
     """
     if not isinstance(config, SearchConfig):
-        raise ValueError(f"config must be a SearchConfig; got {type(config).__name__}.")
-    if not isinstance(settings, LeaseSettings):
-        raise ValueError(f"settings must be a LeaseSettings; got {type(settings).__name__}.")
+        raise TypeError(f"config must be a SearchConfig; got {type(config).__name__}.")
+    if not isinstance(lease, LeaseConfig):
+        raise TypeError(f"lease must be a LeaseConfig; got {type(lease).__name__}.")
     out = check_output_dir(output, "output")
     train, val, _ = load_splits(config)
 
@@ -214,7 +214,7 @@ def search_oneshot(
     from pytorch_lightning.loggers import CSVLogger
 
     kwargs = space_kwargs(config, train)
-    strategy = LeaSE(settings=settings, arc_learning_rate=config.arc_learning_rate)
+    strategy = LeaSE(config=lease, arc_learning_rate=config.arc_learning_rate)
     check_space_size(config.space, kwargs)  # before anything is created
     before = set(out.iterdir()) if out.is_dir() else None
     out.mkdir(parents=True, exist_ok=True)
@@ -259,7 +259,7 @@ def search_oneshot(
             "name": "LeaSE",
             "epochs": config.epochs,
             "arc_learning_rate": config.arc_learning_rate,
-            **settings.as_dict(),
+            **lease.as_dict(),
         },
         "search": dataclasses.asdict(config),
         "search_seconds": seconds,
@@ -268,7 +268,7 @@ def search_oneshot(
     rows = _epoch_rows(out / "lightning_logs" / "version_0" / "metrics.csv")
     _write_metrics(rows, out / METRICS_FILE)
     if plot:
-        _plot_curves(rows, out / CURVES_FILE, f"LeaSE search on {config.dataset} (gamma={settings.gamma})")
+        _plot_curves(rows, out / CURVES_FILE, f"LeaSE search on {config.dataset} (gamma={lease.gamma})")
     logger.info("One-shot search took %.1f s; architecture %s.", seconds, architecture)
     return SearchResult(architecture=architecture, record=record, rows=rows, seconds=seconds, output=out)
 

@@ -12,7 +12,8 @@ import yaml
 from nni.experiment.config import utils as config_utils
 from nni.nas.experiment import NasExperimentConfig
 
-from art_fisher._atomic import check_output_dir
+from art_fisher.utils import check_int, check_output_dir
+from nni_lease._limits import MAX_CONCURRENCY, MAX_TRIALS
 from nni_lease.runtime._manager import DEFAULT_HOST, check_host, check_port_free, is_loopback
 
 #: Training-service platforms whose NNI manager also needs ``port + 1`` (a websocket for the workers).
@@ -20,10 +21,8 @@ _WEBSOCKET_PLATFORMS = ("hybrid", "remote", "openpai", "kubeflow", "frameworkcon
 
 
 def check_port_number(port: Any, name: str = "port") -> int:
-    """``port`` if it is an int in ``[1, 65535]``; ValueError naming ``name`` otherwise."""
-    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-        raise ValueError(f"{name} must be an int in [1, 65535]; got {port!r}.")
-    return port
+    """``port`` if it is an int in ``[1, 65535]``; TypeError or ValueError naming ``name`` otherwise."""
+    return check_int(port, name, low=1, high=65535)
 
 
 def load_training_service(spec: str | Path | dict | None) -> dict:
@@ -150,9 +149,8 @@ def build_config(
     ValueError
         For a bad argument or a config NNI rejects (with NNI's reason), before anything starts.
     """
-    for name, value in [("max_trials", max_trials), ("concurrency", concurrency)]:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int; got {value!r}.")
+    check_int(max_trials, "max_trials", low=1, high=MAX_TRIALS)
+    check_int(concurrency, "concurrency", low=1, high=MAX_CONCURRENCY)
     ts = load_training_service(training_service)
     config = NasExperimentConfig("ts", "simplified", training_service=ts)
     config.max_trial_number = max_trials

@@ -43,7 +43,7 @@ from nni.nas.nn.pytorch import ModelSpace
 from nni.runtime.tuner_command_channel import TunerCommandChannel
 from nni.runtime.tuner_command_channel.command_type import CommandType
 
-from art_fisher._atomic import atomic_write
+from art_fisher.utils import atomic_write
 from nni_lease.multitrial._strategy import LeaseMultiTrial
 from nni_lease.runtime._config import (
     build_config,

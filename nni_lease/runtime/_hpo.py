@@ -14,7 +14,7 @@ its tuned parameters from ``nni.get_next_parameter()``, runs the one-shot LeaSE 
 Accuracy, not the LeaSE objective, is the tuned metric here because the objective
 ``L_e^val + γ·L_a^val`` changes meaning with γ, one of the tuned parameters.
 
-The fixed settings of every trial (:class:`~nni_lease.oneshot.SearchConfig`, the LeaSE options that are
+The fixed settings of every trial (:class:`~nni_lease.oneshot.SearchConfig`, the LeaSE settings that are
 not tuned, :class:`~nni_lease.oneshot.RetrainConfig`) travel as one JSON argument. NNI runs the trial
 command through ``bash`` (``eval``), so every part of it is quoted with :func:`shlex.quote`: paths with
 quotes, spaces or ``$(...)`` reach the trial as they were written, never as shell code.
@@ -41,7 +41,9 @@ from typing import TYPE_CHECKING, Any
 
 import nni
 
-from nni_lease.core._settings import LeaseSettings
+from art_fisher.utils import check_int
+from nni_lease._limits import MAX_CONCURRENCY, MAX_TRIALS
+from nni_lease.core._config import LeaseConfig
 from nni_lease.oneshot._config import RetrainConfig, SearchConfig
 from nni_lease.oneshot._workflow import RETRAIN_FILE, retrain_architecture, search_oneshot
 from nni_lease.runtime._config import check_experiment_dir, check_trial_code_directory, load_training_service
@@ -51,7 +53,7 @@ if TYPE_CHECKING:  # the trial process does not need NNI's experiment machinery 
 
 logger = logging.getLogger(__name__)
 
-#: NNI search space of the tuned LeaSE options (NNI's ``_type`` / ``_value`` format; ε is the L2 radius).
+#: NNI search space of the tuned LeaSE settings (NNI's ``_type`` / ``_value`` format; ε is the L2 radius).
 SEARCH_SPACE: dict[str, dict[str, Any]] = {
     "gamma": {"_type": "uniform", "_value": [0.0, 2.0]},
     "pgd_epsilon": {"_type": "loguniform", "_value": [0.1, 2.0]},
@@ -59,10 +61,10 @@ SEARCH_SPACE: dict[str, dict[str, Any]] = {
 }
 
 #: Used for parameters the tuner did not send (e.g. when the trial runs outside NNI): LeaSE's defaults.
-DEFAULT_PARAMETERS: dict[str, Any] = {name: getattr(LeaseSettings(), name) for name in SEARCH_SPACE}
+DEFAULT_PARAMETERS: dict[str, Any] = {name: getattr(LeaseConfig(), name) for name in SEARCH_SPACE}
 
 #: Options that the tuner sets, so an HPO run cannot fix them (``pgd_step_size`` follows ε and steps).
-TUNED_OPTIONS: tuple[str, ...] = (*SEARCH_SPACE, "pgd_step_size")
+TUNED_SETTINGS: tuple[str, ...] = (*SEARCH_SPACE, "pgd_step_size")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,8 +76,8 @@ class TrialConfig:
     search : SearchConfig
         The one-shot search's data, space and training settings.
     lease : dict
-        LeaSE options that are not tuned (any :class:`~nni_lease.core.LeaseSettings` option except
-        ``TUNED_OPTIONS`` and ``listener_optimizer``), e.g. ``{"hypergradient": "unrolled"}``.
+        LeaSE settings that are not tuned (any :class:`~nni_lease.core.LeaseConfig` setting except
+        ``TUNED_SETTINGS`` and ``listener_optimizer``), e.g. ``{"hypergradient": "unrolled"}``.
     retrain : RetrainConfig
         How the searched architecture is retrained.
 
@@ -93,14 +95,14 @@ class TrialConfig:
         if not isinstance(self.search, SearchConfig) or not isinstance(self.retrain, RetrainConfig):
             raise ValueError("search must be a SearchConfig and retrain a RetrainConfig.")
         if not isinstance(self.lease, dict):
-            raise ValueError(f"lease must be a dict of LeaSE options; got {type(self.lease).__name__}.")
-        tuned = sorted(set(self.lease) & {*TUNED_OPTIONS, "listener_optimizer"})
+            raise TypeError(f"lease must be a dict of LeaSE settings; got {type(self.lease).__name__}.")
+        tuned = sorted(set(self.lease) & {*TUNED_SETTINGS, "listener_optimizer"})
         if tuned:
             raise ValueError(
-                f"LeaSE option(s) {tuned} cannot be fixed in an HPO run: the tuner sets "
+                f"LeaSE setting(s) {tuned} cannot be fixed in an HPO run: the tuner sets "
                 f"{list(SEARCH_SPACE)} (and the listener's optimiser is Adam)."
             )
-        LeaseSettings.from_options(**self.lease)  # checks names and values
+        LeaseConfig.from_settings(**self.lease)  # checks names and values
 
     def to_json(self) -> str:
         """One line of JSON (what the trial command carries)."""
@@ -142,7 +144,7 @@ def _check_parameters(params: dict[str, Any]) -> dict[str, Any]:
     merged = {**DEFAULT_PARAMETERS, **params}
     if isinstance(merged["pgd_steps"], float) and merged["pgd_steps"].is_integer():
         merged["pgd_steps"] = int(merged["pgd_steps"])
-    LeaseSettings(**merged)  # checks the values
+    LeaseConfig(**merged)  # checks the values
     return merged
 
 
@@ -186,10 +188,10 @@ def run_trial(params: dict[str, Any], *, output: str | Path, config: TrialConfig
         For bad ``params`` (before any work).
     """
     merged = _check_parameters(dict(params))
-    settings = LeaseSettings.from_options(**config.lease, **merged)
+    lease = LeaseConfig.from_settings(**config.lease, **merged)
     out = Path(output)
     with _without_nni_reports():
-        result = search_oneshot(out / "search", config=config.search, settings=settings)
+        result = search_oneshot(out / "search", config=config.search, lease=lease)
     last: dict[str, float] = {}
     for row in result.rows:
         metrics = {k: float(v) for k, v in row.items() if v not in ("", None) and k != "epoch"}
@@ -254,11 +256,10 @@ def build_hpo_experiment(
     from nni.experiment import Experiment, ExperimentConfig
     from nni.experiment.config import AlgorithmConfig
 
-    for name, value in [("max_trials", max_trials), ("concurrency", concurrency)]:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int; got {value!r}.")
+    check_int(max_trials, "max_trials", low=1, high=MAX_TRIALS)
+    check_int(concurrency, "concurrency", low=1, high=MAX_CONCURRENCY)
     if not isinstance(config, TrialConfig):
-        raise ValueError(f"config must be a TrialConfig; got {type(config).__name__}.")
+        raise TypeError(f"config must be a TrialConfig; got {type(config).__name__}.")
     ts = load_training_service(training_service)
     # Locally the trials use this interpreter; on other machines the `python3` found through NNI's
     # `pythonPath` for that machine (see examples/remote_training_service.yml).

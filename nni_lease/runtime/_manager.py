@@ -40,6 +40,8 @@ from pathlib import Path
 
 import psutil
 
+from art_fisher.utils import check_int
+
 logger = logging.getLogger(__name__)
 
 #: Address the NNI manager listens on unless the caller asks for another.
@@ -143,13 +145,14 @@ def check_port_free(port: int) -> None:
 
     Raises
     ------
+    TypeError
+        If ``port`` is not an int.
     ValueError
-        If ``port`` is not an int in ``[1, 65535]``.
+        If ``port`` is not in ``[1, 65535]``.
     PortInUseError
         If the port is taken; the message says where.
     """
-    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-        raise ValueError(f"port must be an int in [1, 65535]; got {port!r}.")
+    check_int(port, "port", low=1, high=65535)
     why = None
     for family, address, shown in ((socket.AF_INET, "127.0.0.1", "127.0.0.1"), (socket.AF_INET6, "::1", "[::1]")):
         if _probe_answers(family, address, port):

@@ -1,4 +1,7 @@
-"""The original Fisher algorithm (class ``FISHER_OPERATION`` of the seed walkthrough), as a plain reference.
+"""The original Fisher algorithm, as a plain reference.
+
+Class ``FISHER_OPERATION`` of the code of the Fisher paper (Martin & Elster, "Inspecting adversarial examples
+using the Fisher information", arXiv 1909.05527), as a walkthrough of that code presents it.
 
 One sample at a time, per-tensor central differences for the quadratic form and the sensitivity,
 per-class backward loops for the trace — exactly the original's arithmetic, with two fixes:

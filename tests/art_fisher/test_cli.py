@@ -161,11 +161,11 @@ def test_evaluate_with_a_state_dict(tmp_path, capsys):
         (["--model", "{tmp}/missing.pt"], "missing.pt does not exist"),
         (["--model", "{tmp}/notes.txt"], "notes.txt is not a torch zip archive"),
         (["--model", "/dev/zero"], "/dev/zero is not a regular file"),
-        (["--n-samples", "99999999999999999999"], "n_samples must be an integer from 4 to 1000000"),
-        (["--n-samples", "1"], "n_samples must be an integer from 4 to"),
-        (["--batch-size", "100000000000000000000"], "batch_size must be an integer from 1 to 65536"),
-        (["--seed", "99999999999999999999"], "seed must be an integer from 0 to 4294967295"),
-        (["--seed", "18446744073709551615"], "seed must be an integer from 0 to 4294967295"),
+        (["--n-samples", "99999999999999999999"], "n_samples must be an int in [4, 1000000]"),
+        (["--n-samples", "1"], "n_samples must be an int in [4, "),
+        (["--batch-size", "100000000000000000000"], "batch_size must be an int in [1, 65536]"),
+        (["--seed", "99999999999999999999"], "seed must be an int in [0, 4294967295]"),
+        (["--seed", "18446744073709551615"], "seed must be an int in [0, 4294967295]"),
         (["--output", "/sys/kernel/art_fisher_out"], "not writable"),
         (["--epochs", "0"], "epochs must be"),
         (["--target-fpr", "0"], "target_fpr must be"),
@@ -278,7 +278,7 @@ def test_evaluate_mnist_uses_mnist_defaults_and_logs_progress_off_a_terminal(tmp
 def test_evaluate_threads_option(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["evaluate", "--threads", "0"])
-    assert "--threads: expected an integer from 1 to 1024; got '0'" in capsys.readouterr().err
+    assert "--threads: must be an int in [1, 1024]; got '0'" in capsys.readouterr().err
     rc = main(
         [
             "evaluate",

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tests.art_fisher.field_models import TinyViT
+from tests.art_fisher.model_families import TinyViT
 
 
 class LayerNorm2d(nn.LayerNorm):

@@ -15,7 +15,7 @@ digits training split, one per seed; measured on the test split):
    control ``ε r x`` (``r`` = ±1 at random), on the same weighting with a random ``δ`` of the same L2
    norm, and on plain ``x``.
 
-Each for the defaults of ``pgd_explain`` / ``LeaSE()`` and for the alternative settings the seed's
+Each for the defaults of ``pgd_explain`` / ``LeaSE()`` and for the alternative settings the LeaSE paper's
 formulas also allow (variant ``"earlier defaults"``: soft target, L∞ ball of 8/255, 3 sign steps from a
 random start, product ``δ x``).
 
@@ -60,16 +60,16 @@ from nni.nas.strategy import DARTS
 from art_fisher.models._architectures import train_model
 from nni_lease._data import DigitsDataset
 from nni_lease._spaces import LeaseCellSpace
+from nni_lease.core._config import LeaseConfig
 from nni_lease.core._explain import Explanation, listener_input, pgd_explain
 from nni_lease.core._listener import default_listener
-from nni_lease.core._settings import LeaseSettings
 from nni_lease.core._step import LeaseStep
 from nni_lease.oneshot._retrain import retrain
 from nni_lease.oneshot._strategy import LeaSE
 
 #: The explanation settings compared: the defaults and the alternatives (the key names the JSON entry).
 VARIANTS: dict[str, dict[str, Any]] = {
-    "defaults": LeaseSettings().explanation_kwargs(),
+    "defaults": LeaseConfig().explanation_kwargs(),
     "earlier defaults": {
         "epsilon": 8 / 255,
         "norm": "linf",
@@ -496,8 +496,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "listener_epochs": 15,
         "seeds": args.seeds,
         "threads": args.threads,
-        "lease_settings": LeaseSettings().as_dict(),
-        "space": {"in_channels": 1, "n_classes": 10, "width": 8, "n_cells": 2, "n_nodes": 3, "image_size": 8},
+        "lease_settings": LeaseConfig().as_dict(),
+        "space": {"in_channels": 1, "n_classes": 10, "width": 8, "cells": 2, "nodes": 3, "image_size": 8},
     }
     if args.smoke:
         cfg.update(

@@ -84,7 +84,7 @@ def _search(name: str, cfg: dict[str, Any], seed: int) -> tuple[dict[str, Any], 
         enable_model_summary=False,
     )
     torch.manual_seed(seed)
-    space = DartsSpace(in_channels=1, width=cfg["width"], num_cells=cfg["cells"])
+    space = DartsSpace(in_channels=1, width=cfg["width"], cells=cfg["cells"])
     arc_lr = cfg["arc_learning_rate"]
     strategy = DARTS(arc_learning_rate=arc_lr) if name == "darts" else LeaSE(arc_learning_rate=arc_lr, seed=seed)
     strategy.initialize(RawFormatModelSpace.from_model(space, evaluator), SequentialExecutionEngine())
@@ -96,7 +96,7 @@ def _search(name: str, cfg: dict[str, Any], seed: int) -> tuple[dict[str, Any], 
 
 def _retrain(sample: dict[str, Any], cfg: dict[str, Any], seed: int) -> dict[str, float]:
     torch.manual_seed(seed)
-    space = DartsSpace(in_channels=1, width=cfg["width"], num_cells=cfg["cells"])
+    space = DartsSpace(in_channels=1, width=cfg["width"], cells=cfg["cells"])
     train = MnistDataset(cfg["data_dir"], "train", seed=cfg["split_seed"], limit=cfg["retrain_limit"])
     test = MnistDataset(cfg["data_dir"], "test", limit=cfg["test_limit"])
     result = retrain(

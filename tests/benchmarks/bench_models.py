@@ -1,10 +1,10 @@
-"""Benchmark: the Fisher metrics on the field's models at CIFAR size, and the many-class option.
+"""Benchmark: the Fisher metrics on the common model families at CIFAR size, and the many-class option.
 
-Models (:data:`FAMILIES`): one of each family of the field — torchvision's ResNet-18, MobileNetV2,
+Models (:data:`FAMILIES`): one of each common family — torchvision's ResNet-18, MobileNetV2,
 EfficientNet-B0 and RegNetX-400MF, timm's ConvNeXt-atto and ViT-Tiny (patch 4) — at 32×32 inputs, random
 weights with random norm statistics, 10 classes, float32 (``pip install -e ".[models]"``, in an
 environment of its own: see ``pyproject.toml``). ``--smoke`` uses the in-repo equivalents of
-``tests/art_fisher/field_models.py`` at 16×16 and needs neither package.
+``tests/art_fisher/model_families.py`` at 16×16 and needs neither package.
 
 Per model, side by side in one run, the timed calls interleaved (one round runs each once, ``--repeats``
 rounds), each figure the fastest round with the spread of the rounds (per sample):
@@ -57,13 +57,13 @@ import torch
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))  # the repository root (tests.art_fisher.field_models)
+sys.path.insert(0, str(ROOT))  # the repository root (tests.art_fisher.model_families)
 
 from art_fisher import metrics  # noqa: E402 - after the sys.path insert above
 from art_fisher.metrics._engine import _chunking as chunking  # noqa: E402 - after the sys.path insert above
 from art_fisher.metrics._engine._network import FunctionalNet  # noqa: E402 - after the sys.path insert above
 from art_fisher.metrics._engine._recorder import find_coverage, recorded_forward  # noqa: E402 - after the sys.path insert above
-from tests.art_fisher import field_models  # noqa: E402 - after the sys.path insert above
+from tests.art_fisher import model_families  # noqa: E402 - after the sys.path insert above
 from tests.art_fisher.metrics_cases import per_class_reference  # noqa: E402 - after the sys.path insert above
 
 #: name → (library, the library's model name).
@@ -85,16 +85,16 @@ def build(name: str, n_classes: int, smoke: bool) -> tuple[nn.Module, tuple[int,
     """The model (eval mode, random norms) and its input shape."""
     torch.manual_seed(0)
     if smoke:
-        tiny = {"resnet18": field_models.TinyResNet, "mobilenet_v2": field_models.TinyMobileNetV2}
+        tiny = {"resnet18": model_families.TinyResNet, "mobilenet_v2": model_families.TinyMobileNetV2}
         if name in tiny:
             model = tiny[name](width=8, n_classes=n_classes)
         elif name == "vit_tiny":
-            model = field_models.TinyViT(dim=16, depth=2, heads=2, patch=4, image=16, n_classes=n_classes)
+            model = model_families.TinyViT(dim=16, depth=2, heads=2, patch=4, image=16, n_classes=n_classes)
         else:
             raise SystemExit(f"bench_models: no in-repo equivalent of {name!r} for --smoke")
-        return field_models.randomise_norms(model), (3, 16, 16)
+        return model_families.randomise_norms(model), (3, 16, 16)
     library, model_name = FAMILIES[name]
-    model = field_models.build_field_model(library, model_name, n_classes)
+    model = model_families.build_library_model(library, model_name, n_classes)
     if model is None:
         raise SystemExit(f'bench_models: {library} is missing: pip install -e ".[models]" (or use --smoke)')
     return model, (3, 32, 32)

@@ -148,9 +148,9 @@ def write_files(root: Path, smoke: bool) -> dict[str, Path]:
         archive.writestr("big.npy", _npy(np.zeros((1 if smoke else 50) * 2**20 // 8)))
     _torch_bomb(root / "model.pt", (10 if smoke else 1024) * 2**20)
     for name, space, kwargs in (
-        ("darts", "DartsSpace", {"in_channels": 1, "n_classes": 10, "width": 4096, "num_cells": 3}),
-        ("lease", "LeaseCellSpace", {"in_channels": 1, "n_classes": 10, "width": 4096, "n_cells": 64,
-                                     "n_nodes": 16, "image_size": 8}),
+        ("darts", "DartsSpace", {"in_channels": 1, "n_classes": 10, "width": 4096, "cells": 3}),
+        ("lease", "LeaseCellSpace", {"in_channels": 1, "n_classes": 10, "width": 4096, "cells": 64,
+                                     "nodes": 16, "image_size": 8}),
     ):  # fmt: skip
         record = {"architecture": _default_sample(space, kwargs), "dataset": "digits",
                   "space": {"name": space, "kwargs": kwargs}}  # fmt: skip

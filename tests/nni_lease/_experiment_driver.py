@@ -21,7 +21,7 @@ STRATEGY_SEED = 0
 #: at 0.05 the linear explainer's worst score was -2.83 against the dead one's -2.97, inside the test's 0.5
 #: margin (one CI run failed on it: mean -2.54 vs -2.97); at 0.1 the worst linear score is -2.90 against
 #: the dead one's -4.64.
-TRIAL_ARGS = {"epochs": 2, "max_batches": 10, "val_limit": 128, "pgd_steps": 2, "learning_rate": 0.1}
+TRIAL_ARGS = {"epochs": 2, "limit": 128, "limit_batches": 10, "pgd_steps": 2, "learning_rate": 0.1}
 
 
 def main(argv: list[str]) -> int:

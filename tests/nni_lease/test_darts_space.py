@@ -61,7 +61,7 @@ def test_bad_data_arguments_are_refused_before_reading(name, root, match):
 
 def test_darts_space_takes_grey_images_and_freezes_to_itself():
     torch.manual_seed(0)
-    space = DartsSpace(in_channels=1, width=2, num_cells=3)
+    space = DartsSpace(in_channels=1, width=2, cells=3)
     assert space(torch.rand(2, 1, 28, 28)).shape == (2, 10)
     choices = space.simplify()
     assert {"normal/op_2_0", "reduce/input_5_1"} <= set(choices) and len(choices) == 32
@@ -73,17 +73,17 @@ def test_darts_space_takes_grey_images_and_freezes_to_itself():
     x = torch.rand(2, 1, 16, 16)
     net.eval()
     torch.testing.assert_close(net(x), net(x.expand(-1, 3, -1, -1).contiguous()))
-    assert isinstance(build_space("darts", in_channels=3, width=2, num_cells=3), DartsSpace)
+    assert isinstance(build_space("darts", in_channels=3, width=2, cells=3), DartsSpace)
     assert isinstance(build_space("LeaseCellSpace", width=4), LeaseCellSpace)
 
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"in_channels": 2}, "in_channels must be 1 or 3"),
-        ({"n_classes": 100}, "n_classes must be 10"),
-        ({"num_cells": 2}, "num_cells must be at least 3"),
-        ({"width": 0}, "width must be a positive int"),
+        ({"in_channels": 2}, r"in_channels must be one of \[1, 3\]"),
+        ({"n_classes": 100}, r"n_classes must be one of \[10\]"),
+        ({"cells": 2}, "cells must be an int >= 3"),
+        ({"width": 0}, "width must be an int >= 1"),
     ],
 )
 def test_darts_space_refuses_bad_arguments(kwargs, match):
@@ -107,7 +107,7 @@ def test_oneshot_lease_on_darts_and_mnist_then_retrain(mnist_dir, tmp_path):
     record = json.loads((tmp_path / "search" / "architecture.json").read_text())
     assert record["space"] == {
         "name": "DartsSpace",
-        "kwargs": {"in_channels": 1, "n_classes": 10, "width": 2, "num_cells": 3},
+        "kwargs": {"in_channels": 1, "n_classes": 10, "width": 2, "cells": 3},
     }
     assert record["dataset"] == "mnist" and record["search"]["space"] == "darts"
     assert set(result.architecture) == set(DartsSpace(in_channels=1, width=2).simplify())
@@ -166,9 +166,8 @@ def test_multitrial_lease_samples_and_trains_darts_architectures_on_mnist(mnist_
         data_dir=mnist_dir,
         epochs=1,
         batch_size=16,
-        max_batches=1,
-        train_limit=32,
-        val_limit=16,
+        limit=16,
+        limit_batches=1,
         pgd_steps=1,
     )
     space = SimplifiedModelSpace.from_model(DartsSpace(in_channels=1, width=2), evaluator)

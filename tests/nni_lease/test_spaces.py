@@ -11,12 +11,12 @@ from nni_lease._spaces import OPERATIONS, LeaseCellSpace, build_operation
 
 
 def test_choices_and_labels():
-    space = LeaseCellSpace(width=4, n_cells=2, n_nodes=3)
+    space = LeaseCellSpace(width=4, cells=2, nodes=3)
     choices = space.simplify()
     assert sorted(choices) == ["input1", "input2", "op0", "op1", "op2"]
     assert list(choices["op0"].values) == list(OPERATIONS)
     assert list(choices["input2"].values) == [0, 1, 2]
-    unshared = LeaseCellSpace(width=4, n_cells=2, n_nodes=2, shared_cells=False)
+    unshared = LeaseCellSpace(width=4, cells=2, nodes=2, shared_cells=False)
     assert sorted(unshared.simplify()) == [
         "cell0_input1",
         "cell0_op0",
@@ -30,7 +30,7 @@ def test_choices_and_labels():
 @pytest.mark.parametrize(("channels", "side"), [(1, 8), (3, 32)])
 def test_space_and_frozen_models_return_logits(channels, side):
     torch.manual_seed(0)
-    space = LeaseCellSpace(in_channels=channels, n_classes=7, width=4, n_cells=3, n_nodes=2, image_size=side)
+    space = LeaseCellSpace(in_channels=channels, n_classes=7, width=4, cells=3, nodes=2, image_size=side)
     x = torch.rand(2, channels, side, side)
     assert space(x).shape == (2, 7)
     for op in OPERATIONS:
@@ -45,7 +45,7 @@ def test_operations_keep_the_shape(name):
 
 def test_darts_supernet_of_the_space_runs_and_has_architecture_weights():
     torch.manual_seed(0)
-    space = LeaseCellSpace(width=4, n_cells=2, n_nodes=2)
+    space = LeaseCellSpace(width=4, cells=2, nodes=2)
     supernet = DARTS().mutate_model(space)
     out = supernet(torch.rand(3, 1, 8, 8))
     assert out.shape == (3, 10)
@@ -57,12 +57,12 @@ def test_darts_supernet_of_the_space_runs_and_has_architecture_weights():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        (dict(width=0), "width must be a positive int"),
-        (dict(n_cells=-1), "n_cells must be a positive int"),
+        (dict(width=0), r"width must be an int in \[1, 4096\]"),
+        (dict(cells=-1), r"cells must be an int in \[1, 64\]"),
         (dict(operations=[]), "operations must not be empty"),
         (dict(operations=["conv_9x9"]), "unknown"),
         (dict(operations=["conv_3x3", "conv_3x3"]), "must not repeat"),
-        (dict(operations=["conv_3x3"], n_nodes=1), "nothing to search"),
+        (dict(operations=["conv_3x3"], nodes=1), "nothing to search"),
     ],
 )
 def test_bad_arguments(kwargs, match):
@@ -78,14 +78,14 @@ def test_unknown_operation_name():
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"in_channels": 1, "n_classes": 10, "width": 8, "n_cells": 2, "n_nodes": 2, "image_size": 8},
-        {"in_channels": 3, "n_classes": 7, "width": 5, "n_cells": 3, "n_nodes": 3, "image_size": 32},
+        {"in_channels": 1, "n_classes": 10, "width": 8, "cells": 2, "nodes": 2, "image_size": 8},
+        {"in_channels": 3, "n_classes": 7, "width": 5, "cells": 3, "nodes": 3, "image_size": 32},
         {
             "in_channels": 1,
             "n_classes": 10,
             "width": 4,
-            "n_cells": 2,
-            "n_nodes": 2,
+            "cells": 2,
+            "nodes": 2,
             "shared_cells": False,
             "operations": ["conv_3x3", "skip_connect", "dil_conv_3x3"],
         },
@@ -112,7 +112,7 @@ def test_darts_architectures_built_from_the_meta_space_are_the_real_ones():
     from nni_lease._spaces import build_space, build_space_on_meta
     from nni_lease.oneshot._retrain import build_architecture
 
-    kwargs = {"in_channels": 1, "n_classes": 10, "width": 2, "num_cells": 3}
+    kwargs = {"in_channels": 1, "n_classes": 10, "width": 2, "cells": 3}
     real_space = build_space("darts", **kwargs)
     sample = {k: v.default() for k, v in real_space.simplify().items()}
     real = build_architecture(real_space, sample, seed=2).state_dict()

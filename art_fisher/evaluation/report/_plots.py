@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from art_fisher._atomic import atomic_write
+from art_fisher.utils import atomic_write
 
 
 def _pyplot():

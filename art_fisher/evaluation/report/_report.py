@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 
-from art_fisher._atomic import atomic_write
 from art_fisher.evaluation._attacks import ROW_KEYS, THREAT_MODEL
 from art_fisher.evaluation.report import _plots as plots
 from art_fisher.evaluation.report._plots import plot_security_curve
@@ -35,6 +34,7 @@ from art_fisher.evaluation.report._tables import cells_of as _cells
 from art_fisher.evaluation.report._tables import fmt_cell as _fmt
 from art_fisher.evaluation.report._tables import markdown_rows as _markdown
 from art_fisher.evaluation.report._tables import text_table as _text
+from art_fisher.utils import atomic_write
 
 logger = logging.getLogger(__name__)
 

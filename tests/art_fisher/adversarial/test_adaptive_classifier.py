@@ -65,7 +65,7 @@ def test_attacker_loss_terms_and_label_handling():
     np.testing.assert_allclose(combo.compute_loss(xs, np.full(6, 4)), combo.compute_loss(xs, predicted))
     with pytest.raises(ValueError, match=r"y must be labels in \[0, 4\]"):
         combo.loss_gradient(xs, np.full(6, 5))
-    with pytest.raises(ValueError, match="detector_weight must be a number >= 0"):
+    with pytest.raises(ValueError, match="detector_weight must be a finite number >= 0"):
         AdaptiveDetectorClassifier(clf, detector, detector_weight=-1)
     with pytest.raises(ValueError, match="classifier_loss must be"):
         AdaptiveDetectorClassifier(clf, detector, classifier_loss="hinge")

@@ -76,11 +76,11 @@ def test_art_conventions_and_parameter_checks():
     assert {"eps", "norm", "batch_size"} <= set(attack.attack_params)
     attack.set_params(eps=0.4)
     assert attack.eps == 0.4 and attack.targeted is False
-    with pytest.raises(ValueError, match="eps must be a finite float > 0"):
+    with pytest.raises(ValueError, match="eps must be a finite number > 0"):
         attack.set_params(eps=-1.0)
     with pytest.raises(ValueError, match="norm must be 2"):
         OneStepSpectralAttack(clf, norm=np.inf)
-    with pytest.raises(TypeError, match="batch_size must be a positive int"):
+    with pytest.raises(TypeError, match="batch_size must be an int >= 1"):
         OneStepSpectralAttack(clf, batch_size=2.5)
     with pytest.raises(TypeError, match="PyTorchClassifier"):
         OneStepSpectralAttack(object())

@@ -254,7 +254,7 @@ def test_bad_constructor_arguments(digits_cnn):
         FisherInformationDetector(clf, direction="label")
     with pytest.raises(ValueError, match="params: unknown parameter names"):
         FisherInformationDetector(clf, params=("classifier.3.weight", "nope"))
-    with pytest.raises(ValueError, match="chunk_size must be a positive int"):
+    with pytest.raises(ValueError, match="chunk_size must be an int >= 1"):
         FisherInformationDetector(clf, chunk_size=0)
     with pytest.raises(TypeError, match="estimator must be None, a scikit-learn classifier"):
         FisherInformationDetector(clf, estimator=StandardScaler())
@@ -264,7 +264,7 @@ def test_bad_constructor_arguments(digits_cnn):
         FisherInformationDetector(clf, classes="rest")
     with pytest.raises(TypeError, match="normalize must be True or False"):
         FisherInformationDetector(clf, normalize=1)
-    with pytest.raises(TypeError, match="fd_step must be a positive float"):
+    with pytest.raises(TypeError, match="fd_step must be a finite number > 0"):
         FisherInformationDetector(clf, fd_step="small")
     FisherInformationDetector(clf, params=("classifier.3.weight",), blockwise=False)  # valid
 

@@ -69,7 +69,7 @@ def test_non_differentiable_detectors_are_refused_before_any_work(tmp_path):
         prepare(detectors=["fisher_trace", "fisher_sensitivity"], adaptive=True, output_dir=out)
     with pytest.raises(ValueError, match="subset_scanning: no input gradient"):
         prepare(detectors=["subset_scanning"], adaptive=True, output_dir=out)
-    with pytest.raises(ValueError, match="adaptive must be True or False"):
+    with pytest.raises(TypeError, match="adaptive must be True or False"):
         prepare(adaptive="yes", output_dir=out)
     assert not out.exists()
     # the default set: the differentiable ones are attacked, the others skipped

@@ -62,8 +62,8 @@ def test_bad_x(mlp, fn, make_x, error, match):
         ({"params": "inner.0.weight"}, TypeError, "params must be None or an iterable"),
         ({"params": [0]}, TypeError, "params must hold parameter names"),
         ({"params": []}, ValueError, "params must name at least one parameter"),
-        ({"chunk_size": 0}, ValueError, "chunk_size must be None or a positive int"),
-        ({"chunk_size": 2.0}, TypeError, "chunk_size must be None or a positive int"),
+        ({"chunk_size": 0}, ValueError, "chunk_size must be None or an int >= 1"),
+        ({"chunk_size": 2.0}, TypeError, "chunk_size must be None or an int >= 1; got 2.0"),
     ],
 )
 def test_bad_common_arguments(mlp, fn, kwargs, error, match):
@@ -78,9 +78,9 @@ def test_bad_common_arguments(mlp, fn, kwargs, error, match):
     ("kwargs", "error", "match"),
     [
         ({"method": "fd"}, ValueError, "method must be one of"),
-        ({"fd_step": 0.0}, ValueError, "fd_step must be a finite float > 0"),
-        ({"fd_step": -1e-3}, ValueError, "fd_step must be a finite float > 0"),
-        ({"fd_step": "1e-3"}, TypeError, "fd_step must be a positive float"),
+        ({"fd_step": 0.0}, ValueError, "fd_step must be a finite number > 0"),
+        ({"fd_step": -1e-3}, ValueError, "fd_step must be a finite number > 0"),
+        ({"fd_step": "1e-3"}, TypeError, "fd_step must be a finite number > 0; got '1e-3'"),
     ],
 )
 def test_bad_method_arguments(mlp, fn, kwargs, error, match):

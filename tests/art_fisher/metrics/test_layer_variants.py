@@ -18,8 +18,8 @@ from art_fisher import metrics
 from art_fisher.metrics._engine._layers import RULES
 from art_fisher.metrics._engine._network import FunctionalNet
 from art_fisher.metrics._engine._recorder import find_coverage
-from tests.art_fisher.field_models import randomise_norms
 from tests.art_fisher.metrics_cases import Dense, per_class_reference
+from tests.art_fisher.model_families import randomise_norms
 from tests.art_fisher.zoo_models import ZOO, LayerNorm2d
 
 #: Models with LayerNorm / GroupNorm modules whose parameters go to torch.func: the exact sensitivity refuses them.

@@ -1,6 +1,6 @@
-"""The metrics on the field's model families: in-repo equivalents in float64, the real ones when installed.
+"""The metrics on the common model families: in-repo equivalents in float64, the real ones when installed.
 
-The in-repo equivalents (:mod:`tests.art_fisher.field_models`: ResNet basic blocks, MobileNetV2 inverted
+The in-repo equivalents (:mod:`tests.art_fisher.model_families`: ResNet basic blocks, MobileNetV2 inverted
 residuals with depthwise convolutions and ReLU6, a ViT block with LayerNorm, attention and GELU) run in
 CI; torchvision's ResNet-18 / MobileNetV2 and timm's ViT run where ``pip install -e ".[models]"`` put them.
 The reference is a per-class autograd loop (one backward pass per class and sample).
@@ -20,14 +20,14 @@ from art_fisher.metrics._engine._grams import func_grams
 from art_fisher.metrics._engine._layers import RULES, Conv2dRule, LayerNormRule
 from art_fisher.metrics._engine._network import FunctionalNet
 from art_fisher.metrics._engine._recorder import find_coverage
-from tests.art_fisher import field_models
-from tests.art_fisher.field_models import (
+from tests.art_fisher import model_families
+from tests.art_fisher.metrics_cases import Dense, per_class_reference
+from tests.art_fisher.model_families import (
     TinyMobileNetV2,
     TinyResNet,
     TinyViT,
     randomise_norms,
 )
-from tests.art_fisher.metrics_cases import Dense, per_class_reference
 
 TINY = {"resnet": TinyResNet, "mobilenet_v2": TinyMobileNetV2, "vit": TinyViT}
 #: Parameters that the hook engine leaves to torch.func (none: ViT's class token and position embedding are
@@ -145,7 +145,7 @@ def test_layernorm_rule_gradients_and_changes(shape):
 
 # ------------------------------------------------------------------ the real models, where installed
 def _real(name: str) -> nn.Module:
-    tv = field_models.import_torchvision()
+    tv = model_families.import_torchvision()
     if tv is None:
         pytest.skip('torchvision is not installed (pip install -e ".[models]")')
     torch.manual_seed(0)
@@ -153,7 +153,7 @@ def _real(name: str) -> nn.Module:
         return randomise_norms(tv.models.resnet18(num_classes=10))
     if name == "mobilenet_v2":
         return randomise_norms(tv.models.mobilenet_v2(num_classes=10, width_mult=0.25))
-    timm = field_models.import_timm()
+    timm = model_families.import_timm()
     if timm is None:
         pytest.skip('timm is not installed (pip install -e ".[models]")')
     model = timm.create_model(

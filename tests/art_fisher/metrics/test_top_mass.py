@@ -18,8 +18,8 @@ from art_fisher.metrics._engine._network import FunctionalNet
 from art_fisher.metrics._engine._recorder import find_coverage
 from art_fisher.metrics._top_mass import TopMass, kept_classes
 from art_fisher.metrics._trace import block_traces
-from tests.art_fisher.field_models import TinyMobileNetV2, TinyViT, randomise_norms
 from tests.art_fisher.metrics_cases import Dense
+from tests.art_fisher.model_families import TinyMobileNetV2, TinyViT, randomise_norms
 
 N_CLASSES = 20
 

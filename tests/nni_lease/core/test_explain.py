@@ -185,23 +185,26 @@ def test_listener_input_forms():
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "name"),
+    ("kwargs", "name", "error"),
     [
-        (dict(epsilon=0.0), "epsilon"),
-        (dict(epsilon=-1.0), "epsilon"),
-        (dict(step_size=0.0), "step_size"),
-        (dict(step_size=float("nan")), "step_size"),
-        (dict(steps=0), "steps"),
-        (dict(steps=1.5), "steps"),
-        (dict(random_start=1.5), "random_start"),
-        (dict(norm="l1"), "norm"),
-        (dict(objective="margin"), "objective"),
-        (dict(weighting="mask"), "weighting"),
-        (dict(differentiable=True), "differentiable"),
+        (dict(epsilon=0.0), "epsilon", ValueError),
+        (dict(epsilon=-1.0), "epsilon", ValueError),
+        (dict(epsilon="1"), "epsilon", TypeError),
+        (dict(step_size=0.0), "step_size", ValueError),
+        (dict(step_size=float("nan")), "step_size", ValueError),
+        (dict(steps=0), "steps", ValueError),
+        (dict(steps=1.5), "steps", TypeError),
+        (dict(steps=True), "steps", TypeError),
+        (dict(random_start=1.5), "random_start", ValueError),
+        (dict(norm="l1"), "norm", ValueError),
+        (dict(objective="margin"), "objective", ValueError),
+        (dict(weighting="mask"), "weighting", ValueError),
+        (dict(differentiable="some_steps"), "differentiable", ValueError),
+        (dict(differentiable=True), "differentiable", TypeError),
     ],
 )
-def test_bad_arguments_are_named(kwargs, name, x64):
-    with pytest.raises(ValueError, match=rf"^{name} must"):
+def test_bad_arguments_are_named(kwargs, name, error, x64):
+    with pytest.raises(error, match=rf"^{name} must"):
         pgd_explain(_smooth_model(), x64, **kwargs)
 
 

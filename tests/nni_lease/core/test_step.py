@@ -9,8 +9,8 @@ from nni.nas.nn.pytorch import LayerChoice, ModelSpace
 from nni.nas.strategy import DARTS
 from torch import nn
 
+from nni_lease.core._config import LeaseConfig
 from nni_lease.core._explain import pgd_explain
-from nni_lease.core._settings import LeaseSettings
 from nni_lease.core._step import LeaseStep
 
 
@@ -43,14 +43,14 @@ def _problem(gamma=1.0):
     gen = torch.Generator().manual_seed(1)
     x = torch.rand(10, 1, 4, 4, generator=gen, dtype=torch.float64)
     y = torch.randint(0, 3, (10,), generator=gen)
-    settings = LeaseSettings(
+    config = LeaseConfig(
         gamma=gamma,
         hypergradient="unrolled",
         pgd_steps=2,
         listener_optimizer=torch.optim.SGD,
         listener_learning_rate=0.4,
     )
-    return supernet, alphas, LeaseStep(settings, listener), (x[:5], y[:5]), (x[5:], y[5:])
+    return supernet, alphas, LeaseStep(config, listener), (x[:5], y[:5]), (x[5:], y[5:])
 
 
 def _objective(step, supernet, alphas, trn, val, xi):
@@ -104,7 +104,7 @@ def test_train_listener_is_one_optimiser_step_on_the_explanation():
     step.generator.manual_seed(3)
     result = step.train_listener(supernet, x, y)
     expected_expl = pgd_explain(
-        supernet, x, **step.settings.explanation_kwargs(), generator=torch.Generator().manual_seed(3)
+        supernet, x, **step.config.explanation_kwargs(), generator=torch.Generator().manual_seed(3)
     )
     torch.testing.assert_close(result.explanation.explained, expected_expl.explained)
     # SGD, lr 0.4: W ← W − 0.4 ∇ CE(listener(z), y) at the old weights
@@ -130,7 +130,7 @@ def test_listener_validation_loss_is_the_cross_entropy_on_explained_inputs():
 
 
 @pytest.mark.parametrize(
-    ("options", "match"),
+    ("settings", "match"),
     [
         ({"gamma": -1}, "gamma"),
         ({"hypergradient": "second"}, "hypergradient"),
@@ -143,6 +143,6 @@ def test_listener_validation_loss_is_the_cross_entropy_on_explained_inputs():
         ({"colour": 1}, "unknown"),
     ],
 )
-def test_settings_name_the_bad_option(options, match):
+def test_bad_settings_are_named(settings, match):
     with pytest.raises(ValueError, match=match):
-        LeaseSettings.from_options(**options)
+        LeaseConfig.from_settings(**settings)

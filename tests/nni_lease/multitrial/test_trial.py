@@ -12,7 +12,7 @@ from nni_lease._spaces import LeaseCellSpace
 from nni_lease.multitrial._trial import check_trial_arguments, evaluate_lease, lease_evaluator
 from tests.nni_lease._toy_space import DigitsToySpace
 
-TINY = {"epochs": 2, "max_batches": 3, "batch_size": 32, "val_limit": 64, "pgd_steps": 2}
+TINY = {"epochs": 2, "limit_batches": 3, "batch_size": 32, "limit": 96, "pgd_steps": 2}
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def reports(monkeypatch):
 
 def _cell_model(seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    space = LeaseCellSpace(width=4, n_cells=1, n_nodes=2)
+    space = LeaseCellSpace(width=4, cells=1, nodes=2)
     return space.freeze({"op0": "conv_3x3", "op1": "skip_connect", "input1": [0]})
 
 
@@ -46,7 +46,7 @@ def test_explainer_loss_matches_a_direct_computation(reports):
     """The reported L_e^val is the mean cross entropy of the trained explainer on the validation split."""
     model = DigitsToySpace().freeze({"op": "linear"})
     result = evaluate_lease(model, gamma=0.0, **TINY)
-    val = DigitsDataset("val", seed=0, limit=TINY["val_limit"])
+    val = DigitsDataset("val", seed=0, limit=TINY["limit"])
     model.eval()
     with torch.no_grad():
         logits = model(val.x.double().float())
@@ -83,12 +83,13 @@ def test_seeded_and_leaves_the_global_rng_alone(reports):
         ({"pgd_epsilon": 0.0}, "pgd_epsilon"),
         ({"dataset": "mnist"}, "dataset"),
         ({"dataset": "cifar10"}, "data_dir"),
-        ({"max_batches": 0}, "max_batches"),
+        ({"limit_batches": 0}, "limit_batches"),
+        ({"limit": 0}, "limit"),
         ({"learning_rate": float("inf")}, "learning_rate"),
         ({"device": "tpu"}, "device"),
         ({"seed": -1}, "seed"),
         ({"pgd_norm": "l3"}, "pgd_norm"),
-        ({"hypergradient": "unrolled"}, "takes the LeaSE options"),
+        ({"hypergradient": "unrolled"}, "takes the LeaSE settings"),
     ],
 )
 def test_bad_arguments_fail_before_any_work(kwargs, match, reports):
@@ -132,9 +133,9 @@ def test_the_trial_runs_the_shared_lease_step(reports, monkeypatch):
     monkeypatch.setattr(step_module, "pgd_explain", spy)
     monkeypatch.setattr(step_module.LeaseStep, "train_listener", train_spy)
     evaluate_lease(_cell_model(), pgd_epsilon=0.1, **TINY)
-    per_epoch = TINY["max_batches"] + 1  # training batches, then the validation set (64 < 256: one batch)
-    assert steps == [TINY["batch_size"]] * (TINY["max_batches"] * TINY["epochs"])
+    per_epoch = TINY["limit_batches"] + 1  # training batches, then the validation set (96 < 256: one batch)
+    assert steps == [TINY["batch_size"]] * (TINY["limit_batches"] * TINY["epochs"])
     assert len(calls) == TINY["epochs"] * per_epoch
-    assert [training for training, *_ in calls[:per_epoch]] == [True] * TINY["max_batches"] + [False]
-    assert [n for _, n, *_ in calls[:per_epoch]] == [TINY["batch_size"]] * TINY["max_batches"] + [TINY["val_limit"]]
+    assert [training for training, *_ in calls[:per_epoch]] == [True] * TINY["limit_batches"] + [False]
+    assert [n for _, n, *_ in calls[:per_epoch]] == [TINY["batch_size"]] * TINY["limit_batches"] + [TINY["limit"]]
     assert {c[2:] for c in calls} == {(0.1, 2.5 * 0.1 / TINY["pgd_steps"], TINY["pgd_steps"])}

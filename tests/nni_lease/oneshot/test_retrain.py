@@ -15,7 +15,7 @@ ARCH = {"op0": "conv_3x3", "op1": "sep_conv_3x3", "input1": [1]}
 
 def _space():
     torch.manual_seed(0)
-    return LeaseCellSpace(width=8, n_cells=2, n_nodes=2)
+    return LeaseCellSpace(width=8, cells=2, nodes=2)
 
 
 def test_build_is_seeded_fresh_and_leaves_space_and_rng_alone():

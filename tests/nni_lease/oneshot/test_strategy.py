@@ -43,7 +43,7 @@ def _digits_evaluator(**kwargs):
 
 def _space(seed=0, **kwargs):
     torch.manual_seed(seed)
-    return LeaseCellSpace(**{"width": 4, "n_cells": 2, "n_nodes": 2, **kwargs})
+    return LeaseCellSpace(**{"width": 4, "cells": 2, "nodes": 2, **kwargs})
 
 
 def _initialize(strategy, space, evaluator):
@@ -62,25 +62,26 @@ def _batches(n=16):
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "match"),
+    ("kwargs", "error", "match"),
     [
-        (dict(gamma=-0.1), "gamma must be"),
-        (dict(gamma=float("nan")), "gamma must be"),
-        (dict(pgd_steps=0), "pgd_steps must be a positive int"),
-        (dict(pgd_epsilon=0.0), "pgd_epsilon must be a positive"),
-        (dict(pgd_step_size=-1e-3), "pgd_step_size must be a positive"),
-        (dict(pgd_norm="l1"), "pgd_norm must be one of"),
-        (dict(hypergradient="second_order"), "hypergradient must be one of"),
-        (dict(listener="cnn"), "listener must be None or a torch.nn.Module"),
-        (dict(listener_learning_rate=0.0), "listener_learning_rate must be"),
-        (dict(listener_optimizer="adam"), "listener_optimizer must be"),
-        (dict(pdg_steps=3), r"unknown LeaSE option\(s\) \['pdg_steps'\]"),
-        (dict(settings={"gamma": 1}), "settings must be None or a LeaseSettings"),
-        (dict(arc_learning_rate=float("nan")), "arc_learning_rate must be"),
+        (dict(gamma=-0.1), ValueError, "gamma must be"),
+        (dict(gamma=float("nan")), ValueError, "gamma must be"),
+        (dict(gamma="1"), TypeError, "gamma must be"),
+        (dict(pgd_steps=0), ValueError, r"pgd_steps must be an int in \[1, 10000\]; got 0"),
+        (dict(pgd_epsilon=0.0), ValueError, r"pgd_epsilon must be a finite number in \(0, "),
+        (dict(pgd_step_size=-1e-3), ValueError, r"pgd_step_size must be None or a finite number in \(0, "),
+        (dict(pgd_norm="l1"), ValueError, "pgd_norm must be one of"),
+        (dict(hypergradient="second_order"), ValueError, "hypergradient must be one of"),
+        (dict(listener="cnn"), TypeError, "listener must be None or a torch.nn.Module"),
+        (dict(listener_learning_rate=0.0), ValueError, "listener_learning_rate must be"),
+        (dict(listener_optimizer="adam"), TypeError, "listener_optimizer must be"),
+        (dict(pdg_steps=3), ValueError, r"unknown LeaSE setting\(s\) \['pdg_steps'\]"),
+        (dict(config={"gamma": 1}), TypeError, "config must be None or a LeaseConfig"),
+        (dict(arc_learning_rate=float("nan")), ValueError, "arc_learning_rate must be"),
     ],
 )
-def test_bad_arguments_fail_at_construction(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_arguments_fail_at_construction(kwargs, error, match):
+    with pytest.raises(error, match=match):
         LeaSE(**kwargs)
 
 
@@ -128,7 +129,7 @@ def test_listener_loss_sends_gradient_to_the_architecture_both_ways():
     assert alphas
     trn, val = _batches()
     loss, logits, expl = step.listener_validation_loss(module.training_module, *val, differentiable="last_step")
-    assert logits.shape == (16, 10) and expl.delta.flatten(1).norm(dim=1).max() <= strategy.settings.pgd_epsilon + 1e-6
+    assert logits.shape == (16, 10) and expl.delta.flatten(1).norm(dim=1).max() <= strategy.config.pgd_epsilon + 1e-6
     first_order = torch.autograd.grad(loss, alphas, allow_unused=True)
     assert sum(float(g.abs().sum()) for g in first_order if g is not None) > 0.0
     terms = step.unrolled_objective(module.training_module, alphas, trn, val, explainer_step_size=3e-3)
@@ -208,7 +209,7 @@ def test_logged_metrics_cover_both_networks():
         "lease/objective",
     ]:
         assert name in metrics and torch.isfinite(metrics[name]), name
-    assert 0 < float(metrics["explanation/mean_abs_delta"]) <= strategy.settings.pgd_epsilon
+    assert 0 < float(metrics["explanation/mean_abs_delta"]) <= strategy.config.pgd_epsilon
     torch.testing.assert_close(metrics["lease/objective"], metrics["explainer/val_loss"] + metrics["listener/val_loss"])
 
 

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from nni.experiment.config import ExperimentConfig
 
-from nni_lease.core._settings import LeaseSettings
+from nni_lease.core._config import LeaseConfig
 from nni_lease.oneshot._config import RetrainConfig, SearchConfig
 from nni_lease.oneshot._workflow import ARCHITECTURE_FILE, RETRAIN_FILE
 from nni_lease.runtime._hpo import (
@@ -85,7 +85,7 @@ def test_trial_config_round_trip_and_refusals():
     assert TrialConfig.from_json(config.to_json()) == config
     with pytest.raises(ValueError, match="cannot be fixed in an HPO run"):
         TrialConfig(lease={"gamma": 0.5})
-    with pytest.raises(ValueError, match="unknown LeaSE option"):
+    with pytest.raises(ValueError, match="unknown LeaSE setting"):
         TrialConfig(lease={"gama": 0.5})
     with pytest.raises(ValueError, match="not valid JSON"):
         TrialConfig.from_json("{")
@@ -100,7 +100,7 @@ def test_experiment_config_and_the_yaml_example_agree(tmp_path):
     assert config.tuner.name == "TPE" and config.tuner.class_args == {"optimize_mode": "maximize"}
     assert shlex.split(config.trial_command)[1:5] == ["-m", "nni_lease.runtime._hpo", "trial", "--config"]
     assert (config.max_trial_number, config.trial_concurrency) == (3, 2)
-    assert DEFAULT_PARAMETERS == {k: getattr(LeaseSettings(), k) for k in SEARCH_SPACE}
+    assert DEFAULT_PARAMETERS == {k: getattr(LeaseConfig(), k) for k in SEARCH_SPACE}
 
     example = yaml.safe_load((EXAMPLES / "hpo_config.yml").read_text())
     assert example["searchSpace"] == SEARCH_SPACE

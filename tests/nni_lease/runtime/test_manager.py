@@ -244,8 +244,11 @@ def test_a_port_held_on_any_address_is_not_free(address):
 
 
 def test_port_numbers_are_checked():
-    for bad in (0, 70000, True, "8080"):
-        with pytest.raises(ValueError, match="port must be an int"):
+    for bad in (0, 70000):
+        with pytest.raises(ValueError, match=r"port must be an int in \[1, 65535\]"):
+            check_port_free(bad)
+    for bad in (True, "8080"):
+        with pytest.raises(TypeError, match=r"port must be an int in \[1, 65535\]"):
             check_port_free(bad)
 
 

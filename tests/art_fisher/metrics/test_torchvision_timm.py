@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from art_fisher import metrics
-from tests.art_fisher import field_models
+from tests.art_fisher import model_families
 from tests.art_fisher.metrics_cases import per_class_reference
 
 #: torchvision's classification models of up to ~12M parameters that run on 32×32 inputs.
@@ -73,7 +73,7 @@ TIMM = (
 
 def build(library: str, name: str) -> nn.Module:
     """The model (random weights and norm statistics, eval mode); skips when the library is missing."""
-    model = field_models.build_field_model(library, name)
+    model = model_families.build_library_model(library, name)
     if model is None:
         pytest.skip(f'{library} is not installed (pip install -e ".[models]")')
     return model
@@ -105,7 +105,7 @@ def scale_head(model: nn.Module, x: torch.Tensor, target: float = 3.0) -> None:
         for n in TIMM
     ],
 )
-def test_field_model_exact_in_float64(library, name):
+def test_library_model_exact_in_float64(library, name):
     model = build(library, name).double()
     torch.manual_seed(1)
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from art_fisher._atomic import atomic_write, check_output_dir
+from art_fisher.utils import atomic_write, check_output_dir
 
 
 def test_check_output_dir_accepts_creatable_and_existing_folders_and_leaves_nothing(tmp_path):

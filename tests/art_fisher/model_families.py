@@ -1,4 +1,4 @@
-"""Small in-repo equivalents of the field's models, and the import of torchvision / timm for tests and benchmarks.
+"""Small in-repo equivalents of common model families; the import of torchvision / timm for tests and benchmarks.
 
 The equivalents use the layer types of the real models at a width that keeps float64 references
 cheap, and need nothing beyond torch (CI runs without torchvision):
@@ -240,7 +240,7 @@ def import_timm() -> types.ModuleType | None:
     return importlib.import_module("timm")
 
 
-def build_field_model(library: str, name: str, n_classes: int = 10) -> nn.Module | None:
+def build_library_model(library: str, name: str, n_classes: int = 10) -> nn.Module | None:
     """A classification model of ``library`` (``"torchvision"`` or ``"timm"``) for 32×32 inputs, or None.
 
     Random weights, random norm statistics (:func:`randomise_norms`), eval mode; ViT / DeiT at patch

@@ -1,36 +1,31 @@
-"""LeaSE's options, written once: :class:`LeaseSettings`.
+"""LeaSE's configuration, written once: :class:`LeaseConfig`.
 
 The one-shot strategy (:class:`nni_lease.LeaSE`), its Lightning module, the multi-trial trial code
 (:mod:`nni_lease.multitrial`), the one-shot API (:mod:`nni_lease.oneshot`) and the command line all take
-their LeaSE options from this one frozen dataclass, which checks them when it is built.
+their LeaSE settings from this one frozen dataclass, which checks them when it is built.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 
-from nni_lease._limits import MAX_RATE
-from nni_lease.core._explain import check_explanation_arguments
+from art_fisher.utils import check_choice, check_int, check_real
+from nni_lease._limits import MAX_RATE, MAX_SEED
+from nni_lease.core._explain import Norm, Objective, Weighting, check_explanation_arguments
 
+Hypergradient = Literal["first_order", "unrolled"]
 #: Accepted values of ``hypergradient``.
-HYPERGRADIENTS: tuple[str, ...] = ("first_order", "unrolled")
-
-
-def _positive(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) <= MAX_RATE:
-        raise ValueError(f"{name} must be a positive number (at most {MAX_RATE:g}); got {value!r}.")
-    return float(value)
+HYPERGRADIENTS: tuple[str, ...] = get_args(Hypergradient)
 
 
 @dataclass(frozen=True)
-class LeaseSettings:
-    r"""Every LeaSE option (stages 2-4 of a step and the listener); validated at construction.
+class LeaseConfig:
+    r"""Every LeaSE setting (stages 2-4 of a step and the listener); validated at construction.
 
     Parameters
     ----------
@@ -41,7 +36,7 @@ class LeaseSettings:
         How :math:`L_a^{val}` is differentiated with respect to the architecture (see
         :mod:`nni_lease.core`): ``"first_order"`` holds the explainer's and the listener's weights fixed
         and follows the validation batch's explanation only (an approximation); ``"unrolled"`` follows
-        the seed's whole chain E′(A) → δ(E′) → W′ → :math:`L_a^{val}` with one virtual step of each network.
+        the LeaSE paper's whole chain E′(A) → δ(E′) → W′ → :math:`L_a^{val}` with one virtual step of each network.
     pgd_epsilon, pgd_norm, pgd_steps, pgd_step_size, pgd_random_start, pgd_objective, weighting
         The explanation (:func:`nni_lease.core.pgd_explain`'s ``epsilon``, ``norm``, ``steps``,
         ``step_size``, ``random_start``, ``objective``, ``weighting``; same defaults).
@@ -57,27 +52,29 @@ class LeaseSettings:
 
     Raises
     ------
+    TypeError
+        For a value of the wrong type, naming the setting.
     ValueError
-        Naming the offending option, the expected and the received value.
+        Naming the offending setting, the expected and the received value.
 
     Examples
     --------
-    >>> settings = LeaseSettings(gamma=0.5)
-    >>> settings.explanation_kwargs()["norm"], settings.step_size
+    >>> config = LeaseConfig(gamma=0.5)
+    >>> config.explanation_kwargs()["norm"], config.step_size
     ('l2', 0.625)
-    >>> LeaseSettings.option_names()[:3]
+    >>> LeaseConfig.setting_names()[:3]
     ('gamma', 'hypergradient', 'pgd_epsilon')
     """
 
     gamma: float = 1.0
-    hypergradient: Literal["first_order", "unrolled"] = "first_order"
+    hypergradient: Hypergradient = "first_order"
     pgd_epsilon: float = 0.5
-    pgd_norm: Literal["l2", "linf"] = "l2"
+    pgd_norm: Norm = "l2"
     pgd_steps: int = 2
     pgd_step_size: float | None = None
     pgd_random_start: float = 0.25
-    pgd_objective: Literal["predicted_label", "soft_prediction"] = "predicted_label"
-    weighting: Literal["reweight", "product"] = "reweight"
+    pgd_objective: Objective = "predicted_label"
+    weighting: Weighting = "reweight"
     listener_optimizer: type[torch.optim.Optimizer] = torch.optim.Adam
     listener_learning_rate: float = 1e-3
     listener_weight_decay: float = 0.0
@@ -85,11 +82,8 @@ class LeaseSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        gamma = self.gamma
-        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0.0 <= gamma <= MAX_RATE:
-            raise ValueError(f"gamma must be a number from 0 to {MAX_RATE:g}; got {gamma!r}.")
-        if self.hypergradient not in HYPERGRADIENTS:
-            raise ValueError(f"hypergradient must be one of {list(HYPERGRADIENTS)}; got {self.hypergradient!r}.")
+        check_real(self.gamma, "gamma", low=0.0, high=MAX_RATE)
+        check_choice(self.hypergradient, "hypergradient", Hypergradient)
         check_explanation_arguments(
             epsilon=self.pgd_epsilon,
             step_size=self.pgd_step_size,
@@ -97,42 +91,37 @@ class LeaseSettings:
             norm=self.pgd_norm,
             random_start=self.pgd_random_start,
             objective=self.pgd_objective,
-            weighting="reweight",
             prefix="pgd_",
         )
-        check_explanation_arguments(epsilon=1.0, step_size=None, steps=1, weighting=self.weighting)
+        check_choice(self.weighting, "weighting", Weighting)
         optimizer = self.listener_optimizer
         if not (isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer)):
-            raise ValueError(f"listener_optimizer must be a torch.optim.Optimizer class; got {optimizer!r}.")
-        _positive("listener_learning_rate", self.listener_learning_rate)
-        decay = self.listener_weight_decay
-        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 <= decay < math.inf:
-            raise ValueError(f"listener_weight_decay must be a finite number >= 0; got {decay!r}.")
-        if self.unrolled_step_size is not None:
-            _positive("unrolled_step_size", self.unrolled_step_size)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be an int >= 0; got {self.seed!r}.")
-        object.__setattr__(self, "gamma", float(gamma))
+            raise TypeError(f"listener_optimizer must be a torch.optim.Optimizer class; got {optimizer!r}.")
+        check_real(self.listener_learning_rate, "listener_learning_rate", low=0.0, high=MAX_RATE, low_open=True)
+        check_real(self.listener_weight_decay, "listener_weight_decay", low=0.0)
+        check_real(self.unrolled_step_size, "unrolled_step_size", low=0.0, high=MAX_RATE, low_open=True, optional=True)
+        check_int(self.seed, "seed", low=0, high=MAX_SEED)
+        object.__setattr__(self, "gamma", float(self.gamma))
         object.__setattr__(self, "pgd_epsilon", float(self.pgd_epsilon))
 
     @classmethod
-    def option_names(cls) -> tuple[str, ...]:
-        """Names of all options, in declaration order."""
+    def setting_names(cls) -> tuple[str, ...]:
+        """Names of all settings (the fields), in declaration order."""
         return tuple(f.name for f in dataclasses.fields(cls))
 
     @classmethod
-    def from_options(cls, base: LeaseSettings | None = None, **options: Any) -> LeaseSettings:
-        """``base`` (default: the defaults) with ``options`` replaced.
+    def from_settings(cls, base: LeaseConfig | None = None, **settings: Any) -> LeaseConfig:
+        """``base`` (default: the defaults) with ``settings`` replaced.
 
         Raises
         ------
         ValueError
-            For an unknown option name (listing the known ones) or a bad value.
+            For an unknown setting name (listing the known ones) or a bad value.
         """
-        unknown = sorted(set(options) - set(cls.option_names()))
+        unknown = sorted(set(settings) - set(cls.setting_names()))
         if unknown:
-            raise ValueError(f"unknown LeaSE option(s) {unknown}; the options are {list(cls.option_names())}.")
-        return dataclasses.replace(base if base is not None else cls(), **options)
+            raise ValueError(f"unknown LeaSE setting(s) {unknown}; the settings are {list(cls.setting_names())}.")
+        return dataclasses.replace(base if base is not None else cls(), **settings)
 
     @property
     def step_size(self) -> float:
@@ -160,7 +149,7 @@ class LeaseSettings:
         }
 
     def as_dict(self) -> dict[str, Any]:
-        """The options as JSON-ready values (the optimiser as ``module.QualName``; the PGD step resolved)."""
+        """The settings as JSON-ready values (the optimiser as ``module.QualName``; the PGD step resolved)."""
         out = dataclasses.asdict(self)
         opt = self.listener_optimizer
         out["listener_optimizer"] = f"{opt.__module__}.{opt.__qualname__}"

@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from art_fisher.utils._validation import check_path
+
 
 @contextlib.contextmanager
 def atomic_write(path: str | Path, *, text: bool = False) -> Iterator[IO]:
@@ -79,10 +81,12 @@ def check_output_dir(path: str | Path, name: str = "output_dir") -> Path:
 
     Raises
     ------
+    TypeError
+        If ``path`` is not a path.
     ValueError
         If ``path`` or its nearest existing parent is not a folder, or no folder can be written there.
     """
-    out = Path(path).expanduser()
+    out = check_path(path, name)
     existing = out
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
