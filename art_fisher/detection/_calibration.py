@@ -41,19 +41,18 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from numbers import Real
 from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from art_fisher.utils import check_probability
 
-def check_target_fpr(target_fpr: float) -> float:
-    """``target_fpr`` as a float; ValueError unless it is a number in (0, 1)."""
-    if isinstance(target_fpr, bool) or not isinstance(target_fpr, Real) or not 0.0 < float(target_fpr) < 1.0:
-        raise ValueError(f"target_fpr must be a number in (0, 1); got {target_fpr!r}.")
-    return float(target_fpr)
+
+def check_target_fpr(target_fpr: object) -> float:
+    """``target_fpr`` as a float in (0, 1) (:func:`art_fisher.utils.check_probability`)."""
+    return check_probability(target_fpr, "target_fpr")
 
 
 def needed_samples(target_fpr: float) -> str:
@@ -202,12 +201,7 @@ class QuantileOutlierDetector(OutlierMixin, BaseEstimator):
         return signs, np.array([d == "two-sided" for d in given]), used
 
     def _check_params(self) -> None:
-        if (
-            not isinstance(self.target_fpr, Real)
-            or isinstance(self.target_fpr, bool)
-            or not 0.0 < float(self.target_fpr) < 1.0
-        ):
-            raise ValueError(f"target_fpr must be a number in (0, 1); got {self.target_fpr!r}.")
+        check_target_fpr(self.target_fpr)
         if self.combine not in _COMBINE:
             raise ValueError(f"combine must be one of {_COMBINE}; got {self.combine!r}.")
         if not isinstance(self.log, bool):

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from numbers import Real
 from typing import Any
 
 import numpy as np
@@ -31,6 +30,7 @@ from sklearn.utils.multiclass import check_classification_targets, type_of_targe
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from art_fisher.detection import _features
+from art_fisher.utils import check_probability
 
 logger = logging.getLogger(__name__)
 
@@ -188,14 +188,7 @@ class ThresholdClassifier(ClassifierMixin, BaseEstimator):
         if polarity not in _POLARITIES:
             raise ValueError(f"polarity must be one of {_POLARITIES}; got {polarity!r}.")
         if self.strategy == "target_fpr":
-            if (
-                not isinstance(self.target_fpr, Real)
-                or isinstance(self.target_fpr, bool)
-                or not 0.0 <= float(self.target_fpr) <= 1.0
-            ):
-                raise ValueError(
-                    f"target_fpr must be a number in [0, 1] when strategy='target_fpr'; got {self.target_fpr!r}."
-                )
+            check_probability(self.target_fpr, "target_fpr", closed=True)
         elif self.target_fpr is not None:
             raise ValueError(
                 f"target_fpr is only used with strategy='target_fpr'; got target_fpr={self.target_fpr!r} "

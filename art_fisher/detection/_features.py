@@ -38,6 +38,7 @@ from art_fisher import _checks
 from art_fisher import metrics as metrics_module
 from art_fisher.detection._feature_source import COMPUTE, FeatureSource
 from art_fisher.metrics._top_mass import check_tau, selection
+from art_fisher.utils import check_int
 
 
 def check_classifier(classifier: Any) -> None:
@@ -362,16 +363,8 @@ def chunk_size_of(owner: Any) -> int:
 
 
 def check_chunk_size(chunk_size: Any, name: str = "chunk_size") -> int:
-    """``chunk_size`` as an int; TypeError / ValueError unless it is a positive integer."""
-    if chunk_size is None:
-        raise ValueError(f"{name} must be a positive int; got None.")
-    if isinstance(chunk_size, np.integer):
-        chunk_size = int(chunk_size)
-    try:
-        _checks.check_chunk_size(chunk_size, name)
-    except (TypeError, ValueError) as err:
-        raise type(err)(str(err).replace("None or ", "")) from None
-    return chunk_size
+    """``chunk_size`` as an int; TypeError / ValueError unless it is a positive integer (None refused)."""
+    return int(check_int(chunk_size, name, low=1))
 
 
 @contextlib.contextmanager

@@ -62,6 +62,7 @@ from art_fisher import _checks
 from art_fisher.detection._calibration import QuantileOutlierDetector
 from art_fisher.detection._estimators import LogTransformer, ThresholdClassifier
 from art_fisher.detection._features import _eval_mode, warn_if_uint8_range
+from art_fisher.utils import check_int
 
 
 class NotDifferentiableError(ValueError):
@@ -281,8 +282,7 @@ class DetectionLogitClassifier(ClassifierNeuralNetwork):
         """
         if training_mode:
             raise ValueError("training_mode=True is not supported: the detector's model runs in eval mode.")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")
+        batch_size = check_int(batch_size, "batch_size", low=1)
         x = self._array(x)
         out = []
         for start in range(0, len(x), batch_size):

@@ -229,7 +229,7 @@ class LIDRun(DetectorRun):
         return decided(self.estimator, self._lids(x), self.threshold)
 
 
-def field_specs() -> dict[str, DetectorSpec]:
+def layer_baseline_specs() -> dict[str, DetectorSpec]:
     """The registry entries of the field's baselines."""
     return {
         "mahalanobis": DetectorSpec("Mahalanobis, layer ensemble (Lee et al. 2018)", MahalanobisRun, no_gradient=None),

@@ -13,7 +13,7 @@ from art_fisher.evaluation.detectors._feature_squeezing import feature_squeezing
 from art_fisher.evaluation.detectors._fisher import fisher_specs
 from art_fisher.evaluation.detectors._input_fisher import input_fisher_specs
 from art_fisher.evaluation.detectors._kd_bu import kd_bu_specs
-from art_fisher.evaluation.detectors._layer_baselines import field_specs
+from art_fisher.evaluation.detectors._layer_baselines import layer_baseline_specs
 from art_fisher.evaluation.detectors._stacked import stacked_specs
 
 DETECTORS: dict[str, DetectorSpec] = {
@@ -21,7 +21,7 @@ DETECTORS: dict[str, DetectorSpec] = {
     **input_fisher_specs(),
     **stacked_specs(),
     **baseline_specs(),
-    **field_specs(),
+    **layer_baseline_specs(),
     **kd_bu_specs(),
     **feature_squeezing_specs(),
 }

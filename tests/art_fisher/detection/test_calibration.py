@@ -95,18 +95,18 @@ def test_zeros_under_log_and_too_few_samples():
 
 
 @pytest.mark.parametrize(
-    ("params", "match"),
+    ("params", "error", "match"),
     [
-        ({"target_fpr": 0.0}, "target_fpr must be a number in"),
-        ({"target_fpr": 1.0}, "target_fpr must be a number in"),
-        ({"target_fpr": True}, "target_fpr must be a number in"),
-        ({"combine": "sum"}, "combine must be one of"),
-        ({"polarity": "up"}, "polarity must be one of"),
-        ({"polarity": ["higher"]}, "one per column"),
-        ({"polarity": "none"}, "at least one column"),
-        ({"log": 1}, "log must be True or False"),
+        ({"target_fpr": 0.0}, ValueError, r"target_fpr must be a finite number in \(0, 1\); got 0.0"),
+        ({"target_fpr": 1.0}, ValueError, r"target_fpr must be a finite number in \(0, 1\); got 1.0"),
+        ({"target_fpr": True}, TypeError, "target_fpr must be a finite number in .*; got True"),
+        ({"combine": "sum"}, ValueError, "combine must be one of"),
+        ({"polarity": "up"}, ValueError, "polarity must be one of"),
+        ({"polarity": ["higher"]}, ValueError, "one per column"),
+        ({"polarity": "none"}, ValueError, "at least one column"),
+        ({"log": 1}, ValueError, "log must be True or False"),
     ],
 )
-def test_bad_parameters_raise_in_fit(params, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_parameters_raise_in_fit(params, error, match):
+    with pytest.raises(error, match=match):
         QuantileOutlierDetector(**params).fit(np.ones((30, 2)) + np.arange(30)[:, None])

@@ -399,7 +399,7 @@ def test_label_mismatches_fail_before_any_metric_is_computed(digits_cnn, metrics
     detector.estimator = LinearRegression()  # set behind the checks' back: fit refuses it before any work
     with pytest.raises(TypeError, match="got LinearRegression"):
         detector.fit(x, y)
-    with pytest.raises(ValueError, match="target_fpr must be a number in"):
+    with pytest.raises(ValueError, match=r"target_fpr must be a finite number in \(0, 1\); got 0.0"):
         FisherInformationDetector(clf, target_fpr=0.0)
 
 

@@ -110,18 +110,18 @@ def test_several_columns_pick_the_informative_one():
 
 
 @pytest.mark.parametrize(
-    ("params", "match"),
+    ("params", "error", "match"),
     [
-        ({"strategy": "f1"}, "strategy must be one of"),
-        ({"polarity": "up"}, "polarity must be one of"),
-        ({"strategy": "target_fpr"}, "target_fpr must be a number in"),
-        ({"strategy": "target_fpr", "target_fpr": 1.5}, "target_fpr must be a number in"),
-        ({"target_fpr": 0.1}, "only used with strategy='target_fpr'"),
+        ({"strategy": "f1"}, ValueError, "strategy must be one of"),
+        ({"polarity": "up"}, ValueError, "polarity must be one of"),
+        ({"strategy": "target_fpr"}, TypeError, "target_fpr must be a finite number in .*; got None"),
+        ({"strategy": "target_fpr", "target_fpr": 1.5}, ValueError, r"target_fpr must be a finite number in \[0, 1\]"),
+        ({"target_fpr": 0.1}, ValueError, "only used with strategy='target_fpr'"),
     ],
 )
-def test_bad_parameters_raise_in_fit(params, match):
+def test_bad_parameters_raise_in_fit(params, error, match):
     X, y = _scores()
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(error, match=match):
         ThresholdClassifier(**params).fit(X, y)
 
 
