@@ -23,11 +23,8 @@ e.g. ``FisherInformationDetector.as_art_classifier()``):
   :math:`w` times the detector's log-probability of "clean" (:math:`-\operatorname{softplus}(d) =
   \log(1 - \sigma(d))`, taking :math:`d` as a logit). An untargeted attack that *ascends* :math:`L` (ART's
   PGD) first crosses the decision boundary, then pushes the input below the detector's threshold while
-  keeping it misclassified. Both choices were measured on the digits CNN of the evaluation (40 inputs, PGD
-  L∞ ε = 0.2, 40 steps, against ``fisher_trace`` fitted on PGD): crossing the boundary passes through
-  low-confidence inputs that confidence-type detectors score very high, and without the gate the
-  detector term holds the attack before the boundary (10 % success, 10 % evasion; with the gate 100 % and
-  77.5 %; the plain margin attack, :math:`w = 0`, 100 % and 42.5 %). The cross entropy
+  keeping it misclassified (the evaluation guide's *Adaptive attacks* section says why the gate and the
+  margin were chosen, with the measurements). The cross entropy
   (``classifier_loss="cross_entropy"``) has a vanishing gradient at confidently classified inputs.
   Ascending the cross entropy of the C + 1 combined logits instead would push inputs into the detector's
   class, which is no evasion. With ``targeted=True`` the attack *descends*

@@ -163,9 +163,9 @@ def feature_polarities(metrics: Sequence[str], blocks: Sequence[str] = ()) -> li
 
     ``"higher"`` for every Fisher magnitude (the scalar metrics, each parameter tensor's trace and the
     ``l1``, ``l2``, ``max`` reductions of a map): more Fisher information means a less settled
-    prediction. ``"none"`` for ``top_mass``, a shape statistic of the map with no such prior (measured
-    on digits, its ROC-AUC is above 0.5 for some attacks and below for others), which clean-only
-    calibration leaves out. ``blocks``: as in :func:`feature_names`.
+    prediction. ``"none"`` for ``top_mass``, a shape statistic of the map with no such prior (its ROC-AUC
+    falls on either side of 0.5 depending on the attack), which clean-only calibration leaves out.
+    ``blocks``: as in :func:`feature_names`.
     """
     polarities: list[str] = []
     for name in metrics:

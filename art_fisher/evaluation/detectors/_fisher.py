@@ -86,8 +86,7 @@ def fisher_specs() -> dict[str, DetectorSpec]:
     """The Fisher registry entries: supervised ones first, then their clean-calibrated twins.
 
     One detector per scalar metric, ``fisher_combined`` on :data:`COMBINED`, and the sensitivity (a
-    per-pixel map, reduced to four statistics) as a detector of its own; at about 3 ms per sample on
-    the digits CNN it is in the default set.
+    per-pixel map, reduced to four statistics) as a detector of its own, in the default set.
     """
     scalar = tuple(m for m, spec in _METRIC_SPECS.items() if not spec.is_map and not spec.per_block)
     entries: list[tuple[str, str, tuple[str, ...]]] = [
