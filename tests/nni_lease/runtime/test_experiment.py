@@ -174,6 +174,7 @@ def _final(metrics: list, trial: str) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_multitrial_experiment_web_ui_stop_and_resume(launch, tmp_path):
     port = _free_port()
     first = launch(port, max_trials=8)  # more than will run: the search is stopped by Ctrl-C midway
@@ -280,6 +281,7 @@ def _jobs_in_db(home: Path, experiment_id: str) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_sigkill_of_the_launcher_ends_the_manager_and_its_trials(launch, tmp_path):
     port = _free_port()
     driver = launch(port, max_trials=8)
@@ -570,6 +572,7 @@ net.Server.prototype.listen = function (...args) {
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_a_rebound_manager_killed_by_the_guard_is_one_error(tmp_path):
     port = _free_port()
     (tmp_path / "rebind.js").write_text(_REBIND)
@@ -618,6 +621,7 @@ def test_a_rebound_manager_killed_by_the_guard_is_one_error(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_a_manager_killed_under_the_cli_is_one_error_naming_the_experiment_and_its_log(tmp_path):
     from nni_lease.runtime._manager import listeners
 
