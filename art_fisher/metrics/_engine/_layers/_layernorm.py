@@ -30,16 +30,19 @@ def _computes_layer_norm(module: nn.LayerNorm, a: torch.Tensor, out: torch.Tenso
         and same_storage(getattr(node, "_saved_bias", None), module.bias)
     ):
         return False
-    rstd = getattr(node, "_saved_result2", None)
-    if not isinstance(rstd, torch.Tensor):
-        return False
     dims = tuple(range(a.dim() - len(module.normalized_shape), a.dim()))
     with torch.no_grad():
-        a64 = a.detach().double()
-        want = torch.rsqrt(a64.var(dims, unbiased=False, keepdim=True) + module.eps)
-        if rstd.shape != want.shape:
-            return False
-        tol = 64 * torch.finfo(a.dtype).eps if a.dtype.is_floating_point else 0.0
+        want = torch.rsqrt(a.detach().double().var(dims, unbiased=False, keepdim=True) + module.eps)
+    return _saved_rstd_is(node, want, a.dtype)
+
+
+def _saved_rstd_is(node: object, want: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Whether a layer-norm node's saved reciprocal standard deviations equal ``want`` to ``dtype``'s rounding."""
+    rstd = getattr(node, "_saved_result2", None)
+    if not isinstance(rstd, torch.Tensor) or rstd.shape != want.shape:
+        return False
+    tol = 64 * torch.finfo(dtype).eps if dtype.is_floating_point else 0.0
+    with torch.no_grad():
         return bool(((rstd.double() - want).abs() <= tol * want).all())
 
 
@@ -130,13 +133,9 @@ def _computes_channel_layer_norm(module: nn.LayerNorm, a: torch.Tensor, out: tor
         and same_storage(getattr(norm, "_saved_bias", None), module.bias)
     ):
         return False
-    rstd = getattr(norm, "_saved_result2", None)
     with torch.no_grad():
         want = torch.rsqrt(a.detach().double().var(1, unbiased=False) + module.eps).unsqueeze(-1)  # (n, H, W, 1)
-        if not isinstance(rstd, torch.Tensor) or rstd.shape != want.shape:
-            return False
-        tol = 64 * torch.finfo(a.dtype).eps if a.dtype.is_floating_point else 0.0
-        return bool(((rstd.double() - want).abs() <= tol * want).all())
+    return _saved_rstd_is(norm, want, a.dtype)
 
 
 class ChannelLayerNormRule(BatchNormRule):
