@@ -288,6 +288,26 @@ class _FunctionalDropout(nn.Module):
         return self.fc2(nn.functional.dropout(torch.relu(self.fc1(x)), p=0.5, training=True))
 
 
+def test_output_probe_calls_the_model_twice_unless_the_calls_disagree():
+    """The probe's third call (the first sample alone again) only runs to tell randomness from batch statistics."""
+    from art_fisher._checks import probe_output
+
+    calls = []
+    model = nn.Sequential(nn.Linear(6, 3)).eval()
+    model.register_forward_pre_hook(lambda _m, inputs: calls.append(inputs[0].shape[0]))
+    assert probe_output(model, torch.rand(5, 6), "logits") == 3
+    assert calls == [1, 4]
+    calls.clear()
+    probe_output(model, torch.rand(1, 6), "logits")
+    assert calls == [1, 1]
+    calls.clear()
+    dropout = _FunctionalDropout().eval()
+    dropout.register_forward_pre_hook(lambda _m, inputs: calls.append(inputs[0].shape[0]))
+    with pytest.raises(ValueError, match="differs between two calls in eval mode"):
+        probe_output(dropout, torch.rand(4, 6), "logits")
+    assert calls == [1, 4, 1]
+
+
 def test_functional_train_mode_dropout_is_detected():
     model, x = _FunctionalDropout().eval(), torch.rand(4, 6)
     for metric in (fisher_trace, fisher_quadratic_form, fisher_sensitivity):

@@ -81,7 +81,7 @@ def test_tiny_models_sensitivity_in_float64(name):
 @pytest.mark.parametrize("route", ["materialised", "ghost"])
 @pytest.mark.parametrize(("size", "stride", "dilation"), [(7, 2, 1), (8, 1, 2), (2, 2, 1)])
 def test_grouped_and_depthwise_conv_rule(groups, c_in, c_out, route, size, stride, dilation):
-    """Depthwise convolutions on maps of 4 or more positions use grouped convolutions, on smaller ones patches."""
+    """Depthwise convolutions on maps of 16 or more positions use grouped convolutions, on smaller ones patches."""
     torch.manual_seed(groups)
     conv = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, dilation=dilation, groups=groups).double()
     x = torch.randn(3, c_in, size, size, dtype=torch.float64)

@@ -82,9 +82,8 @@ class BatchNormRule(LayerRule):
         n, ch = b.shape[0], b.shape[1]
         if role == "bias":
             return b.reshape(n, ch, -1).sum(2)
-        # Σ_t b_t x̂_t per channel as a batched dot product (no elementwise product in memory)
-        normed = self.normalised.reshape(n * ch, -1, 1)
-        return torch.bmm(b.reshape(n * ch, 1, -1), normed).reshape(n, ch)
+        # Σ_t b_t x̂_t per channel (a batched matrix product of n·ch dot products is several times slower)
+        return torch.linalg.vecdot(b.reshape(n, ch, -1), self.normalised.reshape(n, ch, -1))
 
     def change(self, role: str, d: torch.Tensor, shared: bool) -> torch.Tensor:
         shape = [1 if shared else self.a.shape[0], -1] + [1] * (self.a.dim() - 2)

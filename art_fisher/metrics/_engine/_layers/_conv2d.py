@@ -10,8 +10,9 @@ from torch import nn
 
 from art_fisher.metrics._engine._layers._base import FlatGrad, LayerRule, plain
 
-#: Output positions from which the depthwise rule uses grouped convolutions instead of patches.
-CONV_TRICK_MIN_L = 4
+#: Output positions from which the depthwise rule uses grouped convolutions instead of patches (on smaller maps,
+#: e.g. 2 × 2, the grouped convolution with a kernel as large as the map is several times slower than the ghost form).
+CONV_TRICK_MIN_L = 16
 
 
 class Conv2dRule(LayerRule):
@@ -22,7 +23,8 @@ class Conv2dRule(LayerRule):
     channels and ``U_j`` the patches of its in/g input channels (depthwise: ``g`` = in = out, one
     channel each). Gram matrices of weight gradients either materialise ``G`` per column, or use the
     ghost form ``K[c, d] = Σ_j ⟨B_dj, B_cj (U_jᵀU_j)⟩`` (L × L per group), whichever takes fewer
-    multiply-adds.
+    multiply-adds; depthwise layers use grouped convolutions on maps of at least ``CONV_TRICK_MIN_L``
+    positions and the ghost form on smaller ones.
     """
 
     module_types = (nn.Conv2d,)
@@ -31,7 +33,6 @@ class Conv2dRule(LayerRule):
     def __init__(self, module: nn.Module, a: torch.Tensor) -> None:
         super().__init__(module, a)
         self._u: torch.Tensor | None = None
-        self._ug: torch.Tensor | None = None
         self._uu: torch.Tensor | None = None
 
     @staticmethod
@@ -54,14 +55,10 @@ class Conv2dRule(LayerRule):
 
     @property
     def unfolded(self) -> torch.Tensor:
-        """Patches ``U`` (n, in·kh·kw, L) of the input, as ``F.unfold`` gives them (a view of :attr:`patches`)."""
-        return self.patches.transpose(1, 2)
+        """Patches ``U`` (n, in·kh·kw, L) of the input, as ``F.unfold`` gives them, contiguous, computed once per call.
 
-    @property
-    def patches(self) -> torch.Tensor:
-        """Patches ``Uᵀ`` (n, L, in·kh·kw), contiguous, computed once per call.
-
-        Built from a strided view of the (zero-padded) input and one copy (instead of ``F.unfold``).
+        Built from a strided view of the (zero-padded) input and one copy, whose innermost loop runs over
+        the output positions (several times faster than ``F.unfold`` or a positions-first layout).
         """
         if self._u is None:
             m = self.module
@@ -73,8 +70,8 @@ class Conv2dRule(LayerRule):
             (kh, kw), (sh, sw), (dh, dw) = m.kernel_size, m.stride, m.dilation
             ho, wo = (h - dh * (kh - 1) - 1) // sh + 1, (w - dw * (kw - 1) - 1) // sw + 1
             s0, s1, s2, s3 = a.stride()
-            view = a.as_strided((n, ho, wo, c, kh, kw), (s0, s2 * sh, s3 * sw, s1, s2 * dh, s3 * dw))
-            self._u = view.reshape(n, ho * wo, c * kh * kw)
+            view = a.as_strided((n, c, kh, kw, ho, wo), (s0, s1, s2 * dh, s3 * dw, s2 * sh, s3 * sw))
+            self._u = view.reshape(n, c * kh * kw, ho * wo)
         return self._u
 
     def _out_height(self) -> int:
@@ -118,21 +115,25 @@ class Conv2dRule(LayerRule):
         return g[:, :, :kh, :kw].reshape(n, m.out_channels, 1, kh, kw)
 
     @property
-    def group_patches(self) -> torch.Tensor:
-        """Patches of each group ``U_jᵀ`` (n·g, L, in/g·kh·kw), contiguous, computed once per call."""
+    def group_unfolded(self) -> torch.Tensor:
+        """Patches of each group ``U_j`` (n·g, in/g·kh·kw, L): a view of :attr:`unfolded`."""
+        u = self.unfolded
         g = self.module.groups
-        if g == 1:
-            return self.patches
-        if self._ug is None:
-            n, length, k = self.patches.shape
-            self._ug = self.patches.reshape(n, length, g, k // g).transpose(1, 2).reshape(n * g, length, k // g)
-        return self._ug
+        return u.reshape(u.shape[0] * g, u.shape[1] // g, u.shape[2])
+
+    def _group_bmm_t(self, b: torch.Tensor) -> torch.Tensor:
+        """``U_j B_jᵀ`` (n·g, in/g·kh·kw, out/g), the transposed per-group weight gradients of ``b`` (n, out, ...).
+
+        This orientation (patches as the left factor, in their contiguous layout) is the faster product.
+        """
+        n, g = b.shape[0], self.module.groups
+        bg = b.reshape(n * g, b.shape[1] // g, -1)  # (n·g, out/g, L)
+        return torch.bmm(self.group_unfolded, bg.transpose(1, 2))
 
     def _group_bmm(self, b: torch.Tensor) -> torch.Tensor:
         """``B_j U_jᵀ`` (n, g, out/g, in/g·kh·kw) for output-gradients ``b`` (n, out, ...)."""
         n, g = b.shape[0], self.module.groups
-        bg = b.reshape(n * g, b.shape[1] // g, -1)  # (n·g, out/g, L)
-        return torch.bmm(bg, self.group_patches).reshape(n, g, b.shape[1] // g, -1)
+        return self._group_bmm_t(b).transpose(1, 2).reshape(n, g, b.shape[1] // g, -1)
 
     def materialise_cheaper(self, n_cols: int, diagonal: bool = False) -> bool:
         """Per-column weight gradients (C'·out × k) against the ghost route (L × L), by multiply-adds."""
@@ -140,7 +141,11 @@ class Conv2dRule(LayerRule):
         g = m.groups
         o = m.out_channels // g
         k = m.in_channels // g * m.kernel_size[0] * m.kernel_size[1]
-        length = self.patches.shape[1]
+        length = self.unfolded.shape[2]
+        if 1 < g == m.in_channels:
+            # one input channel per group: each group's product is a matrix-vector product, slower in
+            # practice than the ghost form on the small maps (below CONV_TRICK_MIN_L) where patches are used
+            return False
         pairs = n_cols if diagonal else n_cols * n_cols
         cost_materialise = g * (n_cols * o * k * length + pairs * o * k)
         cost_ghost = g * (length * length * (k + n_cols * o) + pairs * o * length)
@@ -150,8 +155,8 @@ class Conv2dRule(LayerRule):
     def patch_gram(self) -> torch.Tensor:
         """``U_jᵀU_j`` (n·g, L, L): inner products of each group's input patches (computed once per call)."""
         if self._uu is None:
-            ut = self.group_patches
-            self._uu = torch.bmm(ut, ut.transpose(1, 2))
+            u = self.group_unfolded
+            self._uu = torch.bmm(u.transpose(1, 2), u)
         return self._uu
 
     def sq_norm(self, b: torch.Tensor, role: str, n_cols: int) -> torch.Tensor:
@@ -161,10 +166,11 @@ class Conv2dRule(LayerRule):
         if self.by_convolution:
             return self._depthwise_grad(b).pow(2).reshape(n, -1).sum(1)
         if self.materialise_cheaper(n_cols, diagonal=True):
-            return self._group_bmm(b).pow(2).reshape(n, -1).sum(1)
+            return self._group_bmm_t(b).pow(2).reshape(n, -1).sum(1)
         g = self.module.groups
-        b3 = b.reshape(n * g, b.shape[1] // g, -1)  # (n·g, out/g, L)
-        return (torch.bmm(b3, self.patch_gram) * b3).reshape(n, -1).sum(1)  # Σ_j ⟨B_j (U_jᵀU_j), B_j⟩
+        bt = b.reshape(n * g, b.shape[1] // g, -1).transpose(1, 2)  # (n·g, L, out/g)
+        # Σ_j ⟨(U_jᵀU_j) B_jᵀ, B_jᵀ⟩: the square L × L factor on the left is the faster product
+        return (torch.bmm(self.patch_gram, bt) * bt).reshape(n, -1).sum(1)
 
     def flat_grad_fn(self, role: str, n_cols: int) -> FlatGrad | None:
         if role == "weight":
@@ -172,7 +178,7 @@ class Conv2dRule(LayerRule):
                 return lambda b: self._depthwise_grad(b).flatten(1)
             if not self.materialise_cheaper(n_cols):
                 return None
-            return lambda b: self._group_bmm(b).flatten(1)
+            return lambda b: self._group_bmm_t(b).reshape(b.shape[0], -1)  # any fixed order of the entries
         return lambda b: b.sum((2, 3))
 
     def ghost_gram(self, b: torch.Tensor, role: str, diagonal: bool) -> torch.Tensor:
@@ -181,7 +187,7 @@ class Conv2dRule(LayerRule):
         n, n_cols, g = b.shape[0], b.shape[1], self.module.groups
         # (n·g, C'·out/g, L): each group's output-gradients of all columns against its own patch Gram
         b3 = b.reshape(n, n_cols, g, b.shape[2] // g, -1).transpose(1, 2).reshape(n * g, -1, b[0, 0, 0].numel())
-        bw = torch.bmm(b3, self.patch_gram)
+        bw = torch.bmm(self.patch_gram, b3.transpose(1, 2)).transpose(1, 2)  # B_j (U_jᵀU_j), the faster orientation
         bw = bw.reshape(n, g, n_cols, -1).transpose(1, 2).reshape(n, n_cols, -1)
         b3 = b3.reshape(n, g, n_cols, -1).transpose(1, 2).reshape(n, n_cols, -1)
         if diagonal:
@@ -203,5 +209,5 @@ class Conv2dRule(LayerRule):
             out = F.conv2d(a, kernels, None, m.stride, self._padding, m.dilation, n * g)
             return out.reshape(n, m.out_channels, *out.shape[2:])
         dg = d.reshape(n * g, d.shape[1] // g, -1)  # (n·g, out/g, in/g·kh·kw)
-        out = torch.bmm(dg, self.group_patches.transpose(1, 2))  # (n·g, out/g, L)
+        out = torch.bmm(dg, self.group_unfolded)  # (n·g, out/g, L)
         return out.reshape(n, d.shape[1], self._out_height(), -1)
