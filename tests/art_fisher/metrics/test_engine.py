@@ -133,6 +133,20 @@ def test_conv_and_sequence_linear_rules(route):
                 assert rel(g @ g.transpose(1, 2), ref[:, j]) < 1e-12
 
 
+@pytest.mark.parametrize(("tokens", "width_in", "width_out", "ghost"), [(2, 16, 16, True), (20, 3, 4, False)])
+def test_sequence_linear_squared_norms_on_either_route(tokens, width_in, width_out, ghost):
+    """``sq_norm`` of a Linear over tokens: ghost form (token Gram) or per-sample gradients, by multiply-adds."""
+    torch.manual_seed(tokens)
+    lin = nn.Linear(width_in, width_out).double()
+    a = torch.randn(3, tokens, width_in, dtype=torch.float64)
+    b = torch.randn(3, tokens, width_out, dtype=torch.float64)
+    rule = LinearRule(lin, a)
+    assert rule.materialise_cheaper(9, width_out, diagonal=True) is not ghost
+    for role in ("weight", "bias"):
+        want = rule.grad(b, role).flatten(1).pow(2).sum(1)
+        assert rel(rule.sq_norm(b, role, 9), want) < 1e-12
+
+
 def test_every_rule_gives_output_changes_that_match_a_jvp():
     torch.manual_seed(1)
     bn = nn.BatchNorm2d(3).double().eval()

@@ -13,11 +13,15 @@ class LinearRule(LayerRule):
 
     On (n, in) inputs the Gram matrix of weight gradients is ``(a·a) · B Bᵀ`` and is never
     materialised; on (n, T, in) inputs the cheaper of ``Σ_t b_t a_tᵀ`` per column and the ghost form
-    ``Σ_ts (b_t·b'_s)(a_t·a_s)`` is used.
+    ``Σ_ts (b_t·b'_s)(a_t·a_s)`` is used (by multiply-adds; the token Gram ``a_t·a_s`` once per call).
     """
 
     module_types = (nn.Linear,)
     module: nn.Linear
+
+    def __init__(self, module: nn.Module, a: torch.Tensor) -> None:
+        super().__init__(module, a)
+        self._aa: torch.Tensor | None = None
 
     @staticmethod
     def supports(module: nn.Module, a: torch.Tensor, out: torch.Tensor) -> bool:
@@ -37,12 +41,26 @@ class LinearRule(LayerRule):
             return b3.sum(1)
         return torch.bmm(b3.transpose(1, 2), self._a3())
 
-    def materialise_cheaper(self, n_cols: int, out_features: int) -> bool:
-        """Whether per-column weight gradients cost less than the ghost contraction (sequence inputs)."""
+    @property
+    def token_gram(self) -> torch.Tensor:
+        """``a_t·a_s`` (n, T, T): inner products of the input's positions (computed once per call)."""
+        if self._aa is None:
+            a3 = self._a3()
+            self._aa = torch.bmm(a3, a3.transpose(1, 2))
+        return self._aa
+
+    def materialise_cheaper(self, n_cols: int, out_features: int, diagonal: bool = False) -> bool:
+        """Whether per-column weight gradients cost fewer multiply-adds than the ghost contraction (sequence inputs).
+
+        ``n_cols`` columns; ``diagonal``: only their squared norms, not the whole Gram matrix.
+        """
         if self.a.dim() == 2:
             return False
-        t, i = self._a3().shape[1], self.a.shape[-1]
-        return n_cols * out_features * i <= t * t * (i + n_cols * out_features)
+        t, i, o = self._a3().shape[1], self.a.shape[-1], out_features
+        pairs = n_cols if diagonal else n_cols * n_cols
+        cost_materialise = n_cols * o * i * t + pairs * o * i
+        cost_ghost = t * t * i + n_cols * t * t * o + pairs * o * t
+        return cost_materialise <= cost_ghost
 
     def flat_grad_fn(self, role: str, n_cols: int) -> FlatGrad | None:
         if role == "weight" and not self.materialise_cheaper(n_cols, self.module.out_features):
@@ -56,10 +74,11 @@ class LinearRule(LayerRule):
         if self.a.dim() == 2:
             scale = (self.a * self.a).sum(1)
             return scale.reshape(n, 1) * gram(b, True) if diagonal else scale.reshape(n, 1, 1) * gram(b)
-        a3 = self._a3()
-        b4 = b.reshape(n, n_cols, a3.shape[1], -1)  # (n, C', T, out)
-        aa = torch.bmm(a3, a3.transpose(1, 2))  # (n, T, T)
-        bw = torch.einsum("ncto,nts->ncso", b4, aa)
+        t = self.token_gram.shape[1]
+        b4 = b.reshape(n, n_cols, t, -1)  # (n, C', T, out)
+        # Σ_t (a_s·a_t) b_t for every column: the square T × T factor on the left of one product
+        bt = b4.transpose(1, 2).reshape(n, t, -1)  # (n, T, C'·out)
+        bw = torch.bmm(self.token_gram, bt).reshape(n, t, n_cols, -1).transpose(1, 2)
         if diagonal:
             return (bw * b4).flatten(2).sum(2)
         return torch.bmm(bw.flatten(2), b4.flatten(2).transpose(1, 2))
@@ -67,8 +86,9 @@ class LinearRule(LayerRule):
     def sq_norm(self, b: torch.Tensor, role: str, n_cols: int) -> torch.Tensor:
         if role == "weight" and self.a.dim() == 2:  # ‖b aᵀ‖² = ‖a‖² ‖b‖²
             return (self.a * self.a).sum(1) * (b * b).sum(1)
-        if role == "weight" and not self.materialise_cheaper(1, self.module.out_features):
-            return self.ghost_gram(b.unsqueeze(1), role, diagonal=True)[:, 0]
+        if role == "weight" and not self.materialise_cheaper(n_cols, self.module.out_features, diagonal=True):
+            b3 = b.reshape(b.shape[0], self.token_gram.shape[1], -1)  # (n, T, out)
+            return (torch.bmm(self.token_gram, b3) * b3).flatten(1).sum(1)
         return super().sq_norm(b, role, n_cols)
 
     def change(self, role: str, d: torch.Tensor, shared: bool) -> torch.Tensor:
