@@ -187,13 +187,24 @@ def test_every_rule_gives_output_changes_that_match_a_jvp():
 
 
 @pytest.mark.parametrize(
-    ("stride", "padding", "dilation", "kernel"), [(1, 0, 1, 3), (2, 1, 1, 3), (1, (2, 1), 2, (3, 2)), (3, 0, 1, 2)]
+    ("stride", "padding", "dilation", "kernel", "size"),
+    [
+        (1, 0, 1, 3, (9, 8)),
+        (2, 1, 1, 3, (9, 8)),
+        (1, (2, 1), 2, (3, 2), (9, 8)),
+        (3, 0, 1, 2, (9, 8)),
+        (1, 3, 1, 7, (2, 2)),  # a map narrower than the kernel: the positions-first copy
+        (2, 1, 1, 3, (3, 4)),
+    ],
 )
-def test_conv_patches_equal_unfold(stride, padding, dilation, kernel):
-    conv = nn.Conv2d(2, 3, kernel, stride=stride, padding=padding, dilation=dilation).double()
-    a = torch.randn(3, 2, 9, 8, dtype=torch.float64).transpose(2, 3)  # a non-contiguous input
+@pytest.mark.parametrize("groups", [1, 2])
+def test_conv_patches_equal_unfold(stride, padding, dilation, kernel, size, groups):
+    conv = nn.Conv2d(4, 6, kernel, stride=stride, padding=padding, dilation=dilation, groups=groups).double()
+    a = torch.randn(3, 4, size[1], size[0], dtype=torch.float64).transpose(2, 3)  # a non-contiguous input
     want = torch.nn.functional.unfold(a, conv.kernel_size, conv.dilation, conv.padding, conv.stride)
-    assert torch.equal(Conv2dRule(conv, a).unfolded, want)
+    rule = Conv2dRule(conv, a)
+    assert torch.equal(rule.unfolded, want)
+    assert torch.equal(rule.group_unfolded, want.reshape(3 * groups, 4 // groups * want.shape[1] // 4, -1))
 
 
 @pytest.mark.parametrize(

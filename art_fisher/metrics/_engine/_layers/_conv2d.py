@@ -55,10 +55,18 @@ class Conv2dRule(LayerRule):
 
     @property
     def unfolded(self) -> torch.Tensor:
-        """Patches ``U`` (n, in·kh·kw, L) of the input, as ``F.unfold`` gives them, contiguous, computed once per call.
+        """Patches ``U`` (n, in·kh·kw, L) of the input, as ``F.unfold`` gives them (from :attr:`group_unfolded`)."""
+        u = self.group_unfolded
+        return u.reshape(self.a.shape[0], -1, u.shape[2])
 
-        Built from a strided view of the (zero-padded) input and one copy, whose innermost loop runs over
-        the output positions (several times faster than ``F.unfold`` or a positions-first layout).
+    @property
+    def group_unfolded(self) -> torch.Tensor:
+        """Patches of each group ``U_j`` (n·g, in/g·kh·kw, L), computed once per call.
+
+        One strided copy of the (zero-padded) input, whose innermost loop runs over a row of output
+        positions where that row is at least as wide as the kernel, and over a row of the kernel
+        otherwise (small maps; the result is then a transposed view). Either is several times faster
+        than the other layout, or than ``F.unfold``, where it is chosen.
         """
         if self._u is None:
             m = self.module
@@ -67,11 +75,17 @@ class Conv2dRule(LayerRule):
                 ph, pw = self._padding
                 a = F.pad(a, (pw, pw, ph, ph))
             n, c, h, w = a.shape
+            g = m.groups
+            cg = c // g
             (kh, kw), (sh, sw), (dh, dw) = m.kernel_size, m.stride, m.dilation
             ho, wo = (h - dh * (kh - 1) - 1) // sh + 1, (w - dw * (kw - 1) - 1) // sw + 1
             s0, s1, s2, s3 = a.stride()
-            view = a.as_strided((n, c, kh, kw, ho, wo), (s0, s1, s2 * dh, s3 * dw, s2 * sh, s3 * sw))
-            self._u = view.reshape(n, c * kh * kw, ho * wo)
+            if wo >= kw:
+                view = a.as_strided((n, g, cg, kh, kw, ho, wo), (s0, s1 * cg, s1, s2 * dh, s3 * dw, s2 * sh, s3 * sw))
+                self._u = view.reshape(n * g, cg * kh * kw, ho * wo)
+            else:
+                view = a.as_strided((n, g, ho, wo, cg, kh, kw), (s0, s1 * cg, s2 * sh, s3 * sw, s1, s2 * dh, s3 * dw))
+                self._u = view.reshape(n * g, ho * wo, cg * kh * kw).transpose(1, 2)
         return self._u
 
     def _out_height(self) -> int:
@@ -114,13 +128,6 @@ class Conv2dRule(LayerRule):
         g = F.conv2d(a, kernel, None, m.dilation, self._padding, m.stride, n * c_in)
         return g[:, :, :kh, :kw].reshape(n, m.out_channels, 1, kh, kw)
 
-    @property
-    def group_unfolded(self) -> torch.Tensor:
-        """Patches of each group ``U_j`` (n·g, in/g·kh·kw, L): a view of :attr:`unfolded`."""
-        u = self.unfolded
-        g = self.module.groups
-        return u.reshape(u.shape[0] * g, u.shape[1] // g, u.shape[2])
-
     def _group_bmm_t(self, b: torch.Tensor) -> torch.Tensor:
         """``U_j B_jᵀ`` (n·g, in/g·kh·kw, out/g), the transposed per-group weight gradients of ``b`` (n, out, ...).
 
@@ -141,7 +148,7 @@ class Conv2dRule(LayerRule):
         g = m.groups
         o = m.out_channels // g
         k = m.in_channels // g * m.kernel_size[0] * m.kernel_size[1]
-        length = self.unfolded.shape[2]
+        length = self.group_unfolded.shape[2]
         if 1 < g == m.in_channels:
             # one input channel per group: each group's product is a matrix-vector product, slower in
             # practice than the ghost form on the small maps (below CONV_TRICK_MIN_L) where patches are used
