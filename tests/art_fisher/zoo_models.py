@@ -3,7 +3,7 @@
 Each variant is a module the hook engine's layer rules must either compute exactly or decline (so
 that ``torch.func`` takes its parameters), never crash on: subclasses that normalise other dimensions
 (timm's ``LayerNorm2d``), subclasses that only add attributes (timm's ``LayerNorm``), batch norms fused
-with an activation (timm's ``BatchNormAct2d``), other padding modes, lazy modules, channels-last
+with an activation after it (timm's ``BatchNormAct2d``) or before it, other padding modes, lazy modules, channels-last
 memory, a ``Linear`` over tokens or with the samples not first, an overridden ``forward``, GroupNorm,
 ``nn.Identity`` stand-ins and tied weights.
 
@@ -58,15 +58,24 @@ class OtherEpsLayerNorm(nn.LayerNorm):
 
 
 class BatchNormAct2d(nn.BatchNorm2d):
-    """timm's ``BatchNormAct2d``: batch norm and an activation (``nn.Identity`` when ``apply_act=False``)."""
+    """timm's ``BatchNormAct2d``: batch norm, dropout and an activation (``nn.Identity`` when ``apply_act=False``)."""
 
-    def __init__(self, ch: int, apply_act: bool = True) -> None:
+    def __init__(self, ch: int, apply_act: bool = True, act: nn.Module | None = None) -> None:
         super().__init__(ch)
-        self.act = nn.ReLU() if apply_act else nn.Identity()
+        self.drop = nn.Dropout(0.5)
+        self.act = (act or nn.ReLU()) if apply_act else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
-        return self.act(x)
+        return self.act(self.drop(x))
+
+
+class ActBatchNorm2d(BatchNormAct2d):
+    """The activation before the batch norm: the batch norm's input is not the module's (a rule must decline)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(x)
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
 
 
 class ScaledLinear(nn.Linear):
@@ -250,7 +259,14 @@ ZOO: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], list[str] | None]
         (6,),
         ["scaled.weight", "scaled.bias", "patched.weight", "patched.bias"],
     ),
-    "batchnorm_act": (lambda: ConvNet(BatchNormAct2d(4)), (3, 6, 6), ["norm.weight", "norm.bias"]),
+    "batchnorm_act": (lambda: ConvNet(BatchNormAct2d(4)), (3, 6, 6), []),
+    "batchnorm_act_inplace_relu": (lambda: ConvNet(BatchNormAct2d(4, act=nn.ReLU(inplace=True))), (3, 6, 6), []),
+    "batchnorm_act_silu": (lambda: ConvNet(BatchNormAct2d(4, act=nn.SiLU())), (3, 6, 6), []),
+    "act_before_batchnorm": (
+        lambda: ConvNet(ActBatchNorm2d(4, act=nn.Tanh())),
+        (3, 6, 6),
+        ["norm.weight", "norm.bias"],
+    ),
     "batchnorm_noact": (lambda: ConvNet(BatchNormAct2d(4, apply_act=False)), (3, 6, 6), []),
     "groupnorm": (lambda: ConvNet(nn.GroupNorm(2, 4)), (3, 6, 6), ["norm.weight", "norm.bias"]),
     "identity_standins": (lambda: ConvNet(nn.Identity(), act=nn.Identity()), (3, 6, 6), []),

@@ -292,8 +292,11 @@ def recorded_forward(
             and edge is not None
             and coverage.batched_like_probe(m, a, out, xr.shape[0])
         ):
+            rule_edge = coverage.rules[m].output_edge(modules[m], a, edge)
+            if rule_edge is None:
+                continue
             rules[m] = coverage.rules[m](modules[m], a if create_graph else a.detach())
-            edges[m] = edge
+            edges[m] = rule_edge
             shapes[m] = out.shape
     missing = [p for p, (m, _k) in coverage.covered.items() if m not in rules]
     return Recorded(z, xr, rules, edges, shapes, missing)

@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.autograd.graph import GradientEdge
 
 FlatGrad = Callable[[torch.Tensor], torch.Tensor]
 
@@ -56,6 +57,16 @@ class LayerRule:
         to ``torch.func``.
         """
         raise NotImplementedError
+
+    @staticmethod
+    def output_edge(module: nn.Module, a: torch.Tensor, edge: GradientEdge) -> GradientEdge | None:
+        """The gradient edge whose output-gradients ``b`` the rule takes, from the edge of the module's output.
+
+        The module's output itself, unless the rule's affine map is followed by more inside the
+        module (an activation after a batch norm): then the edge of the map's own output, or None where
+        it is not found (the layer then goes to ``torch.func``).
+        """
+        return edge
 
     def grad(self, b: torch.Tensor, role: str) -> torch.Tensor:
         """Per-sample gradient (n, *param.shape) from output-gradients ``b`` (n, *out)."""

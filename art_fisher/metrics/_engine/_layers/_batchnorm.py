@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.autograd.graph import GradientEdge
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from art_fisher.metrics._engine._layers._base import LayerRule, made_from, own_forward, same_storage
@@ -13,18 +14,40 @@ _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _DIMS: dict[type[nn.Module], tuple[int, ...]] = {nn.BatchNorm1d: (2, 3), nn.BatchNorm2d: (4,), nn.BatchNorm3d: (5,)}
 
 
-def _computes_batch_norm(module: _BatchNorm, a: torch.Tensor, out: torch.Tensor) -> bool:
-    """Whether ``out`` is, in its autograd graph, the eval-mode batch norm of ``a`` with the module's state."""
-    node = out.grad_fn
-    if type(node).__name__ != "NativeBatchNormBackward0" or not made_from(node, 0, a):
-        return False
+#: Autograd nodes walked from a module's output down to its batch norm (what follows it inside the module:
+#: a dropout, an activation, ...).
+MAX_NODES_AFTER = 4
+
+
+def _is_module_batch_norm(node: object, module: _BatchNorm, a: torch.Tensor) -> bool:
+    """Whether ``node`` is the eval-mode batch norm of ``a`` with the module's weight and running statistics."""
     return (
-        getattr(node, "_saved_training", True) is False
+        type(node).__name__ == "NativeBatchNormBackward0"
+        and made_from(node, 0, a)
+        and getattr(node, "_saved_training", True) is False
         and getattr(node, "_saved_eps", None) == module.eps
         and same_storage(getattr(node, "_saved_weight", None), module.weight)
         and same_storage(getattr(node, "_saved_running_mean", None), module.running_mean)
         and same_storage(getattr(node, "_saved_running_var", None), module.running_var)
     )
+
+
+def batch_norm_node(module: _BatchNorm, a: torch.Tensor, node: object) -> object | None:
+    """The autograd node of the module's batch norm of ``a``, from ``node`` down its first inputs, or None.
+
+    ``node`` is the one that produced the module's output; what follows the batch norm inside the module
+    (timm's ``BatchNormAct2d``: dropout, activation) is walked through, at most :data:`MAX_NODES_AFTER`
+    nodes. Whatever follows, the gradient at the batch norm's own output is what its parameters' per-sample
+    gradients need.
+    """
+    for _ in range(MAX_NODES_AFTER + 1):
+        if node is None:
+            return None
+        if type(node).__name__ == "NativeBatchNormBackward0":
+            return node if _is_module_batch_norm(node, module, a) else None
+        inputs = getattr(node, "next_functions", ())
+        node = inputs[0][0] if inputs else None
+    return None
 
 
 def xhat(module: _BatchNorm, a: torch.Tensor) -> torch.Tensor:
@@ -53,8 +76,8 @@ class BatchNormRule(LayerRule):
     def supports(module: nn.Module, a: torch.Tensor, out: torch.Tensor) -> bool:
         """Eval mode, affine, running statistics.
 
-        A subclass with its own ``forward`` (timm's ``BatchNormAct2d``) only where ``out`` is, in its
-        autograd graph, the batch norm's own output of ``a``.
+        A subclass with its own ``forward`` (timm's ``BatchNormAct2d``) where its output comes, in its
+        autograd graph, from the batch norm of ``a`` with the module's state (:func:`batch_norm_node`).
         """
         if not (
             isinstance(module, _BatchNorm)
@@ -70,7 +93,15 @@ class BatchNormRule(LayerRule):
             return False
         if own_forward(module, _BatchNorm):
             return True
-        return _computes_batch_norm(module, a, out)
+        return batch_norm_node(module, a, out.grad_fn) is not None
+
+    @staticmethod
+    def output_edge(module: nn.Module, a: torch.Tensor, edge: GradientEdge) -> GradientEdge | None:
+        """The batch norm's own output: the module's output, or the edge beneath what follows it in the module."""
+        if own_forward(module, _BatchNorm):
+            return edge
+        node = batch_norm_node(module, a, edge.node) if isinstance(module, _BatchNorm) else None
+        return None if node is None else GradientEdge(node, 0)  # type: ignore[arg-type]  # an autograd node
 
     @property
     def normalised(self) -> torch.Tensor:

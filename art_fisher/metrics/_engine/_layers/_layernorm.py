@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.autograd.graph import GradientEdge
 
 from art_fisher.metrics._engine._layers._base import LayerRule, made_from, own_forward, same_storage
 from art_fisher.metrics._engine._layers._batchnorm import BatchNormRule
@@ -162,6 +163,11 @@ class ChannelLayerNormRule(BatchNormRule):
             and out.shape == a.shape
             and _computes_channel_layer_norm(module, a, out)
         )
+
+    @staticmethod
+    def output_edge(module: nn.Module, a: torch.Tensor, edge: GradientEdge) -> GradientEdge | None:
+        """The module's output (the layer norm's own, :meth:`supports` checked it)."""
+        return edge
 
     @property
     def normalised(self) -> torch.Tensor:
