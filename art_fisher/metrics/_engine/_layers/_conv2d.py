@@ -140,7 +140,9 @@ class Conv2dRule(LayerRule):
     def _group_bmm(self, b: torch.Tensor) -> torch.Tensor:
         """``B_j U_jᵀ`` (n, g, out/g, in/g·kh·kw) for output-gradients ``b`` (n, out, ...)."""
         n, g = b.shape[0], self.module.groups
-        return self._group_bmm_t(b).transpose(1, 2).reshape(n, g, b.shape[1] // g, -1)
+        bg = b.reshape(n * g, b.shape[1] // g, -1)  # (n·g, out/g, L)
+        # in the weight's own layout: transposing U_j B_jᵀ afterwards would copy a tensor the weight's size per sample
+        return torch.bmm(bg, self.group_unfolded.transpose(1, 2)).reshape(n, g, b.shape[1] // g, -1)
 
     def materialise_cheaper(self, n_cols: int, diagonal: bool = False) -> bool:
         """Per-column weight gradients (C'·out × k) against the ghost route (L × L), by multiply-adds."""
