@@ -112,3 +112,22 @@ def _calls() -> list[tuple[nn.Module, torch.Tensor, torch.Tensor]]:
 def test_no_rule_raises_on_what_it_does_not_cover():
     for module, a, out in _calls():
         assert not any(rule.supports(module, a, out) for rule in RULES), module
+
+
+def test_batch_norm_with_activation_takes_the_batch_norm_edge():
+    """timm's BatchNormAct2d: the rule's edge is the batch norm's own node beneath the activation, or none."""
+    from torch.autograd.graph import get_gradient_edge
+
+    from art_fisher.metrics._engine._layers import BatchNormRule
+    from tests.art_fisher.zoo_models import BatchNormAct2d
+
+    module = BatchNormAct2d(4, act=nn.ReLU(inplace=True)).eval()
+    a = torch.randn(2, 4, 3, 3, requires_grad=True)
+    out = module(a)
+    edge = get_gradient_edge(out)
+    assert type(edge.node).__name__ != "NativeBatchNormBackward0"  # the in-place ReLU's node
+    assert BatchNormRule.supports(module, a, out)
+    found = BatchNormRule.output_edge(module, a, edge)
+    assert found is not None and type(found.node).__name__ == "NativeBatchNormBackward0"
+    other = torch.randn(2, 4, 3, 3, requires_grad=True)  # not the batch norm's input
+    assert BatchNormRule.output_edge(module, other, edge) is None

@@ -131,7 +131,7 @@ class Conv2dRule(LayerRule):
     def _group_bmm_t(self, b: torch.Tensor) -> torch.Tensor:
         """``U_j B_jᵀ`` (n·g, in/g·kh·kw, out/g), the transposed per-group weight gradients of ``b`` (n, out, ...).
 
-        This orientation (patches as the left factor, in their contiguous layout) is the faster product.
+        This orientation (the patches as the left factor) is the faster product.
         """
         n, g = b.shape[0], self.module.groups
         bg = b.reshape(n * g, b.shape[1] // g, -1)  # (n·g, out/g, L)
