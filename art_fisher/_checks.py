@@ -6,7 +6,8 @@ adds what is particular to a model and its inputs.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -189,50 +190,31 @@ def check_bool(name: str, value: object) -> bool:
     return validation.check_bool(value, name)
 
 
-def probe_output(model: nn.Module, x: torch.Tensor, output: str) -> int:
+def probe_output(
+    model: nn.Module, x: torch.Tensor, output: str, *, single: Callable[[], object] | None = None, batch: bool = True
+) -> int:
     """Run the model on the first samples and check its output; return the number of classes.
 
     Checked, each with a ValueError that says what to change:
 
-    - the output for one sample is the same in two calls (a model with randomness that ``model.eval()``
-      does not switch off, e.g. ``F.dropout(..., training=True)`` inside ``forward``, is refused);
     - the call changes none of the model's buffers (running statistics updated in ``forward``); any
       change is undone before the error;
-    - the first sample's output is the same alone and in a batch of up to four (batch statistics);
-    - the output has shape (N, C), C >= 2, and is what ``output`` says: with ``"logits"``, rows that are
-      all probability vectors (non-negative, summing to one: a softmax however written) are refused, since
-      the metrics would take probabilities for logits.
+    - the output has shape (N, C), C >= 2, and is what ``output`` says: with ``"logits"``, a row that is a
+      probability vector (non-negative, summing to one: a softmax however written) is refused, since
+      the metrics would take probabilities for logits;
+    - with ``batch`` (:func:`check_first_row`): the first sample's output is the same alone and in a batch
+      of up to four (batch statistics), and the same in two calls (a model with randomness that
+      ``model.eval()`` does not switch off, e.g. ``F.dropout(..., training=True)`` inside ``forward``, is
+      refused).
 
-    Two calls in the usual case (the first sample alone, then in a batch of up to four): the second call
-    of the first sample alone, which tells randomness from batch statistics, runs only when the first
-    two disagree, or when ``x`` holds one sample.
+    ``single`` is the call that gives the first sample's output, ``model(x[:1])`` by default (the hook
+    engine's probe pass gives it with its graph). Without ``batch`` the caller checks the first row later,
+    on a batch it computes anyway (:class:`FirstRowCheck`). Two calls in the usual case (the first sample
+    alone, then in a batch); the first sample alone again only when those two disagree, or when ``x``
+    holds one sample.
     """
-    buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
-    try:
-        with torch.no_grad():
-            out = model(x[:1])
-            batch = model(x[:4]) if x.shape[0] > 1 else None
-            again = model(x[:1]) if batch is None or not _same_first_row(out, batch) else out
-    finally:
-        changed = _restore_buffers(model, buffers)
-    if changed:
-        raise ValueError(
-            f"model: calling it changed its buffers {changed[:5]} (e.g. running statistics updated in forward), "
-            "so computing a metric would change the model and one input's output depends on the calls before "
-            "it. Call model.eval() first, or keep forward free of side effects (the buffers were restored)."
-        )
-    if (
-        isinstance(out, torch.Tensor)
-        and isinstance(again, torch.Tensor)
-        and out.shape == again.shape
-        and not torch.allclose(out, again, rtol=1e-4, atol=1e-6, equal_nan=True)
-    ):
-        raise ValueError(
-            "model: its output for the same input differs between two calls in eval mode (e.g. "
-            "F.dropout(..., training=True) or other randomness inside forward), so the Fisher information "
-            "of one input is not defined. Make forward deterministic in eval mode (F.dropout(..., "
-            "training=self.training) or an nn.Dropout module)."
-        )
+    with torch.no_grad():
+        out = guarded_call(model, single if single is not None else lambda: model(x[:1]))
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != 1:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else _type_name(out)
         raise ValueError(
@@ -241,16 +223,100 @@ def probe_output(model: nn.Module, x: torch.Tensor, output: str) -> int:
     n_classes = out.shape[1]
     if n_classes < 2:
         raise ValueError(f"model must return at least 2 classes; got output shape {tuple(out.shape)}.")
-    if not _same_first_row(out, batch):
+    _check_output_matches(out.detach(), output)
+    if batch:
+        check_first_row(model, x, out.detach(), model)
+    return n_classes
+
+
+def guarded_call(model: nn.Module, call: Callable[[], object]) -> object:
+    """``call()``, refused (ValueError, after undoing it) where it changed any of ``model``'s buffers."""
+    buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
+    try:
+        result = call()
+    finally:
+        changed = _restore_buffers(model, buffers)
+    if changed:
+        raise ValueError(
+            f"model: calling it changed its buffers {changed[:5]} (e.g. running statistics updated in forward), "
+            "so computing a metric would change the model and one input's output depends on the calls before "
+            "it. Call model.eval() first, or keep forward free of side effects (the buffers were restored)."
+        )
+    return result
+
+
+def check_first_row(
+    model: nn.Module,
+    x: torch.Tensor,
+    single: torch.Tensor,
+    call: Callable[[torch.Tensor], object],
+    rows: torch.Tensor | None = None,
+) -> None:
+    """Check that the first sample's output ``single`` (1, C) is its row in a batch, and the same when called again.
+
+    ``call`` maps inputs to the outputs ``single`` was read from (the model, or its logits); ``rows`` are
+    the outputs of a batch that starts with ``x[0]`` and holds other samples too, else ``call(x[:4])`` runs
+    here (nothing to compare when ``x`` holds one sample). Where the row differs, or with one sample, one
+    more call of ``x[:1]`` tells randomness from batch statistics. ValueError for either.
+    """
+    with torch.no_grad():
+        batch: object = rows
+        if rows is None and x.shape[0] > 1:
+            batch = guarded_call(model, lambda: call(x[:4]))
+        if batch is not None and _same_first_row(single, batch):
+            return
+        again = guarded_call(model, lambda: call(x[:1]))
+    if (
+        isinstance(again, torch.Tensor)
+        and again.shape == single.shape
+        and not torch.allclose(single, again, rtol=1e-4, atol=1e-6, equal_nan=True)
+    ):
+        raise ValueError(
+            "model: its output for the same input differs between two calls in eval mode (e.g. "
+            "F.dropout(..., training=True) or other randomness inside forward), so the Fisher information "
+            "of one input is not defined. Make forward deterministic in eval mode (F.dropout(..., "
+            "training=self.training) or an nn.Dropout module)."
+        )
+    if batch is not None:
         raise ValueError(
             "model: the output for x[0] alone differs from its output in a batch with other samples (a layer "
             "that normalises by batch statistics, e.g. BatchNorm with track_running_stats=False, or a forward "
             "that mixes samples), so the Fisher information of one input is not defined and the results would "
             "depend on chunk_size."
         )
-    rows = batch if isinstance(batch, torch.Tensor) and batch.dim() == 2 and batch.shape[1] == n_classes else out
-    _check_output_matches(rows, output)
-    return n_classes
+
+
+@dataclass
+class FirstRowCheck:
+    """:func:`check_first_row` held back until the first batch that the computation itself runs.
+
+    Saves the probe's batch call: called with the outputs ``rows`` of the first chunk, it compares their
+    first row (that chunk starts with ``x[0]``) with ``single``; a chunk of one sample has nothing to
+    compare, and then the batch call runs after all. It runs once.
+
+    Attributes
+    ----------
+    model : nn.Module
+    x : Tensor (k, ...)
+        The first samples (at most four).
+    single : Tensor (1, C)
+        What ``call(x[:1])`` gave in the probe.
+    call : callable
+        Inputs → the outputs the rows are compared in (the model's logits).
+    done : bool
+    """
+
+    model: nn.Module
+    x: torch.Tensor
+    single: torch.Tensor
+    call: Callable[[torch.Tensor], object]
+    done: bool = False
+
+    def __call__(self, rows: torch.Tensor) -> None:
+        if self.done:
+            return
+        self.done = True
+        check_first_row(self.model, self.x, self.single, self.call, rows.detach() if rows.shape[0] > 1 else None)
 
 
 def _restore_buffers(model: nn.Module, saved: dict[str, torch.Tensor]) -> list[str]:

@@ -25,7 +25,7 @@ from art_fisher.metrics._directions import Direction
 from art_fisher.metrics._engine import _chunking as chunking
 from art_fisher.metrics._engine._grams import directional
 from art_fisher.metrics._engine._network import FunctionalNet
-from art_fisher.metrics._engine._recorder import HookCoverage, find_coverage
+from art_fisher.metrics._engine._recorder import HookCoverage
 from art_fisher.metrics._finite_difference import fd_quadratic_form
 from art_fisher.metrics._setup import check_direction_args, grad_mode, input_for, setup
 from art_fisher.metrics._top_mass import selection
@@ -243,7 +243,7 @@ def fisher_quadratic_form(
     >>> torch.allclose(fisher_quadratic_form(model, x), dense, rtol=1e-10)
     True
     """
-    net, n_classes, eps, chunk = setup(
+    net, n_classes, eps, chunk, coverage = setup(
         model,
         x,
         output=output,
@@ -252,6 +252,7 @@ def fisher_quadratic_form(
         fd_step=fd_step,
         chunk_size=chunk_size,
         create_graph=create_graph,
+        first_row_in_chunks=True,
     )
     direction, yt = check_direction_args(
         direction, y, net, x, n_classes, allow_top=True, blockwise=blockwise, normalize=normalize, classes=classes
@@ -262,7 +263,7 @@ def fisher_quadratic_form(
         raise ValueError('method="finite_difference" does not support direction="top_eigenvector".')
     x = input_for(x, create_graph)
     with grad_mode(create_graph):
-        if method == "finite_difference":
+        if coverage is None:  # method="finite_difference": no hooks
             values = by_finite_differences(
                 net,
                 x,
@@ -277,7 +278,7 @@ def fisher_quadratic_form(
         elif top:
             values = along_top_eigenvector(
                 net,
-                find_coverage(net, x),
+                coverage,
                 x,
                 blockwise=blockwise,
                 classes=selected,
@@ -287,7 +288,7 @@ def fisher_quadratic_form(
         else:
             values = quadratic_form(
                 net,
-                find_coverage(net, x),
+                coverage,
                 x,
                 direction=direction,
                 y=yt,

@@ -34,7 +34,7 @@ from art_fisher.metrics._basis import centered, class_reduction, predicted_vs_re
 from art_fisher.metrics._directions import Direction
 from art_fisher.metrics._engine import _chunking as chunking
 from art_fisher.metrics._engine._network import FunctionalNet
-from art_fisher.metrics._engine._recorder import HookCoverage, find_coverage, recorded_forward
+from art_fisher.metrics._engine._recorder import HookCoverage, recorded_forward
 from art_fisher.metrics._finite_difference import fd_sensitivity
 from art_fisher.metrics._piecewise import is_piecewise_linear
 from art_fisher.metrics._setup import check_direction_args, setup
@@ -413,14 +413,13 @@ def fisher_sensitivity(
     >>> torch.allclose(fis, torch.stack(dense), rtol=1e-10)
     True
     """
-    net, n_classes, eps, chunk = setup(
+    net, n_classes, eps, chunk, coverage = setup(
         model, x, output=output, params=params, method=method, fd_step=fd_step, chunk_size=chunk_size
     )
     direction, yt = check_direction_args(
         direction, y, net, x, n_classes, allow_top=False, blockwise=blockwise, normalize=normalize, classes=classes
     )
     x = x.detach()
-    coverage = find_coverage(net, x) if method == "exact" else None  # finite differences use no hooks
     if coverage is not None and coverage.rest:
         _checks.check_second_order(model)
     values = sensitivity(

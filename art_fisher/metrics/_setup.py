@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
+from typing import NamedTuple, cast
 
 import torch
 from torch import nn
@@ -11,6 +12,27 @@ from torch import nn
 from art_fisher import _checks
 from art_fisher.metrics._directions import Direction
 from art_fisher.metrics._engine._network import FunctionalNet
+from art_fisher.metrics._engine._recorder import HookCoverage, Probe, find_coverage, probe_forward
+
+
+class Setup(NamedTuple):
+    """What :func:`setup` gives a metric (unpacks in this order).
+
+    Attributes
+    ----------
+    net : FunctionalNet
+    n_classes : int
+    fd_step : float
+    chunk_size : int or None
+    coverage : HookCoverage or None
+        The hook engine's coverage from the probe pass (``method="exact"``), else None.
+    """
+
+    net: FunctionalNet
+    n_classes: int
+    fd_step: float
+    chunk_size: int | None
+    coverage: HookCoverage | None
 
 
 def setup(
@@ -23,10 +45,16 @@ def setup(
     fd_step: float = 1e-3,
     chunk_size: int | None = None,
     create_graph: bool = False,
-) -> tuple[FunctionalNet, int, float, int | None]:
-    """Check the arguments every metric takes; the functional model, class count, step and chunk size.
+    first_row_in_chunks: bool = False,
+) -> Setup:
+    """Check the arguments every metric takes; the functional model, class count, step, chunk size and coverage.
 
-    Raises TypeError / ValueError (naming the argument) before any computation.
+    Raises TypeError / ValueError (naming the argument) before any computation. With ``method="exact"``
+    the output probe's call of the first sample is the hook engine's probe pass (one call for both).
+    ``first_row_in_chunks``: the metric runs the hook engine on chunks of ``x`` in order, so the check of
+    the first sample's row in a batch is left to the first chunk's forward pass
+    (:class:`~art_fisher._checks.FirstRowCheck`, run by
+    :func:`~art_fisher.metrics._engine._recorder.recorded_forward`) instead of a call of its own.
     """
     _checks.check_model(model)
     check_materialised(model)
@@ -40,8 +68,25 @@ def setup(
         raise ValueError(f"create_graph=True needs method='exact'; got method={method!r}.")
     names = _checks.check_params(model, params)
     _checks.check_model_matches_x(model, names, x)
-    n_classes = _checks.probe_output(model, x, output)
-    return FunctionalNet(model, names, output), n_classes, step, chunk
+    net = FunctionalNet(model, names, output)
+    if method != "exact":
+        return Setup(net, _checks.probe_output(model, x, output), step, chunk, None)
+    probes: list[Probe] = []
+
+    def probe_call() -> object:
+        probes.append(probe_forward(net, x))
+        return probes[-1].out
+
+    n_classes = _checks.probe_output(model, x, output, single=probe_call, batch=False)
+    probe = probes[-1]
+    coverage = find_coverage(net, x, probe)
+    if first_row_in_chunks and coverage.rules and x.shape[0] > 1:
+        coverage.first_row_check = _checks.FirstRowCheck(
+            model, x[:4].detach(), probe.z.detach(), lambda xb: net.logits(net.selected(), xb)
+        )
+    else:
+        _checks.check_first_row(model, x, cast("torch.Tensor", probe.out).detach(), model)
+    return Setup(net, n_classes, step, chunk, coverage)
 
 
 def check_materialised(model: nn.Module) -> None:

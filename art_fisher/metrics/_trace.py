@@ -24,7 +24,7 @@ from art_fisher.metrics._basis import ClassSelection, make_basis
 from art_fisher.metrics._engine import _chunking as chunking
 from art_fisher.metrics._engine._grams import tensor_grams
 from art_fisher.metrics._engine._network import FunctionalNet
-from art_fisher.metrics._engine._recorder import HookCoverage, find_coverage
+from art_fisher.metrics._engine._recorder import HookCoverage
 from art_fisher.metrics._finite_difference import per_class_trace
 from art_fisher.metrics._setup import grad_mode, input_for, setup
 from art_fisher.metrics._top_mass import selection
@@ -196,7 +196,7 @@ def fisher_trace(
     >>> bool((fisher_trace(model, x, tau=0.5) <= trace * (1 + 1e-12)).all())  # F_τ ≼ F
     True
     """
-    net, _n_classes, _eps, chunk = setup(
+    net, _n_classes, _eps, chunk, coverage = setup(
         model,
         x,
         output=output,
@@ -205,6 +205,7 @@ def fisher_trace(
         fd_step=fd_step,
         chunk_size=chunk_size,
         create_graph=create_graph,
+        first_row_in_chunks=True,
     )
     classes = selection(tau, method=method)
     x = input_for(x, create_graph)
@@ -214,9 +215,8 @@ def fisher_trace(
             size = chunk or max(1, chunking.func_chunk(n_params, _n_classes, x.element_size()) // 2)
             values = torch.cat([per_class_trace(net, x[sl]) for sl in chunking.chunks(x.shape[0], size)])
         else:
-            values = block_traces(
-                net, find_coverage(net, x), x, chunk_size=chunk, create_graph=create_graph, classes=classes
-            ).sum(1)
+            assert coverage is not None  # method="exact"
+            values = block_traces(net, coverage, x, chunk_size=chunk, create_graph=create_graph, classes=classes).sum(1)
     return _checks.check_finite_result(values, "fisher_trace")
 
 
@@ -274,14 +274,19 @@ def fisher_block_traces(
     >>> torch.allclose(values, dense, rtol=1e-10)
     True
     """
-    net, _n_classes, _eps, chunk = setup(
-        model, x, output=output, params=params, chunk_size=chunk_size, create_graph=create_graph
+    net, _n_classes, _eps, chunk, coverage = setup(
+        model,
+        x,
+        output=output,
+        params=params,
+        chunk_size=chunk_size,
+        create_graph=create_graph,
+        first_row_in_chunks=True,
     )
+    assert coverage is not None  # method="exact"
     x = input_for(x, create_graph)
     with grad_mode(create_graph):
-        values = block_traces(
-            net, find_coverage(net, x), x, chunk_size=chunk, create_graph=create_graph, classes=selection(tau)
-        )
+        values = block_traces(net, coverage, x, chunk_size=chunk, create_graph=create_graph, classes=selection(tau))
     return BlockTraces(_checks.check_finite_result(values, "fisher_block_traces"), tuple(net.names))
 
 
@@ -336,12 +341,17 @@ def fisher_max_eigenvalue(
     >>> torch.allclose(fisher_max_eigenvalue(model, x), torch.linalg.eigvalsh(fisher)[:, -1], rtol=1e-10)
     True
     """
-    net, _n_classes, _eps, chunk = setup(
-        model, x, output=output, params=params, chunk_size=chunk_size, create_graph=create_graph
+    net, _n_classes, _eps, chunk, coverage = setup(
+        model,
+        x,
+        output=output,
+        params=params,
+        chunk_size=chunk_size,
+        create_graph=create_graph,
+        first_row_in_chunks=True,
     )
+    assert coverage is not None  # method="exact"
     x = input_for(x, create_graph)
     with grad_mode(create_graph):
-        values = max_eigenvalue(
-            net, find_coverage(net, x), x, chunk_size=chunk, create_graph=create_graph, classes=selection(tau)
-        )
+        values = max_eigenvalue(net, coverage, x, chunk_size=chunk, create_graph=create_graph, classes=selection(tau))
     return _checks.check_finite_result(values, "fisher_max_eigenvalue")

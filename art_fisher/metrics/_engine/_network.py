@@ -12,6 +12,8 @@ of the parameters.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -90,16 +92,27 @@ class FunctionalNet:
 
     def logits(self, sel: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """Logits (N, C) at input ``x`` (N, ...) with the selected parameters replaced by ``sel``."""
+        return self.outputs(sel, x)[1]
+
+    def outputs(self, sel: dict[str, torch.Tensor], x: torch.Tensor) -> tuple[object, torch.Tensor]:
+        """The model's own output at ``x`` and the logits read from it (as :meth:`logits`).
+
+        The output is whatever ``forward`` returned, for the output checks; the logits are only
+        meaningful where it is an (N, C) tensor.
+        """
         params = {**self.base, **sel}
         if self.output == "logits":
-            return functional_call(self.model, params, (x,))
+            out = functional_call(self.model, params, (x,))
+            return out, out
         with _HeadRecorder() as head:
             out = functional_call(self.model, params, (x,))
         z = head.logits_under(out, self.output)
         self.head_stripped = z is not None
         if z is not None:
-            return z
-        return out if self.output == "log_probs" else safe_log(out)
+            return out, z
+        if not isinstance(out, torch.Tensor):
+            return out, cast("torch.Tensor", out)  # not logits at all: the output checks refuse it
+        return out, (out if self.output == "log_probs" else safe_log(out))
 
     def logits_one(self, sel: dict[str, torch.Tensor], xi: torch.Tensor) -> torch.Tensor:
         """Logits (C,) of one sample ``xi`` (no batch dimension); used under ``torch.func.vmap``."""

@@ -14,7 +14,7 @@ through exactly one edge; or a parameter used directly once, added to or expande
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import cast
@@ -67,6 +67,9 @@ class HookCoverage:
         The probe's logits (with their graph; parameters are leaves) and its input leaf.
     sample_shapes : dict of str to (torch.Size, torch.Size)
         Module name → the per-sample shapes of its input and output in the probe.
+    first_row_check : callable, optional
+        Run by :func:`recorded_forward` on the logits of its first pass
+        (:class:`~art_fisher._checks.FirstRowCheck`).
     """
 
     covered: dict[str, tuple[str, str]]
@@ -76,6 +79,7 @@ class HookCoverage:
     n_classes: int
     probe: tuple[torch.Tensor, torch.Tensor] = field(repr=False)
     sample_shapes: dict[str, tuple[torch.Size, torch.Size]] = field(default_factory=dict)
+    first_row_check: Callable[[torch.Tensor], None] | None = field(default=None, repr=False)
 
     def without_hooks(self) -> HookCoverage:
         """The same coverage with every parameter sent to ``torch.func`` (tests compare the two)."""
@@ -117,14 +121,54 @@ def graph_nodes(z: torch.Tensor) -> list:
     return nodes
 
 
-def find_coverage(net: FunctionalNet, x: torch.Tensor) -> HookCoverage:
-    """Probe the model on ``x[:1]`` and split the selected parameters between hooks and ``torch.func``."""
+@dataclass
+class Probe:
+    """The probe forward pass of one sample ``x[:1]``, with hooks on every candidate layer.
+
+    Attributes
+    ----------
+    out : object
+        What the model returned (checked by the caller before :func:`find_coverage` reads the rest).
+    z : Tensor (1, C)
+        The logits read from it, with their graph.
+    xr : Tensor (1, ...)
+        The input leaf.
+    leaves : dict of str to Tensor
+        The selected parameters as leaves of the graph.
+    modules : dict of str to nn.Module
+        Every module of the model by name.
+    records : dict of str to list
+        Candidate module → its calls (first input, output, output's gradient edge).
+    """
+
+    out: object
+    z: torch.Tensor
+    xr: torch.Tensor
+    leaves: dict[str, torch.Tensor]
+    modules: dict[str, nn.Module]
+    records: dict[str, list[tuple[object, object, GradientEdge | None]]]
+
+
+def probe_forward(net: FunctionalNet, x: torch.Tensor) -> Probe:
+    """Run the model on ``x[:1]`` with the selected parameters as leaves, recording every candidate layer."""
     modules = dict(net.model.named_modules())
     candidates = {m: mod for m, mod in modules.items() if is_candidate(mod) and not _has_user_hooks(mod)}
     leaves = {n: net.base[n].detach().requires_grad_(True) for n in net.names}
     xr = x[:1].detach().requires_grad_(True)
     with torch.enable_grad(), recording(candidates) as records:
-        z = net.logits(leaves, xr)
+        out, z = net.outputs(leaves, xr)
+    return Probe(out, z, xr, leaves, modules, records)
+
+
+def find_coverage(net: FunctionalNet, x: torch.Tensor, probe: Probe | None = None) -> HookCoverage:
+    """Split the selected parameters between hooks and ``torch.func`` from a probe pass of ``x[:1]``.
+
+    ``probe`` is that pass where the caller has run it already (:func:`probe_forward`, whose output it has
+    checked); otherwise it runs here.
+    """
+    if probe is None:
+        probe = probe_forward(net, x)
+    z, xr, leaves, modules, records = probe.z, probe.xr, probe.leaves, probe.modules, probe.records
     nodes = graph_nodes(z)
     node_ids = {id(node) for node in nodes}
     name_of_leaf = {id(t): n for n, t in leaves.items()}
@@ -267,7 +311,8 @@ def recorded_forward(
     """One forward pass of ``x`` with hooks on the covered modules.
 
     With ``create_graph`` the layer inputs keep their graph (and ``x`` is used as given when it
-    requires grad), so that everything computed from them is differentiable in ``x``.
+    requires grad), so that everything computed from them is differentiable in ``x``. The coverage's
+    ``first_row_check`` (if any) sees the logits.
     """
     modules = dict(net.model.named_modules())
     hooked = {m: modules[m] for m in coverage.rules if not m.startswith(DIRECT)}
@@ -277,6 +322,8 @@ def recorded_forward(
     xr = x if create_graph and x.requires_grad else x.detach().requires_grad_(True)
     with torch.enable_grad(), recording(hooked) as records:
         z = net.logits({**net.selected(), **direct}, xr)
+    if coverage.first_row_check is not None:
+        coverage.first_row_check(z)
     rules: dict[str, LayerRule] = {}
     edges: dict[str, GradientEdge] = {}
     shapes: dict[str, torch.Size] = {}

@@ -481,6 +481,35 @@ def test_custom_modules_with_side_effects_or_batch_mixing_are_refused():
             metric(_BatchCentred().eval(), x)
 
 
+def test_batch_mixing_is_refused_in_chunks_of_one_sample_too():
+    """The check of x[0]'s row in a batch waits for the first chunk; a chunk of one sample has no such row,
+    so the check's own batch call runs then."""
+    x = torch.rand(5, 6)
+    for metric in METRICS:
+        with pytest.raises(ValueError, match="differs from its output in a batch"):
+            metric(_BatchCentred().eval(), x, chunk_size=1)
+
+
+def test_the_hook_engine_calls_the_model_once_before_its_chunks():
+    """The output checks' call of x[0] is the hook engine's probe pass, and x[0]'s row in a batch is checked
+    on the first chunk: the model runs on x[:1] once, then on the chunks (before: x[:1], x[:4], x[:1] again
+    for the probe, then the chunks)."""
+    calls: list[int] = []
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)).eval()
+    model.register_forward_pre_hook(lambda _m, inputs: calls.append(inputs[0].shape[0]))
+    x = torch.rand(5, 6)
+    for metric in (fisher_trace, fisher_max_eigenvalue, fisher_quadratic_form):
+        calls.clear()
+        metric(model, x)
+        assert calls == [1, 5], metric.__name__
+        calls.clear()
+        metric(model, x, chunk_size=2)
+        assert calls == [1, 2, 2, 1], metric.__name__
+    calls.clear()
+    fisher_trace(model, x, method="finite_difference")  # no hooks: the probe's own batch call
+    assert calls[:2] == [1, 4]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
