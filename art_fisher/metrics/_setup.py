@@ -71,13 +71,25 @@ def setup(
     net = FunctionalNet(model, names, output)
     if method != "exact":
         return Setup(net, _checks.probe_output(model, x, output), step, chunk, None)
+    n_classes, coverage = probe_with_coverage(net, x, first_row_in_chunks=first_row_in_chunks)
+    return Setup(net, n_classes, step, chunk, coverage)
+
+
+def probe_with_coverage(net: FunctionalNet, x: torch.Tensor, *, first_row_in_chunks: bool) -> tuple[int, HookCoverage]:
+    """The output checks (:func:`~art_fisher._checks.probe_output`) and the hook coverage from one probe pass.
+
+    The class count and the coverage. With ``first_row_in_chunks`` (the caller runs the hook engine on
+    chunks of ``x`` in order) the first row's batch check is left to the first chunk where the coverage
+    has hooks.
+    """
+    model = net.model
     probes: list[Probe] = []
 
     def probe_call() -> object:
         probes.append(probe_forward(net, x))
         return probes[-1].out
 
-    n_classes = _checks.probe_output(model, x, output, single=probe_call, batch=False)
+    n_classes = _checks.probe_output(model, x, net.output, single=probe_call, batch=False)
     probe = probes[-1]
     coverage = find_coverage(net, x, probe)
     if first_row_in_chunks and coverage.rules and x.shape[0] > 1:
@@ -86,7 +98,7 @@ def setup(
         )
     else:
         _checks.check_first_row(model, x, cast("torch.Tensor", probe.out).detach(), model)
-    return Setup(net, n_classes, step, chunk, coverage)
+    return n_classes, coverage
 
 
 def check_materialised(model: nn.Module) -> None:

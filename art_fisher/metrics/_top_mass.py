@@ -26,7 +26,7 @@ from art_fisher import _checks
 from art_fisher.metrics._basis import Basis, complement, factor, identity_minus
 from art_fisher.metrics._engine._grams import tensor_grams
 from art_fisher.metrics._engine._network import FunctionalNet
-from art_fisher.metrics._engine._recorder import find_coverage
+from art_fisher.metrics._setup import probe_with_coverage
 
 
 def check_tau(tau: object, *, allow_none: bool = True) -> float | None:
@@ -268,13 +268,13 @@ def fisher_trace_estimate(
     chunk = _checks.check_chunk_size(chunk_size)
     names = _checks.check_params(model, params)
     _checks.check_model_matches_x(model, names, x)
-    _checks.probe_output(model, x, output)
     net = FunctionalNet(model, names, output)
     x = x.detach()
+    _n_classes, coverage = probe_with_coverage(net, x, first_row_in_chunks=True)
     gen = torch.Generator(device=x.device).manual_seed(seed)
     spec = TopMass(tau, samples=samples, generator=gen, max_kept=max_kept)
     with torch.no_grad():
-        z, diag, _w = tensor_grams(net, find_coverage(net, x), x, basis=spec.basis(), chunk_size=chunk, diagonal=True)
+        z, diag, _w = tensor_grams(net, coverage, x, basis=spec.basis(), chunk_size=chunk, diagonal=True)
     per_column = diag.sum(1)  # (N, m + K)
     drawn, lower = per_column[:, :samples], per_column[:, samples:].sum(1)
     _order, kept, q = kept_classes(z, tau, max_kept)

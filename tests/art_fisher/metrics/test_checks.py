@@ -494,6 +494,8 @@ def test_the_hook_engine_calls_the_model_once_before_its_chunks():
     """The output checks' call of x[0] is the hook engine's probe pass, and x[0]'s row in a batch is checked
     on the first chunk: the model runs on x[:1] once, then on the chunks (before: x[:1], x[:4], x[:1] again
     for the probe, then the chunks)."""
+    from art_fisher.metrics import fisher_trace_estimate
+
     calls: list[int] = []
     model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)).eval()
     model.register_forward_pre_hook(lambda _m, inputs: calls.append(inputs[0].shape[0]))
@@ -505,6 +507,9 @@ def test_the_hook_engine_calls_the_model_once_before_its_chunks():
         calls.clear()
         metric(model, x, chunk_size=2)
         assert calls == [1, 2, 2, 1], metric.__name__
+    calls.clear()
+    fisher_trace_estimate(model, x, tau=0.1)
+    assert calls == [1, 5]
     calls.clear()
     fisher_trace(model, x, method="finite_difference")  # no hooks: the probe's own batch call
     assert calls[:2] == [1, 4]
