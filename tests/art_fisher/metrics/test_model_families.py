@@ -77,11 +77,12 @@ def test_tiny_models_sensitivity_in_float64(name):
             torch.testing.assert_close(got[i], want, rtol=1e-8, atol=1e-12 * want.abs().max().item())
 
 
-@pytest.mark.parametrize(("groups", "c_in", "c_out"), [(2, 4, 6), (4, 4, 4), (3, 3, 6)])
+@pytest.mark.parametrize(("groups", "c_in", "c_out"), [(1, 3, 5), (2, 4, 6), (4, 4, 4), (3, 3, 6)])
 @pytest.mark.parametrize("route", ["materialised", "ghost"])
 @pytest.mark.parametrize(("size", "stride", "dilation"), [(7, 2, 1), (8, 1, 2), (2, 2, 1)])
 def test_grouped_and_depthwise_conv_rule(groups, c_in, c_out, route, size, stride, dilation):
-    """Depthwise convolutions on maps of 16 or more positions use grouped convolutions, on smaller ones patches."""
+    """Depthwise convolutions on maps of 16 or more positions use grouped convolutions, on smaller ones patches;
+    a single output position (the 2 × 2 map at stride 2) takes the rank-one shortcut of the squared norm."""
     torch.manual_seed(groups)
     conv = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, dilation=dilation, groups=groups).double()
     x = torch.randn(3, c_in, size, size, dtype=torch.float64)

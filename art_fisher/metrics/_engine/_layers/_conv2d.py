@@ -177,6 +177,8 @@ class Conv2dRule(LayerRule):
         if self.materialise_cheaper(n_cols, diagonal=True):
             return self._group_bmm_t(b).pow(2).reshape(n, -1).sum(1)
         g = self.module.groups
+        if b[0, 0].numel() == 1:  # one output position: G_j = b_j u_jᵀ, so ‖G_j‖² = ‖b_j‖² ‖u_j‖² (no product)
+            return torch.linalg.vecdot(b.reshape(n, g, -1).square().sum(2), self.patch_gram.reshape(n, g))
         bt = b.reshape(n * g, b.shape[1] // g, -1).transpose(1, 2)  # (n·g, L, out/g)
         # Σ_j ⟨(U_jᵀU_j) B_jᵀ, B_jᵀ⟩: the square L × L factor on the left is the faster product
         return (torch.bmm(self.patch_gram, bt) * bt).reshape(n, -1).sum(1)
