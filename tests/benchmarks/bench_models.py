@@ -16,7 +16,7 @@ rounds), each figure the fastest round with the spread of the rounds (per sample
 - the trace over the hook-covered parameters only, so that what goes through ``torch.func`` (ViT's class
   token and position embedding) shows as the difference;
 - the floor: one forward pass and C − 1 backward passes down to the outputs of the layers the hook
-  engine records, at the trace's own chunk size, with nothing else computed;
+  engine records, the model's own operations, at the trace's own chunk size, with nothing else computed;
 - BackPACK's ``BatchDiagGGNExact`` (``extend(..., use_converter=True)``, CrossEntropyLoss with sum
   reduction; its per-sample GGN diagonals sum to the trace), or the error it raises on the model;
 - peak memory of one ``fisher_trace`` call in a fresh process (Linux ``VmHWM`` growth over the resident
@@ -62,7 +62,7 @@ sys.path.insert(0, str(ROOT))  # the repository root (tests.art_fisher.model_fam
 from art_fisher import metrics  # noqa: E402 - after the sys.path insert above
 from art_fisher.metrics._engine import _chunking as chunking  # noqa: E402 - after the sys.path insert above
 from art_fisher.metrics._engine._network import FunctionalNet  # noqa: E402 - after the sys.path insert above
-from art_fisher.metrics._engine._recorder import find_coverage, recorded_forward  # noqa: E402 - after the sys.path insert above
+from art_fisher.metrics._engine._recorder import find_coverage, recording  # noqa: E402 - after the sys.path insert above
 from tests.art_fisher import model_families  # noqa: E402 - after the sys.path insert above
 from tests.art_fisher.metrics_cases import per_class_reference  # noqa: E402 - after the sys.path insert above
 
@@ -152,19 +152,27 @@ def exactness(model: nn.Module, x: torch.Tensor) -> dict:
 
 
 def floor_fn(model: nn.Module, x: torch.Tensor):
-    """Forward + (C − 1) backward passes to the recorded layers' outputs, at the trace's chunk size."""
+    """Forward + (C − 1) backward passes to the covered layers' outputs at the trace's chunk size.
+
+    The model runs as written (the hook engine's own passes give eval-mode batch norms a cheaper backward,
+    which the floor does not get).
+    """
     net = FunctionalNet(model, [n for n, _ in model.named_parameters()], "logits")
     coverage = find_coverage(net, x)
     size = chunking.hook_chunk(coverage.out_numel, chunking.STREAMED_COPIES, x.element_size())
+    modules = dict(model.named_modules())
+    hooked = {m: modules[m] for m in coverage.rules if m in modules}
 
     def run():
         for sl in chunking.chunks(x.shape[0], size):
-            rec = recorded_forward(net, coverage, x[sl])
-            edges = [rec.edges[m] for m in rec.modules]
-            n_cols = rec.z.shape[1] - 1
-            cot = torch.randn(rec.z.shape[0], rec.z.shape[1], n_cols)
+            xr = x[sl].detach().requires_grad_(True)
+            with torch.enable_grad(), recording(hooked) as records:
+                z = net.logits(net.selected(), xr)
+            edges = [calls[0][2] for calls in records.values() if len(calls) == 1 and calls[0][2] is not None]
+            n_cols = z.shape[1] - 1
+            cot = torch.randn(z.shape[0], z.shape[1], n_cols)
             for j in range(n_cols):
-                torch.autograd.grad(rec.z, edges, cot[:, :, j], retain_graph=j < n_cols - 1)
+                torch.autograd.grad(z, edges, cot[:, :, j], retain_graph=j < n_cols - 1)
 
     return run, coverage
 

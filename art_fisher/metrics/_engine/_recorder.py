@@ -15,14 +15,16 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import cast
 
 import torch
 from torch import nn
 from torch.autograd.graph import GradientEdge, Node, get_gradient_edge
+from torch.nn.modules.batchnorm import _BatchNorm
 
+from art_fisher.metrics._engine._eval_batch_norm import CheapBackward
 from art_fisher.metrics._engine._layers import LayerRule, is_candidate, rule_for
 from art_fisher.metrics._engine._layers._direct import DirectRule, ScaleRule, broadcast_shape, direct_node_ok, scale_use
 from art_fisher.metrics._engine._network import FunctionalNet
@@ -312,7 +314,8 @@ def recorded_forward(
 
     With ``create_graph`` the layer inputs keep their graph (and ``x`` is used as given when it
     requires grad), so that everything computed from them is differentiable in ``x``. The coverage's
-    ``first_row_check`` (if any) sees the logits.
+    ``first_row_check`` (if any) sees the logits. Eval-mode batch norms run with the backward of their
+    affine map (:mod:`~art_fisher.metrics._engine._eval_batch_norm`).
     """
     modules = dict(net.model.named_modules())
     hooked = {m: modules[m] for m in coverage.rules if not m.startswith(DIRECT)}
@@ -320,7 +323,9 @@ def recorded_forward(
         n: net.base[n].detach().requires_grad_(True) for n, (m, _k) in coverage.covered.items() if m.startswith(DIRECT)
     }
     xr = x if create_graph and x.requires_grad else x.detach().requires_grad_(True)
-    with torch.enable_grad(), recording(hooked) as records:
+    # the mode costs a Python call per torch function: only where a batch norm module may gain from it
+    cheaper = CheapBackward() if any(isinstance(m, _BatchNorm) for m in modules.values()) else nullcontext()
+    with torch.enable_grad(), recording(hooked) as records, cheaper:
         z = net.logits({**net.selected(), **direct}, xr)
     if coverage.first_row_check is not None:
         coverage.first_row_check(z)

@@ -7,6 +7,7 @@ from torch import nn
 from torch.autograd.graph import GradientEdge
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from art_fisher.metrics._engine._eval_batch_norm import is_eval_batch_norm
 from art_fisher.metrics._engine._layers._base import LayerRule, made_from, own_forward, same_storage
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -20,7 +21,19 @@ MAX_NODES_AFTER = 4
 
 
 def _is_module_batch_norm(node: object, module: _BatchNorm, a: torch.Tensor) -> bool:
-    """Whether ``node`` is the eval-mode batch norm of ``a`` with the module's weight and running statistics."""
+    """Whether ``node`` is the eval-mode batch norm of ``a`` with the module's weight and running statistics.
+
+    PyTorch's own node, or the engine's :class:`~art_fisher.metrics._engine._eval_batch_norm.EvalBatchNorm`.
+    """
+    if is_eval_batch_norm(node):
+        weight, mean, var, eps = node.bn  # type: ignore[attr-defined]  # set by EvalBatchNorm.forward
+        return (
+            made_from(node, 0, a)
+            and eps == module.eps
+            and same_storage(weight, module.weight)
+            and same_storage(mean, module.running_mean)
+            and same_storage(var, module.running_var)
+        )
     return (
         type(node).__name__ == "NativeBatchNormBackward0"
         and made_from(node, 0, a)
@@ -43,7 +56,7 @@ def batch_norm_node(module: _BatchNorm, a: torch.Tensor, node: object) -> object
     for _ in range(MAX_NODES_AFTER + 1):
         if node is None:
             return None
-        if type(node).__name__ == "NativeBatchNormBackward0":
+        if type(node).__name__ == "NativeBatchNormBackward0" or is_eval_batch_norm(node):
             return node if _is_module_batch_norm(node, module, a) else None
         inputs = getattr(node, "next_functions", ())
         node = inputs[0][0] if inputs else None

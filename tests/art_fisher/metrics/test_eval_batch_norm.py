@@ -1,0 +1,73 @@
+"""The engine's eval-mode batch norm: PyTorch's output, the affine map's backward, and only where it applies."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from art_fisher import metrics
+from art_fisher.metrics._engine._eval_batch_norm import CheapBackward, EvalBatchNorm, is_eval_batch_norm
+from tests.art_fisher.metrics_cases import per_class_reference
+from tests.art_fisher.model_families import randomise_norms
+
+
+@pytest.mark.parametrize("shape", [(3, 4), (3, 4, 5), (3, 4, 5, 2), (2, 4, 3, 2, 2)])
+@pytest.mark.parametrize("affine", [True, False])
+def test_output_and_first_and_second_derivatives_match_pytorch(shape, affine):
+    torch.manual_seed(0)
+    c = shape[1]
+    mean, var = torch.randn(c, dtype=torch.float64), torch.rand(c, dtype=torch.float64) + 0.5
+    weight = torch.randn(c, dtype=torch.float64) if affine else None
+    bias = torch.randn(c, dtype=torch.float64) if affine else None
+    a = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    want = F.batch_norm(a, mean, var, weight, bias, False, 0.1, 1e-3)
+    got = EvalBatchNorm.apply(a, mean, var, weight, bias, 1e-3)
+    torch.testing.assert_close(got, want, rtol=1e-15, atol=1e-15)
+    g = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    (gw,) = torch.autograd.grad(want, a, g, create_graph=True)
+    (gg,) = torch.autograd.grad(got, a, g, create_graph=True)
+    torch.testing.assert_close(gg, gw, rtol=1e-14, atol=1e-15)
+    h = torch.randn(shape, dtype=torch.float64)
+    # the input-gradient is linear in the cotangent (and does not depend on the input)
+    torch.testing.assert_close(torch.autograd.grad(gg, g, h)[0], torch.autograd.grad(gw, g, h)[0], rtol=1e-14, atol=0)
+    assert torch.autograd.gradgradcheck(lambda t: EvalBatchNorm.apply(t, mean, var, weight, bias, 1e-3), (a,))
+
+
+def test_the_mode_takes_only_eval_calls_without_parameter_gradients():
+    torch.manual_seed(0)
+    bn = randomise_norms(nn.BatchNorm2d(3)).eval()
+    a = torch.randn(2, 3, 4, 4, requires_grad=True)
+    with CheapBackward():
+        assert not is_eval_batch_norm(bn(a).grad_fn)  # parameters that need a gradient: PyTorch's own
+    bn.requires_grad_(False)
+    with CheapBackward():
+        out = bn(a)
+        assert is_eval_batch_norm(out.grad_fn)
+        torch.testing.assert_close(
+            out, F.batch_norm(a, bn.running_mean, bn.running_var, bn.weight, bn.bias), rtol=0, atol=0
+        )
+        bn.train()
+        assert not is_eval_batch_norm(bn(a).grad_fn)  # batch statistics
+        bn.eval()
+        assert not is_eval_batch_norm(nn.BatchNorm2d(3, track_running_stats=False).eval()(a).grad_fn)
+        assert not is_eval_batch_norm(
+            F.batch_norm(a, bn.running_mean, bn.running_var, bn.weight.requires_grad_(True)).grad_fn
+        )
+
+
+def test_metrics_of_batch_norm_models_keep_float64_exactness_and_the_model():
+    """The engine's passes run the cheaper batch norm; the values are the per-class reference's."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(64, 3)
+    )
+    model = randomise_norms(model).double().eval()
+    x = torch.randn(5, 2, 4, 4, dtype=torch.float64)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    want = per_class_reference(model, x)
+    torch.testing.assert_close(metrics.fisher_trace(model, x), want["trace"], rtol=1e-10, atol=0)
+    torch.testing.assert_close(metrics.fisher_quadratic_form(model, x), want["quad"], rtol=1e-10, atol=0)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.requires_grad and p.grad is None for p in model.parameters())
