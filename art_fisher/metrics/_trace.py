@@ -101,6 +101,29 @@ def max_eigenvalue(
     return top_eigen(k, vectors=False)[0]
 
 
+def _exact_setup(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    output: str,
+    params: Iterable[str] | None,
+    chunk_size: int | None,
+    create_graph: bool,
+) -> tuple[FunctionalNet, HookCoverage, int | None, torch.Tensor]:
+    """:func:`~art_fisher.metrics._setup.setup` of an exact-only metric: net, coverage, chunk size and input."""
+    net, _n_classes, _eps, chunk, coverage = setup(
+        model,
+        x,
+        output=output,
+        params=params,
+        chunk_size=chunk_size,
+        create_graph=create_graph,
+        first_row_in_chunks=True,
+    )
+    assert coverage is not None  # method="exact"
+    return net, coverage, chunk, input_for(x, create_graph)
+
+
 class BlockTraces(NamedTuple):
     """Per-parameter-tensor traces of the Fisher matrix (unpacks as ``values, names``).
 
@@ -274,17 +297,9 @@ def fisher_block_traces(
     >>> torch.allclose(values, dense, rtol=1e-10)
     True
     """
-    net, _n_classes, _eps, chunk, coverage = setup(
-        model,
-        x,
-        output=output,
-        params=params,
-        chunk_size=chunk_size,
-        create_graph=create_graph,
-        first_row_in_chunks=True,
+    net, coverage, chunk, x = _exact_setup(
+        model, x, output=output, params=params, chunk_size=chunk_size, create_graph=create_graph
     )
-    assert coverage is not None  # method="exact"
-    x = input_for(x, create_graph)
     with grad_mode(create_graph):
         values = block_traces(net, coverage, x, chunk_size=chunk, create_graph=create_graph, classes=selection(tau))
     return BlockTraces(_checks.check_finite_result(values, "fisher_block_traces"), tuple(net.names))
@@ -341,17 +356,9 @@ def fisher_max_eigenvalue(
     >>> torch.allclose(fisher_max_eigenvalue(model, x), torch.linalg.eigvalsh(fisher)[:, -1], rtol=1e-10)
     True
     """
-    net, _n_classes, _eps, chunk, coverage = setup(
-        model,
-        x,
-        output=output,
-        params=params,
-        chunk_size=chunk_size,
-        create_graph=create_graph,
-        first_row_in_chunks=True,
+    net, coverage, chunk, x = _exact_setup(
+        model, x, output=output, params=params, chunk_size=chunk_size, create_graph=create_graph
     )
-    assert coverage is not None  # method="exact"
-    x = input_for(x, create_graph)
     with grad_mode(create_graph):
         values = max_eigenvalue(net, coverage, x, chunk_size=chunk, create_graph=create_graph, classes=selection(tau))
     return _checks.check_finite_result(values, "fisher_max_eigenvalue")
