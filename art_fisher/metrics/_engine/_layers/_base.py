@@ -82,7 +82,7 @@ class LayerRule:
         ``n_cols`` is the number of columns the caller will pass one after the other (a ghost route
         may prepare something once for all of them).
         """
-        return self.grad(b, role).flatten(1).pow(2).sum(1)
+        return sq_norms(self.grad(b, role))
 
     def materialised_gram(self, b: torch.Tensor, role: str, diagonal: bool) -> torch.Tensor:
         """Gram matrices (n, C', C') of the per-sample gradients of ``b`` (n, C', *out), or their diagonals (n, C')."""
@@ -139,5 +139,11 @@ def gram(g: torch.Tensor, diagonal: bool = False) -> torch.Tensor:
     """``(n, C', M)`` per-sample, per-column vectors → Gram matrices ``(n, C', C')`` or their diagonals ``(n, C')``."""
     g = g.flatten(2)
     if diagonal:
-        return g.pow(2).sum(2)
+        return torch.linalg.vecdot(g, g)
     return torch.bmm(g, g.transpose(1, 2))
+
+
+def sq_norms(g: torch.Tensor) -> torch.Tensor:
+    """The squared norm (n,) of each sample's entries of ``g`` (n, ...), as one dot product (no squared copy)."""
+    flat = g.reshape(g.shape[0], -1)
+    return torch.linalg.vecdot(flat, flat)

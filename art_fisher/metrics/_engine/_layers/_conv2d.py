@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from art_fisher.metrics._engine._layers._base import FlatGrad, LayerRule, plain
+from art_fisher.metrics._engine._layers._base import FlatGrad, LayerRule, plain, sq_norms
 
 #: Output positions from which the depthwise rule uses grouped convolutions instead of patches (on smaller maps,
 #: e.g. 2 × 2, the grouped convolution with a kernel as large as the map is several times slower than the ghost form).
@@ -170,12 +170,12 @@ class Conv2dRule(LayerRule):
 
     def sq_norm(self, b: torch.Tensor, role: str, n_cols: int) -> torch.Tensor:
         if role == "bias":
-            return b.sum((2, 3)).pow(2).sum(1)
+            return sq_norms(b.sum((2, 3)))
         n = b.shape[0]
         if self.by_convolution:
-            return self._depthwise_grad(b).pow(2).reshape(n, -1).sum(1)
+            return sq_norms(self._depthwise_grad(b))
         if self.materialise_cheaper(n_cols, diagonal=True):
-            return self._group_bmm_t(b).pow(2).reshape(n, -1).sum(1)
+            return sq_norms(self._group_bmm_t(b).reshape(n, -1))
         g = self.module.groups
         if b[0, 0].numel() == 1:  # one output position: G_j = b_j u_jᵀ, so ‖G_j‖² = ‖b_j‖² ‖u_j‖² (no product)
             return torch.linalg.vecdot(b.reshape(n, g, -1).square().sum(2), self.patch_gram.reshape(n, g))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from art_fisher.metrics._engine._layers._base import FlatGrad, LayerRule, gram, plain
+from art_fisher.metrics._engine._layers._base import FlatGrad, LayerRule, gram, plain, sq_norms
 
 
 class LinearRule(LayerRule):
@@ -85,10 +85,10 @@ class LinearRule(LayerRule):
 
     def sq_norm(self, b: torch.Tensor, role: str, n_cols: int) -> torch.Tensor:
         if role == "weight" and self.a.dim() == 2:  # ‖b aᵀ‖² = ‖a‖² ‖b‖²
-            return (self.a * self.a).sum(1) * (b * b).sum(1)
+            return sq_norms(self.a) * sq_norms(b)
         if role == "weight" and not self.materialise_cheaper(n_cols, self.module.out_features, diagonal=True):
             b3 = b.reshape(b.shape[0], self.token_gram.shape[1], -1)  # (n, T, out)
-            return (torch.bmm(self.token_gram, b3) * b3).flatten(1).sum(1)
+            return torch.linalg.vecdot(torch.bmm(self.token_gram, b3).flatten(1), b3.flatten(1))
         return super().sq_norm(b, role, n_cols)
 
     def change(self, role: str, d: torch.Tensor, shared: bool) -> torch.Tensor:
