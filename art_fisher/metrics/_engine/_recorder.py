@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -24,7 +24,7 @@ from torch import nn
 from torch.autograd.graph import GradientEdge, Node, get_gradient_edge
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from art_fisher.metrics._engine._eval_batch_norm import CheapBackward
+from art_fisher.metrics._engine._eval_batch_norm import cheaper_batch_norms
 from art_fisher.metrics._engine._layers import LayerRule, is_candidate, rule_for
 from art_fisher.metrics._engine._layers._direct import DirectRule, ScaleRule, broadcast_shape, direct_node_ok, scale_use
 from art_fisher.metrics._engine._network import FunctionalNet
@@ -323,9 +323,8 @@ def recorded_forward(
         n: net.base[n].detach().requires_grad_(True) for n, (m, _k) in coverage.covered.items() if m.startswith(DIRECT)
     }
     xr = x if create_graph and x.requires_grad else x.detach().requires_grad_(True)
-    # the mode costs a Python call per torch function: only where a batch norm module may gain from it
-    cheaper = CheapBackward() if any(isinstance(m, _BatchNorm) for m in modules.values()) else nullcontext()
-    with torch.enable_grad(), recording(hooked) as records, cheaper:
+    batch_norms = [m for m in modules.values() if isinstance(m, _BatchNorm)]
+    with torch.enable_grad(), recording(hooked) as records, cheaper_batch_norms(batch_norms):
         z = net.logits({**net.selected(), **direct}, xr)
     if coverage.first_row_check is not None:
         coverage.first_row_check(z)

@@ -8,7 +8,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from art_fisher import metrics
-from art_fisher.metrics._engine._eval_batch_norm import CheapBackward, EvalBatchNorm, is_eval_batch_norm
+from art_fisher.metrics._engine._eval_batch_norm import (
+    CheapBackward,
+    cheaper_batch_norms,
+    eval_batch_norm,
+    is_eval_batch_norm,
+)
 from tests.art_fisher.metrics_cases import per_class_reference
 from tests.art_fisher.model_families import randomise_norms
 
@@ -23,7 +28,7 @@ def test_output_and_first_and_second_derivatives_match_pytorch(shape, affine):
     bias = torch.randn(c, dtype=torch.float64) if affine else None
     a = torch.randn(shape, dtype=torch.float64, requires_grad=True)
     want = F.batch_norm(a, mean, var, weight, bias, False, 0.1, 1e-3)
-    got = EvalBatchNorm.apply(a, mean, var, weight, bias, 1e-3)
+    got = eval_batch_norm(a, mean, var, weight, bias, 1e-3)
     torch.testing.assert_close(got, want, rtol=1e-15, atol=1e-15)
     g = torch.randn(shape, dtype=torch.float64, requires_grad=True)
     (gw,) = torch.autograd.grad(want, a, g, create_graph=True)
@@ -32,7 +37,7 @@ def test_output_and_first_and_second_derivatives_match_pytorch(shape, affine):
     h = torch.randn(shape, dtype=torch.float64)
     # the input-gradient is linear in the cotangent (and does not depend on the input)
     torch.testing.assert_close(torch.autograd.grad(gg, g, h)[0], torch.autograd.grad(gw, g, h)[0], rtol=1e-14, atol=0)
-    assert torch.autograd.gradgradcheck(lambda t: EvalBatchNorm.apply(t, mean, var, weight, bias, 1e-3), (a,))
+    assert torch.autograd.gradgradcheck(lambda t: eval_batch_norm(t, mean, var, weight, bias, 1e-3), (a,))
 
 
 def test_the_mode_takes_only_eval_calls_without_parameter_gradients():
@@ -71,3 +76,51 @@ def test_metrics_of_batch_norm_models_keep_float64_exactness_and_the_model():
     torch.testing.assert_close(metrics.fisher_quadratic_form(model, x), want["quad"], rtol=1e-10, atol=0)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.requires_grad and p.grad is None for p in model.parameters())
+
+
+class _BatchNormAct(nn.BatchNorm2d):
+    """A batch norm with its activation in its own forward (timm's ``BatchNormAct2d``)."""
+
+    def forward(self, x):
+        return torch.relu(
+            F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        )
+
+
+class _RaisesInside(_BatchNormAct):
+    def forward(self, x):
+        super().forward(x)
+        raise RuntimeError("boom")
+
+
+def test_cheaper_batch_norms_on_plain_modules_and_subclasses_and_cleans_up():
+    torch.manual_seed(0)
+    plain = randomise_norms(nn.BatchNorm2d(3)).eval().requires_grad_(False)
+    act = randomise_norms(_BatchNormAct(3)).eval().requires_grad_(False)
+    a = torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    plain.double(), act.double()
+    want_plain, want_act = plain(a), act(a)
+    with torch.enable_grad(), cheaper_batch_norms([plain, act]):
+        got_plain, got_act = plain(a), act(a)
+        assert torch.is_grad_enabled()
+    assert is_eval_batch_norm(got_plain.grad_fn)
+    assert is_eval_batch_norm(got_act.grad_fn.next_functions[0][0])  # beneath the activation
+    for got, want in ((got_plain, want_plain), (got_act, want_act)):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+        g = torch.randn_like(want)
+        torch.testing.assert_close(
+            torch.autograd.grad(got, a, g)[0], torch.autograd.grad(want, a, g, retain_graph=True)[0], rtol=1e-14, atol=0
+        )
+    assert not plain._forward_pre_hooks and not plain._forward_hooks and not act._forward_pre_hooks
+    # a forward that raises inside the mode (subclass) or with the gradient switched off (plain module)
+    failing = randomise_norms(_RaisesInside(3)).eval().requires_grad_(False).double()
+    modes_before = torch._C._len_torch_function_stack()
+    with pytest.raises(RuntimeError, match="boom"), torch.enable_grad(), cheaper_batch_norms([failing]):
+        failing(a)
+    assert torch._C._len_torch_function_stack() == modes_before
+    with torch.enable_grad():
+        with pytest.raises(ValueError, match="expected 4D input"), cheaper_batch_norms([plain]):
+            plain(a[0])  # raises with the gradient switched off for the call
+        assert torch.is_grad_enabled()
+    with torch.no_grad(), cheaper_batch_norms([plain]):
+        assert plain(a).grad_fn is None and not torch.is_grad_enabled()
