@@ -1,5 +1,8 @@
 """Argument validation for :mod:`art_fisher.metrics` (everything is checked before any work).
 
+One check may wait for the first chunk's forward pass, the first piece of work: whether the first
+sample's output is its row in a batch (:class:`FirstRowCheck`), so that it costs no call of its own.
+
 The checks of plain values (integers, reals, choices, booleans) are :mod:`art_fisher.utils`'s; this module
 adds what is particular to a model and its inputs.
 """

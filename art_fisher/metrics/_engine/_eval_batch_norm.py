@@ -3,14 +3,17 @@
 In eval mode a batch norm is the per-channel affine map ``o = s ⊙ a + t`` (``s = γ / √(v + ε)``), so the
 gradient of its input is ``s ⊙ ∂o``. PyTorch's batch-norm backward kernel computes it on the CPU several
 times slower than one multiplication, most of all on small maps (measured 2–10× at batch 8 on
-MobileNetV2's layers), and the engine runs it once per column of ``W``. Within
-:func:`cheaper_batch_norms`, the forward calls of the given batch-norm modules run under
-:class:`CheapBackward`, where ``F.batch_norm`` calls in eval mode whose weight, bias and statistics need no
-gradient (the engine's parameters are detached) run PyTorch's own forward kernel and have
-:class:`EvalBatchNorm`'s backward; every other call is untouched. The mode is entered only during those
-modules' calls: a torch-function mode costs a Python call per torch function (about 5 µs), which over a
-whole forward pass took back a third of what it saved. The autograd node keeps the call's weight, statistics and
-the batch-norm rule still recognises it (:func:`is_eval_batch_norm`).
+MobileNetV2's layers), and the engine runs it once per column of ``W``.
+
+Within :func:`cheaper_batch_norms`, a batch-norm module with ``_BatchNorm``'s own forward runs it without
+a graph and hands its output to :class:`EvalBatchNorm`, which gives it that backward; a subclass with its
+own forward (timm's ``BatchNormAct2d``) runs under :class:`CheapBackward` during its call, which does the
+same to the ``F.batch_norm`` call inside (:func:`eval_batch_norm`). Only eval-mode calls whose weight,
+bias and statistics need no gradient are taken (the engine's parameters are detached); every other call
+is PyTorch's. The mode is entered only during those modules' calls: over a whole forward pass, a
+torch-function mode's Python call per torch function took back a third of what it saved. The autograd
+node keeps the call's weight, statistics and ``eps``, so that the batch-norm rule still recognises it
+(:func:`is_eval_batch_norm`).
 """
 
 from __future__ import annotations
