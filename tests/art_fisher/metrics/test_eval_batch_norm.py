@@ -124,3 +124,57 @@ def test_cheaper_batch_norms_on_plain_modules_and_subclasses_and_cleans_up():
         assert torch.is_grad_enabled()
     with torch.no_grad(), cheaper_batch_norms([plain]):
         assert plain(a).grad_fn is None and not torch.is_grad_enabled()
+
+
+class _SharedBatchNorm(nn.Module):
+    """One batch norm called twice in a forward pass (its parameters go to ``torch.func``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn, self.fc = nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3), nn.Linear(48, 3)
+
+    def forward(self, x):
+        return self.fc(self.bn(self.conv(self.bn(x))).flatten(1))
+
+
+_VARIANTS = {
+    "BatchNorm1d on (N, C)": (
+        lambda: nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3)),
+        (6,),
+    ),
+    "BatchNorm1d on (N, C, L)": (
+        lambda: nn.Sequential(nn.Conv1d(2, 4, 3), nn.BatchNorm1d(4), nn.Flatten(), nn.Linear(16, 3)),
+        (2, 6),
+    ),
+    "BatchNorm3d": (
+        lambda: nn.Sequential(nn.Conv3d(1, 2, 2), nn.BatchNorm3d(2), nn.Flatten(), nn.Linear(54, 3)),
+        (1, 4, 4, 4),
+    ),
+    "not affine": (
+        lambda: nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3, affine=False), nn.Flatten(), nn.Linear(12, 3)),
+        (2, 4, 4),
+    ),
+    "momentum None": (
+        lambda: nn.Sequential(
+            nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3, momentum=None), nn.Tanh(), nn.Flatten(), nn.Linear(12, 3)
+        ),
+        (2, 4, 4),
+    ),
+    "SyncBatchNorm (own forward)": (
+        lambda: nn.Sequential(nn.Conv2d(2, 3, 3), nn.SyncBatchNorm(3), nn.Flatten(), nn.Linear(12, 3)),
+        (2, 4, 4),
+    ),
+    "called twice": (_SharedBatchNorm, (3, 4, 4)),
+}
+
+
+@pytest.mark.parametrize("name", list(_VARIANTS))
+def test_batch_norm_variants_stay_exact(name):
+    make, shape = _VARIANTS[name]
+    torch.manual_seed(0)
+    model = randomise_norms(make()).double().eval()
+    x = torch.randn(5, *shape, dtype=torch.float64)
+    want = per_class_reference(model, x)
+    torch.testing.assert_close(metrics.fisher_trace(model, x), want["trace"], rtol=1e-10, atol=0)
+    torch.testing.assert_close(metrics.fisher_max_eigenvalue(model, x), want["lam"], rtol=1e-10, atol=0)
+    torch.testing.assert_close(metrics.fisher_quadratic_form(model, x), want["quad"], rtol=1e-10, atol=0)
