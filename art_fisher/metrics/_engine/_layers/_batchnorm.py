@@ -20,28 +20,39 @@ _DIMS: dict[type[nn.Module], tuple[int, ...]] = {nn.BatchNorm1d: (2, 3), nn.Batc
 MAX_NODES_AFTER = 4
 
 
-def _is_module_batch_norm(node: object, module: _BatchNorm, a: torch.Tensor) -> bool:
-    """Whether ``node`` is the eval-mode batch norm of ``a`` with the module's weight and running statistics.
+def _saved_state(node: object) -> tuple | None:
+    """``(training, weight, running mean, running var, eps)`` kept by a batch-norm autograd node, else None.
 
-    PyTorch's own node, or the engine's :class:`~art_fisher.metrics._engine._eval_batch_norm.EvalBatchNorm`.
+    PyTorch's own node, or the engine's :class:`~art_fisher.metrics._engine._eval_batch_norm.EvalBatchNorm`
+    (always eval mode); None for any other node.
     """
     if is_eval_batch_norm(node):
         weight, mean, var, eps = node.bn  # type: ignore[attr-defined]  # set by EvalBatchNorm.forward
+        return False, weight, mean, var, eps
+    if type(node).__name__ == "NativeBatchNormBackward0":
         return (
-            made_from(node, 0, a)
-            and eps == module.eps
-            and same_storage(weight, module.weight)
-            and same_storage(mean, module.running_mean)
-            and same_storage(var, module.running_var)
+            getattr(node, "_saved_training", True),
+            getattr(node, "_saved_weight", None),
+            getattr(node, "_saved_running_mean", None),
+            getattr(node, "_saved_running_var", None),
+            getattr(node, "_saved_eps", None),
         )
+    return None
+
+
+def _is_module_batch_norm(node: object, module: _BatchNorm, a: torch.Tensor) -> bool:
+    """Whether ``node`` is the eval-mode batch norm of ``a`` with the module's weight and running statistics."""
+    saved = _saved_state(node)
+    if saved is None:
+        return False
+    training, weight, mean, var, eps = saved
     return (
-        type(node).__name__ == "NativeBatchNormBackward0"
+        training is False
         and made_from(node, 0, a)
-        and getattr(node, "_saved_training", True) is False
-        and getattr(node, "_saved_eps", None) == module.eps
-        and same_storage(getattr(node, "_saved_weight", None), module.weight)
-        and same_storage(getattr(node, "_saved_running_mean", None), module.running_mean)
-        and same_storage(getattr(node, "_saved_running_var", None), module.running_var)
+        and eps == module.eps
+        and same_storage(weight, module.weight)
+        and same_storage(mean, module.running_mean)
+        and same_storage(var, module.running_var)
     )
 
 
@@ -56,7 +67,7 @@ def batch_norm_node(module: _BatchNorm, a: torch.Tensor, node: object) -> object
     for _ in range(MAX_NODES_AFTER + 1):
         if node is None:
             return None
-        if type(node).__name__ == "NativeBatchNormBackward0" or is_eval_batch_norm(node):
+        if _saved_state(node) is not None:  # the first batch norm beneath: the module's, or none
             return node if _is_module_batch_norm(node, module, a) else None
         inputs = getattr(node, "next_functions", ())
         node = inputs[0][0] if inputs else None
